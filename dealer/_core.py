@@ -1,0 +1,529 @@
+"""The dealer's scheduling core: a pure state machine. No sockets, no SQLite, no clock.
+
+Theory of operation
+-------------------
+Jobs are drawn lazily from the task's generator, numbered 0, 1, 2, ... in draw
+order, and kept in memory only until they are settled, so memory is bounded
+by the window of unsettled jobs, not by the size of the batch.
+
+Each job is sent out as *replicas*. Every replica has a tag that is unique
+forever within one journal (a random prefix chosen when the journal is made,
+then a counter), the jobber it was sent to and an absolute deadline. A
+replica's lifecycle is the table REPLICA_TRANSITIONS below; an event the table
+does not allow raises CoreError and changes nothing.
+
+A job needs more replicas while
+
+    sent - errored < redundancy   or   best + live < quorum
+
+where `best` is the size of the largest group of OK replicas with identical
+(output, fuel used), and `live` counts replicas still out. It is *accepted* when
+`best >= quorum`: the outputs in the winning group are valid and earn their
+fuel as credit, other OK outputs are invalid. It *fails* when more than
+`max_errors` replicas errored or went overdue, or when `max_replicas` were
+sent, none is live and no quorum was reached. An overdue replica counts as an
+error but stays open: its late result still counts until the job is settled.
+A replica the jobber gives back unstarted or unfinished (Status.ABANDONED, on
+shutdown) is *released*: no fault of anyone's, it counts for nothing.
+
+Replicas of one job go to distinct jobbers: a jobber holding a live or OK
+replica of a job never gets another. A jobber whose replica of a job errored
+gets it again only when no other active jobber is fresh to it, so a batch on
+one machine cannot stall on one transient failure.
+
+Every state change is a *record* (Drawn, Sent, Returned, Overdue). Decisions
+are made by the live entry points (bored, result, tick), which append records
+and apply them; `apply` alone rebuilds the same state from a journal. The
+caller takes the new records with `take_records()` and must make them durable
+before replying to anyone, and takes settled jobs (Accepted, Failed) in order
+with `take_settled()`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import msgpack
+
+from protocol import ErrorCode, Status
+from tasks import Job
+
+log = logging.getLogger(__name__)
+
+# A jobber seen within this long counts as active when deciding whether a job
+# may go back to a jobber that already failed it (5 minutes: several request
+# rounds of a backing-off jobber).
+ACTIVE_HORIZON_S = 300.0
+
+
+class CoreError(Exception):
+    """An event the lifecycle does not allow, or a journal that does not fit the task."""
+
+
+class JournalMismatch(CoreError):
+    """The task's jobs differ from those the journal recorded."""
+
+
+class ReplicaState(str, enum.Enum):
+    OUT = "out"  # sent, waiting for its result
+    OK = "ok"  # returned with Status.OK: has an output that can vote
+    ERROR = "error"  # returned with any other status
+    OVERDUE = "overdue"  # deadline passed; a late result may still arrive
+    RELEASED = "released"  # the jobber gave it back unfinished (shutting down); no fault
+
+
+REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
+    (ReplicaState.OUT, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.OUT, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.OUT, "deadline"): ReplicaState.OVERDUE,
+    (ReplicaState.OVERDUE, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.OVERDUE, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.OUT, "released"): ReplicaState.RELEASED,
+    (ReplicaState.OVERDUE, "released"): ReplicaState.RELEASED,
+}
+_LIVE = (ReplicaState.OUT,)
+_ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
+
+
+# --- records: the journal's vocabulary ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    job_id: int
+    digest: str  # sha256 of the job's args and stdin, to detect a changed task
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    tag: str
+    job_id: int
+    jobber: str
+    deadline: float  # absolute, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    tag: str
+    status: str
+    output: bytes
+    fuel: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    tag: str
+
+
+Record = Drawn | Sent | Returned | Overdue
+RECORD_TYPES: dict[str, type] = {c.__name__: c for c in (Drawn, Sent, Returned, Overdue)}
+
+
+# --- what the core hands out --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    tag: str
+    job_id: int
+    job: Job
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job_id: int
+    job: Job
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: int
+    job: Job
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: ErrorCode
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    redundancy: int = 1
+    quorum: int = 1
+    max_errors: int = 3
+    max_replicas: int = 0  # 0: 2 * redundancy + max_errors
+    deadline_s: float = 180.0
+    memory_mb: int = 0  # a jobber allowing less than this gets no jobs
+    window: int = 10_000  # unsettled jobs held at once
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quorum <= self.redundancy:
+            raise ValueError(f"quorum {self.quorum} must be in 1..redundancy ({self.redundancy})")
+        if self.max_errors < 0 or self.deadline_s <= 0 or self.window < 1:
+            raise ValueError("max_errors >= 0, deadline_s > 0 and window >= 1 are required")
+        if self.max_replicas == 0:
+            object.__setattr__(self, "max_replicas", 2 * self.redundancy + self.max_errors)
+        if self.max_replicas < self.redundancy:
+            raise ValueError("max_replicas must be at least redundancy")
+
+
+@dataclass(slots=True)
+class JobberRecord:
+    valid: int = 0  # outputs in an accepted quorum
+    invalid: int = 0  # OK outputs that lost the vote
+    errors: int = 0  # replicas that errored or went overdue
+    credit: int = 0  # fuel of valid outputs
+    last_seen: float = 0.0
+
+
+@dataclass(slots=True)
+class _Replica:
+    tag: str
+    job_id: int
+    jobber: str
+    deadline: float
+    state: ReplicaState = ReplicaState.OUT
+    output: bytes = b""
+    fuel: int = 0
+    detail: str = ""
+
+    def fire(self, event: str) -> None:
+        try:
+            self.state = REPLICA_TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise CoreError(
+                f"replica {self.tag}: {event} not allowed in state {self.state.value}"
+            ) from None
+
+
+@dataclass(slots=True)
+class _Job:
+    id: int
+    job: Job
+    replicas: list[_Replica] = field(default_factory=list)
+
+
+def job_digest(job: Job) -> str:
+    return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+
+
+class Core:
+    def __init__(self, jobs: Iterable[Job], policy: Policy, tag_prefix: str) -> None:
+        if "." in tag_prefix or not tag_prefix:
+            raise ValueError("tag_prefix must be non-empty and contain no '.'")
+        self.policy = policy
+        self._prefix = tag_prefix
+        self._source: Iterator[Job] = iter(jobs)
+        self._exhausted = False
+        self._next_job = 0
+        self._next_tag = 0
+        self._jobs: dict[int, _Job] = {}  # unsettled jobs
+        self._replicas: dict[str, _Replica] = {}  # replicas of unsettled jobs
+        self._wanting: dict[int, None] = {}  # unsettled jobs needing replicas, oldest first
+        self._deadlines: list[tuple[float, str]] = []  # heap; stale entries skipped
+        self.jobbers: dict[str, JobberRecord] = {}
+        self.accepted = 0
+        self.failed = 0
+        self._records: list[Record] = []
+        self._pending_job: Job | None = None  # drawn live, about to be applied
+        self._settled: list[Accepted | Failed] = []
+
+    # --- queries -----------------------------------------------------------
+
+    @property
+    def drawn(self) -> int:
+        return self._next_job
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def replicas_out(self) -> int:
+        return sum(1 for r in self._replicas.values() if r.state is ReplicaState.OUT)
+
+    def finished(self) -> bool:
+        """True once the generator is exhausted and every drawn job is settled."""
+        if not self._jobs and not self._exhausted:
+            self._draw()
+        return self._exhausted and not self._jobs
+
+    def has_work(self) -> bool:
+        return bool(self._wanting) or (not self._exhausted and len(self._jobs) < self.policy.window)
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines:
+            deadline, tag = self._deadlines[0]
+            r = self._replicas.get(tag)
+            if r is not None and r.state is ReplicaState.OUT and r.deadline == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
+    def take_records(self) -> list[Record]:
+        out, self._records = self._records, []
+        return out
+
+    def take_settled(self) -> list[Accepted | Failed]:
+        out, self._settled = self._settled, []
+        return out
+
+    # --- live events -------------------------------------------------------
+
+    def bored(self, jobber: str, want: int, memory_mb: int, now: float) -> list[Assignment]:
+        """Up to `want` replicas for `jobber`, at most one per job."""
+        self._seen(jobber, now)
+        if memory_mb < self.policy.memory_mb or want <= 0:
+            return []
+        out: list[Assignment] = []
+        for job_id in list(self._wanting):
+            if len(out) >= want:
+                return out
+            j = self._jobs[job_id]
+            if self._eligible(j, jobber, now):
+                out.append(self._send(j, jobber, now))
+        while len(out) < want and len(self._jobs) < self.policy.window:
+            j = self._draw()
+            if j is None:
+                break
+            out.append(self._send(j, jobber, now))
+        return out
+
+    def result(
+        self,
+        jobber: str,
+        tag: str,
+        status: Status,
+        output: bytes,
+        fuel: int,
+        detail: str,
+        now: float,
+    ) -> Rejected | None:
+        """Take one result; None if it was recorded, else why it changes nothing."""
+        self._seen(jobber, now)
+        r = self._replicas.get(tag)
+        if r is None:
+            if self._issued_here(tag):
+                return Rejected(ErrorCode.SETTLED, f"job of {tag} is already settled")
+            return Rejected(ErrorCode.UNKNOWN_TAG, f"no replica {tag} was sent out")
+        if r.jobber != jobber:
+            return Rejected(ErrorCode.UNKNOWN_TAG, f"replica {tag} was not sent to {jobber}")
+        if r.state not in (ReplicaState.OUT, ReplicaState.OVERDUE):
+            return Rejected(ErrorCode.DUPLICATE, f"result for {tag} was already received")
+        self._record(Returned(tag, Status(status).value, output, fuel, detail))
+        return None
+
+    def tick(self, now: float) -> None:
+        """Mark replicas whose deadline has passed as overdue."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, tag = heapq.heappop(self._deadlines)
+            r = self._replicas.get(tag)
+            if r is not None and r.state is ReplicaState.OUT and r.deadline == deadline:
+                self._record(Overdue(tag))
+
+    # --- replay ------------------------------------------------------------
+
+    def apply(self, rec: Record) -> None:
+        """Apply one record: live (just decided) or replayed from the journal."""
+        if isinstance(rec, Drawn):
+            self._apply_drawn(rec)
+        elif isinstance(rec, Sent):
+            self._apply_sent(rec)
+        elif isinstance(rec, Returned):
+            self._apply_returned(rec)
+        elif isinstance(rec, Overdue):
+            self._apply_overdue(rec)
+        else:
+            raise CoreError(f"unknown record {rec!r}")
+
+    # --- internals ---------------------------------------------------------
+
+    def _record(self, rec: Record) -> None:
+        self.apply(rec)
+        self._records.append(rec)
+
+    def _seen(self, jobber: str, now: float) -> JobberRecord:
+        rec = self.jobbers.get(jobber)
+        if rec is None:
+            rec = self.jobbers[jobber] = JobberRecord()
+        rec.last_seen = max(rec.last_seen, now)
+        return rec
+
+    def _issued_here(self, tag: str) -> bool:
+        prefix, _, seq = tag.partition(".")
+        try:
+            return prefix == self._prefix and 0 <= int(seq, 16) < self._next_tag
+        except ValueError:
+            return False
+
+    def _draw(self) -> _Job | None:
+        if self._exhausted:
+            return None
+        try:
+            job = next(self._source)
+        except StopIteration:
+            self._exhausted = True
+            return None
+        if not isinstance(job, Job):
+            raise CoreError(f"task yielded {job!r}, not a tasks.Job")
+        self._pending_job = job
+        self._record(Drawn(self._next_job, job_digest(job)))
+        return self._jobs[self._next_job - 1]
+
+    def _apply_drawn(self, rec: Drawn) -> None:
+        if rec.job_id != self._next_job:
+            raise CoreError(f"journal draws job {rec.job_id}, expected {self._next_job}")
+        job, self._pending_job = self._pending_job, None
+        if job is None:  # replaying: the fresh task must yield the same job
+            try:
+                job = next(self._source)
+            except StopIteration:
+                raise JournalMismatch(
+                    f"the journal holds job {rec.job_id} but the task yields only {rec.job_id} jobs"
+                ) from None
+            if not isinstance(job, Job) or job_digest(job) != rec.digest:
+                raise JournalMismatch(
+                    f"job {rec.job_id} of the task differs from the journal's: "
+                    "the task or its arguments changed since the journal was written"
+                )
+        self._next_job += 1
+        j = self._jobs[rec.job_id] = _Job(rec.job_id, job)
+        self._update_wanting(j)
+
+    def _send(self, j: _Job, jobber: str, now: float) -> Assignment:
+        tag = f"{self._prefix}.{self._next_tag:x}"
+        deadline = now + self.policy.deadline_s
+        self._record(Sent(tag, j.id, jobber, deadline))
+        return Assignment(tag, j.id, j.job, deadline)
+
+    def _apply_sent(self, rec: Sent) -> None:
+        j = self._jobs.get(rec.job_id)
+        if j is None:
+            raise CoreError(f"replica {rec.tag} sent for job {rec.job_id}, which is not unsettled")
+        prefix, _, seq = rec.tag.partition(".")
+        if prefix != self._prefix or int(seq, 16) != self._next_tag:
+            raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
+        self._next_tag += 1
+        r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline)
+        j.replicas.append(r)
+        self._replicas[rec.tag] = r
+        self._seen(rec.jobber, 0.0)
+        heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
+        self._update_wanting(j)
+
+    def _apply_returned(self, rec: Returned) -> None:
+        r = self._replica(rec.tag)
+        ok = rec.status == Status.OK.value
+        was_overdue = r.state is ReplicaState.OVERDUE
+        if rec.status == Status.ABANDONED.value:
+            r.fire("released")
+            r.detail = f"released: {rec.detail}"
+            self._evaluate(self._jobs[r.job_id])
+            return
+        r.fire("returned_ok" if ok else "returned_error")
+        if ok:
+            r.output, r.fuel = rec.output, rec.fuel
+        else:
+            r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
+        if not ok and not was_overdue:  # an overdue replica was counted already
+            self.jobbers[r.jobber].errors += 1
+        self._evaluate(self._jobs[r.job_id])
+
+    def _apply_overdue(self, rec: Overdue) -> None:
+        r = self._replica(rec.tag)
+        r.fire("deadline")
+        r.detail = "overdue: no result by the deadline"
+        self.jobbers[r.jobber].errors += 1
+        self._evaluate(self._jobs[r.job_id])
+
+    def _replica(self, tag: str) -> _Replica:
+        r = self._replicas.get(tag)
+        if r is None:
+            raise CoreError(f"no open replica {tag}")
+        return r
+
+    def _eligible(self, j: _Job, jobber: str, now: float) -> bool:
+        tried_and_failed = False
+        for r in j.replicas:
+            if r.jobber == jobber:
+                if r.state in (ReplicaState.OUT, ReplicaState.OK):
+                    return False
+                tried_and_failed = True
+        if not tried_and_failed:
+            return True
+        # Give it back to a jobber that failed it only if no other active jobber is fresh to it.
+        touched = {r.jobber for r in j.replicas}
+        horizon = now - ACTIVE_HORIZON_S
+        return not any(
+            name not in touched and rec.last_seen >= horizon for name, rec in self.jobbers.items()
+        )
+
+    def _evaluate(self, j: _Job) -> None:
+        p = self.policy
+        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
+        best_key, best = groups.most_common(1)[0] if groups else ((b"", 0), 0)
+        if best >= p.quorum:
+            for r in j.replicas:
+                if r.state is ReplicaState.OK:
+                    rec = self.jobbers[r.jobber]
+                    if (r.output, r.fuel) == best_key:
+                        rec.valid += 1
+                        rec.credit += r.fuel
+                    else:
+                        rec.invalid += 1
+            self.accepted += 1
+            self._settle(j, Accepted(j.id, j.job, best_key[0]))
+            return
+        errors = sum(1 for r in j.replicas if r.state in _ERRORED)
+        live = sum(1 for r in j.replicas if r.state in _LIVE)
+        if errors > p.max_errors:
+            reasons = tuple(
+                f"{r.tag} on {r.jobber}: {r.detail}" for r in j.replicas if r.state in _ERRORED
+            )
+            self.failed += 1
+            self._settle(j, Failed(j.id, j.job, (f"more than {p.max_errors} errors", *reasons)))
+            return
+        sent = sum(1 for r in j.replicas if r.state is not ReplicaState.RELEASED)
+        if sent >= p.max_replicas and live == 0:
+            self.failed += 1
+            text = f"no {p.quorum} of {sent} replicas agreed ({len(groups)} distinct outputs)"
+            self._settle(j, Failed(j.id, j.job, (text,)))
+            return
+        self._update_wanting(j)
+
+    def _needed(self, j: _Job) -> int:
+        p = self.policy
+        if not j.replicas:
+            return p.redundancy
+        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
+        best = max(groups.values(), default=0)
+        errors = sum(1 for r in j.replicas if r.state in _ERRORED)
+        live = sum(1 for r in j.replicas if r.state in _LIVE)
+        released = sum(1 for r in j.replicas if r.state is ReplicaState.RELEASED)
+        sent = len(j.replicas) - released
+        need = max(p.redundancy - (sent - errors), p.quorum - best - live, 0)
+        return min(need, p.max_replicas - sent)
+
+    def _update_wanting(self, j: _Job) -> None:
+        if j.id in self._jobs and self._needed(j) > 0:
+            self._wanting.setdefault(j.id, None)
+        else:
+            self._wanting.pop(j.id, None)
+
+    def _settle(self, j: _Job, outcome: Accepted | Failed) -> None:
+        del self._jobs[j.id]
+        self._wanting.pop(j.id, None)
+        for r in j.replicas:
+            self._replicas.pop(r.tag, None)
+        self._settled.append(outcome)

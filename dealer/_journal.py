@@ -1,0 +1,97 @@
+"""The dealer's journal: the core's records, in order, in SQLite (WAL).
+
+One table of records (kind, msgpack body) in the order the core made them, and
+a small meta table (the tag prefix, the task's name). Records are appended in
+batches, one transaction per batch; the caller replies to jobbers only after
+`append` returns, so nothing is acknowledged before it is on disk. Replaying
+the records into a fresh Core rebuilds the state the dealer had.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import astuple
+from pathlib import Path
+
+import msgpack
+
+from dealer._core import RECORD_TYPES, Record
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+
+class JournalError(Exception):
+    """The journal file cannot be used for this task."""
+
+
+class Journal:
+    def __init__(self, path: str | Path, task_name: str) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is fsynced before we reply, so an acknowledged
+            # result survives power loss too, not only a killed process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS records "
+                "(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL)"
+            )
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: not a usable journal: {e}") from e
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if not meta:
+            meta = {
+                "schema": SCHEMA_VERSION,
+                "task": task_name,
+                "tag_prefix": secrets.token_hex(4),
+            }
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION}"
+            )
+        if meta.get("task") != task_name:
+            raise JournalError(
+                f"{self.path} is the journal of task {meta.get('task')!r}, not {task_name!r}; "
+                "pass another --db"
+            )
+        self.tag_prefix = meta["tag_prefix"]
+
+    def records(self) -> Iterator[Record]:
+        for kind, body in self._db.execute("SELECT kind, body FROM records ORDER BY seq"):
+            cls = RECORD_TYPES.get(kind)
+            if cls is None:
+                raise JournalError(f"{self.path}: unknown record kind {kind!r}")
+            yield cls(*msgpack.unpackb(body, raw=False))
+
+    def append(self, records: Sequence[Record]) -> None:
+        """Write records durably, in one transaction."""
+        if not records:
+            return
+        rows = [(type(r).__name__, msgpack.packb(astuple(r), use_bin_type=True)) for r in records]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

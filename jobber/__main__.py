@@ -1,0 +1,5 @@
+import sys
+
+from jobber.cli import main
+
+sys.exit(main())

@@ -1,0 +1,508 @@
+"""The jobber's loop: ask dealers for work, run it in slots, send results back.
+
+Theory of operation
+-------------------
+One thread, one zmq.Poller over a DEALER socket per dealer and the slots'
+worker pipes. Each turn:
+
+1. finished jobs are collected from the slots, written to the spool (disk)
+   and queued for their dealer;
+2. buffered jobs are started on free slots;
+3. each reachable dealer with queued results gets one `results` request;
+4. while fewer than `hi_water` jobs are running or buffered, the next ready
+   dealer (round robin) gets one `bored` request for the difference;
+5. requests unanswered after `request_timeout_s` count as a failed contact:
+   the dealer is backed off (jobber._backoff) and its socket is rebuilt, which
+   drops whatever was queued for it (the Lazy Pirate pattern).
+
+At most one request of each kind is outstanding per dealer; replies carry the
+request id, so a reply that arrives after its request timed out is known. Jobs
+in such a reply are still taken: the dealer has recorded them as ours.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+import protocol as p
+import sandbox
+from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
+from jobber._spool import Spool
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # longest sleep of the loop: signals and backoff expiries are noticed this fast
+MAX_RESULTS_PER_MESSAGE = 256
+MAX_DEALERS = 32  # dealers known at once, command line included
+MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
+DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
+
+
+class JobberError(Exception):
+    """The jobber cannot start (data directory in use, bad option)."""
+
+
+@dataclass
+class Config:
+    dealers: list[str]
+    data_dir: Path
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    name: str | None = None
+    max_idle_s: float | None = None
+    min_backoff_s: float = MIN_BACKOFF_S
+    max_backoff_s: float = MAX_BACKOFF_S
+    request_timeout_s: float = 10.0
+    memory_mb: int | None = None  # per job; default: physical memory / slots
+    grace_s: float = 30.0  # on shutdown, how long running jobs may go on
+    buffer: int | None = None  # jobs held beyond running ones; default: one per slot
+
+
+@dataclass
+class _Link:
+    """One dealer as this jobber sees it."""
+
+    address: str
+    pinned: bool  # given on the command line: never dropped
+    depth: int
+    backoff: Backoff
+    sock: zmq.Socket | None = None
+    bored_id: int | None = None
+    bored_at: float = 0.0
+    results_id: int | None = None
+    results_at: float = 0.0
+    results_tags: tuple[str, ...] = ()
+
+
+@dataclass
+class _Pending:
+    dealer: str
+    spec: p.JobSpec
+    deadline: float  # monotonic
+
+
+def _physical_memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return 1024
+
+
+class Jobber:
+    def __init__(self, cfg: Config, context: zmq.Context | None = None) -> None:
+        if cfg.slots < 1:
+            raise JobberError("--slots must be at least 1")
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = self._take_lock(cfg.data_dir)
+        self.name = cfg.name or self._load_name(cfg.data_dir)
+        self.memory_mb = cfg.memory_mb or max(1, _physical_memory_mb() // cfg.slots)
+        self.hi_water = cfg.slots + (cfg.slots if cfg.buffer is None else cfg.buffer)
+        self._ctx = context or zmq.Context.instance()
+        self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
+        self.spool = Spool(cfg.data_dir / "spool")
+        self.slots = sandbox.Slots(cfg.slots, cfg.data_dir / "cache")
+        self._links: dict[str, _Link] = {}
+        for text in cfg.dealers:
+            addr = p.dealer_address(text)
+            self._links.setdefault(addr, self._new_link(addr, pinned=True, depth=0))
+        if not self._links:
+            raise JobberError("no dealer given")
+        self._rr: deque[str] = deque(self._links)
+        self._buffer: deque[_Pending] = deque()
+        self._running: dict[str, _Pending] = {}  # slot key -> job
+        self._unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
+        self._next_id = 1
+        self._next_key = 0
+        self._stopping = False
+        self._last_busy = time.monotonic()
+        self.done = 0  # results produced by this process
+        for s in self.spool.load():
+            self._unacked.setdefault(s.dealer, {})[s.result.tag] = s.result
+            if s.dealer not in self._links:  # a referred dealer from an earlier run
+                self._add_link(s.dealer, depth=1)
+        if self._unacked:
+            log.info("spool holds %d results from an earlier run", self._count_unacked())
+
+    # --- set-up ------------------------------------------------------------
+
+    @staticmethod
+    def _take_lock(data_dir: Path) -> int:
+        fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JobberError(
+                f"data directory {data_dir} is in use by another jobber; pass --data-dir"
+            ) from None
+        return fd
+
+    @staticmethod
+    def _load_name(data_dir: Path) -> str:
+        path = data_dir / "name"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            name = f"{socket.gethostname()}-{os.urandom(4).hex()}"
+            path.write_text(name + "\n")
+            return name
+
+    def _new_link(self, addr: str, *, pinned: bool, depth: int) -> _Link:
+        return _Link(addr, pinned, depth, Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s))
+
+    def _add_link(self, addr: str, depth: int) -> None:
+        if addr in self._links or len(self._links) >= MAX_DEALERS:
+            return
+        self._links[addr] = self._new_link(addr, pinned=False, depth=depth)
+        self._rr.append(addr)
+        log.info("dealer %s added by referral (depth %d)", addr, depth)
+
+    def _socket(self, link: _Link) -> zmq.Socket:
+        if link.sock is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+            s.connect(link.address)
+            link.sock = s
+        return link.sock
+
+    def _reset_socket(self, link: _Link) -> None:
+        if link.sock is not None:
+            link.sock.close(linger=0)
+            link.sock = None
+        link.bored_id = link.results_id = None
+        link.results_tags = ()
+
+    # --- the loop ----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to wind down (safe to call from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> int:
+        log.info(
+            "jobber %s: %d slots, dealers %s", self.name, self.cfg.slots, ", ".join(self._links)
+        )
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                self._turn(now)
+                if self._idle_too_long(now):
+                    log.info("no work for %.1f s: exiting", now - self._last_busy)
+                    break
+                self._wait()
+            else:
+                self._shutdown()
+        finally:
+            self.close()
+        return 0
+
+    def _turn(self, now: float) -> None:
+        self._collect()
+        self._start_jobs(now)
+        self._check_timeouts(now)
+        self._send_results(now)
+        if not self._stopping:
+            self._fetch(now)
+
+    def _idle_too_long(self, now: float) -> bool:
+        if self._running or self._buffer:
+            self._last_busy = now
+            return False
+        return self.cfg.max_idle_s is not None and now - self._last_busy >= self.cfg.max_idle_s
+
+    def _wait(self) -> None:
+        poller = zmq.Poller()
+        for link in self._links.values():
+            if link.sock is not None:
+                poller.register(link.sock, zmq.POLLIN)
+        for fd in self.slots.fds():
+            poller.register(fd, zmq.POLLIN)
+        timeout = POLL_S
+        now = time.monotonic()
+        for link in self._links.values():
+            if link.bored_id is None and link.backoff.until > now:
+                timeout = min(timeout, link.backoff.until - now)
+        try:
+            ready = dict(poller.poll(max(1, int(timeout * 1000))))
+        except zmq.ZMQError as e:  # EINTR from a signal
+            log.debug("poll interrupted: %s", e)
+            return
+        for link in list(self._links.values()):
+            if link.sock is not None and link.sock in ready:
+                self._recv(link)
+
+    # --- jobs ----------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for key, outcome in self.slots.collect():
+            job = self._running.pop(key, None)
+            if job is None:
+                log.warning("slot reported unknown job %s", key)
+                continue
+            self._finish(
+                job,
+                p.Result(
+                    job.spec.tag,
+                    outcome.status,
+                    outcome.stdout,
+                    outcome.fuel,
+                    outcome.detail[: p.MAX_STR],
+                ),
+            )
+            log.debug(
+                "job %s from %s: %s, %d fuel, %.3f s",
+                job.spec.tag,
+                job.dealer,
+                outcome.status.value,
+                outcome.fuel,
+                outcome.wall_s,
+            )
+
+    def _finish(self, job: _Pending, result: p.Result) -> None:
+        self.spool.put(job.dealer, result)
+        self._unacked.setdefault(job.dealer, {})[result.tag] = result
+        self.done += 1
+
+    def _start_jobs(self, now: float) -> None:
+        while self._buffer and self.slots.free > 0:
+            job = self._buffer.popleft()
+            spec = job.spec
+            if not self.cache.has(spec.payload):
+                self._finish(
+                    job,
+                    p.Result(
+                        spec.tag,
+                        p.Status.INVALID,
+                        b"",
+                        0,
+                        f"payload {spec.payload[:12]} was not sent",
+                    ),
+                )
+                continue
+            key = f"{self._next_key:x}"
+            self._next_key += 1
+            self.slots.start(key, spec.payload, spec.args, spec.stdin, spec.limits)
+            self._running[key] = job
+
+    # --- talking to dealers ------------------------------------------------------
+
+    def _rid(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _send(self, link: _Link, msg: p.Message) -> bool:
+        try:
+            self._socket(link).send(p.encode(msg), zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # its queue is full: treat as unreachable
+            self._failed(link, time.monotonic(), "send queue full")
+            return False
+
+    def _fetch(self, now: float) -> None:
+        have = len(self._buffer) + len(self._running)
+        if have >= self.hi_water or any(link.bored_id is not None for link in self._links.values()):
+            return
+        for _ in range(len(self._rr)):
+            addr = self._rr[0]
+            self._rr.rotate(-1)
+            link = self._links[addr]
+            if not link.backoff.ready(now):
+                continue
+            rid = self._rid()
+            host = p.HostFacts(
+                os.cpu_count() or 1,
+                self.memory_mb,
+                self.cfg.slots,
+                tuple(self.cache.hashes()[: p.MAX_CACHED]),
+            )
+            if self._send(link, p.Bored(rid, self.name, host, self.hi_water - have)):
+                link.bored_id, link.bored_at = rid, now
+            return
+
+    def _send_results(self, now: float) -> None:
+        for addr, results in self._unacked.items():
+            link = self._links.get(addr)
+            if not results or link is None or link.results_id is not None:
+                continue
+            if not link.backoff.ready(now):
+                continue
+            batch = tuple(results.values())[:MAX_RESULTS_PER_MESSAGE]
+            rid = self._rid()
+            if self._send(link, p.Results(rid, self.name, batch)):
+                link.results_id, link.results_at = rid, now
+                link.results_tags = tuple(r.tag for r in batch)
+
+    def _check_timeouts(self, now: float) -> None:
+        limit = self.cfg.request_timeout_s
+        for link in list(self._links.values()):
+            late_bored = link.bored_id is not None and now - link.bored_at > limit
+            late_results = link.results_id is not None and now - link.results_at > limit
+            if late_bored or late_results:
+                self._failed(link, now, f"no answer within {limit:g} s")
+
+    def _failed(self, link: _Link, now: float, why: str) -> None:
+        self._reset_socket(link)
+        wait = link.backoff.failed(now)
+        log.info(
+            "dealer %s: %s; backed off for %.1f s (until %s)",
+            link.address,
+            why,
+            wait,
+            time.strftime("%H:%M:%S", time.localtime(time.time() + wait)),
+        )
+        if (
+            not link.pinned
+            and link.backoff.failures >= DROP_REFERRED_AFTER
+            and not self._unacked.get(link.address)
+        ):
+            log.info(
+                "dealer %s dropped after %d failed contacts", link.address, link.backoff.failures
+            )
+            del self._links[link.address]
+            self._rr.remove(link.address)
+
+    def _recv(self, link: _Link) -> None:
+        while link.sock is not None:
+            try:
+                frame = link.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode(frame)
+            except p.ProtocolError as e:
+                log.warning("dealer %s sent a malformed message: %s", link.address, e)
+                continue
+            self._handle(link, msg)
+
+    def _handle(self, link: _Link, msg: p.Message) -> None:
+        now = time.monotonic()
+        re_ = getattr(msg, "re", None)
+        if isinstance(msg, p.Jobs):
+            if re_ == link.bored_id:
+                link.bored_id = None
+            link.backoff.succeeded()
+            self._take_jobs(link, msg, now)
+        elif isinstance(msg, p.RetryLater):
+            if re_ == link.bored_id:
+                link.bored_id = None
+            link.backoff.succeeded()
+            link.backoff.retry_after(now, msg.seconds)
+            log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
+        elif isinstance(msg, p.Referral):
+            if re_ == link.bored_id:
+                link.bored_id = None
+            link.backoff.succeeded()
+            link.backoff.retry_after(now, self.cfg.min_backoff_s)
+            if link.depth < MAX_REFERRAL_DEPTH:
+                for text in msg.dealers:
+                    try:
+                        self._add_link(p.dealer_address(text), link.depth + 1)
+                    except ValueError as e:
+                        log.warning("dealer %s referred to a bad address: %s", link.address, e)
+        elif isinstance(msg, p.Ack):
+            if re_ == link.results_id:
+                link.results_id = None
+                link.results_tags = ()
+            link.backoff.succeeded()
+            self._acked(link.address, msg)
+        elif isinstance(msg, p.Error):
+            log.warning(
+                "dealer %s refused request %d: %s: %s",
+                link.address,
+                msg.re,
+                msg.code.value,
+                msg.text,
+            )
+            if re_ in (link.bored_id, link.results_id):
+                self._failed(link, now, f"error {msg.code.value}")
+        else:
+            log.warning("dealer %s sent an unexpected %s", link.address, msg.TYPE)
+
+    def _take_jobs(self, link: _Link, msg: p.Jobs, now: float) -> None:
+        for sha, wasm in msg.payloads.items():
+            got = self.cache.put(wasm)
+            if got != sha:
+                log.warning(
+                    "dealer %s sent payload %s whose bytes hash to %s; ignored",
+                    link.address,
+                    sha[:12],
+                    got[:12],
+                )
+        for spec in msg.jobs:
+            self._buffer.append(_Pending(link.address, spec, now + spec.deadline_s))
+        if msg.jobs:
+            self._last_busy = now
+            log.debug("%d jobs from %s", len(msg.jobs), link.address)
+
+    def _acked(self, dealer: str, msg: p.Ack) -> None:
+        results = self._unacked.get(dealer, {})
+        for tag in msg.tags:
+            results.pop(tag, None)
+            self.spool.remove(dealer, tag)
+        for rej in msg.rejected:
+            log.warning(
+                "dealer %s refused result %s: %s: %s", dealer, rej.tag, rej.code.value, rej.text
+            )
+            results.pop(rej.tag, None)
+            self.spool.remove(dealer, rej.tag)
+
+    def _count_unacked(self) -> int:
+        return sum(len(r) for r in self._unacked.values())
+
+    # --- shutdown ------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        log.info(
+            "stopping: %d running, %d not started, %d results to deliver",
+            len(self._running),
+            len(self._buffer),
+            self._count_unacked(),
+        )
+        while self._buffer:
+            job = self._buffer.popleft()
+            self._finish(
+                job,
+                p.Result(
+                    job.spec.tag, p.Status.ABANDONED, b"", 0, "jobber stopped before starting it"
+                ),
+            )
+        deadline = time.monotonic() + self.cfg.grace_s
+        while self._running and time.monotonic() < deadline:
+            self._turn(time.monotonic())
+            self._wait()
+        for key, outcome in self.slots.close(0.0):
+            job = self._running.pop(key, None)
+            if job is not None:
+                self._finish(
+                    job,
+                    p.Result(
+                        job.spec.tag,
+                        outcome.status,
+                        outcome.stdout,
+                        outcome.fuel,
+                        outcome.detail[: p.MAX_STR],
+                    ),
+                )
+        flush_until = time.monotonic() + min(5.0, self.cfg.request_timeout_s)
+        while self._count_unacked() and time.monotonic() < flush_until:
+            self._turn(time.monotonic())
+            self._wait()
+        if self._count_unacked():
+            log.info("%d results stay in the spool for next time", self._count_unacked())
+
+    def close(self) -> None:
+        self.slots.close(0.0)
+        for link in self._links.values():
+            self._reset_socket(link)
+        os.close(self._lock)

@@ -1,0 +1,524 @@
+"""The borednet wire: every message a dealer and a jobber exchange.
+
+Theory of operation
+-------------------
+A jobber holds a ZeroMQ DEALER socket connected to each dealer's ROUTER
+socket. Every message is one ZeroMQ frame holding one msgpack map::
+
+    {"v": 1, "type": "<name>", ...fields}
+
+Requests (``bored``, ``results``, ``status``) carry an ``id`` chosen by the
+sender; the reply to a request carries ``re`` equal to that id, so a late reply
+to a request that already timed out is recognised and dropped.
+
+    jobber                          dealer
+    bored(id, want=n)      ->
+                           <-  jobs(re) | referral(re) | retry_later(re) | error(re)
+    results(id, [r...])    ->
+                           <-  ack(re, tags, rejected) | error(re)
+    status(id)             ->
+                           <-  status_reply(re, info) | error(re)
+
+``jobs`` carries several jobs and ``results`` several results: batching is how
+one dealer goes past the message rate of one Python event loop.
+
+This module is the only place that trusts nothing: ``decode`` checks the
+version, the type, every field's type and every size cap, and raises
+:class:`ProtocolError` (never anything else) for bytes that are not a valid
+message. docs/protocol.md is the description for other implementations; keep
+the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+VERSION = 1
+
+# Size caps. A payload module is the largest thing on the wire; 32 MiB leaves
+# room for real programs (a C kernel is ~50 KB) while a single frame cannot
+# exhaust a dealer's or jobber's memory.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+MAX_BATCH = 4096  # jobs in one `jobs`, results in one `results`
+MAX_ARGS = 1024
+MAX_STR = 4096  # tags, args, ids, addresses, texts
+MAX_STDIN_BYTES = 16 * 1024 * 1024
+MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+MAX_CACHED = 4096  # payload hashes a jobber may report
+MAX_U64 = 2**64 - 1
+
+_SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
+class ProtocolError(ValueError):
+    """The bytes or fields given are not a valid borednet message."""
+
+
+class Status(str, enum.Enum):
+    """How a job ended on a jobber. Part of the wire: sent in each result."""
+
+    OK = "ok"  # the payload exited with code 0
+    EXIT = "exit"  # the payload exited with a nonzero code
+    FUEL = "fuel"  # out of fuel (instruction budget)
+    TIME = "time"  # wall-clock limit reached
+    MEMORY = "memory"  # linear memory (or table/instance) limit reached
+    OUTPUT = "output"  # tried to write more than the output limit
+    STACK = "stack"  # call stack exhausted
+    TRAP = "trap"  # unreachable, divide by zero, out-of-bounds access, ...
+    INVALID = "invalid"  # not a valid WebAssembly module or not a WASI command
+    IMPORT = "import"  # imports something the sandbox does not provide
+    CRASH = "crash"  # the worker process running the job died
+    ABANDONED = "abandoned"  # the jobber gave the job up without running it to the end
+
+
+class ErrorCode(str, enum.Enum):
+    """Why a request (or one result in it) was refused."""
+
+    MALFORMED = "malformed"  # did not decode as a message
+    VERSION = "version"  # a protocol version this peer does not speak
+    UNEXPECTED = "unexpected"  # a valid message that makes no sense here
+    UNKNOWN_TAG = "unknown_tag"  # no replica with this tag was sent to you
+    SETTLED = "settled"  # the job is already decided; the result changes nothing
+    DUPLICATE = "duplicate"  # this result was already received
+    INTERNAL = "internal"  # the peer failed on its own; try later
+
+
+# --- field checkers -------------------------------------------------------
+# Each takes the decoded msgpack value and returns the Python value to store,
+# or raises ProtocolError naming what is wrong.
+
+Check = Callable[[Any, str], Any]
+
+
+def _int(lo: int = 0, hi: int = MAX_U64) -> Check:
+    def check(v: Any, where: str) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise ProtocolError(f"{where}: expected an integer in [{lo}, {hi}], got {_show(v)}")
+        return v
+
+    return check
+
+
+def _float(lo: float = 0.0, hi: float = 1e12) -> Check:
+    def check(v: Any, where: str) -> float:
+        if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ProtocolError(f"{where}: expected a number in [{lo}, {hi}], got {_show(v)}")
+        return float(v)
+
+    return check
+
+
+def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Check:
+    def check(v: Any, where: str) -> str:
+        if type(v) is not str or len(v) > max_len:
+            raise ProtocolError(f"{where}: expected a string of at most {max_len} characters")
+        if pattern is not None and not pattern.match(v):
+            raise ProtocolError(f"{where}: {v!r} does not match {pattern.pattern}")
+        return v
+
+    return check
+
+
+def _bytes(max_len: int) -> Check:
+    def check(v: Any, where: str) -> bytes:
+        if type(v) is not bytes or len(v) > max_len:
+            raise ProtocolError(f"{where}: expected binary of at most {max_len} bytes")
+        return v
+
+    return check
+
+
+def _enum(cls: type[enum.Enum]) -> Check:
+    def check(v: Any, where: str) -> Any:
+        try:
+            return cls(v)
+        except (ValueError, TypeError):
+            allowed = ", ".join(m.value for m in cls)
+            raise ProtocolError(f"{where}: expected one of {allowed}, got {_show(v)}") from None
+
+    return check
+
+
+def _list(item: Check, max_len: int) -> Check:
+    def check(v: Any, where: str) -> tuple[Any, ...]:
+        if type(v) is not list or len(v) > max_len:
+            raise ProtocolError(f"{where}: expected a list of at most {max_len} items")
+        return tuple(item(x, f"{where}[{i}]") for i, x in enumerate(v))
+
+    return check
+
+
+def _map(key: Check, value: Check, max_len: int) -> Check:
+    def check(v: Any, where: str) -> dict[Any, Any]:
+        if type(v) is not dict or len(v) > max_len:
+            raise ProtocolError(f"{where}: expected a map of at most {max_len} entries")
+        return {key(k, f"{where} key"): value(x, f"{where}[{k!r}]") for k, x in v.items()}
+
+    return check
+
+
+def _any_map(max_len: int = 4096) -> Check:
+    def check(v: Any, where: str) -> dict[str, Any]:
+        if type(v) is not dict or len(v) > max_len:
+            raise ProtocolError(f"{where}: expected a map")
+        return v
+
+    return check
+
+
+def _record(cls: type[_Record]) -> Check:
+    def check(v: Any, where: str) -> Any:
+        return cls._from_wire(v, where)
+
+    return check
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- records --------------------------------------------------------------
+
+
+class _Record:
+    """A frozen dataclass with a schema: {field name: checker}."""
+
+    __slots__ = ()
+    _SCHEMA: ClassVar[dict[str, Check]]
+
+    def _to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            out[f.name] = _to_wire(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def _from_wire(cls, v: Any, where: str) -> Any:
+        if type(v) is not dict:
+            raise ProtocolError(f"{where}: expected a map, got {_show(v)}")
+        kwargs = {}
+        for name, check in cls._SCHEMA.items():
+            if name not in v:
+                raise ProtocolError(f"{where}: missing field {name!r}")
+            kwargs[name] = check(v[name], f"{where}.{name}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"{where}: {e}") from e
+
+
+def _to_wire(v: Any) -> Any:
+    if isinstance(v, _Record):
+        return v._to_wire()
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, tuple | list):
+        return [_to_wire(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _to_wire(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Limits(_Record):
+    """What one job may use. Every limit exceeded ends the job with its own Status.
+
+    fuel: WebAssembly instructions (roughly 7 to 14 per ns on a current core).
+    memory_mb: linear memory in MiB.
+    time_s: wall-clock seconds.
+    output_kb: stdout in KiB; a write past it fails and the job ends as OUTPUT.
+    """
+
+    fuel: int = 100_000_000_000
+    memory_mb: int = 256
+    time_s: float = 60.0
+    output_kb: int = 1024
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "fuel": _int(1, 2**62),
+        "memory_mb": _int(1, 65536),
+        "time_s": _float(0.001, 1e7),
+        "output_kb": _int(0, MAX_OUTPUT_BYTES // 1024),
+    }
+
+    def __post_init__(self) -> None:
+        for name, check in self._SCHEMA.items():
+            check(getattr(self, name), f"limits.{name}")
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts(_Record):
+    """What a jobber tells a dealer about its machine with each request."""
+
+    cpus: int
+    memory_mb: int
+    slots: int
+    cached: tuple[str, ...] = ()  # sha256 hex of payloads the jobber holds
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "cpus": _int(1, 1 << 20),
+        "memory_mb": _int(0, 1 << 40),
+        "slots": _int(0, 1 << 20),
+        "cached": _list(_str(64, _SHA256_HEX), MAX_CACHED),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec(_Record):
+    """One replica of a job, as sent to one jobber."""
+
+    tag: str
+    payload: str  # sha256 hex of the wasm module
+    args: tuple[str, ...]
+    stdin: bytes
+    limits: Limits
+    deadline_s: float  # seconds, from receipt, the dealer waits for the result
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "tag": _str(),
+        "payload": _str(64, _SHA256_HEX),
+        "args": _list(_str(), MAX_ARGS),
+        "stdin": _bytes(MAX_STDIN_BYTES),
+        "limits": _record(Limits),
+        "deadline_s": _float(0.0, 1e9),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Result(_Record):
+    """How one replica ended, sent back with its tag."""
+
+    tag: str
+    status: Status
+    output: bytes = b""
+    fuel: int = 0  # fuel used
+    detail: str = ""  # human-readable: the trap message, the limit hit
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "tag": _str(),
+        "status": _enum(Status),
+        "output": _bytes(MAX_OUTPUT_BYTES),
+        "fuel": _int(0, MAX_U64),
+        "detail": _str(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection(_Record):
+    """One result the dealer refused, and why. The jobber must not send it again."""
+
+    tag: str
+    code: ErrorCode
+    text: str
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "tag": _str(),
+        "code": _enum(ErrorCode),
+        "text": _str(),
+    }
+
+
+# --- messages -------------------------------------------------------------
+
+
+class Message(_Record):
+    __slots__ = ()
+    TYPE: ClassVar[str]
+
+
+_ID = _int(0, MAX_U64)
+_JOBBER = _str(256)
+
+
+@dataclass(frozen=True, slots=True)
+class Bored(Message):
+    """Jobber -> dealer: I can take up to `want` more jobs."""
+
+    TYPE: ClassVar[str] = "bored"
+    id: int
+    jobber: str
+    host: HostFacts
+    want: int = 1
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "id": _ID,
+        "jobber": _JOBBER,
+        "host": _record(HostFacts),
+        "want": _int(0, MAX_BATCH),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs(Message):
+    """Dealer -> jobber: jobs to run; payload bytes for hashes the jobber lacks."""
+
+    TYPE: ClassVar[str] = "jobs"
+    re: int
+    jobs: tuple[JobSpec, ...]
+    payloads: dict[str, bytes] = field(default_factory=dict)
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "jobs": _list(_record(JobSpec), MAX_BATCH),
+        "payloads": _map(_str(64, _SHA256_HEX), _bytes(MAX_PAYLOAD_BYTES), 64),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Referral(Message):
+    """Dealer -> jobber: no work here; these dealers may have some."""
+
+    TYPE: ClassVar[str] = "referral"
+    re: int
+    dealers: tuple[str, ...]
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "dealers": _list(_str(256), 64),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater(Message):
+    """Dealer -> jobber: no work for you now; ask again after `seconds`."""
+
+    TYPE: ClassVar[str] = "retry_later"
+    re: int
+    seconds: float
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "seconds": _float(0.0, 1e7)}
+
+
+@dataclass(frozen=True, slots=True)
+class Results(Message):
+    """Jobber -> dealer: finished replicas."""
+
+    TYPE: ClassVar[str] = "results"
+    id: int
+    jobber: str
+    results: tuple[Result, ...]
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "id": _ID,
+        "jobber": _JOBBER,
+        "results": _list(_record(Result), MAX_BATCH),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """Dealer -> jobber: these results are durably recorded; those were refused.
+
+    Either way the jobber is done with every tag named here.
+    """
+
+    TYPE: ClassVar[str] = "ack"
+    re: int
+    tags: tuple[str, ...]
+    rejected: tuple[Rejection, ...] = ()
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "tags": _list(_str(), MAX_BATCH),
+        "rejected": _list(_record(Rejection), MAX_BATCH),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """Either way: the request (`re`, or 0 if it could not be read) was refused."""
+
+    TYPE: ClassVar[str] = "error"
+    re: int
+    code: ErrorCode
+    text: str
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "code": _enum(ErrorCode),
+        "text": _str(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery(Message):
+    """Anyone -> dealer: report your tasks and jobbers."""
+
+    TYPE: ClassVar[str] = "status"
+    id: int
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(Message):
+    """Dealer -> asker: a map of counts and records (see docs/protocol.md)."""
+
+    TYPE: ClassVar[str] = "status_reply"
+    re: int
+    info: dict[str, Any]
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "info": _any_map()}
+
+
+MESSAGES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Bored, Jobs, Referral, RetryLater, Results, Ack, Error, StatusQuery, StatusReply)
+}
+
+
+def encode(msg: Message) -> bytes:
+    """The single frame that carries `msg`."""
+    body = msg._to_wire()
+    body["v"] = VERSION
+    body["type"] = msg.TYPE
+    data = msgpack.packb(body, use_bin_type=True)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"{msg.TYPE} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Parse one frame; raise ProtocolError for anything that is not a valid message."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ...)
+        raise ProtocolError(f"not msgpack: {type(e).__name__}: {e}") from e
+    if type(body) is not dict:
+        raise ProtocolError(f"expected a msgpack map, got {type(body).__name__}")
+    version = body.get("v")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {_show(version)} is not {VERSION}")
+    kind = body.get("type")
+    cls = MESSAGES.get(kind) if type(kind) is str else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {_show(kind)}")
+    return cls._from_wire(body, kind)
+
+
+def request_id(data: bytes) -> int:
+    """Best effort: the `id` of a request that failed to decode, else 0."""
+    try:
+        body = msgpack.unpackb(data, raw=False)
+        rid = body.get("id") if type(body) is dict else None
+    except Exception:
+        return 0
+    return rid if type(rid) is int and 0 <= rid <= MAX_U64 else 0

@@ -1,0 +1,121 @@
+"""What a task author writes: a Task that divides into Jobs.
+
+A Task is plain Python and knows nothing of sockets or SQLite. The dealer
+draws jobs from `jobs()` lazily (a bounded window at a time), sends each as one
+or more replicas, and calls `on_output(job, output)` once per job, in the order
+jobs are accepted, with the output a quorum of jobbers agreed on. A job that
+cannot be done (too many errors, replicas that never agree) is passed to
+`on_failure(job, reasons)` instead. When every job is settled, or `done()`
+says so early, the dealer asks for `result()` and prints `report()`.
+
+A dealer restarted on its journal builds a fresh Task and replays the
+accepted outputs into it in their original order, so a Task must be
+deterministic: the same constructor arguments give the same jobs, and its
+state depends only on the outputs it was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from protocol import Limits
+from tasks._payload import Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of work: the arguments and stdin a payload runs with."""
+
+    args: tuple[str, ...] = ()
+    stdin: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(a, str) for a in self.args):
+            raise TypeError("Job.args must be strings")
+        if not isinstance(self.stdin, bytes):
+            raise TypeError("Job.stdin must be bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job the dealer gave up on, and why."""
+
+    job: Job
+    reasons: tuple[str, ...]
+
+
+class Task:
+    """Subclass this. Class attributes are the defaults every dealer honours.
+
+    payload:     the Payload every job runs (set it in __init__ or as a class attribute)
+    limits:      per-job Limits (fuel, memory_mb, time_s, output_kb)
+    redundancy:  replicas sent per job, each to a distinct jobber
+    quorum:      matching outputs (bytes and fuel used) needed to accept a job
+    max_errors:  errored or overdue replicas a job may have before it fails
+    deadline_s:  seconds a jobber has to return a replica (None: from limits)
+    """
+
+    payload: Payload
+    limits: ClassVar[Limits] = Limits()
+    redundancy: ClassVar[int] = 1
+    quorum: ClassVar[int | None] = None  # None: equal to redundancy
+    max_errors: ClassVar[int] = 3
+    deadline_s: ClassVar[float | None] = None
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    # --- the author's part -------------------------------------------------
+
+    def jobs(self) -> Iterable[Job]:
+        """All jobs of the task, in a fixed order. Drawn lazily by the dealer."""
+        raise NotImplementedError
+
+    def on_output(self, job: Job, output: bytes) -> None:
+        """Called once per accepted job with its validated output."""
+        raise NotImplementedError
+
+    def on_failure(self, job: Job, reasons: list[str]) -> None:
+        """Called once per job that could not be done. Default: remember it."""
+        self.failures.append(Failure(job, tuple(reasons)))
+
+    def done(self) -> bool:
+        """True to finish before every job is settled (e.g. the answer is known)."""
+        return False
+
+    def result(self) -> Any:
+        """The final result, once the task is finished."""
+        raise NotImplementedError
+
+    def report(self) -> str:
+        """The line the dealer prints when the task is finished."""
+        return str(self.result())
+
+    def total(self) -> int | None:
+        """How many jobs `jobs()` yields, if known (for progress bars)."""
+        return None
+
+    # --- command line ------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the task's own command-line arguments."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Task:
+        """Build the task from parsed arguments. Default: no arguments."""
+        return cls()
+
+    # --- derived policy ----------------------------------------------------
+
+    def effective_quorum(self) -> int:
+        return self.redundancy if self.quorum is None else self.quorum
+
+    def effective_deadline_s(self) -> float:
+        """Default deadline: twice the wall-clock limit plus a minute of slack."""
+        if self.deadline_s is not None:
+            return float(self.deadline_s)
+        return 2 * self.limits.time_s + 60.0
