@@ -1,0 +1,255 @@
+"""Unit tests of the dealer's pure scheduling core."""
+
+from __future__ import annotations
+
+import pytest
+
+from dealer._core import (
+    ACTIVE_HORIZON_S,
+    Accepted,
+    Core,
+    CoreError,
+    Failed,
+    JournalMismatch,
+    Policy,
+    ReplicaState,
+    Sent,
+)
+from protocol import ErrorCode, Status
+from tasks import Job
+
+OK = Status.OK
+
+
+def jobs(n: int) -> list[Job]:
+    return [Job((str(i),)) for i in range(n)]
+
+
+def make(n: int = 3, **policy) -> Core:
+    policy.setdefault("deadline_s", 100.0)
+    return Core(jobs(n), Policy(**policy), "t")
+
+
+def test_one_job_one_replica_accepted():
+    core = make(1)
+    [a] = core.bored("a", 5, 1000, now=0.0)
+    assert a.job == Job(("0",)) and a.deadline == 100.0
+    assert core.result("a", a.tag, OK, b"out", 7, "", now=1.0) is None
+    [s] = core.take_settled()
+    assert s == Accepted(0, Job(("0",)), b"out")
+    assert core.finished()
+    assert core.jobbers["a"].valid == 1 and core.jobbers["a"].credit == 7
+
+
+def test_tags_unique_and_one_replica_per_job_per_jobber():
+    core = make(3, redundancy=2)
+    first = core.bored("a", 10, 1000, 0.0)
+    assert [x.job_id for x in first] == [0, 1, 2]  # one replica of each job, never two
+    second = core.bored("a", 10, 1000, 0.0)
+    assert second == []  # a holds a live replica of every job
+    other = core.bored("b", 10, 1000, 0.0)
+    assert [x.job_id for x in other] == [0, 1, 2]
+    tags = [x.tag for x in first + other]
+    assert len(set(tags)) == 6
+
+
+def test_results_from_the_wrong_jobber_or_unknown_tags_change_nothing():
+    core = make(1)
+    [a] = core.bored("a", 1, 1000, 0.0)
+    core.take_records()
+    forged = core.result("mallory", a.tag, OK, b"evil", 1, "", 1.0)
+    assert forged is not None and forged.code is ErrorCode.UNKNOWN_TAG
+    unknown = core.result("a", "t.ff", OK, b"x", 1, "", 1.0)
+    assert unknown is not None and unknown.code is ErrorCode.UNKNOWN_TAG
+    other_dealer = core.result("a", "zz.0", OK, b"x", 1, "", 1.0)
+    assert other_dealer is not None and other_dealer.code is ErrorCode.UNKNOWN_TAG
+    assert core.take_records() == [] and core.take_settled() == []
+    assert core.result("a", a.tag, OK, b"good", 1, "", 1.0) is None
+    dup = core.result("a", a.tag, OK, b"good", 1, "", 1.0)
+    # the job is settled, so the tag is known but closed
+    assert dup is not None and dup.code is ErrorCode.SETTLED
+    assert [s.output for s in core.take_settled()] == [b"good"]
+
+
+def test_duplicate_result_while_job_unsettled():
+    core = make(1, redundancy=2, quorum=2)
+    a = core.bored("a", 1, 1000, 0.0)[0]
+    core.bored("b", 1, 1000, 0.0)
+    assert core.result("a", a.tag, OK, b"x", 1, "", 1.0) is None
+    dup = core.result("a", a.tag, OK, b"x", 1, "", 1.0)
+    assert dup is not None and dup.code is ErrorCode.DUPLICATE
+
+
+def test_overdue_replica_is_reissued_to_another_jobber_and_late_result_counts():
+    core = make(1)
+    [a] = core.bored("a", 1, 1000, 0.0)
+    assert core.bored("b", 1, 1000, 50.0) == []  # not overdue yet
+    core.tick(100.0)
+    assert core.take_settled() == []
+    assert core.bored("a", 1, 1000, 100.0) == []  # b is active and fresh to the job
+    [b] = core.bored("b", 1, 1000, 100.0)
+    assert b.job_id == 0 and b.tag != a.tag
+    # a's late result arrives first: it still counts
+    assert core.result("a", a.tag, OK, b"late", 3, "", 120.0) is None
+    assert [s.output for s in core.take_settled()] == [b"late"]
+    late_b = core.result("b", b.tag, OK, b"late", 3, "", 121.0)
+    assert late_b is not None and late_b.code is ErrorCode.SETTLED
+    assert core.jobbers["a"].errors == 1  # the overdue is on its record
+
+
+def test_errors_reissue_then_fail_after_max_errors():
+    core = make(1, max_errors=2)
+    names = ["a", "b", "c"]
+    for i, name in enumerate(names):
+        [x] = core.bored(name, 1, 1000, float(i))
+        assert core.result(name, x.tag, Status.TRAP, b"", 5, "unreachable", float(i)) is None
+    [s] = core.take_settled()
+    assert isinstance(s, Failed)
+    assert "more than 2 errors" in s.reasons[0]
+    assert any("trap: unreachable" in r for r in s.reasons)
+    assert core.failed == 1 and core.finished()
+
+
+def test_failed_job_goes_back_to_the_same_jobber_when_no_other_is_active():
+    core = make(1)
+    [x] = core.bored("solo", 1, 1000, 0.0)
+    core.result("solo", x.tag, Status.CRASH, b"", 0, "worker died", 1.0)
+    [y] = core.bored("solo", 1, 1000, 2.0)
+    assert y.job_id == 0 and y.tag != x.tag
+    # but not while another active jobber is fresh to it
+    core.result("solo", y.tag, Status.CRASH, b"", 0, "worker died", 3.0)
+    core.bored("other", 0, 1000, 3.0)  # seen, asks for nothing
+    assert core.bored("solo", 1, 1000, 4.0) == []
+    # once the other has been silent past the horizon, solo may retry
+    assert [z.job_id for z in core.bored("solo", 1, 1000, 4.0 + ACTIVE_HORIZON_S + 1)] == [0]
+
+
+def test_abandoned_replica_is_released_without_an_error():
+    core = make(1, max_errors=0)
+    [x] = core.bored("a", 1, 1000, 0.0)
+    core.result("a", x.tag, Status.ABANDONED, b"", 0, "shutting down", 1.0)
+    assert core.take_settled() == []
+    assert core.jobbers["a"].errors == 0
+    [y] = core.bored("b", 1, 1000, 2.0)
+    core.result("b", y.tag, OK, b"done", 1, "", 3.0)
+    assert [s.output for s in core.take_settled()] == [b"done"]
+
+
+def test_quorum_agreement_credits_only_the_winners():
+    core = make(1, redundancy=3, quorum=2)
+    a, b, c = (core.bored(n, 1, 1000, 0.0)[0] for n in "abc")
+    core.result("a", a.tag, OK, b"right", 10, "", 1.0)
+    core.result("c", c.tag, OK, b"wrong", 10, "", 1.0)
+    assert core.take_settled() == []
+    core.result("b", b.tag, OK, b"right", 10, "", 2.0)
+    [s] = core.take_settled()
+    assert s.output == b"right"
+    assert (core.jobbers["a"].valid, core.jobbers["b"].valid) == (1, 1)
+    assert core.jobbers["c"].invalid == 1 and core.jobbers["c"].credit == 0
+    assert core.jobbers["a"].credit == 10
+
+
+def test_same_output_different_fuel_does_not_agree():
+    core = make(1, redundancy=2, quorum=2)
+    a, b = (core.bored(n, 1, 1000, 0.0)[0] for n in "ab")
+    core.result("a", a.tag, OK, b"x", 10, "", 1.0)
+    core.result("b", b.tag, OK, b"x", 11, "", 1.0)
+    assert core.take_settled() == []
+    [c] = core.bored("c", 1, 1000, 2.0)  # a third opinion is sent
+    core.result("c", c.tag, OK, b"x", 10, "", 3.0)
+    assert [s.output for s in core.take_settled()] == [b"x"]
+
+
+def test_disagreement_up_to_the_cap_fails_the_job():
+    core = make(1, redundancy=2, quorum=2, max_replicas=3)
+    for i, name in enumerate("abc"):
+        [x] = core.bored(name, 1, 1000, 0.0)
+        core.result(name, x.tag, OK, f"out{i}".encode(), 1, "", 1.0)
+    [s] = core.take_settled()
+    assert isinstance(s, Failed) and "no 2 of 3 replicas agreed" in s.reasons[0]
+    assert core.bored("d", 1, 1000, 2.0) == []
+
+
+def test_memory_requirement_gates_jobbers():
+    core = make(1, memory_mb=512)
+    assert core.bored("small", 4, 256, 0.0) == []
+    assert len(core.bored("big", 4, 1024, 0.0)) == 1
+
+
+def test_jobs_are_drawn_lazily_within_the_window():
+    drawn = []
+
+    def gen():
+        for i in range(10_000_000):
+            drawn.append(i)
+            yield Job((str(i),))
+
+    core = Core(gen(), Policy(window=5, deadline_s=10.0), "t")
+    got = core.bored("a", 100, 1000, 0.0)
+    assert len(got) == 5 and len(drawn) == 5
+    core.result("a", got[0].tag, OK, b"", 1, "", 1.0)
+    assert len(core.bored("b", 100, 1000, 1.0)) == 1  # one slot freed in the window
+    assert core.drawn == 6
+
+
+def test_replay_rebuilds_the_same_state():
+    core = make(4, redundancy=2, quorum=2)
+    log = []
+    a = core.bored("a", 4, 1000, 0.0)
+    b = core.bored("b", 4, 1000, 0.0)
+    core.result("a", a[0].tag, OK, b"r0", 1, "", 1.0)
+    core.result("b", b[0].tag, OK, b"r0", 1, "", 1.0)
+    core.result("a", a[1].tag, Status.TRAP, b"", 1, "boom", 1.0)
+    core.tick(150.0)
+    log.extend(core.take_records())
+    settled = core.take_settled()
+    fresh = make(4, redundancy=2, quorum=2)
+    for rec in log:
+        fresh.apply(rec)
+    assert fresh.take_settled() == settled
+    assert (fresh.accepted, fresh.failed, fresh.in_flight, fresh.drawn) == (
+        core.accepted,
+        core.failed,
+        core.in_flight,
+        core.drawn,
+    )
+    assert fresh.jobbers.keys() == core.jobbers.keys()
+    for name in core.jobbers:
+        x, y = fresh.jobbers[name], core.jobbers[name]
+        assert (x.valid, x.invalid, x.errors, x.credit) == (y.valid, y.invalid, y.errors, y.credit)
+    # the next tag continues the sequence instead of reusing one
+    nxt = fresh.bored("c", 1, 1000, 200.0)
+    assert nxt and nxt[0].tag not in {x.tag for x in a + b}
+
+
+def test_replay_refuses_a_changed_task():
+    core = make(2)
+    core.bored("a", 2, 1000, 0.0)
+    records = core.take_records()
+    changed = Core([Job(("0",)), Job(("other",))], Policy(deadline_s=100.0), "t")
+    with pytest.raises(JournalMismatch, match="job 1 of the task differs"):
+        for rec in records:
+            changed.apply(rec)
+    shorter = Core(jobs(1), Policy(deadline_s=100.0), "t")
+    with pytest.raises(JournalMismatch, match="yields only 1 jobs"):
+        for rec in records:
+            shorter.apply(rec)
+
+
+def test_lifecycle_table_refuses_illegal_events():
+    core = make(1)
+    [a] = core.bored("a", 1, 1000, 0.0)
+    core.result("a", a.tag, Status.TRAP, b"", 0, "", 1.0)
+    with pytest.raises(CoreError, match="not allowed in state error"):
+        core._replicas[a.tag].fire("deadline")
+    assert core._replicas[a.tag].state is ReplicaState.ERROR
+    with pytest.raises(CoreError, match="out of sequence"):
+        core.apply(Sent("t.99", 0, "a", 5.0))
+
+
+def test_policy_rejects_nonsense():
+    with pytest.raises(ValueError):
+        Policy(redundancy=1, quorum=2)
+    with pytest.raises(ValueError):
+        Policy(deadline_s=0)
+    assert Policy(redundancy=2, max_errors=3).max_replicas == 7

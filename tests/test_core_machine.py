@@ -1,0 +1,212 @@
+"""The dealer core under arbitrary interleavings (hypothesis RuleBasedStateMachine).
+
+Honest jobbers return the right output of each job, one dishonest jobber
+returns a wrong one; results arrive good, bad, late, duplicated or forged; the
+clock jumps; the dealer crashes (losing the step it had not journaled) and
+restarts from its journal. After every step:
+
+- every drawn job is either unsettled or settled exactly once (none lost,
+  none accepted twice), and replay order equals delivery order;
+- every accepted output was returned OK by at least `quorum` distinct jobbers;
+- with quorum >= 2, the dishonest jobber never gets a wrong output accepted.
+
+At the end, honest jobbers alone drive the batch to completion.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from dealer._core import Accepted, Core, Failed, Policy
+from protocol import ErrorCode, Status
+from tasks import Job
+
+HONEST = ("h1", "h2", "h3")
+LIAR = "liar"
+JOBBERS = (*HONEST, LIAR)
+ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
+
+
+def right(job_id: int) -> tuple[bytes, int]:
+    return f"out-{job_id}".encode(), 100 + job_id
+
+
+class CoreMachine(RuleBasedStateMachine):
+    @initialize(
+        n_jobs=st.integers(0, 8),
+        redundancy=st.integers(1, 3),
+        quorum_minus=st.integers(0, 2),
+        max_errors=st.integers(0, 3),
+        window=st.integers(1, 4),
+    )
+    def setup(self, n_jobs, redundancy, quorum_minus, max_errors, window):
+        self.n_jobs = n_jobs
+        self.policy = Policy(
+            redundancy=redundancy,
+            quorum=max(1, redundancy - quorum_minus),
+            max_errors=max_errors,
+            deadline_s=50.0,
+            window=window,
+        )
+        self.journal: list = []
+        self.core = self._fresh()
+        self.now = 0.0
+        self.out: dict[str, tuple[str, int, float]] = {}  # tag -> (jobber, job_id, deadline)
+        self.returned: dict[str, tuple[str, int, bytes, int, Status]] = {}
+        self.settled: list[Accepted | Failed] = []  # in delivery order
+        self.ok_by: dict[tuple[int, bytes, int], set[str]] = {}
+
+    def _fresh(self) -> Core:
+        core = Core((Job((str(i),)) for i in range(self.n_jobs)), self.policy, "d")
+        for rec in self.journal:
+            core.apply(rec)
+        return core
+
+    def _commit(self) -> None:
+        """What the server does at the end of a turn: journal, then deliver."""
+        self.journal.extend(self.core.take_records())
+        self.settled.extend(self.core.take_settled())
+
+    # --- rules -------------------------------------------------------------
+
+    @rule(who=st.sampled_from(JOBBERS), want=st.integers(0, 3))
+    def bored(self, who, want):
+        for a in self.core.bored(who, want, 1000, self.now):
+            assert a.tag not in self.out and a.tag not in self.returned, "tag reused"
+            # an overdue replica may go back to its jobber (when no other is fresh to it)
+            held = {j for (w, j, d) in self.out.values() if w == who and d > self.now}
+            assert a.job_id not in held, "two live replicas of one job on one jobber"
+            self.out[a.tag] = (who, a.job_id, a.deadline)
+        self._commit()
+
+    @precondition(lambda self: self.out)
+    @rule(data=st.data(), kind=st.sampled_from(["ok", "error", "abandon"]))
+    def result(self, data, kind):
+        tag = data.draw(st.sampled_from(sorted(self.out)))
+        who, job_id, _ = self.out[tag]
+        if kind == "ok":
+            output, fuel = right(job_id) if who != LIAR else (b"13", 1)
+            status = Status.OK
+        else:
+            output, fuel = b"", 0
+            status = data.draw(st.sampled_from(ERRORS)) if kind == "error" else Status.ABANDONED
+        why = self.core.result(who, tag, status, output, fuel, "x", self.now)
+        del self.out[tag]
+        if why is None:
+            self.returned[tag] = (who, job_id, output, fuel, status)
+            if status is Status.OK:
+                self.ok_by.setdefault((job_id, output, fuel), set()).add(who)
+        else:
+            assert why.code is ErrorCode.SETTLED, why
+        self._commit()
+
+    @precondition(lambda self: self.out or self.returned)
+    @rule(data=st.data(), forger=st.sampled_from(JOBBERS))
+    def forged_result(self, data, forger):
+        tag = data.draw(st.sampled_from(sorted({**self.out, **self.returned})))
+        owner = (self.out.get(tag) or self.returned[tag])[0]
+        if forger == owner:
+            return
+        before = self._snapshot()
+        why = self.core.result(forger, tag, Status.OK, b"forged", 1, "", self.now)
+        assert why is not None and why.code in (ErrorCode.UNKNOWN_TAG, ErrorCode.SETTLED)
+        assert self.core.take_records() == [] and self._snapshot() == before
+
+    @precondition(lambda self: self.returned)
+    @rule(data=st.data())
+    def duplicate_result(self, data):
+        tag = data.draw(st.sampled_from(sorted(self.returned)))
+        who, _, output, fuel, status = self.returned[tag]
+        before = self._snapshot()
+        why = self.core.result(who, tag, status, output, fuel, "", self.now)
+        assert why is not None and why.code in (ErrorCode.DUPLICATE, ErrorCode.SETTLED)
+        assert self.core.take_records() == [] and self._snapshot() == before
+
+    @rule(tag=st.sampled_from(["", "d", "d.", "d.zz", "d.ffffff", "x.0", "d.-1"]))
+    def garbage_tag(self, tag):
+        why = self.core.result("h1", tag, Status.OK, b"", 0, "", self.now)
+        assert why is not None and why.code is ErrorCode.UNKNOWN_TAG
+        assert self.core.take_records() == []
+
+    @rule(dt=st.sampled_from([0.0, 1.0, 49.0, 50.0, 51.0, 500.0]))
+    def clock(self, dt):
+        self.now += dt
+        self.core.tick(self.now)
+        self._commit()
+
+    @rule()
+    def restart(self):
+        self.core = self._fresh()
+        replayed = self.core.take_settled()
+        assert replayed == self.settled, "replay must deliver the same outcomes in order"
+
+    @rule(who=st.sampled_from(JOBBERS), want=st.integers(1, 3))
+    def crash_before_journal(self, who, want):
+        """The dealer dies after deciding but before its records were durable: the
+        jobber never got the reply, so the step never happened."""
+        self.core.bored(who, want, 1000, self.now)
+        self.core = self._fresh()
+        self.core.take_settled()
+
+    # --- invariants --------------------------------------------------------
+
+    def _snapshot(self):
+        c = self.core
+        return (c.accepted, c.failed, c.in_flight, c.drawn, c.replicas_out, len(self.settled))
+
+    @invariant()
+    def nothing_lost_nothing_twice(self):
+        ids = [s.job_id for s in self.settled]
+        assert len(ids) == len(set(ids)), "a job settled twice"
+        assert len(ids) + self.core.in_flight == self.core.drawn
+        assert self.core.accepted + self.core.failed == len(ids)
+        assert self.core.drawn <= self.n_jobs
+
+    @invariant()
+    def accepted_outputs_had_a_quorum(self):
+        for s in self.settled:
+            if isinstance(s, Accepted):
+                agreeing = [
+                    w
+                    for (j, out, _), ws in self.ok_by.items()
+                    if j == s.job_id and out == s.output
+                    for w in ws
+                ]
+                assert len(set(agreeing)) >= self.policy.quorum
+                if self.policy.quorum >= 2:
+                    assert s.output == right(s.job_id)[0], "the liar won a vote"
+
+    def teardown(self):
+        if not hasattr(self, "core"):
+            return
+        # honest jobbers finish the batch; time moves on so overdue replicas free up
+        for _ in range(200):
+            if self.core.finished():
+                break
+            self.now += 60.0
+            self.core.tick(self.now)
+            for who in HONEST:
+                for a in self.core.bored(who, 3, 1000, self.now):
+                    out, fuel = right(a.job_id)
+                    assert self.core.result(who, a.tag, Status.OK, out, fuel, "", self.now) is None
+            self._commit()
+        assert self.core.finished(), "the batch never finished with honest jobbers"
+        self._commit()
+        assert sorted(s.job_id for s in self.settled) == list(range(self.n_jobs))
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCoreMachine = CoreMachine.TestCase
