@@ -35,7 +35,8 @@ class Journal:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # one thread at a time, but not always the one that opened it (tests, embedding)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is fsynced before we reply, so an acknowledged
             # result survives power loss too, not only a killed process.

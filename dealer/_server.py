@@ -77,6 +77,7 @@ class Dealer:
                 dynamic_ncols=True,
             )
         self.failures = 0
+        self._stopping = False
         self._replay()
 
     # --- start-up ----------------------------------------------------------
@@ -105,7 +106,7 @@ class Dealer:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         log.info("dealer for %s listening on %s", type(self.task).__name__, self.endpoint)
-        while not self._finished():
+        while not self._stopping and not self._finished():
             if stop_at is not None and time.monotonic() >= stop_at:
                 break
             timeout_s = TICK_S
@@ -114,6 +115,10 @@ class Dealer:
                 timeout_s = min(timeout_s, max(0.0, nd - time.time()))
             poller.poll(int(timeout_s * 1000) + 1)
             self.turn()
+
+    def stop(self) -> None:
+        """Make `run` return after the current turn (from another thread or a signal)."""
+        self._stopping = True
 
     def _finished(self) -> bool:
         done = self.task.done() or self.core.finished()

@@ -1,0 +1,175 @@
+"""The dealer's journal (real SQLite) and its ZeroMQ server (real sockets, in-process)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+import zmq
+
+import protocol as p
+from dealer import Dealer, Journal, JournalError
+from dealer._core import Drawn, Overdue, Returned, Sent
+from tasks import Job, Limits, Payload, Task
+
+ECHO_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 3))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+class Collect(Task):
+    """Collects outputs of N trivial jobs."""
+
+    limits = Limits(fuel=10**6, memory_mb=16, time_s=5, output_kb=1)
+    redundancy = 1
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.payload = Payload.from_wat(ECHO_WAT)
+        self.outputs: list[tuple[str, bytes]] = []
+
+    def jobs(self):
+        return (Job((str(i),)) for i in range(self.n))
+
+    def on_output(self, job, output):
+        self.outputs.append((job.args[0], output))
+
+    def result(self):
+        return self.outputs
+
+
+# --- journal -------------------------------------------------------------------
+
+
+def test_journal_round_trips_records_and_keeps_its_tag_prefix(tmp_path):
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, "task-a")
+    recs = [
+        Drawn(0, "ab" * 32),
+        Sent(f"{j.tag_prefix}.0", 0, "jobber", 12.5),
+        Returned(f"{j.tag_prefix}.0", "ok", b"\x00\xffbytes", 42, ""),
+        Overdue(f"{j.tag_prefix}.1"),
+    ]
+    j.append(recs[:2])
+    j.append(recs[2:])
+    prefix = j.tag_prefix
+    j.close()
+    again = Journal(path, "task-a")
+    assert list(again.records()) == recs
+    assert again.tag_prefix == prefix
+    assert again.count() == 4
+    again.close()
+    assert Journal(tmp_path / "other.sqlite", "task-a").tag_prefix != prefix
+
+
+def test_journal_refuses_another_task_and_non_journals(tmp_path):
+    path = tmp_path / "j.sqlite"
+    Journal(path, "task-a").close()
+    with pytest.raises(JournalError, match="journal of task 'task-a', not 'task-b'"):
+        Journal(path, "task-b")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(JournalError, match="not a usable journal"):
+        Journal(junk, "task-a")
+
+
+def test_journal_is_in_wal_mode(tmp_path):
+    path = tmp_path / "j.sqlite"
+    Journal(path, "t").close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- server -----------------------------------------------------------------------
+
+
+class Client:
+    """A raw DEALER socket speaking the wire, as a jobber in another language would."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def ask(self, msg_or_bytes, timeout_s: float = 5.0) -> p.Message:
+        data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else p.encode(msg_or_bytes)
+        self.sock.send(data)
+        assert self.sock.poll(int(timeout_s * 1000)), "no reply from the dealer"
+        return p.decode(self.sock.recv())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """A dealer for Collect(3) on a free loopback port, run in a thread."""
+    task = Collect(3)
+    dealer = Dealer(
+        task, "tcp://127.0.0.1:*", Journal(tmp_path / "d.sqlite", "collect"), progress=None
+    )
+    thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
+    thread.start()
+    client = Client(dealer.endpoint)
+    yield dealer, task, client
+    client.close()
+    dealer.stop()
+    thread.join(timeout=35)
+    dealer.close()
+
+
+HOST = p.HostFacts(cpus=2, memory_mb=1024, slots=2)
+
+
+def test_server_hands_out_jobs_takes_results_and_finishes(serving):
+    dealer, task, client = serving
+    reply = client.ask(p.Bored(1, "j1", HOST, want=5))
+    assert isinstance(reply, p.Jobs) and reply.re == 1
+    assert [s.args for s in reply.jobs] == [("0",), ("1",), ("2",)]
+    assert list(reply.payloads) == [task.payload.sha256]  # j1 did not have it
+    assert all(s.limits == Collect.limits and s.deadline_s > 0 for s in reply.jobs)
+    results = tuple(p.Result(s.tag, p.Status.OK, b"hi\n", 9) for s in reply.jobs)
+    ack = client.ask(p.Results(2, "j1", results))
+    assert isinstance(ack, p.Ack) and sorted(ack.tags) == sorted(r.tag for r in results)
+    assert ack.rejected == ()
+    deadline = time.monotonic() + 10
+    while len(task.outputs) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(task.outputs) == [("0", b"hi\n"), ("1", b"hi\n"), ("2", b"hi\n")]
+
+
+def test_server_answers_garbage_with_errors_and_keeps_serving(serving):
+    dealer, task, client = serving
+    bad = client.ask(b"\xc1 not msgpack")
+    assert isinstance(bad, p.Error) and bad.code is p.ErrorCode.MALFORMED
+    wrong_version = client.ask(b"\x83\xa1v\x07\xa4type\xa5bored\xa2id\x05")
+    assert isinstance(wrong_version, p.Error) and "version" in wrong_version.text
+    assert wrong_version.re == 5  # the request id is echoed when it can be read
+    odd = client.ask(p.Ack(3, ("x",)))
+    assert isinstance(odd, p.Error) and odd.code is p.ErrorCode.UNEXPECTED
+    # cached payloads are not sent again
+    reply = client.ask(p.Bored(4, "j1", p.HostFacts(2, 1024, 2, (task.payload.sha256,)), 1))
+    assert isinstance(reply, p.Jobs) and reply.payloads == {}
+    forged = client.ask(p.Results(5, "mallory", (p.Result(reply.jobs[0].tag, p.Status.OK),)))
+    assert isinstance(forged, p.Ack) and forged.tags == ()
+    assert forged.rejected[0].code is p.ErrorCode.UNKNOWN_TAG
+    status = client.ask(p.StatusQuery(6))
+    assert isinstance(status, p.StatusReply)
+    assert status.info["drawn"] == 1 and status.info["accepted"] == 0
+    assert set(status.info["jobbers"]) == {"j1", "mallory"}
+
+
+def test_server_keeps_jobbers_without_enough_memory_waiting(serving):
+    dealer, task, client = serving
+    reply = client.ask(p.Bored(1, "tiny", p.HostFacts(1, 8, 1), want=1))
+    assert isinstance(reply, p.RetryLater) and reply.seconds > 0
