@@ -30,12 +30,23 @@ RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
 
 
-def policy_for(task: Task) -> Policy:
+def policy_for(
+    task: Task,
+    *,
+    redundancy: int | None = None,
+    quorum: int | None = None,
+    max_errors: int | None = None,
+    deadline_s: float | None = None,
+) -> Policy:
+    """The task's scheduling policy, with any of its class attributes overridden."""
+    redundancy = task.redundancy if redundancy is None else redundancy
+    if quorum is None:
+        quorum = redundancy if task.quorum is None else min(task.quorum, redundancy)
     return Policy(
-        redundancy=task.redundancy,
-        quorum=task.effective_quorum(),
-        max_errors=task.max_errors,
-        deadline_s=task.effective_deadline_s(),
+        redundancy=redundancy,
+        quorum=quorum,
+        max_errors=task.max_errors if max_errors is None else max_errors,
+        deadline_s=task.effective_deadline_s() if deadline_s is None else deadline_s,
         memory_mb=task.limits.memory_mb,
     )
 
@@ -50,13 +61,14 @@ class Dealer:
         journal: Journal,
         *,
         peers: Sequence[str] = (),
+        policy: Policy | None = None,
         progress: TextIO | None = sys.stderr,
         context: zmq.Context | None = None,
     ) -> None:
         self.task = task
         self.journal = journal
         self.peers = tuple(peers)
-        self.core = Core(task.jobs(), policy_for(task), journal.tag_prefix)
+        self.core = Core(task.jobs(), policy or policy_for(task), journal.tag_prefix)
         self._payload = task.payload
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.ROUTER)

@@ -6,7 +6,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import zmq
 import protocol as p
 from dealer._core import CoreError
 from dealer._journal import Journal, JournalError
-from dealer._server import Dealer
+from dealer._server import Dealer, policy_for
 from tasks import Task
 
 log = logging.getLogger("dealer")
@@ -61,6 +60,34 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         metavar="N",
         help="also start N jobber processes on this machine",
     )
+    g.add_argument(
+        "--redundancy",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"replicas per job, on distinct jobbers (task default {cls.redundancy})",
+    )
+    g.add_argument(
+        "--quorum",
+        type=int,
+        default=None,
+        metavar="N",
+        help="matching outputs needed to accept a job (default: the redundancy)",
+    )
+    g.add_argument(
+        "--max-errors",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"failed or overdue replicas before a job fails (task default {cls.max_errors})",
+    )
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time a jobber has to return a job (default: from the task's limits)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return parser
@@ -75,7 +102,16 @@ def _default_db(cls: type[Task], argv: Sequence[str]) -> Path:
 
 def _task_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     """The arguments that define the task (without the dealer's own options)."""
-    dealer_opts = {"--bind", "--db", "--peer", "--jobbers"}
+    dealer_opts = {
+        "--bind",
+        "--db",
+        "--peer",
+        "--jobbers",
+        "--redundancy",
+        "--quorum",
+        "--max-errors",
+        "--deadline",
+    }
     flags = {"--quiet", "-v", "--verbose"}
     out, skip = [], False
     for a in argv:
@@ -102,17 +138,29 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     task = cls.from_args(args)
     db = args.db or _default_db(cls, _task_argv(parser, argv))
     try:
+        policy = policy_for(
+            task,
+            redundancy=args.redundancy,
+            quorum=args.quorum,
+            max_errors=args.max_errors,
+            deadline_s=args.deadline,
+        )
         journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
         dealer = Dealer(
-            task, args.bind, journal, peers=args.peer, progress=None if args.quiet else sys.stderr
+            task,
+            args.bind,
+            journal,
+            peers=args.peer,
+            policy=policy,
+            progress=None if args.quiet else sys.stderr,
         )
-    except (JournalError, CoreError) as e:
+    except (JournalError, CoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except zmq.ZMQError as e:
         print(f"error: cannot bind {args.bind}: {e}", file=sys.stderr)
         return 2
-    jobbers = _start_jobbers(args.jobbers, dealer.endpoint, args.quiet)
+    jobbers = _start_jobbers(args.jobbers, dealer.endpoint)
     try:
         dealer.run()
     except KeyboardInterrupt:
@@ -134,7 +182,7 @@ def _connectable(endpoint: str) -> str:
     )
 
 
-def _start_jobbers(n: int, endpoint: str, quiet: bool) -> list[subprocess.Popen]:
+def _start_jobbers(n: int, endpoint: str) -> list[subprocess.Popen]:
     procs = []
     for i in range(n):
         cmd = [
@@ -144,15 +192,14 @@ def _start_jobbers(n: int, endpoint: str, quiet: bool) -> list[subprocess.Popen]
             _connectable(endpoint),
             "--slots",
             "1",
-            "--name",
-            f"local-{os.getpid()}-{i}",
+            "--data-dir",
+            str(Path(".borednet") / f"jobber-{i}"),
             "--min-backoff",
             "0.2",
             "--max-backoff",
             "2",
         ]
-        if quiet:
-            cmd.append("--quiet")
+        cmd.append("--quiet")  # the dealer's progress bar speaks for them
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
     return procs
 

@@ -1,0 +1,134 @@
+"""Shared fixtures: payloads built once per session, and real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def factor_wasm() -> bytes:
+    """The factoring kernel, compiled once (and cached on disk for later runs and
+    for the processes the tests start)."""
+    from tasks import builtin, compile_c
+
+    return compile_c(builtin("factor").read_text())
+
+
+class Proc:
+    """A child process whose stdout and stderr go to files, read back on demand."""
+
+    def __init__(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.out_path = cwd / f"{name}.out"
+        self.err_path = cwd / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running after {timeout} s\n--- stderr ---\n{self.stderr[-3000:]}"
+            ) from None
+
+    def wait_for(self, pattern: str, timeout: float, *, stream: str = "stderr") -> re.Match:
+        """Poll the process's output until `pattern` appears."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            text = self.stderr if stream == "stderr" else self.stdout
+            m = rx.search(text)
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name}: no {pattern!r} within {timeout} s\n--- {stream} ---\n{text[-3000:]}"
+                )
+            if self.popen.poll() is not None and not rx.search(
+                self.stderr if stream == "stderr" else self.stdout
+            ):
+                raise AssertionError(
+                    f"{self.name} exited {self.popen.returncode} without {pattern!r}\n"
+                    f"--- stderr ---\n{self.stderr[-3000:]}"
+                )
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait()
+
+
+class Procs:
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.all: list[Proc] = []
+        self.env = dict(os.environ)
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def start(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, [str(a) for a in argv], self.cwd, self.env)
+        self.all.append(proc)
+        return proc
+
+    def dealer(
+        self, name: str, task_file: str, *args: str, port: int, db: Path | None = None
+    ) -> Proc:
+        argv = [PY, ROOT / "examples" / task_file, *args, "--bind", f"tcp://127.0.0.1:{port}"]
+        argv += ["--quiet", "--db", db or self.cwd / f"{name}.sqlite"]
+        return self.start(name, argv)
+
+    def jobber(self, name: str, *dealers: str, slots: int = 1, extra: tuple[str, ...] = ()) -> Proc:
+        argv = [PY, "-m", "jobber", *dealers, "--slots", str(slots), "--name", name]
+        argv += ["--data-dir", self.cwd / f"data-{name}", "--min-backoff", "0.2"]
+        argv += ["--max-backoff", "1", "--request-timeout", "2", *extra]
+        return self.start(name, argv)
+
+    def cleanup(self) -> None:
+        for proc in self.all:
+            if proc.popen.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    ps = Procs(tmp_path)
+    yield ps
+    ps.cleanup()

@@ -1,0 +1,52 @@
+"""End to end: a real dealer process and real jobber processes on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import PY, ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    ("n", "line"),
+    [
+        (1000003 * 1000033, "1000036000099 = 1000003 * 1000033"),  # both factors above 10^6
+        (2**4 * 3**2 * 1000003, "144000432 = 2 * 2 * 2 * 2 * 3 * 3 * 1000003"),
+        (1000003, "1000003 = 1000003"),  # a prime
+    ],
+)
+def test_dealer_and_two_jobbers_factor(procs, factor_wasm, n, line):
+    port = free_port()
+    dealer = procs.dealer("dealer", "factoring.py", str(n), "--chunk", "50000", port=port)
+    addr = f"127.0.0.1:{port}"
+    jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "5")) for i in (1, 2)]
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip().splitlines()[-1] == line
+    for j in jobbers:
+        assert j.wait(60) == 0, j.stderr
+
+
+def test_demo_command_starts_its_own_jobbers(procs, factor_wasm):
+    dealer = procs.start(
+        "demo",
+        [
+            PY,
+            ROOT / "examples" / "factoring.py",
+            str(1000003 * 1000033),
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--jobbers",
+            "2",
+            "--quiet",
+        ],
+    )
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == "1000036000099 = 1000003 * 1000033"
+
+
+def test_bad_arguments_get_a_clear_error(procs):
+    dealer = procs.start("bad", [PY, ROOT / "examples" / "factoring.py", "1"])
+    assert dealer.wait(30) != 0
+    assert "N must be in" in dealer.stderr
