@@ -62,7 +62,8 @@ class Proc:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"{self.name} still running after {timeout} s\n--- stderr ---\n{self.stderr[-3000:]}"
+                f"{self.name} still running after {timeout} s\n"
+                f"--- stderr ---\n{self.stderr[-3000:]}"
             ) from None
 
     def wait_for(self, pattern: str, timeout: float, *, stream: str = "stderr") -> re.Match:
@@ -76,7 +77,8 @@ class Proc:
                 return m
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{self.name}: no {pattern!r} within {timeout} s\n--- {stream} ---\n{text[-3000:]}"
+                    f"{self.name}: no {pattern!r} within {timeout} s\n"
+                    f"--- {stream} ---\n{text[-3000:]}"
                 )
             if self.popen.poll() is not None and not rx.search(
                 self.stderr if stream == "stderr" else self.stdout
