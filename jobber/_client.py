@@ -35,7 +35,9 @@ import zmq
 
 import protocol as p
 import sandbox
+from jobber import _control
 from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
+from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._spool import Spool
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,11 @@ class Config:
     memory_mb: int | None = None  # per job; default: physical memory / slots
     grace_s: float = 30.0  # on shutdown, how long running jobs may go on
     buffer: int | None = None  # jobs held beyond running ones; default: one per slot
+    idle_only: bool = False  # run only while the machine is otherwise idle
+    idle_after_s: float = 60.0  # quiet this long before the machine counts as idle
+    load_threshold: float = 0.5  # other processes' load per CPU that means "in use"
+    cpu_limit: float = 100.0  # percent of each period jobs may run
+    control: bool = True  # serve the local control socket
 
 
 @dataclass
@@ -125,6 +132,15 @@ class Jobber:
         self._stopping = False
         self._last_busy = time.monotonic()
         self.done = 0  # results produced by this process
+        self._job_s = 0.0  # running mean of job wall time, for deadline-aware buffering
+        self.user_suspended = False
+        self._suspended = False  # the slots' workers are stopped right now
+        self._why_suspended = ""
+        self._idle = IdleDetector(
+            os.cpu_count() or 1, load_threshold=cfg.load_threshold, idle_after_s=cfg.idle_after_s
+        )
+        self._throttle = Throttle(cfg.cpu_limit)
+        self._control = _control.serve_socket(self._ctx, cfg.data_dir) if cfg.control else None
         for s in self.spool.load():
             self._unacked.setdefault(s.dealer, {})[s.result.tag] = s.result
             if s.dealer not in self._links:  # a referred dealer from an earlier run
@@ -208,14 +224,41 @@ class Jobber:
 
     def _turn(self, now: float) -> None:
         self._collect()
-        self._start_jobs(now)
+        self._apply_suspension(now)
+        if not self._suspended:
+            self._start_jobs(now)
         self._check_timeouts(now)
         self._send_results(now)
-        if not self._stopping:
+        if not self._stopping and not self.user_suspended and not self._why_idle_blocked():
             self._fetch(now)
 
+    def _why_idle_blocked(self) -> bool:
+        return self._why_suspended == "machine in use"
+
+    def _apply_suspension(self, now: float) -> None:
+        why = ""
+        if self.user_suspended:
+            why = "suspended by the owner"
+        elif self.cfg.idle_only and not self._idle.update(
+            read_host(), 0 if self._suspended else len(self._running), now
+        ):
+            why = "machine in use"
+        elif not self._throttle.running(now):
+            why = "cpu limit"
+        if why and not self._suspended:
+            self.slots.suspend()
+            self._suspended = True
+            if why != "cpu limit":
+                log.info("jobs suspended: %s", why)
+        elif not why and self._suspended:
+            self.slots.resume()
+            self._suspended = False
+            if self._why_suspended != "cpu limit":
+                log.info("jobs resumed")
+        self._why_suspended = why
+
     def _idle_too_long(self, now: float) -> bool:
-        if self._running or self._buffer:
+        if self._running or self._buffer or self.user_suspended:
             self._last_busy = now
             return False
         return self.cfg.max_idle_s is not None and now - self._last_busy >= self.cfg.max_idle_s
@@ -227,8 +270,12 @@ class Jobber:
                 poller.register(link.sock, zmq.POLLIN)
         for fd in self.slots.fds():
             poller.register(fd, zmq.POLLIN)
+        if self._control is not None:
+            poller.register(self._control, zmq.POLLIN)
         timeout = POLL_S
         now = time.monotonic()
+        if self.cfg.cpu_limit < 100 and self._running:
+            timeout = min(timeout, self._throttle.next_change(now))
         for link in self._links.values():
             if link.bored_id is None and link.backoff.until > now:
                 timeout = min(timeout, link.backoff.until - now)
@@ -240,6 +287,8 @@ class Jobber:
         for link in list(self._links.values()):
             if link.sock is not None and link.sock in ready:
                 self._recv(link)
+        if self._control is not None and self._control in ready:
+            self._serve_control()
 
     # --- jobs ----------------------------------------------------------------
 
@@ -249,6 +298,9 @@ class Jobber:
             if job is None:
                 log.warning("slot reported unknown job %s", key)
                 continue
+            self._job_s = (
+                outcome.wall_s if not self._job_s else 0.8 * self._job_s + 0.2 * outcome.wall_s
+            )
             self._finish(
                 job,
                 p.Result(
@@ -313,6 +365,12 @@ class Jobber:
         have = len(self._buffer) + len(self._running)
         if have >= self.hi_water or any(link.bored_id is not None for link in self._links.values()):
             return
+        if self._buffer and self._job_s:
+            # never hold more than the buffered jobs' deadlines allow: the last one
+            # starts after about len(buffer) / slots job lengths
+            start_in = (len(self._buffer) / self.cfg.slots + 1) * self._job_s
+            if now + start_in > min(job.deadline for job in self._buffer):
+                return
         for _ in range(len(self._rr)):
             addr = self._rr[0]
             self._rr.rotate(-1)
@@ -469,6 +527,9 @@ class Jobber:
             len(self._buffer),
             self._count_unacked(),
         )
+        self.user_suspended = False  # running jobs get their grace period
+        self.cfg.idle_only = False
+        self.cfg.cpu_limit = 100.0
         while self._buffer:
             job = self._buffer.popleft()
             self._finish(
@@ -501,7 +562,58 @@ class Jobber:
         if self._count_unacked():
             log.info("%d results stay in the spool for next time", self._count_unacked())
 
+    # --- local control ------------------------------------------------------------
+
+    def _serve_control(self) -> None:
+        assert self._control is not None
+        while True:
+            try:
+                data = self._control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                cmd = _control.parse_request(data)
+            except ValueError as e:
+                reply = {"ok": False, "error": str(e)}
+            else:
+                reply = {"ok": True, **self._command(cmd)}
+            self._control.send(_control.encode_reply(reply))
+
+    def _command(self, cmd: str) -> dict:
+        if cmd == "suspend":
+            self.user_suspended = True
+        elif cmd == "resume":
+            self.user_suspended = False
+        elif cmd == "quit":
+            self.stop()
+        return self.status()
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "slots": self.cfg.slots,
+            "suspended": self._why_suspended or None,
+            "stopping": self._stopping,
+            "dealers": [
+                {
+                    "address": link.address,
+                    "pinned": link.pinned,
+                    "failures": link.backoff.failures,
+                    "backoff_s": max(0.0, link.backoff.until - now),
+                }
+                for link in self._links.values()
+            ],
+            "running": [job.spec.tag for job in self._running.values()],
+            "buffered": len(self._buffer),
+            "spooled": self.spool.count(),
+            "done": self.done,
+        }
+
     def close(self) -> None:
+        if self._control is not None:
+            self._control.close(linger=0)
+            self._control = None
         self.slots.close(0.0)
         for link in self._links.values():
             self._reset_socket(link)

@@ -1,0 +1,121 @@
+"""The jobber's pure parts: backoff schedule, idle detection, throttle, spool, config."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import protocol as p
+from jobber._backoff import Backoff, backoff_s
+from jobber._idle import HostReading, IdleDetector, Throttle, _input_interrupts
+from jobber._spool import Spool
+
+mins = st.floats(0.01, 120.0)
+caps = st.floats(0.01, 86400.0)
+units = st.floats(0.0, 0.999999)
+
+
+@given(st.integers(0, 10_000), mins, caps, units)
+def test_backoff_is_bounded(n, lo, hi, u):
+    hi = max(lo, hi)
+    wait = backoff_s(n, lo, hi, u)
+    if n == 0:
+        assert wait == 0.0
+    else:
+        assert 0.5 * min(lo, hi) <= wait + 1e-9 and wait <= hi + 1e-9
+
+
+@given(st.integers(1, 200), mins, caps, units)
+def test_backoff_does_not_decrease_until_the_cap(n, lo, hi, u):
+    hi = max(lo, hi)
+    # with the same jitter draw, each failure waits at least as long as the one before
+    assert backoff_s(n + 1, lo, hi, u) >= backoff_s(n, lo, hi, u)
+
+
+@given(st.integers(1, 60), mins, caps)
+def test_backoff_doubles_then_caps(n, lo, hi):
+    hi = max(lo, hi)
+    assert backoff_s(n, lo, hi, 0.0) == min(hi, lo * 2 ** (n - 1))
+
+
+@given(st.lists(st.booleans(), max_size=50), st.integers(0, 2**32))
+def test_backoff_state_resets_on_success(outcomes, seed):
+    b = Backoff(1.0, 100.0, rng=random.Random(seed))
+    now = 0.0
+    for ok in outcomes:
+        if ok:
+            b.succeeded()
+            assert b.failures == 0 and b.ready(now)
+        else:
+            wait = b.failed(now)
+            assert 0.5 <= wait <= 100.0
+            assert not b.ready(now) and b.ready(now + wait)
+        now += 1.0
+
+
+def test_retry_later_is_honoured_without_counting_a_failure():
+    b = Backoff(1.0, 100.0)
+    b.retry_after(10.0, 30.0)
+    assert b.failures == 0 and not b.ready(39.9) and b.ready(40.0)
+
+
+def test_idle_detector_waits_for_quiet_and_reacts_at_once():
+    d = IdleDetector(2, load_threshold=0.5, idle_after_s=10.0)
+    assert d.update(HostReading(0.0, 100), own_running=0, now=0.0)  # never seen busy
+    assert not d.update(HostReading(3.0, 100), own_running=1, now=1.0)  # others load 2 > 1
+    assert not d.update(HostReading(0.2, 100), own_running=0, now=5.0)
+    assert d.update(HostReading(0.2, 100), own_running=0, now=11.0)
+    assert not d.update(HostReading(0.2, 101), own_running=0, now=12.0)  # a key was pressed
+    assert not d.update(HostReading(0.2, 101), own_running=0, now=21.0)
+    assert d.update(HostReading(0.2, 101), own_running=0, now=22.0)
+    # our own jobs do not count as the owner's load
+    assert d.update(HostReading(2.0, 101), own_running=2, now=23.0)
+
+
+def test_input_interrupts_are_read_from_proc_interrupts(tmp_path):
+    f = tmp_path / "interrupts"
+    f.write_text(
+        "           CPU0       CPU1\n"
+        "  1:         10          5   IO-APIC   1-edge      i8042\n"
+        " 12:        100          0   IO-APIC  12-edge      i8042\n"
+        " 24:       9999       9999   PCI-MSI  eth0\n"
+    )
+    assert _input_interrupts(f) == 115
+    f.write_text("           CPU0\n 24:  5  PCI-MSI eth0\n")
+    assert _input_interrupts(f) is None
+    assert _input_interrupts(tmp_path / "missing") is None
+
+
+def test_throttle_runs_the_given_share_of_each_period():
+    t = Throttle(25, period_s=2.0)
+    samples = [t.running(i / 1000) for i in range(0, 20_000)]
+    assert abs(sum(samples) / len(samples) - 0.25) < 0.01
+    assert t.next_change(0.0) == pytest.approx(0.5)
+    assert t.next_change(1.0) == pytest.approx(1.0)
+    assert Throttle(100).running(123.4)
+    with pytest.raises(ValueError):
+        Throttle(0)
+
+
+def test_spool_keeps_results_until_removed_and_survives_torn_files(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    r1 = p.Result("ab.1", p.Status.OK, b"\x00out", 5, "")
+    r2 = p.Result("ab.2", p.Status.TRAP, b"", 7, "unreachable")
+    spool.put("tcp://a:1", r1)
+    spool.put("tcp://b:2", r2)
+    spool.put("tcp://a:1", p.Result("../../etc/x", p.Status.OK))  # hostile tag stays inside
+    again = Spool(tmp_path / "spool")
+    loaded = {(s.dealer, s.result.tag): s.result for s in again.load()}
+    assert loaded[("tcp://a:1", "ab.1")] == r1 and loaded[("tcp://b:2", "ab.2")] == r2
+    assert ("tcp://a:1", "../../etc/x") in loaded
+    assert not (tmp_path / "etc").exists()
+    again.remove("tcp://a:1", "ab.1")
+    assert again.count() == 2
+    # a torn write (crash mid-file) is set aside, not fatal
+    torn = next((tmp_path / "spool").glob("*/*.res"))
+    torn.write_bytes(torn.read_bytes()[:5])
+    assert len(again.load()) == 1
+    assert len(list((tmp_path / "spool").glob("*/*.bad"))) == 1
