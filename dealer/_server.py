@@ -51,7 +51,124 @@ def policy_for(
     )
 
 
-class Dealer:
+class RouterServer:
+    """A ROUTER socket served in turns: drain, decode, handle, commit, reply.
+
+    Subclasses answer decoded messages in `handle` and may act around each
+    turn: `before_turn` (time-driven work), `commit` (make the turn's changes
+    durable: runs before any reply is sent), `after_turn`.
+    """
+
+    def __init__(self, bind: str, context: zmq.Context | None = None) -> None:
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.sock.bind(bind)
+        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stopping = False
+
+    def handle(self, msg: p.Message, now: float) -> p.Message | None:
+        raise NotImplementedError
+
+    def before_turn(self, now: float) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def after_turn(self) -> None:
+        pass
+
+    def finished(self) -> bool:
+        return False
+
+    def timeout_s(self) -> float:
+        return TICK_S
+
+    def stop(self) -> None:
+        """Make `run` return after the current turn (from another thread or a signal)."""
+        self._stopping = True
+
+    def run(self, *, max_s: float | None = None) -> None:
+        """Serve until finished, stopped, or `max_s` seconds have passed."""
+        stop_at = None if max_s is None else time.monotonic() + max_s
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stopping and not self.finished():
+            if stop_at is not None and time.monotonic() >= stop_at:
+                break
+            poller.poll(int(self.timeout_s() * 1000) + 1)
+            self.turn()
+
+    def turn(self) -> None:
+        """Handle everything waiting, commit it, then reply."""
+        now = time.time()
+        self.before_turn(now)
+        replies: list[tuple[bytes, bytes]] = []
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(parts) != 2:
+                log.warning("dropping message of %d frames from %r", len(parts), parts[0])
+                continue
+            ident, frame = parts
+            try:
+                msg = p.decode(frame)
+            except p.ProtocolError as e:
+                log.warning("malformed message: %s", e)
+                reply = p.Error(p.request_id(frame), p.ErrorCode.MALFORMED, str(e)[:1000])
+            else:
+                reply = self.handle(msg, now)
+            if reply is not None:
+                replies.append((ident, p.encode(reply)))
+        self.commit()
+        for ident, data in replies:
+            try:
+                self.sock.send_multipart([ident, data], zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or its queue full
+                log.info("reply to %r dropped: %s", ident, e)
+        self.after_turn()
+
+    @staticmethod
+    def unexpected(msg: p.Message, what: str) -> p.Error:
+        rid = getattr(msg, "id", getattr(msg, "re", 0))
+        return p.Error(rid, p.ErrorCode.UNEXPECTED, f"{what} does not take {msg.TYPE} messages")
+
+    def close(self) -> None:
+        self.sock.close(linger=1000)
+
+
+class Referrer(RouterServer):
+    """A dealer with no task of its own: it refers every bored jobber to its peers.
+
+    A well-known entry point in front of the dealers that hold the work.
+    """
+
+    def __init__(self, bind: str, peers: Sequence[str], context: zmq.Context | None = None):
+        if not peers:
+            raise ValueError("a referrer needs at least one --peer")
+        super().__init__(bind, context)
+        self.peers = tuple(peers)
+
+    def handle(self, msg: p.Message, now: float) -> p.Message | None:
+        if isinstance(msg, p.Bored):
+            return p.Referral(msg.id, self.peers)
+        if isinstance(msg, p.Results):
+            rejected = tuple(
+                p.Rejection(r.tag, p.ErrorCode.UNKNOWN_TAG, "this dealer hands out no jobs")
+                for r in msg.results
+            )
+            return p.Ack(msg.id, (), rejected)
+        if isinstance(msg, p.StatusQuery):
+            return p.StatusReply(msg.id, {"task": None, "peers": list(self.peers)})
+        return self.unexpected(msg, "a referrer")
+
+
+class Dealer(RouterServer):
     """Serves one task on `bind` until it is finished."""
 
     def __init__(
@@ -70,13 +187,7 @@ class Dealer:
         self.peers = tuple(peers)
         self.core = Core(task.jobs(), policy or policy_for(task), journal.tag_prefix)
         self._payload = task.payload
-        self._ctx = context or zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
-        self.sock.bind(bind)
-        self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        super().__init__(bind, context)
         self._bar = None
         if progress is not None:
             from tqdm import tqdm
@@ -89,7 +200,6 @@ class Dealer:
                 dynamic_ncols=True,
             )
         self.failures = 0
-        self._stopping = False
         self._replay()
 
     # --- start-up ----------------------------------------------------------
@@ -113,74 +223,35 @@ class Dealer:
     # --- the loop ----------------------------------------------------------
 
     def run(self, *, max_s: float | None = None) -> None:
-        """Serve until the task is finished (or `max_s` seconds have passed)."""
-        stop_at = None if max_s is None else time.monotonic() + max_s
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
         log.info("dealer for %s listening on %s", type(self.task).__name__, self.endpoint)
-        while not self._stopping and not self._finished():
-            if stop_at is not None and time.monotonic() >= stop_at:
-                break
-            timeout_s = TICK_S
-            nd = self.core.next_deadline()
-            if nd is not None:
-                timeout_s = min(timeout_s, max(0.0, nd - time.time()))
-            poller.poll(int(timeout_s * 1000) + 1)
-            self.turn()
+        super().run(max_s=max_s)
 
-    def stop(self) -> None:
-        """Make `run` return after the current turn (from another thread or a signal)."""
-        self._stopping = True
+    def timeout_s(self) -> float:
+        nd = self.core.next_deadline()
+        return TICK_S if nd is None else min(TICK_S, max(0.0, nd - time.time()))
 
-    def _finished(self) -> bool:
+    def finished(self) -> bool:
         done = self.task.done() or self.core.finished()
         self.journal.append(self.core.take_records())  # finished() may draw a job
         return done
 
-    def turn(self) -> None:
-        """Handle everything waiting, journal it, reply, tell the task."""
-        now = time.time()
+    def before_turn(self, now: float) -> None:
         self.core.tick(now)
-        replies: list[tuple[bytes, bytes]] = []
-        for _ in range(MAX_DRAIN):
-            try:
-                ident, frame = self._recv()
-            except zmq.Again:
-                break
-            if frame is None:
-                continue
-            reply = self._handle(frame, now)
-            if reply is not None:
-                replies.append((ident, p.encode(reply)))
+
+    def commit(self) -> None:
         self.journal.append(self.core.take_records())
-        for ident, data in replies:
-            try:
-                self.sock.send_multipart([ident, data], zmq.NOBLOCK)
-            except (zmq.Again, zmq.ZMQError) as e:  # peer gone or its queue full
-                log.info("reply to %r dropped: %s", ident, e)
+
+    def after_turn(self) -> None:
         self._deliver()
 
-    def _recv(self) -> tuple[bytes, bytes | None]:
-        parts = self.sock.recv_multipart(zmq.NOBLOCK)
-        if len(parts) != 2:
-            log.warning("dropping message of %d frames from %r", len(parts), parts[0])
-            return parts[0], None
-        return parts[0], parts[1]
-
-    def _handle(self, frame: bytes, now: float) -> p.Message | None:
-        try:
-            msg = p.decode(frame)
-        except p.ProtocolError as e:
-            log.warning("malformed message: %s", e)
-            return p.Error(p.request_id(frame), p.ErrorCode.MALFORMED, str(e)[:1000])
+    def handle(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.Bored):
             return self._bored(msg, now)
         if isinstance(msg, p.Results):
             return self._results(msg, now)
         if isinstance(msg, p.StatusQuery):
             return p.StatusReply(msg.id, self.status())
-        rid = getattr(msg, "id", getattr(msg, "re", 0))
-        return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
+        return self.unexpected(msg, "a dealer")
 
     def _bored(self, msg: p.Bored, now: float) -> p.Message:
         assigned = self.core.bored(msg.jobber, msg.want, msg.host.memory_mb, now)
@@ -249,5 +320,5 @@ class Dealer:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        self.sock.close(linger=1000)
+        super().close()
         self.journal.close()

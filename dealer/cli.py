@@ -18,7 +18,7 @@ import zmq
 import protocol as p
 from dealer._core import CoreError
 from dealer._journal import Journal, JournalError
-from dealer._server import Dealer, policy_for
+from dealer._server import Dealer, Referrer, policy_for
 from tasks import Task
 
 log = logging.getLogger("dealer")
@@ -169,6 +169,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     finally:
         dealer.close()
         _stop_jobbers(jobbers)
+    _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
     print(task.report(), flush=True)
     for f in task.failures:
         print(f"failed job {' '.join(f.job.args)}: {'; '.join(f.reasons)}", file=sys.stderr)
@@ -217,6 +218,24 @@ def _stop_jobbers(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
+def refer(bind: str, peers: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        server = Referrer(bind, [p.dealer_address(x) for x in peers])
+    except (ValueError, zmq.ZMQError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    log.info("referring jobbers on %s to %s", server.endpoint, ", ".join(server.peers))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
 # --- python -m dealer -----------------------------------------------------------
 
 
@@ -239,6 +258,17 @@ def query_status(address: str, timeout_s: float = 5.0) -> dict:
     return reply.info
 
 
+def _print_jobbers(jobbers: dict, file=sys.stdout) -> None:
+    if not jobbers:
+        return
+    print(f"{'jobber':30} {'valid':>7} {'invalid':>7} {'errors':>7} {'credit':>16}", file=file)
+    for name, r in sorted(jobbers.items()):
+        print(
+            f"{name:30} {r['valid']:7} {r['invalid']:7} {r['errors']:7} {r['credit']:16}",
+            file=file,
+        )
+
+
 def _print_status(info: dict) -> None:
     total = info.get("total")
     print(
@@ -246,11 +276,9 @@ def _print_status(info: dict) -> None:
         f"{info.get('in_flight')} in flight, {info.get('drawn')} drawn"
         + (f" of {total}" if total is not None else "")
     )
-    jobbers = info.get("jobbers", {})
-    if jobbers:
-        print(f"{'jobber':30} {'valid':>7} {'invalid':>7} {'errors':>7} {'credit':>16}")
-        for name, r in sorted(jobbers.items()):
-            print(f"{name:30} {r['valid']:7} {r['invalid']:7} {r['errors']:7} {r['credit']:16}")
+    if info.get("peers"):
+        print(f"refers jobbers to {', '.join(info['peers'])}")
+    _print_jobbers(info.get("jobbers", {}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,7 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("address", help="host, host:port or tcp://host:port")
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    rf = sub.add_parser("refer", help="serve no task: refer every jobber to the given dealers")
+    rf.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
+    rf.add_argument(
+        "--peer",
+        action="append",
+        required=True,
+        metavar="DEALER",
+        help="a dealer with work (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "refer":
+        return refer(args.bind, args.peer)
     try:
         info = query_status(args.address, args.timeout)
     except (TimeoutError, RuntimeError, ValueError, p.ProtocolError) as e:
