@@ -1,0 +1,152 @@
+"""Payloads and their compiled form on disk, keyed by the sha256 of the wasm bytes.
+
+Layout under the root::
+
+    wasm/<sha256>.wasm                   the payload as received
+    compiled/<engine key>/<sha256>.cwasm the module compiled for this machine
+
+A compiled file is a header then wasmtime's serialized module::
+
+    b"BNCWASM1" | engine key (32 ASCII hex) | sha256 of the body (32 bytes) | body
+
+Deserializing a module is loading machine code, so nothing is loaded that
+fails these checks: the magic, the engine key (the configuration and wasmtime
+version that compiled it) and the body's checksum; wasmtime then checks its
+own version and CPU features. A corrupt or foreign entry is deleted and the
+module compiled again. Every file is written to a temporary name and renamed
+into place, so readers see whole files only and concurrent writers of the same
+entry are harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import wasmtime
+
+from sandbox import _engine
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"BNCWASM1"
+_HEADER = len(_MAGIC) + 32 + 32
+_SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
+def _check_name(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256_HEX.match(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return sha256
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class ModuleCache:
+    """Payload bytes and compiled modules, shared by the processes of one jobber."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._wasm_dir = self.root / "wasm"
+        self._compiled_dir = self.root / "compiled" / _engine.ENGINE_KEY
+        self._wasm_dir.mkdir(parents=True, exist_ok=True)
+        self._compiled_dir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ModuleCache({str(self.root)!r})"
+
+    # --- payloads ------------------------------------------------------------
+
+    def _wasm_path(self, sha256: str) -> Path:
+        return self._wasm_dir / f"{_check_name(sha256)}.wasm"
+
+    def put(self, wasm: bytes) -> str:
+        """Store `wasm` (atomically) and return its sha256 hex digest."""
+        wasm = bytes(wasm)
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        path = self._wasm_path(sha256)
+        if not path.exists():
+            _write_atomic(path, wasm)
+        return sha256
+
+    def has(self, sha256: str) -> bool:
+        try:
+            return self._wasm_path(sha256).exists()
+        except ValueError:
+            return False
+
+    def hashes(self) -> list[str]:
+        """The payloads held, sorted."""
+        return sorted(p.stem for p in self._wasm_dir.glob("*.wasm") if _SHA256_HEX.match(p.stem))
+
+    def wasm(self, sha256: str) -> bytes:
+        """The payload's bytes; KeyError if absent or corrupt (a corrupt file is removed)."""
+        path = self._wasm_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyError(f"payload {sha256[:12]} is not in the cache") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            log.warning("payload %s: stored bytes do not match their hash; removed", sha256[:12])
+            path.unlink(missing_ok=True)
+            raise KeyError(f"payload {sha256[:12]} was corrupt in the cache")
+        return data
+
+    # --- compiled modules ----------------------------------------------------------
+
+    def compiled_path(self, sha256: str) -> Path:
+        return self._compiled_dir / f"{_check_name(sha256)}.cwasm"
+
+    def module(self, sha256: str) -> wasmtime.Module:
+        """The payload compiled for the sandbox's engine: loaded if cached, else built.
+
+        KeyError if the payload is not held; wasmtime.WasmtimeError if its bytes
+        are not a valid module.
+        """
+        path = self.compiled_path(sha256)
+        loaded = self._load(path)
+        if loaded is not None:
+            return loaded
+        module = _engine.compile(self.wasm(sha256))
+        body = bytes(module.serialize())
+        header = _MAGIC + _engine.ENGINE_KEY.encode() + hashlib.sha256(body).digest()
+        _write_atomic(path, header + body)
+        return module
+
+    def _load(self, path: Path) -> wasmtime.Module | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        body = data[_HEADER:]
+        problem = None
+        if len(data) < _HEADER or data[: len(_MAGIC)] != _MAGIC:
+            problem = "not a borednet compiled module"
+        elif data[len(_MAGIC) : len(_MAGIC) + 32] != _engine.ENGINE_KEY.encode():
+            problem = "compiled by another engine configuration"
+        elif hashlib.sha256(body).digest() != data[len(_MAGIC) + 32 : _HEADER]:
+            problem = "checksum mismatch"
+        if problem is None:
+            try:
+                return wasmtime.Module.deserialize(_engine.engine(), body)
+            except wasmtime.WasmtimeError as e:
+                problem = f"wasmtime refused it: {e}"
+        log.warning("compiled module %s: %s; rebuilding", path.name, problem)
+        path.unlink(missing_ok=True)
+        return None

@@ -1,0 +1,445 @@
+"""Runs one WASI command module under limits, in this process.
+
+Theory of operation
+-------------------
+One engine configuration everywhere (compiled modules are only valid for the
+configuration that made them): fuel on, epoch interruption on, NaN
+canonicalization on, deterministic relaxed SIMD, a fixed wasm stack, and the
+sandbox's own memory creator (see _memory). A job is: a fresh Store with the
+job's fuel and store limits, WASI with argv and stdin only (see _wasi), an
+instance of the module (pre-linked once per module), a call of ``_start``.
+
+Each limit, and how it ends the job:
+
+========== ============================================================ =======
+limit      mechanism                                                    status
+========== ============================================================ =======
+fuel       ``Store.set_fuel``; wasm traps with OUT_OF_FUEL              FUEL
+time_s     a ticker thread increments the engine epoch every TICK_S;    TIME
+           each store has a deadline of one tick and a callback that
+           stops the job once time_s of running time has passed
+memory_mb  the memory creator refuses growth past the limit (summed     MEMORY
+           over the job's memories) or a minimum above it; the epoch
+           callback then stops the payload. Also: at most
+           INSTANCES_MAX instances, MEMORIES_MAX memories, TABLES_MAX
+           tables of TABLE_ELEMENTS_MAX elements (beyond: instantiation
+           fails with MEMORY; a refused table.grow returns -1 unseen)
+output_kb  fd_write to stdout past the cap stores what fits and traps   OUTPUT
+stack      MAX_WASM_STACK bytes of wasm stack; STACK_OVERFLOW trap      STACK
+========== ============================================================ =======
+
+Other ends: ``_start`` returns or ``proc_exit(0)`` -> OK; ``proc_exit(n)`` ->
+EXIT with exit_code n; any other trap -> TRAP; bytes that are not a valid
+module, or a module without ``_start: [] -> []`` -> INVALID; an import the
+sandbox does not provide -> IMPORT (before anything runs). Host code never
+raises into the payload; a bug in it is reported as CRASH.
+
+The TIME limit is on running time, measured by the ticker: real time, except
+that a gap of more than GAP_S between ticks (the process was stopped with
+SIGSTOP, or got no CPU at all) counts as one tick. So a suspension does not use
+up a job's time; ``wall_s`` in the outcome is real time, suspensions included.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import platform
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from protocol import Limits, Status
+from sandbox import _job, _memory, _wasi
+from sandbox._outcome import Outcome
+
+TICK_S = 0.01  # epoch period: the resolution of the time limit; 100 cheap wakeups/s while busy
+GAP_S = 1.0  # a tick this late means the process was stopped: the gap is not running time
+MAX_WASM_STACK = 512 * 1024  # wasmtime's default, pinned: it decides where STACK happens
+INSTANCES_MAX = 1  # a job instantiates its one module
+MEMORIES_MAX = 1  # WASI commands have one memory; the limit would apply to their sum
+TABLES_MAX = 4
+TABLE_ELEMENTS_MAX = 1 << 18  # per table; 8 bytes of host memory each
+PREPARED_MAX = 64  # compiled modules kept in memory per process
+ARGV0 = "payload"
+_DETAIL_STDERR = 300  # characters of the payload's stderr quoted in a failure's detail
+
+_CONFIG_FLAGS = (
+    "consume_fuel",
+    "epoch_interruption",
+    "cranelift_nan_canonicalization",
+    "wasm_relaxed_simd_deterministic",
+    f"max_wasm_stack={MAX_WASM_STACK}",
+    "host_memory_creator",
+)
+
+
+def _make_config() -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.cranelift_nan_canonicalization = True
+    config.wasm_relaxed_simd_deterministic = True
+    config.max_wasm_stack = MAX_WASM_STACK
+    _memory.install(config)
+    return config
+
+
+def _engine_key() -> str:
+    """Names the engine configuration: compiled modules are only valid under it."""
+    try:
+        version = metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    text = "\n".join(["wasmtime " + version, platform.machine(), platform.system(), *_CONFIG_FLAGS])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+ENGINE_KEY = _engine_key()
+
+_lock = threading.Lock()
+_engine: wasmtime.Engine | None = None
+_linker: wasmtime.Linker | None = None
+
+
+def engine() -> wasmtime.Engine:
+    """The process's one engine (created on first use)."""
+    global _engine, _linker
+    if _engine is None:
+        with _lock:
+            if _engine is None:
+                eng = wasmtime.Engine(_make_config())
+                linker = wasmtime.Linker(eng)
+                _wasi.define(linker)
+                _linker = linker
+                _engine = eng
+    return _engine
+
+
+def compile(wasm: bytes) -> wasmtime.Module:  # noqa: A001 - the wasm sense of the word
+    """Compile `wasm` for the sandbox's engine; raises wasmtime.WasmtimeError if invalid."""
+    return wasmtime.Module(engine(), bytes(wasm))
+
+
+# --- ticker ---------------------------------------------------------------
+
+
+class _Ticker:
+    """Advances the engine epoch every TICK_S, and a clock of running time, while jobs run.
+
+    ``now()`` is seconds of running time: real time, except that a gap longer
+    than GAP_S between two ticks (the process was stopped, or starved of CPU
+    altogether) counts as one tick. Jobs measure their time limit on it.
+    """
+
+    def __init__(self) -> None:
+        # (running time up to the last tick, real time of the last tick), replaced whole
+        self._mark = (0.0, time.monotonic())
+        self._active = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def now(self) -> float:
+        elapsed, last = self._mark
+        return elapsed + min(time.monotonic() - last, GAP_S)
+
+    def enter(self) -> float:
+        with self._cond:
+            if not self._active:
+                self._mark = (self._mark[0], time.monotonic())
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sandbox-ticker", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return self.now()
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+
+    def _run(self) -> None:
+        eng = engine()
+        while True:
+            with self._cond:
+                while not self._active:
+                    self._cond.wait()
+            time.sleep(TICK_S)
+            elapsed, last = self._mark
+            now = time.monotonic()
+            gap = now - last
+            self._mark = (elapsed + (gap if gap <= GAP_S else TICK_S), now)
+            eng.increment_epoch()
+
+
+_ticker = _Ticker()
+
+_EpochCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ctypes.c_uint8),
+)
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+
+
+@_EpochCallback
+def _on_epoch(context, data, delta, kind):  # noqa: ARG001
+    job = _job.current()
+    try:
+        if job is not None:
+            if job.stop is None and _ticker.now() - job.started >= job.limits.time_s:
+                job.halt(Status.TIME, f"wall-clock limit of {job.limits.time_s:g} s reached")
+            if job.stop is not None or job.internal is not None:
+                return _memory._error("borednet sandbox: job stopped")
+        delta[0] = 1
+        kind[0] = _CONTINUE
+        return 0
+    except BaseException as e:  # never unwind into wasmtime
+        if job is not None:
+            job.internal = f"epoch callback: {e!r}"
+        return _memory._error("borednet sandbox: internal error")
+
+
+# --- modules ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A module ready to instantiate, or the reason it cannot run."""
+
+    sha256: str
+    pre: wasmtime.InstancePre | None
+    problem: tuple[Status, str] | None = None
+
+
+def _check(sha256: str, module: wasmtime.Module) -> Prepared:
+    refused = _wasi.refused_imports(module)
+    if refused:
+        shown = ", ".join(refused[:20]) + (
+            f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+        )
+        return Prepared(
+            sha256,
+            None,
+            (Status.IMPORT, f"imports not provided by the sandbox (WASI preview 1 only): {shown}"),
+        )
+    start = next((e for e in module.exports if e.name == "_start"), None)
+    if start is None:
+        kind = (
+            " (a reactor, exporting _initialize)"
+            if any(e.name == "_initialize" for e in module.exports)
+            else ""
+        )
+        return Prepared(
+            sha256, None, (Status.INVALID, f"not a WASI command: no _start export{kind}")
+        )
+    ty = start.type
+    if not isinstance(ty, wasmtime.FuncType) or ty.params or ty.results:
+        return Prepared(sha256, None, (Status.INVALID, "_start is not a function of type [] -> []"))
+    engine()
+    try:
+        pre = _linker.instantiate_pre(module)
+    except wasmtime.WasmtimeError as e:
+        return Prepared(sha256, None, (Status.IMPORT, _first_line(str(e))))
+    return Prepared(sha256, pre)
+
+
+_prepared: OrderedDict[str, Prepared] = OrderedDict()
+_prepared_lock = threading.Lock()
+
+
+def prepare(sha256: str, load: Callable[[], wasmtime.Module]) -> Prepared:
+    """The Prepared for `sha256`, calling `load` to get its module on a miss.
+
+    `load` may raise wasmtime.WasmtimeError (the bytes are not a valid module:
+    remembered as INVALID) or KeyError (the payload is not available: not
+    remembered).
+    """
+    with _prepared_lock:
+        hit = _prepared.get(sha256)
+        if hit is not None:
+            _prepared.move_to_end(sha256)
+            return hit
+    try:
+        prepared = _check(sha256, load())
+    except wasmtime.WasmtimeError as e:
+        prepared = Prepared(
+            sha256, None, (Status.INVALID, f"not a valid module: {_first_line(str(e))}")
+        )
+    except KeyError as e:
+        return Prepared(sha256, None, (Status.INVALID, str(e.args[0]) if e.args else "no payload"))
+    with _prepared_lock:
+        _prepared[sha256] = prepared
+        while len(_prepared) > PREPARED_MAX:
+            _prepared.popitem(last=False)
+    return prepared
+
+
+# --- running ------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _cause(text: str) -> str:
+    """The root cause in a wasmtime error message (the lines after "Caused by:")."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if "Caused by:" in lines:
+        causes = [line for line in lines[lines.index("Caused by:") + 1 :] if line]
+        if causes:
+            return "; ".join(causes)
+    return _first_line(text)
+
+
+def _trap_detail(trap: wasmtime.Trap) -> str:
+    detail = _cause(trap.message)
+    try:
+        frames = trap.frames
+    except Exception:  # frames are a nicety; never fail the outcome for them
+        frames = []
+    if frames:
+        frame = frames[0]
+        name = frame.func_name or f"function #{frame.func_index}"
+        detail += f" (in {name} at offset {frame.module_offset:#x})"
+    return detail
+
+
+def _stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    vec = ffi.wasm_byte_vec_t()
+    if data:
+        buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
+        ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
+    else:
+        ffi.wasm_byte_vec_new_empty(ctypes.byref(vec))
+    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))  # takes the bytes
+
+
+_TRAPS = {
+    wasmtime.TrapCode.OUT_OF_FUEL: Status.FUEL,
+    wasmtime.TrapCode.INTERRUPT: Status.TIME,
+    wasmtime.TrapCode.STACK_OVERFLOW: Status.STACK,
+}
+
+_LIMIT_WORDS = ("resource limit", "count too high", "exceeds table limits", "limit exceeded")
+
+
+def _classify_error(message: str) -> tuple[Status, str]:
+    """An error (not a trap) while instantiating or running."""
+    text = _cause(message)
+    lower = message.lower()
+    if any(word in lower for word in _LIMIT_WORDS):
+        return Status.MEMORY, f"store limit reached: {text}"
+    if "import" in lower:
+        return Status.IMPORT, text
+    return Status.TRAP, text
+
+
+def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
+    """Run one job of a prepared module; never raises for anything the payload does."""
+    if prepared.problem is not None:
+        status, detail = prepared.problem
+        return Outcome(status, b"", 0, 0.0, detail)
+    eng = engine()
+    job = _job.Job(limits)
+    store = wasmtime.Store(eng)
+    store.set_fuel(limits.fuel)
+    store.set_limits(
+        table_elements=TABLE_ELEMENTS_MAX,
+        instances=INSTANCES_MAX,
+        tables=TABLES_MAX,
+        memories=MEMORIES_MAX,
+    )
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = [ARGV0, *args]
+    _stdin(wasi, stdin)
+    store.set_wasi(wasi)
+    store.set_epoch_deadline(1)
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _NO_FINALIZER)
+
+    exit_code: int | None = None
+    _job.enter(job)
+    job.started = _ticker.enter()
+    started = time.perf_counter()
+    try:
+        instance = prepared.pre.instantiate(store)
+        instance.exports(store)["_start"](store)
+        status, detail, exit_code = Status.OK, "", 0
+    except wasmtime.ExitTrap as e:
+        exit_code = e.code
+        if e.code == 0:
+            status, detail = Status.OK, ""
+        else:
+            status, detail = Status.EXIT, f"exit code {e.code}"
+    except wasmtime.Trap as e:
+        code = e.trap_code
+        status = _TRAPS.get(code, Status.TRAP)
+        if status is Status.FUEL:
+            detail = f"fuel limit of {limits.fuel} exhausted"
+        elif status is Status.STACK:
+            detail = "call stack exhausted"
+        else:
+            detail = _trap_detail(e)
+    except wasmtime.WasmtimeError as e:
+        status, detail = _classify_error(str(e))
+    finally:
+        wall_s = time.perf_counter() - started
+        _ticker.leave()
+        _job.enter(None)
+    fuel = limits.fuel - store.get_fuel()
+    store.close()  # unmap the job's memories now: a trap's traceback would keep it alive
+
+    if job.internal is not None:
+        status, detail, exit_code = Status.CRASH, f"sandbox internal error: {job.internal}", None
+    elif job.stop is not None:
+        (status, detail), exit_code = job.stop, None
+    if status is not Status.OK and job.err:
+        quoted = job.err.decode("utf-8", "replace").strip()[-_DETAIL_STDERR:]
+        if quoted:
+            detail = f"{detail}; stderr: {quoted}" if detail else f"stderr: {quoted}"
+    return Outcome(status, bytes(job.out), fuel, wall_s, detail, exit_code, bytes(job.err))
+
+
+def run(
+    wasm: bytes,
+    args: Sequence[str] = (),
+    stdin: bytes = b"",
+    limits: Limits = Limits(),  # noqa: B008 - frozen, immutable default
+    *,
+    cache=None,
+) -> Outcome:
+    """Run one job in this process and return its Outcome.
+
+    wasm: the module's bytes. args: argv[1:] (argv[0] is "payload").
+    stdin: the payload's whole stdin. limits: see protocol.Limits.
+    cache: a ModuleCache to compile through (stored there, compiled once per
+    machine); without one, compiled modules are kept in this process only.
+
+    Never raises for anything the payload does: a bad module is INVALID, a
+    missing import IMPORT, and so on (see the module docstring).
+    """
+    wasm = bytes(wasm)
+    sha256 = hashlib.sha256(wasm).hexdigest()
+    if cache is not None:
+
+        def load() -> wasmtime.Module:
+            cache.put(wasm)
+            return cache.module(sha256)
+
+    else:
+
+        def load() -> wasmtime.Module:
+            return compile(wasm)
+
+    return execute(prepare(sha256, load), args, stdin, limits)

@@ -1,0 +1,66 @@
+"""Per-job state shared by the host code that runs while a payload runs.
+
+The memory creator, the WASI functions the sandbox defines itself and the
+epoch callback are all engine-wide: wasmtime calls them on the thread that is
+running the payload, so they find the job through a thread-local. A job runs
+start to end on one thread, and one thread runs one job at a time.
+
+Host code never raises into wasmtime: it records why the job must end in
+``Job.stop`` (first reason wins) and makes the payload trap; the engine turns
+``stop`` into the job's status afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from protocol import Limits, Status
+
+MIB = 1024 * 1024
+STDERR_KEEP = 8 * 1024  # bytes of the payload's stderr kept for the task author
+
+_local = threading.local()
+
+
+class Job:
+    __slots__ = (
+        "limits",
+        "memory_limit",
+        "memory_used",
+        "out",
+        "out_cap",
+        "err",
+        "stop",
+        "started",
+        "slept_ns",
+        "random",
+        "random_block",
+        "internal",
+    )
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.memory_limit = limits.memory_mb * MIB
+        self.memory_used = 0  # bytes of linear memory, summed over the job's memories
+        self.out = bytearray()
+        self.out_cap = limits.output_kb * 1024
+        self.err = bytearray()
+        self.stop: tuple[Status, str] | None = None
+        self.started = 0.0  # on the ticker's clock of running time
+        self.slept_ns = 0  # virtual time the payload slept through (poll_oneoff)
+        self.random = bytearray()  # unread bytes of the random_get stream
+        self.random_block = 0
+        self.internal: str | None = None  # a bug in host code, reported as CRASH
+
+    def halt(self, status: Status, detail: str) -> None:
+        """Record why the job must end; the first reason is the one reported."""
+        if self.stop is None:
+            self.stop = (status, detail)
+
+
+def current() -> Job | None:
+    return getattr(_local, "job", None)
+
+
+def enter(job: Job | None) -> None:
+    _local.job = job

@@ -1,0 +1,313 @@
+"""Slots: long-lived worker processes, one job per worker at a time.
+
+Theory of operation
+-------------------
+Each slot is a worker process (see _worker) started with multiprocessing's
+*spawn* method and connected by a duplex Pipe. A slot is idle or runs one job
+(its key). The parent never blocks on a worker: the jobber polls ``fds()``
+(the parent ends of the pipes, readable when a result arrives or the worker
+dies) and calls ``collect()``.
+
+Every started job comes back from ``collect()`` exactly once:
+
+============================== ===================================================
+what happened                  collect() yields
+============================== ===================================================
+the job ended                  its Outcome, as ``run()`` would give it
+the worker died (segfault,     Outcome(CRASH), with the exit code or signal; the
+OOM kill, an rlimit)           worker is replaced
+cancel(key)                    Outcome(ABANDONED); the worker is killed and replaced
+no news for WATCHDOG           Outcome(CRASH): the worker is killed and replaced
+close() while still running    (returned by close) Outcome(ABANDONED)
+============================== ===================================================
+
+The watchdog is a last fence for a worker that hangs outside wasm (the
+sandbox's own time limit cannot fire there): a job gets ``2 * time_s +
+WATCHDOG_SLACK_S`` seconds of unsuspended time. It fires from collect(), so
+call collect() now and then even when no fd is readable.
+
+suspend() sends SIGSTOP to every worker and resume() SIGCONT. A stopped worker
+does not advance its epoch ticker, so a suspension does not use up a job's
+time limit (the ticker's next tick after SIGCONT counts once), and the
+watchdog leaves out time spent suspended. Outcome.wall_s includes it.
+
+A script that creates Slots must guard its entry point with
+``if __name__ == "__main__":``: spawn re-imports the parent's main module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from protocol import Limits, Status
+from sandbox import _worker
+from sandbox._cache import ModuleCache
+from sandbox._outcome import Outcome
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_SLACK_S = 120.0  # compiling a large module happens inside the job's window
+_JOIN_S = 5.0  # how long to wait for a killed worker to be reaped
+
+
+class _Worker:
+    __slots__ = ("process", "conn", "key", "started", "paused0", "limits")
+
+    def __init__(self, process, conn) -> None:
+        self.process = process
+        self.conn = conn
+        self.key: str | None = None  # the job it runs
+        self.started = 0.0
+        self.paused0 = 0.0  # Slots._paused_s when the job started
+        self.limits: Limits | None = None
+
+
+def _describe_death(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker died"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        why = {
+            "SIGKILL": " (perhaps the OOM killer)",
+            "SIGXCPU": " (the RLIMIT_CPU fence)",
+            "SIGSEGV": " (segmentation fault)",
+            "SIGABRT": " (aborted, perhaps out of memory)",
+        }.get(name, "")
+        return f"worker killed by {name}{why}"
+    return f"worker exited with code {exitcode}"
+
+
+class Slots:
+    """Long-lived worker processes (multiprocessing spawn context), one job per worker at a time."""
+
+    def __init__(self, n: int, cache_root: Path, *, nice: int = 19) -> None:
+        if n < 1:
+            raise ValueError("need at least one slot")
+        self._ctx = multiprocessing.get_context("spawn")
+        self._cache_root = Path(cache_root)
+        ModuleCache(self._cache_root)  # create the layout before the workers race to
+        self._nice = nice
+        self._suspended_since: float | None = None
+        self._paused_s = 0.0  # total time spent suspended
+        self._queued: list[tuple[str, Outcome]] = []
+        self._closed = False
+        self._workers: list[_Worker] = []
+        for _ in range(n):
+            self._workers.append(self._spawn())
+
+    def __enter__(self) -> Slots:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- workers ---------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker.main,
+            args=(child, str(self._cache_root), self._nice),
+            name="borednet-slot",
+            daemon=True,
+        )
+        process.start()
+        child.close()  # so that the worker's death reads as EOF here
+        if self._suspended_since is not None:
+            self._signal(process, signal.SIGSTOP)
+        log.debug("slot worker %s started", process.pid)
+        return _Worker(process, parent)
+
+    @staticmethod
+    def _signal(process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(process.pid, sig)
+
+    def _kill(self, w: _Worker) -> int | None:
+        self._signal(w.process, signal.SIGKILL)
+        w.process.join(_JOIN_S)
+        w.conn.close()
+        return w.process.exitcode
+
+    def _replace(self, w: _Worker) -> None:
+        i = self._workers.index(w)
+        self._workers[i] = self._spawn()
+
+    def _active_s(self, w: _Worker, now: float) -> float:
+        paused = self._paused_s - w.paused0
+        if self._suspended_since is not None:
+            paused += now - max(self._suspended_since, w.started)
+        return now - w.started - paused
+
+    # --- public ----------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        """Idle workers."""
+        return sum(1 for w in self._workers if w.key is None)
+
+    def running(self) -> list[str]:
+        """Keys of running jobs."""
+        return [w.key for w in self._workers if w.key is not None]
+
+    def fds(self) -> list[int]:
+        """File descriptors that become readable when a job finishes or a worker dies."""
+        return [w.conn.fileno() for w in self._workers]
+
+    def start(
+        self, key: str, sha256: str, args: Sequence[str], stdin: bytes, limits: Limits
+    ) -> None:
+        """Start a job in an idle worker. The payload must be in ModuleCache(cache_root).
+
+        RuntimeError if no slot is free or `key` is already running.
+        """
+        if self._closed:
+            raise RuntimeError("slots are closed")
+        if any(w.key == key for w in self._workers):
+            raise RuntimeError(f"job {key!r} is already running")
+        msg = (
+            key,
+            sha256,
+            tuple(args),
+            bytes(stdin),
+            (limits.fuel, limits.memory_mb, limits.time_s, limits.output_kb),
+        )
+        for w in self._workers:
+            if w.key is not None:
+                continue
+            try:
+                w.conn.send(msg)
+            except OSError as e:  # died while idle: replace it, try the next
+                log.info("slot worker %s is gone (%s); replacing it", w.process.pid, e)
+                self._kill(w)
+                self._replace(w)
+                continue
+            w.key = key
+            w.started = time.monotonic()
+            w.paused0 = self._paused_s
+            w.limits = limits
+            return
+        raise RuntimeError("no free slot")
+
+    def collect(self) -> list[tuple[str, Outcome]]:
+        """Finished jobs, without blocking; dead or hung workers are replaced."""
+        out, self._queued = self._queued, []
+        now = time.monotonic()
+        for w in list(self._workers):
+            while True:
+                try:
+                    if not w.conn.poll(0):
+                        break
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    exitcode = self._kill(w)
+                    detail = _describe_death(exitcode)
+                    if w.key is not None:
+                        log.warning("job %s: %s", w.key, detail)
+                        out.append((w.key, Outcome(Status.CRASH, b"", 0, 0.0, detail)))
+                    else:
+                        log.info("idle slot worker %s: %s", w.process.pid, detail)
+                    self._replace(w)
+                    break
+                if msg[0] == "ready":
+                    continue
+                key, status, stdout, fuel, wall_s, detail, exit_code, stderr = msg
+                if key != w.key:  # cannot happen: one job per worker
+                    log.error(
+                        "slot worker %s answered for %r, running %r", w.process.pid, key, w.key
+                    )
+                w.key = None
+                out.append(
+                    (key, Outcome(Status(status), stdout, fuel, wall_s, detail, exit_code, stderr))
+                )
+            if w.key is not None and w in self._workers:
+                limit = 2 * w.limits.time_s + WATCHDOG_SLACK_S
+                if self._active_s(w, now) > limit:
+                    log.warning("job %s: worker %s unresponsive; killed", w.key, w.process.pid)
+                    self._kill(w)
+                    detail = f"worker unresponsive for {limit:g} s; killed"
+                    out.append((w.key, Outcome(Status.CRASH, b"", 0, 0.0, detail)))
+                    self._replace(w)
+        return out
+
+    def cancel(self, key: str) -> None:
+        """Kill that job's worker (it is replaced); collect() then yields the job as ABANDONED.
+
+        A key that is not running is ignored (it may have finished meanwhile).
+        """
+        for w in self._workers:
+            if w.key == key:
+                self._kill(w)
+                wall_s = time.monotonic() - w.started
+                self._queued.append(
+                    (key, Outcome(Status.ABANDONED, b"", 0, wall_s, "cancelled by the jobber"))
+                )
+                self._replace(w)
+                return
+
+    def suspend(self) -> None:
+        """SIGSTOP every worker (idle-only mode). Time limits stop counting."""
+        if self._suspended_since is None and not self._closed:
+            self._suspended_since = time.monotonic()
+            for w in self._workers:
+                self._signal(w.process, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT every worker."""
+        if self._suspended_since is not None:
+            for w in self._workers:
+                self._signal(w.process, signal.SIGCONT)
+            self._paused_s += time.monotonic() - self._suspended_since
+            self._suspended_since = None
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended_since is not None
+
+    def close(self, grace_s: float = 0.0) -> list[tuple[str, Outcome]]:
+        """Wait up to grace_s for running jobs, then stop every worker.
+
+        Returns what finished meanwhile (and anything not yet collected); jobs
+        still running are returned as ABANDONED.
+        """
+        if self._closed:
+            return []
+        self.resume()
+        out = self.collect()
+        deadline = time.monotonic() + grace_s
+        while self.running():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait([w.conn for w in self._workers if w.key is not None], timeout=left)
+            out += self.collect()
+        self._closed = True
+        for w in self._workers:
+            if w.key is not None:
+                self._signal(w.process, signal.SIGKILL)
+                wall_s = time.monotonic() - w.started
+                detail = "the jobber stopped before the job finished"
+                out.append((w.key, Outcome(Status.ABANDONED, b"", 0, wall_s, detail)))
+            else:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)  # idle: let it exit by itself
+        deadline = time.monotonic() + _JOIN_S
+        for w in self._workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                self._signal(w.process, signal.SIGKILL)
+                w.process.join(_JOIN_S)
+            w.conn.close()
+        self._workers = []
+        return out

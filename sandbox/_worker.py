@@ -1,0 +1,166 @@
+"""The worker process behind one slot: runs jobs one at a time, forever.
+
+Started by Slots with the multiprocessing *spawn* method (a fresh interpreter,
+never a fork of a process holding ZeroMQ sockets or wasmtime threads). It
+first lowers its priority (niceness, and SCHED_IDLE on Linux where allowed),
+before any thread exists so that every later thread inherits it, then loads
+the engine and says ``("ready", pid)``.
+
+Messages on its end of the pipe::
+
+    parent -> worker   (key, sha256, args, stdin, (fuel, memory_mb, time_s, output_kb))
+                       None: exit
+    worker -> parent   ("ready", pid)
+                       (key, status, stdout, fuel, wall_s, detail, exit_code, stderr)
+
+OS fences, under the sandbox's own limits, re-armed for each job:
+
+- RLIMIT_CPU: CPU seconds used so far + 2 * time_s + CPU_SLACK_S. Past it the
+  kernel kills the worker with SIGXCPU; the job is reported as CRASH.
+- RLIMIT_DATA: private writable memory at start-up + memory_mb +
+  HOST_MARGIN. Linear memory becomes writable page by page as it grows, so
+  this bounds what a payload can really use even if the sandbox's accounting
+  were wrong; the growth is refused and the job ends as MEMORY.
+- RLIMIT_AS: address space at start-up + one linear memory's reservation
+  (4 GiB plus guards on 64-bit hosts, so that bounds checks are elided) +
+  memory_mb + HOST_MARGIN: catches a runaway host-side allocation.
+- RLIMIT_CORE 0: a crashing worker leaves no core files behind.
+
+Compiling a module (before the job starts) runs with the memory fences lifted:
+a large module may need more than a job does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from protocol import Limits, Status
+from sandbox import _engine
+from sandbox._cache import ModuleCache
+from sandbox._job import MIB
+
+CPU_SLACK_S = 60  # compiling a large module can take seconds of CPU on every core
+HOST_MARGIN = 1024 * MIB  # host-side allocations on top of the payload's memory
+_RESERVATION = (4 << 30) + 2 * (32 << 20)  # one linear memory's mapping (see _memory)
+
+
+def lower_priority(nice: int) -> None:
+    """Niceness `nice` (never raised above the current one) and SCHED_IDLE if nice >= 19."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):  # PermissionError in some containers
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in bytes (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _Fences:
+    def __init__(self) -> None:
+        self.address0 = _status_kb("VmSize")
+        self.data0 = _status_kb("VmData")
+        self._memory: tuple[int, int] | None = None
+        self._set(resource.RLIMIT_CORE, 0)
+
+    @staticmethod
+    def _set(which: int, soft: int) -> None:
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(which, (soft, hard))
+
+    def lift(self) -> None:
+        """No memory fences (while compiling)."""
+        if self._memory is not None:
+            for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+                self._set(which, resource.getrlimit(which)[1])
+            self._memory = None
+
+    def arm(self, limits: Limits) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime + 2 * limits.time_s + CPU_SLACK_S
+        self._set(resource.RLIMIT_CPU, int(cpu) + 1)
+        if not (self.address0 and self.data0):
+            return
+        payload = limits.memory_mb * MIB
+        memory = (
+            self.address0 + _RESERVATION + payload + HOST_MARGIN,
+            self.data0 + payload + HOST_MARGIN,
+        )
+        if memory != self._memory:
+            self._set(resource.RLIMIT_AS, memory[0])
+            self._set(resource.RLIMIT_DATA, memory[1])
+            self._memory = memory
+
+
+def _serve(conn, cache: ModuleCache) -> None:
+    fences = _Fences()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if msg is None:
+            return
+        key, sha256, args, stdin, limit_values = msg
+        try:
+            limits = Limits(*limit_values)
+            fences.lift()
+            prepared = _engine.prepare(sha256, lambda sha256=sha256: cache.module(sha256))
+            fences.arm(limits)
+            o = _engine.execute(prepared, args, stdin, limits)
+            reply = (
+                key,
+                o.status.value,
+                o.stdout,
+                o.fuel,
+                o.wall_s,
+                o.detail,
+                o.exit_code,
+                o.stderr,
+            )
+        except BaseException as e:  # a bug or an OS fence here: report it, then make way
+            detail = f"worker failed: {type(e).__name__}: {e}"
+            conn.send((key, Status.CRASH.value, b"", 0, 0.0, detail, None, b""))
+            raise
+        conn.send(reply)
+
+
+def main(conn, cache_root: str, nice: int) -> None:
+    """Entry point of a worker process (multiprocessing target)."""
+    code = 0
+    try:
+        lower_priority(nice)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobber decides when workers stop
+        cache = ModuleCache(Path(cache_root))
+        _engine.engine()
+        _serve(conn, cache)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        # wasmtime's threads can panic in interpreter teardown: skip it
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)

@@ -1,0 +1,122 @@
+"""`python -m sandbox run PAYLOAD.wasm [ARGS...]`: try a payload as a jobber would run it.
+
+Reads the payload's stdin from ours (none when ours is a terminal), writes its
+stdout to ours, then its stderr and one report line to our stderr::
+
+    sandbox: ok, 1234567 fuel, 0.012 s
+
+Exit code: 0 for a clean exit (OK); the payload's own code for EXIT; 125 for
+every other outcome (a limit, a trap, an invalid module, ...); 2 for a bad
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from protocol import Limits, ProtocolError, Status
+from sandbox._cache import ModuleCache
+from sandbox._engine import run
+
+OTHER_STATUS_EXIT = 125
+
+_DEFAULTS = Limits()
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description="borednet's WebAssembly sandbox.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_p = commands.add_parser(
+        "run",
+        help="run one payload under limits",
+        description="Run a WASI payload as a jobber would: stdin in, stdout out, "
+        "status, fuel and wall time on stderr. Options may come anywhere; put -- "
+        "before payload arguments that start with a dash.",
+    )
+    run_p.prog = "python -m sandbox run"
+    run_p.add_argument("payload", type=Path, help="a .wasm file (WASI command module)")
+    run_p.add_argument("args", nargs="*", help="the payload's arguments (argv[1:])")
+    run_p.add_argument(
+        "--fuel", type=int, default=_DEFAULTS.fuel, help=f"instructions (default {_DEFAULTS.fuel})"
+    )
+    run_p.add_argument(
+        "--memory",
+        type=int,
+        default=_DEFAULTS.memory_mb,
+        metavar="MB",
+        help=f"linear memory in MiB (default {_DEFAULTS.memory_mb})",
+    )
+    run_p.add_argument(
+        "--time",
+        type=float,
+        default=_DEFAULTS.time_s,
+        metavar="S",
+        help=f"wall-clock seconds (default {_DEFAULTS.time_s:g})",
+    )
+    run_p.add_argument(
+        "--output",
+        type=int,
+        default=_DEFAULTS.output_kb,
+        metavar="KB",
+        help=f"stdout in KiB (default {_DEFAULTS.output_kb})",
+    )
+    run_p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a module cache directory, to compile each payload once (default: none)",
+    )
+    return parser, run_p
+
+
+def exit_code(status: Status, payload_code: int | None) -> int:
+    if status is Status.OK:
+        return 0
+    if status is Status.EXIT and payload_code:
+        return payload_code % 256 or 1
+    return OTHER_STATUS_EXIT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, run_parser = _parsers()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["run"]:
+        parser.parse_args(argv)  # help, or the usage error
+        return 2
+    parser = run_parser
+    ns = parser.parse_intermixed_args(argv[1:])  # options may follow the payload's arguments
+    logging.basicConfig(level=logging.WARNING, format="sandbox: %(message)s")
+    try:
+        limits = Limits(ns.fuel, ns.memory, ns.time, ns.output)
+    except ProtocolError as e:
+        parser.error(str(e))
+    try:
+        wasm = ns.payload.read_bytes()
+    except OSError as e:
+        parser.error(f"cannot read {ns.payload}: {e.strerror or e}")
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    cache = ModuleCache(ns.cache) if ns.cache is not None else None
+
+    outcome = run(wasm, ns.args, stdin, limits, cache=cache)
+
+    sys.stdout.buffer.write(outcome.stdout)
+    sys.stdout.flush()
+    if outcome.stderr:
+        sys.stderr.buffer.write(outcome.stderr)
+        if not outcome.stderr.endswith(b"\n"):
+            sys.stderr.buffer.write(b"\n")
+    report = f"sandbox: {outcome.status.value}, {outcome.fuel} fuel, {outcome.wall_s:.3f} s"
+    if outcome.detail:
+        detail = outcome.detail.split("; stderr: ")[0]  # the stderr was just shown
+        report += f": {detail}"
+    sys.stderr.write(report + "\n")
+    sys.stderr.flush()
+    return exit_code(outcome.status, outcome.exit_code)
