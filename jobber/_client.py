@@ -47,6 +47,7 @@ MAX_RESULTS_PER_MESSAGE = 256
 MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
+FETCH_PATIENCE_S = 1.0  # an ask unanswered this long lets the next dealer be asked too
 
 
 class JobberError(Exception):
@@ -363,7 +364,7 @@ class Jobber:
 
     def _fetch(self, now: float) -> None:
         have = len(self._buffer) + len(self._running)
-        if have >= self.hi_water or any(link.bored_id is not None for link in self._links.values()):
+        if have >= self.hi_water:
             return
         if self._buffer and self._job_s:
             # never hold more than the buffered jobs' deadlines allow: the last one
@@ -371,11 +372,17 @@ class Jobber:
             start_in = (len(self._buffer) / self.cfg.slots + 1) * self._job_s
             if now + start_in > min(job.deadline for job in self._buffer):
                 return
+        # one ask at a time, but a dealer slow to answer does not hold up the others
+        if any(
+            link.bored_id is not None and now - link.bored_at < FETCH_PATIENCE_S
+            for link in self._links.values()
+        ):
+            return
         for _ in range(len(self._rr)):
             addr = self._rr[0]
             self._rr.rotate(-1)
             link = self._links[addr]
-            if not link.backoff.ready(now):
+            if link.bored_id is not None or not link.backoff.ready(now):
                 continue
             rid = self._rid()
             host = p.HostFacts(
@@ -413,9 +420,10 @@ class Jobber:
         self._reset_socket(link)
         wait = link.backoff.failed(now)
         log.info(
-            "dealer %s: %s; backed off for %.1f s (until %s)",
+            "dealer %s: %s; failure %d, backed off for %.2f s (until %s)",
             link.address,
             why,
+            link.backoff.failures,
             wait,
             time.strftime("%H:%M:%S", time.localtime(time.time() + wait)),
         )
