@@ -1,0 +1,154 @@
+"""End to end, with failures: killed jobbers, a killed dealer, a dishonest jobber.
+
+Each test runs a real dealer process (examples/factoring.py) and real jobber
+processes on loopback, breaks something, and checks that the printed
+factorization is still right and that every job was accepted exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from dealer.cli import query_status
+from tests.conftest import PY, ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+N = 1000000007 * 1000000009
+LINE = f"{N} = 1000000007 * 1000000009"
+CHUNK = "100000000"  # 11 jobs of about 0.3 s each here: long enough to be caught running
+JOBS = 11
+
+
+def summary(stderr: str) -> dict[str, tuple[int, int, int, int]]:
+    """The dealer's closing table: jobber -> (valid, invalid, errors, credit)."""
+    rows = {}
+    for m in re.finditer(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", stderr, re.M):
+        rows[m.group(1)] = tuple(int(m.group(i)) for i in range(2, 6))
+    return rows
+
+
+def wait_status(port: int, pred, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = query_status(f"127.0.0.1:{port}", timeout_s=1.0)
+            if pred(last):
+                return last
+        except (TimeoutError, RuntimeError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"dealer status never matched; last {last}")
+
+
+def jobber_status(data_dir) -> dict:
+    from jobber._control import ask
+
+    return ask(data_dir, "status", timeout_s=2.0)
+
+
+def test_jobber_killed_mid_job_is_replaced(procs, factor_wasm):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.dealer(
+        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--deadline", "3", port=port
+    )
+    victim = procs.jobber("victim", addr, extra=("-v",))
+    victim.wait_for(r"jobs from", 30)
+    victim.kill()
+    survivor = procs.jobber("survivor", addr, extra=("--max-idle", "5"))
+    assert dealer.wait(120) == 0, dealer.stderr
+    assert dealer.stdout.strip() == LINE
+    rows = summary(dealer.stderr)
+    assert rows["victim"][2] >= 1  # its unreturned replicas went overdue
+    assert sum(r[0] for r in rows.values()) == JOBS  # each job accepted once
+    assert survivor.wait(60) == 0
+
+
+def test_dealer_killed_and_restarted_resumes_with_spooled_results(procs, factor_wasm, tmp_path):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    db = tmp_path / "journal.sqlite"
+    first = procs.dealer("first", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+    jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "30")) for i in (1, 2)]
+    wait_status(port, lambda s: s["accepted"] >= 3)
+    first.signal(signal.SIGKILL)
+    first.popen.wait()
+    # the jobbers finish what they hold and keep the results in their spools
+    deadline = time.monotonic() + 30
+    while not any(jobber_status(tmp_path / f"data-j{i}")["spooled"] for i in (1, 2)):
+        assert time.monotonic() < deadline, "no result was spooled while the dealer was down"
+        time.sleep(0.1)
+    second = procs.dealer("second", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+    assert second.wait(120) == 0, second.stderr
+    assert second.stdout.strip() == LINE
+    rows = summary(second.stderr)
+    assert sum(r[0] for r in rows.values()) == JOBS  # none lost, none accepted twice
+    for j in jobbers:  # idle now: a polite stop ends them at once
+        j.signal(signal.SIGTERM)
+        assert j.wait(30) == 0
+    # the same command on the finished journal replays it and prints the same answer
+    third = procs.dealer("third", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+    assert third.wait(60) == 0 and third.stdout.strip() == LINE
+
+
+def test_changed_task_on_an_old_journal_is_refused(procs, factor_wasm, tmp_path):
+    port = free_port()
+    db = tmp_path / "journal.sqlite"
+    first = procs.dealer(
+        "first", "factoring.py", "1000036000099", "--chunk", "50000", port=port, db=db
+    )
+    wait_status(port, lambda s: s["drawn"] >= 1)
+    first.kill()
+    other = procs.dealer(
+        "other", "factoring.py", "1000036000099", "--chunk", "70000", port=port, db=db
+    )
+    assert other.wait(60) == 2
+    assert "differs from the journal" in other.stderr
+
+
+def test_dishonest_jobber_is_outvoted(procs, factor_wasm):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.dealer(
+        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--redundancy", "2", port=port
+    )
+    liar = procs.start(
+        "liar", [PY, ROOT / "tests" / "wrong_jobber.py", addr, "--name", "liar", "--max-idle", "5"]
+    )
+    wait_status(port, lambda s: "liar" in s["jobbers"])  # it gets in first
+    honest = [procs.jobber(f"h{i}", addr, extra=("--max-idle", "5")) for i in (1, 2)]
+    assert dealer.wait(120) == 0, dealer.stderr
+    assert dealer.stdout.strip() == LINE
+    rows = summary(dealer.stderr)
+    assert rows["liar"][0] == 0 and rows["liar"][1] >= 1 and rows["liar"][3] == 0
+    assert rows["h1"][0] + rows["h2"][0] == 2 * JOBS  # every job: two honest votes
+    for j in honest:
+        assert j.wait(60) == 0
+    assert liar.wait(60) == 0
+
+
+def test_dealer_status_command(procs, factor_wasm):
+    port = free_port()
+    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
+    wait_status(port, lambda s: s["accepted"] == 0)
+    out = procs.start("status", [PY, "-m", "dealer", "status", f"127.0.0.1:{port}", "--json"])
+    assert out.wait(30) == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["task"] == "Factoring" and info["total"] == JOBS and info["accepted"] == 0
+    text = procs.start("status-text", [PY, "-m", "dealer", "status", f"127.0.0.1:{port}"])
+    assert text.wait(30) == 0
+    assert re.search(
+        rf"task Factoring: 0 accepted, 0 failed, \d in flight, \d drawn of {JOBS}", text.stdout
+    ), text.stdout
+    dealer.kill()
+    gone = procs.start(
+        "gone", [PY, "-m", "dealer", "status", f"127.0.0.1:{port}", "--timeout", "0.5"]
+    )
+    assert gone.wait(30) == 1 and "no answer" in gone.stderr
