@@ -60,7 +60,7 @@ from sandbox import _job, _memory, _wasi
 from sandbox._outcome import Outcome
 
 TICK_S = 0.01  # epoch period: the resolution of the time limit; 100 cheap wakeups/s while busy
-GAP_S = 1.0  # a tick this late means the process was stopped: the gap is not running time
+GAP_S = 0.1  # a tick this late means the process was stopped: the gap is not running time
 MAX_WASM_STACK = 512 * 1024  # wasmtime's default, pinned: it decides where STACK happens
 INSTANCES_MAX = 1  # a job instantiates its one module
 MEMORIES_MAX = 1  # WASI commands have one memory; the limit would apply to their sum
@@ -432,9 +432,9 @@ def run(
     wasm = bytes(wasm)
     sha256 = hashlib.sha256(wasm).hexdigest()
     if cache is not None:
+        cache.put(wasm)
 
         def load() -> wasmtime.Module:
-            cache.put(wasm)
             return cache.module(sha256)
 
     else:

@@ -1,0 +1,123 @@
+"""ModuleCache: payload bytes and compiled modules on disk, corrupt entries rebuilt."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import wasmtime
+
+import sandbox
+from protocol import Limits, Status
+from sandbox import _engine
+
+HELLO = wasmtime.wat2wasm(
+    """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "cached\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 7))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+)
+SHA = hashlib.sha256(HELLO).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path) -> sandbox.ModuleCache:
+    return sandbox.ModuleCache(tmp_path / "cache")
+
+
+def run_cached(cache: sandbox.ModuleCache, sha256: str) -> sandbox.Outcome:
+    """A job as a worker runs it: the module from the cache, no in-memory reuse."""
+    prepared = _engine._check(sha256, cache.module(sha256))
+    return _engine.execute(prepared, (), b"", Limits())
+
+
+def test_put_has_hashes_wasm(cache):
+    assert cache.hashes() == [] and not cache.has(SHA)
+    assert cache.put(HELLO) == SHA
+    assert cache.put(HELLO) == SHA  # idempotent
+    other = cache.put(b"not even wasm")
+    assert cache.has(SHA) and cache.has(other)
+    assert cache.hashes() == sorted([SHA, other])
+    assert cache.wasm(SHA) == HELLO
+    assert not cache.has("0" * 64)
+    assert not cache.has("../../etc/passwd")
+    with pytest.raises(KeyError):
+        cache.wasm("0" * 64)
+    with pytest.raises(ValueError):
+        cache.wasm("nope")
+    # nothing but whole files under their final names
+    assert not [p for p in cache.root.rglob("*") if p.name.endswith(".part")]
+
+
+def test_corrupt_payload_is_detected_and_removed(cache):
+    cache.put(HELLO)
+    path = next(cache.root.rglob(f"{SHA}.wasm"))
+    path.write_bytes(HELLO[:-1] + b"\0")
+    with pytest.raises(KeyError, match="corrupt"):
+        cache.wasm(SHA)
+    assert not cache.has(SHA)
+
+
+def test_compiled_once_then_loaded(cache, monkeypatch):
+    cache.put(HELLO)
+    assert run_cached(cache, SHA).stdout == b"cached\n"
+    compiled = cache.compiled_path(SHA)
+    assert compiled.exists()
+    stamp = compiled.stat().st_mtime_ns
+    monkeypatch.setattr(_engine, "compile", lambda wasm: pytest.fail("compiled twice"))
+    again = sandbox.ModuleCache(cache.root)  # as another worker process would
+    assert run_cached(again, SHA).stdout == b"cached\n"
+    assert compiled.stat().st_mtime_ns == stamp
+
+
+def damage_body(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+
+
+def foreign_key(data: bytes) -> bytes:
+    return data[:8] + b"f" * 32 + data[40:]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage_body, foreign_key, lambda d: d[:20], lambda d: b"", lambda d: b"x" * len(d)],
+    ids=["flipped-byte", "other-engine", "truncated", "empty", "garbage"],
+)
+def test_corrupt_or_foreign_compiled_entry_is_rebuilt(cache, damage):
+    cache.put(HELLO)
+    cache.module(SHA)
+    path = cache.compiled_path(SHA)
+    good = path.read_bytes()
+    path.write_bytes(damage(good))
+    assert run_cached(cache, SHA).stdout == b"cached\n"
+    assert path.read_bytes() == good  # rebuilt, byte for byte
+
+
+def test_entries_are_per_engine_configuration(cache):
+    cache.put(HELLO)
+    cache.module(SHA)
+    assert cache.compiled_path(SHA).parent.name == _engine.ENGINE_KEY
+
+
+def test_missing_payload_is_a_key_error(cache):
+    with pytest.raises(KeyError):
+        cache.module(SHA)
+
+
+def test_invalid_payload_raises_wasmtime_error(cache):
+    sha = cache.put(b"garbage")
+    with pytest.raises(wasmtime.WasmtimeError):
+        cache.module(sha)
+
+
+def test_run_through_a_cache_stores_both_forms(cache):
+    o = sandbox.run(HELLO, cache=cache)
+    assert o.status is Status.OK and o.stdout == b"cached\n"
+    assert cache.has(SHA) and cache.compiled_path(SHA).exists()

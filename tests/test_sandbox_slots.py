@@ -1,0 +1,196 @@
+"""Slots: jobs in long-lived, low-priority worker processes; deaths, cancels, suspensions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+import sandbox
+from protocol import Limits, Status
+
+WASI = "wasi_snapshot_preview1"
+HELLO = wasmtime.wat2wasm(
+    f"""
+(module
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "from a slot\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 12))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+)
+SPIN = wasmtime.wat2wasm('(module (func (export "_start") (loop $l (br $l))))')
+
+
+def collect_one(slots: sandbox.Slots, timeout_s: float = 30.0) -> tuple[str, sandbox.Outcome]:
+    """Wait on the slots' fds, as the jobber's poller does, for one finished job."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        wait(slots.fds(), timeout=min(1.0, deadline - time.monotonic()))
+        got = slots.collect()
+        if got:
+            assert len(got) == 1, got
+            return got[0]
+    raise AssertionError(f"no job finished within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory, factor_wasm) -> Path:
+    root = tmp_path_factory.mktemp("slots-cache")
+    cache = sandbox.ModuleCache(root)
+    for wasm in (HELLO, SPIN, factor_wasm):
+        cache.put(wasm)
+    return root
+
+
+@pytest.fixture(scope="module")
+def slots(cache_root):
+    s = sandbox.Slots(2, cache_root)
+    yield s
+    s.close()
+
+
+def sha(wasm: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(wasm).hexdigest()
+
+
+def worker_pids(slots: sandbox.Slots) -> list[int]:
+    return [w.process.pid for w in slots._workers]
+
+
+def test_a_job_in_a_slot_matches_running_it_here(slots):
+    slots.start("hello", sha(HELLO), [], b"", Limits())
+    assert slots.running() == ["hello"] and slots.free == 1
+    key, o = collect_one(slots)
+    assert key == "hello"
+    here = sandbox.run(HELLO)
+    assert (o.status, o.stdout, o.fuel, o.exit_code) == (Status.OK, b"from a slot\n", here.fuel, 0)
+    assert slots.running() == [] and slots.free == 2
+    assert slots.collect() == []  # nothing more, and it does not block
+
+
+def test_c_payload_with_args_in_slots(slots, factor_wasm):
+    slots.start("a", sha(factor_wasm), ["91", "2", "100"], b"", Limits())
+    slots.start("b", sha(factor_wasm), ["15", "2", "100"], b"", Limits())
+    assert slots.free == 0
+    with pytest.raises(RuntimeError, match="no free slot"):
+        slots.start("c", sha(factor_wasm), [], b"", Limits())
+    results = dict([collect_one(slots), collect_one(slots)])
+    assert results["a"].stdout == b"7\n13\n91\n"
+    assert results["b"].stdout == b"3\n5\n15\n"
+
+
+def test_duplicate_key_is_refused(slots):
+    slots.start("dup", sha(SPIN), [], b"", Limits(time_s=0.2))
+    with pytest.raises(RuntimeError, match="already running"):
+        slots.start("dup", sha(HELLO), [], b"", Limits())
+    key, o = collect_one(slots)
+    assert (key, o.status) == ("dup", Status.TIME)
+
+
+def test_payload_missing_from_the_cache_is_invalid(slots):
+    slots.start("missing", "0" * 64, [], b"", Limits())
+    key, o = collect_one(slots)
+    assert (key, o.status) == ("missing", Status.INVALID)
+    assert "not in the cache" in o.detail
+
+
+def soft_limits(pid: int) -> dict[str, str]:
+    """Soft limits of a process from /proc/PID/limits: {"Max cpu time": "61", ...}."""
+    lines = Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]
+    return {line[:26].strip(): line[26:].split()[0] for line in lines}
+
+
+def test_workers_run_at_low_priority_with_os_limits(slots):
+    for pid in worker_pids(slots):
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    if sys.platform != "linux":
+        return
+    for pid in worker_pids(slots):
+        policy = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[38])
+        assert policy in (0, 5)  # SCHED_IDLE (5) where allowed, else SCHED_OTHER
+        assert soft_limits(pid)["Max core file size"] == "0"
+    slots.start("hello", sha(HELLO), [], b"", Limits(memory_mb=64, time_s=5))
+    pid = next(w for w in slots._workers if w.key == "hello").process.pid
+    collect_one(slots)
+    fences = soft_limits(pid)
+    for name in ("Max cpu time", "Max data size", "Max address space"):
+        assert fences[name] != "unlimited", name
+    assert int(fences["Max data size"]) < int(fences["Max address space"])
+
+
+def test_a_dead_worker_is_reported_and_replaced(slots):
+    slots.start("doomed", sha(SPIN), [], b"", Limits(time_s=60))
+    victim = next(w for w in slots._workers if w.key == "doomed").process.pid
+    os.kill(victim, signal.SIGKILL)
+    key, o = collect_one(slots)
+    assert (key, o.status) == ("doomed", Status.CRASH)
+    assert "SIGKILL" in o.detail
+    assert victim not in worker_pids(slots) and slots.free == 2
+    slots.start("after", sha(HELLO), [], b"", Limits())
+    assert collect_one(slots)[1].status is Status.OK
+
+
+def test_rlimit_fence_death_is_a_crash(slots):
+    slots.start("fenced", sha(SPIN), [], b"", Limits(time_s=60))
+    victim = next(w for w in slots._workers if w.key == "fenced").process.pid
+    os.kill(victim, signal.SIGXCPU)  # what the kernel sends past RLIMIT_CPU
+    key, o = collect_one(slots)
+    assert (key, o.status) == ("fenced", Status.CRASH)
+    assert "RLIMIT_CPU" in o.detail
+
+
+def test_cancel_kills_the_job_and_yields_abandoned(slots):
+    slots.start("long", sha(SPIN), [], b"", Limits(time_s=60))
+    slots.start("short", sha(HELLO), [], b"", Limits())
+    assert collect_one(slots)[0] == "short"
+    before = worker_pids(slots)
+    slots.cancel("long")
+    slots.cancel("not-running")  # ignored
+    key, o = collect_one(slots, timeout_s=1)
+    assert (key, o.status) == ("long", Status.ABANDONED)
+    assert slots.running() == [] and slots.free == 2
+    assert len(set(before) - set(worker_pids(slots))) == 1
+
+
+def test_suspension_does_not_use_up_the_time_limit(slots):
+    slots.start("paused", sha(SPIN), [], b"", Limits(time_s=0.5))
+    time.sleep(0.1)
+    slots.suspend()
+    assert slots.suspended
+    time.sleep(1.0)
+    assert slots.collect() == []
+    slots.resume()
+    key, o = collect_one(slots)
+    assert (key, o.status) == ("paused", Status.TIME)
+    assert o.wall_s >= 1.4  # 0.5 s running + 1 s stopped
+
+
+def test_close_waits_for_running_jobs_up_to_the_grace(cache_root):
+    s = sandbox.Slots(2, cache_root)
+    s.start("spin", sha(SPIN), [], b"", Limits(time_s=0.3))
+    s.start("quick", sha(HELLO), [], b"", Limits())
+    done = dict(s.close(grace_s=30))
+    assert done["quick"].status is Status.OK
+    assert done["spin"].status is Status.TIME
+    assert s.close() == []
+    with pytest.raises(RuntimeError):
+        s.start("late", sha(HELLO), [], b"", Limits())
+
+
+def test_close_abandons_what_is_still_running(cache_root):
+    s = sandbox.Slots(1, cache_root)
+    s.start("spin", sha(SPIN), [], b"", Limits(time_s=60))
+    (key, o), *rest = s.close(grace_s=0.1)
+    assert (key, o.status, rest) == ("spin", Status.ABANDONED, [])
