@@ -26,6 +26,9 @@ OS fences, under the sandbox's own limits, re-armed for each job:
   memory_mb + HOST_MARGIN: catches a runaway host-side allocation.
 - RLIMIT_CORE 0: a crashing worker leaves no core files behind.
 
+A worker whose parent dies (a jobber killed with SIGKILL) exits within
+PARENT_CHECK_S, even in the middle of a job.
+
 Compiling a module (before the job starts) runs with the memory fences lifted:
 a large module may need more than a job does.
 """
@@ -37,6 +40,8 @@ import os
 import resource
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -47,6 +52,7 @@ from sandbox._job import MIB
 
 CPU_SLACK_S = 60  # compiling a large module can take seconds of CPU on every core
 HOST_MARGIN = 1024 * MIB  # host-side allocations on top of the payload's memory
+PARENT_CHECK_S = 0.5  # how soon an orphaned worker (its jobber was killed) stops
 _RESERVATION = (4 << 30) + 2 * (32 << 20)  # one linear memory's mapping (see _memory)
 
 
@@ -141,9 +147,20 @@ def _serve(conn, cache: ModuleCache) -> None:
             )
         except BaseException as e:  # a bug or an OS fence here: report it, then make way
             detail = f"worker failed: {type(e).__name__}: {e}"
-            conn.send((key, Status.CRASH.value, b"", 0, 0.0, detail, None, b""))
+            with contextlib.suppress(OSError):
+                conn.send((key, Status.CRASH.value, b"", 0, 0.0, detail, None, b""))
             raise
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone
+            return
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A thread: end this worker, even mid-job, once the process that started it is gone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def main(conn, cache_root: str, nice: int) -> None:
@@ -152,6 +169,9 @@ def main(conn, cache_root: str, nice: int) -> None:
     try:
         lower_priority(nice)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobber decides when workers stop
+        threading.Thread(
+            target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        ).start()
         cache = ModuleCache(Path(cache_root))
         _engine.engine()
         _serve(conn, cache)
