@@ -7,7 +7,12 @@ Public face:
 - :class:`Slots` runs jobs in long-lived, low-priority worker processes.
 
 Only this package knows wasmtime. docs/sandbox.md describes the limits, the
-determinism rules (clocks and randomness are virtual) and the worker fences.
+determinism rules and the worker fences. In short: a payload is a WASI
+preview 1 command with argv, stdin and a capped stdout, and nothing else (no
+files, no environment, no sockets); clocks and randomness are not refused but
+virtual (clocks read the fuel used so far, random_get is a fixed stream; see
+_wasi), and NaNs are canonicalized, so a job gives the same bytes and fuel on
+every machine.
 """
 
 from sandbox._cache import ModuleCache
