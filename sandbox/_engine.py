@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import platform
 import threading
 import time
@@ -58,6 +59,8 @@ from wasmtime import _ffi as ffi
 from protocol import Limits, Status
 from sandbox import _job, _memory, _wasi
 from sandbox._outcome import Outcome
+
+log = logging.getLogger(__name__)
 
 TICK_S = 0.01  # epoch period: the resolution of the time limit; 100 cheap wakeups/s while busy
 GAP_S = 0.1  # a tick this late means the process was stopped: the gap is not running time
@@ -347,10 +350,24 @@ def _classify_error(message: str) -> tuple[Status, str]:
 
 
 def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
-    """Run one job of a prepared module; never raises for anything the payload does."""
+    """Run one job of a prepared module; never raises for anything the payload does.
+
+    A bug in the sandbox itself is reported as CRASH rather than raised: the
+    job failed through no fault of the payload, and is worth running elsewhere.
+    """
     if prepared.problem is not None:
         status, detail = prepared.problem
         return Outcome(status, b"", 0, 0.0, detail)
+    if any("\0" in arg for arg in args):
+        return Outcome(Status.INVALID, b"", 0, 0.0, "an argument contains a NUL character")
+    try:
+        return _execute(prepared, args, stdin, limits)
+    except Exception as e:
+        log.exception("job of payload %s: sandbox internal error", prepared.sha256[:12])
+        return Outcome(Status.CRASH, b"", 0, 0.0, f"sandbox internal error: {e!r}")
+
+
+def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
     eng = engine()
     job = _job.Job(limits)
     store = wasmtime.Store(eng)

@@ -55,15 +55,19 @@ from sandbox._outcome import Outcome
 log = logging.getLogger(__name__)
 
 WATCHDOG_SLACK_S = 120.0  # compiling a large module happens inside the job's window
+# Workers dying this many times in a row before they are even ready means the
+# installation is broken (they print why on stderr): raise rather than respawn forever.
+MAX_START_FAILURES = 5
 _JOIN_S = 5.0  # how long to wait for a killed worker to be reaped
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "key", "started", "paused0", "limits")
+    __slots__ = ("process", "conn", "ready", "key", "started", "paused0", "limits")
 
     def __init__(self, process, conn) -> None:
         self.process = process
         self.conn = conn
+        self.ready = False  # said "ready": it started up
         self.key: str | None = None  # the job it runs
         self.started = 0.0
         self.paused0 = 0.0  # Slots._paused_s when the job started
@@ -101,6 +105,7 @@ class Slots:
         self._suspended_since: float | None = None
         self._paused_s = 0.0  # total time spent suspended
         self._queued: list[tuple[str, Outcome]] = []
+        self._start_failures = 0  # workers in a row that died before they were ready
         self._closed = False
         self._workers: list[_Worker] = []
         for _ in range(n):
@@ -219,8 +224,18 @@ class Slots:
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
+                    if not w.ready:
+                        self._start_failures += 1
+                        if self._start_failures >= MAX_START_FAILURES:
+                            self._queued = out  # not lost: the next collect() returns them
+                            raise RuntimeError(
+                                f"slot workers die before they are ready ({detail}, "
+                                f"{self._start_failures} in a row); see their stderr"
+                            ) from None
                     break
                 if msg[0] == "ready":
+                    w.ready = True
+                    self._start_failures = 0
                     continue
                 key, status, stdout, fuel, wall_s, detail, exit_code, stderr = msg
                 if key != w.key:  # cannot happen: one job per worker
@@ -284,14 +299,19 @@ class Slots:
         if self._closed:
             return []
         self.resume()
-        out = self.collect()
+        out: list[tuple[str, Outcome]] = []
         deadline = time.monotonic() + grace_s
-        while self.running():
+        while True:
+            try:
+                out += self.collect()
+            except RuntimeError:  # workers that cannot start: nothing more will finish
+                out += self._queued
+                self._queued = []
+                break
             left = deadline - time.monotonic()
-            if left <= 0:
+            if not self.running() or left <= 0:
                 break
             wait([w.conn for w in self._workers if w.key is not None], timeout=left)
-            out += self.collect()
         self._closed = True
         for w in self._workers:
             if w.key is not None:

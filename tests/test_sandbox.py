@@ -523,3 +523,19 @@ def test_never_raises_on_arbitrary_bytes():
     for _ in range(200):
         junk = header + bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
         assert sandbox.run(junk).status in (Status.INVALID, Status.IMPORT)
+
+
+def test_argument_with_nul_is_invalid():
+    o = sandbox.run(HELLO, ["a\0b"])
+    assert o.status is Status.INVALID and "NUL" in o.detail
+
+
+def test_a_bug_in_the_sandbox_is_a_crash_not_an_exception(monkeypatch, caplog):
+    from sandbox import _engine
+
+    def broken(*args):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(_engine, "_execute", broken)
+    o = sandbox.run(HELLO)
+    assert o.status is Status.CRASH and "sandbox internal error" in o.detail

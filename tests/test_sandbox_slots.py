@@ -8,6 +8,7 @@ import sys
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import wasmtime
@@ -194,3 +195,19 @@ def test_close_abandons_what_is_still_running(cache_root):
     s.start("spin", sha(SPIN), [], b"", Limits(time_s=60))
     (key, o), *rest = s.close(grace_s=0.1)
     assert (key, o.status, rest) == ("spin", Status.ABANDONED, [])
+
+
+def test_workers_that_cannot_start_are_an_error_not_a_respawn_loop(cache_root, monkeypatch, capfd):
+    # a worker "main" that fails at once: sys.exit(conn, root, nice) is a TypeError
+    monkeypatch.setattr(sandbox._slots, "_worker", SimpleNamespace(main=sys.exit))
+    s = sandbox.Slots(1, cache_root)
+    s.start("doomed", sha(HELLO), [], b"", Limits())
+    outcomes = []
+    with pytest.raises(RuntimeError, match="die before they are ready"):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            wait(s.fds(), timeout=1)
+            outcomes += s.collect()
+    outcomes += s.close()
+    assert [(key, o.status) for key, o in outcomes] == [("doomed", Status.CRASH)]
+    assert "TypeError" in capfd.readouterr().err
