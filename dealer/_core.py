@@ -46,7 +46,7 @@ import hashlib
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgpack
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 # may go back to a jobber that already failed it (5 minutes: several request
 # rounds of a backing-off jobber).
 ACTIVE_HORIZON_S = 300.0
+LOST = "lost: the jobber no longer holds it"
 
 
 class CoreError(Exception):
@@ -233,6 +234,7 @@ class Core:
         self._wanting: dict[int, None] = {}  # unsettled jobs needing replicas, oldest first
         self._deadlines: list[tuple[float, str]] = []  # heap; stale entries skipped
         self.jobbers: dict[str, JobberRecord] = {}
+        self._open: dict[str, set[str]] = {}  # jobber -> tags of its OUT/OVERDUE replicas
         self.accepted = 0
         self.failed = 0
         self._records: list[Record] = []
@@ -281,9 +283,25 @@ class Core:
 
     # --- live events -------------------------------------------------------
 
-    def bored(self, jobber: str, want: int, memory_mb: int, now: float) -> list[Assignment]:
-        """Up to `want` replicas for `jobber`, at most one per job."""
+    def bored(
+        self,
+        jobber: str,
+        want: int,
+        memory_mb: int,
+        now: float,
+        holding: Collection[str] | None = None,
+    ) -> list[Assignment]:
+        """Up to `want` replicas for `jobber`, at most one per job.
+
+        `holding`, when given, is every tag the jobber still has from us: its
+        other open replicas were lost (it crashed and came back) and are
+        released at once instead of waiting for their deadlines.
+        """
         self._seen(jobber, now)
+        if holding is not None:
+            kept = set(holding)
+            for tag in sorted(self._open.get(jobber, set()) - kept):
+                self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST))
         if memory_mb < self.policy.memory_mb or want <= 0:
             return []
         out: list[Assignment] = []
@@ -418,12 +436,14 @@ class Core:
         r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline)
         j.replicas.append(r)
         self._replicas[rec.tag] = r
+        self._open.setdefault(rec.jobber, set()).add(rec.tag)
         self._seen(rec.jobber, 0.0)
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
         self._update_wanting(j)
 
     def _apply_returned(self, rec: Returned) -> None:
         r = self._replica(rec.tag)
+        self._open[r.jobber].discard(rec.tag)
         ok = rec.status == Status.OK.value
         was_overdue = r.state is ReplicaState.OVERDUE
         if rec.status == Status.ABANDONED.value:
@@ -526,4 +546,5 @@ class Core:
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
+            self._open[r.jobber].discard(r.tag)
         self._settled.append(outcome)

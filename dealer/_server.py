@@ -120,7 +120,10 @@ class RouterServer:
                 msg = p.decode(frame)
             except p.ProtocolError as e:
                 log.warning("malformed message: %s", e)
-                reply = p.Error(p.request_id(frame), p.ErrorCode.MALFORMED, str(e)[:1000])
+                code = (
+                    p.ErrorCode.VERSION if isinstance(e, p.VersionError) else p.ErrorCode.MALFORMED
+                )
+                reply = p.Error(p.request_id(frame), code, str(e)[:1000])
             else:
                 reply = self.handle(msg, now)
             if reply is not None:
@@ -254,7 +257,7 @@ class Dealer(RouterServer):
         return self.unexpected(msg, "a dealer")
 
     def _bored(self, msg: p.Bored, now: float) -> p.Message:
-        assigned = self.core.bored(msg.jobber, msg.want, msg.host.memory_mb, now)
+        assigned = self.core.bored(msg.jobber, msg.want, msg.host.memory_mb, now, msg.holding)
         if assigned:
             sha = self._payload.sha256
             specs = tuple(

@@ -391,9 +391,18 @@ class Jobber:
                 self.cfg.slots,
                 tuple(self.cache.hashes()[: p.MAX_CACHED]),
             )
-            if self._send(link, p.Bored(rid, self.name, host, self.hi_water - have)):
+            holding = self._holding(addr)
+            msg = p.Bored(rid, self.name, host, self.hi_water - have, holding)
+            if self._send(link, msg):
                 link.bored_id, link.bored_at = rid, now
             return
+
+    def _holding(self, dealer: str) -> tuple[str, ...] | None:
+        """Every tag from `dealer` still in our hands (see protocol.Bored.holding)."""
+        tags = [job.spec.tag for job in self._buffer if job.dealer == dealer]
+        tags += [job.spec.tag for job in self._running.values() if job.dealer == dealer]
+        tags += list(self._unacked.get(dealer, {}))
+        return tuple(tags) if len(tags) <= p.MAX_HOLDING else None
 
     def _send_results(self, now: float) -> None:
         for addr, results in self._unacked.items():
@@ -594,6 +603,7 @@ class Jobber:
             self.user_suspended = False
         elif cmd == "quit":
             self.stop()
+        self._apply_suspension(time.monotonic())
         return self.status()
 
     def status(self) -> dict:
@@ -622,6 +632,7 @@ class Jobber:
         if self._control is not None:
             self._control.close(linger=0)
             self._control = None
+            (self.cfg.data_dir / "control").unlink(missing_ok=True)
         self.slots.close(0.0)
         for link in self._links.values():
             self._reset_socket(link)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -53,6 +54,7 @@ MAX_STR = 4096  # tags, args, ids, addresses, texts
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024
 MAX_CACHED = 4096  # payload hashes a jobber may report
+MAX_HOLDING = 65536  # tags a jobber may say it holds from one dealer
 MAX_U64 = 2**64 - 1
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -60,6 +62,10 @@ _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 
 class ProtocolError(ValueError):
     """The bytes or fields given are not a valid borednet message."""
+
+
+class VersionError(ProtocolError):
+    """A well-formed frame of a protocol version this side does not speak."""
 
 
 class Status(str, enum.Enum):
@@ -121,7 +127,7 @@ def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Chec
         if type(v) is not str or len(v) > max_len:
             raise ProtocolError(f"{where}: expected a string of at most {max_len} characters")
         if pattern is not None and not pattern.match(v):
-            raise ProtocolError(f"{where}: {v!r} does not match {pattern.pattern}")
+            raise ProtocolError(f"{where}: {_show(v)} does not match {pattern.pattern}")
         return v
 
     return check
@@ -165,13 +171,36 @@ def _map(key: Check, value: Check, max_len: int) -> Check:
     return check
 
 
+MAX_DEPTH = 8  # nesting allowed inside free-form maps (status_reply.info)
+
+
+def _depth(v: Any, limit: int) -> bool:
+    """True if `v` nests no deeper than `limit` lists/maps."""
+    if type(v) in (list, dict):
+        if limit == 0:
+            return False
+        items = v.values() if type(v) is dict else v
+        return all(_depth(x, limit - 1) for x in items)
+    return True
+
+
 def _any_map(max_len: int = 4096) -> Check:
     def check(v: Any, where: str) -> dict[str, Any]:
         if type(v) is not dict or len(v) > max_len:
             raise ProtocolError(f"{where}: expected a map")
+        if not _depth(v, MAX_DEPTH):
+            raise ProtocolError(f"{where}: nested deeper than {MAX_DEPTH}")
         return v
 
     return check
+
+
+def _optional(check: Check) -> Check:
+    def opt(v: Any, where: str) -> Any:
+        return None if v is None else check(v, where)
+
+    opt.optional = True  # type: ignore[attr-defined]  # may be left out: nil
+    return opt
 
 
 def _record(cls: type[_Record]) -> Check:
@@ -181,9 +210,13 @@ def _record(cls: type[_Record]) -> Check:
     return check
 
 
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 100, 60
+
+
 def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A short, safe rendering of a value from the wire (deeply nested ones too)."""
+    return _REPR.repr(v)
 
 
 # --- records --------------------------------------------------------------
@@ -198,7 +231,10 @@ class _Record:
     def _to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
-            out[f.name] = _to_wire(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if value is None and getattr(self._SCHEMA.get(f.name), "optional", False):
+                continue  # an optional field left out reads as nil
+            out[f.name] = _to_wire(value)
         return out
 
     @classmethod
@@ -208,6 +244,9 @@ class _Record:
         kwargs = {}
         for name, check in cls._SCHEMA.items():
             if name not in v:
+                if getattr(check, "optional", False):
+                    kwargs[name] = None
+                    continue
                 raise ProtocolError(f"{where}: missing field {name!r}")
             kwargs[name] = check(v[name], f"{where}.{name}")
         try:
@@ -341,19 +380,27 @@ _JOBBER = _str(256)
 
 @dataclass(frozen=True, slots=True)
 class Bored(Message):
-    """Jobber -> dealer: I can take up to `want` more jobs."""
+    """Jobber -> dealer: I can take up to `want` more jobs.
+
+    `holding` lists every tag from this dealer the jobber still has (buffered,
+    running, or finished and not yet acknowledged). The dealer treats its other
+    open replicas on this jobber as lost (say, by a jobber that crashed and
+    restarted) and reissues them at once. nil: the jobber does not say.
+    """
 
     TYPE: ClassVar[str] = "bored"
     id: int
     jobber: str
     host: HostFacts
     want: int = 1
+    holding: tuple[str, ...] | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "id": _ID,
         "jobber": _JOBBER,
         "host": _record(HostFacts),
         "want": _int(0, MAX_BATCH),
+        "holding": _optional(_list(_str(), MAX_HOLDING)),
     }
 
 
@@ -477,11 +524,16 @@ MESSAGES: dict[str, type[Message]] = {
 
 
 def encode(msg: Message) -> bytes:
-    """The single frame that carries `msg`."""
+    """The single frame that carries `msg`; ProtocolError if `decode` would refuse it."""
     body = msg._to_wire()
+    # the same checks decode applies, so nothing leaves that the peer must refuse
+    type(msg)._from_wire(body, msg.TYPE)
     body["v"] = VERSION
     body["type"] = msg.TYPE
-    data = msgpack.packb(body, use_bin_type=True)
+    try:
+        data = msgpack.packb(body, use_bin_type=True)
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. lone surrogates
+        raise ProtocolError(f"{msg.TYPE}: cannot encode: {e}") from e
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"{msg.TYPE} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
@@ -505,8 +557,8 @@ def decode(data: bytes) -> Message:
     if type(body) is not dict:
         raise ProtocolError(f"expected a msgpack map, got {type(body).__name__}")
     version = body.get("v")
-    if version != VERSION:
-        raise ProtocolError(f"protocol version {_show(version)} is not {VERSION}")
+    if type(version) is not int or version != VERSION:
+        raise VersionError(f"protocol version {_show(version)} is not {VERSION}")
     kind = body.get("type")
     cls = MESSAGES.get(kind) if type(kind) is str else None
     if cls is None:

@@ -48,6 +48,10 @@ class Payload:
     wasm: bytes = field(repr=False)
     name: str = "payload"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.wasm, bytes):  # wat2wasm gives a bytearray
+            object.__setattr__(self, "wasm", bytes(self.wasm))
+
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.wasm).hexdigest()

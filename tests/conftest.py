@@ -117,11 +117,19 @@ class Procs:
         argv += ["--quiet", "--db", db or self.cwd / f"{name}.sqlite"]
         return self.start(name, argv)
 
-    def jobber(self, name: str, *dealers: str, slots: int = 1, extra: tuple[str, ...] = ()) -> Proc:
+    def jobber(
+        self,
+        name: str,
+        *dealers: str,
+        slots: int = 1,
+        extra: tuple[str, ...] = (),
+        log: str | None = None,
+    ) -> Proc:
+        """A jobber named `name` with its data in `data-<name>`; output in `<log>.err`."""
         argv = [PY, "-m", "jobber", *dealers, "--slots", str(slots), "--name", name]
         argv += ["--data-dir", self.cwd / f"data-{name}", "--min-backoff", "0.2"]
         argv += ["--max-backoff", "1", "--request-timeout", "2", *extra]
-        return self.start(name, argv)
+        return self.start(log or name, argv)
 
     def cleanup(self) -> None:
         for proc in self.all:

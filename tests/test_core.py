@@ -253,3 +253,17 @@ def test_policy_rejects_nonsense():
     with pytest.raises(ValueError):
         Policy(deadline_s=0)
     assert Policy(redundancy=2, max_errors=3).max_replicas == 7
+
+
+def test_replicas_a_jobber_no_longer_holds_are_released_at_once():
+    core = make(3)
+    a = core.bored("a", 3, 1000, 0.0)
+    # a crashed and came back holding only the first: the other two are lost
+    again = core.bored("a", 0, 1000, 1.0, holding=[a[0].tag])
+    assert again == []
+    b = core.bored("b", 3, 1000, 1.0)
+    assert sorted(x.job_id for x in b) == [1, 2]  # reissued long before the deadline
+    assert core.jobbers["a"].errors == 0
+    late = core.result("a", a[1].tag, OK, b"x", 1, "", 2.0)
+    assert late is not None  # a released replica takes no result
+    assert core.result("a", a[0].tag, OK, b"x", 1, "", 2.0) is None

@@ -87,6 +87,19 @@ class CoreMachine(RuleBasedStateMachine):
             self.out[a.tag] = (who, a.job_id, a.deadline)
         self._commit()
 
+    @rule(who=st.sampled_from(JOBBERS), data=st.data())
+    def bored_after_losing_some(self, who, data):
+        """The jobber restarted: it says which of its replicas it still holds."""
+        mine = sorted(t for t, (w, _, _) in self.out.items() if w == who)
+        kept = data.draw(st.lists(st.sampled_from(mine), unique=True)) if mine else []
+        for tag in set(mine) - set(kept):
+            del self.out[tag]  # the dealer releases them
+        self.core.bored(who, 0, 1000, self.now, holding=kept)
+        self._commit()
+        for tag in set(mine) - set(kept):
+            why = self.core.result(who, tag, Status.OK, b"late", 1, "", self.now)
+            assert why is not None, "a released replica took a result"
+
     @precondition(lambda self: self.out)
     @rule(data=st.data(), kind=st.sampled_from(["ok", "error", "abandon"]))
     def result(self, data, kind):

@@ -1,0 +1,173 @@
+"""End to end, the jobber's side: dealers down, referrals, spool across restarts,
+clean shutdown, local control and configuration files."""
+
+from __future__ import annotations
+
+import re
+import signal
+import stat
+import time
+
+import pytest
+
+from tests.conftest import PY, free_port
+from tests.test_e2e_reliability import CHUNK, JOBS, LINE, N, jobber_status, summary, wait_status
+
+pytestmark = pytest.mark.e2e
+
+SMALL = "1000036000099"
+SMALL_LINE = "1000036000099 = 1000003 * 1000033"
+
+
+def test_down_dealer_is_backed_off_while_the_other_is_served(procs, factor_wasm):
+    up, down = free_port(), free_port()
+    dealer = procs.dealer("dealer", "factoring.py", SMALL, "--chunk", "20000", port=up)
+    j = procs.jobber(
+        "j",
+        f"127.0.0.1:{down}",
+        f"127.0.0.1:{up}",
+        extra=("--max-idle", "4", "--request-timeout", "0.3", "--max-backoff", "1.6"),
+    )
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == SMALL_LINE
+    assert j.wait(60) == 0, j.stderr
+    fails = [
+        (int(m.group(1)), float(m.group(2)))
+        for m in re.finditer(
+            rf"dealer tcp://127.0.0.1:{down}: no answer within 0.3 s; failure (\d+), "
+            r"backed off for ([\d.]+) s",
+            j.stderr,
+        )
+    ]
+    assert len(fails) >= 3, j.stderr
+    assert [n for n, _ in fails] == list(range(1, len(fails) + 1))  # never reset: never reached
+    waits = [w for _, w in fails]
+    assert all(0.1 - 1e-9 <= w <= 1.6 for w in waits)
+    # doubling: the jittered wait is within [base/2, base] of min(1.6, 0.2 * 2**(n-1))
+    for n, w in fails:
+        base = min(1.6, 0.2 * 2 ** (n - 1))
+        assert base / 2 - 0.01 <= w <= base + 0.01
+
+
+def test_referral_leads_the_jobber_to_the_dealer_with_work(procs, factor_wasm):
+    work, entry = free_port(), free_port()
+    dealer = procs.dealer("dealer", "factoring.py", SMALL, "--chunk", "20000", port=work)
+    referrer = procs.start(
+        "referrer",
+        [
+            PY,
+            "-m",
+            "dealer",
+            "refer",
+            "--bind",
+            f"tcp://127.0.0.1:{entry}",
+            "--peer",
+            f"127.0.0.1:{work}",
+        ],
+    )
+    referrer.wait_for("referring jobbers", 30)
+    j = procs.jobber("j", f"127.0.0.1:{entry}", extra=("--max-idle", "4"))
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == SMALL_LINE
+    assert j.wait(60) == 0
+    assert f"dealer tcp://127.0.0.1:{work} added by referral (depth 1)" in j.stderr
+    referrer.signal(signal.SIGTERM)
+    assert referrer.wait(30) == 0
+
+
+def test_jobber_killed_with_spooled_results_delivers_them_after_restart(
+    procs, factor_wasm, tmp_path
+):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    db = tmp_path / "journal.sqlite"
+    first = procs.dealer("first", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+    j1 = procs.jobber("j1", addr)
+    wait_status(port, lambda s: s["accepted"] >= 1)
+    first.kill()  # the dealer goes away: what j1 finishes now waits in its spool
+    deadline = time.monotonic() + 30
+    while (spooled := jobber_status(tmp_path / "data-j1")["spooled"]) == 0:
+        assert time.monotonic() < deadline, "nothing spooled"
+        time.sleep(0.1)
+    j1.kill()  # and the jobber dies too, with results undelivered
+    second = procs.dealer("second", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+    again = procs.jobber("j1", addr, extra=("--max-idle", "5"), log="j1-again")
+    assert second.wait(120) == 0, second.stderr
+    assert second.stdout.strip() == LINE
+    assert re.search(r"spool holds (\d+) results from an earlier run", again.stderr)
+    assert int(re.search(r"spool holds (\d+)", again.stderr).group(1)) >= spooled
+    assert summary(second.stderr)["j1"][0] == JOBS  # every job once, all by j1
+    assert again.wait(60) == 0
+    assert jobber_status_after_exit(tmp_path / "data-j1") == 0
+
+
+def jobber_status_after_exit(data_dir) -> int:
+    """Results left in a stopped jobber's spool."""
+    return sum(1 for _ in (data_dir / "spool").glob("*/*.res"))
+
+
+def test_sigterm_gives_back_unstarted_jobs_for_immediate_reissue(procs, factor_wasm):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    # a deadline far away: only the give-back can get the jobs reissued in time
+    dealer = procs.dealer(
+        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--deadline", "600", port=port
+    )
+    quitter = procs.jobber("quitter", addr, extra=("-v", "--grace", "0"))
+    quitter.wait_for(r"\d+ jobs from", 30)
+    quitter.signal(signal.SIGTERM)
+    assert quitter.wait(30) == 0, quitter.stderr
+    assert "stopping:" in quitter.stderr
+    other = procs.jobber("other", addr, extra=("--max-idle", "5"))
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == LINE
+    assert summary(dealer.stderr)["other"][0] == JOBS
+    assert other.wait(60) == 0
+
+
+def test_local_control_status_suspend_resume_quit(procs, factor_wasm, tmp_path):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
+    config = tmp_path / "jobber.toml"
+    data = tmp_path / "data-cfg"
+    config.write_text(
+        f'dealers = ["{addr}"]\nname = "from-config"\nslots = 1\ndata-dir = "{data}"\n'
+        "min_backoff = 0.2\nmax_backoff = 1.0\n"
+    )
+    j = procs.start("cfg", [PY, "-m", "jobber", "--config", config])
+
+    def ctl(cmd: str, *extra: str):
+        proc = procs.start(
+            f"ctl-{cmd}-{time.monotonic_ns()}",
+            [PY, "-m", "jobber", cmd, "--data-dir", data, *extra],
+        )
+        assert proc.wait(30) == 0, proc.stderr
+        return proc.stdout
+
+    wait_status(port, lambda s: "from-config" in s["jobbers"])
+    assert stat.S_IMODE((data / "control").stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert "jobber from-config: 1 slots" in ctl("status")
+    assert "suspended (suspended by the owner)" in ctl("suspend")
+    before = jobber_status(data)["done"]
+    time.sleep(1.5)  # suspended: nothing finishes and nothing new is fetched
+    assert jobber_status(data)["done"] == before
+    ctl("resume")
+    wait_status(port, lambda s: s["accepted"] > before)
+    assert "stopping" in ctl("quit")
+    assert j.wait(60) == 0
+    missing = procs.start("nobody", [PY, "-m", "jobber", "status", "--data-dir", data])
+    assert missing.wait(30) == 1 and "no jobber is running" in missing.stderr
+    dealer.kill()
+
+
+def test_second_jobber_on_the_same_data_dir_is_refused(procs, tmp_path):
+    port = free_port()
+    first = procs.jobber("same", f"127.0.0.1:{port}")
+    first.wait_for("jobber same", 30)
+    second = procs.jobber("same", f"127.0.0.1:{port}")
+    assert second.wait(30) == 2
+    assert "in use by another jobber" in second.stderr
+    first.signal(signal.SIGINT)
+    assert first.wait(30) == 0
