@@ -77,11 +77,18 @@ class ModuleCache:
         return self._wasm_dir / f"{_check_name(sha256)}.wasm"
 
     def put(self, wasm: bytes) -> str:
-        """Store `wasm` (atomically) and return its sha256 hex digest."""
+        """Store `wasm` (atomically) and return its sha256 hex digest.
+
+        A stored copy that does not match its name is replaced.
+        """
         wasm = bytes(wasm)
         sha256 = hashlib.sha256(wasm).hexdigest()
         path = self._wasm_path(sha256)
-        if not path.exists():
+        try:
+            held = path.read_bytes()
+        except FileNotFoundError:
+            held = None
+        if held != wasm:
             _write_atomic(path, wasm)
         return sha256
 

@@ -62,6 +62,9 @@ def test_corrupt_payload_is_detected_and_removed(cache):
     with pytest.raises(KeyError, match="corrupt"):
         cache.wasm(SHA)
     assert not cache.has(SHA)
+    path.write_bytes(b"damaged again")
+    assert cache.put(HELLO) == SHA  # a damaged copy is replaced when the payload comes again
+    assert cache.wasm(SHA) == HELLO
 
 
 def test_compiled_once_then_loaded(cache, monkeypatch):

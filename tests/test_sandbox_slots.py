@@ -166,8 +166,11 @@ def test_cancel_kills_the_job_and_yields_abandoned(slots):
 
 
 def test_suspension_does_not_use_up_the_time_limit(slots):
+    for i in range(2):  # both workers up and idle, so that the job starts at once
+        slots.start(f"warm{i}", sha(HELLO), [], b"", Limits())
+    collect_one(slots), collect_one(slots)
     slots.start("paused", sha(SPIN), [], b"", Limits(time_s=0.5))
-    time.sleep(0.1)
+    time.sleep(0.2)
     slots.suspend()
     assert slots.suspended
     time.sleep(1.0)
