@@ -114,6 +114,9 @@ def soft_limits(pid: int) -> dict[str, str]:
 
 
 def test_workers_run_at_low_priority_with_os_limits(slots):
+    for i in range(2):  # both workers have started up
+        slots.start(f"warm{i}", sha(HELLO), [], b"", Limits())
+    collect_one(slots), collect_one(slots)
     for pid in worker_pids(slots):
         assert os.getpriority(os.PRIO_PROCESS, pid) == 19
     if sys.platform != "linux":
