@@ -393,12 +393,9 @@ def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limi
         instance = prepared.pre.instantiate(store)
         instance.exports(store)["_start"](store)
         status, detail, exit_code = Status.OK, "", 0
-    except wasmtime.ExitTrap as e:
-        exit_code = e.code
-        if e.code == 0:
-            status, detail = Status.OK, ""
-        else:
-            status, detail = Status.EXIT, f"exit code {e.code}"
+    except wasmtime.ExitTrap as e:  # not ours (the sandbox defines proc_exit), but the same
+        job.exit_code = e.code
+        status, detail = Status.OK, ""
     except wasmtime.Trap as e:
         code = e.trap_code
         status = _TRAPS.get(code, Status.TRAP)
@@ -421,6 +418,9 @@ def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limi
         status, detail, exit_code = Status.CRASH, f"sandbox internal error: {job.internal}", None
     elif job.stop is not None:
         (status, detail), exit_code = job.stop, None
+    elif job.exit_code is not None:
+        exit_code = job.exit_code
+        status, detail = (Status.EXIT, f"exit code {exit_code}") if exit_code else (Status.OK, "")
     if status is not Status.OK and job.err:
         quoted = job.err.decode("utf-8", "replace").strip()[-_DETAIL_STDERR:]
         if quoted:

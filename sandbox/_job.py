@@ -36,6 +36,7 @@ class Job:
         "random",
         "random_block",
         "internal",
+        "exit_code",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -51,6 +52,7 @@ class Job:
         self.random = bytearray()  # unread bytes of the random_get stream
         self.random_block = 0
         self.internal: str | None = None  # a bug in host code, reported as CRASH
+        self.exit_code: int | None = None  # given to proc_exit
 
     def halt(self, status: Status, detail: str) -> None:
         """Record why the job must end; the first reason is the one reported."""

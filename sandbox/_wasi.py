@@ -2,7 +2,7 @@
 
 A payload sees ``wasi_snapshot_preview1`` as implemented by wasmtime, with no
 preopened directories, no environment variables, no sockets, stdin from the
-job's bytes and argv ``["payload", *args]``. Five functions are the sandbox's
+job's bytes and argv ``["payload", *args]``. Six functions are the sandbox's
 own, defined over wasmtime's (``Linker.allow_shadowing``):
 
 ``fd_write``
@@ -24,6 +24,9 @@ own, defined over wasmtime's (``Linker.allow_shadowing``):
     timeout. So ``sleep()`` returns immediately and cannot outlast the
     wall-clock limit (epoch interruption cannot stop a thread blocked in the
     host).
+``proc_exit``
+    Records the code (any u32; wasmtime's own refuses 126 and up) and ends
+    the payload.
 
 These are raw ctypes callbacks (``wasmtime_linker_define_func_unchecked``),
 not wasmtime-py ``Func``s: they run without Python-level exception plumbing,
@@ -224,6 +227,13 @@ def _fd_write(job: _job.Job, caller, args) -> int:
     return _SUCCESS
 
 
+def _proc_exit(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    # wasmtime's own refuses codes of 126 and up (not portable process exit
+    # statuses); a payload's exit code is just a number here
+    job.exit_code = args[0].i32 & _U32
+    return _trap("borednet sandbox: proc_exit")
+
+
 def _now_ns(job: _job.Job, guest: _Guest) -> int:
     return guest.fuel_used(job) + job.slept_ns
 
@@ -288,14 +298,15 @@ def _poll_oneoff(job: _job.Job, caller, args) -> int:
 _I32 = wasmtime.ValType.i32()
 _I64 = wasmtime.ValType.i64()
 
-# name -> (params, callback); each returns an i32 errno. Module globals: ctypes
-# callbacks must outlive every linker that uses them.
+# name -> (params, results, callback). Module globals: ctypes callbacks must
+# outlive every linker that uses them.
 _OWN = {
-    "fd_write": ([_I32] * 4, _host(_fd_write)),
-    "clock_time_get": ([_I32, _I64, _I32], _host(_clock_time_get)),
-    "clock_res_get": ([_I32, _I32], _host(_clock_res_get)),
-    "random_get": ([_I32, _I32], _host(_random_get)),
-    "poll_oneoff": ([_I32] * 4, _host(_poll_oneoff)),
+    "fd_write": ([_I32] * 4, [_I32], _host(_fd_write)),
+    "clock_time_get": ([_I32, _I64, _I32], [_I32], _host(_clock_time_get)),
+    "clock_res_get": ([_I32, _I32], [_I32], _host(_clock_res_get)),
+    "random_get": ([_I32, _I32], [_I32], _host(_random_get)),
+    "poll_oneoff": ([_I32] * 4, [_I32], _host(_poll_oneoff)),
+    "proc_exit": ([_I32], [], _host(_proc_exit)),
 }
 
 
@@ -309,8 +320,8 @@ def define(linker: wasmtime.Linker) -> None:
     linker.define_wasi()
     linker.allow_shadowing = True
     module = WASI.encode()
-    for name, (params, callback) in _OWN.items():
-        ty = wasmtime.FuncType(params, [_I32])
+    for name, (params, results, callback) in _OWN.items():
+        ty = wasmtime.FuncType(params, results)
         err = ffi.wasmtime_linker_define_func_unchecked(
             linker.ptr(),
             module,

@@ -195,6 +195,12 @@ def test_proc_exit_nonzero_is_exit_with_code():
     assert o.detail == "exit code 3"
 
 
+@pytest.mark.parametrize("code", [126, 255, 256, -1])
+def test_any_exit_code_is_exit(code):
+    o = sandbox.run(command(f"(call $proc_exit (i32.const {code}))"))
+    assert (o.status, o.exit_code) == (Status.EXIT, code & 0xFFFFFFFF)
+
+
 def test_c_factor_payload(c_payloads):
     o = sandbox.run(c_payloads["factor"], ["91", "2", "100"])
     assert o.status is Status.OK
