@@ -200,11 +200,8 @@ _CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 def _on_epoch(context, data, delta, kind):  # noqa: ARG001
     job = _job.current()
     try:
-        if job is not None:
-            if job.stop is None and _ticker.now() - job.started >= job.limits.time_s:
-                job.halt(Status.TIME, f"wall-clock limit of {job.limits.time_s:g} s reached")
-            if job.stop is not None or job.internal is not None:
-                return _memory._error("borednet sandbox: job stopped")
+        if job is not None and job.must_stop():
+            return _memory._error("borednet sandbox: job stopped")
         delta[0] = 1
         kind[0] = _CONTINUE
         return 0
@@ -369,7 +366,7 @@ def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limit
 
 def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
     eng = engine()
-    job = _job.Job(limits)
+    job = _job.Job(limits, _ticker.now)
     store = wasmtime.Store(eng)
     store.set_fuel(limits.fuel)
     store.set_limits(
@@ -387,7 +384,7 @@ def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limi
 
     exit_code: int | None = None
     _job.enter(job)
-    job.started = _ticker.enter()
+    job.started = _ticker.enter()  # now(), with the ticker running
     started = time.perf_counter()
     try:
         instance = prepared.pre.instantiate(store)

@@ -13,6 +13,7 @@ Host code never raises into wasmtime: it records why the job must end in
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from protocol import Limits, Status
 
@@ -25,6 +26,7 @@ _local = threading.local()
 class Job:
     __slots__ = (
         "limits",
+        "clock",
         "memory_limit",
         "memory_used",
         "out",
@@ -39,15 +41,16 @@ class Job:
         "exit_code",
     )
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
         self.limits = limits
+        self.clock = clock  # seconds of running time (the engine's ticker)
         self.memory_limit = limits.memory_mb * MIB
         self.memory_used = 0  # bytes of linear memory, summed over the job's memories
         self.out = bytearray()
         self.out_cap = limits.output_kb * 1024
         self.err = bytearray()
         self.stop: tuple[Status, str] | None = None
-        self.started = 0.0  # on the ticker's clock of running time
+        self.started = clock()
         self.slept_ns = 0  # virtual time the payload slept through (poll_oneoff)
         self.random = bytearray()  # unread bytes of the random_get stream
         self.random_block = 0
@@ -58,6 +61,12 @@ class Job:
         """Record why the job must end; the first reason is the one reported."""
         if self.stop is None:
             self.stop = (status, detail)
+
+    def must_stop(self) -> bool:
+        """True once the job has to end: its time is up, or another reason was recorded."""
+        if self.stop is None and self.clock() - self.started >= self.limits.time_s:
+            self.halt(Status.TIME, f"wall-clock limit of {self.limits.time_s:g} s reached")
+        return self.stop is not None or self.internal is not None
 
 
 def current() -> Job | None:

@@ -16,10 +16,13 @@ from sandbox import _memory
 WASI = "wasi_snapshot_preview1"
 
 # A command module skeleton: fd_write and proc_exit, one page of memory, and
-# $print(ptr, len) writing memory[ptr:ptr+len] to stdout (the iovec lives at 0).
-PRELUDE = f"""
+# $print(ptr, len) writing memory[ptr:ptr+len] to stdout (the iovec lives at 0,
+# nwritten at 8).
+IMPORTS = f"""
   (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "{WASI}" "proc_exit" (func $proc_exit (param i32)))
+"""
+PRINT = """
   (func $print (param $ptr i32) (param $len i32) (result i32)
     (i32.store (i32.const 0) (local.get $ptr))
     (i32.store (i32.const 4) (local.get $len))
@@ -27,9 +30,17 @@ PRELUDE = f"""
 """
 
 
-def command(body: str, *, extra: str = "", memory: str = '(memory (export "memory") 1)') -> bytes:
-    """A WASI command whose _start runs `body`."""
-    return wasmtime.wat2wasm(f'(module {PRELUDE} {memory} {extra} (func (export "_start") {body}))')
+def command(
+    body: str,
+    *,
+    extra: str = "",
+    memory: str = '(memory (export "memory") 1)',
+    imports: str = "",
+) -> bytes:
+    """A WASI command whose _start runs `body` (`imports` go before any definition)."""
+    return wasmtime.wat2wasm(
+        f'(module {IMPORTS} {imports} {PRINT} {memory} {extra} (func (export "_start") {body}))'
+    )
 
 
 def wat(text: str) -> bytes:
@@ -438,6 +449,54 @@ def test_random_is_the_documented_fixed_stream(c_payloads):
     o = sandbox.run(c_payloads["probe"])
     expected = hashlib.sha256(b"borednet random_get" + (0).to_bytes(8, "little")).digest()[:8]
     assert f"entropy=0 {expected.hex()}" in o.stdout.decode()
+
+
+RANDOM_GET = f'(import "{WASI}" "random_get" (func $random_get (param i32 i32) (result i32)))'
+
+
+def stream(n: int) -> bytes:
+    blocks = (hashlib.sha256(b"borednet random_get" + i.to_bytes(8, "little")) for i in range(n))
+    return b"".join(b.digest() for b in blocks)
+
+
+def test_random_stream_continues_across_calls_and_restarts_per_job():
+    wasm = command(
+        "(drop (call $random_get (i32.const 16) (i32.const 20)))"
+        "(drop (call $random_get (i32.const 36) (i32.const 50)))"
+        "(drop (call $print (i32.const 16) (i32.const 70)))",
+        imports=RANDOM_GET,
+    )
+    first, second = sandbox.run(wasm), sandbox.run(wasm)
+    assert first.stdout == second.stdout == stream(3)[:70]
+
+
+def test_a_huge_random_get_still_honours_the_time_limit():
+    wasm = command(
+        "(drop (call $random_get (i32.const 0) (i32.const 134217728)))",
+        imports=RANDOM_GET,
+        memory='(memory (export "memory") 2048)',
+    )
+    o = sandbox.run(wasm, limits=Limits(time_s=0.1))
+    assert o.status is Status.TIME and o.wall_s < 1
+
+
+def test_huge_stderr_writes_are_counted_not_copied():
+    # 64 MiB to stderr, 64 times over: only the first 8 KiB are kept
+    o = sandbox.run(
+        command(
+            "(local $i i32)"
+            "(i32.store (i32.const 0) (i32.const 0)) (i32.store (i32.const 4) (i32.const 67108864))"
+            "(loop $l"
+            "  (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))"
+            "  (br_if $l (i32.lt_u (local.tee $i (i32.add (local.get $i) (i32.const 1)))"
+            "                      (i32.const 64))))"
+            "(call $proc_exit (i32.load (i32.const 8)))",
+            memory='(memory (export "memory") 1024)',
+        ),
+        limits=Limits(time_s=10),
+    )
+    assert o.status is Status.EXIT and o.exit_code == 67108864  # nwritten: all of it
+    assert len(o.stderr) == 8192 and o.wall_s < 2
 
 
 def test_jobs_in_threads_keep_their_own_state():
