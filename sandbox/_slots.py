@@ -220,7 +220,8 @@ class Slots:
                     detail = _describe_death(exitcode)
                     if w.key is not None:
                         log.warning("job %s: %s", w.key, detail)
-                        out.append((w.key, Outcome(Status.CRASH, b"", 0, 0.0, detail)))
+                        wall_s = time.monotonic() - w.started
+                        out.append((w.key, Outcome(Status.CRASH, b"", 0, wall_s, detail)))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
@@ -252,7 +253,8 @@ class Slots:
                     log.warning("job %s: worker %s unresponsive; killed", w.key, w.process.pid)
                     self._kill(w)
                     detail = f"worker unresponsive for {limit:g} s; killed"
-                    out.append((w.key, Outcome(Status.CRASH, b"", 0, 0.0, detail)))
+                    wall_s = now - w.started
+                    out.append((w.key, Outcome(Status.CRASH, b"", 0, wall_s, detail)))
                     self._replace(w)
         return out
 

@@ -29,8 +29,8 @@ OS fences, under the sandbox's own limits, re-armed for each job:
 A worker whose parent dies (a jobber killed with SIGKILL) exits within
 PARENT_CHECK_S, even in the middle of a job.
 
-Compiling a module (before the job starts) runs with the memory fences lifted:
-a large module may need more than a job does.
+Loading or compiling a module (before the job starts, once per module and
+worker) runs with the fences lifted: a large module may need more than a job.
 """
 
 from __future__ import annotations
@@ -95,11 +95,15 @@ class _Fences:
             resource.setrlimit(which, (soft, hard))
 
     def lift(self) -> None:
-        """No memory fences (while compiling)."""
-        if self._memory is not None:
-            for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-                self._set(which, resource.getrlimit(which)[1])
-            self._memory = None
+        """No fences (while loading or compiling a module)."""
+        for which in (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_DATA):
+            self._set(which, resource.getrlimit(which)[1])
+        self._memory = None
+
+    def load(self, cache: ModuleCache, sha256: str):
+        """The compiled module, with the fences lifted: a large one needs more than a job."""
+        self.lift()
+        return cache.module(sha256)
 
     def arm(self, limits: Limits) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -131,8 +135,7 @@ def _serve(conn, cache: ModuleCache) -> None:
         key, sha256, args, stdin, limit_values = msg
         try:
             limits = Limits(*limit_values)
-            fences.lift()
-            prepared = _engine.prepare(sha256, lambda sha256=sha256: cache.module(sha256))
+            prepared = _engine.prepare(sha256, lambda sha256=sha256: fences.load(cache, sha256))
             fences.arm(limits)
             o = _engine.execute(prepared, args, stdin, limits)
             reply = (
