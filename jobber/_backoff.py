@@ -53,9 +53,5 @@ class Backoff:
         self.failures = 0
         self.until = 0.0
 
-    def retry_after(self, now: float, seconds: float) -> None:
-        """The dealer asked us to come back later: honour it, no failure counted."""
-        self.until = max(self.until, now + seconds)
-
     def ready(self, now: float) -> bool:
         return now >= self.until

@@ -88,6 +88,10 @@ class _Link:
     results_id: int | None = None
     results_at: float = 0.0
     results_tags: tuple[str, ...] = ()
+    ask_after: float = 0.0  # "retry later": no bored before this (results still go)
+
+    def may_ask(self, now: float) -> bool:
+        return self.bored_id is None and now >= self.ask_after and self.backoff.ready(now)
 
 
 @dataclass
@@ -259,7 +263,7 @@ class Jobber:
         self._why_suspended = why
 
     def _idle_too_long(self, now: float) -> bool:
-        if self._running or self._buffer or self.user_suspended:
+        if self._running or self._buffer or self.user_suspended or self._delivering():
             self._last_busy = now
             return False
         return self.cfg.max_idle_s is not None and now - self._last_busy >= self.cfg.max_idle_s
@@ -278,8 +282,9 @@ class Jobber:
         if self.cfg.cpu_limit < 100 and self._running:
             timeout = min(timeout, self._throttle.next_change(now))
         for link in self._links.values():
-            if link.bored_id is None and link.backoff.until > now:
-                timeout = min(timeout, link.backoff.until - now)
+            wake = max(link.backoff.until, link.ask_after)
+            if link.bored_id is None and wake > now:
+                timeout = min(timeout, wake - now)
         try:
             ready = dict(poller.poll(max(1, int(timeout * 1000))))
         except zmq.ZMQError as e:  # EINTR from a signal
@@ -382,7 +387,7 @@ class Jobber:
             addr = self._rr[0]
             self._rr.rotate(-1)
             link = self._links[addr]
-            if link.bored_id is not None or not link.backoff.ready(now):
+            if not link.may_ask(now):
                 continue
             rid = self._rid()
             host = p.HostFacts(
@@ -472,13 +477,13 @@ class Jobber:
             if re_ == link.bored_id:
                 link.bored_id = None
             link.backoff.succeeded()
-            link.backoff.retry_after(now, msg.seconds)
+            link.ask_after = now + msg.seconds
             log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
         elif isinstance(msg, p.Referral):
             if re_ == link.bored_id:
                 link.bored_id = None
             link.backoff.succeeded()
-            link.backoff.retry_after(now, self.cfg.min_backoff_s)
+            link.ask_after = now + self.cfg.min_backoff_s
             if link.depth < MAX_REFERRAL_DEPTH:
                 for text in msg.dealers:
                     try:
@@ -531,6 +536,13 @@ class Jobber:
             )
             results.pop(rej.tag, None)
             self.spool.remove(dealer, rej.tag)
+
+    def _delivering(self) -> bool:
+        """Results wait for a dealer that is answering: finish delivering them first."""
+        return any(
+            results and addr in self._links and self._links[addr].backoff.failures == 0
+            for addr, results in self._unacked.items()
+        )
 
     def _count_unacked(self) -> int:
         return sum(len(r) for r in self._unacked.values())

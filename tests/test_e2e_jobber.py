@@ -3,6 +3,7 @@ clean shutdown, local control and configuration files."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import stat
@@ -171,3 +172,44 @@ def test_second_jobber_on_the_same_data_dir_is_refused(procs, tmp_path):
     assert "in use by another jobber" in second.stderr
     first.signal(signal.SIGINT)
     assert first.wait(30) == 0
+
+
+def test_results_are_delivered_while_the_dealer_says_retry_later(procs, factor_wasm, tmp_path):
+    """A dealer with no more work says "retry later"; that holds back asking for
+    work, not the delivery of finished results (nor the jobber's exit)."""
+    import zmq
+
+    import protocol as p
+    from tasks import Payload
+
+    wasm = Payload.from_wat('(module (memory (export "memory") 1) (func (export "_start")))').wasm
+    sha = hashlib.sha256(wasm).hexdigest()
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    j = procs.jobber("j", f"127.0.0.1:{port}", extra=("--max-idle", "2"))
+    sent = False
+    acked_at = None
+    deadline = time.monotonic() + 30
+    try:
+        while j.popen.poll() is None and time.monotonic() < deadline:
+            if not router.poll(100):
+                continue
+            ident, frame = router.recv_multipart()
+            msg = p.decode(frame)
+            if isinstance(msg, p.Bored) and not sent:
+                spec = p.JobSpec("x.0", sha, (), b"", p.Limits(), 60.0)
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
+                sent = True
+            elif isinstance(msg, p.Bored):
+                router.send_multipart([ident, p.encode(p.RetryLater(msg.id, 600.0))])
+            elif isinstance(msg, p.Results):
+                assert [r.tag for r in msg.results] == ["x.0"]
+                router.send_multipart([ident, p.encode(p.Ack(msg.id, ("x.0",)))])
+                acked_at = time.monotonic()
+        assert acked_at is not None, "the result was held back by retry_later"
+        assert j.wait(30) == 0
+        assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
+    finally:
+        router.close()

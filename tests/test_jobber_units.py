@@ -56,12 +56,6 @@ def test_backoff_state_resets_on_success(outcomes, seed):
         now += 1.0
 
 
-def test_retry_later_is_honoured_without_counting_a_failure():
-    b = Backoff(1.0, 100.0)
-    b.retry_after(10.0, 30.0)
-    assert b.failures == 0 and not b.ready(39.9) and b.ready(40.0)
-
-
 def test_idle_detector_waits_for_quiet_and_reacts_at_once():
     d = IdleDetector(2, load_threshold=0.5, idle_after_s=10.0)
     assert d.update(HostReading(0.0, 100), own_running=0, now=0.0)  # never seen busy
