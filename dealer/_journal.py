@@ -13,7 +13,6 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import astuple
 from pathlib import Path
 
 import msgpack
@@ -82,7 +81,8 @@ class Journal:
         """Write records durably, in one transaction."""
         if not records:
             return
-        rows = [(type(r).__name__, msgpack.packb(astuple(r), use_bin_type=True)) for r in records]
+        pack = msgpack.Packer(use_bin_type=True).pack
+        rows = [(type(r).__name__, pack([getattr(r, f) for f in r.__slots__])) for r in records]
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
