@@ -162,7 +162,13 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         return 2
     jobbers = _start_jobbers(args.jobbers, dealer.endpoint)
     try:
-        dealer.run()
+        if args.quiet:
+            dealer.run()
+        else:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+                dealer.run()
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
