@@ -13,18 +13,7 @@ import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
 from tasks import Job, Limits, Payload, Task
-
-ECHO_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write"
-    (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hi\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
+from tests.wat import printing
 
 
 class Collect(Task):
@@ -36,7 +25,7 @@ class Collect(Task):
     def __init__(self, n: int) -> None:
         super().__init__()
         self.n = n
-        self.payload = Payload.from_wat(ECHO_WAT)
+        self.payload = Payload(printing("hi\n"), "hi")
         self.outputs: list[tuple[str, bytes]] = []
 
     def jobs(self):

@@ -213,3 +213,12 @@ def test_results_are_delivered_while_the_dealer_says_retry_later(procs, factor_w
         assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
     finally:
         router.close()
+
+
+def test_cpu_limit_throttles_but_finishes(procs, factor_wasm):
+    port = free_port()
+    dealer = procs.dealer("dealer", "factoring.py", SMALL, "--chunk", "20000", port=port)
+    j = procs.jobber("j", f"127.0.0.1:{port}", extra=("--max-idle", "4", "--cpu-limit", "50"))
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == SMALL_LINE
+    assert j.wait(60) == 0, j.stderr

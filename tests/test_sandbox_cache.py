@@ -10,19 +10,9 @@ import wasmtime
 import sandbox
 from protocol import Limits, Status
 from sandbox import _engine
+from tests.wat import printing
 
-HELLO = wasmtime.wat2wasm(
-    """
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "cached\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 7))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-)
+HELLO = printing("cached\n")
 SHA = hashlib.sha256(HELLO).hexdigest()
 
 

@@ -15,20 +15,10 @@ import wasmtime
 
 import sandbox
 from protocol import Limits, Status
+from tests.wat import printing
 
 WASI = "wasi_snapshot_preview1"
-HELLO = wasmtime.wat2wasm(
-    f"""
-(module
-  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "from a slot\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 12))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-)
+HELLO = printing("from a slot\n")
 SPIN = wasmtime.wat2wasm('(module (func (export "_start") (loop $l (br $l))))')
 
 
