@@ -152,3 +152,28 @@ def test_dealer_status_command(procs, factor_wasm):
         "gone", [PY, "-m", "dealer", "status", f"127.0.0.1:{port}", "--timeout", "0.5"]
     )
     assert gone.wait(30) == 1 and "no answer" in gone.stderr
+
+
+def test_a_job_that_always_fails_ends_the_batch_listed(procs):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.start(
+        "dealer",
+        [
+            PY,
+            ROOT / "tests" / "tasks" / "flaky.py",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            "--quiet",
+            "--db",
+            procs.cwd / "flaky.sqlite",
+        ],
+    )
+    jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "4")) for i in (1, 2)]
+    assert dealer.wait(60) == 1, dealer.stderr  # finished, with a failure
+    assert dealer.stdout.strip() == "2 done, 1 failed"
+    assert re.search(r"failed job boom: more than 1 errors; .*trap", dealer.stderr), dealer.stderr
+    rows = summary(dealer.stderr)
+    assert rows["j1"][2] + rows["j2"][2] == 2
+    for j in jobbers:
+        assert j.wait(60) == 0
