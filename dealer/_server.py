@@ -20,7 +20,7 @@ import zmq
 import protocol as p
 from dealer._core import Accepted, Core, Policy
 from dealer._journal import Journal
-from tasks import Task
+from tasks import Job, Task
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ MAX_DRAIN = 512  # messages handled per journal commit
 TICK_S = 1.0  # longest poll: deadlines are checked at least this often
 RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
+
+
+def _size(job: Job) -> int:
+    """About how many bytes a job takes in a `jobs` message."""
+    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args)
 
 
 def policy_for(
@@ -126,8 +131,14 @@ class RouterServer:
                 reply = p.Error(p.request_id(frame), code, str(e)[:1000])
             else:
                 reply = self.handle(msg, now)
-            if reply is not None:
-                replies.append((ident, p.encode(reply)))
+            if reply is None:
+                continue
+            try:
+                data = p.encode(reply)
+            except p.ProtocolError as e:  # e.g. jobs whose stdin adds up past the frame cap
+                log.error("cannot send %s: %s", reply.TYPE, e)
+                data = p.encode(p.Error(p.request_id(frame), p.ErrorCode.INTERNAL, str(e)[:1000]))
+            replies.append((ident, data))
         self.commit()
         for ident, data in replies:
             try:
@@ -185,6 +196,10 @@ class Dealer(RouterServer):
         progress: TextIO | None = sys.stderr,
         context: zmq.Context | None = None,
     ) -> None:
+        if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
+            )
         self.task = task
         self.journal = journal
         self.peers = tuple(peers)
@@ -257,14 +272,26 @@ class Dealer(RouterServer):
         return self.unexpected(msg, "a dealer")
 
     def _bored(self, msg: p.Bored, now: float) -> p.Message:
-        assigned = self.core.bored(msg.jobber, msg.want, msg.host.memory_mb, now, msg.holding)
+        sha = self._payload.sha256
+        send_payload = sha not in msg.host.cached
+        # Jobs are taken one at a time while the reply stays well under the frame
+        # cap: a batch of jobs with large stdin must not make an unsendable reply.
+        budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
+        assigned = self.core.bored(msg.jobber, 1, msg.host.memory_mb, now, msg.holding)
         if assigned:
-            sha = self._payload.sha256
+            budget -= _size(assigned[-1].job)
+        while assigned and len(assigned) < msg.want and budget > 0:
+            more = self.core.bored(msg.jobber, 1, msg.host.memory_mb, now)
+            if not more:
+                break
+            assigned += more
+            budget -= _size(more[0].job)
+        if assigned:
             specs = tuple(
                 p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, self.task.limits, a.deadline - now)
                 for a in assigned
             )
-            payloads = {} if sha in msg.host.cached else {sha: self._payload.wasm}
+            payloads = {sha: self._payload.wasm} if send_payload else {}
             log.debug("%d jobs to %s", len(specs), msg.jobber)
             return p.Jobs(msg.id, specs, payloads)
         if msg.host.memory_mb < self.core.policy.memory_mb:

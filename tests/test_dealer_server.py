@@ -162,3 +162,32 @@ def test_server_keeps_jobbers_without_enough_memory_waiting(serving):
     dealer, task, client = serving
     reply = client.ask(p.Bored(1, "tiny", p.HostFacts(1, 8, 1), want=1))
     assert isinstance(reply, p.RetryLater) and reply.seconds > 0
+
+
+class BigStdin(Collect):
+    """Jobs whose stdin adds up past one frame."""
+
+    def jobs(self):
+        return (Job((str(i),), bytes(12 * 1024 * 1024)) for i in range(self.n))
+
+
+def test_jobs_with_large_stdin_are_split_across_replies(tmp_path):
+    task = BigStdin(6)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(tmp_path / "d.sqlite", "big"), progress=None)
+    thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
+    thread.start()
+    client = Client(dealer.endpoint)
+    try:
+        client.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        got = []
+        for rid in (1, 2, 3, 4):
+            reply = client.ask(p.Bored(rid, "j", HOST, want=6))
+            if isinstance(reply, p.Jobs):
+                got += [s.args[0] for s in reply.jobs]
+                assert 0 < len(reply.jobs) < 6  # never one oversized frame
+        assert sorted(got) == ["0", "1", "2", "3", "4", "5"]
+    finally:
+        client.close()
+        dealer.stop()
+        thread.join(timeout=35)
+        dealer.close()
