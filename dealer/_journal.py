@@ -70,6 +70,17 @@ class Journal:
             )
         self.tag_prefix = meta["tag_prefix"]
 
+    def pin(self, key: str, value: str, what: str) -> None:
+        """Record `value` under `key` the first time; refuse a different one later."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+        elif row[0] != value:
+            raise JournalError(
+                f"{self.path} was written with {what} {row[0]}, not {value}; "
+                "replaying it under other rules would change settled jobs: pass another --db"
+            )
+
     def records(self) -> Iterator[Record]:
         for kind, body in self._db.execute("SELECT kind, body FROM records ORDER BY seq"):
             cls = RECORD_TYPES.get(kind)

@@ -203,7 +203,15 @@ class Dealer(RouterServer):
         self.task = task
         self.journal = journal
         self.peers = tuple(peers)
-        self.core = Core(task.jobs(), policy or policy_for(task), journal.tag_prefix)
+        policy = policy or policy_for(task)
+        # the rules that decide settlement must be the ones the journal was written under
+        journal.pin(
+            "voting",
+            f"redundancy={policy.redundancy} quorum={policy.quorum} "
+            f"max_errors={policy.max_errors} max_replicas={policy.max_replicas}",
+            "the voting rules",
+        )
+        self.core = Core(task.jobs(), policy, journal.tag_prefix)
         self._payload = task.payload
         super().__init__(bind, context)
         self._bar = None

@@ -191,3 +191,26 @@ def test_jobs_with_large_stdin_are_split_across_replies(tmp_path):
         dealer.stop()
         thread.join(timeout=35)
         dealer.close()
+
+
+def test_journal_refuses_other_voting_rules(tmp_path):
+    from dealer._core import Policy
+
+    path = tmp_path / "d.sqlite"
+    Dealer(Collect(2), "tcp://127.0.0.1:*", Journal(path, "c"), progress=None).close()
+    same = Dealer(
+        Collect(2),
+        "tcp://127.0.0.1:*",
+        Journal(path, "c"),
+        progress=None,
+        policy=Policy(deadline_s=5.0),
+    )  # a new deadline is fine
+    same.close()
+    with pytest.raises(JournalError, match="redundancy=1 quorum=1 .* not redundancy=2"):
+        Dealer(
+            Collect(2),
+            "tcp://127.0.0.1:*",
+            Journal(path, "c"),
+            progress=None,
+            policy=Policy(redundancy=2, quorum=2),
+        )
