@@ -487,9 +487,16 @@ class Jobber:
             if link.depth < MAX_REFERRAL_DEPTH:
                 for text in msg.dealers:
                     try:
-                        self._add_link(p.dealer_address(text), link.depth + 1)
+                        addr = p.dealer_address(text)
                     except ValueError as e:
                         log.warning("dealer %s referred to a bad address: %s", link.address, e)
+                        continue
+                    if not addr.startswith("tcp://"):  # a remote dealer names no local sockets
+                        log.warning(
+                            "dealer %s referred to %s: only tcp is followed", link.address, addr
+                        )
+                        continue
+                    self._add_link(addr, link.depth + 1)
         elif isinstance(msg, p.Ack):
             if re_ == link.results_id:
                 link.results_id = None
