@@ -157,7 +157,6 @@ def fake_jobber(endpoint: str, name: str, batch: int, out_q) -> None:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    host = p.HostFacts(cpus=1, memory_mb=1024, slots=batch)
     rid = 0
     done = 0
     cached: tuple[str, ...] = ()
@@ -181,7 +180,6 @@ def fake_jobber(endpoint: str, name: str, batch: int, out_q) -> None:
             break
         p.decode(sock.recv())
         done += len(results)
-    del host
     out_q.put(done)
     sock.close(0)
     ctx.term()

@@ -88,7 +88,6 @@ REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
     (ReplicaState.OUT, "released"): ReplicaState.RELEASED,
     (ReplicaState.OVERDUE, "released"): ReplicaState.RELEASED,
 }
-_LIVE = (ReplicaState.OUT,)
 _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
 
 
@@ -213,6 +212,32 @@ class _Job:
     id: int
     job: Job
     replicas: list[_Replica] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """A job's replicas, counted: what acceptance, failure and reissue are decided on."""
+
+    best_key: tuple[bytes, int]  # the (output, fuel) most OK replicas agree on
+    best: int  # how many agree on it
+    outputs: int  # distinct (output, fuel) among OK replicas
+    errors: int  # ERROR or OVERDUE
+    live: int  # still OUT
+    sent: int  # all but RELEASED
+
+    @classmethod
+    def of(cls, j: _Job) -> _Tally:
+        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
+        best_key, best = groups.most_common(1)[0] if groups else ((b"", 0), 0)
+        states = Counter(r.state for r in j.replicas)
+        return cls(
+            best_key,
+            best,
+            len(groups),
+            states[ReplicaState.ERROR] + states[ReplicaState.OVERDUE],
+            states[ReplicaState.OUT],
+            len(j.replicas) - states[ReplicaState.RELEASED],
+        )
 
 
 def job_digest(job: Job) -> str:
@@ -491,52 +516,42 @@ class Core:
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
-        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
-        best_key, best = groups.most_common(1)[0] if groups else ((b"", 0), 0)
-        if best >= p.quorum:
+        t = _Tally.of(j)
+        if t.best >= p.quorum:
             for r in j.replicas:
                 if r.state is ReplicaState.OK:
                     rec = self.jobbers[r.jobber]
-                    if (r.output, r.fuel) == best_key:
+                    if (r.output, r.fuel) == t.best_key:
                         rec.valid += 1
                         rec.credit += r.fuel
                     else:
                         rec.invalid += 1
             self.accepted += 1
-            self._settle(j, Accepted(j.id, j.job, best_key[0]))
+            self._settle(j, Accepted(j.id, j.job, t.best_key[0]))
             return
-        errors = sum(1 for r in j.replicas if r.state in _ERRORED)
-        live = sum(1 for r in j.replicas if r.state in _LIVE)
-        if errors > p.max_errors:
+        if t.errors > p.max_errors:
             reasons = tuple(
                 f"{r.tag} on {r.jobber}: {r.detail}" for r in j.replicas if r.state in _ERRORED
             )
             self.failed += 1
             self._settle(j, Failed(j.id, j.job, (f"more than {p.max_errors} errors", *reasons)))
             return
-        sent = sum(1 for r in j.replicas if r.state is not ReplicaState.RELEASED)
-        if sent >= p.max_replicas and live == 0:
+        if t.sent >= p.max_replicas and t.live == 0:
             self.failed += 1
-            text = f"no {p.quorum} of {sent} replicas agreed ({len(groups)} distinct outputs)"
+            text = f"no {p.quorum} of {t.sent} replicas agreed ({t.outputs} distinct outputs)"
             self._settle(j, Failed(j.id, j.job, (text,)))
             return
-        self._update_wanting(j)
+        self._update_wanting(j, t)
 
-    def _needed(self, j: _Job) -> int:
+    def _needed(self, j: _Job, t: _Tally) -> int:
         p = self.policy
         if not j.replicas:
             return p.redundancy
-        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
-        best = max(groups.values(), default=0)
-        errors = sum(1 for r in j.replicas if r.state in _ERRORED)
-        live = sum(1 for r in j.replicas if r.state in _LIVE)
-        released = sum(1 for r in j.replicas if r.state is ReplicaState.RELEASED)
-        sent = len(j.replicas) - released
-        need = max(p.redundancy - (sent - errors), p.quorum - best - live, 0)
-        return min(need, p.max_replicas - sent)
+        need = max(p.redundancy - (t.sent - t.errors), p.quorum - t.best - t.live, 0)
+        return min(need, p.max_replicas - t.sent)
 
-    def _update_wanting(self, j: _Job) -> None:
-        if j.id in self._jobs and self._needed(j) > 0:
+    def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
+        if j.id in self._jobs and self._needed(j, t or _Tally.of(j)) > 0:
             self._wanting.setdefault(j.id, None)
         else:
             self._wanting.pop(j.id, None)

@@ -234,15 +234,14 @@ class Jobber:
             self._start_jobs(now)
         self._check_timeouts(now)
         self._send_results(now)
-        if not self._stopping and not self.user_suspended and not self._why_idle_blocked():
+        if not (self._stopping or self.user_suspended or self._why_suspended == "machine in use"):
             self._fetch(now)
-
-    def _why_idle_blocked(self) -> bool:
-        return self._why_suspended == "machine in use"
 
     def _apply_suspension(self, now: float) -> None:
         why = ""
-        if self.user_suspended:
+        if self._stopping:
+            pass  # running jobs get their grace period, whatever held them
+        elif self.user_suspended:
             why = "suspended by the owner"
         elif self.cfg.idle_only and not self._idle.update(
             read_host(), 0 if self._suspended else len(self._running), now
@@ -563,9 +562,6 @@ class Jobber:
             len(self._buffer),
             self._count_unacked(),
         )
-        self.user_suspended = False  # running jobs get their grace period
-        self.cfg.idle_only = False
-        self.cfg.cpu_limit = 100.0
         while self._buffer:
             job = self._buffer.popleft()
             self._finish(
