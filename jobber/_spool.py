@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 
 import protocol as p
+from protocol._files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,7 @@ class Spool:
         path = self._path(dealer, result.tag)
         path.parent.mkdir(exist_ok=True)
         data = msgpack.packb({"dealer": dealer, "result": result._to_wire()}, use_bin_type=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data, durable=True)
 
     def remove(self, dealer: str, tag: str) -> None:
         self._path(dealer, tag).unlink(missing_ok=True)
@@ -67,7 +62,7 @@ class Spool:
             except Exception as e:  # a torn or foreign file: keep it for a human, skip it
                 log.warning("spool file %s unreadable (%s); moved aside", path, e)
                 path.rename(path.with_suffix(".bad"))
-        for tmp in self.root.glob("*/*.tmp"):
+        for tmp in self.root.glob("*/.*.part"):  # a write cut short by a crash
             tmp.unlink()
         return out
 

@@ -20,16 +20,14 @@ entry are harmless.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import wasmtime
 
+from protocol._files import write_atomic
 from sandbox import _engine
 
 log = logging.getLogger(__name__)
@@ -47,15 +45,7 @@ def _check_name(sha256: str) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
 class ModuleCache:

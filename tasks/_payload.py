@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from protocol._files import write_atomic
+
 log = logging.getLogger(__name__)
 
 # Small initial memory and stack: zig's default initial memory is 16 MiB, and
@@ -131,10 +133,7 @@ def compile_c(source: str, *, cflags: Sequence[str] = DEFAULT_CFLAGS) -> bytes:
             raise PayloadError(f"C compilation failed:\n{proc.stderr.strip()}")
         wasm = target.read_bytes()
         # publish atomically: concurrent builds of the same source are harmless
-        fd, tmp_out = tempfile.mkstemp(dir=out.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(wasm)
-        os.replace(tmp_out, out)
+        write_atomic(out, wasm)
     return wasm
 
 
