@@ -12,12 +12,18 @@ then a counter), the jobber it was sent to and an absolute deadline. A
 replica's lifecycle is the table REPLICA_TRANSITIONS below; an event the table
 does not allow raises CoreError and changes nothing.
 
+Every jobber is an *identity* (its CurveZMQ public key, as the server proved
+it) on a *machine* (a group key the server derives from the connection's
+source address under the --distinct policy: the host, its subnet, or the
+identity itself). Votes count machines, not identities: one machine running
+two identities has one vote.
+
 A job needs more replicas while
 
     sent - errored < redundancy   or   best + live < quorum
 
-where `best` is the size of the largest group of OK replicas with identical
-(output, fuel used), and `live` counts replicas still out. It is *accepted* when
+where `best` is the number of distinct machines whose OK replicas agree on
+one (output, fuel used), and `live` counts replicas still out. It is *accepted* when
 `best >= quorum`: the outputs in the winning group are valid and earn their
 fuel as credit, other OK outputs are invalid. It *fails* when more than
 `max_errors` replicas errored or went overdue, or when `max_replicas` were
@@ -26,12 +32,25 @@ error but stays open: its late result still counts until the job is settled.
 A replica the jobber gives back unstarted or unfinished (Status.ABANDONED, on
 shutdown) is *released*: no fault of anyone's, it counts for nothing.
 
-Replicas of one job go to distinct jobbers: a jobber holding a live or OK
-replica of a job never gets another. A jobber whose replica of a job errored
-gets it again only when no other active jobber is fresh to it, so a batch on
+Replicas of one job go to distinct machines: a machine holding a live or OK
+replica of a job never gets another. A machine whose replica of a job errored
+gets it again only when no other active machine is fresh to it, so a batch on
 one machine cannot stall on one transient failure.
 
-Every state change is a *record* (Drawn, Sent, Returned, Overdue). Decisions
+Quotas (as BOINC's per-host quotas): an identity, and separately its machine,
+may hold at most `allowance` open replicas. Both start at `Policy.quota`,
+grow by one for every OK result and halve for every error, overdue replica,
+implausible result or lost vote, so a hoarder or a stream of fresh names from
+one machine holds a few replicas at most, and a good jobber earns its slots.
+
+A result is checked for plausibility before anything else: fuel over the
+job's fuel limit, output over its output limit, or a status its output or
+fuel contradicts, is recorded as an error ("implausible") and never reaches
+the vote. An identity denied (by `deny`, or automatically once it has lost
+`Policy.deny_after` votes and more than it won) gets no work and has its
+results refused.
+
+Every state change is a *record* (Drawn, Sent, Returned, Overdue, Denied). Decisions
 are made by the live entry points (bored, result, tick), which append records
 and apply them; `apply` alone rebuilds the same state from a journal. The
 caller takes the new records with `take_records()` and must make them durable
@@ -45,7 +64,7 @@ import enum
 import hashlib
 import heapq
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -61,6 +80,11 @@ log = logging.getLogger(__name__)
 # rounds of a backing-off jobber).
 ACTIVE_HORIZON_S = 300.0
 LOST = "lost: the jobber no longer holds it"
+IMPLAUSIBLE = "implausible"  # the status recorded for a result that failed the checks
+DENIED = "denied"  # ... and for a result from a denied identity
+MAX_ALLOWANCE = 4096  # open replicas one identity or machine can ever earn
+MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
+MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
 
 
 class CoreError(Exception):
@@ -104,8 +128,9 @@ class Drawn:
 class Sent:
     tag: str
     job_id: int
-    jobber: str
+    jobber: str  # the identity (hex public key)
     deadline: float  # absolute, seconds since the epoch
+    machine: str  # the group key votes are counted by (see --distinct)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +147,14 @@ class Overdue:
     tag: str
 
 
-Record = Drawn | Sent | Returned | Overdue
-RECORD_TYPES: dict[str, type] = {c.__name__: c for c in (Drawn, Sent, Returned, Overdue)}
+@dataclass(frozen=True, slots=True)
+class Denied:
+    jobber: str
+    reason: str
+
+
+Record = Drawn | Sent | Returned | Overdue | Denied
+RECORD_TYPES: dict[str, type] = {c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Denied)}
 
 
 # --- what the core hands out --------------------------------------------------
@@ -166,12 +197,20 @@ class Policy:
     deadline_s: float = 180.0
     memory_mb: int = 0  # a jobber allowing less than this gets no jobs
     window: int = 10_000  # unsettled jobs held at once
+    fuel_limit: int = (
+        0  # the jobs' fuel limit: a result claiming more is implausible (0: unchecked)
+    )
+    output_bytes: int = -1  # the jobs' output limit in bytes (-1: unchecked)
+    quota: int = 4  # open replicas a new identity (and a new machine) may hold
+    deny_after: int = 3  # lost votes (more than won) that deny an identity; 0: never
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.redundancy:
             raise ValueError(f"quorum {self.quorum} must be in 1..redundancy ({self.redundancy})")
         if self.max_errors < 0 or self.deadline_s <= 0 or self.window < 1:
             raise ValueError("max_errors >= 0, deadline_s > 0 and window >= 1 are required")
+        if not 1 <= self.quota <= MAX_ALLOWANCE or self.deny_after < 0:
+            raise ValueError(f"quota must be in 1..{MAX_ALLOWANCE} and deny_after >= 0")
         if self.max_replicas == 0:
             object.__setattr__(self, "max_replicas", 2 * self.redundancy + self.max_errors)
         if self.max_replicas < self.redundancy:
@@ -179,12 +218,30 @@ class Policy:
 
 
 @dataclass(slots=True)
+class Standing:
+    """How far the dealer trusts one identity or one machine: what it may hold open."""
+
+    allowance: int
+    held: int = 0  # replicas OUT (sent, not yet returned nor overdue)
+    last_seen: float = 0.0
+
+    def good(self) -> None:
+        self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
+
+    def bad(self) -> None:
+        self.allowance = max(1, self.allowance // 2)
+
+
+@dataclass(slots=True)
 class JobberRecord:
     valid: int = 0  # outputs in an accepted quorum
     invalid: int = 0  # OK outputs that lost the vote
-    errors: int = 0  # replicas that errored or went overdue
+    errors: int = 0  # replicas that errored, went overdue or were implausible
     credit: int = 0  # fuel of valid outputs
     last_seen: float = 0.0
+    machine: str = ""  # the machine it last asked from
+    allowance: int = 0
+    held: int = 0
 
 
 @dataclass(slots=True)
@@ -193,6 +250,7 @@ class _Replica:
     job_id: int
     jobber: str
     deadline: float
+    machine: str
     state: ReplicaState = ReplicaState.OUT
     output: bytes = b""
     fuel: int = 0
@@ -218,8 +276,8 @@ class _Job:
 class _Tally:
     """A job's replicas, counted: what acceptance, failure and reissue are decided on."""
 
-    best_key: tuple[bytes, int]  # the (output, fuel) most OK replicas agree on
-    best: int  # how many agree on it
+    best_key: tuple[bytes, int]  # the (output, fuel) most machines agree on
+    best: int  # how many distinct machines agree on it
     outputs: int  # distinct (output, fuel) among OK replicas
     errors: int  # ERROR or OVERDUE
     live: int  # still OUT
@@ -227,13 +285,19 @@ class _Tally:
 
     @classmethod
     def of(cls, j: _Job) -> _Tally:
-        groups = Counter((r.output, r.fuel) for r in j.replicas if r.state is ReplicaState.OK)
-        best_key, best = groups.most_common(1)[0] if groups else ((b"", 0), 0)
+        voters: dict[tuple[bytes, int], set[str]] = {}
+        for r in j.replicas:
+            if r.state is ReplicaState.OK:
+                voters.setdefault((r.output, r.fuel), set()).add(r.machine)
+        best_key, best = (b"", 0), 0
+        for key, machines in voters.items():  # first reached wins a tie, as Counter did
+            if len(machines) > best:
+                best_key, best = key, len(machines)
         states = Counter(r.state for r in j.replicas)
         return cls(
             best_key,
             best,
-            len(groups),
+            len(voters),
             states[ReplicaState.ERROR] + states[ReplicaState.OVERDUE],
             states[ReplicaState.OUT],
             len(j.replicas) - states[ReplicaState.RELEASED],
@@ -242,6 +306,21 @@ class _Tally:
 
 def job_digest(job: Job) -> str:
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+
+
+def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str | None:
+    """Why no honest sandbox could have given this result under the policy's limits, or None."""
+    if policy.fuel_limit and fuel > policy.fuel_limit:
+        return f"fuel {fuel} exceeds the job's fuel limit of {policy.fuel_limit}"
+    if policy.output_bytes >= 0 and len(output) > policy.output_bytes:
+        return f"{len(output)} bytes of output exceed the job's limit of {policy.output_bytes}"
+    if status is Status.OUTPUT and policy.output_bytes >= 0 and len(output) != policy.output_bytes:
+        return f"status output with {len(output)} bytes; the limit is {policy.output_bytes}"
+    if status is Status.FUEL and policy.fuel_limit and fuel != policy.fuel_limit:
+        return f"status fuel with {fuel} fuel used; the limit is {policy.fuel_limit}"
+    if status in (Status.INVALID, Status.IMPORT, Status.ABANDONED) and (output or fuel):
+        return f"status {status.value} with output or fuel: the payload never ran"
+    return None
 
 
 class Core:
@@ -259,7 +338,13 @@ class Core:
         self._wanting: dict[int, None] = {}  # unsettled jobs needing replicas, oldest first
         self._deadlines: list[tuple[float, str]] = []  # heap; stale entries skipped
         self.jobbers: dict[str, JobberRecord] = {}
+        self.machines: dict[str, Standing] = {}
         self._open: dict[str, set[str]] = {}  # jobber -> tags of its OUT/OVERDUE replicas
+        self.denied: dict[str, str] = {}  # identity -> why
+        self.disputes: deque[dict] = deque(maxlen=MAX_DISPUTES)
+        self.disputed = 0  # jobs accepted over a disagreement, and late results that disagreed
+        # tag of a replica open when its job settled -> (job id, accepted (output, fuel) or None)
+        self._late: OrderedDict[str, tuple[int, tuple[bytes, int] | None]] = OrderedDict()
         self.accepted = 0
         self.failed = 0
         self._records: list[Record] = []
@@ -298,6 +383,22 @@ class Core:
             heapq.heappop(self._deadlines)
         return None
 
+    def is_denied(self, jobber: str) -> bool:
+        """Denied by hand, or by losing `deny_after` votes and more than it won."""
+        if jobber in self.denied:
+            return True
+        rec = self.jobbers.get(jobber)
+        limit = self.policy.deny_after
+        return bool(limit and rec and rec.invalid >= limit and rec.invalid > rec.valid)
+
+    def room(self, jobber: str, machine: str) -> int:
+        """How many more replicas the identity `jobber` on `machine` may hold right now."""
+        me = self.jobbers.get(jobber)
+        host = self.machines.get(machine)
+        mine = self.policy.quota if me is None else me.allowance - me.held
+        theirs = self.policy.quota if host is None else host.allowance - host.held
+        return max(0, min(mine, theirs))
+
     def take_records(self) -> list[Record]:
         out, self._records = self._records, []
         return out
@@ -315,32 +416,38 @@ class Core:
         memory_mb: int,
         now: float,
         holding: Collection[str] | None = None,
+        machine: str | None = None,
     ) -> list[Assignment]:
-        """Up to `want` replicas for `jobber`, at most one per job.
+        """Up to `want` replicas for `jobber` (on `machine`; default: its own), one per job.
 
         `holding`, when given, is every tag the jobber still has from us: its
         other open replicas were lost (it crashed and came back) and are
-        released at once instead of waiting for their deadlines.
+        released at once instead of waiting for their deadlines. No more are
+        handed out than the identity's and the machine's quotas allow.
         """
-        self._seen(jobber, now)
+        machine = jobber if machine is None else machine
+        self._seen(jobber, machine, now)
         if holding is not None:
             kept = set(holding)
             for tag in sorted(self._open.get(jobber, set()) - kept):
                 self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST))
-        if memory_mb < self.policy.memory_mb or want <= 0:
+        if memory_mb < self.policy.memory_mb or self.is_denied(jobber):
             return []
+        want = min(want, self.room(jobber, machine))
         out: list[Assignment] = []
+        if want <= 0:
+            return out
         for job_id in list(self._wanting):
             if len(out) >= want:
                 return out
             j = self._jobs[job_id]
-            if self._eligible(j, jobber, now):
-                out.append(self._send(j, jobber, now))
+            if self._eligible(j, jobber, machine, now):
+                out.append(self._send(j, jobber, machine, now))
         while len(out) < want and len(self._jobs) < self.policy.window:
             j = self._draw()
             if j is None:
                 break
-            out.append(self._send(j, jobber, now))
+            out.append(self._send(j, jobber, machine, now))
         return out
 
     def result(
@@ -354,26 +461,70 @@ class Core:
         now: float,
     ) -> Rejected | None:
         """Take one result; None if it was recorded, else why it changes nothing."""
-        self._seen(jobber, now)
         r = self._replicas.get(tag)
         if r is None:
+            if tag in self._late and self._late_from(jobber, tag, status, output, fuel):
+                return Rejected(
+                    ErrorCode.SETTLED,
+                    f"job of {tag} is already settled, and your output differs from the "
+                    "accepted one: flagged",
+                )
             if self._issued_here(tag):
                 return Rejected(ErrorCode.SETTLED, f"job of {tag} is already settled")
             return Rejected(ErrorCode.UNKNOWN_TAG, f"no replica {tag} was sent out")
         if r.jobber != jobber:
-            return Rejected(ErrorCode.UNKNOWN_TAG, f"replica {tag} was not sent to {jobber}")
+            return Rejected(ErrorCode.UNKNOWN_TAG, f"replica {tag} was not sent to you")
+        self._seen(jobber, r.machine, now)
         if r.state not in (ReplicaState.OUT, ReplicaState.OVERDUE):
             return Rejected(ErrorCode.DUPLICATE, f"result for {tag} was already received")
-        self._record(Returned(tag, Status(status).value, output, fuel, detail))
+        status = Status(status)
+        if self.is_denied(jobber):
+            self._record(Returned(tag, DENIED, b"", 0, "the identity is denied"))
+            return Rejected(ErrorCode.DENIED, "this identity is denied by the dealer")
+        why = implausible(status, output, fuel, self.policy)
+        if why is not None:
+            self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}"))
+            return Rejected(ErrorCode.IMPLAUSIBLE, why)
+        self._record(Returned(tag, status.value, output, fuel, detail))
         return None
 
+    def deny(self, jobber: str, reason: str) -> None:
+        """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""
+        if jobber in self.denied:
+            return
+        self._record(Denied(jobber, reason))
+        for tag in sorted(self._open.get(jobber, set())):
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}"))
+
     def tick(self, now: float) -> None:
-        """Mark replicas whose deadline has passed as overdue."""
+        """Mark replicas whose deadline has passed as overdue; forget long-idle strangers."""
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, tag = heapq.heappop(self._deadlines)
             r = self._replicas.get(tag)
             if r is not None and r.state is ReplicaState.OUT and r.deadline == deadline:
                 self._record(Overdue(tag))
+
+    def evict(self, now: float, idle_s: float = ACTIVE_HORIZON_S) -> int:
+        """Forget identities and machines idle for `idle_s` that hold nothing and earned nothing.
+
+        Memory then grows with the jobbers that did work, not with every name
+        that ever asked. Returns how many identities were forgotten.
+        """
+        horizon = now - idle_s
+        gone = [
+            name
+            for name, rec in self.jobbers.items()
+            if rec.last_seen < horizon
+            and rec.held == 0
+            and not (rec.valid or rec.invalid or rec.credit)
+            and name not in self.denied
+        ]
+        for name in gone:
+            del self.jobbers[name]
+            self._open.pop(name, None)
+        for m in [m for m, s in self.machines.items() if s.last_seen < horizon and s.held == 0]:
+            del self.machines[m]
+        return len(gone)
 
     # --- replay ------------------------------------------------------------
 
@@ -387,6 +538,8 @@ class Core:
             self._apply_returned(rec)
         elif isinstance(rec, Overdue):
             self._apply_overdue(rec)
+        elif isinstance(rec, Denied):
+            self.denied[rec.jobber] = rec.reason
         else:
             raise CoreError(f"unknown record {rec!r}")
 
@@ -396,11 +549,24 @@ class Core:
         self.apply(rec)
         self._records.append(rec)
 
-    def _seen(self, jobber: str, now: float) -> JobberRecord:
+    def _jobber(self, jobber: str) -> JobberRecord:
         rec = self.jobbers.get(jobber)
         if rec is None:
-            rec = self.jobbers[jobber] = JobberRecord()
+            rec = self.jobbers[jobber] = JobberRecord(allowance=self.policy.quota)
+        return rec
+
+    def _machine(self, machine: str) -> Standing:
+        m = self.machines.get(machine)
+        if m is None:
+            m = self.machines[machine] = Standing(self.policy.quota)
+        return m
+
+    def _seen(self, jobber: str, machine: str, now: float) -> JobberRecord:
+        rec = self._jobber(jobber)
         rec.last_seen = max(rec.last_seen, now)
+        rec.machine = machine
+        m = self._machine(machine)
+        m.last_seen = max(m.last_seen, now)
         return rec
 
     def _issued_here(self, tag: str) -> bool:
@@ -409,6 +575,32 @@ class Core:
             return prefix == self._prefix and 0 <= int(seq, 16) < self._next_tag
         except ValueError:
             return False
+
+    def _late_from(self, jobber: str, tag: str, status: Status, output: bytes, fuel: int) -> bool:
+        """A result for a replica that was open when its job settled: True if it disagrees."""
+        job_id, accepted = self._late.pop(tag)
+        if status is not Status.OK or accepted is None or (output, fuel) == accepted:
+            return False
+        self.disputed += 1
+        self.disputes.append(
+            {
+                "job": job_id,
+                "late": True,
+                "groups": [
+                    {"output": _digest(accepted), "fuel": accepted[1], "won": True},
+                    {
+                        "output": _digest((output, fuel)),
+                        "fuel": fuel,
+                        "won": False,
+                        "jobbers": [jobber],
+                    },
+                ],
+            }
+        )
+        log.warning(
+            "job %d: a late result from %s disagrees with the accepted output", job_id, jobber
+        )
+        return True
 
     def _draw(self) -> _Job | None:
         if self._exhausted:
@@ -444,10 +636,10 @@ class Core:
         j = self._jobs[rec.job_id] = _Job(rec.job_id, job)
         self._update_wanting(j)
 
-    def _send(self, j: _Job, jobber: str, now: float) -> Assignment:
+    def _send(self, j: _Job, jobber: str, machine: str, now: float) -> Assignment:
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        self._record(Sent(tag, j.id, jobber, deadline))
+        self._record(Sent(tag, j.id, jobber, deadline, machine))
         return Assignment(tag, j.id, j.job, deadline)
 
     def _apply_sent(self, rec: Sent) -> None:
@@ -458,17 +650,29 @@ class Core:
         if prefix != self._prefix or int(seq, 16) != self._next_tag:
             raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
-        r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline)
+        r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine)
         j.replicas.append(r)
         self._replicas[rec.tag] = r
         self._open.setdefault(rec.jobber, set()).add(rec.tag)
-        self._seen(rec.jobber, 0.0)
+        self._jobber(rec.jobber).held += 1
+        self._machine(rec.machine).held += 1
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
         self._update_wanting(j)
 
+    def _unhold(self, r: _Replica) -> None:
+        """Call before `r` leaves OUT: quotas count replicas still running, not overdue ones."""
+        if r.state is ReplicaState.OUT:
+            self._jobber(r.jobber).held -= 1
+            self._machine(r.machine).held -= 1
+
+    def _close(self, r: _Replica) -> None:
+        """`r` is no longer open (returned, released or settled)."""
+        self._unhold(r)
+        self._open.get(r.jobber, set()).discard(r.tag)
+
     def _apply_returned(self, rec: Returned) -> None:
         r = self._replica(rec.tag)
-        self._open[r.jobber].discard(rec.tag)
+        self._close(r)
         ok = rec.status == Status.OK.value
         was_overdue = r.state is ReplicaState.OVERDUE
         if rec.status == Status.ABANDONED.value:
@@ -477,19 +681,28 @@ class Core:
             self._evaluate(self._jobs[r.job_id])
             return
         r.fire("returned_ok" if ok else "returned_error")
+        me, host = self._jobber(r.jobber), self._machine(r.machine)
         if ok:
             r.output, r.fuel = rec.output, rec.fuel
+            me.allowance = min(MAX_ALLOWANCE, me.allowance + 1)
+            host.good()
         else:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
-        if not ok and not was_overdue:  # an overdue replica was counted already
-            self.jobbers[r.jobber].errors += 1
+            if not was_overdue:  # an overdue replica was counted already
+                me.errors += 1
+                me.allowance = max(1, me.allowance // 2)
+                host.bad()
         self._evaluate(self._jobs[r.job_id])
 
     def _apply_overdue(self, rec: Overdue) -> None:
         r = self._replica(rec.tag)
+        self._unhold(r)
         r.fire("deadline")
         r.detail = "overdue: no result by the deadline"
-        self.jobbers[r.jobber].errors += 1
+        me = self._jobber(r.jobber)
+        me.errors += 1
+        me.allowance = max(1, me.allowance // 2)
+        self._machine(r.machine).bad()
         self._evaluate(self._jobs[r.job_id])
 
     def _replica(self, tag: str) -> _Replica:
@@ -498,36 +711,42 @@ class Core:
             raise CoreError(f"no open replica {tag}")
         return r
 
-    def _eligible(self, j: _Job, jobber: str, now: float) -> bool:
+    def _eligible(self, j: _Job, jobber: str, machine: str, now: float) -> bool:
         tried_and_failed = False
         for r in j.replicas:
-            if r.jobber == jobber:
+            if r.machine == machine or r.jobber == jobber:
                 if r.state in (ReplicaState.OUT, ReplicaState.OK):
                     return False
                 tried_and_failed = True
         if not tried_and_failed:
             return True
-        # Give it back to a jobber that failed it only if no other active jobber is fresh to it.
-        touched = {r.jobber for r in j.replicas}
+        # Give it back to a machine that failed it only if no other active machine is fresh to it.
+        touched = {r.machine for r in j.replicas}
         horizon = now - ACTIVE_HORIZON_S
         return not any(
-            name not in touched and rec.last_seen >= horizon for name, rec in self.jobbers.items()
+            name not in touched and m.last_seen >= horizon for name, m in self.machines.items()
         )
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
         t = _Tally.of(j)
         if t.best >= p.quorum:
+            losers: dict[tuple[bytes, int], list[_Replica]] = {}
             for r in j.replicas:
                 if r.state is ReplicaState.OK:
-                    rec = self.jobbers[r.jobber]
+                    rec = self._jobber(r.jobber)
                     if (r.output, r.fuel) == t.best_key:
                         rec.valid += 1
                         rec.credit += r.fuel
                     else:
                         rec.invalid += 1
+                        rec.allowance = max(1, rec.allowance // 2)
+                        self._machine(r.machine).bad()
+                        losers.setdefault((r.output, r.fuel), []).append(r)
+            if losers:
+                self._dispute(j, t, losers)
             self.accepted += 1
-            self._settle(j, Accepted(j.id, j.job, t.best_key[0]))
+            self._settle(j, Accepted(j.id, j.job, t.best_key[0]), t.best_key)
             return
         if t.errors > p.max_errors:
             reasons = tuple(
@@ -543,6 +762,36 @@ class Core:
             return
         self._update_wanting(j, t)
 
+    def _dispute(self, j: _Job, t: _Tally, losers: dict[tuple[bytes, int], list[_Replica]]) -> None:
+        """Outputs disagreed and a quorum won: keep the groups for status and log it."""
+        winners = [
+            r for r in j.replicas if r.state is ReplicaState.OK and (r.output, r.fuel) == t.best_key
+        ]
+        groups = [(t.best_key, winners, True)] + [(k, rs, False) for k, rs in losers.items()]
+        self.disputed += 1
+        self.disputes.append(
+            {
+                "job": j.id,
+                "late": False,
+                "groups": [
+                    {
+                        "output": _digest(key),
+                        "fuel": key[1],
+                        "won": won,
+                        "jobbers": sorted({r.jobber for r in rs}),
+                        "machines": sorted({r.machine for r in rs}),
+                    }
+                    for key, rs, won in groups
+                ],
+            }
+        )
+        log.warning(
+            "job %d: outputs disagreed; %d machines agreed, %s lost the vote",
+            j.id,
+            t.best,
+            ", ".join(sorted({r.jobber for rs in losers.values() for r in rs})),
+        )
+
     def _needed(self, j: _Job, t: _Tally) -> int:
         p = self.policy
         if not j.replicas:
@@ -556,10 +805,21 @@ class Core:
         else:
             self._wanting.pop(j.id, None)
 
-    def _settle(self, j: _Job, outcome: Accepted | Failed) -> None:
+    def _settle(
+        self, j: _Job, outcome: Accepted | Failed, accepted: tuple[bytes, int] | None = None
+    ) -> None:
         del self._jobs[j.id]
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
-            self._open[r.jobber].discard(r.tag)
+            if r.state in (ReplicaState.OUT, ReplicaState.OVERDUE):
+                self._late[r.tag] = (j.id, accepted)
+                if len(self._late) > MAX_LATE:
+                    self._late.popitem(last=False)
+                self._close(r)
         self._settled.append(outcome)
+
+
+def _digest(key: tuple[bytes, int]) -> str:
+    """A short name for an output in status and logs (its SHA-256, 16 hex digits)."""
+    return hashlib.sha256(key[0]).hexdigest()[:16]

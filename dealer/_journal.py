@@ -1,7 +1,8 @@
 """The dealer's journal: the core's records, in order, in SQLite (WAL).
 
-One table of records (kind, msgpack body) in the order the core made them, and
-a small meta table (the tag prefix, the task's name). Records are appended in
+One table of records (kind, msgpack map of the record's fields by name) in the
+order the core made them, and a small meta table (the schema version, the tag
+prefix, the task's name, and what else the batch pins). Records are appended in
 batches, one transaction per batch; the caller replies to jobbers only after
 `append` returns, so nothing is acknowledged before it is on disk. Replaying
 the records into a fresh Core rebuilds the state the dealer had.
@@ -21,7 +22,7 @@ from dealer._core import RECORD_TYPES, Record
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: records are maps by field name; Sent carries the machine; Denied
 
 
 class JournalError(Exception):
@@ -82,18 +83,28 @@ class Journal:
             )
 
     def records(self) -> Iterator[Record]:
-        for kind, body in self._db.execute("SELECT kind, body FROM records ORDER BY seq"):
-            cls = RECORD_TYPES.get(kind)
-            if cls is None:
-                raise JournalError(f"{self.path}: unknown record kind {kind!r}")
-            yield cls(*msgpack.unpackb(body, raw=False))
+        try:
+            rows = self._db.execute("SELECT seq, kind, body FROM records ORDER BY seq")
+            for seq, kind, body in rows:
+                cls = RECORD_TYPES.get(kind)
+                if cls is None:
+                    raise JournalError(f"{self.path}: record {seq}: unknown kind {kind!r}")
+                try:
+                    fields = msgpack.unpackb(body, raw=False)
+                    yield cls(**fields)
+                except Exception as e:  # msgpack's many errors, or fields that do not fit
+                    raise JournalError(
+                        f"{self.path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}"
+                    ) from e
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: the journal is damaged: {e}") from e
 
     def append(self, records: Sequence[Record]) -> None:
         """Write records durably, in one transaction."""
         if not records:
             return
         pack = msgpack.Packer(use_bin_type=True).pack
-        rows = [(type(r).__name__, pack([getattr(r, f) for f in r.__slots__])) for r in records]
+        rows = [(type(r).__name__, pack({f: getattr(r, f) for f in r.__slots__})) for r in records]
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)

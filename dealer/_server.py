@@ -1,25 +1,39 @@
 """The dealer's ZeroMQ loop: decode, feed the core, journal, reply, tell the task.
 
-One ROUTER socket, one thread. Each turn of the loop drains every message that
-is waiting (up to MAX_DRAIN), feeds them all to the core, writes the records
-they produced to the journal in one transaction, and only then sends the
-replies: nothing is acknowledged before it is durable, and one fsync serves a
-whole batch. Settled jobs are then handed to the task in order.
+One ROUTER socket for work, one thread. Each turn of the loop drains every
+message that is waiting (up to MAX_DRAIN), feeds them all to the core, writes
+the records they produced to the journal in one transaction, and only then
+sends the replies: nothing is acknowledged before it is durable, and one fsync
+serves a whole batch. Settled jobs are then handed to the task in order.
+
+The work socket is a CurveZMQ server. A ZAP handler (zmq.auth's
+ThreadAuthenticator, with a callback) admits any client key on an open
+dealer, or only the keys of an --allow directory on a closed one, and never a
+denied key. The key each message's connection proved (its "User-Id") is the
+sender's identity; the connection's source address ("Peer-Address") names its
+machine. Nothing a message says about who sent it is believed.
+
+A second, plaintext ROUTER on the next port up answers only `hello` (the work
+socket's public key, for jobbers that trust on first use) and `status`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 import protocol as p
 from dealer._core import Accepted, Core, Policy
 from dealer._journal import Journal
+from protocol._keys import KeyPair, hex_of_z85
 from tasks import Job, Task
 
 log = logging.getLogger(__name__)
@@ -28,6 +42,55 @@ MAX_DRAIN = 512  # messages handled per journal commit
 TICK_S = 1.0  # longest poll: deadlines are checked at least this often
 RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
+# Frames the work socket takes: 1 MiB for requests and batches of results (the
+# reference jobber keeps a results message under it), plus one result's output.
+REQUEST_BYTES = 1024 * 1024
+RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
+STATUS_PAGE = 100  # jobbers listed per status page
+EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
+DISTINCT = ("host", "subnet", "key")
+ZAP_DOMAIN = "borednet"
+
+
+def frame_cap(output_kb: int) -> int:
+    """The largest frame a dealer whose jobs write at most `output_kb` KiB takes."""
+    return min(p.MAX_MESSAGE_BYTES, REQUEST_BYTES + output_kb * 1024 + 64 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent a message, as the transport proved it."""
+
+    key: str  # the CurveZMQ public key, 64 hex digits ("" on the plaintext socket)
+    address: str  # the connection's source IP address
+
+    def machine(self, distinct: str) -> str:
+        """The group votes are counted by, under the --distinct policy."""
+        if distinct == "key":
+            return self.key
+        if distinct == "subnet":
+            try:
+                ip = ipaddress.ip_address(self.address)
+            except ValueError:
+                return self.address
+            bits = 24 if ip.version == 4 else 64
+            return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+        return self.address
+
+
+class _Gate:
+    """The ZAP callback: which client keys may complete the handshake."""
+
+    def __init__(self, allow: Collection[str] | None) -> None:
+        self.allow = None if allow is None else frozenset(allow)
+        self.denied: frozenset[str] = frozenset()  # replaced whole, read by the auth thread
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            who = hex_of_z85(key)
+        except ValueError:
+            return False
+        return who not in self.denied and (self.allow is None or who in self.allow)
 
 
 def _size(job: Job) -> int:
@@ -42,6 +105,8 @@ def policy_for(
     quorum: int | None = None,
     max_errors: int | None = None,
     deadline_s: float | None = None,
+    quota: int | None = None,
+    deny_after: int | None = None,
 ) -> Policy:
     """The task's scheduling policy, with any of its class attributes overridden."""
     redundancy = task.redundancy if redundancy is None else redundancy
@@ -53,6 +118,10 @@ def policy_for(
         max_errors=task.max_errors if max_errors is None else max_errors,
         deadline_s=task.effective_deadline_s() if deadline_s is None else deadline_s,
         memory_mb=task.limits.memory_mb,
+        fuel_limit=task.limits.fuel,
+        output_bytes=task.limits.output_kb * 1024,
+        **({} if quota is None else {"quota": quota}),
+        **({} if deny_after is None else {"deny_after": deny_after}),
     )
 
 
@@ -64,18 +133,81 @@ class RouterServer:
     durable: runs before any reply is sent), `after_turn`.
     """
 
-    def __init__(self, bind: str, context: zmq.Context | None = None) -> None:
-        self._ctx = context or zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
-        self.sock.bind(bind)
+    def __init__(
+        self,
+        bind: str,
+        keys: KeyPair | None = None,
+        *,
+        allow: Collection[str] | None = None,
+        max_frame: int = p.MAX_MESSAGE_BYTES,
+    ) -> None:
+        if keys is None:  # a key for this run only (tests, embedding)
+            keys = KeyPair(*zmq.curve_keypair())
+        self.keys = keys
+        self._ctx = zmq.Context()
+        self.gate = _Gate(allow)
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.gate)
+        self.sock = self._router(max_frame)
+        self.sock.curve_server = True
+        self.sock.curve_secretkey = keys.secret
+        self.sock.curve_publickey = keys.public
+        self.sock.zap_domain = ZAP_DOMAIN.encode()
+        self.public = self._router(REQUEST_BYTES)
+        try:
+            self._bind(bind)
+        except BaseException:
+            self.close()
+            raise
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.public_endpoint: str = self.public.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stopping = False
 
-    def handle(self, msg: p.Message, now: float) -> p.Message | None:
+    def _router(self, max_frame: int) -> zmq.Socket:
+        s = self._ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        s.setsockopt(zmq.RCVHWM, RCVHWM)
+        return s
+
+    def _bind(self, bind: str) -> None:
+        """Bind the work socket to `bind` and the plaintext one to the next port up."""
+        scheme, _, rest = bind.partition("://")
+        if scheme != "tcp":  # ipc/inproc: a sibling name
+            self.sock.bind(bind)
+            self.public.bind(bind + ".public")
+            return
+        host, _, port = rest.rpartition(":")
+        for _ in range(50 if port == "*" else 1):
+            self.sock.bind(bind)
+            work = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            work_port = int(work.rpartition(":")[2])
+            try:
+                self.public.bind(f"tcp://{host}:{work_port + 1}")
+                return
+            except zmq.ZMQError as e:
+                if port != "*":
+                    raise zmq.ZMQError(
+                        e.errno, f"{host}:{work_port + 1} (the plaintext port): {e}"
+                    ) from e
+                self.sock.unbind(work)  # that port's neighbour is taken: pick another pair
+        raise zmq.ZMQError(zmq.EADDRINUSE, f"no free pair of ports on {host}")
+
+    @property
+    def address(self) -> str:
+        """What a jobber needs: the work endpoint and `#` the public key, in hex."""
+        return f"{connectable(self.endpoint)}#{self.keys.public_hex}"
+
+    def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
         raise NotImplementedError
+
+    def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
+        """The plaintext socket: the key, and whatever else a subclass makes public."""
+        if isinstance(msg, p.Hello):
+            return p.HelloReply(msg.id, self.keys.public_hex)
+        return self.unexpected(msg, "the plaintext port (use the encrypted one)")
 
     def before_turn(self, now: float) -> None:
         pass
@@ -101,6 +233,7 @@ class RouterServer:
         stop_at = None if max_s is None else time.monotonic() + max_s
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.public, zmq.POLLIN)
         while not self._stopping and not self.finished():
             if stop_at is not None and time.monotonic() >= stop_at:
                 break
@@ -111,41 +244,59 @@ class RouterServer:
         """Handle everything waiting, commit it, then reply."""
         now = time.time()
         self.before_turn(now)
-        replies: list[tuple[bytes, bytes]] = []
-        for _ in range(MAX_DRAIN):
-            try:
-                parts = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(parts) != 2:
-                log.warning("dropping message of %d frames from %r", len(parts), parts[0])
-                continue
-            ident, frame = parts
-            try:
-                msg = p.decode(frame)
-            except p.ProtocolError as e:
-                log.warning("malformed message: %s", e)
-                code = (
-                    p.ErrorCode.VERSION if isinstance(e, p.VersionError) else p.ErrorCode.MALFORMED
-                )
-                reply = p.Error(p.request_id(frame), code, str(e)[:1000])
-            else:
-                reply = self.handle(msg, now)
-            if reply is None:
-                continue
-            try:
-                data = p.encode(reply)
-            except p.ProtocolError as e:  # e.g. jobs whose stdin adds up past the frame cap
-                log.error("cannot send %s: %s", reply.TYPE, e)
-                data = p.encode(p.Error(p.request_id(frame), p.ErrorCode.INTERNAL, str(e)[:1000]))
-            replies.append((ident, data))
+        replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
+        for sock in (self.sock, self.public):
+            for _ in range(MAX_DRAIN):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                if len(parts) != 2:
+                    log.warning("dropping a message of %d frames", len(parts))
+                    continue
+                ident, frame = parts
+                data = frame.bytes
+                try:
+                    msg = p.decode(data)
+                except p.ProtocolError as e:
+                    log.warning("malformed message: %s", e)
+                    code = (
+                        p.ErrorCode.VERSION
+                        if isinstance(e, p.VersionError)
+                        else p.ErrorCode.MALFORMED
+                    )
+                    reply: p.Message | None = p.Error(p.request_id(data), code, str(e)[:1000])
+                else:
+                    reply = self._dispatch(sock, msg, frame, now)
+                if reply is None:
+                    continue
+                try:
+                    out = p.encode(reply)
+                except p.ProtocolError as e:  # e.g. jobs whose stdin adds up past the frame cap
+                    log.error("cannot send %s: %s", reply.TYPE, e)
+                    err = p.Error(p.request_id(data), p.ErrorCode.INTERNAL, str(e)[:1000])
+                    out = p.encode(err)
+                replies.append((sock, ident, out))
         self.commit()
-        for ident, data in replies:
+        for sock, ident, out in replies:
             try:
-                self.sock.send_multipart([ident, data], zmq.NOBLOCK)
+                sock.send_multipart([ident, out], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or its queue full
-                log.info("reply to %r dropped: %s", ident, e)
+                log.info("reply dropped: %s", e)
         self.after_turn()
+
+    def _dispatch(
+        self, sock: zmq.Socket, msg: p.Message, frame: zmq.Frame, now: float
+    ) -> p.Message | None:
+        if sock is self.public:
+            return self.handle_public(msg, now)
+        try:
+            key = hex_of_z85(frame.get("User-Id"))
+            address = frame.get("Peer-Address")
+        except (ValueError, zmq.ZMQError) as e:  # no ZAP identity: should not happen
+            log.error("message without a proven identity dropped: %s", e)
+            return None
+        return self.handle(msg, now, Peer(key, address))
 
     @staticmethod
     def unexpected(msg: p.Message, what: str) -> p.Error:
@@ -153,7 +304,18 @@ class RouterServer:
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"{what} does not take {msg.TYPE} messages")
 
     def close(self) -> None:
-        self.sock.close(linger=1000)
+        for s in (getattr(self, "sock", None), getattr(self, "public", None)):
+            if s is not None:
+                s.close(linger=1000)
+        self._auth.stop()
+        self._ctx.term()
+
+
+def connectable(endpoint: str) -> str:
+    """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback."""
+    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
+        "tcp://[::]:", "tcp://[::1]:"
+    )
 
 
 class Referrer(RouterServer):
@@ -162,13 +324,18 @@ class Referrer(RouterServer):
     A well-known entry point in front of the dealers that hold the work.
     """
 
-    def __init__(self, bind: str, peers: Sequence[str], context: zmq.Context | None = None):
+    def __init__(self, bind: str, peers: Sequence[str], keys: KeyPair | None = None):
         if not peers:
             raise ValueError("a referrer needs at least one --peer")
-        super().__init__(bind, context)
+        super().__init__(bind, keys)
         self.peers = tuple(peers)
 
-    def handle(self, msg: p.Message, now: float) -> p.Message | None:
+    def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
+        if isinstance(msg, p.StatusQuery):
+            return self.handle(msg, now, Peer("", ""))
+        return super().handle_public(msg, now)
+
+    def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
         if isinstance(msg, p.Bored):
             return p.Referral(msg.id, self.peers)
         if isinstance(msg, p.Results):
@@ -191,29 +358,39 @@ class Dealer(RouterServer):
         bind: str,
         journal: Journal,
         *,
+        keys: KeyPair | None = None,
         peers: Sequence[str] = (),
         policy: Policy | None = None,
+        distinct: str = "host",
+        allow: Collection[str] | None = None,
+        admins: Collection[str] = (),
         progress: TextIO | None = sys.stderr,
-        context: zmq.Context | None = None,
     ) -> None:
         if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
             )
+        if distinct not in DISTINCT:
+            raise ValueError(f"--distinct must be one of {', '.join(DISTINCT)}, not {distinct!r}")
         self.task = task
         self.journal = journal
         self.peers = tuple(peers)
+        self.distinct = distinct
+        self.admins = frozenset(admins)
         policy = policy or policy_for(task)
         # the rules that decide settlement must be the ones the journal was written under
         journal.pin(
             "voting",
             f"redundancy={policy.redundancy} quorum={policy.quorum} "
-            f"max_errors={policy.max_errors} max_replicas={policy.max_replicas}",
+            f"max_errors={policy.max_errors} max_replicas={policy.max_replicas} "
+            f"distinct={distinct}",
             "the voting rules",
         )
         self.core = Core(task.jobs(), policy, journal.tag_prefix)
         self._payload = task.payload
-        super().__init__(bind, context)
+        self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
+        self._evicted_at = 0.0
+        super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
         self._bar = None
         if progress is not None:
             from tqdm import tqdm
@@ -244,12 +421,13 @@ class Dealer(RouterServer):
                 self.core.failed,
                 self.core.in_flight,
             )
+        self.gate.denied = frozenset(self.core.denied)
         self._deliver()
 
     # --- the loop ----------------------------------------------------------
 
     def run(self, *, max_s: float | None = None) -> None:
-        log.info("dealer for %s listening on %s", type(self.task).__name__, self.endpoint)
+        log.info("dealer for %s listening on %s", type(self.task).__name__, self.address)
         super().run(max_s=max_s)
 
     def timeout_s(self) -> float:
@@ -263,33 +441,58 @@ class Dealer(RouterServer):
 
     def before_turn(self, now: float) -> None:
         self.core.tick(now)
+        if now - self._evicted_at >= EVICT_EVERY_S:
+            self._evicted_at = now
+            if self.core.evict(now):
+                self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         self.journal.append(self.core.take_records())
 
     def after_turn(self) -> None:
+        if len(self.gate.denied) != len(self.core.denied):
+            self.gate.denied = frozenset(self.core.denied)
         self._deliver()
 
-    def handle(self, msg: p.Message, now: float) -> p.Message | None:
-        if isinstance(msg, p.Bored):
-            return self._bored(msg, now)
-        if isinstance(msg, p.Results):
-            return self._results(msg, now)
+    def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
-            return p.StatusReply(msg.id, self.status())
+            return p.StatusReply(msg.id, self.status(msg.page or 0))
+        return super().handle_public(msg, now)
+
+    def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
+        if isinstance(msg, p.Bored):
+            self._label(peer, msg.jobber)
+            return self._bored(msg, now, peer)
+        if isinstance(msg, p.Results):
+            self._label(peer, msg.jobber)
+            return self._results(msg, now, peer)
+        if isinstance(msg, p.StatusQuery):
+            return p.StatusReply(msg.id, self.status(msg.page or 0))
+        if isinstance(msg, p.Deny):
+            return self._deny(msg, peer)
         return self.unexpected(msg, "a dealer")
 
-    def _bored(self, msg: p.Bored, now: float) -> p.Message:
+    def _label(self, peer: Peer, name: str) -> None:
+        if self.labels.get(peer.key) != name:
+            self.labels[peer.key] = name
+
+    def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
+        core = self.core
+        if core.is_denied(peer.key):
+            return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
+        machine = peer.machine(self.distinct)
+        # no more than the jobber can run soon: its slots and as many buffered
+        want = min(msg.want, 2 * max(1, msg.host.slots))
         sha = self._payload.sha256
         send_payload = sha not in msg.host.cached
         # Jobs are taken one at a time while the reply stays well under the frame
         # cap: a batch of jobs with large stdin must not make an unsendable reply.
         budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
-        assigned = self.core.bored(msg.jobber, 1, msg.host.memory_mb, now, msg.holding)
+        assigned = core.bored(peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine)
         if assigned:
             budget -= _size(assigned[-1].job)
-        while assigned and len(assigned) < msg.want and budget > 0:
-            more = self.core.bored(msg.jobber, 1, msg.host.memory_mb, now)
+        while assigned and len(assigned) < want and budget > 0:
+            more = core.bored(peer.key, 1, msg.host.memory_mb, now, None, machine)
             if not more:
                 break
             assigned += more
@@ -300,25 +503,34 @@ class Dealer(RouterServer):
                 for a in assigned
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
-            log.debug("%d jobs to %s", len(specs), msg.jobber)
+            log.debug("%d jobs to %s", len(specs), peer.key[:12])
             return p.Jobs(msg.id, specs, payloads)
-        if msg.host.memory_mb < self.core.policy.memory_mb:
+        if msg.want == 0:
+            return p.Jobs(msg.id, ())
+        if msg.host.memory_mb < core.policy.memory_mb:
             return p.RetryLater(msg.id, RETRY_IDLE_S)
-        if self.peers and not self.core.has_work():
+        if self.peers and not core.has_work():
             return p.Referral(msg.id, self.peers)
         return p.RetryLater(msg.id, RETRY_BUSY_S)
 
-    def _results(self, msg: p.Results, now: float) -> p.Message:
+    def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
         ok: list[str] = []
         rejected: list[p.Rejection] = []
         for r in msg.results:
-            why = self.core.result(msg.jobber, r.tag, r.status, r.output, r.fuel, r.detail, now)
+            why = self.core.result(peer.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is None:
                 ok.append(r.tag)
             else:
-                log.info("result %s from %s refused: %s", r.tag, msg.jobber, why.text)
+                log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
         return p.Ack(msg.id, tuple(ok), tuple(rejected))
+
+    def _deny(self, msg: p.Deny, peer: Peer) -> p.Message:
+        if peer.key not in self.admins:
+            return p.Error(msg.id, p.ErrorCode.FORBIDDEN, "deny needs the dealer's admin key")
+        self.core.deny(msg.key, msg.reason or "denied by the admin")
+        log.warning("identity %s denied: %s", msg.key, msg.reason)
+        return p.AdminReply(msg.id, f"{msg.key} denied")
 
     def _deliver(self) -> None:
         for s in self.core.take_settled():
@@ -333,26 +545,49 @@ class Dealer(RouterServer):
 
     # --- reporting ---------------------------------------------------------
 
-    def status(self) -> dict:
+    def jobbers(self) -> list[dict]:
+        """Every identity the dealer remembers, best first (credit, then valid results)."""
         c = self.core
+        rows = [
+            {
+                "key": key,
+                "name": self.labels.get(key, ""),
+                "machine": r.machine,
+                "valid": r.valid,
+                "invalid": r.invalid,
+                "errors": r.errors,
+                "credit": r.credit,
+                "last_seen": r.last_seen,
+                "denied": c.is_denied(key),
+            }
+            for key, r in c.jobbers.items()
+        ]
+        rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
+        return rows
+
+    def status(self, page: int = 0) -> dict:
+        """A report for people: counts, disagreements, and one page of jobbers (no tags)."""
+        c = self.core
+        rows = self.jobbers()
+        pages = max(1, -(-len(rows) // STATUS_PAGE))
         return {
             "task": type(self.task).__name__,
+            "key": self.keys.public_hex,
             "total": self.task.total(),
             "drawn": c.drawn,
             "accepted": c.accepted,
             "failed": c.failed,
             "in_flight": c.in_flight,
             "replicas_out": c.replicas_out,
-            "jobbers": {
-                name: {
-                    "valid": r.valid,
-                    "invalid": r.invalid,
-                    "errors": r.errors,
-                    "credit": r.credit,
-                    "last_seen": r.last_seen,
-                }
-                for name, r in c.jobbers.items()
-            },
+            "distinct": self.distinct,
+            "closed": self.gate.allow is not None,
+            "disputed": c.disputed,
+            "disputes": list(c.disputes)[-10:],
+            "denied": sorted(c.denied)[:STATUS_PAGE],
+            "jobbers_total": len(rows),
+            "page": page,
+            "pages": pages,
+            "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
         }
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
-"""The borednet wire protocol: message types, msgpack codec, size caps, validation."""
+"""The borednet wire protocol: message types, msgpack codec, size caps, validation, keys."""
 
-from protocol._addr import DEFAULT_PORT, dealer_address
+from protocol._addr import DEFAULT_PORT, dealer_address, split_key
 from protocol._wire import (
     MAX_BATCH,
     MAX_CACHED,
@@ -11,9 +11,13 @@ from protocol._wire import (
     MESSAGES,
     VERSION,
     Ack,
+    AdminReply,
     Bored,
+    Deny,
     Error,
     ErrorCode,
+    Hello,
+    HelloReply,
     HostFacts,
     Jobs,
     JobSpec,
@@ -44,10 +48,14 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MESSAGES",
     "VERSION",
+    "AdminReply",
     "Ack",
     "Bored",
+    "Deny",
     "Error",
     "ErrorCode",
+    "Hello",
+    "HelloReply",
     "HostFacts",
     "JobSpec",
     "Jobs",
@@ -67,4 +75,5 @@ __all__ = [
     "decode",
     "encode",
     "request_id",
+    "split_key",
 ]

@@ -1,10 +1,24 @@
-"""Dealer addresses as people write them: `host`, `host:port` or `tcp://host:port`."""
+"""Dealer addresses as people write them: `host`, `host:port` or `tcp://host:port`.
+
+Any of them may end in `#` and the dealer's public key as 64 hexadecimal
+digits (`tcp://dealer.example.org:7117#3f2a...`): the key a jobber checks the
+dealer against in the CurveZMQ handshake. Without it a jobber trusts the key
+the dealer announces on first contact and pins it (see docs/security.md).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 DEFAULT_PORT = 7117
+_KEY_HEX = re.compile(r"\A[0-9a-fA-F]{64}\Z")
+
+
+def split_key(address: str) -> tuple[str, str | None]:
+    """`(endpoint, key)` of a canonical address: the key as 64 lowercase hex digits, or None."""
+    endpoint, sep, key = address.partition("#")
+    return endpoint, (key if sep else None)
 
 
 def dealer_address(text: str) -> str:
@@ -14,10 +28,23 @@ def dealer_address(text: str) -> str:
     'tcp://example.org:7117'
     >>> dealer_address("127.0.0.1:9000")
     'tcp://127.0.0.1:9000'
+    >>> dealer_address("example.org#" + "AB" * 32) == "tcp://example.org:7117#" + "ab" * 32
+    True
     """
     text = text.strip()
     if not text:
         raise ValueError("empty dealer address")
+    text, sep, key = text.partition("#")
+    if sep:
+        if not _KEY_HEX.match(key):
+            raise ValueError(
+                f"dealer address {text!r}: the key after # must be 64 hexadecimal digits"
+            )
+        return f"{_endpoint(text)}#{key.lower()}"
+    return _endpoint(text)
+
+
+def _endpoint(text: str) -> str:
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if scheme != "tcp":

@@ -7,9 +7,15 @@ socket. Every message is one ZeroMQ frame holding one msgpack map::
 
     {"v": 1, "type": "<name>", ...fields}
 
-Requests (``bored``, ``results``, ``status``) carry an ``id`` chosen by the
-sender; the reply to a request carries ``re`` equal to that id, so a late reply
-to a request that already timed out is recognised and dropped.
+The work socket is CurveZMQ-encrypted: a jobber's identity is the public key
+its handshake proved, never a name it writes (``jobber`` fields are labels for
+people). A dealer also answers a plaintext socket on the next port up with
+its public key (``hello``) and its status, for jobbers that trust on first use.
+
+Requests (``bored``, ``results``, ``status``, ``hello``, ``deny``) carry an
+``id`` chosen by the sender; the reply to a request carries ``re`` equal to
+that id, so a late reply to a request that already timed out is recognised
+and dropped.
 
     jobber                          dealer
     bored(id, want=n)      ->
@@ -18,6 +24,10 @@ to a request that already timed out is recognised and dropped.
                            <-  ack(re, tags, rejected) | error(re)
     status(id)             ->
                            <-  status_reply(re, info) | error(re)
+    hello(id)              ->  (plaintext socket)
+                           <-  hello_reply(re, key)
+    deny(id, key)          ->  (admin key only)
+                           <-  admin_reply(re, text) | error(re)
 
 ``jobs`` carries several jobs and ``results`` several results: batching is how
 one dealer goes past the message rate of one Python event loop.
@@ -41,7 +51,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-VERSION = 1
+VERSION = 2  # 2: CurveZMQ identities, hello, deny; see docs/protocol.md
 
 # Size caps. A payload module is the largest thing on the wire; 32 MiB leaves
 # room for real programs (a C kernel is ~50 KB) while a single frame cannot
@@ -54,10 +64,11 @@ MAX_STR = 4096  # tags, args, ids, addresses, texts
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024
 MAX_CACHED = 4096  # payload hashes a jobber may report
-MAX_HOLDING = 65536  # tags a jobber may say it holds from one dealer
+MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
 MAX_U64 = 2**64 - 1
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+_KEY_HEX = _SHA256_HEX  # a CurveZMQ public key: 32 bytes as 64 lowercase hex digits
 
 
 class ProtocolError(ValueError):
@@ -95,6 +106,9 @@ class ErrorCode(str, enum.Enum):
     SETTLED = "settled"  # the job is already decided; the result changes nothing
     DUPLICATE = "duplicate"  # this result was already received
     INTERNAL = "internal"  # the peer failed on its own; try later
+    DENIED = "denied"  # this identity is banned from the dealer
+    IMPLAUSIBLE = "implausible"  # a result no honest sandbox could give (fuel, output, status)
+    FORBIDDEN = "forbidden"  # the request needs the dealer's admin key
 
 
 # --- field checkers -------------------------------------------------------
@@ -390,7 +404,7 @@ class Bored(Message):
 
     TYPE: ClassVar[str] = "bored"
     id: int
-    jobber: str
+    jobber: str  # a label for people; the identity is the CurveZMQ key
     host: HostFacts
     want: int = 1
     holding: tuple[str, ...] | None = None
@@ -498,12 +512,13 @@ class Error(Message):
 
 @dataclass(frozen=True, slots=True)
 class StatusQuery(Message):
-    """Anyone -> dealer: report your tasks and jobbers."""
+    """Anyone -> dealer: report your tasks and jobbers (jobbers listed a page at a time)."""
 
     TYPE: ClassVar[str] = "status"
     id: int
+    page: int | None = None  # nil: the first page (0)
 
-    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID}
+    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID, "page": _optional(_int(0, 1 << 20))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,9 +532,70 @@ class StatusReply(Message):
     _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "info": _any_map()}
 
 
+_KEY = _str(64, _KEY_HEX)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """Anyone -> dealer's plaintext socket: which public key does your work socket have?"""
+
+    TYPE: ClassVar[str] = "hello"
+    id: int
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID}
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply(Message):
+    """Dealer -> asker: the work socket's public key, 64 lowercase hex digits."""
+
+    TYPE: ClassVar[str] = "hello_reply"
+    re: int
+    key: str
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "key": _KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class Deny(Message):
+    """Admin -> dealer: ban the identity `key` (it gets no work and its results are refused)."""
+
+    TYPE: ClassVar[str] = "deny"
+    id: int
+    key: str
+    reason: str
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID, "key": _KEY, "reason": _str()}
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReply(Message):
+    """Dealer -> admin: the request was carried out and made durable."""
+
+    TYPE: ClassVar[str] = "admin_reply"
+    re: int
+    text: str
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "text": _str()}
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Bored, Jobs, Referral, RetryLater, Results, Ack, Error, StatusQuery, StatusReply)
+    for cls in (
+        Bored,
+        Jobs,
+        Referral,
+        RetryLater,
+        Results,
+        Ack,
+        Error,
+        StatusQuery,
+        StatusReply,
+        Hello,
+        HelloReply,
+        Deny,
+        AdminReply,
+    )
 }
 
 

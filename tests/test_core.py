@@ -184,7 +184,7 @@ def test_jobs_are_drawn_lazily_within_the_window():
             drawn.append(i)
             yield Job((str(i),))
 
-    core = Core(gen(), Policy(window=5, deadline_s=10.0), "t")
+    core = Core(gen(), Policy(window=5, deadline_s=10.0, quota=100), "t")
     got = core.bored("a", 100, 1000, 0.0)
     assert len(got) == 5 and len(drawn) == 5
     core.result("a", got[0].tag, OK, b"", 1, "", 1.0)
@@ -244,7 +244,7 @@ def test_lifecycle_table_refuses_illegal_events():
         core._replicas[a.tag].fire("deadline")
     assert core._replicas[a.tag].state is ReplicaState.ERROR
     with pytest.raises(CoreError, match="out of sequence"):
-        core.apply(Sent("t.99", 0, "a", 5.0))
+        core.apply(Sent("t.99", 0, "a", 5.0, "m"))
 
 
 def test_policy_rejects_nonsense():

@@ -134,7 +134,11 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         rejected=st.lists(rejections, max_size=3).map(tuple),
     ),
     p.Error: st.builds(p.Error, re=u64, code=st.sampled_from(p.ErrorCode), text=strs),
-    p.StatusQuery: st.builds(p.StatusQuery, id=u64),
+    p.StatusQuery: st.builds(p.StatusQuery, id=u64, page=st.none() | st.integers(0, 1 << 20)),
+    p.Hello: st.builds(p.Hello, id=u64),
+    p.HelloReply: st.builds(p.HelloReply, re=u64, key=shas),
+    p.Deny: st.builds(p.Deny, id=u64, key=shas, reason=strs),
+    p.AdminReply: st.builds(p.AdminReply, re=u64, text=strs),
     p.StatusReply: st.builds(
         p.StatusReply, re=u64, info=st.dictionaries(st.text(max_size=8), plain_values, max_size=5)
     ),
@@ -268,7 +272,7 @@ def test_round_trip(msg: p.Message) -> None:
 @given(messages)
 def test_frame_is_one_map_with_version_and_type(msg: p.Message) -> None:
     body = wire(msg)
-    assert body["v"] == p.VERSION == 1
+    assert body["v"] == p.VERSION == 2
     assert body["type"] == msg.TYPE
     schema = type(msg)._SCHEMA
     required = {k for k, check in schema.items() if not getattr(check, "optional", False)}
@@ -310,7 +314,7 @@ def test_numbers_may_come_as_int_or_float32() -> None:
     assert msg == p.RetryLater(1, 3.0)
     assert type(msg.seconds) is float
     # a float 32 (0xca) from another implementation
-    frame = b"\x84" + pack("v") + b"\x01" + pack("type") + pack("retry_later")
+    frame = b"\x84" + pack("v") + b"\x02" + pack("type") + pack("retry_later")
     frame += pack("re") + b"\x01" + pack("seconds") + b"\xca\x40\x20\x00\x00"  # 2.5
     assert p.decode(frame) == p.RetryLater(1, 2.5)
 
@@ -402,7 +406,7 @@ def test_msgpack_of_anything_decodes_or_refuses(obj: Any) -> None:
 def test_wrong_shaped_maps_decode_or_refuse(kind: str, data: st.DataObject) -> None:
     fields = [*p.MESSAGES[kind]._SCHEMA, "v", "type", "x"]
     body = data.draw(st.dictionaries(st.sampled_from(fields), anything, max_size=len(fields)))
-    body.setdefault("v", 1)
+    body.setdefault("v", 2)
     body.setdefault("type", kind)
     decodes_or_refuses(pack(body))
 
@@ -440,9 +444,9 @@ NAN, INF = float("nan"), float("inf")
 BIG_STR = "x" * (p.MAX_STR + 1)
 CASES = [
     # version and type
-    ("status", ("v",), 2, r"protocol version 2 is not 1"),
-    ("status", ("v",), DELETE, r"protocol version None is not 1"),
-    ("status", ("v",), "1", r"protocol version '1' is not 1"),
+    ("status", ("v",), 1, r"protocol version 1 is not 2"),
+    ("status", ("v",), DELETE, r"protocol version None is not 2"),
+    ("status", ("v",), "2", r"protocol version '2' is not 2"),
     ("status", ("type",), "gimme", r"unknown message type 'gimme'"),
     ("status", ("type",), DELETE, r"unknown message type None"),
     ("status", ("type",), 1, r"unknown message type 1"),
@@ -596,10 +600,10 @@ def test_truncated_and_empty_frames_are_refused() -> None:
 
 
 def test_bad_utf8_and_int_keys_are_refused() -> None:
-    good = pack({"v": 1, "type": "error", "re": 1, "code": "malformed", "text": "ab"})
+    good = pack({"v": 2, "type": "error", "re": 1, "code": "malformed", "text": "ab"})
     refused(good.replace(b"\xa2ab", b"\xa2\xff\xfe"), r"not msgpack: UnicodeDecodeError")
-    refused(pack({"v": 1, "type": "status", "id": 1, 5: 0}), r"not msgpack: .*map key")
-    info = {"v": 1, "type": "status_reply", "re": 1, "info": {"a": {1: 2}}}
+    refused(pack({"v": 2, "type": "status", "id": 1, 5: 0}), r"not msgpack: .*map key")
+    info = {"v": 2, "type": "status_reply", "re": 1, "info": {"a": {1: 2}}}
     refused(pack(info), r"not msgpack: .*map key")
 
 
@@ -635,20 +639,20 @@ def test_limits_are_checked_when_made() -> None:
 # Bugs found by these tests, fixed since.
 
 
-@pytest.mark.parametrize("version", [True, 1.0])
-def test_version_must_be_the_integer_1(version: Any) -> None:
+@pytest.mark.parametrize("version", [True, 2.0, 1])
+def test_version_must_be_the_integer_2(version: Any) -> None:
     refused(tampered("status", ("v",), version), r"protocol version")
 
 
 @pytest.mark.parametrize("opener", [b"\x91", b"\x81\xa1k"], ids=["arrays", "maps"])
 def test_deeply_nested_field_is_refused(opener: bytes) -> None:
-    frame = b"\x83" + pack("v") + b"\x01" + pack("type") + pack("status") + pack("id")
+    frame = b"\x83" + pack("v") + b"\x02" + pack("type") + pack("status") + pack("id")
     frame += opener * 1020 + b"\x01"  # msgpack itself stops at depth 1024
     refused(frame, r"status\.id: expected an integer")
 
 
 def test_what_decode_accepts_encode_can_send() -> None:
-    frame = b"\x84" + pack("v") + b"\x01" + pack("type") + pack("status_reply")
+    frame = b"\x84" + pack("v") + b"\x02" + pack("type") + pack("status_reply")
     frame += pack("re") + b"\x01" + pack("info") + b"\x81\xa1k" + b"\x91" * 1020 + b"\x01"
     decodes_or_refuses(frame)
 
@@ -687,11 +691,11 @@ def test_request_id_of_a_reply_is_0(msg: p.Message) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {"v": 1, "type": "bored", "id": 42},  # missing fields
-        {"v": 2, "type": "bored", "id": 42},  # wrong version
-        {"v": 1, "type": "gimme", "id": 42},  # unknown type
+        {"v": 2, "type": "bored", "id": 42},  # missing fields
+        {"v": 1, "type": "bored", "id": 42},  # wrong version
+        {"v": 2, "type": "gimme", "id": 42},  # unknown type
         {"id": 42},
-        {"v": 1, "type": "results", "id": 42, "jobber": "j", "results": [{"tag": 1}]},
+        {"v": 2, "type": "results", "id": 42, "jobber": "j", "results": [{"tag": 1}]},
     ],
 )
 def test_request_id_of_a_refused_request(body: dict[str, Any]) -> None:
@@ -910,7 +914,7 @@ def test_wrong_jobber_reads_real_replies(kind: str) -> None:
         b"",
         b"\xc1",
         pack([1]),
-        tampered("ack", ("v",), 2),
+        tampered("ack", ("v",), 1),
         tampered("ack", ("v",), True),
         tampered("ack", ("re",), DELETE),
         tampered("ack", ("type",), 3),
