@@ -427,7 +427,7 @@ class Dealer(RouterServer):
     # --- the loop ----------------------------------------------------------
 
     def run(self, *, max_s: float | None = None) -> None:
-        log.info("dealer for %s listening on %s", type(self.task).__name__, self.address)
+        log.debug("dealer for %s listening on %s", type(self.task).__name__, self.address)
         super().run(max_s=max_s)
 
     def timeout_s(self) -> float:

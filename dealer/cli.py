@@ -1,4 +1,4 @@
-"""Command lines: `serve_task` for task files, and `python -m dealer status ADDR`."""
+"""Command lines: `serve_task` for task files, and `python -m dealer status|refer|keygen|deny`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ import zmq
 import protocol as p
 from dealer._core import CoreError
 from dealer._journal import Journal, JournalError
-from dealer._server import Dealer, Referrer, policy_for
+from dealer._server import DISTINCT, Dealer, Referrer, policy_for
+from protocol._keys import (
+    KeyPair,
+    create_key_pair,
+    load_key_pair,
+    load_or_create_key_pair,
+    load_public_keys,
+    z85_of_hex,
+)
 from tasks import Task
 
 log = logging.getLogger("dealer")
@@ -88,44 +96,70 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time a jobber has to return a job (default: from the task's limits)",
     )
+    g.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the dealer's key pair, PATH.key_secret (default: dealer.key_secret beside the "
+        "journal, made on first use; see python -m dealer keygen)",
+    )
+    g.add_argument(
+        "--admin-key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the key pair whose holder may deny jobbers over the network (default: "
+        "admin.key_secret beside the journal, made on first use)",
+    )
+    g.add_argument(
+        "--distinct",
+        choices=DISTINCT,
+        default=None,
+        help="replicas of a job go to distinct hosts (source addresses; the default), "
+        "subnets (/24, /64), or only keys (for a closed pool whose machines you trust)",
+    )
+    g.add_argument(
+        "--allow",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="closed pool: only jobbers whose public keys are in DIR (*.key, zmq.auth format)",
+    )
+    g.add_argument(
+        "--quota",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas a new jobber (and a new host) may hold at once; good results raise it",
+    )
+    g.add_argument(
+        "--deny-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="deny a jobber once N of its outputs lost a vote, more than won one (0: never)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return parser
 
 
-def _default_db(cls: type[Task], argv: Sequence[str]) -> Path:
-    # the task's own arguments pick the journal, so another N starts afresh and
-    # the same command resumes
-    digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:12]
+def _default_db(cls: type[Task], args: argparse.Namespace) -> Path:
+    """The task's own arguments pick the journal, so another N starts afresh and the
+    same command resumes. They are the ones `cls.add_arguments` defines."""
+    dealer_own = set(vars(_task_parser(Task).parse_args([])))
+    values = {k: v for k, v in vars(args).items() if k not in dealer_own}
+    text = json.dumps(values, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Path(".borednet") / f"{cls.__name__.lower()}-{digest}.sqlite"
 
 
-def _task_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
-    """The arguments that define the task (without the dealer's own options)."""
-    dealer_opts = {
-        "--bind",
-        "--db",
-        "--peer",
-        "--jobbers",
-        "--redundancy",
-        "--quorum",
-        "--max-errors",
-        "--deadline",
-    }
-    flags = {"--quiet", "-v", "--verbose"}
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in dealer_opts:
-            skip = "=" not in a
-            continue
-        if name in flags:
-            continue
-        out.append(a)
-    return out
+def _key_pair(path: Path | None, default: Path, what: str) -> KeyPair:
+    pair, made = load_or_create_key_pair(path or default)
+    if made:
+        log.info("made %s key pair %s.key_secret", what, path or default)
+    return pair
 
 
 def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
@@ -136,7 +170,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     task = cls.from_args(args)
-    db = args.db or _default_db(cls, _task_argv(parser, argv))
+    db = args.db or _default_db(cls, args)
     try:
         policy = policy_for(
             task,
@@ -144,23 +178,36 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             quorum=args.quorum,
             max_errors=args.max_errors,
             deadline_s=args.deadline,
+            quota=args.quota,
+            deny_after=args.deny_after,
         )
+        home = db.parent
+        home.mkdir(parents=True, exist_ok=True)
+        keys = _key_pair(args.key, home / "dealer", "the dealer's")
+        admin = _key_pair(args.admin_key, home / "admin", "the admin's")
+        allow = None if args.allow is None else load_public_keys(args.allow)
         journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
         dealer = Dealer(
             task,
             args.bind,
             journal,
-            peers=args.peer,
+            keys=keys,
+            peers=[p.dealer_address(x) for x in args.peer],
             policy=policy,
+            distinct=args.distinct or ("host" if allow is None else "key"),
+            allow=allow,
+            admins=(admin.public_hex,),
             progress=None if args.quiet else sys.stderr,
         )
-    except (JournalError, CoreError, ValueError) as e:
+    except (JournalError, CoreError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except zmq.ZMQError as e:
         print(f"error: cannot bind {args.bind}: {e}", file=sys.stderr)
         return 2
-    jobbers = _start_jobbers(args.jobbers, dealer.endpoint)
+    # the address is what a lender needs: say it even when --quiet
+    print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
+    jobbers = _start_jobbers(args.jobbers, dealer.address)
     try:
         if args.quiet:
             dealer.run()
@@ -182,21 +229,17 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     return 1 if task.failures else 0
 
 
-def _connectable(endpoint: str) -> str:
-    # a dealer bound to every interface is reached on loopback by local jobbers
-    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
-        "tcp://[::]:", "tcp://[::1]:"
-    )
-
-
-def _start_jobbers(n: int, endpoint: str) -> list[subprocess.Popen]:
+def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
+    """N local jobbers, each connecting from its own loopback address (127.0.0.2, ...),
+    so that a dealer counting distinct hosts sees N machines."""
     procs = []
+    local = address.startswith(("tcp://127.", "tcp://localhost:"))
     for i in range(n):
         cmd = [
             sys.executable,
             "-m",
             "jobber",
-            _connectable(endpoint),
+            address,
             "--slots",
             "1",
             "--data-dir",
@@ -206,6 +249,8 @@ def _start_jobbers(n: int, endpoint: str) -> list[subprocess.Popen]:
             "--max-backoff",
             "2",
         ]
+        if local:
+            cmd += ["--source", f"127.0.0.{2 + i % 250}"]
         cmd.append("--quiet")  # the dealer's progress bar speaks for them
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
     return procs
@@ -224,15 +269,17 @@ def _stop_jobbers(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def refer(bind: str, peers: list[str]) -> int:
+def refer(bind: str, peers: list[str], key: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        server = Referrer(bind, [p.dealer_address(x) for x in peers])
-    except (ValueError, zmq.ZMQError) as e:
+        keys = _key_pair(key, key, "the referrer's")
+        server = Referrer(bind, [p.dealer_address(x) for x in peers], keys)
+    except (ValueError, OSError, zmq.ZMQError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    log.info("referring jobbers on %s to %s", server.endpoint, ", ".join(server.peers))
+    print(f"listening on {server.address}", file=sys.stderr, flush=True)
+    log.info("referring jobbers on %s to %s", server.address, ", ".join(server.peers))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -245,56 +292,119 @@ def refer(bind: str, peers: list[str]) -> int:
 # --- python -m dealer -----------------------------------------------------------
 
 
-def query_status(address: str, timeout_s: float = 5.0) -> dict:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(p.dealer_address(address))
-        sock.send(p.encode(p.StatusQuery(1)))
-        if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no answer from {address} within {timeout_s:g} s")
-        reply = p.decode(sock.recv())
-    finally:
-        sock.close()
+def public_endpoint(address: str) -> str:
+    """The plaintext port of the dealer at `address` (the work port + 1)."""
+    endpoint, _ = p.split_key(p.dealer_address(address))
+    if not endpoint.startswith("tcp://"):
+        return endpoint + ".public"
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+def _ask(sock: zmq.Socket, msg: p.Message, address: str, timeout_s: float) -> p.Message:
+    sock.send(p.encode(msg))
+    if not sock.poll(int(timeout_s * 1000)):
+        raise TimeoutError(f"no answer from {address} within {timeout_s:g} s")
+    reply = p.decode(sock.recv())
     if isinstance(reply, p.Error):
         raise RuntimeError(f"{address} refused: {reply.code.value}: {reply.text}")
+    return reply
+
+
+def _public_ask(address: str, msg: p.Message, timeout_s: float) -> p.Message:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(public_endpoint(address))
+        return _ask(sock, msg, address, timeout_s)
+    finally:
+        sock.close()
+
+
+def query_status(address: str, timeout_s: float = 5.0, page: int = 0) -> dict:
+    """A dealer's status, asked on its plaintext port (no key needed)."""
+    reply = _public_ask(address, p.StatusQuery(1, page), timeout_s)
     if not isinstance(reply, p.StatusReply):
         raise RuntimeError(f"{address} answered with {reply.TYPE}")
     return reply.info
 
 
-def _print_jobbers(jobbers: dict, file=sys.stdout) -> None:
-    if not jobbers:
+def deny(address: str, key: str, reason: str, admin: KeyPair, timeout_s: float = 5.0) -> str:
+    """Ban the identity `key` at the dealer, speaking as its admin over the encrypted port."""
+    endpoint, server_key = p.split_key(p.dealer_address(address))
+    if server_key is None:  # learn it now; the admin's own key still authenticates us
+        hello = _public_ask(address, p.Hello(1), timeout_s)
+        if not isinstance(hello, p.HelloReply):
+            raise RuntimeError(f"{address} answered hello with {hello.TYPE}")
+        server_key = hello.key
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_secretkey, sock.curve_publickey = admin.secret, admin.public
+    sock.curve_serverkey = z85_of_hex(server_key)
+    try:
+        sock.connect(endpoint)
+        reply = _ask(sock, p.Deny(1, key, reason), address, timeout_s)
+    finally:
+        sock.close()
+    if not isinstance(reply, p.AdminReply):
+        raise RuntimeError(f"{address} answered with {reply.TYPE}")
+    return reply.text
+
+
+def _print_jobbers(rows: list[dict], file=sys.stdout) -> None:
+    if not rows:
         return
-    print(f"{'jobber':30} {'valid':>7} {'invalid':>7} {'errors':>7} {'credit':>16}", file=file)
-    for name, r in sorted(jobbers.items()):
+    head = f"{'jobber':24} {'key':12} {'machine':18} {'valid':>6} {'invalid':>7} {'errors':>6}"
+    print(f"{head} {'credit':>16}", file=file)
+    for r in rows:
+        name = r["name"] + (" (denied)" if r.get("denied") else "")
         print(
-            f"{name:30} {r['valid']:7} {r['invalid']:7} {r['errors']:7} {r['credit']:16}",
+            f"{name[:24]:24} {r['key'][:12]:12} {r['machine'][:18]:18} {r['valid']:6} "
+            f"{r['invalid']:7} {r['errors']:6} {r['credit']:16}",
             file=file,
         )
 
 
 def _print_status(info: dict) -> None:
+    if info.get("task") is None:
+        print(f"refers jobbers to {', '.join(info.get('peers', []))}")
+        return
     total = info.get("total")
     print(
         f"task {info.get('task')}: {info.get('accepted')} accepted, {info.get('failed')} failed, "
         f"{info.get('in_flight')} in flight, {info.get('drawn')} drawn"
         + (f" of {total}" if total is not None else "")
     )
-    if info.get("peers"):
-        print(f"refers jobbers to {', '.join(info['peers'])}")
-    _print_jobbers(info.get("jobbers", {}))
+    print(
+        f"key {info.get('key')}; replicas on distinct {info.get('distinct')}s"
+        + ("; closed pool" if info.get("closed") else "")
+    )
+    if info.get("disputed"):
+        print(f"{info['disputed']} disagreements; latest:")
+        for d in info.get("disputes", []):
+            groups = "; ".join(
+                f"{'won' if g['won'] else 'lost'} {g['output']} by "
+                f"{', '.join(k[:12] for k in g.get('jobbers', [])) or '?'}"
+                for g in d["groups"]
+            )
+            print(f"  job {d['job']}{' (late)' if d.get('late') else ''}: {groups}")
+    _print_jobbers(info.get("jobbers", []))
+    if info.get("pages", 1) > 1:
+        print(
+            f"page {info['page'] + 1} of {info['pages']} ({info['jobbers_total']} jobbers); "
+            "--page N for more"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dealer", description="Talk to a running dealer."
+        prog="python -m dealer", description="Talk to a running dealer, or make keys."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show tasks and jobbers of a running dealer")
-    st.add_argument("address", help="host, host:port or tcp://host:port")
+    st.add_argument("address", help="host, host:port or tcp://host:port (a #KEY is ignored)")
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    st.add_argument("--page", type=int, default=0, help="which page of jobbers (from 0)")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     rf = sub.add_parser("refer", help="serve no task: refer every jobber to the given dealers")
     rf.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
@@ -305,12 +415,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DEALER",
         help="a dealer with work (repeatable)",
     )
+    rf.add_argument(
+        "--key",
+        type=Path,
+        default=Path(".borednet") / "dealer",
+        metavar="PATH",
+        help="the key pair PATH.key_secret, made on first use (default .borednet/dealer)",
+    )
+    kg = sub.add_parser("keygen", help="make a key pair: PATH.key_secret and PATH.key")
+    kg.add_argument("path", type=Path, metavar="PATH")
+    dn = sub.add_parser("deny", help="ban a jobber's key at a running dealer (needs its admin key)")
+    dn.add_argument("key", help="the jobber's public key, 64 hex digits, as status shows it")
+    dn.add_argument("address", help="the dealer")
+    dn.add_argument("--reason", default="", help="why, for the dealer's log and status")
+    dn.add_argument(
+        "--admin-key",
+        type=Path,
+        default=Path(".borednet") / "admin",
+        metavar="PATH",
+        help="the dealer's admin key pair (default .borednet/admin, as the dealer makes it)",
+    )
+    dn.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     args = parser.parse_args(argv)
     if args.command == "refer":
-        return refer(args.bind, args.peer)
+        return refer(args.bind, args.peer, args.key)
     try:
-        info = query_status(args.address, args.timeout)
-    except (TimeoutError, RuntimeError, ValueError, p.ProtocolError) as e:
+        if args.command == "keygen":
+            pair = create_key_pair(args.path)
+            print(pair.public_hex)
+            return 0
+        if args.command == "deny":
+            admin = load_key_pair(args.admin_key)
+            print(deny(args.address, args.key.lower(), args.reason, admin, args.timeout))
+            return 0
+        info = query_status(args.address, args.timeout, args.page)
+    except (
+        TimeoutError,
+        RuntimeError,
+        ValueError,
+        OSError,
+        p.ProtocolError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

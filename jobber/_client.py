@@ -18,6 +18,13 @@ worker pipes. Each turn:
 At most one request of each kind is outstanding per dealer; replies carry the
 request id, so a reply that arrives after its request timed out is known. Jobs
 in such a reply are still taken: the dealer has recorded them as ours.
+
+Every link is CurveZMQ-encrypted with the jobber's own key pair (made on first
+start in the data directory: its identity to every dealer) and checked against
+the dealer's public key: the one in the address (`host:port#key`), else the one
+pinned in `known_dealers` in the data directory, else the one the dealer's
+plaintext port announces on first contact (`hello`), which is then pinned, as
+SSH does. A pinned dealer that later presents another key is refused loudly.
 """
 
 from __future__ import annotations
@@ -38,12 +45,17 @@ import sandbox
 from jobber import _control
 from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._idle import IdleDetector, Throttle, read_host
+from jobber._pins import Pins
 from jobber._spool import Spool
+from protocol._keys import load_or_create_key_pair, z85_of_hex
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # longest sleep of the loop: signals and backoff expiries are noticed this fast
 MAX_RESULTS_PER_MESSAGE = 256
+# A results message stays under this many bytes unless it carries one result:
+# a dealer takes frames of 1 MiB plus one output (docs/protocol.md).
+MAX_RESULTS_BYTES = 768 * 1024
 MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
@@ -72,16 +84,23 @@ class Config:
     load_threshold: float = 0.5  # other processes' load per CPU that means "in use"
     cpu_limit: float = 100.0  # percent of each period jobs may run
     control: bool = True  # serve the local control socket
+    source: str | None = None  # connect from this local IP address (one machine, many jobbers)
 
 
 @dataclass
 class _Link:
     """One dealer as this jobber sees it."""
 
-    address: str
+    address: str  # the endpoint, without the key
     pinned: bool  # given on the command line: never dropped
     depth: int
     backoff: Backoff
+    key: str | None = None  # the dealer's public key, hex; None until known
+    key_from_hello: bool = False  # learnt on first use (so worth re-checking on failures)
+    refused: str = ""  # why this dealer is never contacted (its key changed)
+    hello_id: int | None = None
+    hello_at: float = 0.0
+    hello_sock: zmq.Socket | None = None
     sock: zmq.Socket | None = None
     bored_id: int | None = None
     bored_at: float = 0.0
@@ -91,7 +110,12 @@ class _Link:
     ask_after: float = 0.0  # "retry later": no bored before this (results still go)
 
     def may_ask(self, now: float) -> bool:
-        return self.bored_id is None and now >= self.ask_after and self.backoff.ready(now)
+        return (
+            self.bored_id is None
+            and not self.refused
+            and now >= self.ask_after
+            and self.backoff.ready(now)
+        )
 
 
 @dataclass
@@ -116,6 +140,10 @@ class Jobber:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._take_lock(cfg.data_dir)
         self.name = cfg.name or self._load_name(cfg.data_dir)
+        self.keys, made = load_or_create_key_pair(cfg.data_dir / "identity")
+        if made:
+            log.info("made a new identity in %s", cfg.data_dir / "identity.key_secret")
+        self.pins = Pins(cfg.data_dir / "known_dealers")
         self.memory_mb = cfg.memory_mb or max(1, _physical_memory_mb() // cfg.slots)
         self.hi_water = cfg.slots + (cfg.slots if cfg.buffer is None else cfg.buffer)
         self._ctx = context or zmq.Context.instance()
@@ -123,12 +151,11 @@ class Jobber:
         self.spool = Spool(cfg.data_dir / "spool")
         self.slots = sandbox.Slots(cfg.slots, cfg.data_dir / "cache")
         self._links: dict[str, _Link] = {}
+        self._rr: deque[str] = deque()
         for text in cfg.dealers:
-            addr = p.dealer_address(text)
-            self._links.setdefault(addr, self._new_link(addr, pinned=True, depth=0))
+            self._add_link(p.dealer_address(text), depth=0)
         if not self._links:
             raise JobberError("no dealer given")
-        self._rr: deque[str] = deque(self._links)
         self._buffer: deque[_Pending] = deque()
         self._running: dict[str, _Pending] = {}  # slot key -> job
         self._unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
@@ -177,22 +204,44 @@ class Jobber:
             path.write_text(name + "\n")
             return name
 
-    def _new_link(self, addr: str, *, pinned: bool, depth: int) -> _Link:
-        return _Link(addr, pinned, depth, Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s))
+    def _add_link(self, text: str, depth: int) -> None:
+        """Know the dealer `text` (`endpoint` or `endpoint#key`); depth 0: from the command line."""
+        addr, key = p.split_key(text)
+        link = self._links.get(addr)
+        if link is None:
+            if len(self._links) >= MAX_DEALERS:
+                return
+            backoff = Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s)
+            link = self._links[addr] = _Link(addr, depth == 0, depth, backoff)
+            self._rr.append(addr)
+            if depth:
+                log.info("dealer %s added by referral (depth %d)", addr, depth)
+            pinned = self.pins.get(addr)
+            if key is None and pinned is not None:
+                link.key, link.key_from_hello = pinned, True
+        if key is not None and link.key is None:
+            link.key = key
+            if depth == 0 and self.pins.get(addr) not in (None, key):
+                log.warning("dealer %s: using the key given, not the one pinned before", addr)
+            if depth == 0:
+                self.pins.put(addr, key)
 
-    def _add_link(self, addr: str, depth: int) -> None:
-        if addr in self._links or len(self._links) >= MAX_DEALERS:
-            return
-        self._links[addr] = self._new_link(addr, pinned=False, depth=depth)
-        self._rr.append(addr)
-        log.info("dealer %s added by referral (depth %d)", addr, depth)
+    def _connect_to(self, endpoint: str) -> str:
+        """`endpoint` from this jobber's source address, if it has one."""
+        if self.cfg.source is None or not endpoint.startswith("tcp://"):
+            return endpoint
+        return f"tcp://{self.cfg.source}:0;{endpoint[len('tcp://') :]}"
 
     def _socket(self, link: _Link) -> zmq.Socket:
         if link.sock is None:
+            assert link.key is not None
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
-            s.connect(link.address)
+            s.curve_secretkey = self.keys.secret
+            s.curve_publickey = self.keys.public
+            s.curve_serverkey = z85_of_hex(link.key)
+            s.connect(self._connect_to(link.address))
             link.sock = s
         return link.sock
 
@@ -200,8 +249,61 @@ class Jobber:
         if link.sock is not None:
             link.sock.close(linger=0)
             link.sock = None
-        link.bored_id = link.results_id = None
+        if link.hello_sock is not None:
+            link.hello_sock.close(linger=0)
+            link.hello_sock = None
+        link.bored_id = link.results_id = link.hello_id = None
         link.results_tags = ()
+
+    # --- learning a dealer's key ----------------------------------------------
+
+    def _hello(self, link: _Link, now: float) -> None:
+        """Ask the dealer's plaintext port for its key (trust on first use, or a check)."""
+        if link.hello_id is not None or not link.backoff.ready(now) or link.refused:
+            return
+        if not link.address.startswith("tcp://"):
+            endpoint = link.address + ".public"
+        else:
+            host, _, port = link.address.rpartition(":")
+            endpoint = f"{host}:{int(port) + 1}"
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        s.connect(self._connect_to(endpoint))
+        link.hello_sock = s
+        rid = self._rid()
+        try:
+            s.send(p.encode(p.Hello(rid)), zmq.NOBLOCK)
+        except zmq.Again:
+            self._failed(link, now, "send queue full")
+            return
+        link.hello_id, link.hello_at = rid, now
+
+    def _hello_reply(self, link: _Link, msg: p.HelloReply) -> None:
+        link.hello_id = None
+        if link.hello_sock is not None:
+            link.hello_sock.close(linger=0)
+            link.hello_sock = None
+        link.backoff.succeeded()
+        pinned = self.pins.get(link.address)
+        if pinned is not None and pinned != msg.key:
+            link.refused = (
+                f"it now presents key {msg.key}, not the pinned {pinned}. If the change is "
+                f"expected, give it as {link.address}#{msg.key} or remove its line from "
+                f"{self.pins.path}"
+            )
+            log.error("dealer %s refused: %s", link.address, link.refused)
+            self._reset_socket(link)
+            return
+        if link.key is None:
+            log.warning(
+                "dealer %s: trusting its key %s on first use (pinned in %s)",
+                link.address,
+                msg.key,
+                self.pins.path,
+            )
+            link.key, link.key_from_hello = msg.key, True
+            self.pins.put(link.address, msg.key)
 
     # --- the loop ----------------------------------------------------------
 
@@ -272,6 +374,8 @@ class Jobber:
         for link in self._links.values():
             if link.sock is not None:
                 poller.register(link.sock, zmq.POLLIN)
+            if link.hello_sock is not None:
+                poller.register(link.hello_sock, zmq.POLLIN)
         for fd in self.slots.fds():
             poller.register(fd, zmq.POLLIN)
         if self._control is not None:
@@ -292,6 +396,8 @@ class Jobber:
         for link in list(self._links.values()):
             if link.sock is not None and link.sock in ready:
                 self._recv(link)
+            if link.hello_sock is not None and link.hello_sock in ready:
+                self._recv_hello(link)
         if self._control is not None and self._control in ready:
             self._serve_control()
 
@@ -388,6 +494,9 @@ class Jobber:
             link = self._links[addr]
             if not link.may_ask(now):
                 continue
+            if link.key is None:
+                self._hello(link, now)
+                return
             rid = self._rid()
             host = p.HostFacts(
                 os.cpu_count() or 1,
@@ -411,11 +520,14 @@ class Jobber:
     def _send_results(self, now: float) -> None:
         for addr, results in self._unacked.items():
             link = self._links.get(addr)
-            if not results or link is None or link.results_id is not None:
+            if not results or link is None or link.results_id is not None or link.refused:
                 continue
             if not link.backoff.ready(now):
                 continue
-            batch = tuple(results.values())[:MAX_RESULTS_PER_MESSAGE]
+            if link.key is None:
+                self._hello(link, now)
+                continue
+            batch = _batch(results.values())
             rid = self._rid()
             if self._send(link, p.Results(rid, self.name, batch)):
                 link.results_id, link.results_at = rid, now
@@ -426,8 +538,11 @@ class Jobber:
         for link in list(self._links.values()):
             late_bored = link.bored_id is not None and now - link.bored_at > limit
             late_results = link.results_id is not None and now - link.results_at > limit
-            if late_bored or late_results:
+            late_hello = link.hello_id is not None and now - link.hello_at > limit
+            if late_bored or late_results or late_hello:
                 self._failed(link, now, f"no answer within {limit:g} s")
+                if link.key_from_hello and not late_hello and link.address in self._links:
+                    self._hello(link, now)  # a key learnt on first use: has it changed?
 
     def _failed(self, link: _Link, now: float, why: str) -> None:
         self._reset_socket(link)
@@ -450,6 +565,22 @@ class Jobber:
             )
             del self._links[link.address]
             self._rr.remove(link.address)
+
+    def _recv_hello(self, link: _Link) -> None:
+        while link.hello_sock is not None:
+            try:
+                frame = link.hello_sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode(frame)
+            except p.ProtocolError as e:
+                log.warning("dealer %s sent a malformed message: %s", link.address, e)
+                continue
+            if isinstance(msg, p.HelloReply) and msg.re == link.hello_id:
+                self._hello_reply(link, msg)
+            else:
+                log.warning("dealer %s: unexpected %s on its key port", link.address, msg.TYPE)
 
     def _recv(self, link: _Link) -> None:
         while link.sock is not None:
@@ -625,12 +756,15 @@ class Jobber:
         now = time.monotonic()
         return {
             "name": self.name,
+            "key": self.keys.public_hex,
             "slots": self.cfg.slots,
             "suspended": self._why_suspended or None,
             "stopping": self._stopping,
             "dealers": [
                 {
                     "address": link.address,
+                    "key": link.key,
+                    "refused": link.refused or None,
                     "pinned": link.pinned,
                     "failures": link.backoff.failures,
                     "backoff_s": max(0.0, link.backoff.until - now),
@@ -652,3 +786,16 @@ class Jobber:
         for link in self._links.values():
             self._reset_socket(link)
         os.close(self._lock)
+
+
+def _batch(results) -> tuple[p.Result, ...]:
+    """The first results that fit one message: at most MAX_RESULTS_PER_MESSAGE of them
+    and MAX_RESULTS_BYTES (roughly: outputs, tags and details), and always at least one."""
+    out: list[p.Result] = []
+    size = 0
+    for r in results:
+        size += len(r.output) + 4 * (len(r.tag) + len(r.detail)) + 64
+        if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
+            break
+        out.append(r)
+    return tuple(out)

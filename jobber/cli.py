@@ -14,10 +14,10 @@ import signal
 import sys
 import tomllib
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from jobber import _control
-from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S
 from jobber._client import Config, Jobber, JobberError
 
 
@@ -29,7 +29,28 @@ def default_data_dir() -> Path:
     return Path(base) / "borednet" / "jobber"
 
 
+# option (argparse dest) -> Config field. Defaults live in Config alone; an option
+# left out keeps Config's default, or the value from --config.
+CONFIG_FIELDS = {
+    "slots": "slots",
+    "data_dir": "data_dir",
+    "name": "name",
+    "max_idle": "max_idle_s",
+    "memory": "memory_mb",
+    "idle_only": "idle_only",
+    "idle_after": "idle_after_s",
+    "cpu_limit": "cpu_limit",
+    "min_backoff": "min_backoff_s",
+    "max_backoff": "max_backoff_s",
+    "request_timeout": "request_timeout_s",
+    "grace": "grace_s",
+    "source": "source",
+}
+_DEFAULTS = {f.name: f.default for f in fields(Config)}
+
+
 def parser() -> argparse.ArgumentParser:
+    d = _DEFAULTS
     ap = argparse.ArgumentParser(
         prog="python -m jobber",
         description="Run borednet jobs from dealers on this machine, at low priority, sandboxed. "
@@ -39,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
         "dealers",
         nargs="*",
         metavar="DEALER",
-        help="host, host:port or tcp://host:port (default port 7117)",
+        help="host, host:port or tcp://host:port (default port 7117), optionally followed by "
+        "#KEY, the dealer's public key as it prints it",
     )
     ap.add_argument(
         "--config",
@@ -49,81 +71,74 @@ def parser() -> argparse.ArgumentParser:
         help="TOML file with the same keys as these options (dashes or underscores); "
         "the command line wins",
     )
-    ap.add_argument(
-        "--slots",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="jobs run at once (default: the CPU count)",
-    )
+    ap.add_argument("--slots", type=int, help="jobs run at once (default: the CPU count)")
     ap.add_argument(
         "--data-dir",
         type=Path,
-        default=None,
-        help="spool, payload cache, identity, control socket (default: "
-        "$BOREDNET_JOBBER_DIR or ~/.local/share/borednet/jobber)",
+        help="spool, payload cache, identity key, pinned dealer keys, control socket "
+        "(default: $BOREDNET_JOBBER_DIR or ~/.local/share/borednet/jobber)",
     )
-    ap.add_argument("--name", default=None, help="this jobber's name (default: host name + random)")
     ap.add_argument(
-        "--max-idle",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="exit after this long with no work from any dealer",
+        "--name", help="a name for people (default: host name + random); the identity is the key"
+    )
+    ap.add_argument(
+        "--max-idle", type=float, metavar="SECONDS", help="exit after this long with no work"
     )
     ap.add_argument(
         "--memory",
         type=int,
-        default=None,
         metavar="MB",
         help="memory one job may use (default: physical memory / slots)",
     )
     ap.add_argument(
         "--idle-only",
         action="store_true",
+        default=None,
         help="run jobs only while the machine is otherwise idle; suspend them when "
         "its owner needs it",
     )
     ap.add_argument(
         "--idle-after",
         type=float,
-        default=60.0,
         metavar="SECONDS",
-        help="with --idle-only: quiet this long before jobs run (default 60)",
+        help=f"with --idle-only: quiet this long before jobs run (default {d['idle_after_s']:g})",
     )
     ap.add_argument(
         "--cpu-limit",
         type=float,
-        default=100.0,
         metavar="PCT",
-        help="let jobs run only this percent of the time (default 100)",
+        help=f"let jobs run only this percent of the time (default {d['cpu_limit']:g})",
     )
     ap.add_argument(
         "--min-backoff",
         type=float,
-        default=MIN_BACKOFF_S,
         metavar="SECONDS",
-        help=f"first wait after a failed contact (default {MIN_BACKOFF_S:g})",
+        help=f"first wait after a failed contact (default {d['min_backoff_s']:g})",
     )
     ap.add_argument(
         "--max-backoff",
         type=float,
-        default=MAX_BACKOFF_S,
         metavar="SECONDS",
-        help=f"longest wait after failed contacts (default {MAX_BACKOFF_S:g})",
+        help=f"longest wait after failed contacts (default {d['max_backoff_s']:g})",
     )
     ap.add_argument(
         "--request-timeout",
         type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="a dealer that does not answer in this long has failed (default 10)",
+        help=f"a dealer that does not answer in this long has failed "
+        f"(default {d['request_timeout_s']:g})",
     )
     ap.add_argument(
         "--grace",
         type=float,
-        default=30.0,
         metavar="SECONDS",
-        help="on shutdown, how long running jobs may finish (default 30)",
+        help=f"on shutdown, how long running jobs may finish (default {d['grace_s']:g})",
+    )
+    ap.add_argument(
+        "--source",
+        metavar="IP",
+        help="connect from this local address; several jobbers on one machine count as "
+        "distinct machines only to a dealer that trusts loopback addresses (tests, demos)",
     )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
@@ -131,32 +146,30 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load_config(ap: argparse.ArgumentParser, path: Path) -> None:
-    """Make the TOML file's keys the parser's defaults; unknown keys are an error."""
+def _load_config(ap: argparse.ArgumentParser, path: Path) -> dict:
+    """The TOML file's settings as Config fields; an unknown key is an error."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         ap.error(f"--config {path}: {e}")
-    known = {a.dest for a in ap._actions} - {"help", "config", "json"}
-    defaults = {}
+    out = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        if dest not in known:
+        if dest not in CONFIG_FIELDS:
             ap.error(f"--config {path}: unknown key {key!r}")
-        if dest in ("data_dir",):
-            value = Path(value)
-        defaults[dest] = value
-    ap.set_defaults(**defaults)
+        out[CONFIG_FIELDS[dest]] = Path(value) if dest == "data_dir" else value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = parser()
     args = ap.parse_args(argv)
-    if args.config is not None:
-        _load_config(ap, args.config)
-        args = ap.parse_args(argv)
-    data_dir = args.data_dir or default_data_dir()
+    settings = _load_config(ap, args.config) if args.config is not None else {}
+    given = {dest: getattr(args, dest) for dest in CONFIG_FIELDS}
+    # the command line wins over the file
+    settings.update({CONFIG_FIELDS[d]: v for d, v in given.items() if v is not None})
+    data_dir = settings.pop("data_dir", None) or default_data_dir()
     if args.dealers and args.dealers[0] in _control.COMMANDS:
         if len(args.dealers) > 1:
             ap.error(f"{args.dealers[0]} takes no dealer addresses")
@@ -165,24 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("name at least one dealer (or a command: status, suspend, resume, quit)")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
-    cfg = Config(
-        dealers=list(args.dealers),
-        data_dir=data_dir,
-        slots=args.slots,
-        name=args.name,
-        max_idle_s=args.max_idle,
-        min_backoff_s=args.min_backoff,
-        max_backoff_s=args.max_backoff,
-        request_timeout_s=args.request_timeout,
-        memory_mb=args.memory,
-        grace_s=args.grace,
-        idle_only=args.idle_only,
-        idle_after_s=args.idle_after,
-        cpu_limit=args.cpu_limit,
-    )
     try:
+        cfg = Config(dealers=list(args.dealers), data_dir=data_dir, **settings)
         jobber = Jobber(cfg)
-    except (JobberError, ValueError) as e:
+    except (JobberError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
