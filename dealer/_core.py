@@ -721,7 +721,7 @@ class Core:
         if not tried_and_failed:
             return True
         # Give it back to a machine that failed it only if no other active machine is fresh to it.
-        touched = {r.machine for r in j.replicas}
+        touched = {r.machine for r in j.replicas} | {machine}
         horizon = now - ACTIVE_HORIZON_S
         return not any(
             name not in touched and m.last_seen >= horizon for name, m in self.machines.items()

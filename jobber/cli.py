@@ -155,6 +155,9 @@ def _load_config(ap: argparse.ArgumentParser, path: Path) -> dict:
     out = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
+        if dest == "dealers" and isinstance(value, list):
+            out["dealers"] = [str(v) for v in value]
+            continue
         if dest not in CONFIG_FIELDS:
             ap.error(f"--config {path}: unknown key {key!r}")
         out[CONFIG_FIELDS[dest]] = Path(value) if dest == "data_dir" else value
@@ -170,16 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the command line wins over the file
     settings.update({CONFIG_FIELDS[d]: v for d, v in given.items() if v is not None})
     data_dir = settings.pop("data_dir", None) or default_data_dir()
+    dealers = list(args.dealers) or settings.pop("dealers", [])
+    settings.pop("dealers", None)
     if args.dealers and args.dealers[0] in _control.COMMANDS:
         if len(args.dealers) > 1:
             ap.error(f"{args.dealers[0]} takes no dealer addresses")
         return control(data_dir, args.dealers[0], as_json=args.json)
-    if not args.dealers:
+    if not dealers:
         ap.error("name at least one dealer (or a command: status, suspend, resume, quit)")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
     try:
-        cfg = Config(dealers=list(args.dealers), data_dir=data_dir, **settings)
+        cfg = Config(dealers=dealers, data_dir=data_dir, **settings)
         jobber = Jobber(cfg)
     except (JobberError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,6 +35,7 @@ def dealer_address(text: str) -> str:
     if not text:
         raise ValueError("empty dealer address")
     text, sep, key = text.partition("#")
+    text = text.strip()
     if sep:
         if not _KEY_HEX.match(key):
             raise ValueError(

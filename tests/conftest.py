@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import PY, ROOT
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +95,7 @@ class Procs:
         self.all: list[Proc] = []
         self.env = dict(os.environ)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self._sources = itertools.cycle(range(2, 250))
 
     def start(self, name: str, argv: list[str]) -> Proc:
         proc = Proc(name, [str(a) for a in argv], self.cwd, self.env)
@@ -128,6 +120,8 @@ class Procs:
         """A jobber named `name` with its data in `data-<name>`; output in `<log>.err`."""
         argv = [PY, "-m", "jobber", *dealers, "--slots", str(slots), "--name", name]
         argv += ["--data-dir", self.cwd / f"data-{name}", "--min-backoff", "0.2"]
+        # each jobber its own loopback address: a dealer counts distinct hosts
+        argv += ["--source", f"127.0.0.{next(self._sources)}"]
         argv += ["--max-backoff", "1", "--request-timeout", "2", *extra]
         return self.start(log or name, argv)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import pytest
 import zmq
@@ -12,7 +11,9 @@ import zmq
 import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
+from dealer._server import policy_for
 from tasks import Job, Limits, Payload, Task
+from tests.helpers import CurveClient, wait_for
 from tests.wat import printing
 
 
@@ -46,7 +47,7 @@ def test_journal_round_trips_records_and_keeps_its_tag_prefix(tmp_path):
     j = Journal(path, "task-a")
     recs = [
         Drawn(0, "ab" * 32),
-        Sent(f"{j.tag_prefix}.0", 0, "jobber", 12.5),
+        Sent(f"{j.tag_prefix}.0", 0, "jobber", 12.5, "127.0.0.1"),
         Returned(f"{j.tag_prefix}.0", "ok", b"\x00\xffbytes", 42, ""),
         Overdue(f"{j.tag_prefix}.1"),
     ]
@@ -82,24 +83,6 @@ def test_journal_is_in_wal_mode(tmp_path):
 # --- server -----------------------------------------------------------------------
 
 
-class Client:
-    """A raw DEALER socket speaking the wire, as a jobber in another language would."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-
-    def ask(self, msg_or_bytes, timeout_s: float = 5.0) -> p.Message:
-        data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else p.encode(msg_or_bytes)
-        self.sock.send(data)
-        assert self.sock.poll(int(timeout_s * 1000)), "no reply from the dealer"
-        return p.decode(self.sock.recv())
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def serving(tmp_path):
     """A dealer for Collect(3) on a free loopback port, run in a thread."""
@@ -109,7 +92,7 @@ def serving(tmp_path):
     )
     thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
     thread.start()
-    client = Client(dealer.endpoint)
+    client = CurveClient(dealer.address)
     yield dealer, task, client
     client.close()
     dealer.stop()
@@ -131,9 +114,7 @@ def test_server_hands_out_jobs_takes_results_and_finishes(serving):
     ack = client.ask(p.Results(2, "j1", results))
     assert isinstance(ack, p.Ack) and sorted(ack.tags) == sorted(r.tag for r in results)
     assert ack.rejected == ()
-    deadline = time.monotonic() + 10
-    while len(task.outputs) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(task.outputs) == 3, 10, "three outputs delivered to the task")
     assert sorted(task.outputs) == [("0", b"hi\n"), ("1", b"hi\n"), ("2", b"hi\n")]
 
 
@@ -149,13 +130,19 @@ def test_server_answers_garbage_with_errors_and_keeps_serving(serving):
     # cached payloads are not sent again
     reply = client.ask(p.Bored(4, "j1", p.HostFacts(2, 1024, 2, (task.payload.sha256,)), 1))
     assert isinstance(reply, p.Jobs) and reply.payloads == {}
-    forged = client.ask(p.Results(5, "mallory", (p.Result(reply.jobs[0].tag, p.Status.OK),)))
+    # another connection, with its own key, naming j1: the name proves nothing
+    mallory = CurveClient(dealer.address)
+    try:
+        forged = mallory.ask(p.Results(5, "j1", (p.Result(reply.jobs[0].tag, p.Status.OK),)))
+    finally:
+        mallory.close()
     assert isinstance(forged, p.Ack) and forged.tags == ()
     assert forged.rejected[0].code is p.ErrorCode.UNKNOWN_TAG
     status = client.ask(p.StatusQuery(6))
     assert isinstance(status, p.StatusReply)
     assert status.info["drawn"] == 1 and status.info["accepted"] == 0
-    assert set(status.info["jobbers"]) == {"j1", "mallory"}
+    # mallory never got a replica: it is not even remembered
+    assert [(j["name"], j["key"]) for j in status.info["jobbers"]] == [("j1", client.key)]
 
 
 def test_server_keeps_jobbers_without_enough_memory_waiting(serving):
@@ -173,10 +160,13 @@ class BigStdin(Collect):
 
 def test_jobs_with_large_stdin_are_split_across_replies(tmp_path):
     task = BigStdin(6)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(tmp_path / "d.sqlite", "big"), progress=None)
+    journal = Journal(tmp_path / "d.sqlite", "big")
+    # a quota above 6, so that only the frame cap splits the replies
+    policy = policy_for(task, quota=16)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", journal, policy=policy, progress=None)
     thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
     thread.start()
-    client = Client(dealer.endpoint)
+    client = CurveClient(dealer.address)
     try:
         client.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         got = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PY, ROOT, free_port
+from tests.helpers import PY, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,20 @@ import time
 
 import pytest
 
-from tests.conftest import PY, free_port
-from tests.test_e2e_reliability import CHUNK, JOBS, LINE, N, jobber_status, summary, wait_status
+from tests.helpers import (
+    CHUNK,
+    JOBS,
+    LINE,
+    PY,
+    N,
+    by_name,
+    fake_dealer,
+    free_port,
+    jobber_status,
+    summary,
+    wait_for,
+    wait_status,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,10 +98,9 @@ def test_jobber_killed_with_spooled_results_delivers_them_after_restart(
     j1 = procs.jobber("j1", addr)
     wait_status(port, lambda s: s["accepted"] >= 1)
     first.kill()  # the dealer goes away: what j1 finishes now waits in its spool
-    deadline = time.monotonic() + 30
-    while (spooled := jobber_status(tmp_path / "data-j1")["spooled"]) == 0:
-        assert time.monotonic() < deadline, "nothing spooled"
-        time.sleep(0.1)
+    spooled = wait_for(
+        lambda: jobber_status(tmp_path / "data-j1")["spooled"], 30, "a result spooled", 0.1
+    )
     j1.kill()  # and the jobber dies too, with results undelivered
     second = procs.dealer("second", "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
     again = procs.jobber("j1", addr, extra=("--max-idle", "5"), log="j1-again")
@@ -122,7 +133,10 @@ def test_sigterm_gives_back_unstarted_jobs_for_immediate_reissue(procs, factor_w
     other = procs.jobber("other", addr, extra=("--max-idle", "5"))
     assert dealer.wait(90) == 0, dealer.stderr
     assert dealer.stdout.strip() == LINE
-    assert summary(dealer.stderr)["other"][0] == JOBS
+    rows = summary(dealer.stderr)
+    # every job once; the quitter may have finished the one it was running before the signal
+    assert rows["other"][0] + rows.get("quitter", (0,))[0] == JOBS
+    assert rows.get("quitter", (0,))[0] <= 1
     assert other.wait(60) == 0
 
 
@@ -146,13 +160,13 @@ def test_local_control_status_suspend_resume_quit(procs, factor_wasm, tmp_path):
         assert proc.wait(30) == 0, proc.stderr
         return proc.stdout
 
-    wait_status(port, lambda s: "from-config" in s["jobbers"])
+    wait_status(port, lambda s: "from-config" in by_name(s))
     assert stat.S_IMODE((data / "control").stat().st_mode) == 0o600
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert "jobber from-config: 1 slots" in ctl("status")
     assert "suspended (suspended by the owner)" in ctl("suspend")
     before = jobber_status(data)["done"]
-    time.sleep(1.5)  # suspended: nothing finishes and nothing new is fetched
+    time.sleep(1.5)  # a span of time in which nothing may happen: suspended, nothing finishes
     assert jobber_status(data)["done"] == before
     ctl("resume")
     wait_status(port, lambda s: s["accepted"] > before)
@@ -177,18 +191,14 @@ def test_second_jobber_on_the_same_data_dir_is_refused(procs, tmp_path):
 def test_results_are_delivered_while_the_dealer_says_retry_later(procs, factor_wasm, tmp_path):
     """A dealer with no more work says "retry later"; that holds back asking for
     work, not the delivery of finished results (nor the jobber's exit)."""
-    import zmq
 
     import protocol as p
     from tasks import Payload
 
     wasm = Payload.from_wat('(module (memory (export "memory") 1) (func (export "_start")))').wasm
     sha = hashlib.sha256(wasm).hexdigest()
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    j = procs.jobber("j", f"127.0.0.1:{port}", extra=("--max-idle", "2"))
+    router, address = fake_dealer()
+    j = procs.jobber("j", address, extra=("--max-idle", "2"))
     sent = False
     acked_at = None
     deadline = time.monotonic() + 30

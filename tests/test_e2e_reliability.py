@@ -14,43 +14,20 @@ import time
 
 import pytest
 
-from dealer.cli import query_status
-from tests.conftest import PY, ROOT, free_port
+from tests.helpers import (
+    CHUNK,
+    JOBS,
+    LINE,
+    PY,
+    ROOT,
+    N,
+    free_port,
+    jobber_status,
+    summary,
+    wait_status,
+)
 
 pytestmark = pytest.mark.e2e
-
-N = 1000000007 * 1000000009
-LINE = f"{N} = 1000000007 * 1000000009"
-CHUNK = "100000000"  # 11 jobs of about 0.3 s each here: long enough to be caught running
-JOBS = 11
-
-
-def summary(stderr: str) -> dict[str, tuple[int, int, int, int]]:
-    """The dealer's closing table: jobber -> (valid, invalid, errors, credit)."""
-    rows = {}
-    for m in re.finditer(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", stderr, re.M):
-        rows[m.group(1)] = tuple(int(m.group(i)) for i in range(2, 6))
-    return rows
-
-
-def wait_status(port: int, pred, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = query_status(f"127.0.0.1:{port}", timeout_s=1.0)
-            if pred(last):
-                return last
-        except (TimeoutError, RuntimeError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"dealer status never matched; last {last}")
-
-
-def jobber_status(data_dir) -> dict:
-    from jobber._control import ask
-
-    return ask(data_dir, "status", timeout_s=2.0)
 
 
 def test_jobber_killed_mid_job_is_replaced(procs, factor_wasm):

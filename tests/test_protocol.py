@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import protocol as p
 from protocol import _wire as w
+from tests.helpers import fake_dealer
 
 HERE = Path(__file__).parent
 DOC = HERE.parent / "docs" / "protocol.md"
@@ -195,6 +196,10 @@ SAMPLES: dict[str, p.Message] = {
     "error": p.Error(3, p.ErrorCode.MALFORMED, "bad"),
     "status": p.StatusQuery(4),
     "status_reply": p.StatusReply(4, {"accepted": 3, "jobbers": {"ann": {"valid": 1}}}),
+    "hello": p.Hello(5),
+    "hello_reply": p.HelloReply(5, SHA),
+    "deny": p.Deny(6, SHA, "lost too many votes"),
+    "admin_reply": p.AdminReply(6, "denied"),
 }
 DELETE = object()
 
@@ -900,7 +905,7 @@ def test_wrong_jobber_builds_valid_frames() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["jobs", "referral", "retry_later", "ack", "error", "status_reply"]
+    "kind", ["jobs", "referral", "retry_later", "ack", "error", "status_reply", "hello_reply"]
 )
 def test_wrong_jobber_reads_real_replies(kind: str) -> None:
     reply = wj.parse_reply(p.encode(SAMPLES[kind]))
@@ -927,6 +932,9 @@ def test_wrong_jobber_drops_what_is_not_a_reply(frame: bytes) -> None:
 @pytest.mark.parametrize(("text", "endpoint"), GOOD_ADDRESSES)
 def test_wrong_jobber_reads_addresses_like_the_project(text: str, endpoint: str) -> None:
     assert wj.endpoint(text) == endpoint
+    key = "Ab" * 32
+    assert wj.address(f"{text}#{key}") == (endpoint, key.lower())
+    assert p.split_key(p.dealer_address(f"{text}#{key}")) == (endpoint, key.lower())
 
 
 @pytest.mark.parametrize("text", [text for text, _ in BAD_ADDRESSES])
@@ -936,14 +944,12 @@ def test_wrong_jobber_refuses_bad_addresses(text: str) -> None:
 
 
 class FakeDealer:
-    """A ROUTER socket on loopback that speaks through protocol.encode/decode."""
+    """A CurveZMQ ROUTER socket on loopback that speaks through protocol.encode/decode;
+    `endpoint` is its full address, key included."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind("tcp://127.0.0.1:*")
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sock, self.endpoint = fake_dealer(self.ctx)
 
     def recv(self, timeout_s: float = 10.0) -> tuple[bytes, p.Message]:
         assert self.sock.poll(int(timeout_s * 1000)), "the jobber sent nothing"

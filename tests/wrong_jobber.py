@@ -1,16 +1,24 @@
 """A dishonest jobber, written from docs/protocol.md alone.
 
-It speaks the borednet wire with nothing but zmq and msgpack: it asks one
-dealer for work with `bored` and answers every job with the same wrong result
-(status "ok", output b"13\\n", fuel 1) without running anything. End-to-end
-tests run it beside honest jobbers to check that redundancy outvotes it.
+It speaks the borednet wire with nothing but zmq and msgpack: it learns the
+dealer's key (from `#KEY` in the address, or by `hello` on the plaintext port
+next to it), makes its own CurveZMQ key pairs, asks for work with `bored` and
+answers every job with the same wrong result (status "ok", output b"13\\n",
+fuel 1) without running anything. End-to-end tests run it beside honest
+jobbers to check what one dishonest party can and cannot do.
 
     python tests/wrong_jobber.py DEALER [--name NAME] [--max-idle S] [--count N]
+        [--identities K] [--source IP] [--want N] [--fuel F] [--output-bytes B]
+        [--hoard]
 
 DEALER is `host`, `host:port`, `tcp://host:port` or `[v6addr]:port` (port 7117
-by default). It stops, with exit status 0, after --max-idle seconds without
-jobs or once --count wrong results are acknowledged, and on Ctrl-C.
-Referrals are not followed: a referral is taken as "ask again soon".
+by default), optionally followed by `#` and the dealer's key in hex. With
+--identities K it is K jobbers at once, each with its own key (a Sybil); with
+--hoard it makes a new identity for every `bored`, asks for --want jobs and
+never answers. --fuel and --output-bytes change the wrong result it sends.
+It stops, with exit status 0, after --max-idle seconds without jobs or once
+--count wrong results are acknowledged, and on Ctrl-C. Referrals are not
+followed: a referral is taken as "ask again soon".
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils import z85
 
-VERSION = 1
+VERSION = 2
 DEFAULT_PORT = 7117
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_CACHED = 4096
@@ -49,13 +58,17 @@ def _frame(body: dict[str, Any]) -> bytes:
     return msgpack.packb({"v": VERSION, **body}, use_bin_type=True)
 
 
+def hello(rid: int) -> bytes:
+    return _frame({"type": "hello", "id": rid})
+
+
 def bored(rid: int, name: str, want: int, cached: list[str]) -> bytes:
     host = {"cpus": 1, "memory_mb": MEMORY_MB, "slots": 1, "cached": cached[:MAX_CACHED]}
     return _frame({"type": "bored", "id": rid, "jobber": name, "host": host, "want": want})
 
 
-def wrong_result(tag: str) -> dict[str, Any]:
-    return {"tag": tag, "status": "ok", "output": WRONG_OUTPUT, "fuel": WRONG_FUEL, "detail": ""}
+def wrong_result(tag: str, fuel: int = WRONG_FUEL, output: bytes = WRONG_OUTPUT) -> dict[str, Any]:
+    return {"tag": tag, "status": "ok", "output": output, "fuel": fuel, "detail": ""}
 
 
 def results(rid: int, name: str, batch: list[dict[str, Any]]) -> bytes:
@@ -75,8 +88,16 @@ def parse_reply(frame: bytes) -> dict[str, Any] | None:
     return body
 
 
+def address(text: str) -> tuple[str, str | None]:
+    """(endpoint, key in hex or None) for a dealer address (docs/protocol.md, section 1)."""
+    text, sep, key = text.strip().partition("#")
+    if sep and (len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key)):
+        raise argparse.ArgumentTypeError("the key after # must be 64 hex digits")
+    return endpoint(text), (key.lower() if sep else None)
+
+
 def endpoint(text: str) -> str:
-    """The ZeroMQ endpoint for a dealer address (docs/protocol.md, section 1)."""
+    """The ZeroMQ endpoint for a dealer address without its key."""
     text = text.strip()
     if text.startswith(("ipc://", "inproc://")) and not text.endswith("://"):
         return text
@@ -108,12 +129,39 @@ def log(name: str, text: str) -> None:
     print(f"wrong_jobber {name}: {text}", file=sys.stderr, flush=True)
 
 
-class Dealer:
-    """One DEALER socket, rebuilt after every failed contact (Lazy Pirate)."""
+def learn_key(ctx: zmq.Context, endpoint_: str, source: str | None, timeout_s: float) -> str:
+    """The dealer's public key, asked with `hello` on its plaintext port (work port + 1)."""
+    host, _, port = endpoint_.rpartition(":")
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(with_source(f"{host}:{int(port) + 1}", source))
+        sock.send(hello(1))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise SystemExit(f"no answer to hello from {endpoint_}")
+        reply = parse_reply(sock.recv())
+    finally:
+        sock.close()
+    if reply is None or reply["type"] != "hello_reply" or not isinstance(reply.get("key"), str):
+        raise SystemExit(f"{endpoint_} did not answer hello with its key")
+    return reply["key"]
 
-    def __init__(self, ctx: zmq.Context, address: str) -> None:
+
+def with_source(endpoint_: str, source: str | None) -> str:
+    """Connect from `source` (docs/protocol.md: one machine, many source addresses)."""
+    return endpoint_ if source is None else f"tcp://{source}:0;{endpoint_[len('tcp://') :]}"
+
+
+class Dealer:
+    """One DEALER socket under one identity (key pair), rebuilt after every failed
+    contact (Lazy Pirate)."""
+
+    def __init__(self, ctx: zmq.Context, address: str, key: str, source: str | None) -> None:
         self.ctx = ctx
         self.address = address
+        self.server_key = z85.encode(bytes.fromhex(key))
+        self.source = source
+        self.public, self.secret = zmq.curve_keypair()  # this identity
         self.sock: zmq.Socket | None = None
         self.failures = 0  # failed contacts in a row
 
@@ -123,7 +171,9 @@ class Dealer:
             self.sock = self.ctx.socket(zmq.DEALER)
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-            self.sock.connect(self.address)
+            self.sock.curve_publickey, self.sock.curve_secretkey = self.public, self.secret
+            self.sock.curve_serverkey = self.server_key
+            self.sock.connect(with_source(self.address, self.source))
         try:
             self.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -155,11 +205,24 @@ class Dealer:
 
 
 class WrongJobber:
-    def __init__(self, dealer: Dealer, name: str, max_idle_s: float | None, count: int | None):
+    def __init__(
+        self,
+        dealer: Dealer,
+        name: str,
+        max_idle_s: float | None,
+        count: int | None,
+        *,
+        want: int = WANT,
+        fuel: int = WRONG_FUEL,
+        output: bytes = WRONG_OUTPUT,
+    ):
         self.dealer = dealer
         self.name = name
         self.max_idle_s = max_idle_s
         self.count = count
+        self.want = want
+        self.fuel = fuel
+        self.output = output
         self.cached: list[str] = []  # payload hashes received and verified
         self.unacked: dict[str, dict[str, Any]] = {}  # tag -> result
         self.made = 0  # wrong results made
@@ -169,10 +232,16 @@ class WrongJobber:
 
     def run(self) -> int:
         while not self._finished():
-            if self.unacked:
-                self._send_results()
-            else:
-                self._ask_for_work()
+            self.step()
+        return self.stop()
+
+    def step(self) -> None:
+        if self.unacked:
+            self._send_results()
+        else:
+            self._ask_for_work()
+
+    def stop(self) -> int:
         if self.unacked:
             log(self.name, f"{len(self.unacked)} results never acknowledged")
         log(self.name, f"stopping: {self.acked} wrong results delivered")
@@ -201,7 +270,7 @@ class WrongJobber:
         return self.dealer.ask(frame, rid, min(REQUEST_TIMEOUT_S, self._idle_left_s()))
 
     def _ask_for_work(self) -> None:
-        want = WANT if self.count is None else max(1, min(WANT, self.count - self.made))
+        want = self.want if self.count is None else max(1, min(self.want, self.count - self.made))
         rid = self._rid()
         reply = self._ask(bored(rid, self.name, want, self.cached), rid)
         kind = None if reply is None else reply["type"]
@@ -228,7 +297,7 @@ class WrongJobber:
         for job in jobs if isinstance(jobs, list) else ():
             tag = job.get("tag") if isinstance(job, dict) else None
             if isinstance(tag, str):
-                self.unacked[tag] = wrong_result(tag)
+                self.unacked[tag] = wrong_result(tag, self.fuel, self.output)
                 self.made += 1
         if jobs:
             self.last_progress = time.monotonic()
@@ -251,9 +320,29 @@ class WrongJobber:
         self.last_progress = time.monotonic()
 
 
+def hoard(ctx: zmq.Context, endpoint_: str, key: str, args: argparse.Namespace) -> int:
+    """A new identity for every `bored`, asking for --want jobs; never answers any."""
+    taken = 0
+    idle_since = time.monotonic()
+    names = 0
+    while args.max_idle is None or time.monotonic() - idle_since < args.max_idle:
+        dealer = Dealer(ctx, endpoint_, key, args.source)
+        names += 1
+        reply = dealer.ask(bored(1, f"{args.name}-{names}", args.want, []), 1, REQUEST_TIMEOUT_S)
+        jobs = reply.get("jobs") if reply is not None and reply["type"] == "jobs" else None
+        if isinstance(jobs, list) and jobs:
+            taken += len(jobs)
+            idle_since = time.monotonic()
+        else:
+            time.sleep(0.2)
+        dealer.close()
+    log(args.name, f"stopping: took {taken} replicas under {names} names")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A borednet jobber that lies about every job.")
-    parser.add_argument("dealer", type=endpoint, help="host, host:port or tcp://host:port")
+    parser.add_argument("dealer", type=address, help="host, host:port or tcp://host:port[#KEY]")
     parser.add_argument("--name", default="wrong-jobber", help="jobber name sent to the dealer")
     parser.add_argument(
         "--max-idle",
@@ -264,18 +353,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--count", type=int, metavar="N", help="exit after N wrong results are delivered"
     )
+    parser.add_argument("--identities", type=int, default=1, help="key pairs used at once")
+    parser.add_argument("--source", default=None, help="connect from this local address")
+    parser.add_argument("--want", type=int, default=WANT, help="jobs asked for at once")
+    parser.add_argument("--fuel", type=int, default=WRONG_FUEL, help="fuel claimed per result")
+    parser.add_argument(
+        "--output-bytes", type=int, default=None, help="send this many bytes of output"
+    )
+    parser.add_argument("--hoard", action="store_true", help="take jobs, never answer")
     args = parser.parse_args(argv)
     if args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
+    (endpoint_, key) = args.dealer
     ctx = zmq.Context()
-    dealer = Dealer(ctx, args.dealer)
     try:
-        return WrongJobber(dealer, args.name, args.max_idle, args.count).run()
+        if key is None:
+            key = learn_key(ctx, endpoint_, args.source, REQUEST_TIMEOUT_S)
+        if args.hoard:
+            return hoard(ctx, endpoint_, key, args)
+        output = WRONG_OUTPUT if args.output_bytes is None else b"7" * args.output_bytes
+        liars = [
+            WrongJobber(
+                Dealer(ctx, endpoint_, key, args.source),
+                args.name if args.identities == 1 else f"{args.name}-{i}",
+                args.max_idle,
+                args.count,
+                want=args.want,
+                fuel=args.fuel,
+                output=output,
+            )
+            for i in range(args.identities)
+        ]
+        while not all(liar._finished() for liar in liars):
+            for liar in liars:
+                if not liar._finished():
+                    liar.step()
+        for liar in liars:
+            liar.stop()
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        dealer.close()
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 if __name__ == "__main__":

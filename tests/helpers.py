@@ -1,0 +1,147 @@
+"""Helpers the tests share (imported by conftest and test modules; no fixtures here)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import protocol as p
+from protocol._keys import z85_of_hex
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# The factoring batch most end-to-end tests run.
+N = 1000000007 * 1000000009
+LINE = f"{N} = 1000000007 * 1000000009"
+CHUNK = "100000000"  # 11 jobs of about 0.3 s each here: long enough to be caught running
+JOBS = 11
+
+
+def free_port() -> int:
+    """A TCP port P on 127.0.0.1 such that P and P + 1 (the dealer's plaintext port) were
+    both free a moment ago."""
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no pair of free ports")
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every_s: float = 0.05) -> Any:
+    """Poll `pred` until it returns something true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(every_s)
+
+
+class CurveClient:
+    """A raw DEALER socket with its own key pair, speaking the wire as a jobber in another
+    language would: encrypted to the dealer's key, optionally from a chosen source address."""
+
+    def __init__(
+        self, address: str, *, source: str | None = None, ctx: zmq.Context | None = None
+    ) -> None:
+        endpoint, key = p.split_key(address)
+        assert key is not None, "give the dealer's full address (with #key)"
+        self.public, self.secret = zmq.curve_keypair()
+        self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.curve_publickey, self.sock.curve_secretkey = self.public, self.secret
+        self.sock.curve_serverkey = z85_of_hex(key)
+        if source is not None:
+            endpoint = f"tcp://{source}:0;{endpoint[len('tcp://') :]}"
+        self.sock.connect(endpoint)
+
+    @property
+    def key(self) -> str:
+        from protocol._keys import hex_of_z85
+
+        return hex_of_z85(self.public)
+
+    def send(self, msg_or_bytes: p.Message | bytes) -> None:
+        data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else p.encode(msg_or_bytes)
+        self.sock.send(data)
+
+    def recv(self, timeout_s: float = 5.0) -> p.Message:
+        assert self.sock.poll(int(timeout_s * 1000)), "no reply from the dealer"
+        return p.decode(self.sock.recv())
+
+    def ask(self, msg_or_bytes: p.Message | bytes, timeout_s: float = 5.0) -> p.Message:
+        self.send(msg_or_bytes)
+        return self.recv(timeout_s)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def fake_dealer(ctx: zmq.Context | None = None) -> tuple[zmq.Socket, str]:
+    """A bare CurveZMQ ROUTER on a free loopback port, and the address a jobber needs
+    (with its key), for tests that play a dealer by hand."""
+    from protocol._keys import hex_of_z85
+
+    public, secret = zmq.curve_keypair()
+    router = (ctx or zmq.Context.instance()).socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.curve_server = True
+    router.curve_publickey, router.curve_secretkey = public, secret
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    return router, f"127.0.0.1:{port}#{hex_of_z85(public)}"
+
+
+def summary(stderr: str) -> dict[str, tuple[int, int, int, int]]:
+    """The dealer's closing table: jobber name -> (valid, invalid, errors, credit)."""
+    rows = {}
+    rx = r"^(\S+)(?: \(denied\))?\s+[0-9a-f]{12}\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$"
+    for m in re.finditer(rx, stderr, re.M):
+        rows[m.group(1)] = tuple(int(m.group(i)) for i in range(2, 6))
+    return rows
+
+
+def by_name(info: dict) -> dict[str, dict]:
+    """A dealer status's jobbers, by the names they gave."""
+    return {row["name"]: row for row in info["jobbers"]}
+
+
+def wait_status(port: int, pred, timeout: float = 60.0) -> dict:
+    from dealer.cli import query_status
+
+    last = None
+
+    def check():
+        nonlocal last
+        try:
+            last = query_status(f"127.0.0.1:{port}", timeout_s=1.0)
+        except (TimeoutError, RuntimeError):
+            return None
+        return last if pred(last) else None
+
+    try:
+        return wait_for(check, timeout, "dealer status to match", every_s=0.1)
+    except AssertionError:
+        raise AssertionError(f"dealer status never matched; last {last}") from None
+
+
+def jobber_status(data_dir) -> dict:
+    from jobber._control import ask
+
+    return ask(data_dir, "status", timeout_s=2.0)
