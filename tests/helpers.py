@@ -59,11 +59,16 @@ class CurveClient:
     language would: encrypted to the dealer's key, optionally from a chosen source address."""
 
     def __init__(
-        self, address: str, *, source: str | None = None, ctx: zmq.Context | None = None
+        self,
+        address: str,
+        *,
+        source: str | None = None,
+        keys: tuple[bytes, bytes] | None = None,
+        ctx: zmq.Context | None = None,
     ) -> None:
         endpoint, key = p.split_key(address)
         assert key is not None, "give the dealer's full address (with #key)"
-        self.public, self.secret = zmq.curve_keypair()
+        self.public, self.secret = keys or zmq.curve_keypair()
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.curve_publickey, self.sock.curve_secretkey = self.public, self.secret
