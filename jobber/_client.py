@@ -97,6 +97,7 @@ class _Link:
     backoff: Backoff
     key: str | None = None  # the dealer's public key, hex; None until known
     key_from_hello: bool = False  # learnt on first use (so worth re-checking on failures)
+    check_key: bool = False  # ask hello before the next request: has the key changed?
     refused: str = ""  # why this dealer is never contacted (its key changed)
     hello_id: int | None = None
     hello_at: float = 0.0
@@ -285,6 +286,7 @@ class Jobber:
             link.hello_sock.close(linger=0)
             link.hello_sock = None
         link.backoff.succeeded()
+        link.check_key = False
         pinned = self.pins.get(link.address)
         if pinned is not None and pinned != msg.key:
             link.refused = (
@@ -494,7 +496,7 @@ class Jobber:
             link = self._links[addr]
             if not link.may_ask(now):
                 continue
-            if link.key is None:
+            if link.key is None or link.check_key:
                 self._hello(link, now)
                 return
             rid = self._rid()
@@ -524,7 +526,7 @@ class Jobber:
                 continue
             if not link.backoff.ready(now):
                 continue
-            if link.key is None:
+            if link.key is None or link.check_key:
                 self._hello(link, now)
                 continue
             batch = _batch(results.values())
@@ -541,8 +543,8 @@ class Jobber:
             late_hello = link.hello_id is not None and now - link.hello_at > limit
             if late_bored or late_results or late_hello:
                 self._failed(link, now, f"no answer within {limit:g} s")
-                if link.key_from_hello and not late_hello and link.address in self._links:
-                    self._hello(link, now)  # a key learnt on first use: has it changed?
+                # a key learnt on first use: before asking again, has it changed?
+                link.check_key = link.key_from_hello and not late_hello
 
     def _failed(self, link: _Link, now: float, why: str) -> None:
         self._reset_socket(link)

@@ -113,12 +113,21 @@ def fake_dealer(ctx: zmq.Context | None = None) -> tuple[zmq.Socket, str]:
     return router, f"127.0.0.1:{port}#{hex_of_z85(public)}"
 
 
+def summary_rows(stderr: str) -> list[tuple[str, str, int, int, int, int]]:
+    """The dealer's closing table: (name, key prefix, valid, invalid, errors, credit) rows."""
+    rx = r"^(\S+)(?: \(denied\))?\s+([0-9a-f]{12})\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$"
+    return [
+        (m.group(1), m.group(2), *(int(m.group(i)) for i in range(3, 7)))
+        for m in re.finditer(rx, stderr, re.M)
+    ]
+
+
 def summary(stderr: str) -> dict[str, tuple[int, int, int, int]]:
-    """The dealer's closing table: jobber name -> (valid, invalid, errors, credit)."""
+    """The dealer's closing table by name: name -> (valid, invalid, errors, credit)."""
     rows = {}
-    rx = r"^(\S+)(?: \(denied\))?\s+[0-9a-f]{12}\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$"
-    for m in re.finditer(rx, stderr, re.M):
-        rows[m.group(1)] = tuple(int(m.group(i)) for i in range(2, 6))
+    for name, _, *counts in summary_rows(stderr):
+        assert name not in rows, f"two jobbers named {name}: use summary_rows"
+        rows[name] = tuple(counts)
     return rows
 
 

@@ -23,6 +23,7 @@ from tests.helpers import (
     by_name,
     free_port,
     summary,
+    summary_rows,
     wait_for,
     wait_status,
 )
@@ -151,7 +152,10 @@ def test_floods_of_large_frames_leave_the_dealer_small_and_serving(procs, factor
 def test_deny_over_the_network_needs_the_admin_key(procs, factor_wasm):
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
+    # redundancy 2: the liar alone cannot finish the batch while we deal with it
+    dealer = procs.dealer(
+        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--redundancy", "2", port=port
+    )
     liar = procs.start(
         "liar", [PY, WRONG, addr, "--name", "liar", "--source", "127.0.0.90", "--max-idle", "4"]
     )
@@ -175,10 +179,11 @@ def test_deny_over_the_network_needs_the_admin_key(procs, factor_wasm):
     info = wait_status(port, lambda s: key in s["denied"])
     assert by_name(info)["liar"]["denied"]
     assert liar.wait(60) == 0
-    honest = procs.jobber("h", addr, extra=("--max-idle", "5"))
+    honest = [procs.jobber(f"h{i}", addr, extra=("--max-idle", "5")) for i in (1, 2)]
     assert dealer.wait(120) == 0, dealer.stderr
     assert dealer.stdout.strip() == LINE
-    assert honest.wait(60) == 0
+    for j in honest:
+        assert j.wait(60) == 0
 
 
 def test_a_pinned_dealer_that_changes_its_key_is_refused_loudly(procs, factor_wasm, tmp_path):
@@ -202,3 +207,44 @@ def test_a_pinned_dealer_that_changes_its_key_is_refused_loudly(procs, factor_wa
     assert info["jobbers_total"] == 0  # the jobber never talked to it
     j.kill()
     impostor.kill()
+
+
+def test_spoofing_another_jobbers_results_and_holding_changes_nothing(procs, factor_wasm):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.dealer(
+        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--redundancy", "2", port=port
+    )
+    victim = procs.jobber("victim", addr, extra=("--max-idle", "5"))
+    info = wait_status(port, lambda s: s["replicas_out"] >= 1 and "victim" in by_name(s))
+    spoofer = CurveClient(f"tcp://{addr}#{info['key']}", source="127.0.0.100")
+    try:
+        host = p.HostFacts(1, 1024, 1)
+        mine = spoofer.ask(p.Bored(1, "victim", host, 1))
+        assert isinstance(mine, p.Jobs) and mine.jobs
+        prefix, _, seq = mine.jobs[0].tag.partition(".")
+        # tags are easy to guess: try every one near its own, under the victim's name
+        guesses = tuple(
+            p.Result(f"{prefix}.{i:x}", p.Status.OK, b"", 1) for i in range(int(seq, 16) + 8)
+        )
+        forged = spoofer.ask(p.Results(2, "victim", guesses))
+        assert isinstance(forged, p.Ack)
+        took = set(forged.tags)
+        assert took <= {mine.jobs[0].tag}  # only its own replica could count
+        assert all(
+            r.code in (p.ErrorCode.UNKNOWN_TAG, p.ErrorCode.SETTLED) for r in forged.rejected
+        )
+        # "the victim holds nothing": releases only the spoofer's own replicas
+        spoofer.ask(p.Bored(3, "victim", host, 0, holding=()))
+    finally:
+        spoofer.close()
+    honest = procs.jobber("h", addr, extra=("--max-idle", "5"))
+    assert dealer.wait(120) == 0, dealer.stderr
+    assert dealer.stdout.strip() == LINE
+    rows = summary_rows(dealer.stderr)
+    victims = {key: counts for name, key, *counts in rows if name == "victim"}
+    assert len(victims) == 2  # the name is a label: two keys wrote it
+    real, fake = sorted(victims.values(), reverse=True)
+    assert real[0] == JOBS and real[2] == 0  # every job; none lost, none failed
+    assert fake[0] == 0 and fake[3] == 0  # the spoofer won nothing
+    assert victim.wait(60) == 0 and honest.wait(60) == 0
