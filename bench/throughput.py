@@ -143,7 +143,7 @@ def dealer_server(n: int, db: str, endpoint_q, out_q) -> None:
 
     task = Trivial(n)
     dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"), progress=None)
-    endpoint_q.put(dealer.endpoint)
+    endpoint_q.put(dealer.address)
     t0 = time.perf_counter()
     dealer.run()
     elapsed = time.perf_counter() - t0
@@ -152,11 +152,17 @@ def dealer_server(n: int, db: str, endpoint_q, out_q) -> None:
     dealer.close()
 
 
-def fake_jobber(endpoint: str, name: str, batch: int, out_q) -> None:
+def fake_jobber(address: str, name: str, batch: int, source: str, out_q) -> None:
+    """A jobber that answers every job at once, with its own key, from its own address."""
+    from protocol._keys import z85_of_hex
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    endpoint, key = p.split_key(address)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = z85_of_hex(key)
+    sock.connect(f"tcp://{source}:0;{endpoint[len('tcp://') :]}")
     rid = 0
     done = 0
     cached: tuple[str, ...] = ()
@@ -193,7 +199,9 @@ def dealer_rate(jobs: int, clients: int, batch: int) -> float:
         server.start()
         endpoint = q.get()
         procs = [
-            ctx.Process(target=fake_jobber, args=(endpoint, f"fake{i}", batch, done_q))
+            ctx.Process(
+                target=fake_jobber, args=(endpoint, f"fake{i}", batch, f"127.0.0.{2 + i}", done_q)
+            )
             for i in range(clients)
         ]
         for pr in procs:
@@ -230,6 +238,8 @@ def e2e_rate(jobs: int, jobbers: int) -> float:
                     "0.2",
                     "--max-backoff",
                     "1",
+                    "--source",
+                    f"127.0.0.{2 + i}",
                 ]
             )
             for i in range(jobbers)

@@ -443,8 +443,8 @@ class Dealer(RouterServer):
         self.core.tick(now)
         if now - self._evicted_at >= EVICT_EVERY_S:
             self._evicted_at = now
-            if self.core.evict(now):
-                self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
+            self.core.evict(now)
+            self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         self.journal.append(self.core.take_records())

@@ -267,3 +267,35 @@ def test_replicas_a_jobber_no_longer_holds_are_released_at_once():
     late = core.result("a", a[1].tag, OK, b"x", 1, "", 2.0)
     assert late is not None  # a released replica takes no result
     assert core.result("a", a[0].tag, OK, b"x", 1, "", 2.0) is None
+
+
+def test_two_identities_on_one_machine_never_make_a_quorum():
+    core = make(1, redundancy=2, quorum=2, max_errors=5)
+    [a] = core.bored("liar", 1, 1000, 0.0, machine="evil")
+    assert core.bored("sybil", 1, 1000, 0.0, machine="evil") == []  # one replica per machine
+    core.tick(150.0)  # the liar's replica goes overdue: only the evil machine is active
+    [b] = core.bored("sybil", 1, 1000, 150.0, machine="evil")
+    assert b.job_id == a.job_id
+    for who, r in (("liar", a), ("sybil", b)):  # the late one too: both agree on a lie
+        assert core.result(who, r.tag, OK, b"13", 1, "", 151.0) is None
+    assert core.take_settled() == [] and core.accepted == 0  # one machine, one vote
+    [h] = core.bored("honest", 1, 1000, 152.0, machine="good")
+    core.result("honest", h.tag, OK, b"13", 1, "", 153.0)
+    [s] = core.take_settled()  # two machines agree now (the liar was right after all)
+    assert s.output == b"13"
+
+
+def test_quotas_start_small_grow_with_good_results_and_halve_on_errors():
+    core = make(50, quota=2)
+    first = core.bored("a", 10, 1000, 0.0, machine="m")
+    assert len(first) == 2 and core.room("a", "m") == 0
+    assert core.bored("b", 10, 1000, 0.0, machine="m") == []  # the machine's quota is shared
+    for r in first:
+        core.result("a", r.tag, OK, b"x", 1, "", 1.0)
+    assert core.jobbers["a"].allowance == 4 and core.machines["m"].allowance == 4
+    more = core.bored("a", 10, 1000, 2.0, machine="m")
+    assert len(more) == 4
+    core.result("a", more[0].tag, Status.TRAP, b"", 0, "", 3.0)
+    assert core.jobbers["a"].allowance == 2 and core.machines["m"].allowance == 2
+    assert core.room("a", "m") == 0  # 3 still out, 2 allowed
+    assert core.jobbers["a"].held == 3 and core.machines["m"].held == 3

@@ -31,7 +31,10 @@ from tasks import Job
 
 HONEST = ("h1", "h2", "h3")
 LIAR = "liar"
-JOBBERS = (*HONEST, LIAR)
+SYBIL = "liar2"  # the liar's second identity, on the same machine
+LIARS = (LIAR, SYBIL)
+JOBBERS = (*HONEST, *LIARS)
+MACHINE = {"h1": "m1", "h2": "m2", "h3": "m3", LIAR: "evil", SYBIL: "evil"}
 ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
 
 
@@ -79,7 +82,15 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(who=st.sampled_from(JOBBERS), want=st.integers(0, 3))
     def bored(self, who, want):
-        for a in self.core.bored(who, want, 1000, self.now):
+        me, host = self.core.jobbers.get(who), self.core.machines.get(MACHINE[who])
+        before = (me.held if me else 0, host.held if host else 0)
+        got = self.core.bored(who, want, 1000, self.now, machine=MACHINE[who])
+        assert len(got) <= want, "more replicas than asked for"
+        me, host = self.core.jobbers[who], self.core.machines[MACHINE[who]]
+        if got:  # handing out never takes an identity or a machine past its quota
+            assert me.held <= max(before[0], me.allowance), "identity over its quota"
+            assert host.held <= max(before[1], host.allowance), "machine over its quota"
+        for a in got:
             assert a.tag not in self.out and a.tag not in self.returned, "tag reused"
             # an overdue replica may go back to its jobber (when no other is fresh to it)
             held = {j for (w, j, d) in self.out.values() if w == who and d > self.now}
@@ -94,7 +105,7 @@ class CoreMachine(RuleBasedStateMachine):
         kept = data.draw(st.lists(st.sampled_from(mine), unique=True)) if mine else []
         for tag in set(mine) - set(kept):
             del self.out[tag]  # the dealer releases them
-        self.core.bored(who, 0, 1000, self.now, holding=kept)
+        self.core.bored(who, 0, 1000, self.now, holding=kept, machine=MACHINE[who])
         self._commit()
         for tag in set(mine) - set(kept):
             why = self.core.result(who, tag, Status.OK, b"late", 1, "", self.now)
@@ -106,7 +117,7 @@ class CoreMachine(RuleBasedStateMachine):
         tag = data.draw(st.sampled_from(sorted(self.out)))
         who, job_id, _ = self.out[tag]
         if kind == "ok":
-            output, fuel = right(job_id) if who != LIAR else (b"13", 1)
+            output, fuel = right(job_id) if who not in LIARS else (b"13", 1)
             status = Status.OK
         else:
             output, fuel = b"", 0
@@ -165,7 +176,7 @@ class CoreMachine(RuleBasedStateMachine):
     def crash_before_journal(self, who, want):
         """The dealer dies after deciding but before its records were durable: the
         jobber never got the reply, so the step never happened."""
-        self.core.bored(who, want, 1000, self.now)
+        self.core.bored(who, want, 1000, self.now, machine=MACHINE[who])
         self.core = self._fresh()
         self.core.take_settled()
 
@@ -184,16 +195,32 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.core.drawn <= self.n_jobs
 
     @invariant()
+    def quotas_count_what_is_out(self):
+        held: dict[str, int] = {}
+        for tag, (who, _, _) in self.out.items():
+            r = self.core._replicas.get(tag)
+            if r is not None and r.state.value == "out":
+                held[who] = held.get(who, 0) + 1
+        for who in JOBBERS:
+            rec = self.core.jobbers.get(who)
+            assert (rec.held if rec else 0) == held.get(who, 0), f"{who}'s held count is off"
+            assert rec is None or 1 <= rec.allowance
+        for m in set(MACHINE.values()):
+            want = sum(n for who, n in held.items() if MACHINE[who] == m)
+            rec = self.core.machines.get(m)
+            assert (rec.held if rec else 0) == want, f"machine {m}'s held count is off"
+
+    @invariant()
     def accepted_outputs_had_a_quorum(self):
         for s in self.settled:
             if isinstance(s, Accepted):
                 agreeing = [
-                    w
+                    MACHINE[w]
                     for (j, out, _), ws in self.ok_by.items()
                     if j == s.job_id and out == s.output
                     for w in ws
                 ]
-                assert len(set(agreeing)) >= self.policy.quorum
+                assert len(set(agreeing)) >= self.policy.quorum, "a quorum of machines"
                 if self.policy.quorum >= 2:
                     assert s.output == right(s.job_id)[0], "the liar won a vote"
 
@@ -207,7 +234,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.now += 60.0
             self.core.tick(self.now)
             for who in HONEST:
-                for a in self.core.bored(who, 3, 1000, self.now):
+                for a in self.core.bored(who, 3, 1000, self.now, machine=MACHINE[who]):
                     out, fuel = right(a.job_id)
                     assert self.core.result(who, a.tag, Status.OK, out, fuel, "", self.now) is None
             self._commit()
