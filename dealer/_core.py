@@ -38,10 +38,11 @@ gets it again only when no other active machine is fresh to it, so a batch on
 one machine cannot stall on one transient failure.
 
 Quotas (as BOINC's per-host quotas): an identity, and separately its machine,
-may hold at most `allowance` open replicas. Both start at `Policy.quota`,
-grow by one for every OK result and halve for every error, overdue replica,
-implausible result or lost vote, so a hoarder or a stream of fresh names from
-one machine holds a few replicas at most, and a good jobber earns its slots.
+may hold at most `allowance` replicas out. Both start at `Policy.quota`, grow
+by one for every valid result (in an accepted quorum) and halve for every
+error, overdue replica, implausible result or lost vote, so a hoarder or a
+stream of fresh names from one machine holds a few replicas at most, and a
+good jobber earns its slots.
 
 A result is checked for plausibility before anything else: fuel over the
 job's fuel limit, output over its output limit, or a status its output or
@@ -682,10 +683,8 @@ class Core:
             return
         r.fire("returned_ok" if ok else "returned_error")
         me, host = self._jobber(r.jobber), self._machine(r.machine)
-        if ok:
+        if ok:  # quota is earned when the output wins a vote (see _evaluate)
             r.output, r.fuel = rec.output, rec.fuel
-            me.allowance = min(MAX_ALLOWANCE, me.allowance + 1)
-            host.good()
         else:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
             if not was_overdue:  # an overdue replica was counted already
@@ -738,6 +737,8 @@ class Core:
                     if (r.output, r.fuel) == t.best_key:
                         rec.valid += 1
                         rec.credit += r.fuel
+                        rec.allowance = min(MAX_ALLOWANCE, rec.allowance + 1)
+                        self._machine(r.machine).good()
                     else:
                         rec.invalid += 1
                         rec.allowance = max(1, rec.allowance // 2)
