@@ -568,34 +568,33 @@ class Jobber:
             del self._links[link.address]
             self._rr.remove(link.address)
 
-    def _recv_hello(self, link: _Link) -> None:
-        while link.hello_sock is not None:
+    def _drain(self, link: _Link, sock: zmq.Socket):
+        """The valid messages waiting on `sock` (one of `link`'s); malformed ones are logged."""
+        while True:
             try:
-                frame = link.hello_sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                msg = p.decode(frame)
+                yield p.decode(frame)
             except p.ProtocolError as e:
                 log.warning("dealer %s sent a malformed message: %s", link.address, e)
-                continue
+
+    def _recv_hello(self, link: _Link) -> None:
+        assert link.hello_sock is not None
+        for msg in self._drain(link, link.hello_sock):
             if isinstance(msg, p.HelloReply) and msg.re == link.hello_id:
                 self._hello_reply(link, msg)
-            else:
-                log.warning("dealer %s: unexpected %s on its key port", link.address, msg.TYPE)
+                return  # the hello socket is closed now
+            log.warning("dealer %s: unexpected %s on its key port", link.address, msg.TYPE)
 
     def _recv(self, link: _Link) -> None:
-        while link.sock is not None:
-            try:
-                frame = link.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = p.decode(frame)
-            except p.ProtocolError as e:
-                log.warning("dealer %s sent a malformed message: %s", link.address, e)
-                continue
+        assert link.sock is not None
+        sock = link.sock
+        for msg in self._drain(link, sock):
             self._handle(link, msg)
+            if link.sock is not sock:  # the link was reset while handling: stop reading
+                return
 
     def _handle(self, link: _Link, msg: p.Message) -> None:
         now = time.monotonic()
