@@ -51,7 +51,19 @@ the vote. An identity denied (by `deny`, or automatically once it has lost
 `Policy.deny_after` votes and more than it won) gets no work and has its
 results refused.
 
-Every state change is a *record* (Drawn, Sent, Returned, Overdue, Denied). Decisions
+Liveness: every word from a jobber (any request) renews its lease. A jobber
+holding replicas that is silent for `Policy.lease_s` is taken as gone (a Gone
+record): its OUT replicas become GONE, which is neither live nor an error, so
+they are sent to others at once; a late result from a GONE replica still
+counts until the job is settled, like an overdue one. Deadlines remain, for
+jobbers that are alive but too slow.
+
+Deterministic failures vote: the sandbox makes every status but time, crash
+and abandoned the same on every machine, so when `quorum` machines agree on
+such a status with the same (output, fuel), the job fails at once with that
+reason instead of being sent out `max_errors + 1` times.
+
+Every state change is a *record* (Drawn, Sent, Returned, Overdue, Gone, Denied). Decisions
 are made by the live entry points (bored, result, tick), which append records
 and apply them; `apply` alone rebuilds the same state from a journal. The
 caller takes the new records with `take_records()` and must make them durable
@@ -102,6 +114,7 @@ class ReplicaState(str, enum.Enum):
     ERROR = "error"  # returned with any other status
     OVERDUE = "overdue"  # deadline passed; a late result may still arrive
     RELEASED = "released"  # the jobber gave it back unfinished (shutting down); no fault
+    GONE = "gone"  # the jobber went silent past its lease; a late result may still arrive
 
 
 REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
@@ -112,7 +125,29 @@ REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
     (ReplicaState.OVERDUE, "returned_error"): ReplicaState.ERROR,
     (ReplicaState.OUT, "released"): ReplicaState.RELEASED,
     (ReplicaState.OVERDUE, "released"): ReplicaState.RELEASED,
+    (ReplicaState.OUT, "silent"): ReplicaState.GONE,
+    (ReplicaState.GONE, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.GONE, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.GONE, "released"): ReplicaState.RELEASED,
+    (ReplicaState.GONE, "deadline"): ReplicaState.OVERDUE,
 }
+_LATE = (ReplicaState.OUT, ReplicaState.OVERDUE, ReplicaState.GONE)  # may still return
+_TIMED = (ReplicaState.OUT, ReplicaState.GONE)  # become OVERDUE at their deadline
+# statuses every honest machine gives alike for the same job (sandbox: no clocks, no
+# randomness, canonical NaNs); time, crash and abandoned depend on the machine
+DETERMINISTIC = frozenset(
+    s.value
+    for s in (
+        Status.EXIT,
+        Status.FUEL,
+        Status.MEMORY,
+        Status.OUTPUT,
+        Status.STACK,
+        Status.TRAP,
+        Status.INVALID,
+        Status.IMPORT,
+    )
+)
 _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
 
 
@@ -149,13 +184,20 @@ class Overdue:
 
 
 @dataclass(frozen=True, slots=True)
+class Gone:
+    jobber: str  # silent past its lease: its OUT replicas become GONE
+
+
+@dataclass(frozen=True, slots=True)
 class Denied:
     jobber: str
     reason: str
 
 
-Record = Drawn | Sent | Returned | Overdue | Denied
-RECORD_TYPES: dict[str, type] = {c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Denied)}
+Record = Drawn | Sent | Returned | Overdue | Gone | Denied
+RECORD_TYPES: dict[str, type] = {
+    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied)
+}
 
 
 # --- what the core hands out --------------------------------------------------
@@ -204,12 +246,17 @@ class Policy:
     output_bytes: int = -1  # the jobs' output limit in bytes (-1: unchecked)
     quota: int = 4  # open replicas a new identity (and a new machine) may hold
     deny_after: int = 3  # lost votes (more than won) that deny an identity; 0: never
+    # silence after which a jobber holding work is taken as gone: four of the
+    # jobber's 5-second `alive` intervals, so one lost message is forgiven
+    lease_s: float = 20.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.redundancy:
             raise ValueError(f"quorum {self.quorum} must be in 1..redundancy ({self.redundancy})")
         if self.max_errors < 0 or self.deadline_s <= 0 or self.window < 1:
             raise ValueError("max_errors >= 0, deadline_s > 0 and window >= 1 are required")
+        if self.lease_s <= 0:
+            raise ValueError("lease_s must be positive")
         if not 1 <= self.quota <= MAX_ALLOWANCE or self.deny_after < 0:
             raise ValueError(f"quota must be in 1..{MAX_ALLOWANCE} and deny_after >= 0")
         if self.max_replicas == 0:
@@ -243,6 +290,7 @@ class JobberRecord:
     machine: str = ""  # the machine it last asked from
     allowance: int = 0
     held: int = 0
+    gone: bool = False  # taken as gone (silent past its lease) and not heard from since
 
 
 @dataclass(slots=True)
@@ -253,6 +301,7 @@ class _Replica:
     deadline: float
     machine: str
     state: ReplicaState = ReplicaState.OUT
+    status: str = ""  # as returned
     output: bytes = b""
     fuel: int = 0
     detail: str = ""
@@ -282,18 +331,21 @@ class _Tally:
     outputs: int  # distinct (output, fuel) among OK replicas
     errors: int  # ERROR or OVERDUE
     live: int  # still OUT
-    sent: int  # all but RELEASED
+    sent: int  # all but RELEASED and GONE
+    fail_key: tuple[str, bytes, int]  # the deterministic failure most machines agree on
+    fail_best: int  # how many distinct machines agree on it
 
     @classmethod
     def of(cls, j: _Job) -> _Tally:
         voters: dict[tuple[bytes, int], set[str]] = {}
+        failing: dict[tuple[str, bytes, int], set[str]] = {}
         for r in j.replicas:
             if r.state is ReplicaState.OK:
                 voters.setdefault((r.output, r.fuel), set()).add(r.machine)
-        best_key, best = (b"", 0), 0
-        for key, machines in voters.items():  # first reached wins a tie, as Counter did
-            if len(machines) > best:
-                best_key, best = key, len(machines)
+            elif r.state is ReplicaState.ERROR and r.status in DETERMINISTIC:
+                failing.setdefault((r.status, r.output, r.fuel), set()).add(r.machine)
+        best_key, best = _most(voters, (b"", 0))
+        fail_key, fail_best = _most(failing, ("", b"", 0))
         states = Counter(r.state for r in j.replicas)
         return cls(
             best_key,
@@ -301,8 +353,19 @@ class _Tally:
             len(voters),
             states[ReplicaState.ERROR] + states[ReplicaState.OVERDUE],
             states[ReplicaState.OUT],
-            len(j.replicas) - states[ReplicaState.RELEASED],
+            len(j.replicas) - states[ReplicaState.RELEASED] - states[ReplicaState.GONE],
+            fail_key,
+            fail_best,
         )
+
+
+def _most(groups: dict, empty):
+    """The key of the largest group, and its size; the first reached wins a tie."""
+    best_key, best = empty, 0
+    for key, machines in groups.items():
+        if len(machines) > best:
+            best_key, best = key, len(machines)
+    return best_key, best
 
 
 def job_digest(job: Job) -> str:
@@ -379,7 +442,7 @@ class Core:
         while self._deadlines:
             deadline, tag = self._deadlines[0]
             r = self._replicas.get(tag)
-            if r is not None and r.state is ReplicaState.OUT and r.deadline == deadline:
+            if r is not None and r.state in _TIMED and r.deadline == deadline:
                 return deadline
             heapq.heappop(self._deadlines)
         return None
@@ -476,7 +539,7 @@ class Core:
         if r.jobber != jobber:
             return Rejected(ErrorCode.UNKNOWN_TAG, f"replica {tag} was not sent to you")
         self._seen(jobber, r.machine, now)
-        if r.state not in (ReplicaState.OUT, ReplicaState.OVERDUE):
+        if r.state not in _LATE:
             return Rejected(ErrorCode.DUPLICATE, f"result for {tag} was already received")
         status = Status(status)
         if self.is_denied(jobber):
@@ -489,6 +552,30 @@ class Core:
         self._record(Returned(tag, status.value, output, fuel, detail))
         return None
 
+    def alive(self, jobber: str, now: float, holding: Collection[str] | None = None) -> list[str]:
+        """The jobber says it is alive (renewing its lease) and, maybe, what it holds.
+
+        Returns the held tags it should drop: replicas of jobs already settled,
+        which can no longer change anything.
+        """
+        known = self.jobbers.get(jobber)
+        self._seen(jobber, known.machine if known else jobber, now)
+        if holding is None:
+            return []
+        for tag in sorted(self._open.get(jobber, set()) - set(holding)):
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST))
+        return self.cancellable(holding)
+
+    def cancellable(self, holding: Collection[str]) -> list[str]:
+        """Tags among `holding` whose jobs are settled: running them is wasted work."""
+        return [t for t in holding if t not in self._replicas and self._issued_here(t)]
+
+    def resume(self, now: float) -> None:
+        """After a replay: every jobber holding work gets a fresh lease from `now`."""
+        for rec in self.jobbers.values():
+            if rec.held:
+                rec.last_seen = max(rec.last_seen, now)
+
     def deny(self, jobber: str, reason: str) -> None:
         """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""
         if jobber in self.denied:
@@ -498,11 +585,19 @@ class Core:
             self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}"))
 
     def tick(self, now: float) -> None:
-        """Mark replicas whose deadline has passed as overdue; forget long-idle strangers."""
+        """Take jobbers silent past their lease as gone; mark late replicas overdue."""
+        horizon = now - self.policy.lease_s
+        for name in [n for n, r in self.jobbers.items() if r.held and r.last_seen < horizon]:
+            log.info(
+                "jobber %s: silent for %.0f s, taken as gone",
+                name,
+                now - self.jobbers[name].last_seen,
+            )
+            self._record(Gone(name))
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, tag = heapq.heappop(self._deadlines)
             r = self._replicas.get(tag)
-            if r is not None and r.state is ReplicaState.OUT and r.deadline == deadline:
+            if r is not None and r.state in _TIMED and r.deadline == deadline:
                 self._record(Overdue(tag))
 
     def evict(self, now: float, idle_s: float = ACTIVE_HORIZON_S) -> int:
@@ -539,6 +634,8 @@ class Core:
             self._apply_returned(rec)
         elif isinstance(rec, Overdue):
             self._apply_overdue(rec)
+        elif isinstance(rec, Gone):
+            self._apply_gone(rec)
         elif isinstance(rec, Denied):
             self.denied[rec.jobber] = rec.reason
         else:
@@ -566,6 +663,7 @@ class Core:
         rec = self._jobber(jobber)
         rec.last_seen = max(rec.last_seen, now)
         rec.machine = machine
+        rec.gone = False
         m = self._machine(machine)
         m.last_seen = max(m.last_seen, now)
         return rec
@@ -683,9 +781,10 @@ class Core:
             return
         r.fire("returned_ok" if ok else "returned_error")
         me, host = self._jobber(r.jobber), self._machine(r.machine)
-        if ok:  # quota is earned when the output wins a vote (see _evaluate)
+        r.status = rec.status
+        if ok or rec.status in DETERMINISTIC:  # both vote (quota is earned in _evaluate)
             r.output, r.fuel = rec.output, rec.fuel
-        else:
+        if not ok:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
             if not was_overdue:  # an overdue replica was counted already
                 me.errors += 1
@@ -704,6 +803,20 @@ class Core:
         self._machine(r.machine).bad()
         self._evaluate(self._jobs[r.job_id])
 
+    def _apply_gone(self, rec: Gone) -> None:
+        me = self._jobber(rec.jobber)
+        me.gone = True
+        touched: dict[int, _Job] = {}
+        for tag in sorted(self._open.get(rec.jobber, set())):
+            r = self._replicas[tag]
+            if r.state is ReplicaState.OUT:
+                self._unhold(r)
+                r.fire("silent")
+                r.detail = "gone: the jobber fell silent"
+                touched[r.job_id] = self._jobs[r.job_id]
+        for j in touched.values():
+            self._evaluate(j)
+
     def _replica(self, tag: str) -> _Replica:
         r = self._replicas.get(tag)
         if r is None:
@@ -716,6 +829,8 @@ class Core:
             if r.machine == machine or r.jobber == jobber:
                 if r.state in (ReplicaState.OUT, ReplicaState.OK):
                     return False
+                if r.state is ReplicaState.GONE and r.jobber == jobber:
+                    return False  # back from silence: it may still be running that one
                 tried_and_failed = True
         if not tried_and_failed:
             return True
@@ -748,6 +863,17 @@ class Core:
                 self._dispute(j, t, losers)
             self.accepted += 1
             self._settle(j, Accepted(j.id, j.job, t.best_key[0]), t.best_key)
+            return
+        if t.fail_best >= p.quorum:
+            status, _, fuel = t.fail_key
+            detail = next(
+                r.detail
+                for r in j.replicas
+                if r.state is ReplicaState.ERROR and (r.status, r.output, r.fuel) == t.fail_key
+            )
+            self.failed += 1
+            text = f"{t.fail_best} machines agree: {detail} (fuel {fuel})"
+            self._settle(j, Failed(j.id, j.job, (text,)))
             return
         if t.errors > p.max_errors:
             reasons = tuple(
@@ -813,7 +939,7 @@ class Core:
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
-            if r.state in (ReplicaState.OUT, ReplicaState.OVERDUE):
+            if r.state in _LATE:
                 self._late[r.tag] = (j.id, accepted)
                 if len(self._late) > MAX_LATE:
                     self._late.popitem(last=False)

@@ -107,6 +107,7 @@ def policy_for(
     deadline_s: float | None = None,
     quota: int | None = None,
     deny_after: int | None = None,
+    lease_s: float | None = None,
 ) -> Policy:
     """The task's scheduling policy, with any of its class attributes overridden."""
     redundancy = task.redundancy if redundancy is None else redundancy
@@ -122,6 +123,8 @@ def policy_for(
         output_bytes=task.limits.output_kb * 1024,
         **({} if quota is None else {"quota": quota}),
         **({} if deny_after is None else {"deny_after": deny_after}),
+        **({} if lease_s is None else {"lease_s": lease_s}),
+        **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
     )
 
 
@@ -422,6 +425,7 @@ class Dealer(RouterServer):
                 self.core.in_flight,
             )
         self.gate.denied = frozenset(self.core.denied)
+        self.core.resume(time.time())  # jobbers holding work get a full lease to come back
         self._deliver()
 
     # --- the loop ----------------------------------------------------------
@@ -468,6 +472,10 @@ class Dealer(RouterServer):
             return self._results(msg, now, peer)
         if isinstance(msg, p.StatusQuery):
             return p.StatusReply(msg.id, self.status(msg.page or 0))
+        if isinstance(msg, p.Alive):
+            self._label(peer, msg.jobber)
+            cancel = self.core.alive(peer.key, now, msg.holding)
+            return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
         if isinstance(msg, p.Deny):
             return self._deny(msg, peer)
         return self.unexpected(msg, "a dealer")
@@ -558,6 +566,8 @@ class Dealer(RouterServer):
                 "errors": r.errors,
                 "credit": r.credit,
                 "last_seen": r.last_seen,
+                "gone": r.gone,
+                "holding": r.held,
                 "denied": c.is_denied(key),
             }
             for key, r in c.jobbers.items()

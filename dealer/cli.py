@@ -97,6 +97,14 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         help="time a jobber has to return a job (default: from the task's limits)",
     )
     g.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="silence after which a jobber holding work is taken as gone and its jobs "
+        "sent to others (default 20; jobbers say they are alive every 5 s)",
+    )
+    g.add_argument(
         "--key",
         type=Path,
         default=None,
@@ -180,6 +188,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             deadline_s=args.deadline,
             quota=args.quota,
             deny_after=args.deny_after,
+            lease_s=args.lease,
         )
         home = db.parent
         home.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,9 @@ class _Link:
     results_at: float = 0.0
     results_tags: tuple[str, ...] = ()
     ask_after: float = 0.0  # "retry later": no bored before this (results still go)
+    alive_id: int | None = None
+    alive_at: float = 0.0  # when the last `alive` was sent
+    alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
 
     def may_ask(self, now: float) -> bool:
         return (
@@ -159,6 +162,7 @@ class Jobber:
             raise JobberError("no dealer given")
         self._buffer: deque[_Pending] = deque()
         self._running: dict[str, _Pending] = {}  # slot key -> job
+        self._cancelled: set[str] = set()  # slot keys stopped at the dealer's word
         self._unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
         self._next_id = 1
         self._next_key = 0
@@ -253,7 +257,7 @@ class Jobber:
         if link.hello_sock is not None:
             link.hello_sock.close(linger=0)
             link.hello_sock = None
-        link.bored_id = link.results_id = link.hello_id = None
+        link.bored_id = link.results_id = link.hello_id = link.alive_id = None
         link.results_tags = ()
 
     # --- learning a dealer's key ----------------------------------------------
@@ -338,6 +342,7 @@ class Jobber:
             self._start_jobs(now)
         self._check_timeouts(now)
         self._send_results(now)
+        self._send_alive(now)
         if not (self._stopping or self.user_suspended or self._why_suspended == "machine in use"):
             self._fetch(now)
 
@@ -408,6 +413,9 @@ class Jobber:
     def _collect(self) -> None:
         for key, outcome in self.slots.collect():
             job = self._running.pop(key, None)
+            if key in self._cancelled:  # stopped because the dealer settled it elsewhere
+                self._cancelled.discard(key)
+                continue
             if job is None:
                 log.warning("slot reported unknown job %s", key)
                 continue
@@ -535,13 +543,56 @@ class Jobber:
                 link.results_id, link.results_at = rid, now
                 link.results_tags = tuple(r.tag for r in batch)
 
+    def _send_alive(self, now: float) -> None:
+        """Tell each dealer whose work we hold that we are alive, every few seconds, even
+        while every slot is busy: a dealer takes a silent jobber as gone (docs/protocol.md)."""
+        for addr, link in self._links.items():
+            if link.key is None or link.refused or link.check_key or link.alive_id is not None:
+                continue
+            if now - link.alive_at < link.alive_every_s or not link.backoff.ready(now):
+                continue
+            if not self._holds_from(addr):
+                continue
+            rid = self._rid()
+            if self._send(link, p.Alive(rid, self.name, self._holding(addr))):
+                link.alive_id, link.alive_at = rid, now
+
+    def _holds_from(self, dealer: str) -> bool:
+        return (
+            any(job.dealer == dealer for job in self._buffer)
+            or any(job.dealer == dealer for job in self._running.values())
+            or bool(self._unacked.get(dealer))
+        )
+
+    def _cancel(self, dealer: str, tags: tuple[str, ...]) -> None:
+        """The dealer settled these jobs elsewhere: drop them, stop them, send nothing."""
+        gone = set(tags)
+        before = len(self._buffer)
+        self._buffer = deque(
+            j for j in self._buffer if not (j.dealer == dealer and j.spec.tag in gone)
+        )
+        n = before - len(self._buffer)
+        for key, job in list(self._running.items()):
+            if job.dealer == dealer and job.spec.tag in gone:
+                self._cancelled.add(key)
+                self.slots.cancel(key)
+                n += 1
+        results = self._unacked.get(dealer, {})
+        for tag in gone & set(results):
+            del results[tag]
+            self.spool.remove(dealer, tag)
+            n += 1
+        if n:
+            log.info("dealer %s: %d jobs cancelled (settled without them)", dealer, n)
+
     def _check_timeouts(self, now: float) -> None:
         limit = self.cfg.request_timeout_s
         for link in list(self._links.values()):
             late_bored = link.bored_id is not None and now - link.bored_at > limit
             late_results = link.results_id is not None and now - link.results_at > limit
             late_hello = link.hello_id is not None and now - link.hello_at > limit
-            if late_bored or late_results or late_hello:
+            late_alive = link.alive_id is not None and now - link.alive_at > limit
+            if late_bored or late_results or late_hello or late_alive:
                 self._failed(link, now, f"no answer within {limit:g} s")
                 # a key learnt on first use: before asking again, has it changed?
                 link.check_key = link.key_from_hello and not late_hello
@@ -628,6 +679,13 @@ class Jobber:
                         )
                         continue
                     self._add_link(addr, link.depth + 1)
+        elif isinstance(msg, p.AliveAck):
+            if re_ == link.alive_id:
+                link.alive_id = None
+            link.backoff.succeeded()
+            link.alive_every_s = min(p.ALIVE_INTERVAL_S, msg.lease_s / 4)
+            if msg.cancel:
+                self._cancel(link.address, msg.cancel)
         elif isinstance(msg, p.Ack):
             if re_ == link.results_id:
                 link.results_id = None

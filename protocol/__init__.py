@@ -2,6 +2,7 @@
 
 from protocol._addr import DEFAULT_PORT, dealer_address, split_key
 from protocol._wire import (
+    ALIVE_INTERVAL_S,
     MAX_BATCH,
     MAX_CACHED,
     MAX_HOLDING,
@@ -12,6 +13,8 @@ from protocol._wire import (
     VERSION,
     Ack,
     AdminReply,
+    Alive,
+    AliveAck,
     Bored,
     Deny,
     Error,
@@ -39,6 +42,9 @@ from protocol._wire import (
 )
 
 __all__ = [
+    "ALIVE_INTERVAL_S",
+    "Alive",
+    "AliveAck",
     "DEFAULT_PORT",
     "MAX_BATCH",
     "MAX_CACHED",
@@ -48,8 +54,11 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MESSAGES",
     "VERSION",
+    "ALIVE_INTERVAL_S",
     "AdminReply",
     "Ack",
+    "Alive",
+    "AliveAck",
     "Bored",
     "Deny",
     "Error",

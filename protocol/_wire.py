@@ -533,6 +533,45 @@ class StatusReply(Message):
 
 
 _KEY = _str(64, _KEY_HEX)
+ALIVE_INTERVAL_S = 5.0  # how often a jobber holding work from a dealer says it is alive
+
+
+@dataclass(frozen=True, slots=True)
+class Alive(Message):
+    """Jobber -> dealer: I am alive (sent every ALIVE_INTERVAL_S while holding its work).
+
+    `holding` as in `bored`: the tags from this dealer the jobber still has.
+    """
+
+    TYPE: ClassVar[str] = "alive"
+    id: int
+    jobber: str
+    holding: tuple[str, ...] | None = None
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "id": _ID,
+        "jobber": _JOBBER,
+        "holding": _optional(_list(_str(), MAX_HOLDING)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class AliveAck(Message):
+    """Dealer -> jobber: heard. `lease_s`: silence after which you are taken as gone.
+
+    `cancel`: held tags whose jobs are settled; stop running them, send nothing for them.
+    """
+
+    TYPE: ClassVar[str] = "alive_ack"
+    re: int
+    lease_s: float
+    cancel: tuple[str, ...] = ()
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "lease_s": _float(1.0, 1e6),
+        "cancel": _list(_str(), MAX_HOLDING),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,6 +634,8 @@ MESSAGES: dict[str, type[Message]] = {
         HelloReply,
         Deny,
         AdminReply,
+        Alive,
+        AliveAck,
     )
 }
 

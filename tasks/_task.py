@@ -56,6 +56,8 @@ class Task:
     quorum:      matching outputs (bytes and fuel used) needed to accept a job
     max_errors:  errored or overdue replicas a job may have before it fails
     deadline_s:  seconds a jobber has to return a replica (None: from limits)
+    lease_s:     seconds of silence before a jobber holding work is taken as gone and
+                 its replicas sent to others (None: the dealer's default, 20)
     """
 
     payload: Payload
@@ -64,6 +66,7 @@ class Task:
     quorum: ClassVar[int | None] = None  # None: equal to redundancy
     max_errors: ClassVar[int] = 3
     deadline_s: ClassVar[float | None] = None
+    lease_s: ClassVar[float | None] = None  # silence before a jobber is taken as gone
 
     def __init__(self) -> None:
         self.failures: list[Failure] = []

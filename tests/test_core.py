@@ -27,6 +27,7 @@ def jobs(n: int) -> list[Job]:
 
 def make(n: int = 3, **policy) -> Core:
     policy.setdefault("deadline_s", 100.0)
+    policy.setdefault("lease_s", 1e6)  # deadlines alone, unless a test is about leases
     return Core(jobs(n), Policy(**policy), "t")
 
 
@@ -100,14 +101,85 @@ def test_overdue_replica_is_reissued_to_another_jobber_and_late_result_counts():
 def test_errors_reissue_then_fail_after_max_errors():
     core = make(1, max_errors=2)
     names = ["a", "b", "c"]
-    for i, name in enumerate(names):
+    for i, name in enumerate(names):  # time and crash depend on the machine: retried
         [x] = core.bored(name, 1, 1000, float(i))
-        assert core.result(name, x.tag, Status.TRAP, b"", 5, "unreachable", float(i)) is None
+        status = (Status.TIME, Status.CRASH)[i % 2]
+        assert core.result(name, x.tag, status, b"", 5, "limit", float(i)) is None
+        assert core.jobbers[name].errors == 1
     [s] = core.take_settled()
     assert isinstance(s, Failed)
     assert "more than 2 errors" in s.reasons[0]
-    assert any("trap: unreachable" in r for r in s.reasons)
+    assert any("time: limit" in r for r in s.reasons)
     assert core.failed == 1 and core.finished()
+
+
+@pytest.mark.parametrize(
+    "status",
+    [Status.EXIT, Status.FUEL, Status.MEMORY, Status.OUTPUT, Status.STACK, Status.TRAP],
+)
+def test_a_deterministic_failure_agreed_by_a_quorum_fails_the_job_at_once(status):
+    core = make(2, redundancy=2, quorum=2, max_errors=5)
+    a = core.bored("a", 2, 1000, 0.0)
+    b = core.bored("b", 2, 1000, 0.0)
+    for who, rs in (("a", a), ("b", b)):
+        core.result(who, rs[0].tag, status, b"", 7, "boom", 1.0)
+    [s] = core.take_settled()
+    assert isinstance(s, Failed) and s.job_id == 0
+    assert s.reasons == (f"2 machines agree: {status.value}: boom (fuel 7)",)
+    # a different fuel is a different outcome: no agreement, the job is retried
+    core.result("a", a[1].tag, status, b"", 7, "boom", 2.0)
+    core.result("b", b[1].tag, status, b"", 8, "boom", 2.0)
+    assert core.take_settled() == [] and core.failed == 1
+    [c] = core.bored("c", 1, 1000, 3.0)
+    assert c.job_id == 1
+
+
+def test_one_machine_cannot_fail_a_job_others_would_complete():
+    core = make(1, redundancy=2, quorum=2, max_errors=5)
+    [a] = core.bored("liar", 1, 1000, 0.0, machine="evil")
+    [b] = core.bored("sybil", 1, 1000, 0.0, machine="evil") or [None]
+    assert b is None
+    core.result("liar", a.tag, Status.TRAP, b"", 1, "lie", 1.0)
+    [h] = core.bored("h", 1, 1000, 2.0, machine="good")
+    core.result("h", h.tag, OK, b"ok", 3, "", 3.0)
+    assert core.take_settled() == []  # one trap is not a quorum of failures
+    [h2] = core.bored("h2", 1, 1000, 4.0, machine="fine")
+    core.result("h2", h2.tag, OK, b"ok", 3, "", 5.0)
+    [s] = core.take_settled()
+    assert isinstance(s, Accepted) and s.output == b"ok"
+
+
+def test_a_silent_jobber_is_gone_after_its_lease_and_its_late_result_still_counts():
+    core = make(2, lease_s=20.0)
+    a = core.bored("a", 2, 1000, 0.0)
+    core.alive("a", 15.0)
+    core.tick(30.0)  # heard at 15: not yet
+    assert core.jobbers["a"].held == 2 and not core.jobbers["a"].gone
+    core.tick(36.0)
+    assert core.jobbers["a"].gone and core.jobbers["a"].held == 0
+    assert core.jobbers["a"].errors == 0  # gone is no fault
+    assert [r.state for r in core._replicas.values()] == [ReplicaState.GONE] * 2
+    b = core.bored("b", 2, 1000, 36.0)  # sent to others at once
+    assert sorted(x.job_id for x in b) == [0, 1]
+    assert core.result("a", a[0].tag, OK, b"late", 1, "", 40.0) is None  # it came back
+    assert not core.jobbers["a"].gone
+    [s] = core.take_settled()
+    assert s.output == b"late"
+    assert core.alive("b", 41.0, holding=[x.tag for x in b]) == [b[0].tag]  # settled: cancel
+
+
+def test_a_restarted_dealer_gives_every_jobber_a_fresh_lease():
+    core = make(1, lease_s=20.0, deadline_s=1e6)
+    core.bored("a", 1, 1000, 0.0)
+    records = core.take_records()
+    again = make(1, lease_s=20.0, deadline_s=1e6)
+    for rec in records:
+        again.apply(rec)
+    again.resume(1000.0)
+    again.tick(1010.0)
+    assert not again.jobbers["a"].gone and again.jobbers["a"].held == 1
+    again.tick(1021.0)
+    assert again.jobbers["a"].gone
 
 
 def test_failed_job_goes_back_to_the_same_jobber_when_no_other_is_active():
@@ -239,7 +311,7 @@ def test_replay_refuses_a_changed_task():
 def test_lifecycle_table_refuses_illegal_events():
     core = make(1)
     [a] = core.bored("a", 1, 1000, 0.0)
-    core.result("a", a.tag, Status.TRAP, b"", 0, "", 1.0)
+    core.result("a", a.tag, Status.CRASH, b"", 0, "", 1.0)
     with pytest.raises(CoreError, match="not allowed in state error"):
         core._replicas[a.tag].fire("deadline")
     assert core._replicas[a.tag].state is ReplicaState.ERROR

@@ -92,8 +92,18 @@ class CoreMachine(RuleBasedStateMachine):
             assert host.held <= max(before[1], host.allowance), "machine over its quota"
         for a in got:
             assert a.tag not in self.out and a.tag not in self.returned, "tag reused"
-            # an overdue replica may go back to its jobber (when no other is fresh to it)
-            held = {j for (w, j, d) in self.out.values() if w == who and d > self.now}
+            # an overdue replica may go back to its jobber (when no other is fresh to it),
+            # never one it may still be running (out, or gone silent and back)
+            held = {
+                j
+                for t, (w, j, d) in self.out.items()
+                if w == who
+                and (
+                    d > self.now
+                    or self.core._replicas.get(t)
+                    and self.core._replicas[t].state.value == "gone"
+                )
+            }
             assert a.job_id not in held, "two live replicas of one job on one jobber"
             self.out[a.tag] = (who, a.job_id, a.deadline)
         self._commit()
@@ -160,7 +170,16 @@ class CoreMachine(RuleBasedStateMachine):
         assert why is not None and why.code is ErrorCode.UNKNOWN_TAG
         assert self.core.take_records() == []
 
-    @rule(dt=st.sampled_from([0.0, 1.0, 49.0, 50.0, 51.0, 500.0]))
+    @rule(who=st.sampled_from(JOBBERS), tell=st.booleans())
+    def alive(self, who, tell):
+        """A heartbeat, with or without what the jobber holds (nothing lost here)."""
+        mine = sorted(t for t, (w, _, _) in self.out.items() if w == who)
+        cancel = self.core.alive(who, self.now, holding=mine if tell else None)
+        for tag in cancel:  # only replicas of settled jobs are cancelled
+            assert self.out[tag][1] not in self.core._jobs
+        assert self.core.take_records() == []  # it held everything it was given
+
+    @rule(dt=st.sampled_from([0.0, 1.0, 19.0, 21.0, 49.0, 50.0, 51.0, 500.0]))
     def clock(self, dt):
         self.now += dt
         self.core.tick(self.now)
@@ -204,7 +223,7 @@ class CoreMachine(RuleBasedStateMachine):
         for who in JOBBERS:
             rec = self.core.jobbers.get(who)
             assert (rec.held if rec else 0) == held.get(who, 0), f"{who}'s held count is off"
-            assert rec is None or 1 <= rec.allowance
+            assert rec is None or rec.allowance >= 1
         for m in set(MACHINE.values()):
             want = sum(n for who, n in held.items() if MACHINE[who] == m)
             rec = self.core.machines.get(m)

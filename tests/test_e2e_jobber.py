@@ -232,3 +232,50 @@ def test_cpu_limit_throttles_but_finishes(procs, factor_wasm):
     assert dealer.wait(90) == 0, dealer.stderr
     assert dealer.stdout.strip() == SMALL_LINE
     assert j.wait(60) == 0, j.stderr
+
+
+def test_alive_is_said_while_busy_and_a_cancel_stops_the_job(procs, factor_wasm, tmp_path):
+    """A jobber holding work says `alive` even while its only slot runs an endless job;
+    an `alive_ack` that cancels the job stops it, frees the slot, and no result is sent."""
+    import protocol as p
+    from tasks import Payload
+
+    wasm = Payload.from_wat(
+        '(module (memory (export "memory") 1) (func (export "_start") (loop br 0)))'
+    ).wasm
+    sha = hashlib.sha256(wasm).hexdigest()
+    router, address = fake_dealer()
+    j = procs.jobber("j", address, extra=("--max-idle", "3"))
+    spec = p.JobSpec("x.0", sha, (), b"", p.Limits(time_s=600.0), 900.0)
+    alive: list[p.Alive] = []
+    cancelled_at = None
+    asked_after_cancel = False
+    deadline = time.monotonic() + 30
+    try:
+        while j.popen.poll() is None and time.monotonic() < deadline:
+            if not router.poll(100):
+                continue
+            ident, frame = router.recv_multipart()
+            msg = p.decode(frame)
+            if isinstance(msg, p.Bored) and not alive:
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
+            elif isinstance(msg, p.Bored):
+                asked_after_cancel = cancelled_at is not None
+                router.send_multipart([ident, p.encode(p.RetryLater(msg.id, 0.5))])
+            elif isinstance(msg, p.Alive):
+                alive.append(msg)
+                cancel = ("x.0",) if len(alive) == 2 else ()
+                if cancel:
+                    cancelled_at = time.monotonic()
+                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0, cancel))])
+            elif isinstance(msg, p.Results):
+                raise AssertionError(f"a result was sent for a cancelled job: {msg}")
+        assert len(alive) >= 2 and alive[0].holding == ("x.0",)
+        assert alive[1].holding == ("x.0",)  # still running the endless job, still alive
+        assert alive[1] is not alive[0]
+        assert cancelled_at is not None and asked_after_cancel  # the slot was freed
+        assert j.wait(30) == 0
+        assert "1 jobs cancelled" in j.stderr
+        assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
+    finally:
+        router.close()
