@@ -58,6 +58,12 @@ they are sent to others at once; a late result from a GONE replica still
 counts until the job is settled, like an overdue one. Deadlines remain, for
 jobbers that are alive but too slow.
 
+The tail: once nothing is left to draw and no job wants a replica, a jobber
+that asks gets a *backup* replica of the job out longest (up to
+`Policy.backups` beyond what the job needs), so a batch ends when its fastest
+machines finish, not its slowest. The first quorum settles the job, and the
+jobbers still holding its other replicas are told to cancel them.
+
 Deterministic failures vote: the sandbox makes every status but time, crash
 and abandoned the same on every machine, so when `quorum` machines agree on
 such a status with the same (output, fuel), the job fails at once with that
@@ -249,6 +255,7 @@ class Policy:
     # silence after which a jobber holding work is taken as gone: four of the
     # jobber's 5-second `alive` intervals, so one lost message is forgiven
     lease_s: float = 20.0
+    backups: int = 1  # extra live replicas a job may get at the tail of a batch; 0: none
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.redundancy:
@@ -512,6 +519,30 @@ class Core:
             if j is None:
                 break
             out.append(self._send(j, jobber, machine, now))
+        if len(out) < want and self._exhausted and not self._wanting and self.policy.backups:
+            out += self._backups(jobber, machine, want - len(out), now)
+        return out
+
+    def _backups(self, jobber: str, machine: str, want: int, now: float) -> list[Assignment]:
+        """The tail of a batch: nothing left to draw and nothing wanting, so idle jobbers
+        get an extra replica of the jobs out longest (MapReduce's backup tasks). The
+        first quorum settles the job; the others' replicas are then cancelled."""
+        p = self.policy
+        oldest = sorted(
+            (min(r.deadline for r in j.replicas if r.state is ReplicaState.OUT), j.id)
+            for j in self._jobs.values()
+            if any(r.state is ReplicaState.OUT for r in j.replicas)
+        )
+        out: list[Assignment] = []
+        for _, job_id in oldest:
+            if len(out) >= want:
+                break
+            j = self._jobs[job_id]
+            t = _Tally.of(j)
+            if t.live >= p.quorum - t.best + p.backups or t.sent >= p.max_replicas:
+                continue
+            if self._eligible(j, jobber, machine, now):
+                out.append(self._send(j, jobber, machine, now))
         return out
 
     def result(

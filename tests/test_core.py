@@ -28,6 +28,7 @@ def jobs(n: int) -> list[Job]:
 def make(n: int = 3, **policy) -> Core:
     policy.setdefault("deadline_s", 100.0)
     policy.setdefault("lease_s", 1e6)  # deadlines alone, unless a test is about leases
+    policy.setdefault("backups", 0)  # no tail backups, unless a test is about them
     return Core(jobs(n), Policy(**policy), "t")
 
 
@@ -371,3 +372,29 @@ def test_quotas_start_small_grow_with_good_results_and_halve_on_errors():
     assert core.jobbers["a"].allowance == 2 and core.machines["m"].allowance == 2
     assert core.room("a", "m") == 0  # 3 still out, 2 allowed
     assert core.jobbers["a"].held == 3 and core.machines["m"].held == 3
+
+
+def test_at_the_tail_an_idle_jobber_gets_a_backup_of_the_job_out_longest():
+    core = make(3, backups=1)
+    slow = core.bored("slow", 2, 1000, 0.0)  # jobs 0 and 1, out since 0
+    [fast] = core.bored("fast", 1, 1000, 5.0)  # job 2, out since 5
+    core.result("fast", fast.tag, OK, b"x", 1, "", 6.0)
+    [backup] = core.bored("fast", 1, 1000, 7.0)  # nothing to draw: a backup, oldest first
+    assert backup.job_id == 0 and backup.tag not in {a.tag for a in slow}
+    [second] = core.bored("fast", 1, 1000, 7.0)  # then job 1, the next oldest
+    assert second.job_id == 1
+    core.result("fast", backup.tag, OK, b"x", 1, "", 8.0)
+    assert [s.job_id for s in core.take_settled()] == [2, 0]
+    # the slow jobber is told to drop what can no longer change anything
+    assert core.alive("slow", 9.0, holding=[a.tag for a in slow]) == [slow[0].tag]
+    # only one backup per job, and never on the machine that holds the original
+    assert core.bored("slow", 5, 1000, 9.0) == []
+
+
+def test_backups_never_exceed_their_cap():
+    core = make(1, backups=1)
+    [a] = core.bored("a", 1, 1000, 0.0)
+    [b] = core.bored("b", 1, 1000, 1.0)
+    assert b.job_id == a.job_id
+    assert core.bored("c", 1, 1000, 2.0) == []  # one backup is the cap
+    assert core.replicas_out == 2
