@@ -264,6 +264,8 @@ class Policy:
             raise ValueError("max_errors >= 0, deadline_s > 0 and window >= 1 are required")
         if self.lease_s <= 0:
             raise ValueError("lease_s must be positive")
+        if self.backups < 0:
+            raise ValueError("backups must be >= 0")
         if not 1 <= self.quota <= MAX_ALLOWANCE or self.deny_after < 0:
             raise ValueError(f"quota must be in 1..{MAX_ALLOWANCE} and deny_after >= 0")
         if self.max_replicas == 0:
@@ -903,7 +905,8 @@ class Core:
                 if r.state is ReplicaState.ERROR and (r.status, r.output, r.fuel) == t.fail_key
             )
             self.failed += 1
-            text = f"{t.fail_best} machines agree: {detail} (fuel {fuel})"
+            where = f"{t.fail_best} machine{'s' if t.fail_best > 1 else ''}"
+            text = f"the same failure on {where}: {detail} (fuel {fuel})"
             self._settle(j, Failed(j.id, j.job, (text,)))
             return
         if t.errors > p.max_errors:

@@ -108,6 +108,7 @@ def policy_for(
     quota: int | None = None,
     deny_after: int | None = None,
     lease_s: float | None = None,
+    backups: int | None = None,
 ) -> Policy:
     """The task's scheduling policy, with any of its class attributes overridden."""
     redundancy = task.redundancy if redundancy is None else redundancy
@@ -124,6 +125,7 @@ def policy_for(
         **({} if quota is None else {"quota": quota}),
         **({} if deny_after is None else {"deny_after": deny_after}),
         **({} if lease_s is None else {"lease_s": lease_s}),
+        **({} if backups is None else {"backups": backups}),
         **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
     )
 

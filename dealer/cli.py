@@ -105,6 +105,14 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         "sent to others (default 20; jobbers say they are alive every 5 s)",
     )
     g.add_argument(
+        "--backups",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at the tail of a batch, extra replicas of the jobs out longest for idle "
+        "jobbers (default 1; 0: none)",
+    )
+    g.add_argument(
         "--key",
         type=Path,
         default=None,
@@ -189,6 +197,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             quota=args.quota,
             deny_after=args.deny_after,
             lease_s=args.lease,
+            backups=args.backups,
         )
         home = db.parent
         home.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def test_a_deterministic_failure_agreed_by_a_quorum_fails_the_job_at_once(status
         core.result(who, rs[0].tag, status, b"", 7, "boom", 1.0)
     [s] = core.take_settled()
     assert isinstance(s, Failed) and s.job_id == 0
-    assert s.reasons == (f"2 machines agree: {status.value}: boom (fuel 7)",)
+    assert s.reasons == (f"the same failure on 2 machines: {status.value}: boom (fuel 7)",)
     # a different fuel is a different outcome: no agreement, the job is retried
     core.result("a", a[1].tag, status, b"", 7, "boom", 2.0)
     core.result("b", b[1].tag, status, b"", 8, "boom", 2.0)

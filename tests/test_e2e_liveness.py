@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.helpers import LINE, N, by_name, free_port, summary, wait_status
+from tests.helpers import LINE, N, by_name, free_port, jobber_status, summary, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,8 @@ def test_a_frozen_and_a_killed_jobber_cost_their_lease_not_the_deadline(procs, f
         "600",
         "--lease",
         "8",
+        "--backups",
+        "0",  # the lease alone (backups would end this batch sooner still)
         port=port,
     )
     frozen = procs.jobber("frozen", addr, extra=("-v",))
@@ -56,3 +58,21 @@ def test_a_frozen_and_a_killed_jobber_cost_their_lease_not_the_deadline(procs, f
     assert rows["frozen"][2] == rows["killed"][2] == 0  # gone is nobody's fault
     survivor.signal(signal.SIGTERM)
     assert survivor.wait(60) == 0
+
+
+def test_a_straggler_no_longer_holds_up_the_end_of_a_batch(procs, factor_wasm):
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK_23, port=port)
+    fast = procs.jobber("fast", addr, extra=("--max-idle", "30"))
+    slow = procs.jobber("slow", addr, extra=("--cpu-limit", "5", "--max-idle", "30"))
+    assert dealer.wait(90) == 0, dealer.stderr
+    assert dealer.stdout.strip() == LINE
+    rows = summary(dealer.stderr)
+    assert rows["fast"][0] + rows["slow"][0] == 23  # each job accepted once
+    # the batch ended while the straggler still held work: its last jobs were backed up
+    held = jobber_status(procs.cwd / "data-slow")
+    assert held["running"] or held["buffered"] or held["spooled"], held
+    for j in (fast, slow):
+        j.signal(signal.SIGTERM)
+        assert j.wait(60) == 0

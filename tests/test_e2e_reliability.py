@@ -44,7 +44,6 @@ def test_jobber_killed_mid_job_is_replaced(procs, factor_wasm):
     assert dealer.wait(120) == 0, dealer.stderr
     assert dealer.stdout.strip() == LINE
     rows = summary(dealer.stderr)
-    assert rows["victim"][2] >= 1  # its unreturned replicas went overdue
     assert sum(r[0] for r in rows.values()) == JOBS  # each job accepted once
     assert survivor.wait(60) == 0
 
@@ -152,8 +151,11 @@ def test_a_job_that_always_fails_ends_the_batch_listed(procs):
     jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "4")) for i in (1, 2)]
     assert dealer.wait(60) == 1, dealer.stderr  # finished, with a failure
     assert dealer.stdout.strip() == "2 done, 1 failed"
-    assert re.search(r"failed job boom: more than 1 errors; .*trap", dealer.stderr), dealer.stderr
+    # a trap is the same on every machine: one machine's (the quorum is 1) settles it
+    assert re.search(
+        r"failed job boom: the same failure on 1 machine: trap: .*unreachable", dealer.stderr
+    ), dealer.stderr
     rows = summary(dealer.stderr)
-    assert sum(r[2] for r in rows.values()) == 2  # boom failed twice, nothing else did
+    assert sum(r[2] for r in rows.values()) == 1  # tried once, not max_errors + 1 times
     for j in jobbers:
         assert j.wait(60) == 0
