@@ -472,6 +472,29 @@ class Core:
         theirs = self.policy.quota if host is None else host.allowance - host.held
         return max(0, min(mine, theirs))
 
+    def waiting(self, now: float) -> list[str]:
+        """Why unsettled jobs wait, in words for people (status and the progress line)."""
+        p = self.policy
+        out: list[str] = []
+        if self._wanting:
+            horizon = now - p.lease_s
+            active = [m for m, st in self.machines.items() if st.last_seen >= horizon]
+            n = len(self._wanting)
+            out.append(
+                f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a replica on "
+                f"another machine; {len(active)} machine{'s' if len(active) != 1 else ''} active"
+            )
+        quiet = now - p.lease_s / 2
+        for name, rec in self.jobbers.items():
+            if rec.held and rec.last_seen < quiet:
+                out.append(
+                    f"{rec.held} job{'s' if rec.held != 1 else ''} out to {name[:12]}, "
+                    f"silent for {now - rec.last_seen:.0f} s"
+                )
+            if len(out) >= 10:
+                break
+        return out
+
     def take_records(self) -> list[Record]:
         out, self._records = self._records, []
         return out

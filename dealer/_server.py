@@ -394,6 +394,7 @@ class Dealer(RouterServer):
         self.core = Core(task.jobs(), policy, journal.tag_prefix)
         self._payload = task.payload
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
+        self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
         self._evicted_at = 0.0
         super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
         self._bar = None
@@ -408,6 +409,7 @@ class Dealer(RouterServer):
                 dynamic_ncols=True,
             )
         self.failures = 0
+        self._said_at = 0.0
         self._replay()
 
     # --- start-up ----------------------------------------------------------
@@ -451,6 +453,7 @@ class Dealer(RouterServer):
             self._evicted_at = now
             self.core.evict(now)
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
+            self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         self.journal.append(self.core.take_records())
@@ -459,6 +462,11 @@ class Dealer(RouterServer):
         if len(self.gate.denied) != len(self.core.denied):
             self.gate.denied = frozenset(self.core.denied)
         self._deliver()
+        now = time.time()
+        if self._bar is not None and now - self._said_at >= 1.0:  # the progress line says why
+            self._said_at = now
+            why = self.waiting(now)
+            self._bar.set_postfix_str(why[0] if why else "", refresh=False)
 
     def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
@@ -518,10 +526,14 @@ class Dealer(RouterServer):
         if msg.want == 0:
             return p.Jobs(msg.id, ())
         if msg.host.memory_mb < core.policy.memory_mb:
-            return p.RetryLater(msg.id, RETRY_IDLE_S)
+            self._too_small[peer.key] = msg.host.memory_mb
+            why = f"jobs need {core.policy.memory_mb} MiB each; you offer {msg.host.memory_mb}"
+            return p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if self.peers and not core.has_work():
             return p.Referral(msg.id, self.peers)
-        return p.RetryLater(msg.id, RETRY_BUSY_S)
+        if not core.room(peer.key, peer.machine(self.distinct)):
+            return p.RetryLater(msg.id, RETRY_BUSY_S, "you hold as many jobs as your quota allows")
+        return p.RetryLater(msg.id, RETRY_BUSY_S, "no job needs this machine now; all are out")
 
     def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
         ok: list[str] = []
@@ -577,6 +589,18 @@ class Dealer(RouterServer):
         rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
         return rows
 
+    def waiting(self, now: float) -> list[str]:
+        """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
+        why = self.core.waiting(now)
+        small = [k for k in self._too_small if k in self.core.jobbers]
+        if self.core.in_flight and small:
+            most = max(self._too_small[k] for k in small)
+            why.append(
+                f"jobs need {self.core.policy.memory_mb} MiB each; {len(small)} jobber"
+                f"{'s offer' if len(small) != 1 else ' offers'} at most {most}"
+            )
+        return why
+
     def status(self, page: int = 0) -> dict:
         """A report for people: counts, disagreements, and one page of jobbers (no tags)."""
         c = self.core
@@ -593,6 +617,7 @@ class Dealer(RouterServer):
             "replicas_out": c.replicas_out,
             "distinct": self.distinct,
             "closed": self.gate.allow is not None,
+            "waiting": self.waiting(time.time()),
             "disputed": c.disputed,
             "disputes": list(c.disputes)[-10:],
             "denied": sorted(c.denied)[:STATUS_PAGE],

@@ -397,6 +397,8 @@ def _print_status(info: dict) -> None:
         f"key {info.get('key')}; replicas on distinct {info.get('distinct')}s"
         + ("; closed pool" if info.get("closed") else "")
     )
+    for why in info.get("waiting", []):
+        print(f"waiting: {why}")
     if info.get("disputed"):
         print(f"{info['disputed']} disagreements; latest:")
         for d in info.get("disputes", []):

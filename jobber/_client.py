@@ -112,6 +112,7 @@ class _Link:
     alive_id: int | None = None
     alive_at: float = 0.0  # when the last `alive` was sent
     alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
+    last_reason: str = ""  # the last "retry later" reason logged (each is logged once)
 
     def may_ask(self, now: float) -> bool:
         return (
@@ -660,6 +661,9 @@ class Jobber:
                 link.bored_id = None
             link.backoff.succeeded()
             link.ask_after = now + msg.seconds
+            if msg.reason and msg.reason != link.last_reason:
+                link.last_reason = msg.reason
+                log.info("dealer %s has no work for us: %s", link.address, msg.reason)
             log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
         elif isinstance(msg, p.Referral):
             if re_ == link.bored_id:

@@ -455,8 +455,13 @@ class RetryLater(Message):
     TYPE: ClassVar[str] = "retry_later"
     re: int
     seconds: float
+    reason: str | None = None  # why, for the jobber's log (nil: not said)
 
-    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "seconds": _float(0.0, 1e7)}
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "seconds": _float(0.0, 1e7),
+        "reason": _optional(_str()),
+    }
 
 
 @dataclass(frozen=True, slots=True)

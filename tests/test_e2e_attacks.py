@@ -87,7 +87,7 @@ def test_a_hoarder_taking_a_new_name_each_time_delays_but_never_fails_the_batch(
     taken, names = map(
         int, re.search(r"took (\d+) replicas under (\d+) names", hoarder.stderr).groups()
     )
-    assert names > 10  # it tried many names...
+    assert names > 2  # it tried name after name...
     assert taken <= 6  # ...but one machine's quota held: 4, then halved by each overdue one
     for j in honest:
         assert j.wait(60) == 0

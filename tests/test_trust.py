@@ -347,3 +347,18 @@ def test_fuzzed_frames_change_nothing_and_a_real_jobber_then_finishes(serve, tmp
     wait_for(lambda: len(task.outputs) == 6, 60, "the real jobber finished the batch")
     assert set(task.outputs.values()) == {b"hi\n"}
     assert jobber.wait(60) == 0
+
+
+def test_status_and_retry_later_say_why_jobs_wait(serve):
+    task = Collect(3, redundancy=2)
+    s = serve(task)
+    a = s.client(source="127.0.0.20")
+    assert len(a.ask(p.Bored(1, "a", HOST, 3)).jobs) == 3
+    busy = a.ask(p.Bored(2, "a", HOST, 3))
+    assert isinstance(busy, p.RetryLater) and busy.reason
+    small = s.client(source="127.0.0.21").ask(p.Bored(1, "tiny", p.HostFacts(1, 4, 1), 1))
+    assert isinstance(small, p.RetryLater)
+    assert small.reason == "jobs need 16 MiB each; you offer 4"
+    waiting = s.status()["waiting"]
+    assert "3 jobs need a replica on another machine; 2 machines active" in waiting
+    assert "jobs need 16 MiB each; 1 jobber offers at most 4" in waiting
