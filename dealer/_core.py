@@ -624,7 +624,15 @@ class Core:
 
     def cancellable(self, holding: Collection[str]) -> list[str]:
         """Tags among `holding` whose jobs are settled: running them is wasted work."""
-        return [t for t in holding if t not in self._replicas and self._issued_here(t)]
+        out = [t for t in holding if t not in self._replicas and self._issued_here(t)]
+        for tag in out:
+            self._late.pop(tag, None)  # its holder is told: nothing more to wait for
+        return out
+
+    @property
+    def late(self) -> int:
+        """Replicas that were out when their jobs settled and have not been heard of since."""
+        return len(self._late)
 
     def resume(self, now: float) -> None:
         """After a replay: every jobber holding work gets a fresh lease from `now`."""

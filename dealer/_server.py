@@ -48,6 +48,9 @@ REQUEST_BYTES = 1024 * 1024
 RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
 STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
+# a finished dealer stays this long to answer "finished", take late results and
+# cancel held work: longer than a jobber's alive interval, so every holder hears
+LINGER_S = 6.0
 DISTINCT = ("host", "subnet", "key")
 ZAP_DOMAIN = "borednet"
 
@@ -410,6 +413,10 @@ class Dealer(RouterServer):
             )
         self.failures = 0
         self._said_at = 0.0
+        self.done = False
+        self.linger_s = LINGER_S
+        self._lingering = False
+        self._until = lambda: True
         self._replay()
 
     # --- start-up ----------------------------------------------------------
@@ -436,16 +443,38 @@ class Dealer(RouterServer):
 
     def run(self, *, max_s: float | None = None) -> None:
         log.debug("dealer for %s listening on %s", type(self.task).__name__, self.address)
+        started = time.monotonic()
         super().run(max_s=max_s)
+        if self.done and not self._stopping and self.linger_s > 0:
+            # done: stay a moment to tell askers so, take late results, cancel held work
+            left = None if max_s is None else max(0.0, max_s - (time.monotonic() - started))
+            self.linger(
+                lambda: not self.core.late,
+                self.linger_s if left is None else min(self.linger_s, left),
+            )
+
+    def linger(self, until, max_s: float) -> None:
+        """Once done, go on serving (answering "finished", taking late results, cancelling
+        held work) until `until()` is true or `max_s` seconds have passed."""
+        self._lingering, self._until = True, until
+        since = time.monotonic()
+        super().run(max_s=max_s)
+        log.debug(
+            "done; stayed %.1f s for late results (%d replicas unheard of)",
+            time.monotonic() - since,
+            self.core.late,
+        )
 
     def timeout_s(self) -> float:
         nd = self.core.next_deadline()
         return TICK_S if nd is None else min(TICK_S, max(0.0, nd - time.time()))
 
     def finished(self) -> bool:
-        done = self.task.done() or self.core.finished()
+        if self._lingering:
+            return self._until()
+        self.done = self.task.done() or self.core.finished()
         self.journal.append(self.core.take_records())  # finished() may draw a job
-        return done
+        return self.done
 
     def before_turn(self, now: float) -> None:
         self.core.tick(now)
@@ -496,6 +525,9 @@ class Dealer(RouterServer):
 
     def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
         core = self.core
+        if self.done:
+            core.alive(peer.key, now, msg.holding)
+            return p.Finished(msg.id)
         if core.is_denied(peer.key):
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         machine = peer.machine(self.distinct)

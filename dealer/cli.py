@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -238,6 +239,9 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
+        if jobbers and dealer.done:  # let them give back what they hold while we still listen
+            _signal_jobbers(jobbers)
+            dealer.linger(lambda: all(j.poll() is not None for j in jobbers), 10.0)
         dealer.close()
         _stop_jobbers(jobbers)
     _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
@@ -269,15 +273,20 @@ def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
         ]
         if local:
             cmd += ["--source", f"127.0.0.{2 + i % 250}"]
+        cmd += ["--exit-with", str(os.getpid())]  # even if this dealer is killed with kill -9
         cmd.append("--quiet")  # the dealer's progress bar speaks for them
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
     return procs
 
 
-def _stop_jobbers(procs: list[subprocess.Popen]) -> None:
+def _signal_jobbers(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+
+
+def _stop_jobbers(procs: list[subprocess.Popen]) -> None:
+    _signal_jobbers(procs)
     deadline = time.monotonic() + 10
     for proc in procs:
         try:

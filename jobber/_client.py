@@ -85,6 +85,7 @@ class Config:
     cpu_limit: float = 100.0  # percent of each period jobs may run
     control: bool = True  # serve the local control socket
     source: str | None = None  # connect from this local IP address (one machine, many jobbers)
+    exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
 
 
 @dataclass
@@ -325,6 +326,10 @@ class Jobber:
         try:
             while not self._stopping:
                 now = time.monotonic()
+                if self.cfg.exit_with is not None and os.getppid() != self.cfg.exit_with:
+                    log.info("the process that started this jobber is gone: stopping")
+                    self.stop()
+                    continue
                 self._turn(now)
                 if self._idle_too_long(now):
                     log.info("no work for %.1f s: exiting", now - self._last_busy)
@@ -683,6 +688,14 @@ class Jobber:
                         )
                         continue
                     self._add_link(addr, link.depth + 1)
+        elif isinstance(msg, p.Finished):
+            if re_ == link.bored_id:
+                link.bored_id = None
+            link.backoff.succeeded()
+            # no more work there: ask again only after the longest backoff (a new batch
+            # may start on the same address); results still go while it lingers
+            link.ask_after = now + self.cfg.max_backoff_s
+            log.info("dealer %s: its task is finished", link.address)
         elif isinstance(msg, p.AliveAck):
             if re_ == link.alive_id:
                 link.alive_id = None

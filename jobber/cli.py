@@ -45,6 +45,7 @@ CONFIG_FIELDS = {
     "request_timeout": "request_timeout_s",
     "grace": "grace_s",
     "source": "source",
+    "exit_with": "exit_with",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -139,6 +140,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="connect from this local address; several jobbers on one machine count as "
         "distinct machines only to a dealer that trusts loopback addresses (tests, demos)",
+    )
+    ap.add_argument(
+        "--exit-with",
+        type=int,
+        metavar="PID",
+        help="stop once this jobber is no longer the child of process PID (its parent): "
+        "how a dealer's --jobbers end with it, even when it is killed",
     )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")

@@ -465,6 +465,20 @@ class RetryLater(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Finished(Message):
+    """Dealer -> jobber: this dealer's task is done; there will be no more work here.
+
+    Deliver what you hold for it (it stays a few seconds to take late results),
+    then stop asking it.
+    """
+
+    TYPE: ClassVar[str] = "finished"
+    re: int
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID}
+
+
+@dataclass(frozen=True, slots=True)
 class Results(Message):
     """Jobber -> dealer: finished replicas."""
 
@@ -641,6 +655,7 @@ MESSAGES: dict[str, type[Message]] = {
         AdminReply,
         Alive,
         AliveAck,
+        Finished,
     )
 }
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import PY, ROOT, free_port
@@ -50,3 +53,31 @@ def test_bad_arguments_get_a_clear_error(procs):
     dealer = procs.start("bad", [PY, ROOT / "examples" / "factoring.py", "1"])
     assert dealer.wait(30) != 0
     assert "N must be in" in dealer.stderr
+
+
+def test_local_jobbers_end_when_their_dealer_is_killed(procs, factor_wasm):
+    import signal
+
+    from tests.helpers import N, wait_for
+
+    port = free_port()
+    dealer = procs.start(
+        "dealer",
+        [PY, ROOT / "examples" / "factoring.py", str(N), "--chunk", "20000000"]
+        + ["--bind", f"tcp://127.0.0.1:{port}", "--jobbers", "2", "--quiet"],
+    )
+    dealer.wait_for("listening on", 30)
+
+    def children() -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-f", f"jobber tcp://127.0.0.1:{port}"], capture_output=True, text=True
+        ).stdout
+        return [int(x) for x in out.split()]
+
+    pids = wait_for(lambda: len(children()) == 2 and children(), 30, "two local jobbers")
+    dealer.signal(signal.SIGKILL)
+    wait_for(lambda: not children(), 30, "the local jobbers to end")
+    assert all(
+        not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        for pid in pids
+    )
