@@ -124,7 +124,9 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         payloads=st.dictionaries(shas, blobs, max_size=3),
     ),
     p.Referral: st.builds(p.Referral, re=u64, dealers=st.lists(names, max_size=4).map(tuple)),
-    p.RetryLater: st.builds(p.RetryLater, re=u64, seconds=st.floats(0.0, 1e7)),
+    p.RetryLater: st.builds(
+        p.RetryLater, re=u64, seconds=st.floats(0.0, 1e7), reason=st.none() | strs
+    ),
     p.Results: st.builds(
         p.Results, id=u64, jobber=names, results=st.lists(results, max_size=3).map(tuple)
     ),
@@ -143,6 +145,7 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     p.Alive: st.builds(
         p.Alive, id=u64, jobber=names, holding=st.none() | st.lists(strs, max_size=3).map(tuple)
     ),
+    p.Finished: st.builds(p.Finished, re=u64),
     p.AliveAck: st.builds(
         p.AliveAck,
         re=u64,
@@ -211,6 +214,7 @@ SAMPLES: dict[str, p.Message] = {
     "admin_reply": p.AdminReply(6, "denied"),
     "alive": p.Alive(7, "ann", ("t1",)),
     "alive_ack": p.AliveAck(7, 20.0, ("t1",)),
+    "finished": p.Finished(8),
 }
 DELETE = object()
 
