@@ -7,7 +7,16 @@ import signal
 
 import pytest
 
-from tests.helpers import LINE, N, by_name, free_port, jobber_status, summary, wait_status
+from tests.helpers import (
+    LINE,
+    N,
+    by_name,
+    free_port,
+    jobber_status,
+    summary,
+    wait_for,
+    wait_status,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,9 +79,17 @@ def test_a_straggler_no_longer_holds_up_the_end_of_a_batch(procs, factor_wasm):
     assert dealer.stdout.strip() == LINE
     rows = summary(dealer.stderr)
     assert rows["fast"][0] + rows["slow"][0] == 23  # each job accepted once
-    # the batch ended while the straggler still held work: its last jobs were backed up
-    held = jobber_status(procs.cwd / "data-slow")
-    assert held["running"] or held["buffered"] or held["spooled"], held
+
+    # the batch ended without waiting for the straggler: its last jobs were backed up by
+    # the fast jobber, and it was told to drop them (by the finished dealer, which stays
+    # a moment) or still holds them
+    def passed_by() -> bool:
+        if "jobs cancelled (settled without them)" in slow.stderr:
+            return True
+        held = jobber_status(procs.cwd / "data-slow")
+        return bool(held["running"] or held["buffered"] or held["spooled"])
+
+    wait_for(passed_by, 30, "the straggler's jobs to be settled without it")
     for j in (fast, slow):
         j.signal(signal.SIGTERM)
         assert j.wait(60) == 0

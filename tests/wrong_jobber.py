@@ -17,8 +17,9 @@ by default), optionally followed by `#` and the dealer's key in hex. With
 --hoard it makes a new identity for every `bored`, asks for --want jobs and
 never answers. --fuel and --output-bytes change the wrong result it sends.
 It stops, with exit status 0, after --max-idle seconds without jobs or once
---count wrong results are acknowledged, and on Ctrl-C. Referrals are not
-followed: a referral is taken as "ask again soon".
+--count wrong results are acknowledged, once the dealer says `finished`, and
+on Ctrl-C. It never says `alive`, so a dealer takes it as gone once its lease
+runs out. Referrals are not followed: a referral is taken as "ask again soon".
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ class WrongJobber:
         self.acked = 0  # wrong results the dealer took (acked or rejected)
         self.last_progress = time.monotonic()
         self.next_id = 1
+        self.dealer_finished = False
 
     def run(self) -> int:
         while not self._finished():
@@ -249,6 +251,8 @@ class WrongJobber:
 
     def _finished(self) -> bool:
         if self.count is not None and self.acked >= self.count:
+            return True
+        if self.dealer_finished and not self.unacked:
             return True
         idle_s = time.monotonic() - self.last_progress
         return self.max_idle_s is not None and idle_s >= self.max_idle_s
@@ -282,6 +286,8 @@ class WrongJobber:
             self._wait(seconds if ok else REFERRAL_WAIT_S)
         elif kind == "referral":
             self._wait(REFERRAL_WAIT_S)
+        elif kind == "finished":  # no more work there: stop once nothing is held
+            self.dealer_finished = True
         else:
             self._wait(self.dealer.backoff_s())
 
