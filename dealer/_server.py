@@ -441,11 +441,12 @@ class Dealer(RouterServer):
 
     # --- the loop ----------------------------------------------------------
 
-    def run(self, *, max_s: float | None = None) -> None:
+    def run(self, *, max_s: float | None = None, linger: bool = True) -> None:
+        """Serve until the task is done (then, with `linger`, a moment more: see linger)."""
         log.debug("dealer for %s listening on %s", type(self.task).__name__, self.address)
         started = time.monotonic()
         super().run(max_s=max_s)
-        if self.done and not self._stopping and self.linger_s > 0:
+        if linger and self.done and not self._stopping and self.linger_s > 0:
             # done: stay a moment to tell askers so, take late results, cancel held work
             left = None if max_s is None else max(0.0, max_s - (time.monotonic() - started))
             self.linger(
@@ -659,8 +660,12 @@ class Dealer(RouterServer):
             "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
         }
 
-    def close(self) -> None:
+    def finish_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self.finish_bar()
         super().close()
         self.journal.close()

@@ -19,7 +19,7 @@ import zmq
 import protocol as p
 from dealer._core import CoreError
 from dealer._journal import Journal, JournalError
-from dealer._server import DISTINCT, Dealer, Referrer, policy_for
+from dealer._server import DISTINCT, LINGER_S, Dealer, Referrer, policy_for
 from protocol._keys import (
     KeyPair,
     create_key_pair,
@@ -229,25 +229,29 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     jobbers = _start_jobbers(args.jobbers, dealer.address)
     try:
         if args.quiet:
-            dealer.run()
+            dealer.run(linger=False)
         else:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             with logging_redirect_tqdm():  # log lines above the progress bar, not through it
-                dealer.run()
+                dealer.run(linger=False)
+        if dealer.done:  # the answer first; then the courtesies of a finished dealer
+            dealer.finish_bar()
+            _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
+            print(task.report(), flush=True)
+            for f in task.failures:
+                print(f"failed job {' '.join(f.job.args)}: {'; '.join(f.reasons)}", file=sys.stderr)
+            if jobbers:  # they give back what they hold while we still listen
+                _signal_jobbers(jobbers)
+                dealer.linger(lambda: all(j.poll() is not None for j in jobbers), 10.0)
+            else:
+                dealer.linger(lambda: not dealer.core.late, LINGER_S)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
-        if jobbers and dealer.done:  # let them give back what they hold while we still listen
-            _signal_jobbers(jobbers)
-            dealer.linger(lambda: all(j.poll() is not None for j in jobbers), 10.0)
         dealer.close()
         _stop_jobbers(jobbers)
-    _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
-    print(task.report(), flush=True)
-    for f in task.failures:
-        print(f"failed job {' '.join(f.job.args)}: {'; '.join(f.reasons)}", file=sys.stderr)
     return 1 if task.failures else 0
 
 
