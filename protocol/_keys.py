@@ -9,6 +9,7 @@ Curve25519 public key.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from protocol._files import write_atomic
 KEY_HEX_LEN = 64
 
 
+@functools.lru_cache(maxsize=65536)  # the dealer converts every message's User-Id
 def hex_of_z85(key: bytes | str) -> str:
     """The 64 hex digits of a 40-character Z85 key."""
     if isinstance(key, str):
