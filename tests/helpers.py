@@ -113,6 +113,16 @@ def fake_dealer(ctx: zmq.Context | None = None) -> tuple[zmq.Socket, str]:
     return router, f"127.0.0.1:{port}#{hex_of_z85(public)}"
 
 
+def by_hand(router: zmq.Socket, jobber, timeout_s: float = 30.0):
+    """The (identity, message) pairs a jobber process sends a dealer played by hand
+    (`fake_dealer`), for as long as the jobber runs, at most `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while jobber.popen.poll() is None and time.monotonic() < deadline:
+        if router.poll(100):
+            ident, frame = router.recv_multipart()
+            yield ident, p.decode(frame)
+
+
 def summary_rows(stderr: str) -> list[tuple[str, str, int, int, int, int]]:
     """The dealer's closing table: (name, key prefix, valid, invalid, errors, credit) rows."""
     rx = r"^(\S+)(?: \(denied\))?\s+([0-9a-f]{12})\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$"

@@ -17,6 +17,7 @@ from tests.helpers import (
     LINE,
     PY,
     N,
+    by_hand,
     by_name,
     fake_dealer,
     free_port,
@@ -201,13 +202,8 @@ def test_results_are_delivered_while_the_dealer_says_retry_later(procs, factor_w
     j = procs.jobber("j", address, extra=("--max-idle", "2"))
     sent = False
     acked_at = None
-    deadline = time.monotonic() + 30
     try:
-        while j.popen.poll() is None and time.monotonic() < deadline:
-            if not router.poll(100):
-                continue
-            ident, frame = router.recv_multipart()
-            msg = p.decode(frame)
+        for ident, msg in by_hand(router, j):
             if isinstance(msg, p.Bored) and not sent:
                 spec = p.JobSpec("x.0", sha, (), b"", p.Limits(), 60.0)
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
@@ -250,13 +246,8 @@ def test_alive_is_said_while_busy_and_a_cancel_stops_the_job(procs, factor_wasm,
     alive: list[p.Alive] = []
     cancelled_at = None
     asked_after_cancel = False
-    deadline = time.monotonic() + 30
     try:
-        while j.popen.poll() is None and time.monotonic() < deadline:
-            if not router.poll(100):
-                continue
-            ident, frame = router.recv_multipart()
-            msg = p.decode(frame)
+        for ident, msg in by_hand(router, j):
             if isinstance(msg, p.Bored) and not alive:
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
             elif isinstance(msg, p.Bored):
