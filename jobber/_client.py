@@ -35,7 +35,7 @@ import os
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import zmq
@@ -47,6 +47,7 @@ from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._pins import Pins
 from jobber._spool import Spool
+from protocol._files import write_atomic
 from protocol._keys import load_or_create_key_pair, z85_of_hex
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
 FETCH_PATIENCE_S = 1.0  # an ask unanswered this long lets the next dealer be asked too
+PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
 
 
 class JobberError(Exception):
@@ -129,6 +131,7 @@ class _Pending:
     dealer: str
     spec: p.JobSpec
     deadline: float  # monotonic
+    started: float = 0.0  # monotonic, once running
 
 
 def _physical_memory_mb() -> int:
@@ -145,7 +148,7 @@ class Jobber:
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._take_lock(cfg.data_dir)
-        self.name = cfg.name or self._load_name(cfg.data_dir)
+        self.name = self._load_name(cfg.data_dir, cfg.name)
         self.keys, made = load_or_create_key_pair(cfg.data_dir / "identity")
         if made:
             log.info("made a new identity in %s", cfg.data_dir / "identity.key_secret")
@@ -171,6 +174,9 @@ class Jobber:
         self._stopping = False
         self._last_busy = time.monotonic()
         self.done = 0  # results produced by this process
+        self.reached = False  # some dealer has answered us
+        self._summary_at = time.monotonic()
+        self._summary: dict[str, int] = {}  # status -> jobs finished since the last summary
         self._job_s = 0.0  # running mean of job wall time, for deadline-aware buffering
         self.user_suspended = False
         self._suspended = False  # the slots' workers are stopped right now
@@ -202,13 +208,17 @@ class Jobber:
         return fd
 
     @staticmethod
-    def _load_name(data_dir: Path) -> str:
+    def _load_name(data_dir: Path, given: str | None) -> str:
+        """The name in the data directory; a name given once is kept there for next time."""
         path = data_dir / "name"
+        if given is not None:
+            write_atomic(path, (given + "\n").encode())
+            return given
         try:
             return path.read_text().strip()
         except FileNotFoundError:
             name = f"{socket.gethostname()}-{os.urandom(4).hex()}"
-            path.write_text(name + "\n")
+            write_atomic(path, (name + "\n").encode())
             return name
 
     def _add_link(self, text: str, depth: int) -> None:
@@ -331,8 +341,12 @@ class Jobber:
                     self.stop()
                     continue
                 self._turn(now)
+                self._say_progress(now)
                 if self._idle_too_long(now):
                     log.info("no work for %.1f s: exiting", now - self._last_busy)
+                    if not self.reached:
+                        log.error("never reached any dealer: %s", ", ".join(self._links))
+                        return 1
                     break
                 self._wait()
             else:
@@ -447,7 +461,20 @@ class Jobber:
                 outcome.wall_s,
             )
 
+    def _say_progress(self, now: float) -> None:
+        """A line a minute while jobs finish, so a lender sees the machine at work."""
+        if now - self._summary_at < PROGRESS_EVERY_S:
+            return
+        if self._summary:
+            n = sum(self._summary.values())
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self._summary.items()))
+            log.info("%d jobs finished in the last %.0f s (%s)", n, now - self._summary_at, kinds)
+        self._summary_at, self._summary = now, {}
+
     def _finish(self, job: _Pending, result: p.Result) -> None:
+        self._summary[result.status.value] = self._summary.get(result.status.value, 0) + 1
+        if not self.done:
+            log.info("first job done: %s from %s, %s", result.tag, job.dealer, result.status.value)
         self.spool.put(job.dealer, result)
         self._unacked.setdefault(job.dealer, {})[result.tag] = result
         self.done += 1
@@ -471,6 +498,7 @@ class Jobber:
             key = f"{self._next_key:x}"
             self._next_key += 1
             self.slots.start(key, spec.payload, spec.args, spec.stdin, spec.limits)
+            job.started = now
             self._running[key] = job
 
     # --- talking to dealers ------------------------------------------------------
@@ -655,6 +683,7 @@ class Jobber:
 
     def _handle(self, link: _Link, msg: p.Message) -> None:
         now = time.monotonic()
+        self.reached = True
         re_ = getattr(msg, "re", None)
         if isinstance(msg, p.Jobs):
             if re_ == link.bored_id:
@@ -847,10 +876,22 @@ class Jobber:
                 }
                 for link in self._links.values()
             ],
-            "running": [job.spec.tag for job in self._running.values()],
+            "running": [
+                {"tag": job.spec.tag, "dealer": job.dealer, "elapsed_s": now - job.started}
+                for job in self._running.values()
+            ],
             "buffered": len(self._buffer),
+            "buffered_by_dealer": _count(job.dealer for job in self._buffer),
             "spooled": self.spool.count(),
+            # results waiting for a dealer: kept until it acknowledges them; those for a
+            # dealer gone for good stay here, listed, until the data directory is cleared
+            "spooled_by_dealer": {d: len(r) for d, r in self._unacked.items() if r},
             "done": self.done,
+            "settings": {
+                f.name: (str(v) if isinstance(v, Path) else v)
+                for f in fields(self.cfg)
+                for v in (getattr(self.cfg, f.name),)
+            },
         }
 
     def close(self) -> None:
@@ -862,6 +903,13 @@ class Jobber:
         for link in self._links.values():
             self._reset_socket(link)
         os.close(self._lock)
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
 
 
 def _batch(results) -> tuple[p.Result, ...]:

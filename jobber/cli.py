@@ -207,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
+    # `status | head -1`: a closed pipe ends us quietly, as it does other tools
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         reply = _control.ask(data_dir, cmd)
     except (ConnectionError, TimeoutError) as e:
@@ -229,6 +231,10 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         state = f"backed off {d['backoff_s']:.0f} s more" if d["backoff_s"] > 0 else "ready"
         origin = "" if d["pinned"] else " (referred)"
         print(f"  {d['address']}{origin}: {state}, {d['failures']} failed contacts in a row")
-    for tag in reply["running"]:
-        print(f"  running {tag}")
+    for job in reply["running"]:
+        print(f"  running {job['tag']} from {job['dealer']} for {job['elapsed_s']:.0f} s")
+    for dealer, n in reply.get("buffered_by_dealer", {}).items():
+        print(f"  {n} buffered from {dealer}")
+    for dealer, n in reply.get("spooled_by_dealer", {}).items():
+        print(f"  {n} results spooled for {dealer}")
     return 0

@@ -7,6 +7,7 @@ import hashlib
 import re
 import signal
 import stat
+import subprocess
 import time
 
 import pytest
@@ -270,3 +271,50 @@ def test_alive_is_said_while_busy_and_a_cancel_stops_the_job(procs, factor_wasm,
         assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
     finally:
         router.close()
+
+
+def test_the_lender_s_view(procs, factor_wasm, tmp_path):
+    """Exit 1 when no dealer was ever reached; a name given once is kept; status shows
+    each job's dealer and time, the settings in force, and survives a closed pipe."""
+    nowhere = procs.jobber(
+        "lonely", f"127.0.0.1:{free_port()}", extra=("--max-idle", "1", "--request-timeout", "0.5")
+    )
+    assert nowhere.wait(30) == 1
+    assert "never reached any dealer" in nowhere.stderr
+    assert (tmp_path / "data-lonely" / "name").read_text().strip() == "lonely"
+    # started again without --name: the name given before is kept
+    again = procs.start(
+        "again",
+        [PY, "-m", "jobber", f"127.0.0.1:{free_port()}", "--data-dir", tmp_path / "data-lonely"]
+        + ["--max-idle", "1", "--request-timeout", "0.5", "--min-backoff", "0.2"],
+    )
+    assert again.wait(30) == 1
+    assert "jobber lonely:" in again.stderr
+
+    port = free_port()
+    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
+    j = procs.jobber("j", f"127.0.0.1:{port}")
+    data = tmp_path / "data-j"
+    def running():
+        try:
+            info = jobber_status(data)
+        except (ConnectionError, TimeoutError):  # not listening yet
+            return None
+        return info if info["running"] else None
+
+    info = wait_for(running, 30, "a running job")
+    [job] = info["running"]
+    assert job["dealer"] == f"tcp://127.0.0.1:{port}" and job["elapsed_s"] >= 0
+    assert info["settings"]["slots"] == 1 and info["settings"]["data_dir"] == str(data)
+    piped = subprocess.run(
+        f"{PY} -m jobber status --data-dir {data} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert piped.stdout.startswith("jobber j:") and "Traceback" not in piped.stderr
+    assert dealer.wait(120) == 0
+    j.wait_for(r"first job done: \S+ from tcp://127.0.0.1:\d+, ok", 10)
+    j.signal(signal.SIGTERM)
+    assert j.wait(30) == 0
