@@ -30,6 +30,7 @@ SSH does. A pinned dealer that later presents another key is refused loudly.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 import protocol as p
 import sandbox
@@ -61,6 +63,16 @@ MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
 FETCH_PATIENCE_S = 1.0  # an ask unanswered this long lets the next dealer be asked too
+# what ZeroMQ can tell about a connection that a missing reply cannot
+_PROBLEMS = {
+    zmq.EVENT_CONNECT_RETRIED: "cannot connect: refused, or the host is unreachable",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the dealer refused our key (denied, or a closed pool)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the encryption handshake failed (a wrong dealer key?)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the encryption handshake failed (a wrong dealer key?)",
+}
+_WATCHED = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+for _event in _PROBLEMS:
+    _WATCHED |= _event
 PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
 
 
@@ -106,6 +118,9 @@ class _Link:
     hello_at: float = 0.0
     hello_sock: zmq.Socket | None = None
     sock: zmq.Socket | None = None
+    monitors: list = field(default_factory=list)  # ZeroMQ event sockets of sock, hello_sock
+    problem: str = ""  # what ZeroMQ last said about connecting (refused, handshake failed)
+    resolved: bool = False  # its host name resolved (checked again after a failure)
     bored_id: int | None = None
     bored_at: float = 0.0
     results_id: int | None = None
@@ -258,11 +273,31 @@ class Jobber:
             s.curve_secretkey = self.keys.secret
             s.curve_publickey = self.keys.public
             s.curve_serverkey = z85_of_hex(link.key)
+            self._watch(link, s)
             s.connect(self._connect_to(link.address))
             link.sock = s
         return link.sock
 
+    def _watch(self, link: _Link, sock: zmq.Socket) -> None:
+        """Hear what ZeroMQ does on `sock`'s connection: refused, handshakes failing."""
+        link.monitors.append(sock.get_monitor_socket(_WATCHED))
+
+    def _drain_monitors(self, link: _Link) -> None:
+        for mon in link.monitors:
+            while mon.poll(0):
+                try:
+                    event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
+                except (zmq.Again, zmq.ZMQError):
+                    break
+                if event in _PROBLEMS:
+                    link.problem = _PROBLEMS[event]
+                elif event in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                    link.problem = ""
+
     def _reset_socket(self, link: _Link) -> None:
+        for mon in link.monitors:
+            mon.close(linger=0)
+        link.monitors = []
         if link.sock is not None:
             link.sock.close(linger=0)
             link.sock = None
@@ -278,6 +313,8 @@ class Jobber:
         """Ask the dealer's plaintext port for its key (trust on first use, or a check)."""
         if link.hello_id is not None or not link.backoff.ready(now) or link.refused:
             return
+        if not self._resolves(link, now):
+            return
         if not link.address.startswith("tcp://"):
             endpoint = link.address + ".public"
         else:
@@ -286,6 +323,7 @@ class Jobber:
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
+        self._watch(link, s)
         s.connect(self._connect_to(endpoint))
         link.hello_sock = s
         rid = self._rid()
@@ -403,6 +441,8 @@ class Jobber:
                 poller.register(link.sock, zmq.POLLIN)
             if link.hello_sock is not None:
                 poller.register(link.hello_sock, zmq.POLLIN)
+            for mon in link.monitors:
+                poller.register(mon, zmq.POLLIN)
         for fd in self.slots.fds():
             poller.register(fd, zmq.POLLIN)
         if self._control is not None:
@@ -421,6 +461,8 @@ class Jobber:
             log.debug("poll interrupted: %s", e)
             return
         for link in list(self._links.values()):
+            if any(mon in ready for mon in link.monitors):
+                self._drain_monitors(link)
             if link.sock is not None and link.sock in ready:
                 self._recv(link)
             if link.hello_sock is not None and link.hello_sock in ready:
@@ -508,7 +550,26 @@ class Jobber:
         self._next_id += 1
         return rid
 
+    def _resolves(self, link: _Link, now: float) -> bool:
+        """False (and a failed contact) if the dealer's host name does not resolve."""
+        if link.resolved or not link.address.startswith("tcp://"):
+            return True
+        host = link.address[len("tcp://") :].rpartition(":")[0].strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                socket.getaddrinfo(host, None)
+            except OSError as e:
+                link.problem = f"host {host} does not resolve ({e.strerror or e})"
+                self._failed(link, now, "no contact")
+                return False
+        link.resolved = True
+        return True
+
     def _send(self, link: _Link, msg: p.Message) -> bool:
+        if not self._resolves(link, time.monotonic()):
+            return False
         try:
             self._socket(link).send(p.encode(msg), zmq.NOBLOCK)
             return True
@@ -632,15 +693,18 @@ class Jobber:
                 link.check_key = link.key_from_hello and not late_hello
 
     def _failed(self, link: _Link, now: float, why: str) -> None:
+        self._drain_monitors(link)
+        problem, link.resolved = link.problem, False
         self._reset_socket(link)
         wait = link.backoff.failed(now)
         log.info(
-            "dealer %s: %s; failure %d, backed off for %.2f s (until %s)",
+            "dealer %s: %s; failure %d, backed off for %.2f s (until %s)%s",
             link.address,
             why,
             link.backoff.failures,
             wait,
             time.strftime("%H:%M:%S", time.localtime(time.time() + wait)),
+            f"; {problem}" if problem else "",
         )
         if (
             not link.pinned

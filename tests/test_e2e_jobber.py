@@ -281,6 +281,12 @@ def test_the_lender_s_view(procs, factor_wasm, tmp_path):
     )
     assert nowhere.wait(30) == 1
     assert "never reached any dealer" in nowhere.stderr
+    assert "cannot connect: refused, or the host is unreachable" in nowhere.stderr
+    unknown = procs.jobber(
+        "unknown", "no-such-host.invalid", extra=("--max-idle", "1", "--request-timeout", "0.5")
+    )
+    assert unknown.wait(30) == 1
+    assert "host no-such-host.invalid does not resolve" in unknown.stderr
     assert (tmp_path / "data-lonely" / "name").read_text().strip() == "lonely"
     # started again without --name: the name given before is kept
     again = procs.start(
