@@ -335,6 +335,7 @@ class Jobber:
         link.hello_id, link.hello_at = rid, now
 
     def _hello_reply(self, link: _Link, msg: p.HelloReply) -> None:
+        self.reached = True
         link.hello_id = None
         if link.hello_sock is not None:
             link.hello_sock.close(linger=0)

@@ -157,5 +157,5 @@ def test_a_job_that_always_fails_ends_the_batch_listed(procs):
     ), dealer.stderr
     rows = summary(dealer.stderr)
     assert sum(r[2] for r in rows.values()) == 1  # tried once, not max_errors + 1 times
-    for j in jobbers:
-        assert j.wait(60) == 0
+    for j in jobbers:  # a jobber that came too late for this short batch says so
+        assert j.wait(60) == 0 or "never reached any dealer" in j.stderr
