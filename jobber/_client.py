@@ -162,6 +162,12 @@ class Jobber:
             raise JobberError("--slots must be at least 1")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        owner = cfg.data_dir.stat().st_uid
+        if owner != os.geteuid():  # its owner could plant a control socket or keys there
+            raise JobberError(
+                f"data directory {cfg.data_dir} belongs to another user (uid {owner}); "
+                "pass a --data-dir of your own"
+            )
         self._lock = self._take_lock(cfg.data_dir)
         self.name = self._load_name(cfg.data_dir, cfg.name)
         self.keys, made = load_or_create_key_pair(cfg.data_dir / "identity")

@@ -54,8 +54,12 @@ def encode_reply(body: dict[str, Any]) -> bytes:
 
 def ask(data_dir: Path, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """Send one command to the jobber owning `data_dir`."""
-    if not (data_dir / "control").exists():
+    path = data_dir / "control"
+    if not path.exists():
         raise ConnectionError(f"no jobber is running on {data_dir}")
+    owner = path.stat().st_uid
+    if owner != os.geteuid():  # someone else's socket would hear our commands, and lie
+        raise ConnectionError(f"{path} belongs to another user (uid {owner}); not talking to it")
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)

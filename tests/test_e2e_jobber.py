@@ -301,6 +301,7 @@ def test_the_lender_s_view(procs, factor_wasm, tmp_path):
     dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
     j = procs.jobber("j", f"127.0.0.1:{port}")
     data = tmp_path / "data-j"
+
     def running():
         try:
             info = jobber_status(data)
@@ -324,3 +325,22 @@ def test_the_lender_s_view(procs, factor_wasm, tmp_path):
     j.wait_for(r"first job done: \S+ from tcp://127.0.0.1:\d+, ok", 10)
     j.signal(signal.SIGTERM)
     assert j.wait(30) == 0
+
+
+def test_a_data_directory_or_control_socket_of_another_user_is_refused(procs, tmp_path):
+    import os
+
+    theirs = tmp_path / "data-theirs"  # the data directory procs.jobber gives "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    j = procs.jobber("theirs", f"127.0.0.1:{free_port()}", extra=("--max-idle", "1"))
+    assert j.wait(30) == 2
+    assert "belongs to another user (uid 65534)" in j.stderr
+    assert not (theirs / "identity.key_secret").exists()  # nothing written there
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "control").write_text("")
+    os.chown(planted / "control", 65534, 65534)
+    ask = procs.start("ask", [PY, "-m", "jobber", "status", "--data-dir", planted])
+    assert ask.wait(30) == 1
+    assert "belongs to another user (uid 65534); not talking to it" in ask.stderr
