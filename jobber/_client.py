@@ -99,6 +99,9 @@ class Config:
     cpu_limit: float = 100.0  # percent of each period jobs may run
     control: bool = True  # serve the local control socket
     source: str | None = None  # connect from this local IP address (one machine, many jobbers)
+    max_job_time_s: float = 3600.0  # the owner's ceilings for one job, whatever a dealer asks
+    max_fuel: int | None = None
+    max_output_kb: int | None = None
     exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
 
 
@@ -528,10 +531,32 @@ class Jobber:
         self._unacked.setdefault(job.dealer, {})[result.tag] = result
         self.done += 1
 
+    def _host_facts(self) -> p.HostFacts:
+        """This machine as dealers should see it: what it is and what its owner allows."""
+        return p.HostFacts(
+            os.cpu_count() or 1,
+            self.memory_mb,
+            self.cfg.slots,
+            tuple(self.cache.hashes()[: p.MAX_CACHED]),
+            max_time_s=self.cfg.max_job_time_s,
+            max_fuel=self.cfg.max_fuel,
+            max_output_kb=self.cfg.max_output_kb,
+        )
+
     def _start_jobs(self, now: float) -> None:
         while self._buffer and self.slots.free > 0:
             job = self._buffer.popleft()
             spec = job.spec
+            too_much = self._host_facts().refuses(spec.limits)
+            if too_much is not None:  # the owner's limits win: given back unrun, no fault
+                log.warning("job %s from %s asks for %s: refused", spec.tag, job.dealer, too_much)
+                self._finish(
+                    job,
+                    p.Result(
+                        spec.tag, p.Status.ABANDONED, b"", 0, f"refused: it asks for {too_much}"
+                    ),
+                )
+                continue
             if not self.cache.has(spec.payload):
                 self._finish(
                     job,
@@ -610,12 +635,7 @@ class Jobber:
                 self._hello(link, now)
                 return
             rid = self._rid()
-            host = p.HostFacts(
-                os.cpu_count() or 1,
-                self.memory_mb,
-                self.cfg.slots,
-                tuple(self.cache.hashes()[: p.MAX_CACHED]),
-            )
+            host = self._host_facts()
             holding = self._holding(addr)
             msg = p.Bored(rid, self.name, host, self.hi_water - have, holding)
             if self._send(link, msg):

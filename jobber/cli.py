@@ -46,6 +46,9 @@ CONFIG_FIELDS = {
     "grace": "grace_s",
     "source": "source",
     "exit_with": "exit_with",
+    "max_job_time": "max_job_time_s",
+    "max_fuel": "max_fuel",
+    "max_output_kb": "max_output_kb",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -90,6 +93,17 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="MB",
         help="memory one job may use (default: physical memory / slots)",
+    )
+    ap.add_argument(
+        "--max-job-time",
+        type=float,
+        metavar="SECONDS",
+        help=f"the longest one job may run here (default {d['max_job_time_s']:g}); "
+        "a job asking more is given back unrun",
+    )
+    ap.add_argument("--max-fuel", type=int, metavar="N", help="the most fuel one job may use here")
+    ap.add_argument(
+        "--max-output-kb", type=int, metavar="KB", help="the most output one job may write here"
     )
     ap.add_argument(
         "--idle-only",

@@ -316,13 +316,33 @@ class HostFacts(_Record):
     memory_mb: int
     slots: int
     cached: tuple[str, ...] = ()  # sha256 hex of payloads the jobber holds
+    # the most its owner lets one job use (nil: not said); a dealer whose jobs need
+    # more sends none, and a jobber gives back unrun any job that asks for more
+    max_time_s: float | None = None
+    max_fuel: int | None = None
+    max_output_kb: int | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "cpus": _int(1, 1 << 20),
         "memory_mb": _int(0, 1 << 40),
         "slots": _int(0, 1 << 20),
         "cached": _list(_str(64, _SHA256_HEX), MAX_CACHED),
+        "max_time_s": _optional(_float(0.001, 1e7)),
+        "max_fuel": _optional(_int(1, 2**62)),
+        "max_output_kb": _optional(_int(0, MAX_OUTPUT_BYTES // 1024)),
     }
+
+    def refuses(self, limits: Limits) -> str | None:
+        """Why a job with `limits` is more than this jobber allows, or None."""
+        if limits.memory_mb > self.memory_mb:
+            return f"{limits.memory_mb} MiB of memory (this machine allows {self.memory_mb})"
+        if self.max_time_s is not None and limits.time_s > self.max_time_s:
+            return f"{limits.time_s:g} s of time (this machine allows {self.max_time_s:g})"
+        if self.max_fuel is not None and limits.fuel > self.max_fuel:
+            return f"{limits.fuel} fuel (this machine allows {self.max_fuel})"
+        if self.max_output_kb is not None and limits.output_kb > self.max_output_kb:
+            return f"{limits.output_kb} KiB of output (this machine allows {self.max_output_kb})"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -344,3 +344,44 @@ def test_a_data_directory_or_control_socket_of_another_user_is_refused(procs, tm
     ask = procs.start("ask", [PY, "-m", "jobber", "status", "--data-dir", planted])
     assert ask.wait(30) == 1
     assert "belongs to another user (uid 65534); not talking to it" in ask.stderr
+
+
+def test_the_owner_s_limits_win_over_what_a_dealer_asks(procs, factor_wasm):
+    """A job asking for more time or memory than the jobber allows is given back unrun
+    (abandoned: no fault of the machine), and the jobber tells dealers its limits."""
+    import protocol as p
+    from tasks import Payload
+
+    wasm = Payload.from_wat('(module (memory (export "memory") 1) (func (export "_start")))').wasm
+    sha = hashlib.sha256(wasm).hexdigest()
+    router, address = fake_dealer()
+    j = procs.jobber(
+        "j", address, extra=("--max-idle", "2", "--memory", "64", "--max-job-time", "5")
+    )
+    greedy = (
+        p.JobSpec("x.0", sha, (), b"", p.Limits(time_s=1e7, memory_mb=16), 900.0),
+        p.JobSpec("x.1", sha, (), b"", p.Limits(time_s=1, memory_mb=65536), 900.0),
+        p.JobSpec("x.2", sha, (), b"", p.Limits(time_s=1, memory_mb=16), 900.0),
+    )
+    hosts, results = [], {}
+    try:
+        for ident, msg in by_hand(router, j):
+            if isinstance(msg, p.Bored):
+                hosts.append(msg.host)
+                jobs = greedy if len(hosts) == 1 else ()
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, jobs, {sha: wasm}))])
+            elif isinstance(msg, p.Results):
+                results.update({r.tag: r for r in msg.results})
+                tags = tuple(r.tag for r in msg.results)
+                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
+            elif isinstance(msg, p.Alive):
+                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+    finally:
+        router.close()
+    assert hosts[0].max_time_s == 5 and hosts[0].memory_mb == 64
+    assert results["x.0"].status is p.Status.ABANDONED
+    assert results["x.0"].detail == "refused: it asks for 1e+07 s of time (this machine allows 5)"
+    assert results["x.1"].status is p.Status.ABANDONED
+    assert "65536 MiB of memory (this machine allows 64)" in results["x.1"].detail
+    assert results["x.2"].status is p.Status.OK  # within the owner's limits: run
+    assert j.wait(30) == 0

@@ -82,6 +82,9 @@ hosts = st.builds(
     memory_mb=st.integers(0, 1 << 40),
     slots=st.integers(0, 1 << 20),
     cached=st.lists(shas, max_size=4).map(tuple),
+    max_time_s=st.none() | st.floats(0.001, 1e7),
+    max_fuel=st.none() | st.integers(1, 2**62),
+    max_output_kb=st.none() | st.integers(0, w.MAX_OUTPUT_BYTES // 1024),
 )
 jobspecs = st.builds(
     p.JobSpec,

@@ -362,3 +362,16 @@ def test_status_and_retry_later_say_why_jobs_wait(serve):
     waiting = s.status()["waiting"]
     assert "3 jobs need a replica on another machine; 2 machines active" in waiting
     assert "jobs need 16 MiB each; 1 jobber offers at most 4" in waiting
+
+
+def test_a_dealer_sends_no_job_to_a_machine_whose_owner_allows_less(serve):
+    s = serve(Collect(3))  # jobs of up to 5 s, 16 MiB, 10^6 fuel, 1 KiB of output
+    c = s.client()
+    short = p.HostFacts(cpus=2, memory_mb=1024, slots=2, max_time_s=1.0)
+    reply = c.ask(p.Bored(1, "c", short, 2))
+    assert isinstance(reply, p.RetryLater)
+    assert reply.reason == "jobs here need 5 s of time (this machine allows 1)"
+    frugal = p.HostFacts(cpus=2, memory_mb=1024, slots=2, max_fuel=10, max_output_kb=1)
+    assert "1000000 fuel (this machine allows 10)" in c.ask(p.Bored(2, "c", frugal, 2)).reason
+    roomy = p.HostFacts(2, 1024, 2, max_time_s=5.0, max_fuel=10**6, max_output_kb=1)
+    assert len(c.ask(p.Bored(3, "c", roomy, 2)).jobs) == 2
