@@ -99,6 +99,7 @@ class Config:
     cpu_limit: float = 100.0  # percent of each period jobs may run
     control: bool = True  # serve the local control socket
     source: str | None = None  # connect from this local IP address (one machine, many jobbers)
+    cache_mb: int = 1024  # disk for payloads and their compiled forms; least used go first
     max_job_time_s: float = 3600.0  # the owner's ceilings for one job, whatever a dealer asks
     max_fuel: int | None = None
     max_output_kb: int | None = None
@@ -854,6 +855,15 @@ class Jobber:
                 )
         for spec in msg.jobs:
             self._buffer.append(_Pending(link.address, spec, now + spec.deadline_s))
+            self.cache.touch(spec.payload)
+        if msg.payloads:  # bounded disk: whatever dealers send, the cache keeps its size
+            held = {j.spec.payload for j in self._buffer}
+            held |= {j.spec.payload for j in self._running.values()}
+            gone = self.cache.evict(self.cfg.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
+            if gone:
+                log.info(
+                    "payload cache over %d MiB: %d least used removed", self.cfg.cache_mb, gone
+                )
         if msg.jobs:
             self._last_busy = now
             log.debug("%d jobs from %s", len(msg.jobs), link.address)

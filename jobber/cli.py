@@ -47,6 +47,7 @@ CONFIG_FIELDS = {
     "source": "source",
     "exit_with": "exit_with",
     "max_job_time": "max_job_time_s",
+    "cache_mb": "cache_mb",
     "max_fuel": "max_fuel",
     "max_output_kb": "max_output_kb",
 }
@@ -93,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="MB",
         help="memory one job may use (default: physical memory / slots)",
+    )
+    ap.add_argument(
+        "--cache-mb",
+        type=int,
+        metavar="MB",
+        help=f"disk for payloads and their compiled forms (default {d['cache_mb']}); "
+        "the least recently used are removed past it",
     )
     ap.add_argument(
         "--max-job-time",

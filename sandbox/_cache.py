@@ -16,12 +16,18 @@ own version and CPU features. A corrupt or foreign entry is deleted and the
 module compiled again. Every file is written to a temporary name and renamed
 into place, so readers see whole files only and concurrent writers of the same
 entry are harmless.
+
+The cache is bounded: `evict` removes the payloads used least recently (each
+with its compiled form, which counts too) until the whole fits in its bytes
+and files, never the ones in use. A use touches a file's modification time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -80,6 +86,8 @@ class ModuleCache:
             held = None
         if held != wasm:
             _write_atomic(path, wasm)
+        else:
+            os.utime(path)
         return sha256
 
     def has(self, sha256: str) -> bool:
@@ -87,6 +95,42 @@ class ModuleCache:
             return self._wasm_path(sha256).exists()
         except ValueError:
             return False
+
+    def evict(self, max_bytes: int, max_files: int, keep: set[str] = frozenset()) -> int:
+        """Remove least recently used payloads (and their compiled modules) until the cache
+        holds at most `max_bytes` and `max_files` payloads; never those in `keep`.
+        Returns how many payloads were removed."""
+        entries = []
+        total = 0
+        for path in self._wasm_dir.glob("*.wasm"):
+            sha = path.stem
+            compiled = self._compiled_dir / f"{sha}.cwasm"
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            size = st.st_size + (compiled.stat().st_size if compiled.exists() else 0)
+            entries.append((st.st_mtime, sha, size))
+            total += size
+        entries.sort()
+        removed = 0
+        count = len(entries)
+        for _, sha, size in entries:
+            if total <= max_bytes and count <= max_files:
+                break
+            if sha in keep:
+                continue
+            self._wasm_path(sha).unlink(missing_ok=True)
+            (self._compiled_dir / f"{sha}.cwasm").unlink(missing_ok=True)
+            total -= size
+            count -= 1
+            removed += 1
+        return removed
+
+    def touch(self, sha256: str) -> None:
+        """Mark a payload as just used (eviction removes the least recently used)."""
+        with contextlib.suppress(FileNotFoundError, ValueError):  # not held: nothing to mark
+            os.utime(self._wasm_path(sha256))
 
     def hashes(self) -> list[str]:
         """The payloads held, sorted."""

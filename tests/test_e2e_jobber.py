@@ -385,3 +385,44 @@ def test_the_owner_s_limits_win_over_what_a_dealer_asks(procs, factor_wasm):
     assert "65536 MiB of memory (this machine allows 64)" in results["x.1"].detail
     assert results["x.2"].status is p.Status.OK  # within the owner's limits: run
     assert j.wait(30) == 0
+
+
+def test_a_dealer_cannot_make_the_jobber_store_more_than_its_cache_allows(procs, tmp_path):
+    import protocol as p
+    from tasks import Payload
+
+    def big(i: int) -> bytes:  # a payload of about 300 KiB, each one different
+        data = (f"{i:08d}" * 40000)[: 300 * 1024]
+        return Payload.from_wat(
+            f'(module (memory (export "memory") 5) (data (i32.const 0) "{data}")'
+            ' (func (export "_start")))'
+        ).wasm
+
+    wasms = [big(i) for i in range(8)]
+    router, address = fake_dealer()
+    j = procs.jobber("j", address, extra=("--max-idle", "2", "--cache-mb", "1"))
+    sent = 0
+    done = set()
+    try:
+        for ident, msg in by_hand(router, j, timeout_s=60):
+            if isinstance(msg, p.Bored):
+                jobs, payloads = (), {}
+                if sent < len(wasms):
+                    sha = hashlib.sha256(wasms[sent]).hexdigest()
+                    jobs = (p.JobSpec(f"x.{sent}", sha, (), b"", p.Limits(), 60.0),)
+                    payloads, sent = {sha: wasms[sent]}, sent + 1
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, jobs, payloads))])
+            elif isinstance(msg, p.Results):
+                done |= {r.tag for r in msg.results if r.status is p.Status.OK}
+                tags = tuple(r.tag for r in msg.results)
+                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
+            elif isinstance(msg, p.Alive):
+                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+    finally:
+        router.close()
+    assert j.wait(30) == 0
+    assert len(done) == 8  # every job ran
+    files = [f for f in (tmp_path / "data-j" / "cache").rglob("*") if f.is_file()]
+    held = sum(f.stat().st_size for f in files)
+    assert held <= 1024 * 1024 + 2 * 400 * 1024, held  # the cap, plus what was in use
+    assert "least used removed" in j.stderr

@@ -114,3 +114,25 @@ def test_run_through_a_cache_stores_both_forms(cache):
     o = sandbox.run(HELLO, cache=cache)
     assert o.status is Status.OK and o.stdout == b"cached\n"
     assert cache.has(SHA) and cache.compiled_path(SHA).exists()
+
+
+def test_the_cache_evicts_the_least_recently_used_payloads_never_those_in_use(tmp_path):
+    import os
+
+    cache = sandbox.ModuleCache(tmp_path / "c")
+    blobs = [printing(f"payload {i}\n") for i in range(5)]
+    shas = [cache.put(b) for b in blobs]
+    for i, sha in enumerate(shas):  # put in order: 0 is the least recently used
+        os.utime(cache._wasm_path(sha), (1000 + i, 1000 + i))
+    cache.module(shas[0])  # compiled forms count too
+    cache.touch(shas[1])  # just used
+    removed = cache.evict(10**9, 3, keep={shas[0]})  # at most 3 payloads
+    assert removed == 2
+    assert cache.hashes() == sorted([shas[0], shas[1], shas[4]])  # kept, touched, newest
+    assert cache.compiled_path(shas[0]).exists()
+    assert cache.evict(0, 0, keep=set(shas)) == 0  # what is in use stays, whatever the cap
+    one = cache.compiled_path(shas[0]).stat().st_size + len(blobs[0])
+    assert cache.evict(one, 9, keep={shas[0]}) == 2  # bytes: all but the one in use go
+    assert cache.hashes() == [shas[0]]
+    assert cache.evict(0, 0) == 1 and cache.hashes() == []
+    assert not list((tmp_path / "c").glob("compiled/*/*.cwasm"))
