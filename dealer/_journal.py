@@ -34,6 +34,12 @@ class Journal:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()  # a batch starts over only where no journal exists
+        if not fresh and self.path.stat().st_size == 0:
+            raise JournalError(
+                f"{self.path}: the journal is an empty file; it was damaged, or is not a "
+                "journal: move it away, or pass another --db, to start the batch afresh"
+            )
         try:
             # one thread at a time, but not always the one that opened it (tests, embedding)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -41,6 +47,13 @@ class Journal:
             # FULL: a commit is fsynced before we reply, so an acknowledged
             # result survives power loss too, not only a killed process.
             self._db.execute("PRAGMA synchronous=FULL")
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if not fresh and not {"meta", "records"} <= tables:
+                missing = ", ".join(sorted({"meta", "records"} - tables))
+                raise JournalError(
+                    f"{self.path}: the journal has no {missing} table: it was damaged, or is "
+                    "not a journal; move it away, or pass another --db, to start afresh"
+                )
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
@@ -51,6 +64,8 @@ class Journal:
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{self.path}: not a usable journal: {e}") from e
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if not meta and not fresh:
+            raise JournalError(f"{self.path}: the journal's meta table is empty: it was damaged")
         if not meta:
             meta = {
                 "schema": SCHEMA_VERSION,

@@ -204,3 +204,35 @@ def test_journal_refuses_other_voting_rules(tmp_path):
             progress=None,
             policy=Policy(redundancy=2, quorum=2),
         )
+
+
+def test_a_damaged_journal_is_refused_and_never_silently_started_over(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(JournalError, match="empty.sqlite: the journal is an empty file"):
+        Journal(empty, "t")
+    dropped = tmp_path / "dropped.sqlite"
+    Journal(dropped, "t").close()
+    db = sqlite3.connect(dropped)
+    db.execute("DROP TABLE records")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="dropped.sqlite: the journal has no records table"):
+        Journal(dropped, "t")
+    wiped = tmp_path / "wiped.sqlite"
+    Journal(wiped, "t").close()
+    db = sqlite3.connect(wiped)
+    db.execute("DELETE FROM meta")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="wiped.sqlite: the journal's meta table is empty"):
+        Journal(wiped, "t")
+    scribbled = tmp_path / "scribbled.sqlite"
+    j = Journal(scribbled, "t")
+    j.append([Drawn(0, "ab" * 32)])
+    j.close()
+    raw = bytearray(scribbled.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)  # scribble over the first page
+    scribbled.write_bytes(bytes(raw))
+    with pytest.raises(JournalError, match="scribbled.sqlite"):
+        list(Journal(scribbled, "t").records())
