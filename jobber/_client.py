@@ -200,6 +200,8 @@ class Jobber:
         self._last_busy = time.monotonic()
         self.done = 0  # results produced by this process
         self.reached = False  # some dealer has answered us
+        self.disk_trouble = ""  # why the data directory refuses writes, while it does
+        self._unspooled: dict[tuple[str, str], p.Result] = {}  # results not on disk yet
         self._summary_at = time.monotonic()
         self._summary: dict[str, int] = {}  # status -> jobs finished since the last summary
         self._job_s = 0.0  # running mean of job wall time, for deadline-aware buffering
@@ -405,6 +407,7 @@ class Jobber:
         return 0
 
     def _turn(self, now: float) -> None:
+        self._retry_spool()
         self._collect()
         self._apply_suspension(now)
         if not self._suspended:
@@ -528,9 +531,46 @@ class Jobber:
         self._summary[result.status.value] = self._summary.get(result.status.value, 0) + 1
         if not self.done:
             log.info("first job done: %s from %s, %s", result.tag, job.dealer, result.status.value)
-        self.spool.put(job.dealer, result)
         self._unacked.setdefault(job.dealer, {})[result.tag] = result
         self.done += 1
+        try:
+            self.spool.put(job.dealer, result)
+        except OSError as e:  # disk full, read-only: keep it in memory, deliver it anyway
+            self._unspooled[(job.dealer, result.tag)] = result
+            self._disk_trouble(f"cannot write the spool: {e.strerror or e}")
+
+    def _disk_trouble(self, why: str) -> None:
+        if not self.disk_trouble:
+            log.warning(
+                "%s; keeping finished results in memory and asking for no work until "
+                "the disk takes them again",
+                why,
+            )
+        self.disk_trouble = why
+
+    def _retry_spool(self) -> None:
+        """While the disk refuses, try the results kept in memory again each turn."""
+        if not self.disk_trouble:
+            return
+        for (dealer, tag), result in list(self._unspooled.items()):
+            if tag not in self._unacked.get(dealer, {}):
+                del self._unspooled[(dealer, tag)]  # acknowledged meanwhile
+                continue
+            try:
+                self.spool.put(dealer, result)
+            except OSError:
+                return
+            del self._unspooled[(dealer, tag)]
+        if self._probe_disk():
+            log.warning("the disk takes writes again: asking for work again")
+            self.disk_trouble = ""
+
+    def _probe_disk(self) -> bool:
+        try:
+            write_atomic(self.cfg.data_dir / "probe", b"ok\n")
+        except OSError:
+            return False
+        return True
 
     def _host_facts(self) -> p.HostFacts:
         """This machine as dealers should see it: what it is and what its owner allows."""
@@ -611,6 +651,8 @@ class Jobber:
             return False
 
     def _fetch(self, now: float) -> None:
+        if self.disk_trouble:  # no new work while finished work cannot be kept safely
+            return
         have = len(self._buffer) + len(self._running)
         if have >= self.hi_water:
             return
@@ -845,7 +887,15 @@ class Jobber:
 
     def _take_jobs(self, link: _Link, msg: p.Jobs, now: float) -> None:
         for sha, wasm in msg.payloads.items():
-            got = self.cache.put(wasm)
+            try:
+                got = self.cache.put(wasm)
+            except OSError as e:
+                self._disk_trouble(f"cannot store a payload: {e.strerror or e}")
+                for spec in msg.jobs:  # give them back unrun: no fault of this machine
+                    job = _Pending(link.address, spec, now + spec.deadline_s)
+                    why = "the jobber's disk is full or read-only"
+                    self._finish(job, p.Result(spec.tag, p.Status.ABANDONED, b"", 0, why))
+                return
             if got != sha:
                 log.warning(
                     "dealer %s sent payload %s whose bytes hash to %s; ignored",
@@ -872,6 +922,7 @@ class Jobber:
         results = self._unacked.get(dealer, {})
         for tag in msg.tags:
             results.pop(tag, None)
+            self._unspooled.pop((dealer, tag), None)
             self.spool.remove(dealer, tag)
         for rej in msg.rejected:
             log.warning(
@@ -984,6 +1035,7 @@ class Jobber:
             "buffered": len(self._buffer),
             "buffered_by_dealer": _count(job.dealer for job in self._buffer),
             "spooled": self.spool.count(),
+            "disk_trouble": self.disk_trouble or None,
             # results waiting for a dealer: kept until it acknowledges them; those for a
             # dealer gone for good stay here, listed, until the data directory is cleared
             "spooled_by_dealer": {d: len(r) for d, r in self._unacked.items() if r},

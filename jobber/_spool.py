@@ -50,7 +50,10 @@ class Spool:
         write_atomic(path, data, durable=True)
 
     def remove(self, dealer: str, tag: str) -> None:
-        self._path(dealer, tag).unlink(missing_ok=True)
+        try:
+            self._path(dealer, tag).unlink(missing_ok=True)
+        except OSError as e:  # a read-only spool: the file is sent again next time, harmlessly
+            log.warning("spool: cannot remove %s: %s", tag, e.strerror or e)
 
     def load(self) -> list[Spooled]:
         """Every result still waiting for an ack; unreadable files are set aside."""

@@ -3,6 +3,7 @@ clean shutdown, local control and configuration files."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import signal
@@ -426,3 +427,70 @@ def test_a_dealer_cannot_make_the_jobber_store_more_than_its_cache_allows(procs,
     held = sum(f.stat().st_size for f in files)
     assert held <= 1024 * 1024 + 2 * 400 * 1024, held  # the cap, plus what was in use
     assert "least used removed" in j.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs root, as CI and this project's machines run)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_asking_keeps_results_and_recovers(procs, small_disk):
+    import protocol as p
+    from tasks import Payload
+
+    wasm = Payload.from_wat('(module (memory (export "memory") 1) (func (export "_start")))').wasm
+    sha = hashlib.sha256(wasm).hexdigest()
+    router, address = fake_dealer()
+    data = small_disk / "data"
+    j = procs.jobber("j", address, extra=("--data-dir", data, "--max-idle", "3"))
+    filler = small_disk / "filler"
+    state = "start"
+    results: dict[str, p.Result] = {}
+    bored_while_full = 0
+    try:
+        for ident, msg in by_hand(router, j, timeout_s=60):
+            if isinstance(msg, p.Bored) and state == "start":  # fill the disk, then a job
+                with open(filler, "wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                spec = p.JobSpec("x.0", sha, (), b"", p.Limits(), 60.0)
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
+                state = "full"
+            elif isinstance(msg, p.Bored) and state == "full":
+                bored_while_full += 1
+                router.send_multipart([ident, p.encode(p.RetryLater(msg.id, 0.2))])
+            elif isinstance(msg, p.Bored) and state == "freed":
+                spec = p.JobSpec("x.1", sha, (), b"", p.Limits(), 60.0)
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
+                state = "again"
+            elif isinstance(msg, p.Bored):
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, ()))])
+            elif isinstance(msg, p.Results):
+                results.update({r.tag: r for r in msg.results})
+                tags = tuple(r.tag for r in msg.results)
+                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
+                if state == "full" and "x.0" in results:
+                    info = jobber_status(data)
+                    assert info["disk_trouble"] and "No space left" in info["disk_trouble"]
+                    filler.unlink()  # room again
+                    state = "freed"
+            elif isinstance(msg, p.Alive):
+                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+    finally:
+        router.close()
+    assert j.wait(30) == 0, j.stderr
+    assert "Traceback" not in j.stderr
+    assert results["x.0"].status is p.Status.ABANDONED  # its payload could not be stored
+    assert bored_while_full == 0  # no work asked for while the disk was full
+    assert results["x.1"].status is p.Status.OK  # and work again once it had room
+    assert "the disk takes writes again" in j.stderr
