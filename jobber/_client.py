@@ -48,6 +48,7 @@ from jobber import _control
 from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._pins import Pins
+from jobber._quiet import Repeats
 from jobber._spool import Spool
 from protocol._files import write_atomic
 from protocol._keys import load_or_create_key_pair, z85_of_hex
@@ -201,6 +202,7 @@ class Jobber:
         self.done = 0  # results produced by this process
         self.reached = False  # some dealer has answered us
         self.disk_trouble = ""  # why the data directory refuses writes, while it does
+        self._repeats = Repeats(log)
         self._unspooled: dict[tuple[str, str], p.Result] = {}  # results not on disk yet
         self._summary_at = time.monotonic()
         self._summary: dict[str, int] = {}  # status -> jobs finished since the last summary
@@ -897,11 +899,13 @@ class Jobber:
                     self._finish(job, p.Result(spec.tag, p.Status.ABANDONED, b"", 0, why))
                 return
             if got != sha:
-                log.warning(
-                    "dealer %s sent payload %s whose bytes hash to %s; ignored",
-                    link.address,
-                    sha[:12],
-                    got[:12],
+                self._repeats.warn(
+                    now,
+                    f"badhash {link.address}",
+                    lambda sha=sha, got=got: (
+                        f"dealer {link.address} sent payload {sha[:12]} "
+                        f"whose bytes hash to {got[:12]}; ignored"
+                    ),
                 )
         for spec in msg.jobs:
             self._buffer.append(_Pending(link.address, spec, now + spec.deadline_s))
@@ -925,8 +929,12 @@ class Jobber:
             self._unspooled.pop((dealer, tag), None)
             self.spool.remove(dealer, tag)
         for rej in msg.rejected:
-            log.warning(
-                "dealer %s refused result %s: %s: %s", dealer, rej.tag, rej.code.value, rej.text
+            self._repeats.warn(
+                time.monotonic(),
+                f"refused {dealer} {rej.code.value}",
+                lambda rej=rej: (
+                    f"dealer {dealer} refused result {rej.tag}: {rej.code.value}: {rej.text}"
+                ),
             )
             results.pop(rej.tag, None)
             self.spool.remove(dealer, rej.tag)

@@ -113,3 +113,23 @@ def test_spool_keeps_results_until_removed_and_survives_torn_files(tmp_path):
     torn.write_bytes(torn.read_bytes()[:5])
     assert len(again.load()) == 1
     assert len(list((tmp_path / "spool").glob("*/*.bad"))) == 1
+
+
+def test_a_warning_that_keeps_coming_is_logged_once_then_counted(caplog):
+    import logging
+
+    from jobber._quiet import Repeats
+
+    log = logging.getLogger("test.repeats")
+    r = Repeats(log, every_s=60.0)
+    text = "dealer x sent payload 1234 whose bytes hash to 5678; ignored"
+    with caplog.at_level(logging.WARNING, logger="test.repeats"):
+        for i in range(20_000):  # thousands of times a minute
+            r.warn(i * 0.0025, "bad", lambda: text)
+        r.warn(61.0, "bad", lambda: text)  # a minute on: one line with the count
+        r.warn(61.5, "other", lambda: "something else")  # another warning: its own line
+    assert [rec.getMessage() for rec in caplog.records] == [
+        text,
+        f"{text} (and 19999 times more in the last 61 s)",
+        "something else",
+    ]
