@@ -254,6 +254,11 @@ class Jobber:
         """Know the dealer `text` (`endpoint` or `endpoint#key`); depth 0: from the command line."""
         addr, key = p.split_key(text)
         link = self._links.get(addr)
+        if link is None and key is not None:  # the same dealer under another spelling
+            twin = next((x for x in self._links.values() if x.key == key), None)
+            if twin is not None:
+                log.debug("dealer %s is %s (the same key): not added twice", addr, twin.address)
+                return
         if link is None:
             if len(self._links) >= MAX_DEALERS:
                 return
