@@ -611,7 +611,7 @@ class Dealer(RouterServer):
         rows = [
             {
                 "key": key,
-                "name": self.labels.get(key, ""),
+                "name": self.labels.get(key) or "-",  # "-": not heard since a restart
                 "machine": r.machine,
                 "valid": r.valid,
                 "invalid": r.invalid,

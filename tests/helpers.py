@@ -123,6 +123,20 @@ def by_hand(router: zmq.Socket, jobber, timeout_s: float = 30.0):
             yield ident, p.decode(frame)
 
 
+def routine(router: zmq.Socket, ident: bytes, msg: p.Message, results: dict) -> bool:
+    """The dull part of playing a dealer by hand: acknowledge `results` (kept by tag in
+    `results`) and answer `alive`. True if `msg` was one of those."""
+    if isinstance(msg, p.Results):
+        results.update({r.tag: r for r in msg.results})
+        tags = tuple(r.tag for r in msg.results)
+        router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
+        return True
+    if isinstance(msg, p.Alive):
+        router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+        return True
+    return False
+
+
 def summary_rows(stderr: str) -> list[tuple[str, str, int, int, int, int]]:
     """The dealer's closing table: (name, key prefix, valid, invalid, errors, credit) rows."""
     rx = r"^(\S+)(?: \(denied\))?\s+([0-9a-f]{12})\s+\S+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$"

@@ -211,22 +211,18 @@ def test_a_damaged_journal_is_refused_and_never_silently_started_over(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(JournalError, match="empty.sqlite: the journal is an empty file"):
         Journal(empty, "t")
-    dropped = tmp_path / "dropped.sqlite"
-    Journal(dropped, "t").close()
-    db = sqlite3.connect(dropped)
-    db.execute("DROP TABLE records")
-    db.commit()
-    db.close()
-    with pytest.raises(JournalError, match="dropped.sqlite: the journal has no records table"):
-        Journal(dropped, "t")
-    wiped = tmp_path / "wiped.sqlite"
-    Journal(wiped, "t").close()
-    db = sqlite3.connect(wiped)
-    db.execute("DELETE FROM meta")
-    db.commit()
-    db.close()
-    with pytest.raises(JournalError, match="wiped.sqlite: the journal's meta table is empty"):
-        Journal(wiped, "t")
+    for name, damage, why in (
+        ("dropped", "DROP TABLE records", "the journal has no records table"),
+        ("wiped", "DELETE FROM meta", "the journal's meta table is empty"),
+    ):
+        path = tmp_path / f"{name}.sqlite"
+        Journal(path, "t").close()
+        db = sqlite3.connect(path)
+        db.execute(damage)
+        db.commit()
+        db.close()
+        with pytest.raises(JournalError, match=f"{name}.sqlite: {why}"):
+            Journal(path, "t")
     scribbled = tmp_path / "scribbled.sqlite"
     j = Journal(scribbled, "t")
     j.append([Drawn(0, "ab" * 32)])

@@ -24,6 +24,7 @@ from tests.helpers import (
     fake_dealer,
     free_port,
     jobber_status,
+    routine,
     summary,
     wait_for,
     wait_status,
@@ -371,12 +372,8 @@ def test_the_owner_s_limits_win_over_what_a_dealer_asks(procs, factor_wasm):
                 hosts.append(msg.host)
                 jobs = greedy if len(hosts) == 1 else ()
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, jobs, {sha: wasm}))])
-            elif isinstance(msg, p.Results):
-                results.update({r.tag: r for r in msg.results})
-                tags = tuple(r.tag for r in msg.results)
-                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
-            elif isinstance(msg, p.Alive):
-                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+            else:
+                routine(router, ident, msg, results)
     finally:
         router.close()
     assert hosts[0].max_time_s == 5 and hosts[0].memory_mb == 64
@@ -403,7 +400,7 @@ def test_a_dealer_cannot_make_the_jobber_store_more_than_its_cache_allows(procs,
     router, address = fake_dealer()
     j = procs.jobber("j", address, extra=("--max-idle", "2", "--cache-mb", "1"))
     sent = 0
-    done = set()
+    results: dict[str, p.Result] = {}
     try:
         for ident, msg in by_hand(router, j, timeout_s=60):
             if isinstance(msg, p.Bored):
@@ -413,16 +410,14 @@ def test_a_dealer_cannot_make_the_jobber_store_more_than_its_cache_allows(procs,
                     jobs = (p.JobSpec(f"x.{sent}", sha, (), b"", p.Limits(), 60.0),)
                     payloads, sent = {sha: wasms[sent]}, sent + 1
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, jobs, payloads))])
-            elif isinstance(msg, p.Results):
-                done |= {r.tag for r in msg.results if r.status is p.Status.OK}
-                tags = tuple(r.tag for r in msg.results)
-                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
-            elif isinstance(msg, p.Alive):
-                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+            else:
+                routine(router, ident, msg, results)
     finally:
         router.close()
     assert j.wait(30) == 0
-    assert len(done) == 8  # every job ran
+    assert sorted(t for t, r in results.items() if r.status is p.Status.OK) == [
+        f"x.{i}" for i in range(8)
+    ]  # every job ran
     files = [f for f in (tmp_path / "data-j" / "cache").rglob("*") if f.is_file()]
     held = sum(f.stat().st_size for f in files)
     assert held <= 1024 * 1024 + 2 * 400 * 1024, held  # the cap, plus what was in use
@@ -475,17 +470,11 @@ def test_a_full_disk_stops_asking_keeps_results_and_recovers(procs, small_disk):
                 state = "again"
             elif isinstance(msg, p.Bored):
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, ()))])
-            elif isinstance(msg, p.Results):
-                results.update({r.tag: r for r in msg.results})
-                tags = tuple(r.tag for r in msg.results)
-                router.send_multipart([ident, p.encode(p.Ack(msg.id, tags))])
-                if state == "full" and "x.0" in results:
-                    info = jobber_status(data)
-                    assert info["disk_trouble"] and "No space left" in info["disk_trouble"]
-                    filler.unlink()  # room again
-                    state = "freed"
-            elif isinstance(msg, p.Alive):
-                router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 20.0))])
+            elif routine(router, ident, msg, results) and state == "full" and "x.0" in results:
+                info = jobber_status(data)
+                assert info["disk_trouble"] and "No space left" in info["disk_trouble"]
+                filler.unlink()  # room again
+                state = "freed"
     finally:
         router.close()
     assert j.wait(30) == 0, j.stderr
