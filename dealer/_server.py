@@ -570,8 +570,10 @@ class Dealer(RouterServer):
         if self.peers and not core.has_work():
             return p.Referral(msg.id, self.peers)
         if not core.room(peer.key, peer.machine(self.distinct)):
-            return p.RetryLater(msg.id, RETRY_BUSY_S, "you hold as many jobs as your quota allows")
-        return p.RetryLater(msg.id, RETRY_BUSY_S, "no job needs this machine now; all are out")
+            why = "you hold as many jobs as your quota allows"
+            return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
+        why = "no job needs this machine now; all are out"
+        return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
 
     def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
         ok: list[str] = []

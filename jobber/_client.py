@@ -836,6 +836,8 @@ class Jobber:
                 link.bored_id = None
             link.backoff.succeeded()
             link.ask_after = now + msg.seconds
+            if msg.more:  # work may still come from there: waiting for it is not idling
+                self._last_busy = now
             if msg.reason and msg.reason != link.last_reason:
                 link.last_reason = msg.reason
                 log.info("dealer %s has no work for us: %s", link.address, msg.reason)

@@ -147,6 +147,15 @@ def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Chec
     return check
 
 
+def _bool() -> Check:
+    def check(v: Any, where: str) -> bool:
+        if type(v) is not bool:
+            raise ProtocolError(f"{where}: expected true or false, got {_show(v)}")
+        return v
+
+    return check
+
+
 def _bytes(max_len: int) -> Check:
     def check(v: Any, where: str) -> bytes:
         if type(v) is not bytes or len(v) > max_len:
@@ -476,11 +485,13 @@ class RetryLater(Message):
     re: int
     seconds: float
     reason: str | None = None  # why, for the jobber's log (nil: not said)
+    more: bool | None = None  # true: unsettled work here may still come to you (nil: not said)
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "re": _ID,
         "seconds": _float(0.0, 1e7),
         "reason": _optional(_str()),
+        "more": _optional(_bool()),
     }
 
 

@@ -483,3 +483,28 @@ def test_a_full_disk_stops_asking_keeps_results_and_recovers(procs, small_disk):
     assert bored_while_full == 0  # no work asked for while the disk was full
     assert results["x.1"].status is p.Status.OK  # and work again once it had room
     assert "the disk takes writes again" in j.stderr
+
+
+def test_max_idle_does_not_count_waiting_for_work_a_dealer_still_has(procs):
+    """`retry_later` with `more` (work out with others may still come) is not idleness;
+    `finished` ends the wait."""
+    import protocol as p
+
+    router, address = fake_dealer()
+    j = procs.jobber("j", address, extra=("--max-idle", "1"))
+    asked = 0
+    started = time.monotonic()
+    try:
+        for ident, msg in by_hand(router, j):
+            if isinstance(msg, p.Bored):
+                asked += 1
+                if time.monotonic() - started < 3.0:  # three times its --max-idle
+                    reply = p.RetryLater(msg.id, 0.2, "all are out", more=True)
+                else:
+                    reply = p.Finished(msg.id)
+                router.send_multipart([ident, p.encode(reply)])
+    finally:
+        router.close()
+    assert j.wait(30) == 0
+    assert asked >= 8  # it kept asking past its --max-idle while work remained
+    assert "its task is finished" in j.stderr

@@ -128,7 +128,11 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     ),
     p.Referral: st.builds(p.Referral, re=u64, dealers=st.lists(names, max_size=4).map(tuple)),
     p.RetryLater: st.builds(
-        p.RetryLater, re=u64, seconds=st.floats(0.0, 1e7), reason=st.none() | strs
+        p.RetryLater,
+        re=u64,
+        seconds=st.floats(0.0, 1e7),
+        reason=st.none() | strs,
+        more=st.none() | st.booleans(),
     ),
     p.Results: st.builds(
         p.Results, id=u64, jobber=names, results=st.lists(results, max_size=3).map(tuple)
