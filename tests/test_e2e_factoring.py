@@ -27,8 +27,8 @@ def test_dealer_and_two_jobbers_factor(procs, factor_wasm, n, line):
     jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "5")) for i in (1, 2)]
     assert dealer.wait(90) == 0, dealer.stderr
     assert dealer.stdout.strip().splitlines()[-1] == line
-    for j in jobbers:
-        assert j.wait(60) == 0, j.stderr
+    for j in jobbers:  # one may come too late for a batch of one job: it says so, exit 1
+        assert j.wait(60) == 0 or "never reached any dealer" in j.stderr, j.stderr
 
 
 def test_demo_command_starts_its_own_jobbers(procs, factor_wasm):
