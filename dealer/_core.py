@@ -290,15 +290,15 @@ class Standing:
 
 
 @dataclass(slots=True)
-class JobberRecord:
+class JobberRecord(Standing):
+    """An identity: its standing, and what it did."""
+
+    allowance: int = 0
     valid: int = 0  # outputs in an accepted quorum
     invalid: int = 0  # OK outputs that lost the vote
     errors: int = 0  # replicas that errored, went overdue or were implausible
     credit: int = 0  # fuel of valid outputs
-    last_seen: float = 0.0
     machine: str = ""  # the machine it last asked from
-    allowance: int = 0
-    held: int = 0
     gone: bool = False  # taken as gone (silent past its lease) and not heard from since
 
 
@@ -852,7 +852,7 @@ class Core:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
             if not was_overdue:  # an overdue replica was counted already
                 me.errors += 1
-                me.allowance = max(1, me.allowance // 2)
+                me.bad()
                 host.bad()
         self._evaluate(self._jobs[r.job_id])
 
@@ -863,7 +863,7 @@ class Core:
         r.detail = "overdue: no result by the deadline"
         me = self._jobber(r.jobber)
         me.errors += 1
-        me.allowance = max(1, me.allowance // 2)
+        me.bad()
         self._machine(r.machine).bad()
         self._evaluate(self._jobs[r.job_id])
 
@@ -916,11 +916,11 @@ class Core:
                     if (r.output, r.fuel) == t.best_key:
                         rec.valid += 1
                         rec.credit += r.fuel
-                        rec.allowance = min(MAX_ALLOWANCE, rec.allowance + 1)
+                        rec.good()
                         self._machine(r.machine).good()
                     else:
                         rec.invalid += 1
-                        rec.allowance = max(1, rec.allowance // 2)
+                        rec.bad()
                         self._machine(r.machine).bad()
                         losers.setdefault((r.output, r.fuel), []).append(r)
             if losers:

@@ -539,7 +539,8 @@ class Dealer(RouterServer):
         # Jobs are taken one at a time while the reply stays well under the frame
         # cap: a batch of jobs with large stdin must not make an unsendable reply.
         budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
-        if msg.host.refuses(self.task.limits) is not None:
+        too_much = msg.host.refuses(self.task.limits)
+        if too_much is not None:
             want = 0  # this machine cannot run these jobs: only its `holding` is read
         assigned = core.bored(peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine)
         if assigned:
@@ -564,7 +565,6 @@ class Dealer(RouterServer):
             self._too_small[peer.key] = msg.host.memory_mb
             why = f"jobs need {core.policy.memory_mb} MiB each; you offer {msg.host.memory_mb}"
             return p.RetryLater(msg.id, RETRY_IDLE_S, why)
-        too_much = msg.host.refuses(self.task.limits)
         if too_much is not None:
             return p.RetryLater(msg.id, RETRY_IDLE_S, f"jobs here need {too_much}")
         if self.peers and not core.has_work():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -320,7 +321,7 @@ frames = st.one_of(
             st.none(),
         ),
         max_size=8,
-    ).map(lambda d: __import__("msgpack").packb(d, use_bin_type=True)),
+    ).map(lambda d: msgpack.packb(d, use_bin_type=True)),
 )
 
 
