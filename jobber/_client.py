@@ -726,7 +726,10 @@ class Jobber:
             if not self._holds_from(addr):
                 continue
             rid = self._rid()
-            if self._send(link, p.Alive(rid, self.name, self._holding(addr))):
+            # `holding` only while no `jobs` reply can be in flight: tags the dealer has
+            # just sent us would otherwise read as lost (docs/protocol.md, section 6)
+            holding = self._holding(addr) if link.bored_id is None else None
+            if self._send(link, p.Alive(rid, self.name, holding)):
                 link.alive_id, link.alive_at = rid, now
 
     def _holds_from(self, dealer: str) -> bool:
