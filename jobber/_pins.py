@@ -37,6 +37,9 @@ class Pins:
                 continue
             self._keys[m.group(1)] = m.group(2)
 
+    def all(self) -> dict[str, str]:
+        return dict(self._keys)
+
     def get(self, endpoint: str) -> str | None:
         return self._keys.get(endpoint)
 

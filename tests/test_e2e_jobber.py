@@ -51,7 +51,8 @@ def test_down_dealer_is_backed_off_while_the_other_is_served(procs, factor_wasm)
     fails = [
         (int(m.group(1)), float(m.group(2)))
         for m in re.finditer(
-            rf"dealer tcp://127.0.0.1:{down}: no answer within 0.3 s; failure (\d+), "
+            rf"dealer tcp://127.0.0.1:{down}: (?:no answer within 0.3 s|no contact); "
+            r"failure (\d+), "
             r"backed off for ([\d.]+) s",
             j.stderr,
         )

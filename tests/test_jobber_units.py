@@ -133,20 +133,3 @@ def test_a_warning_that_keeps_coming_is_logged_once_then_counted(caplog):
         f"{text} (and 19999 times more in the last 61 s)",
         "something else",
     ]
-
-
-def test_one_dealer_under_two_spellings_is_one_dealer(tmp_path):
-    from jobber._client import Config, Jobber
-
-    key = "ab" * 32
-    cfg = Config(
-        dealers=[f"127.0.0.1:7200#{key}", f"localhost:7200#{key}", "127.0.0.1:7300"],
-        data_dir=tmp_path / "data",
-        slots=1,
-        control=False,
-    )
-    jobber = Jobber(cfg)
-    try:
-        assert list(jobber._links) == ["tcp://127.0.0.1:7200", "tcp://127.0.0.1:7300"]
-    finally:
-        jobber.close()

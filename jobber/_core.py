@@ -1,0 +1,876 @@
+"""The jobber's decisions: a pure state machine. No sockets, no files, no processes, no clock.
+
+Theory of operation
+-------------------
+The core knows the dealers (each a *link*), the jobs it holds (buffered,
+running, or finished and waiting for their dealer's ack) and what it has asked
+and not yet been answered. The shell (jobber._client) feeds it events, with
+the time passed in:
+
+=====================  ==========================================================
+event                  from
+=====================  ==========================================================
+``received``           a decoded message on a dealer's work or key port
+``contact_failed``     a send that could not go (queue full, host unknown) or
+                       ZeroMQ saying the connection is refused or the key is wrong
+``job_done``           a slot's outcome (or a job the shell could not start)
+``disk_failed``        a spool write or the disk probe failed; ``disk_ok`` after
+``tick``               every turn of the shell's loop
+=====================  ==========================================================
+
+and carries out the *actions* the core queues, in order (``take_actions``):
+``Send`` and ``Hello`` (messages to a dealer's work or key port), ``Reset``
+(close a dealer's sockets: what was in flight on them is gone), ``Start`` and
+``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Pin`` (a
+dealer's key learnt on first use) and ``ProbeDisk``.
+
+The rules, per turn (``tick``):
+
+1. while the disk refuses writes, results kept in memory are spooled again and
+   the disk is probed; no work is asked for meanwhile;
+2. buffered jobs start on free slots (unless paused), the owner's limits
+   checked first: a job asking for more is given back unrun (ABANDONED);
+3. requests unanswered after ``request_timeout_s`` are failed contacts: the
+   dealer is backed off (jobber._backoff) and its sockets reset (Lazy Pirate);
+4. each dealer with results waiting gets one ``results`` request at a time;
+5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
+6. while fewer than ``hi_water`` jobs are running or buffered, dealers are asked
+   (``bored``) for the difference. Asking is per dealer: each has at most one
+   ask out, dealers that answered before are asked first (round robin among
+   them), and an ask to a dealer that never answered, or one slower than
+   FETCH_PATIENCE_S, holds back no other. So dead or referred dealers never
+   starve a live one; a referred dealer that never answered is dropped after
+   DROP_UNREACHED_AFTER failed contacts, one that did after DROP_REFERRED_AFTER.
+
+A dealer whose results are not acknowledged while they pile up past its share
+of the spool (``spool_share_bytes``) is asked for no more work until it
+acknowledges them: whatever a dealer does, the spool stays bounded by that
+share plus one batch of jobs' outputs. Time a dealer says it still holds work
+(``retry_later.more``) counts as busy for ``max_idle_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import protocol as p
+from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
+from jobber._quiet import Repeats
+
+log = logging.getLogger(__name__)
+
+MAX_RESULTS_PER_MESSAGE = 256
+# A results message stays under this many bytes unless it carries one result:
+# a dealer takes frames of 1 MiB plus one output (docs/protocol.md).
+MAX_RESULTS_BYTES = 768 * 1024
+MAX_DEALERS = 32  # dealers known at once, command line included
+MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
+DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
+DROP_UNREACHED_AFTER = 2  # ... when it never answered at all (a dead or bogus referral)
+FETCH_PATIENCE_S = 1.0  # an ask to a live dealer unanswered this long lets others be asked
+PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
+DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
+REFUSED_PAYLOAD_WAIT_S = 600.0  # a dealer whose payloads we cannot run: ask again this late
+
+
+# --- actions: what the shell carries out --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    dealer: str
+    msg: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Ask the dealer's plaintext port for its key (trust on first use, or a check)."""
+
+    dealer: str
+    msg: p.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Close the dealer's sockets; whatever was in flight on them is lost."""
+
+    dealer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    key: str  # the slot key: the shell reports the outcome under it
+    dealer: str
+    spec: p.JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Spool:
+    dealer: str
+    result: p.Result
+
+
+@dataclass(frozen=True, slots=True)
+class Unspool:
+    dealer: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    dealer: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDisk:
+    pass
+
+
+Action = Send | Hello | Reset | Start | Stop | Spool | Unspool | Pin | ProbeDisk
+
+
+# --- state --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the core is told once: this machine, its owner's limits, the timing rules."""
+
+    name: str
+    slots: int
+    cpus: int
+    memory_mb: int  # per job
+    buffer: int | None = None  # jobs held beyond running ones; default: one per slot
+    max_idle_s: float | None = None
+    min_backoff_s: float = MIN_BACKOFF_S
+    max_backoff_s: float = MAX_BACKOFF_S
+    request_timeout_s: float = 10.0
+    max_job_time_s: float = 3600.0
+    max_fuel: int | None = None
+    max_output_kb: int | None = None
+    # results one dealer may leave unacknowledged before it is asked for no more work
+    spool_share_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def hi_water(self) -> int:
+        return self.slots + (self.slots if self.buffer is None else self.buffer)
+
+
+@dataclass
+class Link:
+    """One dealer as this jobber sees it."""
+
+    address: str  # the endpoint, without the key
+    pinned: bool  # given on the command line: never dropped
+    depth: int
+    backoff: Backoff
+    key: str | None = None  # the dealer's public key, hex; None until known
+    key_from_hello: bool = False  # learnt on first use (so worth re-checking on failures)
+    check_key: bool = False  # ask hello before the next request: has the key changed?
+    refused: str = ""  # why this dealer is never contacted (its key changed)
+    answered: bool = False  # it has answered us at least once (in this run)
+    finished: bool = False  # it said its task is finished
+    problem: str = ""  # what the transport last said about connecting
+    hello_id: int | None = None
+    hello_at: float = 0.0
+    bored_id: int | None = None
+    bored_at: float = 0.0
+    results_id: int | None = None
+    results_at: float = 0.0
+    results_tags: tuple[str, ...] = ()
+    ask_after: float = 0.0  # "retry later": no bored before this (results still go)
+    alive_id: int | None = None
+    alive_at: float = 0.0  # when the last `alive` was sent
+    alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
+    last_reason: str = ""  # the last "retry later" reason logged (each is logged once)
+    flooded: bool = False  # its unacknowledged results passed its spool share (logged once)
+
+    def usable(self) -> bool:
+        return not self.refused and self.key is not None and not self.check_key
+
+    def may_ask(self, now: float) -> bool:
+        return (
+            self.bored_id is None
+            and not self.refused
+            and now >= self.ask_after
+            and self.backoff.ready(now)
+        )
+
+    def forget_requests(self) -> None:
+        self.bored_id = self.results_id = self.hello_id = self.alive_id = None
+        self.results_tags = ()
+
+
+@dataclass
+class Held:
+    """A job in our hands: buffered until `key` is set, then running."""
+
+    dealer: str
+    spec: p.JobSpec
+    deadline: float  # on the core's clock
+    key: str = ""
+    started: float = 0.0
+
+
+class JobberCore:
+    def __init__(
+        self,
+        settings: Settings,
+        dealers: Iterable[str],
+        now: float,
+        *,
+        pins: Mapping[str, str] | None = None,
+        spooled: Iterable[tuple[str, p.Result]] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        """`dealers`: from the command line (`endpoint` or `endpoint#key`, already parsed
+        with protocol.dealer_address); `pins`: keys learnt before, by address; `spooled`:
+        results on disk from an earlier run."""
+        if settings.slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.s = settings
+        self._rng = rng or random.Random()
+        self._pins = dict(pins or {})
+        self._actions: list[Action] = []
+        self.links: dict[str, Link] = {}
+        self._rr: deque[str] = deque()
+        for text in dealers:
+            self.add_dealer(text, depth=0)
+        self.buffer: deque[Held] = deque()
+        self.running: dict[str, Held] = {}  # slot key -> job (cancelled ones until collected)
+        self._cancelled: set[str] = set()  # slot keys stopped at the dealer's word
+        self.unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
+        self._unacked_bytes: dict[str, int] = {}
+        self._unspooled: dict[tuple[str, str], p.Result] = {}  # results not on disk yet
+        self.cached: tuple[str, ...] = ()  # payload hashes the shell holds (for HostFacts)
+        self.paused = ""  # why no job may start now ("" while they may); set by the shell
+        self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
+        self.stopping = False
+        self.disk_trouble = ""  # why the data directory refuses writes, while it does
+        self._probe_at = 0.0
+        self.done = 0  # results produced by this run
+        self.reached = False  # some dealer has answered us
+        self._last_busy = now
+        self._next_id = 1
+        self._next_key = 0
+        self._job_s = 0.0  # running mean of job wall time, for deadline-aware buffering
+        self._summary_at = now
+        self._summary: dict[str, int] = {}  # status -> jobs finished since the last summary
+        self._repeats = Repeats(log)
+        for dealer, result in spooled:
+            self._hold_result(dealer, result)
+            if dealer not in self.links:  # a referred dealer from an earlier run
+                self.add_dealer(dealer, depth=1)
+        if self.unacked:
+            log.info("spool holds %d results from an earlier run", self.count_unacked())
+
+    # --- queries -----------------------------------------------------------------
+
+    def take_actions(self) -> list[Action]:
+        out, self._actions = self._actions, []
+        return out
+
+    def count_unacked(self) -> int:
+        return sum(len(r) for r in self.unacked.values())
+
+    def holds_from(self, dealer: str) -> bool:
+        return (
+            any(h.dealer == dealer for h in self.buffer)
+            or any(h.dealer == dealer for h in self.running.values())
+            or bool(self.unacked.get(dealer))
+        )
+
+    def holding(self, dealer: str) -> tuple[str, ...] | None:
+        """Every tag from `dealer` still in our hands (see protocol.Bored.holding)."""
+        tags = [h.spec.tag for h in self.buffer if h.dealer == dealer]
+        tags += [
+            h.spec.tag
+            for k, h in self.running.items()
+            if h.dealer == dealer and k not in self._cancelled
+        ]
+        tags += list(self.unacked.get(dealer, {}))
+        return tuple(tags) if len(tags) <= p.MAX_HOLDING else None
+
+    def host_facts(self) -> p.HostFacts:
+        """This machine as dealers should see it: what it is and what its owner allows."""
+        s = self.s
+        return p.HostFacts(
+            s.cpus,
+            s.memory_mb,
+            s.slots,
+            tuple(self.cached[: p.MAX_CACHED]),
+            max_time_s=s.max_job_time_s,
+            max_fuel=s.max_fuel,
+            max_output_kb=s.max_output_kb,
+        )
+
+    def held_payloads(self) -> set[str]:
+        """Payloads of jobs buffered or running: the cache must keep these."""
+        return {h.spec.payload for h in self.buffer} | {
+            h.spec.payload for h in self.running.values()
+        }
+
+    def idle_too_long(self, now: float) -> bool:
+        """True once `max_idle_s` passed with nothing to run, deliver or wait for."""
+        if self.running or self.buffer or self._delivering():
+            self._last_busy = now
+            return False
+        return self.s.max_idle_s is not None and now - self._last_busy >= self.s.max_idle_s
+
+    def idle_s(self, now: float) -> float:
+        return now - self._last_busy
+
+    def busy(self, now: float) -> None:
+        """Count `now` as busy (the owner suspended the jobber: that is not idling)."""
+        self._last_busy = now
+
+    def wake_at(self, now: float) -> float:
+        """The earliest time after `now` at which a backoff or retry-later wait ends."""
+        wake = float("inf")
+        for link in self.links.values():
+            w = max(link.backoff.until, link.ask_after)
+            if link.bored_id is None and w > now:
+                wake = min(wake, w)
+        return wake
+
+    # --- dealers ------------------------------------------------------------------
+
+    def add_dealer(self, text: str, depth: int) -> None:
+        """Know the dealer `text` (`endpoint` or `endpoint#key`); depth 0: from the command line."""
+        addr, key = p.split_key(text)
+        link = self.links.get(addr)
+        if link is None and key is not None:  # the same dealer under another spelling
+            twin = next((x for x in self.links.values() if x.key == key), None)
+            if twin is not None:
+                log.debug("dealer %s is %s (the same key): not added twice", addr, twin.address)
+                return
+        if link is None:
+            if len(self.links) >= MAX_DEALERS:
+                return
+            backoff = Backoff(self.s.min_backoff_s, self.s.max_backoff_s, rng=self._rng)
+            link = self.links[addr] = Link(addr, depth == 0, depth, backoff)
+            self._rr.append(addr)
+            if depth:
+                log.info("dealer %s added by referral (depth %d)", addr, depth)
+            pinned = self._pins.get(addr)
+            if key is None and pinned is not None:
+                link.key, link.key_from_hello = pinned, True
+        if key is not None and link.key is None:
+            link.key = key
+            if depth == 0 and self._pins.get(addr) not in (None, key):
+                log.warning("dealer %s: using the key given, not the one pinned before", addr)
+            if depth == 0:
+                self._pin(addr, key)
+
+    def _pin(self, addr: str, key: str) -> None:
+        self._pins[addr] = key
+        self._actions.append(Pin(addr, key))
+
+    def _drop(self, link: Link) -> None:
+        del self.links[link.address]
+        self._rr.remove(link.address)
+        self._actions.append(Reset(link.address))
+
+    # --- events -------------------------------------------------------------------
+
+    def stop(self, now: float) -> None:
+        """Wind down: buffered jobs are given back unstarted, running ones may finish,
+        no more work is asked for; results are still delivered."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info(
+            "stopping: %d running, %d not started, %d results to deliver",
+            len(self.running),
+            len(self.buffer),
+            self.count_unacked(),
+        )
+        while self.buffer:
+            h = self.buffer.popleft()
+            self._finish(
+                h,
+                p.Result(
+                    h.spec.tag, p.Status.ABANDONED, b"", 0, "jobber stopped before starting it"
+                ),
+            )
+
+    def job_done(self, key: str, result: p.Result, wall_s: float, now: float) -> None:
+        """A slot finished the job started as `key` (or it could not be started)."""
+        h = self.running.pop(key, None)
+        if key in self._cancelled:  # stopped because the dealer settled it elsewhere
+            self._cancelled.discard(key)
+            return
+        if h is None:
+            log.warning("slot reported unknown job %s", key)
+            return
+        self._job_s = wall_s if not self._job_s else 0.8 * self._job_s + 0.2 * wall_s
+        self._finish(h, result)
+        log.debug(
+            "job %s from %s: %s, %d fuel, %.3f s",
+            result.tag,
+            h.dealer,
+            result.status.value,
+            result.fuel,
+            wall_s,
+        )
+
+    def disk_failed(self, why: str, dealer: str | None = None, tag: str | None = None) -> None:
+        """A write to the data directory failed; `dealer`/`tag`: the result not spooled."""
+        if dealer is not None and tag is not None and tag in self.unacked.get(dealer, {}):
+            self._unspooled[(dealer, tag)] = self.unacked[dealer][tag]
+        if not self.disk_trouble:
+            log.warning(
+                "%s; keeping finished results in memory and asking for no work until "
+                "the disk takes them again",
+                why,
+            )
+        self.disk_trouble = why
+
+    def disk_ok(self) -> None:
+        """The disk probe succeeded."""
+        if self.disk_trouble and not self._unspooled:
+            log.warning("the disk takes writes again: asking for work again")
+            self.disk_trouble = ""
+
+    def contact_failed(self, dealer: str, now: float, why: str, problem: str = "") -> None:
+        """A message could not go to `dealer`, or the transport says it cannot be reached
+        (refused, our key refused): a failed contact if a request is out, else noted."""
+        link = self.links.get(dealer)
+        if link is None:
+            return
+        if problem:
+            link.problem = problem
+        out = (link.bored_id, link.results_id, link.hello_id, link.alive_id)
+        if any(x is not None for x in out):
+            self._failed(link, now, why)
+
+    def problem(self, dealer: str, text: str) -> None:
+        """What the transport says about a dealer's connection ("" once it connects)."""
+        link = self.links.get(dealer)
+        if link is not None:
+            link.problem = text
+
+    def received(
+        self,
+        dealer: str,
+        msg: p.Message,
+        now: float,
+        unusable: Mapping[str, tuple[p.Status, str]] | None = None,
+    ) -> None:
+        """A message from `dealer`. `unusable`: payloads of a `jobs` message the shell could
+        not keep or may not run, with the status and reason their jobs are given back with."""
+        link = self.links.get(dealer)
+        if link is None:
+            return
+        if isinstance(msg, p.HelloReply):
+            if msg.re == link.hello_id:
+                self._hello_reply(link, msg)
+            else:
+                log.warning("dealer %s: unexpected hello_reply", dealer)
+            return
+        self.reached = True
+        link.answered = True
+        link.problem = ""
+        re_ = getattr(msg, "re", None)
+        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished) and (
+            re_ == link.bored_id
+        ):
+            link.bored_id = None
+        if isinstance(msg, p.Jobs):
+            link.backoff.succeeded()
+            self._take_jobs(link, msg, now, unusable or {})
+        elif isinstance(msg, p.RetryLater):
+            link.backoff.succeeded()
+            link.ask_after = now + msg.seconds
+            if msg.more:  # work may still come from there: waiting for it is not idling
+                self._last_busy = now
+            if msg.reason and msg.reason != link.last_reason:
+                link.last_reason = msg.reason
+                log.info("dealer %s has no work for us: %s", link.address, msg.reason)
+            log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
+        elif isinstance(msg, p.Referral):
+            link.backoff.succeeded()
+            link.ask_after = now + self.s.min_backoff_s
+            if link.depth < MAX_REFERRAL_DEPTH:
+                self._referred(link, msg.dealers)
+        elif isinstance(msg, p.Finished):
+            link.backoff.succeeded()
+            # no more work there: ask again only after the longest backoff (a new batch
+            # may start on the same address); results still go while it lingers
+            link.ask_after = now + self.s.max_backoff_s
+            if not link.finished:
+                log.info("dealer %s: its task is finished", link.address)
+            link.finished = True
+        elif isinstance(msg, p.AliveAck):
+            if re_ == link.alive_id:
+                link.alive_id = None
+            link.backoff.succeeded()
+            link.alive_every_s = min(p.ALIVE_INTERVAL_S, msg.lease_s / 4)
+            if msg.cancel:
+                self._cancel(link.address, msg.cancel)
+        elif isinstance(msg, p.Ack):
+            if re_ == link.results_id:
+                link.results_id = None
+                link.results_tags = ()
+            link.backoff.succeeded()
+            self._acked(link.address, msg, now)
+        elif isinstance(msg, p.Error):
+            log.warning(
+                "dealer %s refused request %d: %s: %s",
+                link.address,
+                msg.re,
+                msg.code.value,
+                msg.text,
+            )
+            if re_ in (link.bored_id, link.results_id):
+                self._failed(link, now, f"error {msg.code.value}")
+        else:
+            log.warning("dealer %s sent an unexpected %s", link.address, msg.TYPE)
+
+    def tick(self, now: float) -> None:
+        """One turn: spool again, start jobs, time out requests, send results, alive, ask."""
+        if self.disk_trouble:
+            self._retry_spool(now)
+        if not self.paused and not self.stopping:
+            self._start_jobs(now)
+        self._check_timeouts(now)
+        self._send_results(now)
+        self._send_alive(now)
+        if not (self.stopping or self.fetch_paused):
+            self._fetch(now)
+        self._say_progress(now)
+
+    # --- jobs ---------------------------------------------------------------------
+
+    def _take_jobs(
+        self, link: Link, msg: p.Jobs, now: float, unusable: Mapping[str, tuple[p.Status, str]]
+    ) -> None:
+        refused = False
+        for spec in msg.jobs:
+            h = Held(link.address, spec, now + spec.deadline_s)
+            bad = unusable.get(spec.payload)
+            if bad is not None:  # given back unrun: the shell says why
+                self._finish(h, p.Result(spec.tag, bad[0], b"", 0, bad[1][: p.MAX_STR]))
+                refused = refused or bad[0] is p.Status.ABANDONED
+                continue
+            self.buffer.append(h)
+        if refused and not self.disk_trouble:  # a payload we will not run: ask there less
+            link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
+        if msg.jobs:
+            self._last_busy = now
+            log.debug("%d jobs from %s", len(msg.jobs), link.address)
+
+    def _start_jobs(self, now: float) -> None:
+        host = self.host_facts()
+        while self.buffer and len(self.running) < self.s.slots:
+            h = self.buffer.popleft()
+            too_much = host.refuses(h.spec.limits)
+            if too_much is not None:  # the owner's limits win: given back unrun, no fault
+                log.warning("job %s from %s asks for %s: refused", h.spec.tag, h.dealer, too_much)
+                why = f"refused: it asks for {too_much}"
+                self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why))
+                continue
+            h.key = f"{self._next_key:x}"
+            self._next_key += 1
+            h.started = now
+            self.running[h.key] = h
+            self._actions.append(Start(h.key, h.dealer, h.spec))
+
+    def _finish(self, h: Held, result: p.Result) -> None:
+        self._summary[result.status.value] = self._summary.get(result.status.value, 0) + 1
+        if not self.done:
+            log.info("first job done: %s from %s, %s", result.tag, h.dealer, result.status.value)
+        self.done += 1
+        self._hold_result(h.dealer, result)
+        self._actions.append(Spool(h.dealer, result))
+
+    def _hold_result(self, dealer: str, result: p.Result) -> None:
+        results = self.unacked.setdefault(dealer, {})
+        old = results.get(result.tag)
+        results[result.tag] = result
+        self._unacked_bytes[dealer] = (
+            self._unacked_bytes.get(dealer, 0)
+            + _weight(result)
+            - (0 if old is None else _weight(old))
+        )
+
+    def _release_result(self, dealer: str, tag: str) -> None:
+        results = self.unacked.get(dealer, {})
+        old = results.pop(tag, None)
+        if old is not None:
+            self._unacked_bytes[dealer] -= _weight(old)
+            self._actions.append(Unspool(dealer, tag))
+        self._unspooled.pop((dealer, tag), None)
+        if not results:
+            self.unacked.pop(dealer, None)
+            self._unacked_bytes.pop(dealer, None)
+
+    def _retry_spool(self, now: float) -> None:
+        """While the disk refuses, spool the results kept in memory again, and probe it."""
+        if now - self._probe_at < DISK_PROBE_S:
+            return
+        self._probe_at = now
+        retry, self._unspooled = self._unspooled, {}
+        for (dealer, tag), result in retry.items():
+            if tag in self.unacked.get(dealer, {}):
+                self._actions.append(Spool(dealer, result))  # a failure puts it back
+        self._actions.append(ProbeDisk())
+
+    def _cancel(self, dealer: str, tags: tuple[str, ...]) -> None:
+        """The dealer settled these jobs elsewhere: drop them, stop them, send nothing."""
+        gone = set(tags)
+        before = len(self.buffer)
+        self.buffer = deque(
+            h for h in self.buffer if not (h.dealer == dealer and h.spec.tag in gone)
+        )
+        n = before - len(self.buffer)
+        for key, h in self.running.items():
+            if h.dealer == dealer and h.spec.tag in gone and key not in self._cancelled:
+                self._cancelled.add(key)
+                self._actions.append(Stop(key))
+                n += 1
+        for tag in gone & set(self.unacked.get(dealer, {})):
+            self._release_result(dealer, tag)
+            n += 1
+        if n:
+            log.info("dealer %s: %d jobs cancelled (settled without them)", dealer, n)
+
+    def _acked(self, dealer: str, msg: p.Ack, now: float) -> None:
+        for tag in msg.tags:
+            self._release_result(dealer, tag)
+        for rej in msg.rejected:
+            self._repeats.warn(
+                now,
+                f"refused {dealer} {rej.code.value}",
+                lambda rej=rej: (
+                    f"dealer {dealer} refused result {rej.tag}: {rej.code.value}: {rej.text}"
+                ),
+            )
+            self._release_result(dealer, rej.tag)
+        link = self.links.get(dealer)
+        if link is not None and link.flooded and not self._over_share(dealer):
+            link.flooded = False
+
+    def _delivering(self) -> bool:
+        """Results wait for a dealer that is answering: finish delivering them first."""
+        return any(
+            results and addr in self.links and self.links[addr].backoff.failures == 0
+            for addr, results in self.unacked.items()
+        )
+
+    def _over_share(self, dealer: str) -> bool:
+        return self._unacked_bytes.get(dealer, 0) >= self.s.spool_share_bytes
+
+    def _say_progress(self, now: float) -> None:
+        """A line a minute while jobs finish, so a lender sees the machine at work."""
+        if now - self._summary_at < PROGRESS_EVERY_S:
+            return
+        if self._summary:
+            n = sum(self._summary.values())
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self._summary.items()))
+            log.info("%d jobs finished in the last %.0f s (%s)", n, now - self._summary_at, kinds)
+        self._summary_at, self._summary = now, {}
+
+    # --- talking to dealers -----------------------------------------------------------
+
+    def _rid(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _hello(self, link: Link, now: float) -> None:
+        if link.hello_id is not None or not link.backoff.ready(now) or link.refused:
+            return
+        rid = self._rid()
+        link.hello_id, link.hello_at = rid, now
+        self._actions.append(Hello(link.address, p.Hello(rid)))
+
+    def _hello_reply(self, link: Link, msg: p.HelloReply) -> None:
+        self.reached = True
+        link.hello_id = None
+        link.backoff.succeeded()
+        link.check_key = False
+        pinned = self._pins.get(link.address)
+        if pinned is not None and pinned != msg.key:
+            link.refused = (
+                f"it now presents key {msg.key}, not the pinned {pinned}. If the change is "
+                f"expected, give it as {link.address}#{msg.key} or remove its line from "
+                "the known_dealers file in the data directory"
+            )
+            log.error("dealer %s refused: %s", link.address, link.refused)
+            link.forget_requests()
+            self._actions.append(Reset(link.address))
+            return
+        if link.key is None:
+            twin = next((x for x in self.links.values() if x.key == msg.key), None)
+            if twin is not None and not link.pinned and not self.unacked.get(link.address):
+                log.info("dealer %s is %s (the same key): dropped", link.address, twin.address)
+                self._drop(link)
+                return
+            log.warning(
+                "dealer %s: trusting its key %s on first use (pinned in known_dealers)",
+                link.address,
+                msg.key,
+            )
+            link.key, link.key_from_hello = msg.key, True
+            self._pin(link.address, msg.key)
+
+    def _send(self, link: Link, msg: p.Message) -> None:
+        self._actions.append(Send(link.address, msg))
+
+    def _fetch(self, now: float) -> None:
+        if self.disk_trouble:  # no new work while finished work cannot be kept safely
+            return
+        have = len(self.buffer) + len(self.running) - len(self._cancelled)
+        if self.buffer and self._job_s:
+            # never hold more than the buffered jobs' deadlines allow: the last one
+            # starts after about len(buffer) / slots job lengths
+            start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
+            if now + start_in > min(h.deadline for h in self.buffer):
+                return
+        # what asks still out to dealers that answer may bring
+        coming = sum(
+            self.s.hi_water - have
+            for link in self.links.values()
+            if link.bored_id is not None
+            and link.answered
+            and now - link.bored_at < FETCH_PATIENCE_S
+        )
+        want = self.s.hi_water - have - coming
+        if want <= 0:
+            return
+        # dealers that answered before first, round robin among equals
+        for addr in sorted(self._rr, key=lambda a: not self.links[a].answered):
+            link = self.links[addr]
+            if not link.may_ask(now):
+                continue
+            if link.key is None or link.check_key:
+                self._hello(link, now)
+                continue  # the key first; others may still be asked
+            if self._over_share(addr):
+                if not link.flooded:
+                    link.flooded = True
+                    log.warning(
+                        "dealer %s has not acknowledged %d results (%d MiB): asking it for "
+                        "no more work until it does",
+                        addr,
+                        len(self.unacked.get(addr, {})),
+                        self._unacked_bytes.get(addr, 0) // (1024 * 1024),
+                    )
+                continue
+            rid = self._rid()
+            self._send(link, p.Bored(rid, self.s.name, self.host_facts(), want, self.holding(addr)))
+            link.bored_id, link.bored_at = rid, now
+            self._rr.remove(addr)  # to the back of the round
+            self._rr.append(addr)
+            if link.answered:
+                return  # one live dealer at a time; dealers that never answered hold none back
+
+    def _send_results(self, now: float) -> None:
+        for addr, results in self.unacked.items():
+            link = self.links.get(addr)
+            if not results or link is None or link.results_id is not None or link.refused:
+                continue
+            if not link.backoff.ready(now):
+                continue
+            if link.key is None or link.check_key:
+                self._hello(link, now)
+                continue
+            batch = _batch(results.values())
+            rid = self._rid()
+            self._send(link, p.Results(rid, self.s.name, batch))
+            link.results_id, link.results_at = rid, now
+            link.results_tags = tuple(r.tag for r in batch)
+
+    def _send_alive(self, now: float) -> None:
+        """Tell each dealer whose work we hold that we are alive, every few seconds, even
+        while every slot is busy: a dealer takes a silent jobber as gone (docs/protocol.md)."""
+        for addr, link in self.links.items():
+            if not link.usable() or link.alive_id is not None:
+                continue
+            if now - link.alive_at < link.alive_every_s or not link.backoff.ready(now):
+                continue
+            if not self.holds_from(addr):
+                continue
+            rid = self._rid()
+            # `holding` only while no `jobs` reply can be in flight: tags the dealer has
+            # just sent us would otherwise read as lost (docs/protocol.md, section 6)
+            holding = self.holding(addr) if link.bored_id is None else None
+            self._send(link, p.Alive(rid, self.s.name, holding))
+            link.alive_id, link.alive_at = rid, now
+
+    def _check_timeouts(self, now: float) -> None:
+        limit = self.s.request_timeout_s
+        for link in list(self.links.values()):
+            late_bored = link.bored_id is not None and now - link.bored_at > limit
+            late_results = link.results_id is not None and now - link.results_at > limit
+            late_hello = link.hello_id is not None and now - link.hello_at > limit
+            late_alive = link.alive_id is not None and now - link.alive_at > limit
+            if late_bored or late_results or late_hello or late_alive:
+                self._failed(link, now, f"no answer within {limit:g} s")
+
+    def _failed(self, link: Link, now: float, why: str) -> None:
+        # a key learnt on first use: before asking again, has it changed? (unless it was
+        # the asking for the key that failed)
+        link.check_key = link.key_from_hello and link.hello_id is None
+        link.forget_requests()
+        self._actions.append(Reset(link.address))
+        wait = link.backoff.failed(now)
+        log.info(
+            "dealer %s: %s; failure %d, backed off for %.2f s%s",
+            link.address,
+            why,
+            link.backoff.failures,
+            wait,
+            f"; {link.problem}" if link.problem else "",
+        )
+        limit = DROP_REFERRED_AFTER if link.answered else DROP_UNREACHED_AFTER
+        if (
+            not link.pinned
+            and link.backoff.failures >= limit
+            and not self.unacked.get(link.address)
+        ):
+            log.info(
+                "dealer %s dropped after %d failed contacts", link.address, link.backoff.failures
+            )
+            self._drop(link)
+
+    def _referred(self, link: Link, dealers: tuple[str, ...]) -> None:
+        for text in dealers:
+            try:
+                addr = p.dealer_address(text)
+            except ValueError as e:
+                log.warning("dealer %s referred to a bad address: %s", link.address, e)
+                continue
+            if not addr.startswith("tcp://"):  # a remote dealer names no local sockets
+                log.warning("dealer %s referred to %s: only tcp is followed", link.address, addr)
+                continue
+            self.add_dealer(addr, link.depth + 1)
+
+
+def _weight(r: p.Result) -> int:
+    """About how many bytes a result takes on disk and in a message."""
+    return len(r.output) + 4 * (len(r.tag) + len(r.detail)) + 64
+
+
+def _batch(results) -> tuple[p.Result, ...]:
+    """The first results that fit one message: at most MAX_RESULTS_PER_MESSAGE of them
+    and MAX_RESULTS_BYTES (roughly: outputs, tags and details), and always at least one."""
+    out: list[p.Result] = []
+    size = 0
+    for r in results:
+        size += _weight(r)
+        if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
+            break
+        out.append(r)
+    return tuple(out)

@@ -1,0 +1,369 @@
+"""The jobber's pure core, driven directly: events and the time in, actions out."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+import protocol as p
+from jobber import _core as c
+
+KEY_A = "aa" * 32
+KEY_B = "bb" * 32
+SHA = "ab" * 32
+LIVE = "tcp://127.0.0.1:7200"
+LIMITS = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=64)
+
+
+def settings(**kw) -> c.Settings:
+    base = dict(name="j", slots=1, cpus=1, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0)
+    base.update(kw)
+    return c.Settings(**base)
+
+
+def core(dealers=(f"{LIVE}#{KEY_A}",), now=0.0, **kw) -> c.JobberCore:
+    spooled = kw.pop("spooled", ())
+    pins = kw.pop("pins", None)
+    out = c.JobberCore(
+        settings(**kw), dealers, now, pins=pins, spooled=spooled, rng=random.Random(1)
+    )
+    out.take_actions()
+    return out
+
+
+def spec(tag: str, limits: p.Limits = LIMITS, deadline_s: float = 100.0) -> p.JobSpec:
+    return p.JobSpec(tag, SHA, ("x",), b"", limits, deadline_s)
+
+
+def sent(actions, kind=None, dealer=None):
+    return [
+        a.msg
+        for a in actions
+        if isinstance(a, c.Send)
+        and (kind is None or isinstance(a.msg, kind))
+        and (dealer is None or a.dealer == dealer)
+    ]
+
+
+def of(actions, cls):
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def ok(tag: str, output: bytes = b"out") -> p.Result:
+    return p.Result(tag, p.Status.OK, output, 5, "")
+
+
+# --- dealers and their spellings ------------------------------------------------
+
+
+def test_one_dealer_under_two_spellings_is_one_dealer():
+    j = core([f"{LIVE}#{KEY_A}", f"tcp://localhost:7200#{KEY_A}", "tcp://127.0.0.1:7300"])
+    assert list(j.links) == [LIVE, "tcp://127.0.0.1:7300"]
+
+
+def test_a_referral_to_a_known_dealer_under_another_name_is_dropped_once_its_key_is_seen():
+    j = core()
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Referral(bored.id, ("tcp://localhost:7200",)), 0.1)
+    assert "tcp://localhost:7200" in j.links
+    j.tick(0.5)  # the live dealer waits out min_backoff_s; the referred one's key is asked
+    hello = of(j.take_actions(), c.Hello)
+    assert [h.dealer for h in hello] == ["tcp://localhost:7200"]
+    j.received("tcp://localhost:7200", p.HelloReply(hello[0].msg.id, KEY_A), 0.6)
+    assert list(j.links) == [LIVE]
+    assert of(j.take_actions(), c.Reset) == [c.Reset("tcp://localhost:7200")]
+
+
+def test_a_key_learnt_on_first_use_is_pinned_and_a_changed_key_is_refused():
+    j = core(["tcp://127.0.0.1:7200"])
+    j.tick(0.0)
+    hello = of(j.take_actions(), c.Hello)[0]
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
+    assert c.Pin(LIVE, KEY_A) in j.take_actions()
+    assert j.links[LIVE].key == KEY_A
+    # next run: pinned; the dealer times out, so its key is checked again, and has changed
+    j = core(["tcp://127.0.0.1:7200"], pins={LIVE: KEY_A}, request_timeout_s=1.0)
+    j.tick(0.0)
+    assert sent(j.take_actions(), p.Bored)
+    j.tick(1.5)
+    assert j.links[LIVE].check_key
+    j.tick(3.0)
+    hello = of(j.take_actions(), c.Hello)[0]
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_B), 3.1)
+    assert "not the pinned" in j.links[LIVE].refused
+    j.tick(100.0)
+    assert not sent(j.take_actions())
+
+
+# --- fairness -------------------------------------------------------------------
+
+
+def _serve(j: c.JobberCore, referred: tuple[str, ...], seconds: float) -> int:
+    """A live dealer answering at once with one job, each job taking 1 s: jobs done."""
+    asks = done = 0
+    running: tuple[str, str, float] | None = None
+    for step in range(int(seconds * 10)):
+        now = step * 0.1
+        j.tick(now)
+        for a in j.take_actions():
+            if isinstance(a, c.Send) and a.dealer == LIVE:
+                if isinstance(a.msg, p.Bored):
+                    asks += 1
+                    if asks == 1 and referred:  # the first answer refers elsewhere
+                        j.received(LIVE, p.Referral(a.msg.id, referred), now)
+                    else:
+                        j.received(LIVE, p.Jobs(a.msg.id, (spec(f"t.{asks}"),)), now)
+                elif isinstance(a.msg, p.Results):
+                    tags = tuple(r.tag for r in a.msg.results)
+                    j.received(LIVE, p.Ack(a.msg.id, tags), now)
+            elif isinstance(a, c.Start):
+                running = (a.key, a.spec.tag, now + 1.0)
+        if running and now >= running[2] - 1e-9:
+            j.job_done(running[0], ok(running[1]), 1.0, now)
+            running = None
+            done += 1
+    return done
+
+
+def test_dead_referred_dealers_never_starve_a_live_one_and_are_dropped_quickly():
+    """Beside 31 dead referred dealers, a live one is asked as soon as it is ready every
+    time: as many jobs are done as with the live dealer alone, less the referral's wait;
+    the dead are forgotten after two failed contacts each."""
+    alone = _serve(core(slots=1, buffer=0), (), 200.0)
+    j = core(request_timeout_s=10.0, slots=1, buffer=0)
+    dead = tuple(f"tcp://10.0.0.{i}:7117#{KEY_B[:-2]}{i:02x}" for i in range(31))
+    crowded = _serve(j, dead, 200.0)
+    assert alone >= 150
+    assert crowded >= alone - 2, (crowded, alone)  # min_backoff_s after the referral: 1 s
+    assert list(j.links) == [LIVE]  # every dead referred dealer dropped
+
+
+def test_a_dealer_that_does_not_ack_gets_no_more_work_past_its_spool_share():
+    j = core(spool_share_bytes=1000, slots=1, buffer=0)
+    tag = 0
+    for t in range(20):
+        now = float(t)
+        j.tick(now)
+        for a in j.take_actions():
+            if isinstance(a, c.Send) and isinstance(a.msg, p.Bored):
+                tag += 1
+                j.received(LIVE, p.Jobs(a.msg.id, (spec(f"t.{tag}"),)), now)
+            elif isinstance(a, c.Start):
+                j.job_done(a.key, ok(a.spec.tag, b"x" * 300), 0.1, now)
+            # results requests are never answered: the dealer floods the spool
+        if j.links[LIVE].backoff.failures:  # its unanswered results requests timed out
+            j.links[LIVE].backoff.succeeded()
+    held = sum(c._weight(r) for r in j.unacked[LIVE].values())
+    assert j.links[LIVE].flooded
+    # the share, plus what was asked for before it filled
+    assert 1000 <= held <= 1000 + 2 * c._weight(ok("t.0", b"x" * 300))
+    results = j.unacked[LIVE]
+    j.received(LIVE, p.Ack(0, tuple(results)), 30.0)
+    assert not j.links[LIVE].flooded
+    asked = []
+    for t in range(31, 40):  # asked again, once past any backoff the timeouts left
+        j.tick(float(t))
+        asked += sent(j.take_actions(), p.Bored)
+    assert asked
+
+
+# --- the owner's limits ----------------------------------------------------------
+
+
+def test_a_job_asking_more_than_the_owner_allows_is_given_back_unrun():
+    j = core(memory_mb=64, max_job_time_s=50.0)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    assert bored.host.max_time_s == 50.0 and bored.host.memory_mb == 64
+    greedy = p.Limits(fuel=10**9, memory_mb=65536, time_s=10**7, output_kb=64)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", greedy), spec("t.1"))), 0.1)
+    j.tick(0.2)
+    actions = j.take_actions()
+    starts = of(actions, c.Start)
+    assert [s.spec.tag for s in starts] == ["t.1"]
+    refused = [a.result for a in of(actions, c.Spool)]
+    assert refused[0].tag == "t.0" and refused[0].status is p.Status.ABANDONED
+    assert "65536 MiB of memory (this machine allows 64)" in refused[0].detail
+    assert [r.tag for m in sent(actions, p.Results) for r in m.results] == ["t.0"]
+
+
+limits = st.builds(
+    p.Limits,
+    fuel=st.integers(1, 2**62),
+    memory_mb=st.integers(1, 65536),
+    time_s=st.floats(0.001, 1e7),
+    output_kb=st.integers(0, 32 * 1024),
+)
+
+
+@given(
+    limits,
+    st.integers(0, 1 << 20),
+    st.one_of(st.none(), st.floats(0.001, 1e7)),
+    st.one_of(st.none(), st.integers(1, 2**62)),
+    st.one_of(st.none(), st.integers(0, 32 * 1024)),
+)
+def test_a_job_runs_only_within_every_limit_of_the_owner(lim, mem, time_s, fuel, out_kb):
+    j = core(memory_mb=mem, max_job_time_s=time_s or 1e7, max_fuel=fuel, max_output_kb=out_kb)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", lim),)), 0.0)
+    j.tick(0.1)
+    actions = j.take_actions()
+    fits = (
+        lim.memory_mb <= mem
+        and lim.time_s <= (time_s or 1e7)
+        and (fuel is None or lim.fuel <= fuel)
+        and (out_kb is None or lim.output_kb <= out_kb)
+    )
+    started = of(actions, c.Start)
+    assert bool(started) == fits
+    if not fits:
+        (given_back,) = [a.result for a in of(actions, c.Spool)]
+        assert given_back.status is p.Status.ABANDONED
+        assert "this machine allows" in given_back.detail
+
+
+# --- liveness, cancels ------------------------------------------------------------
+
+
+def test_alive_goes_while_work_is_held_and_names_it_only_with_no_ask_out():
+    j = core(slots=1, buffer=1)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.1)
+    j.tick(0.2)  # starts t.0 and asks for one more
+    actions = j.take_actions()
+    assert of(actions, c.Start) and sent(actions, p.Bored)
+    j.tick(p.ALIVE_INTERVAL_S + 0.3)
+    (alive,) = sent(j.take_actions(), p.Alive)
+    assert alive.holding is None  # a `jobs` reply may be in flight
+    j.received(LIVE, p.AliveAck(alive.id, 20.0), 5.4)
+    second = sent(j.take_actions(), p.Bored)
+    assert not second
+    j.received(LIVE, p.RetryLater(sent(actions, p.Bored)[0].id, 30.0), 5.5)
+    j.tick(2 * p.ALIVE_INTERVAL_S + 0.4)
+    (alive,) = sent(j.take_actions(), p.Alive)
+    assert alive.holding == ("t.0",)
+
+
+def test_no_alive_while_nothing_is_held():
+    j = core()
+    for t in range(30):
+        j.tick(float(t))
+        for a in j.take_actions():
+            assert not (isinstance(a, c.Send) and isinstance(a.msg, p.Alive))
+            if isinstance(a, c.Send) and isinstance(a.msg, p.Bored):
+                j.received(LIVE, p.RetryLater(a.msg.id, 1.0), float(t))
+
+
+def test_a_cancel_stops_running_work_drops_buffered_and_spooled_results():
+    j = core(slots=1, buffer=2)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"), spec("t.2"))), 0.0)
+    j.tick(0.1)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, ok("t.0"), 0.1, 0.2)
+    j.tick(0.3)  # t.1 starts, t.0's result goes
+    actions = j.take_actions()
+    (start,) = of(actions, c.Start)
+    assert sent(actions, p.Results)
+    j.received(LIVE, p.AliveAck(99, 20.0, ("t.0", "t.1", "t.2")), 0.4)
+    actions = j.take_actions()
+    assert c.Stop(start.key) in actions
+    assert c.Unspool(LIVE, "t.0") in actions
+    assert not j.buffer and not j.unacked
+    j.job_done(start.key, p.Result("t.1", p.Status.ABANDONED, b"", 0, "stopped"), 0.1, 0.5)
+    assert not j.unacked  # a cancelled job's outcome is not sent
+    assert j.holding(LIVE) == ()
+
+
+# --- timeouts, backoff ------------------------------------------------------------
+
+
+def test_an_unanswered_request_resets_the_link_and_backs_off():
+    j = core(request_timeout_s=2.0, min_backoff_s=4.0)
+    j.tick(0.0)
+    assert sent(j.take_actions(), p.Bored)
+    j.tick(1.9)
+    assert not j.take_actions()
+    j.tick(2.1)
+    assert c.Reset(LIVE) in j.take_actions()
+    link = j.links[LIVE]
+    assert link.backoff.failures == 1 and 2.0 <= link.backoff.until - 2.1 <= 4.0
+    j.tick(link.backoff.until - 0.01)
+    assert not sent(j.take_actions())
+    j.tick(link.backoff.until)
+    assert sent(j.take_actions(), p.Bored)
+
+
+def test_a_refused_connection_fails_a_request_at_once_but_not_an_idle_link():
+    j = core(min_backoff_s=4.0)
+    j.contact_failed(LIVE, 0.0, "no contact", "refused")
+    assert j.links[LIVE].backoff.failures == 0  # nothing was out
+    j.tick(0.0)
+    assert sent(j.take_actions(), p.Bored)
+    j.contact_failed(LIVE, 0.1, "no contact", "refused")
+    assert j.links[LIVE].backoff.failures == 1
+    assert j.links[LIVE].problem == "refused"
+
+
+# --- the disk ---------------------------------------------------------------------
+
+
+def test_a_full_disk_keeps_results_asks_for_nothing_and_recovers():
+    j = core(slots=1, buffer=0)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    j.tick(0.1)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, ok("t.0"), 0.1, 0.2)
+    (spool,) = of(j.take_actions(), c.Spool)
+    j.disk_failed("cannot write the spool: No space left on device", LIVE, "t.0")
+    j.tick(2.0)
+    actions = j.take_actions()
+    assert not sent(actions, p.Bored)  # no new work while results cannot be kept
+    assert [r.tag for m in sent(actions, p.Results) for r in m.results] == ["t.0"]
+    assert c.Spool(LIVE, spool.result) in actions and c.ProbeDisk() in actions
+    j.disk_failed("still full")  # the probe failed too
+    j.tick(3.5)
+    actions = j.take_actions()
+    assert c.ProbeDisk() in actions
+    j.disk_ok()
+    assert not j.disk_trouble
+    j.tick(4.0)
+    assert sent(j.take_actions(), p.Bored)
+
+
+# --- idling ---------------------------------------------------------------------------
+
+
+def test_max_idle_does_not_count_time_a_dealer_still_holds_work_for_us():
+    j = core(max_idle_s=3.0)
+    for t in range(10):
+        now = float(t)
+        j.tick(now)
+        for m in sent(j.take_actions(), p.Bored):
+            j.received(LIVE, p.RetryLater(m.id, 0.5, "all out", more=True), now)
+        assert not j.idle_too_long(now)
+    for t in range(10, 20):
+        now = float(t)
+        j.tick(now)
+        for m in sent(j.take_actions(), p.Bored):
+            j.received(LIVE, p.RetryLater(m.id, 0.5, "nothing"), now)
+    assert j.idle_too_long(20.0)
+
+
+def test_results_from_an_earlier_run_are_delivered_first():
+    j = core(spooled=[(LIVE, ok("old.1")), ("tcp://10.1.1.1:7117", ok("old.2"))])
+    assert "tcp://10.1.1.1:7117" in j.links and not j.links["tcp://10.1.1.1:7117"].pinned
+    j.tick(0.0)
+    (results,) = sent(j.take_actions(), p.Results, LIVE)
+    assert [r.tag for r in results.results] == ["old.1"]
+    j.received(LIVE, p.Ack(results.id, ("old.1",)), 0.1)
+    assert c.Unspool(LIVE, "old.1") in j.take_actions()
