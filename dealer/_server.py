@@ -34,6 +34,7 @@ import protocol as p
 from dealer._core import Accepted, Core, Policy
 from dealer._journal import Journal
 from protocol._keys import KeyPair, hex_of_z85
+from protocol._signing import AuthorKey
 from tasks import Job, Task
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,10 @@ class Dealer(RouterServer):
         allow: Collection[str] | None = None,
         admins: Collection[str] = (),
         progress: TextIO | None = sys.stderr,
+        signer: AuthorKey | None = None,
     ) -> None:
+        """`signer`: the task author's key. The payload is signed with it once, here, and
+        the signature (with the key's rotation links) goes out in every `jobs`."""
         if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
@@ -396,6 +400,17 @@ class Dealer(RouterServer):
         )
         self.core = Core(task.jobs(), policy, journal.tag_prefix)
         self._payload = task.payload
+        self.signer = None if signer is None else signer.public
+        self._signatures = None
+        if signer is not None:
+            sha = task.payload.sha256
+            signature = signer.sign_payload(sha)
+            root = signer.chain[0].old if signer.chain else signer.public
+            verdict = p.verify_payload(sha, signature, {root})
+            if not verdict.accepted:  # what every trusting jobber would say: say it first
+                raise ValueError(f"the payload's own signature is refused: {verdict.reason}")
+            self._signatures = {sha: signature}
+            log.info("payload %s signed by %s", sha[:12], signer.public)
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
         self._evicted_at = 0.0
@@ -558,9 +573,9 @@ class Dealer(RouterServer):
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
             log.debug("%d jobs to %s", len(specs), peer.key[:12])
-            return p.Jobs(msg.id, specs, payloads)
+            return p.Jobs(msg.id, specs, payloads, self._signatures)
         if msg.want == 0:
-            return p.Jobs(msg.id, ())
+            return p.Jobs(msg.id, (), signatures=self._signatures)
         if msg.host.memory_mb < core.policy.memory_mb:
             self._too_small[peer.key] = msg.host.memory_mb
             why = f"jobs need {core.policy.memory_mb} MiB each; you offer {msg.host.memory_mb}"
@@ -649,6 +664,7 @@ class Dealer(RouterServer):
         return {
             "task": type(self.task).__name__,
             "key": self.keys.public_hex,
+            "signer": self.signer,
             "total": self.task.total(),
             "drawn": c.drawn,
             "accepted": c.accepted,

@@ -1,4 +1,5 @@
-"""Command lines: `serve_task` for task files, and `python -m dealer status|refer|keygen|deny`."""
+"""Command lines: `serve_task` for task files, and
+`python -m dealer status|refer|keygen|rotate|deny`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from protocol._keys import (
     load_or_create_key_pair,
     load_public_keys,
     z85_of_hex,
+)
+from protocol._signing import (
+    create_author_key,
+    load_author_key,
+    public_path,
+    rotations_path,
+    write_rotation,
 )
 from tasks import Task
 
@@ -130,6 +138,16 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         "admin.key_secret beside the journal, made on first use)",
     )
     g.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEYPATH",
+        help="sign the payload with the author key KEYPATH.sign_secret (and send the "
+        "rotations in KEYPATH.rotations): jobbers started with --trust KEYPATH.sign run "
+        "only what it signed (see python -m dealer keygen --sign; default: the task's "
+        f"signing_key, {cls.signing_key or 'none'})",
+    )
+    g.add_argument(
         "--distinct",
         choices=DISTINCT,
         default=None,
@@ -205,6 +223,8 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         keys = _key_pair(args.key, home / "dealer", "the dealer's")
         admin = _key_pair(args.admin_key, home / "admin", "the admin's")
         allow = None if args.allow is None else load_public_keys(args.allow)
+        sign = args.sign or cls.signing_key
+        signer = None if sign is None else load_author_key(sign)
         journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
         dealer = Dealer(
             task,
@@ -217,6 +237,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             allow=allow,
             admins=(admin.public_hex,),
             progress=None if args.quiet else sys.stderr,
+            signer=signer,
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -410,6 +431,8 @@ def _print_status(info: dict) -> None:
         f"key {info.get('key')}; replicas on distinct {info.get('distinct')}s"
         + ("; closed pool" if info.get("closed") else "")
     )
+    if info.get("signer"):
+        print(f"payload signed by author key {info['signer']}")
     for why in info.get("waiting", []):
         print(f"waiting: {why}")
     if info.get("disputed"):
@@ -455,8 +478,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PATH",
         help="the key pair PATH.key_secret, made on first use (default .borednet/dealer)",
     )
-    kg = sub.add_parser("keygen", help="make a key pair: PATH.key_secret and PATH.key")
+    kg = sub.add_parser(
+        "keygen",
+        help="make a key pair: PATH.key_secret and PATH.key (a dealer's CurveZMQ key), or "
+        "with --sign PATH.sign_secret and PATH.sign (a task author's payload signing key)",
+    )
     kg.add_argument("path", type=Path, metavar="PATH")
+    kg.add_argument(
+        "--sign",
+        action="store_true",
+        help="make an ed25519 payload signing key for a task author (serve with --sign PATH; "
+        "lenders run jobbers with --trust PATH.sign)",
+    )
+    rt = sub.add_parser(
+        "rotate",
+        help="hand the author key OLD over to NEW: write NEW.rotations, signed by OLD, so "
+        "that jobbers trusting OLD accept payloads signed by NEW",
+    )
+    rt.add_argument("old", type=Path, metavar="OLD", help="the current key, OLD.sign_secret")
+    rt.add_argument(
+        "new",
+        type=Path,
+        metavar="NEW",
+        help="the next key, NEW.sign (python -m dealer keygen --sign)",
+    )
     dn = sub.add_parser("deny", help="ban a jobber's key at a running dealer (needs its admin key)")
     dn.add_argument("key", help="the jobber's public key, 64 hex digits, as status shows it")
     dn.add_argument("address", help="the dealer")
@@ -474,8 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refer(args.bind, args.peer, args.key)
     try:
         if args.command == "keygen":
-            pair = create_key_pair(args.path)
-            print(pair.public_hex)
+            if args.sign:
+                print(create_author_key(args.path).public)
+            else:
+                print(create_key_pair(args.path).public_hex)
+            return 0
+        if args.command == "rotate":
+            chain = write_rotation(args.old, args.new)
+            print(
+                f"wrote {rotations_path(args.new)} ({len(chain)} rotation link(s), oldest "
+                f"from {chain[0].old}): serve with --sign {args.new}; jobbers trusting "
+                f"{public_path(args.old)} or an older key of the chain accept it and learn "
+                f"{public_path(args.new)}"
+            )
             return 0
         if args.command == "deny":
             admin = load_key_pair(args.admin_key)

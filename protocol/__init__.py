@@ -1,6 +1,7 @@
 """The borednet wire protocol: message types, msgpack codec, size caps, validation, keys."""
 
 from protocol._addr import DEFAULT_PORT, dealer_address, split_key
+from protocol._signing import Verdict, verify_payload
 from protocol._wire import (
     ALIVE_INTERVAL_S,
     MAX_BATCH,
@@ -8,6 +9,8 @@ from protocol._wire import (
     MAX_HOLDING,
     MAX_MESSAGE_BYTES,
     MAX_PAYLOAD_BYTES,
+    MAX_PAYLOADS,
+    MAX_ROTATIONS,
     MAX_STR,
     MESSAGES,
     VERSION,
@@ -33,6 +36,8 @@ from protocol._wire import (
     Result,
     Results,
     RetryLater,
+    Rotation,
+    Signature,
     Status,
     StatusQuery,
     StatusReply,
@@ -53,6 +58,8 @@ __all__ = [
     "MAX_STR",
     "MAX_MESSAGE_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PAYLOADS",
+    "MAX_ROTATIONS",
     "MESSAGES",
     "VERSION",
     "ALIVE_INTERVAL_S",
@@ -78,13 +85,17 @@ __all__ = [
     "Result",
     "Results",
     "RetryLater",
+    "Rotation",
+    "Signature",
     "Status",
     "StatusQuery",
     "StatusReply",
+    "Verdict",
     "VersionError",
     "dealer_address",
     "decode",
     "encode",
     "request_id",
     "split_key",
+    "verify_payload",
 ]

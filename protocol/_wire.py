@@ -64,6 +64,7 @@ MAX_STR = 4096  # tags, args, ids, addresses, texts
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024
 MAX_CACHED = 4096  # payload hashes a jobber may report
+MAX_PAYLOADS = 64  # payloads (and signatures of payloads) in one `jobs`
 MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
 MAX_U64 = 2**64 - 1
 
@@ -156,10 +157,12 @@ def _bool() -> Check:
     return check
 
 
-def _bytes(max_len: int) -> Check:
+def _bytes(max_len: int, min_len: int = 0) -> Check:
+    size = f"exactly {max_len}" if min_len == max_len else f"at most {max_len}"
+
     def check(v: Any, where: str) -> bytes:
-        if type(v) is not bytes or len(v) > max_len:
-            raise ProtocolError(f"{where}: expected binary of at most {max_len} bytes")
+        if type(v) is not bytes or not min_len <= len(v) <= max_len:
+            raise ProtocolError(f"{where}: expected binary of {size} bytes")
         return v
 
     return check
@@ -409,6 +412,51 @@ class Rejection(_Record):
     }
 
 
+MAX_ROTATIONS = 8  # links in one Signature.chain
+SIGNATURE_BYTES = 64  # an ed25519 signature
+_SIGN_KEY = _str(64, _KEY_HEX)  # an ed25519 public key: 32 bytes as 64 lowercase hex digits
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation(_Record):
+    """One link of a key rotation: the key `old` hands over to the key `new`.
+
+    `sig` is old's ed25519 signature of b"borednet key rotation v1\\0" + new's 32 bytes
+    (protocol/_signing.py makes and checks it).
+    """
+
+    old: str  # ed25519 public key, hex
+    new: str  # ed25519 public key, hex
+    sig: bytes
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "old": _SIGN_KEY,
+        "new": _SIGN_KEY,
+        "sig": _bytes(SIGNATURE_BYTES, SIGNATURE_BYTES),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Signature(_Record):
+    """A task author's signature of one payload, sent in `jobs.signatures`.
+
+    `sig` is `key`'s ed25519 signature of b"borednet payload v1\\0" + the payload's
+    32-byte sha256 digest. `chain` leads, oldest link first, from an older key of the
+    author's to `key` (empty: none). Decoding checks only the shapes; whether the
+    signature is good and the key trusted is protocol._signing.verify_payload's to say.
+    """
+
+    key: str  # ed25519 public key, hex
+    sig: bytes
+    chain: tuple[Rotation, ...] = ()
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "key": _SIGN_KEY,
+        "sig": _bytes(SIGNATURE_BYTES, SIGNATURE_BYTES),
+        "chain": _list(_record(Rotation), MAX_ROTATIONS),
+    }
+
+
 # --- messages -------------------------------------------------------------
 
 
@@ -449,17 +497,24 @@ class Bored(Message):
 
 @dataclass(frozen=True, slots=True)
 class Jobs(Message):
-    """Dealer -> jobber: jobs to run; payload bytes for hashes the jobber lacks."""
+    """Dealer -> jobber: jobs to run; payload bytes for hashes the jobber lacks.
+
+    `signatures`: the author's signature of payloads the jobs use, by hash, sent even
+    when the bytes are not (the jobber may hold them already). nil: the dealer signs
+    nothing. Optional, so a version 2 peer that predates it ignores it.
+    """
 
     TYPE: ClassVar[str] = "jobs"
     re: int
     jobs: tuple[JobSpec, ...]
     payloads: dict[str, bytes] = field(default_factory=dict)
+    signatures: dict[str, Signature] | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "re": _ID,
         "jobs": _list(_record(JobSpec), MAX_BATCH),
-        "payloads": _map(_str(64, _SHA256_HEX), _bytes(MAX_PAYLOAD_BYTES), 64),
+        "payloads": _map(_str(64, _SHA256_HEX), _bytes(MAX_PAYLOAD_BYTES), MAX_PAYLOADS),
+        "signatures": _optional(_map(_str(64, _SHA256_HEX), _record(Signature), MAX_PAYLOADS)),
     }
 
 

@@ -17,6 +17,7 @@ state depends only on the outputs it was given.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,6 +59,8 @@ class Task:
     deadline_s:  seconds a jobber has to return a replica (None: from limits)
     lease_s:     seconds of silence before a jobber holding work is taken as gone and
                  its replicas sent to others (None: the dealer's default, 20)
+    signing_key: the author key the dealer signs the payload with, a path to
+                 KEY.sign_secret or KEY (None: unsigned; `--sign KEYPATH` overrides it)
     """
 
     payload: Payload
@@ -67,6 +70,7 @@ class Task:
     max_errors: ClassVar[int] = 3
     deadline_s: ClassVar[float | None] = None
     lease_s: ClassVar[float | None] = None  # silence before a jobber is taken as gone
+    signing_key: ClassVar[str | os.PathLike[str] | None] = None  # see docs/security.md
 
     def __init__(self) -> None:
         self.failures: list[Failure] = []

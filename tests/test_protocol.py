@@ -104,6 +104,15 @@ results = st.builds(
     detail=strs,
 )
 rejections = st.builds(p.Rejection, tag=strs, code=st.sampled_from(p.ErrorCode), text=strs)
+# Signatures as the codec sees them: well-shaped, not necessarily good (tests/test_signing.py).
+sig_bytes = st.binary(min_size=64, max_size=64)
+rotations = st.builds(p.Rotation, old=shas, new=shas, sig=sig_bytes)
+signatures = st.builds(
+    p.Signature,
+    key=shas,
+    sig=sig_bytes,
+    chain=st.lists(rotations, max_size=p.MAX_ROTATIONS).map(tuple),
+)
 # What msgpack carries (as decode gives it back: lists, str keys, no NaN).
 plain_values = st.recursive(
     st.none()
@@ -125,6 +134,7 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         re=u64,
         jobs=st.lists(jobspecs, max_size=3).map(tuple),
         payloads=st.dictionaries(shas, blobs, max_size=3),
+        signatures=st.none() | st.dictionaries(shas, signatures, max_size=3),
     ),
     p.Referral: st.builds(p.Referral, re=u64, dealers=st.lists(names, max_size=4).map(tuple)),
     p.RetryLater: st.builds(
@@ -1069,3 +1079,142 @@ def test_wrong_jobber_stops_when_idle() -> None:
         proc.kill()
         proc.wait()
         dealer.close()
+
+
+# --- jobs.signatures (signed payloads) ----------------------------------------------------
+
+ROT = p.Rotation(hashlib.sha256(b"old").hexdigest(), SHA, bytes(range(64)))
+SIGNATURE = p.Signature(SHA, bytes(range(64, 128)), (ROT,))
+SIGNED_JOBS = p.Jobs(1, (SPEC,), {}, {SHA: SIGNATURE})
+
+
+def test_signed_jobs_round_trip_with_and_without_the_bytes() -> None:
+    for msg in (
+        SIGNED_JOBS,
+        p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}),
+        p.Jobs(1, (), signatures={SHA: p.Signature(SHA, bytes(64))}),
+        p.Jobs(1, (SPEC,), signatures={}),
+    ):
+        back = p.decode(p.encode(msg))
+        assert back == msg
+        assert all(type(v) is p.Signature for v in (back.signatures or {}).values())
+    body = wire(SIGNED_JOBS)["signatures"][SHA]
+    assert body == {"key": SHA, "sig": bytes(range(64, 128)), "chain": [wire_rotation(ROT)]}
+    assert type(body["sig"]) is bytes  # bin on the wire, not str
+
+
+def wire_rotation(rot: p.Rotation) -> dict[str, Any]:
+    return {"old": rot.old, "new": rot.new, "sig": rot.sig}
+
+
+def test_signatures_are_optional_absent_or_nil() -> None:
+    plain = p.Jobs(1, (SPEC,), {SHA: b"payload"})
+    assert "signatures" not in wire(plain)  # a dealer that signs nothing sends nothing new
+    assert p.decode(p.encode(plain)).signatures is None
+    body = wire(SIGNED_JOBS)
+    body["signatures"] = None
+    assert p.decode(pack(body)).signatures is None
+    # an old peer's view: the same jobs, with a key it does not know
+    old_view = wire(SIGNED_JOBS)
+    assert p.decode(pack({k: v for k, v in old_view.items() if k != "signatures"})) == p.Jobs(
+        1, (SPEC,), {}
+    )
+
+
+def test_signatures_at_their_caps_round_trip() -> None:
+    many = {hashlib.sha256(bytes([i])).hexdigest(): SIGNATURE for i in range(p.MAX_PAYLOADS)}
+    chain = (ROT,) * p.MAX_ROTATIONS
+    for msg in (
+        p.Jobs(1, (), signatures=many),
+        p.Jobs(1, (), signatures={SHA: p.Signature(SHA, bytes(64), chain)}),
+    ):
+        assert p.decode(p.encode(msg)) == msg
+
+
+SIG_PATH = ("signatures", SHA)
+SIGNATURE_CASES = [
+    (("signatures",), [], r"jobs\.signatures: expected a map"),
+    (("signatures",), "sig", r"jobs\.signatures: expected a map"),
+    (
+        ("signatures",),
+        {
+            hashlib.sha256(bytes([i])).hexdigest(): wire(SIGNED_JOBS)["signatures"][SHA]
+            for i in range(65)
+        },
+        r"jobs\.signatures: expected a map of at most 64 entries",
+    ),
+    (SIG_PATH, [], r"jobs\.signatures\['[0-9a-f]{64}'\]: expected a map"),
+    ((*SIG_PATH, "key"), DELETE, r"signatures\['[0-9a-f]{64}'\]: missing field 'key'"),
+    ((*SIG_PATH, "sig"), DELETE, r"missing field 'sig'"),
+    ((*SIG_PATH, "chain"), DELETE, r"missing field 'chain'"),
+    ((*SIG_PATH, "key"), SHA.upper(), r"\.key: '[0-9A-F]{64}' does not match"),
+    ((*SIG_PATH, "key"), bytes(32), r"\.key: expected a string"),
+    ((*SIG_PATH, "sig"), bytes(63), r"\.sig: expected binary of exactly 64 bytes"),
+    ((*SIG_PATH, "sig"), bytes(65), r"\.sig: expected binary of exactly 64 bytes"),
+    ((*SIG_PATH, "sig"), b"", r"\.sig: expected binary of exactly 64 bytes"),
+    ((*SIG_PATH, "sig"), "x" * 64, r"\.sig: expected binary of exactly 64 bytes"),
+    ((*SIG_PATH, "sig"), None, r"\.sig: expected binary"),
+    ((*SIG_PATH, "chain"), None, r"\.chain: expected a list"),
+    ((*SIG_PATH, "chain"), [wire_rotation(ROT)] * 9, r"\.chain: expected a list of at most 8"),
+    ((*SIG_PATH, "chain", 0), "link", r"\.chain\[0\]: expected a map"),
+    ((*SIG_PATH, "chain", 0, "old"), DELETE, r"\.chain\[0\]: missing field 'old'"),
+    ((*SIG_PATH, "chain", 0, "new"), DELETE, r"\.chain\[0\]: missing field 'new'"),
+    ((*SIG_PATH, "chain", 0, "sig"), DELETE, r"\.chain\[0\]: missing field 'sig'"),
+    ((*SIG_PATH, "chain", 0, "new"), SHA[:63], r"\.chain\[0\]\.new: .* does not match"),
+    ((*SIG_PATH, "chain", 0, "sig"), bytes(32), r"\.chain\[0\]\.sig: expected binary of exactly"),
+    ((*SIG_PATH, "chain", 0, "old"), True, r"\.chain\[0\]\.old: expected a string"),
+]
+
+
+def signed_tampered(path: tuple[Any, ...], value: Any) -> bytes:
+    body = wire(SIGNED_JOBS)
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is DELETE:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return pack(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "pattern"),
+    SIGNATURE_CASES,
+    ids=[case_id(("jobs", path, value, "")) for path, value, _ in SIGNATURE_CASES],
+)
+def test_bad_signatures_are_refused_with_a_clear_message(
+    path: tuple, value: Any, pattern: str
+) -> None:
+    refused(signed_tampered(path, value), pattern)
+
+
+def test_signature_keys_are_payload_hashes() -> None:
+    body = wire(SIGNED_JOBS)
+    body["signatures"] = {"payload": body["signatures"][SHA]}
+    refused(pack(body), r"jobs\.signatures key: 'payload' does not match")
+
+
+def test_doc_describes_the_signature_records(doc: str) -> None:
+    for cls in (p.Signature, p.Rotation):
+        section = doc.split(f"### {cls.__name__}\n", 1)[1].split("\n### ", 1)[0]
+        rows = re.findall(r"^\| `([a-z_]+)` \|", section, re.M)
+        assert rows == list(cls._SCHEMA), cls.__name__
+    jobs = doc.split("### `jobs` (dealer to jobber)\n", 1)[1].split("\n### ", 1)[0]
+    assert (
+        "| `signatures` | map of hash to Signature, or nil | at most 64 entries; optional" in jobs
+    )
+    assert "also when it does not send the bytes" in jobs
+    assert "`jobs.signatures`" in doc.split("## 1. Transport", 1)[0]  # the version note
+
+
+def test_wrong_jobber_reads_signed_jobs_and_ignores_the_signatures() -> None:
+    wasm = b"\x00asm\x01\x00\x00\x00"
+    sha = hashlib.sha256(wasm).hexdigest()
+    spec = p.JobSpec("a", sha, (), b"", LIMITS, 60.0)
+    msg = p.Jobs(3, (spec,), {sha: wasm}, {sha: p.Signature(SHA, bytes(64), (ROT,))})
+    reply = wj.parse_reply(p.encode(msg))
+    assert reply is not None and reply["type"] == "jobs" and reply["re"] == 3
+    jobber = wj.WrongJobber(None, "liar", None, None)
+    jobber._take_jobs(reply)
+    assert jobber.cached == [sha] and list(jobber.unacked) == ["a"]

@@ -6,6 +6,9 @@ DEALER socket with its own key pair) and checks what the dealer does.
 
 from __future__ import annotations
 
+import hashlib
+import signal
+import subprocess
 import threading
 
 import msgpack
@@ -18,8 +21,15 @@ import protocol as p
 from dealer import Dealer, Journal
 from dealer._server import frame_cap, policy_for
 from protocol._keys import KeyPair, create_key_pair, load_public_keys
+from protocol._signing import (
+    AuthorKey,
+    create_author_key,
+    load_author_key,
+    sign_rotation,
+    write_rotation,
+)
 from tasks import Job, Limits, Payload, Task
-from tests.helpers import CurveClient, wait_for
+from tests.helpers import PY, ROOT, CurveClient, free_port, wait_for
 from tests.wat import printing
 
 HOST = p.HostFacts(cpus=2, memory_mb=1024, slots=2)
@@ -376,3 +386,108 @@ def test_a_dealer_sends_no_job_to_a_machine_whose_owner_allows_less(serve):
     assert "1000000 fuel (this machine allows 10)" in c.ask(p.Bored(2, "c", frugal, 2)).reason
     roomy = p.HostFacts(2, 1024, 2, max_time_s=5.0, max_fuel=10**6, max_output_kb=1)
     assert len(c.ask(p.Bored(3, "c", roomy, 2)).jobs) == 2
+
+
+# --- signed payloads (the dealer's side; the jobber's --trust is tested with the jobber) ----
+
+
+def test_a_dealer_started_with_sign_sends_a_verifiable_signature(procs, tmp_path):
+    """A task file served with --sign: every `jobs` carries the author's signature of the
+    payload, with the key's rotation links, also when the bytes are not sent again."""
+    old = create_author_key(tmp_path / "old")
+    new = create_author_key(tmp_path / "new")
+    write_rotation(tmp_path / "old", tmp_path / "new")
+    port = free_port()
+    argv = [PY, ROOT / "tests" / "tasks" / "flaky.py", "--sign", tmp_path / "new"]
+    argv += ["--bind", f"tcp://127.0.0.1:{port}", "--quiet", "--db", tmp_path / "d.sqlite"]
+    dealer = procs.start("dealer", argv)
+    address = dealer.wait_for(r"listening on (\S+)", 30).group(1)
+    c = CurveClient(address)
+    try:
+        first = c.ask(p.Bored(1, "hand", HOST, 1), timeout_s=10)
+        assert isinstance(first, p.Jobs) and len(first.jobs) == 1
+        sha = first.jobs[0].payload
+        assert set(first.payloads) == {sha} and set(first.signatures) == {sha}
+        signature = first.signatures[sha]
+        assert signature.key == new.public
+        assert [(x.old, x.new) for x in signature.chain] == [(old.public, new.public)]
+        # a jobber trusting the new key runs it; one trusting the old key too, and learns
+        assert p.verify_payload(sha, signature, {new.public}).accepted
+        through = p.verify_payload(sha, signature, {old.public})
+        assert through.accepted and through.learned == (new.public,)
+        # one trusting another author's key does not
+        other = create_author_key(tmp_path / "other")
+        assert not p.verify_payload(sha, signature, {other.public}).accepted
+        # the bytes are the payload the signature is of
+        assert hashlib.sha256(first.payloads[sha]).hexdigest() == sha
+        # cached: no bytes, the signature all the same
+        cached = p.HostFacts(2, 1024, 2, cached=(sha,))
+        second = c.ask(p.Bored(2, "hand", cached, 1), timeout_s=10)
+        assert isinstance(second, p.Jobs) and second.payloads == {}
+        assert second.jobs and second.signatures == {sha: signature}
+        # want 0: no jobs, and still the signature (every `jobs` carries it)
+        third = c.ask(p.Bored(3, "hand", cached, 0), timeout_s=10)
+        assert (
+            isinstance(third, p.Jobs) and third.jobs == () and third.signatures == {sha: signature}
+        )
+        status = c.ask(p.StatusQuery(4), timeout_s=10)
+        assert status.info["signer"] == new.public
+        shown = subprocess.run(
+            [PY, "-m", "dealer", "status", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"payload signed by author key {new.public}" in shown.stdout, shown.stderr
+    finally:
+        c.close()
+        dealer.signal(signal.SIGTERM)
+        dealer.wait(30)
+
+
+def test_a_dealer_without_a_key_signs_nothing(serve):
+    s = serve(Collect(2))
+    jobs = s.client().ask(p.Bored(1, "c", HOST, 1))
+    assert isinstance(jobs, p.Jobs) and jobs.jobs and jobs.signatures is None
+    assert s.status()["signer"] is None
+
+
+def test_a_dealer_signs_its_payload_once_at_start(serve, tmp_path, monkeypatch):
+    author = create_author_key(tmp_path / "author")
+    signs = []
+    real = AuthorKey.sign_payload
+    monkeypatch.setattr(
+        AuthorKey, "sign_payload", lambda self, sha: signs.append(sha) or real(self, sha)
+    )
+    task = Collect(3)
+    s = serve(task, signer=load_author_key(tmp_path / "author"))
+    assert signs == [task.payload.sha256]
+    for rid, source in enumerate(("127.0.0.31", "127.0.0.32", "127.0.0.33"), 1):
+        reply = s.client(source=source).ask(p.Bored(rid, "c", HOST, 1))
+        assert p.verify_payload(
+            task.payload.sha256, reply.signatures[task.payload.sha256], {author.public}
+        ).accepted
+    assert len(signs) == 1
+
+
+def test_a_dealer_whose_key_chain_is_broken_refuses_to_start(tmp_path):
+    a = create_author_key(tmp_path / "a")
+    b = create_author_key(tmp_path / "b")
+    stranger = create_author_key(tmp_path / "s")
+    broken = AuthorKey(b.signing, (sign_rotation(stranger.signing, a.public),))  # ends at a, not b
+    with pytest.raises(
+        ValueError, match=r"the payload's own signature is refused: .*not at the signer"
+    ):
+        Dealer(
+            Collect(1),
+            "tcp://127.0.0.1:*",
+            Journal(tmp_path / "j.sqlite", "collect"),
+            signer=broken,
+            progress=None,
+        )
+    # and one on disk stops the task's command line with the file named
+    (tmp_path / "b.rotations").write_text("nonsense\n")
+    argv = [str(ROOT / "tests" / "tasks" / "flaky.py"), "--sign", str(tmp_path / "b")]
+    argv += ["--bind", "tcp://127.0.0.1:*", "--quiet", "--db", str(tmp_path / "d.sqlite")]
+    done = subprocess.run([PY, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "b.rotations: link 1 is not 'OLD NEW SIGNATURE'" in done.stderr
