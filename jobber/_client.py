@@ -50,6 +50,7 @@ from jobber._quiet import Repeats
 from jobber._spool import Spool
 from protocol._files import write_atomic
 from protocol._keys import load_or_create_key_pair, z85_of_hex
+from protocol._signing import load_trusted_key
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class Config:
     max_fuel: int | None = None
     max_output_kb: int | None = None
     exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
+    # author keys (files) whose signed payloads alone may run; empty: any payload may
+    trust: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +153,10 @@ class Jobber:
         if made:
             log.info("made a new identity in %s", cfg.data_dir / "identity.key_secret")
         self.pins = Pins(cfg.data_dir / "known_dealers")
+        self._roots = self._load_trust(cfg.trust)
+        self._learnt_path = cfg.data_dir / "trusted_keys"
+        self._learnt = self._load_learnt()  # key -> the --trust key its rotation chain began at
+        self._refused: dict[str, str] = {}  # dealer -> why its payloads were last refused
         self._ctx = context or zmq.Context.instance()
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
@@ -215,6 +222,70 @@ class Jobber:
             name = f"{socket.gethostname()}-{os.urandom(4).hex()}"
             write_atomic(path, (name + "\n").encode())
             return name
+
+    # --- signed payloads ------------------------------------------------------
+
+    @staticmethod
+    def _load_trust(paths) -> frozenset[str]:
+        keys = set()
+        for path in paths:
+            try:
+                keys.add(load_trusted_key(path))
+            except ValueError as e:
+                raise JobberError(f"--trust: {e}") from None
+        return frozenset(keys)
+
+    def _load_learnt(self) -> dict[str, str]:
+        """Keys learnt through rotations signed by a trusted key, as `KEY ROOT` lines;
+        only those whose root is trusted now count."""
+        out: dict[str, str] = {}
+        try:
+            text = self._learnt_path.read_text()
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] in self._roots:
+                out[parts[0]] = parts[1]
+        return out
+
+    def trusted(self) -> frozenset[str]:
+        return self._roots | frozenset(self._learnt)
+
+    def _verdicts(self, dealer: str, msg: p.Jobs, now: float) -> dict:
+        """With --trust: the payloads of `msg` not signed by a trusted key, and why."""
+        refused: dict[str, tuple[p.Status, str]] = {}
+        if not self._roots:
+            return refused
+        signatures = msg.signatures or {}
+        for sha in {spec.payload for spec in msg.jobs} | set(msg.payloads):
+            verdict = p.verify_payload(sha, signatures.get(sha), self.trusted())
+            if not verdict.accepted:
+                why = f"refused: payload {sha[:12]}: {verdict.reason}"
+                refused[sha] = (p.Status.ABANDONED, why)
+                self._refused[dealer] = why
+                self._repeats.warn(
+                    now, f"unsigned {dealer}", lambda why=why: f"dealer {dealer}: {why}"
+                )
+            elif verdict.learned:
+                self._learn(signatures[sha], verdict.learned)
+        return refused
+
+    def _learn(self, signature: p.Signature, keys: tuple[str, ...]) -> None:
+        trusted = self.trusted()
+        start = next((x.old for x in signature.chain if x.old in trusted), signature.key)
+        root = start if start in self._roots else self._learnt.get(start, start)
+        for key in keys:
+            if key not in self._learnt and key not in self._roots:
+                self._learnt[key] = root
+                log.warning("author key %s trusted from now on: a rotation from %s", key, root)
+        body = "".join(f"{k} {r}\n" for k, r in sorted(self._learnt.items()))
+        try:
+            write_atomic(
+                self._learnt_path, ("# author keys learnt by rotation: KEY ROOT\n" + body).encode()
+            )
+        except OSError as e:
+            self.core.disk_failed(f"cannot write {self._learnt_path}: {e.strerror or e}")
 
     # --- sockets -------------------------------------------------------------
 
@@ -337,8 +408,10 @@ class Jobber:
 
     def _store_payloads(self, dealer: str, msg: p.Jobs, now: float) -> dict:
         """Keep the payloads a `jobs` message brings; those we cannot keep, and why."""
-        unusable: dict[str, tuple[p.Status, str]] = {}
+        unusable = self._verdicts(dealer, msg, now)
         for sha, wasm in msg.payloads.items():
+            if sha in unusable:
+                continue  # not kept: it may not run here
             try:
                 got = self.cache.put(wasm)
             except OSError as e:
@@ -604,15 +677,13 @@ class Jobber:
             "buffered_by_dealer": _count(h.dealer for h in core.buffer),
             "spooled": self.spool.count(),
             "disk_trouble": core.disk_trouble or None,
+            "trust": sorted(self.trusted()),
+            "refused_payloads": dict(self._refused),
             # results waiting for a dealer: kept until it acknowledges them; those for a
             # dealer gone for good stay here, listed, until the data directory is cleared
             "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},
             "done": core.done,
-            "settings": {
-                f.name: (str(v) if isinstance(v, Path) else v)
-                for f in fields(self.cfg)
-                for v in (getattr(self.cfg, f.name),)
-            },
+            "settings": {f.name: _plain(getattr(self.cfg, f.name)) for f in fields(self.cfg)},
         }
 
     def close(self) -> None:
@@ -624,6 +695,15 @@ class Jobber:
         for dealer in list(self._socks):
             self._reset(dealer)
         os.close(self._lock)
+
+
+def _plain(v):
+    """A setting as the control socket's msgpack carries it (paths as text)."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
 
 
 def _count(items) -> dict[str, int]:

@@ -71,6 +71,10 @@ MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
 DROP_UNREACHED_AFTER = 2  # ... when it never answered at all (a dead or bogus referral)
+# a dropped dealer is not taken back from referrals this long: a dealer that keeps
+# referring to dead ones costs two failed contacts per dead one per ten minutes
+SHUN_DROPPED_S = 600.0
+MAX_SHUNNED = 1024
 FETCH_PATIENCE_S = 1.0  # an ask to a live dealer unanswered this long lets others be asked
 PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
 DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
@@ -244,6 +248,7 @@ class JobberCore:
         self._actions: list[Action] = []
         self.links: dict[str, Link] = {}
         self._rr: deque[str] = deque()
+        self._shunned: dict[str, float] = {}  # dropped dealer -> until when referrals skip it
         for text in dealers:
             self.add_dealer(text, depth=0)
         self.buffer: deque[Held] = deque()
@@ -376,7 +381,10 @@ class JobberCore:
         self._pins[addr] = key
         self._actions.append(Pin(addr, key))
 
-    def _drop(self, link: Link) -> None:
+    def _drop(self, link: Link, now: float) -> None:
+        self._shunned[link.address] = now + SHUN_DROPPED_S
+        if len(self._shunned) > MAX_SHUNNED:
+            del self._shunned[min(self._shunned, key=self._shunned.__getitem__)]
         del self.links[link.address]
         self._rr.remove(link.address)
         self._actions.append(Reset(link.address))
@@ -474,7 +482,7 @@ class JobberCore:
             return
         if isinstance(msg, p.HelloReply):
             if msg.re == link.hello_id:
-                self._hello_reply(link, msg)
+                self._hello_reply(link, msg, now)
             else:
                 log.warning("dealer %s: unexpected hello_reply", dealer)
             return
@@ -502,7 +510,7 @@ class JobberCore:
             link.backoff.succeeded()
             link.ask_after = now + self.s.min_backoff_s
             if link.depth < MAX_REFERRAL_DEPTH:
-                self._referred(link, msg.dealers)
+                self._referred(link, msg.dealers, now)
         elif isinstance(msg, p.Finished):
             link.backoff.succeeded()
             # no more work there: ask again only after the longest backoff (a new batch
@@ -695,7 +703,7 @@ class JobberCore:
         link.hello_id, link.hello_at = rid, now
         self._actions.append(Hello(link.address, p.Hello(rid)))
 
-    def _hello_reply(self, link: Link, msg: p.HelloReply) -> None:
+    def _hello_reply(self, link: Link, msg: p.HelloReply, now: float) -> None:
         self.reached = True
         link.hello_id = None
         link.backoff.succeeded()
@@ -715,7 +723,7 @@ class JobberCore:
             twin = next((x for x in self.links.values() if x.key == msg.key), None)
             if twin is not None and not link.pinned and not self.unacked.get(link.address):
                 log.info("dealer %s is %s (the same key): dropped", link.address, twin.address)
-                self._drop(link)
+                self._drop(link, now)
                 return
             log.warning(
                 "dealer %s: trusting its key %s on first use (pinned in known_dealers)",
@@ -843,9 +851,9 @@ class JobberCore:
             log.info(
                 "dealer %s dropped after %d failed contacts", link.address, link.backoff.failures
             )
-            self._drop(link)
+            self._drop(link, now)
 
-    def _referred(self, link: Link, dealers: tuple[str, ...]) -> None:
+    def _referred(self, link: Link, dealers: tuple[str, ...], now: float) -> None:
         for text in dealers:
             try:
                 addr = p.dealer_address(text)
@@ -855,6 +863,8 @@ class JobberCore:
             if not addr.startswith("tcp://"):  # a remote dealer names no local sockets
                 log.warning("dealer %s referred to %s: only tcp is followed", link.address, addr)
                 continue
+            if self._shunned.get(p.split_key(addr)[0], 0.0) > now:
+                continue  # dropped a moment ago: not again so soon
             self.add_dealer(addr, link.depth + 1)
 
 

@@ -48,8 +48,10 @@ CONFIG_FIELDS = {
     "exit_with": "exit_with",
     "max_job_time": "max_job_time_s",
     "cache_mb": "cache_mb",
+    "spool_mb": "spool_mb",
     "max_fuel": "max_fuel",
     "max_output_kb": "max_output_kb",
+    "trust": "trust",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -103,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
         "the least recently used are removed past it",
     )
     ap.add_argument(
+        "--spool-mb",
+        type=int,
+        metavar="MB",
+        help=f"results one dealer may leave unacknowledged (default {d['spool_mb']}); "
+        "past it, that dealer is asked for no more work until it acknowledges them",
+    )
+    ap.add_argument(
         "--max-job-time",
         type=float,
         metavar="SECONDS",
@@ -112,6 +121,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-fuel", type=int, metavar="N", help="the most fuel one job may use here")
     ap.add_argument(
         "--max-output-kb", type=int, metavar="KB", help="the most output one job may write here"
+    )
+    ap.add_argument(
+        "--trust",
+        action="append",
+        type=Path,
+        metavar="KEYFILE",
+        help="run only payloads signed by this task author's key (KEY.sign, as made by "
+        "python -m dealer keygen --sign; repeatable); others are given back unrun",
     )
     ap.add_argument(
         "--idle-only",
@@ -190,7 +207,11 @@ def _load_config(ap: argparse.ArgumentParser, path: Path) -> dict:
             continue
         if dest not in CONFIG_FIELDS:
             ap.error(f"--config {path}: unknown key {key!r}")
-        out[CONFIG_FIELDS[dest]] = Path(value) if dest == "data_dir" else value
+        if dest == "data_dir":
+            value = Path(value)
+        elif dest == "trust":
+            value = [Path(v) for v in (value if isinstance(value, list) else [value])]
+        out[CONFIG_FIELDS[dest]] = value
     return out
 
 
@@ -259,4 +280,8 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         print(f"  {n} buffered from {dealer}")
     for dealer, n in reply.get("spooled_by_dealer", {}).items():
         print(f"  {n} results spooled for {dealer}")
+    for dealer, why in reply.get("refused_payloads", {}).items():
+        print(f"  payloads from {dealer} {why}")
+    if reply.get("trust"):
+        print(f"  runs only payloads signed by {', '.join(reply['trust'])}")
     return 0
