@@ -1,4 +1,4 @@
-"""The dealer's ZeroMQ loop: decode, feed the core, journal, reply, tell the task.
+"""The dealer's ZeroMQ loop: decode, feed the service, journal, reply, tell the task.
 
 One ROUTER socket for work, one thread. Each turn of the loop drains every
 message that is waiting (up to MAX_DRAIN), feeds them all to the core, writes
@@ -19,67 +19,40 @@ socket's public key, for jobbers that trust on first use) and `status`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sys
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import TextIO
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 import protocol as p
-from dealer._core import Accepted, Core, Policy
+from dealer._core import Core, Policy
 from dealer._journal import Journal
+from dealer._service import Peer, Service
 from protocol._keys import KeyPair, hex_of_z85
 from protocol._signing import AuthorKey
-from tasks import Job, Task
+from tasks import Task
 
 log = logging.getLogger(__name__)
 
 MAX_DRAIN = 512  # messages handled per journal commit
 TICK_S = 1.0  # longest poll: deadlines are checked at least this often
-RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
-RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
 # Frames the work socket takes: 1 MiB for requests and batches of results (the
 # reference jobber keeps a results message under it), plus one result's output.
 REQUEST_BYTES = 1024 * 1024
 RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
-STATUS_PAGE = 100  # jobbers listed per status page
-EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 # a finished dealer stays this long to answer "finished", take late results and
 # cancel held work: longer than a jobber's alive interval, so every holder hears
 LINGER_S = 6.0
-DISTINCT = ("host", "subnet", "key")
 ZAP_DOMAIN = "borednet"
 
 
 def frame_cap(output_kb: int) -> int:
     """The largest frame a dealer whose jobs write at most `output_kb` KiB takes."""
     return min(p.MAX_MESSAGE_BYTES, REQUEST_BYTES + output_kb * 1024 + 64 * 1024)
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who sent a message, as the transport proved it."""
-
-    key: str  # the CurveZMQ public key, 64 hex digits ("" on the plaintext socket)
-    address: str  # the connection's source IP address
-
-    def machine(self, distinct: str) -> str:
-        """The group votes are counted by, under the --distinct policy."""
-        if distinct == "key":
-            return self.key
-        if distinct == "subnet":
-            try:
-                ip = ipaddress.ip_address(self.address)
-            except ValueError:
-                return self.address
-            bits = 24 if ip.version == 4 else 64
-            return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-        return self.address
 
 
 class _Gate:
@@ -95,43 +68,6 @@ class _Gate:
         except ValueError:
             return False
         return who not in self.denied and (self.allow is None or who in self.allow)
-
-
-def _size(job: Job) -> int:
-    """About how many bytes a job takes in a `jobs` message."""
-    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args)
-
-
-def policy_for(
-    task: Task,
-    *,
-    redundancy: int | None = None,
-    quorum: int | None = None,
-    max_errors: int | None = None,
-    deadline_s: float | None = None,
-    quota: int | None = None,
-    deny_after: int | None = None,
-    lease_s: float | None = None,
-    backups: int | None = None,
-) -> Policy:
-    """The task's scheduling policy, with any of its class attributes overridden."""
-    redundancy = task.redundancy if redundancy is None else redundancy
-    if quorum is None:
-        quorum = redundancy if task.quorum is None else min(task.quorum, redundancy)
-    return Policy(
-        redundancy=redundancy,
-        quorum=quorum,
-        max_errors=task.max_errors if max_errors is None else max_errors,
-        deadline_s=task.effective_deadline_s() if deadline_s is None else deadline_s,
-        memory_mb=task.limits.memory_mb,
-        fuel_limit=task.limits.fuel,
-        output_bytes=task.limits.output_kb * 1024,
-        **({} if quota is None else {"quota": quota}),
-        **({} if deny_after is None else {"deny_after": deny_after}),
-        **({} if lease_s is None else {"lease_s": lease_s}),
-        **({} if backups is None else {"backups": backups}),
-        **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
-    )
 
 
 class RouterServer:
@@ -359,7 +295,7 @@ class Referrer(RouterServer):
 
 
 class Dealer(RouterServer):
-    """Serves one task on `bind` until it is finished."""
+    """Serves one task's Service (dealer._service) on `bind` until it is finished."""
 
     def __init__(
         self,
@@ -376,83 +312,57 @@ class Dealer(RouterServer):
         progress: TextIO | None = sys.stderr,
         signer: AuthorKey | None = None,
     ) -> None:
-        """`signer`: the task author's key. The payload is signed with it once, here, and
-        the signature (with the key's rotation links) goes out in every `jobs`."""
-        if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
-            raise ValueError(
-                f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
-            )
-        if distinct not in DISTINCT:
-            raise ValueError(f"--distinct must be one of {', '.join(DISTINCT)}, not {distinct!r}")
-        self.task = task
-        self.journal = journal
-        self.peers = tuple(peers)
-        self.distinct = distinct
-        self.admins = frozenset(admins)
-        policy = policy or policy_for(task)
-        # the rules that decide settlement must be the ones the journal was written under
-        journal.pin(
-            "voting",
-            f"redundancy={policy.redundancy} quorum={policy.quorum} "
-            f"max_errors={policy.max_errors} max_replicas={policy.max_replicas} "
-            f"distinct={distinct}",
-            "the voting rules",
-        )
-        self.core = Core(task.jobs(), policy, journal.tag_prefix)
-        self._payload = task.payload
-        self.signer = None if signer is None else signer.public
-        self._signatures = None
-        if signer is not None:
-            sha = task.payload.sha256
-            signature = signer.sign_payload(sha)
-            root = signer.chain[0].old if signer.chain else signer.public
-            verdict = p.verify_payload(sha, signature, {root})
-            if not verdict.accepted:  # what every trusting jobber would say: say it first
-                raise ValueError(f"the payload's own signature is refused: {verdict.reason}")
-            self._signatures = {sha: signature}
-            log.info("payload %s signed by %s", sha[:12], signer.public)
-        self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
-        self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
-        self._evicted_at = 0.0
         super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
+        try:
+            self.service = Service(
+                task,
+                journal,
+                now=time.time(),
+                policy=policy,
+                peers=peers,
+                distinct=distinct,
+                admins=admins,
+                signer=signer,
+                key_hex=self.keys.public_hex,
+                closed=allow is not None,
+            )
+        except BaseException:
+            RouterServer.close(self)
+            raise
+        self.gate.denied = frozenset(self.core.denied)
         self._bar = None
         if progress is not None:
             from tqdm import tqdm
 
             self._bar = tqdm(
                 total=task.total(),
+                initial=self.core.accepted + self.core.failed,
                 unit="job",
                 file=progress,
                 desc=type(task).__name__,
                 dynamic_ncols=True,
             )
-        self.failures = 0
+        self._shown = self.service.settled_count
         self._said_at = 0.0
-        self.done = False
         self.linger_s = LINGER_S
         self._lingering = False
         self._until = lambda: True
-        self._replay()
 
-    # --- start-up ----------------------------------------------------------
+    @property
+    def core(self) -> Core:
+        return self.service.core
 
-    def _replay(self) -> None:
-        n = 0
-        for rec in self.journal.records():
-            self.core.apply(rec)
-            n += 1
-        self.core.take_records()  # already in the journal
-        if n:
-            log.info(
-                "replayed %d journal records: %d jobs accepted, %d failed, %d unsettled",
-                n,
-                self.core.accepted,
-                self.core.failed,
-                self.core.in_flight,
-            )
-        self.gate.denied = frozenset(self.core.denied)
-        self.core.resume(time.time())  # jobbers holding work get a full lease to come back
-        self._deliver()
+    @property
+    def task(self) -> Task:
+        return self.service.task
+
+    @property
+    def done(self) -> bool:
+        return self.service.done
+
+    @property
+    def failures(self) -> int:
+        return self.service.failures
 
     # --- the loop ----------------------------------------------------------
 
@@ -488,30 +398,26 @@ class Dealer(RouterServer):
     def finished(self) -> bool:
         if self._lingering:
             return self._until()
-        self.done = self.task.done() or self.core.finished()
-        self.journal.append(self.core.take_records())  # finished() may draw a job
-        return self.done
+        return self.service.finished()
 
     def before_turn(self, now: float) -> None:
-        self.core.tick(now)
-        if now - self._evicted_at >= EVICT_EVERY_S:
-            self._evicted_at = now
-            self.core.evict(now)
-            self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
-            self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
+        self.service.tick(now)
 
     def commit(self) -> None:
-        self.journal.append(self.core.take_records())
+        self.service.commit()
 
     def after_turn(self) -> None:
+        now = time.time()
+        self.service.after_turn(now)
         if len(self.gate.denied) != len(self.core.denied):
             self.gate.denied = frozenset(self.core.denied)
-        self._deliver()
-        now = time.time()
-        if self._bar is not None and now - self._said_at >= 1.0:  # the progress line says why
-            self._said_at = now
-            why = self.waiting(now)
-            self._bar.set_postfix_str(why[0] if why else "", refresh=False)
+        if self._bar is not None:
+            self._bar.update(self.service.settled_count - self._shown)
+            self._shown = self.service.settled_count
+            if now - self._said_at >= 1.0:  # the progress line says why work waits
+                self._said_at = now
+                why = self.service.waiting(now)
+                self._bar.set_postfix_str(why[0] if why else "", refresh=False)
 
     def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
@@ -519,169 +425,10 @@ class Dealer(RouterServer):
         return super().handle_public(msg, now)
 
     def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
-        if isinstance(msg, p.Bored):
-            self._label(peer, msg.jobber)
-            return self._bored(msg, now, peer)
-        if isinstance(msg, p.Results):
-            self._label(peer, msg.jobber)
-            return self._results(msg, now, peer)
-        if isinstance(msg, p.StatusQuery):
-            return p.StatusReply(msg.id, self.status(msg.page or 0))
-        if isinstance(msg, p.Alive):
-            self._label(peer, msg.jobber)
-            cancel = self.core.alive(peer.key, now, msg.holding)
-            return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
-        if isinstance(msg, p.Deny):
-            return self._deny(msg, peer)
-        return self.unexpected(msg, "a dealer")
-
-    def _label(self, peer: Peer, name: str) -> None:
-        if self.labels.get(peer.key) != name:
-            self.labels[peer.key] = name
-
-    def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
-        core = self.core
-        if self.done:
-            core.alive(peer.key, now, msg.holding)
-            return p.Finished(msg.id)
-        if core.is_denied(peer.key):
-            return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
-        machine = peer.machine(self.distinct)
-        # no more than the jobber can run soon: its slots and as many buffered
-        want = min(msg.want, 2 * max(1, msg.host.slots))
-        sha = self._payload.sha256
-        send_payload = sha not in msg.host.cached
-        # Jobs are taken one at a time while the reply stays well under the frame
-        # cap: a batch of jobs with large stdin must not make an unsendable reply.
-        budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
-        too_much = msg.host.refuses(self.task.limits)
-        if too_much is not None:
-            want = 0  # this machine cannot run these jobs: only its `holding` is read
-        assigned = core.bored(peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine)
-        if assigned:
-            budget -= _size(assigned[-1].job)
-        while assigned and len(assigned) < want and budget > 0:
-            more = core.bored(peer.key, 1, msg.host.memory_mb, now, None, machine)
-            if not more:
-                break
-            assigned += more
-            budget -= _size(more[0].job)
-        if assigned:
-            specs = tuple(
-                p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, self.task.limits, a.deadline - now)
-                for a in assigned
-            )
-            payloads = {sha: self._payload.wasm} if send_payload else {}
-            log.debug("%d jobs to %s", len(specs), peer.key[:12])
-            return p.Jobs(msg.id, specs, payloads, self._signatures)
-        if msg.want == 0:
-            return p.Jobs(msg.id, (), signatures=self._signatures)
-        if msg.host.memory_mb < core.policy.memory_mb:
-            self._too_small[peer.key] = msg.host.memory_mb
-            why = f"jobs need {core.policy.memory_mb} MiB each; you offer {msg.host.memory_mb}"
-            return p.RetryLater(msg.id, RETRY_IDLE_S, why)
-        if too_much is not None:
-            return p.RetryLater(msg.id, RETRY_IDLE_S, f"jobs here need {too_much}")
-        if self.peers and not core.has_work():
-            return p.Referral(msg.id, self.peers)
-        if not core.room(peer.key, peer.machine(self.distinct)):
-            why = "you hold as many jobs as your quota allows"
-            return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
-        why = "no job needs this machine now; all are out"
-        return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
-
-    def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
-        ok: list[str] = []
-        rejected: list[p.Rejection] = []
-        for r in msg.results:
-            why = self.core.result(peer.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
-            if why is None:
-                ok.append(r.tag)
-            else:
-                log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
-                rejected.append(p.Rejection(r.tag, why.code, why.text))
-        return p.Ack(msg.id, tuple(ok), tuple(rejected))
-
-    def _deny(self, msg: p.Deny, peer: Peer) -> p.Message:
-        if peer.key not in self.admins:
-            return p.Error(msg.id, p.ErrorCode.FORBIDDEN, "deny needs the dealer's admin key")
-        self.core.deny(msg.key, msg.reason or "denied by the admin")
-        log.warning("identity %s denied: %s", msg.key, msg.reason)
-        return p.AdminReply(msg.id, f"{msg.key} denied")
-
-    def _deliver(self) -> None:
-        for s in self.core.take_settled():
-            if isinstance(s, Accepted):
-                self.task.on_output(s.job, s.output)
-            else:
-                self.failures += 1
-                log.warning("job %d failed: %s", s.job_id, "; ".join(s.reasons))
-                self.task.on_failure(s.job, list(s.reasons))
-            if self._bar is not None:
-                self._bar.update(1)
-
-    # --- reporting ---------------------------------------------------------
-
-    def jobbers(self) -> list[dict]:
-        """Every identity the dealer remembers, best first (credit, then valid results)."""
-        c = self.core
-        rows = [
-            {
-                "key": key,
-                "name": self.labels.get(key) or "-",  # "-": not heard since a restart
-                "machine": r.machine,
-                "valid": r.valid,
-                "invalid": r.invalid,
-                "errors": r.errors,
-                "credit": r.credit,
-                "last_seen": r.last_seen,
-                "gone": r.gone,
-                "holding": r.held,
-                "denied": c.is_denied(key),
-            }
-            for key, r in c.jobbers.items()
-        ]
-        rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
-        return rows
-
-    def waiting(self, now: float) -> list[str]:
-        """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
-        why = self.core.waiting(now)
-        small = [k for k in self._too_small if k in self.core.jobbers]
-        if self.core.in_flight and small:
-            most = max(self._too_small[k] for k in small)
-            why.append(
-                f"jobs need {self.core.policy.memory_mb} MiB each; {len(small)} jobber"
-                f"{'s offer' if len(small) != 1 else ' offers'} at most {most}"
-            )
-        return why
+        return self.service.handle(msg, now, peer)
 
     def status(self, page: int = 0) -> dict:
-        """A report for people: counts, disagreements, and one page of jobbers (no tags)."""
-        c = self.core
-        rows = self.jobbers()
-        pages = max(1, -(-len(rows) // STATUS_PAGE))
-        return {
-            "task": type(self.task).__name__,
-            "key": self.keys.public_hex,
-            "signer": self.signer,
-            "total": self.task.total(),
-            "drawn": c.drawn,
-            "accepted": c.accepted,
-            "failed": c.failed,
-            "in_flight": c.in_flight,
-            "replicas_out": c.replicas_out,
-            "distinct": self.distinct,
-            "closed": self.gate.allow is not None,
-            "waiting": self.waiting(time.time()),
-            "disputed": c.disputed,
-            "disputes": list(c.disputes)[-10:],
-            "denied": sorted(c.denied)[:STATUS_PAGE],
-            "jobbers_total": len(rows),
-            "page": page,
-            "pages": pages,
-            "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
-        }
+        return self.service.status(time.time(), page)
 
     def finish_bar(self) -> None:
         if self._bar is not None:
@@ -691,4 +438,4 @@ class Dealer(RouterServer):
     def close(self) -> None:
         self.finish_bar()
         super().close()
-        self.journal.close()
+        self.service.close()

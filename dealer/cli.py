@@ -20,7 +20,8 @@ import zmq
 import protocol as p
 from dealer._core import CoreError
 from dealer._journal import Journal, JournalError
-from dealer._server import DISTINCT, LINGER_S, Dealer, Referrer, policy_for
+from dealer._server import LINGER_S, Dealer, Referrer
+from dealer._service import DISTINCT, policy_for
 from protocol._keys import (
     KeyPair,
     create_key_pair,

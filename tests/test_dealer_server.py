@@ -11,7 +11,7 @@ import zmq
 import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
-from dealer._server import policy_for
+from dealer._service import policy_for
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import CurveClient, wait_for
 from tests.wat import printing

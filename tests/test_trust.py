@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import protocol as p
 from dealer import Dealer, Journal
-from dealer._server import frame_cap, policy_for
+from dealer._server import frame_cap
+from dealer._service import policy_for
 from protocol._keys import KeyPair, create_key_pair, load_public_keys
 from protocol._signing import (
     AuthorKey,
