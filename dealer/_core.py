@@ -423,6 +423,7 @@ class Core:
         self._records: list[Record] = []
         self._pending_job: Job | None = None  # drawn live, about to be applied
         self._settled: list[Accepted | Failed] = []
+        self.source_error = ""  # what the task's jobs() raised, if it did
 
     # --- queries -----------------------------------------------------------
 
@@ -770,11 +771,21 @@ class Core:
             return None
         try:
             job = next(self._source)
+            if not isinstance(job, Job):
+                raise TypeError(f"jobs() yielded {job!r}, not a tasks.Job")
         except StopIteration:
             self._exhausted = True
             return None
-        if not isinstance(job, Job):
-            raise CoreError(f"task yielded {job!r}, not a tasks.Job")
+        except Exception as e:  # the task's own bug: no more jobs; those drawn go on
+            self._exhausted = True
+            self.source_error = f"{type(e).__name__}: {e}"
+            log.error(
+                "the task's jobs() raised after %d jobs; drawing no more: %s",
+                self._next_job,
+                self.source_error,
+                exc_info=True,
+            )
+            return None
         self._pending_job = job
         self._record(Drawn(self._next_job, job_digest(job)))
         return self._jobs[self._next_job - 1]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import protocol as p
 from dealer._core import Accepted, Core, Policy
-from dealer._journal import Journal
+from dealer._journal import Journal, task_pins
 from protocol._signing import AuthorKey
 from tasks import Job, Task
 
@@ -124,13 +124,18 @@ class Service:
         self.key_hex = key_hex
         self.closed = closed
         policy = policy or policy_for(task)
-        # the rules that decide settlement must be the ones the journal was written under
-        journal.pin(
-            "voting",
-            f"redundancy={policy.redundancy} quorum={policy.quorum} "
-            f"max_errors={policy.max_errors} max_replicas={policy.max_replicas} "
-            f"distinct={distinct}",
-            "the voting rules",
+        # the rules that decide settlement, the payload and the limits must be the ones
+        # the journal was written under (the jobs are pinned by its Drawn records)
+        journal.pins(
+            {
+                "voting": (
+                    f"redundancy={policy.redundancy} quorum={policy.quorum} "
+                    f"max_errors={policy.max_errors} max_replicas={policy.max_replicas} "
+                    f"distinct={distinct}",
+                    "the voting rules",
+                ),
+                **task_pins(task),
+            }
         )
         self.core = Core(task.jobs(), policy, journal.tag_prefix)
         self._payload = task.payload
@@ -151,6 +156,7 @@ class Service:
         self.failures = 0
         self.settled_count = 0  # jobs handed to the task in this process (progress)
         self.done = False
+        self._done_raised = False
         self._replay(now)
 
     def _replay(self, now: float) -> None:
@@ -189,7 +195,14 @@ class Service:
         self._deliver()
 
     def finished(self) -> bool:
-        self.done = self.task.done() or self.core.finished()
+        try:
+            early = self.task.done()
+        except Exception:
+            if not self._done_raised:
+                log.error("the task's done() raised; taken as not done", exc_info=True)
+            self._done_raised = True
+            early = False
+        self.done = early or self.core.finished()
         self.journal.append(self.core.take_records())  # finished() may draw a job
         return self.done
 
@@ -291,14 +304,37 @@ class Service:
         return p.AdminReply(msg.id, f"{msg.key} denied")
 
     def _deliver(self) -> None:
+        """Hand settled jobs to the task. The task's own bugs do not stop the batch: an
+        output its on_output cannot take fails that job (on_failure, with the exception),
+        and the same happens on every replay, so a restarted dealer reaches the same state."""
         for s in self.core.take_settled():
             if isinstance(s, Accepted):
-                self.task.on_output(s.job, s.output)
+                try:
+                    self.task.on_output(s.job, s.output)
+                except Exception as e:
+                    log.error(
+                        "job %d (args %s): the task's on_output raised; the job fails",
+                        s.job_id,
+                        " ".join(s.job.args),
+                        exc_info=True,
+                    )
+                    self._failed(s.job_id, s.job, (f"on_output raised {type(e).__name__}: {e}",))
             else:
-                self.failures += 1
                 log.warning("job %d failed: %s", s.job_id, "; ".join(s.reasons))
-                self.task.on_failure(s.job, list(s.reasons))
+                self._failed(s.job_id, s.job, s.reasons)
             self.settled_count += 1
+
+    def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...]) -> None:
+        self.failures += 1
+        try:
+            self.task.on_failure(job, list(reasons))
+        except Exception:
+            log.error(
+                "job %d (args %s): the task's on_failure raised",
+                job_id,
+                " ".join(job.args),
+                exc_info=True,
+            )
 
     # --- reporting ---------------------------------------------------------
 
@@ -355,6 +391,7 @@ class Service:
             "closed": self.closed,
             "waiting": self.waiting(now),
             "disputed": c.disputed,
+            "task_error": c.source_error or None,
             "disputes": list(c.disputes)[-10:],
             "denied": sorted(c.denied)[:STATUS_PAGE],
             "jobbers_total": len(rows),
