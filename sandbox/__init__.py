@@ -12,7 +12,9 @@ preview 1 command with argv, stdin and a capped stdout, and nothing else (no
 files, no environment, no sockets); clocks and randomness are not refused but
 virtual (clocks read the fuel used so far, random_get is a fixed stream; see
 _wasi), and NaNs are canonicalized, so a job gives the same bytes and fuel on
-every machine.
+every machine. Compiling is fenced too: a module's header counts are checked
+against caps before wasmtime sees it (_precheck), and Slots compile under time
+and memory fences of their own (_worker, _slots).
 """
 
 from sandbox._cache import ModuleCache

@@ -2,4 +2,5 @@ import sys
 
 from sandbox.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned slot workers import this module too
+    sys.exit(main())

@@ -17,6 +17,12 @@ module compiled again. Every file is written to a temporary name and renamed
 into place, so readers see whole files only and concurrent writers of the same
 entry are harmless.
 
+A compiled form bigger than MAX_COMPILED_BYTES is not stored: the module is
+refused as MEMORY (see _precheck.Refused), as a module whose compiling went
+past the compile fences is. Compiling itself (`build`) checks the module's
+header counts first (_precheck) and is fenced by the worker that calls it
+(see _worker); `load` only reads what an earlier `build` stored.
+
 The cache is bounded: `evict` removes the payloads used least recently (each
 with its compiled form, which counts too) until the whole fits in its bytes
 and files, never the ones in use. A use touches a file's modification time.
@@ -33,11 +39,17 @@ from pathlib import Path
 
 import wasmtime
 
+from protocol import Status
 from protocol._files import write_atomic
 from sandbox import _engine
+from sandbox._precheck import Refused
 
 log = logging.getLogger(__name__)
 
+# the largest compiled form stored: 6 times the largest payload (protocol's 32 MiB);
+# real code compiles to about 5 times its wasm size (factor.c: 23.7 KB -> 111 KB), a
+# million empty functions to 288 MB
+MAX_COMPILED_BYTES = 192 * 1024 * 1024
 _MAGIC = b"BNCWASM1"
 _HEADER = len(_MAGIC) + 32 + 32
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -157,21 +169,36 @@ class ModuleCache:
     def module(self, sha256: str) -> wasmtime.Module:
         """The payload compiled for the sandbox's engine: loaded if cached, else built.
 
-        KeyError if the payload is not held; wasmtime.WasmtimeError if its bytes
-        are not a valid module.
+        KeyError if the payload is not held; Refused if it is beyond a cap (or its
+        compiled form would be); wasmtime.WasmtimeError if its bytes are not a valid
+        module.
         """
-        path = self.compiled_path(sha256)
-        loaded = self._load(path)
-        if loaded is not None:
-            return loaded
+        loaded = self.load(sha256)
+        return loaded if loaded is not None else self.build(sha256)
+
+    def build(self, sha256: str) -> wasmtime.Module:
+        """Compile the payload and store its compiled form (raises as `module` does)."""
         module = _engine.compile(self.wasm(sha256))
         body = bytes(module.serialize())
+        if len(body) > MAX_COMPILED_BYTES:
+            log.warning("payload %s: compiled form of %d bytes not stored", sha256[:12], len(body))
+            raise Refused(
+                Status.MEMORY,
+                f"compiling the module made {len(body):,} bytes of compiled code, over the cap "
+                f"of {MAX_COMPILED_BYTES:,} (MAX_COMPILED_BYTES); not stored",
+            )
         header = _MAGIC + _engine.ENGINE_KEY.encode() + hashlib.sha256(body).digest()
-        _write_atomic(path, header + body)
+        _write_atomic(self.compiled_path(sha256), header + body)
         return module
 
-    def _load(self, path: Path) -> wasmtime.Module | None:
+    def load(self, sha256: str) -> wasmtime.Module | None:
+        """The stored compiled form, or None (none stored, or one failing a check: removed)."""
+        path = self.compiled_path(sha256)
         try:
+            if path.stat().st_size > _HEADER + MAX_COMPILED_BYTES:  # stored before the cap
+                log.warning("compiled module %s: over the size cap; removed", path.name)
+                path.unlink(missing_ok=True)
+                return None
             data = path.read_bytes()
         except FileNotFoundError:
             return None

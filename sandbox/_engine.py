@@ -30,7 +30,9 @@ stack      MAX_WASM_STACK bytes of wasm stack; STACK_OVERFLOW trap      STACK
 
 Other ends: ``_start`` returns or ``proc_exit(0)`` -> OK; ``proc_exit(n)`` ->
 EXIT with exit_code n; any other trap -> TRAP; bytes that are not a valid
-module, or a module without ``_start: [] -> []`` -> INVALID; an import the
+module, a module beyond a compile cap (see _precheck: counted before
+wasmtime sees the bytes), or a module without ``_start: [] -> []`` ->
+INVALID; an import the
 sandbox does not provide -> IMPORT (before anything runs). Host code never
 raises into the payload; a bug in it is reported as CRASH.
 
@@ -38,6 +40,12 @@ The TIME limit is on running time, measured by the ticker: real time, except
 that a gap of more than GAP_S between ticks (the process was stopped with
 SIGSTOP, or got no CPU at all) counts as one tick. So a suspension does not use
 up a job's time; ``wall_s`` in the outcome is real time, suspensions included.
+
+Compiling happens before the job and outside these limits. Here (``run``) it
+gets only the pre-check of _precheck: a process cannot fence itself. Slots
+compile in worker processes under their own fences (see _worker, _slots), and
+``python -m sandbox run`` goes through a slot, so untrusted payloads belong
+there.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from protocol import Limits, Status
-from sandbox import _job, _memory, _wasi
+from sandbox import _job, _memory, _precheck, _wasi
 from sandbox._outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -126,8 +134,15 @@ def engine() -> wasmtime.Engine:
 
 
 def compile(wasm: bytes) -> wasmtime.Module:  # noqa: A001 - the wasm sense of the word
-    """Compile `wasm` for the sandbox's engine; raises wasmtime.WasmtimeError if invalid."""
-    return wasmtime.Module(engine(), bytes(wasm))
+    """Compile `wasm` for the sandbox's engine, once its header counts pass the caps.
+
+    Raises _precheck.Refused (INVALID) for a module beyond a cap or bytes that are
+    not framed as a module, before wasmtime sees them; wasmtime.WasmtimeError if
+    wasmtime finds them invalid. Not fenced here: see _worker for the fences.
+    """
+    wasm = bytes(wasm)
+    _precheck.check(wasm)
+    return wasmtime.Module(engine(), wasm)
 
 
 # --- ticker ---------------------------------------------------------------
@@ -263,7 +278,8 @@ def prepare(sha256: str, load: Callable[[], wasmtime.Module]) -> Prepared:
     """The Prepared for `sha256`, calling `load` to get its module on a miss.
 
     `load` may raise wasmtime.WasmtimeError (the bytes are not a valid module:
-    remembered as INVALID) or KeyError (the payload is not available: not
+    remembered as INVALID), _precheck.Refused (its status and detail, remembered
+    unless it says otherwise) or KeyError (the payload is not available: not
     remembered).
     """
     with _prepared_lock:
@@ -277,6 +293,10 @@ def prepare(sha256: str, load: Callable[[], wasmtime.Module]) -> Prepared:
         prepared = Prepared(
             sha256, None, (Status.INVALID, f"not a valid module: {_first_line(str(e))}")
         )
+    except _precheck.Refused as e:
+        prepared = Prepared(sha256, None, (e.status, e.detail))
+        if not e.remember:
+            return prepared
     except KeyError as e:
         return Prepared(sha256, None, (Status.INVALID, str(e.args[0]) if e.args else "no payload"))
     with _prepared_lock:

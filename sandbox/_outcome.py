@@ -16,7 +16,9 @@ class Outcome:
         exactly the first ``output_kb`` KiB).
     fuel: fuel used, identical on every run of the same job on every machine.
     wall_s: wall-clock seconds from instantiation to the end (compiling or
-        loading the module is not counted; time spent suspended is).
+        loading the module is not counted; time spent suspended is). For a job
+        that Slots ended while compiling (TIME or MEMORY, "compiling the module
+        took ..."), the seconds from its start to then.
     detail: a human-readable reason: the limit reached, the trap message, the
         refused imports, the exit code. Empty for a clean exit.
     exit_code: the code given to ``proc_exit`` (0 when ``_start`` returned);

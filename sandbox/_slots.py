@@ -16,10 +16,24 @@ what happened                  collect() yields
 the job ended                  its Outcome, as ``run()`` would give it
 the worker died (segfault,     Outcome(CRASH), with the exit code or signal; the
 OOM kill, an rlimit)           worker is replaced
+compiling went past the        Outcome(TIME): the worker is killed and replaced
+compile time limit
+the worker died compiling      Outcome(MEMORY) for SIGABRT or SIGKILL (an allocation
+                               refused by the compile memory fence, or the OOM
+                               killer), Outcome(TIME) for SIGXCPU (the compile CPU
+                               fence), else CRASH; the worker is replaced
 cancel(key)                    Outcome(ABANDONED); the worker is killed and replaced
 no news for WATCHDOG           Outcome(CRASH): the worker is killed and replaced
 close() while still running    (returned by close) Outcome(ABANDONED)
 ============================== ===================================================
+
+Compiling is fenced (see _worker for the rlimits): a worker says when a compile
+begins and ends, and one still compiling after ``min(time_s, compile_time_s)``
+seconds of unsuspended time is killed; its job ends TIME, "compiling the
+module took longer than ...". The compiled form is stored in the ModuleCache,
+so a module is compiled once per machine, and a compile that was stopped is
+tried again by the next job that needs it. Slots' ``compile_time_s``
+(COMPILE_TIME_S) and ``compile_memory_mb`` (COMPILE_MEMORY_MB) set the fences.
 
 The watchdog is a last fence for a worker that hangs outside wasm (the
 sandbox's own time limit cannot fire there): a job gets ``2 * time_s +
@@ -54,7 +68,14 @@ from sandbox._outcome import Outcome
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_SLACK_S = 120.0  # compiling a large module happens inside the job's window
+WATCHDOG_SLACK_S = 120.0  # a last fence: compiling has its own (compile_time_s) inside it
+# the longest a module may take to compile (less if the job's time_s is less): a module
+# within the pre-check's caps takes seconds; minutes mean a bomb or a starved machine
+COMPILE_TIME_S = 30.0
+# memory a compile may use on top of what the worker holds: factor.c's 24 KB module takes
+# 15 MB, 50,000 empty functions (the pre-check's cap) 300 MB, the 4 MB bomb of a million
+# functions took 5.9 GB; a real module of 32 MB (the largest payload) fits
+COMPILE_MEMORY_MB = 2048
 # Workers dying this many times in a row before they are even ready means the
 # installation is broken (they print why on stderr): raise rather than respawn forever.
 MAX_START_FAILURES = 5
@@ -62,7 +83,18 @@ _JOIN_S = 5.0  # how long to wait for a killed worker to be reaped
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "ready", "key", "started", "paused0", "limits")
+    __slots__ = (
+        "process",
+        "conn",
+        "ready",
+        "key",
+        "started",
+        "paused0",
+        "limits",
+        "compile_s",
+        "compiling",
+        "compile_paused0",
+    )
 
     def __init__(self, process, conn) -> None:
         self.process = process
@@ -72,6 +104,9 @@ class _Worker:
         self.started = 0.0
         self.paused0 = 0.0  # Slots._paused_s when the job started
         self.limits: Limits | None = None
+        self.compile_s = 0.0  # the job's compile time limit
+        self.compiling: float | None = None  # when its compile began (time.monotonic())
+        self.compile_paused0 = 0.0  # Slots._paused_s then
 
 
 def _describe_death(exitcode: int | None) -> str:
@@ -92,12 +127,38 @@ def _describe_death(exitcode: int | None) -> str:
     return f"worker exited with code {exitcode}"
 
 
+def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
+    """How a job ends whose worker died compiling its module."""
+    sig = -exitcode if exitcode is not None and exitcode < 0 else None
+    if sig == signal.SIGXCPU:
+        return Status.TIME, "compiling the module took more than its CPU fence (SIGXCPU)"
+    if sig in (signal.SIGABRT, signal.SIGKILL):
+        name = signal.Signals(sig).name
+        return Status.MEMORY, (
+            f"compiling the module took more than the compile memory fence of {memory_mb} MiB "
+            f"(the worker was killed by {name})"
+        )
+    return Status.CRASH, f"{_describe_death(exitcode)} while compiling the module"
+
+
 class Slots:
     """Long-lived worker processes (multiprocessing spawn context), one job per worker at a time."""
 
-    def __init__(self, n: int, cache_root: Path, *, nice: int = 19) -> None:
+    def __init__(
+        self,
+        n: int,
+        cache_root: Path,
+        *,
+        nice: int = 19,
+        compile_time_s: float = COMPILE_TIME_S,
+        compile_memory_mb: int = COMPILE_MEMORY_MB,
+    ) -> None:
         if n < 1:
             raise ValueError("need at least one slot")
+        if compile_time_s <= 0 or compile_memory_mb < 1:
+            raise ValueError("compile limits must be positive")
+        self._compile_time_s = float(compile_time_s)
+        self._compile_memory_mb = int(compile_memory_mb)
         self._ctx = multiprocessing.get_context("spawn")
         self._cache_root = Path(cache_root)
         ModuleCache(self._cache_root)  # create the layout before the workers race to
@@ -123,7 +184,7 @@ class Slots:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker.main,
-            args=(child, str(self._cache_root), self._nice),
+            args=(child, str(self._cache_root), self._nice, self._compile_memory_mb),
             name="borednet-slot",
             daemon=True,
         )
@@ -149,11 +210,12 @@ class Slots:
         i = self._workers.index(w)
         self._workers[i] = self._spawn()
 
-    def _active_s(self, w: _Worker, now: float) -> float:
-        paused = self._paused_s - w.paused0
+    def _active_s(self, since: float, paused0: float, now: float) -> float:
+        """Unsuspended seconds from `since` (when Slots._paused_s was `paused0`) to `now`."""
+        paused = self._paused_s - paused0
         if self._suspended_since is not None:
-            paused += now - max(self._suspended_since, w.started)
-        return now - w.started - paused
+            paused += now - max(self._suspended_since, since)
+        return now - since - paused
 
     # --- public ----------------------------------------------------------------------
 
@@ -181,12 +243,14 @@ class Slots:
             raise RuntimeError("slots are closed")
         if any(w.key == key for w in self._workers):
             raise RuntimeError(f"job {key!r} is already running")
+        compile_s = min(limits.time_s, self._compile_time_s)
         msg = (
             key,
             sha256,
             tuple(args),
             bytes(stdin),
             (limits.fuel, limits.memory_mb, limits.time_s, limits.output_kb),
+            compile_s,
         )
         for w in self._workers:
             if w.key is not None:
@@ -202,6 +266,8 @@ class Slots:
             w.started = time.monotonic()
             w.paused0 = self._paused_s
             w.limits = limits
+            w.compile_s = compile_s
+            w.compiling = None
             return
         raise RuntimeError("no free slot")
 
@@ -217,11 +283,13 @@ class Slots:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
                     exitcode = self._kill(w)
-                    detail = _describe_death(exitcode)
+                    status, detail = Status.CRASH, _describe_death(exitcode)
+                    if w.key is not None and w.compiling is not None:
+                        status, detail = _compile_death(exitcode, self._compile_memory_mb)
                     if w.key is not None:
                         log.warning("job %s: %s", w.key, detail)
                         wall_s = time.monotonic() - w.started
-                        out.append((w.key, Outcome(Status.CRASH, b"", 0, wall_s, detail)))
+                        out.append((w.key, Outcome(status, b"", 0, wall_s, detail)))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
@@ -238,18 +306,39 @@ class Slots:
                     w.ready = True
                     self._start_failures = 0
                     continue
+                if msg[0] == "compiling":
+                    w.compiling, w.compile_paused0 = msg[2], self._paused_s
+                    continue
+                if msg[0] == "compiled":
+                    w.compiling = None
+                    continue
                 key, status, stdout, fuel, wall_s, detail, exit_code, stderr = msg
                 if key != w.key:  # cannot happen: one job per worker
                     log.error(
                         "slot worker %s answered for %r, running %r", w.process.pid, key, w.key
                     )
                 w.key = None
+                w.compiling = None
                 out.append(
                     (key, Outcome(Status(status), stdout, fuel, wall_s, detail, exit_code, stderr))
                 )
+            if w.key is not None and w.compiling is not None and w in self._workers:
+                took = self._active_s(w.compiling, w.compile_paused0, now)
+                if took > w.compile_s:
+                    log.warning("job %s: compile past %g s; worker killed", w.key, w.compile_s)
+                    self._kill(w)
+                    detail = (
+                        f"compiling the module took longer than {w.compile_s:g} s "
+                        "(the compile time limit: the job's time_s or the slots' "
+                        "compile_time_s, whichever is less); stopped"
+                    )
+                    wall_s = now - w.started
+                    out.append((w.key, Outcome(Status.TIME, b"", 0, wall_s, detail)))
+                    self._replace(w)
+                    continue
             if w.key is not None and w in self._workers:
                 limit = 2 * w.limits.time_s + WATCHDOG_SLACK_S
-                if self._active_s(w, now) > limit:
+                if self._active_s(w.started, w.paused0, now) > limit:
                     log.warning("job %s: worker %s unresponsive; killed", w.key, w.process.pid)
                     self._kill(w)
                     detail = f"worker unresponsive for {limit:g} s; killed"

@@ -8,9 +8,12 @@ the engine and says ``("ready", pid)``.
 
 Messages on its end of the pipe::
 
-    parent -> worker   (key, sha256, args, stdin, (fuel, memory_mb, time_s, output_kb))
+    parent -> worker   (key, sha256, args, stdin, (fuel, memory_mb, time_s, output_kb),
+                        compile_s)
                        None: exit
     worker -> parent   ("ready", pid)
+                       ("compiling", key, time.monotonic()): a compile begins
+                       ("compiled", key): it ended (well or not)
                        (key, status, stdout, fuel, wall_s, detail, exit_code, stderr)
 
 OS fences, under the sandbox's own limits, re-armed for each job:
@@ -29,13 +32,30 @@ OS fences, under the sandbox's own limits, re-armed for each job:
 A worker whose parent dies (a jobber killed with SIGKILL) exits within
 PARENT_CHECK_S, even in the middle of a job.
 
-Loading or compiling a module (before the job starts, once per module and
-worker) runs with the fences lifted: a large module may need more than a job.
+Compiling a module (once per module and machine: the compiled form is stored
+in the ModuleCache) runs under fences of its own, after the pre-check of
+_precheck has passed, and says ("compiling", ...) first so that the parent
+knows what a death means:
+
+- RLIMIT_DATA: private writable memory before the compile + compile_memory_mb
+  (Slots' COMPILE_MEMORY_MB). Past it wasmtime's allocations fail and it
+  aborts (SIGABRT); the parent reports MEMORY. A Python MemoryError, or a
+  wasmtime error from a failed allocation, is reported MEMORY from here.
+- RLIMIT_CPU: CPU used so far + compile_s on every core + COMPILE_CPU_SLACK_S
+  (compiling is parallel). Past it: SIGXCPU, reported TIME by the parent.
+- RLIMIT_AS is lifted while compiling: compiler threads reserve address space
+  (stacks, malloc arenas) in proportion to the cores, not to the module.
+- The wall clock: the parent kills a worker still compiling after compile_s
+  (the job's time_s or Slots' COMPILE_TIME_S, whichever is less): TIME.
+
+Loading a stored compiled form (its size capped by the cache) runs with the
+fences lifted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -45,12 +65,18 @@ import time
 import traceback
 from pathlib import Path
 
+import wasmtime
+
 from protocol import Limits, Status
 from sandbox import _engine
 from sandbox._cache import ModuleCache
 from sandbox._job import MIB
+from sandbox._precheck import Refused
 
-CPU_SLACK_S = 60  # compiling a large module can take seconds of CPU on every core
+CPU_SLACK_S = 60  # host work around a job: instantiating, WASI calls, the ticker
+# on top of compile_s on every core: RLIMIT_CPU counts whole seconds, and the wall-clock
+# watchdog in the parent is the fence meant to fire first
+COMPILE_CPU_SLACK_S = 2
 HOST_MARGIN = 1024 * MIB  # host-side allocations on top of the payload's memory
 PARENT_CHECK_S = 0.5  # how soon an orphaned worker (its jobber was killed) stops
 _RESERVATION = (4 << 30) + 2 * (32 << 20)  # one linear memory's mapping (see _memory)
@@ -100,10 +126,16 @@ class _Fences:
             self._set(which, resource.getrlimit(which)[1])
         self._memory = None
 
-    def load(self, cache: ModuleCache, sha256: str):
-        """The compiled module, with the fences lifted: a large one needs more than a job."""
+    def arm_compile(self, compile_s: float, memory_mb: int) -> None:
+        """The compile fences: memory_mb more writable memory, compile_s on every core."""
         self.lift()
-        return cache.module(sha256)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        cpu = usage.ru_utime + usage.ru_stime + compile_s * cores + COMPILE_CPU_SLACK_S
+        self._set(resource.RLIMIT_CPU, int(cpu) + 1)
+        data = _status_kb("VmData")
+        if data:
+            self._set(resource.RLIMIT_DATA, data + memory_mb * MIB)
 
     def arm(self, limits: Limits) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -122,7 +154,44 @@ class _Fences:
             self._memory = memory
 
 
-def _serve(conn, cache: ModuleCache) -> None:
+_ALLOCATION_WORDS = ("os error 12", "cannot allocate", "out of memory", "failed to allocate")
+
+
+def _load(
+    conn,
+    key: str,
+    cache: ModuleCache,
+    sha256: str,
+    fences: _Fences,
+    compile_s: float,
+    memory_mb: int,
+) -> wasmtime.Module:
+    """The job's module: its stored compiled form, else compiled under the compile fences."""
+    fences.lift()
+    module = cache.load(sha256)
+    if module is not None:
+        return module
+    fences.arm_compile(compile_s, memory_mb)
+    conn.send(("compiling", key, time.monotonic()))  # the fences are up
+    try:
+        return cache.build(sha256)
+    except MemoryError:
+        raise _memory_refused(memory_mb) from None
+    except wasmtime.WasmtimeError as e:
+        if any(word in str(e).lower() for word in _ALLOCATION_WORDS):
+            raise _memory_refused(memory_mb) from None
+        raise
+    finally:
+        fences.lift()
+        conn.send(("compiled", key))
+
+
+def _memory_refused(memory_mb: int) -> Refused:
+    detail = f"compiling the module took more than the compile memory fence of {memory_mb} MiB"
+    return Refused(Status.MEMORY, detail, remember=False)
+
+
+def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
     fences = _Fences()
     conn.send(("ready", os.getpid()))
     while True:
@@ -132,10 +201,13 @@ def _serve(conn, cache: ModuleCache) -> None:
             return
         if msg is None:
             return
-        key, sha256, args, stdin, limit_values = msg
+        key, sha256, args, stdin, limit_values, compile_s = msg
         try:
             limits = Limits(*limit_values)
-            prepared = _engine.prepare(sha256, lambda sha256=sha256: fences.load(cache, sha256))
+            load = functools.partial(
+                _load, conn, key, cache, sha256, fences, compile_s, compile_memory_mb
+            )
+            prepared = _engine.prepare(sha256, load)
             fences.arm(limits)
             o = _engine.execute(prepared, args, stdin, limits)
             reply = (
@@ -166,7 +238,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def main(conn, cache_root: str, nice: int) -> None:
+def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
     """Entry point of a worker process (multiprocessing target)."""
     code = 0
     try:
@@ -177,7 +249,7 @@ def main(conn, cache_root: str, nice: int) -> None:
         ).start()
         cache = ModuleCache(Path(cache_root))
         _engine.engine()
-        _serve(conn, cache)
+        _serve(conn, cache, compile_memory_mb)
     except BaseException:
         traceback.print_exc()
         code = 1

@@ -8,21 +8,32 @@ stdout to ours, then its stderr and one report line to our stderr::
 Exit code: 0 for a clean exit (OK); the payload's own code for EXIT; 125 for
 every other outcome (a limit, a trap, an invalid module, ...); 2 for a bad
 command line.
+
+The job runs as a jobber runs it: in one slot worker process (see _slots), so
+compiling is fenced too (a module beyond the pre-check's caps is INVALID; one
+that compiles for longer than ``--time`` or COMPILE_TIME_S is TIME, or takes
+more memory than COMPILE_MEMORY_MB, MEMORY). The worker runs at our own
+priority. Without ``--cache`` the module cache is a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from protocol import Limits, ProtocolError, Status
 from sandbox._cache import ModuleCache
-from sandbox._engine import run
+from sandbox._outcome import Outcome
+from sandbox._slots import Slots
 
 OTHER_STATUS_EXIT = 125
+POLL_S = 0.05  # how often the slot's watchdogs (the compile time limit) are looked at
 
 _DEFAULTS = Limits()
 
@@ -85,6 +96,20 @@ def exit_code(status: Status, payload_code: int | None) -> int:
     return OTHER_STATUS_EXIT
 
 
+def run_in_slot(
+    wasm: bytes, args: Sequence[str], stdin: bytes, limits: Limits, cache_root: Path
+) -> Outcome:
+    """One job in one slot worker (at this process's priority), as a jobber runs it."""
+    sha256 = ModuleCache(cache_root).put(wasm)
+    with Slots(1, cache_root, nice=os.getpriority(os.PRIO_PROCESS, 0)) as slots:
+        slots.start("run", sha256, args, stdin, limits)
+        while True:
+            done = slots.collect()
+            if done:
+                return done[0][1]
+            wait(slots.fds(), timeout=POLL_S)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, run_parser = _parsers()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -94,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = run_parser
     ns = parser.parse_intermixed_args(argv[1:])  # options may follow the payload's arguments
     logging.basicConfig(level=logging.WARNING, format="sandbox: %(message)s")
+    logging.getLogger("sandbox._slots").setLevel(logging.ERROR)  # the report line says it
     try:
         limits = Limits(ns.fuel, ns.memory, ns.time, ns.output)
     except ProtocolError as e:
@@ -103,9 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         parser.error(f"cannot read {ns.payload}: {e.strerror or e}")
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    cache = ModuleCache(ns.cache) if ns.cache is not None else None
-
-    outcome = run(wasm, ns.args, stdin, limits, cache=cache)
+    with tempfile.TemporaryDirectory(prefix="borednet-sandbox-") as scratch:
+        outcome = run_in_slot(wasm, ns.args, stdin, limits, ns.cache or Path(scratch))
 
     sys.stdout.buffer.write(outcome.stdout)
     sys.stdout.flush()

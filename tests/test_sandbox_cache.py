@@ -9,7 +9,8 @@ import wasmtime
 
 import sandbox
 from protocol import Limits, Status
-from sandbox import _engine
+from sandbox import _cache, _engine
+from sandbox._precheck import Refused
 from tests.wat import printing
 
 HELLO = printing("cached\n")
@@ -104,10 +105,31 @@ def test_missing_payload_is_a_key_error(cache):
         cache.module(SHA)
 
 
-def test_invalid_payload_raises_wasmtime_error(cache):
-    sha = cache.put(b"garbage")
-    with pytest.raises(wasmtime.WasmtimeError):
+def test_invalid_payload_raises_refused_or_wasmtime_error(cache):
+    sha = cache.put(b"garbage")  # not framed as a module: the pre-check says so
+    with pytest.raises(Refused, match="not a valid module: bad magic number"):
         cache.module(sha)
+    # framed, but a function of a type that does not exist: wasmtime's to refuse
+    sha = cache.put(b"\0asm\x01\0\0\0" + b"\x03\x02\x01\x00")
+    with pytest.raises(wasmtime.WasmtimeError, match="type index out of bounds"):
+        cache.module(sha)
+    assert not cache.compiled_path(sha).exists()
+
+
+def test_a_compiled_form_over_the_cap_is_not_stored(cache, monkeypatch):
+    small = len(cache.module(cache.put(HELLO)).serialize()) - 1
+    other = printing("too big to keep\n")
+    sha = cache.put(other)
+    monkeypatch.setattr(_cache, "MAX_COMPILED_BYTES", small)
+    with pytest.raises(Refused, match=r"compiled code, over the cap of [\d,]+ \(MAX_COMPILED"):
+        cache.module(sha)
+    assert not cache.compiled_path(sha).exists()
+    o = sandbox.run(other, cache=cache)
+    assert o.status is Status.MEMORY and "MAX_COMPILED_BYTES" in o.detail
+    assert not cache.compiled_path(sha).exists()
+    # one stored before the cap (HELLO's, one byte over it now) is removed, not loaded
+    assert cache.compiled_path(SHA).exists()
+    assert cache.load(SHA) is None and not cache.compiled_path(SHA).exists()
 
 
 def test_run_through_a_cache_stores_both_forms(cache):
