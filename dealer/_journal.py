@@ -2,19 +2,43 @@
 
 One table of records (kind, msgpack map of the record's fields by name) in the
 order the core made them, and a small meta table (the schema version, the tag
-prefix, the task's name, and what else the batch pins). Records are appended in
-batches, one transaction per batch; the caller replies to jobbers only after
-`append` returns, so nothing is acknowledged before it is on disk. Replaying
-the records into a fresh Core rebuilds the state the dealer had.
+prefix, the task's name, whether the journal is open, and what the batch pins).
+Records are appended in batches, one transaction per batch; the caller replies
+to jobbers only after `append` returns, so nothing is acknowledged before it is
+on disk. Replaying the records into a fresh Core rebuilds the state the dealer
+had.
+
+A damaged journal is refused with its file and what is wrong, never started
+over: a batch starts afresh only on a path where no journal exists (and no
+`-wal` or `-shm` of one). `move_aside` (the task option --fresh) renames a
+journal and its companions with the time, so nothing is ever deleted.
+
+The write-ahead log is part of the journal. A dealer killed (kill -9) leaves
+its last commits in PATH-wal, not yet copied into PATH; a PATH without that
+file (the -wal deleted, or PATH copied alone) has lost acknowledged results and
+would hand their tags out again. So the journal marks itself open in PATH
+itself (a meta row, checkpointed into the main file at open) and closed at
+close (checkpointed again). While SQLite holds a WAL database open the -wal
+file exists (truncated to 0 bytes by a checkpoint, never removed), and a clean
+close removes it; so a journal that says it is open with no -wal beside it, or
+a -shm with no -wal, lost its log, and is refused.
+
+The batch is pinned in meta: the voting rules, the payload's sha256, the
+task's limits (see `pins`); the jobs are pinned by the digests in Drawn
+records. A rerun under other pins is refused, saying what changed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -22,11 +46,90 @@ from dealer._core import RECORD_TYPES, Record
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"  # 2: records are maps by field name; Sent carries the machine; Denied
+# 2: records are maps by field name; Sent carries the machine; Denied. New meta
+# rows (state, payload, limits) need no new version: a dealer that does not know
+# them ignores them.
+SCHEMA_VERSION = "2"
+
+COMPANIONS = ("-wal", "-shm")  # SQLite's files beside a WAL database
+AFRESH = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
+DAMAGED = f"it was damaged, or is not a journal: {AFRESH}"
+
+# the field types records may hold (their annotations are strings: from __future__)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "str": str,
+    "bytes": bytes,
+    "float": (int, float),
+}
 
 
 class JournalError(Exception):
     """The journal file cannot be used for this task."""
+
+
+def companion(path: str | Path, suffix: str) -> Path:
+    """PATH-wal or PATH-shm."""
+    return Path(f"{path}{suffix}")
+
+
+def move_aside(path: str | Path) -> Path | None:
+    """Rename the journal at `path` and its -wal and -shm, if any, to one name with the
+    time in it (`j.sqlite` -> `j.20260102-150405.sqlite`), so that `path` is free for
+    a fresh batch and the old one is kept whole (open it with --db). None if there was
+    nothing at `path`."""
+    path = Path(path)
+    present = [s for s in ("", *COMPANIONS) if companion(path, s).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 0
+    while True:
+        aside = path.with_name(f"{path.stem}.{stamp}{f'.{n}' if n else ''}{path.suffix}")
+        if not any(companion(aside, s).exists() for s in ("", *COMPANIONS)):
+            break
+        n += 1
+    for s in (*COMPANIONS, ""):  # the main file last: until it moves, the journal is there
+        if s in present:
+            os.rename(companion(path, s), companion(aside, s))
+    return aside
+
+
+def task_pins(task: Any) -> dict[str, tuple[str, str]]:
+    """What a task's batch is, beyond its jobs: its payload and its limits, as `pins`
+    takes them."""
+    lim = task.limits
+    return {
+        "payload": (task.payload.sha256, "the payload"),
+        "limits": (
+            f"fuel={lim.fuel} memory_mb={lim.memory_mb} time_s={float(lim.time_s)!r} "
+            f"output_kb={lim.output_kb}",
+            "the limits",
+        ),
+    }
+
+
+def _fields(text: str) -> dict[str, str] | None:
+    """`a=1 b=2` as a map, or None if it is not such a list."""
+    words = [w.partition("=") for w in text.split()]
+    if not words or not all(sep for _, sep, _ in words):
+        return None
+    return {k: v for k, _, v in words}
+
+
+def _close(db: sqlite3.Connection, path: Path, token: str) -> None:
+    """Mark the journal closed (if this connection is the one that marked it open),
+    checkpoint, close. Run by Journal.close, or when a Journal is collected unclosed."""
+    try:
+        db.execute(
+            "UPDATE meta SET value = 'closed' WHERE key = 'state' AND value = ?",
+            (f"open {token}",),
+        )
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as e:  # the file stays marked open: the next open checks its log
+        log.warning("%s: could not mark the journal closed: %s", path, e)
+    finally:
+        db.close()
 
 
 class Journal:
@@ -34,85 +137,230 @@ class Journal:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()  # a batch starts over only where no journal exists
-        if not fresh and self.path.stat().st_size == 0:
+        wal, shm = (companion(self.path, s) for s in COMPANIONS)
+        # what is on disk before SQLite is asked: opening makes an empty -wal and -shm
+        self.fresh = not self.path.exists()  # a batch starts over only where no journal exists
+        had_wal, had_shm = wal.exists(), shm.exists()
+        if self.fresh and (had_wal or had_shm):
+            found = [f.name for f in (wal, shm) if f.exists()]
+            stray = " and ".join(found)
+            raise JournalError(
+                f"{self.path} does not exist, but {stray} beside it "
+                f"{'do' if len(found) > 1 else 'does'}: the journal's "
+                "main file was deleted or moved without its write-ahead log. Put the "
+                f"journal back; or, {AFRESH} (it moves the {stray} aside too)"
+            )
+        if not self.fresh and self.path.stat().st_size == 0:
             raise JournalError(
                 f"{self.path}: the journal is an empty file; it was damaged, or is not a "
-                "journal: move it away, or pass another --db, to start the batch afresh"
+                f"journal: {AFRESH}"
             )
+        if had_shm and not had_wal:
+            raise JournalError(
+                f"{self.path}: {shm.name} is beside the journal but {wal.name} is not: its "
+                "write-ahead log was deleted, or the journal was copied without it, and the "
+                "results and tags committed in that log since the last checkpoint are not "
+                f"in {self.path.name}. Put {wal.name} back beside it (a copy: copy the "
+                f"journal with its -wal and -shm, while no dealer runs on it); or, {AFRESH}"
+            )
+        self._token = secrets.token_hex(8)
         try:
             # one thread at a time, but not always the one that opened it (tests, embedding)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: not a usable journal: {e}: {DAMAGED}") from e
+        try:
+            meta = self._open(task_name, had_wal)
+        except BaseException:
+            self._db.close()  # a refused journal is left as it was found
+            raise
+        self.tag_prefix = meta["tag_prefix"]
+        self._shut = weakref.finalize(self, _close, self._db, self.path, self._token)
+
+    def _open(self, task_name: str, had_wal: bool) -> dict[str, str]:
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(
+                    f"{self.path}: SQLite cannot keep this journal in WAL mode (it is {mode}): "
+                    "put it on a local file system"
+                )
             # FULL: a commit is fsynced before we reply, so an acknowledged
             # result survives power loss too, not only a killed process.
             self._db.execute("PRAGMA synchronous=FULL")
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-            if not fresh and not {"meta", "records"} <= tables:
-                missing = ", ".join(sorted({"meta", "records"} - tables))
+            if not self.fresh and not {"meta", "records"} <= tables:
+                missing = " and ".join(sorted({"meta", "records"} - tables))
                 raise JournalError(
                     f"{self.path}: the journal has no {missing} table: it was damaged, or is "
-                    "not a journal; move it away, or pass another --db, to start afresh"
+                    f"not a journal: {AFRESH}"
                 )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS records "
-                "(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL)"
-            )
+            meta = dict(self._db.execute("SELECT key, value FROM meta")) if tables else {}
         except sqlite3.DatabaseError as e:
-            raise JournalError(f"{self.path}: not a usable journal: {e}") from e
-        meta = dict(self._db.execute("SELECT key, value FROM meta"))
-        if not meta and not fresh:
-            raise JournalError(f"{self.path}: the journal's meta table is empty: it was damaged")
-        if not meta:
-            meta = {
-                "schema": SCHEMA_VERSION,
-                "task": task_name,
-                "tag_prefix": secrets.token_hex(4),
-            }
+            raise JournalError(f"{self.path}: not a usable journal: {e}: {DAMAGED}") from e
+        if not self.fresh:
+            self._check(meta, task_name, had_wal)
+        previous = meta.get("state")
+        try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                if self.fresh:
+                    self._db.execute(
+                        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                    )
+                    self._db.execute(
+                        "CREATE TABLE records "
+                        "(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL)"
+                    )
+                    meta = {
+                        "schema": SCHEMA_VERSION,
+                        "task": task_name,
+                        "tag_prefix": secrets.token_hex(4),
+                    }
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('state', ?)", (f"open {self._token}",)
+                )
+            # into the main file now: a copy of it alone, or it without its -wal, says "open"
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: not a usable journal: {e}: {DAMAGED}") from e
+        if busy:
+            with self._db:  # leave the mark as it was: the other process's to clear
+                self._db.execute("BEGIN")
+                if previous is None:
+                    self._db.execute("DELETE FROM meta WHERE key = 'state'")
+                else:
+                    self._db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (previous,))
+            raise JournalError(
+                f"{self.path}: another process is reading or writing this journal (its "
+                "checkpoint was blocked): is a dealer already running on it?"
+            )
+        return meta
+
+    def _check(self, meta: dict[str, str], task_name: str, had_wal: bool) -> None:
+        if not meta:
+            raise JournalError(
+                f"{self.path}: the journal's meta table is empty: it was damaged: {AFRESH}"
+            )
         if meta.get("schema") != SCHEMA_VERSION:
             raise JournalError(
-                f"{self.path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION}"
+                f"{self.path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION} "
+                "(another version of borednet wrote it, or it was damaged): resume it with the "
+                f"borednet that wrote it; or, {AFRESH}"
             )
         if meta.get("task") != task_name:
             raise JournalError(
                 f"{self.path} is the journal of task {meta.get('task')!r}, not {task_name!r}; "
                 "pass another --db"
             )
-        self.tag_prefix = meta["tag_prefix"]
+        prefix = meta.get("tag_prefix", "")
+        if len(prefix) != 8 or any(c not in "0123456789abcdef" for c in prefix):
+            raise JournalError(
+                f"{self.path}: the journal's tag prefix is {prefix or 'missing'!r}, not 8 hex "
+                f"digits: its meta table was damaged: {AFRESH}"
+            )
+        state = meta.get("state", "")
+        if state.startswith("open") and not had_wal:
+            raise JournalError(
+                f"{self.path} was left open (its dealer was killed or crashed) and its "
+                f"write-ahead log {self.path.name}-wal is not beside it: the results and tags "
+                "committed since the journal's last checkpoint are in that file, and without "
+                f"it this batch would lose acknowledged results and hand their tags out again. "
+                f"Put {self.path.name}-wal back beside it (copy a journal with its -wal and "
+                f"-shm); or, {AFRESH}"
+            )
+        if state.startswith("open"):
+            log.info("%s was not closed (its dealer was killed?): resuming from its log", self.path)
 
     def pin(self, key: str, value: str, what: str) -> None:
         """Record `value` under `key` the first time; refuse a different one later."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
-        elif row[0] != value:
+        self.pins({key: (value, what)})
+
+    def pins(self, pins: Mapping[str, tuple[str, str]]) -> None:
+        """Each of `pins` is key: (value, what it is, for people). Record the values not
+        recorded yet; refuse, saying what changed, if any recorded one differs (then
+        nothing is recorded)."""
+        old = dict(self._db.execute("SELECT key, value FROM meta"))
+        changed = [(k, old[k], v, what) for k, (v, what) in pins.items() if old.get(k, v) != v]
+        if changed:
+            olds = " and ".join(what.removeprefix("the ") for *_, what in changed)
             raise JournalError(
-                f"{self.path} was written with {what} {row[0]}, not {value}; "
-                "replaying it under other rules would change settled jobs: pass another --db"
+                f"{self.path}: "
+                + "; ".join(self._changed(*c) for c in changed)
+                + f". The results in this journal were made under the old {olds}: replaying "
+                "them would give a stale answer. To resume it, run the batch as it was; "
+                f"{AFRESH} (renamed with the time, not deleted)"
             )
+        new = {k: v for k, (v, _) in pins.items() if k not in old}
+        if not new:
+            return
+        if not self.fresh:
+            for k, (v, what) in pins.items():
+                if k in new:
+                    log.info(
+                        "%s: the journal has no record of %s (an older dealer wrote it): "
+                        "recording %s %s",
+                        self.path,
+                        what,
+                        k,
+                        v,
+                    )
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", new.items())
+
+    @staticmethod
+    def _changed(key: str, old: str, new: str, what: str) -> str:
+        text = f"{what} changed: the journal was written for {key} {old}, the task now has {new}"
+        a, b = _fields(old), _fields(new)
+        if a is not None and b is not None:  # name the fields that differ
+            diff = [
+                f"{k} {a.get(k, 'unset')} then, {b.get(k, 'unset')} now"
+                for k in dict.fromkeys([*a, *b])
+                if a.get(k) != b.get(k)
+            ]
+            text += f" ({'; '.join(diff)})"
+        return text
 
     def records(self) -> Iterator[Record]:
+        expected = 1  # seq is the rowid: 1, 2, 3, ... with no gaps (nothing is ever deleted)
         try:
             rows = self._db.execute("SELECT seq, kind, body FROM records ORDER BY seq")
             for seq, kind, body in rows:
+                if seq != expected:
+                    raise JournalError(
+                        f"{self.path}: record {expected} is missing (the next is {seq}): "
+                        f"the journal was damaged: {AFRESH}"
+                    )
+                expected += 1
                 cls = RECORD_TYPES.get(kind)
                 if cls is None:
-                    raise JournalError(f"{self.path}: record {seq}: unknown kind {kind!r}")
+                    raise JournalError(
+                        f"{self.path}: record {seq}: unknown kind {kind!r}: the journal was "
+                        f"damaged, or a newer borednet wrote it: {AFRESH}"
+                    )
                 try:
                     fields = msgpack.unpackb(body, raw=False)
-                    yield cls(**fields)
+                    rec = cls(**fields)
                 except Exception as e:  # msgpack's many errors, or fields that do not fit
                     raise JournalError(
-                        f"{self.path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}"
+                        f"{self.path}: record {seq} ({kind}) is damaged: {type(e).__name__}: "
+                        f"{e}: {AFRESH}"
                     ) from e
+                for name, kind_of in cls.__annotations__.items():
+                    value = getattr(rec, name)
+                    want = _TYPES.get(kind_of)
+                    if want is not None and (
+                        not isinstance(value, want) or isinstance(value, bool)
+                    ):
+                        raise JournalError(
+                            f"{self.path}: record {seq} ({kind}) is damaged: its {name} is a "
+                            f"{type(value).__name__}, not {kind_of}: {AFRESH}"
+                        )
+                yield rec
         except sqlite3.DatabaseError as e:
-            raise JournalError(f"{self.path}: the journal is damaged: {e}") from e
+            raise JournalError(f"{self.path}: the journal is damaged: {e}: {AFRESH}") from e
 
     def append(self, records: Sequence[Record]) -> None:
         """Write records durably, in one transaction."""
@@ -132,4 +380,5 @@ class Journal:
         return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
 
     def close(self) -> None:
-        self._db.close()
+        """Mark the journal closed and checkpoint it: PATH alone is then the whole journal."""
+        self._shut()

@@ -18,8 +18,8 @@ from pathlib import Path
 import zmq
 
 import protocol as p
-from dealer._core import CoreError
-from dealer._journal import Journal, JournalError
+from dealer._core import CoreError, JournalMismatch
+from dealer._journal import AFRESH, Journal, JournalError, move_aside
 from dealer._server import LINGER_S, Dealer, Referrer
 from dealer._service import DISTINCT, policy_for
 from protocol._keys import (
@@ -63,6 +63,12 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         default=None,
         help="SQLite journal; rerunning with the same one resumes the batch "
         "(default: .borednet/<task>-<arguments hash>.sqlite)",
+    )
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the batch over: move the journal (with its -wal and -shm) aside, "
+        "renamed with the time (it is kept, never deleted), and begin a new one",
     )
     g.add_argument(
         "--peer",
@@ -207,6 +213,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     task = cls.from_args(args)
     db = args.db or _default_db(cls, args)
+    journal = None
     try:
         policy = policy_for(
             task,
@@ -226,6 +233,8 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         allow = None if args.allow is None else load_public_keys(args.allow)
         sign = args.sign or cls.signing_key
         signer = None if sign is None else load_author_key(sign)
+        if args.fresh and (aside := move_aside(db)) is not None:
+            print(f"moved the old journal {db} aside to {aside}", file=sys.stderr, flush=True)
         journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
         dealer = Dealer(
             task,
@@ -241,9 +250,14 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             signer=signer,
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if journal is not None:
+            journal.close()
+        hint = f"; {db}: {AFRESH}" if isinstance(e, JournalMismatch) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except zmq.ZMQError as e:
+        if journal is not None:
+            journal.close()
         print(f"error: cannot bind {args.bind}: {e}", file=sys.stderr)
         return 2
     # the address is what a lender needs: say it even when --quiet

@@ -196,7 +196,12 @@ def test_journal_refuses_other_voting_rules(tmp_path):
         policy=Policy(deadline_s=5.0),
     )  # a new deadline is fine
     same.close()
-    with pytest.raises(JournalError, match="redundancy=1 quorum=1 .* not redundancy=2"):
+    with pytest.raises(
+        JournalError,
+        match="the voting rules changed: the journal was written for voting redundancy=1 "
+        "quorum=1 .*, the task now has redundancy=2 quorum=2 .*"
+        r"\(redundancy 1 then, 2 now; quorum 1 then, 2 now; max_replicas 5 then, 7 now\)",
+    ):
         Dealer(
             Collect(2),
             "tcp://127.0.0.1:*",

@@ -90,6 +90,8 @@ def test_changed_task_on_an_old_journal_is_refused(procs, factor_wasm, tmp_path)
     )
     assert other.wait(60) == 2
     assert "differs from the journal" in other.stderr
+    afresh = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
+    assert f"{db}: {afresh}" in other.stderr
 
 
 def test_dishonest_jobber_is_outvoted(procs, factor_wasm):
