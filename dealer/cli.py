@@ -263,6 +263,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     # the address is what a lender needs: say it even when --quiet
     print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
     jobbers = _start_jobbers(args.jobbers, dealer.address)
+    failed = False
     try:
         if args.quiet:
             dealer.run(linger=False)
@@ -274,7 +275,16 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         if dealer.done:  # the answer first; then the courtesies of a finished dealer
             dealer.finish_bar()
             _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
-            print(task.report(), flush=True)
+            try:
+                print(task.report(), flush=True)
+            except Exception:  # the task's own bug: say so, with its traceback
+                log.error("the task's report() raised", exc_info=True)
+                failed = True
+            if dealer.core.source_error:
+                print(
+                    f"error: the task's jobs() raised: {dealer.core.source_error}", file=sys.stderr
+                )
+                failed = True
             for f in task.failures:
                 print(f"failed job {' '.join(f.job.args)}: {'; '.join(f.reasons)}", file=sys.stderr)
             if jobbers:  # they give back what they hold while we still listen
@@ -288,7 +298,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     finally:
         dealer.close()
         _stop_jobbers(jobbers)
-    return 1 if task.failures else 0
+    return 1 if failed or task.failures or dealer.failures else 0
 
 
 def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
