@@ -30,6 +30,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 import protocol as p
 from dealer._core import Core, Policy
+from dealer._http import Dashboard
 from dealer._journal import Journal
 from dealer._service import Peer, Service
 from protocol._keys import KeyPair, hex_of_z85
@@ -311,7 +312,9 @@ class Dealer(RouterServer):
         admins: Collection[str] = (),
         progress: TextIO | None = sys.stderr,
         signer: AuthorKey | None = None,
+        http: tuple[str, int] | None = None,
     ) -> None:
+        """`http`: (host, port) to serve the live dashboard on (dealer._http)."""
         super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
         try:
             self.service = Service(
@@ -342,6 +345,14 @@ class Dealer(RouterServer):
                 desc=type(task).__name__,
                 dynamic_ncols=True,
             )
+        self.dashboard = None
+        if http is not None:
+            try:
+                self.dashboard = Dashboard(*http, type(task).__name__)
+            except OSError as e:
+                self.close()
+                raise OSError(e.errno, f"--http {http[0]}:{http[1]}: {e.strerror or e}") from e
+            self._publish(time.time())
         self._shown = self.service.settled_count
         self._said_at = 0.0
         self.linger_s = LINGER_S
@@ -411,6 +422,8 @@ class Dealer(RouterServer):
         self.service.after_turn(now)
         if len(self.gate.denied) != len(self.core.denied):
             self.gate.denied = frozenset(self.core.denied)
+        if self.dashboard is not None and self.dashboard.due(now):
+            self._publish(now)
         if self._bar is not None:
             self._bar.update(self.service.settled_count - self._shown)
             self._shown = self.service.settled_count
@@ -430,6 +443,11 @@ class Dealer(RouterServer):
     def status(self, page: int = 0) -> dict:
         return self.service.status(time.time(), page)
 
+    def _publish(self, now: float) -> None:
+        s = self.service
+        assert self.dashboard is not None
+        self.dashboard.publish(s.status(now), list(s.recent_failures), s.failures, now)
+
     def finish_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -437,5 +455,10 @@ class Dealer(RouterServer):
 
     def close(self) -> None:
         self.finish_bar()
+        if getattr(self, "dashboard", None) is not None:
+            self._publish(time.time())  # the last word: what the batch ended with
+            self.dashboard.close()
+            self.dashboard = None
         super().close()
-        self.service.close()
+        if hasattr(self, "service"):
+            self.service.close()

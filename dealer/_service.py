@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -154,6 +155,7 @@ class Service:
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
         self._evicted_at = 0.0
         self.failures = 0
+        self.recent_failures: deque[dict] = deque(maxlen=50)  # for the dashboard
         self.settled_count = 0  # jobs handed to the task in this process (progress)
         self.done = False
         self._done_raised = False
@@ -326,6 +328,7 @@ class Service:
 
     def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...]) -> None:
         self.failures += 1
+        self.recent_failures.append({"job": job_id, "args": list(job.args), "reasons": reasons})
         try:
             self.task.on_failure(job, list(reasons))
         except Exception:

@@ -19,6 +19,7 @@ import zmq
 
 import protocol as p
 from dealer._core import CoreError, JournalMismatch
+from dealer._http import parse_http
 from dealer._journal import AFRESH, Journal, JournalError, move_aside
 from dealer._server import LINGER_S, Dealer, Referrer
 from dealer._service import DISTINCT, policy_for
@@ -69,6 +70,13 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         action="store_true",
         help="start the batch over: move the journal (with its -wal and -shm) aside, "
         "renamed with the time (it is kept, never deleted), and begin a new one",
+    )
+    g.add_argument(
+        "--http",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve a live dashboard (a web page, /status.json and Prometheus /metrics) "
+        "on this port, on 127.0.0.1 unless a host is given; it only reads",
     )
     g.add_argument(
         "--peer",
@@ -248,6 +256,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             admins=(admin.public_hex,),
             progress=None if args.quiet else sys.stderr,
             signer=signer,
+            http=None if args.http is None else parse_http(args.http),
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
         if journal is not None:
@@ -262,6 +271,8 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         return 2
     # the address is what a lender needs: say it even when --quiet
     print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
+    if dealer.dashboard is not None:
+        print(f"dashboard on {dealer.dashboard.url}", file=sys.stderr, flush=True)
     jobbers = _start_jobbers(args.jobbers, dealer.address)
     failed = False
     try:
