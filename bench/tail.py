@@ -1,7 +1,7 @@
 """The tail of a batch: how long from the last job drawn to the batch's end, with one
 straggler among the jobbers, with and without backup replicas.
 
-    python bench/tail.py [--jobbers 2] [--cpu-limit 10] [--chunk 45000000]
+    python bench/tail.py [--jobbers 2] [--cpu-limit 3] [--chunk 45000000]
 
 Runs the factoring example on loopback: `--jobbers` ordinary jobbers and one
 straggler (`--cpu-limit`, so its jobs take about 100/limit times as long), first
@@ -74,7 +74,7 @@ def tail(backups: int, args: argparse.Namespace) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobbers", type=int, default=2)
-    ap.add_argument("--cpu-limit", type=float, default=10.0)
+    ap.add_argument("--cpu-limit", type=float, default=3.0)
     ap.add_argument("--chunk", default="45000000", help="23 jobs of about 0.15 s here")
     args = ap.parse_args()
     off, off_all = tail(0, args)

@@ -250,6 +250,8 @@ def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
         cache = ModuleCache(Path(cache_root))
         _engine.engine()
         _serve(conn, cache, compile_memory_mb)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the jobber is gone (killed): nobody to tell, nothing to say
     except BaseException:
         traceback.print_exc()
         code = 1
