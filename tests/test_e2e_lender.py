@@ -27,6 +27,7 @@ from tests.helpers import (
     routine,
     wait_status,
 )
+from tests.wat import module
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +182,34 @@ def test_trust_refuses_unsigned_payloads_and_follows_a_rotation(procs, factor_wa
     b_key = load_trusted_key(tmp_path / "b.sign")
     assert f"author key {b_key} trusted from now on" in j3.stderr
     assert b_key in (tmp_path / "data-j3" / "trusted_keys").read_text()
+
+
+def test_a_compile_bomb_from_a_dealer_ends_invalid_and_the_jobber_goes_on(procs):
+    """A dealer sends a module of 200,000 functions (minutes and gigabytes to compile, were
+    it compiled) and then an ordinary one: the first comes back `invalid` at once, the
+    second runs, and the jobber never crashes."""
+    bomb = module(200_000)
+    fine = Payload.from_wat('(module (memory (export "memory") 1) (func (export "_start")))').wasm
+    router, address = fake_dealer()
+    j = procs.jobber("j", address, extra=("--max-idle", "3"))
+    sent = 0
+    results: dict[str, p.Result] = {}
+    try:
+        for ident, msg in by_hand(router, j, timeout_s=60):
+            if isinstance(msg, p.Bored):
+                jobs, payloads = (), {}
+                if sent < 2:
+                    wasm = (bomb, fine)[sent]
+                    sha = hashlib.sha256(wasm).hexdigest()
+                    jobs = (p.JobSpec(f"x.{sent}", sha, (), b"", p.Limits(memory_mb=16), 60.0),)
+                    payloads, sent = {sha: wasm}, sent + 1
+                router.send_multipart([ident, p.encode(p.Jobs(msg.id, jobs, payloads))])
+            else:
+                routine(router, ident, msg, results)
+    finally:
+        router.close()
+    assert j.wait(30) == 0, j.stderr
+    assert results["x.0"].status is p.Status.INVALID
+    assert "200,000 functions, over the cap of 50,000 (MAX_FUNCTIONS)" in results["x.0"].detail
+    assert results["x.1"].status is p.Status.OK
+    assert "Traceback" not in j.stderr

@@ -24,3 +24,45 @@ def printing(text: str) -> bytes:
 """
         )
     )
+
+
+# --- a small emitter of the wasm binary format (compile bombs and slow compiles) ---
+
+
+def leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def section(sid: int, payload: bytes) -> bytes:
+    return bytes([sid]) + leb(len(payload)) + payload
+
+
+def name(text: str) -> bytes:
+    return leb(len(text)) + text.encode()
+
+
+EMPTY = b"\x00\x0b"  # no locals; end
+# one i32 local, then 8 x (local.get 0, i32.const 1, i32.add, local.set 0)
+BUSY = b"\x01\x01\x7f" + b"\x20\x00\x41\x01\x6a\x21\x00" * 8 + b"\x0b"
+
+
+def module(functions: int, body: bytes = EMPTY, *, imports: int = 0) -> bytes:
+    """A WASI-command-shaped module: `functions` functions of type [] -> [], each with
+    `body`, the first exported as _start; `imports` imported functions before them."""
+    types = section(1, leb(1) + b"\x60\x00\x00")
+    imported = section(
+        2,
+        leb(imports)
+        + b"".join(
+            name("wasi_snapshot_preview1") + name(f"f{i}") + b"\x00\x00" for i in range(imports)
+        ),
+    )
+    funcs = section(3, leb(functions) + b"\x00" * functions)
+    exports = section(7, leb(1) + name("_start") + b"\x00" + leb(imports))
+    code = section(10, leb(functions) + (leb(len(body)) + body) * functions)
+    return b"\0asm\x01\0\0\0" + types + (imported if imports else b"") + funcs + exports + code
