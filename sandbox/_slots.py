@@ -244,14 +244,20 @@ class Slots:
         if any(w.key == key for w in self._workers):
             raise RuntimeError(f"job {key!r} is already running")
         compile_s = min(limits.time_s, self._compile_time_s)
-        msg = (
-            key,
-            sha256,
-            tuple(args),
-            bytes(stdin),
-            (limits.fuel, limits.memory_mb, limits.time_s, limits.output_kb),
-            compile_s,
-        )
+        msg = {
+            "kind": "job",
+            "key": key,
+            "sha256": sha256,
+            "args": tuple(args),
+            "stdin": bytes(stdin),
+            "limits": {
+                "fuel": limits.fuel,
+                "memory_mb": limits.memory_mb,
+                "time_s": limits.time_s,
+                "output_kb": limits.output_kb,
+            },
+            "compile_s": compile_s,
+        }
         for w in self._workers:
             if w.key is not None:
                 continue
@@ -302,26 +308,34 @@ class Slots:
                                 f"{self._start_failures} in a row); see their stderr"
                             ) from None
                     break
-                if msg[0] == "ready":
+                kind = msg["kind"]
+                if kind == "ready":
                     w.ready = True
                     self._start_failures = 0
                     continue
-                if msg[0] == "compiling":
-                    w.compiling, w.compile_paused0 = msg[2], self._paused_s
+                if kind == "compiling":
+                    w.compiling, w.compile_paused0 = msg["at"], self._paused_s
                     continue
-                if msg[0] == "compiled":
+                if kind == "compiled":
                     w.compiling = None
                     continue
-                key, status, stdout, fuel, wall_s, detail, exit_code, stderr = msg
+                key = msg["key"]
                 if key != w.key:  # cannot happen: one job per worker
                     log.error(
                         "slot worker %s answered for %r, running %r", w.process.pid, key, w.key
                     )
                 w.key = None
                 w.compiling = None
-                out.append(
-                    (key, Outcome(Status(status), stdout, fuel, wall_s, detail, exit_code, stderr))
+                outcome = Outcome(
+                    Status(msg["status"]),
+                    msg["stdout"],
+                    msg["fuel"],
+                    msg["wall_s"],
+                    msg["detail"],
+                    msg["exit_code"],
+                    msg["stderr"],
                 )
+                out.append((key, outcome))
             if w.key is not None and w.compiling is not None and w in self._workers:
                 took = self._active_s(w.compiling, w.compile_paused0, now)
                 if took > w.compile_s:

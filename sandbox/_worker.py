@@ -6,15 +6,17 @@ first lowers its priority (niceness, and SCHED_IDLE on Linux where allowed),
 before any thread exists so that every later thread inherits it, then loads
 the engine and says ``("ready", pid)``.
 
-Messages on its end of the pipe::
+Messages on its end of the pipe are maps keyed by field name (pickled by
+multiprocessing; both ends are the same installation), each with its `kind`::
 
-    parent -> worker   (key, sha256, args, stdin, (fuel, memory_mb, time_s, output_kb),
-                        compile_s)
+    parent -> worker   {kind: "job", key, sha256, args, stdin,
+                        limits: {fuel, memory_mb, time_s, output_kb}, compile_s}
                        None: exit
-    worker -> parent   ("ready", pid)
-                       ("compiling", key, time.monotonic()): a compile begins
-                       ("compiled", key): it ended (well or not)
-                       (key, status, stdout, fuel, wall_s, detail, exit_code, stderr)
+    worker -> parent   {kind: "ready", pid}
+                       {kind: "compiling", key, at: time.monotonic()}: a compile begins
+                       {kind: "compiled", key}: it ended (well or not)
+                       {kind: "outcome", key, status, stdout, fuel, wall_s, detail,
+                        exit_code, stderr}
 
 OS fences, under the sandbox's own limits, re-armed for each job:
 
@@ -172,7 +174,7 @@ def _load(
     if module is not None:
         return module
     fences.arm_compile(compile_s, memory_mb)
-    conn.send(("compiling", key, time.monotonic()))  # the fences are up
+    conn.send({"kind": "compiling", "key": key, "at": time.monotonic()})  # the fences are up
     try:
         return cache.build(sha256)
     except MemoryError:
@@ -183,7 +185,7 @@ def _load(
         raise
     finally:
         fences.lift()
-        conn.send(("compiled", key))
+        conn.send({"kind": "compiled", "key": key})
 
 
 def _memory_refused(memory_mb: int) -> Refused:
@@ -193,7 +195,7 @@ def _memory_refused(memory_mb: int) -> Refused:
 
 def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
     fences = _Fences()
-    conn.send(("ready", os.getpid()))
+    conn.send({"kind": "ready", "pid": os.getpid()})
     while True:
         try:
             msg = conn.recv()
@@ -201,34 +203,41 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             return
         if msg is None:
             return
-        key, sha256, args, stdin, limit_values, compile_s = msg
+        key, sha256, compile_s = msg["key"], msg["sha256"], msg["compile_s"]
+        args, stdin = msg["args"], msg["stdin"]
         try:
-            limits = Limits(*limit_values)
+            limits = Limits(**msg["limits"])
             load = functools.partial(
                 _load, conn, key, cache, sha256, fences, compile_s, compile_memory_mb
             )
             prepared = _engine.prepare(sha256, load)
             fences.arm(limits)
             o = _engine.execute(prepared, args, stdin, limits)
-            reply = (
-                key,
-                o.status.value,
-                o.stdout,
-                o.fuel,
-                o.wall_s,
-                o.detail,
-                o.exit_code,
-                o.stderr,
-            )
+            reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
+            reply.update(exit_code=o.exit_code, stderr=o.stderr)
         except BaseException as e:  # a bug or an OS fence here: report it, then make way
             detail = f"worker failed: {type(e).__name__}: {e}"
             with contextlib.suppress(OSError):
-                conn.send((key, Status.CRASH.value, b"", 0, 0.0, detail, None, b""))
+                conn.send(_outcome(key, Status.CRASH.value, b"", 0, 0.0, detail))
             raise
         try:
             conn.send(reply)
         except OSError:  # the parent is gone
             return
+
+
+def _outcome(key: str, status: str, stdout: bytes, fuel: int, wall_s: float, detail: str):
+    return {
+        "kind": "outcome",
+        "key": key,
+        "status": status,
+        "stdout": stdout,
+        "fuel": fuel,
+        "wall_s": wall_s,
+        "detail": detail,
+        "exit_code": None,
+        "stderr": b"",
+    }
 
 
 def _exit_with_parent(parent: int) -> None:
