@@ -45,7 +45,7 @@ import enum
 import math
 import re
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -113,88 +113,178 @@ class ErrorCode(str, enum.Enum):
 
 
 # --- field checkers -------------------------------------------------------
-# Each takes the decoded msgpack value and returns the Python value to store,
-# or raises ProtocolError naming what is wrong.
+# Each checker has `parse(v)`, the Python value to store for the decoded msgpack
+# value `v`, and `valid(v)`, the same checks without building anything (encode
+# uses it). Both raise _Bad naming what is wrong; where it is wrong is added on
+# the way out of each container, so the path is only ever formatted for an
+# error, never for a field that is fine.
 
-Check = Callable[[Any, str], Any]
+
+class _Bad(ProtocolError):
+    """A refused value, and the path to it (innermost segment first) as it is found."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.path: list[str] = []
+
+    def at(self, where: str) -> ProtocolError:
+        return ProtocolError(f"{where}{''.join(reversed(self.path))}: {self.text}")
 
 
-def _int(lo: int = 0, hi: int = MAX_U64) -> Check:
-    def check(v: Any, where: str) -> int:
-        if type(v) is not int or not lo <= v <= hi:
-            raise ProtocolError(f"{where}: expected an integer in [{lo}, {hi}], got {_show(v)}")
+class Check:
+    optional = False  # may be left out of its record (reads as nil)
+
+    def parse(self, v: Any) -> Any:
+        raise NotImplementedError
+
+    def valid(self, v: Any) -> None:
+        self.parse(v)
+
+    def __call__(self, v: Any, where: str) -> Any:
+        """Parse `v`, naming `where` in the error (for callers outside this module)."""
+        try:
+            return self.parse(v)
+        except _Bad as e:
+            raise e.at(where) from None
+
+
+class _Int(Check):
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def parse(self, v: Any) -> int:
+        if type(v) is not int or not self.lo <= v <= self.hi:
+            raise _Bad(f"expected an integer in [{self.lo}, {self.hi}], got {_show(v)}")
         return v
 
-    return check
+    valid = parse
 
 
-def _float(lo: float = 0.0, hi: float = 1e12) -> Check:
-    def check(v: Any, where: str) -> float:
-        if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ProtocolError(f"{where}: expected a number in [{lo}, {hi}], got {_show(v)}")
+class _Float(Check):
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def parse(self, v: Any) -> float:
+        if type(v) not in (int, float) or not math.isfinite(v) or not self.lo <= v <= self.hi:
+            raise _Bad(f"expected a number in [{self.lo}, {self.hi}], got {_show(v)}")
         return float(v)
 
-    return check
 
+class _Str(Check):
+    __slots__ = ("max_len", "pattern")
 
-def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Check:
-    def check(v: Any, where: str) -> str:
-        if type(v) is not str or len(v) > max_len:
-            raise ProtocolError(f"{where}: expected a string of at most {max_len} characters")
-        if pattern is not None and not pattern.match(v):
-            raise ProtocolError(f"{where}: {_show(v)} does not match {pattern.pattern}")
+    def __init__(self, max_len: int, pattern: re.Pattern[str] | None) -> None:
+        self.max_len, self.pattern = max_len, pattern
+
+    def parse(self, v: Any) -> str:
+        if type(v) is not str or len(v) > self.max_len:
+            raise _Bad(f"expected a string of at most {self.max_len} characters")
+        if self.pattern is not None and not self.pattern.match(v):
+            raise _Bad(f"{_show(v)} does not match {self.pattern.pattern}")
         return v
 
-    return check
+    valid = parse
 
 
-def _bool() -> Check:
-    def check(v: Any, where: str) -> bool:
+class _Bool(Check):
+    def parse(self, v: Any) -> bool:
         if type(v) is not bool:
-            raise ProtocolError(f"{where}: expected true or false, got {_show(v)}")
+            raise _Bad(f"expected true or false, got {_show(v)}")
         return v
 
-    return check
+    valid = parse
 
 
-def _bytes(max_len: int, min_len: int = 0) -> Check:
-    size = f"exactly {max_len}" if min_len == max_len else f"at most {max_len}"
+class _Bytes(Check):
+    __slots__ = ("max_len", "min_len", "size")
 
-    def check(v: Any, where: str) -> bytes:
-        if type(v) is not bytes or not min_len <= len(v) <= max_len:
-            raise ProtocolError(f"{where}: expected binary of {size} bytes")
+    def __init__(self, max_len: int, min_len: int) -> None:
+        self.max_len, self.min_len = max_len, min_len
+        self.size = f"exactly {max_len}" if min_len == max_len else f"at most {max_len}"
+
+    def parse(self, v: Any) -> bytes:
+        if type(v) is not bytes or not self.min_len <= len(v) <= self.max_len:
+            raise _Bad(f"expected binary of {self.size} bytes")
         return v
 
-    return check
+    valid = parse
 
 
-def _enum(cls: type[enum.Enum]) -> Check:
-    def check(v: Any, where: str) -> Any:
+class _Enum(Check):
+    __slots__ = ("cls", "values")
+
+    def __init__(self, cls: type[enum.Enum]) -> None:
+        self.cls = cls
+        self.values = {m.value: m for m in cls}
+
+    def parse(self, v: Any) -> Any:
         try:
-            return cls(v)
-        except (ValueError, TypeError):
-            allowed = ", ".join(m.value for m in cls)
-            raise ProtocolError(f"{where}: expected one of {allowed}, got {_show(v)}") from None
-
-    return check
+            return self.values[v]
+        except (KeyError, TypeError):
+            allowed = ", ".join(m.value for m in self.cls)
+            raise _Bad(f"expected one of {allowed}, got {_show(v)}") from None
 
 
-def _list(item: Check, max_len: int) -> Check:
-    def check(v: Any, where: str) -> tuple[Any, ...]:
-        if type(v) is not list or len(v) > max_len:
-            raise ProtocolError(f"{where}: expected a list of at most {max_len} items")
-        return tuple(item(x, f"{where}[{i}]") for i, x in enumerate(v))
+class _List(Check):
+    __slots__ = ("item", "max_len")
 
-    return check
+    def __init__(self, item: Check, max_len: int) -> None:
+        self.item, self.max_len = item, max_len
+
+    def _shape(self, v: Any) -> None:
+        if type(v) is not list or len(v) > self.max_len:
+            raise _Bad(f"expected a list of at most {self.max_len} items")
+
+    def parse(self, v: Any) -> tuple[Any, ...]:
+        self._shape(v)
+        parse = self.item.parse
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(parse(x))
+            except _Bad as e:
+                e.path.append(f"[{i}]")
+                raise
+        return tuple(out)
+
+    def valid(self, v: Any) -> None:
+        self._shape(v)
+        valid = self.item.valid
+        for i, x in enumerate(v):
+            try:
+                valid(x)
+            except _Bad as e:
+                e.path.append(f"[{i}]")
+                raise
 
 
-def _map(key: Check, value: Check, max_len: int) -> Check:
-    def check(v: Any, where: str) -> dict[Any, Any]:
-        if type(v) is not dict or len(v) > max_len:
-            raise ProtocolError(f"{where}: expected a map of at most {max_len} entries")
-        return {key(k, f"{where} key"): value(x, f"{where}[{k!r}]") for k, x in v.items()}
+class _Map(Check):
+    __slots__ = ("key", "max_len", "value")
 
-    return check
+    def __init__(self, key: Check, value: Check, max_len: int) -> None:
+        self.key, self.value, self.max_len = key, value, max_len
+
+    def parse(self, v: Any) -> dict[Any, Any]:
+        if type(v) is not dict or len(v) > self.max_len:
+            raise _Bad(f"expected a map of at most {self.max_len} entries")
+        out = {}
+        for k, x in v.items():
+            try:
+                k2 = self.key.parse(k)
+            except _Bad as e:
+                e.path.append(" key")
+                raise
+            try:
+                out[k2] = self.value.parse(x)
+            except _Bad as e:
+                e.path.append(f"[{k!r}]")
+                raise
+        return out
 
 
 MAX_DEPTH = 8  # nesting allowed inside free-form maps (status_reply.info)
@@ -210,30 +300,92 @@ def _depth(v: Any, limit: int) -> bool:
     return True
 
 
-def _any_map(max_len: int = 4096) -> Check:
-    def check(v: Any, where: str) -> dict[str, Any]:
-        if type(v) is not dict or len(v) > max_len:
-            raise ProtocolError(f"{where}: expected a map")
+class _AnyMap(Check):
+    __slots__ = ("max_len",)
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+
+    def parse(self, v: Any) -> dict[str, Any]:
+        if type(v) is not dict or len(v) > self.max_len:
+            raise _Bad("expected a map")
         if not _depth(v, MAX_DEPTH):
-            raise ProtocolError(f"{where}: nested deeper than {MAX_DEPTH}")
+            raise _Bad(f"nested deeper than {MAX_DEPTH}")
         return v
 
-    return check
+    valid = parse
+
+
+class _Optional(Check):
+    __slots__ = ("inner",)
+    optional = True
+
+    def __init__(self, inner: Check) -> None:
+        self.inner = inner
+
+    def parse(self, v: Any) -> Any:
+        return None if v is None else self.inner.parse(v)
+
+    def valid(self, v: Any) -> None:
+        if v is not None:
+            self.inner.valid(v)
+
+
+class _RecordOf(Check):
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type[_Record]) -> None:
+        self.cls = cls
+
+    def parse(self, v: Any) -> Any:
+        return self.cls._parse(v)
+
+    def valid(self, v: Any) -> None:
+        self.cls._valid(v)
+
+
+def _int(lo: int = 0, hi: int = MAX_U64) -> Check:
+    return _Int(lo, hi)
+
+
+def _float(lo: float = 0.0, hi: float = 1e12) -> Check:
+    return _Float(lo, hi)
+
+
+def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Check:
+    return _Str(max_len, pattern)
+
+
+def _bool() -> Check:
+    return _Bool()
+
+
+def _bytes(max_len: int, min_len: int = 0) -> Check:
+    return _Bytes(max_len, min_len)
+
+
+def _enum(cls: type[enum.Enum]) -> Check:
+    return _Enum(cls)
+
+
+def _list(item: Check, max_len: int) -> Check:
+    return _List(item, max_len)
+
+
+def _map(key: Check, value: Check, max_len: int) -> Check:
+    return _Map(key, value, max_len)
+
+
+def _any_map(max_len: int = 4096) -> Check:
+    return _AnyMap(max_len)
 
 
 def _optional(check: Check) -> Check:
-    def opt(v: Any, where: str) -> Any:
-        return None if v is None else check(v, where)
-
-    opt.optional = True  # type: ignore[attr-defined]  # may be left out: nil
-    return opt
+    return _Optional(check)
 
 
 def _record(cls: type[_Record]) -> Check:
-    def check(v: Any, where: str) -> Any:
-        return cls._from_wire(v, where)
-
-    return check
+    return _RecordOf(cls)
 
 
 _REPR = reprlib.Repr()  # keyword arguments need Python 3.12
@@ -247,49 +399,128 @@ def _show(v: Any) -> str:
 
 # --- records --------------------------------------------------------------
 
+_SCALARS = (int, str, bytes, float, bool, type(None))
+
 
 class _Record:
     """A frozen dataclass with a schema: {field name: checker}."""
 
     __slots__ = ()
     _SCHEMA: ClassVar[dict[str, Check]]
+    # (name, checker, optional) in schema order, and the dataclass's field names;
+    # made once per class on first use
+    _PLAN: ClassVar[tuple[tuple[str, Check, bool], ...]]
+    _NAMES: ClassVar[tuple[tuple[str, bool], ...]]
+    _parse_fields: ClassVar[Any]
+    _valid_fields: ClassVar[Any]
+
+    @classmethod
+    def _plan(cls) -> tuple[tuple[str, Check, bool], ...]:
+        plan = cls.__dict__.get("_PLAN")
+        if plan is None:
+            plan = tuple((n, c, c.optional) for n, c in cls._SCHEMA.items())
+            cls._PLAN = plan
+            cls._NAMES = tuple(
+                (f.name, getattr(cls._SCHEMA.get(f.name), "optional", False))
+                for f in fields(cls)  # type: ignore[arg-type]
+            )
+            cls._parse_fields = staticmethod(_compile(cls, plan, parse=True))
+            cls._valid_fields = staticmethod(_compile(cls, plan, parse=False))
+        return plan
 
     def _to_wire(self) -> dict[str, Any]:
+        cls = type(self)
+        if "_NAMES" not in cls.__dict__:
+            cls._plan()
         out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None and getattr(self._SCHEMA.get(f.name), "optional", False):
+        for name, optional in cls._NAMES:
+            value = getattr(self, name)
+            if value is None and optional:
                 continue  # an optional field left out reads as nil
-            out[f.name] = _to_wire(value)
+            out[name] = value if type(value) in _SCALARS else _to_wire(value)
         return out
 
     @classmethod
-    def _from_wire(cls, v: Any, where: str) -> Any:
-        if type(v) is not dict:
-            raise ProtocolError(f"{where}: expected a map, got {_show(v)}")
-        kwargs = {}
-        for name, check in cls._SCHEMA.items():
-            if name not in v:
-                if getattr(check, "optional", False):
-                    kwargs[name] = None
-                    continue
-                raise ProtocolError(f"{where}: missing field {name!r}")
-            kwargs[name] = check(v[name], f"{where}.{name}")
+    def _parse(cls, v: Any) -> Any:
+        if "_PLAN" not in cls.__dict__:
+            cls._plan()
+        kwargs = cls._parse_fields(v)
         try:
             return cls(**kwargs)
+        except _Bad:
+            raise
         except (TypeError, ValueError) as e:
-            raise ProtocolError(f"{where}: {e}") from e
+            raise _Bad(str(e)) from e
+
+    @classmethod
+    def _valid(cls, v: Any) -> None:
+        if "_PLAN" not in cls.__dict__:
+            cls._plan()
+        cls._valid_fields(v)
+
+    @classmethod
+    def _from_wire(cls, v: Any, where: str) -> Any:
+        """The record `v` (a decoded msgpack map) describes; ProtocolError naming `where`."""
+        try:
+            return cls._parse(v)
+        except _Bad as e:
+            raise e.at(where) from None
+
+
+def _compile(cls: type, plan: tuple[tuple[str, Check, bool], ...], parse: bool):
+    """A function checking (and with `parse`, converting) the fields of a map for `cls`,
+    written out field by field, as dataclasses writes its __init__: the generic loop was
+    most of the codec's time. Same checks, same messages."""
+    lines = [
+        "def fields_of(v):",
+        "    if type(v) is not dict:",
+        "        raise _Bad(f'expected a map, got {_show(v)}')",
+    ]
+    env: dict[str, Any] = {"_Bad": _Bad, "_show": _show}
+    out = []
+    for i, (name, check, optional) in enumerate(plan):
+        env[f"c{i}"] = check.parse if parse else check.valid
+        if optional:
+            lines += [
+                f"    x = v.get({name!r})",
+                "    if x is None:",
+                f"        a{i} = None",
+                "    else:",
+                "        try:",
+                f"            a{i} = c{i}(x)",
+                "        except _Bad as e:",
+                f"            e.path.append({'.' + name!r})",
+                "            raise",
+            ]
+        else:
+            lines += [
+                "    try:",
+                f"        x = v[{name!r}]",
+                "    except KeyError:",
+                f"        raise _Bad({f'missing field {name!r}'!r}) from None",
+                "    try:",
+                f"        a{i} = c{i}(x)",
+                "    except _Bad as e:",
+                f"        e.path.append({'.' + name!r})",
+                "        raise",
+            ]
+        out.append(f"{name!r}: a{i}")
+    lines.append("    return {" + ", ".join(out) + "}" if parse else "    return None")
+    exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own schema
+    return env["fields_of"]
 
 
 def _to_wire(v: Any) -> Any:
+    if type(v) in _SCALARS:
+        return v
     if isinstance(v, _Record):
         return v._to_wire()
     if isinstance(v, enum.Enum):
         return v.value
     if isinstance(v, tuple | list):
-        return [_to_wire(x) for x in v]
+        return [x if type(x) in _SCALARS else _to_wire(x) for x in v]
     if isinstance(v, Mapping):
-        return {k: _to_wire(x) for k, x in v.items()}
+        return {k: x if type(x) in _SCALARS else _to_wire(x) for k, x in v.items()}
     return v
 
 
@@ -317,7 +548,10 @@ class Limits(_Record):
 
     def __post_init__(self) -> None:
         for name, check in self._SCHEMA.items():
-            check(getattr(self, name), f"limits.{name}")
+            try:
+                check.valid(getattr(self, name))
+            except _Bad as e:
+                raise e.at(f"limits.{name}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,7 +984,10 @@ def encode(msg: Message) -> bytes:
     """The single frame that carries `msg`; ProtocolError if `decode` would refuse it."""
     body = msg._to_wire()
     # the same checks decode applies, so nothing leaves that the peer must refuse
-    type(msg)._from_wire(body, msg.TYPE)
+    try:
+        type(msg)._valid(body)
+    except _Bad as e:
+        raise e.at(msg.TYPE) from None
     body["v"] = VERSION
     body["type"] = msg.TYPE
     try:
