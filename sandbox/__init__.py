@@ -5,6 +5,8 @@ Public face:
 - :func:`run` runs one job in this process and returns an :class:`Outcome`.
 - :class:`ModuleCache` holds payloads and their compiled form on disk.
 - :class:`Slots` runs jobs in long-lived, low-priority worker processes.
+- :func:`check` says whether the sandbox would run a module, and why not (for
+  task authors, before any jobber sees it).
 
 Only this package knows wasmtime. docs/sandbox.md describes the limits, the
 determinism rules and the worker fences. In short: a payload is a WASI
@@ -18,8 +20,9 @@ and memory fences of their own (_worker, _slots).
 """
 
 from sandbox._cache import ModuleCache
+from sandbox._check import check
 from sandbox._engine import run
 from sandbox._outcome import Outcome
 from sandbox._slots import Slots
 
-__all__ = ["ModuleCache", "Outcome", "Slots", "run"]
+__all__ = ["ModuleCache", "Outcome", "Slots", "check", "run"]

@@ -24,6 +24,29 @@ def factor_wasm() -> bytes:
     return compile_c(builtin("factor").read_text())
 
 
+def _example_c(name: str) -> bytes:
+    """examples/NAME.c compiled as the example's Payload.from_c compiles it, so the dealer
+    processes the tests start find it in the build cache."""
+    from tasks import compile_c
+
+    return compile_c((ROOT / "examples" / f"{name}.c").read_text())
+
+
+@pytest.fixture(scope="session")
+def mandelbrot_wasm() -> bytes:
+    return _example_c("mandelbrot")
+
+
+@pytest.fixture(scope="session")
+def sir_wasm() -> bytes:
+    return _example_c("sir")
+
+
+@pytest.fixture(scope="session")
+def sieve_wasm() -> bytes:
+    return _example_c("sieve")
+
+
 class Proc:
     """A child process whose stdout and stderr go to files, read back on demand."""
 
