@@ -428,8 +428,8 @@ class Jobber:
                         f"whose bytes hash to {got[:12]}; ignored"
                     ),
                 )
-        for spec in msg.jobs:
-            self.cache.touch(spec.payload)
+        for sha in {spec.payload for spec in msg.jobs}:
+            self.cache.touch(sha)
         if msg.payloads:  # bounded disk: whatever dealers send, the cache keeps its size
             held = self.core.held_payloads() | {spec.payload for spec in msg.jobs}
             gone = self.cache.evict(self.cfg.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
@@ -443,12 +443,33 @@ class Jobber:
     # --- carrying out the core's actions ---------------------------------------------
 
     def _carry_out(self) -> None:
+        """Do what the core decided, in order. Results to spool are gathered and written
+        as one batch (one fsync) before the next action of any other kind: so a turn's
+        results cost one fsync, and none is sent before it is on disk."""
         while True:
             actions = self.core.take_actions()
             if not actions:
                 return
+            batch: list[tuple[str, p.Result]] = []
             for a in actions:
+                if isinstance(a, c.Spool):
+                    batch.append((a.dealer, a.result))
+                    continue
+                if batch:
+                    self._spool(batch)
+                    batch = []
                 self._do(a)
+            self._spool(batch)
+
+    def _spool(self, batch: list[tuple[str, p.Result]]) -> None:
+        if not batch:
+            return
+        try:
+            self.spool.put_many(batch)
+        except OSError as e:  # disk full, read-only: kept in memory, delivered anyway
+            why = f"cannot write the spool: {e.strerror or e}"
+            for dealer, result in batch:
+                self.core.disk_failed(why, dealer, result.tag)
 
     def _do(self, a: c.Action) -> None:
         if isinstance(a, c.Send):
@@ -468,13 +489,6 @@ class Jobber:
             self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits)
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
-        elif isinstance(a, c.Spool):
-            try:
-                self.spool.put(a.dealer, a.result)
-            except OSError as e:  # disk full, read-only: kept in memory, delivered anyway
-                self.core.disk_failed(
-                    f"cannot write the spool: {e.strerror or e}", a.dealer, a.result.tag
-                )
         elif isinstance(a, c.Unspool):
             self.spool.remove(a.dealer, a.tag)
         elif isinstance(a, c.Pin):

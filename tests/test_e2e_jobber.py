@@ -120,7 +120,9 @@ def test_jobber_killed_with_spooled_results_delivers_them_after_restart(
 
 def jobber_status_after_exit(data_dir) -> int:
     """Results left in a stopped jobber's spool."""
-    return sum(1 for _ in (data_dir / "spool").glob("*/*.res"))
+    from jobber._spool import Spool
+
+    return len(Spool(data_dir / "spool").load())
 
 
 def test_sigterm_gives_back_unstarted_jobs_for_immediate_reissue(procs, factor_wasm):
@@ -220,7 +222,7 @@ def test_results_are_delivered_while_the_dealer_says_retry_later(procs, factor_w
                 acked_at = time.monotonic()
         assert acked_at is not None, "the result was held back by retry_later"
         assert j.wait(30) == 0
-        assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
+        assert not list((tmp_path / "data-j" / "spool").glob("*.spool"))
     finally:
         router.close()
 
@@ -271,7 +273,7 @@ def test_alive_is_said_while_busy_and_a_cancel_stops_the_job(procs, factor_wasm,
         assert cancelled_at is not None and asked_after_cancel  # the slot was freed
         assert j.wait(30) == 0
         assert "1 jobs cancelled" in j.stderr
-        assert not list((tmp_path / "data-j" / "spool").glob("*/*.res"))
+        assert not list((tmp_path / "data-j" / "spool").glob("*.spool"))
     finally:
         router.close()
 

@@ -98,21 +98,59 @@ def test_spool_keeps_results_until_removed_and_survives_torn_files(tmp_path):
     spool = Spool(tmp_path / "spool")
     r1 = p.Result("ab.1", p.Status.OK, b"\x00out", 5, "")
     r2 = p.Result("ab.2", p.Status.TRAP, b"", 7, "unreachable")
-    spool.put("tcp://a:1", r1)
-    spool.put("tcp://b:2", r2)
-    spool.put("tcp://a:1", p.Result("../../etc/x", p.Status.OK))  # hostile tag stays inside
+    r3 = p.Result("../../etc/x", p.Status.OK)  # a hostile tag names no file
+    spool.put_many([("tcp://a:1", r1), ("tcp://b:2", r2)])  # one batch, one file
+    spool.put("tcp://a:1", r3)
+    assert len(list((tmp_path / "spool").glob("*.spool"))) == 2
     again = Spool(tmp_path / "spool")
     loaded = {(s.dealer, s.result.tag): s.result for s in again.load()}
-    assert loaded[("tcp://a:1", "ab.1")] == r1 and loaded[("tcp://b:2", "ab.2")] == r2
-    assert ("tcp://a:1", "../../etc/x") in loaded
+    assert loaded == {
+        ("tcp://a:1", "ab.1"): r1,
+        ("tcp://b:2", "ab.2"): r2,
+        ("tcp://a:1", r3.tag): r3,
+    }
     assert not (tmp_path / "etc").exists()
     again.remove("tcp://a:1", "ab.1")
     assert again.count() == 2
+    assert len(list((tmp_path / "spool").glob("*.spool"))) == 2  # ab.2 keeps its batch
+    again.remove("tcp://b:2", "ab.2")
+    assert len(list((tmp_path / "spool").glob("*.spool"))) == 1  # the batch is done: gone
     # a torn write (crash mid-file) is set aside, not fatal
-    torn = next((tmp_path / "spool").glob("*/*.res"))
+    (torn,) = (tmp_path / "spool").glob("*.spool")
     torn.write_bytes(torn.read_bytes()[:5])
-    assert len(again.load()) == 1
-    assert len(list((tmp_path / "spool").glob("*/*.bad"))) == 1
+    assert Spool(tmp_path / "spool").load() == []
+    assert len(list((tmp_path / "spool").glob("*.bad"))) == 1
+
+
+def test_a_new_batch_never_overwrites_an_old_one_and_a_result_lives_in_one_batch(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    r = p.Result("ab.1", p.Status.OK, b"x", 1)
+    spool.put("tcp://a:1", r)
+    later = Spool(tmp_path / "spool")  # a restart: numbering goes on after the files there
+    assert len(later.load()) == 1
+    later.put("tcp://a:1", r)  # spooled again (a retry after a full disk)
+    assert len(list((tmp_path / "spool").glob("*.spool"))) == 1  # the old batch went
+    later.remove("tcp://a:1", "ab.1")
+    assert not list((tmp_path / "spool").glob("*.spool"))
+
+
+def test_a_batch_of_another_schema_is_set_aside_and_an_old_spool_is_read(tmp_path):
+    import msgpack
+
+    from jobber._spool import legacy_path
+
+    root = tmp_path / "spool"
+    root.mkdir()
+    (root / "000000000001.spool").write_bytes(msgpack.packb({"schema": 99, "results": []}))
+    old = legacy_path(root, "tcp://a:1", "ab.7")
+    old.parent.mkdir()
+    r = p.Result("ab.7", p.Status.OK, b"y", 3)
+    old.write_bytes(msgpack.packb({"dealer": "tcp://a:1", "result": r._to_wire()}))
+    spool = Spool(root)
+    assert [(s.dealer, s.result) for s in spool.load()] == [("tcp://a:1", r)]
+    assert (root / "000000000001.bad").exists()
+    spool.remove("tcp://a:1", "ab.7")
+    assert not old.exists()
 
 
 def test_a_warning_that_keeps_coming_is_logged_once_then_counted(caplog):

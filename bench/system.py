@@ -1,0 +1,212 @@
+"""The whole system on short jobs: real jobbers, real wasm, against bare ZeroMQ.
+
+    python bench/system.py [--jobs 5000] [--jobbers 2] [--slots 1]
+
+One real dealer (journal fsynced every turn, CurveZMQ) serves JOBS trivial wasm
+jobs (a WASI module whose _start returns at once) to JOBBERS real `python -m
+jobber` processes: every job crosses the wire both ways, is run in a sandboxed
+worker process, spooled to disk by the jobber before its result is sent, and
+journaled by the dealer. Baseline in the same run: a bare CurveZMQ ROUTER in
+one Python process answering JOBBERS clients, one request in flight each.
+
+The last line is one JSON object: `jobs_per_s`, `raw_roundtrips_per_s`, `ratio`.
+Runs by hand, not in CI. Latest figures: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import zmq
+
+# run from a checkout; this file's folder must not shadow the `dealer` package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import protocol as p  # noqa: E402
+from protocol._keys import hex_of_z85, z85_of_hex  # noqa: E402
+from tasks import Job, Limits, Payload, Task  # noqa: E402
+
+NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+
+
+class Trivial(Task):
+    """N jobs that return at once; their outputs are counted."""
+
+    limits = Limits(fuel=10**6, memory_mb=1, time_s=10, output_kb=1)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.payload = Payload.from_wat(NOP_WAT)
+        self.count = 0
+
+    def jobs(self):
+        return (Job((str(i),)) for i in range(self.n))
+
+    def total(self):
+        return self.n
+
+    def on_output(self, job, output):
+        self.count += 1
+
+    def result(self):
+        return self.count
+
+
+def echo_server(seconds: float, ready_q, out_q) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    public, secret = zmq.curve_keypair()
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    ready_q.put((f"tcp://127.0.0.1:{port}", hex_of_z85(public)))
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    n, start = 0, None
+    end = time.monotonic() + seconds + 10
+    while time.monotonic() < end:
+        if not poller.poll(100):
+            if start is not None:
+                break
+            continue
+        for _ in range(512):
+            try:
+                ident, frame = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            body = msgpack.unpackb(frame)
+            sock.send_multipart([ident, msgpack.packb({"v": 2, "type": "ack", "re": body["id"]})])
+            start = start or time.monotonic()
+            n += 1
+    out_q.put(n / max(1e-9, time.monotonic() - start - 0.1))
+    sock.close(0)
+    ctx.term()
+
+
+def echo_client(endpoint: str, key: str, seconds: float) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+    s.curve_serverkey = z85_of_hex(key)
+    s.connect(endpoint)
+    host = p.HostFacts(1, 1024, 1, ("ab" * 32,))
+    end = time.monotonic() + seconds
+    rid = 0
+    while time.monotonic() < end:
+        rid += 1
+        s.send(p.encode(p.Bored(rid, "echo", host, 2)))
+        msgpack.unpackb(s.recv())
+    s.close(0)
+    ctx.term()
+
+
+def baseline(clients: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    server = ctx.Process(target=echo_server, args=(seconds, ready, out))
+    server.start()
+    endpoint, key = ready.get()
+    procs = [ctx.Process(target=echo_client, args=(endpoint, key, seconds)) for _ in range(clients)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join()
+    rate = out.get()
+    server.join()
+    return rate
+
+
+def dealer_server(n: int, db: str, ready_q, out_q, profile: str | None) -> None:
+    from dealer import Dealer, Journal
+
+    task = Trivial(n)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"), progress=None)
+    ready_q.put(dealer.address)
+    # the clock starts with the first job handed out
+    while dealer.core.drawn == 0:
+        dealer.turn()
+    t0 = time.perf_counter()
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(dealer.run, linger=False)
+        with open(profile, "w") as f:
+            pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(25)
+    else:
+        dealer.run(linger=False)
+    elapsed = time.perf_counter() - t0
+    out_q.put((task.count, elapsed))
+    dealer.close()
+
+
+def whole_system(args) -> float:
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ctx.Process(
+            target=dealer_server,
+            args=(args.jobs, str(Path(tmp) / "j.sqlite"), ready, out, args.profile_dealer),
+        )
+        server.start()
+        address = ready.get()
+        procs = []
+        for i in range(args.jobbers):
+            cmd = [sys.executable, "-m", "jobber", address, "--slots", str(args.slots)]
+            cmd += ["--quiet", "--data-dir", str(Path(tmp) / f"jobber{i}"), "--max-idle", "2"]
+            cmd += ["--min-backoff", "0.2", "--max-backoff", "1", "--source", f"127.0.0.{2 + i}"]
+            if args.profile_jobber and i == 0:
+                cmd = ["py-spy", "record", "-o", args.profile_jobber, "-f", "raw", "--"] + cmd
+            procs.append(subprocess.Popen(cmd))
+        settled, elapsed = out.get()
+        server.join()
+        for pr in procs:
+            pr.wait(60)
+    assert settled == args.jobs, (settled, args.jobs)
+    return settled / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--jobbers", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=5.0, help="baseline duration")
+    ap.add_argument("--profile-dealer", metavar="FILE", help="cProfile the dealer into FILE")
+    ap.add_argument(
+        "--profile-jobber", metavar="FILE", help="py-spy the first jobber into FILE (raw)"
+    )
+    args = ap.parse_args()
+    raw = baseline(args.jobbers, args.seconds)
+    print(f"bare ZeroMQ ROUTER (CURVE), {args.jobbers} clients: {raw:,.0f} round trips/s")
+    rate = whole_system(args)
+    print(
+        f"whole system, {args.jobs} trivial wasm jobs, {args.jobbers} jobbers x {args.slots} "
+        f"slots: {rate:,.0f} jobs/s settled = {rate / raw:.2f} x bare round trips/s"
+    )
+    print(
+        json.dumps(
+            {
+                "jobs_per_s": round(rate, 1),
+                "raw_roundtrips_per_s": round(raw, 1),
+                "ratio": round(rate / raw, 3),
+                "jobbers": args.jobbers,
+                "slots": args.slots,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
