@@ -27,11 +27,14 @@ SSH does. A pinned dealer that later presents another key is refused loudly.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -126,6 +129,60 @@ class _Sockets:
                 self.hello = None
 
 
+class _SpoolWriter(threading.Thread):
+    """Writes the spool off the loop, so that the loop runs jobs while the disk syncs.
+
+    Everything queued while a batch is being written goes into the next batch: one
+    fsync serves every result finished meanwhile (group commit). Each batch done (or
+    refused by the disk) is queued back in `done` and signalled on a pipe the loop
+    polls; the loop then tells the core, which sends only results already on disk.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        super().__init__(name="spool-writer", daemon=True)
+        self.spool = spool
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (batch, OSError | None)
+        self.fd, self._signal = os.pipe()
+        os.set_blocking(self.fd, False)
+
+    def put(self, batch: list[tuple[str, p.Result]]) -> None:
+        self._todo.put(("put", batch))
+
+    def remove(self, dealer: str, tag: str) -> None:
+        self._todo.put(("remove", (dealer, tag)))
+
+    def stop(self) -> None:
+        """Write what is queued, then end (joined)."""
+        self._todo.put(("stop", None))
+        self.join()
+        os.close(self.fd)
+        os.close(self._signal)
+
+    def run(self) -> None:
+        while True:
+            items = [self._todo.get()]
+            while True:
+                try:
+                    items.append(self._todo.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [r for kind, x in items if kind == "put" for r in x]
+            if batch:
+                try:
+                    self.spool.put_many(batch)
+                    self.done.put((batch, None))
+                except OSError as e:
+                    self.done.put((batch, e))
+            for kind, x in items:
+                if kind == "remove":
+                    self.spool.remove(*x)
+            if batch:
+                os.write(self._signal, b"x")
+            if any(kind == "stop" for kind, _ in items):
+                return
+
+
 def _physical_memory_mb() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -160,6 +217,7 @@ class Jobber:
         self._ctx = context or zmq.Context.instance()
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
+        self._writer: _SpoolWriter | None = None
         settings = c.Settings(
             name=self.name,
             slots=cfg.slots,
@@ -464,12 +522,28 @@ class Jobber:
     def _spool(self, batch: list[tuple[str, p.Result]]) -> None:
         if not batch:
             return
-        try:
-            self.spool.put_many(batch)
-        except OSError as e:  # disk full, read-only: kept in memory, delivered anyway
-            why = f"cannot write the spool: {e.strerror or e}"
+        if self._writer is None:
+            self._writer = _SpoolWriter(self.spool)
+            self._writer.start()
+        self._writer.put(batch)
+
+    def _spooled(self) -> None:
+        """Batches the writer finished: their results may go now (or live in memory)."""
+        assert self._writer is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._writer.fd, 4096)
+        while True:
+            try:
+                batch, err = self._writer.done.get_nowait()
+            except queue.Empty:
+                break
+            if err is None:
+                self.core.spooled((d, r.tag) for d, r in batch)
+                continue
+            why = f"cannot write the spool: {err.strerror or err}"  # disk full, read-only
             for dealer, result in batch:
                 self.core.disk_failed(why, dealer, result.tag)
+        self._carry_out()
 
     def _do(self, a: c.Action) -> None:
         if isinstance(a, c.Send):
@@ -490,7 +564,10 @@ class Jobber:
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
         elif isinstance(a, c.Unspool):
-            self.spool.remove(a.dealer, a.tag)
+            if self._writer is not None:
+                self._writer.remove(a.dealer, a.tag)
+            else:
+                self.spool.remove(a.dealer, a.tag)
         elif isinstance(a, c.Pin):
             try:
                 self.pins.put(a.dealer, a.key)
@@ -595,6 +672,8 @@ class Jobber:
                     poller.register(s, zmq.POLLIN)
         for fd in self.slots.fds():
             poller.register(fd, zmq.POLLIN)
+        if self._writer is not None:
+            poller.register(self._writer.fd, zmq.POLLIN)
         if self._control is not None:
             poller.register(self._control, zmq.POLLIN)
         now = time.monotonic()
@@ -612,6 +691,8 @@ class Jobber:
             for s in (ss.sock, ss.hello):
                 if s is not None and s in ready and self._socks.get(dealer) is ss:
                     self._recv(dealer, s)
+        if self._writer is not None and self._writer.fd in ready:
+            self._spooled()
         if self._control is not None and self._control in ready:
             self._serve_control()
 
@@ -706,6 +787,9 @@ class Jobber:
             self._control = None
             (self.cfg.data_dir / "control").unlink(missing_ok=True)
         self.slots.close(0.0)
+        if self._writer is not None:  # what is queued reaches the disk before we go
+            self._writer.stop()
+            self._writer = None
         for dealer in list(self._socks):
             self._reset(dealer)
         os.close(self._lock)

@@ -14,6 +14,7 @@ event                  from
 ``contact_failed``     a send that could not go (queue full, host unknown) or
                        ZeroMQ saying the connection is refused or the key is wrong
 ``job_done``           a slot's outcome (or a job the shell could not start)
+``spooled``            results are on disk now (the shell writes them off the loop)
 ``disk_failed``        a spool write or the disk probe failed; ``disk_ok`` after
 ``tick``               every turn of the shell's loop
 =====================  ==========================================================
@@ -34,8 +35,10 @@ The rules, per turn (``tick``):
    dealer is backed off (jobber._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
-6. while fewer than ``hi_water`` jobs are running or buffered, dealers are asked
-   (``bored``) for the difference. Asking is per dealer: each has at most one
+6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
+   asked (``bored``) for the difference: one running per slot and, buffered, as
+   many as cover AHEAD_S of work at the job length seen (so short jobs never
+   leave a slot waiting on a round trip or an fsync). Asking is per dealer: each has at most one
    ask out, dealers that answered before are asked first (round robin among
    them), and an ask to a dealer that never answered, or one slower than
    FETCH_PATIENCE_S, holds back no other. So dead or referred dealers never
@@ -52,6 +55,7 @@ share plus one batch of jobs' outputs. Time a dealer says it still holds work
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -77,6 +81,11 @@ SHUN_DROPPED_S = 600.0
 MAX_SHUNNED = 1024
 FETCH_PATIENCE_S = 1.0  # an ask to a live dealer unanswered this long lets others be asked
 PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
+# Buffered work per slot, in time: more than a round trip to a dealer and a spool
+# fsync, so that a slot never waits for either; for jobs of a second or more this
+# is one job per slot, for jobs of a millisecond a few hundred
+AHEAD_S = 0.25
+MAX_BUFFER_PER_SLOT = 256
 DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
 REFUSED_PAYLOAD_WAIT_S = 600.0  # a dealer whose payloads we cannot run: ask again this late
 
@@ -165,9 +174,6 @@ class Settings:
     # results one dealer may leave unacknowledged before it is asked for no more work
     spool_share_bytes: int = 256 * 1024 * 1024
 
-    @property
-    def hi_water(self) -> int:
-        return self.slots + (self.slots if self.buffer is None else self.buffer)
 
 
 @dataclass
@@ -256,7 +262,10 @@ class JobberCore:
         self._cancelled: set[str] = set()  # slot keys stopped at the dealer's word
         self.unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
         self._unacked_bytes: dict[str, int] = {}
-        self._unspooled: dict[tuple[str, str], p.Result] = {}  # results not on disk yet
+        self._unspooled: dict[tuple[str, str], p.Result] = {}  # the disk refused these
+        # finished results whose spool write is not done yet: not sent until it is, so a
+        # result a dealer has seen is always on disk (or the disk refused it: see disk_failed)
+        self._undurable: set[tuple[str, str]] = set()
         self.cached: tuple[str, ...] = ()  # payload hashes the shell holds (for HostFacts)
         self.paused = ""  # why no job may start now ("" while they may); set by the shell
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
@@ -318,6 +327,18 @@ class JobberCore:
             max_fuel=s.max_fuel,
             max_output_kb=s.max_output_kb,
         )
+
+    def hi_water(self) -> int:
+        """Jobs to hold, running and buffered: one running per slot, and buffered as many as
+        cover AHEAD_S of work at the mean job length seen (at least one per slot, at most
+        MAX_BUFFER_PER_SLOT); the owner's `buffer` setting, when given, wins."""
+        s = self.s
+        if s.buffer is not None:
+            return s.slots + s.buffer
+        per_slot = 1
+        if self._job_s > 0:
+            per_slot = min(MAX_BUFFER_PER_SLOT, max(1, math.ceil(AHEAD_S / self._job_s)))
+        return min(p.MAX_BATCH, s.slots * (1 + per_slot))
 
     def held_payloads(self) -> set[str]:
         """Payloads of jobs buffered or running: the cache must keep these."""
@@ -436,6 +457,7 @@ class JobberCore:
         """A write to the data directory failed; `dealer`/`tag`: the result not spooled."""
         if dealer is not None and tag is not None and tag in self.unacked.get(dealer, {}):
             self._unspooled[(dealer, tag)] = self.unacked[dealer][tag]
+            self._undurable.discard((dealer, tag))  # delivered from memory meanwhile
         if not self.disk_trouble:
             log.warning(
                 "%s; keeping finished results in memory and asking for no work until "
@@ -600,7 +622,13 @@ class JobberCore:
             log.info("first job done: %s from %s, %s", result.tag, h.dealer, result.status.value)
         self.done += 1
         self._hold_result(h.dealer, result)
+        self._undurable.add((h.dealer, result.tag))
         self._actions.append(Spool(h.dealer, result))
+
+    def spooled(self, keys: Iterable[tuple[str, str]]) -> None:
+        """These (dealer, tag) results are on disk now: they may be sent."""
+        for key in keys:
+            self._undurable.discard(key)
 
     def _hold_result(self, dealer: str, result: p.Result) -> None:
         results = self.unacked.setdefault(dealer, {})
@@ -619,6 +647,7 @@ class JobberCore:
             self._unacked_bytes[dealer] -= _weight(old)
             self._actions.append(Unspool(dealer, tag))
         self._unspooled.pop((dealer, tag), None)
+        self._undurable.discard((dealer, tag))
         if not results:
             self.unacked.pop(dealer, None)
             self._unacked_bytes.pop(dealer, None)
@@ -747,14 +776,15 @@ class JobberCore:
             if now + start_in > min(h.deadline for h in self.buffer):
                 return
         # what asks still out to dealers that answer may bring
+        hi_water = self.hi_water()
         coming = sum(
-            self.s.hi_water - have
+            hi_water - have
             for link in self.links.values()
             if link.bored_id is not None
             and link.answered
             and now - link.bored_at < FETCH_PATIENCE_S
         )
-        want = self.s.hi_water - have - coming
+        want = min(p.MAX_BATCH, hi_water - have - coming)
         if want <= 0:
             return
         # dealers that answered before first, round robin among equals
@@ -794,7 +824,10 @@ class JobberCore:
             if link.key is None or link.check_key:
                 self._hello(link, now)
                 continue
-            batch = _batch(results.values())
+            ready = [r for r in results.values() if (addr, r.tag) not in self._undurable]
+            if not ready:
+                continue  # on its way to disk: sent once it is there
+            batch = _batch(ready)
             rid = self._rid()
             self._send(link, p.Results(rid, self.s.name, batch))
             link.results_id, link.results_at = rid, now

@@ -187,7 +187,10 @@ def test_a_job_asking_more_than_the_owner_allows_is_given_back_unrun():
     refused = [a.result for a in of(actions, c.Spool)]
     assert refused[0].tag == "t.0" and refused[0].status is p.Status.ABANDONED
     assert "65536 MiB of memory (this machine allows 64)" in refused[0].detail
-    assert [r.tag for m in sent(actions, p.Results) for r in m.results] == ["t.0"]
+    assert not sent(actions, p.Results)  # not before it is on disk
+    j.spooled([(LIVE, "t.0")])
+    j.tick(0.3)
+    assert [r.tag for m in sent(j.take_actions(), p.Results) for r in m.results] == ["t.0"]
 
 
 limits = st.builds(
@@ -268,6 +271,7 @@ def test_a_cancel_stops_running_work_drops_buffered_and_spooled_results():
     j.tick(0.1)
     (start,) = of(j.take_actions(), c.Start)
     j.job_done(start.key, ok("t.0"), 0.1, 0.2)
+    j.spooled([(LIVE, "t.0")])
     j.tick(0.3)  # t.1 starts, t.0's result goes
     actions = j.take_actions()
     (start,) = of(actions, c.Start)
@@ -367,3 +371,40 @@ def test_results_from_an_earlier_run_are_delivered_first():
     assert [r.tag for r in results.results] == ["old.1"]
     j.received(LIVE, p.Ack(results.id, ("old.1",)), 0.1)
     assert c.Unspool(LIVE, "old.1") in j.take_actions()
+
+
+def test_a_result_is_sent_only_once_it_is_on_disk_or_the_disk_refused_it():
+    j = core(slots=1, buffer=1)
+    j.tick(0.0)
+    bored = sent(j.take_actions(), p.Bored)[0]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"))), 0.0)
+    for t, tag in ((0.1, "t.0"), (0.2, "t.1")):
+        j.tick(t)
+        (start,) = of(j.take_actions(), c.Start)
+        j.job_done(start.key, ok(tag), 0.01, t)
+    j.tick(0.3)
+    assert not sent(j.take_actions(), p.Results)  # neither is on disk yet
+    j.spooled([(LIVE, "t.1")])
+    j.tick(0.4)
+    assert [r.tag for m in sent(j.take_actions(), p.Results) for r in m.results] == ["t.1"]
+    j.disk_failed("No space left on device", LIVE, "t.0")  # kept in memory, delivered
+    j.received(LIVE, p.Ack(0, ("t.1",)), 0.5)
+    j.links[LIVE].results_id = None
+    j.tick(0.6)
+    assert [r.tag for m in sent(j.take_actions(), p.Results) for r in m.results] == ["t.0"]
+
+
+def test_the_buffer_covers_a_quarter_second_of_work_whatever_the_job_length():
+    j = core(slots=2)
+    assert j.hi_water() == 4  # nothing known yet: one running and one buffered per slot
+    j._job_s = 0.001  # the mean job length the core has seen
+    assert j.hi_water() == 2 * (1 + 250)
+    j._job_s = 1e-6
+    assert j.hi_water() == 2 * (1 + c.MAX_BUFFER_PER_SLOT)
+    j._job_s = 30.0
+    assert j.hi_water() == 4
+    assert core(slots=2, buffer=0).hi_water() == 2  # the owner's setting wins
+    j._job_s = 0.001
+    j.tick(0.0)
+    (bored,) = sent(j.take_actions(), p.Bored)
+    assert bored.want == 502

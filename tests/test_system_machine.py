@@ -161,6 +161,7 @@ class System(RuleBasedStateMachine):
                         j.core.job_done(a.key, stopped, 0.0, self.now)
                 elif isinstance(a, jc.Spool):
                     j.spool[(a.dealer, a.result.tag)] = a.result
+                    j.core.spooled([(a.dealer, a.result.tag)])
                 elif isinstance(a, jc.Unspool):
                     j.spool.pop((a.dealer, a.tag), None)
                 elif isinstance(a, jc.ProbeDisk):
