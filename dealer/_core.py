@@ -70,11 +70,20 @@ such a status with the same (output, fuel), the job fails at once with that
 reason instead of being sent out `max_errors + 1` times.
 
 Every state change is a *record* (Drawn, Sent, Returned, Overdue, Gone, Denied). Decisions
-are made by the live entry points (bored, result, tick), which append records
+are made by the live entry points (bored, result, tick, refill), which append records
 and apply them; `apply` alone rebuilds the same state from a journal. The
 caller takes the new records with `take_records()` and must make them durable
 before replying to anyone, and takes settled jobs (Accepted, Failed) in order
-with `take_settled()`.
+with `take_settled()`. Queries (finished, has_work, waiting, ...) never change
+the state: a batch learns that its generator is empty from `refill()`, which
+draws a job when none is unsettled, and which its caller runs after every turn.
+
+Records also carry what people reading a journal later want and the core does
+not need (Drawn.args, Sent.at, Returned.at): optional fields, absent from
+journals written before them, that `apply` ignores. A Core made with
+`verify_jobs=False` replays a journal into jobs rebuilt from those records
+without comparing digests: how `python -m dealer results` reads a batch
+without its task (dealer._history).
 """
 
 from __future__ import annotations
@@ -164,6 +173,15 @@ _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
 class Drawn:
     job_id: int
     digest: str  # sha256 of the job's args and stdin, to detect a changed task
+    # for people reading the journal (None: written before these were recorded); the
+    # stdin itself is never stored (it can be MiBs): its size, and a short digest
+    args: tuple[str, ...] | None = None
+    stdin_size: int | None = None
+    stdin_sha256: str | None = None  # 16 hex digits of its sha256; None when empty
+
+    def __post_init__(self) -> None:
+        if isinstance(self.args, list):  # as msgpack gives it back
+            object.__setattr__(self, "args", tuple(self.args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +191,7 @@ class Sent:
     jobber: str  # the identity (hex public key)
     deadline: float  # absolute, seconds since the epoch
     machine: str  # the group key votes are counted by (see --distinct)
+    at: float | None = None  # when it was sent (None: a journal older than this field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +201,7 @@ class Returned:
     output: bytes
     fuel: int
     detail: str
+    at: float | None = None  # when it came back or was released (None: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +334,7 @@ class _Replica:
     output: bytes = b""
     fuel: int = 0
     detail: str = ""
+    won: bool = False  # in the group of machines whose agreement settled its job
 
     def fire(self, event: str) -> None:
         try:
@@ -397,10 +418,16 @@ def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str
 
 
 class Core:
-    def __init__(self, jobs: Iterable[Job], policy: Policy, tag_prefix: str) -> None:
+    def __init__(
+        self, jobs: Iterable[Job], policy: Policy, tag_prefix: str, *, verify_jobs: bool = True
+    ) -> None:
+        """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
+        journal drew without comparing their digests (the journal is the source of
+        truth: a reader that rebuilds jobs from Drawn records, not a dealer)."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
+        self._verify_jobs = verify_jobs
         self._prefix = tag_prefix
         self._source: Iterator[Job] = iter(jobs)
         self._exhausted = False
@@ -440,10 +467,15 @@ class Core:
         return sum(1 for r in self._replicas.values() if r.state is ReplicaState.OUT)
 
     def finished(self) -> bool:
-        """True once the generator is exhausted and every drawn job is settled."""
-        if not self._jobs and not self._exhausted:
-            self._draw()
+        """True once the generator is exhausted and every drawn job is settled. A query:
+        it draws nothing (`refill` does), so it stays False for a generator nobody has
+        yet found empty."""
         return self._exhausted and not self._jobs
+
+    def replicas(self, job_id: int) -> list[_Replica]:
+        """The replicas of the unsettled job `job_id`: the core's own list, which grows
+        as replicas are sent and is left as it was when the job settles. To read only."""
+        return self._jobs[job_id].replicas
 
     def has_work(self) -> bool:
         return bool(self._wanting) or (not self._exhausted and len(self._jobs) < self.policy.window)
@@ -500,6 +532,14 @@ class Core:
         out, self._records = self._records, []
         return out
 
+    def refill(self) -> None:
+        """Draw a job if none is unsettled and the generator may have more: so that a
+        batch whose generator is empty (or ran dry as its last jobs settled) is seen to
+        be finished, and a fresh one has its first job drawn before anyone asks. Call it
+        once a turn, and after a replay."""
+        if not self._jobs and not self._exhausted:
+            self._draw()
+
     def take_settled(self) -> list[Accepted | Failed]:
         out, self._settled = self._settled, []
         return out
@@ -527,7 +567,7 @@ class Core:
         if holding is not None:
             kept = set(holding)
             for tag in sorted(self._open.get(jobber, set()) - kept):
-                self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST))
+                self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST, now))
         if memory_mb < self.policy.memory_mb or self.is_denied(jobber):
             return []
         want = min(want, self.room(jobber, machine))
@@ -600,13 +640,13 @@ class Core:
             return Rejected(ErrorCode.DUPLICATE, f"result for {tag} was already received")
         status = Status(status)
         if self.is_denied(jobber):
-            self._record(Returned(tag, DENIED, b"", 0, "the identity is denied"))
+            self._record(Returned(tag, DENIED, b"", 0, "the identity is denied", now))
             return Rejected(ErrorCode.DENIED, "this identity is denied by the dealer")
         why = implausible(status, output, fuel, self.policy)
         if why is not None:
-            self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}"))
+            self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}", now))
             return Rejected(ErrorCode.IMPLAUSIBLE, why)
-        self._record(Returned(tag, status.value, output, fuel, detail))
+        self._record(Returned(tag, status.value, output, fuel, detail, now))
         return None
 
     def alive(self, jobber: str, now: float, holding: Collection[str] | None = None) -> list[str]:
@@ -620,7 +660,7 @@ class Core:
         if holding is None:
             return []
         for tag in sorted(self._open.get(jobber, set()) - set(holding)):
-            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST))
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST, now))
         return self.cancellable(holding)
 
     def cancellable(self, holding: Collection[str]) -> list[str]:
@@ -641,13 +681,13 @@ class Core:
             if rec.held:
                 rec.last_seen = max(rec.last_seen, now)
 
-    def deny(self, jobber: str, reason: str) -> None:
+    def deny(self, jobber: str, reason: str, now: float | None = None) -> None:
         """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""
         if jobber in self.denied:
             return
         self._record(Denied(jobber, reason))
         for tag in sorted(self._open.get(jobber, set())):
-            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}"))
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}", now))
 
     def tick(self, now: float) -> None:
         """Take jobbers silent past their lease as gone; mark late replicas overdue."""
@@ -787,7 +827,8 @@ class Core:
             )
             return None
         self._pending_job = job
-        self._record(Drawn(self._next_job, job_digest(job)))
+        stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
+        self._record(Drawn(self._next_job, job_digest(job), tuple(job.args), len(job.stdin), stdin))
         return self._jobs[self._next_job - 1]
 
     def _apply_drawn(self, rec: Drawn) -> None:
@@ -801,7 +842,7 @@ class Core:
                 raise JournalMismatch(
                     f"the journal holds job {rec.job_id} but the task yields only {rec.job_id} jobs"
                 ) from None
-            if not isinstance(job, Job) or job_digest(job) != rec.digest:
+            if not isinstance(job, Job) or (self._verify_jobs and job_digest(job) != rec.digest):
                 raise JournalMismatch(
                     f"job {rec.job_id} of the task differs from the journal's: "
                     "the task or its arguments changed since the journal was written"
@@ -813,7 +854,7 @@ class Core:
     def _send(self, j: _Job, jobber: str, machine: str, now: float) -> Assignment:
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        self._record(Sent(tag, j.id, jobber, deadline, machine))
+        self._record(Sent(tag, j.id, jobber, deadline, machine, now))
         return Assignment(tag, j.id, j.job, deadline)
 
     def _apply_sent(self, rec: Sent) -> None:
@@ -925,6 +966,7 @@ class Core:
                 if r.state is ReplicaState.OK:
                     rec = self._jobber(r.jobber)
                     if (r.output, r.fuel) == t.best_key:
+                        r.won = True
                         rec.valid += 1
                         rec.credit += r.fuel
                         rec.good()
@@ -941,11 +983,14 @@ class Core:
             return
         if t.fail_best >= p.quorum:
             status, _, fuel = t.fail_key
-            detail = next(
-                r.detail
+            agreed = [
+                r
                 for r in j.replicas
                 if r.state is ReplicaState.ERROR and (r.status, r.output, r.fuel) == t.fail_key
-            )
+            ]
+            for r in agreed:
+                r.won = True
+            detail = agreed[0].detail
             self.failed += 1
             where = f"{t.fail_best} machine{'s' if t.fail_best > 1 else ''}"
             text = f"the same failure on {where}: {detail} (fuel {fuel})"

@@ -26,6 +26,14 @@ a -shm with no -wal, lost its log, and is refused.
 The batch is pinned in meta: the voting rules, the payload's sha256, the
 task's limits (see `pins`); the jobs are pinned by the digests in Drawn
 records. A rerun under other pins is refused, saying what changed.
+
+Records gain fields without a new schema version when the fields are optional
+(a default, None: unknown): a journal written before them still loads, and a
+field left at None is not stored. `ReadOnly` opens a journal only to read it
+(`python -m dealer results|jobs`): never through `Journal`, which marks the
+file open and checkpoints it, but as an SQLite `mode=ro` reader, safe beside a
+live dealer, with the same checks, and without creating a -wal or -shm beside a
+closed journal.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +63,105 @@ COMPANIONS = ("-wal", "-shm")  # SQLite's files beside a WAL database
 AFRESH = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
 DAMAGED = f"it was damaged, or is not a journal: {AFRESH}"
 
-# the field types records may hold (their annotations are strings: from __future__)
+# the field types records may hold (their annotations are strings: from __future__);
+# "X | None" is X or None, and a tuple's items are checked too
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
     "str": str,
     "bytes": bytes,
     "float": (int, float),
+    "tuple[str, ...]": tuple,
 }
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a record's field holds what its annotation says (unknown ones: anything)."""
+    kind, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
+    if optional and value is None:
+        return True
+    want = _TYPES.get(kind)
+    if want is None:
+        return True
+    if not isinstance(value, want) or isinstance(value, bool):
+        return False
+    return kind != "tuple[str, ...]" or all(isinstance(v, str) for v in value)
+
+
+def pack(rec: Record) -> bytes:
+    """A record's body: a msgpack map of its fields by name; optional fields left at None
+    are not stored (a reader gets their default)."""
+    fields = {f: getattr(rec, f) for f in rec.__slots__}
+    return msgpack.packb({f: v for f, v in fields.items() if v is not None}, use_bin_type=True)
+
+
+def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Iterator[Record]:
+    """Records from (seq, kind, body) rows in order, each checked; a damaged one raises
+    JournalError naming `path` and the record, ending with `then` (what to do)."""
+    expected = 1  # seq is the rowid: 1, 2, 3, ... with no gaps (nothing is ever deleted)
+    for seq, kind, body in rows:
+        if seq != expected:
+            raise JournalError(
+                f"{path}: record {expected} is missing (the next is {seq}): "
+                f"the journal was damaged{then}"
+            )
+        expected += 1
+        cls = RECORD_TYPES.get(kind)
+        if cls is None:
+            raise JournalError(
+                f"{path}: record {seq}: unknown kind {kind!r}: the journal was "
+                f"damaged, or a newer borednet wrote it{then}"
+            )
+        try:
+            fields = msgpack.unpackb(body, raw=False)
+            rec = cls(**fields)
+        except Exception as e:  # msgpack's many errors, or fields that do not fit
+            raise JournalError(
+                f"{path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}{then}"
+            ) from e
+        for name, kind_of in cls.__annotations__.items():
+            value = getattr(rec, name)
+            if not _fits(value, kind_of):
+                raise JournalError(
+                    f"{path}: record {seq} ({kind}) is damaged: its {name} is a "
+                    f"{type(value).__name__}, not {kind_of}{then}"
+                )
+        yield rec
+
+
+def check_meta(path: Path, meta: dict[str, str], had_wal: bool, then: str, reading: bool) -> None:
+    """The meta table's checks that do not depend on the task: the schema, the tag
+    prefix, and a journal left open whose write-ahead log is not beside it. `then`
+    ends the messages (what to do); `reading`: for a reader, not a dealer."""
+    if not meta:
+        raise JournalError(f"{path}: the journal's meta table is empty: it was damaged{then}")
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise JournalError(
+            f"{path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION} "
+            "(another version of borednet wrote it, or it was damaged): "
+            + ("read" if reading else "resume")
+            + " it with the borednet that wrote it"
+            + (f"; or, {then.removeprefix(': ')}" if then else "")
+        )
+    prefix = meta.get("tag_prefix", "")
+    if len(prefix) != 8 or any(c not in "0123456789abcdef" for c in prefix):
+        raise JournalError(
+            f"{path}: the journal's tag prefix is {prefix or 'missing'!r}, not 8 hex "
+            f"digits: its meta table was damaged{then}"
+        )
+    state = meta.get("state", "")
+    if state.startswith("open") and not had_wal:
+        lost = (
+            "what it shows would miss them"
+            if reading
+            else "this batch would lose acknowledged results and hand their tags out again"
+        )
+        raise JournalError(
+            f"{path} was left open (its dealer was killed or crashed) and its "
+            f"write-ahead log {path.name}-wal is not beside it: the results and tags "
+            "committed since the journal's last checkpoint are in that file, and without "
+            f"it {lost}. Put {path.name}-wal back beside it (copy a journal with its -wal "
+            "and -shm)" + (f"; or, {then.removeprefix(': ')}" if then else "")
+        )
 
 
 class JournalError(Exception):
@@ -239,37 +339,13 @@ class Journal:
         return meta
 
     def _check(self, meta: dict[str, str], task_name: str, had_wal: bool) -> None:
-        if not meta:
-            raise JournalError(
-                f"{self.path}: the journal's meta table is empty: it was damaged: {AFRESH}"
-            )
-        if meta.get("schema") != SCHEMA_VERSION:
-            raise JournalError(
-                f"{self.path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION} "
-                "(another version of borednet wrote it, or it was damaged): resume it with the "
-                f"borednet that wrote it; or, {AFRESH}"
-            )
-        if meta.get("task") != task_name:
+        if meta and meta.get("schema") == SCHEMA_VERSION and meta.get("task") != task_name:
             raise JournalError(
                 f"{self.path} is the journal of task {meta.get('task')!r}, not {task_name!r}; "
                 "pass another --db"
             )
-        prefix = meta.get("tag_prefix", "")
-        if len(prefix) != 8 or any(c not in "0123456789abcdef" for c in prefix):
-            raise JournalError(
-                f"{self.path}: the journal's tag prefix is {prefix or 'missing'!r}, not 8 hex "
-                f"digits: its meta table was damaged: {AFRESH}"
-            )
+        check_meta(self.path, meta, had_wal, f": {AFRESH}", reading=False)
         state = meta.get("state", "")
-        if state.startswith("open") and not had_wal:
-            raise JournalError(
-                f"{self.path} was left open (its dealer was killed or crashed) and its "
-                f"write-ahead log {self.path.name}-wal is not beside it: the results and tags "
-                "committed since the journal's last checkpoint are in that file, and without "
-                f"it this batch would lose acknowledged results and hand their tags out again. "
-                f"Put {self.path.name}-wal back beside it (copy a journal with its -wal and "
-                f"-shm); or, {AFRESH}"
-            )
         if state.startswith("open"):
             log.info("%s was not closed (its dealer was killed?): resuming from its log", self.path)
 
@@ -324,41 +400,9 @@ class Journal:
         return text
 
     def records(self) -> Iterator[Record]:
-        expected = 1  # seq is the rowid: 1, 2, 3, ... with no gaps (nothing is ever deleted)
         try:
             rows = self._db.execute("SELECT seq, kind, body FROM records ORDER BY seq")
-            for seq, kind, body in rows:
-                if seq != expected:
-                    raise JournalError(
-                        f"{self.path}: record {expected} is missing (the next is {seq}): "
-                        f"the journal was damaged: {AFRESH}"
-                    )
-                expected += 1
-                cls = RECORD_TYPES.get(kind)
-                if cls is None:
-                    raise JournalError(
-                        f"{self.path}: record {seq}: unknown kind {kind!r}: the journal was "
-                        f"damaged, or a newer borednet wrote it: {AFRESH}"
-                    )
-                try:
-                    fields = msgpack.unpackb(body, raw=False)
-                    rec = cls(**fields)
-                except Exception as e:  # msgpack's many errors, or fields that do not fit
-                    raise JournalError(
-                        f"{self.path}: record {seq} ({kind}) is damaged: {type(e).__name__}: "
-                        f"{e}: {AFRESH}"
-                    ) from e
-                for name, kind_of in cls.__annotations__.items():
-                    value = getattr(rec, name)
-                    want = _TYPES.get(kind_of)
-                    if want is not None and (
-                        not isinstance(value, want) or isinstance(value, bool)
-                    ):
-                        raise JournalError(
-                            f"{self.path}: record {seq} ({kind}) is damaged: its {name} is a "
-                            f"{type(value).__name__}, not {kind_of}: {AFRESH}"
-                        )
-                yield rec
+            yield from decode(self.path, rows, f": {AFRESH}")
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{self.path}: the journal is damaged: {e}: {AFRESH}") from e
 
@@ -366,8 +410,7 @@ class Journal:
         """Write records durably, in one transaction."""
         if not records:
             return
-        pack = msgpack.Packer(use_bin_type=True).pack
-        rows = [(type(r).__name__, pack({f: getattr(r, f) for f in r.__slots__})) for r in records]
+        rows = [(type(r).__name__, pack(r)) for r in records]
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
@@ -382,3 +425,99 @@ class Journal:
     def close(self) -> None:
         """Mark the journal closed and checkpoint it: PATH alone is then the whole journal."""
         self._shut()
+
+
+class ReadOnly:
+    """A journal opened only to read (`python -m dealer results|jobs`): what it holds
+    now, whether a dealer runs on it, was killed, or finished.
+
+    It writes nothing to the journal. A journal with a -wal beside it (a live or
+    killed dealer's) is read as an SQLite `mode=ro` WAL reader, in one read
+    transaction: one consistent snapshot, which does not disturb the dealer (WAL
+    readers never block its commits). A journal without one (closed: the main file
+    is all of it) is read as immutable, so no -wal and -shm are made beside it;
+    `intact()` then says whether a dealer opened it meanwhile (read it again if so).
+    The rows are fetched at once and the connection closed, so a dealer stopping
+    meanwhile finds few readers in its way: one reading at that very moment keeps the
+    dealer's close from removing the (by then empty) -wal and the -shm, which are
+    left beside a main file that is whole and says it was closed. The checks are the
+    journal's own, short of the task's name, which a reader does not know; a missing,
+    empty, damaged or log-less journal is refused with JournalError naming it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        wal, shm = (companion(self.path, s) for s in COMPANIONS)
+        if not self.path.exists():
+            found = [f.name for f in (wal, shm) if f.exists()]
+            if found:
+                raise JournalError(
+                    f"{self.path} does not exist, but {' and '.join(found)} beside it "
+                    f"{'do' if len(found) > 1 else 'does'}: the journal's main file was "
+                    "deleted or moved without its write-ahead log"
+                )
+            raise JournalError(f"{self.path}: no such journal (there is no file there)")
+        if not self.path.is_file():
+            raise JournalError(f"{self.path}: not a journal (it is not a file)")
+        if self.path.stat().st_size == 0:
+            raise JournalError(
+                f"{self.path}: the journal is an empty file; it was damaged, or is not a journal"
+            )
+        had_wal, had_shm = wal.exists(), shm.exists()
+        if had_shm and not had_wal:
+            raise JournalError(
+                f"{self.path}: {shm.name} is beside the journal but {wal.name} is not: its "
+                "write-ahead log was deleted, or the journal was copied without it, and the "
+                "results committed in that log since the last checkpoint are not in "
+                f"{self.path.name}. Put {wal.name} back beside it"
+            )
+        self._quiet = None if had_wal else self._stamp()
+        uri = self.path.absolute().as_uri() + ("?mode=ro" if had_wal else "?mode=ro&immutable=1")
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: not a usable journal: {e}") from e
+        try:
+            db.execute("BEGIN")  # one snapshot for the meta and every record
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if not {"meta", "records"} <= tables:
+                missing = " and ".join(sorted({"meta", "records"} - tables))
+                raise JournalError(
+                    f"{self.path}: the journal has no {missing} table: it was damaged, or is "
+                    "not a journal"
+                )
+            self.meta: dict[str, str] = dict(db.execute("SELECT key, value FROM meta"))
+            check_meta(self.path, self.meta, had_wal, "", reading=True)
+            self._rows = db.execute("SELECT seq, kind, body FROM records ORDER BY seq").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(
+                f"{self.path}: not a usable journal: {e}: it was damaged, or is not a journal"
+            ) from e
+        finally:
+            db.close()
+        self.tag_prefix = self.meta["tag_prefix"]
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        """What changes if a dealer opens the journal: its -wal appears, its main file
+        is written (a dealer that opened and closed it meanwhile)."""
+        if companion(self.path, "-wal").exists():
+            return None
+        st = self.path.stat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def records(self) -> Iterator[Record]:
+        return decode(self.path, self._rows, "")
+
+    def intact(self) -> bool:
+        """False if what was read may be torn: the journal was read without a -wal (as
+        immutable), and a dealer has opened it since."""
+        return self._quiet is None or self._stamp() == self._quiet
+
+    def close(self) -> None:
+        self._rows = []
+
+    def __enter__(self) -> ReadOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

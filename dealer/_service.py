@@ -6,7 +6,8 @@ reads no clock: the ZeroMQ server (dealer._server.Dealer) decodes each message,
 names the sender (a Peer: the key and address the transport proved) and calls
 `handle`; each turn it calls `tick` first and `commit` before sending any reply,
 so nothing is acknowledged before it is in the journal; `after_turn` hands
-settled jobs to the task. Tests wire a Service and jobber cores together in
+settled jobs to the task and decides whether the batch is done, which
+`finished()` then only reads. Tests wire a Service and jobber cores together in
 memory with a fake clock (tests/test_system_machine.py).
 """
 
@@ -176,7 +177,9 @@ class Service:
                 self.core.in_flight,
             )
         self.core.resume(now)  # jobbers holding work get a full lease to come back
+        self.commit()  # a job drawn if none is unsettled (or the generator found empty)
         self._deliver()
+        self._decide()
 
     # --- each turn ---------------------------------------------------------
 
@@ -190,13 +193,22 @@ class Service:
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
-        """Make the turn's changes durable: call before any reply goes out."""
+        """Make the turn's changes durable: call before any reply goes out. If no job is
+        unsettled, one is drawn first (the core's refill), so that a batch whose
+        generator ran dry is seen to be finished."""
+        self.core.refill()
         self.journal.append(self.core.take_records())
 
     def after_turn(self, now: float) -> None:  # noqa: ARG002 - the time, for what may come
         self._deliver()
+        self._decide()
 
     def finished(self) -> bool:
+        """Whether the batch is done (the task said so, or every job is settled and the
+        generator is empty), as decided at the end of the last turn. Only reads."""
+        return self.done
+
+    def _decide(self) -> None:
         try:
             early = self.task.done()
         except Exception:
@@ -205,8 +217,6 @@ class Service:
             self._done_raised = True
             early = False
         self.done = early or self.core.finished()
-        self.journal.append(self.core.take_records())  # finished() may draw a job
-        return self.done
 
     def close(self) -> None:
         self.journal.close()
@@ -227,7 +237,7 @@ class Service:
             cancel = self.core.alive(peer.key, now, msg.holding)
             return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
         if isinstance(msg, p.Deny):
-            return self._deny(msg, peer)
+            return self._deny(msg, now, peer)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
@@ -298,10 +308,10 @@ class Service:
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
         return p.Ack(msg.id, tuple(ok), tuple(rejected))
 
-    def _deny(self, msg: p.Deny, peer: Peer) -> p.Message:
+    def _deny(self, msg: p.Deny, now: float, peer: Peer) -> p.Message:
         if peer.key not in self.admins:
             return p.Error(msg.id, p.ErrorCode.FORBIDDEN, "deny needs the dealer's admin key")
-        self.core.deny(msg.key, msg.reason or "denied by the admin")
+        self.core.deny(msg.key, msg.reason or "denied by the admin", now)
         log.warning("identity %s denied: %s", msg.key, msg.reason)
         return p.AdminReply(msg.id, f"{msg.key} denied")
 

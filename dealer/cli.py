@@ -1,5 +1,5 @@
 """Command lines: `serve_task` for task files, and
-`python -m dealer status|refer|keygen|rotate|deny`."""
+`python -m dealer status|results|jobs|refer|keygen|rotate|deny`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from pathlib import Path
 import zmq
 
 import protocol as p
+from dealer import _history
 from dealer._core import CoreError, JournalMismatch
 from dealer._http import parse_http
-from dealer._journal import AFRESH, Journal, JournalError, move_aside
+from dealer._journal import AFRESH, Journal, JournalError, ReadOnly, move_aside
 from dealer._server import LINGER_S, Dealer, Referrer
 from dealer._service import DISTINCT, policy_for
 from protocol._keys import (
@@ -488,9 +489,98 @@ def _print_status(info: dict) -> None:
         )
 
 
+READS = 3  # tries at reading a closed journal that a dealer keeps opening meanwhile
+
+
+def read_history(path: Path) -> tuple[dict[str, str], _history.History]:
+    """A journal's meta and its records replayed (dealer._history), read without writing
+    anything (dealer._journal.ReadOnly): safe on a live dealer's journal, a killed
+    one's (with its -wal), or a finished one. JournalError if it cannot be read."""
+    for _ in range(READS):
+        with ReadOnly(path) as j:
+            try:
+                voting = j.meta.get("voting")
+                if voting is None:
+                    raise JournalError(
+                        f"{path}: the journal does not record its voting rules (no 'voting' "
+                        "row in its meta table): no dealer has served a task on it"
+                    )
+                try:
+                    policy = _history.policy_of(voting)
+                except ValueError as e:
+                    raise JournalError(f"{path}: {e}: its meta table was damaged") from e
+                try:
+                    h = _history.History.of(policy, j.tag_prefix, j.records())
+                except CoreError as e:
+                    raise JournalError(
+                        f"{path}: its records do not replay: {e}: the journal was damaged"
+                    ) from e
+            except JournalError:
+                if j.intact():
+                    raise
+                continue  # a dealer opened it while it was read as closed: read again
+            if j.intact():
+                return j.meta, h
+    raise JournalError(f"{path}: a dealer kept opening it while it was read; try again")
+
+
+def _heading(path: Path, meta: dict[str, str]) -> str:
+    open_ = meta.get("state", "").startswith("open")
+    return f"journal {path}: task {meta.get('task')}; {meta.get('voting')}" + (
+        "; open (a dealer runs on it, or was killed)" if open_ else ""
+    )
+
+
+def _about(path: Path, meta: dict[str, str]) -> dict:
+    return {
+        "journal": str(path),
+        "task": meta.get("task"),
+        "voting": meta.get("voting"),
+        "open": meta.get("state", "").startswith("open"),
+    }
+
+
+def _emit(text: str) -> int:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def results(path: Path, form: str, full: bool = False) -> int:
+    try:
+        meta, h = read_history(path)
+    except JournalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if form == "json":
+        return _emit(
+            json.dumps({**_about(path, meta), **_history.results_json(h)}, indent=2) + "\n"
+        )
+    if form == "csv":
+        return _emit(_history.results_csv(h))
+    return _emit(f"{_heading(path, meta)}\n{_history.results_text(h, full)}\n")
+
+
+def jobs(path: Path, states: Sequence[str], as_json: bool, full: bool = False) -> int:
+    try:
+        meta, h = read_history(path)
+    except JournalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        return _emit(
+            json.dumps({**_about(path, meta), **_history.jobs_json(h, states)}, indent=2) + "\n"
+        )
+    return _emit(f"{_heading(path, meta)}\n{_history.jobs_text(h, states, full)}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dealer", description="Talk to a running dealer, or make keys."
+        prog="python -m dealer",
+        description="Talk to a running dealer, read a batch's journal, or make keys.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="show tasks and jobbers of a running dealer")
@@ -498,6 +588,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
     st.add_argument("--page", type=int, default=0, help="which page of jobbers (from 0)")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    rs = sub.add_parser(
+        "results",
+        help="every settled job of a journal: the accepted output, or why it failed "
+        "(reads only; works while its dealer runs, or after it finished or was killed)",
+    )
+    rs.add_argument("db", type=Path, metavar="DB", help="the journal (the task's --db)")
+    form = rs.add_mutually_exclusive_group()
+    form.add_argument(
+        "--json",
+        dest="form",
+        action="store_const",
+        const="json",
+        help="one JSON object: counts, and jobs with output_base64 (exact) and "
+        "output_text (when it is text) or reasons",
+    )
+    form.add_argument(
+        "--csv",
+        dest="form",
+        action="store_const",
+        const="csv",
+        help="columns job, args, state, output (text, or base64:...), reasons",
+    )
+    rs.add_argument("--full", action="store_true", help="show whole outputs and args")
+    jb = sub.add_parser(
+        "jobs",
+        help="per-job history of a journal: replicas, jobbers, machines, statuses, fuel, "
+        "times and votes (reads only)",
+    )
+    jb.add_argument("db", type=Path, metavar="DB", help="the journal (the task's --db)")
+    jb.add_argument(
+        "--state",
+        action="append",
+        choices=_history.STATES,
+        help="only jobs in this state (repeatable; default: all)",
+    )
+    jb.add_argument("--json", action="store_true", help="print it as one JSON object")
+    jb.add_argument("--full", action="store_true", help="show whole outputs and jobber keys")
     rf = sub.add_parser("refer", help="serve no task: refer every jobber to the given dealers")
     rf.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
     rf.add_argument(
@@ -553,6 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "refer":
         return refer(args.bind, args.peer, args.key)
+    if args.command == "results":
+        return results(args.db, args.form or "text", args.full)
+    if args.command == "jobs":
+        return jobs(args.db, args.state or _history.STATES, args.json, args.full)
     try:
         if args.command == "keygen":
             if args.sign:

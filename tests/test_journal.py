@@ -20,8 +20,11 @@ import msgpack
 import pytest
 
 from dealer import Dealer, Journal, JournalError
-from dealer._core import Drawn, Sent
-from dealer._journal import move_aside, task_pins
+from dealer._core import Core, Drawn, Policy, Returned, Sent
+from dealer._history import History
+from dealer._journal import ReadOnly, move_aside, task_pins
+from dealer._service import Service
+from protocol import Status
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import PY, ROOT, free_port, wait_for
 from tests.wat import printing
@@ -294,6 +297,18 @@ def test_a_damaged_meta_is_refused(tmp_path, name, sql, params, why):
             body(**{**SENT, "job_id": True}),
             "record 2 (Sent) is damaged: its job_id is a bool, not int",
         ),
+        (
+            "at",
+            "Sent",
+            body(**SENT, at="soon"),
+            "record 2 (Sent) is damaged: its at is a str, not float | None",
+        ),
+        (
+            "args",
+            "Drawn",
+            body(job_id=1, digest="d", args=["a", 2]),
+            "record 2 (Drawn) is damaged: its args is a tuple, not tuple[str, ...] | None",
+        ),
     ],
 )
 def test_a_damaged_record_is_refused_naming_it(tmp_path, name, kind, raw, why):
@@ -346,6 +361,197 @@ def test_a_missing_record_is_refused(tmp_path):
         f"{path}: record 2 is missing (the next is 3): the journal was damaged: {AFRESH}"
     )
     j.close()
+
+
+# --- records gain optional fields ------------------------------------------------------
+
+# the fields every record had before Drawn.args, Sent.at and Returned.at (HEAD before them)
+OLD_FIELDS = {
+    "Drawn": ("job_id", "digest"),
+    "Sent": ("tag", "job_id", "jobber", "deadline", "machine"),
+    "Returned": ("tag", "status", "output", "fuel", "detail"),
+}
+
+
+def scenario(prefix: str) -> list:
+    """Records a real core makes for Hi's two jobs: one accepted, one out."""
+    core = Core(Hi().jobs(), Policy(), prefix)
+    core.refill()
+    a = core.bored("jobber-a", 2, 1000, 100.0, machine="10.0.0.1")
+    assert core.result("jobber-a", a[0].tag, Status.OK, b"hi\n", 7, "", 101.5) is None
+    return core.take_records()
+
+
+def write_old(path, task_name: str = "hi") -> None:
+    """A journal as the dealer wrote it before the optional fields: records of the same
+    scenario, packed with the old fields only."""
+    j = Journal(path, task_name)
+    rows = []
+    for rec in scenario(j.tag_prefix):
+        kind = type(rec).__name__
+        names = OLD_FIELDS.get(kind, rec.__slots__)
+        rows.append((kind, body(**{f: getattr(rec, f) for f in names})))
+    j._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+    j.close()
+
+
+def test_new_fields_are_stored_and_unset_ones_are_not(tmp_path):
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, "hi")
+    records = scenario(j.tag_prefix)
+    j.append(records)
+    j.append([Returned(f"{j.tag_prefix}.1", "abandoned", b"", 0, "lost")])  # at unknown
+    assert list(j.records()) == [
+        *records,
+        Returned(f"{j.tag_prefix}.1", "abandoned", b"", 0, "lost"),
+    ]
+    drawn0, sent0 = records[0], records[1]
+    assert drawn0 == Drawn(0, drawn0.digest, ("0",), 0, None)
+    assert sent0.at == 100.0 and records[-1].at == 101.5
+    bodies = [msgpack.unpackb(b) for (b,) in j._db.execute("SELECT body FROM records")]
+    assert set(bodies[0]) == {"job_id", "digest", "args", "stdin_size"}  # no stdin digest
+    assert bodies[0]["args"] == ["0"]
+    assert "at" in bodies[1] and "at" not in bodies[-1]
+    j.close()
+
+
+def test_an_older_journal_replays_the_same_in_the_dealer_and_in_history(tmp_path):
+    old, new = tmp_path / "old.sqlite", tmp_path / "new.sqlite"
+    write_old(old)
+    j = Journal(new, "hi")
+    j.append(scenario(j.tag_prefix))
+    j.close()
+    loaded = list(Journal(old, "hi").records())
+    assert [type(r).__name__ for r in loaded] == ["Drawn", "Sent", "Drawn", "Sent", "Returned"]
+    assert all(r.args is None for r in loaded if isinstance(r, Drawn))
+    assert all(r.at is None for r in loaded if isinstance(r, Sent | Returned))
+    states = []
+    for path in (old, new):
+        service = Service(Hi(), Journal(path, "hi"), now=200.0, policy=Policy())
+        c = service.core
+        a = c.jobbers["jobber-a"]
+        states.append(
+            (c.accepted, c.failed, c.in_flight, c.drawn, a.valid, a.credit, a.held, c.replicas_out)
+        )
+        nxt = c.bored("jobber-b", 1, 1000, 200.0, machine="10.0.0.2")  # the tags go on
+        assert [x.tag for x in nxt] == [f"{service.journal.tag_prefix}.2"]
+        service.close()
+    assert states[0] == states[1] == (1, 0, 1, 2, 1, 7, 1, 1)
+    with ReadOnly(old) as r:
+        h = History.of(Policy(), r.tag_prefix, r.records())
+    assert h.jobs[0].args is None and h.jobs[0].output == b"hi\n"
+    assert h.counts() == {"drawn": 2, "accepted": 1, "failed": 0, "unsettled": 1}
+
+
+# --- reading a journal without writing ---------------------------------------------------
+
+
+def files(path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.parent.glob(path.name + "*"))}
+
+
+def test_a_closed_journal_is_read_without_making_a_wal(tmp_path):
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, "t")
+    j.append(drawn(3))
+    j.close()
+    before = files(path)
+    with ReadOnly(path) as r:
+        assert r.meta["state"] == "closed" and r.tag_prefix == meta(path)["tag_prefix"]
+        assert list(r.records()) == drawn(3)
+        assert r.intact()
+    assert files(path) == before  # nothing beside it, nothing changed
+
+
+def test_a_dealer_opening_a_closed_journal_while_it_is_read_is_noticed(tmp_path):
+    path = tmp_path / "j.sqlite"
+    Journal(path, "t").close()
+    r = ReadOnly(path)
+    assert r.intact()
+    writer = Journal(path, "t")  # read as immutable, and now it is not
+    assert not r.intact()
+    r.close()
+    writer.append(drawn(2))
+    with ReadOnly(path) as again:  # its -wal is there: read as a WAL reader
+        assert list(again.records()) == drawn(2) and again.intact()
+    writer.close()
+
+
+def test_a_live_journal_is_read_as_a_snapshot_without_disturbing_its_writer(tmp_path):
+    path = tmp_path / "j.sqlite"
+    writer = Journal(path, "t")
+    writer.append(drawn(2))
+    r = ReadOnly(path)
+    assert r.meta["state"].startswith("open ")
+    writer.append([Drawn(2, f"{2:064x}")])  # not blocked by the reader
+    assert list(r.records()) == drawn(2)  # the snapshot it began with
+    r.close()
+    with ReadOnly(path) as r2:
+        assert list(r2.records()) == drawn(3)
+    writer.close()  # the reader is gone: the writer closes the journal whole
+    assert not wal(path).exists() and meta(path)["state"] == "closed"
+
+
+def test_a_killed_dealers_journal_is_read_from_its_wal_and_left_as_it_was(tmp_path):
+    path = tmp_path / "j.sqlite"
+    killed_writer(path, 5)
+    before = files(path)
+    with ReadOnly(path) as r:
+        assert list(r.records()) == drawn(5)
+    after = files(path)
+    assert after.keys() == before.keys() and after[path.name] == before[path.name]
+    assert after[wal(path).name] == before[wal(path).name]  # the log is untouched
+    j = Journal(path, "t")  # and the dealer resumes from it
+    assert list(j.records()) == drawn(5)
+    j.close()
+
+
+def test_a_journal_that_cannot_be_read_is_refused_and_left_alone(tmp_path):
+    missing = tmp_path / "missing.sqlite"
+    with pytest.raises(JournalError) as e:
+        ReadOnly(missing)
+    assert str(e.value) == f"{missing}: no such journal (there is no file there)"
+    assert not list(tmp_path.iterdir())
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(JournalError, match=re.escape(f"{empty}: the journal is an empty file")):
+        ReadOnly(empty)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(JournalError) as e:
+        ReadOnly(junk)
+    assert str(e.value) == (
+        f"{junk}: not a usable journal: file is not a database: it was damaged, or is not a journal"
+    )
+    lost = tmp_path / "lost.sqlite"
+    killed_writer(lost, 2)
+    wal(lost).unlink()
+    shm(lost).unlink()
+    with pytest.raises(JournalError) as e:
+        ReadOnly(lost)
+    assert str(e.value).startswith(
+        f"{lost} was left open (its dealer was killed or crashed) and its write-ahead log "
+        "lost.sqlite-wal is not beside it"
+    )
+    assert "what it shows would miss them" in str(e.value) and AFRESH not in str(e.value)
+    gap = damaged(
+        tmp_path,
+        "gap",
+        "INSERT INTO records (seq, kind, body) VALUES (5, 'Overdue', ?)",
+        params=(body(tag="x"),),
+    )
+    with ReadOnly(gap) as r, pytest.raises(JournalError) as e:
+        list(r.records())
+    assert str(e.value) == f"{gap}: record 2 is missing (the next is 5): the journal was damaged"
+    schema = damaged(tmp_path, "schema", "UPDATE meta SET value = '1' WHERE key = 'schema'")
+    with pytest.raises(JournalError) as e:
+        ReadOnly(schema)
+    assert str(e.value).endswith("read it with the borednet that wrote it")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for path in (empty, junk, lost, gap, schema):  # refused again, all left as they were
+        with pytest.raises(JournalError), ReadOnly(path) as r:
+            list(r.records())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 # --- what the batch is ----------------------------------------------------------------
