@@ -1,0 +1,357 @@
+"""Scale: many jobbers against one dealer, and a batch of a million jobs.
+
+    python bench/scale.py identities [--identities 2000] [--procs 4] [--seconds 180]
+    python bench/scale.py million [--jobs 1000000]
+
+`identities`: IDENTITIES simulated jobbers (a CurveZMQ key and socket each, spread
+over PROCS processes) against one real dealer for SECONDS: each asks for two jobs,
+holds them for 1 to 3 s as if running them, says `alive` every 5 s while it holds
+work (the default interval) and returns the results. Reports jobs settled, failed
+jobs and refused results (both should be 0), how evenly work was spread (jobs per
+identity: min, median, max), and the dealer's CPU and resident memory.
+
+`million`: one real dealer serves JOBS jobs to 16 simulated jobbers that answer at
+once (batch 64); its resident memory is sampled throughout, the journal's size per
+job is reported, and a dealer restarted on the finished journal is timed while it
+replays it.
+
+The last line is one JSON object with the figures. Runs by hand, not in CI.
+Latest figures: docs/benchmarks.md and docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+# run from a checkout; this file's folder must not shadow the `dealer` package
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import protocol as p  # noqa: E402
+from tasks import Job, Limits, Payload, Task  # noqa: E402
+
+NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+class Many(Task):
+    """`n` jobs (None: more than any run settles)."""
+
+    limits = Limits(fuel=10**6, memory_mb=1, time_s=10, output_kb=1)
+
+    def __init__(self, n: int | None) -> None:
+        super().__init__()
+        self.n = n
+        self.payload = Payload.from_wat(NOP_WAT)
+        self.count = 0
+
+    def jobs(self):
+        return (Job((str(i),)) for i in range(self.n or 10**12))
+
+    def total(self):
+        return self.n
+
+    def on_output(self, job, output):
+        self.count += 1
+
+    def result(self):
+        return self.count
+
+
+def _more_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _socket(ctx: zmq.Context, address: str) -> zmq.Socket:
+    from protocol._keys import z85_of_hex
+
+    endpoint, key = p.split_key(address)
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+    s.curve_serverkey = z85_of_hex(key)
+    s.connect(endpoint)
+    return s
+
+
+# --- many identities ------------------------------------------------------------------
+
+
+def dealer_many(db: str, seconds: float, ready_q, out_q) -> None:
+    from dealer import Dealer, Journal
+
+    _more_files()
+    task = Many(None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None)
+    ready_q.put((dealer.address, os.getpid()))
+    dealer.run(max_s=seconds, linger=False)
+    out_q.put(
+        {
+            "accepted": dealer.core.accepted,
+            "failed": dealer.core.failed,
+            "jobbers": len(dealer.core.jobbers),
+            "gone": sum(1 for r in dealer.core.jobbers.values() if r.gone),
+        }
+    )
+    dealer.stop()
+    dealer.close()
+
+
+def many_jobbers(address: str, n: int, stop_at: float, seed: int, out_q) -> None:
+    """`n` simulated jobbers that run each job for 1 to 3 s and say alive while holding."""
+    _more_files()
+    rng = random.Random(seed)
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, 4 * n + 64)
+    socks = [_socket(ctx, address) for _ in range(n)]
+    poller = zmq.Poller()
+    st = {}
+    rid = 0
+    cached: tuple[str, ...] = ()
+    now = time.monotonic()
+    for i, s in enumerate(socks):
+        poller.register(s, zmq.POLLIN)
+        # ask at a random moment in the first 5 s: machines do not start in step
+        st[s] = {"name": f"s{seed}-{i}", "jobs": (), "due": 0.0, "ask": now + rng.uniform(0, 5)}
+        st[s].update(alive=now, done=0, refused=0, waiting=False)
+    while time.monotonic() < stop_at:
+        now = time.monotonic()
+        for s in socks:
+            me = st[s]
+            if me["waiting"]:
+                continue
+            if me["jobs"] and now >= me["due"]:
+                rid += 1
+                results = tuple(p.Result(j.tag, p.Status.OK, b"42\n", 1) for j in me["jobs"])
+                s.send(p.encode(p.Results(rid, me["name"], results)))
+                me["waiting"] = True
+            elif me["jobs"] and now - me["alive"] >= p.ALIVE_INTERVAL_S:
+                rid += 1
+                me["alive"] = now
+                s.send(p.encode(p.Alive(rid, me["name"], None)))
+                me["waiting"] = True
+            elif not me["jobs"] and now >= me["ask"]:
+                rid += 1
+                s.send(p.encode(p.Bored(rid, me["name"], p.HostFacts(1, 1024, 1, cached), 2)))
+                me["waiting"] = True
+        for s, _ in poller.poll(50):
+            me = st[s]
+            me["waiting"] = False
+            reply = p.decode(s.recv())
+            now = time.monotonic()
+            if isinstance(reply, p.Jobs):
+                if reply.payloads:
+                    cached = tuple(reply.payloads)
+                if reply.jobs:
+                    me["jobs"], me["due"], me["alive"] = reply.jobs, now + rng.uniform(1, 3), now
+                else:
+                    me["ask"] = now + 1.0
+            elif isinstance(reply, p.Ack):
+                me["done"] += len(reply.tags)
+                me["refused"] += len(reply.rejected)
+                me["jobs"], me["ask"] = (), now
+            elif isinstance(reply, p.RetryLater):
+                me["ask"] = now + reply.seconds
+    out_q.put([(me["done"], me["refused"]) for me in st.values()])
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
+def run_identities(args) -> dict:
+    ctx = mp.get_context("spawn")
+    ready, out, counts = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ctx.Process(
+            target=dealer_many, args=(str(Path(tmp) / "j.sqlite"), args.seconds, ready, out)
+        )
+        server.start()
+        address, pid = ready.get()
+        stop_at = time.monotonic() + args.seconds - 1.0
+        each = args.identities // args.procs
+        clients = [
+            ctx.Process(target=many_jobbers, args=(address, each, stop_at, i, counts))
+            for i in range(args.procs)
+        ]
+        for c in clients:
+            c.start()
+        cpu0, t0, rss = _cpu_s(pid), time.monotonic(), []
+        while time.monotonic() < stop_at - 1.0:
+            time.sleep(2.0)
+            rss.append(_rss_mb(pid))
+            print(f"  {time.monotonic() - t0:5.0f} s: dealer RSS {rss[-1]:.0f} MB", flush=True)
+        cpu = (_cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+        per = [x for _ in clients for x in counts.get()]
+        dealer = out.get()
+        for c in clients:
+            c.join()
+        server.join()
+    done = sorted(d for d, _ in per)
+    return {
+        "identities": len(per),
+        "seconds": args.seconds,
+        "jobs_accepted": dealer["accepted"],
+        "jobs_failed": dealer["failed"],
+        "results_refused": sum(r for _, r in per),
+        "jobs_per_identity": {
+            "min": done[0],
+            "median": statistics.median(done),
+            "max": done[-1],
+        },
+        "identities_gone": dealer["gone"],
+        "dealer_cpu": round(cpu, 3),
+        "dealer_rss_mb": {"median": statistics.median(rss), "max": max(rss)},
+    }
+
+
+# --- a million jobs -------------------------------------------------------------------
+
+
+def dealer_million(db: str, n: int, ready_q, out_q) -> None:
+    from dealer import Dealer, Journal
+
+    task = Many(n)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None)
+    ready_q.put((dealer.address, os.getpid()))
+    t0 = time.perf_counter()
+    dealer.run(linger=False)
+    out_q.put({"accepted": task.count, "seconds": time.perf_counter() - t0})
+    dealer.close()
+
+
+def fast_jobbers(address: str, n: int, batch: int, out_q) -> None:
+    ctx = zmq.Context()
+    socks = [_socket(ctx, address) for _ in range(n)]
+    poller = zmq.Poller()
+    names = {s: f"fast{os.getpid()}-{i}" for i, s in enumerate(socks)}
+    rid = 0
+    cached: tuple[str, ...] = ()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+        rid += 1
+        s.send(p.encode(p.Bored(rid, names[s], p.HostFacts(1, 1024, batch, cached), batch)))
+    live = set(socks)
+    done = 0
+    while live:
+        ready = poller.poll(3000)
+        if not ready:
+            break
+        for s, _ in ready:
+            reply = p.decode(s.recv())
+            rid += 1
+            if isinstance(reply, p.Jobs) and reply.jobs:
+                cached = tuple(reply.payloads) or cached
+                results = tuple(p.Result(j.tag, p.Status.OK, b"42\n", 1) for j in reply.jobs)
+                s.send(p.encode(p.Results(rid, names[s], results)))
+                continue
+            if isinstance(reply, p.Finished):
+                live.discard(s)
+                continue
+            if isinstance(reply, p.Ack):
+                done += len(reply.tags)
+            host = p.HostFacts(1, 1024, batch, cached)
+            s.send(p.encode(p.Bored(rid, names[s], host, batch)))
+    out_q.put(done)
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
+def replay(db: str, n: int, out_q) -> None:
+    from dealer import Dealer, Journal
+
+    t0 = time.perf_counter()
+    dealer = Dealer(
+        Many(n), "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None
+    )
+    took = time.perf_counter() - t0
+    out_q.put({"replay_s": took, "accepted": dealer.core.accepted, "rss_mb": _rss_mb(os.getpid())})
+    dealer.close()
+
+
+def run_million(args) -> dict:
+    ctx = mp.get_context("spawn")
+    ready, out, counts = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "j.sqlite")
+        server = ctx.Process(target=dealer_million, args=(db, args.jobs, ready, out))
+        server.start()
+        address, pid = ready.get()
+        clients = [
+            ctx.Process(target=fast_jobbers, args=(address, 8, 64, counts)) for _ in range(2)
+        ]
+        for c in clients:
+            c.start()
+        rss, t0 = [], time.monotonic()
+        while server.is_alive():
+            try:
+                rss.append(_rss_mb(pid))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            if len(rss) % 10 == 0:
+                print(f"  {time.monotonic() - t0:5.0f} s: dealer RSS {rss[-1]:.0f} MB", flush=True)
+            time.sleep(1.0)
+        got = out.get()
+        for c in clients:
+            c.join()
+        server.join()
+        journal = sum(f.stat().st_size for f in Path(tmp).glob("j.sqlite*"))
+        rep = ctx.Process(target=replay, args=(db, args.jobs, out))
+        rep.start()
+        replayed = out.get()
+        rep.join()
+    return {
+        "jobs": args.jobs,
+        "accepted": got["accepted"],
+        "batch_s": round(got["seconds"], 1),
+        "jobs_per_s": round(got["accepted"] / got["seconds"], 1),
+        "dealer_rss_mb_max": max(rss),
+        "journal_bytes_per_job": round(journal / args.jobs, 1),
+        "replay_s": round(replayed["replay_s"], 2),
+        "replayed_accepted": replayed["accepted"],
+        "replay_rss_mb": replayed["rss_mb"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("identities")
+    a.add_argument("--identities", type=int, default=2000)
+    a.add_argument("--procs", type=int, default=4)
+    a.add_argument("--seconds", type=float, default=180.0)
+    b = sub.add_parser("million")
+    b.add_argument("--jobs", type=int, default=1_000_000)
+    args = ap.parse_args()
+    result = run_identities(args) if args.what == "identities" else run_million(args)
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
