@@ -167,7 +167,7 @@ def whole_system(args) -> float:
             cmd += ["--quiet", "--data-dir", str(Path(tmp) / f"jobber{i}"), "--max-idle", "2"]
             cmd += ["--min-backoff", "0.2", "--max-backoff", "1", "--source", f"127.0.0.{2 + i}"]
             if args.profile_jobber and i == 0:
-                cmd = ["py-spy", "record", "-o", args.profile_jobber, "-f", "raw", "--"] + cmd
+                cmd = ["py-spy", "record", "--idle", "-o", args.profile_jobber, "-f", "raw", "--"] + cmd
             procs.append(subprocess.Popen(cmd))
         settled, elapsed = out.get()
         server.join()

@@ -28,9 +28,19 @@ from tasks import Job, Task
 log = logging.getLogger(__name__)
 
 RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
+# "retry later" to a jobber at its quota: the results it is about to return free
+# room within a round trip, so it comes back soon (a hoarder that never returns
+# anything is still held to its quota, however often it asks)
+RETRY_QUOTA_S = 0.2
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
 STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
+# A jobber may hold what it has shown it runs in this long (its results per second,
+# measured over PACE_WINDOW_S), and never less than two jobs per slot: jobs of a
+# millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
+# returns nothing gets two per slot (and its quota: see dealer._core)
+SOON_S = 1.0
+PACE_WINDOW_S = 0.5
 DISTINCT = ("host", "subnet", "key")
 
 
@@ -154,6 +164,7 @@ class Service:
             log.info("payload %s signed by %s", sha[:12], signer.public)
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
+        self._pace: dict[str, list] = {}  # identity -> [window start, results, last rate]
         self._evicted_at = 0.0
         self.failures = 0
         self.recent_failures: deque[dict] = deque(maxlen=50)  # for the dashboard
@@ -191,6 +202,7 @@ class Service:
             self.core.evict(now)
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
+            self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         """Make the turn's changes durable: call before any reply goes out. If no job is
@@ -253,25 +265,27 @@ class Service:
         if core.is_denied(peer.key):
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         machine = peer.machine(self.distinct)
-        # no more than the jobber can run soon: its slots and as many buffered
-        want = min(msg.want, 2 * max(1, msg.host.slots))
+        # no more than the jobber can run soon: two per slot, or what it ran in SOON_S
+        want = min(msg.want, self._soon(peer.key, msg.host.slots))
         sha = self._payload.sha256
         send_payload = sha not in msg.host.cached
-        # Jobs are taken one at a time while the reply stays well under the frame
-        # cap: a batch of jobs with large stdin must not make an unsendable reply.
+        # Jobs are taken in chunks while the reply stays well under the frame cap (a
+        # batch of jobs with large stdin must not make an unsendable reply): each chunk
+        # at most half of what is left of the budget, at the size of the jobs so far.
         budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
         too_much = msg.host.refuses(self.task.limits)
         if too_much is not None:
             want = 0  # this machine cannot run these jobs: only its `holding` is read
         assigned = core.bored(peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine)
-        if assigned:
-            budget -= _size(assigned[-1].job)
-        while assigned and len(assigned) < want and budget > 0:
-            more = core.bored(peer.key, 1, msg.host.memory_mb, now, None, machine)
+        size = sum(_size(a.job) for a in assigned)
+        while assigned and len(assigned) < want and size < budget:
+            per_job = max(1, size // len(assigned))
+            chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
+            more = core.bored(peer.key, chunk, msg.host.memory_mb, now, None, machine)
             if not more:
                 break
             assigned += more
-            budget -= _size(more[0].job)
+            size += sum(_size(a.job) for a in more)
         if assigned:
             specs = tuple(
                 p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, self.task.limits, a.deadline - now)
@@ -292,7 +306,7 @@ class Service:
             return p.Referral(msg.id, self.peers)
         if not core.room(peer.key, peer.machine(self.distinct)):
             why = "you hold as many jobs as your quota allows"
-            return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
+            return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
         why = "no job needs this machine now; all are out"
         return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
 
@@ -303,10 +317,30 @@ class Service:
             why = self.core.result(peer.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is None:
                 ok.append(r.tag)
+                if r.status is p.Status.OK:
+                    self._paced(peer.key, now)
             else:
                 log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
         return p.Ack(msg.id, tuple(ok), tuple(rejected))
+
+    def _paced(self, key: str, now: float) -> None:
+        """One more good result from `key`: its pace (results per second) is kept."""
+        pace = self._pace.get(key)
+        if pace is None:
+            pace = self._pace[key] = [now, 0, 0.0]  # window start, count, last rate
+        if now - pace[0] >= PACE_WINDOW_S:
+            pace[2] = pace[1] / (now - pace[0])
+            pace[0], pace[1] = now, 0
+        pace[1] += 1
+
+    def _soon(self, key: str, slots: int) -> int:
+        """How many jobs `key` may ask for at once: what it can run soon."""
+        floor = 2 * max(1, slots)
+        pace = self._pace.get(key)
+        if pace is None:
+            return floor
+        return min(p.MAX_BATCH, max(floor, int(pace[2] * SOON_S)))
 
     def _deny(self, msg: p.Deny, now: float, peer: Peer) -> p.Message:
         if peer.key not in self.admins:

@@ -560,7 +560,7 @@ class Jobber:
                     a.key, p.Result(spec.tag, p.Status.INVALID, b"", 0, why), 0.0, time.monotonic()
                 )
                 return
-            self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits)
+            self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth)
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
         elif isinstance(a, c.Unspool):

@@ -86,6 +86,15 @@ PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the de
 # is one job per slot, for jobs of a millisecond a few hundred
 AHEAD_S = 0.25
 MAX_BUFFER_PER_SLOT = 256
+# Jobs shorter than this are also queued in the slots' workers, PIPELINE_DEPTH per
+# slot, so that a worker goes from one to the next without waiting for this loop's
+# turn (a cancelled queued job then runs for nothing: a few milliseconds at most)
+PIPELINE_BELOW_S = 0.02
+PIPELINE_DEPTH = 8
+# A deep buffer is for jobs that share their payloads: past this many distinct
+# payloads per slot in hand nothing more is asked for, so a dealer sending a new
+# payload with every job cannot make the jobber keep more than a few beyond its cache
+MAX_PAYLOADS_PER_SLOT = 2
 DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
 REFUSED_PAYLOAD_WAIT_S = 600.0  # a dealer whose payloads we cannot run: ask again this late
 
@@ -119,6 +128,7 @@ class Start:
     key: str  # the slot key: the shell reports the outcome under it
     dealer: str
     spec: p.JobSpec
+    depth: int = 1  # jobs a slot may hold, running and queued behind (sandbox.Slots.start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +185,6 @@ class Settings:
     spool_share_bytes: int = 256 * 1024 * 1024
 
 
-
 @dataclass
 class Link:
     """One dealer as this jobber sees it."""
@@ -204,6 +213,8 @@ class Link:
     alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
     last_reason: str = ""  # the last "retry later" reason logged (each is logged once)
     flooded: bool = False  # its unacknowledged results passed its spool share (logged once)
+    holding_at: float = float("-inf")  # when `holding` last went to it (bored or alive)
+    output_hint: int = 0  # bytes of output its last jobs may write (their output limit)
 
     def usable(self) -> bool:
         return not self.refused and self.key is not None and not self.check_key
@@ -230,6 +241,12 @@ class Held:
     deadline: float  # on the core's clock
     key: str = ""
     started: float = 0.0
+    depth: int = 1  # the slot pipeline's depth it was started with
+
+    @property
+    def may_write(self) -> int:
+        """The most output bytes it may leave in the spool."""
+        return self.spec.limits.output_kb * 1024
 
 
 class JobberCore:
@@ -262,6 +279,7 @@ class JobberCore:
         self._cancelled: set[str] = set()  # slot keys stopped at the dealer's word
         self.unacked: dict[str, dict[str, p.Result]] = {}  # dealer -> tag -> result
         self._unacked_bytes: dict[str, int] = {}
+        self._owed: dict[str, int] = {}  # dealer -> output its held jobs may still write
         self._unspooled: dict[tuple[str, str], p.Result] = {}  # the disk refused these
         # finished results whose spool write is not done yet: not sent until it is, so a
         # result a dealer has seen is always on disk (or the disk refused it: see disk_failed)
@@ -442,7 +460,10 @@ class JobberCore:
         if h is None:
             log.warning("slot reported unknown job %s", key)
             return
-        self._job_s = wall_s if not self._job_s else 0.8 * self._job_s + 0.2 * wall_s
+        # the slot's own clock is coarse (10 ms ticks) and leaves out the pipe to the
+        # worker: the time from start to outcome on ours is what buffering must cover
+        took = max(wall_s, (now - h.started) / h.depth, 1e-6)
+        self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
         self._finish(h, result)
         log.debug(
             "job %s from %s: %s, %d fuel, %.3f s",
@@ -588,6 +609,8 @@ class JobberCore:
         refused = False
         for spec in msg.jobs:
             h = Held(link.address, spec, now + spec.deadline_s)
+            self._owe(h, +1)
+            link.output_hint = h.may_write
             bad = unusable.get(spec.payload)
             if bad is not None:  # given back unrun: the shell says why
                 self._finish(h, p.Result(spec.tag, bad[0], b"", 0, bad[1][: p.MAX_STR]))
@@ -602,7 +625,9 @@ class JobberCore:
 
     def _start_jobs(self, now: float) -> None:
         host = self.host_facts()
-        while self.buffer and len(self.running) < self.s.slots:
+        short = 0 < self._job_s < PIPELINE_BELOW_S
+        depth = PIPELINE_DEPTH if short else 1
+        while self.buffer and len(self.running) < self.s.slots * depth:
             h = self.buffer.popleft()
             too_much = host.refuses(h.spec.limits)
             if too_much is not None:  # the owner's limits win: given back unrun, no fault
@@ -612,11 +637,15 @@ class JobberCore:
                 continue
             h.key = f"{self._next_key:x}"
             self._next_key += 1
-            h.started = now
+            h.started, h.depth = now, depth
             self.running[h.key] = h
-            self._actions.append(Start(h.key, h.dealer, h.spec))
+            self._actions.append(Start(h.key, h.dealer, h.spec, depth))
+
+    def _owe(self, h: Held, sign: int) -> None:
+        self._owed[h.dealer] = self._owed.get(h.dealer, 0) + sign * h.may_write
 
     def _finish(self, h: Held, result: p.Result) -> None:
+        self._owe(h, -1)
         self._summary[result.status.value] = self._summary.get(result.status.value, 0) + 1
         if not self.done:
             log.info("first job done: %s from %s, %s", result.tag, h.dealer, result.status.value)
@@ -666,13 +695,18 @@ class JobberCore:
     def _cancel(self, dealer: str, tags: tuple[str, ...]) -> None:
         """The dealer settled these jobs elsewhere: drop them, stop them, send nothing."""
         gone = set(tags)
-        before = len(self.buffer)
-        self.buffer = deque(
-            h for h in self.buffer if not (h.dealer == dealer and h.spec.tag in gone)
-        )
-        n = before - len(self.buffer)
+        kept: deque[Held] = deque()
+        n = 0
+        for h in self.buffer:
+            if h.dealer == dealer and h.spec.tag in gone:
+                self._owe(h, -1)
+                n += 1
+            else:
+                kept.append(h)
+        self.buffer = kept
         for key, h in self.running.items():
             if h.dealer == dealer and h.spec.tag in gone and key not in self._cancelled:
+                self._owe(h, -1)
                 self._cancelled.add(key)
                 self._actions.append(Stop(key))
                 n += 1
@@ -775,6 +809,10 @@ class JobberCore:
             start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
             if now + start_in > min(h.deadline for h in self.buffer):
                 return
+        payloads = {h.spec.payload for h in self.buffer}
+        payloads |= {h.spec.payload for h in self.running.values()}
+        if len(payloads) >= MAX_PAYLOADS_PER_SLOT * self.s.slots:
+            return  # jobs of many payloads: no deep buffer (see MAX_PAYLOADS_PER_SLOT)
         # what asks still out to dealers that answer may bring
         hi_water = self.hi_water()
         coming = sum(
@@ -784,6 +822,11 @@ class JobberCore:
             and link.answered
             and now - link.bored_at < FETCH_PATIENCE_S
         )
+        # ask below the low-water mark, for the difference: a few large asks, not one
+        # per finished job (with one slot and long jobs: as soon as one job is missing)
+        low = hi_water - max(1, (hi_water - self.s.slots) // 2)
+        if have + coming > low:
+            return
         want = min(p.MAX_BATCH, hi_water - have - coming)
         if want <= 0:
             return
@@ -795,6 +838,9 @@ class JobberCore:
             if link.key is None or link.check_key:
                 self._hello(link, now)
                 continue  # the key first; others may still be asked
+            owed = self._unacked_bytes.get(addr, 0) + self._owed.get(addr, 0)
+            if owed >= self.s.spool_share_bytes and not self._over_share(addr):
+                continue  # its jobs in hand may fill its share: no more until they are done
             if self._over_share(addr):
                 if not link.flooded:
                     link.flooded = True
@@ -806,8 +852,17 @@ class JobberCore:
                         self._unacked_bytes.get(addr, 0) // (1024 * 1024),
                     )
                 continue
+            n = want
+            if link.output_hint:  # no more than its share of the spool could take
+                n = min(want, max(1, (self.s.spool_share_bytes - owed) // link.output_hint))
+            # `holding` lets a dealer release what we lost (a restart); `alive` says it
+            # too, so a bored names it only when that is not said already
+            holding = None
+            if now - link.holding_at >= p.ALIVE_INTERVAL_S:
+                holding = self.holding(addr)
+                link.holding_at = now
             rid = self._rid()
-            self._send(link, p.Bored(rid, self.s.name, self.host_facts(), want, self.holding(addr)))
+            self._send(link, p.Bored(rid, self.s.name, self.host_facts(), n, holding))
             link.bored_id, link.bored_at = rid, now
             self._rr.remove(addr)  # to the back of the round
             self._rr.append(addr)
@@ -847,6 +902,8 @@ class JobberCore:
             # `holding` only while no `jobs` reply can be in flight: tags the dealer has
             # just sent us would otherwise read as lost (docs/protocol.md, section 6)
             holding = self.holding(addr) if link.bored_id is None else None
+            if holding is not None:
+                link.holding_at = now
             self._send(link, p.Alive(rid, self.s.name, holding))
             link.alive_id, link.alive_at = rid, now
 

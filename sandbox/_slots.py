@@ -1,10 +1,13 @@
-"""Slots: long-lived worker processes, one job per worker at a time.
+"""Slots: long-lived worker processes, each running one job at a time.
 
 Theory of operation
 -------------------
 Each slot is a worker process (see _worker) started with multiprocessing's
 *spawn* method and connected by a duplex Pipe. A slot is idle or runs one job
-(its key). The parent never blocks on a worker: the jobber polls ``fds()``
+(its key); started with ``depth`` above 1, a busy slot also takes jobs to run
+next, sent down its pipe at once, so a worker goes from one short job to the
+next without waiting for the parent (pipelining). The parent never blocks on a
+worker: the jobber polls ``fds()``
 (the parent ends of the pipes, readable when a result arrives or the worker
 dies) and calls ``collect()``.
 
@@ -22,7 +25,10 @@ the worker died compiling      Outcome(MEMORY) for SIGABRT or SIGKILL (an alloca
                                refused by the compile memory fence, or the OOM
                                killer), Outcome(TIME) for SIGXCPU (the compile CPU
                                fence), else CRASH; the worker is replaced
-cancel(key)                    Outcome(ABANDONED); the worker is killed and replaced
+cancel(key)                    Outcome(ABANDONED); a running job's worker is killed
+                               and replaced (the jobs queued behind it go to the
+                               new worker); a queued job is run and its outcome
+                               dropped (queues are only for jobs of milliseconds)
 no news for WATCHDOG           Outcome(CRASH): the worker is killed and replaced
 close() while still running    (returned by close) Outcome(ABANDONED)
 ============================== ===================================================
@@ -94,6 +100,8 @@ class _Worker:
         "compile_s",
         "compiling",
         "compile_paused0",
+        "queue",
+        "discard",
     )
 
     def __init__(self, process, conn) -> None:
@@ -107,6 +115,8 @@ class _Worker:
         self.compile_s = 0.0  # the job's compile time limit
         self.compiling: float | None = None  # when its compile began (time.monotonic())
         self.compile_paused0 = 0.0  # Slots._paused_s then
+        self.queue: list[tuple[dict, Limits]] = []  # sent, to run after the current job
+        self.discard: set[str] = set()  # queued keys cancelled: their outcome is dropped
 
 
 def _describe_death(exitcode: int | None) -> str:
@@ -207,8 +217,40 @@ class Slots:
         return w.process.exitcode
 
     def _replace(self, w: _Worker) -> None:
+        """A new worker in `w`'s place; the jobs queued behind `w`'s go to it."""
         i = self._workers.index(w)
-        self._workers[i] = self._spawn()
+        new = self._workers[i] = self._spawn()
+        for msg, limits in w.queue:
+            if msg["key"] in w.discard:
+                continue  # cancelled already
+            try:
+                new.conn.send(msg)
+            except OSError:  # the new one died at once: the next collect() says so
+                break
+            if new.key is None:
+                self._assign(new, msg, limits)
+            else:
+                new.queue.append((msg, limits))
+
+    def _assign(self, w: _Worker, msg: dict, limits: Limits) -> None:
+        """`w` runs `msg`'s job from now on."""
+        w.key = msg["key"]
+        w.started = time.monotonic()
+        w.paused0 = self._paused_s
+        w.limits = limits
+        w.compile_s = msg["compile_s"]
+        w.compiling = None
+
+    def _ended(self, w: _Worker, out: list, key: str, outcome: Outcome) -> None:
+        """`w`'s job ended with `outcome`: report it (unless cancelled), start the next."""
+        if key in w.discard:
+            w.discard.discard(key)
+        else:
+            out.append((key, outcome))
+        w.key = None
+        w.compiling = None
+        if w.queue:
+            self._assign(w, *w.queue.pop(0))
 
     def _active_s(self, since: float, paused0: float, now: float) -> float:
         """Unsuspended seconds from `since` (when Slots._paused_s was `paused0`) to `now`."""
@@ -225,23 +267,31 @@ class Slots:
         return sum(1 for w in self._workers if w.key is None)
 
     def running(self) -> list[str]:
-        """Keys of running jobs."""
-        return [w.key for w in self._workers if w.key is not None]
+        """Keys of jobs running or queued to run."""
+        keys = [w.key for w in self._workers if w.key is not None]
+        return keys + [m["key"] for w in self._workers for m, _ in w.queue]
 
     def fds(self) -> list[int]:
         """File descriptors that become readable when a job finishes or a worker dies."""
         return [w.conn.fileno() for w in self._workers]
 
     def start(
-        self, key: str, sha256: str, args: Sequence[str], stdin: bytes, limits: Limits
+        self,
+        key: str,
+        sha256: str,
+        args: Sequence[str],
+        stdin: bytes,
+        limits: Limits,
+        depth: int = 1,
     ) -> None:
-        """Start a job in an idle worker. The payload must be in ModuleCache(cache_root).
+        """Start a job in an idle worker, or with `depth` > 1 queue it behind a busy one's
+        (at most `depth` jobs per worker). The payload must be in ModuleCache(cache_root).
 
         RuntimeError if no slot is free or `key` is already running.
         """
         if self._closed:
             raise RuntimeError("slots are closed")
-        if any(w.key == key for w in self._workers):
+        if key in self.running():
             raise RuntimeError(f"job {key!r} is already running")
         compile_s = min(limits.time_s, self._compile_time_s)
         msg = {
@@ -258,7 +308,7 @@ class Slots:
             },
             "compile_s": compile_s,
         }
-        for w in self._workers:
+        for w in list(self._workers):
             if w.key is not None:
                 continue
             try:
@@ -268,12 +318,22 @@ class Slots:
                 self._kill(w)
                 self._replace(w)
                 continue
-            w.key = key
-            w.started = time.monotonic()
-            w.paused0 = self._paused_s
-            w.limits = limits
-            w.compile_s = compile_s
-            w.compiling = None
+            self._assign(w, msg, limits)
+            return
+
+        # cancelled queued jobs still run, but count for nothing: the caller has their
+        # outcome (ABANDONED) already and may start another in their place
+        def load(w: _Worker) -> int:
+            return 1 + len(w.queue) - len(w.discard)
+
+        for w in sorted(self._workers, key=load):
+            if load(w) >= depth:
+                break
+            try:
+                w.conn.send(msg)
+            except OSError:
+                continue  # dying: the next collect() replaces it
+            w.queue.append((msg, limits))
             return
         raise RuntimeError("no free slot")
 
@@ -295,7 +355,8 @@ class Slots:
                     if w.key is not None:
                         log.warning("job %s: %s", w.key, detail)
                         wall_s = time.monotonic() - w.started
-                        out.append((w.key, Outcome(status, b"", 0, wall_s, detail)))
+                        if w.key not in w.discard:
+                            out.append((w.key, Outcome(status, b"", 0, wall_s, detail)))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
@@ -320,12 +381,10 @@ class Slots:
                     w.compiling = None
                     continue
                 key = msg["key"]
-                if key != w.key:  # cannot happen: one job per worker
+                if key != w.key:  # cannot happen: one job at a time per worker, in order
                     log.error(
                         "slot worker %s answered for %r, running %r", w.process.pid, key, w.key
                     )
-                w.key = None
-                w.compiling = None
                 outcome = Outcome(
                     Status(msg["status"]),
                     msg["stdout"],
@@ -335,7 +394,7 @@ class Slots:
                     msg["exit_code"],
                     msg["stderr"],
                 )
-                out.append((key, outcome))
+                self._ended(w, out, key, outcome)
             if w.key is not None and w.compiling is not None and w in self._workers:
                 took = self._active_s(w.compiling, w.compile_paused0, now)
                 if took > w.compile_s:
@@ -347,7 +406,8 @@ class Slots:
                         "compile_time_s, whichever is less); stopped"
                     )
                     wall_s = now - w.started
-                    out.append((w.key, Outcome(Status.TIME, b"", 0, wall_s, detail)))
+                    if w.key not in w.discard:
+                        out.append((w.key, Outcome(Status.TIME, b"", 0, wall_s, detail)))
                     self._replace(w)
                     continue
             if w.key is not None and w in self._workers:
@@ -357,7 +417,8 @@ class Slots:
                     self._kill(w)
                     detail = f"worker unresponsive for {limit:g} s; killed"
                     wall_s = now - w.started
-                    out.append((w.key, Outcome(Status.CRASH, b"", 0, wall_s, detail)))
+                    if w.key not in w.discard:
+                        out.append((w.key, Outcome(Status.CRASH, b"", 0, wall_s, detail)))
                     self._replace(w)
         return out
 
@@ -366,14 +427,19 @@ class Slots:
 
         A key that is not running is ignored (it may have finished meanwhile).
         """
+        cancelled = Outcome(Status.ABANDONED, b"", 0, 0.0, "cancelled by the jobber")
         for w in self._workers:
-            if w.key == key:
+            if w.key == key and key not in w.discard:
                 self._kill(w)
                 wall_s = time.monotonic() - w.started
                 self._queued.append(
                     (key, Outcome(Status.ABANDONED, b"", 0, wall_s, "cancelled by the jobber"))
                 )
                 self._replace(w)
+                return
+            if any(m["key"] == key for m, _ in w.queue) and key not in w.discard:
+                w.discard.add(key)  # already down its pipe: it runs, and is not reported
+                self._queued.append((key, cancelled))
                 return
 
     def suspend(self) -> None:
@@ -423,7 +489,10 @@ class Slots:
                 self._signal(w.process, signal.SIGKILL)
                 wall_s = time.monotonic() - w.started
                 detail = "the jobber stopped before the job finished"
-                out.append((w.key, Outcome(Status.ABANDONED, b"", 0, wall_s, detail)))
+                for key in [w.key, *(m["key"] for m, _ in w.queue)]:
+                    if key not in w.discard:
+                        out.append((key, Outcome(Status.ABANDONED, b"", 0, wall_s, detail)))
+                        wall_s = 0.0
             else:
                 with contextlib.suppress(OSError):
                     w.conn.send(None)  # idle: let it exit by itself

@@ -408,3 +408,56 @@ def test_the_buffer_covers_a_quarter_second_of_work_whatever_the_job_length():
     j.tick(0.0)
     (bored,) = sent(j.take_actions(), p.Bored)
     assert bored.want == 502
+
+
+def test_jobs_of_many_payloads_get_no_deep_buffer():
+    j = core(slots=1)
+    j._job_s = 0.001  # short jobs: a deep buffer
+    j.tick(0.0)
+    (bored,) = sent(j.take_actions(), p.Bored)
+    assert bored.want == 251
+    specs = tuple(
+        p.JobSpec(f"t.{i}", f"{i:064x}", (), b"", LIMITS, 100.0) for i in range(2)
+    )  # a new payload with every job
+    j.received(LIVE, p.Jobs(bored.id, specs), 0.1)
+    for t in (0.2, 0.3, 5.0):
+        j.tick(t)
+        assert not sent(j.take_actions(), p.Bored)  # two payloads in hand: enough
+
+
+def test_a_dealer_is_asked_for_no_more_than_its_share_of_the_spool_could_take():
+    big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=1024)
+    j = core(slots=1, spool_share_bytes=3 * 1024 * 1024)
+    j._job_s = 0.001
+    j.tick(0.0)
+    (bored,) = sent(j.take_actions(), p.Bored)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", big),)), 0.0)
+    j.tick(0.1)  # t.0 starts; 1 MiB of 3 may be written: two more, not 250
+    (bored,) = sent(j.take_actions(), p.Bored)
+    assert bored.want == 2
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.1", big), spec("t.2", big))), 0.1)
+    j.tick(0.2)
+    assert not sent(j.take_actions(), p.Bored)  # its share is spoken for
+
+
+def test_asks_wait_for_the_low_water_mark_and_name_holding_every_few_seconds():
+    j = core(slots=1)
+    j._job_s = 0.01  # hi_water 1 + 25 = 26; low-water 26 - 12 = 14
+    j.tick(0.0)
+    (bored,) = sent(j.take_actions(), p.Bored)
+    assert bored.want == 26 and bored.holding == ()  # the first ask names what it holds
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}") for i in range(26))), 0.0)
+    now = 0.0
+    asked = []
+    while not asked:
+        now += 0.01
+        j.tick(now)
+        for a in j.take_actions():
+            if isinstance(a, c.Start):
+                j.job_done(a.key, ok(a.spec.tag), 0.01, now)
+            elif isinstance(a, c.Send) and isinstance(a.msg, p.Bored):
+                asked.append(a.msg)
+    # slots take 8 jobs a turn here (short jobs are pipelined): 26, 18, then 10 in hand,
+    # the first count at or under the low-water mark, when the rest is asked for
+    assert asked[0].want == 26 - 10
+    assert asked[0].holding is None  # named 0.1 s ago: alive says it in a moment

@@ -207,3 +207,56 @@ def test_workers_that_cannot_start_are_an_error_not_a_respawn_loop(cache_root, m
     outcomes += s.close()
     assert [(key, o.status) for key, o in outcomes] == [("doomed", Status.CRASH)]
     assert "TypeError" in capfd.readouterr().err
+
+
+def collect_all(slots: sandbox.Slots, n: int, timeout_s: float = 30.0) -> list:
+    """Wait for `n` finished jobs, in the order collect() gives them."""
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        wait(slots.fds(), timeout=min(1.0, deadline - time.monotonic()))
+        got += slots.collect()
+    assert len(got) == n, got
+    return got
+
+
+def test_jobs_queued_behind_a_busy_worker_run_in_order(cache_root):
+    with sandbox.Slots(1, cache_root) as one:
+        for i in range(4):
+            one.start(f"j{i}", sha(HELLO), [], b"", Limits(), depth=4)
+        with pytest.raises(RuntimeError, match="no free slot"):
+            one.start("j4", sha(HELLO), [], b"", Limits(), depth=4)
+        with pytest.raises(RuntimeError, match="already running"):
+            one.start("j3", sha(HELLO), [], b"", Limits(), depth=8)
+        assert one.running() == ["j0", "j1", "j2", "j3"]
+        got = collect_all(one, 4)
+        assert [k for k, _ in got] == ["j0", "j1", "j2", "j3"]
+        assert all(o.status is Status.OK and o.stdout == b"from a slot\n" for _, o in got)
+        assert one.running() == []
+
+
+def test_a_queued_job_cancelled_is_not_reported_and_those_behind_a_killed_one_go_on(
+    cache_root,
+):
+    with sandbox.Slots(1, cache_root) as one:
+        one.start("spin", sha(SPIN), [], b"", Limits(time_s=60), depth=3)
+        one.start("queued", sha(HELLO), [], b"", Limits(), depth=3)
+        one.start("after", sha(HELLO), [], b"", Limits(), depth=3)
+        one.cancel("queued")  # down the pipe already: it runs, its outcome is dropped
+        one.cancel("spin")  # its worker is killed; the queue goes to the new one
+        got = collect_all(one, 3)
+        keys = {k: o for k, o in got}
+        assert set(keys) == {"spin", "queued", "after"}
+        assert keys["spin"].status is Status.ABANDONED
+        assert keys["queued"].status is Status.ABANDONED
+        assert keys["after"].status is Status.OK and keys["after"].stdout == b"from a slot\n"
+        one.start("more", sha(HELLO), [], b"", Limits())
+        assert collect_one(one)[0] == "more"  # nothing of "queued" comes late
+
+
+def test_closing_gives_back_every_queued_job(cache_root):
+    one = sandbox.Slots(1, cache_root)
+    one.start("spin", sha(SPIN), [], b"", Limits(time_s=60), depth=2)
+    one.start("next", sha(HELLO), [], b"", Limits(), depth=2)
+    got = {k: o.status for k, o in one.close(0.0)}
+    assert got == {"spin": Status.ABANDONED, "next": Status.ABANDONED}
