@@ -92,7 +92,7 @@ import enum
 import hashlib
 import heapq
 import logging
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -367,23 +367,33 @@ class _Tally:
 
     @classmethod
     def of(cls, j: _Job) -> _Tally:
+        # one pass, no Counter: this runs several times for every job (the hot path)
         voters: dict[tuple[bytes, int], set[str]] = {}
         failing: dict[tuple[str, bytes, int], set[str]] = {}
+        errors = live = uncounted = 0
         for r in j.replicas:
-            if r.state is ReplicaState.OK:
+            state = r.state
+            if state is ReplicaState.OUT:
+                live += 1
+            elif state is ReplicaState.OK:
                 voters.setdefault((r.output, r.fuel), set()).add(r.machine)
-            elif r.state is ReplicaState.ERROR and r.status in DETERMINISTIC:
-                failing.setdefault((r.status, r.output, r.fuel), set()).add(r.machine)
-        best_key, best = _most(voters, (b"", 0))
-        fail_key, fail_best = _most(failing, ("", b"", 0))
-        states = Counter(r.state for r in j.replicas)
+            elif state is ReplicaState.ERROR:
+                errors += 1
+                if r.status in DETERMINISTIC:
+                    failing.setdefault((r.status, r.output, r.fuel), set()).add(r.machine)
+            elif state is ReplicaState.OVERDUE:
+                errors += 1
+            else:  # RELEASED, GONE
+                uncounted += 1
+        best_key, best = _most(voters, (b"", 0)) if voters else ((b"", 0), 0)
+        fail_key, fail_best = _most(failing, ("", b"", 0)) if failing else (("", b"", 0), 0)
         return cls(
             best_key,
             best,
             len(voters),
-            states[ReplicaState.ERROR] + states[ReplicaState.OVERDUE],
-            states[ReplicaState.OUT],
-            len(j.replicas) - states[ReplicaState.RELEASED] - states[ReplicaState.GONE],
+            errors,
+            live,
+            len(j.replicas) - uncounted,
             fail_key,
             fail_best,
         )
@@ -731,20 +741,13 @@ class Core:
 
     def apply(self, rec: Record) -> None:
         """Apply one record: live (just decided) or replayed from the journal."""
-        if isinstance(rec, Drawn):
-            self._apply_drawn(rec)
-        elif isinstance(rec, Sent):
-            self._apply_sent(rec)
-        elif isinstance(rec, Returned):
-            self._apply_returned(rec)
-        elif isinstance(rec, Overdue):
-            self._apply_overdue(rec)
-        elif isinstance(rec, Gone):
-            self._apply_gone(rec)
-        elif isinstance(rec, Denied):
-            self.denied[rec.jobber] = rec.reason
-        else:
+        handler = _APPLY.get(type(rec))
+        if handler is None:
             raise CoreError(f"unknown record {rec!r}")
+        handler(self, rec)
+
+    def _apply_denied(self, rec: Denied) -> None:
+        self.denied[rec.jobber] = rec.reason
 
     # --- internals ---------------------------------------------------------
 
@@ -1071,3 +1074,13 @@ class Core:
 def _digest(key: tuple[bytes, int]) -> str:
     """A short name for an output in status and logs (its SHA-256, 16 hex digits)."""
     return hashlib.sha256(key[0]).hexdigest()[:16]
+
+
+_APPLY = {
+    Drawn: Core._apply_drawn,
+    Sent: Core._apply_sent,
+    Returned: Core._apply_returned,
+    Overdue: Core._apply_overdue,
+    Gone: Core._apply_gone,
+    Denied: Core._apply_denied,
+}

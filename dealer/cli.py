@@ -39,7 +39,7 @@ from protocol._signing import (
     rotations_path,
     write_rotation,
 )
-from tasks import Task
+from tasks import PayloadError, Task
 
 log = logging.getLogger("dealer")
 
@@ -220,7 +220,11 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    task = cls.from_args(args)
+    try:
+        task = cls.from_args(args)
+    except PayloadError as e:  # the author's payload does not build or would not run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     db = args.db or _default_db(cls, args)
     journal = None
     try:

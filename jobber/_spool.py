@@ -154,4 +154,3 @@ def legacy_path(root: Path, dealer: str, tag: str) -> Path:
     if name.startswith("."):
         name = "_" + name
     return root / key / f"{name}.res"
-

@@ -258,3 +258,37 @@ def test_zig_builds_its_libc_once_per_user_whatever_the_borednet_cache(
 def test_zig_global_cache_dir_is_honoured(tmp_path, monkeypatch):
     monkeypatch.setenv("ZIG_GLOBAL_CACHE_DIR", str(tmp_path / "mine"))
     assert payload_module.zig_cache_dir() == tmp_path / "mine"
+
+
+def test_a_task_file_whose_payload_does_not_validate_says_so_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    task = tmp_path / "broken.py"
+    task.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from tasks import Job, Payload, Task\n"
+        "class Broken(Task):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.payload = Payload.from_wat('(module (func (export \"_start\") i32.add))')\n"
+        "    def jobs(self):\n"
+        "        return [Job()]\n"
+        "if __name__ == '__main__':\n"
+        "    from dealer.cli import serve_task\n"
+        "    sys.exit(serve_task(Broken))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, task, "--bind", "tcp://127.0.0.1:*", "--db", tmp_path / "j.sqlite"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "error: broken.py:7: Payload.from_wat" in run.stderr
+    assert "the sandbox would not run this payload" in run.stderr
+    assert "Traceback" not in run.stderr
