@@ -85,7 +85,6 @@ def dealer_server(db: str, redundancy: int, seconds: float, ready_q, out_q, prof
         Journal(db, "bench"),
         policy=policy,
         distinct="key",
-        progress=None,
     )
     ready_q.put(dealer.address)
     dealer.run(max_s=WARMUP_S, linger=False)

@@ -106,7 +106,7 @@ def dealer_many(db: str, seconds: float, ready_q, out_q) -> None:
 
     _more_files()
     task = Many(None)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     ready_q.put((dealer.address, os.getpid()))
     dealer.run(max_s=seconds, linger=False)
     out_q.put(
@@ -235,7 +235,7 @@ def dealer_million(db: str, n: int, ready_q, out_q) -> None:
     from dealer import Dealer, Journal
 
     task = Many(n)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     ready_q.put((dealer.address, os.getpid()))
     t0 = time.perf_counter()
     dealer.run(linger=False)
@@ -285,9 +285,7 @@ def replay(db: str, n: int, out_q) -> None:
     from dealer import Dealer, Journal
 
     t0 = time.perf_counter()
-    dealer = Dealer(
-        Many(n), "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key", progress=None
-    )
+    dealer = Dealer(Many(n), "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     took = time.perf_counter() - t0
     out_q.put({"replay_s": took, "accepted": dealer.core.accepted, "rss_mb": _rss_mb(os.getpid())})
     dealer.close()

@@ -130,7 +130,7 @@ def dealer_server(n: int, db: str, ready_q, out_q, profile: str | None) -> None:
     from dealer import Dealer, Journal
 
     task = Trivial(n)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"), progress=None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"))
     ready_q.put(dealer.address)
     # the clock starts with the first job handed out
     while dealer.core.drawn == 0:
@@ -167,7 +167,16 @@ def whole_system(args) -> float:
             cmd += ["--quiet", "--data-dir", str(Path(tmp) / f"jobber{i}"), "--max-idle", "2"]
             cmd += ["--min-backoff", "0.2", "--max-backoff", "1", "--source", f"127.0.0.{2 + i}"]
             if args.profile_jobber and i == 0:
-                cmd = ["py-spy", "record", "--idle", "-o", args.profile_jobber, "-f", "raw", "--"] + cmd
+                cmd = [
+                    "py-spy",
+                    "record",
+                    "--idle",
+                    "-o",
+                    args.profile_jobber,
+                    "-f",
+                    "raw",
+                    "--",
+                ] + cmd
             procs.append(subprocess.Popen(cmd))
         settled, elapsed = out.get()
         server.join()

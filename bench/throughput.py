@@ -142,7 +142,7 @@ def dealer_server(n: int, db: str, endpoint_q, out_q) -> None:
     from dealer import Dealer, Journal
 
     task = Trivial(n)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"), progress=None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "bench"))
     endpoint_q.put(dealer.address)
     t0 = time.perf_counter()
     dealer.run()

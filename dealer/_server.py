@@ -20,10 +20,8 @@ socket's public key, for jobbers that trust on first use) and `status`.
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Collection, Sequence
-from typing import TextIO
+from collections.abc import Callable, Collection, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -310,11 +308,13 @@ class Dealer(RouterServer):
         distinct: str = "host",
         allow: Collection[str] | None = None,
         admins: Collection[str] = (),
-        progress: TextIO | None = sys.stderr,
         signer: AuthorKey | None = None,
         http: tuple[str, int] | None = None,
+        on_turn: Callable[[Service, float], None] | None = None,
     ) -> None:
-        """`http`: (host, port) to serve the live dashboard on (dealer._http)."""
+        """`http`: (host, port) to serve the live dashboard on (dealer._http). `on_turn`:
+        called after every turn with the service and the time (the command line's
+        progress bar)."""
         super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
         try:
             self.service = Service(
@@ -333,18 +333,7 @@ class Dealer(RouterServer):
             RouterServer.close(self)
             raise
         self.gate.denied = frozenset(self.core.denied)
-        self._bar = None
-        if progress is not None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=task.total(),
-                initial=self.core.accepted + self.core.failed,
-                unit="job",
-                file=progress,
-                desc=type(task).__name__,
-                dynamic_ncols=True,
-            )
+        self._on_turn = on_turn
         self.dashboard = None
         if http is not None:
             try:
@@ -353,8 +342,6 @@ class Dealer(RouterServer):
                 self.close()
                 raise OSError(e.errno, f"--http {http[0]}:{http[1]}: {e.strerror or e}") from e
             self._publish(time.time())
-        self._shown = self.service.settled_count
-        self._said_at = 0.0
         self.linger_s = LINGER_S
         self._lingering = False
         self._until = lambda: True
@@ -424,13 +411,8 @@ class Dealer(RouterServer):
             self.gate.denied = frozenset(self.core.denied)
         if self.dashboard is not None and self.dashboard.due(now):
             self._publish(now)
-        if self._bar is not None:
-            self._bar.update(self.service.settled_count - self._shown)
-            self._shown = self.service.settled_count
-            if now - self._said_at >= 1.0:  # the progress line says why work waits
-                self._said_at = now
-                why = self.service.waiting(now)
-                self._bar.set_postfix_str(why[0] if why else "", refresh=False)
+        if self._on_turn is not None:
+            self._on_turn(self.service, now)
 
     def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
@@ -448,13 +430,7 @@ class Dealer(RouterServer):
         assert self.dashboard is not None
         self.dashboard.publish(s.status(now), list(s.recent_failures), s.failures, now)
 
-    def finish_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
     def close(self) -> None:
-        self.finish_bar()
         if getattr(self, "dashboard", None) is not None:
             self._publish(time.time())  # the last word: what the batch ended with
             self.dashboard.close()

@@ -249,6 +249,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         if args.fresh and (aside := move_aside(db)) is not None:
             print(f"moved the old journal {db} aside to {aside}", file=sys.stderr, flush=True)
         journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
+        progress = _Progress(task)
         dealer = Dealer(
             task,
             args.bind,
@@ -259,7 +260,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             distinct=args.distinct or ("host" if allow is None else "key"),
             allow=allow,
             admins=(admin.public_hex,),
-            progress=None if args.quiet else sys.stderr,
+            on_turn=None if args.quiet else progress,
             signer=signer,
             http=None if args.http is None else parse_http(args.http),
         )
@@ -289,7 +290,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             with logging_redirect_tqdm():  # log lines above the progress bar, not through it
                 dealer.run(linger=False)
         if dealer.done:  # the answer first; then the courtesies of a finished dealer
-            dealer.finish_bar()
+            progress.close()
             _print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
             try:
                 print(task.report(), flush=True)
@@ -312,9 +313,46 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
+        progress.close()
         dealer.close()
         _stop_jobbers(jobbers)
     return 1 if failed or task.failures or dealer.failures else 0
+
+
+class _Progress:
+    """The progress bar (tqdm) of a task's command line: jobs settled, and why work
+    waits; fed by the dealer after every turn."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self._bar = None
+        self._shown = 0
+        self._said_at = 0.0
+
+    def __call__(self, service, now: float) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._shown = service.settled_count
+            self._bar = tqdm(
+                total=self._task.total(),
+                initial=service.core.accepted + service.core.failed,
+                unit="job",
+                file=sys.stderr,
+                desc=type(self._task).__name__,
+                dynamic_ncols=True,
+            )
+        self._bar.update(service.settled_count - self._shown)
+        self._shown = service.settled_count
+        if now - self._said_at >= 1.0:  # the progress line says why work waits
+            self._said_at = now
+            why = service.waiting(now)
+            self._bar.set_postfix_str(why[0] if why else "", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:

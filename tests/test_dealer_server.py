@@ -87,9 +87,7 @@ def test_journal_is_in_wal_mode(tmp_path):
 def serving(tmp_path):
     """A dealer for Collect(3) on a free loopback port, run in a thread."""
     task = Collect(3)
-    dealer = Dealer(
-        task, "tcp://127.0.0.1:*", Journal(tmp_path / "d.sqlite", "collect"), progress=None
-    )
+    dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(tmp_path / "d.sqlite", "collect"))
     thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
     thread.start()
     client = CurveClient(dealer.address)
@@ -163,7 +161,7 @@ def test_jobs_with_large_stdin_are_split_across_replies(tmp_path):
     journal = Journal(tmp_path / "d.sqlite", "big")
     # a quota above 6, so that only the frame cap splits the replies
     policy = policy_for(task, quota=16)
-    dealer = Dealer(task, "tcp://127.0.0.1:*", journal, policy=policy, progress=None)
+    dealer = Dealer(task, "tcp://127.0.0.1:*", journal, policy=policy)
     thread = threading.Thread(target=dealer.run, kwargs={"max_s": 30}, daemon=True)
     thread.start()
     client = CurveClient(dealer.address)
@@ -187,12 +185,11 @@ def test_journal_refuses_other_voting_rules(tmp_path):
     from dealer._core import Policy
 
     path = tmp_path / "d.sqlite"
-    Dealer(Collect(2), "tcp://127.0.0.1:*", Journal(path, "c"), progress=None).close()
+    Dealer(Collect(2), "tcp://127.0.0.1:*", Journal(path, "c")).close()
     same = Dealer(
         Collect(2),
         "tcp://127.0.0.1:*",
         Journal(path, "c"),
-        progress=None,
         policy=Policy(deadline_s=5.0),
     )  # a new deadline is fine
     same.close()
@@ -206,7 +203,6 @@ def test_journal_refuses_other_voting_rules(tmp_path):
             Collect(2),
             "tcp://127.0.0.1:*",
             Journal(path, "c"),
-            progress=None,
             policy=Policy(redundancy=2, quorum=2),
         )
 

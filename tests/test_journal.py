@@ -640,15 +640,15 @@ class Hi(Task):
 def test_a_dealer_refuses_a_journal_of_another_payload_or_limits(tmp_path):
     path = tmp_path / "d.sqlite"
     hi = sha("hi\n")
-    Dealer(Hi(), "tcp://127.0.0.1:*", Journal(path, "hi"), progress=None).close()
-    Dealer(Hi(), "tcp://127.0.0.1:*", Journal(path, "hi"), progress=None).close()  # the same
+    Dealer(Hi(), "tcp://127.0.0.1:*", Journal(path, "hi")).close()
+    Dealer(Hi(), "tcp://127.0.0.1:*", Journal(path, "hi")).close()  # the same
     for task, why in (
         (Hi("bye\n"), f"the payload changed: the journal was written for payload {hi}"),
         (Hi(limits=Limits(fuel=10**6, memory_mb=32, time_s=5, output_kb=1)), "memory_mb 16"),
     ):
         journal = Journal(path, "hi")
         with pytest.raises(JournalError, match=re.escape(why)):
-            Dealer(task, "tcp://127.0.0.1:*", journal, progress=None)
+            Dealer(task, "tcp://127.0.0.1:*", journal)
         journal.close()
     assert meta(path)["payload"] == hi
 

@@ -71,7 +71,6 @@ class Serving:
             kw.pop("bind", "tcp://127.0.0.1:*"),
             Journal(self.journal_path, "collect"),
             policy=policy,
-            progress=None,
             **kw,
         )
         self.thread = threading.Thread(target=self.dealer.run, kwargs={"max_s": 60}, daemon=True)
@@ -294,7 +293,7 @@ def test_deny_needs_the_admin_key_and_survives_a_restart(serve, tmp_path):
     s.stop()
     # a restarted dealer on the same journal still denies it
     journal = Journal(s.journal_path, "collect")
-    restarted = Dealer(Collect(5), "tcp://127.0.0.1:*", journal, progress=None)
+    restarted = Dealer(Collect(5), "tcp://127.0.0.1:*", journal)
     try:
         assert restarted.core.is_denied(victim.key)
         assert victim.key in restarted.gate.denied
@@ -484,7 +483,6 @@ def test_a_dealer_whose_key_chain_is_broken_refuses_to_start(tmp_path):
             "tcp://127.0.0.1:*",
             Journal(tmp_path / "j.sqlite", "collect"),
             signer=broken,
-            progress=None,
         )
     # and one on disk stops the task's command line with the file named
     (tmp_path / "b.rotations").write_text("nonsense\n")
