@@ -39,35 +39,14 @@ from pathlib import Path
 import msgpack
 import zmq
 
-# run from a checkout; this file's folder must not shadow the `dealer` package
+# run from a checkout; this file's folder must not shadow the `sandbox` package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from tasks import Job, Limits, Payload, Task  # noqa: E402
+from bench._common import Trivial, curve_client, echo_router  # noqa: E402
 
-NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
 WARMUP_S = 2.0
 OUTPUT = b"42\n"  # what every simulated job writes
-
-
-class Endless(Task):
-    """More jobs than any run settles; their outputs are counted and dropped."""
-
-    limits = Limits(fuel=10**6, memory_mb=1, time_s=10, output_kb=1)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.payload = Payload.from_wat(NOP_WAT)
-        self.count = 0
-
-    def jobs(self):
-        return (Job((str(i),)) for i in range(10**12))
-
-    def on_output(self, job, output):
-        self.count += 1
-
-    def result(self):
-        return self.count
 
 
 # --- the servers ----------------------------------------------------------------------
@@ -77,7 +56,7 @@ def dealer_server(db: str, redundancy: int, seconds: float, ready_q, out_q, prof
     from dealer import Dealer, Journal
     from dealer._service import policy_for
 
-    task = Endless()
+    task = Trivial()
     policy = policy_for(task, redundancy=redundancy, quorum=redundancy, quota=4096)
     dealer = Dealer(
         task,
@@ -105,62 +84,13 @@ def dealer_server(db: str, redundancy: int, seconds: float, ready_q, out_q, prof
     dealer.close()
 
 
-def echo_server(seconds: float, reply_size: int, ready_q, out_q) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    public, secret = zmq.curve_keypair()
-    sock.curve_server = True
-    sock.curve_publickey, sock.curve_secretkey = public, secret
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    from protocol._keys import hex_of_z85
-
-    ready_q.put(f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}")
-    pad = b"x" * reply_size
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    count = 0
-    start = time.perf_counter() + WARMUP_S
-    end = start + seconds
-    counted = 0
-    while time.perf_counter() < end + 1.0:
-        if not poller.poll(100):
-            continue
-        for _ in range(512):
-            try:
-                ident, frame = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            body = msgpack.unpackb(frame)  # decode and encode, as a real server must
-            reply = msgpack.packb({"v": 2, "type": "echo", "re": body["id"], "pad": pad})
-            sock.send_multipart([ident, reply])
-            count += 1
-            now = time.perf_counter()
-            if start <= now < end:
-                counted += 1
-    out_q.put({"roundtrips_per_s": counted / seconds})
-    sock.close(0)
-    ctx.term()
-
-
 # --- the clients ------------------------------------------------------------------------
-
-
-def _socket(ctx: zmq.Context, address: str) -> zmq.Socket:
-    from protocol._keys import z85_of_hex
-
-    endpoint, key = p.split_key(address)
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
-    s.curve_serverkey = z85_of_hex(key)
-    s.connect(endpoint)
-    return s
 
 
 def jobbers(address: str, identities: int, batch: int, stop_at: float, out_q) -> None:
     """IDENTITIES simulated jobbers in one process, one request out each."""
     ctx = zmq.Context()
-    socks = [_socket(ctx, address) for _ in range(identities)]
+    socks = [curve_client(ctx, address) for _ in range(identities)]
     poller = zmq.Poller()
     state = {}
     cached: tuple[str, ...] = ()
@@ -209,7 +139,7 @@ def echo_clients(address: str, identities: int, batch: int, stop_at: float, out_
     """The same clients against the bare ROUTER: a `bored`-sized request, then a
     `results`-sized one, per round."""
     ctx = zmq.Context()
-    socks = [_socket(ctx, address) for _ in range(identities)]
+    socks = [curve_client(ctx, address) for _ in range(identities)]
     poller = zmq.Poller()
     host = p.HostFacts(1, 1024, batch, ("ab" * 32,))
     results = tuple(p.Result(f"abcdef01.{i:x}", p.Status.OK, OUTPUT, 1) for i in range(batch))
@@ -239,16 +169,15 @@ def echo_clients(address: str, identities: int, batch: int, stop_at: float, out_
 
 
 def _jobs_reply_size(batch: int) -> int:
-    spec = p.JobSpec("abcdef01.1f", "ab" * 32, ("123456",), b"", Endless.limits, 179.0)
+    spec = p.JobSpec("abcdef01.1f", "ab" * 32, ("123456",), b"", Trivial.limits, 179.0)
     return (len(p.encode(p.Jobs(1, (spec,) * batch))) + len(p.encode(p.Ack(1, ("x" * 11,))))) // 2
 
 
 def run_echo(args, batch: int) -> float:
     ctx = mp.get_context("spawn")
     ready, out, counts = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    server = ctx.Process(
-        target=echo_server, args=(args.seconds, _jobs_reply_size(batch), ready, out)
-    )
+    window = (WARMUP_S, WARMUP_S + args.seconds)
+    server = ctx.Process(target=echo_router, args=(window, _jobs_reply_size(batch), ready, out))
     server.start()
     address = ready.get()
     stop_at = time.monotonic() + WARMUP_S + args.seconds + 0.5
@@ -258,7 +187,7 @@ def run_echo(args, batch: int) -> float:
     ]
     for c in clients:
         c.start()
-    rate = out.get()["roundtrips_per_s"]
+    rate = out.get()
     for c in clients:
         c.join()
     server.join()

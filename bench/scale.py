@@ -26,7 +26,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -35,68 +34,11 @@ from pathlib import Path
 
 import zmq
 
-# run from a checkout; this file's folder must not shadow the `dealer` package
+# run from a checkout; this file's folder must not shadow the `sandbox` package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from tasks import Job, Limits, Payload, Task  # noqa: E402
-
-NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-class Many(Task):
-    """`n` jobs (None: more than any run settles)."""
-
-    limits = Limits(fuel=10**6, memory_mb=1, time_s=10, output_kb=1)
-
-    def __init__(self, n: int | None) -> None:
-        super().__init__()
-        self.n = n
-        self.payload = Payload.from_wat(NOP_WAT)
-        self.count = 0
-
-    def jobs(self):
-        return (Job((str(i),)) for i in range(self.n or 10**12))
-
-    def total(self):
-        return self.n
-
-    def on_output(self, job, output):
-        self.count += 1
-
-    def result(self):
-        return self.count
-
-
-def _more_files() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _socket(ctx: zmq.Context, address: str) -> zmq.Socket:
-    from protocol._keys import z85_of_hex
-
-    endpoint, key = p.split_key(address)
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
-    s.curve_serverkey = z85_of_hex(key)
-    s.connect(endpoint)
-    return s
-
+from bench._common import Trivial, cpu_s, curve_client, more_files, rss_mb  # noqa: E402
 
 # --- many identities ------------------------------------------------------------------
 
@@ -104,8 +46,8 @@ def _socket(ctx: zmq.Context, address: str) -> zmq.Socket:
 def dealer_many(db: str, seconds: float, ready_q, out_q) -> None:
     from dealer import Dealer, Journal
 
-    _more_files()
-    task = Many(None)
+    more_files()
+    task = Trivial(None)
     dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     ready_q.put((dealer.address, os.getpid()))
     dealer.run(max_s=seconds, linger=False)
@@ -123,11 +65,11 @@ def dealer_many(db: str, seconds: float, ready_q, out_q) -> None:
 
 def many_jobbers(address: str, n: int, stop_at: float, seed: int, out_q) -> None:
     """`n` simulated jobbers that run each job for 1 to 3 s and say alive while holding."""
-    _more_files()
+    more_files()
     rng = random.Random(seed)
     ctx = zmq.Context()
     ctx.setsockopt(zmq.MAX_SOCKETS, 4 * n + 64)
-    socks = [_socket(ctx, address) for _ in range(n)]
+    socks = [curve_client(ctx, address) for _ in range(n)]
     poller = zmq.Poller()
     st = {}
     rid = 0
@@ -199,12 +141,12 @@ def run_identities(args) -> dict:
         ]
         for c in clients:
             c.start()
-        cpu0, t0, rss = _cpu_s(pid), time.monotonic(), []
+        cpu0, t0, rss = cpu_s(pid), time.monotonic(), []
         while time.monotonic() < stop_at - 1.0:
             time.sleep(2.0)
-            rss.append(_rss_mb(pid))
+            rss.append(rss_mb(pid))
             print(f"  {time.monotonic() - t0:5.0f} s: dealer RSS {rss[-1]:.0f} MB", flush=True)
-        cpu = (_cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+        cpu = (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
         per = [x for _ in clients for x in counts.get()]
         dealer = out.get()
         for c in clients:
@@ -234,7 +176,7 @@ def run_identities(args) -> dict:
 def dealer_million(db: str, n: int, ready_q, out_q) -> None:
     from dealer import Dealer, Journal
 
-    task = Many(n)
+    task = Trivial(n)
     dealer = Dealer(task, "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     ready_q.put((dealer.address, os.getpid()))
     t0 = time.perf_counter()
@@ -245,7 +187,7 @@ def dealer_million(db: str, n: int, ready_q, out_q) -> None:
 
 def fast_jobbers(address: str, n: int, batch: int, out_q) -> None:
     ctx = zmq.Context()
-    socks = [_socket(ctx, address) for _ in range(n)]
+    socks = [curve_client(ctx, address) for _ in range(n)]
     poller = zmq.Poller()
     names = {s: f"fast{os.getpid()}-{i}" for i, s in enumerate(socks)}
     rid = 0
@@ -285,9 +227,9 @@ def replay(db: str, n: int, out_q) -> None:
     from dealer import Dealer, Journal
 
     t0 = time.perf_counter()
-    dealer = Dealer(Many(n), "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
+    dealer = Dealer(Trivial(n), "tcp://127.0.0.1:*", Journal(db, "scale"), distinct="key")
     took = time.perf_counter() - t0
-    out_q.put({"replay_s": took, "accepted": dealer.core.accepted, "rss_mb": _rss_mb(os.getpid())})
+    out_q.put({"replay_s": took, "accepted": dealer.core.accepted, "rss_mb": rss_mb(os.getpid())})
     dealer.close()
 
 
@@ -307,7 +249,7 @@ def run_million(args) -> dict:
         rss, t0 = [], time.monotonic()
         while server.is_alive():
             try:
-                rss.append(_rss_mb(pid))
+                rss.append(rss_mb(pid))
             except (FileNotFoundError, ProcessLookupError):
                 break
             if len(rss) % 10 == 0:

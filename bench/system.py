@@ -27,78 +27,16 @@ from pathlib import Path
 import msgpack
 import zmq
 
-# run from a checkout; this file's folder must not shadow the `dealer` package
+# run from a checkout; this file's folder must not shadow the `sandbox` package
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from protocol._keys import hex_of_z85, z85_of_hex  # noqa: E402
-from tasks import Job, Limits, Payload, Task  # noqa: E402
-
-NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+from bench._common import Trivial, curve_client, echo_router  # noqa: E402
 
 
-class Trivial(Task):
-    """N jobs that return at once; their outputs are counted."""
-
-    limits = Limits(fuel=10**6, memory_mb=1, time_s=10, output_kb=1)
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.payload = Payload.from_wat(NOP_WAT)
-        self.count = 0
-
-    def jobs(self):
-        return (Job((str(i),)) for i in range(self.n))
-
-    def total(self):
-        return self.n
-
-    def on_output(self, job, output):
-        self.count += 1
-
-    def result(self):
-        return self.count
-
-
-def echo_server(seconds: float, ready_q, out_q) -> None:
+def echo_client(address: str, seconds: float) -> None:
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    public, secret = zmq.curve_keypair()
-    sock.curve_server = True
-    sock.curve_publickey, sock.curve_secretkey = public, secret
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    ready_q.put((f"tcp://127.0.0.1:{port}", hex_of_z85(public)))
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    n, start = 0, None
-    end = time.monotonic() + seconds + 10
-    while time.monotonic() < end:
-        if not poller.poll(100):
-            if start is not None:
-                break
-            continue
-        for _ in range(512):
-            try:
-                ident, frame = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            body = msgpack.unpackb(frame)
-            sock.send_multipart([ident, msgpack.packb({"v": 2, "type": "ack", "re": body["id"]})])
-            start = start or time.monotonic()
-            n += 1
-    out_q.put(n / max(1e-9, time.monotonic() - start - 0.1))
-    sock.close(0)
-    ctx.term()
-
-
-def echo_client(endpoint: str, key: str, seconds: float) -> None:
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
-    s.curve_serverkey = z85_of_hex(key)
-    s.connect(endpoint)
+    s = curve_client(ctx, address)
     host = p.HostFacts(1, 1024, 1, ("ab" * 32,))
     end = time.monotonic() + seconds
     rid = 0
@@ -113,10 +51,10 @@ def echo_client(endpoint: str, key: str, seconds: float) -> None:
 def baseline(clients: int, seconds: float) -> float:
     ctx = mp.get_context("spawn")
     ready, out = ctx.Queue(), ctx.Queue()
-    server = ctx.Process(target=echo_server, args=(seconds, ready, out))
+    server = ctx.Process(target=echo_router, args=((0.5, seconds - 0.5), 16, ready, out))
     server.start()
-    endpoint, key = ready.get()
-    procs = [ctx.Process(target=echo_client, args=(endpoint, key, seconds)) for _ in range(clients)]
+    address = ready.get()
+    procs = [ctx.Process(target=echo_client, args=(address, seconds)) for _ in range(clients)]
     for pr in procs:
         pr.start()
     for pr in procs:
