@@ -1051,7 +1051,21 @@ class Core:
         return min(need, p.max_replicas - t.sent)
 
     def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
-        if j.id in self._jobs and self._needed(j, t or _Tally.of(j)) > 0:
+        if j.id not in self._jobs:
+            wanted = False
+        elif t is None and not j.replicas:
+            wanted = self.policy.redundancy > 0
+        elif (
+            t is None
+            and len(j.replicas) >= self.policy.redundancy
+            and all(r.state is ReplicaState.OUT for r in j.replicas)
+        ):
+            # the common case, cut short: as many replicas out as the job needs, none back
+            # (so sent - errors = len >= redundancy >= quorum = live + best): none needed
+            wanted = False
+        else:
+            wanted = self._needed(j, t or _Tally.of(j)) > 0
+        if wanted:
             self._wanting.setdefault(j.id, None)
         else:
             self._wanting.pop(j.id, None)

@@ -87,11 +87,16 @@ def _fits(value: Any, annotation: str) -> bool:
     return kind != "tuple[str, ...]" or all(isinstance(v, str) for v in value)
 
 
-def pack(rec: Record) -> bytes:
+def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
     """A record's body: a msgpack map of its fields by name; optional fields left at None
-    are not stored (a reader gets their default)."""
-    fields = {f: getattr(rec, f) for f in rec.__slots__}
-    return msgpack.packb({f: v for f, v in fields.items() if v is not None}, use_bin_type=True)
+    are not stored (a reader gets their default). `packer`: one to reuse (a journal's
+    own: a Packer is not to be shared between threads)."""
+    body = {}
+    for f in rec.__slots__:
+        v = getattr(rec, f)
+        if v is not None:
+            body[f] = v
+    return (packer or msgpack.Packer(use_bin_type=True)).pack(body)
 
 
 def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Iterator[Record]:
@@ -235,6 +240,7 @@ def _close(db: sqlite3.Connection, path: Path, token: str) -> None:
 class Journal:
     def __init__(self, path: str | Path, task_name: str) -> None:
         self.path = Path(path)
+        self._packer = msgpack.Packer(use_bin_type=True)  # reused for every record
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         wal, shm = (companion(self.path, s) for s in COMPANIONS)
@@ -410,7 +416,8 @@ class Journal:
         """Write records durably, in one transaction."""
         if not records:
             return
-        rows = [(type(r).__name__, pack(r)) for r in records]
+        packer = self._packer
+        rows = [(type(r).__name__, pack(r, packer)) for r in records]
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
