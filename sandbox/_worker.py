@@ -32,7 +32,9 @@ OS fences, under the sandbox's own limits, re-armed for each job:
 - RLIMIT_CORE 0: a crashing worker leaves no core files behind.
 
 A worker whose parent dies (a jobber killed with SIGKILL) exits within
-PARENT_CHECK_S, even in the middle of a job.
+PARENT_CHECK_S, even in the middle of a job; on Linux the kernel kills it at once
+(PR_SET_PDEATHSIG), even while it is stopped (suspended by an --idle-only or
+--cpu-limit jobber), where no thread of its own could run.
 
 Compiling a module (once per module and machine: the compiled form is stored
 in the ModuleCache) runs under fences of its own, after the pre-check of
@@ -57,6 +59,7 @@ fences lifted.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import resource
@@ -240,6 +243,15 @@ def _outcome(key: str, status: str, stdout: bytes, fuel: int, wall_s: float, det
     }
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when its jobber dies, stopped or not."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _exit_with_parent(parent: int) -> None:
     """A thread: end this worker, even mid-job, once the process that started it is gone."""
     while os.getppid() == parent:
@@ -251,10 +263,14 @@ def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
     """Entry point of a worker process (multiprocessing target)."""
     code = 0
     try:
+        parent = os.getppid()
+        _die_with_parent()
+        if os.getppid() != parent:  # it died before that took hold
+            os._exit(0)
         lower_priority(nice)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the jobber decides when workers stop
         threading.Thread(
-            target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+            target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True
         ).start()
         cache = ModuleCache(Path(cache_root))
         _engine.engine()

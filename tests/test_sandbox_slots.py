@@ -260,3 +260,49 @@ def test_closing_gives_back_every_queued_job(cache_root):
     one.start("next", sha(HELLO), [], b"", Limits(), depth=2)
     got = {k: o.status for k, o in one.close(0.0)}
     assert got == {"spin": Status.ABANDONED, "next": Status.ABANDONED}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stopped_worker_dies_with_its_killed_jobber(tmp_path, cache_root):
+    """A worker suspended (SIGSTOP) when its jobber is killed cannot run a thread of its own
+    to notice: the kernel kills it (PR_SET_PDEATHSIG)."""
+    import subprocess
+
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from pathlib import Path\n"
+        "import sandbox\nfrom protocol import Limits\n"
+        "if __name__ == '__main__':\n"
+        "    slots = sandbox.Slots(1, Path(sys.argv[1]))\n"
+        "    slots.start('ready', sys.argv[2], [], b'', Limits())\n"
+        "    while not slots.collect():\n"  # the worker is up and has run a job
+        "        time.sleep(0.01)\n"
+        "    print(slots._workers[0].process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, script, str(cache_root), sha(HELLO)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(holder.stdout.readline())
+        os.kill(pid, signal.SIGSTOP)
+        holder.kill()
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state in ("Z", "X"):  # dead, waiting for init to reap it
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the stopped worker outlived its jobber")
+    finally:
+        holder.kill()
+        holder.wait(10)
+        holder.stdout.close()
