@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dealer._core import Accepted, Core, Failed, Policy
+from dealer._core import Accepted, Core, Failed, Overdue, Policy, Returned, Sent
 from protocol import ErrorCode, Status
 from tasks import Job
 
@@ -40,6 +40,27 @@ ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
 
 def right(job_id: int) -> tuple[bytes, int]:
     return f"out-{job_id}".encode(), 100 + job_id
+
+
+def tally(replicas) -> tuple[int, int, int, int]:
+    """(best, errors, live, sent) of a job's replicas, counted as docs/dealer.md says:
+    best is the most distinct machines agreeing on one (output, fuel)."""
+    agree: dict[tuple[bytes, int], set[str]] = {}
+    states = [r.state.value for r in replicas]
+    for r in replicas:
+        if r.state.value == "ok":
+            agree.setdefault((r.output, r.fuel), set()).add(r.machine)
+    best = max((len(m) for m in agree.values()), default=0)
+    errors = states.count("error") + states.count("overdue")
+    sent = len(states) - states.count("released") - states.count("gone")
+    return best, errors, states.count("out"), sent
+
+
+def before_room(before, me, host, policy) -> tuple[int, int]:
+    """What the identity and its machine could still hold before the request."""
+    mine = policy.quota if me is None else me.allowance - before[0]
+    theirs = policy.quota if host is None else host.allowance - before[1]
+    return mine, theirs
 
 
 class CoreMachine(RuleBasedStateMachine):
@@ -84,8 +105,22 @@ class CoreMachine(RuleBasedStateMachine):
     def bored(self, who, want):
         me, host = self.core.jobbers.get(who), self.core.machines.get(MACHINE[who])
         before = (me.held if me else 0, host.held if host else 0)
+        tallies = {j: tally(job.replicas) for j, job in self.core._jobs.items()}
         got = self.core.bored(who, want, 1000, self.now, machine=MACHINE[who])
         assert len(got) <= want, "more replicas than asked for"
+        assert len(got) <= max(0, min(want, *before_room(before, me, host, self.policy)))
+        per_job = [a.job_id for a in got]
+        assert len(per_job) == len(set(per_job)), "two replicas of one job in one reply"
+        p = self.policy
+        for a in got:  # each went to a job the rules say needs one, or is a tail backup
+            if a.job_id not in tallies:
+                continue  # drawn for this request
+            best, errors, live, sent = tallies[a.job_id]
+            needs = (sent - errors < p.redundancy or best + live < p.quorum) and (
+                sent < p.max_replicas
+            )
+            backup = 0 < live < p.quorum - best + p.backups and sent < p.max_replicas
+            assert needs or backup, f"job {a.job_id} did not need a replica {tallies[a.job_id]}"
         me, host = self.core.jobbers[who], self.core.machines[MACHINE[who]]
         if got:  # handing out never takes an identity or a machine past its quota
             assert me.held <= max(before[0], me.allowance), "identity over its quota"
@@ -200,6 +235,35 @@ class CoreMachine(RuleBasedStateMachine):
         self.core.take_settled()
 
     # --- invariants --------------------------------------------------------
+
+    @invariant()
+    def replicas_per_job_within_the_rules(self):
+        p = self.policy
+        for j, job in self.core._jobs.items():
+            best, errors, live, sent = tally(job.replicas)
+            assert live <= p.redundancy + p.backups, f"job {j}: {live} live replicas"
+            assert sent <= p.max_replicas, f"job {j}: {sent} replicas sent"
+            assert errors <= p.max_errors, f"job {j}: {errors} errors and not failed"
+            assert best < p.quorum, f"job {j}: a quorum and not accepted"
+
+    @invariant()
+    def errors_counted_once_per_replica_on_its_jobber(self):
+        """A jobber's `errors` is its replicas that went overdue or came back with an
+        error, each counted once (an overdue one that then errors too: once)."""
+        owner, counted = {}, set()
+        for rec in self.journal + self.core._records:
+            if isinstance(rec, Sent):
+                owner[rec.tag] = rec.jobber
+            elif isinstance(rec, Overdue) or (
+                isinstance(rec, Returned) and rec.status not in ("ok", "abandoned")
+            ):
+                counted.add(rec.tag)
+        expected: dict[str, int] = {}
+        for tag in counted:
+            expected[owner[tag]] = expected.get(owner[tag], 0) + 1
+        for who in JOBBERS:
+            rec = self.core.jobbers.get(who)
+            assert (rec.errors if rec else 0) == expected.get(who, 0), f"{who}'s errors"
 
     def _snapshot(self):
         c = self.core
