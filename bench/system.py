@@ -104,17 +104,12 @@ def whole_system(args) -> float:
             cmd = [sys.executable, "-m", "jobber", address, "--slots", str(args.slots)]
             cmd += ["--quiet", "--data-dir", str(Path(tmp) / f"jobber{i}"), "--max-idle", "2"]
             cmd += ["--min-backoff", "0.2", "--max-backoff", "1", "--source", f"127.0.0.{2 + i}"]
-            if args.profile_jobber and i == 0:
-                cmd = [
-                    "py-spy",
-                    "record",
-                    "--idle",
-                    "-o",
-                    args.profile_jobber,
-                    "-f",
-                    "raw",
-                    "--",
-                ] + cmd
+            if args.profile_jobber and i == 0:  # py-spy, or a script run in its place
+                if args.profile_jobber.endswith(".py"):
+                    cmd = [sys.executable, args.profile_jobber, *cmd[3:]]
+                else:
+                    spy = ["py-spy", "record", "--idle", "-o", args.profile_jobber, "-f", "raw"]
+                    cmd = [*spy, "--", *cmd]
             procs.append(subprocess.Popen(cmd))
         settled, elapsed = out.get()
         server.join()

@@ -58,6 +58,9 @@ from protocol._signing import load_trusted_key
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # longest sleep of the loop: signals and backoff expiries are noticed this fast
+# with short jobs queued in the slots, the loop waits this long after a first outcome
+# so that one turn takes several: a turn costs far more than a job of a millisecond
+COALESCE_S = 0.002
 # what ZeroMQ can tell about a connection that a missing reply cannot; the first two
 # are definite: a request out to such a dealer has failed, without waiting for its timeout
 _PROBLEMS = {
@@ -218,6 +221,9 @@ class Jobber:
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
         self._writer: _SpoolWriter | None = None
+        self._poll: zmq.Poller | None = None
+        self._present: set[str] = set()  # payloads known to be in the cache
+        self._poll_key: tuple = ()
         settings = c.Settings(
             name=self.name,
             slots=cfg.slots,
@@ -492,6 +498,7 @@ class Jobber:
             held = self.core.held_payloads() | {spec.payload for spec in msg.jobs}
             gone = self.cache.evict(self.cfg.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
             if gone:
+                self._present.clear()
                 log.info(
                     "payload cache over %d MiB: %d least used removed", self.cfg.cache_mb, gone
                 )
@@ -554,12 +561,13 @@ class Jobber:
             self._reset(a.dealer)
         elif isinstance(a, c.Start):
             spec = a.spec
-            if not self.cache.has(spec.payload):
+            if spec.payload not in self._present and not self.cache.has(spec.payload):
                 why = f"payload {spec.payload[:12]} was not sent"
                 self.core.job_done(
                     a.key, p.Result(spec.tag, p.Status.INVALID, b"", 0, why), 0.0, time.monotonic()
                 )
                 return
+            self._present.add(spec.payload)  # a payload in use is never evicted
             self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth)
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
@@ -664,18 +672,27 @@ class Jobber:
                 log.info("jobs resumed")
         self._why_suspended = why
 
+    def _poller(self) -> zmq.Poller:
+        """A poller over every socket and pipe the loop reads; made anew only when that
+        set changes (a dealer's sockets reset, a slot worker replaced), not every turn."""
+        watched = [s for ss in self._socks.values() for s in (ss.sock, ss.hello)]
+        watched += [m for ss in self._socks.values() for m in ss.monitors.values()]
+        watched += self.slots.fds()
+        watched += [self._writer.fd if self._writer else None, self._control]
+        # the objects themselves, not their ids: an id can come back for a new socket
+        key = tuple(x for x in watched if x is not None)
+        if len(key) != len(self._poll_key) or any(
+            a is not b for a, b in zip(key, self._poll_key, strict=True)
+        ):
+            self._poll_key = key
+            self._poll = zmq.Poller()
+            for x in watched:
+                if x is not None:
+                    self._poll.register(x, zmq.POLLIN)
+        return self._poll
+
     def _wait(self) -> None:
-        poller = zmq.Poller()
-        for ss in self._socks.values():
-            for s in (ss.sock, ss.hello, *ss.monitors.values()):
-                if s is not None:
-                    poller.register(s, zmq.POLLIN)
-        for fd in self.slots.fds():
-            poller.register(fd, zmq.POLLIN)
-        if self._writer is not None:
-            poller.register(self._writer.fd, zmq.POLLIN)
-        if self._control is not None:
-            poller.register(self._control, zmq.POLLIN)
+        poller = self._poller()
         now = time.monotonic()
         timeout = min(POLL_S, max(0.0, self.core.wake_at(now) - now))
         if self.cfg.cpu_limit < 100 and self.core.running:
@@ -685,6 +702,10 @@ class Jobber:
         except zmq.ZMQError as e:  # EINTR from a signal
             log.debug("poll interrupted: %s", e)
             return
+        if ready and self.core.pipelined and set(ready) <= set(self.slots.fds()):
+            # only slots have news, and short jobs queued in the workers run on meanwhile:
+            # a moment's wait lets one turn take several outcomes instead of one each
+            time.sleep(COALESCE_S)
         for dealer, ss in list(self._socks.items()):
             if any(mon in ready for mon in ss.monitors.values()):
                 self._drain_monitors(dealer, ss)

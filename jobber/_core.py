@@ -90,7 +90,7 @@ MAX_BUFFER_PER_SLOT = 256
 # slot, so that a worker goes from one to the next without waiting for this loop's
 # turn (a cancelled queued job then runs for nothing: a few milliseconds at most)
 PIPELINE_BELOW_S = 0.02
-PIPELINE_DEPTH = 8
+PIPELINE_DEPTH = 16
 # A deep buffer is for jobs that share their payloads: past this many distinct
 # payloads per slot in hand nothing more is asked for, so a dealer sending a new
 # payload with every job cannot make the jobber keep more than a few beyond its cache
@@ -357,6 +357,11 @@ class JobberCore:
         if self._job_s > 0:
             per_slot = min(MAX_BUFFER_PER_SLOT, max(1, math.ceil(AHEAD_S / self._job_s)))
         return min(p.MAX_BATCH, s.slots * (1 + per_slot))
+
+    @property
+    def pipelined(self) -> bool:
+        """Jobs are short enough to be queued in the slots' workers (PIPELINE_BELOW_S)."""
+        return 0 < self._job_s < PIPELINE_BELOW_S
 
     def held_payloads(self) -> set[str]:
         """Payloads of jobs buffered or running: the cache must keep these."""
@@ -625,8 +630,7 @@ class JobberCore:
 
     def _start_jobs(self, now: float) -> None:
         host = self.host_facts()
-        short = 0 < self._job_s < PIPELINE_BELOW_S
-        depth = PIPELINE_DEPTH if short else 1
+        depth = PIPELINE_DEPTH if self.pipelined else 1
         while self.buffer and len(self.running) < self.s.slots * depth:
             h = self.buffer.popleft()
             too_much = host.refuses(h.spec.limits)
@@ -803,16 +807,6 @@ class JobberCore:
         if self.disk_trouble:  # no new work while finished work cannot be kept safely
             return
         have = len(self.buffer) + len(self.running) - len(self._cancelled)
-        if self.buffer and self._job_s:
-            # never hold more than the buffered jobs' deadlines allow: the last one
-            # starts after about len(buffer) / slots job lengths
-            start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
-            if now + start_in > min(h.deadline for h in self.buffer):
-                return
-        payloads = {h.spec.payload for h in self.buffer}
-        payloads |= {h.spec.payload for h in self.running.values()}
-        if len(payloads) >= MAX_PAYLOADS_PER_SLOT * self.s.slots:
-            return  # jobs of many payloads: no deep buffer (see MAX_PAYLOADS_PER_SLOT)
         # what asks still out to dealers that answer may bring
         hi_water = self.hi_water()
         coming = sum(
@@ -823,10 +817,21 @@ class JobberCore:
             and now - link.bored_at < FETCH_PATIENCE_S
         )
         # ask below the low-water mark, for the difference: a few large asks, not one
-        # per finished job (with one slot and long jobs: as soon as one job is missing)
+        # per finished job (with one slot and long jobs: as soon as one job is missing).
+        # Checked first: most turns stop here, before the checks that walk the buffer.
         low = hi_water - max(1, (hi_water - self.s.slots) // 2)
         if have + coming > low:
             return
+        if self.buffer and self._job_s:
+            # never hold more than the buffered jobs' deadlines allow: the last one
+            # starts after about len(buffer) / slots job lengths
+            start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
+            if now + start_in > min(h.deadline for h in self.buffer):
+                return
+        payloads = {h.spec.payload for h in self.buffer}
+        payloads |= {h.spec.payload for h in self.running.values()}
+        if len(payloads) >= MAX_PAYLOADS_PER_SLOT * self.s.slots:
+            return  # jobs of many payloads: no deep buffer (see MAX_PAYLOADS_PER_SLOT)
         want = min(p.MAX_BATCH, hi_water - have - coming)
         if want <= 0:
             return

@@ -61,6 +61,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import time
 from collections.abc import Sequence
@@ -341,12 +342,16 @@ class Slots:
         """Finished jobs, without blocking; dead or hung workers are replaced."""
         out, self._queued = self._queued, []
         now = time.monotonic()
+        try:  # one system call for every worker (Connection.poll makes a selector each time)
+            ready = set(select.select([w.conn for w in self._workers], [], [], 0)[0])
+        except (OSError, ValueError):  # a closed pipe: look at each one
+            ready = {w.conn for w in self._workers}
         for w in list(self._workers):
-            while True:
+            more = w.conn in ready
+            while more:
                 try:
-                    if not w.conn.poll(0):
-                        break
                     msg = w.conn.recv()
+                    more = bool(select.select([w.conn], [], [], 0)[0])
                 except (EOFError, OSError):
                     exitcode = self._kill(w)
                     status, detail = Status.CRASH, _describe_death(exitcode)

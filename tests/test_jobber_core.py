@@ -457,7 +457,8 @@ def test_asks_wait_for_the_low_water_mark_and_name_holding_every_few_seconds():
                 j.job_done(a.key, ok(a.spec.tag), 0.01, now)
             elif isinstance(a, c.Send) and isinstance(a.msg, p.Bored):
                 asked.append(a.msg)
-    # slots take 8 jobs a turn here (short jobs are pipelined): 26, 18, then 10 in hand,
-    # the first count at or under the low-water mark, when the rest is asked for
-    assert asked[0].want == 26 - 10
+    # the slot takes PIPELINE_DEPTH (16) jobs a turn here (short jobs are pipelined):
+    # 26, then 10 in hand, the first count at or under the low-water mark (14), when the
+    # rest is asked for
+    assert c.PIPELINE_DEPTH == 16 and asked[0].want == 26 - 10
     assert asked[0].holding is None  # named 0.1 s ago: alive says it in a moment
