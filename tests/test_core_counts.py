@@ -358,7 +358,6 @@ def test_evict_forgets_idle_names_that_hold_and_earned_nothing():
     assert core.evict(300.0) == 0  # idle since 0: exactly at the horizon, kept
     assert "idle" in core.jobbers and "idle" in core.machines
     assert core.evict(300.5) == 1
-    assert "idle" not in core._open  # nothing of it is kept
     assert set(core.jobbers) == {"worker", "holder", "recent", "bad"}
     assert set(core.machines) == {"worker", "holder", "recent"}  # machines are not denied
     assert core.evict(1000.0, idle_s=10.0) == 1  # recent, with a shorter idle time
@@ -923,3 +922,26 @@ def test_replicas_say_which_won_the_vote():
     for n, x in zip("bc", fails[1:], strict=True):
         core.result(n, x.tag, Status.TRAP, b"", 2, "", 3.0)
     assert [r.won for r in failing] == [False, True, True]
+
+
+def test_evict_forgets_everything_of_a_name_that_only_failed():
+    core = make(1, max_errors=9)
+    [x] = give(core, "flaky", 1, 0.0)
+    core.result("flaky", x.tag, Status.CRASH, b"", 0, "", 1.0)
+    assert core.evict(301.5) == 1
+    assert "flaky" not in core.jobbers and "flaky" not in core._open
+
+
+def test_refill_draws_only_when_nothing_is_unsettled():
+    core = make(3)
+    give(core, "a", 1, 0.0)
+    core.refill()
+    assert core.drawn == 1  # job 0 is unsettled: nothing drawn
+    empty = make(0)
+    assert not empty.finished()  # nobody has looked yet
+    empty.refill()
+    assert empty.finished() and empty.drawn == 0
+    fresh = make(2)
+    fresh.refill()
+    assert fresh.drawn == 1 and fresh.has_work()
+    assert [x.job_id for x in give(fresh, "a", 1, 0.0)] == [0]  # the one drawn goes first

@@ -540,3 +540,614 @@ def test_the_host_facts_report_at_most_4096_cached_payloads():
     assert len(facts.cached) == p.MAX_CACHED and facts.cached[0] == f"{0:064x}"
     assert (facts.max_fuel, facts.max_output_kb, facts.max_time_s) == (10, 5, 9.0)
     assert (facts.cpus, facts.memory_mb, facts.slots) == (1, 256, 1)
+
+
+# --- the flow of short jobs: pipelining, the low-water mark, payloads, the spool share ---
+
+
+def test_actions_and_settings_are_frozen_values():
+    import dataclasses
+
+    actions = [
+        c.Send(LIVE, p.Hello(1)),
+        c.Hello(LIVE, p.Hello(1)),
+        c.Reset(LIVE),
+        c.Start("0", LIVE, spec("t.0")),
+        c.Stop("0"),
+        c.Spool(LIVE, ok("t.0")),
+        c.Unspool(LIVE, "t.0"),
+        c.Pin(LIVE, KEY_A),
+    ]
+    for a in actions:
+        name = dataclasses.fields(a)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(a, name, getattr(a, name))
+        assert not hasattr(a, "__dict__"), type(a).__name__
+    assert not hasattr(c.ProbeDisk(), "__dict__") and c.ProbeDisk() == c.ProbeDisk()
+    assert len({*actions, c.ProbeDisk(), c.ProbeDisk()}) == len(actions) + 1  # values: hashable
+    assert c.Start("0", LIVE, spec("t.0")).depth == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings().slots = 2  # type: ignore[misc]
+    assert (c.PIPELINE_BELOW_S, c.PIPELINE_DEPTH, c.MAX_PAYLOADS_PER_SLOT) == (0.02, 16, 2)
+
+
+def _buffered(j: c.JobberCore, n: int, sha: str = SHA) -> None:
+    for i in range(n):
+        j.buffer.append(c.Held(LIVE, spec(f"t.{i}", sha=sha), 1e9))
+
+
+def test_short_jobs_are_queued_in_each_slots_pipeline():
+    deep = c.PIPELINE_DEPTH
+    j = core(slots=2, buffer=4 * deep)
+    j._job_s = 0.019
+    assert j.pipelined
+    _buffered(j, 3 * deep)
+    j.tick(0.0)
+    starts = of(j.take_actions(), c.Start)
+    assert len(starts) == 2 * deep and {s.depth for s in starts} == {deep}
+    slow = core(slots=2, buffer=4 * deep)
+    slow._job_s = 0.02  # not short
+    assert not slow.pipelined and not core().pipelined  # nor before any job is seen
+    _buffered(slow, 3 * deep)
+    slow.tick(0.0)
+    starts = of(slow.take_actions(), c.Start)
+    assert len(starts) == 2 and {s.depth for s in starts} == {1}
+
+
+def test_a_job_takes_the_longer_of_its_clocks_shared_by_the_pipeline():
+    deep = c.PIPELINE_DEPTH
+    j = core(slots=1, buffer=2 * deep)
+    j._job_s = 0.01
+    _buffered(j, deep)
+    j.tick(0.0)
+    starts = of(j.take_actions(), c.Start)
+    j._job_s = 0.0
+    j.job_done(starts[0].key, ok("t.0"), 0.001, 0.8)  # 0.8 s on ours, shared by the queue
+    assert j._job_s == pytest.approx(0.8 / deep)
+    j.job_done(starts[1].key, ok("t.1"), 0.5, 0.8)  # the slot's own clock says longer
+    assert j._job_s == pytest.approx(0.8 * 0.8 / deep + 0.2 * 0.5)
+    j._job_s = 0.0
+    j.job_done(starts[2].key, ok("t.2"), 0.0, 0.0)
+    assert j._job_s == 1e-6  # never zero: zero means "no job seen yet"
+
+
+def test_asks_wait_for_the_low_water_mark_then_ask_for_the_difference():
+    j = core(slots=2, buffer=6)  # hi water 8; low water 8 - (8 - 2) // 2 = 5
+    _buffered(j, 6)
+    j.paused = "owner"
+    j.tick(0.0)
+    assert not sent(j.take_actions(), p.Bored)  # 6 in hand: above the low water
+    j.buffer.pop()
+    j.tick(0.1)
+    (bored,) = sent(j.take_actions(), p.Bored)
+    assert bored.want == 3
+    one = core(slots=1, buffer=1)  # hi 2, low 2 - max(1, 0) = 1
+    _buffered(one, 2)
+    one.paused = "owner"
+    one.tick(0.0)
+    assert not sent(one.take_actions(), p.Bored)
+    one.buffer.pop()
+    one.tick(0.1)
+    assert sent(one.take_actions(), p.Bored)[0].want == 1
+
+
+def test_jobs_of_many_payloads_get_no_deep_buffer():
+    j = core(slots=1, buffer=10)
+    j.paused = "owner"
+    j.buffer.append(c.Held(LIVE, spec("t.0", sha="01" * 32), 1e9))
+    j.tick(0.0)
+    assert sent(j.take_actions(), p.Bored)  # one payload in hand: more may come
+    j.links[LIVE].bored_id = None
+    j.buffer.append(c.Held(LIVE, spec("t.1", sha="02" * 32), 1e9))
+    j.tick(0.1)
+    assert not sent(j.take_actions(), p.Bored)  # two payloads for one slot: enough
+
+
+def test_jobs_in_hand_count_against_a_dealers_spool_share():
+    kb = 1024
+    big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=100)
+    j = core(slots=1, buffer=5, spool_share_bytes=250 * kb)
+    bored = ask(j, 0.0)
+    assert bored.want == 6
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", big),)), 0.0)
+    assert j.links[LIVE].output_hint == 100 * kb and j._owed[LIVE] == 100 * kb
+    j.paused = "owner"
+    j.links[LIVE].ask_after = 0.0
+    j.tick(0.1)
+    (again,) = sent(j.take_actions(), p.Bored)
+    assert again.want == 1  # (250 - 100) KiB left // 100 KiB a job
+    j.received(LIVE, p.Jobs(again.id, (spec("t.1", big), spec("t.2", big))), 0.2)
+    assert j._owed[LIVE] == 300 * kb
+    j.links[LIVE].ask_after = 0.0
+    j.tick(0.3)
+    assert not sent(j.take_actions(), p.Bored)  # what it holds may fill its share
+    j.received(LIVE, p.AliveAck(0, 20.0, ("t.1", "t.2")), 0.4)  # cancelled: owed no more
+    assert j._owed[LIVE] == 100 * kb
+    j.stop(0.5)  # given back unrun: nothing more to write
+    assert j._owed[LIVE] == 0
+
+
+def test_a_bored_names_holding_at_most_every_5_s():
+    j = core(slots=1, buffer=0)
+    first = ask(j, 0.0)
+    assert first.holding == ()
+    j.received(LIVE, p.RetryLater(first.id, 0.0), 0.1)
+    assert ask(j, 4.9).holding is None
+    j.links[LIVE].bored_id = None
+    assert ask(j, 5.0).holding == ()
+
+
+def test_a_fresh_core_and_a_fresh_link_start_from_nothing():
+    j = c.JobberCore(settings(), [f"{LIVE}#{KEY_A}"], 0.0)  # its own random source
+    assert (j.reached, j.done, j.stopping, j.fetch_paused, j.paused, j.disk_trouble) == (
+        False,
+        0,
+        False,
+        False,
+        "",
+        "",
+    )
+    link = j.links[LIVE]
+    assert (link.pinned, link.depth, link.key, link.key_from_hello, link.check_key) == (
+        True,
+        0,
+        KEY_A,
+        False,
+        False,
+    )
+    assert (link.refused, link.answered, link.finished, link.problem, link.flooded) == (
+        "",
+        False,
+        False,
+        "",
+        False,
+    )
+    assert (link.hello_at, link.bored_at, link.results_at, link.alive_at) == (0.0,) * 4
+    assert (link.ask_after, link.alive_every_s, link.holding_at, link.output_hint) == (
+        0.0,
+        5.0,
+        float("-inf"),
+        0,
+    )
+    assert link.results_tags == () and link.last_reason == ""
+    j.take_actions()
+    first = ask(j, 0.0)
+    assert first.id == 1 and first.jobber == "j"
+    j.received(LIVE, p.Jobs(first.id, (spec("t.0"),)), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    assert start.key == "0" and j.running["0"].started == 0.0
+    held = c.Held(LIVE, spec("t.9"), 5.0)
+    assert (held.key, held.started, held.depth, held.may_write) == ("", 0.0, 1, 64 * 1024)
+    j.links[LIVE].results_id, j.links[LIVE].results_tags = 7, ("t.0",)
+    j.contact_failed(LIVE, 1.0, "gone")  # its own random source backs it off
+    assert j.links[LIVE].results_tags == () and j.links[LIVE].backoff.failures == 1
+
+
+def test_a_spooled_result_for_an_unknown_dealer_adds_it_as_referred():
+    j = core(spooled=[("tcp://10.1.1.1:7117", ok("old.1"))])
+    link = j.links["tcp://10.1.1.1:7117"]
+    assert (link.depth, link.pinned) == (1, False)
+
+
+def test_holding_names_only_that_dealers_tags_and_not_cancelled_ones():
+    j = core([f"{LIVE}#{KEY_A}", f"{OTHER}#{KEY_B}"], slots=2, buffer=4)
+    for dealer, tag in ((LIVE, "a.0"), (OTHER, "b.0"), (LIVE, "a.1"), (OTHER, "b.1")):
+        j.buffer.append(c.Held(dealer, spec(tag), 1e9))
+    j.tick(0.0)
+    j.take_actions()
+    j._hold_result(OTHER, ok("b.9"))
+    # buffered, running (a.0 and b.0 started), then finished
+    assert j.holding(LIVE) == ("a.1", "a.0")
+    assert j.holding(OTHER) == ("b.1", "b.0", "b.9")
+    j.received(LIVE, p.AliveAck(0, 20.0, ("a.0",)), 0.1)
+    assert j.holding(LIVE) == ("a.1",)
+    assert j.holds_from(OTHER) and not core().holds_from(OTHER)
+
+
+# --- what each event changes ------------------------------------------------------------
+
+
+def test_held_payloads_and_idle_time():
+    j = core(slots=1, buffer=1)
+    j.buffer.append(c.Held(LIVE, spec("t.0", sha="01" * 32), 1e9))
+    j.buffer.append(c.Held(LIVE, spec("t.1", sha="02" * 32), 1e9))
+    j.tick(0.0)
+    assert j.held_payloads() == {"01" * 32, "02" * 32}  # one running, one buffered
+    idle = core(max_idle_s=100.0)
+    idle.busy(5.0)
+    assert idle.idle_s(12.0) == 7.0
+    assert idle.idle_too_long(12.0) is False and idle.idle_too_long(105.0) is True
+
+
+def test_a_key_given_wins_over_a_pinned_one_and_only_the_command_line_pins():
+    j = c.JobberCore(settings(), [f"{LIVE}#{KEY_B}"], 0.0, pins={LIVE: KEY_A})
+    link = j.links[LIVE]
+    assert (link.key, link.key_from_hello) == (KEY_B, False)
+    assert c.Pin(LIVE, KEY_B) in j.take_actions()
+    j.add_dealer(f"{OTHER}#{KEY_A}", depth=1)  # a referral naming a key
+    assert j.links[OTHER].key == KEY_A and not of(j.take_actions(), c.Pin)
+
+
+def test_a_key_learnt_in_this_run_is_held_against_a_changed_one():
+    j = core(["tcp://127.0.0.1:7200"], request_timeout_s=1.0)
+    j.tick(0.0)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
+    assert c.Pin(LIVE, KEY_A) in j.take_actions()
+    ask(j, 0.2)
+    j.tick(1.5)  # the ask timed out: is it still the same dealer?
+    assert j.links[LIVE].check_key
+    j.tick(3.0)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_B), 3.1)
+    assert "not the pinned" in j.links[LIVE].refused
+
+
+def test_a_cancelled_jobs_outcome_frees_its_place():
+    j = core(slots=1, buffer=0)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.received(LIVE, p.AliveAck(0, 20.0, ("t.0",)), 0.5)
+    j.job_done(start.key, p.Result("t.0", p.Status.ABANDONED), 0.1, 0.6)
+    j.links[LIVE].ask_after = 0.0
+    assert ask(j, 0.7).want == 1  # not 2: the stopped job no longer counts either way
+
+
+def test_what_is_given_back_carries_no_output_and_no_fuel():
+    j = core(slots=1, buffer=2, memory_mb=32)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"), spec("t.2"))), 1.0)
+    assert [h.deadline for h in j.buffer] == [101.0, 101.0, 101.0]
+    assert j.idle_s(1.0) == 0.0  # jobs came: busy
+    j.tick(1.0)  # LIMITS asks 64 MiB, the owner allows 32: all three given back
+    j.stop(2.0)
+    for r in j.unacked[LIVE].values():
+        assert (r.status, r.output, r.fuel) == (p.Status.ABANDONED, b"", 0)
+    k = core(slots=1, buffer=2)
+    bored = ask(k, 0.0)
+    k.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0, {SHA: (p.Status.INVALID, "bad")})
+    assert not k.buffer and (k.unacked[LIVE]["t.0"].fuel, k.unacked[LIVE]["t.0"].output) == (
+        0,
+        b"",
+    )
+    k.stop(1.0)
+    k2 = core(slots=1, buffer=2)
+    bored = ask(k2, 0.0)
+    k2.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"))), 0.0)
+    k2.stop(1.0)
+    assert [(r.fuel, r.output) for r in k2.unacked[LIVE].values()] == [(0, b"")] * 2
+
+
+def test_slot_keys_count_up_in_hex():
+    j = core(slots=20, buffer=0)
+    _buffered(j, 17)
+    j.tick(0.0)
+    assert [s.key for s in of(j.take_actions(), c.Start)][-3:] == ["e", "f", "10"]
+
+
+def test_a_disk_failure_without_a_result_named_only_marks_the_trouble():
+    j = core()
+    j._hold_result(LIVE, ok("t.0"))
+    j.disk_failed("probe failed", LIVE)
+    j.disk_failed("probe failed", None, "t.0")
+    assert j.disk_trouble == "probe failed" and not j._unspooled
+
+
+@pytest.mark.parametrize("kind", ["jobs", "retry", "referral", "finished", "ack", "alive"])
+def test_any_answer_marks_the_dealer_reached_and_resets_its_backoff(kind):
+    j = core()
+    bored = ask(j, 0.0)
+    link = j.links[LIVE]
+    link.backoff.failures, link.problem = 3, "refused"
+    link.results_id, link.results_tags = 5, ("t.0",)
+    msg = {
+        "jobs": p.Jobs(bored.id, ()),
+        "retry": p.RetryLater(bored.id, 1.0),
+        "referral": p.Referral(bored.id, ()),
+        "finished": p.Finished(bored.id),
+        "ack": p.Ack(5, ()),
+        "alive": p.AliveAck(0, 20.0),
+    }[kind]
+    j.received(LIVE, msg, 0.5)
+    assert (j.reached, link.answered, link.problem, link.backoff.failures) == (True, True, "", 0)
+    if kind == "ack":
+        assert link.results_id is None and link.results_tags == ()
+
+
+def test_each_new_retry_reason_is_kept_once():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.RetryLater(bored.id, 0.0, "all out"), 0.1)
+    assert j.links[LIVE].last_reason == "all out"
+    bored = ask(j, 0.2)
+    j.received(LIVE, p.RetryLater(bored.id, 0.0), 0.3)  # no reason: the last one stays
+    assert j.links[LIVE].last_reason == "all out"
+    bored = ask(j, 0.4)
+    j.received(LIVE, p.RetryLater(bored.id, 0.0, "quota"), 0.5)
+    assert j.links[LIVE].last_reason == "quota"
+
+
+def test_no_asking_while_the_owner_wants_the_machine():
+    j = core()
+    j.fetch_paused = True
+    j.tick(0.0)
+    assert not sent(j.take_actions(), p.Bored)
+    j.fetch_paused = False
+    assert ask(j, 0.1)
+
+
+def test_a_progress_line_a_minute_while_jobs_finish(caplog):
+    import logging
+
+    j = core(slots=1, buffer=0)
+    with caplog.at_level(logging.INFO, logger="jobber._core"):
+        run_one(j, 1.0)
+        j.tick(59.9)
+        assert not [r for r in caplog.records if "jobs finished" in r.getMessage()]
+        j.tick(60.0)
+        j.received(LIVE, p.Ack(0, ("t.0",)), 60.0)
+        j.links[LIVE].ask_after = 0.0
+        run_one(j, 70.0, "t.1")
+        j.tick(119.9)  # a minute from the last line, not from the start
+        assert len([r for r in caplog.records if "jobs finished" in r.getMessage()]) == 1
+        j.tick(120.0)
+        j.tick(185.0)  # nothing finished since: no line
+    lines = [r.getMessage() for r in caplog.records if "jobs finished" in r.getMessage()]
+    assert lines == ["1 jobs finished in the last 60 s (ok 1)"] * 2
+
+
+def test_a_cancel_counts_what_it_dropped_and_stops_only_what_it_names(caplog):
+    import logging
+
+    j = core(slots=2, buffer=2)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}") for i in range(4))), 0.0)
+    j.tick(0.0)
+    starts = of(j.take_actions(), c.Start)  # t.0 and t.1 run, t.2 and t.3 wait
+    j.job_done(starts[0].key, ok("t.0"), 0.1, 0.1)
+    j.take_actions()
+    with caplog.at_level(logging.INFO, logger="jobber._core"):
+        j.received(LIVE, p.AliveAck(0, 20.0, ("t.0", "t.1", "t.2", "t.9")), 0.2)
+    assert of(j.take_actions(), c.Stop) == [c.Stop(starts[1].key)]
+    assert [h.spec.tag for h in j.buffer] == ["t.3"]
+    assert (LIVE, "t.0") not in j._undurable and not j.unacked
+    lines = [r.getMessage() for r in caplog.records if "cancelled" in r.getMessage()]
+    assert lines == [f"dealer {LIVE}: 3 jobs cancelled (settled without them)"]
+
+
+def test_a_refused_result_is_warned_about(caplog):
+    import logging
+
+    j = core(spooled=[(LIVE, ok("a.1"))])
+    j.links[LIVE].ask_after = 1e9
+    j.tick(0.0)
+    (results,) = sent(j.take_actions(), p.Results)
+    with caplog.at_level(logging.WARNING, logger="jobber._core"):
+        rej = p.Rejection("a.1", p.ErrorCode.SETTLED, "late")
+        j.received(LIVE, p.Ack(results.id, (), (rej,)), 0.5)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"dealer {LIVE} refused result a.1: settled: late"
+    ]
+    assert not j.unacked
+
+
+def test_unacknowledged_bytes_follow_what_is_held():
+    j = core()
+    small, big = ok("t.0", b"x" * 10), ok("t.1", b"x" * 1000)
+    j._hold_result(LIVE, small)
+    j._hold_result(LIVE, big)
+    assert j._unacked_bytes[LIVE] == c._weight(small) + c._weight(big)
+    j._hold_result(LIVE, ok("t.1", b"x" * 100))  # the same tag again: replaced
+    assert j._unacked_bytes[LIVE] == c._weight(small) + c._weight(ok("t.1", b"x" * 100))
+    j._release_result(LIVE, "t.1")
+    assert j._unacked_bytes[LIVE] == c._weight(small)
+    j._release_result(LIVE, "t.0")
+    assert LIVE not in j._unacked_bytes and LIVE not in j.unacked
+    assert j.done == 0
+    run_one(j, 0.0)
+    assert j.done == 1
+
+
+def test_a_result_acknowledged_while_the_disk_refused_it_is_no_longer_owed_to_the_disk():
+    j = core(slots=1, buffer=0)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, ok("t.0"), 0.1, 0.1)
+    j.disk_failed("full", LIVE, "t.0")  # not on disk: sent from memory
+    j.tick(0.2)
+    (results,) = sent(j.take_actions(), p.Results)
+    j.received(LIVE, p.Ack(results.id, ("t.0",)), 0.3)
+    j.disk_ok()
+    assert j.disk_trouble == ""  # nothing left to write
+
+
+def test_request_ids_count_up_from_1():
+    j = core(spooled=[(LIVE, ok("a.1"))])
+    j.tick(0.0)
+    ids = sorted(a.msg.id for a in j.take_actions() if isinstance(a, c.Send))
+    assert ids == [1, 2]  # results and bored
+
+
+def test_a_dealer_exactly_at_its_spool_share_is_asked_for_nothing():
+    j = core(spool_share_bytes=c._weight(ok("a.1")))
+    j._hold_result(LIVE, ok("a.1"))
+    j.links[LIVE].results_id = 9  # its results request out, unanswered
+    j.tick(0.0)
+    assert not sent(j.take_actions(), p.Bored) and j.links[LIVE].flooded
+    tiny = core(spool_share_bytes=1)  # nothing unacknowledged: asked, however small
+    assert ask(tiny, 0.0)
+
+
+def test_a_hello_reply_clears_the_check_and_a_changed_key_drops_what_was_asked():
+    j = core(["tcp://127.0.0.1:7200"], pins={LIVE: KEY_A})
+    link = j.links[LIVE]
+    link.check_key, link.backoff.failures = True, 2
+    link.backoff.until = 0.0
+    j.tick(0.0)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
+    assert (j.reached, link.hello_id, link.check_key, link.backoff.failures) == (
+        True,
+        None,
+        False,
+        0,
+    )
+    assert link.usable()
+    link.check_key = True
+    link.results_id = 4
+    j.tick(0.2)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_B), 0.3)
+    assert link.refused and link.results_id is None and link.hello_id is None
+    assert j.take_actions() == [c.Reset(LIVE)]
+
+
+def test_patience_with_a_live_dealer_is_counted_from_its_ask():
+    j = core([f"{LIVE}#{KEY_A}", f"{OTHER}#{KEY_B}"], slots=1, buffer=0)
+    j.links[LIVE].answered = True
+    j.links[OTHER].ask_after = 10.0
+    j.tick(10.0)
+    assert sent(j.take_actions(), p.Bored, LIVE)
+    j.tick(10.9)
+    assert not sent(j.take_actions(), p.Bored)
+    j.tick(11.0)
+    assert sent(j.take_actions(), p.Bored, OTHER)
+
+
+def test_a_referred_dealer_with_a_new_key_is_trusted_on_first_use_and_checked_later():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Referral(bored.id, ("tcp://10.0.0.5:1",)), 0.0)
+    j.links[LIVE].ask_after = 1e9
+    j.tick(0.1)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received("tcp://10.0.0.5:1", p.HelloReply(hello.msg.id, KEY_B), 0.2)
+    link = j.links["tcp://10.0.0.5:1"]
+    assert (link.key, link.key_from_hello) == (KEY_B, True)  # another dealer: kept
+    assert c.Pin("tcp://10.0.0.5:1", KEY_B) in j.take_actions()
+    _fail(j, "tcp://10.0.0.5:1", 1.0)
+    assert link.check_key
+
+
+def test_a_dealer_whose_key_is_unknown_is_asked_for_its_key_first_and_nothing_else():
+    j = core(["tcp://127.0.0.1:7200"])
+    j.tick(0.0)
+    actions = j.take_actions()
+    assert [type(a) for a in actions] == [c.Hello] and not sent(actions)
+
+
+def test_the_buffer_deadline_counts_the_slots():
+    j = core(slots=2, buffer=6)
+    j._job_s = 10.0
+    j.paused = "owner"
+    for i in range(2):
+        j.buffer.append(c.Held(LIVE, spec(f"t.{i}"), 25.0))  # starts in (2/2 + 1) * 10 s
+    j.tick(5.0)
+    assert sent(j.take_actions(), p.Bored)
+    j.links[LIVE].bored_id = None
+    j.tick(5.5)
+    assert not sent(j.take_actions(), p.Bored)
+
+
+def test_the_share_left_is_divided_by_the_output_a_job_may_write():
+    kb = 1024
+    big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=100)
+    j = core(slots=1, buffer=5, spool_share_bytes=300 * kb)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", big),)), 0.0)
+    j.paused = "owner"
+    j.links[LIVE].ask_after = 0.0
+    j.tick(0.1)
+    (again,) = sent(j.take_actions(), p.Bored)
+    assert again.want == 2  # (300 - 100) KiB left: two jobs' worth
+
+
+def test_results_wait_out_a_backoff_and_a_key_check():
+    j = core(spooled=[(LIVE, ok("a.1")), (LIVE, ok("a.2"))])
+    link = j.links[LIVE]
+    link.ask_after = 1e9
+    link.backoff.until = 5.0
+    j.tick(4.9)
+    assert not sent(j.take_actions())
+    link.check_key = True
+    link.backoff.until = 0.0
+    j.tick(5.0)
+    actions = j.take_actions()
+    assert of(actions, c.Hello) and not sent(actions, p.Results)
+    link.check_key, link.hello_id = False, None
+    j.tick(6.0)
+    (results,) = sent(j.take_actions(), p.Results)
+    assert link.results_tags == ("a.1", "a.2") == tuple(r.tag for r in results.results)
+    nokey = core(["tcp://127.0.0.1:7200"], spooled=[(LIVE, ok("b.1"))])
+    nokey.tick(0.0)
+    assert [type(a) for a in nokey.take_actions()] == [c.Hello]
+
+
+def test_an_alive_naming_holding_spares_the_next_ask_from_naming_it():
+    j = core(slots=1, buffer=0)
+    run_one(j, 0.0)  # holds t.0's result, unacknowledged
+    j.links[LIVE].ask_after = 1e9
+    j.links[LIVE].results_id = 3  # its results request out
+    j.tick(5.0)
+    (alive,) = sent(j.take_actions(), p.Alive)
+    assert alive.holding == ("t.0",) and j.links[LIVE].holding_at == 5.0
+    j.links[LIVE].ask_after = 0.0
+    j.received(LIVE, p.Ack(3, ("t.0",)), 5.1)
+    assert ask(j, 6.0).holding is None  # said 1 s ago
+
+
+def test_a_request_times_out_counted_from_when_it_went():
+    j = core(request_timeout_s=5.0)
+    j.links[LIVE].ask_after = 10.0
+    ask(j, 10.0)
+    j.tick(15.0)
+    assert not of(j.take_actions(), c.Reset)
+    j.tick(15.01)
+    assert of(j.take_actions(), c.Reset)
+
+
+def test_a_bad_address_first_in_a_referral_spoils_nothing_after_it():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Referral(bored.id, ("bad address:", "tcp://10.0.0.3:1")), 0.0)
+    assert "tcp://10.0.0.3:1" in j.links
+
+
+def test_the_first_job_sets_the_mean_and_nothing_is_pinned_without_a_key():
+    j = core(slots=1, buffer=0)
+    run_one(j, 0.0, wall_s=0.5)
+    assert j._job_s == 0.5
+    assert c.JobberCore(settings(), ["tcp://127.0.0.1:7200"], 0.0).take_actions() == []
+    busy = core(max_idle_s=1.0)
+    busy.buffer.append(c.Held(LIVE, spec("t.0"), 1e9))
+    assert busy.idle_too_long(100.0) is False
+
+
+def test_a_cancel_stops_only_the_named_running_job_and_frees_what_it_owed():
+    j = core(slots=2, buffer=0)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"))), 0.0)
+    j.tick(0.0)
+    starts = of(j.take_actions(), c.Start)
+    assert j._owed[LIVE] == 2 * 64 * 1024
+    j.received(LIVE, p.AliveAck(0, 20.0, ("t.1",)), 0.1)
+    assert of(j.take_actions(), c.Stop) == [c.Stop(starts[1].key)]
+    assert j._owed[LIVE] == 64 * 1024
+
+
+def test_a_flooded_dealer_stays_flooded_until_it_is_under_its_share_again():
+    w = c._weight(ok("a.1"))
+    j = core(spooled=[(LIVE, ok("a.1")), (LIVE, ok("a.2")), (LIVE, ok("a.3"))])
+    j2 = core(spooled=[(LIVE, ok(f"a.{i}")) for i in range(1, 4)], spool_share_bytes=2 * w)
+    for k in (j, j2):
+        k.links[LIVE].flooded = True
+        k.received(LIVE, p.Ack(0, ("a.1",)), 0.0)
+    assert not j.links[LIVE].flooded  # under the default share
+    assert j2.links[LIVE].flooded  # two left: still at its share of two
+    j2.received(LIVE, p.Ack(0, ("a.2",)), 0.1)
+    assert not j2.links[LIVE].flooded
