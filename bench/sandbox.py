@@ -1,15 +1,24 @@
 """Sandbox benchmarks: wasm speed against native, and per-job overhead in a warm slot.
 
-    python bench/sandbox.py [--hi HI] [--repeat R] [--jobs J]
+    python bench/sandbox.py [--hi HI] [--steps S] [--repeat R] [--jobs J] [--fences]
 
-(a) The factoring kernel (tasks/payloads/factor.c) over a fixed range, built
-    natively (gcc -O2, else ziglang's native target) and to wasm32-wasi, run
-    natively and in the sandbox with every limit on (fuel, time, memory,
-    output), in a warm worker slot as a jobber runs it. Prints sandbox/native
-    (best of R runs each). Target: at most 1.05.
+(a) Two kernels built natively (gcc -O2, else ziglang's native target) and to
+    wasm32-wasi, run natively and in the sandbox with every limit on (fuel, time,
+    memory, output), in a warm worker slot as a jobber runs them; native and
+    sandbox runs alternate, so both see the same machine, and the best of R of
+    each is kept. Prints sandbox/native.
+    - the factoring kernel (tasks/payloads/factor.c) over a fixed range: integer
+      division. Target: at most 1.05.
+    - the n-body kernel (tasks/payloads/nbody.c), S steps: floating point.
+      Target: at most 1.3 with native NaNs (what jobbers run for a task that is not
+      cross-platform); also shown with canonical NaNs (a cross-platform task).
 (b) A trivial job (writes 3 bytes) started and collected in a warm slot, one
     after another: median round trip over J jobs, as the jobber sees it.
     Target: at most 1 ms. In-process sandbox.run() is shown for comparison.
+(c) With --fences: what each engine fence costs, on both kernels, in plain
+    wasmtime (no sandbox around it): no fences, fuel, epoch interruption, NaN
+    canonicalization, fuel + epoch (the native engine), all three (the canonical
+    engine); each run alternating with a native run, best of R.
 """
 
 from __future__ import annotations
@@ -52,16 +61,25 @@ TRIVIAL = wasmtime.wat2wasm(
 )
 
 
-def build_native(source: Path, out: Path) -> str:
-    """Compile `source` for this machine; returns the compiler used."""
+STEPS = 5_000_000  # n-body steps: about 0.3 s on a current core
+
+
+def build_native(source: Path, out: Path, *flags: str) -> str:
+    """Compile `source` for this machine with -O2 and `flags`; returns the command used."""
     gcc = shutil.which("gcc")
     if gcc:
-        cmd, name = [gcc, "-O2", str(source), "-o", str(out)], "gcc -O2"
+        cmd, name = [gcc, "-O2", *flags, str(source), "-o", str(out), "-lm"], "gcc -O2"
     else:
-        cmd = [sys.executable, "-m", "ziglang", "cc", "-O2", str(source), "-o", str(out)]
-        name = "zig cc -O2 (native)"
+        cmd = [sys.executable, "-m", "ziglang", "cc", "-O2", *flags, str(source), "-o", str(out)]
+        name = "zig cc -O2"
     subprocess.run(cmd, check=True)
-    return name
+    return " ".join([name, *flags])
+
+
+# The wasm build's libm never sets errno (clang's default for wasm32), which lets the
+# compiler use the sqrt instruction alone; a native -O2 build keeps errno, and a call
+# for a negative argument, unless told: -fno-math-errno is the like-for-like build.
+LIKE_FOR_LIKE = ("-fno-math-errno",)
 
 
 def one_job(slots: sandbox.Slots, key: str, sha256: str, args, limits) -> sandbox.Outcome:
@@ -72,30 +90,128 @@ def one_job(slots: sandbox.Slots, key: str, sha256: str, args, limits) -> sandbo
             return outcome
 
 
-def bench_cpu(slots: sandbox.Slots, cache: sandbox.ModuleCache, hi: int, repeat: int) -> None:
-    source = builtin("factor")
-    args = [str(N), str(LO), str(hi)]
-    sha256 = cache.put(compile_c(source.read_text()))
+def kernels(hi: int, steps: int) -> list[tuple[str, str, list[str], list[str], float]]:
+    """(name, built-in payload, args, a short job's args, target ratio) of (a) and (c)."""
+    return [
+        ("factoring kernel", "factor", [str(N), str(LO), str(hi)], ["91", "2", "100"], 1.05),
+        ("n-body kernel", "nbody", [str(steps)], ["1000"], 1.3),
+    ]
+
+
+def time_native(exe: Path, args: list[str]) -> tuple[float, bytes]:
+    t = time.perf_counter()
+    proc = subprocess.run([exe, *args], capture_output=True, check=True)
+    return time.perf_counter() - t, proc.stdout
+
+
+def bench_cpu(slots: sandbox.Slots, cache: sandbox.ModuleCache, hi: int, steps: int, repeat: int):
     # every limit on, none of them reached
-    limits = Limits(fuel=10**13, memory_mb=16, time_s=600, output_kb=64)
-    one_job(slots, "warm", sha256, ["91", "2", "100"], limits)  # compile and load once
-    native, wasm = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "factor"
-        compiler = build_native(source, exe)
-        for i in range(repeat):  # interleaved, so that both see the same machine
-            t = time.perf_counter()
-            proc = subprocess.run([exe, *args], capture_output=True, check=True)
-            native.append(time.perf_counter() - t)
-            o = one_job(slots, f"cpu{i}", sha256, args, limits)
-            if o.status is not Status.OK or o.stdout != proc.stdout:
-                raise SystemExit(f"sandbox run failed or differs: {o.status.value} {o.detail}")
-            wasm.append(o.wall_s)
-    ratio = min(wasm) / min(native)
-    print(f"(a) factoring kernel, N={N}, d in [{LO}, {hi}), best of {repeat}:")
-    print(f"    native ({compiler}):          {min(native):.3f} s")
-    print(f"    sandbox (warm slot, all limits): {min(wasm):.3f} s, {o.fuel:,} fuel")
-    print(f"    ratio sandbox/native:            {ratio:.3f}  (target <= 1.05)")
+    limits = Limits(fuel=10**13, memory_mb=16, time_s=600, output_kb=64, native_nans=True)
+    engines = {"native NaNs": limits, "canonical NaNs": Limits(10**13, 16, 600, 64)}
+    for name, payload, args, short, target in kernels(hi, steps):
+        source = builtin(payload)
+        sha256 = cache.put(compile_c(source.read_text()))
+        for kind, lim in engines.items():  # compile and load once for each engine
+            one_job(slots, f"warm {payload} {kind}", sha256, short, lim)
+        wasm: dict[str, list[float]] = {k: [] for k in engines}
+        with tempfile.TemporaryDirectory() as tmp:
+            exes = {}
+            for i, flags in enumerate(((), LIKE_FOR_LIKE)):
+                exe = Path(tmp) / f"{payload}{i}"
+                exes[build_native(source, exe, *flags)] = exe
+            native: dict[str, list[float]] = {k: [] for k in exes}
+            for i in range(repeat):  # interleaved, so that all see the same machine
+                for kind, lim in engines.items():
+                    for compiler, exe in exes.items():
+                        dt, out = time_native(exe, args)
+                        native[compiler].append(dt)
+                    o = one_job(slots, f"{payload}{i}{kind}", sha256, args, lim)
+                    if o.status is not Status.OK or o.stdout != out:
+                        raise SystemExit(
+                            f"sandbox run failed or differs: {o.status.value} {o.detail}"
+                        )
+                    wasm[kind].append(o.wall_s)
+        print(f"(a) {name} ({payload}.c {' '.join(args)}), best of {repeat}:")
+        base, like = (min(times) for times in native.values())
+        for compiler, times in native.items():
+            print(f"    {'native (' + compiler + '):':37s} {min(times):.3f} s")
+        for kind, times in wasm.items():
+            ratio = min(times) / base
+            goal = f" (target <= {target})" if kind == "native NaNs" else ""
+            head = f"sandbox (warm slot, {kind}):"
+            print(
+                f"    {head:37s} {min(times):.3f} s = {ratio:.2f} x native{goal}, "
+                f"{min(times) / like:.2f} x like for like"
+            )
+        print(f"    {o.fuel:,} fuel")
+
+
+FENCES = {
+    "none": (),
+    "fuel": ("fuel",),
+    "epoch": ("epoch",),
+    "nan canonicalization": ("nan",),
+    "fuel + epoch": ("fuel", "epoch"),
+    "all three": ("fuel", "epoch", "nan"),
+}
+
+
+def bench_fences(hi: int, steps: int, repeat: int) -> None:
+    """(c): plain wasmtime, one engine per combination of fences, against native."""
+    for name, payload, args, _, _ in kernels(hi, steps):
+        source = builtin(payload)
+        wasm = compile_c(source.read_text())
+        modules = {}
+        for combo, fences in FENCES.items():
+            config = wasmtime.Config()
+            config.consume_fuel = "fuel" in fences
+            config.epoch_interruption = "epoch" in fences
+            config.cranelift_nan_canonicalization = "nan" in fences
+            config.wasm_relaxed_simd_deterministic = True
+            engine = wasmtime.Engine(config)
+            modules[combo] = (engine, wasmtime.Module(engine, wasm), fences)
+        best = dict.fromkeys(FENCES, float("inf"))
+        with tempfile.TemporaryDirectory() as tmp:
+            exes = {}
+            for i, flags in enumerate(((), LIKE_FOR_LIKE)):
+                exe = Path(tmp) / f"{payload}{i}"
+                exes[build_native(source, exe, *flags)] = exe
+            natives = dict.fromkeys(exes, float("inf"))
+            for _ in range(repeat):
+                for combo in FENCES:
+                    for compiler, exe in exes.items():
+                        dt, expected = time_native(exe, args)
+                        natives[compiler] = min(natives[compiler], dt)
+                    dt, out = run_plain(*modules[combo], args, Path(tmp) / "out")
+                    if out != expected:
+                        raise SystemExit(f"{combo}: {out!r} differs from native {expected!r}")
+                    best[combo] = min(best[combo], dt)
+        base, like = natives.values()
+        print(f"(c) {name} ({payload}.c {' '.join(args)}) in plain wasmtime, best of {repeat}:")
+        for compiler, dt in natives.items():
+            print(f"    {'native (' + compiler + ')':34s} {dt:.3f} s")
+        for combo, dt in best.items():
+            ratios = f"{dt / base:.2f} x native, {dt / like:.2f} x like for like"
+            print(f"    {combo:34s} {dt:.3f} s = {ratios}")
+
+
+def run_plain(engine, module, fences, args: list[str], out: Path) -> tuple[float, bytes]:
+    store = wasmtime.Store(engine)
+    if "fuel" in fences:
+        store.set_fuel(10**15)
+    if "epoch" in fences:
+        store.set_epoch_deadline(10**9)  # checked at every loop header, never reached
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = ["payload", *args]
+    wasi.stdout_file = str(out)
+    store.set_wasi(wasi)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, module)
+    start = instance.exports(store)["_start"]
+    t = time.perf_counter()
+    start(store)
+    return time.perf_counter() - t, out.read_bytes()
 
 
 def bench_overhead(slots: sandbox.Slots, cache: sandbox.ModuleCache, jobs: int) -> None:
@@ -129,8 +245,10 @@ def bench_overhead(slots: sandbox.Slots, cache: sandbox.ModuleCache, jobs: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hi", type=int, default=HI, help=f"end of the range (default {HI})")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of (a), best kept")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"n-body steps ({STEPS})")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of (a) and (c), best kept")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in (b)")
+    parser.add_argument("--fences", action="store_true", help="also (c), the fences' costs")
     ns = parser.parse_args()
     print(
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -139,8 +257,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = sandbox.ModuleCache(Path(tmp))
         with sandbox.Slots(2, Path(tmp)) as slots:
-            bench_cpu(slots, cache, ns.hi, ns.repeat)
+            bench_cpu(slots, cache, ns.hi, ns.steps, ns.repeat)
             bench_overhead(slots, cache, ns.jobs)
+    if ns.fences:
+        bench_fences(ns.hi, ns.steps, ns.repeat)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,18 @@ replica of a job never gets another. A machine whose replica of a job errored
 gets it again only when no other active machine is fresh to it, so a batch on
 one machine cannot stall on one transient failure.
 
+Homogeneous redundancy (as BOINC's): every replica carries the *platform* of
+the jobber it went to (its CPU architecture, OS, wasmtime version and engine
+flags, as the service passes them; None for a jobber that did not say, and for
+every jobber of a cross-platform task). Only replicas of one platform vote
+together: agreeing machines, deterministic failures and live replicas are
+counted per platform, and an OK output of another platform than the winners'
+neither wins nor loses. So a job whose replicas run on one platform goes on
+there: it is eligible for a machine of another platform only once none of its
+replicas that may still vote (live, gone, OK, or a deterministic failure) is on
+that machine's platform and no active machine of their platforms is fresh to
+it (those machines left the pool: the job moves rather than stall).
+
 Quotas (as BOINC's per-host quotas): an identity, and separately its machine,
 may hold at most `allowance` replicas out. Both start at `Policy.quota`, grow
 by one for every valid result (in an accepted quorum) and halve for every
@@ -80,7 +92,9 @@ draws a job when none is unsettled, and which its caller runs after every turn.
 
 Records also carry what people reading a journal later want and the core does
 not need (Drawn.args, Sent.at, Returned.at): optional fields, absent from
-journals written before them, that `apply` ignores. A Core made with
+journals written before them, that `apply` ignores. Sent.platform is optional
+too, but the core needs it (votes are counted per platform): a journal written
+before it has every replica on the platform None, which votes as it did then. A Core made with
 `verify_jobs=False` replays a journal into jobs rebuilt from those records
 without comparing digests: how `python -m dealer results` reads a batch
 without its task (dealer._history).
@@ -94,7 +108,7 @@ import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import msgpack
 
@@ -148,8 +162,8 @@ REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
 }
 _LATE = (ReplicaState.OUT, ReplicaState.OVERDUE, ReplicaState.GONE)  # may still return
 _TIMED = (ReplicaState.OUT, ReplicaState.GONE)  # become OVERDUE at their deadline
-# statuses every honest machine gives alike for the same job (sandbox: no clocks, no
-# randomness, canonical NaNs); time, crash and abandoned depend on the machine
+# statuses every honest machine of one platform gives alike for the same job (sandbox: no
+# clocks, no randomness, one engine); time, crash and abandoned depend on the machine
 DETERMINISTIC = frozenset(
     s.value
     for s in (
@@ -164,6 +178,9 @@ DETERMINISTIC = frozenset(
     )
 )
 _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
+# replicas whose result is in, or may still come, and may vote: they keep their job on
+# their platform (with ERROR replicas of a deterministic status)
+_STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaState.GONE)
 
 
 # --- records: the journal's vocabulary ---------------------------------------
@@ -192,6 +209,9 @@ class Sent:
     deadline: float  # absolute, seconds since the epoch
     machine: str  # the group key votes are counted by (see --distinct)
     at: float | None = None  # when it was sent (None: a journal older than this field)
+    # the jobber's platform: only replicas of one platform vote together (None: it did
+    # not say, the task is cross-platform, or a journal older than this field)
+    platform: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +349,7 @@ class _Replica:
     jobber: str
     deadline: float
     machine: str
+    platform: str | None = None  # votes only with replicas of the same platform
     state: ReplicaState = ReplicaState.OUT
     status: str = ""  # as returned
     output: bytes = b""
@@ -354,48 +375,78 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class _Tally:
-    """A job's replicas, counted: what acceptance, failure and reissue are decided on."""
+    """A job's replicas, counted: what acceptance, failure and reissue are decided on.
 
-    best_key: tuple[bytes, int]  # the (output, fuel) most machines agree on
+    Votes are counted per platform (replicas of two platforms never agree), so a
+    group's key starts with its platform."""
+
+    best_key: tuple[bytes, int]  # the (output, fuel) most machines of one platform agree on
     best: int  # how many distinct machines agree on it
-    outputs: int  # distinct (output, fuel) among OK replicas
+    best_platform: str | None  # the platform of those machines
+    outputs: int  # distinct (platform, output, fuel) among OK replicas
     errors: int  # ERROR or OVERDUE
     live: int  # still OUT
     sent: int  # all but RELEASED and GONE
     fail_key: tuple[str, bytes, int]  # the deterministic failure most machines agree on
-    fail_best: int  # how many distinct machines agree on it
+    fail_best: int  # how many distinct machines (of one platform) agree on it
+    fail_platform: str | None  # the platform of those machines
+    # the most a platform can reach without another replica: its largest agreeing group
+    # plus its live replicas (with one platform: best + live)
+    reach: int
 
     @classmethod
     def of(cls, j: _Job) -> _Tally:
         # one pass, no Counter: this runs several times for every job (the hot path)
-        voters: dict[tuple[bytes, int], set[str]] = {}
-        failing: dict[tuple[str, bytes, int], set[str]] = {}
+        voters: dict[tuple[str | None, bytes, int], set[str]] = {}
+        failing: dict[tuple[str | None, str, bytes, int], set[str]] = {}
+        live_on: dict[str | None, int] = {}
         errors = live = uncounted = 0
         for r in j.replicas:
             state = r.state
             if state is ReplicaState.OUT:
                 live += 1
+                live_on[r.platform] = live_on.get(r.platform, 0) + 1
             elif state is ReplicaState.OK:
-                voters.setdefault((r.output, r.fuel), set()).add(r.machine)
+                voters.setdefault((r.platform, r.output, r.fuel), set()).add(r.machine)
             elif state is ReplicaState.ERROR:
                 errors += 1
                 if r.status in DETERMINISTIC:
-                    failing.setdefault((r.status, r.output, r.fuel), set()).add(r.machine)
+                    key = (r.platform, r.status, r.output, r.fuel)
+                    failing.setdefault(key, set()).add(r.machine)
             elif state is ReplicaState.OVERDUE:
                 errors += 1
             else:  # RELEASED, GONE
                 uncounted += 1
-        best_key, best = _most(voters, (b"", 0)) if voters else ((b"", 0), 0)
-        fail_key, fail_best = _most(failing, ("", b"", 0)) if failing else (("", b"", 0), 0)
+        if voters:
+            top, best = _most(voters, (None, b"", 0))
+            platform, key = top[0], top[1:]
+            best_on: dict[str | None, int] = {}
+            for (on, _, _), machines in voters.items():
+                if len(machines) > best_on.get(on, 0):
+                    best_on[on] = len(machines)
+            for on, n in live_on.items():
+                best_on[on] = best_on.get(on, 0) + n
+            reach = max(best_on.values())
+        else:
+            platform, key, best = None, (b"", 0), 0
+            reach = max(live_on.values()) if live_on else 0
+        if failing:
+            top, fail_best = _most(failing, (None, "", b"", 0))
+            fail_platform, fail_key = top[0], top[1:]
+        else:
+            fail_platform, fail_key, fail_best = None, ("", b"", 0), 0
         return cls(
-            best_key,
+            key,
             best,
+            platform,
             len(voters),
             errors,
             live,
             len(j.replicas) - uncounted,
             fail_key,
             fail_best,
+            fail_platform,
+            reach,
         )
 
 
@@ -450,6 +501,9 @@ class Core:
         self.jobbers: dict[str, JobberRecord] = {}
         self.machines: dict[str, Standing] = {}
         self._open: dict[str, set[str]] = {}  # jobber -> tags of its OUT/OVERDUE replicas
+        # platform -> the machines replicas went to on it (to know whether a job held on
+        # a platform can still go on there: see _eligible)
+        self._platforms: dict[str | None, dict[str, None]] = {}
         self.denied: dict[str, str] = {}  # identity -> why
         self.disputes: deque[dict] = deque(maxlen=MAX_DISPUTES)
         self.disputed = 0  # jobs accepted over a disagreement, and late results that disagreed
@@ -527,6 +581,12 @@ class Core:
                 f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a replica on "
                 f"another machine; {len(active)} machine{'s' if len(active) != 1 else ''} active"
             )
+            if len(self._platforms) > 1:
+                names = ", ".join(sorted(str(k) for k in self._platforms))
+                out.append(
+                    f"replicas of a job go to machines of one platform; "
+                    f"{len(self._platforms)} platforms among them: {names}"
+                )
         quiet = now - p.lease_s / 2
         for name, rec in self.jobbers.items():
             if rec.held and rec.last_seen < quiet:
@@ -554,6 +614,73 @@ class Core:
         out, self._settled = self._settled, []
         return out
 
+    def peek_settled(self) -> list[Accepted | Failed]:
+        """The settled jobs not taken yet (the journal keeps them with the turn's records)."""
+        return list(self._settled)
+
+    # --- a finished batch, restored without replaying its records ----------------------
+
+    def snapshot(self) -> dict:
+        """What a finished batch leaves besides its outputs: counts, tags used, and every
+        identity's and machine's record (for status). Maps keyed by field name."""
+        return {
+            "drawn": self._next_job,
+            "next_tag": self._next_tag,
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "disputed": self.disputed,
+            "disputes": list(self.disputes),
+            "denied": dict(self.denied),
+            "jobbers": {k: _fields_of(r) for k, r in self.jobbers.items()},
+            "machines": {k: _fields_of(m) for k, m in self.machines.items()},
+        }
+
+    def restore(self, snap: dict, settled: Iterable[tuple[int, str, str, bytes]]) -> None:
+        """Become the core of the finished batch `snap` describes: its jobs are drawn again
+        from the task (each checked against the digest the journal keeps) and settled as
+        `settled` says, (job id, digest, "accepted" or "failed", output or reasons) in the
+        order they settled, ready for take_settled(). JournalMismatch if the task's jobs
+        are not the journal's."""
+        if self._next_job or self._jobs:
+            raise CoreError("restore() is for a fresh core")
+        drawn: dict[int, Job] = {}
+        for job_id, digest, state, body in settled:
+            while self._next_job <= job_id:
+                try:
+                    job = next(self._source)
+                except StopIteration:
+                    raise JournalMismatch(
+                        f"the journal holds job {job_id} but the task yields only "
+                        f"{self._next_job} jobs"
+                    ) from None
+                drawn[self._next_job] = job
+                self._next_job += 1
+            job = drawn.pop(job_id, None)
+            if job is None or not isinstance(job, Job) or job_digest(job) != digest:
+                raise JournalMismatch(
+                    f"job {job_id} of the task differs from the journal's: "
+                    "the task or its arguments changed since the journal was written"
+                )
+            if state == "accepted":
+                self._settled.append(Accepted(job_id, job, body))
+            else:
+                self._settled.append(Failed(job_id, job, tuple(msgpack.unpackb(body))))
+        if drawn or self._next_job != snap["drawn"]:
+            raise JournalMismatch("the journal's finished batch does not match the task's jobs")
+        if next(self._source, None) is not None:
+            raise JournalMismatch(
+                f"the task yields more than the {self._next_job} jobs of the journal's "
+                "finished batch: the task or its arguments changed"
+            )
+        self._exhausted = True
+        self._next_tag = snap["next_tag"]
+        self.accepted, self.failed = snap["accepted"], snap["failed"]
+        self.disputed = snap["disputed"]
+        self.disputes.extend(snap["disputes"])
+        self.denied.update(snap["denied"])
+        self.jobbers = {k: JobberRecord(**v) for k, v in snap["jobbers"].items()}
+        self.machines = {k: Standing(**v) for k, v in snap["machines"].items()}
+
     # --- live events -------------------------------------------------------
 
     def bored(
@@ -564,6 +691,7 @@ class Core:
         now: float,
         holding: Collection[str] | None = None,
         machine: str | None = None,
+        platform: str | None = None,
     ) -> list[Assignment]:
         """Up to `want` replicas for `jobber` (on `machine`; default: its own), one per job.
 
@@ -571,6 +699,8 @@ class Core:
         other open replicas were lost (it crashed and came back) and are
         released at once instead of waiting for their deadlines. No more are
         handed out than the identity's and the machine's quotas allow.
+        `platform`: the jobber's (None: not said, or a cross-platform task); a job
+        goes on on the platform its replicas run on (see _eligible).
         """
         machine = jobber if machine is None else machine
         self._seen(jobber, machine, now)
@@ -588,18 +718,20 @@ class Core:
             if len(out) >= want:
                 return out
             j = self._jobs[job_id]
-            if self._eligible(j, jobber, machine, now):
-                out.append(self._send(j, jobber, machine, now))
+            if self._eligible(j, jobber, machine, platform, now):
+                out.append(self._send(j, jobber, machine, platform, now))
         while len(out) < want and len(self._jobs) < self.policy.window:
             j = self._draw()
             if j is None:
                 break
-            out.append(self._send(j, jobber, machine, now))
+            out.append(self._send(j, jobber, machine, platform, now))
         if len(out) < want and self._exhausted and not self._wanting and self.policy.backups:
-            out += self._backups(jobber, machine, want - len(out), now)
+            out += self._backups(jobber, machine, platform, want - len(out), now)
         return out
 
-    def _backups(self, jobber: str, machine: str, want: int, now: float) -> list[Assignment]:
+    def _backups(
+        self, jobber: str, machine: str, platform: str | None, want: int, now: float
+    ) -> list[Assignment]:
         """The tail of a batch: nothing left to draw and nothing wanting, so idle jobbers
         get an extra replica of the jobs out longest (MapReduce's backup tasks). The
         first quorum settles the job; the others' replicas are then cancelled."""
@@ -615,10 +747,10 @@ class Core:
                 break
             j = self._jobs[job_id]
             t = _Tally.of(j)
-            if t.live >= p.quorum - t.best + p.backups or t.sent >= p.max_replicas:
+            if t.reach >= p.quorum + p.backups or t.sent >= p.max_replicas:
                 continue
-            if self._eligible(j, jobber, machine, now):
-                out.append(self._send(j, jobber, machine, now))
+            if self._eligible(j, jobber, machine, platform, now):
+                out.append(self._send(j, jobber, machine, platform, now))
         return out
 
     def result(
@@ -735,6 +867,8 @@ class Core:
             self._open.pop(name, None)
         for m in [m for m, s in self.machines.items() if s.last_seen < horizon and s.held == 0]:
             del self.machines[m]
+            for on in self._platforms.values():
+                on.pop(m, None)
         return len(gone)
 
     # --- replay ------------------------------------------------------------
@@ -854,10 +988,12 @@ class Core:
         j = self._jobs[rec.job_id] = _Job(rec.job_id, job)
         self._update_wanting(j)
 
-    def _send(self, j: _Job, jobber: str, machine: str, now: float) -> Assignment:
+    def _send(
+        self, j: _Job, jobber: str, machine: str, platform: str | None, now: float
+    ) -> Assignment:
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        self._record(Sent(tag, j.id, jobber, deadline, machine, now))
+        self._record(Sent(tag, j.id, jobber, deadline, machine, now, platform))
         return Assignment(tag, j.id, j.job, deadline)
 
     def _apply_sent(self, rec: Sent) -> None:
@@ -868,8 +1004,13 @@ class Core:
         if prefix != self._prefix or int(seq, 16) != self._next_tag:
             raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
-        r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine)
+        r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine, rec.platform)
         j.replicas.append(r)
+        on = self._platforms.get(rec.platform)
+        if on is None:
+            on = self._platforms[rec.platform] = {}
+        if rec.machine not in on:
+            on[rec.machine] = None
         self._replicas[rec.tag] = r
         self._open.setdefault(rec.jobber, set()).add(rec.tag)
         self._jobber(rec.jobber).held += 1
@@ -942,8 +1083,12 @@ class Core:
             raise CoreError(f"no open replica {tag}")
         return r
 
-    def _eligible(self, j: _Job, jobber: str, machine: str, now: float) -> bool:
+    def _eligible(
+        self, j: _Job, jobber: str, machine: str, platform: str | None, now: float
+    ) -> bool:
         tried_and_failed = False
+        here = False  # a replica that may still vote is on this platform
+        elsewhere: set[str | None] | None = None  # ... on these others
         for r in j.replicas:
             if r.machine == machine or r.jobber == jobber:
                 if r.state in (ReplicaState.OUT, ReplicaState.OK):
@@ -951,14 +1096,43 @@ class Core:
                 if r.state is ReplicaState.GONE and r.jobber == jobber:
                     return False  # back from silence: it may still be running that one
                 tried_and_failed = True
+            if r.state in _STAYING or (r.state is ReplicaState.ERROR and r.status in DETERMINISTIC):
+                if r.platform == platform:
+                    here = True
+                elif elsewhere is None:
+                    elsewhere = {r.platform}
+                else:
+                    elsewhere.add(r.platform)
+        touched = None
+        if elsewhere is not None and not here:
+            # homogeneous redundancy: the job goes on on its replicas' platforms, unless
+            # none of their active machines is fresh to it (then it moves, not stalls)
+            touched = {r.machine for r in j.replicas}
+            touched.add(machine)
+            if self._fresh_on(elsewhere, touched, now):
+                return False
         if not tried_and_failed:
             return True
         # Give it back to a machine that failed it only if no other active machine is fresh to it.
-        touched = {r.machine for r in j.replicas} | {machine}
+        if touched is None:
+            touched = {r.machine for r in j.replicas}
+            touched.add(machine)
         horizon = now - ACTIVE_HORIZON_S
         return not any(
             name not in touched and m.last_seen >= horizon for name, m in self.machines.items()
         )
+
+    def _fresh_on(self, platforms: set[str | None], touched: set[str], now: float) -> bool:
+        """Whether a machine that ran replicas on one of `platforms` is active and has no
+        replica of the job (`touched` names those that have)."""
+        horizon = now - ACTIVE_HORIZON_S
+        for platform in platforms:
+            for name in self._platforms.get(platform, ()):
+                if name not in touched:
+                    m = self.machines.get(name)
+                    if m is not None and m.last_seen >= horizon:
+                        return True
+        return False
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
@@ -968,7 +1142,11 @@ class Core:
             for r in j.replicas:
                 if r.state is ReplicaState.OK:
                     rec = self._jobber(r.jobber)
-                    if (r.output, r.fuel) == t.best_key:
+                    if r.platform != t.best_platform:  # not compared: it neither wins nor loses
+                        r.detail = r.detail or (
+                            f"not compared: platform {r.platform}, the quorum's {t.best_platform}"
+                        )
+                    elif (r.output, r.fuel) == t.best_key:
                         r.won = True
                         rec.valid += 1
                         rec.credit += r.fuel
@@ -982,14 +1160,16 @@ class Core:
             if losers:
                 self._dispute(j, t, losers)
             self.accepted += 1
-            self._settle(j, Accepted(j.id, j.job, t.best_key[0]), t.best_key)
+            self._settle(j, Accepted(j.id, j.job, t.best_key[0]), t.best_key, t.best_platform)
             return
         if t.fail_best >= p.quorum:
             status, _, fuel = t.fail_key
             agreed = [
                 r
                 for r in j.replicas
-                if r.state is ReplicaState.ERROR and (r.status, r.output, r.fuel) == t.fail_key
+                if r.state is ReplicaState.ERROR
+                and r.platform == t.fail_platform
+                and (r.status, r.output, r.fuel) == t.fail_key
             ]
             for r in agreed:
                 r.won = True
@@ -1016,7 +1196,11 @@ class Core:
     def _dispute(self, j: _Job, t: _Tally, losers: dict[tuple[bytes, int], list[_Replica]]) -> None:
         """Outputs disagreed and a quorum won: keep the groups for status and log it."""
         winners = [
-            r for r in j.replicas if r.state is ReplicaState.OK and (r.output, r.fuel) == t.best_key
+            r
+            for r in j.replicas
+            if r.state is ReplicaState.OK
+            and r.platform == t.best_platform
+            and (r.output, r.fuel) == t.best_key
         ]
         groups = [(t.best_key, winners, True)] + [(k, rs, False) for k, rs in losers.items()]
         self.disputed += 1
@@ -1047,7 +1231,7 @@ class Core:
         p = self.policy
         if not j.replicas:
             return p.redundancy
-        need = max(p.redundancy - (t.sent - t.errors), p.quorum - t.best - t.live, 0)
+        need = max(p.redundancy - (t.sent - t.errors), p.quorum - t.reach, 0)
         return min(need, p.max_replicas - t.sent)
 
     def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
@@ -1058,10 +1242,14 @@ class Core:
         elif (
             t is None
             and len(j.replicas) >= self.policy.redundancy
-            and all(r.state is ReplicaState.OUT for r in j.replicas)
+            and all(
+                r.state is ReplicaState.OUT and r.platform == j.replicas[0].platform
+                for r in j.replicas
+            )
         ):
-            # the common case, cut short: as many replicas out as the job needs, none back
-            # (so sent - errors = len >= redundancy >= quorum = live + best): none needed
+            # the common case, cut short: as many replicas out as the job needs, none back,
+            # all on one platform (so sent - errors = len >= redundancy >= quorum and
+            # reach = live): none needed
             wanted = False
         else:
             wanted = self._needed(j, t or _Tally.of(j)) > 0
@@ -1071,18 +1259,29 @@ class Core:
             self._wanting.pop(j.id, None)
 
     def _settle(
-        self, j: _Job, outcome: Accepted | Failed, accepted: tuple[bytes, int] | None = None
+        self,
+        j: _Job,
+        outcome: Accepted | Failed,
+        accepted: tuple[bytes, int] | None = None,
+        platform: str | None = None,
     ) -> None:
+        """`accepted`: the winning (output, fuel), which late results of `platform` (the
+        winners') are checked against; others' are not comparable."""
         del self._jobs[j.id]
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
             if r.state in _LATE:
-                self._late[r.tag] = (j.id, accepted)
+                self._late[r.tag] = (j.id, accepted if r.platform == platform else None)
                 if len(self._late) > MAX_LATE:
                     self._late.popitem(last=False)
                 self._close(r)
         self._settled.append(outcome)
+
+
+def _fields_of(record) -> dict:
+    """A slotted dataclass's fields by name."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def _digest(key: tuple[bytes, int]) -> str:

@@ -38,6 +38,8 @@ closed journal.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import secrets
@@ -74,17 +76,15 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether a record's field holds what its annotation says (unknown ones: anything)."""
-    kind, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
-    if optional and value is None:
-        return True
-    want = _TYPES.get(kind)
-    if want is None:
-        return True
-    if not isinstance(value, want) or isinstance(value, bool):
-        return False
-    return kind != "tuple[str, ...]" or all(isinstance(v, str) for v in value)
+@functools.cache
+def _checks(cls: type) -> tuple[tuple[str, Any, bool, bool], ...]:
+    """A record class's field checks, read once from its annotations: (name, the types
+    its value may have or None for any, may it be None, are its items strings)."""
+    out = []
+    for name, annotation in cls.__annotations__.items():
+        kind, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
+        out.append((name, _TYPES.get(kind), optional, kind == "tuple[str, ...]"))
+    return tuple(out)
 
 
 def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
@@ -123,12 +123,18 @@ def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Ite
             raise JournalError(
                 f"{path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}{then}"
             ) from e
-        for name, kind_of in cls.__annotations__.items():
+        for name, want, optional, strings in _checks(cls):
             value = getattr(rec, name)
-            if not _fits(value, kind_of):
+            if want is None or (optional and value is None):
+                continue
+            if (
+                not isinstance(value, want)
+                or isinstance(value, bool)
+                or (strings and not all(isinstance(v, str) for v in value))
+            ):
                 raise JournalError(
                     f"{path}: record {seq} ({kind}) is damaged: its {name} is a "
-                    f"{type(value).__name__}, not {kind_of}{then}"
+                    f"{type(value).__name__}, not {cls.__annotations__[name]}{then}"
                 )
         yield rec
 
@@ -324,6 +330,13 @@ class Journal:
                         "tag_prefix": secrets.token_hex(4),
                     }
                     self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                # settled jobs as the task saw them, kept with the records that settled
+                # them: a finished batch is restored from these without a replay
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS settled (seq INTEGER PRIMARY KEY, "
+                    "job_id INTEGER NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL, "
+                    "body BLOB NOT NULL)"
+                )
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('state', ?)", (f"open {self._token}",)
                 )
@@ -412,19 +425,65 @@ class Journal:
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{self.path}: the journal is damaged: {e}: {AFRESH}") from e
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Write records durably, in one transaction."""
-        if not records:
+    def append(
+        self, records: Sequence[Record], settled: Sequence[tuple[int, str, str, bytes]] = ()
+    ) -> None:
+        """Write records, and the jobs they settled ((job id, digest, "accepted" or
+        "failed", output or msgpack of the reasons)), durably, in one transaction."""
+        if not records and not settled:
             return
         packer = self._packer
         rows = [(type(r).__name__, pack(r, packer)) for r in records]
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+            if settled:
+                self._db.executemany(
+                    "INSERT INTO settled (job_id, digest, state, body) VALUES (?, ?, ?, ?)",
+                    settled,
+                )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def mark_finished(self, snapshot: dict) -> None:
+        """The batch is finished: keep the core's `snapshot` with the number of records
+        and settled jobs it sums up, so a restart can skip the replay (finished_summary)."""
+        records = self._db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
+        settled = self._db.execute("SELECT count(*) FROM settled").fetchone()[0]
+        body = json.dumps({"records": records, "settled": settled, "core": snapshot})
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('finished', ?)", (body,))
+
+    def finished_summary(self) -> dict | None:
+        """The snapshot of a finished batch, if the journal is still exactly as it was when
+        it was marked (no record since, every settled job kept); else None: replay it."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'finished'").fetchone()
+        if row is None:
+            return None
+        try:
+            mark = json.loads(row[0])
+            records = self._db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
+            settled = self._db.execute("SELECT count(*) FROM settled").fetchone()[0]
+            core = mark["core"]
+            if (mark["records"], mark["settled"]) != (records, settled):
+                return None
+            if settled != core["accepted"] + core["failed"]:
+                return None  # settled jobs from before they were kept: replay instead
+        except (ValueError, KeyError, TypeError):
+            return None
+        return core
+
+    def settled_rows(self) -> Iterator[tuple[int, str, str, bytes]]:
+        """The settled jobs in the order they settled."""
+        try:
+            yield from self._db.execute(
+                "SELECT job_id, digest, state, body FROM settled ORDER BY seq"
+            )
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: the journal is damaged: {e}: {AFRESH}") from e
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM records").fetchone()[0]

@@ -13,14 +13,18 @@ memory with a fake clock (tests/test_system_machine.py).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+import msgpack
+
 import protocol as p
-from dealer._core import Accepted, Core, Policy
+from dealer._core import Accepted, Core, Failed, Policy, job_digest
 from dealer._journal import Journal, task_pins
 from protocol._signing import AuthorKey
 from tasks import Job, Task
@@ -35,6 +39,7 @@ RETRY_QUOTA_S = 0.2
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
 STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
+REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
 # A jobber may hold what it has shown it runs in this long (its results per second,
 # measured over PACE_WINDOW_S), and never less than two jobs per slot: jobs of a
 # millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
@@ -100,6 +105,13 @@ def policy_for(
         **({} if backups is None else {"backups": backups}),
         **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
     )
+
+
+def _settled_row(s: Accepted | Failed) -> tuple[int, str, str, bytes]:
+    """How the journal keeps a settled job (see Journal.append)."""
+    if isinstance(s, Accepted):
+        return (s.job_id, job_digest(s.job), "accepted", s.output)
+    return (s.job_id, job_digest(s.job), "failed", msgpack.packb(list(s.reasons)))
 
 
 class Service:
@@ -171,13 +183,21 @@ class Service:
         self.settled_count = 0  # jobs handed to the task in this process (progress)
         self.done = False
         self._done_raised = False
+        self._finished_marked = False
         self._replay(now)
 
     def _replay(self, now: float) -> None:
+        snapshot = self.journal.finished_summary()
+        if snapshot is not None:  # a finished batch: its outcomes, without the replay
+            self._restore(snapshot)
+            return
         n = 0
         for rec in self.journal.records():
             self.core.apply(rec)
             n += 1
+            if n % REPLAY_DELIVER_EVERY == 0:  # settled jobs go to the task as they come,
+                self._deliver()  # not all held until the end (a million outputs)
+        self._deliver()  # before the commit below, which journals what was not delivered
         self.core.take_records()  # already in the journal
         if n:
             log.info(
@@ -190,6 +210,31 @@ class Service:
         self.core.resume(now)  # jobbers holding work get a full lease to come back
         self.commit()  # a job drawn if none is unsettled (or the generator found empty)
         self._deliver()
+        self._decide()
+
+    def _restore(self, snapshot: dict) -> None:
+        """The batch was finished: hand the task its outcomes in their order, from the
+        journal's settled jobs, and take the rest from the snapshot (seconds for a
+        million jobs, where replaying every record takes a minute)."""
+        rows = self.journal.settled_rows()
+        n = 0
+
+        def counted():
+            nonlocal n
+            for row in rows:
+                n += 1
+                if n % REPLAY_DELIVER_EVERY == 0:
+                    self._deliver()
+                yield row
+
+        self.core.restore(snapshot, counted())
+        self._deliver()
+        self._finished_marked = True
+        log.info(
+            "restored the finished batch: %d jobs accepted, %d failed",
+            self.core.accepted,
+            self.core.failed,
+        )
         self._decide()
 
     # --- each turn ---------------------------------------------------------
@@ -209,11 +254,15 @@ class Service:
         unsettled, one is drawn first (the core's refill), so that a batch whose
         generator ran dry is seen to be finished."""
         self.core.refill()
-        self.journal.append(self.core.take_records())
+        settled = [_settled_row(s) for s in self.core.peek_settled()]
+        self.journal.append(self.core.take_records(), settled)
 
     def after_turn(self, now: float) -> None:  # noqa: ARG002 - the time, for what may come
         self._deliver()
         self._decide()
+        if self.done and not self._finished_marked and self.core.finished():
+            self._finished_marked = True  # a restart now restores instead of replaying
+            self.journal.mark_finished(self.core.snapshot())
 
     def finished(self) -> bool:
         """Whether the batch is done (the task said so, or every job is settled and the
@@ -265,6 +314,9 @@ class Service:
         if core.is_denied(peer.key):
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         machine = peer.machine(self.distinct)
+        # homogeneous redundancy: a replica votes only with replicas of its platform, unless
+        # the task is cross-platform (its jobs canonicalize NaNs: any platforms agree)
+        platform = None if self.task.cross_platform else msg.host.platform
         # no more than the jobber can run soon: two per slot, or what it ran in SOON_S
         want = min(msg.want, self._soon(peer.key, msg.host.slots))
         sha = self._payload.sha256
@@ -276,19 +328,22 @@ class Service:
         too_much = msg.host.refuses(self.task.limits)
         if too_much is not None:
             want = 0  # this machine cannot run these jobs: only its `holding` is read
-        assigned = core.bored(peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine)
+        assigned = core.bored(
+            peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine, platform
+        )
         size = sum(_size(a.job) for a in assigned)
         while assigned and len(assigned) < want and size < budget:
             per_job = max(1, size // len(assigned))
             chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
-            more = core.bored(peer.key, chunk, msg.host.memory_mb, now, None, machine)
+            more = core.bored(peer.key, chunk, msg.host.memory_mb, now, None, machine, platform)
             if not more:
                 break
             assigned += more
             size += sum(_size(a.job) for a in more)
         if assigned:
+            limits = self._job_limits
             specs = tuple(
-                p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, self.task.limits, a.deadline - now)
+                p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, limits, a.deadline - now)
                 for a in assigned
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
@@ -309,6 +364,18 @@ class Service:
             return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
         why = "no job needs this machine now; all are out"
         return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
+
+    @functools.cached_property
+    def _job_limits(self) -> p.Limits:
+        """The limits every JobSpec carries: the task's, asking for native NaNs (the fast
+        engine: votes stay within a platform) unless the task is cross-platform, whose
+        jobs canonicalize them (a task's own native_nans=False is kept)."""
+        limits = self.task.limits
+        if self.task.cross_platform:
+            return dataclasses.replace(limits, native_nans=None)
+        if limits.native_nans is None:
+            return dataclasses.replace(limits, native_nans=True)
+        return limits
 
     def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
         ok: list[str] = []

@@ -334,7 +334,11 @@ class JobberCore:
         return tuple(tags) if len(tags) <= p.MAX_HOLDING else None
 
     def host_facts(self) -> p.HostFacts:
-        """This machine as dealers should see it: what it is and what its owner allows."""
+        """This machine as dealers should see it: what it is and what its owner allows,
+        and the platform its sandbox runs native-NaN jobs for (replicas vote with their
+        own platform's)."""
+        from sandbox import PLATFORM  # a constant; imported here to keep the core light
+
         s = self.s
         return p.HostFacts(
             s.cpus,
@@ -344,6 +348,7 @@ class JobberCore:
             max_time_s=s.max_job_time_s,
             max_fuel=s.max_fuel,
             max_output_kb=s.max_output_kb,
+            platform=PLATFORM,
         )
 
     def hi_water(self) -> int:

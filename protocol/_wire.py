@@ -66,6 +66,7 @@ MAX_OUTPUT_BYTES = 32 * 1024 * 1024
 MAX_CACHED = 4096  # payload hashes a jobber may report
 MAX_PAYLOADS = 64  # payloads (and signatures of payloads) in one `jobs`
 MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
+MAX_PLATFORM = 256  # HostFacts.platform: a name, compared for equality only
 MAX_U64 = 2**64 - 1
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -532,18 +533,23 @@ class Limits(_Record):
     memory_mb: linear memory in MiB.
     time_s: wall-clock seconds.
     output_kb: stdout in KiB; a write past it fails and the job ends as OUTPUT.
+    native_nans: True: NaN bits may be as the jobber's CPU makes them (the dealer lets
+    only jobbers of one platform vote together); nil or False: every NaN canonical.
+    Not a limit, but how the job runs, so it travels with them to the sandbox.
     """
 
     fuel: int = 100_000_000_000
     memory_mb: int = 256
     time_s: float = 60.0
     output_kb: int = 1024
+    native_nans: bool | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "fuel": _int(1, 2**62),
         "memory_mb": _int(1, 65536),
         "time_s": _float(0.001, 1e7),
         "output_kb": _int(0, MAX_OUTPUT_BYTES // 1024),
+        "native_nans": _optional(_bool()),
     }
 
     def __post_init__(self) -> None:
@@ -567,6 +573,10 @@ class HostFacts(_Record):
     max_time_s: float | None = None
     max_fuel: int | None = None
     max_output_kb: int | None = None
+    # what a job's bytes depend on beyond the job when its NaNs are native: CPU
+    # architecture, OS, wasmtime version and engine flags (sandbox.PLATFORM); nil: not
+    # said (a jobber older than the field, which canonicalizes every NaN)
+    platform: str | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "cpus": _int(1, 1 << 20),
@@ -576,6 +586,7 @@ class HostFacts(_Record):
         "max_time_s": _optional(_float(0.001, 1e7)),
         "max_fuel": _optional(_int(1, 2**62)),
         "max_output_kb": _optional(_int(0, MAX_OUTPUT_BYTES // 1024)),
+        "platform": _optional(_str(MAX_PLATFORM)),
     }
 
     def refuses(self, limits: Limits) -> str | None:

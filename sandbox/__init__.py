@@ -7,22 +7,26 @@ Public face:
 - :class:`Slots` runs jobs in long-lived, low-priority worker processes.
 - :func:`check` says whether the sandbox would run a module, and why not (for
   task authors, before any jobber sees it).
+- :data:`PLATFORM` names what a job's bytes depend on beyond the job when its
+  NaNs are native (CPU architecture, OS, wasmtime version, engine flags).
 
 Only this package knows wasmtime. docs/sandbox.md describes the limits, the
 determinism rules and the worker fences. In short: a payload is a WASI
 preview 1 command with argv, stdin and a capped stdout, and nothing else (no
 files, no environment, no sockets); clocks and randomness are not refused but
 virtual (clocks read the fuel used so far, random_get is a fixed stream; see
-_wasi), and NaNs are canonicalized, so a job gives the same bytes and fuel on
-every machine. Compiling is fenced too: a module's header counts are checked
+_wasi), so a job gives the same bytes and fuel on every machine of one
+PLATFORM, and on every machine at all when its NaNs are canonicalized (the
+default; ``Limits.native_nans`` runs it without, several times faster on float
+code). Compiling is fenced too: a module's header counts are checked
 against caps before wasmtime sees it (_precheck), and Slots compile under time
 and memory fences of their own (_worker, _slots).
 """
 
 from sandbox._cache import ModuleCache
 from sandbox._check import check
-from sandbox._engine import run
+from sandbox._engine import PLATFORM, run
 from sandbox._outcome import Outcome
 from sandbox._slots import Slots
 
-__all__ = ["ModuleCache", "Outcome", "Slots", "check", "run"]
+__all__ = ["PLATFORM", "ModuleCache", "Outcome", "Slots", "check", "run"]

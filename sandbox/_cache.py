@@ -3,7 +3,9 @@
 Layout under the root::
 
     wasm/<sha256>.wasm                   the payload as received
-    compiled/<engine key>/<sha256>.cwasm the module compiled for this machine
+    compiled/<engine key>/<sha256>.cwasm the module compiled for this machine, one
+                                         directory per engine (canonical NaNs or
+                                         native: see _engine.ENGINE_KEYS)
 
 A compiled file is a header then wasmtime's serialized module::
 
@@ -72,9 +74,14 @@ class ModuleCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._wasm_dir = self.root / "wasm"
-        self._compiled_dir = self.root / "compiled" / _engine.ENGINE_KEY
+        # by `canonical`: the canonical engine's compiled forms, and the native one's
+        compiled = self.root / "compiled"
+        self._compiled_dirs = {
+            canonical: compiled / key for canonical, key in _engine.ENGINE_KEYS.items()
+        }
         self._wasm_dir.mkdir(parents=True, exist_ok=True)
-        self._compiled_dir.mkdir(parents=True, exist_ok=True)
+        for d in self._compiled_dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"ModuleCache({str(self.root)!r})"
@@ -116,12 +123,14 @@ class ModuleCache:
         total = 0
         for path in self._wasm_dir.glob("*.wasm"):
             sha = path.stem
-            compiled = self._compiled_dir / f"{sha}.cwasm"
             try:
                 st = path.stat()
             except FileNotFoundError:
                 continue
-            size = st.st_size + (compiled.stat().st_size if compiled.exists() else 0)
+            size = st.st_size
+            for d in self._compiled_dirs.values():
+                with contextlib.suppress(FileNotFoundError):
+                    size += (d / f"{sha}.cwasm").stat().st_size
             entries.append((st.st_mtime, sha, size))
             total += size
         entries.sort()
@@ -133,7 +142,8 @@ class ModuleCache:
             if sha in keep:
                 continue
             self._wasm_path(sha).unlink(missing_ok=True)
-            (self._compiled_dir / f"{sha}.cwasm").unlink(missing_ok=True)
+            for d in self._compiled_dirs.values():
+                (d / f"{sha}.cwasm").unlink(missing_ok=True)
             total -= size
             count -= 1
             removed += 1
@@ -163,22 +173,23 @@ class ModuleCache:
 
     # --- compiled modules ----------------------------------------------------------
 
-    def compiled_path(self, sha256: str) -> Path:
-        return self._compiled_dir / f"{_check_name(sha256)}.cwasm"
+    def compiled_path(self, sha256: str, canonical: bool = True) -> Path:
+        return self._compiled_dirs[canonical] / f"{_check_name(sha256)}.cwasm"
 
-    def module(self, sha256: str) -> wasmtime.Module:
-        """The payload compiled for the sandbox's engine: loaded if cached, else built.
+    def module(self, sha256: str, canonical: bool = True) -> wasmtime.Module:
+        """The payload compiled for the sandbox's canonical (or native) engine: loaded if
+        cached, else built.
 
         KeyError if the payload is not held; Refused if it is beyond a cap (or its
         compiled form would be); wasmtime.WasmtimeError if its bytes are not a valid
         module.
         """
-        loaded = self.load(sha256)
-        return loaded if loaded is not None else self.build(sha256)
+        loaded = self.load(sha256, canonical)
+        return loaded if loaded is not None else self.build(sha256, canonical)
 
-    def build(self, sha256: str) -> wasmtime.Module:
+    def build(self, sha256: str, canonical: bool = True) -> wasmtime.Module:
         """Compile the payload and store its compiled form (raises as `module` does)."""
-        module = _engine.compile(self.wasm(sha256))
+        module = _engine.compile(self.wasm(sha256), canonical)
         body = bytes(module.serialize())
         if len(body) > MAX_COMPILED_BYTES:
             log.warning("payload %s: compiled form of %d bytes not stored", sha256[:12], len(body))
@@ -187,13 +198,15 @@ class ModuleCache:
                 f"compiling the module made {len(body):,} bytes of compiled code, over the cap "
                 f"of {MAX_COMPILED_BYTES:,} (MAX_COMPILED_BYTES); not stored",
             )
-        header = _MAGIC + _engine.ENGINE_KEY.encode() + hashlib.sha256(body).digest()
-        _write_atomic(self.compiled_path(sha256), header + body)
+        key = _engine.ENGINE_KEYS[canonical]
+        header = _MAGIC + key.encode() + hashlib.sha256(body).digest()
+        _write_atomic(self.compiled_path(sha256, canonical), header + body)
         return module
 
-    def load(self, sha256: str) -> wasmtime.Module | None:
-        """The stored compiled form, or None (none stored, or one failing a check: removed)."""
-        path = self.compiled_path(sha256)
+    def load(self, sha256: str, canonical: bool = True) -> wasmtime.Module | None:
+        """The stored compiled form for the canonical (or native) engine, or None (none
+        stored, or one failing a check: removed)."""
+        path = self.compiled_path(sha256, canonical)
         try:
             if path.stat().st_size > _HEADER + MAX_COMPILED_BYTES:  # stored before the cap
                 log.warning("compiled module %s: over the size cap; removed", path.name)
@@ -206,13 +219,13 @@ class ModuleCache:
         problem = None
         if len(data) < _HEADER or data[: len(_MAGIC)] != _MAGIC:
             problem = "not a borednet compiled module"
-        elif data[len(_MAGIC) : len(_MAGIC) + 32] != _engine.ENGINE_KEY.encode():
+        elif data[len(_MAGIC) : len(_MAGIC) + 32] != _engine.ENGINE_KEYS[canonical].encode():
             problem = "compiled by another engine configuration"
         elif hashlib.sha256(body).digest() != data[len(_MAGIC) + 32 : _HEADER]:
             problem = "checksum mismatch"
         if problem is None:
             try:
-                return wasmtime.Module.deserialize(_engine.engine(), body)
+                return wasmtime.Module.deserialize(_engine.engine(canonical), body)
             except wasmtime.WasmtimeError as e:
                 problem = f"wasmtime refused it: {e}"
         log.warning("compiled module %s: %s; rebuilding", path.name, problem)

@@ -2,12 +2,17 @@
 
 Theory of operation
 -------------------
-One engine configuration everywhere (compiled modules are only valid for the
-configuration that made them): fuel on, epoch interruption on, NaN
-canonicalization on, deterministic relaxed SIMD, a fixed wasm stack, and the
-sandbox's own memory creator (see _memory). A job is: a fresh Store with the
-job's fuel and store limits, WASI with argv and stdin only (see _wasi), an
-instance of the module (pre-linked once per module), a call of ``_start``.
+Two engine configurations, the same everywhere (compiled modules are only
+valid for the configuration that made them): fuel on, epoch interruption on,
+deterministic relaxed SIMD, a fixed wasm stack, and the sandbox's own memory
+creator (see _memory); the *canonical* engine also canonicalizes NaNs
+(``cranelift_nan_canonicalization``), the *native* one leaves NaN bits as the
+CPU makes them. A job runs on the native engine when its limits say
+``native_nans`` (a dealer that votes only among jobbers of one PLATFORM asks
+for it), else on the canonical one; see docs/sandbox.md for what each fence
+guarantees and costs. A job is: a fresh Store with the job's fuel and store
+limits, WASI with argv and stdin only (see _wasi), an instance of the module
+(pre-linked once per module and engine), a call of ``_start``.
 
 Each limit, and how it ends the job:
 
@@ -15,7 +20,7 @@ Each limit, and how it ends the job:
 limit      mechanism                                                    status
 ========== ============================================================ =======
 fuel       ``Store.set_fuel``; wasm traps with OUT_OF_FUEL              FUEL
-time_s     a ticker thread increments the engine epoch every TICK_S;    TIME
+time_s     a ticker thread increments the engines' epochs every TICK_S; TIME
            each store has a deadline of one tick and a callback that
            stops the job once time_s of running time has passed
 memory_mb  the memory creator refuses growth past the limit (summed     MEMORY
@@ -81,60 +86,83 @@ PREPARED_MAX = 64  # compiled modules kept in memory per process
 ARGV0 = "payload"
 _DETAIL_STDERR = 300  # characters of the payload's stderr quoted in a failure's detail
 
-_CONFIG_FLAGS = (
+_SHARED_FLAGS = (
     "consume_fuel",
     "epoch_interruption",
-    "cranelift_nan_canonicalization",
     "wasm_relaxed_simd_deterministic",
     f"max_wasm_stack={MAX_WASM_STACK}",
     "host_memory_creator",
 )
+_NAN_FLAG = "cranelift_nan_canonicalization"
 
 
-def _make_config() -> wasmtime.Config:
+def _flags(canonical: bool) -> tuple[str, ...]:
+    # the canonical engine's list is the one every engine had before the native one
+    # existed, in the same order: its key, and so the compiled modules cached under it,
+    # stay valid
+    return (*_SHARED_FLAGS[:2], _NAN_FLAG, *_SHARED_FLAGS[2:]) if canonical else _SHARED_FLAGS
+
+
+def _make_config(canonical: bool) -> wasmtime.Config:
     config = wasmtime.Config()
     config.consume_fuel = True
     config.epoch_interruption = True
-    config.cranelift_nan_canonicalization = True
+    config.cranelift_nan_canonicalization = canonical
     config.wasm_relaxed_simd_deterministic = True
     config.max_wasm_stack = MAX_WASM_STACK
     _memory.install(config)
     return config
 
 
-def _engine_key() -> str:
-    """Names the engine configuration: compiled modules are only valid under it."""
+def _wasmtime_version() -> str:
     try:
-        version = metadata.version("wasmtime")
+        return metadata.version("wasmtime")
     except metadata.PackageNotFoundError:
-        version = "unknown"
-    text = "\n".join(["wasmtime " + version, platform.machine(), platform.system(), *_CONFIG_FLAGS])
+        return "unknown"
+
+
+def _engine_key(canonical: bool) -> str:
+    """Names an engine configuration: compiled modules are only valid under it."""
+    names = ["wasmtime " + _wasmtime_version(), platform.machine(), platform.system()]
+    text = "\n".join([*names, *_flags(canonical)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-ENGINE_KEY = _engine_key()
+ENGINE_KEYS = {True: _engine_key(True), False: _engine_key(False)}  # by `canonical`
+ENGINE_KEY = ENGINE_KEYS[True]  # the canonical engine's (the default)
+# What a job's bytes and fuel depend on beyond the job itself, on the native engine: the
+# CPU architecture (NaN bits, where the stack runs out), the OS (calling conventions,
+# frame sizes), the wasmtime version and the engine's flags (the native key hashes all
+# of them). Jobbers say it in HostFacts.platform; a dealer lets only replicas of one
+# platform vote together, unless the task is cross-platform (canonical NaNs).
+PLATFORM = (
+    f"{platform.machine().lower() or 'unknown'}-{platform.system().lower() or 'unknown'}"
+    f"-wasmtime-{_wasmtime_version()}-{ENGINE_KEYS[False][:8]}"
+)
 
 _lock = threading.Lock()
-_engine: wasmtime.Engine | None = None
-_linker: wasmtime.Linker | None = None
+_engines: dict[bool, wasmtime.Engine] = {}  # by `canonical`, each made on first use
+_linkers: dict[bool, wasmtime.Linker] = {}
 
 
-def engine() -> wasmtime.Engine:
-    """The process's one engine (created on first use)."""
-    global _engine, _linker
-    if _engine is None:
+def engine(canonical: bool = True) -> wasmtime.Engine:
+    """The process's canonical (or native) engine, created on first use."""
+    eng = _engines.get(canonical)
+    if eng is None:
         with _lock:
-            if _engine is None:
-                eng = wasmtime.Engine(_make_config())
+            eng = _engines.get(canonical)
+            if eng is None:
+                eng = wasmtime.Engine(_make_config(canonical))
                 linker = wasmtime.Linker(eng)
                 _wasi.define(linker)
-                _linker = linker
-                _engine = eng
-    return _engine
+                _linkers[canonical] = linker
+                _engines[canonical] = eng
+    return eng
 
 
-def compile(wasm: bytes) -> wasmtime.Module:  # noqa: A001 - the wasm sense of the word
-    """Compile `wasm` for the sandbox's engine, once its header counts pass the caps.
+def compile(wasm: bytes, canonical: bool = True) -> wasmtime.Module:  # noqa: A001 - the wasm sense
+    """Compile `wasm` for the sandbox's canonical (or native) engine, once its header
+    counts pass the caps.
 
     Raises _precheck.Refused (INVALID) for a module beyond a cap or bytes that are
     not framed as a module, before wasmtime sees them; wasmtime.WasmtimeError if
@@ -142,7 +170,7 @@ def compile(wasm: bytes) -> wasmtime.Module:  # noqa: A001 - the wasm sense of t
     """
     wasm = bytes(wasm)
     _precheck.check(wasm)
-    return wasmtime.Module(engine(), wasm)
+    return wasmtime.Module(engine(canonical), wasm)
 
 
 # --- ticker ---------------------------------------------------------------
@@ -185,7 +213,6 @@ class _Ticker:
             self._active -= 1
 
     def _run(self) -> None:
-        eng = engine()
         while True:
             with self._cond:
                 while not self._active:
@@ -195,7 +222,8 @@ class _Ticker:
             now = time.monotonic()
             gap = now - last
             self._mark = (elapsed + (gap if gap <= GAP_S else TICK_S), now)
-            eng.increment_epoch()
+            for eng in list(_engines.values()):  # a job runs on either
+                eng.increment_epoch()
 
 
 _ticker = _Ticker()
@@ -236,9 +264,12 @@ class Prepared:
     sha256: str
     pre: wasmtime.InstancePre | None
     problem: tuple[Status, str] | None = None
+    canonical: bool = True  # the engine it was compiled for: the canonical one, or native
 
 
-def _check(sha256: str, module: wasmtime.Module) -> Prepared:
+def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prepared:
+    """`module` (compiled for the canonical or the native engine, as `canonical` says)
+    checked and pre-linked, or why it cannot run."""
     refused = _wasi.refused_imports(module)
     if refused:
         shown = ", ".join(refused[:20]) + (
@@ -262,45 +293,52 @@ def _check(sha256: str, module: wasmtime.Module) -> Prepared:
     ty = start.type
     if not isinstance(ty, wasmtime.FuncType) or ty.params or ty.results:
         return Prepared(sha256, None, (Status.INVALID, "_start is not a function of type [] -> []"))
-    engine()
+    engine(canonical)
     try:
-        pre = _linker.instantiate_pre(module)
+        pre = _linkers[canonical].instantiate_pre(module)
     except wasmtime.WasmtimeError as e:
-        return Prepared(sha256, None, (Status.IMPORT, _first_line(str(e))))
-    return Prepared(sha256, pre)
+        return Prepared(sha256, None, (Status.IMPORT, _first_line(str(e))), canonical)
+    return Prepared(sha256, pre, None, canonical)
 
 
-_prepared: OrderedDict[str, Prepared] = OrderedDict()
+# by (sha256, canonical): a payload may run on both engines, compiled once for each
+_prepared: OrderedDict[tuple[str, bool], Prepared] = OrderedDict()
 _prepared_lock = threading.Lock()
 
 
-def prepare(sha256: str, load: Callable[[], wasmtime.Module]) -> Prepared:
-    """The Prepared for `sha256`, calling `load` to get its module on a miss.
+def prepare(sha256: str, load: Callable[[], wasmtime.Module], canonical: bool = True) -> Prepared:
+    """The Prepared for `sha256` on the canonical (or native) engine, calling `load` to
+    get its module, compiled for that engine, on a miss.
 
     `load` may raise wasmtime.WasmtimeError (the bytes are not a valid module:
     remembered as INVALID), _precheck.Refused (its status and detail, remembered
     unless it says otherwise) or KeyError (the payload is not available: not
     remembered).
     """
+    key = (sha256, canonical)
     with _prepared_lock:
-        hit = _prepared.get(sha256)
+        hit = _prepared.get(key)
         if hit is not None:
-            _prepared.move_to_end(sha256)
+            _prepared.move_to_end(key)
             return hit
     try:
-        prepared = _check(sha256, load())
+        prepared = _check(sha256, load(), canonical)
     except wasmtime.WasmtimeError as e:
         prepared = Prepared(
-            sha256, None, (Status.INVALID, f"not a valid module: {_first_line(str(e))}")
+            sha256,
+            None,
+            (Status.INVALID, f"not a valid module: {_first_line(str(e))}"),
+            canonical,
         )
     except _precheck.Refused as e:
-        prepared = Prepared(sha256, None, (e.status, e.detail))
+        prepared = Prepared(sha256, None, (e.status, e.detail), canonical)
         if not e.remember:
             return prepared
     except KeyError as e:
-        return Prepared(sha256, None, (Status.INVALID, str(e.args[0]) if e.args else "no payload"))
+        detail = str(e.args[0]) if e.args else "no payload"
+        return Prepared(sha256, None, (Status.INVALID, detail), canonical)
     with _prepared_lock:
-        _prepared[sha256] = prepared
+        _prepared[key] = prepared
         while len(_prepared) > PREPARED_MAX:
             _prepared.popitem(last=False)
     return prepared
@@ -369,6 +407,9 @@ def _classify_error(message: str) -> tuple[Status, str]:
 def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
     """Run one job of a prepared module; never raises for anything the payload does.
 
+    The job runs on the engine the module was prepared for (`prepare(...,
+    canonical=not limits.native_nans)`: see `run`).
+
     A bug in the sandbox itself is reported as CRASH rather than raised: the
     job failed through no fault of the payload, and is worth running elsewhere.
     """
@@ -385,7 +426,7 @@ def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limit
 
 
 def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
-    eng = engine()
+    eng = engine(prepared.canonical)
     job = _job.Job(limits, _ticker.now)
     store = wasmtime.Store(eng)
     store.set_fuel(limits.fuel)
@@ -460,20 +501,26 @@ def run(
     cache: a ModuleCache to compile through (stored there, compiled once per
     machine); without one, compiled modules are kept in this process only.
 
+    The job runs on the native engine (NaN bits as this CPU makes them) if
+    `limits.native_nans`, else on the canonical one (every NaN 0x7ff8...): the
+    same output and fuel either way for a payload that never looks at the bits of
+    a NaN.
+
     Never raises for anything the payload does: a bad module is INVALID, a
     missing import IMPORT, and so on (see the module docstring).
     """
     wasm = bytes(wasm)
     sha256 = hashlib.sha256(wasm).hexdigest()
+    canonical = not limits.native_nans
     if cache is not None:
         cache.put(wasm)
 
         def load() -> wasmtime.Module:
-            return cache.module(sha256)
+            return cache.module(sha256, canonical)
 
     else:
 
         def load() -> wasmtime.Module:
-            return compile(wasm)
+            return compile(wasm, canonical)
 
-    return execute(prepare(sha256, load), args, stdin, limits)
+    return execute(prepare(sha256, load, canonical), args, stdin, limits)

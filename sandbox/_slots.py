@@ -306,6 +306,7 @@ class Slots:
                 "memory_mb": limits.memory_mb,
                 "time_s": limits.time_s,
                 "output_kb": limits.output_kb,
+                "native_nans": limits.native_nans,
             },
             "compile_s": compile_s,
         }

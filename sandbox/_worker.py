@@ -10,7 +10,8 @@ Messages on its end of the pipe are maps keyed by field name (pickled by
 multiprocessing; both ends are the same installation), each with its `kind`::
 
     parent -> worker   {kind: "job", key, sha256, args, stdin,
-                        limits: {fuel, memory_mb, time_s, output_kb}, compile_s}
+                        limits: {fuel, memory_mb, time_s, output_kb, native_nans},
+                        compile_s}
                        None: exit
     worker -> parent   {kind: "ready", pid}
                        {kind: "compiling", key, at: time.monotonic()}: a compile begins
@@ -53,7 +54,9 @@ knows what a death means:
   (the job's time_s or Slots' COMPILE_TIME_S, whichever is less): TIME.
 
 Loading a stored compiled form (its size capped by the cache) runs with the
-fences lifted.
+fences lifted. A job whose limits say native_nans runs on the native engine
+(compiled and cached for it separately), any other on the canonical one; see
+_engine.
 """
 
 from __future__ import annotations
@@ -170,16 +173,18 @@ def _load(
     fences: _Fences,
     compile_s: float,
     memory_mb: int,
+    canonical: bool,
 ) -> wasmtime.Module:
-    """The job's module: its stored compiled form, else compiled under the compile fences."""
+    """The job's module for its engine: its stored compiled form, else compiled under the
+    compile fences."""
     fences.lift()
-    module = cache.load(sha256)
+    module = cache.load(sha256, canonical)
     if module is not None:
         return module
     fences.arm_compile(compile_s, memory_mb)
     conn.send({"kind": "compiling", "key": key, "at": time.monotonic()})  # the fences are up
     try:
-        return cache.build(sha256)
+        return cache.build(sha256, canonical)
     except MemoryError:
         raise _memory_refused(memory_mb) from None
     except wasmtime.WasmtimeError as e:
@@ -210,10 +215,11 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
         args, stdin = msg["args"], msg["stdin"]
         try:
             limits = Limits(**msg["limits"])
+            canonical = not limits.native_nans
             load = functools.partial(
-                _load, conn, key, cache, sha256, fences, compile_s, compile_memory_mb
+                _load, conn, key, cache, sha256, fences, compile_s, compile_memory_mb, canonical
             )
-            prepared = _engine.prepare(sha256, load)
+            prepared = _engine.prepare(sha256, load, canonical)
             fences.arm(limits)
             o = _engine.execute(prepared, args, stdin, limits)
             reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
@@ -273,7 +279,8 @@ def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
             target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True
         ).start()
         cache = ModuleCache(Path(cache_root))
-        _engine.engine()
+        _engine.engine(True)  # both engines made before the first job, not during it
+        _engine.engine(False)
         _serve(conn, cache, compile_memory_mb)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the jobber is gone (killed): nobody to tell, nothing to say

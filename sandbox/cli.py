@@ -9,7 +9,9 @@ Exit code: 0 for a clean exit (OK); the payload's own code for EXIT; 125 for
 every other outcome (a limit, a trap, an invalid module, ...); 2 for a bad
 command line.
 
-The job runs as a jobber runs it: in one slot worker process (see _slots), so
+The job runs as a jobber runs it: in one slot worker process (see _slots), with
+native NaNs as for a task that is not cross-platform (``--canonical-nans`` as
+for one that is), so
 compiling is fenced too (a module beyond the pre-check's caps is INVALID; one
 that compiles for longer than ``--time`` or COMPILE_TIME_S is TIME, or takes
 more memory than COMPILE_MEMORY_MB, MEMORY). The worker runs at our own
@@ -79,6 +81,12 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help=f"stdout in KiB (default {_DEFAULTS.output_kb})",
     )
     run_p.add_argument(
+        "--canonical-nans",
+        action="store_true",
+        help="canonicalize every NaN, as jobbers do for a cross-platform task (default: "
+        "NaN bits as this CPU makes them, as for any other task; faster on float code)",
+    )
+    run_p.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -121,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="sandbox: %(message)s")
     logging.getLogger("sandbox._slots").setLevel(logging.ERROR)  # the report line says it
     try:
-        limits = Limits(ns.fuel, ns.memory, ns.time, ns.output)
+        limits = Limits(ns.fuel, ns.memory, ns.time, ns.output, None if ns.canonical_nans else True)
     except ProtocolError as e:
         parser.error(str(e))
     try:

@@ -61,6 +61,11 @@ class Task:
                  its replicas sent to others (None: the dealer's default, 20)
     signing_key: the author key the dealer signs the payload with, a path to
                  KEY.sign_secret or KEY (None: unsigned; `--sign KEYPATH` overrides it)
+    cross_platform: False (the default): replicas of a job vote only with replicas run
+                 on the same platform (CPU architecture, OS, wasmtime version), which
+                 leave NaN bits as the CPU makes them, at native float speed. True: every
+                 jobber canonicalizes NaNs, several times slower on float-heavy code, and
+                 replicas of any platforms vote together. See docs/sandbox.md.
     """
 
     payload: Payload
@@ -71,6 +76,7 @@ class Task:
     deadline_s: ClassVar[float | None] = None
     lease_s: ClassVar[float | None] = None  # silence before a jobber is taken as gone
     signing_key: ClassVar[str | os.PathLike[str] | None] = None  # see docs/security.md
+    cross_platform: ClassVar[bool] = False  # True: canonical NaNs, any platforms vote together
 
     def __init__(self) -> None:
         self.failures: list[Failure] = []

@@ -402,3 +402,122 @@ def test_backups_never_exceed_their_cap():
     assert b.job_id == a.job_id
     assert core.bored("c", 1, 1000, 2.0) == []  # one backup is the cap
     assert core.replicas_out == 2
+
+
+# --- homogeneous redundancy: replicas vote only with replicas of their platform -------
+
+X86, ARM = "x86_64-linux-wasmtime", "aarch64-linux-wasmtime"
+
+
+def ask(core: Core, who: str, platform: str | None, now: float, want: int = 1):
+    return core.bored(who, want, 1000, now, machine=f"m-{who}", platform=platform)
+
+
+def test_replicas_of_a_job_go_to_its_platform_and_vote_only_there():
+    core = make(3, redundancy=2, quorum=2)
+    [a0] = ask(core, "a", X86, 0.0)
+    [c0] = ask(core, "c", X86, 0.0)
+    [c1] = ask(core, "c", X86, 0.0)
+    assert (a0.job_id, c0.job_id, c1.job_id) == (0, 0, 1)
+    # job 1 runs on x86 and x86 machine a is active and fresh to it: the arm jobber
+    # gets a job of its own instead
+    [b2] = ask(core, "b", ARM, 1.0)
+    assert b2.job_id == 2
+    [a1] = ask(core, "a", X86, 1.0)
+    assert a1.job_id == 1
+    # job 2 runs on arm, and no other arm machine exists: it moves to x86, not stall
+    [a2] = ask(core, "a", X86, 1.0)
+    assert a2.job_id == 2
+    for who, a in (("a", a0), ("c", c0), ("c", c1), ("a", a1), ("b", b2), ("a", a2)):
+        assert core.result(who, a.tag, OK, f"out{a.job_id}".encode(), 5, "", 2.0) is None
+    assert [s.job_id for s in core.take_settled()] == [0, 1]  # b and a agree, on two platforms
+    replicas = core.replicas(2)  # the core's own list: still read once the job settles
+    assert [r.platform for r in replicas] == [ARM, X86]
+    [c2] = ask(core, "c", X86, 3.0)  # x86 goes on with job 2: it needs one more there
+    assert c2.job_id == 2 and core.result("c", c2.tag, OK, b"out2", 5, "", 4.0) is None
+    [s] = core.take_settled()
+    assert s == Accepted(2, Job(("2",)), b"out2")
+    assert [(r.jobber, r.won) for r in replicas] == [("b", False), ("a", True), ("c", True)]
+    assert "not compared" in replicas[0].detail
+    b = core.jobbers["b"]
+    assert (b.valid, b.invalid, b.credit) == (0, 0, 0)  # not compared: neither won nor lost
+    assert core.disputed == 0
+
+
+def test_a_job_waits_for_its_platform_until_those_machines_leave():
+    core = make(2, redundancy=2, quorum=2)
+    [a] = ask(core, "a", X86, 0.0)
+    c = ask(core, "c", X86, 0.0, want=2)
+    assert [x.job_id for x in (a, *c)] == [0, 0, 1]
+    # job 1 runs on x86 and a, an x86 machine fresh to it, is active: arm waits
+    assert ask(core, "b", ARM, 1.0) == []
+    assert ask(core, "b", ARM, ACTIVE_HORIZON_S) == []
+    # a has been silent for longer than the horizon: the job moves rather than stall
+    [b] = ask(core, "b", ARM, ACTIVE_HORIZON_S + 1.0)
+    assert b.job_id == 1
+
+
+def test_deterministic_failures_vote_per_platform_too():
+    core = make(1, redundancy=2, quorum=2, max_errors=5)
+    [a] = ask(core, "a", X86, 0.0)
+    [b] = ask(core, "b", ARM, 0.0)  # no other x86 machine: the job moves to arm
+    core.result("a", a.tag, Status.STACK, b"", 9, "call stack exhausted", 1.0)
+    core.result("b", b.tag, Status.STACK, b"", 9, "call stack exhausted", 1.0)
+    assert core.take_settled() == []  # where the stack runs out depends on the platform
+    replicas = core.replicas(0)
+    [c] = ask(core, "c", ARM, 2.0)
+    core.result("c", c.tag, Status.STACK, b"", 9, "call stack exhausted", 3.0)
+    [s] = core.take_settled()
+    assert isinstance(s, Failed) and "the same failure on 2 machines" in s.reasons[0]
+    assert [(r.jobber, r.won) for r in replicas] == [("a", False), ("b", True), ("c", True)]
+
+
+def test_a_platform_short_of_a_quorum_gets_another_replica_at_once():
+    core = make(1, redundancy=2, quorum=2)
+    [b] = ask(core, "b", ARM, 0.0)
+    [a] = ask(core, "a", X86, 0.0)  # no other arm machine: x86 takes it over
+    assert core.result("a", a.tag, OK, b"o", 1, "", 1.0) is None
+    # arm's replica is still out, but x86 cannot reach a quorum with it: another x86
+    # machine gets the job now, not once arm's result is in
+    [c] = ask(core, "c", X86, 1.0)
+    assert c.job_id == 0 and core.result("c", c.tag, OK, b"o", 1, "", 2.0) is None
+    assert [s.output for s in core.take_settled()] == [b"o"]
+    assert b.tag in core.cancellable([b.tag])  # arm's replica is no longer needed
+
+
+def test_platforms_survive_a_replay_and_old_journals_vote_as_one_platform():
+    core = make(1, redundancy=2, quorum=2)
+    [a] = ask(core, "a", X86, 0.0)
+    [b] = ask(core, "b", ARM, 0.0)
+    records = core.take_records()
+    assert [r.platform for r in records if isinstance(r, Sent)] == [X86, ARM]
+    fresh = make(1, redundancy=2, quorum=2)
+    for rec in records:
+        fresh.apply(rec)
+    assert fresh.result("a", a.tag, OK, b"o", 1, "", 1.0) is None
+    assert fresh.result("b", b.tag, OK, b"o", 1, "", 1.0) is None
+    assert fresh.take_settled() == []  # x86 and arm do not make a quorum, after a replay too
+    # a journal written before Sent.platform: every replica on the platform None
+    old = [
+        Sent(r.tag, r.job_id, r.jobber, r.deadline, r.machine, r.at) if isinstance(r, Sent) else r
+        for r in records
+    ]
+    again = make(1, redundancy=2, quorum=2)
+    for rec in old:
+        again.apply(rec)
+    again.result("a", a.tag, OK, b"o", 1, "", 1.0)
+    again.result("b", b.tag, OK, b"o", 1, "", 1.0)
+    assert [s.output for s in again.take_settled()] == [b"o"]
+
+
+def test_a_late_result_of_another_platform_is_not_a_dispute():
+    core = make(1, redundancy=2, quorum=2, backups=1)
+    [a] = ask(core, "a", ARM, 0.0)
+    [x] = ask(core, "x", X86, 0.0)  # no other arm machine: x86 takes it over
+    [y] = ask(core, "y", X86, 0.0)
+    core.result("x", x.tag, OK, b"fff8", 1, "", 1.0)
+    core.result("y", y.tag, OK, b"fff8", 1, "", 1.0)
+    assert [s.output for s in core.take_settled()] == [b"fff8"]
+    why = core.result("a", a.tag, OK, b"7ff8", 1, "", 2.0)  # arm's own NaN bits, late
+    assert why is not None and why.code is ErrorCode.SETTLED and "flagged" not in why.text
+    assert core.disputed == 0

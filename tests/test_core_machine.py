@@ -7,10 +7,14 @@ restarts from its journal. After every step:
 
 - every drawn job is either unsettled or settled exactly once (none lost,
   none accepted twice), and replay order equals delivery order;
-- every accepted output was returned OK by at least `quorum` distinct jobbers;
+- every accepted output was returned OK by at least `quorum` distinct machines
+  of one platform (jobbers run on two, A and B, as the service names them; a
+  cross-platform task names none, and then any machines count together);
+  replicas of a job never vote across platforms, whether the platforms' outputs
+  are the same (as for float code without NaNs) or differ (NaN bits);
 - with quorum >= 2, the dishonest jobber never gets a wrong output accepted.
 
-At the end, honest jobbers alone drive the batch to completion.
+At the end, honest jobbers alone (of both platforms) drive the batch to completion.
 """
 
 from __future__ import annotations
@@ -29,31 +33,35 @@ from dealer._core import Accepted, Core, Failed, Overdue, Policy, Returned, Sent
 from protocol import ErrorCode, Status
 from tasks import Job
 
-HONEST = ("h1", "h2", "h3")
+HONEST = ("h1", "h2", "h3", "h4", "h5")
 LIAR = "liar"
 SYBIL = "liar2"  # the liar's second identity, on the same machine
 LIARS = (LIAR, SYBIL)
 JOBBERS = (*HONEST, *LIARS)
-MACHINE = {"h1": "m1", "h2": "m2", "h3": "m3", LIAR: "evil", SYBIL: "evil"}
+MACHINE = {"h1": "m1", "h2": "m2", "h3": "m3", "h4": "m4", "h5": "m5", LIAR: "evil", SYBIL: "evil"}
 ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
 
 
-def right(job_id: int) -> tuple[bytes, int]:
-    return f"out-{job_id}".encode(), 100 + job_id
-
-
-def tally(replicas) -> tuple[int, int, int, int]:
-    """(best, errors, live, sent) of a job's replicas, counted as docs/dealer.md says:
-    best is the most distinct machines agreeing on one (output, fuel)."""
-    agree: dict[tuple[bytes, int], set[str]] = {}
+def tally(replicas, platform_of) -> tuple[int, int, int, int, int]:
+    """(best, errors, live, sent, reach) of a job's replicas, counted as docs/dealer.md
+    says: best is the most distinct machines of one platform agreeing on one (output,
+    fuel); reach, the most one platform's agreeing machines and live replicas come to."""
+    agree: dict[tuple, set[str]] = {}
+    live_on: dict = {}
     states = [r.state.value for r in replicas]
     for r in replicas:
+        on = platform_of(r.jobber)
         if r.state.value == "ok":
-            agree.setdefault((r.output, r.fuel), set()).add(r.machine)
+            agree.setdefault((on, r.output, r.fuel), set()).add(r.machine)
+        elif r.state.value == "out":
+            live_on[on] = live_on.get(on, 0) + 1
     best = max((len(m) for m in agree.values()), default=0)
+    reach_on = dict(live_on)
+    for (on, _, _), machines in agree.items():
+        reach_on[on] = max(reach_on.get(on, 0), len(machines) + live_on.get(on, 0))
     errors = states.count("error") + states.count("overdue")
     sent = len(states) - states.count("released") - states.count("gone")
-    return best, errors, states.count("out"), sent
+    return best, errors, states.count("out"), sent, max(reach_on.values(), default=0)
 
 
 def before_room(before, me, host, policy) -> tuple[int, int]:
@@ -70,9 +78,21 @@ class CoreMachine(RuleBasedStateMachine):
         quorum_minus=st.integers(0, 2),
         max_errors=st.integers(0, 3),
         window=st.integers(1, 4),
+        # the machines on platform B, the others on A: a platform of one machine (its jobs
+        # move to the other), of two, or of the liar alone; always one with 3 honest ones,
+        # so that any quorum can be reached on one platform
+        on_b=st.sampled_from([("h5",), ("h4", "h5"), ("h2", "h3", "h4", "h5", LIAR), (LIAR,)]),
+        outputs=st.sampled_from(["same", "same", "differ", "cross"]),
     )
-    def setup(self, n_jobs, redundancy, quorum_minus, max_errors, window):
+    def setup(self, n_jobs, redundancy, quorum_minus, max_errors, window, on_b, outputs):
         self.n_jobs = n_jobs
+        self.platforms = {who: "B" if who in on_b else "A" for who in (*HONEST, LIAR)}
+        self.platforms[SYBIL] = self.platforms[LIAR]  # one machine, one platform
+        # a cross-platform task: the service names no platform, and jobbers canonicalize
+        # NaNs, so every platform gives the same output. Otherwise the platforms' outputs
+        # are the same (float code without NaNs) or differ (NaN bits)
+        self.cross = outputs == "cross"
+        self.differ = outputs == "differ"
         self.policy = Policy(
             redundancy=redundancy,
             quorum=max(1, redundancy - quorum_minus),
@@ -87,6 +107,15 @@ class CoreMachine(RuleBasedStateMachine):
         self.returned: dict[str, tuple[str, int, bytes, int, Status]] = {}
         self.settled: list[Accepted | Failed] = []  # in delivery order
         self.ok_by: dict[tuple[int, bytes, int], set[str]] = {}
+
+    def platform(self, who: str) -> str | None:
+        """The platform the service passes for `who`."""
+        return None if self.cross else self.platforms[who]
+
+    def right(self, job_id: int, who: str) -> tuple[bytes, int]:
+        """What an honest jobber returns for `job_id` on its platform."""
+        suffix = "-B" if self.differ and self.platforms[who] == "B" else ""
+        return f"out-{job_id}{suffix}".encode(), 100 + job_id
 
     def _fresh(self) -> Core:
         core = Core((Job((str(i),)) for i in range(self.n_jobs)), self.policy, "d")
@@ -105,8 +134,10 @@ class CoreMachine(RuleBasedStateMachine):
     def bored(self, who, want):
         me, host = self.core.jobbers.get(who), self.core.machines.get(MACHINE[who])
         before = (me.held if me else 0, host.held if host else 0)
-        tallies = {j: tally(job.replicas) for j, job in self.core._jobs.items()}
-        got = self.core.bored(who, want, 1000, self.now, machine=MACHINE[who])
+        tallies = {j: tally(job.replicas, self.platform) for j, job in self.core._jobs.items()}
+        got = self.core.bored(
+            who, want, 1000, self.now, machine=MACHINE[who], platform=self.platform(who)
+        )
         assert len(got) <= want, "more replicas than asked for"
         assert len(got) <= max(0, min(want, *before_room(before, me, host, self.policy)))
         per_job = [a.job_id for a in got]
@@ -115,11 +146,9 @@ class CoreMachine(RuleBasedStateMachine):
         for a in got:  # each went to a job the rules say needs one, or is a tail backup
             if a.job_id not in tallies:
                 continue  # drawn for this request
-            best, errors, live, sent = tallies[a.job_id]
-            needs = (sent - errors < p.redundancy or best + live < p.quorum) and (
-                sent < p.max_replicas
-            )
-            backup = 0 < live < p.quorum - best + p.backups and sent < p.max_replicas
+            best, errors, live, sent, reach = tallies[a.job_id]
+            needs = (sent - errors < p.redundancy or reach < p.quorum) and (sent < p.max_replicas)
+            backup = live > 0 and reach < p.quorum + p.backups and sent < p.max_replicas
             assert needs or backup, f"job {a.job_id} did not need a replica {tallies[a.job_id]}"
         me, host = self.core.jobbers[who], self.core.machines[MACHINE[who]]
         if got:  # handing out never takes an identity or a machine past its quota
@@ -150,7 +179,9 @@ class CoreMachine(RuleBasedStateMachine):
         kept = data.draw(st.lists(st.sampled_from(mine), unique=True)) if mine else []
         for tag in set(mine) - set(kept):
             del self.out[tag]  # the dealer releases them
-        self.core.bored(who, 0, 1000, self.now, holding=kept, machine=MACHINE[who])
+        self.core.bored(
+            who, 0, 1000, self.now, holding=kept, machine=MACHINE[who], platform=self.platform(who)
+        )
         self._commit()
         for tag in set(mine) - set(kept):
             why = self.core.result(who, tag, Status.OK, b"late", 1, "", self.now)
@@ -162,13 +193,16 @@ class CoreMachine(RuleBasedStateMachine):
         tag = data.draw(st.sampled_from(sorted(self.out)))
         who, job_id, _ = self.out[tag]
         if kind == "ok":
-            output, fuel = right(job_id) if who not in LIARS else (b"13", 1)
+            output, fuel = self.right(job_id, who) if who not in LIARS else (b"13", 1)
             status = Status.OK
         else:
             output, fuel = b"", 0
             status = data.draw(st.sampled_from(ERRORS)) if kind == "error" else Status.ABANDONED
+        self._return(tag, status, output, fuel)
+
+    def _return(self, tag: str, status: Status, output: bytes, fuel: int) -> None:
+        who, job_id, _ = self.out.pop(tag)
         why = self.core.result(who, tag, status, output, fuel, "x", self.now)
-        del self.out[tag]
         if why is None:
             self.returned[tag] = (who, job_id, output, fuel, status)
             if status is Status.OK:
@@ -176,6 +210,15 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             assert why.code is ErrorCode.SETTLED, why
         self._commit()
+
+    @rule(who=st.sampled_from(HONEST), want=st.integers(1, 3))
+    def prompt(self, who, want):
+        """An honest jobber that runs what it gets at once (so that replicas of one job
+        from two platforms are often back together, where a vote across them would show)."""
+        before = set(self.out)
+        self.bored(who, want)
+        for tag in [t for t in self.out if t not in before]:
+            self._return(tag, Status.OK, *self.right(self.out[tag][1], who))
 
     @precondition(lambda self: self.out or self.returned)
     @rule(data=st.data(), forger=st.sampled_from(JOBBERS))
@@ -230,7 +273,9 @@ class CoreMachine(RuleBasedStateMachine):
     def crash_before_journal(self, who, want):
         """The dealer dies after deciding but before its records were durable: the
         jobber never got the reply, so the step never happened."""
-        self.core.bored(who, want, 1000, self.now, machine=MACHINE[who])
+        self.core.bored(
+            who, want, 1000, self.now, machine=MACHINE[who], platform=self.platform(who)
+        )
         self.core = self._fresh()
         self.core.take_settled()
 
@@ -240,8 +285,12 @@ class CoreMachine(RuleBasedStateMachine):
     def replicas_per_job_within_the_rules(self):
         p = self.policy
         for j, job in self.core._jobs.items():
-            best, errors, live, sent = tally(job.replicas)
-            assert live <= p.redundancy + p.backups, f"job {j}: {live} live replicas"
+            best, errors, live, sent, _ = tally(job.replicas, self.platform)
+            for on in {self.platform(r.jobber) for r in job.replicas}:
+                mine = [r for r in job.replicas if self.platform(r.jobber) == on]
+                n = sum(r.state.value == "out" for r in mine)
+                assert n <= p.redundancy + p.backups, f"job {j}: {n} live replicas on {on}"
+            assert all(r.platform == self.platform(r.jobber) for r in job.replicas)
             assert sent <= p.max_replicas, f"job {j}: {sent} replicas sent"
             assert errors <= p.max_errors, f"job {j}: {errors} errors and not failed"
             assert best < p.quorum, f"job {j}: a quorum and not accepted"
@@ -297,15 +346,16 @@ class CoreMachine(RuleBasedStateMachine):
     def accepted_outputs_had_a_quorum(self):
         for s in self.settled:
             if isinstance(s, Accepted):
-                agreeing = [
-                    MACHINE[w]
-                    for (j, out, _), ws in self.ok_by.items()
-                    if j == s.job_id and out == s.output
-                    for w in ws
-                ]
-                assert len(set(agreeing)) >= self.policy.quorum, "a quorum of machines"
+                agreeing: dict = {}  # platform -> machines that returned the output
+                for (j, out, _), ws in self.ok_by.items():
+                    if j == s.job_id and out == s.output:
+                        for w in ws:
+                            agreeing.setdefault(self.platform(w), set()).add(MACHINE[w])
+                most = max(map(len, agreeing.values()), default=0)
+                assert most >= self.policy.quorum, "a quorum of machines of one platform"
                 if self.policy.quorum >= 2:
-                    assert s.output == right(s.job_id)[0], "the liar won a vote"
+                    rights = {self.right(s.job_id, w)[0] for w in HONEST}
+                    assert s.output in rights, "the liar won a vote"
 
     def teardown(self):
         if not hasattr(self, "core"):
@@ -317,8 +367,9 @@ class CoreMachine(RuleBasedStateMachine):
             self.now += 60.0
             self.core.tick(self.now)
             for who in HONEST:
-                for a in self.core.bored(who, 3, 1000, self.now, machine=MACHINE[who]):
-                    out, fuel = right(a.job_id)
+                on = self.platform(who)
+                for a in self.core.bored(who, 3, 1000, self.now, machine=MACHINE[who], platform=on):
+                    out, fuel = self.right(a.job_id, who)
                     assert self.core.result(who, a.tag, Status.OK, out, fuel, "", self.now) is None
             self._commit()
         assert self.core.finished(), "the batch never finished with honest jobbers"
@@ -327,7 +378,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=500,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

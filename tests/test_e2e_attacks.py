@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+import sandbox
 from tests.helpers import (
     CHUNK,
     JOBS,
@@ -50,7 +51,7 @@ def test_sybil_one_process_with_two_keys_cannot_win_a_vote(procs, factor_wasm, v
     sybil = procs.start(
         "sybil",
         [PY, WRONG, addr, "--identities", "2", "--name", "sybil", "--source", "127.0.0.50"]
-        + ["--max-idle", "6"],
+        + ["--max-idle", "6", "--platform", sandbox.PLATFORM],
     )
     # both of its identities get in first
     wait_status(port, lambda s: {"sybil-0", "sybil-1"} <= set(by_name(s)))

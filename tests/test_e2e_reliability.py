@@ -13,6 +13,7 @@ import signal
 
 import pytest
 
+import sandbox
 from tests.helpers import (
     CHUNK,
     JOBS,
@@ -101,7 +102,10 @@ def test_dishonest_jobber_is_outvoted(procs, factor_wasm):
         "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--redundancy", "2", port=port
     )
     liar = procs.start(
-        "liar", [PY, ROOT / "tests" / "wrong_jobber.py", addr, "--name", "liar", "--max-idle", "5"]
+        "liar",
+        [PY, ROOT / "tests" / "wrong_jobber.py", addr, "--name", "liar", "--max-idle", "5"]
+        # it claims the honest jobbers' platform, or its replicas would never be compared
+        + ["--platform", sandbox.PLATFORM],
     )
     wait_status(port, lambda s: "liar" in by_name(s))  # it gets in first
     honest = [procs.jobber(f"h{i}", addr, extra=("--max-idle", "5")) for i in (1, 2)]

@@ -14,6 +14,7 @@ so the marker has to go.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import re
@@ -75,6 +76,7 @@ limits = st.builds(
     memory_mb=st.integers(1, 65536),
     time_s=st.floats(0.001, 1e7),
     output_kb=st.integers(0, w.MAX_OUTPUT_BYTES // 1024),
+    native_nans=st.none() | st.booleans(),
 )
 hosts = st.builds(
     p.HostFacts,
@@ -85,6 +87,7 @@ hosts = st.builds(
     max_time_s=st.none() | st.floats(0.001, 1e7),
     max_fuel=st.none() | st.integers(1, 2**62),
     max_output_kb=st.none() | st.integers(0, w.MAX_OUTPUT_BYTES // 1024),
+    platform=st.none() | names,
 )
 jobspecs = st.builds(
     p.JobSpec,
@@ -326,6 +329,33 @@ def test_optional_holding_is_absent_nil_or_a_list_of_tags() -> None:
     assert p.decode(pack(body)).holding is None
     body["holding"] = "t.1"
     refused(pack(body), r"bored\.holding: expected a list")
+
+
+def test_platform_and_native_nans_round_trip_and_are_absent_when_nil() -> None:
+    platform = "x86_64-linux-wasmtime-50.0.1-c069f2cb"
+    bored = p.Bored(1, "ann", dataclasses.replace(HOST, platform=platform), 2)
+    assert wire(bored)["host"]["platform"] == platform
+    assert p.decode(p.encode(bored)).host.platform == platform
+    for native in (True, False):
+        spec = dataclasses.replace(SPEC, limits=dataclasses.replace(LIMITS, native_nans=native))
+        jobs = p.Jobs(1, (spec,))
+        assert wire(jobs)["jobs"][0]["limits"]["native_nans"] is native
+        assert p.decode(p.encode(jobs)).jobs[0].limits.native_nans is native
+    # nil is left out, so a peer older than the fields sends and reads just what it did
+    assert "platform" not in wire(SAMPLES["bored"])["host"]
+    assert "native_nans" not in wire(SAMPLES["jobs"])["jobs"][0]["limits"]
+    assert p.decode(p.encode(SAMPLES["bored"])).host.platform is None
+    assert p.decode(p.encode(SAMPLES["jobs"])).jobs[0].limits.native_nans is None
+    body = wire(bored)
+    body["host"]["platform"] = None
+    assert p.decode(pack(body)).host.platform is None
+    body["host"]["platform"] = 7
+    refused(pack(body), r"bored\.host\.platform: expected a string of at most 256")
+    body["host"]["platform"] = "p" * 257
+    refused(pack(body), r"bored\.host\.platform: expected a string of at most 256")
+    body = wire(SAMPLES["jobs"])
+    body["jobs"][0]["limits"]["native_nans"] = 1
+    refused(pack(body), r"jobs\.jobs\[0\]\.limits\.native_nans: expected true or false")
 
 
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
@@ -938,6 +968,8 @@ def test_wrong_jobber_builds_valid_frames() -> None:
     assert p.decode(wj.bored(5, "liar", 3, [SHA])) == p.Bored(
         5, "liar", p.HostFacts(1, wj.MEMORY_MB, 1, (SHA,)), 3
     )
+    claimed = p.decode(wj.bored(5, "liar", 3, [], "x86_64-linux-wasmtime-50.0.1-0123abcd"))
+    assert claimed.host.platform == "x86_64-linux-wasmtime-50.0.1-0123abcd"
     batch = [wj.wrong_result("t1"), wj.wrong_result("\U0001f600")]
     assert p.decode(wj.results(6, "liar", batch)) == p.Results(
         6,

@@ -12,6 +12,7 @@ import wasmtime
 import sandbox
 from protocol import Limits, Status
 from sandbox import _memory
+from tests.wat import NAN_BITS
 
 WASI = "wasi_snapshot_preview1"
 
@@ -162,7 +163,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="session")
 def c_payloads(factor_wasm) -> dict[str, bytes]:
-    from tasks import compile_c
+    from tasks import builtin, compile_c
 
     built = {
         name: compile_c(source)
@@ -174,6 +175,7 @@ def c_payloads(factor_wasm) -> dict[str, bytes]:
         ]
     }
     built["factor"] = factor_wasm
+    built["nbody"] = compile_c(builtin("nbody").read_text())
     return built
 
 
@@ -580,6 +582,87 @@ def test_float_heavy_c_payload_is_identical_on_every_run(c_payloads):
     assert first.stdout.endswith(b"nan=7ff8000000000000\n")
     for o in runs[1:]:
         assert (o.stdout, o.fuel) == (first.stdout, first.fuel)
+
+
+NATIVE = Limits(native_nans=True)
+X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
+
+
+def nan_bits(limits: Limits) -> tuple[int, int, int]:
+    o = sandbox.run(NAN_BITS, limits=limits)
+    assert o.status is Status.OK, o.detail
+    return struct.unpack("<QQI", o.stdout)
+
+
+def test_canonical_engine_gives_canonical_nan_bits():
+    assert Limits().native_nans is None  # the default: canonical, as every jobber used to
+    for limits in (Limits(), Limits(native_nans=False)):
+        assert nan_bits(limits) == (0x7FF8000000000000, 0x7FF8000000000000, 0x7FC00000)
+
+
+def test_native_engine_leaves_nan_bits_to_the_cpu():
+    div, sqrt, f32 = nan_bits(NATIVE)
+    for bits, mantissa, exponent in ((div, 52, 0x7FF), (sqrt, 52, 0x7FF), (f32, 23, 0xFF)):
+        assert (bits >> mantissa) & exponent == exponent and bits & ((1 << mantissa) - 1)  # NaN
+    if X86:  # x86's default NaN has the sign bit set: not canonicalized
+        assert (div, sqrt, f32) == (0xFFF8000000000000, 0xFFF8000000000000, 0xFFC00000)
+
+
+# Float work with no NaN in it: sqrt, div, nearest, min/max, f32 rounding, conversions,
+# every value hashed through its bits. Both engines must give the same bytes and fuel.
+CLEAN_FLOAT_WAT = f"""
+(module
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $i i32) (local $x f64) (local $y f64) (local $f f32) (local $h i64)
+    (local.set $x (f64.const 0.5))
+    (local.set $h (i64.const 1469598103934665603))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 100000)))
+      (local.set $y (f64.convert_i32_u (i32.add (local.get $i) (i32.const 1))))
+      (local.set $x (f64.add
+        (f64.div (f64.sqrt (f64.add (f64.abs (local.get $x)) (local.get $y)))
+                 (f64.add (f64.mul (local.get $x) (local.get $x)) (f64.const 1)))
+        (f64.min (f64.nearest (f64.mul (local.get $x) (f64.const 3.3)))
+                 (f64.max (local.get $x) (f64.const -2.5)))))
+      (local.set $f (f32.div (f32.demote_f64 (local.get $x))
+                             (f32.add (f32.sqrt (f32.demote_f64 (local.get $y))) (f32.const 1))))
+      (local.set $x (f64.sub (local.get $x) (f64.promote_f32 (local.get $f))))
+      (local.set $h (i64.mul (i64.xor (local.get $h) (i64.reinterpret_f64 (local.get $x)))
+                             (i64.const 1099511628211)))
+      (local.set $h (i64.mul (i64.xor (local.get $h)
+                                      (i64.extend_i32_u (i32.reinterpret_f32 (local.get $f))))
+                             (i64.const 1099511628211)))
+      (local.set $h (i64.add (local.get $h) (i64.trunc_sat_f64_s (f64.mul (local.get $x)
+                                                                         (f64.const 1e6)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (i64.store (i32.const 16) (local.get $h))
+    (f64.store (i32.const 24) (local.get $x))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+CLEAN_FLOAT_HASH = "95eed4d44dd4baf4"  # measured once; the same on every machine
+CLEAN_FLOAT_FUEL = 7100026
+
+
+def test_both_engines_agree_on_float_code_without_nans():
+    runs = [sandbox.run(wat(CLEAN_FLOAT_WAT), limits=lim) for lim in (Limits(), NATIVE)]
+    for o in runs:
+        assert o.status is Status.OK, o.detail
+    canonical, native = runs
+    assert (native.stdout, native.fuel) == (canonical.stdout, canonical.fuel)
+    h, x = struct.unpack("<Qd", canonical.stdout)
+    assert (f"{h:016x}", canonical.fuel) == (CLEAN_FLOAT_HASH, CLEAN_FLOAT_FUEL)
+    assert x == x  # no NaN
+
+
+def test_nbody_payload_is_the_same_on_both_engines(c_payloads):
+    runs = [sandbox.run(c_payloads["nbody"], ["1000"], limits=lim) for lim in (Limits(), NATIVE)]
+    assert [(o.status, o.stdout) for o in runs] == [(Status.OK, b"-0.169087605\n")] * 2
+    assert runs[0].fuel == runs[1].fuel
 
 
 def test_never_raises_on_arbitrary_bytes():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
+import struct
 import sys
 import time
 from multiprocessing.connection import wait
@@ -15,7 +17,8 @@ import wasmtime
 
 import sandbox
 from protocol import Limits, Status
-from tests.wat import printing
+from sandbox import _engine
+from tests.wat import NAN_BITS, printing
 
 WASI = "wasi_snapshot_preview1"
 HELLO = printing("from a slot\n")
@@ -306,3 +309,30 @@ def test_a_stopped_worker_dies_with_its_killed_jobber(tmp_path, cache_root):
         holder.kill()
         holder.wait(10)
         holder.stdout.close()
+
+
+def test_native_nans_run_on_the_native_engine_and_compile_apart(tmp_path):
+    """A slot runs a job on the engine its limits ask for; each engine's compiled form is
+    cached under its own engine key, and a payload may run on both."""
+    cache = sandbox.ModuleCache(tmp_path)
+    digest = cache.put(NAN_BITS)
+    bits = {}
+    with sandbox.Slots(1, tmp_path) as s:
+        for native in (None, True, None):
+            s.start(f"nan{native}", digest, (), b"", Limits(native_nans=native))
+            _, o = collect_one(s)
+            assert o.status is Status.OK, o.detail
+            bits.setdefault(native, struct.unpack("<QQI", o.stdout))
+    assert bits[None] == (0x7FF8000000000000, 0x7FF8000000000000, 0x7FC00000)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert bits[True] == (0xFFF8000000000000, 0xFFF8000000000000, 0xFFC00000)
+    assert _engine.ENGINE_KEYS[True] != _engine.ENGINE_KEYS[False]
+    for canonical in (True, False):
+        path = cache.compiled_path(digest, canonical)
+        assert path.parent.name == _engine.ENGINE_KEYS[canonical] and path.exists()
+        assert cache.load(digest, canonical) is not None
+    # a form compiled for one engine is never loaded for the other
+    cache.compiled_path(digest, False).write_bytes(cache.compiled_path(digest, True).read_bytes())
+    assert cache.load(digest, False) is None and not cache.compiled_path(digest, False).exists()
+    assert cache.evict(0, 0) == 1
+    assert not any(cache.compiled_path(digest, c).exists() for c in (True, False))

@@ -3,6 +3,8 @@ one jobber may hold at once."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import protocol as p
 from dealer._core import Policy
 from dealer._journal import Journal
@@ -68,4 +70,53 @@ def test_a_jobber_at_its_quota_is_told_to_come_back_soon(tmp_path):
     full = ask(s, peer, 2, 0.0, rid=4)
     assert isinstance(full, p.RetryLater) and full.seconds == RETRY_QUOTA_S
     assert "quota" in full.reason and full.more
+    s.close()
+
+
+def ask_on(s: Service, peer: Peer, platform: str | None, now: float, want: int = 1) -> p.Message:
+    host = p.HostFacts(1, 1024, 1, platform=platform)
+    reply = s.handle(p.Bored(1, "j", host, want), now, peer)
+    s.commit()
+    return reply
+
+
+class CrossPlatform(Many):
+    cross_platform = True
+
+
+def test_jobs_ask_for_native_nans_and_stay_on_their_platform(tmp_path):
+    s = service(tmp_path, redundancy=2, quorum=2)
+    x1, x2, arm = (
+        Peer("aa" * 32, "10.0.0.1"),
+        Peer("bb" * 32, "10.0.0.2"),
+        Peer("cc" * 32, "10.0.0.3"),
+    )
+    first = ask_on(s, x1, "x86_64", 0.0)
+    assert ask_on(s, x2, "x86_64", 0.0).jobs[0].args == first.jobs[0].args == ("0",)
+    second = ask_on(s, x1, "x86_64", 0.0)  # job 1, its first replica on x86
+    assert second.jobs[0].limits == dataclasses.replace(Many.limits, native_nans=True)
+    # job 1 waits for x86 machine x2 (active, fresh to it): arm gets job 2
+    assert ask_on(s, arm, "aarch64", 1.0).jobs[0].args == ("2",)
+    assert ask_on(s, x2, "x86_64", 1.0).jobs[0].args == ("1",)
+    sent = [r for r in s.journal.records() if type(r).__name__ == "Sent"]
+    assert [r.platform for r in sent] == ["x86_64", "x86_64", "x86_64", "aarch64", "x86_64"]
+    s.close()
+
+
+def test_a_cross_platform_task_asks_for_canonical_nans_and_any_platforms_vote(tmp_path):
+    task = CrossPlatform()
+    s = Service(
+        task,
+        Journal(tmp_path / "j.sqlite", "Many"),
+        now=0.0,
+        policy=Policy(redundancy=2, quorum=2),
+    )
+    x86, arm = Peer("aa" * 32, "10.0.0.1"), Peer("cc" * 32, "10.0.0.3")
+    jobs = [ask_on(s, x86, "x86_64", 0.0), ask_on(s, arm, "aarch64", 0.0)]
+    assert [j.jobs[0].args for j in jobs] == [("0",), ("0",)]  # any platform goes on with it
+    assert jobs[0].jobs[0].limits.native_nans is None  # canonical NaNs
+    for peer, got in zip((x86, arm), jobs, strict=True):
+        answer(s, peer, got, 1.0)
+    s.after_turn(1.0)
+    assert s.core.accepted == 1
     s.close()

@@ -40,6 +40,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "memory_mb": ("int", 1, 65536),
         "time_s": ("float", 0.001, 1e7),
         "output_kb": ("int", 0, 32768),
+        "native_nans": ("optional", ("bool",)),
     },
     "HostFacts": {
         "cpus": ("int", 1, 2**20),
@@ -49,6 +50,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "max_time_s": ("optional", ("float", 0.001, 1e7)),
         "max_fuel": ("optional", ("int", 1, 2**62)),
         "max_output_kb": ("optional", ("int", 0, 32768)),
+        "platform": ("optional", NAME),
     },
     "JobSpec": {
         "tag": STR,
@@ -165,8 +167,10 @@ def test_the_constants_of_the_contract() -> None:
 # --- full samples: every optional field present, every list and map non-empty -------
 
 SHA = hashlib.sha256(b"payload").hexdigest()
-LIMITS = p.Limits(fuel=1000, memory_mb=16, time_s=1.5, output_kb=64)
-HOST = p.HostFacts(2, 1024, 2, (SHA,), max_time_s=10.0, max_fuel=1000, max_output_kb=64)
+LIMITS = p.Limits(fuel=1000, memory_mb=16, time_s=1.5, output_kb=64, native_nans=True)
+HOST = p.HostFacts(
+    2, 1024, 2, (SHA,), max_time_s=10.0, max_fuel=1000, max_output_kb=64, platform="x86_64-linux"
+)
 SPEC = p.JobSpec("t1", SHA, ("factor",), b"in", LIMITS, 60.0)
 SIGNATURE = p.Signature(SHA, bytes(64), (p.Rotation(SHA, SHA, bytes(64)),))
 FULL: dict[str, p.Message] = {

@@ -26,6 +26,38 @@ def printing(text: str) -> bytes:
     )
 
 
+# NaNs made at run time from argc (f64 0 / 0 and sqrt(-1), f32 0 * inf), so nothing folds them:
+# their bits, f64 then f32, go to stdout (24 bytes).
+NAN_BITS = bytes(
+    wasmtime.wat2wasm(
+        """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_sizes_get"
+    (func $args_sizes_get (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (local $one f64) (local $zero f64)
+    (drop (call $args_sizes_get (i32.const 32) (i32.const 36)))
+    (local.set $one (f64.convert_i32_u (i32.load (i32.const 32))))  ;; argc = 1
+    (local.set $zero (f64.sub (local.get $one) (local.get $one)))
+    (i64.store (i32.const 16) (i64.reinterpret_f64
+      (f64.div (local.get $zero) (local.get $zero))))
+    (i64.store (i32.const 24) (i64.reinterpret_f64
+      (f64.sqrt (f64.neg (local.get $one)))))
+    (i32.store (i32.const 40) (i32.reinterpret_f32
+      (f32.mul (f32.demote_f64 (local.get $zero))
+               (f32.div (f32.demote_f64 (local.get $one)) (f32.demote_f64 (local.get $zero))))))
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 16))
+    (i32.store (i32.const 8) (i32.const 40))
+    (i32.store (i32.const 12) (i32.const 4))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 2) (i32.const 44)))))
+"""
+    )
+)
+
+
 # --- a small emitter of the wasm binary format (compile bombs and slow compiles) ---
 
 

@@ -63,8 +63,15 @@ def hello(rid: int) -> bytes:
     return _frame({"type": "hello", "id": rid})
 
 
-def bored(rid: int, name: str, want: int, cached: list[str]) -> bytes:
-    host = {"cpus": 1, "memory_mb": MEMORY_MB, "slots": 1, "cached": cached[:MAX_CACHED]}
+def bored(rid: int, name: str, want: int, cached: list[str], platform: str | None = None) -> bytes:
+    host: dict[str, Any] = {
+        "cpus": 1,
+        "memory_mb": MEMORY_MB,
+        "slots": 1,
+        "cached": cached[:MAX_CACHED],
+    }
+    if platform is not None:  # claim to vote with the honest jobbers of that platform
+        host["platform"] = platform
     return _frame({"type": "bored", "id": rid, "jobber": name, "host": host, "want": want})
 
 
@@ -216,6 +223,7 @@ class WrongJobber:
         want: int = WANT,
         fuel: int = WRONG_FUEL,
         output: bytes = WRONG_OUTPUT,
+        platform: str | None = None,
     ):
         self.dealer = dealer
         self.name = name
@@ -224,6 +232,7 @@ class WrongJobber:
         self.want = want
         self.fuel = fuel
         self.output = output
+        self.platform = platform
         self.cached: list[str] = []  # payload hashes received and verified
         self.unacked: dict[str, dict[str, Any]] = {}  # tag -> result
         self.made = 0  # wrong results made
@@ -276,7 +285,7 @@ class WrongJobber:
     def _ask_for_work(self) -> None:
         want = self.want if self.count is None else max(1, min(self.want, self.count - self.made))
         rid = self._rid()
-        reply = self._ask(bored(rid, self.name, want, self.cached), rid)
+        reply = self._ask(bored(rid, self.name, want, self.cached, self.platform), rid)
         kind = None if reply is None else reply["type"]
         if kind == "jobs":
             self._take_jobs(reply)
@@ -367,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "--output-bytes", type=int, default=None, help="send this many bytes of output"
     )
     parser.add_argument("--hoard", action="store_true", help="take jobs, never answer")
+    parser.add_argument(
+        "--platform", default=None, help="the host.platform to claim (default: none said)"
+    )
     args = parser.parse_args(argv)
     if args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
@@ -387,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 want=args.want,
                 fuel=args.fuel,
                 output=output,
+                platform=args.platform,
             )
             for i in range(args.identities)
         ]
