@@ -497,6 +497,11 @@ def _print_jobbers(rows: list[dict], file=sys.stdout) -> None:
 
 
 def _print_status(info: dict) -> None:
+    if info.get("relay"):  # a relay's status: dealer._relay_cli
+        from dealer._relay_cli import print_status
+
+        print_status(info)
+        return
     if info.get("task") is None:
         print(f"refers jobbers to {', '.join(info.get('peers', []))}")
         return
@@ -620,6 +625,11 @@ def jobs(path: Path, states: Sequence[str], as_json: bool, full: bool = False) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["relay"]:  # python -m dealer relay UPSTREAM: dealer._relay_cli
+        from dealer._relay_cli import main as relay_main
+
+        return relay_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m dealer",
         description="Talk to a running dealer, read a batch's journal, or make keys.",
