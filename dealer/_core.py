@@ -544,6 +544,15 @@ class Core:
     def has_work(self) -> bool:
         return bool(self._wanting) or (not self._exhausted and len(self._jobs) < self.policy.window)
 
+    def offerable(self, total: int | None = None) -> int:
+        """About how many jobs could go out now: those wanting a replica, plus those the
+        window could still draw (at most `total - drawn` when the task's total is known).
+        Counters only, no pass over the jobs: what a peer's `work_query` is told."""
+        room = 0 if self._exhausted else self.policy.window - len(self._jobs)
+        if total is not None:
+            room = min(room, total - self._next_job)
+        return len(self._wanting) + max(0, room)
+
     def next_deadline(self) -> float | None:
         while self._deadlines:
             deadline, tag = self._deadlines[0]

@@ -14,7 +14,13 @@ sender's identity; the connection's source address ("Peer-Address") names its
 machine. Nothing a message says about who sent it is believed.
 
 A second, plaintext ROUTER on the next port up answers only `hello` (the work
-socket's public key, for jobbers that trust on first use) and `status`.
+socket's public key, for jobbers that trust on first use), `status` and
+`work_query`.
+
+A server given peers asks them `work_query` from the same loop (dealer._peerlink:
+non-blocking DEALER sockets polled beside its own) and keeps what they said in
+a dealer._peers.Peers, which decides whom a jobber with nothing here is
+referred to.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import protocol as p
 from dealer._core import Core, Policy
 from dealer._http import Dashboard
 from dealer._journal import Journal
+from dealer._peerlink import PeerLinks
+from dealer._peers import ASK_EVERY_S, Peers
 from dealer._service import Peer, Service
 from protocol._keys import KeyPair, hex_of_z85
 from protocol._signing import AuthorKey
@@ -84,7 +92,10 @@ class RouterServer:
         *,
         allow: Collection[str] | None = None,
         max_frame: int = p.MAX_MESSAGE_BYTES,
+        peers: Sequence[str] = (),
     ) -> None:
+        """`peers`: dealer addresses (canonical) to ask what work they have."""
+        self.peers = Peers(peers)  # ValueError for a bad list, before any socket exists
         if keys is None:  # a key for this run only (tests, embedding)
             keys = KeyPair(*zmq.curve_keypair())
         self.keys = keys
@@ -106,6 +117,7 @@ class RouterServer:
             raise
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.public_endpoint: str = self.public.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.peer_links = PeerLinks(self._ctx, self.peers) if self.peers else None
         self._stopping = False
 
     def _router(self, max_frame: int) -> zmq.Socket:
@@ -151,7 +163,13 @@ class RouterServer:
         """The plaintext socket: the key, and whatever else a subclass makes public."""
         if isinstance(msg, p.Hello):
             return p.HelloReply(msg.id, self.keys.public_hex)
+        if isinstance(msg, p.WorkQuery):
+            return self.work_offer(msg, now)
         return self.unexpected(msg, "the plaintext port (use the encrypted one)")
+
+    def work_offer(self, msg: p.WorkQuery, now: float) -> p.WorkOffer:
+        """What this server can hand out (a subclass with work says)."""
+        return p.WorkOffer(msg.id, 0)
 
     def before_turn(self, now: float) -> None:
         pass
@@ -175,18 +193,33 @@ class RouterServer:
     def run(self, *, max_s: float | None = None) -> None:
         """Serve until finished, stopped, or `max_s` seconds have passed."""
         stop_at = None if max_s is None else time.monotonic() + max_s
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.public, zmq.POLLIN)
+        poller = self._poller()
         while not self._stopping and not self.finished():
             if stop_at is not None and time.monotonic() >= stop_at:
                 break
-            poller.poll(int(self.timeout_s() * 1000) + 1)
+            links = self.peer_links
+            wait_s = self.timeout_s()
+            if links is not None:
+                if links.changed:  # a peer's socket was made or reset
+                    poller = self._poller()
+                wait_s = min(wait_s, links.timeout_s(time.time()))
+            poller.poll(int(wait_s * 1000) + 1)
             self.turn()
+
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.public, zmq.POLLIN)
+        if self.peer_links is not None:
+            for s in self.peer_links.sockets():
+                poller.register(s, zmq.POLLIN)
+        return poller
 
     def turn(self) -> None:
         """Handle everything waiting, commit it, then reply."""
         now = time.time()
+        if self.peer_links is not None:
+            self.peer_links.turn(now)  # what peers said first: referrals below read it
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
         for sock in (self.sock, self.public):
@@ -248,6 +281,8 @@ class RouterServer:
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"{what} does not take {msg.TYPE} messages")
 
     def close(self) -> None:
+        if getattr(self, "peer_links", None) is not None:
+            self.peer_links.close()
         for s in (getattr(self, "sock", None), getattr(self, "public", None)):
             if s is not None:
                 s.close(linger=1000)
@@ -263,7 +298,8 @@ def connectable(endpoint: str) -> str:
 
 
 class Referrer(RouterServer):
-    """A dealer with no task of its own: it refers every bored jobber to its peers.
+    """A dealer with no task of its own: it refers each bored jobber to the peers that
+    have work that jobber can run (best first), or tells it to come back shortly.
 
     A well-known entry point in front of the dealers that hold the work.
     """
@@ -271,8 +307,7 @@ class Referrer(RouterServer):
     def __init__(self, bind: str, peers: Sequence[str], keys: KeyPair | None = None):
         if not peers:
             raise ValueError("a referrer needs at least one --peer")
-        super().__init__(bind, keys)
-        self.peers = tuple(peers)
+        super().__init__(bind, keys, peers=peers)
 
     def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
@@ -281,7 +316,14 @@ class Referrer(RouterServer):
 
     def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
         if isinstance(msg, p.Bored):
-            return p.Referral(msg.id, self.peers)
+            dealers = self.peers.referral(msg.host, now)
+            if dealers:
+                return p.Referral(msg.id, dealers)
+            more = self.peers.may_have_work(now)
+            why = "no peer has work this machine can run now"
+            return p.RetryLater(msg.id, ASK_EVERY_S, why, more=more or None)
+        if isinstance(msg, p.WorkQuery):
+            return self.work_offer(msg, now)
         if isinstance(msg, p.Results):
             rejected = tuple(
                 p.Rejection(r.tag, p.ErrorCode.UNKNOWN_TAG, "this dealer hands out no jobs")
@@ -289,7 +331,7 @@ class Referrer(RouterServer):
             )
             return p.Ack(msg.id, (), rejected)
         if isinstance(msg, p.StatusQuery):
-            return p.StatusReply(msg.id, {"task": None, "peers": list(self.peers)})
+            return p.StatusReply(msg.id, {"task": None, "peers": self.peers.status(now)})
         return self.unexpected(msg, "a referrer")
 
 
@@ -315,14 +357,16 @@ class Dealer(RouterServer):
         """`http`: (host, port) to serve the live dashboard on (dealer._http). `on_turn`:
         called after every turn with the service and the time (the command line's
         progress bar)."""
-        super().__init__(bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb))
+        super().__init__(
+            bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb), peers=peers
+        )
         try:
             self.service = Service(
                 task,
                 journal,
                 now=time.time(),
                 policy=policy,
-                peers=peers,
+                peers=self.peers,
                 distinct=distinct,
                 admins=admins,
                 signer=signer,
@@ -421,6 +465,9 @@ class Dealer(RouterServer):
 
     def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
         return self.service.handle(msg, now, peer)
+
+    def work_offer(self, msg: p.WorkQuery, now: float) -> p.WorkOffer:
+        return self.service.work_offer(msg.id)
 
     def status(self, page: int = 0) -> dict:
         return self.service.status(time.time(), page)

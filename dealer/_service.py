@@ -26,6 +26,7 @@ import msgpack
 import protocol as p
 from dealer._core import Accepted, Core, Failed, Policy, job_digest
 from dealer._journal import Journal, task_pins
+from dealer._peers import Peers
 from protocol._signing import AuthorKey
 from tasks import Job, Task
 
@@ -124,7 +125,7 @@ class Service:
         *,
         now: float,
         policy: Policy | None = None,
-        peers: Sequence[str] = (),
+        peers: Peers | Sequence[str] = (),
         distinct: str = "host",
         admins: Collection[str] = (),
         signer: AuthorKey | None = None,
@@ -133,7 +134,10 @@ class Service:
     ) -> None:
         """`signer`: the task author's key. The payload is signed with it once, here, and
         the signature (with the key's rotation links) goes out in every `jobs`. `now`: the
-        time replayed jobbers' leases start from. `key_hex`, `closed`: for status."""
+        time replayed jobbers' leases start from. `key_hex`, `closed`: for status.
+        `peers`: what the dealer's peers said of their work (dealer._peers, kept up to
+        date by the server); a jobber with nothing here is referred to those with work
+        it can run. Addresses alone make a Peers nobody asks: it refers no one."""
         if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
@@ -142,7 +146,7 @@ class Service:
             raise ValueError(f"--distinct must be one of {', '.join(DISTINCT)}, not {distinct!r}")
         self.task = task
         self.journal = journal
-        self.peers = tuple(peers)
+        self.peers = peers if isinstance(peers, Peers) else Peers(peers)
         self.distinct = distinct
         self.admins = frozenset(admins)
         self.key_hex = key_hex
@@ -299,6 +303,8 @@ class Service:
             return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
+        if isinstance(msg, p.WorkQuery):
+            return self.work_offer(msg.id)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
@@ -310,7 +316,9 @@ class Service:
         core = self.core
         if self.done:
             core.alive(peer.key, now, msg.holding)
-            return p.Finished(msg.id)
+            # a peer with work for it: pass the jobber on (it delivers what it holds here
+            # all the same); else tell it this batch is over
+            return (msg.want and self._elsewhere(msg, now)) or p.Finished(msg.id)
         if core.is_denied(peer.key):
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         machine = peer.machine(self.distinct)
@@ -354,16 +362,41 @@ class Service:
         if msg.host.memory_mb < core.policy.memory_mb:
             self._too_small[peer.key] = msg.host.memory_mb
             why = f"jobs need {core.policy.memory_mb} MiB each; you offer {msg.host.memory_mb}"
-            return p.RetryLater(msg.id, RETRY_IDLE_S, why)
+            return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if too_much is not None:
-            return p.RetryLater(msg.id, RETRY_IDLE_S, f"jobs here need {too_much}")
-        if self.peers and not core.has_work():
-            return p.Referral(msg.id, self.peers)
+            why = f"jobs here need {too_much}"
+            return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
+        if not core.has_work():
+            referral = self._elsewhere(msg, now)
+            if referral is not None:
+                return referral
         if not core.room(peer.key, peer.machine(self.distinct)):
             why = "you hold as many jobs as your quota allows"
             return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
         why = "no job needs this machine now; all are out"
         return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
+
+    def _elsewhere(self, msg: p.Bored, now: float) -> p.Referral | None:
+        """A referral to the peers with work this jobber can run, best first, or None."""
+        if not self.peers:
+            return None
+        dealers = self.peers.referral(msg.host, now)
+        return p.Referral(msg.id, dealers) if dealers else None
+
+    def work_offer(self, rid: int) -> p.WorkOffer:
+        """What a peer's work_query is told: counters only, nothing per jobber or job."""
+        c = self.core
+        try:
+            total = self.task.total()
+        except Exception:
+            total = None  # the task's own bug; status shows it when it asks
+        if total is not None and (type(total) is not int or total < 0):
+            total = None
+        limits = self._job_limits
+        if self.done:
+            return p.WorkOffer(rid, 0, limits, 0, True)
+        left = None if total is None else max(0, total - c.accepted - c.failed)
+        return p.WorkOffer(rid, c.offerable(total), limits, left)
 
     @functools.cached_property
     def _job_limits(self) -> p.Limits:
@@ -512,4 +545,5 @@ class Service:
             "page": page,
             "pages": pages,
             "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
+            "peers": self.peers.status(now),
         }

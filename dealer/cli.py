@@ -84,7 +84,8 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DEALER",
-        help="a dealer to refer jobbers to when this one has no work (repeatable)",
+        help="a peer dealer, asked every 2 s what work it has: a jobber this one has "
+        "nothing for is referred to the peers with work it can run (repeatable)",
     )
     g.add_argument(
         "--jobbers",
@@ -410,7 +411,7 @@ def refer(bind: str, peers: list[str], key: Path) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     print(f"listening on {server.address}", file=sys.stderr, flush=True)
-    log.info("referring jobbers on %s to %s", server.address, ", ".join(server.peers))
+    log.info("referring jobbers on %s to %s", server.address, ", ".join(server.peers.addresses))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -496,6 +497,32 @@ def _print_jobbers(rows: list[dict], file=sys.stdout) -> None:
         )
 
 
+def _print_peers(rows: list, now: float | None = None) -> None:
+    """What each peer last said of its work, when, and how its link fares."""
+    now = time.time() if now is None else now
+    for r in rows:
+        if isinstance(r, str):  # a referrer that predates work offers names peers only
+            print(f"peer {r}")
+            continue
+        if r.get("said_at") is None:
+            said = "never answered"
+        elif r.get("finished"):
+            said = "finished"
+        else:
+            lim = r.get("limits")
+            needs = f", {lim['memory_mb']} MiB per job" if lim else ", hands out no jobs itself"
+            left = "" if r.get("left") is None else f" ({r['left']} left)"
+            said = f"{r.get('jobs')} jobs{left}{needs}"
+        if r.get("said_at") is not None:
+            said += f", said {max(0.0, now - r['said_at']):.0f} s ago"
+            said += " (stale: not referred)" if r.get("stale") else ""
+        link = ""
+        if r.get("failures"):
+            link = f"; {r['failures']} failed contacts ({r.get('error')})"
+            link += f", next try in {max(0.0, r['next_try'] - now):.0f} s"
+        print(f"peer {r.get('address')}: {said}{link}")
+
+
 def _print_status(info: dict) -> None:
     if info.get("relay"):  # a relay's status: dealer._relay_cli
         from dealer._relay_cli import print_status
@@ -503,7 +530,8 @@ def _print_status(info: dict) -> None:
         print_status(info)
         return
     if info.get("task") is None:
-        print(f"refers jobbers to {', '.join(info.get('peers', []))}")
+        print("refers jobbers to the peers with work they can run:")
+        _print_peers(info.get("peers", []))
         return
     total = info.get("total")
     print(
@@ -528,6 +556,7 @@ def _print_status(info: dict) -> None:
                 for g in d["groups"]
             )
             print(f"  job {d['job']}{' (late)' if d.get('late') else ''}: {groups}")
+    _print_peers(info.get("peers", []))
     _print_jobbers(info.get("jobbers", []))
     if info.get("pages", 1) > 1:
         print(
@@ -684,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         required=True,
         metavar="DEALER",
-        help="a dealer with work (repeatable)",
+        help="a dealer with work, asked every 2 s what it has: each jobber is referred "
+        "to those with work it can run, most first (repeatable)",
     )
     rf.add_argument(
         "--key",

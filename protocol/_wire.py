@@ -12,7 +12,8 @@ its handshake proved, never a name it writes (``jobber`` fields are labels for
 people). A dealer also answers a plaintext socket on the next port up with
 its public key (``hello``) and its status, for jobbers that trust on first use.
 
-Requests (``bored``, ``results``, ``status``, ``hello``, ``deny``) carry an
+Requests (``bored``, ``results``, ``status``, ``hello``, ``deny``, ``alive``,
+``work_query``) carry an
 ``id`` chosen by the sender; the reply to a request carries ``re`` equal to
 that id, so a late reply to a request that already timed out is recognised
 and dropped.
@@ -28,6 +29,10 @@ and dropped.
                            <-  hello_reply(re, key)
     deny(id, key)          ->  (admin key only)
                            <-  admin_reply(re, text) | error(re)
+
+    dealer                          peer dealer (either port)
+    work_query(id)         ->
+                           <-  work_offer(re, jobs, limits, left, finished)
 
 ``jobs`` carries several jobs and ``results`` several results: batching is how
 one dealer goes past the message rate of one Python event loop.
@@ -968,6 +973,43 @@ class AdminReply(Message):
     _SCHEMA: ClassVar[dict[str, Check]] = {"re": _ID, "text": _str()}
 
 
+@dataclass(frozen=True, slots=True)
+class WorkQuery(Message):
+    """Dealer -> peer dealer (either port): what work can you hand out now?"""
+
+    TYPE: ClassVar[str] = "work_query"
+    id: int
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {"id": _ID}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOffer(Message):
+    """Dealer -> asker: how much work it can hand out now, and what one job needs.
+
+    `jobs`: jobs that want a replica now, plus those it could draw into its window
+    now (a cheap measure, not a promise). `limits`: what each of its jobs asks for
+    (a jobber whose HostFacts.refuses them cannot run them); nil: it hands out no
+    jobs of its own (a referral-only dealer). `left`: jobs of its batch not yet
+    settled, nil if it cannot say. `finished`: its batch is done.
+    """
+
+    TYPE: ClassVar[str] = "work_offer"
+    re: int
+    jobs: int
+    limits: Limits | None = None
+    left: int | None = None
+    finished: bool | None = None  # nil: not finished
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "re": _ID,
+        "jobs": _int(0, MAX_U64),
+        "limits": _optional(_record(Limits)),
+        "left": _optional(_int(0, MAX_U64)),
+        "finished": _optional(_bool()),
+    }
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -987,6 +1029,8 @@ MESSAGES: dict[str, type[Message]] = {
         Alive,
         AliveAck,
         Finished,
+        WorkQuery,
+        WorkOffer,
     )
 }
 

@@ -172,6 +172,15 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         lease_s=st.floats(1.0, 1e6),
         cancel=st.lists(strs, max_size=3).map(tuple),
     ),
+    p.WorkQuery: st.builds(p.WorkQuery, id=u64),
+    p.WorkOffer: st.builds(
+        p.WorkOffer,
+        re=u64,
+        jobs=u64,
+        limits=st.none() | limits,
+        left=st.none() | u64,
+        finished=st.none() | st.booleans(),
+    ),
     p.StatusReply: st.builds(
         p.StatusReply, re=u64, info=st.dictionaries(st.text(max_size=8), plain_values, max_size=5)
     ),
@@ -235,6 +244,8 @@ SAMPLES: dict[str, p.Message] = {
     "alive": p.Alive(7, "ann", ("t1",)),
     "alive_ack": p.AliveAck(7, 20.0, ("t1",)),
     "finished": p.Finished(8),
+    "work_query": p.WorkQuery(9),
+    "work_offer": p.WorkOffer(9, 12, LIMITS, 40),
 }
 DELETE = object()
 

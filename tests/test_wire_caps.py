@@ -110,6 +110,14 @@ PINNED: dict[str, dict[str, tuple]] = {
     "HelloReply": {"re": ID, "key": HASH},
     "Deny": {"id": ID, "key": HASH, "reason": STR},
     "AdminReply": {"re": ID, "text": STR},
+    "WorkQuery": {"id": ID},
+    "WorkOffer": {
+        "re": ID,
+        "jobs": ID,
+        "limits": ("optional", ("record", "Limits")),
+        "left": ("optional", ID),
+        "finished": ("optional", ("bool",)),
+    },
 }
 
 
@@ -192,6 +200,8 @@ FULL: dict[str, p.Message] = {
         p.AdminReply(6, "denied"),
         p.Alive(7, "ann", ("t1",)),
         p.AliveAck(7, 20.0, ("t1",)),
+        p.WorkQuery(8),
+        p.WorkOffer(8, 12, LIMITS, 40, True),
     )
 }
 

@@ -1,0 +1,261 @@
+"""What a dealer knows of its peers: who has work a jobber can run. No sockets, no clock.
+
+Theory of operation
+-------------------
+A dealer given peers (`--peer`, or the referral-only dealer) asks each of them
+`work_query` every ASK_EVERY_S and keeps the last `work_offer` it heard, with
+the time it heard it. The shell (dealer._peerlink) does the sockets: it asks
+`due(now)` which peers to query now and sends them, feeds every reply to
+`heard`, and calls `expire(now)` each turn, which turns a query unanswered for
+TIMEOUT_S into a failed link (the shell resets that peer's socket, as a jobber
+does: Lazy Pirate).
+
+Each peer link is in one of three states, read from its fields:
+
+=========  =====================================  =============================
+state      means                                  asked again
+=========  =====================================  =============================
+waiting    a query is out (`query_id` set)        when it is answered or expires
+backing    the last contact failed                when its backoff is over
+           (`backoff.failures > 0`)               (jobber._backoff: doubling from
+                                                  MIN_BACKOFF_S to MAX_BACKOFF_S)
+idle       answered, or never asked yet           ASK_EVERY_S after the last ask
+=========  =====================================  =============================
+
+Any answer resets the backoff. A reply whose `re` is not the query out (late,
+after a timeout; or forged) changes nothing. An `error`, or a reply that is
+not a `work_offer`, is a failed link like a timeout.
+
+`referral(host, now)` answers for one jobber: the peers whose offer is fresh
+(heard within STALE_S), not finished, with jobs, and whose limits the jobber's
+HostFacts does not refuse, most jobs first (then most left, then the order
+the peers were given). A peer whose link fails keeps its last offer only until
+it goes stale, so a dead peer is never referred for long, and one that never
+answered never is. An offer is believed as it was said: a peer that lies about
+its work costs each jobber referred to it one wasted `bored`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import protocol as p
+from jobber._backoff import Backoff  # the project's one backoff (the jobber's rule)
+
+log = logging.getLogger(__name__)
+
+ASK_EVERY_S = 2.0  # a few seconds: a peer's work is known that fresh, for ~60 bytes each way
+TIMEOUT_S = 3.0  # a query unanswered this long is a failed link (loopback answers in ~1 ms)
+# an offer older than this is not used: about five periods, so one lost answer, or two,
+# does not make a live peer disappear, and a dead one is gone within seconds
+STALE_S = 10.0
+# backoff of a failing link: short, since a peer dealer that comes back should be used
+# again within a couple of minutes; a dead peer then costs one query every 1 to 2 min
+MIN_BACKOFF_S = 2.0
+MAX_BACKOFF_S = 120.0
+MAX_REFERRED = 64  # dealers in one `referral` (the wire's cap)
+MAX_ADDRESS = 256  # characters in a dealer address on the wire
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What a peer last said (a work_offer) and when (the dealer's clock)."""
+
+    jobs: int
+    limits: p.Limits | None
+    left: int | None
+    finished: bool
+    at: float
+
+
+@dataclass
+class Link:
+    """One peer: its last offer, the query out, and its backoff."""
+
+    address: str
+    order: int  # its place among the peers given: the last tie-break
+    backoff: Backoff
+    offer: Offer | None = None
+    query_id: int | None = None  # the work_query out, if any
+    asked_at: float | None = None  # when the last query went out
+    error: str | None = None  # why the last contact failed (None after an answer)
+
+
+@dataclass
+class Peers:
+    """Every peer's last offer and link state; answers which peers a jobber may go to."""
+
+    addresses: Sequence[str]
+    ask_every_s: float = ASK_EVERY_S
+    timeout_s: float = TIMEOUT_S
+    stale_s: float = STALE_S
+    min_backoff_s: float = MIN_BACKOFF_S
+    max_backoff_s: float = MAX_BACKOFF_S
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    links: dict[str, Link] = field(init=False)
+    _next_id: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.links = {}
+        for i, address in enumerate(self.addresses):
+            if not address or len(address) > MAX_ADDRESS:
+                raise ValueError(f"peer address {address[:40]!r}...: 1 to {MAX_ADDRESS} characters")
+            if address in self.links:
+                raise ValueError(f"peer {address} given twice")
+            backoff = Backoff(self.min_backoff_s, self.max_backoff_s, rng=self.rng)
+            self.links[address] = Link(address, i, backoff)
+        if min(self.ask_every_s, self.timeout_s, self.stale_s) <= 0:
+            raise ValueError("ask_every_s, timeout_s and stale_s must be positive")
+
+    def __bool__(self) -> bool:
+        return bool(self.links)
+
+    # --- asking ------------------------------------------------------------
+
+    def due(self, now: float) -> list[tuple[str, p.WorkQuery]]:
+        """The queries to send now, one per peer that is idle and due, or whose backoff
+        is over; each is recorded as out."""
+        out = []
+        for link in self.links.values():
+            if link.query_id is not None or not link.backoff.ready(now):
+                continue
+            idle = link.backoff.failures == 0 and link.asked_at is not None
+            if idle and now - link.asked_at < self.ask_every_s:
+                continue
+            self._next_id += 1
+            link.query_id, link.asked_at = self._next_id, now
+            out.append((link.address, p.WorkQuery(self._next_id)))
+        return out
+
+    def heard(self, address: str, msg: p.Message, now: float) -> bool:
+        """A reply from `address`. True if it answered the query out (and was taken)."""
+        link = self.links.get(address)
+        if link is None or link.query_id is None or getattr(msg, "re", None) != link.query_id:
+            return False  # late, stale or not ours: changes nothing
+        link.query_id = None
+        if not isinstance(msg, p.WorkOffer):
+            why = f"{msg.code.value}: {msg.text}" if isinstance(msg, p.Error) else msg.TYPE
+            self._failed(link, now, f"answered {why}")
+            return True
+        link.backoff.succeeded()
+        if link.error is not None:
+            log.info("peer %s answers again", address)
+        link.error = None
+        finished = bool(msg.finished)
+        link.offer = Offer(msg.jobs, msg.limits, msg.left, finished, now)
+        return True
+
+    def expire(self, now: float) -> list[str]:
+        """Peers whose query went unanswered for `timeout_s`: failed links, whose sockets
+        the shell resets (what was queued on them is dropped)."""
+        out = []
+        for link in self.links.values():
+            if link.query_id is not None and now - _at(link.asked_at, now) >= self.timeout_s:
+                link.query_id = None
+                self._failed(link, now, f"no answer within {self.timeout_s:g} s")
+                out.append(link.address)
+        return out
+
+    def unreachable(self, address: str, now: float, why: str) -> None:
+        """The shell could not send to `address` at all: a failed link."""
+        link = self.links.get(address)
+        if link is not None:
+            link.query_id = None
+            self._failed(link, now, why)
+
+    def _failed(self, link: Link, now: float, why: str) -> None:
+        wait = link.backoff.failed(now)
+        if link.error is None:
+            log.warning("peer %s: %s; asking again in %.1f s", link.address, why, wait)
+        link.error = why
+
+    def next_due(self, now: float) -> float:
+        """Seconds until `due` or `expire` may have something to do."""
+        best = self.ask_every_s if not self.links else float("inf")
+        for link in self.links.values():
+            if link.query_id is not None:
+                at = _at(link.asked_at, now) + self.timeout_s
+            elif not link.backoff.ready(now):
+                at = link.backoff.until
+            elif link.asked_at is None or link.backoff.failures:
+                at = now
+            else:
+                at = link.asked_at + self.ask_every_s
+            best = min(best, at - now)
+        return max(0.0, best)
+
+    # --- deciding ----------------------------------------------------------
+
+    def fresh(self, link: Link, now: float) -> Offer | None:
+        """The link's last offer if heard within `stale_s`, else None."""
+        o = link.offer
+        return o if o is not None and now - o.at <= self.stale_s else None
+
+    def referral(self, host: p.HostFacts, now: float) -> tuple[str, ...]:
+        """The peers with work this jobber can run, best first (at most MAX_REFERRED)."""
+        ranked = []
+        for link in self.links.values():
+            o = self.fresh(link, now)
+            if o is None or o.finished or o.jobs <= 0 or o.limits is None:
+                continue
+            if host.refuses(o.limits) is not None:
+                continue
+            ranked.append((-o.jobs, -(o.left or 0), link.order, link.address))
+        ranked.sort()
+        return tuple(r[-1] for r in ranked[:MAX_REFERRED])
+
+    def may_have_work(self, now: float) -> bool:
+        """Whether any peer might yet have work: not known to be finished (fresh offers
+        not finished, or peers not heard from lately). What `retry_later.more` says."""
+        for link in self.links.values():
+            o = self.fresh(link, now)
+            if o is None or not o.finished:
+                return True
+        return False
+
+    # --- reporting ---------------------------------------------------------
+
+    def status(self, now: float, wall: float | None = None) -> list[dict]:
+        """One map per peer, in the order given, for status_reply (times as Unix times:
+        `wall` is the Unix time at `now`, the same clock when omitted)."""
+        shift = 0.0 if wall is None else wall - now
+        rows = []
+        for link in self.links.values():
+            o = link.offer
+            if link.query_id is not None:
+                next_try = _at(link.asked_at, now) + self.timeout_s
+            elif not link.backoff.ready(now):
+                next_try = link.backoff.until
+            else:
+                next_try = max(now, _at(link.asked_at, now) + self.ask_every_s)
+            rows.append(
+                {
+                    "address": link.address,
+                    "jobs": None if o is None else o.jobs,
+                    "limits": None if o is None or o.limits is None else _limits(o.limits),
+                    "left": None if o is None else o.left,
+                    "finished": None if o is None else o.finished,
+                    "said_at": None if o is None else o.at + shift,
+                    "stale": o is None or self.fresh(link, now) is None,
+                    "failures": link.backoff.failures,
+                    "error": link.error,
+                    "next_try": next_try + shift,
+                }
+            )
+        return rows
+
+
+def _limits(limits: p.Limits) -> dict:
+    return {
+        "memory_mb": limits.memory_mb,
+        "time_s": limits.time_s,
+        "fuel": limits.fuel,
+        "output_kb": limits.output_kb,
+    }
+
+
+def _at(t: float | None, default: float) -> float:
+    return default if t is None else t
