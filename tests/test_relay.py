@@ -1,0 +1,274 @@
+"""The relay's pure core (dealer._relay) driven directly with a fake clock, and its
+journal (dealer._relay_journal) on a real SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+
+import protocol as p
+from dealer._journal import JournalError
+from dealer._relay import GIVEN_BACK, LEASE_S, Op, RelayCore
+from dealer._relay_journal import RelayJournal
+from jobber._backoff import Backoff
+
+WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
+SHA = hashlib.sha256(WASM).hexdigest()
+ANN, BOB = "aa" * 32, "bb" * 32
+HOST = p.HostFacts(cpus=1, memory_mb=1024, slots=1)
+LIMITS = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1)
+
+
+def spec(tag: str, deadline_s: float = 100.0, limits: p.Limits = LIMITS) -> p.JobSpec:
+    return p.JobSpec(tag, SHA, (tag,), b"", limits, deadline_s)
+
+
+def core(**kw) -> RelayCore:
+    kw.setdefault("backoff", Backoff(min_s=1.0, max_s=8.0))
+    return RelayCore("feedf00d", **kw)
+
+
+def bored(c: RelayCore, key: str, now: float, want: int = 2, holding=None, host=HOST, rid=1):
+    return c.bored(p.Bored(rid, key[:3], host, want, holding), now, key, "10.0.0." + key[0])
+
+
+def results(c: RelayCore, key: str, now: float, *rs: p.Result) -> p.Ack:
+    return c.results(p.Results(9, key[:3], rs), now, key, "10.0.0." + key[0])
+
+
+def ok(tag: str, out: bytes = b"7") -> p.Result:
+    return p.Result(tag, p.Status.OK, out, 10)
+
+
+def request(c: RelayCore, now: float, kind: type) -> p.Message:
+    """The one request of `kind` the core sends upstream now (fails if none)."""
+    reqs = [m for m in c.upstream_requests(now) if isinstance(m, kind)]
+    assert len(reqs) == 1, reqs
+    return reqs[0]
+
+
+def fill(c: RelayCore, now: float, *tags: str, deadline_s: float = 100.0) -> p.Bored:
+    """A jobber asks, the relay asks upstream and takes `tags`."""
+    bored(c, ANN, now, want=0)
+    ask = request(c, now, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(t, deadline_s) for t in tags), {SHA: WASM}), now)
+    return ask
+
+
+def test_no_jobber_no_fetch_then_two_per_slot_and_holding():
+    c = core()
+    assert c.upstream_requests(0.0) == []  # it serves nobody: it holds nothing
+    reply = bored(c, ANN, 0.0, host=p.HostFacts(cpus=4, memory_mb=2048, slots=3))
+    assert isinstance(reply, p.RetryLater) and reply.more is None  # nothing out anywhere
+    ask = request(c, 0.0, p.Bored)
+    assert ask.want == 6 and ask.holding == ()  # two per slot served, nothing held yet
+    assert (ask.host.cpus, ask.host.slots, ask.host.memory_mb) == (4, 3, 2048)
+    assert ask.host.platform is None
+    assert c.upstream_requests(0.0) == []  # one bored at a time
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2")), {SHA: WASM}), 0.0)
+    assert c.counts() == {"queued": 2, "out": 0, "done": 0}
+    ops = c.take_ops()
+    assert [o[0] for o in ops] == [Op.PAYLOAD, Op.HOLD, Op.HOLD]
+    # at half the target or below it asks for the rest, naming what it holds
+    more = request(c, 0.5, p.Bored)
+    assert more.want == 4 and set(more.holding) == {"u1", "u2"}
+    c.upstream_reply(p.Jobs(more.id, tuple(spec(f"v{i}") for i in range(4)), {}), 0.5)
+    assert not [m for m in c.upstream_requests(0.6) if isinstance(m, p.Bored)]  # full
+
+
+def test_a_jobber_gets_local_tags_the_rest_of_the_deadline_and_canonical_nans():
+    c = core()
+    native = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1, native_nans=True)
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1", 50.0, native),), {SHA: WASM}), 0.0)
+    jobs = bored(c, ANN, 20.0)
+    assert isinstance(jobs, p.Jobs) and len(jobs.jobs) == 1
+    j = jobs.jobs[0]
+    assert j.tag.startswith("feedf00d.") and j.tag != "u1"
+    assert j.deadline_s == pytest.approx(30.0)  # 50 s from when the relay got it
+    assert j.limits.native_nans is None and j.limits.fuel == 1000
+    assert jobs.payloads == {SHA: WASM}
+    cached = p.HostFacts(cpus=1, memory_mb=1024, slots=1, cached=(SHA,))
+    c.upstream_reply(p.Jobs(request(c, 20.0, p.Bored).id, (spec("u2"),), {}), 20.0)
+    again = bored(c, BOB, 20.0, host=cached)
+    assert again.payloads == {}  # it holds the module already
+
+
+def test_results_wait_until_the_upstream_acknowledges_them():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    jobs = bored(c, ANN, 1.0)
+    ltags = [j.tag for j in jobs.jobs]
+    ack = results(c, ANN, 2.0, ok(ltags[0]), ok(ltags[1], b"8"))
+    assert ack.tags == tuple(ltags) and ack.rejected == ()
+    assert c.counts()["done"] == 2
+    sent = request(c, 2.0, p.Results)
+    assert {r.tag: r.output for r in sent.results} == {"u1": b"7", "u2": b"8"}
+    # the upstream takes one, names neither the other: it stays and goes again
+    c.upstream_reply(p.Ack(sent.id, ("u1",)), 2.1)
+    assert set(c.held) == {"u2"}
+    assert (Op.DROP, "u1") in c.take_ops()
+    again = request(c, 2.2, p.Results)
+    assert [r.tag for r in again.results] == ["u2"]
+    c.upstream_reply(p.Ack(again.id, (), (p.Rejection("u2", p.ErrorCode.SETTLED, "late"),)), 2.3)
+    assert c.held == {} and c.up.delivered == 1 and c.up.rejected == 1
+
+
+def test_upstream_down_back_off_then_everything_delivered():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 1.0, ok(j.tag))
+    sent = request(c, 1.0, p.Results)
+    wait = c.upstream_failed(3.0)  # no reply in time
+    assert 0.5 <= wait <= 1.0
+    assert c.upstream_requests(3.0 + wait - 0.01) == []  # backing off
+    c.upstream_reply(p.Ack(sent.id, ("u1",)), 3.2)  # the lost request's late reply: stale
+    assert "u1" in c.held
+    again = request(c, 3.0 + wait, p.Results)
+    assert again.id != sent.id and [r.tag for r in again.results] == ["u1"]
+    c.upstream_reply(p.Ack(again.id, ("u1",)), 5.0)
+    assert c.held == {} and c.up.backoff.failures == 0
+
+
+def test_a_silent_jobber_loses_its_jobs_to_another_and_its_late_result_still_counts():
+    c = core()
+    fill(c, 0.0, "u1")
+    [first] = bored(c, ANN, 0.0).jobs
+    c.tick(LEASE_S + 0.1)  # ann silent a whole lease
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+    [second] = bored(c, BOB, LEASE_S + 0.2).jobs
+    assert second.tag != first.tag
+    # ann comes back with the result first: it counts; bob is told to cancel his
+    assert results(c, ANN, LEASE_S + 1, ok(first.tag)).tags == (first.tag,)
+    cancel = c.alive(p.Alive(3, "bob", (second.tag,)), LEASE_S + 1.1, BOB, "10.0.0.b")
+    assert cancel.cancel == (second.tag,)
+    late = results(c, BOB, LEASE_S + 2, ok(second.tag))
+    assert late.tags == () and late.rejected[0].code is p.ErrorCode.SETTLED
+    assert results(c, BOB, LEASE_S + 2, ok("feedf00d.99")).rejected[0].code is (
+        p.ErrorCode.UNKNOWN_TAG
+    )
+
+
+def test_holding_releases_what_a_jobber_lost_and_abandoned_jobs_go_to_another():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    bored(c, ANN, 1.0, want=0, holding=(a.tag,))  # it restarted without b
+    assert c.counts() == {"queued": 1, "out": 1, "done": 0}
+    ack = results(c, ANN, 2.0, p.Result(a.tag, p.Status.ABANDONED))
+    assert ack.tags == (a.tag,) and c.counts() == {"queued": 2, "out": 0, "done": 0}
+    assert len(bored(c, BOB, 2.0).jobs) == 2
+
+
+def test_an_implausible_result_is_refused_and_the_job_goes_to_another():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    ack = results(c, ANN, 1.0, p.Result(j.tag, p.Status.OK, b"", 10**6))  # fuel > limit
+    assert ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+
+
+def test_a_queued_job_past_its_deadline_is_given_back_unrun():
+    c = core()
+    fill(c, 0.0, "u1", "u2", deadline_s=10.0)
+    [j, _] = bored(c, ANN, 0.0).jobs
+    c.tick(10.5)  # u2 went out too; u1 out as well: both keep running
+    assert c.counts()["done"] == 0
+    results(c, ANN, 11.0, ok(j.tag))
+    fill(c, 11.0, "u3", deadline_s=1.0)
+    c.tick(12.5)
+    r = c.held["u3"].result
+    assert r is not None and r.status is p.Status.ABANDONED and r.detail == GIVEN_BACK
+    assert (r.output, r.fuel) == (b"", 0)
+    assert c.given_back == 1
+
+
+def test_alive_upstream_vouches_for_all_it_holds_and_cancels_drop():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    bored(c, ANN, 0.0)
+    alive = request(c, 5.0, p.Alive)
+    assert set(alive.holding) == {"u1", "u2"}
+    c.upstream_reply(p.AliveAck(alive.id, 8.0, ("u1",)), 5.1)
+    assert set(c.held) == {"u2"} and c.up.lease_s == 8.0
+    assert not [m for m in c.upstream_requests(6.0) if isinstance(m, p.Alive)]
+    assert isinstance(request(c, 7.1, p.Alive), p.Alive)  # lease 8 s: alive every 2 s
+
+
+def test_finished_upstream_finishes_our_jobbers_once_nothing_is_out():
+    c = core()
+    bored(c, ANN, 0.0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Finished(ask.id), 0.1)
+    assert isinstance(bored(c, ANN, 0.2, rid=5), p.Finished)
+    assert c.upstream_requests(1.0) == []  # asks again only much later
+
+
+def test_the_buffer_grows_with_the_rate_results_come_back():
+    c = core(horizon_s=10.0, max_buffer=50)
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=1)
+    now, n = 0.0, 0
+    for _ in range(200):  # the upstream gives what is asked; the jobber runs 4 a second
+        for ask in [m for m in c.upstream_requests(now) if not isinstance(m, p.Alive)]:
+            if isinstance(ask, p.Bored):
+                tags = [f"u{n + i}" for i in range(ask.want)]
+                n += ask.want
+                c.upstream_reply(p.Jobs(ask.id, tuple(spec(t) for t in tags), {SHA: WASM}), now)
+            else:
+                c.upstream_reply(p.Ack(ask.id, tuple(r.tag for r in ask.results)), now)
+        jobs = bored(c, ANN, now, want=1, host=host)
+        if isinstance(jobs, p.Jobs):
+            results(c, ANN, now + 0.2, *(ok(j.tag) for j in jobs.jobs))
+        now += 0.25
+    rate = c.rate(now)
+    assert rate == pytest.approx(4.0, rel=0.15)
+    assert c.target(now) == min(50, math.ceil(rate * 10.0))  # 40: the rate over 10 s
+    assert c.counts()["queued"] >= 20  # and it holds about that (asking at half of it)
+    assert core(horizon_s=1000.0, max_buffer=50).max_buffer == 50
+    with pytest.raises(ValueError):
+        core(max_buffer=0)
+
+
+def test_a_payload_that_does_not_hash_to_its_name_is_dropped_and_its_job_given_back():
+    c = core()
+    bored(c, ANN, 0.0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"),), {SHA: b"not it"}), 0.0)
+    r = c.held["u1"].result
+    assert r is not None and r.status is p.Status.INVALID and SHA not in c.payloads
+
+
+def test_the_journal_keeps_everything_across_a_restart(tmp_path):
+    path = tmp_path / "relay.sqlite"
+    j = RelayJournal(path)
+    c = RelayCore(j.tag_prefix)
+    sig = p.Signature("cd" * 32, b"s" * 64)
+    bored(c, ANN, 0.0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(
+        p.Jobs(ask.id, (spec("u1"), spec("u2"), spec("u3")), {SHA: WASM}, {SHA: sig}), 0.0
+    )
+    a, b = bored(c, ANN, 1.0).jobs
+    results(c, ANN, 2.0, ok(a.tag))
+    j.apply(c.take_ops())
+    j.close()
+    j2 = RelayJournal(path)
+    c2 = RelayCore(j2.tag_prefix)
+    c2.load(j2.held(), j2.payloads(), j2.local(), j2.next_tag(), 10.0)
+    assert c2.counts() == {"queued": 1, "out": 1, "done": 1}
+    assert c2.held["u1"].result == ok("u1") and c2.held["u1"].by == ANN
+    assert c2.signatures == {SHA: sig} and c2.payloads == {SHA: WASM}
+    # b's result, sent after the restart, is taken; new local tags do not repeat old ones
+    assert results(c2, ANN, 11.0, ok(b.tag)).tags == (b.tag,)
+    [fresh] = bored(c2, BOB, 11.0).jobs
+    assert fresh.tag not in (a.tag, b.tag)
+    j2.close()
+    with pytest.raises(JournalError, match="journal of task 'borednet relay', not 'Factoring'"):
+        from dealer._journal import Journal
+
+        Journal(path, "Factoring")
