@@ -105,3 +105,24 @@ def test_relay_killed_and_restarted_on_its_journal_loses_nothing(procs, factor_w
     for j in jobbers:
         assert "refused result" not in j.stderr, j.stderr
     wait_status(relay_port, lambda s: s["queued"] + s["out"] + s["done"] == 0, 30)
+
+
+def test_a_relay_behind_a_relay(procs, factor_wasm, tmp_path):
+    up_port, outer_port, inner_port = free_port(), free_port(), free_port()
+    dealer = _batch(procs, "up", up_port, tmp_path / "up.sqlite")
+    _relay(procs, "outer", f"127.0.0.1:{up_port}", outer_port, tmp_path / "o" / "relay.sqlite")
+    inner = _relay(
+        procs, "inner", f"127.0.0.1:{outer_port}", inner_port, tmp_path / "i" / "relay.sqlite"
+    )
+    for i in (1, 2):
+        procs.jobber(f"j{i}", f"127.0.0.1:{inner_port}", extra=("--max-idle", "30"))
+    assert dealer.wait(90) == 0, dealer.stderr + inner.stderr
+    assert dealer.stdout.strip() == LINE
+    rows = summary(dealer.stderr)
+    assert set(rows) == {"relay"} and rows["relay"][:3] == (JOBS, 0, 0)
+    # the outer relay served one jobber, the inner one, which served two
+    outer = wait_status(outer_port, lambda s: s["queued"] + s["out"] + s["done"] == 0, 30)
+    assert [j["results"] for j in outer["jobbers"]] == [JOBS]
+    inner_status = wait_status(inner_port, lambda s: s["done"] == 0, 30)
+    assert sum(j["results"] for j in inner_status["jobbers"]) == JOBS
+    assert len(inner_status["jobbers"]) == 2
