@@ -1,5 +1,5 @@
 """Command lines: `serve_task` for task files, and
-`python -m dealer status|results|jobs|refer|keygen|rotate|deny`."""
+`python -m dealer status|results|jobs|refer|keygen|rotate|deny|allocator`."""
 
 from __future__ import annotations
 
@@ -655,6 +655,10 @@ def jobs(path: Path, states: Sequence[str], as_json: bool, full: bool = False) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["allocator"]:  # its own commands: dealer._allocator_cli
+        from dealer._allocator_cli import main as allocator_main
+
+        return allocator_main(argv[1:])
     if argv[:1] == ["relay"]:  # python -m dealer relay UPSTREAM: dealer._relay_cli
         from dealer._relay_cli import main as relay_main
 

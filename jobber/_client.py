@@ -36,7 +36,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import zmq
@@ -44,13 +44,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 import protocol as p
 import sandbox
-from jobber import _control
+from jobber import _control, _instructions
 from jobber import _core as c
-from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S
+from jobber._allocator_link import AllocatorLink
+from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._pins import Pins
 from jobber._quiet import Repeats
 from jobber._spool import Spool
+from protocol._alloc import Instructions, allocator_address
 from protocol._files import write_atomic
 from protocol._keys import load_or_create_key_pair, z85_of_hex
 from protocol._signing import load_trusted_key
@@ -106,6 +108,11 @@ class Config:
     exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
     # author keys (files) whose signed payloads alone may run; empty: any payload may
     trust: list[Path] = field(default_factory=list)
+    # an allocator to take dealers, shares and preferences from, for the machines of `pool`
+    allocator: str | None = None
+    pool: str | None = None
+    # the fields above its owner set (command line, --config): a pool never loosens these
+    explicit: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -197,8 +204,12 @@ class Jobber:
     def __init__(self, cfg: Config, context: zmq.Context | None = None) -> None:
         if cfg.slots < 1:
             raise JobberError("--slots must be at least 1")
-        if not cfg.dealers:
+        if not cfg.dealers and cfg.allocator is None:
             raise JobberError("no dealer given")
+        if cfg.allocator is not None and cfg.dealers:
+            raise JobberError("give dealers or --allocator, not both")
+        if cfg.allocator is not None and not cfg.pool:
+            raise JobberError("--allocator needs --pool NAME")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid
@@ -224,11 +235,25 @@ class Jobber:
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
+        self._owner = _instructions.Owner(
+            slots=cfg.slots,
+            cpus=os.cpu_count() or 1,
+            memory_mb=cfg.memory_mb or max(1, _physical_memory_mb() // cfg.slots),
+            cpu_limit=cfg.cpu_limit,
+            cache_mb=cfg.cache_mb,
+            idle_only=cfg.idle_only,
+            idle_after_s=cfg.idle_after_s,
+            explicit=frozenset(cfg.explicit),
+        )
+        self._eff = _instructions.effective(self._owner, None)
+        self._kept: _instructions.Kept | None = None  # the allocator's, as last heard
+        self._alink: AllocatorLink | None = None
+        self._facts_at = 0.0
         settings = c.Settings(
             name=self.name,
             slots=cfg.slots,
             cpus=os.cpu_count() or 1,
-            memory_mb=cfg.memory_mb or max(1, _physical_memory_mb() // cfg.slots),
+            memory_mb=self._owner.memory_mb,
             buffer=cfg.buffer,
             max_idle_s=cfg.max_idle_s,
             min_backoff_s=cfg.min_backoff_s,
@@ -257,6 +282,8 @@ class Jobber:
         )
         self._throttle = Throttle(cfg.cpu_limit)
         self._control = _control.serve_socket(self._ctx, cfg.data_dir) if cfg.control else None
+        if cfg.allocator is not None:
+            self._start_allocator(cfg.allocator, cfg.pool or "")
         self._carry_out()
 
     # --- set-up ------------------------------------------------------------
@@ -496,11 +523,11 @@ class Jobber:
             self.cache.touch(sha)
         if msg.payloads:  # bounded disk: whatever dealers send, the cache keeps its size
             held = self.core.held_payloads() | {spec.payload for spec in msg.jobs}
-            gone = self.cache.evict(self.cfg.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
+            gone = self.cache.evict(self._eff.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
             if gone:
                 self._present.clear()
                 log.info(
-                    "payload cache over %d MiB: %d least used removed", self.cfg.cache_mb, gone
+                    "payload cache over %d MiB: %d least used removed", self._eff.cache_mb, gone
                 )
             self.core.cached = tuple(self.cache.hashes())
         return unusable
@@ -628,10 +655,16 @@ class Jobber:
         return 0
 
     def _turn(self, now: float) -> None:
+        if self._alink is not None:
+            self._allocator_events(now)
         self._collect()
         self._apply_suspension(now)
         self.core.paused = "suspended" if self._suspended else ""
-        self.core.fetch_paused = self.user_suspended or self._why_suspended == "machine in use"
+        self.core.fetch_paused = (
+            self.user_suspended
+            or self._why_suspended in ("machine in use", "outside the pool's hours")
+            or not self._eff.asks_at(_local_hour())
+        )
         self.core.tick(now)
         self._carry_out()
 
@@ -654,7 +687,9 @@ class Jobber:
             pass  # running jobs get their grace period, whatever held them
         elif self.user_suspended:
             why = "suspended by the owner"
-        elif self.cfg.idle_only and not self._idle.update(
+        elif not self._eff.computes_at(_local_hour()):
+            why = "outside the pool's hours"
+        elif self._eff.idle_only and not self._idle.update(
             read_host(), 0 if self._suspended else len(self.core.running), now
         ):
             why = "machine in use"
@@ -695,7 +730,7 @@ class Jobber:
         poller = self._poller()
         now = time.monotonic()
         timeout = min(POLL_S, max(0.0, self.core.wake_at(now) - now))
-        if self.cfg.cpu_limit < 100 and self.core.running:
+        if self._eff.cpu_limit < 100 and self.core.running:
             timeout = min(timeout, self._throttle.next_change(now))
         try:
             ready = dict(poller.poll(max(1, int(timeout * 1000))))
@@ -716,6 +751,129 @@ class Jobber:
             self._spooled()
         if self._control is not None and self._control in ready:
             self._serve_control()
+
+    # --- the allocator -----------------------------------------------------------
+
+    def _start_allocator(self, address: str, pool: str) -> None:
+        try:
+            text = allocator_address(address)
+        except ValueError as e:
+            raise JobberError(f"--allocator: {e}") from None
+        endpoint, key = p.split_key(text)
+        try:
+            kept = _instructions.load(self.cfg.data_dir)
+        except ValueError as e:
+            log.warning("last instructions not used: %s", e)
+            kept = None
+        if kept is not None and (kept.pool, p.split_key(kept.allocator)[0]) == (pool, endpoint):
+            log.info(
+                "using the last instructions (serial %d) until allocator %s answers",
+                kept.serial,
+                endpoint,
+            )
+            self._apply(kept)
+        elif kept is not None:
+            log.info("the last instructions are for another pool or allocator: not used")
+        if key is not None:
+            self.pins.put(endpoint, key)
+        self._alink = AllocatorLink(
+            self._ctx,
+            text,
+            pool,
+            self.keys,
+            name=self.name,
+            pinned_key=self.pins.get(endpoint),
+            connect=self._connect_to,
+            backoff=Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s),
+            timeout_s=self.cfg.request_timeout_s,
+        )
+        self._alink.facts = self.core.host_facts()
+        self._alink.serial = None if self._kept is None else self._kept.serial
+        self._alink.start()
+
+    def _allocator_events(self, now: float) -> None:
+        assert self._alink is not None
+        if now - self._facts_at >= 1.0:
+            self._alink.facts = self.core.host_facts()
+            self._facts_at = now
+        while True:
+            try:
+                event = self._alink.events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "pin":
+                try:
+                    self.pins.put(event[1], event[2])
+                except OSError as e:
+                    self.core.disk_failed(f"cannot write {self.pins.path}: {e.strerror or e}")
+            elif event[0] == "instructions":
+                msg: Instructions = event[1]
+                kept = _instructions.from_message(
+                    self.cfg.allocator or "", msg, time.time(), self._debts()
+                )
+                if self._kept is None or self._kept.serial != msg.serial:
+                    log.info(
+                        "instructions %d from the allocator: %s; preferences %s",
+                        msg.serial,
+                        ", ".join(f"{x.name} (share {x.share:g})" for x in msg.projects)
+                        or "no projects",
+                        _instructions.prefs_text(msg.prefs),
+                    )
+                self._apply(kept)
+                self._save_instructions()
+
+    def _debts(self) -> dict[str, float]:
+        return dict(self.core.shares.debt) if self.core.shares is not None else {}
+
+    def _save_instructions(self) -> None:
+        if self._kept is None:
+            return
+        try:
+            _instructions.save(self.cfg.data_dir, replace(self._kept, debts=self._debts()))
+        except OSError as e:
+            log.warning("cannot keep the instructions on disk: %s", e.strerror or e)
+
+    def _apply(self, kept: _instructions.Kept) -> None:
+        """Take instructions in, without a restart: dealers and shares, the pool's prefs."""
+        eff = _instructions.effective(self._owner, kept.prefs)
+        projects: dict[str, float] = {}
+        for x in kept.projects:
+            try:
+                projects[p.dealer_address(x.dealer)] = x.share
+            except ValueError as e:
+                log.warning("allocator project %s: bad dealer address: %s", x.name, e)
+        self.core.set_projects(projects, kept.debts)
+        self.core.s = replace(self.core.s, slots=eff.slots, memory_mb=eff.memory_mb)
+        self.slots.in_use = eff.slots
+        if eff.cpu_limit != self._eff.cpu_limit:
+            self._throttle = Throttle(eff.cpu_limit)
+        if eff.idle_after_s != self._eff.idle_after_s:
+            self._idle = IdleDetector(
+                os.cpu_count() or 1,
+                load_threshold=self.cfg.load_threshold,
+                idle_after_s=eff.idle_after_s,
+            )
+        self._eff = eff
+        self._kept = kept
+
+    def _allocator_status(self, now: float) -> dict | None:
+        a, k = self._alink, self._kept
+        if a is None:
+            return None
+        shares = self.core.shares
+        return {
+            "address": a.endpoint,
+            "pool": self.cfg.pool,
+            "serial": None if k is None else k.serial,
+            "received": None if k is None else k.received,
+            "failures": a.backoff.failures,
+            "problem": a.problem or None,
+            "answered_s_ago": None if a.ok_at is None else now - a.ok_at,
+            "projects": [] if k is None else [asdict(x) for x in k.projects],
+            "prefs": {} if k is None else _instructions.prefs_dict(k.prefs),
+            "debts_s": {} if shares is None else dict(shares.debt),
+            "work_s": {} if shares is None else dict(shares.done_s),
+        }
 
     # --- shutdown ------------------------------------------------------------
 
@@ -800,9 +958,16 @@ class Jobber:
             "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},
             "done": core.done,
             "settings": {f.name: _plain(getattr(self.cfg, f.name)) for f in fields(self.cfg)},
+            "slots_in_use": self._eff.slots,
+            "effective": _plain(asdict(self._eff)),
+            "allocator": self._allocator_status(now),
         }
 
     def close(self) -> None:
+        if self._alink is not None:
+            self._alink.stop()
+            self._save_instructions()
+            self._alink = None
         if self._control is not None:
             self._control.close(linger=0)
             self._control = None
@@ -816,12 +981,19 @@ class Jobber:
         os.close(self._lock)
 
 
+def _local_hour() -> float:
+    t = time.localtime()
+    return t.tm_hour + t.tm_min / 60 + t.tm_sec / 3600
+
+
 def _plain(v):
     """A setting as the control socket's msgpack carries it (paths as text)."""
     if isinstance(v, Path):
         return str(v)
-    if isinstance(v, list | tuple):
+    if isinstance(v, list | tuple | frozenset):
         return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
     return v
 
 

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import protocol as p
 from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._quiet import Repeats
+from jobber._shares import Shares
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,8 @@ class JobberCore:
         self._summary_at = now
         self._summary: dict[str, int] = {}  # status -> jobs finished since the last summary
         self._repeats = Repeats(log)
+        # an allocator's resource shares among the dealers (jobber._shares); None: none
+        self.shares: Shares | None = None
         for dealer, result in spooled:
             self._hold_result(dealer, result)
             if dealer not in self.links:  # a referred dealer from an earlier run
@@ -474,6 +477,8 @@ class JobberCore:
         # worker: the time from start to outcome on ours is what buffering must cover
         took = max(wall_s, (now - h.started) / h.depth, 1e-6)
         self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
+        if self.shares is not None:
+            self.shares.charge(h.dealer, took, self.eligible(now))
         self._finish(h, result)
         log.debug(
             "job %s from %s: %s, %d fuel, %.3f s",
@@ -841,7 +846,10 @@ class JobberCore:
         if want <= 0:
             return
         # dealers that answered before first, round robin among equals
-        for addr in sorted(self._rr, key=lambda a: not self.links[a].answered):
+        order = sorted(self._rr, key=lambda a: not self.links[a].answered)
+        if self.shares is not None:  # the allocator's: the most owed first
+            order = self._by_debt(order)
+        for addr in order:
             link = self.links[addr]
             if not link.may_ask(now):
                 continue
@@ -878,6 +886,44 @@ class JobberCore:
             self._rr.append(addr)
             if link.answered:
                 return  # one live dealer at a time; dealers that never answered hold none back
+
+    # --- resource shares (an allocator's instructions) ---------------------------------
+
+    def set_projects(self, projects: Mapping[str, float], debts: Mapping[str, float] = {}) -> None:
+        """The allocator's dealers (`endpoint#key` or `endpoint`) and their shares. Dealers
+        no longer listed get no more asks (their results and alives still go); `debts`:
+        saved ones, by address, for dealers new to this run."""
+        shares: dict[str, float] = {}
+        for text, share in projects.items():
+            self.add_dealer(text, depth=0)
+            addr = p.split_key(text)[0]
+            if addr in self.links:
+                shares[addr] = share
+        if self.shares is None:
+            self.shares = Shares()
+        self.shares.set(shares, debts)
+
+    def eligible(self, now: float) -> list[str]:
+        """Projects that have work for us, or may: they count in the debts' accounting."""
+        assert self.shares is not None
+        out = []
+        for addr in self.shares.share:
+            link = self.links.get(addr)
+            if link is None or not link.usable() or link.finished or link.backoff.failures:
+                continue
+            if now >= link.ask_after or self.holds_from(addr):
+                out.append(addr)
+        return out
+
+    def _by_debt(self, order: list[str]) -> list[str]:
+        assert self.shares is not None
+        job_s = self._job_s or AHEAD_S
+        in_hand: dict[str, float] = {}
+        for h in (*self.buffer, *self.running.values()):
+            in_hand[h.dealer] = in_hand.get(h.dealer, 0.0) + job_s
+        ranked = self.shares.rank(order, in_hand)
+        # a dealer from the allocator that it no longer lists is asked for nothing more
+        return [a for a in ranked if a in self.shares.share or self.links[a].depth > 0]
 
     def _send_results(self, now: float) -> None:
         for addr, results in self.unacked.items():

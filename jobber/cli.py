@@ -52,6 +52,8 @@ CONFIG_FIELDS = {
     "max_fuel": "max_fuel",
     "max_output_kb": "max_output_kb",
     "trust": "trust",
+    "allocator": "allocator",
+    "pool": "pool",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -187,6 +189,14 @@ def parser() -> argparse.ArgumentParser:
         help="stop once this jobber is no longer the child of process PID (its parent): "
         "how a dealer's --jobbers end with it, even when it is killed",
     )
+    ap.add_argument(
+        "--allocator",
+        metavar="ADDR",
+        help="take dealers, their shares and the pool's preferences from this allocator "
+        "(host[:port], default port 7127, optionally #KEY), instead of naming dealers; "
+        "its last instructions are kept in the data directory and used while it is away",
+    )
+    ap.add_argument("--pool", metavar="NAME", help="with --allocator: the pool this machine is in")
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -230,12 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(args.dealers) > 1:
             ap.error(f"{args.dealers[0]} takes no dealer addresses")
         return control(data_dir, args.dealers[0], as_json=args.json)
-    if not dealers:
-        ap.error("name at least one dealer (or a command: status, suspend, resume, quit)")
+    if not dealers and settings.get("allocator") is None:
+        ap.error(
+            "name at least one dealer, or --allocator and --pool "
+            "(or a command: status, suspend, resume, quit)"
+        )
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
     try:
-        cfg = Config(dealers=dealers, data_dir=data_dir, **settings)
+        # what the owner set: a pool's preferences never loosen it (jobber._instructions)
+        explicit = frozenset(settings) - {"allocator", "pool"}
+        cfg = Config(dealers=dealers, data_dir=data_dir, explicit=explicit, **settings)
         jobber = Jobber(cfg)
     except (JobberError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

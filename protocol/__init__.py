@@ -1,6 +1,7 @@
 """The borednet wire protocol: message types, msgpack codec, size caps, validation, keys."""
 
 from protocol._addr import DEFAULT_PORT, dealer_address, split_key
+from protocol._alloc import AllocAdmin, AllocReply, Instruct, Instructions, Prefs, Project
 from protocol._signing import Verdict, verify_payload
 from protocol._wire import (
     ALIVE_INTERVAL_S,
@@ -50,6 +51,12 @@ from protocol._wire import (
 )
 
 __all__ = [
+    "AllocAdmin",
+    "AllocReply",
+    "Instruct",
+    "Instructions",
+    "Prefs",
+    "Project",
     "ALIVE_INTERVAL_S",
     "Alive",
     "AliveAck",

@@ -180,6 +180,9 @@ class Slots:
         self._start_failures = 0  # workers in a row that died before they were ready
         self._closed = False
         self._workers: list[_Worker] = []
+        # workers new jobs may go to (the first `in_use`): fewer than `n` while a pool's
+        # preferences say so; the rest stay idle, and a job running on one finishes
+        self.in_use = n
         for _ in range(n):
             self._workers.append(self._spawn())
 
@@ -310,7 +313,8 @@ class Slots:
             },
             "compile_s": compile_s,
         }
-        for w in list(self._workers):
+        usable = self._workers[: max(1, self.in_use)]
+        for w in usable:
             if w.key is not None:
                 continue
             try:
@@ -328,7 +332,7 @@ class Slots:
         def load(w: _Worker) -> int:
             return 1 + len(w.queue) - len(w.discard)
 
-        for w in sorted(self._workers, key=load):
+        for w in sorted(usable, key=load):
             if load(w) >= depth:
                 break
             try:

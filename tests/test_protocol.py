@@ -116,6 +116,23 @@ signatures = st.builds(
     sig=sig_bytes,
     chain=st.lists(rotations, max_size=p.MAX_ROTATIONS).map(tuple),
 )
+hours = st.floats(0.0, 24.0)
+prefs = st.builds(
+    p.Prefs,
+    max_cpus=st.none() | st.integers(1, 4096),
+    max_cpus_pct=st.none() | st.floats(1.0, 100.0),
+    cpu_usage_limit=st.none() | st.floats(1.0, 100.0),
+    memory_mb=st.none() | st.integers(1, 1 << 20),
+    disk_mb=st.none() | st.integers(1, 1 << 30),
+    idle_only=st.none() | st.booleans(),
+    idle_after_s=st.none() | st.floats(0.0, 1e7),
+) | st.builds(
+    lambda a, b, c, d: p.Prefs(start_hour=a, end_hour=b, net_start_hour=c, net_end_hour=d),
+    hours,
+    hours,
+    hours,
+    hours,
+)
 # What msgpack carries (as decode gives it back: lists, str keys, no NaN).
 plain_values = st.recursive(
     st.none()
@@ -184,6 +201,32 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     p.StatusReply: st.builds(
         p.StatusReply, re=u64, info=st.dictionaries(st.text(max_size=8), plain_values, max_size=5)
     ),
+    p.Instruct: st.builds(
+        p.Instruct, id=u64, jobber=names, pool=names, host=hosts, serial=st.none() | u64
+    ),
+    p.Instructions: st.builds(
+        p.Instructions,
+        re=u64,
+        pool=names,
+        serial=u64,
+        projects=st.lists(
+            st.builds(p.Project, name=names, dealer=names, share=st.floats(0.0, 1e6)), max_size=3
+        ).map(tuple),
+        prefs=prefs,
+        refresh_s=st.floats(0.1, 1e6),
+    ),
+    p.AllocAdmin: st.builds(
+        p.AllocAdmin,
+        id=u64,
+        op=st.text(max_size=12),
+        args=st.dictionaries(st.text(max_size=8), plain_values, max_size=5),
+    ),
+    p.AllocReply: st.builds(
+        p.AllocReply,
+        re=u64,
+        text=strs,
+        data=st.dictionaries(st.text(max_size=8), plain_values, max_size=5),
+    ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
@@ -246,6 +289,12 @@ SAMPLES: dict[str, p.Message] = {
     "finished": p.Finished(8),
     "work_query": p.WorkQuery(9),
     "work_offer": p.WorkOffer(9, 12, LIMITS, 40),
+    "instruct": p.Instruct(10, "ann", "physics-lab", HOST, 3),
+    "instructions": p.Instructions(
+        10, "physics-lab", 4, (p.Project("a", "tcp://d:7117", 3.0),), p.Prefs(), 60.0
+    ),
+    "alloc_admin": p.AllocAdmin(11, "project_share", {"name": "a", "share": 2}),
+    "alloc_reply": p.AllocReply(11, "project a: share 2", {"serial": 5}),
 }
 DELETE = object()
 
@@ -270,7 +319,7 @@ def record_fields(body: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, 
             if key in ("v", "type"):
                 continue
             yield (*path, key)
-            if key not in ("payloads", "info"):
+            if key not in ("payloads", "info", "args", "data"):
                 yield from record_fields(value, (*path, key))
     elif isinstance(body, list):
         for i, value in enumerate(body):
@@ -940,7 +989,7 @@ def doc() -> str:
 
 def test_doc_names_every_type_field_status_and_code(doc: str) -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", doc))
-    records = (p.Limits, p.HostFacts, p.JobSpec, p.Result, p.Rejection)
+    records = (p.Limits, p.HostFacts, p.JobSpec, p.Result, p.Rejection, p.Prefs, p.Project)
     wanted = {*p.MESSAGES, *(m.value for m in p.Status), *(m.value for m in p.ErrorCode)}
     for cls in (*p.MESSAGES.values(), *records):
         wanted |= set(cls._SCHEMA)

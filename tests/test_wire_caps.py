@@ -23,6 +23,7 @@ import msgpack
 import pytest
 
 import protocol as p
+from protocol import _alloc
 from protocol import _wire as w
 
 MiB = 1024 * 1024
@@ -110,6 +111,38 @@ PINNED: dict[str, dict[str, tuple]] = {
     "HelloReply": {"re": ID, "key": HASH},
     "Deny": {"id": ID, "key": HASH, "reason": STR},
     "AdminReply": {"re": ID, "text": STR},
+    # the allocator's (docs/protocol.md, section 10)
+    "Prefs": {
+        **dict.fromkeys(
+            ("start_hour", "end_hour", "net_start_hour", "net_end_hour"),
+            ("optional", ("float", 0.0, 24.0)),
+        ),
+        "max_cpus": ("optional", ("int", 1, 4096)),
+        "max_cpus_pct": ("optional", ("float", 1.0, 100.0)),
+        "cpu_usage_limit": ("optional", ("float", 1.0, 100.0)),
+        "memory_mb": ("optional", ("int", 1, 2**20)),
+        "disk_mb": ("optional", ("int", 1, 2**30)),
+        "idle_only": ("optional", ("bool",)),
+        "idle_after_s": ("optional", ("float", 0.0, 1e7)),
+    },
+    "Project": {"name": NAME, "dealer": NAME, "share": ("float", 0.0, 1e6)},
+    "Instruct": {
+        "id": ID,
+        "jobber": NAME,
+        "pool": NAME,
+        "host": ("record", "HostFacts"),
+        "serial": ("optional", ("int", 0, U64)),
+    },
+    "Instructions": {
+        "re": ID,
+        "pool": NAME,
+        "serial": ("int", 0, U64),
+        "projects": ("list", 64, ("record", "Project")),
+        "prefs": ("record", "Prefs"),
+        "refresh_s": ("float", 0.1, 1e6),
+    },
+    "AllocAdmin": {"id": ID, "op": ("str", 64, None), "args": ("any_map", 256)},
+    "AllocReply": {"re": ID, "text": STR, "data": ("any_map", 4096)},
     "WorkQuery": {"id": ID},
     "WorkOffer": {
         "re": ID,
@@ -147,7 +180,8 @@ def describe(check: Any) -> tuple:
 
 RECORDS = {
     c.__name__: c
-    for c in vars(w).values()
+    for module in (w, _alloc)
+    for c in vars(module).values()
     if isinstance(c, type) and issubclass(c, w._Record) and "_SCHEMA" in vars(c)
 }
 
@@ -200,6 +234,17 @@ FULL: dict[str, p.Message] = {
         p.AdminReply(6, "denied"),
         p.Alive(7, "ann", ("t1",)),
         p.AliveAck(7, 20.0, ("t1",)),
+        p.Instruct(8, "ann", "lab", HOST, 3),
+        p.Instructions(
+            8,
+            "lab",
+            4,
+            (p.Project("a", "tcp://d:7117", 3.0),),
+            p.Prefs(1.0, 2.0, 3.0, 4.0, 2, 50.0, 80.0, 512, 1024, True, 60.0),
+            60.0,
+        ),
+        p.AllocAdmin(9, "project_share", {"name": "a"}),
+        p.AllocReply(9, "done", {"serial": 4}),
         p.WorkQuery(8),
         p.WorkOffer(8, 12, LIMITS, 40, True),
     )
@@ -351,12 +396,12 @@ def test_a_cap_is_taken_at_its_bound_and_refused_one_past_it(
     if text is not None:
         with pytest.raises(p.ProtocolError, match=text):
             p.decode(frame)
-        # encode refuses what decode refuses, naming the same field (a bad Limits is
-        # refused already when it is made)
+        # encode refuses what decode refuses, naming the same field (a bad Limits or
+        # Prefs is refused already when it is made)
         try:
             msg = build(p.MESSAGES[kind], body)
         except p.ProtocolError as e:
-            assert "limits" in str(e)
+            assert "limits" in str(e) or "prefs" in str(e)
             return
         with pytest.raises(p.ProtocolError, match=text):
             p.encode(msg)
@@ -557,6 +602,7 @@ def test_records_are_frozen_slotted_and_hashable():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
+    records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)

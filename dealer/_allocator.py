@@ -1,0 +1,541 @@
+"""The allocator's state and rules, over one SQLite file: no sockets, no clock of its own.
+
+Theory of operation
+-------------------
+An organisation's departments (suppliers) lend pools of machines once; one
+allocator decides how their time is divided among research projects (dealers),
+as BOINC's OrgGrid does with its account-manager mechanism. This module keeps,
+in SQLite (WAL, every change committed before it is answered):
+
+=============  ================================================================
+table          what
+=============  ================================================================
+``meta``       schema version, the serial of the instructions (bumped by every
+               change a jobber must hear of)
+``roles``      admin keys: ``root``, ``allocator_admin``, ``supplier_admin`` (of
+               one supplier)
+``projects``   name, dealer address, resource share
+``pools``      name, supplier, preferences (protocol.Prefs, as JSON by field name)
+``machines``   each jobber key that asked, its pool, name, address, host facts,
+               when first and last seen
+``credit``     per project and jobber key: the credit (fuel of accepted outputs)
+               and valid results its dealer reports, as last polled
+``history``    per poll, per pool and project: credit, jobs, machines active
+=============  ================================================================
+
+Who may do what is a table (``PERMITTED``), checked before anything changes; an
+identity is the CurveZMQ key its connection proved, passed in by the shell.
+A supplier admin acts only on pools of their own supplier: naming another's
+pool is refused (``Forbidden``) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import protocol as p
+from protocol._alloc import Instruct, Instructions, Prefs, Project
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN = "root", "allocator_admin", "supplier_admin"
+ROLES = (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN)
+# a machine heard from within this many refresh intervals counts as active
+ACTIVE_REFRESHES = 3
+HISTORY_ROWS = 1000  # history points a stats reply carries at most (latest first)
+MAX_NAME = 256
+
+# op -> roles that may carry it out (a supplier admin only on their own pools)
+PERMITTED: dict[str, tuple[str, ...]] = {
+    "whoami": (),  # anyone: says which role the key has
+    "grant": (ROOT,),
+    "revoke": (ROOT,),
+    "project_add": (ROOT, ALLOCATOR_ADMIN),
+    "project_remove": (ROOT, ALLOCATOR_ADMIN),
+    "project_share": (ROOT, ALLOCATOR_ADMIN),
+    "pool_add": (ROOT, SUPPLIER_ADMIN),
+    "pool_remove": (ROOT, SUPPLIER_ADMIN),
+    "pool_prefs": (ROOT, SUPPLIER_ADMIN),
+    "list": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
+    "machines": (ROOT, SUPPLIER_ADMIN),
+    "stats": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
+}
+
+_TABLES = """
+create table if not exists meta (k text primary key, v text not null);
+create table if not exists roles (
+    key text primary key, role text not null, supplier text, granted real not null);
+create table if not exists projects (
+    name text primary key, dealer text not null, share real not null, added real not null);
+create table if not exists pools (
+    name text primary key, supplier text not null, prefs text not null, added real not null);
+create table if not exists machines (
+    key text primary key, pool text not null, name text not null, address text not null,
+    host text not null, first_seen real not null, last_seen real not null);
+create table if not exists credit (
+    project text not null, key text not null, credit integer not null,
+    valid integer not null, polled real not null, primary key (project, key));
+create table if not exists history (
+    t real not null, pool text not null, project text not null, credit integer not null,
+    jobs integer not null, machines integer not null);
+create index if not exists history_t on history (t);
+"""
+
+
+class AllocatorError(Exception):
+    """A request the allocator refuses; nothing changed. `code` goes on the wire."""
+
+    code = p.ErrorCode.UNEXPECTED
+
+
+class Forbidden(AllocatorError):
+    code = p.ErrorCode.FORBIDDEN
+
+
+@dataclass(frozen=True)
+class Role:
+    role: str
+    supplier: str | None = None
+
+
+def prefs_json(prefs: Prefs) -> dict[str, Any]:
+    return {
+        f.name: getattr(prefs, f.name) for f in fields(prefs) if getattr(prefs, f.name) is not None
+    }
+
+
+def prefs_of(data: Mapping[str, Any]) -> Prefs:
+    """Preferences from a map by field name; ValueError naming an unknown or bad one."""
+    known = {f.name for f in fields(Prefs)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown preference {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    try:
+        return Prefs(**{k: v for k, v in data.items() if v is not None})
+    except p.ProtocolError as e:
+        raise ValueError(str(e)) from None
+
+
+class Allocator:
+    """The allocator's database and its rules. `refresh_s`: how often jobbers ask again."""
+
+    def __init__(self, path: Path, *, refresh_s: float = 300.0) -> None:
+        self.path = Path(path)
+        self.refresh_s = refresh_s
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("pragma journal_mode=wal")
+        self.db.execute("pragma synchronous=normal")
+        self.db.executescript(_TABLES)
+        got = self._meta("schema")
+        if got is None:
+            self._set_meta("schema", str(SCHEMA_VERSION))
+            self._set_meta("serial", "1")
+        elif got != str(SCHEMA_VERSION):
+            raise AllocatorError(
+                f"{self.path}: allocator schema {got}, this code reads {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta -------------------------------------------------------------------
+
+    def _meta(self, k: str) -> str | None:
+        row = self.db.execute("select v from meta where k = ?", (k,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, k: str, v: str) -> None:
+        self.db.execute("insert or replace into meta (k, v) values (?, ?)", (k, v))
+
+    @property
+    def serial(self) -> int:
+        return int(self._meta("serial") or 1)
+
+    def _bump(self) -> None:
+        self._set_meta("serial", str(self.serial + 1))
+
+    # --- roles ------------------------------------------------------------------
+
+    def role_of(self, key: str) -> Role | None:
+        row = self.db.execute("select role, supplier from roles where key = ?", (key,)).fetchone()
+        return None if row is None else Role(row[0], row[1])
+
+    def has_root(self) -> bool:
+        return self.db.execute("select 1 from roles where role = ?", (ROOT,)).fetchone() is not None
+
+    def make_root(self, key: str, now: float) -> None:
+        """The root key, given at creation (the shell writes its key pair beside the db)."""
+        with self._tx():
+            self.db.execute(
+                "insert or replace into roles (key, role, supplier, granted) "
+                "values (?, ?, null, ?)",
+                (key, ROOT, now),
+            )
+
+    # --- admin requests -----------------------------------------------------------
+
+    def admin(self, key: str, op: str, args: Mapping[str, Any], now: float) -> tuple[str, dict]:
+        """Carry out `op` for the identity `key`: (text, data), or AllocatorError."""
+        allowed = PERMITTED.get(op)
+        if allowed is None:
+            raise AllocatorError(f"unknown op {op!r} (known: {', '.join(sorted(PERMITTED))})")
+        role = self.role_of(key)
+        if allowed and (role is None or role.role not in allowed):
+            held = "no role" if role is None else f"role {role.role}"
+            raise Forbidden(
+                f"{op} needs the role {' or '.join(allowed)}; key {key[:12]} has {held}"
+            )
+        handler = getattr(self, f"_op_{op}")
+        with self._tx():
+            return handler(role, dict(args), now)
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """One transaction: committed whole, or rolled back whole on any exception."""
+        self.db.execute("begin immediate")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("rollback")
+            raise
+        self.db.execute("commit")
+
+    def _own_pool(self, role: Role | None, pool: str) -> sqlite3.Row | tuple:
+        row = self.db.execute(
+            "select name, supplier, prefs from pools where name = ?", (pool,)
+        ).fetchone()
+        if row is None:
+            raise AllocatorError(f"no pool {pool!r}")
+        if role is not None and role.role == SUPPLIER_ADMIN and row[1] != role.supplier:
+            raise Forbidden(
+                f"pool {pool!r} belongs to supplier {row[1]!r}; "
+                f"this key administers {role.supplier!r}"
+            )
+        return row
+
+    def _op_whoami(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        if role is None:
+            return "no role", {"role": None}
+        text = role.role + (f" of supplier {role.supplier}" if role.supplier else "")
+        return text, {"role": role.role, "supplier": role.supplier}
+
+    def _op_grant(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        key = _key(args.get("key"))
+        what = args.get("role")
+        if what not in ROLES:
+            raise AllocatorError(f"role must be one of {', '.join(ROLES)}")
+        supplier = args.get("supplier")
+        if what == SUPPLIER_ADMIN:
+            supplier = _name(supplier, "supplier")
+        elif supplier is not None:
+            raise AllocatorError(f"only a {SUPPLIER_ADMIN} has a supplier")
+        self._check_last_root(key, what)
+        self.db.execute(
+            "insert or replace into roles (key, role, supplier, granted) values (?, ?, ?, ?)",
+            (key, what, supplier, now),
+        )
+        log.info("granted %s%s to %s", what, f" of {supplier}" if supplier else "", key)
+        return f"{key[:12]} is {what}" + (f" of supplier {supplier}" if supplier else ""), {}
+
+    def _check_last_root(self, key: str, new_role: str | None) -> None:
+        old = self.role_of(key)
+        if old is not None and old.role == ROOT and new_role != ROOT:
+            n = self.db.execute("select count(*) from roles where role = ?", (ROOT,)).fetchone()[0]
+            if n <= 1:
+                raise AllocatorError("that is the last root key; grant root to another first")
+
+    def _op_revoke(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        key = _key(args.get("key"))
+        if self.role_of(key) is None:
+            raise AllocatorError(f"key {key[:12]} has no role")
+        self._check_last_root(key, None)
+        self.db.execute("delete from roles where key = ?", (key,))
+        return f"{key[:12]} has no role now", {}
+
+    def _op_project_add(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "project name")
+        dealer = args.get("dealer")
+        try:
+            address = p.dealer_address(dealer) if isinstance(dealer, str) else None
+        except ValueError as e:
+            raise AllocatorError(f"dealer: {e}") from None
+        if address is None or len(address) > MAX_NAME:
+            raise AllocatorError("dealer: give its address, host:port#key")
+        share = _share(args.get("share", 1.0))
+        if self.db.execute("select 1 from projects where name = ?", (name,)).fetchone():
+            raise AllocatorError(f"project {name!r} exists; project_share changes its share")
+        self.db.execute(
+            "insert into projects (name, dealer, share, added) values (?, ?, ?, ?)",
+            (name, address, share, now),
+        )
+        self._bump()
+        return f"project {name} ({address}) added with share {share:g}", {}
+
+    def _op_project_remove(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "project name")
+        if self.db.execute("delete from projects where name = ?", (name,)).rowcount == 0:
+            raise AllocatorError(f"no project {name!r}")
+        self._bump()
+        return f"project {name} removed", {}
+
+    def _op_project_share(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "project name")
+        share = _share(args.get("share"))
+        if (
+            self.db.execute("update projects set share = ? where name = ?", (share, name)).rowcount
+            == 0
+        ):
+            raise AllocatorError(f"no project {name!r}")
+        self._bump()
+        return f"project {name}: share {share:g}", {}
+
+    def _op_pool_add(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "pool name")
+        supplier = args.get("supplier")
+        if role is not None and role.role == SUPPLIER_ADMIN:
+            if supplier not in (None, role.supplier):
+                raise Forbidden(
+                    f"this key administers supplier {role.supplier!r}, not {supplier!r}"
+                )
+            supplier = role.supplier
+        supplier = _name(supplier, "supplier")
+        if self.db.execute("select 1 from pools where name = ?", (name,)).fetchone():
+            raise AllocatorError(f"pool {name!r} exists")
+        given = args.get("prefs") or {}
+        if not _is_map(given):
+            raise AllocatorError("prefs: expected a map of preference: value")
+        try:
+            prefs = prefs_of(given)
+        except ValueError as e:
+            raise AllocatorError(str(e)) from None
+        self.db.execute(
+            "insert into pools (name, supplier, prefs, added) values (?, ?, ?, ?)",
+            (name, supplier, json.dumps(prefs_json(prefs)), now),
+        )
+        self._bump()
+        return f"pool {name} of supplier {supplier} added", {}
+
+    def _op_pool_remove(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "pool name")
+        self._own_pool(role, name)
+        self.db.execute("delete from pools where name = ?", (name,))
+        self._bump()
+        return f"pool {name} removed (its machines keep their last instructions)", {}
+
+    def _op_pool_prefs(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("name"), "pool name")
+        row = self._own_pool(role, name)
+        change = args.get("prefs")
+        if not _is_map(change):
+            raise AllocatorError("prefs: expected a map of preference: value (nil clears one)")
+        merged = {**json.loads(row[2]), **change}
+        try:
+            prefs = prefs_of(merged)
+        except ValueError as e:
+            raise AllocatorError(str(e)) from None
+        self.db.execute(
+            "update pools set prefs = ? where name = ?", (json.dumps(prefs_json(prefs)), name)
+        )
+        self._bump()
+        shown = ", ".join(f"{k}={v}" for k, v in prefs_json(prefs).items()) or "none"
+        return f"pool {name} preferences: {shown}", {"prefs": prefs_json(prefs)}
+
+    def _visible_pools(self, role: Role | None) -> list[tuple]:
+        rows = self.db.execute("select name, supplier, prefs from pools order by name").fetchall()
+        if role is not None and role.role == SUPPLIER_ADMIN:
+            rows = [r for r in rows if r[1] == role.supplier]
+        return rows
+
+    def _op_list(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        projects = [
+            {"name": n, "dealer": d, "share": s}
+            for n, d, s in self.db.execute("select name, dealer, share from projects order by name")
+        ]
+        pools = [
+            {"name": n, "supplier": s, "prefs": json.loads(pr), "machines": self._count_machines(n)}
+            for n, s, pr in self._visible_pools(role)
+        ]
+        if role is not None and role.role == ALLOCATOR_ADMIN:
+            pools = [
+                {"name": x["name"], "supplier": x["supplier"], "machines": x["machines"]}
+                for x in pools
+            ]
+        return f"{len(projects)} projects, {len(pools)} pools", {
+            "projects": projects,
+            "pools": pools,
+            "serial": self.serial,
+        }
+
+    def _count_machines(self, pool: str) -> int:
+        return self.db.execute("select count(*) from machines where pool = ?", (pool,)).fetchone()[
+            0
+        ]
+
+    def _pools_asked(self, role: Role | None, args: dict) -> list[str]:
+        pool = args.get("pool")
+        if pool is not None:
+            self._own_pool(role, _name(pool, "pool"))
+            return [pool]
+        return [r[0] for r in self._visible_pools(role)]
+
+    def _op_machines(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        pools = self._pools_asked(role, args)
+        active_after = now - ACTIVE_REFRESHES * self.refresh_s
+        rows = []
+        for pool in pools:
+            for key, name, address, host, first, last in self.db.execute(
+                "select key, name, address, host, first_seen, last_seen from machines "
+                "where pool = ? order by name, key",
+                (pool,),
+            ):
+                rows.append(
+                    {
+                        "pool": pool,
+                        "key": key,
+                        "name": name,
+                        "address": address,
+                        "host": json.loads(host),
+                        "first_seen": first,
+                        "last_seen": last,
+                        "active": last >= active_after,
+                    }
+                )
+        return f"{len(rows)} machines", {"machines": rows[:1000]}
+
+    def _op_stats(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        pools = self._pools_asked(role, args)
+        return f"statistics of {len(pools)} pools", self.stats(pools, now)
+
+    # --- statistics ---------------------------------------------------------------
+
+    def stats(self, pools: Iterable[str], now: float) -> dict:
+        """Per pool and project: credit, jobs (valid results), machines; and the history."""
+        pools = list(pools)
+        active_after = now - ACTIVE_REFRESHES * self.refresh_s
+        out_pools = []
+        for pool in pools:
+            total, active = self.db.execute(
+                "select count(*), coalesce(sum(last_seen >= ?), 0) from machines where pool = ?",
+                (active_after, pool),
+            ).fetchone()
+            by_project = {
+                project: {"credit": credit, "jobs": jobs}
+                for project, credit, jobs in self.db.execute(
+                    "select c.project, sum(c.credit), sum(c.valid) from credit c "
+                    "join machines m on m.key = c.key where m.pool = ? group by c.project",
+                    (pool,),
+                )
+            }
+            out_pools.append(
+                {"pool": pool, "machines": total, "active": active, "projects": by_project}
+            )
+        marks = ",".join("?" * len(pools))
+        by_project = {}
+        for project, credit, jobs in self.db.execute(
+            "select c.project, sum(c.credit), sum(c.valid) from credit c join machines m "
+            f"on m.key = c.key where m.pool in ({marks}) group by c.project",
+            pools,
+        ):
+            by_project[project] = {"credit": credit, "jobs": jobs}
+        history = [
+            {"t": t, "pool": pool, "project": project, "credit": c, "jobs": j, "machines": m}
+            for t, pool, project, c, j, m in self.db.execute(
+                "select t, pool, project, credit, jobs, machines from history "
+                f"where pool in ({marks}) "
+                "order by t desc limit ?",
+                (*pools, HISTORY_ROWS),
+            )
+        ]
+        return {"pools": out_pools, "projects": by_project, "history": history, "t": now}
+
+    def projects(self) -> list[tuple[str, str, float]]:
+        return list(self.db.execute("select name, dealer, share from projects order by name"))
+
+    def record_credit(self, polled: Mapping[str, list[dict]], now: float) -> None:
+        """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled;
+        then one history point per pool and project."""
+        with self._tx():
+            for project, rows in polled.items():
+                for r in rows:
+                    try:
+                        key, credit, valid = str(r["key"]), int(r["credit"]), int(r["valid"])
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a dealer's status is for people: skip what does not fit
+                    self.db.execute(
+                        "insert or replace into credit (project, key, credit, valid, polled) "
+                        "values (?, ?, ?, ?, ?)",
+                        (project, key, credit, valid, now),
+                    )
+            active_after = now - ACTIVE_REFRESHES * self.refresh_s
+            for pool, project, credit, jobs in self.db.execute(
+                "select m.pool, c.project, sum(c.credit), sum(c.valid) from credit c "
+                "join machines m on m.key = c.key group by m.pool, c.project"
+            ).fetchall():
+                active = self.db.execute(
+                    "select count(*) from machines where pool = ? and last_seen >= ?",
+                    (pool, active_after),
+                ).fetchone()[0]
+                self.db.execute(
+                    "insert into history (t, pool, project, credit, jobs, machines) "
+                    "values (?, ?, ?, ?, ?, ?)",
+                    (now, pool, project, credit, jobs, active),
+                )
+
+    # --- jobbers ------------------------------------------------------------------
+
+    def instruct(self, key: str, address: str, msg: Instruct, now: float) -> Instructions:
+        """A machine asks for its pool's instructions: recorded, then answered."""
+        row = self.db.execute("select prefs from pools where name = ?", (msg.pool,)).fetchone()
+        if row is None:
+            raise AllocatorError(f"no pool {msg.pool!r} at this allocator")
+        host = json.dumps(
+            {
+                "cpus": msg.host.cpus,
+                "memory_mb": msg.host.memory_mb,
+                "slots": msg.host.slots,
+                "platform": msg.host.platform,
+            }
+        )
+        with self._tx():
+            self.db.execute(
+                "insert into machines (key, pool, name, address, host, first_seen, last_seen) "
+                "values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do update set "
+                "pool = excluded.pool, "
+                "name = excluded.name, address = excluded.address, host = excluded.host, "
+                "last_seen = excluded.last_seen",
+                (key, msg.pool, msg.jobber, address, host, now, now),
+            )
+        projects = tuple(Project(n, d, s) for n, d, s in self.projects())
+        return Instructions(
+            msg.id, msg.pool, self.serial, projects, prefs_of(json.loads(row[0])), self.refresh_s
+        )
+
+
+def _is_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+def _key(v: Any) -> str:
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise AllocatorError("key: expected 64 lowercase hex digits (a CurveZMQ public key)")
+    return v
+
+
+def _name(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > MAX_NAME or v.strip() != v:
+        raise AllocatorError(f"{what}: expected a name of 1 to {MAX_NAME} characters")
+    return v
+
+
+def _share(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
+        raise AllocatorError("share: expected a number from 0 to 1000000")
+    return float(v)

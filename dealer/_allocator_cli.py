@@ -1,0 +1,289 @@
+"""`python -m dealer allocator serve|whoami|grant|revoke|project-add|...`: the allocator.
+
+`serve` runs it on a SQLite file; every other command is an admin request,
+sent over the allocator's encrypted port with the admin's own key pair (the
+key the handshake proves is who the admin is; dealer._allocator decides what
+that key may do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import protocol as p
+from dealer._allocator import ROLES, Allocator, AllocatorError
+from dealer._allocator_server import POLL_S, AllocatorServer, serve
+from protocol._alloc import DEFAULT_ALLOCATOR_PORT as DEFAULT_PORT
+from protocol._alloc import AllocAdmin, AllocReply, allocator_address
+from protocol._keys import KeyPair, load_key_pair, load_or_create_key_pair, z85_of_hex
+
+log = logging.getLogger("dealer.allocator")
+
+DEFAULT_BIND = f"tcp://*:{DEFAULT_PORT}"
+DEFAULT_ADMIN_KEY = Path(".borednet") / "admin"
+
+
+def key_paths(db: Path) -> tuple[Path, Path]:
+    """The allocator's own key pair and the root's, beside the database."""
+    stem = db.with_suffix("") if db.suffix in (".sqlite", ".db") else db
+    return stem.with_name(stem.name + ".server"), stem.with_name(stem.name + ".root")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server_path, root_path = key_paths(args.db)
+    try:
+        alloc = Allocator(args.db, refresh_s=args.refresh)
+        keys, _ = load_or_create_key_pair(server_path)
+        if not alloc.has_root():
+            root, made = load_or_create_key_pair(root_path)
+            alloc.make_root(root.public_hex, time.time())
+            print(
+                f"root key {root_path}.key_secret ({'made now' if made else 'existing'}): "
+                "keep it; grant roles with it",
+                flush=True,
+            )
+        server = AllocatorServer(args.bind, alloc, keys, poll_s=args.poll)
+    except (AllocatorError, ValueError, OSError, zmq.ZMQError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"allocator at {server.address}", flush=True)
+
+    def on_signal(signum: int, frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        serve(server)
+    finally:
+        server.close()
+        alloc.close()
+    return 0
+
+
+def ask(address: str, admin: KeyPair, op: str, args: dict, timeout_s: float = 5.0) -> AllocReply:
+    """One admin request, speaking as `admin`; RuntimeError with the allocator's refusal."""
+    from dealer.cli import _ask, _public_ask
+
+    endpoint, server_key = p.split_key(allocator_address(address))
+    if server_key is None:  # learn it on the plaintext port; our own key still authenticates us
+        hello = _public_ask(endpoint, p.Hello(1), timeout_s)
+        if not isinstance(hello, p.HelloReply):
+            raise RuntimeError(f"{address} answered hello with {hello.TYPE}")
+        server_key = hello.key
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_secretkey, sock.curve_publickey = admin.secret, admin.public
+    sock.curve_serverkey = z85_of_hex(server_key)
+    try:
+        sock.connect(endpoint)
+        reply = _ask(sock, AllocAdmin(1, op, args), address, timeout_s)
+    finally:
+        sock.close()
+    if not isinstance(reply, AllocReply):
+        raise RuntimeError(f"{address} answered with {reply.TYPE}")
+    return reply
+
+
+def parse_value(text: str) -> Any:
+    """A preference's value from the command line: empty clears it; numbers, true/false."""
+    if text == "":
+        return None
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_prefs(items: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{item!r}: write a preference as NAME=VALUE (NAME= clears it)")
+        out[name.replace("-", "_")] = parse_value(value)
+    return out
+
+
+def _print_stats(data: dict) -> None:
+    for pool in data.get("pools", []):
+        print(f"pool {pool['pool']}: {pool['active']} of {pool['machines']} machines active")
+        for project, x in sorted(pool.get("projects", {}).items()):
+            print(f"  {project}: credit {x['credit']}, {x['jobs']} jobs")
+    total = sum(x["credit"] for x in data.get("projects", {}).values()) or 0
+    for project, x in sorted(data.get("projects", {}).items()):
+        share = f" ({100 * x['credit'] / total:.1f} %)" if total else ""
+        print(f"project {project}: credit {x['credit']}{share}, {x['jobs']} jobs")
+
+
+def _print(op: str, reply: AllocReply) -> None:
+    data = reply.data
+    if op == "list":
+        for x in data.get("projects", []):
+            print(f"project {x['name']}: share {x['share']:g}, {x['dealer']}")
+        for x in data.get("pools", []):
+            prefs = ", ".join(f"{k}={v}" for k, v in (x.get("prefs") or {}).items())
+            print(
+                f"pool {x['name']} of {x['supplier']}: {x['machines']} machines"
+                + (f"; {prefs}" if prefs else "")
+            )
+    elif op == "machines":
+        for m in data.get("machines", []):
+            ago = time.time() - m["last_seen"]
+            print(
+                f"{m['pool']:16} {m['name'][:24]:24} {m['key'][:12]} {m['address']:15} "
+                f"{m['host'].get('cpus')} cpus, seen {ago:.0f} s ago"
+                + ("" if m["active"] else " (inactive)")
+            )
+    elif op == "stats":
+        _print_stats(data)
+    else:
+        print(reply.text)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m dealer allocator",
+        description="An allocator: divides pools of machines lent by suppliers among "
+        "projects (dealers) by resource share. `serve` runs it; the other commands are "
+        "admin requests, authenticated by the admin's key pair.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    sv = sub.add_parser("serve", help="run the allocator on a SQLite file (made on first use)")
+    sv.add_argument("--db", type=Path, required=True, help="the allocator's SQLite file")
+    sv.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
+    sv.add_argument(
+        "--refresh",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how often jobbers ask for their instructions again (default 300)",
+    )
+    sv.add_argument(
+        "--poll",
+        type=float,
+        default=POLL_S,
+        metavar="SECONDS",
+        help=f"how often the projects' dealers are asked for credit (default {POLL_S:g})",
+    )
+    sv.add_argument("--quiet", action="store_true", help="warnings only")
+
+    def admin(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument(
+            "--allocator",
+            required=True,
+            metavar="ADDR",
+            help="host[:port] (default port 7127) or tcp://host:port, optionally #KEY",
+        )
+        sp.add_argument(
+            "--key",
+            type=Path,
+            default=DEFAULT_ADMIN_KEY,
+            metavar="PATH",
+            help="your key pair PATH.key_secret (python -m dealer keygen PATH); "
+            f"default {DEFAULT_ADMIN_KEY}",
+        )
+        sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+        sp.add_argument("--json", action="store_true", help="print the reply's data as JSON")
+        return sp
+
+    admin("whoami", help="the role of your key")
+    g = admin("grant", help="(root) give a key a role")
+    g.add_argument("who", metavar="KEY", help="the admin's public key, 64 hex digits")
+    g.add_argument("role", choices=ROLES)
+    g.add_argument("--supplier", help="with supplier_admin: the supplier whose pools it runs")
+    r = admin("revoke", help="(root) take a key's role away")
+    r.add_argument("who", metavar="KEY")
+    pa = admin("project-add", help="(allocator admin) add a project: a dealer and its share")
+    pa.add_argument("name")
+    pa.add_argument("dealer", help="the dealer's address, host:port#KEY")
+    pa.add_argument("--share", type=float, default=1.0, help="resource share (default 1)")
+    pr = admin("project-remove", help="(allocator admin) remove a project")
+    pr.add_argument("name")
+    sh = admin("share", help="(allocator admin) set a project's resource share")
+    sh.add_argument("name")
+    sh.add_argument("share", type=float)
+    pl = admin("pool-add", help="(supplier admin) define a pool, optionally with preferences")
+    pl.add_argument("name")
+    pl.add_argument("prefs", nargs="*", metavar="PREF=VALUE")
+    pl.add_argument("--supplier", help="(root) the supplier it belongs to")
+    pm = admin("pool-remove", help="(supplier admin) remove one of your pools")
+    pm.add_argument("name")
+    pf = admin("prefs", help="(supplier admin) change a pool's preferences; PREF= clears one")
+    pf.add_argument("pool")
+    pf.add_argument("prefs", nargs="+", metavar="PREF=VALUE")
+    admin("list", help="projects and shares; the pools you may see")
+    mc = admin("machines", help="(supplier admin) the machines of your pools")
+    mc.add_argument("pool", nargs="?")
+    st = admin("stats", help="credit, jobs and machines per pool and project")
+    st.add_argument("--pool")
+    return ap
+
+
+def request(args: argparse.Namespace) -> tuple[str, dict]:
+    """The op and args of an admin command."""
+    c = args.command
+    if c in ("whoami", "list"):
+        return c, {}
+    if c == "grant":
+        return "grant", {"key": args.who.lower(), "role": args.role, "supplier": args.supplier}
+    if c == "revoke":
+        return "revoke", {"key": args.who.lower()}
+    if c == "project-add":
+        return "project_add", {"name": args.name, "dealer": args.dealer, "share": args.share}
+    if c == "project-remove":
+        return "project_remove", {"name": args.name}
+    if c == "share":
+        return "project_share", {"name": args.name, "share": args.share}
+    if c == "pool-add":
+        out = {"name": args.name, "prefs": parse_prefs(args.prefs)}
+        if args.supplier is not None:
+            out["supplier"] = args.supplier
+        return "pool_add", out
+    if c == "pool-remove":
+        return "pool_remove", {"name": args.name}
+    if c == "prefs":
+        return "pool_prefs", {"name": args.pool, "prefs": parse_prefs(args.prefs)}
+    if c == "machines":
+        return "machines", {} if args.pool is None else {"pool": args.pool}
+    if c == "stats":
+        return "stats", {} if args.pool is None else {"pool": args.pool}
+    raise AssertionError(c)  # pragma: no cover - argparse allows only the commands above
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
+    try:
+        op, op_args = request(args)
+        admin = load_key_pair(args.key)
+        reply = ask(args.allocator, admin, op, op_args, args.timeout)
+    except (TimeoutError, RuntimeError, ValueError, OSError, p.ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply.data, indent=2, sort_keys=True))
+    else:
+        _print(op, reply)
+    return 0

@@ -1,0 +1,129 @@
+"""The allocator's ZeroMQ shell: the dealer's RouterServer around dealer._allocator.
+
+The work socket is CurveZMQ with the allocator's own key pair, and the
+plaintext port one up answers `hello` (its key, for trust on first use) and a
+short `status`, as a dealer's do. Every key may complete the handshake: a
+jobber is any machine that names a pool, an admin is a key with a role, and
+what a key may do is the allocator core's to decide (dealer._allocator).
+
+A statistics thread polls each project's dealer for its status (the plaintext
+port, every page of jobbers) every `poll_s` seconds and hands the rows to the
+loop, which records them: credit is attributed to pools by jobber key.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import protocol as p
+from dealer._allocator import Allocator, AllocatorError
+from dealer._server import REQUEST_BYTES, RouterServer
+from dealer._service import Peer
+from protocol._alloc import AllocAdmin, AllocReply, Instruct
+from protocol._keys import KeyPair
+
+log = logging.getLogger(__name__)
+
+
+POLL_S = 60.0  # how often the dealers' credit is gathered
+STATUS_TIMEOUT_S = 5.0
+MAX_PAGES = 100  # status pages read from one dealer per poll (100 jobbers a page)
+
+
+class _CreditPoller(threading.Thread):
+    """Asks each project's dealer for its jobbers' credit, every `every_s`, off the loop."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__(name="credit-poller", daemon=True)
+        self.every_s = every_s
+        self.projects: list[tuple[str, str]] = []  # (name, dealer), replaced whole by the loop
+        self.out: queue.SimpleQueue = queue.SimpleQueue()  # {project: rows} per poll
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        from dealer.cli import query_status  # the client side of a dealer's status
+
+        while not self._stop.wait(self.every_s):
+            polled: dict[str, list[dict]] = {}
+            for name, dealer in list(self.projects):
+                rows: list[dict] = []
+                try:
+                    page, pages = 0, 1
+                    while page < min(pages, MAX_PAGES):
+                        info = query_status(dealer, STATUS_TIMEOUT_S, page)
+                        rows += [r for r in info.get("jobbers", []) if isinstance(r, dict)]
+                        pages = int(info.get("pages", 1))
+                        page += 1
+                except (TimeoutError, RuntimeError, ValueError, OSError, p.ProtocolError) as e:
+                    log.info("project %s: no status from %s: %s", name, dealer, e)
+                    continue
+                polled[name] = rows
+            if polled:
+                self.out.put(polled)
+
+
+class AllocatorServer(RouterServer):
+    def __init__(
+        self, bind: str, alloc: Allocator, keys: KeyPair | None = None, *, poll_s: float = POLL_S
+    ) -> None:
+        super().__init__(bind, keys, max_frame=REQUEST_BYTES)
+        self.alloc = alloc
+        self.poller = _CreditPoller(poll_s)
+        self.poller.projects = [(n, d) for n, d, _ in alloc.projects()]
+        self.poller.start()
+
+    def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
+        try:
+            if isinstance(msg, Instruct):
+                return self.alloc.instruct(peer.key, peer.address or "", msg, now)
+            if isinstance(msg, AllocAdmin):
+                text, data = self.alloc.admin(peer.key, msg.op, msg.args, now)
+                self.poller.projects = [(n, d) for n, d, _ in self.alloc.projects()]
+                log.info("admin %s: %s: %s", peer.key[:12], msg.op, text)
+                return AllocReply(msg.id, text[: p.MAX_STR], data)
+        except AllocatorError as e:
+            log.info("refused %s from %s: %s", msg.TYPE, peer.key[:12], e)
+            return p.Error(msg.id, e.code, str(e)[: p.MAX_STR])
+        if isinstance(msg, p.StatusQuery):
+            return p.StatusReply(msg.id, self.summary())
+        return self.unexpected(msg, "an allocator")
+
+    def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
+        if isinstance(msg, p.StatusQuery):
+            return p.StatusReply(msg.id, self.summary())
+        return super().handle_public(msg, now)
+
+    def summary(self) -> dict:
+        """What anyone may know: that this is an allocator, its key, its serial."""
+        return {
+            "allocator": True,
+            "key": self.keys.public_hex,
+            "serial": self.alloc.serial,
+            "projects": len(self.alloc.projects()),
+        }
+
+    def before_turn(self, now: float) -> None:
+        while True:
+            try:
+                polled = self.poller.out.get_nowait()
+            except queue.Empty:
+                return
+            self.alloc.record_credit(polled, now)
+
+    def close(self) -> None:
+        self.poller.stop()
+        super().close()
+
+
+def serve(server: AllocatorServer, *, max_s: float | None = None) -> None:
+    """Run until stopped (a signal calls server.stop)."""
+    started = time.monotonic()
+    log.info("allocator serving on %s", server.address)
+    server.run(max_s=max_s)
+    log.info("allocator stopped after %.0f s", time.monotonic() - started)
