@@ -42,6 +42,7 @@ class PeerLinks:
         self._socks: dict[str, zmq.Socket] = {}
         self._by_sock: dict[zmq.Socket, str] = {}
         self.changed = True  # the set of sockets changed since the poller last read it
+        self._next_at = 0.0  # nothing to expire or send before this (turns are many)
 
     def sockets(self) -> list[zmq.Socket]:
         self.changed = False
@@ -53,6 +54,8 @@ class PeerLinks:
     def turn(self, now: float) -> None:
         """Read what peers said, give up on queries too old, send the queries due."""
         self.drain(now)
+        if now < self._next_at:
+            return
         for address in self.peers.expire(now):
             self._reset(address)
         for address, query in self.peers.due(now):
@@ -61,6 +64,7 @@ class PeerLinks:
             except (zmq.ZMQError, ValueError) as e:  # queue full (never here) or a bad endpoint
                 self.peers.unreachable(address, now, f"cannot send: {e}")
                 self._reset(address)
+        self._next_at = now + self.peers.next_due(now)
 
     def drain(self, now: float) -> None:
         for sock, address in list(self._by_sock.items()):
@@ -79,7 +83,9 @@ class PeerLinks:
                     self.peers.unreachable(address, now, f"sent a malformed reply: {e}")
                     self._reset(address)
                     break
-                if not self.peers.heard(address, msg, now):
+                if self.peers.heard(address, msg, now):
+                    self._next_at = 0.0  # when to ask next has changed
+                else:
                     log.debug("peer %s: stale %s dropped", address, msg.TYPE)
 
     def _socket(self, address: str) -> zmq.Socket:
@@ -100,6 +106,7 @@ class PeerLinks:
         return s
 
     def _reset(self, address: str) -> None:
+        self._next_at = 0.0
         s = self._socks.pop(address, None)
         if s is not None:
             del self._by_sock[s]

@@ -207,12 +207,15 @@ class Peers:
         ranked.sort()
         return tuple(r[-1] for r in ranked[:MAX_REFERRED])
 
-    def may_have_work(self, now: float) -> bool:
-        """Whether any peer might yet have work: not known to be finished (fresh offers
-        not finished, or peers not heard from lately). What `retry_later.more` says."""
+    def may_have_work(self, host: p.HostFacts, now: float) -> bool:
+        """Whether some peer may soon have work for this jobber: a fresh offer, not
+        finished, of jobs it can run, though none wants a replica now (all are out).
+        What `retry_later.more` says; a dead or silent peer promises nothing."""
         for link in self.links.values():
             o = self.fresh(link, now)
-            if o is None or not o.finished:
+            if o is None or o.finished or o.limits is None:
+                continue
+            if host.refuses(o.limits) is None:
                 return True
         return False
 

@@ -319,7 +319,7 @@ class Referrer(RouterServer):
             dealers = self.peers.referral(msg.host, now)
             if dealers:
                 return p.Referral(msg.id, dealers)
-            more = self.peers.may_have_work(now)
+            more = self.peers.may_have_work(msg.host, now)
             why = "no peer has work this machine can run now"
             return p.RetryLater(msg.id, ASK_EVERY_S, why, more=more or None)
         if isinstance(msg, p.WorkQuery):

@@ -142,13 +142,18 @@ def test_finished_peers_referrers_and_never_heard_peers_are_not_referred():
     peers = Peers([A, B, C])
     offer(peers, A, 0.0, 10, finished=True)
     offer(peers, B, 0.0, 10, limits=None)  # hands out no jobs itself
-    asked(peers, 0.0)  # C asked, never answers
+    assert C in dict(peers.due(0.0)) or peers.links[C].query_id  # C asked, never answers
     assert peers.referral(HOST, 0.5) == ()
-    assert peers.may_have_work(0.5)  # C may yet
-    peers.expire(TIMEOUT_S)
-    solo = Peers([A])
-    offer(solo, A, 0.0, 10, finished=True)
-    assert not solo.may_have_work(0.5)
+    assert not peers.may_have_work(HOST, 0.5)  # nothing may come: retry_later without more
+
+
+def test_a_peer_with_all_its_work_out_may_have_work_for_jobbers_that_fit_it():
+    peers = Peers([A])
+    offer(peers, A, 0.0, 0)
+    assert peers.referral(HOST, 0.5) == ()
+    assert peers.may_have_work(HOST, 0.5)
+    assert not peers.may_have_work(p.HostFacts(1, 32, 1), 0.5)  # too small for its jobs
+    assert not peers.may_have_work(HOST, STALE_S + 0.1)  # no longer heard
 
 
 def test_ties_go_by_left_then_by_the_order_given():
