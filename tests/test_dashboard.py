@@ -125,9 +125,18 @@ def _browser():
 
 @pytest.mark.e2e
 def test_the_page_shows_a_running_batch_and_updates_live(procs, factor_wasm, tmp_path):
-    port, http = free_port(), free_port()
+    port, http, dead = free_port(), free_port(), free_port()
     dealer = procs.dealer(
-        "dealer", "factoring.py", str(N), "--chunk", CHUNK, "--http", str(http), port=port
+        "dealer",
+        "factoring.py",
+        str(N),
+        "--chunk",
+        CHUNK,
+        "--http",
+        str(http),
+        "--peer",
+        f"127.0.0.1:{dead}",
+        port=port,
     )
     dealer.wait_for(r"dashboard on http://127\.0\.0\.1:\d+/", 30)
     url = f"http://127.0.0.1:{http}/"
@@ -151,6 +160,10 @@ def test_the_page_shows_a_running_batch_and_updates_live(procs, factor_wasm, tmp
         wait_for(
             lambda: int(text("accepted")) >= status["accepted"], 10, "the page matches the JSON"
         )
+        # its one peer, where nothing listens, with its failed contacts
+        wait_for(lambda: "failed contacts" in text("peers"), 10, "the page shows the peer")
+        assert text("peers").startswith(f"tcp://127.0.0.1:{dead}: never answered")
+        assert status["peers"][0]["address"] == f"tcp://127.0.0.1:{dead}"
         points = browser.find_element("id", "line").get_attribute("points")
         assert len(points.split()) >= 2  # the chart draws progress over time
         assert text("rate") != "-" and float(text("rate")) > 0
