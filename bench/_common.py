@@ -116,3 +116,23 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def take(q, procs, timeout_s: float = 600.0):
+    """The next item from the multiprocessing queue `q`, waiting while every process of
+    `procs` lives: a benchmark whose server or client died stops with a clear error
+    instead of waiting forever."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue.Empty:
+            dead = [x for x in procs if x.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(
+                    f"bench: {dead[0].name} died (exit code {dead[0].exitcode})"
+                ) from None
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: no answer in {timeout_s:.0f} s") from None

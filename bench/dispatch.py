@@ -43,7 +43,7 @@ import zmq
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from bench._common import Trivial, curve_client, echo_router  # noqa: E402
+from bench._common import Trivial, curve_client, echo_router, take  # noqa: E402
 
 WARMUP_S = 2.0
 OUTPUT = b"42\n"  # what every simulated job writes
@@ -179,7 +179,7 @@ def run_echo(args, batch: int) -> float:
     window = (WARMUP_S, WARMUP_S + args.seconds)
     server = ctx.Process(target=echo_router, args=(window, _jobs_reply_size(batch), ready, out))
     server.start()
-    address = ready.get()
+    address = take(ready, [server])
     stop_at = time.monotonic() + WARMUP_S + args.seconds + 0.5
     clients = [
         ctx.Process(target=echo_clients, args=(address, args.identities, batch, stop_at, counts))
@@ -187,7 +187,7 @@ def run_echo(args, batch: int) -> float:
     ]
     for c in clients:
         c.start()
-    rate = out.get()
+    rate = take(out, [server, *clients])
     for c in clients:
         c.join()
     server.join()
@@ -203,7 +203,7 @@ def run_dealer(args, batch: int, redundancy: int) -> dict:
             target=dealer_server, args=(db, redundancy, args.seconds, ready, out, args.profile)
         )
         server.start()
-        address = ready.get()
+        address = take(ready, [server])
         stop_at = time.monotonic() + WARMUP_S + args.seconds + 1.0
         clients = [
             ctx.Process(target=jobbers, args=(address, args.identities, batch, stop_at, counts))
@@ -211,7 +211,7 @@ def run_dealer(args, batch: int, redundancy: int) -> dict:
         ]
         for c in clients:
             c.start()
-        got = out.get()
+        got = take(out, [server, *clients])
         for c in clients:
             c.join()
         server.join()

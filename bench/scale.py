@@ -38,7 +38,7 @@ import zmq
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from bench._common import Trivial, cpu_s, curve_client, more_files, rss_mb  # noqa: E402
+from bench._common import Trivial, cpu_s, curve_client, more_files, rss_mb, take  # noqa: E402
 
 # --- many identities ------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ def run_identities(args) -> dict:
             target=dealer_many, args=(str(Path(tmp) / "j.sqlite"), args.seconds, ready, out)
         )
         server.start()
-        address, pid = ready.get()
+        address, pid = take(ready, [server])
         stop_at = time.monotonic() + args.seconds - 1.0
         each = args.identities // args.procs
         clients = [
@@ -147,8 +147,8 @@ def run_identities(args) -> dict:
             rss.append(rss_mb(pid))
             print(f"  {time.monotonic() - t0:5.0f} s: dealer RSS {rss[-1]:.0f} MB", flush=True)
         cpu = (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
-        per = [x for _ in clients for x in counts.get()]
-        dealer = out.get()
+        per = [x for _ in clients for x in take(counts, [server, *clients])]
+        dealer = take(out, [server, *clients])
         for c in clients:
             c.join()
         server.join()
@@ -240,7 +240,7 @@ def run_million(args) -> dict:
         db = str(Path(tmp) / "j.sqlite")
         server = ctx.Process(target=dealer_million, args=(db, args.jobs, ready, out))
         server.start()
-        address, pid = ready.get()
+        address, pid = take(ready, [server])
         clients = [
             ctx.Process(target=fast_jobbers, args=(address, 8, 64, counts)) for _ in range(2)
         ]
@@ -255,14 +255,14 @@ def run_million(args) -> dict:
             if len(rss) % 10 == 0:
                 print(f"  {time.monotonic() - t0:5.0f} s: dealer RSS {rss[-1]:.0f} MB", flush=True)
             time.sleep(1.0)
-        got = out.get()
+        got = take(out, [server, *clients])
         for c in clients:
             c.join()
         server.join()
         journal = sum(f.stat().st_size for f in Path(tmp).glob("j.sqlite*"))
         rep = ctx.Process(target=replay, args=(db, args.jobs, out))
         rep.start()
-        replayed = out.get()
+        replayed = take(out, [rep])
         rep.join()
     return {
         "jobs": args.jobs,

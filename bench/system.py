@@ -31,7 +31,7 @@ import zmq
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
-from bench._common import Trivial, curve_client, echo_router  # noqa: E402
+from bench._common import Trivial, curve_client, echo_router, take  # noqa: E402
 
 
 def echo_client(address: str, seconds: float) -> None:
@@ -53,13 +53,13 @@ def baseline(clients: int, seconds: float) -> float:
     ready, out = ctx.Queue(), ctx.Queue()
     server = ctx.Process(target=echo_router, args=((0.5, seconds - 0.5), 16, ready, out))
     server.start()
-    address = ready.get()
+    address = take(ready, [server])
     procs = [ctx.Process(target=echo_client, args=(address, seconds)) for _ in range(clients)]
     for pr in procs:
         pr.start()
     for pr in procs:
         pr.join()
-    rate = out.get()
+    rate = take(out, [server, *procs])
     server.join()
     return rate
 
@@ -98,7 +98,7 @@ def whole_system(args) -> float:
             args=(args.jobs, str(Path(tmp) / "j.sqlite"), ready, out, args.profile_dealer),
         )
         server.start()
-        address = ready.get()
+        address = take(ready, [server])
         procs = []
         for i in range(args.jobbers):
             cmd = [sys.executable, "-m", "jobber", address, "--slots", str(args.slots)]
@@ -111,7 +111,7 @@ def whole_system(args) -> float:
                     spy = ["py-spy", "record", "--idle", "-o", args.profile_jobber, "-f", "raw"]
                     cmd = [*spy, "--", *cmd]
             procs.append(subprocess.Popen(cmd))
-        settled, elapsed = out.get()
+        settled, elapsed = take(out, [server])
         server.join()
         for pr in procs:
             pr.wait(60)
