@@ -18,9 +18,11 @@ sizes; it decodes each request and encodes each reply, as any server must.
 Prints figures as it goes; the very last line is one JSON object with
 `jobs_per_s`, `raw_roundtrips_per_s` and `ratio` (jobs settled per second over
 bare round trips per second) at the batch the reference jobber asks for on
-this machine (2 x its slots, one slot per CPU), redundancy 1, and every
-measured point under `runs`. A job settled at batch B costs two round trips
-per B jobs (one `bored`, one `results`).
+this machine on jobs this short (one slot per CPU; it buffers MAX_BUFFER_PER_SLOT
+jobs per slot of jobs under a millisecond and asks for half its buffer at a time:
+256 on 2 CPUs), redundancy 1, and every measured point under `runs`. A job
+settled at batch B costs two round trips per B jobs (one `bored`, one
+`results`).
 
 Runs by hand, not in CI. Latest figures: docs/benchmarks.md.
 """
@@ -44,6 +46,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import protocol as p  # noqa: E402
 from bench._common import Trivial, curve_client, echo_router, take  # noqa: E402
+from jobber._core import MAX_BUFFER_PER_SLOT  # noqa: E402
 
 WARMUP_S = 2.0
 OUTPUT = b"42\n"  # what every simulated job writes
@@ -218,13 +221,21 @@ def run_dealer(args, batch: int, redundancy: int) -> dict:
     return got
 
 
+def reference_batch(slots: int) -> int:
+    """What the reference jobber (jobber/_core.py) asks for at once on jobs of well under
+    a millisecond: its high-water mark is the slots plus MAX_BUFFER_PER_SLOT buffered per
+    slot, and it asks once it is down to its low-water mark, for the difference."""
+    hi_water = min(p.MAX_BATCH, slots * (1 + MAX_BUFFER_PER_SLOT))
+    return max(1, (hi_water - slots) // 2)
+
+
 def main() -> None:
-    reference = 2 * (os.cpu_count() or 1)  # the reference jobber's want: 2 x slots
+    reference = reference_batch(os.cpu_count() or 1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
     ap.add_argument("--procs", type=int, default=2, help="client processes")
     ap.add_argument("--identities", type=int, default=8, help="jobbers per client process")
-    ap.add_argument("--batch", type=int, nargs="+", default=sorted({1, reference, 64}))
+    ap.add_argument("--batch", type=int, nargs="+", default=sorted({1, 4, 64, reference}))
     ap.add_argument("--redundancy", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--profile", metavar="FILE", help="profile the dealer (cProfile) into FILE")
     args = ap.parse_args()
