@@ -12,6 +12,7 @@ next (Lazy Pirate), so nothing stale is left queued for a dead peer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import zmq
 
@@ -51,9 +52,11 @@ class PeerLinks:
     def timeout_s(self, now: float) -> float:
         return self.peers.next_due(now)
 
-    def turn(self, now: float) -> None:
-        """Read what peers said, give up on queries too old, send the queries due."""
-        self.drain(now)
+    def turn(self, now: float, readable: Collection[zmq.Socket] | None = None) -> None:
+        """Read what peers said, give up on queries too old, send the queries due.
+        `readable`: the sockets the poller saw ready (None: look at every one); a turn
+        with nothing readable and nothing due costs next to nothing."""
+        self.drain(now, readable)
         if now < self._next_at:
             return
         for address in self.peers.expire(now):
@@ -66,8 +69,10 @@ class PeerLinks:
                 self._reset(address)
         self._next_at = now + self.peers.next_due(now)
 
-    def drain(self, now: float) -> None:
+    def drain(self, now: float, readable: Collection[zmq.Socket] | None = None) -> None:
         for sock, address in list(self._by_sock.items()):
+            if readable is not None and sock not in readable:
+                continue
             for _ in range(MAX_DRAIN):
                 try:
                     data = sock.recv(zmq.NOBLOCK)

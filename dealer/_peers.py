@@ -173,19 +173,20 @@ class Peers:
         link.error = why
 
     def next_due(self, now: float) -> float:
-        """Seconds until `due` or `expire` may have something to do."""
-        best = self.ask_every_s if not self.links else float("inf")
-        for link in self.links.values():
-            if link.query_id is not None:
-                at = _at(link.asked_at, now) + self.timeout_s
-            elif not link.backoff.ready(now):
-                at = link.backoff.until
-            elif link.asked_at is None or link.backoff.failures:
-                at = now
-            else:
-                at = link.asked_at + self.ask_every_s
-            best = min(best, at - now)
-        return max(0.0, best)
+        """Seconds until `due` or `expire` may have something to do (0: now)."""
+        if not self.links:
+            return self.ask_every_s
+        return max(0.0, min(self._next_at(link, now) for link in self.links.values()) - now)
+
+    def _next_at(self, link: Link, now: float) -> float:
+        """When `link` is next due: its query expires, its backoff ends, or its period."""
+        if link.query_id is not None:
+            return _at(link.asked_at, now) + self.timeout_s
+        if not link.backoff.ready(now):
+            return link.backoff.until
+        if link.asked_at is None or link.backoff.failures:
+            return now
+        return link.asked_at + self.ask_every_s
 
     # --- deciding ----------------------------------------------------------
 
@@ -228,12 +229,7 @@ class Peers:
         rows = []
         for link in self.links.values():
             o = link.offer
-            if link.query_id is not None:
-                next_try = _at(link.asked_at, now) + self.timeout_s
-            elif not link.backoff.ready(now):
-                next_try = link.backoff.until
-            else:
-                next_try = max(now, _at(link.asked_at, now) + self.ask_every_s)
+            next_try = max(now, self._next_at(link, now))
             rows.append(
                 {
                     "address": link.address,

@@ -14,10 +14,13 @@ from dealer._core import Policy
 from dealer._journal import Journal
 from dealer._peers import (
     ASK_EVERY_S,
+    MAX_ADDRESS,
     MAX_BACKOFF_S,
+    MAX_REFERRED,
     MIN_BACKOFF_S,
     STALE_S,
     TIMEOUT_S,
+    Offer,
     Peers,
 )
 from dealer._service import RETRY_BUSY_S, RETRY_IDLE_S, Peer, Service
@@ -43,6 +46,55 @@ def asked(peers: Peers, now: float) -> dict[str, p.WorkQuery]:
 # --- asking -----------------------------------------------------------------------
 
 
+def test_the_constants_docs_protocol_md_and_docs_federation_md_state():
+    assert (ASK_EVERY_S, TIMEOUT_S, STALE_S) == (2.0, 3.0, 10.0)
+    assert (MIN_BACKOFF_S, MAX_BACKOFF_S) == (2.0, 120.0)
+    assert (MAX_REFERRED, MAX_ADDRESS) == (64, 256)  # the wire's caps on a referral
+    o = Offer(1, None, None, False, 0.0)
+    with pytest.raises(AttributeError):
+        o.jobs = 2  # type: ignore[misc]
+
+
+def test_queries_have_distinct_ids_that_go_on_the_wire():
+    peers = Peers([A, B], ask_every_s=1.0)
+    ids = []
+    for t in range(5):
+        for address, q in peers.due(float(t)):
+            assert p.decode(p.encode(q)) == q  # a valid id (u64)
+            ids.append(q.id)
+            assert peers.heard(address, p.WorkOffer(q.id, 1, SMALL), float(t)) is True
+    assert len(ids) == 10 and len(set(ids)) == 10 and ids == sorted(ids)
+
+
+def test_next_due_in_each_state_of_a_link():
+    peers = Peers([A], rng=random.Random(3))
+    link = peers.links[A]
+    assert peers.next_due(5.0) == 0.0  # never asked: now
+    q = asked(peers, 5.0)[A]
+    assert peers.next_due(5.5) == pytest.approx(TIMEOUT_S - 0.5)  # out: when it expires
+    assert peers.heard(A, p.WorkOffer(q.id, 1, SMALL), 5.6)
+    assert peers.next_due(6.0) == pytest.approx(ASK_EVERY_S - 1.0)  # the period, from the ask
+    assert peers.status(6.0)[0]["next_try"] == pytest.approx(5.0 + ASK_EVERY_S)
+    assert peers.next_due(9.0) == 0.0  # overdue: now, never negative
+    asked(peers, 9.0)
+    peers.expire(9.0 + TIMEOUT_S + 1e-6)
+    now = 9.0 + TIMEOUT_S + 1e-6
+    assert peers.next_due(now) == pytest.approx(link.backoff.until - now)  # backing off
+    assert peers.status(now)[0]["next_try"] == pytest.approx(link.backoff.until)
+    assert peers.next_due(link.backoff.until) == 0.0  # its backoff over: at once
+    assert Peers([]).next_due(0.0) == ASK_EVERY_S
+
+
+def test_a_link_the_shell_cannot_use_is_a_failed_link():
+    peers = Peers([A, B])
+    asked(peers, 0.0)
+    peers.unreachable(A, 0.1, "cannot send: no route")
+    peers.unreachable("tcp://elsewhere:1", 0.1, "ignored")  # not a peer: nothing
+    a, b = peers.links[A], peers.links[B]
+    assert a.query_id is None and a.backoff.failures == 1 and a.error == "cannot send: no route"
+    assert b.query_id is not None and b.backoff.failures == 0
+
+
 def test_every_peer_is_asked_at_once_then_every_period_while_it_answers():
     peers = Peers([A, B])
     first = asked(peers, 0.0)
@@ -58,8 +110,8 @@ def test_every_peer_is_asked_at_once_then_every_period_while_it_answers():
 def test_a_reply_to_another_query_changes_nothing():
     peers = Peers([A])
     q = asked(peers, 0.0)[A]
-    assert not peers.heard(A, p.WorkOffer(q.id + 1, 5, SMALL), 0.1)  # not the query out
-    assert not peers.heard(B, p.WorkOffer(q.id, 5, SMALL), 0.1)  # not a peer
+    assert peers.heard(A, p.WorkOffer(q.id + 1, 5, SMALL), 0.1) is False  # not the query out
+    assert peers.heard(B, p.WorkOffer(q.id, 5, SMALL), 0.1) is False  # not a peer
     assert peers.links[A].offer is None and peers.links[A].query_id == q.id
     assert peers.heard(A, p.WorkOffer(q.id, 5, SMALL), 0.2)
     assert not peers.heard(A, p.WorkOffer(q.id, 9, SMALL), 0.3)  # a duplicate: stale
@@ -102,8 +154,16 @@ def test_an_error_or_another_reply_is_a_failed_link():
 def test_bad_peer_lists_are_refused():
     with pytest.raises(ValueError, match="given twice"):
         Peers([A, A])
+    longest = "tcp://" + "h" * (MAX_ADDRESS - 8) + ":1"
+    assert len(longest) == MAX_ADDRESS and Peers([longest])
     with pytest.raises(ValueError, match="characters"):
-        Peers(["tcp://" + "h" * 300 + ":1"])
+        Peers([longest + "0"])
+    with pytest.raises(ValueError, match="characters"):
+        Peers([""])
+    for bad in ({"ask_every_s": 0.0}, {"timeout_s": -1.0}, {"stale_s": 0.0}):
+        with pytest.raises(ValueError, match="positive"):
+            Peers([A], **bad)
+    assert Peers([A], ask_every_s=0.01, timeout_s=0.01, stale_s=0.01)
     assert not Peers([])
 
 
@@ -144,7 +204,9 @@ def test_finished_peers_referrers_and_never_heard_peers_are_not_referred():
     offer(peers, B, 0.0, 10, limits=None)  # hands out no jobs itself
     assert C in dict(peers.due(0.0)) or peers.links[C].query_id  # C asked, never answers
     assert peers.referral(HOST, 0.5) == ()
-    assert not peers.may_have_work(HOST, 0.5)  # nothing may come: retry_later without more
+    assert peers.may_have_work(HOST, 0.5) is False  # nothing may come: no `more`
+    rows = peers.status(0.5)
+    assert rows[0]["finished"] is True and rows[1]["limits"] is None and rows[1]["jobs"] == 10
 
 
 def test_a_peer_with_all_its_work_out_may_have_work_for_jobbers_that_fit_it():
@@ -197,6 +259,7 @@ def test_status_shows_what_each_peer_said_when_and_its_failures():
     offer(peers, A, 10.0, 7, left=30)
     asked(peers, 10.0)
     peers.expire(10.0 + TIMEOUT_S)
+    assert peers.status(14.0)[0]["said_at"] == 10.0  # no wall clock given: the same clock
     a, b = peers.status(14.0, wall=1000.0)
     assert a["address"] == A and a["jobs"] == 7 and a["left"] == 30 and not a["finished"]
     assert a["limits"] == {"memory_mb": 64, "time_s": 5.0, "fuel": 10**6, "output_kb": 1}
