@@ -2,6 +2,7 @@
 
     python bench/scale.py identities [--identities 2000] [--procs 4] [--seconds 180]
     python bench/scale.py million [--jobs 1000000]
+    python bench/scale.py alive [--identities 200] [--procs 2] [--seconds 10]
 
 `identities`: IDENTITIES simulated jobbers (a CurveZMQ key and socket each, spread
 over PROCS processes) against one real dealer for SECONDS: each asks for two jobs,
@@ -14,6 +15,12 @@ identity: min, median, max), and the dealer's CPU and resident memory.
 once (batch 64); its resident memory is sampled throughout, the journal's size per
 job is reported, and a dealer restarted on the finished journal is timed while it
 replays it.
+
+`alive`: what one liveness message costs the dealer. IDENTITIES simulated jobbers
+each take two jobs and then say `alive` over and over, one message in flight
+each, for SECONDS: the dealer's `alive` messages answered per second at full
+speed, its CPU seconds per message, and from those the share of one core that
+10,000 and 100,000 machines saying `alive` every 5 s would take.
 
 The last line is one JSON object with the figures. Runs by hand, not in CI.
 Latest figures: docs/benchmarks.md and docs/scaling.md.
@@ -277,6 +284,78 @@ def run_million(args) -> dict:
     }
 
 
+def chatty_jobbers(address: str, n: int, stop_at: float, out_q) -> None:
+    """`n` simulated jobbers that hold two jobs each and say `alive` without pause."""
+    more_files()
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, 4 * n + 64)
+    socks = [curve_client(ctx, address) for _ in range(n)]
+    poller = zmq.Poller()
+    names = {s: f"chatty{os.getpid()}-{i}" for i, s in enumerate(socks)}
+    holding: dict[zmq.Socket, tuple[str, ...]] = {}
+    rid = 0
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+        rid += 1
+        s.send(p.encode(p.Bored(rid, names[s], p.HostFacts(1, 1024, 1, ()), 2)))
+    alive = 0
+    counting_from = time.monotonic() + 2.0  # every identity holds its jobs by then
+    while time.monotonic() < stop_at:
+        for s, _ in poller.poll(100):
+            reply = p.decode(s.recv())
+            if isinstance(reply, p.Jobs) and reply.jobs:
+                holding[s] = tuple(j.tag for j in reply.jobs)
+            elif isinstance(reply, p.AliveAck) and time.monotonic() >= counting_from:
+                alive += 1
+            rid += 1
+            if s in holding:
+                s.send(p.encode(p.Alive(rid, names[s], holding[s])))
+            else:  # no jobs for it yet: ask again
+                s.send(p.encode(p.Bored(rid, names[s], p.HostFacts(1, 1024, 1, ()), 2)))
+    out_q.put((alive, stop_at - counting_from))
+    for s in socks:
+        s.close(0)
+    ctx.term()
+
+
+def run_alive(args) -> dict:
+    ctx = mp.get_context("spawn")
+    ready, out, counts = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ctx.Process(
+            target=dealer_many, args=(str(Path(tmp) / "j.sqlite"), args.seconds + 3, ready, out)
+        )
+        server.start()
+        address, pid = take(ready, [server])
+        stop_at = time.monotonic() + args.seconds + 2.0
+        each = args.identities // args.procs
+        clients = [
+            ctx.Process(target=chatty_jobbers, args=(address, each, stop_at, counts))
+            for _ in range(args.procs)
+        ]
+        for c in clients:
+            c.start()
+        time.sleep(2.0)
+        cpu0, t0 = cpu_s(pid), time.monotonic()
+        time.sleep(max(0.5, stop_at - time.monotonic() - 0.2))
+        cpu, wall = cpu_s(pid) - cpu0, time.monotonic() - t0
+        per = [take(counts, [server, *clients]) for _ in clients]
+        take(out, [server, *clients])
+        for c in clients:
+            c.join()
+        server.join()
+    rate = sum(n / s for n, s in per)
+    cpu_per_msg = cpu / (rate * wall)
+    return {
+        "identities": args.identities,
+        "alive_per_s": round(rate, 1),
+        "dealer_cpu": round(cpu / wall, 3),
+        "dealer_cpu_us_per_alive": round(cpu_per_msg * 1e6, 1),
+        "core_share_10k_machines": round(10_000 / p.ALIVE_INTERVAL_S * cpu_per_msg, 3),
+        "core_share_100k_machines": round(100_000 / p.ALIVE_INTERVAL_S * cpu_per_msg, 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -286,8 +365,13 @@ def main() -> None:
     a.add_argument("--seconds", type=float, default=180.0)
     b = sub.add_parser("million")
     b.add_argument("--jobs", type=int, default=1_000_000)
+    c = sub.add_parser("alive")
+    c.add_argument("--identities", type=int, default=200)
+    c.add_argument("--procs", type=int, default=2)
+    c.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
-    result = run_identities(args) if args.what == "identities" else run_million(args)
+    run = {"identities": run_identities, "million": run_million, "alive": run_alive}
+    result = run[args.what](args)
     for k, v in result.items():
         print(f"{k}: {v}")
     print(json.dumps(result))
