@@ -89,13 +89,14 @@ MAX_RESULTS_BYTES = 768 * 1024  # and under this much (the dealer takes 1 MiB + 
 MAX_JOBS_BYTES = 16 * 1024 * 1024  # stdin and payload bytes in one `jobs` to our jobbers
 EVICT_AFTER_S = 600.0  # a jobber of ours that holds nothing and is silent this long is forgotten
 MAX_LATE = 65536  # released local replicas remembered for a late result (this process)
+GONE = "the relay's jobber it was fetched for is gone"
 GIVEN_BACK = "the relay could not start it before its deadline"
 
 
 class Op:
     """Journal operations, as tuples: (kind, fields...). See dealer._relay_journal."""
 
-    HOLD = "hold"  # (utag, spec wire map, got_at)
+    HOLD = "hold"  # (utag, spec wire map, got_at, for_key)
     PAYLOAD = "payload"  # (sha256, wasm bytes, signature wire map or None)
     SEND = "send"  # (ltag, utag, key, address, sent_at)
     RELEASE = "release"  # (ltag,)
@@ -113,6 +114,7 @@ class Held:
     got_at: float
     result: p.Result | None = None  # done: the result for upstream (its tag is utag)
     by: str = ""  # done: the key of the jobber of ours that gave the result
+    for_key: str = ""  # attributed: the jobber of ours it was fetched for ("": any)
     local: set[str] = field(default_factory=set)  # local tags out for it
 
     @property
@@ -168,6 +170,7 @@ class Upstream:
     finished: bool = False  # the upstream said its task is done
     next_id: int = 1
     bored: int | None = None  # outstanding request ids
+    bored_for: str = ""  # attributed: the jobber of ours the outstanding bored is for
     results: int | None = None
     alive: int | None = None
     in_flight: tuple[str, ...] = ()  # the upstream tags of the outstanding results
@@ -188,7 +191,11 @@ class RelayCore:
         lease_s: float = LEASE_S,
         backoff: Backoff | None = None,
         name: str = "relay",
+        attribute: bool = False,
     ) -> None:
+        """`attribute`: ask upstream for each jobber's jobs on its behalf (`bored.behalf`)
+        and give each job only to the jobber it was fetched for, so that an upstream that
+        trusts this relay counts each of its jobbers as a machine of its own."""
         if not 1 <= max_buffer <= p.MAX_BATCH:
             raise ValueError(f"the buffer must hold 1 to {p.MAX_BATCH} jobs, not {max_buffer}")
         if horizon_s <= 0 or lease_s <= 0:
@@ -198,6 +205,7 @@ class RelayCore:
         self.max_buffer = max_buffer
         self.lease_s = lease_s
         self.name = name
+        self.attribute = attribute
         self.up = Upstream(backoff or Backoff())
         self.held: dict[str, Held] = {}  # utag -> held replica, in the order received
         self.local: dict[str, Local] = {}  # ltag -> replica out with one of our jobbers
@@ -217,7 +225,7 @@ class RelayCore:
 
     def load(
         self,
-        held: Iterable[tuple[str, p.JobSpec, float, p.Result | None, str]],
+        held: Iterable[tuple[str, p.JobSpec, float, p.Result | None, str, str]],
         payloads: Iterable[tuple[str, bytes, p.Signature | None]],
         local: Iterable[Local],
         next_tag: int,
@@ -225,8 +233,8 @@ class RelayCore:
     ) -> None:
         """The state a journal kept (a restart). Jobbers holding our work get a full
         lease from `now` to come back."""
-        for utag, spec, got_at, result, by in held:
-            self.held[utag] = Held(utag, spec, got_at, result, by)
+        for utag, spec, got_at, result, by, for_key in held:
+            self.held[utag] = Held(utag, spec, got_at, result, by, for_key)
         for sha, wasm, sig in payloads:
             self.payloads[sha] = wasm
             if sig is not None:
@@ -266,6 +274,16 @@ class RelayCore:
             n += len(j.done)
         return n / PACE_WINDOW_S
 
+    def _rate_of(self, j: Jobber, now: float) -> float:
+        while j.done and j.done[0] < now - PACE_WINDOW_S:
+            j.done.popleft()
+        return len(j.done) / PACE_WINDOW_S
+
+    def _target_of(self, j: Jobber, now: float) -> int:
+        assert j.host is not None
+        want = max(2 * max(1, j.host.slots), math.ceil(self._rate_of(j, now) * self.horizon_s))
+        return min(self.max_buffer, want)
+
     def target(self, now: float) -> int:
         """How many upstream replicas (queued and out) to hold: the rate times the
         horizon, at least two per slot served, at most max_buffer."""
@@ -292,7 +310,11 @@ class RelayCore:
                 up.results, up.next_id = up.next_id, up.next_id + 1
                 up.in_flight = tuple(r.tag for r in batch)
                 out.append(p.Results(up.results, self.name, batch))
-        if up.bored is None and now >= up.quiet_until:
+        if up.bored is None and now >= up.quiet_until and self.attribute:
+            ask = self._ask_for_one(now)
+            if ask is not None:
+                out.append(ask)
+        elif up.bored is None and now >= up.quiet_until:
             target = self.target(now)
             open_ = self._open()
             queued = open_ - sum(1 for h in self.held.values() if h.result is None and h.local)
@@ -309,6 +331,34 @@ class RelayCore:
             holding = self.holding() if up.bored is None else None
             out.append(p.Alive(up.alive, self.name, holding))
         return out
+
+    def _ask_for_one(self, now: float) -> p.Bored | None:
+        """Attributed: a bored on behalf of the served jobber whose own buffer is lowest
+        against its target (its own rate times the horizon, two per slot at least)."""
+        open_ = self._open()
+        room = self.max_buffer - open_
+        if room <= 0:
+            return None
+        best = None
+        for j in self.served(now):
+            target = self._target_of(j, now)
+            mine = [h for h in self.held.values() if h.result is None and h.for_key == j.key]
+            queued = sum(1 for h in mine if not h.local)
+            if len(mine) >= target or (queued * 2 > target and mine):
+                continue
+            lack = (target - len(mine)) / target
+            if best is None or lack > best[0]:
+                best = (lack, j, target - len(mine))
+        if best is None:
+            return None
+        _, j, want = best
+        assert j.host is not None
+        up = self.up
+        up.bored, up.next_id, up.bored_for = up.next_id, up.next_id + 1, j.key
+        host = dataclasses.replace(j.host, cached=tuple(self.payloads)[: p.MAX_CACHED])
+        behalf = p.Attribution(j.key, j.address[:256])
+        want = min(p.MAX_BATCH, want, room)
+        return p.Bored(up.bored, self.name, host, want, self.holding(), behalf)
 
     def holding(self) -> tuple[str, ...]:
         return tuple(self.held)[: p.MAX_HOLDING]
@@ -374,7 +424,7 @@ class RelayCore:
         up.last_reply = now
         if isinstance(msg, p.Jobs) and kind == "bored":
             up.finished = False
-            self._take_jobs(msg, now)
+            self._take_jobs(msg, now, up.bored_for if self.attribute else "")
         elif isinstance(msg, p.RetryLater) and kind == "bored":
             up.quiet_until = now + msg.seconds
         elif isinstance(msg, p.Finished) and kind == "bored":
@@ -407,7 +457,7 @@ class RelayCore:
             up.in_flight = ()
         return up.backoff.failed(now)
 
-    def _take_jobs(self, msg: p.Jobs, now: float) -> None:
+    def _take_jobs(self, msg: p.Jobs, now: float, for_key: str) -> None:
         for sha, wasm in msg.payloads.items():
             if hashlib.sha256(wasm).hexdigest() != sha:
                 log.warning("upstream sent a payload whose bytes do not hash to %s: dropped", sha)
@@ -425,9 +475,9 @@ class RelayCore:
         for spec in msg.jobs:
             if spec.tag in self.held:
                 continue  # sent twice (a reply to a request we gave up on): one is enough
-            h = Held(spec.tag, spec, now)
+            h = Held(spec.tag, spec, now, for_key=for_key)
             self.held[spec.tag] = h
-            self._ops.append((Op.HOLD, spec.tag, spec._to_wire(), now))
+            self._ops.append((Op.HOLD, spec.tag, spec._to_wire(), now, for_key))
             if spec.payload not in self.payloads:  # as a jobber must: give it back invalid
                 self._done(h, p.Result(spec.tag, p.Status.INVALID, detail="payload not sent"), "")
         if msg.jobs:
@@ -473,12 +523,21 @@ class RelayCore:
                     )
                 for ltag in mine:
                     self._release(ltag)
+                if self.attribute:  # its jobs were fetched for it: back upstream
+                    for h in list(self.held.values()):
+                        if h.result is None and h.for_key == j.key and not h.local:
+                            self._give_back(h, GONE)
                 if now - j.last_seen >= EVICT_AFTER_S and not mine:
                     del self.jobbers[j.key]
         for h in list(self.held.values()):
             if h.result is None and not h.local and now >= h.deadline_at:
-                self.given_back += 1
-                self._done(h, p.Result(h.utag, p.Status.ABANDONED, detail=GIVEN_BACK), "")
+                self._give_back(h, GIVEN_BACK)
+
+    def _give_back(self, h: Held, why: str) -> None:
+        """Return an upstream replica unrun: no fault of anyone's, the upstream sends it
+        to someone else."""
+        self.given_back += 1
+        self._done(h, p.Result(h.utag, p.Status.ABANDONED, detail=why), "")
 
     def next_wake(self, now: float) -> float:
         """Seconds until time-driven work may be due (at most 1)."""
@@ -533,7 +592,11 @@ class RelayCore:
         refused: str | None = None
         if room:
             queue = sorted(
-                (h for h in self.held.values() if h.result is None and not h.local),
+                (
+                    h
+                    for h in self.held.values()
+                    if h.result is None and not h.local and h.for_key in ("", key)
+                ),
                 key=lambda h: h.deadline_at,
             )
             cached = set(msg.host.cached)
@@ -565,7 +628,7 @@ class RelayCore:
                 self.local[ltag] = loc
                 h.local.add(ltag)
                 self._ops.append((Op.SEND, ltag, h.utag, key, address, now))
-                jobs.append(_spec_for(h.spec, ltag, left))
+                jobs.append(_spec_for(h.spec, ltag, left, native=bool(h.for_key)))
         if jobs:
             names = {s.payload for s in jobs}
             sigs = {s: self.signatures[s] for s in names if s in self.signatures}
@@ -595,18 +658,19 @@ class RelayCore:
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.SETTLED, "already decided"))
                 self._release(r.tag)
                 continue
-            if r.status is p.Status.ABANDONED and not (r.output or r.fuel):
+            if r.status is p.Status.ABANDONED and not (r.output or r.fuel) and not h.for_key:
                 self._release(r.tag)  # given back: another of ours runs it
                 tags.append(r.tag)
                 continue
             lim = h.spec.limits
             why = implausible(r.status, r.output, r.fuel, _Bounds(lim.fuel, lim.output_kb * 1024))
-            if why is not None:
+            if why is not None and not h.for_key:  # (fetched for it: the upstream judges it)
                 log.warning("jobber %s: implausible result for %s: %s", key[:12], r.tag, why)
                 self._release(r.tag)
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.IMPLAUSIBLE, why))
                 continue
-            self._done(h, dataclasses.replace(r, tag=h.utag), key)
+            by = p.Attribution(key, j.address[:256])  # as we saw it, whoever it names
+            self._done(h, dataclasses.replace(r, tag=h.utag, by=by), key)
             self._release(r.tag)
             self.late.pop(r.tag, None)
             j.results += 1
@@ -659,12 +723,13 @@ class RelayCore:
         }
 
 
-def _spec_for(spec: p.JobSpec, ltag: str, left_s: float) -> p.JobSpec:
+def _spec_for(spec: p.JobSpec, ltag: str, left_s: float, *, native: bool) -> p.JobSpec:
     """The job as it goes to one of our jobbers: its local tag, what is left of its
-    deadline, and NaNs canonical. Upstream the relay names no platform (it serves
-    jobbers of any), so the upstream takes it for a jobber that canonicalizes every
-    NaN; its jobbers must then do so, whatever the job allowed."""
+    deadline, and NaNs canonical unless `native` (fetched on behalf of the jobber, with
+    its own platform). Asking for itself the relay names no platform (it serves jobbers
+    of any), so the upstream takes it for a jobber that canonicalizes every NaN; its
+    jobbers must then do so, whatever the job allowed."""
     limits = spec.limits
-    if limits.native_nans:
+    if limits.native_nans and not native:
         limits = dataclasses.replace(limits, native_nans=None)
     return dataclasses.replace(spec, tag=ltag, limits=limits, deadline_s=min(1e9, left_s))

@@ -79,6 +79,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"a request upstream unanswered this long is a failed contact ({REQUEST_TIMEOUT_S:g})",
     )
+    ap.add_argument(
+        "--attribute",
+        action="store_true",
+        help="ask upstream for each jobber's jobs on its behalf and run each job only on the "
+        "jobber it was fetched for, so that an upstream that trusts this relay "
+        "(--trust-relay KEY) counts each jobber as a machine of its own (default: the "
+        "relay is one machine upstream and any of its jobbers runs any job)",
+    )
     ap.add_argument("--name", default="relay", help="the name upstream status shows (relay)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return ap
@@ -108,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lease_s=args.lease,
             backoff=Backoff(min_s=args.min_backoff, max_s=args.max_backoff),
             name=args.name,
+            attribute=args.attribute,
         )
         core.load(
             journal.held(), journal.payloads(), journal.local(), journal.next_tag(), time.time()

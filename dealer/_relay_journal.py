@@ -7,8 +7,8 @@ of a log of records, since what a relay holds changes both ways (jobs come in,
 results leave once the upstream acknowledged them):
 
     held      utag, the JobSpec as the upstream sent it (msgpack, by field name),
-              its payload's sha256, when it came, and once done the result for
-              upstream and who gave it
+              its payload's sha256, when it came, the jobber it was fetched for
+              (attributed), and once done the result for upstream and who gave it
     payloads  sha256, the module's bytes, the author's signature (msgpack or NULL)
     local     ltag, utag, key, address, sent_at: replicas out with our jobbers
 
@@ -36,7 +36,7 @@ RELAY_SCHEMA = "1"  # the relay tables' own version (meta `relay_schema`)
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS held (utag TEXT PRIMARY KEY, spec BLOB NOT NULL, "
     "payload TEXT NOT NULL, got_at REAL NOT NULL, result BLOB, by TEXT NOT NULL DEFAULT '', "
-    "seq INTEGER NOT NULL)",
+    "for_key TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS payloads (sha TEXT PRIMARY KEY, wasm BLOB NOT NULL, sig BLOB)",
     "CREATE TABLE IF NOT EXISTS local (ltag TEXT PRIMARY KEY, utag TEXT NOT NULL, "
     "key TEXT NOT NULL, address TEXT NOT NULL, sent_at REAL NOT NULL)",
@@ -84,9 +84,11 @@ class RelayJournal(Journal):
 
     # --- reading it back -------------------------------------------------------
 
-    def held(self) -> Iterator[tuple[str, p.JobSpec, float, p.Result | None, str]]:
-        rows = self._db.execute("SELECT utag, spec, got_at, result, by FROM held ORDER BY seq")
-        for utag, spec, got_at, result, by in rows:
+    def held(self) -> Iterator[tuple[str, p.JobSpec, float, p.Result | None, str, str]]:
+        rows = self._db.execute(
+            "SELECT utag, spec, got_at, result, by, for_key FROM held ORDER BY seq"
+        )
+        for utag, spec, got_at, result, by, for_key in rows:
             where = f"{self.path}: held job {utag!r}"
             yield (
                 utag,
@@ -94,6 +96,7 @@ class RelayJournal(Journal):
                 float(got_at),
                 None if result is None else _unpack(p.Result, result, where),
                 by,
+                for_key,
             )
 
     def payloads(self) -> Iterator[tuple[str, bytes, p.Signature | None]]:
@@ -122,12 +125,12 @@ class RelayJournal(Journal):
             for op in ops:
                 kind = op[0]
                 if kind == Op.HOLD:
-                    _, utag, spec, got_at = op
+                    _, utag, spec, got_at, for_key = op
                     self._seq += 1
                     db.execute(
-                        "INSERT OR REPLACE INTO held (utag, spec, payload, got_at, seq) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (utag, _pack(spec), spec["payload"], got_at, self._seq),
+                        "INSERT OR REPLACE INTO held (utag, spec, payload, got_at, for_key, seq) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (utag, _pack(spec), spec["payload"], got_at, for_key, self._seq),
                     )
                 elif kind == Op.PAYLOAD:
                     _, sha, wasm, sig = op

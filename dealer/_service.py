@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import logging
 from collections import deque
@@ -69,6 +70,26 @@ class Peer:
             bits = 24 if ip.version == 4 else 64
             return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
         return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed(Peer):
+    """A jobber behind a relay this dealer trusts (`--trust-relay`), as the relay named it
+    (`bored.behalf`, `result.by`). Its identity is derived from the relay's key and the
+    jobber's, so a relay can name no identity but its own jobbers', and its machine is
+    the address the relay saw, within the relay's own namespace (a lab's 10.0.0.5 is not
+    another lab's)."""
+
+    relay: str = ""
+
+    def machine(self, distinct: str) -> str:
+        return f"{self.relay[:16]}/{Peer.machine(self, distinct)}"
+
+
+def behind(relay: Peer, who: p.Attribution) -> Relayed:
+    """The identity and machine a trusted relay's jobber `who` is counted as."""
+    key = hashlib.sha256(f"borednet relayed jobber {relay.key} {who.key}".encode()).hexdigest()
+    return Relayed(key, who.machine, relay.key)
 
 
 def _size(job: Job) -> int:
@@ -131,13 +152,17 @@ class Service:
         signer: AuthorKey | None = None,
         key_hex: str = "",
         closed: bool = False,
+        relays: Collection[str] = (),
     ) -> None:
         """`signer`: the task author's key. The payload is signed with it once, here, and
         the signature (with the key's rotation links) goes out in every `jobs`. `now`: the
         time replayed jobbers' leases start from. `key_hex`, `closed`: for status.
         `peers`: what the dealer's peers said of their work (dealer._peers, kept up to
         date by the server); a jobber with nothing here is referred to those with work
-        it can run. Addresses alone make a Peers nobody asks: it refers no one."""
+        it can run. Addresses alone make a Peers nobody asks: it refers no one.
+        `relays`: keys of relays trusted to attribute their jobbers (`Relayed`): each
+        jobber behind one is an identity and a machine of its own here; behind any other
+        relay, everything is the relay's one identity and machine."""
         if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
@@ -149,6 +174,8 @@ class Service:
         self.peers = peers if isinstance(peers, Peers) else Peers(peers)
         self.distinct = distinct
         self.admins = frozenset(admins)
+        # relays whose word on which jobber of theirs ran what is believed (dealer._relay)
+        self.relays = frozenset(relays)
         self.key_hex = key_hex
         self.closed = closed
         policy = policy or policy_for(task)
@@ -289,6 +316,8 @@ class Service:
     # --- messages ------------------------------------------------------------
 
     def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
+        if peer.key in self.relays and isinstance(msg, p.Bored | p.Results | p.Alive):
+            return self._relayed(msg, now, peer)
         if isinstance(msg, p.Bored):
             self._label(peer, msg.jobber)
             return self._bored(msg, now, peer)
@@ -307,6 +336,27 @@ class Service:
             return self.work_offer(msg.id)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
+
+    def _relayed(self, msg: p.Bored | p.Results | p.Alive, now: float, relay: Peer) -> p.Message:
+        """A trusted relay's request: for the jobber it names, or for itself."""
+        if isinstance(msg, p.Bored):
+            if msg.behalf is None:
+                self._label(relay, msg.jobber)
+                return self._bored(msg, now, relay)
+            who = behind(relay, msg.behalf)
+            self._label(who, f"{msg.jobber}/{msg.behalf.machine}")
+            if self.core.is_denied(relay.key):
+                return p.Error(msg.id, p.ErrorCode.DENIED, "this relay is denied by the dealer")
+            return self._bored(msg, now, who)
+        if isinstance(msg, p.Results):
+            self._label(relay, msg.jobber)
+            return self._results(msg, now, relay, trusted=True)
+        self._label(relay, msg.jobber)
+        cancel = dict.fromkeys(self.core.alive(relay.key, now, msg.holding))
+        mine = f"{relay.key[:16]}/"  # the relay vouches for every jobber of its own
+        for key in [k for k, r in self.core.jobbers.items() if r.machine.startswith(mine)]:
+            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
+        return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
 
     def _label(self, peer: Peer, name: str) -> None:
         if self.labels.get(peer.key) != name:
@@ -410,15 +460,23 @@ class Service:
             return dataclasses.replace(limits, native_nans=True)
         return limits
 
-    def _results(self, msg: p.Results, now: float, peer: Peer) -> p.Message:
+    def _results(
+        self, msg: p.Results, now: float, peer: Peer, *, trusted: bool = False
+    ) -> p.Message:
+        """`trusted`: from a trusted relay, whose `by` names the jobber that ran each one
+        (taken if the replica went to that jobber, else the relay's own)."""
         ok: list[str] = []
         rejected: list[p.Rejection] = []
         for r in msg.results:
-            why = self.core.result(peer.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
+            who = behind(peer, r.by) if trusted and r.by is not None else peer
+            why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
+            if why is not None and why.code is p.ErrorCode.UNKNOWN_TAG and who is not peer:
+                who = peer  # a replica the relay took for itself
+                why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is None:
                 ok.append(r.tag)
                 if r.status is p.Status.OK:
-                    self._paced(peer.key, now)
+                    self._paced(who.key, now)
             else:
                 log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))

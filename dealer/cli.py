@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,9 +193,28 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         metavar="N",
         help="deny a jobber once N of its outputs lost a vote, more than won one (0: never)",
     )
+    g.add_argument(
+        "--trust-relay",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="believe the relay with this public key (64 hex digits) about which of its "
+        "jobbers ran what: each counts as a machine of its own (repeatable; default: "
+        "everything behind a relay is the relay's one machine; see docs/security.md)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return parser
+
+
+def _relay_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    """--trust-relay keys, checked: 64 hex digits each (as status and the relay print them)."""
+    out = []
+    for key in keys:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+            raise ValueError(f"--trust-relay {key!r}: a relay's key is 64 hexadecimal digits")
+        out.append(key.lower())
+    return tuple(out)
 
 
 def _default_db(cls: type[Task], args: argparse.Namespace) -> Path:
@@ -261,6 +281,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             distinct=args.distinct or ("host" if allow is None else "key"),
             allow=allow,
             admins=(admin.public_hex,),
+            relays=_relay_keys(args.trust_relay),
             on_turn=None if args.quiet else progress,
             signer=signer,
             http=None if args.http is None else parse_http(args.http),

@@ -629,14 +629,33 @@ class JobSpec(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Attribution(_Record):
+    """A jobber behind a relay, as the relay saw it: the key its CurveZMQ handshake with
+    the relay proved, and the address it connected to the relay from. The relay's word:
+    a dealer believes it only from a relay it trusts (`--trust-relay`)."""
+
+    key: str  # CurveZMQ public key, 64 hex digits
+    machine: str  # the source address the relay saw
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "key": _str(64, _KEY_HEX),
+        "machine": _str(256),
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class Result(_Record):
-    """How one replica ended, sent back with its tag."""
+    """How one replica ended, sent back with its tag.
+
+    `by`: sent by a relay, the jobber of its that ran it (nil: the sender itself).
+    """
 
     tag: str
     status: Status
     output: bytes = b""
     fuel: int = 0  # fuel used
     detail: str = ""  # human-readable: the trap message, the limit hit
+    by: Attribution | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "tag": _str(),
@@ -644,6 +663,7 @@ class Result(_Record):
         "output": _bytes(MAX_OUTPUT_BYTES),
         "fuel": _int(0, MAX_U64),
         "detail": _str(),
+        "by": _optional(_record(Attribution)),
     }
 
 
@@ -727,6 +747,9 @@ class Bored(Message):
     running, or finished and not yet acknowledged). The dealer treats its other
     open replicas on this jobber as lost (say, by a jobber that crashed and
     restarted) and reissues them at once. nil: the jobber does not say.
+
+    `behalf`: a relay asking for jobs for one of its jobbers (dealer._relay; counted as
+    that jobber's machine only by a dealer that trusts the relay).
     """
 
     TYPE: ClassVar[str] = "bored"
@@ -735,6 +758,8 @@ class Bored(Message):
     host: HostFacts
     want: int = 1
     holding: tuple[str, ...] | None = None
+    # sent by a relay: the jobs are for this jobber of its (nil: for the sender itself)
+    behalf: Attribution | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "id": _ID,
@@ -742,6 +767,7 @@ class Bored(Message):
         "host": _record(HostFacts),
         "want": _int(0, MAX_BATCH),
         "holding": _optional(_list(_str(), MAX_HOLDING)),
+        "behalf": _optional(_record(Attribution)),
     }
 
 

@@ -98,6 +98,7 @@ jobspecs = st.builds(
     limits=limits,
     deadline_s=st.floats(0.0, 1e9),
 )
+attributions = st.builds(p.Attribution, key=shas, machine=names)
 results = st.builds(
     p.Result,
     tag=strs,
@@ -105,6 +106,7 @@ results = st.builds(
     output=blobs,
     fuel=u64,
     detail=strs,
+    by=st.none() | attributions,
 )
 rejections = st.builds(p.Rejection, tag=strs, code=st.sampled_from(p.ErrorCode), text=strs)
 # Signatures as the codec sees them: well-shaped, not necessarily good (tests/test_signing.py).
@@ -148,7 +150,14 @@ plain_values = st.recursive(
 )
 
 MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
-    p.Bored: st.builds(p.Bored, id=u64, jobber=names, host=hosts, want=st.integers(0, p.MAX_BATCH)),
+    p.Bored: st.builds(
+        p.Bored,
+        id=u64,
+        jobber=names,
+        host=hosts,
+        want=st.integers(0, p.MAX_BATCH),
+        behalf=st.none() | attributions,
+    ),
     p.Jobs: st.builds(
         p.Jobs,
         re=u64,
@@ -990,6 +999,7 @@ def doc() -> str:
 def test_doc_names_every_type_field_status_and_code(doc: str) -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", doc))
     records = (p.Limits, p.HostFacts, p.JobSpec, p.Result, p.Rejection, p.Prefs, p.Project)
+    records += (p.Attribution,)
     wanted = {*p.MESSAGES, *(m.value for m in p.Status), *(m.value for m in p.ErrorCode)}
     for cls in (*p.MESSAGES.values(), *records):
         wanted |= set(cls._SCHEMA)

@@ -3,6 +3,7 @@ journal (dealer._relay_journal) on a real SQLite file."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -107,6 +108,8 @@ def test_results_wait_until_the_upstream_acknowledges_them():
     assert c.counts()["done"] == 2
     sent = request(c, 2.0, p.Results)
     assert {r.tag: r.output for r in sent.results} == {"u1": b"7", "u2": b"8"}
+    # each names the jobber that ran it, as the relay saw it (its key and address)
+    assert {r.by for r in sent.results} == {p.Attribution(ANN, "10.0.0.a")}
     # the upstream takes one, names neither the other: it stays and goes again
     c.upstream_reply(p.Ack(sent.id, ("u1",)), 2.1)
     assert set(c.held) == {"u2"}
@@ -243,6 +246,36 @@ def test_a_payload_that_does_not_hash_to_its_name_is_dropped_and_its_job_given_b
     assert r is not None and r.status is p.Status.INVALID and SHA not in c.payloads
 
 
+def test_attributed_each_jobber_s_jobs_are_fetched_for_it_and_run_only_by_it():
+    c = core(attribute=True)
+    native = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1, native_nans=True)
+    ann_host = p.HostFacts(cpus=2, memory_mb=512, slots=1, platform="x86")
+    bored(c, ANN, 0.0, want=0, host=ann_host)
+    bored(c, BOB, 0.0, want=0)
+    first = request(c, 0.0, p.Bored)
+    assert first.behalf is not None and first.want == 2
+    who = first.behalf.key
+    assert first.behalf.machine == "10.0.0." + who[0]
+    if who == ANN:  # its own facts: memory, platform
+        assert (first.host.memory_mb, first.host.platform) == (512, "x86")
+    c.upstream_reply(p.Jobs(first.id, (spec("u1", limits=native), spec("u2")), {SHA: WASM}), 0.0)
+    second = request(c, 0.1, p.Bored)
+    other = second.behalf.key
+    assert other != who and set(second.holding) == {"u1", "u2"}
+    c.upstream_reply(p.Jobs(second.id, (spec("u3"),), {}), 0.1)
+    assert isinstance(bored(c, other, 0.2), p.Jobs) and len(c.local) == 1  # only u3
+    jobs = bored(c, who, 0.2)
+    assert len(jobs.jobs) == 2 and jobs.jobs[0].limits.native_nans is True  # kept for it
+    # it gives one back: that goes upstream (it was fetched for it), not to the other
+    results(c, who, 0.3, p.Result(jobs.jobs[0].tag, p.Status.ABANDONED))
+    assert c.held["u1"].result.status is p.Status.ABANDONED
+    # it vanishes: what was fetched for it goes back upstream, unrun, as no one's fault
+    bored(c, other, LEASE_S, want=0)
+    c.tick(LEASE_S + 0.3)
+    r = c.held["u2"].result
+    assert r is not None and r.status is p.Status.ABANDONED and (r.output, r.fuel) == (b"", 0)
+
+
 def test_the_journal_keeps_everything_across_a_restart(tmp_path):
     path = tmp_path / "relay.sqlite"
     j = RelayJournal(path)
@@ -261,7 +294,9 @@ def test_the_journal_keeps_everything_across_a_restart(tmp_path):
     c2 = RelayCore(j2.tag_prefix)
     c2.load(j2.held(), j2.payloads(), j2.local(), j2.next_tag(), 10.0)
     assert c2.counts() == {"queued": 1, "out": 1, "done": 1}
-    assert c2.held["u1"].result == ok("u1") and c2.held["u1"].by == ANN
+    by = p.Attribution(ANN, "10.0.0.a")
+    assert c2.held["u1"].result == dataclasses.replace(ok("u1"), by=by)
+    assert c2.held["u1"].by == ANN
     assert c2.signatures == {SHA: sig} and c2.payloads == {SHA: WASM}
     # b's result, sent after the restart, is taken; new local tags do not repeat old ones
     assert results(c2, ANN, 11.0, ok(b.tag)).tags == (b.tag,)

@@ -67,7 +67,9 @@ PINNED: dict[str, dict[str, tuple]] = {
         "output": ("bytes", 0, 32 * MiB),
         "fuel": ("int", 0, U64),
         "detail": STR,
+        "by": ("optional", ("record", "Attribution")),
     },
+    "Attribution": {"key": HASH, "machine": NAME},
     "Rejection": {"tag": STR, "code": ("enum", "ErrorCode"), "text": STR},
     "Rotation": {"old": HASH, "new": HASH, "sig": ("bytes", 64, 64)},
     "Signature": {
@@ -81,6 +83,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "host": ("record", "HostFacts"),
         "want": ("int", 0, 4096),
         "holding": ("optional", ("list", 8192, STR)),
+        "behalf": ("optional", ("record", "Attribution")),
     },
     "Jobs": {
         "re": ID,
@@ -218,12 +221,14 @@ SIGNATURE = p.Signature(SHA, bytes(64), (p.Rotation(SHA, SHA, bytes(64)),))
 FULL: dict[str, p.Message] = {
     m.TYPE: m
     for m in (
-        p.Bored(1, "ann", HOST, 2, ("t1",)),
+        p.Bored(1, "ann", HOST, 2, ("t1",), p.Attribution(SHA, "10.0.0.5")),
         p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}),
         p.Referral(1, ("tcp://other:7117",)),
         p.RetryLater(1, 2.5, "busy", True),
         p.Finished(1),
-        p.Results(2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d"),)),
+        p.Results(
+            2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d", p.Attribution(SHA, "m")),)
+        ),
         p.Ack(2, ("t1",), (p.Rejection("t2", p.ErrorCode.SETTLED, "late"),)),
         p.Error(3, p.ErrorCode.MALFORMED, "bad"),
         p.StatusQuery(4, 0),
@@ -603,6 +608,7 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
+    records += (FULL["bored"].behalf,)
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)

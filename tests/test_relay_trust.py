@@ -1,0 +1,122 @@
+"""Trust across a relay, at the dealer (dealer._service driven directly, a real SQLite
+journal): behind an untrusted relay everything is the relay's one machine; a relay the
+dealer trusts (`--trust-relay`) has each of its jobbers counted as a machine of its own,
+within the relay's namespace, and can move no replica from one of its jobbers to
+another."""
+
+from __future__ import annotations
+
+import protocol as p
+from dealer._core import Policy
+from dealer._journal import Journal
+from dealer._service import Peer, Service, behind
+from tasks import Job, Limits, Payload, Task
+
+WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+RELAY = Peer("ee" * 32, "192.0.2.7")
+X = p.Attribution("aa" * 32, "10.0.0.5")
+Y = p.Attribution("bb" * 32, "10.0.0.6")
+HOST = p.HostFacts(1, 1024, 1)
+
+
+class Few(Task):
+    limits = Limits(fuel=10**6, memory_mb=1, time_s=5, output_kb=1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payload = Payload.from_wat(WAT, "few")
+
+    def jobs(self):
+        return (Job((str(i),)) for i in range(4))
+
+    def on_output(self, job, output):
+        pass
+
+
+def service(tmp_path, trusted: bool) -> Service:
+    return Service(
+        Few(),
+        Journal(tmp_path / "j.sqlite", "Few"),
+        now=0.0,
+        policy=Policy(redundancy=2, quorum=2, quota=64),
+        relays=(RELAY.key,) if trusted else (),
+    )
+
+
+def ask(s: Service, who: p.Attribution | None, now: float, peer: Peer = RELAY) -> p.Message:
+    reply = s.handle(p.Bored(1, "lab", HOST, 2, None, who), now, peer)
+    s.commit()
+    return reply
+
+
+def send(s: Service, tag: str, who: p.Attribution | None, now: float, peer: Peer = RELAY):
+    r = p.Result(tag, p.Status.OK, b"1", 7, "", who)
+    ack = s.handle(p.Results(2, "lab", (r,)), now, peer)
+    s.commit()
+    s.after_turn(now)
+    return ack
+
+
+def args(jobs: p.Message) -> set[str]:
+    assert isinstance(jobs, p.Jobs), jobs
+    return {j.args[0] for j in jobs.jobs}
+
+
+def test_behind_an_untrusted_relay_every_jobber_is_the_relay(tmp_path):
+    s = service(tmp_path, trusted=False)
+    for_x, for_y = ask(s, X, 0.0), ask(s, Y, 0.1)
+    assert args(for_x).isdisjoint(args(for_y))  # one replica of a job per identity
+    tag = for_x.jobs[0].tag
+    assert send(s, tag, X, 1.0).tags == (tag,)  # `by` is ignored: the relay's own replica
+    assert s.core.accepted == 0  # one machine's vote of the two needed
+    assert {r["machine"] for r in s.jobbers()} == {RELAY.address}
+
+
+def test_a_trusted_relay_s_jobbers_are_machines_of_their_own(tmp_path):
+    s = service(tmp_path, trusted=True)
+    for_x, for_y = ask(s, X, 0.0), ask(s, Y, 0.1)
+    both = args(for_x) & args(for_y)
+    assert both  # the two replicas of a job went to two jobbers behind the one relay
+    by_args_y = {j.args[0]: j.tag for j in for_y.jobs}
+    for j in for_x.jobs:
+        if j.args[0] in both:
+            assert send(s, j.tag, X, 1.0).tags == (j.tag,)
+            assert send(s, by_args_y[j.args[0]], Y, 1.0).tags == (by_args_y[j.args[0]],)
+    assert s.core.accepted == len(both)  # two machines agreed
+    machines = {r["machine"] for r in s.jobbers()}
+    assert machines == {f"{RELAY.key[:16]}/10.0.0.5", f"{RELAY.key[:16]}/10.0.0.6"}
+    assert behind(RELAY, X).key not in (X.key, RELAY.key)  # it names no one else's identity
+
+
+def test_a_trusted_relay_cannot_move_a_replica_to_another_of_its_jobbers(tmp_path):
+    s = service(tmp_path, trusted=True)
+    for_x = ask(s, X, 0.0)
+    tag = for_x.jobs[0].tag
+    ack = send(s, tag, Y, 1.0)  # fetched for X, claimed by Y
+    assert ack.tags == () and ack.rejected[0].code is p.ErrorCode.UNKNOWN_TAG
+    ack = send(s, tag, None, 1.0)  # nor by the relay itself
+    assert ack.rejected[0].code is p.ErrorCode.UNKNOWN_TAG
+    # nor from anyone else naming X: only the relay's own connection speaks for X
+    other = Peer("cc" * 32, "192.0.2.8")
+    assert send(s, tag, X, 1.0, other).rejected[0].code is p.ErrorCode.UNKNOWN_TAG
+    assert send(s, tag, X, 1.1).tags == (tag,)
+
+
+def test_the_relay_s_alive_vouches_for_its_jobbers(tmp_path):
+    s = service(tmp_path, trusted=True)
+    for_x = ask(s, X, 0.0)
+    lease = s.core.policy.lease_s
+    holding = tuple(j.tag for j in for_x.jobs)
+    for now in (lease * 0.6, lease * 1.2, lease * 1.8):
+        s.tick(now)
+        ack = s.handle(p.Alive(3, "lab", holding), now, RELAY)
+        s.commit()
+        assert isinstance(ack, p.AliveAck) and ack.cancel == ()
+    s.tick(lease * 2.0)
+    x = next(r for r in s.jobbers() if r["key"] == behind(RELAY, X).key)
+    assert not x["gone"] and x["holding"] == len(holding)
+    # a holding without them releases them, as from any jobber
+    s.handle(p.Alive(4, "lab", ()), lease * 2.1, RELAY)
+    s.commit()
+    x = next(r for r in s.jobbers() if r["key"] == behind(RELAY, X).key)
+    assert x["holding"] == 0
