@@ -41,15 +41,15 @@ class _CreditPoller(threading.Thread):
         self.every_s = every_s
         self.projects: list[tuple[str, str]] = []  # (name, dealer), replaced whole by the loop
         self.out: queue.SimpleQueue = queue.SimpleQueue()  # {project: rows} per poll
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         from dealer.cli import query_status  # the client side of a dealer's status
 
-        while not self._stop.wait(self.every_s):
+        while not self._halt.wait(self.every_s):
             polled: dict[str, list[dict]] = {}
             for name, dealer in list(self.projects):
                 rows: list[dict] = []

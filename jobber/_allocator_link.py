@@ -59,16 +59,16 @@ class AllocatorLink(threading.Thread):
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.ok_at: float | None = None  # monotonic time of the last answer
         self.problem = ""
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._rid = 0
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=self.timeout_s + 1)
 
     def run(self) -> None:
         wait = 0.0
-        while not self._stop.wait(wait):
+        while not self._halt.wait(wait):
             try:
                 msg = self._ask()
             except _Failed as e:

@@ -87,7 +87,9 @@ class Shares:
         def projected(d: str) -> float:
             return self.debt[d] - in_hand_s.get(d, 0.0) + pending * self.fraction(d, projects)
 
-        ranked = sorted(projects, key=lambda d: -projected(d))  # stable: ties keep the order
+        # equal debts (to a rounding error) go to the larger share: it is owed more of
+        # every period to come; then the order given (sorted is stable)
+        ranked = sorted(projects, key=lambda d: (-round(projected(d), 9), -self.share[d]))
         return ranked + [d for d in dealers if d not in ranked]
 
 
