@@ -118,6 +118,7 @@ class RouterServer:
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.public_endpoint: str = self.public.getsockopt_string(zmq.LAST_ENDPOINT)
         self.peer_links = PeerLinks(self._ctx, self.peers) if self.peers else None
+        self._readable: set[zmq.Socket] | None = None  # what the last poll saw (None: unknown)
         self._stopping = False
 
     def _router(self, max_frame: int) -> zmq.Socket:
@@ -203,7 +204,9 @@ class RouterServer:
                 if links.changed:  # a peer's socket was made or reset
                     poller = self._poller()
                 wait_s = min(wait_s, links.timeout_s(time.time()))
-            poller.poll(int(wait_s * 1000) + 1)
+            ready = poller.poll(int(wait_s * 1000) + 1)
+            if links is not None:
+                self._readable = {s for s, _ in ready}
             self.turn()
 
     def _poller(self) -> zmq.Poller:
@@ -218,8 +221,9 @@ class RouterServer:
     def turn(self) -> None:
         """Handle everything waiting, commit it, then reply."""
         now = time.time()
-        if self.peer_links is not None:
-            self.peer_links.turn(now)  # what peers said first: referrals below read it
+        if self.peer_links is not None:  # what peers said first: referrals below read it
+            self.peer_links.turn(now, self._readable)
+            self._readable = None
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
         for sock in (self.sock, self.public):
