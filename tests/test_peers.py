@@ -264,6 +264,7 @@ def test_status_shows_what_each_peer_said_when_and_its_failures():
     assert a["address"] == A and a["jobs"] == 7 and a["left"] == 30 and not a["finished"]
     assert a["limits"] == {"memory_mb": 64, "time_s": 5.0, "fuel": 10**6, "output_kb": 1}
     assert a["said_at"] == pytest.approx(996.0) and a["failures"] == 0 and a["error"] is None
+    assert a["stale"] is False and b["stale"] is True
     assert b["said_at"] is None and b["jobs"] is None and b["failures"] == 1
     assert "no answer" in b["error"] and b["next_try"] > 1000.0 - 1
 
