@@ -94,8 +94,10 @@ class RouterServer:
         max_frame: int = p.MAX_MESSAGE_BYTES,
         peers: Sequence[str] = (),
     ) -> None:
-        """`peers`: dealer addresses (canonical) to ask what work they have."""
-        self.peers = Peers(peers)  # ValueError for a bad list, before any socket exists
+        """`peers`: dealer addresses to ask what work they have (any form of
+        protocol.dealer_address; referrals name them in its canonical form)."""
+        # ValueError for a bad list, before any socket exists
+        self.peers = Peers([p.dealer_address(a) for a in peers])
         if keys is None:  # a key for this run only (tests, embedding)
             keys = KeyPair(*zmq.curve_keypair())
         self.keys = keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import zmq
 
 import protocol as p
@@ -96,3 +97,16 @@ def test_status_prints_each_peer_what_it_said_and_its_failures(capsys):
     assert a == "peer tcp://a:1: 51 jobs (60 left), 64 MiB per job, said 4 s ago"
     assert b == "peer tcp://b:1: finished, said 4 s ago"
     assert c.startswith("peer tcp://c:1: never answered; 1 failed contacts (no answer within 3 s)")
+
+
+def test_peers_are_taken_in_any_form_and_named_in_the_canonical_one():
+    from dealer._server import Referrer
+
+    r = Referrer("tcp://127.0.0.1:*", ["127.0.0.1:7000", "example.org#" + "AB" * 32])
+    try:
+        assert r.peers.addresses == ["tcp://127.0.0.1:7000", "tcp://example.org:7117#" + "ab" * 32]
+    finally:
+        r.close()
+    for bad, why in ((["udp://x"], "only tcp"), (["h:1", "tcp://h:1"], "given twice")):
+        with pytest.raises(ValueError, match=why):
+            Referrer("tcp://127.0.0.1:*", bad)
