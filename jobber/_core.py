@@ -477,8 +477,8 @@ class JobberCore:
         # worker: the time from start to outcome on ours is what buffering must cover
         took = max(wall_s, (now - h.started) / h.depth, 1e-6)
         self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
-        if self.shares is not None:
-            self.shares.charge(h.dealer, took, self.eligible(now))
+        if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
+            self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
         self._finish(h, result)
         log.debug(
             "job %s from %s: %s, %d fuel, %.3f s",

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 An allocator gives each project (dealer) a resource share s_P. This jobber
 keeps, per project, a *debt*: the seconds of work it owes that project. Every
-job that finishes is a period of accounting, of length w seconds (its time on
-a slot), and over the projects eligible in it (those that have work for us,
+job that finishes is a period of accounting, of length w seconds (its running
+time, compiling left out), and over the projects eligible in it (those that have work for us,
 or could: see JobberCore.eligible):
 
     debt_P += w * s_P / S        for every eligible P  (S: their shares' sum)
