@@ -456,6 +456,17 @@ class Allocator:
         ]
         return {"pools": out_pools, "projects": by_project, "history": history, "t": now}
 
+    def snapshot(self, now: float) -> dict:
+        """Everything, as root sees it: for the operator's web page (dealer._allocator_http)."""
+        pools = [r[0] for r in self._visible_pools(None)]
+        return {
+            "now": now,
+            "serial": self.serial,
+            "list": self._op_list(None, {}, now)[1],
+            "machines": self._op_machines(None, {}, now)[1]["machines"],
+            "stats": self.stats(pools, now),
+        }
+
     def projects(self) -> list[tuple[str, str, float]]:
         return list(self.db.execute("select name, dealer, share from projects order by name"))
 

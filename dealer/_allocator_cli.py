@@ -22,7 +22,9 @@ import zmq
 
 import protocol as p
 from dealer._allocator import ROLES, Allocator, AllocatorError
+from dealer._allocator_http import AllocatorPage
 from dealer._allocator_server import POLL_S, AllocatorServer, serve
+from dealer._http import parse_http
 from protocol._alloc import DEFAULT_ALLOCATOR_PORT as DEFAULT_PORT
 from protocol._alloc import AllocAdmin, AllocReply, allocator_address
 from protocol._keys import KeyPair, load_key_pair, load_or_create_key_pair, z85_of_hex
@@ -54,11 +56,16 @@ def run_serve(args: argparse.Namespace) -> int:
                 "keep it; grant roles with it",
                 flush=True,
             )
-        server = AllocatorServer(args.bind, alloc, keys, poll_s=args.poll)
+        page = None
+        if args.http is not None:
+            page = AllocatorPage(*parse_http(args.http))
+        server = AllocatorServer(args.bind, alloc, keys, poll_s=args.poll, page=page)
     except (AllocatorError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"allocator at {server.address}", flush=True)
+    if page is not None:
+        print(f"statistics page at {page.url}", flush=True)
 
     def on_signal(signum: int, frame: object) -> None:
         server.stop()
@@ -184,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
         default=POLL_S,
         metavar="SECONDS",
         help=f"how often the projects' dealers are asked for credit (default {POLL_S:g})",
+    )
+    sv.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve a read-only statistics page (and /stats.json) on this port, on 127.0.0.1 "
+        "unless a host is given: it shows every pool's machines",
     )
     sv.add_argument("--quiet", action="store_true", help="warnings only")
 

@@ -20,6 +20,7 @@ import time
 
 import protocol as p
 from dealer._allocator import Allocator, AllocatorError
+from dealer._allocator_http import AllocatorPage
 from dealer._server import REQUEST_BYTES, RouterServer
 from dealer._service import Peer
 from protocol._alloc import AllocAdmin, AllocReply, Instruct
@@ -70,10 +71,17 @@ class _CreditPoller(threading.Thread):
 
 class AllocatorServer(RouterServer):
     def __init__(
-        self, bind: str, alloc: Allocator, keys: KeyPair | None = None, *, poll_s: float = POLL_S
+        self,
+        bind: str,
+        alloc: Allocator,
+        keys: KeyPair | None = None,
+        *,
+        poll_s: float = POLL_S,
+        page: AllocatorPage | None = None,
     ) -> None:
         super().__init__(bind, keys, max_frame=REQUEST_BYTES)
         self.alloc = alloc
+        self.page = page
         self.poller = _CreditPoller(poll_s)
         self.poller.projects = [(n, d) for n, d, _ in alloc.projects()]
         self.poller.start()
@@ -113,11 +121,15 @@ class AllocatorServer(RouterServer):
             try:
                 polled = self.poller.out.get_nowait()
             except queue.Empty:
-                return
+                break
             self.alloc.record_credit(polled, now)
+        if self.page is not None and self.page.due(now):
+            self.page.publish({**self.alloc.snapshot(now), "key": self.keys.public_hex})
 
     def close(self) -> None:
         self.poller.stop()
+        if self.page is not None:
+            self.page.close()
         super().close()
 
 

@@ -3,9 +3,11 @@ wasm task, and jobbers started once with --allocator and --pool."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
+import urllib.request
 
 from dealer._allocator_cli import ask
 from protocol._keys import create_key_pair, load_key_pair
@@ -17,12 +19,12 @@ SPIN = ROOT / "tests" / "tasks" / "spin.py"
 ITERS = "20000000"
 
 
-def start_allocator(procs, port: int, *, log: str = "allocator"):
+def start_allocator(procs, port: int, *extra: str, log: str = "allocator"):
     proc = procs.start(
         log,
         [
             PY, "-m", "dealer", "allocator", "serve", "--db", procs.cwd / "org.sqlite",
-            "--bind", f"tcp://127.0.0.1:{port}", "--refresh", "0.5", "--poll", "0.5",
+            "--bind", f"tcp://127.0.0.1:{port}", "--refresh", "0.5", "--poll", "0.5", *extra,
         ],
     )  # fmt: skip
     address = proc.wait_for(r"allocator at (\S+)", 30, stream="stdout").group(1)
@@ -56,7 +58,8 @@ def wait_jobber(procs, name: str, pred, timeout: float, what: str) -> dict:
 
 
 def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs):
-    alloc, address = start_allocator(procs, free_port())
+    alloc, address = start_allocator(procs, free_port(), "--http", "127.0.0.1:0")
+    page = alloc.wait_for(r"statistics page at (\S+)", 10, stream="stdout").group(1)
     root = load_key_pair(procs.cwd / "org.root")
     dealers = {name: start_dealer(procs, name, 2000)[1] for name in ("a", "b")}
     ask(address, root, "project_add", {"name": "a", "dealer": dealers["a"], "share": 3})
@@ -84,6 +87,13 @@ def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs
     pool = ask(address, root, "stats", {"pool": "lab"}).data["pools"][0]
     assert pool["machines"] == 2 and pool["active"] == 2
     assert set(pool["projects"]) == {"a", "b"}
+    # and the operator's page, as the dealer's dashboard is built
+    with urllib.request.urlopen(page, timeout=5) as r:
+        assert b"allocator" in r.read()
+    with urllib.request.urlopen(page + "stats.json", timeout=5) as r:
+        snap = json.load(r)
+    assert [(x["name"], x["share"]) for x in snap["list"]["projects"]] == [("a", 3.0), ("b", 1.0)]
+    assert len(snap["machines"]) == 2 and snap["stats"]["projects"]["a"]["credit"] > 0
 
 
 def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(procs):
