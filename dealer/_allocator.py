@@ -130,7 +130,9 @@ class Allocator:
     def __init__(self, path: Path, *, refresh_s: float = 300.0) -> None:
         self.path = Path(path)
         self.refresh_s = refresh_s
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # one thread at a time uses it, not always the one that opened it (a server run in
+        # a thread of its own, as tests do)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("pragma journal_mode=wal")
         self.db.execute("pragma synchronous=normal")
         self.db.executescript(_TABLES)

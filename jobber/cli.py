@@ -285,6 +285,16 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         + (f", suspended ({reply['suspended']})" if reply.get("suspended") else "")
         + (", stopping" if reply.get("stopping") else "")
     )
+    alloc = reply.get("allocator")
+    if alloc:
+        heard = alloc.get("answered_s_ago")
+        print(
+            f"  allocator {alloc['address']}, pool {alloc['pool']}: instructions "
+            + (f"{alloc['serial']}" if alloc.get("serial") is not None else "none yet")
+            + (f", heard {heard:.0f} s ago" if heard is not None else ", not heard in this run")
+            + (f", {alloc['failures']} failed contacts" if alloc.get("failures") else "")
+            + f"; {reply.get('slots_in_use', reply['slots'])} slots in use"
+        )
     for d in reply["dealers"]:
         state = f"backed off {d['backoff_s']:.0f} s more" if d["backoff_s"] > 0 else "ready"
         origin = "" if d["pinned"] else " (referred)"

@@ -1,9 +1,13 @@
 """The allocator's core (dealer._allocator) over a real SQLite file: roles, projects,
-pools, machines, credit; no sockets."""
+pools, machines, credit; then its shell on real sockets, spoken to as documented."""
 
 from __future__ import annotations
 
+import threading
+
+import msgpack
 import pytest
+import zmq
 
 import protocol as p
 from dealer._allocator import (
@@ -15,6 +19,9 @@ from dealer._allocator import (
     AllocatorError,
     Forbidden,
 )
+from dealer._allocator_server import AllocatorServer
+from protocol._keys import KeyPair
+from tests.helpers import CurveClient
 
 ROOT_KEY = "0" * 64
 ADMIN = "a" * 64
@@ -212,3 +219,83 @@ def test_the_database_keeps_everything_across_a_restart(tmp_path):
         assert got.prefs == p.Prefs(max_cpus=2)
     finally:
         again.close()
+
+
+# --- the shell on real sockets, spoken to as docs/protocol.md section 10 says --------
+
+
+@pytest.fixture
+def served(tmp_path):
+    a = Allocator(tmp_path / "wire.sqlite", refresh_s=5.0)
+    root = KeyPair(*zmq.curve_keypair())
+    a.make_root(root.public_hex, 0.0)
+    server = AllocatorServer("tcp://127.0.0.1:*", a, poll_s=3600.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server, root
+    server.stop()
+    thread.join(10)
+    server.close()
+    a.close()
+
+
+def raw(client: CurveClient, body: dict) -> dict:
+    client.send(msgpack.packb({"v": 2, **body}, use_bin_type=True))
+    return msgpack.unpackb(client.sock.recv() if client.sock.poll(5000) else b"\xc0")
+
+
+def test_the_wire_as_documented(served):
+    server, root = served
+    admin = CurveClient(server.address, keys=(root.public, root.secret))
+    machine = CurveClient(server.address)
+    try:
+        got = raw(admin, {"type": "alloc_admin", "id": 1, "op": "pool_add",
+                          "args": {"name": "lab", "supplier": "physics"}})  # fmt: skip
+        assert (got["type"], got["re"]) == ("alloc_reply", 1) and "lab" in got["text"]
+        got = raw(admin, {"type": "alloc_admin", "id": 2, "op": "project_add",
+                          "args": {"name": "a", "dealer": DEALER, "share": 3}})  # fmt: skip
+        assert got["type"] == "alloc_reply"
+        host = {"cpus": 2, "memory_mb": 512, "slots": 2, "cached": []}
+        got = raw(
+            machine, {"type": "instruct", "id": 7, "jobber": "pc", "pool": "lab", "host": host}
+        )
+        assert got == {
+            "v": 2,
+            "type": "instructions",
+            "re": 7,
+            "pool": "lab",
+            "serial": got["serial"],
+            "projects": [{"name": "a", "dealer": DEALER, "share": 3.0}],
+            "prefs": {},
+            "refresh_s": 5.0,
+        }
+        # a key without a role: forbidden; an unknown pool, a wrong message, garbage: errors
+        got = raw(machine, {"type": "alloc_admin", "id": 8, "op": "list", "args": {}})
+        assert (got["type"], got["re"], got["code"]) == ("error", 8, "forbidden")
+        got = raw(machine, {"type": "instruct", "id": 9, "jobber": "pc", "pool": "x", "host": host})
+        assert (got["type"], got["code"]) == ("error", "unexpected") and "no pool" in got["text"]
+        got = raw(machine, {"type": "hello", "id": 10})
+        assert (got["type"], got["code"]) == ("error", "unexpected")
+        machine.send(b"\x93garbage")
+        got = p.decode(machine.sock.recv() if machine.sock.poll(5000) else b"")
+        assert isinstance(got, p.Error) and got.code is p.ErrorCode.MALFORMED
+        listed = raw(admin, {"type": "alloc_admin", "id": 11, "op": "machines", "args": {}})
+        assert [(m["name"], m["key"], m["address"]) for m in listed["data"]["machines"]] == [
+            ("pc", machine.key, "127.0.0.1")
+        ]
+    finally:
+        admin.close()
+        machine.close()
+    # the plaintext port: its key and a status for anyone
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.public_endpoint.replace("0.0.0.0", "127.0.0.1"))
+    try:
+        sock.send(p.encode(p.Hello(1)))
+        assert sock.poll(5000) and p.decode(sock.recv()) == p.HelloReply(1, server.keys.public_hex)
+        sock.send(p.encode(p.StatusQuery(2)))
+        assert sock.poll(5000)
+        info = p.decode(sock.recv()).info
+        assert info["allocator"] is True and info["projects"] == 1
+    finally:
+        sock.close()
