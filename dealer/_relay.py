@@ -82,6 +82,9 @@ MAX_BUFFER = 1024  # upstream replicas held at most (queued and out)
 PACE_WINDOW_S = 10.0  # results per second are counted over this window
 LEASE_S = 20.0  # a jobber of ours silent this long is taken as gone (as the dealer's)
 RETRY_S = 1.0  # "retry later" to a jobber while jobs may come (upstream asked, or others out)
+# "retry later" to a jobber holding what it runs soon: the results it is about to return
+# free room within a round trip, so it comes back soon (as the dealer's RETRY_QUOTA_S)
+RETRY_FULL_S = 0.2
 RETRY_IDLE_S = 30.0  # "retry later" to a jobber none of whose jobs it can run
 FINISHED_RECHECK_S = 60.0  # after `finished`, ask upstream again this much later (a new batch)
 MAX_RESULTS_PER_MESSAGE = 256  # results in one upstream `results` (as the reference jobber)
@@ -149,6 +152,8 @@ class Jobber:
     host: p.HostFacts | None = None
     last_seen: float = 0.0
     results: int = 0  # results taken from it
+    asked_at: float = 0.0  # attributed: when the relay last asked upstream on its behalf
+    quiet_until: float = 0.0  # attributed: the upstream's retry_later for it
     done: deque[float] = field(default_factory=deque)  # when its recent results came
 
 
@@ -341,12 +346,15 @@ class RelayCore:
             return None
         best = None
         for j in self.served(now):
+            if now < j.quiet_until:
+                continue
             target = self._target_of(j, now)
             mine = [h for h in self.held.values() if h.result is None and h.for_key == j.key]
             queued = sum(1 for h in mine if not h.local)
             if len(mine) >= target or (queued * 2 > target and mine):
                 continue
-            lack = (target - len(mine)) / target
+            # the emptiest buffer first; of equals, the one asked for longest ago
+            lack = ((target - len(mine)) / target, -j.asked_at)
             if best is None or lack > best[0]:
                 best = (lack, j, target - len(mine))
         if best is None:
@@ -355,6 +363,7 @@ class RelayCore:
         assert j.host is not None
         up = self.up
         up.bored, up.next_id, up.bored_for = up.next_id, up.next_id + 1, j.key
+        j.asked_at = now
         host = dataclasses.replace(j.host, cached=tuple(self.payloads)[: p.MAX_CACHED])
         behalf = p.Attribution(j.key, j.address[:256])
         want = min(p.MAX_BATCH, want, room)
@@ -426,7 +435,11 @@ class RelayCore:
             up.finished = False
             self._take_jobs(msg, now, up.bored_for if self.attribute else "")
         elif isinstance(msg, p.RetryLater) and kind == "bored":
-            up.quiet_until = now + msg.seconds
+            j = self.jobbers.get(up.bored_for) if self.attribute else None
+            if j is not None:  # for that jobber of ours: the others may still get work
+                j.quiet_until = now + msg.seconds
+            else:
+                up.quiet_until = now + msg.seconds
         elif isinstance(msg, p.Finished) and kind == "bored":
             if not up.finished:
                 log.info("upstream: its task is finished")
@@ -634,7 +647,7 @@ class RelayCore:
             sigs = {s: self.signatures[s] for s in names if s in self.signatures}
             return p.Jobs(msg.id, tuple(jobs), payloads, sigs or None)
         if not room and mine:
-            return p.RetryLater(msg.id, RETRY_S, "you hold as much as you run soon", True)
+            return p.RetryLater(msg.id, RETRY_FULL_S, "you hold as much as you run soon", True)
         if refused is not None:
             return p.RetryLater(msg.id, RETRY_IDLE_S, f"every job here needs {refused}", None)
         out = any(h.local for h in self.held.values() if h.result is None)

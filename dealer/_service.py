@@ -352,9 +352,12 @@ class Service:
             self._label(relay, msg.jobber)
             return self._results(msg, now, relay, trusted=True)
         self._label(relay, msg.jobber)
-        cancel = dict.fromkeys(self.core.alive(relay.key, now, msg.holding))
         mine = f"{relay.key[:16]}/"  # the relay vouches for every jobber of its own
-        for key in [k for k, r in self.core.jobbers.items() if r.machine.startswith(mine)]:
+        keys = [k for k, r in self.core.jobbers.items() if r.machine.startswith(mine)]
+        if relay.key in self.core.jobbers or not keys:
+            keys.append(relay.key)
+        cancel: dict[str, None] = {}
+        for key in keys:
             cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
         return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
 

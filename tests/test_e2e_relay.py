@@ -126,3 +126,43 @@ def test_a_relay_behind_a_relay(procs, factor_wasm, tmp_path):
     inner_status = wait_status(inner_port, lambda s: s["done"] == 0, 30)
     assert sum(j["results"] for j in inner_status["jobbers"]) == JOBS
     assert len(inner_status["jobbers"]) == 2
+
+
+def _machines(db: Path) -> list[set[str]]:
+    """The machines the upstream counted the replicas of each job on."""
+    out = subprocess.run(
+        [PY, "-m", "dealer", "jobs", db, "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    return [{r["machine"] for r in job["replicas"]} for job in json.loads(out)["jobs"]]
+
+
+def test_a_trusted_relay_s_jobbers_are_two_machines_for_redundancy_two(
+    procs, factor_wasm, tmp_path
+):
+    up_port, relay_port = free_port(), free_port()
+    home = tmp_path / "r"
+    home.mkdir()
+    key = subprocess.run(
+        [PY, "-m", "dealer", "keygen", home / "relay"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    db = tmp_path / "up.sqlite"
+    small = 1000003 * 1000033  # 11 short jobs: the point is where their replicas go
+    argv = ["factoring.py", str(small), "--chunk", "100000", "--redundancy", "2"]
+    argv += ["--trust-relay", key]
+    dealer = procs.dealer("up", *argv, port=up_port, db=db)
+    relay = _relay(
+        procs, "relay", f"127.0.0.1:{up_port}", relay_port, home / "relay.sqlite", "--attribute"
+    )
+    for i in (1, 2):  # two machines (two source addresses) behind the one relay
+        procs.jobber(f"j{i}", f"127.0.0.1:{relay_port}", extra=("--max-idle", "30"))
+    assert dealer.wait(90) == 0, dealer.stderr + relay.stderr
+    assert dealer.stdout.strip() == f"{small} = 1000003 * 1000033"
+    # every job: two replicas, on two machines, both behind the relay (its namespace)
+    machines = _machines(db)
+    assert len(machines) == 11
+    assert all(
+        len(m) == 2 and all(x.startswith(key[:16] + "/127.0.0.") for x in m) for m in machines
+    )
+    rows = summary(dealer.stderr)
+    assert sum(valid for valid, *_ in rows.values()) == 2 * 11
+    assert "relay" not in rows  # the relay itself ran nothing, and holds no identity

@@ -307,3 +307,17 @@ def test_the_journal_keeps_everything_across_a_restart(tmp_path):
         from dealer._journal import Journal
 
         Journal(path, "Factoring")
+
+
+def test_attributed_a_retry_later_for_one_jobber_does_not_starve_the_other():
+    c = core(attribute=True)
+    bored(c, ANN, 0.0, want=0)
+    bored(c, BOB, 0.0, want=0)
+    first = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.RetryLater(first.id, 2.0, "nothing for that machine"), 0.0)
+    second = request(c, 0.1, p.Bored)  # at once, for the other one
+    assert {first.behalf.key, second.behalf.key} == {ANN, BOB}
+    c.upstream_reply(p.RetryLater(second.id, 2.0, "nothing"), 0.1)
+    assert not [m for m in c.upstream_requests(1.0) if isinstance(m, p.Bored)]
+    third = request(c, 2.05, p.Bored)
+    assert third.behalf.key == first.behalf.key  # the one asked for longest ago
