@@ -20,7 +20,8 @@ table          what
                when first and last seen
 ``credit``     per project and jobber key: the credit (fuel of accepted outputs)
                and valid results its dealer reports, as last polled
-``history``    per poll, per pool and project: credit, jobs, machines active
+``history``    per poll, per pool and project: credit, jobs, machines active (a
+               point only when one of them changed)
 =============  ================================================================
 
 Who may do what is a table (``PERMITTED``), checked before anything changes; an
@@ -87,6 +88,7 @@ create table if not exists history (
     t real not null, pool text not null, project text not null, credit integer not null,
     jobs integer not null, machines integer not null);
 create index if not exists history_t on history (t);
+create index if not exists history_pair on history (pool, project, t);
 """
 
 
@@ -496,6 +498,13 @@ class Allocator:
                     "select count(*) from machines where pool = ? and last_seen >= ?",
                     (pool, active_after),
                 ).fetchone()[0]
+                last = self.db.execute(
+                    "select credit, jobs, machines from history where pool = ? and project = ? "
+                    "order by t desc limit 1",
+                    (pool, project),
+                ).fetchone()
+                if last == (credit, jobs, active):
+                    continue  # nothing changed: the history grows only with activity
                 self.db.execute(
                     "insert into history (t, pool, project, credit, jobs, machines) "
                     "values (?, ?, ?, ?, ?, ?)",

@@ -195,6 +195,7 @@ def test_machines_are_recorded_and_credit_is_attributed_to_their_pools(alloc):
     # a later poll replaces the dealer's figures (its credit is a running total) and adds
     # history; long silence makes a machine inactive (three refresh intervals: 30 s)
     alloc.record_credit({"a": [{"key": MACHINE_1, "credit": 5000, "valid": 5}]}, 150.0)
+    alloc.record_credit({"a": [{"key": MACHINE_1, "credit": 5000, "valid": 5}]}, 160.0)  # same
     phys = alloc.admin(ROOT_KEY, "stats", {"pool": "phys"}, 200.0)[1]
     assert phys["pools"][0]["projects"] == {"a": {"credit": 5000, "jobs": 5}}
     assert phys["pools"][0]["active"] == 0
