@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 HORIZON_S = 120.0  # the buffer covers this long of work at the rate results come back
 MAX_BUFFER = 1024  # upstream replicas held at most (queued and out)
 PACE_WINDOW_S = 10.0  # results per second are counted over this window
+SOON_S = 1.0  # a jobber of ours may hold what it returned in this long (as the dealer's)
 LEASE_S = 20.0  # a jobber of ours silent this long is taken as gone (as the dealer's)
 RETRY_S = 1.0  # "retry later" to a jobber while jobs may come (upstream asked, or others out)
 # "retry later" to a jobber holding what it runs soon: the results it is about to return
@@ -597,7 +598,8 @@ class RelayCore:
         j.label, j.host, j.last_seen = msg.jobber, msg.host, now
         self._held_release(key, msg.holding)
         mine = sum(1 for loc in self.local.values() if loc.key == key)
-        soon = max(2 * max(1, msg.host.slots), math.ceil(len(j.done) / PACE_WINDOW_S))
+        # what it runs soon: two per slot, or as many as it returned in the last SOON_S
+        soon = max(2 * max(1, msg.host.slots), _since(j.done, now - SOON_S))
         room = min(msg.want, max(0, soon - mine))
         jobs: list[p.JobSpec] = []
         payloads: dict[str, bytes] = {}
@@ -654,7 +656,10 @@ class RelayCore:
         if self.up.finished and not out:
             return p.Finished(msg.id)
         why = "the relay's buffer is empty" + ("" if out else "; asking upstream")
-        return p.RetryLater(msg.id, RETRY_S, why, True if out else None)
+        # the upstream answering and asked (or about to be): jobs come within a round trip
+        soon_ = self.up.backoff.failures == 0 and now >= self.up.quiet_until
+        wait = RETRY_FULL_S if soon_ else RETRY_S
+        return p.RetryLater(msg.id, wait, why, True if out else None)
 
     def results(self, msg: p.Results, now: float, key: str, address: str) -> p.Ack:
         j = self._jobber(key, address)
@@ -734,6 +739,16 @@ class RelayCore:
                 for j in list(self.jobbers.values())[:100]
             ],
         }
+
+
+def _since(times: deque[float], t: float) -> int:
+    """How many of `times` (in order) are at or after `t`."""
+    n = 0
+    for x in reversed(times):
+        if x < t:
+            break
+        n += 1
+    return n
 
 
 def _spec_for(spec: p.JobSpec, ltag: str, left_s: float, *, native: bool) -> p.JobSpec:
