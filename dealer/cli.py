@@ -1,5 +1,5 @@
 """Command lines: `serve_task` for task files, and
-`python -m dealer status|results|jobs|refer|keygen|rotate|deny|allocator`."""
+`python -m dealer status|results|jobs|refer|keygen|rotate|deny|allocator|relay`."""
 
 from __future__ import annotations
 
@@ -731,6 +731,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jb.add_argument("--json", action="store_true", help="print it as one JSON object")
     jb.add_argument("--full", action="store_true", help="show whole outputs and jobber keys")
+    sub.add_parser(  # for --help only: main() hands `relay` to dealer._relay_cli first
+        "relay",
+        help="serve jobs from an upstream dealer to jobbers behind it, buffered and journaled "
+        "(python -m dealer relay --help)",
+        add_help=False,
+    )
     rf = sub.add_parser("refer", help="serve no task: refer every jobber to the given dealers")
     rf.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
     rf.add_argument(
