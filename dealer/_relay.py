@@ -708,6 +708,23 @@ class RelayCore:
                 cancel.append(ltag)  # decided, cancelled upstream, or never ours
         return p.AliveAck(msg.id, self.lease_s, tuple(cancel)[: p.MAX_HOLDING])
 
+    def offer(self, rid: int, now: float) -> p.WorkOffer:
+        """What a peer dealer's work_query is told: the jobs in the buffer any new jobber
+        could be given, and what one needs (as it would go down: NaNs canonical).
+        Attributed, the relay asks upstream for each jobber, so while the upstream
+        answers it says it has one."""
+        free = [h for h in self.held.values() if h.result is None and not h.local]
+        jobs = sum(1 for h in free if not h.for_key)
+        if self.attribute and not self.up.finished and self.up.backoff.failures == 0:
+            jobs = max(jobs, 1)
+        limits = None
+        if free:
+            limits = free[0].spec.limits
+            if limits.native_nans and not self.attribute:
+                limits = dataclasses.replace(limits, native_nans=None)
+        finished = self.up.finished and not self.held
+        return p.WorkOffer(rid, 0 if finished else jobs, limits, None, finished or None)
+
     # --- people ----------------------------------------------------------------
 
     def status(self, now: float, upstream: str) -> dict:

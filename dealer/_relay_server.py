@@ -208,6 +208,9 @@ class Relay(RouterServer):
             return p.StatusReply(msg.id, self.status(now))
         return super().handle_public(msg, now)
 
+    def work_offer(self, msg: p.WorkQuery, now: float) -> p.WorkOffer:
+        return self.core.offer(msg.id, now)
+
     def status(self, now: float) -> dict:
         info = self.core.status(now, self.upstream)
         info["key"] = self.keys.public_hex

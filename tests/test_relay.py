@@ -321,3 +321,20 @@ def test_attributed_a_retry_later_for_one_jobber_does_not_starve_the_other():
     assert not [m for m in c.upstream_requests(1.0) if isinstance(m, p.Bored)]
     third = request(c, 2.05, p.Bored)
     assert third.behalf.key == first.behalf.key  # the one asked for longest ago
+
+
+def test_a_peer_dealer_is_told_what_the_buffer_holds():
+    c = core()
+    assert c.offer(1, 0.0) == p.WorkOffer(1, 0, None, None, None)
+    native = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1, native_nans=True)
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2", 200.0, native)), {SHA: WASM}), 0.0)
+    bored(c, ANN, 0.1, want=1)  # takes u1, the earliest deadline
+    offer = c.offer(2, 0.1)
+    assert offer.jobs == 1 and offer.limits.memory_mb == 64  # one left in the buffer
+    assert offer.limits.native_nans is None  # as it would go down
+    c.up.finished = True
+    assert c.offer(3, 0.2).finished is None  # still holding work
+    c.held.clear()
+    assert c.offer(4, 0.3) == p.WorkOffer(4, 0, None, None, True)
