@@ -72,6 +72,8 @@ class AllocatorLink(threading.Thread):
             try:
                 msg = self._ask()
             except _Failed as e:
+                if self._halt.is_set():
+                    return
                 wait = self.backoff.failed(time.monotonic())
                 self.problem = str(e)
                 log.info(
@@ -97,8 +99,12 @@ class AllocatorLink(threading.Thread):
 
     def _request(self, sock: zmq.Socket, msg: p.Message) -> p.Message:
         sock.send(p.encode(msg))
-        if not sock.poll(int(self.timeout_s * 1000)):
-            raise _Failed(f"no answer within {self.timeout_s:g} s")
+        deadline = time.monotonic() + self.timeout_s
+        while not sock.poll(100):  # in slices, so that stop() need not wait for a timeout
+            if self._halt.is_set():
+                raise _Failed("stopping")
+            if time.monotonic() >= deadline:
+                raise _Failed(f"no answer within {self.timeout_s:g} s")
         try:
             return p.decode(sock.recv())
         except p.ProtocolError as e:

@@ -765,7 +765,11 @@ class Jobber:
         except ValueError as e:
             log.warning("last instructions not used: %s", e)
             kept = None
-        if kept is not None and (kept.pool, p.split_key(kept.allocator)[0]) == (pool, endpoint):
+        try:
+            kept_at = None if kept is None else p.split_key(allocator_address(kept.allocator))[0]
+        except ValueError:
+            kept_at = None
+        if kept is not None and (kept.pool, kept_at) == (pool, endpoint):
             log.info(
                 "using the last instructions (serial %d) until allocator %s answers",
                 kept.serial,
@@ -809,7 +813,7 @@ class Jobber:
             elif event[0] == "instructions":
                 msg: Instructions = event[1]
                 kept = _instructions.from_message(
-                    self.cfg.allocator or "", msg, time.time(), self._debts()
+                    self._alink.endpoint, msg, time.time(), self._debts()
                 )
                 if self._kept is None or self._kept.serial != msg.serial:
                     log.info(

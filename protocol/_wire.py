@@ -425,13 +425,16 @@ class _Record:
         plan = cls.__dict__.get("_PLAN")
         if plan is None:
             plan = tuple((n, c, c.optional) for n, c in cls._SCHEMA.items())
-            cls._PLAN = plan
+            cls._parse_fields = staticmethod(_compile(cls, plan, parse=True))
+            cls._valid_fields = staticmethod(_compile(cls, plan, parse=False))
+            # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
+            # made, and another thread (a jobber's allocator link) may be encoding the
+            # same class for the first time at this moment
             cls._NAMES = tuple(
                 (f.name, getattr(cls._SCHEMA.get(f.name), "optional", False))
                 for f in fields(cls)  # type: ignore[arg-type]
             )
-            cls._parse_fields = staticmethod(_compile(cls, plan, parse=True))
-            cls._valid_fields = staticmethod(_compile(cls, plan, parse=False))
+            cls._PLAN = plan
         return plan
 
     def _to_wire(self) -> dict[str, Any]:

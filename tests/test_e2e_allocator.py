@@ -14,8 +14,7 @@ from protocol._keys import create_key_pair, load_key_pair
 from tests.helpers import PY, ROOT, free_port, jobber_status, wait_for
 
 SPIN = ROOT / "tests" / "tasks" / "spin.py"
-# a job of some tens of milliseconds: long enough not to be pipelined, short enough that
-# a few hundred make a batch of seconds
+# a job of some tens of milliseconds: a few hundred make a batch of seconds
 ITERS = "20000000"
 
 
@@ -31,11 +30,11 @@ def start_allocator(procs, port: int, *extra: str, log: str = "allocator"):
     return proc, address
 
 
-def start_dealer(procs, name: str, jobs: int):
+def start_dealer(procs, name: str, jobs: int, iters: str = ITERS):
     proc = procs.start(
         name,
         [
-            PY, SPIN, "--jobs", jobs, "--iters", ITERS, "--bind", f"tcp://127.0.0.1:{free_port()}",
+            PY, SPIN, "--jobs", jobs, "--iters", iters, "--bind", f"tcp://127.0.0.1:{free_port()}",
             "--db", procs.cwd / f"{name}.sqlite", "--key", procs.cwd / name, "--quiet",
         ],
     )  # fmt: skip
@@ -105,7 +104,9 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     for key, supplier in ((physics, "physics"), (chemistry, "chemistry")):
         grant = {"key": key.public_hex, "role": "supplier_admin", "supplier": supplier}
         ask(address, root, "grant", grant)
-    _, dealer = start_dealer(procs, "d", 100000)
+    # jobs too long to be queued in a slot's worker (jobber._core.PIPELINE_BELOW_S), so
+    # that jobs running are slots busy
+    _, dealer = start_dealer(procs, "d", 100000, iters="60000000")
     ask(address, root, "project_add", {"name": "d", "dealer": dealer})
     ask(address, physics, "pool_add", {"name": "lab"})
     j = procs.jobber("pc", slots=2, extra=("--allocator", address, "--pool", "lab"))
@@ -167,7 +168,9 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     wait_jobber(procs, "pc", lambda s: s["done"] > done, 10, "work without the allocator")
     j.signal(signal.SIGTERM)
     assert j.wait(40) == 0
-    procs.jobber("pc", slots=2, extra=("--allocator", address, "--pool", "lab"), log="pc-2")
+    # (the allocator spelt otherwise: the same one, its key pinned on the first start)
+    spelt = f"127.0.0.1:{port}"
+    procs.jobber("pc", slots=2, extra=("--allocator", spelt, "--pool", "lab"), log="pc-2")
     s = wait_jobber(procs, "pc", lambda s: s["done"] >= 2, 30, "work with no allocator")
     assert s["allocator"]["serial"] is not None and s["slots_in_use"] == 1
     assert s["allocator"]["answered_s_ago"] is None  # never heard from it in this run

@@ -1320,3 +1320,46 @@ def test_wrong_jobber_reads_signed_jobs_and_ignores_the_signatures() -> None:
     jobber = wj.WrongJobber(None, "liar", None, None)
     jobber._take_jobs(reply)
     assert jobber.cached == [sha] and list(jobber.unacked) == ["a"]
+
+
+def test_a_record_class_is_made_ready_safely_by_threads_encoding_it_at_once() -> None:
+    """The codec compiles a class's checks on first use; a jobber's allocator link encodes
+    from a thread of its own, possibly the same class as the loop, for the first time."""
+    errors: list[BaseException] = []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch all the time: any window shows
+    try:
+        _encode_fresh_classes_in_threads(errors)
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+
+
+def _encode_fresh_classes_in_threads(errors: list[BaseException]) -> None:
+    import threading
+    from dataclasses import dataclass
+
+    for i in range(60):
+
+        @dataclass(frozen=True, slots=True)
+        class Fresh(w.Message):  # a class no thread has encoded yet
+            id: int
+            host: p.HostFacts
+            TYPE = f"fresh{i}"  # unannotated: class attributes, not fields
+            _SCHEMA = {"id": w._ID, "host": w._record(p.HostFacts)}  # noqa: RUF012
+
+        msg = Fresh(1, p.HostFacts(1, 1, 1))
+        start = threading.Barrier(4)
+
+        def encode(msg=msg, start=start) -> None:
+            start.wait()
+            try:
+                p.encode(msg)
+            except BaseException as e:  # noqa: BLE001 - collected for the assert below
+                errors.append(e)
+
+        threads = [threading.Thread(target=encode) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
