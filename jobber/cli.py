@@ -240,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(args.dealers) > 1:
             ap.error(f"{args.dealers[0]} takes no dealer addresses")
         return control(data_dir, args.dealers[0], as_json=args.json)
+    if settings.get("pool") is not None and settings.get("allocator") is None:
+        ap.error("--pool goes with --allocator ADDR")
     if not dealers and settings.get("allocator") is None:
         ap.error(
             "name at least one dealer, or --allocator and --pool "

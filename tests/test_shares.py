@@ -269,3 +269,22 @@ def test_instructions_are_kept_on_disk_and_a_foreign_file_is_refused(tmp_path):
         (tmp_path / ins.FILE).write_text(bad)
         with pytest.raises(ValueError, match=ins.FILE):
             ins.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--pool", "lab"], "--pool goes with --allocator"),
+        (["--allocator", "127.0.0.1:7127"], "--allocator needs --pool"),
+        (["--allocator", "127.0.0.1:7127", "--pool", "lab", "d:7117"], "not both"),
+    ],
+)
+def test_the_command_line_refuses_half_an_allocator(tmp_path, capsys, argv, why):
+    from jobber import cli
+
+    try:
+        code = cli.main([*argv, "--data-dir", str(tmp_path)])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code == 2
+    assert why in capsys.readouterr().err
