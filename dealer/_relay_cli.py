@@ -18,7 +18,7 @@ from dealer._relay import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
 from dealer._relay_journal import RelayJournal
 from dealer._relay_server import REQUEST_TIMEOUT_S, Relay
 from jobber._backoff import Backoff
-from protocol._keys import load_or_create_key_pair
+from protocol._keys import load_or_create_key_pair, load_public_keys
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
         "(--trust-relay KEY) counts each jobber as a machine of its own (default: the "
         "relay is one machine upstream and any of its jobbers runs any job)",
     )
+    ap.add_argument(
+        "--allow",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a closed relay: only jobbers whose public keys are in DIR (*.key, zmq.auth format)",
+    )
     ap.add_argument("--name", default="relay", help="the name upstream status shows (relay)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return ap
@@ -141,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keys=keys,
             pins=home / "known_dealers",
             request_timeout_s=args.request_timeout,
+            allow=None if args.allow is None else load_public_keys(args.allow),
         )
     except (ValueError, OSError, zmq.ZMQError, JournalError) as e:
         if journal is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import zmq
@@ -63,8 +64,10 @@ class Relay(RouterServer):
         keys: KeyPair,
         pins: Path,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        allow: Collection[str] | None = None,
     ) -> None:
-        super().__init__(bind, keys, max_frame=frame_cap(MAX_OUTPUT_BYTES // 1024))
+        """`allow`: a closed relay: only these jobbers' keys complete the handshake."""
+        super().__init__(bind, keys, allow=allow, max_frame=frame_cap(MAX_OUTPUT_BYTES // 1024))
         self.journal = journal
         self.core = core
         self.upstream, key = p.split_key(p.dealer_address(upstream))
