@@ -57,6 +57,10 @@ STALE_S = 10.0
 MIN_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 120.0
 MAX_REFERRED = 64  # dealers in one `referral` (the wire's cap)
+# what a referral-only dealer tells a jobber no peer has work for, nor may soon: long
+# enough that 10,000 idle jobbers cost it 1,000 messages a second, short enough that a
+# new batch behind it is found within seconds
+RETRY_NONE_S = 10.0
 MAX_ADDRESS = 256  # characters in a dealer address on the wire
 
 

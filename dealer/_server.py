@@ -37,7 +37,7 @@ from dealer._core import Core, Policy
 from dealer._http import Dashboard
 from dealer._journal import Journal
 from dealer._peerlink import PeerLinks
-from dealer._peers import ASK_EVERY_S, Peers
+from dealer._peers import ASK_EVERY_S, RETRY_NONE_S, Peers
 from dealer._service import Peer, Service
 from protocol._keys import KeyPair, hex_of_z85
 from protocol._signing import AuthorKey
@@ -325,9 +325,11 @@ class Referrer(RouterServer):
             dealers = self.peers.referral(msg.host, now)
             if dealers:
                 return p.Referral(msg.id, dealers)
-            more = self.peers.may_have_work(msg.host, now)
-            why = "no peer has work this machine can run now"
-            return p.RetryLater(msg.id, ASK_EVERY_S, why, more=more or None)
+            if self.peers.may_have_work(msg.host, now):  # all out now: soon, maybe
+                why = "the peers' work this machine can run is all out"
+                return p.RetryLater(msg.id, ASK_EVERY_S, why, more=True)
+            why = "no peer has work this machine can run"
+            return p.RetryLater(msg.id, RETRY_NONE_S, why)
         if isinstance(msg, p.WorkQuery):
             return self.work_offer(msg, now)
         if isinstance(msg, p.Results):

@@ -110,3 +110,31 @@ def test_peers_are_taken_in_any_form_and_named_in_the_canonical_one():
     for bad, why in ((["udp://x"], "only tcp"), (["h:1", "tcp://h:1"], "given twice")):
         with pytest.raises(ValueError, match=why):
             Referrer("tcp://127.0.0.1:*", bad)
+
+
+def test_the_referrer_refers_by_what_its_peers_said():
+    from dealer._peers import ASK_EVERY_S, RETRY_NONE_S
+    from dealer._server import Referrer
+    from dealer._service import Peer
+
+    a, b = "tcp://127.0.0.1:7000", "tcp://127.0.0.1:7002"
+    r = Referrer("tcp://127.0.0.1:*", [a, b])
+    try:
+        who = Peer("aa" * 32, "127.0.0.2")
+        bored = p.Bored(1, "j", HOST, 4)
+        none = r.handle(bored, 0.0, who)  # nothing heard yet
+        assert isinstance(none, p.RetryLater) and none.seconds == RETRY_NONE_S and not none.more
+        q = dict(r.peers.due(0.0))
+        r.peers.heard(a, p.WorkOffer(q[a].id, 0, SMALL), 0.0)  # all its work out
+        r.peers.heard(b, p.WorkOffer(q[b].id, 0, p.Limits(memory_mb=4096)), 0.0)
+        soon = r.handle(bored, 0.1, who)
+        assert isinstance(soon, p.RetryLater) and soon.seconds == ASK_EVERY_S and soon.more
+        q = dict(r.peers.due(ASK_EVERY_S))
+        r.peers.heard(a, p.WorkOffer(q[a].id, 3, SMALL), ASK_EVERY_S)
+        r.peers.heard(b, p.WorkOffer(q[b].id, 30, p.Limits(memory_mb=4096)), ASK_EVERY_S)
+        assert r.handle(bored, ASK_EVERY_S, who) == p.Referral(1, (a,))  # b's jobs too big
+        assert r.handle_public(p.WorkQuery(7), 0.0) == p.WorkOffer(7, 0)  # none of its own
+        info = r.handle_public(p.StatusQuery(8), ASK_EVERY_S).info
+        assert info["task"] is None and [row["jobs"] for row in info["peers"]] == [3, 30]
+    finally:
+        r.close()

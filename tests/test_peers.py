@@ -18,6 +18,7 @@ from dealer._peers import (
     MAX_BACKOFF_S,
     MAX_REFERRED,
     MIN_BACKOFF_S,
+    RETRY_NONE_S,
     STALE_S,
     TIMEOUT_S,
     Offer,
@@ -50,6 +51,7 @@ def test_the_constants_docs_protocol_md_and_docs_federation_md_state():
     assert (ASK_EVERY_S, TIMEOUT_S, STALE_S) == (2.0, 3.0, 10.0)
     assert (MIN_BACKOFF_S, MAX_BACKOFF_S) == (2.0, 120.0)
     assert (MAX_REFERRED, MAX_ADDRESS) == (64, 256)  # the wire's caps on a referral
+    assert RETRY_NONE_S == 10.0
     o = Offer(1, None, None, False, 0.0)
     with pytest.raises(AttributeError):
         o.jobs = 2  # type: ignore[misc]
