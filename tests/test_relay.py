@@ -338,3 +338,42 @@ def test_a_peer_dealer_is_told_what_the_buffer_holds():
     assert c.offer(3, 0.2).finished is None  # still holding work
     c.held.clear()
     assert c.offer(4, 0.3) == p.WorkOffer(4, 0, None, None, True)
+
+
+def test_results_go_upstream_at_most_256_and_under_768_kib_a_message():
+    c = core(max_buffer=400)
+    bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=200))
+    ask = request(c, 0.0, p.Bored)
+    assert ask.want == 400
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(300)), {SHA: WASM}), 0.0)
+    for _ in range(2):
+        jobs = bored(c, ANN, 1.0, want=200, host=p.HostFacts(cpus=1, memory_mb=1024, slots=200))
+        results(c, ANN, 1.0, *(ok(j.tag) for j in jobs.jobs))
+    first = request(c, 1.0, p.Results)
+    assert len(first.results) == 256  # the rest go next
+    c.upstream_reply(p.Ack(first.id, tuple(r.tag for r in first.results)), 1.0)
+    assert len(request(c, 1.1, p.Results).results) == 300 - 256
+
+
+def test_a_results_message_stays_under_768_kib_unless_it_carries_one():
+    big = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1024)
+    c = core()
+    bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=2))
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(
+        p.Jobs(ask.id, tuple(spec(f"u{i}", limits=big) for i in range(3)), {SHA: WASM}), 0.0
+    )
+    jobs = bored(c, ANN, 1.0, want=3, host=p.HostFacts(cpus=1, memory_mb=1024, slots=2))
+    sizes = (700 * 1024, 60 * 1024, 900 * 1024)
+    results(c, ANN, 1.0, *(ok(j.tag, b"x" * n) for j, n in zip(jobs.jobs, sizes, strict=True)))
+    first = request(c, 1.0, p.Results)
+    assert [len(r.output) for r in first.results] == [700 * 1024, 60 * 1024]  # 760 KiB
+    c.upstream_reply(p.Ack(first.id, tuple(r.tag for r in first.results)), 1.0)
+    assert [len(r.output) for r in request(c, 1.1, p.Results).results] == [900 * 1024]
+
+
+def test_the_core_refuses_a_buffer_or_times_out_of_range():
+    for bad in ({"max_buffer": 0}, {"max_buffer": 4097}, {"horizon_s": 0.0}, {"lease_s": 0.0}):
+        with pytest.raises(ValueError):
+            core(**bad)
+    assert core(max_buffer=4096, horizon_s=0.001, lease_s=0.001).max_buffer == 4096
