@@ -377,3 +377,30 @@ def test_the_core_refuses_a_buffer_or_times_out_of_range():
         with pytest.raises(ValueError):
             core(**bad)
     assert core(max_buffer=4096, horizon_s=0.001, lease_s=0.001).max_buffer == 4096
+
+
+def test_attributed_each_jobber_s_buffer_grows_with_its_own_rate():
+    c = core(attribute=True, horizon_s=10.0, max_buffer=60)
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=1)
+    now, n, asked = 0.0, 0, {}
+    for _ in range(200):  # ann returns 4 a second, bob nothing after his first two
+        for ask in [m for m in c.upstream_requests(now) if not isinstance(m, p.Alive)]:
+            if isinstance(ask, p.Bored):
+                asked[ask.behalf.key] = ask.want
+                tags = [f"u{n + i}" for i in range(ask.want)]
+                n += ask.want
+                c.upstream_reply(p.Jobs(ask.id, tuple(spec(t) for t in tags), {SHA: WASM}), now)
+            else:
+                c.upstream_reply(p.Ack(ask.id, tuple(r.tag for r in ask.results)), now)
+        jobs = bored(c, ANN, now, want=1, host=host)
+        if isinstance(jobs, p.Jobs):
+            results(c, ANN, now + 0.2, *(ok(j.tag) for j in jobs.jobs))
+        bored(c, BOB, now, want=0, host=host)
+        now += 0.25
+    ann, bob = c.jobbers[ANN], c.jobbers[BOB]
+    assert c._rate_of(ann, now) == pytest.approx(4.0, rel=0.15)
+    assert c._target_of(ann, now) == math.ceil(c._rate_of(ann, now) * 10.0)  # about 40
+    assert c._target_of(bob, now) == 2  # two per slot: it returns nothing
+    mine = sum(1 for h in c.held.values() if h.for_key == ANN and h.result is None)
+    assert mine >= 20  # ann's own buffer, asked for at half of its target
+    assert sum(1 for h in c.held.values() if h.for_key == BOB) == 2
