@@ -9,9 +9,13 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 from dealer._allocator_cli import ask
 from protocol._keys import create_key_pair, load_key_pair
 from tests.helpers import PY, ROOT, free_port, jobber_status, wait_for
+
+pytestmark = pytest.mark.e2e
 
 SPIN = ROOT / "tests" / "tasks" / "spin.py"
 # a job of some tens of milliseconds: a few hundred make a batch of seconds
