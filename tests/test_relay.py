@@ -404,3 +404,95 @@ def test_attributed_each_jobber_s_buffer_grows_with_its_own_rate():
     mine = sum(1 for h in c.held.values() if h.for_key == ANN and h.result is None)
     assert mine >= 20  # ann's own buffer, asked for at half of its target
     assert sum(1 for h in c.held.values() if h.for_key == BOB) == 2
+
+
+def test_an_error_from_upstream_is_a_failed_contact():
+    c = core()
+    bored(c, ANN, 0.0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Error(ask.id, p.ErrorCode.INTERNAL, "busy"), 0.0)
+    assert c.up.backoff.failures == 1 and c.up.bored is None
+    assert c.up.contacts == 0 and c.up.last_reply == 0.0
+    assert c.upstream_requests(0.4) == []  # backing off (1 s, times 0.5 to 1)
+    again = request(c, 1.0, p.Bored)
+    assert again.id > ask.id
+    c.upstream_reply(p.RetryLater(again.id, 5.0), 1.0)
+    assert c.up.backoff.failures == 0 and c.up.contacts == 1 and c.up.last_reply == 1.0
+
+
+def test_retry_later_referral_and_finished_hold_back_asking_not_delivering():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    ask = request(c, 0.1, p.Bored)
+    c.upstream_reply(p.RetryLater(ask.id, 5.0), 0.1)
+    results(c, ANN, 0.2, ok(j.tag))
+    kinds = [type(m) for m in c.upstream_requests(0.3)]
+    assert p.Results in kinds and p.Bored not in kinds  # results go; asking waits
+    assert [type(m) for m in c.upstream_requests(5.1) if isinstance(m, p.Bored)] == [p.Bored]
+    c.upstream_reply(p.Referral(c.up.bored, ("tcp://elsewhere:7117",)), 5.2)
+    assert not [m for m in c.upstream_requests(5.9) if isinstance(m, p.Bored)]  # min backoff
+    ask = request(c, 6.3, p.Bored)
+    c.upstream_reply(p.Finished(ask.id), 6.3)
+    assert c.up.finished and not [m for m in c.upstream_requests(60.0) if isinstance(m, p.Bored)]
+    bored(c, ANN, 66.3, want=0)
+    ask = request(c, 66.4, p.Bored)  # a minute later: a new batch, maybe
+    c.upstream_reply(p.Jobs(ask.id, (spec("v1"),), {}), 66.4)
+    assert not c.up.finished
+
+
+def test_signatures_are_kept_and_sent_with_every_job_that_names_the_payload():
+    c = core()
+    sig = p.Signature("cd" * 32, b"s" * 64)
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=four)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"),), {SHA: WASM}), 0.0)  # unsigned at first
+    assert c.signatures == {}
+    c.take_ops()
+    ask = request(c, 0.1, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u2"), spec("u1")), {}, {SHA: sig}), 0.1)
+    assert c.signatures == {SHA: sig} and len(c.held) == 2  # u1 sent twice: held once
+    assert (Op.PAYLOAD, SHA, WASM, sig._to_wire()) in c.take_ops()
+    jobs = bored(c, ANN, 0.2, want=1, host=four)
+    assert jobs.signatures == {SHA: sig}
+    cached = p.HostFacts(cpus=1, memory_mb=1024, slots=1, cached=(SHA,))
+    ask = request(c, 0.3, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u3"),), {SHA: WASM}, {SHA: sig}), 0.3)
+    assert not [o for o in c.take_ops() if o[0] == Op.PAYLOAD]  # nothing new to keep
+    again = bored(c, BOB, 0.4, host=cached)
+    assert again.payloads == {} and again.signatures == {SHA: sig}
+
+
+def test_the_relay_describes_itself_as_the_jobbers_it_serves():
+    c = core()
+    small = p.HostFacts(cpus=2, memory_mb=512, slots=2, max_time_s=10.0, max_fuel=50)
+    big = p.HostFacts(cpus=8, memory_mb=4096, slots=6, max_time_s=30.0, max_fuel=None)
+    bored(c, ANN, 0.0, want=0, host=small)
+    bored(c, BOB, 0.0, want=0, host=big)
+    h = c.host(0.0)
+    assert (h.cpus, h.slots, h.memory_mb) == (10, 8, 4096)
+    assert h.max_time_s == 30.0  # the most any of them allows
+    assert h.max_fuel is None  # one of them sets no limit
+    assert h.max_output_kb is None and h.platform is None
+    assert c.host(LEASE_S + 1).cpus == 1  # nobody served: the least there is
+    assert c.host(LEASE_S + 1).memory_mb == 0
+
+
+def test_requests_have_distinct_ids_and_a_lost_one_is_sent_again():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.0, ok(j.tag))
+    reqs = c.upstream_requests(5.0)
+    assert {type(m) for m in reqs} == {p.Results, p.Bored, p.Alive}
+    assert len({m.id for m in reqs}) == 3
+    c.upstream_failed(5.5)  # all three lost
+    assert c.up.in_flight == () and (c.up.bored, c.up.results, c.up.alive) == (None,) * 3
+    again = c.upstream_requests(10.1)
+    assert {type(m) for m in again} == {p.Results, p.Bored, p.Alive}
+    assert not {m.id for m in again} & {m.id for m in reqs}
+    # an ack naming what was not in the request changes nothing
+    res = next(m for m in again if isinstance(m, p.Results))
+    c.upstream_reply(p.Ack(res.id, ("u9",)), 10.2)
+    assert "u1" in c.held
