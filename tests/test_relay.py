@@ -496,3 +496,94 @@ def test_requests_have_distinct_ids_and_a_lost_one_is_sent_again():
     res = next(m for m in again if isinstance(m, p.Results))
     c.upstream_reply(p.Ack(res.id, ("u9",)), 10.2)
     assert "u1" in c.held
+
+
+def test_a_jobber_gets_what_it_runs_soon_and_no_more():
+    c = core(max_buffer=40)
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=1)
+    bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=10))
+    c.upstream_reply(
+        p.Jobs(request(c, 0.0, p.Bored).id, tuple(spec(f"u{i}") for i in range(20)), {SHA: WASM}),
+        0.0,
+    )
+    first = bored(c, BOB, 0.0, want=5, host=host)
+    assert len(first.jobs) == 2  # two per slot
+    full = bored(c, BOB, 0.1, want=5, host=host)
+    assert isinstance(full, p.RetryLater) and full.more is True and full.seconds == 0.2
+    results(c, BOB, 0.5, *(ok(j.tag) for j in first.jobs))
+    more = bored(c, BOB, 0.6, want=5, host=host)
+    assert len(more.jobs) == 2
+    results(c, BOB, 0.9, *(ok(j.tag) for j in more.jobs))
+    fast = bored(c, BOB, 1.0, want=10, host=host)
+    assert len(fast.jobs) == 4  # it returned four in the last second
+    results(c, BOB, 1.2, *(ok(j.tag) for j in fast.jobs))
+    later = bored(c, BOB, 3.0, want=10, host=host)
+    assert len(later.jobs) == 2  # none in the last second: two per slot again
+    assert c.status(3.0, "up")["jobbers"][1]["results"] == 8
+
+
+def test_a_job_too_big_for_a_jobber_waits_for_one_it_fits_and_a_late_one_is_not_served():
+    c = core()
+    big = p.Limits(fuel=1000, memory_mb=2048, time_s=5.0, output_kb=1)
+    bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=4096, slots=1))
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1", limits=big), spec("u2", 5.0)), {SHA: WASM}), 0.0)
+    small = bored(c, BOB, 6.0)  # u2's deadline has passed, u1 needs 2048 MiB
+    assert isinstance(small, p.RetryLater) and small.seconds == 30.0
+    assert "2048 MiB" in small.reason
+    assert [j.tag for j in bored(c, ANN, 6.0, host=p.HostFacts(1, 4096, 1)).jobs] == [
+        next(iter(c.local))
+    ]
+    assert c.held["u1"].local and not c.held["u2"].local
+
+
+def test_a_jobs_message_to_a_jobber_stays_under_16_mib_of_stdin():
+    c = core()
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=host)
+    specs = tuple(
+        p.JobSpec(f"u{i}", SHA, ("x",), b"\0" * (7 * 1024 * 1024), LIMITS, 100.0) for i in range(3)
+    )
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM}), 0.0)
+    first = bored(c, ANN, 0.1, want=3, host=host)
+    assert len(first.jobs) == 2 and first.payloads == {SHA: WASM}  # 14 MiB and the module
+    second = bored(c, ANN, 0.2, want=3, host=host)
+    assert len(second.jobs) == 1
+
+
+def test_retry_later_says_whether_work_may_come():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    busy = bored(c, BOB, 0.1)  # u1 is out with ann
+    assert isinstance(busy, p.RetryLater) and busy.more is True and busy.seconds == 0.2
+    results(c, ANN, 0.2, ok(j.tag))
+    idle = bored(c, BOB, 0.3)
+    assert idle.more is None and "asking upstream" in idle.reason and idle.seconds == 0.2
+    c.upstream_failed(0.4)
+    cut_off = bored(c, BOB, 0.5)
+    assert cut_off.seconds == 1.0  # the upstream is not answering: no hurry
+
+
+def test_alive_cancels_what_is_not_the_jobber_s_or_is_decided():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.1, ok(a.tag))
+    ack = c.alive(p.Alive(1, "ann", (a.tag, b.tag, "feedf00d.77")), 0.2, ANN, "10.0.0.a")
+    assert set(ack.cancel) == {a.tag, "feedf00d.77"} and ack.lease_s == LEASE_S
+    assert c.alive(p.Alive(2, "bob", (b.tag,)), 0.3, BOB, "10.0.0.b").cancel == (b.tag,)
+    assert c.held["u2"].local == {b.tag}  # bob's word changes nothing of ann's
+    c.alive(p.Alive(3, "ann", ()), 0.4, ANN, "10.0.0.a")  # ann lost it
+    assert not c.held["u2"].local and c.jobbers[ANN].last_seen == 0.4
+
+
+def test_the_offer_attributed_and_status():
+    c = core(attribute=True)
+    assert c.offer(1, 0.0).jobs == 1  # asks for each jobber: it may have one for anyone
+    c.upstream_failed(0.0)
+    assert c.offer(2, 0.1).jobs == 0
+    s = c.status(0.2, "tcp://up:7117")
+    assert s["relay"] == "tcp://up:7117" and s["task"] is None
+    assert s["upstream"]["failures"] == 1 and s["upstream"]["last_reply"] is None
+    assert (s["queued"], s["out"], s["done"], s["target"]) == (0, 0, 0, 0)
