@@ -587,3 +587,75 @@ def test_the_offer_attributed_and_status():
     assert s["relay"] == "tcp://up:7117" and s["task"] is None
     assert s["upstream"]["failures"] == 1 and s["upstream"]["last_reply"] is None
     assert (s["queued"], s["out"], s["done"], s["target"]) == (0, 0, 0, 0)
+
+
+def test_asking_upstream_at_half_the_target_exactly():
+    c = core()
+    three = p.HostFacts(cpus=3, memory_mb=1024, slots=3)
+    bored(c, ANN, 0.0, want=0, host=three)  # target 6
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(4)), {SHA: WASM}), 0.0)
+    assert not [m for m in c.upstream_requests(0.1) if isinstance(m, p.Bored)]  # 4 queued
+    bored(c, ANN, 0.2, want=1, host=three)  # 3 queued, 1 out: 3 * 2 <= 6
+    more = request(c, 0.3, p.Bored)
+    assert more.want == 2  # up to the target of 6 held open
+    c.upstream_reply(p.Jobs(more.id, (spec("v1"), spec("v2")), {}), 0.3)
+    # an ack that names held tags it was not asked about drops nothing
+    [j] = bored(c, ANN, 0.4, want=1, host=three).jobs
+    results(c, ANN, 0.5, ok(j.tag))
+    sent = request(c, 0.6, p.Results)
+    c.upstream_reply(p.Ack(sent.id, ("u3",), (p.Rejection("v1", p.ErrorCode.SETTLED, "x"),)), 0.6)
+    assert {"u3", "v1"} <= set(c.held) and len(c.held) == 6
+    assert c.local == {k: v for k, v in c.local.items() if v.utag in c.held}
+
+
+def test_attributed_a_jobber_s_own_buffer_is_topped_up_at_half_and_within_the_relay_s():
+    c = core(attribute=True, max_buffer=6)
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target: 8, the relay's 6
+    bored(c, ANN, 0.0, want=0, host=four)
+    ask = request(c, 0.0, p.Bored)
+    assert ask.want == 6  # no more than the relay's buffer holds
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(3)), {SHA: WASM}), 0.0)
+    again = request(c, 0.1, p.Bored)  # 3 queued: 6 <= 6
+    assert again.want == 3
+    c.upstream_reply(p.Jobs(again.id, (spec("u3"),), {}), 0.1)
+    assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]  # 8 > 6
+    c.upstream_reply(p.Jobs(999, (spec("u9"),), {}), 0.2)  # a stale reply: not taken
+    assert "u9" not in c.held
+
+
+def test_a_jobber_silent_ten_minutes_holding_nothing_is_forgotten():
+    c = core()
+    bored(c, ANN, 0.0)
+    c.tick(599.0)
+    assert ANN in c.jobbers
+    c.tick(600.0)
+    assert ANN not in c.jobbers
+
+
+def test_payload_and_signature_together_and_a_job_sent_twice_in_one_reply():
+    c = core()
+    sig = p.Signature("cd" * 32, b"s" * 64)
+    bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=4))
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u1")), {SHA: WASM}, {SHA: sig}), 0.0)
+    assert c.signatures == {SHA: sig}
+    ops = c.take_ops()
+    assert [o[0] for o in ops] == [Op.PAYLOAD, Op.HOLD]  # once each
+
+
+def test_the_journal_forgets_released_and_dropped_replicas(tmp_path):
+    path = tmp_path / "relay.sqlite"
+    j = RelayJournal(path)
+    c = RelayCore(j.tag_prefix)
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    bored(c, ANN, 1.0, want=0, holding=(b.tag,))  # a released
+    results(c, ANN, 1.0, ok(b.tag))
+    c.upstream_reply(p.Ack(request(c, 1.0, p.Results).id, ("u2",)), 1.0)  # u2 dropped
+    j.apply(c.take_ops())
+    j.close()
+    j2 = RelayJournal(path)
+    assert list(j2.local()) == [] and [h[0] for h in j2.held()] == ["u1"]
+    assert j2.next_tag() == 2
+    j2.close()
