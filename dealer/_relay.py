@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 
 import protocol as p
 from dealer._core import implausible
-from jobber._backoff import Backoff
+from protocol._backoff import Backoff
 
 log = logging.getLogger(__name__)
 

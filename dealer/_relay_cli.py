@@ -17,7 +17,7 @@ from dealer._journal import JournalError
 from dealer._relay import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
 from dealer._relay_journal import RelayJournal
 from dealer._relay_server import REQUEST_TIMEOUT_S, Relay
-from jobber._backoff import Backoff
+from protocol._backoff import Backoff
 from protocol._keys import load_or_create_key_pair, load_public_keys
 
 log = logging.getLogger(__name__)

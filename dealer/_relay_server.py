@@ -34,8 +34,8 @@ from dealer._relay import RelayCore
 from dealer._relay_journal import RelayJournal
 from dealer._server import RouterServer, frame_cap
 from dealer._service import Peer
-from jobber._pins import Pins
 from protocol._keys import KeyPair, z85_of_hex
+from protocol._pins import Pins
 from protocol._wire import MAX_OUTPUT_BYTES
 
 log = logging.getLogger(__name__)

@@ -47,14 +47,14 @@ import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
 from jobber._allocator_link import AllocatorLink
-from jobber._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from jobber._idle import IdleDetector, Throttle, read_host
-from jobber._pins import Pins
 from jobber._quiet import Repeats
 from jobber._spool import Spool
 from protocol._alloc import Instructions, allocator_address
+from protocol._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from protocol._files import write_atomic
 from protocol._keys import load_or_create_key_pair, z85_of_hex
+from protocol._pins import Pins
 from protocol._signing import load_trusted_key
 
 log = logging.getLogger(__name__)

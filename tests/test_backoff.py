@@ -1,4 +1,4 @@
-"""jobber/_backoff.py: the schedule, the state, and its defaults."""
+"""protocol/_backoff.py: the schedule, the state, and its defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from jobber._backoff import JITTER, MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff, backoff_s
+from protocol._backoff import JITTER, MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff, backoff_s
 
 
 class Fixed(random.Random):

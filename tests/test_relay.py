@@ -13,7 +13,7 @@ import protocol as p
 from dealer._journal import JournalError
 from dealer._relay import GIVEN_BACK, LEASE_S, Op, RelayCore
 from dealer._relay_journal import RelayJournal
-from jobber._backoff import Backoff
+from protocol._backoff import Backoff
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()

@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import protocol as p
 from dealer._relay import RelayCore
 from dealer._relay_journal import RelayJournal
-from jobber._backoff import Backoff
+from protocol._backoff import Backoff
 
 WASM = b"\0asm\1\0\0\0"
 SHA = hashlib.sha256(WASM).hexdigest()
