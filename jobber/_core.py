@@ -733,7 +733,12 @@ class JobberCore:
     def _acked(self, dealer: str, msg: p.Ack, now: float) -> None:
         for tag in msg.tags:
             self._release_result(dealer, tag)
+        late = 0
         for rej in msg.rejected:
+            if rej.code is p.ErrorCode.SETTLED:  # a backup or late replica: nothing wrong
+                late += 1
+                self._release_result(dealer, rej.tag)
+                continue
             self._repeats.warn(
                 now,
                 f"refused {dealer} {rej.code.value}",
@@ -742,6 +747,8 @@ class JobberCore:
                 ),
             )
             self._release_result(dealer, rej.tag)
+        if late:
+            log.info("dealer %s: %d results not needed (their jobs were settled)", dealer, late)
         link = self.links.get(dealer)
         if link is not None and link.flooded and not self._over_share(dealer):
             link.flooded = False

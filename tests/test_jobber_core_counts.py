@@ -918,18 +918,23 @@ def test_a_cancel_counts_what_it_dropped_and_stops_only_what_it_names(caplog):
     assert lines == [f"dealer {LIVE}: 3 jobs cancelled (settled without them)"]
 
 
-def test_a_refused_result_is_warned_about(caplog):
+def test_a_refused_result_is_warned_about_and_a_settled_one_only_noted(caplog):
     import logging
 
-    j = core(spooled=[(LIVE, ok("a.1"))])
+    j = core(spooled=[(LIVE, ok("a.1")), (LIVE, ok("a.2")), (LIVE, ok("a.3"))])
     j.links[LIVE].ask_after = 1e9
     j.tick(0.0)
     (results,) = sent(j.take_actions(), p.Results)
-    with caplog.at_level(logging.WARNING, logger="jobber._core"):
-        rej = p.Rejection("a.1", p.ErrorCode.SETTLED, "late")
-        j.received(LIVE, p.Ack(results.id, (), (rej,)), 0.5)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"dealer {LIVE} refused result a.1: settled: late"
+    with caplog.at_level(logging.INFO, logger="jobber._core"):
+        rejected = (
+            p.Rejection("a.1", p.ErrorCode.IMPLAUSIBLE, "too much fuel"),
+            p.Rejection("a.2", p.ErrorCode.SETTLED, "late"),
+            p.Rejection("a.3", p.ErrorCode.SETTLED, "late"),
+        )
+        j.received(LIVE, p.Ack(results.id, (), rejected), 0.5)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, f"dealer {LIVE} refused result a.1: implausible: too much fuel"),
+        (logging.INFO, f"dealer {LIVE}: 2 results not needed (their jobs were settled)"),
     ]
     assert not j.unacked
 
