@@ -14,6 +14,7 @@ import zmq
 
 import protocol as p
 from protocol._keys import z85_of_hex
+from tasks import Job, Limits, Payload, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -183,3 +184,19 @@ def jobber_status(data_dir) -> dict:
     from jobber._control import ask
 
     return ask(data_dir, "status", timeout_s=2.0)
+
+
+class Few(Task):
+    """`n` jobs of a payload that does nothing: a batch for tests of the service and its journal."""
+
+    limits = Limits(fuel=10**6, memory_mb=1, time_s=5, output_kb=1)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.payload = Payload.from_wat(
+            '(module (memory (export "memory") 1) (func (export "_start")))', "few"
+        )
+        self.n = n
+
+    def jobs(self):
+        return [Job((str(i),)) for i in range(self.n)]

@@ -15,7 +15,8 @@ from dealer._core import Accepted, Core, Drawn, Failed, Policy, Returned, Sent
 from dealer._journal import Journal
 from dealer._service import Service
 from protocol import Status
-from tasks import Job, Limits, Payload, Task
+from tasks import Job
+from tests.helpers import Few
 
 OK = Status.OK
 
@@ -218,20 +219,6 @@ def test_core_finished_draws_nothing_and_refill_does():
     assert not empty.finished()
     empty.refill()  # finds the generator empty
     assert empty.finished() and empty.take_records() == [] and empty.drawn == 0
-
-
-class Few(Task):
-    limits = Limits(fuel=10**6, memory_mb=1, time_s=5, output_kb=1)
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.payload = Payload.from_wat(
-            '(module (memory (export "memory") 1) (func (export "_start")))', "few"
-        )
-        self.n = n
-
-    def jobs(self):
-        return [Job((str(i),)) for i in range(self.n)]
 
 
 def test_service_finished_only_reads_and_an_empty_batch_still_ends(tmp_path):

@@ -18,8 +18,7 @@ from dealer._history import History
 from dealer._journal import Journal, JournalError, ReadOnly
 from dealer._service import Service
 from dealer.cli import main, read_history
-from tests.helpers import CHUNK, JOBS, LINE, PY, ROOT, N, free_port, summary_rows, wait_for
-from tests.test_history import Few
+from tests.helpers import CHUNK, JOBS, LINE, PY, ROOT, Few, N, free_port, summary_rows, wait_for
 
 SMALL = 1000003 * 1000033  # 6 jobs of 200000 candidates: a batch of a second or two
 SMALL_LINE = f"{SMALL} = 1000003 * 1000033"
