@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+
+from dealer._http import read_only_server
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,8 @@ class AllocatorPage:
         self._snapshot = b"{}"
         self._published_at = float("-inf")
         self._page = resources.files("dealer").joinpath("allocator.html").read_bytes()
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        self._server = read_only_server(host, port, self._route, "page")
         self.address = self._server.server_address
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -58,35 +55,9 @@ class AllocatorPage:
         self._server.shutdown()
         self._server.server_close()
 
-    def _handler(self):
-        page = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "borednet"
-
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
-                path = self.path.split("?", 1)[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", page._page)
-                elif path == "/stats.json":
-                    self._send(200, "application/json", page._snapshot)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _refuse(self) -> None:
-                self._send(405, "text/plain", b"this page only reads\n")
-
-            do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
-
-            def _send(self, code: int, kind: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                log.debug("http %s: " + format, self.address_string(), *args)
-
-        return Handler
+    def _route(self, path: str) -> tuple[str, bytes] | None:
+        if path in ("/", "/index.html"):
+            return "text/html; charset=utf-8", self._page
+        if path == "/stats.json":
+            return "application/json", self._snapshot
+        return None

@@ -88,11 +88,8 @@ class Dashboard:
         )
         page = resources.files("dealer").joinpath("dashboard.html").read_bytes()
         self._page = page.replace(b"{{TITLE}}", title.encode())
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        self._server = read_only_server(host, port, self._route, "dashboard")
         self.address = self._server.server_address
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
         log.info("dashboard on http://%s:%d/", *self.address[:2])
 
     @property
@@ -153,37 +150,50 @@ class Dashboard:
         self._server.shutdown()
         self._server.server_close()
 
-    def _handler(self):
-        dashboard = self
+    def _route(self, path: str) -> tuple[str, bytes] | None:
+        if path in ("/", "/index.html"):
+            return "text/html; charset=utf-8", self._page
+        if path == "/status.json":
+            return "application/json", self._snapshot
+        if path == "/metrics":
+            return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        return None
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "borednet"
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server name
-                path = self.path.split("?", 1)[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", dashboard._page)
-                elif path == "/status.json":
-                    self._send(200, "application/json", dashboard._snapshot)
-                elif path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(dashboard.registry))
-                else:
-                    self._send(404, "text/plain", b"not found\n")
+def read_only_server(host: str, port: int, route, what: str) -> ThreadingHTTPServer:
+    """A threaded HTTP server on (host, port), serving in a daemon thread, that answers
+    GET with `route(path)`, a (content type, body) or None for 404, and every other
+    method with 405 ("this `what` only reads"). For the dashboard and the allocator's
+    page, whose routes only read bytes published by their owner's loop."""
+    refusal = f"this {what} only reads\n".encode()
 
-            def _refuse(self) -> None:
-                self._send(405, "text/plain", b"this dashboard only reads\n")
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "borednet"
 
-            do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            found = route(self.path.split("?", 1)[0])
+            if found is None:
+                self._send(404, "text/plain", b"not found\n")
+            else:
+                self._send(200, *found)
 
-            def _send(self, code: int, kind: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+        def _refuse(self) -> None:
+            self._send(405, "text/plain", refusal)
 
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                log.debug("http %s: " + format, self.address_string(), *args)
+        do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
 
-        return Handler
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            log.debug("http %s: " + format, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
