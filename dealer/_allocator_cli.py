@@ -27,7 +27,7 @@ from dealer._allocator_server import POLL_S, AllocatorServer, serve
 from dealer._http import parse_http
 from protocol._alloc import DEFAULT_ALLOCATOR_PORT as DEFAULT_PORT
 from protocol._alloc import AllocAdmin, AllocReply, allocator_address
-from protocol._keys import KeyPair, load_key_pair, load_or_create_key_pair, z85_of_hex
+from protocol._keys import KeyPair, load_key_pair, load_or_create_key_pair
 
 log = logging.getLogger("dealer.allocator")
 
@@ -82,23 +82,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def ask(address: str, admin: KeyPair, op: str, args: dict, timeout_s: float = 5.0) -> AllocReply:
     """One admin request, speaking as `admin`; RuntimeError with the allocator's refusal."""
-    from dealer.cli import _ask, _public_ask
+    from dealer.cli import admin_ask
 
     endpoint, server_key = p.split_key(allocator_address(address))
-    if server_key is None:  # learn it on the plaintext port; our own key still authenticates us
-        hello = _public_ask(endpoint, p.Hello(1), timeout_s)
-        if not isinstance(hello, p.HelloReply):
-            raise RuntimeError(f"{address} answered hello with {hello.TYPE}")
-        server_key = hello.key
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_secretkey, sock.curve_publickey = admin.secret, admin.public
-    sock.curve_serverkey = z85_of_hex(server_key)
-    try:
-        sock.connect(endpoint)
-        reply = _ask(sock, AllocAdmin(1, op, args), address, timeout_s)
-    finally:
-        sock.close()
+    reply = admin_ask(endpoint, server_key, AllocAdmin(1, op, args), admin, address, timeout_s)
     if not isinstance(reply, AllocReply):
         raise RuntimeError(f"{address} answered with {reply.TYPE}")
     return reply

@@ -482,11 +482,18 @@ def query_status(address: str, timeout_s: float = 5.0, page: int = 0) -> dict:
     return reply.info
 
 
-def deny(address: str, key: str, reason: str, admin: KeyPair, timeout_s: float = 5.0) -> str:
-    """Ban the identity `key` at the dealer, speaking as its admin over the encrypted port."""
-    endpoint, server_key = p.split_key(p.dealer_address(address))
+def admin_ask(
+    endpoint: str,
+    server_key: str | None,
+    msg: p.Message,
+    admin: KeyPair,
+    address: str,
+    timeout_s: float,
+) -> p.Message:
+    """One request to a server's encrypted port, speaking as `admin` (its key pair is the
+    proof of who asks); the server's key is learnt on its plaintext port when not given."""
     if server_key is None:  # learn it now; the admin's own key still authenticates us
-        hello = _public_ask(address, p.Hello(1), timeout_s)
+        hello = _public_ask(endpoint, p.Hello(1), timeout_s)
         if not isinstance(hello, p.HelloReply):
             raise RuntimeError(f"{address} answered hello with {hello.TYPE}")
         server_key = hello.key
@@ -496,9 +503,15 @@ def deny(address: str, key: str, reason: str, admin: KeyPair, timeout_s: float =
     sock.curve_serverkey = z85_of_hex(server_key)
     try:
         sock.connect(endpoint)
-        reply = _ask(sock, p.Deny(1, key, reason), address, timeout_s)
+        return _ask(sock, msg, address, timeout_s)
     finally:
         sock.close()
+
+
+def deny(address: str, key: str, reason: str, admin: KeyPair, timeout_s: float = 5.0) -> str:
+    """Ban the identity `key` at the dealer, speaking as its admin over the encrypted port."""
+    endpoint, server_key = p.split_key(p.dealer_address(address))
+    reply = admin_ask(endpoint, server_key, p.Deny(1, key, reason), admin, address, timeout_s)
     if not isinstance(reply, p.AdminReply):
         raise RuntimeError(f"{address} answered with {reply.TYPE}")
     return reply.text
