@@ -19,11 +19,16 @@
     wasmtime (no sandbox around it): no fences, fuel, epoch interruption, NaN
     canonicalization, fuel + epoch (the native engine), all three (the canonical
     engine); each run alternating with a native run, best of R.
+
+The last line is one JSON object: each kernel's times and ratios ((a)), and the
+trivial job's round trip ((b)). Runs by hand, not in CI; figures in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -62,6 +67,9 @@ TRIVIAL = wasmtime.wat2wasm(
 
 
 STEPS = 5_000_000  # n-body steps: about 0.3 s on a current core
+
+
+RESULTS: dict = {}  # what the last line prints, as JSON: each kernel's times and ratios
 
 
 def build_native(source: Path, out: Path, *flags: str) -> str:
@@ -144,6 +152,13 @@ def bench_cpu(slots: sandbox.Slots, cache: sandbox.ModuleCache, hi: int, steps: 
                 f"{min(times) / like:.2f} x like for like"
             )
         print(f"    {o.fuel:,} fuel")
+        RESULTS[payload] = {
+            "native_s": round(base, 4),
+            "like_for_like_s": round(like, 4),
+            "sandbox_s": {kind: round(min(times), 4) for kind, times in wasm.items()},
+            "ratio": {kind: round(min(times) / base, 3) for kind, times in wasm.items()},
+            "fuel": o.fuel,
+        }
 
 
 FENCES = {
@@ -240,6 +255,12 @@ def bench_overhead(slots: sandbox.Slots, cache: sandbox.ModuleCache, jobs: int) 
     )
     print(f"    of which in the worker: median {statistics.median(inside) * ms:.3f} ms")
     print(f"    in-process run():      median {statistics.median(in_process) * ms:.3f} ms")
+    RESULTS["trivial_job_ms"] = {
+        "round_trip_median": round(statistics.median(round_trips) * ms, 3),
+        "round_trip_p90": round(statistics.quantiles(round_trips, n=10)[-1] * ms, 3),
+        "in_worker_median": round(statistics.median(inside) * ms, 3),
+        "in_process_median": round(statistics.median(in_process) * ms, 3),
+    }
 
 
 def main() -> None:
@@ -261,6 +282,7 @@ def main() -> None:
             bench_overhead(slots, cache, ns.jobs)
     if ns.fences:
         bench_fences(ns.hi, ns.steps, ns.repeat)
+    print(json.dumps(RESULTS))
 
 
 if __name__ == "__main__":
