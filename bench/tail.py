@@ -13,6 +13,7 @@ Prints both tails and their ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,17 @@ def main() -> None:
     on, on_all = tail(1, args)
     print(f"with backups: tail {on:6.2f} s  (batch {on_all:6.2f} s)", flush=True)
     print(f"tail ratio (with / without): {on / off:.2f}")
+    print(
+        json.dumps(
+            {
+                "tail_without_backups_s": round(off, 2),
+                "tail_with_backups_s": round(on, 2),
+                "batch_without_backups_s": round(off_all, 2),
+                "batch_with_backups_s": round(on_all, 2),
+                "ratio": round(on / off, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ the default tail backups; before leases the batch waited out the whole deadline.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,15 @@ def main() -> None:
     both = once(None, args)
     print(f"lease and tail backups:      answer {both:6.1f} s after the freeze and the kill")
     print(f"deadlines only would wait:   {args.deadline:6.1f} s")
+    print(
+        json.dumps(
+            {
+                "lease_alone_s": round(alone, 2),
+                "lease_and_backups_s": round(both, 2),
+                "deadline_s": args.deadline,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
