@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -155,16 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             journal.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    print(f"listening on {server.address}", file=sys.stderr, flush=True)
-    log.info("relaying %s to jobbers on %s", server.upstream, server.address)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-    return 0
+    from dealer.cli import serve_until_stopped
+
+    return serve_until_stopped(server, f"relaying {server.upstream} to jobbers on {server.address}")
 
 
 def print_status(info: dict, now: float | None = None) -> None:

@@ -430,9 +430,16 @@ def refer(bind: str, peers: list[str], key: Path) -> int:
     except (ValueError, OSError, zmq.ZMQError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    what = f"referring jobbers on {server.address} to {', '.join(server.peers.addresses)}"
+    return serve_until_stopped(server, what)
+
+
+def serve_until_stopped(server, what: str) -> int:
+    """Run a server (Referrer, Relay) until it stops, SIGTERM or Ctrl-C, then close it;
+    it says where it listens on stderr first (what tests and scripts wait for)."""
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     print(f"listening on {server.address}", file=sys.stderr, flush=True)
-    log.info("referring jobbers on %s to %s", server.address, ", ".join(server.peers.addresses))
+    log.info("%s", what)
     try:
         server.run()
     except KeyboardInterrupt:
