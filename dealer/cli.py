@@ -751,6 +751,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jb.add_argument("--json", action="store_true", help="print it as one JSON object")
     jb.add_argument("--full", action="store_true", help="show whole outputs and jobber keys")
+    sub.add_parser(  # for --help only: main() hands `allocator` to dealer._allocator_cli
+        "allocator",
+        help="divide pools of lent machines among projects by share: serve, and the admin "
+        "commands (python -m dealer allocator --help)",
+        add_help=False,
+    )
     sub.add_parser(  # for --help only: main() hands `relay` to dealer._relay_cli first
         "relay",
         help="serve jobs from an upstream dealer to jobbers behind it, buffered and journaled "
