@@ -519,13 +519,19 @@ def test_a_key_learnt_on_first_use_is_checked_after_a_failure():
     assert c.Pin(LIVE, KEY_A) in c.JobberCore(settings(), [f"{LIVE}#{KEY_A}"], 0.0).take_actions()
 
 
-def test_a_cancel_of_a_running_job_frees_its_place_for_more_work():
+def _one_running_then_cancelled():
+    """A one-slot jobber running t.0, which its dealer cancels at 0.5 s."""
     j = core(slots=1, buffer=0)
     bored = ask(j, 0.0)
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
     j.tick(0.0)
     (start,) = of(j.take_actions(), c.Start)
     j.received(LIVE, p.AliveAck(0, 20.0, ("t.0",)), 0.5)
+    return j, start
+
+
+def test_a_cancel_of_a_running_job_frees_its_place_for_more_work():
+    j, start = _one_running_then_cancelled()
     assert c.Stop(start.key) in j.take_actions()
     j.links[LIVE].ask_after = 0.0
     j.tick(0.6)
@@ -785,12 +791,7 @@ def test_a_key_learnt_in_this_run_is_held_against_a_changed_one():
 
 
 def test_a_cancelled_jobs_outcome_frees_its_place():
-    j = core(slots=1, buffer=0)
-    bored = ask(j, 0.0)
-    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
-    j.tick(0.0)
-    (start,) = of(j.take_actions(), c.Start)
-    j.received(LIVE, p.AliveAck(0, 20.0, ("t.0",)), 0.5)
+    j, start = _one_running_then_cancelled()
     j.job_done(start.key, p.Result("t.0", p.Status.ABANDONED), 0.1, 0.6)
     j.links[LIVE].ask_after = 0.0
     assert ask(j, 0.7).want == 1  # not 2: the stopped job no longer counts either way
