@@ -371,6 +371,7 @@ class _Job:
     id: int
     job: Job
     replicas: list[_Replica] = field(default_factory=list)
+    digest: str = ""  # job_digest(job), as its Drawn record says
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,6 +515,7 @@ class Core:
         self._records: list[Record] = []
         self._pending_job: Job | None = None  # drawn live, about to be applied
         self._settled: list[Accepted | Failed] = []
+        self._settled_digests: list[str] = []  # the digest of each job in _settled
         self.source_error = ""  # what the task's jobs() raised, if it did
 
     # --- queries -----------------------------------------------------------
@@ -621,11 +623,19 @@ class Core:
 
     def take_settled(self) -> list[Accepted | Failed]:
         out, self._settled = self._settled, []
+        self._settled_digests = []
         return out
 
-    def peek_settled(self) -> list[Accepted | Failed]:
-        """The settled jobs not taken yet (the journal keeps them with the turn's records)."""
-        return list(self._settled)
+    def peek_settled_rows(self) -> list[tuple[int, str, str, bytes]]:
+        """The settled jobs not taken yet, as the journal keeps them with the turn's
+        records: (job id, digest, "accepted" or "failed", output or msgpack of the
+        reasons), the form restore() takes back."""
+        return [
+            (s.job_id, digest, "accepted", s.output)
+            if isinstance(s, Accepted)
+            else (s.job_id, digest, "failed", msgpack.packb(list(s.reasons)))
+            for s, digest in zip(self._settled, self._settled_digests, strict=True)
+        ]
 
     # --- a finished batch, restored without replaying its records ----------------------
 
@@ -672,8 +682,10 @@ class Core:
                 )
             if state == "accepted":
                 self._settled.append(Accepted(job_id, job, body))
+                self._settled_digests.append(digest)
             else:
                 self._settled.append(Failed(job_id, job, tuple(msgpack.unpackb(body))))
+                self._settled_digests.append(digest)
         if drawn or self._next_job != snap["drawn"]:
             raise JournalMismatch("the journal's finished batch does not match the task's jobs")
         if next(self._source, None) is not None:
@@ -994,7 +1006,7 @@ class Core:
                     "the task or its arguments changed since the journal was written"
                 )
         self._next_job += 1
-        j = self._jobs[rec.job_id] = _Job(rec.job_id, job)
+        j = self._jobs[rec.job_id] = _Job(rec.job_id, job, digest=rec.digest)
         self._update_wanting(j)
 
     def _send(
@@ -1286,6 +1298,7 @@ class Core:
                     self._late.popitem(last=False)
                 self._close(r)
         self._settled.append(outcome)
+        self._settled_digests.append(j.digest)
 
 
 def _fields_of(record) -> dict:

@@ -22,10 +22,8 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-import msgpack
-
 import protocol as p
-from dealer._core import Accepted, Core, Failed, Policy, job_digest
+from dealer._core import Accepted, Core, Policy
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
 from protocol._signing import AuthorKey
@@ -127,13 +125,6 @@ def policy_for(
         **({} if backups is None else {"backups": backups}),
         **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
     )
-
-
-def _settled_row(s: Accepted | Failed) -> tuple[int, str, str, bytes]:
-    """How the journal keeps a settled job (see Journal.append)."""
-    if isinstance(s, Accepted):
-        return (s.job_id, job_digest(s.job), "accepted", s.output)
-    return (s.job_id, job_digest(s.job), "failed", msgpack.packb(list(s.reasons)))
 
 
 class Service:
@@ -285,8 +276,7 @@ class Service:
         unsettled, one is drawn first (the core's refill), so that a batch whose
         generator ran dry is seen to be finished."""
         self.core.refill()
-        settled = [_settled_row(s) for s in self.core.peek_settled()]
-        self.journal.append(self.core.take_records(), settled)
+        self.journal.append(self.core.take_records(), self.core.peek_settled_rows())
 
     def after_turn(self, now: float) -> None:  # noqa: ARG002 - the time, for what may come
         self._deliver()
