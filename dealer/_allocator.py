@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import protocol as p
-from protocol._alloc import Instruct, Instructions, Prefs, Project
+from protocol._alloc import MAX_PROJECTS, Instruct, Instructions, Prefs, Project
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,9 @@ class Allocator:
         share = _share(args.get("share", 1.0))
         if self.db.execute("select 1 from projects where name = ?", (name,)).fetchone():
             raise AllocatorError(f"project {name!r} exists; project_share changes its share")
+        count = self.db.execute("select count(*) from projects").fetchone()[0]
+        if count >= MAX_PROJECTS:  # instructions name every project, and carry at most these
+            raise AllocatorError(f"there are {count} projects already, the most instructions carry")
         self.db.execute(
             "insert into projects (name, dealer, share, added) values (?, ?, ?, ?)",
             (name, address, share, now),
@@ -462,12 +465,13 @@ class Allocator:
 
     def snapshot(self, now: float) -> dict:
         """Everything, as root sees it: for the operator's web page (dealer._allocator_http)."""
-        pools = [r[0] for r in self._visible_pools(None)]
+        root = Role(ROOT)
+        pools = [r[0] for r in self._visible_pools(root)]
         return {
             "now": now,
             "serial": self.serial,
-            "list": self._op_list(None, {}, now)[1],
-            "machines": self._op_machines(None, {}, now)[1]["machines"],
+            "list": self._op_list(root, {}, now)[1],
+            "machines": self._op_machines(root, {}, now)[1]["machines"],
             "stats": self.stats(pools, now),
         }
 

@@ -61,7 +61,15 @@ class _CreditPoller(threading.Thread):
                         rows += [r for r in info.get("jobbers", []) if isinstance(r, dict)]
                         pages = int(info.get("pages", 1))
                         page += 1
-                except (TimeoutError, RuntimeError, ValueError, OSError, p.ProtocolError) as e:
+                # TypeError: a status of the wrong shapes, from a dealer that is not ours
+                except (
+                    TimeoutError,
+                    RuntimeError,
+                    ValueError,
+                    TypeError,
+                    OSError,
+                    p.ProtocolError,
+                ) as e:
                     log.info("project %s: no status from %s: %s", name, dealer, e)
                     continue
                 polled[name] = rows

@@ -55,7 +55,6 @@ class AllocatorLink(threading.Thread):
         self.timeout_s = timeout_s
         self.facts: p.HostFacts | None = None  # replaced whole by the loop
         self.serial: int | None = None  # of the instructions held
-        self.refresh_s = 60.0
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.ok_at: float | None = None  # monotonic time of the last answer
         self.problem = ""
@@ -88,7 +87,6 @@ class AllocatorLink(threading.Thread):
             self.backoff.succeeded()
             self.ok_at = time.monotonic()
             self.problem = ""
-            self.refresh_s = msg.refresh_s
             self.serial = msg.serial
             self.events.put(("instructions", msg))
             wait = msg.refresh_s

@@ -173,7 +173,7 @@ def load(data_dir: Path) -> Kept | None:
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not instructions of schema {SCHEMA}")
     try:
-        return Kept(
+        kept = Kept(
             allocator=str(body["allocator"]),
             pool=str(body["pool"]),
             serial=int(body["serial"]),
@@ -186,5 +186,11 @@ def load(data_dir: Path) -> Kept | None:
             received=float(body["received"]),
             debts={str(k): float(v) for k, v in body.get("debts", {}).items()},
         )
+        # what the allocator could never have sent, or the core would refuse: ignored
+        if not all(math.isfinite(x.share) and 0 <= x.share <= 1e6 for x in kept.projects):
+            raise ValueError("a share out of range")
+        if not all(math.isfinite(v) for v in kept.debts.values()):
+            raise ValueError("a debt that is not a number")
+        return kept
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: {e}") from None

@@ -20,6 +20,7 @@ from dealer._allocator import (
     Forbidden,
 )
 from dealer._allocator_server import AllocatorServer
+from protocol._alloc import MAX_PROJECTS
 from protocol._keys import KeyPair
 from tests.helpers import CurveClient
 
@@ -136,6 +137,17 @@ def test_bad_requests_are_refused_with_a_reason_and_change_nothing(alloc):
     assert alloc.serial == serial
     assert alloc.projects() == []
     assert alloc.role_of(ROOT_KEY).role == ROOT
+
+
+def test_no_more_projects_than_instructions_carry(alloc):
+    for i in range(MAX_PROJECTS):
+        alloc.admin(ADMIN, "project_add", {"name": f"p{i}", "dealer": f"127.0.0.1:{7200 + i}"}, 2)
+    with pytest.raises(AllocatorError, match="the most instructions carry"):
+        alloc.admin(ADMIN, "project_add", {"name": "one-too-many", "dealer": DEALER}, 3)
+    assert len(alloc.projects()) == MAX_PROJECTS
+    alloc.admin(PHYSICS, "pool_add", {"name": "lab"}, 4)
+    reply = alloc.instruct(MACHINE_1, "10.0.0.1", p.Instruct(1, "pc-1", "lab", HOST), 5)
+    assert len(p.decode(p.encode(reply)).projects) == MAX_PROJECTS  # still sendable
 
 
 def test_projects_shares_and_prefs_reach_the_instructions(alloc):

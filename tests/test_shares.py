@@ -265,7 +265,15 @@ def test_instructions_are_kept_on_disk_and_a_foreign_file_is_refused(tmp_path):
     assert ins.load(tmp_path) == kept
     body = json.loads((tmp_path / ins.FILE).read_text())
     assert body["schema"] == ins.SCHEMA and body["prefs"] == {"max_cpus": 2}
-    for bad in ("not json", json.dumps({"schema": 99}), json.dumps({**body, "prefs": {"x": 1}})):
+    bad_share = {**body, "projects": [{**body["projects"][0], "share": -1}]}
+    bad_debt = {**body, "debts": {A: "nan"}}
+    for bad in (
+        "not json",
+        json.dumps({"schema": 99}),
+        json.dumps({**body, "prefs": {"x": 1}}),
+        json.dumps(bad_share),
+        json.dumps(bad_debt),
+    ):
         (tmp_path / ins.FILE).write_text(bad)
         with pytest.raises(ValueError, match=ins.FILE):
             ins.load(tmp_path)
