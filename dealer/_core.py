@@ -180,6 +180,7 @@ DETERMINISTIC = frozenset(
 _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
 # replicas whose result is in, or may still come, and may vote: they keep their job on
 # their platform (with ERROR replicas of a deterministic status)
+PLATFORMS_LISTED = 8  # platform names status lists (names come from jobbers: bounded)
 _STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaState.GONE)
 
 
@@ -593,7 +594,10 @@ class Core:
                 f"another machine; {len(active)} machine{'s' if len(active) != 1 else ''} active"
             )
             if len(self._platforms) > 1:
-                names = ", ".join(sorted(str(k) for k in self._platforms))
+                listed = sorted(str(k) for k in self._platforms)
+                names = ", ".join(listed[:PLATFORMS_LISTED])
+                if len(listed) > PLATFORMS_LISTED:
+                    names += ", ..."
                 out.append(
                     f"replicas of a job go to machines of one platform; "
                     f"{len(self._platforms)} platforms among them: {names}"
@@ -890,6 +894,8 @@ class Core:
             del self.machines[m]
             for on in self._platforms.values():
                 on.pop(m, None)
+        for platform in [k for k, on in self._platforms.items() if not on]:
+            del self._platforms[platform]  # no machine left on it: forgotten, not piled up
         return len(gone)
 
     # --- replay ------------------------------------------------------------

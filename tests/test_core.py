@@ -521,3 +521,17 @@ def test_a_late_result_of_another_platform_is_not_a_dispute():
     why = core.result("a", a.tag, OK, b"7ff8", 1, "", 2.0)  # arm's own NaN bits, late
     assert why is not None and why.code is ErrorCode.SETTLED and "flagged" not in why.text
     assert core.disputed == 0
+
+
+def test_platform_names_are_bounded_in_status_and_forgotten_with_their_machines():
+    core = make(12, redundancy=2, quorum=2)
+    names = [f"platform-{i:02}" for i in range(12)]
+    for i, name in enumerate(names):
+        [a] = ask(core, f"j{i}", name, 0.0)
+        assert core.result(f"j{i}", a.tag, OK, b"out", 5, "", 1.0) is None
+    (line,) = [w for w in core.waiting(2.0) if "platforms among them" in w]
+    assert "12 platforms" in line and names[7] in line and names[8] not in line
+    assert line.endswith(", ...")
+    assert core.evict(2.0 + ACTIVE_HORIZON_S + 1.0) == 12
+    assert not any("platforms among them" in w for w in core.waiting(2.0 + ACTIVE_HORIZON_S + 2))
+    assert core._platforms == {}  # nothing piles up from names jobbers made up
