@@ -206,6 +206,7 @@ class Service:
         self.done = False
         self._done_raised = False
         self._finished_marked = False
+        self._total_failed = False  # the task's total() raised (logged once)
         self._replay(now)
 
     def _replay(self, now: float) -> None:
@@ -426,15 +427,22 @@ class Service:
         dealers = self.peers.referral(msg.host, now)
         return p.Referral(msg.id, dealers) if dealers else None
 
-    def work_offer(self, rid: int) -> p.WorkOffer:
-        """What a peer's work_query is told: counters only, nothing per jobber or job."""
-        c = self.core
+    def _total(self) -> int | None:
+        """The task's total(), or None where it cannot say, or says what is not a count
+        (its own bug: logged once, and status and offers go on without it)."""
         try:
             total = self.task.total()
         except Exception:
-            total = None  # the task's own bug; status shows it when it asks
-        if total is not None and (type(total) is not int or total < 0):
-            total = None
+            if not self._total_failed:
+                self._total_failed = True
+                log.exception("the task's total() failed; going on without a total")
+            return None
+        return total if type(total) is int and total >= 0 else None
+
+    def work_offer(self, rid: int) -> p.WorkOffer:
+        """What a peer's work_query is told: counters only, nothing per jobber or job."""
+        c = self.core
+        total = self._total()
         limits = self._job_limits
         if self.done:
             return p.WorkOffer(rid, 0, limits, 0, True)
@@ -579,7 +587,7 @@ class Service:
             "task": type(self.task).__name__,
             "key": self.key_hex,
             "signer": self.signer,
-            "total": self.task.total(),
+            "total": self._total(),
             "drawn": c.drawn,
             "accepted": c.accepted,
             "failed": c.failed,

@@ -109,3 +109,24 @@ def test_a_task_yielding_something_else_than_jobs_is_stopped_there(tmp_path):
     assert task.result() == ["0"]
     assert "not a tasks.Job" in service.core.source_error
     service.close()
+
+
+class Uncounted(Picky):
+    """Its total() raises: the batch, its status and its offers to peers go on without it."""
+
+    def total(self) -> int:
+        raise ZeroDivisionError("no idea how many")
+
+
+def test_a_total_that_raises_leaves_status_and_offers_without_a_total(tmp_path, caplog):
+    task = Uncounted()
+    service = Service(task, Journal(tmp_path / "u.sqlite", "Uncounted"), now=1.0, policy=Policy())
+    with caplog.at_level(logging.ERROR, logger="dealer._service"):
+        assert service.status(1.0)["total"] is None
+        offer = service.handle(p.WorkQuery(3), 1.0, PEER)
+        assert isinstance(offer, p.WorkOffer) and offer.left is None and offer.jobs >= 1
+        assert service.status(2.0)["total"] is None
+    assert sum("total() failed" in r.getMessage() for r in caplog.records) == 1  # once
+    serve(service)
+    assert task.result() == ["0", "1", "3", "4"]
+    service.close()
