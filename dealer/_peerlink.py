@@ -70,9 +70,11 @@ class PeerLinks:
         self._next_at = now + self.peers.next_due(now)
 
     def drain(self, now: float, readable: Collection[zmq.Socket] | None = None) -> None:
-        for sock, address in list(self._by_sock.items()):
-            if readable is not None and sock not in readable:
-                continue
+        if readable is None:
+            pairs = list(self._by_sock.items())
+        else:  # only what the poll saw ready: no walk over every peer's socket
+            pairs = [(s, self._by_sock[s]) for s in readable if s in self._by_sock]
+        for sock, address in pairs:
             for _ in range(MAX_DRAIN):
                 try:
                     data = sock.recv(zmq.NOBLOCK)
