@@ -29,7 +29,8 @@ wins, later ones are answered `settled`, and the holders of a done tag are
 told to cancel it. Results are checked for plausibility against the job's
 limits as the dealer checks them (dealer._core.implausible): an implausible
 one is refused and its job goes to another of our jobbers, since upstream it
-would count against the relay.
+would count against the relay (a job fetched for that jobber alone, with
+`--attribute`, goes back upstream unrun instead).
 
 **The buffer.** The relay asks upstream for enough jobs to keep its jobbers
 busy for `horizon_s` at the rate they return results (measured over
@@ -273,12 +274,7 @@ class RelayCore:
 
     def rate(self, now: float) -> float:
         """Results per second our jobbers returned over the last PACE_WINDOW_S."""
-        n = 0
-        for j in self.jobbers.values():
-            while j.done and j.done[0] < now - PACE_WINDOW_S:
-                j.done.popleft()
-            n += len(j.done)
-        return n / PACE_WINDOW_S
+        return sum(self._rate_of(j, now) for j in self.jobbers.values())
 
     def _rate_of(self, j: Jobber, now: float) -> float:
         while j.done and j.done[0] < now - PACE_WINDOW_S:
@@ -553,10 +549,6 @@ class RelayCore:
         self.given_back += 1
         self._done(h, p.Result(h.utag, p.Status.ABANDONED, detail=why), "")
 
-    def next_wake(self, now: float) -> float:
-        """Seconds until time-driven work may be due (at most 1)."""
-        return 1.0
-
     # --- downstream ------------------------------------------------------------
 
     def _jobber(self, key: str, address: str) -> Jobber:
@@ -682,10 +674,14 @@ class RelayCore:
                 continue
             lim = h.spec.limits
             why = implausible(r.status, r.output, r.fuel, _Bounds(lim.fuel, lim.output_kb * 1024))
-            if why is not None and not h.for_key:  # (fetched for it: the upstream judges it)
+            if why is not None:
                 log.warning("jobber %s: implausible result for %s: %s", key[:12], r.tag, why)
                 self._release(r.tag)
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.IMPLAUSIBLE, why))
+                if h.for_key and not h.local and h.result is None:
+                    # fetched for this jobber alone: no other of ours may run it, so it
+                    # goes back upstream unrun rather than as a result no sandbox gives
+                    self._give_back(h, f"implausible from the jobber it was fetched for: {why}")
                 continue
             by = p.Attribution(key, j.address[:256])  # as we saw it, whoever it names
             self._done(h, dataclasses.replace(r, tag=h.utag, by=by), key)

@@ -30,6 +30,7 @@ from pathlib import Path
 import zmq
 
 import protocol as p
+from dealer._peerlink import public_endpoint
 from dealer._relay import RelayCore
 from dealer._relay_journal import RelayJournal
 from dealer._server import RouterServer, frame_cap
@@ -42,13 +43,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # longest sleep: request timeouts, backoffs and alive are noticed this fast
 REQUEST_TIMEOUT_S = 10.0  # a request upstream unanswered this long is a failed contact
-
-
-def _plaintext(endpoint: str) -> str:
-    if not endpoint.startswith("tcp://"):
-        return endpoint + ".public"
-    host, _, port = endpoint.rpartition(":")
-    return f"{host}:{int(port) + 1}"
 
 
 class Relay(RouterServer):
@@ -120,7 +114,7 @@ class Relay(RouterServer):
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-            s.connect(_plaintext(self.upstream))
+            s.connect(public_endpoint(self.upstream))
             s.send(p.encode(p.Hello(1)))
             self._hello, self._hello_at = s, mono
             return

@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 
 import protocol as p
-from dealer import _history
+from dealer import _history, _peerlink
 from dealer._core import CoreError, JournalMismatch
 from dealer._http import parse_http
 from dealer._journal import AFRESH, Journal, JournalError, ReadOnly, move_aside
@@ -453,12 +453,8 @@ def serve_until_stopped(server, what: str) -> int:
 
 
 def public_endpoint(address: str) -> str:
-    """The plaintext port of the dealer at `address` (the work port + 1)."""
-    endpoint, _ = p.split_key(p.dealer_address(address))
-    if not endpoint.startswith("tcp://"):
-        return endpoint + ".public"
-    host, _, port = endpoint.rpartition(":")
-    return f"{host}:{int(port) + 1}"
+    """The plaintext port of the dealer at `address`, in any form (the work port + 1)."""
+    return _peerlink.public_endpoint(p.dealer_address(address))
 
 
 def _ask(sock: zmq.Socket, msg: p.Message, address: str, timeout_s: float) -> p.Message:
