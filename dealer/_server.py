@@ -17,6 +17,20 @@ A second, plaintext ROUTER on the next port up answers only `hello` (the work
 socket's public key, for jobbers that trust on first use), `status` and
 `work_query`.
 
+What a server holds for its askers is bounded on both sides (docs/security.md,
+"What a flood can cost"). Each connection queues at most RCVHWM requests of at
+most the frame cap in, and SNDHWM replies out: a reply to a client that does not
+read is dropped (ROUTER_MANDATORY makes the send fail at once; the turn counts
+the drops and logs them once), and the client's request id makes asking again
+safe. libzmq's monitor tells the loop of every connection accepted and closed,
+and dealer._gate decides which to keep: at most PER_SOURCE_CONNECTIONS from one
+source (an IPv4 address, an IPv6 /64), MAX_CONNECTIONS in all, opened no faster
+than the handshake ration; a connection past that is shut down at once, and
+the ZAP handler refuses the handshakes of a source at its cap. `status`, the
+one reply much bigger than its request, is rationed per source and in all: past
+the ration the asker gets an `error` (code `internal`, text "busy: ...") saying
+when to ask again.
+
 A server given peers asks them `work_query` from the same loop (dealer._peerlink:
 non-blocking DEALER sockets polled beside its own) and keeps what they said in
 a dealer._peers.Peers, which decides whom a jobber with nothing here is
@@ -25,15 +39,20 @@ referred to.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 import protocol as p
 from dealer._core import Core, Policy
+from dealer._gate import Connections, Ration, source_of
 from dealer._http import Dashboard
 from dealer._journal import Journal
 from dealer._peerlink import PeerLinks
@@ -50,7 +69,28 @@ TICK_S = 1.0  # longest poll: deadlines are checked at least this often
 # Frames the work socket takes: 1 MiB for requests and batches of results (the
 # reference jobber keeps a results message under it), plus one result's output.
 REQUEST_BYTES = 1024 * 1024
+# Frames the plaintext port takes: its requests (hello, status, work_query) are
+# under 100 bytes; room to spare, and 16 times less than a work frame to queue
+PUBLIC_REQUEST_BYTES = 64 * 1024
 RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
+# replies queued per connection: the reference jobber has at most 3 requests out
+# (bored, results, alive); past it a reply is dropped, never buffered (libzmq's
+# default, 1,000, let 20 connections that never read hold 2 GB of status replies)
+SNDHWM = 4
+# connections from one source (an IPv4 address, an IPv6 /64): a jobber needs one
+# per port; room for a few dozen machines behind one NAT address
+PER_SOURCE_CONNECTIONS = 32
+MAX_CONNECTIONS = 4096  # in all: each costs file descriptors and libzmq buffers
+# new connections from one source: a burst (a NAT's machines starting together),
+# then a steady rate; in all, a restarted dealer's jobbers all coming back at once
+HANDSHAKES_PER_S, HANDSHAKE_BURST = 10.0, 64.0
+ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST = 200.0, 2000.0
+# `status` (up to ~150 KB for a ~30-byte request): a person or a poller asks a
+# few times a second; a page of jobbers at a time for an allocator's poll
+STATUS_PER_S, STATUS_BURST = 5.0, 20.0
+ALL_STATUS_PER_S, ALL_STATUS_BURST = 50.0, 100.0  # bounds the loop's time spent on status
+HANDSHAKE_IVL_MS = 10_000  # a connection that has not finished its handshake by then is dropped
+SWEEP_S = 10.0  # how often the live connections are checked against the kernel's
 # a finished dealer stays this long to answer "finished", take late results and
 # cancel held work: longer than a jobber's alive interval, so every holder hears
 LINGER_S = 6.0
@@ -63,11 +103,17 @@ def frame_cap(output_kb: int) -> int:
 
 
 class _Gate:
-    """The ZAP callback: which client keys may complete the handshake."""
+    """The ZAP callback: which client keys may complete the handshake, and from which
+    sources no more connections are taken."""
 
     def __init__(self, allow: Collection[str] | None) -> None:
         self.allow = None if allow is None else frozenset(allow)
         self.denied: frozenset[str] = frozenset()  # replaced whole, read by the auth thread
+        self.full: frozenset[str] = frozenset()  # sources at their cap ("": all); the same
+
+    def refuses(self, address: str) -> bool:
+        full = self.full
+        return bool(full) and ("" in full or source_of(address) in full)
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
@@ -75,6 +121,46 @@ class _Gate:
         except ValueError:
             return False
         return who not in self.denied and (self.allow is None or who in self.allow)
+
+
+class _Authenticator(ThreadAuthenticator):
+    """zmq.auth's ZAP handler, refusing first the handshakes of sources at their cap
+    (the address is in the ZAP request; zmq.auth's own address lists are static)."""
+
+    def __init__(self, ctx: zmq.Context, gate: _Gate) -> None:
+        super().__init__(ctx, log=logging.getLogger("dealer.zap"))
+        self.gate = gate
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and self.gate.refuses(msg[3].decode("utf-8", "replace")):
+            self._send_zap_reply(msg[1], b"400", b"too many connections from this address")
+            return
+        await super().handle_zap_message(msg)
+
+
+def _peer_of(fd: int) -> str | None:
+    """The remote address of the connected socket `fd` (libzmq's: read through a
+    duplicate), or None if it is closed or not a network socket."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with s:
+        try:
+            peer = s.getpeername()
+        except OSError:
+            return None
+    return peer[0] if isinstance(peer, tuple) else None
+
+
+def _shut(fd: int) -> None:
+    """End the connection on `fd` (libzmq sees the peer hang up and closes it)."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with s, contextlib.suppress(OSError):  # closed meanwhile: nothing to end
+        s.shutdown(socket.SHUT_RDWR)
 
 
 class RouterServer:
@@ -103,7 +189,7 @@ class RouterServer:
         self.keys = keys
         self._ctx = zmq.Context()
         self.gate = _Gate(allow)
-        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
+        self._auth = _Authenticator(self._ctx, self.gate)
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.gate)
         self.sock = self._router(max_frame)
@@ -111,7 +197,18 @@ class RouterServer:
         self.sock.curve_secretkey = keys.secret
         self.sock.curve_publickey = keys.public
         self.sock.zap_domain = ZAP_DOMAIN.encode()
-        self.public = self._router(REQUEST_BYTES)
+        self.public = self._router(PUBLIC_REQUEST_BYTES)
+        self.public.zap_domain = ZAP_DOMAIN.encode()  # NULL: ZAP sees only the address
+        self.connections = Connections(
+            PER_SOURCE_CONNECTIONS,
+            MAX_CONNECTIONS,
+            Ration(HANDSHAKES_PER_S, HANDSHAKE_BURST, ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST),
+        )
+        self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
+        self._monitors = [self._monitor(s) for s in (self.sock, self.public)]
+        self._swept_at = time.monotonic()
+        self._shut_logged_at = float("-inf")
+        self._shut_since_log = 0
         try:
             self._bind(bind)
         except BaseException:
@@ -129,7 +226,55 @@ class RouterServer:
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.RCVHWM, RCVHWM)
+        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         return s
+
+    def _monitor(self, s: zmq.Socket) -> zmq.Socket:
+        """A PAIR socket that receives `s`'s connections accepted and closed."""
+        addr = f"inproc://monitor.{id(s)}"
+        s.monitor(addr, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        m = self._ctx.socket(zmq.PAIR)
+        m.setsockopt(zmq.LINGER, 0)
+        m.setsockopt(zmq.RCVHWM, 0)  # no event lost: each is a few bytes, drained each turn
+        m.connect(addr)
+        return m
+
+    def _watch_connections(self, now: float) -> None:
+        """Read the monitors: record each connection, and shut those past the caps."""
+        c = self.connections
+        for m in self._monitors:
+            while True:
+                try:
+                    event = parse_monitor_message(m.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                fd = event["value"]
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    c.disconnected(fd)
+                    continue
+                peer = _peer_of(fd)
+                if peer is None:  # gone already: its DISCONNECTED follows
+                    continue
+                why = c.accepted(fd, source_of(peer), now)
+                if why is not None:
+                    _shut(fd)
+                    self._shut_since_log += 1
+                    if time.monotonic() - self._shut_logged_at > 60:  # a flood logs once a minute
+                        log.warning(
+                            "%d connections shut down (the latest from %s: %s)",
+                            self._shut_since_log,
+                            peer,
+                            why,
+                        )
+                        self._shut_logged_at, self._shut_since_log = time.monotonic(), 0
+        if time.monotonic() - self._swept_at > SWEEP_S:  # a lost event must not leak a slot
+            self._swept_at = time.monotonic()
+            for fd in c.fds():
+                peer = _peer_of(fd)
+                if peer is None or source_of(peer) != c.source(fd):
+                    c.forget(fd)
+        self.gate.full = c.full
 
     def _bind(self, bind: str) -> None:
         """Bind the work socket to `bind` and the plaintext one to the next port up."""
@@ -215,6 +360,8 @@ class RouterServer:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.public, zmq.POLLIN)
+        for m in self._monitors:
+            poller.register(m, zmq.POLLIN)
         if self.peer_links is not None:
             for s in self.peer_links.sockets():
                 poller.register(s, zmq.POLLIN)
@@ -226,6 +373,7 @@ class RouterServer:
         if self.peer_links is not None:  # what peers said first: referrals below read it
             self.peer_links.turn(now, self._readable)
             self._readable = None
+        self._watch_connections(now)
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
         for sock in (self.sock, self.public):
@@ -261,16 +409,23 @@ class RouterServer:
                     out = p.encode(err)
                 replies.append((sock, ident, out))
         self.commit()
+        dropped, why = 0, ""
         for sock, ident, out in replies:
             try:
                 sock.send_multipart([ident, out], zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or its queue full
-                log.info("reply dropped: %s", e)
+            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or not reading (SNDHWM)
+                dropped, why = dropped + 1, str(e)
+        if dropped:  # once a turn: a flood of unread replies must not flood the log too
+            log.info("%d replies dropped (the peer gone or not reading): %s", dropped, why)
         self.after_turn()
 
     def _dispatch(
         self, sock: zmq.Socket, msg: p.Message, frame: zmq.Frame, now: float
     ) -> p.Message | None:
+        if isinstance(msg, p.StatusQuery):
+            busy = self._rationed(msg, frame, now)
+            if busy is not None:
+                return busy
         if sock is self.public:
             return self.handle_public(msg, now)
         try:
@@ -280,6 +435,26 @@ class RouterServer:
             log.error("message without a proven identity dropped: %s", e)
             return None
         return self.handle(msg, now, Peer(key, address))
+
+    def gate_status(self) -> dict:
+        """What the caps hold now, for status: connections open, from how many sources, and
+        how many connections and status requests were refused."""
+        return {**self.connections.status(), "status_refused": self.status_ration.refused}
+
+    def _rationed(self, msg: p.StatusQuery, frame: zmq.Frame, now: float) -> p.Error | None:
+        """An `error` for a `status` past its source's ration (or everyone's), else None."""
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:  # ipc or inproc: no address; the rations in all still hold
+            address = ""
+        wait_s = self.status_ration.take(source_of(address), now)
+        if wait_s <= 0:
+            return None
+        why = (
+            f"busy: status is rationed to {STATUS_PER_S:g} a second per address;"
+            f" ask again in {max(wait_s, 0.05):.2f} s"
+        )
+        return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
 
     @staticmethod
     def unexpected(msg: p.Message, what: str) -> p.Error:
@@ -291,7 +466,10 @@ class RouterServer:
             self.peer_links.close()
         for s in (getattr(self, "sock", None), getattr(self, "public", None)):
             if s is not None:
+                s.disable_monitor()
                 s.close(linger=1000)
+        for m in getattr(self, "_monitors", ()):
+            m.close(linger=0)
         self._auth.stop()
         self._ctx.term()
 
@@ -480,7 +658,7 @@ class Dealer(RouterServer):
         return self.service.work_offer(msg.id)
 
     def status(self, page: int = 0) -> dict:
-        return self.service.status(time.time(), page)
+        return {**self.service.status(time.time(), page), "connections": self.gate_status()}
 
     def _publish(self, now: float) -> None:
         s = self.service

@@ -478,11 +478,26 @@ def _public_ask(address: str, msg: p.Message, timeout_s: float) -> p.Message:
 
 
 def query_status(address: str, timeout_s: float = 5.0, page: int = 0) -> dict:
-    """A dealer's status, asked on its plaintext port (no key needed)."""
-    reply = _public_ask(address, p.StatusQuery(1, page), timeout_s)
-    if not isinstance(reply, p.StatusReply):
-        raise RuntimeError(f"{address} answered with {reply.TYPE}")
-    return reply.info
+    """A dealer's status, asked on its plaintext port (no key needed). A dealer that says
+    it is busy (status is rationed per address) is asked again when it says, within
+    `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(0.05, deadline - time.monotonic())
+        try:
+            reply = _public_ask(address, p.StatusQuery(1, page), left)
+        except RuntimeError as e:
+            busy = _BUSY.search(str(e))
+            if busy is None or time.monotonic() + float(busy.group(1)) >= deadline:
+                raise
+            time.sleep(float(busy.group(1)))
+            continue
+        if not isinstance(reply, p.StatusReply):
+            raise RuntimeError(f"{address} answered with {reply.TYPE}")
+        return reply.info
+
+
+_BUSY = re.compile(r"busy: .*ask again in ([0-9.]+) s")  # the dealer's ration (docs/protocol.md)
 
 
 def admin_ask(
