@@ -465,7 +465,7 @@ class RouterServer:
         if getattr(self, "peer_links", None) is not None:
             self.peer_links.close()
         for s in (getattr(self, "sock", None), getattr(self, "public", None)):
-            if s is not None:
+            if s is not None and not s.closed:
                 s.disable_monitor()
                 s.close(linger=1000)
         for m in getattr(self, "_monitors", ()):
