@@ -38,6 +38,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
@@ -55,6 +56,7 @@ DEFAULT_HOST = "127.0.0.1"
 HTTP_THREADS = 4  # requests served at once: a page and its pollers, a scraper or two
 HTTP_QUEUE = 32  # accepted connections waiting for a thread; more are closed at once
 HTTP_TIMEOUT_S = 10.0  # a connection silent this long (mid-request or idle) is closed
+MIN_TIMEOUT_S = 0.5  # what a connection that waited its whole timeout in the queue still gets
 HTTP_BACKLOG = 64  # connections the kernel holds before accept
 
 
@@ -182,7 +184,6 @@ def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "borednet"
-        timeout = HTTP_TIMEOUT_S  # on the socket: a silent client is dropped, not waited for
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             found = route(self.path.split("?", 1)[0])
@@ -228,17 +229,21 @@ class _PooledHTTPServer(HTTPServer):
 
     def process_request(self, request, client_address) -> None:
         try:
-            self._waiting.put_nowait((request, client_address))
+            self._waiting.put_nowait((request, client_address, time.monotonic()))
         except queue.Full:  # every thread busy and the queue full: no room, say so by closing
             self.refused += 1
             self.shutdown_request(request)
 
     def _serve_queued(self) -> None:
         while True:
-            request, client_address = self._waiting.get()
+            request, client_address, at = self._waiting.get()
             if request is None:
                 return
             try:
+                # the silence allowed counts from the accept: a queue of idle connections
+                # is worked through in half a second each, not HTTP_TIMEOUT_S
+                left_s = max(MIN_TIMEOUT_S, HTTP_TIMEOUT_S - (time.monotonic() - at))
+                request.settimeout(left_s)  # a silent client is dropped, not waited for
                 self.finish_request(request, client_address)
             except Exception:  # one client's failure (a reset, a timeout) is its own
                 log.debug("http %s: request failed", client_address, exc_info=True)
@@ -249,13 +254,13 @@ class _PooledHTTPServer(HTTPServer):
         super().server_close()
         while True:  # close what waits, and let the threads go
             try:
-                request, _ = self._waiting.get_nowait()
+                request, _, _ = self._waiting.get_nowait()
             except queue.Empty:
                 break
             if request is not None:
                 self.shutdown_request(request)
         for _ in range(HTTP_THREADS):
             try:
-                self._waiting.put_nowait((None, None))
+                self._waiting.put_nowait((None, None, 0.0))
             except queue.Full:
                 break
