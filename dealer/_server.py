@@ -207,6 +207,7 @@ class RouterServer:
         self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
         self._monitors = [self._monitor(s) for s in (self.sock, self.public)]
         self._swept_at = time.monotonic()
+        self.replies_dropped = 0
         self._shut_logged_at = float("-inf")
         self._shut_since_log = 0
         try:
@@ -415,6 +416,7 @@ class RouterServer:
                 sock.send_multipart([ident, out], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or not reading (SNDHWM)
                 dropped, why = dropped + 1, str(e)
+        self.replies_dropped += dropped
         if dropped:  # once a turn: a flood of unread replies must not flood the log too
             log.info("%d replies dropped (the peer gone or not reading): %s", dropped, why)
         self.after_turn()
@@ -437,9 +439,13 @@ class RouterServer:
         return self.handle(msg, now, Peer(key, address))
 
     def gate_status(self) -> dict:
-        """What the caps hold now, for status: connections open, from how many sources, and
-        how many connections and status requests were refused."""
-        return {**self.connections.status(), "status_refused": self.status_ration.refused}
+        """What the caps hold now, for status: connections open, from how many sources, how
+        many connections and status requests were refused, and replies dropped unread."""
+        return {
+            **self.connections.status(),
+            "status_refused": self.status_ration.refused,
+            "replies_dropped": self.replies_dropped,
+        }
 
     def _rationed(self, msg: p.StatusQuery, frame: zmq.Frame, now: float) -> p.Error | None:
         """An `error` for a `status` past its source's ration (or everyone's), else None."""
