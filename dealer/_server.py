@@ -89,7 +89,7 @@ ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST = 200.0, 2000.0
 # few times a second; a page of jobbers at a time for an allocator's poll
 STATUS_PER_S, STATUS_BURST = 5.0, 20.0
 ALL_STATUS_PER_S, ALL_STATUS_BURST = 50.0, 100.0  # bounds the loop's time spent on status
-HANDSHAKE_IVL_MS = 10_000  # a connection that has not finished its handshake by then is dropped
+HANDSHAKE_IVL_MS = 30_000  # unfinished handshakes are dropped (a starved jobber may be slow)
 SWEEP_S = 10.0  # how often the live connections are checked against the kernel's
 # a finished dealer stays this long to answer "finished", take late results and
 # cancel held work: longer than a jobber's alive interval, so every holder hears
