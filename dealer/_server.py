@@ -188,6 +188,9 @@ class RouterServer:
             keys = KeyPair(*zmq.curve_keypair())
         self.keys = keys
         self._ctx = zmq.Context()
+        # every socket dual-stack: `*` binds IPv6 and IPv4 alike, `[::1]` and peers'
+        # IPv6 addresses work (libzmq falls back to IPv4 where a host has no IPv6)
+        self._ctx.set(zmq.IPV6, 1)
         self.gate = _Gate(allow)
         self._auth = _Authenticator(self._ctx, self.gate)
         self._auth.start()
@@ -436,7 +439,7 @@ class RouterServer:
         except (ValueError, zmq.ZMQError) as e:  # no ZAP identity: should not happen
             log.error("message without a proven identity dropped: %s", e)
             return None
-        return self.handle(msg, now, Peer(key, address))
+        return self.handle(msg, now, Peer(key, p.source_address(address)))
 
     def gate_status(self) -> dict:
         """What the caps hold now, for status: connections open, from how many sources, how
@@ -481,9 +484,10 @@ class RouterServer:
 
 
 def connectable(endpoint: str) -> str:
-    """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback."""
+    """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback
+    (a dual-stack `[::]` takes IPv4 too, so `*` reads as it did before IPv6)."""
     return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
-        "tcp://[::]:", "tcp://[::1]:"
+        "tcp://[::]:", "tcp://127.0.0.1:"
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import ipaddress
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
@@ -60,14 +59,7 @@ class Peer:
         """The group votes are counted by, under the --distinct policy."""
         if distinct == "key":
             return self.key
-        if distinct == "subnet":
-            try:
-                ip = ipaddress.ip_address(self.address)
-            except ValueError:
-                return self.address
-            bits = 24 if ip.version == 4 else 64
-            return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-        return self.address
+        return p.machine_of(self.address, subnet=distinct == "subnet")
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,6 +229,7 @@ class Jobber:
         self._learnt = self._load_learnt()  # key -> the --trust key its rotation chain began at
         self._refused: dict[str, str] = {}  # dealer -> why its payloads were last refused
         self._ctx = context or zmq.Context.instance()
+        self._ctx.set(zmq.IPV6, 1)  # dealers and the allocator may be IPv6 (or dual-stack)
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
         self._writer: _SpoolWriter | None = None
@@ -384,7 +385,8 @@ class Jobber:
         """`endpoint` from this jobber's source address, if it has one."""
         if self.cfg.source is None or not endpoint.startswith("tcp://"):
             return endpoint
-        return f"tcp://{self.cfg.source}:0;{endpoint[len('tcp://') :]}"
+        source = f"[{self.cfg.source}]" if ":" in self.cfg.source else self.cfg.source
+        return f"tcp://{source}:0;{endpoint[len('tcp://') :]}"
 
     def _sockets(self, dealer: str) -> _Sockets:
         return self._socks.setdefault(dealer, _Sockets())
