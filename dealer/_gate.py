@@ -32,28 +32,21 @@ shut a source out for good).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections import Counter
+
+import protocol as p
 
 log = logging.getLogger(__name__)
 
 MAX_BUCKETS = 65536  # sources remembered per ration: a few MB at most, then least recent go
-IPV6_PREFIX = 64  # an IPv6 source is its /64: what one subscriber is routinely given
 
 
 def source_of(address: str) -> str:
-    """The source an IP address belongs to: itself (IPv4, or IPv4 mapped into IPv6), its
-    /64 (IPv6), or the text as given when it is not an IP address (ipc, inproc)."""
-    try:
-        ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
-    return str(ip)
+    """The source an IP address belongs to, as --distinct host counts machines
+    (protocol.machine_of): itself (IPv4, or IPv4 mapped into IPv6), its /64 (IPv6), or
+    the text as given when it is not an IP address (ipc, inproc)."""
+    return p.machine_of(address.strip("[]").partition("%")[0]) if address else address
 
 
 class Ration:
