@@ -19,7 +19,7 @@ from tests.helpers import CHUNK, LINE, N, free_port, wait_for, wait_status
 
 pytestmark = pytest.mark.e2e
 
-# what a status page of 120 long names (~125 KB) may cost 20 connections that never read:
+# what a status page of 120 long names (~120 KB) may cost 20 connections that never read:
 # (SNDHWM + 1) replies queued each is 13 MB; the rest is room for malloc's own slack.
 # Without a send bound the same flood took the dealer from 53 MB to 2,310 MB.
 UNREAD_FLOOD_MB = 64
