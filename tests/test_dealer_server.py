@@ -236,3 +236,28 @@ def test_a_damaged_journal_is_refused_and_never_silently_started_over(tmp_path):
     scribbled.write_bytes(bytes(raw))
     with pytest.raises(JournalError, match="scribbled.sqlite"):
         list(Journal(scribbled, "t").records())
+
+
+def test_status_past_its_ration_is_answered_busy_and_the_cli_waits(serving):
+    import re
+    import time
+
+    from dealer._server import STATUS_BURST
+    from dealer.cli import query_status
+
+    dealer, task, client = serving
+    burst = int(STATUS_BURST)
+    # one after another on the work port (more than 4 unread would be dropped): the
+    # burst is answered, then "busy" with a wait
+    replies = [client.ask(p.StatusQuery(i + 1)) for i in range(burst + 5)]
+    pages = [r for r in replies if isinstance(r, p.StatusReply)]
+    busy = [r for r in replies if isinstance(r, p.Error)]
+    assert burst <= len(pages) < burst + 5 and len(busy) >= 1
+    for r in busy:  # as docs/protocol.md spells it
+        assert r.code is p.ErrorCode.INTERNAL
+        assert re.fullmatch(r"busy: .*; ask again in [0-9]+\.[0-9]+ s", r.text), r.text
+    # the plaintext port rations the same source; the command line's client waits its turn
+    started = time.monotonic()
+    info = query_status(dealer.address.partition("#")[0], timeout_s=5)
+    assert info["task"] == "Collect" and time.monotonic() - started > 0.05
+    assert info["connections"]["status_refused"] >= len(busy)
