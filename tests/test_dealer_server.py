@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sqlite3
 import threading
+import time
 
 import pytest
 import zmq
@@ -12,7 +14,9 @@ import zmq
 import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
+from dealer._server import STATUS_BURST
 from dealer._service import policy_for
+from dealer.cli import query_status
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import CurveClient, wait_for
 from tests.wat import printing
@@ -239,12 +243,6 @@ def test_a_damaged_journal_is_refused_and_never_silently_started_over(tmp_path):
 
 
 def test_status_past_its_ration_is_answered_busy_and_the_cli_waits(serving):
-    import re
-    import time
-
-    from dealer._server import STATUS_BURST
-    from dealer.cli import query_status
-
     dealer, task, client = serving
     burst = int(STATUS_BURST)
     # one after another on the work port (more than 4 unread would be dropped): the
