@@ -257,6 +257,9 @@ class RouterServer:
                 if event["event"] == zmq.EVENT_DISCONNECTED:
                     c.disconnected(fd)
                     continue
+                # read moments after the accept; if that connection has closed and its
+                # descriptor been reused since, this names the newer connection, whose own
+                # ACCEPTED follows and puts the count right (Connections.accepted)
                 peer = _peer_of(fd)
                 if peer is None:  # gone already: its DISCONNECTED follows
                     continue
