@@ -26,9 +26,10 @@ machines, for the operator, not for the world.
 
 The server is bounded whoever connects: HTTP_THREADS threads serve, taking
 accepted connections from a queue of at most HTTP_QUEUE; a connection accepted
-when the queue is full is closed at once, and one that sends nothing for
-HTTP_TIMEOUT_S is closed, so idle connections cannot pin threads or pile up
-(a thread per connection made 266 threads for 259 idle connections).
+when the queue is full is closed at once, and one still silent HTTP_TIMEOUT_S
+after its accept (or MIN_TIMEOUT_S after a thread took it, if it waited that
+long in the queue) is closed, so idle connections cannot pin threads or pile
+up (a thread per connection made 266 threads for 259 idle connections).
 """
 
 from __future__ import annotations
