@@ -584,9 +584,7 @@ class Core:
         me = self.jobbers.get(jobber)
         host = self.machines.get(machine)
         mine = self.policy.quota if me is None else me.allowance - me.held - me.unchecked
-        theirs = (
-            self.policy.quota if host is None else host.allowance - host.held - host.unchecked
-        )
+        theirs = self.policy.quota if host is None else host.allowance - host.held - host.unchecked
         return max(0, min(mine, theirs))
 
     def waiting(self, now: float) -> list[str]:
