@@ -117,9 +117,8 @@ from tasks import Job
 
 log = logging.getLogger(__name__)
 
-# A jobber seen within this long counts as active when deciding whether a job
-# may go back to a jobber that already failed it (5 minutes: several request
-# rounds of a backing-off jobber).
+# An identity or machine not heard from for this long that holds nothing and earned
+# nothing is forgotten (evict; 5 minutes: several request rounds of a backing-off jobber).
 ACTIVE_HORIZON_S = 300.0
 LOST = "lost: the jobber no longer holds it"
 IMPLAUSIBLE = "implausible"  # the status recorded for a result that failed the checks
@@ -127,6 +126,7 @@ DENIED = "denied"  # ... and for a result from a denied identity
 MAX_ALLOWANCE = 4096  # open replicas one identity or machine can ever earn
 MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
 MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
+NEVER = float("-inf")  # a machine that never asked for work it could take
 
 
 class CoreError(Exception):
@@ -322,6 +322,12 @@ class Standing:
     allowance: int
     held: int = 0  # replicas OUT (sent, not yet returned nor overdue)
     last_seen: float = 0.0
+    # OK replicas of jobs not yet settled: returned, not yet compared with anyone, so they
+    # count against the allowance as held ones do (unchecked work earns no room)
+    unchecked: int = 0
+    # when this machine last asked for work it could take (want > 0, within its quota) or
+    # returned a result: a job waits for a machine only while it is present (see _present)
+    present: float = NEVER
 
     def good(self) -> None:
         self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
@@ -577,8 +583,8 @@ class Core:
         """How many more replicas the identity `jobber` on `machine` may hold right now."""
         me = self.jobbers.get(jobber)
         host = self.machines.get(machine)
-        mine = self.policy.quota if me is None else me.allowance - me.held
-        theirs = self.policy.quota if host is None else host.allowance - host.held
+        mine = self.policy.quota if me is None else me.allowance - me.held - me.unchecked
+        theirs = self.policy.quota if host is None else host.allowance - host.held - host.unchecked
         return max(0, min(mine, theirs))
 
     def waiting(self, now: float) -> list[str]:
@@ -586,8 +592,7 @@ class Core:
         p = self.policy
         out: list[str] = []
         if self._wanting:
-            horizon = now - p.lease_s
-            active = [m for m, st in self.machines.items() if st.last_seen >= horizon]
+            active = [m for m, st in self.machines.items() if self._present(st, now)]
             n = len(self._wanting)
             out.append(
                 f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a replica on "
@@ -739,6 +744,8 @@ class Core:
         out: list[Assignment] = []
         if want <= 0:
             return out
+        m = self._machine(machine)
+        m.present = max(m.present, now)
         for job_id in list(self._wanting):
             if len(out) >= want:
                 return out
@@ -814,16 +821,29 @@ class Core:
             self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}", now))
             return Rejected(ErrorCode.IMPLAUSIBLE, why)
         self._record(Returned(tag, status.value, output, fuel, detail, now))
+        if status is not Status.ABANDONED:  # it works: a job may wait for it a lease more
+            m = self._machine(r.machine)
+            m.present = max(m.present, now)
         return None
 
-    def alive(self, jobber: str, now: float, holding: Collection[str] | None = None) -> list[str]:
+    def alive(
+        self,
+        jobber: str,
+        now: float,
+        holding: Collection[str] | None = None,
+        machine: str | None = None,
+    ) -> list[str]:
         """The jobber says it is alive (renewing its lease) and, maybe, what it holds.
 
         Returns the held tags it should drop: replicas of jobs already settled,
-        which can no longer change anything.
+        which can no longer change anything. `machine`: where it speaks from (default:
+        where it last asked, else its own). Being alive is not being present: no job
+        waits for a machine that only says it is alive (see _present).
         """
-        known = self.jobbers.get(jobber)
-        self._seen(jobber, known.machine if known else jobber, now)
+        if machine is None:
+            known = self.jobbers.get(jobber)
+            machine = known.machine if known else jobber
+        self._seen(jobber, machine, now)
         if holding is None:
             return []
         for tag in sorted(self._open.get(jobber, set()) - set(holding)):
@@ -884,13 +904,19 @@ class Core:
             for name, rec in self.jobbers.items()
             if rec.last_seen < horizon
             and rec.held == 0
+            and rec.unchecked == 0
             and not (rec.valid or rec.invalid or rec.credit)
             and name not in self.denied
         ]
         for name in gone:
             del self.jobbers[name]
             self._open.pop(name, None)
-        for m in [m for m, s in self.machines.items() if s.last_seen < horizon and s.held == 0]:
+        idle = [
+            m
+            for m, s in self.machines.items()
+            if s.last_seen < horizon and s.held == 0 and s.unchecked == 0
+        ]
+        for m in idle:
             del self.machines[m]
             for on in self._platforms.values():
                 on.pop(m, None)
@@ -1068,6 +1094,9 @@ class Core:
             return
         r.fire("returned_ok" if ok else "returned_error")
         me, host = self._jobber(r.jobber), self._machine(r.machine)
+        if ok:  # not compared yet: holds room until its job settles (_settle)
+            me.unchecked += 1
+            host.unchecked += 1
         r.status = rec.status
         if ok or rec.status in DETERMINISTIC:  # both vote (quota is earned in _evaluate)
             r.output, r.fuel = rec.output, rec.fuel
@@ -1144,22 +1173,27 @@ class Core:
         if touched is None:
             touched = {r.machine for r in j.replicas}
             touched.add(machine)
-        horizon = now - ACTIVE_HORIZON_S
         return not any(
-            name not in touched and m.last_seen >= horizon for name, m in self.machines.items()
+            name not in touched and self._present(m, now) for name, m in self.machines.items()
         )
 
     def _fresh_on(self, platforms: set[str | None], touched: set[str], now: float) -> bool:
-        """Whether a machine that ran replicas on one of `platforms` is active and has no
+        """Whether a machine that ran replicas on one of `platforms` is present and has no
         replica of the job (`touched` names those that have)."""
-        horizon = now - ACTIVE_HORIZON_S
         for platform in platforms:
             for name in self._platforms.get(platform, ()):
                 if name not in touched:
                     m = self.machines.get(name)
-                    if m is not None and m.last_seen >= horizon:
+                    if m is not None and self._present(m, now):
                         return True
         return False
+
+    def _present(self, m: Standing, now: float) -> bool:
+        """Whether a job may wait for machine `m`: it asked for work it could take, or
+        returned a result, within the lease. Asking for nothing (`want` 0), asking past
+        its quota, or only saying it is alive does not count: so a machine, or two, can
+        hold a job back only by holding its replicas, and no longer than a lease."""
+        return m.present >= now - self.policy.lease_s
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
@@ -1298,6 +1332,9 @@ class Core:
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
+            if r.state is ReplicaState.OK:
+                self._jobber(r.jobber).unchecked -= 1
+                self._machine(r.machine).unchecked -= 1
             if r.state in _LATE:
                 self._late[r.tag] = (j.id, accepted if r.platform == platform else None)
                 if len(self._late) > MAX_LATE:
