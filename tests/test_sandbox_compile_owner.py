@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import wait
-from pathlib import Path
 
 import pytest
 
