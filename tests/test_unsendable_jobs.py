@@ -13,7 +13,7 @@ from dealer._core import Core, Drawn, Failed, Policy, unsendable
 from dealer._history import History
 from dealer._journal import Journal
 from dealer._service import Peer, Service, policy_for
-from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
+from protocol._wire import MAX_ARGS, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES
 from tasks import Job
 from tests.helpers import PY, ROOT, free_port
 from tests.tasks.oversize import BIG, JOBS, Oversize
@@ -170,3 +170,32 @@ def test_an_oversize_stdin_fails_alone_and_the_batch_finishes(procs):
     ), dealer.stderr
     assert "cannot send jobs" not in dealer.stderr
     assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
+
+
+# --- the caps as docs/writing-tasks.md states them ----------------------------------------
+
+
+def _limits_table() -> dict[str, str]:
+    text = (ROOT / "docs" / "writing-tasks.md").read_text()
+    section = text.split("## Limits of one job", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)
+    return {what: cap for what, cap in rows if what not in ("what", "---")}
+
+
+def _numbers(cap: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", cap)]
+
+
+def test_the_limits_of_one_job_in_the_docs_are_the_code_s():
+    table = _limits_table()
+    assert _numbers(table["`Job.stdin`"]) == [MAX_STDIN_BYTES // MiB, MAX_STDIN_BYTES]
+    assert _numbers(table["`Job.args`, how many"]) == [MAX_ARGS]
+    assert _numbers(table["`Job.args`, each"]) == [p.MAX_STR]
+    payload = p.MAX_PAYLOAD_BYTES
+    assert _numbers(table["the payload module"]) == [payload // MiB, payload]
+    together = _numbers(table["a job's stdin, args and the payload together"])
+    frame, overhead = p.MAX_MESSAGE_BYTES, _core.JOB_MESSAGE_OVERHEAD
+    assert together == [frame // MiB, frame, overhead // 1024]
+    output = MAX_OUTPUT_BYTES
+    assert _numbers(table["the output of one job"]) == [output // MiB, output]
+    assert len(table) == 6  # a cap added to the code belongs in the table too
