@@ -189,3 +189,36 @@ def test_compile_shapes_within_the_caps_end_memory_under_a_small_owner_fence(sha
     grown_mb = got["workers_peak_mb"] - base["workers_peak_mb"]
     assert grown_mb <= 64 + 16, got
     assert got["workers_cpu_s"] < 15, got
+
+
+# --- a real jobber, started with --memory 64 ---------------------------------------------
+
+
+@linux_only
+@pytest.mark.e2e
+def test_a_jobber_with_memory_64_compiles_under_64_mib_once(procs):
+    from tests.helpers import free_port
+    from tests.tasks.deep import JOBS
+
+    port = free_port()
+    dealer = procs.start(
+        "dealer",
+        [
+            PY,
+            ROOT / "tests" / "tasks" / "deep.py",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            "--db",
+            procs.cwd / "deep.sqlite",
+        ],
+    )
+    jobber = procs.jobber(
+        "j1", f"127.0.0.1:{port}", extra=("--memory", "64", "--max-idle", "4", "-v")
+    )
+    assert dealer.wait(180) == 1, dealer.stderr  # finished, every job failed
+    assert dealer.stdout.strip() == f"0 done, {JOBS} failed"
+    listed = [line for line in dealer.stderr.splitlines() if line.startswith("failed job ")]
+    fenced = "memory: compiling the module took more than the compile memory fence of 64 MiB"
+    assert len(listed) == JOBS and all(fenced in line for line in listed), dealer.stderr
+    assert sum("(remembered)" in line for line in listed) == JOBS - 1  # compiled once
+    assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
