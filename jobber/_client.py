@@ -214,6 +214,10 @@ class Jobber:
             raise JobberError("give dealers or --allocator, not both")
         if cfg.allocator is not None and not cfg.pool:
             raise JobberError("--allocator needs --pool NAME")
+        if (cfg.compile_memory_mb is not None and cfg.compile_memory_mb < 1) or (
+            cfg.compile_time_s is not None and cfg.compile_time_s <= 0
+        ):
+            raise JobberError("--compile-memory and --compile-time must be positive")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid
@@ -274,10 +278,6 @@ class Jobber:
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
         self.core.cached = tuple(self.cache.hashes())
-        if (cfg.compile_memory_mb is not None and cfg.compile_memory_mb < 1) or (
-            cfg.compile_time_s is not None and cfg.compile_time_s <= 0
-        ):
-            raise JobberError("--compile-memory and --compile-time must be positive")
         fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
         self.slots = sandbox.Slots(
             cfg.slots,

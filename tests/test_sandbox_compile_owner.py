@@ -222,3 +222,39 @@ def test_a_jobber_with_memory_64_compiles_under_64_mib_once(procs):
     assert len(listed) == JOBS and all(fenced in line for line in listed), dealer.stderr
     assert sum("(remembered)" in line for line in listed) == JOBS - 1  # compiled once
     assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
+
+
+# --- the jobber's options ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "memory_mb", "time_s"),
+    [
+        (["--memory", "64"], 64, sandbox.COMPILE_TIME_S),  # the owner's memory per job
+        (["--memory", "64", "--compile-memory", "32"], 32, sandbox.COMPILE_TIME_S),
+        (["--memory", "512", "--compile-memory", "100", "--compile-time", "5"], 100, 5.0),
+        # never above the fixed fences, whatever the owner says
+        (["--memory", "65536", "--compile-memory", "9999", "--compile-time", "900"], 2048, 30.0),
+    ],
+)
+def test_the_jobber_compiles_under_the_least_of_its_owner_s_limits(
+    tmp_path, argv, memory_mb, time_s
+):
+    from jobber import cli
+    from jobber._client import Config, Jobber
+
+    args = cli.parser().parse_args(["127.0.0.1:1", *argv])
+    settings = {cli.CONFIG_FIELDS[d]: v for d in cli.CONFIG_FIELDS if (v := getattr(args, d))}
+    jobber = Jobber(Config(["127.0.0.1:1"], tmp_path, slots=1, control=False, **settings))
+    try:
+        assert jobber.slots.compile_memory_mb == memory_mb
+        assert jobber.slots._compile_time_s == time_s
+    finally:
+        jobber.close()
+
+
+def test_the_jobber_refuses_a_compile_limit_that_is_not_positive(tmp_path):
+    from jobber._client import Config, Jobber, JobberError
+
+    with pytest.raises(JobberError, match="--compile-memory and --compile-time"):
+        Jobber(Config(["127.0.0.1:1"], tmp_path, slots=1, control=False, compile_memory_mb=0))
