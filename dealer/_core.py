@@ -70,6 +70,15 @@ they are sent to others at once; a late result from a GONE replica still
 counts until the job is settled, like an overdue one. Deadlines remain, for
 jobbers that are alive but too slow.
 
+A job that can never be sent (its stdin, an argument or their count over the
+wire's caps, or a `jobs` message holding it and the payload over the message
+cap: see `unsendable`) fails where it is drawn: its Drawn record carries the
+reason (`refused`), and applying that record settles the job as failed at
+once, on a live draw and on a replay alike. No replica of it is ever made, and
+the rest of the batch goes on. A live draw goes past at most
+REFUSED_PER_DRAW such jobs in a row (the next draw goes on), so a task of
+nothing but oversize jobs cannot hold one turn for long.
+
 The tail: once nothing is left to draw and no job wants a replica, a jobber
 that asks gets a *backup* replica of the job out longest (up to
 `Policy.backups` beyond what the job needs), so a batch ends when its fastest
@@ -112,7 +121,8 @@ from dataclasses import dataclass, field, fields
 
 import msgpack
 
-from protocol import ErrorCode, Status
+from protocol import MAX_MESSAGE_BYTES, MAX_STR, ErrorCode, Status
+from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
 from tasks import Job
 
 log = logging.getLogger(__name__)
@@ -127,6 +137,13 @@ MAX_ALLOWANCE = 4096  # open replicas one identity or machine can ever earn
 MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
 MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
 NEVER = float("-inf")  # a machine that never asked for work it could take
+# unsendable jobs one live draw goes past before it returns (the next draw goes on): each is
+# a record and a failure to hand the task, so one turn stays short
+REFUSED_PER_DRAW = 1000
+# what a `jobs` message holding one job adds to its stdin, arguments and the payload: the
+# tag, the limits, the deadline, field names, the payload's signature with its rotation
+# chain (under 2 KB); generous, so that a job passing here always encodes under the cap
+JOB_MESSAGE_OVERHEAD = 64 * 1024
 
 
 class CoreError(Exception):
@@ -196,6 +213,9 @@ class Drawn:
     args: tuple[str, ...] | None = None
     stdin_size: int | None = None
     stdin_sha256: str | None = None  # 16 hex digits of its sha256; None when empty
+    # why the job can never be sent (see `unsendable`): it failed as it was drawn. None:
+    # a sendable job (and every job of a journal written before this field)
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.args, list):  # as msgpack gives it back
@@ -467,6 +487,44 @@ def _most(groups: dict, empty):
     return best_key, best
 
 
+def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
+    """Why `job` can never reach a jobber, or None: its stdin, an argument or their
+    count over the wire's caps (docs/protocol.md, `job_spec`), an argument that is not
+    text UTF-8 can carry, or a `jobs` message holding it and the payload
+    (`payload_bytes`, sent with it to a jobber that lacks it) over the message cap.
+    The same job gives the same answer every time: a pure function of its bytes."""
+    where = "the wire's cap"
+    if len(job.stdin) > MAX_STDIN_BYTES:
+        return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
+    if len(job.args) > MAX_ARGS:
+        return f"{len(job.args):,} arguments, over {where} of {MAX_ARGS:,}"
+    args_bytes = 0
+    for i, arg in enumerate(job.args):
+        if len(arg) > MAX_STR:
+            return f"argument {i} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+        try:
+            args_bytes += len(arg.encode()) + 5  # and its msgpack header
+        except UnicodeEncodeError as e:
+            return f"argument {i} is not valid Unicode text ({e.reason} at {e.start})"
+    size = payload_bytes + len(job.stdin) + args_bytes + JOB_MESSAGE_OVERHEAD
+    if size > MAX_MESSAGE_BYTES:
+        return (
+            f"a jobs message of about {size:,} bytes with the payload, over {where} of "
+            f"{MAX_MESSAGE_BYTES:,} bytes (stdin {len(job.stdin):,}, arguments "
+            f"{args_bytes:,}, payload {payload_bytes:,})"
+        )
+    return None
+
+
+def refusal(job_id: int, job: Job, why: str) -> str:
+    """The failure recorded for an unsendable job: names the job and the limit."""
+    shown = " ".join(job.args[:8])[:200] + (" ..." if len(job.args) > 8 else "")
+    return (
+        f"job {job_id} (args {shown or '(none)'}) can never be sent: {why}; "
+        "see 'Limits of one job' in docs/writing-tasks.md"
+    )
+
+
 def job_digest(job: Job) -> str:
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
 
@@ -488,15 +546,24 @@ def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str
 
 class Core:
     def __init__(
-        self, jobs: Iterable[Job], policy: Policy, tag_prefix: str, *, verify_jobs: bool = True
+        self,
+        jobs: Iterable[Job],
+        policy: Policy,
+        tag_prefix: str,
+        *,
+        verify_jobs: bool = True,
+        payload_bytes: int = 0,
     ) -> None:
         """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
         journal drew without comparing their digests (the journal is the source of
-        truth: a reader that rebuilds jobs from Drawn records, not a dealer)."""
+        truth: a reader that rebuilds jobs from Drawn records, not a dealer).
+        `payload_bytes`: the size of the payload a `jobs` message may carry with a job
+        (see `unsendable`)."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
         self._verify_jobs = verify_jobs
+        self._payload_bytes = payload_bytes
         self._prefix = tag_prefix
         self._source: Iterator[Job] = iter(jobs)
         self._exhausted = False
@@ -997,29 +1064,40 @@ class Core:
         return True
 
     def _draw(self) -> _Job | None:
-        if self._exhausted:
-            return None
-        try:
-            job = next(self._source)
-            if not isinstance(job, Job):
-                raise TypeError(f"jobs() yielded {job!r}, not a tasks.Job")
-        except StopIteration:
-            self._exhausted = True
-            return None
-        except Exception as e:  # the task's own bug: no more jobs; those drawn go on
-            self._exhausted = True
-            self.source_error = f"{type(e).__name__}: {e}"
-            log.error(
-                "the task's jobs() raised after %d jobs; drawing no more: %s",
-                self._next_job,
-                self.source_error,
-                exc_info=True,
-            )
-            return None
-        self._pending_job = job
-        stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
-        self._record(Drawn(self._next_job, job_digest(job), tuple(job.args), len(job.stdin), stdin))
-        return self._jobs[self._next_job - 1]
+        """The next job that can be sent, drawn and recorded; jobs that never can are
+        drawn and failed on the way (at most REFUSED_PER_DRAW of them). None: nothing
+        more to draw now."""
+        for _ in range(REFUSED_PER_DRAW):
+            if self._exhausted:
+                return None
+            try:
+                job = next(self._source)
+                if not isinstance(job, Job):
+                    raise TypeError(f"jobs() yielded {job!r}, not a tasks.Job")
+            except StopIteration:
+                self._exhausted = True
+                return None
+            except Exception as e:  # the task's own bug: no more jobs; those drawn go on
+                self._exhausted = True
+                self.source_error = f"{type(e).__name__}: {e}"
+                log.error(
+                    "the task's jobs() raised after %d jobs; drawing no more: %s",
+                    self._next_job,
+                    self.source_error,
+                    exc_info=True,
+                )
+                return None
+            job_id = self._next_job
+            why = unsendable(job, self._payload_bytes)
+            refused = None if why is None else refusal(job_id, job, why)
+            self._pending_job = job
+            stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
+            digest = job_digest(job)
+            self._record(Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused))
+            if refused is None:
+                return self._jobs[job_id]
+            log.warning("%s", refused)
+        return None
 
     def _apply_drawn(self, rec: Drawn) -> None:
         if rec.job_id != self._next_job:
@@ -1039,6 +1117,10 @@ class Core:
                 )
         self._next_job += 1
         j = self._jobs[rec.job_id] = _Job(rec.job_id, job, digest=rec.digest)
+        if rec.refused is not None:  # it can never be sent: it fails as it is drawn
+            self.failed += 1
+            self._settle(j, Failed(j.id, j.job, (rec.refused,)))
+            return
         self._update_wanting(j)
 
     def _send(

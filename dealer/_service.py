@@ -175,7 +175,10 @@ class Service:
                 **task_pins(task),
             }
         )
-        self.core = Core(task.jobs(), policy, journal.tag_prefix)
+        # a job that can never be sent with this payload fails as it is drawn (see Core)
+        self.core = Core(
+            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+        )
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
