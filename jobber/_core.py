@@ -480,6 +480,13 @@ class JobberCore:
         if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
             self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
         self._finish(h, result)
+        link = self.links.get(h.dealer)
+        if result.status is p.Status.ABANDONED and result.detail.startswith("refused") and link:
+            # this machine cannot run that dealer's payload (compiling it needs more than
+            # the owner allows): the dealer sends the job elsewhere; ask it less
+            if link.ask_after < now + REFUSED_PAYLOAD_WAIT_S:
+                log.warning("job %s from %s given back: %s", result.tag, h.dealer, result.detail)
+            link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
         log.debug(
             "job %s from %s: %s, %d fuel, %.3f s",
             result.tag,

@@ -71,6 +71,7 @@ A script that creates Slots must guard its entry point with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -169,6 +170,25 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+COMPILE_MEMORY_DETAIL = "compiling the module took more than the compile memory fence of"
+
+
+def _owner_fenced(outcome: Outcome, memory_mb: int) -> Outcome:
+    """A compile stopped by a memory fence below COMPILE_MEMORY_MB was stopped by this
+    machine's owner (their memory per job, or their compile ceiling), not by the payload:
+    the job is given back unrun (ABANDONED, "refused: ..."), so that its dealer sends it
+    to a larger machine instead of failing it as the payload's own MEMORY."""
+    if (
+        outcome.status is not Status.MEMORY
+        or memory_mb >= COMPILE_MEMORY_MB
+        or not outcome.detail.startswith(COMPILE_MEMORY_DETAIL)
+    ):
+        return outcome
+    why = f"refused: compiling it needs more than the {memory_mb} MiB this machine allows: "
+    why += outcome.detail
+    return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why)
+
+
 def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
     """How a job ends whose worker died compiling its module."""
     sig = -exitcode if exitcode is not None and exitcode < 0 else None
@@ -177,8 +197,7 @@ def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
     if sig in (signal.SIGABRT, signal.SIGKILL):
         name = signal.Signals(sig).name
         return Status.MEMORY, (
-            f"compiling the module took more than the compile memory fence of {memory_mb} MiB "
-            f"(the worker was killed by {name})"
+            f"{COMPILE_MEMORY_DETAIL} {memory_mb} MiB (the worker was killed by {name})"
         )
     return Status.CRASH, f"{_describe_death(exitcode)} while compiling the module"
 
@@ -285,7 +304,9 @@ class Slots:
         if key in w.discard:
             w.discard.discard(key)
         else:
-            out.append((key, outcome))
+            out.append(
+                (key, _owner_fenced(outcome, w.msg.get("compile_memory_mb", COMPILE_MEMORY_MB)))
+            )
         w.key = None
         w.compiling = None
         if w.queue:
@@ -357,7 +378,8 @@ class Slots:
         ):
             status, detail = failed
             log.info("job %s: payload %s failed to compile before: %s", key, sha256[:12], detail)
-            self._queued.append((key, Outcome(status, b"", 0, 0.0, f"{detail} (remembered)")))
+            outcome = Outcome(status, b"", 0, 0.0, f"{detail} (remembered)")
+            self._queued.append((key, _owner_fenced(outcome, memory_mb)))
             return
         msg = {
             "kind": "job",
@@ -430,7 +452,8 @@ class Slots:
                         log.warning("job %s: %s", w.key, detail)
                         wall_s = time.monotonic() - w.started
                         if w.key not in w.discard:
-                            out.append((w.key, Outcome(status, b"", 0, wall_s, detail)))
+                            outcome = Outcome(status, b"", 0, wall_s, detail)
+                            out.append((w.key, _owner_fenced(outcome, w.msg["compile_memory_mb"])))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)

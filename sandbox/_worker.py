@@ -223,6 +223,8 @@ def _load(
 
 
 def _memory_refused(cache: ModuleCache, sha256: str, canonical: bool, memory_mb: int) -> Refused:
+    # the words Slots reads (sandbox._slots.COMPILE_MEMORY_DETAIL): below its fixed fence,
+    # the owner's limit stopped this compile, and the job is given back unrun
     detail = f"compiling the module took more than the compile memory fence of {memory_mb} MiB"
     cache.remember_failure(sha256, canonical, Status.MEMORY, detail, memory_mb=memory_mb)
     return Refused(Status.MEMORY, detail, remember=False)

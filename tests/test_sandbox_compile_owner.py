@@ -14,7 +14,7 @@ import pytest
 
 import sandbox
 from protocol import Limits, Status
-from sandbox import _cache
+from sandbox import _cache, _slots
 from tests.helpers import PY, ROOT
 from tests.wat import module, nested_blocks
 
@@ -142,13 +142,15 @@ def test_a_memory_failure_is_remembered_until_the_fence_is_raised(tmp_path):
     with sandbox.Slots(1, root, compile_memory_mb=16) as slots:
         slots.start("small", sha, [], b"", Limits(time_s=60))
         key, o = collect(slots)
-        assert (key, o.status) == ("small", Status.MEMORY)
+        # below the fixed fence, the owner's limit stopped it: given back unrun, not failed
+        assert (key, o.status) == ("small", Status.ABANDONED)
         assert o.detail.startswith(
+            "refused: compiling it needs more than the 16 MiB this machine allows: "
             "compiling the module took more than the compile memory fence of 16 MiB"
         )
         slots.start("again", sha, [], b"", Limits(time_s=60))
         key, o = collect(slots)
-        assert (key, o.status) == ("again", Status.MEMORY)
+        assert (key, o.status) == ("again", Status.ABANDONED)
         assert o.detail.endswith("(remembered)")
         slots.compile_memory_mb = 512  # the owner gave more: it is compiled, and runs
         slots.start("more", sha, [], b"", Limits(time_s=60))
@@ -178,8 +180,9 @@ def test_compile_shapes_within_the_caps_end_memory_under_a_small_owner_fence(sha
     base = probe("hello", 64)
     got = probe(shape, 64, repeat=2)
     first, second = got["jobs"]
-    assert first["status"] == second["status"] == "memory"
+    assert first["status"] == second["status"] == "abandoned"  # the owner's fence: given back
     assert first["detail"].startswith(
+        "refused: compiling it needs more than the 64 MiB this machine allows: "
         "compiling the module took more than the compile memory fence of 64 MiB"
     )
     assert second["detail"] == first["detail"] + " (remembered)"
@@ -194,34 +197,66 @@ def test_compile_shapes_within_the_caps_end_memory_under_a_small_owner_fence(sha
 # --- a real jobber, started with --memory 64 ---------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("status", "detail", "fence_mb", "given_back"),
+    [
+        (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 64 MiB", 64, True),
+        (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 2047 MiB", 2047, True),
+        # at the fixed fence the payload is too costly for any machine: its own failure
+        (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 2048 MiB", 2048, False),
+        # running out of the job's own memory is the payload's, whatever the fence
+        (Status.MEMORY, "memory limit of 16 MiB reached", 64, False),
+        (Status.TIME, "compiling the module took longer than 5 s", 64, False),
+    ],
+)
+def test_a_compile_stopped_by_the_owner_is_given_back_unrun(status, detail, fence_mb, given_back):
+    o = _slots._owner_fenced(sandbox.Outcome(status, b"", 0, 0.1, detail), fence_mb)
+    if given_back:
+        assert o.status is Status.ABANDONED
+        assert o.detail == (
+            f"refused: compiling it needs more than the {fence_mb} MiB this machine allows: "
+            + detail
+        )
+    else:
+        assert (o.status, o.detail) == (status, detail)
+
+
 @linux_only
 @pytest.mark.e2e
-def test_a_jobber_with_memory_64_compiles_under_64_mib_once(procs):
-    from tests.helpers import free_port
+def test_a_small_jobber_gives_a_costly_compile_back_and_a_larger_one_runs_it(procs):
+    """A jobber with --memory 64 compiles the payload once, gives its jobs back unrun
+    (the owner's limit, not the payload's fault) and asks that dealer no more for a
+    while; a jobber with room compiles and runs every job: none fails."""
+    from dealer._core import Returned
+    from dealer._journal import ReadOnly
+    from tests.helpers import free_port, wait_for
     from tests.tasks.deep import JOBS
 
     port = free_port()
+    db = procs.cwd / "deep.sqlite"
     dealer = procs.start(
         "dealer",
-        [
-            PY,
-            ROOT / "tests" / "tasks" / "deep.py",
-            "--bind",
-            f"tcp://127.0.0.1:{port}",
-            "--db",
-            procs.cwd / "deep.sqlite",
-        ],
+        [PY, ROOT / "tests" / "tasks" / "deep.py", "--bind", f"tcp://127.0.0.1:{port}"]
+        + ["--db", db, "--quiet"],
     )
-    jobber = procs.jobber(
-        "j1", f"127.0.0.1:{port}", extra=("--memory", "64", "--max-idle", "4", "-v")
+    small = procs.jobber("small", f"127.0.0.1:{port}", extra=("--memory", "64", "-v"))
+    wait_for(
+        lambda: "refused: compiling it needs more than the 64 MiB" in small.stderr,
+        120,
+        "the small jobber to give a job back",
     )
-    assert dealer.wait(180) == 1, dealer.stderr  # finished, every job failed
-    assert dealer.stdout.strip() == f"0 done, {JOBS} failed"
-    listed = [line for line in dealer.stderr.splitlines() if line.startswith("failed job ")]
-    fenced = "memory: compiling the module took more than the compile memory fence of 64 MiB"
-    assert len(listed) == JOBS and all(fenced in line for line in listed), dealer.stderr
-    assert sum("(remembered)" in line for line in listed) == JOBS - 1  # compiled once
-    assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
+    big = procs.jobber("big", f"127.0.0.1:{port}", extra=("--memory", "1024", "--max-idle", "5"))
+    assert dealer.wait(120) == 0, dealer.stderr
+    assert dealer.stdout.strip() == f"{JOBS} done, 0 failed"
+    with ReadOnly(db) as journal:
+        back = [
+            r
+            for r in journal.records()
+            if isinstance(r, Returned) and r.status == "abandoned" and "64 MiB" in r.detail
+        ]
+    assert back and all(r.detail.startswith("refused: compiling it needs more") for r in back)
+    assert sum("(remembered)" not in r.detail for r in back) <= 1  # compiled once at most
+    assert big.wait(60) == 0 or "never reached any dealer" in big.stderr
 
 
 # --- the jobber's options ------------------------------------------------------------------

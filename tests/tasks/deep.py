@@ -1,6 +1,7 @@
-"""A task whose payload is within every compile cap but costly to compile (16 functions
-of 500,000 nested blocks, 24 MB): a jobber started with --memory 64 must end each job
-`memory` at its own 64 MiB fence, compiling once.
+"""A task whose payload is within every compile cap but costs more than 64 MiB to compile
+(one function of 50,000 nested blocks; 0.3 s within 512 MiB): a jobber started with
+--memory 64 gives its jobs back unrun at its own fence, compiling once, and a larger
+jobber runs them.
 
 python tests/tasks/deep.py [dealer options]
 """
@@ -19,14 +20,14 @@ JOBS = 3
 
 
 class Deep(Task):
-    """JOBS jobs of one payload that needs about a GB to compile."""
+    """JOBS jobs of one payload that needs more than 64 MiB to compile."""
 
     limits = Limits(fuel=10**6, memory_mb=16, time_s=30, output_kb=1)
     max_errors = 0
 
     def __init__(self) -> None:
         super().__init__()
-        self.payload = Payload(nested_blocks(16, 500_000), "deep")
+        self.payload = Payload(nested_blocks(1, 50_000), "deep")
         self.settled: list[str] = []
 
     def jobs(self):
