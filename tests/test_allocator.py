@@ -298,7 +298,8 @@ def test_the_wire_as_documented(served):
         got = raw(machine, {"type": "alloc_admin", "id": 8, "op": "list", "args": {}})
         assert (got["type"], got["re"], got["code"]) == ("error", 8, "forbidden")
         got = raw(machine, {"type": "instruct", "id": 9, "jobber": "pc", "pool": "x", "host": host})
-        assert (got["type"], got["code"]) == ("error", "forbidden") and "not admitted" in got["text"]
+        assert (got["type"], got["code"]) == ("error", "forbidden")
+        assert "not admitted" in got["text"]
         got = raw(machine, {"type": "hello", "id": 10})
         assert (got["type"], got["code"]) == ("error", "unexpected")
         machine.send(b"\x93garbage")
