@@ -54,7 +54,7 @@ class AllocatorLink(threading.Thread):
         self._connect = connect
         self.backoff = backoff
         self.timeout_s = timeout_s
-        self.join = join  # the pool's join token: sent until the allocator first answers
+        self.join_token = join  # the pool's join token: sent until the allocator first answers
         self.facts: p.HostFacts | None = None  # replaced whole by the loop
         self.serial: int | None = None  # of the instructions held
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -87,9 +87,9 @@ class AllocatorLink(threading.Thread):
                 self.events.put(("failed", str(e)))
                 continue
             self.backoff.succeeded()
-            if self.join is not None:
+            if self.join_token is not None:
                 log.info("allocator %s: admitted to pool %s", self.endpoint, self.pool)
-                self.join = None  # admitted now: the token is not sent again
+                self.join_token = None  # admitted now: the token is not sent again
             self.ok_at = time.monotonic()
             self.problem = ""
             self.serial = msg.serial
@@ -152,7 +152,10 @@ class AllocatorLink(threading.Thread):
         s = self._socket(self.endpoint, self.key)
         try:
             reply = self._request(
-                s, Instruct(self._next_id(), self.jobber, self.pool, facts, self.serial, self.join)
+                s,
+                Instruct(
+                    self._next_id(), self.jobber, self.pool, facts, self.serial, self.join_token
+                ),
             )
         finally:
             s.close()

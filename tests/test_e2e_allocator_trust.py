@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 import urllib.request
 
@@ -14,6 +15,7 @@ import zmq
 
 import protocol as p
 from dealer._allocator_cli import ask
+from jobber._core import MAX_BUFFER_PER_SLOT
 from protocol._keys import hex_of_z85, load_key_pair
 from tests.helpers import PY, CurveClient, by_hand, fake_dealer, free_port, routine
 from tests.test_e2e_allocator import SPIN, start_allocator, start_dealer, status, wait_jobber
@@ -139,13 +141,68 @@ def test_a_referral_cannot_pin_a_key_for_an_address_the_owner_gave(procs):
     wait_jobber(
         procs,
         "pc",
-        lambda s: any(
-            x["address"] == f"tcp://{d2}" and x["key"] == real_key for x in s["dealers"]
-        )
-        and s["done"] >= 3,
+        lambda s: (
+            any(x["address"] == f"tcp://{d2}" and x["key"] == real_key for x in s["dealers"])
+            and s["done"] >= 3
+        ),
         60,
         "work for D2 with its real key",
     )
     known = (procs.cwd / "data-pc" / "known_dealers").read_text()
     assert real_key in known and fake_key not in known
     router.close()
+
+
+def test_dealers_a_removed_project_referred_the_pool_to_get_no_more_work(procs):
+    """The issue's referral after removal: a listed project refers the lab's machines to
+    another dealer (D3); the project is removed; D3 gets nothing more than what the
+    machine held then, and is forgotten."""
+    alloc, address = start_allocator(procs, free_port())
+    root = load_key_pair(procs.cwd / "org.root")
+    router, referrer = fake_dealer()
+    _, d3 = start_dealer(procs, "d3", 100000, iters="2000000")
+    d3_port = d3.split("#")[0].rsplit(":", 1)[1]
+    stop = threading.Event()
+
+    def play_referrer() -> None:  # a project whose dealer has no work, only a referral
+        results: dict = {}
+        while not stop.is_set():
+            if not router.poll(100):
+                continue
+            ident, frame = router.recv_multipart()
+            msg = p.decode(frame)
+            if not routine(router, ident, msg, results) and isinstance(msg, p.Bored):
+                router.send_multipart([ident, p.encode(p.Referral(msg.id, (d3,)))])
+
+    thread = threading.Thread(target=play_referrer, daemon=True)
+    thread.start()
+    try:
+        ask(address, root, "project_add", {"name": "p", "dealer": referrer})
+        ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+        token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+        procs.jobber("pc", extra=("--allocator", address, "--pool", "lab", "--join", token))
+
+        def at_d3(s: dict) -> bool:
+            return any(x["address"].endswith(f":{d3_port}") for x in s["dealers"])
+
+        wait_jobber(procs, "pc", lambda s: at_d3(s) and s["done"] >= 5, 60, "work from D3")
+        ask(address, root, "project_remove", {"name": "p"})
+        serial = ask(address, root, "list", {}).data["serial"]
+        s = wait_jobber(
+            procs, "pc", lambda s: s["allocator"]["serial"] == serial, 30, "the removal"
+        )
+        removed_at = s["done"]
+        s = wait_jobber(procs, "pc", lambda s: not at_d3(s), 30, "D3 forgotten")
+        forgotten_at = s["done"]
+        time.sleep(3.0)  # a window in which a D3 still asked would hand out many jobs
+        s = status(procs, "pc")
+        assert s is not None and not at_d3(s) and s["done"] == forgotten_at
+        # at most what it held then and what an ask already out brought: the most a one-slot
+        # jobber holds, twice
+        held = 2 * (1 + MAX_BUFFER_PER_SLOT)
+        assert forgotten_at - removed_at <= held, (removed_at, forgotten_at)
+        print(f"after the project's removal: {forgotten_at - removed_at} jobs (those in hand)")
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close()
