@@ -204,4 +204,13 @@ def allocator_address(text: str) -> str:
         addr += f":{DEFAULT_ALLOCATOR_PORT}"
     from protocol._addr import dealer_address
 
-    return dealer_address(addr + sep + key)
+    endpoint = dealer_address(addr + sep + key)
+    # an IPv4 address as a dual-stack socket prints it ([::ffff:a.b.c.d]) is the IPv4
+    # address: one allocator, one spelling, so that its pinned key and kept instructions
+    # are found under either
+    mapped = "tcp://[::ffff:"
+    if endpoint.startswith(mapped) and "]:" in endpoint:
+        host, rest = endpoint[len(mapped) :].split("]:", 1)
+        if host.count(".") == 3:
+            endpoint = f"tcp://{host}:{rest}"
+    return endpoint

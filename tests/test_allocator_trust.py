@@ -20,6 +20,7 @@ from dealer._allocator import (
     AllocatorError,
     Forbidden,
 )
+from protocol._alloc import allocator_address
 
 ROOT_KEY = "0" * 64
 ADMIN = "a" * 64
@@ -263,3 +264,13 @@ def test_the_join_token_on_the_wire_is_optional_and_bounded():
     assert p.decode(p.encode(with_token)).join == "t" * 32
     with pytest.raises(p.ProtocolError, match="join"):
         p.encode(p.Instruct(1, "pc", "lab", HOST, None, "t" * 257))
+
+
+def test_an_allocator_printed_by_a_dual_stack_socket_is_one_address_with_its_ipv4_spelling():
+    key = "ab" * 32
+    assert allocator_address(f"tcp://[::ffff:127.0.0.1]:7000#{key}") == (
+        f"tcp://127.0.0.1:7000#{key}"
+    )
+    assert allocator_address("127.0.0.1:7000") == "tcp://127.0.0.1:7000"
+    assert allocator_address("[::1]:7000") == "tcp://[::1]:7000"  # real IPv6 stays
+    assert allocator_address("[::ffff:1:2]:7000") == "tcp://[::ffff:1:2]:7000"
