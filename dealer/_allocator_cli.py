@@ -148,6 +148,9 @@ def _print(op: str, reply: AllocReply) -> None:
                 f"{m['host'].get('cpus')} cpus, seen {ago:.0f} s ago"
                 + ("" if m["active"] else " (inactive)")
             )
+        shown, total = len(data.get("machines", [])), data.get("total", 0)
+        if total > shown:
+            print(f"... and {total - shown} more ({total} machines)")
     elif op == "stats":
         _print_stats(data)
     elif op == "join_token" and data.get("token"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.request
@@ -17,7 +18,15 @@ import protocol as p
 from dealer._allocator_cli import ask
 from jobber._core import MAX_BUFFER_PER_SLOT
 from protocol._keys import hex_of_z85, load_key_pair
-from tests.helpers import PY, CurveClient, by_hand, fake_dealer, free_port, routine
+from tests.helpers import (
+    PY,
+    CurveClient,
+    by_hand,
+    fake_dealer,
+    free_port,
+    routine,
+    wait_for,
+)
 from tests.test_e2e_allocator import SPIN, start_allocator, start_dealer, status, wait_jobber
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +62,12 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
     assert s["allocator"]["serial"] is None and s["dealers"] == [] and s["done"] == 0
 
     # a client written from the doc, by hand: an error, no pool data, nothing stored
-    before_page = page(url)
+    # the page as it is with the pool in it (a snapshot is published once a second)
+    before_page = wait_for(
+        lambda: (b := page(url)) and json.loads(b).get("list", {}).get("pools") and b,
+        10,
+        "the pool on the page",
+    )
     strangers = 0
     t0 = time.monotonic()
     for i in range(300):
@@ -69,14 +83,26 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
     assert rows(db, "machines") == 0 and rows(db, "admitted") == 0
     time.sleep(1.5)  # the page is rebuilt once a second: let a new snapshot be taken
     after_page = page(url)
-    assert len(json.loads(after_page)["machines"]) == 0
+    snap = json.loads(after_page)
+    assert snap["machines"] == [] and snap["machines_total"] == 0
+    assert abs(len(after_page) - len(before_page)) <= 16  # the clock's digits, no more
     print(
         f"{strangers} fake machines in {took:.1f} s: machines rows 0 -> 0, "
         f"page {len(before_page)} -> {len(after_page)} bytes"
     )
 
-    # the pool's join token: the jobber presents it once, is admitted, and works
-    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+    # the pool's join token, as its admin prints it: the jobber presents it once, is
+    # admitted, and works
+    out = subprocess.run(
+        [
+            PY, "-m", "dealer", "allocator", "join-token", "lab",
+            "--allocator", address, "--key", procs.cwd / "org.root",
+        ],
+        cwd=procs.cwd, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0 and "join token TOKEN" in out.stderr, out
+    token = out.stdout.strip()
+    assert len(token) >= 32 and token not in out.stderr
     procs.jobber("pc", extra=("--allocator", address, "--pool", "lab", "--join", token))
     wait_jobber(procs, "pc", lambda s: s["done"] >= 2, 60, "work through the pool")
     procs.all[-1].wait_for(r"admitted to pool lab", 10)
