@@ -454,8 +454,9 @@ class JobberCore:
             link.pinned, link.depth, link.via, link.retired = True, 0, None, False
             if link.key_referred_by and key != link.key:  # a referral's key: not the owner's
                 self._claim(link, link.key, link.key_referred_by)
-                link.key, link.key_referred_by = self._pins.get(addr), ""
-                link.key_from_hello = link.key is not None
+                # the owner's key (set below), else the one pinned, else learnt on first use
+                link.key = self._pins.get(addr) if key is None else None
+                link.key_referred_by, link.key_from_hello = "", link.key is not None
                 link.forget_requests()
                 self._actions.append(Reset(addr))
         elif depth > 0 and link.depth > 0 and link.retired and via is not None:
@@ -887,7 +888,12 @@ class JobberCore:
                 link.key,
                 link.key_referred_by,
             )
-            self._drop(link, now)
+            if self.unacked.get(link.address):  # results for it: kept, listed, never sent
+                link.refused = f"key mismatch: it presents key {msg.key}, not {link.key}"
+                link.forget_requests()
+                self._actions.append(Reset(link.address))
+            else:
+                self._drop(link, now)
             return
         if pinned is not None and pinned != msg.key:
             link.refused = (
