@@ -17,7 +17,7 @@ import zmq
 import protocol as p
 from dealer._allocator_cli import ask
 from jobber._core import MAX_BUFFER_PER_SLOT
-from protocol._keys import hex_of_z85, load_key_pair
+from protocol._keys import create_key_pair, hex_of_z85, load_key_pair
 from tests.helpers import (
     PY,
     CurveClient,
@@ -123,6 +123,26 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
     # and the stranger is still a stranger
     s = status(procs, "stranger")
     assert s is not None and s["allocator"]["serial"] is None and s["done"] == 0
+
+
+def test_a_supplier_admin_cannot_recreate_another_suppliers_removed_pool(procs):
+    """The issue's chem-lab takeover, over the wire with the admins' own keys."""
+    _, address = start_allocator(procs, free_port())
+    root = load_key_pair(procs.cwd / "org.root")
+    admins = {s: create_key_pair(procs.cwd / s) for s in ("physics", "chemistry")}
+    for supplier, key in admins.items():
+        grant = {"key": key.public_hex, "role": "supplier_admin", "supplier": supplier}
+        ask(address, root, "grant", grant)
+    ask(address, admins["chemistry"], "pool_add", {"name": "chem-lab"})
+    ask(address, admins["chemistry"], "pool_remove", {"name": "chem-lab"})
+    with pytest.raises(RuntimeError, match="forbidden: pool 'chem-lab' belongs to supplier"):
+        ask(address, admins["physics"], "pool_add", {"name": "chem-lab", "prefs": {"max_cpus": 1}})
+    with pytest.raises(RuntimeError, match="forbidden"):
+        ask(address, admins["physics"], "project_add", {"name": "x", "dealer": "127.0.0.1:7117"})
+    assert ask(address, root, "list", {}).data["pools"] == []
+    ask(address, admins["chemistry"], "pool_add", {"name": "chem-lab"})  # its own: again
+    pools = ask(address, root, "list", {}).data["pools"]
+    assert [(x["name"], x["supplier"]) for x in pools] == [("chem-lab", "chemistry")]
 
 
 def test_a_referral_cannot_pin_a_key_for_an_address_the_owner_gave(procs):
