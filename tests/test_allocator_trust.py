@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 
 import pytest
+import zmq
 
 import protocol as p
 from dealer._allocator import (
@@ -20,7 +22,11 @@ from dealer._allocator import (
     AllocatorError,
     Forbidden,
 )
+from dealer._allocator_server import AllocatorServer
 from protocol._alloc import allocator_address
+from protocol._keys import KeyPair
+from tests.helpers import CurveClient
+from tests.test_allocator import raw
 
 ROOT_KEY = "0" * 64
 ADMIN = "a" * 64
@@ -274,3 +280,48 @@ def test_an_allocator_printed_by_a_dual_stack_socket_is_one_address_with_its_ipv
     assert allocator_address("127.0.0.1:7000") == "tcp://127.0.0.1:7000"
     assert allocator_address("[::1]:7000") == "tcp://[::1]:7000"  # real IPv6 stays
     assert allocator_address("[::ffff:1:2]:7000") == "tcp://[::ffff:1:2]:7000"
+
+
+@pytest.fixture
+def wire(tmp_path):
+    a = Allocator(tmp_path / "wire.sqlite", refresh_s=5.0)
+    root = KeyPair(*zmq.curve_keypair())
+    a.make_root(root.public_hex, 0.0)
+    server = AllocatorServer("tcp://127.0.0.1:*", a, poll_s=3600.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server, root
+    server.stop()
+    thread.join(10)
+    server.close()
+    a.close()
+
+
+def test_admission_on_the_wire_as_documented(wire):
+    """Section 10 spoken with raw msgpack maps: join_token, then instruct with `join`."""
+    server, root = wire
+    admin = CurveClient(server.address, keys=(root.public, root.secret))
+    machine, stranger = CurveClient(server.address), CurveClient(server.address)
+    host = {"cpus": 2, "memory_mb": 512, "slots": 2, "cached": []}
+    try:
+        raw(admin, {"type": "alloc_admin", "id": 1, "op": "pool_add",
+                    "args": {"name": "lab", "supplier": "physics"}})  # fmt: skip
+        got = raw(admin, {"type": "alloc_admin", "id": 2, "op": "join_token",
+                          "args": {"pool": "lab", "uses": 1}})  # fmt: skip
+        token = got["data"]["token"]
+        assert got["type"] == "alloc_reply" and got["data"]["uses"] == 1
+        ask_ = {"type": "instruct", "jobber": "pc", "pool": "lab", "host": host}
+        got = raw(stranger, {**ask_, "id": 3})
+        assert (got["type"], got["re"], got["code"]) == ("error", 3, "forbidden")
+        assert "not admitted" in got["text"] and "pool" not in got
+        got = raw(machine, {**ask_, "id": 4, "join": token})
+        assert (got["type"], got["re"], got["pool"]) == ("instructions", 4, "lab")
+        got = raw(machine, {**ask_, "id": 5})  # admitted: no token again
+        assert got["type"] == "instructions"
+        got = raw(stranger, {**ask_, "id": 6, "join": token})  # its one use is spent
+        assert got["code"] == "forbidden" and "used up" in got["text"]
+        got = raw(stranger, {**ask_, "id": 7, "join": 7})  # not a string: malformed
+        assert got["code"] == "malformed" and "join" in got["text"]
+    finally:
+        for c in (admin, machine, stranger):
+            c.close()
