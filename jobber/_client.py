@@ -115,6 +115,7 @@ class Config:
     # an allocator to take dealers, shares and preferences from, for the machines of `pool`
     allocator: str | None = None
     pool: str | None = None
+    join: str | None = None  # the pool's join token, presented to the allocator once
     # the fields above its owner set (command line, --config): a pool never loosens these
     explicit: frozenset[str] = frozenset()
 
@@ -812,6 +813,7 @@ class Jobber:
             connect=self._connect_to,
             backoff=Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s),
             timeout_s=self.cfg.request_timeout_s,
+            join=self.cfg.join,
         )
         self._alink.facts = self.core.host_facts()
         self._alink.serial = None if self._kept is None else self._kept.serial

@@ -57,6 +57,7 @@ CONFIG_FIELDS = {
     "trust": "trust",
     "allocator": "allocator",
     "pool": "pool",
+    "join": "join",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -214,6 +215,12 @@ def parser() -> argparse.ArgumentParser:
         "its last instructions are kept in the data directory and used while it is away",
     )
     ap.add_argument("--pool", metavar="NAME", help="with --allocator: the pool this machine is in")
+    ap.add_argument(
+        "--join",
+        metavar="TOKEN",
+        help="with --pool: the pool's join token from its admin (python -m dealer allocator "
+        "join-token), presented once: the allocator then admits this machine's key",
+    )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -259,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return control(data_dir, args.dealers[0], as_json=args.json)
     if settings.get("pool") is not None and settings.get("allocator") is None:
         ap.error("--pool goes with --allocator ADDR")
+    if settings.get("join") is not None and settings.get("pool") is None:
+        ap.error("--join goes with --allocator ADDR --pool NAME")
     if not dealers and settings.get("allocator") is None:
         ap.error(
             "name at least one dealer, or --allocator and --pool "
@@ -268,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
     try:
         # what the owner set: a pool's preferences never loosen it (jobber._instructions)
-        explicit = frozenset(settings) - {"allocator", "pool"}
+        explicit = frozenset(settings) - {"allocator", "pool", "join"}
         cfg = Config(dealers=dealers, data_dir=data_dir, explicit=explicit, **settings)
         jobber = Jobber(cfg)
     except (JobberError, ValueError, TypeError) as e:
