@@ -175,7 +175,10 @@ class Service:
                 **task_pins(task),
             }
         )
-        self.core = Core(task.jobs(), policy, journal.tag_prefix)
+        # a job that can never be sent with this payload fails as it is drawn (see Core)
+        self.core = Core(
+            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+        )
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -311,7 +314,8 @@ class Service:
             return p.StatusReply(msg.id, self.status(now, msg.page or 0))
         if isinstance(msg, p.Alive):
             self._label(peer, msg.jobber)
-            cancel = self.core.alive(peer.key, now, msg.holding)
+            machine = peer.machine(self.distinct)  # placed from its first message on
+            cancel = self.core.alive(peer.key, now, msg.holding, machine)
             return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
@@ -351,7 +355,7 @@ class Service:
     def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
         core = self.core
         if self.done:
-            core.alive(peer.key, now, msg.holding)
+            core.alive(peer.key, now, msg.holding, peer.machine(self.distinct))
             # a peer with work for it: pass the jobber on (it delivers what it holds here
             # all the same); else tell it this batch is over
             return (msg.want and self._elsewhere(msg, now)) or p.Finished(msg.id)
