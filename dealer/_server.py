@@ -179,9 +179,13 @@ class RouterServer:
         allow: Collection[str] | None = None,
         max_frame: int = p.MAX_MESSAGE_BYTES,
         peers: Sequence[str] = (),
+        per_source: int = PER_SOURCE_CONNECTIONS,
     ) -> None:
         """`peers`: dealer addresses to ask what work they have (any form of
-        protocol.dealer_address; referrals name them in its canonical form)."""
+        protocol.dealer_address; referrals name them in its canonical form).
+        `per_source`: connections kept open from one source (dealer._gate)."""
+        if per_source < 1:
+            raise ValueError(f"connections per address: {per_source} (at least 1)")
         # ValueError for a bad list, before any socket exists
         self.peers = Peers([p.dealer_address(a) for a in peers])
         if keys is None:  # a key for this run only (tests, embedding)
@@ -203,8 +207,8 @@ class RouterServer:
         self.public = self._router(PUBLIC_REQUEST_BYTES)
         self.public.zap_domain = ZAP_DOMAIN.encode()  # NULL: ZAP sees only the address
         self.connections = Connections(
-            PER_SOURCE_CONNECTIONS,
-            MAX_CONNECTIONS,
+            per_source,
+            max(MAX_CONNECTIONS, per_source),
             Ration(HANDSHAKES_PER_S, HANDSHAKE_BURST, ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST),
         )
         self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
@@ -559,12 +563,18 @@ class Dealer(RouterServer):
         signer: AuthorKey | None = None,
         http: tuple[str, int] | None = None,
         on_turn: Callable[[Service, float], None] | None = None,
+        per_source: int = PER_SOURCE_CONNECTIONS,
     ) -> None:
         """`http`: (host, port) to serve the live dashboard on (dealer._http). `on_turn`:
         called after every turn with the service and the time (the command line's
-        progress bar)."""
+        progress bar). `per_source`: connections kept open from one source address."""
         super().__init__(
-            bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb), peers=peers
+            bind,
+            keys,
+            allow=allow,
+            max_frame=frame_cap(task.limits.output_kb),
+            peers=peers,
+            per_source=per_source,
         )
         try:
             self.service = Service(

@@ -23,7 +23,7 @@ from dealer import _history, _peerlink
 from dealer._core import CoreError, JournalMismatch
 from dealer._http import parse_http
 from dealer._journal import AFRESH, Journal, JournalError, ReadOnly, move_aside
-from dealer._server import LINGER_S, Dealer, Referrer
+from dealer._server import LINGER_S, PER_SOURCE_CONNECTIONS, Dealer, Referrer
 from dealer._service import DISTINCT, policy_for
 from protocol._keys import (
     KeyPair,
@@ -166,6 +166,14 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         f"signing_key, {cls.signing_key or 'none'})",
     )
     g.add_argument(
+        "--max-per-address",
+        type=int,
+        default=PER_SOURCE_CONNECTIONS,
+        metavar="N",
+        help="connections kept open from one source address (an IPv6 /64 as one; default "
+        f"{PER_SOURCE_CONNECTIONS}): raise it for more jobbers behind one NAT address",
+    )
+    g.add_argument(
         "--distinct",
         choices=DISTINCT,
         default=None,
@@ -286,6 +294,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             on_turn=None if args.quiet else progress,
             signer=signer,
             http=None if args.http is None else parse_http(args.http),
+            per_source=args.max_per_address,
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
         if journal is not None:

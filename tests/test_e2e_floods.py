@@ -96,22 +96,23 @@ def test_an_honest_batch_finishes_beside_a_status_flood_that_reads(procs, factor
         assert j.wait(60) == 0
 
 
-def test_a_handshake_flood_from_one_address_is_capped(procs, factor_wasm, ctx):
+@pytest.mark.parametrize("cap", [PER_SOURCE_CONNECTIONS, 8], ids=["default", "option"])
+def test_a_handshake_flood_from_one_address_is_capped(procs, factor_wasm, ctx, cap):
     port = free_port()
-    dealer = _dealer(procs, port)
+    extra = () if cap == PER_SOURCE_CONNECTIONS else ("--max-per-address", str(cap))
+    dealer = _dealer(procs, port, *extra)
     address = _address(port)
     before = flood.rss_mb(dealer.pid)
     peak = flood.Peak(dealer.pid)
     peak.start()
     clients = flood.handshake_flood(address, "127.0.6.1", HANDSHAKE_FLOOD, ctx)
     try:
-        shown = wait_status(
-            port, lambda s: s["connections"]["refused"] >= HANDSHAKE_FLOOD - PER_SOURCE_CONNECTIONS
-        )
+        shown = wait_status(port, lambda s: s["connections"]["refused"] >= HANDSHAKE_FLOOD - cap)
+        assert shown["connections"]["per_source"] == cap
         # our own status connection may be open beside the flood's
-        assert shown["connections"]["open"] <= PER_SOURCE_CONNECTIONS + 2
+        assert shown["connections"]["open"] <= cap + 2
         answered = sum(1 for c in clients if c.sock.poll(100))
-        assert answered <= PER_SOURCE_CONNECTIONS
+        assert answered <= cap
         # the flood gone, its slots come back (no count leaks)...
         for c in clients:
             c.close()
