@@ -1,10 +1,11 @@
 """The dealer's ZeroMQ loop: decode, feed the service, journal, reply, tell the task.
 
 One ROUTER socket for work, one thread. Each turn of the loop drains every
-message that is waiting (up to MAX_DRAIN), feeds them all to the core, writes
-the records they produced to the journal in one transaction, and only then
-sends the replies: nothing is acknowledged before it is durable, and one fsync
-serves a whole batch. Settled jobs are then handed to the task in order.
+message that is waiting (up to MAX_DRAIN, and PUBLIC_DRAIN from the plaintext
+port), feeds them all to the core, writes the records they produced to the
+journal in one transaction, and only then sends the replies: nothing is
+acknowledged before it is durable, and one fsync serves a whole batch.
+Settled jobs are then handed to the task in order.
 
 The work socket is a CurveZMQ server. A ZAP handler (zmq.auth's
 ThreadAuthenticator, with a callback) admits any client key on an open
@@ -65,6 +66,9 @@ from tasks import Task
 log = logging.getLogger(__name__)
 
 MAX_DRAIN = 512  # messages handled per journal commit
+# plaintext messages handled per turn: the work port comes first, so a flood of
+# cheap requests there (status answered "busy", hello) adds at most a few ms a turn
+PUBLIC_DRAIN = 32
 TICK_S = 1.0  # longest poll: deadlines are checked at least this often
 # Frames the work socket takes: 1 MiB for requests and batches of results (the
 # reference jobber keeps a results message under it), plus one result's output.
@@ -387,8 +391,8 @@ class RouterServer:
         self._watch_connections(now)
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
-        for sock in (self.sock, self.public):
-            for _ in range(MAX_DRAIN):
+        for sock, most in ((self.sock, MAX_DRAIN), (self.public, PUBLIC_DRAIN)):
+            for _ in range(most):
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:

@@ -201,45 +201,58 @@ def honest_batch(cwd: Path, chunk: int, flood=None) -> tuple[float, float]:
         ctx.destroy(linger=0)
 
 
+def read_flood(port: int, address: str, ctx: zmq.Context, pid: int):
+    """Beside a batch: 120 long names, then 20 connections asking status as fast as it comes."""
+    identities(address, 120, ctx)
+    f = ReadFlood(port, 20, ctx)
+    f.start()
+    return f.stop
+
+
+def curve_flood(port: int, address: str, ctx: zmq.Context, pid: int):
+    """Beside a batch: CURVE connections from one address, 50 at a time, closed and reopened."""
+    halt = threading.Event()
+
+    def loop():
+        while not halt.is_set():
+            try:
+                clients = handshake_flood(address, "127.0.6.1", 50, ctx)
+            except zmq.ZMQError:  # out of descriptors: let the closed ones go
+                time.sleep(0.1)
+                continue
+            time.sleep(0.05)
+            for c in clients:
+                c.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return lambda: (halt.set(), t.join())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--jobs", type=int, default=300, help="jobs in the honest batch")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each batch (times vary)")
+    ap.add_argument("--batches-only", action="store_true", help="skip the memory and threads")
     args = ap.parse_args()
     chunk = -(-31623 * 31623 // args.jobs)  # candidates up to sqrt(N), about 1e9
     cwd = Path(tempfile.mkdtemp(prefix="floods-"))
     try:
-        took, peak = honest_batch(cwd, chunk)
-        print(f"honest batch of ~{args.jobs} jobs alone: {took:.1f} s, dealer peak {peak:.0f} MB")
-
-        def read_flood(port, address, ctx, pid):
-            identities(address, 120, ctx)
-            f = ReadFlood(port, 20, ctx)
-            f.start()
-            return f.stop
-
-        took, peak = honest_batch(cwd, chunk, read_flood)
-        print(f"beside a status flood read (20 connections): {took:.1f} s, peak {peak:.0f} MB")
-
-        def curve_flood(port, address, ctx, pid):
-            halt = threading.Event()
-
-            def loop():
-                while not halt.is_set():
-                    try:
-                        clients = handshake_flood(address, "127.0.6.1", 50, ctx)
-                    except zmq.ZMQError:  # out of descriptors: let the closed ones go
-                        time.sleep(0.1)
-                        continue
-                    time.sleep(0.05)
-                    for c in clients:
-                        c.close()
-
-            t = threading.Thread(target=loop, daemon=True)
-            t.start()
-            return lambda: (halt.set(), t.join())
-
-        took, peak = honest_batch(cwd, chunk, curve_flood)
-        print(f"beside a CURVE handshake flood (one address): {took:.1f} s, peak {peak:.0f} MB")
+        for what, flood in (
+            (f"honest batch of ~{args.jobs} jobs alone", None),
+            ("beside a status flood read (20 connections)", read_flood),
+            ("beside a CURVE handshake flood (one address)", curve_flood),
+        ):
+            runs = [honest_batch(cwd, chunk, flood) for _ in range(args.repeat)]
+            times = sorted(t for t, _ in runs)
+            print(
+                f"{what}: {times[len(times) // 2]:.1f} s (runs: "
+                f"{', '.join(f'{t:.1f}' for t in times)}), dealer peak "
+                f"{max(m for _, m in runs):.0f} MB",
+                flush=True,
+            )
+        if args.batches_only:
+            return
 
         port = free_port()
         http = free_port()
