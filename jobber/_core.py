@@ -173,7 +173,16 @@ class ProbeDisk:
     pass
 
 
-Action = Send | Hello | Reset | Start | Stop | Spool | Unspool | Pin | ProbeDisk
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Keep these payloads (hash, bytes) in the cache: jobs just taken need them. Only
+    payloads of jobs taken are ever stored (nothing of a refused `jobs` is)."""
+
+    dealer: str
+    payloads: tuple[tuple[str, bytes], ...]
+
+
+Action = Send | Hello | Reset | Start | Stop | Spool | Unspool | Pin | ProbeDisk | Store
 
 
 # --- state --------------------------------------------------------------------
@@ -750,7 +759,7 @@ class JobberCore:
         cache = sum(self._payload_bytes(sha) for sha in pinned)
         spool = self._spool_in_all()
         mine = self._spool_of(link.address)
-        refused = unfit = dropped = 0
+        refused = unfit = dropped = never = 0
         for spec in msg.jobs:
             h = Held(link.address, spec, now + spec.deadline_s)
             link.output_hint = h.may_write
@@ -758,10 +767,10 @@ class JobberCore:
             bad = unusable.get(spec.payload)
             why = None if bad is None else bad[1]
             too_much = host.refuses(spec.limits)
-            if why is None and too_much is not None:  # the owner's limits win, no fault
+            owner = why is None and too_much is not None
+            if owner:  # the owner's limits win, no fault
                 log.warning("job %s from %s asks for %s: refused", spec.tag, h.dealer, too_much)
                 why = f"refused: it asks for {too_much}"
-                bad = (p.Status.ABANDONED, why)
             new_payload = 0
             if spec.payload not in pinned:
                 wasm = msg.payloads.get(spec.payload)
@@ -811,10 +820,20 @@ class JobberCore:
             self._finish(h, result)
             if bad is not None:
                 refused += status is p.Status.ABANDONED
-            else:
+            elif not owner:
                 unfit += 1
-        if refused and not self.disk_trouble:  # a payload we will not run: ask there less
+                # alone bigger than what the owner allows: it can never be taken here
+                never += (
+                    h.input > s.input_budget()
+                    or (s.cache_bytes is not None and new_payload > s.cache_bytes)
+                    or h.may_hold > min(s.spool_share_bytes, s.spool_budget())
+                )
+        if (refused or never) and not self.disk_trouble:  # jobs we will not run: ask less
             link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
+        taken = {h.spec.payload for h in self.buffer if h.dealer == link.address}
+        keep = tuple((sha, wasm) for sha, wasm in msg.payloads.items() if sha in taken)
+        if keep:
+            self._actions.append(Store(link.address, keep))
         if unfit or dropped:
             self._repeats.warn(
                 now,
@@ -828,6 +847,17 @@ class JobberCore:
         if msg.jobs:
             self._last_busy = now
             log.debug("%d jobs from %s", len(msg.jobs), link.address)
+
+    def payload_lost(self, sha: str, status: p.Status, why: str) -> None:
+        """Payload `sha` could not be kept (a full disk): its buffered jobs go back unrun."""
+        kept: deque[Held] = deque()
+        for h in self.buffer:
+            if h.spec.payload == sha:
+                self._finish(h, p.Result(h.spec.tag, status, b"", 0, why[: p.MAX_STR]))
+            else:
+                kept.append(h)
+        self.buffer = kept
+        self._coming.pop(sha, None)
 
     def _in_hand(self) -> list[Held]:
         """Jobs buffered or running (those cancelled too, until their slot ends them)."""
