@@ -8,7 +8,8 @@ It binds a CurveZMQ ROUTER on a free loopback port, prints its address
 `alive` (so it keeps its jobs' leases), never acknowledges a result, and every
 `--period` seconds pushes the message its MODE makes to every jobber it has heard,
 unasked: half of them with the `re` of that jobber's last `bored` (a replay of an
-answered ask), half with `re` 0. Asked (`bored`), it answers with the same message.
+answered ask), half with `re` 0. Asked (`bored`), it answers as a dealer may: with
+`want` jobs of the same kind, their payloads sent.
 
 =========  =================================================================
 MODE       the message
@@ -26,6 +27,7 @@ little, and what it pushes beyond is dropped, not queued here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import sys
@@ -93,19 +95,20 @@ class Hostile:
         self.sha = hashlib.sha256(self.wasm).hexdigest()
         self.stdin = b"\x07" * (STDIN_MIB * 1024 * 1024)
 
-    def message(self, re: int) -> p.Jobs:
+    def message(self, re: int, n: int | None = None) -> p.Jobs:
+        """The mode's `jobs`: `n` jobs (default: the mode's flood, 4 or PAYLOADS)."""
         if self.mode == "stdin":
             limits = p.Limits(memory_mb=16, time_s=5.0, output_kb=1)
             jobs = tuple(
                 p.JobSpec(f"h.{next(self.tags)}", self.sha, (), self.stdin, limits, 60.0)
-                for _ in range(4)
+                for _ in range(4 if n is None else n)
             )
-            return p.Jobs(re, jobs, {self.sha: self.wasm})
+            return p.Jobs(re, jobs, {self.sha: self.wasm} if jobs else {})
         if self.mode == "payloads":
             limits = p.Limits(memory_mb=16, time_s=5.0, output_kb=1)
             payloads = {}
             jobs = []
-            for _ in range(PAYLOADS):
+            for _ in range(PAYLOADS if n is None else n):
                 wasm = padded(next(self.fresh))
                 sha = hashlib.sha256(wasm).hexdigest()
                 payloads[sha] = wasm
@@ -113,9 +116,10 @@ class Hostile:
             return p.Jobs(re, tuple(jobs), payloads)
         limits = p.Limits(memory_mb=16, time_s=30.0, output_kb=self.output_mb * 1024)
         jobs = tuple(
-            p.JobSpec(f"h.{next(self.tags)}", self.sha, (), b"", limits, 60.0) for _ in range(4)
+            p.JobSpec(f"h.{next(self.tags)}", self.sha, (), b"", limits, 60.0)
+            for _ in range(4 if n is None else n)
         )
-        return p.Jobs(re, jobs, {self.sha: self.wasm})
+        return p.Jobs(re, jobs, {self.sha: self.wasm} if jobs else {})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if isinstance(msg, p.Bored):
                 last_bored[ident] = msg.id
-                router.send_multipart([ident, p.encode(hostile.message(msg.id))])
+                reply = hostile.message(msg.id, min(msg.want, 2 * max(1, msg.host.slots)))
+                router.send_multipart([ident, p.encode(reply)])
             elif isinstance(msg, p.Alive):
                 router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 60.0))])
             # results are never acknowledged
@@ -156,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             for ident, rid in list(last_bored.items()):
                 re = rid if pushed % 2 == 0 else 0
                 pushed += 1
-                try:
+                with contextlib.suppress(zmq.Again):  # its queue is full: dropped
                     router.send_multipart([ident, p.encode(hostile.message(re))], zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # its queue is full: dropped (a ROUTER drops anyway)
             print(f"pushed {pushed}", file=sys.stderr, flush=True)
 
 
