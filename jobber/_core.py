@@ -22,8 +22,9 @@ event                  from
 and carries out the *actions* the core queues, in order (``take_actions``):
 ``Send`` and ``Hello`` (messages to a dealer's work or key port), ``Reset``
 (close a dealer's sockets: what was in flight on them is gone), ``Start`` and
-``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Pin`` (a
-dealer's key learnt on first use) and ``ProbeDisk``.
+``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Store``
+(payloads of jobs taken, into the cache), ``Pin`` (a dealer's key learnt on
+first use) and ``ProbeDisk``.
 
 The rules, per turn (``tick``):
 
@@ -45,11 +46,27 @@ The rules, per turn (``tick``):
    starve a live one; a referred dealer that never answered is dropped after
    DROP_UNREACHED_AFTER failed contacts, one that did after DROP_REFERRED_AFTER.
 
-A dealer whose results are not acknowledged while they pile up past its share
-of the spool (``spool_share_bytes``) is asked for no more work until it
-acknowledges them: whatever a dealer does, the spool stays bounded by that
-share plus one batch of jobs' outputs. Time a dealer says it still holds work
-(``retry_later.more``) counts as busy for ``max_idle_s``.
+A reply counts only as the answer to a request out to that dealer (its ``re``).
+A ``jobs`` must answer the ``bored`` out, carry at most its ``want`` jobs,
+payloads only for those jobs, and for each job a payload sent with it or held
+(or listed in that ask's ``host.cached``): anything else is refused whole,
+before the shell stores anything of it (payloads of jobs taken come back as a
+``Store`` action), logged once with a count, and is a failed contact. Other
+replies answering nothing asked change nothing.
+
+Whatever a dealer sends, what it makes the jobber hold is counted before it
+is taken (``_take_jobs``), per dealer and in all: the jobs' inputs in hand
+within ``input_budget()`` (slots x memory_mb by default), the payloads of jobs
+in hand within ``cache_bytes`` and MAX_PAYLOADS_PER_SLOT, and each dealer's
+unacknowledged results plus what its jobs in hand may write (``may_hold``)
+within its share of the spool (``spool_share_bytes``), all dealers' within
+``spool_budget()``. A job that does not fit is given back unrun (abandoned,
+with the reason), or dropped when even that would pass its dealer's share; the
+next ask to that dealer is for what fits. A dealer whose share is full is
+asked for no more work until it acknowledges results. docs/jobber.md ("What a
+dealer can make this machine hold") gives the bounds as a formula. Time a
+dealer says it still holds work (``retry_later.more``) counts as busy for
+``max_idle_s``.
 """
 
 from __future__ import annotations
