@@ -6,10 +6,11 @@ more than its owner allows (issue 20). Run as its own process:
 It binds a CurveZMQ ROUTER on a free loopback port, prints its address
 (`tcp://127.0.0.1:PORT#KEY`) on a line of stdout, and serves until killed. It answers
 `alive` (so it keeps its jobs' leases), never acknowledges a result, and every
-`--period` seconds pushes the message its MODE makes to every jobber it has heard,
-unasked: half of them with the `re` of that jobber's last `bored` (a replay of an
-answered ask), half with `re` 0. Asked (`bored`), it answers as a dealer may: with
-`want` jobs of the same kind, their payloads sent.
+`--period` seconds pushes the message its MODE makes to the last few connections
+it heard from (any message), unasked: half of them with the `re` of that
+connection's last `bored` (a replay of an answered ask), half with `re` 0.
+Asked (`bored`), it answers as a dealer may: with `want` jobs of the same kind,
+their payloads sent.
 
 =========  =================================================================
 MODE       the message
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import sys
@@ -42,6 +44,7 @@ from protocol._keys import hex_of_z85
 STDIN_MIB = 15
 PAYLOADS = 60
 SEND_HWM = 4  # frames queued per jobber here at most: the rest of a flood is dropped
+PUSH_TO = 4  # connections pushed to: the newest that spoke
 
 NOOP = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start")))'))
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     router.curve_publickey, router.curve_secretkey = public, secret
     port = router.bind_to_random_port("tcp://127.0.0.1")
     print(f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}", flush=True)
-    last_bored: dict[bytes, int] = {}  # jobber identity -> the id of its last `bored`
+    last_bored: dict[bytes, int] = {}  # connection -> the id of its last `bored`, or 0
     pushed = 0
     next_push = time.monotonic() + args.period
     while True:
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 msg = p.decode(frame)
             except p.ProtocolError:
                 continue
+            last_bored[ident] = last_bored.pop(ident, 0)  # the newest last
+            if len(last_bored) > PUSH_TO:  # connections gone: push to the newest few only
+                del last_bored[next(iter(last_bored))]
             if isinstance(msg, p.Bored):
                 last_bored[ident] = msg.id
                 reply = hostile.message(msg.id, min(msg.want, 2 * max(1, msg.host.slots)))
@@ -158,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             # results are never acknowledged
         if time.monotonic() >= next_push:
             next_push = time.monotonic() + args.period
+            flood = hostile.message(0)
             for ident, rid in list(last_bored.items()):
                 re = rid if pushed % 2 == 0 else 0
                 pushed += 1
+                frame = p.encode(dataclasses.replace(flood, re=re))
                 with contextlib.suppress(zmq.Again):  # its queue is full: dropped
-                    router.send_multipart([ident, p.encode(hostile.message(re))], zmq.NOBLOCK)
+                    router.send_multipart([ident, frame], zmq.NOBLOCK)
             print(f"pushed {pushed}", file=sys.stderr, flush=True)
 
 
