@@ -10,7 +10,9 @@ It binds a CurveZMQ ROUTER on a free loopback port, prints its address
 it heard from (any message), unasked: half of them with the `re` of that
 connection's last `bored` (a replay of an answered ask), half with `re` 0.
 Asked (`bored`), it answers as a dealer may: with `want` jobs of the same kind,
-their payloads sent.
+their payloads sent; and right after, on the same connection, it sends the flood as
+a second answer to that `bored` (the flood is built ahead, so it arrives before the
+jobber could give up on the connection).
 
 =========  =================================================================
 MODE       the message
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}", flush=True)
     last_bored: dict[bytes, int] = {}  # connection -> the id of its last `bored`, or 0
     pushed = 0
+    flood = hostile.message(0)  # the next flood, built ahead
     next_push = time.monotonic() + args.period
     while True:
         wait_ms = max(1, int((next_push - time.monotonic()) * 1000))
@@ -159,18 +162,23 @@ def main(argv: list[str] | None = None) -> int:
                 last_bored[ident] = msg.id
                 reply = hostile.message(msg.id, min(msg.want, 2 * max(1, msg.host.slots)))
                 router.send_multipart([ident, p.encode(reply)])
+                with contextlib.suppress(zmq.Again):  # the replay: a second answer
+                    again = p.encode(dataclasses.replace(flood, re=msg.id))
+                    router.send_multipart([ident, again], zmq.NOBLOCK)
+                pushed += 1
+                flood = hostile.message(0)
             elif isinstance(msg, p.Alive):
                 router.send_multipart([ident, p.encode(p.AliveAck(msg.id, 60.0))])
             # results are never acknowledged
         if time.monotonic() >= next_push:
             next_push = time.monotonic() + args.period
-            flood = hostile.message(0)
             for ident, rid in list(last_bored.items()):
                 re = rid if pushed % 2 == 0 else 0
                 pushed += 1
                 frame = p.encode(dataclasses.replace(flood, re=re))
                 with contextlib.suppress(zmq.Again):  # its queue is full: dropped
                     router.send_multipart([ident, frame], zmq.NOBLOCK)
+            flood = hostile.message(0)
             print(f"pushed {pushed}", file=sys.stderr, flush=True)
 
 
