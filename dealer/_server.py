@@ -102,6 +102,9 @@ class RouterServer:
             keys = KeyPair(*zmq.curve_keypair())
         self.keys = keys
         self._ctx = zmq.Context()
+        # every socket dual-stack: `*` binds IPv6 and IPv4 alike, `[::1]` and peers'
+        # IPv6 addresses work (libzmq falls back to IPv4 where a host has no IPv6)
+        self._ctx.set(zmq.IPV6, 1)
         self.gate = _Gate(allow)
         self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
         self._auth.start()
@@ -279,7 +282,7 @@ class RouterServer:
         except (ValueError, zmq.ZMQError) as e:  # no ZAP identity: should not happen
             log.error("message without a proven identity dropped: %s", e)
             return None
-        return self.handle(msg, now, Peer(key, address))
+        return self.handle(msg, now, Peer(key, p.source_address(address)))
 
     @staticmethod
     def unexpected(msg: p.Message, what: str) -> p.Error:
@@ -297,10 +300,17 @@ class RouterServer:
 
 
 def connectable(endpoint: str) -> str:
-    """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback."""
-    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
-        "tcp://[::]:", "tcp://[::1]:"
-    )
+    """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback
+    (a dual-stack `[::]` takes IPv4 too, so `*` reads as it did before IPv6), and an
+    IPv4 address a dual-stack socket bound as `[::ffff:a.b.c.d]` is written `a.b.c.d`."""
+    scheme, sep, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not host.startswith("["):
+        return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+    if host == "[::]":
+        return f"tcp://127.0.0.1:{port}"
+    plain = p.source_address(host[1:-1])
+    return f"tcp://{plain}:{port}" if "." in plain else endpoint
 
 
 class Referrer(RouterServer):

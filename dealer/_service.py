@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import ipaddress
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
@@ -60,14 +59,7 @@ class Peer:
         """The group votes are counted by, under the --distinct policy."""
         if distinct == "key":
             return self.key
-        if distinct == "subnet":
-            try:
-                ip = ipaddress.ip_address(self.address)
-            except ValueError:
-                return self.address
-            bits = 24 if ip.version == 4 else 64
-            return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-        return self.address
+        return p.machine_of(self.address, subnet=distinct == "subnet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +175,10 @@ class Service:
                 **task_pins(task),
             }
         )
-        self.core = Core(task.jobs(), policy, journal.tag_prefix)
+        # a job that can never be sent with this payload fails as it is drawn (see Core)
+        self.core = Core(
+            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+        )
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -319,7 +314,8 @@ class Service:
             return p.StatusReply(msg.id, self.status(now, msg.page or 0))
         if isinstance(msg, p.Alive):
             self._label(peer, msg.jobber)
-            cancel = self.core.alive(peer.key, now, msg.holding)
+            machine = peer.machine(self.distinct)  # placed from its first message on
+            cancel = self.core.alive(peer.key, now, msg.holding, machine)
             return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
@@ -359,7 +355,7 @@ class Service:
     def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
         core = self.core
         if self.done:
-            core.alive(peer.key, now, msg.holding)
+            core.alive(peer.key, now, msg.holding, peer.machine(self.distinct))
             # a peer with work for it: pass the jobber on (it delivers what it holds here
             # all the same); else tell it this batch is over
             return (msg.want and self._elsewhere(msg, now)) or p.Finished(msg.id)

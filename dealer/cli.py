@@ -169,8 +169,9 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         "--distinct",
         choices=DISTINCT,
         default=None,
-        help="replicas of a job go to distinct hosts (source addresses; the default), "
-        "subnets (/24, /64), or only keys (for a closed pool whose machines you trust)",
+        help="replicas of a job go to distinct hosts (source addresses, an IPv6 /64 as one; "
+        "the default), subnets (/24, /48), or only keys (for a closed pool whose machines "
+        "you trust)",
     )
     g.add_argument(
         "--allow",
@@ -470,6 +471,7 @@ def _ask(sock: zmq.Socket, msg: p.Message, address: str, timeout_s: float) -> p.
 def _public_ask(address: str, msg: p.Message, timeout_s: float) -> p.Message:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)  # the dealer may be IPv6
     try:
         sock.connect(public_endpoint(address))
         return _ask(sock, msg, address, timeout_s)
@@ -502,6 +504,7 @@ def admin_ask(
         server_key = hello.key
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)  # the dealer may be IPv6
     sock.curve_secretkey, sock.curve_publickey = admin.secret, admin.public
     sock.curve_serverkey = z85_of_hex(server_key)
     try:

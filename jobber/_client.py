@@ -115,6 +115,10 @@ class Config:
     max_job_time_s: float = 3600.0  # the owner's ceilings for one job, whatever a dealer asks
     max_fuel: int | None = None
     max_output_kb: int | None = None
+    # the owner's ceilings for compiling a module (None: the sandbox's fixed fences); the
+    # memory fence is never more than memory_mb either
+    compile_memory_mb: int | None = None
+    compile_time_s: float | None = None
     exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
     # author keys (files) whose signed payloads alone may run; empty: any payload may
     trust: list[Path] = field(default_factory=list)
@@ -220,6 +224,10 @@ class Jobber:
             raise JobberError("give dealers or --allocator, not both")
         if cfg.allocator is not None and not cfg.pool:
             raise JobberError("--allocator needs --pool NAME")
+        if (cfg.compile_memory_mb is not None and cfg.compile_memory_mb < 1) or (
+            cfg.compile_time_s is not None and cfg.compile_time_s <= 0
+        ):
+            raise JobberError("--compile-memory and --compile-time must be positive")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid
@@ -239,6 +247,7 @@ class Jobber:
         self._learnt = self._load_learnt()  # key -> the --trust key its rotation chain began at
         self._refused: dict[str, str] = {}  # dealer -> why its payloads were last refused
         self._ctx = context or zmq.Context.instance()
+        self._ctx.set(zmq.IPV6, 1)  # dealers and the allocator may be IPv6 (or dual-stack)
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
         self._writer: _SpoolWriter | None = None
@@ -282,7 +291,13 @@ class Jobber:
         )
         self.core.cache_updated(self.cache.sizes())
         self._evict_at: float | None = None  # when the cache is checked for its size next
-        self.slots = sandbox.Slots(cfg.slots, cfg.data_dir / "cache")
+        fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
+        self.slots = sandbox.Slots(
+            cfg.slots,
+            cfg.data_dir / "cache",
+            compile_time_s=min(cfg.compile_time_s or fixed_s, fixed_s),
+            compile_memory_mb=self._compile_memory_mb(self._owner.memory_mb),
+        )
         self._socks: dict[str, _Sockets] = {}
         self._repeats = Repeats(log)
         self._stopping = False
@@ -299,6 +314,12 @@ class Jobber:
         self._carry_out()
 
     # --- set-up ------------------------------------------------------------
+
+    def _compile_memory_mb(self, memory_mb: int) -> int:
+        """The compile memory fence: the least of the memory one job may use here, the
+        owner's compile ceiling and the sandbox's fixed fence."""
+        ceiling = self.cfg.compile_memory_mb or sandbox.COMPILE_MEMORY_MB
+        return max(1, min(memory_mb, ceiling, sandbox.COMPILE_MEMORY_MB))
 
     @staticmethod
     def _take_lock(data_dir: Path) -> int:
@@ -396,7 +417,8 @@ class Jobber:
         """`endpoint` from this jobber's source address, if it has one."""
         if self.cfg.source is None or not endpoint.startswith("tcp://"):
             return endpoint
-        return f"tcp://{self.cfg.source}:0;{endpoint[len('tcp://') :]}"
+        source = f"[{self.cfg.source}]" if ":" in self.cfg.source else self.cfg.source
+        return f"tcp://{source}:0;{endpoint[len('tcp://') :]}"
 
     def _sockets(self, dealer: str) -> _Sockets:
         return self._socks.setdefault(dealer, _Sockets())
@@ -893,6 +915,7 @@ class Jobber:
             cache_bytes=eff.cache_mb * 1024 * 1024,
         )
         self.slots.in_use = eff.slots
+        self.slots.compile_memory_mb = self._compile_memory_mb(eff.memory_mb)
         if eff.cpu_limit != self._eff.cpu_limit:
             self._throttle = Throttle(eff.cpu_limit)
         if eff.idle_after_s != self._eff.idle_after_s:

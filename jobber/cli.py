@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import sandbox
 from jobber import _control
 from jobber._client import Config, Jobber, JobberError
 
@@ -51,6 +52,8 @@ CONFIG_FIELDS = {
     "spool_mb": "spool_mb",
     "max_fuel": "max_fuel",
     "max_output_kb": "max_output_kb",
+    "compile_memory": "compile_memory_mb",
+    "compile_time": "compile_time_s",
     "trust": "trust",
     "allocator": "allocator",
     "pool": "pool",
@@ -123,6 +126,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-fuel", type=int, metavar="N", help="the most fuel one job may use here")
     ap.add_argument(
         "--max-output-kb", type=int, metavar="KB", help="the most output one job may write here"
+    )
+    ap.add_argument(
+        "--compile-memory",
+        type=int,
+        metavar="MB",
+        help=f"the most memory compiling one module may take (default and most: "
+        f"{sandbox.COMPILE_MEMORY_MB}); never more than --memory",
+    )
+    ap.add_argument(
+        "--compile-time",
+        type=float,
+        metavar="SECONDS",
+        help=f"the longest compiling one module may take (default and most: "
+        f"{sandbox.COMPILE_TIME_S:g}); never more than the job's time limit",
     )
     ap.add_argument(
         "--trust",

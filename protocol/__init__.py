@@ -1,6 +1,12 @@
 """The borednet wire protocol: message types, msgpack codec, size caps, validation, keys."""
 
-from protocol._addr import DEFAULT_PORT, dealer_address, split_key
+from protocol._addr import (
+    DEFAULT_PORT,
+    dealer_address,
+    machine_of,
+    source_address,
+    split_key,
+)
 from protocol._alloc import AllocAdmin, AllocReply, Instruct, Instructions, Prefs, Project
 from protocol._signing import Verdict, verify_payload
 from protocol._wire import (
@@ -108,7 +114,9 @@ __all__ = [
     "dealer_address",
     "decode",
     "encode",
+    "machine_of",
     "request_id",
+    "source_address",
     "split_key",
     "verify_payload",
 ]

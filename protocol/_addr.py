@@ -12,6 +12,11 @@ import ipaddress
 import re
 
 DEFAULT_PORT = 7117
+# An IPv6 host usually holds a whole /64 (SLAAC, privacy addresses): that prefix is one
+# machine, as one IPv4 address is. A /48 is what one site is given, the IPv6 "subnet".
+IPV6_HOST_PREFIX = 64
+IPV6_SUBNET_PREFIX = 48
+IPV4_SUBNET_PREFIX = 24
 _KEY_HEX = re.compile(r"\A[0-9a-fA-F]{64}\Z")
 
 
@@ -94,3 +99,45 @@ def _split_host_port(text: str) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"dealer address {text!r}: bad port {port_text!r}")
     return host, int(port_text)
+
+
+def source_address(text: str) -> str:
+    """A connection's source address as one machine writes it: an IPv4 client of a
+    dual-stack socket shows as `::ffff:a.b.c.d` and is the IPv4 address `a.b.c.d`.
+
+    >>> source_address("::ffff:127.0.0.2")
+    '127.0.0.2'
+    >>> source_address("2001:DB8::1")
+    '2001:db8::1'
+    >>> source_address("not an address")
+    'not an address'
+    """
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def machine_of(address: str, subnet: bool = False) -> str:
+    """The machine (or with `subnet`, the network) a source address stands for: an IPv4
+    address itself (its /24 with `subnet`), an IPv6 address's /64 (its /48).
+
+    >>> machine_of("192.0.2.7"), machine_of("192.0.2.7", subnet=True)
+    ('192.0.2.7', '192.0.2.0/24')
+    >>> machine_of("2001:db8:1:2:a::5"), machine_of("2001:db8:1:2:a::5", subnet=True)
+    ('2001:db8:1:2::/64', '2001:db8:1::/48')
+    """
+    try:
+        ip = ipaddress.ip_address(source_address(address))
+    except ValueError:
+        return address
+    if ip.version == 4:
+        if not subnet:
+            return str(ip)
+        bits = IPV4_SUBNET_PREFIX
+    else:
+        bits = IPV6_SUBNET_PREFIX if subnet else IPV6_HOST_PREFIX
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))

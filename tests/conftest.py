@@ -126,9 +126,15 @@ class Procs:
         return proc
 
     def dealer(
-        self, name: str, task_file: str, *args: str, port: int, db: Path | None = None
+        self,
+        name: str,
+        task_file: str,
+        *args: str,
+        port: int,
+        db: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> Proc:
-        argv = [PY, ROOT / "examples" / task_file, *args, "--bind", f"tcp://127.0.0.1:{port}"]
+        argv = [PY, ROOT / "examples" / task_file, *args, "--bind", f"tcp://{host}:{port}"]
         argv += ["--quiet", "--db", db or self.cwd / f"{name}.sqlite"]
         return self.start(name, argv)
 
@@ -139,12 +145,14 @@ class Procs:
         slots: int = 1,
         extra: tuple[str, ...] = (),
         log: str | None = None,
+        source: str | None = None,
     ) -> Proc:
-        """A jobber named `name` with its data in `data-<name>`; output in `<log>.err`."""
+        """A jobber named `name` with its data in `data-<name>`; output in `<log>.err`.
+        `source`: the address it connects from (by default, a loopback address of its own:
+        a dealer counts distinct hosts)."""
         argv = [PY, "-m", "jobber", *dealers, "--slots", str(slots), "--name", name]
         argv += ["--data-dir", self.cwd / f"data-{name}", "--min-backoff", "0.2"]
-        # each jobber its own loopback address: a dealer counts distinct hosts
-        argv += ["--source", f"127.0.0.{next(self._sources)}"]
+        argv += ["--source", source or f"127.0.0.{next(self._sources)}"]
         argv += ["--max-backoff", "1", "--request-timeout", "2", *extra]
         return self.start(log or name, argv)
 

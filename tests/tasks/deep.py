@@ -1,0 +1,45 @@
+"""A task whose payload is within every compile cap but costly to compile (16 functions
+of 500,000 nested blocks, 24 MB): a jobber started with --memory 64 must end each job
+`memory` at its own 64 MiB fence, compiling once.
+
+python tests/tasks/deep.py [dealer options]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+
+from tasks import Job, Limits, Payload, Task  # noqa: E402
+from tests.wat import nested_blocks  # noqa: E402
+
+JOBS = 3
+
+
+class Deep(Task):
+    """JOBS jobs of one payload that needs about a GB to compile."""
+
+    limits = Limits(fuel=10**6, memory_mb=16, time_s=30, output_kb=1)
+    max_errors = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payload = Payload(nested_blocks(16, 500_000), "deep")
+        self.settled: list[str] = []
+
+    def jobs(self):
+        return [Job((str(i),)) for i in range(JOBS)]
+
+    def on_output(self, job, output):
+        self.settled.append(job.args[0])
+
+    def result(self):
+        return f"{len(self.settled)} done, {len(self.failures)} failed"
+
+
+if __name__ == "__main__":
+    from dealer.cli import serve_task
+
+    sys.exit(serve_task(Deep))
