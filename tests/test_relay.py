@@ -341,7 +341,7 @@ def test_a_peer_dealer_is_told_what_the_buffer_holds():
 
 
 def test_results_go_upstream_at_most_256_and_under_768_kib_a_message():
-    c = core(max_buffer=400)
+    c = core(max_buffer=400, quota=400)  # a jobber allowed to hold 200 at once
     bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=200))
     ask = request(c, 0.0, p.Bored)
     assert ask.want == 400
