@@ -368,7 +368,8 @@ class RelayCore:
                 out.append(p.Bored(up.bored, self.name, self.host(now), want, self.holding()))
         interval = min(p.ALIVE_INTERVAL_S, up.lease_s / 4)
         probe = self.attribute and up.attributes is None  # at start: can it attribute?
-        if up.alive is None and (self.held or probe) and now - up.last_alive >= interval:
+        due = self.held and now - up.last_alive >= interval
+        if up.alive is None and (due or probe):
             up.alive, up.next_id = up.next_id, up.next_id + 1
             up.last_alive = now
             # holding only while no bored is outstanding: a jobs reply in flight would
