@@ -46,7 +46,9 @@ has sent it elsewhere by then. A job already out keeps running: its late
 result still counts upstream until the job is decided.
 
 **Liveness.** The relay says `alive` upstream for everything it holds (it
-vouches for its jobbers), with `holding` listing every upstream tag it holds.
+vouches for its jobbers), with `holding` listing every upstream tag it holds;
+attributing to an upstream that keeps standing, also while it serves any
+jobber, holding nothing (its `alive_ack` tells it its jobbers' standing).
 A jobber of ours silent for `lease_s` is taken as gone and its replicas go
 back to the buffer: the upstream sees nothing wrong.
 
@@ -368,7 +370,10 @@ class RelayCore:
                 out.append(p.Bored(up.bored, self.name, self.host(now), want, self.holding()))
         interval = min(p.ALIVE_INTERVAL_S, up.lease_s / 4)
         probe = self.attribute and up.attributes is None  # at start: can it attribute?
-        due = self.held and now - up.last_alive >= interval
+        # attributing, it says alive while it serves jobbers too, holding nothing: the
+        # alive_ack tells it their standing (votes settle after their results' ack)
+        busy = self.held or (self.attribute and up.attributes and self.served(now))
+        due = busy and now - up.last_alive >= interval
         if up.alive is None and (due or probe):
             up.alive, up.next_id = up.next_id, up.next_id + 1
             up.last_alive = now

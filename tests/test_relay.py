@@ -784,3 +784,17 @@ def test_an_upstream_that_cannot_attribute_is_reported_at_start(caplog):
     alive_ack(d, 0.0, ())
     assert d.up.attributes is True and "CANNOT" not in caplog.text
     assert not [m for m in core().upstream_requests(0.0) if isinstance(m, p.Alive)]  # pooled
+
+
+def test_attributing_the_relay_says_alive_while_it_serves_to_hear_its_jobbers_standing():
+    c = core(attribute=True)
+    alive_ack(c, 0.0, ())  # an upstream that attributes
+    assert not [m for m in c.upstream_requests(1.0) if isinstance(m, p.Alive)]  # no one served
+    bored(c, ANN, 1.0, want=0)
+    request(c, 1.0, p.Bored)  # asked for her: nothing for now
+    c.upstream_reply(p.RetryLater(c.up.bored, 60.0), 1.0)
+    assert not c.held
+    alive = request(c, 6.0, p.Alive)  # holding nothing, serving ann
+    c.upstream_reply(p.AliveAck(alive.id, 20.0, (), (p.Standing(ANN, 0, 1, False),)), 6.0)
+    assert c.jobbers[ANN].lost == 1 and c.jobbers[ANN].allowance == QUOTA // 2
+    assert not [m for m in c.upstream_requests(8.0) if isinstance(m, p.Alive)]  # every 5 s
