@@ -372,8 +372,8 @@ class Service:
                 for k, r in self.core.jobbers.items()
                 if r.machine.startswith(mine) and k not in names
             ]
-        if relay.key in self.core.jobbers or not keys:
-            keys.append(relay.key)
+        if relay.key in self.core.jobbers or (not keys and msg.holding):
+            keys.append(relay.key)  # (a relay holding nothing is no identity of its own)
         cancel: dict[str, None] = {}
         for key in keys:
             cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
