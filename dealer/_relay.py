@@ -64,8 +64,8 @@ each jobber's standing as a dealer does (dealer._core), and the upstream keeps
 the same for it. A jobber's **allowance** (replicas of ours it may hold) starts
 at QUOTA, grows by one for each of its outputs the upstream accepted in a
 quorum (`standing.valid`; where the upstream reports no standing for it, for
-each of its results it acknowledged) and halves for each implausible result and each vote it
-lost upstream (`standing.invalid`). A jobber is **denied** here once the
+each of its results it acknowledged) and halves for each implausible result
+and each vote it lost upstream (`standing.invalid`). A jobber is **denied** here once the
 upstream says it is (`standing.denied`, a `denied` rejection of its result or
 a `denied` error to a `bored` on its behalf) or once it has lost DENY_AFTER
 votes and more than it won: it gets no more work, its results are refused, and
@@ -474,7 +474,7 @@ class RelayCore:
             j = self.jobbers.get(up.bored_for) if self.attribute and kind == "bored" else None
             if j is not None and msg.code is p.ErrorCode.DENIED:
                 # the upstream denies that jobber of ours, not us: the others go on
-                self.deny(j.key, f"denied upstream: {msg.text}", now)
+                self.deny(j.key, f"denied upstream: {msg.text}")
                 up.backoff.succeeded()
                 up.last_reply = now
                 return
@@ -503,7 +503,7 @@ class RelayCore:
             log.info("upstream referred us to %s; asking it again later", ", ".join(msg.dealers))
             up.quiet_until = now + up.backoff.min_s
         elif isinstance(msg, p.Ack) and kind == "results":
-            self._acked(msg, in_flight, now)
+            self._acked(msg, in_flight)
         elif isinstance(msg, p.AliveAck) and kind == "alive":
             if up.attributes is None:
                 up.attributes = msg.standing is not None
@@ -515,7 +515,7 @@ class RelayCore:
                         "all; only implausible results are caught here"
                     )
             if msg.standing is not None:
-                self._standing(msg.standing, now)
+                self._standing(msg.standing)
             up.lease_s = msg.lease_s
             for utag in msg.cancel:
                 if utag in self.held:
@@ -560,7 +560,7 @@ class RelayCore:
         if msg.jobs:
             log.info("took %d jobs from upstream (%d held)", len(msg.jobs), len(self.held))
 
-    def _acked(self, msg: p.Ack, in_flight: Sequence[str], now: float) -> None:
+    def _acked(self, msg: p.Ack, in_flight: Sequence[str]) -> None:
         sent = set(in_flight)
         told = {s.key for s in msg.standing or ()}
         for tag in msg.tags:
@@ -579,11 +579,11 @@ class RelayCore:
                 by = self.held[r.tag].by
                 self._drop(r.tag)
                 if r.code is p.ErrorCode.DENIED and by in self.jobbers:
-                    self.deny(by, f"denied upstream: {r.text}", now)
+                    self.deny(by, f"denied upstream: {r.text}")
         if msg.standing is not None:
-            self._standing(msg.standing, now)
+            self._standing(msg.standing)
 
-    def _standing(self, standing: Sequence[p.Standing], now: float) -> None:
+    def _standing(self, standing: Sequence[p.Standing]) -> None:
         """What the upstream holds of our jobbers: votes each won and lost there (totals),
         and whether it denies it. Each lost vote halves the jobber's allowance here, each
         won one adds one, as the upstream's own quotas do."""
@@ -606,13 +606,15 @@ class RelayCore:
                     j.won,
                 )
             if s.denied:
-                self.deny(j.key, "denied upstream", now)
+                self.deny(j.key, "denied upstream")
             elif j.lost >= DENY_AFTER and j.lost > j.won:
-                self.deny(j.key, f"lost {j.lost} votes upstream and won {j.won}", now)
+                self.deny(j.key, f"lost {j.lost} votes upstream and won {j.won}")
 
-    def deny(self, key: str, why: str, now: float) -> None:  # noqa: ARG002 - for what may come
+    def deny(self, key: str, why: str) -> None:
         """No more work for our jobber `key`; its results are refused from now on, and what it
-        holds goes to our other jobbers (fetched for it alone: back upstream, unrun)."""
+        holds goes to our other jobbers (fetched for it alone: back upstream, unrun). A
+        relay the upstream denies is told `denied` for each jobber it asks for, which each
+        is then denied here in turn: no work will come for any of them."""
         j = self.jobbers.get(key)
         if j is None or j.denied:
             return
