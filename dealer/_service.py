@@ -168,6 +168,9 @@ class Service:
         # relay key -> {identity behind it: the jobber key the relay named it by}, for the
         # relay's alive and the standing it is told (any relay: see Relayed)
         self._behind: dict[str, dict[str, str]] = {}
+        # relay key -> {identity behind it: (valid, invalid, denied) as the relay was last
+        # told}, so that each ack tells it what changed since (votes settle after an ack)
+        self._told: dict[str, dict[str, tuple[int, int, bool]]] = {}
         self.key_hex = key_hex
         self.closed = closed
         policy = policy or policy_for(task)
@@ -278,6 +281,8 @@ class Service:
                     self._behind[relay] = kept
                 else:
                     del self._behind[relay]
+            for relay, told in list(self._told.items()):
+                self._told[relay] = {k: v for k, v in told.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         """Make the turn's changes durable: call before any reply goes out. If no job is
@@ -377,7 +382,7 @@ class Service:
         cancel: dict[str, None] = {}
         for key in keys:
             cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
-        standing = self._standing(relay, names)
+        standing = self._standing(relay, names, every=True)
         return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), standing)
 
     def _named(self, relay: Peer, who: p.Attribution, trusted: bool) -> Relayed:
@@ -386,15 +391,24 @@ class Service:
         self._behind.setdefault(relay.key, {})[named.key] = who.key
         return named
 
-    def _standing(self, relay: Peer, names: dict[str, str]) -> tuple[p.Standing, ...]:
-        """What the relay is told of the jobbers behind it (`names`: identity -> its key)."""
+    def _standing(
+        self, relay: Peer, names: dict[str, str], *, every: bool = False
+    ) -> tuple[p.Standing, ...]:
+        """What the relay is told of the jobbers behind it: those in `names` (identity ->
+        the key it named), and every other whose standing changed since it was last told
+        (`every`: all of them), the first MAX_BATCH."""
+        told = self._told.setdefault(relay.key, {})
         out = []
-        for ident, key in names.items():
+        for ident, key in self._behind.get(relay.key, {}).items():
             rec = self.core.jobbers.get(ident)
-            if rec is not None:
-                out.append(p.Standing(key, rec.valid, rec.invalid, self.core.is_denied(ident)))
-            if len(out) >= p.MAX_BATCH:
-                break
+            if rec is None:
+                continue
+            now_ = (rec.valid, rec.invalid, self.core.is_denied(ident))
+            if every or ident in names or told.get(ident) != now_:
+                told[ident] = now_
+                out.append(p.Standing(key, *now_))
+                if len(out) >= p.MAX_BATCH:
+                    break
         return tuple(out)
 
     def _label(self, peer: Peer, name: str) -> None:

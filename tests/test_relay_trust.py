@@ -167,14 +167,19 @@ def test_behind_an_untrusted_relay_a_lost_vote_costs_the_jobber_that_lied(tmp_pa
     assert isinstance(denied, p.Error) and denied.code is p.ErrorCode.DENIED
     # the honest jobber behind the same relay is not denied: it gets work and earns
     honest = ask(s, Y, 2.1)
-    assert isinstance(honest, p.Jobs) and honest.jobs
+    assert isinstance(honest, p.Jobs) and len(honest.jobs) == 2
     ack = result(s, honest.jobs[0].tag, b"1", Y, 2.2, RELAY)
     for j in ask(s, None, 2.3, d1).jobs:
         result(s, j.tag, b"1", None, 2.4, d1)
     rec = s.core.jobbers[y.key]
     assert rec.valid >= 1 and rec.credit > 0 and rec.invalid == 0
-    assert ack.standing is not None and [t.key for t in ack.standing] == [Y.key]
-    assert not ack.standing[0].denied and ack.standing[0].invalid == 0
+    # the ack to Y's result tells the relay of Y, and of X, whose standing changed since
+    told = {t.key: t for t in ack.standing}
+    assert set(told) == {X.key, Y.key}
+    assert told[X.key] == p.Standing(X.key, 0, 3, True)
+    assert not told[Y.key].denied and told[Y.key].invalid == 0
+    again = result(s, honest.jobs[-1].tag, b"1", Y, 2.5, RELAY).standing
+    assert [t.key for t in again] == [Y.key]  # X's is as it was last told
     assert not s.core.is_denied(y.key) and not s.core.is_denied(RELAY.key)
     # on the relay's one machine all the same: one vote for the two of them
     assert {s.core.jobbers[k].machine for k in (x.key, y.key)} == {RELAY.address}
