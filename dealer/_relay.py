@@ -496,6 +496,9 @@ class RelayCore:
         elif isinstance(msg, p.Finished) and kind == "bored":
             if not up.finished:
                 log.info("upstream: its task is finished")
+                # its last votes settled after our last ack: an alive now hears how our
+                # jobbers stand, while the upstream still answers
+                up.last_alive = -math.inf
             up.finished = True
             up.quiet_until = now + FINISHED_RECHECK_S
         elif isinstance(msg, p.Referral) and kind == "bored":
