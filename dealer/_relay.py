@@ -513,9 +513,9 @@ class RelayCore:
                 if self.attribute and not up.attributes:
                     log.warning(
                         "THE UPSTREAM CANNOT ATTRIBUTE: it keeps no standing for the jobbers "
-                        "of a relay (it is older than alive_ack.standing), so it counts this "
-                        "relay as one jobber and a vote one of our jobbers loses costs us "
-                        "all; only implausible results are caught here"
+                        "of a relay (it is older than alive_ack.standing, or a relay), so it "
+                        "counts this relay as one jobber and a vote one of our jobbers loses "
+                        "costs us all; only implausible results are caught here"
                     )
             if msg.standing is not None:
                 self._standing(msg.standing)
