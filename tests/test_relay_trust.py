@@ -187,3 +187,7 @@ def test_behind_an_untrusted_relay_a_lost_vote_costs_the_jobber_that_lied(tmp_pa
     tell = s.handle(p.Alive(5, "lab", None), 3.0, RELAY)
     assert {(t.key, t.denied) for t in tell.standing} == {(X.key, True), (Y.key, False)}
     assert s.handle(p.Alive(6, "d1", None), 3.0, d1).standing == ()
+    # a name the relay makes up to start afresh inherits the relay machine's lost standing
+    fresh = behind(RELAY, p.Attribution("cc" * 32, "10.0.0.7"), trusted=False)
+    assert fresh.key not in s.core.jobbers
+    assert s.core.room(fresh.key, RELAY.machine("host")) < s.core.policy.quota // 4
