@@ -15,9 +15,15 @@ table          what
 ``roles``      admin keys: ``root``, ``allocator_admin``, ``supplier_admin`` (of
                one supplier)
 ``projects``   name, dealer address, resource share
-``pools``      name, supplier, preferences (protocol.Prefs, as JSON by field name)
-``machines``   each jobber key that asked, its pool, name, address, host facts,
-               when first and last seen
+``pools``      name, supplier, preferences (protocol.Prefs, as JSON by field name);
+               a removed pool keeps its row (``removed`` set): the name stays its
+               supplier's
+``admitted``   per pool, the jobber keys that may read its instructions: admitted
+               by an admin, or by the pool's join token (with the source they
+               joined from)
+``tokens``     per pool, the digest of its join token, its uses left
+``machines``   each admitted jobber key that asked, its pool, name, address, host
+               facts, when first and last seen
 ``credit``     per project and jobber key: the credit (fuel of accepted outputs)
                and valid results its dealer reports, as last polled
 ``history``    per poll, per pool and project: credit, jobs, machines active (a
@@ -26,15 +32,32 @@ table          what
 
 Who may do what is a table (``PERMITTED``), checked before anything changes; an
 identity is the CurveZMQ key its connection proved, passed in by the shell.
-A supplier admin acts only on pools of their own supplier: naming another's
-pool is refused (``Forbidden``) and changes nothing.
+
+Ownership. A pool belongs to the supplier that created it. A supplier admin
+acts only on pools of their own supplier: naming another's pool (to change,
+remove, re-create, admit to or read it) is refused (``Forbidden``) and changes
+nothing. Removing a pool keeps its name reserved for its supplier: only that
+supplier's admins (or root) may create it again. Projects are the allocator
+admins' (and root's) alone.
+
+Admission. A pool's instructions (its dealers and preferences) go only to keys
+its admin admitted: by key (``admit``), or by the pool's join token
+(``join_token``), which a jobber presents once in ``instruct.join``. Any other
+key is told only that it is not admitted, in the same words whether or not the
+pool exists, and nothing about it is stored: a stranger costs no row. Joins by
+token are bounded per source machine (``max_per_address``, an IPv6 /64 counted
+as one) and by the token's uses, so a leaked token admits a bounded number of
+machines; and the page and replies list at most ``MAX_MACHINE_ROWS`` machines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -42,17 +65,26 @@ from pathlib import Path
 from typing import Any
 
 import protocol as p
+from protocol._addr import machine_of
 from protocol._alloc import MAX_PROJECTS, Instruct, Instructions, Prefs, Project
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pools kept when removed (reserved names), admission, join tokens
 ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN = "root", "allocator_admin", "supplier_admin"
 ROLES = (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN)
 # a machine heard from within this many refresh intervals counts as active
 ACTIVE_REFRESHES = 3
 HISTORY_ROWS = 1000  # history points a stats reply carries at most (latest first)
 MAX_NAME = 256
+MAX_MACHINE_ROWS = 1000  # machines one reply or the page lists at most (counts are whole)
+# machines that may join one pool by token from one source (an IPv4 address, an IPv6
+# /64): a lab behind one NAT address is one source; a leaked token from one host is
+# held to this many rows. Keys an admin admits by hand are not counted.
+MAX_PER_ADDRESS = 256
+# uses of a join token unless its admin says otherwise: a lab's worth of machines
+TOKEN_USES = 1000
+MAX_TOKEN_USES = 1_000_000
 
 # op -> roles that may carry it out (a supplier admin only on their own pools)
 PERMITTED: dict[str, tuple[str, ...]] = {
@@ -65,6 +97,9 @@ PERMITTED: dict[str, tuple[str, ...]] = {
     "pool_add": (ROOT, SUPPLIER_ADMIN),
     "pool_remove": (ROOT, SUPPLIER_ADMIN),
     "pool_prefs": (ROOT, SUPPLIER_ADMIN),
+    "admit": (ROOT, SUPPLIER_ADMIN),
+    "dismiss": (ROOT, SUPPLIER_ADMIN),
+    "join_token": (ROOT, SUPPLIER_ADMIN),
     "list": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
     "machines": (ROOT, SUPPLIER_ADMIN),
     "stats": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
@@ -77,7 +112,15 @@ create table if not exists roles (
 create table if not exists projects (
     name text primary key, dealer text not null, share real not null, added real not null);
 create table if not exists pools (
-    name text primary key, supplier text not null, prefs text not null, added real not null);
+    name text primary key, supplier text not null, prefs text not null, added real not null,
+    removed real);
+create table if not exists admitted (
+    pool text not null, key text not null, via text not null, source text not null,
+    added real not null, primary key (pool, key));
+create index if not exists admitted_source on admitted (pool, source, via);
+create table if not exists tokens (
+    pool text primary key, digest text not null, uses_left integer not null,
+    made real not null);
 create table if not exists machines (
     key text primary key, pool text not null, name text not null, address text not null,
     host text not null, first_seen real not null, last_seen real not null);
@@ -100,6 +143,15 @@ class AllocatorError(Exception):
 
 class Forbidden(AllocatorError):
     code = p.ErrorCode.FORBIDDEN
+
+
+def not_admitted(pool: str, key: str) -> Forbidden:
+    """The one answer a key not admitted to `pool` gets: the same whether or not the pool
+    exists, so a stranger learns nothing from it."""
+    return Forbidden(
+        f"not admitted: key {key[:12]} may not read the instructions of a pool {pool!r} "
+        "here; ask the pool's admin to admit this key, or for a join token (--join)"
+    )
 
 
 @dataclass(frozen=True)
@@ -129,16 +181,22 @@ def prefs_of(data: Mapping[str, Any]) -> Prefs:
 class Allocator:
     """The allocator's database and its rules. `refresh_s`: how often jobbers ask again."""
 
-    def __init__(self, path: Path, *, refresh_s: float = 300.0) -> None:
+    def __init__(
+        self, path: Path, *, refresh_s: float = 300.0, max_per_address: int = MAX_PER_ADDRESS
+    ) -> None:
         self.path = Path(path)
         self.refresh_s = refresh_s
+        self.max_per_address = max_per_address
         # one thread at a time uses it, not always the one that opened it (a server run in
         # a thread of its own, as tests do)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("pragma journal_mode=wal")
         self.db.execute("pragma synchronous=normal")
-        self.db.executescript(_TABLES)
+        self.db.executescript(_TABLES)  # new tables; an old file's pools gain a column below
         got = self._meta("schema")
+        if got == "1":
+            self._from_schema_1()
+            got = str(SCHEMA_VERSION)
         if got is None:
             self._set_meta("schema", str(SCHEMA_VERSION))
             self._set_meta("serial", "1")
@@ -149,6 +207,19 @@ class Allocator:
 
     def close(self) -> None:
         self.db.close()
+
+    def _from_schema_1(self) -> None:
+        """Schema 1 admitted every key: the machines that had asked are admitted to their
+        pools, so that an upgrade cuts no lab off; removed pools were deleted then."""
+        with self._tx():
+            self.db.execute("alter table pools add column removed real")
+            self.db.execute(
+                "insert or ignore into admitted (pool, key, via, source, added) "
+                "select m.pool, m.key, 'schema 1', m.address, m.first_seen from machines m "
+                "join pools p on p.name = m.pool"
+            )
+            self._set_meta("schema", str(SCHEMA_VERSION))
+        log.info("%s: allocator schema 1 read as %d (machines admitted)", self.path, SCHEMA_VERSION)
 
     # --- meta -------------------------------------------------------------------
 
@@ -213,17 +284,22 @@ class Allocator:
         self.db.execute("commit")
 
     def _own_pool(self, role: Role | None, pool: str) -> sqlite3.Row | tuple:
+        """The live pool `pool` (name, supplier, prefs), if `role` may act on it."""
         row = self.db.execute(
-            "select name, supplier, prefs from pools where name = ?", (pool,)
+            "select name, supplier, prefs from pools where name = ? and removed is null", (pool,)
         ).fetchone()
         if row is None:
             raise AllocatorError(f"no pool {pool!r}")
-        if role is not None and role.role == SUPPLIER_ADMIN and row[1] != role.supplier:
+        self._check_supplier(role, pool, row[1])
+        return row
+
+    @staticmethod
+    def _check_supplier(role: Role | None, pool: str, supplier: str) -> None:
+        if role is not None and role.role == SUPPLIER_ADMIN and supplier != role.supplier:
             raise Forbidden(
-                f"pool {pool!r} belongs to supplier {row[1]!r}; "
+                f"pool {pool!r} belongs to supplier {supplier!r}; "
                 f"this key administers {role.supplier!r}"
             )
-        return row
 
     def _op_whoami(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
         if role is None:
@@ -313,9 +389,19 @@ class Allocator:
                     f"this key administers supplier {role.supplier!r}, not {supplier!r}"
                 )
             supplier = role.supplier
+        old = self.db.execute(
+            "select supplier, removed from pools where name = ?", (name,)
+        ).fetchone()
+        if old is not None:
+            # the name is its supplier's, live or removed: only they (or root) re-create it
+            self._check_supplier(role, name, old[0])
+            if old[1] is None:
+                raise AllocatorError(f"pool {name!r} exists")
+            if supplier is None:
+                supplier = old[0]  # root re-creating a removed pool: the same supplier's
+            elif supplier != old[0]:  # root may give a name to another supplier, explicitly
+                log.warning("pool %s: re-created for supplier %s, was %s's", name, supplier, old[0])
         supplier = _name(supplier, "supplier")
-        if self.db.execute("select 1 from pools where name = ?", (name,)).fetchone():
-            raise AllocatorError(f"pool {name!r} exists")
         given = args.get("prefs") or {}
         if not _is_map(given):
             raise AllocatorError("prefs: expected a map of preference: value")
@@ -324,18 +410,69 @@ class Allocator:
         except ValueError as e:
             raise AllocatorError(str(e)) from None
         self.db.execute(
-            "insert into pools (name, supplier, prefs, added) values (?, ?, ?, ?)",
+            "insert or replace into pools (name, supplier, prefs, added, removed) "
+            "values (?, ?, ?, ?, null)",
             (name, supplier, json.dumps(prefs_json(prefs)), now),
         )
         self._bump()
-        return f"pool {name} of supplier {supplier} added", {}
+        again = " again" if old is not None else ""
+        return f"pool {name} of supplier {supplier} added{again}", {}
 
     def _op_pool_remove(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
         name = _name(args.get("name"), "pool name")
         self._own_pool(role, name)
-        self.db.execute("delete from pools where name = ?", (name,))
+        # the row stays: its name is reserved for its supplier; whom it admitted is not
+        self.db.execute("update pools set removed = ? where name = ?", (now, name))
+        self.db.execute("delete from admitted where pool = ?", (name,))
+        self.db.execute("delete from tokens where pool = ?", (name,))
         self._bump()
-        return f"pool {name} removed (its machines keep their last instructions)", {}
+        return (
+            f"pool {name} removed (its machines keep their last instructions; the name "
+            "stays reserved for its supplier)",
+            {},
+        )
+
+    def _op_admit(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("pool"), "pool")
+        self._own_pool(role, name)
+        key = _key(args.get("key"))
+        self.db.execute(
+            "insert or ignore into admitted (pool, key, via, source, added) "
+            "values (?, ?, 'admin', '', ?)",
+            (name, key, now),
+        )
+        return f"key {key[:12]} admitted to pool {name}", {}
+
+    def _op_dismiss(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        name = _name(args.get("pool"), "pool")
+        self._own_pool(role, name)
+        key = _key(args.get("key"))
+        if not self.db.execute(
+            "delete from admitted where pool = ? and key = ?", (name, key)
+        ).rowcount:
+            raise AllocatorError(f"key {key[:12]} is not admitted to pool {name}")
+        self.db.execute("delete from machines where pool = ? and key = ?", (name, key))
+        return f"key {key[:12]} no longer admitted to pool {name}", {}
+
+    def _op_join_token(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
+        """A new join token for the pool (the old one stops working), or none (`revoke`)."""
+        name = _name(args.get("pool"), "pool")
+        self._own_pool(role, name)
+        self.db.execute("delete from tokens where pool = ?", (name,))
+        if args.get("revoke"):
+            return f"pool {name}: no join token now", {"token": None}
+        uses = args.get("uses", TOKEN_USES)
+        if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_TOKEN_USES:
+            raise AllocatorError(f"uses: expected a whole number from 1 to {MAX_TOKEN_USES}")
+        token = secrets.token_urlsafe(24)  # 192 random bits
+        self.db.execute(
+            "insert into tokens (pool, digest, uses_left, made) values (?, ?, ?, ?)",
+            (name, _digest(token), uses, now),
+        )
+        return (
+            f"pool {name}: join token {token} (for {uses} machines; a new token replaces it)",
+            {"token": token, "uses": uses},
+        )
 
     def _op_pool_prefs(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
         name = _name(args.get("name"), "pool name")
@@ -356,7 +493,9 @@ class Allocator:
         return f"pool {name} preferences: {shown}", {"prefs": prefs_json(prefs)}
 
     def _visible_pools(self, role: Role | None) -> list[tuple]:
-        rows = self.db.execute("select name, supplier, prefs from pools order by name").fetchall()
+        rows = self.db.execute(
+            "select name, supplier, prefs from pools where removed is null order by name"
+        ).fetchall()
         if role is not None and role.role == SUPPLIER_ADMIN:
             rows = [r for r in rows if r[1] == role.supplier]
         return rows
@@ -396,26 +535,31 @@ class Allocator:
     def _op_machines(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
         pools = self._pools_asked(role, args)
         active_after = now - ACTIVE_REFRESHES * self.refresh_s
+        marks = ",".join("?" * len(pools))
+        total = self.db.execute(
+            f"select count(*) from machines where pool in ({marks})", pools
+        ).fetchone()[0]
         rows = []
-        for pool in pools:
-            for key, name, address, host, first, last in self.db.execute(
-                "select key, name, address, host, first_seen, last_seen from machines "
-                "where pool = ? order by name, key",
-                (pool,),
-            ):
-                rows.append(
-                    {
-                        "pool": pool,
-                        "key": key,
-                        "name": name,
-                        "address": address,
-                        "host": json.loads(host),
-                        "first_seen": first,
-                        "last_seen": last,
-                        "active": last >= active_after,
-                    }
-                )
-        return f"{len(rows)} machines", {"machines": rows[:1000]}
+        # at most MAX_MACHINE_ROWS, chosen in SQL: a reply's (and the page's) cost does not
+        # grow with the machines
+        for pool, key, name, address, host, first, last in self.db.execute(
+            "select pool, key, name, address, host, first_seen, last_seen from machines "
+            f"where pool in ({marks}) order by pool, name, key limit ?",
+            (*pools, MAX_MACHINE_ROWS),
+        ):
+            rows.append(
+                {
+                    "pool": pool,
+                    "key": key,
+                    "name": name,
+                    "address": address,
+                    "host": json.loads(host),
+                    "first_seen": first,
+                    "last_seen": last,
+                    "active": last >= active_after,
+                }
+            )
+        return f"{total} machines", {"machines": rows, "total": total}
 
     def _op_stats(self, role: Role | None, args: dict, now: float) -> tuple[str, dict]:
         pools = self._pools_asked(role, args)
@@ -467,11 +611,13 @@ class Allocator:
         """Everything, as root sees it: for the operator's web page (dealer._allocator_http)."""
         root = Role(ROOT)
         pools = [r[0] for r in self._visible_pools(root)]
+        machines = self._op_machines(root, {}, now)[1]
         return {
             "now": now,
             "serial": self.serial,
             "list": self._op_list(root, {}, now)[1],
-            "machines": self._op_machines(root, {}, now)[1]["machines"],
+            "machines": machines["machines"],  # at most MAX_MACHINE_ROWS
+            "machines_total": machines["total"],
             "stats": self.stats(pools, now),
         }
 
@@ -518,10 +664,11 @@ class Allocator:
     # --- jobbers ------------------------------------------------------------------
 
     def instruct(self, key: str, address: str, msg: Instruct, now: float) -> Instructions:
-        """A machine asks for its pool's instructions: recorded, then answered."""
-        row = self.db.execute("select prefs from pools where name = ?", (msg.pool,)).fetchone()
-        if row is None:
-            raise AllocatorError(f"no pool {msg.pool!r} at this allocator")
+        """A machine asks for its pool's instructions: answered if its key is admitted (or
+        its join token admits it now) and recorded; else refused and nothing is stored."""
+        row = self.db.execute(
+            "select prefs from pools where name = ? and removed is null", (msg.pool,)
+        ).fetchone()
         host = json.dumps(
             {
                 "cpus": msg.host.cpus,
@@ -531,6 +678,8 @@ class Allocator:
             }
         )
         with self._tx():
+            if row is None or not self._admitted(key, address, msg, now):
+                raise not_admitted(msg.pool, key)
             self.db.execute(
                 "insert into machines (key, pool, name, address, host, first_seen, last_seen) "
                 "values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do update set "
@@ -543,6 +692,48 @@ class Allocator:
         return Instructions(
             msg.id, msg.pool, self.serial, projects, prefs_of(json.loads(row[0])), self.refresh_s
         )
+
+    def _admitted(self, key: str, address: str, msg: Instruct, now: float) -> bool:
+        """`key` may read `msg.pool`'s instructions: admitted before, or by the join token
+        it presents now (bounded per source machine and by the token's uses)."""
+        if self.db.execute(
+            "select 1 from admitted where pool = ? and key = ?", (msg.pool, key)
+        ).fetchone():
+            return True
+        if msg.join is None:
+            return False
+        token = self.db.execute(
+            "select digest, uses_left from tokens where pool = ?", (msg.pool,)
+        ).fetchone()
+        if token is None or not hmac.compare_digest(token[0], _digest(msg.join)):
+            log.debug("pool %s: key %s presented a wrong join token", msg.pool, key[:12])
+            return False
+        if token[1] <= 0:
+            raise Forbidden(
+                f"the join token of pool {msg.pool!r} is used up; ask its admin for a new one"
+            )
+        source = machine_of(address) if address else ""
+        joined = self.db.execute(
+            "select count(*) from admitted where pool = ? and source = ? and via = 'token'",
+            (msg.pool, source),
+        ).fetchone()[0]
+        if joined >= self.max_per_address:
+            raise Forbidden(
+                f"{joined} machines joined pool {msg.pool!r} from {source or 'this source'} "
+                "already, the most one source may; ask its admin to admit this key"
+            )
+        self.db.execute(
+            "insert into admitted (pool, key, via, source, added) values (?, ?, 'token', ?, ?)",
+            (msg.pool, key, source, now),
+        )
+        self.db.execute("update tokens set uses_left = uses_left - 1 where pool = ?", (msg.pool,))
+        log.info("pool %s: key %s joined with the pool's token from %s", msg.pool, key[:12], source)
+        return True
+
+
+def _digest(token: str) -> str:
+    """What is kept of a join token: its SHA-256 (a stolen database admits nobody)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _is_map(v: Any) -> bool:

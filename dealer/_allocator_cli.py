@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 import protocol as p
-from dealer._allocator import ROLES, Allocator, AllocatorError
+from dealer._allocator import MAX_PER_ADDRESS, ROLES, TOKEN_USES, Allocator, AllocatorError
 from dealer._allocator_http import AllocatorPage
 from dealer._allocator_server import POLL_S, AllocatorServer, serve
 from dealer._http import parse_http
@@ -46,7 +46,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server_path, root_path = key_paths(args.db)
     try:
-        alloc = Allocator(args.db, refresh_s=args.refresh)
+        alloc = Allocator(args.db, refresh_s=args.refresh, max_per_address=args.max_per_address)
         keys, _ = load_or_create_key_pair(server_path)
         if not alloc.has_root():
             root, made = load_or_create_key_pair(root_path)
@@ -148,8 +148,14 @@ def _print(op: str, reply: AllocReply) -> None:
                 f"{m['host'].get('cpus')} cpus, seen {ago:.0f} s ago"
                 + ("" if m["active"] else " (inactive)")
             )
+        shown, total = len(data.get("machines", [])), data.get("total", 0)
+        if total > shown:
+            print(f"... and {total - shown} more ({total} machines)")
     elif op == "stats":
         _print_stats(data)
+    elif op == "join_token" and data.get("token"):
+        print(data["token"])  # alone on its line, for scripts; the rest on stderr
+        print(reply.text.replace(data["token"], "TOKEN"), file=sys.stderr)
     else:
         print(reply.text)
 
@@ -184,6 +190,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="[HOST:]PORT",
         help="serve a read-only statistics page (and /stats.json) on this port, on 127.0.0.1 "
         "unless a host is given: it shows every pool's machines",
+    )
+    sv.add_argument(
+        "--max-per-address",
+        type=int,
+        default=MAX_PER_ADDRESS,
+        metavar="N",
+        help="machines that may join one pool with its token from one source address (an "
+        f"IPv6 /64 counts as one; default {MAX_PER_ADDRESS}); keys admitted by hand are "
+        "not counted",
     )
     sv.add_argument("--quiet", action="store_true", help="warnings only")
 
@@ -232,6 +247,22 @@ def parser() -> argparse.ArgumentParser:
     pf = admin("prefs", help="(supplier admin) change a pool's preferences; PREF= clears one")
     pf.add_argument("pool")
     pf.add_argument("prefs", nargs="+", metavar="PREF=VALUE")
+    admit = admin("admit", help="(supplier admin) let a jobber's key read a pool's instructions")
+    admit.add_argument("pool")
+    admit.add_argument("who", metavar="KEY", help="the jobber's public key (its status shows it)")
+    ds = admin("dismiss", help="(supplier admin) take a jobber's key out of a pool")
+    ds.add_argument("pool")
+    ds.add_argument("who", metavar="KEY")
+    jt = admin(
+        "join-token",
+        help="(supplier admin) print a new join token for a pool (the old one stops working): "
+        "jobbers started with --join TOKEN are admitted",
+    )
+    jt.add_argument("pool")
+    jt.add_argument(
+        "--uses", type=int, default=TOKEN_USES, help=f"machines it admits (default {TOKEN_USES})"
+    )
+    jt.add_argument("--revoke", action="store_true", help="no join token for the pool from now")
     admin("list", help="projects and shares; the pools you may see")
     mc = admin("machines", help="(supplier admin) the machines of your pools")
     mc.add_argument("pool", nargs="?")
@@ -264,6 +295,12 @@ def request(args: argparse.Namespace) -> tuple[str, dict]:
         return "pool_remove", {"name": args.name}
     if c == "prefs":
         return "pool_prefs", {"name": args.pool, "prefs": parse_prefs(args.prefs)}
+    if c in ("admit", "dismiss"):
+        return c, {"pool": args.pool, "key": args.who.lower()}
+    if c == "join-token":
+        if args.revoke:
+            return "join_token", {"pool": args.pool, "revoke": True}
+        return "join_token", {"pool": args.pool, "uses": args.uses}
     if c == "machines":
         return "machines", {} if args.pool is None else {"pool": args.pool}
     if c == "stats":

@@ -3,8 +3,8 @@
 The work socket is CurveZMQ with the allocator's own key pair, and the
 plaintext port one up answers `hello` (its key, for trust on first use) and a
 short `status`, as a dealer's do. Every key may complete the handshake: a
-jobber is any machine that names a pool, an admin is a key with a role, and
-what a key may do is the allocator core's to decide (dealer._allocator).
+jobber is a key admitted to the pool it names, an admin is a key with a role,
+and what a key may do is the allocator core's to decide (dealer._allocator).
 
 A statistics thread polls each project's dealer for its status (the plaintext
 port, every page of jobbers) every `poll_s` seconds and hands the rows to the
@@ -104,7 +104,9 @@ class AllocatorServer(RouterServer):
                 log.info("admin %s: %s: %s", peer.key[:12], msg.op, text)
                 return AllocReply(msg.id, text[: p.MAX_STR], data)
         except AllocatorError as e:
-            log.info("refused %s from %s: %s", msg.TYPE, peer.key[:12], e)
+            # a stranger's instruct is refused at debug: thousands of them are no news
+            level = logging.DEBUG if isinstance(msg, Instruct) else logging.INFO
+            log.log(level, "refused %s from %s: %s", msg.TYPE, peer.key[:12], e)
             return p.Error(msg.id, e.code, str(e)[: p.MAX_STR])
         if isinstance(msg, p.StatusQuery):
             return p.StatusReply(msg.id, self.summary())

@@ -70,6 +70,15 @@ they are sent to others at once; a late result from a GONE replica still
 counts until the job is settled, like an overdue one. Deadlines remain, for
 jobbers that are alive but too slow.
 
+A job that can never be sent (its stdin, an argument or their count over the
+wire's caps, or a `jobs` message holding it and the payload over the message
+cap: see `unsendable`) fails where it is drawn: its Drawn record carries the
+reason (`refused`), and applying that record settles the job as failed at
+once, on a live draw and on a replay alike. No replica of it is ever made, and
+the rest of the batch goes on. A live draw goes past at most
+REFUSED_PER_DRAW such jobs in a row (the next draw goes on), so a task of
+nothing but oversize jobs cannot hold one turn for long.
+
 The tail: once nothing is left to draw and no job wants a replica, a jobber
 that asks gets a *backup* replica of the job out longest (up to
 `Policy.backups` beyond what the job needs), so a batch ends when its fastest
@@ -112,14 +121,14 @@ from dataclasses import dataclass, field, fields
 
 import msgpack
 
-from protocol import ErrorCode, Status
+from protocol import MAX_MESSAGE_BYTES, MAX_STR, ErrorCode, Status
+from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
 from tasks import Job
 
 log = logging.getLogger(__name__)
 
-# A jobber seen within this long counts as active when deciding whether a job
-# may go back to a jobber that already failed it (5 minutes: several request
-# rounds of a backing-off jobber).
+# An identity or machine not heard from for this long that holds nothing and earned
+# nothing is forgotten (evict; 5 minutes: several request rounds of a backing-off jobber).
 ACTIVE_HORIZON_S = 300.0
 LOST = "lost: the jobber no longer holds it"
 IMPLAUSIBLE = "implausible"  # the status recorded for a result that failed the checks
@@ -127,6 +136,14 @@ DENIED = "denied"  # ... and for a result from a denied identity
 MAX_ALLOWANCE = 4096  # open replicas one identity or machine can ever earn
 MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
 MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
+NEVER = float("-inf")  # a machine that never asked for work it could take
+# unsendable jobs one live draw goes past before it returns (the next draw goes on): each is
+# a record and a failure to hand the task, so one turn stays short
+REFUSED_PER_DRAW = 1000
+# what a `jobs` message holding one job adds to its stdin, arguments and the payload: the
+# tag, the limits, the deadline, field names, the payload's signature with its rotation
+# chain (under 2 KB); generous, so that a job passing here always encodes under the cap
+JOB_MESSAGE_OVERHEAD = 64 * 1024
 
 
 class CoreError(Exception):
@@ -196,6 +213,9 @@ class Drawn:
     args: tuple[str, ...] | None = None
     stdin_size: int | None = None
     stdin_sha256: str | None = None  # 16 hex digits of its sha256; None when empty
+    # why the job can never be sent (see `unsendable`): it failed as it was drawn. None:
+    # a sendable job (and every job of a journal written before this field)
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.args, list):  # as msgpack gives it back
@@ -322,6 +342,12 @@ class Standing:
     allowance: int
     held: int = 0  # replicas OUT (sent, not yet returned nor overdue)
     last_seen: float = 0.0
+    # OK replicas of jobs not yet settled: returned, not yet compared with anyone, so they
+    # count against the allowance as held ones do (unchecked work earns no room)
+    unchecked: int = 0
+    # when this machine last asked for work it could take (want > 0, within its quota) or
+    # returned a result: a job waits for a machine only while it is present (see _present)
+    present: float = NEVER
 
     def good(self) -> None:
         self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
@@ -461,6 +487,44 @@ def _most(groups: dict, empty):
     return best_key, best
 
 
+def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
+    """Why `job` can never reach a jobber, or None: its stdin, an argument or their
+    count over the wire's caps (docs/protocol.md, `job_spec`), an argument that is not
+    text UTF-8 can carry, or a `jobs` message holding it and the payload
+    (`payload_bytes`, sent with it to a jobber that lacks it) over the message cap.
+    The same job gives the same answer every time: a pure function of its bytes."""
+    where = "the wire's cap"
+    if len(job.stdin) > MAX_STDIN_BYTES:
+        return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
+    if len(job.args) > MAX_ARGS:
+        return f"{len(job.args):,} arguments, over {where} of {MAX_ARGS:,}"
+    args_bytes = 0
+    for i, arg in enumerate(job.args):
+        if len(arg) > MAX_STR:
+            return f"argument {i} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+        try:
+            args_bytes += len(arg.encode()) + 5  # and its msgpack header
+        except UnicodeEncodeError as e:
+            return f"argument {i} is not valid Unicode text ({e.reason} at {e.start})"
+    size = payload_bytes + len(job.stdin) + args_bytes + JOB_MESSAGE_OVERHEAD
+    if size > MAX_MESSAGE_BYTES:
+        return (
+            f"a jobs message of about {size:,} bytes with the payload, over {where} of "
+            f"{MAX_MESSAGE_BYTES:,} bytes (stdin {len(job.stdin):,}, arguments "
+            f"{args_bytes:,}, payload {payload_bytes:,})"
+        )
+    return None
+
+
+def refusal(job_id: int, job: Job, why: str) -> str:
+    """The failure recorded for an unsendable job: names the job and the limit."""
+    shown = " ".join(job.args[:8])[:200] + (" ..." if len(job.args) > 8 else "")
+    return (
+        f"job {job_id} (args {shown or '(none)'}) can never be sent: {why}; "
+        "see 'Limits of one job' in docs/writing-tasks.md"
+    )
+
+
 def job_digest(job: Job) -> str:
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
 
@@ -482,15 +546,24 @@ def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str
 
 class Core:
     def __init__(
-        self, jobs: Iterable[Job], policy: Policy, tag_prefix: str, *, verify_jobs: bool = True
+        self,
+        jobs: Iterable[Job],
+        policy: Policy,
+        tag_prefix: str,
+        *,
+        verify_jobs: bool = True,
+        payload_bytes: int = 0,
     ) -> None:
         """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
         journal drew without comparing their digests (the journal is the source of
-        truth: a reader that rebuilds jobs from Drawn records, not a dealer)."""
+        truth: a reader that rebuilds jobs from Drawn records, not a dealer).
+        `payload_bytes`: the size of the payload a `jobs` message may carry with a job
+        (see `unsendable`)."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
         self._verify_jobs = verify_jobs
+        self._payload_bytes = payload_bytes
         self._prefix = tag_prefix
         self._source: Iterator[Job] = iter(jobs)
         self._exhausted = False
@@ -577,8 +650,8 @@ class Core:
         """How many more replicas the identity `jobber` on `machine` may hold right now."""
         me = self.jobbers.get(jobber)
         host = self.machines.get(machine)
-        mine = self.policy.quota if me is None else me.allowance - me.held
-        theirs = self.policy.quota if host is None else host.allowance - host.held
+        mine = self.policy.quota if me is None else me.allowance - me.held - me.unchecked
+        theirs = self.policy.quota if host is None else host.allowance - host.held - host.unchecked
         return max(0, min(mine, theirs))
 
     def waiting(self, now: float) -> list[str]:
@@ -586,8 +659,7 @@ class Core:
         p = self.policy
         out: list[str] = []
         if self._wanting:
-            horizon = now - p.lease_s
-            active = [m for m, st in self.machines.items() if st.last_seen >= horizon]
+            active = [m for m, st in self.machines.items() if self._present(st, now)]
             n = len(self._wanting)
             out.append(
                 f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a replica on "
@@ -739,6 +811,8 @@ class Core:
         out: list[Assignment] = []
         if want <= 0:
             return out
+        m = self._machine(machine)
+        m.present = max(m.present, now)
         for job_id in list(self._wanting):
             if len(out) >= want:
                 return out
@@ -814,16 +888,29 @@ class Core:
             self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}", now))
             return Rejected(ErrorCode.IMPLAUSIBLE, why)
         self._record(Returned(tag, status.value, output, fuel, detail, now))
+        if status is not Status.ABANDONED:  # it works: a job may wait for it a lease more
+            m = self._machine(r.machine)
+            m.present = max(m.present, now)
         return None
 
-    def alive(self, jobber: str, now: float, holding: Collection[str] | None = None) -> list[str]:
+    def alive(
+        self,
+        jobber: str,
+        now: float,
+        holding: Collection[str] | None = None,
+        machine: str | None = None,
+    ) -> list[str]:
         """The jobber says it is alive (renewing its lease) and, maybe, what it holds.
 
         Returns the held tags it should drop: replicas of jobs already settled,
-        which can no longer change anything.
+        which can no longer change anything. `machine`: where it speaks from (default:
+        where it last asked, else its own). Being alive is not being present: no job
+        waits for a machine that only says it is alive (see _present).
         """
-        known = self.jobbers.get(jobber)
-        self._seen(jobber, known.machine if known else jobber, now)
+        if machine is None:
+            known = self.jobbers.get(jobber)
+            machine = known.machine if known else jobber
+        self._seen(jobber, machine, now)
         if holding is None:
             return []
         for tag in sorted(self._open.get(jobber, set()) - set(holding)):
@@ -884,13 +971,19 @@ class Core:
             for name, rec in self.jobbers.items()
             if rec.last_seen < horizon
             and rec.held == 0
+            and rec.unchecked == 0
             and not (rec.valid or rec.invalid or rec.credit)
             and name not in self.denied
         ]
         for name in gone:
             del self.jobbers[name]
             self._open.pop(name, None)
-        for m in [m for m, s in self.machines.items() if s.last_seen < horizon and s.held == 0]:
+        idle = [
+            m
+            for m, s in self.machines.items()
+            if s.last_seen < horizon and s.held == 0 and s.unchecked == 0
+        ]
+        for m in idle:
             del self.machines[m]
             for on in self._platforms.values():
                 on.pop(m, None)
@@ -971,29 +1064,40 @@ class Core:
         return True
 
     def _draw(self) -> _Job | None:
-        if self._exhausted:
-            return None
-        try:
-            job = next(self._source)
-            if not isinstance(job, Job):
-                raise TypeError(f"jobs() yielded {job!r}, not a tasks.Job")
-        except StopIteration:
-            self._exhausted = True
-            return None
-        except Exception as e:  # the task's own bug: no more jobs; those drawn go on
-            self._exhausted = True
-            self.source_error = f"{type(e).__name__}: {e}"
-            log.error(
-                "the task's jobs() raised after %d jobs; drawing no more: %s",
-                self._next_job,
-                self.source_error,
-                exc_info=True,
-            )
-            return None
-        self._pending_job = job
-        stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
-        self._record(Drawn(self._next_job, job_digest(job), tuple(job.args), len(job.stdin), stdin))
-        return self._jobs[self._next_job - 1]
+        """The next job that can be sent, drawn and recorded; jobs that never can are
+        drawn and failed on the way (at most REFUSED_PER_DRAW of them). None: nothing
+        more to draw now."""
+        for _ in range(REFUSED_PER_DRAW):
+            if self._exhausted:
+                return None
+            try:
+                job = next(self._source)
+                if not isinstance(job, Job):
+                    raise TypeError(f"jobs() yielded {job!r}, not a tasks.Job")
+            except StopIteration:
+                self._exhausted = True
+                return None
+            except Exception as e:  # the task's own bug: no more jobs; those drawn go on
+                self._exhausted = True
+                self.source_error = f"{type(e).__name__}: {e}"
+                log.error(
+                    "the task's jobs() raised after %d jobs; drawing no more: %s",
+                    self._next_job,
+                    self.source_error,
+                    exc_info=True,
+                )
+                return None
+            job_id = self._next_job
+            why = unsendable(job, self._payload_bytes)
+            refused = None if why is None else refusal(job_id, job, why)
+            self._pending_job = job
+            stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
+            digest = job_digest(job)
+            self._record(Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused))
+            if refused is None:
+                return self._jobs[job_id]
+            log.warning("%s", refused)
+        return None
 
     def _apply_drawn(self, rec: Drawn) -> None:
         if rec.job_id != self._next_job:
@@ -1013,6 +1117,10 @@ class Core:
                 )
         self._next_job += 1
         j = self._jobs[rec.job_id] = _Job(rec.job_id, job, digest=rec.digest)
+        if rec.refused is not None:  # it can never be sent: it fails as it is drawn
+            self.failed += 1
+            self._settle(j, Failed(j.id, j.job, (rec.refused,)))
+            return
         self._update_wanting(j)
 
     def _send(
@@ -1068,6 +1176,9 @@ class Core:
             return
         r.fire("returned_ok" if ok else "returned_error")
         me, host = self._jobber(r.jobber), self._machine(r.machine)
+        if ok:  # not compared yet: holds room until its job settles (_settle)
+            me.unchecked += 1
+            host.unchecked += 1
         r.status = rec.status
         if ok or rec.status in DETERMINISTIC:  # both vote (quota is earned in _evaluate)
             r.output, r.fuel = rec.output, rec.fuel
@@ -1144,22 +1255,27 @@ class Core:
         if touched is None:
             touched = {r.machine for r in j.replicas}
             touched.add(machine)
-        horizon = now - ACTIVE_HORIZON_S
         return not any(
-            name not in touched and m.last_seen >= horizon for name, m in self.machines.items()
+            name not in touched and self._present(m, now) for name, m in self.machines.items()
         )
 
     def _fresh_on(self, platforms: set[str | None], touched: set[str], now: float) -> bool:
-        """Whether a machine that ran replicas on one of `platforms` is active and has no
+        """Whether a machine that ran replicas on one of `platforms` is present and has no
         replica of the job (`touched` names those that have)."""
-        horizon = now - ACTIVE_HORIZON_S
         for platform in platforms:
             for name in self._platforms.get(platform, ()):
                 if name not in touched:
                     m = self.machines.get(name)
-                    if m is not None and m.last_seen >= horizon:
+                    if m is not None and self._present(m, now):
                         return True
         return False
+
+    def _present(self, m: Standing, now: float) -> bool:
+        """Whether a job may wait for machine `m`: it asked for work it could take, or
+        returned a result, within the lease. Asking for nothing (`want` 0), asking past
+        its quota, or only saying it is alive does not count: so a machine, or two, can
+        hold a job back only by holding its replicas, and no longer than a lease."""
+        return m.present >= now - self.policy.lease_s
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
@@ -1298,6 +1414,9 @@ class Core:
         self._wanting.pop(j.id, None)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
+            if r.state is ReplicaState.OK:
+                self._jobber(r.jobber).unchecked -= 1
+                self._machine(r.machine).unchecked -= 1
             if r.state in _LATE:
                 self._late[r.tag] = (j.id, accepted if r.platform == platform else None)
                 if len(self._late) > MAX_LATE:

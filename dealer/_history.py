@@ -118,7 +118,7 @@ class History:
                 rec.args,
                 rec.stdin_size,
                 rec.stdin_sha256,
-                self.core.replicas(rec.job_id),
+                [] if rec.refused is not None else self.core.replicas(rec.job_id),
             )
         elif isinstance(rec, Sent):
             self.sent_at[rec.tag] = rec.at

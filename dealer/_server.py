@@ -301,10 +301,16 @@ class RouterServer:
 
 def connectable(endpoint: str) -> str:
     """A bound endpoint as a client reaches it: a wildcard bind is reached on loopback
-    (a dual-stack `[::]` takes IPv4 too, so `*` reads as it did before IPv6)."""
-    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
-        "tcp://[::]:", "tcp://127.0.0.1:"
-    )
+    (a dual-stack `[::]` takes IPv4 too, so `*` reads as it did before IPv6), and an
+    IPv4 address a dual-stack socket bound as `[::ffff:a.b.c.d]` is written `a.b.c.d`."""
+    scheme, sep, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not host.startswith("["):
+        return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+    if host == "[::]":
+        return f"tcp://127.0.0.1:{port}"
+    plain = p.source_address(host[1:-1])
+    return f"tcp://{plain}:{port}" if "." in plain else endpoint
 
 
 class Referrer(RouterServer):

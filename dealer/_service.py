@@ -187,7 +187,10 @@ class Service:
                 **task_pins(task),
             }
         )
-        self.core = Core(task.jobs(), policy, journal.tag_prefix)
+        # a job that can never be sent with this payload fails as it is drawn (see Core)
+        self.core = Core(
+            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+        )
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -331,7 +334,8 @@ class Service:
             return p.StatusReply(msg.id, self.status(now, msg.page or 0))
         if isinstance(msg, p.Alive):
             self._label(peer, msg.jobber)
-            cancel = self.core.alive(peer.key, now, msg.holding)
+            machine = peer.machine(self.distinct)  # placed from its first message on
+            cancel = self.core.alive(peer.key, now, msg.holding, machine)
             return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), ())
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
@@ -381,7 +385,8 @@ class Service:
             keys.append(relay.key)  # (a relay holding nothing is no identity of its own)
         cancel: dict[str, None] = {}
         for key in keys:
-            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
+            machine = relay.machine(self.distinct) if key == relay.key else None
+            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding, machine)))
         standing = self._standing(relay, names, every=True)
         return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), standing)
 
@@ -418,7 +423,7 @@ class Service:
     def _bored(self, msg: p.Bored, now: float, peer: Peer) -> p.Message:
         core = self.core
         if self.done:
-            core.alive(peer.key, now, msg.holding)
+            core.alive(peer.key, now, msg.holding, peer.machine(self.distinct))
             # a peer with work for it: pass the jobber on (it delivers what it holds here
             # all the same); else tell it this batch is over
             return (msg.want and self._elsewhere(msg, now)) or p.Finished(msg.id)

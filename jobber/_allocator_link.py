@@ -42,6 +42,7 @@ class AllocatorLink(threading.Thread):
         connect: callable,  # endpoint -> the endpoint to connect to (the source address)
         backoff: Backoff,
         timeout_s: float,
+        join: str | None = None,
     ) -> None:
         super().__init__(name="allocator-link", daemon=True)
         self.endpoint, key = p.split_key(address)
@@ -53,6 +54,7 @@ class AllocatorLink(threading.Thread):
         self._connect = connect
         self.backoff = backoff
         self.timeout_s = timeout_s
+        self.join_token = join  # the pool's join token: sent until the allocator first answers
         self.facts: p.HostFacts | None = None  # replaced whole by the loop
         self.serial: int | None = None  # of the instructions held
         self.events: queue.SimpleQueue = queue.SimpleQueue()
@@ -85,6 +87,9 @@ class AllocatorLink(threading.Thread):
                 self.events.put(("failed", str(e)))
                 continue
             self.backoff.succeeded()
+            if self.join_token is not None:
+                log.info("allocator %s: admitted to pool %s", self.endpoint, self.pool)
+                self.join_token = None  # admitted now: the token is not sent again
             self.ok_at = time.monotonic()
             self.problem = ""
             self.serial = msg.serial
@@ -147,11 +152,16 @@ class AllocatorLink(threading.Thread):
         s = self._socket(self.endpoint, self.key)
         try:
             reply = self._request(
-                s, Instruct(self._next_id(), self.jobber, self.pool, facts, self.serial)
+                s,
+                Instruct(
+                    self._next_id(), self.jobber, self.pool, facts, self.serial, self.join_token
+                ),
             )
         finally:
             s.close()
         if isinstance(reply, p.Error):
+            if reply.code is p.ErrorCode.FORBIDDEN:  # not admitted: the owner must act
+                log.warning("allocator %s: %s", self.endpoint, reply.text)
             raise _Failed(f"refused: {reply.code.value}: {reply.text}")
         if not isinstance(reply, Instructions):
             raise _Failed(f"answered with {reply.TYPE}")

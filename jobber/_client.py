@@ -105,12 +105,17 @@ class Config:
     max_job_time_s: float = 3600.0  # the owner's ceilings for one job, whatever a dealer asks
     max_fuel: int | None = None
     max_output_kb: int | None = None
+    # the owner's ceilings for compiling a module (None: the sandbox's fixed fences); the
+    # memory fence is never more than memory_mb either
+    compile_memory_mb: int | None = None
+    compile_time_s: float | None = None
     exit_with: int | None = None  # the pid of our parent: stop when we are no longer its child
     # author keys (files) whose signed payloads alone may run; empty: any payload may
     trust: list[Path] = field(default_factory=list)
     # an allocator to take dealers, shares and preferences from, for the machines of `pool`
     allocator: str | None = None
     pool: str | None = None
+    join: str | None = None  # the pool's join token, presented to the allocator once
     # the fields above its owner set (command line, --config): a pool never loosens these
     explicit: frozenset[str] = frozenset()
 
@@ -210,6 +215,10 @@ class Jobber:
             raise JobberError("give dealers or --allocator, not both")
         if cfg.allocator is not None and not cfg.pool:
             raise JobberError("--allocator needs --pool NAME")
+        if (cfg.compile_memory_mb is not None and cfg.compile_memory_mb < 1) or (
+            cfg.compile_time_s is not None and cfg.compile_time_s <= 0
+        ):
+            raise JobberError("--compile-memory and --compile-time must be positive")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid
@@ -271,7 +280,13 @@ class Jobber:
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
         self.core.cached = tuple(self.cache.hashes())
-        self.slots = sandbox.Slots(cfg.slots, cfg.data_dir / "cache")
+        fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
+        self.slots = sandbox.Slots(
+            cfg.slots,
+            cfg.data_dir / "cache",
+            compile_time_s=min(cfg.compile_time_s or fixed_s, fixed_s),
+            compile_memory_mb=self._compile_memory_mb(self._owner.memory_mb),
+        )
         self._socks: dict[str, _Sockets] = {}
         self._repeats = Repeats(log)
         self._stopping = False
@@ -288,6 +303,12 @@ class Jobber:
         self._carry_out()
 
     # --- set-up ------------------------------------------------------------
+
+    def _compile_memory_mb(self, memory_mb: int) -> int:
+        """The compile memory fence: the least of the memory one job may use here, the
+        owner's compile ceiling and the sandbox's fixed fence."""
+        ceiling = self.cfg.compile_memory_mb or sandbox.COMPILE_MEMORY_MB
+        return max(1, min(memory_mb, ceiling, sandbox.COMPILE_MEMORY_MB))
 
     @staticmethod
     def _take_lock(data_dir: Path) -> int:
@@ -792,6 +813,7 @@ class Jobber:
             connect=self._connect_to,
             backoff=Backoff(self.cfg.min_backoff_s, self.cfg.max_backoff_s),
             timeout_s=self.cfg.request_timeout_s,
+            join=self.cfg.join,
         )
         self._alink.facts = self.core.host_facts()
         self._alink.serial = None if self._kept is None else self._kept.serial
@@ -851,6 +873,7 @@ class Jobber:
         self.core.set_projects(projects, kept.debts)
         self.core.s = replace(self.core.s, slots=eff.slots, memory_mb=eff.memory_mb)
         self.slots.in_use = eff.slots
+        self.slots.compile_memory_mb = self._compile_memory_mb(eff.memory_mb)
         if eff.cpu_limit != self._eff.cpu_limit:
             self._throttle = Throttle(eff.cpu_limit)
         if eff.idle_after_s != self._eff.idle_after_s:

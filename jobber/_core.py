@@ -45,6 +45,22 @@ The rules, per turn (``tick``):
    starve a live one; a referred dealer that never answered is dropped after
    DROP_UNREACHED_AFTER failed contacts, one that did after DROP_REFERRED_AFTER.
 
+Keys. A dealer's key comes from its owner (``host:port#KEY`` on the command line
+or in an allocator's instructions), from the known_dealers pins, or on first use
+from its plaintext port; a key a referral names is used only for the entry that
+referral made: it never replaces or pre-empts a key the jobber holds or pins for
+that address (an owner-given plain ``host:port`` learns its key from the dealer
+itself), and it is never pinned. A referral naming another key than the one the
+jobber holds or later learns is logged as a key mismatch naming both keys, and
+so is a dealer whose key is checked (``hello``, after a failed contact) and
+differs from the one used; a referred entry with a wrong key is dropped.
+
+Under an allocator (``set_projects``) the jobber asks only the dealers its
+instructions list, and the dealers they referred it to (at any depth) only while
+the listed dealer at the root of that referral chain (``Link.via``) is listed: a
+project removed, its referred dealers are asked for nothing more at once, and
+forgotten as soon as they hold nothing of ours.
+
 A dealer whose results are not acknowledged while they pile up past its share
 of the spool (``spool_share_bytes``) is asked for no more work until it
 acknowledges them: whatever a dealer does, the spool stays bounded by that
@@ -216,6 +232,13 @@ class Link:
     flooded: bool = False  # its unacknowledged results passed its spool share (logged once)
     holding_at: float = float("-inf")  # when `holding` last went to it (bored or alive)
     output_hint: int = 0  # bytes of output its last jobs may write (their output limit)
+    # the referral that gave `key` (the referring dealer), "" if it came from elsewhere
+    key_referred_by: str = ""
+    key_checked: bool = False  # its key was checked against its plaintext port in this run
+    # keys referrals named for this address and not used: key -> referring dealer
+    claims: dict[str, str] | None = None
+    via: str | None = None  # the depth-0 dealer whose referral chain led here
+    retired: bool = False  # referred by a project no longer listed: asked for nothing more
 
     def usable(self) -> bool:
         return not self.refused and self.key is not None and not self.check_key
@@ -224,6 +247,7 @@ class Link:
         return (
             self.bored_id is None
             and not self.refused
+            and not self.retired
             and now >= self.ask_after
             and self.backoff.ready(now)
         )
@@ -402,8 +426,12 @@ class JobberCore:
 
     # --- dealers ------------------------------------------------------------------
 
-    def add_dealer(self, text: str, depth: int) -> None:
-        """Know the dealer `text` (`endpoint` or `endpoint#key`); depth 0: from the command line."""
+    def add_dealer(
+        self, text: str, depth: int, *, via: str | None = None, referrer: str = ""
+    ) -> None:
+        """Know the dealer `text` (`endpoint` or `endpoint#key`); depth 0: from its owner (the
+        command line, an allocator's instructions). `referrer`: the dealer whose referral
+        named it, `via`: the depth-0 dealer at the root of that referral chain."""
         addr, key = p.split_key(text)
         link = self.links.get(addr)
         if link is None and key is not None:  # the same dealer under another spelling
@@ -412,22 +440,78 @@ class JobberCore:
                 log.debug("dealer %s is %s (the same key): not added twice", addr, twin.address)
                 return
         if link is None:
-            if len(self.links) >= MAX_DEALERS:
+            if len(self.links) >= MAX_DEALERS and not (depth == 0 and self._evict_referred()):
                 return
             backoff = Backoff(self.s.min_backoff_s, self.s.max_backoff_s, rng=self._rng)
-            link = self.links[addr] = Link(addr, depth == 0, depth, backoff)
+            link = self.links[addr] = Link(addr, depth == 0, depth, backoff, via=via)
             self._rr.append(addr)
             if depth:
                 log.info("dealer %s added by referral (depth %d)", addr, depth)
             pinned = self._pins.get(addr)
-            if key is None and pinned is not None:
+            if pinned is not None and (key is None or depth > 0):
                 link.key, link.key_from_hello = pinned, True
-        if key is not None and link.key is None:
+        elif depth == 0 and not link.pinned:  # the owner names a dealer known by referral
+            link.pinned, link.depth, link.via, link.retired = True, 0, None, False
+            if link.key_referred_by and key != link.key:  # a referral's key: not the owner's
+                self._claim(link, link.key, link.key_referred_by)
+                # the owner's key (set below), else the one pinned, else learnt on first use
+                link.key = self._pins.get(addr) if key is None else None
+                link.key_referred_by, link.key_from_hello = "", link.key is not None
+                link.forget_requests()
+                self._actions.append(Reset(addr))
+        elif depth > 0 and link.depth > 0 and link.retired and via is not None:
+            link.via, link.retired = via, False  # referred again, by a listed project
+        if key is None or key == link.key:
+            return
+        if depth > 0:
+            # a referral's key is for an entry that referral made, and only while the
+            # jobber knows no key for the address
+            if link.key is None and not link.pinned:
+                link.key, link.key_referred_by = key, referrer or "a referral"
+            else:
+                self._claim(link, key, referrer or "a referral")
+            return
+        if link.key is None:
             link.key = key
-            if depth == 0 and self._pins.get(addr) not in (None, key):
+            if self._pins.get(addr) not in (None, key):
                 log.warning("dealer %s: using the key given, not the one pinned before", addr)
-            if depth == 0:
-                self._pin(addr, key)
+            self._pin(addr, key)
+
+    def _claim(self, link: Link, key: str, referrer: str) -> None:
+        """A referral named `key` for `link`, and it is not used: a key mismatch if the jobber
+        holds another key, else noted until the dealer's own key is learnt."""
+        if link.claims is None:
+            link.claims = {}
+        if key in link.claims or len(link.claims) >= 4:  # said once; a few kept
+            return
+        link.claims[key] = referrer
+        if link.key is not None:
+            log.warning(
+                "dealer %s: key mismatch: %s referred to it with key %s, but it is %s (%s); "
+                "the referral's key is not used",
+                link.address,
+                referrer,
+                key,
+                link.key,
+                "learnt from it" if link.key_from_hello else "given by the owner",
+            )
+        else:
+            log.info(
+                "dealer %s: %s referred to it with key %s; its key is learnt from it, not "
+                "from a referral, since its owner named it",
+                link.address,
+                referrer,
+                key,
+            )
+
+    def _evict_referred(self) -> bool:
+        """Room for a dealer the owner names: a referred one that holds nothing goes."""
+        for link in self.links.values():
+            if link.depth > 0 and not self.holds_from(link.address):
+                log.info("dealer %s dropped: room for a dealer named by the owner", link.address)
+                self._drop(link, float("-inf"))  # not shunned: it did nothing wrong
+                return True
+        return False
 
     def _pin(self, addr: str, key: str) -> None:
         self._pins[addr] = key
@@ -480,6 +564,13 @@ class JobberCore:
         if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
             self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
         self._finish(h, result)
+        link = self.links.get(h.dealer)
+        if result.status is p.Status.ABANDONED and result.detail.startswith("refused") and link:
+            # this machine cannot run that dealer's payload (compiling it needs more than
+            # the owner allows): the dealer sends the job elsewhere; ask it less
+            if link.ask_after < now + REFUSED_PAYLOAD_WAIT_S:
+                log.warning("job %s from %s given back: %s", result.tag, h.dealer, result.detail)
+            link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
         log.debug(
             "job %s from %s: %s, %d fuel, %.3f s",
             result.tag,
@@ -752,6 +843,8 @@ class JobberCore:
         link = self.links.get(dealer)
         if link is not None and link.flooded and not self._over_share(dealer):
             link.flooded = False
+        if link is not None and link.retired:
+            self._drop_retired(link)
 
     def _delivering(self) -> bool:
         """Results wait for a dealer that is answering: finish delivering them first."""
@@ -791,18 +884,45 @@ class JobberCore:
         self.reached = True
         link.hello_id = None
         link.backoff.succeeded()
-        link.check_key = False
+        link.check_key, link.key_checked = False, True
         pinned = self._pins.get(link.address)
+        if link.key_referred_by and link.key != msg.key:  # only a referral said otherwise
+            log.error(
+                "dealer %s: key mismatch: it presents key %s, not the key %s that %s referred "
+                "to it with; not used",
+                link.address,
+                msg.key,
+                link.key,
+                link.key_referred_by,
+            )
+            if self.unacked.get(link.address):  # results for it: kept, listed, never sent
+                link.refused = f"key mismatch: it presents key {msg.key}, not {link.key}"
+                link.forget_requests()
+                self._actions.append(Reset(link.address))
+            else:
+                self._drop(link, now)
+            return
         if pinned is not None and pinned != msg.key:
             link.refused = (
-                f"it now presents key {msg.key}, not the pinned {pinned}. If the change is "
-                f"expected, give it as {link.address}#{msg.key} or remove its line from "
-                "the known_dealers file in the data directory"
+                f"key mismatch: it now presents key {msg.key}, not the pinned {pinned}. If the "
+                f"change is expected, give it as {link.address}#{msg.key} or remove its line "
+                "from the known_dealers file in the data directory"
             )
-            log.error("dealer %s refused: %s", link.address, link.refused)
+            log.error("dealer %s: %s", link.address, link.refused)
             link.forget_requests()
             self._actions.append(Reset(link.address))
             return
+        for claimed, referrer in (link.claims or {}).items():
+            if claimed != msg.key:
+                log.warning(
+                    "dealer %s: key mismatch: it presents key %s; %s referred to it with key "
+                    "%s, which was not used",
+                    link.address,
+                    msg.key,
+                    referrer,
+                    claimed,
+                )
+        link.claims = None
         if link.key is None:
             twin = next((x for x in self.links.values() if x.key == msg.key), None)
             if twin is not None and not link.pinned and not self.unacked.get(link.address):
@@ -909,6 +1029,22 @@ class JobberCore:
         if self.shares is None:
             self.shares = Shares()
         self.shares.set(shares, debts)
+        for link in list(self.links.values()):  # referred by a project no longer listed
+            if link.depth > 0 and link.via is not None and link.via not in shares:
+                if not link.retired:
+                    log.info(
+                        "dealer %s: asked for nothing more (%s, which referred to it, is not "
+                        "listed now)",
+                        link.address,
+                        link.via,
+                    )
+                link.retired = True
+                self._drop_retired(link)
+
+    def _drop_retired(self, link: Link) -> None:
+        """A retired dealer is forgotten once it holds nothing of ours."""
+        if link.retired and link.address in self.links and not self.holds_from(link.address):
+            self._drop(link, float("-inf"))  # not shunned: it did nothing wrong
 
     def eligible(self, now: float) -> list[str]:
         """Projects that have work for us, or may: they count in the debts' accounting."""
@@ -929,8 +1065,10 @@ class JobberCore:
         for h in (*self.buffer, *self.running.values()):
             in_hand[h.dealer] = in_hand.get(h.dealer, 0.0) + job_s
         ranked = self.shares.rank(order, in_hand)
-        # a dealer from the allocator that it no longer lists is asked for nothing more
-        return [a for a in ranked if a in self.shares.share or self.links[a].depth > 0]
+        # a dealer from the allocator that it no longer lists is asked for nothing more, nor
+        # are those it referred to, nor dealers from an earlier run's spool
+        share = self.shares.share
+        return [a for a in ranked if a in share or self.links[a].via in share]
 
     def _send_results(self, now: float) -> None:
         for addr, results in self.unacked.items():
@@ -981,9 +1119,11 @@ class JobberCore:
                 self._failed(link, now, f"no answer within {limit:g} s")
 
     def _failed(self, link: Link, now: float, why: str) -> None:
-        # a key learnt on first use: before asking again, has it changed? (unless it was
-        # the asking for the key that failed)
-        link.check_key = link.key_from_hello and link.hello_id is None
+        # a key learnt on first use: before asking again, has it changed? A key a referral
+        # gave that never worked in this run: is it the dealer's, or a key mismatch? (Not
+        # if asking for the key failed.)
+        unproven = bool(link.key_referred_by) and not link.answered and not link.key_checked
+        link.check_key = (link.key_from_hello or unproven) and link.hello_id is None
         link.forget_requests()
         self._actions.append(Reset(link.address))
         wait = link.backoff.failed(now)
@@ -1007,6 +1147,10 @@ class JobberCore:
             self._drop(link, now)
 
     def _referred(self, link: Link, dealers: tuple[str, ...], now: float) -> None:
+        via = link.via if link.depth else link.address
+        if self.shares is not None and via not in self.shares.share:
+            log.debug("dealer %s: its referral not followed (not listed by the allocator)", via)
+            return
         for text in dealers:
             try:
                 addr = p.dealer_address(text)
@@ -1018,7 +1162,7 @@ class JobberCore:
                 continue
             if self._shunned.get(p.split_key(addr)[0], 0.0) > now:
                 continue  # dropped a moment ago: not again so soon
-            self.add_dealer(addr, link.depth + 1)
+            self.add_dealer(addr, link.depth + 1, via=via, referrer=link.address)
 
 
 def _weight(r: p.Result) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import sandbox
 from jobber import _control
 from jobber._client import Config, Jobber, JobberError
 
@@ -51,9 +52,12 @@ CONFIG_FIELDS = {
     "spool_mb": "spool_mb",
     "max_fuel": "max_fuel",
     "max_output_kb": "max_output_kb",
+    "compile_memory": "compile_memory_mb",
+    "compile_time": "compile_time_s",
     "trust": "trust",
     "allocator": "allocator",
     "pool": "pool",
+    "join": "join",
 }
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
@@ -123,6 +127,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-fuel", type=int, metavar="N", help="the most fuel one job may use here")
     ap.add_argument(
         "--max-output-kb", type=int, metavar="KB", help="the most output one job may write here"
+    )
+    ap.add_argument(
+        "--compile-memory",
+        type=int,
+        metavar="MB",
+        help=f"the most memory compiling one module may take (default and most: "
+        f"{sandbox.COMPILE_MEMORY_MB}); never more than --memory",
+    )
+    ap.add_argument(
+        "--compile-time",
+        type=float,
+        metavar="SECONDS",
+        help=f"the longest compiling one module may take (default and most: "
+        f"{sandbox.COMPILE_TIME_S:g}); never more than the job's time limit",
     )
     ap.add_argument(
         "--trust",
@@ -197,6 +215,12 @@ def parser() -> argparse.ArgumentParser:
         "its last instructions are kept in the data directory and used while it is away",
     )
     ap.add_argument("--pool", metavar="NAME", help="with --allocator: the pool this machine is in")
+    ap.add_argument(
+        "--join",
+        metavar="TOKEN",
+        help="with --pool: the pool's join token from its admin (python -m dealer allocator "
+        "join-token), presented once: the allocator then admits this machine's key",
+    )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -242,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return control(data_dir, args.dealers[0], as_json=args.json)
     if settings.get("pool") is not None and settings.get("allocator") is None:
         ap.error("--pool goes with --allocator ADDR")
+    if settings.get("join") is not None and settings.get("pool") is None:
+        ap.error("--join goes with --allocator ADDR --pool NAME")
     if not dealers and settings.get("allocator") is None:
         ap.error(
             "name at least one dealer, or --allocator and --pool "
@@ -251,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
     try:
         # what the owner set: a pool's preferences never loosen it (jobber._instructions)
-        explicit = frozenset(settings) - {"allocator", "pool"}
+        explicit = frozenset(settings) - {"allocator", "pool", "join"}
         cfg = Config(dealers=dealers, data_dir=data_dir, explicit=explicit, **settings)
         jobber = Jobber(cfg)
     except (JobberError, ValueError, TypeError) as e:

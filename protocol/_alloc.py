@@ -42,6 +42,7 @@ MAX_PROJECTS = 64  # dealers one pool is told to serve
 MAX_POOL_NAME = 256
 MAX_ADMIN_ARGS = 256  # entries in alloc_admin.args
 MAX_OP = 64
+MAX_JOIN_TOKEN = 256  # a join token is 32 characters; room for other allocators' own
 _HOUR = _optional(_float(0.0, 24.0))
 
 
@@ -108,8 +109,10 @@ class Project(_Record):
 class Instruct(Message):
     """Jobber -> allocator: I am a machine of `pool`; what should I do?
 
-    `serial`: the serial of the instructions the jobber holds (nil: none). The
-    allocator records the machine (its key, address, host facts, the time) either way.
+    `serial`: the serial of the instructions the jobber holds (nil: none). `join`: the
+    pool's join token, from its admin, which admits this key to the pool (nil: the key
+    must have been admitted already). Only an admitted key is answered and recorded
+    (its address, host facts, the time); any other gets `error` `forbidden`.
     """
 
     TYPE: ClassVar[str] = "instruct"
@@ -118,6 +121,7 @@ class Instruct(Message):
     pool: str
     host: HostFacts
     serial: int | None = None
+    join: str | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "id": _ID,
@@ -125,6 +129,7 @@ class Instruct(Message):
         "pool": _str(MAX_POOL_NAME),
         "host": _record(HostFacts),
         "serial": _optional(_int()),
+        "join": _optional(_str(MAX_JOIN_TOKEN)),
     }
 
 
@@ -199,4 +204,13 @@ def allocator_address(text: str) -> str:
         addr += f":{DEFAULT_ALLOCATOR_PORT}"
     from protocol._addr import dealer_address
 
-    return dealer_address(addr + sep + key)
+    endpoint = dealer_address(addr + sep + key)
+    # an IPv4 address as a dual-stack socket prints it ([::ffff:a.b.c.d]) is the IPv4
+    # address: one allocator, one spelling, so that its pinned key and kept instructions
+    # are found under either
+    mapped = "tcp://[::ffff:"
+    if endpoint.startswith(mapped) and "]:" in endpoint:
+        host, rest = endpoint[len(mapped) :].split("]:", 1)
+        if host.count(".") == 3:
+            endpoint = f"tcp://{host}:{rest}"
+    return endpoint

@@ -4,7 +4,9 @@ Public face:
 
 - :func:`run` runs one job in this process and returns an :class:`Outcome`.
 - :class:`ModuleCache` holds payloads and their compiled form on disk.
-- :class:`Slots` runs jobs in long-lived, low-priority worker processes.
+- :class:`Slots` runs jobs in long-lived, low-priority worker processes;
+  :data:`COMPILE_TIME_S` and :data:`COMPILE_MEMORY_MB` are their fixed compile
+  fences (an owner's may only be lower).
 - :func:`check` says whether the sandbox would run a module, and why not (for
   task authors, before any jobber sees it).
 - :data:`PLATFORM` names what a job's bytes depend on beyond the job when its
@@ -20,13 +22,23 @@ PLATFORM, and on every machine at all when its NaNs are canonicalized (the
 default; ``Limits.native_nans`` runs it without, several times faster on float
 code). Compiling is fenced too: a module's header counts are checked
 against caps before wasmtime sees it (_precheck), and Slots compile under time
-and memory fences of their own (_worker, _slots).
+and memory fences of their own (_worker, _slots); a module that failed to
+compile is remembered in the cache and given the same end at once (_cache).
 """
 
 from sandbox._cache import ModuleCache
 from sandbox._check import check
 from sandbox._engine import PLATFORM, run
 from sandbox._outcome import Outcome
-from sandbox._slots import Slots
+from sandbox._slots import COMPILE_MEMORY_MB, COMPILE_TIME_S, Slots
 
-__all__ = ["PLATFORM", "ModuleCache", "Outcome", "Slots", "check", "run"]
+__all__ = [
+    "COMPILE_MEMORY_MB",
+    "COMPILE_TIME_S",
+    "PLATFORM",
+    "ModuleCache",
+    "Outcome",
+    "Slots",
+    "check",
+    "run",
+]

@@ -6,6 +6,8 @@ Layout under the root::
     compiled/<engine key>/<sha256>.cwasm the module compiled for this machine, one
                                          directory per engine (canonical NaNs or
                                          native: see _engine.ENGINE_KEYS)
+    failed/<engine key>/<sha256>.json    why compiling it failed, and under which
+                                         fences (see "Failed compiles" below)
 
 A compiled file is a header then wasmtime's serialized module::
 
@@ -28,15 +30,46 @@ header counts first (_precheck) and is fenced by the worker that calls it
 The cache is bounded: `evict` removes the payloads used least recently (each
 with its compiled form, which counts too) until the whole fits in its bytes
 and files, never the ones in use. A use touches a file's modification time.
+
+Failed compiles
+---------------
+A module whose compile failed is remembered by its hash (per engine), so that
+the next job of it is given the same end at once instead of paying for the
+compile again, in this process or after a restart. A record is a JSON map
+keyed by field name with a schema version (``v``): the status, the detail,
+and the fence the failure depends on, if any:
+
+=================================== =========================== =====================
+failure                             fence kept                  applies to a job whose
+=================================== =========================== =====================
+wasmtime finds the bytes invalid,   none                        (every job)
+or the compiled form is over
+MAX_COMPILED_BYTES
+the compile memory fence            ``memory_mb``               fence is no larger
+the compile time or CPU fence       ``compile_s``, ``at``       time limit is no larger,
+                                                                within TIME_FAILURE_TTL_S
+=================================== =========================== =====================
+
+So an owner who raises a limit, or a job allowed more time, gets a fresh
+compile; a failure caused only by a busy machine is not kept (see _slots: a
+compile stopped by the wall clock is remembered only if it used the CPU), and
+a time failure is tried again after TIME_FAILURE_TTL_S anyway. A record
+outlives its payload's eviction (a module that comes back is refused at once)
+and is dropped by a successful compile. At most MAX_FAILED records are kept
+(the oldest go first), each at most about MAX_FAILED_DETAIL bytes: under a MiB
+of disk in all, outside `--cache-mb`'s count. A damaged or foreign record is
+deleted and the module compiled again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import wasmtime
@@ -52,6 +85,14 @@ log = logging.getLogger(__name__)
 # real code compiles to about 5 times its wasm size (factor.c: 23.7 KB -> 111 KB), a
 # million empty functions to 288 MB
 MAX_COMPILED_BYTES = 192 * 1024 * 1024
+# failed compiles remembered per cache (each record a few hundred bytes): far more distinct
+# failing modules than any honest dealer sends, and under a MiB of disk
+MAX_FAILED = 1024
+MAX_FAILED_DETAIL = 500  # characters of a failure's detail kept
+# a compile stopped for time is tried again after this long: machines get less busy, and a
+# module that really is too slow costs one compile fence an hour, not one per job
+TIME_FAILURE_TTL_S = 3600.0
+_FAILED_VERSION = 1  # the schema of a failure record; another version is not read
 _MAGIC = b"BNCWASM1"
 _HEADER = len(_MAGIC) + 32 + 32
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -79,8 +120,12 @@ class ModuleCache:
         self._compiled_dirs = {
             canonical: compiled / key for canonical, key in _engine.ENGINE_KEYS.items()
         }
+        self._failed_root = self.root / "failed"
+        self._failed_dirs = {
+            canonical: self._failed_root / key for canonical, key in _engine.ENGINE_KEYS.items()
+        }
         self._wasm_dir.mkdir(parents=True, exist_ok=True)
-        for d in self._compiled_dirs.values():
+        for d in (*self._compiled_dirs.values(), *self._failed_dirs.values()):
             d.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -201,6 +246,7 @@ class ModuleCache:
         key = _engine.ENGINE_KEYS[canonical]
         header = _MAGIC + key.encode() + hashlib.sha256(body).digest()
         _write_atomic(self.compiled_path(sha256, canonical), header + body)
+        self.forget_failure(sha256, canonical)  # compiled now, under larger fences
         return module
 
     def load(self, sha256: str, canonical: bool = True) -> wasmtime.Module | None:
@@ -231,3 +277,122 @@ class ModuleCache:
         log.warning("compiled module %s: %s; rebuilding", path.name, problem)
         path.unlink(missing_ok=True)
         return None
+
+    # --- failed compiles -------------------------------------------------------------
+
+    def _failed_path(self, sha256: str, canonical: bool) -> Path:
+        return self._failed_dirs[canonical] / f"{_check_name(sha256)}.json"
+
+    def remember_failure(
+        self,
+        sha256: str,
+        canonical: bool,
+        status: Status,
+        detail: str,
+        *,
+        memory_mb: int | None = None,
+        compile_s: float | None = None,
+    ) -> None:
+        """Keep why compiling `sha256` for the canonical (or native) engine failed.
+
+        `memory_mb`: the compile memory fence it went past (MEMORY), `compile_s` the
+        compile time limit (TIME); neither: the failure is the same under any fence.
+        A record already kept for a larger fence of the same kind is kept instead.
+        Never raises for the disk: a record not written is a compile paid again.
+        """
+        path = self._failed_path(sha256, canonical)
+        held = self._read_failure(path)
+        if held is not None and held["status"] == status.value:
+            if held["memory_mb"] is None and held["compile_s"] is None:
+                return  # the same under any fence already
+            if memory_mb is not None and (held["memory_mb"] or 0) >= memory_mb:
+                return
+            if (
+                compile_s is not None
+                and (held["compile_s"] or 0) >= compile_s
+                and time.time() - held["at"] < TIME_FAILURE_TTL_S
+            ):
+                return
+        record = {
+            "v": _FAILED_VERSION,
+            "status": status.value,
+            "detail": detail[:MAX_FAILED_DETAIL],
+            "memory_mb": memory_mb,
+            "compile_s": compile_s,
+            "at": time.time(),
+        }
+        try:
+            _write_atomic(path, json.dumps(record).encode())
+            self._bound_failures()
+        except OSError as e:
+            log.warning("payload %s: failed compile not remembered: %s", sha256[:12], e)
+            return
+        log.info("payload %s: compile failure remembered (%s)", sha256[:12], status.value)
+
+    def failure(
+        self, sha256: str, canonical: bool, memory_mb: int, compile_s: float
+    ) -> tuple[Status, str] | None:
+        """The remembered end (status, detail) of compiling `sha256` under a compile memory
+        fence of `memory_mb` and a time limit of `compile_s`, or None (compile it)."""
+        try:
+            path = self._failed_path(sha256, canonical)
+        except ValueError:
+            return None
+        held = self._read_failure(path)
+        if held is None:
+            return None
+        fenced_mb, fenced_s = held["memory_mb"], held["compile_s"]
+        if fenced_mb is not None and memory_mb > fenced_mb:
+            return None  # a larger memory fence now: it may compile
+        if fenced_s is not None and (
+            compile_s > fenced_s or time.time() - held["at"] >= TIME_FAILURE_TTL_S
+        ):
+            return None  # more time now, or long ago: it may compile
+        return Status(held["status"]), held["detail"]
+
+    def forget_failure(self, sha256: str, canonical: bool) -> None:
+        with contextlib.suppress(OSError):
+            self._failed_path(sha256, canonical).unlink(missing_ok=True)
+
+    def failures(self) -> int:
+        """How many failed compiles are remembered (both engines)."""
+        return sum(1 for d in self._failed_dirs.values() for _ in d.glob("*.json"))
+
+    @staticmethod
+    def _read_failure(path: Path) -> dict | None:
+        """The record at `path` if it is whole and of this schema; a damaged one is removed."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            rec = json.loads(data)
+            if rec["v"] != _FAILED_VERSION:
+                raise ValueError(f"schema version {rec['v']!r}")
+            Status(rec["status"])
+            ok = (
+                isinstance(rec["detail"], str)
+                and isinstance(rec["at"], int | float)
+                and (rec["memory_mb"] is None or type(rec["memory_mb"]) is int)
+                and (rec["compile_s"] is None or isinstance(rec["compile_s"], int | float))
+            )
+            if not ok:
+                raise ValueError("a field of the wrong type")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("failed-compile record %s: %s; removed", path.name, e)
+            path.unlink(missing_ok=True)
+            return None
+        return rec
+
+    def _bound_failures(self) -> None:
+        """At most MAX_FAILED records: the oldest are removed."""
+        entries = []
+        for d in self._failed_dirs.values():
+            for path in d.glob("*.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    entries.append((path.stat().st_mtime, str(path)))
+        if len(entries) <= MAX_FAILED:
+            return
+        entries.sort()
+        for _, path in entries[: len(entries) - MAX_FAILED]:
+            Path(path).unlink(missing_ok=True)

@@ -297,7 +297,7 @@ def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prep
     try:
         pre = _linkers[canonical].instantiate_pre(module)
     except wasmtime.WasmtimeError as e:
-        return Prepared(sha256, None, (Status.IMPORT, _first_line(str(e))), canonical)
+        return Prepared(sha256, None, (Status.IMPORT, first_line(str(e))), canonical)
     return Prepared(sha256, pre, None, canonical)
 
 
@@ -327,7 +327,7 @@ def prepare(sha256: str, load: Callable[[], wasmtime.Module], canonical: bool = 
         prepared = Prepared(
             sha256,
             None,
-            (Status.INVALID, f"not a valid module: {_first_line(str(e))}"),
+            (Status.INVALID, f"not a valid module: {first_line(str(e))}"),
             canonical,
         )
     except _precheck.Refused as e:
@@ -347,7 +347,8 @@ def prepare(sha256: str, load: Callable[[], wasmtime.Module], canonical: bool = 
 # --- running ------------------------------------------------------------------
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first line of a (wasmtime) message."""
     return text.strip().splitlines()[0] if text.strip() else text
 
 
@@ -358,7 +359,7 @@ def _cause(text: str) -> str:
         causes = [line for line in lines[lines.index("Caused by:") + 1 :] if line]
         if causes:
             return "; ".join(causes)
-    return _first_line(text)
+    return first_line(text)
 
 
 def _trap_detail(trap: wasmtime.Trap) -> str:

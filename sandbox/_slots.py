@@ -37,9 +37,22 @@ Compiling is fenced (see _worker for the rlimits): a worker says when a compile
 begins and ends, and one still compiling after ``min(time_s, compile_time_s)``
 seconds of unsuspended time is killed; its job ends TIME, "compiling the
 module took longer than ...". The compiled form is stored in the ModuleCache,
-so a module is compiled once per machine, and a compile that was stopped is
-tried again by the next job that needs it. Slots' ``compile_time_s``
-(COMPILE_TIME_S) and ``compile_memory_mb`` (COMPILE_MEMORY_MB) set the fences.
+so a module is compiled once per machine. Slots' ``compile_time_s``
+(COMPILE_TIME_S) and ``compile_memory_mb`` (COMPILE_MEMORY_MB) set the fences;
+a jobber passes the least of its owner's memory per job, the owner's compile
+ceiling and these, so compiling never takes more than the owner allows a job.
+``compile_memory_mb`` may be lowered or raised between jobs (it goes with each
+job to its worker).
+
+A compile that failed is remembered in the ModuleCache (see _cache, "Failed
+compiles"), with the fence it failed under: ``start`` gives a job of such a
+module the same end at once (collect() yields it; no worker is used), unless
+its fences are larger now. Remembered here: a death by the memory fence
+(SIGABRT) or the CPU fence (SIGXCPU), and a compile stopped by the wall clock
+that used at least COMPILE_CPU_SHARE of its time limit in CPU (one that got
+less was starved by a busy machine: not the module's doing, so not kept).
+Remembered by the worker: invalid bytes, a refused allocation, a compiled form
+over its cap. Not remembered: a SIGKILL (the OOM killer: the machine's state).
 
 The watchdog is a last fence for a worker that hangs outside wasm (the
 sandbox's own time limit cannot fire there): a job gets ``2 * time_s +
@@ -58,6 +71,7 @@ A script that creates Slots must guard its entry point with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -83,6 +97,10 @@ COMPILE_TIME_S = 30.0
 # 15 MB, 50,000 empty functions (the pre-check's cap) 300 MB, the 4 MB bomb of a million
 # functions took 5.9 GB; a real module of 32 MB (the largest payload) fits
 COMPILE_MEMORY_MB = 2048
+# a compile stopped by the wall clock is remembered as the module's fault only if it had at
+# least this share of its time limit in CPU: a starved one (SCHED_IDLE on a busy machine)
+# says nothing about the module
+COMPILE_CPU_SHARE = 0.5
 # Workers dying this many times in a row before they are even ready means the
 # installation is broken (they print why on stderr): raise rather than respawn forever.
 MAX_START_FAILURES = 5
@@ -99,7 +117,9 @@ class _Worker:
         "paused0",
         "limits",
         "compile_s",
+        "msg",
         "compiling",
+        "compile_cpu_s",
         "compile_paused0",
         "queue",
         "discard",
@@ -114,7 +134,9 @@ class _Worker:
         self.paused0 = 0.0  # Slots._paused_s when the job started
         self.limits: Limits | None = None
         self.compile_s = 0.0  # the job's compile time limit
+        self.msg: dict = {}  # the job's message, as sent (its payload, engine, fences)
         self.compiling: float | None = None  # when its compile began (time.monotonic())
+        self.compile_cpu_s = 0.0  # the worker's CPU seconds then
         self.compile_paused0 = 0.0  # Slots._paused_s then
         self.queue: list[tuple[dict, Limits]] = []  # sent, to run after the current job
         self.discard: set[str] = set()  # queued keys cancelled: their outcome is dropped
@@ -138,6 +160,35 @@ def _describe_death(exitcode: int | None) -> str:
     return f"worker exited with code {exitcode}"
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used (user + system); 0.0 where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+COMPILE_MEMORY_DETAIL = "compiling the module took more than the compile memory fence of"
+
+
+def _owner_fenced(outcome: Outcome, memory_mb: int) -> Outcome:
+    """A compile stopped by a memory fence below COMPILE_MEMORY_MB was stopped by this
+    machine's owner (their memory per job, or their compile ceiling), not by the payload:
+    the job is given back unrun (ABANDONED, "refused: ..."), so that its dealer sends it
+    to a larger machine instead of failing it as the payload's own MEMORY."""
+    if (
+        outcome.status is not Status.MEMORY
+        or memory_mb >= COMPILE_MEMORY_MB
+        or not outcome.detail.startswith(COMPILE_MEMORY_DETAIL)
+    ):
+        return outcome
+    why = f"refused: compiling it needs more than the {memory_mb} MiB this machine allows: "
+    why += outcome.detail
+    return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why)
+
+
 def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
     """How a job ends whose worker died compiling its module."""
     sig = -exitcode if exitcode is not None and exitcode < 0 else None
@@ -146,8 +197,7 @@ def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
     if sig in (signal.SIGABRT, signal.SIGKILL):
         name = signal.Signals(sig).name
         return Status.MEMORY, (
-            f"compiling the module took more than the compile memory fence of {memory_mb} MiB "
-            f"(the worker was killed by {name})"
+            f"{COMPILE_MEMORY_DETAIL} {memory_mb} MiB (the worker was killed by {name})"
         )
     return Status.CRASH, f"{_describe_death(exitcode)} while compiling the module"
 
@@ -169,10 +219,13 @@ class Slots:
         if compile_time_s <= 0 or compile_memory_mb < 1:
             raise ValueError("compile limits must be positive")
         self._compile_time_s = float(compile_time_s)
-        self._compile_memory_mb = int(compile_memory_mb)
+        # the compile memory fence of the jobs started from now on (a jobber lowers it to
+        # its owner's memory per job, and follows a pool's preferences)
+        self.compile_memory_mb = int(compile_memory_mb)
         self._ctx = multiprocessing.get_context("spawn")
         self._cache_root = Path(cache_root)
-        ModuleCache(self._cache_root)  # create the layout before the workers race to
+        # the layout made before the workers race to; and where failed compiles are kept
+        self._cache = ModuleCache(self._cache_root)
         self._nice = nice
         self._suspended_since: float | None = None
         self._paused_s = 0.0  # total time spent suspended
@@ -198,7 +251,7 @@ class Slots:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker.main,
-            args=(child, str(self._cache_root), self._nice, self._compile_memory_mb),
+            args=(child, str(self._cache_root), self._nice, self.compile_memory_mb),
             name="borednet-slot",
             daemon=True,
         )
@@ -243,6 +296,7 @@ class Slots:
         w.paused0 = self._paused_s
         w.limits = limits
         w.compile_s = msg["compile_s"]
+        w.msg = msg
         w.compiling = None
 
     def _ended(self, w: _Worker, out: list, key: str, outcome: Outcome) -> None:
@@ -250,11 +304,27 @@ class Slots:
         if key in w.discard:
             w.discard.discard(key)
         else:
-            out.append((key, outcome))
+            out.append(
+                (key, _owner_fenced(outcome, w.msg.get("compile_memory_mb", COMPILE_MEMORY_MB)))
+            )
         w.key = None
         w.compiling = None
         if w.queue:
             self._assign(w, *w.queue.pop(0))
+
+    def _remember(self, w: _Worker, exitcode: int | None, status: Status, detail: str) -> None:
+        """`w`'s compile failed in a way that is the module's doing: keep it (see the
+        module docstring for which). `exitcode` None: stopped by the wall clock."""
+        sig = -exitcode if exitcode is not None and exitcode < 0 else None
+        fences: dict = {}
+        if status is Status.MEMORY and sig == signal.SIGABRT:
+            fences["memory_mb"] = w.msg["compile_memory_mb"]
+        elif status is Status.TIME and (exitcode is None or sig == signal.SIGXCPU):
+            fences["compile_s"] = w.compile_s
+        else:
+            return
+        canonical = not w.msg["limits"]["native_nans"]
+        self._cache.remember_failure(w.msg["sha256"], canonical, status, detail, **fences)
 
     def _active_s(self, since: float, paused0: float, now: float) -> float:
         """Unsuspended seconds from `since` (when Slots._paused_s was `paused0`) to `now`."""
@@ -298,6 +368,19 @@ class Slots:
         if key in self.running():
             raise RuntimeError(f"job {key!r} is already running")
         compile_s = min(limits.time_s, self._compile_time_s)
+        memory_mb = self.compile_memory_mb
+        if memory_mb < 1:
+            raise ValueError("compile_memory_mb must be positive")
+        failed = self._cache.failure(sha256, not limits.native_nans, memory_mb, compile_s)
+        if (
+            failed is not None
+            and not self._cache.compiled_path(sha256, not limits.native_nans).exists()
+        ):
+            status, detail = failed
+            log.info("job %s: payload %s failed to compile before: %s", key, sha256[:12], detail)
+            outcome = Outcome(status, b"", 0, 0.0, f"{detail} (remembered)")
+            self._queued.append((key, _owner_fenced(outcome, memory_mb)))
+            return
         msg = {
             "kind": "job",
             "key": key,
@@ -312,6 +395,7 @@ class Slots:
                 "native_nans": limits.native_nans,
             },
             "compile_s": compile_s,
+            "compile_memory_mb": memory_mb,
         }
         usable = self._workers[: max(1, self.in_use)]
         for w in usable:
@@ -361,12 +445,15 @@ class Slots:
                     exitcode = self._kill(w)
                     status, detail = Status.CRASH, _describe_death(exitcode)
                     if w.key is not None and w.compiling is not None:
-                        status, detail = _compile_death(exitcode, self._compile_memory_mb)
+                        memory_mb = w.msg["compile_memory_mb"]
+                        status, detail = _compile_death(exitcode, memory_mb)
+                        self._remember(w, exitcode, status, detail)
                     if w.key is not None:
                         log.warning("job %s: %s", w.key, detail)
                         wall_s = time.monotonic() - w.started
                         if w.key not in w.discard:
-                            out.append((w.key, Outcome(status, b"", 0, wall_s, detail)))
+                            outcome = Outcome(status, b"", 0, wall_s, detail)
+                            out.append((w.key, _owner_fenced(outcome, w.msg["compile_memory_mb"])))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
@@ -386,6 +473,7 @@ class Slots:
                     continue
                 if kind == "compiling":
                     w.compiling, w.compile_paused0 = msg["at"], self._paused_s
+                    w.compile_cpu_s = msg.get("cpu_s", 0.0)
                     continue
                 if kind == "compiled":
                     w.compiling = None
@@ -409,12 +497,15 @@ class Slots:
                 took = self._active_s(w.compiling, w.compile_paused0, now)
                 if took > w.compile_s:
                     log.warning("job %s: compile past %g s; worker killed", w.key, w.compile_s)
+                    cpu_s = _cpu_s(w.process.pid) - w.compile_cpu_s
                     self._kill(w)
                     detail = (
                         f"compiling the module took longer than {w.compile_s:g} s "
                         "(the compile time limit: the job's time_s or the slots' "
                         "compile_time_s, whichever is less); stopped"
                     )
+                    if cpu_s >= COMPILE_CPU_SHARE * w.compile_s:
+                        self._remember(w, None, Status.TIME, detail)
                     wall_s = now - w.started
                     if w.key not in w.discard:
                         out.append((w.key, Outcome(Status.TIME, b"", 0, wall_s, detail)))

@@ -11,10 +11,11 @@ multiprocessing; both ends are the same installation), each with its `kind`::
 
     parent -> worker   {kind: "job", key, sha256, args, stdin,
                         limits: {fuel, memory_mb, time_s, output_kb, native_nans},
-                        compile_s}
+                        compile_s, compile_memory_mb}
                        None: exit
     worker -> parent   {kind: "ready", pid}
-                       {kind: "compiling", key, at: time.monotonic()}: a compile begins
+                       {kind: "compiling", key, at: time.monotonic(),
+                        cpu_s: this process's CPU seconds so far}: a compile begins
                        {kind: "compiled", key}: it ended (well or not)
                        {kind: "outcome", key, status, stdout, fuel, wall_s, detail,
                         exit_code, stderr}
@@ -43,15 +44,23 @@ _precheck has passed, and says ("compiling", ...) first so that the parent
 knows what a death means:
 
 - RLIMIT_DATA: private writable memory before the compile + compile_memory_mb
-  (Slots' COMPILE_MEMORY_MB). Past it wasmtime's allocations fail and it
-  aborts (SIGABRT); the parent reports MEMORY. A Python MemoryError, or a
-  wasmtime error from a failed allocation, is reported MEMORY from here.
+  (the job's, as Slots send it: the owner's memory per job, their compile
+  ceiling and COMPILE_MEMORY_MB, whichever is least). Past it wasmtime's
+  allocations fail and it aborts (SIGABRT); the parent reports MEMORY. A
+  Python MemoryError, or a wasmtime error from a failed allocation, is reported
+  MEMORY from here.
 - RLIMIT_CPU: CPU used so far + compile_s on every core + COMPILE_CPU_SLACK_S
   (compiling is parallel). Past it: SIGXCPU, reported TIME by the parent.
 - RLIMIT_AS is lifted while compiling: compiler threads reserve address space
   (stacks, malloc arenas) in proportion to the cores, not to the module.
 - The wall clock: the parent kills a worker still compiling after compile_s
   (the job's time_s or Slots' COMPILE_TIME_S, whichever is less): TIME.
+
+Before compiling, the cache is asked whether this module already failed to
+compile under fences no larger than the job's (see _cache, "Failed
+compiles"): if so the job ends at once, as it did then. A compile that fails
+here (invalid bytes, the memory fence, a compiled form over its cap) is
+remembered there; one that kills the worker is remembered by the parent.
 
 Loading a stored compiled form (its size capped by the cache) runs with the
 fences lifted. A job whose limits say native_nans runs on the native engine
@@ -176,28 +185,48 @@ def _load(
     canonical: bool,
 ) -> wasmtime.Module:
     """The job's module for its engine: its stored compiled form, else compiled under the
-    compile fences."""
+    compile fences (unless it failed to compile before, under fences no larger)."""
     fences.lift()
     module = cache.load(sha256, canonical)
     if module is not None:
         return module
+    failed = cache.failure(sha256, canonical, memory_mb, compile_s)
+    if failed is not None:  # not in this process's memory either: the fences may differ
+        raise Refused(*failed, remember=False)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     fences.arm_compile(compile_s, memory_mb)
-    conn.send({"kind": "compiling", "key": key, "at": time.monotonic()})  # the fences are up
+    conn.send(  # the fences are up
+        {
+            "kind": "compiling",
+            "key": key,
+            "at": time.monotonic(),
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+        }
+    )
     try:
         return cache.build(sha256, canonical)
     except MemoryError:
-        raise _memory_refused(memory_mb) from None
+        raise _memory_refused(cache, sha256, canonical, memory_mb) from None
     except wasmtime.WasmtimeError as e:
         if any(word in str(e).lower() for word in _ALLOCATION_WORDS):
-            raise _memory_refused(memory_mb) from None
+            raise _memory_refused(cache, sha256, canonical, memory_mb) from None
+        detail = f"not a valid module: {_engine.first_line(str(e))}"
+        cache.remember_failure(sha256, canonical, Status.INVALID, detail)
+        raise
+    except Refused as e:  # a cap, or a compiled form too big to keep: the same under any fence
+        if e.remember:
+            cache.remember_failure(sha256, canonical, e.status, e.detail)
         raise
     finally:
         fences.lift()
         conn.send({"kind": "compiled", "key": key})
 
 
-def _memory_refused(memory_mb: int) -> Refused:
+def _memory_refused(cache: ModuleCache, sha256: str, canonical: bool, memory_mb: int) -> Refused:
+    # the words Slots reads (sandbox._slots.COMPILE_MEMORY_DETAIL): below its fixed fence,
+    # the owner's limit stopped this compile, and the job is given back unrun
     detail = f"compiling the module took more than the compile memory fence of {memory_mb} MiB"
+    cache.remember_failure(sha256, canonical, Status.MEMORY, detail, memory_mb=memory_mb)
     return Refused(Status.MEMORY, detail, remember=False)
 
 
@@ -213,11 +242,12 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             return
         key, sha256, compile_s = msg["key"], msg["sha256"], msg["compile_s"]
         args, stdin = msg["args"], msg["stdin"]
+        memory_mb = msg.get("compile_memory_mb", compile_memory_mb)
         try:
             limits = Limits(**msg["limits"])
             canonical = not limits.native_nans
             load = functools.partial(
-                _load, conn, key, cache, sha256, fences, compile_s, compile_memory_mb, canonical
+                _load, conn, key, cache, sha256, fences, compile_s, memory_mb, canonical
             )
             prepared = _engine.prepare(sha256, load, canonical)
             fences.arm(limits)

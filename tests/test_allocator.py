@@ -78,7 +78,8 @@ def test_who_may_do_what(alloc):
     allowed = {
         ROOT_KEY: set(PERMITTED),
         ADMIN: {"whoami", "project_add", "project_remove", "project_share", "list", "stats"},
-        PHYSICS: {"whoami", "pool_add", "pool_remove", "pool_prefs", "list", "machines", "stats"},
+        PHYSICS: {"whoami", "pool_add", "pool_remove", "pool_prefs", "list", "machines", "stats"}
+        | {"admit", "dismiss", "join_token"},
         NOBODY: {"whoami"},
     }
     for key, ops in allowed.items():
@@ -109,6 +110,9 @@ def _args(op: str) -> dict:
         "project_share": {"name": "proj", "share": 5},
         "pool_prefs": {"name": "lab", "prefs": {"max_cpus": 3}},
         "machines": {"pool": "lab"},
+        "admit": {"pool": "lab", "key": MACHINE_1},
+        "dismiss": {"pool": "lab", "key": MACHINE_1},
+        "join_token": {"pool": "lab"},
     }.get(op, {})
 
 
@@ -146,6 +150,7 @@ def test_no_more_projects_than_instructions_carry(alloc):
         alloc.admin(ADMIN, "project_add", {"name": "one-too-many", "dealer": DEALER}, 3)
     assert len(alloc.projects()) == MAX_PROJECTS
     alloc.admin(PHYSICS, "pool_add", {"name": "lab"}, 4)
+    alloc.admin(PHYSICS, "admit", {"pool": "lab", "key": MACHINE_1}, 4)
     reply = alloc.instruct(MACHINE_1, "10.0.0.1", p.Instruct(1, "pc-1", "lab", HOST), 5)
     assert len(p.decode(p.encode(reply)).projects) == MAX_PROJECTS  # still sendable
 
@@ -154,6 +159,7 @@ def test_projects_shares_and_prefs_reach_the_instructions(alloc):
     alloc.admin(ADMIN, "project_add", {"name": "a", "dealer": DEALER, "share": 3}, 2)
     alloc.admin(ADMIN, "project_add", {"name": "b", "dealer": "127.0.0.1:7200"}, 2)
     alloc.admin(PHYSICS, "pool_add", {"name": "lab"}, 2)
+    alloc.admin(PHYSICS, "admit", {"pool": "lab", "key": MACHINE_1}, 2)
     ask = p.Instruct(7, "pc-1", "lab", HOST)
     first = alloc.instruct(MACHINE_1, "10.0.0.1", ask, 3)
     assert first.re == 7 and first.pool == "lab" and first.refresh_s == 10.0
@@ -174,7 +180,7 @@ def test_projects_shares_and_prefs_reach_the_instructions(alloc):
     third = alloc.instruct(MACHINE_1, "10.0.0.1", ask, 7)
     assert third.prefs == p.Prefs(start_hour=18, end_hour=8, max_cpus=2)
     assert third.serial > second.serial
-    with pytest.raises(AllocatorError, match="no pool 'attic'"):
+    with pytest.raises(Forbidden, match="not admitted"):
         alloc.instruct(MACHINE_1, "10.0.0.1", p.Instruct(8, "pc-1", "attic", HOST), 8)
 
 
@@ -182,6 +188,8 @@ def test_machines_are_recorded_and_credit_is_attributed_to_their_pools(alloc):
     alloc.admin(ADMIN, "project_add", {"name": "a", "dealer": DEALER}, 1)
     alloc.admin(PHYSICS, "pool_add", {"name": "phys"}, 1)
     alloc.admin(CHEMISTRY, "pool_add", {"name": "chem"}, 1)
+    alloc.admin(PHYSICS, "admit", {"pool": "phys", "key": MACHINE_1}, 1)
+    alloc.admin(CHEMISTRY, "admit", {"pool": "chem", "key": MACHINE_2}, 1)
     alloc.instruct(MACHINE_1, "10.0.0.1", p.Instruct(1, "pc-1", "phys", HOST), 100.0)
     alloc.instruct(MACHINE_2, "10.0.0.2", p.Instruct(1, "pc-2", "chem", HOST), 100.0)
     alloc.instruct(MACHINE_1, "10.0.0.9", p.Instruct(2, "pc-1b", "phys", HOST), 130.0)
@@ -221,6 +229,7 @@ def test_the_database_keeps_everything_across_a_restart(tmp_path):
     first.admin(ROOT_KEY, "project_add", {"name": "a", "dealer": DEALER, "share": 3}, 1)
     first.admin(ROOT_KEY, "grant", {"key": PHYSICS, "role": SUPPLIER_ADMIN, "supplier": "ph"}, 1)
     first.admin(PHYSICS, "pool_add", {"name": "lab", "prefs": {"max_cpus": 2}}, 1)
+    first.admin(PHYSICS, "admit", {"pool": "lab", "key": MACHINE_1}, 1)
     serial = first.serial
     first.close()
     again = Allocator(path)
@@ -268,6 +277,9 @@ def test_the_wire_as_documented(served):
         got = raw(admin, {"type": "alloc_admin", "id": 2, "op": "project_add",
                           "args": {"name": "a", "dealer": DEALER, "share": 3}})  # fmt: skip
         assert got["type"] == "alloc_reply"
+        got = raw(admin, {"type": "alloc_admin", "id": 3, "op": "admit",
+                          "args": {"pool": "lab", "key": machine.key}})  # fmt: skip
+        assert got["type"] == "alloc_reply" and "admitted" in got["text"]
         host = {"cpus": 2, "memory_mb": 512, "slots": 2, "cached": []}
         got = raw(
             machine, {"type": "instruct", "id": 7, "jobber": "pc", "pool": "lab", "host": host}
@@ -286,7 +298,8 @@ def test_the_wire_as_documented(served):
         got = raw(machine, {"type": "alloc_admin", "id": 8, "op": "list", "args": {}})
         assert (got["type"], got["re"], got["code"]) == ("error", 8, "forbidden")
         got = raw(machine, {"type": "instruct", "id": 9, "jobber": "pc", "pool": "x", "host": host})
-        assert (got["type"], got["code"]) == ("error", "unexpected") and "no pool" in got["text"]
+        assert (got["type"], got["code"]) == ("error", "forbidden")
+        assert "not admitted" in got["text"]
         got = raw(machine, {"type": "hello", "id": 10})
         assert (got["type"], got["code"]) == ("error", "unexpected")
         machine.send(b"\x93garbage")

@@ -187,18 +187,21 @@ def test_a_restarted_dealer_gives_every_jobber_a_fresh_lease():
     assert again.jobbers["a"].gone
 
 
-def test_failed_job_goes_back_to_the_same_jobber_when_no_other_is_active():
-    core = make(1)
+def test_failed_job_goes_back_to_the_same_jobber_when_no_other_is_present():
+    core = make(2, lease_s=20.0)
     [x] = core.bored("solo", 1, 1000, 0.0)
     core.result("solo", x.tag, Status.CRASH, b"", 0, "worker died", 1.0)
+    core.bored("idle", 0, 1000, 1.5)  # asks for nothing: not present, the job need not wait
     [y] = core.bored("solo", 1, 1000, 2.0)
     assert y.job_id == 0 and y.tag != x.tag
-    # but not while another active jobber is fresh to it
-    core.result("solo", y.tag, Status.CRASH, b"", 0, "worker died", 3.0)
-    core.bored("other", 0, 1000, 3.0)  # seen, asks for nothing
+    # but not while another present machine is fresh to it
+    [o] = core.bored("other", 1, 1000, 3.0)  # present: it asked for work it could take
+    assert o.job_id == 1
+    core.result("solo", y.tag, Status.CRASH, b"", 0, "worker died", 3.5)
     assert core.bored("solo", 1, 1000, 4.0) == []
-    # once the other has been silent past the horizon, solo may retry
-    assert [z.job_id for z in core.bored("solo", 1, 1000, 4.0 + ACTIVE_HORIZON_S + 1)] == [0]
+    assert core.bored("solo", 1, 1000, 23.0) == []  # asked at 3, the lease is 20
+    # once the other has not asked for a lease, solo may retry
+    assert [z.job_id for z in core.bored("solo", 1, 1000, 23.5)] == [0]
 
 
 def test_abandoned_replica_is_released_without_an_error():
@@ -445,15 +448,17 @@ def test_replicas_of_a_job_go_to_its_platform_and_vote_only_there():
 
 
 def test_a_job_waits_for_its_platform_until_those_machines_leave():
-    core = make(2, redundancy=2, quorum=2)
+    core = make(2, redundancy=2, quorum=2, lease_s=20.0, deadline_s=1e6)
     [a] = ask(core, "a", X86, 0.0)
     c = ask(core, "c", X86, 0.0, want=2)
     assert [x.job_id for x in (a, *c)] == [0, 0, 1]
-    # job 1 runs on x86 and a, an x86 machine fresh to it, is active: arm waits
+    # job 1 runs on x86 and a, an x86 machine fresh to it, is present: arm waits
     assert ask(core, "b", ARM, 1.0) == []
-    assert ask(core, "b", ARM, ACTIVE_HORIZON_S) == []
-    # a has been silent for longer than the horizon: the job moves rather than stall
-    [b] = ask(core, "b", ARM, ACTIVE_HORIZON_S + 1.0)
+    core.alive("a", 15.0)  # alive, holding work: not asking for more is not being present
+    ask(core, "a", X86, 19.0, want=0)  # nor is asking for nothing
+    assert ask(core, "b", ARM, 20.0) == []
+    # a has not asked for work it could take for a lease: the job moves rather than stall
+    [b] = ask(core, "b", ARM, 20.5)
     assert b.job_id == 1
 
 
@@ -524,11 +529,11 @@ def test_a_late_result_of_another_platform_is_not_a_dispute():
 
 
 def test_platform_names_are_bounded_in_status_and_forgotten_with_their_machines():
-    core = make(12, redundancy=2, quorum=2)
+    core = make(12, redundancy=2, quorum=2, max_errors=99)
     names = [f"platform-{i:02}" for i in range(12)]
-    for i, name in enumerate(names):
-        [a] = ask(core, f"j{i}", name, 0.0)
-        assert core.result(f"j{i}", a.tag, OK, b"out", 5, "", 1.0) is None
+    firsts = [ask(core, f"j{i}", name, 0.0)[0] for i, name in enumerate(names)]
+    for i, a in enumerate(firsts):
+        assert core.result(f"j{i}", a.tag, Status.CRASH, b"", 0, "", 1.0) is None
     (line,) = [w for w in core.waiting(2.0) if "platforms among them" in w]
     assert "12 platforms" in line and names[7] in line and names[8] not in line
     assert line.endswith(", ...")

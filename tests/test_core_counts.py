@@ -275,7 +275,7 @@ def test_a_deterministic_failure_needs_a_quorum_of_machines():
     assert s.reasons == ("the same failure on 1 machine: exit (fuel 1)",)
 
 
-# --- who counts as active ------------------------------------------------------------------
+# --- who counts as present ------------------------------------------------------------------
 
 
 def _failed_by_solo(core: Core, now: float) -> None:
@@ -283,16 +283,16 @@ def _failed_by_solo(core: Core, now: float) -> None:
     core.result("solo", x.tag, Status.CRASH, b"", 0, "", now)
 
 
-def test_a_machine_seen_exactly_at_the_horizon_is_still_active():
-    core = make(1, max_errors=9)
-    give(core, "other", 0, 100.0)  # seen at 100 (asks for nothing)
-    _failed_by_solo(core, 101.0)
+def test_a_machine_present_exactly_a_lease_ago_still_counts():
+    core = make(2, max_errors=9, lease_s=300.0, deadline_s=1e6)
+    give(core, "other", 1, 100.0)  # job 0: present at 100 (asked for work it could take)
+    _failed_by_solo(core, 101.0)  # job 1
     assert give(core, "solo", 1, 400.0) == []  # 400 - 300 = 100: other still counts
-    assert len(give(core, "solo", 1, 400.5)) == 1
+    assert [x.job_id for x in give(core, "solo", 1, 400.5)] == [1]
 
 
-def test_a_result_renews_the_machines_activity():
-    core = make(2, max_errors=9)
+def test_a_result_renews_the_machines_presence():
+    core = make(2, max_errors=9, lease_s=300.0, deadline_s=1e6)
     [o] = give(core, "other", 1, 0.0)  # job 0
     _failed_by_solo(core, 1.0)  # job 1, failed by solo
     core.result("other", o.tag, OK, b"x", 1, "", 250.0)  # other last heard at 250
@@ -300,13 +300,94 @@ def test_a_result_renews_the_machines_activity():
     assert [x.job_id for x in give(core, "solo", 1, 551.0)] == [1]
 
 
-def test_seen_never_goes_back_in_time():
-    core = make(1, max_errors=9)
-    give(core, "other", 0, 200.0)
-    give(core, "other", 0, 50.0)  # a late-processed message with an older clock
+def test_seen_and_present_never_go_back_in_time():
+    core = make(3, max_errors=9, lease_s=300.0, deadline_s=1e6)
+    give(core, "other", 1, 200.0)  # job 0
+    give(core, "other", 1, 50.0)  # job 1, a late-processed message with an older clock
     assert core.jobbers["other"].last_seen == 200.0 and core.machines["other"].last_seen == 200.0
-    _failed_by_solo(core, 201.0)
+    assert core.machines["other"].present == 200.0
+    _failed_by_solo(core, 201.0)  # job 2
     assert give(core, "solo", 1, 499.0) == []
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["want 0", "alive", "alive holding nothing", "over its quota", "too small", "denied"],
+)
+def test_a_machine_that_could_take_nothing_is_not_waited_for(how):
+    """Only asking for work it could take (or returning a result) makes a machine present:
+    a job failed by `solo` goes back to it at once whatever `other` does here."""
+    core = make(3, max_errors=9, lease_s=20.0, deadline_s=1e6, quota=1, memory_mb=64)
+    if how == "over its quota":
+        give(core, "other", 1, 0.0)  # job 0 held: its quota of 1 is used
+    _failed_by_solo(core, 1.0)
+    if how == "want 0":
+        give(core, "other", 0, 2.0)
+    elif how == "alive":
+        core.alive("other", 2.0)
+    elif how == "alive holding nothing":
+        core.alive("other", 2.0, holding=[])
+    elif how == "over its quota":
+        assert give(core, "other", 1, 2.0) == []
+    elif how == "too small":
+        assert core.bored("other", 1, 1, 2.0) == []
+    else:
+        core.deny("other", "test")
+        assert give(core, "other", 1, 2.0) == []
+    assert len(give(core, "solo", 1, 3.0)) == 1
+    assert not core.machines.get("other") or core.machines["other"].present < 2.0
+
+
+def test_alive_places_an_identity_on_the_machine_it_speaks_from():
+    core = make(1)
+    core.alive("new", 1.0, machine="192.0.2.7")
+    assert core.jobbers["new"].machine == "192.0.2.7" and "new" not in core.machines
+    core.alive("new", 2.0)  # later words without a machine keep where it was placed
+    assert core.jobbers["new"].machine == "192.0.2.7"
+
+
+# --- unchecked work earns no room -----------------------------------------------------------
+
+
+def test_ok_results_not_yet_compared_count_against_the_quota():
+    core = make(6, redundancy=2, quorum=2, quota=2)
+    a = give(core, "a", 9, 0.0)
+    assert len(a) == 2 and core.room("a", "a") == 0
+    for x in a:
+        assert core.result("a", x.tag, OK, b"x", 1, "", 1.0) is None
+    # returned at once, but compared with nobody: still no room
+    assert core.jobbers["a"].unchecked == 2 and core.machines["a"].unchecked == 2
+    assert core.room("a", "a") == 0 and give(core, "a", 9, 2.0) == []
+    # another machine agrees: both settle, a's quota grows and its room comes back
+    for x in give(core, "b", 2, 3.0):
+        assert core.result("b", x.tag, OK, b"x", 1, "", 4.0) is None
+    assert len(core.take_settled()) == 2
+    assert core.jobbers["a"].unchecked == core.machines["a"].unchecked == 0
+    assert core.jobbers["a"].allowance == 4 and core.room("a", "a") == 4  # 2, +1 per valid
+
+
+def test_a_liar_on_a_platform_of_its_own_holds_back_only_its_quota():
+    """The attack of a made-up platform: a machine returning garbage at once on a platform
+    nobody else has takes at most its quota of first replicas, and with no other machine
+    of that platform present, those jobs move to the honest platform at once."""
+    core = make(20, redundancy=2, quorum=2, quota=4, lease_s=20.0, deadline_s=1e6)
+    taken = give(core, "liar", 128, 0.0, machine="m-liar", platform="made-up")
+    assert len(taken) == 4
+    for x in taken:
+        assert core.result("liar", x.tag, OK, b"garbage", 1, "", 0.1) is None
+    assert give(core, "liar", 128, 0.2, machine="m-liar", platform="made-up") == []
+    now = 1.0
+    while not core.finished() and now < 500:
+        for who in ("h1", "h2"):
+            for x in give(core, who, 2, now, machine=f"m-{who}", platform="x86"):
+                assert core.result(who, x.tag, OK, f"ok{x.job_id}".encode(), 1, "", now) is None
+        core.refill()
+        now += 1.0
+    settled = core.take_settled()
+    assert len(settled) == 20 and all(s.output.startswith(b"ok") for s in settled)
+    assert now < 40  # no wait for a lease: nobody else of "made-up" was ever present
+    liar = core.jobbers["liar"]
+    assert (liar.valid, liar.credit, liar.unchecked) == (0, 0, 0)
 
 
 def test_a_lease_is_renewed_by_alive_by_a_result_and_by_bored():

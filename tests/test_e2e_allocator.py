@@ -68,8 +68,9 @@ def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs
     ask(address, root, "project_add", {"name": "a", "dealer": dealers["a"], "share": 3})
     ask(address, root, "project_add", {"name": "b", "dealer": dealers["b"], "share": 1})
     ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
     for i in range(2):
-        start_jobber(procs, f"pc{i}", address)
+        start_jobber(procs, f"pc{i}", address, "--join", token)
 
     def credit_after(jobs: int):
         got = ask(address, root, "stats", {}).data["projects"]
@@ -113,7 +114,10 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     _, dealer = start_dealer(procs, "d", 100000, iters="60000000")
     ask(address, root, "project_add", {"name": "d", "dealer": dealer})
     ask(address, physics, "pool_add", {"name": "lab"})
-    j = procs.jobber("pc", slots=2, extra=("--allocator", address, "--pool", "lab"))
+    token = ask(address, physics, "join_token", {"pool": "lab"}).data["token"]
+    j = procs.jobber(
+        "pc", slots=2, extra=("--allocator", address, "--pool", "lab", "--join", token)
+    )
     s = wait_jobber(procs, "pc", lambda s: len(s["running"]) == 2, 30, "two jobs at once")
     assert s["slots_in_use"] == 2
 

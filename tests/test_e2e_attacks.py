@@ -202,7 +202,9 @@ def test_a_pinned_dealer_that_changes_its_key_is_refused_loudly(procs, factor_wa
     )
     impostor.wait_for("listening on", 30)
     j.wait_for(
-        r"dealer tcp://127.0.0.1:\d+ refused: it now presents key [0-9a-f]{64}, not the pinned", 60
+        r"dealer tcp://127.0.0.1:\d+: key mismatch: it now presents key [0-9a-f]{64}, "
+        "not the pinned",
+        60,
     )
     info = wait_status(port, lambda s: True)
     assert info["jobbers_total"] == 0  # the jobber never talked to it

@@ -20,6 +20,7 @@ import protocol as p
 from dealer import Dealer
 from dealer._core import Policy
 from dealer._journal import Journal
+from dealer._server import connectable
 from dealer._service import Peer, Service
 from tests.helpers import CurveClient, Few, free_port
 
@@ -173,6 +174,32 @@ def test_a_dealer_bound_to_ipv6_loopback_serves_a_jobber_over_ipv6(serve, ctx6):
     jobs = c.ask(p.Bored(1, "six", HOST, 1))
     assert isinstance(jobs, p.Jobs) and len(jobs.jobs) == 1
     assert machines_over(c)[c.key] == "::/64"
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("bound", "shown"),
+    [
+        ("tcp://0.0.0.0:7117", "tcp://127.0.0.1:7117"),
+        ("tcp://[::]:7117", "tcp://127.0.0.1:7117"),
+        ("tcp://[::ffff:127.0.0.1]:7117", "tcp://127.0.0.1:7117"),
+        ("tcp://[::ffff:192.0.2.7]:7117", "tcp://192.0.2.7:7117"),
+        ("tcp://[::1]:7117", "tcp://[::1]:7117"),
+        ("tcp://[2001:db8::1]:7117", "tcp://[2001:db8::1]:7117"),
+        ("tcp://192.0.2.7:7117", "tcp://192.0.2.7:7117"),
+        ("ipc:///tmp/d", "ipc:///tmp/d"),
+    ],
+)
+def test_a_bound_endpoint_is_shown_as_clients_reach_it(bound, shown):
+    assert connectable(bound) == shown
+
+
+def test_a_dealer_bound_to_an_ipv4_address_shows_it_as_ipv4(serve):
+    """Dual-stack sockets bind an IPv4 literal as [::ffff:a.b.c.d]: shown as it was given."""
+    dealer = serve(1, "tcp://127.0.0.1:*")
+    assert dealer.address.startswith("tcp://127.0.0.1:")
+    c = CurveClient(dealer.address, source="127.0.0.6")
+    assert isinstance(c.ask(p.Bored(1, "four", HOST, 1)), p.Jobs)
     c.close()
 
 

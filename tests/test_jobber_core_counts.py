@@ -422,6 +422,24 @@ def test_a_dealer_whose_payloads_we_refuse_is_asked_again_only_after_600_s():
     assert len(spool.result.detail) == p.MAX_STR
 
 
+@pytest.mark.parametrize(
+    ("status", "detail", "wait"),
+    [
+        (p.Status.ABANDONED, "refused: compiling it needs more than the 64 MiB ...", True),
+        (p.Status.ABANDONED, "cancelled by the jobber", False),
+        (p.Status.MEMORY, "refused, in words of the payload's own", False),
+    ],
+)
+def test_a_job_the_slots_refused_to_run_holds_back_asking_that_dealer(status, detail, wait):
+    j = core(slots=1, buffer=0)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", status, b"", 0, detail), 0.1, 2.0)
+    assert j.links[LIVE].ask_after == (2.0 + c.REFUSED_PAYLOAD_WAIT_S if wait else 0.0)
+
+
 def test_a_result_goes_only_once_it_is_on_disk():
     j = core(slots=1, buffer=0)
     bored = ask(j, 0.0)

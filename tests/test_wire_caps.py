@@ -142,6 +142,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "pool": NAME,
         "host": ("record", "HostFacts"),
         "serial": ("optional", ("int", 0, U64)),
+        "join": ("optional", NAME),
     },
     "Instructions": {
         "re": ID,
@@ -251,7 +252,7 @@ FULL: dict[str, p.Message] = {
         p.AdminReply(6, "denied"),
         p.Alive(7, "ann", ("t1",)),
         p.AliveAck(7, 20.0, ("t1",), (p.Standing(SHA, 0, 4, True),)),
-        p.Instruct(8, "ann", "lab", HOST, 3),
+        p.Instruct(8, "ann", "lab", HOST, 3, "a-join-token"),
         p.Instructions(
             8,
             "lab",

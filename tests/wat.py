@@ -98,3 +98,24 @@ def module(functions: int, body: bytes = EMPTY, *, imports: int = 0) -> bytes:
     exports = section(7, leb(1) + name("_start") + b"\x00" + leb(imports))
     code = section(10, leb(functions) + (leb(len(body)) + body) * functions)
     return b"\0asm\x01\0\0\0" + types + (imported if imports else b"") + funcs + exports + code
+
+
+def nested_blocks(functions: int, depth: int) -> bytes:
+    """A module within every pre-check cap that is costly to compile: `functions` bodies
+    of `depth` nested empty blocks each (3 bytes a block; 500,000 stay under
+    MAX_FUNCTION_BYTES)."""
+    body = b"\x00" + b"\x02\x40" * depth + b"\x0b" * depth + b"\x0b"
+    return module(functions, body)
+
+
+def data_segments(n: int) -> bytes:
+    """A command with one page of memory and `n` active data segments of one byte each
+    (within the pre-check's MAX_DATA_SEGMENTS for n <= 100,000)."""
+    types = section(1, leb(1) + b"\x60\x00\x00")
+    funcs = section(3, leb(1) + b"\x00")
+    memory = section(5, leb(1) + b"\x00" + leb(1))
+    exports = section(7, leb(1) + name("_start") + b"\x00" + leb(0))
+    code = section(10, leb(1) + leb(len(EMPTY)) + EMPTY)
+    segment = b"\x00\x41\x00\x0b" + leb(1) + b"\x2a"  # memory 0, at i32.const 0: one byte
+    data = section(11, leb(n) + segment * n)
+    return b"\0asm\x01\0\0\0" + types + funcs + memory + exports + code + data

@@ -316,6 +316,8 @@ class WrongJobber:
                 self.made += 1
         if jobs:
             self.last_progress = time.monotonic()
+        else:  # nothing for us (we asked for none, or none fits): not a busy loop
+            self._wait(REFERRAL_WAIT_S)
 
     def _send_results(self) -> None:
         rid = self._rid()
