@@ -46,7 +46,9 @@ has sent it elsewhere by then. A job already out keeps running: its late
 result still counts upstream until the job is decided.
 
 **Liveness.** The relay says `alive` upstream for everything it holds (it
-vouches for its jobbers), with `holding` listing every upstream tag it holds.
+vouches for its jobbers), with `holding` listing every upstream tag it holds;
+attributing to an upstream that keeps standing, also while it serves any
+jobber, holding nothing (its `alive_ack` tells it its jobbers' standing).
 A jobber of ours silent for `lease_s` is taken as gone and its replicas go
 back to the buffer: the upstream sees nothing wrong.
 
@@ -57,9 +59,29 @@ request, so nothing is acknowledged downstream before it is on disk, and only
 results the upstream acknowledged leave the journal. `load` rebuilds the
 state from the journal after a restart.
 
-**Trust.** Upstream, the relay is one identity on one machine: the upstream
-sends it at most one replica of a job and counts everything behind it as one
-vote (docs/security.md, "Relays").
+**Standing.** The relay answers for its jobbers, and only for them: it keeps
+each jobber's standing as a dealer does (dealer._core), and the upstream keeps
+the same for it. A jobber's **allowance** (replicas of ours it may hold) starts
+at QUOTA, grows by one for each of its outputs the upstream accepted in a
+quorum (`standing.valid`; where the upstream reports no standing for it, for
+each of its results it acknowledged) and halves for each implausible result
+and each vote it lost upstream (`standing.invalid`). A jobber is **denied** here once the
+upstream says it is (`standing.denied`, a `denied` rejection of its result or
+a `denied` error to a `bored` on its behalf) or once it has lost DENY_AFTER
+votes and more than it won: it gets no more work, its results are refused, and
+what it held goes to our other jobbers (or, fetched for it, back upstream).
+Lost votes are traced to the jobber whose output it was by the upstream itself:
+with `attribute` (the CLI's default), every result goes up with `by` and every
+`bored` with `behalf`, and the upstream counts each of our jobbers as an
+identity of its own (docs/protocol.md, section 11), telling us its standing in
+each `ack` and `alive_ack`. An upstream whose `alive_ack` carries no `standing`
+keeps none: the relay says so once, loudly, at its first contact (it sends an
+`alive` at start for that), and then has only its own plausibility checks.
+
+**Trust.** Upstream, the relay's jobbers are identities of their own but, unless
+the upstream trusts the relay, on the relay's one machine: the upstream sends it
+at most one replica of a job and counts everything behind it as one vote
+(docs/security.md, "Relays").
 """
 
 from __future__ import annotations
@@ -94,6 +116,9 @@ MAX_RESULTS_BYTES = 768 * 1024  # and under this much (the dealer takes 1 MiB + 
 MAX_JOBS_BYTES = 16 * 1024 * 1024  # stdin and payload bytes in one `jobs` to our jobbers
 EVICT_AFTER_S = 600.0  # a jobber of ours that holds nothing and is silent this long is forgotten
 MAX_LATE = 65536  # released local replicas remembered for a late result (this process)
+QUOTA = 4  # replicas a new jobber of ours may hold (as the dealer's Policy.quota)
+MAX_ALLOWANCE = 4096  # the most a jobber of ours can earn (as the dealer's)
+DENY_AFTER = 3  # votes lost upstream (more than won) that deny a jobber here (as the dealer's)
 GONE = "the relay's jobber it was fetched for is gone"
 GIVEN_BACK = "the relay could not start it before its deadline"
 
@@ -157,6 +182,17 @@ class Jobber:
     asked_at: float = 0.0  # attributed: when the relay last asked upstream on its behalf
     quiet_until: float = 0.0  # attributed: the upstream's retry_later for it
     done: deque[float] = field(default_factory=deque)  # when its recent results came
+    allowance: int = QUOTA  # replicas of ours it may hold (see Standing in the docstring)
+    implausible: int = 0  # results refused here as implausible
+    won: int = 0  # its outputs the upstream accepted in a quorum (as it last said)
+    lost: int = 0  # its outputs that lost the vote upstream (as it last said)
+    denied: str = ""  # why it is denied here ("": it is not)
+
+    def good(self) -> None:
+        self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
+
+    def bad(self) -> None:
+        self.allowance = max(1, self.allowance // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +219,9 @@ class Upstream:
     in_flight: tuple[str, ...] = ()  # the upstream tags of the outstanding results
     last_alive: float = 0.0
     delivered: int = 0  # results the upstream acknowledged (this process)
+    # whether the upstream keeps standing per jobber of ours (alive_ack.standing said);
+    # None: not known yet (an alive goes at start to learn it)
+    attributes: bool | None = None
     rejected: int = 0  # results the upstream rejected (this process)
     contacts: int = 0  # replies heard
     last_reply: float = 0.0
@@ -199,14 +238,19 @@ class RelayCore:
         backoff: Backoff | None = None,
         name: str = "relay",
         attribute: bool = False,
+        quota: int = QUOTA,
     ) -> None:
         """`attribute`: ask upstream for each jobber's jobs on its behalf (`bored.behalf`)
-        and give each job only to the jobber it was fetched for, so that an upstream that
-        trusts this relay counts each of its jobbers as a machine of its own."""
+        and give each job only to the jobber it was fetched for, so that the upstream
+        keeps each of its jobbers' standing (and, trusting this relay, counts each as a
+        machine of its own). `quota`: the allowance a new jobber of ours starts with."""
         if not 1 <= max_buffer <= p.MAX_BATCH:
             raise ValueError(f"the buffer must hold 1 to {p.MAX_BATCH} jobs, not {max_buffer}")
         if horizon_s <= 0 or lease_s <= 0:
             raise ValueError("horizon_s and lease_s must be positive")
+        if not 1 <= quota <= MAX_ALLOWANCE:
+            raise ValueError(f"the quota must be 1 to {MAX_ALLOWANCE}, not {quota}")
+        self.quota = quota
         self.prefix = tag_prefix
         self.horizon_s = horizon_s
         self.max_buffer = max_buffer
@@ -269,7 +313,7 @@ class RelayCore:
         return [
             j
             for j in self.jobbers.values()
-            if j.host is not None and now - j.last_seen < self.lease_s
+            if j.host is not None and now - j.last_seen < self.lease_s and not j.denied
         ]
 
     def rate(self, now: float) -> float:
@@ -325,7 +369,12 @@ class RelayCore:
                 up.bored, up.next_id = up.next_id, up.next_id + 1
                 out.append(p.Bored(up.bored, self.name, self.host(now), want, self.holding()))
         interval = min(p.ALIVE_INTERVAL_S, up.lease_s / 4)
-        if up.alive is None and self.held and now - up.last_alive >= interval:
+        probe = self.attribute and up.attributes is None  # at start: can it attribute?
+        # attributing, it says alive while it serves jobbers too, holding nothing: the
+        # alive_ack tells it their standing (votes settle after their results' ack)
+        busy = self.held or (self.attribute and up.attributes and self.served(now))
+        due = busy and now - up.last_alive >= interval
+        if up.alive is None and (due or probe):
             up.alive, up.next_id = up.next_id, up.next_id + 1
             up.last_alive = now
             # holding only while no bored is outstanding: a jobs reply in flight would
@@ -422,6 +471,13 @@ class RelayCore:
         if kind == "results":
             in_flight, up.in_flight = up.in_flight, ()
         if isinstance(msg, p.Error):
+            j = self.jobbers.get(up.bored_for) if self.attribute and kind == "bored" else None
+            if j is not None and msg.code is p.ErrorCode.DENIED:
+                # the upstream denies that jobber of ours, not us: the others go on
+                self.deny(j.key, f"denied upstream: {msg.text}")
+                up.backoff.succeeded()
+                up.last_reply = now
+                return
             log.warning("upstream refused our %s: %s: %s", kind, msg.code.value, msg.text)
             self.upstream_failed(now, outstanding=False)
             return
@@ -440,6 +496,9 @@ class RelayCore:
         elif isinstance(msg, p.Finished) and kind == "bored":
             if not up.finished:
                 log.info("upstream: its task is finished")
+                # its last votes settled after our last ack: an alive now hears how our
+                # jobbers stand, while the upstream still answers
+                up.last_alive = -math.inf
             up.finished = True
             up.quiet_until = now + FINISHED_RECHECK_S
         elif isinstance(msg, p.Referral) and kind == "bored":
@@ -449,6 +508,17 @@ class RelayCore:
         elif isinstance(msg, p.Ack) and kind == "results":
             self._acked(msg, in_flight)
         elif isinstance(msg, p.AliveAck) and kind == "alive":
+            if up.attributes is None:
+                up.attributes = msg.standing is not None
+                if self.attribute and not up.attributes:
+                    log.warning(
+                        "THE UPSTREAM CANNOT ATTRIBUTE: it keeps no standing for the jobbers "
+                        "of a relay (it is older than alive_ack.standing, or a relay), so it "
+                        "counts this relay as one jobber and a vote one of our jobbers loses "
+                        "costs us all; only implausible results are caught here"
+                    )
+            if msg.standing is not None:
+                self._standing(msg.standing)
             up.lease_s = msg.lease_s
             for utag in msg.cancel:
                 if utag in self.held:
@@ -495,9 +565,13 @@ class RelayCore:
 
     def _acked(self, msg: p.Ack, in_flight: Sequence[str]) -> None:
         sent = set(in_flight)
+        told = {s.key for s in msg.standing or ()}
         for tag in msg.tags:
             if tag in sent and tag in self.held:
                 self.up.delivered += 1
+                j = self.jobbers.get(self.held[tag].by)
+                if j is not None and j.key not in told:
+                    j.good()  # no standing said for it: an acknowledged result is all we learn
                 self._drop(tag)
         for r in msg.rejected:
             if r.tag in sent and r.tag in self.held:
@@ -505,7 +579,55 @@ class RelayCore:
                     "upstream rejected our result for %s: %s: %s", r.tag, r.code.value, r.text
                 )
                 self.up.rejected += 1
+                by = self.held[r.tag].by
                 self._drop(r.tag)
+                if r.code is p.ErrorCode.DENIED and by in self.jobbers:
+                    self.deny(by, f"denied upstream: {r.text}")
+        if msg.standing is not None:
+            self._standing(msg.standing)
+
+    def _standing(self, standing: Sequence[p.Standing]) -> None:
+        """What the upstream holds of our jobbers: votes each won and lost there (totals),
+        and whether it denies it. Each lost vote halves the jobber's allowance here, each
+        won one adds one, as the upstream's own quotas do."""
+        for s in standing:
+            j = self.jobbers.get(s.key)
+            if j is None:
+                continue
+            won, lost = max(0, s.valid - j.won), max(0, s.invalid - j.lost)
+            j.won, j.lost = s.valid, s.invalid
+            for _ in range(min(won, MAX_ALLOWANCE)):
+                j.good()
+            for _ in range(min(lost, 16)):  # 16 halvings reach 1 from any allowance
+                j.bad()
+            if lost:
+                log.warning(
+                    "jobber %s lost %d more votes upstream (%d lost, %d won)",
+                    j.label or j.key[:12],
+                    lost,
+                    j.lost,
+                    j.won,
+                )
+            if s.denied:
+                self.deny(j.key, "denied upstream")
+            elif j.lost >= DENY_AFTER and j.lost > j.won:
+                self.deny(j.key, f"lost {j.lost} votes upstream and won {j.won}")
+
+    def deny(self, key: str, why: str) -> None:
+        """No more work for our jobber `key`; its results are refused from now on, and what it
+        holds goes to our other jobbers (fetched for it alone: back upstream, unrun). A
+        relay the upstream denies is told `denied` for each jobber it asks for, which each
+        is then denied here in turn: no work will come for any of them."""
+        j = self.jobbers.get(key)
+        if j is None or j.denied:
+            return
+        j.denied = why
+        log.warning("jobber %s (%s) denied: %s", j.label or key[:12], key, why)
+        for loc in [x for x in self.local.values() if x.key == key]:
+            self._release(loc.ltag)
+        for h in list(self.held.values()):
+            if h.result is None and h.for_key == key and not h.local:
+                self._give_back(h, f"the relay's jobber it was fetched for is denied: {why}")
 
     def _drop(self, utag: str) -> None:
         h = self.held.pop(utag)
@@ -554,7 +676,7 @@ class RelayCore:
     def _jobber(self, key: str, address: str) -> Jobber:
         j = self.jobbers.get(key)
         if j is None:
-            j = self.jobbers[key] = Jobber(key)
+            j = self.jobbers[key] = Jobber(key, allowance=self.quota)
         if address:
             j.address = address
         return j
@@ -589,10 +711,13 @@ class RelayCore:
         j = self._jobber(key, address)
         j.label, j.host, j.last_seen = msg.jobber, msg.host, now
         self._held_release(key, msg.holding)
+        if j.denied:
+            return p.Error(msg.id, p.ErrorCode.DENIED, f"denied by the relay: {j.denied}")
         mine = sum(1 for loc in self.local.values() if loc.key == key)
-        # what it runs soon: two per slot, or as many as it returned in the last SOON_S
+        # what it runs soon: two per slot, or as many as it returned in the last SOON_S;
+        # never more than its allowance
         soon = max(2 * max(1, msg.host.slots), _since(j.done, now - SOON_S))
-        room = min(msg.want, max(0, soon - mine))
+        room = min(msg.want, max(0, soon - mine), max(0, j.allowance - mine))
         jobs: list[p.JobSpec] = []
         payloads: dict[str, bytes] = {}
         size = 0
@@ -663,6 +788,12 @@ class RelayCore:
             if loc is None or loc.key != key:
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.UNKNOWN_TAG, "not sent to you"))
                 continue
+            if j.denied:
+                self._release(r.tag)
+                self.late.pop(r.tag, None)
+                text = f"denied by the relay: {j.denied}"
+                rejected.append(p.Rejection(r.tag, p.ErrorCode.DENIED, text))
+                continue
             h = self.held.get(loc.utag)
             if h is None or h.result is not None:
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.SETTLED, "already decided"))
@@ -676,6 +807,8 @@ class RelayCore:
             why = implausible(r.status, r.output, r.fuel, _Bounds(lim.fuel, lim.output_kb * 1024))
             if why is not None:
                 log.warning("jobber %s: implausible result for %s: %s", key[:12], r.tag, why)
+                j.implausible += 1
+                j.bad()
                 self._release(r.tag)
                 rejected.append(p.Rejection(r.tag, p.ErrorCode.IMPLAUSIBLE, why))
                 if h.for_key and not h.local and h.result is None:
@@ -700,7 +833,7 @@ class RelayCore:
         for ltag in msg.holding or ():
             loc = self.local.get(ltag) or self.late.get(ltag)
             h = None if loc is None or loc.key != key else self.held.get(loc.utag)
-            if h is None or h.result is not None:
+            if h is None or h.result is not None or j.denied:
                 cancel.append(ltag)  # decided, cancelled upstream, or never ours
         return p.AliveAck(msg.id, self.lease_s, tuple(cancel)[: p.MAX_HOLDING])
 
@@ -734,6 +867,7 @@ class RelayCore:
                 "last_reply": up.last_reply or None,
                 "delivered": up.delivered,
                 "rejected": up.rejected,
+                "attributes": up.attributes,
             },
             **self.counts(),
             "target": self.target(now),
@@ -745,6 +879,11 @@ class RelayCore:
                     "name": j.label,
                     "machine": j.address,
                     "results": j.results,
+                    "allowance": j.allowance,
+                    "implausible": j.implausible,
+                    "valid": j.won,
+                    "invalid": j.lost,
+                    "denied": j.denied or None,
                     "holding": sum(1 for x in self.local.values() if x.key == j.key),
                     "last_seen": j.last_seen,
                     "gone": now - j.last_seen >= self.lease_s,

@@ -80,11 +80,13 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--attribute",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="ask upstream for each jobber's jobs on its behalf and run each job only on the "
-        "jobber it was fetched for, so that an upstream that trusts this relay "
-        "(--trust-relay KEY) counts each jobber as a machine of its own (default: the "
-        "relay is one machine upstream and any of its jobbers runs any job)",
+        "jobber it was fetched for (the default): the upstream keeps each jobber's standing, "
+        "so a vote one of them loses costs that jobber, not the relay, and one that trusts "
+        "this relay (--trust-relay KEY) counts each as a machine of its own. "
+        "--no-attribute: the relay is one jobber upstream and any of its jobbers runs any job",
     )
     ap.add_argument(
         "--allow",
@@ -179,8 +181,10 @@ def print_status(info: dict, now: float | None = None) -> None:
     print(f"key {info.get('key')}")
     for j in info.get("jobbers", []):
         gone = " (gone)" if j.get("gone") else ""
+        denied = f" (denied: {j['denied']})" if j.get("denied") else ""
         name, key, machine = j.get("name", "")[:24], j.get("key", "")[:12], j.get("machine", "")
         print(
             f"{name:24} {key:12} {machine[:18]:18} "
-            f"{j.get('results'):6} results, holding {j.get('holding')}{gone}"
+            f"{j.get('results'):6} results, holding {j.get('holding')}, votes won "
+            f"{j.get('valid', 0)} lost {j.get('invalid', 0)}{gone}{denied}"
         )

@@ -64,22 +64,28 @@ class Peer:
 
 @dataclass(frozen=True, slots=True)
 class Relayed(Peer):
-    """A jobber behind a relay this dealer trusts (`--trust-relay`), as the relay named it
-    (`bored.behalf`, `result.by`). Its identity is derived from the relay's key and the
-    jobber's, so a relay can name no identity but its own jobbers', and its machine is
-    the address the relay saw, within the relay's own namespace (a lab's 10.0.0.5 is not
-    another lab's)."""
+    """A jobber behind a relay, as the relay named it (`bored.behalf`, `result.by`). Its
+    identity is derived from the relay's key and the jobber's, so a relay can name no
+    identity but its own jobbers'. Behind a relay this dealer trusts (`--trust-relay`)
+    its machine is the address the relay saw, within the relay's own namespace (a lab's
+    10.0.0.5 is not another lab's); behind any other relay it is the relay's own machine
+    (`under`), so the relay still has one vote and one machine quota, and the identity
+    only carries the standing (its own quota, lost votes, denial) of the jobber that
+    earned it."""
 
     relay: str = ""
+    under: Peer | None = None  # untrusted: the relay, whose machine this identity is on
 
     def machine(self, distinct: str) -> str:
+        if self.under is not None:
+            return self.under.machine(distinct)
         return f"{self.relay[:16]}/{Peer.machine(self, distinct)}"
 
 
-def behind(relay: Peer, who: p.Attribution) -> Relayed:
-    """The identity and machine a trusted relay's jobber `who` is counted as."""
+def behind(relay: Peer, who: p.Attribution, *, trusted: bool = True) -> Relayed:
+    """The identity and machine a relay's jobber `who` is counted as."""
     key = hashlib.sha256(f"borednet relayed jobber {relay.key} {who.key}".encode()).hexdigest()
-    return Relayed(key, who.machine, relay.key)
+    return Relayed(key, who.machine, relay.key, None if trusted else relay)
 
 
 def _size(job: Job) -> int:
@@ -159,6 +165,12 @@ class Service:
         self.admins = frozenset(admins)
         # relays whose word on which jobber of theirs ran what is believed (dealer._relay)
         self.relays = frozenset(relays)
+        # relay key -> {identity behind it: the jobber key the relay named it by}, for the
+        # relay's alive and the standing it is told (any relay: see Relayed)
+        self._behind: dict[str, dict[str, str]] = {}
+        # relay key -> {identity behind it: (valid, invalid, denied) as the relay was last
+        # told}, so that each ack tells it what changed since (votes settle after an ack)
+        self._told: dict[str, dict[str, tuple[int, int, bool]]] = {}
         self.key_hex = key_hex
         self.closed = closed
         policy = policy or policy_for(task)
@@ -266,6 +278,14 @@ class Service:
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
             self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
+            for relay, names in list(self._behind.items()):
+                kept = {k: v for k, v in names.items() if k in self.core.jobbers}
+                if kept:
+                    self._behind[relay] = kept
+                else:
+                    del self._behind[relay]
+            for relay, told in list(self._told.items()):
+                self._told[relay] = {k: v for k, v in told.items() if k in self.core.jobbers}
 
     def commit(self) -> None:
         """Make the turn's changes durable: call before any reply goes out. If no job is
@@ -302,7 +322,7 @@ class Service:
     # --- messages ------------------------------------------------------------
 
     def handle(self, msg: p.Message, now: float, peer: Peer) -> p.Message | None:
-        if peer.key in self.relays and isinstance(msg, p.Bored | p.Results | p.Alive):
+        if isinstance(msg, p.Bored | p.Results | p.Alive) and self._speaks_for_others(msg, peer):
             return self._relayed(msg, now, peer)
         if isinstance(msg, p.Bored):
             self._label(peer, msg.jobber)
@@ -316,7 +336,7 @@ class Service:
             self._label(peer, msg.jobber)
             machine = peer.machine(self.distinct)  # placed from its first message on
             cancel = self.core.alive(peer.key, now, msg.holding, machine)
-            return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
+            return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), ())
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
         if isinstance(msg, p.WorkQuery):
@@ -324,29 +344,77 @@ class Service:
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
+    def _speaks_for_others(self, msg: p.Bored | p.Results | p.Alive, peer: Peer) -> bool:
+        """A relay's request: from a trusted relay, or naming jobbers behind the sender."""
+        if peer.key in self.relays:
+            return True
+        if isinstance(msg, p.Bored):
+            return msg.behalf is not None
+        if isinstance(msg, p.Results):
+            return any(r.by is not None for r in msg.results)
+        return peer.key in self._behind
+
     def _relayed(self, msg: p.Bored | p.Results | p.Alive, now: float, relay: Peer) -> p.Message:
-        """A trusted relay's request: for the jobber it names, or for itself."""
+        """A relay's request: for the jobber it names, or for itself. Any relay's jobbers
+        are identities of their own here (their own standing); only a trusted relay's are
+        machines of their own (votes): see Relayed."""
+        trusted = relay.key in self.relays
         if isinstance(msg, p.Bored):
             if msg.behalf is None:
                 self._label(relay, msg.jobber)
                 return self._bored(msg, now, relay)
-            who = behind(relay, msg.behalf)
+            who = self._named(relay, msg.behalf, trusted)
             self._label(who, f"{msg.jobber}/{msg.behalf.machine}")
             if self.core.is_denied(relay.key):
                 return p.Error(msg.id, p.ErrorCode.DENIED, "this relay is denied by the dealer")
             return self._bored(msg, now, who)
         if isinstance(msg, p.Results):
             self._label(relay, msg.jobber)
-            return self._results(msg, now, relay, trusted=True)
+            return self._results(msg, now, relay, trusted=trusted, attributed=True)
         self._label(relay, msg.jobber)
         mine = f"{relay.key[:16]}/"  # the relay vouches for every jobber of its own
-        keys = [k for k, r in self.core.jobbers.items() if r.machine.startswith(mine)]
-        if relay.key in self.core.jobbers or not keys:
-            keys.append(relay.key)
+        names = self._behind.get(relay.key, {})
+        keys = [k for k in names if k in self.core.jobbers]
+        if trusted:  # also those named before a restart of this dealer
+            keys += [
+                k
+                for k, r in self.core.jobbers.items()
+                if r.machine.startswith(mine) and k not in names
+            ]
+        if relay.key in self.core.jobbers or (not keys and msg.holding):
+            keys.append(relay.key)  # (a relay holding nothing is no identity of its own)
         cancel: dict[str, None] = {}
         for key in keys:
-            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding)))
-        return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel))
+            machine = relay.machine(self.distinct) if key == relay.key else None
+            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding, machine)))
+        standing = self._standing(relay, names, every=True)
+        return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), standing)
+
+    def _named(self, relay: Peer, who: p.Attribution, trusted: bool) -> Relayed:
+        """The identity of the relay's jobber `who`, remembered as behind the relay."""
+        named = behind(relay, who, trusted=trusted)
+        self._behind.setdefault(relay.key, {})[named.key] = who.key
+        return named
+
+    def _standing(
+        self, relay: Peer, names: dict[str, str], *, every: bool = False
+    ) -> tuple[p.Standing, ...]:
+        """What the relay is told of the jobbers behind it: those in `names` (identity ->
+        the key it named), and every other whose standing changed since it was last told
+        (`every`: all of them), the first MAX_BATCH."""
+        told = self._told.setdefault(relay.key, {})
+        out = []
+        for ident, key in self._behind.get(relay.key, {}).items():
+            rec = self.core.jobbers.get(ident)
+            if rec is None:
+                continue
+            now_ = (rec.valid, rec.invalid, self.core.is_denied(ident))
+            if every or ident in names or told.get(ident) != now_:
+                told[ident] = now_
+                out.append(p.Standing(key, *now_))
+                if len(out) >= p.MAX_BATCH:
+                    break
+        return tuple(out)
 
     def _label(self, peer: Peer, name: str) -> None:
         if self.labels.get(peer.key) != name:
@@ -458,18 +526,31 @@ class Service:
         return limits
 
     def _results(
-        self, msg: p.Results, now: float, peer: Peer, *, trusted: bool = False
+        self,
+        msg: p.Results,
+        now: float,
+        peer: Peer,
+        *,
+        trusted: bool = False,
+        attributed: bool = False,
     ) -> p.Message:
-        """`trusted`: from a trusted relay, whose `by` names the jobber that ran each one
-        (taken if the replica went to that jobber, else the relay's own)."""
+        """`attributed`: from a relay, whose `by` names the jobber that ran each one
+        (taken if the replica went to that jobber, else the relay's own); the reply then
+        tells the relay those jobbers' standing. `trusted`: a relay this dealer trusts."""
         ok: list[str] = []
         rejected: list[p.Rejection] = []
+        named: dict[str, str] = {}
         for r in msg.results:
-            who = behind(peer, r.by) if trusted and r.by is not None else peer
+            who: Peer = peer
+            if attributed and r.by is not None:
+                who = behind(peer, r.by, trusted=trusted)
             why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is not None and why.code is p.ErrorCode.UNKNOWN_TAG and who is not peer:
                 who = peer  # a replica the relay took for itself
                 why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
+            if who is not peer and r.by is not None:  # its replica: an identity we keep
+                self._named(peer, r.by, trusted)
+                named[who.key] = r.by.key
             if why is None:
                 ok.append(r.tag)
                 if r.status is p.Status.OK:
@@ -477,7 +558,8 @@ class Service:
             else:
                 log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
-        return p.Ack(msg.id, tuple(ok), tuple(rejected))
+        standing = self._standing(peer, named) if attributed else None
+        return p.Ack(msg.id, tuple(ok), tuple(rejected), standing)
 
     def _paced(self, key: str, now: float) -> None:
         """One more good result from `key`: its pace (results per second) is kept."""

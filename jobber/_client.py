@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import logging
 import os
@@ -72,6 +73,15 @@ _PROBLEMS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the encryption handshake failed (a wrong dealer key?)",
 }
 _DEFINITE = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+# Frames ZeroMQ may queue from one dealer before this loop reads them (ZMQ_RCVHWM): a
+# dealer answers each request once and the loop reads every turn, so a queue of two
+# never holds an honest reply back (a full queue stops reading the connection; nothing
+# is dropped), while a dealer pushing frames unasked makes the jobber hold at most this
+# many, and one more being received, of p.MAX_MESSAGE_BYTES each (docs/jobber.md)
+RECV_HWM = 2
+# after a new payload's first job starts (its compiled form may be written), the cache is
+# brought back under its size this long after, at the latest
+EVICT_AFTER_S = 5.0
 _WATCHED = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 for _event in _PROBLEMS:
     _WATCHED |= _event
@@ -273,13 +283,15 @@ class Jobber:
             max_fuel=cfg.max_fuel,
             max_output_kb=cfg.max_output_kb,
             spool_share_bytes=cfg.spool_mb * 1024 * 1024,
+            cache_bytes=self._eff.cache_mb * 1024 * 1024,
         )
         dealers = [p.dealer_address(text) for text in cfg.dealers]
         spooled = [(s.dealer, s.result) for s in self.spool.load()]
         self.core = c.JobberCore(
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
-        self.core.cached = tuple(self.cache.hashes())
+        self.core.cache_updated(self.cache.sizes())
+        self._evict_at: float | None = None  # when the cache is checked for its size next
         fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
         self.slots = sandbox.Slots(
             cfg.slots,
@@ -420,6 +432,7 @@ class Jobber:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+            s.setsockopt(zmq.RCVHWM, RECV_HWM)
             s.curve_secretkey = self.keys.secret
             s.curve_publickey = self.keys.public
             s.curve_serverkey = z85_of_hex(key)
@@ -510,7 +523,9 @@ class Jobber:
     def _recv(self, dealer: str, sock: zmq.Socket) -> None:
         for msg in self._drain(dealer, sock):
             now = time.monotonic()
-            unusable = self._store_payloads(dealer, msg, now) if isinstance(msg, p.Jobs) else None
+            unusable = self._screen_payloads(dealer, msg, now) if isinstance(msg, p.Jobs) else None
+            # the core decides what of a `jobs` is taken before anything of it is kept:
+            # the payloads of jobs it takes come back as a Store action
             self.core.received(dealer, msg, now, unusable)
             ss = self._socks.get(dealer)
             if isinstance(msg, p.HelloReply) and ss is not None and sock is ss.hello:
@@ -520,19 +535,15 @@ class Jobber:
             if ss is None or sock not in (ss.sock, ss.hello):  # closed or reset meanwhile
                 return
 
-    def _store_payloads(self, dealer: str, msg: p.Jobs, now: float) -> dict:
-        """Keep the payloads a `jobs` message brings; those we cannot keep, and why."""
+    def _screen_payloads(self, dealer: str, msg: p.Jobs, now: float) -> dict:
+        """The payloads of a `jobs` message whose jobs must be given back, and why: not
+        signed by a trusted key (--trust), or bytes that do not hash to their name.
+        Nothing is stored here."""
         unusable = self._verdicts(dealer, msg, now)
         for sha, wasm in msg.payloads.items():
             if sha in unusable:
-                continue  # not kept: it may not run here
-            try:
-                got = self.cache.put(wasm)
-            except OSError as e:
-                self.core.disk_failed(f"cannot store a payload: {e.strerror or e}")
-                why = "the jobber's disk is full or read-only"
-                unusable.update({spec.payload: (p.Status.ABANDONED, why) for spec in msg.jobs})
-                return unusable
+                continue
+            got = hashlib.sha256(wasm).hexdigest()
             if got != sha:
                 self._repeats.warn(
                     now,
@@ -542,18 +553,37 @@ class Jobber:
                         f"whose bytes hash to {got[:12]}; ignored"
                     ),
                 )
-        for sha in {spec.payload for spec in msg.jobs}:
-            self.cache.touch(sha)
-        if msg.payloads:  # bounded disk: whatever dealers send, the cache keeps its size
-            held = self.core.held_payloads() | {spec.payload for spec in msg.jobs}
-            gone = self.cache.evict(self._eff.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
-            if gone:
-                self._present.clear()
-                log.info(
-                    "payload cache over %d MiB: %d least used removed", self._eff.cache_mb, gone
-                )
-            self.core.cached = tuple(self.cache.hashes())
+                unusable[sha] = (p.Status.INVALID, f"payload {sha[:12]} was not sent")
         return unusable
+
+    def _store_payloads(self, dealer: str, payloads: tuple[tuple[str, bytes], ...]) -> None:
+        """Keep the payloads of jobs the core took (c.Store); their jobs go back unrun if
+        the disk will not have them."""
+        for sha, wasm in payloads:
+            try:
+                self.cache.put(wasm)
+            except OSError as e:
+                self.core.disk_failed(f"cannot store a payload: {e.strerror or e}")
+                why = "the jobber's disk is full or read-only"
+                self.core.payload_lost(sha, p.Status.ABANDONED, why)
+            else:
+                self.cache.touch(sha)
+        self._evict(f"{len(payloads)} payloads from {dealer}")
+
+    def _evict(self, why: str) -> None:
+        """Bound the cache's disk (whatever dealers send, it keeps its size, but never
+        removes what jobs in hand need) and tell the core what it holds."""
+        held = self.core.held_payloads()
+        gone = self.cache.evict(self._eff.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
+        if gone:
+            self._present.clear()
+            log.info(
+                "payload cache over %d MiB (%s): %d least used removed",
+                self._eff.cache_mb,
+                why,
+                gone,
+            )
+        self.core.cache_updated(self.cache.sizes())
 
     # --- carrying out the core's actions ---------------------------------------------
 
@@ -617,6 +647,10 @@ class Jobber:
                     a.key, p.Result(spec.tag, p.Status.INVALID, b"", 0, why), 0.0, time.monotonic()
                 )
                 return
+            if spec.payload not in self._present:
+                self.cache.touch(spec.payload)  # used: the last to be evicted
+                if self._evict_at is None:  # its first job may compile it: that counts too
+                    self._evict_at = time.monotonic() + EVICT_AFTER_S
             self._present.add(spec.payload)  # a payload in use is never evicted
             self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth)
         elif isinstance(a, c.Stop):
@@ -631,6 +665,8 @@ class Jobber:
                 self.pins.put(a.dealer, a.key)
             except OSError as e:
                 self.core.disk_failed(f"cannot write {self.pins.path}: {e.strerror or e}")
+        elif isinstance(a, c.Store):
+            self._store_payloads(a.dealer, a.payloads)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")
@@ -690,6 +726,9 @@ class Jobber:
         )
         self.core.tick(now)
         self._carry_out()
+        if self._evict_at is not None and now >= self._evict_at:
+            self._evict_at = None
+            self._evict("compiled forms")
 
     def _collect(self) -> None:
         for key, outcome in self.slots.collect():
@@ -871,7 +910,12 @@ class Jobber:
             except ValueError as e:
                 log.warning("allocator project %s: bad dealer address: %s", x.name, e)
         self.core.set_projects(projects, kept.debts)
-        self.core.s = replace(self.core.s, slots=eff.slots, memory_mb=eff.memory_mb)
+        self.core.s = replace(
+            self.core.s,
+            slots=eff.slots,
+            memory_mb=eff.memory_mb,
+            cache_bytes=eff.cache_mb * 1024 * 1024,
+        )
         self.slots.in_use = eff.slots
         self.slots.compile_memory_mb = self._compile_memory_mb(eff.memory_mb)
         if eff.cpu_limit != self._eff.cpu_limit:
@@ -969,6 +1013,7 @@ class Jobber:
                     "backoff_s": max(0.0, link.backoff.until - now),
                     "finished": link.finished,
                     "problem": link.problem or None,
+                    "unasked": link.unasked,
                 }
                 for link in core.links.values()
             ],

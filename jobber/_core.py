@@ -22,8 +22,9 @@ event                  from
 and carries out the *actions* the core queues, in order (``take_actions``):
 ``Send`` and ``Hello`` (messages to a dealer's work or key port), ``Reset``
 (close a dealer's sockets: what was in flight on them is gone), ``Start`` and
-``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Pin`` (a
-dealer's key learnt on first use) and ``ProbeDisk``.
+``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Store``
+(payloads of jobs taken, into the cache), ``Pin`` (a dealer's key learnt on
+first use) and ``ProbeDisk``.
 
 The rules, per turn (``tick``):
 
@@ -61,11 +62,27 @@ the listed dealer at the root of that referral chain (``Link.via``) is listed: a
 project removed, its referred dealers are asked for nothing more at once, and
 forgotten as soon as they hold nothing of ours.
 
-A dealer whose results are not acknowledged while they pile up past its share
-of the spool (``spool_share_bytes``) is asked for no more work until it
-acknowledges them: whatever a dealer does, the spool stays bounded by that
-share plus one batch of jobs' outputs. Time a dealer says it still holds work
-(``retry_later.more``) counts as busy for ``max_idle_s``.
+A reply counts only as the answer to a request out to that dealer (its ``re``).
+A ``jobs`` must answer the ``bored`` out, carry at most its ``want`` jobs,
+payloads only for those jobs, and for each job a payload sent with it or held
+(or listed in that ask's ``host.cached``): anything else is refused whole,
+before the shell stores anything of it (payloads of jobs taken come back as a
+``Store`` action), logged once with a count, and is a failed contact. Other
+replies answering nothing asked change nothing.
+
+Whatever a dealer sends, what it makes the jobber hold is counted before it
+is taken (``_take_jobs``), per dealer and in all: the jobs' inputs in hand
+within ``input_budget()`` (slots x memory_mb by default), the payloads of jobs
+in hand within ``cache_bytes`` and MAX_PAYLOADS_PER_SLOT, and each dealer's
+unacknowledged results plus what its jobs in hand may write (``may_hold``)
+within its share of the spool (``spool_share_bytes``), all dealers' within
+``spool_budget()``. A job that does not fit is given back unrun (abandoned,
+with the reason), or dropped when even that would pass its dealer's share; the
+next ask to that dealer is for what fits. A dealer whose share is full is
+asked for no more work until it acknowledges results. docs/jobber.md ("What a
+dealer can make this machine hold") gives the bounds as a formula. Time a
+dealer says it still holds work (``retry_later.more``) counts as busy for
+``max_idle_s``.
 """
 
 from __future__ import annotations
@@ -114,6 +131,19 @@ PIPELINE_DEPTH = 16
 MAX_PAYLOADS_PER_SLOT = 2
 DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
 REFUSED_PAYLOAD_WAIT_S = 600.0  # a dealer whose payloads we cannot run: ask again this late
+MIB = 1024 * 1024
+# Results held in the spool for all dealers together, in shares of one dealer's
+# (`spool_share_bytes`): a few dealers may each fill theirs while one does not ack,
+# but dealers made up by referrals (up to MAX_DEALERS) cannot fill MAX_DEALERS shares
+SPOOL_SHARES_IN_ALL = 4
+# What a held job's result may add to the spool beyond its output: its tag and a
+# detail of at most MAX_STR code points (4 bytes each at most) and the record's framing,
+# as _weight counts a result
+RESULT_OVERHEAD_BYTES = 4 * p.MAX_STR + 64
+# What a job's tag and args may take in memory beyond their code points' bytes (a
+# Python str of non-ASCII text takes up to 4 bytes per code point) and per object
+INPUT_OVERHEAD_BYTES = 64
+MAX_OUTPUT_KB = 32 * 1024  # the wire's cap on one result's output (docs/protocol.md, Caps)
 
 
 # --- actions: what the shell carries out --------------------------------------
@@ -176,7 +206,16 @@ class ProbeDisk:
     pass
 
 
-Action = Send | Hello | Reset | Start | Stop | Spool | Unspool | Pin | ProbeDisk
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Keep these payloads (hash, bytes) in the cache: jobs just taken need them. Only
+    payloads of jobs taken are ever stored (nothing of a refused `jobs` is)."""
+
+    dealer: str
+    payloads: tuple[tuple[str, bytes], ...]
+
+
+Action = Send | Hello | Reset | Start | Stop | Spool | Unspool | Pin | ProbeDisk | Store
 
 
 # --- state --------------------------------------------------------------------
@@ -200,6 +239,27 @@ class Settings:
     max_output_kb: int | None = None
     # results one dealer may leave unacknowledged before it is asked for no more work
     spool_share_bytes: int = 256 * 1024 * 1024
+    # The most a dealer can make the jobber hold, decided before a `jobs` is taken
+    # (docs/jobber.md, "What a dealer can make this machine hold"). None: derived.
+    # Jobs' inputs (stdin, args, tags) in hand, buffered and running, in all dealers;
+    # default slots x memory_mb MiB: as much as the running jobs themselves may use
+    input_bytes: int | None = None
+    # payload bytes (and compiled forms known) of the jobs in hand, which the cache
+    # keeps whatever its size: at most this (the shell: --cache-mb); None: unbounded
+    cache_bytes: int | None = None
+    # results unacknowledged plus what held jobs may write, in all dealers; default
+    # SPOOL_SHARES_IN_ALL shares
+    spool_bytes: int | None = None
+
+    def input_budget(self) -> int:
+        if self.input_bytes is not None:
+            return self.input_bytes
+        return self.slots * self.memory_mb * MIB
+
+    def spool_budget(self) -> int:
+        if self.spool_bytes is not None:
+            return self.spool_bytes
+        return SPOOL_SHARES_IN_ALL * self.spool_share_bytes
 
 
 @dataclass
@@ -221,6 +281,10 @@ class Link:
     hello_at: float = 0.0
     bored_id: int | None = None
     bored_at: float = 0.0
+    bored_want: int = 0  # the `want` of the ask out: a `jobs` carries no more
+    bored_cached: frozenset[str] = frozenset()  # payloads it said it holds (host.cached)
+    unasked: int = 0  # replies it sent that answered nothing we asked (refused, counted)
+    input_hint: int = 0  # bytes of input its last jobs brought (to ask for what fits)
     results_id: int | None = None
     results_at: float = 0.0
     results_tags: tuple[str, ...] = ()
@@ -255,6 +319,7 @@ class Link:
     def forget_requests(self) -> None:
         self.bored_id = self.results_id = self.hello_id = self.alive_id = None
         self.results_tags = ()
+        self.bored_want, self.bored_cached = 0, frozenset()
 
 
 @dataclass
@@ -272,6 +337,16 @@ class Held:
     def may_write(self) -> int:
         """The most output bytes it may leave in the spool."""
         return self.spec.limits.output_kb * 1024
+
+    @property
+    def may_hold(self) -> int:
+        """The most its result may take in the spool (its output, tag and detail)."""
+        return self.may_write + 4 * len(self.spec.tag) + RESULT_OVERHEAD_BYTES
+
+    @property
+    def input(self) -> int:
+        """About the most memory its stdin, args and tag take."""
+        return _input_of(self.spec)
 
 
 class JobberCore:
@@ -310,6 +385,10 @@ class JobberCore:
         # result a dealer has seen is always on disk (or the disk refused it: see disk_failed)
         self._undurable: set[tuple[str, str]] = set()
         self.cached: tuple[str, ...] = ()  # payload hashes the shell holds (for HostFacts)
+        # payload hash -> (its bytes, its compiled forms' bytes) in the shell's cache
+        self.sizes: Mapping[str, tuple[int, int]] = {}
+        # payloads taken with jobs and not yet in `sizes` (the shell is storing them)
+        self._coming: dict[str, int] = {}
         self.paused = ""  # why no job may start now ("" while they may); set by the shell
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.stopping = False
@@ -374,9 +453,19 @@ class JobberCore:
             tuple(self.cached[: p.MAX_CACHED]),
             max_time_s=s.max_job_time_s,
             max_fuel=s.max_fuel,
-            max_output_kb=s.max_output_kb,
+            max_output_kb=self.max_output_kb(),
             platform=PLATFORM,
         )
+
+    def max_output_kb(self) -> int | None:
+        """The owner's --max-output-kb, or less when one dealer's spool share could not
+        hold a result of the wire's largest output: a job that may write more than the
+        share is given back unrun (_take_jobs), so dealers are told not to send it."""
+        s = self.s
+        fits_kb = max(0, (s.spool_share_bytes - 4 * p.MAX_STR - RESULT_OVERHEAD_BYTES) // 1024)
+        if fits_kb >= MAX_OUTPUT_KB:
+            return s.max_output_kb
+        return fits_kb if s.max_output_kb is None else min(s.max_output_kb, fits_kb)
 
     def hi_water(self) -> int:
         """Jobs to hold, running and buffered: one running per slot, and buffered as many as
@@ -633,16 +722,18 @@ class JobberCore:
             if msg.re == link.hello_id:
                 self._hello_reply(link, msg, now)
             else:
-                log.warning("dealer %s: unexpected hello_reply", dealer)
+                self._unasked(link, msg, now, "it answers no hello of ours")
+            return
+        why = self._unanswered(link, msg)
+        if why:
+            self._unasked(link, msg, now, why)
             return
         self.reached = True
         link.answered = True
         link.problem = ""
-        re_ = getattr(msg, "re", None)
-        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished) and (
-            re_ == link.bored_id
-        ):
+        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
             link.bored_id = None
+            link.bored_want, link.bored_cached = 0, frozenset()
         if isinstance(msg, p.Jobs):
             link.backoff.succeeded()
             self._take_jobs(link, msg, now, unusable or {})
@@ -669,16 +760,14 @@ class JobberCore:
                 log.info("dealer %s: its task is finished", link.address)
             link.finished = True
         elif isinstance(msg, p.AliveAck):
-            if re_ == link.alive_id:
-                link.alive_id = None
+            link.alive_id = None
             link.backoff.succeeded()
             link.alive_every_s = min(p.ALIVE_INTERVAL_S, msg.lease_s / 4)
             if msg.cancel:
                 self._cancel(link.address, msg.cancel)
         elif isinstance(msg, p.Ack):
-            if re_ == link.results_id:
-                link.results_id = None
-                link.results_tags = ()
+            link.results_id = None
+            link.results_tags = ()
             link.backoff.succeeded()
             self._acked(link.address, msg, now)
         elif isinstance(msg, p.Error):
@@ -689,10 +778,64 @@ class JobberCore:
                 msg.code.value,
                 msg.text,
             )
-            if re_ in (link.bored_id, link.results_id):
+            if msg.re in (link.bored_id, link.results_id):
                 self._failed(link, now, f"error {msg.code.value}")
+
+    def _unanswered(self, link: Link, msg: p.Message) -> str:
+        """Why `msg` is no answer to a request of ours out to `link` ("" if it is one).
+        A `jobs` must also carry what that ask asked for and nothing else: at most its
+        `want` jobs, payloads only for those jobs, and for each job a payload sent with
+        it or one we hold (or said we held: it may have been evicted since)."""
+        re_ = getattr(msg, "re", None)
+        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
+            if link.bored_id is None or re_ != link.bored_id:
+                return (
+                    "it answers no ask of ours"
+                    if link.bored_id is None
+                    else (f"it answers ask {re_}, not the ask out ({link.bored_id})")
+                )
+        elif isinstance(msg, p.Ack):
+            if link.results_id is None or re_ != link.results_id:
+                return "it acknowledges no results we sent"
+        elif isinstance(msg, p.AliveAck):
+            if link.alive_id is None or re_ != link.alive_id:
+                return "it answers no alive of ours"
+        elif isinstance(msg, p.Error):
+            if re_ is None or re_ not in (link.bored_id, link.results_id, link.alive_id):
+                return "an error about no request of ours"
         else:
-            log.warning("dealer %s sent an unexpected %s", link.address, msg.TYPE)
+            return f"a {msg.TYPE} is no reply a jobber asks for"
+        if not isinstance(msg, p.Jobs):
+            return ""
+        if len(msg.jobs) > link.bored_want:
+            return f"{len(msg.jobs)} jobs for an ask of {link.bored_want}"
+        named = {spec.payload for spec in msg.jobs}
+        extra = set(msg.payloads) - named
+        if extra:
+            return f"{len(extra)} payloads no job of it names"
+        known = link.bored_cached | set(self.sizes) | set(self.cached)
+        missing = named - set(msg.payloads) - known
+        if missing:
+            return f"jobs of payload {min(missing)[:12]}, neither sent nor held here"
+        return ""
+
+    def _unasked(self, link: Link, msg: p.Message, now: float, why: str) -> None:
+        """A reply to nothing we asked (or a `jobs` carrying more than asked): it changes
+        nothing; logged once with a count. A `jobs` is refused whole (nothing of it is
+        kept: the dealer learns from the next `holding` that we hold none of it) and is a
+        failed contact: the dealer is backed off and its sockets, with whatever else it
+        queued to us, closed."""
+        link.unasked += 1
+        self._repeats.warn(
+            now,
+            f"unasked {link.address}",
+            lambda: (
+                f"dealer {link.address} sent a {msg.TYPE} we did not ask for ({why}): "
+                f"refused, {link.unasked} such so far"
+            ),
+        )
+        if isinstance(msg, p.Jobs):
+            self._failed(link, now, f"an unasked {msg.TYPE} refused")
 
     def tick(self, now: float) -> None:
         """One turn: spool again, start jobs, time out requests, send results, alive, ask."""
@@ -712,22 +855,147 @@ class JobberCore:
     def _take_jobs(
         self, link: Link, msg: p.Jobs, now: float, unusable: Mapping[str, tuple[p.Status, str]]
     ) -> None:
-        refused = False
+        """Take the jobs of a `jobs` that answers our ask, each only if what it makes us
+        hold fits the owner's limits (Settings: input_budget, cache_bytes, the spool's
+        share and spool_budget) with everything held already; the others are given back
+        unrun (abandoned: the dealer reissues them at once), or, when even that result
+        would not fit the dealer's spool share, dropped (its next `holding` says so)."""
+        s = self.s
+        host = self.host_facts()
+        inputs = sum(h.input for h in self._in_hand())
+        pinned = self.held_payloads()
+        cache = sum(self._payload_bytes(sha) for sha in pinned)
+        spool = self._spool_in_all()
+        mine = self._spool_of(link.address)
+        refused = unfit = dropped = never = 0
         for spec in msg.jobs:
             h = Held(link.address, spec, now + spec.deadline_s)
-            self._owe(h, +1)
             link.output_hint = h.may_write
+            link.input_hint = h.input
             bad = unusable.get(spec.payload)
-            if bad is not None:  # given back unrun: the shell says why
-                self._finish(h, p.Result(spec.tag, bad[0], b"", 0, bad[1][: p.MAX_STR]))
-                refused = refused or bad[0] is p.Status.ABANDONED
+            why = None if bad is None else bad[1]
+            too_much = host.refuses(spec.limits)
+            owner = why is None and too_much is not None
+            if owner:  # the owner's limits win, no fault
+                log.warning("job %s from %s asks for %s: refused", spec.tag, h.dealer, too_much)
+                why = f"refused: it asks for {too_much}"
+            new_payload = 0
+            if spec.payload not in pinned:
+                wasm = msg.payloads.get(spec.payload)
+                new_payload = self._payload_bytes(spec.payload, wasm)
+            if why is None and inputs + h.input > s.input_budget():
+                why = (
+                    f"refused: its input ({h.input:,} bytes) does not fit what this jobber "
+                    f"holds ({s.input_budget():,} bytes of job input in hand at most)"
+                )
+            elif (
+                why is None
+                and s.cache_bytes is not None
+                and (new_payload and cache + new_payload > s.cache_bytes)
+            ):
+                why = (
+                    f"refused: its payload ({new_payload:,} bytes) does not fit the cache "
+                    f"({s.cache_bytes:,} bytes, {cache:,} in use)"
+                )
+            elif why is None and new_payload and len(pinned) >= self._max_payloads():
+                why = f"refused: jobs of {len(pinned)} payloads in hand already"
+            elif why is None and (
+                mine + h.may_hold > s.spool_share_bytes or spool + h.may_hold > s.spool_budget()
+            ):
+                why = (
+                    f"refused: its result may take {h.may_hold:,} bytes; the spool holds "
+                    f"{s.spool_share_bytes:,} per dealer, {s.spool_budget():,} in all"
+                )
+            if why is None:
+                self._owe(h, +1)
+                self.buffer.append(h)
+                inputs += h.input
+                mine += h.may_hold
+                spool += h.may_hold
+                if spec.payload not in pinned:
+                    pinned.add(spec.payload)
+                    cache += new_payload
+                    self._coming[spec.payload] = new_payload
                 continue
-            self.buffer.append(h)
-        if refused and not self.disk_trouble:  # a payload we will not run: ask there less
+            status = p.Status.ABANDONED if bad is None else bad[0]
+            result = p.Result(spec.tag, status, b"", 0, why[: p.MAX_STR])
+            if mine + _weight(result) > s.spool_share_bytes:
+                dropped += 1  # not even its refusal fits: the next `holding` says it
+                continue
+            mine += _weight(result)
+            spool += _weight(result)
+            self._owe(h, +1)
+            self._finish(h, result)
+            if bad is not None:
+                refused += status is p.Status.ABANDONED
+            elif not owner:
+                unfit += 1
+                # alone bigger than what the owner allows: it can never be taken here
+                never += (
+                    h.input > s.input_budget()
+                    or (s.cache_bytes is not None and new_payload > s.cache_bytes)
+                    or h.may_hold > min(s.spool_share_bytes, s.spool_budget())
+                )
+        if (refused or never) and not self.disk_trouble:  # jobs we will not run: ask less
             link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
+        taken = {h.spec.payload for h in self.buffer if h.dealer == link.address}
+        keep = tuple((sha, wasm) for sha, wasm in msg.payloads.items() if sha in taken)
+        if keep:
+            self._actions.append(Store(link.address, keep))
+        if unfit or dropped:
+            self._repeats.warn(
+                now,
+                f"unfit {link.address}",
+                lambda: (
+                    f"dealer {link.address}: {unfit + dropped} of {len(msg.jobs)} jobs "
+                    "given back unrun: they do not fit the owner's limits beside what is "
+                    "held (docs/jobber.md, 'What a dealer can make this machine hold')"
+                ),
+            )
         if msg.jobs:
             self._last_busy = now
             log.debug("%d jobs from %s", len(msg.jobs), link.address)
+
+    def payload_lost(self, sha: str, status: p.Status, why: str) -> None:
+        """Payload `sha` could not be kept (a full disk): its buffered jobs go back unrun."""
+        kept: deque[Held] = deque()
+        for h in self.buffer:
+            if h.spec.payload == sha:
+                self._finish(h, p.Result(h.spec.tag, status, b"", 0, why[: p.MAX_STR]))
+            else:
+                kept.append(h)
+        self.buffer = kept
+        self._coming.pop(sha, None)
+
+    def _in_hand(self) -> list[Held]:
+        """Jobs buffered or running (those cancelled too, until their slot ends them)."""
+        return [*self.buffer, *self.running.values()]
+
+    def _max_payloads(self) -> int:
+        return MAX_PAYLOADS_PER_SLOT * self.s.slots
+
+    def _payload_bytes(self, sha: str, wasm: bytes | None = None) -> int:
+        """What payload `sha` takes in the cache: its bytes and compiled forms as the
+        shell last saw them, else what was sent (its compiled form counts once built)."""
+        wasm_bytes, compiled = self.sizes.get(sha, (0, 0))
+        sent = len(wasm) if wasm is not None else self._coming.get(sha, 0)
+        return max(wasm_bytes + compiled, sent)
+
+    def _spool_of(self, dealer: str) -> int:
+        """Results of `dealer` unacknowledged, and what its jobs in hand may add."""
+        held = sum(h.may_hold for h in self._in_hand() if h.dealer == dealer)
+        return self._unacked_bytes.get(dealer, 0) + held
+
+    def _spool_in_all(self) -> int:
+        held = sum(h.may_hold for h in self._in_hand())
+        return sum(self._unacked_bytes.values()) + held
+
+    def cache_updated(self, sizes: Mapping[str, tuple[int, int]]) -> None:
+        """The shell's cache as it is now: payload hash -> (bytes, compiled forms' bytes)."""
+        self.sizes = sizes
+        self.cached = tuple(sorted(sizes))
+        held = self.held_payloads()
+        self._coming = {sha: n for sha, n in self._coming.items() if sha in held}
 
     def _start_jobs(self, now: float) -> None:
         host = self.host_facts()
@@ -841,7 +1109,8 @@ class JobberCore:
         if late:
             log.info("dealer %s: %d results not needed (their jobs were settled)", dealer, late)
         link = self.links.get(dealer)
-        if link is not None and link.flooded and not self._over_share(dealer):
+        one = 0 if link is None else link.output_hint + RESULT_OVERHEAD_BYTES
+        if link is not None and link.flooded and not self._over_share(dealer, one):
             link.flooded = False
         if link is not None and link.retired:
             self._drop_retired(link)
@@ -853,8 +1122,9 @@ class JobberCore:
             for addr, results in self.unacked.items()
         )
 
-    def _over_share(self, dealer: str) -> bool:
-        return self._unacked_bytes.get(dealer, 0) >= self.s.spool_share_bytes
+    def _over_share(self, dealer: str, one: int = RESULT_OVERHEAD_BYTES) -> bool:
+        """Its unacknowledged results leave no room in its share for `one` more result."""
+        return self._unacked_bytes.get(dealer, 0) + one > self.s.spool_share_bytes
 
     def _say_progress(self, now: float) -> None:
         """A line a minute while jobs finish, so a lender sees the machine at work."""
@@ -976,6 +1246,7 @@ class JobberCore:
         order = sorted(self._rr, key=lambda a: not self.links[a].answered)
         if self.shares is not None:  # the allocator's: the most owed first
             order = self._by_debt(order)
+        inputs = None  # jobs' inputs in hand, counted once a dealer's jobs bring any
         for addr in order:
             link = self.links[addr]
             if not link.may_ask(now):
@@ -983,10 +1254,14 @@ class JobberCore:
             if link.key is None or link.check_key:
                 self._hello(link, now)
                 continue  # the key first; others may still be asked
-            owed = self._unacked_bytes.get(addr, 0) + self._owed.get(addr, 0)
-            if owed >= self.s.spool_share_bytes and not self._over_share(addr):
+            # what its results and jobs in hand may take of its share of the spool, and
+            # what one more job's result may (its output limit as last seen, tag, detail)
+            owed = self._spool_of(addr)
+            one = link.output_hint + RESULT_OVERHEAD_BYTES
+            full = owed + one > self.s.spool_share_bytes
+            if full and not self._over_share(addr, one):
                 continue  # its jobs in hand may fill its share: no more until they are done
-            if self._over_share(addr):
+            if full:
                 if not link.flooded:
                     link.flooded = True
                     log.warning(
@@ -997,9 +1272,15 @@ class JobberCore:
                         self._unacked_bytes.get(addr, 0) // (1024 * 1024),
                     )
                 continue
-            n = want
-            if link.output_hint:  # no more than its share of the spool could take
-                n = min(want, max(1, (self.s.spool_share_bytes - owed) // link.output_hint))
+            # no more than its share of the spool could take
+            n = min(want, max(1, (self.s.spool_share_bytes - owed) // one))
+            if link.input_hint:  # no more than the jobs' inputs room left holds
+                if inputs is None:
+                    inputs = sum(h.input for h in self._in_hand())
+                room = self.s.input_budget() - inputs
+                if room < link.input_hint and inputs:
+                    continue  # its jobs wait for room: asked once jobs in hand are done
+                n = min(n, max(1, room // link.input_hint))
             # `holding` lets a dealer release what we lost (a restart); `alive` says it
             # too, so a bored names it only when that is not said already
             holding = None
@@ -1007,8 +1288,10 @@ class JobberCore:
                 holding = self.holding(addr)
                 link.holding_at = now
             rid = self._rid()
-            self._send(link, p.Bored(rid, self.s.name, self.host_facts(), n, holding))
+            host = self.host_facts()
+            self._send(link, p.Bored(rid, self.s.name, host, n, holding))
             link.bored_id, link.bored_at = rid, now
+            link.bored_want, link.bored_cached = n, frozenset(host.cached)
             self._rr.remove(addr)  # to the back of the round
             self._rr.append(addr)
             if link.answered:
@@ -1163,6 +1446,12 @@ class JobberCore:
             if self._shunned.get(p.split_key(addr)[0], 0.0) > now:
                 continue  # dropped a moment ago: not again so soon
             self.add_dealer(addr, link.depth + 1, via=via, referrer=link.address)
+
+
+def _input_of(spec: p.JobSpec) -> int:
+    """About the most memory a job's stdin, args and tag take in our hands."""
+    text = len(spec.tag) + sum(len(a) for a in spec.args)
+    return len(spec.stdin) + 4 * text + INPUT_OVERHEAD_BYTES * (2 + len(spec.args))
 
 
 def _weight(r: p.Result) -> int:

@@ -647,6 +647,25 @@ class Attribution(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Standing(_Record):
+    """What a dealer holds of one jobber behind a relay, told to that relay (`ack`,
+    `alive_ack`), so that the relay can hold its jobber to it: votes it won and lost
+    upstream, and whether it is denied there. The dealer's word, for the relay."""
+
+    key: str  # the jobber's key, as the relay named it (`by.key`, `behalf.key`)
+    valid: int  # its outputs in an accepted quorum
+    invalid: int  # its outputs that lost the vote
+    denied: bool  # the dealer gives it no work and refuses its results
+
+    _SCHEMA: ClassVar[dict[str, Check]] = {
+        "key": _str(64, _KEY_HEX),
+        "valid": _int(0, MAX_U64),
+        "invalid": _int(0, MAX_U64),
+        "denied": _bool(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class Result(_Record):
     """How one replica ended, sent back with its tag.
 
@@ -864,17 +883,22 @@ class Ack(Message):
     """Dealer -> jobber: these results are durably recorded; those were refused.
 
     Either way the jobber is done with every tag named here.
+
+    `standing`: to a relay, the standing of the jobbers its results named (`by`); nil
+    otherwise, and from a dealer that predates the field.
     """
 
     TYPE: ClassVar[str] = "ack"
     re: int
     tags: tuple[str, ...]
     rejected: tuple[Rejection, ...] = ()
+    standing: tuple[Standing, ...] | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "re": _ID,
         "tags": _list(_str(), MAX_BATCH),
         "rejected": _list(_record(Rejection), MAX_BATCH),
+        "standing": _optional(_list(_record(Standing), MAX_BATCH)),
     }
 
 
@@ -944,17 +968,21 @@ class AliveAck(Message):
     """Dealer -> jobber: heard. `lease_s`: silence after which you are taken as gone.
 
     `cancel`: held tags whose jobs are settled; stop running them, send nothing for them.
+    `standing`: the standing of every jobber the dealer keeps behind the sender (a relay;
+    empty for a jobber that named none); nil from a dealer that keeps none (older ones).
     """
 
     TYPE: ClassVar[str] = "alive_ack"
     re: int
     lease_s: float
     cancel: tuple[str, ...] = ()
+    standing: tuple[Standing, ...] | None = None
 
     _SCHEMA: ClassVar[dict[str, Check]] = {
         "re": _ID,
         "lease_s": _float(1.0, 1e6),
         "cancel": _list(_str(), MAX_HOLDING),
+        "standing": _optional(_list(_record(Standing), MAX_BATCH)),
     }
 
 

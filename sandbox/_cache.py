@@ -160,6 +160,23 @@ class ModuleCache:
         except ValueError:
             return False
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Each payload held: (its bytes, its compiled forms' bytes), as on disk now."""
+        out: dict[str, tuple[int, int]] = {}
+        for path in self._wasm_dir.glob("*.wasm"):
+            if not _SHA256_HEX.match(path.stem):
+                continue
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            compiled = 0
+            for d in self._compiled_dirs.values():
+                with contextlib.suppress(FileNotFoundError):
+                    compiled += (d / f"{path.stem}.cwasm").stat().st_size
+            out[path.stem] = (size, compiled)
+        return out
+
     def evict(self, max_bytes: int, max_files: int, keep: set[str] = frozenset()) -> int:
         """Remove least recently used payloads (and their compiled modules) until the cache
         holds at most `max_bytes` and `max_files` payloads; never those in `keep`.

@@ -66,7 +66,9 @@ def test_a_dealer_that_never_acknowledges_cannot_fill_the_spool(procs, tmp_path)
             if isinstance(msg, p.Bored):
                 fenced_asks += fenced_at is not None and not acking
                 given += 1
-                spec = p.JobSpec(f"x.{given}", sha, (), b"", p.Limits(memory_mb=16), 60.0)
+                # an output limit the share can hold (the default 1 MiB would be given back)
+                limits = p.Limits(memory_mb=16, output_kb=OUTPUT_BYTES // 1024 + 1)
+                spec = p.JobSpec(f"x.{given}", sha, (), b"", limits, 60.0)
                 router.send_multipart([ident, p.encode(p.Jobs(msg.id, (spec,), {sha: wasm}))])
                 if acking and given >= flooded + 3:
                     break  # acknowledged, it is asked again

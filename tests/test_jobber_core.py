@@ -29,6 +29,7 @@ def core(dealers=(f"{LIVE}#{KEY_A}",), now=0.0, **kw) -> c.JobberCore:
     out = c.JobberCore(
         settings(**kw), dealers, now, pins=pins, spooled=spooled, rng=random.Random(1)
     )
+    out.cache_updated({SHA: (1000, 0)})  # the payload its jobs name is held
     out.take_actions()
     return out
 
@@ -142,15 +143,17 @@ def test_dead_referred_dealers_never_starve_a_live_one_and_are_dropped_quickly()
 
 
 def test_a_dealer_that_does_not_ack_gets_no_more_work_past_its_spool_share():
-    j = core(spool_share_bytes=1000, slots=1, buffer=0)
+    share = 100_000
+    j = core(spool_share_bytes=share, slots=1, buffer=0)
+    small = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=1)
     tag = 0
-    for t in range(20):
+    for t in range(600):  # about 220 results of 380 bytes fill it, one every 2 s
         now = float(t)
         j.tick(now)
         for a in j.take_actions():
             if isinstance(a, c.Send) and isinstance(a.msg, p.Bored):
                 tag += 1
-                j.received(LIVE, p.Jobs(a.msg.id, (spec(f"t.{tag}"),)), now)
+                j.received(LIVE, p.Jobs(a.msg.id, (spec(f"t.{tag}", small),)), now)
             elif isinstance(a, c.Start):
                 j.job_done(a.key, ok(a.spec.tag, b"x" * 300), 0.1, now)
             # results requests are never answered: the dealer floods the spool
@@ -158,13 +161,14 @@ def test_a_dealer_that_does_not_ack_gets_no_more_work_past_its_spool_share():
             j.links[LIVE].backoff.succeeded()
     held = sum(c._weight(r) for r in j.unacked[LIVE].values())
     assert j.links[LIVE].flooded
-    # the share, plus what was asked for before it filled
-    assert 1000 <= held <= 1000 + 2 * c._weight(ok("t.0", b"x" * 300))
+    # the share at most, and no room left in it for one more result
+    assert share - 1024 - c.RESULT_OVERHEAD_BYTES < held <= share
     results = j.unacked[LIVE]
-    j.received(LIVE, p.Ack(0, tuple(results)), 30.0)
+    j.links[LIVE].results_id = 0  # the results it answers
+    j.received(LIVE, p.Ack(0, tuple(results)), 600.0)
     assert not j.links[LIVE].flooded
     asked = []
-    for t in range(31, 40):  # asked again, once past any backoff the timeouts left
+    for t in range(601, 610):  # asked again, once past any backoff the timeouts left
         j.tick(float(t))
         asked += sent(j.take_actions(), p.Bored)
     assert asked
@@ -276,6 +280,7 @@ def test_a_cancel_stops_running_work_drops_buffered_and_spooled_results():
     actions = j.take_actions()
     (start,) = of(actions, c.Start)
     assert sent(actions, p.Results)
+    j.links[LIVE].alive_id = 99  # the alive it answers
     j.received(LIVE, p.AliveAck(99, 20.0, ("t.0", "t.1", "t.2")), 0.4)
     actions = j.take_actions()
     assert c.Stop(start.key) in actions
@@ -388,6 +393,7 @@ def test_a_result_is_sent_only_once_it_is_on_disk_or_the_disk_refused_it():
     j.tick(0.4)
     assert [r.tag for m in sent(j.take_actions(), p.Results) for r in m.results] == ["t.1"]
     j.disk_failed("No space left on device", LIVE, "t.0")  # kept in memory, delivered
+    j.links[LIVE].results_id = 0  # the results it answers
     j.received(LIVE, p.Ack(0, ("t.1",)), 0.5)
     j.links[LIVE].results_id = None
     j.tick(0.6)
@@ -419,6 +425,7 @@ def test_jobs_of_many_payloads_get_no_deep_buffer():
     specs = tuple(
         p.JobSpec(f"t.{i}", f"{i:064x}", (), b"", LIMITS, 100.0) for i in range(2)
     )  # a new payload with every job
+    j.cache_updated({s.payload: (1000, 0) for s in specs})
     j.received(LIVE, p.Jobs(bored.id, specs), 0.1)
     for t in (0.2, 0.3, 5.0):
         j.tick(t)
@@ -427,7 +434,8 @@ def test_jobs_of_many_payloads_get_no_deep_buffer():
 
 def test_a_dealer_is_asked_for_no_more_than_its_share_of_the_spool_could_take():
     big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=1024)
-    j = core(slots=1, spool_share_bytes=3 * 1024 * 1024)
+    one = 1024 * 1024 + c.RESULT_OVERHEAD_BYTES + 4 * len("t.0")  # a result of `big`, at most
+    j = core(slots=1, spool_share_bytes=3 * one)
     j._job_s = 0.001
     j.tick(0.0)
     (bored,) = sent(j.take_actions(), p.Bored)

@@ -30,6 +30,7 @@ def core(dealers=(f"{LIVE}#{KEY_A}",), now=0.0, **kw) -> c.JobberCore:
     out = c.JobberCore(
         settings(**kw), dealers, now, pins=pins, spooled=spooled, rng=random.Random(1)
     )
+    out.cache_updated({SHA: (1000, 0)})  # the payload its jobs name is held
     out.take_actions()
     return out
 
@@ -143,6 +144,7 @@ def test_the_mean_job_time_weighs_the_newest_a_fifth():
     j = core(slots=1, buffer=0)
     run_one(j, 0.0, "t.0", wall_s=1.0)
     assert j._job_s == 1.0
+    j.links[LIVE].results_id = 0  # the results it answers
     j.received(LIVE, p.Ack(0, ("t.0",)), 0.0)
     j.links[LIVE].ask_after = 0.0
     run_one(j, 2.0, "t.1", wall_s=2.0)
@@ -544,6 +546,7 @@ def _one_running_then_cancelled():
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
     j.tick(0.0)
     (start,) = of(j.take_actions(), c.Start)
+    j.links[LIVE].alive_id = 0  # the alive it answers
     j.received(LIVE, p.AliveAck(0, 20.0, ("t.0",)), 0.5)
     return j, start
 
@@ -679,12 +682,21 @@ def test_jobs_in_hand_count_against_a_dealers_spool_share():
     j.links[LIVE].ask_after = 0.0
     j.tick(0.1)
     (again,) = sent(j.take_actions(), p.Bored)
-    assert again.want == 1  # (250 - 100) KiB left // 100 KiB a job
-    j.received(LIVE, p.Jobs(again.id, (spec("t.1", big), spec("t.2", big))), 0.2)
-    assert j._owed[LIVE] == 300 * kb
+    assert again.want == 1  # (250 - 116) KiB left // 116 KiB a result (output, tag, detail)
+    j.received(LIVE, p.Jobs(again.id, (spec("t.1", big),)), 0.2)
+    assert j._owed[LIVE] == 200 * kb
     j.links[LIVE].ask_after = 0.0
     j.tick(0.3)
     assert not sent(j.take_actions(), p.Bored)  # what it holds may fill its share
+    j.links[LIVE].bored_id = 99  # an ask out: answered with one job more than fits
+    j.links[LIVE].bored_want = 1
+    j.received(LIVE, p.Jobs(99, (spec("t.2", big),)), 0.3)
+    assert [r.tag for r in j.unacked[LIVE].values()] == ["t.2"]  # given back unrun
+    assert j.unacked[LIVE]["t.2"].status is p.Status.ABANDONED
+    assert "the spool holds" in j.unacked[LIVE]["t.2"].detail
+    j._release_result(LIVE, "t.2")
+    j.take_actions()
+    j.links[LIVE].alive_id = 0  # the alive it answers
     j.received(LIVE, p.AliveAck(0, 20.0, ("t.1", "t.2")), 0.4)  # cancelled: owed no more
     assert j._owed[LIVE] == 100 * kb
     j.stop(0.5)  # given back unrun: nothing more to write
@@ -734,6 +746,13 @@ def test_a_fresh_core_and_a_fresh_link_start_from_nothing():
         0,
     )
     assert link.results_tags == () and link.last_reason == ""
+    assert (link.bored_want, link.bored_cached, link.unasked, link.input_hint) == (
+        0,
+        frozenset(),
+        0,
+        0,
+    )
+    j.cache_updated({SHA: (1000, 0)})
     j.take_actions()
     first = ask(j, 0.0)
     assert first.id == 1 and first.jobber == "j"
@@ -764,6 +783,7 @@ def test_holding_names_only_that_dealers_tags_and_not_cancelled_ones():
     # buffered, running (a.0 and b.0 started), then finished
     assert j.holding(LIVE) == ("a.1", "a.0")
     assert j.holding(OTHER) == ("b.1", "b.0", "b.9")
+    j.links[LIVE].alive_id = 0  # the alive it answers
     j.received(LIVE, p.AliveAck(0, 20.0, ("a.0",)), 0.1)
     assert j.holding(LIVE) == ("a.1",)
     assert j.holds_from(OTHER) and not core().holds_from(OTHER)
@@ -818,10 +838,11 @@ def test_a_cancelled_jobs_outcome_frees_its_place():
 def test_what_is_given_back_carries_no_output_and_no_fuel():
     j = core(slots=1, buffer=2, memory_mb=32)
     bored = ask(j, 0.0)
+    # LIMITS asks 64 MiB, the owner allows 32: all three given back as they come
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"), spec("t.2"))), 1.0)
-    assert [h.deadline for h in j.buffer] == [101.0, 101.0, 101.0]
+    assert not j.buffer and sorted(j.unacked[LIVE]) == ["t.0", "t.1", "t.2"]
     assert j.idle_s(1.0) == 0.0  # jobs came: busy
-    j.tick(1.0)  # LIMITS asks 64 MiB, the owner allows 32: all three given back
+    j.tick(1.0)
     j.stop(2.0)
     for r in j.unacked[LIVE].values():
         assert (r.status, r.output, r.fuel) == (p.Status.ABANDONED, b"", 0)
@@ -862,13 +883,14 @@ def test_any_answer_marks_the_dealer_reached_and_resets_its_backoff(kind):
     link = j.links[LIVE]
     link.backoff.failures, link.problem = 3, "refused"
     link.results_id, link.results_tags = 5, ("t.0",)
+    link.alive_id = 6
     msg = {
         "jobs": p.Jobs(bored.id, ()),
         "retry": p.RetryLater(bored.id, 1.0),
         "referral": p.Referral(bored.id, ()),
         "finished": p.Finished(bored.id),
         "ack": p.Ack(5, ()),
-        "alive": p.AliveAck(0, 20.0),
+        "alive": p.AliveAck(6, 20.0),
     }[kind]
     j.received(LIVE, msg, 0.5)
     assert (j.reached, link.answered, link.problem, link.backoff.failures) == (True, True, "", 0)
@@ -907,7 +929,13 @@ def test_a_progress_line_a_minute_while_jobs_finish(caplog):
         j.tick(59.9)
         assert not [r for r in caplog.records if "jobs finished" in r.getMessage()]
         j.tick(60.0)
-        j.received(LIVE, p.Ack(0, ("t.0",)), 60.0)
+        for m in sent(j.take_actions()):  # the dealer answers what was asked meanwhile
+            if isinstance(m, p.Results):
+                j.received(LIVE, p.Ack(m.id, ("t.0",)), 60.0)
+            elif isinstance(m, p.Bored):
+                j.received(LIVE, p.Jobs(m.id, ()), 60.0)
+            elif isinstance(m, p.Alive):
+                j.received(LIVE, p.AliveAck(m.id, 20.0), 60.0)
         j.links[LIVE].ask_after = 0.0
         run_one(j, 70.0, "t.1")
         j.tick(119.9)  # a minute from the last line, not from the start
@@ -929,6 +957,7 @@ def test_a_cancel_counts_what_it_dropped_and_stops_only_what_it_names(caplog):
     j.job_done(starts[0].key, ok("t.0"), 0.1, 0.1)
     j.take_actions()
     with caplog.at_level(logging.INFO, logger="jobber._core"):
+        j.links[LIVE].alive_id = 0  # the alive it answers
         j.received(LIVE, p.AliveAck(0, 20.0, ("t.0", "t.1", "t.2", "t.9")), 0.2)
     assert of(j.take_actions(), c.Stop) == [c.Stop(starts[1].key)]
     assert [h.spec.tag for h in j.buffer] == ["t.3"]
@@ -1003,8 +1032,12 @@ def test_a_dealer_exactly_at_its_spool_share_is_asked_for_nothing():
     j.links[LIVE].results_id = 9  # its results request out, unanswered
     j.tick(0.0)
     assert not sent(j.take_actions(), p.Bored) and j.links[LIVE].flooded
-    tiny = core(spool_share_bytes=1)  # nothing unacknowledged: asked, however small
+    # nothing unacknowledged: asked if one result (tag and detail at most) fits its share
+    tiny = core(spool_share_bytes=c.RESULT_OVERHEAD_BYTES)
     assert ask(tiny, 0.0)
+    tinier = core(spool_share_bytes=c.RESULT_OVERHEAD_BYTES - 1)
+    tinier.tick(0.0)
+    assert not sent(tinier.take_actions(), p.Bored)
 
 
 def test_a_hello_reply_clears_the_check_and_a_changed_key_drops_what_was_asked():
@@ -1081,14 +1114,15 @@ def test_the_buffer_deadline_counts_the_slots():
 def test_the_share_left_is_divided_by_the_output_a_job_may_write():
     kb = 1024
     big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=100)
-    j = core(slots=1, buffer=5, spool_share_bytes=300 * kb)
+    one = 100 * kb + c.RESULT_OVERHEAD_BYTES  # the most a result of `big` may take
+    j = core(slots=1, buffer=5, spool_share_bytes=3 * one + 3 * 4 * len("t.0"))
     bored = ask(j, 0.0)
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0", big),)), 0.0)
     j.paused = "owner"
     j.links[LIVE].ask_after = 0.0
     j.tick(0.1)
     (again,) = sent(j.take_actions(), p.Bored)
-    assert again.want == 2  # (300 - 100) KiB left: two jobs' worth
+    assert again.want == 2  # a third of the share spoken for: two jobs' worth left
 
 
 def test_results_wait_out_a_backoff_and_a_key_check():
@@ -1121,6 +1155,7 @@ def test_an_alive_naming_holding_spares_the_next_ask_from_naming_it():
     (alive,) = sent(j.take_actions(), p.Alive)
     assert alive.holding == ("t.0",) and j.links[LIVE].holding_at == 5.0
     j.links[LIVE].ask_after = 0.0
+    j.links[LIVE].results_id = 3  # the results it answers
     j.received(LIVE, p.Ack(3, ("t.0",)), 5.1)
     assert ask(j, 6.0).holding is None  # said 1 s ago
 
@@ -1159,6 +1194,7 @@ def test_a_cancel_stops_only_the_named_running_job_and_frees_what_it_owed():
     j.tick(0.0)
     starts = of(j.take_actions(), c.Start)
     assert j._owed[LIVE] == 2 * 64 * 1024
+    j.links[LIVE].alive_id = 0  # the alive it answers
     j.received(LIVE, p.AliveAck(0, 20.0, ("t.1",)), 0.1)
     assert of(j.take_actions(), c.Stop) == [c.Stop(starts[1].key)]
     assert j._owed[LIVE] == 64 * 1024
@@ -1167,11 +1203,16 @@ def test_a_cancel_stops_only_the_named_running_job_and_frees_what_it_owed():
 def test_a_flooded_dealer_stays_flooded_until_it_is_under_its_share_again():
     w = c._weight(ok("a.1"))
     j = core(spooled=[(LIVE, ok("a.1")), (LIVE, ok("a.2")), (LIVE, ok("a.3"))])
-    j2 = core(spooled=[(LIVE, ok(f"a.{i}")) for i in range(1, 4)], spool_share_bytes=2 * w)
+    j2 = core(
+        spooled=[(LIVE, ok(f"a.{i}")) for i in range(1, 4)],
+        spool_share_bytes=w + c.RESULT_OVERHEAD_BYTES,  # room for one more result beside one
+    )
     for k in (j, j2):
         k.links[LIVE].flooded = True
+        k.links[LIVE].results_id = 0  # the results it answers
         k.received(LIVE, p.Ack(0, ("a.1",)), 0.0)
     assert not j.links[LIVE].flooded  # under the default share
-    assert j2.links[LIVE].flooded  # two left: still at its share of two
+    assert j2.links[LIVE].flooded  # two left: no room for another beside them
+    j2.links[LIVE].results_id = 0  # the results it answers
     j2.received(LIVE, p.Ack(0, ("a.2",)), 0.1)
     assert not j2.links[LIVE].flooded

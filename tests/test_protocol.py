@@ -999,7 +999,7 @@ def doc() -> str:
 def test_doc_names_every_type_field_status_and_code(doc: str) -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", doc))
     records = (p.Limits, p.HostFacts, p.JobSpec, p.Result, p.Rejection, p.Prefs, p.Project)
-    records += (p.Attribution,)
+    records += (p.Attribution, p.Standing)
     wanted = {*p.MESSAGES, *(m.value for m in p.Status), *(m.value for m in p.ErrorCode)}
     for cls in (*p.MESSAGES.values(), *records):
         wanted |= set(cls._SCHEMA)

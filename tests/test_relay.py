@@ -11,7 +11,7 @@ import pytest
 
 import protocol as p
 from dealer._journal import JournalError
-from dealer._relay import GIVEN_BACK, LEASE_S, Op, RelayCore
+from dealer._relay import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Op, RelayCore
 from dealer._relay_journal import RelayJournal
 from protocol._backoff import Backoff
 
@@ -341,7 +341,7 @@ def test_a_peer_dealer_is_told_what_the_buffer_holds():
 
 
 def test_results_go_upstream_at_most_256_and_under_768_kib_a_message():
-    c = core(max_buffer=400)
+    c = core(max_buffer=400, quota=400)  # a jobber allowed to hold 200 at once
     bored(c, ANN, 0.0, want=0, host=p.HostFacts(cpus=1, memory_mb=1024, slots=200))
     ask = request(c, 0.0, p.Bored)
     assert ask.want == 400
@@ -659,3 +659,142 @@ def test_the_journal_forgets_released_and_dropped_replicas(tmp_path):
     assert list(j2.local()) == [] and [h[0] for h in j2.held()] == ["u1"]
     assert j2.next_tag() == 2
     j2.close()
+
+
+# --- standing: the relay answers for its jobbers, and only for them -------------------
+
+
+def fetched_for(c: RelayCore, key: str, now: float, *tags: str) -> None:
+    """Attributed: `key` asks, the relay asks upstream on its behalf and takes `tags`."""
+    bored(c, key, now, want=0)
+    for _ in range(len(c.jobbers) + 1):  # others asked for first get nothing
+        if c.up.bored is None:
+            c.upstream_requests(now)
+        if c.up.bored is not None and c.up.bored_for == key:
+            c.upstream_reply(p.Jobs(c.up.bored, tuple(spec(t) for t in tags), {SHA: WASM}), now)
+            return
+        if c.up.bored is not None:
+            c.upstream_reply(p.Jobs(c.up.bored, ()), now)
+    raise AssertionError(f"the relay never asked on behalf of {key}")
+
+
+def alive_ack(c: RelayCore, now: float, standing) -> None:
+    """The upstream answers an alive of the relay's with `standing` (the alive sent now,
+    or, if none is due, as if one were)."""
+    sent = [m for m in c.upstream_requests(now) if isinstance(m, p.Alive)]
+    if not sent:
+        c.up.alive, c.up.next_id = c.up.next_id, c.up.next_id + 1
+    c.upstream_reply(p.AliveAck(c.up.alive, 20.0, (), standing), now)
+
+
+def test_votes_lost_upstream_cost_the_jobber_that_lost_them_and_no_other():
+    c = core(attribute=True)
+    bored(c, ANN, 0.0, want=0)
+    bored(c, BOB, 0.0, want=0)
+    alive_ack(c, 0.0, (p.Standing(ANN, 0, 1, False), p.Standing(BOB, 2, 0, False)))
+    assert c.up.attributes is True
+    assert c.jobbers[ANN].allowance == QUOTA // 2  # one lost vote halves it
+    assert c.jobbers[BOB].allowance == QUOTA + 2  # two won add two
+    # totals, not changes: the same standing again changes nothing
+    alive_ack(c, 10.0, (p.Standing(ANN, 0, 1, False), p.Standing(BOB, 2, 0, False)))
+    assert (c.jobbers[ANN].allowance, c.jobbers[BOB].allowance) == (QUOTA // 2, QUOTA + 2)
+    # and the allowance bounds what the jobber is given at once
+    fetched_for(c, ANN, 10.0, "u1", "u2", "u3")
+    got = bored(c, ANN, 10.1, want=3, host=p.HostFacts(cpus=4, memory_mb=1024, slots=4))
+    assert len(got.jobs) == QUOTA // 2
+    s = {j["key"]: j for j in c.status(10.2, "up")["jobbers"]}
+    assert (s[ANN]["invalid"], s[BOB]["valid"], s[ANN]["denied"]) == (1, 2, None)
+
+
+def test_a_jobber_that_loses_deny_after_votes_is_denied_here_and_its_work_goes_back():
+    c = core(attribute=True)
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    fetched_for(c, BOB, 0.0, "v1")
+    [a] = bored(c, ANN, 0.1, want=1).jobs
+    alive_ack(c, 1.0, (p.Standing(ANN, 1, DENY_AFTER - 1, False),))
+    assert not c.jobbers[ANN].denied  # lost 2, won 1: not yet
+    alive_ack(c, 10.0, (p.Standing(ANN, 1, DENY_AFTER, False),))
+    assert "lost 3 votes upstream and won 1" in c.jobbers[ANN].denied
+    reply = bored(c, ANN, 10.1)
+    assert isinstance(reply, p.Error) and reply.code is p.ErrorCode.DENIED
+    # what was fetched for it goes back upstream unrun; its result is refused
+    assert [c.held[u].result.status for u in ("u1", "u2")] == [p.Status.ABANDONED] * 2
+    ack = results(c, ANN, 10.2, ok(a.tag))
+    assert ack.tags == () and ack.rejected[0].code is p.ErrorCode.DENIED
+    assert c.held["u1"].result.status is p.Status.ABANDONED and c.held["u1"].by == ""
+    # bob goes on: his job, his asking on his own behalf
+    assert len(bored(c, BOB, 10.3, want=1).jobs) == 1
+    assert [j.key for j in c.served(10.4)] == [BOB]
+    asks = [m for m in c.upstream_requests(10.5) if isinstance(m, p.Bored)]
+    assert all(m.behalf.key == BOB for m in asks)
+
+
+def test_the_upstream_s_denial_lands_on_the_jobber_by_standing_rejection_or_error():
+    c = core(attribute=True)
+    for key in (ANN, BOB, "cc" * 32):
+        bored(c, key, 0.0, want=0)
+    alive_ack(c, 0.0, (p.Standing(ANN, 0, 1, True),))  # said in standing
+    assert c.jobbers[ANN].denied == "denied upstream"
+    # a result of bob's refused upstream as denied
+    fetched_for(c, BOB, 1.0, "v1")
+    [b] = bored(c, BOB, 1.1, want=1).jobs
+    results(c, BOB, 1.2, ok(b.tag))
+    sent = request(c, 1.3, p.Results)
+    assert sent.results[0].by.key == BOB
+    rejection = p.Rejection("v1", p.ErrorCode.DENIED, "this identity is denied by the dealer")
+    c.upstream_reply(p.Ack(sent.id, (), (rejection,)), 1.3)
+    assert "denied upstream" in c.jobbers[BOB].denied
+    # a bored on carol's behalf answered `denied`: carol is denied, the relay backs off not
+    c.upstream_requests(2.0)
+    assert c.up.bored is not None and c.up.bored_for == "cc" * 32  # the one not denied
+    c.upstream_reply(p.Error(c.up.bored, p.ErrorCode.DENIED, "this identity is denied"), 2.0)
+    assert c.jobbers["cc" * 32].denied and c.up.backoff.failures == 0
+
+
+def test_an_implausible_result_halves_the_jobber_s_allowance():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    [a] = bored(c, ANN, 0.0, want=1).jobs
+    bad = p.Result(a.tag, p.Status.OK, b"7", LIMITS.fuel + 1)
+    assert results(c, ANN, 0.1, bad).rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+    assert (c.jobbers[ANN].implausible, c.jobbers[ANN].allowance) == (1, QUOTA // 2)
+
+
+def test_without_standing_an_acknowledged_result_grows_the_allowance():
+    c = core()  # one jobber upstream: the upstream names none of ours
+    fill(c, 0.0, "u1")
+    [a] = bored(c, ANN, 0.0, want=1).jobs
+    results(c, ANN, 0.1, ok(a.tag))
+    sent = request(c, 0.2, p.Results)
+    c.upstream_reply(p.Ack(sent.id, ("u1",)), 0.2)
+    assert c.jobbers[ANN].allowance == QUOTA + 1
+
+
+def test_an_upstream_that_cannot_attribute_is_reported_at_start(caplog):
+    c = core(attribute=True)
+    alive = request(c, 0.0, p.Alive)  # at start, holding nothing: to learn it
+    assert alive.holding == ()
+    c.upstream_reply(p.AliveAck(alive.id, 20.0), 0.0)  # no standing: an older upstream
+    assert c.up.attributes is False
+    assert "THE UPSTREAM CANNOT ATTRIBUTE" in caplog.text
+    assert not [m for m in c.upstream_requests(30.0) if isinstance(m, p.Alive)]  # once
+    # one that can, heard at start, is not reported
+    caplog.clear()
+    d = core(attribute=True)
+    alive_ack(d, 0.0, ())
+    assert d.up.attributes is True and "CANNOT" not in caplog.text
+    assert not [m for m in core().upstream_requests(0.0) if isinstance(m, p.Alive)]  # pooled
+
+
+def test_attributing_the_relay_says_alive_while_it_serves_to_hear_its_jobbers_standing():
+    c = core(attribute=True)
+    alive_ack(c, 0.0, ())  # an upstream that attributes
+    assert not [m for m in c.upstream_requests(1.0) if isinstance(m, p.Alive)]  # no one served
+    bored(c, ANN, 1.0, want=0)
+    request(c, 1.0, p.Bored)  # asked for her: nothing for now
+    c.upstream_reply(p.RetryLater(c.up.bored, 60.0), 1.0)
+    assert not c.held
+    alive = request(c, 6.0, p.Alive)  # holding nothing, serving ann
+    c.upstream_reply(p.AliveAck(alive.id, 20.0, (), (p.Standing(ANN, 0, 1, False),)), 6.0)
+    assert c.jobbers[ANN].lost == 1 and c.jobbers[ANN].allowance == QUOTA // 2
+    assert not [m for m in c.upstream_requests(8.0) if isinstance(m, p.Alive)]  # every 5 s

@@ -1,8 +1,9 @@
 """Trust across a relay, at the dealer (dealer._service driven directly, a real SQLite
-journal): behind an untrusted relay everything is the relay's one machine; a relay the
-dealer trusts (`--trust-relay`) has each of its jobbers counted as a machine of its own,
-within the relay's namespace, and can move no replica from one of its jobbers to
-another."""
+journal): behind an untrusted relay everything is the relay's one machine, but each
+jobber it names keeps its own standing (a lost vote and a denial are that jobber's); a
+relay the dealer trusts (`--trust-relay`) has each of its jobbers counted as a machine
+of its own, within the relay's namespace, and can move no replica from one of its
+jobbers to another."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_behind_an_untrusted_relay_every_jobber_is_the_relay(tmp_path):
     for_x, for_y = ask(s, X, 0.0), ask(s, Y, 0.1)
     assert args(for_x).isdisjoint(args(for_y))  # one replica of a job per identity
     tag = for_x.jobs[0].tag
-    assert send(s, tag, X, 1.0).tags == (tag,)  # `by` is ignored: the relay's own replica
+    assert send(s, tag, X, 1.0).tags == (tag,)  # X's identity, on the relay's machine
     assert s.core.accepted == 0  # one machine's vote of the two needed
     assert {r["machine"] for r in s.jobbers()} == {RELAY.address}
 
@@ -120,3 +121,73 @@ def test_the_relay_s_alive_vouches_for_its_jobbers(tmp_path):
     s.commit()
     x = next(r for r in s.jobbers() if r["key"] == behind(RELAY, X).key)
     assert x["holding"] == 0
+
+
+class Many(Few):
+    def jobs(self):
+        return (Job((str(i),)) for i in range(12))
+
+
+def result(s: Service, tag: str, out: bytes, who: p.Attribution | None, now: float, peer: Peer):
+    r = p.Result(tag, p.Status.OK, out, 7, "", who)
+    ack = s.handle(p.Results(2, "x", (r,)), now, peer)
+    s.commit()
+    s.after_turn(now)
+    return ack
+
+
+def test_behind_an_untrusted_relay_a_lost_vote_costs_the_jobber_that_lied(tmp_path):
+    s = Service(
+        Many(),
+        Journal(tmp_path / "j.sqlite", "Many"),
+        now=0.0,
+        policy=Policy(redundancy=2, quorum=2, quota=64),
+    )
+    d1, d2 = Peer("d1" * 32, "192.0.2.21"), Peer("d2" * 32, "192.0.2.22")
+    liar = ask(s, X, 0.0)
+    assert len(liar.jobs) == 2
+    for j in liar.jobs:  # the liar behind the relay and an honest machine disagree
+        assert result(s, j.tag, b"13", X, 0.1, RELAY).tags == (j.tag,)
+    for j in ask(s, None, 0.2, d1).jobs:
+        result(s, j.tag, b"1", None, 0.3, d1)
+    for j in ask(s, None, 0.4, d2).jobs:  # a third machine settles them
+        result(s, j.tag, b"1", None, 0.5, d2)
+    assert s.core.accepted == 2
+    x, y = behind(RELAY, X, trusted=False), behind(RELAY, Y, trusted=False)
+    assert s.core.jobbers[x.key].invalid == 2 and not s.core.is_denied(x.key)
+    # one more lost vote denies it; the reply to the relay says so
+    third = ask(s, X, 1.0)
+    ack = result(s, third.jobs[0].tag, b"13", X, 1.1, RELAY)
+    for j in ask(s, None, 1.2, d1).jobs:
+        result(s, j.tag, b"1", None, 1.3, d1)
+    for j in ask(s, None, 1.4, d2).jobs:
+        result(s, j.tag, b"1", None, 1.5, d2)
+    assert s.core.is_denied(x.key)
+    denied = ask(s, X, 2.0)
+    assert isinstance(denied, p.Error) and denied.code is p.ErrorCode.DENIED
+    # the honest jobber behind the same relay is not denied: it gets work and earns
+    honest = ask(s, Y, 2.1)
+    assert isinstance(honest, p.Jobs) and len(honest.jobs) == 2
+    ack = result(s, honest.jobs[0].tag, b"1", Y, 2.2, RELAY)
+    for j in ask(s, None, 2.3, d1).jobs:
+        result(s, j.tag, b"1", None, 2.4, d1)
+    rec = s.core.jobbers[y.key]
+    assert rec.valid >= 1 and rec.credit > 0 and rec.invalid == 0
+    # the ack to Y's result tells the relay of Y, and of X, whose standing changed since
+    told = {t.key: t for t in ack.standing}
+    assert set(told) == {X.key, Y.key}
+    assert told[X.key] == p.Standing(X.key, 0, 3, True)
+    assert not told[Y.key].denied and told[Y.key].invalid == 0
+    again = result(s, honest.jobs[-1].tag, b"1", Y, 2.5, RELAY).standing
+    assert [t.key for t in again] == [Y.key]  # X's is as it was last told
+    assert not s.core.is_denied(y.key) and not s.core.is_denied(RELAY.key)
+    # on the relay's one machine all the same: one vote for the two of them
+    assert {s.core.jobbers[k].machine for k in (x.key, y.key)} == {RELAY.address}
+    # the relay's alive is told both; a jobber that named none is told none
+    tell = s.handle(p.Alive(5, "lab", None), 3.0, RELAY)
+    assert {(t.key, t.denied) for t in tell.standing} == {(X.key, True), (Y.key, False)}
+    assert s.handle(p.Alive(6, "d1", None), 3.0, d1).standing == ()
+    # a name the relay makes up to start afresh inherits the relay machine's lost standing
+    fresh = behind(RELAY, p.Attribution("cc" * 32, "10.0.0.7"), trusted=False)
+    assert fresh.key not in s.core.jobbers
+    assert s.core.room(fresh.key, RELAY.machine("host")) < s.core.policy.quota // 4

@@ -70,6 +70,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "by": ("optional", ("record", "Attribution")),
     },
     "Attribution": {"key": HASH, "machine": NAME},
+    "Standing": {"key": HASH, "valid": ID, "invalid": ID, "denied": ("bool",)},
     "Rejection": {"tag": STR, "code": ("enum", "ErrorCode"), "text": STR},
     "Rotation": {"old": HASH, "new": HASH, "sig": ("bytes", 64, 64)},
     "Signature": {
@@ -104,12 +105,18 @@ PINNED: dict[str, dict[str, tuple]] = {
         "re": ID,
         "tags": ("list", 4096, STR),
         "rejected": ("list", 4096, ("record", "Rejection")),
+        "standing": ("optional", ("list", 4096, ("record", "Standing"))),
     },
     "Error": {"re": ID, "code": ("enum", "ErrorCode"), "text": STR},
     "StatusQuery": {"id": ID, "page": ("optional", ("int", 0, 2**20))},
     "StatusReply": {"re": ID, "info": ("any_map", 4096)},
     "Alive": {"id": ID, "jobber": NAME, "holding": ("optional", ("list", 8192, STR))},
-    "AliveAck": {"re": ID, "lease_s": ("float", 1.0, 1e6), "cancel": ("list", 8192, STR)},
+    "AliveAck": {
+        "re": ID,
+        "lease_s": ("float", 1.0, 1e6),
+        "cancel": ("list", 8192, STR),
+        "standing": ("optional", ("list", 4096, ("record", "Standing"))),
+    },
     "Hello": {"id": ID},
     "HelloReply": {"re": ID, "key": HASH},
     "Deny": {"id": ID, "key": HASH, "reason": STR},
@@ -230,7 +237,12 @@ FULL: dict[str, p.Message] = {
         p.Results(
             2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d", p.Attribution(SHA, "m")),)
         ),
-        p.Ack(2, ("t1",), (p.Rejection("t2", p.ErrorCode.SETTLED, "late"),)),
+        p.Ack(
+            2,
+            ("t1",),
+            (p.Rejection("t2", p.ErrorCode.SETTLED, "late"),),
+            (p.Standing(SHA, 3, 1, False),),
+        ),
         p.Error(3, p.ErrorCode.MALFORMED, "bad"),
         p.StatusQuery(4, 0),
         p.StatusReply(4, {"accepted": 3}),
@@ -239,7 +251,7 @@ FULL: dict[str, p.Message] = {
         p.Deny(6, SHA, "lost votes"),
         p.AdminReply(6, "denied"),
         p.Alive(7, "ann", ("t1",)),
-        p.AliveAck(7, 20.0, ("t1",)),
+        p.AliveAck(7, 20.0, ("t1",), (p.Standing(SHA, 0, 4, True),)),
         p.Instruct(8, "ann", "lab", HOST, 3, "a-join-token"),
         p.Instructions(
             8,
@@ -609,7 +621,7 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
-    records += (FULL["bored"].behalf,)
+    records += (FULL["bored"].behalf, *FULL["ack"].standing)
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)

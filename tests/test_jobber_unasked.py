@@ -1,0 +1,336 @@
+"""The jobber's core takes only what it asked for, and only what fits the owner's limits
+(issue 20, item 1): driven directly, events and the time in, actions out."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import protocol as p
+from jobber import _core as c
+
+KEY_A = "aa" * 32
+SHA = "ab" * 32
+LIVE = "tcp://127.0.0.1:7200"
+LIMITS = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=1)
+
+
+def core(spooled=(), **kw) -> c.JobberCore:
+    base = dict(name="j", slots=1, cpus=1, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0)
+    base.update(kw)
+    j = c.JobberCore(
+        c.Settings(**base), [f"{LIVE}#{KEY_A}"], 0.0, spooled=spooled, rng=random.Random(1)
+    )
+    j.cache_updated({SHA: (1000, 0)})  # the payload the jobs name is held
+    j.take_actions()
+    return j
+
+
+def spec(tag: str, sha: str = SHA, stdin: bytes = b"", limits: p.Limits = LIMITS) -> p.JobSpec:
+    return p.JobSpec(tag, sha, (), stdin, limits, 100.0)
+
+
+def ask(j: c.JobberCore, now: float) -> p.Bored:
+    j.tick(now)
+    (bored,) = [
+        a.msg for a in j.take_actions() if isinstance(a, c.Send) and isinstance(a.msg, p.Bored)
+    ]
+    return bored
+
+
+def of(actions, cls):
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def nothing_taken(j: c.JobberCore, actions) -> bool:
+    return not j.buffer and not j.running and not j.unacked and not of(actions, c.Store)
+
+
+# --- a jobs message answers the ask out, with what it asked for ---------------------
+
+
+def test_jobs_nobody_asked_for_are_refused_whole_and_back_the_dealer_off():
+    j = core()
+    j.received(LIVE, p.Jobs(0, (spec("t.0"),)), 0.0)
+    actions = j.take_actions()
+    assert nothing_taken(j, actions)
+    link = j.links[LIVE]
+    assert link.unasked == 1 and link.backoff.failures == 1
+    assert c.Reset(LIVE) in actions  # its sockets, and what it queued on them, closed
+    assert not link.answered and not j.reached  # an unasked reply is no answer
+
+
+def test_jobs_answering_an_ask_already_answered_are_refused():
+    j = core(buffer=3)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.1"),)), 0.1)  # a replay of the same `re`
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
+    assert j.links[LIVE].unasked == 1 and j.links[LIVE].backoff.failures == 1
+
+
+def test_jobs_answering_another_id_than_the_ask_out_are_refused():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id + 1, (spec("t.0"),)), 0.0)
+    assert nothing_taken(j, j.take_actions())
+    assert j.links[LIVE].bored_id is None  # the ask out is given up with the sockets
+
+
+def test_more_jobs_than_the_ask_wanted_are_refused_whole():
+    j = core(buffer=1)
+    bored = ask(j, 0.0)
+    assert bored.want == 2
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}") for i in range(3))), 0.0)
+    assert nothing_taken(j, j.take_actions())
+    assert j.links[LIVE].unasked == 1
+    again = core(buffer=1)
+    bored = ask(again, 0.0)
+    again.received(LIVE, p.Jobs(bored.id, (spec("t.0"), spec("t.1"))), 0.0)  # exactly want
+    assert len(again.buffer) == 2 and again.links[LIVE].unasked == 0
+
+
+def test_payloads_no_job_names_and_jobs_of_payloads_neither_sent_nor_held_are_refused():
+    other, unknown = "cd" * 32, "ef" * 32
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),), {other: b"x" * 100}), 0.0)
+    assert nothing_taken(j, j.take_actions())
+    k = core()
+    bored = ask(k, 0.0)
+    k.received(LIVE, p.Jobs(bored.id, (spec("t.0", unknown),)), 0.0)
+    assert nothing_taken(k, k.take_actions())
+    assert k.links[LIVE].unasked == 1
+
+
+def test_a_payload_the_ask_said_was_held_is_taken_though_evicted_since():
+    j = core()
+    bored = ask(j, 0.0)
+    assert bored.host.cached == (SHA,)
+    j.cache_updated({})  # evicted after the ask went: the dealer could not know
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0"] and j.links[LIVE].unasked == 0
+
+
+def test_only_the_payloads_of_jobs_taken_are_stored():
+    big, small = "cd" * 32, "ef" * 32
+    j = core(cache_bytes=5000)
+    bored = ask(j, 0.0)
+    jobs = (spec("t.0", big), spec("t.1", small))
+    payloads = {big: b"b" * 6000, small: b"s" * 100}
+    j.received(LIVE, p.Jobs(bored.id, jobs, payloads), 0.0)
+    actions = j.take_actions()
+    assert of(actions, c.Store) == [c.Store(LIVE, ((small, b"s" * 100),))]
+    (given_back,) = [a.result for a in of(actions, c.Spool)]
+    assert given_back.tag == "t.0" and given_back.status is p.Status.ABANDONED
+    assert "does not fit the cache" in given_back.detail
+
+
+def test_unasked_replies_are_logged_once_with_a_count(caplog):
+    j = core()
+    with caplog.at_level(logging.WARNING, logger="jobber._core"):
+        for i in range(5):
+            j.links[LIVE].backoff.succeeded()
+            j.received(LIVE, p.Jobs(0, (spec(f"t.{i}"),)), 0.1 * i)
+    lines = [r.getMessage() for r in caplog.records if "did not ask for" in r.getMessage()]
+    assert len(lines) == 1 and "1 such so far" in lines[0]
+    assert j.links[LIVE].unasked == 5
+    with caplog.at_level(logging.WARNING, logger="jobber._core"):
+        j.received(LIVE, p.Jobs(0, (spec("t.9"),)), 61.0)  # a minute on: the count
+    assert "6 such so far" in caplog.records[-1].getMessage()
+
+
+def test_unasked_acks_alive_acks_retry_laters_and_errors_change_nothing():
+    j = core(spooled=[(LIVE, p.Result("t.0", p.Status.OK, b"out", 5, ""))])
+    j.take_actions()
+    link = j.links[LIVE]
+    for msg in (
+        p.Ack(7, ("t.0",)),
+        p.AliveAck(8, 20.0, ("t.0",)),
+        p.RetryLater(9, 1000.0),
+        p.Finished(10),
+        p.Referral(11, ("tcp://10.0.0.1:1",)),
+        p.Error(12, p.ErrorCode.INTERNAL, "boom"),
+    ):
+        j.received(LIVE, msg, 0.5)
+    assert list(j.unacked[LIVE]) == ["t.0"]  # not released by an ack we never asked for
+    assert (link.ask_after, link.finished, link.backoff.failures) == (0.0, False, 0)
+    assert list(j.links) == [LIVE] and link.unasked == 6
+    assert not j.take_actions()
+
+
+# --- what it takes counts against the owner's limits, before it is taken ----------------
+
+
+def test_jobs_inputs_in_hand_stay_within_the_input_budget_and_the_next_ask_is_smaller():
+    j = core(buffer=3, input_bytes=2300)
+    bored = ask(j, 0.0)
+    assert bored.want == 4
+    stdin = b"x" * 600
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}", stdin=stdin) for i in range(4))), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1", "t.2"]
+    assert sum(h.input for h in j.buffer) <= 2300  # 740 bytes each (stdin, tag, framing)
+    (back,) = [a.result for a in of(j.take_actions(), c.Spool)]
+    assert back.tag == "t.3" and back.status is p.Status.ABANDONED
+    assert "does not fit what this jobber holds" in back.detail
+    j.tick(0.1)  # t.0 starts: it still holds its input
+    j.links[LIVE].ask_after = 0.0
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 1, ""), 0.1, 0.2)
+    assert ask(j, 0.3).want == 1  # room for one input of the size its jobs bring
+
+
+def test_a_job_that_alone_exceeds_a_limit_is_given_back_and_its_dealer_asked_much_later():
+    j = core(input_bytes=1000)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", stdin=b"x" * 2000),)), 0.0)
+    assert not j.buffer and j.unacked[LIVE]["t.0"].status is p.Status.ABANDONED
+    assert j.links[LIVE].ask_after == c.REFUSED_PAYLOAD_WAIT_S
+
+
+def test_payloads_in_hand_stay_within_the_cache_and_two_per_slot():
+    shas = [f"{i:064x}" for i in range(4)]
+    j = core(buffer=3, cache_bytes=2500)
+    bored = ask(j, 0.0)
+    jobs = tuple(spec(f"t.{i}", sha) for i, sha in enumerate(shas))
+    payloads = {sha: b"w" * 1000 for sha in shas}
+    j.received(LIVE, p.Jobs(bored.id, jobs, payloads), 0.0)
+    assert [h.spec.payload for h in j.buffer] == shas[:2]  # 2000 bytes of 2500
+    backs = {a.result.tag: a.result.detail for a in of(j.take_actions(), c.Spool)}
+    assert "does not fit the cache" in backs["t.2"]
+    k = core(buffer=3, cache_bytes=10**9)
+    bored = ask(k, 0.0)
+    k.received(LIVE, p.Jobs(bored.id, jobs, payloads), 0.0)
+    assert len(k.held_payloads()) == c.MAX_PAYLOADS_PER_SLOT  # one slot: two payloads
+    backs = {a.result.tag: a.result.detail for a in of(k.take_actions(), c.Spool)}
+    assert "payloads in hand already" in backs["t.2"]
+
+
+def test_the_spool_holds_a_dealers_share_and_in_all_no_more_than_its_bound():
+    four = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=4)
+    # asked for 3 (50,000 // a result's overhead); a result of `four` may take 20,556
+    j = core(buffer=3, spool_share_bytes=50_000)
+    bored = ask(j, 0.0)
+    assert bored.want == 3
+    jobs = tuple(spec(f"t.{i}", limits=four) for i in range(3))
+    j.received(LIVE, p.Jobs(bored.id, jobs), 0.0)
+    assert len(j.buffer) == 2 and "the spool holds" in j.unacked[LIVE]["t.2"].detail
+    assert j._spool_of(LIVE) <= 50_000
+    one = 1024 + c.RESULT_OVERHEAD_BYTES + 4 * len("t.0")  # a result of LIMITS, at most
+    k = core(buffer=3, spool_share_bytes=10 * one, spool_bytes=one)
+    bored = ask(k, 0.0)
+    k.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}") for i in range(2))), 0.0)
+    assert len(k.buffer) == 1  # the bound in all is the smaller here
+
+
+def test_output_a_share_cannot_hold_is_refused_and_said_in_host_facts():
+    assert core().host_facts().max_output_kb is None  # 256 MiB holds the wire's 32 MiB
+    small = core(spool_share_bytes=10 * 1024 * 1024, max_output_kb=4096)
+    assert small.host_facts().max_output_kb == 4096  # the owner's, the smaller
+    j = core(spool_share_bytes=10 * 1024 * 1024)
+    fits = j.host_facts().max_output_kb
+    assert fits is not None and fits < 10 * 1024
+    bored = ask(j, 0.0)
+    big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=32768)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", limits=big),)), 0.0)
+    assert not j.buffer and j.unacked[LIVE]["t.0"].status is p.Status.ABANDONED
+
+
+def test_a_refusal_that_does_not_fit_the_share_is_dropped_unsaid():
+    silent = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=0)
+    j = core(buffer=3, spool_share_bytes=17_000)  # t.0's result may take 16,460 of it
+    bored = ask(j, 0.0)
+    j.links[LIVE].bored_want = 2  # as if asked for two
+    long = p.JobSpec("t." + "x" * 4000, SHA, (), b"", silent, 100.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", limits=silent), long)), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
+    assert not j.unacked  # its refusal alone would pass the share: the next holding says it
+    assert j.holding(LIVE) == ("t.0",)
+
+
+# --- whatever a dealer sends, what is held stays within the bounds -------------------------
+
+
+message = st.tuples(
+    st.sampled_from(["ask", "old", "zero"]),  # the `re`: the ask out, an earlier one, 0
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # payload index
+            st.integers(0, 3000),  # stdin bytes
+            st.integers(0, 8),  # output_kb
+            st.booleans(),  # payload sent
+        ),
+        max_size=6,
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(message, st.just("done"), st.just("ack")), max_size=25))
+def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(steps):
+    budget, cache, share, in_all = 5000, 2500, 40_000, 60_000
+    j = core(
+        slots=2,
+        buffer=4,
+        input_bytes=budget,
+        cache_bytes=cache,
+        spool_share_bytes=share,
+        spool_bytes=in_all,
+    )
+    j.cache_updated({})
+    shas = [f"{i:064x}" for i in range(4)]
+    now, old = 0.0, 0
+    for step in steps:
+        now += 1.0
+        link = j.links[LIVE]
+        link.backoff.succeeded()
+        j.tick(now)
+        for a in j.take_actions():
+            if isinstance(a, c.Store):
+                sizes = dict(j.sizes)
+                sizes.update({sha: (len(wasm), 0) for sha, wasm in a.payloads})
+                j.cache_updated(sizes)
+            if isinstance(a, c.Spool):
+                j.spooled([(a.dealer, a.result.tag)])
+        if step == "done":
+            for key, h in list(j.running.items()):
+                out = b"o" * (h.spec.limits.output_kb * 1024)
+                j.job_done(key, p.Result(h.spec.tag, p.Status.OK, out, 1, ""), 0.5, now)
+        elif step == "ack" and j.unacked.get(LIVE):
+            link.results_id = 77
+            j.received(LIVE, p.Ack(77, tuple(j.unacked[LIVE])), now)
+        elif isinstance(step, tuple):
+            which, jobs = step
+            re = {"ask": link.bored_id or 0, "old": old, "zero": 0}[which]
+            specs = tuple(
+                p.JobSpec(
+                    f"t.{now}.{n}",
+                    shas[i],
+                    (),
+                    b"i" * size,
+                    p.Limits(memory_mb=16, time_s=1.0, output_kb=kb),
+                    100.0,
+                )
+                for n, (i, size, kb, _) in enumerate(jobs)
+            )
+            payloads = {shas[i]: b"w" * 1000 for i, _, _, sent in jobs if sent}
+            if link.bored_id is not None:
+                old = link.bored_id
+            j.received(LIVE, p.Jobs(re, specs, payloads), now)
+        for a in j.take_actions():
+            if isinstance(a, c.Store):
+                sizes = dict(j.sizes)
+                sizes.update({sha: (len(wasm), 0) for sha, wasm in a.payloads})
+                j.cache_updated(sizes)
+            if isinstance(a, c.Spool):
+                j.spooled([(a.dealer, a.result.tag)])
+        held = j._in_hand()
+        assert sum(h.input for h in held) <= budget
+        assert sum(j._payload_bytes(sha) for sha in j.held_payloads()) <= cache
+        assert len(j.held_payloads()) <= c.MAX_PAYLOADS_PER_SLOT * 2
+        assert j._spool_of(LIVE) <= share
+        assert j._spool_in_all() <= in_all
