@@ -21,7 +21,7 @@ import time
 import protocol as p
 from dealer._allocator import Allocator, AllocatorError
 from dealer._allocator_http import AllocatorPage
-from dealer._server import REQUEST_BYTES, RouterServer
+from dealer._server import PER_SOURCE_CONNECTIONS, REQUEST_BYTES, RouterServer
 from dealer._service import Peer
 from protocol._alloc import AllocAdmin, AllocReply, Instruct
 from protocol._keys import KeyPair
@@ -87,7 +87,9 @@ class AllocatorServer(RouterServer):
         poll_s: float = POLL_S,
         page: AllocatorPage | None = None,
     ) -> None:
-        super().__init__(bind, keys, max_frame=REQUEST_BYTES)
+        # as many connections from one source as machines it may admit from there
+        per_source = max(PER_SOURCE_CONNECTIONS, alloc.max_per_address)
+        super().__init__(bind, keys, max_frame=REQUEST_BYTES, per_source=per_source)
         self.alloc = alloc
         self.page = page
         self.poller = _CreditPoller(poll_s)

@@ -1,10 +1,11 @@
 """The dealer's ZeroMQ loop: decode, feed the service, journal, reply, tell the task.
 
 One ROUTER socket for work, one thread. Each turn of the loop drains every
-message that is waiting (up to MAX_DRAIN), feeds them all to the core, writes
-the records they produced to the journal in one transaction, and only then
-sends the replies: nothing is acknowledged before it is durable, and one fsync
-serves a whole batch. Settled jobs are then handed to the task in order.
+message that is waiting (up to MAX_DRAIN, and PUBLIC_DRAIN from the plaintext
+port), feeds them all to the core, writes the records they produced to the
+journal in one transaction, and only then sends the replies: nothing is
+acknowledged before it is durable, and one fsync serves a whole batch.
+Settled jobs are then handed to the task in order.
 
 The work socket is a CurveZMQ server. A ZAP handler (zmq.auth's
 ThreadAuthenticator, with a callback) admits any client key on an open
@@ -17,6 +18,20 @@ A second, plaintext ROUTER on the next port up answers only `hello` (the work
 socket's public key, for jobbers that trust on first use), `status` and
 `work_query`.
 
+What a server holds for its askers is bounded on both sides (docs/security.md,
+"What a flood can cost"). Each connection queues at most RCVHWM requests of at
+most the frame cap in, and SNDHWM replies out: a reply to a client that does not
+read is dropped (ROUTER_MANDATORY makes the send fail at once; the turn counts
+the drops and logs them once), and the client's request id makes asking again
+safe. libzmq's monitor tells the loop of every connection accepted and closed,
+and dealer._gate decides which to keep: at most PER_SOURCE_CONNECTIONS from one
+source (an IPv4 address, an IPv6 /64), MAX_CONNECTIONS in all, opened no faster
+than the handshake ration; a connection past that is shut down at once, and
+the ZAP handler refuses the handshakes of a source at its cap. `status`, the
+one reply much bigger than its request, is rationed per source and in all: past
+the ration the asker gets an `error` (code `internal`, text "busy: ...") saying
+when to ask again.
+
 A server given peers asks them `work_query` from the same loop (dealer._peerlink:
 non-blocking DEALER sockets polled beside its own) and keeps what they said in
 a dealer._peers.Peers, which decides whom a jobber with nothing here is
@@ -25,15 +40,20 @@ referred to.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 import protocol as p
 from dealer._core import Core, Policy
+from dealer._gate import Connections, Ration, source_of
 from dealer._http import Dashboard
 from dealer._journal import Journal
 from dealer._peerlink import PeerLinks
@@ -46,11 +66,35 @@ from tasks import Task
 log = logging.getLogger(__name__)
 
 MAX_DRAIN = 512  # messages handled per journal commit
+# plaintext messages handled per turn: the work port comes first, so a flood of
+# cheap requests there (status answered "busy", hello) adds at most a few ms a turn
+PUBLIC_DRAIN = 32
 TICK_S = 1.0  # longest poll: deadlines are checked at least this often
 # Frames the work socket takes: 1 MiB for requests and batches of results (the
 # reference jobber keeps a results message under it), plus one result's output.
 REQUEST_BYTES = 1024 * 1024
+# Frames the plaintext port takes: its requests (hello, status, work_query) are
+# under 100 bytes; room to spare, and 16 times less than a work frame to queue
+PUBLIC_REQUEST_BYTES = 64 * 1024
 RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
+# replies queued per connection: the reference jobber has at most 3 requests out
+# (bored, results, alive); past it a reply is dropped, never buffered (libzmq's
+# default, 1,000, let 20 connections that never read hold 2 GB of status replies)
+SNDHWM = 4
+# connections from one source (an IPv4 address, an IPv6 /64): a jobber needs one
+# per port; room for a few dozen machines behind one NAT address
+PER_SOURCE_CONNECTIONS = 32
+MAX_CONNECTIONS = 4096  # in all: each costs file descriptors and libzmq buffers
+# new connections from one source: a burst (a NAT's machines starting together),
+# then a steady rate; in all, a restarted dealer's jobbers all coming back at once
+HANDSHAKES_PER_S, HANDSHAKE_BURST = 10.0, 64.0
+ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST = 200.0, 2000.0
+# `status` (up to ~150 KB for a ~30-byte request): a person or a poller asks a
+# few times a second; a page of jobbers at a time for an allocator's poll
+STATUS_PER_S, STATUS_BURST = 5.0, 20.0
+ALL_STATUS_PER_S, ALL_STATUS_BURST = 50.0, 100.0  # bounds the loop's time spent on status
+HANDSHAKE_IVL_MS = 30_000  # unfinished handshakes are dropped (a starved jobber may be slow)
+SWEEP_S = 10.0  # how often the live connections are checked against the kernel's
 # a finished dealer stays this long to answer "finished", take late results and
 # cancel held work: longer than a jobber's alive interval, so every holder hears
 LINGER_S = 6.0
@@ -63,11 +107,17 @@ def frame_cap(output_kb: int) -> int:
 
 
 class _Gate:
-    """The ZAP callback: which client keys may complete the handshake."""
+    """The ZAP callback: which client keys may complete the handshake, and from which
+    sources no more connections are taken."""
 
     def __init__(self, allow: Collection[str] | None) -> None:
         self.allow = None if allow is None else frozenset(allow)
         self.denied: frozenset[str] = frozenset()  # replaced whole, read by the auth thread
+        self.full: frozenset[str] = frozenset()  # sources at their cap ("": all); the same
+
+    def refuses(self, address: str) -> bool:
+        full = self.full
+        return bool(full) and ("" in full or source_of(address) in full)
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
@@ -75,6 +125,46 @@ class _Gate:
         except ValueError:
             return False
         return who not in self.denied and (self.allow is None or who in self.allow)
+
+
+class _Authenticator(ThreadAuthenticator):
+    """zmq.auth's ZAP handler, refusing first the handshakes of sources at their cap
+    (the address is in the ZAP request; zmq.auth's own address lists are static)."""
+
+    def __init__(self, ctx: zmq.Context, gate: _Gate) -> None:
+        super().__init__(ctx, log=logging.getLogger("dealer.zap"))
+        self.gate = gate
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6 and self.gate.refuses(msg[3].decode("utf-8", "replace")):
+            self._send_zap_reply(msg[1], b"400", b"too many connections from this address")
+            return
+        await super().handle_zap_message(msg)
+
+
+def _peer_of(fd: int) -> str | None:
+    """The remote address of the connected socket `fd` (libzmq's: read through a
+    duplicate), or None if it is closed or not a network socket."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with s:
+        try:
+            peer = s.getpeername()
+        except OSError:
+            return None
+    return peer[0] if isinstance(peer, tuple) else None
+
+
+def _shut(fd: int) -> None:
+    """End the connection on `fd` (libzmq sees the peer hang up and closes it)."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with s, contextlib.suppress(OSError):  # closed meanwhile: nothing to end
+        s.shutdown(socket.SHUT_RDWR)
 
 
 class RouterServer:
@@ -93,9 +183,13 @@ class RouterServer:
         allow: Collection[str] | None = None,
         max_frame: int = p.MAX_MESSAGE_BYTES,
         peers: Sequence[str] = (),
+        per_source: int = PER_SOURCE_CONNECTIONS,
     ) -> None:
         """`peers`: dealer addresses to ask what work they have (any form of
-        protocol.dealer_address; referrals name them in its canonical form)."""
+        protocol.dealer_address; referrals name them in its canonical form).
+        `per_source`: connections kept open from one source (dealer._gate)."""
+        if per_source < 1:
+            raise ValueError(f"connections per address: {per_source} (at least 1)")
         # ValueError for a bad list, before any socket exists
         self.peers = Peers([p.dealer_address(a) for a in peers])
         if keys is None:  # a key for this run only (tests, embedding)
@@ -106,7 +200,7 @@ class RouterServer:
         # IPv6 addresses work (libzmq falls back to IPv4 where a host has no IPv6)
         self._ctx.set(zmq.IPV6, 1)
         self.gate = _Gate(allow)
-        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
+        self._auth = _Authenticator(self._ctx, self.gate)
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.gate)
         self.sock = self._router(max_frame)
@@ -114,7 +208,19 @@ class RouterServer:
         self.sock.curve_secretkey = keys.secret
         self.sock.curve_publickey = keys.public
         self.sock.zap_domain = ZAP_DOMAIN.encode()
-        self.public = self._router(REQUEST_BYTES)
+        self.public = self._router(PUBLIC_REQUEST_BYTES)
+        self.public.zap_domain = ZAP_DOMAIN.encode()  # NULL: ZAP sees only the address
+        self.connections = Connections(
+            per_source,
+            max(MAX_CONNECTIONS, per_source),
+            Ration(HANDSHAKES_PER_S, HANDSHAKE_BURST, ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST),
+        )
+        self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
+        self._monitors = [self._monitor(s) for s in (self.sock, self.public)]
+        self._swept_at = time.monotonic()
+        self.replies_dropped = 0
+        self._shut_logged_at = float("-inf")
+        self._shut_since_log = 0
         try:
             self._bind(bind)
         except BaseException:
@@ -132,7 +238,58 @@ class RouterServer:
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.RCVHWM, RCVHWM)
+        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         return s
+
+    def _monitor(self, s: zmq.Socket) -> zmq.Socket:
+        """A PAIR socket that receives `s`'s connections accepted and closed."""
+        addr = f"inproc://monitor.{id(s)}"
+        s.monitor(addr, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        m = self._ctx.socket(zmq.PAIR)
+        m.setsockopt(zmq.LINGER, 0)
+        m.setsockopt(zmq.RCVHWM, 0)  # no event lost: each is a few bytes, drained each turn
+        m.connect(addr)
+        return m
+
+    def _watch_connections(self, now: float) -> None:
+        """Read the monitors: record each connection, and shut those past the caps."""
+        c = self.connections
+        for m in self._monitors:
+            while True:
+                try:
+                    event = parse_monitor_message(m.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                fd = event["value"]
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    c.disconnected(fd)
+                    continue
+                # read moments after the accept; if that connection has closed and its
+                # descriptor been reused since, this names the newer connection, whose own
+                # ACCEPTED follows and puts the count right (Connections.accepted)
+                peer = _peer_of(fd)
+                if peer is None:  # gone already: its DISCONNECTED follows
+                    continue
+                why = c.accepted(fd, source_of(peer), now)
+                if why is not None:
+                    _shut(fd)
+                    self._shut_since_log += 1
+                    if time.monotonic() - self._shut_logged_at > 60:  # a flood logs once a minute
+                        log.warning(
+                            "%d connections shut down (the latest from %s: %s)",
+                            self._shut_since_log,
+                            peer,
+                            why,
+                        )
+                        self._shut_logged_at, self._shut_since_log = time.monotonic(), 0
+        if time.monotonic() - self._swept_at > SWEEP_S:  # a lost event must not leak a slot
+            self._swept_at = time.monotonic()
+            for fd in c.fds():
+                peer = _peer_of(fd)
+                if peer is None or source_of(peer) != c.source(fd):
+                    c.forget(fd)
+        self.gate.full = c.full
 
     def _bind(self, bind: str) -> None:
         """Bind the work socket to `bind` and the plaintext one to the next port up."""
@@ -218,6 +375,8 @@ class RouterServer:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.public, zmq.POLLIN)
+        for m in self._monitors:
+            poller.register(m, zmq.POLLIN)
         if self.peer_links is not None:
             for s in self.peer_links.sockets():
                 poller.register(s, zmq.POLLIN)
@@ -229,10 +388,11 @@ class RouterServer:
         if self.peer_links is not None:  # what peers said first: referrals below read it
             self.peer_links.turn(now, self._readable)
             self._readable = None
+        self._watch_connections(now)
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
-        for sock in (self.sock, self.public):
-            for _ in range(MAX_DRAIN):
+        for sock, most in ((self.sock, MAX_DRAIN), (self.public, PUBLIC_DRAIN)):
+            for _ in range(most):
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -264,16 +424,24 @@ class RouterServer:
                     out = p.encode(err)
                 replies.append((sock, ident, out))
         self.commit()
+        dropped, why = 0, ""
         for sock, ident, out in replies:
             try:
                 sock.send_multipart([ident, out], zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or its queue full
-                log.info("reply dropped: %s", e)
+            except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY) or not reading (SNDHWM)
+                dropped, why = dropped + 1, str(e)
+        self.replies_dropped += dropped
+        if dropped:  # once a turn: a flood of unread replies must not flood the log too
+            log.info("%d replies dropped (the peer gone or not reading): %s", dropped, why)
         self.after_turn()
 
     def _dispatch(
         self, sock: zmq.Socket, msg: p.Message, frame: zmq.Frame, now: float
     ) -> p.Message | None:
+        if isinstance(msg, p.StatusQuery):
+            busy = self._rationed(msg, frame, now)
+            if busy is not None:
+                return busy
         if sock is self.public:
             return self.handle_public(msg, now)
         try:
@@ -284,6 +452,30 @@ class RouterServer:
             return None
         return self.handle(msg, now, Peer(key, p.source_address(address)))
 
+    def gate_status(self) -> dict:
+        """What the caps hold now, for status: connections open, from how many sources, how
+        many connections and status requests were refused, and replies dropped unread."""
+        return {
+            **self.connections.status(),
+            "status_refused": self.status_ration.refused,
+            "replies_dropped": self.replies_dropped,
+        }
+
+    def _rationed(self, msg: p.StatusQuery, frame: zmq.Frame, now: float) -> p.Error | None:
+        """An `error` for a `status` past its source's ration (or everyone's), else None."""
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:  # ipc or inproc: no address; the rations in all still hold
+            address = ""
+        wait_s = self.status_ration.take(source_of(address), now)
+        if wait_s <= 0:
+            return None
+        why = (
+            f"busy: status is rationed to {STATUS_PER_S:g} a second per address;"
+            f" ask again in {max(wait_s, 0.05):.2f} s"
+        )
+        return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
+
     @staticmethod
     def unexpected(msg: p.Message, what: str) -> p.Error:
         rid = getattr(msg, "id", getattr(msg, "re", 0))
@@ -293,8 +485,11 @@ class RouterServer:
         if getattr(self, "peer_links", None) is not None:
             self.peer_links.close()
         for s in (getattr(self, "sock", None), getattr(self, "public", None)):
-            if s is not None:
+            if s is not None and not s.closed:
+                s.disable_monitor()
                 s.close(linger=1000)
+        for m in getattr(self, "_monitors", ()):
+            m.close(linger=0)
         self._auth.stop()
         self._ctx.term()
 
@@ -372,12 +567,18 @@ class Dealer(RouterServer):
         signer: AuthorKey | None = None,
         http: tuple[str, int] | None = None,
         on_turn: Callable[[Service, float], None] | None = None,
+        per_source: int = PER_SOURCE_CONNECTIONS,
     ) -> None:
         """`http`: (host, port) to serve the live dashboard on (dealer._http). `on_turn`:
         called after every turn with the service and the time (the command line's
-        progress bar)."""
+        progress bar). `per_source`: connections kept open from one source address."""
         super().__init__(
-            bind, keys, allow=allow, max_frame=frame_cap(task.limits.output_kb), peers=peers
+            bind,
+            keys,
+            allow=allow,
+            max_frame=frame_cap(task.limits.output_kb),
+            peers=peers,
+            per_source=per_source,
         )
         try:
             self.service = Service(
@@ -490,7 +691,7 @@ class Dealer(RouterServer):
         return self.service.work_offer(msg.id)
 
     def status(self, page: int = 0) -> dict:
-        return self.service.status(time.time(), page)
+        return {**self.service.status(time.time(), page), "connections": self.gate_status()}
 
     def _publish(self, now: float) -> None:
         s = self.service

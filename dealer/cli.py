@@ -23,7 +23,7 @@ from dealer import _history, _peerlink
 from dealer._core import CoreError, JournalMismatch
 from dealer._http import parse_http
 from dealer._journal import AFRESH, Journal, JournalError, ReadOnly, move_aside
-from dealer._server import LINGER_S, Dealer, Referrer
+from dealer._server import LINGER_S, PER_SOURCE_CONNECTIONS, Dealer, Referrer
 from dealer._service import DISTINCT, policy_for
 from protocol._keys import (
     KeyPair,
@@ -166,6 +166,14 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         f"signing_key, {cls.signing_key or 'none'})",
     )
     g.add_argument(
+        "--max-per-address",
+        type=int,
+        default=PER_SOURCE_CONNECTIONS,
+        metavar="N",
+        help="connections kept open from one source address (an IPv6 /64 as one; default "
+        f"{PER_SOURCE_CONNECTIONS}): raise it for more jobbers behind one NAT address",
+    )
+    g.add_argument(
         "--distinct",
         choices=DISTINCT,
         default=None,
@@ -286,6 +294,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             on_turn=None if args.quiet else progress,
             signer=signer,
             http=None if args.http is None else parse_http(args.http),
+            per_source=args.max_per_address,
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
         if journal is not None:
@@ -480,11 +489,26 @@ def _public_ask(address: str, msg: p.Message, timeout_s: float) -> p.Message:
 
 
 def query_status(address: str, timeout_s: float = 5.0, page: int = 0) -> dict:
-    """A dealer's status, asked on its plaintext port (no key needed)."""
-    reply = _public_ask(address, p.StatusQuery(1, page), timeout_s)
-    if not isinstance(reply, p.StatusReply):
-        raise RuntimeError(f"{address} answered with {reply.TYPE}")
-    return reply.info
+    """A dealer's status, asked on its plaintext port (no key needed). A dealer that says
+    it is busy (status is rationed per address) is asked again when it says, within
+    `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(0.05, deadline - time.monotonic())
+        try:
+            reply = _public_ask(address, p.StatusQuery(1, page), left)
+        except RuntimeError as e:
+            busy = _BUSY.search(str(e))
+            if busy is None or time.monotonic() + float(busy.group(1)) >= deadline:
+                raise
+            time.sleep(float(busy.group(1)))
+            continue
+        if not isinstance(reply, p.StatusReply):
+            raise RuntimeError(f"{address} answered with {reply.TYPE}")
+        return reply.info
+
+
+_BUSY = re.compile(r"busy: .*ask again in ([0-9.]+) s")  # the dealer's ration (docs/protocol.md)
 
 
 def admin_ask(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import sqlite3
 import threading
+import time
 
 import pytest
 import zmq
@@ -12,7 +14,9 @@ import zmq
 import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
+from dealer._server import STATUS_BURST
 from dealer._service import policy_for
+from dealer.cli import query_status
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import CurveClient, wait_for
 from tests.wat import printing
@@ -236,3 +240,22 @@ def test_a_damaged_journal_is_refused_and_never_silently_started_over(tmp_path):
     scribbled.write_bytes(bytes(raw))
     with pytest.raises(JournalError, match="scribbled.sqlite"):
         list(Journal(scribbled, "t").records())
+
+
+def test_status_past_its_ration_is_answered_busy_and_the_cli_waits(serving):
+    dealer, task, client = serving
+    burst = int(STATUS_BURST)
+    # one after another on the work port (more than 4 unread would be dropped): the
+    # burst is answered, then "busy" with a wait
+    replies = [client.ask(p.StatusQuery(i + 1)) for i in range(burst + 5)]
+    pages = [r for r in replies if isinstance(r, p.StatusReply)]
+    busy = [r for r in replies if isinstance(r, p.Error)]
+    assert burst <= len(pages) < burst + 5 and len(busy) >= 1
+    for r in busy:  # as docs/protocol.md spells it
+        assert r.code is p.ErrorCode.INTERNAL
+        assert re.fullmatch(r"busy: .*; ask again in [0-9]+\.[0-9]+ s", r.text), r.text
+    # the plaintext port rations the same source; the command line's client waits its turn
+    started = time.monotonic()
+    info = query_status(dealer.address.partition("#")[0], timeout_s=5)
+    assert info["task"] == "Collect" and time.monotonic() - started > 0.05
+    assert info["connections"]["status_refused"] >= len(busy)
