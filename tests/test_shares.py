@@ -109,6 +109,7 @@ def _core() -> c.JobberCore:
     core.set_projects({f"{A}#{KEY_A}": 3.0, f"{B}#{KEY_B}": 1.0})
     for link in core.links.values():
         link.answered = True  # as if both had answered before: one ask out at a time
+    core.cache_updated({SHA: (1000, 0)})  # the payload the jobs name is held
     core.take_actions()
     return core
 
