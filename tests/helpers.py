@@ -7,12 +7,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 import protocol as p
+import sandbox
 from protocol._keys import z85_of_hex
 from tasks import Job, Limits, Payload, Task
 
@@ -200,3 +203,21 @@ class Few(Task):
 
     def jobs(self):
         return [Job((str(i),)) for i in range(self.n)]
+
+
+def collect_one(slots: sandbox.Slots, timeout_s: float = 60.0) -> tuple[str, sandbox.Outcome]:
+    """Wait on the slots' fds, as the jobber's poller does, for one finished job."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        wait(slots.fds(), timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        got = slots.collect()
+        if got:
+            assert len(got) == 1, got
+            return got[0]
+    raise AssertionError(f"no job finished within {timeout_s} s")
+
+
+def raw(client: CurveClient, body: dict) -> dict:
+    """One request as bare msgpack (the wire as docs/protocol.md writes it), its reply."""
+    client.send(msgpack.packb({"v": 2, **body}, use_bin_type=True))
+    return msgpack.unpackb(client.sock.recv() if client.sock.poll(5000) else b"\xc0")

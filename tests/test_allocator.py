@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import msgpack
 import pytest
 import zmq
 
@@ -22,7 +21,7 @@ from dealer._allocator import (
 from dealer._allocator_server import AllocatorServer
 from protocol._alloc import MAX_PROJECTS
 from protocol._keys import KeyPair
-from tests.helpers import CurveClient
+from tests.helpers import CurveClient, raw
 
 ROOT_KEY = "0" * 64
 ADMIN = "a" * 64
@@ -259,11 +258,6 @@ def served(tmp_path):
     thread.join(10)
     server.close()
     a.close()
-
-
-def raw(client: CurveClient, body: dict) -> dict:
-    client.send(msgpack.packb({"v": 2, **body}, use_bin_type=True))
-    return msgpack.unpackb(client.sock.recv() if client.sock.poll(5000) else b"\xc0")
 
 
 def test_the_wire_as_documented(served):

@@ -25,8 +25,7 @@ from dealer._allocator import (
 from dealer._allocator_server import AllocatorServer
 from protocol._alloc import allocator_address
 from protocol._keys import KeyPair
-from tests.helpers import CurveClient
-from tests.test_allocator import raw
+from tests.helpers import CurveClient, raw
 
 ROOT_KEY = "0" * 64
 ADMIN = "a" * 64

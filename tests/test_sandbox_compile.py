@@ -19,6 +19,7 @@ import sandbox
 from protocol import Limits, Status
 from sandbox import _engine, _precheck
 from sandbox._precheck import Refused
+from tests.helpers import collect_one
 from tests.wat import BUSY, leb, module, printing, section
 
 HELLO = printing("compiled in a fenced worker\n")
@@ -177,22 +178,11 @@ def cache_root(tmp_path, factor_wasm) -> Path:
     return root
 
 
-def collect(slots: sandbox.Slots, timeout_s: float = 60.0, poll_s: float = 0.005):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = slots.collect()
-        if got:
-            assert len(got) == 1, got
-            return got[0]
-        wait(slots.fds(), timeout=poll_s)
-    raise AssertionError(f"no job finished within {timeout_s} s")
-
-
 def test_a_bomb_in_a_slot_is_invalid_and_nothing_is_compiled(cache_root):
     with sandbox.Slots(1, cache_root) as slots:
         started = time.monotonic()
         slots.start("bomb", sha(BOMB), [], b"", Limits(time_s=5, memory_mb=16))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status) == ("bomb", Status.INVALID)
         assert "200,000 functions, over the cap of 50,000 (MAX_FUNCTIONS)" in o.detail
         assert time.monotonic() - started < 10  # a worker's start-up, not a compile
@@ -203,7 +193,7 @@ def test_a_slow_compile_ends_time_and_the_slot_goes_on(cache_root, factor_wasm):
     with sandbox.Slots(1, cache_root, compile_time_s=0.02) as slots:
         started = time.monotonic()
         slots.start("slow", sha(SLOW), [], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status, o.fuel, o.stdout) == ("slow", Status.TIME, 0, b"")
         assert o.detail.startswith("compiling the module took longer than 0.02 s")
         assert time.monotonic() - started < 10
@@ -211,13 +201,13 @@ def test_a_slow_compile_ends_time_and_the_slot_goes_on(cache_root, factor_wasm):
         # the job's own time_s is the compile limit when it is less
         with sandbox.Slots(1, cache_root) as other:
             other.start("short", sha(SLOW), [], b"", Limits(time_s=0.02))
-            key, o = collect(other)
+            key, o = collect_one(other)
             assert (key, o.status) == ("short", Status.TIME)
             assert "compiling the module took longer than 0.02 s" in o.detail
         # the killed worker was replaced; a stored compiled form is loaded, not compiled
         sandbox.ModuleCache(cache_root).module(sha(factor_wasm))
         slots.start("factor", sha(factor_wasm), ["91", "2", "100"], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status, o.stdout) == ("factor", Status.OK, b"7\n13\n91\n")
 
 
@@ -227,7 +217,7 @@ def test_a_compile_past_an_owner_s_memory_fence_is_given_back_unrun(cache_root, 
     (docs/sandbox.md; at the fixed fence it ends MEMORY: test_sandbox_compile_owner.py)."""
     with sandbox.Slots(1, cache_root, compile_memory_mb=64) as slots:
         slots.start("big", sha(SLOW), [], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status, o.fuel) == ("big", Status.ABANDONED, 0)
         assert o.detail.startswith(
             "refused: compiling it needs more than the 64 MiB this machine allows: "
@@ -235,7 +225,7 @@ def test_a_compile_past_an_owner_s_memory_fence_is_given_back_unrun(cache_root, 
         )
         # factor.c compiles in 15 MB: the same fence lets it through
         slots.start("factor", sha(factor_wasm), ["15", "2", "100"], b"", Limits())
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status, o.stdout) == ("factor", Status.OK, b"3\n5\n15\n")
 
 
@@ -260,7 +250,7 @@ def test_a_compile_runs_under_its_rlimits_and_sigxcpu_is_time(cache_root):
         assert fences["Max cpu time"] != "unlimited"
         assert fences["Max address space"] == "unlimited"  # see _worker: threads reserve it
         os.kill(worker.process.pid, signal.SIGXCPU)  # what the kernel sends past RLIMIT_CPU
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status) == ("fenced", Status.TIME)
         assert o.detail == "compiling the module took more than its CPU fence (SIGXCPU)"
 

@@ -8,14 +8,13 @@ import json
 import subprocess
 import sys
 import time
-from multiprocessing.connection import wait
 
 import pytest
 
 import sandbox
 from protocol import Limits, Status
 from sandbox import _cache, _slots
-from tests.helpers import PY, ROOT
+from tests.helpers import PY, ROOT, collect_one
 from tests.wat import module, nested_blocks
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="rlimits and /proc are Linux's")
@@ -26,17 +25,6 @@ NOT_VALID = module(1, b"\x00\x20\x05\x1a\x0b")
 DEEP = nested_blocks(1, 50_000)
 SHA = "ab" * 32
 OTHER = "cd" * 32
-
-
-def collect(slots: sandbox.Slots, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = slots.collect()
-        if got:
-            assert len(got) == 1, got
-            return got[0]
-        wait(slots.fds(), timeout=0.01)
-    raise AssertionError(f"no job finished within {timeout_s} s")
 
 
 # --- the failed-compile memory, on its own ------------------------------------------
@@ -120,7 +108,7 @@ def test_an_invalid_module_is_remembered_and_given_back_at_once(tmp_path):
     sha = sandbox.ModuleCache(root).put(NOT_VALID)
     with sandbox.Slots(1, root) as slots:
         slots.start("first", sha, [], b"", Limits())
-        key, first = collect(slots)
+        key, first = collect_one(slots)
         assert (key, first.status, first.fuel) == ("first", Status.INVALID, 0)
         assert first.detail.startswith("not a valid module: ")
     with sandbox.Slots(1, root) as slots:  # a restart: a fresh process, the same cache
@@ -128,7 +116,7 @@ def test_an_invalid_module_is_remembered_and_given_back_at_once(tmp_path):
         started = time.monotonic()
         slots.start("again", sha, [], b"", Limits())
         assert slots.running() == []  # no worker was given it
-        key, again = collect(slots)
+        key, again = collect_one(slots)
         assert time.monotonic() - started < 0.5
         assert (key, again.status, again.fuel) == ("again", Status.INVALID, 0)
         assert again.detail == f"{first.detail} (remembered)"
@@ -141,7 +129,7 @@ def test_a_memory_failure_is_remembered_until_the_fence_is_raised(tmp_path):
     sha = sandbox.ModuleCache(root).put(DEEP)
     with sandbox.Slots(1, root, compile_memory_mb=16) as slots:
         slots.start("small", sha, [], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         # below the fixed fence, the owner's limit stopped it: given back unrun, not failed
         assert (key, o.status) == ("small", Status.ABANDONED)
         assert o.detail.startswith(
@@ -149,12 +137,12 @@ def test_a_memory_failure_is_remembered_until_the_fence_is_raised(tmp_path):
             "compiling the module took more than the compile memory fence of 16 MiB"
         )
         slots.start("again", sha, [], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status) == ("again", Status.ABANDONED)
         assert o.detail.endswith("(remembered)")
         slots.compile_memory_mb = 512  # the owner gave more: it is compiled, and runs
         slots.start("more", sha, [], b"", Limits(time_s=60))
-        key, o = collect(slots)
+        key, o = collect_one(slots)
         assert (key, o.status, o.detail) == ("more", Status.OK, "")
     assert sandbox.ModuleCache(root).failure(sha, True, 16, 60.0) is None
 

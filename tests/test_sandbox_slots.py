@@ -18,23 +18,12 @@ import wasmtime
 import sandbox
 from protocol import Limits, Status
 from sandbox import _engine
+from tests.helpers import collect_one
 from tests.wat import NAN_BITS, printing
 
 WASI = "wasi_snapshot_preview1"
 HELLO = printing("from a slot\n")
 SPIN = wasmtime.wat2wasm('(module (func (export "_start") (loop $l (br $l))))')
-
-
-def collect_one(slots: sandbox.Slots, timeout_s: float = 30.0) -> tuple[str, sandbox.Outcome]:
-    """Wait on the slots' fds, as the jobber's poller does, for one finished job."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        wait(slots.fds(), timeout=min(1.0, deadline - time.monotonic()))
-        got = slots.collect()
-        if got:
-            assert len(got) == 1, got
-            return got[0]
-    raise AssertionError(f"no job finished within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
