@@ -24,9 +24,7 @@ then the least recently used.
 ACCEPTED and DISCONNECTED events. `accepted` says whether to keep a new one: not
 when all connections together are at `total`, when its source already holds
 `per_source`, or when its source opened connections faster than its handshake
-ration. `full` names the sources at their cap (the ZAP handler refuses their
-handshakes, which covers connections accepted before their event was read).
-`forget` drops a descriptor found closed by a sweep (a lost event must not
+ration. `forget` drops a descriptor found closed by a sweep (a lost event must not
 shut a source out for good).
 """
 
@@ -159,14 +157,6 @@ class Connections:
     def live(self, source: str | None = None) -> int:
         """Connections open from `source`, or from everyone."""
         return len(self._by_fd) if source is None else self._live.get(source, 0)
-
-    @property
-    def full(self) -> frozenset[str]:
-        """The sources that may open no more connections now (all of them: the empty
-        string stands for everyone, when `total` is reached)."""
-        if len(self._by_fd) >= self.total:
-            return frozenset({""})
-        return frozenset(s for s, n in self._live.items() if n >= self.per_source)
 
     def status(self) -> dict:
         """For status: how many are open, from how many sources, and how many were refused."""

@@ -26,8 +26,10 @@ the drops and logs them once), and the client's request id makes asking again
 safe. libzmq's monitor tells the loop of every connection accepted and closed,
 and dealer._gate decides which to keep: at most PER_SOURCE_CONNECTIONS from one
 source (an IPv4 address, an IPv6 /64), MAX_CONNECTIONS in all, opened no faster
-than the handshake ration; a connection past that is shut down at once, and
-the ZAP handler refuses the handshakes of a source at its cap. `status`, the
+than the handshake ration; a connection past that is shut down at once. (Not
+by the ZAP handler: a ZAP request names an address but not its connection, so
+at a source's cap it cannot tell a kept connection finishing its handshake
+from one too many.) `status`, the
 one reply much bigger than its request, is rationed per source and in all: past
 the ration the asker gets an `error` (code `internal`, text "busy: ...") saying
 when to ask again.
@@ -107,17 +109,11 @@ def frame_cap(output_kb: int) -> int:
 
 
 class _Gate:
-    """The ZAP callback: which client keys may complete the handshake, and from which
-    sources no more connections are taken."""
+    """The ZAP callback: which client keys may complete the handshake."""
 
     def __init__(self, allow: Collection[str] | None) -> None:
         self.allow = None if allow is None else frozenset(allow)
         self.denied: frozenset[str] = frozenset()  # replaced whole, read by the auth thread
-        self.full: frozenset[str] = frozenset()  # sources at their cap ("": all); the same
-
-    def refuses(self, address: str) -> bool:
-        full = self.full
-        return bool(full) and ("" in full or source_of(address) in full)
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
@@ -125,21 +121,6 @@ class _Gate:
         except ValueError:
             return False
         return who not in self.denied and (self.allow is None or who in self.allow)
-
-
-class _Authenticator(ThreadAuthenticator):
-    """zmq.auth's ZAP handler, refusing first the handshakes of sources at their cap
-    (the address is in the ZAP request; zmq.auth's own address lists are static)."""
-
-    def __init__(self, ctx: zmq.Context, gate: _Gate) -> None:
-        super().__init__(ctx, log=logging.getLogger("dealer.zap"))
-        self.gate = gate
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        if len(msg) >= 6 and self.gate.refuses(msg[3].decode("utf-8", "replace")):
-            self._send_zap_reply(msg[1], b"400", b"too many connections from this address")
-            return
-        await super().handle_zap_message(msg)
 
 
 def _peer_of(fd: int) -> str | None:
@@ -200,7 +181,7 @@ class RouterServer:
         # IPv6 addresses work (libzmq falls back to IPv4 where a host has no IPv6)
         self._ctx.set(zmq.IPV6, 1)
         self.gate = _Gate(allow)
-        self._auth = _Authenticator(self._ctx, self.gate)
+        self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.gate)
         self.sock = self._router(max_frame)
@@ -209,7 +190,6 @@ class RouterServer:
         self.sock.curve_publickey = keys.public
         self.sock.zap_domain = ZAP_DOMAIN.encode()
         self.public = self._router(PUBLIC_REQUEST_BYTES)
-        self.public.zap_domain = ZAP_DOMAIN.encode()  # NULL: ZAP sees only the address
         self.connections = Connections(
             per_source,
             max(MAX_CONNECTIONS, per_source),
@@ -289,7 +269,6 @@ class RouterServer:
                 peer = _peer_of(fd)
                 if peer is None or source_of(peer) != c.source(fd):
                     c.forget(fd)
-        self.gate.full = c.full
 
     def _bind(self, bind: str) -> None:
         """Bind the work socket to `bind` and the plaintext one to the next port up."""

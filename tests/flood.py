@@ -134,9 +134,14 @@ class ReadFlood(threading.Thread):
 
 def handshake_flood(address: str, source: str, n: int, ctx: zmq.Context) -> list[CurveClient]:
     """`n` CURVE connections from one `source` (one key pair), each asking status once,
-    left open."""
+    left open. A connection the dealer shuts tries again every 2 s (libzmq's 0.1 s would
+    make it a storm of TCP connects: a firewall's matter, not this flood's)."""
     keys = zmq.curve_keypair()
-    clients = [CurveClient(address, source=source, keys=keys, ctx=ctx) for _ in range(n)]
+    ctx.setsockopt(zmq.RECONNECT_IVL, 2000)  # the sockets made below take it
+    try:
+        clients = [CurveClient(address, source=source, keys=keys, ctx=ctx) for _ in range(n)]
+    finally:
+        ctx.setsockopt(zmq.RECONNECT_IVL, 100)  # libzmq's default, for what comes after
     for c in clients:
         c.send(p.StatusQuery(1))
     return clients

@@ -54,14 +54,12 @@ def test_connections_are_capped_per_source_and_in_all_and_freed_when_closed():
     assert c.accepted(10, "a", 0.0) is None
     assert c.accepted(11, "a", 0.0) is None
     assert "2 connections open from a" in c.accepted(12, "a", 0.0)
-    assert c.full == {"a"}
     assert c.accepted(13, "b", 0.0) is None
     assert "3 connections open in all" in c.accepted(14, "c", 0.0)
-    assert c.full == {""}  # everyone
     c.disconnected(12)  # the refused one closing changes nothing
     assert c.live("a") == 2 and c.live() == 3
     c.disconnected(10)
-    assert c.live("a") == 1 and c.full == frozenset()
+    assert c.live("a") == 1
     assert c.accepted(14, "c", 0.0) is None
     assert c.refused == 2
     assert c.status()["open"] == 3
