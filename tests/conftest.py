@@ -7,11 +7,16 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import zmq
 
+from dealer._allocator import Allocator
+from dealer._allocator_server import AllocatorServer
+from protocol._keys import KeyPair
 from tests.helpers import PY, ROOT
 
 
@@ -167,3 +172,20 @@ def procs(tmp_path):
     ps = Procs(tmp_path)
     yield ps
     ps.cleanup()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An allocator served in this process on a free loopback port, and its root's keys:
+    the shell on real sockets, spoken to as docs/protocol.md section 10 says."""
+    a = Allocator(tmp_path / "wire.sqlite", refresh_s=5.0)
+    root = KeyPair(*zmq.curve_keypair())
+    a.make_root(root.public_hex, 0.0)
+    server = AllocatorServer("tcp://127.0.0.1:*", a, poll_s=3600.0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server, root
+    server.stop()
+    thread.join(10)
+    server.close()
+    a.close()

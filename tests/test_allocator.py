@@ -3,8 +3,6 @@ pools, machines, credit; then its shell on real sockets, spoken to as documented
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import zmq
 
@@ -18,9 +16,7 @@ from dealer._allocator import (
     AllocatorError,
     Forbidden,
 )
-from dealer._allocator_server import AllocatorServer
 from protocol._alloc import MAX_PROJECTS
-from protocol._keys import KeyPair
 from tests.helpers import CurveClient, raw
 
 ROOT_KEY = "0" * 64
@@ -243,21 +239,6 @@ def test_the_database_keeps_everything_across_a_restart(tmp_path):
 
 
 # --- the shell on real sockets, spoken to as docs/protocol.md section 10 says --------
-
-
-@pytest.fixture
-def served(tmp_path):
-    a = Allocator(tmp_path / "wire.sqlite", refresh_s=5.0)
-    root = KeyPair(*zmq.curve_keypair())
-    a.make_root(root.public_hex, 0.0)
-    server = AllocatorServer("tcp://127.0.0.1:*", a, poll_s=3600.0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield server, root
-    server.stop()
-    thread.join(10)
-    server.close()
-    a.close()
 
 
 def test_the_wire_as_documented(served):

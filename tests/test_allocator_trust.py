@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 
 import pytest
-import zmq
 
 import protocol as p
 from dealer._allocator import (
@@ -22,9 +20,7 @@ from dealer._allocator import (
     AllocatorError,
     Forbidden,
 )
-from dealer._allocator_server import AllocatorServer
 from protocol._alloc import allocator_address
-from protocol._keys import KeyPair
 from tests.helpers import CurveClient, raw
 
 ROOT_KEY = "0" * 64
@@ -281,24 +277,9 @@ def test_an_allocator_printed_by_a_dual_stack_socket_is_one_address_with_its_ipv
     assert allocator_address("[::ffff:1:2]:7000") == "tcp://[::ffff:1:2]:7000"
 
 
-@pytest.fixture
-def wire(tmp_path):
-    a = Allocator(tmp_path / "wire.sqlite", refresh_s=5.0)
-    root = KeyPair(*zmq.curve_keypair())
-    a.make_root(root.public_hex, 0.0)
-    server = AllocatorServer("tcp://127.0.0.1:*", a, poll_s=3600.0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield server, root
-    server.stop()
-    thread.join(10)
-    server.close()
-    a.close()
-
-
-def test_admission_on_the_wire_as_documented(wire):
+def test_admission_on_the_wire_as_documented(served):
     """Section 10 spoken with raw msgpack maps: join_token, then instruct with `join`."""
-    server, root = wire
+    server, root = served
     admin = CurveClient(server.address, keys=(root.public, root.secret))
     machine, stranger = CurveClient(server.address), CurveClient(server.address)
     host = {"cpus": 2, "memory_mb": 512, "slots": 2, "cached": []}
