@@ -646,12 +646,17 @@ class Core:
         limit = self.policy.deny_after
         return bool(limit and rec and rec.invalid >= limit and rec.invalid > rec.valid)
 
-    def room(self, jobber: str, machine: str) -> int:
-        """How many more replicas the identity `jobber` on `machine` may hold right now."""
+    def room(self, jobber: str, machine: str, unchecked: bool = True) -> int:
+        """How many more replicas the identity `jobber` on `machine` may hold right now:
+        with `unchecked`, counting its OK results not yet compared as held (room for new
+        jobs); without, only what it holds (room for replicas other machines wait on)."""
         me = self.jobbers.get(jobber)
         host = self.machines.get(machine)
-        mine = self.policy.quota if me is None else me.allowance - me.held - me.unchecked
-        theirs = self.policy.quota if host is None else host.allowance - host.held - host.unchecked
+        mine = self.policy.quota if me is None else me.allowance - me.held
+        theirs = self.policy.quota if host is None else host.allowance - host.held
+        if unchecked:
+            mine -= 0 if me is None else me.unchecked
+            theirs -= 0 if host is None else host.unchecked
         return max(0, min(mine, theirs))
 
     def waiting(self, now: float) -> list[str]:
@@ -807,18 +812,22 @@ class Core:
                 self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST, now))
         if memory_mb < self.policy.memory_mb or self.is_denied(jobber):
             return []
-        want = min(want, self.room(jobber, machine))
+        # Replicas of jobs already out, that other machines' results wait on, fit in what
+        # the jobber holds; new jobs also in its unchecked results (else machines whose
+        # results wait on each other's could stall a batch). Either room makes it present.
+        again = min(want, self.room(jobber, machine, unchecked=False))
         out: list[Assignment] = []
-        if want <= 0:
+        if again <= 0:
             return out
         m = self._machine(machine)
         m.present = max(m.present, now)
         for job_id in list(self._wanting):
-            if len(out) >= want:
-                return out
+            if len(out) >= again:
+                break
             j = self._jobs[job_id]
             if self._eligible(j, jobber, machine, platform, now):
                 out.append(self._send(j, jobber, machine, platform, now))
+        want = len(out) + min(want - len(out), self.room(jobber, machine))
         while len(out) < want and len(self._jobs) < self.policy.window:
             j = self._draw()
             if j is None:
@@ -930,10 +939,15 @@ class Core:
         return len(self._late)
 
     def resume(self, now: float) -> None:
-        """After a replay: every jobber holding work gets a fresh lease from `now`."""
+        """After a replay: every jobber holding work gets a fresh lease from `now`, and its
+        machine counts as present from `now` (presence is not journaled: without this a
+        restarted dealer would wait for no machine, and move jobs off their platform)."""
         for rec in self.jobbers.values():
             if rec.held:
                 rec.last_seen = max(rec.last_seen, now)
+        for m in self.machines.values():
+            if m.held or m.unchecked:
+                m.present = max(m.present, now)
 
     def deny(self, jobber: str, reason: str, now: float | None = None) -> None:
         """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""

@@ -46,6 +46,9 @@ REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to 
 SOON_S = 1.0
 PACE_WINDOW_S = 0.5
 DISTINCT = ("host", "subnet", "key")
+# identities one relay may name behind it at once (forgotten when idle, as any): what a
+# relay, trusted or not, can make this dealer remember is bounded per relay connection
+MAX_BEHIND = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +288,11 @@ class Service:
                 else:
                     del self._behind[relay]
             for relay, told in list(self._told.items()):
-                self._told[relay] = {k: v for k, v in told.items() if k in self.core.jobbers}
+                kept_told = {k: v for k, v in told.items() if k in self.core.jobbers}
+                if kept_told:
+                    self._told[relay] = kept_told
+                else:
+                    del self._told[relay]
 
     def commit(self) -> None:
         """Make the turn's changes durable: call before any reply goes out. If no job is
@@ -359,14 +366,23 @@ class Service:
         are identities of their own here (their own standing); only a trusted relay's are
         machines of their own (votes): see Relayed."""
         trusted = relay.key in self.relays
+        if self.core.is_denied(relay.key) and not (
+            isinstance(msg, p.Bored) and msg.behalf is None
+        ):  # a denied relay speaks for nobody (for itself, _bored says it is denied)
+            return p.Error(msg.id, p.ErrorCode.DENIED, "this relay is denied by the dealer")
         if isinstance(msg, p.Bored):
             if msg.behalf is None:
                 self._label(relay, msg.jobber)
                 return self._bored(msg, now, relay)
+            named = self._behind.get(relay.key, {})
+            if (
+                len(named) >= MAX_BEHIND
+                and behind(relay, msg.behalf, trusted=trusted).key not in named
+            ):
+                why = f"this relay names {MAX_BEHIND} jobbers already (MAX_BEHIND)"
+                return p.RetryLater(msg.id, RETRY_IDLE_S, why)
             who = self._named(relay, msg.behalf, trusted)
             self._label(who, f"{msg.jobber}/{msg.behalf.machine}")
-            if self.core.is_denied(relay.key):
-                return p.Error(msg.id, p.ErrorCode.DENIED, "this relay is denied by the dealer")
             return self._bored(msg, now, who)
         if isinstance(msg, p.Results):
             self._label(relay, msg.jobber)
@@ -374,12 +390,14 @@ class Service:
         self._label(relay, msg.jobber)
         mine = f"{relay.key[:16]}/"  # the relay vouches for every jobber of its own
         names = self._behind.get(relay.key, {})
-        keys = [k for k in names if k in self.core.jobbers]
+        jobbers = self.core.jobbers
+        # leases only for the jobbers holding work (the rest may be forgotten when idle)
+        keys = [k for k in names if k in jobbers and (jobbers[k].held or jobbers[k].gone)]
         if trusted:  # also those named before a restart of this dealer
             keys += [
                 k
                 for k, r in self.core.jobbers.items()
-                if r.machine.startswith(mine) and k not in names
+                if r.machine.startswith(mine) and k not in names and (r.held or r.gone)
             ]
         if relay.key in self.core.jobbers or (not keys and msg.holding):
             keys.append(relay.key)  # (a relay holding nothing is no identity of its own)

@@ -919,16 +919,19 @@ class JobberCore:
                 continue
             status = p.Status.ABANDONED if bad is None else bad[0]
             result = p.Result(spec.tag, status, b"", 0, why[: p.MAX_STR])
-            if mine + _weight(result) > s.spool_share_bytes:
+            weight = _weight(result)
+            if mine + weight > s.spool_share_bytes or spool + weight > s.spool_budget():
                 dropped += 1  # not even its refusal fits: the next `holding` says it
                 continue
-            mine += _weight(result)
-            spool += _weight(result)
+            mine += weight
+            spool += weight
             self._owe(h, +1)
             self._finish(h, result)
             if bad is not None:
                 refused += status is p.Status.ABANDONED
-            elif not owner:
+            elif owner:
+                unfit += 1
+            else:
                 unfit += 1
                 # alone bigger than what the owner allows: it can never be taken here
                 never += (
@@ -938,6 +941,8 @@ class JobberCore:
                 )
         if (refused or never) and not self.disk_trouble:  # jobs we will not run: ask less
             link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
+        elif unfit or dropped:  # they may fit once what is held is done: not every turn
+            link.ask_after = max(link.ask_after, now + self.s.min_backoff_s)
         taken = {h.spec.payload for h in self.buffer if h.dealer == link.address}
         keep = tuple((sha, wasm) for sha, wasm in msg.payloads.items() if sha in taken)
         if keep:

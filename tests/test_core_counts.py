@@ -338,6 +338,18 @@ def test_a_machine_that_could_take_nothing_is_not_waited_for(how):
     assert not core.machines.get("other") or core.machines["other"].present < 2.0
 
 
+def test_after_a_replay_machines_holding_work_are_present_from_the_restart():
+    core = make(2, redundancy=2, quorum=2, lease_s=20.0, deadline_s=1e6)
+    give(core, "a", 1, 0.0)
+    records = core.take_records()
+    again = make(2, redundancy=2, quorum=2, lease_s=20.0, deadline_s=1e6)
+    for rec in records:
+        again.apply(rec)
+    assert again.machines["a"].present == float("-inf")  # not journaled
+    again.resume(100.0)
+    assert again.machines["a"].present == 100.0
+
+
 def test_alive_places_an_identity_on_the_machine_it_speaks_from():
     core = make(1)
     core.alive("new", 1.0, machine="192.0.2.7")
@@ -364,6 +376,27 @@ def test_ok_results_not_yet_compared_count_against_the_quota():
     assert len(core.take_settled()) == 2
     assert core.jobbers["a"].unchecked == core.machines["a"].unchecked == 0
     assert core.jobbers["a"].allowance == 4 and core.room("a", "a") == 4  # 2, +1 per valid
+
+
+def test_machines_whose_unchecked_results_wait_on_each_other_do_not_stall():
+    """A's results wait on replicas only C can give, and C's on replicas only A can: each
+    takes the replicas the other waits on, though its unchecked results fill its quota."""
+    core = make(8, redundancy=2, quorum=2, quota=4, lease_s=20.0, deadline_s=1e6)
+    a = give(core, "a", 4, 0.0)
+    b = give(core, "b", 4, 0.0)
+    assert [x.job_id for x in a] == [x.job_id for x in b] == [0, 1, 2, 3]
+    c = give(core, "c", 4, 0.0)
+    assert [x.job_id for x in c] == [4, 5, 6, 7]
+    for who, xs in (("a", a), ("c", c)):
+        for x in xs:
+            assert core.result(who, x.tag, OK, b"x", 1, "", 1.0) is None
+    core.alive("a", 15.0)
+    core.alive("c", 15.0)
+    core.tick(21.0)  # b fell silent: jobs 0-3 want a replica again
+    assert core.jobbers["b"].gone and core.room("c", "c") == 0
+    assert [x.job_id for x in give(core, "c", 4, 21.0)] == [0, 1, 2, 3]
+    assert [x.job_id for x in give(core, "a", 4, 21.0)] == [4, 5, 6, 7]
+    assert give(core, "a", 4, 21.0) == []  # it holds its quota now
 
 
 def test_a_liar_on_a_platform_of_its_own_holds_back_only_its_quota():

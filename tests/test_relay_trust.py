@@ -191,3 +191,37 @@ def test_behind_an_untrusted_relay_a_lost_vote_costs_the_jobber_that_lied(tmp_pa
     fresh = behind(RELAY, p.Attribution("cc" * 32, "10.0.0.7"), trusted=False)
     assert fresh.key not in s.core.jobbers
     assert s.core.room(fresh.key, RELAY.machine("host")) < s.core.policy.quota // 4
+
+
+def test_what_one_relay_can_make_the_dealer_remember_is_bounded(tmp_path, monkeypatch):
+    """Names behind one relay are capped (MAX_BEHIND): a relay making up a fresh jobber
+    for every ask gets `retry_later` past the cap, and the dealer keeps no more rows."""
+    import dealer._service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_BEHIND", 3)
+    s = service(tmp_path, trusted=False)
+    for i in range(3):
+        reply = ask(s, p.Attribution(f"{i:02x}" * 32, "10.0.0.9"), 0.1)
+        assert isinstance(reply, p.Jobs | p.RetryLater) and "MAX_BEHIND" not in str(reply)
+    past = ask(s, p.Attribution("ff" * 32, "10.0.0.9"), 0.2)
+    assert isinstance(past, p.RetryLater) and "MAX_BEHIND" in past.reason
+    assert len(s.core.jobbers) == 3
+    again = ask(s, p.Attribution("00" * 32, "10.0.0.9"), 0.3)  # one it named: still served
+    assert "MAX_BEHIND" not in str(again)
+    s.close()
+
+
+def test_a_denied_relay_speaks_for_none_of_its_jobbers(tmp_path):
+    s = service(tmp_path, trusted=False)
+    jobs = ask(s, X, 0.1)
+    assert isinstance(jobs, p.Jobs)
+    s.core.deny(RELAY.key, "test", 0.2)
+    s.commit()
+    for msg in (
+        p.Bored(3, "lab", HOST, 2, None, Y),
+        p.Results(4, "lab", (p.Result(jobs.jobs[0].tag, p.Status.OK, b"1", 7, "", X),)),
+        p.Alive(5, "lab", (jobs.jobs[0].tag,)),
+    ):
+        reply = s.handle(msg, 0.3, RELAY)
+        assert isinstance(reply, p.Error) and reply.code is p.ErrorCode.DENIED, msg
+    s.close()
