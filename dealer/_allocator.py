@@ -401,6 +401,9 @@ class Allocator:
                 supplier = old[0]  # root re-creating a removed pool: the same supplier's
             elif supplier != old[0]:  # root may give a name to another supplier, explicitly
                 log.warning("pool %s: re-created for supplier %s, was %s's", name, supplier, old[0])
+                # the old supplier's machines and their history are not the new one's to see
+                self.db.execute("delete from machines where pool = ?", (name,))
+                self.db.execute("delete from history where pool = ?", (name,))
         supplier = _name(supplier, "supplier")
         given = args.get("prefs") or {}
         if not _is_map(given):

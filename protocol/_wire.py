@@ -635,7 +635,8 @@ class JobSpec(_Record):
 class Attribution(_Record):
     """A jobber behind a relay, as the relay saw it: the key its CurveZMQ handshake with
     the relay proved, and the address it connected to the relay from. The relay's word:
-    a dealer believes it only from a relay it trusts (`--trust-relay`)."""
+    a dealer keeps each named jobber's standing apart, but counts its address as a
+    machine only from a relay it trusts (`--trust-relay`)."""
 
     key: str  # CurveZMQ public key, 64 hex digits
     machine: str  # the source address the relay saw

@@ -93,6 +93,13 @@ def test_a_supplier_cannot_take_over_recreate_or_read_another_suppliers_pool(all
     alloc.admin(ROOT_KEY, "pool_add", {"name": "chem-lab"}, 10)
     pools = {x["name"]: x["supplier"] for x in alloc.admin(ROOT_KEY, "list", {}, 10)[1]["pools"]}
     assert pools == {"chem-lab": "chemistry", "chem-new": "physics"}
+    # root gives the removed name to physics, explicitly: chemistry's machines do not go
+    # with it
+    assert rows(alloc, "machines") == 1
+    alloc.admin(ROOT_KEY, "pool_remove", {"name": "chem-lab"}, 11)
+    alloc.admin(ROOT_KEY, "pool_add", {"name": "chem-lab", "supplier": "physics"}, 12)
+    assert alloc.admin(PHYSICS, "machines", {"pool": "chem-lab"}, 12)[1]["machines"] == []
+    assert rows(alloc, "machines") == 0
 
 
 def test_projects_are_the_allocator_admins_alone(alloc):
