@@ -311,6 +311,9 @@ class Jobber:
         self._throttle = Throttle(cfg.cpu_limit)
         self._control = _control.serve_socket(self._ctx, cfg.data_dir) if cfg.control else None
         if cfg.allocator is not None:
+            # no dealer is asked for work before the allocator's (or kept) instructions
+            # list it: not those an earlier run's spool names (their results still go)
+            self.core.set_projects({})
             self._start_allocator(cfg.allocator, cfg.pool or "")
         self._carry_out()
 

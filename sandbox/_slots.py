@@ -173,20 +173,22 @@ def _cpu_s(pid: int) -> float:
 COMPILE_MEMORY_DETAIL = "compiling the module took more than the compile memory fence of"
 
 
-def _owner_fenced(outcome: Outcome, memory_mb: int) -> Outcome:
+def _owner_fenced(outcome: Outcome) -> Outcome:
     """A compile stopped by a memory fence below COMPILE_MEMORY_MB was stopped by this
     machine's owner (their memory per job, or their compile ceiling), not by the payload:
     the job is given back unrun (ABANDONED, "refused: ..."), so that its dealer sends it
-    to a larger machine instead of failing it as the payload's own MEMORY."""
-    if (
-        outcome.status is not Status.MEMORY
-        or memory_mb >= COMPILE_MEMORY_MB
-        or not outcome.detail.startswith(COMPILE_MEMORY_DETAIL)
-    ):
+    to a larger machine instead of failing it as the payload's own MEMORY. The fence is
+    the one the detail names (a remembered failure's, not today's)."""
+    if outcome.status is not Status.MEMORY or not outcome.detail.startswith(COMPILE_MEMORY_DETAIL):
+        return outcome
+    try:
+        memory_mb = int(outcome.detail[len(COMPILE_MEMORY_DETAIL) :].split()[0])
+    except (IndexError, ValueError):
+        return outcome
+    if memory_mb >= COMPILE_MEMORY_MB:
         return outcome
     why = f"refused: compiling it needs more than the {memory_mb} MiB this machine allows: "
-    why += outcome.detail
-    return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why)
+    return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why + outcome.detail)
 
 
 def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
@@ -304,9 +306,7 @@ class Slots:
         if key in w.discard:
             w.discard.discard(key)
         else:
-            out.append(
-                (key, _owner_fenced(outcome, w.msg.get("compile_memory_mb", COMPILE_MEMORY_MB)))
-            )
+            out.append((key, _owner_fenced(outcome)))
         w.key = None
         w.compiling = None
         if w.queue:
@@ -379,7 +379,7 @@ class Slots:
             status, detail = failed
             log.info("job %s: payload %s failed to compile before: %s", key, sha256[:12], detail)
             outcome = Outcome(status, b"", 0, 0.0, f"{detail} (remembered)")
-            self._queued.append((key, _owner_fenced(outcome, memory_mb)))
+            self._queued.append((key, _owner_fenced(outcome)))
             return
         msg = {
             "kind": "job",
@@ -453,7 +453,7 @@ class Slots:
                         wall_s = time.monotonic() - w.started
                         if w.key not in w.discard:
                             outcome = Outcome(status, b"", 0, wall_s, detail)
-                            out.append((w.key, _owner_fenced(outcome, w.msg["compile_memory_mb"])))
+                            out.append((w.key, _owner_fenced(outcome)))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)

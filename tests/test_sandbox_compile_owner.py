@@ -192,13 +192,17 @@ def test_compile_shapes_within_the_caps_end_memory_under_a_small_owner_fence(sha
         (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 2047 MiB", 2047, True),
         # at the fixed fence the payload is too costly for any machine: its own failure
         (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 2048 MiB", 2048, False),
+        (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " 2048 MiB (remembered)", 64, False),
+        (Status.MEMORY, _slots.COMPILE_MEMORY_DETAIL + " many MiB", 64, False),
         # running out of the job's own memory is the payload's, whatever the fence
         (Status.MEMORY, "memory limit of 16 MiB reached", 64, False),
         (Status.TIME, "compiling the module took longer than 5 s", 64, False),
     ],
 )
 def test_a_compile_stopped_by_the_owner_is_given_back_unrun(status, detail, fence_mb, given_back):
-    o = _slots._owner_fenced(sandbox.Outcome(status, b"", 0, 0.1, detail), fence_mb)
+    """Read from the fence the detail names: a failure remembered at the fixed fence stays
+    the payload's after the owner lowers theirs."""
+    o = _slots._owner_fenced(sandbox.Outcome(status, b"", 0, 0.1, detail))
     if given_back:
         assert o.status is Status.ABANDONED
         assert o.detail == (

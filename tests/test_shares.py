@@ -297,3 +297,18 @@ def test_the_command_line_refuses_half_an_allocator(tmp_path, capsys, argv, why)
         code = e.code
     assert code == 2
     assert why in capsys.readouterr().err
+
+
+def test_under_an_allocator_no_dealer_is_asked_before_it_is_listed():
+    """A dealer an earlier run's spool names gets its results, but no ask for work, until
+    the allocator's instructions list it (the shell sets no projects at start)."""
+    st_ = c.Settings(name="j", slots=1, cpus=1, memory_mb=256, buffer=0, min_backoff_s=1.0)
+    spooled = [(A, p.Result("t.1", p.Status.OK, b"x", 1))]
+    core = c.JobberCore(st_, [], 0.0, pins={A: KEY_A}, spooled=spooled, rng=random.Random(1))
+    core.set_projects({})
+    core.tick(0.0)
+    kinds = [type(a.msg) for a in core.take_actions() if isinstance(a, c.Send)]
+    assert p.Results in kinds and p.Bored not in kinds
+    core.set_projects({f"{A}#{KEY_A}": 1.0})
+    core.tick(1.0)
+    assert p.Bored in [type(a.msg) for a in core.take_actions() if isinstance(a, c.Send)]
