@@ -645,10 +645,11 @@ class Jobber:
         elif isinstance(a, c.Start):
             spec = a.spec
             if spec.payload not in self._present and not self.cache.has(spec.payload):
-                why = f"payload {spec.payload[:12]} was not sent"
-                self.core.job_done(
-                    a.key, p.Result(spec.tag, p.Status.INVALID, b"", 0, why), 0.0, time.monotonic()
-                )
+                # evicted since the ask that listed it (or never held): given back unrun,
+                # nobody's fault; the next ask lists the cache as it is, so it comes again
+                why = f"payload {spec.payload[:12]} is no longer held here"
+                result = p.Result(spec.tag, p.Status.ABANDONED, b"", 0, why)
+                self.core.job_done(a.key, result, 0.0, time.monotonic())
                 return
             if spec.payload not in self._present:
                 self.cache.touch(spec.payload)  # used: the last to be evicted

@@ -649,7 +649,8 @@ class JobberCore:
         # the slot's own clock is coarse (10 ms ticks) and leaves out the pipe to the
         # worker: the time from start to outcome on ours is what buffering must cover
         took = max(wall_s, (now - h.started) / h.depth, 1e-6)
-        self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
+        if result.status is not p.Status.ABANDONED:  # given back unrun: no job's length
+            self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
         if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
             self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
         self._finish(h, result)

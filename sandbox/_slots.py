@@ -191,6 +191,25 @@ def _owner_fenced(outcome: Outcome) -> Outcome:
     return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why + outcome.detail)
 
 
+COMPILE_TIME_DETAIL = "compiling the module took"
+
+
+def _owner_limited(outcome: Outcome, compile_s: float, time_s: float) -> Outcome:
+    """_owner_fenced, and the same for time: a compile stopped by a compile time limit
+    below both COMPILE_TIME_S and the job's own time limit was stopped by the owner's
+    ceiling (`compile_time_s`), so the job is given back unrun, not counted as this
+    machine's error again and again while the failure is remembered."""
+    outcome = _owner_fenced(outcome)
+    if (
+        outcome.status is not Status.TIME
+        or not outcome.detail.startswith(COMPILE_TIME_DETAIL)
+        or compile_s >= min(COMPILE_TIME_S, time_s)
+    ):
+        return outcome
+    why = f"refused: compiling it takes more than the {compile_s:g} s this machine allows: "
+    return dataclasses.replace(outcome, status=Status.ABANDONED, detail=why + outcome.detail)
+
+
 def _compile_death(exitcode: int | None, memory_mb: int) -> tuple[Status, str]:
     """How a job ends whose worker died compiling its module."""
     sig = -exitcode if exitcode is not None and exitcode < 0 else None
@@ -306,7 +325,8 @@ class Slots:
         if key in w.discard:
             w.discard.discard(key)
         else:
-            out.append((key, _owner_fenced(outcome)))
+            limited = _owner_limited(outcome, w.compile_s, w.msg["limits"]["time_s"])
+            out.append((key, limited))
         w.key = None
         w.compiling = None
         if w.queue:
@@ -379,7 +399,7 @@ class Slots:
             status, detail = failed
             log.info("job %s: payload %s failed to compile before: %s", key, sha256[:12], detail)
             outcome = Outcome(status, b"", 0, 0.0, f"{detail} (remembered)")
-            self._queued.append((key, _owner_fenced(outcome)))
+            self._queued.append((key, _owner_limited(outcome, compile_s, limits.time_s)))
             return
         msg = {
             "kind": "job",
@@ -453,7 +473,8 @@ class Slots:
                         wall_s = time.monotonic() - w.started
                         if w.key not in w.discard:
                             outcome = Outcome(status, b"", 0, wall_s, detail)
-                            out.append((w.key, _owner_fenced(outcome)))
+                            time_s = w.msg["limits"]["time_s"]
+                            out.append((w.key, _owner_limited(outcome, w.compile_s, time_s)))
                     else:
                         log.info("idle slot worker %s: %s", w.process.pid, detail)
                     self._replace(w)
@@ -508,7 +529,9 @@ class Slots:
                         self._remember(w, None, Status.TIME, detail)
                     wall_s = now - w.started
                     if w.key not in w.discard:
-                        out.append((w.key, Outcome(Status.TIME, b"", 0, wall_s, detail)))
+                        outcome = Outcome(Status.TIME, b"", 0, wall_s, detail)
+                        time_s = w.msg["limits"]["time_s"]
+                        out.append((w.key, _owner_limited(outcome, w.compile_s, time_s)))
                     self._replace(w)
                     continue
             if w.key is not None and w in self._workers:

@@ -213,6 +213,31 @@ def test_a_compile_stopped_by_the_owner_is_given_back_unrun(status, detail, fenc
         assert (o.status, o.detail) == (status, detail)
 
 
+@pytest.mark.parametrize(
+    ("detail", "compile_s", "time_s", "given_back"),
+    [
+        ("compiling the module took longer than 5 s (...); stopped", 5.0, 60.0, True),
+        ("compiling the module took more than its CPU fence (SIGXCPU)", 5.0, 60.0, True),
+        # the job's own time limit, or the fixed one: the payload's (or the machine's load)
+        ("compiling the module took longer than 5 s (...); stopped", 5.0, 5.0, False),
+        ("compiling the module took longer than 30 s (...); stopped", 30.0, 60.0, False),
+        ("time limit of 5 s reached", 5.0, 60.0, False),
+    ],
+)
+def test_a_compile_stopped_by_the_owner_s_time_ceiling_is_given_back(
+    detail, compile_s, time_s, given_back
+):
+    o = _slots._owner_limited(sandbox.Outcome(Status.TIME, b"", 0, 0.1, detail), compile_s, time_s)
+    if given_back:
+        assert o.status is Status.ABANDONED
+        assert o.detail == (
+            f"refused: compiling it takes more than the {compile_s:g} s this machine allows: "
+            + detail
+        )
+    else:
+        assert (o.status, o.detail) == (Status.TIME, detail)
+
+
 @linux_only
 @pytest.mark.e2e
 def test_a_small_jobber_gives_a_costly_compile_back_and_a_larger_one_runs_it(procs):
