@@ -202,6 +202,11 @@ def test_payloads_in_hand_stay_within_the_cache_and_two_per_slot():
     assert [h.spec.payload for h in j.buffer] == shas[:2]  # 2000 bytes of 2500
     backs = {a.result.tag: a.result.detail for a in of(j.take_actions(), c.Spool)}
     assert "does not fit the cache" in backs["t.2"]
+    # what did not fit may once held jobs are done: asked again after a backoff, not
+    # every turn (each ask would bring the payload again, and give it back again)
+    assert j.links[LIVE].ask_after == 1.0
+    j.tick(0.5)
+    assert not [a for a in j.take_actions() if isinstance(a, c.Send) and isinstance(a.msg, p.Bored)]
     k = core(buffer=3, cache_bytes=10**9)
     bored = ask(k, 0.0)
     k.received(LIVE, p.Jobs(bored.id, jobs, payloads), 0.0)
