@@ -61,7 +61,9 @@ def test_status_replies_nobody_reads_are_dropped_not_buffered(procs, factor_wasm
             s.close()
     print(f"\n20 x 1000 status never read: {before:.0f} MB + {grown:.0f} MB at the peak")
     assert grown < UNREAD_FLOOD_MB
-    assert shown["connections"]["replies_dropped"] > 0  # the replies past SNDHWM, unread
+    # (whether any reply is dropped depends on the kernel: on loopback its socket buffers
+    # may take every reply the ration lets through; the bound is what this asserts)
+    assert shown["connections"]["status_refused"] >= 15_000
     assert flood.rss_mb(dealer.pid) < before + UNREAD_FLOOD_MB
     # still serving: an honest jobber finishes the batch
     honest = procs.jobber("h", f"127.0.0.1:{port}", extra=("--max-idle", "5"))
