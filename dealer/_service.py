@@ -281,18 +281,13 @@ class Service:
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
             self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
-            for relay, names in list(self._behind.items()):
-                kept = {k: v for k, v in names.items() if k in self.core.jobbers}
-                if kept:
-                    self._behind[relay] = kept
-                else:
-                    del self._behind[relay]
-            for relay, told in list(self._told.items()):
-                kept_told = {k: v for k, v in told.items() if k in self.core.jobbers}
-                if kept_told:
-                    self._told[relay] = kept_told
-                else:
-                    del self._told[relay]
+            for per_relay in (self._behind, self._told):
+                for relay, rows in list(per_relay.items()):
+                    kept = {k: v for k, v in rows.items() if k in self.core.jobbers}
+                    if kept:
+                        per_relay[relay] = kept
+                    else:
+                        del per_relay[relay]
 
     def commit(self) -> None:
         """Make the turn's changes durable: call before any reply goes out. If no job is

@@ -289,11 +289,9 @@ def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(ste
     j.cache_updated({})
     shas = [f"{i:064x}" for i in range(4)]
     now, old = 0.0, 0
-    for step in steps:
-        now += 1.0
-        link = j.links[LIVE]
-        link.backoff.succeeded()
-        j.tick(now)
+
+    def carry_out(j: c.JobberCore) -> None:
+        """What the shell would do: store payloads (their sizes go back), spool results."""
         for a in j.take_actions():
             if isinstance(a, c.Store):
                 sizes = dict(j.sizes)
@@ -301,6 +299,13 @@ def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(ste
                 j.cache_updated(sizes)
             if isinstance(a, c.Spool):
                 j.spooled([(a.dealer, a.result.tag)])
+
+    for step in steps:
+        now += 1.0
+        link = j.links[LIVE]
+        link.backoff.succeeded()
+        j.tick(now)
+        carry_out(j)
         if step == "done":
             for key, h in list(j.running.items()):
                 out = b"o" * (h.spec.limits.output_kb * 1024)
@@ -326,13 +331,7 @@ def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(ste
             if link.bored_id is not None:
                 old = link.bored_id
             j.received(LIVE, p.Jobs(re, specs, payloads), now)
-        for a in j.take_actions():
-            if isinstance(a, c.Store):
-                sizes = dict(j.sizes)
-                sizes.update({sha: (len(wasm), 0) for sha, wasm in a.payloads})
-                j.cache_updated(sizes)
-            if isinstance(a, c.Spool):
-                j.spooled([(a.dealer, a.result.tag)])
+        carry_out(j)
         held = j._in_hand()
         assert sum(h.input for h in held) <= budget
         assert sum(j._payload_bytes(sha) for sha in j.held_payloads()) <= cache
