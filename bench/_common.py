@@ -18,7 +18,7 @@ if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 
 import protocol as p  # noqa: E402
-from protocol._keys import hex_of_z85, z85_of_hex  # noqa: E402
+from net._keys import hex_of_z85, z85_of_hex  # noqa: E402
 from tasks import Job, Limits, Payload, Task  # noqa: E402
 
 NOP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dealer.cli import query_status  # noqa: E402
+from net._ask import query_status  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 N = str(1000000007 * 1000000009)

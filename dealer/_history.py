@@ -22,13 +22,28 @@ import base64
 import csv
 import hashlib
 import io
+import json
+import os
 import shlex
+import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from dealer._core import Accepted, Core, Drawn, Policy, Record, ReplicaState, Returned, Sent
+from dealer._core import (
+    Accepted,
+    Core,
+    CoreError,
+    Drawn,
+    Policy,
+    Record,
+    ReplicaState,
+    Returned,
+    Sent,
+)
+from dealer._journal import JournalError, ReadOnly
 from tasks import Job
 
 STATES = ("accepted", "failed", "unsettled")
@@ -363,3 +378,90 @@ def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) ->
             out.append(("  " + "  ".join(cells) + "  " + t[9]).rstrip())
     out.append(_summary(h))
     return "\n".join(out)
+
+
+# --- reading a journal: python -m dealer results|jobs ---------------------------------
+
+
+READS = 3  # tries at reading a closed journal that a dealer keeps opening meanwhile
+
+
+def read_history(path: Path) -> tuple[dict[str, str], History]:
+    """A journal's meta and its records replayed (dealer._history), read without writing
+    anything (dealer._journal.ReadOnly): safe on a live dealer's journal, a killed
+    one's (with its -wal), or a finished one. JournalError if it cannot be read."""
+    for _ in range(READS):
+        with ReadOnly(path) as j:
+            try:
+                voting = j.meta.get("voting")
+                if voting is None:
+                    raise JournalError(
+                        f"{path}: the journal does not record its voting rules (no 'voting' "
+                        "row in its meta table): no dealer has served a task on it"
+                    )
+                try:
+                    policy = policy_of(voting)
+                except ValueError as e:
+                    raise JournalError(f"{path}: {e}: its meta table was damaged") from e
+                try:
+                    h = History.of(policy, j.tag_prefix, j.records())
+                except CoreError as e:
+                    raise JournalError(
+                        f"{path}: its records do not replay: {e}: the journal was damaged"
+                    ) from e
+            except JournalError:
+                if j.intact():
+                    raise
+                continue  # a dealer opened it while it was read as closed: read again
+            if j.intact():
+                return j.meta, h
+    raise JournalError(f"{path}: a dealer kept opening it while it was read; try again")
+
+
+def _heading(path: Path, meta: dict[str, str]) -> str:
+    open_ = meta.get("state", "").startswith("open")
+    return f"journal {path}: task {meta.get('task')}; {meta.get('voting')}" + (
+        "; open (a dealer runs on it, or was killed)" if open_ else ""
+    )
+
+
+def _about(path: Path, meta: dict[str, str]) -> dict:
+    return {
+        "journal": str(path),
+        "task": meta.get("task"),
+        "voting": meta.get("voting"),
+        "open": meta.get("state", "").startswith("open"),
+    }
+
+
+def _emit(text: str) -> int:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def results(path: Path, form: str, full: bool = False) -> int:
+    try:
+        meta, h = read_history(path)
+    except JournalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if form == "json":
+        return _emit(json.dumps({**_about(path, meta), **results_json(h)}, indent=2) + "\n")
+    if form == "csv":
+        return _emit(results_csv(h))
+    return _emit(f"{_heading(path, meta)}\n{results_text(h, full)}\n")
+
+
+def jobs(path: Path, states: Sequence[str], as_json: bool, full: bool = False) -> int:
+    try:
+        meta, h = read_history(path)
+    except JournalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        return _emit(json.dumps({**_about(path, meta), **jobs_json(h, states)}, indent=2) + "\n")
+    return _emit(f"{_heading(path, meta)}\n{jobs_text(h, states, full)}\n")

@@ -25,15 +25,6 @@ MAX_REPLY_BYTES = 64 * 1024  # a work_offer is about 100 bytes
 MAX_DRAIN = 16  # replies read from one peer per turn (one is expected)
 
 
-def public_endpoint(address: str) -> str:
-    """The plaintext port of the dealer at `address` (canonical, maybe with #key)."""
-    endpoint, _ = p.split_key(address)
-    if not endpoint.startswith("tcp://"):
-        return endpoint + ".public"
-    host, _, port = endpoint.rpartition(":")
-    return f"{host}:{int(port) + 1}"
-
-
 class PeerLinks:
     """The sockets to every peer's plaintext port, fed to and from `peers`."""
 
@@ -103,7 +94,7 @@ class PeerLinks:
             s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
             s.setsockopt(zmq.SNDHWM, 4)
             try:
-                s.connect(public_endpoint(address))
+                s.connect(p.public_endpoint(address))
             except (zmq.ZMQError, ValueError):
                 s.close()
                 raise

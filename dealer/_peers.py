@@ -17,7 +17,7 @@ state      means                                  asked again
 =========  =====================================  =============================
 waiting    a query is out (`query_id` set)        when it is answered or expires
 backing    the last contact failed                when its backoff is over
-           (`backoff.failures > 0`)               (protocol._backoff: doubling from
+           (`backoff.failures > 0`)               (net._backoff: doubling from
                                                   MIN_BACKOFF_S to MAX_BACKOFF_S)
 idle       answered, or never asked yet           ASK_EVERY_S after the last ask
 =========  =====================================  =============================
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import protocol as p
-from protocol._backoff import Backoff  # the project's one backoff (the jobber's rule)
+from net._backoff import Backoff  # the project's one backoff (the jobber's rule)
 
 log = logging.getLogger(__name__)
 

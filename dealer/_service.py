@@ -25,6 +25,7 @@ import protocol as p
 from dealer._core import Accepted, Core, Policy
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
+from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Job, Task
 
@@ -49,20 +50,6 @@ DISTINCT = ("host", "subnet", "key")
 # identities one relay may name behind it at once (forgotten when idle, as any): what a
 # relay, trusted or not, can make this dealer remember is bounded per relay connection
 MAX_BEHIND = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who sent a message, as the transport proved it."""
-
-    key: str  # the CurveZMQ public key, 64 hex digits ("" on the plaintext socket)
-    address: str  # the connection's source IP address
-
-    def machine(self, distinct: str) -> str:
-        """The group votes are counted by, under the --distinct policy."""
-        if distinct == "key":
-            return self.key
-        return p.machine_of(self.address, subnet=distinct == "subnet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +153,7 @@ class Service:
         self.peers = peers if isinstance(peers, Peers) else Peers(peers)
         self.distinct = distinct
         self.admins = frozenset(admins)
-        # relays whose word on which jobber of theirs ran what is believed (dealer._relay)
+        # relays whose word on which jobber of theirs ran what is believed (relay._core)
         self.relays = frozenset(relays)
         # relay key -> {identity behind it: the jobber key the relay named it by}, for the
         # relay's alive and the standing it is told (any relay: see Relayed)

@@ -96,6 +96,6 @@ class Factoring(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Factoring))

@@ -126,6 +126,6 @@ class Mandelbrot(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Mandelbrot))

@@ -121,6 +121,6 @@ class Sweep(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Sweep))

@@ -1,6 +1,6 @@
 """The jobber: asks dealers for work and runs it sandboxed, at low priority."""
 
 from jobber._client import Config, Jobber, JobberError
-from protocol._backoff import Backoff, backoff_s
+from net._backoff import Backoff, backoff_s
 
 __all__ = ["Backoff", "Config", "Jobber", "JobberError", "backoff_s"]

@@ -4,7 +4,7 @@ It owns one DEALER socket (CurveZMQ, to the allocator's key: the one in the
 address, else the one pinned in known_dealers, else the one its plaintext port
 announces, as for a dealer) and asks `instruct` every `refresh_s` the last
 answer gave. A failed contact (no answer within the timeout, an error, a key
-refused) backs off as from a dealer (protocol._backoff), and the socket is made
+refused) backs off as from a dealer (net._backoff), and the socket is made
 anew (Lazy Pirate). Everything it learns goes to the loop through `events`:
 ("instructions", msg), ("pin", endpoint, key) or ("failed", why); the loop
 applies instructions, pins keys and keeps the last instructions on disk. The
@@ -22,9 +22,9 @@ import time
 import zmq
 
 import protocol as p
+from net._backoff import Backoff
+from net._keys import KeyPair, z85_of_hex
 from protocol._alloc import Instruct, Instructions
-from protocol._backoff import Backoff
-from protocol._keys import KeyPair, z85_of_hex
 
 log = logging.getLogger(__name__)
 

@@ -51,12 +51,12 @@ from jobber._allocator_link import AllocatorLink
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._quiet import Repeats
 from jobber._spool import Spool
+from net._author_keys import load_trusted_key
+from net._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
+from net._files import write_atomic
+from net._keys import load_or_create_key_pair, z85_of_hex
+from net._pins import Pins
 from protocol._alloc import Instructions, allocator_address
-from protocol._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
-from protocol._files import write_atomic
-from protocol._keys import load_or_create_key_pair, z85_of_hex
-from protocol._pins import Pins
-from protocol._signing import load_trusted_key
 
 log = logging.getLogger(__name__)
 

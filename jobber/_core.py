@@ -33,7 +33,7 @@ The rules, per turn (``tick``):
 2. buffered jobs start on free slots (unless paused), the owner's limits
    checked first: a job asking for more is given back unrun (ABANDONED);
 3. requests unanswered after ``request_timeout_s`` are failed contacts: the
-   dealer is backed off (protocol._backoff) and its sockets reset (Lazy Pirate);
+   dealer is backed off (net._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
 6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
@@ -97,7 +97,7 @@ from dataclasses import dataclass
 import protocol as p
 from jobber._quiet import Repeats
 from jobber._shares import Shares
-from protocol._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
+from net._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 
 log = logging.getLogger(__name__)
 

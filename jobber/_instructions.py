@@ -22,8 +22,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from net._files import write_atomic
 from protocol._alloc import Instructions, Prefs, Project
-from protocol._files import write_atomic
 
 SCHEMA = 1
 FILE = "instructions.json"

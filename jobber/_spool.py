@@ -28,7 +28,7 @@ from pathlib import Path
 import msgpack
 
 import protocol as p
-from protocol._files import write_atomic
+from net._files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,10 @@
 
 from protocol._addr import (
     DEFAULT_PORT,
+    Peer,
     dealer_address,
     machine_of,
+    public_endpoint,
     source_address,
     split_key,
 )
@@ -59,6 +61,8 @@ from protocol._wire import (
 )
 
 __all__ = [
+    "Peer",
+    "public_endpoint",
     "AllocAdmin",
     "AllocReply",
     "Instruct",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 DEFAULT_PORT = 7117
 # An IPv6 host usually holds a whole /64 (SLAAC, privacy addresses): that prefix is one
@@ -141,3 +142,27 @@ def machine_of(address: str, subnet: bool = False) -> str:
     else:
         bits = IPV6_SUBNET_PREFIX if subnet else IPV6_HOST_PREFIX
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent a message, as the transport proved it."""
+
+    key: str  # the CurveZMQ public key, 64 hex digits ("" on the plaintext socket)
+    address: str  # the connection's source IP address
+
+    def machine(self, distinct: str) -> str:
+        """The group votes are counted by, under the --distinct policy."""
+        if distinct == "key":
+            return self.key
+        return machine_of(self.address, subnet=distinct == "subnet")
+
+
+def public_endpoint(address: str) -> str:
+    """The plaintext port of the dealer at `address` (canonical, maybe with #key): the work
+    port + 1 (docs/protocol.md, section 1), or an ipc endpoint with `.public` added."""
+    endpoint, _ = split_key(address)
+    if not endpoint.startswith("tcp://"):
+        return endpoint + ".public"
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + 1}"

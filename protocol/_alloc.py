@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from protocol import _wire as w
+from protocol._addr import dealer_address
 from protocol._wire import (
     _ID,
     _JOBBER,
@@ -202,8 +203,6 @@ def allocator_address(text: str) -> str:
     addr, sep, key = text.partition("#")
     if "://" not in addr and ":" not in addr:
         addr += f":{DEFAULT_ALLOCATOR_PORT}"
-    from protocol._addr import dealer_address
-
     endpoint = dealer_address(addr + sep + key)
     # an IPv4 address as a dual-stack socket prints it ([::ffff:a.b.c.d]) is the IPv4
     # address: one allocator, one spelling, so that its pinned key and kept instructions

@@ -771,7 +771,7 @@ class Bored(Message):
     open replicas on this jobber as lost (say, by a jobber that crashed and
     restarted) and reissues them at once. nil: the jobber does not say.
 
-    `behalf`: a relay asking for jobs for one of its jobbers (dealer._relay; counted as
+    `behalf`: a relay asking for jobs for one of its jobbers (relay._core; counted as
     that jobber's machine only by a dealer that trusts the relay).
     """
 

@@ -74,8 +74,8 @@ from pathlib import Path
 
 import wasmtime
 
+from net._files import write_atomic
 from protocol import Status
-from protocol._files import write_atomic
 from sandbox import _engine
 from sandbox._precheck import Refused
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from protocol._files import write_atomic
+from net._files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class Payload:
 
     def run(self, args: Sequence[str] = (), stdin: bytes = b"", limits=None):
         """Run one job here, in this process, as a jobber would: a sandbox.Outcome."""
+        # imported here, not above: a dealer imports tasks and never needs wasmtime
         import sandbox
         from protocol import Limits
 

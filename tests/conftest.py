@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from dealer._allocator import Allocator
-from dealer._allocator_server import AllocatorServer
-from protocol._keys import KeyPair
+from allocator._core import Allocator
+from allocator._server import AllocatorServer
+from net._keys import KeyPair
 from tests.helpers import PY, ROOT
 
 

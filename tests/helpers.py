@@ -16,7 +16,7 @@ import zmq
 
 import protocol as p
 import sandbox
-from protocol._keys import z85_of_hex
+from net._keys import z85_of_hex
 from tasks import Job, Limits, Payload, Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ class CurveClient:
 
     @property
     def key(self) -> str:
-        from protocol._keys import hex_of_z85
+        from net._keys import hex_of_z85
 
         return hex_of_z85(self.public)
 
@@ -106,7 +106,7 @@ class CurveClient:
 def fake_dealer(ctx: zmq.Context | None = None) -> tuple[zmq.Socket, str]:
     """A bare CurveZMQ ROUTER on a free loopback port, and the address a jobber needs
     (with its key), for tests that play a dealer by hand."""
-    from protocol._keys import hex_of_z85
+    from net._keys import hex_of_z85
 
     public, secret = zmq.curve_keypair()
     router = (ctx or zmq.Context.instance()).socket(zmq.ROUTER)
@@ -165,7 +165,7 @@ def by_name(info: dict) -> dict[str, dict]:
 
 
 def wait_status(port: int, pred, timeout: float = 60.0) -> dict:
-    from dealer.cli import query_status
+    from net._ask import query_status
 
     last = None
 

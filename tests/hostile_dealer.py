@@ -41,7 +41,7 @@ import wasmtime
 import zmq
 
 import protocol as p
-from protocol._keys import hex_of_z85
+from net._keys import hex_of_z85
 
 STDIN_MIB = 15
 PAYLOADS = 60

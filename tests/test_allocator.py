@@ -1,4 +1,4 @@
-"""The allocator's core (dealer._allocator) over a real SQLite file: roles, projects,
+"""The allocator's core (allocator._core) over a real SQLite file: roles, projects,
 pools, machines, credit; then its shell on real sockets, spoken to as documented."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import zmq
 
 import protocol as p
-from dealer._allocator import (
+from allocator._core import (
     ALLOCATOR_ADMIN,
     PERMITTED,
     ROOT,

@@ -1,4 +1,4 @@
-"""Who owns what at the allocator (dealer._allocator), over a real SQLite file: a pool is
+"""Who owns what at the allocator (allocator._core), over a real SQLite file: a pool is
 its supplier's, a removed name stays reserved for it, projects are the allocator
 admins', a pool's instructions go only to admitted keys (by hand or by the pool's
 join token), and strangers cost no rows (issue 21, items 3 and 5)."""
@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 import protocol as p
-from dealer._allocator import (
+from allocator._core import (
     ALLOCATOR_ADMIN,
     ROOT,
     SUPPLIER_ADMIN,

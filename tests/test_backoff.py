@@ -1,4 +1,4 @@
-"""protocol/_backoff.py: the schedule, the state, and its defaults."""
+"""net/_backoff.py: the schedule, the state, and its defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from protocol._backoff import JITTER, MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff, backoff_s
+from net._backoff import JITTER, MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff, backoff_s
 
 
 class Fixed(random.Random):

@@ -12,7 +12,8 @@ import urllib.request
 
 import pytest
 
-from dealer._http import Dashboard, parse_http
+from dealer._dashboard import Dashboard
+from net._http import parse_http
 from tests.helpers import CHUNK, JOBS, LINE, N, free_port, wait_for
 
 

@@ -14,9 +14,9 @@ import zmq
 import protocol as p
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Drawn, Overdue, Returned, Sent
-from dealer._server import STATUS_BURST
 from dealer._service import policy_for
-from dealer.cli import query_status
+from net._ask import query_status
+from net._router import STATUS_BURST
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import CurveClient, wait_for
 from tests.wat import printing

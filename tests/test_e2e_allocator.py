@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from dealer._allocator_cli import ask
-from protocol._keys import create_key_pair, load_key_pair
+from allocator.cli import ask
+from net._keys import create_key_pair, load_key_pair
 from tests.helpers import PY, ROOT, free_port, jobber_status, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ import pytest
 import zmq
 
 import protocol as p
-from dealer._allocator_cli import ask
+from allocator.cli import ask
 from jobber._core import MAX_BUFFER_PER_SLOT
-from protocol._keys import create_key_pair, hex_of_z85, load_key_pair
+from net._keys import create_key_pair, hex_of_z85, load_key_pair
 from tests.helpers import (
     PY,
     CurveClient,

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 import protocol as p
-from dealer._server import PER_SOURCE_CONNECTIONS
+from net._router import PER_SOURCE_CONNECTIONS
 from tests import flood
 from tests.helpers import CHUNK, LINE, N, free_port, wait_for, wait_status
 

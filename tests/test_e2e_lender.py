@@ -11,7 +11,7 @@ import time
 import pytest
 
 import protocol as p
-from protocol._signing import load_trusted_key
+from net._author_keys import load_trusted_key
 from tasks import Payload
 from tests.helpers import (
     CHUNK,

@@ -1,4 +1,4 @@
-"""dealer._gate driven directly: sources, rations and connection caps, with `now` given."""
+"""net._gate driven directly: sources, rations and connection caps, with `now` given."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dealer._gate import Connections, Ration, source_of
+from net._gate import Connections, Ration, source_of
 
 
 def test_a_source_is_an_ipv4_address_or_an_ipv6_slash_64():

@@ -20,8 +20,8 @@ import protocol as p
 from dealer import Dealer
 from dealer._core import Policy
 from dealer._journal import Journal
-from dealer._server import connectable
 from dealer._service import Peer, Service
+from net._router import connectable
 from tests.helpers import CurveClient, Few, free_port
 
 HOST = p.HostFacts(cpus=1, memory_mb=256, slots=1)

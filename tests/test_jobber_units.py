@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import protocol as p
 from jobber._idle import HostReading, IdleDetector, Throttle, _input_interrupts
 from jobber._spool import Spool
-from protocol._backoff import Backoff, backoff_s
+from net._backoff import Backoff, backoff_s
 
 mins = st.floats(0.01, 120.0)
 caps = st.floats(0.01, 86400.0)

@@ -691,7 +691,7 @@ class Echo(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Echo))
 """

@@ -278,7 +278,7 @@ def test_a_task_file_whose_payload_does_not_validate_says_so_without_a_traceback
         "    def jobs(self):\n"
         "        return [Job()]\n"
         "if __name__ == '__main__':\n"
-        "    from dealer.cli import serve_task\n"
+        "    from dealer import serve_task\n"
         "    sys.exit(serve_task(Broken))\n"
     )
     run = subprocess.run(

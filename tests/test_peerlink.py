@@ -9,9 +9,10 @@ import pytest
 import zmq
 
 import protocol as p
-from dealer._peerlink import PeerLinks, public_endpoint
+from dealer._peerlink import PeerLinks
 from dealer._peers import Peers
-from dealer.cli import _print_peers
+from dealer._print import print_peers
+from protocol import public_endpoint
 from tests.helpers import free_port, wait_for
 
 SMALL = p.Limits(fuel=10**6, memory_mb=64, time_s=5.0, output_kb=1)
@@ -92,7 +93,7 @@ def test_status_prints_each_peer_what_it_said_and_its_failures(capsys):
         if address == "tcp://b:1":
             peers.heard(address, p.WorkOffer(q.id, 0, SMALL, 0, True), 100.0)
     peers.expire(104.0)
-    _print_peers(peers.status(104.0), now=104.0)
+    print_peers(peers.status(104.0), now=104.0)
     a, b, c = capsys.readouterr().out.splitlines()
     assert a == "peer tcp://a:1: 51 jobs (60 left), 64 MiB per job, said 4 s ago"
     assert b == "peer tcp://b:1: finished, said 4 s ago"

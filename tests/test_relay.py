@@ -1,5 +1,5 @@
-"""The relay's pure core (dealer._relay) driven directly with a fake clock, and its
-journal (dealer._relay_journal) on a real SQLite file."""
+"""The relay's pure core (relay._core) driven directly with a fake clock, and its
+journal (relay._journal) on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 import protocol as p
 from dealer._journal import JournalError
-from dealer._relay import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Op, RelayCore
-from dealer._relay_journal import RelayJournal
-from protocol._backoff import Backoff
+from net._backoff import Backoff
+from relay._core import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Op, RelayCore
+from relay._journal import RelayJournal
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()

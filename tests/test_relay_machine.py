@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import protocol as p
-from dealer._relay import RelayCore
-from dealer._relay_journal import RelayJournal
-from protocol._backoff import Backoff
+from net._backoff import Backoff
+from relay._core import RelayCore
+from relay._journal import RelayJournal
 
 WASM = b"\0asm\1\0\0\0"
 SHA = hashlib.sha256(WASM).hexdigest()

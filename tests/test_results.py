@@ -14,10 +14,10 @@ import time
 import pytest
 
 from dealer._core import Policy
-from dealer._history import History
+from dealer._history import History, read_history
 from dealer._journal import Journal, JournalError, ReadOnly
 from dealer._service import Service
-from dealer.cli import main, read_history
+from dealer.cli import main
 from tests.helpers import CHUNK, JOBS, LINE, PY, ROOT, Few, N, free_port, summary_rows, wait_for
 
 SMALL = 1000003 * 1000033  # 6 jobs of 200000 candidates: a batch of a second or two

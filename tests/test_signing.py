@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
+from net import _author_keys as keyfiles
 from protocol import _signing as s
 from tests.helpers import PY, ROOT
 
@@ -325,85 +326,85 @@ def test_every_refusal_is_refused_in_words_a_lender_can_act_on() -> None:
 
 
 def test_an_author_key_is_made_once_and_read_back(tmp_path: Path) -> None:
-    made = s.create_author_key(tmp_path / "keys" / "author")
+    made = keyfiles.create_author_key(tmp_path / "keys" / "author")
     secret, public = tmp_path / "keys" / "author.sign_secret", tmp_path / "keys" / "author.sign"
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(public).st_mode) == 0o644
     assert bytes(made.signing).hex() not in repr(made)
     assert bytes(made.signing).hex() not in public.read_text()
     for name in ("author", "author.sign_secret"):
-        back = s.load_author_key(tmp_path / "keys" / name)
+        back = keyfiles.load_author_key(tmp_path / "keys" / name)
         assert back.public == made.public and back.chain == ()
     for name in ("author", "author.sign"):
-        assert s.load_trusted_key(tmp_path / "keys" / name) == made.public
+        assert keyfiles.load_trusted_key(tmp_path / "keys" / name) == made.public
     with pytest.raises(FileExistsError, match="refusing to replace a key"):
-        s.create_author_key(tmp_path / "keys" / "author")
+        keyfiles.create_author_key(tmp_path / "keys" / "author")
     with pytest.raises(ValueError, match=r"is a secret key; trust its public half"):
-        s.load_trusted_key(secret)
+        keyfiles.load_trusted_key(secret)
 
 
 def test_a_bad_author_key_file_is_refused_naming_it(tmp_path: Path) -> None:
-    s.create_author_key(tmp_path / "k")
+    keyfiles.create_author_key(tmp_path / "k")
     secret = tmp_path / "k.sign_secret"
     os.chmod(secret, 0o644)
     with pytest.raises(ValueError, match=r"k\.sign_secret can be read by other users"):
-        s.load_author_key(tmp_path / "k")
+        keyfiles.load_author_key(tmp_path / "k")
     os.chmod(secret, 0o600)
     text = secret.read_text()
     other = pub(B)
     secret.write_text(re.sub(r"public [0-9a-f]{64}", f"public {other}", text))
     with pytest.raises(ValueError, match=r"its public key does not match its secret key"):
-        s.load_author_key(tmp_path / "k")
+        keyfiles.load_author_key(tmp_path / "k")
     secret.write_text("nonsense\n")
     with pytest.raises(ValueError, match=r"k\.sign_secret: not a borednet signing key"):
-        s.load_author_key(tmp_path / "k")
+        keyfiles.load_author_key(tmp_path / "k")
     with pytest.raises(ValueError, match=r"nope\.sign_secret: cannot read"):
-        s.load_author_key(tmp_path / "nope")
+        keyfiles.load_author_key(tmp_path / "nope")
     (tmp_path / "t.sign").write_text("# two keys\n" + pub(A) + "\n" + pub(B) + "\n")
     with pytest.raises(ValueError, match=r"t\.sign: not a borednet public signing key"):
-        s.load_trusted_key(tmp_path / "t.sign")
+        keyfiles.load_trusted_key(tmp_path / "t.sign")
 
 
 def test_rotations_are_written_beside_the_new_key_and_checked_when_read(tmp_path: Path) -> None:
-    keys = [s.create_author_key(tmp_path / name) for name in ("a", "b", "c")]
-    assert s.write_rotation(tmp_path / "a", tmp_path / "b") == chain_of(
+    keys = [keyfiles.create_author_key(tmp_path / name) for name in ("a", "b", "c")]
+    assert keyfiles.write_rotation(tmp_path / "a", tmp_path / "b") == chain_of(
         [k.signing for k in keys[:2]]
     )
-    chain = s.write_rotation(tmp_path / "b", tmp_path / "c")  # b's link is carried along
+    chain = keyfiles.write_rotation(tmp_path / "b", tmp_path / "c")  # b's link is carried along
     assert [(x.old, x.new) for x in chain] == [
         (keys[0].public, keys[1].public),
         (keys[1].public, keys[2].public),
     ]
-    c = s.load_author_key(tmp_path / "c")
+    c = keyfiles.load_author_key(tmp_path / "c")
     assert c.chain == chain
     verdict = p.verify_payload(SHA, c.sign_payload(SHA), {keys[0].public})
     assert verdict.accepted and verdict.learned == (keys[1].public, keys[2].public)
     with pytest.raises(FileExistsError, match=r"c\.rotations exists already"):
-        s.write_rotation(tmp_path / "b", tmp_path / "c")
+        keyfiles.write_rotation(tmp_path / "b", tmp_path / "c")
     with pytest.raises(ValueError, match=r"is the same key as"):
-        s.write_rotation(tmp_path / "c", tmp_path / "c")
+        keyfiles.write_rotation(tmp_path / "c", tmp_path / "c")
     with pytest.raises(ValueError, match=r"was rotated away from already"):
-        s.write_rotation(tmp_path / "c", tmp_path / "a")
+        keyfiles.write_rotation(tmp_path / "c", tmp_path / "a")
     # a damaged rotations file stops the author's dealer before it sends anything
     rot = tmp_path / "c.rotations"
     lines = rot.read_text().splitlines()
     lines[-1] = lines[-1][:-1] + ("0" if lines[-1][-1] != "0" else "1")
     rot.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"c\.rotations: rotation link 2 .* not signed"):
-        s.load_author_key(tmp_path / "c")
+        keyfiles.load_author_key(tmp_path / "c")
     rot.write_text("just words\n")
     with pytest.raises(ValueError, match=r"c\.rotations: link 1 is not 'OLD NEW SIGNATURE'"):
-        s.load_author_key(tmp_path / "c")
+        keyfiles.load_author_key(tmp_path / "c")
 
 
 def test_rotation_keeps_only_the_newest_links(tmp_path: Path) -> None:
     n = p.MAX_ROTATIONS + 2
-    keys = [s.create_author_key(tmp_path / f"k{i}") for i in range(n)]
+    keys = [keyfiles.create_author_key(tmp_path / f"k{i}") for i in range(n)]
     for i in range(1, n):
-        chain = s.write_rotation(tmp_path / f"k{i - 1}", tmp_path / f"k{i}")
+        chain = keyfiles.write_rotation(tmp_path / f"k{i - 1}", tmp_path / f"k{i}")
     assert len(chain) == p.MAX_ROTATIONS
     assert chain[0].old == keys[n - 1 - p.MAX_ROTATIONS].public
-    last = s.load_author_key(tmp_path / f"k{n - 1}")
+    last = keyfiles.load_author_key(tmp_path / f"k{n - 1}")
     assert p.verify_payload(SHA, last.sign_payload(SHA), {chain[0].old}).accepted
     assert not p.verify_payload(SHA, last.sign_payload(SHA), {keys[0].public}).accepted
 
@@ -426,7 +427,7 @@ def test_keygen_sign_and_rotate_on_the_command_line(tmp_path: Path) -> None:
     made = dealer_cli("keygen", "--sign", "old", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     old = made.stdout.strip()
-    assert s.load_trusted_key(tmp_path / "old.sign") == old
+    assert keyfiles.load_trusted_key(tmp_path / "old.sign") == old
     assert not (tmp_path / "old.key_secret").exists()  # a signing key, not a CurveZMQ one
     assert dealer_cli("keygen", "--sign", "new", cwd=tmp_path).returncode == 0
     again = dealer_cli("keygen", "--sign", "old", cwd=tmp_path)
@@ -434,7 +435,7 @@ def test_keygen_sign_and_rotate_on_the_command_line(tmp_path: Path) -> None:
     rotated = dealer_cli("rotate", "old", "new", cwd=tmp_path)
     assert rotated.returncode == 0, rotated.stderr
     assert "wrote new.rotations (1 rotation link(s)" in rotated.stdout
-    new = s.load_author_key(tmp_path / "new")
+    new = keyfiles.load_author_key(tmp_path / "new")
     assert p.verify_payload(SHA, new.sign_payload(SHA), {old}).learned == (new.public,)
     curve = dealer_cli("keygen", "plain", cwd=tmp_path)  # unchanged without --sign
     assert curve.returncode == 0 and (tmp_path / "plain.key_secret").exists()

@@ -19,16 +19,11 @@ from hypothesis import strategies as st
 
 import protocol as p
 from dealer import Dealer, Journal
-from dealer._server import frame_cap
 from dealer._service import policy_for
-from protocol._keys import KeyPair, create_key_pair, load_public_keys
-from protocol._signing import (
-    AuthorKey,
-    create_author_key,
-    load_author_key,
-    sign_rotation,
-    write_rotation,
-)
+from net._author_keys import create_author_key, load_author_key, write_rotation
+from net._keys import KeyPair, create_key_pair, load_public_keys
+from net._router import frame_cap
+from protocol._signing import AuthorKey, sign_rotation
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import PY, ROOT, CurveClient, free_port, wait_for
 from tests.wat import printing

@@ -41,6 +41,6 @@ class Deep(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Deep))

@@ -38,6 +38,6 @@ class CrossPlatformFactor(Factor):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Factor))

@@ -56,6 +56,6 @@ class CrossPlatformFloats(Floats):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Floats))

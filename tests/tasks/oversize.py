@@ -43,6 +43,6 @@ class Oversize(Task):
 
 
 if __name__ == "__main__":
-    from dealer.cli import serve_task
+    from dealer import serve_task
 
     sys.exit(serve_task(Oversize))

@@ -611,7 +611,7 @@ class Allocator:
         return {"pools": out_pools, "projects": by_project, "history": history, "t": now}
 
     def snapshot(self, now: float) -> dict:
-        """Everything, as root sees it: for the operator's web page (dealer._allocator_http)."""
+        """Everything, as root sees it: for the operator's web page (allocator._page)."""
         root = Role(ROOT)
         pools = [r[0] for r in self._visible_pools(root)]
         machines = self._op_machines(root, {}, now)[1]

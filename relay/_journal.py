@@ -13,7 +13,7 @@ results leave once the upstream acknowledged them):
     local     ltag, utag, key, address, sent_at: replicas out with our jobbers
 
 and the next local tag's number in meta (`next`). The core's operations
-(dealer._relay.Op) are applied in one transaction per turn, before any reply
+(relay._core.Op) are applied in one transaction per turn, before any reply
 or request is sent. A row is deleted only when the upstream acknowledged (or
 rejected, or cancelled) its replica.
 """
@@ -28,7 +28,7 @@ import msgpack
 
 import protocol as p
 from dealer._journal import AFRESH, Journal, JournalError
-from dealer._relay import Local, Op
+from relay._core import Local, Op
 
 RELAY_TASK = "borednet relay"  # the task name a relay's journal is marked with
 RELAY_SCHEMA = "1"  # the relay tables' own version (meta `relay_schema`)

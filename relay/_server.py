@@ -4,7 +4,7 @@ One thread. Each turn (dealer._server.RouterServer.turn, with the upstream
 around it):
 
 1. `before_turn`: replies from upstream are drained and given to the core
-   (dealer._relay.RelayCore); a request upstream unanswered for
+   (relay._core.RelayCore); a request upstream unanswered for
    `request_timeout_s` is a failed contact (Lazy Pirate: the socket is closed
    and a fresh one opened for the next try, after the backoff); the core ticks;
 2. our jobbers' messages are handled by the core;
@@ -30,14 +30,13 @@ from pathlib import Path
 import zmq
 
 import protocol as p
-from dealer._peerlink import public_endpoint
-from dealer._relay import RelayCore
-from dealer._relay_journal import RelayJournal
-from dealer._server import RouterServer, frame_cap
-from dealer._service import Peer
-from protocol._keys import KeyPair, z85_of_hex
-from protocol._pins import Pins
+from net._keys import KeyPair, z85_of_hex
+from net._pins import Pins
+from net._router import RouterServer, frame_cap
+from protocol import Peer
 from protocol._wire import MAX_OUTPUT_BYTES
+from relay._core import RelayCore
+from relay._journal import RelayJournal
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class Relay(RouterServer):
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-            s.connect(public_endpoint(self.upstream))
+            s.connect(p.public_endpoint(self.upstream))
             s.send(p.encode(p.Hello(1)))
             self._hello, self._hello_at = s, mono
             return

@@ -18,7 +18,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from protocol._files import write_atomic
+from net._files import write_atomic
 
 KEY_HEX_LEN = 64
 

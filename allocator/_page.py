@@ -1,5 +1,5 @@
 """The allocator's web page: its statistics for the operator, read-only, as the dealer's
-dashboard is built (dealer._http).
+dashboard is built (net._http, dealer._dashboard).
 
 The allocator's loop builds a snapshot once a second (`publish`: root's view of
 every pool, project and machine, and the credit history) as finished JSON bytes
@@ -9,7 +9,7 @@ latest one. Routes (GET only; anything else is 405):
 =============== =====================================================================
 path            what
 =============== =====================================================================
-/               the page (dealer/allocator.html): polls /stats.json every 2 s
+/               the page (allocator/allocator.html): polls /stats.json every 2 s
 /stats.json     the latest snapshot
 =============== =====================================================================
 
@@ -22,7 +22,7 @@ import json
 import logging
 from importlib import resources
 
-from dealer._http import read_only_server
+from net._http import read_only_server
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class AllocatorPage:
     def __init__(self, host: str, port: int) -> None:
         self._snapshot = b"{}"
         self._published_at = float("-inf")
-        self._page = resources.files("dealer").joinpath("allocator.html").read_bytes()
+        self._page = resources.files("allocator").joinpath("allocator.html").read_bytes()
         self._server = read_only_server(host, port, self._route, "page")
         self.address = self._server.server_address
 

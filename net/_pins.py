@@ -12,7 +12,7 @@ import logging
 import re
 from pathlib import Path
 
-from protocol._files import write_atomic
+from net._files import write_atomic
 
 log = logging.getLogger(__name__)
 

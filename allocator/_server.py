@@ -1,10 +1,10 @@
-"""The allocator's ZeroMQ shell: the dealer's RouterServer around dealer._allocator.
+"""The allocator's ZeroMQ shell: the dealer's RouterServer around allocator._core.
 
 The work socket is CurveZMQ with the allocator's own key pair, and the
 plaintext port one up answers `hello` (its key, for trust on first use) and a
 short `status`, as a dealer's do. Every key may complete the handshake: a
 jobber is a key admitted to the pool it names, an admin is a key with a role,
-and what a key may do is the allocator core's to decide (dealer._allocator).
+and what a key may do is the allocator core's to decide (allocator._core).
 
 A statistics thread polls each project's dealer for its status (the plaintext
 port, every page of jobbers) every `poll_s` seconds and hands the rows to the
@@ -19,12 +19,13 @@ import threading
 import time
 
 import protocol as p
-from dealer._allocator import Allocator, AllocatorError
-from dealer._allocator_http import AllocatorPage
-from dealer._server import PER_SOURCE_CONNECTIONS, REQUEST_BYTES, RouterServer
-from dealer._service import Peer
+from allocator._core import Allocator, AllocatorError
+from allocator._page import AllocatorPage
+from net._ask import query_status
+from net._keys import KeyPair
+from net._router import PER_SOURCE_CONNECTIONS, REQUEST_BYTES, RouterServer
+from protocol import Peer
 from protocol._alloc import AllocAdmin, AllocReply, Instruct
-from protocol._keys import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ class _CreditPoller(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        from dealer.cli import query_status  # the client side of a dealer's status
-
         while not self._halt.wait(self.every_s):
             polled: dict[str, list[dict]] = {}
             for name, dealer in list(self.projects):

@@ -2,7 +2,7 @@
 
 `serve` runs it on a SQLite file; every other command is an admin request,
 sent over the allocator's encrypted port with the admin's own key pair (the
-key the handshake proves is who the admin is; dealer._allocator decides what
+key the handshake proves is who the admin is; allocator._core decides what
 that key may do).
 """
 
@@ -21,13 +21,14 @@ from typing import Any
 import zmq
 
 import protocol as p
-from dealer._allocator import MAX_PER_ADDRESS, ROLES, TOKEN_USES, Allocator, AllocatorError
-from dealer._allocator_http import AllocatorPage
-from dealer._allocator_server import POLL_S, AllocatorServer, serve
-from dealer._http import parse_http
+from allocator._core import MAX_PER_ADDRESS, ROLES, TOKEN_USES, Allocator, AllocatorError
+from allocator._page import AllocatorPage
+from allocator._server import POLL_S, AllocatorServer, serve
+from net._ask import admin_ask
+from net._http import parse_http
+from net._keys import KeyPair, load_key_pair, load_or_create_key_pair
 from protocol._alloc import DEFAULT_ALLOCATOR_PORT as DEFAULT_PORT
 from protocol._alloc import AllocAdmin, AllocReply, allocator_address
-from protocol._keys import KeyPair, load_key_pair, load_or_create_key_pair
 
 log = logging.getLogger("dealer.allocator")
 
@@ -82,8 +83,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def ask(address: str, admin: KeyPair, op: str, args: dict, timeout_s: float = 5.0) -> AllocReply:
     """One admin request, speaking as `admin`; RuntimeError with the allocator's refusal."""
-    from dealer.cli import admin_ask
-
     endpoint, server_key = p.split_key(allocator_address(address))
     reply = admin_ask(endpoint, server_key, AllocAdmin(1, op, args), admin, address, timeout_s)
     if not isinstance(reply, AllocReply):

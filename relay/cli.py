@@ -13,11 +13,12 @@ import zmq
 
 import protocol as p
 from dealer._journal import JournalError
-from dealer._relay import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
-from dealer._relay_journal import RelayJournal
-from dealer._relay_server import REQUEST_TIMEOUT_S, Relay
-from protocol._backoff import Backoff
-from protocol._keys import load_or_create_key_pair, load_public_keys
+from net._backoff import Backoff
+from net._keys import load_or_create_key_pair, load_public_keys
+from net._serve import serve_until_stopped
+from relay._core import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
+from relay._journal import RelayJournal
+from relay._server import REQUEST_TIMEOUT_S, Relay
 
 log = logging.getLogger(__name__)
 
@@ -156,35 +157,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             journal.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from dealer.cli import serve_until_stopped
-
     return serve_until_stopped(server, f"relaying {server.upstream} to jobbers on {server.address}")
-
-
-def print_status(info: dict, now: float | None = None) -> None:
-    """`python -m dealer status` of a relay."""
-    now = time.time() if now is None else now
-    up = info.get("upstream", {})
-    heard = up.get("last_reply")
-    when = "never heard from" if heard is None else f"heard from {max(0.0, now - heard):.0f} s ago"
-    print(
-        f"relay of {info.get('relay')} ({when}"
-        + (f"; {up['failures']} failed contacts" if up.get("failures") else "")
-        + ("; its task is finished" if up.get("finished") else "")
-        + ")"
-    )
-    print(
-        f"{info.get('queued')} jobs queued, {info.get('out')} out, {info.get('done')} results "
-        f"waiting to go upstream; {up.get('delivered')} delivered; buffer target "
-        f"{info.get('target')} at {info.get('rate')} results/s"
-    )
-    print(f"key {info.get('key')}")
-    for j in info.get("jobbers", []):
-        gone = " (gone)" if j.get("gone") else ""
-        denied = f" (denied: {j['denied']})" if j.get("denied") else ""
-        name, key, machine = j.get("name", "")[:24], j.get("key", "")[:12], j.get("machine", "")
-        print(
-            f"{name:24} {key:12} {machine[:18]:18} "
-            f"{j.get('results'):6} results, holding {j.get('holding')}, votes won "
-            f"{j.get('valid', 0)} lost {j.get('invalid', 0)}{gone}{denied}"
-        )

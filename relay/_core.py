@@ -8,7 +8,7 @@ behind a firewall, a site on an unreliable link. Upstream it speaks the jobber
 protocol under its own key (`bored`, `results`, `alive`); downstream it speaks
 the dealer protocol, so an unchanged jobber works against it. This module
 decides everything and does no I/O: messages and `now` in, replies, upstream
-requests and journal operations out. dealer/_relay_server.py is the shell.
+requests and journal operations out. relay/_server.py is the shell.
 
 Each upstream replica the relay holds (an **upstream tag**, `utag`) is in one
 of three states:
@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 
 import protocol as p
 from dealer._core import implausible
-from protocol._backoff import Backoff
+from net._backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ GIVEN_BACK = "the relay could not start it before its deadline"
 
 
 class Op:
-    """Journal operations, as tuples: (kind, fields...). See dealer._relay_journal."""
+    """Journal operations, as tuples: (kind, fields...). See relay._journal."""
 
     HOLD = "hold"  # (utag, spec wire map, got_at, for_key)
     PAYLOAD = "payload"  # (sha256, wasm bytes, signature wire map or None)

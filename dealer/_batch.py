@@ -1,0 +1,420 @@
+"""Serving a task file: `serve_task(TaskClass)`, the command line every task file gets
+(`python my_task.py --jobbers 2 ...`), with its progress bar and local jobbers."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import zmq
+
+import protocol as p
+from dealer._core import CoreError, JournalMismatch
+from dealer._journal import AFRESH, Journal, JournalError, move_aside
+from dealer._print import print_jobbers
+from dealer._server import LINGER_S, Dealer
+from dealer._service import DISTINCT, policy_for
+from net._author_keys import load_author_key
+from net._http import parse_http
+from net._keys import KeyPair, load_or_create_key_pair, load_public_keys
+from net._router import PER_SOURCE_CONNECTIONS
+from tasks import PayloadError, Task
+
+log = logging.getLogger("dealer")
+
+DEFAULT_BIND = f"tcp://*:{p.DEFAULT_PORT}"
+
+
+def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(cls.__doc__ or cls.__name__).strip().splitlines()[0],
+        epilog="Jobbers: python -m jobber HOST[:PORT] on any machine that can reach this one.",
+    )
+    cls.add_arguments(parser)
+    g = parser.add_argument_group("dealer")
+    g.add_argument(
+        "--bind",
+        default=DEFAULT_BIND,
+        help=f"ZeroMQ address to serve on (default {DEFAULT_BIND}; "
+        "tcp://127.0.0.1:* picks a free port)",
+    )
+    g.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="SQLite journal; rerunning with the same one resumes the batch "
+        "(default: .borednet/<task>-<arguments hash>.sqlite)",
+    )
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the batch over: move the journal (with its -wal and -shm) aside, "
+        "renamed with the time (it is kept, never deleted), and begin a new one",
+    )
+    g.add_argument(
+        "--http",
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve a live dashboard (a web page, /status.json and Prometheus /metrics) "
+        "on this port, on 127.0.0.1 unless a host is given; it only reads",
+    )
+    g.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="DEALER",
+        help="a peer dealer, asked every 2 s what work it has: a jobber this one has "
+        "nothing for is referred to the peers with work it can run (repeatable)",
+    )
+    g.add_argument(
+        "--jobbers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start N jobber processes on this machine",
+    )
+    g.add_argument(
+        "--redundancy",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"replicas per job, on distinct jobbers (task default {cls.redundancy})",
+    )
+    g.add_argument(
+        "--quorum",
+        type=int,
+        default=None,
+        metavar="N",
+        help="matching outputs needed to accept a job (default: the redundancy)",
+    )
+    g.add_argument(
+        "--max-errors",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"failed or overdue replicas before a job fails (task default {cls.max_errors})",
+    )
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time a jobber has to return a job (default: from the task's limits)",
+    )
+    g.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="silence after which a jobber holding work is taken as gone and its jobs "
+        "sent to others (default 20; jobbers say they are alive every 5 s)",
+    )
+    g.add_argument(
+        "--backups",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at the tail of a batch, extra replicas of the jobs out longest for idle "
+        "jobbers (default 1; 0: none)",
+    )
+    g.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the dealer's key pair, PATH.key_secret (default: dealer.key_secret beside the "
+        "journal, made on first use; see python -m dealer keygen)",
+    )
+    g.add_argument(
+        "--admin-key",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the key pair whose holder may deny jobbers over the network (default: "
+        "admin.key_secret beside the journal, made on first use)",
+    )
+    g.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEYPATH",
+        help="sign the payload with the author key KEYPATH.sign_secret (and send the "
+        "rotations in KEYPATH.rotations): jobbers started with --trust KEYPATH.sign run "
+        "only what it signed (see python -m dealer keygen --sign; default: the task's "
+        f"signing_key, {cls.signing_key or 'none'})",
+    )
+    g.add_argument(
+        "--max-per-address",
+        type=int,
+        default=PER_SOURCE_CONNECTIONS,
+        metavar="N",
+        help="connections kept open from one source address (an IPv6 /64 as one; default "
+        f"{PER_SOURCE_CONNECTIONS}): raise it for more jobbers behind one NAT address",
+    )
+    g.add_argument(
+        "--distinct",
+        choices=DISTINCT,
+        default=None,
+        help="replicas of a job go to distinct hosts (source addresses, an IPv6 /64 as one; "
+        "the default), subnets (/24, /48), or only keys (for a closed pool whose machines "
+        "you trust)",
+    )
+    g.add_argument(
+        "--allow",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="closed pool: only jobbers whose public keys are in DIR (*.key, zmq.auth format)",
+    )
+    g.add_argument(
+        "--quota",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas a new jobber (and a new host) may hold at once; good results raise it",
+    )
+    g.add_argument(
+        "--deny-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="deny a jobber once N of its outputs lost a vote, more than won one (0: never)",
+    )
+    g.add_argument(
+        "--trust-relay",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="believe the relay with this public key (64 hex digits) about which of its "
+        "jobbers ran what: each counts as a machine of its own (repeatable; default: "
+        "everything behind a relay is the relay's one machine; see docs/security.md)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    g.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    return parser
+
+
+def _relay_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    """--trust-relay keys, checked: 64 hex digits each (as status and the relay print them)."""
+    out = []
+    for key in keys:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+            raise ValueError(f"--trust-relay {key!r}: a relay's key is 64 hexadecimal digits")
+        out.append(key.lower())
+    return tuple(out)
+
+
+def _default_db(cls: type[Task], args: argparse.Namespace) -> Path:
+    """The task's own arguments pick the journal, so another N starts afresh and the
+    same command resumes. They are the ones `cls.add_arguments` defines."""
+    dealer_own = set(vars(_task_parser(Task).parse_args([])))
+    values = {k: v for k, v in vars(args).items() if k not in dealer_own}
+    text = json.dumps(values, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Path(".borednet") / f"{cls.__name__.lower()}-{digest}.sqlite"
+
+
+def key_pair(path: Path | None, default: Path, what: str) -> KeyPair:
+    pair, made = load_or_create_key_pair(path or default)
+    if made:
+        log.info("made %s key pair %s.key_secret", what, path or default)
+    return pair
+
+
+def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
+    """Run a dealer for `cls` built from the command line. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _task_parser(cls)
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        task = cls.from_args(args)
+    except PayloadError as e:  # the author's payload does not build or would not run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    db = args.db or _default_db(cls, args)
+    journal = None
+    try:
+        policy = policy_for(
+            task,
+            redundancy=args.redundancy,
+            quorum=args.quorum,
+            max_errors=args.max_errors,
+            deadline_s=args.deadline,
+            quota=args.quota,
+            deny_after=args.deny_after,
+            lease_s=args.lease,
+            backups=args.backups,
+        )
+        home = db.parent
+        home.mkdir(parents=True, exist_ok=True)
+        keys = key_pair(args.key, home / "dealer", "the dealer's")
+        admin = key_pair(args.admin_key, home / "admin", "the admin's")
+        allow = None if args.allow is None else load_public_keys(args.allow)
+        sign = args.sign or cls.signing_key
+        signer = None if sign is None else load_author_key(sign)
+        if args.fresh and (aside := move_aside(db)) is not None:
+            print(f"moved the old journal {db} aside to {aside}", file=sys.stderr, flush=True)
+        journal = Journal(db, f"{cls.__module__}.{cls.__qualname__}")
+        progress = _Progress(task)
+        dealer = Dealer(
+            task,
+            args.bind,
+            journal,
+            keys=keys,
+            peers=[p.dealer_address(x) for x in args.peer],
+            policy=policy,
+            distinct=args.distinct or ("host" if allow is None else "key"),
+            allow=allow,
+            admins=(admin.public_hex,),
+            relays=_relay_keys(args.trust_relay),
+            on_turn=None if args.quiet else progress,
+            signer=signer,
+            http=None if args.http is None else parse_http(args.http),
+            per_source=args.max_per_address,
+        )
+    except (JournalError, CoreError, ValueError, OSError) as e:
+        if journal is not None:
+            journal.close()
+        hint = f"; {db}: {AFRESH}" if isinstance(e, JournalMismatch) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as e:
+        if journal is not None:
+            journal.close()
+        print(f"error: cannot bind {args.bind}: {e}", file=sys.stderr)
+        return 2
+    # the address is what a lender needs: say it even when --quiet
+    print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
+    if dealer.dashboard is not None:
+        print(f"dashboard on {dealer.dashboard.url}", file=sys.stderr, flush=True)
+    jobbers = _start_jobbers(args.jobbers, dealer.address)
+    failed = False
+    try:
+        if args.quiet:
+            dealer.run(linger=False)
+        else:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+                dealer.run(linger=False)
+        if dealer.done:  # the answer first; then the courtesies of a finished dealer
+            progress.close()
+            print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
+            try:
+                print(task.report(), flush=True)
+            except Exception:  # the task's own bug: say so, with its traceback
+                log.error("the task's report() raised", exc_info=True)
+                failed = True
+            if dealer.core.source_error:
+                print(
+                    f"error: the task's jobs() raised: {dealer.core.source_error}", file=sys.stderr
+                )
+                failed = True
+            for f in task.failures:
+                print(f"failed job {' '.join(f.job.args)}: {'; '.join(f.reasons)}", file=sys.stderr)
+            if jobbers:  # they give back what they hold while we still listen
+                _signal_jobbers(jobbers)
+                dealer.linger(lambda: all(j.poll() is not None for j in jobbers), 10.0)
+            else:
+                dealer.linger(lambda: not dealer.core.late, LINGER_S)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+        dealer.close()
+        _stop_jobbers(jobbers)
+    return 1 if failed or task.failures or dealer.failures else 0
+
+
+class _Progress:
+    """The progress bar (tqdm) of a task's command line: jobs settled, and why work
+    waits; fed by the dealer after every turn."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self._bar = None
+        self._shown = 0
+        self._said_at = 0.0
+
+    def __call__(self, service, now: float) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._shown = service.settled_count
+            self._bar = tqdm(
+                total=self._task.total(),
+                initial=service.core.accepted + service.core.failed,
+                unit="job",
+                file=sys.stderr,
+                desc=type(self._task).__name__,
+                dynamic_ncols=True,
+            )
+        self._bar.update(service.settled_count - self._shown)
+        self._shown = service.settled_count
+        if now - self._said_at >= 1.0:  # the progress line says why work waits
+            self._said_at = now
+            why = service.waiting(now)
+            self._bar.set_postfix_str(why[0] if why else "", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
+    """N local jobbers, each connecting from its own loopback address (127.0.0.2, ...),
+    so that a dealer counting distinct hosts sees N machines."""
+    procs = []
+    local = address.startswith(("tcp://127.", "tcp://localhost:"))
+    for i in range(n):
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobber",
+            address,
+            "--slots",
+            "1",
+            "--data-dir",
+            str(Path(".borednet") / f"jobber-{i}"),
+            "--min-backoff",
+            "0.2",
+            "--max-backoff",
+            "2",
+        ]
+        if local:
+            cmd += ["--source", f"127.0.0.{2 + i % 250}"]
+        cmd += ["--exit-with", str(os.getpid())]  # even if this dealer is killed with kill -9
+        cmd.append("--quiet")  # the dealer's progress bar speaks for them
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def _signal_jobbers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+
+def _stop_jobbers(procs: list[subprocess.Popen]) -> None:
+    _signal_jobbers(procs)
+    deadline = time.monotonic() + 10
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
