@@ -8,7 +8,7 @@ names the sender (a Peer: the key and address the transport proved) and calls
 so nothing is acknowledged before it is in the journal; `after_turn` hands
 settled jobs to the task and decides whether the batch is done, which
 `finished()` then only reads. Tests wire a Service and jobber cores together in
-memory with a fake clock (tests/test_system_machine.py).
+memory with a fake clock (tests/dealer/test_system_machine.py).
 """
 
 from __future__ import annotations

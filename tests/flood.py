@@ -1,6 +1,6 @@
 """Floods against a real dealer process, written from docs/protocol.md: status requests
 that are never read, status requests read as fast as they come, CURVE handshakes from
-one address, idle connections to the dashboard. tests/test_e2e_floods.py asserts what
+one address, idle connections to the dashboard. tests/e2e/test_floods.py asserts what
 they may cost; run as a script, this module measures the same floods beside an honest
 batch and prints the numbers (docs/security.md, "What a flood can cost"):
 

@@ -1,0 +1,201 @@
+"""A job that can never be sent fails where it is drawn: the dealer's core and service
+driven directly (a real SQLite journal), a journal replayed, and one batch end to end."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import protocol as p
+from dealer import _core
+from dealer._core import Core, Drawn, Failed, Policy, unsendable
+from dealer._history import History
+from dealer._journal import Journal
+from dealer._service import Peer, Service, policy_for
+from protocol._wire import MAX_ARGS, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES
+from tasks import Job
+from tests.helpers import PY, ROOT, free_port
+from tests.task_files.oversize import BIG, JOBS, Oversize
+
+MiB = 1024 * 1024
+
+
+def core_of(jobs: list[Job], payload_bytes: int = 0) -> Core:
+    return Core(iter(jobs), Policy(backups=0, deadline_s=100.0), "t", payload_bytes=payload_bytes)
+
+
+# --- the rule --------------------------------------------------------------------------
+
+
+def test_each_cap_of_one_job_at_the_cap_and_one_past_it():
+    assert unsendable(Job(("a",) * MAX_ARGS, b"\0" * MAX_STDIN_BYTES)) is None
+    assert unsendable(Job(stdin=b"\0" * (MAX_STDIN_BYTES + 1))) == (
+        "stdin of 16,777,217 bytes, over the wire's cap of 16,777,216 bytes"
+    )
+    assert unsendable(Job(("a",) * (MAX_ARGS + 1))) == (
+        "1,025 arguments, over the wire's cap of 1,024"
+    )
+    assert unsendable(Job(("x" * p.MAX_STR,))) is None
+    assert unsendable(Job(("", "x" * (p.MAX_STR + 1)))) == (
+        "argument 1 of 4,097 characters, over the wire's cap of 4,096"
+    )
+    assert "argument 0 is not valid Unicode text" in unsendable(Job(("\udc80",)))
+    # each field within its cap, the whole over the message cap with the payload
+    wide = Job(("\U0001f600" * p.MAX_STR,) * MAX_ARGS, b"\0" * MAX_STDIN_BYTES)
+    assert unsendable(wide) is None  # 48 MiB: fits when the jobber has the payload
+    why = unsendable(wide, payload_bytes=p.MAX_PAYLOAD_BYTES)
+    assert why.startswith("a jobs message of about ") and "over the wire's cap of 67,108,864" in why
+
+
+def test_a_job_passing_the_rule_encodes_under_the_cap():
+    job = Job(("x" * p.MAX_STR,) * 100, b"\0" * MAX_STDIN_BYTES)
+    payload = b"\0" * (p.MAX_PAYLOAD_BYTES - 100 * MiB // 100)
+    assert unsendable(job, len(payload)) is None
+    spec = p.JobSpec("t.0", "ab" * 32, job.args, job.stdin, p.Limits(), 100.0)
+    assert len(p.encode(p.Jobs(1, (spec,), {"ab" * 32: payload}))) <= p.MAX_MESSAGE_BYTES
+
+
+# --- the core ----------------------------------------------------------------------------
+
+
+def test_the_core_fails_an_unsendable_job_as_it_draws_it_and_goes_on():
+    big = Job(("1",), b"\0" * (MAX_STDIN_BYTES + 1))
+    core = core_of([Job(("0",)), big, Job(("2",))])
+    got = core.bored("a", 5, 1000, now=0.0)
+    assert [a.job.args for a in got] == [("0",), ("2",)]
+    [failed] = core.take_settled()
+    assert isinstance(failed, Failed) and failed.job_id == 1 and failed.job is big
+    assert failed.reasons == (
+        "job 1 (args 1) can never be sent: stdin of 16,777,217 bytes, over the wire's cap "
+        "of 16,777,216 bytes; see 'Limits of one job' in docs/writing-tasks.md",
+    )
+    assert core.failed == 1 and core.in_flight == 2
+    records = core.take_records()
+    drawn = [r for r in records if isinstance(r, Drawn)]
+    assert [r.refused is not None for r in drawn] == [False, True, False]
+    assert not any(isinstance(r, _core.Sent) and r.job_id == 1 for r in records)
+    for a in got:
+        assert core.result("a", a.tag, p.Status.OK, b"", 0, "", now=1.0) is None
+    assert len(core.take_settled()) == 2
+    core.refill()
+    assert core.finished()
+
+    # replayed from its records, a fresh core reaches the same state
+    again = core_of([Job(("0",)), big, Job(("2",))])
+    for rec in records:
+        again.apply(rec)
+    [refailed] = again.take_settled()
+    assert refailed.reasons == failed.reasons and again.failed == 1
+
+
+def test_a_draw_goes_past_a_bounded_run_of_unsendable_jobs(monkeypatch):
+    monkeypatch.setattr(_core, "REFUSED_PER_DRAW", 3)
+    big = b"\0" * (MAX_STDIN_BYTES + 1)
+    core = core_of([Job((str(i),), big) for i in range(7)] + [Job(("ok",))])
+    assert core.bored("a", 1, 1000, now=0.0) == []  # three failed, then the turn ends
+    assert core.failed == 3 and core.has_work()
+    assert core.bored("a", 1, 1000, now=0.0) == []
+    [a] = core.bored("a", 1, 1000, now=0.0)
+    assert a.job.args == ("ok",) and core.failed == 7
+
+
+def test_a_history_replays_an_unsendable_job_as_failed():
+    core = core_of([Job(("0",), b"\0" * (MAX_STDIN_BYTES + 1)), Job(("1",))])
+    core.bored("a", 2, 1000, now=0.0)
+    h = History.of(core.policy, "t", core.take_records())
+    assert h.counts()["failed"] == 1
+    [j] = h.select(["failed"])
+    assert j.job_id == 0 and "can never be sent" in j.reasons[0] and j.replicas == []
+
+
+# --- the service, with a journal --------------------------------------------------------
+
+
+def serve(tmp_path, task: Oversize) -> Service:
+    journal = Journal(tmp_path / "j.sqlite", "Oversize")
+    return Service(task, journal, now=0.0, policy=policy_for(task, quota=16))
+
+
+def test_the_service_sends_the_rest_and_a_restart_replays_the_failure(tmp_path):
+    task = Oversize()
+    s = serve(tmp_path, task)
+    peer = Peer("aa" * 32, "127.0.0.2")
+    reply = s.handle(p.Bored(1, "j", p.HostFacts(4, 1024, 4), 8), 0.0, peer)
+    s.commit()
+    assert isinstance(reply, p.Jobs)
+    assert [j.args[0] for j in reply.jobs] == [str(i) for i in range(JOBS) if i != BIG]
+    assert len(p.encode(reply)) < MiB  # the reply can be sent
+    results = tuple(p.Result(j.tag, p.Status.OK, b"", 0) for j in reply.jobs)
+    s.handle(p.Results(2, "j", results), 1.0, peer)
+    s.commit()
+    s.after_turn(1.0)
+    assert s.finished()
+    [failure] = task.failures
+    assert failure.job.args == (str(BIG),) and "can never be sent: stdin of" in failure.reasons[0]
+    assert len(task.settled) == JOBS - 1
+    s.close()
+
+    again = Oversize()
+    s = serve(tmp_path, again)  # the journal replayed into a fresh task
+    assert [f.reasons for f in again.failures] == [failure.reasons]
+    assert sorted(again.settled) == sorted(task.settled)
+    s.close()
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_an_oversize_stdin_fails_alone_and_the_batch_finishes(procs):
+    port = free_port()
+    dealer = procs.start(
+        "dealer",
+        [
+            PY,
+            ROOT / "tests" / "task_files" / "oversize.py",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            "--db",
+            procs.cwd / "oversize.sqlite",
+        ],
+    )
+    jobber = procs.jobber("j1", f"127.0.0.1:{port}", extra=("--max-idle", "4"))
+    assert dealer.wait(120) == 1, dealer.stderr  # finished, with a failure
+    assert dealer.stdout.strip() == f"{JOBS - 1} done, 1 failed"
+    assert re.search(
+        rf"job {BIG} \(args {BIG}\) can never be sent: stdin of 16,777,217 bytes, over the "
+        r"wire's cap of 16,777,216 bytes",
+        dealer.stderr,
+    ), dealer.stderr
+    assert "cannot send jobs" not in dealer.stderr
+    assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
+
+
+# --- the caps as docs/writing-tasks.md states them ----------------------------------------
+
+
+def _limits_table() -> dict[str, str]:
+    text = (ROOT / "docs" / "writing-tasks.md").read_text()
+    section = text.split("## Limits of one job", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)
+    return {what: cap for what, cap in rows if what not in ("what", "---")}
+
+
+def _numbers(cap: str) -> list[int]:
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", cap)]
+
+
+def test_the_limits_of_one_job_in_the_docs_are_the_code_s():
+    table = _limits_table()
+    assert _numbers(table["`Job.stdin`"]) == [MAX_STDIN_BYTES // MiB, MAX_STDIN_BYTES]
+    assert _numbers(table["`Job.args`, how many"]) == [MAX_ARGS]
+    assert _numbers(table["`Job.args`, each"]) == [p.MAX_STR]
+    payload = p.MAX_PAYLOAD_BYTES
+    assert _numbers(table["the payload module"]) == [payload // MiB, payload]
+    together = _numbers(table["a job's stdin, args and the payload together"])
+    frame, overhead = p.MAX_MESSAGE_BYTES, _core.JOB_MESSAGE_OVERHEAD
+    assert together == [frame // MiB, frame, overhead // 1024]
+    output = MAX_OUTPUT_BYTES
+    assert _numbers(table["the output of one job"]) == [output // MiB, output]
+    assert len(table) == 6  # a cap added to the code belongs in the table too
