@@ -38,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 
 from net._files import write_atomic
+from protocol import Limits
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,6 @@ class Payload:
         """Run one job here, in this process, as a jobber would: a sandbox.Outcome."""
         # imported here, not above: a dealer imports tasks and never needs wasmtime
         import sandbox
-        from protocol import Limits
 
         return sandbox.run(self.wasm, args, stdin, limits or Limits())
 
