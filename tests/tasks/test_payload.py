@@ -32,7 +32,7 @@ def test_a_wat_type_error_fails_from_wat_naming_the_calling_line():
     else:
         pytest.fail("from_wat took a module that does not validate")
     assert message == (
-        f"tests/{HERE}:{line}: Payload.from_wat('adder'): the sandbox would not run this "
+        f"tests/tasks/{HERE}:{line}: Payload.from_wat('adder'): the sandbox would not run this "
         "payload: not a valid module: function #0 (main): type mismatch: expected i32 but "
         "nothing on stack (at byte 51 of the module)"
     )
