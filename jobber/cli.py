@@ -197,8 +197,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--source",
         metavar="IP",
-        help="connect from this local address; several jobbers on one machine count as "
-        "distinct machines only to a dealer that trusts loopback addresses (tests, demos)",
+        help="connect from this local address; a dealer counts jobbers connecting from "
+        "distinct addresses as distinct machines (tests and demos run several on one "
+        "computer so, from 127.0.0.2, 127.0.0.3, ...)",
     )
     ap.add_argument(
         "--exit-with",
