@@ -178,6 +178,9 @@ class RouterServer:
         )
         self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
         self._monitors = [self._monitor(s) for s in (self.sock, self.public)]
+        # descriptors of connections shut down for the caps, until their DISCONNECTED:
+        # bounded by the descriptors the process may have open
+        self._refused_fds: set[int] = set()
         self._swept_at = time.monotonic()
         self.replies_dropped = 0
         self._shut_logged_at = float("-inf")
@@ -225,6 +228,7 @@ class RouterServer:
                 except zmq.Again:
                     break
                 fd = event["value"]
+                self._refused_fds.discard(fd)  # closed, or its descriptor reused
                 if event["event"] == zmq.EVENT_DISCONNECTED:
                     c.disconnected(fd)
                     continue
@@ -237,6 +241,7 @@ class RouterServer:
                 why = c.accepted(fd, source_of(peer), now)
                 if why is not None:
                     _shut(fd)
+                    self._refused_fds.add(fd)
                     self._shut_since_log += 1
                     if time.monotonic() - self._shut_logged_at > 60:  # a flood logs once a minute
                         log.warning(
@@ -252,6 +257,18 @@ class RouterServer:
                 peer = _peer_of(fd)
                 if peer is None or source_of(peer) != c.source(fd):
                     c.forget(fd)
+
+    def _shut_down(self, fd: int, now: float) -> bool:
+        """Whether the connection a message came on (its descriptor, libzmq's SRCFD) was
+        refused. Its ACCEPTED was queued before its handshake ended, so before any message
+        of its, but may have come after this turn read the monitors: read them again
+        when the descriptor is not known yet, so that no connection past the caps is
+        answered even once (under load, a refused client's request used to be)."""
+        if fd in self._refused_fds:
+            return True
+        if self.connections.source(fd) is None:
+            self._watch_connections(now)
+        return fd in self._refused_fds
 
     def _bind(self, bind: str) -> None:
         """Bind the work socket to `bind` and the plaintext one to the next port up."""
@@ -364,6 +381,8 @@ class RouterServer:
                     log.warning("dropping a message of %d frames", len(parts))
                     continue
                 ident, frame = parts
+                if self._shut_down(frame.get(zmq.SRCFD), now):
+                    continue  # a connection past the caps, read before its shutdown
                 data = frame.bytes
                 try:
                     msg = p.decode(data)
