@@ -157,8 +157,8 @@ class Peers:
             return False  # late, stale or not ours: changes nothing
         if not isinstance(msg, p.WorkOffer):
             why = f"{msg.code.value}: {msg.text}" if isinstance(msg, p.Error) else msg.TYPE
-            # an answer: the socket's state is known, so it stays
-            self._failed(link, now, f"answered {why}", reset=False)
+            # an answer all the same: the socket stays
+            self._said(link, link.line.error_answer(msg.re, now), f"answered {why}")
             return True
         link.line.answered(msg.re, now)
         if link.error is not None:
@@ -188,8 +188,10 @@ class Peers:
         self._failed(link, now, why)
         return link.line.take_reset()
 
-    def _failed(self, link: Link, now: float, why: str, reset: bool = True) -> None:
-        wait = link.line.failed(now, reset=reset)
+    def _failed(self, link: Link, now: float, why: str) -> None:
+        self._said(link, link.line.failed(now), why)
+
+    def _said(self, link: Link, wait: float, why: str) -> None:
         if link.error is None:
             log.warning("peer %s: %s; asking again in %.1f s", link.address, why, wait)
         link.error = why

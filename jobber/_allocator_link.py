@@ -90,7 +90,8 @@ class AllocatorLink(threading.Thread):
     ) -> None:
         super().__init__(name="allocator-link", daemon=True)
         self.endpoint, key = p.split_key(address)
-        self.line = Link(timeout_s, backoff, key=key or pinned_key)
+        # a key learnt is pinned and kept, never asked again (as always for the allocator)
+        self.line = Link(timeout_s, backoff, key=key or pinned_key, recheck_learnt=False)
         self.pool = pool
         self.jobber = name
         self._ctx = ctx
@@ -185,7 +186,7 @@ class AllocatorLink(threading.Thread):
             raise _Failed(f"its plaintext port answered hello with {reply.TYPE}")
         # the key only: the backoff is reset by instructions alone, as it always was
         self.line.forget(HELLO)
-        self.line.heard_key(reply.key)  # none held (so learnt): a key is asked only then
+        self.line.heard_key(reply.key)  # none was held (so learnt): asked only then
         log.warning(
             "allocator %s: trusting its key %s on first use (pinned in known_dealers)",
             self.endpoint,

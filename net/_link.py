@@ -16,20 +16,24 @@ or given), its kind, when it went and its deadline (`sent_at + timeout_s`).
 A reply is matched by its `re` against the request out; a reply to anything
 else (late, after a timeout; a duplicate; forged) changes nothing.
 
-Failures. A request past its deadline, an `error` the caller counts as one,
-or a send the transport refused is a **failed contact**: every request out is
+Failures. A request past its deadline, or a send or receive the transport
+refused, is a **failed contact**: every request out is
 forgotten (their replies will no longer match), the backoff counts one
 failure (net._backoff, the project's one rule: doubling from its minimum to
 its cap, jittered), and the socket must be **reset**, since a ZeroMQ REQ or
 DEALER socket whose request went unanswered is in a state nobody knows (a
 reply may still arrive on it, queued messages may still go). Several requests
-late at once are still one failed contact. Any answer resets the backoff.
+late at once are still one failed contact. Any answer resets the backoff. An
+`error` a caller counts as a failure is an answer all the same (`error_answer`):
+the backoff counts it, the socket and the other requests on it stay.
 
 Keys. The server's public key is **known** (given by its owner, or pinned
 before), or not yet known: then its plaintext port is asked (`hello`) and
 the key it announces is **learnt** on first use (the caller pins it). A key
 learnt that way is **re-checked** by a `hello` after each failed contact
-(has the server been replaced?). A key heard that differs from the one held
+(has the server been replaced?), where the link asks it (`recheck_learnt`:
+the jobber does; the relay and the allocator link keep the key they pinned).
+A key heard that differs from the one held
 is **changed**: the link is refused, never silently switched to it.
 
     verdict   the key heard in a hello            the link
@@ -94,6 +98,7 @@ class Link:
     check_key: bool = False  # a hello must go before the next request: has the key changed?
     refused: str = ""  # why nothing more is asked of it ("" while it may be asked)
     late_at_deadline: bool = False  # late from the deadline on (else only once past it)
+    recheck_learnt: bool = True  # a key learnt from a hello is re-checked after failures
     reset_due: bool = False  # the socket must be closed and made anew before the next send
     next_id: int = 1  # the id the next request takes when none is given
     out: dict[str, Request] = field(default_factory=dict)  # kind -> the request out
@@ -187,15 +192,28 @@ class Link:
             return None
         return self.failed(now)
 
-    def failed(self, now: float, recheck: bool = False, *, reset: bool = True) -> float:
+    def failed(self, now: float, recheck: bool = False) -> float:
         """A failed contact: every request out is forgotten, the socket must be reset, the
         backoff counts one failure. A key learnt from a hello (or, `recheck`, one the
         caller doubts) is re-checked before the next request, unless the failure was the
-        hello itself. `reset=False`: the failure was an answer (an error), so the socket's
-        state is known and it may stay. Returns the wait the backoff chose."""
-        self.check_key = (self.key_from_hello or recheck) and HELLO not in self.out
+        hello itself. Returns the wait the backoff chose."""
+        learnt = self.key_from_hello and self.recheck_learnt
+        self.check_key = (learnt or recheck) and HELLO not in self.out
         self.out.clear()
-        self.reset_due = self.reset_due or reset
+        self.reset_due = True
+        return self.backoff.failed(now)
+
+    def error_answer(
+        self, re: object, now: float, kinds: tuple[str, ...] | None = None
+    ) -> float | None:
+        """An error answering the request `re` (of `kinds`): that request is done and the
+        backoff counts one failure, but the socket answered, so it stays, and so do the
+        other requests out on it. Returns the wait chosen; None (nothing changes) if it
+        answers no request out."""
+        request = self.match(re, kinds)
+        if request is None:
+            return None
+        del self.out[request.kind]
         return self.backoff.failed(now)
 
     def take_reset(self) -> bool:

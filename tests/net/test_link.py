@@ -94,14 +94,23 @@ def test_forgetting_a_request_is_neither_success_nor_failure():
     assert ln.backoff.failures == 1 and ln.reset_due  # the reset still pending
 
 
-def test_an_error_answered_needs_no_reset_but_keeps_one_pending():
+def test_an_error_answered_counts_a_failure_and_leaves_the_socket_and_the_rest():
     ln = link()
-    ln.sent("q", 0.0)
-    ln.failed(1.0, reset=False)
-    assert ln.backoff.failures == 1 and not ln.busy() and not ln.take_reset()
+    q, r = ln.sent("q", 0.0), ln.sent("r", 0.0)
+    assert ln.error_answer(q.id + 7, 1.0) is None and ln.backoff.failures == 0  # not ours
+    assert ln.error_answer(q.id, 1.0, kinds=("r",)) is None and ln.busy("q")
+    assert ln.error_answer(q.id, 1.0) == 2.0
+    assert ln.backoff.failures == 1 and ln.out == {"r": r} and not ln.take_reset()
     ln.failed(5.0)
-    ln.failed(6.0, reset=False)
-    assert ln.take_reset()
+    ln.error_answer(None, 6.0)
+    assert ln.take_reset()  # an asked reset is never lost
+
+
+def test_a_key_learnt_may_be_kept_without_rechecks():
+    ln = link(recheck_learnt=False)
+    ln.heard_key(KEY_A)
+    ln.failed(0.0)
+    assert not ln.check_key and ln.usable()
 
 
 def test_the_timeout_must_be_positive():
@@ -208,12 +217,25 @@ class LinkMachine(RuleBasedStateMachine):
         else:
             assert wait is None and self.ln.backoff.failures == failures
 
-    @rule(recheck=st.booleans(), reset=st.booleans())
-    def error_or_unreachable(self, recheck: bool, reset: bool) -> None:
-        failures, due = self.ln.backoff.failures, self.ln.reset_due
-        self.ln.failed(self.now, recheck, reset=reset)
+    @rule(recheck=st.booleans())
+    def unreachable(self, recheck: bool) -> None:
+        failures = self.ln.backoff.failures
+        self.ln.failed(self.now, recheck)
         assert self.ln.backoff.failures == failures + 1 and not self.ln.busy()
-        assert self.ln.take_reset() == (reset or due)  # an asked reset is never lost
+        assert self.ln.take_reset()
+
+    @rule(kind=st.sampled_from(KINDS))
+    def error_answered(self, kind: str) -> None:
+        r = self.ln.out.get(kind)
+        failures, others, due = self.ln.backoff.failures, dict(self.ln.out), self.ln.reset_due
+        wait = self.ln.error_answer(None if r is None else r.id, self.now)
+        if r is None:
+            assert wait is None and self.ln.backoff.failures == failures
+        else:
+            others.pop(kind)
+            assert wait is not None and self.ln.backoff.failures == failures + 1
+            assert self.ln.out == others  # the rest stay out on the socket
+        assert self.ln.reset_due == due
 
     @rule(key=KEYS)
     def hello_heard(self, key: str) -> None:
