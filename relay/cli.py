@@ -18,7 +18,8 @@ from net._keys import load_or_create_key_pair, load_public_keys
 from net._serve import serve_until_stopped
 from relay._core import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
 from relay._journal import RelayJournal
-from relay._server import REQUEST_TIMEOUT_S, Relay
+from relay._server import Relay
+from relay._upstream import REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backoff=Backoff(min_s=args.min_backoff, max_s=args.max_backoff),
             name=args.name,
             attribute=args.attribute,
+            request_timeout_s=args.request_timeout,
         )
         core.load(
             journal.held(), journal.payloads(), journal.local(), journal.next_tag(), time.time()
@@ -149,7 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             core,
             keys=keys,
             pins=home / "known_dealers",
-            request_timeout_s=args.request_timeout,
             allow=None if args.allow is None else load_public_keys(args.allow),
         )
     except (ValueError, OSError, zmq.ZMQError, JournalError) as e:
