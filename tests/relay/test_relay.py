@@ -816,3 +816,48 @@ def test_a_held_replica_moves_only_as_its_table_allows():
     assert h.state is HeldState.DONE  # the refused event changed nothing
     h.fire("dropped")
     assert all(s is not HeldState.DROPPED for s, _ in HELD_TRANSITIONS)  # dropped is the end
+
+
+# --- the upstream link (net._link), on the core's one clock ----------------------------
+
+
+def test_requests_upstream_time_out_on_the_core_clock_and_reset_the_socket():
+    c = core(request_timeout_s=2.0)
+    bored(c, ANN, 0.0)
+    ask = request(c, 10.0, p.Bored)
+    assert c.upstream.late(12.0) == []  # not past its deadline yet
+    [late] = c.upstream.late(12.01)
+    assert (late.id, late.kind, late.deadline) == (ask.id, "bored", 12.0)
+    assert not c.upstream.take_reset()
+    c.upstream_failed(12.01)
+    assert c.upstream.take_reset() and not c.upstream.take_reset()
+    assert c.up.bored is None and c.up.backoff.failures == 1
+
+
+def test_an_error_keeps_the_other_requests_out_and_the_socket():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.5, ok(j.tag))
+    res = request(c, 1.0, p.Results)
+    other = next(r for k, r in c.up.line.out.items() if k != "results")  # an alive, a bored
+    c.upstream_reply(p.Error(other.id, p.ErrorCode.INTERNAL, "busy"), 1.1)
+    assert c.up.backoff.failures == 1 and other.kind not in c.up.line.out
+    assert c.up.results == res.id
+    assert not c.upstream.take_reset()
+    c.upstream_reply(p.Ack(res.id, ("u1",)), 1.2)  # still taken: the socket answered
+    assert "u1" not in c.held and c.up.backoff.failures == 0
+
+
+def test_the_upstream_key_is_learnt_once_on_first_use_and_kept():
+    c = core()
+    c.upstream.given_key(None)
+    hello = c.upstream.hello(0.0)
+    assert hello == p.Hello(1) and c.upstream.hello(0.0) is None  # one out at a time
+    assert c.upstream.hello_reply(p.HelloReply(1, "cd" * 32), 0.2).value == "learnt"
+    assert c.up.line.key == "cd" * 32 and c.upstream.hello(0.3) is None
+    c.upstream_failed(1.0)
+    assert c.upstream.hello(100.0) is None  # pinned and kept: never asked again
+    given = core()
+    given.upstream.given_key("ef" * 32)
+    assert given.upstream.hello(0.0) is None
