@@ -17,15 +17,15 @@ A reply is matched by its `re` against the request out; a reply to anything
 else (late, after a timeout; a duplicate; forged) changes nothing.
 
 Failures. A request past its deadline, or a send or receive the transport
-refused, is a **failed contact**: every request out is
-forgotten (their replies will no longer match), the backoff counts one
-failure (net._backoff, the project's one rule: doubling from its minimum to
-its cap, jittered), and the socket must be **reset**, since a ZeroMQ REQ or
-DEALER socket whose request went unanswered is in a state nobody knows (a
-reply may still arrive on it, queued messages may still go). Several requests
-late at once are still one failed contact. Any answer resets the backoff. An
-`error` a caller counts as a failure is an answer all the same (`error_answer`):
-the backoff counts it, the socket and the other requests on it stay.
+refused, is a **failed contact**: every request out is forgotten (their
+replies will no longer match), the backoff counts one failure (net._backoff,
+the project's one rule: doubling from its minimum to its cap, jittered), and
+the socket must be **reset** (`take_reset`), since a ZeroMQ REQ or DEALER
+socket whose request went unanswered is in a state nobody knows (a reply may
+still arrive on it, queued messages may still go). Several requests late at
+once are still one failed contact. Any answer resets the backoff. An `error`
+a caller counts as a failure is an answer all the same (`error_answer`): the
+backoff counts it, the socket and the other requests on it stay.
 
 Keys. The server's public key is **known** (given by its owner, or pinned
 before), or not yet known: then its plaintext port is asked (`hello`) and
@@ -33,8 +33,8 @@ the key it announces is **learnt** on first use (the caller pins it). A key
 learnt that way is **re-checked** by a `hello` after each failed contact
 (has the server been replaced?), where the link asks it (`recheck_learnt`:
 the jobber does; the relay and the allocator link keep the key they pinned).
-A key heard that differs from the one held
-is **changed**: the link is refused, never silently switched to it.
+A key heard that differs from the one held is **changed**: the link is
+refused, never silently switched to it.
 
     verdict   the key heard in a hello            the link
     learnt    none was held                       uses it from now on (pin it)
@@ -44,7 +44,8 @@ is **changed**: the link is refused, never silently switched to it.
 Deadlines. Two rules grew in the project: a request is late once `now` is
 past its deadline (the jobber, the relay, the allocator link), or from its
 deadline on (the peers, whose tests pin the boundary). `late_at_deadline`
-chooses; it changes nothing but the one instant.
+chooses; it changes nothing but the one instant. Lateness is `now - sent_at`
+against the timeout, the arithmetic each link had, so no boundary moved.
 """
 
 from __future__ import annotations
