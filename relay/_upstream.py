@@ -56,10 +56,6 @@ class Upstream:
     def backoff(self) -> Backoff:
         return self.line.backoff
 
-    @property
-    def next_id(self) -> int:
-        return self.line.next_id
-
     def _out(self, kind: str) -> int | None:
         request = self.line.out.get(kind)
         return None if request is None else request.id
