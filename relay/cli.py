@@ -66,7 +66,7 @@ _DEFAULT = {f.name: f.default for f in fields(RelaySettings)}
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m dealer relay",
+        prog="python -m relay",
         description="A dealer whose jobs come from an upstream dealer: it buffers them for "
         "its own jobbers, keeps their results in its journal and forwards them in batches, "
         "so its jobbers keep working while the upstream is unreachable.",
