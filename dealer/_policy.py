@@ -19,7 +19,7 @@ import msgpack
 
 from protocol import MAX_MESSAGE_BYTES, MAX_STR, Status
 from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
-from tasks import Job
+from tasks import Job, Task
 
 # --- the defaults (the relay holds its jobbers to the same: relay._core) -------------
 
@@ -33,6 +33,18 @@ DENY_AFTER = 3  # lost votes (more than won) that deny an identity; 0: never
 # 5-second `alive` intervals, so one lost message is forgiven
 LEASE_S = 20.0
 BACKUPS = 1  # extra live replicas a job may get at the tail of a batch; 0: none
+# "retry later" while all work is out but not settled
+RETRY_BUSY_S = 2.0
+# "retry later" to a jobber at its quota: the results it is about to return free
+# room within a round trip, so it comes back soon (a hoarder that never returns
+# anything is still held to its quota, however often it asks)
+RETRY_QUOTA_S = 0.2
+RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
+# A jobber may hold what it has shown it runs in this long (its results per second,
+# measured over dealer._service.PACE_WINDOW_S), and never less than two jobs per slot:
+# jobs of a millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
+# returns nothing gets two per slot (and its quota: see dealer._quota)
+SOON_S = 1.0
 # what a `jobs` message holding one job adds to its stdin, arguments and the payload: the
 # tag, the limits, the deadline, field names, the payload's signature with its rotation
 # chain (under 2 KB); generous, so that a job passing here always encodes under the cap
@@ -72,6 +84,44 @@ class Policy:
             object.__setattr__(self, "max_replicas", 2 * self.redundancy + self.max_errors)
         if self.max_replicas < self.redundancy:
             raise ValueError("max_replicas must be at least redundancy")
+
+
+def policy_for(
+    task: Task,
+    *,
+    redundancy: int | None = None,
+    quorum: int | None = None,
+    max_errors: int | None = None,
+    deadline_s: float | None = None,
+    quota: int | None = None,
+    deny_after: int | None = None,
+    lease_s: float | None = None,
+    backups: int | None = None,
+) -> Policy:
+    """The task's scheduling policy: each setting as given (the command line), else as
+    the task's class attribute says, else Policy's default. The quorum has one rule, here:
+    as given, else the task's capped at the redundancy, else the redundancy."""
+    redundancy = _first(redundancy, task.redundancy)
+    if quorum is None:
+        quorum = redundancy if task.quorum is None else min(task.quorum, redundancy)
+    return Policy(
+        redundancy=redundancy,
+        quorum=quorum,
+        max_errors=_first(max_errors, task.max_errors),
+        deadline_s=_first(deadline_s, task.effective_deadline_s()),
+        memory_mb=task.limits.memory_mb,
+        fuel_limit=task.limits.fuel,
+        output_bytes=task.limits.output_kb * 1024,
+        quota=_first(quota, QUOTA),
+        deny_after=_first(deny_after, DENY_AFTER),
+        lease_s=_first(lease_s, task.lease_s, LEASE_S),
+        backups=_first(backups, BACKUPS),
+    )
+
+
+def _first(*values):
+    """The first value that is not None (a setting given, else its default)."""
+    return next(v for v in values if v is not None)
 
 
 def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
