@@ -168,7 +168,8 @@ def _digest(key: tuple[bytes, int]) -> str:
 
 class Votes:
     """Core's vote counting and placement: what each job needs, and who may run it. It
-    uses Standings' `_jobber`, `_machine`, `_present` and `_close`, and Core's `_send`."""
+    uses Standings' `_jobber`, `_machine`, `_present` and `_close`, and Core's `_send` and
+    `_issued_here`."""
 
     policy: Policy
     machines: dict[str, Standing]
