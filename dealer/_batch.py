@@ -21,9 +21,10 @@ import zmq
 import protocol as p
 from dealer._core import CoreError, JournalMismatch
 from dealer._journal import AFRESH, Journal, JournalError, move_aside
+from dealer._policy import BACKUPS, DENY_AFTER, LEASE_S, QUOTA, policy_for
 from dealer._print import print_jobbers
 from dealer._server import LINGER_S, Dealer
-from dealer._service import DISTINCT, policy_for
+from dealer._service import DISTINCT
 from net._author_keys import load_author_key
 from net._http import parse_http
 from net._keys import KeyPair, load_or_create_key_pair, load_public_keys
@@ -117,7 +118,8 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="silence after which a jobber holding work is taken as gone and its jobs "
-        "sent to others (default 20; jobbers say they are alive every 5 s)",
+        f"sent to others (default: the task's, else {LEASE_S:g}; jobbers say they are "
+        "alive every 5 s)",
     )
     g.add_argument(
         "--backups",
@@ -125,7 +127,7 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="at the tail of a batch, extra replicas of the jobs out longest for idle "
-        "jobbers (default 1; 0: none)",
+        f"jobbers (default {BACKUPS}; 0: none)",
     )
     g.add_argument(
         "--key",
@@ -181,14 +183,16 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="replicas a new jobber (and a new host) may hold at once; good results raise it",
+        help="replicas a new jobber (and a new host) may hold at once; good results raise it "
+        f"(default {QUOTA})",
     )
     g.add_argument(
         "--deny-after",
         type=int,
         default=None,
         metavar="N",
-        help="deny a jobber once N of its outputs lost a vote, more than won one (0: never)",
+        help="deny a jobber once N of its outputs lost a vote, more than won one (default "
+        f"{DENY_AFTER}; 0: never)",
     )
     g.add_argument(
         "--trust-relay",

@@ -15,67 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 import protocol as p
-from dealer._core import Accepted, Core, Policy
+from dealer._core import Accepted, Core
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
+from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
+from dealer._policy import RETRY_IDLE_S as RETRY_IDLE_S
+from dealer._policy import RETRY_QUOTA_S as RETRY_QUOTA_S
+from dealer._policy import SOON_S, Policy
+from dealer._policy import policy_for as policy_for
+from dealer._relays import MAX_BEHIND, Relays
+from dealer._relays import behind as behind
 from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Job, Task
 
 log = logging.getLogger(__name__)
 
-RETRY_BUSY_S = 2.0  # "retry later" while all work is out but not settled
-# "retry later" to a jobber at its quota: the results it is about to return free
-# room within a round trip, so it comes back soon (a hoarder that never returns
-# anything is still held to its quota, however often it asks)
-RETRY_QUOTA_S = 0.2
-RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
 STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
-# A jobber may hold what it has shown it runs in this long (its results per second,
-# measured over PACE_WINDOW_S), and never less than two jobs per slot: jobs of a
-# millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
-# returns nothing gets two per slot (and its quota: see dealer._core)
-SOON_S = 1.0
-PACE_WINDOW_S = 0.5
+PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see SOON_S)
 DISTINCT = ("host", "subnet", "key")
-# identities one relay may name behind it at once (forgotten when idle, as any): what a
-# relay, trusted or not, can make this dealer remember is bounded per relay connection
-MAX_BEHIND = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Relayed(Peer):
-    """A jobber behind a relay, as the relay named it (`bored.behalf`, `result.by`). Its
-    identity is derived from the relay's key and the jobber's, so a relay can name no
-    identity but its own jobbers'. Behind a relay this dealer trusts (`--trust-relay`)
-    its machine is the address the relay saw, within the relay's own namespace (a lab's
-    10.0.0.5 is not another lab's); behind any other relay it is the relay's own machine
-    (`under`), so the relay still has one vote and one machine quota, and the identity
-    only carries the standing (its own quota, lost votes, denial) of the jobber that
-    earned it."""
-
-    relay: str = ""
-    under: Peer | None = None  # untrusted: the relay, whose machine this identity is on
-
-    def machine(self, distinct: str) -> str:
-        if self.under is not None:
-            return self.under.machine(distinct)
-        return f"{self.relay[:16]}/{Peer.machine(self, distinct)}"
-
-
-def behind(relay: Peer, who: p.Attribution, *, trusted: bool = True) -> Relayed:
-    """The identity and machine a relay's jobber `who` is counted as."""
-    key = hashlib.sha256(f"borednet relayed jobber {relay.key} {who.key}".encode()).hexdigest()
-    return Relayed(key, who.machine, relay.key, None if trusted else relay)
 
 
 def _size(job: Job) -> int:
@@ -83,39 +48,7 @@ def _size(job: Job) -> int:
     return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args)
 
 
-def policy_for(
-    task: Task,
-    *,
-    redundancy: int | None = None,
-    quorum: int | None = None,
-    max_errors: int | None = None,
-    deadline_s: float | None = None,
-    quota: int | None = None,
-    deny_after: int | None = None,
-    lease_s: float | None = None,
-    backups: int | None = None,
-) -> Policy:
-    """The task's scheduling policy, with any of its class attributes overridden."""
-    redundancy = task.redundancy if redundancy is None else redundancy
-    if quorum is None:
-        quorum = redundancy if task.quorum is None else min(task.quorum, redundancy)
-    return Policy(
-        redundancy=redundancy,
-        quorum=quorum,
-        max_errors=task.max_errors if max_errors is None else max_errors,
-        deadline_s=task.effective_deadline_s() if deadline_s is None else deadline_s,
-        memory_mb=task.limits.memory_mb,
-        fuel_limit=task.limits.fuel,
-        output_bytes=task.limits.output_kb * 1024,
-        **({} if quota is None else {"quota": quota}),
-        **({} if deny_after is None else {"deny_after": deny_after}),
-        **({} if lease_s is None else {"lease_s": lease_s}),
-        **({} if backups is None else {"backups": backups}),
-        **({} if task.lease_s is None or lease_s is not None else {"lease_s": task.lease_s}),
-    )
-
-
-class Service:
+class Service(Relays):
     """Serves one task: messages in, replies out, everything journaled first."""
 
     def __init__(
@@ -153,14 +86,10 @@ class Service:
         self.peers = peers if isinstance(peers, Peers) else Peers(peers)
         self.distinct = distinct
         self.admins = frozenset(admins)
-        # relays whose word on which jobber of theirs ran what is believed (relay._core)
-        self.relays = frozenset(relays)
-        # relay key -> {identity behind it: the jobber key the relay named it by}, for the
-        # relay's alive and the standing it is told (any relay: see Relayed)
+        self.relays = frozenset(relays)  # these four: see dealer._relays
         self._behind: dict[str, dict[str, str]] = {}
-        # relay key -> {identity behind it: (valid, invalid, denied) as the relay was last
-        # told}, so that each ack tells it what changed since (votes settle after an ack)
         self._told: dict[str, dict[str, tuple[int, int, bool]]] = {}
+        self.max_behind = MAX_BEHIND
         self.key_hex = key_hex
         self.closed = closed
         policy = policy or policy_for(task)
@@ -332,89 +261,6 @@ class Service:
             return self.work_offer(msg.id)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
-
-    def _speaks_for_others(self, msg: p.Bored | p.Results | p.Alive, peer: Peer) -> bool:
-        """A relay's request: from a trusted relay, or naming jobbers behind the sender."""
-        if peer.key in self.relays:
-            return True
-        if isinstance(msg, p.Bored):
-            return msg.behalf is not None
-        if isinstance(msg, p.Results):
-            return any(r.by is not None for r in msg.results)
-        return peer.key in self._behind
-
-    def _relayed(self, msg: p.Bored | p.Results | p.Alive, now: float, relay: Peer) -> p.Message:
-        """A relay's request: for the jobber it names, or for itself. Any relay's jobbers
-        are identities of their own here (their own standing); only a trusted relay's are
-        machines of their own (votes): see Relayed."""
-        trusted = relay.key in self.relays
-        if self.core.is_denied(relay.key) and not (
-            isinstance(msg, p.Bored) and msg.behalf is None
-        ):  # a denied relay speaks for nobody (for itself, _bored says it is denied)
-            return p.Error(msg.id, p.ErrorCode.DENIED, "this relay is denied by the dealer")
-        if isinstance(msg, p.Bored):
-            if msg.behalf is None:
-                self._label(relay, msg.jobber)
-                return self._bored(msg, now, relay)
-            named = self._behind.get(relay.key, {})
-            if (
-                len(named) >= MAX_BEHIND
-                and behind(relay, msg.behalf, trusted=trusted).key not in named
-            ):
-                why = f"this relay names {MAX_BEHIND} jobbers already (MAX_BEHIND)"
-                return p.RetryLater(msg.id, RETRY_IDLE_S, why)
-            who = self._named(relay, msg.behalf, trusted)
-            self._label(who, f"{msg.jobber}/{msg.behalf.machine}")
-            return self._bored(msg, now, who)
-        if isinstance(msg, p.Results):
-            self._label(relay, msg.jobber)
-            return self._results(msg, now, relay, trusted=trusted, attributed=True)
-        self._label(relay, msg.jobber)
-        mine = f"{relay.key[:16]}/"  # the relay vouches for every jobber of its own
-        names = self._behind.get(relay.key, {})
-        jobbers = self.core.jobbers
-        # leases only for the jobbers holding work (the rest may be forgotten when idle)
-        keys = [k for k in names if k in jobbers and (jobbers[k].held or jobbers[k].gone)]
-        if trusted:  # also those named before a restart of this dealer
-            keys += [
-                k
-                for k, r in self.core.jobbers.items()
-                if r.machine.startswith(mine) and k not in names and (r.held or r.gone)
-            ]
-        if relay.key in self.core.jobbers or (not keys and msg.holding):
-            keys.append(relay.key)  # (a relay holding nothing is no identity of its own)
-        cancel: dict[str, None] = {}
-        for key in keys:
-            machine = relay.machine(self.distinct) if key == relay.key else None
-            cancel.update(dict.fromkeys(self.core.alive(key, now, msg.holding, machine)))
-        standing = self._standing(relay, names, every=True)
-        return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), standing)
-
-    def _named(self, relay: Peer, who: p.Attribution, trusted: bool) -> Relayed:
-        """The identity of the relay's jobber `who`, remembered as behind the relay."""
-        named = behind(relay, who, trusted=trusted)
-        self._behind.setdefault(relay.key, {})[named.key] = who.key
-        return named
-
-    def _standing(
-        self, relay: Peer, names: dict[str, str], *, every: bool = False
-    ) -> tuple[p.Standing, ...]:
-        """What the relay is told of the jobbers behind it: those in `names` (identity ->
-        the key it named), and every other whose standing changed since it was last told
-        (`every`: all of them), the first MAX_BATCH."""
-        told = self._told.setdefault(relay.key, {})
-        out = []
-        for ident, key in self._behind.get(relay.key, {}).items():
-            rec = self.core.jobbers.get(ident)
-            if rec is None:
-                continue
-            now_ = (rec.valid, rec.invalid, self.core.is_denied(ident))
-            if every or ident in names or told.get(ident) != now_:
-                told[ident] = now_
-                out.append(p.Standing(key, *now_))
-                if len(out) >= p.MAX_BATCH:
-                    break
-        return tuple(out)
 
     def _label(self, peer: Peer, name: str) -> None:
         if self.labels.get(peer.key) != name:

@@ -26,8 +26,12 @@ from net._serve import serve_until_stopped
 
 log = logging.getLogger("dealer")
 
+ASK_TIMEOUT_S = 5.0  # what `status` and `deny` wait for an answer, unless --timeout
 
-def deny(address: str, key: str, reason: str, admin: KeyPair, timeout_s: float = 5.0) -> str:
+
+def deny(
+    address: str, key: str, reason: str, admin: KeyPair, timeout_s: float = ASK_TIMEOUT_S
+) -> str:
     """Ban the identity `key` at the dealer, speaking as its admin over the encrypted port."""
     endpoint, server_key = p.split_key(p.dealer_address(address))
     reply = admin_ask(endpoint, server_key, p.Deny(1, key, reason), admin, address, timeout_s)
@@ -63,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("address", help="host, host:port or tcp://host:port (a #KEY is ignored)")
     st.add_argument("--json", action="store_true", help="print the raw status as JSON")
     st.add_argument("--page", type=int, default=0, help="which page of jobbers (from 0)")
-    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    st.add_argument(
+        "--timeout", type=float, default=ASK_TIMEOUT_S, help="seconds to wait for an answer"
+    )
     rs = sub.add_parser(
         "results",
         help="every settled job of a journal: the accepted output, or why it failed "
@@ -165,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PATH",
         help="the dealer's admin key pair (default .borednet/admin, as the dealer makes it)",
     )
-    dn.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    dn.add_argument(
+        "--timeout", type=float, default=ASK_TIMEOUT_S, help="seconds to wait for an answer"
+    )
     args = parser.parse_args(argv)
     if args.command == "refer":
         return refer(args.bind, args.peer, args.key)

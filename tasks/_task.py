@@ -54,11 +54,12 @@ class Task:
     payload:     the Payload every job runs (set it in __init__ or as a class attribute)
     limits:      per-job Limits (fuel, memory_mb, time_s, output_kb)
     redundancy:  replicas sent per job, each to a distinct jobber
-    quorum:      matching outputs (bytes and fuel used) needed to accept a job
+    quorum:      matching outputs (bytes and fuel used) needed to accept a job (None:
+                 the redundancy; one over the redundancy is taken as the redundancy)
     max_errors:  errored or overdue replicas a job may have before it fails
     deadline_s:  seconds a jobber has to return a replica (None: from limits)
     lease_s:     seconds of silence before a jobber holding work is taken as gone and
-                 its replicas sent to others (None: the dealer's default, 20)
+                 its replicas sent to others (None: the dealer's default, 20 s)
     signing_key: the author key the dealer signs the payload with, a path to
                  KEY.sign_secret or KEY (None: unsigned; `--sign KEYPATH` overrides it)
     cross_platform: False (the default): replicas of a job vote only with replicas run
@@ -122,10 +123,7 @@ class Task:
         """Build the task from parsed arguments. Default: no arguments."""
         return cls()
 
-    # --- derived policy ----------------------------------------------------
-
-    def effective_quorum(self) -> int:
-        return self.redundancy if self.quorum is None else self.quorum
+    # --- derived policy (the rest, and the quorum's rule: dealer._policy.policy_for) ---
 
     def effective_deadline_s(self) -> float:
         """Default deadline: twice the wall-clock limit plus a minute of slack."""

@@ -1,0 +1,181 @@
+"""The rules one batch runs by: Policy, the dealer's scheduling settings as one typed
+record, with every default defined once below (the task's class attributes and the
+command line override them: dealer._service.policy_for, dealer._batch); and the limits
+its jobs and their results are held to: what can never be sent (`unsendable`), and what
+no honest sandbox could have answered (`implausible`).
+
+A result is checked for plausibility before anything else: fuel over the
+job's fuel limit, output over its output limit, or a status its output or
+fuel contradicts, is recorded as an error ("implausible") and never reaches
+the vote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import msgpack
+
+from protocol import MAX_MESSAGE_BYTES, MAX_STR, Status
+from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
+from tasks import Job, Task
+
+# --- the defaults (the relay holds its jobbers to the same: relay._core) -------------
+
+MAX_ERRORS = 3  # errored or overdue replicas a job may have; one more and it fails
+DEADLINE_S = 180.0  # what a jobber has to return a replica (a task's own: from its limits)
+WINDOW = 10_000  # unsettled jobs held at once: memory is bounded by it, not by the batch
+QUOTA = 4  # open replicas a new identity (and a new machine) may hold
+MAX_ALLOWANCE = 4096  # open replicas one identity or machine can ever earn
+DENY_AFTER = 3  # lost votes (more than won) that deny an identity; 0: never
+# silence after which a jobber holding work is taken as gone: four of the jobber's
+# 5-second `alive` intervals, so one lost message is forgiven
+LEASE_S = 20.0
+BACKUPS = 1  # extra live replicas a job may get at the tail of a batch; 0: none
+# "retry later" while all work is out but not settled
+RETRY_BUSY_S = 2.0
+# "retry later" to a jobber at its quota: the results it is about to return free
+# room within a round trip, so it comes back soon (a hoarder that never returns
+# anything is still held to its quota, however often it asks)
+RETRY_QUOTA_S = 0.2
+RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
+# A jobber may hold what it has shown it runs in this long (its results per second,
+# measured over dealer._service.PACE_WINDOW_S), and never less than two jobs per slot:
+# jobs of a millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
+# returns nothing gets two per slot (and its quota: see dealer._quota)
+SOON_S = 1.0
+# what a `jobs` message holding one job adds to its stdin, arguments and the payload: the
+# tag, the limits, the deadline, field names, the payload's signature with its rotation
+# chain (under 2 KB); generous, so that a job passing here always encodes under the cap
+JOB_MESSAGE_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    redundancy: int = 1
+    quorum: int = 1
+    max_errors: int = MAX_ERRORS
+    max_replicas: int = 0  # 0: 2 * redundancy + max_errors
+    deadline_s: float = DEADLINE_S
+    memory_mb: int = 0  # a jobber allowing less than this gets no jobs
+    window: int = WINDOW
+    fuel_limit: int = (
+        0  # the jobs' fuel limit: a result claiming more is implausible (0: unchecked)
+    )
+    output_bytes: int = -1  # the jobs' output limit in bytes (-1: unchecked)
+    quota: int = QUOTA
+    deny_after: int = DENY_AFTER
+    lease_s: float = LEASE_S
+    backups: int = BACKUPS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quorum <= self.redundancy:
+            raise ValueError(f"quorum {self.quorum} must be in 1..redundancy ({self.redundancy})")
+        if self.max_errors < 0 or self.deadline_s <= 0 or self.window < 1:
+            raise ValueError("max_errors >= 0, deadline_s > 0 and window >= 1 are required")
+        if self.lease_s <= 0:
+            raise ValueError("lease_s must be positive")
+        if self.backups < 0:
+            raise ValueError("backups must be >= 0")
+        if not 1 <= self.quota <= MAX_ALLOWANCE or self.deny_after < 0:
+            raise ValueError(f"quota must be in 1..{MAX_ALLOWANCE} and deny_after >= 0")
+        if self.max_replicas == 0:
+            object.__setattr__(self, "max_replicas", 2 * self.redundancy + self.max_errors)
+        if self.max_replicas < self.redundancy:
+            raise ValueError("max_replicas must be at least redundancy")
+
+
+def policy_for(
+    task: Task,
+    *,
+    redundancy: int | None = None,
+    quorum: int | None = None,
+    max_errors: int | None = None,
+    deadline_s: float | None = None,
+    quota: int | None = None,
+    deny_after: int | None = None,
+    lease_s: float | None = None,
+    backups: int | None = None,
+) -> Policy:
+    """The task's scheduling policy: each setting as given (the command line), else as
+    the task's class attribute says, else Policy's default. The quorum has one rule, here:
+    as given, else the task's capped at the redundancy, else the redundancy."""
+    redundancy = _first(redundancy, task.redundancy)
+    if quorum is None:
+        quorum = redundancy if task.quorum is None else min(task.quorum, redundancy)
+    return Policy(
+        redundancy=redundancy,
+        quorum=quorum,
+        max_errors=_first(max_errors, task.max_errors),
+        deadline_s=_first(deadline_s, task.effective_deadline_s()),
+        memory_mb=task.limits.memory_mb,
+        fuel_limit=task.limits.fuel,
+        output_bytes=task.limits.output_kb * 1024,
+        quota=_first(quota, QUOTA),
+        deny_after=_first(deny_after, DENY_AFTER),
+        lease_s=_first(lease_s, task.lease_s, LEASE_S),
+        backups=_first(backups, BACKUPS),
+    )
+
+
+def _first(*values):
+    """The first value that is not None (a setting given, else its default)."""
+    return next(v for v in values if v is not None)
+
+
+def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
+    """Why `job` can never reach a jobber, or None: its stdin, an argument or their
+    count over the wire's caps (docs/protocol.md, `job_spec`), an argument that is not
+    text UTF-8 can carry, or a `jobs` message holding it and the payload
+    (`payload_bytes`, sent with it to a jobber that lacks it) over the message cap.
+    The same job gives the same answer every time: a pure function of its bytes."""
+    where = "the wire's cap"
+    if len(job.stdin) > MAX_STDIN_BYTES:
+        return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
+    if len(job.args) > MAX_ARGS:
+        return f"{len(job.args):,} arguments, over {where} of {MAX_ARGS:,}"
+    args_bytes = 0
+    for i, arg in enumerate(job.args):
+        if len(arg) > MAX_STR:
+            return f"argument {i} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+        try:
+            args_bytes += len(arg.encode()) + 5  # and its msgpack header
+        except UnicodeEncodeError as e:
+            return f"argument {i} is not valid Unicode text ({e.reason} at {e.start})"
+    size = payload_bytes + len(job.stdin) + args_bytes + JOB_MESSAGE_OVERHEAD
+    if size > MAX_MESSAGE_BYTES:
+        return (
+            f"a jobs message of about {size:,} bytes with the payload, over {where} of "
+            f"{MAX_MESSAGE_BYTES:,} bytes (stdin {len(job.stdin):,}, arguments "
+            f"{args_bytes:,}, payload {payload_bytes:,})"
+        )
+    return None
+
+
+def refusal(job_id: int, job: Job, why: str) -> str:
+    """The failure recorded for an unsendable job: names the job and the limit."""
+    shown = " ".join(job.args[:8])[:200] + (" ..." if len(job.args) > 8 else "")
+    return (
+        f"job {job_id} (args {shown or '(none)'}) can never be sent: {why}; "
+        "see 'Limits of one job' in docs/writing-tasks.md"
+    )
+
+
+def job_digest(job: Job) -> str:
+    return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+
+
+def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str | None:
+    """Why no honest sandbox could have given this result under the policy's limits, or None."""
+    if policy.fuel_limit and fuel > policy.fuel_limit:
+        return f"fuel {fuel} exceeds the job's fuel limit of {policy.fuel_limit}"
+    if policy.output_bytes >= 0 and len(output) > policy.output_bytes:
+        return f"{len(output)} bytes of output exceed the job's limit of {policy.output_bytes}"
+    if status is Status.OUTPUT and policy.output_bytes >= 0 and len(output) != policy.output_bytes:
+        return f"status output with {len(output)} bytes; the limit is {policy.output_bytes}"
+    if status is Status.FUEL and policy.fuel_limit and fuel != policy.fuel_limit:
+        return f"status fuel with {fuel} fuel used; the limit is {policy.fuel_limit}"
+    if status in (Status.INVALID, Status.IMPORT, Status.ABANDONED) and (output or fuel):
+        return f"status {status.value} with output or fuel: the payload never ran"
+    return None

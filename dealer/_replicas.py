@@ -1,0 +1,140 @@
+"""Replicas and jobs: the lifecycle of one replica as a transition table, and what the
+core hands out. Pure data: no decision is made here (dealer._votes decides, dealer._core
+records).
+
+Each job is sent out as *replicas*. Every replica has a tag that is unique
+forever within one journal (a random prefix chosen when the journal is made,
+then a counter), the jobber it was sent to and an absolute deadline. A
+replica's lifecycle is the table REPLICA_TRANSITIONS below; an event the table
+does not allow raises CoreError and changes nothing.
+
+The table's events: `returned_ok` and `returned_error` (a result came back), `deadline`
+(its deadline passed: OVERDUE, a late result may still come), `released` (the jobber
+gave it back unfinished: no fault of anyone's), `silent` (its jobber fell silent past its
+lease: GONE, neither live nor an error).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from protocol import ErrorCode, Status
+from tasks import Job
+
+
+class CoreError(Exception):
+    """An event the lifecycle does not allow, or a journal that does not fit the task."""
+
+
+class JournalMismatch(CoreError):
+    """The task's jobs differ from those the journal recorded."""
+
+
+class ReplicaState(str, enum.Enum):
+    OUT = "out"  # sent, waiting for its result
+    OK = "ok"  # returned with Status.OK: has an output that can vote
+    ERROR = "error"  # returned with any other status
+    OVERDUE = "overdue"  # deadline passed; a late result may still arrive
+    RELEASED = "released"  # the jobber gave it back unfinished (shutting down); no fault
+    GONE = "gone"  # the jobber went silent past its lease; a late result may still arrive
+
+
+REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
+    (ReplicaState.OUT, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.OUT, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.OUT, "deadline"): ReplicaState.OVERDUE,
+    (ReplicaState.OVERDUE, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.OVERDUE, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.OUT, "released"): ReplicaState.RELEASED,
+    (ReplicaState.OVERDUE, "released"): ReplicaState.RELEASED,
+    (ReplicaState.OUT, "silent"): ReplicaState.GONE,
+    (ReplicaState.GONE, "returned_ok"): ReplicaState.OK,
+    (ReplicaState.GONE, "returned_error"): ReplicaState.ERROR,
+    (ReplicaState.GONE, "released"): ReplicaState.RELEASED,
+    (ReplicaState.GONE, "deadline"): ReplicaState.OVERDUE,
+}
+_LATE = (ReplicaState.OUT, ReplicaState.OVERDUE, ReplicaState.GONE)  # may still return
+_TIMED = (ReplicaState.OUT, ReplicaState.GONE)  # become OVERDUE at their deadline
+# statuses every honest machine of one platform gives alike for the same job (sandbox: no
+# clocks, no randomness, one engine); time, crash and abandoned depend on the machine
+DETERMINISTIC = frozenset(
+    s.value
+    for s in (
+        Status.EXIT,
+        Status.FUEL,
+        Status.MEMORY,
+        Status.OUTPUT,
+        Status.STACK,
+        Status.TRAP,
+        Status.INVALID,
+        Status.IMPORT,
+    )
+)
+_ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
+# replicas whose result is in, or may still come, and may vote: they keep their job on
+# their platform (with ERROR replicas of a deterministic status)
+_STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaState.GONE)
+
+
+# --- what the core hands out --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    tag: str
+    job_id: int
+    job: Job
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job_id: int
+    job: Job
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: int
+    job: Job
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: ErrorCode
+    text: str
+
+
+@dataclass(slots=True)
+class _Replica:
+    tag: str
+    job_id: int
+    jobber: str
+    deadline: float
+    machine: str
+    platform: str | None = None  # votes only with replicas of the same platform
+    state: ReplicaState = ReplicaState.OUT
+    status: str = ""  # as returned
+    output: bytes = b""
+    fuel: int = 0
+    detail: str = ""
+    won: bool = False  # in the group of machines whose agreement settled its job
+
+    def fire(self, event: str) -> None:
+        try:
+            self.state = REPLICA_TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise CoreError(
+                f"replica {self.tag}: {event} not allowed in state {self.state.value}"
+            ) from None
+
+
+@dataclass(slots=True)
+class _Job:
+    id: int
+    job: Job
+    replicas: list[_Replica] = field(default_factory=list)
+    digest: str = ""  # job_digest(job), as its Drawn record says
