@@ -17,8 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import protocol as p
-from dealer._core import implausible
-from dealer._service import RETRY_QUOTA_S, SOON_S
+from dealer._policy import RETRY_QUOTA_S, SOON_S, implausible
 from relay._holdings import Holdings
 from relay._records import Local, Next, Send
 from relay._upstream import Upstream

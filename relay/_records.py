@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import protocol as p
-from dealer._core import MAX_ALLOWANCE, Policy
+from dealer._policy import MAX_ALLOWANCE, Policy
 
 _DEALER = Policy()  # the dealer's defaults: the relay's jobbers stand as a dealer's do
 
