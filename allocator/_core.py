@@ -60,7 +60,7 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,19 +161,14 @@ class Role:
 
 
 def prefs_json(prefs: Prefs) -> dict[str, Any]:
-    return {
-        f.name: getattr(prefs, f.name) for f in fields(prefs) if getattr(prefs, f.name) is not None
-    }
+    """The preferences set, by their wire names, as the pools table keeps them."""
+    return prefs.named()
 
 
 def prefs_of(data: Mapping[str, Any]) -> Prefs:
-    """Preferences from a map by field name; ValueError naming an unknown or bad one."""
-    known = {f.name for f in fields(Prefs)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown preference {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    """Preferences from a map by wire name; ValueError naming an unknown or bad one."""
     try:
-        return Prefs(**{k: v for k, v in data.items() if v is not None})
+        return Prefs.from_names(data)
     except p.ProtocolError as e:
         raise ValueError(str(e)) from None
 

@@ -471,7 +471,9 @@ def test_batches_at_the_cap_round_trip() -> None:
 
 def test_scalars_at_their_bounds_round_trip() -> None:
     lo = p.Limits(fuel=1, memory_mb=1, time_s=0.001, output_kb=0)
-    hi = p.Limits(fuel=2**62, memory_mb=65536, time_s=1e7, output_kb=_records.MAX_OUTPUT_BYTES // 1024)
+    hi = p.Limits(
+        fuel=2**62, memory_mb=65536, time_s=1e7, output_kb=_records.MAX_OUTPUT_BYTES // 1024
+    )
     spec = p.JobSpec("a" * p.MAX_STR, SHA, ("a" * p.MAX_STR,) * _records.MAX_ARGS, b"", hi, 1e9)
     for msg in (
         p.Jobs(_schema.MAX_U64, (p.JobSpec("", SHA, (), b"", lo, 0.0), spec)),
@@ -765,7 +767,8 @@ def test_oversize_binaries_are_refused() -> None:
     big = bytes(p.MAX_PAYLOAD_BYTES + 1)
     refused(tampered("jobs", ("payloads", SHA), big), r"payloads\[.*\]: expected binary of at most")
     refused(
-        tampered("jobs", ("jobs", 0, "stdin"), bytes(_records.MAX_STDIN_BYTES + 1)), r"stdin: .*16777216"
+        tampered("jobs", ("jobs", 0, "stdin"), bytes(_records.MAX_STDIN_BYTES + 1)),
+        r"stdin: .*16777216",
     )
     big_out = bytes(_records.MAX_OUTPUT_BYTES + 1)
     refused(tampered("results", ("results", 0, "output"), big_out), r"output: .*33554432 bytes")

@@ -206,7 +206,11 @@ def test_the_constants_of_the_contract() -> None:
     # the caps that live outside the schemas, as docs/protocol.md states them
     assert (p.VERSION, p.ALIVE_INTERVAL_S, _schema.MAX_DEPTH) == (2, 5.0, 8)
     assert (64 * MiB, 32 * MiB) == (p.MAX_MESSAGE_BYTES, p.MAX_PAYLOAD_BYTES)
-    assert (16 * MiB, 32 * MiB, U64) == (_records.MAX_STDIN_BYTES, _records.MAX_OUTPUT_BYTES, _schema.MAX_U64)
+    assert (16 * MiB, 32 * MiB, U64) == (
+        _records.MAX_STDIN_BYTES,
+        _records.MAX_OUTPUT_BYTES,
+        _schema.MAX_U64,
+    )
     assert (p.MAX_BATCH, _records.MAX_ARGS, p.MAX_STR, p.MAX_CACHED) == (4096, 1024, 4096, 4096)
     assert (p.MAX_PAYLOADS, p.MAX_HOLDING, p.MAX_ROTATIONS, _records.SIGNATURE_BYTES) == (
         64,
