@@ -121,6 +121,7 @@ from dataclasses import dataclass, field, fields
 
 import msgpack
 
+from dealer._records import Denied, Drawn, Gone, Overdue, Record, Returned, Sent
 from protocol import MAX_MESSAGE_BYTES, MAX_STR, ErrorCode, Status
 from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
 from tasks import Job
@@ -199,72 +200,6 @@ _ERRORED = (ReplicaState.ERROR, ReplicaState.OVERDUE)
 # their platform (with ERROR replicas of a deterministic status)
 PLATFORMS_LISTED = 8  # platform names status lists (names come from jobbers: bounded)
 _STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaState.GONE)
-
-
-# --- records: the journal's vocabulary ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Drawn:
-    job_id: int
-    digest: str  # sha256 of the job's args and stdin, to detect a changed task
-    # for people reading the journal (None: written before these were recorded); the
-    # stdin itself is never stored (it can be MiBs): its size, and a short digest
-    args: tuple[str, ...] | None = None
-    stdin_size: int | None = None
-    stdin_sha256: str | None = None  # 16 hex digits of its sha256; None when empty
-    # why the job can never be sent (see `unsendable`): it failed as it was drawn. None:
-    # a sendable job (and every job of a journal written before this field)
-    refused: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.args, list):  # as msgpack gives it back
-            object.__setattr__(self, "args", tuple(self.args))
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    tag: str
-    job_id: int
-    jobber: str  # the identity (hex public key)
-    deadline: float  # absolute, seconds since the epoch
-    machine: str  # the group key votes are counted by (see --distinct)
-    at: float | None = None  # when it was sent (None: a journal older than this field)
-    # the jobber's platform: only replicas of one platform vote together (None: it did
-    # not say, the task is cross-platform, or a journal older than this field)
-    platform: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Returned:
-    tag: str
-    status: str
-    output: bytes
-    fuel: int
-    detail: str
-    at: float | None = None  # when it came back or was released (None: unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class Overdue:
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Gone:
-    jobber: str  # silent past its lease: its OUT replicas become GONE
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    jobber: str
-    reason: str
-
-
-Record = Drawn | Sent | Returned | Overdue | Gone | Denied
-RECORD_TYPES: dict[str, type] = {
-    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied)
-}
 
 
 # --- what the core hands out --------------------------------------------------
