@@ -21,8 +21,9 @@ from typing import Any
 import zmq
 
 import protocol as p
-from allocator._core import MAX_PER_ADDRESS, ROLES, TOKEN_USES, Allocator, AllocatorError
+from allocator._core import Allocator
 from allocator._page import AllocatorPage
+from allocator._rules import MAX_PER_ADDRESS, ROLES, TOKEN_USES, AllocatorError
 from allocator._server import POLL_S, AllocatorServer, serve
 from net._ask import admin_ask
 from net._http import parse_http
