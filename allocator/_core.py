@@ -75,6 +75,7 @@ from allocator._rules import (
     MAX_PER_ADDRESS,
     MAX_TOKEN_USES,
     PERMITTED,
+    REFRESH_S,
     ROLES,
     ROOT,
     SUPPLIER_ADMIN,
@@ -131,7 +132,7 @@ class Allocator:
     """The allocator's database and its rules. `refresh_s`: how often jobbers ask again."""
 
     def __init__(
-        self, path: Path, *, refresh_s: float = 300.0, max_per_address: int = MAX_PER_ADDRESS
+        self, path: Path, *, refresh_s: float = REFRESH_S, max_per_address: int = MAX_PER_ADDRESS
     ) -> None:
         self.path = Path(path)
         self.refresh_s = refresh_s

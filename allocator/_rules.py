@@ -15,6 +15,7 @@ from protocol._alloc import Prefs
 
 ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN = "root", "allocator_admin", "supplier_admin"
 ROLES = (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN)
+REFRESH_S = 300.0  # how often jobbers ask for their instructions again, unless told
 # a machine heard from within this many refresh intervals counts as active
 ACTIVE_REFRESHES = 3
 HISTORY_ROWS = 1000  # history points a stats reply carries at most (latest first)
