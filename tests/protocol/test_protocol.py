@@ -1367,3 +1367,33 @@ def _encode_fresh_classes_in_threads(errors: list[BaseException]) -> None:
             t.start()
         for t in threads:
             t.join()
+
+
+def test_a_preference_has_one_name_in_the_code_and_its_wire_name_on_the_wire() -> None:
+    """Prefs names a preference as the jobber does; the BOINC-style name it has on the
+    wire, in admin requests and in the allocator's tables is declared beside it, once."""
+    prefs = p.Prefs(slots=2, cpu_limit=50.0, cache_mb=512, memory_mb=64)
+    named = {"max_cpus": 2, "cpu_usage_limit": 50.0, "memory_mb": 64, "disk_mb": 512}
+    assert prefs.named() == named
+    msg = p.Instructions(1, "lab", 4, (), prefs, 60.0)
+    assert wire(msg)["prefs"] == named
+    assert p.decode(p.encode(msg)).prefs == prefs
+    assert p.Prefs.from_names(named) == prefs
+    assert p.Prefs.from_names({"max_cpus": None}) == p.Prefs()  # nil: not set
+    with pytest.raises(p.ProtocolError, match="unknown preference 'slots'"):
+        p.Prefs.from_names({"slots": 2})  # the code's name is not a wire name
+    body = wire(msg)
+    body["prefs"]["max_cpus"] = 0
+    refused(pack(body), r"instructions\.prefs\.max_cpus: expected an integer in \[1, 4096\]")
+    with pytest.raises(p.ProtocolError, match=r"prefs\.disk_mb"):
+        p.Prefs(cache_mb=0)
+
+
+def test_a_record_is_declared_once_and_its_schema_follows() -> None:
+    """The schema (wire name: checker) is made from the fields' declarations, in field
+    order, and a record without `checked` fields has none."""
+    for cls in (*p.MESSAGES.values(), p.Limits, p.HostFacts, p.Prefs, p.Signature):
+        names = [f.name for f in dataclasses.fields(cls)]
+        assert [a for a, _, _ in cls._FIELDS] == names, cls.__name__
+        assert list(cls._SCHEMA) == [n for _, n, _ in cls._FIELDS], cls.__name__
+        assert all(c is cls._SCHEMA[n] for _, n, c in cls._FIELDS)
