@@ -48,62 +48,55 @@ pool exists, and nothing about it is stored: a stranger costs no row. Joins by
 token are bounded per source machine (``max_per_address``, an IPv6 /64 counted
 as one) and by the token's uses, so a leaked token admits a bounded number of
 machines; and the page and replies list at most ``MAX_MACHINE_ROWS`` machines.
+
+Modules: this one holds the database and carries out each request; the roles,
+bounds and argument checks are allocator._rules', admission by token
+allocator._admission's, the credit and its history allocator._stats'.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import secrets
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import protocol as p
-from protocol._addr import machine_of
-from protocol._alloc import MAX_PROJECTS, Instruct, Instructions, Prefs, Project
+from allocator import _admission, _stats
+from allocator._rules import (
+    ACTIVE_REFRESHES,
+    ALLOCATOR_ADMIN,
+    MAX_MACHINE_ROWS,
+    MAX_NAME,
+    MAX_PER_ADDRESS,
+    MAX_TOKEN_USES,
+    PERMITTED,
+    REFRESH_S,
+    ROLES,
+    ROOT,
+    SUPPLIER_ADMIN,
+    TOKEN_USES,
+    AllocatorError,
+    Forbidden,
+    Role,
+    _digest,
+    _is_map,
+    _key,
+    _name,
+    _share,
+    not_admitted,
+    prefs_json,
+    prefs_of,
+)
+from protocol._alloc import MAX_PROJECTS, Instruct, Instructions, Project
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: pools kept when removed (reserved names), admission, join tokens
-ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN = "root", "allocator_admin", "supplier_admin"
-ROLES = (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN)
-# a machine heard from within this many refresh intervals counts as active
-ACTIVE_REFRESHES = 3
-HISTORY_ROWS = 1000  # history points a stats reply carries at most (latest first)
-MAX_NAME = 256
-MAX_MACHINE_ROWS = 1000  # machines one reply or the page lists at most (counts are whole)
-# machines that may join one pool by token from one source (an IPv4 address, an IPv6
-# /64): a lab behind one NAT address is one source; a leaked token from one host is
-# held to this many rows. Keys an admin admits by hand are not counted.
-MAX_PER_ADDRESS = 256
-# uses of a join token unless its admin says otherwise: a lab's worth of machines
-TOKEN_USES = 1000
-MAX_TOKEN_USES = 1_000_000
-
-# op -> roles that may carry it out (a supplier admin only on their own pools)
-PERMITTED: dict[str, tuple[str, ...]] = {
-    "whoami": (),  # anyone: says which role the key has
-    "grant": (ROOT,),
-    "revoke": (ROOT,),
-    "project_add": (ROOT, ALLOCATOR_ADMIN),
-    "project_remove": (ROOT, ALLOCATOR_ADMIN),
-    "project_share": (ROOT, ALLOCATOR_ADMIN),
-    "pool_add": (ROOT, SUPPLIER_ADMIN),
-    "pool_remove": (ROOT, SUPPLIER_ADMIN),
-    "pool_prefs": (ROOT, SUPPLIER_ADMIN),
-    "admit": (ROOT, SUPPLIER_ADMIN),
-    "dismiss": (ROOT, SUPPLIER_ADMIN),
-    "join_token": (ROOT, SUPPLIER_ADMIN),
-    "list": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
-    "machines": (ROOT, SUPPLIER_ADMIN),
-    "stats": (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN),
-}
 
 _TABLES = """
 create table if not exists meta (k text primary key, v text not null);
@@ -135,54 +128,11 @@ create index if not exists history_pair on history (pool, project, t);
 """
 
 
-class AllocatorError(Exception):
-    """A request the allocator refuses; nothing changed. `code` goes on the wire."""
-
-    code = p.ErrorCode.UNEXPECTED
-
-
-class Forbidden(AllocatorError):
-    code = p.ErrorCode.FORBIDDEN
-
-
-def not_admitted(pool: str, key: str) -> Forbidden:
-    """The one answer a key not admitted to `pool` gets: the same whether or not the pool
-    exists, so a stranger learns nothing from it."""
-    return Forbidden(
-        f"not admitted: key {key[:12]} may not read the instructions of a pool {pool!r} "
-        "here; ask the pool's admin to admit this key, or for a join token (--join)"
-    )
-
-
-@dataclass(frozen=True)
-class Role:
-    role: str
-    supplier: str | None = None
-
-
-def prefs_json(prefs: Prefs) -> dict[str, Any]:
-    return {
-        f.name: getattr(prefs, f.name) for f in fields(prefs) if getattr(prefs, f.name) is not None
-    }
-
-
-def prefs_of(data: Mapping[str, Any]) -> Prefs:
-    """Preferences from a map by field name; ValueError naming an unknown or bad one."""
-    known = {f.name for f in fields(Prefs)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown preference {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    try:
-        return Prefs(**{k: v for k, v in data.items() if v is not None})
-    except p.ProtocolError as e:
-        raise ValueError(str(e)) from None
-
-
 class Allocator:
     """The allocator's database and its rules. `refresh_s`: how often jobbers ask again."""
 
     def __init__(
-        self, path: Path, *, refresh_s: float = 300.0, max_per_address: int = MAX_PER_ADDRESS
+        self, path: Path, *, refresh_s: float = REFRESH_S, max_per_address: int = MAX_PER_ADDRESS
     ) -> None:
         self.path = Path(path)
         self.refresh_s = refresh_s
@@ -572,43 +522,7 @@ class Allocator:
 
     def stats(self, pools: Iterable[str], now: float) -> dict:
         """Per pool and project: credit, jobs (valid results), machines; and the history."""
-        pools = list(pools)
-        active_after = now - ACTIVE_REFRESHES * self.refresh_s
-        out_pools = []
-        for pool in pools:
-            total, active = self.db.execute(
-                "select count(*), coalesce(sum(last_seen >= ?), 0) from machines where pool = ?",
-                (active_after, pool),
-            ).fetchone()
-            by_project = {
-                project: {"credit": credit, "jobs": jobs}
-                for project, credit, jobs in self.db.execute(
-                    "select c.project, sum(c.credit), sum(c.valid) from credit c "
-                    "join machines m on m.key = c.key where m.pool = ? group by c.project",
-                    (pool,),
-                )
-            }
-            out_pools.append(
-                {"pool": pool, "machines": total, "active": active, "projects": by_project}
-            )
-        marks = ",".join("?" * len(pools))
-        by_project = {}
-        for project, credit, jobs in self.db.execute(
-            "select c.project, sum(c.credit), sum(c.valid) from credit c join machines m "
-            f"on m.key = c.key where m.pool in ({marks}) group by c.project",
-            pools,
-        ):
-            by_project[project] = {"credit": credit, "jobs": jobs}
-        history = [
-            {"t": t, "pool": pool, "project": project, "credit": c, "jobs": j, "machines": m}
-            for t, pool, project, c, j, m in self.db.execute(
-                "select t, pool, project, credit, jobs, machines from history "
-                f"where pool in ({marks}) "
-                "order by t desc limit ?",
-                (*pools, HISTORY_ROWS),
-            )
-        ]
-        return {"pools": out_pools, "projects": by_project, "history": history, "t": now}
+        return _stats.stats(self.db, self.refresh_s, pools, now)
 
     def snapshot(self, now: float) -> dict:
         """Everything, as root sees it: for the operator's web page (allocator._page)."""
@@ -631,38 +545,7 @@ class Allocator:
         """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled;
         then one history point per pool and project."""
         with self._tx():
-            for project, rows in polled.items():
-                for r in rows:
-                    try:
-                        key, credit, valid = str(r["key"]), int(r["credit"]), int(r["valid"])
-                    except (KeyError, TypeError, ValueError):
-                        continue  # a dealer's status is for people: skip what does not fit
-                    self.db.execute(
-                        "insert or replace into credit (project, key, credit, valid, polled) "
-                        "values (?, ?, ?, ?, ?)",
-                        (project, key, credit, valid, now),
-                    )
-            active_after = now - ACTIVE_REFRESHES * self.refresh_s
-            for pool, project, credit, jobs in self.db.execute(
-                "select m.pool, c.project, sum(c.credit), sum(c.valid) from credit c "
-                "join machines m on m.key = c.key group by m.pool, c.project"
-            ).fetchall():
-                active = self.db.execute(
-                    "select count(*) from machines where pool = ? and last_seen >= ?",
-                    (pool, active_after),
-                ).fetchone()[0]
-                last = self.db.execute(
-                    "select credit, jobs, machines from history where pool = ? and project = ? "
-                    "order by t desc limit 1",
-                    (pool, project),
-                ).fetchone()
-                if last == (credit, jobs, active):
-                    continue  # nothing changed: the history grows only with activity
-                self.db.execute(
-                    "insert into history (t, pool, project, credit, jobs, machines) "
-                    "values (?, ?, ?, ?, ?, ?)",
-                    (now, pool, project, credit, jobs, active),
-                )
+            _stats.record_credit(self.db, self.refresh_s, polled, now)
 
     # --- jobbers ------------------------------------------------------------------
 
@@ -681,7 +564,9 @@ class Allocator:
             }
         )
         with self._tx():
-            if row is None or not self._admitted(key, address, msg, now):
+            if row is None or not _admission.admitted(
+                self.db, key, address, msg, now, self.max_per_address
+            ):
                 raise not_admitted(msg.pool, key)
             self.db.execute(
                 "insert into machines (key, pool, name, address, host, first_seen, last_seen) "
@@ -695,67 +580,3 @@ class Allocator:
         return Instructions(
             msg.id, msg.pool, self.serial, projects, prefs_of(json.loads(row[0])), self.refresh_s
         )
-
-    def _admitted(self, key: str, address: str, msg: Instruct, now: float) -> bool:
-        """`key` may read `msg.pool`'s instructions: admitted before, or by the join token
-        it presents now (bounded per source machine and by the token's uses)."""
-        if self.db.execute(
-            "select 1 from admitted where pool = ? and key = ?", (msg.pool, key)
-        ).fetchone():
-            return True
-        if msg.join is None:
-            return False
-        token = self.db.execute(
-            "select digest, uses_left from tokens where pool = ?", (msg.pool,)
-        ).fetchone()
-        if token is None or not hmac.compare_digest(token[0], _digest(msg.join)):
-            log.debug("pool %s: key %s presented a wrong join token", msg.pool, key[:12])
-            return False
-        if token[1] <= 0:
-            raise Forbidden(
-                f"the join token of pool {msg.pool!r} is used up; ask its admin for a new one"
-            )
-        source = machine_of(address) if address else ""
-        joined = self.db.execute(
-            "select count(*) from admitted where pool = ? and source = ? and via = 'token'",
-            (msg.pool, source),
-        ).fetchone()[0]
-        if joined >= self.max_per_address:
-            raise Forbidden(
-                f"{joined} machines joined pool {msg.pool!r} from {source or 'this source'} "
-                "already, the most one source may; ask its admin to admit this key"
-            )
-        self.db.execute(
-            "insert into admitted (pool, key, via, source, added) values (?, ?, 'token', ?, ?)",
-            (msg.pool, key, source, now),
-        )
-        self.db.execute("update tokens set uses_left = uses_left - 1 where pool = ?", (msg.pool,))
-        log.info("pool %s: key %s joined with the pool's token from %s", msg.pool, key[:12], source)
-        return True
-
-
-def _digest(token: str) -> str:
-    """What is kept of a join token: its SHA-256 (a stolen database admits nobody)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _is_map(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
-
-
-def _key(v: Any) -> str:
-    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
-        raise AllocatorError("key: expected 64 lowercase hex digits (a CurveZMQ public key)")
-    return v
-
-
-def _name(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not v or len(v) > MAX_NAME or v.strip() != v:
-        raise AllocatorError(f"{what}: expected a name of 1 to {MAX_NAME} characters")
-    return v
-
-
-def _share(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e6:
-        raise AllocatorError("share: expected a number from 0 to 1000000")
-    return float(v)

@@ -21,19 +21,17 @@ from typing import Any
 import zmq
 
 import protocol as p
-from allocator._core import MAX_PER_ADDRESS, ROLES, TOKEN_USES, Allocator, AllocatorError
+from allocator._core import Allocator
 from allocator._page import AllocatorPage
-from allocator._server import POLL_S, AllocatorServer, serve
+from allocator._rules import ROLES, TOKEN_USES, AllocatorError
+from allocator._server import AllocatorServer, serve
+from allocator._settings import ASK_TIMEOUT_S, DEFAULT_ADMIN_KEY, Settings
 from net._ask import admin_ask
 from net._http import parse_http
 from net._keys import KeyPair, load_key_pair, load_or_create_key_pair
-from protocol._alloc import DEFAULT_ALLOCATOR_PORT as DEFAULT_PORT
 from protocol._alloc import AllocAdmin, AllocReply, allocator_address
 
 log = logging.getLogger("dealer.allocator")
-
-DEFAULT_BIND = f"tcp://*:{DEFAULT_PORT}"
-DEFAULT_ADMIN_KEY = Path(".borednet") / "admin"
 
 
 def key_paths(db: Path) -> tuple[Path, Path]:
@@ -42,12 +40,12 @@ def key_paths(db: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".server"), stem.with_name(stem.name + ".root")
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    level = logging.WARNING if args.quiet else logging.INFO
+def run_serve(cfg: Settings) -> int:
+    level = logging.WARNING if cfg.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server_path, root_path = key_paths(args.db)
+    server_path, root_path = key_paths(cfg.db)
     try:
-        alloc = Allocator(args.db, refresh_s=args.refresh, max_per_address=args.max_per_address)
+        alloc = Allocator(cfg.db, refresh_s=cfg.refresh_s, max_per_address=cfg.max_per_address)
         keys, _ = load_or_create_key_pair(server_path)
         if not alloc.has_root():
             root, made = load_or_create_key_pair(root_path)
@@ -58,9 +56,9 @@ def run_serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         page = None
-        if args.http is not None:
-            page = AllocatorPage(*parse_http(args.http))
-        server = AllocatorServer(args.bind, alloc, keys, poll_s=args.poll, page=page)
+        if cfg.http is not None:
+            page = AllocatorPage(*parse_http(cfg.http))
+        server = AllocatorServer(cfg.bind, alloc, keys, poll_s=cfg.poll_s, page=page)
     except (AllocatorError, ValueError, OSError, zmq.ZMQError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -81,7 +79,9 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def ask(address: str, admin: KeyPair, op: str, args: dict, timeout_s: float = 5.0) -> AllocReply:
+def ask(
+    address: str, admin: KeyPair, op: str, args: dict, timeout_s: float = ASK_TIMEOUT_S
+) -> AllocReply:
     """One admin request, speaking as `admin`; RuntimeError with the allocator's refusal."""
     endpoint, server_key = p.split_key(allocator_address(address))
     reply = admin_ask(endpoint, server_key, AllocAdmin(1, op, args), admin, address, timeout_s)
@@ -169,20 +169,20 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     sv = sub.add_parser("serve", help="run the allocator on a SQLite file (made on first use)")
     sv.add_argument("--db", type=Path, required=True, help="the allocator's SQLite file")
-    sv.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
+    sv.add_argument("--bind", default=Settings.bind, help=f"address to serve on ({Settings.bind})")
     sv.add_argument(
         "--refresh",
         type=float,
-        default=300.0,
+        default=Settings.refresh_s,
         metavar="SECONDS",
-        help="how often jobbers ask for their instructions again (default 300)",
+        help=f"how often jobbers ask for their instructions again (default {Settings.refresh_s:g})",
     )
     sv.add_argument(
         "--poll",
         type=float,
-        default=POLL_S,
+        default=Settings.poll_s,
         metavar="SECONDS",
-        help=f"how often the projects' dealers are asked for credit (default {POLL_S:g})",
+        help=f"how often the projects' dealers are asked for credit (default {Settings.poll_s:g})",
     )
     sv.add_argument(
         "--http",
@@ -193,10 +193,10 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--max-per-address",
         type=int,
-        default=MAX_PER_ADDRESS,
+        default=Settings.max_per_address,
         metavar="N",
         help="machines that may join one pool with its token from one source address (an "
-        f"IPv6 /64 counts as one; default {MAX_PER_ADDRESS}); keys admitted by hand are "
+        f"IPv6 /64 counts as one; default {Settings.max_per_address}); keys admitted by hand are "
         "not counted",
     )
     sv.add_argument("--quiet", action="store_true", help="warnings only")
@@ -217,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
             help="your key pair PATH.key_secret (python -m dealer keygen PATH); "
             f"default {DEFAULT_ADMIN_KEY}",
         )
-        sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+        sp.add_argument("--timeout", type=float, default=ASK_TIMEOUT_S, help="seconds to wait")
         sp.add_argument("--json", action="store_true", help="print the reply's data as JSON")
         return sp
 
@@ -310,7 +310,7 @@ def request(args: argparse.Namespace) -> tuple[str, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
-        return run_serve(args)
+        return run_serve(Settings.from_args(args))
     try:
         op, op_args = request(args)
         admin = load_key_pair(args.key)

@@ -54,7 +54,6 @@ import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
 
 # the core's names, wherever defined, are dealer._core's too ("X as X": re-exported)
 from dealer._policy import JOB_MESSAGE_OVERHEAD as JOB_MESSAGE_OVERHEAD
@@ -65,6 +64,9 @@ from dealer._quota import ACTIVE_HORIZON_S as ACTIVE_HORIZON_S
 from dealer._quota import JobberRecord as JobberRecord
 from dealer._quota import Standing as Standing
 from dealer._quota import Standings
+from dealer._records import RECORD_TYPES as RECORD_TYPES
+from dealer._records import Denied, Drawn, Gone, Overdue, Returned, Sent
+from dealer._records import Record as Record
 from dealer._replicas import _LATE, _TIMED, Accepted, Assignment, CoreError, Failed, _Job, _Replica
 from dealer._replicas import DETERMINISTIC as DETERMINISTIC
 from dealer._replicas import JournalMismatch as JournalMismatch
@@ -86,72 +88,6 @@ DENIED = "denied"  # ... and for a result from a denied identity
 # unsendable jobs one live draw goes past before it returns (the next draw goes on): each is
 # a record and a failure to hand the task, so one turn stays short
 REFUSED_PER_DRAW = 1000
-
-
-# --- records: the journal's vocabulary ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Drawn:
-    job_id: int
-    digest: str  # sha256 of the job's args and stdin, to detect a changed task
-    # for people reading the journal (None: written before these were recorded); the
-    # stdin itself is never stored (it can be MiBs): its size, and a short digest
-    args: tuple[str, ...] | None = None
-    stdin_size: int | None = None
-    stdin_sha256: str | None = None  # 16 hex digits of its sha256; None when empty
-    # why the job can never be sent (see `unsendable`): it failed as it was drawn. None:
-    # a sendable job (and every job of a journal written before this field)
-    refused: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.args, list):  # as msgpack gives it back
-            object.__setattr__(self, "args", tuple(self.args))
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    tag: str
-    job_id: int
-    jobber: str  # the identity (hex public key)
-    deadline: float  # absolute, seconds since the epoch
-    machine: str  # the group key votes are counted by (see --distinct)
-    at: float | None = None  # when it was sent (None: a journal older than this field)
-    # the jobber's platform: only replicas of one platform vote together (None: it did
-    # not say, the task is cross-platform, or a journal older than this field)
-    platform: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Returned:
-    tag: str
-    status: str
-    output: bytes
-    fuel: int
-    detail: str
-    at: float | None = None  # when it came back or was released (None: unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class Overdue:
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Gone:
-    jobber: str  # silent past its lease: its OUT replicas become GONE
-
-
-@dataclass(frozen=True, slots=True)
-class Denied:
-    jobber: str
-    reason: str
-
-
-Record = Drawn | Sent | Returned | Overdue | Gone | Denied
-RECORD_TYPES: dict[str, type] = {
-    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied)
-}
 
 
 class Core(Votes, Standings, Finished):

@@ -27,6 +27,10 @@ The batch is pinned in meta: the voting rules, the payload's sha256, the
 task's limits (see `pins`); the jobs are pinned by the digests in Drawn
 records. A rerun under other pins is refused, saying what changed.
 
+Each record read is checked field by field with the checks its declaration
+(dealer._records, in the wire's schema language) gives; one that does not fit
+is refused, naming the record and the field, never replayed.
+
 Records gain fields without a new schema version when the fields are optional
 (a default, None: unknown): a journal written before them still loads, and a
 field left at None is not stored. `ReadOnly` opens a journal only to read it
@@ -38,7 +42,6 @@ closed journal.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -52,7 +55,8 @@ from typing import Any
 
 import msgpack
 
-from dealer._core import RECORD_TYPES, Record
+from dealer._records import RECORD_TYPES, Record
+from protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +68,6 @@ SCHEMA_VERSION = "2"
 COMPANIONS = ("-wal", "-shm")  # SQLite's files beside a WAL database
 AFRESH = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
 DAMAGED = f"it was damaged, or is not a journal: {AFRESH}"
-
-# the field types records may hold (their annotations are strings: from __future__);
-# "X | None" is X or None, and a tuple's items are checked too
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "int": int,
-    "str": str,
-    "bytes": bytes,
-    "float": (int, float),
-    "tuple[str, ...]": tuple,
-}
-
-
-@functools.cache
-def _checks(cls: type) -> tuple[tuple[str, Any, bool, bool], ...]:
-    """A record class's field checks, read once from its annotations: (name, the types
-    its value may have or None for any, may it be None, are its items strings)."""
-    out = []
-    for name, annotation in cls.__annotations__.items():
-        kind, optional = annotation.removesuffix(" | None"), annotation.endswith(" | None")
-        out.append((name, _TYPES.get(kind), optional, kind == "tuple[str, ...]"))
-    return tuple(out)
 
 
 def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
@@ -123,19 +106,16 @@ def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Ite
             raise JournalError(
                 f"{path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}{then}"
             ) from e
-        for name, want, optional, strings in _checks(cls):
-            value = getattr(rec, name)
-            if want is None or (optional and value is None):
-                continue
-            if (
-                not isinstance(value, want)
-                or isinstance(value, bool)
-                or (strings and not all(isinstance(v, str) for v in value))
-            ):
+        for name, _, check in cls._FIELDS:  # the checks its declaration gives
+            if name not in fields:
+                continue  # an optional field not stored: its default
+            try:
+                check.valid(fields[name])
+            except ProtocolError:
                 raise JournalError(
                     f"{path}: record {seq} ({kind}) is damaged: its {name} is a "
-                    f"{type(value).__name__}, not {cls.__annotations__[name]}{then}"
-                )
+                    f"{type(getattr(rec, name)).__name__}, not {cls.__annotations__[name]}{then}"
+                ) from None
         yield rec
 
 

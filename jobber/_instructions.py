@@ -11,19 +11,37 @@ still go, so that no finished work waits and no lease lapses).
 
 On disk, `instructions.json` in the data directory holds the last instructions,
 keyed by field name with a schema number, and the share debts: a jobber whose
-allocator is unreachable starts and goes on with them.
+allocator is unreachable starts and goes on with them. `Kept` is declared once
+(protocol._schema): its checks and its JSON follow from that declaration, with
+the same bounds as the `instructions` message it came in (the preferences by
+their wire names, as the message has them), so a file that does not read as
+what the allocator could have sent is refused, never misread.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from net._files import write_atomic
-from protocol._alloc import Instructions, Prefs, Project
+from protocol._alloc import MAX_POOL_NAME, MAX_PROJECTS, Instructions, Prefs, Project
+from protocol._schema import (
+    MAX_STR,
+    ProtocolError,
+    _float,
+    _int,
+    _list,
+    _map,
+    _Record,
+    _record,
+    _str,
+    checked,
+    record,
+)
 
 SCHEMA = 1
 FILE = "instructions.json"
@@ -84,8 +102,8 @@ def effective(owner: Owner, prefs: Prefs | None) -> Effective:
         return min(mine, pool) if name in set_ else pool
 
     slots = owner.slots
-    if prefs.max_cpus is not None:
-        slots = min(slots, prefs.max_cpus)
+    if prefs.slots is not None:
+        slots = min(slots, prefs.slots)
     if prefs.max_cpus_pct is not None:
         slots = min(slots, max(1, math.floor(owner.cpus * prefs.max_cpus_pct / 100)))
     idle_after = owner.idle_after_s
@@ -99,8 +117,8 @@ def effective(owner: Owner, prefs: Prefs | None) -> Effective:
         slots=max(1, slots),  # the machine never has fewer slots than it was started with
         memory_mb=int(lower("memory_mb", owner.memory_mb, prefs.memory_mb)),
         # a CPU limit of 100 is the default and the most: min() is right either way
-        cpu_limit=min(owner.cpu_limit, prefs.cpu_usage_limit or 100.0),
-        cache_mb=int(lower("cache_mb", owner.cache_mb, prefs.disk_mb)),
+        cpu_limit=min(owner.cpu_limit, prefs.cpu_limit or 100.0),
+        cache_mb=int(lower("cache_mb", owner.cache_mb, prefs.cache_mb)),
         idle_only=owner.idle_only or bool(prefs.idle_only),
         idle_after_s=float(idle_after),
         hours=hours,  # type: ignore[arg-type]
@@ -108,18 +126,22 @@ def effective(owner: Owner, prefs: Prefs | None) -> Effective:
     )
 
 
-@dataclass(frozen=True)
-class Kept:
+_ANY = sys.float_info.max  # a debt is any finite number
+MAX_DEBTS = 4096  # dealers a jobber keeps a share debt for
+
+
+@record
+class Kept(_Record):
     """Instructions as the jobber keeps them."""
 
-    allocator: str
-    pool: str
-    serial: int
-    projects: tuple[Project, ...]
-    prefs: Prefs
-    refresh_s: float
-    received: float  # Unix time
-    debts: dict[str, float]
+    allocator: str = checked(_str(MAX_STR))
+    pool: str = checked(_str(MAX_POOL_NAME))
+    serial: int = checked(_int())
+    projects: tuple[Project, ...] = checked(_list(_record(Project), MAX_PROJECTS))
+    prefs: Prefs = checked(_record(Prefs))
+    refresh_s: float = checked(_float(0.1, 1e6))
+    received: float = checked(_float(0.0, 1e12))  # Unix time
+    debts: dict[str, float] = checked(_map(_str(MAX_STR), _float(-_ANY, _ANY), MAX_DEBTS))
 
 
 def from_message(allocator: str, msg: Instructions, received: float, debts) -> Kept:
@@ -129,10 +151,8 @@ def from_message(allocator: str, msg: Instructions, received: float, debts) -> K
 
 
 def prefs_dict(prefs: Prefs) -> dict[str, Any]:
-    """The preferences set, by field name."""
-    return {
-        f.name: getattr(prefs, f.name) for f in fields(prefs) if getattr(prefs, f.name) is not None
-    }
+    """The preferences set, by their wire names (Prefs.named)."""
+    return prefs.named()
 
 
 def prefs_text(prefs: Prefs) -> str:
@@ -146,17 +166,7 @@ def prefs_text(prefs: Prefs) -> str:
 
 
 def save(data_dir: Path, kept: Kept) -> None:
-    body = {
-        "schema": SCHEMA,
-        "allocator": kept.allocator,
-        "pool": kept.pool,
-        "serial": kept.serial,
-        "projects": [{"name": x.name, "dealer": x.dealer, "share": x.share} for x in kept.projects],
-        "prefs": prefs_dict(kept.prefs),
-        "refresh_s": kept.refresh_s,
-        "received": kept.received,
-        "debts": dict(kept.debts),
-    }
+    body = {"schema": SCHEMA, **kept._to_wire()}
     write_atomic(data_dir / FILE, (json.dumps(body, indent=1) + "\n").encode(), durable=True)
 
 
@@ -172,25 +182,10 @@ def load(data_dir: Path) -> Kept | None:
         raise ValueError(f"{path}: {e}") from None
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not instructions of schema {SCHEMA}")
+    body.setdefault("debts", {})  # a file from before the debts were kept
     try:
-        kept = Kept(
-            allocator=str(body["allocator"]),
-            pool=str(body["pool"]),
-            serial=int(body["serial"]),
-            projects=tuple(
-                Project(str(x["name"]), str(x["dealer"]), float(x["share"]))
-                for x in body["projects"]
-            ),
-            prefs=Prefs(**body["prefs"]),
-            refresh_s=float(body["refresh_s"]),
-            received=float(body["received"]),
-            debts={str(k): float(v) for k, v in body.get("debts", {}).items()},
-        )
-        # what the allocator could never have sent, or the core would refuse: ignored
-        if not all(math.isfinite(x.share) and 0 <= x.share <= 1e6 for x in kept.projects):
-            raise ValueError("a share out of range")
-        if not all(math.isfinite(v) for v in kept.debts.values()):
-            raise ValueError("a debt that is not a number")
-        return kept
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(body.get("prefs"), dict):
+            Prefs.from_names(body["prefs"])  # a preference this jobber does not know: refused
+        return Kept._from_wire(body, FILE)
+    except ProtocolError as e:
         raise ValueError(f"{path}: {e}") from None

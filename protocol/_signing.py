@@ -38,7 +38,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from protocol._wire import MAX_ROTATIONS, SIGNATURE_BYTES, Rotation, Signature
+from protocol._records import MAX_ROTATIONS, SIGNATURE_BYTES, Rotation, Signature
 
 PAYLOAD_DOMAIN = b"borednet payload v1\0"
 ROTATION_DOMAIN = b"borednet key rotation v1\0"

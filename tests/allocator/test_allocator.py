@@ -168,12 +168,12 @@ def test_projects_shares_and_prefs_reach_the_instructions(alloc):
     alloc.admin(ADMIN, "project_share", {"name": "b", "share": 0.5}, 4)
     second = alloc.instruct(MACHINE_1, "10.0.0.1", ask, 5)
     assert second.serial > first.serial
-    assert second.prefs == p.Prefs(start_hour=18, end_hour=8, max_cpus=2, idle_only=True)
+    assert second.prefs == p.Prefs(start_hour=18, end_hour=8, slots=2, idle_only=True)
     assert [x.share for x in second.projects] == [3.0, 0.5]
     # nil clears one preference; the rest stay
     alloc.admin(PHYSICS, "pool_prefs", {"name": "lab", "prefs": {"idle_only": None}}, 6)
     third = alloc.instruct(MACHINE_1, "10.0.0.1", ask, 7)
-    assert third.prefs == p.Prefs(start_hour=18, end_hour=8, max_cpus=2)
+    assert third.prefs == p.Prefs(start_hour=18, end_hour=8, slots=2)
     assert third.serial > second.serial
     with pytest.raises(Forbidden, match="not admitted"):
         alloc.instruct(MACHINE_1, "10.0.0.1", p.Instruct(8, "pc-1", "attic", HOST), 8)
@@ -233,7 +233,7 @@ def test_the_database_keeps_everything_across_a_restart(tmp_path):
         assert again.projects() == [("a", DEALER, 3.0)]
         assert again.role_of(PHYSICS).supplier == "ph"
         got = again.instruct(MACHINE_1, "x", p.Instruct(1, "pc", "lab", HOST), 2)
-        assert got.prefs == p.Prefs(max_cpus=2)
+        assert got.prefs == p.Prefs(slots=2)
     finally:
         again.close()
 

@@ -57,7 +57,7 @@ def test_a_supplier_cannot_take_over_recreate_or_read_another_suppliers_pool(all
     """The issue's chem-new / chem-lab attack: physics's admin claims chemistry's names."""
     alloc.admin(CHEMISTRY, "pool_add", {"name": "chem-lab", "prefs": {"max_cpus": 8}}, 2)
     alloc.admin(CHEMISTRY, "admit", {"pool": "chem-lab", "key": LAB_PC}, 2)
-    assert ask(alloc, LAB_PC, "chem-lab").prefs == p.Prefs(max_cpus=8)
+    assert ask(alloc, LAB_PC, "chem-lab").prefs == p.Prefs(slots=8)
     # while it lives: physics may not change, remove, re-create, admit to or read it
     for op, args in (
         ("pool_prefs", {"name": "chem-lab", "prefs": {"start_hour": 9, "end_hour": 17}}),
@@ -254,7 +254,7 @@ def test_a_schema_1_database_admits_the_machines_it_had(tmp_path):
     again = Allocator(path)
     try:
         assert again.serial == 7
-        assert ask(again, LAB_PC, "lab").prefs == p.Prefs(max_cpus=2)
+        assert ask(again, LAB_PC, "lab").prefs == p.Prefs(slots=2)
         with pytest.raises(Forbidden, match="not admitted"):
             ask(again, STRANGER, "lab")
         again.make_root(ROOT_KEY, 3.0)

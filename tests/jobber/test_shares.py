@@ -179,10 +179,10 @@ def test_a_pool_replaces_the_defaults():
     got = ins.effective(
         OWNER,
         p.Prefs(
-            max_cpus=2,
-            cpu_usage_limit=50,
+            slots=2,
+            cpu_limit=50,
             memory_mb=3000,
-            disk_mb=4096,
+            cache_mb=4096,
             idle_only=True,
             idle_after_s=5.0,
             start_hour=18,
@@ -212,17 +212,17 @@ def test_a_pool_never_loosens_what_the_owner_set():
         ),
     )
     loose = p.Prefs(
-        max_cpus=8,
-        cpu_usage_limit=90,
+        slots=8,
+        cpu_limit=90,
         memory_mb=3000,
-        disk_mb=4096,
+        cache_mb=4096,
         idle_only=False,
         idle_after_s=1.0,
     )
     got = ins.effective(owner, loose)
     assert (got.slots, got.cpu_limit, got.memory_mb, got.cache_mb) == (2, 30.0, 500, 100)
     assert (got.idle_only, got.idle_after_s) == (True, 120.0)
-    strict = p.Prefs(max_cpus=1, cpu_usage_limit=10, memory_mb=200, disk_mb=50, idle_after_s=300)
+    strict = p.Prefs(slots=1, cpu_limit=10, memory_mb=200, cache_mb=50, idle_after_s=300)
     got = ins.effective(owner, strict)  # stricter than the owner: the pool's holds
     assert (got.slots, got.cpu_limit, got.memory_mb, got.cache_mb) == (1, 10.0, 200, 50)
     assert got.idle_after_s == 300.0
@@ -232,7 +232,7 @@ def test_percent_of_cpus_rounds_down_but_leaves_one():
     assert ins.effective(OWNER, p.Prefs(max_cpus_pct=50)).slots == 2
     assert ins.effective(OWNER, p.Prefs(max_cpus_pct=60)).slots == 2
     assert ins.effective(OWNER, p.Prefs(max_cpus_pct=1)).slots == 1
-    assert ins.effective(OWNER, p.Prefs(max_cpus=3, max_cpus_pct=100)).slots == 3
+    assert ins.effective(OWNER, p.Prefs(slots=3, max_cpus_pct=100)).slots == 3
 
 
 @pytest.mark.parametrize(
@@ -259,7 +259,7 @@ def test_hour_windows(hour, start, end, inside):
 def test_instructions_are_kept_on_disk_and_a_foreign_file_is_refused(tmp_path):
     assert ins.load(tmp_path) is None
     msg = p.Instructions(
-        1, "lab", 9, (p.Project("a", f"{A}#{KEY_A}", 3.0),), p.Prefs(max_cpus=2), 30.0
+        1, "lab", 9, (p.Project("a", f"{A}#{KEY_A}", 3.0),), p.Prefs(slots=2), 30.0
     )
     kept = ins.from_message("alloc:7127", msg, 1000.0, {A: 1.5})
     ins.save(tmp_path, kept)

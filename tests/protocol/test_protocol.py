@@ -1,5 +1,6 @@
-"""The wire codec (protocol/_wire.py), dealer addresses (protocol/_addr.py),
-docs/protocol.md and tests/wrong_jobber.py, held against each other.
+"""The wire codec (protocol/_wire.py; its records in _schema.py, _records.py and
+_messages.py), dealer addresses (protocol/_addr.py), docs/protocol.md and
+tests/wrong_jobber.py, held against each other.
 
 - every message survives encode/decode, for generated messages and at the caps;
 - decode turns any bytes into a Message or a ProtocolError, never anything else;
@@ -32,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol as p
-from protocol import _wire as w
+from protocol import _messages, _records, _schema
 from tests.helpers import fake_dealer
 
 HERE = Path(__file__).resolve().parent.parent  # tests/
@@ -60,7 +61,7 @@ wj = _load_wrong_jobber()
 
 # --- strategies ------------------------------------------------------------------
 
-u64 = st.integers(0, w.MAX_U64)
+u64 = st.integers(0, _schema.MAX_U64)
 # Short strings, plus strings exactly at the cap in 1-, 2- and 4-byte UTF-8.
 strs = st.one_of(
     st.text(max_size=12),
@@ -75,7 +76,7 @@ limits = st.builds(
     fuel=st.integers(1, 2**62),
     memory_mb=st.integers(1, 65536),
     time_s=st.floats(0.001, 1e7),
-    output_kb=st.integers(0, w.MAX_OUTPUT_BYTES // 1024),
+    output_kb=st.integers(0, _records.MAX_OUTPUT_BYTES // 1024),
     native_nans=st.none() | st.booleans(),
 )
 hosts = st.builds(
@@ -86,7 +87,7 @@ hosts = st.builds(
     cached=st.lists(shas, max_size=4).map(tuple),
     max_time_s=st.none() | st.floats(0.001, 1e7),
     max_fuel=st.none() | st.integers(1, 2**62),
-    max_output_kb=st.none() | st.integers(0, w.MAX_OUTPUT_BYTES // 1024),
+    max_output_kb=st.none() | st.integers(0, _records.MAX_OUTPUT_BYTES // 1024),
     platform=st.none() | names,
 )
 jobspecs = st.builds(
@@ -121,11 +122,11 @@ signatures = st.builds(
 hours = st.floats(0.0, 24.0)
 prefs = st.builds(
     p.Prefs,
-    max_cpus=st.none() | st.integers(1, 4096),
+    slots=st.none() | st.integers(1, 4096),
     max_cpus_pct=st.none() | st.floats(1.0, 100.0),
-    cpu_usage_limit=st.none() | st.floats(1.0, 100.0),
+    cpu_limit=st.none() | st.floats(1.0, 100.0),
     memory_mb=st.none() | st.integers(1, 1 << 20),
-    disk_mb=st.none() | st.integers(1, 1 << 30),
+    cache_mb=st.none() | st.integers(1, 1 << 30),
     idle_only=st.none() | st.booleans(),
     idle_after_s=st.none() | st.floats(0.0, 1e7),
 ) | st.builds(
@@ -139,7 +140,7 @@ prefs = st.builds(
 plain_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), w.MAX_U64)
+    | st.integers(-(2**63), _schema.MAX_U64)
     | st.floats(allow_nan=False)
     | st.text(max_size=8)
     | st.binary(max_size=8),
@@ -244,7 +245,7 @@ messages = st.one_of(*MESSAGE_STRATEGIES.values())
 anything = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), w.MAX_U64)
+    | st.integers(-(2**63), _schema.MAX_U64)
     | st.floats()
     | st.text(max_size=8)
     | st.binary(max_size=8)
@@ -470,13 +471,15 @@ def test_batches_at_the_cap_round_trip() -> None:
 
 def test_scalars_at_their_bounds_round_trip() -> None:
     lo = p.Limits(fuel=1, memory_mb=1, time_s=0.001, output_kb=0)
-    hi = p.Limits(fuel=2**62, memory_mb=65536, time_s=1e7, output_kb=w.MAX_OUTPUT_BYTES // 1024)
-    spec = p.JobSpec("a" * p.MAX_STR, SHA, ("a" * p.MAX_STR,) * w.MAX_ARGS, b"", hi, 1e9)
+    hi = p.Limits(
+        fuel=2**62, memory_mb=65536, time_s=1e7, output_kb=_records.MAX_OUTPUT_BYTES // 1024
+    )
+    spec = p.JobSpec("a" * p.MAX_STR, SHA, ("a" * p.MAX_STR,) * _records.MAX_ARGS, b"", hi, 1e9)
     for msg in (
-        p.Jobs(w.MAX_U64, (p.JobSpec("", SHA, (), b"", lo, 0.0), spec)),
+        p.Jobs(_schema.MAX_U64, (p.JobSpec("", SHA, (), b"", lo, 0.0), spec)),
         p.Bored(0, "", p.HostFacts(1, 0, 0), 0),
-        p.Bored(w.MAX_U64, "j" * 256, p.HostFacts(1 << 20, 1 << 40, 1 << 20), p.MAX_BATCH),
-        p.Results(1, "j", (p.Result("t", p.Status.OK, b"", w.MAX_U64, "d" * p.MAX_STR),)),
+        p.Bored(_schema.MAX_U64, "j" * 256, p.HostFacts(1 << 20, 1 << 40, 1 << 20), p.MAX_BATCH),
+        p.Results(1, "j", (p.Result("t", p.Status.OK, b"", _schema.MAX_U64, "d" * p.MAX_STR),)),
         p.RetryLater(0, 0.0),
         p.RetryLater(0, 1e7),
     ):
@@ -487,9 +490,9 @@ def test_largest_payload_stdin_and_output_round_trip() -> None:
     wasm = b"\x00asm" + bytes(p.MAX_PAYLOAD_BYTES - 4)
     msg = p.Jobs(1, (), {hashlib.sha256(wasm).hexdigest(): wasm})
     assert p.decode(p.encode(msg)) == msg
-    spec = p.JobSpec("t", SHA, (), bytes(w.MAX_STDIN_BYTES), LIMITS, 1.0)
+    spec = p.JobSpec("t", SHA, (), bytes(_records.MAX_STDIN_BYTES), LIMITS, 1.0)
     assert p.decode(p.encode(p.Jobs(1, (spec,)))) == p.Jobs(1, (spec,))
-    res = p.Results(1, "j", (p.Result("t", p.Status.OK, bytes(w.MAX_OUTPUT_BYTES)),))
+    res = p.Results(1, "j", (p.Result("t", p.Status.OK, bytes(_records.MAX_OUTPUT_BYTES)),))
     assert p.decode(p.encode(res)) == res
 
 
@@ -764,14 +767,15 @@ def test_oversize_binaries_are_refused() -> None:
     big = bytes(p.MAX_PAYLOAD_BYTES + 1)
     refused(tampered("jobs", ("payloads", SHA), big), r"payloads\[.*\]: expected binary of at most")
     refused(
-        tampered("jobs", ("jobs", 0, "stdin"), bytes(w.MAX_STDIN_BYTES + 1)), r"stdin: .*16777216"
+        tampered("jobs", ("jobs", 0, "stdin"), bytes(_records.MAX_STDIN_BYTES + 1)),
+        r"stdin: .*16777216",
     )
-    big_out = bytes(w.MAX_OUTPUT_BYTES + 1)
+    big_out = bytes(_records.MAX_OUTPUT_BYTES + 1)
     refused(tampered("results", ("results", 0, "output"), big_out), r"output: .*33554432 bytes")
 
 
 def test_encode_refuses_an_oversize_frame() -> None:
-    spec = p.JobSpec("t", SHA, (), bytes(w.MAX_STDIN_BYTES), LIMITS, 1.0)
+    spec = p.JobSpec("t", SHA, (), bytes(_records.MAX_STDIN_BYTES), LIMITS, 1.0)
     with pytest.raises(p.ProtocolError, match=r"jobs message of \d+ bytes exceeds 67108864"):
         p.encode(p.Jobs(1, (spec,) * 5))
 
@@ -875,14 +879,14 @@ def test_request_id_is_0_when_there_is_none(data: bytes) -> None:
 
 
 def test_request_id_takes_the_largest_id() -> None:
-    assert p.request_id(pack({"id": w.MAX_U64})) == w.MAX_U64
+    assert p.request_id(pack({"id": _schema.MAX_U64})) == _schema.MAX_U64
 
 
 @FUZZ
 @given(st.binary(max_size=100) | anything.map(pack))
 def test_request_id_never_raises(data: bytes) -> None:
     rid = p.request_id(data)
-    assert type(rid) is int and 0 <= rid <= w.MAX_U64
+    assert type(rid) is int and 0 <= rid <= _schema.MAX_U64
 
 
 # --- dealer addresses --------------------------------------------------------------
@@ -1012,11 +1016,11 @@ def test_doc_states_the_caps(doc: str) -> None:
     for number in (
         p.MAX_MESSAGE_BYTES,
         p.MAX_PAYLOAD_BYTES,
-        w.MAX_STDIN_BYTES,
-        w.MAX_OUTPUT_BYTES,
+        _records.MAX_STDIN_BYTES,
+        _records.MAX_OUTPUT_BYTES,
     ):
         assert f"{number:,}" in doc
-    for number in (p.MAX_BATCH, p.MAX_STR, w.MAX_ARGS, p.MAX_CACHED, p.DEFAULT_PORT):
+    for number in (p.MAX_BATCH, p.MAX_STR, _records.MAX_ARGS, p.MAX_CACHED, p.DEFAULT_PORT):
         assert str(number) in doc
 
 
@@ -1342,11 +1346,11 @@ def _encode_fresh_classes_in_threads(errors: list[BaseException]) -> None:
     for i in range(60):
 
         @dataclass(frozen=True, slots=True)
-        class Fresh(w.Message):  # a class no thread has encoded yet
+        class Fresh(_messages.Message):  # a class no thread has encoded yet
             id: int
             host: p.HostFacts
             TYPE = f"fresh{i}"  # unannotated: class attributes, not fields
-            _SCHEMA = {"id": w._ID, "host": w._record(p.HostFacts)}  # noqa: RUF012
+            _SCHEMA = {"id": _messages._ID, "host": _schema._record(p.HostFacts)}  # noqa: RUF012
 
         msg = Fresh(1, p.HostFacts(1, 1, 1))
         start = threading.Barrier(4)
@@ -1363,3 +1367,33 @@ def _encode_fresh_classes_in_threads(errors: list[BaseException]) -> None:
             t.start()
         for t in threads:
             t.join()
+
+
+def test_a_preference_has_one_name_in_the_code_and_its_wire_name_on_the_wire() -> None:
+    """Prefs names a preference as the jobber does; the BOINC-style name it has on the
+    wire, in admin requests and in the allocator's tables is declared beside it, once."""
+    prefs = p.Prefs(slots=2, cpu_limit=50.0, cache_mb=512, memory_mb=64)
+    named = {"max_cpus": 2, "cpu_usage_limit": 50.0, "memory_mb": 64, "disk_mb": 512}
+    assert prefs.named() == named
+    msg = p.Instructions(1, "lab", 4, (), prefs, 60.0)
+    assert wire(msg)["prefs"] == named
+    assert p.decode(p.encode(msg)).prefs == prefs
+    assert p.Prefs.from_names(named) == prefs
+    assert p.Prefs.from_names({"max_cpus": None}) == p.Prefs()  # nil: not set
+    with pytest.raises(p.ProtocolError, match="unknown preference 'slots'"):
+        p.Prefs.from_names({"slots": 2})  # the code's name is not a wire name
+    body = wire(msg)
+    body["prefs"]["max_cpus"] = 0
+    refused(pack(body), r"instructions\.prefs\.max_cpus: expected an integer in \[1, 4096\]")
+    with pytest.raises(p.ProtocolError, match=r"prefs\.disk_mb"):
+        p.Prefs(cache_mb=0)
+
+
+def test_a_record_is_declared_once_and_its_schema_follows() -> None:
+    """The schema (wire name: checker) is made from the fields' declarations, in field
+    order, and a record without `checked` fields has none."""
+    for cls in (*p.MESSAGES.values(), p.Limits, p.HostFacts, p.Prefs, p.Signature):
+        names = [f.name for f in dataclasses.fields(cls)]
+        assert [a for a, _, _ in cls._FIELDS] == names, cls.__name__
+        assert list(cls._SCHEMA) == [n for _, n, _ in cls._FIELDS], cls.__name__
+        assert all(c is cls._SCHEMA[n] for _, n, c in cls._FIELDS)

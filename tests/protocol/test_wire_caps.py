@@ -23,8 +23,7 @@ import msgpack
 import pytest
 
 import protocol as p
-from protocol import _alloc
-from protocol import _wire as w
+from protocol import _alloc, _messages, _records, _schema
 
 MiB = 1024 * 1024
 U64 = 2**64 - 1
@@ -191,9 +190,9 @@ def describe(check: Any) -> tuple:
 
 RECORDS = {
     c.__name__: c
-    for module in (w, _alloc)
+    for module in (_records, _messages, _alloc)
     for c in vars(module).values()
-    if isinstance(c, type) and issubclass(c, w._Record) and "_SCHEMA" in vars(c)
+    if isinstance(c, type) and issubclass(c, _schema._Record) and "_SCHEMA" in vars(c)
 }
 
 
@@ -205,11 +204,15 @@ def test_every_schema_is_pinned() -> None:
 
 def test_the_constants_of_the_contract() -> None:
     # the caps that live outside the schemas, as docs/protocol.md states them
-    assert (p.VERSION, p.ALIVE_INTERVAL_S, w.MAX_DEPTH) == (2, 5.0, 8)
+    assert (p.VERSION, p.ALIVE_INTERVAL_S, _schema.MAX_DEPTH) == (2, 5.0, 8)
     assert (64 * MiB, 32 * MiB) == (p.MAX_MESSAGE_BYTES, p.MAX_PAYLOAD_BYTES)
-    assert (16 * MiB, 32 * MiB, U64) == (w.MAX_STDIN_BYTES, w.MAX_OUTPUT_BYTES, w.MAX_U64)
-    assert (p.MAX_BATCH, w.MAX_ARGS, p.MAX_STR, p.MAX_CACHED) == (4096, 1024, 4096, 4096)
-    assert (p.MAX_PAYLOADS, p.MAX_HOLDING, p.MAX_ROTATIONS, w.SIGNATURE_BYTES) == (
+    assert (16 * MiB, 32 * MiB, U64) == (
+        _records.MAX_STDIN_BYTES,
+        _records.MAX_OUTPUT_BYTES,
+        _schema.MAX_U64,
+    )
+    assert (p.MAX_BATCH, _records.MAX_ARGS, p.MAX_STR, p.MAX_CACHED) == (4096, 1024, 4096, 4096)
+    assert (p.MAX_PAYLOADS, p.MAX_HOLDING, p.MAX_ROTATIONS, _records.SIGNATURE_BYTES) == (
         64,
         8192,
         8,
@@ -438,9 +441,9 @@ def build(cls: type, body: dict) -> Any:
     """The record a wire map describes, made without any checks but the record's own
     (as a program might make a bad one), so that encode can be asked to refuse it."""
     kw = {}
-    for name, check in cls._SCHEMA.items():
+    for attr, name, check in cls._FIELDS:  # the attribute's name, and the wire's
         if name in body:
-            kw[name] = unchecked(describe(check), body[name])
+            kw[attr] = unchecked(describe(check), body[name])
     return cls(**kw)
 
 
@@ -470,7 +473,7 @@ def test_a_checker_called_names_where_its_value_is():
     with pytest.raises(p.ProtocolError, match=r"^x\[1\]: 'nope' does not match"):
         cached([SHA, "nope"], "x")
     with pytest.raises(NotImplementedError):
-        w.Check().parse(1)
+        _schema.Check().parse(1)
 
 
 def test_a_record_is_planned_on_first_use_whichever_way_it_is_first_used():

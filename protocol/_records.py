@@ -1,0 +1,229 @@
+"""The wire's value records (limits, host facts, jobs, results, signatures), its enums and
+its size caps: what messages (protocol._messages) are made of.
+
+Each record is declared once, its fields with their checks (protocol._schema);
+docs/protocol.md describes them for other implementations, and
+tests/protocol/test_wire_caps.py pins every bound to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from protocol._schema import (
+    MAX_U64,
+    _bool,
+    _bytes,
+    _enum,
+    _float,
+    _int,
+    _list,
+    _optional,
+    _Record,
+    _record,
+    _str,
+    checked,
+    record,
+)
+
+# Size caps. A payload module is the largest thing on the wire; 32 MiB leaves
+# room for real programs (a C kernel is ~50 KB) while a single frame cannot
+# exhaust a dealer's or jobber's memory.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+MAX_BATCH = 4096  # jobs in one `jobs`, results in one `results`
+MAX_ARGS = 1024
+MAX_STDIN_BYTES = 16 * 1024 * 1024
+MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+MAX_CACHED = 4096  # payload hashes a jobber may report
+MAX_PAYLOADS = 64  # payloads (and signatures of payloads) in one `jobs`
+MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
+MAX_PLATFORM = 256  # HostFacts.platform: a name, compared for equality only
+
+_SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+_KEY_HEX = _SHA256_HEX  # a CurveZMQ public key: 32 bytes as 64 lowercase hex digits
+
+
+class Status(str, enum.Enum):
+    """How a job ended on a jobber. Part of the wire: sent in each result."""
+
+    OK = "ok"  # the payload exited with code 0
+    EXIT = "exit"  # the payload exited with a nonzero code
+    FUEL = "fuel"  # out of fuel (instruction budget)
+    TIME = "time"  # wall-clock limit reached
+    MEMORY = "memory"  # linear memory (or table/instance) limit reached
+    OUTPUT = "output"  # tried to write more than the output limit
+    STACK = "stack"  # call stack exhausted
+    TRAP = "trap"  # unreachable, divide by zero, out-of-bounds access, ...
+    INVALID = "invalid"  # not a valid WebAssembly module or not a WASI command
+    IMPORT = "import"  # imports something the sandbox does not provide
+    CRASH = "crash"  # the worker process running the job died
+    ABANDONED = "abandoned"  # the jobber gave the job up without running it to the end
+
+
+class ErrorCode(str, enum.Enum):
+    """Why a request (or one result in it) was refused."""
+
+    MALFORMED = "malformed"  # did not decode as a message
+    VERSION = "version"  # a protocol version this peer does not speak
+    UNEXPECTED = "unexpected"  # a valid message that makes no sense here
+    UNKNOWN_TAG = "unknown_tag"  # no replica with this tag was sent to you
+    SETTLED = "settled"  # the job is already decided; the result changes nothing
+    DUPLICATE = "duplicate"  # this result was already received
+    INTERNAL = "internal"  # the peer failed on its own; try later
+    DENIED = "denied"  # this identity is banned from the dealer
+    IMPLAUSIBLE = "implausible"  # a result no honest sandbox could give (fuel, output, status)
+    FORBIDDEN = "forbidden"  # the request needs the dealer's admin key
+
+
+@record
+class Limits(_Record):
+    """What one job may use. Every limit exceeded ends the job with its own Status.
+
+    fuel: WebAssembly instructions (roughly 7 to 14 per ns on a current core).
+    memory_mb: linear memory in MiB.
+    time_s: wall-clock seconds.
+    output_kb: stdout in KiB; a write past it fails and the job ends as OUTPUT.
+    native_nans: True: NaN bits may be as the jobber's CPU makes them (the dealer lets
+    only jobbers of one platform vote together); nil or False: every NaN canonical.
+    Not a limit, but how the job runs, so it travels with them to the sandbox.
+    """
+
+    fuel: int = checked(_int(1, 2**62), 100_000_000_000)
+    memory_mb: int = checked(_int(1, 65536), 256)
+    time_s: float = checked(_float(0.001, 1e7), 60.0)
+    output_kb: int = checked(_int(0, MAX_OUTPUT_BYTES // 1024), 1024)
+    native_nans: bool | None = checked(_optional(_bool()), None)
+
+    def __post_init__(self) -> None:
+        self._check_self("limits")
+
+
+@record
+class HostFacts(_Record):
+    """What a jobber tells a dealer about its machine with each request."""
+
+    cpus: int = checked(_int(1, 1 << 20))
+    memory_mb: int = checked(_int(0, 1 << 40))
+    slots: int = checked(_int(0, 1 << 20))
+    cached: tuple[str, ...] = checked(
+        _list(_str(64, _SHA256_HEX), MAX_CACHED), ()
+    )  # sha256 hex of payloads the jobber holds
+    # the most its owner lets one job use (nil: not said); a dealer whose jobs need
+    # more sends none, and a jobber gives back unrun any job that asks for more
+    max_time_s: float | None = checked(_optional(_float(0.001, 1e7)), None)
+    max_fuel: int | None = checked(_optional(_int(1, 2**62)), None)
+    max_output_kb: int | None = checked(_optional(_int(0, MAX_OUTPUT_BYTES // 1024)), None)
+    # what a job's bytes depend on beyond the job when its NaNs are native: CPU
+    # architecture, OS, wasmtime version and engine flags (sandbox.PLATFORM); nil: not
+    # said (a jobber older than the field, which canonicalizes every NaN)
+    platform: str | None = checked(_optional(_str(MAX_PLATFORM)), None)
+
+    def refuses(self, limits: Limits) -> str | None:
+        """Why a job with `limits` is more than this jobber allows, or None."""
+        if limits.memory_mb > self.memory_mb:
+            return f"{limits.memory_mb} MiB of memory (this machine allows {self.memory_mb})"
+        if self.max_time_s is not None and limits.time_s > self.max_time_s:
+            return f"{limits.time_s:g} s of time (this machine allows {self.max_time_s:g})"
+        if self.max_fuel is not None and limits.fuel > self.max_fuel:
+            return f"{limits.fuel} fuel (this machine allows {self.max_fuel})"
+        if self.max_output_kb is not None and limits.output_kb > self.max_output_kb:
+            return f"{limits.output_kb} KiB of output (this machine allows {self.max_output_kb})"
+        return None
+
+
+@record
+class JobSpec(_Record):
+    """One replica of a job, as sent to one jobber."""
+
+    tag: str = checked(_str())
+    payload: str = checked(_str(64, _SHA256_HEX))  # sha256 hex of the wasm module
+    args: tuple[str, ...] = checked(_list(_str(), MAX_ARGS))
+    stdin: bytes = checked(_bytes(MAX_STDIN_BYTES))
+    limits: Limits = checked(_record(Limits))
+    deadline_s: float = checked(
+        _float(0.0, 1e9)
+    )  # seconds, from receipt, the dealer waits for the result
+
+
+@record
+class Attribution(_Record):
+    """A jobber behind a relay, as the relay saw it: the key its CurveZMQ handshake with
+    the relay proved, and the address it connected to the relay from. The relay's word:
+    a dealer keeps each named jobber's standing apart, but counts its address as a
+    machine only from a relay it trusts (`--trust-relay`)."""
+
+    key: str = checked(_str(64, _KEY_HEX))  # CurveZMQ public key, 64 hex digits
+    machine: str = checked(_str(256))  # the source address the relay saw
+
+
+@record
+class Standing(_Record):
+    """What a dealer holds of one jobber behind a relay, told to that relay (`ack`,
+    `alive_ack`), so that the relay can hold its jobber to it: votes it won and lost
+    upstream, and whether it is denied there. The dealer's word, for the relay."""
+
+    key: str = checked(
+        _str(64, _KEY_HEX)
+    )  # the jobber's key, as the relay named it (`by.key`, `behalf.key`)
+    valid: int = checked(_int(0, MAX_U64))  # its outputs in an accepted quorum
+    invalid: int = checked(_int(0, MAX_U64))  # its outputs that lost the vote
+    denied: bool = checked(_bool())  # the dealer gives it no work and refuses its results
+
+
+@record
+class Result(_Record):
+    """How one replica ended, sent back with its tag.
+
+    `by`: sent by a relay, the jobber of its that ran it (nil: the sender itself).
+    """
+
+    tag: str = checked(_str())
+    status: Status = checked(_enum(Status))
+    output: bytes = checked(_bytes(MAX_OUTPUT_BYTES), b"")
+    fuel: int = checked(_int(0, MAX_U64), 0)  # fuel used
+    detail: str = checked(_str(), "")  # human-readable: the trap message, the limit hit
+    by: Attribution | None = checked(_optional(_record(Attribution)), None)
+
+
+@record
+class Rejection(_Record):
+    """One result the dealer refused, and why. The jobber must not send it again."""
+
+    tag: str = checked(_str())
+    code: ErrorCode = checked(_enum(ErrorCode))
+    text: str = checked(_str())
+
+
+MAX_ROTATIONS = 8  # links in one Signature.chain
+SIGNATURE_BYTES = 64  # an ed25519 signature
+_SIGN_KEY = _str(64, _KEY_HEX)  # an ed25519 public key: 32 bytes as 64 lowercase hex digits
+
+
+@record
+class Rotation(_Record):
+    """One link of a key rotation: the key `old` hands over to the key `new`.
+
+    `sig` is old's ed25519 signature of b"borednet key rotation v1\\0" + new's 32 bytes
+    (protocol/_signing.py makes and checks it).
+    """
+
+    old: str = checked(_SIGN_KEY)  # ed25519 public key, hex
+    new: str = checked(_SIGN_KEY)  # ed25519 public key, hex
+    sig: bytes = checked(_bytes(SIGNATURE_BYTES, SIGNATURE_BYTES))
+
+
+@record
+class Signature(_Record):
+    """A task author's signature of one payload, sent in `jobs.signatures`.
+
+    `sig` is `key`'s ed25519 signature of b"borednet payload v1\\0" + the payload's
+    32-byte sha256 digest. `chain` leads, oldest link first, from an older key of the
+    author's to `key` (empty: none). Decoding checks only the shapes; whether the
+    signature is good and the key trusted is protocol._signing.verify_payload's to say.
+    """
+
+    key: str = checked(_SIGN_KEY)  # ed25519 public key, hex
+    sig: bytes = checked(_bytes(SIGNATURE_BYTES, SIGNATURE_BYTES))
+    chain: tuple[Rotation, ...] = checked(_list(_record(Rotation), MAX_ROTATIONS), ())
