@@ -112,6 +112,7 @@ class Owner:
     """The machine and its owner this turn, as the shell read them."""
 
     suspended: bool = False  # the owner said `suspend` (the control socket)
+    stopping: bool = False  # the jobber winds down: running jobs get their grace
     computes: bool = True  # inside the pool's compute hours
     asks: bool = True  # inside the pool's network hours
     in_use: bool = False  # idle-only, and the machine is in use (jobber._idle)

@@ -50,6 +50,7 @@ from jobber import _core as c
 from jobber._allocator_link import AllocatorLink
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._quiet import Repeats
+from jobber._settings import MAX_JOB_TIME_S, MIB, REQUEST_TIMEOUT_S, SPOOL_MB
 from jobber._spool import Spool
 from net._author_keys import load_trusted_key
 from net._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
@@ -100,7 +101,7 @@ class Config:
     max_idle_s: float | None = None
     min_backoff_s: float = MIN_BACKOFF_S
     max_backoff_s: float = MAX_BACKOFF_S
-    request_timeout_s: float = 10.0
+    request_timeout_s: float = REQUEST_TIMEOUT_S
     memory_mb: int | None = None  # per job; default: physical memory / slots
     grace_s: float = 30.0  # on shutdown, how long running jobs may go on
     buffer: int | None = None  # jobs held beyond running ones; default: one per slot
@@ -111,8 +112,10 @@ class Config:
     control: bool = True  # serve the local control socket
     source: str | None = None  # connect from this local IP address (one machine, many jobbers)
     cache_mb: int = 1024  # disk for payloads and their compiled forms; least used go first
-    spool_mb: int = 256  # results one dealer may leave unacknowledged before it gets no work
-    max_job_time_s: float = 3600.0  # the owner's ceilings for one job, whatever a dealer asks
+    spool_mb: int = SPOOL_MB  # results one dealer may leave unacknowledged before it gets no work
+    max_job_time_s: float = (
+        MAX_JOB_TIME_S  # the owner's ceilings for one job, whatever a dealer asks
+    )
     max_fuel: int | None = None
     max_output_kb: int | None = None
     # the owner's ceilings for compiling a module (None: the sandbox's fixed fences); the
@@ -210,7 +213,7 @@ class _SpoolWriter(threading.Thread):
 
 def _physical_memory_mb() -> int:
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
     except (ValueError, OSError):
         return 1024
 
@@ -246,7 +249,6 @@ class Jobber:
         self._roots = self._load_trust(cfg.trust)
         self._learnt_path = cfg.data_dir / "trusted_keys"
         self._learnt = self._load_learnt()  # key -> the --trust key its rotation chain began at
-        self._refused: dict[str, str] = {}  # dealer -> why its payloads were last refused
         self._ctx = context or zmq.Context.instance()
         self._ctx.set(zmq.IPV6, 1)  # dealers and the allocator may be IPv6 (or dual-stack)
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
@@ -282,8 +284,9 @@ class Jobber:
             max_job_time_s=cfg.max_job_time_s,
             max_fuel=cfg.max_fuel,
             max_output_kb=cfg.max_output_kb,
-            spool_share_bytes=cfg.spool_mb * 1024 * 1024,
-            cache_bytes=self._eff.cache_mb * 1024 * 1024,
+            spool_share_bytes=cfg.spool_mb * MIB,
+            cache_bytes=self._eff.cache_mb * MIB,
+            platform=sandbox.PLATFORM,
         )
         dealers = [p.dealer_address(text) for text in cfg.dealers]
         spooled = [(s.dealer, s.result) for s in self.spool.load()]
@@ -303,8 +306,6 @@ class Jobber:
         self._repeats = Repeats(log)
         self._stopping = False
         self.user_suspended = False
-        self._suspended = False  # the slots' workers are stopped right now
-        self._why_suspended = ""
         self._idle = IdleDetector(
             os.cpu_count() or 1, load_threshold=cfg.load_threshold, idle_after_s=cfg.idle_after_s
         )
@@ -380,21 +381,17 @@ class Jobber:
     def trusted(self) -> frozenset[str]:
         return self._roots | frozenset(self._learnt)
 
-    def _verdicts(self, dealer: str, msg: p.Jobs, now: float) -> dict:
-        """With --trust: the payloads of `msg` not signed by a trusted key, and why."""
-        refused: dict[str, tuple[p.Status, str]] = {}
+    def _verdicts(self, msg: p.Jobs) -> list[c.Screened]:
+        """With --trust: the payloads of `msg` not signed by a trusted key, and why (a
+        rotation a trusted key signed is learnt on the way)."""
+        refused: list[c.Screened] = []
         if not self._roots:
             return refused
         signatures = msg.signatures or {}
-        for sha in {spec.payload for spec in msg.jobs} | set(msg.payloads):
+        for sha in sorted({spec.payload for spec in msg.jobs} | set(msg.payloads)):
             verdict = p.verify_payload(sha, signatures.get(sha), self.trusted())
             if not verdict.accepted:
-                why = f"refused: payload {sha[:12]}: {verdict.reason}"
-                refused[sha] = (p.Status.ABANDONED, why)
-                self._refused[dealer] = why
-                self._repeats.warn(
-                    now, f"unsigned {dealer}", lambda why=why: f"dealer {dealer}: {why}"
-                )
+                refused.append(c.Untrusted(sha, verdict.reason))
             elif verdict.learned:
                 self._learn(signatures[sha], verdict.learned)
         return refused
@@ -526,10 +523,10 @@ class Jobber:
     def _recv(self, dealer: str, sock: zmq.Socket) -> None:
         for msg in self._drain(dealer, sock):
             now = time.monotonic()
-            unusable = self._screen_payloads(dealer, msg, now) if isinstance(msg, p.Jobs) else None
+            screened = self._screen_payloads(msg) if isinstance(msg, p.Jobs) else []
             # the core decides what of a `jobs` is taken before anything of it is kept:
             # the payloads of jobs it takes come back as a Store action
-            self.core.received(dealer, msg, now, unusable)
+            self.core.received(dealer, msg, now, screened=screened)
             ss = self._socks.get(dealer)
             if isinstance(msg, p.HelloReply) and ss is not None and sock is ss.hello:
                 ss.close(sock)  # the key is known: the plaintext port is done with
@@ -538,26 +535,19 @@ class Jobber:
             if ss is None or sock not in (ss.sock, ss.hello):  # closed or reset meanwhile
                 return
 
-    def _screen_payloads(self, dealer: str, msg: p.Jobs, now: float) -> dict:
-        """The payloads of a `jobs` message whose jobs must be given back, and why: not
-        signed by a trusted key (--trust), or bytes that do not hash to their name.
-        Nothing is stored here."""
-        unusable = self._verdicts(dealer, msg, now)
+    def _screen_payloads(self, msg: p.Jobs) -> list[c.Screened]:
+        """What the core must know of a `jobs` message's payloads: those not signed by a
+        trusted key (--trust), and those whose bytes do not hash to their name. The core
+        decides what follows; nothing is stored here."""
+        found = self._verdicts(msg)
+        untrusted = {f.sha for f in found}
         for sha, wasm in msg.payloads.items():
-            if sha in unusable:
+            if sha in untrusted:
                 continue
             got = hashlib.sha256(wasm).hexdigest()
             if got != sha:
-                self._repeats.warn(
-                    now,
-                    f"badhash {dealer}",
-                    lambda sha=sha, got=got: (
-                        f"dealer {dealer} sent payload {sha[:12]} "
-                        f"whose bytes hash to {got[:12]}; ignored"
-                    ),
-                )
-                unusable[sha] = (p.Status.INVALID, f"payload {sha[:12]} was not sent")
-        return unusable
+                found.append(c.BadHash(sha, got))
+        return found
 
     def _store_payloads(self, dealer: str, payloads: tuple[tuple[str, bytes], ...]) -> None:
         """Keep the payloads of jobs the core took (c.Store); their jobs go back unrun if
@@ -566,9 +556,7 @@ class Jobber:
             try:
                 self.cache.put(wasm)
             except OSError as e:
-                self.core.disk_failed(f"cannot store a payload: {e.strerror or e}")
-                why = "the jobber's disk is full or read-only"
-                self.core.payload_lost(sha, p.Status.ABANDONED, why)
+                self.core.handle(c.StoreFailed(sha, str(e.strerror or e)), time.monotonic())
             else:
                 self.cache.touch(sha)
         self._evict(f"{len(payloads)} payloads from {dealer}")
@@ -577,7 +565,7 @@ class Jobber:
         """Bound the cache's disk (whatever dealers send, it keeps its size, but never
         removes what jobs in hand need) and tell the core what it holds."""
         held = self.core.held_payloads()
-        gone = self.cache.evict(self._eff.cache_mb * 1024 * 1024, p.MAX_CACHED, held)
+        gone = self.cache.evict(self._eff.cache_mb * MIB, p.MAX_CACHED, held)
         if gone:
             self._present.clear()
             log.info(
@@ -645,11 +633,7 @@ class Jobber:
         elif isinstance(a, c.Start):
             spec = a.spec
             if spec.payload not in self._present and not self.cache.has(spec.payload):
-                # evicted since the ask that listed it (or never held): given back unrun,
-                # nobody's fault; the next ask lists the cache as it is, so it comes again
-                why = f"payload {spec.payload[:12]} is no longer held here"
-                result = p.Result(spec.tag, p.Status.ABANDONED, b"", 0, why)
-                self.core.job_done(a.key, result, 0.0, time.monotonic())
+                self.core.handle(c.PayloadGone(a.key, spec.payload), time.monotonic())
                 return
             if spec.payload not in self._present:
                 self.cache.touch(spec.payload)  # used: the last to be evicted
@@ -659,6 +643,10 @@ class Jobber:
             self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth)
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
+        elif isinstance(a, c.Suspend):
+            self.slots.suspend()
+        elif isinstance(a, c.Resume):
+            self.slots.resume()
         elif isinstance(a, c.Unspool):
             if self._writer is not None:
                 self._writer.remove(a.dealer, a.tag)
@@ -702,8 +690,6 @@ class Jobber:
                     self.stop()
                     continue
                 self._turn(now)
-                if self.user_suspended:
-                    self.core.busy(now)
                 if self.core.idle_too_long(now):
                     log.info("no work for %.1f s: exiting", self.core.idle_s(now))
                     if not self.core.reached:
@@ -721,13 +707,7 @@ class Jobber:
         if self._alink is not None:
             self._allocator_events(now)
         self._collect()
-        self._apply_suspension(now)
-        self.core.paused = "suspended" if self._suspended else ""
-        self.core.fetch_paused = (
-            self.user_suspended
-            or self._why_suspended in ("machine in use", "outside the pool's hours")
-            or not self._eff.asks_at(_local_hour())
-        )
+        self._owner(now)
         self.core.tick(now)
         self._carry_out()
         if self._evict_at is not None and now >= self._evict_at:
@@ -747,31 +727,23 @@ class Jobber:
         )
         self.core.job_done(key, result, outcome.wall_s, time.monotonic())
 
-    def _apply_suspension(self, now: float) -> None:
-        why = ""
-        if self._stopping:
-            pass  # running jobs get their grace period, whatever held them
-        elif self.user_suspended:
-            why = "suspended by the owner"
-        elif not self._eff.computes_at(_local_hour()):
-            why = "outside the pool's hours"
-        elif self._eff.idle_only and not self._idle.update(
-            read_host(), 0 if self._suspended else len(self.core.running), now
-        ):
-            why = "machine in use"
-        elif not self._throttle.running(now):
-            why = "cpu limit"
-        if why and not self._suspended:
-            self.slots.suspend()
-            self._suspended = True
-            if why != "cpu limit":
-                log.info("jobs suspended: %s", why)
-        elif not why and self._suspended:
-            self.slots.resume()
-            self._suspended = False
-            if self._why_suspended != "cpu limit":
-                log.info("jobs resumed")
-        self._why_suspended = why
+    def _owner(self, now: float) -> None:
+        """Tell the core what the owner and the machine are doing; it decides whether jobs
+        are suspended (and asks for it with Suspend or Resume)."""
+        hour = _local_hour()
+        running = 0 if self.core.suspended else len(self.core.running)
+        self.core.handle(
+            c.Owner(
+                suspended=self.user_suspended,
+                stopping=self._stopping,
+                computes=self._eff.computes_at(hour),
+                asks=self._eff.asks_at(hour),
+                in_use=self._eff.idle_only and not self._idle.update(read_host(), running, now),
+                cpu_off=not self._throttle.running(now),
+            ),
+            now,
+        )
+        self._carry_out()
 
     def _poller(self) -> zmq.Poller:
         """A poller over every socket and pipe the loop reads; made anew only when that
@@ -914,12 +886,7 @@ class Jobber:
             except ValueError as e:
                 log.warning("allocator project %s: bad dealer address: %s", x.name, e)
         self.core.set_projects(projects, kept.debts)
-        self.core.s = replace(
-            self.core.s,
-            slots=eff.slots,
-            memory_mb=eff.memory_mb,
-            cache_bytes=eff.cache_mb * 1024 * 1024,
-        )
+        self.core.handle(c.Resized(eff.slots, eff.memory_mb, eff.cache_mb * MIB), time.monotonic())
         self.slots.in_use = eff.slots
         self.slots.compile_memory_mb = self._compile_memory_mb(eff.memory_mb)
         if eff.cpu_limit != self._eff.cpu_limit:
@@ -995,7 +962,7 @@ class Jobber:
             self.user_suspended = False
         elif cmd == "quit":
             self.stop()
-        self._apply_suspension(time.monotonic())
+        self._owner(time.monotonic())
         return self.status()
 
     def status(self) -> dict:
@@ -1005,7 +972,7 @@ class Jobber:
             "name": self.name,
             "key": self.keys.public_hex,
             "slots": self.cfg.slots,
-            "suspended": self._why_suspended or None,
+            "suspended": core.why_suspended or None,
             "stopping": self._stopping,
             "dealers": [
                 {
@@ -1030,7 +997,7 @@ class Jobber:
             "spooled": self.spool.count(),
             "disk_trouble": core.disk_trouble or None,
             "trust": sorted(self.trusted()),
-            "refused_payloads": dict(self._refused),
+            "refused_payloads": dict(core.refused_payloads),
             # results waiting for a dealer: kept until it acknowledges them; those for a
             # dealer gone for good stay here, listed, until the data directory is cleared
             "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},

@@ -92,6 +92,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import protocol as p
 from jobber._actions import (
@@ -249,8 +250,12 @@ class JobberCore(Dealers, Holdings):
         self.sizes: Mapping[str, tuple[int, int]] = {}
         # payloads taken with jobs and not yet in `sizes` (the shell is storing them)
         self._coming: dict[str, int] = {}
-        self.paused = ""  # why no job may start now ("" while they may); set by the shell
+        self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
+        self.suspended = False  # the slots' workers are stopped (a Suspend action went)
+        self.why_suspended = ""  # why, while they are
+        # dealer -> why its payloads were last refused (unsigned: --trust)
+        self.refused_payloads: dict[str, str] = {}
         self.stopping = False
         self.disk_trouble = ""  # why the data directory refuses writes, while it does
         self._probe_at = 0.0
@@ -364,69 +369,18 @@ class JobberCore(Dealers, Holdings):
 
     # --- events -------------------------------------------------------------------
 
-    def stop(self, now: float) -> None:
-        """Wind down: buffered jobs are given back unstarted, running ones may finish,
-        no more work is asked for; results are still delivered."""
-        if self.stopping:
-            return
-        self.stopping = True
-        log.info(
-            "stopping: %d running, %d not started, %d results to deliver",
-            len(self.running),
-            len(self.buffer),
-            self.count_unacked(),
-        )
-        while self.buffer:
-            h = self.buffer.popleft()
-            self._finish(
-                h,
-                p.Result(
-                    h.spec.tag, p.Status.ABANDONED, b"", 0, "jobber stopped before starting it"
-                ),
-            )
-
-    def job_done(self, key: str, result: p.Result, wall_s: float, now: float) -> None:
-        """A slot finished the job started as `key` (or it could not be started)."""
-        h = self.running.pop(key, None)
-        if key in self._cancelled:  # stopped because the dealer settled it elsewhere
-            self._cancelled.discard(key)
-            return
-        if h is None:
-            log.warning("slot reported unknown job %s", key)
-            return
-        # the slot's own clock is coarse (10 ms ticks) and leaves out the pipe to the
-        # worker: the time from start to outcome on ours is what buffering must cover
-        took = max(wall_s, (now - h.started) / h.depth, 1e-6)
-        if result.status is not p.Status.ABANDONED:  # given back unrun: no job's length
-            self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
-        if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
-            self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
-        self._finish(h, result)
-        link = self.links.get(h.dealer)
-        if result.status is p.Status.ABANDONED and result.detail.startswith("refused") and link:
-            # this machine cannot run that dealer's payload (compiling it needs more than
-            # the owner allows): the dealer sends the job elsewhere; ask it less
-            if link.ask_after < now + REFUSED_PAYLOAD_WAIT_S:
-                log.warning("job %s from %s given back: %s", result.tag, h.dealer, result.detail)
-            link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
-        log.debug(
-            "job %s from %s: %s, %d fuel, %.3f s",
-            result.tag,
-            h.dealer,
-            result.status.value,
-            result.fuel,
-            wall_s,
-        )
-
     def received(
         self,
         dealer: str,
         msg: p.Message,
         now: float,
         unusable: Mapping[str, tuple[p.Status, str]] | None = None,
+        screened: Iterable[Screened] = (),
     ) -> None:
-        """A message from `dealer`. `unusable`: payloads of a `jobs` message the shell could
-        not keep or may not run, with the status and reason their jobs are given back with."""
+        """A message from `dealer`. `screened`: what the shell found of a `jobs` message's
+        payloads (unsigned, or bytes that do not hash to their name): their jobs are given
+        back (`_unusable`). `unusable`: such payloads already decided on, with the status
+        and reason their jobs are given back with."""
         link = self.links.get(dealer)
         if link is None:
             return
@@ -448,7 +402,8 @@ class JobberCore(Dealers, Holdings):
             link.bored_want, link.bored_cached = 0, frozenset()
         if isinstance(msg, p.Jobs):
             link.backoff.succeeded()
-            self._take_jobs(link, msg, now, unusable or {})
+            found = self._unusable(dealer, screened, now)
+            self._take_jobs(link, msg, now, {**found, **(unusable or {})})
         elif isinstance(msg, p.RetryLater):
             link.backoff.succeeded()
             link.ask_after = now + msg.seconds
@@ -493,61 +448,69 @@ class JobberCore(Dealers, Holdings):
             if msg.re in (link.bored_id, link.results_id):
                 self._failed(link, now, f"error {msg.code.value}")
 
-    def _unanswered(self, link: Link, msg: p.Message) -> str:
-        """Why `msg` is no answer to a request of ours out to `link` ("" if it is one).
-        A `jobs` must also carry what that ask asked for and nothing else: at most its
-        `want` jobs, payloads only for those jobs, and for each job a payload sent with
-        it or one we hold (or said we held: it may have been evicted since)."""
-        re_ = getattr(msg, "re", None)
-        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
-            if link.bored_id is None or re_ != link.bored_id:
-                return (
-                    "it answers no ask of ours"
-                    if link.bored_id is None
-                    else (f"it answers ask {re_}, not the ask out ({link.bored_id})")
-                )
-        elif isinstance(msg, p.Ack):
-            if link.results_id is None or re_ != link.results_id:
-                return "it acknowledges no results we sent"
-        elif isinstance(msg, p.AliveAck):
-            if link.alive_id is None or re_ != link.alive_id:
-                return "it answers no alive of ours"
-        elif isinstance(msg, p.Error):
-            if re_ is None or re_ not in (link.bored_id, link.results_id, link.alive_id):
-                return "an error about no request of ours"
-        else:
-            return f"a {msg.TYPE} is no reply a jobber asks for"
-        if not isinstance(msg, p.Jobs):
-            return ""
-        if len(msg.jobs) > link.bored_want:
-            return f"{len(msg.jobs)} jobs for an ask of {link.bored_want}"
-        named = {spec.payload for spec in msg.jobs}
-        extra = set(msg.payloads) - named
-        if extra:
-            return f"{len(extra)} payloads no job of it names"
-        known = link.bored_cached | set(self.sizes) | set(self.cached)
-        missing = named - set(msg.payloads) - known
-        if missing:
-            return f"jobs of payload {min(missing)[:12]}, neither sent nor held here"
-        return ""
+    # --- what the shell saw ----------------------------------------------------------
 
-    def _unasked(self, link: Link, msg: p.Message, now: float, why: str) -> None:
-        """A reply to nothing we asked (or a `jobs` carrying more than asked): it changes
-        nothing; logged once with a count. A `jobs` is refused whole (nothing of it is
-        kept: the dealer learns from the next `holding` that we hold none of it) and is a
-        failed contact: the dealer is backed off and its sockets, with whatever else it
-        queued to us, closed."""
-        link.unasked += 1
-        self._repeats.warn(
-            now,
-            f"unasked {link.address}",
-            lambda: (
-                f"dealer {link.address} sent a {msg.TYPE} we did not ask for ({why}): "
-                f"refused, {link.unasked} such so far"
-            ),
+    def handle(self, event: Event, now: float) -> None:
+        """An event the shell saw (jobber._actions): the core decides what follows."""
+        if isinstance(event, Owner):
+            self._owner(event, now)
+        elif isinstance(event, StoreFailed):
+            # a payload the disk would not keep: its jobs cannot run here, nobody's fault;
+            # the disk is probed until it takes writes again
+            self.disk_failed(f"cannot store a payload: {event.why}")
+            self.payload_lost(
+                event.sha, p.Status.ABANDONED, "the jobber's disk is full or read-only"
+            )
+        elif isinstance(event, PayloadGone):
+            # evicted since the ask that listed it (or never held): given back unrun,
+            # nobody's fault; the next ask lists the cache as it is, so it comes again
+            h = self.running.get(event.key)
+            why = f"payload {event.payload[:12]} is no longer held here"
+            result = p.Result(h.spec.tag if h else "?", p.Status.ABANDONED, b"", 0, why)
+            self.job_done(event.key, result, 0.0, now)
+        elif isinstance(event, Resized):
+            self.s = replace(
+                self.s,
+                slots=event.slots,
+                memory_mb=event.memory_mb,
+                cache_bytes=event.cache_bytes,
+            )
+        else:  # pragma: no cover - an event the core does not know is our bug
+            raise TypeError(f"unknown event {event!r}")
+
+    def _owner(self, ev: Owner, now: float) -> None:
+        """Suspend the slots, or resume them: the first reason that holds wins (the owner's
+        word, the pool's hours, the machine in use, the CPU limit); none while the jobber
+        winds down (running jobs get their grace). Asking for work stops too, but for the
+        CPU limit (a pause of a second or so) and outside the network hours alone."""
+        why = ""
+        if ev.stopping or self.stopping:
+            pass
+        elif ev.suspended:
+            why = "suspended by the owner"
+        elif not ev.computes:
+            why = "outside the pool's hours"
+        elif ev.in_use:
+            why = "machine in use"
+        elif ev.cpu_off:
+            why = "cpu limit"
+        if why and not self.suspended:
+            self._actions.append(Suspend())
+            self.suspended = True
+            if why != "cpu limit":
+                log.info("jobs suspended: %s", why)
+        elif not why and self.suspended:
+            self._actions.append(Resume())
+            self.suspended = False
+            if self.why_suspended != "cpu limit":
+                log.info("jobs resumed")
+        self.why_suspended = why
+        self.paused = "suspended" if self.suspended else ""
+        self.fetch_paused = (
+            ev.suspended or why in ("machine in use", "outside the pool's hours") or not ev.asks
         )
-        if isinstance(msg, p.Jobs):
-            self._failed(link, now, f"an unasked {msg.TYPE} refused")
+        if ev.suspended:  # suspended by its owner: that is not idling
+            self.busy(now)
 
     def tick(self, now: float) -> None:
         """One turn: spool again, start jobs, time out requests, send results, alive, ask."""
@@ -563,23 +526,6 @@ class JobberCore(Dealers, Holdings):
         self._say_progress(now)
 
     # --- jobs ---------------------------------------------------------------------
-
-    def _start_jobs(self, now: float) -> None:
-        host = self.host_facts()
-        depth = PIPELINE_DEPTH if self.pipelined else 1
-        while self.buffer and len(self.running) < self.s.slots * depth:
-            h = self.buffer.popleft()
-            too_much = host.refuses(h.spec.limits)
-            if too_much is not None:  # the owner's limits win: given back unrun, no fault
-                log.warning("job %s from %s asks for %s: refused", h.spec.tag, h.dealer, too_much)
-                why = f"refused: it asks for {too_much}"
-                self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why))
-                continue
-            h.key = f"{self._next_key:x}"
-            self._next_key += 1
-            h.started, h.depth = now, depth
-            self.running[h.key] = h
-            self._actions.append(Start(h.key, h.dealer, h.spec, depth))
 
     def _say_progress(self, now: float) -> None:
         """A line a minute while jobs finish, so a lender sees the machine at work."""

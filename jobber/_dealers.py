@@ -466,3 +466,59 @@ class Dealers:
             if self._shunned.get(p.split_key(addr)[0], 0.0) > now:
                 continue  # dropped a moment ago: not again so soon
             self.add_dealer(addr, link.depth + 1, via=via, referrer=link.address)
+
+    def _unanswered(self, link: Link, msg: p.Message) -> str:
+        """Why `msg` is no answer to a request of ours out to `link` ("" if it is one).
+        A `jobs` must also carry what that ask asked for and nothing else: at most its
+        `want` jobs, payloads only for those jobs, and for each job a payload sent with
+        it or one we hold (or said we held: it may have been evicted since)."""
+        re_ = getattr(msg, "re", None)
+        if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
+            if link.bored_id is None or re_ != link.bored_id:
+                return (
+                    "it answers no ask of ours"
+                    if link.bored_id is None
+                    else (f"it answers ask {re_}, not the ask out ({link.bored_id})")
+                )
+        elif isinstance(msg, p.Ack):
+            if link.results_id is None or re_ != link.results_id:
+                return "it acknowledges no results we sent"
+        elif isinstance(msg, p.AliveAck):
+            if link.alive_id is None or re_ != link.alive_id:
+                return "it answers no alive of ours"
+        elif isinstance(msg, p.Error):
+            if re_ is None or re_ not in (link.bored_id, link.results_id, link.alive_id):
+                return "an error about no request of ours"
+        else:
+            return f"a {msg.TYPE} is no reply a jobber asks for"
+        if not isinstance(msg, p.Jobs):
+            return ""
+        if len(msg.jobs) > link.bored_want:
+            return f"{len(msg.jobs)} jobs for an ask of {link.bored_want}"
+        named = {spec.payload for spec in msg.jobs}
+        extra = set(msg.payloads) - named
+        if extra:
+            return f"{len(extra)} payloads no job of it names"
+        known = link.bored_cached | set(self.sizes) | set(self.cached)
+        missing = named - set(msg.payloads) - known
+        if missing:
+            return f"jobs of payload {min(missing)[:12]}, neither sent nor held here"
+        return ""
+
+    def _unasked(self, link: Link, msg: p.Message, now: float, why: str) -> None:
+        """A reply to nothing we asked (or a `jobs` carrying more than asked): it changes
+        nothing; logged once with a count. A `jobs` is refused whole (nothing of it is
+        kept: the dealer learns from the next `holding` that we hold none of it) and is a
+        failed contact: the dealer is backed off and its sockets, with whatever else it
+        queued to us, closed."""
+        link.unasked += 1
+        self._repeats.warn(
+            now,
+            f"unasked {link.address}",
+            lambda: (
+                f"dealer {link.address} sent a {msg.TYPE} we did not ask for ({why}): "
+                f"refused, {link.unasked} such so far"
+            ),
+        )
+        if isinstance(msg, p.Jobs):
+            self._failed(link, now, f"an unasked {msg.TYPE} refused")

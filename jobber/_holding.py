@@ -12,10 +12,21 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 
 import protocol as p
-from jobber._actions import ProbeDisk, Spool, Stop, Store, Unspool
+from jobber._actions import (
+    BadHash,
+    ProbeDisk,
+    Screened,
+    Spool,
+    Start,
+    Stop,
+    Store,
+    Unspool,
+    Untrusted,
+)
 from jobber._state import (
     DISK_PROBE_S,
     MAX_PAYLOADS_PER_SLOT,
+    PIPELINE_DEPTH,
     REFUSED_PAYLOAD_WAIT_S,
     RESULT_OVERHEAD_BYTES,
     Held,
@@ -309,3 +320,104 @@ class Holdings:
     def _over_share(self, dealer: str, one: int = RESULT_OVERHEAD_BYTES) -> bool:
         """Its unacknowledged results leave no room in its share for `one` more result."""
         return self._unacked_bytes.get(dealer, 0) + one > self.s.spool_share_bytes
+
+    def stop(self, now: float) -> None:
+        """Wind down: buffered jobs are given back unstarted, running ones may finish,
+        no more work is asked for; results are still delivered."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info(
+            "stopping: %d running, %d not started, %d results to deliver",
+            len(self.running),
+            len(self.buffer),
+            self.count_unacked(),
+        )
+        while self.buffer:
+            h = self.buffer.popleft()
+            self._finish(
+                h,
+                p.Result(
+                    h.spec.tag, p.Status.ABANDONED, b"", 0, "jobber stopped before starting it"
+                ),
+            )
+
+    def job_done(self, key: str, result: p.Result, wall_s: float, now: float) -> None:
+        """A slot finished the job started as `key` (or it could not be started)."""
+        h = self.running.pop(key, None)
+        if key in self._cancelled:  # stopped because the dealer settled it elsewhere
+            self._cancelled.discard(key)
+            return
+        if h is None:
+            log.warning("slot reported unknown job %s", key)
+            return
+        # the slot's own clock is coarse (10 ms ticks) and leaves out the pipe to the
+        # worker: the time from start to outcome on ours is what buffering must cover
+        took = max(wall_s, (now - h.started) / h.depth, 1e-6)
+        if result.status is not p.Status.ABANDONED:  # given back unrun: no job's length
+            self._job_s = took if not self._job_s else 0.8 * self._job_s + 0.2 * took
+        if self.shares is not None:  # what the job ran, compiling left out (Outcome.wall_s)
+            self.shares.charge(h.dealer, wall_s if wall_s > 0 else took, self.eligible(now))
+        self._finish(h, result)
+        link = self.links.get(h.dealer)
+        if result.status is p.Status.ABANDONED and result.detail.startswith("refused") and link:
+            # this machine cannot run that dealer's payload (compiling it needs more than
+            # the owner allows): the dealer sends the job elsewhere; ask it less
+            if link.ask_after < now + REFUSED_PAYLOAD_WAIT_S:
+                log.warning("job %s from %s given back: %s", result.tag, h.dealer, result.detail)
+            link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
+        log.debug(
+            "job %s from %s: %s, %d fuel, %.3f s",
+            result.tag,
+            h.dealer,
+            result.status.value,
+            result.fuel,
+            wall_s,
+        )
+
+    def _unusable(
+        self, dealer: str, screened: Iterable[Screened], now: float
+    ) -> dict[str, tuple[p.Status, str]]:
+        """The payloads of a `jobs` whose jobs go back unrun, with their status and why: one
+        not signed by a trusted key is ABANDONED (no fault of the job's: another jobber may
+        run it); one whose bytes are not what it names is INVALID (as if it was not sent).
+        Each is logged once in a while per dealer."""
+        out: dict[str, tuple[p.Status, str]] = {}
+        facts = list(screened)
+        for f in facts:
+            if isinstance(f, Untrusted):
+                why = f"refused: payload {f.sha[:12]}: {f.reason}"
+                out[f.sha] = (p.Status.ABANDONED, why)
+                self.refused_payloads[dealer] = why
+                self._repeats.warn(
+                    now, f"unsigned {dealer}", lambda why=why: f"dealer {dealer}: {why}"
+                )
+        for f in facts:
+            if isinstance(f, BadHash) and f.sha not in out:
+                self._repeats.warn(
+                    now,
+                    f"badhash {dealer}",
+                    lambda f=f: (
+                        f"dealer {dealer} sent payload {f.sha[:12]} "
+                        f"whose bytes hash to {f.got[:12]}; ignored"
+                    ),
+                )
+                out[f.sha] = (p.Status.INVALID, f"payload {f.sha[:12]} was not sent")
+        return out
+
+    def _start_jobs(self, now: float) -> None:
+        host = self.host_facts()
+        depth = PIPELINE_DEPTH if self.pipelined else 1
+        while self.buffer and len(self.running) < self.s.slots * depth:
+            h = self.buffer.popleft()
+            too_much = host.refuses(h.spec.limits)
+            if too_much is not None:  # the owner's limits win: given back unrun, no fault
+                log.warning("job %s from %s asks for %s: refused", h.spec.tag, h.dealer, too_much)
+                why = f"refused: it asks for {too_much}"
+                self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why))
+                continue
+            h.key = f"{self._next_key:x}"
+            self._next_key += 1
+            h.started, h.depth = now, depth
+            self.running[h.key] = h
+            self._actions.append(Start(h.key, h.dealer, h.spec, depth))
