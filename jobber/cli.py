@@ -19,7 +19,8 @@ from pathlib import Path
 
 import sandbox
 from jobber import _control
-from jobber._client import Config, Jobber, JobberError
+from jobber._client import Jobber
+from jobber._settings import Config, JobberError
 
 
 def default_data_dir() -> Path:

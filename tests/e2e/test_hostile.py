@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
-from jobber._client import RECV_HWM
+from jobber._sockets import RECV_HWM
 from tests.helpers import PY, ROOT, free_port
 
 MIB = 1024 * 1024
