@@ -362,7 +362,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         if self._alink is not None:
             self._allocator_events(now)
         self._collect()
-        self._owner(now)
+        self._tell_owner(now)
         self.core.tick(now)
         self._carry_out()
         if self._evict_at is not None and now >= self._evict_at:
@@ -382,7 +382,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         )
         self.core.job_done(key, result, outcome.wall_s, time.monotonic())
 
-    def _owner(self, now: float) -> None:
+    def _tell_owner(self, now: float) -> None:
         """Tell the core what the owner and the machine are doing; it decides whether jobs
         are suspended (and asks for it with Suspend or Resume)."""
         hour = _local_hour()

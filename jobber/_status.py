@@ -38,7 +38,7 @@ class Control:
             self.user_suspended = False
         elif cmd == "quit":
             self.stop()
-        self._owner(time.monotonic())
+        self._tell_owner(time.monotonic())
         return self.status()
 
     def status(self) -> dict:
