@@ -56,8 +56,8 @@ class PeerLinks:
             try:
                 self._socket(address).send(p.encode(query), zmq.NOBLOCK)
             except (zmq.ZMQError, ValueError) as e:  # queue full (never here) or a bad endpoint
-                self.peers.unreachable(address, now, f"cannot send: {e}")
-                self._reset(address)
+                if self.peers.unreachable(address, now, f"cannot send: {e}"):
+                    self._reset(address)
         self._next_at = now + self.peers.next_due(now)
 
     def drain(self, now: float, readable: Collection[zmq.Socket] | None = None) -> None:
@@ -72,14 +72,14 @@ class PeerLinks:
                 except zmq.Again:
                     break
                 except zmq.ZMQError as e:
-                    self.peers.unreachable(address, now, f"cannot receive: {e}")
-                    self._reset(address)
+                    if self.peers.unreachable(address, now, f"cannot receive: {e}"):
+                        self._reset(address)
                     break
                 try:
                     msg = p.decode(data)
                 except p.ProtocolError as e:
-                    self.peers.unreachable(address, now, f"sent a malformed reply: {e}")
-                    self._reset(address)
+                    if self.peers.unreachable(address, now, f"sent a malformed reply: {e}"):
+                        self._reset(address)
                     break
                 if self.peers.heard(address, msg, now):
                     self._next_at = 0.0  # when to ask next has changed

@@ -8,7 +8,7 @@ the time it heard it. The shell (dealer._peerlink) does the sockets: it asks
 `due(now)` which peers to query now and sends them, feeds every reply to
 `heard`, and calls `expire(now)` each turn, which turns a query unanswered for
 TIMEOUT_S into a failed link (the shell resets that peer's socket, as a jobber
-does: Lazy Pirate).
+does: Lazy Pirate, net._link).
 
 Each peer link is in one of three states, read from its fields:
 
@@ -17,7 +17,7 @@ state      means                                  asked again
 =========  =====================================  =============================
 waiting    a query is out (`query_id` set)        when it is answered or expires
 backing    the last contact failed                when its backoff is over
-           (`backoff.failures > 0`)               (net._backoff: doubling from
+           (`backoff.failures > 0`)               (net._link: doubling from
                                                   MIN_BACKOFF_S to MAX_BACKOFF_S)
 idle       answered, or never asked yet           ASK_EVERY_S after the last ask
 =========  =====================================  =============================
@@ -43,7 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import protocol as p
-from net._backoff import Backoff  # the project's one backoff (the jobber's rule)
+from net._link import Backoff  # the project's one Lazy Pirate rule
+from net._link import Link as Line
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ MAX_REFERRED = 64  # dealers in one `referral` (the wire's cap)
 # new batch behind it is found within seconds
 RETRY_NONE_S = 10.0
 MAX_ADDRESS = 256  # characters in a dealer address on the wire
+QUERY = "work_query"  # the one kind of request a peer link sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +79,24 @@ class Offer:
 
 @dataclass
 class Link:
-    """One peer: its last offer, the query out, and its backoff."""
+    """One peer: its last offer, and its line (net._link: the query out and the backoff)."""
 
     address: str
     order: int  # its place among the peers given: the last tie-break
-    backoff: Backoff
+    line: Line
     offer: Offer | None = None
-    query_id: int | None = None  # the work_query out, if any
     asked_at: float | None = None  # when the last query went out
     error: str | None = None  # why the last contact failed (None after an answer)
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.line.backoff
+
+    @property
+    def query_id(self) -> int | None:
+        """The work_query out, if any."""
+        query = self.line.out.get(QUERY)
+        return None if query is None else query.id
 
 
 @dataclass
@@ -104,15 +115,19 @@ class Peers:
 
     def __post_init__(self) -> None:
         self.links = {}
-        for i, address in enumerate(self.addresses):
+        seen: set[str] = set()
+        for address in self.addresses:
             if not address or len(address) > MAX_ADDRESS:
                 raise ValueError(f"peer address {address[:40]!r}...: 1 to {MAX_ADDRESS} characters")
-            if address in self.links:
+            if address in seen:
                 raise ValueError(f"peer {address} given twice")
-            backoff = Backoff(self.min_backoff_s, self.max_backoff_s, rng=self.rng)
-            self.links[address] = Link(address, i, backoff)
+            seen.add(address)
         if min(self.ask_every_s, self.timeout_s, self.stale_s) <= 0:
             raise ValueError("ask_every_s, timeout_s and stale_s must be positive")
+        for i, address in enumerate(self.addresses):
+            backoff = Backoff(self.min_backoff_s, self.max_backoff_s, rng=self.rng)
+            line = Line(self.timeout_s, backoff, late_at_deadline=True)
+            self.links[address] = Link(address, i, line)
 
     def __bool__(self) -> bool:
         return bool(self.links)
@@ -124,27 +139,28 @@ class Peers:
         is over; each is recorded as out."""
         out = []
         for link in self.links.values():
-            if link.query_id is not None or not link.backoff.ready(now):
+            if not link.line.may_send(QUERY, now):
                 continue
             idle = link.backoff.failures == 0 and link.asked_at is not None
             if idle and now - link.asked_at < self.ask_every_s:
                 continue
             self._next_id += 1
-            link.query_id, link.asked_at = self._next_id, now
+            link.line.sent(QUERY, now, self._next_id)
+            link.asked_at = now
             out.append((link.address, p.WorkQuery(self._next_id)))
         return out
 
     def heard(self, address: str, msg: p.Message, now: float) -> bool:
         """A reply from `address`. True if it answered the query out (and was taken)."""
         link = self.links.get(address)
-        if link is None or link.query_id is None or getattr(msg, "re", None) != link.query_id:
+        if link is None or link.line.match(getattr(msg, "re", None)) is None:
             return False  # late, stale or not ours: changes nothing
-        link.query_id = None
         if not isinstance(msg, p.WorkOffer):
             why = f"{msg.code.value}: {msg.text}" if isinstance(msg, p.Error) else msg.TYPE
-            self._failed(link, now, f"answered {why}")
+            # an answer all the same: the socket stays
+            self._said(link, link.line.error_answer(msg.re, now), f"answered {why}")
             return True
-        link.backoff.succeeded()
+        link.line.answered(msg.re, now)
         if link.error is not None:
             log.info("peer %s answers again", address)
         link.error = None
@@ -157,21 +173,25 @@ class Peers:
         the shell resets (what was queued on them is dropped)."""
         out = []
         for link in self.links.values():
-            if link.query_id is not None and now - _at(link.asked_at, now) >= self.timeout_s:
-                link.query_id = None
+            if link.line.late(now):
                 self._failed(link, now, f"no answer within {self.timeout_s:g} s")
+            if link.line.take_reset():
                 out.append(link.address)
         return out
 
-    def unreachable(self, address: str, now: float, why: str) -> None:
-        """The shell could not send to `address` at all: a failed link."""
+    def unreachable(self, address: str, now: float, why: str) -> bool:
+        """The shell could not send to `address`, or read from it: a failed link. True: its
+        socket must be reset."""
         link = self.links.get(address)
-        if link is not None:
-            link.query_id = None
-            self._failed(link, now, why)
+        if link is None:
+            return False
+        self._failed(link, now, why)
+        return link.line.take_reset()
 
     def _failed(self, link: Link, now: float, why: str) -> None:
-        wait = link.backoff.failed(now)
+        self._said(link, link.line.failed(now), why)
+
+    def _said(self, link: Link, wait: float, why: str) -> None:
         if link.error is None:
             log.warning("peer %s: %s; asking again in %.1f s", link.address, why, wait)
         link.error = why
@@ -184,8 +204,9 @@ class Peers:
 
     def _next_at(self, link: Link, now: float) -> float:
         """When `link` is next due: its query expires, its backoff ends, or its period."""
-        if link.query_id is not None:
-            return _at(link.asked_at, now) + self.timeout_s
+        query = link.line.out.get(QUERY)
+        if query is not None:
+            return query.deadline
         if not link.backoff.ready(now):
             return link.backoff.until
         if link.asked_at is None or link.backoff.failures:
@@ -258,7 +279,3 @@ def _limits(limits: p.Limits) -> dict:
         "fuel": limits.fuel,
         "output_kb": limits.output_kb,
     }
-
-
-def _at(t: float | None, default: float) -> float:
-    return default if t is None else t

@@ -4,10 +4,13 @@ It owns one DEALER socket (CurveZMQ, to the allocator's key: the one in the
 address, else the one pinned in known_dealers, else the one its plaintext port
 announces, as for a dealer) and asks `instruct` every `refresh_s` the last
 answer gave. A failed contact (no answer within the timeout, an error, a key
-refused) backs off as from a dealer (net._backoff), and the socket is made
-anew (Lazy Pirate). Everything it learns goes to the loop through `events`:
-("instructions", msg), ("pin", endpoint, key) or ("failed", why); the loop
-applies instructions, pins keys and keeps the last instructions on disk. The
+refused) backs off as from a dealer, and the socket is made anew (Lazy
+Pirate): the request, its deadline, the backoff and the key are a net._link
+Link, the one rule every link of the project follows; this thread only blocks
+on the socket (a fresh one for each ask, so there is never a stale one to
+reset). Everything it learns goes to the loop through `events`, as typed
+records: `InstructionsCame`, `KeyLearnt` or `ContactFailed`; the loop applies
+instructions, pins keys and keeps the last instructions on disk. The
 allocator never holds up the jobber: while it is away, the last instructions
 stand.
 """
@@ -18,15 +21,56 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass, fields
 
 import zmq
 
 import protocol as p
-from net._backoff import Backoff
 from net._keys import KeyPair, z85_of_hex
+from net._link import HELLO, Backoff, Link
 from protocol._alloc import Instruct, Instructions
 
 log = logging.getLogger(__name__)
+
+INSTRUCT = "instruct"  # the kind of the allocator link's one request under its key
+
+
+class _Event:
+    """What the link tells the loop. Indexing gives the old tuple form, (KIND, fields...),
+    which jobber._client still reads until it matches on the types."""
+
+    KIND = ""
+
+    def __getitem__(self, i: int) -> object:
+        return (self.KIND, *(getattr(self, f.name) for f in fields(self)))[i]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class InstructionsCame(_Event):
+    """The allocator answered with instructions (for our pool)."""
+
+    KIND = "instructions"
+    msg: Instructions
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLearnt(_Event):
+    """The allocator's key, learnt on first use from its plaintext port: to be pinned."""
+
+    KIND = "pin"
+    endpoint: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFailed(_Event):
+    """A contact that gave no instructions, and why."""
+
+    KIND = "failed"
+    why: str
+
+
+Event = InstructionsCame | KeyLearnt | ContactFailed
 
 
 class AllocatorLink(threading.Thread):
@@ -46,22 +90,32 @@ class AllocatorLink(threading.Thread):
     ) -> None:
         super().__init__(name="allocator-link", daemon=True)
         self.endpoint, key = p.split_key(address)
-        self.key = key or pinned_key
+        # a key learnt is pinned and kept, never asked again (as always for the allocator)
+        self.line = Link(timeout_s, backoff, key=key or pinned_key, recheck_learnt=False)
         self.pool = pool
         self.jobber = name
         self._ctx = ctx
         self._keys = keys
         self._connect = connect
-        self.backoff = backoff
-        self.timeout_s = timeout_s
         self.join_token = join  # the pool's join token: sent until the allocator first answers
         self.facts: p.HostFacts | None = None  # replaced whole by the loop
         self.serial: int | None = None  # of the instructions held
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.ok_at: float | None = None  # monotonic time of the last answer
         self.problem = ""
         self._halt = threading.Event()
-        self._rid = 0
+
+    @property
+    def key(self) -> str | None:
+        return self.line.key
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.line.backoff
+
+    @property
+    def timeout_s(self) -> float:
+        return self.line.timeout_s
 
     def stop(self) -> None:
         self._halt.set()
@@ -75,7 +129,9 @@ class AllocatorLink(threading.Thread):
             except _Failed as e:
                 if self._halt.is_set():
                     return
-                wait = self.backoff.failed(time.monotonic())
+                # (each ask has a socket of its own: the reset the link asks is already done)
+                wait = self.line.failed(time.monotonic())
+                self.line.take_reset()
                 self.problem = str(e)
                 log.info(
                     "allocator %s: %s; failure %d, next try in %.1f s",
@@ -84,32 +140,29 @@ class AllocatorLink(threading.Thread):
                     self.backoff.failures,
                     wait,
                 )
-                self.events.put(("failed", str(e)))
+                self.events.put(ContactFailed(str(e)))
                 continue
-            self.backoff.succeeded()
             if self.join_token is not None:
                 log.info("allocator %s: admitted to pool %s", self.endpoint, self.pool)
                 self.join_token = None  # admitted now: the token is not sent again
             self.ok_at = time.monotonic()
             self.problem = ""
             self.serial = msg.serial
-            self.events.put(("instructions", msg))
+            self.events.put(InstructionsCame(msg))
             wait = msg.refresh_s
 
-    def _next_id(self) -> int:
-        self._rid += 1
-        return self._rid
-
-    def _request(self, sock: zmq.Socket, msg: p.Message) -> p.Message:
-        sock.send(p.encode(msg))
-        deadline = time.monotonic() + self.timeout_s
+    def _request(self, sock: zmq.Socket, kind: str, make: callable) -> tuple[int, p.Message]:
+        """Send the request `make(id)` of `kind` and wait for the reply; on this fresh
+        socket the reply that comes answers it. Returns its id and the reply."""
+        request = self.line.sent(kind, time.monotonic())
+        sock.send(p.encode(make(request.id)))
         while not sock.poll(100):  # in slices, so that stop() need not wait for a timeout
             if self._halt.is_set():
                 raise _Failed("stopping")
-            if time.monotonic() >= deadline:
+            if self.line.is_late(request, time.monotonic()):
                 raise _Failed(f"no answer within {self.timeout_s:g} s")
         try:
-            return p.decode(sock.recv())
+            return request.id, p.decode(sock.recv())
         except p.ProtocolError as e:
             raise _Failed(f"a malformed answer: {e}") from None
 
@@ -123,38 +176,37 @@ class AllocatorLink(threading.Thread):
         s.connect(self._connect(endpoint))
         return s
 
-    def _learn_key(self) -> str:
-        host, _, port = self.endpoint.rpartition(":")
-        plain = f"{host}:{int(port) + 1}" if self.endpoint.startswith("tcp://") else ""
-        if not plain:
-            plain = self.endpoint + ".public"
-        s = self._socket(plain, None)
+    def _learn_key(self) -> None:
+        s = self._socket(p.public_endpoint(self.endpoint), None)
         try:
-            reply = self._request(s, p.Hello(self._next_id()))
+            _, reply = self._request(s, HELLO, p.Hello)
         finally:
             s.close()
         if not isinstance(reply, p.HelloReply):
             raise _Failed(f"its plaintext port answered hello with {reply.TYPE}")
+        # the key only: the backoff is reset by instructions alone, as it always was
+        self.line.forget(HELLO)
+        self.line.heard_key(reply.key)  # none was held (so learnt): asked only then
         log.warning(
             "allocator %s: trusting its key %s on first use (pinned in known_dealers)",
             self.endpoint,
             reply.key,
         )
-        self.events.put(("pin", self.endpoint, reply.key))
-        return reply.key
+        self.events.put(KeyLearnt(self.endpoint, reply.key))
 
     def _ask(self) -> Instructions:
         if self.key is None:
-            self.key = self._learn_key()
+            self._learn_key()
         facts = self.facts
         if facts is None:
             raise _Failed("no host facts yet")  # pragma: no cover - set before start
         s = self._socket(self.endpoint, self.key)
         try:
-            reply = self._request(
+            rid, reply = self._request(
                 s,
-                Instruct(
-                    self._next_id(), self.jobber, self.pool, facts, self.serial, self.join_token
+                INSTRUCT,
+                lambda rid: Instruct(
+                    rid, self.jobber, self.pool, facts, self.serial, self.join_token
                 ),
             )
         finally:
@@ -167,6 +219,7 @@ class AllocatorLink(threading.Thread):
             raise _Failed(f"answered with {reply.TYPE}")
         if reply.pool != self.pool:
             raise _Failed(f"answered for pool {reply.pool!r}, not {self.pool!r}")
+        self.line.answered(rid, time.monotonic())  # instructions: the backoff is reset
         return reply
 
 

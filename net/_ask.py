@@ -1,5 +1,9 @@
 """One-shot asks from a command line: a server's status or key on its plaintext port, an
-admin's request on its encrypted one. Each asks once and waits at most its timeout."""
+admin's request on its encrypted one. Each asks once and waits at most its timeout.
+
+Each ask is one request on a link of its own (net._link: its id, its deadline, and
+the reply that answers it); the socket is fresh for each ask and closed after it,
+so a failed ask leaves nothing behind to reset."""
 
 from __future__ import annotations
 
@@ -10,13 +14,25 @@ import zmq
 
 import protocol as p
 from net._keys import KeyPair, z85_of_hex
+from net._link import Link
 
 
 def _ask(sock: zmq.Socket, msg: p.Message, address: str, timeout_s: float) -> p.Message:
+    line = Link(timeout_s)
+    request = line.sent(msg.TYPE, time.monotonic(), msg.id)
     sock.send(p.encode(msg))
-    if not sock.poll(int(timeout_s * 1000)):
-        raise TimeoutError(f"no answer from {address} within {timeout_s:g} s")
-    reply = p.decode(sock.recv())
+    while True:
+        left_ms = int((request.deadline - time.monotonic()) * 1000)
+        if left_ms < 0 or not sock.poll(left_ms):
+            raise TimeoutError(f"no answer from {address} within {timeout_s:g} s")
+        reply = p.decode(sock.recv())
+        # an error answers even when it names no id of ours (a server that could not read
+        # the request says re 0); on a fresh socket no other reply can come, and one that
+        # does is not taken for the answer
+        if line.answered(getattr(reply, "re", None), time.monotonic()) or isinstance(
+            reply, p.Error
+        ):
+            break
     if isinstance(reply, p.Error):
         raise RuntimeError(f"{address} refused: {reply.code.value}: {reply.text}")
     return reply

@@ -13,9 +13,10 @@ results leave once the upstream acknowledged them):
     local     ltag, utag, key, address, sent_at: replicas out with our jobbers
 
 and the next local tag's number in meta (`next`). The core's operations
-(relay._core.Op) are applied in one transaction per turn, before any reply
-or request is sent. A row is deleted only when the upstream acknowledged (or
-rejected, or cancelled) its replica.
+(relay._records.Op, typed records whose fields are the rows' columns) are
+applied in one transaction per turn, before any reply or request is sent.
+A row is deleted only when the upstream acknowledged (or rejected, or
+cancelled) its replica.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import msgpack
 
 import protocol as p
 from dealer._journal import AFRESH, Journal, JournalError
-from relay._core import Local, Op
+from relay._records import Done, Drop, Hold, Local, Next, Op, Payload, Release, Send
 
 RELAY_TASK = "borednet relay"  # the task name a relay's journal is marked with
 RELAY_SCHEMA = "1"  # the relay tables' own version (meta `relay_schema`)
@@ -115,7 +116,7 @@ class RelayJournal(Journal):
 
     # --- writing ---------------------------------------------------------------
 
-    def apply(self, ops: Sequence[tuple]) -> None:
+    def apply(self, ops: Sequence[Op]) -> None:
         """The core's operations, durably, in one transaction."""
         if not ops:
             return
@@ -123,42 +124,42 @@ class RelayJournal(Journal):
         db.execute("BEGIN")
         try:
             for op in ops:
-                kind = op[0]
-                if kind == Op.HOLD:
-                    _, utag, spec, got_at, for_key = op
-                    self._seq += 1
-                    db.execute(
-                        "INSERT OR REPLACE INTO held (utag, spec, payload, got_at, for_key, seq) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (utag, _pack(spec), spec["payload"], got_at, for_key, self._seq),
-                    )
-                elif kind == Op.PAYLOAD:
-                    _, sha, wasm, sig = op
-                    db.execute(
-                        "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)",
-                        (sha, wasm, None if sig is None else _pack(sig)),
-                    )
-                elif kind == Op.SEND:
-                    db.execute("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?)", op[1:])
-                elif kind == Op.RELEASE:
-                    db.execute("DELETE FROM local WHERE ltag = ?", (op[1],))
-                elif kind == Op.DONE:
-                    _, utag, result, by = op
-                    db.execute(
-                        "UPDATE held SET result = ?, by = ? WHERE utag = ?",
-                        (_pack(result), by, utag),
-                    )
-                elif kind == Op.DROP:
-                    db.execute("DELETE FROM held WHERE utag = ?", (op[1],))
-                    db.execute("DELETE FROM local WHERE utag = ?", (op[1],))
-                elif kind == Op.NEXT:
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('next', ?)", (str(op[1]),))
-                else:
-                    raise ValueError(f"unknown relay journal operation {kind!r}")
+                self._apply(op)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _apply(self, op: Op) -> None:
+        db = self._db
+        match op:
+            case Hold(utag, spec, got_at, for_key):
+                self._seq += 1
+                db.execute(
+                    "INSERT OR REPLACE INTO held (utag, spec, payload, got_at, for_key, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (utag, _pack(spec), spec["payload"], got_at, for_key, self._seq),
+                )
+            case Payload(sha, wasm, sig):
+                db.execute(
+                    "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?)",
+                    (sha, wasm, None if sig is None else _pack(sig)),
+                )
+            case Send():
+                db.execute("INSERT OR REPLACE INTO local VALUES (?, ?, ?, ?, ?)", op.row())
+            case Release(ltag):
+                db.execute("DELETE FROM local WHERE ltag = ?", (ltag,))
+            case Done(utag, result, by):
+                db.execute(
+                    "UPDATE held SET result = ?, by = ? WHERE utag = ?", (_pack(result), by, utag)
+                )
+            case Drop(utag):
+                db.execute("DELETE FROM held WHERE utag = ?", (utag,))
+                db.execute("DELETE FROM local WHERE utag = ?", (utag,))
+            case Next(number):
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next', ?)", (str(number),))
+            case _:
+                raise ValueError(f"unknown relay journal operation {op!r}")
 
     def forget_unused_payloads(self) -> int:
         """Delete the payloads no held job names (a long-lived relay's modules of

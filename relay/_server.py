@@ -4,9 +4,10 @@ One thread. Each turn (dealer._server.RouterServer.turn, with the upstream
 around it):
 
 1. `before_turn`: replies from upstream are drained and given to the core
-   (relay._core.RelayCore); a request upstream unanswered for
-   `request_timeout_s` is a failed contact (Lazy Pirate: the socket is closed
-   and a fresh one opened for the next try, after the backoff); the core ticks;
+   (relay._core.RelayCore); a request upstream unanswered for its timeout is a
+   failed contact (Lazy Pirate, net._link: the socket is closed and a fresh one
+   opened for the next try, after the backoff); the core ticks. The core's
+   link keeps the requests' deadlines, on the one clock of the turn's `now`;
 2. our jobbers' messages are handled by the core;
 3. `commit`: everything the core changed is written to the relay's journal in
    one transaction, and only then are the replies sent;
@@ -31,6 +32,7 @@ import zmq
 
 import protocol as p
 from net._keys import KeyPair, z85_of_hex
+from net._link import HELLO
 from net._pins import Pins
 from net._router import RouterServer, frame_cap
 from protocol import Peer
@@ -41,7 +43,6 @@ from relay._journal import RelayJournal
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # longest sleep: request timeouts, backoffs and alive are noticed this fast
-REQUEST_TIMEOUT_S = 10.0  # a request upstream unanswered this long is a failed contact
 
 
 class Relay(RouterServer):
@@ -56,7 +57,6 @@ class Relay(RouterServer):
         *,
         keys: KeyPair,
         pins: Path,
-        request_timeout_s: float = REQUEST_TIMEOUT_S,
         allow: Collection[str] | None = None,
     ) -> None:
         """`allow`: a closed relay: only these jobbers' keys complete the handshake."""
@@ -70,12 +70,13 @@ class Relay(RouterServer):
             log.warning("upstream %s: the key given replaces the pinned %s", self.upstream, pinned)
         if key is not None:
             self.pins.put(self.upstream, key)
-        self.upstream_key = key or pinned
-        self.request_timeout_s = request_timeout_s
+        core.upstream.given_key(key or pinned)
         self._up: zmq.Socket | None = None
         self._hello: zmq.Socket | None = None
-        self._hello_at = 0.0
-        self._sent_at: dict[int, float] = {}  # outstanding request id -> when it went (monotonic)
+
+    @property
+    def upstream_key(self) -> str | None:
+        return self.core.up.line.key
 
     # --- the upstream socket -------------------------------------------------
 
@@ -97,25 +98,25 @@ class Relay(RouterServer):
             if s is not None:
                 s.close(linger=0)
         self._up = self._hello = None
-        self._sent_at.clear()
 
     def _failed(self, now: float, why: str) -> None:
         wait = self.core.upstream_failed(now)
-        self._close_up()
+        if self.core.upstream.take_reset():
+            self._close_up()
         log.warning("upstream %s: %s; next try in %.1f s", self.upstream, why, wait)
 
     def _learn_key(self, now: float) -> None:
         """Ask the upstream's plaintext port for its key (trust on first use)."""
-        mono = time.monotonic()
         if self._hello is None:
-            if not self.core.up.backoff.ready(now):
+            hello = self.core.upstream.hello(now)
+            if hello is None:
                 return
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
             s.connect(p.public_endpoint(self.upstream))
-            s.send(p.encode(p.Hello(1)))
-            self._hello, self._hello_at = s, mono
+            s.send(p.encode(hello))
+            self._hello = s
             return
         if self._hello.poll(0):
             try:
@@ -123,21 +124,19 @@ class Relay(RouterServer):
             except p.ProtocolError as e:
                 self._failed(now, f"malformed hello reply: {e}")
                 return
-            if isinstance(reply, p.HelloReply):
-                log.warning(
-                    "upstream %s: trusting its key %s on first use (pinned in %s)",
-                    self.upstream,
-                    reply.key,
-                    self.pins.path,
-                )
-                self.pins.put(self.upstream, reply.key)
-                self.upstream_key = reply.key
-                self._hello.close(linger=0)
-                self._hello = None
-            else:
+            if not isinstance(reply, p.HelloReply):
                 self._failed(now, f"hello answered with {reply.TYPE}")
-        elif mono - self._hello_at > self.request_timeout_s:
-            self._failed(now, f"no answer to hello within {self.request_timeout_s:g} s")
+                return
+            self.core.upstream.hello_reply(reply, now)  # none was held: learnt
+            log.warning(
+                "upstream %s: trusting its key %s on first use (pinned in %s)",
+                self.upstream,
+                reply.key,
+                self.pins.path,
+            )
+            self.pins.put(self.upstream, reply.key)
+            self._hello.close(linger=0)
+            self._hello = None
 
     # --- each turn -----------------------------------------------------------
 
@@ -155,11 +154,11 @@ class Relay(RouterServer):
                 except p.ProtocolError as e:
                     log.warning("upstream sent a malformed message: %s", e)
                     continue
-                self._sent_at.pop(getattr(msg, "re", -1), None)
                 self.core.upstream_reply(msg, now)
-            mono = time.monotonic()
-            if any(mono - t > self.request_timeout_s for t in self._sent_at.values()):
-                self._failed(now, f"no answer within {self.request_timeout_s:g} s")
+        late = self.core.upstream.late(now)
+        if late:
+            to = " to hello" if any(r.kind == HELLO for r in late) else ""
+            self._failed(now, f"no answer{to} within {self.core.up.line.timeout_s:g} s")
         self.core.tick(now)
 
     def commit(self) -> None:
@@ -184,7 +183,6 @@ class Relay(RouterServer):
             except zmq.ZMQError as e:
                 self._failed(now, f"send failed: {e}")
                 return
-            self._sent_at[msg.id] = time.monotonic()
 
     # --- our jobbers -----------------------------------------------------------
 

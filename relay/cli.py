@@ -1,4 +1,9 @@
-"""`python -m dealer relay UPSTREAM [--bind ADDR] [--db PATH]`: parse, wire, run."""
+"""`python -m relay UPSTREAM [--bind ADDR] [--db PATH]`: parse, wire, run.
+
+What a relay is told is one typed record, `RelaySettings`, whose field defaults
+are the relay's defaults (each constant defined once, where it is used: the
+core's, its upstream side's, the ones here); the command line is read into it.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,20 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import zmq
 
 import protocol as p
 from dealer._journal import JournalError
-from net._backoff import Backoff
 from net._keys import load_or_create_key_pair, load_public_keys
+from net._link import Backoff
 from net._serve import serve_until_stopped
 from relay._core import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
 from relay._journal import RelayJournal
-from relay._server import REQUEST_TIMEOUT_S, Relay
+from relay._server import Relay
+from relay._upstream import REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,32 @@ MIN_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 600.0
 
 
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """Everything a relay is told, each with its default."""
+
+    upstream: str  # the upstream dealer (host:port[#KEY])
+    bind: str = DEFAULT_BIND
+    db: Path = DEFAULT_DB  # its journal; its key pair and known_dealers beside it
+    horizon_s: float = HORIZON_S
+    max_buffer: int = MAX_BUFFER
+    lease_s: float = LEASE_S
+    min_backoff_s: float = MIN_BACKOFF_S
+    max_backoff_s: float = MAX_BACKOFF_S
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+    attribute: bool = True
+    allow: Path | None = None  # a closed relay: the directory of its jobbers' keys
+    name: str = "relay"
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RelaySettings:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+_DEFAULT = {f.name: f.default for f in fields(RelaySettings)}
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m dealer relay",
@@ -39,50 +72,68 @@ def parser() -> argparse.ArgumentParser:
         "so its jobbers keep working while the upstream is unreachable.",
     )
     ap.add_argument("upstream", metavar="UPSTREAM", help="the upstream dealer (host:port[#KEY])")
-    ap.add_argument("--bind", default=DEFAULT_BIND, help=f"address to serve on ({DEFAULT_BIND})")
+    ap.add_argument(
+        "--bind", default=_DEFAULT["bind"], help=f"address to serve on ({_DEFAULT['bind']})"
+    )
     ap.add_argument(
         "--db",
         type=Path,
-        default=DEFAULT_DB,
+        default=_DEFAULT["db"],
         metavar="PATH",
-        help=f"the relay's journal (default {DEFAULT_DB}); its key pair (relay.key_secret) "
+        help=f"the relay's journal (default {_DEFAULT['db']}); its key pair (relay.key_secret) "
         "and the upstream's pinned key (known_dealers) are kept beside it",
     )
     ap.add_argument(
         "--horizon",
+        dest="horizon_s",
         type=float,
-        default=HORIZON_S,
+        default=_DEFAULT["horizon_s"],
         metavar="S",
         help="buffer this many seconds of work at the rate its jobbers finish jobs "
-        f"(default {HORIZON_S:g})",
+        f"(default {_DEFAULT['horizon_s']:g})",
     )
     ap.add_argument(
         "--buffer",
+        dest="max_buffer",
         type=int,
-        default=MAX_BUFFER,
+        default=_DEFAULT["max_buffer"],
         metavar="N",
-        help=f"hold at most N upstream jobs (default {MAX_BUFFER})",
+        help=f"hold at most N upstream jobs (default {_DEFAULT['max_buffer']})",
     )
     ap.add_argument(
         "--lease",
+        dest="lease_s",
         type=float,
-        default=LEASE_S,
+        default=_DEFAULT["lease_s"],
         metavar="S",
-        help=f"a jobber of ours silent this long is gone and its jobs go to others ({LEASE_S:g})",
+        help="a jobber of ours silent this long is gone and its jobs go to others (%(default)g)",
     )
-    ap.add_argument("--min-backoff", type=float, default=MIN_BACKOFF_S, metavar="S")
-    ap.add_argument("--max-backoff", type=float, default=MAX_BACKOFF_S, metavar="S")
+    ap.add_argument(
+        "--min-backoff",
+        dest="min_backoff_s",
+        type=float,
+        default=_DEFAULT["min_backoff_s"],
+        metavar="S",
+    )
+    ap.add_argument(
+        "--max-backoff",
+        dest="max_backoff_s",
+        type=float,
+        default=_DEFAULT["max_backoff_s"],
+        metavar="S",
+    )
     ap.add_argument(
         "--request-timeout",
+        dest="request_timeout_s",
         type=float,
-        default=REQUEST_TIMEOUT_S,
+        default=_DEFAULT["request_timeout_s"],
         metavar="S",
-        help=f"a request upstream unanswered this long is a failed contact ({REQUEST_TIMEOUT_S:g})",
+        help="a request upstream unanswered this long is a failed contact (%(default)g)",
     )
     ap.add_argument(
         "--attribute",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=_DEFAULT["attribute"],
         help="ask upstream for each jobber's jobs on its behalf and run each job only on the "
         "jobber it was fetched for (the default): the upstream keeps each jobber's standing, "
         "so a vote one of them loses costs that jobber, not the relay, and one that trusts "
@@ -92,40 +143,43 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--allow",
         type=Path,
-        default=None,
+        default=_DEFAULT["allow"],
         metavar="DIR",
         help="a closed relay: only jobbers whose public keys are in DIR (*.key, zmq.auth format)",
     )
-    ap.add_argument("--name", default="relay", help="the name upstream status shows (relay)")
+    ap.add_argument(
+        "--name", default=_DEFAULT["name"], help="the name upstream status shows (relay)"
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    s = RelaySettings.from_args(parser().parse_args(argv))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if s.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    if args.min_backoff <= 0 or args.max_backoff < args.min_backoff:
+    if s.min_backoff_s <= 0 or s.max_backoff_s < s.min_backoff_s:
         print("error: need 0 < --min-backoff <= --max-backoff", file=sys.stderr)
         return 2
     journal = None
     try:
-        upstream = p.dealer_address(args.upstream)
-        home = args.db.parent
+        upstream = p.dealer_address(s.upstream)
+        home = s.db.parent
         keys, made = load_or_create_key_pair(home / "relay")
         if made:
             log.info("made the relay's key pair %s", home / "relay.key_secret")
-        journal = RelayJournal(args.db)
+        journal = RelayJournal(s.db)
         core = RelayCore(
             journal.tag_prefix,
-            horizon_s=args.horizon,
-            max_buffer=args.buffer,
-            lease_s=args.lease,
-            backoff=Backoff(min_s=args.min_backoff, max_s=args.max_backoff),
-            name=args.name,
-            attribute=args.attribute,
+            horizon_s=s.horizon_s,
+            max_buffer=s.max_buffer,
+            lease_s=s.lease_s,
+            backoff=Backoff(min_s=s.min_backoff_s, max_s=s.max_backoff_s),
+            name=s.name,
+            attribute=s.attribute,
+            request_timeout_s=s.request_timeout_s,
         )
         core.load(
             journal.held(), journal.payloads(), journal.local(), journal.next_tag(), time.time()
@@ -137,20 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             c = core.counts()
             log.info(
                 "resumed from %s: %d jobs queued, %d out, %d results to deliver",
-                args.db,
+                s.db,
                 c["queued"],
                 c["out"],
                 c["done"],
             )
         server = Relay(
             upstream,
-            args.bind,
+            s.bind,
             journal,
             core,
             keys=keys,
             pins=home / "known_dealers",
-            request_timeout_s=args.request_timeout,
-            allow=None if args.allow is None else load_public_keys(args.allow),
+            allow=None if s.allow is None else load_public_keys(s.allow),
         )
     except (ValueError, OSError, zmq.ZMQError, JournalError) as e:
         if journal is not None:

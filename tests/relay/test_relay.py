@@ -12,8 +12,9 @@ import pytest
 import protocol as p
 from dealer._journal import JournalError
 from net._backoff import Backoff
-from relay._core import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Op, RelayCore
+from relay._core import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Drop, Hold, Payload, RelayCore
 from relay._journal import RelayJournal
+from relay._records import HELD_TRANSITIONS, Held, HeldState, RelayError
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()
@@ -71,7 +72,7 @@ def test_no_jobber_no_fetch_then_two_per_slot_and_holding():
     c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2")), {SHA: WASM}), 0.0)
     assert c.counts() == {"queued": 2, "out": 0, "done": 0}
     ops = c.take_ops()
-    assert [o[0] for o in ops] == [Op.PAYLOAD, Op.HOLD, Op.HOLD]
+    assert [type(o) for o in ops] == [Payload, Hold, Hold]
     # at half the target or below it asks for the rest, naming what it holds
     more = request(c, 0.5, p.Bored)
     assert more.want == 4 and set(more.holding) == {"u1", "u2"}
@@ -113,7 +114,7 @@ def test_results_wait_until_the_upstream_acknowledges_them():
     # the upstream takes one, names neither the other: it stays and goes again
     c.upstream_reply(p.Ack(sent.id, ("u1",)), 2.1)
     assert set(c.held) == {"u2"}
-    assert (Op.DROP, "u1") in c.take_ops()
+    assert Drop("u1") in c.take_ops()
     again = request(c, 2.2, p.Results)
     assert [r.tag for r in again.results] == ["u2"]
     c.upstream_reply(p.Ack(again.id, (), (p.Rejection("u2", p.ErrorCode.SETTLED, "late"),)), 2.3)
@@ -453,13 +454,13 @@ def test_signatures_are_kept_and_sent_with_every_job_that_names_the_payload():
     ask = request(c, 0.1, p.Bored)
     c.upstream_reply(p.Jobs(ask.id, (spec("u2"), spec("u1")), {}, {SHA: sig}), 0.1)
     assert c.signatures == {SHA: sig} and len(c.held) == 2  # u1 sent twice: held once
-    assert (Op.PAYLOAD, SHA, WASM, sig._to_wire()) in c.take_ops()
+    assert Payload(SHA, WASM, sig._to_wire()) in c.take_ops()
     jobs = bored(c, ANN, 0.2, want=1, host=four)
     assert jobs.signatures == {SHA: sig}
     cached = p.HostFacts(cpus=1, memory_mb=1024, slots=1, cached=(SHA,))
     ask = request(c, 0.3, p.Bored)
     c.upstream_reply(p.Jobs(ask.id, (spec("u3"),), {SHA: WASM}, {SHA: sig}), 0.3)
-    assert not [o for o in c.take_ops() if o[0] == Op.PAYLOAD]  # nothing new to keep
+    assert not [o for o in c.take_ops() if isinstance(o, Payload)]  # nothing new to keep
     again = bored(c, BOB, 0.4, host=cached)
     assert again.payloads == {} and again.signatures == {SHA: sig}
 
@@ -641,7 +642,7 @@ def test_payload_and_signature_together_and_a_job_sent_twice_in_one_reply():
     c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u1")), {SHA: WASM}, {SHA: sig}), 0.0)
     assert c.signatures == {SHA: sig}
     ops = c.take_ops()
-    assert [o[0] for o in ops] == [Op.PAYLOAD, Op.HOLD]  # once each
+    assert [type(o) for o in ops] == [Payload, Hold]  # once each
 
 
 def test_the_journal_forgets_released_and_dropped_replicas(tmp_path):
@@ -683,7 +684,8 @@ def alive_ack(c: RelayCore, now: float, standing) -> None:
     or, if none is due, as if one were)."""
     sent = [m for m in c.upstream_requests(now) if isinstance(m, p.Alive)]
     if not sent:
-        c.up.alive, c.up.next_id = c.up.next_id, c.up.next_id + 1
+        c.up.line.forget("alive")  # (one still out from before: as if a fresh one went)
+        c.up.line.sent("alive", now)
     c.upstream_reply(p.AliveAck(c.up.alive, 20.0, (), standing), now)
 
 
@@ -798,3 +800,64 @@ def test_attributing_the_relay_says_alive_while_it_serves_to_hear_its_jobbers_st
     c.upstream_reply(p.AliveAck(alive.id, 20.0, (), (p.Standing(ANN, 0, 1, False),)), 6.0)
     assert c.jobbers[ANN].lost == 1 and c.jobbers[ANN].allowance == QUOTA // 2
     assert not [m for m in c.upstream_requests(8.0) if isinstance(m, p.Alive)]  # every 5 s
+
+
+# --- the held replica's lifecycle, as a table ------------------------------------------
+
+
+def test_a_held_replica_moves_only_as_its_table_allows():
+    h = Held("u1", spec("u1"), 0.0)
+    assert h.state is HeldState.QUEUED
+    for event, state in (("sent", "out"), ("released", "queued"), ("given_back", "done")):
+        h.fire(event)
+        assert h.state.value == state
+    with pytest.raises(RelayError, match="sent not allowed in state done"):
+        h.fire("sent")
+    assert h.state is HeldState.DONE  # the refused event changed nothing
+    h.fire("dropped")
+    assert all(s is not HeldState.DROPPED for s, _ in HELD_TRANSITIONS)  # dropped is the end
+
+
+# --- the upstream link (net._link), on the core's one clock ----------------------------
+
+
+def test_requests_upstream_time_out_on_the_core_clock_and_reset_the_socket():
+    c = core(request_timeout_s=2.0)
+    bored(c, ANN, 0.0)
+    ask = request(c, 10.0, p.Bored)
+    assert c.upstream.late(12.0) == []  # not past its deadline yet
+    [late] = c.upstream.late(12.01)
+    assert (late.id, late.kind, late.deadline) == (ask.id, "bored", 12.0)
+    assert not c.upstream.take_reset()
+    c.upstream_failed(12.01)
+    assert c.upstream.take_reset() and not c.upstream.take_reset()
+    assert c.up.bored is None and c.up.backoff.failures == 1
+
+
+def test_an_error_keeps_the_other_requests_out_and_the_socket():
+    c = core()
+    fill(c, 0.0, "u1")
+    [j] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.5, ok(j.tag))
+    res = request(c, 1.0, p.Results)
+    other = next(r for k, r in c.up.line.out.items() if k != "results")  # an alive, a bored
+    c.upstream_reply(p.Error(other.id, p.ErrorCode.INTERNAL, "busy"), 1.1)
+    assert c.up.backoff.failures == 1 and other.kind not in c.up.line.out
+    assert c.up.results == res.id
+    assert not c.upstream.take_reset()
+    c.upstream_reply(p.Ack(res.id, ("u1",)), 1.2)  # still taken: the socket answered
+    assert "u1" not in c.held and c.up.backoff.failures == 0
+
+
+def test_the_upstream_key_is_learnt_once_on_first_use_and_kept():
+    c = core()
+    c.upstream.given_key(None)
+    hello = c.upstream.hello(0.0)
+    assert hello == p.Hello(1) and c.upstream.hello(0.0) is None  # one out at a time
+    assert c.upstream.hello_reply(p.HelloReply(1, "cd" * 32), 0.2).value == "learnt"
+    assert c.up.line.key == "cd" * 32 and c.upstream.hello(0.3) is None
+    c.upstream_failed(1.0)
+    assert c.upstream.hello(100.0) is None  # pinned and kept: never asked again
+    given = core()
+    given.upstream.given_key("ef" * 32)
+    assert given.upstream.hello(0.0) is None

@@ -220,6 +220,13 @@ class RelayMachine(RuleBasedStateMachine):
                 assert all(self.core.local[t].key == h.for_key for t in h.local)
         assert len(self.core.held) <= 12 + 4  # the buffer (a bored in flight may top it up)
 
+    @invariant()
+    def each_held_replica_is_in_the_state_its_fields_say(self) -> None:
+        """The transition table (relay._records.HELD_TRANSITIONS) and the fields agree."""
+        for h in self.core.held.values():
+            said = "done" if h.result is not None else "out" if h.local else "queued"
+            assert h.state.value == said, (h.utag, h.state, said)
+
     def drain(self) -> None:
         """Everyone honest and answering, until the relay holds nothing."""
         for _ in range(400):
