@@ -125,6 +125,8 @@ from jobber._settings import MIB, SPOOL_SHARES_IN_ALL, Settings
 from jobber._shares import Shares
 from jobber._state import (
     AHEAD_S,
+    ALIVE,
+    BORED,
     DISK_PROBE_S,
     DROP_REFERRED_AFTER,
     DROP_UNREACHED_AFTER,
@@ -143,6 +145,7 @@ from jobber._state import (
     PROGRESS_EVERY_S,
     REFUSED_PAYLOAD_WAIT_S,
     RESULT_OVERHEAD_BYTES,
+    RESULTS,
     SHUN_DROPPED_S,
     Held,
     Link,
@@ -398,14 +401,11 @@ class JobberCore(Dealers, Holdings):
         link.answered = True
         link.problem = ""
         if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
-            link.bored_id = None
-            link.bored_want, link.bored_cached = 0, frozenset()
+            link.answered_by(BORED, now)
         if isinstance(msg, p.Jobs):
-            link.backoff.succeeded()
             found = self._unusable(dealer, screened, now)
             self._take_jobs(link, msg, now, {**found, **(unusable or {})})
         elif isinstance(msg, p.RetryLater):
-            link.backoff.succeeded()
             link.ask_after = now + msg.seconds
             if msg.more:  # work may still come from there: waiting for it is not idling
                 self._last_busy = now
@@ -414,12 +414,10 @@ class JobberCore(Dealers, Holdings):
                 log.info("dealer %s has no work for us: %s", link.address, msg.reason)
             log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
         elif isinstance(msg, p.Referral):
-            link.backoff.succeeded()
             link.ask_after = now + self.s.min_backoff_s
             if link.depth < MAX_REFERRAL_DEPTH:
                 self._referred(link, msg.dealers, now)
         elif isinstance(msg, p.Finished):
-            link.backoff.succeeded()
             # no more work there: ask again only after the longest backoff (a new batch
             # may start on the same address); results still go while it lingers
             link.ask_after = now + self.s.max_backoff_s
@@ -427,15 +425,12 @@ class JobberCore(Dealers, Holdings):
                 log.info("dealer %s: its task is finished", link.address)
             link.finished = True
         elif isinstance(msg, p.AliveAck):
-            link.alive_id = None
-            link.backoff.succeeded()
+            link.answered_by(ALIVE, now)
             link.alive_every_s = min(p.ALIVE_INTERVAL_S, msg.lease_s / 4)
             if msg.cancel:
                 self._cancel(link.address, msg.cancel)
         elif isinstance(msg, p.Ack):
-            link.results_id = None
-            link.results_tags = ()
-            link.backoff.succeeded()
+            link.answered_by(RESULTS, now)
             self._acked(link.address, msg, now)
         elif isinstance(msg, p.Error):
             log.warning(

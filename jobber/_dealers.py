@@ -15,6 +15,8 @@ from jobber._actions import Hello, Pin, Reset, Send
 from jobber._shares import Shares
 from jobber._state import (
     AHEAD_S,
+    ALIVE,
+    BORED,
     DROP_REFERRED_AFTER,
     DROP_UNREACHED_AFTER,
     FETCH_PATIENCE_S,
@@ -22,11 +24,14 @@ from jobber._state import (
     MAX_PAYLOADS_PER_SLOT,
     MAX_SHUNNED,
     RESULT_OVERHEAD_BYTES,
+    RESULTS,
     SHUN_DROPPED_S,
     Link,
     _batch,
 )
 from net._backoff import Backoff
+from net._link import HELLO
+from net._link import Link as NetLink
 
 log = logging.getLogger("jobber._core")  # the core's log, whichever part of it speaks
 
@@ -60,7 +65,8 @@ class Dealers:
             if len(self.links) >= MAX_DEALERS and not (depth == 0 and self._evict_referred()):
                 return
             backoff = Backoff(self.s.min_backoff_s, self.s.max_backoff_s, rng=self._rng)
-            link = self.links[addr] = Link(addr, depth == 0, depth, backoff, via=via)
+            req = NetLink(self.s.request_timeout_s, backoff)
+            link = self.links[addr] = Link(addr, depth == 0, depth, req, via=via)
             self._rr.append(addr)
             if depth:
                 log.info("dealer %s added by referral (depth %d)", addr, depth)
@@ -75,7 +81,8 @@ class Dealers:
                 link.key = self._pins.get(addr) if key is None else None
                 link.key_referred_by, link.key_from_hello = "", link.key is not None
                 link.forget_requests()
-                self._actions.append(Reset(addr))
+                link.req.reset_due = True  # requests under the other key: gone with its socket
+                self._reset(link)
         elif depth > 0 and link.depth > 0 and link.retired and via is not None:
             link.via, link.retired = via, False  # referred again, by a listed project
         if key is None or key == link.key:
@@ -134,6 +141,12 @@ class Dealers:
         self._pins[addr] = key
         self._actions.append(Pin(addr, key))
 
+    def _reset(self, link: Link) -> None:
+        """Close the dealer's sockets if its link asks it (net._link: after a failed contact,
+        a refusal, or a key replaced): whatever was in flight on them is gone."""
+        if link.req.take_reset():
+            self._actions.append(Reset(link.address))
+
     def _drop(self, link: Link, now: float) -> None:
         self._shunned[link.address] = now + SHUN_DROPPED_S
         if len(self._shunned) > MAX_SHUNNED:
@@ -166,16 +179,15 @@ class Dealers:
         return rid
 
     def _hello(self, link: Link, now: float) -> None:
-        if link.hello_id is not None or not link.backoff.ready(now) or link.refused:
+        if not link.req.may_send(HELLO, now):
             return
         rid = self._rid()
-        link.hello_id, link.hello_at = rid, now
+        link.sent(HELLO, rid, now)
         self._actions.append(Hello(link.address, p.Hello(rid)))
 
     def _hello_reply(self, link: Link, msg: p.HelloReply, now: float) -> None:
         self.reached = True
-        link.hello_id = None
-        link.backoff.succeeded()
+        link.answered_by(HELLO, now)
         link.check_key, link.key_checked = False, True
         pinned = self._pins.get(link.address)
         if link.key_referred_by and link.key != msg.key:  # only a referral said otherwise
@@ -188,21 +200,21 @@ class Dealers:
                 link.key_referred_by,
             )
             if self.unacked.get(link.address):  # results for it: kept, listed, never sent
-                link.refused = f"key mismatch: it presents key {msg.key}, not {link.key}"
+                link.req.refuse(f"key mismatch: it presents key {msg.key}, not {link.key}")
                 link.forget_requests()
-                self._actions.append(Reset(link.address))
+                self._reset(link)
             else:
                 self._drop(link, now)
             return
         if pinned is not None and pinned != msg.key:
-            link.refused = (
+            link.req.refuse(
                 f"key mismatch: it now presents key {msg.key}, not the pinned {pinned}. If the "
                 f"change is expected, give it as {link.address}#{msg.key} or remove its line "
                 "from the known_dealers file in the data directory"
             )
             log.error("dealer %s: %s", link.address, link.refused)
             link.forget_requests()
-            self._actions.append(Reset(link.address))
+            self._reset(link)
             return
         for claimed, referrer in (link.claims or {}).items():
             if claimed != msg.key:
@@ -312,7 +324,7 @@ class Dealers:
             rid = self._rid()
             host = self.host_facts()
             self._send(link, p.Bored(rid, self.s.name, host, n, holding))
-            link.bored_id, link.bored_at = rid, now
+            link.sent(BORED, rid, now)
             link.bored_want, link.bored_cached = n, frozenset(host.cached)
             self._rr.remove(addr)  # to the back of the round
             self._rr.append(addr)
@@ -389,7 +401,7 @@ class Dealers:
             batch = _batch(ready)
             rid = self._rid()
             self._send(link, p.Results(rid, self.s.name, batch))
-            link.results_id, link.results_at = rid, now
+            link.sent(RESULTS, rid, now)
             link.results_tags = tuple(r.tag for r in batch)
 
     def _send_alive(self, now: float) -> None:
@@ -409,16 +421,13 @@ class Dealers:
             if holding is not None:
                 link.holding_at = now
             self._send(link, p.Alive(rid, self.s.name, holding))
-            link.alive_id, link.alive_at = rid, now
+            link.sent(ALIVE, rid, now)
+            link.alive_at = now
 
     def _check_timeouts(self, now: float) -> None:
         limit = self.s.request_timeout_s
         for link in list(self.links.values()):
-            late_bored = link.bored_id is not None and now - link.bored_at > limit
-            late_results = link.results_id is not None and now - link.results_at > limit
-            late_hello = link.hello_id is not None and now - link.hello_at > limit
-            late_alive = link.alive_id is not None and now - link.alive_at > limit
-            if late_bored or late_results or late_hello or late_alive:
+            if link.req.late(now):  # past the deadline: one failed contact (net._link)
                 self._failed(link, now, f"no answer within {limit:g} s")
 
     def _failed(self, link: Link, now: float, why: str) -> None:
@@ -426,10 +435,9 @@ class Dealers:
         # gave that never worked in this run: is it the dealer's, or a key mismatch? (Not
         # if asking for the key failed.)
         unproven = bool(link.key_referred_by) and not link.answered and not link.key_checked
-        link.check_key = (link.key_from_hello or unproven) and link.hello_id is None
+        wait = link.req.failed(now, recheck=unproven)
         link.forget_requests()
-        self._actions.append(Reset(link.address))
-        wait = link.backoff.failed(now)
+        self._reset(link)
         log.info(
             "dealer %s: %s; failure %d, backed off for %.2f s%s",
             link.address,

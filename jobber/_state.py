@@ -7,7 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import protocol as p
-from net._backoff import Backoff
+from net._link import HELLO
+from net._link import Link as NetLink
+
+# the kinds of request a jobber has out to a dealer, one of each at most (net._link)
+BORED, RESULTS, ALIVE = "bored", "results", "alive"
 
 MAX_RESULTS_PER_MESSAGE = 256
 # A results message stays under this many bytes unless it carries one result:
@@ -49,34 +53,59 @@ INPUT_OVERHEAD_BYTES = 64
 MAX_OUTPUT_KB = 32 * 1024  # the wire's cap on one result's output (docs/protocol.md, Caps)
 
 
+def _request(kind: str, doc: str) -> property:
+    """The id of the request of `kind` out to the dealer (net._link keeps it), or None;
+    setting it records one out (keeping when it went) or forgets it."""
+
+    def get(self: Link) -> int | None:
+        r = self.req.out.get(kind)
+        return None if r is None else r.id
+
+    def set_(self: Link, rid: int | None) -> None:
+        old = self.req.forget(kind)
+        if rid is not None:
+            self.req.sent(kind, 0.0 if old is None else old.sent_at, rid)
+
+    return property(get, set_, doc=doc)
+
+
+def _sent_at(kind: str) -> property:
+    def get(self: Link) -> float:
+        r = self.req.out.get(kind)
+        return 0.0 if r is None else r.sent_at
+
+    return property(get, doc=f"when the {kind} out went (0.0 if none is out)")
+
+
+def _of_req(name: str, doc: str) -> property:
+    def get(self: Link):
+        return getattr(self.req, name)
+
+    def set_(self: Link, value) -> None:
+        setattr(self.req, name, value)
+
+    return property(get, set_, doc=doc)
+
+
 @dataclass
 class Link:
-    """One dealer as this jobber sees it."""
+    """One dealer as this jobber sees it. Its requests out, their timeouts, the backoff,
+    the socket resets and its key are the Lazy Pirate core's (net._link, `req`); the
+    rest is the jobber's own."""
 
     address: str  # the endpoint, without the key
     pinned: bool  # given on the command line: never dropped
     depth: int
-    backoff: Backoff
-    key: str | None = None  # the dealer's public key, hex; None until known
-    key_from_hello: bool = False  # learnt on first use (so worth re-checking on failures)
-    check_key: bool = False  # ask hello before the next request: has the key changed?
-    refused: str = ""  # why this dealer is never contacted (its key changed)
+    req: NetLink  # the requests out (bored, results, alive, hello), backoff, reset, key
     answered: bool = False  # it has answered us at least once (in this run)
     finished: bool = False  # it said its task is finished
     problem: str = ""  # what the transport last said about connecting
-    hello_id: int | None = None
-    hello_at: float = 0.0
-    bored_id: int | None = None
-    bored_at: float = 0.0
     bored_want: int = 0  # the `want` of the ask out: a `jobs` carries no more
     bored_cached: frozenset[str] = frozenset()  # payloads it said it holds (host.cached)
     unasked: int = 0  # replies it sent that answered nothing we asked (refused, counted)
     input_hint: int = 0  # bytes of input its last jobs brought (to ask for what fits)
-    results_id: int | None = None
-    results_at: float = 0.0
     results_tags: tuple[str, ...] = ()
     ask_after: float = 0.0  # "retry later": no bored before this (results still go)
-    alive_id: int | None = None
     alive_at: float = 0.0  # when the last `alive` was sent
     alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
     last_reason: str = ""  # the last "retry later" reason logged (each is logged once)
@@ -91,20 +120,43 @@ class Link:
     via: str | None = None  # the depth-0 dealer whose referral chain led here
     retired: bool = False  # referred by a project no longer listed: asked for nothing more
 
+    bored_id = _request(BORED, "the ask out (`bored`)")
+    results_id = _request(RESULTS, "the `results` out")
+    alive_id = _request(ALIVE, "the `alive` out")
+    hello_id = _request(HELLO, "the `hello` out, to the plaintext port")
+    bored_at = _sent_at(BORED)
+    results_at = _sent_at(RESULTS)
+    hello_at = _sent_at(HELLO)
+    backoff = _of_req("backoff", "the failed contacts' backoff (net._backoff)")
+    key = _of_req("key", "the dealer's public key, hex; None until known")
+    key_from_hello = _of_req("key_from_hello", "learnt on first use (re-checked on failures)")
+    check_key = _of_req("check_key", "ask hello before the next request: has the key changed?")
+    refused = _of_req("refused", "why this dealer is never contacted (its key changed)")
+
     def usable(self) -> bool:
-        return not self.refused and self.key is not None and not self.check_key
+        return self.req.usable()
 
     def may_ask(self, now: float) -> bool:
-        return (
-            self.bored_id is None
-            and not self.refused
-            and not self.retired
-            and now >= self.ask_after
-            and self.backoff.ready(now)
-        )
+        return not self.retired and now >= self.ask_after and self.req.may_send(BORED, now)
+
+    def sent(self, kind: str, rid: int, now: float) -> None:
+        """A request of `kind` went, with id `rid` (the core numbers all its requests)."""
+        self.req.sent(kind, now, rid)
+
+    def answered_by(self, kind: str, now: float) -> None:
+        """Its request of `kind` is answered: done, and the backoff reset."""
+        r = self.req.out.get(kind)
+        if r is None:  # answered already (tests set ids by hand): the backoff still resets
+            self.req.backoff.succeeded()
+        else:
+            self.req.answered(r.id, now, (kind,))
+        if kind == BORED:
+            self.bored_want, self.bored_cached = 0, frozenset()
+        elif kind == RESULTS:
+            self.results_tags = ()
 
     def forget_requests(self) -> None:
-        self.bored_id = self.results_id = self.hello_id = self.alive_id = None
+        self.req.out.clear()
         self.results_tags = ()
         self.bored_want, self.bored_cached = 0, frozenset()
 
