@@ -16,11 +16,26 @@ from jobber import _core as c
 from jobber import _instructions
 from jobber._allocator_link import AllocatorLink
 from jobber._idle import IdleDetector, Throttle
-from jobber._settings import MIB, JobberError
+from jobber._settings import MIB, Config, JobberError, physical_memory_mb
 from net._backoff import Backoff
 from protocol._alloc import Instructions, allocator_address
 
 log = logging.getLogger("jobber._client")  # the shell's log, whichever part of it speaks
+
+
+def owner_of(cfg: Config) -> _instructions.Owner:
+    """The owner's limits, as jobber._instructions merges them with a pool's preferences:
+    what the jobber uses without a pool, and which of it its owner set."""
+    return _instructions.Owner(
+        slots=cfg.slots,
+        cpus=os.cpu_count() or 1,
+        memory_mb=cfg.memory_mb or max(1, physical_memory_mb() // cfg.slots),
+        cpu_limit=cfg.cpu_limit,
+        cache_mb=cfg.cache_mb,
+        idle_only=cfg.idle_only,
+        idle_after_s=cfg.idle_after_s,
+        explicit=frozenset(cfg.explicit),
+    )
 
 
 class Allocation:

@@ -42,11 +42,11 @@ import protocol as p
 import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
-from jobber._allocation import Allocation
+from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._quiet import Repeats
-from jobber._settings import MIB, Config, JobberError, physical_memory_mb
+from jobber._settings import MIB, Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
 from jobber._spool import Spool, SpoolWriter
 from jobber._status import Control
@@ -109,36 +109,17 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
-        self._owner = _instructions.Owner(
-            slots=cfg.slots,
-            cpus=os.cpu_count() or 1,
-            memory_mb=cfg.memory_mb or max(1, physical_memory_mb() // cfg.slots),
-            cpu_limit=cfg.cpu_limit,
-            cache_mb=cfg.cache_mb,
-            idle_only=cfg.idle_only,
-            idle_after_s=cfg.idle_after_s,
-            explicit=frozenset(cfg.explicit),
-        )
+        self._owner = owner_of(cfg)
         self._eff = _instructions.effective(self._owner, None)
         self._kept: _instructions.Kept | None = None  # the allocator's, as last heard
         self._alink: AllocatorLink | None = None
         self._facts_at = 0.0
-        settings = c.Settings(
-            name=self.name,
-            slots=cfg.slots,
-            cpus=os.cpu_count() or 1,
-            memory_mb=self._owner.memory_mb,
-            buffer=cfg.buffer,
-            max_idle_s=cfg.max_idle_s,
-            min_backoff_s=cfg.min_backoff_s,
-            max_backoff_s=cfg.max_backoff_s,
-            request_timeout_s=cfg.request_timeout_s,
-            max_job_time_s=cfg.max_job_time_s,
-            max_fuel=cfg.max_fuel,
-            max_output_kb=cfg.max_output_kb,
-            spool_share_bytes=cfg.spool_mb * MIB,
-            cache_bytes=self._eff.cache_mb * MIB,
-            platform=sandbox.PLATFORM,
+        settings = cfg.core_settings(
+            self.name,
+            os.cpu_count() or 1,
+            self._owner.memory_mb,
+            self._eff.cache_mb,
+            sandbox.PLATFORM,
         )
         dealers = [p.dealer_address(text) for text in cfg.dealers]
         spooled = [(s.dealer, s.result) for s in self.spool.load()]
