@@ -10,21 +10,36 @@ the time passed in:
 =====================  ==========================================================
 event                  from
 =====================  ==========================================================
-``received``           a decoded message on a dealer's work or key port
+``received``           a decoded message on a dealer's work or key port, with what
+                       the shell found of a ``jobs`` message's payloads
+                       (``Untrusted``: not signed by a trusted key, given back
+                       ABANDONED; ``BadHash``: not the bytes named, INVALID)
 ``contact_failed``     a send that could not go (queue full, host unknown) or
                        ZeroMQ saying the connection is refused or the key is wrong
 ``job_done``           a slot's outcome (or a job the shell could not start)
 ``spooled``            results are on disk now (the shell writes them off the loop)
 ``disk_failed``        a spool write or the disk probe failed; ``disk_ok`` after
 ``tick``               every turn of the shell's loop
+``handle``             a typed event (jobber._actions): ``Owner`` (the owner's
+                       word, the pool's hours, the machine in use, the CPU limit:
+                       the core decides whether jobs are suspended and work is
+                       asked for), ``StoreFailed`` (the disk would not keep a
+                       payload: its jobs go back unrun), ``PayloadGone`` (a job's
+                       payload left the cache: given back unrun), ``Resized``
+                       (an allocator's new slots, memory and cache)
 =====================  ==========================================================
 
 and carries out the *actions* the core queues, in order (``take_actions``):
 ``Send`` and ``Hello`` (messages to a dealer's work or key port), ``Reset``
 (close a dealer's sockets: what was in flight on them is gone), ``Start`` and
-``Stop`` (slots), ``Spool`` and ``Unspool`` (the results on disk), ``Store``
-(payloads of jobs taken, into the cache), ``Pin`` (a dealer's key learnt on
-first use) and ``ProbeDisk``.
+``Stop`` (slots), ``Suspend`` and ``Resume`` (the slots' workers), ``Spool``
+and ``Unspool`` (the results on disk), ``Store`` (payloads of jobs taken, into
+the cache), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
+
+Its parts: the dealers (jobber._dealers: each a ``Link`` whose requests out,
+timeouts, backoff, socket resets and key are net._link's Lazy Pirate core), the
+holdings (jobber._holding: jobs taken, results, the spool, payloads), their
+records and constants (jobber._state), the settings (jobber._settings).
 
 The rules, per turn (``tick``):
 
