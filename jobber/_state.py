@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import protocol as p
 from net._link import HELLO
 from net._link import Link as NetLink
+from protocol._wire import MAX_OUTPUT_BYTES
 
 # the kinds of request a jobber has out to a dealer, one of each at most (net._link)
 BORED, RESULTS, ALIVE = "bored", "results", "alive"
@@ -50,7 +51,7 @@ RESULT_OVERHEAD_BYTES = 4 * p.MAX_STR + 64
 # What a job's tag and args may take in memory beyond their code points' bytes (a
 # Python str of non-ASCII text takes up to 4 bytes per code point) and per object
 INPUT_OVERHEAD_BYTES = 64
-MAX_OUTPUT_KB = 32 * 1024  # the wire's cap on one result's output (docs/protocol.md, Caps)
+MAX_OUTPUT_KB = MAX_OUTPUT_BYTES // 1024  # the wire's cap on one result's output
 
 
 def _request(kind: str, doc: str) -> property:
