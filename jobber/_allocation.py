@@ -14,11 +14,11 @@ from dataclasses import asdict, replace
 import protocol as p
 from jobber import _core as c
 from jobber import _instructions
-from jobber._allocator_link import AllocatorLink
+from jobber._allocator_link import AllocatorLink, InstructionsCame, KeyLearnt
 from jobber._idle import IdleDetector, Throttle
 from jobber._settings import MIB, Config, JobberError, physical_memory_mb
 from net._backoff import Backoff
-from protocol._alloc import Instructions, allocator_address
+from protocol._alloc import allocator_address
 
 log = logging.getLogger("jobber._client")  # the shell's log, whichever part of it speaks
 
@@ -93,13 +93,13 @@ class Allocation:
                 event = self._alink.events.get_nowait()
             except queue.Empty:
                 return
-            if event[0] == "pin":
+            if isinstance(event, KeyLearnt):
                 try:
-                    self.pins.put(event[1], event[2])
+                    self.pins.put(event.endpoint, event.key)
                 except OSError as e:
                     self.core.disk_failed(f"cannot write {self.pins.path}: {e.strerror or e}")
-            elif event[0] == "instructions":
-                msg: Instructions = event[1]
+            elif isinstance(event, InstructionsCame):
+                msg = event.msg
                 kept = _instructions.from_message(
                     self._alink.endpoint, msg, time.time(), self._debts()
                 )
