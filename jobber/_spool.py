@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import queue
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +157,57 @@ def legacy_path(root: Path, dealer: str, tag: str) -> Path:
     if name.startswith("."):
         name = "_" + name
     return root / key / f"{name}.res"
+
+
+class SpoolWriter(threading.Thread):
+    """Writes the spool off the loop, so that the loop runs jobs while the disk syncs.
+
+    Everything queued while a batch is being written goes into the next batch: one
+    fsync serves every result finished meanwhile (group commit). Each batch done (or
+    refused by the disk) is queued back in `done` and signalled on a pipe the loop
+    polls; the loop then tells the core, which sends only results already on disk.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        super().__init__(name="spool-writer", daemon=True)
+        self.spool = spool
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()  # (batch, OSError | None)
+        self.fd, self._signal = os.pipe()
+        os.set_blocking(self.fd, False)
+
+    def put(self, batch: list[tuple[str, p.Result]]) -> None:
+        self._todo.put(("put", batch))
+
+    def remove(self, dealer: str, tag: str) -> None:
+        self._todo.put(("remove", (dealer, tag)))
+
+    def stop(self) -> None:
+        """Write what is queued, then end (joined)."""
+        self._todo.put(("stop", None))
+        self.join()
+        os.close(self.fd)
+        os.close(self._signal)
+
+    def run(self) -> None:
+        while True:
+            items = [self._todo.get()]
+            while True:
+                try:
+                    items.append(self._todo.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [r for kind, x in items if kind == "put" for r in x]
+            if batch:
+                try:
+                    self.spool.put_many(batch)
+                    self.done.put((batch, None))
+                except OSError as e:
+                    self.done.put((batch, e))
+            for kind, x in items:
+                if kind == "remove":
+                    self.spool.remove(*x)
+            if batch:
+                os.write(self._signal, b"x")
+            if any(kind == "stop" for kind, _ in items):
+                return

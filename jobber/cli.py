@@ -19,7 +19,8 @@ from pathlib import Path
 
 import sandbox
 from jobber import _control
-from jobber._client import Config, Jobber, JobberError
+from jobber._client import Jobber
+from jobber._settings import OPTIONS, Config, JobberError
 
 
 def default_data_dir() -> Path:
@@ -30,35 +31,9 @@ def default_data_dir() -> Path:
     return Path(base) / "borednet" / "jobber"
 
 
-# option (argparse dest) -> Config field. Defaults live in Config alone; an option
-# left out keeps Config's default, or the value from --config.
-CONFIG_FIELDS = {
-    "slots": "slots",
-    "data_dir": "data_dir",
-    "name": "name",
-    "max_idle": "max_idle_s",
-    "memory": "memory_mb",
-    "idle_only": "idle_only",
-    "idle_after": "idle_after_s",
-    "cpu_limit": "cpu_limit",
-    "min_backoff": "min_backoff_s",
-    "max_backoff": "max_backoff_s",
-    "request_timeout": "request_timeout_s",
-    "grace": "grace_s",
-    "source": "source",
-    "exit_with": "exit_with",
-    "max_job_time": "max_job_time_s",
-    "cache_mb": "cache_mb",
-    "spool_mb": "spool_mb",
-    "max_fuel": "max_fuel",
-    "max_output_kb": "max_output_kb",
-    "compile_memory": "compile_memory_mb",
-    "compile_time": "compile_time_s",
-    "trust": "trust",
-    "allocator": "allocator",
-    "pool": "pool",
-    "join": "join",
-}
+# option (argparse dest) -> Config field: declared with Config's fields (their defaults
+# live there alone); an option left out keeps Config's default, or the value from --config.
+CONFIG_FIELDS = OPTIONS
 _DEFAULTS = {f.name: f.default for f in fields(Config)}
 
 

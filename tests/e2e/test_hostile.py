@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
-from jobber._client import RECV_HWM
+from jobber._sockets import RECV_HWM
 from tests.helpers import PY, ROOT, free_port
 
 MIB = 1024 * 1024
@@ -94,7 +94,8 @@ def disk_bytes(path: Path) -> int:
 def test_a_hostile_dealer_cannot_make_the_jobber_hold_more_than_its_options_allow(
     procs, tmp_path, factor_wasm, mode
 ):
-    hostile = procs.start("hostile", [PY, ROOT / "tests" / "hostile_dealer.py", *mode])
+    # -P: tests/ (whose tests/protocol folder would hide the package) is not on its path
+    hostile = procs.start("hostile", [PY, "-P", ROOT / "tests" / "hostile_dealer.py", *mode])
     address = hostile.wait_for(r"tcp://\S+#[0-9a-f]{64}", 30, stream="stdout").group(0)
     port = free_port()
     honest = procs.dealer("honest", "factoring.py", SMALL, "--chunk", "20000", port=port)

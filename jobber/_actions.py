@@ -1,0 +1,165 @@
+"""What passes between the jobber's core and its shell: the actions the core queues
+(the shell carries them out, in order) and the events it is fed beyond messages and
+outcomes (the shell reports what it saw; the core decides what follows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import protocol as p
+
+# --- actions: what the shell carries out --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    dealer: str
+    msg: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Ask the dealer's plaintext port for its key (trust on first use, or a check)."""
+
+    dealer: str
+    msg: p.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Close the dealer's sockets; whatever was in flight on them is lost."""
+
+    dealer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    key: str  # the slot key: the shell reports the outcome under it
+    dealer: str
+    spec: p.JobSpec
+    depth: int = 1  # jobs a slot may hold, running and queued behind (sandbox.Slots.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Spool:
+    dealer: str
+    result: p.Result
+
+
+@dataclass(frozen=True, slots=True)
+class Unspool:
+    dealer: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    dealer: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDisk:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Keep these payloads (hash, bytes) in the cache: jobs just taken need them. Only
+    payloads of jobs taken are ever stored (nothing of a refused `jobs` is)."""
+
+    dealer: str
+    payloads: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    """Stop the slots' workers where they are (the owner's activity, the CPU limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Let the slots' workers go on."""
+
+
+Action = (
+    Send
+    | Hello
+    | Reset
+    | Start
+    | Stop
+    | Spool
+    | Unspool
+    | Pin
+    | ProbeDisk
+    | Store
+    | Suspend
+    | Resume
+)
+
+
+# --- events: what the shell saw, for the core to decide on --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The machine and its owner this turn, as the shell read them."""
+
+    suspended: bool = False  # the owner said `suspend` (the control socket)
+    stopping: bool = False  # the jobber winds down: running jobs get their grace
+    computes: bool = True  # inside the pool's compute hours
+    asks: bool = True  # inside the pool's network hours
+    in_use: bool = False  # idle-only, and the machine is in use (jobber._idle)
+    cpu_off: bool = False  # the CPU limit's off-period (jobber._idle.Throttle)
+
+
+@dataclass(frozen=True, slots=True)
+class Untrusted:
+    """A payload of a `jobs` not signed by a key the owner trusts (--trust), and why."""
+
+    sha: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadHash:
+    """A payload of a `jobs` whose bytes hash to `got`, not to its name."""
+
+    sha: str
+    got: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """The disk would not keep the payload of jobs taken (a Store), and why."""
+
+    sha: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadGone:
+    """A Start whose payload the cache no longer holds (evicted since the ask)."""
+
+    key: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resized:
+    """An allocator's instructions changed what this machine gives: slots, memory per
+    job, cache bytes."""
+
+    slots: int
+    memory_mb: int
+    cache_bytes: int
+
+
+Screened = Untrusted | BadHash  # what the shell found of a `jobs` message's payloads
+Event = Owner | StoreFailed | PayloadGone | Resized

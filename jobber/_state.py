@@ -1,0 +1,213 @@
+"""What the jobber core keeps per dealer (`Link`) and per job in hand (`Held`), the
+rules' constants, and how results and inputs are weighed. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import protocol as p
+from net._link import HELLO
+from net._link import Link as NetLink
+from protocol._wire import MAX_OUTPUT_BYTES
+
+# the kinds of request a jobber has out to a dealer, one of each at most (net._link)
+BORED, RESULTS, ALIVE = "bored", "results", "alive"
+
+MAX_RESULTS_PER_MESSAGE = 256
+# A results message stays under this many bytes unless it carries one result:
+# a dealer takes frames of 1 MiB plus one output (docs/protocol.md).
+MAX_RESULTS_BYTES = 768 * 1024
+MAX_DEALERS = 32  # dealers known at once, command line included
+MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
+DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
+DROP_UNREACHED_AFTER = 2  # ... when it never answered at all (a dead or bogus referral)
+# a dropped dealer is not taken back from referrals this long: a dealer that keeps
+# referring to dead ones costs two failed contacts per dead one per ten minutes
+SHUN_DROPPED_S = 600.0
+MAX_SHUNNED = 1024
+FETCH_PATIENCE_S = 1.0  # an ask to a live dealer unanswered this long lets others be asked
+PROGRESS_EVERY_S = 60.0  # a summary line of finished jobs this often, at the default level
+# Buffered work per slot, in time: more than a round trip to a dealer and a spool
+# fsync, so that a slot never waits for either; for jobs of a second or more this
+# is one job per slot, for jobs of a millisecond a few hundred
+AHEAD_S = 0.25
+MAX_BUFFER_PER_SLOT = 256
+# Jobs shorter than this are also queued in the slots' workers, PIPELINE_DEPTH per
+# slot, so that a worker goes from one to the next without waiting for this loop's
+# turn (a cancelled queued job then runs for nothing: a few milliseconds at most)
+PIPELINE_BELOW_S = 0.02
+PIPELINE_DEPTH = 16
+# A deep buffer is for jobs that share their payloads: past this many distinct
+# payloads per slot in hand nothing more is asked for, so a dealer sending a new
+# payload with every job cannot make the jobber keep more than a few beyond its cache
+MAX_PAYLOADS_PER_SLOT = 2
+DISK_PROBE_S = 1.0  # while the disk refuses writes, try it again this often
+REFUSED_PAYLOAD_WAIT_S = 600.0  # a dealer whose payloads we cannot run: ask again this late
+# What a held job's result may add to the spool beyond its output: its tag and a
+# detail of at most MAX_STR code points (4 bytes each at most) and the record's framing,
+# as _weight counts a result
+RESULT_OVERHEAD_BYTES = 4 * p.MAX_STR + 64
+# What a job's tag and args may take in memory beyond their code points' bytes (a
+# Python str of non-ASCII text takes up to 4 bytes per code point) and per object
+INPUT_OVERHEAD_BYTES = 64
+MAX_OUTPUT_KB = MAX_OUTPUT_BYTES // 1024  # the wire's cap on one result's output
+
+
+def _request(kind: str, doc: str) -> property:
+    """The id of the request of `kind` out to the dealer (net._link keeps it), or None;
+    setting it records one out (keeping when it went) or forgets it."""
+
+    def get(self: Link) -> int | None:
+        r = self.req.out.get(kind)
+        return None if r is None else r.id
+
+    def set_(self: Link, rid: int | None) -> None:
+        old = self.req.forget(kind)
+        if rid is not None:
+            self.req.sent(kind, 0.0 if old is None else old.sent_at, rid)
+
+    return property(get, set_, doc=doc)
+
+
+def _sent_at(kind: str) -> property:
+    def get(self: Link) -> float:
+        r = self.req.out.get(kind)
+        return 0.0 if r is None else r.sent_at
+
+    return property(get, doc=f"when the {kind} out went (0.0 if none is out)")
+
+
+def _of_req(name: str, doc: str) -> property:
+    def get(self: Link):
+        return getattr(self.req, name)
+
+    def set_(self: Link, value) -> None:
+        setattr(self.req, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+@dataclass
+class Link:
+    """One dealer as this jobber sees it. Its requests out, their timeouts, the backoff,
+    the socket resets and its key are the Lazy Pirate core's (net._link, `req`); the
+    rest is the jobber's own."""
+
+    address: str  # the endpoint, without the key
+    pinned: bool  # given on the command line: never dropped
+    depth: int
+    req: NetLink  # the requests out (bored, results, alive, hello), backoff, reset, key
+    answered: bool = False  # it has answered us at least once (in this run)
+    finished: bool = False  # it said its task is finished
+    problem: str = ""  # what the transport last said about connecting
+    bored_want: int = 0  # the `want` of the ask out: a `jobs` carries no more
+    bored_cached: frozenset[str] = frozenset()  # payloads it said it holds (host.cached)
+    unasked: int = 0  # replies it sent that answered nothing we asked (refused, counted)
+    input_hint: int = 0  # bytes of input its last jobs brought (to ask for what fits)
+    results_tags: tuple[str, ...] = ()
+    ask_after: float = 0.0  # "retry later": no bored before this (results still go)
+    alive_at: float = 0.0  # when the last `alive` was sent
+    alive_every_s: float = p.ALIVE_INTERVAL_S  # shortened if the dealer's lease is short
+    last_reason: str = ""  # the last "retry later" reason logged (each is logged once)
+    flooded: bool = False  # its unacknowledged results passed its spool share (logged once)
+    holding_at: float = float("-inf")  # when `holding` last went to it (bored or alive)
+    output_hint: int = 0  # bytes of output its last jobs may write (their output limit)
+    # the referral that gave `key` (the referring dealer), "" if it came from elsewhere
+    key_referred_by: str = ""
+    key_checked: bool = False  # its key was checked against its plaintext port in this run
+    # keys referrals named for this address and not used: key -> referring dealer
+    claims: dict[str, str] | None = None
+    via: str | None = None  # the depth-0 dealer whose referral chain led here
+    retired: bool = False  # referred by a project no longer listed: asked for nothing more
+
+    bored_id = _request(BORED, "the ask out (`bored`)")
+    results_id = _request(RESULTS, "the `results` out")
+    alive_id = _request(ALIVE, "the `alive` out")
+    hello_id = _request(HELLO, "the `hello` out, to the plaintext port")
+    bored_at = _sent_at(BORED)
+    results_at = _sent_at(RESULTS)
+    hello_at = _sent_at(HELLO)
+    backoff = _of_req("backoff", "the failed contacts' backoff (net._backoff)")
+    key = _of_req("key", "the dealer's public key, hex; None until known")
+    key_from_hello = _of_req("key_from_hello", "learnt on first use (re-checked on failures)")
+    check_key = _of_req("check_key", "ask hello before the next request: has the key changed?")
+    refused = _of_req("refused", "why this dealer is never contacted (its key changed)")
+
+    def usable(self) -> bool:
+        return self.req.usable()
+
+    def may_ask(self, now: float) -> bool:
+        return not self.retired and now >= self.ask_after and self.req.may_send(BORED, now)
+
+    def sent(self, kind: str, rid: int, now: float) -> None:
+        """A request of `kind` went, with id `rid` (the core numbers all its requests)."""
+        self.req.sent(kind, now, rid)
+
+    def answered_by(self, kind: str, now: float) -> None:
+        """Its request of `kind` is answered: done, and the backoff reset."""
+        r = self.req.out.get(kind)
+        if r is None:  # answered already (tests set ids by hand): the backoff still resets
+            self.req.backoff.succeeded()
+        else:
+            self.req.answered(r.id, now, (kind,))
+        if kind == BORED:
+            self.bored_want, self.bored_cached = 0, frozenset()
+        elif kind == RESULTS:
+            self.results_tags = ()
+
+    def forget_requests(self) -> None:
+        self.req.out.clear()
+        self.results_tags = ()
+        self.bored_want, self.bored_cached = 0, frozenset()
+
+
+@dataclass
+class Held:
+    """A job in our hands: buffered until `key` is set, then running."""
+
+    dealer: str
+    spec: p.JobSpec
+    deadline: float  # on the core's clock
+    key: str = ""
+    started: float = 0.0
+    depth: int = 1  # the slot pipeline's depth it was started with
+
+    @property
+    def may_write(self) -> int:
+        """The most output bytes it may leave in the spool."""
+        return self.spec.limits.output_kb * 1024
+
+    @property
+    def may_hold(self) -> int:
+        """The most its result may take in the spool (its output, tag and detail)."""
+        return self.may_write + 4 * len(self.spec.tag) + RESULT_OVERHEAD_BYTES
+
+    @property
+    def input(self) -> int:
+        """About the most memory its stdin, args and tag take."""
+        return _input_of(self.spec)
+
+
+def _input_of(spec: p.JobSpec) -> int:
+    """About the most memory a job's stdin, args and tag take in our hands."""
+    text = len(spec.tag) + sum(len(a) for a in spec.args)
+    return len(spec.stdin) + 4 * text + INPUT_OVERHEAD_BYTES * (2 + len(spec.args))
+
+
+def _weight(r: p.Result) -> int:
+    """About how many bytes a result takes on disk and in a message."""
+    return len(r.output) + 4 * (len(r.tag) + len(r.detail)) + 64
+
+
+def _batch(results) -> tuple[p.Result, ...]:
+    """The first results that fit one message: at most MAX_RESULTS_PER_MESSAGE of them
+    and MAX_RESULTS_BYTES (roughly: outputs, tags and details), and always at least one."""
+    out: list[p.Result] = []
+    size = 0
+    for r in results:
+        size += _weight(r)
+        if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
+            break
+        out.append(r)
+    return tuple(out)

@@ -1,0 +1,103 @@
+"""The jobber shell's local control socket (jobber._control: suspend, resume, quit,
+status) and the status it answers with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import zmq
+
+from jobber import _control
+
+
+class Control:
+    """The control socket, for the shell (jobber._client.Jobber, a mixin: the state is its)."""
+
+    def _serve_control(self) -> None:
+        assert self._control is not None
+        while True:
+            try:
+                data = self._control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                cmd = _control.parse_request(data)
+            except ValueError as e:
+                reply = {"ok": False, "error": str(e)}
+            else:
+                reply = {"ok": True, **self._command(cmd)}
+            self._control.send(_control.encode_reply(reply))
+
+    def _command(self, cmd: str) -> dict:
+        if cmd == "suspend":
+            self.user_suspended = True
+        elif cmd == "resume":
+            self.user_suspended = False
+        elif cmd == "quit":
+            self.stop()
+        self._tell_owner(time.monotonic())
+        return self.status()
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        core = self.core
+        return {
+            "name": self.name,
+            "key": self.keys.public_hex,
+            "slots": self.cfg.slots,
+            "suspended": core.why_suspended or None,
+            "stopping": self._stopping,
+            "dealers": [
+                {
+                    "address": link.address,
+                    "key": link.key,
+                    "refused": link.refused or None,
+                    "pinned": link.pinned,
+                    "failures": link.backoff.failures,
+                    "backoff_s": max(0.0, link.backoff.until - now),
+                    "finished": link.finished,
+                    "problem": link.problem or None,
+                    "unasked": link.unasked,
+                }
+                for link in core.links.values()
+            ],
+            "running": [
+                {"tag": h.spec.tag, "dealer": h.dealer, "elapsed_s": now - h.started}
+                for h in core.running.values()
+            ],
+            "buffered": len(core.buffer),
+            "buffered_by_dealer": _count(h.dealer for h in core.buffer),
+            "spooled": self.spool.count(),
+            "disk_trouble": core.disk_trouble or None,
+            "trust": sorted(self.trusted()),
+            "refused_payloads": dict(core.refused_payloads),
+            # results waiting for a dealer: kept until it acknowledges them; those for a
+            # dealer gone for good stay here, listed, until the data directory is cleared
+            "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},
+            "done": core.done,
+            "settings": {f.name: _plain(getattr(self.cfg, f.name)) for f in fields(self.cfg)},
+            "slots_in_use": self._eff.slots,
+            "effective": _plain(asdict(self._eff)),
+            "allocator": self._allocator_status(now),
+        }
+
+
+def _plain(v):
+    """A setting as the control socket's msgpack carries it (paths as text)."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list | tuple | frozenset):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
