@@ -33,7 +33,7 @@ from tasks import PayloadError, Task
 
 log = logging.getLogger("dealer")
 
-DEFAULT_BIND = f"tcp://*:{p.DEFAULT_PORT}"
+DEFAULT_BIND = p.DEFAULT_BIND
 
 
 def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:

@@ -14,10 +14,11 @@ from protocol._wire import MAX_OUTPUT_BYTES
 # the kinds of request a jobber has out to a dealer, one of each at most (net._link)
 BORED, RESULTS, ALIVE = "bored", "results", "alive"
 
-MAX_RESULTS_PER_MESSAGE = 256
-# A results message stays under this many bytes unless it carries one result:
-# a dealer takes frames of 1 MiB plus one output (docs/protocol.md).
-MAX_RESULTS_BYTES = 768 * 1024
+# what fits one results message: protocol's rule, which a relay follows too
+MAX_RESULTS_PER_MESSAGE = p.MAX_RESULTS_PER_MESSAGE
+MAX_RESULTS_BYTES = p.MAX_RESULTS_BYTES
+_weight = p.result_weight
+_batch = p.results_that_fit
 MAX_DEALERS = 32  # dealers known at once, command line included
 MAX_REFERRAL_DEPTH = 3  # a referral from a referred dealer is depth 2, and so on
 DROP_REFERRED_AFTER = 5  # failed contacts in a row before a referred dealer is forgotten
@@ -193,21 +194,3 @@ def _input_of(spec: p.JobSpec) -> int:
     """About the most memory a job's stdin, args and tag take in our hands."""
     text = len(spec.tag) + sum(len(a) for a in spec.args)
     return len(spec.stdin) + 4 * text + INPUT_OVERHEAD_BYTES * (2 + len(spec.args))
-
-
-def _weight(r: p.Result) -> int:
-    """About how many bytes a result takes on disk and in a message."""
-    return len(r.output) + 4 * (len(r.tag) + len(r.detail)) + 64
-
-
-def _batch(results) -> tuple[p.Result, ...]:
-    """The first results that fit one message: at most MAX_RESULTS_PER_MESSAGE of them
-    and MAX_RESULTS_BYTES (roughly: outputs, tags and details), and always at least one."""
-    out: list[p.Result] = []
-    size = 0
-    for r in results:
-        size += _weight(r)
-        if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
-            break
-        out.append(r)
-    return tuple(out)

@@ -1,6 +1,7 @@
 """The borednet wire protocol: message types, msgpack codec, size caps, validation, keys."""
 
 from protocol._addr import (
+    DEFAULT_BIND,
     DEFAULT_PORT,
     Peer,
     dealer_address,
@@ -12,6 +13,8 @@ from protocol._addr import (
 from protocol._alloc import AllocAdmin, AllocReply, Instruct, Instructions, Prefs, Project
 from protocol._messages import (
     ALIVE_INTERVAL_S,
+    MAX_RESULTS_BYTES,
+    MAX_RESULTS_PER_MESSAGE,
     MESSAGES,
     Ack,
     AdminReply,
@@ -32,6 +35,8 @@ from protocol._messages import (
     StatusReply,
     WorkOffer,
     WorkQuery,
+    result_weight,
+    results_that_fit,
 )
 from protocol._records import (
     MAX_BATCH,
@@ -67,6 +72,11 @@ from protocol._wire import (
 )
 
 __all__ = [
+    "DEFAULT_BIND",
+    "MAX_RESULTS_BYTES",
+    "MAX_RESULTS_PER_MESSAGE",
+    "result_weight",
+    "results_that_fit",
     "Peer",
     "public_endpoint",
     "AllocAdmin",

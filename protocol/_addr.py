@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_PORT = 7117
+DEFAULT_BIND = f"tcp://*:{DEFAULT_PORT}"  # where a dealer or a relay serves unless told
 # An IPv6 host usually holds a whole /64 (SLAAC, privacy addresses): that prefix is one
 # machine, as one IPv4 address is. A /48 is what one site is given, the IPv6 "subnet".
 IPV6_HOST_PREFIX = 64

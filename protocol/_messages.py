@@ -5,6 +5,7 @@ fields' checks (protocol._schema), and MESSAGES, the table `decode` reads a type
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from protocol._records import (
@@ -141,6 +142,30 @@ class Results(Message):
     id: int = checked(_ID)
     jobber: str = checked(_JOBBER)
     results: tuple[Result, ...] = checked(_list(_record(Result), MAX_BATCH))
+
+
+# What a client puts in one `results` (the reference jobber, and a relay upstream): at
+# most MAX_RESULTS_PER_MESSAGE results, and under MAX_RESULTS_BYTES unless it carries
+# one result: a dealer takes frames of 1 MiB plus one output (docs/protocol.md).
+MAX_RESULTS_PER_MESSAGE = 256
+MAX_RESULTS_BYTES = 768 * 1024
+
+
+def result_weight(r: Result) -> int:
+    """About how many bytes a result takes in a message (and on a jobber's disk)."""
+    return len(r.output) + 4 * (len(r.tag) + len(r.detail)) + 64
+
+
+def results_that_fit(results: Iterable[Result]) -> tuple[Result, ...]:
+    """The first of `results` that fit one `results` message, and always at least one."""
+    out: list[Result] = []
+    size = 0
+    for r in results:
+        size += result_weight(r)
+        if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
+            break
+        out.append(r)
+    return tuple(out)
 
 
 @record

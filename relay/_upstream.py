@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # a request upstream unanswered this long is a failed contact
 FINISHED_RECHECK_S = 60.0  # after `finished`, ask upstream again this much later (a new batch)
-MAX_RESULTS_PER_MESSAGE = 256  # results in one upstream `results` (as the reference jobber)
-MAX_RESULTS_BYTES = 768 * 1024  # and under this much (the dealer takes 1 MiB + one output)
 BORED, RESULTS, ALIVE = "bored", "results", "alive"  # the kinds of request that go upstream
 _KINDS = (BORED, RESULTS, ALIVE)
 
@@ -177,16 +175,8 @@ class UpstreamSide:
         )
 
     def _results_batch(self) -> tuple[p.Result, ...]:
-        out: list[p.Result] = []
-        size = 0
-        for h in self.book.held.values():
-            if h.result is None:
-                continue
-            size += len(h.result.output) + 4 * (len(h.utag) + len(h.result.detail)) + 64
-            if out and (size > MAX_RESULTS_BYTES or len(out) >= MAX_RESULTS_PER_MESSAGE):
-                break
-            out.append(h.result)
-        return tuple(out)
+        held = self.book.held.values()
+        return p.results_that_fit(h.result for h in held if h.result is not None)
 
     # --- what came back --------------------------------------------------------
 

@@ -29,7 +29,7 @@ from relay._upstream import REQUEST_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BIND = f"tcp://*:{p.DEFAULT_PORT}"
+DEFAULT_BIND = p.DEFAULT_BIND
 DEFAULT_DB = Path(".borednet") / "relay.sqlite"
 # A relay is one client standing for a whole site, and its jobbers idle while it
 # cannot reach upstream only once its buffer is empty: it retries sooner than a

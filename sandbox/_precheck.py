@@ -37,8 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import Status
-
-MIB = 1024 * 1024
+from sandbox._job import MIB
 
 # protocol.MAX_PAYLOAD_BYTES: no dealer can send more, so no real payload is bigger
 MAX_MODULE_BYTES = 32 * MIB
