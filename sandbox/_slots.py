@@ -66,6 +66,13 @@ watchdog leaves out time spent suspended. Outcome.wall_s includes it.
 
 A script that creates Slots must guard its entry point with
 ``if __name__ == "__main__":``: spawn re-imports the parent's main module.
+
+Why one module: the slots are one state machine (each worker idle, running,
+compiling, with jobs queued behind it, suspended, or dying and replaced), and
+every transition of it goes through ``start``, ``collect``, ``cancel`` and
+``close``; the helpers beside the class (how a death reads, the owner's compile
+fences) are small and used only here. Split, the promise of the table above,
+every started job back exactly once, would be spread over files.
 """
 
 from __future__ import annotations
