@@ -368,13 +368,22 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         are suspended (and asks for it with Suspend or Resume)."""
         hour = _local_hour()
         running = 0 if self.core.suspended else len(self.core.running)
+        computes = self._eff.computes_at(hour)
+        # the idle detector is read only when its answer can matter: while a shutdown, the
+        # owner or the pool's hours hold the jobs, it learns nothing (its history of input
+        # and load decides when "machine in use" ends)
+        in_use = (
+            self._eff.idle_only
+            and not (self._stopping or self.user_suspended or not computes)
+            and not self._idle.update(read_host(), running, now)
+        )
         self.core.handle(
             c.Owner(
                 suspended=self.user_suspended,
                 stopping=self._stopping,
-                computes=self._eff.computes_at(hour),
+                computes=computes,
                 asks=self._eff.asks_at(hour),
-                in_use=self._eff.idle_only and not self._idle.update(read_host(), running, now),
+                in_use=in_use,
                 cpu_off=not self._throttle.running(now),
             ),
             now,

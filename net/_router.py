@@ -264,9 +264,9 @@ class RouterServer:
         of its, but may have come after this turn read the monitors: read them again
         when the descriptor is not known yet, so that no connection past the caps is
         answered even once (under load, a refused client's request used to be)."""
-        if fd in self._refused_fds:
-            return True
-        if self.connections.source(fd) is None:
+        if fd in self._refused_fds or self.connections.source(fd) is None:
+            # a refused descriptor too: it may have been closed and given to a new
+            # connection since, whose ACCEPTED (after the old one's DISCONNECTED) is unread
             self._watch_connections(now)
         return fd in self._refused_fds
 

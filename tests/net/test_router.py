@@ -55,3 +55,30 @@ def test_a_connection_past_the_cap_is_never_answered_even_when_its_accept_is_rea
             s.close()
         ctx.term()
         server.close()
+
+
+def test_a_new_connection_on_a_refused_connections_descriptor_is_answered():
+    # a connection refused on descriptor X, closed since, and a new one given X: until
+    # the monitors are read X still looks refused. Every descriptor looks so here; the
+    # new client's ACCEPTED, read when its request comes, must clear its own.
+    server = Late("tcp://127.0.0.1:*", per_source=2)
+    server._refused_fds.update(range(4096))
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(server.public_endpoint)
+        s.send(p.encode(p.Hello(1)))
+
+        def answered() -> bool:
+            server.late = True
+            server.turn()
+            return bool(s.poll(0))
+
+        wait_for(answered, 30, "the new connection answered")
+        assert isinstance(p.decode(s.recv()), p.HelloReply)
+        assert server.connections.refused == 0
+    finally:
+        s.close()
+        ctx.term()
+        server.close()
