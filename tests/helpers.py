@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sys
@@ -56,6 +57,12 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(every_s)
+
+
+def cpu_s(pid: int) -> float:
+    """The CPU seconds process `pid` has used so far (user and system; Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CurveClient:

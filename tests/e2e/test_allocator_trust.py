@@ -79,8 +79,13 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
         strangers += 1
     took = time.monotonic() - t0
     assert rows(db, "machines") == 0 and rows(db, "admitted") == 0
-    time.sleep(1.5)  # the page is rebuilt once a second: let a new snapshot be taken
-    after_page = page(url)
+    # the page is rebuilt once a second: the next snapshot was taken after the strangers
+    then = json.loads(page(url))["now"]
+    after_page = wait_for(
+        lambda: (b := page(url)) and json.loads(b)["now"] > then and b,
+        60,
+        "a snapshot taken after the strangers",
+    )
     snap = json.loads(after_page)
     assert snap["machines"] == [] and snap["machines_total"] == 0
     assert abs(len(after_page) - len(before_page)) <= 16  # the clock's digits, no more
