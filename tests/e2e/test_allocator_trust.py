@@ -46,7 +46,7 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
     alloc, address = start_allocator(
         procs, free_port(), "--http", "127.0.0.1:0", "--max-per-address", "3"
     )
-    url = alloc.wait_for(r"statistics page at (\S+)", 10, stream="stdout").group(1)
+    url = alloc.wait_for(r"statistics page at (\S+)", 60, stream="stdout").group(1)
     root = load_key_pair(procs.cwd / "org.root")
     _, dealer = start_dealer(procs, "d", 100000)
     ask(address, root, "project_add", {"name": "d", "dealer": dealer})
@@ -63,7 +63,7 @@ def test_a_stranger_learns_nothing_and_a_jobber_with_the_join_token_works(procs)
     # the page as it is with the pool in it (a snapshot is published once a second)
     before_page = wait_for(
         lambda: (b := page(url)) and json.loads(b).get("list", {}).get("pools") and b,
-        10,
+        60,
         "the pool on the page",
     )
     strangers = 0

@@ -77,7 +77,7 @@ def test_the_page_shows_a_running_batch_and_updates_live(procs, factor_wasm, tmp
             lambda: int(text("accepted")) >= status["accepted"], 10, "the page matches the JSON"
         )
         # its one peer, where nothing listens, with its failed contacts
-        wait_for(lambda: "failed contacts" in text("peers"), 10, "the page shows the peer")
+        wait_for(lambda: "failed contacts" in text("peers"), 60, "the page shows the peer")
         assert text("peers").startswith(f"tcp://127.0.0.1:{dead}: never answered")
         assert status["peers"][0]["address"] == f"tcp://127.0.0.1:{dead}"
         points = browser.find_element("id", "line").get_attribute("points")
