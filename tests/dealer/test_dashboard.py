@@ -92,4 +92,3 @@ def test_the_history_keeps_the_whole_run_within_its_bound():
         assert len(times) <= 3600 and times[0] == 0.0 and times[-1] >= 4990
     finally:
         d.close()
-
