@@ -95,7 +95,7 @@ def test_a_dealer_killed_whose_wal_was_deleted_is_refused(procs, tmp_path):
     kept = tmp_path / "kept-wal"
     wal(db).rename(kept)
     shm(db).unlink()
-    again = procs.dealer("again", "../tests/task_files/flaky.py", port=port, db=db)
+    again = procs.dealer("again", "../tests/task_files/flaky.py", port=port, db=db, listening=False)
     assert again.wait(60) == 2, again.stderr
     assert (
         f"error: {db} was left open (its dealer was killed or crashed) and its write-ahead "

@@ -21,6 +21,7 @@ def test_an_oversize_stdin_fails_alone_and_the_batch_finishes(procs):
             procs.cwd / "oversize.sqlite",
         ],
     )
+    dealer.wait_for("listening on", 120)  # before the jobber's --max-idle runs out
     jobber = procs.jobber("j1", f"127.0.0.1:{port}", extra=("--max-idle", "4"))
     assert dealer.wait(120) == 1, dealer.stderr  # finished, with a failure
     assert dealer.stdout.strip() == f"{JOBS - 1} done, 1 failed"
