@@ -100,6 +100,9 @@ def test_a_hostile_dealer_cannot_make_the_jobber_hold_more_than_its_options_allo
     honest = procs.dealer("honest", "factoring.py", SMALL, "--chunk", "20000", port=port)
     options = ("--memory", str(MEMORY_MB), "--cache-mb", str(CACHE_MB))
     options += ("--spool-mb", str(SPOOL_MB))
+    # an answer and the flood behind it are tens of MiB: on a busy machine they take longer
+    # than the 2 s the tests' jobbers wait by default, and a link given up drops them unread
+    options += ("--request-timeout", "10")
     j = procs.jobber("j", address, f"127.0.0.1:{port}", slots=SLOTS, extra=options)
     data = tmp_path / "data-j"
     peak = peak_cache = peak_spool = 0
