@@ -2,9 +2,10 @@
 
 Started by Slots with the multiprocessing *spawn* method (a fresh interpreter,
 never a fork of a process holding ZeroMQ sockets or wasmtime threads). It
-first lowers its priority (niceness, and SCHED_IDLE on Linux where allowed),
-before any thread exists so that every later thread inherits it, then loads
-the engine and says ``("ready", pid)``.
+first lowers its priority (niceness, and SCHED_IDLE on Linux where allowed;
+not with BOREDNET_JOB_PRIORITY=normal, for tests and demos), before any thread
+exists so that every later thread inherits it, then loads the engine and says
+``("ready", pid)``.
 
 Messages on its end of the pipe are maps keyed by field name (pickled by
 multiprocessing; both ends are the same installation), each with its `kind`::
@@ -99,8 +100,17 @@ PARENT_CHECK_S = 0.5  # how soon an orphaned worker (its jobber was killed) stop
 _RESERVATION = (4 << 30) + 2 * (32 << 20)  # one linear memory's mapping (see _memory)
 
 
+# For tests and demos only: "normal" leaves a worker at its parent's priority, so that a
+# test waiting on jobs does not depend on how busy the machine is. A lender never sets it:
+# jobs are to yield to the owner's work (docs/testing.md, tests/e2e/test_priority.py).
+PRIORITY_ENV = "BOREDNET_JOB_PRIORITY"
+
+
 def lower_priority(nice: int) -> None:
-    """Niceness `nice` (never raised above the current one) and SCHED_IDLE if nice >= 19."""
+    """Niceness `nice` (never raised above the current one) and SCHED_IDLE if nice >= 19;
+    nothing if the environment says BOREDNET_JOB_PRIORITY=normal."""
+    if os.environ.get(PRIORITY_ENV) == "normal":
+        return
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
         with contextlib.suppress(OSError):

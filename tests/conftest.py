@@ -17,7 +17,15 @@ import zmq
 from allocator._core import Allocator
 from allocator._server import AllocatorServer
 from net._keys import KeyPair
+from sandbox._worker import PRIORITY_ENV
 from tests.helpers import PY, ROOT
+
+# Jobs run at idle priority (sandbox/_worker.py: niceness 19 and SCHED_IDLE), so that the
+# owner's work comes first; a test waiting on jobs would then wait on the machine's load,
+# and fail on a busy one. Every jobber and slot worker the tests start inherits this and
+# runs its jobs at normal priority; tests/e2e/test_priority.py clears it to show that jobs
+# do yield, and tests/sandbox/test_sandbox_slots.py to see the priority set.
+os.environ[PRIORITY_ENV] = "normal"
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +131,7 @@ class Procs:
         self.all: list[Proc] = []
         self.env = dict(os.environ)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.env[PRIORITY_ENV] = "normal"  # jobs at the test's priority (see above)
         self._sources = itertools.cycle(range(2, 250))
 
     def start(self, name: str, argv: list[str]) -> Proc:
@@ -138,10 +147,18 @@ class Procs:
         port: int,
         db: Path | None = None,
         host: str = "127.0.0.1",
+        listening: bool = True,
     ) -> Proc:
+        """A dealer serving examples/`task_file`; by default, once it says it listens: a
+        jobber started after it then finds it at once (a jobber's --max-idle runs from its
+        start, and a dealer can take seconds to start on a busy machine). `listening=False`
+        for one that is to refuse to start."""
         argv = [PY, ROOT / "examples" / task_file, *args, "--bind", f"tcp://{host}:{port}"]
         argv += ["--quiet", "--db", db or self.cwd / f"{name}.sqlite"]
-        return self.start(name, argv)
+        proc = self.start(name, argv)
+        if listening:
+            proc.wait_for(r"listening on", 120)
+        return proc
 
     def jobber(
         self,

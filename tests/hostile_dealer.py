@@ -36,12 +36,16 @@ import hashlib
 import itertools
 import sys
 import time
+from pathlib import Path
 
 import wasmtime
 import zmq
 
-import protocol as p
-from net._keys import hex_of_z85
+# run as a script, tests/ comes first on the path, and tests/protocol would be `protocol`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import protocol as p  # noqa: E402
+from net._keys import hex_of_z85  # noqa: E402
 
 STDIN_MIB = 15
 PAYLOADS = 60

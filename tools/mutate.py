@@ -441,6 +441,8 @@ def run_tests(
                     *tests,
                     "-x",
                     "-q",
+                    "-n",  # in this process, where the mutant is (pyproject.toml says -n auto)
+                    "0",
                     "-p",
                     "no:cacheprovider",
                     # hypothesis is imported before pytest starts (below, to save time)

@@ -1,11 +1,10 @@
 """A job that can never be sent fails where it is drawn: the dealer's core and service
-driven directly (a real SQLite journal), a journal replayed, and one batch end to end."""
+driven directly (a real SQLite journal) and a journal replayed; one batch end to end in
+tests/e2e/test_unsendable_jobs.py."""
 
 from __future__ import annotations
 
 import re
-
-import pytest
 
 import protocol as p
 from dealer import _core
@@ -15,7 +14,7 @@ from dealer._journal import Journal
 from dealer._service import Peer, Service, policy_for
 from protocol._wire import MAX_ARGS, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES
 from tasks import Job
-from tests.helpers import PY, ROOT, free_port
+from tests.helpers import ROOT
 from tests.task_files.oversize import BIG, JOBS, Oversize
 
 MiB = 1024 * 1024
@@ -141,35 +140,6 @@ def test_the_service_sends_the_rest_and_a_restart_replays_the_failure(tmp_path):
     assert [f.reasons for f in again.failures] == [failure.reasons]
     assert sorted(again.settled) == sorted(task.settled)
     s.close()
-
-
-# --- end to end ----------------------------------------------------------------------------
-
-
-@pytest.mark.e2e
-def test_an_oversize_stdin_fails_alone_and_the_batch_finishes(procs):
-    port = free_port()
-    dealer = procs.start(
-        "dealer",
-        [
-            PY,
-            ROOT / "tests" / "task_files" / "oversize.py",
-            "--bind",
-            f"tcp://127.0.0.1:{port}",
-            "--db",
-            procs.cwd / "oversize.sqlite",
-        ],
-    )
-    jobber = procs.jobber("j1", f"127.0.0.1:{port}", extra=("--max-idle", "4"))
-    assert dealer.wait(120) == 1, dealer.stderr  # finished, with a failure
-    assert dealer.stdout.strip() == f"{JOBS - 1} done, 1 failed"
-    assert re.search(
-        rf"job {BIG} \(args {BIG}\) can never be sent: stdin of 16,777,217 bytes, over the "
-        r"wire's cap of 16,777,216 bytes",
-        dealer.stderr,
-    ), dealer.stderr
-    assert "cannot send jobs" not in dealer.stderr
-    assert jobber.wait(60) == 0 or "never reached any dealer" in jobber.stderr
 
 
 # --- the caps as docs/writing-tasks.md states them ----------------------------------------

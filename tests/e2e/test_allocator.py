@@ -58,7 +58,7 @@ def wait_jobber(procs, name: str, pred, timeout: float, what: str) -> dict:
 
 def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs):
     alloc, address = start_allocator(procs, free_port(), "--http", "127.0.0.1:0")
-    page = alloc.wait_for(r"statistics page at (\S+)", 10, stream="stdout").group(1)
+    page = alloc.wait_for(r"statistics page at (\S+)", 60, stream="stdout").group(1)
     root = load_key_pair(procs.cwd / "org.root")
     dealers = {name: start_dealer(procs, name, 2000)[1] for name in ("a", "b")}
     ask(address, root, "project_add", {"name": "a", "dealer": dealers["a"], "share": 3})
@@ -159,7 +159,7 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     assert [(m["pool"], m["key"], m["name"]) for m in machines] == [("lab", me, "pc")]
     wait_for(
         lambda: ask(address, physics, "stats", {}).data["projects"].get("d", {}).get("credit"),
-        10,
+        60,
         "credit for the pool's work",
     )
 

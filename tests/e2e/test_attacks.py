@@ -137,7 +137,7 @@ def test_floods_of_large_frames_leave_the_dealer_small_and_serving(procs, factor
             assert isinstance(probe.ask(p.StatusQuery(1)), p.StatusReply)
         finally:
             probe.close()
-        wait_for(lambda: rss_mb(dealer.pid) < before + 150, 10, "the dealer's memory to settle")
+        wait_for(lambda: rss_mb(dealer.pid) < before + 150, 60, "the dealer's memory to settle")
     finally:
         for c in floods:
             c.close()

@@ -148,6 +148,7 @@ def test_trust_refuses_unsigned_payloads_and_follows_a_rotation(procs, factor_wa
         + ["--bind", f"tcp://127.0.0.1:{signed_port}", "--db", tmp_path / "signed.sqlite"]
         + ["--sign", tmp_path / "a"],
     )
+    signed.wait_for("listening on", 120)  # before the jobber's --max-idle runs out
     j1 = procs.jobber("j1", f"127.0.0.1:{signed_port}", extra=trust)
     assert signed.wait(60) == 0, signed.stderr
     assert signed.stdout.strip() == line
@@ -173,6 +174,7 @@ def test_trust_refuses_unsigned_payloads_and_follows_a_rotation(procs, factor_wa
         + ["--bind", f"tcp://127.0.0.1:{rotated_port}", "--db", tmp_path / "b.sqlite"]
         + ["--sign", tmp_path / "b"],
     )
+    by_b.wait_for("listening on", 120)
     j3 = procs.jobber("j3", f"127.0.0.1:{rotated_port}", extra=trust)
     assert by_b.wait(60) == 0, by_b.stderr
     assert by_b.stdout.strip() == line

@@ -59,7 +59,7 @@ def test_jobbers_are_referred_only_to_the_peer_with_work_they_can_run(
     assert all(r[1:3] == (0, 0) for r in rows.values()), rows
 
     # C heard only from its own jobber, which it could not use: j1 and j2 never went there
-    seen = by_name(wait_status(c, lambda i: "j3" in by_name(i), timeout=10))
+    seen = by_name(wait_status(c, lambda i: "j3" in by_name(i), timeout=60))
     assert set(seen) == {"j3"} and seen["j3"]["valid"] == 0
 
     # B gone: its offer goes stale, and A refers no one (the jobbers idle out and exit)

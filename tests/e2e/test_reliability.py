@@ -83,7 +83,14 @@ def test_changed_task_on_an_old_journal_is_refused(procs, factor_wasm, tmp_path)
     wait_status(port, lambda s: s["drawn"] >= 1)
     first.kill()
     other = procs.dealer(
-        "other", "factoring.py", "1000036000099", "--chunk", "70000", port=port, db=db
+        "other",
+        "factoring.py",
+        "1000036000099",
+        "--chunk",
+        "70000",
+        port=port,
+        db=db,
+        listening=False,
     )
     assert other.wait(60) == 2
     assert "differs from the journal" in other.stderr
@@ -150,6 +157,7 @@ def test_a_job_that_always_fails_ends_the_batch_listed(procs):
             procs.cwd / "flaky.sqlite",
         ],
     )
+    dealer.wait_for("listening on", 120)  # before the jobbers' --max-idle runs out
     jobbers = [procs.jobber(f"j{i}", addr, extra=("--max-idle", "4")) for i in (1, 2)]
     assert dealer.wait(60) == 1, dealer.stderr  # finished, with a failure
     assert dealer.stdout.strip() == "2 done, 1 failed"
