@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import sys
@@ -30,18 +31,40 @@ CHUNK = "100000000"  # 11 jobs of about 0.3 s each here: long enough to be caugh
 JOBS = 11
 
 
+def _ephemeral() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+PORT_BLOCK = 1500  # ports each xdist worker draws from
+
+
 def free_port() -> int:
     """A TCP port P on 127.0.0.1 such that P and P + 1 (the dealer's plaintext port) were
-    both free a moment ago."""
-    for _ in range(100):
+    both free a moment ago. P is below the kernel's ephemeral range, so no outgoing
+    connection takes it while a test kills and restarts a server on it; each xdist worker
+    draws from a block of its own, so two never pick the same one at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    lo, _ = _ephemeral()
+    base = 10000 + (index % 12) * PORT_BLOCK
+    if base + PORT_BLOCK >= lo:  # a kernel with a wide ephemeral range: any free pair
+        base, size = 0, 0
+    else:
+        size = PORT_BLOCK
+    for _ in range(200):
         with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
             try:
+                a.bind(("127.0.0.1", base + random.randrange(size - 1) if size else 0))
+                port = a.getsockname()[1]
+                if port >= 65535:
+                    continue
                 b.bind(("127.0.0.1", port + 1))
-            except OSError:
+            except OSError:  # in use
                 continue
             return port
     raise RuntimeError("no pair of free ports")
