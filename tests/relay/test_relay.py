@@ -12,9 +12,32 @@ import pytest
 import protocol as p
 from dealer._journal import JournalError
 from net._backoff import Backoff
-from relay._core import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Drop, Hold, Payload, RelayCore
+from relay._core import (
+    DENY_AFTER,
+    GIVEN_BACK,
+    HORIZON_S,
+    LEASE_S,
+    MAX_BUFFER,
+    QUOTA,
+    Drop,
+    Hold,
+    Payload,
+    RelayCore,
+)
+from relay._downstream import MAX_JOBS_BYTES
+from relay._holdings import PACE_WINDOW_S
 from relay._journal import RelayJournal
-from relay._records import HELD_TRANSITIONS, Held, HeldState, RelayError
+from relay._records import (
+    HELD_TRANSITIONS,
+    MAX_ALLOWANCE,
+    OPS,
+    Held,
+    HeldState,
+    Jobber,
+    Local,
+    RelayError,
+)
+from relay._upstream import MAX_RESULTS_BYTES, MAX_RESULTS_PER_MESSAGE, REQUEST_TIMEOUT_S
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()
@@ -861,3 +884,98 @@ def test_the_upstream_key_is_learnt_once_on_first_use_and_kept():
     given = core()
     given.upstream.given_key("ef" * 32)
     assert given.upstream.hello(0.0) is None
+
+
+# --- rules the mutation run found unstated (docs/testing.md, "Mutation testing") -------
+
+
+def test_a_new_jobber_starts_with_a_clean_record_and_the_quota():
+    c = core()
+    bored(c, ANN, 3.0, want=0)
+    [row] = c.status(3.0, "up")["jobbers"]
+    assert row == {
+        "key": ANN,
+        "name": ANN[:3],
+        "machine": "10.0.0.a",
+        "results": 0,
+        "allowance": QUOTA,
+        "implausible": 0,
+        "valid": 0,
+        "invalid": 0,
+        "denied": None,
+        "holding": 0,
+        "last_seen": 3.0,
+        "gone": False,
+    }
+
+
+def test_journal_operations_and_local_replicas_are_facts_never_changed():
+    for record in (Drop("u1"), Local("x.0", "u1", ANN, "10.0.0.a", 0.0)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.utag = "u2"  # type: ignore[misc]
+
+
+def test_the_constants_docs_federation_md_and_docs_protocol_md_state():
+    # the defaults of --horizon, --buffer and --request-timeout; the pace window; what
+    # one results message upstream and one jobs message downstream carry at most
+    assert (HORIZON_S, MAX_BUFFER, REQUEST_TIMEOUT_S, PACE_WINDOW_S) == (120.0, 1024, 10.0, 10.0)
+    assert (MAX_RESULTS_PER_MESSAGE, MAX_RESULTS_BYTES) == (256, 768 * 1024)
+    assert MAX_JOBS_BYTES == 16 * 1024 * 1024
+
+
+def test_a_held_replica_made_as_a_journal_kept_it_starts_in_its_state():
+    assert Held("u1", spec("u1"), 0.0).state is HeldState.QUEUED
+    assert Held("u1", spec("u1"), 0.0, local={"x.0"}).state is HeldState.OUT
+    done = Held("u1", spec("u1"), 0.0, ok("u1"), local={"x.0"})
+    assert done.state is HeldState.DONE and done.deadline_at == 100.0
+
+
+def test_the_records_carry_their_declared_fields_and_nothing_else():
+    # slotted: thousands are kept (a buffer of 1,024 held, 65,536 late local replicas),
+    # and a misspelt field set on a mutable one fails instead of adding an attribute
+    h = Held("u1", spec("u1"), 0.0)
+    ops = [cls(*(None,) * len(dataclasses.fields(cls))) for cls in OPS.values()]
+    records = [h, Jobber(ANN), Local("x.0", "u1", ANN, "", 0.0), *ops]
+    assert all(not hasattr(r, "__dict__") for r in records), records
+    with pytest.raises(AttributeError):
+        h.stat = HeldState.OUT  # type: ignore[attr-defined]
+
+
+def test_an_allowance_halves_to_one_at_least_and_grows_to_the_cap_at_most():
+    j = Jobber(ANN, allowance=5)
+    j.bad()
+    assert j.allowance == 2
+    j.bad()
+    j.bad()
+    assert j.allowance == 1
+    j.good()
+    assert j.allowance == 2
+    j.allowance = MAX_ALLOWANCE - 1
+    j.good()
+    j.good()
+    assert j.allowance == MAX_ALLOWANCE
+
+
+def test_the_core_takes_a_buffer_and_a_quota_anywhere_in_their_ranges():
+    for bad in ({"quota": 0}, {"quota": MAX_ALLOWANCE + 1}, {"horizon_s": -1.0}):
+        with pytest.raises(ValueError):
+            core(**bad)
+    for good in ({"max_buffer": 1}, {"quota": 1}, {"quota": MAX_ALLOWANCE}):
+        core(**good)
+    assert core(quota=MAX_ALLOWANCE).quota == MAX_ALLOWANCE
+    plain = RelayCore("feedf00d")  # not attributing unless asked: no job promised a peer
+    assert plain.offer(1, 0.0).jobs == 0
+
+
+def test_status_counts_what_each_jobber_holds_and_who_is_gone_at_its_lease():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 1.0)  # holds u1's local replica
+    bored(c, BOB, 2.0, want=0)
+    rows = {r["key"]: r for r in c.status(22.0, "up")["jobbers"]}
+    assert (rows[ANN]["holding"], rows[BOB]["holding"]) == (1, 0)
+    assert (rows[ANN]["gone"], rows[BOB]["gone"]) == (True, True)  # 21 s and 20 s silent
+    assert c.status(21.9, "up")["jobbers"][1]["gone"] is False
+    for i in range(101):
+        bored(c, f"{i:064x}", 3.0, want=0)
+    assert len(c.status(3.0, "up")["jobbers"]) == 100  # the first hundred
