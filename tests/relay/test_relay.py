@@ -25,7 +25,7 @@ from relay._core import (
     RelayCore,
 )
 from relay._downstream import MAX_JOBS_BYTES
-from relay._holdings import PACE_WINDOW_S
+from relay._holdings import MAX_LATE, PACE_WINDOW_S
 from relay._journal import RelayJournal
 from relay._records import (
     HELD_TRANSITIONS,
@@ -979,3 +979,93 @@ def test_status_counts_what_each_jobber_holds_and_who_is_gone_at_its_lease():
     for i in range(101):
         bored(c, f"{i:064x}", 3.0, want=0)
     assert len(c.status(3.0, "up")["jobbers"]) == 100  # the first hundred
+
+
+def test_the_late_replicas_remembered_are_bounded_the_oldest_forgotten_first():
+    assert MAX_LATE == 65536  # (its memory: some 10 MB at most)
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    for i in range(MAX_LATE + 1):
+        c.local[f"x.{i}"] = Local(f"x.{i}", "gone", ANN, "", 0.0)
+        c._release(f"x.{i}")
+    assert len(c.late) == MAX_LATE and "x.0" not in c.late and "x.1" in c.late
+    ack = results(c, ANN, 1.0, ok("x.0"), ok("x.1"))
+    assert [r.code for r in ack.rejected] == [p.ErrorCode.UNKNOWN_TAG, p.ErrorCode.SETTLED]
+
+
+def test_a_restart_keeps_out_what_is_out_and_forgets_replicas_of_jobs_it_no_longer_holds():
+    c = core(lease_s=20.0)
+    held = [("u1", spec("u1"), 0.0, None, "", ""), ("u2", spec("u2"), 0.0, None, "", "")]
+    out = [Local("x.0", "u1", ANN, "10.0.0.a", 0.0), Local("x.1", "gone", ANN, "10.0.0.a", 0.0)]
+    c.load(held, [(SHA, WASM, None)], out, 2, 50.0)
+    assert list(c.local) == ["x.0"] and c.held["u1"].local == {"x.0"}
+    assert c.counts() == {"queued": 1, "out": 1, "done": 0}
+    assert c.jobbers[ANN].last_seen == 50.0 and c.jobbers[ANN].address == "10.0.0.a"
+    [job] = bored(c, BOB, 51.0, want=2).jobs  # u1 stays with ANN
+    assert job.tag == "feedf00d.2"
+    c.tick(69.9)
+    assert "x.0" in c.local  # ANN's lease runs from the restart
+    c.tick(70.0)
+    assert "x.0" not in c.local
+
+
+def test_a_jobber_is_served_until_its_lease_and_its_results_count_for_the_pace_window():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 5.0, ok(job.tag))
+    assert c.rate(15.0) == pytest.approx(1 / PACE_WINDOW_S)  # the window's last instant
+    assert c.rate(15.01) == 0.0
+    assert c.target(24.9) == 2 and c.target(25.0) == 0  # served while its lease runs
+
+
+def test_a_settled_replica_is_answered_settled_once_more_then_forgotten():
+    c = core()
+    fill(c, 0.0, "u1")
+    [first] = bored(c, ANN, 0.0).jobs
+    c.tick(LEASE_S + 0.1)
+    [second] = bored(c, BOB, LEASE_S + 0.2).jobs
+    results(c, ANN, LEASE_S + 1, ok(first.tag))
+    codes = [results(c, BOB, LEASE_S + 2, ok(second.tag)).rejected[0].code for _ in range(3)]
+    assert codes == [p.ErrorCode.SETTLED, p.ErrorCode.SETTLED, p.ErrorCode.UNKNOWN_TAG]
+    assert c.local == {} and c.late == {}
+
+
+def test_a_denial_keeps_its_first_reason_and_an_unknown_jobber_is_not_denied():
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    c.deny(ANN, "first")
+    c.deny(ANN, "second")
+    c.deny("cc" * 32, "never seen")
+    assert c.jobbers[ANN].denied == "first" and "cc" * 32 not in c.jobbers
+
+
+def test_a_cancelled_replica_takes_its_local_replicas_with_it():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    [a, _] = bored(c, ANN, 0.0).jobs
+    c.up.line.forget("alive")
+    alive = c.up.line.sent("alive", 0.1)
+    c.upstream_reply(p.AliveAck(alive.id, 20.0, ("u1", "u2")), 0.2)
+    assert c.held == {} and c.local == {}
+    assert c.status(0.3, "up")["jobbers"][0]["holding"] == 0
+
+
+def test_a_held_replica_is_queued_again_only_once_its_last_local_replica_is_back():
+    c = core()
+    out = [Local("x.0", "u1", ANN, "", 0.0), Local("x.1", "u1", BOB, "", 0.0)]
+    c.load([("u1", spec("u1"), 0.0, None, "", "")], [(SHA, WASM, None)], out, 2, 0.0)
+    assert c.counts()["out"] == 1
+    bored(c, ANN, 1.0, want=0, holding=())  # x.0 lost
+    assert c.counts() == {"queued": 0, "out": 1, "done": 0}
+    bored(c, BOB, 1.0, want=0, holding=())  # x.1 lost too
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+
+
+def test_a_queued_job_is_given_back_at_its_deadline_exactly():
+    c = core()
+    fill(c, 0.0, "u1", deadline_s=10.0)
+    c.tick(9.99)
+    assert c.given_back == 0
+    c.tick(10.0)
+    assert c.given_back == 1 and c.counts()["done"] == 1
