@@ -1069,3 +1069,41 @@ def test_a_queued_job_is_given_back_at_its_deadline_exactly():
     assert c.given_back == 0
     c.tick(10.0)
     assert c.given_back == 1 and c.counts()["done"] == 1
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_jobs_message_is_packed_to_16_mib_to_the_byte_of_its_estimate(over):
+    # each job counts its stdin and 256 bytes; the module its bytes, once
+    c = core()
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=host)
+    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - 256 + over
+    specs = (
+        p.JobSpec("u0", SHA, ("x",), b"\0" * 1000, LIMITS, 100.0),
+        p.JobSpec("u1", SHA, ("x",), b"\0" * second, LIMITS, 100.0),
+    )
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM}), 0.0)
+    assert len(bored(c, ANN, 0.1, want=2, host=host).jobs) == 2 - over
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_results_message_is_packed_to_768_kib_to_the_byte_of_its_estimate(over):
+    # each result counts its output, four bytes a character of its tag and detail, and 64
+    first = p.Result("u0", p.Status.TRAP, b"x" * 1000, 10, "trap")
+    rest = MAX_RESULTS_BYTES - (1000 + 4 * (2 + 4) + 64) - (4 * 2 + 64) + over
+    second = p.Result("u1", p.Status.OK, b"y" * rest, 10)
+    held = [(r.tag, spec(r.tag), 0.0, r, "", "") for r in (first, second)]
+    c = core()
+    c.load(held, [(SHA, WASM, None)], [], 0, 0.0)
+    sent = request(c, 0.0, p.Results)
+    assert [r.tag for r in sent.results] == ["u0", "u1"][: 2 - over]
+
+
+def test_what_goes_down_caps_a_deadline_and_what_goes_up_an_address():
+    c = core()
+    fill(c, 0.0, "u1", deadline_s=1e10)
+    long = "1" * 300
+    [job] = c.bored(p.Bored(1, "ann", HOST, 1), 0.0, ANN, long).jobs
+    assert job.deadline_s == 1e9
+    c.results(p.Results(2, "ann", (ok(job.tag),)), 1.0, ANN, long)
+    assert c.held["u1"].result.by == p.Attribution(ANN, "1" * 256)
