@@ -428,3 +428,24 @@ def test_status_lists_the_peers(tmp_path):
     assert [r["address"] for r in rows] == [A, B] and rows[0]["jobs"] == 4
     assert rows[1]["said_at"] is None
     s.close()
+
+
+# --- rules the mutation run found unstated (docs/testing.md, "Mutation testing") -------
+
+
+def test_query_ids_count_from_one_across_every_peer():
+    peers = Peers([A, B])
+    first = asked(peers, 0.0)
+    assert (first[A].id, first[B].id) == (1, 2)
+    offer(peers, A, 0.5, 1)
+    offer(peers, B, 0.5, 1)
+    again = asked(peers, ASK_EVERY_S)
+    assert (again[A].id, again[B].id) == (3, 4)
+    assert "rng" not in repr(peers)  # (a Random's repr is only its address)
+
+
+def test_an_offer_carries_its_fields_and_nothing_else():
+    o = Offer(1, SMALL, None, False, 0.0)
+    assert not hasattr(o, "__dict__")  # slotted: one per peer, replaced every ask
+    with pytest.raises(AttributeError):
+        o.jobs = 2  # type: ignore[misc]
