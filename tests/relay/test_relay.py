@@ -1107,3 +1107,61 @@ def test_what_goes_down_caps_a_deadline_and_what_goes_up_an_address():
     assert job.deadline_s == 1e9
     c.results(p.Results(2, "ann", (ok(job.tag),)), 1.0, ANN, long)
     assert c.held["u1"].result.by == p.Attribution(ANN, "1" * 256)
+
+
+def test_the_relay_says_itself_within_the_wire_s_bounds_serving_none_or_many():
+    c = core(name="lab-3")
+    assert c.host(0.0) == p.HostFacts(cpus=1, memory_mb=0, slots=0)  # serving nobody
+    huge = p.HostFacts(cpus=1 << 20, memory_mb=1 << 20, slots=1 << 20)
+    bored(c, ANN, 0.0, want=0, host=huge)
+    bored(c, BOB, 0.0, want=0, host=huge)
+    h = c.host(0.0)
+    assert (h.cpus, h.slots, h.memory_mb) == (1 << 20, 1 << 20, 1 << 20)
+    ask = request(c, 0.0, p.Bored)
+    assert ask.jobber == "lab-3"  # its name upstream
+
+
+def test_the_relay_s_alive_goes_every_quarter_lease_at_most_every_alive_interval():
+    c = core()
+    fill(c, 0.0, "u1")
+    assert not [m for m in c.upstream_requests(4.99) if isinstance(m, p.Alive)]
+    alive = request(c, 5.0, p.Alive)  # the upstream's lease (20 s) / 4, and 5 s at most
+    assert alive.jobber == "relay"
+    c.upstream_reply(p.AliveAck(alive.id, 8.0, ()), 5.0)  # its lease now 8 s
+    assert not [m for m in c.upstream_requests(6.99) if isinstance(m, p.Alive)]
+    c.upstream_reply(p.AliveAck(request(c, 7.0, p.Alive).id, 40.0, ()), 7.0)  # 8 s / 4
+    assert not [m for m in c.upstream_requests(11.99) if isinstance(m, p.Alive)]
+    request(c, 12.0, p.Alive)  # ALIVE_INTERVAL_S, not 40 s / 4
+
+
+def test_attributed_the_emptiest_buffer_is_asked_for_first_then_the_longest_unasked():
+    c = core(attribute=True)
+    one = p.HostFacts(cpus=1, memory_mb=1024, slots=1)  # its own target 2
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    c.up.attributes = True  # (no alive at start in the way)
+    bored(c, ANN, 1.0, want=0, host=one)
+    bored(c, BOB, 1.0, want=0, host=four)
+    first = request(c, 1.0, p.Bored)
+    assert first.behalf.key == ANN  # equals, neither asked yet: the first served
+    c.upstream_reply(p.Jobs(first.id, ()), 1.0)
+    assert request(c, 1.1, p.Bored).behalf.key == BOB  # equals: the one asked longest ago
+    c.upstream_reply(p.Jobs(c.up.bored, tuple(spec(f"b{i}") for i in range(3)), {SHA: WASM}), 1.1)
+    bored(c, BOB, 1.2, want=3, host=four)  # 3 of 8 out with BOB: 5/8 lacking; ANN: 2/2
+    assert request(c, 1.3, p.Bored).behalf.key == ANN
+
+
+def test_attributed_a_jobber_told_to_wait_is_asked_for_again_when_its_wait_is_over():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.RetryLater(ask.id, 5.0), 0.0)
+    assert not [m for m in c.upstream_requests(4.99) if isinstance(m, p.Bored)]
+    assert request(c, 5.0, p.Bored).behalf.key == ANN
+
+
+def test_attributed_what_is_asked_on_a_jobber_s_behalf_names_its_address_capped():
+    c = core(attribute=True)
+    c.up.attributes = True
+    c.bored(p.Bored(1, "ann", HOST, 0), 0.0, ANN, "2" * 300)
+    assert request(c, 0.0, p.Bored).behalf == p.Attribution(ANN, "2" * 256)
