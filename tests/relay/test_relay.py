@@ -935,7 +935,7 @@ def test_the_records_carry_their_declared_fields_and_nothing_else():
     # and a misspelt field set on a mutable one fails instead of adding an attribute
     h = Held("u1", spec("u1"), 0.0)
     ops = [cls(*(None,) * len(dataclasses.fields(cls))) for cls in OPS.values()]
-    records = [h, Jobber(ANN), Local("x.0", "u1", ANN, "", 0.0), *ops]
+    records = [h, Jobber(ANN), Local("x.0", "u1", ANN, "", 0.0), core().up, *ops]
     assert all(not hasattr(r, "__dict__") for r in records), records
     with pytest.raises(AttributeError):
         h.stat = HeldState.OUT  # type: ignore[attr-defined]
@@ -1165,3 +1165,59 @@ def test_attributed_what_is_asked_on_a_jobber_s_behalf_names_its_address_capped(
     c.up.attributes = True
     c.bored(p.Bored(1, "ann", HOST, 0), 0.0, ANN, "2" * 300)
     assert request(c, 0.0, p.Bored).behalf == p.Attribution(ANN, "2" * 256)
+
+
+def test_status_of_a_fresh_upstream_link():
+    s = core().status(0.0, "tcp://up:7117")["upstream"]
+    assert s == {
+        "finished": False,
+        "failures": 0,
+        "last_reply": None,
+        "delivered": 0,
+        "rejected": 0,
+        "attributes": None,
+    }
+
+
+def test_a_jobber_of_no_slots_still_runs_two_and_its_last_second_counts_from_its_start():
+    c = core(quota=MAX_ALLOWANCE)
+    fill(c, 0.0, *(f"u{i}" for i in range(12)))
+    none = p.HostFacts(cpus=1, memory_mb=1024, slots=0)
+    first = bored(c, BOB, 0.0, want=8, host=none)
+    assert len(first.jobs) == 2
+    results(c, BOB, 0.5, *(ok(j.tag) for j in first.jobs))
+    more = bored(c, BOB, 0.6, want=8, host=none)
+    results(c, BOB, 0.7, *(ok(j.tag) for j in more.jobs))
+    assert len(bored(c, BOB, 1.5, want=8, host=none).jobs) == 4  # four in the last second
+
+
+def test_a_job_goes_down_while_some_of_its_deadline_is_left():
+    c = core()
+    fill(c, 0.0, "u1", "u2", deadline_s=10.0)
+    [job] = bored(c, ANN, 9.5, want=1).jobs
+    assert job.deadline_s == pytest.approx(0.5)
+    assert isinstance(bored(c, BOB, 10.0, want=1), p.RetryLater)  # none left: not sent
+
+
+def test_a_jobs_message_carries_at_most_max_payloads_modules():
+    c = core(quota=MAX_ALLOWANCE)
+    mods = [WASM + bytes([i]) for i in range(p.MAX_PAYLOADS + 1)]
+    shas = [hashlib.sha256(m).hexdigest() for m in mods]
+    held = [
+        (f"u{i}", dataclasses.replace(spec(f"u{i}"), payload=s), 0.0, None, "", "")
+        for i, s in enumerate(shas)
+    ]
+    c.load(held, [(s, m, None) for s, m in zip(shas, mods, strict=True)], [], 0, 0.0)
+    many = p.HostFacts(cpus=1, memory_mb=1024, slots=100)
+    first = bored(c, ANN, 0.0, want=100, host=many)
+    assert len(first.jobs) == len(first.payloads) == p.MAX_PAYLOADS
+    [last] = bored(c, ANN, 0.1, want=100, host=many).jobs
+    assert last.payload == shas[-1]
+
+
+def test_an_output_of_the_job_s_limit_is_plausible_one_byte_more_is_not():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    ack = results(c, ANN, 1.0, ok(a.tag, b"x" * 1024), ok(b.tag, b"x" * 1025))
+    assert ack.tags == (a.tag,) and ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
