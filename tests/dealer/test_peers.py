@@ -449,3 +449,9 @@ def test_an_offer_carries_its_fields_and_nothing_else():
     assert not hasattr(o, "__dict__")  # slotted: one per peer, replaced every ask
     with pytest.raises(AttributeError):
         o.jobs = 2  # type: ignore[misc]
+
+
+def test_an_address_not_a_peer_is_never_reset():
+    peers = Peers([A])
+    assert peers.unreachable("tcp://127.0.0.1:1", 0.0, "refused") is False
+    assert peers.links[A].backoff.failures == 0
