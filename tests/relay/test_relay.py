@@ -1221,3 +1221,28 @@ def test_an_output_of_the_job_s_limit_is_plausible_one_byte_more_is_not():
     a, b = bored(c, ANN, 0.0).jobs
     ack = results(c, ANN, 1.0, ok(a.tag, b"x" * 1024), ok(b.tag, b"x" * 1025))
     assert ack.tags == (a.tag,) and ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+
+
+def test_an_alive_names_what_it_holds_only_while_no_bored_is_out():
+    c = core()
+    fill(c, 0.0, "u1")
+    sent = {type(m): m for m in c.upstream_requests(5.0)}
+    assert set(sent) == {p.Bored, p.Alive}  # down to half its target of 2: it asks
+    assert sent[p.Alive].holding is None  # a jobs reply in flight would read as lost
+
+
+def test_attributed_nothing_is_asked_for_a_jobber_at_its_target_or_a_relay_at_its_buffer():
+    c = core(attribute=True, max_buffer=3)
+    c.up.attributes = True
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    bored(c, ANN, 0.1, want=2, host=four)  # both out with it
+    assert request(c, 0.2, p.Bored).want == 1  # the one place left in the relay's buffer
+    c.upstream_reply(p.Jobs(c.up.bored, (spec("u3"),)), 0.2)
+    bored(c, ANN, 0.3, want=1, host=four)
+    assert not [m for m in c.upstream_requests(0.4) if isinstance(m, p.Bored)]  # 3 of 3
+    one = core(attribute=True)
+    one.up.attributes = True
+    fetched_for(one, BOB, 0.0, "v1", "v2")  # its own target 2
+    bored(one, BOB, 0.1, want=2)
+    assert not [m for m in one.upstream_requests(0.2) if isinstance(m, p.Bored)]
