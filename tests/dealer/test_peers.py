@@ -455,3 +455,10 @@ def test_an_address_not_a_peer_is_never_reset():
     peers = Peers([A])
     assert peers.unreachable("tcp://127.0.0.1:1", 0.0, "refused") is False
     assert peers.links[A].backoff.failures == 0
+
+
+def test_a_peer_the_shell_cannot_reach_is_reset_once():
+    peers = Peers([A])
+    asked(peers, 0.0)
+    assert peers.unreachable(A, 0.5, "refused") is True
+    assert peers.expire(0.6) == []  # its reset was asked already
