@@ -1246,3 +1246,29 @@ def test_attributed_nothing_is_asked_for_a_jobber_at_its_target_or_a_relay_at_it
     fetched_for(one, BOB, 0.0, "v1", "v2")  # its own target 2
     bored(one, BOB, 0.1, want=2)
     assert not [m for m in one.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_a_jobber_that_won_as_many_votes_as_it_lost_is_not_denied():
+    c = core(attribute=True)
+    bored(c, ANN, 0.0, want=0)
+    alive_ack(c, 0.0, (p.Standing(ANN, DENY_AFTER, DENY_AFTER, False),))
+    assert not c.jobbers[ANN].denied
+    alive_ack(c, 1.0, (p.Standing(ANN, DENY_AFTER, DENY_AFTER + 1, False),))
+    assert c.jobbers[ANN].denied
+
+
+def test_a_finished_upstream_hears_an_alive_at_once_for_how_our_jobbers_stand():
+    c = core()
+    fill(c, 0.0, "u1")
+    c.upstream_reply(p.AliveAck(request(c, 5.0, p.Alive).id, 20.0, ()), 5.0)
+    assert c.up.bored is not None  # (down to half its target: it asked for more)
+    c.upstream_reply(p.Finished(c.up.bored), 5.2)
+    assert isinstance(request(c, 5.3, p.Alive), p.Alive)  # not 5 s after the last
+
+
+def test_the_hello_answered_is_no_longer_waited_for():
+    c = core()
+    c.upstream.given_key(None)
+    c.upstream.hello(0.0)
+    c.upstream.hello_reply(p.HelloReply(1, "cd" * 32), 0.2)
+    assert c.upstream.late(100.0) == [] and not c.up.line.busy()
