@@ -1272,3 +1272,59 @@ def test_the_hello_answered_is_no_longer_waited_for():
     c.upstream.hello(0.0)
     c.upstream.hello_reply(p.HelloReply(1, "cd" * 32), 0.2)
     assert c.upstream.late(100.0) == [] and not c.up.line.busy()
+
+
+def test_attributed_only_a_denied_answering_a_bored_denies_the_jobber_it_was_for():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Error(request(c, 0.0, p.Bored).id, p.ErrorCode.INTERNAL, "busy"), 0.0)
+    assert not c.jobbers[ANN].denied and c.up.backoff.failures == 1
+    c.up.line.backoff.succeeded()
+    alive = c.up.line.sent("alive", 1.0)  # (c.up.bored_for is still ANN)
+    c.upstream_reply(p.Error(alive.id, p.ErrorCode.DENIED, "this identity is denied"), 1.0)
+    assert not c.jobbers[ANN].denied and c.up.backoff.failures == 1
+    c.up.line.backoff.succeeded()
+    ask = request(c, 2.0, p.Bored)
+    c.upstream_reply(p.Error(ask.id, p.ErrorCode.DENIED, "this identity is denied"), 2.5)
+    assert c.jobbers[ANN].denied and c.up.last_reply == 2.5
+
+
+def test_a_reply_of_another_kind_than_its_request_asked_is_ignored():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.1, ok(job.tag))
+    sent = {type(m): m for m in c.upstream_requests(5.0)}
+    res, alive, ask = sent[p.Results], sent[p.Alive], sent[p.Bored]
+    c.upstream_reply(p.AliveAck(ask.id, 1.0, ("u1",)), 5.1)  # to the bored
+    c.upstream_reply(p.Jobs(res.id, (spec("x1"),), {}), 5.1)  # to the results
+    c.upstream_reply(p.Ack(alive.id, ("u1",)), 5.1)  # to the alive
+    assert set(c.held) == {"u1"} and c.up.lease_s == LEASE_S
+    sent = {type(m): m for m in c.upstream_requests(5.2)}
+    res, ask = sent[p.Results], sent[p.Bored]
+    c.upstream_reply(p.RetryLater(res.id, 50.0), 5.3)  # to the results
+    c.upstream_reply(p.Ack(ask.id, ("u1",)), 5.3)  # to the bored
+    assert "u1" in c.held and c.up.quiet_until == 0.0
+    for make in (p.Finished, lambda rid: p.Referral(rid, ("tcp://x:1",))):
+        res = {type(m): m for m in c.upstream_requests(5.4)}[p.Results]
+        c.upstream_reply(make(res.id), 5.5)  # to the results
+        assert not c.up.finished and c.up.quiet_until == 0.0
+
+
+def test_a_buffer_all_out_at_its_target_asks_for_nothing_more():
+    c = core()
+    fill(c, 0.0, "u1", "u2")  # ANN's target: 2
+    bored(c, ANN, 0.1)  # both out
+    assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_attributed_a_jobber_is_asked_for_up_to_its_own_target():
+    c = core(attribute=True)
+    c.up.attributes = True
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    bored(c, ANN, 0.0, want=0, host=four)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2")), {SHA: WASM}), 0.0)
+    bored(c, ANN, 0.1, want=2, host=four)  # both out
+    assert request(c, 0.2, p.Bored).want == 6
