@@ -1328,3 +1328,18 @@ def test_attributed_a_jobber_is_asked_for_up_to_its_own_target():
     c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2")), {SHA: WASM}), 0.0)
     bored(c, ANN, 0.1, want=2, host=four)  # both out
     assert request(c, 0.2, p.Bored).want == 6
+
+
+def test_an_ack_counts_what_was_delivered_and_rejected_and_says_how_our_jobbers_stand():
+    c = core(attribute=True)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.1).jobs
+    results(c, ANN, 0.2, ok(a.tag), ok(b.tag))
+    sent = request(c, 0.3, p.Results)
+    settled = (p.Rejection("u2", p.ErrorCode.SETTLED, "decided"),)
+    standing = (p.Standing(ANN, 2, 1, False),)
+    c.upstream_reply(p.Ack(sent.id, ("u1",), settled, standing), 0.3)
+    assert (c.up.delivered, c.up.rejected) == (1, 1) and c.held == {}
+    assert (c.jobbers[ANN].won, c.jobbers[ANN].lost) == (2, 1)
+    assert c.jobbers[ANN].allowance == (QUOTA + 2) // 2  # told: no more for the ack
