@@ -1343,3 +1343,13 @@ def test_an_ack_counts_what_was_delivered_and_rejected_and_says_how_our_jobbers_
     assert (c.up.delivered, c.up.rejected) == (1, 1) and c.held == {}
     assert (c.jobbers[ANN].won, c.jobbers[ANN].lost) == (2, 1)
     assert c.jobbers[ANN].allowance == (QUOTA + 2) // 2  # told: no more for the ack
+
+
+def test_a_jobber_s_replicas_go_back_at_its_lease_exactly():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 1.0)
+    c.tick(20.99)
+    assert c.counts()["out"] == 1
+    c.tick(21.0)
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
