@@ -1353,3 +1353,12 @@ def test_a_jobber_s_replicas_go_back_at_its_lease_exactly():
     assert c.counts()["out"] == 1
     c.tick(21.0)
     assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+
+
+def test_a_jobber_holds_no_more_than_its_allowance_whatever_it_runs_soon():
+    c = core(quota=2)
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)
+    fill(c, 0.0, "u1", "u2", "u3", "u4")
+    assert len(bored(c, ANN, 0.1, want=8, host=four).jobs) == 2
+    full = bored(c, ANN, 0.2, want=8, host=four)
+    assert isinstance(full, p.RetryLater) and full.more is True
