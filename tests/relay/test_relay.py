@@ -1073,16 +1073,18 @@ def test_a_queued_job_is_given_back_at_its_deadline_exactly():
 
 @pytest.mark.parametrize("over", [0, 1])
 def test_a_jobs_message_is_packed_to_16_mib_to_the_byte_of_its_estimate(over):
-    # each job counts its stdin and 256 bytes; the module its bytes, once
+    # each job counts its stdin and 256 bytes; each module its bytes, once
     c = core()
     host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
     bored(c, ANN, 0.0, want=0, host=host)
-    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - 256 + over
+    other = WASM + b"\0" * 992
+    sha = hashlib.sha256(other).hexdigest()
+    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - (len(other) + 256) + over
     specs = (
         p.JobSpec("u0", SHA, ("x",), b"\0" * 1000, LIMITS, 100.0),
-        p.JobSpec("u1", SHA, ("x",), b"\0" * second, LIMITS, 100.0),
+        p.JobSpec("u1", sha, ("x",), b"\0" * second, LIMITS, 100.0),
     )
-    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM}), 0.0)
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM, sha: other}), 0.0)
     assert len(bored(c, ANN, 0.1, want=2, host=host).jobs) == 2 - over
 
 
