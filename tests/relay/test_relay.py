@@ -1364,3 +1364,20 @@ def test_a_jobber_holds_no_more_than_its_allowance_whatever_it_runs_soon():
     assert len(bored(c, ANN, 0.1, want=8, host=four).jobs) == 2
     full = bored(c, ANN, 0.2, want=8, host=four)
     assert isinstance(full, p.RetryLater) and full.more is True
+
+
+def test_what_a_jobber_is_told_to_wait_when_the_buffer_has_nothing_for_it():
+    c = core()
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 0.0, want=1)  # u1 out with ann; ann could run one more
+    ask = request(c, 0.1, p.Bored)
+    c.upstream_reply(p.RetryLater(ask.id, 5.0), 0.1)  # the upstream: nothing before 5.1
+    assert bored(c, BOB, 0.2, want=0).more is True  # (asking nothing: told all the same)
+    assert bored(c, ANN, 0.2, want=1).seconds == 1.0  # no jobs come before 5.1
+    assert bored(c, ANN, 5.1, want=1).seconds == 0.2  # they may come within a round trip
+    c.upstream_failed(5.2)
+    empty = core()
+    bored(empty, ANN, 0.0, want=0)  # holding nothing, asking nothing, nothing out
+    assert bored(empty, BOB, 0.0, want=0).more is None
+    held = bored(c, ANN, 5.3, want=1)  # room for one more, none here: not "full"
+    assert held.seconds == 1.0 and held.more is True
