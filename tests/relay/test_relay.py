@@ -1381,3 +1381,13 @@ def test_what_a_jobber_is_told_to_wait_when_the_buffer_has_nothing_for_it():
     assert bored(empty, BOB, 0.0, want=0).more is None
     held = bored(c, ANN, 5.3, want=1)  # room for one more, none here: not "full"
     assert held.seconds == 1.0 and held.more is True
+
+
+def test_a_denied_jobber_s_result_is_refused_once_and_decides_nothing():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    c.deny(ANN, "lost too many votes")
+    ack = results(c, ANN, 0.1, ok(job.tag))
+    assert ack.tags == () and [r.code for r in ack.rejected] == [p.ErrorCode.DENIED]
+    assert c.held["u1"].result is None and c.counts()["queued"] == 1
