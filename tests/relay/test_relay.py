@@ -1391,3 +1391,19 @@ def test_a_denied_jobber_s_result_is_refused_once_and_decides_nothing():
     ack = results(c, ANN, 0.1, ok(job.tag))
     assert ack.tags == () and [r.code for r in ack.rejected] == [p.ErrorCode.DENIED]
     assert c.held["u1"].result is None and c.counts()["queued"] == 1
+
+
+def test_not_attributing_the_relay_says_alive_only_while_it_holds_something():
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, ()), 0.0)  # nothing to hold
+    assert not [m for m in c.upstream_requests(10.0) if isinstance(m, p.Alive)]
+
+
+def test_attributed_a_referral_holds_back_asking_for_the_least_backoff_to_its_instant():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Referral(request(c, 0.0, p.Bored).id, ("tcp://x:1",)), 0.5)
+    assert not [m for m in c.upstream_requests(1.49) if isinstance(m, p.Bored)]
+    assert request(c, 1.5, p.Bored).behalf.key == ANN  # 0.5 + min_s
