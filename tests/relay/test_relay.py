@@ -1407,3 +1407,18 @@ def test_attributed_a_referral_holds_back_asking_for_the_least_backoff_to_its_in
     c.upstream_reply(p.Referral(request(c, 0.0, p.Bored).id, ("tcp://x:1",)), 0.5)
     assert not [m for m in c.upstream_requests(1.49) if isinstance(m, p.Bored)]
     assert request(c, 1.5, p.Bored).behalf.key == ANN  # 0.5 + min_s
+
+
+def test_a_replica_given_back_with_output_or_fuel_is_implausible_not_given_back():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    ack = results(
+        c,
+        ANN,
+        0.1,
+        p.Result(a.tag, p.Status.ABANDONED, b"x", 0),
+        p.Result(b.tag, p.Status.ABANDONED, b"", 5),
+    )
+    assert ack.tags == () and {r.code for r in ack.rejected} == {p.ErrorCode.IMPLAUSIBLE}
+    assert c.jobbers[ANN].implausible == 2
