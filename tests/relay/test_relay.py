@@ -1422,3 +1422,23 @@ def test_a_replica_given_back_with_output_or_fuel_is_implausible_not_given_back(
     )
     assert ack.tags == () and {r.code for r in ack.rejected} == {p.ErrorCode.IMPLAUSIBLE}
     assert c.jobbers[ANN].implausible == 2
+
+
+def test_attributed_an_implausible_result_from_the_jobber_it_was_fetched_for_goes_back():
+    c = core(attribute=True)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1")
+    [job] = bored(c, ANN, 0.1).jobs
+    ack = results(c, ANN, 0.2, ok(job.tag, b"x" * 2000))  # over its 1 KiB
+    assert ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+    r = c.held["u1"].result
+    assert r is not None and r.status is p.Status.ABANDONED and "implausible" in r.detail
+
+
+def test_a_result_taken_is_forgotten_with_its_local_tag():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    assert results(c, ANN, 0.1, ok(job.tag)).tags == (job.tag,)
+    again = results(c, ANN, 0.2, ok(job.tag))
+    assert [r.code for r in again.rejected] == [p.ErrorCode.UNKNOWN_TAG]
