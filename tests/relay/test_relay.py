@@ -1442,3 +1442,19 @@ def test_a_result_taken_is_forgotten_with_its_local_tag():
     assert results(c, ANN, 0.1, ok(job.tag)).tags == (job.tag,)
     again = results(c, ANN, 0.2, ok(job.tag))
     assert [r.code for r in again.rejected] == [p.ErrorCode.UNKNOWN_TAG]
+
+
+def test_a_jobber_is_forgotten_ten_minutes_after_it_was_last_seen():
+    c = core()
+    bored(c, ANN, 100.0, want=0)
+    c.tick(699.0)
+    assert ANN in c.jobbers
+    c.tick(700.0)
+    assert ANN not in c.jobbers
+
+
+def test_a_peer_is_offered_none_of_what_is_out():
+    c = core()
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 0.0)
+    assert c.offer(7, 0.1) == p.WorkOffer(7, 0, None, None, None)
