@@ -1458,3 +1458,13 @@ def test_a_peer_is_offered_none_of_what_is_out():
     fill(c, 0.0, "u1")
     bored(c, ANN, 0.0)
     assert c.offer(7, 0.1) == p.WorkOffer(7, 0, None, None, None)
+
+
+def test_attributed_a_peer_is_offered_a_job_s_own_nan_rule():
+    c = core(attribute=True)
+    c.up.attributes = True
+    native = dataclasses.replace(LIMITS, native_nans=True)
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1", limits=native),), {SHA: WASM}), 0.0)
+    assert c.offer(3, 0.1).limits.native_nans is True  # each jobber asked for with its own
