@@ -1468,3 +1468,13 @@ def test_attributed_a_peer_is_offered_a_job_s_own_nan_rule():
     ask = request(c, 0.0, p.Bored)
     c.upstream_reply(p.Jobs(ask.id, (spec("u1", limits=native),), {SHA: WASM}), 0.0)
     assert c.offer(3, 0.1).limits.native_nans is True  # each jobber asked for with its own
+
+
+def test_what_is_out_with_our_jobbers_is_not_counted_as_queued():
+    c = core()
+    three = p.HostFacts(cpus=3, memory_mb=1024, slots=3)  # target 6
+    bored(c, ANN, 0.0, want=0, host=three)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(5)), {SHA: WASM}), 0.0)
+    bored(c, ANN, 0.1, want=1, host=three)  # 4 queued, 1 out: 4 * 2 > 6
+    assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]
