@@ -1478,3 +1478,12 @@ def test_what_is_out_with_our_jobbers_is_not_counted_as_queued():
     c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(5)), {SHA: WASM}), 0.0)
     bored(c, ANN, 0.1, want=1, host=three)  # 4 queued, 1 out: 4 * 2 > 6
     assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_attributed_nothing_is_asked_for_anyone_once_the_relay_s_buffer_is_full():
+    c = core(attribute=True, max_buffer=3)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    fetched_for(c, BOB, 0.0, "v1")  # bob's own target 2, with 1: he lacks one
+    assert len(c.held) == 3
+    assert not [m for m in c.upstream_requests(0.1) if isinstance(m, p.Bored)]
