@@ -1487,3 +1487,15 @@ def test_attributed_nothing_is_asked_for_anyone_once_the_relay_s_buffer_is_full(
     fetched_for(c, BOB, 0.0, "v1")  # bob's own target 2, with 1: he lacks one
     assert len(c.held) == 3
     assert not [m for m in c.upstream_requests(0.1) if isinstance(m, p.Bored)]
+
+
+def test_attributed_a_jobber_is_asked_for_no_more_than_the_relay_s_buffer_has_room_for():
+    c = core(attribute=True, max_buffer=4)
+    c.up.attributes = True
+    bored(c, BOB, 0.0, want=0)  # his own target 2
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("v1"), spec("v2")), {SHA: WASM}), 0.0)
+    bored(c, BOB, 0.1, want=2)  # both out with him
+    bored(c, ANN, 0.2, want=0, host=p.HostFacts(cpus=4, memory_mb=1024, slots=4))  # 4
+    ask = request(c, 0.3, p.Bored)
+    assert ask.behalf.key == ANN and ask.want == 2  # 2 places left of 4
