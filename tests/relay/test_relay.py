@@ -1290,6 +1290,7 @@ def test_attributed_only_a_denied_answering_a_bored_denies_the_jobber_it_was_for
     ask = request(c, 2.0, p.Bored)
     c.upstream_reply(p.Error(ask.id, p.ErrorCode.DENIED, "this identity is denied"), 2.5)
     assert c.jobbers[ANN].denied and c.up.last_reply == 2.5
+    assert c.up.bored is None  # answered: the others may be asked for at once
 
 
 def test_a_reply_of_another_kind_than_its_request_asked_is_ignored():
