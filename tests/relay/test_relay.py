@@ -1500,3 +1500,12 @@ def test_attributed_a_jobber_is_asked_for_no_more_than_the_relay_s_buffer_has_ro
     bored(c, ANN, 0.2, want=0, host=p.HostFacts(cpus=4, memory_mb=1024, slots=4))  # 4
     ask = request(c, 0.3, p.Bored)
     assert ask.behalf.key == ANN and ask.want == 2  # 2 places left of 4
+
+
+def test_a_payload_sent_again_is_journaled_once():
+    c = core()
+    fill(c, 0.0, "u1")
+    c.take_ops()
+    ask = request(c, 0.5, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u2"),), {SHA: WASM}), 0.5)  # again, unsigned
+    assert [type(o) for o in c.take_ops()] == [Hold]
