@@ -1341,11 +1341,12 @@ def test_an_ack_counts_what_was_delivered_and_rejected_and_says_how_our_jobbers_
     results(c, ANN, 0.2, ok(a.tag), ok(b.tag))
     sent = request(c, 0.3, p.Results)
     settled = (p.Rejection("u2", p.ErrorCode.SETTLED, "decided"),)
-    standing = (p.Standing(ANN, 3, 0, False),)
+    standing = (p.Standing(ANN, 3, 0, False), p.Standing("cc" * 32, 1, 5, True))  # (unknown)
     c.upstream_reply(p.Ack(sent.id, ("u1",), settled, standing), 0.3)
     assert (c.up.delivered, c.up.rejected) == (1, 1) and c.held == {}
     assert (c.jobbers[ANN].won, c.jobbers[ANN].lost) == (3, 0)
     assert c.jobbers[ANN].allowance == QUOTA + 3  # its standing told: nothing for the ack
+    assert not c.jobbers[ANN].denied and "cc" * 32 not in c.jobbers  # (settled: no fault)
 
 
 def test_a_jobber_s_replicas_go_back_at_its_lease_exactly():
