@@ -1510,3 +1510,17 @@ def test_a_payload_sent_again_is_journaled_once():
     ask = request(c, 0.5, p.Bored)
     c.upstream_reply(p.Jobs(ask.id, (spec("u2"),), {SHA: WASM}), 0.5)  # again, unsigned
     assert [type(o) for o in c.take_ops()] == [Hold]
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_module_two_jobs_need_is_counted_once_in_a_jobs_message(over):
+    c = core()
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=host)
+    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - 256 + over
+    specs = (
+        p.JobSpec("u0", SHA, ("x",), b"\0" * 1000, LIMITS, 100.0),
+        p.JobSpec("u1", SHA, ("x",), b"\0" * second, LIMITS, 100.0),
+    )
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM}), 0.0)
+    assert len(bored(c, ANN, 0.1, want=2, host=host).jobs) == 2 - over
