@@ -174,8 +174,6 @@ class RelayCore(Holdings):
         super().__init__(
             tag_prefix, horizon_s=horizon_s, max_buffer=max_buffer, lease_s=lease_s, quota=quota
         )
-        self.name = name
-        self.attribute = attribute
         # the upstream's key, once learnt, is pinned and kept (never asked again)
         line = Link(request_timeout_s, backoff or Backoff(), recheck_learnt=False)
         self.up = Upstream(line, LEASE_S)

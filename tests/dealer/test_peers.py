@@ -428,3 +428,37 @@ def test_status_lists_the_peers(tmp_path):
     assert [r["address"] for r in rows] == [A, B] and rows[0]["jobs"] == 4
     assert rows[1]["said_at"] is None
     s.close()
+
+
+# --- rules the mutation run found unstated (docs/testing.md, "Mutation testing") -------
+
+
+def test_query_ids_count_from_one_across_every_peer():
+    peers = Peers([A, B])
+    first = asked(peers, 0.0)
+    assert (first[A].id, first[B].id) == (1, 2)
+    offer(peers, A, 0.5, 1)
+    offer(peers, B, 0.5, 1)
+    again = asked(peers, ASK_EVERY_S)
+    assert (again[A].id, again[B].id) == (3, 4)
+    assert "rng" not in repr(peers)  # (a Random's repr is only its address)
+
+
+def test_an_offer_carries_its_fields_and_nothing_else():
+    o = Offer(1, SMALL, None, False, 0.0)
+    assert not hasattr(o, "__dict__")  # slotted: one per peer, replaced every ask
+    with pytest.raises(AttributeError):
+        o.jobs = 2  # type: ignore[misc]
+
+
+def test_an_address_not_a_peer_is_never_reset():
+    peers = Peers([A])
+    assert peers.unreachable("tcp://127.0.0.1:1", 0.0, "refused") is False
+    assert peers.links[A].backoff.failures == 0
+
+
+def test_a_peer_the_shell_cannot_reach_is_reset_once():
+    peers = Peers([A])
+    asked(peers, 0.0)
+    assert peers.unreachable(A, 0.5, "refused") is True
+    assert peers.expire(0.6) == []  # its reset was asked already

@@ -298,3 +298,10 @@ def test_the_wait_after_any_failures_is_between_half_the_base_and_the_cap(failur
         wait = ln.failed(0.0)
     base = min(max_s, min_s * 2.0 ** min(failures - 1, 64))
     assert base / 2 <= wait <= base <= max_s
+
+
+def test_a_request_out_is_a_fact_carrying_its_fields_and_nothing_else():
+    r = link().sent("bored", 0.0)
+    with pytest.raises(AttributeError):  # frozen (FrozenInstanceError is one)
+        r.deadline = 99.0  # type: ignore[misc]
+    assert not hasattr(r, "__dict__")  # slotted: one per request out, on every link

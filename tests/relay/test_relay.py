@@ -12,9 +12,32 @@ import pytest
 import protocol as p
 from dealer._journal import JournalError
 from net._backoff import Backoff
-from relay._core import DENY_AFTER, GIVEN_BACK, LEASE_S, QUOTA, Drop, Hold, Payload, RelayCore
+from relay._core import (
+    DENY_AFTER,
+    GIVEN_BACK,
+    HORIZON_S,
+    LEASE_S,
+    MAX_BUFFER,
+    QUOTA,
+    Drop,
+    Hold,
+    Payload,
+    RelayCore,
+)
+from relay._downstream import MAX_JOBS_BYTES
+from relay._holdings import MAX_LATE, PACE_WINDOW_S
 from relay._journal import RelayJournal
-from relay._records import HELD_TRANSITIONS, Held, HeldState, RelayError
+from relay._records import (
+    HELD_TRANSITIONS,
+    MAX_ALLOWANCE,
+    OPS,
+    Held,
+    HeldState,
+    Jobber,
+    Local,
+    RelayError,
+)
+from relay._upstream import MAX_RESULTS_BYTES, MAX_RESULTS_PER_MESSAGE, REQUEST_TIMEOUT_S
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()
@@ -861,3 +884,643 @@ def test_the_upstream_key_is_learnt_once_on_first_use_and_kept():
     given = core()
     given.upstream.given_key("ef" * 32)
     assert given.upstream.hello(0.0) is None
+
+
+# --- rules the mutation run found unstated (docs/testing.md, "Mutation testing") -------
+
+
+def test_a_new_jobber_starts_with_a_clean_record_and_the_quota():
+    c = core()
+    bored(c, ANN, 3.0, want=0)
+    [row] = c.status(3.0, "up")["jobbers"]
+    assert row == {
+        "key": ANN,
+        "name": ANN[:3],
+        "machine": "10.0.0.a",
+        "results": 0,
+        "allowance": QUOTA,
+        "implausible": 0,
+        "valid": 0,
+        "invalid": 0,
+        "denied": None,
+        "holding": 0,
+        "last_seen": 3.0,
+        "gone": False,
+    }
+
+
+def test_journal_operations_and_local_replicas_are_facts_never_changed():
+    for record in (Drop("u1"), Local("x.0", "u1", ANN, "10.0.0.a", 0.0)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.utag = "u2"  # type: ignore[misc]
+
+
+def test_the_constants_docs_federation_md_and_docs_protocol_md_state():
+    # the defaults of --horizon, --buffer and --request-timeout; the pace window; what
+    # one results message upstream and one jobs message downstream carry at most
+    assert (HORIZON_S, MAX_BUFFER, REQUEST_TIMEOUT_S, PACE_WINDOW_S) == (120.0, 1024, 10.0, 10.0)
+    assert (MAX_RESULTS_PER_MESSAGE, MAX_RESULTS_BYTES) == (256, 768 * 1024)
+    assert MAX_JOBS_BYTES == 16 * 1024 * 1024
+
+
+def test_a_held_replica_made_as_a_journal_kept_it_starts_in_its_state():
+    assert Held("u1", spec("u1"), 0.0).state is HeldState.QUEUED
+    assert Held("u1", spec("u1"), 0.0, local={"x.0"}).state is HeldState.OUT
+    done = Held("u1", spec("u1"), 0.0, ok("u1"), local={"x.0"})
+    assert done.state is HeldState.DONE and done.deadline_at == 100.0
+
+
+def test_the_records_carry_their_declared_fields_and_nothing_else():
+    # slotted: thousands are kept (a buffer of 1,024 held, 65,536 late local replicas),
+    # and a misspelt field set on a mutable one fails instead of adding an attribute
+    h = Held("u1", spec("u1"), 0.0)
+    ops = [cls(*(None,) * len(dataclasses.fields(cls))) for cls in OPS.values()]
+    records = [h, Jobber(ANN), Local("x.0", "u1", ANN, "", 0.0), core().up, *ops]
+    assert all(not hasattr(r, "__dict__") for r in records), records
+    with pytest.raises(AttributeError):
+        h.stat = HeldState.OUT  # type: ignore[attr-defined]
+
+
+def test_an_allowance_halves_to_one_at_least_and_grows_to_the_cap_at_most():
+    j = Jobber(ANN, allowance=5)
+    j.bad()
+    assert j.allowance == 2
+    j.bad()
+    j.bad()
+    assert j.allowance == 1
+    j.good()
+    assert j.allowance == 2
+    j.allowance = MAX_ALLOWANCE - 1
+    j.good()
+    j.good()
+    assert j.allowance == MAX_ALLOWANCE
+
+
+def test_the_core_takes_a_buffer_and_a_quota_anywhere_in_their_ranges():
+    for bad in ({"quota": 0}, {"quota": MAX_ALLOWANCE + 1}, {"horizon_s": -1.0}):
+        with pytest.raises(ValueError):
+            core(**bad)
+    for good in ({"max_buffer": 1}, {"quota": 1}, {"quota": MAX_ALLOWANCE}):
+        core(**good)
+    assert core(quota=MAX_ALLOWANCE).quota == MAX_ALLOWANCE
+    plain = RelayCore("feedf00d")  # not attributing unless asked: no job promised a peer
+    assert plain.offer(1, 0.0).jobs == 0
+
+
+def test_status_counts_what_each_jobber_holds_and_who_is_gone_at_its_lease():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 1.0)  # holds u1's local replica
+    bored(c, BOB, 2.0, want=0)
+    rows = {r["key"]: r for r in c.status(22.0, "up")["jobbers"]}
+    assert (rows[ANN]["holding"], rows[BOB]["holding"]) == (1, 0)
+    assert (rows[ANN]["gone"], rows[BOB]["gone"]) == (True, True)  # 21 s and 20 s silent
+    assert c.status(21.9, "up")["jobbers"][1]["gone"] is False
+    for i in range(101):
+        bored(c, f"{i:064x}", 3.0, want=0)
+    assert len(c.status(3.0, "up")["jobbers"]) == 100  # the first hundred
+
+
+def test_the_late_replicas_remembered_are_bounded_the_oldest_forgotten_first():
+    assert MAX_LATE == 65536  # (its memory: some 10 MB at most)
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    for i in range(MAX_LATE + 1):
+        c.local[f"x.{i}"] = Local(f"x.{i}", "gone", ANN, "", 0.0)
+        c._release(f"x.{i}")
+    assert len(c.late) == MAX_LATE and "x.0" not in c.late and "x.1" in c.late
+    ack = results(c, ANN, 1.0, ok("x.0"), ok("x.1"))
+    assert [r.code for r in ack.rejected] == [p.ErrorCode.UNKNOWN_TAG, p.ErrorCode.SETTLED]
+
+
+def test_a_restart_keeps_out_what_is_out_and_forgets_replicas_of_jobs_it_no_longer_holds():
+    c = core(lease_s=20.0)
+    held = [("u1", spec("u1"), 0.0, None, "", ""), ("u2", spec("u2"), 0.0, None, "", "")]
+    out = [Local("x.0", "u1", ANN, "10.0.0.a", 0.0), Local("x.1", "gone", ANN, "10.0.0.a", 0.0)]
+    c.load(held, [(SHA, WASM, None)], out, 2, 50.0)
+    assert list(c.local) == ["x.0"] and c.held["u1"].local == {"x.0"}
+    assert c.counts() == {"queued": 1, "out": 1, "done": 0}
+    assert c.jobbers[ANN].last_seen == 50.0 and c.jobbers[ANN].address == "10.0.0.a"
+    [job] = bored(c, BOB, 51.0, want=2).jobs  # u1 stays with ANN
+    assert job.tag == "feedf00d.2"
+    c.tick(69.9)
+    assert "x.0" in c.local  # ANN's lease runs from the restart
+    c.tick(70.0)
+    assert "x.0" not in c.local
+
+
+def test_a_jobber_is_served_until_its_lease_and_its_results_count_for_the_pace_window():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 5.0, ok(job.tag))
+    assert c.rate(15.0) == pytest.approx(1 / PACE_WINDOW_S)  # the window's last instant
+    assert c.rate(15.01) == 0.0
+    assert c.target(24.9) == 2 and c.target(25.0) == 0  # served while its lease runs
+
+
+def test_a_settled_replica_is_answered_settled_once_more_then_forgotten():
+    c = core()
+    fill(c, 0.0, "u1")
+    [first] = bored(c, ANN, 0.0).jobs
+    c.tick(LEASE_S + 0.1)
+    [second] = bored(c, BOB, LEASE_S + 0.2).jobs
+    results(c, ANN, LEASE_S + 1, ok(first.tag))
+    codes = [results(c, BOB, LEASE_S + 2, ok(second.tag)).rejected[0].code for _ in range(3)]
+    assert codes == [p.ErrorCode.SETTLED, p.ErrorCode.SETTLED, p.ErrorCode.UNKNOWN_TAG]
+    assert c.local == {} and c.late == {}
+
+
+def test_a_denial_keeps_its_first_reason_and_an_unknown_jobber_is_not_denied():
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    c.deny(ANN, "first")
+    c.deny(ANN, "second")
+    c.deny("cc" * 32, "never seen")
+    assert c.jobbers[ANN].denied == "first" and "cc" * 32 not in c.jobbers
+
+
+def test_a_cancelled_replica_takes_its_local_replicas_with_it():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    [a, _] = bored(c, ANN, 0.0).jobs
+    c.up.line.forget("alive")
+    alive = c.up.line.sent("alive", 0.1)
+    c.upstream_reply(p.AliveAck(alive.id, 20.0, ("u1", "u2")), 0.2)
+    assert c.held == {} and c.local == {}
+    assert c.status(0.3, "up")["jobbers"][0]["holding"] == 0
+
+
+def test_a_held_replica_is_queued_again_only_once_its_last_local_replica_is_back():
+    c = core()
+    out = [Local("x.0", "u1", ANN, "", 0.0), Local("x.1", "u1", BOB, "", 0.0)]
+    c.load([("u1", spec("u1"), 0.0, None, "", "")], [(SHA, WASM, None)], out, 2, 0.0)
+    assert c.counts()["out"] == 1
+    bored(c, ANN, 1.0, want=0, holding=())  # x.0 lost
+    assert c.counts() == {"queued": 0, "out": 1, "done": 0}
+    bored(c, BOB, 1.0, want=0, holding=())  # x.1 lost too
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+
+
+def test_a_queued_job_is_given_back_at_its_deadline_exactly():
+    c = core()
+    fill(c, 0.0, "u1", deadline_s=10.0)
+    c.tick(9.99)
+    assert c.given_back == 0
+    c.tick(10.0)
+    assert c.given_back == 1 and c.counts()["done"] == 1
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_jobs_message_is_packed_to_16_mib_to_the_byte_of_its_estimate(over):
+    # each job counts its stdin and 256 bytes; each module its bytes, once
+    c = core()
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=host)
+    other = WASM + b"\0" * 992
+    sha = hashlib.sha256(other).hexdigest()
+    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - (len(other) + 256) + over
+    specs = (
+        p.JobSpec("u0", SHA, ("x",), b"\0" * 1000, LIMITS, 100.0),
+        p.JobSpec("u1", sha, ("x",), b"\0" * second, LIMITS, 100.0),
+    )
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM, sha: other}), 0.0)
+    assert len(bored(c, ANN, 0.1, want=2, host=host).jobs) == 2 - over
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_results_message_is_packed_to_768_kib_to_the_byte_of_its_estimate(over):
+    # each result counts its output, four bytes a character of its tag and detail, and 64
+    first = p.Result("u0", p.Status.TRAP, b"x" * 1000, 10, "trap")
+    rest = MAX_RESULTS_BYTES - (1000 + 4 * (2 + 4) + 64) - (4 * 2 + 64) + over
+    second = p.Result("u1", p.Status.OK, b"y" * rest, 10)
+    held = [(r.tag, spec(r.tag), 0.0, r, "", "") for r in (first, second)]
+    c = core()
+    c.load(held, [(SHA, WASM, None)], [], 0, 0.0)
+    sent = request(c, 0.0, p.Results)
+    assert [r.tag for r in sent.results] == ["u0", "u1"][: 2 - over]
+
+
+def test_what_goes_down_caps_a_deadline_and_what_goes_up_an_address():
+    c = core()
+    fill(c, 0.0, "u1", deadline_s=1e10)
+    long = "1" * 300
+    [job] = c.bored(p.Bored(1, "ann", HOST, 1), 0.0, ANN, long).jobs
+    assert job.deadline_s == 1e9
+    c.results(p.Results(2, "ann", (ok(job.tag),)), 1.0, ANN, long)
+    assert c.held["u1"].result.by == p.Attribution(ANN, "1" * 256)
+
+
+def test_the_relay_says_itself_within_the_wire_s_bounds_serving_none_or_many():
+    c = core(name="lab-3")
+    assert c.host(0.0) == p.HostFacts(cpus=1, memory_mb=0, slots=0)  # serving nobody
+    huge = p.HostFacts(cpus=1 << 20, memory_mb=1 << 20, slots=1 << 20)
+    bored(c, ANN, 0.0, want=0, host=huge)
+    bored(c, BOB, 0.0, want=0, host=huge)
+    h = c.host(0.0)
+    assert (h.cpus, h.slots, h.memory_mb) == (1 << 20, 1 << 20, 1 << 20)
+    ask = request(c, 0.0, p.Bored)
+    assert ask.jobber == "lab-3"  # its name upstream
+
+
+def test_the_relay_s_alive_goes_every_quarter_lease_at_most_every_alive_interval():
+    c = core()
+    fill(c, 0.0, "u1")
+    assert not [m for m in c.upstream_requests(4.99) if isinstance(m, p.Alive)]
+    alive = request(c, 5.0, p.Alive)  # the upstream's lease (20 s) / 4, and 5 s at most
+    assert alive.jobber == "relay"
+    c.upstream_reply(p.AliveAck(alive.id, 8.0, ()), 5.0)  # its lease now 8 s
+    assert not [m for m in c.upstream_requests(6.99) if isinstance(m, p.Alive)]
+    c.upstream_reply(p.AliveAck(request(c, 7.0, p.Alive).id, 40.0, ()), 7.0)  # 8 s / 4
+    assert not [m for m in c.upstream_requests(11.99) if isinstance(m, p.Alive)]
+    request(c, 12.0, p.Alive)  # ALIVE_INTERVAL_S, not 40 s / 4
+
+
+def test_attributed_the_emptiest_buffer_is_asked_for_first_then_the_longest_unasked():
+    c = core(attribute=True)
+    one = p.HostFacts(cpus=1, memory_mb=1024, slots=1)  # its own target 2
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    c.up.attributes = True  # (no alive at start in the way)
+    bored(c, ANN, 1.0, want=0, host=one)
+    bored(c, BOB, 1.0, want=0, host=four)
+    first = request(c, 1.0, p.Bored)
+    assert first.behalf.key == ANN  # equals, neither asked yet: the first served
+    c.upstream_reply(p.Jobs(first.id, ()), 1.0)
+    assert request(c, 1.1, p.Bored).behalf.key == BOB  # equals: the one asked longest ago
+    c.upstream_reply(p.Jobs(c.up.bored, tuple(spec(f"b{i}") for i in range(3)), {SHA: WASM}), 1.1)
+    bored(c, BOB, 1.2, want=3, host=four)  # 3 of 8 out with BOB: 5/8 lacking; ANN: 2/2
+    assert request(c, 1.3, p.Bored).behalf.key == ANN
+
+
+def test_attributed_a_jobber_told_to_wait_is_asked_for_again_when_its_wait_is_over():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.RetryLater(ask.id, 5.0), 0.0)
+    assert not [m for m in c.upstream_requests(4.99) if isinstance(m, p.Bored)]
+    assert request(c, 5.0, p.Bored).behalf.key == ANN
+
+
+def test_attributed_what_is_asked_on_a_jobber_s_behalf_names_its_address_capped():
+    c = core(attribute=True)
+    c.up.attributes = True
+    c.bored(p.Bored(1, "ann", HOST, 0), 0.0, ANN, "2" * 300)
+    assert request(c, 0.0, p.Bored).behalf == p.Attribution(ANN, "2" * 256)
+
+
+def test_status_of_a_fresh_upstream_link():
+    s = core().status(0.0, "tcp://up:7117")["upstream"]
+    assert s == {
+        "finished": False,
+        "failures": 0,
+        "last_reply": None,
+        "delivered": 0,
+        "rejected": 0,
+        "attributes": None,
+    }
+
+
+def test_a_jobber_of_no_slots_still_runs_two_and_its_last_second_counts_from_its_start():
+    c = core(quota=MAX_ALLOWANCE)
+    fill(c, 0.0, *(f"u{i}" for i in range(12)))
+    none = p.HostFacts(cpus=1, memory_mb=1024, slots=0)
+    first = bored(c, BOB, 0.0, want=8, host=none)
+    assert len(first.jobs) == 2
+    results(c, BOB, 0.5, *(ok(j.tag) for j in first.jobs))
+    more = bored(c, BOB, 0.6, want=8, host=none)
+    results(c, BOB, 0.7, *(ok(j.tag) for j in more.jobs))
+    assert len(bored(c, BOB, 1.5, want=8, host=none).jobs) == 4  # four in the last second
+
+
+def test_a_job_goes_down_while_some_of_its_deadline_is_left():
+    c = core()
+    fill(c, 0.0, "u1", "u2", deadline_s=10.0)
+    [job] = bored(c, ANN, 9.5, want=1).jobs
+    assert job.deadline_s == pytest.approx(0.5)
+    assert isinstance(bored(c, BOB, 10.0, want=1), p.RetryLater)  # none left: not sent
+
+
+def test_a_jobs_message_carries_at_most_max_payloads_modules():
+    c = core(quota=MAX_ALLOWANCE)
+    mods = [WASM + bytes([i]) for i in range(p.MAX_PAYLOADS + 1)]
+    shas = [hashlib.sha256(m).hexdigest() for m in mods]
+    held = [
+        (f"u{i}", dataclasses.replace(spec(f"u{i}"), payload=s), 0.0, None, "", "")
+        for i, s in enumerate(shas)
+    ]
+    c.load(held, [(s, m, None) for s, m in zip(shas, mods, strict=True)], [], 0, 0.0)
+    many = p.HostFacts(cpus=1, memory_mb=1024, slots=100)
+    first = bored(c, ANN, 0.0, want=100, host=many)
+    assert len(first.jobs) == len(first.payloads) == p.MAX_PAYLOADS
+    [last] = bored(c, ANN, 0.1, want=100, host=many).jobs
+    assert last.payload == shas[-1]
+
+
+def test_an_output_of_the_job_s_limit_is_plausible_one_byte_more_is_not():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    ack = results(c, ANN, 1.0, ok(a.tag, b"x" * 1024), ok(b.tag, b"x" * 1025))
+    assert ack.tags == (a.tag,) and ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+
+
+def test_an_alive_names_what_it_holds_only_while_no_bored_is_out():
+    c = core()
+    fill(c, 0.0, "u1")
+    sent = {type(m): m for m in c.upstream_requests(5.0)}
+    assert set(sent) == {p.Bored, p.Alive}  # down to half its target of 2: it asks
+    assert sent[p.Alive].holding is None  # a jobs reply in flight would read as lost
+
+
+def test_attributed_nothing_is_asked_for_a_jobber_at_its_target_or_a_relay_at_its_buffer():
+    c = core(attribute=True, max_buffer=3)
+    c.up.attributes = True
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    bored(c, ANN, 0.1, want=2, host=four)  # both out with it
+    assert request(c, 0.2, p.Bored).want == 1  # the one place left in the relay's buffer
+    c.upstream_reply(p.Jobs(c.up.bored, (spec("u3"),)), 0.2)
+    bored(c, ANN, 0.3, want=1, host=four)
+    assert not [m for m in c.upstream_requests(0.4) if isinstance(m, p.Bored)]  # 3 of 3
+    one = core(attribute=True)
+    one.up.attributes = True
+    fetched_for(one, BOB, 0.0, "v1", "v2")  # its own target 2
+    bored(one, BOB, 0.1, want=2)
+    assert not [m for m in one.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_a_jobber_that_won_as_many_votes_as_it_lost_is_not_denied():
+    c = core(attribute=True)
+    bored(c, ANN, 0.0, want=0)
+    alive_ack(c, 0.0, (p.Standing(ANN, DENY_AFTER, DENY_AFTER, False),))
+    assert not c.jobbers[ANN].denied
+    alive_ack(c, 1.0, (p.Standing(ANN, DENY_AFTER, DENY_AFTER + 1, False),))
+    assert c.jobbers[ANN].denied
+
+
+def test_a_finished_upstream_hears_an_alive_at_once_for_how_our_jobbers_stand():
+    c = core()
+    fill(c, 0.0, "u1")
+    c.upstream_reply(p.AliveAck(request(c, 5.0, p.Alive).id, 20.0, ()), 5.0)
+    assert c.up.bored is not None  # (down to half its target: it asked for more)
+    c.upstream_reply(p.Finished(c.up.bored), 5.2)
+    assert isinstance(request(c, 5.3, p.Alive), p.Alive)  # not 5 s after the last
+
+
+def test_the_hello_answered_is_no_longer_waited_for():
+    c = core()
+    c.upstream.given_key(None)
+    c.upstream.hello(0.0)
+    c.upstream.hello_reply(p.HelloReply(1, "cd" * 32), 0.2)
+    assert c.upstream.late(100.0) == [] and not c.up.line.busy()
+
+
+def test_attributed_only_a_denied_answering_a_bored_denies_the_jobber_it_was_for():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Error(request(c, 0.0, p.Bored).id, p.ErrorCode.INTERNAL, "busy"), 0.0)
+    assert not c.jobbers[ANN].denied and c.up.backoff.failures == 1
+    c.up.line.backoff.succeeded()
+    alive = c.up.line.sent("alive", 1.0)  # (c.up.bored_for is still ANN)
+    c.upstream_reply(p.Error(alive.id, p.ErrorCode.DENIED, "this identity is denied"), 1.0)
+    assert not c.jobbers[ANN].denied and c.up.backoff.failures == 1
+    c.up.line.backoff.succeeded()
+    ask = request(c, 2.0, p.Bored)
+    c.upstream_reply(p.Error(ask.id, p.ErrorCode.DENIED, "this identity is denied"), 2.5)
+    assert c.jobbers[ANN].denied and c.up.last_reply == 2.5
+    assert c.up.bored is None  # answered: the others may be asked for at once
+
+
+def test_a_reply_of_another_kind_than_its_request_asked_is_ignored():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    results(c, ANN, 0.1, ok(job.tag))
+    sent = {type(m): m for m in c.upstream_requests(5.0)}
+    res, alive, ask = sent[p.Results], sent[p.Alive], sent[p.Bored]
+    c.upstream_reply(p.AliveAck(ask.id, 1.0, ("u1",)), 5.1)  # to the bored
+    c.upstream_reply(p.Jobs(res.id, (spec("x1"),), {}), 5.1)  # to the results
+    c.upstream_reply(p.Ack(alive.id, ("u1",)), 5.1)  # to the alive
+    assert set(c.held) == {"u1"} and c.up.lease_s == LEASE_S
+    sent = {type(m): m for m in c.upstream_requests(5.2)}
+    res, ask = sent[p.Results], sent[p.Bored]
+    c.upstream_reply(p.RetryLater(res.id, 50.0), 5.3)  # to the results
+    c.upstream_reply(p.Ack(ask.id, ("u1",)), 5.3)  # to the bored
+    assert "u1" in c.held and c.up.quiet_until == 0.0
+    for make in (p.Finished, lambda rid: p.Referral(rid, ("tcp://x:1",))):
+        res = {type(m): m for m in c.upstream_requests(5.4)}[p.Results]
+        c.upstream_reply(make(res.id), 5.5)  # to the results
+        assert not c.up.finished and c.up.quiet_until == 0.0
+
+
+def test_a_buffer_all_out_at_its_target_asks_for_nothing_more():
+    c = core()
+    fill(c, 0.0, "u1", "u2")  # ANN's target: 2
+    bored(c, ANN, 0.1)  # both out
+    assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_attributed_a_jobber_is_asked_for_up_to_its_own_target():
+    c = core(attribute=True)
+    c.up.attributes = True
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)  # its own target 8
+    bored(c, ANN, 0.0, want=0, host=four)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1"), spec("u2")), {SHA: WASM}), 0.0)
+    bored(c, ANN, 0.1, want=2, host=four)  # both out
+    assert request(c, 0.2, p.Bored).want == 6
+
+
+def test_an_ack_counts_what_was_delivered_and_rejected_and_says_how_our_jobbers_stand():
+    c = core(attribute=True)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.1).jobs
+    results(c, ANN, 0.2, ok(a.tag), ok(b.tag))
+    sent = request(c, 0.3, p.Results)
+    settled = (p.Rejection("u2", p.ErrorCode.SETTLED, "decided"),)
+    standing = (p.Standing(ANN, 3, 0, False), p.Standing("cc" * 32, 1, 5, True))  # (unknown)
+    c.upstream_reply(p.Ack(sent.id, ("u1",), settled, standing), 0.3)
+    assert (c.up.delivered, c.up.rejected) == (1, 1) and c.held == {}
+    assert (c.jobbers[ANN].won, c.jobbers[ANN].lost) == (3, 0)
+    assert c.jobbers[ANN].allowance == QUOTA + 3  # its standing told: nothing for the ack
+    assert not c.jobbers[ANN].denied and "cc" * 32 not in c.jobbers  # (settled: no fault)
+
+
+def test_a_jobber_s_replicas_go_back_at_its_lease_exactly():
+    c = core(lease_s=20.0)
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 1.0)
+    c.tick(20.99)
+    assert c.counts()["out"] == 1
+    c.tick(21.0)
+    assert c.counts() == {"queued": 1, "out": 0, "done": 0}
+
+
+def test_a_jobber_holds_no_more_than_its_allowance_whatever_it_runs_soon():
+    c = core(quota=2)
+    four = p.HostFacts(cpus=4, memory_mb=1024, slots=4)
+    fill(c, 0.0, "u1", "u2", "u3", "u4")
+    assert len(bored(c, ANN, 0.1, want=8, host=four).jobs) == 2
+    full = bored(c, ANN, 0.2, want=8, host=four)
+    assert isinstance(full, p.RetryLater) and full.more is True
+
+
+def test_what_a_jobber_is_told_to_wait_when_the_buffer_has_nothing_for_it():
+    c = core()
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 0.0, want=1)  # u1 out with ann; ann could run one more
+    ask = request(c, 0.1, p.Bored)
+    c.upstream_reply(p.RetryLater(ask.id, 5.0), 0.1)  # the upstream: nothing before 5.1
+    assert bored(c, BOB, 0.2, want=0).more is True  # (asking nothing: told all the same)
+    assert bored(c, ANN, 0.2, want=1).seconds == 1.0  # no jobs come before 5.1
+    assert bored(c, ANN, 5.1, want=1).seconds == 0.2  # they may come within a round trip
+    c.upstream_failed(5.2)
+    empty = core()
+    bored(empty, ANN, 0.0, want=0)  # holding nothing, asking nothing, nothing out
+    assert bored(empty, BOB, 0.0, want=0).more is None
+    held = bored(c, ANN, 5.3, want=1)  # room for one more, none here: not "full"
+    assert held.seconds == 1.0 and held.more is True
+
+
+def test_a_denied_jobber_s_result_is_refused_once_and_decides_nothing():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    c.deny(ANN, "lost too many votes")
+    ack = results(c, ANN, 0.1, ok(job.tag))
+    assert ack.tags == () and [r.code for r in ack.rejected] == [p.ErrorCode.DENIED]
+    assert c.held["u1"].result is None and c.counts()["queued"] == 1
+
+
+def test_not_attributing_the_relay_says_alive_only_while_it_holds_something():
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, ()), 0.0)  # nothing to hold
+    assert not [m for m in c.upstream_requests(10.0) if isinstance(m, p.Alive)]
+
+
+def test_attributed_a_referral_holds_back_asking_for_the_least_backoff_to_its_instant():
+    c = core(attribute=True)
+    c.up.attributes = True
+    bored(c, ANN, 0.0, want=0)
+    c.upstream_reply(p.Referral(request(c, 0.0, p.Bored).id, ("tcp://x:1",)), 0.5)
+    assert not [m for m in c.upstream_requests(1.49) if isinstance(m, p.Bored)]
+    assert request(c, 1.5, p.Bored).behalf.key == ANN  # 0.5 + min_s
+
+
+def test_a_replica_given_back_with_output_or_fuel_is_implausible_not_given_back():
+    c = core()
+    fill(c, 0.0, "u1", "u2")
+    a, b = bored(c, ANN, 0.0).jobs
+    ack = results(
+        c,
+        ANN,
+        0.1,
+        p.Result(a.tag, p.Status.ABANDONED, b"x", 0),
+        p.Result(b.tag, p.Status.ABANDONED, b"", 5),
+    )
+    assert ack.tags == () and {r.code for r in ack.rejected} == {p.ErrorCode.IMPLAUSIBLE}
+    assert c.jobbers[ANN].implausible == 2
+
+
+def test_attributed_an_implausible_result_from_the_jobber_it_was_fetched_for_goes_back():
+    c = core(attribute=True)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1")
+    [job] = bored(c, ANN, 0.1).jobs
+    ack = results(c, ANN, 0.2, ok(job.tag, b"x" * 2000))  # over its 1 KiB
+    assert ack.rejected[0].code is p.ErrorCode.IMPLAUSIBLE
+    r = c.held["u1"].result
+    assert r is not None and r.status is p.Status.ABANDONED and "implausible" in r.detail
+
+
+def test_a_result_taken_is_forgotten_with_its_local_tag():
+    c = core()
+    fill(c, 0.0, "u1")
+    [job] = bored(c, ANN, 0.0).jobs
+    assert results(c, ANN, 0.1, ok(job.tag)).tags == (job.tag,)
+    again = results(c, ANN, 0.2, ok(job.tag))
+    assert [r.code for r in again.rejected] == [p.ErrorCode.UNKNOWN_TAG]
+
+
+def test_a_jobber_is_forgotten_ten_minutes_after_it_was_last_seen():
+    c = core()
+    bored(c, ANN, 100.0, want=0)
+    c.tick(699.0)
+    assert ANN in c.jobbers
+    c.tick(700.0)
+    assert ANN not in c.jobbers
+
+
+def test_a_peer_is_offered_none_of_what_is_out():
+    c = core()
+    fill(c, 0.0, "u1")
+    bored(c, ANN, 0.0)
+    assert c.offer(7, 0.1) == p.WorkOffer(7, 0, None, None, None)
+
+
+def test_attributed_a_peer_is_offered_a_job_s_own_nan_rule():
+    c = core(attribute=True)
+    c.up.attributes = True
+    native = dataclasses.replace(LIMITS, native_nans=True)
+    bored(c, ANN, 0.0, want=0)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u1", limits=native),), {SHA: WASM}), 0.0)
+    assert c.offer(3, 0.1).limits.native_nans is True  # each jobber asked for with its own
+
+
+def test_what_is_out_with_our_jobbers_is_not_counted_as_queued():
+    c = core()
+    three = p.HostFacts(cpus=3, memory_mb=1024, slots=3)  # target 6
+    bored(c, ANN, 0.0, want=0, host=three)
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, tuple(spec(f"u{i}") for i in range(5)), {SHA: WASM}), 0.0)
+    bored(c, ANN, 0.1, want=1, host=three)  # 4 queued, 1 out: 4 * 2 > 6
+    assert not [m for m in c.upstream_requests(0.2) if isinstance(m, p.Bored)]
+
+
+def test_attributed_nothing_is_asked_for_anyone_once_the_relay_s_buffer_is_full():
+    c = core(attribute=True, max_buffer=3)
+    c.up.attributes = True
+    fetched_for(c, ANN, 0.0, "u1", "u2")
+    fetched_for(c, BOB, 0.0, "v1")  # bob's own target 2, with 1: he lacks one
+    assert len(c.held) == 3
+    assert not [m for m in c.upstream_requests(0.1) if isinstance(m, p.Bored)]
+
+
+def test_attributed_a_jobber_is_asked_for_no_more_than_the_relay_s_buffer_has_room_for():
+    c = core(attribute=True, max_buffer=4)
+    c.up.attributes = True
+    bored(c, BOB, 0.0, want=0)  # his own target 2
+    ask = request(c, 0.0, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("v1"), spec("v2")), {SHA: WASM}), 0.0)
+    bored(c, BOB, 0.1, want=2)  # both out with him
+    bored(c, ANN, 0.2, want=0, host=p.HostFacts(cpus=4, memory_mb=1024, slots=4))  # 4
+    ask = request(c, 0.3, p.Bored)
+    assert ask.behalf.key == ANN and ask.want == 2  # 2 places left of 4
+
+
+def test_a_payload_sent_again_is_journaled_once():
+    c = core()
+    fill(c, 0.0, "u1")
+    c.take_ops()
+    ask = request(c, 0.5, p.Bored)
+    c.upstream_reply(p.Jobs(ask.id, (spec("u2"),), {SHA: WASM}), 0.5)  # again, unsigned
+    assert [type(o) for o in c.take_ops()] == [Hold]
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_a_module_two_jobs_need_is_counted_once_in_a_jobs_message(over):
+    c = core()
+    host = p.HostFacts(cpus=1, memory_mb=1024, slots=4)
+    bored(c, ANN, 0.0, want=0, host=host)
+    second = MAX_JOBS_BYTES - (len(WASM) + 1000 + 256) - 256 + over
+    specs = (
+        p.JobSpec("u0", SHA, ("x",), b"\0" * 1000, LIMITS, 100.0),
+        p.JobSpec("u1", SHA, ("x",), b"\0" * second, LIMITS, 100.0),
+    )
+    c.upstream_reply(p.Jobs(request(c, 0.0, p.Bored).id, specs, {SHA: WASM}), 0.0)
+    assert len(bored(c, ANN, 0.1, want=2, host=host).jobs) == 2 - over
