@@ -12,6 +12,7 @@ import pytest
 import protocol as p
 from dealer._journal import JournalError
 from net._backoff import Backoff
+from protocol import MAX_RESULTS_BYTES, MAX_RESULTS_PER_MESSAGE
 from relay._core import (
     DENY_AFTER,
     GIVEN_BACK,
@@ -37,7 +38,7 @@ from relay._records import (
     Local,
     RelayError,
 )
-from relay._upstream import MAX_RESULTS_BYTES, MAX_RESULTS_PER_MESSAGE, REQUEST_TIMEOUT_S
+from relay._upstream import REQUEST_TIMEOUT_S
 
 WASM = b"\0asm\1\0\0\0"  # bytes only: the core never runs them
 SHA = hashlib.sha256(WASM).hexdigest()
