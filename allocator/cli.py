@@ -1,4 +1,4 @@
-"""`python -m dealer allocator serve|whoami|grant|revoke|project-add|...`: the allocator.
+"""`python -m allocator serve|whoami|grant|revoke|project-add|...`: the allocator.
 
 `serve` runs it on a SQLite file; every other command is an admin request,
 sent over the allocator's encrypted port with the admin's own key pair (the
@@ -161,7 +161,7 @@ def _print(op: str, reply: AllocReply) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m dealer allocator",
+        prog="python -m allocator",
         description="An allocator: divides pools of machines lent by suppliers among "
         "projects (dealers) by resource share. `serve` runs it; the other commands are "
         "admin requests, authenticated by the admin's key pair.",

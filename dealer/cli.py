@@ -107,16 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jb.add_argument("--json", action="store_true", help="print it as one JSON object")
     jb.add_argument("--full", action="store_true", help="show whole outputs and jobber keys")
-    sub.add_parser(  # for --help only: main() hands `allocator` to allocator.cli
+    sub.add_parser(  # for --help only: main() runs python -m allocator in its place
         "allocator",
-        help="divide pools of lent machines among projects by share: serve, and the admin "
-        "commands (python -m dealer allocator --help)",
+        help="the older spelling of python -m allocator: divide pools of lent machines "
+        "among projects by share (python -m allocator --help)",
         add_help=False,
     )
-    sub.add_parser(  # for --help only: main() hands `relay` to relay.cli first
+    sub.add_parser(  # for --help only: main() runs python -m relay in its place
         "relay",
-        help="serve jobs from an upstream dealer to jobbers behind it, buffered and journaled "
-        "(python -m dealer relay --help)",
+        help="the older spelling of python -m relay: serve jobs from an upstream dealer to "
+        "jobbers behind it, buffered and journaled (python -m relay --help)",
         add_help=False,
     )
     rf = sub.add_parser("refer", help="serve no task: refer every jobber to the given dealers")

@@ -194,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--join",
         metavar="TOKEN",
-        help="with --pool: the pool's join token from its admin (python -m dealer allocator "
+        help="with --pool: the pool's join token from its admin (python -m allocator "
         "join-token), presented once: the allocator then admits this machine's key",
     )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")

@@ -1,6 +1,6 @@
 """The allocator's messages: jobbers asking for their instructions, admins changing them.
 
-An allocator (``python -m dealer allocator serve``) is a CurveZMQ ROUTER like a
+An allocator (``python -m allocator serve``) is a CurveZMQ ROUTER like a
 dealer's work port, with the same plaintext ``hello`` port one up. Two kinds
 of peer talk to it, each proving its key in the handshake:
 

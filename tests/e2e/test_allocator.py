@@ -22,7 +22,9 @@ def start_allocator(procs, port: int, *extra: str, log: str = "allocator"):
     proc = procs.start(
         log,
         [
-            PY, "-m", "dealer", "allocator", "serve", "--db", procs.cwd / "org.sqlite",
+            # its own program (the admin commands below use the older spelling,
+            # python -m dealer allocator, which execs it)
+            PY, "-m", "allocator", "serve", "--db", procs.cwd / "org.sqlite",
             "--bind", f"tcp://127.0.0.1:{port}", "--refresh", "0.5", "--poll", "0.5", *extra,
         ],
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """End to end through a relay: upstream dealer <- relay <- two jobbers, real processes.
 
 The upstream is the factoring example (examples/factoring.py), the relay is
-`python -m dealer relay`, the jobbers are unchanged `python -m jobber`s that
+`python -m relay`, the jobbers are unchanged `python -m jobber`s that
 know only the relay. Each test breaks something (the upstream killed mid-batch
 and restarted on its journal; the relay killed with kill -9 and restarted on
 its journal) and checks that the printed factorization is right and that
@@ -19,7 +19,9 @@ from tests.helpers import CHUNK, JOBS, LINE, PY, N, free_port, summary, wait_for
 
 
 def _relay(procs, name: str, upstream: str, port: int, db: Path, *extra: str):
-    argv = [PY, "-m", "dealer", "relay", upstream, "--bind", f"tcp://127.0.0.1:{port}"]
+    # the relay's own program (tests/e2e/test_relay_trust.py runs the older spelling,
+    # python -m dealer relay, which execs it)
+    argv = [PY, "-m", "relay", upstream, "--bind", f"tcp://127.0.0.1:{port}"]
     argv += ["--db", db, "--min-backoff", "0.2", "--max-backoff", "1", "--request-timeout", "2"]
     return procs.start(name, [*argv, *extra])
 
