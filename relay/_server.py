@@ -1,6 +1,6 @@
 """The relay's shell: its jobbers' ROUTER, one DEALER socket upstream, the journal.
 
-One thread. Each turn (dealer._server.RouterServer.turn, with the upstream
+One thread. Each turn (net._router.RouterServer.turn, with the upstream
 around it):
 
 1. `before_turn`: replies from upstream are drained and given to the core
