@@ -24,7 +24,7 @@ from dealer._core import Core, Drawn, Policy, Returned, Sent
 from dealer._history import History
 from dealer._journal import ReadOnly, move_aside, task_pins
 from dealer._service import Service
-from protocol import Status
+from protocol import ProtocolError, Status
 from tasks import Job, Limits, Payload, Task
 from tests.helpers import PY, ROOT
 from tests.wat import printing
@@ -659,3 +659,18 @@ def sha(text: str) -> str:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_journal_record_takes_every_integer_msgpack_carries_and_no_other() -> None:
+    """The journal's bounds are msgpack's (dealer._records), not the wire's caps: from
+    -2**63 to 2**64 - 1, both included."""
+
+    def drawn(job_id: int) -> Drawn:
+        return Drawn._from_wire({"job_id": job_id, "digest": "d"}, "Drawn")
+
+    for edge in (-(2**63), 2**64 - 1):
+        assert drawn(edge).job_id == edge
+        assert msgpack.unpackb(msgpack.packb(edge)) == edge  # both carried
+    for beyond in (-(2**63) - 1, 2**64):
+        with pytest.raises(ProtocolError, match="job_id"):
+            drawn(beyond)

@@ -660,3 +660,17 @@ def test_the_defaults_of_the_records():
     assert p.Ack(1, ()).rejected == () and p.AliveAck(1, 5.0).cancel == ()
     assert p.StatusQuery(1).page is None and p.Alive(1, "a").holding is None
     assert p.Signature(SHA, bytes(64)).chain == ()
+
+
+def test_schema_helpers_keep_their_stated_contracts() -> None:
+    """The schema language's own small rules, as its docstrings state them."""
+    # _float() with no bounds: any finite number from 0 to 1e12, both included
+    number = _schema._float()
+    assert number.parse(0) == 0.0 and number.parse(0.5) == 0.5 and number.parse(1e12) == 1e12
+    for bad in (-0.5, 1e12 + 1):
+        with pytest.raises(p.ProtocolError):
+            number.parse(bad)
+    # _depth answers True or False, never a falsy something else
+    assert _schema._depth([[1]], 2) is True
+    assert _schema._depth([[1]], 1) is False
+    assert _schema._depth([1], 0) is False
