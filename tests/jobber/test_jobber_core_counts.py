@@ -1257,3 +1257,25 @@ def test_physical_memory_is_pages_times_their_size_in_mib_or_1024_unknown(monkey
 
     monkeypatch.setattr(js.os, "sysconf", unknown)
     assert js.physical_memory_mb() == 1024
+
+
+def test_a_held_jobs_most_in_the_spool_and_in_memory_to_the_byte():
+    worst = p.Result("", p.Status.OK, b"", 5, "\U0001f600" * p.MAX_STR)  # 4 bytes each
+    assert c.RESULT_OVERHEAD_BYTES == c._weight(worst) == 4 * 4096 + 64
+    held = c.Held(LIVE, spec("t.0"), 1.0)
+    assert held.may_hold == 64 * 1024 + 4 * 3 + c.RESULT_OVERHEAD_BYTES
+    job = p.JobSpec("t", SHA, ("x", "yz"), b"abc", LIMITS, 1.0)
+    assert c._input_of(job) == 3 + 4 * (1 + 3) + 64 * (2 + 2)
+    assert c.MAX_OUTPUT_KB == 32 * 1024  # the wire's 32 MiB
+
+
+def test_a_request_id_set_by_hand_keeps_when_the_request_out_went():
+    link = core().links[LIVE]
+    link.bored_id = 7  # none was out: as if it went at 0.0
+    assert (link.bored_id, link.bored_at) == (7, 0.0)
+    link.bored_id = None
+    link.sent(c.BORED, 8, 5.0)
+    link.bored_id = 9
+    assert (link.bored_id, link.bored_at) == (9, 5.0)
+    link.bored_id = None
+    assert (link.bored_id, link.bored_at) == (None, 0.0)
