@@ -1279,3 +1279,20 @@ def test_a_request_id_set_by_hand_keeps_when_the_request_out_went():
     assert (link.bored_id, link.bored_at) == (9, 5.0)
     link.bored_id = None
     assert (link.bored_id, link.bored_at) == (None, 0.0)
+
+
+def test_a_fresh_core_is_not_suspended_and_asks_holding_no_payload():
+    j = c.JobberCore(settings(), [f"{LIVE}#{KEY_A}"], 0.0, rng=random.Random(1))
+    assert (j.suspended, j.why_suspended, j.cached, dict(j.sizes)) == (False, "", (), {})
+    assert ask(j, 0.0).host.cached == ()
+
+
+def test_dealers_are_told_the_largest_output_one_spool_share_can_hold():
+    need = 4 * p.MAX_STR + c.RESULT_OVERHEAD_BYTES  # the largest tag, its detail, framing
+    assert core(spool_share_bytes=need + 5 * 1024 + 1023).max_output_kb() == 5
+    assert core(spool_share_bytes=need + 5 * 1024 - 1).max_output_kb() == 4
+    assert core(spool_share_bytes=need + 5 * 1024, max_output_kb=3).max_output_kb() == 3
+    assert core(spool_share_bytes=100).max_output_kb() == 0  # none fits
+    big = need + c.MAX_OUTPUT_KB * 1024
+    assert core(spool_share_bytes=big).max_output_kb() is None  # the wire's largest fits
+    assert core(spool_share_bytes=big - 1).max_output_kb() == c.MAX_OUTPUT_KB - 1
