@@ -155,11 +155,12 @@ def test_unasked_acks_alive_acks_retry_laters_and_errors_change_nothing():
         p.Finished(10),
         p.Referral(11, ("tcp://10.0.0.1:1",)),
         p.Error(12, p.ErrorCode.INTERNAL, "boom"),
+        p.HelloReply(13, "bb" * 32),  # no hello out: the key stays
     ):
         j.received(LIVE, msg, 0.5)
     assert list(j.unacked[LIVE]) == ["t.0"]  # not released by an ack we never asked for
     assert (link.ask_after, link.finished, link.backoff.failures) == (0.0, False, 0)
-    assert list(j.links) == [LIVE] and link.unasked == 6
+    assert list(j.links) == [LIVE] and link.unasked == 7 and link.key == KEY_A
     assert not j.take_actions()
 
 
