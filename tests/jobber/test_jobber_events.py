@@ -10,6 +10,7 @@ import pytest
 
 import protocol as p
 from jobber import _core as c
+from jobber._shares import Shares
 from tests.jobber.test_jobber_core_counts import LIVE, SHA, ask, core, of, sent, spec
 
 
@@ -139,6 +140,17 @@ def test_a_job_whose_payload_left_the_cache_is_given_back_unrun():
         "t.0", p.Status.ABANDONED, b"", 0, f"payload {SHA[:12]} is no longer held here"
     )
     assert not j.running and j._job_s == 0.0  # given back unrun: no job's length
+
+
+def test_a_job_whose_payload_left_the_cache_is_charged_its_time_in_the_slot():
+    j = core()
+    j.shares = Shares({LIVE: 1.0})
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)
+    j.tick(1.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.handle(c.PayloadGone(start.key, SHA), 1.5)  # the slot ran nothing: 0.5 s on our clock
+    assert j.shares.done_s[LIVE] == 0.5
 
 
 def test_an_allocator_s_new_limits_change_the_core_s_settings_and_no_more():
