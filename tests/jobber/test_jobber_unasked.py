@@ -216,6 +216,26 @@ def test_payloads_in_hand_stay_within_the_cache_and_two_per_slot():
     assert "payloads in hand already" in backs["t.2"]
 
 
+def test_a_job_of_a_payload_in_hand_adds_nothing_to_the_cache_nor_to_the_payloads():
+    shas = [f"{i:064x}" for i in range(2)]
+    j = core(buffer=3, cache_bytes=2000)  # two payloads of 1000 bytes: full, and two a slot
+    bored = ask(j, 0.0)
+    jobs = (spec("t.0", shas[0]), spec("t.1", shas[1]), spec("t.2", shas[0]))
+    j.received(LIVE, p.Jobs(bored.id, jobs, {sha: b"w" * 1000 for sha in shas}), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1", "t.2"]
+
+
+def test_a_job_whose_result_fills_the_spool_exactly_is_taken():
+    kept = p.Result("s.0", p.Status.OK, b"x" * 20000, 5, "")  # unacknowledged, from before
+    one = 1024 + 4 * len("t.0") + c.RESULT_OVERHEAD_BYTES  # a result of LIMITS, at most
+    full = c._weight(kept) + one
+    for share, in_all, taken in ((full, full, 1), (full - 1, full, 0), (full, full - 1, 0)):
+        j = core(spooled=[(LIVE, kept)], spool_share_bytes=share, spool_bytes=in_all)
+        bored = ask(j, 0.0)
+        j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+        assert len(j.buffer) == taken
+
+
 def test_the_spool_holds_a_dealers_share_and_in_all_no_more_than_its_bound():
     four = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=4)
     # asked for 3 (50,000 // a result's overhead); a result of `four` may take 20,556
