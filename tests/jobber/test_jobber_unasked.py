@@ -225,6 +225,26 @@ def test_a_job_of_a_payload_in_hand_adds_nothing_to_the_cache_nor_to_the_payload
     assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1", "t.2"]
 
 
+def test_a_job_whose_input_fills_the_budget_exactly_is_taken():
+    one = 4 * len("t.0") + 2 * c.INPUT_OVERHEAD_BYTES  # no stdin, no args
+    for budget, taken in ((one, 1), (one - 1, 0)):
+        j = core(input_bytes=budget)
+        bored = ask(j, 0.0)
+        j.links[LIVE].bored_want = 1  # as if asked for one (the ask fits the budget)
+        j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+        assert len(j.buffer) == taken
+
+
+def test_a_payload_the_shell_is_still_storing_counts_in_the_cache():
+    shas = [f"{i:064x}" for i in range(2)]
+    j = core(buffer=3, cache_bytes=1500)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", shas[0]),), {shas[0]: b"w" * 1000}), 0.0)
+    bored = ask(j, 0.1)  # shas[0] not yet in the cache's sizes: it comes with 1000 bytes
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.1", shas[1]),), {shas[1]: b"w" * 1000}), 0.1)
+    assert [h.spec.tag for h in j._in_hand()] == ["t.0"]  # t.0 running, t.1 given back
+
+
 def test_a_job_whose_result_fills_the_spool_exactly_is_taken():
     kept = p.Result("s.0", p.Status.OK, b"x" * 20000, 5, "")  # unacknowledged, from before
     one = 1024 + 4 * len("t.0") + c.RESULT_OVERHEAD_BYTES  # a result of LIMITS, at most
@@ -276,6 +296,29 @@ def test_a_refusal_that_does_not_fit_the_share_is_dropped_unsaid():
     assert [h.spec.tag for h in j.buffer] == ["t.0"]
     assert not j.unacked  # its refusal alone would pass the share: the next holding says it
     assert j.holding(LIVE) == ("t.0",)
+    assert j.links[LIVE].ask_after == 1.0  # it may fit later: asked after a backoff
+
+
+def test_refusals_that_fill_the_share_or_the_spool_exactly_are_kept():
+    silent = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=0)
+    big = b"x" * 2000  # no job of it fits an input budget of 1000
+
+    def kept(share: int, in_all: int) -> list[str]:
+        j = core(input_bytes=1000, spool_share_bytes=share, spool_bytes=in_all)
+        j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 2  # (a share this small: no ask)
+        jobs = (spec("t.0", stdin=big, limits=silent), spec("t.1", stdin=big, limits=silent))
+        j.received(LIVE, p.Jobs(9, jobs), 0.0)
+        return list(j.unacked.get(LIVE, ()))  # the others dropped: the next holding says it
+
+    j = core(input_bytes=1000)
+    j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 1
+    j.received(LIVE, p.Jobs(9, (spec("t.0", stdin=big, limits=silent),)), 0.0)
+    (back,) = [a.result for a in of(j.take_actions(), c.Spool)]
+    assert "does not fit what this jobber holds" in back.detail
+    w = c._weight(back)  # t.1's refusal weighs the same
+    assert kept(2 * w, 10**6) == kept(10**6, 2 * w) == ["t.0", "t.1"]
+    assert kept(2 * w - 1, 10**6) == kept(10**6, 2 * w - 1) == ["t.0"]
+    assert kept(w - 1, 10**6) == kept(10**6, w - 1) == []
 
 
 # --- whatever a dealer sends, what is held stays within the bounds -------------------------
