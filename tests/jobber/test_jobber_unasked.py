@@ -225,6 +225,38 @@ def test_a_job_of_a_payload_in_hand_adds_nothing_to_the_cache_nor_to_the_payload
     assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1", "t.2"]
 
 
+def test_a_job_that_alone_fits_a_limit_exactly_is_asked_again_soon():
+    """Refused beside what is held, a job that alone fits may fit later: its dealer is
+    asked again after a backoff, not REFUSED_PAYLOAD_WAIT_S later."""
+    silent = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=0)
+    other = "tcp://127.0.0.1:7300"
+
+    def back_off(held_from: str, **kw) -> float:
+        base = dict(name="j", slots=1, cpus=1, memory_mb=256, min_backoff_s=1.0, buffer=3)
+        j = c.JobberCore(
+            c.Settings(**(base | kw)), [f"{LIVE}#{KEY_A}", f"{other}#{'bb' * 32}"], 0.0
+        )
+        j.cache_updated({SHA: (1000, 0)})
+        shas = [f"{i:064x}" for i in range(2)]
+        for addr, tag, sha, stdin in (
+            (held_from, "a", shas[0], b""),
+            (LIVE, "t.1", shas[1], b"x" * 1000),
+        ):
+            j.links[addr].bored_id, j.links[addr].bored_want = 9, 1
+            job = spec(tag, sha, stdin, silent)
+            j.received(addr, p.Jobs(9, (job,), {sha: b"w" * 1000}), 0.0)
+        assert len(j._in_hand()) == 1  # t.1 given back
+        return j.links[LIVE].ask_after
+
+    alone = 1000 + 4 * 3 + 2 * c.INPUT_OVERHEAD_BYTES  # t.1's input
+    assert back_off(LIVE, input_bytes=alone) == 1.0
+    assert back_off(LIVE, input_bytes=alone - 1) == c.REFUSED_PAYLOAD_WAIT_S
+    assert back_off(LIVE, cache_bytes=1000) == 1.0
+    one = 4 * 3 + c.RESULT_OVERHEAD_BYTES  # t.1's result, at most ("a" is the other's)
+    assert back_off(other, input_bytes=alone, spool_share_bytes=one) == 1.0
+    assert back_off(other, input_bytes=alone, spool_share_bytes=one - 1) == c.REFUSED_PAYLOAD_WAIT_S
+
+
 def test_a_job_whose_input_fills_the_budget_exactly_is_taken():
     one = 4 * len("t.0") + 2 * c.INPUT_OVERHEAD_BYTES  # no stdin, no args
     for budget, taken in ((one, 1), (one - 1, 0)):
