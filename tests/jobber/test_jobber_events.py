@@ -174,3 +174,26 @@ def test_an_unknown_event_is_our_bug():
 def test_the_platform_comes_from_the_settings():
     assert core().host_facts().platform is None
     assert core(platform="x86_64-linux").host_facts().platform == "x86_64-linux"
+
+
+def test_a_payload_the_disk_will_not_keep_gives_back_its_jobs_alone_and_leaves_the_cache():
+    lost = "cd" * 32
+    j = core(slots=2, buffer=3, cache_bytes=6000)
+    link = j.links[LIVE]
+    link.bored_id, link.bored_want = 9, 4
+    jobs = (spec("t.0", sha=lost), spec("t.1"), spec("t.2", sha=lost), spec("t.4"))
+    j.received(LIVE, p.Jobs(9, jobs, payloads={lost: b"w" * 5000}), 1.0)
+    j.tick(1.0)  # t.0 and t.1 start: t.0's slot has its payload in hand
+    assert [h.spec.tag for h in j.buffer] == ["t.2", "t.4"]
+    j.take_actions()
+    j.handle(c.StoreFailed(lost, "No space left on device"), 1.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.4"]
+    (spool,) = of(j.take_actions(), c.Spool)
+    assert spool.result == p.Result(
+        "t.2", p.Status.ABANDONED, b"", 0, "the jobber's disk is full or read-only"
+    )
+    # not kept: it takes nothing of the cache, though t.0 still runs on it
+    link.bored_id, link.bored_want = 10, 1
+    other = "ef" * 32
+    j.received(LIVE, p.Jobs(10, (spec("t.3", sha=other),), {other: b"w" * 5000}), 1.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.4", "t.3"]

@@ -114,6 +114,12 @@ def test_a_payload_the_ask_said_was_held_is_taken_though_evicted_since():
     j.cache_updated({})  # evicted after the ask went: the dealer could not know
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
     assert [h.spec.tag for h in j.buffer] == ["t.0"] and j.links[LIVE].unasked == 0
+    # neither held nor sent, it takes nothing of the cache (the slot finds it gone)
+    j = core(cache_bytes=0)
+    bored = ask(j, 0.0)
+    j.cache_updated({})
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
 
 
 def test_only_the_payloads_of_jobs_taken_are_stored():
@@ -214,6 +220,17 @@ def test_payloads_in_hand_stay_within_the_cache_and_two_per_slot():
     assert len(k.held_payloads()) == c.MAX_PAYLOADS_PER_SLOT  # one slot: two payloads
     backs = {a.result.tag: a.result.detail for a in of(k.take_actions(), c.Spool)}
     assert "payloads in hand already" in backs["t.2"]
+
+
+def test_a_payload_in_the_cache_counts_with_its_compiled_forms():
+    new = "cd" * 32
+    for cache, tags in ((2500, ["t.0", "t.1"]), (2499, ["t.0"])):
+        j = core(buffer=3, cache_bytes=cache)
+        j.cache_updated({SHA: (1000, 500)})  # its bytes, its compiled forms' bytes
+        bored = ask(j, 0.0)
+        jobs = (spec("t.0"), spec("t.1", new))
+        j.received(LIVE, p.Jobs(bored.id, jobs, {new: b"w" * 1000}), 0.0)
+        assert [h.spec.tag for h in j._in_hand()] == tags
 
 
 def test_a_job_of_a_payload_in_hand_adds_nothing_to_the_cache_nor_to_the_payloads():
