@@ -289,9 +289,26 @@ def test_a_payload_the_shell_is_still_storing_counts_in_the_cache():
     j = core(buffer=3, cache_bytes=1500)
     bored = ask(j, 0.0)
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0", shas[0]),), {shas[0]: b"w" * 1000}), 0.0)
+    j.cache_updated({SHA: (1000, 0)})  # the shell is still storing shas[0]
     bored = ask(j, 0.1)  # shas[0] not yet in the cache's sizes: it comes with 1000 bytes
     j.received(LIVE, p.Jobs(bored.id, (spec("t.1", shas[1]),), {shas[1]: b"w" * 1000}), 0.1)
     assert [h.spec.tag for h in j._in_hand()] == ["t.0"]  # t.0 running, t.1 given back
+
+
+def test_a_payload_no_job_in_hand_needs_is_counted_by_the_cache_alone():
+    x = "cd" * 32
+    j = core(buffer=3, cache_bytes=1500)
+    j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 1
+    j.received(LIVE, p.Jobs(9, (spec("t.0", x),), {x: b"w" * 1000}), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 5, ""), 0.1, 0.1)
+    j.cache_updated({SHA: (1000, 0), x: (1000, 0)})  # stored, and no job needs it
+    link = j.links[LIVE]  # an ask saying both are held
+    link.bored_id, link.bored_want, link.bored_cached = 10, 2, frozenset({SHA, x})
+    j.cache_updated({SHA: (1000, 0)})  # x evicted since the ask
+    j.received(LIVE, p.Jobs(10, (spec("t.1"), spec("t.2", x))), 0.3)
+    assert [h.spec.tag for h in j.buffer] == ["t.1", "t.2"]
 
 
 def test_a_job_whose_result_fills_the_spool_exactly_is_taken():
@@ -302,6 +319,13 @@ def test_a_job_whose_result_fills_the_spool_exactly_is_taken():
         j = core(spooled=[(LIVE, kept)], spool_share_bytes=share, spool_bytes=in_all)
         bored = ask(j, 0.0)
         j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+        assert len(j.buffer) == taken
+    # in all: the results unacknowledged and what the jobs in hand may add
+    for in_all, taken in ((full + one, 2), (full + one - 1, 1)):
+        j = core(spooled=[(LIVE, kept)], buffer=3, spool_bytes=in_all)
+        for rid, tag in ((9, "t.0"), (10, "t.1")):
+            j.links[LIVE].bored_id, j.links[LIVE].bored_want = rid, 1
+            j.received(LIVE, p.Jobs(rid, (spec(tag),)), 0.0)
         assert len(j.buffer) == taken
 
 
