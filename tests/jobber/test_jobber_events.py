@@ -197,3 +197,14 @@ def test_a_payload_the_disk_will_not_keep_gives_back_its_jobs_alone_and_leaves_t
     other = "ef" * 32
     j.received(LIVE, p.Jobs(10, (spec("t.3", sha=other),), {other: b"w" * 5000}), 1.0)
     assert [h.spec.tag for h in j.buffer] == ["t.4", "t.3"]
+
+
+def test_a_job_is_charged_the_time_its_slot_says_it_ran():
+    j = core()
+    j.shares = Shares({LIVE: 1.0})
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)
+    j.tick(1.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 5, ""), 0.25, 3.0)  # compiled 1.75 s
+    assert j.shares.done_s[LIVE] == 0.25
