@@ -208,3 +208,17 @@ def test_a_job_is_charged_the_time_its_slot_says_it_ran():
     (start,) = of(j.take_actions(), c.Start)
     j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 5, ""), 0.25, 3.0)  # compiled 1.75 s
     assert j.shares.done_s[LIVE] == 0.25
+
+
+def test_a_job_held_before_the_owner_lowered_a_limit_is_given_back_unrun():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)  # 64 MiB of 256
+    j.handle(c.Resized(slots=1, memory_mb=32, cache_bytes=None), 1.0)
+    j.tick(1.0)
+    actions = j.take_actions()
+    assert not of(actions, c.Start)
+    (spool,) = of(actions, c.Spool)
+    why = spool.result.detail
+    assert spool.result == p.Result("t.0", p.Status.ABANDONED, b"", 0, why)
+    assert why.startswith("refused: it asks for 64 MiB of memory")
