@@ -184,6 +184,7 @@ def test_a_job_asking_more_than_the_owner_allows_is_given_back_unrun():
     assert bored.host.max_time_s == 50.0 and bored.host.memory_mb == 64
     greedy = p.Limits(fuel=10**9, memory_mb=65536, time_s=10**7, output_kb=64)
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0", greedy), spec("t.1"))), 0.1)
+    assert j.links[LIVE].ask_after == 0.1 + 1.0  # asked again after a backoff, not at once
     j.tick(0.2)
     actions = j.take_actions()
     starts = of(actions, c.Start)

@@ -4,11 +4,13 @@ each, with the clock (a number passed in) run past every one of them."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 import protocol as p
 from jobber import _core as c
+from jobber import _settings as js
 
 KEY_A = "aa" * 32
 KEY_B = "bb" * 32
@@ -1216,3 +1218,81 @@ def test_a_flooded_dealer_stays_flooded_until_it_is_under_its_share_again():
     j2.links[LIVE].results_id = 0  # the results it answers
     j2.received(LIVE, p.Ack(0, ("a.2",)), 0.1)
     assert not j2.links[LIVE].flooded
+
+
+# --- the settings record: its defaults, its options, what the core is told -----------
+
+
+def test_the_settings_records_defaults_are_as_documented(monkeypatch):
+    assert js.SPOOL_SHARES_IN_ALL == 4
+    assert c.Settings("j", 1, 1, 1, spool_share_bytes=10).spool_budget() == 40
+    cfg = js.Config(dealers=[], data_dir=Path("d"))
+    assert (cfg.grace_s, cfg.idle_only, cfg.idle_after_s) == (30.0, False, 60.0)
+    assert (cfg.load_threshold, cfg.cpu_limit, cfg.control) == (0.5, 100.0, True)
+    assert (cfg.cache_mb, cfg.spool_mb, cfg.name, cfg.trust) == (1024, 256, None, [])
+    monkeypatch.setattr(js.os, "cpu_count", lambda: 6)
+    assert js.Config(dealers=[], data_dir=Path("d")).slots == 6
+    monkeypatch.setattr(js.os, "cpu_count", lambda: None)  # the count unknown: one slot
+    assert js.Config(dealers=[], data_dir=Path("d")).slots == 1
+
+
+def test_each_option_names_its_field_and_the_core_is_told_the_record():
+    assert js.OPTIONS["data_dir"] == "data_dir"
+    assert js.OPTIONS["max_idle"] == "max_idle_s" and js.OPTIONS["slots"] == "slots"
+    assert js.OPTIONS["cache_mb"] == "cache_mb" and "buffer" not in js.OPTIONS
+    cfg = js.Config(dealers=[], data_dir=Path("d"), slots=3, spool_mb=2, max_fuel=7)
+    told = cfg.core_settings("n", cpus=4, memory_mb=5, cache_mb=3, platform="x")
+    assert told == c.Settings(
+        "n", 3, 4, 5, max_fuel=7, spool_share_bytes=2 * js.MIB, cache_bytes=3 * js.MIB, platform="x"
+    )
+
+
+def test_physical_memory_is_pages_times_their_size_in_mib_or_1024_unknown(monkeypatch):
+    sizes = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 3 * 256 + 100}
+    monkeypatch.setattr(js.os, "sysconf", sizes.__getitem__)
+    assert js.physical_memory_mb() == 3
+
+    def unknown(name):
+        raise ValueError(name)
+
+    monkeypatch.setattr(js.os, "sysconf", unknown)
+    assert js.physical_memory_mb() == 1024
+
+
+def test_a_held_jobs_most_in_the_spool_and_in_memory_to_the_byte():
+    worst = p.Result("", p.Status.OK, b"", 5, "\U0001f600" * p.MAX_STR)  # 4 bytes each
+    assert c.RESULT_OVERHEAD_BYTES == c._weight(worst) == 4 * 4096 + 64
+    held = c.Held(LIVE, spec("t.0"), 1.0)
+    assert held.may_hold == 64 * 1024 + 4 * 3 + c.RESULT_OVERHEAD_BYTES
+    job = p.JobSpec("t", SHA, ("x", "yz"), b"abc", LIMITS, 1.0)
+    assert c._input_of(job) == 3 + 4 * (1 + 3) + 64 * (2 + 2)
+    assert c.MAX_OUTPUT_KB == 32 * 1024  # the wire's 32 MiB
+
+
+def test_a_request_id_set_by_hand_keeps_when_the_request_out_went():
+    link = core().links[LIVE]
+    link.bored_id = 7  # none was out: as if it went at 0.0
+    assert (link.bored_id, link.bored_at) == (7, 0.0)
+    link.bored_id = None
+    link.sent(c.BORED, 8, 5.0)
+    link.bored_id = 9
+    assert (link.bored_id, link.bored_at) == (9, 5.0)
+    link.bored_id = None
+    assert (link.bored_id, link.bored_at) == (None, 0.0)
+
+
+def test_a_fresh_core_is_not_suspended_and_asks_holding_no_payload():
+    j = c.JobberCore(settings(), [f"{LIVE}#{KEY_A}"], 0.0, rng=random.Random(1))
+    assert (j.suspended, j.why_suspended, j.cached, dict(j.sizes)) == (False, "", (), {})
+    assert ask(j, 0.0).host.cached == ()
+
+
+def test_dealers_are_told_the_largest_output_one_spool_share_can_hold():
+    need = 4 * p.MAX_STR + c.RESULT_OVERHEAD_BYTES  # the largest tag, its detail, framing
+    assert core(spool_share_bytes=need + 5 * 1024 + 1023).max_output_kb() == 5
+    assert core(spool_share_bytes=need + 5 * 1024 - 1).max_output_kb() == 4
+    assert core(spool_share_bytes=need + 5 * 1024, max_output_kb=3).max_output_kb() == 3
+    assert core(spool_share_bytes=100).max_output_kb() == 0  # none fits
+    big = need + c.MAX_OUTPUT_KB * 1024
+    assert core(spool_share_bytes=big).max_output_kb() is None  # the wire's largest fits
+    assert core(spool_share_bytes=big - 1).max_output_kb() == c.MAX_OUTPUT_KB - 1

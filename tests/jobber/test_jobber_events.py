@@ -10,6 +10,7 @@ import pytest
 
 import protocol as p
 from jobber import _core as c
+from jobber._shares import Shares
 from tests.jobber.test_jobber_core_counts import LIVE, SHA, ask, core, of, sent, spec
 
 
@@ -141,6 +142,17 @@ def test_a_job_whose_payload_left_the_cache_is_given_back_unrun():
     assert not j.running and j._job_s == 0.0  # given back unrun: no job's length
 
 
+def test_a_job_whose_payload_left_the_cache_is_charged_its_time_in_the_slot():
+    j = core()
+    j.shares = Shares({LIVE: 1.0})
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)
+    j.tick(1.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.handle(c.PayloadGone(start.key, SHA), 1.5)  # the slot ran nothing: 0.5 s on our clock
+    assert j.shares.done_s[LIVE] == 0.5
+
+
 def test_an_allocator_s_new_limits_change_the_core_s_settings_and_no_more():
     j = core(slots=4, memory_mb=256, cache_bytes=10)
     before = j.s
@@ -162,3 +174,51 @@ def test_an_unknown_event_is_our_bug():
 def test_the_platform_comes_from_the_settings():
     assert core().host_facts().platform is None
     assert core(platform="x86_64-linux").host_facts().platform == "x86_64-linux"
+
+
+def test_a_payload_the_disk_will_not_keep_gives_back_its_jobs_alone_and_leaves_the_cache():
+    lost = "cd" * 32
+    j = core(slots=2, buffer=3, cache_bytes=6000)
+    link = j.links[LIVE]
+    link.bored_id, link.bored_want = 9, 4
+    jobs = (spec("t.0", sha=lost), spec("t.1"), spec("t.2", sha=lost), spec("t.4"))
+    j.received(LIVE, p.Jobs(9, jobs, payloads={lost: b"w" * 5000}), 1.0)
+    j.tick(1.0)  # t.0 and t.1 start: t.0's slot has its payload in hand
+    assert [h.spec.tag for h in j.buffer] == ["t.2", "t.4"]
+    j.take_actions()
+    j.handle(c.StoreFailed(lost, "No space left on device"), 1.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.4"]
+    (spool,) = of(j.take_actions(), c.Spool)
+    assert spool.result == p.Result(
+        "t.2", p.Status.ABANDONED, b"", 0, "the jobber's disk is full or read-only"
+    )
+    # not kept: it takes nothing of the cache, though t.0 still runs on it
+    link.bored_id, link.bored_want = 10, 1
+    other = "ef" * 32
+    j.received(LIVE, p.Jobs(10, (spec("t.3", sha=other),), {other: b"w" * 5000}), 1.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.4", "t.3"]
+
+
+def test_a_job_is_charged_the_time_its_slot_says_it_ran():
+    j = core()
+    j.shares = Shares({LIVE: 1.0})
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)
+    j.tick(1.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 5, ""), 0.25, 3.0)  # compiled 1.75 s
+    assert j.shares.done_s[LIVE] == 0.25
+
+
+def test_a_job_held_before_the_owner_lowered_a_limit_is_given_back_unrun():
+    j = core()
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 1.0)  # 64 MiB of 256
+    j.handle(c.Resized(slots=1, memory_mb=32, cache_bytes=None), 1.0)
+    j.tick(1.0)
+    actions = j.take_actions()
+    assert not of(actions, c.Start)
+    (spool,) = of(actions, c.Spool)
+    why = spool.result.detail
+    assert spool.result == p.Result("t.0", p.Status.ABANDONED, b"", 0, why)
+    assert why.startswith("refused: it asks for 64 MiB of memory")

@@ -142,3 +142,17 @@ def test_a_dealer_the_owner_names_is_never_crowded_out_by_referrals():
     assert len(j.links) == c.MAX_DEALERS
     j.add_dealer(f"{D2}#{KEY_B}", depth=0)
     assert D2 in j.links and len(j.links) == c.MAX_DEALERS
+
+
+def test_the_ask_out_under_a_referrals_key_is_forgotten_when_the_owner_names_the_dealer():
+    j = core([f"{D1}#{KEY_A}"])
+    refer(j, 0.0, f"{D3}#{FAKE}")
+    j.links[D1].ask_after = 1e9  # D1 has nothing more to say
+    j.tick(0.5)
+    (bored,) = sent(j.take_actions(), p.Bored, D3)
+    j.add_dealer(f"{D3}#{KEY_B}", depth=0)
+    link = j.links[D3]
+    assert (link.bored_id, link.bored_want) == (None, 0)
+    # its answer came on the socket of the other key: no answer to an ask of ours
+    j.received(D3, p.Jobs(bored.id, (spec("t.0"),)), 0.6)
+    assert link.unasked == 1 and not j.buffer

@@ -114,6 +114,12 @@ def test_a_payload_the_ask_said_was_held_is_taken_though_evicted_since():
     j.cache_updated({})  # evicted after the ask went: the dealer could not know
     j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
     assert [h.spec.tag for h in j.buffer] == ["t.0"] and j.links[LIVE].unasked == 0
+    # neither held nor sent, it takes nothing of the cache (the slot finds it gone)
+    j = core(cache_bytes=0)
+    bored = ask(j, 0.0)
+    j.cache_updated({})
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
 
 
 def test_only_the_payloads_of_jobs_taken_are_stored():
@@ -155,11 +161,12 @@ def test_unasked_acks_alive_acks_retry_laters_and_errors_change_nothing():
         p.Finished(10),
         p.Referral(11, ("tcp://10.0.0.1:1",)),
         p.Error(12, p.ErrorCode.INTERNAL, "boom"),
+        p.HelloReply(13, "bb" * 32),  # no hello out: the key stays
     ):
         j.received(LIVE, msg, 0.5)
     assert list(j.unacked[LIVE]) == ["t.0"]  # not released by an ack we never asked for
     assert (link.ask_after, link.finished, link.backoff.failures) == (0.0, False, 0)
-    assert list(j.links) == [LIVE] and link.unasked == 6
+    assert list(j.links) == [LIVE] and link.unasked == 7 and link.key == KEY_A
     assert not j.take_actions()
 
 
@@ -215,6 +222,113 @@ def test_payloads_in_hand_stay_within_the_cache_and_two_per_slot():
     assert "payloads in hand already" in backs["t.2"]
 
 
+def test_a_payload_in_the_cache_counts_with_its_compiled_forms():
+    new = "cd" * 32
+    for cache, tags in ((2500, ["t.0", "t.1"]), (2499, ["t.0"])):
+        j = core(buffer=3, cache_bytes=cache)
+        j.cache_updated({SHA: (1000, 500)})  # its bytes, its compiled forms' bytes
+        bored = ask(j, 0.0)
+        jobs = (spec("t.0"), spec("t.1", new))
+        j.received(LIVE, p.Jobs(bored.id, jobs, {new: b"w" * 1000}), 0.0)
+        assert [h.spec.tag for h in j._in_hand()] == tags
+
+
+def test_a_job_of_a_payload_in_hand_adds_nothing_to_the_cache_nor_to_the_payloads():
+    shas = [f"{i:064x}" for i in range(2)]
+    j = core(buffer=3, cache_bytes=2000)  # two payloads of 1000 bytes: full, and two a slot
+    bored = ask(j, 0.0)
+    jobs = (spec("t.0", shas[0]), spec("t.1", shas[1]), spec("t.2", shas[0]))
+    j.received(LIVE, p.Jobs(bored.id, jobs, {sha: b"w" * 1000 for sha in shas}), 0.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1", "t.2"]
+
+
+def test_a_job_that_alone_fits_a_limit_exactly_is_asked_again_soon():
+    """Refused beside what is held, a job that alone fits may fit later: its dealer is
+    asked again after a backoff, not REFUSED_PAYLOAD_WAIT_S later."""
+    silent = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=0)
+    other = "tcp://127.0.0.1:7300"
+
+    def back_off(held_from: str, **kw) -> float:
+        base = dict(name="j", slots=1, cpus=1, memory_mb=256, min_backoff_s=1.0, buffer=3)
+        j = c.JobberCore(
+            c.Settings(**(base | kw)), [f"{LIVE}#{KEY_A}", f"{other}#{'bb' * 32}"], 0.0
+        )
+        j.cache_updated({SHA: (1000, 0)})
+        shas = [f"{i:064x}" for i in range(2)]
+        for addr, tag, sha, stdin in (
+            (held_from, "a", shas[0], b""),
+            (LIVE, "t.1", shas[1], b"x" * 1000),
+        ):
+            j.links[addr].bored_id, j.links[addr].bored_want = 9, 1
+            job = spec(tag, sha, stdin, silent)
+            j.received(addr, p.Jobs(9, (job,), {sha: b"w" * 1000}), 0.0)
+        assert len(j._in_hand()) == 1  # t.1 given back
+        return j.links[LIVE].ask_after
+
+    alone = 1000 + 4 * 3 + 2 * c.INPUT_OVERHEAD_BYTES  # t.1's input
+    assert back_off(LIVE, input_bytes=alone) == 1.0
+    assert back_off(LIVE, input_bytes=alone - 1) == c.REFUSED_PAYLOAD_WAIT_S
+    assert back_off(LIVE, cache_bytes=1000) == 1.0
+    one = 4 * 3 + c.RESULT_OVERHEAD_BYTES  # t.1's result, at most ("a" is the other's)
+    assert back_off(other, input_bytes=alone, spool_share_bytes=one) == 1.0
+    assert back_off(other, input_bytes=alone, spool_share_bytes=one - 1) == c.REFUSED_PAYLOAD_WAIT_S
+
+
+def test_a_job_whose_input_fills_the_budget_exactly_is_taken():
+    one = 4 * len("t.0") + 2 * c.INPUT_OVERHEAD_BYTES  # no stdin, no args
+    for budget, taken in ((one, 1), (one - 1, 0)):
+        j = core(input_bytes=budget)
+        bored = ask(j, 0.0)
+        j.links[LIVE].bored_want = 1  # as if asked for one (the ask fits the budget)
+        j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+        assert len(j.buffer) == taken
+
+
+def test_a_payload_the_shell_is_still_storing_counts_in_the_cache():
+    shas = [f"{i:064x}" for i in range(2)]
+    j = core(buffer=3, cache_bytes=1500)
+    bored = ask(j, 0.0)
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.0", shas[0]),), {shas[0]: b"w" * 1000}), 0.0)
+    j.cache_updated({SHA: (1000, 0)})  # the shell is still storing shas[0]
+    bored = ask(j, 0.1)  # shas[0] not yet in the cache's sizes: it comes with 1000 bytes
+    j.received(LIVE, p.Jobs(bored.id, (spec("t.1", shas[1]),), {shas[1]: b"w" * 1000}), 0.1)
+    assert [h.spec.tag for h in j._in_hand()] == ["t.0"]  # t.0 running, t.1 given back
+
+
+def test_a_payload_no_job_in_hand_needs_is_counted_by_the_cache_alone():
+    x = "cd" * 32
+    j = core(buffer=3, cache_bytes=1500)
+    j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 1
+    j.received(LIVE, p.Jobs(9, (spec("t.0", x),), {x: b"w" * 1000}), 0.0)
+    j.tick(0.0)
+    (start,) = of(j.take_actions(), c.Start)
+    j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 5, ""), 0.1, 0.1)
+    j.cache_updated({SHA: (1000, 0), x: (1000, 0)})  # stored, and no job needs it
+    link = j.links[LIVE]  # an ask saying both are held
+    link.bored_id, link.bored_want, link.bored_cached = 10, 2, frozenset({SHA, x})
+    j.cache_updated({SHA: (1000, 0)})  # x evicted since the ask
+    j.received(LIVE, p.Jobs(10, (spec("t.1"), spec("t.2", x))), 0.3)
+    assert [h.spec.tag for h in j.buffer] == ["t.1", "t.2"]
+
+
+def test_a_job_whose_result_fills_the_spool_exactly_is_taken():
+    kept = p.Result("s.0", p.Status.OK, b"x" * 20000, 5, "")  # unacknowledged, from before
+    one = 1024 + 4 * len("t.0") + c.RESULT_OVERHEAD_BYTES  # a result of LIMITS, at most
+    full = c._weight(kept) + one
+    for share, in_all, taken in ((full, full, 1), (full - 1, full, 0), (full, full - 1, 0)):
+        j = core(spooled=[(LIVE, kept)], spool_share_bytes=share, spool_bytes=in_all)
+        bored = ask(j, 0.0)
+        j.received(LIVE, p.Jobs(bored.id, (spec("t.0"),)), 0.0)
+        assert len(j.buffer) == taken
+    # in all: the results unacknowledged and what the jobs in hand may add
+    for in_all, taken in ((full + one, 2), (full + one - 1, 1)):
+        j = core(spooled=[(LIVE, kept)], buffer=3, spool_bytes=in_all)
+        for rid, tag in ((9, "t.0"), (10, "t.1")):
+            j.links[LIVE].bored_id, j.links[LIVE].bored_want = rid, 1
+            j.received(LIVE, p.Jobs(rid, (spec(tag),)), 0.0)
+        assert len(j.buffer) == taken
+
+
 def test_the_spool_holds_a_dealers_share_and_in_all_no_more_than_its_bound():
     four = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=4)
     # asked for 3 (50,000 // a result's overhead); a result of `four` may take 20,556
@@ -255,6 +369,29 @@ def test_a_refusal_that_does_not_fit_the_share_is_dropped_unsaid():
     assert [h.spec.tag for h in j.buffer] == ["t.0"]
     assert not j.unacked  # its refusal alone would pass the share: the next holding says it
     assert j.holding(LIVE) == ("t.0",)
+    assert j.links[LIVE].ask_after == 1.0  # it may fit later: asked after a backoff
+
+
+def test_refusals_that_fill_the_share_or_the_spool_exactly_are_kept():
+    silent = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=0)
+    big = b"x" * 2000  # no job of it fits an input budget of 1000
+
+    def kept(share: int, in_all: int) -> list[str]:
+        j = core(input_bytes=1000, spool_share_bytes=share, spool_bytes=in_all)
+        j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 2  # (a share this small: no ask)
+        jobs = (spec("t.0", stdin=big, limits=silent), spec("t.1", stdin=big, limits=silent))
+        j.received(LIVE, p.Jobs(9, jobs), 0.0)
+        return list(j.unacked.get(LIVE, ()))  # the others dropped: the next holding says it
+
+    j = core(input_bytes=1000)
+    j.links[LIVE].bored_id, j.links[LIVE].bored_want = 9, 1
+    j.received(LIVE, p.Jobs(9, (spec("t.0", stdin=big, limits=silent),)), 0.0)
+    (back,) = [a.result for a in of(j.take_actions(), c.Spool)]
+    assert "does not fit what this jobber holds" in back.detail
+    w = c._weight(back)  # t.1's refusal weighs the same
+    assert kept(2 * w, 10**6) == kept(10**6, 2 * w) == ["t.0", "t.1"]
+    assert kept(2 * w - 1, 10**6) == kept(10**6, 2 * w - 1) == ["t.0"]
+    assert kept(w - 1, 10**6) == kept(10**6, w - 1) == []
 
 
 # --- whatever a dealer sends, what is held stays within the bounds -------------------------
