@@ -14,9 +14,11 @@ from dealer._core import (
     Policy,
     ReplicaState,
     Sent,
+    implausible,
 )
+from dealer._policy import policy_for
 from protocol import ErrorCode, Status
-from tasks import Job
+from tasks import Job, Limits, Task
 
 OK = Status.OK
 
@@ -333,6 +335,16 @@ def test_policy_rejects_nonsense():
     with pytest.raises(ValueError):
         Policy(deadline_s=0)
     assert Policy(redundancy=2, max_errors=3).max_replicas == 7
+
+
+def test_policy_for_holds_results_to_the_tasks_limits():
+    class Limited(Task):
+        limits = Limits(fuel=500, memory_mb=32, output_kb=3)
+
+    policy = policy_for(Limited())
+    assert (policy.fuel_limit, policy.memory_mb, policy.output_bytes) == (500, 32, 3 * 1024)
+    assert implausible(OK, b"x" * 3 * 1024, 1, policy) is None
+    assert "exceed the job's limit of 3072" in implausible(OK, b"x" * 3073, 1, policy)
 
 
 def test_replicas_a_jobber_no_longer_holds_are_released_at_once():

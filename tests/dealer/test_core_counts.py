@@ -28,6 +28,7 @@ from dealer._core import (
     implausible,
     job_digest,
 )
+from dealer._policy import JOB_MESSAGE_OVERHEAD, RETRY_BUSY_S, RETRY_IDLE_S, RETRY_QUOTA_S, SOON_S
 from protocol import Status
 from tasks import Job
 
@@ -61,6 +62,10 @@ def test_the_constants_are_what_the_docs_say():
     assert Policy(redundancy=2, quorum=2, max_replicas=2).max_replicas == 2
     deterministic = {"exit", "fuel", "memory", "output", "stack", "trap", "invalid", "import"}
     assert deterministic == DETERMINISTIC
+    # docs/protocol.md: "2 s while all its work is out", "30 s to a jobber" it cannot use,
+    # the pace "times 1 s"; a jobber at its quota comes back within a round trip
+    assert (RETRY_BUSY_S, RETRY_IDLE_S, SOON_S, RETRY_QUOTA_S) == (2.0, 30.0, 1.0, 0.2)
+    assert JOB_MESSAGE_OVERHEAD == 64 * 1024  # docs/writing-tasks.md: "64 KiB"
 
 
 # --- how many replicas one `bored` hands out -------------------------------------
