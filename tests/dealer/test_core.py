@@ -540,6 +540,23 @@ def test_a_late_result_of_another_platform_is_not_a_dispute():
     assert core.disputed == 0
 
 
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_platforms_are_named_in_status_from_two_and_all_up_to_eight(n):
+    core = make(n, redundancy=2, quorum=2, max_errors=99)
+    for i in range(n):
+        [a] = ask(core, f"j{i}", f"p{i}", 0.0)
+        assert core.result(f"j{i}", a.tag, Status.CRASH, b"", 0, "", 1.0) is None
+    lines = [w for w in core.waiting(2.0) if "platforms among them" in w]
+    names = ", ".join(f"p{i}" for i in range(n))
+    assert lines == (
+        []
+        if n == 1
+        else [
+            f"replicas of a job go to machines of one platform; {n} platforms among them: {names}"
+        ]
+    )
+
+
 def test_platform_names_are_bounded_in_status_and_forgotten_with_their_machines():
     core = make(12, redundancy=2, quorum=2, max_errors=99)
     names = [f"platform-{i:02}" for i in range(12)]

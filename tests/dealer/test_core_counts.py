@@ -383,6 +383,24 @@ def test_ok_results_not_yet_compared_count_against_the_quota():
     assert core.jobbers["a"].allowance == 4 and core.room("a", "a") == 4  # 2, +1 per valid
 
 
+def test_unchecked_results_count_against_the_identity_and_the_machine_each():
+    """An identity whose results wait to be compared gets no new job on another machine,
+    and another identity none on the machine they came from."""
+    core = make(6, redundancy=2, quorum=2, quota=2)
+    a = give(core, "a", 2, 0.0, machine="m1")
+    for x in a:
+        assert core.result("a", x.tag, OK, b"x", 1, "", 1.0) is None
+    assert core.room("a", "m2") == 0 and give(core, "a", 2, 2.0, machine="m2") == []
+    assert core.room("b", "m1") == 0 and give(core, "b", 2, 2.0, machine="m1") == []
+    assert core.room("a", "m2", unchecked=False) == core.room("b", "m1", unchecked=False) == 2
+    assert core.drawn == 2  # nothing new was drawn for either
+    # a third machine takes the replicas they wait on: both settle, the room comes back
+    for x in give(core, "c", 2, 3.0, machine="m3"):
+        assert core.result("c", x.tag, OK, b"x", 1, "", 4.0) is None
+    assert [x.job_id for x in give(core, "b", 2, 5.0, machine="m1")] == [2, 3]
+    assert [x.job_id for x in give(core, "a", 2, 5.0, machine="m2")] == [2, 3]
+
+
 def test_machines_whose_unchecked_results_wait_on_each_other_do_not_stall():
     """A's results wait on replicas only C can give, and C's on replicas only A can: each
     takes the replicas the other waits on, though its unchecked results fill its quota."""
