@@ -14,9 +14,11 @@ from dealer._core import (
     Policy,
     ReplicaState,
     Sent,
+    implausible,
 )
+from dealer._policy import policy_for
 from protocol import ErrorCode, Status
-from tasks import Job
+from tasks import Job, Limits, Task
 
 OK = Status.OK
 
@@ -335,6 +337,16 @@ def test_policy_rejects_nonsense():
     assert Policy(redundancy=2, max_errors=3).max_replicas == 7
 
 
+def test_policy_for_holds_results_to_the_tasks_limits():
+    class Limited(Task):
+        limits = Limits(fuel=500, memory_mb=32, output_kb=3)
+
+    policy = policy_for(Limited())
+    assert (policy.fuel_limit, policy.memory_mb, policy.output_bytes) == (500, 32, 3 * 1024)
+    assert implausible(OK, b"x" * 3 * 1024, 1, policy) is None
+    assert "exceed the job's limit of 3072" in implausible(OK, b"x" * 3073, 1, policy)
+
+
 def test_replicas_a_jobber_no_longer_holds_are_released_at_once():
     core = make(3)
     a = core.bored("a", 3, 1000, 0.0)
@@ -526,6 +538,23 @@ def test_a_late_result_of_another_platform_is_not_a_dispute():
     why = core.result("a", a.tag, OK, b"7ff8", 1, "", 2.0)  # arm's own NaN bits, late
     assert why is not None and why.code is ErrorCode.SETTLED and "flagged" not in why.text
     assert core.disputed == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_platforms_are_named_in_status_from_two_and_all_up_to_eight(n):
+    core = make(n, redundancy=2, quorum=2, max_errors=99)
+    for i in range(n):
+        [a] = ask(core, f"j{i}", f"p{i}", 0.0)
+        assert core.result(f"j{i}", a.tag, Status.CRASH, b"", 0, "", 1.0) is None
+    lines = [w for w in core.waiting(2.0) if "platforms among them" in w]
+    names = ", ".join(f"p{i}" for i in range(n))
+    assert lines == (
+        []
+        if n == 1
+        else [
+            f"replicas of a job go to machines of one platform; {n} platforms among them: {names}"
+        ]
+    )
 
 
 def test_platform_names_are_bounded_in_status_and_forgotten_with_their_machines():

@@ -28,6 +28,7 @@ from dealer._core import (
     implausible,
     job_digest,
 )
+from dealer._policy import JOB_MESSAGE_OVERHEAD, RETRY_BUSY_S, RETRY_IDLE_S, RETRY_QUOTA_S, SOON_S
 from protocol import Status
 from tasks import Job
 
@@ -61,6 +62,10 @@ def test_the_constants_are_what_the_docs_say():
     assert Policy(redundancy=2, quorum=2, max_replicas=2).max_replicas == 2
     deterministic = {"exit", "fuel", "memory", "output", "stack", "trap", "invalid", "import"}
     assert deterministic == DETERMINISTIC
+    # docs/protocol.md: "2 s while all its work is out", "30 s to a jobber" it cannot use,
+    # the pace "times 1 s"; a jobber at its quota comes back within a round trip
+    assert (RETRY_BUSY_S, RETRY_IDLE_S, SOON_S, RETRY_QUOTA_S) == (2.0, 30.0, 1.0, 0.2)
+    assert JOB_MESSAGE_OVERHEAD == 64 * 1024  # docs/writing-tasks.md: "64 KiB"
 
 
 # --- how many replicas one `bored` hands out -------------------------------------
@@ -376,6 +381,24 @@ def test_ok_results_not_yet_compared_count_against_the_quota():
     assert len(core.take_settled()) == 2
     assert core.jobbers["a"].unchecked == core.machines["a"].unchecked == 0
     assert core.jobbers["a"].allowance == 4 and core.room("a", "a") == 4  # 2, +1 per valid
+
+
+def test_unchecked_results_count_against_the_identity_and_the_machine_each():
+    """An identity whose results wait to be compared gets no new job on another machine,
+    and another identity none on the machine they came from."""
+    core = make(6, redundancy=2, quorum=2, quota=2)
+    a = give(core, "a", 2, 0.0, machine="m1")
+    for x in a:
+        assert core.result("a", x.tag, OK, b"x", 1, "", 1.0) is None
+    assert core.room("a", "m2") == 0 and give(core, "a", 2, 2.0, machine="m2") == []
+    assert core.room("b", "m1") == 0 and give(core, "b", 2, 2.0, machine="m1") == []
+    assert core.room("a", "m2", unchecked=False) == core.room("b", "m1", unchecked=False) == 2
+    assert core.drawn == 2  # nothing new was drawn for either
+    # a third machine takes the replicas they wait on: both settle, the room comes back
+    for x in give(core, "c", 2, 3.0, machine="m3"):
+        assert core.result("c", x.tag, OK, b"x", 1, "", 4.0) is None
+    assert [x.job_id for x in give(core, "b", 2, 5.0, machine="m1")] == [2, 3]
+    assert [x.job_id for x in give(core, "a", 2, 5.0, machine="m2")] == [2, 3]
 
 
 def test_machines_whose_unchecked_results_wait_on_each_other_do_not_stall():

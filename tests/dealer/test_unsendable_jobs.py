@@ -11,6 +11,7 @@ from dealer import _core
 from dealer._core import Core, Drawn, Failed, Policy, unsendable
 from dealer._history import History
 from dealer._journal import Journal
+from dealer._policy import refusal
 from dealer._service import Peer, Service, policy_for
 from protocol._wire import MAX_ARGS, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES
 from tasks import Job
@@ -45,6 +46,32 @@ def test_each_cap_of_one_job_at_the_cap_and_one_past_it():
     assert unsendable(wide) is None  # 48 MiB: fits when the jobber has the payload
     why = unsendable(wide, payload_bytes=p.MAX_PAYLOAD_BYTES)
     assert why.startswith("a jobs message of about ") and "over the wire's cap of 67,108,864" in why
+
+
+def test_the_message_estimate_to_the_byte():
+    """The estimate of a `jobs` message: the payload, the stdin, each argument's UTF-8
+    and its 5-byte header, and JOB_MESSAGE_OVERHEAD; at the cap it passes, a byte over
+    it does not."""
+    job = Job(("ab", "\u00e9"), b"xyz")  # arguments of 2 and 2 bytes: 14 with headers
+    fits = p.MAX_MESSAGE_BYTES - 3 - 14 - 64 * 1024
+    assert unsendable(job, payload_bytes=fits) is None
+    assert unsendable(job, payload_bytes=fits + 1) == (
+        f"a jobs message of about {p.MAX_MESSAGE_BYTES + 1:,} bytes with the payload, over "
+        f"the wire's cap of {p.MAX_MESSAGE_BYTES:,} bytes (stdin 3, arguments 14, payload "
+        f"{fits + 1:,})"
+    )
+
+
+def test_a_refusal_names_the_job_by_its_first_arguments():
+    why = "stdin over the cap"
+    eight, nine = Job(tuple("abcdefgh")), Job(tuple("abcdefghi"))
+    assert refusal(7, eight, why) == (
+        "job 7 (args a b c d e f g h) can never be sent: stdin over the cap; "
+        "see 'Limits of one job' in docs/writing-tasks.md"
+    )
+    assert refusal(7, nine, why).startswith("job 7 (args a b c d e f g h ...) can never")
+    assert refusal(0, Job(("x" * 300,)), why).startswith(f"job 0 (args {'x' * 200}) can")
+    assert refusal(0, Job(), why).startswith("job 0 (args (none)) can never be sent")
 
 
 def test_a_job_passing_the_rule_encodes_under_the_cap():
