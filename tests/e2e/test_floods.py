@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 import protocol as p
-from net._router import PER_SOURCE_CONNECTIONS
+from net._router import ALL_STATUS_BURST, ALL_STATUS_PER_S, PER_SOURCE_CONNECTIONS
 from tests import flood
 from tests.helpers import CHUNK, LINE, N, free_port, wait_for, wait_status
 
@@ -90,7 +90,12 @@ def test_an_honest_batch_finishes_beside_a_status_flood_that_reads(procs, factor
         f"\nbatch beside a status flood: {took:.1f} s, {asking.replies} pages, {asking.busy} busy"
     )
     assert dealer.stdout.strip() == LINE
-    assert asking.busy > 0  # the flood was rationed...
+    # the flood was rationed: told "busy" past the ration, or (a busy machine slowing the
+    # flood's own threads) never past it: the ration of all sources, burst and rate
+    assert asking.busy > 0 or asking.replies <= ALL_STATUS_BURST + ALL_STATUS_PER_S * took, (
+        asking.replies,
+        took,
+    )
     assert asking.replies > 0  # ...not shut out
     for j in honest:
         assert j.wait(60) == 0
