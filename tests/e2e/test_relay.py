@@ -41,8 +41,8 @@ def _relayed(rows: dict[str, tuple[int, int, int, int]]) -> tuple[int, int, int]
     return tuple(sum(r[i] for r in rows.values()) for i in range(3))  # type: ignore[return-value]
 
 
-def _batch(procs, name: str, port: int, db: Path):
-    return procs.dealer(name, "factoring.py", str(N), "--chunk", CHUNK, port=port, db=db)
+def _batch(procs, name: str, port: int, db: Path, *extra: str):
+    return procs.dealer(name, "factoring.py", str(N), "--chunk", CHUNK, *extra, port=port, db=db)
 
 
 def test_upstream_killed_mid_batch_the_relay_buffers_and_delivers(procs, factor_wasm, tmp_path):
@@ -78,7 +78,11 @@ def test_upstream_killed_mid_batch_the_relay_buffers_and_delivers(procs, factor_
 def test_relay_killed_and_restarted_on_its_journal_loses_nothing(procs, factor_wasm, tmp_path):
     up_port, relay_port = free_port(), free_port()
     rdb = tmp_path / "r" / "relay.sqlite"
-    dealer = _batch(procs, "up", up_port, tmp_path / "up.sqlite")
+    # the upstream waits for its silent relay a lease (20 s by default) before it releases
+    # the relay's jobs to others; under load the relay may be down longer than that while
+    # its jobbers notice, and reissued jobs are right then. The point here is the relay's
+    # journal, so the upstream waits longer.
+    dealer = _batch(procs, "up", up_port, tmp_path / "up.sqlite", "--lease", "300")
     first = _relay(procs, "relay1", f"127.0.0.1:{up_port}", relay_port, rdb)
     jobbers = [
         procs.jobber(f"j{i}", f"127.0.0.1:{relay_port}", extra=("--max-idle", "30")) for i in (1, 2)
