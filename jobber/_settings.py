@@ -131,23 +131,14 @@ class Config:
     ) -> Settings:
         """What the core is told: this record, with what the shell found out (the name
         kept in the data directory, the CPU count, the memory per job and cache the
-        pool's preferences leave, the sandbox's platform)."""
+        pool's preferences leave, the sandbox's platform). A field of the same name in
+        both is the same setting, copied as it is."""
+        shared = {f.name: getattr(self, f.name) for f in fields(Settings) if hasattr(self, f.name)}
+        found = {"name": name, "cpus": cpus, "memory_mb": memory_mb, "platform": platform}
         return Settings(
-            name=name,
-            slots=self.slots,
-            cpus=cpus,
-            memory_mb=memory_mb,
-            buffer=self.buffer,
-            max_idle_s=self.max_idle_s,
-            min_backoff_s=self.min_backoff_s,
-            max_backoff_s=self.max_backoff_s,
-            request_timeout_s=self.request_timeout_s,
-            max_job_time_s=self.max_job_time_s,
-            max_fuel=self.max_fuel,
-            max_output_kb=self.max_output_kb,
+            **(shared | found),
             spool_share_bytes=self.spool_mb * MIB,
             cache_bytes=cache_mb * MIB,
-            platform=platform,
         )
 
 

@@ -1240,10 +1240,23 @@ def test_each_option_names_its_field_and_the_core_is_told_the_record():
     assert js.OPTIONS["data_dir"] == "data_dir"
     assert js.OPTIONS["max_idle"] == "max_idle_s" and js.OPTIONS["slots"] == "slots"
     assert js.OPTIONS["cache_mb"] == "cache_mb" and "buffer" not in js.OPTIONS
-    cfg = js.Config(dealers=[], data_dir=Path("d"), slots=3, spool_mb=2, max_fuel=7)
+    timing = dict(max_idle_s=9.0, min_backoff_s=0.5, max_backoff_s=2.0, request_timeout_s=3.0)
+    ceilings = dict(max_job_time_s=11.0, max_fuel=7, max_output_kb=4)
+    cfg = js.Config(
+        dealers=[], data_dir=Path("d"), slots=3, spool_mb=2, buffer=2, **timing, **ceilings
+    )
     told = cfg.core_settings("n", cpus=4, memory_mb=5, cache_mb=3, platform="x")
     assert told == c.Settings(
-        "n", 3, 4, 5, max_fuel=7, spool_share_bytes=2 * js.MIB, cache_bytes=3 * js.MIB, platform="x"
+        "n",
+        3,
+        4,
+        5,
+        buffer=2,
+        spool_share_bytes=2 * js.MIB,
+        cache_bytes=3 * js.MIB,
+        platform="x",
+        **timing,
+        **ceilings,
     )
 
 
