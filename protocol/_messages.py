@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 from protocol._records import (
     _KEY_HEX,
     _SHA256_HEX,
+    CHUNK_BYTES,
     MAX_BATCH,
+    MAX_FILE_BYTES,
     MAX_HOLDING,
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOADS,
@@ -313,6 +315,40 @@ class WorkOffer(Message):
     finished: bool | None = checked(_optional(_bool()), None)  # nil: not finished
 
 
+@record
+class Fetch(Message):
+    """Jobber -> dealer (work port): send me chunk `chunk` of the input file `hash`.
+
+    A file of `size` bytes travels as `chunk_count(size)` chunks of CHUNK_BYTES, the last
+    one shorter. A jobber may have up to MAX_FETCHES fetches out to one dealer at once.
+    """
+
+    TYPE: ClassVar[str] = "fetch"
+    id: int = checked(_ID)
+    hash: str = checked(_str(64, _SHA256_HEX))  # sha256 hex of the whole file
+    chunk: int = checked(_int(0, MAX_FILE_BYTES // CHUNK_BYTES))  # which chunk, from 0
+
+
+@record
+class Chunk(Message):
+    """Dealer -> jobber: one chunk of an input file, the answer to `fetch`.
+
+    `digests`: the SHA-256 of every chunk of the file, in order, so that each chunk can
+    be checked as it comes; sent with chunk 0 (nil otherwise, or the same list again).
+    The whole file is checked against `hash` once it is complete.
+    """
+
+    TYPE: ClassVar[str] = "chunk"
+    re: int = checked(_ID)
+    hash: str = checked(_str(64, _SHA256_HEX))
+    chunk: int = checked(_int(0, MAX_FILE_BYTES // CHUNK_BYTES))
+    size: int = checked(_int(0, MAX_FILE_BYTES))  # the whole file's bytes
+    data: bytes = checked(_bytes(CHUNK_BYTES))
+    digests: tuple[bytes, ...] | None = checked(
+        _optional(_list(_bytes(32, 32), MAX_FILE_BYTES // CHUNK_BYTES)), None
+    )
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -334,5 +370,7 @@ MESSAGES: dict[str, type[Message]] = {
         Finished,
         WorkQuery,
         WorkOffer,
+        Fetch,
+        Chunk,
     )
 }

@@ -19,6 +19,7 @@ from protocol._schema import (
     _float,
     _int,
     _list,
+    _map,
     _optional,
     _Record,
     _record,
@@ -40,9 +41,24 @@ MAX_CACHED = 4096  # payload hashes a jobber may report
 MAX_PAYLOADS = 64  # payloads (and signatures of payloads) in one `jobs`
 MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
 MAX_PLATFORM = 256  # HostFacts.platform: a name, compared for equality only
+# Input files (JobSpec.files): read-only files a job's payload sees at their guest paths,
+# named by their SHA-256 and fetched once per jobber, a chunk at a time (`fetch`, `chunk`)
+MAX_JOB_FILES = 256  # files one job names
+MAX_FILE_BYTES = 1 << 40  # one input file: 1 TiB (an owner's --max-input-mb is far lower)
+CHUNK_BYTES = 4 * 1024 * 1024  # a file travels in chunks of this size; the last may be shorter
+MAX_HELD_FILES = 4096  # file hashes a jobber may say it holds (HostFacts.files)
+MAX_FETCHES = 8  # `fetch` requests a jobber may have out to one dealer at once
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 _KEY_HEX = _SHA256_HEX  # a CurveZMQ public key: 32 bytes as 64 lowercase hex digits
+# A guest path: absolute, 1 to 16 components of letters, digits and ._+- (no "." or
+# ".." component), so it means the same on every machine and names no host file
+_GUEST_PATH = re.compile(r"\A(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._+-]{1,255}){1,16}\Z")
+
+
+def chunk_count(size: int) -> int:
+    """How many chunks a file of `size` bytes travels in (an empty file: one, empty)."""
+    return max(1, -(-size // CHUNK_BYTES))
 
 
 class Status(str, enum.Enum):
@@ -75,6 +91,7 @@ class ErrorCode(str, enum.Enum):
     DENIED = "denied"  # this identity is banned from the dealer
     IMPLAUSIBLE = "implausible"  # a result no honest sandbox could give (fuel, output, status)
     FORBIDDEN = "forbidden"  # the request needs the dealer's admin key
+    UNKNOWN_FILE = "unknown_file"  # `fetch`: this dealer serves no file of that hash
 
 
 @record
@@ -119,6 +136,15 @@ class HostFacts(_Record):
     # architecture, OS, wasmtime version and engine flags (sandbox.PLATFORM); nil: not
     # said (a jobber older than the field, which canonicalizes every NaN)
     platform: str | None = checked(_optional(_str(MAX_PLATFORM)), None)
+    # the most one job's input files (JobSpec.files) may total here, in MiB; nil: this
+    # jobber takes no job with files (every jobber older than them)
+    input_mb: int | None = checked(_optional(_int(0, MAX_FILE_BYTES >> 20)), None)
+    # sha256 hex of input files the jobber holds whole, most recently used first: a
+    # dealer prefers to send it jobs that read them (locality)
+    # (nil: none)
+    files: tuple[str, ...] | None = checked(
+        _optional(_list(_str(64, _SHA256_HEX), MAX_HELD_FILES)), None
+    )
 
     def refuses(self, limits: Limits) -> str | None:
         """Why a job with `limits` is more than this jobber allows, or None."""
@@ -131,6 +157,25 @@ class HostFacts(_Record):
         if self.max_output_kb is not None and limits.output_kb > self.max_output_kb:
             return f"{limits.output_kb} KiB of output (this machine allows {self.max_output_kb})"
         return None
+
+    def refuses_inputs(self, size: int) -> str | None:
+        """Why a job whose input files total `size` bytes is more than this jobber takes,
+        or None."""
+        if size == 0:
+            return None
+        if self.input_mb is None:
+            return "input files (this jobber takes none)"
+        if size > self.input_mb << 20:
+            return f"{size} bytes of input files (this machine allows {self.input_mb} MiB)"
+        return None
+
+
+@record
+class FileRef(_Record):
+    """An input file, named by its content: what a job reads, and how big it is."""
+
+    hash: str = checked(_str(64, _SHA256_HEX))  # sha256 hex of the file's bytes
+    size: int = checked(_int(0, MAX_FILE_BYTES))  # bytes
 
 
 @record
@@ -145,6 +190,17 @@ class JobSpec(_Record):
     deadline_s: float = checked(
         _float(0.0, 1e9)
     )  # seconds, from receipt, the dealer waits for the result
+    # read-only input files the payload sees, by guest path (nil: none); sent only to a
+    # jobber whose host.input_mb holds their total
+    files: dict[str, FileRef] | None = checked(
+        _optional(_map(_str(4096, _GUEST_PATH), _record(FileRef), MAX_JOB_FILES)),
+        None,
+        hashed=False,
+    )
+
+    def input_bytes(self) -> int:
+        """What the job's input files total, in bytes."""
+        return sum(f.size for f in (self.files or {}).values())
 
 
 @record

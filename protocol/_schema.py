@@ -475,12 +475,21 @@ _MISSING: Any = dataclasses.MISSING
 
 
 def checked(
-    check: Check, default: Any = _MISSING, *, factory: Callable[[], Any] = _MISSING, wire: str = ""
+    check: Check,
+    default: Any = _MISSING,
+    *,
+    factory: Callable[[], Any] = _MISSING,
+    wire: str = "",
+    hashed: bool = True,
 ) -> Any:
     """A record's field: its checker, its default (or `factory`), and its name on the wire
-    where that differs from the attribute's (`wire`; used by `record`)."""
+    where that differs from the attribute's (`wire`; used by `record`). A map field of a
+    record that must stay hashable is left out of its hash (`hashed=False`); it still
+    counts for equality."""
     meta = {"check": check, "wire": wire}
-    return dataclasses.field(default=default, default_factory=factory, metadata=meta)
+    return dataclasses.field(
+        default=default, default_factory=factory, metadata=meta, hash=None if hashed else False
+    )
 
 
 def record(cls: type) -> Any:

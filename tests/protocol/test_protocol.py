@@ -89,7 +89,14 @@ hosts = st.builds(
     max_fuel=st.none() | st.integers(1, 2**62),
     max_output_kb=st.none() | st.integers(0, _records.MAX_OUTPUT_BYTES // 1024),
     platform=st.none() | names,
+    input_mb=st.none() | st.integers(0, 1 << 20),
+    files=st.none() | st.lists(shas, max_size=4).map(tuple),
 )
+components = st.text("abcXYZ019._+-", min_size=1, max_size=255).filter(
+    lambda c: c not in ".." and c != "."
+)
+guest_paths = st.lists(components, min_size=1, max_size=16).map(lambda cs: "/" + "/".join(cs))
+file_refs = st.builds(p.FileRef, hash=shas, size=st.integers(0, 1 << 40))
 jobspecs = st.builds(
     p.JobSpec,
     tag=strs,
@@ -98,6 +105,7 @@ jobspecs = st.builds(
     stdin=blobs,
     limits=limits,
     deadline_s=st.floats(0.0, 1e9),
+    files=st.none() | st.dictionaries(guest_paths, file_refs, max_size=3),
 )
 attributions = st.builds(p.Attribution, key=shas, machine=names)
 results = st.builds(
@@ -200,6 +208,16 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         cancel=st.lists(strs, max_size=3).map(tuple),
     ),
     p.WorkQuery: st.builds(p.WorkQuery, id=u64),
+    p.Fetch: st.builds(p.Fetch, id=u64, hash=shas, chunk=st.integers(0, 1 << 18)),
+    p.Chunk: st.builds(
+        p.Chunk,
+        re=u64,
+        hash=shas,
+        chunk=st.integers(0, 1 << 18),
+        size=st.integers(0, 1 << 40),
+        data=blobs,
+        digests=st.none() | st.lists(st.binary(min_size=32, max_size=32), max_size=3).map(tuple),
+    ),
     p.WorkOffer: st.builds(
         p.WorkOffer,
         re=u64,

@@ -31,6 +31,7 @@ HEX64 = r"\A[0-9a-f]{64}\Z"
 STR = ("str", 4096, None)
 NAME = ("str", 256, None)
 HASH = ("str", 64, HEX64)
+GUEST_PATH = r"\A(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._+-]{1,255}){1,16}\Z"
 ID = ("int", 0, U64)
 
 # The bounds docs/protocol.md gives, field by field (sections 3 and 5).
@@ -51,7 +52,10 @@ PINNED: dict[str, dict[str, tuple]] = {
         "max_fuel": ("optional", ("int", 1, 2**62)),
         "max_output_kb": ("optional", ("int", 0, 32768)),
         "platform": ("optional", NAME),
+        "input_mb": ("optional", ("int", 0, 2**20)),
+        "files": ("optional", ("list", 4096, HASH)),
     },
+    "FileRef": {"hash": HASH, "size": ("int", 0, 2**40)},
     "JobSpec": {
         "tag": STR,
         "payload": HASH,
@@ -59,6 +63,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "stdin": ("bytes", 0, 16 * MiB),
         "limits": ("record", "Limits"),
         "deadline_s": ("float", 0.0, 1e9),
+        "files": ("optional", ("map", 256, ("str", 4096, GUEST_PATH), ("record", "FileRef"))),
     },
     "Result": {
         "tag": STR,
@@ -161,6 +166,15 @@ PINNED: dict[str, dict[str, tuple]] = {
         "left": ("optional", ID),
         "finished": ("optional", ("bool",)),
     },
+    "Fetch": {"id": ID, "hash": HASH, "chunk": ("int", 0, 2**18)},
+    "Chunk": {
+        "re": ID,
+        "hash": HASH,
+        "chunk": ("int", 0, 2**18),
+        "size": ("int", 0, 2**40),
+        "data": ("bytes", 0, 4 * MiB),
+        "digests": ("optional", ("list", 2**18, ("bytes", 32, 32))),
+    },
 }
 
 
@@ -218,6 +232,10 @@ def test_the_constants_of_the_contract() -> None:
         8,
         64,
     )
+    # input files
+    assert (4 * MiB, 2**40, 256) == (p.CHUNK_BYTES, p.MAX_FILE_BYTES, p.MAX_JOB_FILES)
+    assert (p.MAX_HELD_FILES, p.MAX_FETCHES) == (4096, 8)
+    assert [p.chunk_count(n) for n in (0, 1, 4 * MiB, 4 * MiB + 1)] == [1, 1, 1, 2]
 
 
 # --- full samples: every optional field present, every list and map non-empty -------
@@ -225,9 +243,18 @@ def test_the_constants_of_the_contract() -> None:
 SHA = hashlib.sha256(b"payload").hexdigest()
 LIMITS = p.Limits(fuel=1000, memory_mb=16, time_s=1.5, output_kb=64, native_nans=True)
 HOST = p.HostFacts(
-    2, 1024, 2, (SHA,), max_time_s=10.0, max_fuel=1000, max_output_kb=64, platform="x86_64-linux"
+    2,
+    1024,
+    2,
+    (SHA,),
+    max_time_s=10.0,
+    max_fuel=1000,
+    max_output_kb=64,
+    platform="x86_64-linux",
+    input_mb=100,
+    files=(SHA,),
 )
-SPEC = p.JobSpec("t1", SHA, ("factor",), b"in", LIMITS, 60.0)
+SPEC = p.JobSpec("t1", SHA, ("factor",), b"in", LIMITS, 60.0, {"/input/a.csv": p.FileRef(SHA, 7)})
 SIGNATURE = p.Signature(SHA, bytes(64), (p.Rotation(SHA, SHA, bytes(64)),))
 FULL: dict[str, p.Message] = {
     m.TYPE: m
@@ -268,6 +295,8 @@ FULL: dict[str, p.Message] = {
         p.AllocReply(9, "done", {"serial": 4}),
         p.WorkQuery(8),
         p.WorkOffer(8, 12, LIMITS, 40, True),
+        p.Fetch(10, SHA, 1),
+        p.Chunk(10, SHA, 0, 7, b"abcdefg", (bytes(32),)),
     )
 }
 
@@ -365,15 +394,20 @@ def bounds(kind: str, path: tuple, where: str, d: tuple) -> Iterator[tuple]:
     elif d[0] == "map":
         n = d[1]
         first = next(iter(sample.values()))
-        keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n + 1)]
+        if d[2] == ("str", 4096, GUEST_PATH):
+            keys = [f"/input/{i}" for i in range(n + 1)]
+        else:
+            keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n + 1)]
         text = rf"{name}: expected a map of at most {n} entries"
         yield path, dict.fromkeys(keys[:n], first), None
         yield path, dict.fromkeys(keys, first), text
-    elif d[0] == "key":  # a map's keys: hashes
-        _, _, n, _ = d
+    elif d[0] == "key":  # a map's keys: hashes, or guest paths
+        _, _, n, pattern = d
         first = next(iter(sample.values()))
-        yield path, {"0" * n: first}, None
-        yield path, {"0" * (n + 1): first}, rf"{name}: expected a string of at most {n}"
+        longest = "0" * n if pattern != GUEST_PATH else ("/" + "a" * 255) * 16
+        assert len(longest) == n
+        yield path, {longest: first}, None
+        yield path, {longest + "0": first}, rf"{name}: expected a string of at most {n}"
     elif d[0] == "bool":
         yield path, True, None
         yield path, False, None
@@ -624,7 +658,7 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
-    records += (FULL["bored"].behalf, *FULL["ack"].standing)
+    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values())
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)
