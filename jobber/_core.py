@@ -114,7 +114,11 @@ from jobber._actions import (
     Action,
     BadHash,
     Event,
+    FileBad,
+    FileKept,
+    FileStoreFailed,
     Hello,
+    KeepChunk,
     Owner,
     PayloadGone,
     Pin,
@@ -135,6 +139,7 @@ from jobber._actions import (
 )
 from jobber._dealers import Dealers
 from jobber._holding import Holdings
+from jobber._inputs import Inputs
 from jobber._quiet import Repeats
 from jobber._settings import MIB, SPOOL_SHARES_IN_ALL, Settings
 from jobber._shares import Shares
@@ -164,6 +169,7 @@ from jobber._state import (
     SHUN_DROPPED_S,
     Held,
     Link,
+    Partial,
     _batch,
     _input_of,
     _weight,
@@ -197,11 +203,16 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "Action",
     "BadHash",
     "Event",
+    "FileBad",
+    "FileKept",
+    "FileStoreFailed",
     "Held",
     "Hello",
     "JobberCore",
+    "KeepChunk",
     "Link",
     "Owner",
+    "Partial",
     "PayloadGone",
     "Pin",
     "ProbeDisk",
@@ -225,9 +236,10 @@ __all__ = [  # the core's face: its parts' names stay reachable here
 ]
 
 
-class JobberCore(Dealers, Holdings):
+class JobberCore(Dealers, Holdings, Inputs):
     """The jobber's decisions (see this module's theory of operation); its dealers'
-    part is jobber._dealers, its holdings' jobber._holding."""
+    part is jobber._dealers, its holdings' jobber._holding, its input files'
+    jobber._inputs."""
 
     def __init__(
         self,
@@ -268,6 +280,9 @@ class JobberCore(Dealers, Holdings):
         self.sizes: Mapping[str, tuple[int, int]] = {}
         # payloads taken with jobs and not yet in `sizes` (the shell is storing them)
         self._coming: dict[str, int] = {}
+        # input files the shell's store holds whole: hash -> size, most recently used first
+        self.files_held: dict[str, int] = {}
+        self.partials: dict[str, Partial] = {}  # input files coming, a chunk at a time
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -336,6 +351,8 @@ class JobberCore(Dealers, Holdings):
             max_fuel=s.max_fuel,
             max_output_kb=self.max_output_kb(),
             platform=s.platform,
+            input_mb=s.input_files_mb(),
+            files=tuple(list(self.files_held)[: p.MAX_HELD_FILES]) if self.files_held else None,
         )
 
     def max_output_kb(self) -> int | None:
@@ -447,6 +464,13 @@ class JobberCore(Dealers, Holdings):
         elif isinstance(msg, p.Ack):
             link.answered_by(RESULTS, now)
             self._acked(link.address, msg, now)
+        elif isinstance(msg, p.Chunk):
+            self._chunk(link, msg, now)
+        elif isinstance(msg, p.Error) and self._fetch_lane(link, msg.re) is not None:
+            log.warning(
+                "dealer %s refused fetch %d: %s: %s", link.address, msg.re, msg.code.value, msg.text
+            )
+            self._fetch_error(link, msg, now)
         elif isinstance(msg, p.Error):
             log.warning(
                 "dealer %s refused request %d: %s: %s",
@@ -475,9 +499,11 @@ class JobberCore(Dealers, Holdings):
             # evicted since the ask that listed it (or never held): given back unrun,
             # nobody's fault; the next ask lists the cache as it is, so it comes again
             h = self.running.get(event.key)
-            why = f"payload {event.payload[:12]} is no longer held here"
+            why = f"{event.what} {event.payload[:12]} is no longer held here"
             result = p.Result(h.spec.tag if h else "?", p.Status.ABANDONED, b"", 0, why)
             self.job_done(event.key, result, 0.0, now)
+        elif isinstance(event, FileKept | FileBad | FileStoreFailed):
+            self._files_event(event, now)
         elif isinstance(event, Resized):
             self.s = replace(
                 self.s,
@@ -531,6 +557,8 @@ class JobberCore(Dealers, Holdings):
         self._check_timeouts(now)
         self._send_results(now)
         self._send_alive(now)
+        if not self.stopping:
+            self._send_fetches(now)
         if not (self.stopping or self.fetch_paused):
             self._fetch(now)
         self._say_progress(now)

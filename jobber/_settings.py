@@ -20,6 +20,7 @@ SPOOL_MB = 256  # results one dealer may leave unacknowledged before it gets no 
 # (`spool_share_bytes`): a few dealers may each fill theirs while one does not ack,
 # but dealers made up by referrals (up to MAX_DEALERS) cannot fill MAX_DEALERS shares
 SPOOL_SHARES_IN_ALL = 4
+INPUT_MB = 4096  # the most one job's input files may total here, in MiB (--max-input-mb)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Settings:
     # results unacknowledged plus what held jobs may write, in all dealers; default
     # SPOOL_SHARES_IN_ALL shares
     spool_bytes: int | None = None
+    # the most one job's input files (JobSpec.files) may total, in MiB, never more than
+    # the cache holds (`input_files_mb`); None: this jobber takes no job with files
+    input_mb: int | None = None
     # the platform its sandbox runs native-NaN jobs for (sandbox.PLATFORM, which the shell
     # passes: the core imports no sandbox); None: not said
     platform: str | None = None
@@ -59,6 +63,13 @@ class Settings:
         if self.input_bytes is not None:
             return self.input_bytes
         return self.slots * self.memory_mb * MIB
+
+    def input_files_mb(self) -> int | None:
+        """What one job's input files may total here, in MiB: the owner's cap, within the
+        cache (input files are kept there, beside the payloads)."""
+        if self.input_mb is None or self.cache_bytes is None:
+            return self.input_mb
+        return min(self.input_mb, self.cache_bytes // MIB)
 
     def spool_budget(self) -> int:
         if self.spool_bytes is not None:
@@ -104,6 +115,9 @@ class Config:
     spool_mb: int = _option(
         "spool_mb", SPOOL_MB
     )  # results one dealer may leave unacknowledged before it gets no work
+    # the most one job's input files may total, in MiB (never more than --cache-mb: they
+    # are kept in the cache's allowance)
+    input_mb: int = _option("max_input_mb", INPUT_MB)
     # the owner's ceilings for one job, whatever a dealer asks
     max_job_time_s: float = _option("max_job_time", MAX_JOB_TIME_S)
     max_fuel: int | None = _option("max_fuel", None)

@@ -86,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
         "the least recently used are removed past it",
     )
     ap.add_argument(
+        "--max-input-mb",
+        type=int,
+        metavar="MB",
+        help=f"the most one job's input files may total (default {d['input_mb']}, never "
+        "more than --cache-mb, where they are kept); a job asking more is given back unrun",
+    )
+    ap.add_argument(
         "--spool-mb",
         type=int,
         metavar="MB",
