@@ -104,9 +104,9 @@ class Holdings:
                 and s.cache_bytes is not None
                 and (new_bytes and cache + new_bytes > s.cache_bytes)
             ):
-                what = "payload" if not new_files else "payload and input files"
+                what = "its payload" if not new_files else "what its payload and input files take"
                 why = (
-                    f"refused: its {what} ({new_bytes:,} bytes) do not fit the cache "
+                    f"refused: {what} ({new_bytes:,} bytes) does not fit the cache "
                     f"({s.cache_bytes:,} bytes, {cache:,} in use by jobs in hand)"
                 )
             elif why is None and new_payload and len(pinned) >= self._max_payloads():
