@@ -62,8 +62,7 @@ class Inputs:
         recently used first, and partial ones with their digests and chunks kept."""
         self.files_held = dict(whole)
         self.partials = {
-            sha: Partial(part.size, part.digests, set(part.have))
-            for sha, part in partials.items()
+            sha: Partial(part.size, part.digests, set(part.have)) for sha, part in partials.items()
         }
 
     def held_files(self) -> set[str]:
