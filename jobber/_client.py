@@ -85,6 +85,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             cfg.compile_time_s is not None and cfg.compile_time_s <= 0
         ):
             raise JobberError("--compile-memory and --compile-time must be positive")
+        if cfg.input_mb < 0:
+            raise JobberError("--max-input-mb must not be negative")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid

@@ -25,8 +25,11 @@ event                  from
                        the core decides whether jobs are suspended and work is
                        asked for), ``StoreFailed`` (the disk would not keep a
                        payload: its jobs go back unrun), ``PayloadGone`` (a job's
-                       payload left the cache: given back unrun), ``Resized``
-                       (an allocator's new slots, memory and cache)
+                       payload, or an input file, left the store: given back
+                       unrun), ``Resized`` (an allocator's new slots, memory and
+                       cache), ``FileKept`` / ``FileBad`` / ``FileStoreFailed``
+                       (an input file complete and checked whole, or not, or the
+                       disk would not keep its chunk: jobber._inputs)
 =====================  ==========================================================
 
 and carries out the *actions* the core queues, in order (``take_actions``):
@@ -34,12 +37,14 @@ and carries out the *actions* the core queues, in order (``take_actions``):
 (close a dealer's sockets: what was in flight on them is gone), ``Start`` and
 ``Stop`` (slots), ``Suspend`` and ``Resume`` (the slots' workers), ``Spool``
 and ``Unspool`` (the results on disk), ``Store`` (payloads of jobs taken, into
-the cache), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
+the cache), ``KeepChunk`` (a checked chunk of an input file, into the file
+store), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
 
 Its parts: the dealers (jobber._dealers: each a ``Link`` whose requests out,
 timeouts, backoff, socket resets and key are net._link's Lazy Pirate core), the
 holdings (jobber._holding: jobs taken, results, the spool, payloads), their
-records and constants (jobber._state), the settings (jobber._settings).
+records and constants (jobber._state), the settings (jobber._settings), the input
+files (jobber._inputs: which jobs with files are taken, the fetches, the chunks' checks).
 
 The rules, per turn (``tick``):
 
@@ -51,6 +56,8 @@ The rules, per turn (``tick``):
    dealer is backed off (net._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
+   each file a buffered job lacks is fetched from the job's dealer, up to
+   p.MAX_FETCHES chunks out per dealer (jobber._inputs);
 6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
    asked (``bored``) for the difference: one running per slot and, buffered, as
    many as cover AHEAD_S of work at the job length seen (so short jobs never
@@ -87,8 +94,9 @@ replies answering nothing asked change nothing.
 
 Whatever a dealer sends, what it makes the jobber hold is counted before it
 is taken (``_take_jobs``), per dealer and in all: the jobs' inputs in hand
-within ``input_budget()`` (slots x memory_mb by default), the payloads of jobs
-in hand within ``cache_bytes`` and MAX_PAYLOADS_PER_SLOT, and each dealer's
+within ``input_budget()`` (slots x memory_mb by default), the payloads and input
+files of jobs in hand within ``cache_bytes`` (and payloads within
+MAX_PAYLOADS_PER_SLOT), one job's input files within ``input_files_mb()``, and each dealer's
 unacknowledged results plus what its jobs in hand may write (``may_hold``)
 within its share of the spool (``spool_share_bytes``), all dealers' within
 ``spool_budget()``. A job that does not fit is given back unrun (abandoned,

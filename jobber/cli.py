@@ -316,6 +316,17 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         print(f"  {n} buffered from {dealer}")
     for dealer, n in reply.get("spooled_by_dealer", {}).items():
         print(f"  {n} results spooled for {dealer}")
+    files = reply.get("files")
+    if files and (files["held"] or files["coming"]):
+        print(
+            f"  input files: {len(files['held'])} held, {files['bytes'] / 2**20:.1f} MiB "
+            f"on disk, {files['fetches_out']} fetches out"
+        )
+        for f in files["coming"]:
+            print(
+                f"  fetching {f['hash'][:12]} ({f['size']:,} bytes): {f['have']} of "
+                f"{f['chunks']} chunks" + (f" from {f['dealer']}" if f["dealer"] else "")
+            )
     for dealer, why in reply.get("refused_payloads", {}).items():
         print(f"  payloads from {dealer} {why}")
     if reply.get("trust"):

@@ -82,6 +82,8 @@ def test_a_file_comes_in_chunks_several_at_once_is_kept_whole_and_read_again(pro
                 routine(router, ident, msg, results)
             if len(results) == 2:
                 break
+        files = jobber_status(tmp_path / "data-j")["files"]
+        assert [f["hash"] for f in files["held"]] == [sha] and not files["coming"]
     finally:
         router.close()
         j.kill()
