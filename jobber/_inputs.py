@@ -123,7 +123,10 @@ class Inputs:
                     continue
                 seen.add(ref.hash)
                 link = self.links.get(h.dealer)
-                if link is None or not link.usable() or link.retired:
+                if link is None or link.refused:
+                    continue
+                if link.key is None or link.check_key:
+                    self._hello(link, now)  # its key first (re-checked after a failure)
                     continue
                 part = self.partials.get(ref.hash) or Partial(ref.size)
                 for index in part.missing():

@@ -390,3 +390,67 @@ def test_chunks_in_any_order_make_the_file(tmp_path_factory, order, size):
         done = store.keep_chunk(f.hash, size, i, data[i * CH : (i + 1) * CH], None)
     assert done and store.finish(f.hash) is None
     assert store.path(f.hash).read_bytes() == data
+
+
+def test_a_learnt_key_in_doubt_is_checked_before_fetches_go_on():
+    j = core()
+    link = j.links[LIVE]
+    link.key_from_hello = True  # learnt on first use: re-checked after a failure
+    take(j, spec("t.0", {"/x": p.FileRef("cd" * 32, 10)}))
+    j.tick(0.0)
+    assert len(fetches(j.take_actions())) == 1
+    j.tick(20.0)  # the fetch timed out: a failed contact, the key in doubt
+    j.take_actions()
+    j.tick(100.0)
+    actions = j.take_actions()
+    (hello,) = of(actions, c.Hello)
+    assert not fetches(actions)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 100.1)
+    j.tick(100.2)
+    assert [x.chunk for x in fetches(j.take_actions())] == [0]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    size=st.integers(0, 3 * CH + 10),
+    fates=st.lists(st.sampled_from(["answer", "corrupt", "lose", "late"]), max_size=40),
+)
+def test_whatever_the_dealer_does_only_right_chunks_are_kept_once_each(size, fates):
+    """Chunks answered, corrupted, lost (timed out) or answered late, in any order: every
+    chunk kept is the file's own bytes at its index, none twice; with honest answers after,
+    the file is whole."""
+    data = content(size, seed=size)
+    f = ref(data)
+    j = core(request_timeout_s=2.0, min_backoff_s=0.5, max_backoff_s=1.0)
+    take(j, spec("t.0", {"/d": f}))
+    now, out, late = 0.0, [], []
+    kept: list[int] = []
+    fates = fates + ["answer"] * 60
+    for fate in fates:
+        now += 0.3
+        j.tick(now)
+        out += fetches(j.take_actions())
+        if f.hash in j.files_held:
+            break
+        if not out:
+            now += 1.0  # backed off or waiting on a timeout
+            continue
+        x = out.pop(0)
+        m = chunk(x.id, data, x.chunk)
+        if fate == "corrupt" and m.data:
+            m = p.Chunk(
+                m.re, m.hash, m.chunk, m.size, bytes([m.data[0] ^ 1]) + m.data[1:], m.digests
+            )
+        if fate == "lose":
+            continue
+        if fate == "late":
+            late.append(m)
+            continue
+        for msg in [*late, m]:
+            j.received(LIVE, msg, now)
+        late.clear()
+        for a in keep_all(j, j.take_actions()):
+            assert a.data == data[a.index * CH : (a.index + 1) * CH]
+            kept.append(a.index)
+    assert f.hash in j.files_held
+    assert sorted(kept) == list(range(p.chunk_count(size)))
