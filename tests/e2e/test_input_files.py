@@ -19,6 +19,29 @@ NOTHING = Payload.from_wat('(module (memory (export "memory") 1) (func (export "
 LIMITS = p.Limits(fuel=10**6, memory_mb=16, time_s=10.0, output_kb=1)
 
 
+def reader(path: str) -> Payload:
+    """A payload that writes the first 16 bytes of its input file at `path` to stdout
+    (opened under the preopened `/`, fd 3, read-only)."""
+    rel = path.lstrip("/")
+    return Payload.from_wat(f"""
+(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "{rel}")
+  (func (export "_start")
+    (drop (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const {len(rel)})
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))
+    (i32.store (i32.const 0) (i32.const 300))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $read (i32.load (i32.const 200)) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+""")
+
+
 class FileServer:
     """The dealer's side of `fetch`: chunks of the files it serves, each fetch counted."""
 
@@ -44,9 +67,9 @@ class FileServer:
         return sorted(i for s, i in self.asked if s == sha)
 
 
-def job(tag: str, data: bytes, path: str = "/in/data") -> p.JobSpec:
+def job(tag: str, data: bytes, path: str = "/in/data", payload: Payload = NOTHING) -> p.JobSpec:
     ref = p.FileRef(hashlib.sha256(data).hexdigest(), len(data))
-    return p.JobSpec(tag, NOTHING.sha256, (), b"", LIMITS, 60.0, {path: ref})
+    return p.JobSpec(tag, payload.sha256, (), b"", LIMITS, 60.0, {path: ref})
 
 
 def test_a_file_comes_in_chunks_several_at_once_is_kept_whole_and_read_again(procs, tmp_path):
@@ -56,7 +79,8 @@ def test_a_file_comes_in_chunks_several_at_once_is_kept_whole_and_read_again(pro
     server.corrupt.add((sha, 1))
     router, address = fake_dealer()
     j = procs.jobber("j", address)
-    jobs = [job("f.1", data), job("f.2", data, "/other/name")]
+    readers = [reader("/in/data"), reader("/other/name")]
+    jobs = [job("f.1", data, "/in/data", readers[0]), job("f.2", data, "/other/name", readers[1])]
     results: dict[str, p.Result] = {}
     boreds: list[p.Bored] = []
     held: list[tuple[bytes, p.Fetch]] = []  # chunks 1 and 2 answered once both are out
@@ -67,7 +91,9 @@ def test_a_file_comes_in_chunks_several_at_once_is_kept_whole_and_read_again(pro
                 boreds.append(msg)
                 if jobs and given == len(results):  # one job at a time
                     given += 1
-                    reply = p.Jobs(msg.id, (jobs.pop(0),), {NOTHING.sha256: NOTHING.wasm})
+                    spec = jobs.pop(0)
+                    wasm = readers[given - 1].wasm
+                    reply = p.Jobs(msg.id, (spec,), {spec.payload: wasm})
                 else:
                     reply = p.RetryLater(msg.id, 0.2)
                 router.send_multipart([ident, p.encode(reply)])
@@ -89,6 +115,8 @@ def test_a_file_comes_in_chunks_several_at_once_is_kept_whole_and_read_again(pro
         j.kill()
     assert set(results) == {"f.1", "f.2"}, j.stderr
     assert all(r.status is p.Status.OK for r in results.values()), results
+    # each read the file's own bytes, at its own guest path
+    assert [results[t].output for t in ("f.1", "f.2")] == [data[:16]] * 2, results
     # chunk 0 alone first; then 1 and 2 out together; 1 came corrupted and was asked again
     assert server.chunks(sha) == [0, 1, 1, 2], server.asked
     assert server.asked[0] == (sha, 0) and most_out >= 2
