@@ -264,11 +264,13 @@ class Dealers:
         low = hi_water - max(1, (hi_water - self.s.slots) // 2)
         if have + coming > low:
             return
-        if self.buffer and self._job_s:
+        ready = [h for h in self.buffer if self._files_ready(h)]
+        if ready and self._job_s:
             # never hold more than the buffered jobs' deadlines allow: the last one
-            # starts after about len(buffer) / slots job lengths
-            start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
-            if now + start_in > min(h.deadline for h in self.buffer):
+            # starts after about len(buffer) / slots job lengths (a job still waiting
+            # for its input files starts when they come, and holds no other back)
+            start_in = (len(ready) / self.s.slots + 1) * self._job_s
+            if now + start_in > min(h.deadline for h in ready):
                 return
         payloads = {h.spec.payload for h in self.buffer}
         payloads |= {h.spec.payload for h in self.running.values()}

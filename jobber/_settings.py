@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import protocol as p
 from net._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S
 
 MIB = 1024 * 1024
@@ -21,6 +22,7 @@ SPOOL_MB = 256  # results one dealer may leave unacknowledged before it gets no 
 # but dealers made up by referrals (up to MAX_DEALERS) cannot fill MAX_DEALERS shares
 SPOOL_SHARES_IN_ALL = 4
 INPUT_MB = 4096  # the most one job's input files may total here, in MiB (--max-input-mb)
+MAX_INPUT_MB = p.MAX_FILE_BYTES >> 20  # what host.input_mb may say at most (the wire's cap)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,10 @@ class Settings:
     def input_files_mb(self) -> int | None:
         """What one job's input files may total here, in MiB: the owner's cap, within the
         cache (input files are kept there, beside the payloads)."""
-        if self.input_mb is None or self.cache_bytes is None:
-            return self.input_mb
-        return min(self.input_mb, self.cache_bytes // MIB)
+        if self.input_mb is None:
+            return None
+        cache_mb = MAX_INPUT_MB if self.cache_bytes is None else self.cache_bytes // MIB
+        return min(self.input_mb, cache_mb, MAX_INPUT_MB)
 
     def spool_budget(self) -> int:
         if self.spool_bytes is not None:

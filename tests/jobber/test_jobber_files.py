@@ -454,3 +454,19 @@ def test_whatever_the_dealer_does_only_right_chunks_are_kept_once_each(size, fat
             kept.append(a.index)
     assert f.hash in j.files_held
     assert sorted(kept) == list(range(p.chunk_count(size)))
+
+
+def test_the_cap_said_never_passes_the_wires():
+    huge = core(input_mb=10**9, cache_bytes=None).host_facts()
+    assert huge.input_mb == p.MAX_FILE_BYTES >> 20
+
+
+def test_a_job_waiting_past_its_deadline_for_its_files_holds_no_asking_back():
+    j = core(buffer=None)
+    j._job_s = 1.0
+    late = p.JobSpec("t.0", SHA, (), b"", LIMITS, 5.0, {"/x": p.FileRef("cd" * 32, 10)})
+    take(j, late)
+    j.links[LIVE].ask_after = 0.0
+    j.tick(50.0)  # its deadline passed while its file is still coming
+    asks = [a.msg for a in of(j.take_actions(), c.Send) if isinstance(a.msg, p.Bored)]
+    assert len(asks) == 1
