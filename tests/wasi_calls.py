@@ -5,19 +5,22 @@ with literal arguments. Before each call a scratch area (SCRATCH, SCRATCH_SIZE
 bytes) is filled with 0xEE; after it, the errno (u32, or 0 for functions
 without a result) and the scratch area are appended to a results area, which
 ``_start`` finally writes to fd 1. So the same script can run in the sandbox
-(the results are its stdout) and under plain wasmtime WASI (``reference``: the
-results are read from its memory), and the two compared call by call.
+and as the sandbox ran jobs before it had files (``reference``), and the two
+compared call by call.
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from sandbox import _engine, _files, _wasi
+from protocol import Limits
+from sandbox import _engine, _files, _guest, _job, _wasi
 
 WASI = "wasi_snapshot_preview1"
 SCRATCH = 1024
@@ -25,6 +28,7 @@ SCRATCH_SIZE = 128
 DATA = 2048  # strings and iovecs the script places
 RESULTS = 8192
 PAGES = 4
+FUEL = 10**10
 # name -> (params: "i" i32, "I" i64; has a result), for every function the sandbox defines
 SIGNATURES = {
     name: (params, result)
@@ -116,15 +120,16 @@ class Script:
         ]
 
 
-def reference(wasm: bytes, stdin: bytes = b"", args: tuple[str, ...] = ()) -> tuple[bytes, int]:
-    """The results area of `wasm` run under wasmtime's own WASI, configured as the
-    sandbox configured it before it had files: argv, stdin bytes, nothing else; and the
-    fuel it used."""
+def reference(wasm: bytes, stdin: bytes = b"", args: Sequence[str] = ()) -> tuple[bytes, int]:
+    """Stdout and fuel of `wasm` run as the sandbox ran jobs before it had files:
+    wasmtime's own WASI with argv and stdin bytes, under the sandbox's own fd_write,
+    clocks, random_get, poll_oneoff and proc_exit (_wasi._OWN)."""
     eng = _engine.engine(True)
     linker = wasmtime.Linker(eng)
     linker.define_wasi()
+    _guest.shadow(linker, _wasi._OWN)
     store = wasmtime.Store(eng)
-    store.set_fuel(10**9)
+    store.set_fuel(FUEL)
     store.set_epoch_deadline(1 << 40)
     wasi = wasmtime.WasiConfig()
     wasi.argv = ["payload", *args]
@@ -136,7 +141,15 @@ def reference(wasm: bytes, stdin: bytes = b"", args: tuple[str, ...] = ()) -> tu
         ffi.wasm_byte_vec_new_empty(ctypes.byref(vec))
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
     store.set_wasi(wasi)
-    instance = linker.instantiate(store, wasmtime.Module(eng, wasm))
-    instance.exports(store)["_start"](store)
-    memory = instance.exports(store)["memory"]
-    return bytes(memory.read(store, RESULTS, PAGES * 65536)), 10**9 - store.get_fuel()
+    job = _job.Job(Limits(fuel=FUEL), time.monotonic)
+    _job.enter(job)
+    try:
+        instance = linker.instantiate(store, wasmtime.Module(eng, wasm))
+        instance.exports(store)["_start"](store)
+    except wasmtime.Trap:
+        assert job.exit_code is not None  # proc_exit, nothing else
+    finally:
+        _job.enter(None)
+    fuel = FUEL - store.get_fuel()
+    store.close()
+    return bytes(job.out), fuel
