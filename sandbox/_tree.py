@@ -111,15 +111,17 @@ class Tree:
         return len(self.paths) > 1
 
     def files(self) -> Iterator[str]:
-        """Every file's guest path, walking the directories from the root."""
-        stack = [0]
+        """Every file's guest path, walking the directories from the root in the order
+        they list."""
+        stack = [iter(self.entries[0][2:])]
         while stack:
-            node = stack.pop()
-            for _name, child in reversed(self.entries[node][2:]):
-                if self.is_dir[child]:
-                    stack.append(child)
-                else:
-                    yield self.paths[child].decode()
+            for _name, node in stack[-1]:
+                if self.is_dir[node]:
+                    stack.append(iter(self.entries[node][2:]))
+                    break
+                yield self.paths[node].decode()
+            else:
+                stack.pop()
 
     def resolve(self, at: int, raw: bytes) -> int:
         """The node `raw` names from directory node `at` (from the root if absolute).

@@ -26,7 +26,7 @@ WASI = "wasi_snapshot_preview1"
 SCRATCH = 1024
 SCRATCH_SIZE = 128
 DATA = 2048  # strings and iovecs the script places
-RESULTS = 8192
+RESULTS = 16384
 PAGES = 4
 FUEL = 10**10
 # name -> (params: "i" i32, "I" i64; has a result), for every function the sandbox defines
