@@ -11,8 +11,9 @@ CPU makes them. A job runs on the native engine when its limits say
 ``native_nans`` (a dealer that votes only among jobbers of one PLATFORM asks
 for it), else on the canonical one; see docs/sandbox.md for what each fence
 guarantees and costs. A job is: a fresh Store with the job's fuel and store
-limits, WASI with argv and stdin only (see _wasi), an instance of the module
-(pre-linked once per module and engine), a call of ``_start``.
+limits, WASI with argv, stdin and the job's input files only (see _wasi,
+_files, _tree), an instance of the module (pre-linked once per module and
+engine), a call of ``_start``.
 
 Each limit, and how it ends the job:
 
