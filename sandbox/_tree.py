@@ -28,6 +28,7 @@ from sandbox._guest import ENAMETOOLONG, ENOENT, ENOTDIR, Errno
 from sandbox._memory import _MAP_FAILED, _libc
 
 MAX_FILES = 4096  # files in one job's tree
+MAX_DIRS = 4096  # directories their paths imply, the root included (deep paths imply many)
 MAX_NAME_BYTES = 255  # one path component, in UTF-8 (NAME_MAX)
 MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 
@@ -86,6 +87,8 @@ class Tree:
             while parent not in dirs:
                 dirs.add(parent)
                 parent = parent.rpartition(b"/")[0] or b"/"
+            if len(dirs) > MAX_DIRS:
+                raise ValueError(f"input files in more than {MAX_DIRS} directories")
         clash = dirs & sources.keys()
         if clash:
             raise ValueError(

@@ -583,6 +583,10 @@ def test_a_file_that_is_also_a_directory_and_too_many_files_fail():
     assert list(_tree.Tree({f"/f{i}": b"" for i in range(4096)}).files())[:2] == ["/f0", "/f1"]
     with pytest.raises(ValueError, match="bytes or a host path"):
         _tree.Tree({"/a": 3})
+    deep = "/" + "/".join(f"d{i}" for i in range(800))  # 800 directories per path
+    _tree.Tree({f"{deep}/f{i}": b"" for i in range(4)} | {"/x/a/b/f": b""})
+    with pytest.raises(ValueError, match="more than 4096 directories"):
+        _tree.Tree({f"/{i}{deep}/f": b"" for i in range(6)})
 
 
 def test_a_missing_host_file_is_an_oserror_in_run(files_wasm, tmp_path):
