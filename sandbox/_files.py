@@ -216,7 +216,7 @@ def _path(guest: Guest, ptr: int, n: int) -> bytes:
     return guest.read(ptr, n)
 
 
-def _copy(guest: Guest, vecs: list[tuple[int, int]], source: int, size: int, pos: int) -> int:
+def _copy(vecs: list[tuple[int, int]], source: int, size: int, pos: int) -> int:
     """Bytes [pos, size) of the data at host address `source` into the iovecs, in order;
     how many."""
     total = 0
@@ -251,10 +251,10 @@ def _fd_read(job: _job.Job, caller, args) -> int:
     guest.check(nread, 4)
     if isinstance(entry, _Stdin):  # as wasmtime's stdin: the first non-empty iovec only
         vecs = [v for v in vecs if v[1]][:1]
-        done = _copy(guest, vecs, entry.address, len(entry.data), entry.pos)
+        done = _copy(vecs, entry.address, len(entry.data), entry.pos)
     else:
         volume = fds.volume
-        done = _copy(guest, vecs, volume.address[entry.node], volume.size[entry.node], entry.pos)
+        done = _copy(vecs, volume.address[entry.node], volume.size[entry.node], entry.pos)
     entry.pos += done
     guest.put_u32(nread, done)
     return SUCCESS
@@ -275,7 +275,7 @@ def _fd_pread(job: _job.Job, caller, args) -> int:
     guest.check(nread, 4)
     volume = fds.volume
     size = volume.size[entry.node]
-    done = _copy(guest, vecs, volume.address[entry.node], size, min(offset, size))
+    done = _copy(vecs, volume.address[entry.node], size, min(offset, size))
     guest.put_u32(nread, done)
     return SUCCESS
 
