@@ -75,6 +75,24 @@ static void show(const char *how, const char *path, const struct stat *s) {
            (long long)s->st_ctim.tv_sec, s->st_ctim.tv_nsec);
 }
 
+static char walked[8192];
+
+static void walk(size_t len) { /* every file under walked[:len], NUL-terminated */
+    DIR *d = opendir(len ? walked : "/");
+    if (!d) { printf("opendir %s %s%c", walked, name(errno), 0); return; }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        size_t n = strlen(e->d_name);
+        walked[len] = '/';
+        memcpy(walked + len + 1, e->d_name, n + 1);
+        if (e->d_type == DT_DIR) walk(len + 1 + n);
+        else printf("%s%c", walked, 0);
+        walked[len] = 0;
+    }
+    closedir(d);
+}
+
 #define TRY(label, expr) do { errno = 0; long r_ = (long)(expr); \
     printf("%s=%ld %s\n", label, r_ < 0 ? -1L : r_, r_ < 0 ? name(errno) : "ok"); } while (0)
 
@@ -83,6 +101,10 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "stdin")) {
         digest("stdin", stdin);
+        return 0;
+    }
+    if (!strcmp(cmd, "walk")) {
+        walk(0);
         return 0;
     }
     for (int i = 2; i < argc; i++) {
@@ -619,6 +641,17 @@ def test_any_valid_paths_build_a_tree_that_lists_exactly_them(parts):
         with pytest.raises(Errno):  # a file has no entries, not even ..
             tree.resolve(0, f"{p}/..".encode())
     assert tree.paths == sorted(tree.paths) and tree.paths[0] == b"/"
+
+
+@settings(max_examples=25, deadline=None)
+@given(_PATHS)
+def test_the_guest_walking_its_tree_finds_exactly_the_files(files_wasm, parts):
+    paths = {"/" + "/".join(p) for p in parts}
+    files = {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
+    o = sandbox.run(files_wasm, ["walk"], files={p: b"" for p in files})
+    assert o.status is Status.OK, o.detail
+    found = [p.decode() for p in o.stdout.split(b"\0")[:-1]]
+    assert found == sorted(files, key=lambda p: p.encode().split(b"/"))  # each directory in order
 
 
 @settings(max_examples=300, deadline=None)
