@@ -93,8 +93,8 @@ static void walk(size_t len) { /* every file under walked[:len], NUL-terminated 
     closedir(d);
 }
 
-#define TRY(label, expr) do { errno = 0; long r_ = (long)(expr); \
-    printf("%s=%ld %s\n", label, r_ < 0 ? -1L : r_, r_ < 0 ? name(errno) : "ok"); } while (0)
+#define TRY(label, expr) do { errno = 0; long long r_ = (long long)(expr); \
+    printf("%s=%lld %s\n", label, r_ < 0 ? -1LL : r_, r_ < 0 ? name(errno) : "ok"); } while (0)
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
@@ -697,3 +697,19 @@ def test_slots_run_jobs_with_files_as_run_does(files_wasm, tmp_path):
         assert o.detail.startswith("input file: ") and "No such file" in o.detail
         slots.start("after", sha, ["stdin"], b"abc", Limits())  # the worker goes on
         assert lines(collect_one(slots)[1]) == [digest("stdin", b"abc")]
+
+
+def test_a_slot_maps_a_file_larger_than_its_host_margin(files_wasm, tmp_path):
+    # 3 GiB, sparse: more than the worker's address-space fence leaves for the host
+    # (HOST_MARGIN, 1 GiB) unless the fence grows by the files mapped
+    host = tmp_path / "huge.bin"
+    with open(host, "wb") as f:
+        f.truncate(3 << 30)
+    cache = sandbox.ModuleCache(tmp_path / "cache")
+    sha = cache.put(files_wasm)
+    with sandbox.Slots(1, tmp_path / "cache") as slots:
+        slots.start(
+            "huge", sha, ["seek", "/huge"], b"", Limits(memory_mb=16), files={"/huge": str(host)}
+        )
+        _, o = collect_one(slots)
+    assert lines(o)[:3] == [f"end={3 << 30} ok", f"back3={(3 << 30) - 3} ok", "read=3 ok"]
