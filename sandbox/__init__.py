@@ -14,8 +14,10 @@ Public face:
 
 Only this package knows wasmtime. docs/sandbox.md describes the limits, the
 determinism rules and the worker fences. In short: a payload is a WASI
-preview 1 command with argv, stdin and a capped stdout, and nothing else (no
-files, no environment, no sockets); clocks and randomness are not refused but
+preview 1 command with argv, stdin, a capped stdout and the job's input files
+if it has any (a read-only tree under one preopened ``/``, its metadata fixed:
+see _tree, _files), and nothing else (no environment, no sockets, nothing
+to write to but stdout and stderr); clocks and randomness are not refused but
 virtual (clocks read the fuel used so far, random_get is a fixed stream; see
 _wasi), so a job gives the same bytes and fuel on every machine of one
 PLATFORM, and on every machine at all when its NaNs are canonicalized (the

@@ -11,8 +11,9 @@ CPU makes them. A job runs on the native engine when its limits say
 ``native_nans`` (a dealer that votes only among jobbers of one PLATFORM asks
 for it), else on the canonical one; see docs/sandbox.md for what each fence
 guarantees and costs. A job is: a fresh Store with the job's fuel and store
-limits, WASI with argv and stdin only (see _wasi), an instance of the module
-(pre-linked once per module and engine), a call of ``_start``.
+limits, WASI with argv, stdin and the job's input files only (see _wasi,
+_files, _tree), an instance of the module (pre-linked once per module and
+engine), a call of ``_start``.
 
 Each limit, and how it ends the job:
 
@@ -62,7 +63,7 @@ import platform
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -70,7 +71,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from protocol import Limits, Status
-from sandbox import _job, _memory, _precheck, _wasi
+from sandbox import _files, _job, _memory, _precheck, _tree, _wasi
 from sandbox._outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -375,16 +376,6 @@ def _trap_detail(trap: wasmtime.Trap) -> str:
     return detail
 
 
-def _stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
-    vec = ffi.wasm_byte_vec_t()
-    if data:
-        buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
-        ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
-    else:
-        ffi.wasm_byte_vec_new_empty(ctypes.byref(vec))
-    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))  # takes the bytes
-
-
 _TRAPS = {
     wasmtime.TrapCode.OUT_OF_FUEL: Status.FUEL,
     wasmtime.TrapCode.INTERRUPT: Status.TIME,
@@ -405,8 +396,16 @@ def _classify_error(message: str) -> tuple[Status, str]:
     return Status.TRAP, text
 
 
-def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
+def execute(
+    prepared: Prepared,
+    args: Sequence[str],
+    stdin: bytes,
+    limits: Limits,
+    volume: _tree.Volume | None = None,
+) -> Outcome:
     """Run one job of a prepared module; never raises for anything the payload does.
+
+    `volume`: the job's input files, opened (the caller closes it after).
 
     The job runs on the engine the module was prepared for (`prepare(...,
     canonical=not limits.native_nans)`: see `run`).
@@ -420,15 +419,22 @@ def execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limit
     if any("\0" in arg for arg in args):
         return Outcome(Status.INVALID, b"", 0, 0.0, "an argument contains a NUL character")
     try:
-        return _execute(prepared, args, stdin, limits)
+        return _execute(prepared, args, stdin, limits, volume)
     except Exception as e:
         log.exception("job of payload %s: sandbox internal error", prepared.sha256[:12])
         return Outcome(Status.CRASH, b"", 0, 0.0, f"sandbox internal error: {e!r}")
 
 
-def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limits) -> Outcome:
+def _execute(
+    prepared: Prepared,
+    args: Sequence[str],
+    stdin: bytes,
+    limits: Limits,
+    volume: _tree.Volume | None,
+) -> Outcome:
     eng = engine(prepared.canonical)
     job = _job.Job(limits, _ticker.now)
+    job.files = _files.Fds(stdin, volume)
     store = wasmtime.Store(eng)
     store.set_fuel(limits.fuel)
     store.set_limits(
@@ -438,8 +444,7 @@ def _execute(prepared: Prepared, args: Sequence[str], stdin: bytes, limits: Limi
         memories=MEMORIES_MAX,
     )
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [ARGV0, *args]
-    _stdin(wasi, stdin)
+    wasi.argv = [ARGV0, *args]  # stdin and the files are _files'
     store.set_wasi(wasi)
     store.set_epoch_deadline(1)
     ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _NO_FINALIZER)
@@ -494,6 +499,7 @@ def run(
     limits: Limits = Limits(),  # noqa: B008 - frozen, immutable default
     *,
     cache=None,
+    files: Mapping[str, _tree.Source] = _tree.NO_FILES,
 ) -> Outcome:
     """Run one job in this process and return its Outcome.
 
@@ -501,6 +507,10 @@ def run(
     stdin: the payload's whole stdin. limits: see protocol.Limits.
     cache: a ModuleCache to compile through (stored there, compiled once per
     machine); without one, compiled modules are kept in this process only.
+    files: the payload's input files, guest absolute path -> bytes or a host
+    file's path (mapped read-only while the job runs; see _tree, _files). ValueError
+    for a bad guest path, before anything runs; OSError if a host file cannot
+    be opened.
 
     The job runs on the native engine (NaN bits as this CPU makes them) if
     `limits.native_nans`, else on the canonical one (every NaN 0x7ff8...): the
@@ -510,6 +520,7 @@ def run(
     Never raises for anything the payload does: a bad module is INVALID, a
     missing import IMPORT, and so on (see the module docstring).
     """
+    tree = _tree.Tree(files)
     wasm = bytes(wasm)
     sha256 = hashlib.sha256(wasm).hexdigest()
     canonical = not limits.native_nans
@@ -524,4 +535,6 @@ def run(
         def load() -> wasmtime.Module:
             return compile(wasm, canonical)
 
-    return execute(prepare(sha256, load, canonical), args, stdin, limits)
+    prepared = prepare(sha256, load, canonical)
+    with _tree.Volume(tree) as volume:
+        return execute(prepared, args, stdin, limits, volume)

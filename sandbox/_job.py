@@ -39,6 +39,7 @@ class Job:
         "random_block",
         "internal",
         "exit_code",
+        "files",
     )
 
     def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
@@ -56,6 +57,7 @@ class Job:
         self.random_block = 0
         self.internal: str | None = None  # a bug in host code, reported as CRASH
         self.exit_code: int | None = None  # given to proc_exit
+        self.files = None  # its file descriptors: stdin, stdout, stderr, input files (_files)
 
     def halt(self, status: Status, detail: str) -> None:
         """Record why the job must end; the first reason is the one reported."""

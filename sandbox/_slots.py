@@ -85,7 +85,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -93,6 +93,7 @@ from protocol import Limits, Status
 from sandbox import _worker
 from sandbox._cache import ModuleCache
 from sandbox._outcome import Outcome
+from sandbox._tree import NO_FILES, Tree
 
 log = logging.getLogger(__name__)
 
@@ -384,14 +385,23 @@ class Slots:
         stdin: bytes,
         limits: Limits,
         depth: int = 1,
+        files: Mapping[str, str | bytes] = NO_FILES,
     ) -> None:
         """Start a job in an idle worker, or with `depth` > 1 queue it behind a busy one's
         (at most `depth` jobs per worker). The payload must be in ModuleCache(cache_root).
+        `files`: its input files, guest absolute path -> host file path or bytes (the
+        worker maps the host files itself; see _tree).
 
-        RuntimeError if no slot is free or `key` is already running.
+        RuntimeError if no slot is free or `key` is already running; ValueError for a
+        bad guest path.
         """
         if self._closed:
             raise RuntimeError("slots are closed")
+        Tree(files)  # a bad path fails here, not in the worker
+        files = {
+            path: os.fspath(source) if isinstance(source, os.PathLike) else source
+            for path, source in files.items()
+        }
         if key in self.running():
             raise RuntimeError(f"job {key!r} is already running")
         compile_s = min(limits.time_s, self._compile_time_s)
@@ -423,6 +433,7 @@ class Slots:
             },
             "compile_s": compile_s,
             "compile_memory_mb": memory_mb,
+            "files": files,
         }
         usable = self._workers[: max(1, self.in_use)]
         for w in usable:

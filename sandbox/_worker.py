@@ -12,7 +12,8 @@ multiprocessing; both ends are the same installation), each with its `kind`::
 
     parent -> worker   {kind: "job", key, sha256, args, stdin,
                         limits: {fuel, memory_mb, time_s, output_kb, native_nans},
-                        compile_s, compile_memory_mb}
+                        compile_s, compile_memory_mb,
+                        files: {guest path: host path (str) or bytes}}
                        None: exit
     worker -> parent   {kind: "ready", pid}
                        {kind: "compiling", key, at: time.monotonic(),
@@ -31,7 +32,8 @@ OS fences, under the sandbox's own limits, re-armed for each job:
   were wrong; the growth is refused and the job ends as MEMORY.
 - RLIMIT_AS: address space at start-up + one linear memory's reservation
   (4 GiB plus guards on 64-bit hosts, so that bounds checks are elided) +
-  memory_mb + HOST_MARGIN: catches a runaway host-side allocation.
+  memory_mb + HOST_MARGIN + the job's input files mapped (see _tree): catches a
+  runaway host-side allocation.
 - RLIMIT_CORE 0: a crashing worker leaves no core files behind.
 
 A worker whose parent dies (a jobber killed with SIGKILL) exits within
@@ -63,6 +65,11 @@ compiles"): if so the job ends at once, as it did then. A compile that fails
 here (invalid bytes, the memory fence, a compiled form over its cap) is
 remembered there; one that kills the worker is remembered by the parent.
 
+A job's input files are mapped here, from the host paths the parent sent
+(bytes come down the pipe): the page cache is shared between workers, and
+nothing is copied. One that cannot be read ends the job CRASH ("input file:
+..."): the machine's failure, not the payload's.
+
 Loading a stored compiled form (its size capped by the cache) runs with the
 fences lifted. A job whose limits say native_nans runs on the native engine
 (compiled and cached for it separately), any other on the canonical one; see
@@ -86,7 +93,7 @@ from pathlib import Path
 import wasmtime
 
 from protocol import Limits, Status
-from sandbox import _engine
+from sandbox import _engine, _tree
 from sandbox._cache import ModuleCache
 from sandbox._job import MIB
 from sandbox._precheck import Refused
@@ -164,7 +171,8 @@ class _Fences:
         if data:
             self._set(resource.RLIMIT_DATA, data + memory_mb * MIB)
 
-    def arm(self, limits: Limits) -> None:
+    def arm(self, limits: Limits, mapped: int = 0) -> None:
+        """The job's fences; `mapped`: bytes of input files mapped for it (address space)."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime + 2 * limits.time_s + CPU_SLACK_S
         self._set(resource.RLIMIT_CPU, int(cpu) + 1)
@@ -172,7 +180,7 @@ class _Fences:
             return
         payload = limits.memory_mb * MIB
         memory = (
-            self.address0 + _RESERVATION + payload + HOST_MARGIN,
+            self.address0 + _RESERVATION + payload + HOST_MARGIN + mapped,
             self.data0 + payload + HOST_MARGIN,
         )
         if memory != self._memory:
@@ -251,7 +259,7 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
         if msg is None:
             return
         key, sha256, compile_s = msg["key"], msg["sha256"], msg["compile_s"]
-        args, stdin = msg["args"], msg["stdin"]
+        args, stdin, files = msg["args"], msg["stdin"], msg.get("files", {})
         memory_mb = msg.get("compile_memory_mb", compile_memory_mb)
         try:
             limits = Limits(**msg["limits"])
@@ -260,10 +268,18 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
                 _load, conn, key, cache, sha256, fences, compile_s, memory_mb, canonical
             )
             prepared = _engine.prepare(sha256, load, canonical)
-            fences.arm(limits)
-            o = _engine.execute(prepared, args, stdin, limits)
-            reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
-            reply.update(exit_code=o.exit_code, stderr=o.stderr)
+            if files:  # the last job's address-space fence may not leave room for them
+                fences.lift()
+            try:
+                volume = _tree.Volume(_tree.Tree(files))
+            except (OSError, ValueError) as e:
+                reply = _outcome(key, Status.CRASH.value, b"", 0, 0.0, f"input file: {e}")
+            else:
+                with volume:
+                    fences.arm(limits, volume.mapped)
+                    o = _engine.execute(prepared, args, stdin, limits, volume)
+                reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
+                reply.update(exit_code=o.exit_code, stderr=o.stderr)
         except BaseException as e:  # a bug or an OS fence here: report it, then make way
             detail = f"worker failed: {type(e).__name__}: {e}"
             with contextlib.suppress(OSError):

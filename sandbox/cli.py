@@ -1,5 +1,8 @@
 """`python -m sandbox run PAYLOAD.wasm [ARGS...]`: try a payload as a jobber would run it.
 
+``--file GUEST=HOST`` (repeatable) gives it an input file, read-only at the
+absolute path GUEST (see _tree, _files).
+
 Reads the payload's stdin from ours (none when ours is a terminal), writes its
 stdout to ours, then its stderr and one report line to our stderr::
 
@@ -25,7 +28,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from protocol import Limits, ProtocolError, Status
 from sandbox._cache import ModuleCache
 from sandbox._outcome import Outcome
 from sandbox._slots import Slots
+from sandbox._tree import NO_FILES, Tree
 
 OTHER_STATUS_EXIT = 125
 POLL_S = 0.05  # how often the slot's watchdogs (the compile time limit) are looked at
@@ -87,6 +91,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "NaN bits as this CPU makes them, as for any other task; faster on float code)",
     )
     run_p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="GUEST=HOST",
+        help="an input file: the host file HOST, read-only at the absolute path GUEST in "
+        "the payload's tree (repeatable)",
+    )
+    run_p.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -105,12 +117,17 @@ def exit_code(status: Status, payload_code: int | None) -> int:
 
 
 def run_in_slot(
-    wasm: bytes, args: Sequence[str], stdin: bytes, limits: Limits, cache_root: Path
+    wasm: bytes,
+    args: Sequence[str],
+    stdin: bytes,
+    limits: Limits,
+    cache_root: Path,
+    files: Mapping[str, str | bytes] = NO_FILES,
 ) -> Outcome:
     """One job in one slot worker (at this process's priority), as a jobber runs it."""
     sha256 = ModuleCache(cache_root).put(wasm)
     with Slots(1, cache_root, nice=os.getpriority(os.PRIO_PROCESS, 0)) as slots:
-        slots.start("run", sha256, args, stdin, limits)
+        slots.start("run", sha256, args, stdin, limits, files=files)
         while True:
             done = slots.collect()
             if done:
@@ -136,9 +153,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         wasm = ns.payload.read_bytes()
     except OSError as e:
         parser.error(f"cannot read {ns.payload}: {e.strerror or e}")
+    files = {}
+    for spec in ns.file:
+        guest, sep, host = spec.partition("=")
+        if not sep or not host:
+            parser.error(f"--file {spec!r}: give GUEST=HOST")
+        files[guest] = os.path.abspath(host)
+    try:
+        Tree(files)
+    except ValueError as e:
+        parser.error(str(e))
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     with tempfile.TemporaryDirectory(prefix="borednet-sandbox-") as scratch:
-        outcome = run_in_slot(wasm, ns.args, stdin, limits, ns.cache or Path(scratch))
+        outcome = run_in_slot(wasm, ns.args, stdin, limits, ns.cache or Path(scratch), files)
 
     sys.stdout.buffer.write(outcome.stdout)
     sys.stdout.flush()

@@ -30,11 +30,31 @@ ECHO = wasmtime.wat2wasm(
 """
 )
 SPIN = wasmtime.wat2wasm('(module (func (export "_start") (loop $l (br $l))))')
+# writes to stdout the first 4 KiB of the input file /in/a.txt
+CAT = wasmtime.wat2wasm(
+    f"""
+(module
+  (import "{WASI}" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "{WASI}" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "{WASI}" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "in/a.txt")
+  (func (export "_start")
+    (drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 8)
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 4096))
+    (drop (call $fd_read (i32.load (i32.const 200)) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+)
 
 
 @pytest.fixture
 def payloads(tmp_path, factor_wasm):
-    for name, wasm in [("echo", ECHO), ("spin", SPIN), ("factor", factor_wasm)]:
+    for name, wasm in [("echo", ECHO), ("spin", SPIN), ("factor", factor_wasm), ("cat", CAT)]:
         (tmp_path / f"{name}.wasm").write_bytes(wasm)
     return tmp_path
 
@@ -94,3 +114,16 @@ def test_python_dash_m(payloads):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"0 from the shell"
     assert proc.stderr.decode().startswith("sandbox: ok, ")
+
+
+def test_input_files(monkeypatch, capsysbinary, payloads):
+    (payloads / "table.txt").write_bytes(b"a table\n")
+    cat = str(payloads / "cat.wasm")
+    code, out, err = main(
+        monkeypatch, capsysbinary, ["run", cat, "--file", f"/in/a.txt={payloads}/table.txt"]
+    )
+    assert (code, out) == (0, b"a table\n"), err
+    with pytest.raises(SystemExit) as e:
+        main(monkeypatch, capsysbinary, ["run", cat, "--file", f"in/a.txt={payloads}/table.txt"])
+    assert e.value.code == 2
+    assert "not absolute" in capsysbinary.readouterr().err.decode()

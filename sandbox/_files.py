@@ -1,0 +1,567 @@
+"""What a payload sees of its files: every WASI function on descriptors and paths.
+
+All the file descriptor, path and socket functions of WASI preview 1 are
+defined here, over wasmtime's, stdin included: one code path whether a job
+has input files or not. fd 0 reads the job's bytes exactly as wasmtime's stdin
+did (into the first non-empty iovec), and fds 0, 1 and 2 answer fdstat,
+filestat, seek, close and the rest as wasmtime answered them
+(tests/sandbox/test_sandbox_files.py compares the two call by call); writing
+to fd 1 and 2 stays with _wasi's ``fd_write``. A job without files has no
+preopened directory, so it behaves, call for call, as before it could have
+files.
+
+A job's input files (a _tree.Volume) are one read-only tree, seen through one
+preopened directory, ``/`` at fd 3, so that wasi-libc resolves every absolute
+path against it. Nothing of the host shows: every stat gives dev 0, the
+node's inode (see _tree), nlink 1, the file's size (0 for a directory), every
+time 0, and the type (regular file or directory). A directory lists ``.``,
+``..`` and its entries in byte order, with cookies 1, 2, 3, ... ``..`` of the
+root is the root, as on any POSIX system, so no path leads out of the tree:
+there is nothing above it. A read copies the bytes from the mapped file into
+the guest's linear memory, nothing in between.
+
+Anything that would write or create is refused, with the errno a read-only
+file system gives (EROFS), or EBADF where the descriptor is not open for
+writing; docs/sandbox.md ("Input files") lists them. Every guest pointer is
+checked (EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and
+MAX_FDS descriptors may be open (EMFILE).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from sandbox import _job
+from sandbox._guest import (
+    EBADF,
+    EEXIST,
+    EINVAL,
+    EISDIR,
+    EMFILE,
+    ENAMETOOLONG,
+    ENOENT,
+    ENOTDIR,
+    ENOTSOCK,
+    ENOTSUP,
+    EOVERFLOW,
+    EROFS,
+    ESPIPE,
+    SUCCESS,
+    U32,
+    U64,
+    Errno,
+    Guest,
+    host,
+)
+from sandbox._tree import MAX_PATH_BYTES, Volume
+
+MAX_FDS = 1024  # open descriptors, stdio and the preopen included (a common RLIMIT_NOFILE)
+MAX_IOVECS = 1024  # per call (IOV_MAX)
+MAX_READ = (1 << 31) - 1  # bytes per read call (SSIZE_MAX of wasm32)
+PREOPEN_FD = 3
+
+
+# filetype
+_UNKNOWN, _DIRECTORY, _REGULAR = 0, 3, 4
+# rights
+_FD_DATASYNC, _FD_READ, _FD_SEEK, _FD_FDSTAT_SET_FLAGS = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_FD_TELL, _FD_WRITE, _FD_ADVISE, _FD_ALLOCATE = 1 << 5, 1 << 6, 1 << 7, 1 << 8
+_PATH_OPEN, _FD_READDIR, _PATH_READLINK = 1 << 13, 1 << 14, 1 << 15
+_PATH_FILESTAT_GET, _FD_FILESTAT_GET, _FD_FILESTAT_SET_SIZE = 1 << 18, 1 << 21, 1 << 22
+_POLL_FD_READWRITE = 1 << 27
+_RIGHTS_ALL = (1 << 30) - 1
+# what a libc asks for when it opens for writing (wasi-libc and Rust's std alike)
+_WRITE_RIGHTS = _FD_WRITE | _FD_DATASYNC | _FD_ALLOCATE | _FD_FILESTAT_SET_SIZE
+_FILE_RIGHTS = (
+    _FD_READ
+    | _FD_SEEK
+    | _FD_TELL
+    | _FD_ADVISE
+    | _FD_FDSTAT_SET_FLAGS
+    | _FD_FILESTAT_GET
+    | _POLL_FD_READWRITE
+)
+_DIR_RIGHTS = (
+    _PATH_OPEN
+    | _FD_READDIR
+    | _PATH_READLINK
+    | _PATH_FILESTAT_GET
+    | _FD_FILESTAT_GET
+    | _FD_FDSTAT_SET_FLAGS
+    | _FD_ADVISE
+)
+# oflags, fdflags
+_O_CREAT, _O_DIRECTORY, _O_EXCL, _O_TRUNC = 1, 2, 4, 8
+_FDFLAG_APPEND, _FDFLAG_DSYNC, _FDFLAG_NONBLOCK, _FDFLAG_SYNC = 1, 2, 4, 16
+_WHENCE_SET, _WHENCE_CUR, _WHENCE_END = 0, 1, 2
+_DIRENT = struct.Struct("<QQIB3x")  # d_next, d_ino, d_namlen, d_type
+_MAX_OFFSET = (1 << 63) - 1
+
+
+# --- descriptors ------------------------------------------------------------------
+
+
+class _Stdin:
+    __slots__ = ("data", "address", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data  # c_char_p points into it
+        self.address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        self.pos = 0
+
+
+class _Out:
+    """fd 1 or 2 (written through _wasi's fd_write, which knows them by number)."""
+
+    __slots__ = ()
+
+
+class _Open:
+    """A node of the tree, opened: a file with its position, or a directory."""
+
+    __slots__ = ("node", "pos", "flags", "preopen")
+
+    def __init__(self, node: int, flags: int = 0, preopen: bool = False) -> None:
+        self.node = node
+        self.pos = 0
+        self.flags = flags  # fdflags: NONBLOCK or nothing
+        self.preopen = preopen  # the tree's "/" the job starts with (fd_prestat_get)
+
+
+class Fds:
+    """One job's file descriptors: stdin, stdout, stderr, and the tree's ``/`` at fd 3."""
+
+    __slots__ = ("table", "volume")
+
+    def __init__(self, stdin: bytes, volume: Volume | None) -> None:
+        self.volume = volume
+        self.table: dict[int, _Stdin | _Out | _Open] = {
+            0: _Stdin(bytes(stdin)),
+            1: _Out(),
+            2: _Out(),
+        }
+        if volume is not None and volume.tree:
+            self.table[PREOPEN_FD] = _Open(0, preopen=True)
+
+    def get(self, fd: int) -> _Stdin | _Out | _Open:
+        entry = self.table.get(fd)
+        if entry is None:
+            raise Errno(EBADF)
+        return entry
+
+    def file(self, fd: int, stdio: int, directory: int) -> _Open:
+        """fd's open file; Errno `stdio` for fd 0 to 2, `directory` for a directory."""
+        entry = self.get(fd)
+        if not isinstance(entry, _Open):
+            raise Errno(stdio)
+        if self.volume.tree.is_dir[entry.node]:
+            raise Errno(directory)
+        return entry
+
+    def directory(self, fd: int) -> _Open:
+        """fd's open directory, for a path function: EBADF for fd 0 to 2, ENOTDIR for a file."""
+        entry = self.get(fd)
+        if not isinstance(entry, _Open):
+            raise Errno(EBADF)
+        if not self.volume.tree.is_dir[entry.node]:
+            raise Errno(ENOTDIR)
+        return entry
+
+    def node(self, fd: int) -> _Open:
+        """fd's open node (file or directory); EBADF for fd 0 to 2."""
+        entry = self.get(fd)
+        if not isinstance(entry, _Open):
+            raise Errno(EBADF)
+        return entry
+
+    def add(self, entry: _Open) -> int:
+        """The lowest free descriptor, now `entry`'s; EMFILE past MAX_FDS."""
+        if len(self.table) >= MAX_FDS:
+            raise Errno(EMFILE)
+        fd = 0
+        while fd in self.table:
+            fd += 1
+        self.table[fd] = entry
+        return fd
+
+
+def _fds(job: _job.Job) -> Fds:
+    return job.files
+
+
+def _put(guest: Guest, ptr: int, size: int, *fields: tuple[int, bytes]) -> None:
+    """A struct of `size` bytes at `ptr`, its fields written and its padding left as it
+    was (as wasmtime wrote them); EFAULT unless all of it is in guest memory."""
+    at = guest.check(ptr, size)
+    for offset, raw in fields:
+        ctypes.memmove(at + offset, raw, len(raw))
+
+
+def _filestat(guest: Guest, ptr: int, volume: Volume | None, node: int) -> None:
+    """dev 0, the node's inode, its type, nlink 1, its size, times 0 (all zero, type
+    unknown, for fd 0 to 2, as wasmtime gave them)."""
+    if volume is None:
+        head, tail = bytes(17), bytes(40)
+    else:
+        kind = _DIRECTORY if volume.tree.is_dir[node] else _REGULAR
+        head = struct.pack("<QQB", 0, node + 1, kind)
+        tail = struct.pack("<QQQQQ", 1, volume.size[node], 0, 0, 0)
+    _put(guest, ptr, 64, (0, head), (24, tail))
+
+
+def _path(guest: Guest, ptr: int, n: int) -> bytes:
+    if n > MAX_PATH_BYTES:
+        raise Errno(ENAMETOOLONG)
+    return guest.read(ptr, n)
+
+
+def _copy(vecs: list[tuple[int, int]], source: int, size: int, pos: int) -> int:
+    """Bytes [pos, size) of the data at host address `source` into the iovecs, in order;
+    how many."""
+    total = 0
+    for address, length in vecs:
+        take = min(length, size - pos - total, MAX_READ - total)
+        if take <= 0:
+            break
+        ctypes.memmove(address, source + pos + total, take)
+        total += take
+    return total
+
+
+def _u32(args, i: int) -> int:
+    return args[i].i32 & U32
+
+
+# --- reading ---------------------------------------------------------------------
+
+
+def _fd_read(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    fd, iovs, n, nread = args[0].i32, _u32(args, 1), _u32(args, 2), _u32(args, 3)
+    entry = fds.get(fd)
+    if isinstance(entry, _Out):
+        return EBADF
+    if isinstance(entry, _Open) and fds.volume.tree.is_dir[entry.node]:
+        return EISDIR
+    if n > MAX_IOVECS:
+        return EINVAL
+    guest = Guest(caller)
+    vecs = guest.iovecs(iovs, n)
+    guest.check(nread, 4)
+    if isinstance(entry, _Stdin):  # as wasmtime's stdin: the first non-empty iovec only
+        vecs = [v for v in vecs if v[1]][:1]
+        done = _copy(vecs, entry.address, len(entry.data), entry.pos)
+    else:
+        volume = fds.volume
+        done = _copy(vecs, volume.address[entry.node], volume.size[entry.node], entry.pos)
+    entry.pos += done
+    guest.put_u32(nread, done)
+    return SUCCESS
+
+
+def _fd_pread(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    fd, iovs, n = args[0].i32, _u32(args, 1), _u32(args, 2)
+    offset, nread = args[3].i64 & U64, _u32(args, 4)
+    entry = fds.get(fd)
+    if isinstance(entry, _Stdin):
+        return ESPIPE
+    entry = fds.file(fd, EBADF, EISDIR)
+    if n > MAX_IOVECS:
+        return EINVAL
+    guest = Guest(caller)
+    vecs = guest.iovecs(iovs, n)
+    guest.check(nread, 4)
+    volume = fds.volume
+    size = volume.size[entry.node]
+    done = _copy(vecs, volume.address[entry.node], size, min(offset, size))
+    guest.put_u32(nread, done)
+    return SUCCESS
+
+
+def _fd_seek(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    fd, offset, whence, out = args[0].i32, args[1].i64, args[2].i32 & 0xFF, _u32(args, 3)
+    entry = fds.file(fd, ESPIPE, EBADF)
+    guest = Guest(caller)
+    guest.check(out, 8)
+    if whence == _WHENCE_SET:
+        base = 0
+    elif whence == _WHENCE_CUR:
+        base = entry.pos
+    elif whence == _WHENCE_END:
+        base = fds.volume.size[entry.node]
+    else:
+        return EINVAL
+    pos = base + offset
+    if pos < 0:
+        return EINVAL
+    if pos > _MAX_OFFSET:
+        return EOVERFLOW
+    entry.pos = pos
+    guest.put_u64(out, pos)
+    return SUCCESS
+
+
+def _fd_tell(job: _job.Job, caller, args) -> int:
+    entry = _fds(job).file(args[0].i32, ESPIPE, EBADF)
+    Guest(caller).put_u64(_u32(args, 1), entry.pos)
+    return SUCCESS
+
+
+def _fd_close(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    fds = _fds(job)
+    fds.get(args[0].i32)
+    del fds.table[args[0].i32]
+    return SUCCESS
+
+
+def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    fds = _fds(job)
+    fd, to = args[0].i32, args[1].i32
+    fds.get(fd)
+    fds.get(to)
+    if fd != to:
+        fds.table[to] = fds.table.pop(fd)
+    return SUCCESS
+
+
+def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    entry = fds.get(args[0].i32)
+    if isinstance(entry, _Stdin):
+        kind, flags, base, inheriting = _UNKNOWN, 0, _FD_READ, _FD_READ
+    elif isinstance(entry, _Out):
+        kind, flags, base, inheriting = _UNKNOWN, 0, _FD_WRITE, _FD_WRITE
+    elif fds.volume.tree.is_dir[entry.node]:
+        # a libc asks for the rights it wants from what a directory passes on: all of
+        # them, so that an open for writing is asked for and refused (EROFS), not
+        # quietly made read-only
+        kind, flags, base, inheriting = _DIRECTORY, entry.flags, _DIR_RIGHTS, _RIGHTS_ALL
+    else:
+        kind, flags, base, inheriting = _REGULAR, entry.flags, _FILE_RIGHTS, 0
+    fields = (
+        (0, bytes([kind])),
+        (2, struct.pack("<H", flags)),
+        (8, struct.pack("<QQ", base, inheriting)),
+    )
+    _put(Guest(caller), _u32(args, 1), 24, *fields)
+    return SUCCESS
+
+
+def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    entry = _fds(job).node(args[0].i32)
+    flags = args[1].i32 & 0xFFFF
+    if flags & ~_FDFLAG_NONBLOCK:
+        return ENOTSUP
+    entry.flags = flags
+    return SUCCESS
+
+
+def _fd_fdstat_set_rights(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    _fds(job).node(args[0].i32)
+    return ENOTSUP
+
+
+def _fd_filestat_get(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    entry = fds.get(args[0].i32)
+    if isinstance(entry, _Open):
+        _filestat(Guest(caller), _u32(args, 1), fds.volume, entry.node)
+    else:
+        _filestat(Guest(caller), _u32(args, 1), None, 0)
+    return SUCCESS
+
+
+def _fd_advise(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    _fds(job).node(args[0].i32)
+    return SUCCESS if 0 <= (args[3].i32 & 0xFF) <= 5 else EINVAL
+
+
+def _fd_readdir(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    fd, buf, buf_len = args[0].i32, _u32(args, 1), _u32(args, 2)
+    cookie, used = args[3].i64 & U64, _u32(args, 4)
+    entry = fds.node(fd)
+    tree = fds.volume.tree
+    if not tree.is_dir[entry.node]:
+        return ENOTDIR
+    guest = Guest(caller)
+    guest.check(buf, buf_len)
+    guest.check(used, 4)
+    out = bytearray()
+    entries = tree.entries[entry.node]
+    for i in range(min(cookie, len(entries)), len(entries)):
+        if len(out) >= buf_len:
+            break
+        name, node = entries[i]
+        kind = _DIRECTORY if tree.is_dir[node] else _REGULAR
+        out += _DIRENT.pack(i + 1, node + 1, len(name), kind) + name
+    del out[buf_len:]
+    guest.write(buf, bytes(out))
+    guest.put_u32(used, len(out))
+    return SUCCESS
+
+
+def _fd_prestat_get(job: _job.Job, caller, args) -> int:
+    entry = _fds(job).get(args[0].i32)
+    if not isinstance(entry, _Open) or not entry.preopen:
+        return EBADF
+    _put(Guest(caller), _u32(args, 1), 8, (0, b"\0"), (4, struct.pack("<I", 1)))
+    return SUCCESS
+
+
+def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    entry, ptr, n = fds.get(args[0].i32), _u32(args, 1), _u32(args, 2)
+    if not isinstance(entry, _Open) or not fds.volume.tree.is_dir[entry.node]:
+        return ENOTDIR  # as wasmtime answered for fd 0 to 2
+    if not entry.preopen:
+        return EBADF
+    if n < 1:
+        return ENAMETOOLONG
+    Guest(caller).write(ptr, b"/")
+    return SUCCESS
+
+
+def _path_open(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    at = fds.directory(args[0].i32).node
+    ptr, n, oflags = _u32(args, 2), _u32(args, 3), args[4].i32 & 0xFFFF
+    rights, fdflags, out = args[5].i64 & U64, args[7].i32 & 0xFFFF, _u32(args, 8)
+    guest = Guest(caller)
+    raw = _path(guest, ptr, n)
+    guest.check(out, 4)
+    tree = fds.volume.tree
+    try:
+        node = tree.resolve(at, raw)
+    except Errno as e:
+        if e.errno != ENOENT or not oflags & _O_CREAT:
+            raise
+        parent, _, _ = raw.rstrip(b"/").rpartition(b"/")
+        if parent or raw.startswith(b"/"):
+            at = tree.resolve(at, parent or b"/")
+        if not tree.is_dir[at]:
+            return ENOTDIR
+        return EROFS  # creating a file
+    if oflags & _O_CREAT and oflags & _O_EXCL:
+        return EEXIST
+    if oflags & _O_DIRECTORY and not tree.is_dir[node]:
+        return ENOTDIR
+    writing = rights & _WRITE_RIGHTS or fdflags & (_FDFLAG_APPEND | _FDFLAG_DSYNC | _FDFLAG_SYNC)
+    if writing or oflags & _O_TRUNC:
+        return EISDIR if tree.is_dir[node] else EROFS
+    guest.put_u32(out, fds.add(_Open(node, fdflags & _FDFLAG_NONBLOCK)))
+    return SUCCESS
+
+
+def _path_filestat_get(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    at = fds.directory(args[0].i32).node
+    guest = Guest(caller)
+    raw = _path(guest, _u32(args, 2), _u32(args, 3))
+    ptr = _u32(args, 4)
+    guest.check(ptr, 64)
+    node = fds.volume.tree.resolve(at, raw)
+    _filestat(guest, ptr, fds.volume, node)
+    return SUCCESS
+
+
+def _path_readlink(job: _job.Job, caller, args) -> int:
+    fds = _fds(job)
+    at = fds.directory(args[0].i32).node
+    guest = Guest(caller)
+    raw = _path(guest, _u32(args, 1), _u32(args, 2))
+    guest.check(_u32(args, 3), _u32(args, 4))
+    guest.check(_u32(args, 5), 4)
+    fds.volume.tree.resolve(at, raw)
+    return EINVAL  # it exists, and nothing in the tree is a symbolic link
+
+
+# --- refused: everything that would write --------------------------------------
+
+
+def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: int):
+    """A function that checks its directory descriptors (args at `where`) and its paths
+    ((pointer, length) args), then answers `errno`."""
+
+    def refuse(job: _job.Job, caller, args) -> int:
+        fds = _fds(job)
+        for i in where:
+            fds.directory(args[i].i32)
+        guest = Guest(caller)
+        for ptr, n in paths:
+            _path(guest, _u32(args, ptr), _u32(args, n))
+        return errno
+
+    return refuse
+
+
+def _not_for_writing(stdio: int, tree: int):
+    """A function on a descriptor opened for writing: `stdio` for fd 0 to 2 (as
+    wasmtime answered), `tree` for a file or directory."""
+
+    def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+        entry = _fds(job).get(args[0].i32)
+        return tree if isinstance(entry, _Open) else stdio
+
+    return refuse
+
+
+def _fd_pwrite(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    entry = _fds(job).get(args[0].i32)
+    return ESPIPE if isinstance(entry, _Out) else EBADF
+
+
+def _sock(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    _fds(job).get(args[0].i32)
+    return ENOTSOCK
+
+
+def _named(fn, name: str):
+    fn.__name__ = name
+    return fn
+
+
+# name -> (params: "i" i32, "I" i64; has a result; callback). Module globals: ctypes
+# callbacks must outlive every linker that uses them. fd_write is _wasi's.
+FUNCTIONS = {
+    name: (params, True, host(_named(fn, name)))
+    for name, params, fn in [
+        ("fd_read", "iiii", _fd_read),
+        ("fd_pread", "iiiIi", _fd_pread),
+        ("fd_seek", "iIii", _fd_seek),
+        ("fd_tell", "ii", _fd_tell),
+        ("fd_close", "i", _fd_close),
+        ("fd_renumber", "ii", _fd_renumber),
+        ("fd_fdstat_get", "ii", _fd_fdstat_get),
+        ("fd_fdstat_set_flags", "ii", _fd_fdstat_set_flags),
+        ("fd_fdstat_set_rights", "iII", _fd_fdstat_set_rights),
+        ("fd_filestat_get", "ii", _fd_filestat_get),
+        ("fd_advise", "iIIi", _fd_advise),
+        ("fd_readdir", "iiiIi", _fd_readdir),
+        ("fd_prestat_get", "ii", _fd_prestat_get),
+        ("fd_prestat_dir_name", "iii", _fd_prestat_dir_name),
+        ("path_open", "iiiiiIIii", _path_open),
+        ("path_filestat_get", "iiiii", _path_filestat_get),
+        ("path_readlink", "iiiiii", _path_readlink),
+        ("path_create_directory", "iii", _refused((0,), ((1, 2),), EROFS)),
+        ("path_unlink_file", "iii", _refused((0,), ((1, 2),), EROFS)),
+        ("path_remove_directory", "iii", _refused((0,), ((1, 2),), EROFS)),
+        ("path_rename", "iiiiii", _refused((0, 3), ((1, 2), (4, 5)), EROFS)),
+        ("path_symlink", "iiiii", _refused((2,), ((0, 1), (3, 4)), EROFS)),
+        ("path_link", "iiiiiii", _refused((0, 4), ((2, 3), (5, 6)), EROFS)),
+        ("path_filestat_set_times", "iiiiIIi", _refused((0,), ((2, 3),), EROFS)),
+        ("fd_pwrite", "iiiIi", _fd_pwrite),
+        ("fd_allocate", "iII", _not_for_writing(EBADF, EBADF)),
+        ("fd_filestat_set_size", "iI", _not_for_writing(EBADF, EBADF)),
+        ("fd_filestat_set_times", "iIIi", _not_for_writing(EBADF, EROFS)),
+        ("fd_sync", "i", _not_for_writing(EBADF, EROFS)),
+        ("fd_datasync", "i", _not_for_writing(EBADF, EROFS)),
+        ("sock_accept", "iii", _sock),
+        ("sock_recv", "iiiiii", _sock),
+        ("sock_send", "iiiii", _sock),
+        ("sock_shutdown", "ii", _sock),
+    ]
+}

@@ -1,0 +1,179 @@
+"""The plumbing of the sandbox's own WASI functions: guest memory, errnos, callbacks.
+
+Every WASI function the sandbox defines itself (_wasi, _files) is a raw ctypes
+callback (``wasmtime_linker_define_func_unchecked``) over wasmtime's own
+(``Linker.allow_shadowing``), not a wasmtime-py ``Func``: it runs without
+Python-level exception plumbing, which wasmtime-py keeps in a module global
+that threads would share. ``host`` wraps a body so that nothing it raises
+reaches wasmtime; ``Guest`` bounds-checks every pointer the payload passes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from sandbox import _job
+
+WASI = "wasi_snapshot_preview1"
+
+# WASI preview 1 errno values (the ones the sandbox returns)
+SUCCESS = 0
+EBADF = 8
+EEXIST = 20
+EFAULT = 21
+EINVAL = 28
+EISDIR = 31
+EMFILE = 33
+ENAMETOOLONG = 37
+ENOENT = 44
+ENOTDIR = 54
+ENOTSOCK = 57
+ENOTSUP = 58
+EOVERFLOW = 61
+EROFS = 69
+ESPIPE = 70
+
+U32 = 0xFFFFFFFF
+U64 = 0xFFFFFFFFFFFFFFFF
+IOVEC = struct.Struct("<II")
+_MEMORY_NAME = b"memory"
+_MEMORY_KIND = ffi.WASMTIME_EXTERN_MEMORY.value
+
+
+class Fault(Exception):
+    """A guest pointer outside its memory: the call returns EFAULT."""
+
+
+class Errno(Exception):
+    """Ends a host call with this errno (bodies wrapped by `host`)."""
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(errno)
+        self.errno = errno
+
+
+def trap(message: str) -> int:
+    """A wasmtime_trap_t* (as an int) for a callback to return: the payload traps."""
+    t = ffi.wasmtime_trap_new(ctypes.create_string_buffer(message.encode()), len(message))
+    return ctypes.cast(t, ctypes.c_void_p).value or 0
+
+
+class Guest:
+    """The calling instance's exported memory, for one host call."""
+
+    __slots__ = ("context", "base", "size")
+
+    def __init__(self, caller) -> None:
+        ext = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_caller_export_get(caller, _MEMORY_NAME, 6, ctypes.byref(ext))
+        if not found or ext.kind != _MEMORY_KIND:
+            raise Fault
+        self.context = ffi.wasmtime_caller_context(caller)
+        memory = ctypes.byref(ext.of.memory)
+        self.base = ctypes.cast(
+            ffi.wasmtime_memory_data(self.context, memory), ctypes.c_void_p
+        ).value
+        self.size = ffi.wasmtime_memory_data_size(self.context, memory)
+
+    def check(self, ptr: int, n: int) -> int:
+        """The host address of guest bytes [ptr, ptr + n); Fault if any is outside."""
+        if ptr + n > self.size:
+            raise Fault
+        return self.base + ptr
+
+    def read(self, ptr: int, n: int) -> bytes:
+        return ctypes.string_at(self.check(ptr, n), n)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        ctypes.memmove(self.check(ptr, len(data)), data, len(data))
+
+    def put_u32(self, ptr: int, value: int) -> None:
+        ctypes.c_uint32.from_address(self.check(ptr, 4)).value = value
+
+    def put_u64(self, ptr: int, value: int) -> None:
+        ctypes.c_uint64.from_address(self.check(ptr, 8)).value = value
+
+    def iovecs(self, ptr: int, n: int) -> list[tuple[int, int]]:
+        """The `n` iovecs at `ptr` as (host address, length), each checked."""
+        raw = self.read(ptr, 8 * n)
+        vecs = []
+        for i in range(n):
+            p, length = IOVEC.unpack_from(raw, 8 * i)
+            vecs.append((self.check(p, length), length))
+        return vecs
+
+    def fuel_used(self, job: _job.Job) -> int:
+        remaining = ctypes.c_uint64(0)
+        if ffi.wasmtime_context_get_fuel(self.context, ctypes.byref(remaining)):
+            return 0  # cannot happen with fuel on; reading 0 keeps the clock fixed
+        return job.limits.fuel - remaining.value
+
+
+def host(fn):
+    """Wrap a host function body: args are the raw values, the return an errno.
+
+    The body may raise Fault (EFAULT), Errno (its errno) or return a trap (an int
+    > 0xFFFF, from `trap`). Anything else raised is a bug here: it is recorded
+    and the payload traps, and the job is reported as CRASH.
+    """
+
+    @ffi.wasmtime_func_unchecked_callback_t
+    def callback(env, caller, args, nargs):  # noqa: ARG001
+        job = _job.current()
+        try:
+            if job is None:
+                return trap("borednet sandbox: host call outside a job")
+            result = fn(job, caller, args)
+        except Fault:
+            result = EFAULT
+        except Errno as e:
+            result = e.errno
+        except BaseException as e:
+            if job is not None:
+                job.internal = f"{fn.__name__}: {e!r}"
+            return trap("borednet sandbox: internal error")
+        if result > 0xFFFF:
+            return result
+        args[0].i32 = result
+        return 0
+
+    callback.__name__ = fn.__name__
+    return callback
+
+
+_I32 = wasmtime.ValType.i32()
+_I64 = wasmtime.ValType.i64()
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+def _no_finalizer(env):  # noqa: ARG001
+    pass
+
+
+def shadow(linker: wasmtime.Linker, functions: dict[str, tuple[str, bool, object]]) -> None:
+    """Define `functions` (name -> (params, has a result, callback); params a string of
+    "i" for i32 and "I" for i64) in `linker`'s WASI module, over what is there."""
+    linker.allow_shadowing = True
+    module = WASI.encode()
+    for name, (params, result, callback) in functions.items():
+        ty = wasmtime.FuncType(
+            [_I64 if k == "I" else _I32 for k in params], [_I32] if result else []
+        )
+        err = ffi.wasmtime_linker_define_func_unchecked(
+            linker.ptr(),
+            module,
+            len(module),
+            name.encode(),
+            len(name),
+            ty.ptr(),
+            callback,
+            None,
+            _no_finalizer,
+        )
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+    linker.allow_shadowing = False
