@@ -320,10 +320,14 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                     return
                 self.files.touch(ref.hash)
                 files[guest] = str(self.files.path(ref.hash))
-            more = {"files": files} if files else {}  # read-only, at their guest paths
-            self.slots.start(
-                a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth, **more
-            )
+            try:  # the worker maps the files read-only, each at its guest path
+                self.slots.start(
+                    a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth, files
+                )
+            except ValueError as e:  # its guest paths make no tree the sandbox serves
+                why = f"its input files: {e}"[: p.MAX_STR]
+                result = p.Result(spec.tag, p.Status.INVALID, b"", 0, why)
+                self.core.job_done(a.key, result, 0.0, time.monotonic())
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
         elif isinstance(a, c.Suspend):
