@@ -11,9 +11,10 @@ On disk, under `files/`:
 A chunk is written at its offset and fsynced before the core hears of it; the digests
 are written (atomically) before chunk 0 is. A restarted jobber **re-checks** each
 partial file on start: every chunk whose bytes on disk hash to its digest is kept, the
-rest are fetched again, so a torn or lost write costs a chunk, never a wrong byte. Once
-every chunk is in, the whole file is hashed (a pass over it, 1 MiB at a time) and
-renamed to its name, or removed.
+rest are fetched again, so a torn or lost write costs a chunk, never a wrong byte. The
+whole file's SHA-256 is computed as its chunks come, over the run of chunks from its
+start; once every chunk is in, what is left (chunks that came out of order or before a
+restart) is read back 1 MiB at a time, and the file is renamed to its name, or removed.
 
 Nothing here decides: the core (jobber._inputs) says which chunk to keep; the shell
 (jobber._client) bounds the store's size with the payload cache's.
@@ -26,7 +27,9 @@ import hashlib
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import protocol as p
 from jobber._state import Partial
@@ -38,6 +41,14 @@ _NAME = re.compile(r"\A[0-9a-f]{64}\Z")
 _READ = 1 << 20  # the whole-file check reads this much at a time
 
 
+@dataclass
+class _Run:
+    """A partial file's SHA-256 over its chunks from the start, and the chunk after them."""
+
+    sha256: Any = field(default_factory=hashlib.sha256)
+    next: int = 0
+
+
 class FileStore:
     """Input files by hash: whole ones, and partial ones with their digests."""
 
@@ -45,6 +56,7 @@ class FileStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.partials: dict[str, Partial] = {}
+        self._hashing: dict[str, _Run] = {}  # partial file -> its hash so far
         self._load()
 
     # --- paths ---------------------------------------------------------------------
@@ -155,13 +167,34 @@ class FileStore:
         finally:
             os.close(fd)
         part.have.add(index)
+        self._hash_on(sha, index, data)
         return not part.missing()
+
+    def _hash_on(self, sha: str, index: int, data: bytes) -> None:
+        """Hash the file as its chunks come, over the run of chunks from its start
+        (fetches go out in order, so that run is nearly all of it): `finish` then reads
+        back only what came out of order or before a restart, and a big file's whole
+        check does not hold up the loop (and the jobber's `alive`) at its end."""
+        run = self._hashing.setdefault(sha, _Run())
+        if index != run.next:
+            return
+        run.sha256.update(data)
+        run.next += 1
+        part = self.partials[sha]
+        n = p.chunk_count(part.size)
+        with open(self._part(sha), "rb") as f:
+            while run.next < n and run.next in part.have:
+                f.seek(run.next * p.CHUNK_BYTES)
+                run.sha256.update(f.read(min(p.CHUNK_BYTES, part.size - run.next * p.CHUNK_BYTES)))
+                run.next += 1
 
     def finish(self, sha: str) -> str | None:
         """Check a file with every chunk against its name: renamed to it (read-only) and
         None, or removed and the hash its bytes have."""
-        h = hashlib.sha256()
+        run = self._hashing.pop(sha, None) or _Run()
+        h = run.sha256
         with open(self._part(sha), "rb") as f:
+            f.seek(run.next * p.CHUNK_BYTES)
             while block := f.read(_READ):
                 h.update(block)
         got = h.hexdigest()
@@ -181,6 +214,7 @@ class FileStore:
 
     def drop_partial(self, sha: str) -> None:
         """Forget a partial file and its digests (a bad file, a write the disk refused)."""
+        self._hashing.pop(sha, None)
         self._part(sha).unlink(missing_ok=True)
         self._digests(sha).unlink(missing_ok=True)
         self.partials.pop(sha, None)
