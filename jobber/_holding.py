@@ -434,5 +434,6 @@ class Holdings:
             for ref in (h.spec.files or {}).values():
                 self._used_file(ref.hash)
             self._actions.append(Start(h.key, h.dealer, h.spec, depth))
-        waiting.extend(self.buffer)
-        self.buffer = waiting
+        if waiting:  # they keep their place, ahead of the jobs not looked at
+            waiting.extend(self.buffer)
+            self.buffer = waiting
