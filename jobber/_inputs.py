@@ -19,9 +19,10 @@ of the right length, and hashes to its digest; anything else is dropped and coun
 failure in the dealer's backoff (the socket answered: it and the other requests on it
 stay), and the chunk is asked again once the backoff ends. The shell writes a kept chunk
 to the file store (`KeepChunk`) and, once every chunk is in, checks the whole file
-against its name: FileKept, or FileBad (the file is dropped whole and its jobs given
-back ABANDONED). `error unknown_file` from the dealer gives back its jobs that read that
-file, ABANDONED.
+against its name: FileKept, or FileBad (the file is dropped whole, its jobs given
+back ABANDONED, and their dealers asked again only after REFUSED_PAYLOAD_WAIT_S).
+`error unknown_file` from the dealer gives back its jobs that read that file,
+ABANDONED.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Mapping
 
 import protocol as p
 from jobber._actions import FileBad, FileKept, FileStoreFailed, KeepChunk
-from jobber._state import FETCHES, Held, Link, Partial
+from jobber._state import FETCHES, REFUSED_PAYLOAD_WAIT_S, Held, Link, Partial
 
 log = logging.getLogger("jobber._core")  # the core's log, whichever part of it speaks
 
@@ -208,24 +209,33 @@ class Inputs:
         elif isinstance(event, FileBad):
             why = f"input file {event.sha[:12]}: its bytes hash to {event.got[:12]}"
             log.warning("%s: dropped; its jobs given back", why)
-            self._files_lost(event.sha, why)
+            for dealer in self._files_lost(event.sha, why):
+                # it served a file that is not what its jobs name (each chunk matched the
+                # digests it sent): ask it less, as a dealer whose payloads we refuse
+                link = self.links.get(dealer)
+                if link is not None:
+                    link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
         else:
             self.disk_failed(f"cannot store an input file: {event.why}")
             self._files_lost(event.sha, "the jobber's disk is full or read-only")
 
-    def _files_lost(self, sha: str, why: str, dealer: str | None = None) -> None:
+    def _files_lost(self, sha: str, why: str, dealer: str | None = None) -> set[str]:
         """Buffered jobs that read file `sha` (those of `dealer` alone, if given) cannot
-        run here: given back unrun, ABANDONED (no fault of the job's)."""
+        run here: given back unrun, ABANDONED (no fault of the job's). Returns their
+        dealers."""
         kept: deque[Held] = deque()
+        dealers: set[str] = set()
         for h in self.buffer:
             reads = any(ref.hash == sha for ref in (h.spec.files or {}).values())
             if reads and (dealer is None or h.dealer == dealer):
                 self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why[: p.MAX_STR]))
+                dealers.add(h.dealer)
             else:
                 kept.append(h)
         self.buffer = kept
         if sha not in self.held_files():
             self.partials.pop(sha, None)
+        return dealers
 
 
 def _bad_chunk(

@@ -291,6 +291,7 @@ def test_a_whole_file_that_is_not_its_name_is_dropped_and_its_jobs_given_back(tm
     back = given_back(j.take_actions())
     assert back["t.0"].status is p.Status.ABANDONED and "hash to" in back["t.0"].detail
     assert not j.buffer and named.hash not in j.files_held and not store.partials
+    assert j.links[LIVE].ask_after >= c.REFUSED_PAYLOAD_WAIT_S  # asked less from now on
     assert list(tmp_path.iterdir()) == []
 
 
