@@ -79,6 +79,20 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepChunk:
+    """Write chunk `index` of input file `sha` (of `size` bytes) to the file store, its
+    checks passed; `digests` (every chunk's SHA-256) come with chunk 0, to be kept beside
+    the partial file. Once the file has every chunk, the shell checks it whole and says
+    FileKept or FileBad (or FileStoreFailed, if the disk would not take it)."""
+
+    sha: str
+    size: int
+    index: int
+    data: bytes
+    digests: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Suspend:
     """Stop the slots' workers where they are (the owner's activity, the CPU limit)."""
 
@@ -99,6 +113,7 @@ Action = (
     | Pin
     | ProbeDisk
     | Store
+    | KeepChunk
     | Suspend
     | Resume
 )
@@ -145,10 +160,36 @@ class StoreFailed:
 
 @dataclass(frozen=True, slots=True)
 class PayloadGone:
-    """A Start whose payload the cache no longer holds (evicted since the ask)."""
+    """A Start whose payload the cache no longer holds (evicted since the ask), or, with
+    `what` "input file", one of whose input files the file store no longer holds."""
 
     key: str
     payload: str
+    what: str = "payload"
+
+
+@dataclass(frozen=True, slots=True)
+class FileKept:
+    """Input file `sha` has every chunk and its bytes hash to its name: it is held whole."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileBad:
+    """Input file `sha` has every chunk (each matched its digest), but the whole hashes to
+    `got`: it was dropped whole."""
+
+    sha: str
+    got: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileStoreFailed:
+    """The disk would not keep a chunk of input file `sha` (a KeepChunk), and why."""
+
+    sha: str
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,4 +203,4 @@ class Resized:
 
 
 Screened = Untrusted | BadHash  # what the shell found of a `jobs` message's payloads
-Event = Owner | StoreFailed | PayloadGone | Resized
+Event = Owner | StoreFailed | PayloadGone | Resized | FileKept | FileBad | FileStoreFailed

@@ -44,6 +44,7 @@ from jobber import _control, _instructions
 from jobber import _core as c
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
+from jobber._files import FileStore
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._quiet import Repeats
 from jobber._settings import MIB, Config, JobberError
@@ -84,6 +85,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             cfg.compile_time_s is not None and cfg.compile_time_s <= 0
         ):
             raise JobberError("--compile-memory and --compile-time must be positive")
+        if cfg.input_mb < 0:
+            raise JobberError("--max-input-mb must not be negative")
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         owner = cfg.data_dir.stat().st_uid
@@ -105,6 +108,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self._ctx.set(zmq.IPV6, 1)  # dealers and the allocator may be IPv6 (or dual-stack)
         self.cache = sandbox.ModuleCache(cfg.data_dir / "cache")
         self.spool = Spool(cfg.data_dir / "spool")
+        self.files = FileStore(cfg.data_dir / "files")  # input files, kept with the cache
         self._writer: SpoolWriter | None = None
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
@@ -127,6 +131,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
         self.core.cache_updated(self.cache.sizes())
+        self.core.files_updated(self.files.whole(), self.files.partials)
         self._evict_at: float | None = None  # when the cache is checked for its size next
         fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
         self.slots = sandbox.Slots(
@@ -198,10 +203,25 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self._evict(f"{len(payloads)} payloads from {dealer}")
 
     def _evict(self, why: str) -> None:
-        """Bound the cache's disk (whatever dealers send, it keeps its size, but never
-        removes what jobs in hand need) and tell the core what it holds."""
+        """Bound the cache's disk, payloads and input files together (whatever dealers
+        send, it keeps its size, but never removes what jobs in hand need) and tell the
+        core what it holds. Input files may take what the payloads of jobs in hand leave;
+        the payloads, what the input files then leave."""
         held = self.core.held_payloads()
-        gone = self.cache.evict(self._eff.cache_mb * MIB, p.MAX_CACHED, held)
+        budget = self._eff.cache_mb * MIB
+        sizes = self.cache.sizes()
+        in_use = sum(a + b for sha, (a, b) in sizes.items() if sha in held)
+        files_gone = self.files.evict(max(0, budget - in_use), self.core.held_files())
+        if files_gone:
+            log.info(
+                "cache over %d MiB (%s): %d least used input files removed",
+                self._eff.cache_mb,
+                why,
+                files_gone,
+            )
+        self.core.files_updated(self.files.whole(), self.files.partials)
+        budget = max(0, budget - self.files.total())
+        gone = self.cache.evict(budget, p.MAX_CACHED, held)
         if gone:
             self._present.clear()
             log.info(
@@ -211,6 +231,22 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 gone,
             )
         self.core.cache_updated(self.cache.sizes())
+
+    def _keep_chunk(self, a: c.KeepChunk) -> None:
+        """Write a chunk the core checked; a file with every chunk is checked whole and
+        kept, or dropped (the core hears which)."""
+        now = time.monotonic()
+        try:
+            complete = self.files.keep_chunk(a.sha, a.size, a.index, a.data, a.digests)
+            got = self.files.finish(a.sha) if complete else None
+        except OSError as e:
+            self.files.drop_partial(a.sha)
+            self.core.handle(c.FileStoreFailed(a.sha, str(e.strerror or e)), now)
+            return
+        if not complete:
+            return
+        self.core.handle(c.FileKept(a.sha) if got is None else c.FileBad(a.sha, got), now)
+        self._evict(f"input file {a.sha[:12]}")
 
     # --- carrying out the core's actions ---------------------------------------------
 
@@ -276,7 +312,22 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 if self._evict_at is None:  # its first job may compile it: that counts too
                     self._evict_at = time.monotonic() + EVICT_AFTER_S
             self._present.add(spec.payload)  # a payload in use is never evicted
-            self.slots.start(a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth)
+            files = {}
+            for guest, ref in (spec.files or {}).items():
+                if not self.files.has(ref.hash):  # never evicted while held: a lost disk
+                    gone = c.PayloadGone(a.key, ref.hash, "input file")
+                    self.core.handle(gone, time.monotonic())
+                    return
+                self.files.touch(ref.hash)
+                files[guest] = str(self.files.path(ref.hash))
+            try:  # the worker maps the files read-only, each at its guest path
+                self.slots.start(
+                    a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth, files
+                )
+            except ValueError as e:  # its guest paths make no tree the sandbox serves
+                why = f"its input files: {e}"[: p.MAX_STR]
+                result = p.Result(spec.tag, p.Status.INVALID, b"", 0, why)
+                self.core.job_done(a.key, result, 0.0, time.monotonic())
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
         elif isinstance(a, c.Suspend):
@@ -295,6 +346,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 self.core.disk_failed(f"cannot write {self.pins.path}: {e.strerror or e}")
         elif isinstance(a, c.Store):
             self._store_payloads(a.dealer, a.payloads)
+        elif isinstance(a, c.KeepChunk):
+            self._keep_chunk(a)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")

@@ -25,8 +25,11 @@ event                  from
                        the core decides whether jobs are suspended and work is
                        asked for), ``StoreFailed`` (the disk would not keep a
                        payload: its jobs go back unrun), ``PayloadGone`` (a job's
-                       payload left the cache: given back unrun), ``Resized``
-                       (an allocator's new slots, memory and cache)
+                       payload, or an input file, left the store: given back
+                       unrun), ``Resized`` (an allocator's new slots, memory and
+                       cache), ``FileKept`` / ``FileBad`` / ``FileStoreFailed``
+                       (an input file complete and checked whole, or not, or the
+                       disk would not keep its chunk: jobber._inputs)
 =====================  ==========================================================
 
 and carries out the *actions* the core queues, in order (``take_actions``):
@@ -34,12 +37,14 @@ and carries out the *actions* the core queues, in order (``take_actions``):
 (close a dealer's sockets: what was in flight on them is gone), ``Start`` and
 ``Stop`` (slots), ``Suspend`` and ``Resume`` (the slots' workers), ``Spool``
 and ``Unspool`` (the results on disk), ``Store`` (payloads of jobs taken, into
-the cache), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
+the cache), ``KeepChunk`` (a checked chunk of an input file, into the file
+store), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
 
 Its parts: the dealers (jobber._dealers: each a ``Link`` whose requests out,
 timeouts, backoff, socket resets and key are net._link's Lazy Pirate core), the
 holdings (jobber._holding: jobs taken, results, the spool, payloads), their
-records and constants (jobber._state), the settings (jobber._settings).
+records and constants (jobber._state), the settings (jobber._settings), the input
+files (jobber._inputs: which jobs with files are taken, the fetches, the chunks' checks).
 
 The rules, per turn (``tick``):
 
@@ -51,6 +56,8 @@ The rules, per turn (``tick``):
    dealer is backed off (net._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
+   each file a buffered job lacks is fetched from the job's dealer, up to
+   p.MAX_FETCHES chunks out per dealer (jobber._inputs);
 6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
    asked (``bored``) for the difference: one running per slot and, buffered, as
    many as cover AHEAD_S of work at the job length seen (so short jobs never
@@ -87,8 +94,9 @@ replies answering nothing asked change nothing.
 
 Whatever a dealer sends, what it makes the jobber hold is counted before it
 is taken (``_take_jobs``), per dealer and in all: the jobs' inputs in hand
-within ``input_budget()`` (slots x memory_mb by default), the payloads of jobs
-in hand within ``cache_bytes`` and MAX_PAYLOADS_PER_SLOT, and each dealer's
+within ``input_budget()`` (slots x memory_mb by default), the payloads and input
+files of jobs in hand within ``cache_bytes`` (and payloads within
+MAX_PAYLOADS_PER_SLOT), one job's input files within ``input_files_mb()``, and each dealer's
 unacknowledged results plus what its jobs in hand may write (``may_hold``)
 within its share of the spool (``spool_share_bytes``), all dealers' within
 ``spool_budget()``. A job that does not fit is given back unrun (abandoned,
@@ -114,7 +122,11 @@ from jobber._actions import (
     Action,
     BadHash,
     Event,
+    FileBad,
+    FileKept,
+    FileStoreFailed,
     Hello,
+    KeepChunk,
     Owner,
     PayloadGone,
     Pin,
@@ -135,6 +147,7 @@ from jobber._actions import (
 )
 from jobber._dealers import Dealers
 from jobber._holding import Holdings
+from jobber._inputs import Inputs
 from jobber._quiet import Repeats
 from jobber._settings import MIB, SPOOL_SHARES_IN_ALL, Settings
 from jobber._shares import Shares
@@ -164,6 +177,7 @@ from jobber._state import (
     SHUN_DROPPED_S,
     Held,
     Link,
+    Partial,
     _batch,
     _input_of,
     _weight,
@@ -197,11 +211,16 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "Action",
     "BadHash",
     "Event",
+    "FileBad",
+    "FileKept",
+    "FileStoreFailed",
     "Held",
     "Hello",
     "JobberCore",
+    "KeepChunk",
     "Link",
     "Owner",
+    "Partial",
     "PayloadGone",
     "Pin",
     "ProbeDisk",
@@ -225,9 +244,10 @@ __all__ = [  # the core's face: its parts' names stay reachable here
 ]
 
 
-class JobberCore(Dealers, Holdings):
+class JobberCore(Dealers, Holdings, Inputs):
     """The jobber's decisions (see this module's theory of operation); its dealers'
-    part is jobber._dealers, its holdings' jobber._holding."""
+    part is jobber._dealers, its holdings' jobber._holding, its input files'
+    jobber._inputs."""
 
     def __init__(
         self,
@@ -268,6 +288,9 @@ class JobberCore(Dealers, Holdings):
         self.sizes: Mapping[str, tuple[int, int]] = {}
         # payloads taken with jobs and not yet in `sizes` (the shell is storing them)
         self._coming: dict[str, int] = {}
+        # input files the shell's store holds whole: hash -> size, most recently used first
+        self.files_held: dict[str, int] = {}
+        self.partials: dict[str, Partial] = {}  # input files coming, a chunk at a time
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -336,6 +359,8 @@ class JobberCore(Dealers, Holdings):
             max_fuel=s.max_fuel,
             max_output_kb=self.max_output_kb(),
             platform=s.platform,
+            input_mb=s.input_files_mb(),
+            files=tuple(list(self.files_held)[: p.MAX_HELD_FILES]) if self.files_held else None,
         )
 
     def max_output_kb(self) -> int | None:
@@ -447,6 +472,13 @@ class JobberCore(Dealers, Holdings):
         elif isinstance(msg, p.Ack):
             link.answered_by(RESULTS, now)
             self._acked(link.address, msg, now)
+        elif isinstance(msg, p.Chunk):
+            self._chunk(link, msg, now)
+        elif isinstance(msg, p.Error) and self._fetch_lane(link, msg.re) is not None:
+            log.warning(
+                "dealer %s refused fetch %d: %s: %s", link.address, msg.re, msg.code.value, msg.text
+            )
+            self._fetch_error(link, msg, now)
         elif isinstance(msg, p.Error):
             log.warning(
                 "dealer %s refused request %d: %s: %s",
@@ -475,9 +507,11 @@ class JobberCore(Dealers, Holdings):
             # evicted since the ask that listed it (or never held): given back unrun,
             # nobody's fault; the next ask lists the cache as it is, so it comes again
             h = self.running.get(event.key)
-            why = f"payload {event.payload[:12]} is no longer held here"
+            why = f"{event.what} {event.payload[:12]} is no longer held here"
             result = p.Result(h.spec.tag if h else "?", p.Status.ABANDONED, b"", 0, why)
             self.job_done(event.key, result, 0.0, now)
+        elif isinstance(event, FileKept | FileBad | FileStoreFailed):
+            self._files_event(event, now)
         elif isinstance(event, Resized):
             self.s = replace(
                 self.s,
@@ -531,6 +565,8 @@ class JobberCore(Dealers, Holdings):
         self._check_timeouts(now)
         self._send_results(now)
         self._send_alive(now)
+        if not self.stopping:
+            self._send_fetches(now)
         if not (self.stopping or self.fetch_paused):
             self._fetch(now)
         self._say_progress(now)

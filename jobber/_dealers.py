@@ -20,6 +20,7 @@ from jobber._state import (
     DROP_REFERRED_AFTER,
     DROP_UNREACHED_AFTER,
     FETCH_PATIENCE_S,
+    FETCHES,
     MAX_DEALERS,
     MAX_PAYLOADS_PER_SLOT,
     MAX_SHUNNED,
@@ -164,7 +165,7 @@ class Dealers:
         if problem:
             link.problem = problem
         out = (link.bored_id, link.results_id, link.hello_id, link.alive_id)
-        if any(x is not None for x in out):
+        if any(x is not None for x in out) or link.fetches:
             self._failed(link, now, why)
 
     def problem(self, dealer: str, text: str) -> None:
@@ -263,11 +264,13 @@ class Dealers:
         low = hi_water - max(1, (hi_water - self.s.slots) // 2)
         if have + coming > low:
             return
-        if self.buffer and self._job_s:
+        ready = [h for h in self.buffer if self._files_ready(h)]
+        if ready and self._job_s:
             # never hold more than the buffered jobs' deadlines allow: the last one
-            # starts after about len(buffer) / slots job lengths
-            start_in = (len(self.buffer) / self.s.slots + 1) * self._job_s
-            if now + start_in > min(h.deadline for h in self.buffer):
+            # starts after about len(buffer) / slots job lengths (a job still waiting
+            # for its input files starts when they come, and holds no other back)
+            start_in = (len(ready) / self.s.slots + 1) * self._job_s
+            if now + start_in > min(h.deadline for h in ready):
                 return
         payloads = {h.spec.payload for h in self.buffer}
         payloads |= {h.spec.payload for h in self.running.values()}
@@ -494,8 +497,12 @@ class Dealers:
         elif isinstance(msg, p.AliveAck):
             if link.alive_id is None or re_ != link.alive_id:
                 return "it answers no alive of ours"
+        elif isinstance(msg, p.Chunk):
+            if link.req.match(re_, FETCHES) is None:
+                return "it answers no fetch of ours"
         elif isinstance(msg, p.Error):
-            if re_ is None or re_ not in (link.bored_id, link.results_id, link.alive_id):
+            mine = (link.bored_id, link.results_id, link.alive_id)
+            if re_ is None or (re_ not in mine and link.req.match(re_, FETCHES) is None):
                 return "an error about no request of ours"
         else:
             return f"a {msg.TYPE} is no reply a jobber asks for"

@@ -71,7 +71,8 @@ class Holdings:
         host = self.host_facts()
         inputs = sum(h.input for h in self._in_hand())
         pinned = self.held_payloads()
-        cache = sum(self._payload_bytes(sha) for sha in pinned)
+        files = self.held_files()  # input files of jobs in hand: in the cache too
+        cache = sum(self._payload_bytes(sha) for sha in pinned) + self._files_bytes(files)
         spool = self._spool_in_all()
         mine = self._spool_of(link.address)
         refused = unfit = dropped = never = 0
@@ -79,9 +80,9 @@ class Holdings:
             h = Held(link.address, spec, now + spec.deadline_s)
             link.output_hint = h.may_write
             link.input_hint = h.input
-            bad = unusable.get(spec.payload)
+            bad = unusable.get(spec.payload) or self._refuses_files(spec)
             why = None if bad is None else bad[1]
-            too_much = host.refuses(spec.limits)
+            too_much = host.refuses(spec.limits) or host.refuses_inputs(spec.input_bytes())
             owner = why is None and too_much is not None
             if owner:  # the owner's limits win, no fault
                 log.warning("job %s from %s asks for %s: refused", spec.tag, h.dealer, too_much)
@@ -90,6 +91,9 @@ class Holdings:
             if spec.payload not in pinned:
                 wasm = msg.payloads.get(spec.payload)
                 new_payload = self._payload_bytes(spec.payload, wasm)
+            new_files = {ref.hash: ref.size for ref in (spec.files or {}).values()}
+            new_files = {sha: n for sha, n in new_files.items() if sha not in files}
+            new_bytes = new_payload + sum(new_files.values())
             if why is None and inputs + h.input > s.input_budget():
                 why = (
                     f"refused: its input ({h.input:,} bytes) does not fit what this jobber "
@@ -98,11 +102,12 @@ class Holdings:
             elif (
                 why is None
                 and s.cache_bytes is not None
-                and (new_payload and cache + new_payload > s.cache_bytes)
+                and (new_bytes and cache + new_bytes > s.cache_bytes)
             ):
+                what = "its payload" if not new_files else "what its payload and input files take"
                 why = (
-                    f"refused: its payload ({new_payload:,} bytes) does not fit the cache "
-                    f"({s.cache_bytes:,} bytes, {cache:,} in use)"
+                    f"refused: {what} ({new_bytes:,} bytes) does not fit the cache "
+                    f"({s.cache_bytes:,} bytes, {cache:,} in use by jobs in hand)"
                 )
             elif why is None and new_payload and len(pinned) >= self._max_payloads():
                 why = f"refused: jobs of {len(pinned)} payloads in hand already"
@@ -123,6 +128,8 @@ class Holdings:
                     pinned.add(spec.payload)
                     cache += new_payload
                     self._coming[spec.payload] = new_payload
+                files |= set(new_files)
+                cache += sum(new_files.values())
                 continue
             status = p.Status.ABANDONED if bad is None else bad[0]
             result = p.Result(spec.tag, status, b"", 0, why[: p.MAX_STR])
@@ -143,7 +150,7 @@ class Holdings:
                 # alone bigger than what the owner allows: it can never be taken here
                 never += (
                     h.input > s.input_budget()
-                    or (s.cache_bytes is not None and new_payload > s.cache_bytes)
+                    or (s.cache_bytes is not None and new_bytes > s.cache_bytes)
                     or h.may_hold > min(s.spool_share_bytes, s.spool_budget())
                 )
         if (refused or never) and not self.disk_trouble:  # jobs we will not run: ask less
@@ -408,8 +415,12 @@ class Holdings:
     def _start_jobs(self, now: float) -> None:
         host = self.host_facts()
         depth = PIPELINE_DEPTH if self.pipelined else 1
+        waiting: deque[Held] = deque()  # jobs whose input files are still coming
         while self.buffer and len(self.running) < self.s.slots * depth:
             h = self.buffer.popleft()
+            if not self._files_ready(h):
+                waiting.append(h)
+                continue
             too_much = host.refuses(h.spec.limits)
             if too_much is not None:  # the owner's limits win: given back unrun, no fault
                 log.warning("job %s from %s asks for %s: refused", h.spec.tag, h.dealer, too_much)
@@ -420,4 +431,9 @@ class Holdings:
             self._next_key += 1
             h.started, h.depth = now, depth
             self.running[h.key] = h
+            for ref in (h.spec.files or {}).values():
+                self._used_file(ref.hash)
             self._actions.append(Start(h.key, h.dealer, h.spec, depth))
+        if waiting:  # they keep their place, ahead of the jobs not looked at
+            waiting.extend(self.buffer)
+            self.buffer = waiting

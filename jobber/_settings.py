@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import protocol as p
 from net._backoff import MAX_BACKOFF_S, MIN_BACKOFF_S
 
 MIB = 1024 * 1024
@@ -20,6 +21,8 @@ SPOOL_MB = 256  # results one dealer may leave unacknowledged before it gets no 
 # (`spool_share_bytes`): a few dealers may each fill theirs while one does not ack,
 # but dealers made up by referrals (up to MAX_DEALERS) cannot fill MAX_DEALERS shares
 SPOOL_SHARES_IN_ALL = 4
+INPUT_MB = 4096  # the most one job's input files may total here, in MiB (--max-input-mb)
+MAX_INPUT_MB = p.MAX_FILE_BYTES >> 20  # what host.input_mb may say at most (the wire's cap)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Settings:
     # results unacknowledged plus what held jobs may write, in all dealers; default
     # SPOOL_SHARES_IN_ALL shares
     spool_bytes: int | None = None
+    # the most one job's input files (JobSpec.files) may total, in MiB, never more than
+    # the cache holds (`input_files_mb`); None: this jobber takes no job with files
+    input_mb: int | None = None
     # the platform its sandbox runs native-NaN jobs for (sandbox.PLATFORM, which the shell
     # passes: the core imports no sandbox); None: not said
     platform: str | None = None
@@ -59,6 +65,14 @@ class Settings:
         if self.input_bytes is not None:
             return self.input_bytes
         return self.slots * self.memory_mb * MIB
+
+    def input_files_mb(self) -> int | None:
+        """What one job's input files may total here, in MiB: the owner's cap, within the
+        cache (input files are kept there, beside the payloads)."""
+        if self.input_mb is None:
+            return None
+        cache_mb = MAX_INPUT_MB if self.cache_bytes is None else self.cache_bytes // MIB
+        return min(self.input_mb, cache_mb, MAX_INPUT_MB)
 
     def spool_budget(self) -> int:
         if self.spool_bytes is not None:
@@ -104,6 +118,9 @@ class Config:
     spool_mb: int = _option(
         "spool_mb", SPOOL_MB
     )  # results one dealer may leave unacknowledged before it gets no work
+    # the most one job's input files may total, in MiB (never more than --cache-mb: they
+    # are kept in the cache's allowance)
+    input_mb: int = _option("max_input_mb", INPUT_MB)
     # the owner's ceilings for one job, whatever a dealer asks
     max_job_time_s: float = _option("max_job_time", MAX_JOB_TIME_S)
     max_fuel: int | None = _option("max_fuel", None)

@@ -4,7 +4,7 @@ rules' constants, and how results and inputs are weighed. Pure: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import protocol as p
 from net._link import HELLO
@@ -13,6 +13,9 @@ from protocol._wire import MAX_OUTPUT_BYTES
 
 # the kinds of request a jobber has out to a dealer, one of each at most (net._link)
 BORED, RESULTS, ALIVE = "bored", "results", "alive"
+# ... and up to p.MAX_FETCHES `fetch` requests, each its own kind (one per lane), so the
+# Lazy Pirate core keeps their ids, deadlines and failures as it keeps the others'
+FETCHES = tuple(f"fetch{i}" for i in range(p.MAX_FETCHES))
 
 # what fits one results message: protocol's rule, which a relay follows too
 MAX_RESULTS_PER_MESSAGE = p.MAX_RESULTS_PER_MESSAGE
@@ -121,6 +124,8 @@ class Link:
     claims: dict[str, str] | None = None
     via: str | None = None  # the depth-0 dealer whose referral chain led here
     retired: bool = False  # referred by a project no longer listed: asked for nothing more
+    # the `fetch` requests out (their kind, one of FETCHES) -> (file hash, chunk index)
+    fetches: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     bored_id = _request(BORED, "the ask out (`bored`)")
     results_id = _request(RESULTS, "the `results` out")
@@ -159,8 +164,25 @@ class Link:
 
     def forget_requests(self) -> None:
         self.req.out.clear()
+        self.fetches.clear()
         self.results_tags = ()
         self.bored_want, self.bored_cached = 0, frozenset()
+
+
+@dataclass
+class Partial:
+    """An input file coming a chunk at a time: its size, the digests of its chunks (from
+    chunk 0; None until it came) and the chunks kept on disk."""
+
+    size: int
+    digests: tuple[bytes, ...] | None = None
+    have: set[int] = field(default_factory=set)
+
+    def missing(self) -> list[int]:
+        """The chunks still to fetch: chunk 0 alone until the digests are known."""
+        if self.digests is None:
+            return [0]
+        return [i for i in range(p.chunk_count(self.size)) if i not in self.have]
 
 
 @dataclass

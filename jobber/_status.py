@@ -10,6 +10,7 @@ from pathlib import Path
 
 import zmq
 
+import protocol as p
 from jobber import _control
 
 
@@ -78,10 +79,42 @@ class Control:
             # dealer gone for good stay here, listed, until the data directory is cleared
             "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},
             "done": core.done,
+            "files": self._files_status(),
             "settings": {f.name: _plain(getattr(self.cfg, f.name)) for f in fields(self.cfg)},
             "slots_in_use": self._eff.slots,
             "effective": _plain(asdict(self._eff)),
             "allocator": self._allocator_status(now),
+        }
+
+    def _files_status(self) -> dict:
+        """Input files: those held whole (most recently used first, those jobs in hand
+        read marked), those coming with their chunks in, and the fetches out."""
+        core = self.core
+        pinned = core.held_files()
+        fetching: dict[str, list[int]] = {}
+        by: dict[str, str] = {}
+        for link in core.links.values():
+            for sha, index in link.fetches.values():
+                fetching.setdefault(sha, []).append(index)
+                by[sha] = link.address
+        return {
+            "held": [
+                {"hash": sha, "size": size, "in_use": sha in pinned}
+                for sha, size in core.files_held.items()
+            ],
+            "coming": [
+                {
+                    "hash": sha,
+                    "size": part.size,
+                    "chunks": p.chunk_count(part.size),
+                    "have": len(part.have),
+                    "fetching": sorted(fetching.get(sha, [])),
+                    "dealer": by.get(sha),
+                }
+                for sha, part in core.partials.items()
+            ],
+            "fetches_out": sum(len(x) for x in fetching.values()),
+            "bytes": self.files.total(),
         }
 
 

@@ -86,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
         "the least recently used are removed past it",
     )
     ap.add_argument(
+        "--max-input-mb",
+        type=int,
+        metavar="MB",
+        help=f"the most one job's input files may total (default {d['input_mb']}, never "
+        "more than --cache-mb, where they are kept); a job asking more is given back unrun",
+    )
+    ap.add_argument(
         "--spool-mb",
         type=int,
         metavar="MB",
@@ -309,6 +316,17 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         print(f"  {n} buffered from {dealer}")
     for dealer, n in reply.get("spooled_by_dealer", {}).items():
         print(f"  {n} results spooled for {dealer}")
+    files = reply.get("files")
+    if files and (files["held"] or files["coming"]):
+        print(
+            f"  input files: {len(files['held'])} held, {files['bytes'] / 2**20:.1f} MiB "
+            f"on disk, {files['fetches_out']} fetches out"
+        )
+        for f in files["coming"]:
+            print(
+                f"  fetching {f['hash'][:12]} ({f['size']:,} bytes): {f['have']} of "
+                f"{f['chunks']} chunks" + (f" from {f['dealer']}" if f["dealer"] else "")
+            )
     for dealer, why in reply.get("refused_payloads", {}).items():
         print(f"  payloads from {dealer} {why}")
     if reply.get("trust"):

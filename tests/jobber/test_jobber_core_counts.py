@@ -1230,6 +1230,7 @@ def test_the_settings_records_defaults_are_as_documented(monkeypatch):
     assert (cfg.grace_s, cfg.idle_only, cfg.idle_after_s) == (30.0, False, 60.0)
     assert (cfg.load_threshold, cfg.cpu_limit, cfg.control) == (0.5, 100.0, True)
     assert (cfg.cache_mb, cfg.spool_mb, cfg.name, cfg.trust) == (1024, 256, None, [])
+    assert cfg.input_mb == js.INPUT_MB == 4096
     monkeypatch.setattr(js.os, "cpu_count", lambda: 6)
     assert js.Config(dealers=[], data_dir=Path("d")).slots == 6
     monkeypatch.setattr(js.os, "cpu_count", lambda: None)  # the count unknown: one slot
@@ -1241,7 +1242,8 @@ def test_each_option_names_its_field_and_the_core_is_told_the_record():
     assert js.OPTIONS["max_idle"] == "max_idle_s" and js.OPTIONS["slots"] == "slots"
     assert js.OPTIONS["cache_mb"] == "cache_mb" and "buffer" not in js.OPTIONS
     timing = dict(max_idle_s=9.0, min_backoff_s=0.5, max_backoff_s=2.0, request_timeout_s=3.0)
-    ceilings = dict(max_job_time_s=11.0, max_fuel=7, max_output_kb=4)
+    ceilings = dict(max_job_time_s=11.0, max_fuel=7, max_output_kb=4, input_mb=6)
+    assert js.OPTIONS["max_input_mb"] == "input_mb"
     cfg = js.Config(
         dealers=[], data_dir=Path("d"), slots=3, spool_mb=2, buffer=2, **timing, **ceilings
     )
