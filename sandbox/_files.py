@@ -29,7 +29,6 @@ MAX_FDS descriptors may be open (EMFILE).
 
 from __future__ import annotations
 
-import ctypes
 import struct
 
 from sandbox import _job
@@ -47,11 +46,13 @@ from sandbox._guest import (
     EOVERFLOW,
     EROFS,
     ESPIPE,
+    IOVEC,
     SUCCESS,
     U32,
     U64,
     Errno,
     Guest,
+    Stopped,
     host,
 )
 from sandbox._tree import MAX_PATH_BYTES, Volume
@@ -59,6 +60,8 @@ from sandbox._tree import MAX_PATH_BYTES, Volume
 MAX_FDS = 1024  # open descriptors, stdio and the preopen included (a common RLIMIT_NOFILE)
 MAX_IOVECS = 1024  # per call (IOV_MAX)
 MAX_READ = (1 << 31) - 1  # bytes per read call (SSIZE_MAX of wasm32)
+FUEL_BYTES = 16  # bytes of input files read per unit of fuel, rounded up per call
+COPY_CHUNK = 16 << 20  # bytes copied between checks of the time limit
 PREOPEN_FD = 3
 
 
@@ -103,11 +106,10 @@ _MAX_OFFSET = (1 << 63) - 1
 
 
 class _Stdin:
-    __slots__ = ("data", "address", "pos")
+    __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes) -> None:
-        self.data = data  # c_char_p points into it
-        self.address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        self.data = memoryview(data)
         self.pos = 0
 
 
@@ -186,16 +188,12 @@ class Fds:
         return fd
 
 
-def _fds(job: _job.Job) -> Fds:
-    return job.files
-
-
 def _put(guest: Guest, ptr: int, size: int, *fields: tuple[int, bytes]) -> None:
     """A struct of `size` bytes at `ptr`, its fields written and its padding left as it
     was (as wasmtime wrote them); EFAULT unless all of it is in guest memory."""
-    at = guest.check(ptr, size)
+    guest.check(ptr, size)
     for offset, raw in fields:
-        ctypes.memmove(at + offset, raw, len(raw))
+        guest.write(ptr + offset, raw)
 
 
 def _filestat(guest: Guest, ptr: int, volume: Volume | None, node: int) -> None:
@@ -216,17 +214,60 @@ def _path(guest: Guest, ptr: int, n: int) -> bytes:
     return guest.read(ptr, n)
 
 
-def _copy(vecs: list[tuple[int, int]], source: int, size: int, pos: int) -> int:
-    """Bytes [pos, size) of the data at host address `source` into the iovecs, in order;
-    how many."""
+def _iovecs(guest: Guest, ptr: int, n: int) -> list[tuple[int, int]]:
+    """The `n` iovecs at `ptr` as guest (pointer, length), the array checked, not the
+    buffers; EINVAL past MAX_IOVECS."""
+    if n > MAX_IOVECS:
+        raise Errno(EINVAL)
+    guest.check(ptr, 8 * n)
+    if n == 1:  # the common case
+        return [IOVEC.unpack_from(guest.view, ptr)]
+    return [IOVEC.unpack_from(guest.view, ptr + 8 * i) for i in range(n)]
+
+
+def _copy(job: _job.Job, guest: Guest, vecs, source: memoryview, pos: int) -> int:
+    """Bytes [pos, len(source)) into the guest's iovecs (pointer, length; each checked
+    already), in order; how many. The time limit is checked after every COPY_CHUNK
+    bytes (Stopped), so that one call cannot run far past it."""
+    size, view = len(source), guest.view
+    if len(vecs) == 1 and vecs[0][1] <= COPY_CHUNK:  # the common case: one slice
+        ptr, length = vecs[0]
+        take = min(length, size - pos)
+        if take <= 0:
+            return 0
+        view[ptr : ptr + take] = source[pos : pos + take]
+        return take
     total = 0
-    for address, length in vecs:
+    for ptr, length in vecs:
         take = min(length, size - pos - total, MAX_READ - total)
         if take <= 0:
             break
-        ctypes.memmove(address, source + pos + total, take)
+        done = 0
+        while done < take:
+            step = min(take - done, COPY_CHUNK - (total + done) % COPY_CHUNK)
+            at = pos + total + done
+            view[ptr + done : ptr + done + step] = source[at : at + step]
+            done += step
+            if not (total + done) % COPY_CHUNK and job.must_stop():
+                raise Stopped
         total += take
     return total
+
+
+def read_fuel(n: int) -> int:
+    """The fuel a read of `n` bytes of input files costs: one per FUEL_BYTES, rounded up."""
+    return -(-n // FUEL_BYTES)
+
+
+def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int:
+    """A read of `entry`'s file at `pos` into guest iovecs (each checked here), paid
+    for in fuel (read_fuel) before anything is copied; how many bytes."""
+    for ptr, length in vecs:
+        guest.check(ptr, length)
+    source = job.files.volume.view[entry.node]
+    room = max(0, min(sum(length for _, length in vecs), len(source) - pos, MAX_READ))
+    guest.charge(job, read_fuel(room))
+    return _copy(job, guest, vecs, source, pos)
 
 
 def _u32(args, i: int) -> int:
@@ -237,54 +278,52 @@ def _u32(args, i: int) -> int:
 
 
 def _fd_read(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    fd, iovs, n, nread = args[0].i32, _u32(args, 1), _u32(args, 2), _u32(args, 3)
-    entry = fds.get(fd)
-    if isinstance(entry, _Out):
+    fd, iovs, n, nread = args[0].i32, args[1].i32 & U32, args[2].i32 & U32, args[3].i32 & U32
+    entry = job.files.table.get(fd)
+    if entry.__class__ is _Stdin:  # as wasmtime's stdin: the first non-empty iovec only
+        guest = Guest.of(job, caller)
+        vecs = [v for v in _iovecs(guest, iovs, n) if v[1]][:1]
+        for ptr, length in vecs:
+            guest.check(ptr, length)
+        guest.check(nread, 4)
+        done = _copy(job, guest, vecs, entry.data, entry.pos)
+    elif entry is None or isinstance(entry, _Out):
         return EBADF
-    if isinstance(entry, _Open) and fds.volume.tree.is_dir[entry.node]:
+    elif job.files.volume.tree.is_dir[entry.node]:
         return EISDIR
-    if n > MAX_IOVECS:
-        return EINVAL
-    guest = Guest(caller)
-    vecs = guest.iovecs(iovs, n)
-    guest.check(nread, 4)
-    if isinstance(entry, _Stdin):  # as wasmtime's stdin: the first non-empty iovec only
-        vecs = [v for v in vecs if v[1]][:1]
-        done = _copy(vecs, entry.address, len(entry.data), entry.pos)
     else:
-        volume = fds.volume
-        done = _copy(vecs, volume.address[entry.node], volume.size[entry.node], entry.pos)
+        guest = Guest.of(job, caller)
+        vecs = _iovecs(guest, iovs, n)
+        guest.check(nread, 4)
+        done = _file_read(job, guest, entry, vecs, entry.pos)
     entry.pos += done
     guest.put_u32(nread, done)
     return SUCCESS
 
 
 def _fd_pread(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     fd, iovs, n = args[0].i32, _u32(args, 1), _u32(args, 2)
-    offset, nread = args[3].i64 & U64, _u32(args, 4)
+    offset, nread = args[3].i64, _u32(args, 4)
     entry = fds.get(fd)
     if isinstance(entry, _Stdin):
         return ESPIPE
     entry = fds.file(fd, EBADF, EISDIR)
-    if n > MAX_IOVECS:
+    guest = Guest.of(job, caller)
+    vecs = _iovecs(guest, iovs, n)
+    if offset < 0:
         return EINVAL
-    guest = Guest(caller)
-    vecs = guest.iovecs(iovs, n)
     guest.check(nread, 4)
-    volume = fds.volume
-    size = volume.size[entry.node]
-    done = _copy(vecs, volume.address[entry.node], size, min(offset, size))
+    done = _file_read(job, guest, entry, vecs, min(offset, fds.volume.size[entry.node]))
     guest.put_u32(nread, done)
     return SUCCESS
 
 
 def _fd_seek(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     fd, offset, whence, out = args[0].i32, args[1].i64, args[2].i32 & 0xFF, _u32(args, 3)
     entry = fds.file(fd, ESPIPE, EBADF)
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.check(out, 8)
     if whence == _WHENCE_SET:
         base = 0
@@ -305,20 +344,20 @@ def _fd_seek(job: _job.Job, caller, args) -> int:
 
 
 def _fd_tell(job: _job.Job, caller, args) -> int:
-    entry = _fds(job).file(args[0].i32, ESPIPE, EBADF)
-    Guest(caller).put_u64(_u32(args, 1), entry.pos)
+    entry = job.files.file(args[0].i32, ESPIPE, EBADF)
+    Guest.of(job, caller).put_u64(_u32(args, 1), entry.pos)
     return SUCCESS
 
 
 def _fd_close(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    fds = _fds(job)
+    fds = job.files
     fds.get(args[0].i32)
     del fds.table[args[0].i32]
     return SUCCESS
 
 
 def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    fds = _fds(job)
+    fds = job.files
     fd, to = args[0].i32, args[1].i32
     fds.get(fd)
     fds.get(to)
@@ -328,7 +367,7 @@ def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     entry = fds.get(args[0].i32)
     if isinstance(entry, _Stdin):
         kind, flags, base, inheriting = _UNKNOWN, 0, _FD_READ, _FD_READ
@@ -346,12 +385,12 @@ def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
         (2, struct.pack("<H", flags)),
         (8, struct.pack("<QQ", base, inheriting)),
     )
-    _put(Guest(caller), _u32(args, 1), 24, *fields)
+    _put(Guest.of(job, caller), _u32(args, 1), 24, *fields)
     return SUCCESS
 
 
 def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = _fds(job).node(args[0].i32)
+    entry = job.files.node(args[0].i32)
     flags = args[1].i32 & 0xFFFF
     if flags & ~_FDFLAG_NONBLOCK:
         return ENOTSUP
@@ -360,34 +399,34 @@ def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _fd_fdstat_set_rights(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).node(args[0].i32)
+    job.files.node(args[0].i32)
     return ENOTSUP
 
 
 def _fd_filestat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     entry = fds.get(args[0].i32)
     if isinstance(entry, _Open):
-        _filestat(Guest(caller), _u32(args, 1), fds.volume, entry.node)
+        _filestat(Guest.of(job, caller), _u32(args, 1), fds.volume, entry.node)
     else:
-        _filestat(Guest(caller), _u32(args, 1), None, 0)
+        _filestat(Guest.of(job, caller), _u32(args, 1), None, 0)
     return SUCCESS
 
 
 def _fd_advise(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).node(args[0].i32)
+    job.files.node(args[0].i32)
     return SUCCESS if 0 <= (args[3].i32 & 0xFF) <= 5 else EINVAL
 
 
 def _fd_readdir(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     fd, buf, buf_len = args[0].i32, _u32(args, 1), _u32(args, 2)
     cookie, used = args[3].i64 & U64, _u32(args, 4)
     entry = fds.node(fd)
     tree = fds.volume.tree
     if not tree.is_dir[entry.node]:
         return ENOTDIR
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.check(buf, buf_len)
     guest.check(used, 4)
     out = bytearray()
@@ -405,15 +444,15 @@ def _fd_readdir(job: _job.Job, caller, args) -> int:
 
 
 def _fd_prestat_get(job: _job.Job, caller, args) -> int:
-    entry = _fds(job).get(args[0].i32)
+    entry = job.files.get(args[0].i32)
     if not isinstance(entry, _Open) or not entry.preopen:
         return EBADF
-    _put(Guest(caller), _u32(args, 1), 8, (0, b"\0"), (4, struct.pack("<I", 1)))
+    _put(Guest.of(job, caller), _u32(args, 1), 8, (0, b"\0"), (4, struct.pack("<I", 1)))
     return SUCCESS
 
 
 def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     entry, ptr, n = fds.get(args[0].i32), _u32(args, 1), _u32(args, 2)
     if not isinstance(entry, _Open) or not fds.volume.tree.is_dir[entry.node]:
         return ENOTDIR  # as wasmtime answered for fd 0 to 2
@@ -421,16 +460,16 @@ def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
         return EBADF
     if n < 1:
         return ENAMETOOLONG
-    Guest(caller).write(ptr, b"/")
+    Guest.of(job, caller).write(ptr, b"/")
     return SUCCESS
 
 
 def _path_open(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     at = fds.directory(args[0].i32).node
     ptr, n, oflags = _u32(args, 2), _u32(args, 3), args[4].i32 & 0xFFFF
     rights, fdflags, out = args[5].i64 & U64, args[7].i32 & 0xFFFF, _u32(args, 8)
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     raw = _path(guest, ptr, n)
     guest.check(out, 4)
     tree = fds.volume.tree
@@ -457,9 +496,9 @@ def _path_open(job: _job.Job, caller, args) -> int:
 
 
 def _path_filestat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     at = fds.directory(args[0].i32).node
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     raw = _path(guest, _u32(args, 2), _u32(args, 3))
     ptr = _u32(args, 4)
     guest.check(ptr, 64)
@@ -469,9 +508,9 @@ def _path_filestat_get(job: _job.Job, caller, args) -> int:
 
 
 def _path_readlink(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
+    fds = job.files
     at = fds.directory(args[0].i32).node
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     raw = _path(guest, _u32(args, 1), _u32(args, 2))
     guest.check(_u32(args, 3), _u32(args, 4))
     guest.check(_u32(args, 5), 4)
@@ -487,10 +526,10 @@ def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: 
     ((pointer, length) args), then answers `errno`."""
 
     def refuse(job: _job.Job, caller, args) -> int:
-        fds = _fds(job)
+        fds = job.files
         for i in where:
             fds.directory(args[i].i32)
-        guest = Guest(caller)
+        guest = Guest.of(job, caller)
         for ptr, n in paths:
             _path(guest, _u32(args, ptr), _u32(args, n))
         return errno
@@ -503,19 +542,19 @@ def _not_for_writing(stdio: int, tree: int):
     wasmtime answered), `tree` for a file or directory."""
 
     def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-        entry = _fds(job).get(args[0].i32)
+        entry = job.files.get(args[0].i32)
         return tree if isinstance(entry, _Open) else stdio
 
     return refuse
 
 
 def _fd_pwrite(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = _fds(job).get(args[0].i32)
+    entry = job.files.get(args[0].i32)
     return ESPIPE if isinstance(entry, _Out) else EBADF
 
 
 def _sock(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).get(args[0].i32)
+    job.files.get(args[0].i32)
     return ENOTSOCK
 
 

@@ -36,7 +36,6 @@ They are raw ctypes callbacks, written with the plumbing of _guest.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import struct
 
@@ -125,7 +124,7 @@ def _fd_write(job: _job.Job, caller, args) -> int:
     iovs, iovs_len, nwritten = args[1].i32 & U32, args[2].i32 & U32, args[3].i32 & U32
     if fd not in (1, 2):
         return EBADF
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     vec = guest.read(iovs, 8 * iovs_len)
     guest.check(nwritten, 4)
     # copy only what is kept: stdout up to its cap, stderr up to STDERR_KEEP
@@ -145,7 +144,7 @@ def _fd_write(job: _job.Job, caller, args) -> int:
         if total > room:
             job.halt(Status.OUTPUT, f"stdout passed the output limit of {job.limits.output_kb} KiB")
             return trap("borednet sandbox: output limit reached")
-    ctypes.c_uint32.from_address(guest.base + nwritten).value = min(total, U32)
+    guest.put_u32(nwritten, min(total, U32))
     return SUCCESS
 
 
@@ -164,7 +163,7 @@ def _clock_time_get(job: _job.Job, caller, args) -> int:
     clock_id, out = args[0].i32, args[2].i32 & U32
     if not 0 <= clock_id <= 3:
         return EINVAL
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.write(out, struct.pack("<Q", _now_ns(job, guest) & 0xFFFFFFFFFFFFFFFF))
     return SUCCESS
 
@@ -173,13 +172,13 @@ def _clock_res_get(job: _job.Job, caller, args) -> int:  # noqa: ARG001
     clock_id, out = args[0].i32, args[1].i32 & U32
     if not 0 <= clock_id <= 3:
         return EINVAL
-    Guest(caller).write(out, struct.pack("<Q", 1))
+    Guest.of(job, caller).write(out, struct.pack("<Q", 1))
     return SUCCESS
 
 
 def _random_get(job: _job.Job, caller, args) -> int:
     buf, n = args[0].i32 & U32, args[1].i32 & U32
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.check(buf, n)
     done = 0
     while done < n:
@@ -207,7 +206,7 @@ def _poll_oneoff(job: _job.Job, caller, args) -> int:
     nevents = args[3].i32 & U32
     if nsubs == 0:
         return EINVAL
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     raw = guest.read(subs, _SUBSCRIPTION_SIZE * nsubs)
     guest.check(events, 32 * nsubs)
     guest.check(nevents, 4)
