@@ -48,7 +48,6 @@ from sandbox._guest import (
     ESPIPE,
     IOVEC,
     SUCCESS,
-    U32,
     U64,
     Errno,
     Guest,
@@ -94,10 +93,16 @@ _DIR_RIGHTS = (
     | _FD_FDSTAT_SET_FLAGS
     | _FD_ADVISE
 )
-# oflags, fdflags
+# oflags, fdflags, and every bit each flags field may have (any other is EINVAL)
 _O_CREAT, _O_DIRECTORY, _O_EXCL, _O_TRUNC = 1, 2, 4, 8
+_OFLAGS_ALL = 15
 _FDFLAG_APPEND, _FDFLAG_DSYNC, _FDFLAG_NONBLOCK, _FDFLAG_SYNC = 1, 2, 4, 16
+_FDFLAGS_ALL = 31  # append, dsync, nonblock, rsync, sync
+_LOOKUP_SYMLINK_FOLLOW = 1
+_FST_ALL = 15  # atim, atim_now, mtim, mtim_now
+_RIFLAGS_ALL, _SDFLAGS_ALL = 3, 3  # recv_peek, recv_waitall; rd, wr
 _WHENCE_SET, _WHENCE_CUR, _WHENCE_END = 0, 1, 2
+_ADVICE_MAX = 5  # normal, sequential, random, willneed, dontneed, noreuse
 _DIRENT = struct.Struct("<QQIB3x")  # d_next, d_ino, d_namlen, d_type
 _MAX_OFFSET = (1 << 63) - 1
 
@@ -270,15 +275,24 @@ def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int
     return _copy(job, guest, vecs, source, pos)
 
 
-def _u32(args, i: int) -> int:
-    return args[i].i32 & U32
+def _valid(value: int, allowed: int) -> None:
+    """EINVAL unless `value` (a flags field) has only bits of `allowed`."""
+    if value & ~allowed:
+        raise Errno(EINVAL)
+
+
+def _valid_times(fstflags: int) -> None:
+    """EINVAL unless `fstflags` are known bits, neither time both given and now."""
+    _valid(fstflags, _FST_ALL)
+    if fstflags & 3 == 3 or fstflags & 12 == 12:
+        raise Errno(EINVAL)
 
 
 # --- reading ---------------------------------------------------------------------
 
 
 def _fd_read(job: _job.Job, caller, args) -> int:
-    fd, iovs, n, nread = args[0].i32, args[1].i32 & U32, args[2].i32 & U32, args[3].i32 & U32
+    fd, iovs, n, nread = args
     entry = job.files.table.get(fd)
     if entry.__class__ is _Stdin:  # as wasmtime's stdin: the first non-empty iovec only
         guest = Guest.of(job, caller)
@@ -303,8 +317,7 @@ def _fd_read(job: _job.Job, caller, args) -> int:
 
 def _fd_pread(job: _job.Job, caller, args) -> int:
     fds = job.files
-    fd, iovs, n = args[0].i32, _u32(args, 1), _u32(args, 2)
-    offset, nread = args[3].i64, _u32(args, 4)
+    fd, iovs, n, offset, nread = args
     entry = fds.get(fd)
     if isinstance(entry, _Stdin):
         return ESPIPE
@@ -321,7 +334,9 @@ def _fd_pread(job: _job.Job, caller, args) -> int:
 
 def _fd_seek(job: _job.Job, caller, args) -> int:
     fds = job.files
-    fd, offset, whence, out = args[0].i32, args[1].i64, args[2].i32 & 0xFF, _u32(args, 3)
+    fd, offset, whence, out = args
+    if whence > _WHENCE_END:
+        return EINVAL
     entry = fds.file(fd, ESPIPE, EBADF)
     guest = Guest.of(job, caller)
     guest.check(out, 8)
@@ -329,10 +344,8 @@ def _fd_seek(job: _job.Job, caller, args) -> int:
         base = 0
     elif whence == _WHENCE_CUR:
         base = entry.pos
-    elif whence == _WHENCE_END:
-        base = fds.volume.size[entry.node]
     else:
-        return EINVAL
+        base = fds.volume.size[entry.node]
     pos = base + offset
     if pos < 0:
         return EINVAL
@@ -344,21 +357,22 @@ def _fd_seek(job: _job.Job, caller, args) -> int:
 
 
 def _fd_tell(job: _job.Job, caller, args) -> int:
-    entry = job.files.file(args[0].i32, ESPIPE, EBADF)
-    Guest.of(job, caller).put_u64(_u32(args, 1), entry.pos)
+    fd, out = args
+    entry = job.files.file(fd, ESPIPE, EBADF)
+    Guest.of(job, caller).put_u64(out, entry.pos)
     return SUCCESS
 
 
 def _fd_close(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    fds = job.files
-    fds.get(args[0].i32)
-    del fds.table[args[0].i32]
+    (fd,) = args
+    job.files.get(fd)
+    del job.files.table[fd]
     return SUCCESS
 
 
 def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
     fds = job.files
-    fd, to = args[0].i32, args[1].i32
+    fd, to = args
     fds.get(fd)
     fds.get(to)
     if fd != to:
@@ -368,7 +382,8 @@ def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
     fds = job.files
-    entry = fds.get(args[0].i32)
+    fd, out = args
+    entry = fds.get(fd)
     if isinstance(entry, _Stdin):
         kind, flags, base, inheriting = _UNKNOWN, 0, _FD_READ, _FD_READ
     elif isinstance(entry, _Out):
@@ -385,13 +400,14 @@ def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
         (2, struct.pack("<H", flags)),
         (8, struct.pack("<QQ", base, inheriting)),
     )
-    _put(Guest.of(job, caller), _u32(args, 1), 24, *fields)
+    _put(Guest.of(job, caller), out, 24, *fields)
     return SUCCESS
 
 
 def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = job.files.node(args[0].i32)
-    flags = args[1].i32 & 0xFFFF
+    fd, flags = args
+    _valid(flags, _FDFLAGS_ALL)
+    entry = job.files.node(fd)
     if flags & ~_FDFLAG_NONBLOCK:
         return ENOTSUP
     entry.flags = flags
@@ -399,29 +415,35 @@ def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _fd_fdstat_set_rights(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    job.files.node(args[0].i32)
+    fd, base, inheriting = args
+    _valid(base & U64, _RIGHTS_ALL)
+    _valid(inheriting & U64, _RIGHTS_ALL)
+    job.files.node(fd)
     return ENOTSUP
 
 
 def _fd_filestat_get(job: _job.Job, caller, args) -> int:
     fds = job.files
-    entry = fds.get(args[0].i32)
+    fd, out = args
+    entry = fds.get(fd)
     if isinstance(entry, _Open):
-        _filestat(Guest.of(job, caller), _u32(args, 1), fds.volume, entry.node)
+        _filestat(Guest.of(job, caller), out, fds.volume, entry.node)
     else:
-        _filestat(Guest.of(job, caller), _u32(args, 1), None, 0)
+        _filestat(Guest.of(job, caller), out, None, 0)
     return SUCCESS
 
 
 def _fd_advise(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    job.files.node(args[0].i32)
-    return SUCCESS if 0 <= (args[3].i32 & 0xFF) <= 5 else EINVAL
+    fd, _offset, _length, advice = args
+    if advice > _ADVICE_MAX:
+        return EINVAL
+    job.files.node(fd)
+    return SUCCESS
 
 
 def _fd_readdir(job: _job.Job, caller, args) -> int:
     fds = job.files
-    fd, buf, buf_len = args[0].i32, _u32(args, 1), _u32(args, 2)
-    cookie, used = args[3].i64 & U64, _u32(args, 4)
+    fd, buf, buf_len, cookie, used = args
     entry = fds.node(fd)
     tree = fds.volume.tree
     if not tree.is_dir[entry.node]:
@@ -431,29 +453,32 @@ def _fd_readdir(job: _job.Job, caller, args) -> int:
     guest.check(used, 4)
     out = bytearray()
     entries = tree.entries[entry.node]
-    for i in range(min(cookie, len(entries)), len(entries)):
+    for i in range(min(cookie & U64, len(entries)), len(entries)):
         if len(out) >= buf_len:
             break
         name, node = entries[i]
         kind = _DIRECTORY if tree.is_dir[node] else _REGULAR
         out += _DIRENT.pack(i + 1, node + 1, len(name), kind) + name
     del out[buf_len:]
+    guest.charge(job, read_fuel(len(out)))  # a listing is read from the tree, as a file
     guest.write(buf, bytes(out))
     guest.put_u32(used, len(out))
     return SUCCESS
 
 
 def _fd_prestat_get(job: _job.Job, caller, args) -> int:
-    entry = job.files.get(args[0].i32)
+    fd, out = args
+    entry = job.files.get(fd)
     if not isinstance(entry, _Open) or not entry.preopen:
         return EBADF
-    _put(Guest.of(job, caller), _u32(args, 1), 8, (0, b"\0"), (4, struct.pack("<I", 1)))
+    _put(Guest.of(job, caller), out, 8, (0, b"\0"), (4, struct.pack("<I", 1)))
     return SUCCESS
 
 
 def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
     fds = job.files
-    entry, ptr, n = fds.get(args[0].i32), _u32(args, 1), _u32(args, 2)
+    fd, ptr, n = args
+    entry = fds.get(fd)
     if not isinstance(entry, _Open) or not fds.volume.tree.is_dir[entry.node]:
         return ENOTDIR  # as wasmtime answered for fd 0 to 2
     if not entry.preopen:
@@ -466,9 +491,13 @@ def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
 
 def _path_open(job: _job.Job, caller, args) -> int:
     fds = job.files
-    at = fds.directory(args[0].i32).node
-    ptr, n, oflags = _u32(args, 2), _u32(args, 3), args[4].i32 & 0xFFFF
-    rights, fdflags, out = args[5].i64 & U64, args[7].i32 & 0xFFFF, _u32(args, 8)
+    fd, lookup, ptr, n, oflags, rights, inheriting, fdflags, out = args
+    _valid(lookup, _LOOKUP_SYMLINK_FOLLOW)
+    _valid(oflags, _OFLAGS_ALL)
+    _valid(rights & U64, _RIGHTS_ALL)
+    _valid(inheriting & U64, _RIGHTS_ALL)
+    _valid(fdflags, _FDFLAGS_ALL)
+    at = fds.directory(fd).node
     guest = Guest.of(job, caller)
     raw = _path(guest, ptr, n)
     guest.check(out, 4)
@@ -483,37 +512,42 @@ def _path_open(job: _job.Job, caller, args) -> int:
             at = tree.resolve(at, parent or b"/")
         if not tree.is_dir[at]:
             return ENOTDIR
-        return EROFS  # creating a file
+        # creating: a file, or, named with a final "/", a directory, which open cannot
+        return EISDIR if raw.endswith(b"/") else EROFS
     if oflags & _O_CREAT and oflags & _O_EXCL:
         return EEXIST
     if oflags & _O_DIRECTORY and not tree.is_dir[node]:
         return ENOTDIR
     writing = rights & _WRITE_RIGHTS or fdflags & (_FDFLAG_APPEND | _FDFLAG_DSYNC | _FDFLAG_SYNC)
+    if tree.is_dir[node] and (writing or oflags & (_O_TRUNC | _O_CREAT)):
+        return EISDIR  # as Linux: a directory is not opened to write, truncate or create
     if writing or oflags & _O_TRUNC:
-        return EISDIR if tree.is_dir[node] else EROFS
+        return EROFS
     guest.put_u32(out, fds.add(_Open(node, fdflags & _FDFLAG_NONBLOCK)))
     return SUCCESS
 
 
 def _path_filestat_get(job: _job.Job, caller, args) -> int:
     fds = job.files
-    at = fds.directory(args[0].i32).node
+    fd, lookup, ptr, n, out = args
+    _valid(lookup, _LOOKUP_SYMLINK_FOLLOW)
+    at = fds.directory(fd).node
     guest = Guest.of(job, caller)
-    raw = _path(guest, _u32(args, 2), _u32(args, 3))
-    ptr = _u32(args, 4)
-    guest.check(ptr, 64)
+    raw = _path(guest, ptr, n)
+    guest.check(out, 64)
     node = fds.volume.tree.resolve(at, raw)
-    _filestat(guest, ptr, fds.volume, node)
+    _filestat(guest, out, fds.volume, node)
     return SUCCESS
 
 
 def _path_readlink(job: _job.Job, caller, args) -> int:
     fds = job.files
-    at = fds.directory(args[0].i32).node
+    fd, ptr, n, buf, buf_len, used = args
+    at = fds.directory(fd).node
     guest = Guest.of(job, caller)
-    raw = _path(guest, _u32(args, 1), _u32(args, 2))
-    guest.check(_u32(args, 3), _u32(args, 4))
-    guest.check(_u32(args, 5), 4)
+    raw = _path(guest, ptr, n)
+    guest.check(buf, buf_len)
+    guest.check(used, 4)
     fds.volume.tree.resolve(at, raw)
     return EINVAL  # it exists, and nothing in the tree is a symbolic link
 
@@ -521,20 +555,32 @@ def _path_readlink(job: _job.Job, caller, args) -> int:
 # --- refused: everything that would write --------------------------------------
 
 
-def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: int):
-    """A function that checks its directory descriptors (args at `where`) and its paths
-    ((pointer, length) args), then answers `errno`."""
+def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: int, valid=None):
+    """A function that checks its values (`valid(args)`, raising EINVAL), its directory
+    descriptors (args at `where`) and its paths ((pointer, length) args), then
+    answers `errno`."""
 
     def refuse(job: _job.Job, caller, args) -> int:
+        if valid is not None:
+            valid(args)
         fds = job.files
         for i in where:
-            fds.directory(args[i].i32)
+            fds.directory(args[i])
         guest = Guest.of(job, caller)
         for ptr, n in paths:
-            _path(guest, _u32(args, ptr), _u32(args, n))
+            _path(guest, args[ptr], args[n])
         return errno
 
     return refuse
+
+
+def _valid_link(args) -> None:  # path_link
+    _valid(args[1], _LOOKUP_SYMLINK_FOLLOW)
+
+
+def _valid_set_times(args) -> None:  # path_filestat_set_times
+    _valid(args[1], _LOOKUP_SYMLINK_FOLLOW)
+    _valid_times(args[6])
 
 
 def _not_for_writing(stdio: int, tree: int):
@@ -542,20 +588,33 @@ def _not_for_writing(stdio: int, tree: int):
     wasmtime answered), `tree` for a file or directory."""
 
     def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-        entry = job.files.get(args[0].i32)
+        entry = job.files.get(args[0])
         return tree if isinstance(entry, _Open) else stdio
 
     return refuse
 
 
+def _fd_filestat_set_times(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    _valid_times(args[3])
+    entry = job.files.get(args[0])
+    return EROFS if isinstance(entry, _Open) else EBADF
+
+
 def _fd_pwrite(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = job.files.get(args[0].i32)
+    entry = job.files.get(args[0])
     return ESPIPE if isinstance(entry, _Out) else EBADF
 
 
-def _sock(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    job.files.get(args[0].i32)
-    return ENOTSOCK
+def _sock(flags: int, allowed: int):
+    """A sock_* function: EINVAL if its flags (arg `flags`) have a bit not in
+    `allowed`, else ENOTSOCK for any open descriptor."""
+
+    def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+        _valid(args[flags], allowed)
+        job.files.get(args[0])
+        return ENOTSOCK
+
+    return refuse
 
 
 def _named(fn, name: str):
@@ -566,7 +625,7 @@ def _named(fn, name: str):
 # name -> (params: "i" i32, "I" i64; has a result; callback). Module globals: ctypes
 # callbacks must outlive every linker that uses them. fd_write is _wasi's.
 FUNCTIONS = {
-    name: (params, True, host(_named(fn, name)))
+    name: (params, True, host(_named(fn, name), params))
     for name, params, fn in [
         ("fd_read", "iiii", _fd_read),
         ("fd_pread", "iiiIi", _fd_pread),
@@ -590,17 +649,22 @@ FUNCTIONS = {
         ("path_remove_directory", "iii", _refused((0,), ((1, 2),), EROFS)),
         ("path_rename", "iiiiii", _refused((0, 3), ((1, 2), (4, 5)), EROFS)),
         ("path_symlink", "iiiii", _refused((2,), ((0, 1), (3, 4)), EROFS)),
-        ("path_link", "iiiiiii", _refused((0, 4), ((2, 3), (5, 6)), EROFS)),
-        ("path_filestat_set_times", "iiiiIIi", _refused((0,), ((2, 3),), EROFS)),
+        ("path_link", "iiiiiii", _refused((0, 4), ((2, 3), (5, 6)), EROFS, _valid_link)),
+        (
+            "path_filestat_set_times",
+            "iiiiIIi",
+            _refused((0,), ((2, 3),), EROFS, _valid_set_times),
+        ),
         ("fd_pwrite", "iiiIi", _fd_pwrite),
         ("fd_allocate", "iII", _not_for_writing(EBADF, EBADF)),
         ("fd_filestat_set_size", "iI", _not_for_writing(EBADF, EBADF)),
-        ("fd_filestat_set_times", "iIIi", _not_for_writing(EBADF, EROFS)),
-        ("fd_sync", "i", _not_for_writing(EBADF, EROFS)),
-        ("fd_datasync", "i", _not_for_writing(EBADF, EROFS)),
-        ("sock_accept", "iii", _sock),
-        ("sock_recv", "iiiiii", _sock),
-        ("sock_send", "iiiii", _sock),
-        ("sock_shutdown", "ii", _sock),
+        ("fd_filestat_set_times", "iIIi", _fd_filestat_set_times),
+        # as Linux: fsync of a descriptor open for reading succeeds (nothing to write)
+        ("fd_sync", "i", _not_for_writing(EBADF, SUCCESS)),
+        ("fd_datasync", "i", _not_for_writing(EBADF, SUCCESS)),
+        ("sock_accept", "iii", _sock(1, _FDFLAGS_ALL)),
+        ("sock_recv", "iiiiii", _sock(3, _RIFLAGS_ALL)),
+        ("sock_send", "iiiii", _sock(3, 0)),
+        ("sock_shutdown", "ii", _sock(1, _SDFLAGS_ALL)),
     ]
 }

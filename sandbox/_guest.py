@@ -11,6 +11,7 @@ reaches wasmtime; ``Guest`` bounds-checks every pointer the payload passes.
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 
 import wasmtime
@@ -80,7 +81,8 @@ class Guest:
 
     __slots__ = ("context", "view", "size", "memory")
 
-    def __init__(self, caller) -> None:
+    def __init__(self, caller: int) -> None:
+        caller = ctypes.cast(caller, ctypes.POINTER(ffi.wasmtime_caller_t))
         ext = ffi.wasmtime_extern_t()
         found = ffi.wasmtime_caller_export_get(caller, _MEMORY_NAME, 6, ctypes.byref(ext))
         if not found or ext.kind != _MEMORY_KIND:
@@ -155,22 +157,63 @@ class Guest:
             raise Stopped
 
 
-def host(fn):
-    """Wrap a host function body: args are the raw values, the return an errno.
+# An unchecked callback gets its arguments as an array of 16-byte wasmtime_val_raw_t,
+# read here as u32 words: argument k's low half is word 4 * k (an i32 is all there,
+# the rest of its slot undefined), an i64's high half word 4 * k + 1. Plain ints come
+# out of such a pointer, with none of a union's per-field objects.
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.c_size_t,
+)
+
+
+def _decoder(params: str):
+    """raw arguments -> list of ints, for a function of `params` ("i" i32, "I" i64):
+    each i32 as unsigned (u32), each i64 as signed."""
+    words = [4 * k + half for k, kind in enumerate(params) for half in range(1 + (kind == "I"))]
+    if params == "i":
+        return lambda raw: (raw[0],)
+    get = operator.itemgetter(*words)
+    if "I" not in params:
+        return get
+    wide = [kind == "I" for kind in params]
+
+    def decode(raw) -> list[int]:
+        it = iter(get(raw))
+        values = []
+        for is_wide in wide:
+            value = next(it)
+            if is_wide:
+                value |= next(it) << 32
+                value -= (value >> 63) << 64
+            values.append(value)
+        return values
+
+    return decode
+
+
+def host(fn, params: str):
+    """Wrap a host function body for a function of `params` ("i" i32, "I" i64): the
+    body gets (job, caller, args), args the values (i32 as u32, i64 signed; see
+    _decoder), and returns an errno.
 
     The body may raise Fault (EFAULT), Errno (its errno), Stopped (the payload traps;
     the job ends as recorded in Job.stop) or return a trap (an int > 0xFFFF, from
     `trap`). Anything else raised is a bug here: it is recorded
     and the payload traps, and the job is reported as CRASH.
     """
+    decode = _decoder(params)
 
-    @ffi.wasmtime_func_unchecked_callback_t
-    def callback(env, caller, args, nargs):  # noqa: ARG001
+    @_Callback
+    def callback(env, caller, raw, nargs):  # noqa: ARG001
         job = _job.current()
         try:
             if job is None:
                 return trap("borednet sandbox: host call outside a job")
-            result = fn(job, caller, args)
+            result = fn(job, caller, decode(raw))
         except Fault:
             result = EFAULT
         except Errno as e:
@@ -183,7 +226,7 @@ def host(fn):
             return trap("borednet sandbox: internal error")
         if result > 0xFFFF:
             return result
-        args[0].i32 = result
+        raw[0] = result
         return 0
 
     callback.__name__ = fn.__name__
@@ -215,7 +258,7 @@ def shadow(linker: wasmtime.Linker, functions: dict[str, tuple[str, bool, object
             name.encode(),
             len(name),
             ty.ptr(),
-            callback,
+            ctypes.cast(callback, ffi.wasmtime_func_unchecked_callback_t),
             None,
             _no_finalizer,
         )

@@ -51,6 +51,7 @@ from sandbox._guest import (
     U32,
     WASI,
     Guest,
+    Stopped,
     host,
     shadow,
     trap,
@@ -120,8 +121,7 @@ assert _SUBSCRIPTION.size == _SUBSCRIPTION_SIZE and _EVENT.size == 32
 
 
 def _fd_write(job: _job.Job, caller, args) -> int:
-    fd = args[0].i32
-    iovs, iovs_len, nwritten = args[1].i32 & U32, args[2].i32 & U32, args[3].i32 & U32
+    fd, iovs, iovs_len, nwritten = args
     if fd not in (1, 2):
         return EBADF
     guest = Guest.of(job, caller)
@@ -151,7 +151,7 @@ def _fd_write(job: _job.Job, caller, args) -> int:
 def _proc_exit(job: _job.Job, caller, args) -> int:  # noqa: ARG001
     # wasmtime's own refuses codes of 126 and up (not portable process exit
     # statuses); a payload's exit code is just a number here
-    job.exit_code = args[0].i32 & U32
+    job.exit_code = args[0]
     return trap("borednet sandbox: proc_exit")
 
 
@@ -160,7 +160,7 @@ def _now_ns(job: _job.Job, guest: Guest) -> int:
 
 
 def _clock_time_get(job: _job.Job, caller, args) -> int:
-    clock_id, out = args[0].i32, args[2].i32 & U32
+    clock_id, _precision, out = args
     if not 0 <= clock_id <= 3:
         return EINVAL
     guest = Guest.of(job, caller)
@@ -169,7 +169,7 @@ def _clock_time_get(job: _job.Job, caller, args) -> int:
 
 
 def _clock_res_get(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    clock_id, out = args[0].i32, args[1].i32 & U32
+    clock_id, out = args
     if not 0 <= clock_id <= 3:
         return EINVAL
     Guest.of(job, caller).write(out, struct.pack("<Q", 1))
@@ -177,7 +177,7 @@ def _clock_res_get(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _random_get(job: _job.Job, caller, args) -> int:
-    buf, n = args[0].i32 & U32, args[1].i32 & U32
+    buf, n = args
     guest = Guest.of(job, caller)
     guest.check(buf, n)
     done = 0
@@ -193,7 +193,7 @@ def _random_get(job: _job.Job, caller, args) -> int:
             )
             job.random_block = first + count
             if job.must_stop():  # filling a huge buffer takes a while: honour the time limit
-                return trap("borednet sandbox: job stopped")
+                raise Stopped
         take = min(n - done, len(job.random))
         guest.write(buf + done, bytes(job.random[:take]))
         del job.random[:take]
@@ -202,8 +202,7 @@ def _random_get(job: _job.Job, caller, args) -> int:
 
 
 def _poll_oneoff(job: _job.Job, caller, args) -> int:
-    subs, events, nsubs = args[0].i32 & U32, args[1].i32 & U32, args[2].i32 & U32
-    nevents = args[3].i32 & U32
+    subs, events, nsubs, nevents = args
     if nsubs == 0:
         return EINVAL
     guest = Guest.of(job, caller)
@@ -231,12 +230,15 @@ def _poll_oneoff(job: _job.Job, caller, args) -> int:
 # name -> (params, has a result, callback). Module globals: ctypes callbacks must
 # outlive every linker that uses them.
 _OWN = {
-    "fd_write": ("iiii", True, host(_fd_write)),
-    "clock_time_get": ("iIi", True, host(_clock_time_get)),
-    "clock_res_get": ("ii", True, host(_clock_res_get)),
-    "random_get": ("ii", True, host(_random_get)),
-    "poll_oneoff": ("iiii", True, host(_poll_oneoff)),
-    "proc_exit": ("i", False, host(_proc_exit)),
+    name: (params, result, host(fn, params))
+    for name, params, result, fn in [
+        ("fd_write", "iiii", True, _fd_write),
+        ("clock_time_get", "iIi", True, _clock_time_get),
+        ("clock_res_get", "ii", True, _clock_res_get),
+        ("random_get", "ii", True, _random_get),
+        ("poll_oneoff", "iiii", True, _poll_oneoff),
+        ("proc_exit", "i", False, _proc_exit),
+    ]
 }
 
 

@@ -314,7 +314,7 @@ def test_lseek_and_pread(files_wasm):
         "readpast=0 ok",
         "write=-1 EBADF",  # not open for writing
         "ftruncate=-1 EBADF",
-        "fsync=-1 EROFS",
+        "fsync=0 ok",  # as Linux: nothing to write, nothing to refuse
     ]
 
 
