@@ -8,6 +8,7 @@ that reads, stats, lists, seeks, and tries to write; scripted WASI calls
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import tracemalloc
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 import sandbox
 from protocol import Limits, Status
-from sandbox import _files, _memory, _tree
+from sandbox import _files, _guest, _job, _memory, _tree
 from sandbox._guest import Errno
 from tests.helpers import collect_one
 from tests.wasi_calls import SCRATCH, Script, reference
@@ -404,6 +405,24 @@ def test_a_200_mb_file_is_mapped_not_copied(files_wasm, tmp_path):
     assert peak < 16 << 20, f"Python allocated {peak} bytes while reading a 200 MiB file"
 
 
+def test_a_host_file_under_many_guest_paths_is_mapped_once(tmp_path):
+    host = tmp_path / "one.bin"
+    host.write_bytes(b"x" * 5000)
+    os.link(host, tmp_path / "hard.bin")  # the same file under another host name
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"y")
+    files = {f"/p{i}": str(host) for i in range(100)}
+    files |= {"/hard": tmp_path / "hard.bin", "/other": str(other), "/bytes": b"z" * 9000}
+    with _tree.Volume(_tree.Tree(files)) as volume:
+        page = mmap.PAGESIZE
+        # whole pages of each host file, once: the address-space fence grows by that
+        assert volume.mapped == -(-5000 // page) * page + page
+        tree = volume.tree
+        views = {id(volume.view[tree.resolve(0, p.encode())]) for p in files if p != "/other"}
+        assert len(views) == 2  # /p* and /hard; /bytes
+        assert bytes(volume.view[tree.resolve(0, b"/hard")]) == b"x" * 5000
+
+
 def test_stdin_works_with_and_without_files(files_wasm):
     data = os.urandom(200_000)
     without = sandbox.run(files_wasm, ["stdin"], data)
@@ -571,6 +590,161 @@ def test_too_many_iovecs_is_einval():
     s.call("fd_read", 0, *many, SCRATCH)
     o = sandbox.run(s.wasm(), files={"/t": b"abc"})
     assert [r[2] for r in s.decode(o.stdout)] == [0, 28, 28, 28]  # EINVAL
+
+
+# --- bad values, small answers ---------------------------------------------------------
+
+
+def test_values_out_of_range_are_einval_not_masked():
+    s = Script()
+    a, one = s.string("a.txt"), s.iovecs((SCRATCH + 64, 16))
+    s.call("path_open", 3, 0, *a, 0, 2, 0, 0, SCRATCH)  # fd 4
+    calls = [
+        ("fd_seek", 4, 5, 256, SCRATCH),  # whence 256 is not SET
+        ("fd_seek", 4, 5, 3, SCRATCH),
+        ("fd_advise", 4, 0, 0, 6),
+        ("fd_advise", 4, 0, 0, 256),
+        ("fd_fdstat_set_flags", 4, 0x10004),  # not nonblock
+        ("fd_fdstat_set_flags", 4, 0x20),
+        ("fd_fdstat_set_rights", 4, 1 << 30, 0),
+        ("fd_filestat_set_times", 4, 0, 0, 0x10),
+        ("fd_filestat_set_times", 4, 0, 0, 3),  # atim and atim_now
+        ("path_open", 3, 0, *s.string("new"), 0x10001, 2, 0, 0, SCRATCH),  # not O_CREAT
+        ("path_open", 3, 0, *a, 0x10, 2, 0, 0, SCRATCH),
+        ("path_open", 3, 0, *a, 0, 2, 0, 0x10004, SCRATCH),  # fdflags: not nonblock
+        ("path_open", 3, 0, *a, 0, 1 << 30, 0, 0, SCRATCH),  # rights
+        ("path_open", 3, 2, *a, 0, 2, 0, 0, SCRATCH),  # lookupflags
+        ("path_filestat_get", 3, 2, *a, SCRATCH),
+        ("path_filestat_set_times", 3, 0, *a, 0, 0, 12),
+        ("path_link", 3, 2, *a, 3, *s.string("b")),
+        ("sock_shutdown", 4, 4),
+        ("sock_accept", 4, 0x20, SCRATCH),
+        ("sock_recv", 4, *one, 4, SCRATCH, SCRATCH + 8),
+        ("sock_send", 4, *one, 1, SCRATCH),
+        ("fd_pread", 4, *one, -1, SCRATCH),  # a negative offset
+        ("fd_pread", 4, *one, -(1 << 63), SCRATCH),
+    ]
+    for call in calls:
+        s.call(*call)
+    s.call("fd_tell", 4, SCRATCH)  # no seek moved it
+    o = sandbox.run(s.wasm(), files={"/a.txt": HELLO})
+    assert o.status is Status.OK, o.detail
+    results = s.decode(o.stdout)
+    assert [r[2] for r in results[1:-1]] == [28] * len(calls)  # EINVAL
+    assert results[-1][2] == 0 and results[-1][3][:8] == bytes(8)
+
+
+def test_fsync_creating_a_directory_and_opening_one_to_create_answer_as_linux():
+    s = Script()
+    s.call("path_open", 3, 0, *s.string("a.txt"), 0, 2, 0, 0, SCRATCH)  # fd 4
+    s.call("fd_sync", 4)
+    s.call("fd_datasync", 4)
+    s.call("fd_sync", 3)
+    s.call("path_open", 3, 0, *s.string("new/"), 1, 2, 0, 0, SCRATCH)  # O_CREAT
+    s.call("path_open", 3, 0, *s.string("d/new/"), 1, 2, 0, 0, SCRATCH)
+    s.call("path_open", 3, 0, *s.string("nope/new/"), 1, 2, 0, 0, SCRATCH)
+    s.call("path_open", 3, 0, *s.string("d"), 1, 2, 0, 0, SCRATCH)  # an existing directory
+    s.call("path_open", 3, 0, *s.string("d"), 5, 2, 0, 0, SCRATCH)  # O_CREAT | O_EXCL
+    s.call("path_open", 3, 0, *s.string("new"), 1, 2, 0, 0, SCRATCH)
+    s.call("path_open", 3, 0, *s.string("a.txt/"), 1, 2, 0, 0, SCRATCH)
+    o = sandbox.run(s.wasm(), files={"/a.txt": HELLO, "/d/b": b""})
+    # SUCCESS x 3, EISDIR, EISDIR, ENOENT, EISDIR, EEXIST, EROFS, ENOTDIR
+    assert [r[2] for r in s.decode(o.stdout)] == [0, 0, 0, 0, 31, 31, 44, 31, 20, 69, 54]
+
+
+# --- what reading costs -------------------------------------------------------------------
+
+
+def _pread_script(times: int, length: int) -> bytes:
+    s = Script()
+    s.call("path_open", 3, 0, *s.string("f"), 0, 2, 0, 0, SCRATCH)  # fd 4
+    vec = s.iovecs((65536, length))
+    for _ in range(times):
+        s.call("fd_pread", 4, *vec, 0, SCRATCH)
+    return s.wasm()
+
+
+@pytest.mark.parametrize("size", [1, 16, 17, 20_000])
+def test_reading_input_files_costs_fuel_per_byte(size):
+    wasm = _pread_script(3, 40_000)  # each pread reads the whole file
+    read = sandbox.run(wasm, files={"/f": os.urandom(size)})
+    empty = sandbox.run(wasm, files={"/f": b""})
+    assert read.status is empty.status is Status.OK, read.detail
+    assert read.fuel - empty.fuel == 3 * _files.read_fuel(size) == 3 * -(-size // 16)
+
+
+def test_a_read_the_fuel_left_cannot_pay_for_ends_the_job_as_fuel():
+    wasm = _pread_script(1, 1 << 16)
+    empty = sandbox.run(wasm, files={"/f": b""})
+    cost = _files.read_fuel(1 << 16)
+    limit = empty.fuel + cost // 2
+    o = sandbox.run(wasm, limits=Limits(fuel=limit), files={"/f": bytes(1 << 16)})
+    assert (o.status, o.fuel, o.detail) == (Status.FUEL, limit, f"fuel limit of {limit} exhausted")
+    assert o.stdout == b""  # it ended in the read
+    enough = empty.fuel + cost
+    o = sandbox.run(wasm, limits=Limits(fuel=enough), files={"/f": bytes(1 << 16)})
+    assert (o.status, o.fuel) == (Status.OK, enough)
+
+
+def test_readdir_listings_cost_fuel_as_reads():
+    s = Script()
+    for _ in range(2):
+        s.call("fd_readdir", 3, SCRATCH, 256, 0, SCRATCH + 300)
+    wasm = s.wasm()
+    short = sandbox.run(wasm, files={"/a": b""})
+    long = sandbox.run(wasm, files={"/" + "a" * 40: b""})
+    # ".", ".." and the one entry: a 24-byte dirent and the name each
+    listed = [_files.read_fuel(3 * 24 + 1 + 2 + n) for n in (1, 40)]
+    assert long.fuel - short.fuel == 2 * (listed[1] - listed[0]) > 0
+
+
+class _Clock:
+    """A job's clock that says `step` seconds have passed each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_one_long_read_checks_the_time_limit_between_chunks(monkeypatch):
+    monkeypatch.setattr(_files, "COPY_CHUNK", 16)
+    job = _job.Job(Limits(time_s=1), _Clock(0.6))  # over at its second check
+
+    class _Memory:
+        view = memoryview(bytearray(200))
+
+    source = memoryview(bytes(range(100)))
+    with pytest.raises(_guest.Stopped):
+        _files._copy(job, _Memory, [(0, 40), (50, 60)], source, 0)
+    assert job.stop[0] is Status.TIME
+    copied = bytes(_Memory.view[:40]) + bytes(_Memory.view[50:110])
+    assert copied.rstrip(b"\0") == bytes(range(32))  # two chunks, then the limit
+
+
+def test_the_guest_memory_is_looked_up_once_per_job(monkeypatch):
+    looked = []
+    export_get = _guest.ffi.wasmtime_caller_export_get
+
+    def counting(*args):
+        looked.append(1)
+        return export_get(*args)
+
+    monkeypatch.setattr(_guest.ffi, "wasmtime_caller_export_get", counting)
+    s = Script()
+    vec = s.iovecs((SCRATCH + 64, 1))
+    for _ in range(50):
+        s.call("fd_read", 0, *vec, SCRATCH)
+    wasm = s.wasm()
+    o = sandbox.run(wasm, stdin=bytes(range(50)))
+    assert o.status is Status.OK, o.detail
+    assert [r[3][64] for r in s.decode(o.stdout)] == list(range(50))
+    assert len(looked) == 1
+    looked.clear()
+    assert sandbox.run(wasm, stdin=b"x").status is Status.OK
+    assert len(looked) == 1  # a new job, a new instance: looked up again
 
 
 # --- guest paths and the tree -------------------------------------------------------
