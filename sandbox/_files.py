@@ -3,12 +3,21 @@
 All the file descriptor, path and socket functions of WASI preview 1 are
 defined here, over wasmtime's, stdin included: one code path whether a job
 has input files or not. fd 0 reads the job's bytes exactly as wasmtime's stdin
-did (into the first non-empty iovec), and fds 0, 1 and 2 answer fdstat,
-filestat, seek, close and the rest as wasmtime answered them
-(tests/sandbox/test_sandbox_files.py compares the two call by call); writing
-to fd 1 and 2 stays with _wasi's ``fd_write``. A job without files has no
-preopened directory, so it behaves, call for call, as before it could have
-files.
+did (into the first non-empty iovec, the only one checked), and, given valid
+arguments, fds 0, 1 and 2 answer fdstat, filestat, seek, close and the rest
+as wasmtime answered them (tests/sandbox/test_sandbox_files.py compares the
+two call by call); writing to fd 1 and 2 stays with _wasi's ``fd_write``. A
+job without files has no preopened directory, so it behaves, call for call,
+as before it could have files, and its fuel is what it was.
+
+Bad arguments are where the two part: every value is checked against its
+field's range first, on any descriptor, and one out of it is EINVAL (whence
+over 2, advice over 5, a flag bit WASI does not define), where wasmtime
+trapped; no alignment is required of struct pointers, where wasmtime trapped;
+more than MAX_IOVECS iovecs are EINVAL on stdin too, where wasmtime read them;
+a pointer out of memory is EFAULT, where wasmtime said ENOMEM for an iovec
+and EINTR for ``nread``. docs/sandbox.md ("Stdin and stdio") lists them, and
+the tests check each.
 
 A job's input files (a _tree.Volume) are one read-only tree, seen through one
 preopened directory, ``/`` at fd 3, so that wasi-libc resolves every absolute
@@ -20,11 +29,18 @@ root is the root, as on any POSIX system, so no path leads out of the tree:
 there is nothing above it. A read copies the bytes from the mapped file into
 the guest's linear memory, nothing in between.
 
+A read of input files (and a directory listing) costs fuel, 1 per FUEL_BYTES
+bytes copied, rounded up per call, taken from the store before anything is
+copied: copying is host work, and a file can be read again without end, so it
+must not come free; the rate is fixed, so the fuel is the same everywhere.
+Stdin stays free. A long read checks the time limit every COPY_CHUNK bytes.
+
 Anything that would write or create is refused, with the errno a read-only
 file system gives (EROFS), or EBADF where the descriptor is not open for
-writing; docs/sandbox.md ("Input files") lists them. Every guest pointer is
-checked (EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and
-MAX_FDS descriptors may be open (EMFILE).
+writing; fsync succeeds, as Linux's of a descriptor open for reading;
+docs/sandbox.md ("Input files") lists them. Every guest pointer is checked
+(EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and MAX_FDS
+descriptors may be open (EMFILE).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ A job's files are a mapping guest absolute path -> source, a source being
 ``bytes`` or a host file's path. ``Tree`` checks the guest paths (where the
 job is made, before anything runs) and lays out the tree, with no I/O;
 ``Volume`` holds the files' bytes while the job runs: host files opened
-read-only and mapped (``mmap``, PROT_READ, MAP_SHARED), so that a 200 MB file
-is never copied into Python memory and its pages are the page cache's, shared
-by every worker that reads it; ``bytes`` used as they are. The guest's view of
+read-only and mapped (``mmap``, PROT_READ, MAP_SHARED), each once however many
+guest paths name it, so that a 200 MB file is never copied into Python memory
+and its pages are the page cache's, shared by every worker that reads it;
+``bytes`` used as they are. The guest's view of
 them is _files'.
 
 Node i of a tree is the i-th of all its paths, directories included, in
