@@ -41,6 +41,12 @@ writing; fsync succeeds, as Linux's of a descriptor open for reading;
 docs/sandbox.md ("Input files") lists them. Every guest pointer is checked
 (EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and MAX_FDS
 descriptors may be open (EMFILE).
+
+Why one module: the functions are one table (FUNCTIONS) over one descriptor
+table (Fds), and what each answers for fds 0 to 2, for a file and for a
+directory is one contract, read and tested against wasmtime's as a whole; the
+helpers (iovecs, copying, the flags' ranges) serve only them. Split by
+function, the answers for stdio would be spread over files.
 """
 
 from __future__ import annotations
