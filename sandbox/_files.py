@@ -289,11 +289,14 @@ def read_fuel(n: int) -> int:
 def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int:
     """A read of `entry`'s file at `pos` into guest iovecs (each checked here), paid
     for in fuel (read_fuel) before anything is copied; how many bytes."""
+    total = 0
     for ptr, length in vecs:
         guest.check(ptr, length)
+        total += length
     source = job.files.volume.view[entry.node]
-    room = max(0, min(sum(length for _, length in vecs), len(source) - pos, MAX_READ))
-    guest.charge(job, read_fuel(room))
+    room = min(total, len(source) - pos, MAX_READ)
+    if room > 0:
+        guest.charge(job, read_fuel(room))
     return _copy(job, guest, vecs, source, pos)
 
 
@@ -315,7 +318,8 @@ def _valid_times(fstflags: int) -> None:
 
 def _fd_read(job: _job.Job, caller, args) -> int:
     fd, iovs, n, nread = args
-    entry = job.files.table.get(fd)
+    files = job.files
+    entry = files.table.get(fd)
     if entry.__class__ is _Stdin:  # as wasmtime's stdin: the first non-empty iovec only
         guest = Guest.of(job, caller)
         vecs = [v for v in _iovecs(guest, iovs, n) if v[1]][:1]
@@ -323,9 +327,9 @@ def _fd_read(job: _job.Job, caller, args) -> int:
             guest.check(ptr, length)
         guest.check(nread, 4)
         done = _copy(job, guest, vecs, entry.data, entry.pos)
-    elif entry is None or isinstance(entry, _Out):
+    elif entry is None or entry.__class__ is _Out:
         return EBADF
-    elif job.files.volume.tree.is_dir[entry.node]:
+    elif files.volume.tree.is_dir[entry.node]:
         return EISDIR
     else:
         guest = Guest.of(job, caller)

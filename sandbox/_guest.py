@@ -79,7 +79,7 @@ class Guest:
     [0, size) may be touched, which `check` makes sure of.
     """
 
-    __slots__ = ("context", "view", "size", "memory")
+    __slots__ = ("context", "view", "size", "memory", "_fuel", "_fuel_ref")
 
     def __init__(self, caller: int) -> None:
         caller = ctypes.cast(caller, ctypes.POINTER(ffi.wasmtime_caller_t))
@@ -95,6 +95,8 @@ class Guest:
             raise RuntimeError("a guest memory the sandbox's memory creator did not make")
         self.view = _memory.view(base, self.memory.capacity)
         self.size = self.memory.size
+        self._fuel = ctypes.c_uint64(0)  # where wasmtime writes the fuel left
+        self._fuel_ref = ctypes.byref(self._fuel)
 
     @staticmethod
     def of(job: _job.Job, caller) -> Guest:
@@ -133,10 +135,9 @@ class Guest:
         _U64.pack_into(self.view, ptr, value)
 
     def fuel_left(self) -> int:
-        remaining = ctypes.c_uint64(0)
-        if ffi.wasmtime_context_get_fuel(self.context, ctypes.byref(remaining)):
+        if ffi.wasmtime_context_get_fuel(self.context, self._fuel_ref):
             raise RuntimeError("fuel is not on")  # cannot happen: both engines consume it
-        return remaining.value
+        return self._fuel.value
 
     def fuel_used(self, job: _job.Job) -> int:
         return job.limits.fuel - self.fuel_left()
