@@ -174,9 +174,9 @@ _Callback = ctypes.CFUNCTYPE(
 def _decoder(params: str):
     """raw arguments -> list of ints, for a function of `params` ("i" i32, "I" i64):
     each i32 as unsigned (u32), each i64 as signed."""
-    words = [4 * k + half for k, kind in enumerate(params) for half in range(1 + (kind == "I"))]
     if params == "i":
         return lambda raw: (raw[0],)
+    words = [4 * k + half for k, kind in enumerate(params) for half in range(1 + (kind == "I"))]
     get = operator.itemgetter(*words)
     if "I" not in params:
         return get

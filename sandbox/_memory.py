@@ -220,7 +220,7 @@ def install(config) -> None:
 
 def at(address: int) -> _Memory | None:
     """The memory whose payload bytes start at `address`, if this module made it."""
-    for m in _memories.values():
+    for m in list(_memories.values()):  # a copy: jobs on other threads add to it
         if m.base + m.guard == address:
             return m
     return None

@@ -202,7 +202,7 @@ class Volume:
             os.close(fd)
         self._maps.append((address, info.st_size))
         self.mapped += -(-info.st_size // mmap.PAGESIZE) * mmap.PAGESIZE
-        # read-only: the slot's view is never written (a write would fault the process)
+        # read-only, as the mapping is: a write through it would fault the process
         view = _view(address, info.st_size).toreadonly()
         self._by_inode[info.st_dev, info.st_ino] = view
         return view

@@ -7,6 +7,7 @@ that reads, stats, lists, seeks, and tries to write; scripted WASI calls
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
 import os
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 import sandbox
 from protocol import Limits, Status
 from sandbox import _files, _guest, _job, _memory, _tree
-from sandbox._guest import Errno
+from sandbox._guest import U64, Errno
 from tests.helpers import collect_one
 from tests.wasi_calls import SCRATCH, Script, reference
 
@@ -687,6 +688,33 @@ def test_fsync_creating_a_directory_and_opening_one_to_create_answer_as_linux():
     o = sandbox.run(s.wasm(), files={"/a.txt": HELLO, "/d/b": b""})
     # SUCCESS x 3, EISDIR, EISDIR, ENOENT, EISDIR, EEXIST, EROFS, ENOTDIR
     assert [r[2] for r in s.decode(o.stdout)] == [0, 0, 0, 0, 31, 31, 44, 31, 20, 69, 54]
+
+
+_ARGS = st.lists(
+    st.one_of(
+        st.tuples(st.just("i"), st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 96) - 1)),
+        st.tuples(st.just("I"), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(0, U64)),
+    ),
+    min_size=1,
+    max_size=9,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ARGS)
+def test_host_functions_get_i32_as_u32_and_i64_signed_whatever_fills_the_slots(args):
+    # one 16-byte wasmtime_val_raw_t per argument: an i32 in its low 4 bytes, an i64 in
+    # its low 8; the rest of the slot is whatever was there
+    raw = b"".join(
+        v.to_bytes(4, "little") + junk.to_bytes(12, "little")
+        if kind == "i"
+        else (v & U64).to_bytes(8, "little") + junk.to_bytes(8, "little")
+        for kind, v, junk in args
+    )
+    slots = ctypes.create_string_buffer(raw, len(raw))
+    words = ctypes.cast(slots, ctypes.POINTER(ctypes.c_uint32))
+    params = "".join(kind for kind, _, _ in args)
+    assert list(_guest._decoder(params)(words)) == [v for _, v, _ in args]
 
 
 # --- what reading costs -------------------------------------------------------------------
