@@ -3,12 +3,21 @@
 All the file descriptor, path and socket functions of WASI preview 1 are
 defined here, over wasmtime's, stdin included: one code path whether a job
 has input files or not. fd 0 reads the job's bytes exactly as wasmtime's stdin
-did (into the first non-empty iovec), and fds 0, 1 and 2 answer fdstat,
-filestat, seek, close and the rest as wasmtime answered them
-(tests/sandbox/test_sandbox_files.py compares the two call by call); writing
-to fd 1 and 2 stays with _wasi's ``fd_write``. A job without files has no
-preopened directory, so it behaves, call for call, as before it could have
-files.
+did (into the first non-empty iovec, the only one checked), and, given valid
+arguments, fds 0, 1 and 2 answer fdstat, filestat, seek, close and the rest
+as wasmtime answered them (tests/sandbox/test_sandbox_files.py compares the
+two call by call); writing to fd 1 and 2 stays with _wasi's ``fd_write``. A
+job without files has no preopened directory, so it behaves, call for call,
+as before it could have files, and its fuel is what it was.
+
+Bad arguments are where the two part: every value is checked against its
+field's range first, on any descriptor, and one out of it is EINVAL (whence
+over 2, advice over 5, a flag bit WASI does not define), where wasmtime
+trapped; no alignment is required of struct pointers, where wasmtime trapped;
+more than MAX_IOVECS iovecs are EINVAL on stdin too, where wasmtime read them;
+a pointer out of memory is EFAULT, where wasmtime said ENOMEM for an iovec
+and EINTR for ``nread``. docs/sandbox.md ("Stdin and stdio") lists them, and
+the tests check each.
 
 A job's input files (a _tree.Volume) are one read-only tree, seen through one
 preopened directory, ``/`` at fd 3, so that wasi-libc resolves every absolute
@@ -20,16 +29,28 @@ root is the root, as on any POSIX system, so no path leads out of the tree:
 there is nothing above it. A read copies the bytes from the mapped file into
 the guest's linear memory, nothing in between.
 
+A read of input files (and a directory listing) costs fuel, 1 per FUEL_BYTES
+bytes copied, rounded up per call, taken from the store before anything is
+copied: copying is host work, and a file can be read again without end, so it
+must not come free; the rate is fixed, so the fuel is the same everywhere.
+Stdin stays free. A long read checks the time limit every COPY_CHUNK bytes.
+
 Anything that would write or create is refused, with the errno a read-only
 file system gives (EROFS), or EBADF where the descriptor is not open for
-writing; docs/sandbox.md ("Input files") lists them. Every guest pointer is
-checked (EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and
-MAX_FDS descriptors may be open (EMFILE).
+writing; fsync succeeds, as Linux's of a descriptor open for reading;
+docs/sandbox.md ("Input files") lists them. Every guest pointer is checked
+(EFAULT), at most MAX_IOVECS iovecs go in one call (EINVAL) and MAX_FDS
+descriptors may be open (EMFILE).
+
+Why one module: the functions are one table (FUNCTIONS) over one descriptor
+table (Fds), and what each answers for fds 0 to 2, for a file and for a
+directory is one contract, read and tested against wasmtime's as a whole; the
+helpers (iovecs, copying, the flags' ranges) serve only them. Split by
+function, the answers for stdio would be spread over files.
 """
 
 from __future__ import annotations
 
-import ctypes
 import struct
 
 from sandbox import _job
@@ -47,11 +68,12 @@ from sandbox._guest import (
     EOVERFLOW,
     EROFS,
     ESPIPE,
+    IOVEC,
     SUCCESS,
-    U32,
     U64,
     Errno,
     Guest,
+    Stopped,
     host,
 )
 from sandbox._tree import MAX_PATH_BYTES, Volume
@@ -59,6 +81,8 @@ from sandbox._tree import MAX_PATH_BYTES, Volume
 MAX_FDS = 1024  # open descriptors, stdio and the preopen included (a common RLIMIT_NOFILE)
 MAX_IOVECS = 1024  # per call (IOV_MAX)
 MAX_READ = (1 << 31) - 1  # bytes per read call (SSIZE_MAX of wasm32)
+FUEL_BYTES = 16  # bytes of input files read per unit of fuel, rounded up per call
+COPY_CHUNK = 16 << 20  # bytes copied between checks of the time limit
 PREOPEN_FD = 3
 
 
@@ -91,10 +115,16 @@ _DIR_RIGHTS = (
     | _FD_FDSTAT_SET_FLAGS
     | _FD_ADVISE
 )
-# oflags, fdflags
+# oflags, fdflags, and every bit each flags field may have (any other is EINVAL)
 _O_CREAT, _O_DIRECTORY, _O_EXCL, _O_TRUNC = 1, 2, 4, 8
+_OFLAGS_ALL = 15
 _FDFLAG_APPEND, _FDFLAG_DSYNC, _FDFLAG_NONBLOCK, _FDFLAG_SYNC = 1, 2, 4, 16
+_FDFLAGS_ALL = 31  # append, dsync, nonblock, rsync, sync
+_LOOKUP_SYMLINK_FOLLOW = 1
+_FST_ALL = 15  # atim, atim_now, mtim, mtim_now
+_RIFLAGS_ALL, _SDFLAGS_ALL = 3, 3  # recv_peek, recv_waitall; rd, wr
 _WHENCE_SET, _WHENCE_CUR, _WHENCE_END = 0, 1, 2
+_ADVICE_MAX = 5  # normal, sequential, random, willneed, dontneed, noreuse
 _DIRENT = struct.Struct("<QQIB3x")  # d_next, d_ino, d_namlen, d_type
 _MAX_OFFSET = (1 << 63) - 1
 
@@ -103,11 +133,10 @@ _MAX_OFFSET = (1 << 63) - 1
 
 
 class _Stdin:
-    __slots__ = ("data", "address", "pos")
+    __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes) -> None:
-        self.data = data  # c_char_p points into it
-        self.address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        self.data = memoryview(data)
         self.pos = 0
 
 
@@ -186,16 +215,12 @@ class Fds:
         return fd
 
 
-def _fds(job: _job.Job) -> Fds:
-    return job.files
-
-
 def _put(guest: Guest, ptr: int, size: int, *fields: tuple[int, bytes]) -> None:
     """A struct of `size` bytes at `ptr`, its fields written and its padding left as it
     was (as wasmtime wrote them); EFAULT unless all of it is in guest memory."""
-    at = guest.check(ptr, size)
+    guest.check(ptr, size)
     for offset, raw in fields:
-        ctypes.memmove(at + offset, raw, len(raw))
+        guest.write(ptr + offset, raw)
 
 
 def _filestat(guest: Guest, ptr: int, volume: Volume | None, node: int) -> None:
@@ -216,84 +241,137 @@ def _path(guest: Guest, ptr: int, n: int) -> bytes:
     return guest.read(ptr, n)
 
 
-def _copy(vecs: list[tuple[int, int]], source: int, size: int, pos: int) -> int:
-    """Bytes [pos, size) of the data at host address `source` into the iovecs, in order;
-    how many."""
+def _iovecs(guest: Guest, ptr: int, n: int) -> list[tuple[int, int]]:
+    """The `n` iovecs at `ptr` as guest (pointer, length), the array checked, not the
+    buffers; EINVAL past MAX_IOVECS."""
+    if n > MAX_IOVECS:
+        raise Errno(EINVAL)
+    guest.check(ptr, 8 * n)
+    if n == 1:  # the common case
+        return [IOVEC.unpack_from(guest.view, ptr)]
+    return [IOVEC.unpack_from(guest.view, ptr + 8 * i) for i in range(n)]
+
+
+def _copy(job: _job.Job, guest: Guest, vecs, source: memoryview, pos: int) -> int:
+    """Bytes [pos, len(source)) into the guest's iovecs (pointer, length; each checked
+    already), in order; how many. The time limit is checked after every COPY_CHUNK
+    bytes (Stopped), so that one call cannot run far past it."""
+    size, view = len(source), guest.view
+    if len(vecs) == 1 and vecs[0][1] <= COPY_CHUNK:  # the common case: one slice
+        ptr, length = vecs[0]
+        take = min(length, size - pos)
+        if take <= 0:
+            return 0
+        view[ptr : ptr + take] = source[pos : pos + take]
+        return take
     total = 0
-    for address, length in vecs:
+    for ptr, length in vecs:
         take = min(length, size - pos - total, MAX_READ - total)
         if take <= 0:
             break
-        ctypes.memmove(address, source + pos + total, take)
+        done = 0
+        while done < take:
+            step = min(take - done, COPY_CHUNK - (total + done) % COPY_CHUNK)
+            at = pos + total + done
+            view[ptr + done : ptr + done + step] = source[at : at + step]
+            done += step
+            if not (total + done) % COPY_CHUNK and job.must_stop():
+                raise Stopped
         total += take
     return total
 
 
-def _u32(args, i: int) -> int:
-    return args[i].i32 & U32
+def read_fuel(n: int) -> int:
+    """The fuel a read of `n` bytes of input files costs: one per FUEL_BYTES, rounded up."""
+    return -(-n // FUEL_BYTES)
+
+
+def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int:
+    """A read of `entry`'s file at `pos` into guest iovecs (each checked here), paid
+    for in fuel (read_fuel) before anything is copied; how many bytes."""
+    total = 0
+    for ptr, length in vecs:
+        guest.check(ptr, length)
+        total += length
+    source = job.files.volume.view[entry.node]
+    room = min(total, len(source) - pos, MAX_READ)
+    if room > 0:
+        guest.charge(job, read_fuel(room))
+    return _copy(job, guest, vecs, source, pos)
+
+
+def _valid(value: int, allowed: int) -> None:
+    """EINVAL unless `value` (a flags field) has only bits of `allowed`."""
+    if value & ~allowed:
+        raise Errno(EINVAL)
+
+
+def _valid_times(fstflags: int) -> None:
+    """EINVAL unless `fstflags` are known bits, neither time both given and now."""
+    _valid(fstflags, _FST_ALL)
+    if fstflags & 3 == 3 or fstflags & 12 == 12:
+        raise Errno(EINVAL)
 
 
 # --- reading ---------------------------------------------------------------------
 
 
 def _fd_read(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    fd, iovs, n, nread = args[0].i32, _u32(args, 1), _u32(args, 2), _u32(args, 3)
-    entry = fds.get(fd)
-    if isinstance(entry, _Out):
+    fd, iovs, n, nread = args
+    files = job.files
+    entry = files.table.get(fd)
+    if entry.__class__ is _Stdin:  # as wasmtime's stdin: the first non-empty iovec only
+        guest = Guest.of(job, caller)
+        vecs = [v for v in _iovecs(guest, iovs, n) if v[1]][:1]
+        for ptr, length in vecs:
+            guest.check(ptr, length)
+        guest.check(nread, 4)
+        done = _copy(job, guest, vecs, entry.data, entry.pos)
+    elif entry is None or entry.__class__ is _Out:
         return EBADF
-    if isinstance(entry, _Open) and fds.volume.tree.is_dir[entry.node]:
+    elif files.volume.tree.is_dir[entry.node]:
         return EISDIR
-    if n > MAX_IOVECS:
-        return EINVAL
-    guest = Guest(caller)
-    vecs = guest.iovecs(iovs, n)
-    guest.check(nread, 4)
-    if isinstance(entry, _Stdin):  # as wasmtime's stdin: the first non-empty iovec only
-        vecs = [v for v in vecs if v[1]][:1]
-        done = _copy(vecs, entry.address, len(entry.data), entry.pos)
     else:
-        volume = fds.volume
-        done = _copy(vecs, volume.address[entry.node], volume.size[entry.node], entry.pos)
+        guest = Guest.of(job, caller)
+        vecs = _iovecs(guest, iovs, n)
+        guest.check(nread, 4)
+        done = _file_read(job, guest, entry, vecs, entry.pos)
     entry.pos += done
     guest.put_u32(nread, done)
     return SUCCESS
 
 
 def _fd_pread(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    fd, iovs, n = args[0].i32, _u32(args, 1), _u32(args, 2)
-    offset, nread = args[3].i64 & U64, _u32(args, 4)
+    fds = job.files
+    fd, iovs, n, offset, nread = args
     entry = fds.get(fd)
     if isinstance(entry, _Stdin):
         return ESPIPE
     entry = fds.file(fd, EBADF, EISDIR)
-    if n > MAX_IOVECS:
+    guest = Guest.of(job, caller)
+    vecs = _iovecs(guest, iovs, n)
+    if offset < 0:
         return EINVAL
-    guest = Guest(caller)
-    vecs = guest.iovecs(iovs, n)
     guest.check(nread, 4)
-    volume = fds.volume
-    size = volume.size[entry.node]
-    done = _copy(vecs, volume.address[entry.node], size, min(offset, size))
+    done = _file_read(job, guest, entry, vecs, min(offset, fds.volume.size[entry.node]))
     guest.put_u32(nread, done)
     return SUCCESS
 
 
 def _fd_seek(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    fd, offset, whence, out = args[0].i32, args[1].i64, args[2].i32 & 0xFF, _u32(args, 3)
+    fds = job.files
+    fd, offset, whence, out = args
+    if whence > _WHENCE_END:
+        return EINVAL
     entry = fds.file(fd, ESPIPE, EBADF)
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.check(out, 8)
     if whence == _WHENCE_SET:
         base = 0
     elif whence == _WHENCE_CUR:
         base = entry.pos
-    elif whence == _WHENCE_END:
-        base = fds.volume.size[entry.node]
     else:
-        return EINVAL
+        base = fds.volume.size[entry.node]
     pos = base + offset
     if pos < 0:
         return EINVAL
@@ -305,21 +383,22 @@ def _fd_seek(job: _job.Job, caller, args) -> int:
 
 
 def _fd_tell(job: _job.Job, caller, args) -> int:
-    entry = _fds(job).file(args[0].i32, ESPIPE, EBADF)
-    Guest(caller).put_u64(_u32(args, 1), entry.pos)
+    fd, out = args
+    entry = job.files.file(fd, ESPIPE, EBADF)
+    Guest.of(job, caller).put_u64(out, entry.pos)
     return SUCCESS
 
 
 def _fd_close(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    fds = _fds(job)
-    fds.get(args[0].i32)
-    del fds.table[args[0].i32]
+    (fd,) = args
+    job.files.get(fd)
+    del job.files.table[fd]
     return SUCCESS
 
 
 def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    fds = _fds(job)
-    fd, to = args[0].i32, args[1].i32
+    fds = job.files
+    fd, to = args
     fds.get(fd)
     fds.get(to)
     if fd != to:
@@ -328,8 +407,9 @@ def _fd_renumber(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    entry = fds.get(args[0].i32)
+    fds = job.files
+    fd, out = args
+    entry = fds.get(fd)
     if isinstance(entry, _Stdin):
         kind, flags, base, inheriting = _UNKNOWN, 0, _FD_READ, _FD_READ
     elif isinstance(entry, _Out):
@@ -346,13 +426,14 @@ def _fd_fdstat_get(job: _job.Job, caller, args) -> int:
         (2, struct.pack("<H", flags)),
         (8, struct.pack("<QQ", base, inheriting)),
     )
-    _put(Guest(caller), _u32(args, 1), 24, *fields)
+    _put(Guest.of(job, caller), out, 24, *fields)
     return SUCCESS
 
 
 def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = _fds(job).node(args[0].i32)
-    flags = args[1].i32 & 0xFFFF
+    fd, flags = args
+    _valid(flags, _FDFLAGS_ALL)
+    entry = job.files.node(fd)
     if flags & ~_FDFLAG_NONBLOCK:
         return ENOTSUP
     entry.flags = flags
@@ -360,77 +441,90 @@ def _fd_fdstat_set_flags(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def _fd_fdstat_set_rights(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).node(args[0].i32)
+    fd, base, inheriting = args
+    _valid(base & U64, _RIGHTS_ALL)
+    _valid(inheriting & U64, _RIGHTS_ALL)
+    job.files.node(fd)
     return ENOTSUP
 
 
 def _fd_filestat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    entry = fds.get(args[0].i32)
+    fds = job.files
+    fd, out = args
+    entry = fds.get(fd)
     if isinstance(entry, _Open):
-        _filestat(Guest(caller), _u32(args, 1), fds.volume, entry.node)
+        _filestat(Guest.of(job, caller), out, fds.volume, entry.node)
     else:
-        _filestat(Guest(caller), _u32(args, 1), None, 0)
+        _filestat(Guest.of(job, caller), out, None, 0)
     return SUCCESS
 
 
 def _fd_advise(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).node(args[0].i32)
-    return SUCCESS if 0 <= (args[3].i32 & 0xFF) <= 5 else EINVAL
+    fd, _offset, _length, advice = args
+    if advice > _ADVICE_MAX:
+        return EINVAL
+    job.files.node(fd)
+    return SUCCESS
 
 
 def _fd_readdir(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    fd, buf, buf_len = args[0].i32, _u32(args, 1), _u32(args, 2)
-    cookie, used = args[3].i64 & U64, _u32(args, 4)
+    fds = job.files
+    fd, buf, buf_len, cookie, used = args
     entry = fds.node(fd)
     tree = fds.volume.tree
     if not tree.is_dir[entry.node]:
         return ENOTDIR
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.check(buf, buf_len)
     guest.check(used, 4)
     out = bytearray()
     entries = tree.entries[entry.node]
-    for i in range(min(cookie, len(entries)), len(entries)):
+    for i in range(min(cookie & U64, len(entries)), len(entries)):
         if len(out) >= buf_len:
             break
         name, node = entries[i]
         kind = _DIRECTORY if tree.is_dir[node] else _REGULAR
         out += _DIRENT.pack(i + 1, node + 1, len(name), kind) + name
     del out[buf_len:]
+    guest.charge(job, read_fuel(len(out)))  # a listing is read from the tree, as a file
     guest.write(buf, bytes(out))
     guest.put_u32(used, len(out))
     return SUCCESS
 
 
 def _fd_prestat_get(job: _job.Job, caller, args) -> int:
-    entry = _fds(job).get(args[0].i32)
+    fd, out = args
+    entry = job.files.get(fd)
     if not isinstance(entry, _Open) or not entry.preopen:
         return EBADF
-    _put(Guest(caller), _u32(args, 1), 8, (0, b"\0"), (4, struct.pack("<I", 1)))
+    _put(Guest.of(job, caller), out, 8, (0, b"\0"), (4, struct.pack("<I", 1)))
     return SUCCESS
 
 
 def _fd_prestat_dir_name(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    entry, ptr, n = fds.get(args[0].i32), _u32(args, 1), _u32(args, 2)
+    fds = job.files
+    fd, ptr, n = args
+    entry = fds.get(fd)
     if not isinstance(entry, _Open) or not fds.volume.tree.is_dir[entry.node]:
         return ENOTDIR  # as wasmtime answered for fd 0 to 2
     if not entry.preopen:
         return EBADF
     if n < 1:
         return ENAMETOOLONG
-    Guest(caller).write(ptr, b"/")
+    Guest.of(job, caller).write(ptr, b"/")
     return SUCCESS
 
 
 def _path_open(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    at = fds.directory(args[0].i32).node
-    ptr, n, oflags = _u32(args, 2), _u32(args, 3), args[4].i32 & 0xFFFF
-    rights, fdflags, out = args[5].i64 & U64, args[7].i32 & 0xFFFF, _u32(args, 8)
-    guest = Guest(caller)
+    fds = job.files
+    fd, lookup, ptr, n, oflags, rights, inheriting, fdflags, out = args
+    _valid(lookup, _LOOKUP_SYMLINK_FOLLOW)
+    _valid(oflags, _OFLAGS_ALL)
+    _valid(rights & U64, _RIGHTS_ALL)
+    _valid(inheriting & U64, _RIGHTS_ALL)
+    _valid(fdflags, _FDFLAGS_ALL)
+    at = fds.directory(fd).node
+    guest = Guest.of(job, caller)
     raw = _path(guest, ptr, n)
     guest.check(out, 4)
     tree = fds.volume.tree
@@ -444,37 +538,42 @@ def _path_open(job: _job.Job, caller, args) -> int:
             at = tree.resolve(at, parent or b"/")
         if not tree.is_dir[at]:
             return ENOTDIR
-        return EROFS  # creating a file
+        # creating: a file, or, named with a final "/", a directory, which open cannot
+        return EISDIR if raw.endswith(b"/") else EROFS
     if oflags & _O_CREAT and oflags & _O_EXCL:
         return EEXIST
     if oflags & _O_DIRECTORY and not tree.is_dir[node]:
         return ENOTDIR
     writing = rights & _WRITE_RIGHTS or fdflags & (_FDFLAG_APPEND | _FDFLAG_DSYNC | _FDFLAG_SYNC)
+    if tree.is_dir[node] and (writing or oflags & (_O_TRUNC | _O_CREAT)):
+        return EISDIR  # as Linux: a directory is not opened to write, truncate or create
     if writing or oflags & _O_TRUNC:
-        return EISDIR if tree.is_dir[node] else EROFS
+        return EROFS
     guest.put_u32(out, fds.add(_Open(node, fdflags & _FDFLAG_NONBLOCK)))
     return SUCCESS
 
 
 def _path_filestat_get(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    at = fds.directory(args[0].i32).node
-    guest = Guest(caller)
-    raw = _path(guest, _u32(args, 2), _u32(args, 3))
-    ptr = _u32(args, 4)
-    guest.check(ptr, 64)
+    fds = job.files
+    fd, lookup, ptr, n, out = args
+    _valid(lookup, _LOOKUP_SYMLINK_FOLLOW)
+    at = fds.directory(fd).node
+    guest = Guest.of(job, caller)
+    raw = _path(guest, ptr, n)
+    guest.check(out, 64)
     node = fds.volume.tree.resolve(at, raw)
-    _filestat(guest, ptr, fds.volume, node)
+    _filestat(guest, out, fds.volume, node)
     return SUCCESS
 
 
 def _path_readlink(job: _job.Job, caller, args) -> int:
-    fds = _fds(job)
-    at = fds.directory(args[0].i32).node
-    guest = Guest(caller)
-    raw = _path(guest, _u32(args, 1), _u32(args, 2))
-    guest.check(_u32(args, 3), _u32(args, 4))
-    guest.check(_u32(args, 5), 4)
+    fds = job.files
+    fd, ptr, n, buf, buf_len, used = args
+    at = fds.directory(fd).node
+    guest = Guest.of(job, caller)
+    raw = _path(guest, ptr, n)
+    guest.check(buf, buf_len)
+    guest.check(used, 4)
     fds.volume.tree.resolve(at, raw)
     return EINVAL  # it exists, and nothing in the tree is a symbolic link
 
@@ -482,20 +581,32 @@ def _path_readlink(job: _job.Job, caller, args) -> int:
 # --- refused: everything that would write --------------------------------------
 
 
-def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: int):
-    """A function that checks its directory descriptors (args at `where`) and its paths
-    ((pointer, length) args), then answers `errno`."""
+def _refused(where: tuple[int, ...], paths: tuple[tuple[int, int], ...], errno: int, valid=None):
+    """A function that checks its values (`valid(args)`, raising EINVAL), its directory
+    descriptors (args at `where`) and its paths ((pointer, length) args), then
+    answers `errno`."""
 
     def refuse(job: _job.Job, caller, args) -> int:
-        fds = _fds(job)
+        if valid is not None:
+            valid(args)
+        fds = job.files
         for i in where:
-            fds.directory(args[i].i32)
-        guest = Guest(caller)
+            fds.directory(args[i])
+        guest = Guest.of(job, caller)
         for ptr, n in paths:
-            _path(guest, _u32(args, ptr), _u32(args, n))
+            _path(guest, args[ptr], args[n])
         return errno
 
     return refuse
+
+
+def _valid_link(args) -> None:  # path_link
+    _valid(args[1], _LOOKUP_SYMLINK_FOLLOW)
+
+
+def _valid_set_times(args) -> None:  # path_filestat_set_times
+    _valid(args[1], _LOOKUP_SYMLINK_FOLLOW)
+    _valid_times(args[6])
 
 
 def _not_for_writing(stdio: int, tree: int):
@@ -503,20 +614,33 @@ def _not_for_writing(stdio: int, tree: int):
     wasmtime answered), `tree` for a file or directory."""
 
     def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-        entry = _fds(job).get(args[0].i32)
+        entry = job.files.get(args[0])
         return tree if isinstance(entry, _Open) else stdio
 
     return refuse
 
 
+def _fd_filestat_set_times(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+    _valid_times(args[3])
+    entry = job.files.get(args[0])
+    return EROFS if isinstance(entry, _Open) else EBADF
+
+
 def _fd_pwrite(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    entry = _fds(job).get(args[0].i32)
+    entry = job.files.get(args[0])
     return ESPIPE if isinstance(entry, _Out) else EBADF
 
 
-def _sock(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    _fds(job).get(args[0].i32)
-    return ENOTSOCK
+def _sock(flags: int, allowed: int):
+    """A sock_* function: EINVAL if its flags (arg `flags`) have a bit not in
+    `allowed`, else ENOTSOCK for any open descriptor."""
+
+    def refuse(job: _job.Job, caller, args) -> int:  # noqa: ARG001
+        _valid(args[flags], allowed)
+        job.files.get(args[0])
+        return ENOTSOCK
+
+    return refuse
 
 
 def _named(fn, name: str):
@@ -527,7 +651,7 @@ def _named(fn, name: str):
 # name -> (params: "i" i32, "I" i64; has a result; callback). Module globals: ctypes
 # callbacks must outlive every linker that uses them. fd_write is _wasi's.
 FUNCTIONS = {
-    name: (params, True, host(_named(fn, name)))
+    name: (params, True, host(_named(fn, name), params))
     for name, params, fn in [
         ("fd_read", "iiii", _fd_read),
         ("fd_pread", "iiiIi", _fd_pread),
@@ -551,17 +675,22 @@ FUNCTIONS = {
         ("path_remove_directory", "iii", _refused((0,), ((1, 2),), EROFS)),
         ("path_rename", "iiiiii", _refused((0, 3), ((1, 2), (4, 5)), EROFS)),
         ("path_symlink", "iiiii", _refused((2,), ((0, 1), (3, 4)), EROFS)),
-        ("path_link", "iiiiiii", _refused((0, 4), ((2, 3), (5, 6)), EROFS)),
-        ("path_filestat_set_times", "iiiiIIi", _refused((0,), ((2, 3),), EROFS)),
+        ("path_link", "iiiiiii", _refused((0, 4), ((2, 3), (5, 6)), EROFS, _valid_link)),
+        (
+            "path_filestat_set_times",
+            "iiiiIIi",
+            _refused((0,), ((2, 3),), EROFS, _valid_set_times),
+        ),
         ("fd_pwrite", "iiiIi", _fd_pwrite),
         ("fd_allocate", "iII", _not_for_writing(EBADF, EBADF)),
         ("fd_filestat_set_size", "iI", _not_for_writing(EBADF, EBADF)),
-        ("fd_filestat_set_times", "iIIi", _not_for_writing(EBADF, EROFS)),
-        ("fd_sync", "i", _not_for_writing(EBADF, EROFS)),
-        ("fd_datasync", "i", _not_for_writing(EBADF, EROFS)),
-        ("sock_accept", "iii", _sock),
-        ("sock_recv", "iiiiii", _sock),
-        ("sock_send", "iiiii", _sock),
-        ("sock_shutdown", "ii", _sock),
+        ("fd_filestat_set_times", "iIIi", _fd_filestat_set_times),
+        # as Linux: fsync of a descriptor open for reading succeeds (nothing to write)
+        ("fd_sync", "i", _not_for_writing(EBADF, SUCCESS)),
+        ("fd_datasync", "i", _not_for_writing(EBADF, SUCCESS)),
+        ("sock_accept", "iii", _sock(1, _FDFLAGS_ALL)),
+        ("sock_recv", "iiiiii", _sock(3, _RIFLAGS_ALL)),
+        ("sock_send", "iiiii", _sock(3, 0)),
+        ("sock_shutdown", "ii", _sock(1, _SDFLAGS_ALL)),
     ]
 }

@@ -11,12 +11,14 @@ reaches wasmtime; ``Guest`` bounds-checks every pointer the payload passes.
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from sandbox import _job
+from protocol import Status
+from sandbox import _job, _memory
 
 WASI = "wasi_snapshot_preview1"
 
@@ -40,12 +42,18 @@ ESPIPE = 70
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 IOVEC = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _MEMORY_NAME = b"memory"
 _MEMORY_KIND = ffi.WASMTIME_EXTERN_MEMORY.value
 
 
 class Fault(Exception):
     """A guest pointer outside its memory: the call returns EFAULT."""
+
+
+class Stopped(Exception):
+    """The job must end (its reason is recorded in ``Job.stop``): the payload traps."""
 
 
 class Errno(Exception):
@@ -63,82 +71,163 @@ def trap(message: str) -> int:
 
 
 class Guest:
-    """The calling instance's exported memory, for one host call."""
+    """The calling instance's exported memory and its store's context, for one job (see
+    `of`); `size` is as of the current host call.
 
-    __slots__ = ("context", "base", "size")
+    `view` is a memoryview of the memory's whole reservation (it never moves), so that
+    guest bytes are read and written by slicing, with no ctypes call; only
+    [0, size) may be touched, which `check` makes sure of.
+    """
 
-    def __init__(self, caller) -> None:
+    __slots__ = ("context", "view", "size", "memory", "_fuel", "_fuel_ref")
+
+    def __init__(self, caller: int) -> None:
+        caller = ctypes.cast(caller, ctypes.POINTER(ffi.wasmtime_caller_t))
         ext = ffi.wasmtime_extern_t()
         found = ffi.wasmtime_caller_export_get(caller, _MEMORY_NAME, 6, ctypes.byref(ext))
         if not found or ext.kind != _MEMORY_KIND:
             raise Fault
         self.context = ffi.wasmtime_caller_context(caller)
         memory = ctypes.byref(ext.of.memory)
-        self.base = ctypes.cast(
-            ffi.wasmtime_memory_data(self.context, memory), ctypes.c_void_p
-        ).value
-        self.size = ffi.wasmtime_memory_data_size(self.context, memory)
+        base = ctypes.cast(ffi.wasmtime_memory_data(self.context, memory), ctypes.c_void_p).value
+        self.memory = _memory.at(base)
+        if self.memory is None:
+            raise RuntimeError("a guest memory the sandbox's memory creator did not make")
+        self.view = _memory.view(base, self.memory.capacity)
+        self.size = self.memory.size
+        self._fuel = ctypes.c_uint64(0)  # where wasmtime writes the fuel left
+        self._fuel_ref = ctypes.byref(self._fuel)
 
-    def check(self, ptr: int, n: int) -> int:
-        """The host address of guest bytes [ptr, ptr + n); Fault if any is outside."""
+    @staticmethod
+    def of(job: _job.Job, caller) -> Guest:
+        """The job's Guest, its memory's size as of now: looked up on the job's first
+        host call, then kept (one instance per job; its memory never moves)."""
+        g = job.guest
+        if g is None:
+            g = job.guest = Guest(caller)
+        else:
+            g.size = g.memory.size
+        return g
+
+    def check(self, ptr: int, n: int) -> None:
+        """Fault unless guest bytes [ptr, ptr + n) are all in its memory."""
         if ptr + n > self.size:
             raise Fault
-        return self.base + ptr
 
     def read(self, ptr: int, n: int) -> bytes:
-        return ctypes.string_at(self.check(ptr, n), n)
+        if ptr + n > self.size:
+            raise Fault
+        return self.view[ptr : ptr + n].tobytes()
 
     def write(self, ptr: int, data: bytes) -> None:
-        ctypes.memmove(self.check(ptr, len(data)), data, len(data))
+        if ptr + len(data) > self.size:
+            raise Fault
+        self.view[ptr : ptr + len(data)] = data
 
     def put_u32(self, ptr: int, value: int) -> None:
-        ctypes.c_uint32.from_address(self.check(ptr, 4)).value = value
+        if ptr + 4 > self.size:
+            raise Fault
+        _U32.pack_into(self.view, ptr, value)
 
     def put_u64(self, ptr: int, value: int) -> None:
-        ctypes.c_uint64.from_address(self.check(ptr, 8)).value = value
+        if ptr + 8 > self.size:
+            raise Fault
+        _U64.pack_into(self.view, ptr, value)
 
-    def iovecs(self, ptr: int, n: int) -> list[tuple[int, int]]:
-        """The `n` iovecs at `ptr` as (host address, length), each checked."""
-        raw = self.read(ptr, 8 * n)
-        vecs = []
-        for i in range(n):
-            p, length = IOVEC.unpack_from(raw, 8 * i)
-            vecs.append((self.check(p, length), length))
-        return vecs
+    def fuel_left(self) -> int:
+        if ffi.wasmtime_context_get_fuel(self.context, self._fuel_ref):
+            raise RuntimeError("fuel is not on")  # cannot happen: both engines consume it
+        return self._fuel.value
 
     def fuel_used(self, job: _job.Job) -> int:
-        remaining = ctypes.c_uint64(0)
-        if ffi.wasmtime_context_get_fuel(self.context, ctypes.byref(remaining)):
-            return 0  # cannot happen with fuel on; reading 0 keeps the clock fixed
-        return job.limits.fuel - remaining.value
+        return job.limits.fuel - self.fuel_left()
+
+    def charge(self, job: _job.Job, fuel: int) -> None:
+        """Burn `fuel` of the job's store, as if the payload had run that many
+        instructions; if less is left, the job ends as FUEL (Stopped)."""
+        if not fuel:
+            return
+        left = self.fuel_left()
+        if left < fuel:
+            fuel = left
+            job.halt(Status.FUEL, f"fuel limit of {job.limits.fuel} exhausted")
+        err = ffi.wasmtime_context_set_fuel(self.context, left - fuel)
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+        if job.stop is not None:
+            raise Stopped
 
 
-def host(fn):
-    """Wrap a host function body: args are the raw values, the return an errno.
+# An unchecked callback gets its arguments as an array of 16-byte wasmtime_val_raw_t,
+# read here as u32 words: argument k's low half is word 4 * k (an i32 is all there,
+# the rest of its slot undefined), an i64's high half word 4 * k + 1. Plain ints come
+# out of such a pointer, with none of a union's per-field objects.
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint32),
+    ctypes.c_size_t,
+)
 
-    The body may raise Fault (EFAULT), Errno (its errno) or return a trap (an int
-    > 0xFFFF, from `trap`). Anything else raised is a bug here: it is recorded
+
+def _decoder(params: str):
+    """raw arguments -> list of ints, for a function of `params` ("i" i32, "I" i64):
+    each i32 as unsigned (u32), each i64 as signed."""
+    if params == "i":
+        return lambda raw: (raw[0],)
+    words = [4 * k + half for k, kind in enumerate(params) for half in range(1 + (kind == "I"))]
+    get = operator.itemgetter(*words)
+    if "I" not in params:
+        return get
+    wide = [kind == "I" for kind in params]
+
+    def decode(raw) -> list[int]:
+        it = iter(get(raw))
+        values = []
+        for is_wide in wide:
+            value = next(it)
+            if is_wide:
+                value |= next(it) << 32
+                value -= (value >> 63) << 64
+            values.append(value)
+        return values
+
+    return decode
+
+
+def host(fn, params: str):
+    """Wrap a host function body for a function of `params` ("i" i32, "I" i64): the
+    body gets (job, caller, args), args the values (i32 as u32, i64 signed; see
+    _decoder), and returns an errno.
+
+    The body may raise Fault (EFAULT), Errno (its errno), Stopped (the payload traps;
+    the job ends as recorded in Job.stop) or return a trap (an int > 0xFFFF, from
+    `trap`). Anything else raised is a bug here: it is recorded
     and the payload traps, and the job is reported as CRASH.
     """
+    decode = _decoder(params)
 
-    @ffi.wasmtime_func_unchecked_callback_t
-    def callback(env, caller, args, nargs):  # noqa: ARG001
+    @_Callback
+    def callback(env, caller, raw, nargs):  # noqa: ARG001
         job = _job.current()
         try:
             if job is None:
                 return trap("borednet sandbox: host call outside a job")
-            result = fn(job, caller, args)
+            result = fn(job, caller, decode(raw))
         except Fault:
             result = EFAULT
         except Errno as e:
             result = e.errno
+        except Stopped:
+            return trap("borednet sandbox: job stopped")
         except BaseException as e:
             if job is not None:
                 job.internal = f"{fn.__name__}: {e!r}"
             return trap("borednet sandbox: internal error")
         if result > 0xFFFF:
             return result
-        args[0].i32 = result
+        raw[0] = result
         return 0
 
     callback.__name__ = fn.__name__
@@ -170,7 +259,7 @@ def shadow(linker: wasmtime.Linker, functions: dict[str, tuple[str, bool, object
             name.encode(),
             len(name),
             ty.ptr(),
-            callback,
+            ctypes.cast(callback, ffi.wasmtime_func_unchecked_callback_t),
             None,
             _no_finalizer,
         )

@@ -40,6 +40,7 @@ class Job:
         "internal",
         "exit_code",
         "files",
+        "guest",
     )
 
     def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
@@ -58,6 +59,7 @@ class Job:
         self.internal: str | None = None  # a bug in host code, reported as CRASH
         self.exit_code: int | None = None  # given to proc_exit
         self.files = None  # its file descriptors: stdin, stdout, stderr, input files (_files)
+        self.guest = None  # its instance's memory, once a host call has looked it up (_guest)
 
     def halt(self, status: Status, detail: str) -> None:
         """Record why the job must end; the first reason is the one reported."""

@@ -218,6 +218,21 @@ def install(config) -> None:
     ffi.wasmtime_config_host_memory_creator_set(config.ptr(), ctypes.byref(_CREATOR))
 
 
+def at(address: int) -> _Memory | None:
+    """The memory whose payload bytes start at `address`, if this module made it."""
+    for m in list(_memories.values()):  # a copy: jobs on other threads add to it
+        if m.base + m.guard == address:
+            return m
+    return None
+
+
+def view(address: int, size: int) -> memoryview:
+    """Bytes [address, address + size) of this process, as a writable memoryview (no
+    copy; the caller makes sure the mapping outlives it and touches only what is
+    mapped accessible)."""
+    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+
+
 def live() -> int:
     """Linear memories currently mapped (for tests: a finished job leaves none)."""
     return len(_memories)

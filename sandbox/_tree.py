@@ -4,9 +4,10 @@ A job's files are a mapping guest absolute path -> source, a source being
 ``bytes`` or a host file's path. ``Tree`` checks the guest paths (where the
 job is made, before anything runs) and lays out the tree, with no I/O;
 ``Volume`` holds the files' bytes while the job runs: host files opened
-read-only and mapped (``mmap``, PROT_READ, MAP_SHARED), so that a 200 MB file
-is never copied into Python memory and its pages are the page cache's, shared
-by every worker that reads it; ``bytes`` used as they are. The guest's view of
+read-only and mapped (``mmap``, PROT_READ, MAP_SHARED), each once however many
+guest paths name it, so that a 200 MB file is never copied into Python memory
+and its pages are the page cache's, shared by every worker that reads it;
+``bytes`` used as they are. The guest's view of
 them is _files'.
 
 Node i of a tree is the i-th of all its paths, directories included, in
@@ -26,6 +27,7 @@ from types import MappingProxyType
 
 from sandbox._guest import ENAMETOOLONG, ENOENT, ENOTDIR, Errno
 from sandbox._memory import _MAP_FAILED, _libc
+from sandbox._memory import view as _view
 
 MAX_FILES = 4096  # files in one job's tree
 MAX_DIRS = 4096  # directories their paths imply, the root included (deep paths imply many)
@@ -33,6 +35,7 @@ MAX_NAME_BYTES = 255  # one path component, in UTF-8 (NAME_MAX)
 MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 
 Source = bytes | str | os.PathLike
+_EMPTY = memoryview(b"")
 NO_FILES: Mapping[str, Source] = MappingProxyType({})
 
 
@@ -150,44 +153,47 @@ class Tree:
 
 
 class Volume:
-    """A Tree with its files' bytes at hand, for the job that reads them. Host files are
-    mapped read-only (and the descriptor closed at once); `close` unmaps them.
+    """A Tree with its files' bytes at hand, for the job that reads them: `view[node]`,
+    a memoryview of each file's bytes (empty for a directory). Host files are mapped
+    read-only (and the descriptor closed at once), each host file once however many
+    guest paths it has (known by device and inode); `close` unmaps them.
 
     OSError if a host file cannot be opened or mapped, or is not a regular file.
     The host files must not shrink while the job runs (a read past the new end
     would fault the process).
     """
 
-    __slots__ = ("tree", "address", "size", "mapped", "_maps", "_keep")
+    __slots__ = ("tree", "view", "size", "mapped", "_maps", "_by_inode")
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
-        n = len(tree.paths)
-        self.address = [0] * n
-        self.size = [0] * n
-        self.mapped = 0  # bytes of host files mapped
+        self.view = [_EMPTY] * len(tree.paths)
+        self.size = [0] * len(tree.paths)
+        self.mapped = 0  # bytes of address space the mappings take (whole pages)
         self._maps: list[tuple[int, int]] = []
-        self._keep: list[bytes] = []
+        self._by_inode: dict[tuple[int, int], memoryview] = {}
         try:
             for i, source in enumerate(tree.sources):
                 if isinstance(source, bytes):
-                    self._keep.append(source)  # c_char_p points into it: keep it alive
-                    self.address[i] = ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value
-                    self.size[i] = len(source)
+                    self.view[i] = memoryview(source)
                 elif source is not None:
-                    self.address[i], self.size[i] = self._map(os.fspath(source))
+                    self.view[i] = self._map(os.fspath(source))
+                self.size[i] = len(self.view[i])
         except BaseException:
             self.close()
             raise
 
-    def _map(self, path: str) -> tuple[int, int]:
+    def _map(self, path: str) -> memoryview:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise OSError(f"{path}: not a regular file")
+            known = self._by_inode.get((info.st_dev, info.st_ino))
+            if known is not None:
+                return known
             if not info.st_size:
-                return 0, 0
+                return _EMPTY
             address = _libc.mmap(None, info.st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
             if address is None or address == _MAP_FAILED:
                 err = ctypes.get_errno()
@@ -195,14 +201,18 @@ class Volume:
         finally:
             os.close(fd)
         self._maps.append((address, info.st_size))
-        self.mapped += info.st_size
-        return address, info.st_size
+        self.mapped += -(-info.st_size // mmap.PAGESIZE) * mmap.PAGESIZE
+        # read-only, as the mapping is: a write through it would fault the process
+        view = _view(address, info.st_size).toreadonly()
+        self._by_inode[info.st_dev, info.st_ino] = view
+        return view
 
     def close(self) -> None:
+        self.view = []
+        self._by_inode = {}
         for address, size in self._maps:
             _libc.munmap(address, size)
         self._maps = []
-        self._keep = []
 
     def __enter__(self) -> Volume:
         return self

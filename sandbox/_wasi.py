@@ -36,7 +36,6 @@ They are raw ctypes callbacks, written with the plumbing of _guest.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import struct
 
@@ -52,6 +51,7 @@ from sandbox._guest import (
     U32,
     WASI,
     Guest,
+    Stopped,
     host,
     shadow,
     trap,
@@ -121,11 +121,10 @@ assert _SUBSCRIPTION.size == _SUBSCRIPTION_SIZE and _EVENT.size == 32
 
 
 def _fd_write(job: _job.Job, caller, args) -> int:
-    fd = args[0].i32
-    iovs, iovs_len, nwritten = args[1].i32 & U32, args[2].i32 & U32, args[3].i32 & U32
+    fd, iovs, iovs_len, nwritten = args
     if fd not in (1, 2):
         return EBADF
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     vec = guest.read(iovs, 8 * iovs_len)
     guest.check(nwritten, 4)
     # copy only what is kept: stdout up to its cap, stderr up to STDERR_KEEP
@@ -145,14 +144,14 @@ def _fd_write(job: _job.Job, caller, args) -> int:
         if total > room:
             job.halt(Status.OUTPUT, f"stdout passed the output limit of {job.limits.output_kb} KiB")
             return trap("borednet sandbox: output limit reached")
-    ctypes.c_uint32.from_address(guest.base + nwritten).value = min(total, U32)
+    guest.put_u32(nwritten, min(total, U32))
     return SUCCESS
 
 
 def _proc_exit(job: _job.Job, caller, args) -> int:  # noqa: ARG001
     # wasmtime's own refuses codes of 126 and up (not portable process exit
     # statuses); a payload's exit code is just a number here
-    job.exit_code = args[0].i32 & U32
+    job.exit_code = args[0]
     return trap("borednet sandbox: proc_exit")
 
 
@@ -161,25 +160,25 @@ def _now_ns(job: _job.Job, guest: Guest) -> int:
 
 
 def _clock_time_get(job: _job.Job, caller, args) -> int:
-    clock_id, out = args[0].i32, args[2].i32 & U32
+    clock_id, _precision, out = args
     if not 0 <= clock_id <= 3:
         return EINVAL
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     guest.write(out, struct.pack("<Q", _now_ns(job, guest) & 0xFFFFFFFFFFFFFFFF))
     return SUCCESS
 
 
 def _clock_res_get(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    clock_id, out = args[0].i32, args[1].i32 & U32
+    clock_id, out = args
     if not 0 <= clock_id <= 3:
         return EINVAL
-    Guest(caller).write(out, struct.pack("<Q", 1))
+    Guest.of(job, caller).write(out, struct.pack("<Q", 1))
     return SUCCESS
 
 
 def _random_get(job: _job.Job, caller, args) -> int:
-    buf, n = args[0].i32 & U32, args[1].i32 & U32
-    guest = Guest(caller)
+    buf, n = args
+    guest = Guest.of(job, caller)
     guest.check(buf, n)
     done = 0
     while done < n:
@@ -194,7 +193,7 @@ def _random_get(job: _job.Job, caller, args) -> int:
             )
             job.random_block = first + count
             if job.must_stop():  # filling a huge buffer takes a while: honour the time limit
-                return trap("borednet sandbox: job stopped")
+                raise Stopped
         take = min(n - done, len(job.random))
         guest.write(buf + done, bytes(job.random[:take]))
         del job.random[:take]
@@ -203,11 +202,10 @@ def _random_get(job: _job.Job, caller, args) -> int:
 
 
 def _poll_oneoff(job: _job.Job, caller, args) -> int:
-    subs, events, nsubs = args[0].i32 & U32, args[1].i32 & U32, args[2].i32 & U32
-    nevents = args[3].i32 & U32
+    subs, events, nsubs, nevents = args
     if nsubs == 0:
         return EINVAL
-    guest = Guest(caller)
+    guest = Guest.of(job, caller)
     raw = guest.read(subs, _SUBSCRIPTION_SIZE * nsubs)
     guest.check(events, 32 * nsubs)
     guest.check(nevents, 4)
@@ -232,12 +230,15 @@ def _poll_oneoff(job: _job.Job, caller, args) -> int:
 # name -> (params, has a result, callback). Module globals: ctypes callbacks must
 # outlive every linker that uses them.
 _OWN = {
-    "fd_write": ("iiii", True, host(_fd_write)),
-    "clock_time_get": ("iIi", True, host(_clock_time_get)),
-    "clock_res_get": ("ii", True, host(_clock_res_get)),
-    "random_get": ("ii", True, host(_random_get)),
-    "poll_oneoff": ("iiii", True, host(_poll_oneoff)),
-    "proc_exit": ("i", False, host(_proc_exit)),
+    name: (params, result, host(fn, params))
+    for name, params, result, fn in [
+        ("fd_write", "iiii", True, _fd_write),
+        ("clock_time_get", "iIi", True, _clock_time_get),
+        ("clock_res_get", "ii", True, _clock_res_get),
+        ("random_get", "ii", True, _random_get),
+        ("poll_oneoff", "iiii", True, _poll_oneoff),
+        ("proc_exit", "i", False, _proc_exit),
+    ]
 }
 
 

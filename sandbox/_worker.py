@@ -32,7 +32,8 @@ OS fences, under the sandbox's own limits, re-armed for each job:
   were wrong; the growth is refused and the job ends as MEMORY.
 - RLIMIT_AS: address space at start-up + one linear memory's reservation
   (4 GiB plus guards on 64-bit hosts, so that bounds checks are elided) +
-  memory_mb + HOST_MARGIN + the job's input files mapped (see _tree): catches a
+  memory_mb + HOST_MARGIN + the job's input files mapped (whole pages of each
+  host file, mapped once however many guest paths it has; see _tree): catches a
   runaway host-side allocation.
 - RLIMIT_CORE 0: a crashing worker leaves no core files behind.
 
