@@ -74,7 +74,7 @@ class Locality:
         the total of all it reads (by guest path, as JobSpec.input_bytes counts)."""
         if not job_files:
             return NO_FILES
-        mine = frozenset(f.sha256 for f in own) - self._shared_by_hash.keys()
+        mine = frozenset(f.sha256 for f in own).difference(self._shared_by_hash)
         return (mine, sum(f.size for f in job_files.values()))
 
     def _fits(self, key: FilesKey, allowance: int | None) -> bool:

@@ -20,19 +20,21 @@ from collections import deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
-from dealer._core import Accepted, Core
+from dealer._core import Accepted, Assignment, Core
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
+from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
 from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
 from dealer._policy import RETRY_IDLE_S as RETRY_IDLE_S
 from dealer._policy import RETRY_QUOTA_S as RETRY_QUOTA_S
-from dealer._policy import SOON_S, Policy
 from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
+from net._gate import Ration, source_of
 from protocol import Peer
 from protocol._signing import AuthorKey
-from tasks import Job, Task
+from tasks import InputFileError, Job, Task
+from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,19 @@ STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
 PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see SOON_S)
+# `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address, 32
+# chunks a second (128 MiB/s) after a burst of 64; in all, 128 a second (512 MiB/s)
+# after a burst of 256: what serving files can cost the loop, whoever asks
+FETCH_PER_S, FETCH_BURST = 32.0, 64.0
+ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 256.0
 DISTINCT = ("host", "subnet", "key")
 
 
-def _size(job: Job) -> int:
+def _size(a: Assignment) -> int:
     """About how many bytes a job takes in a `jobs` message."""
-    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args)
+    job = a.job
+    files = sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
+    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args) + files
 
 
 class Service(Relays):
@@ -106,10 +115,19 @@ class Service(Relays):
                 **task_pins(task),
             }
         )
+        # the input files every job reads (InputFileError: the task's own mistake)
+        files = shared_files(task.files, task.payload.files)
         # a job that can never be sent with this payload fails as it is drawn (see Core)
         self.core = Core(
-            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+            task.jobs(),
+            policy,
+            journal.tag_prefix,
+            payload_bytes=len(task.payload.wasm),
+            files=files,
         )
+        self.fetches = 0  # chunks of input files served
+        self.files_served_bytes = 0
+        self.fetch_ration = Ration(FETCH_PER_S, FETCH_BURST, ALL_FETCH_PER_S, ALL_FETCH_BURST)
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -259,6 +277,8 @@ class Service(Relays):
             return self._deny(msg, now, peer)
         if isinstance(msg, p.WorkQuery):
             return self.work_offer(msg.id)
+        if isinstance(msg, p.Fetch):
+            return self._fetch(msg, now, peer)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
@@ -290,22 +310,38 @@ class Service(Relays):
         too_much = msg.host.refuses(self.task.limits)
         if too_much is not None:
             want = 0  # this machine cannot run these jobs: only its `holding` is read
-        assigned = core.bored(
-            peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine, platform
+        ask = functools.partial(
+            core.bored,
+            peer.key,
+            memory_mb=msg.host.memory_mb,
+            now=now,
+            machine=machine,
+            platform=platform,
+            input_mb=msg.host.input_mb,
+            files=msg.host.files or (),
         )
-        size = sum(_size(a.job) for a in assigned)
+        assigned = ask(want=min(want, 1), holding=msg.holding)
+        size = sum(_size(a) for a in assigned)
         while assigned and len(assigned) < want and size < budget:
             per_job = max(1, size // len(assigned))
             chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
-            more = core.bored(peer.key, chunk, msg.host.memory_mb, now, None, machine, platform)
+            more = ask(want=chunk)
             if not more:
                 break
             assigned += more
-            size += sum(_size(a.job) for a in more)
+            size += sum(_size(a) for a in more)
         if assigned:
             limits = self._job_limits
             specs = tuple(
-                p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, limits, a.deadline - now)
+                p.JobSpec(
+                    a.tag,
+                    sha,
+                    a.job.args,
+                    a.job.stdin,
+                    limits,
+                    a.deadline - now,
+                    {path: f.ref for path, f in a.files.items()} if a.files else None,
+                )
                 for a in assigned
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
@@ -320,6 +356,11 @@ class Service(Relays):
         if too_much is not None:
             why = f"jobs here need {too_much}"
             return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
+        need = core.files_need(msg.host.input_mb)
+        if need is not None:  # every job wanting a replica reads more than it takes
+            refused = msg.host.refuses_inputs(need) or "input files (this jobber takes none)"
+            why = f"jobs here need {refused}"
+            return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if not core.has_work():
             referral = self._elsewhere(msg, now)
             if referral is not None:
@@ -329,6 +370,37 @@ class Service(Relays):
             return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
         why = "no job needs this machine now; all are out"
         return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
+
+    def _fetch(self, msg: p.Fetch, now: float, peer: Peer) -> p.Message:
+        """One chunk of an input file a job of this batch reads, read from its file now
+        (one pread and one SHA-256 of at most CHUNK_BYTES, checked against the digest
+        taken when the task was built). Rationed per source address and in all, as
+        `status` is (net._router): past the ration, a `busy` error saying when."""
+        if self.core.is_denied(peer.key):
+            return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
+        f = self.core.input_file(msg.hash)
+        if f is None:
+            return p.Error(msg.id, p.ErrorCode.UNKNOWN_FILE, f"no input file {msg.hash} here")
+        chunks = len(f.digests)
+        if msg.chunk >= chunks:
+            why = f"chunk {msg.chunk} is past the end: the file has {chunks} chunks"
+            return p.Error(msg.id, p.ErrorCode.UNEXPECTED, why)
+        wait_s = self.fetch_ration.take(source_of(peer.address), now)
+        if wait_s > 0:
+            why = (
+                f"busy: fetch is rationed to {FETCH_PER_S:g} chunks a second per address;"
+                f" ask again in {max(wait_s, 0.05):.2f} s"
+            )
+            return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
+        try:
+            data = f.read_chunk(msg.chunk)
+        except (OSError, InputFileError) as e:
+            log.error("cannot serve input file %s: %s", msg.hash[:12], e)
+            return p.Error(msg.id, p.ErrorCode.INTERNAL, f"cannot read input file: {e}"[:1000])
+        self.fetches += 1
+        self.files_served_bytes += len(data)
+        digests = f.digests if msg.chunk == 0 else None
+        return p.Chunk(msg.id, msg.hash, msg.chunk, f.size, data, digests)
 
     def _elsewhere(self, msg: p.Bored, now: float) -> p.Referral | None:
         """A referral to the peers with work this jobber can run, best first, or None."""
@@ -529,4 +601,7 @@ class Service(Relays):
             "pages": pages,
             "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
             "peers": self.peers.status(now),
+            "fetches": self.fetches,
+            "files_served_bytes": self.files_served_bytes,
+            "fetches_busy": self.fetch_ration.refused,
         }
