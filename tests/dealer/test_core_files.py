@@ -43,8 +43,11 @@ def test_a_job_with_files_goes_only_to_a_jobber_whose_input_mb_holds_them():
     # a jobber that takes no files gets the jobs without, never job 1
     assert ids(core.bored("old", 10, 1000, 0.0)) == [0, 2]
     assert ids(core.bored("small", 10, 1000, 0.0, input_mb=2)) == [0, 2]
-    assert core.files_need(None) == core.files_need(2) == 3 * MiB  # what job 1 waits for
-    assert core.files_need(3) is None
+    assert core.files_need(None) is None  # jobs 0 and 2 want more replicas: they fit
+    only_big = core_of([Job(("1",), files={"big": big})])
+    assert only_big.bored("old", 1, 1000, 0.0) == []
+    assert only_big.files_need(None) == only_big.files_need(2) == 3 * MiB  # why it waits
+    assert only_big.files_need(3) is None
     [a] = core.bored("roomy", 10, 1000, 0.0, input_mb=3)
     assert a.job_id == 1 and a.files == {"/input/big": big}
 
