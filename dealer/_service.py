@@ -43,10 +43,13 @@ EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
 PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see SOON_S)
 # `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address, 32
-# chunks a second (128 MiB/s) after a burst of 64; in all, 128 a second (512 MiB/s)
-# after a burst of 256: what serving files can cost the loop, whoever asks
-FETCH_PER_S, FETCH_BURST = 32.0, 64.0
-ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 256.0
+# chunks a second (128 MiB/s) after a burst of 16 (two jobbers' 8 fetches out); in all,
+# 128 a second (512 MiB/s) after a burst of 64: what serving files can cost, whoever asks
+FETCH_PER_S, FETCH_BURST = 32.0, 16.0
+ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 64.0
+# chunks served in one turn of the loop: a turn's replies are all held until its commit
+# (net._router), so this bounds what they hold (64 MiB) and how long the turn reads
+FETCH_PER_TURN = 16
 DISTINCT = ("host", "subnet", "key")
 
 
@@ -126,8 +129,10 @@ class Service(Relays):
             files=files,
         )
         self.fetches = 0  # chunks of input files served
+        self.fetches_busy = 0  # fetches answered `busy` (the ration, or the turn's share)
         self.files_served_bytes = 0
         self.fetch_ration = Ration(FETCH_PER_S, FETCH_BURST, ALL_FETCH_PER_S, ALL_FETCH_BURST)
+        self._fetched_this_turn = 0  # chunks read this turn (see FETCH_PER_TURN)
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -207,7 +212,9 @@ class Service(Relays):
     # --- each turn ---------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Time-driven work: leases, deadlines, forgetting idle strangers."""
+        """Time-driven work: leases, deadlines, forgetting idle strangers. Called at the
+        start of every turn: a new turn may serve FETCH_PER_TURN chunks again."""
+        self._fetched_this_turn = 0
         self.core.tick(now)
         if now - self._evicted_at >= EVICT_EVERY_S:
             self._evicted_at = now
@@ -385,13 +392,16 @@ class Service(Relays):
         if msg.chunk >= chunks:
             why = f"chunk {msg.chunk} is past the end: the file has {chunks} chunks"
             return p.Error(msg.id, p.ErrorCode.UNEXPECTED, why)
-        wait_s = self.fetch_ration.take(source_of(peer.address), now)
+        if self._fetched_this_turn >= FETCH_PER_TURN:
+            wait_s, what = 0.05, f"{FETCH_PER_TURN} chunks are served a turn"
+        else:
+            wait_s = self.fetch_ration.take(source_of(peer.address), now)
+            what = f"fetch is rationed to {FETCH_PER_S:g} chunks a second per address"
         if wait_s > 0:
-            why = (
-                f"busy: fetch is rationed to {FETCH_PER_S:g} chunks a second per address;"
-                f" ask again in {max(wait_s, 0.05):.2f} s"
-            )
+            self.fetches_busy += 1
+            why = f"busy: {what}; ask again in {max(wait_s, 0.05):.2f} s"
             return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
+        self._fetched_this_turn += 1
         try:
             data = f.read_chunk(msg.chunk)
         except (OSError, InputFileError) as e:
@@ -603,5 +613,5 @@ class Service(Relays):
             "peers": self.peers.status(now),
             "fetches": self.fetches,
             "files_served_bytes": self.files_served_bytes,
-            "fetches_busy": self.fetch_ration.refused,
+            "fetches_busy": self.fetches_busy,
         }

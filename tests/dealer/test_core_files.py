@@ -11,7 +11,7 @@ import pytest
 import protocol as p
 from dealer._core import Core, JournalMismatch, Policy
 from dealer._journal import Journal
-from dealer._service import FETCH_BURST, Peer, Service
+from dealer._service import FETCH_BURST, FETCH_PER_TURN, Peer, Service
 from protocol import Status
 from tasks import InputFile, Job, Limits, Payload, Task
 
@@ -244,19 +244,29 @@ def test_fetch_serves_chunks_and_refuses_unknown_files_past_the_end_and_denied(t
     s.close()
 
 
-def test_fetch_is_rationed_per_source_and_busy_says_when_to_ask_again(tmp_path):
+def test_fetch_is_rationed_per_source_and_per_turn_and_busy_says_when_to_ask_again(tmp_path):
     s = service(tmp_path)
     sha = s.task.files["table"].sha256
     flood, other = Peer("aa" * 32, "10.0.0.1"), Peer("bb" * 32, "10.0.0.2")
-    replies = [s.handle(p.Fetch(i + 1, sha, 0), 5.0, flood) for i in range(int(FETCH_BURST) + 10)]
+
+    def fetch(peer: Peer, now: float) -> p.Message:
+        s.tick(now)  # a turn each
+        return s.handle(p.Fetch(1, sha, 0), now, peer)
+
+    replies = [fetch(flood, 5.0) for _ in range(int(FETCH_BURST) + 10)]
     served = [r for r in replies if isinstance(r, p.Chunk)]
     busy = [r for r in replies if isinstance(r, p.Error)]
     assert len(served) == FETCH_BURST and len(busy) == 10
     assert all(r.code is p.ErrorCode.INTERNAL and "busy" in r.text for r in busy)
-    assert "ask again in" in busy[0].text
-    assert isinstance(s.handle(p.Fetch(99, sha, 0), 5.0, other), p.Chunk)  # others served
-    assert isinstance(s.handle(p.Fetch(100, sha, 0), 6.0, flood), p.Chunk)  # a second later
-    assert s.status(6.0)["fetches_busy"] == 10
+    assert "rationed" in busy[0].text and "ask again in" in busy[0].text
+    assert isinstance(fetch(other, 5.0), p.Chunk)  # other addresses are served
+    assert isinstance(fetch(flood, 6.0), p.Chunk)  # and this one, a second later
+    # one turn serves at most FETCH_PER_TURN chunks, whoever asks
+    s.tick(100.0)
+    many = [s.handle(p.Fetch(1, sha, 0), 100.0, Peer("cc" * 32, f"10.1.0.{i}")) for i in range(20)]
+    assert sum(isinstance(r, p.Chunk) for r in many) == FETCH_PER_TURN
+    assert "chunks are served a turn" in many[-1].text
+    assert s.status(100.0)["fetches_busy"] == 10 + 20 - FETCH_PER_TURN
     s.close()
 
 
