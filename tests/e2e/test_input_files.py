@@ -17,10 +17,12 @@ import pytest
 import zmq
 from zmq.utils import z85
 
+from tests import flood
 from tests import wrong_jobber as wire
 from tests.helpers import free_port, wait_status
 from tests.task_files.inputs import own_file
 
+TASK = "../tests/task_files/inputs.py"  # relative to examples/
 MiB = 1 << 20
 CHUNK = 4 * MiB  # CHUNK_BYTES, as docs/protocol.md gives it
 TABLE_BYTES = 9 * MiB + 5  # three chunks, the last short
@@ -29,12 +31,16 @@ TABLE_BYTES = 9 * MiB + 5  # three chunks, the last short
 class Client:
     """One identity on one DEALER socket, several requests out at once."""
 
-    def __init__(self, ctx: zmq.Context, port: int, key: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context, port: int, key: str, source: str = "127.0.0.1", rcvhwm: int = 1000
+    ) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.curve_publickey, self.sock.curve_secretkey = zmq.curve_keypair()
         self.sock.curve_serverkey = z85.encode(bytes.fromhex(key))
-        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        self.sock.connect(f"tcp://{source}:0;127.0.0.1:{port}")
         self.next_id = 1
 
     def send(self, body: dict[str, Any]) -> int:
@@ -88,7 +94,7 @@ def test_jobs_with_files_go_only_to_jobbers_that_take_them_and_every_chunk_is_se
     table.write_bytes(os.urandom(TABLE_BYTES))
     table_sha = hashlib.sha256(table.read_bytes()).hexdigest()
     port = free_port()
-    procs.dealer("dealer", "../tests/task_files/inputs.py", "--table", str(table), port=port)
+    procs.dealer("dealer", TASK, "--table", str(table), port=port)
     key = wait_status(port, lambda s: True)["key"]
     client = Client(ctx, port, key)
     try:
@@ -158,7 +164,7 @@ def test_a_file_that_changed_under_the_dealer_is_not_served(procs, tmp_path, ctx
     table = tmp_path / "table.bin"
     table.write_bytes(b"a" * 100)
     port = free_port()
-    procs.dealer("dealer", "../tests/task_files/inputs.py", "--table", str(table), port=port)
+    procs.dealer("dealer", TASK, "--table", str(table), port=port)
     key = wait_status(port, lambda s: True)["key"]
     table.write_bytes(b"b" * 100)  # the author broke the rule: the bytes are not those hashed
     client = Client(ctx, port, key)
@@ -169,3 +175,55 @@ def test_a_file_that_changed_under_the_dealer_is_not_served(procs, tmp_path, ctx
         assert "changed" in reply["text"]
     finally:
         client.close()
+
+
+# what two connections that never read may cost the dealer: 13 chunk replies each (SNDHWM
+# 12, and one in libzmq's hands), a turn's 16 replies held until its commit, and slack
+# for malloc. Without a bound, their 600 fetches would be 2.4 GB of replies.
+UNREAD_FETCH_FLOOD_MB = 2 * 13 * 4 + 16 * 4 + 48
+
+
+def test_a_fetch_flood_nobody_reads_costs_what_the_caps_say_and_others_are_served(
+    procs, tmp_path, ctx
+):
+    table = tmp_path / "table.bin"
+    table.write_bytes(os.urandom(TABLE_BYTES))
+    sha = hashlib.sha256(table.read_bytes()).hexdigest()
+    port = free_port()
+    dealer = procs.dealer(
+        "dealer", "../tests/task_files/inputs.py", "--table", str(table), port=port
+    )
+    key = wait_status(port, lambda s: True)["key"]
+    before = flood.rss_mb(dealer.pid)
+    peak = flood.Peak(dealer.pid)
+    peak.start()
+    flooders = [Client(ctx, port, key, source="127.0.6.1", rcvhwm=1) for _ in range(2)]
+    honest = Client(ctx, port, key, source="127.0.6.2")
+    try:
+        for c in flooders:
+            for i in range(300):
+                c.fetch(sha, i % 3)
+        # an honest jobber elsewhere gets every chunk meanwhile, asking again when busy
+        started, got, busy = time.monotonic(), {}, 0
+        while len(got) < 3:
+            (reply,) = honest.replies([honest.fetch(sha, len(got))]).values()
+            if reply["type"] == "error":
+                assert reply["code"] == "internal" and reply["text"].startswith("busy:"), reply
+                busy += 1
+                time.sleep(float(reply["text"].rpartition("ask again in ")[2].split()[0]))
+                continue
+            got[reply["chunk"]] = reply["data"]
+        took = time.monotonic() - started
+        assert hashlib.sha256(b"".join(got[c] for c in range(3))).hexdigest() == sha
+        shown = wait_status(port, lambda s: s["fetches"] + s["fetches_busy"] >= 600, 120)
+        grown = peak.stop() - before
+    finally:
+        for c in (*flooders, honest):
+            c.close()
+    print(
+        f"\n600 fetches never read: {before:.0f} MB + {grown:.0f} MB at the peak; "
+        f"{shown['fetches']} served, {shown['fetches_busy']} busy; the honest file in "
+        f"{took:.1f} s ({busy} busy)"
+    )
+    assert shown["fetches_busy"] > 0  # the ration held the flood back
+    assert grown < UNREAD_FETCH_FLOOD_MB
