@@ -57,7 +57,7 @@ def _size(a: Assignment) -> int:
     """About how many bytes a job takes in a `jobs` message."""
     job = a.job
     files = sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
-    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args) + files
+    return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in job.args) + files
 
 
 class Service(Relays):
