@@ -147,6 +147,7 @@ class Service(Relays):
             log.info("payload %s signed by %s", sha[:12], signer.public)
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
+        self._no_room: dict[str, str] = {}  # identity -> why it takes none of the input files
         self._pace: dict[str, list] = {}  # identity -> [window start, results, last rate]
         self._evicted_at = 0.0
         self.failures = 0
@@ -221,6 +222,7 @@ class Service(Relays):
             self.core.evict(now)
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
+            self._no_room = {k: v for k, v in self._no_room.items() if k in self.core.jobbers}
             self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
             for per_relay in (self._behind, self._told):
                 for relay, rows in list(per_relay.items()):
@@ -338,6 +340,7 @@ class Service(Relays):
             assigned += more
             size += sum(_size(a) for a in more)
         if assigned:
+            self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             limits = self._job_limits
             specs = tuple(
                 p.JobSpec(
@@ -366,7 +369,7 @@ class Service(Relays):
         need = core.files_need(msg.host.input_mb)
         if need is not None:  # every job wanting a replica reads more than it takes
             refused = msg.host.refuses_inputs(need) or "input files (this jobber takes none)"
-            why = f"jobs here need {refused}"
+            why = self._no_room[peer.key] = f"jobs here need {refused}"
             return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if not core.has_work():
             referral = self._elsewhere(msg, now)
@@ -575,6 +578,13 @@ class Service(Relays):
     def waiting(self, now: float) -> list[str]:
         """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
         why = self.core.waiting(now)
+        short = [k for k in self._no_room if k in self.core.jobbers]
+        if self.core.in_flight and short:
+            last = self._no_room[short[-1]]
+            why.append(
+                f"{len(short)} jobber{'s' if len(short) != 1 else ''} cannot take the jobs' "
+                f"input files (the latest: {last})"
+            )
         small = [k for k in self._too_small if k in self.core.jobbers]
         if self.core.in_flight and small:
             most = max(self._too_small[k] for k in small)

@@ -211,8 +211,12 @@ def test_the_service_sends_files_only_to_jobbers_that_take_them_and_says_why(tmp
     assert isinstance(no, p.RetryLater) and "this jobber takes none" in no.reason
     small = bored(s, peer, 0)
     assert isinstance(small, p.RetryLater) and "5010 bytes of input files" in small.reason
+    assert "1 jobber cannot take the jobs' input files (the latest: jobs here need 5010" in (
+        " ".join(s.status(0.0)["waiting"])
+    )
     jobs = bored(s, peer, 1)
     assert isinstance(jobs, p.Jobs) and len(jobs.jobs) == 2
+    assert "input files" not in " ".join(s.status(0.0)["waiting"])  # it takes them now
     table = s.task.files["table"]
     for spec in jobs.jobs:
         own = blob(spec.args[0])
