@@ -4,6 +4,7 @@ and served by `fetch` (dealer._service)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -281,3 +282,26 @@ def test_a_restart_on_the_journal_with_a_changed_file_is_refused(tmp_path):
     with pytest.raises(JournalMismatch, match="input files changed"):
         service(tmp_path, WithFiles(b"another table"))
     service(tmp_path).close()  # the same files: it resumes
+
+
+class WithRuntime(WithFiles):
+    """A payload that brings a file of its own (a language runtime's library)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        lib = InputFile.from_bytes(b"stdlib")
+        self.payload = dataclasses.replace(self.payload, files={"/usr/lib/rt.zip": lib})
+
+
+def test_a_payload_s_own_files_are_in_every_job_and_pinned_with_them(tmp_path):
+    s = service(tmp_path, WithRuntime())
+    jobs = bored(s, Peer("aa" * 32, "10.0.0.1"), 1)
+    lib = s.task.payload.files["/usr/lib/rt.zip"]
+    assert all(spec.files["/usr/lib/rt.zip"] == lib.ref for spec in jobs.jobs)
+    assert len(jobs.jobs[0].files) == 3
+    assert isinstance(
+        s.handle(p.Fetch(9, lib.sha256, 0), 0.0, Peer("aa" * 32, "10.0.0.1")), p.Chunk
+    )
+    s.close()
+    with pytest.raises(JournalMismatch, match="input files changed"):
+        service(tmp_path)  # the same task without the runtime's file
