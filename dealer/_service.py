@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._core import Accepted, Assignment, Core
+from dealer._fileserver import FileServer
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
 from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
@@ -30,10 +31,9 @@ from dealer._policy import RETRY_QUOTA_S as RETRY_QUOTA_S
 from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
-from net._gate import Ration, source_of
 from protocol import Peer
 from protocol._signing import AuthorKey
-from tasks import InputFileError, Job, Task
+from tasks import Job, Task
 from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
 PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see SOON_S)
-# `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address, 32
-# chunks a second (128 MiB/s) after a burst of 16 (two jobbers' 8 fetches out); in all,
-# 128 a second (512 MiB/s) after a burst of 64: what serving files can cost, whoever asks
-FETCH_PER_S, FETCH_BURST = 32.0, 16.0
-ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 64.0
-# chunks served in one turn of the loop: a turn's replies are all held until its commit
-# (net._router), so this bounds what they hold (64 MiB) and how long the turn reads
-FETCH_PER_TURN = 16
 DISTINCT = ("host", "subnet", "key")
 
 
@@ -128,11 +120,7 @@ class Service(Relays):
             payload_bytes=len(task.payload.wasm),
             files=files,
         )
-        self.fetches = 0  # chunks of input files served
-        self.fetches_busy = 0  # fetches answered `busy` (the ration, or the turn's share)
-        self.files_served_bytes = 0
-        self.fetch_ration = Ration(FETCH_PER_S, FETCH_BURST, ALL_FETCH_PER_S, ALL_FETCH_BURST)
-        self._fetched_this_turn = 0  # chunks read this turn (see FETCH_PER_TURN)
+        self.files = FileServer()  # `fetch`: the chunks of those files (dealer._fileserver)
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -214,8 +202,8 @@ class Service(Relays):
 
     def tick(self, now: float) -> None:
         """Time-driven work: leases, deadlines, forgetting idle strangers. Called at the
-        start of every turn: a new turn may serve FETCH_PER_TURN chunks again."""
-        self._fetched_this_turn = 0
+        start of every turn (a turn's share of `fetch`es starts again)."""
+        self.files.turn()
         self.core.tick(now)
         if now - self._evicted_at >= EVICT_EVERY_S:
             self._evicted_at = now
@@ -287,7 +275,8 @@ class Service(Relays):
         if isinstance(msg, p.WorkQuery):
             return self.work_offer(msg.id)
         if isinstance(msg, p.Fetch):
-            return self._fetch(msg, now, peer)
+            denied = self.core.is_denied(peer.key)
+            return self.files.fetch(msg, now, peer, self.core.input_file, denied)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
@@ -380,40 +369,6 @@ class Service(Relays):
             return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
         why = "no job needs this machine now; all are out"
         return p.RetryLater(msg.id, RETRY_BUSY_S, why, more=True)
-
-    def _fetch(self, msg: p.Fetch, now: float, peer: Peer) -> p.Message:
-        """One chunk of an input file a job of this batch reads, read from its file now
-        (one pread and one SHA-256 of at most CHUNK_BYTES, checked against the digest
-        taken when the task was built). Rationed per source address and in all, as
-        `status` is (net._router): past the ration, a `busy` error saying when."""
-        if self.core.is_denied(peer.key):
-            return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
-        f = self.core.input_file(msg.hash)
-        if f is None:
-            return p.Error(msg.id, p.ErrorCode.UNKNOWN_FILE, f"no input file {msg.hash} here")
-        chunks = len(f.digests)
-        if msg.chunk >= chunks:
-            why = f"chunk {msg.chunk} is past the end: the file has {chunks} chunks"
-            return p.Error(msg.id, p.ErrorCode.UNEXPECTED, why)
-        if self._fetched_this_turn >= FETCH_PER_TURN:
-            wait_s, what = 0.05, f"{FETCH_PER_TURN} chunks are served a turn"
-        else:
-            wait_s = self.fetch_ration.take(source_of(peer.address), now)
-            what = f"fetch is rationed to {FETCH_PER_S:g} chunks a second per address"
-        if wait_s > 0:
-            self.fetches_busy += 1
-            why = f"busy: {what}; ask again in {max(wait_s, 0.05):.2f} s"
-            return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
-        self._fetched_this_turn += 1
-        try:
-            data = f.read_chunk(msg.chunk)
-        except (OSError, InputFileError) as e:
-            log.error("cannot serve input file %s: %s", msg.hash[:12], e)
-            return p.Error(msg.id, p.ErrorCode.INTERNAL, f"cannot read input file: {e}"[:1000])
-        self.fetches += 1
-        self.files_served_bytes += len(data)
-        digests = f.digests if msg.chunk == 0 else None
-        return p.Chunk(msg.id, msg.hash, msg.chunk, f.size, data, digests)
 
     def _elsewhere(self, msg: p.Bored, now: float) -> p.Referral | None:
         """A referral to the peers with work this jobber can run, best first, or None."""
@@ -621,7 +576,5 @@ class Service(Relays):
             "pages": pages,
             "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
             "peers": self.peers.status(now),
-            "fetches": self.fetches,
-            "files_served_bytes": self.files_served_bytes,
-            "fetches_busy": self.fetches_busy,
+            **self.files.status(),
         }

@@ -11,8 +11,9 @@ import pytest
 
 import protocol as p
 from dealer._core import Core, JournalMismatch, Policy
+from dealer._fileserver import FETCH_BURST, FETCH_PER_TURN
 from dealer._journal import Journal
-from dealer._service import FETCH_BURST, FETCH_PER_TURN, Peer, Service
+from dealer._service import Peer, Service
 from protocol import Status
 from tasks import InputFile, Job, Limits, Payload, Task
 
