@@ -124,8 +124,8 @@ class Locality:
         visited.add(self._plain)
         if self._fits(self._plain, allowance):
             yield from list(self._groups.get(self._plain, ()))
-        if allowance is None:
-            return
+        if allowance is None or all(key in visited for key in self._groups):
+            return  # (a task without files: one group, already read)
         for job_id in list(self._wanting):
             j = self._jobs.get(job_id)
             if j is not None and j.group not in visited and j.group[1] <= allowance:
