@@ -29,7 +29,7 @@ from net._author_keys import load_author_key
 from net._http import parse_http
 from net._keys import KeyPair, load_or_create_key_pair, load_public_keys
 from net._router import PER_SOURCE_CONNECTIONS
-from tasks import PayloadError, Task
+from tasks import InputFileError, PayloadError, Task
 
 log = logging.getLogger("dealer")
 
@@ -244,7 +244,8 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         task = cls.from_args(args)
-    except PayloadError as e:  # the author's payload does not build or would not run
+    # the author's payload does not build or would not run, or an input file cannot be read
+    except (PayloadError, InputFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     db = args.db or _default_db(cls, args)

@@ -53,13 +53,15 @@ import hashlib
 import heapq
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
+
+from dealer._locality import Locality
 
 # the core's names, wherever defined, are dealer._core's too ("X as X": re-exported)
 from dealer._policy import JOB_MESSAGE_OVERHEAD as JOB_MESSAGE_OVERHEAD
 from dealer._policy import MAX_ALLOWANCE as MAX_ALLOWANCE
 from dealer._policy import Policy as Policy
-from dealer._policy import implausible, job_digest, refusal, unsendable
+from dealer._policy import files_digest, implausible, job_digest, refusal, unsendable
 from dealer._quota import ACTIVE_HORIZON_S as ACTIVE_HORIZON_S
 from dealer._quota import JobberRecord as JobberRecord
 from dealer._quota import Standing as Standing
@@ -67,7 +69,17 @@ from dealer._quota import Standings
 from dealer._records import RECORD_TYPES as RECORD_TYPES
 from dealer._records import Denied, Drawn, Gone, Overdue, Returned, Sent
 from dealer._records import Record as Record
-from dealer._replicas import _LATE, _TIMED, Accepted, Assignment, CoreError, Failed, _Job, _Replica
+from dealer._replicas import (
+    _LATE,
+    _TIMED,
+    Accepted,
+    Assignment,
+    CoreError,
+    Failed,
+    FilesKey,
+    _Job,
+    _Replica,
+)
 from dealer._replicas import DETERMINISTIC as DETERMINISTIC
 from dealer._replicas import JournalMismatch as JournalMismatch
 from dealer._replicas import Rejected as Rejected
@@ -78,7 +90,8 @@ from dealer._votes import MAX_LATE as MAX_LATE
 from dealer._votes import Votes
 from dealer._votes import _Tally as _Tally
 from protocol import ErrorCode, Status
-from tasks import Job
+from tasks import InputFile, InputFileError, Job
+from tasks._files import guest_files
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +103,10 @@ DENIED = "denied"  # ... and for a result from a denied identity
 REFUSED_PER_DRAW = 1000
 
 
-class Core(Votes, Standings, Finished):
+class Core(Votes, Standings, Finished, Locality):
     """One batch's scheduling: live events in, records out, `apply` to replay them. Its
-    parts: Votes (dealer._votes), Standings (dealer._quota), Finished (dealer._restore)."""
+    parts: Votes (dealer._votes), Standings (dealer._quota), Finished (dealer._restore),
+    Locality (dealer._locality)."""
 
     def __init__(
         self,
@@ -102,12 +116,14 @@ class Core(Votes, Standings, Finished):
         *,
         verify_jobs: bool = True,
         payload_bytes: int = 0,
+        files: Mapping[str, InputFile] | None = None,
     ) -> None:
         """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
         journal drew without comparing their digests (the journal is the source of
         truth: a reader that rebuilds jobs from Drawn records, not a dealer).
         `payload_bytes`: the size of the payload a `jobs` message may carry with a job
-        (see `unsendable`)."""
+        (see `unsendable`). `files`: the input files every job reads, by guest path (the
+        task's and the payload's: tasks._files.shared_files); each job's own are added."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
@@ -121,6 +137,14 @@ class Core(Votes, Standings, Finished):
         self._jobs: dict[int, _Job] = {}  # unsettled jobs
         self._replicas: dict[str, _Replica] = {}  # replicas of unsettled jobs
         self._wanting: dict[int, None] = {}  # unsettled jobs needing replicas, oldest first
+        # ... grouped by the files they read (dealer._locality), and those files
+        self._groups: dict[FilesKey, dict[int, None]] = {}
+        self._readers: dict[str, dict[FilesKey, None]] = {}
+        self._shared = dict(files or {})
+        self._shared_by_hash = {f.sha256: f for f in self._shared.values()}
+        self._shared_digest = files_digest(self._shared)
+        self._plain: FilesKey = (frozenset(), sum(f.size for f in self._shared.values()))
+        self._held_files: dict[str, list] = {}
         self._deadlines: list[tuple[float, str]] = []  # heap; stale entries skipped
         self.jobbers: dict[str, JobberRecord] = {}
         self.machines: dict[str, Standing] = {}
@@ -215,6 +239,8 @@ class Core(Votes, Standings, Finished):
         holding: Collection[str] | None = None,
         machine: str | None = None,
         platform: str | None = None,
+        input_mb: int | None = None,
+        files: Collection[str] = (),
     ) -> list[Assignment]:
         """Up to `want` replicas for `jobber` (on `machine`; default: its own), one per job.
 
@@ -223,7 +249,9 @@ class Core(Votes, Standings, Finished):
         released at once instead of waiting for their deadlines. No more are
         handed out than the identity's and the machine's quotas allow.
         `platform`: the jobber's (None: not said, or a cross-platform task); a job
-        goes on on the platform its replicas run on (see _eligible).
+        goes on on the platform its replicas run on (see _eligible). `input_mb`: the
+        most a job's input files may total on it (None: it takes none); `files`: the
+        hashes of those it holds, whose jobs it is offered first (dealer._locality).
         """
         machine = jobber if machine is None else machine
         self._seen(jobber, machine, now)
@@ -242,20 +270,24 @@ class Core(Votes, Standings, Finished):
             return out
         m = self._machine(machine)
         m.present = max(m.present, now)
-        for job_id in list(self._wanting):
+        allowance = None if input_mb is None else input_mb << 20
+        for job_id in self._candidates(allowance, files):
             if len(out) >= again:
                 break
             j = self._jobs[job_id]
             if self._eligible(j, jobber, machine, platform, now):
                 out.append(self._send(j, jobber, machine, platform, now))
         want = len(out) + min(want - len(out), self.room(jobber, machine))
-        while len(out) < want and len(self._jobs) < self.policy.window:
+        drawn = 0  # jobs whose files this jobber cannot take are drawn, not sent: a few
+        while len(out) < want and drawn < want and len(self._jobs) < self.policy.window:
             j = self._draw()
             if j is None:
                 break
-            out.append(self._send(j, jobber, machine, platform, now))
+            drawn += 1
+            if self._fits(j.group, allowance):
+                out.append(self._send(j, jobber, machine, platform, now))
         if len(out) < want and self._exhausted and not self._wanting and self.policy.backups:
-            out += self._backups(jobber, machine, platform, want - len(out), now)
+            out += self._backups(jobber, machine, platform, want - len(out), now, allowance)
         return out
 
     def result(
@@ -397,11 +429,12 @@ class Core(Votes, Standings, Finished):
                 )
                 return None
             job_id = self._next_job
-            why = unsendable(job, self._payload_bytes)
+            files, why = self._files_of(job)
+            why = why or unsendable(job, self._payload_bytes, files)
             refused = None if why is None else refusal(job_id, job, why)
             self._pending_job = job
             stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
-            digest = job_digest(job)
+            digest = job_digest(job, self._shared_digest)
             self._record(Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused))
             if refused is None:
                 return self._jobs[job_id]
@@ -419,18 +452,32 @@ class Core(Votes, Standings, Finished):
                 raise JournalMismatch(
                     f"the journal holds job {rec.job_id} but the task yields only {rec.job_id} jobs"
                 ) from None
-            if not isinstance(job, Job) or (self._verify_jobs and job_digest(job) != rec.digest):
+            if not isinstance(job, Job) or (
+                self._verify_jobs and job_digest(job, self._shared_digest) != rec.digest
+            ):
                 raise JournalMismatch(
-                    f"job {rec.job_id} of the task differs from the journal's: "
-                    "the task or its arguments changed since the journal was written"
+                    f"job {rec.job_id} of the task differs from the journal's: the task, "
+                    "its arguments or its input files changed since the journal was written"
                 )
         self._next_job += 1
-        j = self._jobs[rec.job_id] = _Job(rec.job_id, job, digest=rec.digest)
+        files, _ = self._files_of(job) if rec.refused is None else ({}, None)
+        group = self._files_key(files, [f for _, f in job.files])
+        j = self._jobs[rec.job_id] = _Job(
+            rec.job_id, job, digest=rec.digest, files=files, group=group
+        )
         if rec.refused is not None:  # it can never be sent: it fails as it is drawn
             self.failed += 1
             self._settle(j, Failed(j.id, j.job, (rec.refused,)))
             return
+        self._hold_files(j)
         self._update_wanting(j)
+
+    def _files_of(self, job: Job) -> tuple[dict[str, InputFile], str | None]:
+        """All the input files `job` reads, by guest path; or why it cannot have them."""
+        try:
+            return guest_files(self._shared, job.files), None
+        except InputFileError as e:
+            return {}, str(e)
 
     def _send(
         self, j: _Job, jobber: str, machine: str, platform: str | None, now: float
@@ -438,7 +485,7 @@ class Core(Votes, Standings, Finished):
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
         self._record(Sent(tag, j.id, jobber, deadline, machine, now, platform))
-        return Assignment(tag, j.id, j.job, deadline)
+        return Assignment(tag, j.id, j.job, deadline, j.files)
 
     def _apply_sent(self, rec: Sent) -> None:
         j = self._jobs.get(rec.job_id)

@@ -13,13 +13,14 @@ the vote.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgpack
 
-from protocol import MAX_MESSAGE_BYTES, MAX_STR, Status
+from protocol import MAX_JOB_FILES, MAX_MESSAGE_BYTES, MAX_STR, Status
 from protocol._wire import MAX_ARGS, MAX_STDIN_BYTES
-from tasks import Job, Task
+from tasks import InputFile, Job, Task
 
 # --- the defaults (the relay holds its jobbers to the same: relay._core) -------------
 
@@ -49,6 +50,9 @@ SOON_S = 1.0
 # tag, the limits, the deadline, field names, the payload's signature with its rotation
 # chain (under 2 KB); generous, so that a job passing here always encodes under the cap
 JOB_MESSAGE_OVERHEAD = 64 * 1024
+# what one input file adds to a `jobs` message beside its guest path: a FileRef (a hash of
+# 64 hex digits, a size) and the field names, with room to spare
+FILE_ENTRY_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +128,19 @@ def _first(*values):
     return next(v for v in values if v is not None)
 
 
-def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
+def unsendable(
+    job: Job, payload_bytes: int = 0, files: Mapping[str, InputFile] | None = None
+) -> str | None:
     """Why `job` can never reach a jobber, or None: its stdin, an argument or their
     count over the wire's caps (docs/protocol.md, `job_spec`), an argument that is not
-    text UTF-8 can carry, or a `jobs` message holding it and the payload
-    (`payload_bytes`, sent with it to a jobber that lacks it) over the message cap.
-    The same job gives the same answer every time: a pure function of its bytes."""
+    text UTF-8 can carry, more input files (`files`: all it reads, by guest path) than a
+    job may name, or a `jobs` message holding it and the payload (`payload_bytes`, sent
+    with it to a jobber that lacks it) over the message cap. The same job gives the same
+    answer every time: a pure function of its bytes."""
     where = "the wire's cap"
+    files = files or {}
+    if len(files) > MAX_JOB_FILES:
+        return f"{len(files):,} input files, over {where} of {MAX_JOB_FILES:,}"
     if len(job.stdin) > MAX_STDIN_BYTES:
         return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
     if len(job.args) > MAX_ARGS:
@@ -143,12 +153,14 @@ def unsendable(job: Job, payload_bytes: int = 0) -> str | None:
             args_bytes += len(arg.encode()) + 5  # and its msgpack header
         except UnicodeEncodeError as e:
             return f"argument {i} is not valid Unicode text ({e.reason} at {e.start})"
-    size = payload_bytes + len(job.stdin) + args_bytes + JOB_MESSAGE_OVERHEAD
+    files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files)
+    size = payload_bytes + len(job.stdin) + args_bytes + files_bytes + JOB_MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         return (
             f"a jobs message of about {size:,} bytes with the payload, over {where} of "
             f"{MAX_MESSAGE_BYTES:,} bytes (stdin {len(job.stdin):,}, arguments "
-            f"{args_bytes:,}, payload {payload_bytes:,})"
+            f"{args_bytes:,}{f', input files {files_bytes:,}' if files else ''}, payload "
+            f"{payload_bytes:,})"
         )
     return None
 
@@ -162,8 +174,22 @@ def refusal(job_id: int, job: Job, why: str) -> str:
     )
 
 
-def job_digest(job: Job) -> str:
-    return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+def job_digest(job: Job, shared: str = "") -> str:
+    """What the journal pins a job by: its args, its stdin and, if it reads any, the
+    hashes of its input files, its own by name and `shared` (files_digest of those every
+    job sees). A job without files has the digest it had before files existed."""
+    if not job.files and not shared:
+        return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+    own = [[name, f.sha256] for name, f in job.files]
+    return hashlib.sha256(msgpack.packb([list(job.args), job.stdin, own, shared])).hexdigest()
+
+
+def files_digest(files: Mapping[str, InputFile]) -> str:
+    """A digest of files by guest path ("" for none): part of every job's digest."""
+    if not files:
+        return ""
+    pairs = sorted([path, f.sha256] for path, f in files.items())
+    return hashlib.sha256(msgpack.packb(pairs)).hexdigest()
 
 
 def implausible(status: Status, output: bytes, fuel: int, policy: Policy) -> str | None:

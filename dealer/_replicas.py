@@ -17,10 +17,11 @@ lease: GONE, neither live nor an error).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from protocol import ErrorCode, Status
-from tasks import Job
+from tasks import InputFile, Job
 
 
 class CoreError(Exception):
@@ -80,12 +81,18 @@ _STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaStat
 # --- what the core hands out --------------------------------------------------
 
 
+# a job's file set (dealer._locality): the hashes of its own input files, and the total
+# bytes of all it reads
+FilesKey = tuple[frozenset[str], int]
+
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     tag: str
     job_id: int
     job: Job
     deadline: float
+    files: Mapping[str, InputFile] = field(default_factory=dict, compare=False)  # by guest path
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +145,5 @@ class _Job:
     job: Job
     replicas: list[_Replica] = field(default_factory=list)
     digest: str = ""  # job_digest(job), as its Drawn record says
+    files: Mapping[str, InputFile] = field(default_factory=dict, compare=False)  # by guest path
+    group: FilesKey = (frozenset(), 0)  # its file set (dealer._locality)

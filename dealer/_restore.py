@@ -36,6 +36,7 @@ class Finished:
     _jobs: dict[int, _Job]
     _settled: list[Accepted | Failed]
     _settled_digests: list[str]
+    _shared_digest: str  # of the input files every job reads (dealer._policy.files_digest)
 
     def peek_settled_rows(self) -> list[tuple[int, str, str, bytes]]:
         """The settled jobs not taken yet, as the journal keeps them with the turn's
@@ -84,10 +85,14 @@ class Finished:
                 drawn[self._next_job] = job
                 self._next_job += 1
             job = drawn.pop(job_id, None)
-            if job is None or not isinstance(job, Job) or job_digest(job) != digest:
+            if (
+                job is None
+                or not isinstance(job, Job)
+                or job_digest(job, self._shared_digest) != digest
+            ):
                 raise JournalMismatch(
-                    f"job {job_id} of the task differs from the journal's: "
-                    "the task or its arguments changed since the journal was written"
+                    f"job {job_id} of the task differs from the journal's: the task, "
+                    "its arguments or its input files changed since the journal was written"
                 )
             if state == "accepted":
                 self._settled.append(Accepted(job_id, job, body))

@@ -25,7 +25,13 @@ from dealer._peerlink import PeerLinks
 from dealer._peers import ASK_EVERY_S, RETRY_NONE_S, Peers
 from dealer._service import Service
 from net._keys import KeyPair
-from net._router import PER_SOURCE_CONNECTIONS, TICK_S, RouterServer, frame_cap
+from net._router import (
+    DEALER_SNDHWM,
+    PER_SOURCE_CONNECTIONS,
+    TICK_S,
+    RouterServer,
+    frame_cap,
+)
 from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Task
@@ -123,6 +129,7 @@ class Dealer(PeeredServer):
             max_frame=frame_cap(task.limits.output_kb),
             peers=peers,
             per_source=per_source,
+            sndhwm=DEALER_SNDHWM,
         )
         try:
             self.service = Service(

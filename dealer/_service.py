@@ -20,19 +20,21 @@ from collections import deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
-from dealer._core import Accepted, Core
+from dealer._core import Accepted, Assignment, Core
+from dealer._fileserver import FileServer
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
+from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
 from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
 from dealer._policy import RETRY_IDLE_S as RETRY_IDLE_S
 from dealer._policy import RETRY_QUOTA_S as RETRY_QUOTA_S
-from dealer._policy import SOON_S, Policy
 from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
 from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Job, Task
+from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,11 @@ PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see
 DISTINCT = ("host", "subnet", "key")
 
 
-def _size(job: Job) -> int:
+def _size(a: Assignment) -> int:
     """About how many bytes a job takes in a `jobs` message."""
-    return 256 + len(job.stdin) + sum(len(a) * 4 for a in job.args)
+    job = a.job
+    files = sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
+    return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in job.args) + files
 
 
 class Service(Relays):
@@ -106,10 +110,17 @@ class Service(Relays):
                 **task_pins(task),
             }
         )
+        # the input files every job reads (InputFileError: the task's own mistake)
+        files = shared_files(task.files, task.payload.files)
         # a job that can never be sent with this payload fails as it is drawn (see Core)
         self.core = Core(
-            task.jobs(), policy, journal.tag_prefix, payload_bytes=len(task.payload.wasm)
+            task.jobs(),
+            policy,
+            journal.tag_prefix,
+            payload_bytes=len(task.payload.wasm),
+            files=files,
         )
+        self.files = FileServer()  # `fetch`: the chunks of those files (dealer._fileserver)
         self._payload = task.payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -124,6 +135,7 @@ class Service(Relays):
             log.info("payload %s signed by %s", sha[:12], signer.public)
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
+        self._no_room: dict[str, str] = {}  # identity -> why it takes none of the input files
         self._pace: dict[str, list] = {}  # identity -> [window start, results, last rate]
         self._evicted_at = 0.0
         self.failures = 0
@@ -189,13 +201,16 @@ class Service(Relays):
     # --- each turn ---------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Time-driven work: leases, deadlines, forgetting idle strangers."""
+        """Time-driven work: leases, deadlines, forgetting idle strangers. Called at the
+        start of every turn (a turn's share of `fetch`es starts again)."""
+        self.files.turn()
         self.core.tick(now)
         if now - self._evicted_at >= EVICT_EVERY_S:
             self._evicted_at = now
             self.core.evict(now)
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
+            self._no_room = {k: v for k, v in self._no_room.items() if k in self.core.jobbers}
             self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
             for per_relay in (self._behind, self._told):
                 for relay, rows in list(per_relay.items()):
@@ -259,6 +274,9 @@ class Service(Relays):
             return self._deny(msg, now, peer)
         if isinstance(msg, p.WorkQuery):
             return self.work_offer(msg.id)
+        if isinstance(msg, p.Fetch):
+            denied = self.core.is_denied(peer.key)
+            return self.files.fetch(msg, now, peer, self.core.input_file, denied)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
@@ -290,22 +308,39 @@ class Service(Relays):
         too_much = msg.host.refuses(self.task.limits)
         if too_much is not None:
             want = 0  # this machine cannot run these jobs: only its `holding` is read
-        assigned = core.bored(
-            peer.key, min(want, 1), msg.host.memory_mb, now, msg.holding, machine, platform
+        ask = functools.partial(
+            core.bored,
+            peer.key,
+            memory_mb=msg.host.memory_mb,
+            now=now,
+            machine=machine,
+            platform=platform,
+            input_mb=msg.host.input_mb,
+            files=msg.host.files or (),
         )
-        size = sum(_size(a.job) for a in assigned)
+        assigned = ask(want=min(want, 1), holding=msg.holding)
+        size = sum(_size(a) for a in assigned)
         while assigned and len(assigned) < want and size < budget:
             per_job = max(1, size // len(assigned))
             chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
-            more = core.bored(peer.key, chunk, msg.host.memory_mb, now, None, machine, platform)
+            more = ask(want=chunk)
             if not more:
                 break
             assigned += more
-            size += sum(_size(a.job) for a in more)
+            size += sum(_size(a) for a in more)
         if assigned:
+            self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             limits = self._job_limits
             specs = tuple(
-                p.JobSpec(a.tag, sha, a.job.args, a.job.stdin, limits, a.deadline - now)
+                p.JobSpec(
+                    a.tag,
+                    sha,
+                    a.job.args,
+                    a.job.stdin,
+                    limits,
+                    a.deadline - now,
+                    {path: f.ref for path, f in a.files.items()} if a.files else None,
+                )
                 for a in assigned
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
@@ -319,6 +354,11 @@ class Service(Relays):
             return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if too_much is not None:
             why = f"jobs here need {too_much}"
+            return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
+        need = core.files_need(msg.host.input_mb)
+        if need is not None:  # every job wanting a replica reads more than it takes
+            refused = msg.host.refuses_inputs(need) or "input files (this jobber takes none)"
+            why = self._no_room[peer.key] = f"jobs here need {refused}"
             return self._elsewhere(msg, now) or p.RetryLater(msg.id, RETRY_IDLE_S, why)
         if not core.has_work():
             referral = self._elsewhere(msg, now)
@@ -493,6 +533,13 @@ class Service(Relays):
     def waiting(self, now: float) -> list[str]:
         """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
         why = self.core.waiting(now)
+        short = [k for k in self._no_room if k in self.core.jobbers]
+        if self.core.in_flight and short:
+            last = self._no_room[short[-1]]
+            why.append(
+                f"{len(short)} jobber{'s' if len(short) != 1 else ''} cannot take the jobs' "
+                f"input files (the latest: {last})"
+            )
         small = [k for k in self._too_small if k in self.core.jobbers]
         if self.core.in_flight and small:
             most = max(self._too_small[k] for k in small)
@@ -529,4 +576,5 @@ class Service(Relays):
             "pages": pages,
             "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
             "peers": self.peers.status(now),
+            **self.files.status(),
         }

@@ -168,8 +168,8 @@ def _digest(key: tuple[bytes, int]) -> str:
 
 class Votes:
     """Core's vote counting and placement: what each job needs, and who may run it. It
-    uses Standings' `_jobber`, `_machine`, `_present` and `_close`, and Core's `_send` and
-    `_issued_here`."""
+    uses Standings' `_jobber`, `_machine`, `_present` and `_close`, Locality's `_fits`,
+    `_want`, `_unwant` and `_drop_files`, and Core's `_send` and `_issued_here`."""
 
     policy: Policy
     machines: dict[str, Standing]
@@ -186,11 +186,18 @@ class Votes:
     _settled_digests: list[str]
 
     def _backups(
-        self, jobber: str, machine: str, platform: str | None, want: int, now: float
+        self,
+        jobber: str,
+        machine: str,
+        platform: str | None,
+        want: int,
+        now: float,
+        allowance: int | None = None,
     ) -> list[Assignment]:
         """The tail of a batch: nothing left to draw and nothing wanting, so idle jobbers
         get an extra replica of the jobs out longest (MapReduce's backup tasks). The
-        first quorum settles the job; the others' replicas are then cancelled."""
+        first quorum settles the job; the others' replicas are then cancelled. Only jobs
+        whose input files fit `allowance` bytes (None: none) are considered."""
         p = self.policy
         oldest = sorted(
             (min(r.deadline for r in j.replicas if r.state is ReplicaState.OUT), j.id)
@@ -202,6 +209,8 @@ class Votes:
             if len(out) >= want:
                 break
             j = self._jobs[job_id]
+            if not self._fits(j.group, allowance):
+                continue
             t = _Tally.of(j)
             if t.reach >= p.quorum + p.backups or t.sent >= p.max_replicas:
                 continue
@@ -416,9 +425,9 @@ class Votes:
         else:
             wanted = self._needed(j, t or _Tally.of(j)) > 0
         if wanted:
-            self._wanting.setdefault(j.id, None)
+            self._want(j)
         else:
-            self._wanting.pop(j.id, None)
+            self._unwant(j)
 
     def _settle(
         self,
@@ -430,7 +439,8 @@ class Votes:
         """`accepted`: the winning (output, fuel), which late results of `platform` (the
         winners') are checked against; others' are not comparable."""
         del self._jobs[j.id]
-        self._wanting.pop(j.id, None)
+        self._unwant(j)
+        self._drop_files(j)
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
             if r.state is ReplicaState.OK:

@@ -67,11 +67,16 @@ REQUEST_BYTES = 1024 * 1024
 # Frames the plaintext port takes: its requests (hello, status, work_query) are
 # under 100 bytes; room to spare, and 16 times less than a work frame to queue
 PUBLIC_REQUEST_BYTES = 64 * 1024
-RCVHWM = 8  # messages queued per connection; the reference jobber has 2 in flight
+# messages queued per connection; the reference jobber has 2 in flight (and a dealer's
+# jobber, up to MAX_FETCHES = 8 fetches besides)
+RCVHWM = 8
 # replies queued per connection: the reference jobber has at most 3 requests out
 # (bored, results, alive); past it a reply is dropped, never buffered (libzmq's
 # default, 1,000, let 20 connections that never read hold 2 GB of status replies)
 SNDHWM = 4
+# ... a dealer's work port: a jobber fetching an input file has up to MAX_FETCHES `fetch`
+# requests out besides those three, and each answer must be queued, not dropped
+DEALER_SNDHWM = SNDHWM + p.MAX_FETCHES
 # connections from one source (an IPv4 address, an IPv6 /64): a jobber needs one
 # per port; room for a few dozen machines behind one NAT address
 PER_SOURCE_CONNECTIONS = 32
@@ -150,8 +155,10 @@ class RouterServer:
         allow: Collection[str] | None = None,
         max_frame: int = p.MAX_MESSAGE_BYTES,
         per_source: int = PER_SOURCE_CONNECTIONS,
+        sndhwm: int = SNDHWM,
     ) -> None:
-        """`per_source`: connections kept open from one source (net._gate)."""
+        """`per_source`: connections kept open from one source (net._gate). `sndhwm`:
+        replies queued per work connection (a dealer's: room for MAX_FETCHES chunks)."""
         if per_source < 1:
             raise ValueError(f"connections per address: {per_source} (at least 1)")
         if keys is None:  # a key for this run only (tests, embedding)
@@ -165,7 +172,7 @@ class RouterServer:
         self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dealer.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.gate)
-        self.sock = self._router(max_frame)
+        self.sock = self._router(max_frame, sndhwm)
         self.sock.curve_server = True
         self.sock.curve_secretkey = keys.secret
         self.sock.curve_publickey = keys.public
@@ -198,13 +205,13 @@ class RouterServer:
         self._readable: set[zmq.Socket] | None = None  # what the last poll saw (None: unknown)
         self._stopping = False
 
-    def _router(self, max_frame: int) -> zmq.Socket:
+    def _router(self, max_frame: int, sndhwm: int = SNDHWM) -> zmq.Socket:
         s = self._ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 1000)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.MAXMSGSIZE, max_frame)
         s.setsockopt(zmq.RCVHWM, RCVHWM)
-        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.SNDHWM, sndhwm)
         s.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         return s
 

@@ -150,14 +150,19 @@ class UpstreamSide:
         rid = up.line.sent(BORED, now).id
         up.bored_for = j.key
         j.asked_at = now
-        host = dataclasses.replace(j.host, cached=tuple(book.payloads)[: p.MAX_CACHED])
+        # its own facts but two: the payloads are the relay's, and it carries no input
+        # files (no `fetch` through it yet), so it takes no job with files for anyone
+        host = dataclasses.replace(
+            j.host, cached=tuple(book.payloads)[: p.MAX_CACHED], input_mb=None, files=None
+        )
         behalf = p.Attribution(j.key, j.address[:256])
         want = min(p.MAX_BATCH, want, room)
         return p.Bored(rid, self.name, host, want, book.holding(), behalf)
 
     def host(self, now: float) -> p.HostFacts:
         """What the relay says of itself upstream: the sum of the jobbers it serves, the
-        most any of them gives one job, and no platform (see relay._downstream)."""
+        most any of them gives one job, no platform (see relay._downstream), and no
+        `input_mb`: a relay carries no input files, so it is sent no job that reads any."""
         hosts = [j.host for j in self.book.served(now) if j.host is not None]
 
         def most(name: str):

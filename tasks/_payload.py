@@ -32,13 +32,15 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from net._files import write_atomic
 from protocol import Limits
+from tasks._files import InputFile
+from tasks._paths import _caller, _resolve, _shown
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,10 @@ class Payload:
 
     wasm: bytes = field(repr=False)
     name: str = "payload"
+    # input files the payload itself reads, by absolute guest path outside /input (a
+    # language runtime's library, say): every job of a task running it sees them.
+    # None for a C payload. Pinned with the jobs (dealer._policy.job_digest), not here.
+    files: Mapping[str, InputFile] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.wasm, bytes):  # wat2wasm gives a bytearray
@@ -151,37 +157,6 @@ class Payload:
         import sandbox
 
         return sandbox.run(self.wasm, args, stdin, limits or Limits())
-
-
-def _caller() -> tuple[Path, int] | None:
-    """The file and line of the first frame outside this module (the task's code), or
-    None when that is no file (an interactive session, exec of a string)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame = frame.f_back
-    if frame is None:
-        return None
-    name = frame.f_code.co_filename
-    if name.startswith("<") or not os.path.isfile(name):
-        return None
-    return Path(os.path.abspath(name)), frame.f_lineno
-
-
-def _resolve(path: str | os.PathLike[str], caller: tuple[Path, int] | None) -> Path:
-    path = Path(path).expanduser()
-    if path.is_absolute() or caller is None:
-        return path
-    return caller[0].parent / path
-
-
-def _shown(path: Path) -> str:
-    """A path as the author would type it: relative to the working directory if under
-    it, else absolute."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return str(path) if rel.startswith("..") else rel
 
 
 def _zig_version() -> str:

@@ -18,26 +18,35 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol import Limits
+from tasks._files import InputFile, named_files
 from tasks._payload import Payload
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One unit of work: the arguments and stdin a payload runs with."""
+    """One unit of work: the arguments, stdin and input files a payload runs with.
+
+    `files`: the job's own input files by name (a mapping, or pairs), which the payload
+    sees read-only at /input/NAME beside the task's (Task.files); kept as a tuple of
+    (name, InputFile) sorted by name, so that a Job stays hashable."""
 
     args: tuple[str, ...] = ()
     stdin: bytes = b""
+    files: tuple[tuple[str, InputFile], ...] = ()
 
     def __post_init__(self) -> None:
         if not all(isinstance(a, str) for a in self.args):
             raise TypeError("Job.args must be strings")
         if not isinstance(self.stdin, bytes):
             raise TypeError("Job.stdin must be bytes")
+        if self.files:
+            object.__setattr__(self, "files", named_files(self.files, "Job.files"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,9 @@ class Task:
                  its replicas sent to others (None: the dealer's default, 20 s)
     signing_key: the author key the dealer signs the payload with, a path to
                  KEY.sign_secret or KEY (None: unsigned; `--sign KEYPATH` overrides it)
+    files:       input files every job sees, by name (a mapping name -> InputFile, set in
+                 __init__ or as a class attribute), read-only at /input/NAME; a job's own
+                 (Job.files) may not repeat a name of these. See docs/writing-tasks.md.
     cross_platform: False (the default): replicas of a job vote only with replicas run
                  on the same platform (CPU architecture, OS, wasmtime version), which
                  leave NaN bits as the CPU makes them, at native float speed. True: every
@@ -70,6 +82,7 @@ class Task:
     """
 
     payload: Payload
+    files: Mapping[str, InputFile] = MappingProxyType({})  # every job's, by name
     limits: ClassVar[Limits] = Limits()
     redundancy: ClassVar[int] = 1
     quorum: ClassVar[int | None] = None  # None: equal to redundancy

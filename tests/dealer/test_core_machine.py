@@ -12,7 +12,8 @@ restarts from its journal. After every step:
   cross-platform task names none, and then any machines count together);
   replicas of a job never vote across platforms, whether the platforms' outputs
   are the same (as for float code without NaNs) or differ (NaN bits);
-- with quorum >= 2, the dishonest jobber never gets a wrong output accepted.
+- with quorum >= 2, the dishonest jobber never gets a wrong output accepted;
+- a job with input files goes only to a jobber that takes them (the liar takes none).
 
 At the end, honest jobbers alone (of both platforms) drive the batch to completion.
 """
@@ -31,7 +32,7 @@ from hypothesis.stateful import (
 
 from dealer._core import Accepted, Core, Failed, Overdue, Policy, Returned, Sent
 from protocol import ErrorCode, Status
-from tasks import Job
+from tasks import InputFile, Job
 
 HONEST = ("h1", "h2", "h3", "h4", "h5")
 LIAR = "liar"
@@ -40,6 +41,8 @@ LIARS = (LIAR, SYBIL)
 JOBBERS = (*HONEST, *LIARS)
 MACHINE = {"h1": "m1", "h2": "m2", "h3": "m3", "h4": "m4", "h5": "m5", LIAR: "evil", SYBIL: "evil"}
 ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
+FILES = (InputFile.from_bytes(b"x" * 100), InputFile.from_bytes(b"y" * 200))
+HOLDS = {"h1": (FILES[0].sha256,), "h2": (FILES[1].sha256,)}  # input files held
 
 
 def tally(replicas, platform_of) -> tuple[int, int, int, int, int]:
@@ -83,9 +86,13 @@ class CoreMachine(RuleBasedStateMachine):
         # so that any quorum can be reached on one platform
         on_b=st.sampled_from([("h5",), ("h4", "h5"), ("h2", "h3", "h4", "h5", LIAR), (LIAR,)]),
         outputs=st.sampled_from(["same", "same", "differ", "cross"]),
+        with_files=st.booleans(),
     )
-    def setup(self, n_jobs, redundancy, quorum_minus, max_errors, window, on_b, outputs):
+    def setup(
+        self, n_jobs, redundancy, quorum_minus, max_errors, window, on_b, outputs, with_files
+    ):
         self.n_jobs = n_jobs
+        self.with_files = with_files
         self.platforms = {who: "B" if who in on_b else "A" for who in (*HONEST, LIAR)}
         self.platforms[SYBIL] = self.platforms[LIAR]  # one machine, one platform
         # a cross-platform task: the service names no platform, and jobbers canonicalize
@@ -117,8 +124,29 @@ class CoreMachine(RuleBasedStateMachine):
         suffix = "-B" if self.differ and self.platforms[who] == "B" else ""
         return f"out-{job_id}{suffix}".encode(), 100 + job_id
 
+    def job(self, i: int) -> Job:
+        """Job i: with files, two jobs in three read one of two input files."""
+        if not self.with_files or i % 3 == 2:
+            return Job((str(i),))
+        return Job((str(i),), files={"f": FILES[i % 3]})
+
+    def ask(self, who: str, want: int, **kw):
+        """`bored` as the service passes it: honest jobbers take input files and hold
+        one each (h1 and h2) or none; the liar takes none."""
+        return self.core.bored(
+            who,
+            want,
+            1000,
+            self.now,
+            machine=MACHINE[who],
+            platform=self.platform(who),
+            input_mb=None if who in LIARS else 1,
+            files=HOLDS.get(who, ()),
+            **kw,
+        )
+
     def _fresh(self) -> Core:
-        core = Core((Job((str(i),)) for i in range(self.n_jobs)), self.policy, "d")
+        core = Core((self.job(i) for i in range(self.n_jobs)), self.policy, "d")
         for rec in self.journal:
             core.apply(rec)
         return core
@@ -135,10 +163,11 @@ class CoreMachine(RuleBasedStateMachine):
         me, host = self.core.jobbers.get(who), self.core.machines.get(MACHINE[who])
         before = (me.held if me else 0, host.held if host else 0)
         tallies = {j: tally(job.replicas, self.platform) for j, job in self.core._jobs.items()}
-        got = self.core.bored(
-            who, want, 1000, self.now, machine=MACHINE[who], platform=self.platform(who)
-        )
+        got = self.ask(who, want)
         assert len(got) <= want, "more replicas than asked for"
+        for a in got:  # a job with files only to a jobber that takes them
+            assert not a.job.files or who not in LIARS, f"job {a.job_id}'s files to {who}"
+            assert a.files == {f"/input/{n}": f for n, f in a.job.files}
         assert len(got) <= max(0, min(want, *before_room(before, me, host, self.policy)))
         per_job = [a.job_id for a in got]
         assert len(per_job) == len(set(per_job)), "two replicas of one job in one reply"
@@ -179,9 +208,7 @@ class CoreMachine(RuleBasedStateMachine):
         kept = data.draw(st.lists(st.sampled_from(mine), unique=True)) if mine else []
         for tag in set(mine) - set(kept):
             del self.out[tag]  # the dealer releases them
-        self.core.bored(
-            who, 0, 1000, self.now, holding=kept, machine=MACHINE[who], platform=self.platform(who)
-        )
+        self.ask(who, 0, holding=kept)
         self._commit()
         for tag in set(mine) - set(kept):
             why = self.core.result(who, tag, Status.OK, b"late", 1, "", self.now)
@@ -273,9 +300,7 @@ class CoreMachine(RuleBasedStateMachine):
     def crash_before_journal(self, who, want):
         """The dealer dies after deciding but before its records were durable: the
         jobber never got the reply, so the step never happened."""
-        self.core.bored(
-            who, want, 1000, self.now, machine=MACHINE[who], platform=self.platform(who)
-        )
+        self.ask(who, want)
         self.core = self._fresh()
         self.core.take_settled()
 
@@ -367,8 +392,7 @@ class CoreMachine(RuleBasedStateMachine):
             self.now += 60.0
             self.core.tick(self.now)
             for who in HONEST:
-                on = self.platform(who)
-                for a in self.core.bored(who, 3, 1000, self.now, machine=MACHINE[who], platform=on):
+                for a in self.ask(who, 3):
                     out, fuel = self.right(a.job_id, who)
                     assert self.core.result(who, a.tag, Status.OK, out, fuel, "", self.now) is None
             self._commit()

@@ -274,7 +274,7 @@ def test_a_payload_that_does_not_hash_to_its_name_is_dropped_and_its_job_given_b
 def test_attributed_each_jobber_s_jobs_are_fetched_for_it_and_run_only_by_it():
     c = core(attribute=True)
     native = p.Limits(fuel=1000, memory_mb=64, time_s=5.0, output_kb=1, native_nans=True)
-    ann_host = p.HostFacts(cpus=2, memory_mb=512, slots=1, platform="x86")
+    ann_host = p.HostFacts(cpus=2, memory_mb=512, slots=1, platform="x86", input_mb=9, files=())
     bored(c, ANN, 0.0, want=0, host=ann_host)
     bored(c, BOB, 0.0, want=0)
     first = request(c, 0.0, p.Bored)
@@ -283,6 +283,7 @@ def test_attributed_each_jobber_s_jobs_are_fetched_for_it_and_run_only_by_it():
     assert first.behalf.machine == "10.0.0." + who[0]
     if who == ANN:  # its own facts: memory, platform
         assert (first.host.memory_mb, first.host.platform) == (512, "x86")
+    assert first.host.input_mb is None and first.host.files is None  # never input files
     c.upstream_reply(p.Jobs(first.id, (spec("u1", limits=native), spec("u2")), {SHA: WASM}), 0.0)
     second = request(c, 0.1, p.Bored)
     other = second.behalf.key
@@ -492,7 +493,9 @@ def test_signatures_are_kept_and_sent_with_every_job_that_names_the_payload():
 def test_the_relay_describes_itself_as_the_jobbers_it_serves():
     c = core()
     small = p.HostFacts(cpus=2, memory_mb=512, slots=2, max_time_s=10.0, max_fuel=50)
-    big = p.HostFacts(cpus=8, memory_mb=4096, slots=6, max_time_s=30.0, max_fuel=None)
+    big = p.HostFacts(
+        cpus=8, memory_mb=4096, slots=6, max_time_s=30.0, max_fuel=None, input_mb=64, files=(SHA,)
+    )
     bored(c, ANN, 0.0, want=0, host=small)
     bored(c, BOB, 0.0, want=0, host=big)
     h = c.host(0.0)
@@ -500,6 +503,7 @@ def test_the_relay_describes_itself_as_the_jobbers_it_serves():
     assert h.max_time_s == 30.0  # the most any of them allows
     assert h.max_fuel is None  # one of them sets no limit
     assert h.max_output_kb is None and h.platform is None
+    assert h.input_mb is None and h.files is None  # a relay carries no input files
     assert c.host(LEASE_S + 1).cpus == 1  # nobody served: the least there is
     assert c.host(LEASE_S + 1).memory_mb == 0
 

@@ -1,0 +1,91 @@
+"""Serving input files (`fetch`): each chunk read from its file when asked, checked
+against the digest taken when the task was built, and rationed, so that a flood of
+fetches costs the dealer what other floods do (docs/dealer.md, "Input files"). No
+sockets, no clock: the service (dealer._service) hands it each `fetch` with the time and
+the sender, and how to find a file by hash (the core's `input_file`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import protocol as p
+from net._gate import Ration, source_of
+from protocol import Peer
+from tasks import InputFile, InputFileError
+
+log = logging.getLogger(__name__)
+
+# `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address, 32
+# chunks a second (128 MiB/s) after a burst of 16 (two jobbers' 8 fetches out); in all,
+# 128 a second (512 MiB/s) after a burst of 64: what serving files can cost, whoever asks
+FETCH_PER_S, FETCH_BURST = 32.0, 16.0
+ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 64.0
+# chunks served in one turn of the loop: a turn's replies are all held until its commit
+# (net._router), so this bounds what they hold (64 MiB) and how long the turn reads
+FETCH_PER_TURN = 16
+
+
+class FileServer:
+    """The chunks of a batch's input files, served; what was served, counted."""
+
+    def __init__(self) -> None:
+        self.fetches = 0  # chunks of input files served
+        self.busy = 0  # fetches answered `busy` (the ration, or the turn's share)
+        self.served_bytes = 0
+        self.ration = Ration(FETCH_PER_S, FETCH_BURST, ALL_FETCH_PER_S, ALL_FETCH_BURST)
+        self._this_turn = 0  # chunks read this turn (see FETCH_PER_TURN)
+
+    def turn(self) -> None:
+        """A new turn of the loop: it may serve FETCH_PER_TURN chunks again."""
+        self._this_turn = 0
+
+    def status(self) -> dict:
+        """For status: chunks served, their bytes, and fetches answered `busy`."""
+        return {
+            "fetches": self.fetches,
+            "files_served_bytes": self.served_bytes,
+            "fetches_busy": self.busy,
+        }
+
+    def fetch(
+        self,
+        msg: p.Fetch,
+        now: float,
+        peer: Peer,
+        lookup: Callable[[str], InputFile | None],
+        denied: bool = False,
+    ) -> p.Message:
+        """One chunk of an input file a job of this batch reads, read from its file now
+        (one pread and one SHA-256 of at most CHUNK_BYTES, checked against the digest
+        taken when the task was built). Rationed per source address and in all, as
+        `status` is (net._router): past the ration, a `busy` error saying when."""
+        if denied:
+            return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
+        f = lookup(msg.hash)
+        if f is None:
+            return p.Error(msg.id, p.ErrorCode.UNKNOWN_FILE, f"no input file {msg.hash} here")
+        chunks = len(f.digests)
+        if msg.chunk >= chunks:
+            why = f"chunk {msg.chunk} is past the end: the file has {chunks} chunks"
+            return p.Error(msg.id, p.ErrorCode.UNEXPECTED, why)
+        if self._this_turn >= FETCH_PER_TURN:
+            wait_s, what = 0.05, f"{FETCH_PER_TURN} chunks are served a turn"
+        else:
+            wait_s = self.ration.take(source_of(peer.address), now)
+            what = f"fetch is rationed to {FETCH_PER_S:g} chunks a second per address"
+        if wait_s > 0:
+            self.busy += 1
+            why = f"busy: {what}; ask again in {max(wait_s, 0.05):.2f} s"
+            return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
+        self._this_turn += 1
+        try:
+            data = f.read_chunk(msg.chunk)
+        except (OSError, InputFileError) as e:
+            log.error("cannot serve input file %s: %s", msg.hash[:12], e)
+            return p.Error(msg.id, p.ErrorCode.INTERNAL, f"cannot read input file: {e}"[:1000])
+        self.fetches += 1
+        self.served_bytes += len(data)
+        digests = f.digests if msg.chunk == 0 else None
+        return p.Chunk(msg.id, msg.hash, msg.chunk, f.size, data, digests)
