@@ -121,6 +121,7 @@ import protocol as p
 from jobber._actions import (
     Action,
     BadHash,
+    DropFile,
     Event,
     FileBad,
     FileKept,
@@ -155,6 +156,7 @@ from jobber._state import (
     AHEAD_S,
     ALIVE,
     BORED,
+    DENIED_GIVE_UP,
     DISK_PROBE_S,
     DROP_REFERRED_AFTER,
     DROP_UNREACHED_AFTER,
@@ -187,6 +189,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [  # the core's face: its parts' names stay reachable here
     "AHEAD_S",
+    "DENIED_GIVE_UP",
     "DISK_PROBE_S",
     "DROP_REFERRED_AFTER",
     "DROP_UNREACHED_AFTER",
@@ -210,6 +213,7 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "SPOOL_SHARES_IN_ALL",
     "Action",
     "BadHash",
+    "DropFile",
     "Event",
     "FileBad",
     "FileKept",
@@ -291,6 +295,8 @@ class JobberCore(Dealers, Holdings, Inputs):
         # input files the shell's store holds whole: hash -> size, most recently used first
         self.files_held: dict[str, int] = {}
         self.partials: dict[str, Partial] = {}  # input files coming, a chunk at a time
+        # input file started over -> the dealer to ask its chunk 0 of first (jobber._inputs)
+        self.fetch_first: dict[str, str] = {}
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -566,6 +572,7 @@ class JobberCore(Dealers, Holdings, Inputs):
         self._send_results(now)
         self._send_alive(now)
         if not self.stopping:
+            self._give_up_waiting(now)
             self._send_fetches(now)
         if not (self.stopping or self.fetch_paused):
             self._fetch(now)
