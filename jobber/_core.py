@@ -38,7 +38,8 @@ and carries out the *actions* the core queues, in order (``take_actions``):
 ``Stop`` (slots), ``Suspend`` and ``Resume`` (the slots' workers), ``Spool``
 and ``Unspool`` (the results on disk), ``Store`` (payloads of jobs taken, into
 the cache), ``KeepChunk`` (a checked chunk of an input file, into the file
-store), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
+store), ``DropFile`` (a partial input file the core forgot: the store forgets it
+too), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
 
 Its parts: the dealers (jobber._dealers: each a ``Link`` whose requests out,
 timeouts, backoff, socket resets and key are net._link's Lazy Pirate core), the
@@ -56,7 +57,8 @@ The rules, per turn (``tick``):
    dealer is backed off (net._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
-   each file a buffered job lacks is fetched from the job's dealer, up to
+   jobs waiting for input files past their deadline are given back; each file
+   a buffered job lacks is fetched from one dealer whose jobs read it, up to
    p.MAX_FETCHES chunks out per dealer (jobber._inputs);
 6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
    asked (``bored``) for the difference: one running per slot and, buffered, as
