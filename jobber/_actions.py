@@ -93,6 +93,15 @@ class KeepChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class DropFile:
+    """The core forgot partial input file `sha` (no job in hand reads it, or two dealers
+    disagree on it and it starts over from chunk 0): the file store drops it too, its
+    chunks, digests and running hash, so the two never differ on what is kept."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
 class Suspend:
     """Stop the slots' workers where they are (the owner's activity, the CPU limit)."""
 
@@ -114,6 +123,7 @@ Action = (
     | ProbeDisk
     | Store
     | KeepChunk
+    | DropFile
     | Suspend
     | Resume
 )
@@ -170,9 +180,11 @@ class PayloadGone:
 
 @dataclass(frozen=True, slots=True)
 class FileKept:
-    """Input file `sha` has every chunk and its bytes hash to its name: it is held whole."""
+    """Input file `sha` (of `size` bytes) has every chunk and its bytes hash to its name:
+    it is held whole."""
 
     sha: str
+    size: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,10 +44,10 @@ from jobber import _control, _instructions
 from jobber import _core as c
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
-from jobber._files import FileStore
+from jobber._files import Diverged, FileChecker, FileStore
 from jobber._idle import IdleDetector, Throttle, read_host
 from jobber._quiet import Repeats
-from jobber._settings import MIB, Config, JobberError
+from jobber._settings import Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
 from jobber._spool import Spool, SpoolWriter
 from jobber._status import Control
@@ -110,6 +110,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.spool = Spool(cfg.data_dir / "spool")
         self.files = FileStore(cfg.data_dir / "files")  # input files, kept with the cache
         self._writer: SpoolWriter | None = None
+        self._checker: FileChecker | None = None  # checks complete input files off the loop
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
@@ -203,15 +204,13 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self._evict(f"{len(payloads)} payloads from {dealer}")
 
     def _evict(self, why: str) -> None:
-        """Bound the cache's disk, payloads and input files together (whatever dealers
-        send, it keeps its size, but never removes what jobs in hand need) and tell the
-        core what it holds. Input files may take what the payloads of jobs in hand leave;
-        the payloads, what the input files then leave."""
+        """Bound the cache's disk, payloads and input files together, as the core splits
+        it (JobberCore.files_allowance, payloads_allowance: whatever dealers send, it
+        keeps its size, but never removes what jobs in hand need), and tell the core what
+        it holds."""
         held = self.core.held_payloads()
-        budget = self._eff.cache_mb * MIB
-        sizes = self.cache.sizes()
-        in_use = sum(a + b for sha, (a, b) in sizes.items() if sha in held)
-        files_gone = self.files.evict(max(0, budget - in_use), self.core.held_files())
+        files_may = self.core.files_allowance()
+        files_gone = 0 if files_may is None else self.files.evict(files_may, self.core.held_files())
         if files_gone:
             log.info(
                 "cache over %d MiB (%s): %d least used input files removed",
@@ -220,8 +219,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 files_gone,
             )
         self.core.files_updated(self.files.whole(), self.files.partials)
-        budget = max(0, budget - self.files.total())
-        gone = self.cache.evict(budget, p.MAX_CACHED, held)
+        payloads_may = self.core.payloads_allowance(self.files.total())
+        gone = 0 if payloads_may is None else self.cache.evict(payloads_may, p.MAX_CACHED, held)
         if gone:
             self._present.clear()
             log.info(
@@ -233,20 +232,45 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.core.cache_updated(self.cache.sizes())
 
     def _keep_chunk(self, a: c.KeepChunk) -> None:
-        """Write a chunk the core checked; a file with every chunk is checked whole and
-        kept, or dropped (the core hears which)."""
-        now = time.monotonic()
+        """Write a chunk the core checked; a file with every chunk is checked whole off the
+        loop (FileChecker: the core hears once it is done, `_files_checked`)."""
         try:
             complete = self.files.keep_chunk(a.sha, a.size, a.index, a.data, a.digests)
-            got = self.files.finish(a.sha) if complete else None
         except OSError as e:
             self.files.drop_partial(a.sha)
-            self.core.handle(c.FileStoreFailed(a.sha, str(e.strerror or e)), now)
+            self.core.handle(c.FileStoreFailed(a.sha, str(e.strerror or e)), time.monotonic())
             return
-        if not complete:
+        except Diverged as e:  # the core's bug, caught here: the store's word wins
+            log.error("%s; the store's partial file dropped, fetched again", e)
+            self.files.drop_partial(a.sha)
+            self.core.files_updated(self.files.whole(), self.files.partials)
             return
-        self.core.handle(c.FileKept(a.sha) if got is None else c.FileBad(a.sha, got), now)
-        self._evict(f"input file {a.sha[:12]}")
+        if complete:
+            if self._checker is None:
+                self._checker = FileChecker(self.files)
+                self._checker.start()
+            self._checker.put(a.sha, self.files.complete(a.sha))
+
+    def _files_checked(self) -> None:
+        """Files the checker is done with: the core hears whether each is held whole."""
+        assert self._checker is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._checker.fd, 4096)
+        now = time.monotonic()
+        while True:
+            try:
+                sha, got, err = self._checker.done.get_nowait()
+            except queue.Empty:
+                break
+            size = self.files.checked(sha)
+            if err is not None:
+                self.core.handle(c.FileStoreFailed(sha, str(err.strerror or err)), now)
+            elif got is None:
+                self.core.handle(c.FileKept(sha, size), now)
+            else:
+                self.core.handle(c.FileBad(sha, got), now)
+            self._evict(f"input file {sha[:12]}")
+        self._carry_out()
 
     # --- carrying out the core's actions ---------------------------------------------
 
@@ -348,6 +372,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._store_payloads(a.dealer, a.payloads)
         elif isinstance(a, c.KeepChunk):
             self._keep_chunk(a)
+        elif isinstance(a, c.DropFile):
+            self.files.drop_partial(a.sha)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")
@@ -450,6 +476,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         watched += [m for ss in self._socks.values() for m in ss.monitors.values()]
         watched += self.slots.fds()
         watched += [self._writer.fd if self._writer else None, self._control]
+        watched += [self._checker.fd if self._checker else None]
         # the objects themselves, not their ids: an id can come back for a new socket
         key = tuple(x for x in watched if x is not None)
         if len(key) != len(self._poll_key) or any(
@@ -485,6 +512,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                     self._recv(dealer, s)
         if self._writer is not None and self._writer.fd in ready:
             self._spooled()
+        if self._checker is not None and self._checker.fd in ready:
+            self._files_checked()
         if self._control is not None and self._control in ready:
             self._serve_control()
 
@@ -519,6 +548,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._control = None
             (self.cfg.data_dir / "control").unlink(missing_ok=True)
         self.slots.close(0.0)
+        if self._checker is not None:  # a check under way ends (kept or not) before we go
+            self._checker.stop()
+            self._checker = None
         if self._writer is not None:  # what is queued reaches the disk before we go
             self._writer.stop()
             self._writer = None

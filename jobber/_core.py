@@ -38,7 +38,8 @@ and carries out the *actions* the core queues, in order (``take_actions``):
 ``Stop`` (slots), ``Suspend`` and ``Resume`` (the slots' workers), ``Spool``
 and ``Unspool`` (the results on disk), ``Store`` (payloads of jobs taken, into
 the cache), ``KeepChunk`` (a checked chunk of an input file, into the file
-store), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
+store), ``DropFile`` (a partial input file the core forgot: the store forgets it
+too), ``Pin`` (a dealer's key learnt on first use) and ``ProbeDisk``.
 
 Its parts: the dealers (jobber._dealers: each a ``Link`` whose requests out,
 timeouts, backoff, socket resets and key are net._link's Lazy Pirate core), the
@@ -56,7 +57,8 @@ The rules, per turn (``tick``):
    dealer is backed off (net._backoff) and its sockets reset (Lazy Pirate);
 4. each dealer with results waiting gets one ``results`` request at a time;
 5. each dealer whose work is held hears ``alive`` every ``alive_every_s``;
-   each file a buffered job lacks is fetched from the job's dealer, up to
+   jobs waiting for input files past their deadline are given back; each file
+   a buffered job lacks is fetched from one dealer whose jobs read it, up to
    p.MAX_FETCHES chunks out per dealer (jobber._inputs);
 6. while fewer than ``hi_water()`` jobs are running or buffered, dealers are
    asked (``bored``) for the difference: one running per slot and, buffered, as
@@ -121,6 +123,7 @@ import protocol as p
 from jobber._actions import (
     Action,
     BadHash,
+    DropFile,
     Event,
     FileBad,
     FileKept,
@@ -155,6 +158,7 @@ from jobber._state import (
     AHEAD_S,
     ALIVE,
     BORED,
+    DENIED_GIVE_UP,
     DISK_PROBE_S,
     DROP_REFERRED_AFTER,
     DROP_UNREACHED_AFTER,
@@ -187,6 +191,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [  # the core's face: its parts' names stay reachable here
     "AHEAD_S",
+    "DENIED_GIVE_UP",
     "DISK_PROBE_S",
     "DROP_REFERRED_AFTER",
     "DROP_UNREACHED_AFTER",
@@ -210,6 +215,7 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "SPOOL_SHARES_IN_ALL",
     "Action",
     "BadHash",
+    "DropFile",
     "Event",
     "FileBad",
     "FileKept",
@@ -291,6 +297,8 @@ class JobberCore(Dealers, Holdings, Inputs):
         # input files the shell's store holds whole: hash -> size, most recently used first
         self.files_held: dict[str, int] = {}
         self.partials: dict[str, Partial] = {}  # input files coming, a chunk at a time
+        # input file started over -> the dealer to ask its chunk 0 of first (jobber._inputs)
+        self.fetch_first: dict[str, str] = {}
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -566,6 +574,7 @@ class JobberCore(Dealers, Holdings, Inputs):
         self._send_results(now)
         self._send_alive(now)
         if not self.stopping:
+            self._give_up_waiting(now)
             self._send_fetches(now)
         if not (self.stopping or self.fetch_paused):
             self._fetch(now)

@@ -149,6 +149,9 @@ class Dealers:
             self._actions.append(Reset(link.address))
 
     def _drop(self, link: Link, now: float) -> None:
+        """Forget a dealer; its jobs still waiting for input files are given back (no
+        file of theirs comes from it now)."""
+        self._dealer_gone(link.address, f"dealer {link.address} dropped before its files came")
         self._shunned[link.address] = now + SHUN_DROPPED_S
         if len(self._shunned) > MAX_SHUNNED:
             del self._shunned[min(self._shunned, key=self._shunned.__getitem__)]

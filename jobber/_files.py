@@ -8,16 +8,23 @@ On disk, under `files/`:
     <sha>.part      a file coming: its full size (sparse until its chunks are in)
     <sha>.digests   beside it: the SHA-256 of each of its chunks (chunk 0 brought them)
 
-A chunk is written at its offset and fsynced before the core hears of it; the digests
-are written (atomically) before chunk 0 is. A restarted jobber **re-checks** each
-partial file on start: every chunk whose bytes on disk hash to its digest is kept, the
-rest are fetched again, so a torn or lost write costs a chunk, never a wrong byte. The
-whole file's SHA-256 is computed as its chunks come, over the run of chunks from its
-start; once every chunk is in, what is left (chunks that came out of order or before a
-restart) is read back 1 MiB at a time, and the file is renamed to its name, or removed.
+The digests are written (atomically, durably) before chunk 0 is. A chunk is written
+at its offset and not fsynced: a restarted jobber **re-checks** each partial file on
+start, and every chunk whose bytes on disk hash to its digest is kept, the rest are
+fetched again, so a torn or lost write costs a chunk, never a wrong byte (and the
+loop, which answers dealers and sends `alive`, never waits on the disk per chunk).
+The store refuses a chunk it holds already, or digests other than those it keeps:
+what it keeps under a name only ever comes from one set of digests.
 
-Nothing here decides: the core (jobber._inputs) says which chunk to keep; the shell
-(jobber._client) bounds the store's size with the payload cache's.
+The whole file's SHA-256 is computed as its chunks come, over the run of chunks from
+its start (fetches go out in order, so that run is nearly all of it; the start-up
+re-check rebuilds it as it reads). Once every chunk is in, the rest of the check
+(reading back the chunks that came after a gap, the fsync, the rename to its name or
+the removal) is done off the loop by `FileChecker`, as the spool does its writes; the
+shell then says FileKept or FileBad to the core.
+
+Nothing here decides: the core (jobber._inputs) says which chunk to keep and which
+partial file to drop, and how much of the cache the store may take.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,11 @@ class _Run:
     next: int = 0
 
 
+class Diverged(ValueError):
+    """A chunk the store will not write: one it holds already, digests other than those
+    it keeps, or a file being checked. The core and the store differ on the file."""
+
+
 class FileStore:
     """Input files by hash: whole ones, and partial ones with their digests."""
 
@@ -57,6 +71,7 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.partials: dict[str, Partial] = {}
         self._hashing: dict[str, _Run] = {}  # partial file -> its hash so far
+        self.checking: set[str] = set()  # partial files with every chunk, being checked
         self._load()
 
     # --- paths ---------------------------------------------------------------------
@@ -107,12 +122,16 @@ class FileStore:
             return None
         digests = tuple(raw[i * 32 : (i + 1) * 32] for i in range(n))
         part = Partial(size, digests)
+        run = self._hashing[sha] = _Run()  # the whole file's hash, rebuilt as it is read
         with open(self._part(sha), "rb") as f:
             for i in range(n):
                 f.seek(i * p.CHUNK_BYTES)
                 data = f.read(min(p.CHUNK_BYTES, size - i * p.CHUNK_BYTES))
                 if hashlib.sha256(data).digest() == digests[i]:
                     part.have.add(i)
+                    if run.next == i:
+                        run.sha256.update(data)
+                        run.next += 1
         log.info(
             "input file %s: %d of %d chunks kept from an earlier run", sha[:12], len(part.have), n
         )
@@ -146,60 +165,61 @@ class FileStore:
     def keep_chunk(
         self, sha: str, size: int, index: int, data: bytes, digests: tuple[bytes, ...] | None
     ) -> bool:
-        """Write chunk `index` (checked by the core) and fsync it; with chunk 0, keep the
-        digests first. True once the file has every chunk (then `finish` it). OSError if
-        the disk will not take it."""
+        """Write chunk `index` (checked by the core); with chunk 0, keep the digests first.
+        True once the file has every chunk (then check it: `complete`). OSError if the
+        disk will not take it; Diverged if the store holds that chunk already, keeps other
+        digests, or is checking the file."""
+        if sha in self.checking:
+            raise Diverged(f"input file {sha[:12]}: being checked whole")
         part = self.partials.get(sha)
         if part is None:
             if digests is None:
-                raise ValueError(f"input file {sha[:12]}: a chunk before its digests")
+                raise Diverged(f"input file {sha[:12]}: a chunk before its digests")
             write_atomic(self._digests(sha), b"".join(digests), durable=True, mode=0o600)
-            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o600)
+            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.ftruncate(fd, size)
             finally:
                 os.close(fd)
             part = self.partials[sha] = Partial(size, tuple(digests))
+            self._hashing[sha] = _Run()
+        elif digests is not None and tuple(digests) != part.digests:
+            raise Diverged(f"input file {sha[:12]}: digests other than those kept")
+        if index in part.have:
+            raise Diverged(f"input file {sha[:12]}: chunk {index} is kept already")
         fd = os.open(self._part(sha), os.O_WRONLY)
         try:
             os.pwrite(fd, data, index * p.CHUNK_BYTES)
-            os.fsync(fd)
         finally:
             os.close(fd)
         part.have.add(index)
-        self._hash_on(sha, index, data)
+        run = self._hashing.setdefault(sha, _Run())
+        if index == run.next:  # in order: hashed now, from memory (no read back)
+            run.sha256.update(data)
+            run.next += 1
         return not part.missing()
 
-    def _hash_on(self, sha: str, index: int, data: bytes) -> None:
-        """Hash the file as its chunks come, over the run of chunks from its start
-        (fetches go out in order, so that run is nearly all of it): `finish` then reads
-        back only what came out of order or before a restart, and a big file's whole
-        check does not hold up the loop (and the jobber's `alive`) at its end."""
-        run = self._hashing.setdefault(sha, _Run())
-        if index != run.next:
-            return
-        run.sha256.update(data)
-        run.next += 1
-        part = self.partials[sha]
-        n = p.chunk_count(part.size)
-        with open(self._part(sha), "rb") as f:
-            while run.next < n and run.next in part.have:
-                f.seek(run.next * p.CHUNK_BYTES)
-                run.sha256.update(f.read(min(p.CHUNK_BYTES, part.size - run.next * p.CHUNK_BYTES)))
-                run.next += 1
+    def complete(self, sha: str) -> _Run:
+        """File `sha` has every chunk: it is being checked from now (`check`, off the loop,
+        then `checked`); nothing writes or drops it meanwhile. Its hash so far."""
+        self.checking.add(sha)
+        return self._hashing.pop(sha, None) or _Run()
 
-    def finish(self, sha: str) -> str | None:
-        """Check a file with every chunk against its name: renamed to it (read-only) and
-        None, or removed and the hash its bytes have."""
-        run = self._hashing.pop(sha, None) or _Run()
+    def check(self, sha: str, run: _Run) -> str | None:
+        """Check a file with every chunk against its name, hashing on from `run` (what
+        came after a gap is read back 1 MiB at a time): fsynced and renamed to its name
+        (read-only), and None; or removed, and the hash its bytes have. Touches only this
+        file: safe off the loop while `sha` is in `checking`. OSError from the disk."""
         h = run.sha256
         with open(self._part(sha), "rb") as f:
             f.seek(run.next * p.CHUNK_BYTES)
             while block := f.read(_READ):
                 h.update(block)
-        got = h.hexdigest()
+            got = h.hexdigest()
+            if got == sha:
+                os.fsync(f.fileno())  # its chunks were not synced one by one
         if got != sha:
-            self.drop_partial(sha)
+            self._part(sha).unlink(missing_ok=True)
             return got
         os.chmod(self._part(sha), 0o444)  # jobs read it; nothing here writes it again
         os.replace(self._part(sha), self.path(sha))
@@ -208,12 +228,31 @@ class FileStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._digests(sha).unlink(missing_ok=True)
-        self.partials.pop(sha, None)
         return None
 
+    def checked(self, sha: str) -> int:
+        """The check of file `sha` is over (whatever it found): it is no longer partial.
+        Its size."""
+        self.checking.discard(sha)
+        self._digests(sha).unlink(missing_ok=True)
+        part = self.partials.pop(sha, None)
+        if not self.has(sha):
+            self._part(sha).unlink(missing_ok=True)
+        return 0 if part is None else part.size
+
+    def finish(self, sha: str) -> str | None:
+        """`complete`, `check` and `checked` at once, on this thread (at start-up, where
+        the re-check has rebuilt the hash, so little or nothing is read back)."""
+        try:
+            return self.check(sha, self.complete(sha))
+        finally:
+            self.checked(sha)
+
     def drop_partial(self, sha: str) -> None:
-        """Forget a partial file and its digests (a bad file, a write the disk refused)."""
+        """Forget a partial file and its digests (the core forgot it, a write the disk
+        refused); not one being checked (the check decides what becomes of it)."""
+        if sha in self.checking:
+            return
         self._hashing.pop(sha, None)
         self._part(sha).unlink(missing_ok=True)
         self._digests(sha).unlink(missing_ok=True)
@@ -226,6 +265,8 @@ class FileStore:
         for sha, size in self.whole():
             entries.append((self._mtime(self.path(sha)), sha, size, False))
         for sha, part in self.partials.items():
+            if sha in self.checking:
+                continue  # being checked: whole in a moment, or gone
             entries.append((self._mtime(self._part(sha)), sha, part.size, True))
         entries.sort()
         total = sum(e[2] for e in entries)
@@ -249,3 +290,38 @@ class FileStore:
             return path.stat().st_mtime
         except FileNotFoundError:
             return 0.0
+
+
+class FileChecker(threading.Thread):
+    """Checks complete input files off the loop (FileStore.check): what came out of
+    order is read back and the file fsynced there, so a big file's end holds up neither
+    the dealers' answers nor `alive`. Each check done is queued in `done` (sha, the hash
+    its bytes have or None, an OSError or None) and signalled on a pipe the loop polls,
+    as the spool writer does (jobber._spool.SpoolWriter)."""
+
+    def __init__(self, store: FileStore) -> None:
+        super().__init__(name="file-checker", daemon=True)
+        self.store = store
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.fd, self._signal = os.pipe()
+        os.set_blocking(self.fd, False)
+
+    def put(self, sha: str, run: _Run) -> None:
+        self._todo.put((sha, run))
+
+    def stop(self) -> None:
+        """Finish the checks queued, then end (joined)."""
+        self._todo.put(None)
+        self.join()
+        os.close(self.fd)
+        os.close(self._signal)
+
+    def run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            sha, run = item
+            try:
+                self.done.put((sha, self.store.check(sha, run), None))
+            except OSError as e:
+                self.done.put((sha, None, e))
+            os.write(self._signal, b"x")

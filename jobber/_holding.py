@@ -71,8 +71,9 @@ class Holdings:
         host = self.host_facts()
         inputs = sum(h.input for h in self._in_hand())
         pinned = self.held_payloads()
-        files = self.held_files()  # input files of jobs in hand: in the cache too
-        cache = sum(self._payload_bytes(sha) for sha in pinned) + self._files_bytes(files)
+        # input files of jobs in hand take the cache too, at the size their jobs name
+        files = self._files_in_hand()
+        cache = sum(self._payload_bytes(sha) for sha in pinned) + sum(files.values())
         spool = self._spool_in_all()
         mine = self._spool_of(link.address)
         refused = unfit = dropped = never = 0
@@ -91,8 +92,11 @@ class Holdings:
             if spec.payload not in pinned:
                 wasm = msg.payloads.get(spec.payload)
                 new_payload = self._payload_bytes(spec.payload, wasm)
-            new_files = {ref.hash: ref.size for ref in (spec.files or {}).values()}
-            new_files = {sha: n for sha, n in new_files.items() if sha not in files}
+            new_files: dict[str, int] = {}  # file -> the bytes it adds to those in hand
+            for ref in (spec.files or {}).values():
+                more = ref.size - max(files.get(ref.hash, 0), new_files.get(ref.hash, 0))
+                if more > 0:
+                    new_files[ref.hash] = new_files.get(ref.hash, 0) + more
             new_bytes = new_payload + sum(new_files.values())
             if why is None and inputs + h.input > s.input_budget():
                 why = (
@@ -128,7 +132,8 @@ class Holdings:
                     pinned.add(spec.payload)
                     cache += new_payload
                     self._coming[spec.payload] = new_payload
-                files |= set(new_files)
+                for sha, more in new_files.items():
+                    files[sha] = files.get(sha, 0) + more
                 cache += sum(new_files.values())
                 continue
             status = p.Status.ABANDONED if bad is None else bad[0]

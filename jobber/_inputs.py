@@ -6,23 +6,45 @@ part reads alone; it shares the core's state and logs as the core.
 
 A job with input files is taken only if its files fit the owner's cap
 (`Settings.input_files_mb`, said to dealers as `host.input_mb`) and, beside the payloads
-and files of the jobs in hand, the cache (`cache_bytes`); its guest paths must not nest
-(`/a` and `/a/b`: INVALID). It then waits in the buffer (held: counted, its deadline
-running) until each file is held whole; the others start past it. Each file it lacks
-is fetched from the dealer that sent the job, chunk 0 first (it carries every chunk's
-digest), then the missing chunks, up to p.MAX_FETCHES requests out to a dealer at once,
-each a request of its own kind (jobber._state.FETCHES) in the dealer's Lazy Pirate link,
-so a fetch times out, fails and backs off as any request does.
+and files of the jobs in hand, the cache (`cache_bytes`): each file in hand counts at
+the size its jobs name (the largest, if they differ) from the moment a job naming it is
+taken, whether or not a chunk of it has come. Its guest paths must not nest (`/a` and
+`/a/b`: INVALID). It then waits in the buffer (held: counted, its deadline running)
+until each file is held whole; the others start past it. A waiting job is given back
+ABANDONED, with the reason, once its deadline passes, when its dealer is dropped, or
+when that dealer answers `denied` to DENIED_GIVE_UP fetches in a row.
+
+Each file a buffered job lacks is fetched from one dealer at a time, chosen among the
+dealers whose buffered jobs read it (in the buffer's order): the one whose digests the
+file is being checked against first, then the first that can be asked now (its key
+known, not refused, not backed off), one that has failed no contact before one that
+has. So a file two dealers' jobs read comes from the other when the first is backed
+off, keyless, refused or silent. Chunk 0 comes first (it carries every chunk's digest),
+then the missing chunks, up to p.MAX_FETCHES requests out to a dealer at once, each a
+request of its own kind (jobber._state.FETCHES) in the dealer's Lazy Pirate link, so a
+fetch times out, fails and backs off as any request does.
 
 A chunk is kept only if it is the one asked (hash, index), of the size the job named,
-of the right length, and hashes to its digest; anything else is dropped and counts one
-failure in the dealer's backoff (the socket answered: it and the other requests on it
-stay), and the chunk is asked again once the backoff ends. The shell writes a kept chunk
-to the file store (`KeepChunk`) and, once every chunk is in, checks the whole file
-against its name: FileKept, or FileBad (the file is dropped whole, its jobs given
-back ABANDONED, and their dealers asked again only after REFUSED_PAYLOAD_WAIT_S).
-`error unknown_file` from the dealer gives back its jobs that read that file,
+of the right length, and hashes to its digest. Anything else from the dealer whose
+chunk 0 brought the digests (`Partial.source`) is dropped and counts one failure in
+its backoff (the socket answered: it and the other requests on it stay), and the chunk
+is asked again once the backoff ends. A chunk from *another* dealer that fails those
+digests (or brings others) blames neither: one of the two lies, and which cannot be
+told, so the partial file is dropped (DropFile: the store drops it too), the fetches
+out for it are left to answer for nothing (STALE), and it starts over from chunk 0,
+asked first of the dealer whose chunk disagreed. The shell writes a kept chunk to the
+file store (`KeepChunk`) and, once every chunk is in, checks the whole file against
+its name: FileKept, or FileBad. A file that fails whole was made by the dealer(s)
+whose digests and chunks were kept (`Partial.source`, `Partial.senders`): their jobs
+that read it are given back ABANDONED and they are asked again only after
+REFUSED_PAYLOAD_WAIT_S; the other dealers' jobs wait on while it starts over from
+chunk 0. `error unknown_file` from the dealer gives back its jobs that read that file,
 ABANDONED.
+
+The core and the store never differ on a partial file: whenever the core forgets one
+the store holds (no job in hand reads it any more, or it starts over), it says so
+(DropFile); the shell tells it what the store holds (`files_updated`), and the store
+refuses a chunk it holds already or digests other than those it keeps.
 """
 
 from __future__ import annotations
@@ -33,8 +55,16 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 
 import protocol as p
-from jobber._actions import FileBad, FileKept, FileStoreFailed, KeepChunk
-from jobber._state import FETCHES, REFUSED_PAYLOAD_WAIT_S, Held, Link, Partial
+from jobber._actions import DropFile, FileBad, FileKept, FileStoreFailed, KeepChunk
+from jobber._state import (
+    DENIED_GIVE_UP,
+    FETCHES,
+    REFUSED_PAYLOAD_WAIT_S,
+    STALE,
+    Held,
+    Link,
+    Partial,
+)
 
 log = logging.getLogger("jobber._core")  # the core's log, whichever part of it speaks
 
@@ -60,24 +90,51 @@ class Inputs:
         self, whole: Iterable[tuple[str, int]], partials: Mapping[str, Partial]
     ) -> None:
         """The shell's file store as it is now: files held whole (hash, size), most
-        recently used first, and partial ones with their digests and chunks kept."""
+        recently used first, and partial ones with their digests and chunks kept. Who
+        sent a partial file's digests and chunks is the core's own record, kept while
+        the digests are the same."""
+        old = self.partials
         self.files_held = dict(whole)
-        self.partials = {
-            sha: Partial(part.size, part.digests, set(part.have)) for sha, part in partials.items()
-        }
+        self.partials = {}
+        for sha, part in partials.items():
+            mine = old.get(sha)
+            same = mine is not None and mine.digests == part.digests
+            self.partials[sha] = Partial(
+                part.size,
+                part.digests,
+                set(part.have),
+                mine.source if same else None,
+                set(mine.senders) if same else set(),
+            )
 
     def held_files(self) -> set[str]:
         """Input files of jobs buffered or running: the store must keep these."""
-        return {ref.hash for h in self._in_hand() for ref in (h.spec.files or {}).values()}
+        return set(self._files_in_hand())
 
-    def _files_bytes(self, shas: Iterable[str]) -> int:
-        return sum(self._file_size(sha) for sha in shas)
+    def _files_in_hand(self) -> dict[str, int]:
+        """Input files of jobs buffered or running, each at the size its jobs name (the
+        largest): what they take in the cache, whether a chunk of them came or not."""
+        sizes: dict[str, int] = {}
+        for h in self._in_hand():
+            for ref in (h.spec.files or {}).values():
+                sizes[ref.hash] = max(sizes.get(ref.hash, 0), ref.size)
+        return sizes
 
-    def _file_size(self, sha: str) -> int:
-        if sha in self.files_held:
-            return self.files_held[sha]
-        part = self.partials.get(sha)
-        return 0 if part is None else part.size
+    def files_allowance(self) -> int | None:
+        """What the file store may take on disk: the cache less what the payloads of jobs
+        in hand take (input files may take what those leave); None: no bound."""
+        if self.s.cache_bytes is None:
+            return None
+        held = self.held_payloads()
+        in_use = sum(a + b for sha, (a, b) in self.sizes.items() if sha in held)
+        return max(0, self.s.cache_bytes - in_use)
+
+    def payloads_allowance(self, files_bytes: int) -> int | None:
+        """What the payload cache may take once the file store takes `files_bytes`: what
+        the input files leave; None: no bound."""
+        if self.s.cache_bytes is None:
+            return None
+        return max(0, self.s.cache_bytes - files_bytes)
 
     def _files_ready(self, h: Held) -> bool:
         return all(ref.hash in self.files_held for ref in (h.spec.files or {}).values())
@@ -106,41 +163,109 @@ class Inputs:
                 )
         return None
 
+    # --- jobs that wait -------------------------------------------------------------
+
+    def _give_up_waiting(self, now: float) -> None:
+        """Jobs still waiting for their files past their deadline are given back: the
+        dealer has reissued them by now, and they would hold room (and asks) for ever."""
+        if not any(h.deadline <= now and not self._files_ready(h) for h in self.buffer):
+            return
+        self._give_back(
+            lambda h: h.deadline <= now and not self._files_ready(h),
+            "its input files did not come before its deadline",
+        )
+
+    def _dealer_gone(self, dealer: str, why: str) -> None:
+        """`dealer` is dropped (or serves us no file): its jobs waiting for files are given
+        back (their results wait in the spool for it), not held for ever."""
+        self._give_back(lambda h: h.dealer == dealer and not self._files_ready(h), why)
+
+    def _give_back(self, which, why: str) -> set[str]:
+        """Buffered jobs `which` picks are given back unrun, ABANDONED (no fault of the
+        job's), and the partial files no job reads then forgotten. Returns their
+        dealers."""
+        kept: deque[Held] = deque()
+        dealers: set[str] = set()
+        shas: set[str] = set()
+        for h in self.buffer:
+            if which(h):
+                self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why[: p.MAX_STR]))
+                dealers.add(h.dealer)
+                shas |= {ref.hash for ref in (h.spec.files or {}).values()}
+            else:
+                kept.append(h)
+        self.buffer = kept
+        if shas:
+            read = self.held_files()
+            for sha in shas - read:
+                self._forget_partial(sha)
+        return dealers
+
+    def _forget_partial(self, sha: str) -> None:
+        """The core forgets partial file `sha`; so does the store (DropFile)."""
+        self.fetch_first.pop(sha, None)
+        if self.partials.pop(sha, None) is not None:
+            self._actions.append(DropFile(sha))
+
     # --- fetching ---------------------------------------------------------------------
 
     def _send_fetches(self, now: float) -> None:
         """For each file a buffered job lacks, in the buffer's order: `fetch` its missing
-        chunks from the dealer that sent the job, up to MAX_FETCHES out per dealer."""
+        chunks from one dealer whose jobs read it (`_fetch_link`), up to MAX_FETCHES out
+        per dealer."""
         if self.disk_trouble:
+            return
+        readers: dict[str, tuple[int, list[str]]] = {}  # file -> (size, dealers), in order
+        for h in self.buffer:
+            for ref in (h.spec.files or {}).values():
+                if ref.hash in self.files_held:
+                    continue
+                _, dealers = readers.setdefault(ref.hash, (ref.size, []))
+                if h.dealer not in dealers:
+                    dealers.append(h.dealer)
+        if not readers:
             return
         flying: dict[str, set[int]] = {}
         for link in self.links.values():
             for sha, index in link.fetches.values():
                 flying.setdefault(sha, set()).add(index)
-        seen: set[str] = set()
-        for h in self.buffer:
-            for ref in (h.spec.files or {}).values():
-                if ref.hash in self.files_held or ref.hash in seen:
+        for sha, (size, dealers) in readers.items():
+            link = self._fetch_link(sha, dealers, now)
+            if link is None:
+                continue
+            part = self.partials.get(sha) or Partial(size)
+            for index in part.missing():
+                if index in flying.get(sha, ()):
                     continue
-                seen.add(ref.hash)
-                link = self.links.get(h.dealer)
-                if link is None or link.refused:
-                    continue
-                if link.key is None or link.check_key:
-                    self._hello(link, now)  # its key first (re-checked after a failure)
-                    continue
-                part = self.partials.get(ref.hash) or Partial(ref.size)
-                for index in part.missing():
-                    if index in flying.get(ref.hash, ()):
-                        continue
-                    lane = next((k for k in FETCHES if link.req.may_send(k, now)), None)
-                    if lane is None:
-                        break  # all its lanes busy (or it is backed off)
-                    rid = self._rid()
-                    self._send(link, p.Fetch(rid, ref.hash, index))
-                    link.sent(lane, rid, now)
-                    link.fetches[lane] = (ref.hash, index)
-                    flying.setdefault(ref.hash, set()).add(index)
+                lane = next((k for k in FETCHES if link.req.may_send(k, now)), None)
+                if lane is None:
+                    break  # all its lanes busy
+                rid = self._rid()
+                self._send(link, p.Fetch(rid, sha, index))
+                link.sent(lane, rid, now)
+                link.fetches[lane] = (sha, index)
+                flying.setdefault(sha, set()).add(index)
+
+    def _fetch_link(self, sha: str, dealers: list[str], now: float) -> Link | None:
+        """The dealer to fetch file `sha` from now, among `dealers` (those whose buffered
+        jobs read it, in the buffer's order): the one whose digests judge it (or, before
+        chunk 0, the one it starts over from) first; then the first that can be asked now,
+        one that has failed no contact before one that has. A dealer whose key is not
+        known (or is in doubt) is asked for it meanwhile."""
+        part = self.partials.get(sha)
+        first = part.source if part is not None else self.fetch_first.get(sha)
+        order = sorted(dealers, key=lambda d: d != first)  # stable: the buffer's order
+        ready: list[Link] = []
+        for addr in order:
+            link = self.links.get(addr)
+            if link is None or link.refused or link.retired or link.denied >= DENIED_GIVE_UP:
+                continue
+            if link.key is None or link.check_key:
+                self._hello(link, now)  # its key first (re-checked after a failure)
+                continue
+            if link.backoff.ready(now):
+                ready.append(link)
+        return next((x for x in ready if not x.backoff.failures), ready[0] if ready else None)
 
     def _fetch_lane(self, link: Link, re_: int | None) -> str | None:
         """The kind of the fetch out to `link` that a reply naming `re_` answers, or None."""
@@ -156,17 +281,35 @@ class Inputs:
         return None
 
     def _chunk(self, link: Link, msg: p.Chunk, now: float) -> None:
-        """A `chunk` answering one of our fetches: kept if it passes every check, else
-        dropped as a failure of that dealer's (asked again after its backoff)."""
+        """A `chunk` answering one of our fetches: kept if it passes every check; else
+        dropped as a failure of that dealer's (asked again after its backoff), or, when
+        it disagrees with digests another dealer sent, the file starts over."""
         lane = self._fetch_lane(link, msg.re)
         assert lane is not None  # _unanswered let only answers to our fetches through
         sha, index = link.fetches.pop(lane)
+        link.denied = 0
         size = self._wanted_size(sha)
-        if size is None or sha in self.files_held:  # no job needs it now: nothing to keep
+        part = self.partials.get(sha)
+        if (
+            index == STALE  # asked before the file started over
+            or size is None  # no job needs it now
+            or sha in self.files_held
+            or (part is None and index != 0)  # its digests were dropped since it was asked
+        ):
             link.req.answered(msg.re, now, FETCHES)
             return
-        part = self.partials.get(sha)
-        why = _bad_chunk(msg, sha, index, size, None if part is None else part.digests)
+        why = _misshapen(msg, sha, index, size, with_digests=part is None)
+        digests = tuple(msg.digests or ()) if part is None else part.digests
+        assert why or digests is not None
+        if not why:
+            if msg.digests is not None and tuple(msg.digests) != digests:
+                why = "its digests differ from chunk 0's"
+            elif hashlib.sha256(msg.data).digest() != digests[index]:
+                why = "its bytes do not match its digest"
+            if why and part is not None and part.source != link.address:
+                link.req.answered(msg.re, now, FETCHES)
+                self._start_over(sha, link, why)
+                return
         if why:
             wait = link.req.error_answer(msg.re, now, FETCHES)
             self._repeats.warn(
@@ -179,37 +322,74 @@ class Inputs:
             )
             return
         link.req.answered(msg.re, now, FETCHES)
+        new = None
         if part is None:
-            part = self.partials[sha] = Partial(size)
-        digests = None
-        if part.digests is None:
-            part.digests = digests = tuple(msg.digests or ())
+            part = self.partials[sha] = Partial(size, digests, source=link.address)
+            new = digests
+            self.fetch_first.pop(sha, None)
         if index in part.have:
             return  # a duplicate (asked twice across a reset): kept already
         part.have.add(index)
-        self._actions.append(KeepChunk(sha, size, index, msg.data, digests))
+        part.senders.add(link.address)
+        self._actions.append(KeepChunk(sha, size, index, msg.data, new))
+
+    def _start_over(self, sha: str, link: Link, why: str) -> None:
+        """A chunk from `link` disagrees with the digests another dealer sent for file
+        `sha`: one of them lies, and which cannot be told from here, so neither is
+        blamed. The file is dropped (core and store) and fetched again from chunk 0,
+        first from `link`: if its digests and chunks then make a file that is not its
+        name, it is blamed for that; the fetches out for it answer for nothing."""
+        part = self.partials.get(sha)
+        log.warning(
+            "input file %s: chunk from dealer %s %s (sent by %s): starting it over",
+            sha[:12],
+            link.address,
+            why,
+            None if part is None else part.source,
+        )
+        self._forget_partial(sha)
+        self.fetch_first[sha] = link.address
+        for other in self.links.values():
+            for lane, (s, _) in other.fetches.items():
+                if s == sha:
+                    other.fetches[lane] = (sha, STALE)
 
     def _fetch_error(self, link: Link, msg: p.Error, now: float) -> None:
         """An `error` answering a fetch: a failure of that dealer's (its backoff counts
-        one); `unknown_file`: its jobs that read the file cannot run here."""
+        one); `unknown_file`: its jobs that read the file cannot run here; `denied`
+        DENIED_GIVE_UP times in a row: none of its jobs waiting for files can."""
         lane = self._fetch_lane(link, msg.re)
         assert lane is not None
-        sha, _ = link.fetches.pop(lane)
+        sha, index = link.fetches.pop(lane)
         link.req.error_answer(msg.re, now, FETCHES)
+        if index == STALE:
+            return
         if msg.code is p.ErrorCode.UNKNOWN_FILE:
             why = f"input file {sha[:12]}: dealer {link.address} serves no such file"
-            self._files_lost(sha, why, dealer=link.address)
+            self._files_lost(sha, why, dealers={link.address})
+        if msg.code is p.ErrorCode.DENIED:
+            link.denied += 1
+            if link.denied == DENIED_GIVE_UP:
+                self._dealer_gone(
+                    link.address, f"dealer {link.address} denies this jobber its input files"
+                )
 
     def _files_event(self, event: FileKept | FileBad | FileStoreFailed, now: float) -> None:
         part = self.partials.pop(event.sha, None)
+        self.fetch_first.pop(event.sha, None)
         if isinstance(event, FileKept):
-            size = part.size if part is not None else self._wanted_size(event.sha) or 0
-            self.files_held = {event.sha: size, **self.files_held}
-            log.info("input file %s held whole (%d bytes)", event.sha[:12], size)
+            self.files_held = {event.sha: event.size, **self.files_held}
+            log.info("input file %s held whole (%d bytes)", event.sha[:12], event.size)
         elif isinstance(event, FileBad):
+            blamed = set() if part is None else {part.source, *part.senders} - {None}
             why = f"input file {event.sha[:12]}: its bytes hash to {event.got[:12]}"
-            log.warning("%s: dropped; its jobs given back", why)
-            for dealer in self._files_lost(event.sha, why):
+            log.warning(
+                "%s: dropped; the jobs of %s that read it given back, others fetch it again",
+                why,
+                ", ".join(sorted(blamed)) or "no dealer (it was begun by an earlier run)",
+            )
+            self._files_lost(event.sha, why, dealers=blamed)
+            for dealer in blamed:
                 # it served a file that is not what its jobs name (each chunk matched the
                 # digests it sent): ask it less, as a dealer whose payloads we refuse
                 link = self.links.get(dealer)
@@ -219,30 +399,23 @@ class Inputs:
             self.disk_failed(f"cannot store an input file: {event.why}")
             self._files_lost(event.sha, "the jobber's disk is full or read-only")
 
-    def _files_lost(self, sha: str, why: str, dealer: str | None = None) -> set[str]:
-        """Buffered jobs that read file `sha` (those of `dealer` alone, if given) cannot
+    def _files_lost(self, sha: str, why: str, dealers: set[str] | None = None) -> set[str]:
+        """Buffered jobs that read file `sha` (those of `dealers` alone, if given) cannot
         run here: given back unrun, ABANDONED (no fault of the job's). Returns their
         dealers."""
-        kept: deque[Held] = deque()
-        dealers: set[str] = set()
-        for h in self.buffer:
-            reads = any(ref.hash == sha for ref in (h.spec.files or {}).values())
-            if reads and (dealer is None or h.dealer == dealer):
-                self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why[: p.MAX_STR]))
-                dealers.add(h.dealer)
-            else:
-                kept.append(h)
-        self.buffer = kept
-        if sha not in self.held_files():
-            self.partials.pop(sha, None)
-        return dealers
+
+        def reads(h: Held) -> bool:
+            return (dealers is None or h.dealer in dealers) and any(
+                ref.hash == sha for ref in (h.spec.files or {}).values()
+            )
+
+        return self._give_back(reads, why)
 
 
-def _bad_chunk(
-    msg: p.Chunk, sha: str, index: int, size: int, digests: tuple[bytes, ...] | None
-) -> str:
+def _misshapen(msg: p.Chunk, sha: str, index: int, size: int, with_digests: bool) -> str:
     """Why a `chunk` answering our fetch of chunk `index` of file `sha` (of `size` bytes,
-    as the job named it) must not be kept ("" if it may): docs/protocol.md, `chunk`."""
+    as the job named it) is not what was asked, whoever's digests judge it ("" if it
+    is): docs/protocol.md, `chunk`. `with_digests`: it must bring every chunk's."""
     if msg.hash != sha or msg.chunk != index:
         return f"it is chunk {msg.chunk} of {msg.hash[:12]}, not the one asked"
     if msg.size != size:
@@ -251,12 +424,6 @@ def _bad_chunk(
     length = p.CHUNK_BYTES if index < n - 1 else size - (n - 1) * p.CHUNK_BYTES
     if len(msg.data) != length:
         return f"{len(msg.data):,} bytes, not {length:,}"
-    if digests is None:
-        if index != 0 or msg.digests is None or len(msg.digests) != n:
-            return f"no digests for its {n} chunks"
-        digests = msg.digests
-    elif msg.digests is not None and tuple(msg.digests) != digests:
-        return "its digests differ from chunk 0's"
-    if hashlib.sha256(msg.data).digest() != digests[index]:
-        return "its bytes do not match its digest"
+    if with_digests and (msg.digests is None or len(msg.digests) != n):
+        return f"no digests for its {n} chunks"
     return ""

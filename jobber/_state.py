@@ -16,6 +16,12 @@ BORED, RESULTS, ALIVE = "bored", "results", "alive"
 # ... and up to p.MAX_FETCHES `fetch` requests, each its own kind (one per lane), so the
 # Lazy Pirate core keeps their ids, deadlines and failures as it keeps the others'
 FETCHES = tuple(f"fetch{i}" for i in range(p.MAX_FETCHES))
+# a fetch out whose file was started over since it went (two dealers' digests and chunks
+# disagreed): its answer, whatever it is, is taken as an answer and nothing of it kept
+STALE = -1
+# a dealer answering `denied` to this many fetches in a row serves us no file: its jobs
+# waiting for files are given back
+DENIED_GIVE_UP = 3
 
 # what fits one results message: protocol's rule, which a relay follows too
 MAX_RESULTS_PER_MESSAGE = p.MAX_RESULTS_PER_MESSAGE
@@ -124,8 +130,10 @@ class Link:
     claims: dict[str, str] | None = None
     via: str | None = None  # the depth-0 dealer whose referral chain led here
     retired: bool = False  # referred by a project no longer listed: asked for nothing more
-    # the `fetch` requests out (their kind, one of FETCHES) -> (file hash, chunk index)
+    # the `fetch` requests out (their kind, one of FETCHES) -> (file hash, chunk index,
+    # or STALE once that file was started over)
     fetches: dict[str, tuple[str, int]] = field(default_factory=dict)
+    denied: int = 0  # fetches it answered `denied` in a row (DENIED_GIVE_UP: its jobs go)
 
     bored_id = _request(BORED, "the ask out (`bored`)")
     results_id = _request(RESULTS, "the `results` out")
@@ -172,11 +180,16 @@ class Link:
 @dataclass
 class Partial:
     """An input file coming a chunk at a time: its size, the digests of its chunks (from
-    chunk 0; None until it came) and the chunks kept on disk."""
+    chunk 0; None until it came) and the chunks kept on disk; in the core, also the
+    dealer whose chunk 0 brought the digests (`source`; None for a file resumed from an
+    earlier run) and the dealers whose chunks were kept (`senders`): a file that fails
+    whole is their fault, no other dealer's."""
 
     size: int
     digests: tuple[bytes, ...] | None = None
     have: set[int] = field(default_factory=set)
+    source: str | None = None
+    senders: set[str] = field(default_factory=set)
 
     def missing(self) -> list[int]:
         """The chunks still to fetch: chunk 0 alone until the digests are known."""

@@ -95,6 +95,8 @@ class Control:
         by: dict[str, str] = {}
         for link in core.links.values():
             for sha, index in link.fetches.values():
+                if index < 0:  # STALE: asked before the file started over
+                    continue
                 fetching.setdefault(sha, []).append(index)
                 by[sha] = link.address
         return {

@@ -97,14 +97,18 @@ def given_back(actions) -> dict[str, p.Result]:
 def keep_all(j: c.JobberCore, actions, store: FileStore | None = None) -> list:
     """Do what a shell does with KeepChunk actions: report a file whole once complete."""
     out = of(actions, c.KeepChunk)
-    for a in out:
+    for a in actions:
+        if store is not None and isinstance(a, c.DropFile):
+            store.drop_partial(a.sha)
+        if not isinstance(a, c.KeepChunk):
+            continue
         if store is not None and store.keep_chunk(a.sha, a.size, a.index, a.data, a.digests):
             got = store.finish(a.sha)
-            j.handle(c.FileKept(a.sha) if got is None else c.FileBad(a.sha, got), 0.0)
+            j.handle(c.FileKept(a.sha, a.size) if got is None else c.FileBad(a.sha, got), 0.0)
     if store is None:
         for sha in {a.sha for a in out}:
             if not j.partials[sha].missing():
-                j.handle(c.FileKept(sha), 0.0)
+                j.handle(c.FileKept(sha, j.partials[sha].size), 0.0)
     return out
 
 
@@ -402,12 +406,12 @@ def test_a_learnt_key_in_doubt_is_checked_before_fetches_go_on():
     assert len(fetches(j.take_actions())) == 1
     j.tick(20.0)  # the fetch timed out: a failed contact, the key in doubt
     j.take_actions()
-    j.tick(100.0)
+    j.tick(50.0)
     actions = j.take_actions()
     (hello,) = of(actions, c.Hello)
     assert not fetches(actions)
-    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 100.1)
-    j.tick(100.2)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 50.1)
+    j.tick(50.2)
     assert [x.chunk for x in fetches(j.take_actions())] == [0]
 
 
@@ -462,12 +466,17 @@ def test_the_cap_said_never_passes_the_wires():
     assert huge.input_mb == p.MAX_FILE_BYTES >> 20
 
 
-def test_a_job_waiting_past_its_deadline_for_its_files_holds_no_asking_back():
+def test_a_job_waiting_past_its_deadline_for_its_files_is_given_back_and_asking_goes_on():
     j = core(buffer=None)
     j._job_s = 1.0
     late = p.JobSpec("t.0", SHA, (), b"", LIMITS, 5.0, {"/x": p.FileRef("cd" * 32, 10)})
     take(j, late)
     j.links[LIVE].ask_after = 0.0
+    assert len(j.buffer) == 1  # it waits for its file
     j.tick(50.0)  # its deadline passed while its file is still coming
-    asks = [a.msg for a in of(j.take_actions(), c.Send) if isinstance(a.msg, p.Bored)]
+    actions = j.take_actions()
+    back = given_back(actions)
+    assert back["t.0"].status is p.Status.ABANDONED and "deadline" in back["t.0"].detail
+    assert not j.buffer
+    asks = [a.msg for a in of(actions, c.Send) if isinstance(a.msg, p.Bored)]
     assert len(asks) == 1
