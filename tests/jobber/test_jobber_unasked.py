@@ -187,8 +187,19 @@ def test_jobs_inputs_in_hand_stay_within_the_input_budget_and_the_next_ask_is_sm
     j.tick(0.1)  # t.0 starts: it still holds its input
     j.links[LIVE].ask_after = 0.0
     (start,) = of(j.take_actions(), c.Start)
+    j.tick(0.15)  # room for less than one more input (80 bytes): nothing asked
+    assert not [a for a in j.take_actions() if isinstance(a, c.Send)]
     j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 1, ""), 0.1, 0.2)
     assert ask(j, 0.3).want == 1  # room for one input of the size its jobs bring
+
+
+def test_room_for_exactly_one_more_input_is_asked_for_one():
+    j = core(buffer=3, input_bytes=3 * 740)
+    bored = ask(j, 0.0)
+    stdin = b"x" * 600
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}", stdin=stdin) for i in range(2))), 0.0)
+    assert sum(h.input for h in j.buffer) == 2 * 740  # 740 bytes left: one more input
+    assert ask(j, 0.1).want == 1
 
 
 def test_a_job_that_alone_exceeds_a_limit_is_given_back_and_its_dealer_asked_much_later():
