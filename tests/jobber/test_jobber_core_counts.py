@@ -1330,3 +1330,4 @@ def test_eligible_projects_are_usable_unfinished_and_have_work_or_hold_ours():
     j.received(h, p.RetryLater(asks[h], 600.0), 0.0)
     assert j.eligible(1.0) == [a, h]  # b: its key not known yet
     assert j.eligible(0.4) == [h]
+    assert j.eligible(0.5) == [a, h]  # from the instant its wait ends
