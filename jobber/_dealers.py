@@ -252,10 +252,11 @@ class Dealers:
         if self.disk_trouble:  # no new work while finished work cannot be kept safely
             return
         have = len(self.buffer) + len(self.running) - len(self._cancelled)
-        # what asks still out to dealers that answer may bring
+        # what asks still out to dealers that answer may bring (nothing, not less, while
+        # more than the high water is held: it falls as jobs get longer)
         hi_water = self.hi_water()
         coming = sum(
-            hi_water - have
+            max(0, hi_water - have)
             for link in self.links.values()
             if link.bored_id is not None
             and link.answered

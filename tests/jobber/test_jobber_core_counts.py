@@ -660,6 +660,21 @@ def test_asks_wait_for_the_low_water_mark_then_ask_for_the_difference():
     assert sent(one.take_actions(), p.Bored)[0].want == 1
 
 
+def test_asks_out_make_no_room_while_more_than_the_high_water_is_held():
+    """What an ask out may bring is never less than nothing: holding past the high water
+    (it falls as jobs get longer), two live dealers' asks out do not make room for a
+    third's."""
+    third = "tcp://127.0.0.1:7400"
+    j = core([f"{LIVE}#{KEY_A}", f"{OTHER}#{KEY_B}", f"{third}#{'cc' * 32}"], buffer=1)
+    _buffered(j, 3)  # hi water 2, low 1: one past the high water
+    j.paused = "owner"
+    for rid, addr in enumerate((LIVE, OTHER), 1):  # asked, and in their patience
+        j.links[addr].answered = True
+        j.links[addr].sent(c.BORED, rid, 0.0)
+    j.tick(0.5)
+    assert not sent(j.take_actions(), p.Bored)
+
+
 def test_jobs_of_many_payloads_get_no_deep_buffer():
     j = core(slots=1, buffer=10)
     j.paused = "owner"
