@@ -1346,3 +1346,19 @@ def test_eligible_projects_are_usable_unfinished_and_have_work_or_hold_ours():
     assert j.eligible(1.0) == [a, h]  # b: its key not known yet
     assert j.eligible(0.4) == [h]
     assert j.eligible(0.5) == [a, h]  # from the instant its wait ends
+
+
+def test_under_an_allocator_the_most_owed_is_asked_counting_the_work_in_hand_as_done():
+    """A job in hand counts as the mean job length of work (AHEAD_S before any job is
+    timed) done for its project: with equal debts the other project is owed more; owed
+    0.5 s more, the project with the job in hand is still owed the most."""
+    for debts, first in (({}, OTHER), ({LIVE: 0.5}, LIVE), ({LIVE: 0.2}, OTHER)):
+        j = core([])
+        j.set_projects({f"{LIVE}#{KEY_A}": 1.0, f"{OTHER}#{KEY_B}": 1.0}, debts)
+        for addr in (LIVE, OTHER):
+            j.links[addr].answered = True  # one live dealer asked at a time
+        j.buffer.append(c.Held(LIVE, spec("t.0"), 1e9))
+        j.paused = "owner"
+        j.tick(0.0)
+        asked = [a.dealer for a in of(j.take_actions(), c.Send) if isinstance(a.msg, p.Bored)]
+        assert asked == [first], debts
