@@ -345,7 +345,10 @@ def test_a_dealer_referred_by_two_projects_goes_with_the_first_that_referred_it(
     assert not j.links[D3].retired and sent(j.take_actions(), p.Bored, D3)
 
 
-def test_a_retired_dealer_referred_again_by_a_listed_project_is_asked_again_while_it_is():
+def test_a_retired_dealer_referred_again_by_a_listed_project_is_asked_again_while_it_is(
+    caplog,
+):
+    caplog.set_level(logging.INFO, logger="jobber._core")
     j = core([])
     j.set_projects({f"{D1}#{KEY_A}": 1.0, f"{D2}#{KEY_B}": 1.0})
     j.tick(0.0)
@@ -363,6 +366,9 @@ def test_a_retired_dealer_referred_again_by_a_listed_project_is_asked_again_whil
     j.received(D3, p.RetryLater(more.id, 0.0), 0.6)
     j.set_projects({f"{D2}#{KEY_B}": 1.0})  # D3 holds a job: kept, asked for nothing
     assert j.links[D3].retired and j.links[D3].depth == 1
+    j.set_projects({f"{D2}#{KEY_B}": 1.0})  # said once
+    (line,) = [r.getMessage() for r in caplog.records if "asked for nothing more" in r.getMessage()]
+    assert D3 in line and D1 in line
     j.tick(0.7)
     assert not sent(j.take_actions(), p.Bored, D3)
     j.received(D2, p.Referral(b2.id, (f"{D3}#{KEY_C}",)), 0.8)  # a listed project's
