@@ -486,3 +486,22 @@ def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(ste
         assert len(j.held_payloads()) <= c.MAX_PAYLOADS_PER_SLOT * 2
         assert j._spool_of(LIVE) <= share
         assert j._spool_in_all() <= in_all
+
+
+def test_a_reply_to_another_request_than_the_one_out_is_unasked_and_says_why(caplog):
+    j = core(spooled=[(LIVE, p.Result("t.0", p.Status.OK, b"out", 5, ""))])
+    link = j.links[LIVE]
+    link.results_id, link.alive_id = 5, 6  # a results and an alive out
+    j.received(LIVE, p.Ack(7, ("t.0",)), 0.1)
+    j.received(LIVE, p.AliveAck(8, 4.0, ()), 0.2)
+    j.received(LIVE, p.Hello(9), 0.3)  # no reply at all
+    assert list(j.unacked[LIVE]) == ["t.0"] and link.alive_every_s == p.ALIVE_INTERVAL_S
+    assert link.unasked == 3 and not link.answered and (link.results_id, link.alive_id) == (5, 6)
+    for bored_id, why in ((None, "it answers no ask of ours"), (3, "ask 9, not the ask out (3)")):
+        caplog.clear()
+        k = core()
+        k.links[LIVE].bored_id = bored_id
+        with caplog.at_level(logging.WARNING, logger="jobber._core"):
+            k.received(LIVE, p.Jobs(9, (spec("t.1"),)), 0.0)
+        (line,) = [r.getMessage() for r in caplog.records if "did not ask for" in r.getMessage()]
+        assert why in line and not k.buffer
