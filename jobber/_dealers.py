@@ -76,14 +76,18 @@ class Dealers:
                 link.key, link.key_from_hello = pinned, True
         elif depth == 0 and not link.pinned:  # the owner names a dealer known by referral
             link.pinned, link.depth, link.via, link.retired = True, 0, None, False
-            if link.key_referred_by and key != link.key:  # a referral's key: not the owner's
-                self._claim(link, link.key, link.key_referred_by)
-                # the owner's key (set below), else the one pinned, else learnt on first use
-                link.key = self._pins.get(addr) if key is None else None
-                link.key_referred_by, link.key_from_hello = "", link.key is not None
-                link.forget_requests()
-                link.req.reset_due = True  # requests under the other key: gone with its socket
-                self._reset(link)
+            if link.key_referred_by:  # a referral's key: the owner's only if the owner gives it
+                # the owner's key, pinned, else learnt on first use (no key is pinned for an
+                # address a referral gave a key: it would have been used instead)
+                referred, referrer = link.key, link.key_referred_by
+                link.key, link.key_referred_by, link.key_from_hello = key, "", False
+                if key is not None:
+                    self._pin(addr, key)
+                if key != referred:
+                    link.forget_requests()
+                    link.req.reset_due = True  # requests under the other key: gone with its socket
+                    self._reset(link)
+                    self._claim(link, referred, referrer)  # after: it names the key now held
         elif depth > 0 and link.depth > 0 and link.retired and via is not None:
             link.via, link.retired = via, False  # referred again, by a listed project
         if key is None or key == link.key:
@@ -252,10 +256,11 @@ class Dealers:
         if self.disk_trouble:  # no new work while finished work cannot be kept safely
             return
         have = len(self.buffer) + len(self.running) - len(self._cancelled)
-        # what asks still out to dealers that answer may bring
+        # what asks still out to dealers that answer may bring (nothing, not less, while
+        # more than the high water is held: it falls as jobs get longer)
         hi_water = self.hi_water()
         coming = sum(
-            hi_water - have
+            max(0, hi_water - have)
             for link in self.links.values()
             if link.bored_id is not None
             and link.answered

@@ -7,6 +7,7 @@ events (a message, a failed contact, a connection problem); nothing is decided h
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import socket
 import time
@@ -39,6 +40,17 @@ RECV_HWM = 2
 _WATCHED = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 for _event in _PROBLEMS:
     _WATCHED |= _event
+
+
+# Each monitor's inproc address is its own. pyzmq's default names it after the socket's
+# file descriptor, which a new socket may reuse while the closed one's endpoint is still
+# bound (ZeroMQ closes sockets on its own thread, later): "Address already in use".
+_MONITOR_IDS = itertools.count(1)
+
+
+def _monitor(s: zmq.Socket) -> zmq.Socket:
+    """A socket that receives `s`'s ZeroMQ events (those watched)."""
+    return s.get_monitor_socket(_WATCHED, f"inproc://jobber.monitor.{next(_MONITOR_IDS)}")
 
 
 @dataclass
@@ -90,7 +102,7 @@ class DealerSockets:
             s.curve_secretkey = self.keys.secret
             s.curve_publickey = self.keys.public
             s.curve_serverkey = z85_of_hex(key)
-            ss.monitors[s] = s.get_monitor_socket(_WATCHED)
+            ss.monitors[s] = _monitor(s)
             s.connect(self._connect_to(dealer))
             ss.sock = s
         return ss.sock
@@ -106,7 +118,7 @@ class DealerSockets:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
-            ss.monitors[s] = s.get_monitor_socket(_WATCHED)
+            ss.monitors[s] = _monitor(s)
             s.connect(self._connect_to(endpoint))
             ss.hello = s
         return ss.hello

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,26 @@ from tests.helpers import PY, ROOT
 # runs its jobs at normal priority; tests/e2e/test_priority.py clears it to show that jobs
 # do yield, and tests/sandbox/test_sandbox_slots.py to see the priority set.
 os.environ[PRIORITY_ENV] = "normal"
+
+# Temporary files (tmp_path, and the journals, spools and caches of the processes the
+# tests start) go to a RAM disk where there is one: the suite makes thousands of SQLite
+# commits, each fsynced (synchronous=FULL), and on a disk shared with other work each
+# fsync waits on it. Nothing a test checks needs a disk: a file written survives the
+# kill -9 of its writer as well. BOREDNET_TEST_TMP names another directory.
+_RAM = Path(os.environ.get("BOREDNET_TEST_TMP", "/dev/shm"))
+
+
+def _ram_disk_room(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and st.f_bavail * st.f_frsize >= 4 << 30
+
+
+if _ram_disk_room(_RAM):
+    tempfile.tempdir = str(_RAM)
+    os.environ["TMPDIR"] = str(_RAM)
 
 
 @pytest.fixture(scope="session")

@@ -127,11 +127,13 @@ class CurveClient:
         data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else p.encode(msg_or_bytes)
         self.sock.send(data)
 
-    def recv(self, timeout_s: float = 5.0) -> p.Message:
+    # a reply waited for this long by default: generous for a busy machine (a test that
+    # wants "no reply" says how long it waits)
+    def recv(self, timeout_s: float = 30.0) -> p.Message:
         assert self.sock.poll(int(timeout_s * 1000)), "no reply from the dealer"
         return p.decode(self.sock.recv())
 
-    def ask(self, msg_or_bytes: p.Message | bytes, timeout_s: float = 5.0) -> p.Message:
+    def ask(self, msg_or_bytes: p.Message | bytes, timeout_s: float = 30.0) -> p.Message:
         self.send(msg_or_bytes)
         return self.recv(timeout_s)
 

@@ -523,6 +523,22 @@ def test_has_work_while_jobs_want_replicas_or_the_window_has_room():
     assert not done.has_work()
 
 
+def test_offerable_is_the_wanting_and_what_the_window_could_still_draw():
+    core = make(4, window=3, redundancy=2)
+    assert core.offerable() == 3  # nothing drawn yet: the window's room
+    assert [core.offerable(t) for t in (4, 2, 0)] == [3, 2, 0]  # at most the total undrawn
+    give(core, "a", 2, 0.0)  # jobs 0 and 1 drawn, each wanting a second replica
+    assert core.offerable() == 2 + 1
+    assert [core.offerable(t) for t in (4, 3, 2, 1)] == [2 + 1, 2 + 1, 2 + 0, 2 + 0]
+    give(core, "b", 3, 1.0)  # jobs 0 and 1 again, and job 2 drawn: the window is full
+    assert core.offerable() == core.offerable(4) == 1  # job 2 wants its second
+    done = make(2, window=5)
+    a, _ = give(done, "a", 5, 0.0)  # both drawn, and the task found empty
+    assert done.offerable() == done.offerable(5) == 0
+    done.result("a", a.tag, Status.CRASH, b"", 0, "", 1.0)
+    assert done.offerable() == 1  # job 0 wants another replica; nothing more to draw
+
+
 def test_next_deadline_is_the_earliest_of_replicas_still_timed():
     core = make(3, deadline_s=100.0)
     assert core.next_deadline() is None
@@ -1082,3 +1098,49 @@ def test_refill_draws_only_when_nothing_is_unsettled():
     fresh.refill()
     assert fresh.drawn == 1 and fresh.has_work()
     assert [x.job_id for x in give(fresh, "a", 1, 0.0)] == [0]  # the one drawn goes first
+
+
+def test_settled_rows_wait_until_taken_and_no_longer():
+    core = make(2)
+    a, b = give(core, "a", 2, 0.0)
+    core.result("a", a.tag, OK, b"x", 1, "", 1.0)
+    assert core.peek_settled_rows() == [(0, job_digest(Job(("0",))), "accepted", b"x")]
+    core.take_settled()
+    assert core.peek_settled_rows() == []
+    core.result("a", b.tag, OK, b"y", 1, "", 2.0)
+    assert core.peek_settled_rows() == [(1, job_digest(Job(("1",))), "accepted", b"y")]
+
+
+TOO_LONG = Job(("x" * 4097,))  # an argument over the wire's cap: it can never be sent
+
+
+def test_an_unsendable_job_fails_as_it_is_drawn_live_and_replayed():
+    core = Core([Job(("0",)), TOO_LONG, Job(("2",))], Policy(backups=0), "t")
+    got = give(core, "a", 5, 0.0)
+    assert [x.job_id for x in got] == [0, 2]
+    why = (
+        f"job 1 (args {'x' * 200}) can never be sent: argument 0 of 4,097 characters, over "
+        "the wire's cap of 4,096; see 'Limits of one job' in docs/writing-tasks.md"
+    )
+    failed = Failed(1, TOO_LONG, (why,))
+    assert core.take_settled() == [failed]
+    assert (core.failed, core.accepted, core.in_flight, core.drawn) == (1, 0, 2, 3)
+    records = core.take_records()
+    assert [r.job_id for r in records if isinstance(r, Sent)] == [0, 2]
+    for x in got:
+        core.result("a", x.tag, OK, b"o", 1, "", 1.0)
+    core.refill()
+    assert core.finished() and (core.failed, core.accepted) == (1, 2)
+    fresh = Core([Job(("0",)), TOO_LONG, Job(("2",))], Policy(backups=0), "t")
+    for rec in records:
+        fresh.apply(rec)
+    assert fresh.take_settled() == [failed]  # failed again as it is drawn, not sent
+    assert (fresh.failed, fresh.in_flight) == (1, 2)
+
+
+def test_one_draw_goes_past_at_most_a_thousand_unsendable_jobs():
+    core = Core([TOO_LONG] * 1001 + [Job(("ok",))], Policy(backups=0), "t")
+    assert give(core, "a", 1, 0.0) == []  # a thousand failed, then the turn ends
+    assert core.failed == core.drawn == 1000 and core.has_work()
+    [x] = give(core, "a", 1, 1.0)  # the next draw goes on
+    assert x.job_id == 1001 and core.failed == 1001

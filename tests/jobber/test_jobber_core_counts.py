@@ -660,6 +660,21 @@ def test_asks_wait_for_the_low_water_mark_then_ask_for_the_difference():
     assert sent(one.take_actions(), p.Bored)[0].want == 1
 
 
+def test_asks_out_make_no_room_while_more_than_the_high_water_is_held():
+    """What an ask out may bring is never less than nothing: holding past the high water
+    (it falls as jobs get longer), two live dealers' asks out do not make room for a
+    third's."""
+    third = "tcp://127.0.0.1:7400"
+    j = core([f"{LIVE}#{KEY_A}", f"{OTHER}#{KEY_B}", f"{third}#{'cc' * 32}"], buffer=1)
+    _buffered(j, 3)  # hi water 2, low 1: one past the high water
+    j.paused = "owner"
+    for rid, addr in enumerate((LIVE, OTHER), 1):  # asked, and in their patience
+        j.links[addr].answered = True
+        j.links[addr].sent(c.BORED, rid, 0.0)
+    j.tick(0.5)
+    assert not sent(j.take_actions(), p.Bored)
+
+
 def test_jobs_of_many_payloads_get_no_deep_buffer():
     j = core(slots=1, buffer=10)
     j.paused = "owner"
@@ -672,7 +687,7 @@ def test_jobs_of_many_payloads_get_no_deep_buffer():
     assert not sent(j.take_actions(), p.Bored)  # two payloads for one slot: enough
 
 
-def test_jobs_in_hand_count_against_a_dealers_spool_share():
+def test_jobs_in_hand_count_against_a_dealers_spool_share(caplog):
     kb = 1024
     big = p.Limits(fuel=10**9, memory_mb=64, time_s=10.0, output_kb=100)
     j = core(slots=1, buffer=5, spool_share_bytes=250 * kb)
@@ -690,6 +705,7 @@ def test_jobs_in_hand_count_against_a_dealers_spool_share():
     j.links[LIVE].ask_after = 0.0
     j.tick(0.3)
     assert not sent(j.take_actions(), p.Bored)  # what it holds may fill its share
+    assert "has not acknowledged" not in caplog.text  # its jobs, not its results: not flooded
     j.links[LIVE].bored_id = 99  # an ask out: answered with one job more than fits
     j.links[LIVE].bored_want = 1
     j.received(LIVE, p.Jobs(99, (spec("t.2", big),)), 0.3)
@@ -1311,3 +1327,40 @@ def test_dealers_are_told_the_largest_output_one_spool_share_can_hold():
     big = need + c.MAX_OUTPUT_KB * 1024
     assert core(spool_share_bytes=big).max_output_kb() is None  # the wire's largest fits
     assert core(spool_share_bytes=big - 1).max_output_kb() == c.MAX_OUTPUT_KB - 1
+
+
+def test_eligible_projects_are_usable_unfinished_and_have_work_or_hold_ours():
+    """Those the debts' accounting counts: not backed off, not finished, not waiting for
+    their key, and either not asked to wait or holding something of ours."""
+    a, b, f, d, e, h = (f"tcp://127.0.0.1:{7500 + i}" for i in range(6))
+    keys = {a: KEY_A, f: KEY_B, d: "cc" * 32, e: "dd" * 32, h: "ee" * 32}
+    j = core([], spooled=[(h, ok("t.0"))])  # h holds a result of ours
+    j.set_projects({(f"{x}#{keys[x]}" if x in keys else x): 1.0 for x in (a, b, f, d, e, h)})
+    j.tick(0.0)
+    acts = j.take_actions()
+    asks = {x: m.id for x in (a, f, d, e, h) for m in sent(acts, p.Bored, x)}
+    assert set(asks) == {a, f, d, e, h}
+    j.received(a, p.RetryLater(asks[a], 0.5), 0.0)  # work again at 0.5
+    j.received(f, p.Finished(asks[f]), 0.0)
+    j.contact_failed(d, 0.0, "no contact")
+    j.received(e, p.RetryLater(asks[e], 600.0), 0.0)
+    j.received(h, p.RetryLater(asks[h], 600.0), 0.0)
+    assert j.eligible(1.0) == [a, h]  # b: its key not known yet
+    assert j.eligible(0.4) == [h]
+    assert j.eligible(0.5) == [a, h]  # from the instant its wait ends
+
+
+def test_under_an_allocator_the_most_owed_is_asked_counting_the_work_in_hand_as_done():
+    """A job in hand counts as the mean job length of work (AHEAD_S before any job is
+    timed) done for its project: with equal debts the other project is owed more; owed
+    0.5 s more, the project with the job in hand is still owed the most."""
+    for debts, first in (({}, OTHER), ({LIVE: 0.5}, LIVE), ({LIVE: 0.2}, OTHER)):
+        j = core([])
+        j.set_projects({f"{LIVE}#{KEY_A}": 1.0, f"{OTHER}#{KEY_B}": 1.0}, debts)
+        for addr in (LIVE, OTHER):
+            j.links[addr].answered = True  # one live dealer asked at a time
+        j.buffer.append(c.Held(LIVE, spec("t.0"), 1e9))
+        j.paused = "owner"
+        j.tick(0.0)
+        asked = [a.dealer for a in of(j.take_actions(), c.Send) if isinstance(a.msg, p.Bored)]
+        assert asked == [first], debts

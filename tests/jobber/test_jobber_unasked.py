@@ -187,8 +187,19 @@ def test_jobs_inputs_in_hand_stay_within_the_input_budget_and_the_next_ask_is_sm
     j.tick(0.1)  # t.0 starts: it still holds its input
     j.links[LIVE].ask_after = 0.0
     (start,) = of(j.take_actions(), c.Start)
+    j.tick(0.15)  # room for less than one more input (80 bytes): nothing asked
+    assert not [a for a in j.take_actions() if isinstance(a, c.Send)]
     j.job_done(start.key, p.Result("t.0", p.Status.OK, b"", 1, ""), 0.1, 0.2)
     assert ask(j, 0.3).want == 1  # room for one input of the size its jobs bring
+
+
+def test_room_for_exactly_one_more_input_is_asked_for_one():
+    j = core(buffer=3, input_bytes=3 * 740)
+    bored = ask(j, 0.0)
+    stdin = b"x" * 600
+    j.received(LIVE, p.Jobs(bored.id, tuple(spec(f"t.{i}", stdin=stdin) for i in range(2))), 0.0)
+    assert sum(h.input for h in j.buffer) == 2 * 740  # 740 bytes left: one more input
+    assert ask(j, 0.1).want == 1
 
 
 def test_a_job_that_alone_exceeds_a_limit_is_given_back_and_its_dealer_asked_much_later():
@@ -475,3 +486,22 @@ def test_whatever_a_dealer_sends_what_is_held_stays_within_the_owners_limits(ste
         assert len(j.held_payloads()) <= c.MAX_PAYLOADS_PER_SLOT * 2
         assert j._spool_of(LIVE) <= share
         assert j._spool_in_all() <= in_all
+
+
+def test_a_reply_to_another_request_than_the_one_out_is_unasked_and_says_why(caplog):
+    j = core(spooled=[(LIVE, p.Result("t.0", p.Status.OK, b"out", 5, ""))])
+    link = j.links[LIVE]
+    link.results_id, link.alive_id = 5, 6  # a results and an alive out
+    j.received(LIVE, p.Ack(7, ("t.0",)), 0.1)
+    j.received(LIVE, p.AliveAck(8, 4.0, ()), 0.2)
+    j.received(LIVE, p.Hello(9), 0.3)  # no reply at all
+    assert list(j.unacked[LIVE]) == ["t.0"] and link.alive_every_s == p.ALIVE_INTERVAL_S
+    assert link.unasked == 3 and not link.answered and (link.results_id, link.alive_id) == (5, 6)
+    for bored_id, why in ((None, "it answers no ask of ours"), (3, "ask 9, not the ask out (3)")):
+        caplog.clear()
+        k = core()
+        k.links[LIVE].bored_id = bored_id
+        with caplog.at_level(logging.WARNING, logger="jobber._core"):
+            k.received(LIVE, p.Jobs(9, (spec("t.1"),)), 0.0)
+        (line,) = [r.getMessage() for r in caplog.records if "did not ask for" in r.getMessage()]
+        assert why in line and not k.buffer

@@ -282,7 +282,7 @@ def test_the_cli_refuses_the_bomb_within_seconds(tmp_path):
         "sandbox: invalid, 0 fuel, 0.000 s: too costly to compile: 200,000 functions, "
         "over the cap of 50,000 (MAX_FUNCTIONS)\n"
     )
-    assert took < 10
+    assert took < 30  # refused before compiling (the process's start-up is most of it)
 
 
 def test_the_cli_fences_a_slow_compile_with_its_time_limit(tmp_path):
@@ -291,4 +291,4 @@ def test_the_cli_fences_a_slow_compile_with_its_time_limit(tmp_path):
     assert err.startswith("sandbox: time, 0 fuel, ")
     assert "compiling the module took longer than 0.01 s" in err
     assert "Traceback" not in err
-    assert took < 10
+    assert took < 30  # the fence, not the whole compile (the process's start-up is most of it)
