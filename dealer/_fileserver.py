@@ -60,7 +60,8 @@ class FileServer:
         """One chunk of an input file a job of this batch reads, read from its file now
         (one pread and one SHA-256 of at most CHUNK_BYTES, checked against the digest
         taken when the task was built). Rationed per source address and in all, as
-        `status` is (net._router): past the ration, a `busy` error saying when."""
+        `status` is (net._router): past the ration, an error of code `busy` whose
+        `retry_s` says when to ask again (the jobber counts it no failure)."""
         if denied:
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         f = lookup(msg.hash)
@@ -77,8 +78,9 @@ class FileServer:
             what = f"fetch is rationed to {FETCH_PER_S:g} chunks a second per address"
         if wait_s > 0:
             self.busy += 1
-            why = f"busy: {what}; ask again in {max(wait_s, 0.05):.2f} s"
-            return p.Error(msg.id, p.ErrorCode.INTERNAL, why)
+            wait_s = max(wait_s, 0.05)
+            why = f"busy: {what}; ask again in {wait_s:.2f} s"
+            return p.Error(msg.id, p.ErrorCode.BUSY, why, retry_s=wait_s)
         self._this_turn += 1
         try:
             data = f.read_chunk(msg.chunk)

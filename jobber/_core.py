@@ -158,6 +158,7 @@ from jobber._state import (
     AHEAD_S,
     ALIVE,
     BORED,
+    BUSY_WAIT_S,
     DENIED_GIVE_UP,
     DISK_PROBE_S,
     DROP_REFERRED_AFTER,
@@ -191,6 +192,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [  # the core's face: its parts' names stay reachable here
     "AHEAD_S",
+    "BUSY_WAIT_S",
     "DENIED_GIVE_UP",
     "DISK_PROBE_S",
     "DROP_REFERRED_AFTER",
@@ -483,8 +485,13 @@ class JobberCore(Dealers, Holdings, Inputs):
         elif isinstance(msg, p.Chunk):
             self._chunk(link, msg, now)
         elif isinstance(msg, p.Error) and self._fetch_lane(link, msg.re) is not None:
-            log.warning(
-                "dealer %s refused fetch %d: %s: %s", link.address, msg.re, msg.code.value, msg.text
+            log.log(
+                logging.DEBUG if msg.code is p.ErrorCode.BUSY else logging.WARNING,
+                "dealer %s refused fetch %d: %s: %s",
+                link.address,
+                msg.re,
+                msg.code.value,
+                msg.text,
             )
             self._fetch_error(link, msg, now)
         elif isinstance(msg, p.Error):

@@ -41,12 +41,14 @@ class Dealers:
     """The dealers' half of JobberCore (a mixin: the state is the core's)."""
 
     def wake_at(self, now: float) -> float:
-        """The earliest time after `now` at which a backoff or retry-later wait ends."""
+        """The earliest time after `now` at which a backoff, retry-later or busy wait ends."""
         wake = float("inf")
         for link in self.links.values():
             w = max(link.backoff.until, link.ask_after)
             if link.bored_id is None and w > now:
                 wake = min(wake, w)
+            if link.fetch_after > now:
+                wake = min(wake, link.fetch_after)
         return wake
 
     def add_dealer(

@@ -22,7 +22,10 @@ has. So a file two dealers' jobs read comes from the other when the first is bac
 off, keyless, refused or silent. Chunk 0 comes first (it carries every chunk's digest),
 then the missing chunks, up to p.MAX_FETCHES requests out to a dealer at once, each a
 request of its own kind (jobber._state.FETCHES) in the dealer's Lazy Pirate link, so a
-fetch times out, fails and backs off as any request does.
+fetch times out, fails and backs off as any request does. An `error` of code `busy` (the
+dealer's ration) is an answer, no failure: no fetch goes to that dealer for the `retry_s`
+it says (BUSY_WAIT_S if none), its asks for work go on, and its chunks are then asked of
+it again; a dealer busy for ever holds its waiting jobs only until their deadlines.
 
 A chunk is kept only if it is the one asked (hash, index), of the size the job named,
 of the right length, and hashes to its digest. Anything else from the dealer whose
@@ -57,6 +60,7 @@ from collections.abc import Iterable, Mapping
 import protocol as p
 from jobber._actions import DropFile, FileBad, FileKept, FileStoreFailed, KeepChunk
 from jobber._state import (
+    BUSY_WAIT_S,
     DENIED_GIVE_UP,
     FETCHES,
     REFUSED_PAYLOAD_WAIT_S,
@@ -231,8 +235,8 @@ class Inputs:
                 flying.setdefault(sha, set()).add(index)
         for sha, (size, dealers) in readers.items():
             link = self._fetch_link(sha, dealers, now)
-            if link is None:
-                continue
+            if link is None or link.fetch_after > now:
+                continue  # none to ask, or it said `busy`: the same dealer, once it may
             part = self.partials.get(sha) or Partial(size)
             for index in part.missing():
                 if index in flying.get(sha, ()):
@@ -355,12 +359,21 @@ class Inputs:
                     other.fetches[lane] = (sha, STALE)
 
     def _fetch_error(self, link: Link, msg: p.Error, now: float) -> None:
-        """An `error` answering a fetch: a failure of that dealer's (its backoff counts
-        one); `unknown_file`: its jobs that read the file cannot run here; `denied`
-        DENIED_GIVE_UP times in a row: none of its jobs waiting for files can."""
+        """An `error` answering a fetch. `busy`: the dealer's ration, no failure (an
+        answer, as `retry_later` is): no fetch goes to it for `retry_s` (BUSY_WAIT_S if
+        it says none), then the chunk is asked of it again; its asks for work go on.
+        Any other: a failure of that dealer's (its backoff counts one); `unknown_file`:
+        its jobs that read the file cannot run here; `denied` DENIED_GIVE_UP times in a
+        row: none of its jobs waiting for files can."""
         lane = self._fetch_lane(link, msg.re)
         assert lane is not None
         sha, index = link.fetches.pop(lane)
+        if msg.code is p.ErrorCode.BUSY:
+            link.req.answered(msg.re, now, FETCHES)
+            link.denied = 0
+            wait = BUSY_WAIT_S if msg.retry_s is None else msg.retry_s
+            link.fetch_after = max(link.fetch_after, now + wait)
+            return
         link.req.error_answer(msg.re, now, FETCHES)
         if index == STALE:
             return

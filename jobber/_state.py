@@ -22,6 +22,9 @@ STALE = -1
 # a dealer answering `denied` to this many fetches in a row serves us no file: its jobs
 # waiting for files are given back
 DENIED_GIVE_UP = 3
+# a fetch answered `busy` (the dealer's ration) with no `retry_s`: no fetch goes to that
+# dealer for this long (with one, for as long as it says)
+BUSY_WAIT_S = 1.0
 
 # what fits one results message: protocol's rule, which a relay follows too
 MAX_RESULTS_PER_MESSAGE = p.MAX_RESULTS_PER_MESSAGE
@@ -134,6 +137,7 @@ class Link:
     # or STALE once that file was started over)
     fetches: dict[str, tuple[str, int]] = field(default_factory=dict)
     denied: int = 0  # fetches it answered `denied` in a row (DENIED_GIVE_UP: its jobs go)
+    fetch_after: float = 0.0  # it answered a fetch `busy`: no fetch to it before this
 
     bored_id = _request(BORED, "the ask out (`bored`)")
     results_id = _request(RESULTS, "the `results` out")

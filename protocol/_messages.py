@@ -191,12 +191,17 @@ class Ack(Message):
 
 @record
 class Error(Message):
-    """Either way: the request (`re`, or 0 if it could not be read) was refused."""
+    """Either way: the request (`re`, or 0 if it could not be read) was refused.
+
+    `retry_s`: with code BUSY (sent only in answer to `fetch`), how long to wait before
+    asking again; nil: not said. Optional, so it changed no version.
+    """
 
     TYPE: ClassVar[str] = "error"
     re: int = checked(_ID)
     code: ErrorCode = checked(_enum(ErrorCode))
     text: str = checked(_str())
+    retry_s: float | None = checked(_optional(_float(0.0, 3600.0)), None)  # nil: not said
 
 
 @record

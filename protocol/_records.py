@@ -92,6 +92,7 @@ class ErrorCode(str, enum.Enum):
     IMPLAUSIBLE = "implausible"  # a result no honest sandbox could give (fuel, output, status)
     FORBIDDEN = "forbidden"  # the request needs the dealer's admin key
     UNKNOWN_FILE = "unknown_file"  # `fetch`: this dealer serves no file of that hash
+    BUSY = "busy"  # `fetch`: rationed; ask again after `retry_s`. Not a failure
 
 
 @record

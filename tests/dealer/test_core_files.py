@@ -263,8 +263,10 @@ def test_fetch_is_rationed_per_source_and_per_turn_and_busy_says_when_to_ask_aga
     served = [r for r in replies if isinstance(r, p.Chunk)]
     busy = [r for r in replies if isinstance(r, p.Error)]
     assert len(served) == FETCH_BURST and len(busy) == 10
-    assert all(r.code is p.ErrorCode.INTERNAL and "busy" in r.text for r in busy)
-    assert "rationed" in busy[0].text and "ask again in" in busy[0].text
+    assert all(r.code is p.ErrorCode.BUSY and "busy" in r.text for r in busy)
+    assert "rationed" in busy[0].text and "ask again in 0.05 s" in busy[0].text
+    # retry_s says when, as the text does: a token is back in 1/32 s, said as 0.05 s at least
+    assert [r.retry_s for r in busy] == [0.05] * 10
     assert isinstance(fetch(other, 5.0), p.Chunk)  # other addresses are served
     assert isinstance(fetch(flood, 6.0), p.Chunk)  # and this one, a second later
     # one turn serves at most FETCH_PER_TURN chunks, whoever asks
@@ -272,6 +274,7 @@ def test_fetch_is_rationed_per_source_and_per_turn_and_busy_says_when_to_ask_aga
     many = [s.handle(p.Fetch(1, sha, 0), 100.0, Peer("cc" * 32, f"10.1.0.{i}")) for i in range(20)]
     assert sum(isinstance(r, p.Chunk) for r in many) == FETCH_PER_TURN
     assert "chunks are served a turn" in many[-1].text
+    assert many[-1].code is p.ErrorCode.BUSY and many[-1].retry_s == 0.05
     assert s.status(100.0)["fetches_busy"] == 10 + 20 - FETCH_PER_TURN
     s.close()
 

@@ -2,16 +2,20 @@
 (a CurveZMQ ROUTER), which sends jobs that read files and serves their chunks. The
 jobber fetches a file's chunks several at once, refuses a corrupted one and takes it
 again, keeps the file whole by its hash and reads it from there for a second job without
-fetching it again; killed mid-transfer it resumes with the chunks it has; a file over
-the owner's cap is given back unrun."""
+fetching it again; killed mid-transfer it resumes with the chunks it has; answered
+`busy` by the dealer's own ration it waits and asks again, never backing off; a file
+over the owner's cap is given back unrun."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+import time
 
 import protocol as p
-from tasks import Payload
+from dealer import _fileserver
+from net._gate import Ration
+from tasks import InputFile, Payload
 from tests.helpers import by_hand, fake_dealer, jobber_status, routine, wait_for
 
 CH = p.CHUNK_BYTES
@@ -180,6 +184,50 @@ def _have(data_dir) -> int:
     except (TimeoutError, RuntimeError, OSError, KeyError):
         return 0
     return max((c["have"] for c in coming), default=0)
+
+
+def test_a_file_past_the_dealers_fetch_ration_comes_whole_and_busy_is_no_failure(procs):
+    """The dealer's own fetch rationing (dealer._fileserver), its burst lowered to 2 so a
+    small file passes it: the jobber's 8 fetches out are answered `busy` past the burst,
+    and it asks again when each says. A busy counted as a failed contact would back the
+    dealer off for a minute at least (--min-backoff 60 here, as a lender's): it would
+    not finish in time."""
+    table = InputFile.from_bytes(random.Random(3).randbytes(5 * CH + 7))  # 6 chunks
+    server = _fileserver.FileServer()
+    server.ration = Ration(8.0, 2.0, 100.0, 100.0)  # 8 a second after a burst of 2
+    peer = p.Peer("aa" * 32, "127.0.0.1")
+    router, address = fake_dealer()
+    backoff = ("--min-backoff", "60", "--max-backoff", "600")
+    j = procs.jobber("j", address, extra=backoff)
+    spec = p.JobSpec("b.1", NOTHING.sha256, (), b"", LIMITS, 60.0, {"/in/t": table.ref})
+    results: dict[str, p.Result] = {}
+    replies: list[p.Message] = []
+    try:
+        for ident, msg in by_hand(router, j, timeout_s=40):
+            if isinstance(msg, p.Bored):
+                if replies or results:
+                    reply = p.RetryLater(msg.id, 0.2)
+                else:
+                    reply = p.Jobs(msg.id, (spec,), {NOTHING.sha256: NOTHING.wasm})
+                    replies.append(reply)
+            elif isinstance(msg, p.Fetch):
+                server.turn()
+                reply = server.fetch(msg, time.monotonic(), peer, {table.sha256: table}.get)
+                replies.append(reply)
+            else:
+                routine(router, ident, msg, results)
+                if "b.1" in results:
+                    break
+                continue
+            router.send_multipart([ident, p.encode(reply)])
+    finally:
+        router.close()
+        j.kill()
+    busy = [r for r in replies if isinstance(r, p.Error)]
+    assert results["b.1"].status is p.Status.OK, (results, j.stderr)
+    assert busy and all(r.code is p.ErrorCode.BUSY and r.retry_s for r in busy), busy
+    assert server.fetches == 6 and server.busy == len(busy)  # each chunk served once
+    assert "failure" not in j.stderr and "refused" not in j.stderr, j.stderr
 
 
 def test_a_file_over_the_owners_cap_is_given_back_unrun(procs):

@@ -480,3 +480,63 @@ def test_a_job_waiting_past_its_deadline_for_its_files_is_given_back_and_asking_
     assert not j.buffer
     asks = [a.msg for a in of(actions, c.Send) if isinstance(a.msg, p.Bored)]
     assert len(asks) == 1
+
+
+def test_busy_is_no_failure_the_chunk_is_asked_again_after_retry_s_and_asking_goes_on():
+    data = content(9 * MIB)
+    f = ref(data)
+    j = core()
+    take(j, spec("t.0", {"/d": f}))
+    j.tick(0.0)
+    sent = [a.msg for a in of(j.take_actions(), c.Send)]
+    (first,) = fetches([c.Send(LIVE, m) for m in sent])
+    (ask,) = [m for m in sent if isinstance(m, p.Bored)]
+    link = j.links[LIVE]
+    busy = "busy: fetch is rationed; ask again in 2.00 s"
+    j.received(LIVE, p.Error(first.id, p.ErrorCode.BUSY, busy, retry_s=2.0), 0.1)
+    assert link.backoff.failures == 0 and link.backoff.ready(0.1) and not link.fetches
+    assert c.Reset(LIVE) not in j.take_actions() and link.bored_id == ask.id  # the ask stays
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]  # it waits on
+    assert j.wake_at(0.2) == 2.1  # the shell wakes for the fetch
+    j.received(LIVE, p.RetryLater(ask.id, 0.0), 0.15)
+    j.tick(0.2)
+    actions = j.take_actions()
+    assert not fetches(actions)  # not before retry_s
+    assert [a.msg for a in of(actions, c.Send) if isinstance(a.msg, p.Bored)]  # asks go on
+    j.tick(2.09)
+    assert not fetches(j.take_actions())
+    j.tick(2.1)
+    (again,) = fetches(j.take_actions())
+    assert (again.hash, again.chunk) == (f.hash, 0) and again.id != first.id
+    # no retry_s said: BUSY_WAIT_S
+    j.received(LIVE, p.Error(again.id, p.ErrorCode.BUSY, "busy"), 3.0)
+    j.tick(3.0 + c.BUSY_WAIT_S - 0.01)
+    assert not fetches(j.take_actions())
+    j.tick(3.0 + c.BUSY_WAIT_S)
+    (third,) = fetches(j.take_actions())
+    j.received(LIVE, chunk(third.id, data, 0), 4.1)
+    assert [k.index for k in of(j.take_actions(), c.KeepChunk)] == [0]
+    assert link.backoff.failures == 0
+
+
+def test_a_dealer_busy_for_ever_keeps_its_waiting_job_only_until_its_deadline():
+    j = core(buffer=None)
+    f = p.FileRef("cd" * 32, 10)
+    take(j, spec("t.0", {"/x": f}))  # its deadline: 100 s
+    now, asked, back = 0.0, 0, {}
+    while j.buffer and now < 200.0:
+        j.tick(now)
+        actions = j.take_actions()
+        back.update(given_back(actions))
+        for x in [a.msg for a in of(actions, c.Send)]:
+            if isinstance(x, p.Fetch):
+                asked += 1
+                j.received(LIVE, p.Error(x.id, p.ErrorCode.BUSY, "busy", retry_s=10.0), now)
+            elif isinstance(x, p.Bored):
+                j.received(LIVE, p.RetryLater(x.id, 5.0), now)
+            elif isinstance(x, p.Alive):
+                j.received(LIVE, p.AliveAck(x.id, 20.0), now)
+        now += 1.0
+    assert back["t.0"].status is p.Status.ABANDONED and "deadline" in back["t.0"].detail
+    assert now == 101.0 and asked == 10  # asked every 10 s, never backed off
+    assert j.links[LIVE].backoff.failures == 0
