@@ -7,7 +7,7 @@ most MAXMSGSIZE bytes queued in, at most SNDHWM replies queued out (a reply to a
 client that does not read is dropped, not buffered). What is left to bound is
 how many connections there are, and how much one asker may make the server do.
 This module decides both, with no sockets and no clock of its own (`now` in,
-decisions out); dealer._server feeds it libzmq's monitor events and carries out
+decisions out); net._router feeds it libzmq's monitor events and carries out
 what it says.
 
 A *source* is what one party is taken to hold (`source_of`): one IPv4 address,
@@ -20,18 +20,33 @@ until the source (or everyone) has one again, and spends nothing. The number of
 buckets kept is bounded: a full bucket says nothing and is forgotten first,
 then the least recently used.
 
-`Connections`: the live connections, by file descriptor, from the monitor's
-ACCEPTED and DISCONNECTED events. `accepted` says whether to keep a new one: not
-when all connections together are at `total`, when its source already holds
+`Connections`: the live connections, each named by a `Conn` (the listening
+socket that accepted it and its file descriptor), from the monitors' ACCEPTED
+and DISCONNECTED events. `accepted` says whether to keep a new one: not when all
+connections together are at `total`, when its source already holds
 `per_source`, or when its source opened connections faster than its handshake
-ration. `forget` drops a descriptor found closed by a sweep (a lost event must not
-shut a source out for good).
+ration. `forget` drops a connection found closed by a sweep (a lost event must
+not shut a source out for good).
+
+Why a descriptor alone does not name a connection: a server listens on two
+sockets (work and plaintext), each with a monitor of its own, and the kernel
+gives a closed connection's descriptor to the next one accepted on either. Each
+monitor's events come in the order they happened (one libzmq I/O thread emits
+them), but the loop reads one monitor after the other, so a plaintext
+connection's DISCONNECTED may be read after the ACCEPTED of the work connection
+that took its descriptor. Counted by descriptor, that DISCONNECTED struck the
+new connection off: its source held one more connection than counted, and one
+more past its cap was kept. Named by socket and descriptor, each event meets
+only its own connection. The price: until that late DISCONNECTED is read the
+closed connection still counts, so a source at its cap may be refused one it
+could have had (its client connects again).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import NamedTuple
 
 import protocol as p
 
@@ -108,60 +123,68 @@ class Ration:
         return len(self._buckets)
 
 
+class Conn(NamedTuple):
+    """One connection: which of a server's listening sockets accepted it (0, 1, ...)
+    and its file descriptor (see the module's doc for why both)."""
+
+    socket: int
+    fd: int
+
+
 class Connections:
-    """Live connections by file descriptor, at most `per_source` from one source and `total`
-    in all, opened no faster than `handshakes` allows."""
+    """Live connections, at most `per_source` from one source and `total` in all, opened
+    no faster than `handshakes` allows."""
 
     def __init__(self, per_source: int, total: int, handshakes: Ration) -> None:
         if per_source < 1 or total < per_source:
             raise ValueError("need 1 <= per_source <= total")
         self.per_source, self.total = per_source, total
         self.handshakes = handshakes
-        self._by_fd: dict[int, str] = {}
+        self._by_conn: dict[Conn, str] = {}
         self._live: Counter[str] = Counter()
         self.refused = 0
 
-    def accepted(self, fd: int, source: str, now: float) -> str | None:
-        """None: keep the connection `fd` from `source`; else why it is to be dropped."""
-        if fd in self._by_fd:  # its descriptor was reused: the old connection is gone
-            self.disconnected(fd)
-        if len(self._by_fd) >= self.total:
+    def accepted(self, conn: Conn, source: str, now: float) -> str | None:
+        """None: keep the connection `conn` from `source`; else why it is to be dropped."""
+        if conn in self._by_conn:  # its descriptor was reused: the old connection is gone
+            self.disconnected(conn)
+        if len(self._by_conn) >= self.total:
             why = f"{self.total} connections open in all"
         elif self._live[source] >= self.per_source:
             why = f"{self.per_source} connections open from {source}"
         elif self.handshakes.take(source, now) > 0:
             why = f"{source} connects faster than {self.handshakes.per_s:g} a second"
         else:
-            self._by_fd[fd] = source
+            self._by_conn[conn] = source
             self._live[source] += 1
             return None
         self.refused += 1
         return why
 
-    def disconnected(self, fd: int) -> None:
-        source = self._by_fd.pop(fd, None)
+    def disconnected(self, conn: Conn) -> None:
+        source = self._by_conn.pop(conn, None)
         if source is None:  # one we refused, or never saw accepted
             return
         self._live[source] -= 1
         if self._live[source] <= 0:
             del self._live[source]
 
-    forget = disconnected  # a sweep found `fd` closed: as if its event had come
+    forget = disconnected  # a sweep found `conn` closed: as if its event had come
 
-    def fds(self) -> list[int]:
-        return list(self._by_fd)
+    def conns(self) -> list[Conn]:
+        return list(self._by_conn)
 
-    def source(self, fd: int) -> str | None:
-        return self._by_fd.get(fd)
+    def source(self, conn: Conn) -> str | None:
+        return self._by_conn.get(conn)
 
     def live(self, source: str | None = None) -> int:
         """Connections open from `source`, or from everyone."""
-        return len(self._by_fd) if source is None else self._live.get(source, 0)
+        return len(self._by_conn) if source is None else self._live.get(source, 0)
 
     def status(self) -> dict:
         """For status: how many are open, from how many sources, and how many were refused."""
         return {
-            "open": len(self._by_fd),
+            "open": len(self._by_conn),
             "sources": len(self._live),
             "refused": self.refused,
             "per_source": self.per_source,

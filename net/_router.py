@@ -50,7 +50,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 import protocol as p
-from net._gate import Connections, Ration, source_of
+from net._gate import Conn, Connections, Ration, source_of
 from net._keys import KeyPair, hex_of_z85
 from protocol import Peer
 
@@ -184,10 +184,11 @@ class RouterServer:
             Ration(HANDSHAKES_PER_S, HANDSHAKE_BURST, ALL_HANDSHAKES_PER_S, ALL_HANDSHAKE_BURST),
         )
         self.status_ration = Ration(STATUS_PER_S, STATUS_BURST, ALL_STATUS_PER_S, ALL_STATUS_BURST)
+        # each listening socket's monitor, by the socket's number in a `Conn`: 0 work, 1 public
         self._monitors = [self._monitor(s) for s in (self.sock, self.public)]
-        # descriptors of connections shut down for the caps, until their DISCONNECTED:
-        # bounded by the descriptors the process may have open
-        self._refused_fds: set[int] = set()
+        # connections shut down for the caps, until their DISCONNECTED: bounded by the
+        # descriptors the process may have open
+        self._refused: set[Conn] = set()
         self._swept_at = time.monotonic()
         self.replies_dropped = 0
         self._shut_logged_at = float("-inf")
@@ -228,27 +229,30 @@ class RouterServer:
     def _watch_connections(self, now: float) -> None:
         """Read the monitors: record each connection, and shut those past the caps."""
         c = self.connections
-        for m in self._monitors:
+        # one monitor after the other: only each socket's own events are in order, so each
+        # event names its connection by socket and descriptor (net._gate's doc says why)
+        for which, m in enumerate(self._monitors):
             while True:
                 try:
                     event = parse_monitor_message(m.recv_multipart(zmq.NOBLOCK))
                 except zmq.Again:
                     break
-                fd = event["value"]
-                self._refused_fds.discard(fd)  # closed, or its descriptor reused
+                conn = Conn(which, event["value"])
+                self._refused.discard(conn)  # closed, or its descriptor reused
                 if event["event"] == zmq.EVENT_DISCONNECTED:
-                    c.disconnected(fd)
+                    c.disconnected(conn)
                     continue
                 # read moments after the accept; if that connection has closed and its
-                # descriptor been reused since, this names the newer connection, whose own
-                # ACCEPTED follows and puts the count right (Connections.accepted)
-                peer = _peer_of(fd)
+                # descriptor been reused since, this reads the newer connection's address:
+                # the closed one's DISCONNECTED follows on this monitor, and the newer
+                # one's ACCEPTED on its socket's, which put the count right
+                peer = _peer_of(conn.fd)
                 if peer is None:  # gone already: its DISCONNECTED follows
                     continue
-                why = c.accepted(fd, source_of(peer), now)
+                why = c.accepted(conn, source_of(peer), now)
                 if why is not None:
-                    _shut(fd)
-                    self._refused_fds.add(fd)
+                    _shut(conn.fd)
+                    self._refused.add(conn)
                     self._shut_since_log += 1
                     if time.monotonic() - self._shut_logged_at > 60:  # a flood logs once a minute
                         log.warning(
@@ -260,22 +264,22 @@ class RouterServer:
                         self._shut_logged_at, self._shut_since_log = time.monotonic(), 0
         if time.monotonic() - self._swept_at > SWEEP_S:  # a lost event must not leak a slot
             self._swept_at = time.monotonic()
-            for fd in c.fds():
-                peer = _peer_of(fd)
-                if peer is None or source_of(peer) != c.source(fd):
-                    c.forget(fd)
+            for conn in c.conns():
+                peer = _peer_of(conn.fd)
+                if peer is None or source_of(peer) != c.source(conn):
+                    c.forget(conn)
 
-    def _shut_down(self, fd: int, now: float) -> bool:
-        """Whether the connection a message came on (its descriptor, libzmq's SRCFD) was
-        refused. Its ACCEPTED was queued before its handshake ended, so before any message
-        of its, but may have come after this turn read the monitors: read them again
-        when the descriptor is not known yet, so that no connection past the caps is
+    def _shut_down(self, conn: Conn, now: float) -> bool:
+        """Whether the connection a message came on (its socket and descriptor, libzmq's
+        SRCFD) was refused. Its ACCEPTED was queued before its handshake ended, so before
+        any message of its, but may have come after this turn read the monitors: read them
+        again when the connection is not known yet, so that no connection past the caps is
         answered even once (under load, a refused client's request used to be)."""
-        if fd in self._refused_fds or self.connections.source(fd) is None:
-            # a refused descriptor too: it may have been closed and given to a new
+        if conn in self._refused or self.connections.source(conn) is None:
+            # a refused one too: it may have been closed and its descriptor given to a new
             # connection since, whose ACCEPTED (after the old one's DISCONNECTED) is unread
             self._watch_connections(now)
-        return fd in self._refused_fds
+        return conn in self._refused
 
     def _bind(self, bind: str) -> None:
         """Bind the work socket to `bind` and the plaintext one to the next port up."""
@@ -378,7 +382,8 @@ class RouterServer:
         self._watch_connections(now)
         self.before_turn(now)
         replies: list[tuple[zmq.Socket, zmq.Frame, bytes]] = []
-        for sock, most in ((self.sock, MAX_DRAIN), (self.public, PUBLIC_DRAIN)):
+        drains = ((self.sock, MAX_DRAIN), (self.public, PUBLIC_DRAIN))  # the monitors' order
+        for which, (sock, most) in enumerate(drains):
             for _ in range(most):
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -388,7 +393,7 @@ class RouterServer:
                     log.warning("dropping a message of %d frames", len(parts))
                     continue
                 ident, frame = parts
-                if self._shut_down(frame.get(zmq.SRCFD), now):
+                if self._shut_down(Conn(which, frame.get(zmq.SRCFD)), now):
                     continue  # a connection past the caps, read before its shutdown
                 data = frame.bytes
                 try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import zmq
 
 import protocol as p
-from net._router import RouterServer
+from net._gate import Conn, source_of
+from net._router import RouterServer, _peer_of
 from tests.helpers import wait_for
 
 
@@ -62,7 +65,7 @@ def test_a_new_connection_on_a_refused_connections_descriptor_is_answered():
     # the monitors are read X still looks refused. Every descriptor looks so here; the
     # new client's ACCEPTED, read when its request comes, must clear its own.
     server = Late("tcp://127.0.0.1:*", per_source=2)
-    server._refused_fds.update(range(4096))
+    server._refused.update(Conn(which, fd) for which in (0, 1) for fd in range(4096))
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -81,4 +84,85 @@ def test_a_new_connection_on_a_refused_connections_descriptor_is_answered():
     finally:
         s.close()
         ctx.term()
+        server.close()
+
+
+class Answering(RouterServer):
+    """A server whose work port answers everything it is let read."""
+
+    def handle(self, msg: p.Message, now: float, peer: p.Peer) -> p.Message | None:
+        return self.unexpected(msg, "this test server")
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_work_connection_on_a_closed_plaintext_connections_descriptor_counts_toward_its_cap():
+    # the flood test's "33 answered where the cap is 32": the test's status connection (the
+    # plaintext port) closed, the kernel gave its descriptor to a flood connection (the
+    # work port), and the loop read the work monitor's ACCEPTED before the plaintext
+    # monitor's DISCONNECTED, which then struck the flood connection off its source's count
+    server = Answering("tcp://127.0.0.1:*", per_source=1)
+    work = server.endpoint.rpartition(":")[2]
+    ctx = zmq.Context()
+    flood = []
+    for _ in range(2):  # made now: a socket's own descriptors are taken when it is made
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+        s.curve_serverkey = server.keys.public
+        flood.append(s)
+    held: list[int] = []
+    try:
+        asker = ctx.socket(zmq.DEALER)
+        asker.setsockopt(zmq.LINGER, 0)
+        asker.connect(server.public_endpoint)
+        asker.send(p.encode(p.Hello(1)))
+        wait_for(lambda: (server.turn(), asker.poll(0))[1], 30, "the plaintext port's answer")
+        ((_, fd),) = server.connections.conns()
+        asker.close()
+        wait_for(lambda: not _open(fd), 30, "the plaintext connection closed")
+        # no turn from here to the flood's connection: both events wait unread. Every free
+        # descriptor below `fd` held but one, which the flood client's own socket takes, so
+        # that the kernel gives `fd` to the dealer's side of its connection
+        while (h := os.open(os.devnull, os.O_RDONLY)) != fd:
+            assert h < fd, "the closed descriptor was taken"
+            held.append(h)
+        os.close(fd)
+        assert held, "no descriptor free below the closed one"
+        os.close(held.pop(0))
+        flood[0].connect(f"tcp://127.0.6.1:0;127.0.0.1:{work}")
+        wait_for(lambda: _open(fd), 30, "the flood connection accepted")
+        for h in held:
+            os.close(h)
+        held = []
+        assert source_of(_peer_of(fd) or "") == "127.0.6.1"  # the descriptor reused
+
+        server.turn()  # the work monitor first, then the plaintext one's late DISCONNECTED
+        assert server.connections.live("127.0.6.1") == 1
+        flood[1].connect(f"tcp://127.0.6.1:0;127.0.0.1:{work}")
+        for s in flood:
+            s.send(p.encode(p.StatusQuery(1)))
+        answered: set[int] = set()
+
+        def turned() -> bool:
+            server.turn()
+            for i, s in enumerate(flood):
+                while s.poll(0):
+                    s.recv()
+                    answered.add(i)
+            return server.connections.refused >= 2 and 0 in answered
+
+        wait_for(turned, 30, "the first kept and answered, the second refused (twice)")
+        assert answered == {0}
+        assert server.connections.live() == 1
+    finally:
+        for h in held:
+            os.close(h)
+        ctx.destroy(linger=0)
         server.close()
