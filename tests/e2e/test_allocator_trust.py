@@ -236,7 +236,7 @@ def test_dealers_a_removed_project_referred_the_pool_to_get_no_more_work(procs):
         def at_d3(s: dict) -> bool:
             return any(x["address"].endswith(f":{d3_port}") for x in s["dealers"])
 
-        wait_jobber(procs, "pc", lambda s: at_d3(s) and s["done"] >= 5, 60, "work from D3")
+        wait_jobber(procs, "pc", lambda s: at_d3(s) and s["done"] >= 5, 120, "work from D3")
         ask(address, root, "project_remove", {"name": "p"})
         serial = ask(address, root, "list", {}).data["serial"]
         s = wait_jobber(
