@@ -206,6 +206,16 @@ def test_failed_job_goes_back_to_the_same_jobber_when_no_other_is_present():
     assert [z.job_id for z in core.bored("solo", 1, 1000, 23.5)] == [0]
 
 
+def test_a_failed_job_goes_back_to_its_jobber_on_a_new_machine_when_no_other_is_present():
+    core = make(1)
+    [x] = core.bored("solo", 1, 1000, 0.0, machine="home")
+    core.result("solo", x.tag, Status.CRASH, b"", 0, "worker died", 1.0)
+    # its address changed: the machine it asks from is present because it asks, and is
+    # not another machine fresh to the job for it to wait for
+    [y] = core.bored("solo", 1, 1000, 2.0, machine="office")
+    assert y.job_id == 0 and y.tag != x.tag
+
+
 def test_abandoned_replica_is_released_without_an_error():
     core = make(1, max_errors=0)
     [x] = core.bored("a", 1, 1000, 0.0)
@@ -472,6 +482,53 @@ def test_a_job_waits_for_its_platform_until_those_machines_leave():
     # a has not asked for work it could take for a lease: the job moves rather than stall
     [b] = ask(core, "b", ARM, 20.5)
     assert b.job_id == 1
+
+
+def test_a_job_on_two_platforms_goes_on_on_either():
+    core = make(2, redundancy=2, quorum=2)
+    assert [x.job_id for x in ask(core, "a", ARM, 0.0, want=2)] == [0, 1]
+    # no other arm machine: both jobs move to x86
+    assert [x.job_id for x in ask(core, "x", X86, 0.0, want=2)] == [0, 1]
+    [b] = ask(core, "b", ARM, 1.0)  # a second arm machine: it takes the first job wanting
+    assert b.job_id == 0
+    # b is present and fresh to job 1, but job 1 has a replica on x86 too: x86 goes on
+    [y] = ask(core, "y", X86, 2.0)
+    assert y.job_id == 1
+
+
+def test_a_job_on_two_platforms_waits_for_the_machines_of_each():
+    core = make(2, redundancy=2, quorum=2, lease_s=20.0, deadline_s=1e6)
+    assert [x.job_id for x in ask(core, "a", ARM, 0.0, want=2)] == [0, 1]
+    [w] = ask(core, "w", X86, 0.0)  # no other arm machine: job 0 moves to x86
+    assert w.job_id == 0
+    assert [x.job_id for x in ask(core, "x", X86, 0.0, want=2)] == [0, 1]  # and job 1
+    # job 1 runs on arm and x86: no arm machine is fresh to it, but w, on x86, is
+    assert ask(core, "r", "riscv64-linux-wasmtime", 1.0) == []
+    # w has not asked for a lease: job 1 moves on
+    assert [x.job_id for x in ask(core, "r", "riscv64-linux-wasmtime", 20.5)] == [1]
+
+
+def test_a_machine_asking_on_another_platform_does_not_hold_a_job_back_from_itself():
+    """Two identities on one machine (its subnet, say), of two platforms: the machine is
+    present because one asks, and it is no machine of the other platform to wait for."""
+    core = make(2, redundancy=2, quorum=2)
+    [h] = core.bored("arm-host", 1, 1000, 0.0, machine="lab", platform=ARM)
+    assert [x.job_id for x in ask(core, "b", ARM, 0.0, want=2)] == [0, 1]
+    # job 1 runs on arm; lab ran arm work, but only its x86 identity asks for more
+    [x] = core.bored("x86-host", 1, 1000, 1.0, machine="lab", platform=X86)
+    assert (h.job_id, x.job_id) == (0, 1)
+
+
+def test_a_deterministic_failure_keeps_its_job_on_its_platform_and_a_crash_does_not():
+    core = make(3, redundancy=2, quorum=2, max_errors=5)
+    a = ask(core, "a", ARM, 0.0, want=3)
+    assert [x.job_id for x in a] == [0, 1, 2]
+    [b] = ask(core, "b", ARM, 0.0)  # a second arm machine, present and fresh to jobs 1, 2
+    assert b.job_id == 0
+    assert core.result("a", a[1].tag, Status.TRAP, b"", 9, "unreachable", 1.0) is None
+    assert core.result("a", a[2].tag, Status.CRASH, b"", 0, "worker died", 1.0) is None
+    # job 1's trap votes (b may confirm it on arm); job 2 has no replica that may vote
+    assert [x.job_id for x in ask(core, "x", X86, 2.0, want=2)] == [2]
 
 
 def test_deterministic_failures_vote_per_platform_too():

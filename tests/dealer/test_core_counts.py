@@ -136,6 +136,18 @@ def test_redundancy_over_quorum_an_error_while_others_are_live_is_reissued():
     assert give(core, "e", 1, 2.0) == []
 
 
+def test_a_replica_sent_after_an_error_leaves_the_job_wanting_one_more():
+    """Sending a replica leaves a job wanting what its replicas not out cost it: two sent
+    and one errored, with redundancy 2, is one short at once, not when the second is back."""
+    core = make(1, redundancy=2, quorum=2, max_errors=5)
+    [a] = give(core, "a", 1, 0.0)
+    core.result("a", a.tag, Status.CRASH, b"", 0, "died", 1.0)
+    [b] = give(core, "b", 1, 2.0)
+    [c] = give(core, "c", 1, 2.0)
+    assert b.job_id == c.job_id == 0
+    assert give(core, "d", 1, 2.0) == []  # two live now: enough
+
+
 def test_an_error_with_redundancy_one_is_reissued_once():
     core = make(1, max_errors=5)
     [a] = give(core, "a", 1, 0.0)

@@ -13,7 +13,12 @@ restarts from its journal. After every step:
   replicas of a job never vote across platforms, whether the platforms' outputs
   are the same (as for float code without NaNs) or differ (NaN bits);
 - with quorum >= 2, the dishonest jobber never gets a wrong output accepted;
+<<<<<<< HEAD
 - a job with input files goes only to a jobber that takes them (the liar takes none).
+=======
+- the core counts each unsettled job's replicas (agreeing machines, errors, live,
+  sent, reach) as docs/dealer.md defines them, whatever it reads of the counts now.
+>>>>>>> main
 
 At the end, honest jobbers alone (of both platforms) drive the batch to completion.
 """
@@ -31,6 +36,7 @@ from hypothesis.stateful import (
 )
 
 from dealer._core import Accepted, Core, Failed, Overdue, Policy, Returned, Sent
+from dealer._votes import _Tally
 from protocol import ErrorCode, Status
 from tasks import InputFile, Job
 
@@ -319,6 +325,17 @@ class CoreMachine(RuleBasedStateMachine):
             assert sent <= p.max_replicas, f"job {j}: {sent} replicas sent"
             assert errors <= p.max_errors, f"job {j}: {errors} errors and not failed"
             assert best < p.quorum, f"job {j}: a quorum and not accepted"
+
+    @invariant()
+    def the_core_counts_replicas_as_the_docs_say(self):
+        """Its decisions read some counts only as truth values (`live` as `live == 0`),
+        or where another term outweighs them (`reach` with nothing agreeing or live): the
+        counts themselves are stated here, so a change that keeps today's decisions but
+        miscounts is seen."""
+        for j, job in self.core._jobs.items():
+            t = _Tally.of(job)
+            counted = (t.best, t.errors, t.live, t.sent, t.reach)
+            assert counted == tally(job.replicas, self.platform), f"job {j}'s tally"
 
     @invariant()
     def errors_counted_once_per_replica_on_its_jobber(self):
