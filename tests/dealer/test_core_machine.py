@@ -13,12 +13,9 @@ restarts from its journal. After every step:
   replicas of a job never vote across platforms, whether the platforms' outputs
   are the same (as for float code without NaNs) or differ (NaN bits);
 - with quorum >= 2, the dishonest jobber never gets a wrong output accepted;
-<<<<<<< HEAD
-- a job with input files goes only to a jobber that takes them (the liar takes none).
-=======
+- a job with input files goes only to a jobber that takes them (the liar takes none);
 - the core counts each unsettled job's replicas (agreeing machines, errors, live,
   sent, reach) as docs/dealer.md defines them, whatever it reads of the counts now.
->>>>>>> main
 
 At the end, honest jobbers alone (of both platforms) drive the batch to completion.
 """
