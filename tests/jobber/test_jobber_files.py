@@ -27,7 +27,8 @@ MIB = 1 << 20
 CH = p.CHUNK_BYTES
 
 
-def core(**kw) -> c.JobberCore:
+def core_settings(**kw) -> c.Settings:
+    """The settings these tests' cores run with, `kw` over them."""
     base = dict(
         name="j",
         slots=1,
@@ -39,8 +40,11 @@ def core(**kw) -> c.JobberCore:
         cache_bytes=256 * MIB,
         buffer=4,
     )
-    base.update(kw)
-    j = c.JobberCore(c.Settings(**base), [f"{LIVE}#{KEY_A}"], 0.0, rng=random.Random(1))
+    return c.Settings(**(base | kw))
+
+
+def core(**kw) -> c.JobberCore:
+    j = c.JobberCore(core_settings(**kw), [f"{LIVE}#{KEY_A}"], 0.0, rng=random.Random(1))
     j.cache_updated({SHA: (1000, 0)})
     j.take_actions()
     return j

@@ -28,6 +28,7 @@ from tests.jobber.test_jobber_files import (
     chunk,
     content,
     core,
+    core_settings,
     digests,
     fetches,
     given_back,
@@ -44,22 +45,8 @@ LIVE2 = "tcp://127.0.0.1:7201"
 
 def core2(**kw) -> c.JobberCore:
     """A core with two dealers, LIVE and LIVE2, their keys known."""
-    base = dict(
-        name="j",
-        slots=1,
-        cpus=1,
-        memory_mb=256,
-        min_backoff_s=1.0,
-        max_backoff_s=60.0,
-        input_mb=64,
-        cache_bytes=256 * MIB,
-        buffer=4,
-        request_timeout_s=1000.0,
-    )
-    base.update(kw)
-    j = c.JobberCore(
-        c.Settings(**base), [f"{LIVE}#{KEY_A}", f"{LIVE2}#{KEY_B}"], 0.0, rng=random.Random(1)
-    )
+    told = core_settings(**({"request_timeout_s": 1000.0} | kw))
+    j = c.JobberCore(told, [f"{LIVE}#{KEY_A}", f"{LIVE2}#{KEY_B}"], 0.0, rng=random.Random(1))
     j.cache_updated({SHA: (1000, 0)})
     j.take_actions()
     return j
