@@ -398,19 +398,16 @@ class Votes:
             ", ".join(sorted({r.jobber for rs in losers.values() for r in rs})),
         )
 
-    def _needed(self, j: _Job, t: _Tally) -> int:
+    def _needed(self, t: _Tally) -> int:
+        """How many more replicas a job with tally `t` wants now."""
         p = self.policy
-        if not j.replicas:
-            return p.redundancy
         need = max(p.redundancy - (t.sent - t.errors), p.quorum - t.reach, 0)
         return min(need, p.max_replicas - t.sent)
 
     def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
-        if j.id not in self._jobs:
-            wanted = False
-        elif t is None and not j.replicas:
-            wanted = self.policy.redundancy > 0
-        elif (
+        """`j` is unsettled; `t` is its tally, or None when it was just drawn or a
+        replica of it just sent."""
+        if (
             t is None
             and len(j.replicas) >= self.policy.redundancy
             and all(
@@ -418,12 +415,12 @@ class Votes:
                 for r in j.replicas
             )
         ):
-            # the common case, cut short: as many replicas out as the job needs, none back,
-            # all on one platform (so sent - errors = len >= redundancy >= quorum and
-            # reach = live): none needed
+            # the common case, cut short: a replica just sent, and now as many out as the
+            # job needs, none back, all on one platform (so sent - errors = len >=
+            # redundancy >= quorum and reach = live): none needed
             wanted = False
         else:
-            wanted = self._needed(j, t or _Tally.of(j)) > 0
+            wanted = self._needed(t or _Tally.of(j)) > 0
         if wanted:
             self._want(j)
         else:
