@@ -301,7 +301,7 @@ def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prep
         return Prepared(
             sha256,
             None,
-            (Status.INVALID, f"not a WASI command: no _start export (nor run){kind}"),
+            (Status.INVALID, f"not a WASI command: no _start export{kind}"),
         )
     ty = exports[entry]
     if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != want:
