@@ -94,6 +94,9 @@ class Payload:
     files: Mapping[str, InputFile] = field(default_factory=dict, repr=False, compare=False)
     # arguments every job gets before its own (a runtime's script: see `python`)
     argv: tuple[str, ...] = field(default=(), compare=False)
+    # a runtime's module as a file (see `python`): too big for a `jobs` message, a
+    # jobber fetches it in chunks like an input file. None for other payloads.
+    module_file: InputFile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.wasm, bytes):  # wat2wasm gives a bytearray
@@ -197,9 +200,12 @@ class Payload:
         files = {path: InputFile.from_path(paths[sha]) for path, (sha, _) in PYTHON.files.items()}
         guest = f"{SCRIPT_DIR}/{name}.py"
         files[guest] = InputFile.from_bytes(text)
+        module = InputFile.from_path(paths[PYTHON.sha256])
+        if module.sha256 != PYTHON.sha256:
+            raise PayloadError(f"Payload.python: {paths[PYTHON.sha256]} changed since kept")
         wasm = paths[PYTHON.sha256].read_bytes()
-        payload = cls(wasm, name, files, (guest,))
-        payload.__dict__["sha256"] = PYTHON.sha256  # the file was checked when it was kept
+        payload = cls(wasm, name, files, (guest,), module)
+        payload.__dict__["sha256"] = PYTHON.sha256  # what `module` hashed, read once
         return payload
 
     def _checked(self, where: str) -> Payload:
