@@ -42,10 +42,12 @@ import protocol as p
 import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
+from jobber._actions import PrepareRuntime, RuntimePrepared
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._files import Diverged, FileChecker, FileStore
 from jobber._idle import IdleDetector, Throttle, read_host
+from jobber._prepare import RuntimePreparer
 from jobber._quiet import Repeats
 from jobber._settings import Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
@@ -111,6 +113,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.files = FileStore(cfg.data_dir / "files")  # input files, kept with the cache
         self._writer: SpoolWriter | None = None
         self._checker: FileChecker | None = None  # checks complete input files off the loop
+        self._preparer: RuntimePreparer | None = None  # compiles runtimes off the loop
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
@@ -272,6 +275,23 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._evict(f"input file {sha[:12]}")
         self._carry_out()
 
+    def _runtimes_prepared(self) -> None:
+        """Runtimes the preparer is done with: the module, now in the payload cache, leaves
+        the file store; the core hears the outcome, then what the cache holds."""
+        assert self._preparer is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._preparer.fd, 4096)
+        while True:
+            try:
+                sha, why = self._preparer.done.get_nowait()
+            except queue.Empty:
+                break
+            if not why:
+                self.files.remove(sha)
+            self.core.handle(RuntimePrepared(sha, why), time.monotonic())
+            self._evict(f"runtime {sha[:12]}")
+        self._carry_out()
+
     # --- carrying out the core's actions ---------------------------------------------
 
     def _carry_out(self) -> None:
@@ -374,6 +394,16 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._keep_chunk(a)
         elif isinstance(a, c.DropFile):
             self.files.drop_partial(a.sha)
+        elif isinstance(a, PrepareRuntime):
+            if self._preparer is None:
+                self._preparer = RuntimePreparer(
+                    self.cfg.data_dir / "cache",
+                    self.cfg.runtime_cache,
+                    self.cfg.compile_memory_mb,
+                    self.cfg.data_dir / "runtimes.log",
+                )
+                self._preparer.start()
+            self._preparer.put(a.sha, self.files.path(a.sha))
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")
@@ -477,6 +507,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         watched += self.slots.fds()
         watched += [self._writer.fd if self._writer else None, self._control]
         watched += [self._checker.fd if self._checker else None]
+        watched += [self._preparer.fd if self._preparer else None]
         # the objects themselves, not their ids: an id can come back for a new socket
         key = tuple(x for x in watched if x is not None)
         if len(key) != len(self._poll_key) or any(
@@ -514,6 +545,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._spooled()
         if self._checker is not None and self._checker.fd in ready:
             self._files_checked()
+        if self._preparer is not None and self._preparer.fd in ready:
+            self._runtimes_prepared()
         if self._control is not None and self._control in ready:
             self._serve_control()
 
@@ -551,6 +584,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         if self._checker is not None:  # a check under way ends (kept or not) before we go
             self._checker.stop()
             self._checker = None
+        if self._preparer is not None:  # a compile under way is killed: done again later
+            self._preparer.stop()
+            self._preparer = None
         if self._writer is not None:  # what is queued reaches the disk before we go
             self._writer.stop()
             self._writer = None

@@ -217,7 +217,7 @@ class Holdings:
     def cache_updated(self, sizes: Mapping[str, tuple[int, int]]) -> None:
         """The shell's cache as it is now: payload hash -> (bytes, compiled forms' bytes)."""
         self.sizes = sizes
-        self.cached = tuple(sorted(sizes))
+        self.cached = tuple(self._runtimes_cached(sizes))
         held = self.held_payloads()
         self._coming = {sha: n for sha, n in self._coming.items() if sha in held}
 

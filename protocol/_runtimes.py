@@ -40,10 +40,16 @@ class Runtime:
     compile_s: float  # the compile fence: CPU seconds (and twice that of wall time)
     compile_memory_mb: int  # the compile fence: memory
     compiled_bytes: int  # the cap of its compiled form
+    compiled_size: int  # its compiled form as measured (x86-64, wasmtime 50): for disk room
     # files every job of it reads: guest path -> (sha256, size)
     files: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     argv0: str = "payload"
     source: str = ""  # where its artifacts are published, for people
+
+    @property
+    def disk_bytes(self) -> int:
+        """What it takes in a jobber's cache: module, compiled form and files."""
+        return self.size + self.compiled_size + sum(size for _, size in self.files.values())
 
 
 PYTHON = Runtime(
@@ -54,6 +60,7 @@ PYTHON = Runtime(
     compile_s=900.0,
     compile_memory_mb=4096,
     compiled_bytes=512 * MIB,
+    compiled_size=340_651_768,
     files={
         "/usr/local/lib/python315.zip": (
             "a7b8f7cbd4799ac8c81223cbc47f8cea503adac934a04826778b66e5a5e9b847",
