@@ -268,7 +268,7 @@ FULL: dict[str, p.Message] = {
         p.Bored(1, "ann", HOST, 2, ("t1",), p.Attribution(SHA, "10.0.0.5")),
         p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}),
         p.Referral(1, ("tcp://other:7117",)),
-        p.RetryLater(1, 2.5, "busy", True, ("b" * 64,)),
+        p.RetryLater(1, 2.5, "busy", True, (SHA,)),
         p.Finished(1),
         p.Results(
             2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d", p.Attribution(SHA, "m")),)
@@ -696,7 +696,7 @@ def test_the_defaults_of_the_records():
     assert (bored.want, bored.holding) == (1, None)
     assert p.Result("t", p.Status.OK) == p.Result("t", p.Status.OK, b"", 0, "")
     assert p.Jobs(1, ()) == p.Jobs(1, (), {}, None)
-    assert p.RetryLater(1, 2.0) == p.RetryLater(1, 2.0, None, None, None)
+    assert p.RetryLater(1, 2.0) == p.RetryLater(1, 2.0, None, None)
     assert p.Ack(1, ()).rejected == () and p.AliveAck(1, 5.0).cancel == ()
     assert p.StatusQuery(1).page is None and p.Alive(1, "a").holding is None
     assert p.Signature(SHA, bytes(64)).chain == ()
