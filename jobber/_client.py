@@ -42,12 +42,12 @@ import protocol as p
 import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
-from jobber._actions import PrepareRuntime, RuntimePrepared
+from jobber._actions import PrepareRuntime
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._files import Diverged, FileChecker, FileStore
 from jobber._idle import IdleDetector, Throttle, read_host
-from jobber._prepare import RuntimePreparer
+from jobber._prepare import Preparing, RuntimePreparer
 from jobber._quiet import Repeats
 from jobber._settings import Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
@@ -69,7 +69,7 @@ COALESCE_S = 0.002
 EVICT_AFTER_S = 5.0
 
 
-class Jobber(DealerSockets, Trust, Allocation, Control):
+class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
     """The shell: the loop, the slots, the spool and the cache around a JobberCore; its
     dealers' sockets are jobber._sockets, signed payloads jobber._trust, an allocator's
     instructions jobber._allocation, the control socket and status jobber._status."""
@@ -134,7 +134,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.core = c.JobberCore(
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
-        self.core.cache_updated(self.cache.sizes())
+        self._cache_updated()
         self.core.files_updated(self.files.whole(), self.files.partials)
         self._evict_at: float | None = None  # when the cache is checked for its size next
         fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
@@ -232,7 +232,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 why,
                 gone,
             )
-        self.core.cache_updated(self.cache.sizes())
+        self._cache_updated()
 
     def _keep_chunk(self, a: c.KeepChunk) -> None:
         """Write a chunk the core checked; a file with every chunk is checked whole off the
@@ -273,23 +273,6 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             else:
                 self.core.handle(c.FileBad(sha, got), now)
             self._evict(f"input file {sha[:12]}")
-        self._carry_out()
-
-    def _runtimes_prepared(self) -> None:
-        """Runtimes the preparer is done with: the module, now in the payload cache, leaves
-        the file store; the core hears the outcome, then what the cache holds."""
-        assert self._preparer is not None
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._preparer.fd, 4096)
-        while True:
-            try:
-                sha, why = self._preparer.done.get_nowait()
-            except queue.Empty:
-                break
-            if not why:
-                self.files.remove(sha)
-            self.core.handle(RuntimePrepared(sha, why), time.monotonic())
-            self._evict(f"runtime {sha[:12]}")
         self._carry_out()
 
     # --- carrying out the core's actions ---------------------------------------------
@@ -395,15 +378,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         elif isinstance(a, c.DropFile):
             self.files.drop_partial(a.sha)
         elif isinstance(a, PrepareRuntime):
-            if self._preparer is None:
-                self._preparer = RuntimePreparer(
-                    self.cfg.data_dir / "cache",
-                    self.cfg.runtime_cache,
-                    self.cfg.compile_memory_mb,
-                    self.cfg.data_dir / "runtimes.log",
-                )
-                self._preparer.start()
-            self._preparer.put(a.sha, self.files.path(a.sha))
+            self._prepare_runtime(a.sha)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")

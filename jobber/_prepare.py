@@ -18,10 +18,57 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+
+from jobber._actions import RuntimePrepared
+from protocol._runtimes import RUNTIMES
+from sandbox._prepare import ready as runtime_ready
 
 NICE = 19
 _TAIL = 400  # characters of the preparer's last line kept as the reason it failed
+
+
+class Preparing:
+    """The shell's side of runtimes (jobber._client.Jobber, a mixin: the state is its)."""
+
+    def _prepare_runtime(self, sha: str) -> None:
+        """The core's PrepareRuntime: the module, held whole in the file store, to the
+        preparer."""
+        if self._preparer is None:
+            self._preparer = RuntimePreparer(
+                self.cfg.data_dir / "cache",
+                self.cfg.runtime_cache,
+                self.cfg.compile_memory_mb,
+                self.cfg.data_dir / "runtimes.log",
+            )
+            self._preparer.start()
+        self._preparer.put(sha, self.files.path(sha))
+
+    def _runtimes_prepared(self) -> None:
+        """Runtimes the preparer is done with: the module, now in the payload cache, leaves
+        the file store; the core hears the outcome, then what the cache holds."""
+        assert self._preparer is not None
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._preparer.fd, 4096)
+        while True:
+            try:
+                sha, why = self._preparer.done.get_nowait()
+            except queue.Empty:
+                break
+            if not why:
+                self.files.remove(sha)
+            self.core.handle(RuntimePrepared(sha, why), time.monotonic())
+            self._evict(f"runtime {sha[:12]}")
+        self._carry_out()
+
+    def _cache_updated(self) -> None:
+        """Tell the core what the payload cache holds, and which runtimes in it are ready
+        (compiled for every engine)."""
+        sizes = self.cache.sizes()
+        root = self.cfg.data_dir / "cache"
+        ready = [sha for sha in sizes if sha in RUNTIMES and runtime_ready(root, sha)]
+        self.core.cache_updated(sizes, ready)
 
 
 class RuntimePreparer(threading.Thread):

@@ -162,14 +162,14 @@ class Runtimes:
                 self.runtime_state.pop(rsha, None)
                 log.info("runtime %s: no dealer to fetch it from; left for now", rt.name)
 
-    def _runtimes_cached(self, sizes) -> list[str]:
-        """Payload hashes held, a runtime only once compiled (`sizes`: hash -> (bytes,
-        compiled bytes)); a runtime found or lost in the cache is ready, or no longer."""
+    def _runtimes_cached(self, sizes, compiled: set[str]) -> list[str]:
+        """Payload hashes held (`sizes`), a runtime only once `compiled` for every engine;
+        a runtime found or lost in the cache is ready, or no longer."""
         listed = []
-        for sha, (_, compiled) in sizes.items():
+        for sha in sizes:
             if sha not in RUNTIMES:
                 listed.append(sha)
-            elif compiled > 0:
+            elif sha in compiled:
                 listed.append(sha)
                 if self.runtime_state.get(sha) != PREPARING:
                     self.runtime_state[sha] = READY

@@ -22,6 +22,8 @@ cache writes to a temporary name and renames).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -41,16 +43,16 @@ class PrepareError(Exception):
     """The runtime could not be made ready, and why."""
 
 
+ENGINES = (False, True)  # native NaNs (what most tasks' jobs use), then canonical
+
+
 def prepare_runtime(
-    root: Path,
-    module: Path,
-    *,
-    shared: Path | None = None,
-    canonical: bool = True,
-    memory_mb: int | None = None,
+    root: Path, module: Path, *, shared: Path | None = None, memory_mb: int | None = None
 ) -> Runtime:
-    """Make the runtime in file `module` ready in the module cache at `root` (see this
-    module's docstring). Returns its Runtime; PrepareError if it cannot be made ready."""
+    """Make the runtime in file `module` ready in the module cache at `root`, for both
+    engines (a job's limits pick one: docs/sandbox.md), so that no job of it ever waits
+    for a compile (see this module's docstring). Returns its Runtime; PrepareError if it
+    cannot be made ready."""
     try:
         wasm = module.read_bytes()
     except OSError as e:
@@ -64,21 +66,43 @@ def prepare_runtime(
         if not cache.has(sha):
             cache.put(wasm)
         del wasm
-        if cache.load(sha, canonical) is not None:
-            return rt
-        if shared is not None and _copy_compiled(ModuleCache(shared), cache, sha, canonical):
-            log.info("runtime %s: compiled form taken from %s", rt.name, shared)
-            return rt
-        _fence(rt, memory_mb)
-        log.info("runtime %s: compiling (%s)", rt.name, "canonical NaNs" if canonical else "native")
-        cache.build(sha, canonical)
-        if shared is not None:
-            _copy_compiled(cache, ModuleCache(shared), sha, canonical, check=False)
+        for canonical in ENGINES:
+            _prepare_for(cache, rt, canonical, shared, memory_mb)
     except (OSError, MemoryError) as e:
         raise PrepareError(f"runtime {rt.name}: {e}") from None
     except Refused as e:
         raise PrepareError(f"runtime {rt.name}: {e.detail}") from None
     return rt
+
+
+def ready(root: Path, sha: str) -> bool:
+    """Whether runtime `sha` has a compiled form for every engine in the cache at `root`
+    (present: a job checks it when it loads it)."""
+    cache = ModuleCache(root)
+    return cache.has(sha) and all(cache.compiled_path(sha, c).exists() for c in ENGINES)
+
+
+def _prepare_for(
+    cache: ModuleCache, rt: Runtime, canonical: bool, shared: Path | None, memory_mb: int | None
+) -> None:
+    sha = rt.sha256
+    if cache.load(sha, canonical) is not None:
+        return
+    with contextlib.ExitStack() as stack:
+        if shared is not None:
+            # one compile per machine: the others wait for it here, then copy it
+            shared.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(shared / f".prepare-{sha[:16]}.lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _copy_compiled(ModuleCache(shared), cache, sha, canonical):
+                log.info("runtime %s: compiled form taken from %s", rt.name, shared)
+                return
+        _fence(rt, memory_mb)
+        kind = "canonical NaNs" if canonical else "native NaNs"
+        log.info("runtime %s: compiling (%s; minutes)", rt.name, kind)
+        cache.build(sha, canonical)
+        if shared is not None:
+            _copy_compiled(cache, ModuleCache(shared), sha, canonical, check=False)
 
 
 def _fence(rt: Runtime, memory_mb: int | None) -> None:

@@ -111,7 +111,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "prepare",
         help="make a pinned language runtime ready in a module cache",
         description="Store a pinned runtime's module (Python) in a module cache and compile "
-        "it there once, under the runtime's compile fences. Exit 0 when it is ready, 1 if it "
+        "it there once for each engine (native and canonical NaNs), under the runtime's "
+        "compile fences. Exit 0 when it is ready, 1 if it "
         "cannot be (the reason on stderr).",
     )
     prep.prog = "python -m sandbox prepare"
@@ -128,9 +129,6 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "--compile-memory", type=int, metavar="MB", help="the owner's ceiling for compiling"
     )
     prep.add_argument(
-        "--native-nans", action="store_true", help="for the native engine (default: canonical)"
-    )
-    prep.add_argument(
         "--nice", type=int, default=0, metavar="N", help="lower this process's priority first"
     )
     return parser, run_p
@@ -144,7 +142,6 @@ def prepare_main(ns: argparse.Namespace) -> int:
             ns.cache,
             ns.module,
             shared=ns.shared,
-            canonical=not ns.native_nans,
             memory_mb=ns.compile_memory,
         )
     except PrepareError as e:

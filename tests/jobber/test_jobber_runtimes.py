@@ -77,8 +77,11 @@ def test_held_whole_the_runtime_is_prepared_and_listed_only_once_compiled() -> N
     # the module is in the cache, not yet compiled: not listed
     j.cache_updated({PYTHON.sha256: (PYTHON.size, 0)})
     assert PYTHON.sha256 not in j.cached
-    j.handle(RuntimePrepared(PYTHON.sha256), 2.0)
+    # compiled for one engine of two: not yet
     j.cache_updated({PYTHON.sha256: (PYTHON.size, PYTHON.compiled_size)})
+    assert PYTHON.sha256 not in j.cached
+    j.handle(RuntimePrepared(PYTHON.sha256), 2.0)
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size)}, [PYTHON.sha256])
     assert j.runtimes_status() == {"python": "ready"}
     assert PYTHON.sha256 in bored_cached(j, 20.0)
     assert PYTHON.sha256 not in j.held_files()  # no longer fetched nor kept for it
@@ -88,7 +91,10 @@ def test_held_whole_the_runtime_is_prepared_and_listed_only_once_compiled() -> N
 
 def test_a_runtime_compiled_in_the_cache_at_start_is_ready_at_once() -> None:
     j = core()
-    j.cache_updated({PYTHON.sha256: (PYTHON.size, PYTHON.compiled_size), "ab" * 32: (10, 10)})
+    j.cache_updated(
+        {PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size), "ab" * 32: (10, 10)},
+        [PYTHON.sha256],
+    )
     assert j.runtimes_status() == {"python": "ready"}
     assert set(bored_cached(j, 0.0)) == {PYTHON.sha256, "ab" * 32}
     j.cache_updated({"ab" * 32: (10, 10)})  # evicted: no longer ready, asked for again
