@@ -53,6 +53,8 @@ DEFAULT_CFLAGS = ("-O2", "-s", "-Wl,--initial-memory=1048576", "-Wl,-z,stack-siz
 COMPILE_TIMEOUT_S = 600  # the first build on a machine compiles zig's WASI libc
 _BUILD = "2"  # part of every build's cache key: bump when the way of compiling changes
 _SOURCE = "payload.c"  # the name the source is compiled under (its __FILE__)
+MIB = 1024 * 1024
+_TOO_SMALL = re.compile(r"initial memory too small, (\d+) bytes needed")
 SCRIPT_DIR = "/task"  # where a Python payload's script is, as /task/NAME.py
 _SCRIPT_NAME = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
@@ -146,10 +148,20 @@ class Payload:
         *,
         cflags: Sequence[str] = DEFAULT_CFLAGS,
         name: str | None = None,
+        initial_memory_mb: int | None = None,
     ) -> Payload:
         """Compile C to wasm32-wasi, checked. `source` is a path to a .c file, relative to
         the calling file's directory. One file: it may include the C library's headers,
-        not headers of its own (they would not be part of the build's cache key)."""
+        not headers of its own (they would not be part of the build's cache key).
+
+        `initial_memory_mb`: the linear memory the module starts with (default 1 MiB),
+        which must hold its static data: a program with a large table compiled in needs
+        more (its build fails saying how much). Counts in the job's memory limit."""
+        if initial_memory_mb is not None:
+            if not 1 <= initial_memory_mb <= 4096:
+                raise PayloadError("initial_memory_mb must be 1 to 4096")
+            flag = f"-Wl,--initial-memory={initial_memory_mb * MIB}"
+            cflags = [f for f in cflags if not f.startswith("-Wl,--initial-memory=")] + [flag]
         path = _resolve(source, _caller())
         shown = _shown(path)
         try:
@@ -317,6 +329,13 @@ def compile_c(
             messages = proc.stderr.strip()
             if filename is not None:
                 messages = _author_names(messages, filename)
+            needed = _TOO_SMALL.search(messages)
+            if needed:  # static data (a table compiled in) past the initial memory
+                mib = -(-int(needed.group(1)) // MIB) + 1  # and room for the stack
+                messages += (
+                    f"\n(the module's static data does not fit its initial memory: "
+                    f"pass Payload.from_c(..., initial_memory_mb={mib}))"
+                )
             raise PayloadError(f"{filename or 'C source'}: C compilation failed:\n{messages}")
         _libc_marker(Path(env["ZIG_GLOBAL_CACHE_DIR"]), version).touch()
         wasm = (Path(tmp) / "payload.wasm").read_bytes()
