@@ -61,16 +61,20 @@ def make_file(path: Path, mb: int) -> str:
 
 
 def start_dealer(table: Path, jobs: int, db: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A dealer for `jobs` jobs over `table`, and its address once it listens. Its
+    stderr (a progress bar) goes to a file: a pipe nobody reads would stall it."""
     cmd = [sys.executable, str(TASK), "--table", str(table), "--jobs", str(jobs)]
     cmd += ["--bind", "tcp://127.0.0.1:*", "--db", str(db), "--quiet", *extra]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=db.parent)
-    while True:
-        line = proc.stderr.readline()
-        if not line:
-            sys.exit("the dealer ended before it listened")
-        m = re.search(r"listening on (\S+)", line)
+    log = db.with_suffix(".err")
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stderr=err, stdout=subprocess.DEVNULL, cwd=db.parent)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"listening on (\S+)", log.read_text())
         if m:
             return proc, m.group(1)
+        time.sleep(0.05)
+    sys.exit(f"the dealer did not listen: {log.read_text()[-2000:]}")
 
 
 def fetch_all(sock: zmq.Socket, sha: str, size: int, ask, parse) -> float:
@@ -144,15 +148,11 @@ def bare_server(path: str, ready_q) -> None:
     while True:
         ident, frame = sock.recv_multipart()
         body = msgpack.unpackb(frame)
-        if body.get("stop"):
-            break
         i = body["chunk"]
         reply = {"re": body["id"], "data": os.pread(fd, p.CHUNK_BYTES, i * p.CHUNK_BYTES)}
         if i == 0:
             reply["digests"] = digests
         sock.send_multipart([ident, msgpack.packb(reply)])
-    sock.close(0)
-    ctx.term()
 
 
 def bare_client(address: str, size: int) -> float:
@@ -171,8 +171,7 @@ def bare_client(address: str, size: int) -> float:
     try:
         return fetch_all(sock, "", size, ask, parse)
     finally:
-        sock.send(msgpack.packb({"stop": True}))
-        sock.close(linger=1000)
+        sock.close(0)
         ctx.term()
 
 
@@ -193,7 +192,7 @@ def transfer(mb: int) -> dict:
                 runs.append((dealer_client(address, sha, size), bare_client(bare_address, size)))
         finally:
             dealer.kill()
-            bare.join(10)
+            bare.kill()
         ours, raw = min(r[0] for r in runs), min(r[1] for r in runs)
     out = {
         "mb": mb,
