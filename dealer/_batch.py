@@ -29,7 +29,7 @@ from net._author_keys import load_author_key
 from net._http import parse_http
 from net._keys import KeyPair, load_or_create_key_pair, load_public_keys
 from net._router import PER_SOURCE_CONNECTIONS
-from tasks import InputFileError, PayloadError, Task
+from tasks import InputFileError, PayloadError, Task, cache_dir
 
 log = logging.getLogger("dealer")
 
@@ -402,6 +402,8 @@ def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
         ]
         if local:
             cmd += ["--source", f"127.0.0.{2 + i % 250}"]
+        # a runtime (Python) is compiled once for all of them, in the user's module cache
+        cmd += ["--runtime-cache", str(cache_dir() / "modules")]
         cmd += ["--exit-with", str(os.getpid())]  # even if this dealer is killed with kill -9
         cmd.append("--quiet")  # the dealer's progress bar speaks for them
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))

@@ -53,7 +53,7 @@ import hashlib
 import heapq
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dealer._locality import Locality
 
@@ -117,18 +117,23 @@ class Core(Votes, Standings, Finished, Locality):
         verify_jobs: bool = True,
         payload_bytes: int = 0,
         files: Mapping[str, InputFile] | None = None,
+        argv: Sequence[str] = (),
     ) -> None:
         """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
         journal drew without comparing their digests (the journal is the source of
         truth: a reader that rebuilds jobs from Drawn records, not a dealer).
         `payload_bytes`: the size of the payload a `jobs` message may carry with a job
-        (see `unsendable`). `files`: the input files every job reads, by guest path (the
-        task's and the payload's: tasks._files.shared_files); each job's own are added."""
+        (see `unsendable`; 0 for a runtime, never sent in one). `files`: the input files
+        every job reads, by guest path (the task's and the payload's:
+        tasks._files.shared_files); each job's own are added. `argv`: the arguments the
+        payload puts before every job's own (tasks.Payload.argv), counted against the
+        wire's caps with them."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
         self._verify_jobs = verify_jobs
         self._payload_bytes = payload_bytes
+        self._argv = tuple(argv)
         self._prefix = tag_prefix
         self._source: Iterator[Job] = iter(jobs)
         self._exhausted = False
@@ -430,7 +435,7 @@ class Core(Votes, Standings, Finished, Locality):
                 return None
             job_id = self._next_job
             files, why = self._files_of(job)
-            why = why or unsendable(job, self._payload_bytes, files)
+            why = why or unsendable(job, self._payload_bytes, files, self._argv)
             refused = None if why is None else refusal(job_id, job, why)
             self._pending_job = job
             stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None

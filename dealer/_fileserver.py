@@ -2,18 +2,20 @@
 against the digest taken when the task was built, and rationed, so that a flood of
 fetches costs the dealer what other floods do (docs/dealer.md, "Input files"). No
 sockets, no clock: the service (dealer._service) hands it each `fetch` with the time and
-the sender, and how to find a file by hash (the core's `input_file`).
+the sender, and how to find a file by hash (the core's `input_file`). A pinned runtime's
+module (docs/protocol.md, "Runtimes"), too big for any `jobs`, is served the same way
+by its hash, to jobbers preparing it (docs/dealer.md, "Runtimes").
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import protocol as p
 from net._gate import Ration, source_of
 from protocol import Peer
-from tasks import InputFile, InputFileError
+from tasks import InputFile, InputFileError, Payload
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,11 @@ FETCH_PER_TURN = 16
 
 
 class FileServer:
-    """The chunks of a batch's input files, served; what was served, counted."""
+    """The chunks of a batch's input files, and of its runtime's module (`module`, if its
+    payload is a pinned runtime), served; what was served, counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: InputFile | None = None) -> None:
+        self.module = module
         self.fetches = 0  # chunks of input files served
         self.busy = 0  # fetches answered `busy` (the ration, or the turn's share)
         self.served_bytes = 0
@@ -64,7 +68,8 @@ class FileServer:
         `retry_s` says when to ask again (the jobber counts it no failure)."""
         if denied:
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
-        f = lookup(msg.hash)
+        module = self.module
+        f = module if module is not None and msg.hash == module.sha256 else lookup(msg.hash)
         if f is None:
             return p.Error(msg.id, p.ErrorCode.UNKNOWN_FILE, f"no input file {msg.hash} here")
         chunks = len(f.digests)
@@ -91,3 +96,26 @@ class FileServer:
         self.served_bytes += len(data)
         digests = f.digests if msg.chunk == 0 else None
         return p.Chunk(msg.id, msg.hash, msg.chunk, f.size, data, digests)
+
+
+def runtime_module(payload: Payload, files: Mapping[str, InputFile]) -> InputFile:
+    """A pinned runtime's module as a file to serve by `fetch` (the payload's
+    `module_file`, else its bytes), once the payload is seen to carry at their guest paths
+    the files every job of the runtime reads (`files`: tasks._files.shared_files), so that
+    a jobber can prepare the runtime from this dealer alone. ValueError if it does not."""
+    runtime = payload.runtime
+    if runtime is None:
+        raise ValueError(f"payload {payload.name} is no pinned runtime")
+    for path, (sha, size) in runtime.files.items():
+        f = files.get(path)
+        if f is None or (f.sha256, f.size) != (sha, size):
+            raise ValueError(
+                f"a {runtime.name} payload without its file {path} ({sha[:12]}...): "
+                "build it with Payload.python"
+            )
+    module = payload.module_file
+    if module is None:  # a Payload made by hand of the runtime's bytes
+        return InputFile.from_bytes(payload.wasm)
+    if module.sha256 != runtime.sha256:
+        raise ValueError(f"payload {payload.name}: its module_file is not its module")
+    return module

@@ -13,7 +13,7 @@ the vote.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -41,6 +41,12 @@ RETRY_BUSY_S = 2.0
 # anything is still held to its quota, however often it asks)
 RETRY_QUOTA_S = 0.2
 RETRY_IDLE_S = 30.0  # "retry later" for jobbers this dealer cannot use
+# "retry later" to a jobber that lacks the pinned runtime the jobs run, asked to prepare it
+# (retry_later.runtimes: about 100 MB fetched and minutes of compiling). One that has just
+# prepared it waits at most this for its first jobs, little beside those minutes; one that
+# never will (older than runtimes, or unwilling) asks 5 times less often than at
+# RETRY_BUSY_S, each ask answered without asking the core for work
+RETRY_RUNTIME_S = 10.0
 # A jobber may hold what it has shown it runs in this long (its results per second,
 # measured over dealer._service.PACE_WINDOW_S), and never less than two jobs per slot:
 # jobs of a millisecond go out in hundreds, jobs of an hour two per slot, a hoarder that
@@ -129,30 +135,38 @@ def _first(*values):
 
 
 def unsendable(
-    job: Job, payload_bytes: int = 0, files: Mapping[str, InputFile] | None = None
+    job: Job,
+    payload_bytes: int = 0,
+    files: Mapping[str, InputFile] | None = None,
+    argv: Sequence[str] = (),
 ) -> str | None:
     """Why `job` can never reach a jobber, or None: its stdin, an argument or their
     count over the wire's caps (docs/protocol.md, `job_spec`), an argument that is not
     text UTF-8 can carry, more input files (`files`: all it reads, by guest path) than a
     job may name, or a `jobs` message holding it and the payload (`payload_bytes`, sent
-    with it to a jobber that lacks it) over the message cap. The same job gives the same
-    answer every time: a pure function of its bytes."""
+    with it to a jobber that lacks it) over the message cap. `argv`: the arguments the
+    payload puts before every job's own (tasks.Payload.argv: a runtime's script), which
+    travel in each JobSpec's `args` and count against the same caps. The same job gives
+    the same answer every time: a pure function of its bytes."""
     where = "the wire's cap"
     files = files or {}
     if len(files) > MAX_JOB_FILES:
         return f"{len(files):,} input files, over {where} of {MAX_JOB_FILES:,}"
     if len(job.stdin) > MAX_STDIN_BYTES:
         return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
-    if len(job.args) > MAX_ARGS:
-        return f"{len(job.args):,} arguments, over {where} of {MAX_ARGS:,}"
+    args = (*argv, *job.args)
+    if len(args) > MAX_ARGS:
+        theirs = f" ({len(argv)} of them the payload's)" if argv else ""
+        return f"{len(args):,} arguments{theirs}, over {where} of {MAX_ARGS:,}"
     args_bytes = 0
-    for i, arg in enumerate(job.args):
+    for i, arg in enumerate(args):
+        which = f"argument {i - len(argv)}" if i >= len(argv) else f"the payload's argument {i}"
         if len(arg) > MAX_STR:
-            return f"argument {i} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+            return f"{which} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
         try:
             args_bytes += len(arg.encode()) + 5  # and its msgpack header
         except UnicodeEncodeError as e:
-            return f"argument {i} is not valid Unicode text ({e.reason} at {e.start})"
+            return f"{which} is not valid Unicode text ({e.reason} at {e.start})"
     files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files)
     size = payload_bytes + len(job.stdin) + args_bytes + files_bytes + JOB_MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:

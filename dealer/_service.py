@@ -21,13 +21,14 @@ from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._core import Accepted, Assignment, Core
-from dealer._fileserver import FileServer
+from dealer._fileserver import FileServer, runtime_module
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
 from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
 from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
 from dealer._policy import RETRY_IDLE_S as RETRY_IDLE_S
 from dealer._policy import RETRY_QUOTA_S as RETRY_QUOTA_S
+from dealer._policy import RETRY_RUNTIME_S as RETRY_RUNTIME_S
 from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
@@ -45,11 +46,11 @@ PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see
 DISTINCT = ("host", "subnet", "key")
 
 
-def _size(a: Assignment) -> int:
-    """About how many bytes a job takes in a `jobs` message."""
+def _size(a: Assignment, argv: tuple[str, ...]) -> int:
+    """About how many bytes a job takes in a `jobs` message, after the payload's `argv`."""
     job = a.job
     files = sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
-    return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in job.args) + files
+    return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in (*argv, *job.args)) + files
 
 
 class Service(Relays):
@@ -78,10 +79,13 @@ class Service(Relays):
         it can run. Addresses alone make a Peers nobody asks: it refers no one.
         `relays`: keys of relays trusted to attribute their jobbers (`Relayed`): each
         jobber behind one is an identity and a machine of its own here; behind any other
-        relay, everything is the relay's one identity and machine."""
-        if len(task.payload.wasm) > p.MAX_PAYLOAD_BYTES:
+        relay, everything is the relay's one identity and machine. A pinned runtime
+        (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes"."""
+        payload = task.payload
+        self.runtime = payload.runtime
+        if self.runtime is None and len(payload.wasm) > p.MAX_PAYLOAD_BYTES:
             raise ValueError(
-                f"payload of {len(task.payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
+                f"payload of {len(payload.wasm)} bytes is over the {p.MAX_PAYLOAD_BYTES} cap"
             )
         if distinct not in DISTINCT:
             raise ValueError(f"--distinct must be one of {', '.join(DISTINCT)}, not {distinct!r}")
@@ -111,17 +115,19 @@ class Service(Relays):
             }
         )
         # the input files every job reads (InputFileError: the task's own mistake)
-        files = shared_files(task.files, task.payload.files)
+        files = shared_files(task.files, payload.files)
         # a job that can never be sent with this payload fails as it is drawn (see Core)
         self.core = Core(
             task.jobs(),
             policy,
             journal.tag_prefix,
-            payload_bytes=len(task.payload.wasm),
+            payload_bytes=0 if self.runtime is not None else len(payload.wasm),
             files=files,
+            argv=payload.argv,
         )
-        self.files = FileServer()  # `fetch`: the chunks of those files (dealer._fileserver)
-        self._payload = task.payload
+        # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
+        self.files = FileServer(None if self.runtime is None else runtime_module(payload, files))
+        self._payload = payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
         if signer is not None:
@@ -136,6 +142,7 @@ class Service(Relays):
         self.labels: dict[str, str] = {}  # identity -> the name it gave, for people
         self._too_small: dict[str, int] = {}  # identity -> the memory it offered, too little
         self._no_room: dict[str, str] = {}  # identity -> why it takes none of the input files
+        self._unprepared: dict[str, None] = {}  # identities asked to prepare the runtime
         self._pace: dict[str, list] = {}  # identity -> [window start, results, last rate]
         self._evicted_at = 0.0
         self.failures = 0
@@ -211,6 +218,7 @@ class Service(Relays):
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
             self._no_room = {k: v for k, v in self._no_room.items() if k in self.core.jobbers}
+            self._unprepared = {k: v for k, v in self._unprepared.items() if k in self.core.jobbers}
             self._pace = {k: v for k, v in self._pace.items() if k in self.core.jobbers}
             for per_relay in (self._behind, self._told):
                 for relay, rows in list(per_relay.items()):
@@ -300,14 +308,16 @@ class Service(Relays):
         # no more than the jobber can run soon: two per slot, or what it ran in SOON_S
         want = min(msg.want, self._soon(peer.key, msg.host.slots))
         sha = self._payload.sha256
-        send_payload = sha not in msg.host.cached
+        # a runtime is never sent in `jobs`: a jobber without it gets none of its jobs
+        unprepared = self.runtime is not None and sha not in msg.host.cached
+        send_payload = self.runtime is None and sha not in msg.host.cached
         # Jobs are taken in chunks while the reply stays well under the frame cap (a
         # batch of jobs with large stdin must not make an unsendable reply): each chunk
         # at most half of what is left of the budget, at the size of the jobs so far.
         budget = p.MAX_MESSAGE_BYTES // 2 - (len(self._payload.wasm) if send_payload else 0)
         too_much = msg.host.refuses(self.task.limits)
-        if too_much is not None:
-            want = 0  # this machine cannot run these jobs: only its `holding` is read
+        if too_much is not None or unprepared:
+            want = 0  # this machine cannot run these jobs (yet): only its `holding` is read
         ask = functools.partial(
             core.bored,
             peer.key,
@@ -319,7 +329,8 @@ class Service(Relays):
             files=msg.host.files or (),
         )
         assigned = ask(want=min(want, 1), holding=msg.holding)
-        size = sum(_size(a) for a in assigned)
+        argv = self._payload.argv
+        size = sum(_size(a, argv) for a in assigned)
         while assigned and len(assigned) < want and size < budget:
             per_job = max(1, size // len(assigned))
             chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
@@ -327,15 +338,16 @@ class Service(Relays):
             if not more:
                 break
             assigned += more
-            size += sum(_size(a) for a in more)
+            size += sum(_size(a, argv) for a in more)
         if assigned:
             self._no_room.pop(peer.key, None)  # it takes these jobs' files now
+            self._unprepared.pop(peer.key, None)  # and holds their runtime
             limits = self._job_limits
             specs = tuple(
                 p.JobSpec(
                     a.tag,
                     sha,
-                    a.job.args,
+                    (*argv, *a.job.args),
                     a.job.stdin,
                     limits,
                     a.deadline - now,
@@ -364,6 +376,10 @@ class Service(Relays):
             referral = self._elsewhere(msg, now)
             if referral is not None:
                 return referral
+        if unprepared and self.runtime is not None:  # it runs these jobs once it prepares it
+            self._unprepared[peer.key] = None
+            why = f"jobs here run the runtime {self.runtime.name} ({sha[:12]}...): prepare it"
+            return p.RetryLater(msg.id, RETRY_RUNTIME_S, why, runtimes=(sha,))
         if not core.room(peer.key, peer.machine(self.distinct)):
             why = "you hold as many jobs as your quota allows"
             return p.RetryLater(msg.id, RETRY_QUOTA_S, why, more=True)
@@ -540,6 +556,9 @@ class Service(Relays):
                 f"{len(short)} jobber{'s' if len(short) != 1 else ''} cannot take the jobs' "
                 f"input files (the latest: {last})"
             )
+        n = sum(1 for k in self._unprepared if k in self.core.jobbers)
+        if self.core.in_flight and n and self.runtime is not None:
+            why.append(f"jobbers asked to prepare the runtime {self.runtime.name}: {n}")
         small = [k for k in self._too_small if k in self.core.jobbers]
         if self.core.in_flight and small:
             most = max(self._too_small[k] for k in small)

@@ -102,6 +102,15 @@ class DropFile:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepareRuntime:
+    """Make pinned runtime `sha` ready to run: its module (input file `sha`, held whole)
+    into the payload cache and compiled there, off the loop, at low priority, under the
+    runtime's compile fences (sandbox prepare); the shell reports RuntimePrepared."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
 class Suspend:
     """Stop the slots' workers where they are (the owner's activity, the CPU limit)."""
 
@@ -124,6 +133,7 @@ Action = (
     | Store
     | KeepChunk
     | DropFile
+    | PrepareRuntime
     | Suspend
     | Resume
 )
@@ -214,5 +224,23 @@ class Resized:
     cache_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimePrepared:
+    """A PrepareRuntime ended: the runtime is in the payload cache, compiled (`why` ""),
+    or it could not be made ready, and why."""
+
+    sha: str
+    why: str = ""
+
+
 Screened = Untrusted | BadHash  # what the shell found of a `jobs` message's payloads
-Event = Owner | StoreFailed | PayloadGone | Resized | FileKept | FileBad | FileStoreFailed
+Event = (
+    Owner
+    | StoreFailed
+    | PayloadGone
+    | Resized
+    | FileKept
+    | FileBad
+    | FileStoreFailed
+    | RuntimePrepared
+)

@@ -42,10 +42,12 @@ import protocol as p
 import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
+from jobber._actions import PrepareRuntime
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._files import Diverged, FileChecker, FileStore
 from jobber._idle import IdleDetector, Throttle, read_host
+from jobber._prepare import Preparing, RuntimePreparer
 from jobber._quiet import Repeats
 from jobber._settings import Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
@@ -67,7 +69,7 @@ COALESCE_S = 0.002
 EVICT_AFTER_S = 5.0
 
 
-class Jobber(DealerSockets, Trust, Allocation, Control):
+class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
     """The shell: the loop, the slots, the spool and the cache around a JobberCore; its
     dealers' sockets are jobber._sockets, signed payloads jobber._trust, an allocator's
     instructions jobber._allocation, the control socket and status jobber._status."""
@@ -111,6 +113,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.files = FileStore(cfg.data_dir / "files")  # input files, kept with the cache
         self._writer: SpoolWriter | None = None
         self._checker: FileChecker | None = None  # checks complete input files off the loop
+        self._preparer: RuntimePreparer | None = None  # compiles runtimes off the loop
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
@@ -131,7 +134,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         self.core = c.JobberCore(
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
-        self.core.cache_updated(self.cache.sizes())
+        self._cache_updated()
         self.core.files_updated(self.files.whole(), self.files.partials)
         self._evict_at: float | None = None  # when the cache is checked for its size next
         fixed_s = sandbox.COMPILE_TIME_S  # an owner's compile time limit may only be lower
@@ -229,7 +232,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
                 why,
                 gone,
             )
-        self.core.cache_updated(self.cache.sizes())
+        self._cache_updated()
 
     def _keep_chunk(self, a: c.KeepChunk) -> None:
         """Write a chunk the core checked; a file with every chunk is checked whole off the
@@ -374,6 +377,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._keep_chunk(a)
         elif isinstance(a, c.DropFile):
             self.files.drop_partial(a.sha)
+        elif isinstance(a, PrepareRuntime):
+            self._prepare_runtime(a.sha)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")
@@ -477,6 +482,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         watched += self.slots.fds()
         watched += [self._writer.fd if self._writer else None, self._control]
         watched += [self._checker.fd if self._checker else None]
+        watched += [self._preparer.fd if self._preparer else None]
         # the objects themselves, not their ids: an id can come back for a new socket
         key = tuple(x for x in watched if x is not None)
         if len(key) != len(self._poll_key) or any(
@@ -514,6 +520,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
             self._spooled()
         if self._checker is not None and self._checker.fd in ready:
             self._files_checked()
+        if self._preparer is not None and self._preparer.fd in ready:
+            self._runtimes_prepared()
         if self._control is not None and self._control in ready:
             self._serve_control()
 
@@ -551,6 +559,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control):
         if self._checker is not None:  # a check under way ends (kept or not) before we go
             self._checker.stop()
             self._checker = None
+        if self._preparer is not None:  # a compile under way is killed: done again later
+            self._preparer.stop()
+            self._preparer = None
         if self._writer is not None:  # what is queued reaches the disk before we go
             self._writer.stop()
             self._writer = None

@@ -80,12 +80,6 @@ jobber holds or later learns is logged as a key mismatch naming both keys, and
 so is a dealer whose key is checked (``hello``, after a failed contact) and
 differs from the one used; a referred entry with a wrong key is dropped.
 
-Under an allocator (``set_projects``) the jobber asks only the dealers its
-instructions list, and the dealers they referred it to (at any depth) only while
-the listed dealer at the root of that referral chain (``Link.via``) is listed: a
-project removed, its referred dealers are asked for nothing more at once, and
-forgotten as soon as they hold nothing of ours.
-
 A reply counts only as the answer to a request out to that dealer (its ``re``).
 A ``jobs`` must answer the ``bored`` out, carry at most its ``want`` jobs,
 payloads only for those jobs, and for each job a payload sent with it or held
@@ -137,6 +131,7 @@ from jobber._actions import (
     Reset,
     Resized,
     Resume,
+    RuntimePrepared,
     Screened,
     Send,
     Spool,
@@ -152,6 +147,7 @@ from jobber._dealers import Dealers
 from jobber._holding import Holdings
 from jobber._inputs import Inputs
 from jobber._quiet import Repeats
+from jobber._runtimes import Runtimes
 from jobber._settings import MIB, SPOOL_SHARES_IN_ALL, Settings
 from jobber._shares import Shares
 from jobber._state import (
@@ -252,10 +248,10 @@ __all__ = [  # the core's face: its parts' names stay reachable here
 ]
 
 
-class JobberCore(Dealers, Holdings, Inputs):
+class JobberCore(Dealers, Holdings, Inputs, Runtimes):
     """The jobber's decisions (see this module's theory of operation); its dealers'
     part is jobber._dealers, its holdings' jobber._holding, its input files'
-    jobber._inputs."""
+    jobber._inputs, its runtimes' jobber._runtimes."""
 
     def __init__(
         self,
@@ -301,6 +297,7 @@ class JobberCore(Dealers, Holdings, Inputs):
         self.partials: dict[str, Partial] = {}  # input files coming, a chunk at a time
         # input file started over -> the dealer to ask its chunk 0 of first (jobber._inputs)
         self.fetch_first: dict[str, str] = {}
+        self._runtimes_init()
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -402,9 +399,8 @@ class JobberCore(Dealers, Holdings, Inputs):
 
     def held_payloads(self) -> set[str]:
         """Payloads of jobs buffered or running: the cache must keep these."""
-        return {h.spec.payload for h in self.buffer} | {
-            h.spec.payload for h in self.running.values()
-        }
+        in_hand = {h.spec.payload for h in (*self.buffer, *self.running.values())}
+        return in_hand | self.runtimes_preparing()
 
     def idle_too_long(self, now: float) -> bool:
         """True once `max_idle_s` passed with nothing to run, deliver or wait for."""
@@ -463,6 +459,8 @@ class JobberCore(Dealers, Holdings, Inputs):
                 link.last_reason = msg.reason
                 log.info("dealer %s has no work for us: %s", link.address, msg.reason)
             log.debug("dealer %s: retry in %.1f s", link.address, msg.seconds)
+            if msg.runtimes:
+                self._runtimes_asked(link, msg.runtimes, now)
         elif isinstance(msg, p.Referral):
             link.ask_after = now + self.s.min_backoff_s
             if link.depth < MAX_REFERRAL_DEPTH:
@@ -527,6 +525,8 @@ class JobberCore(Dealers, Holdings, Inputs):
             self.job_done(event.key, result, 0.0, now)
         elif isinstance(event, FileKept | FileBad | FileStoreFailed):
             self._files_event(event, now)
+        elif isinstance(event, RuntimePrepared):
+            self._runtime_prepared(event, now)
         elif isinstance(event, Resized):
             self.s = replace(
                 self.s,

@@ -3,6 +3,12 @@ drops), what it asks of them and when (bored, results, alive, hello), timeouts a
 backoff, and an allocator's projects. Part of the core (jobber._core.JobberCore, whose
 theory of operation this follows), kept apart so each part reads alone; it shares
 the core's state and logs as the core.
+
+Under an allocator (``set_projects``) the jobber asks only the dealers its
+instructions list, and the dealers they referred it to (at any depth) only while
+the listed dealer at the root of that referral chain (``Link.via``) is listed: a
+project removed, its referred dealers are asked for nothing more at once, and
+forgotten as soon as they hold nothing of ours.
 """
 
 from __future__ import annotations

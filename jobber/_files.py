@@ -284,6 +284,10 @@ class FileStore:
             removed += 1
         return removed
 
+    def remove(self, sha: str) -> None:
+        """Remove whole file `sha` (a runtime's module, once it is in the payload cache)."""
+        self.path(sha).unlink(missing_ok=True)
+
     @staticmethod
     def _mtime(path: Path) -> float:
         try:

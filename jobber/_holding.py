@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import protocol as p
 from jobber._actions import (
@@ -214,10 +214,13 @@ class Holdings:
         held = sum(h.may_hold for h in self._in_hand())
         return sum(self._unacked_bytes.values()) + held
 
-    def cache_updated(self, sizes: Mapping[str, tuple[int, int]]) -> None:
-        """The shell's cache as it is now: payload hash -> (bytes, compiled forms' bytes)."""
+    def cache_updated(
+        self, sizes: Mapping[str, tuple[int, int]], runtimes: Collection[str] = ()
+    ) -> None:
+        """The shell's cache as it is now: payload hash -> (bytes, compiled forms' bytes),
+        and the runtimes in it compiled for every engine."""
         self.sizes = sizes
-        self.cached = tuple(sorted(sizes))
+        self.cached = tuple(self._runtimes_cached(sizes, set(runtimes)))
         held = self.held_payloads()
         self._coming = {sha: n for sha, n in self._coming.items() if sha in held}
 

@@ -122,6 +122,8 @@ class Inputs:
         for h in self._in_hand():
             for ref in (h.spec.files or {}).values():
                 sizes[ref.hash] = max(sizes.get(ref.hash, 0), ref.size)
+        for sha, (size, _) in self._runtime_files().items():  # runtimes being prepared
+            sizes[sha] = max(sizes.get(sha, 0), size)
         return sizes
 
     def files_allowance(self) -> int | None:
@@ -183,6 +185,7 @@ class Inputs:
         """`dealer` is dropped (or serves us no file): its jobs waiting for files are given
         back (their results wait in the spool for it), not held for ever."""
         self._give_back(lambda h: h.dealer == dealer and not self._files_ready(h), why)
+        self._runtime_dealer_gone(dealer)
 
     def _give_back(self, which, why: str) -> set[str]:
         """Buffered jobs `which` picks are given back unrun, ABANDONED (no fault of the
@@ -227,6 +230,10 @@ class Inputs:
                 _, dealers = readers.setdefault(ref.hash, (ref.size, []))
                 if h.dealer not in dealers:
                     dealers.append(h.dealer)
+        for sha, (size, asked) in self._runtime_files().items():  # after the jobs' own
+            if sha not in self.files_held:
+                _, dealers = readers.setdefault(sha, (size, []))
+                dealers.extend(d for d in asked if d not in dealers)
         if not readers:
             return
         flying: dict[str, set[int]] = {}
@@ -282,7 +289,8 @@ class Inputs:
             for ref in (h.spec.files or {}).values():
                 if ref.hash == sha:
                     return ref.size
-        return None
+        wanted = self._runtime_files().get(sha)
+        return None if wanted is None else wanted[0]
 
     def _chunk(self, link: Link, msg: p.Chunk, now: float) -> None:
         """A `chunk` answering one of our fetches: kept if it passes every check; else
@@ -380,6 +388,7 @@ class Inputs:
         if msg.code is p.ErrorCode.UNKNOWN_FILE:
             why = f"input file {sha[:12]}: dealer {link.address} serves no such file"
             self._files_lost(sha, why, dealers={link.address})
+            self._runtime_dealer_gone(link.address, sha)
         if msg.code is p.ErrorCode.DENIED:
             link.denied += 1
             if link.denied == DENIED_GIVE_UP:
@@ -393,6 +402,7 @@ class Inputs:
         if isinstance(event, FileKept):
             self.files_held = {event.sha: event.size, **self.files_held}
             log.info("input file %s held whole (%d bytes)", event.sha[:12], event.size)
+            self._runtimes_fetched()
         elif isinstance(event, FileBad):
             blamed = set() if part is None else {part.source, *part.senders} - {None}
             why = f"input file {event.sha[:12]}: its bytes hash to {event.got[:12]}"

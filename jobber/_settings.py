@@ -60,6 +60,10 @@ class Settings:
     # the platform its sandbox runs native-NaN jobs for (sandbox.PLATFORM, which the shell
     # passes: the core imports no sandbox); None: not said
     platform: str | None = None
+    # whether this jobber prepares the pinned language runtimes dealers ask for
+    # (jobber._runtimes), and its owner's ceiling for compiling (None: the runtime's own)
+    runtimes: bool = True
+    compile_memory_mb: int | None = None
 
     def input_budget(self) -> int:
         if self.input_bytes is not None:
@@ -129,6 +133,11 @@ class Config:
     # memory fence is never more than memory_mb either
     compile_memory_mb: int | None = _option("compile_memory", None)
     compile_time_s: float | None = _option("compile_time", None)
+    # prepare the pinned language runtimes (Python) dealers ask for: fetch, compile once
+    runtimes: bool = _option("runtimes", True)
+    # a module cache to take compiled runtimes from and leave them in, shared by the
+    # jobbers of one machine (None: each compiles its own)
+    runtime_cache: Path | None = _option("runtime_cache", None)
     exit_with: int | None = _option(
         "exit_with", None
     )  # the pid of our parent: stop when we are no longer its child

@@ -80,6 +80,8 @@ class Control:
             "spooled_by_dealer": {d: len(r) for d, r in core.unacked.items() if r},
             "done": core.done,
             "files": self._files_status(),
+            # pinned language runtimes heard of: fetching, preparing, ready, or why not
+            "runtimes": core.runtimes_status(),
             "settings": {f.name: _plain(getattr(self.cfg, f.name)) for f in fields(self.cfg)},
             "slots_in_use": self._eff.slots,
             "effective": _plain(asdict(self._eff)),

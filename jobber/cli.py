@@ -125,6 +125,22 @@ def parser() -> argparse.ArgumentParser:
         f"{sandbox.COMPILE_TIME_S:g}); never more than the job's time limit",
     )
     ap.add_argument(
+        "--no-runtimes",
+        dest="runtimes",
+        action="store_false",
+        default=None,
+        help="prepare no language runtime (Python): a dealer's Python jobs then never come "
+        "here (by default one is fetched, about 160 MB, and compiled once at low priority: "
+        "minutes of CPU, up to 4 GiB of memory, about 500 MB of the cache)",
+    )
+    ap.add_argument(
+        "--runtime-cache",
+        type=Path,
+        metavar="DIR",
+        help="a module cache shared by the jobbers of this machine: a runtime compiled by "
+        "one is copied from there, not compiled again (default: none)",
+    )
+    ap.add_argument(
         "--trust",
         action="append",
         type=Path,
@@ -327,6 +343,8 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
                 f"  fetching {f['hash'][:12]} ({f['size']:,} bytes): {f['have']} of "
                 f"{f['chunks']} chunks" + (f" from {f['dealer']}" if f["dealer"] else "")
             )
+    for name, state in reply.get("runtimes", {}).items():
+        print(f"  runtime {name}: {state}")
     for dealer, why in reply.get("refused_payloads", {}).items():
         print(f"  payloads from {dealer} {why}")
     if reply.get("trust"):

@@ -17,6 +17,7 @@ from protocol._records import (
     MAX_HOLDING,
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOADS,
+    MAX_RUNTIMES,
     MAX_U64,
     Attribution,
     ErrorCode,
@@ -122,6 +123,12 @@ class RetryLater(Message):
     more: bool | None = checked(
         _optional(_bool()), None
     )  # true: unsettled work here may still come to you (nil: not said)
+    # sha256 hex of pinned runtimes (protocol._runtimes) this dealer's jobs run and your
+    # host.cached lacks: prepare one (fetch it here, compile it) to be sent those jobs
+    # (nil: none)
+    runtimes: tuple[str, ...] | None = checked(
+        _optional(_list(_str(64, _SHA256_HEX), MAX_RUNTIMES)), None
+    )
 
 
 @record

@@ -47,6 +47,7 @@ MAX_JOB_FILES = 256  # files one job names
 MAX_FILE_BYTES = 1 << 40  # one input file: 1 TiB (an owner's --max-input-mb is far lower)
 CHUNK_BYTES = 4 * 1024 * 1024  # a file travels in chunks of this size; the last may be shorter
 MAX_HELD_FILES = 4096  # file hashes a jobber may say it holds (HostFacts.files)
+MAX_RUNTIMES = 8  # runtimes a dealer may ask a jobber to prepare (RetryLater.runtimes)
 MAX_FETCHES = 8  # `fetch` requests a jobber may have out to one dealer at once
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")

@@ -75,7 +75,7 @@ from pathlib import Path
 import wasmtime
 
 from net._files import write_atomic
-from protocol import Status
+from protocol import Status, _runtimes
 from sandbox import _engine
 from sandbox._precheck import Refused
 
@@ -95,6 +95,14 @@ TIME_FAILURE_TTL_S = 3600.0
 _FAILED_VERSION = 1  # the schema of a failure record; another version is not read
 _MAGIC = b"BNCWASM1"
 _HEADER = len(_MAGIC) + 32 + 32
+
+
+def compiled_cap(sha256: str) -> int:
+    """The cap of a module's compiled form: MAX_COMPILED_BYTES, or a runtime's own."""
+    runtime = _runtimes.of(sha256)
+    return runtime.compiled_bytes if runtime is not None else MAX_COMPILED_BYTES
+
+
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
@@ -253,12 +261,13 @@ class ModuleCache:
         """Compile the payload and store its compiled form (raises as `module` does)."""
         module = _engine.compile(self.wasm(sha256), canonical)
         body = bytes(module.serialize())
-        if len(body) > MAX_COMPILED_BYTES:
+        cap = compiled_cap(sha256)
+        if len(body) > cap:
             log.warning("payload %s: compiled form of %d bytes not stored", sha256[:12], len(body))
             raise Refused(
                 Status.MEMORY,
                 f"compiling the module made {len(body):,} bytes of compiled code, over the cap "
-                f"of {MAX_COMPILED_BYTES:,} (MAX_COMPILED_BYTES); not stored",
+                f"of {cap:,} (MAX_COMPILED_BYTES); not stored",
             )
         key = _engine.ENGINE_KEYS[canonical]
         header = _MAGIC + key.encode() + hashlib.sha256(body).digest()
@@ -271,7 +280,7 @@ class ModuleCache:
         stored, or one failing a check: removed)."""
         path = self.compiled_path(sha256, canonical)
         try:
-            if path.stat().st_size > _HEADER + MAX_COMPILED_BYTES:  # stored before the cap
+            if path.stat().st_size > _HEADER + compiled_cap(sha256):  # stored before the cap
                 log.warning("compiled module %s: over the size cap; removed", path.name)
                 path.unlink(missing_ok=True)
                 return None

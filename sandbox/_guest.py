@@ -243,11 +243,16 @@ def _no_finalizer(env):  # noqa: ARG001
     pass
 
 
-def shadow(linker: wasmtime.Linker, functions: dict[str, tuple[str, bool, object]]) -> None:
+def shadow(
+    linker: wasmtime.Linker,
+    functions: dict[str, tuple[str, bool, object]],
+    module_name: str = WASI,
+) -> None:
     """Define `functions` (name -> (params, has a result, callback); params a string of
-    "i" for i32 and "I" for i64) in `linker`'s WASI module, over what is there."""
+    "i" for i32 and "I" for i64) in `linker`'s module `module_name` (WASI's unless
+    said), over what is there."""
     linker.allow_shadowing = True
-    module = WASI.encode()
+    module = module_name.encode()
     for name, (params, result, callback) in functions.items():
         ty = wasmtime.FuncType(
             [_I64 if k == "I" else _I32 for k in params], [_I32] if result else []

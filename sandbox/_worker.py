@@ -105,7 +105,10 @@ CPU_SLACK_S = 60  # host work around a job: instantiating, WASI calls, the ticke
 COMPILE_CPU_SLACK_S = 2
 HOST_MARGIN = 1024 * MIB  # host-side allocations on top of the payload's memory
 PARENT_CHECK_S = 0.5  # how soon an orphaned worker (its jobber was killed) stops
-_RESERVATION = (4 << 30) + 2 * (32 << 20)  # one linear memory's mapping (see _memory)
+# one linear memory's mapping (see _memory), twice: the payload's memory, and the GC heap
+# wasmtime gives a store for exception objects (the exceptions proposal), made by the same
+# memory creator and counted in the job's memory limit
+_RESERVATION = 2 * ((4 << 30) + 2 * (32 << 20))
 
 
 # For tests and demos only: "normal" leaves a worker at its parent's priority, so that a
@@ -154,6 +157,14 @@ class _Fences:
             soft = min(soft, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(which, (soft, hard))
+
+    def rebase(self) -> None:
+        """A module was loaded: its code is the worker's own memory from now on, not the
+        job's (a language runtime's is hundreds of MiB), so the job fences count from
+        here."""
+        self.address0 = max(self.address0, _status_kb("VmSize"))
+        self.data0 = max(self.data0, _status_kb("VmData"))
+        self._memory = None
 
     def lift(self) -> None:
         """No fences (while loading or compiling a module)."""
@@ -208,6 +219,7 @@ def _load(
     fences.lift()
     module = cache.load(sha256, canonical)
     if module is not None:
+        fences.rebase()
         return module
     failed = cache.failure(sha256, canonical, memory_mb, compile_s)
     if failed is not None:  # not in this process's memory either: the fences may differ
@@ -223,7 +235,10 @@ def _load(
         }
     )
     try:
-        return cache.build(sha256, canonical)
+        module = cache.build(sha256, canonical)
+        fences.lift()
+        fences.rebase()
+        return module
     except MemoryError:
         raise _memory_refused(cache, sha256, canonical, memory_mb) from None
     except wasmtime.WasmtimeError as e:

@@ -35,8 +35,10 @@ from pathlib import Path
 from protocol import Limits, ProtocolError, Status
 from sandbox._cache import ModuleCache
 from sandbox._outcome import Outcome
+from sandbox._prepare import PrepareError, prepare_runtime
 from sandbox._slots import Slots
 from sandbox._tree import NO_FILES, Tree
+from sandbox._worker import lower_priority
 
 OTHER_STATUS_EXIT = 125
 POLL_S = 0.05  # how often the slot's watchdogs (the compile time limit) are looked at
@@ -105,7 +107,48 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="DIR",
         help="a module cache directory, to compile each payload once (default: none)",
     )
+    prep = commands.add_parser(
+        "prepare",
+        help="make a pinned language runtime ready in a module cache",
+        description="Store a pinned runtime's module (Python) in a module cache and compile "
+        "it there once for each engine (native and canonical NaNs), under the runtime's "
+        "compile fences. Exit 0 when it is ready, 1 if it "
+        "cannot be (the reason on stderr).",
+    )
+    prep.prog = "python -m sandbox prepare"
+    prep.add_argument("module", type=Path, help="the runtime's .wasm file")
+    prep.add_argument("--cache", type=Path, required=True, metavar="DIR", help="the module cache")
+    prep.add_argument(
+        "--shared",
+        type=Path,
+        metavar="DIR",
+        help="a module cache shared by this machine's jobbers: a compiled form there is "
+        "copied, not compiled again, and one compiled here is left there",
+    )
+    prep.add_argument(
+        "--compile-memory", type=int, metavar="MB", help="the owner's ceiling for compiling"
+    )
+    prep.add_argument(
+        "--nice", type=int, default=0, metavar="N", help="lower this process's priority first"
+    )
     return parser, run_p
+
+
+def prepare_main(ns: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="sandbox: %(message)s")
+    lower_priority(ns.nice)
+    try:
+        rt = prepare_runtime(
+            ns.cache,
+            ns.module,
+            shared=ns.shared,
+            memory_mb=ns.compile_memory,
+        )
+    except PrepareError as e:
+        sys.stderr.write(f"sandbox: {e}\n")
+        return 1
+    sys.stderr.write(f"sandbox: runtime {rt.name} is ready in {ns.cache}\n")
+    return 0
 
 
 def exit_code(status: Status, payload_code: int | None) -> int:
@@ -138,6 +181,8 @@ def run_in_slot(
 def main(argv: Sequence[str] | None = None) -> int:
     parser, run_parser = _parsers()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prepare"]:
+        return prepare_main(parser.parse_args(argv))
     if argv[:1] != ["run"]:
         parser.parse_args(argv)  # help, or the usage error
         return 2

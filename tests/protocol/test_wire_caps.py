@@ -102,6 +102,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "seconds": ("float", 0.0, 1e7),
         "reason": ("optional", STR),
         "more": ("optional", ("bool",)),
+        "runtimes": ("optional", ("list", 8, HASH)),
     },
     "Finished": {"re": ID},
     "Results": {"id": ID, "jobber": NAME, "results": ("list", 4096, ("record", "Result"))},
@@ -267,7 +268,7 @@ FULL: dict[str, p.Message] = {
         p.Bored(1, "ann", HOST, 2, ("t1",), p.Attribution(SHA, "10.0.0.5")),
         p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}),
         p.Referral(1, ("tcp://other:7117",)),
-        p.RetryLater(1, 2.5, "busy", True),
+        p.RetryLater(1, 2.5, "busy", True, (SHA,)),
         p.Finished(1),
         p.Results(
             2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d", p.Attribution(SHA, "m")),)

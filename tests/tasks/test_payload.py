@@ -197,6 +197,28 @@ def test_link_errors_name_the_authors_file(tmp_path, monkeypatch):
     assert "payload.o" not in message and os.sep + "o" + os.sep not in message
 
 
+BIG_TABLE = """#include <stdio.h>
+static const unsigned char table[3000000] = {7, 1, 2};
+int main(int argc, char **argv) {
+    long sum = 0;  /* read at run time (argc), so the table stays in the module */
+    for (long i = 0; i < 3000000; i += argc) sum += table[i];
+    printf("%ld\\n", sum);
+    return 0;
+}
+"""
+
+
+def test_a_large_table_compiled_in_says_how_much_initial_memory_it_needs(tmp_path, monkeypatch):
+    message = c_error(tmp_path, monkeypatch, BIG_TABLE)
+    assert "initial memory too small" in message
+    assert "pass Payload.from_c(..., initial_memory_mb=5)" in message
+    path = tmp_path / "proj" / "kernel.c"
+    payload = Payload.from_c(path, initial_memory_mb=5)
+    assert payload.run().stdout == b"10\n"
+    with pytest.raises(PayloadError, match="initial_memory_mb must be 1 to 4096"):
+        Payload.from_c(path, initial_memory_mb=0)
+
+
 def test_a_c_payload_importing_what_the_sandbox_lacks_fails_at_build(tmp_path, monkeypatch):
     source = (
         '__attribute__((import_module("env"), import_name("now"))) long long now(void);\n'

@@ -1,0 +1,162 @@
+"""The jobber's core and pinned language runtimes (jobber._runtimes): a dealer's
+`retry_later.runtimes` starts the runtime's module and files coming, like input files;
+held whole, they are prepared (PrepareRuntime), and the runtime is listed in
+`host.cached` only once the cache holds it compiled. Driven directly: messages, events
+and the time in, actions out."""
+
+from __future__ import annotations
+
+import random
+
+import protocol as p
+from jobber import _core as c
+from jobber._actions import PrepareRuntime, RuntimePrepared
+from jobber._runtimes import RUNTIME_RETRY_S
+from protocol._runtimes import PYTHON
+from tests.jobber.test_jobber_files import KEY_A, LIVE, MIB, core_settings, fetches, of
+
+OTHER = "tcp://127.0.0.1:7201"
+KEY_B = "bb" * 32
+STDLIB, STDLIB_SIZE = next(iter(PYTHON.files.values()))
+
+
+def core(**kw) -> c.JobberCore:
+    kw.setdefault("cache_bytes", 1024 * MIB)
+    kw.setdefault("request_timeout_s", 1e6)  # fetches left unanswered here never time out
+    j = c.JobberCore(
+        core_settings(**kw), [f"{LIVE}#{KEY_A}", f"{OTHER}#{KEY_B}"], 0.0, rng=random.Random(1)
+    )
+    j.cache_updated({})
+    j.take_actions()
+    j.boreds = {}  # dealer -> our `bored` out to it, unanswered
+    return j
+
+
+def pump(j: c.JobberCore, now: float) -> list:
+    j.tick(now)
+    actions = j.take_actions()
+    j.boreds |= {a.dealer: a.msg for a in of(actions, c.Send) if isinstance(a.msg, p.Bored)}
+    return actions
+
+
+def ask(j: c.JobberCore, dealer: str = LIVE, now: float = 0.0, runtimes=(PYTHON.sha256,)):
+    """Have `dealer` answer our `bored` with retry_later naming `runtimes`."""
+    actions = pump(j, now)
+    bored = j.boreds.pop(dealer)
+    j.received(dealer, p.RetryLater(bored.id, 10.0, "needs python", None, runtimes), now)
+    return actions + pump(j, now)
+
+
+def bored_cached(j: c.JobberCore, now: float) -> tuple[str, ...]:
+    pump(j, now)
+    return j.boreds[LIVE].host.cached
+
+
+def test_a_dealer_asking_for_a_runtime_starts_its_module_and_files_coming_from_it() -> None:
+    j = core()
+    actions = ask(j)
+    asked = {(f.hash, f.chunk) for f in fetches(actions)}
+    assert asked == {(PYTHON.sha256, 0), (STDLIB, 0)}  # chunk 0 first, of each
+    assert all(a.dealer == LIVE for a in of(actions, c.Send) if isinstance(a.msg, p.Fetch))
+    assert j.runtimes_status() == {"python": "fetching"}
+    # the store must keep them meanwhile, and they count in the cache
+    assert {PYTHON.sha256, STDLIB} <= j.held_files()
+    assert not of(actions, PrepareRuntime)
+
+
+def test_held_whole_the_runtime_is_prepared_and_listed_only_once_compiled() -> None:
+    j = core()
+    ask(j)
+    j.handle(c.FileKept(PYTHON.sha256, PYTHON.size), 1.0)
+    assert not of(j.take_actions(), PrepareRuntime)  # its stdlib is still coming
+    j.handle(c.FileKept(STDLIB, STDLIB_SIZE), 1.0)
+    (prep,) = of(j.take_actions(), PrepareRuntime)
+    assert prep.sha == PYTHON.sha256
+    assert j.runtimes_status() == {"python": "preparing"}
+    assert PYTHON.sha256 in j.held_payloads()  # the cache must not evict it mid-compile
+    # the module is in the cache, not yet compiled: not listed
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, 0)})
+    assert PYTHON.sha256 not in j.cached
+    # compiled for one engine of two: not yet
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, PYTHON.compiled_size)})
+    assert PYTHON.sha256 not in j.cached
+    j.handle(RuntimePrepared(PYTHON.sha256), 2.0)
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size)}, [PYTHON.sha256])
+    assert j.runtimes_status() == {"python": "ready"}
+    assert PYTHON.sha256 in bored_cached(j, 20.0)
+    assert PYTHON.sha256 not in j.held_files()  # no longer fetched nor kept for it
+    # asked again (the dealer's answer crossed our listing it): nothing more happens
+    assert not fetches(ask(j, now=40.0))
+
+
+def test_a_runtime_compiled_in_the_cache_at_start_is_ready_at_once() -> None:
+    j = core()
+    j.cache_updated(
+        {PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size), "ab" * 32: (10, 10)},
+        [PYTHON.sha256],
+    )
+    assert j.runtimes_status() == {"python": "ready"}
+    assert set(bored_cached(j, 0.0)) == {PYTHON.sha256, "ab" * 32}
+    j.cache_updated({"ab" * 32: (10, 10)})  # evicted: no longer ready, asked for again
+    assert j.runtimes_status() == {}
+    assert {f.hash for f in fetches(ask(j, now=30.0))} == {PYTHON.sha256, STDLIB}
+
+
+def test_an_owner_who_takes_no_runtimes_fetches_nothing_and_says_why() -> None:
+    j = core(runtimes=False)
+    assert not fetches(ask(j))
+    assert "--no-runtimes" in j.runtimes_status()["python"]
+    assert PYTHON.sha256 not in j.held_files()
+
+
+def test_a_cache_too_small_for_the_runtime_refuses_it() -> None:
+    j = core(cache_bytes=400 * MIB)
+    assert not fetches(ask(j))
+    assert "--cache-mb is 400" in j.runtimes_status()["python"]
+
+
+def test_a_compile_memory_ceiling_below_the_runtimes_refuses_it() -> None:
+    j = core(compile_memory_mb=2048)
+    assert not fetches(ask(j))
+    assert "--compile-memory is 2048" in j.runtimes_status()["python"]
+
+
+def test_an_unknown_runtime_is_left_alone() -> None:
+    j = core()
+    assert not fetches(ask(j, runtimes=("cd" * 32,)))
+    assert j.runtimes_status() == {}
+
+
+def test_a_runtime_that_failed_to_prepare_is_not_tried_again_for_a_while() -> None:
+    j = core()
+    ask(j)
+    j.handle(c.FileKept(PYTHON.sha256, PYTHON.size), 1.0)
+    j.handle(c.FileKept(STDLIB, STDLIB_SIZE), 1.0)
+    assert of(j.take_actions(), PrepareRuntime)
+    j.handle(RuntimePrepared(PYTHON.sha256, "compiling it was stopped by SIGXCPU"), 5.0)
+    assert "SIGXCPU" in j.runtimes_status()["python"]
+    assert not of(ask(j, now=30.0), PrepareRuntime)
+    assert PYTHON.sha256 not in j.held_files()
+    # after RUNTIME_RETRY_S it is tried again (the files are still held: prepared at once)
+    later = RUNTIME_RETRY_S + 10.0
+    assert of(ask(j, now=later), PrepareRuntime)
+
+
+def test_fetching_goes_on_from_another_dealer_that_asked_when_the_first_is_dropped() -> None:
+    j = core()
+    ask(j, LIVE)
+    ask(j, OTHER, now=1.0)
+    j._dealer_gone(LIVE, "dropped")
+    assert j.runtime_wants[PYTHON.sha256] == [OTHER]
+    j._dealer_gone(OTHER, "dropped")
+    assert j.runtimes_status() == {}  # no one to fetch it from: left for now
+    assert PYTHON.sha256 not in j.held_files()
+
+
+def test_a_dealer_that_serves_no_such_file_is_not_asked_for_it_again() -> None:
+    j = core()
+    actions = ask(j)
+    (f0,) = [f for f in fetches(actions) if f.hash == PYTHON.sha256]
+    j.received(LIVE, p.Error(f0.id, p.ErrorCode.UNKNOWN_FILE, "no such file"), 1.0)
+    assert j.runtimes_status() == {}
+    assert PYTHON.sha256 not in j.held_files()
