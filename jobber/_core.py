@@ -403,8 +403,8 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
         return in_hand | self.runtimes_preparing()
 
     def idle_too_long(self, now: float) -> bool:
-        """True once `max_idle_s` passed with nothing to run, deliver or wait for."""
-        if self.running or self.buffer or self._delivering():
+        """True once `max_idle_s` passed with nothing to run, deliver, wait for or prepare."""
+        if self.running or self.buffer or self._delivering() or self.runtime_wants:
             self._last_busy = now
             return False
         return self.s.max_idle_s is not None and now - self._last_busy >= self.s.max_idle_s

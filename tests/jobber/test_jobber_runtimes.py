@@ -102,6 +102,18 @@ def test_a_runtime_compiled_in_the_cache_at_start_is_ready_at_once() -> None:
     assert {f.hash for f in fetches(ask(j, now=30.0))} == {PYTHON.sha256, STDLIB}
 
 
+def test_a_jobber_preparing_a_runtime_is_not_idle() -> None:
+    j = core(max_idle_s=30.0)
+    ask(j)
+    assert not j.idle_too_long(100.0)  # fetching
+    j.handle(c.FileKept(PYTHON.sha256, PYTHON.size), 100.0)
+    j.handle(c.FileKept(STDLIB, STDLIB_SIZE), 100.0)
+    assert not j.idle_too_long(200.0)  # compiling
+    j.handle(RuntimePrepared(PYTHON.sha256), 200.0)
+    assert not j.idle_too_long(229.0)
+    assert j.idle_too_long(231.0)  # ready, and nothing since for max_idle_s
+
+
 def test_an_owner_who_takes_no_runtimes_fetches_nothing_and_says_why() -> None:
     j = core(runtimes=False)
     assert not fetches(ask(j))
