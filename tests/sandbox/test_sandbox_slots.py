@@ -70,7 +70,7 @@ def test_c_payload_with_args_in_slots(slots, factor_wasm):
     assert slots.free == 0
     with pytest.raises(RuntimeError, match="no free slot"):
         slots.start("c", sha(factor_wasm), [], b"", Limits())
-    results = dict([collect_one(slots), collect_one(slots)])
+    results = dict(collect_all(slots, 2))  # together, on a busy machine
     assert results["a"].stdout == b"7\n13\n91\n"
     assert results["b"].stdout == b"3\n5\n15\n"
 
@@ -165,7 +165,7 @@ def test_cancel_kills_the_job_and_yields_abandoned(slots):
 def test_suspension_does_not_use_up_the_time_limit(slots):
     for i in range(2):  # both workers up and idle, so that the job starts at once
         slots.start(f"warm{i}", sha(HELLO), [], b"", Limits())
-    collect_one(slots), collect_one(slots)
+    collect_all(slots, 2)
     # stopped once it has run a little (0.1 s of CPU), well before its time_s
     slots.start("paused", sha(SPIN), [], b"", Limits(time_s=1.5))
     pid = next(w for w in slots._workers if w.key == "paused").process.pid
@@ -223,7 +223,7 @@ def collect_all(slots: sandbox.Slots, n: int, timeout_s: float = 30.0) -> list:
     while len(got) < n and time.monotonic() < deadline:
         wait(slots.fds(), timeout=min(1.0, deadline - time.monotonic()))
         got += slots.collect()
-    assert len(got) == n, got
+    assert len(got) == n, got  # two may end together: one collect() gives both
     return got
 
 
