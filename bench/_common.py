@@ -61,18 +61,24 @@ def curve_client(ctx: zmq.Context, address: str) -> zmq.Socket:
     return s
 
 
+def curve_router(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
+    """A bare CurveZMQ ROUTER on a free loopback port, and its address (`endpoint#key`)."""
+    sock = ctx.socket(zmq.ROUTER)
+    public, secret = zmq.curve_keypair()
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    return sock, f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}"
+
+
 def echo_router(window: tuple[float, float], reply_size: int, ready_q, out_q) -> None:
     """A bare CurveZMQ ROUTER in one Python process: each request decoded, each reply
     (of about `reply_size` bytes) encoded, as any server must. Puts its address on
     `ready_q`, then the round trips per second it answered within `window` (monotonic
     start and end, counted from now) on `out_q`."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    public, secret = zmq.curve_keypair()
-    sock.curve_server = True
-    sock.curve_publickey, sock.curve_secretkey = public, secret
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    ready_q.put(f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}")
+    sock, address = curve_router(ctx)
+    ready_q.put(address)
     pad = b"x" * reply_size
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)

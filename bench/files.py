@@ -39,10 +39,9 @@ from pathlib import Path
 
 import msgpack
 import zmq
-from _common import ROOT, curve_client
+from _common import ROOT, curve_client, curve_router
 
 import protocol as p  # noqa: E402
-from net._keys import hex_of_z85  # noqa: E402
 
 TASK = ROOT / "tests" / "task_files" / "table_sum.py"
 WINDOW = p.MAX_FETCHES
@@ -132,19 +131,14 @@ def dealer_client(address: str, sha: str, size: int) -> float:
 
 def bare_server(path: str, ready_q) -> None:
     """A bare CurveZMQ ROUTER serving the file's chunks by pread, digests with chunk 0."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    public, secret = zmq.curve_keypair()
-    sock.curve_server = True
-    sock.curve_publickey, sock.curve_secretkey = public, secret
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sock, address = curve_router(zmq.Context())
     fd = os.open(path, os.O_RDONLY)
     size = os.fstat(fd).st_size
     digests = [
         hashlib.sha256(os.pread(fd, p.CHUNK_BYTES, i * p.CHUNK_BYTES)).digest()
         for i in range(p.chunk_count(size))
     ]
-    ready_q.put(f"tcp://127.0.0.1:{port}#{hex_of_z85(public)}")
+    ready_q.put(address)
     while True:
         ident, frame = sock.recv_multipart()
         body = msgpack.unpackb(frame)
