@@ -164,6 +164,13 @@ class DealerSockets:
                 except (zmq.Again, zmq.ZMQError):
                     break
                 if event in _DEFINITE:
+                    # what came before the connection ended still answers: a dealer that
+                    # replies and exits (its `ack` to our last results) is heard first
+                    for s in (ss.sock, ss.hello):
+                        if s is not None and not s.closed and self._socks.get(dealer) is ss:
+                            self._recv(dealer, s)
+                    if self._socks.get(dealer) is not ss:
+                        return  # those answers reset the sockets
                     self.core.contact_failed(
                         dealer, time.monotonic(), "no contact", _PROBLEMS[event]
                     )
