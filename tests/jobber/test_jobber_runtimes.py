@@ -172,3 +172,19 @@ def test_a_dealer_that_serves_no_such_file_is_not_asked_for_it_again() -> None:
     j.received(LIVE, p.Error(f0.id, p.ErrorCode.UNKNOWN_FILE, "no such file"), 1.0)
     assert j.runtimes_status() == {}
     assert PYTHON.sha256 not in j.held_files()
+
+
+def test_a_cache_and_a_compile_ceiling_exactly_as_big_as_the_runtime_needs_take_it() -> None:
+    j = core(cache_bytes=PYTHON.disk_bytes, compile_memory_mb=PYTHON.compile_memory_mb)
+    assert {f.hash for f in fetches(ask(j))} == {PYTHON.sha256, STDLIB}
+    assert j.runtimes_status() == {"python": "fetching"}
+
+
+def test_a_prepared_report_for_a_runtime_not_being_prepared_changes_nothing() -> None:
+    j = core()
+    ask(j)  # fetching, not yet preparing
+    j.handle(RuntimePrepared(PYTHON.sha256), 1.0)
+    assert j.runtimes_status() == {"python": "fetching"}
+    assert PYTHON.sha256 in j.runtime_wants
+    j.handle(RuntimePrepared("cd" * 32), 1.0)  # one this jobber does not know
+    assert j.runtimes_status() == {"python": "fetching"}
