@@ -413,6 +413,7 @@ class Inputs:
             )
             self._files_lost(event.sha, why, dealers=blamed)
             for dealer in blamed:
+                self._runtime_dealer_gone(dealer, event.sha)  # nor a runtime from it
                 # it served a file that is not what its jobs name (each chunk matched the
                 # digests it sent): ask it less, as a dealer whose payloads we refuse
                 link = self.links.get(dealer)

@@ -6,6 +6,7 @@ and the time in, actions out."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import protocol as p
@@ -188,3 +189,16 @@ def test_a_prepared_report_for_a_runtime_not_being_prepared_changes_nothing() ->
     assert PYTHON.sha256 in j.runtime_wants
     j.handle(RuntimePrepared("cd" * 32), 1.0)  # one this jobber does not know
     assert j.runtimes_status() == {"python": "fetching"}
+
+
+def test_a_dealer_whose_runtime_module_is_not_its_hash_is_not_asked_for_it_again() -> None:
+    j = core()
+    actions = ask(j)
+    (f0,) = [f for f in fetches(actions) if f.hash == PYTHON.sha256]
+    data = b"\0" * p.CHUNK_BYTES  # chunk 0 of a lie: digests that match its own bytes
+    n = p.chunk_count(PYTHON.size)
+    digests = tuple(hashlib.sha256(data).digest() for _ in range(n))
+    j.received(LIVE, p.Chunk(f0.id, PYTHON.sha256, 0, PYTHON.size, data, digests), 1.0)
+    j.handle(c.FileBad(PYTHON.sha256, "00" * 32), 2.0)  # every chunk came; the whole lies
+    assert j.runtimes_status() == {}  # no other dealer asked: left, not fetched again
+    assert PYTHON.sha256 not in j.held_files()
