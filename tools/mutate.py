@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python tools/mutate.py [MODULE ...] [--list] [--show ID ...]
                                                 [--only ID ...] [--json PATH]
+                                                [--changed-since REV]
 
 Each *mutant* is the module with one small change: an operator swapped
 (`+`/`-`, `*`/`/`, `<`/`<=`, `==`/`!=`, `is`/`is not`, `in`/`not in`,
@@ -10,7 +11,9 @@ Each *mutant* is the module with one small change: an operator swapped
 `return x` becomes `return None`). For every mutant the module's fast unit
 tests run (`-x`: up to the first failure); a mutant is *killed* when they
 fail (or run past a timeout, an endless loop), and *survives* when they pass.
-The score is killed / mutants.
+The score is killed / mutants. `--changed-since REV` runs only the mutants
+on lines changed since REV (a statement counts if any of its lines did): the
+mutants a module's last full run did not judge.
 
 Not mutated, by choice: texts for people (strings, f-strings, docstrings,
 calls on the module's `log`), type annotations, imports, and statements
@@ -114,6 +117,7 @@ class Mutant:
     line: int
     col: int
     what: str
+    end_line: int = 0  # the last line of the statement or expression mutated
     outcome: str = ""  # killed, survived, timeout
     seconds: float = 0.0
     source_line: str = ""
@@ -146,8 +150,13 @@ class Mutator(ast.NodeTransformer):
 
     def _site(self, node: ast.AST, what: str) -> bool:
         """Number one mutation at `node`; True if it is the one to apply."""
+        line = getattr(node, "lineno", 0)
         m = Mutant(
-            len(self.sites), getattr(node, "lineno", 0), getattr(node, "col_offset", 0), what
+            len(self.sites),
+            line,
+            getattr(node, "col_offset", 0),
+            what,
+            getattr(node, "end_lineno", None) or line,
         )
         self.sites.append(m)
         if m.id == self.target:
@@ -515,6 +524,25 @@ def snapshot(rev: str | None, overlay: list[str]) -> Path:
     return dest
 
 
+def changed_lines(module: str, since: str, rev: str | None) -> set[int]:
+    """The lines of `module` (at `rev`, default the working tree) added or changed since
+    the commit `since`, from git's unified diff with no context."""
+    diff = subprocess.run(
+        ["git", "diff", "-U0", since, *([rev] if rev else []), "--", module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines: set[int] = set()
+    for row in diff.splitlines():
+        if row.startswith("@@"):
+            new = row.split()[2]  # +START[,COUNT]
+            start, _, count = new[1:].partition(",")
+            lines.update(range(int(start), int(start) + int(count or 1)))
+    return lines
+
+
 def config() -> dict[str, list[str]]:
     with open(ROOT / "pyproject.toml", "rb") as f:
         table = tomllib.load(f)["tool"]["borednet"]["mutation"]
@@ -531,6 +559,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every mutant and its outcome here")
     ap.add_argument("--rev", help="mutate this commit (default: the working tree as it is)")
     ap.add_argument(
+        "--changed-since",
+        metavar="REV",
+        help="only the mutants on lines changed since this commit",
+    )
+    ap.add_argument(
         "--overlay",
         nargs="+",
         default=[],
@@ -546,7 +579,11 @@ def main() -> int:
     if args.list or args.show:
         for module in modules:
             source = (ROOT / module).read_text()
-            for s in sites(source):
+            listed = sites(source)
+            if args.changed_since:
+                changed = changed_lines(module, args.changed_since, None)
+                listed = [s for s in listed if changed & set(range(s.line, s.end_line + 1))]
+            for s in listed:
                 if args.show is None or s.id in args.show:
                     print(f"{module}#{s.id} line {s.line}: {s.what}")
                 if args.show and s.id in args.show:
@@ -575,6 +612,9 @@ def main() -> int:
             timeout = 3 * base_s + 10.0
             all_sites = sites(source)
             chosen = [s for s in all_sites if args.only is None or s.id in args.only]
+            if args.changed_since:
+                changed = changed_lines(module, args.changed_since, args.rev)
+                chosen = [s for s in chosen if changed & set(range(s.line, s.end_line + 1))]
             print(
                 f"{module}: {len(chosen)} mutants, tests {' '.join(tests)} "
                 f"({base_s:.1f} s unmutated; timeout {timeout:.0f} s)",

@@ -88,6 +88,8 @@ def test_held_whole_the_runtime_is_prepared_and_listed_only_once_compiled() -> N
     assert PYTHON.sha256 not in j.held_files()  # no longer fetched nor kept for it
     # asked again (the dealer's answer crossed our listing it): nothing more happens
     assert not fetches(ask(j, now=40.0))
+    assert j.runtimes_status() == {"python": "ready"}
+    assert not j.runtime_wants
 
 
 def test_a_runtime_compiled_in_the_cache_at_start_is_ready_at_once() -> None:
@@ -115,11 +117,26 @@ def test_a_jobber_preparing_a_runtime_is_not_idle() -> None:
     assert j.idle_too_long(231.0)  # ready, and nothing since for max_idle_s
 
 
-def test_an_owner_who_takes_no_runtimes_fetches_nothing_and_says_why() -> None:
+def test_an_owner_who_takes_no_runtimes_fetches_nothing_and_says_why(caplog) -> None:
     j = core(runtimes=False)
-    assert not fetches(ask(j))
+    with caplog.at_level("INFO", "jobber._core"):
+        assert not fetches(ask(j))
+        said = [r.getMessage() for r in caplog.records if "not taken" in r.getMessage()]
+        assert len(said) == 1 and "--no-runtimes" in said[0], said  # said at once
+        assert not fetches(ask(j, now=30.0))  # asked again: still not, and not said again
     assert "--no-runtimes" in j.runtimes_status()["python"]
     assert PYTHON.sha256 not in j.held_files()
+    assert len([r for r in caplog.records if "not taken" in r.getMessage()]) == 1
+
+
+def test_a_runtime_found_compiled_in_the_cache_while_fetching_is_no_longer_fetched() -> None:
+    j = core()
+    ask(j)  # (another jobber sharing the cache prepared it meanwhile)
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size)}, [PYTHON.sha256])
+    assert j.runtimes_status() == {"python": "ready"}
+    assert not j.runtime_wants
+    assert PYTHON.sha256 not in j.held_files() and STDLIB not in j.held_files()
+    assert not fetches(pump(j, 20.0))
 
 
 def test_a_cache_too_small_for_the_runtime_refuses_it() -> None:
@@ -134,10 +151,12 @@ def test_a_compile_memory_ceiling_below_the_runtimes_refuses_it() -> None:
     assert "--compile-memory is 2048" in j.runtimes_status()["python"]
 
 
-def test_an_unknown_runtime_is_left_alone() -> None:
+def test_an_unknown_runtime_is_left_alone(caplog) -> None:
     j = core()
-    assert not fetches(ask(j, runtimes=("cd" * 32,)))
+    with caplog.at_level("WARNING", "jobber._core"):
+        assert not fetches(ask(j, runtimes=("cd" * 32,)))
     assert j.runtimes_status() == {}
+    assert f"asks for runtime {'cd' * 6}, which this jobber does not know" in caplog.text
 
 
 def test_a_runtime_that_failed_to_prepare_is_not_tried_again_for_a_while() -> None:
@@ -150,9 +169,12 @@ def test_a_runtime_that_failed_to_prepare_is_not_tried_again_for_a_while() -> No
     assert "SIGXCPU" in j.runtimes_status()["python"]
     assert not of(ask(j, now=30.0), PrepareRuntime)
     assert PYTHON.sha256 not in j.held_files()
-    # after RUNTIME_RETRY_S it is tried again (the files are still held: prepared at once)
-    later = RUNTIME_RETRY_S + 10.0
-    assert of(ask(j, now=later), PrepareRuntime)
+    # an hour after the failure it is tried again (the files are still held: prepared
+    # at once), and not before
+    assert RUNTIME_RETRY_S == 3600.0  # docs/jobber.md's "at most once an hour"
+    assert "SIGXCPU" in j._runtime_refused(PYTHON, 5.0 + 3599.9)
+    assert j._runtime_refused(PYTHON, 5.0 + 3600.0) == ""
+    assert of(ask(j, now=5.0 + 3600.0), PrepareRuntime)
 
 
 def test_fetching_goes_on_from_another_dealer_that_asked_when_the_first_is_dropped() -> None:
@@ -173,6 +195,17 @@ def test_a_dealer_that_serves_no_such_file_is_not_asked_for_it_again() -> None:
     j.received(LIVE, p.Error(f0.id, p.ErrorCode.UNKNOWN_FILE, "no such file"), 1.0)
     assert j.runtimes_status() == {}
     assert PYTHON.sha256 not in j.held_files()
+
+
+def test_a_dealer_that_serves_no_runtime_file_is_dropped_for_that_runtime_only() -> None:
+    j = core()
+    ask(j, LIVE)
+    ask(j, OTHER, now=1.0)
+    j._runtime_dealer_gone(LIVE, "ef" * 32)  # some job's input file, not the runtime's
+    assert j.runtime_wants[PYTHON.sha256] == [LIVE, OTHER]
+    j._runtime_dealer_gone(LIVE, STDLIB)  # one of the runtime's own files
+    assert j.runtime_wants[PYTHON.sha256] == [OTHER]
+    assert j.runtimes_status() == {"python": "fetching"}
 
 
 def test_a_cache_and_a_compile_ceiling_exactly_as_big_as_the_runtime_needs_take_it() -> None:
