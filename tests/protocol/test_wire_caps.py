@@ -669,6 +669,10 @@ def test_records_are_frozen_slotted_and_hashable():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)
         assert hash(record) == hash(copy.deepcopy(record))
+    # fields count in the hash (all but maps: JobSpec.files, which counts for equality)
+    assert hash(p.FileRef("ab" * 32, 1)) != hash(p.FileRef("ab" * 32, 2))
+    assert hash(SPEC) == hash(dataclasses.replace(SPEC, files=None)) and SPEC.files
+    assert dataclasses.replace(SPEC, files=None) != SPEC
     assert {type(r).__name__ for r in records} | {"Result"} == set(RECORDS) - {
         m.__name__ for m in p.MESSAGES.values()
     }
@@ -714,3 +718,56 @@ def test_schema_helpers_keep_their_stated_contracts() -> None:
     assert _schema._depth([[1]], 2) is True
     assert _schema._depth([[1]], 1) is False
     assert _schema._depth([1], 0) is False
+
+
+@pytest.mark.parametrize(
+    ("input_mb", "size", "text"),
+    [
+        (None, 0, None),  # a job reading nothing goes anywhere
+        (0, 0, None),
+        (None, 1, "input files (this jobber takes none)"),
+        (0, 1, "1 bytes of input files (this machine allows 0 MiB)"),
+        (2, 2 * MiB, None),
+        (2, 2 * MiB + 1, f"{2 * MiB + 1} bytes of input files (this machine allows 2 MiB)"),
+    ],
+)
+def test_a_jobs_input_files_are_refused_only_past_the_owners_input_mb(input_mb, size, text):
+    assert p.HostFacts(1, 1, 1, input_mb=input_mb).refuses_inputs(size) == text
+
+
+def test_a_job_spec_totals_its_input_files() -> None:
+    spec = p.JobSpec("t", "ab" * 32, (), b"", p.Limits(), 10.0)
+    assert spec.input_bytes() == 0
+    refs = {"/a": p.FileRef("cd" * 32, 5), "/b": p.FileRef("ef" * 32, 7)}
+    assert p.JobSpec("t", "ab" * 32, (), b"", p.Limits(), 10.0, refs).input_bytes() == 12
+    assert p.JobSpec("t", "ab" * 32, (), b"", p.Limits(), 10.0, {}).input_bytes() == 0
+
+
+def _result(output: bytes, tag: str = "t", detail: str = "") -> p.Result:
+    return p.Result(tag, p.Status.OK, output, 0, detail)
+
+
+def test_a_results_weight_is_its_output_its_texts_four_times_and_64() -> None:
+    assert p.result_weight(_result(b"x" * 100, "tag", "detail")) == 100 + 4 * 9 + 64
+    assert p.result_weight(_result(b"")) == 4 + 64
+
+
+def test_results_that_fit_one_message_stop_at_the_byte_cap_or_the_count_cap() -> None:
+    assert (p.MAX_RESULTS_PER_MESSAGE, p.MAX_RESULTS_BYTES) == (256, 768 * 1024)
+    assert p.results_that_fit([]) == ()
+    # by bytes: results that weigh exactly the cap together all fit; one byte more, not
+    fill = p.MAX_RESULTS_BYTES // 3
+    each = fill - p.result_weight(_result(b""))
+    three = [_result(b"x" * each) for _ in range(3)]
+    assert sum(map(p.result_weight, three)) == p.MAX_RESULTS_BYTES
+    assert p.results_that_fit(three) == tuple(three)
+    heavier = [*three[:2], _result(b"x" * (each + 1))]
+    assert p.results_that_fit(heavier) == tuple(heavier[:2])
+    # one result goes alone whatever it weighs; the next waits for a message of its own
+    big = [_result(b"x" * (2 * p.MAX_RESULTS_BYTES)), _result(b"y")]
+    assert p.results_that_fit(big) == (big[0],)
+    assert p.results_that_fit(big[1:]) == (big[1],)
+    # by count: MAX_RESULTS_PER_MESSAGE small results, not one more
+    many = [_result(b"", f"t{i}") for i in range(p.MAX_RESULTS_PER_MESSAGE + 5)]
+    assert p.results_that_fit(many) == tuple(many[: p.MAX_RESULTS_PER_MESSAGE])
+    assert p.results_that_fit(iter(many[:3])) == tuple(many[:3])  # any iterable, in order
