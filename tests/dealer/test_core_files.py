@@ -132,6 +132,94 @@ def test_a_repeated_name_or_too_many_files_fail_the_job_as_it_is_drawn():
     assert "257 input files, over the wire's cap of 256" in failed[1]
 
 
+def test_a_job_whose_files_are_all_empty_still_goes_only_to_a_jobber_that_takes_files():
+    empty = InputFile.from_bytes(b"")
+    core = core_of([Job(("0",), files={"e": empty})])
+    assert core.bored("old", 1, 1000, 0.0) == []  # the wire: it takes no job with files
+    assert core.files_need(None) == 0  # why it waits: it needs a jobber that takes files
+    assert ids(core.bored("new", 1, 1000, 0.0, input_mb=0)) == [0]  # 0 bytes fit 0 MiB
+
+
+def test_a_jobber_taking_no_files_that_says_it_holds_some_is_offered_the_plain_jobs():
+    x = blob("x")
+    core = core_of([Job(("0",), files={"x": x}), Job(("1",))], window=2)
+    core._draw()
+    core._draw()
+    # `host.files` without `input_mb`: the files it holds do not make it take any
+    assert ids(core.bored("old", 2, 1000, 0.0, files=[x.sha256])) == [1]
+    assert ids(core.bored("new", 2, 1000, 0.0, input_mb=1, files=[x.sha256])) == [0]
+
+
+def test_files_totalling_exactly_the_allowance_are_held_first_and_one_byte_more_never():
+    half = MiB // 2
+    table = blob("table", half)  # every job reads it: it counts in each job's total
+    small, exact, over = blob("small"), blob("exact", half), blob("over", half + 1)
+    jobs = [Job(("0",), files={"f": f}) for f in (small, exact, over)]
+    core = core_of(jobs, files={"/input/table": table}, window=3)
+    for _ in range(3):
+        core._draw()
+    held = [over.sha256, exact.sha256]
+    # job 1's files total 1 MiB to the byte: held, it comes first; job 2's are a byte over
+    assert ids(core.bored("a", 3, 1000, 0.0, input_mb=1, files=held)) == [1, 0]
+    assert ids(core.bored("b", 3, 1000, 0.0, input_mb=2)) == [2]
+
+
+def test_one_ask_names_each_wanting_job_once_however_it_reaches_it():
+    """The generator an ask walks (Locality._candidates): a group reached through two
+    held files is read once, and the oldest-first pass at the end goes past the groups
+    already read, the plain one too (bored would not send a job twice to one jobber, but
+    a job named twice costs the ask a second look)."""
+    x, y = blob("x"), blob("y")
+    jobs = [Job(("0",)), Job(("1",), files={"x": x, "y": y}), Job(("2",), files={"x": x})]
+    core = core_of(jobs, window=3)
+    for _ in range(3):
+        core._draw()
+    assert list(core._candidates(MiB, [x.sha256, y.sha256])) == [1, 2, 0]
+    assert list(core._candidates(MiB, [y.sha256])) == [0, 1, 2]  # y's, plain, the rest
+    assert list(core._candidates(MiB, ())) == [0, 1, 2]
+    assert ids(core.bored("a", 5, 1000, 0.0, input_mb=1, files=[y.sha256, x.sha256])) == [1, 2, 0]
+
+
+def test_a_settled_batch_leaves_no_group_no_index_entry_and_no_held_file():
+    """The groups and the index from file to groups hold only wanting jobs, and the held
+    files only unsettled jobs' (the module's promise: an ask costs the files a jobber
+    holds and their groups; memory does not grow over a long batch). Read from the
+    core's own tables: nothing a jobber is sent tells them apart."""
+    x, y = blob("x"), blob("y")
+    jobs = [
+        Job(("0",), files={"x": x, "y": y}),
+        Job(("1",), files={"x": x}),
+        Job(("2",)),
+        Job(("3",), files={"x": x, "y": y}),
+    ]
+    core = core_of(jobs, redundancy=2, quorum=2)
+    first = core.bored("a", 4, 1000, 0.0, input_mb=1)
+    assert ids(first) == [0, 1, 2, 3]  # each wants a second replica
+    assert core._readers.keys() == {x.sha256, y.sha256} and len(core._groups) == 3
+    second = core.bored("b", 4, 1000, 0.0, input_mb=1, files=[x.sha256, y.sha256])
+    assert ids(second) == [0, 3, 1, 2]  # x and y's, x's, then the plain job
+    # nothing wants a replica: no group, no index entry, nothing a jobber waits for
+    assert (core._groups, core._readers, core.files_need(None)) == ({}, {}, None)
+    assert core.input_file(x.sha256) is x and core.input_file(y.sha256) is y  # still read
+    for jobber, sent in (("a", first), ("b", second)):
+        for a in sent:
+            assert core.result(jobber, a.tag, OK, b"same", 1, "", 1.0) is None
+    assert sorted(s.job_id for s in core.take_settled()) == [0, 1, 2, 3]
+    assert core._held_files == {} and core.input_file(x.sha256) is None
+
+
+def test_a_file_two_unsettled_jobs_read_is_served_until_the_last_of_them_settles():
+    shared = blob("shared")  # each job's own, not the task's: the same bytes in both
+    jobs = [Job(("0",), files={"a": shared}), Job(("1",), files={"b": shared})]
+    core = core_of(jobs)
+    got = core.bored("j", 2, 1000, 0.0, input_mb=1)
+    assert ids(got) == [0, 1]
+    assert core.result("j", got[0].tag, OK, b"x", 1, "", 1.0) is None
+    assert core.input_file(shared.sha256) is shared  # job 1 still reads it
+    assert core.result("j", got[1].tag, OK, b"x", 1, "", 1.0) is None
+    assert core.input_file(shared.sha256) is None  # nobody does now
+
+
 # --- the journal: a job is pinned by its files' hashes -------------------------
 
 
