@@ -82,7 +82,7 @@ def test_a_jobber_without_the_runtime_is_asked_to_prepare_it_and_gets_no_job(tmp
     reply = bored(s, ALICE, 0.0)
     assert isinstance(reply, p.RetryLater), reply
     assert reply.runtimes == (PYTHON.sha256,)
-    assert reply.seconds == RETRY_RUNTIME_S
+    assert reply.seconds == RETRY_RUNTIME_S == 10.0  # docs/dealer.md, "Runtimes"
     assert "runtime python" in reply.reason and PYTHON.sha256[:12] in reply.reason
     assert reply.more is None  # a jobber that never prepares it may go idle
     # the core was not asked: nothing sent, no job out, nothing held for this jobber

@@ -4,17 +4,20 @@ tests/e2e/test_unsendable_jobs.py."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+
+import msgpack
 
 import protocol as p
 from dealer import _core
 from dealer._core import Core, Drawn, Failed, Policy, unsendable
 from dealer._history import History
 from dealer._journal import Journal
-from dealer._policy import refusal
+from dealer._policy import files_digest, job_digest, refusal
 from dealer._service import Peer, Service, policy_for
 from protocol._wire import MAX_ARGS, MAX_OUTPUT_BYTES, MAX_STDIN_BYTES
-from tasks import Job
+from tasks import InputFile, Job
 from tests.helpers import ROOT
 from tests.task_files.oversize import BIG, JOBS, Oversize
 
@@ -60,6 +63,61 @@ def test_the_message_estimate_to_the_byte():
         f"the wire's cap of {p.MAX_MESSAGE_BYTES:,} bytes (stdin 3, arguments 14, payload "
         f"{fits + 1:,})"
     )
+
+
+def test_the_message_estimate_with_input_files_to_the_byte():
+    """Each input file adds its guest path and 128 bytes (a FileRef with its field
+    names, with room to spare) to the estimate, beside the stdin and arguments."""
+    job = Job(("ab",), b"xyz")  # 3 of stdin, 7 of argument with its header
+    files = {"/input/a": InputFile.from_bytes(b"1"), "/task/bb": InputFile.from_bytes(b"22")}
+    fits = p.MAX_MESSAGE_BYTES - 3 - 7 - (8 + 128) * 2 - 64 * 1024
+    assert unsendable(job, payload_bytes=fits, files=files) is None
+    assert unsendable(job, payload_bytes=fits + 1, files=files) == (
+        f"a jobs message of about {p.MAX_MESSAGE_BYTES + 1:,} bytes with the payload, over "
+        f"the wire's cap of {p.MAX_MESSAGE_BYTES:,} bytes (stdin 3, arguments 7, input "
+        f"files 272, payload {fits + 1:,})"
+    )
+
+
+def test_a_job_names_at_most_max_job_files_input_files():
+    one = InputFile.from_bytes(b"x")
+    files = {f"/input/f{i}": one for i in range(p.MAX_JOB_FILES)}
+    assert p.MAX_JOB_FILES == 256
+    assert unsendable(Job(), files=files) is None
+    files["/input/one-more"] = one
+    assert unsendable(Job(), files=files) == "257 input files, over the wire's cap of 256"
+
+
+def test_a_jobs_digest_pins_its_args_stdin_and_input_files():
+    """The journal pins each job by this digest (a task changed since it was written is
+    refused on resume): a job without files keeps the digest it had before files
+    existed, and any change to a file's content, a file's name or the task's files
+    changes a job's."""
+    plain = Job(("a", "b"), b"in")
+    assert job_digest(plain) == hashlib.sha256(msgpack.packb([["a", "b"], b"in"])).hexdigest()
+    x, y = InputFile.from_bytes(b"x"), InputFile.from_bytes(b"y")
+    with_x = Job(("a", "b"), b"in", {"data": x})
+    digests = {
+        job_digest(plain),
+        job_digest(with_x),
+        job_digest(Job(("a", "b"), b"in", {"data": y})),  # another content
+        job_digest(Job(("a", "b"), b"in", {"other": x})),  # another name
+        job_digest(plain, files_digest({"/task/t": x})),  # the task's files
+        job_digest(with_x, files_digest({"/task/t": x})),
+        job_digest(with_x, files_digest({"/task/t": y})),
+    }
+    assert len(digests) == 7 and all(re.fullmatch("[0-9a-f]{64}", d) for d in digests)
+    assert job_digest(with_x) == job_digest(Job(("a", "b"), b"in", {"data": x}))
+
+
+def test_the_task_files_digest_is_empty_for_none_and_ignores_their_order():
+    x, y = InputFile.from_bytes(b"x"), InputFile.from_bytes(b"y")
+    assert files_digest({}) == ""
+    one = files_digest({"/task/a": x, "/task/b": y})
+    assert re.fullmatch("[0-9a-f]{64}", one)
+    assert files_digest({"/task/b": y, "/task/a": x}) == one
+    assert files_digest({"/task/a": y, "/task/b": x}) != one
+    assert files_digest({"/task/a": x, "/task/c": y}) != one
 
 
 def test_a_refusal_names_the_job_by_its_first_arguments():
