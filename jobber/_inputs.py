@@ -187,17 +187,14 @@ class Inputs:
         self._give_back(lambda h: h.dealer == dealer and not self._files_ready(h), why)
         self._runtime_dealer_gone(dealer)
 
-    def _give_back(self, which, why: str) -> set[str]:
+    def _give_back(self, which, why: str) -> None:
         """Buffered jobs `which` picks are given back unrun, ABANDONED (no fault of the
-        job's), and the partial files no job reads then forgotten. Returns their
-        dealers."""
+        job's), and the partial files no job reads then forgotten."""
         kept: deque[Held] = deque()
-        dealers: set[str] = set()
         shas: set[str] = set()
         for h in self.buffer:
             if which(h):
                 self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why[: p.MAX_STR]))
-                dealers.add(h.dealer)
                 shas |= {ref.hash for ref in (h.spec.files or {}).values()}
             else:
                 kept.append(h)
@@ -206,7 +203,6 @@ class Inputs:
             read = self.held_files()
             for sha in shas - read:
                 self._forget_partial(sha)
-        return dealers
 
     def _forget_partial(self, sha: str) -> None:
         """The core forgets partial file `sha`; so does the store (DropFile)."""
@@ -255,7 +251,6 @@ class Inputs:
                 self._send(link, p.Fetch(rid, sha, index))
                 link.sent(lane, rid, now)
                 link.fetches[lane] = (sha, index)
-                flying.setdefault(sha, set()).add(index)
 
     def _fetch_link(self, sha: str, dealers: list[str], now: float) -> Link | None:
         """The dealer to fetch file `sha` from now, among `dealers` (those whose buffered
@@ -423,17 +418,16 @@ class Inputs:
             self.disk_failed(f"cannot store an input file: {event.why}")
             self._files_lost(event.sha, "the jobber's disk is full or read-only")
 
-    def _files_lost(self, sha: str, why: str, dealers: set[str] | None = None) -> set[str]:
+    def _files_lost(self, sha: str, why: str, dealers: set[str] | None = None) -> None:
         """Buffered jobs that read file `sha` (those of `dealers` alone, if given) cannot
-        run here: given back unrun, ABANDONED (no fault of the job's). Returns their
-        dealers."""
+        run here: given back unrun, ABANDONED (no fault of the job's)."""
 
         def reads(h: Held) -> bool:
             return (dealers is None or h.dealer in dealers) and any(
                 ref.hash == sha for ref in (h.spec.files or {}).values()
             )
 
-        return self._give_back(reads, why)
+        self._give_back(reads, why)
 
 
 def _misshapen(msg: p.Chunk, sha: str, index: int, size: int, with_digests: bool) -> str:

@@ -7,6 +7,7 @@ after a restart are tested at the end with a real directory."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 
@@ -250,7 +251,7 @@ def test_bad_chunks_are_dropped_back_the_dealer_off_and_are_asked_again():
 
 
 @pytest.mark.parametrize("flaw", ["hash", "index", "size", "length", "digest", "digests", "none"])
-def test_every_kind_of_bad_chunk_is_refused(flaw):
+def test_every_kind_of_bad_chunk_is_refused_and_the_log_says_why(flaw, caplog):
     data = content(CH + 100, seed=3)
     f = ref(data)
     j = core()
@@ -273,9 +274,23 @@ def test_every_kind_of_bad_chunk_is_refused(flaw):
         fields["digests"] = m.digests[:1]
     elif flaw == "none":
         fields["digests"] = None
-    j.received(LIVE, p.Chunk(**fields), 0.1)
+    with caplog.at_level(logging.WARNING, logger="jobber._core"):
+        j.received(LIVE, p.Chunk(**fields), 0.1)
     assert not of(j.take_actions(), c.KeepChunk)
     assert j.links[LIVE].backoff.failures == 1
+    # the lender's log says which dealer sent what, and what was wrong with it
+    why = {
+        "hash": f"it is chunk 0 of {'ee' * 6}, not the one asked",
+        "index": f"it is chunk 1 of {f.hash[:12]}, not the one asked",
+        "size": f"it says the file is {f.size + 1:,} bytes, not {f.size:,}",
+        "length": f"{CH - 1:,} bytes, not {CH:,}",
+        "digest": "its bytes do not match its digest",
+        "digests": "no digests for its 2 chunks",
+        "none": "no digests for its 2 chunks",
+    }[flaw]
+    assert f"dealer {LIVE}: chunk 0 of input file {f.hash[:12]} refused: {why}; failure 1" in (
+        caplog.text
+    )
 
 
 def test_a_chunk_answering_no_fetch_is_refused():
@@ -544,3 +559,241 @@ def test_a_dealer_busy_for_ever_keeps_its_waiting_job_only_until_its_deadline():
     assert back["t.0"].status is p.Status.ABANDONED and "deadline" in back["t.0"].detail
     assert now == 101.0 and asked == 10  # asked every 10 s, never backed off
     assert j.links[LIVE].backoff.failures == 0
+
+
+# --- what the store says it holds, and what a job may name --------------------------------
+
+
+def test_a_partial_file_the_store_no_longer_holds_is_fetched_from_chunk_0_again():
+    data = content(CH + 10, seed=20)
+    f = ref(data)
+    j = core()
+    j.files_updated([], {f.hash: c.Partial(f.size, digests(data), {0})})
+    j.files_updated([], {})  # the store lost it since (say, its chunk 0 failed a re-check)
+    take(j, spec("t.0", {"/d": f}))
+    j.tick(0.0)
+    # not chunk 1 against digests the store no longer keeps: from the start
+    assert [(x.hash, x.chunk) for x in fetches(j.take_actions())] == [(f.hash, 0)]
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_who_sent_a_partial_files_digests_is_kept_while_the_store_keeps_those_digests(same):
+    """The shell reports the store after each chunk: the dealer whose chunk 0 brought the
+    digests stays blamed for a bad file while the store keeps its digests, not after."""
+    data = content(CH + 10, seed=21)
+    f = ref(data)
+    j = core()
+    take(j, spec("t.0", {"/d": f}))
+    j.tick(0.0)
+    (f0,) = fetches(j.take_actions())
+    j.received(LIVE, chunk(f0.id, data, 0), 0.1)
+    keep_all(j, j.take_actions())
+    kept = digests(data) if same else digests(content(CH + 10, seed=22))
+    j.files_updated([], {f.hash: c.Partial(f.size, kept, {0})})
+    j.handle(c.FileBad(f.hash, "ee" * 32), 0.2)
+    back = given_back(j.take_actions())
+    if same:  # LIVE made it: its job goes back, and it is asked less
+        assert "hash to" in back["t.0"].detail
+        assert j.links[LIVE].ask_after >= c.REFUSED_PAYLOAD_WAIT_S
+    else:  # begun from digests no dealer of this run sent: nobody blamed, it waits on
+        assert not back and [h.spec.tag for h in j.buffer] == ["t.0"]
+        assert j.links[LIVE].ask_after < c.REFUSED_PAYLOAD_WAIT_S
+
+
+@pytest.mark.parametrize("held", ["whole", "partial"])
+def test_a_job_naming_a_file_held_at_another_size_is_invalid(held):
+    sha = "cd" * 32
+    j = core()
+    if held == "whole":
+        j.files_updated([(sha, 100)], {})
+    else:
+        j.files_updated([], {sha: c.Partial(100, (b"\0" * 32,), {0})})
+    back = given_back(take(j, spec("t.0", {"/d": p.FileRef(sha, 200)}), spec("t.1")))
+    assert back["t.0"].status is p.Status.INVALID
+    assert f"input file /d ({sha[:12]}) is 100 bytes, not 200" in back["t.0"].detail
+    assert "t.1" not in back  # the others in the same message are taken
+
+
+def test_an_empty_input_file_takes_no_room_in_the_cache():
+    empty = p.FileRef(hashlib.sha256(b"").hexdigest(), 0)
+    j = core(cache_bytes=MIB)
+    assert not given_back(take(j, spec("t.0", {"/e": empty})))
+    j.links[LIVE].ask_after = 0.0
+    rest = p.FileRef("c3" * 32, MIB - 1000)  # all the payload's 1000 bytes leave
+    assert not given_back(take(j, spec("t.1", {"/r": rest}), now=0.5))  # exactly full
+    assert [h.spec.tag for h in j.buffer] == ["t.0", "t.1"]
+
+
+def test_payloads_over_the_cache_leave_input_files_nothing():
+    j = core(cache_bytes=10 * MIB)
+    take(j, spec("t.0", {"/a": p.FileRef("c1" * 32, 100)}))
+    j.cache_updated({SHA: (8 * MIB, 4 * MIB)})  # its payload, compiled: past the cache
+    assert j.files_allowance() == 0
+
+
+def test_of_a_jobs_files_only_those_not_held_are_fetched():
+    held, wanted = p.FileRef("c1" * 32, 10), p.FileRef("c2" * 32, 10)
+    j = core()
+    j.files_updated([(held.hash, 10)], {})
+    take(j, spec("t.0", {"/a": held, "/b": wanted}))
+    j.tick(0.0)
+    assert [(x.hash, x.chunk) for x in fetches(j.take_actions())] == [(wanted.hash, 0)]
+
+
+# --- jobs that wait, and the dealer's answers to fetches ------------------------------------
+
+
+def test_only_the_jobs_past_their_deadline_are_given_back_for_want_of_files():
+    f = p.FileRef("cd" * 32, 10)
+    j = core()
+    short = p.JobSpec("t.0", SHA, (), b"", LIMITS, 5.0, {"/x": f})
+    take(j, short, spec("t.1", {"/x": f}))  # t.1's deadline: 100 s
+    j.tick(10.0)
+    back = given_back(j.take_actions())
+    assert list(back) == ["t.0"] and "deadline" in back["t.0"].detail
+    assert back["t.0"].fuel == 0 and not back["t.0"].output  # given back unrun
+    assert [h.spec.tag for h in j.buffer] == ["t.1"]  # its own deadline is far: it waits
+
+
+def _answer_next_fetch(j: c.JobberCore, now: float, reply) -> dict[str, p.Result]:
+    """The next fetch the core sends at `now` is answered `reply(fetch)`; the jobs that
+    are given back then."""
+    j.tick(now)
+    (fe,) = fetches(j.take_actions())
+    j.received(LIVE, reply(fe), now)
+    return given_back(j.take_actions())
+
+
+def test_denied_counts_in_a_row_a_chunk_or_busy_between_starts_it_again():
+    data = content(CH + 10, seed=23)
+    f = ref(data)
+    j = core(request_timeout_s=1000.0)
+    take(j, p.JobSpec("t.0", SHA, (), b"", LIMITS, 10_000.0, {"/x": f}))
+
+    def denied(fe):
+        return p.Error(fe.id, p.ErrorCode.DENIED, "banned")
+
+    def busy(fe):
+        return p.Error(fe.id, p.ErrorCode.BUSY, "busy", retry_s=1.0)
+
+    def genuine(fe):
+        return chunk(fe.id, data, fe.chunk)
+
+    now = 0.0
+    for reply in [denied, denied, busy, denied, denied, genuine, denied, denied]:
+        now += 100.0  # past any backoff
+        assert not _answer_next_fetch(j, now, reply)  # never three denials in a row
+    keep_all(j, [])
+    assert [h.spec.tag for h in j.buffer] == ["t.0"]
+    back = _answer_next_fetch(j, now + 100.0, denied)  # the third in a row
+    assert "denies" in back["t.0"].detail
+    # and it is asked for no file again: a later job of its gets no fetch out to it
+    j.received(LIVE, p.Jobs(j.links[LIVE].bored_id, (spec("t.1", {"/x": f}),)), now + 200.0)
+    assert [h.spec.tag for h in j.buffer] == ["t.1"]
+    j.tick(now + 250.0)  # its backoff over, t.1's deadline not yet
+    assert not fetches(j.take_actions())
+
+
+def test_busy_is_an_answer_the_fetch_never_times_out_after_it():
+    j = core(request_timeout_s=2.0)
+    take(j, spec("t.0", {"/x": p.FileRef("cd" * 32, 10)}))
+    j.tick(0.0)
+    (fe,) = fetches(j.take_actions())
+    j.received(LIVE, p.Error(fe.id, p.ErrorCode.BUSY, "busy", retry_s=30.0), 0.1)
+    actions = _quiet_until(j, 0.2, 10.0)
+    assert c.Reset(LIVE) not in actions and j.links[LIVE].backoff.failures == 0
+
+
+def test_a_chunk_no_job_needs_any_more_is_an_answer_all_the_same():
+    data = content(100, seed=24)
+    f = ref(data)
+    j = core(request_timeout_s=10.0)
+    take(j, p.JobSpec("t.0", SHA, (), b"", LIMITS, 5.0, {"/x": f}))
+    j.tick(0.0)
+    (fe,) = fetches(j.take_actions())
+    j.tick(6.0)  # past its deadline: given back
+    assert "t.0" in given_back(j.take_actions())
+    j.received(LIVE, chunk(fe.id, data, 0), 6.5)  # its fetch answered late
+    assert not of(j.take_actions(), c.KeepChunk)  # no job reads it: nothing kept
+    actions = _quiet_until(j, 7.0, 15.0)  # past the fetch's deadline: nothing is out
+    assert c.Reset(LIVE) not in actions and j.links[LIVE].backoff.failures == 0
+
+
+def _quiet_until(j: c.JobberCore, start: float, end: float) -> list:
+    """Turns from `start` to `end`, a second apart: LIVE answers its `alive` and ask out
+    (no work) at once, and nothing else. All the actions."""
+    out, now, link = [], start, j.links[LIVE]
+    while now <= end:
+        j.tick(now)
+        out += j.take_actions()
+        if link.alive_id is not None:
+            j.received(LIVE, p.AliveAck(link.alive_id, 60.0), now)
+        if link.bored_id is not None:
+            j.received(LIVE, p.RetryLater(link.bored_id, 0.5), now)
+        out += j.take_actions()
+        now += 1.0
+    return out
+
+
+def test_a_chunk_bringing_other_digests_than_chunk_0_s_is_refused(caplog):
+    data = content(CH + 10, seed=25)
+    f = ref(data)
+    j = core()
+    take(j, spec("t.0", {"/d": f}))
+    j.tick(0.0)
+    (f0,) = fetches(j.take_actions())
+    j.received(LIVE, chunk(f0.id, data, 0), 0.1)
+    keep_all(j, j.take_actions())
+    j.tick(0.2)
+    (f1,) = fetches(j.take_actions())
+    other = digests(content(CH + 10, seed=26))
+    m = chunk(f1.id, data, 1)  # its bytes are right; the digests it brings are not
+    with caplog.at_level(logging.WARNING, logger="jobber._core"):
+        j.received(LIVE, p.Chunk(m.re, m.hash, 1, m.size, m.data, other), 0.3)
+    assert not of(j.take_actions(), c.KeepChunk)
+    assert j.links[LIVE].backoff.failures == 1  # its own digests: its fault
+    assert "its digests differ from chunk 0's" in caplog.text
+
+
+def test_a_learnt_key_in_doubt_is_checked_for_a_fetch_even_while_no_work_is_asked():
+    j = core(request_timeout_s=2.0)
+    link = j.links[LIVE]
+    link.key_from_hello = True
+    take(j, spec("t.0", {"/x": p.FileRef("cd" * 32, 10)}))
+    link.ask_after = 1000.0  # it said: no work for a while (so no ask goes, nor its hello)
+    j.tick(0.0)
+    assert len(fetches(j.take_actions())) == 1
+    j.tick(3.0)  # the fetch timed out: the key in doubt
+    j.take_actions()
+    j.tick(50.0)
+    actions = j.take_actions()
+    (hello,) = of(actions, c.Hello)  # asked for the fetch's sake
+    assert not fetches(actions)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 50.1)
+    j.tick(50.2)
+    assert [x.chunk for x in fetches(j.take_actions())] == [0]
+
+
+# --- the disk refuses an input file --------------------------------------------------------
+
+
+def test_a_disk_that_will_not_keep_a_chunk_gives_its_files_jobs_back_and_stops_the_rest():
+    f, g = p.FileRef("c1" * 32, 10), p.FileRef("c2" * 32, 10)
+    j = core(request_timeout_s=1000.0)
+    take(j, spec("t.0", {"/f": f}), spec("t.1", {"/g": g}))
+    j.tick(0.0)
+    out = {x.hash: x for x in fetches(j.take_actions())}
+    assert set(out) == {f.hash, g.hash}
+    j.received(LIVE, p.Error(out[g.hash].id, p.ErrorCode.BUSY, "busy", retry_s=1.0), 0.1)
+    j.handle(c.FileStoreFailed(f.hash, "No space left on device"), 0.1)
+    back = given_back(j.take_actions())
+    assert list(back) == ["t.0"] and back["t.0"].status is p.Status.ABANDONED
+    assert "disk is full or read-only" in back["t.0"].detail
+    assert "cannot store an input file: No space left on device" in j.disk_trouble
+    j.tick(2.0)
+    actions = j.take_actions()
+    assert of(actions, c.ProbeDisk)  # the disk is probed until it takes writes again
+    assert not of(actions, c.Send)  # no fetch, no ask for work
+    j.disk_ok()
+    j.tick(3.0)
+    assert [x.hash for x in fetches(j.take_actions())] == [g.hash]

@@ -74,11 +74,16 @@ def sent_fetches(actions) -> list[tuple[str, p.Fetch]]:
     return [(a.dealer, a.msg) for a in of(actions, c.Send) if isinstance(a.msg, p.Fetch)]
 
 
-def both_read(j: c.JobberCore, f: p.FileRef) -> None:
-    """m.0 from LIVE and h.0 from LIVE2 both read `f`; no fetch out yet."""
-    take_from(j, LIVE, spec("m.0", {"/x": f}))
-    take_from(j, LIVE2, spec("h.0", {"/x": f}), now=0.1)
-    for link in j.links.values():  # the fetches the asks' ticks sent are forgotten
+def both_read(j: c.JobberCore, f: p.FileRef, n: int = 0, now: float = 0.0) -> None:
+    """m.`n` from LIVE and h.`n` from LIVE2 both read `f`; no fetch out yet."""
+    take_from(j, LIVE, spec(f"m.{n}", {"/x": f}), now=now)
+    take_from(j, LIVE2, spec(f"h.{n}", {"/x": f}), now=now + 0.1)
+    forget_fetches(j)
+
+
+def forget_fetches(j: c.JobberCore) -> None:
+    """The fetches out are forgotten (those the asks' ticks sent, before the test's own)."""
+    for link in j.links.values():
         for lane in list(link.fetches):
             link.req.forget(lane)
         link.fetches.clear()
@@ -477,3 +482,180 @@ def test_the_checker_checks_complete_files_off_the_loop(tmp_path):
         assert sorted(x.name for x in tmp_path.iterdir()) == [gf.hash]
     finally:
         checker.stop()
+
+
+# --- which dealer, whom to blame, and what a start over leaves ------------------------------
+
+
+def answer_asks(j: c.JobberCore, now: float) -> None:
+    """Each dealer answers its `alive` and its ask for work (none for now) out, at once."""
+    for addr, link in j.links.items():
+        if link.alive_id is not None:
+            j.received(addr, p.AliveAck(link.alive_id, 60.0), now)
+        if link.bored_id is not None:
+            j.received(addr, p.RetryLater(link.bored_id, 0.5), now)
+
+
+def lied_chunk(re_: int, data: bytes, index: int, with_digests: bool) -> p.Chunk:
+    """Chunk `index` of a lie about `data`'s file: zeros, with digests to match."""
+    zeros = bytes(len(data))
+    m = chunk(re_, zeros, index, with_digests)
+    return p.Chunk(re_, ref(data).hash, index, len(data), m.data, m.digests)
+
+
+def fetch_out_from_before(j: c.JobberCore, dealer: str, sha: str, index: int) -> int:
+    """`dealer` has a fetch of chunk `index` of `sha` out, from before (as when another
+    dealer was backed off for a while): its id."""
+    j.links[dealer].fetches["fetch7"] = (sha, index)
+    j.links[dealer].sent("fetch7", 999, 0.0)
+    return 999
+
+
+def test_a_dropped_dealers_jobs_waiting_for_files_go_back_and_no_other_dealers():
+    f, g = p.FileRef("c1" * 32, 10), p.FileRef("c2" * 32, 10)
+    j = core2()
+    take_from(j, LIVE, spec("m.0", {"/x": f}))
+    take_from(j, LIVE2, spec("h.0", {"/y": g}), now=0.1)
+    j._drop(j.links[LIVE], 1.0)
+    back = given_back(j.take_actions())
+    assert list(back) == ["m.0"] and "dropped" in back["m.0"].detail
+    assert [h.spec.tag for h in j.buffer] == ["h.0"]  # its dealer is there: it waits on
+
+
+def test_a_file_comes_from_a_dealer_that_failed_no_contact_before_one_that_did():
+    data = content(100, seed=3)
+    f = ref(data)
+    j = core2()
+    both_read(j, f)
+    j.links[LIVE].req.failed(0.2)  # LIVE failed a contact; its backoff ends in seconds
+    assert j.links[LIVE].backoff.ready(50.0)
+    j.tick(50.0)  # either may be asked: the one that did not fail, though it is second
+    actions = j.take_actions()
+    assert not given_back(actions)
+    assert [(d, m.chunk) for d, m in sent_fetches(actions)] == [(LIVE2, 0)]
+
+
+def test_a_bad_whole_file_blames_every_dealer_whose_chunks_made_it(tmp_path):
+    data = content(CH + 100, seed=5)
+    f = ref(data)
+    store = FileStore(tmp_path)
+    j = core2()
+    both_read(j, f)
+    j.tick(0.2)
+    ((dealer, f0),) = sent_fetches(j.take_actions())
+    assert dealer == LIVE
+    j.received(LIVE, lied_chunk(f0.id, data, 0, True), 0.3)  # digests of zeros
+    keep_all(j, j.take_actions(), store)
+    j.links[LIVE].req.failed(0.35)  # LIVE backed off: chunk 1 comes from LIVE2
+    j.tick(0.4)
+    ((dealer, f1),) = sent_fetches(j.take_actions())
+    assert (dealer, f1.chunk) == (LIVE2, 1)
+    j.received(LIVE2, lied_chunk(f1.id, data, 1, False), 0.5)  # the same lie: it matches
+    actions = j.take_actions()
+    assert [k.index for k in of(actions, c.KeepChunk)] == [1]
+    keep_all(j, actions, store)  # whole: the store finds it hashes to the zeros' hash
+    back = given_back(j.take_actions())
+    assert set(back) == {"m.0", "h.0"}  # LIVE's digests and LIVE2's chunk made it
+    assert all("hash to" in r.detail for r in back.values())
+    assert all(j.links[d].ask_after >= c.REFUSED_PAYLOAD_WAIT_S for d in (LIVE, LIVE2))
+
+
+def test_a_start_over_asks_the_disagreeing_dealer_first_and_leaves_other_fetches_alone():
+    """LIVE lies about f (zeros, digests to match); LIVE2's genuine chunk 1 disagrees: f
+    starts over, its chunk 0 asked of LIVE2 though LIVE, first in the buffer, failed
+    nothing; LIVE's answers to fetches of f from before answer for nothing (they cannot
+    start it over again), while its fetch of another file, g, is answered and kept."""
+    data, gdata = content(3 * CH, seed=30), content(CH + 5, seed=31)
+    f, g = ref(data), ref(gdata)
+    j = core2(request_timeout_s=5.0)
+    take_from(j, LIVE, spec("m.0", {"/x": f}), spec("m.1", {"/y": g}))
+    take_from(j, LIVE2, spec("h.0", {"/x": f}), now=0.1)
+    answer_asks(j, 0.1)
+    forget_fetches(j)
+    j.tick(0.2)
+    first = {m.hash: m for _, m in sent_fetches(j.take_actions())}
+    assert {(h, m.chunk) for h, m in first.items()} == {(f.hash, 0), (g.hash, 0)}
+    j.received(LIVE, lied_chunk(first[f.hash].id, data, 0, True), 0.3)
+    keep_all(j, j.take_actions())
+    j.tick(0.4)
+    out = sent_fetches(j.take_actions())
+    assert sorted((d, m.chunk) for d, m in out) == [(LIVE, 1), (LIVE, 2)]
+    rid = fetch_out_from_before(j, LIVE2, f.hash, 1)
+    j.received(LIVE2, chunk(rid, data, 1), 0.5)  # genuine: it fails LIVE's digests
+    assert of(j.take_actions(), c.DropFile) == [c.DropFile(f.hash)]
+    j.tick(0.6)
+    ((dealer, again),) = sent_fetches(j.take_actions())
+    assert (dealer, again.chunk, j.links[LIVE].backoff.failures) == (LIVE2, 0, 0)
+    j.received(LIVE2, chunk(again.id, data, 0), 0.7)
+    keep_all(j, j.take_actions())
+    assert j.partials[f.hash].source == LIVE2
+    for _, m in out:  # LIVE's lies from before: taken, nothing kept, nothing dropped
+        j.received(LIVE, lied_chunk(m.id, data, m.chunk, False), 0.8)
+    actions = j.take_actions()
+    assert not of(actions, c.KeepChunk) and not of(actions, c.DropFile)
+    assert j.partials[f.hash].have == {0} and j.links[LIVE].backoff.failures == 0
+    j.received(LIVE, chunk(first[g.hash].id, gdata, 0), 0.9)  # g's fetch went on
+    assert [(k.sha, k.index) for k in of(j.take_actions(), c.KeepChunk)] == [(g.hash, 0)]
+    # every answer ended its request: nothing times out, nobody is blamed
+    now, seen = 1.0, []
+    while now < 8.0:
+        j.tick(now)
+        actions = j.take_actions()
+        seen += actions
+        answer_asks(j, now)
+        for dealer, m in sent_fetches(actions):
+            got = {f.hash: data, g.hash: gdata}[m.hash]
+            j.received(dealer, chunk(m.id, got, m.chunk), now)
+        keep_all(j, j.take_actions())
+        now += 0.5
+    assert f.hash in j.files_held and g.hash in j.files_held
+    assert not of(seen, c.Reset) and j.links[LIVE2].backoff.failures == 0
+
+
+def _chunk_0_kept_then_lost(j, data):
+    j.tick(1.0)
+    ((dealer, g0),) = sent_fetches(j.take_actions())
+    assert dealer == LIVE2  # the start over's first ask
+    j.received(LIVE2, lied_chunk(g0.id, data, 0, True), 1.1)
+    keep_all(j, j.take_actions())
+    j.files_updated([], {})  # the store lost it since
+    return 2.0
+
+
+def _no_job_reads_it(j, data):
+    j.tick(101.0)  # both jobs past their deadlines
+    assert set(given_back(j.take_actions())) == {"m.0", "h.0"}
+    both_read(j, ref(data), n=1, now=102.0)  # it is read again
+    return 103.0
+
+
+def _kept_whole(j, data):
+    j.handle(c.FileKept(ref(data).hash, len(data)), 1.0)  # the store's check, under way
+    j.files_updated([], {})  # the store lost it since
+    return 2.0
+
+
+@pytest.mark.parametrize("end", [_chunk_0_kept_then_lost, _no_job_reads_it, _kept_whole])
+def test_a_start_over_asks_its_dealer_first_only_until_it_is_done_with(end):
+    """The dealer whose chunk started a file over is asked its chunk 0 first only for that
+    chunk 0: once it came, once no job reads the file, or once the file proved whole,
+    a file fetched again from chunk 0 is asked in the buffer's order."""
+    data = content(CH + 100, seed=32)
+    f = ref(data)
+    j = core2()
+    both_read(j, f)
+    j.tick(0.2)
+    ((_, f0),) = sent_fetches(j.take_actions())
+    j.received(LIVE, chunk(f0.id, data, 0), 0.3)  # genuine
+    j.take_actions()
+    j.tick(0.4)
+    ((_, f1),) = sent_fetches(j.take_actions())
+    j.received(LIVE, chunk(f1.id, data, 1), 0.5)  # all of it came
+    j.take_actions()
+    rid = fetch_out_from_before(j, LIVE2, f.hash, 1)
+    j.received(LIVE2, lied_chunk(rid, data, 1, False), 0.6)  # LIVE2 lies: a start over
+    assert of(j.take_actions(), c.DropFile)
+    now = end(j, data)
+    forget_fetches(j)
+    j.tick(now)
+    assert [(d, m.chunk) for d, m in sent_fetches(j.take_actions())] == [(LIVE, 0)]
