@@ -143,7 +143,7 @@ class _Replica:
 class _Job:
     id: int
     job: Job
+    group: FilesKey  # its file set (dealer._locality)
     replicas: list[_Replica] = field(default_factory=list)
     digest: str = ""  # job_digest(job), as its Drawn record says
-    files: Mapping[str, InputFile] = field(default_factory=dict, compare=False)  # by guest path
-    group: FilesKey = (frozenset(), 0)  # its file set (dealer._locality)
+    files: Mapping[str, InputFile] = field(default_factory=dict)  # by guest path

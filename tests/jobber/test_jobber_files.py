@@ -527,7 +527,8 @@ def test_busy_is_no_failure_the_chunk_is_asked_again_after_retry_s_and_asking_go
     j.tick(2.1)
     (again,) = fetches(j.take_actions())
     assert (again.hash, again.chunk) == (f.hash, 0) and again.id != first.id
-    # no retry_s said: BUSY_WAIT_S
+    # no retry_s said: BUSY_WAIT_S, the second docs/protocol.md gives the reference jobber
+    assert c.BUSY_WAIT_S == 1.0
     j.received(LIVE, p.Error(again.id, p.ErrorCode.BUSY, "busy"), 3.0)
     j.tick(3.0 + c.BUSY_WAIT_S - 0.01)
     assert not fetches(j.take_actions())
