@@ -70,13 +70,27 @@ PUBLIC_REQUEST_BYTES = 64 * 1024
 # messages queued per connection; the reference jobber has 2 in flight (and a dealer's
 # jobber, up to MAX_FETCHES = 8 fetches besides)
 RCVHWM = 8
+
+
+def hwm_for(replies: int) -> int:
+    """The smallest SNDHWM under which `replies` replies queued for one connection are
+    never dropped. libzmq counts a reply as queued until the connection's I/O thread
+    reports it taken, and the I/O thread reports every (hwm + 1) // 2 replies it takes:
+    up to that many less one may be taken and not yet reported, and count still."""
+    if replies < 1:
+        raise ValueError(f"replies: {replies} (at least 1)")
+    return max(1, 2 * replies - 2)
+
+
 # replies queued per connection: the reference jobber has at most 3 requests out
 # (bored, results, alive); past it a reply is dropped, never buffered (libzmq's
 # default, 1,000, let 20 connections that never read hold 2 GB of status replies)
-SNDHWM = 4
+SNDHWM = hwm_for(3)
 # ... a dealer's work port: a jobber fetching an input file has up to MAX_FETCHES `fetch`
-# requests out besides those three, and each answer must be queued, not dropped
-DEALER_SNDHWM = SNDHWM + p.MAX_FETCHES
+# requests out besides those three, and each answer must be queued, not dropped (at
+# SNDHWM + MAX_FETCHES = 12 a jobber's 8 chunks out could be dropped, and its fetches
+# time out, when the I/O thread had not yet reported 5 it took)
+DEALER_SNDHWM = hwm_for(3 + p.MAX_FETCHES)
 # connections from one source (an IPv4 address, an IPv6 /64): a jobber needs one
 # per port; room for a few dozen machines behind one NAT address
 PER_SOURCE_CONNECTIONS = 32

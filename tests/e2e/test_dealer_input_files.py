@@ -17,6 +17,7 @@ import pytest
 import zmq
 from zmq.utils import z85
 
+from net._router import DEALER_SNDHWM
 from tests import flood
 from tests import wrong_jobber as wire
 from tests.helpers import free_port, wait_status
@@ -177,10 +178,10 @@ def test_a_file_that_changed_under_the_dealer_is_not_served(procs, tmp_path, ctx
         client.close()
 
 
-# what two connections that never read may cost the dealer: 13 chunk replies each (SNDHWM
-# 12, and one in libzmq's hands), a turn's 16 replies held until its commit, and slack
-# for malloc. Without a bound, their 600 fetches would be 2.4 GB of replies.
-UNREAD_FETCH_FLOOD_MB = 2 * 13 * 4 + 16 * 4 + 48
+# what two connections that never read may cost the dealer: DEALER_SNDHWM + 1 chunk
+# replies each (the mark, and one in libzmq's hands), a turn's 16 replies held until its
+# commit, and slack for malloc. Without a bound, their 600 fetches would be 2.4 GB.
+UNREAD_FETCH_FLOOD_MB = 2 * (DEALER_SNDHWM + 1) * 4 + 16 * 4 + 48
 
 
 def test_a_fetch_flood_nobody_reads_costs_what_the_caps_say_and_others_are_served(

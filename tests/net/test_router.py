@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 import protocol as p
 from net._gate import Conn, source_of
-from net._router import RouterServer, _peer_of
+from net._router import DEALER_SNDHWM, SNDHWM, RouterServer, _peer_of, hwm_for
 from tests.helpers import wait_for
 
 
@@ -166,3 +168,46 @@ def test_a_work_connection_on_a_closed_plaintext_connections_descriptor_counts_t
             os.close(h)
         ctx.destroy(linger=0)
         server.close()
+
+
+def _drops(hwm: int, replies: int, steps: list[int]) -> int:
+    """Replies dropped by a model of one libzmq pipe of mark `hwm`: the server writes
+    while the client has fewer than `replies` out; the I/O thread takes them one by one
+    and reports every (hwm + 1) // 2 taken (pipe_t::check_hwm and the activate_write
+    command). `steps`: the replies each turn of the client reads, then asks again."""
+    lwm = (hwm + 1) // 2
+    written = taken = reported = 0
+    queue = 0  # written, not yet taken by the I/O thread
+    out = 0  # the client's requests not yet answered or dropped
+    dropped = 0
+    for read in steps:
+        while out < replies:  # the client asks, the server answers at once
+            out += 1
+            if written - reported >= hwm:
+                dropped += 1
+                out -= 1  # never answered (the client's timeout)
+            else:
+                written += 1
+                queue += 1
+        for _ in range(min(read, queue)):
+            queue -= 1
+            taken += 1
+            out -= 1
+            if taken % lwm == 0:
+                reported = taken
+    return dropped
+
+
+@given(st.integers(1, 16), st.lists(st.integers(0, 20), max_size=60))
+def test_a_mark_from_hwm_for_drops_no_reply_however_the_client_reads(replies, steps) -> None:
+    assert _drops(hwm_for(replies), replies, steps) == 0
+
+
+def test_the_marks_are_those_of_the_requests_out_and_one_less_drops() -> None:
+    assert (SNDHWM, DEALER_SNDHWM) == (hwm_for(3), hwm_for(3 + p.MAX_FETCHES)) == (4, 20)
+    # one less than the mark for 11 replies out: a client that read 9 of its 11 (taken,
+    # not yet reported: the I/O thread reports every 10) asks 9 more, and one is lost.
+    # So was one at 12, the mark before (a jobber's 8 chunks and 3 requests out)
+    assert _drops(19, 11, [9, 0]) == 1
+    assert _drops(20, 11, [9, 0]) == 0
+    assert _drops(12, 11, [5, 5, 5, 5]) > 0
