@@ -184,8 +184,7 @@ def _drops(hwm: int, replies: int, steps: list[int]) -> int:
         while out < replies:  # the client asks, the server answers at once
             out += 1
             if written - reported >= hwm:
-                dropped += 1
-                out -= 1  # never answered (the client's timeout)
+                dropped += 1  # never answered: out until the client's timeout
             else:
                 written += 1
                 queue += 1
