@@ -117,6 +117,20 @@ def keep_all(j: c.JobberCore, actions, store: FileStore | None = None) -> list:
     return out
 
 
+def chunk_0_kept(seed: int) -> tuple[c.JobberCore, bytes, p.FileRef]:
+    """A core holding job t.0, whose two-chunk file has come as far as its chunk 0 (and
+    the digests with it), kept at 0.1."""
+    data = content(CH + 10, seed=seed)
+    f = ref(data)
+    j = core()
+    take(j, spec("t.0", {"/d": f}))
+    j.tick(0.0)
+    (f0,) = fetches(j.take_actions())
+    j.received(LIVE, chunk(f0.id, data, 0), 0.1)
+    keep_all(j, j.take_actions())
+    return j, data, f
+
+
 # --- what a jobber says and takes -----------------------------------------------------
 
 
@@ -581,14 +595,7 @@ def test_a_partial_file_the_store_no_longer_holds_is_fetched_from_chunk_0_again(
 def test_who_sent_a_partial_files_digests_is_kept_while_the_store_keeps_those_digests(same):
     """The shell reports the store after each chunk: the dealer whose chunk 0 brought the
     digests stays blamed for a bad file while the store keeps its digests, not after."""
-    data = content(CH + 10, seed=21)
-    f = ref(data)
-    j = core()
-    take(j, spec("t.0", {"/d": f}))
-    j.tick(0.0)
-    (f0,) = fetches(j.take_actions())
-    j.received(LIVE, chunk(f0.id, data, 0), 0.1)
-    keep_all(j, j.take_actions())
+    j, data, f = chunk_0_kept(seed=21)
     kept = digests(data) if same else digests(content(CH + 10, seed=22))
     j.files_updated([], {f.hash: c.Partial(f.size, kept, {0})})
     j.handle(c.FileBad(f.hash, "ee" * 32), 0.2)
@@ -737,14 +744,7 @@ def _quiet_until(j: c.JobberCore, start: float, end: float) -> list:
 
 
 def test_a_chunk_bringing_other_digests_than_chunk_0_s_is_refused(caplog):
-    data = content(CH + 10, seed=25)
-    f = ref(data)
-    j = core()
-    take(j, spec("t.0", {"/d": f}))
-    j.tick(0.0)
-    (f0,) = fetches(j.take_actions())
-    j.received(LIVE, chunk(f0.id, data, 0), 0.1)
-    keep_all(j, j.take_actions())
+    j, data, f = chunk_0_kept(seed=25)
     j.tick(0.2)
     (f1,) = fetches(j.take_actions())
     other = digests(content(CH + 10, seed=26))

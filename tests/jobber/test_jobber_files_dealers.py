@@ -104,6 +104,20 @@ def serve(j: c.JobberCore, data: bytes, store: FileStore, now: float, rounds: in
 # --- the cache: files in hand counted at their size ------------------------------------
 
 
+def first_fetch_of_both(tmp_path):
+    """A core whose buffered jobs from both dealers read one two-chunk file, kept in a
+    real store under `tmp_path`: the core, the file's bytes and ref, the store, and the
+    dealer and `fetch` of its chunk 0, sent at 0.2."""
+    data = content(CH + 100, seed=5)
+    f = ref(data)
+    store = FileStore(tmp_path)
+    j = core2()
+    both_read(j, f)
+    j.tick(0.2)
+    ((dealer, f0),) = sent_fetches(j.take_actions())
+    return j, data, f, store, dealer, f0
+
+
 def test_files_in_hand_count_at_their_size_across_jobs_messages():
     j = core(cache_bytes=12 * MIB, input_mb=12)
     a, b = p.FileRef("c1" * 32, 10 * MIB), p.FileRef("c2" * 32, 10 * MIB)
@@ -182,13 +196,7 @@ def test_a_silent_dealer_times_out_and_the_file_comes_from_the_other():
 def test_a_chunk_that_fails_another_dealers_digests_starts_the_file_over_blaming_neither(
     tmp_path,
 ):
-    data = content(CH + 100, seed=5)
-    f = ref(data)
-    store = FileStore(tmp_path)
-    j = core2()
-    both_read(j, f)
-    j.tick(0.2)
-    ((dealer, f0),) = sent_fetches(j.take_actions())
+    j, data, f, store, dealer, f0 = first_fetch_of_both(tmp_path)
     assert (dealer, f0.chunk) == (LIVE, 0)
     bogus = bytes(len(data))  # LIVE lies: its chunk 0 and digests are of other bytes
     ds = (hashlib.sha256(bogus[:CH]).digest(), hashlib.sha256(bogus[CH:]).digest())
@@ -536,13 +544,7 @@ def test_a_file_comes_from_a_dealer_that_failed_no_contact_before_one_that_did()
 
 
 def test_a_bad_whole_file_blames_every_dealer_whose_chunks_made_it(tmp_path):
-    data = content(CH + 100, seed=5)
-    f = ref(data)
-    store = FileStore(tmp_path)
-    j = core2()
-    both_read(j, f)
-    j.tick(0.2)
-    ((dealer, f0),) = sent_fetches(j.take_actions())
+    j, data, f, store, dealer, f0 = first_fetch_of_both(tmp_path)
     assert dealer == LIVE
     j.received(LIVE, lied_chunk(f0.id, data, 0, True), 0.3)  # digests of zeros
     keep_all(j, j.take_actions(), store)
