@@ -20,6 +20,7 @@ import zmq
 
 import protocol as p
 from dealer._core import CoreError, JournalMismatch
+from dealer._fileserver import ALL_SOURCES, SERVE_MIB_S
 from dealer._journal import AFRESH, Journal, JournalError, move_aside
 from dealer._policy import BACKUPS, DENY_AFTER, LEASE_S, QUOTA, policy_for
 from dealer._print import print_jobbers
@@ -164,6 +165,15 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         f"{PER_SOURCE_CONNECTIONS}): raise it for more jobbers behind one NAT address",
     )
     g.add_argument(
+        "--serve-mib-s",
+        type=float,
+        default=SERVE_MIB_S,
+        metavar="MIB",
+        help="input files one source address may fetch, MiB a second after a burst; all "
+        f"sources together {ALL_SOURCES} times that (default {SERVE_MIB_S:g}: about a "
+        "gigabit link)",
+    )
+    g.add_argument(
         "--distinct",
         choices=DISTINCT,
         default=None,
@@ -288,6 +298,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             signer=signer,
             http=None if args.http is None else parse_http(args.http),
             per_source=args.max_per_address,
+            serve_mib_s=args.serve_mib_s,
         )
     except (JournalError, CoreError, ValueError, OSError) as e:
         if journal is not None:

@@ -19,11 +19,12 @@ from tasks import InputFile, InputFileError, Payload
 
 log = logging.getLogger(__name__)
 
-# `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address, 32
-# chunks a second (128 MiB/s) after a burst of 16 (two jobbers' 8 fetches out); in all,
-# 128 a second (512 MiB/s) after a burst of 64: what serving files can cost, whoever asks
-FETCH_PER_S, FETCH_BURST = 32.0, 16.0
-ALL_FETCH_PER_S, ALL_FETCH_BURST = 128.0, 64.0
+# `fetch` (4 MiB read, hashed and sent for a 60-byte request): per source address,
+# SERVE_MIB_S (128 MiB/s, 32 chunks a second: about a gigabit link) after a burst of 16
+# chunks (two jobbers' 8 fetches out); in all, ALL_SOURCES times that after a burst of 64:
+# what serving files can cost, whoever asks. The dealer's --serve-mib-s sets SERVE_MIB_S.
+SERVE_MIB_S = 128.0
+FETCH_BURST, ALL_FETCH_BURST, ALL_SOURCES = 16.0, 64.0, 4
 # chunks served in one turn of the loop: a turn's replies are all held until its commit
 # (net._router), so this bounds what they hold (64 MiB) and how long the turn reads
 FETCH_PER_TURN = 16
@@ -33,13 +34,23 @@ class FileServer:
     """The chunks of a batch's input files, and of its runtime's module (`module`, if its
     payload is a pinned runtime), served; what was served, counted."""
 
-    def __init__(self, module: InputFile | None = None) -> None:
+    def __init__(self, module: InputFile | None = None, serve_mib_s: float = SERVE_MIB_S) -> None:
+        """`serve_mib_s`: what one source address may fetch, in MiB a second (after a
+        burst); all sources together may fetch ALL_SOURCES times that."""
+        if not serve_mib_s > 0:
+            raise ValueError(f"--serve-mib-s must be above 0, not {serve_mib_s:g}")
         self.module = module
         self.fetches = 0  # chunks of input files served
         self.busy = 0  # fetches answered `busy` (the ration, or the turn's share)
         self.served_bytes = 0
-        self.ration = Ration(FETCH_PER_S, FETCH_BURST, ALL_FETCH_PER_S, ALL_FETCH_BURST)
+        # chunks a second per source address, and in all
+        self.per_s = serve_mib_s * (1 << 20) / p.CHUNK_BYTES
+        burst = max(FETCH_BURST, self.per_s / 2)
+        all_burst = max(ALL_FETCH_BURST, ALL_SOURCES * burst)
+        self.ration = Ration(self.per_s, burst, ALL_SOURCES * self.per_s, all_burst)
         self._this_turn = 0  # chunks read this turn (see FETCH_PER_TURN)
+        # file hash -> the chunks found right, with the file's identity then (read_chunk)
+        self._checked: dict[str, dict[int, tuple]] = {}
 
     def turn(self) -> None:
         """A new turn of the loop: it may serve FETCH_PER_TURN chunks again."""
@@ -62,8 +73,9 @@ class FileServer:
         denied: bool = False,
     ) -> p.Message:
         """One chunk of an input file a job of this batch reads, read from its file now
-        (one pread and one SHA-256 of at most CHUNK_BYTES, checked against the digest
-        taken when the task was built). Rationed per source address and in all, as
+        (one pread; the first time, and whenever the file's identity changed since, one
+        SHA-256 of at most CHUNK_BYTES, checked against the digest taken when the task
+        was built). Rationed per source address and in all, as
         `status` is (net._router): past the ration, an error of code `busy` whose
         `retry_s` says when to ask again (the jobber counts it no failure)."""
         if denied:
@@ -80,7 +92,7 @@ class FileServer:
             wait_s, what = 0.05, f"{FETCH_PER_TURN} chunks are served a turn"
         else:
             wait_s = self.ration.take(source_of(peer.address), now)
-            what = f"fetch is rationed to {FETCH_PER_S:g} chunks a second per address"
+            what = f"fetch is rationed to {self.per_s:g} chunks a second per address"
         if wait_s > 0:
             self.busy += 1
             wait_s = max(wait_s, 0.05)
@@ -88,7 +100,7 @@ class FileServer:
             return p.Error(msg.id, p.ErrorCode.BUSY, why, retry_s=wait_s)
         self._this_turn += 1
         try:
-            data = f.read_chunk(msg.chunk)
+            data = f.read_chunk(msg.chunk, self._checked.setdefault(f.sha256, {}))
         except (OSError, InputFileError) as e:
             log.error("cannot serve input file %s: %s", msg.hash[:12], e)
             return p.Error(msg.id, p.ErrorCode.INTERNAL, f"cannot read input file: {e}"[:1000])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Sequence
 import protocol as p
 from dealer._core import Core, Policy
 from dealer._dashboard import Dashboard
+from dealer._fileserver import SERVE_MIB_S
 from dealer._journal import Journal
 from dealer._peerlink import PeerLinks
 from dealer._peers import ASK_EVERY_S, RETRY_NONE_S, Peers
@@ -118,10 +119,12 @@ class Dealer(PeeredServer):
         http: tuple[str, int] | None = None,
         on_turn: Callable[[Service, float], None] | None = None,
         per_source: int = PER_SOURCE_CONNECTIONS,
+        serve_mib_s: float = SERVE_MIB_S,
     ) -> None:
         """`http`: (host, port) to serve the live dashboard on (dealer._dashboard). `on_turn`:
         called after every turn with the service and the time (the command line's
-        progress bar). `per_source`: connections kept open from one source address."""
+        progress bar). `per_source`: connections kept open from one source address.
+        `serve_mib_s`: input files one source address may fetch, MiB a second."""
         super().__init__(
             bind,
             keys,
@@ -144,6 +147,7 @@ class Dealer(PeeredServer):
                 signer=signer,
                 key_hex=self.keys.public_hex,
                 closed=allow is not None,
+                serve_mib_s=serve_mib_s,
             )
         except BaseException:
             RouterServer.close(self)

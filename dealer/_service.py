@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._core import Accepted, Assignment, Core
-from dealer._fileserver import FileServer, runtime_module
+from dealer._fileserver import SERVE_MIB_S, FileServer, runtime_module
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
 from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
@@ -70,6 +70,7 @@ class Service(Relays):
         key_hex: str = "",
         closed: bool = False,
         relays: Collection[str] = (),
+        serve_mib_s: float = SERVE_MIB_S,
     ) -> None:
         """`signer`: the task author's key. The payload is signed with it once, here, and
         the signature (with the key's rotation links) goes out in every `jobs`. `now`: the
@@ -80,7 +81,8 @@ class Service(Relays):
         `relays`: keys of relays trusted to attribute their jobbers (`Relayed`): each
         jobber behind one is an identity and a machine of its own here; behind any other
         relay, everything is the relay's one identity and machine. A pinned runtime
-        (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes"."""
+        (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes".
+        `serve_mib_s`: the input files one source address may fetch a second (FileServer)."""
         payload = task.payload
         self.runtime = payload.runtime
         if self.runtime is None and len(payload.wasm) > p.MAX_PAYLOAD_BYTES:
@@ -126,7 +128,8 @@ class Service(Relays):
             argv=payload.argv,
         )
         # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
-        self.files = FileServer(None if self.runtime is None else runtime_module(payload, files))
+        module = None if self.runtime is None else runtime_module(payload, files)
+        self.files = FileServer(module, serve_mib_s)
         self._payload = payload
         self.signer = None if signer is None else signer.public
         self._signatures = None

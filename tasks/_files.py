@@ -7,7 +7,9 @@ SHA-256 of each CHUNK_BYTES chunk, the form it travels in (docs/protocol.md,
 a time, and is never held whole: the dealer reads each chunk again from the path
 when a jobber asks for it (`read_chunk`), so a task over a 1 GB file costs the
 dealer no 1 GB of memory. The file must therefore not change while the dealer
-runs; a chunk that no longer matches its digest is refused, not sent.
+runs; a chunk that no longer matches its digest is refused, not sent (each chunk is
+hashed when first served, and again only if the file's identity changed since:
+`read_chunk`).
 
 Where a payload sees its files (`guest_files`): a job's own files (`Job.files`)
 and the task's (`Task.files`) by NAME at `/input/NAME`, one path component; a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,9 @@ from protocol import CHUNK_BYTES, MAX_FILE_BYTES, MAX_JOB_FILES, FileRef, chunk_
 from protocol._records import _GUEST_PATH
 from tasks._paths import _caller, _resolve, _shown
 
+# a file's ctime moves with each write, by ticks of a coarse clock (a few ms): a file
+# changed more recently than this is not taken as unchanged by its identity (read_chunk)
+SETTLED_NS = 50_000_000
 INPUT_DIR = "/input"  # where a job's and a task's files are, by name
 # one path component, as a guest path allows it: no "/", never "." or ".."
 _NAME = re.compile(r"\A(?!\.\.?\Z)[A-Za-z0-9._+-]{1,255}\Z")
@@ -103,28 +109,41 @@ class InputFile:
         """What a JobSpec names it by."""
         return FileRef(self.sha256, self.size)
 
-    def read_chunk(self, index: int) -> bytes:
+    def read_chunk(self, index: int, checked: dict[int, tuple] | None = None) -> bytes:
         """Chunk `index`'s bytes, read now (from the path with one pread). IndexError past
         the end; OSError if the path cannot be read; InputFileError if the bytes read are
-        not those hashed (the file changed since)."""
+        not those hashed (the file changed since).
+
+        Bytes read from a path are hashed against the chunk's digest. `checked`, kept by
+        the caller between calls (chunk index -> the file's identity when that chunk's
+        bytes were last found right), spares the hash of a chunk served again while the
+        file is unchanged: its device, inode, size, mtime and ctime as they were (any
+        write changes the ctime, which no user call can set back). A file changed in the
+        last SETTLED_NS is hashed every time: a second write within the clock's tick
+        would leave its ctime as it was. Bytes in memory are never hashed again."""
         if not 0 <= index < len(self.digests):
             raise IndexError(f"chunk {index} of a file of {len(self.digests)} chunks")
         start = index * CHUNK_BYTES
         length = min(CHUNK_BYTES, self.size - start)
         if self.data is not None:
-            data = self.data[start : start + length]
-        else:
-            assert self.path is not None
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                data = os.pread(fd, length, start)
-            finally:
-                os.close(fd)
+            return self.data[start : start + length]
+        assert self.path is not None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            data = os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if checked is not None and checked.get(index) == identity and len(data) == length:
+            return data
         if len(data) != length or hashlib.sha256(data).digest() != self.digests[index]:
             raise InputFileError(
                 f"input file {self.path or self.sha256[:12]}: chunk {index} differs from the "
                 "bytes hashed when the task was built (the file changed)"
             )
+        if checked is not None and time.time_ns() - st.st_ctime_ns > SETTLED_NS:
+            checked[index] = identity
         return data
 
 

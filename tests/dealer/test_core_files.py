@@ -11,7 +11,7 @@ import pytest
 
 import protocol as p
 from dealer._core import Core, JournalMismatch, Policy
-from dealer._fileserver import FETCH_BURST, FETCH_PER_TURN
+from dealer._fileserver import FETCH_BURST, FETCH_PER_TURN, FileServer
 from dealer._journal import Journal
 from dealer._service import Peer, Service
 from protocol import Status
@@ -367,6 +367,32 @@ def test_fetch_is_rationed_per_source_and_per_turn_and_busy_says_when_to_ask_aga
     assert many[-1].code is p.ErrorCode.BUSY and many[-1].retry_s == 0.05
     assert s.status(100.0)["fetches_busy"] == 10 + 20 - FETCH_PER_TURN
     s.close()
+
+
+def test_the_operator_sets_the_ration_in_mib_a_second_and_all_sources_get_four_times_it():
+    # 64 MiB/s: 16 chunks a second per address after a burst of 16; 64 a second in all
+    server = FileServer(serve_mib_s=64)
+    table = InputFile.from_bytes(b"t" * 10)
+
+    def fetch(source: str, now: float) -> p.Message:
+        server.turn()
+        return server.fetch(
+            p.Fetch(1, table.sha256, 0), now, Peer("aa" * 32, source), {table.sha256: table}.get
+        )
+
+    def served(source: str, now: float, n: int) -> int:
+        return sum(isinstance(fetch(source, now), p.Chunk) for _ in range(n))
+
+    assert served("10.0.0.1", 0.0, 40) == FETCH_BURST
+    assert served("10.0.0.1", 1.0, 40) == 16  # a second's worth: 64 MiB
+    assert "rationed to 16 chunks a second" in fetch("10.0.0.1", 1.0).text
+    # in all: a burst of 64, then 64 a second, whichever addresses ask
+    assert sum(served(f"10.1.0.{i}", 10.0, 16) for i in range(8)) == 64
+    assert sum(served(f"10.2.0.{i}", 11.0, 16) for i in range(8)) == 64
+    # a big ration raises the burst with it: half a second's worth
+    assert FileServer(serve_mib_s=1024).ration.burst == 128
+    with pytest.raises(ValueError, match="--serve-mib-s must be above 0"):
+        FileServer(serve_mib_s=0)
 
 
 def test_a_restart_on_the_journal_with_a_changed_file_is_refused(tmp_path):

@@ -4,11 +4,13 @@ and where a payload sees each file (Job.files, Task.files, Payload.files)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import runpy
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 import protocol as p
 from tasks import InputFile, InputFileError, Job, Payload, Task
-from tasks._files import guest_files, shared_files
+from tasks._files import SETTLED_NS, guest_files, shared_files
 from tests.helpers import ROOT
 
 MiB = 1 << 20
@@ -173,3 +175,48 @@ def test_a_file_changed_after_hashing_is_refused_when_read(tmp_path):
     path.write_bytes(b"b" * 10)
     with pytest.raises(InputFileError, match="the file changed"):
         f.read_chunk(0)
+
+
+def _settle(path) -> None:
+    """Wait until the file's last change is SETTLED_NS old (a condition, not a time)."""
+    while time.time_ns() - path.stat().st_ctime_ns <= SETTLED_NS:
+        time.sleep(0.01)
+
+
+def test_a_chunk_found_right_is_not_hashed_again_while_its_file_is_unchanged(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(p.CHUNK_BYTES + 5))
+    f = InputFile.from_path(path)
+    checked: dict[int, tuple] = {}
+    assert f.read_chunk(1, checked) == path.read_bytes()[p.CHUNK_BYTES :]
+    assert checked == {}  # just written: hashed each time until its ctime settles
+    _settle(path)
+    assert f.read_chunk(1, checked) == path.read_bytes()[p.CHUNK_BYTES :]
+    st = path.stat()
+    assert checked == {1: (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)}
+    # the same file named with wrong digests: a chunk checked under this identity is
+    # served unhashed, one never checked is hashed and refused
+    wrong = dataclasses.replace(f, digests=(b"\0" * 32, b"\0" * 32))
+    assert wrong.read_chunk(1, checked) == path.read_bytes()[p.CHUNK_BYTES :]
+    with pytest.raises(InputFileError, match="chunk 0 differs"):
+        wrong.read_chunk(0, checked)
+    with pytest.raises(InputFileError, match="chunk 1 differs"):
+        wrong.read_chunk(1)  # nothing known: hashed
+
+
+def test_a_file_changed_after_a_chunk_was_served_is_refused_again(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * 10)
+    f = InputFile.from_path(path)
+    checked: dict[int, tuple] = {}
+    _settle(path)
+    assert f.read_chunk(0, checked) == b"a" * 10
+    before = checked[0]
+    with open(path, "r+b") as out:  # in place: same inode, same size
+        out.write(b"b")
+    # the ctime moves with any write; wait for the clock's tick, not a fixed time
+    while path.stat().st_ctime_ns == before[4]:
+        with open(path, "r+b") as out:
+            out.write(b"b")
+    with pytest.raises(InputFileError, match="the file changed"):
+        f.read_chunk(0, checked)
