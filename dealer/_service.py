@@ -82,7 +82,7 @@ class Service(Relays):
         jobber behind one is an identity and a machine of its own here; behind any other
         relay, everything is the relay's one identity and machine. A pinned runtime
         (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes".
-        `serve_mib_s`: the input files one source address may fetch a second (FileServer)."""
+        `serve_mib_s`: see FileServer."""
         payload = task.payload
         self.runtime = payload.runtime
         if self.runtime is None and len(payload.wasm) > p.MAX_PAYLOAD_BYTES:
@@ -100,8 +100,7 @@ class Service(Relays):
         self._behind: dict[str, dict[str, str]] = {}
         self._told: dict[str, dict[str, tuple[int, int, bool]]] = {}
         self.max_behind = MAX_BEHIND
-        self.key_hex = key_hex
-        self.closed = closed
+        self.key_hex, self.closed = key_hex, closed
         policy = policy or policy_for(task)
         # the rules that decide settlement, the payload and the limits must be the ones
         # the journal was written under (the jobs are pinned by its Drawn records)
@@ -128,8 +127,7 @@ class Service(Relays):
             argv=payload.argv,
         )
         # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
-        module = None if self.runtime is None else runtime_module(payload, files)
-        self.files = FileServer(module, serve_mib_s)
+        self.files = FileServer(self.runtime and runtime_module(payload, files), serve_mib_s)
         self._payload = payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
