@@ -413,8 +413,10 @@ def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:
         ]
         if local:
             cmd += ["--source", f"127.0.0.{2 + i % 250}"]
-        # a runtime (Python) is compiled once for all of them, in the user's module cache
-        cmd += ["--runtime-cache", str(cache_dir() / "modules")]
+        # a runtime (Python) is compiled once for all of them, in the user's module cache,
+        # and its files taken from the user's cache (where this dealer found them), not
+        # sent to each over the wire
+        cmd += ["--runtime-cache", str(cache_dir() / "modules"), "--runtimes-from-index"]
         cmd += ["--exit-with", str(os.getpid())]  # even if this dealer is killed with kill -9
         cmd.append("--quiet")  # the dealer's progress bar speaks for them
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))

@@ -111,6 +111,15 @@ class PrepareRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class DownloadRuntime:
+    """Take pinned runtime `sha`'s module and files from the package index (the owner's
+    --runtimes-from-index), off the loop, each checked by its hash, into the file store
+    whole; the shell reports RuntimeDownloaded."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
 class Suspend:
     """Stop the slots' workers where they are (the owner's activity, the CPU limit)."""
 
@@ -134,6 +143,7 @@ Action = (
     | KeepChunk
     | DropFile
     | PrepareRuntime
+    | DownloadRuntime
     | Suspend
     | Resume
 )
@@ -233,6 +243,16 @@ class RuntimePrepared:
     why: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeDownloaded:
+    """A DownloadRuntime ended: the runtime's module and files are in the file store whole
+    (`why` ""), or they could not be had from the package index, and why."""
+
+    sha: str
+    why: str = ""
+
+
+RuntimeEvent = RuntimePrepared | RuntimeDownloaded
 Screened = Untrusted | BadHash  # what the shell found of a `jobs` message's payloads
 Event = (
     Owner
@@ -243,4 +263,5 @@ Event = (
     | FileBad
     | FileStoreFailed
     | RuntimePrepared
+    | RuntimeDownloaded
 )

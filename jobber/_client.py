@@ -42,7 +42,7 @@ import protocol as p
 import sandbox
 from jobber import _control, _instructions
 from jobber import _core as c
-from jobber._actions import PrepareRuntime
+from jobber._actions import DownloadRuntime, PrepareRuntime
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._files import Diverged, FileChecker, FileStore
@@ -377,8 +377,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
             self._keep_chunk(a)
         elif isinstance(a, c.DropFile):
             self.files.drop_partial(a.sha)
-        elif isinstance(a, PrepareRuntime):
-            self._prepare_runtime(a.sha)
+        elif isinstance(a, PrepareRuntime | DownloadRuntime):
+            self._runtime_action(a)
         elif isinstance(a, c.ProbeDisk):
             try:
                 write_atomic(self.cfg.data_dir / "probe", b"ok\n")

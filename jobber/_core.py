@@ -131,7 +131,7 @@ from jobber._actions import (
     Reset,
     Resized,
     Resume,
-    RuntimePrepared,
+    RuntimeEvent,
     Screened,
     Send,
     Spool,
@@ -525,8 +525,8 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             self.job_done(event.key, result, 0.0, now)
         elif isinstance(event, FileKept | FileBad | FileStoreFailed):
             self._files_event(event, now)
-        elif isinstance(event, RuntimePrepared):
-            self._runtime_prepared(event, now)
+        elif isinstance(event, RuntimeEvent):
+            self._runtime_event(event, now)
         elif isinstance(event, Resized):
             self.s = replace(
                 self.s,

