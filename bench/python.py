@@ -12,9 +12,13 @@
     task that is not cross-platform runs) and in native CPython with numpy, best of R
     each, alternating so both see the same machine: a Monte Carlo estimate of pi over
     20 x N points (random numbers, a vectorised test, a sum) and a bootstrap of a mean
-    (integer resampling and gathers). Times are of the kernel alone: each side's wall
-    time less that of the same start-up and `import numpy` (a job, a process) on its
-    own. Target: at most 2x.
+    (integer resampling and gathers); and the same Monte Carlo with numpy's SFC64
+    generator in place of its default PCG64 (see (c)). Times are of the kernel alone:
+    each side's wall time less that of the same start-up and `import numpy` (a job, a
+    process) on its own. Target: at most 2x.
+(c) Single operations, to see where (b)'s ratio comes from: arithmetic on arrays, random
+    numbers from numpy's default generator (PCG64, whose 128-bit multiply wasm32 lacks)
+    and from SFC64 (64-bit operations only), and a sort; measured as (b).
     Native numpy must be installed (pip install numpy); without it (b) is skipped.
 
 Needs the Python runtime prepared in the user's module cache (python -m sandbox
@@ -54,6 +58,8 @@ for _ in range(20):  # enough work that a process's start-up noise does not swam
 print(4 * inside / (20 * n))
 """
 
+PI_SFC64 = PI.replace("np.random.default_rng(1)", "np.random.Generator(np.random.SFC64(1))")
+
 BOOT = """
 import sys, numpy as np
 n = int(sys.argv[1])
@@ -64,6 +70,18 @@ print(repr(float(np.std(means))))
 """
 
 IMPORT = "import numpy\n"
+
+# (c) single operations, to see where the ratio comes from
+OPS = {
+    "arithmetic": "import numpy as np\nx = np.linspace(0, 1, 2_000_000)\n"
+    "for _ in range(100): np.count_nonzero(x * x + x * x <= 1.0)\n",
+    "random, PCG64": "import numpy as np\nrng = np.random.default_rng(1)\n"
+    "for _ in range(100): rng.random(2_000_000)\n",
+    "random, SFC64": "import numpy as np\nrng = np.random.Generator(np.random.SFC64(1))\n"
+    "for _ in range(100): rng.random(2_000_000)\n",
+    "sort": "import numpy as np\nx = np.linspace(0, 1, 2_000_000)[::-1].copy()\n"
+    "for _ in range(20): np.sort(x)\n",
+}
 
 
 def job(slots: sandbox.Slots, payload: Payload, args, files) -> tuple[float, sandbox.Outcome]:
@@ -123,7 +141,8 @@ def main() -> int:
         except ImportError:
             print("(b) skipped: native numpy is not installed (pip install numpy)")
         else:
-            for name, source in (("monte carlo pi", PI), ("bootstrap", BOOT)):
+            kernels = (("monte carlo pi", PI), ("pi with SFC64", PI_SFC64), ("bootstrap", BOOT))
+            for name, source in kernels:
                 payload = Payload.python(source=source)
                 files = files_of(payload)
                 args = [str(ns.points)]
@@ -146,6 +165,22 @@ def main() -> int:
                     f"(b) {name:15} sandbox {min(sandboxed):.3f} s  native {min(natives):.3f} s"
                     f"  ratio {ratio:.2f} (target 2)  fuel {outcome.fuel:,}"
                     f"  outputs {'identical' if len(answers) == 1 else 'DIFFER'}"
+                )
+            # (c) single operations
+            for name, source in OPS.items():
+                payload = Payload.python(source=source)
+                files = files_of(payload)
+                sandboxed, natives = [], []
+                for _ in range(ns.repeat):
+                    took, outcome = job(slots, payload, [], files)
+                    assert outcome.status.value == "ok", outcome
+                    sandboxed.append(took - empty)
+                    natives.append(native(source, []) - native(IMPORT, []))
+                ratio = min(sandboxed) / min(natives)
+                out[name] = {"sandbox_s": round(min(sandboxed), 3), "ratio": round(ratio, 2)}
+                print(
+                    f"(c) {name:15} sandbox {min(sandboxed):.3f} s  native {min(natives):.3f} s"
+                    f"  ratio {ratio:.2f}"
                 )
     print(json.dumps(out))
     return 0
