@@ -96,7 +96,9 @@ from __future__ import annotations
 
 import protocol as p
 from net._link import Backoff, Link
+from protocol._runtimes import RUNTIMES
 from relay._downstream import GONE, DownstreamSide
+from relay._files import FILE_CACHE_MB, RelayFiles, runtime_files
 from relay._holdings import GIVEN_BACK, Holdings
 from relay._records import (
     DENY_AFTER,
@@ -159,12 +161,14 @@ class RelayCore(Holdings):
         attribute: bool = False,
         quota: int = QUOTA,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        file_cache_bytes: int = FILE_CACHE_MB << 20,
     ) -> None:
         """`attribute`: ask upstream for each jobber's jobs on its behalf (`bored.behalf`)
         and give each job only to the jobber it was fetched for, so that the upstream
         keeps each of its jobbers' standing (and, trusting this relay, counts each as a
         machine of its own). `quota`: the allowance a new jobber of ours starts with.
-        `request_timeout_s`: a request upstream unanswered this long is a failed contact."""
+        `request_timeout_s`: a request upstream unanswered this long is a failed contact.
+        `file_cache_bytes`: the input files' chunks kept in memory (relay._files)."""
         if not 1 <= max_buffer <= p.MAX_BATCH:
             raise ValueError(f"the buffer must hold 1 to {p.MAX_BATCH} jobs, not {max_buffer}")
         if horizon_s <= 0 or lease_s <= 0:
@@ -179,16 +183,34 @@ class RelayCore(Holdings):
         self.up = Upstream(line, LEASE_S)
         self.upstream = UpstreamSide(self, self.up, name=name, attribute=attribute)
         self.downstream = DownstreamSide(self, self.up, attribute=attribute)
+        self.files = RelayFiles(line, file_cache_bytes)
 
     # --- upstream --------------------------------------------------------------
 
     def upstream_requests(self, now: float) -> list[p.Message]:
         """The requests to send upstream now (each recorded as out)."""
-        return self.upstream.requests(now)
+        out: list[p.Message] = self.upstream.requests(now)
+        return out + self.files.requests(now, self.file_sizes())
 
     def upstream_reply(self, msg: p.Message, now: float) -> None:
         """A reply from upstream (one whose `re` may match no request: stale, ignored)."""
-        self.upstream.reply(msg, now)
+        if self.files.owns(msg):
+            self.up.contacts += 1
+            self.up.last_reply = now
+            self.files.reply(msg, now, self.file_sizes())
+        else:
+            self.upstream.reply(msg, now)
+
+    def file_sizes(self) -> dict[str, int]:
+        """The files the relay serves its jobbers (hash -> size): those its jobs not yet
+        done read, and the module and files of the runtimes they run or the upstream
+        asked for."""
+        open_ = [h.spec for h in self.held.values() if h.result is None]
+        sizes = runtime_files(self.up.runtimes | {spec.payload for spec in open_})
+        for spec in open_:
+            for ref in (spec.files or {}).values():
+                sizes[ref.hash] = ref.size
+        return sizes
 
     def upstream_failed(self, now: float) -> float:
         """A failed contact (no reply in time, a send that failed): every request out is
@@ -212,12 +234,21 @@ class RelayCore(Holdings):
     def offer(self, rid: int, now: float) -> p.WorkOffer:
         return self.downstream.offer(rid, now)
 
+    def fetch(self, msg: p.Fetch, now: float, key: str) -> p.Message:
+        """A jobber's `fetch`: a chunk of a file its jobs read, kept here or fetched
+        upstream for it meanwhile (relay._files)."""
+        j = self.jobbers.get(key)
+        if j is not None and j.denied:
+            return p.Error(msg.id, p.ErrorCode.DENIED, f"denied by the relay: {j.denied}")
+        return self.files.fetch(msg, now, self.file_sizes())
+
     # --- time ------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Leases of our jobbers; queued jobs past their deadline given back."""
         self.downstream.leases(now)
         self.give_back_late(now)
+        self.files.forget(self.file_sizes())
 
     # --- people ----------------------------------------------------------------
 
@@ -235,6 +266,8 @@ class RelayCore(Holdings):
                 "attributes": up.attributes,
             },
             **self.counts(),
+            "files": self.files.status(),
+            "runtimes": sorted(RUNTIMES[sha].name for sha in up.runtimes),
             "target": self.target(now),
             "rate": round(self.rate(now), 3),
             "given_back": self.given_back,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import protocol as p
 from dealer._policy import RETRY_QUOTA_S, SOON_S, implausible
+from protocol._runtimes import RUNTIMES
 from relay._holdings import Holdings
 from relay._records import Local, Next, Send
 from relay._upstream import Upstream
@@ -79,7 +80,12 @@ class DownstreamSide:
             for h in queue:
                 if len(jobs) >= room:
                     break
-                why = msg.host.refuses(h.spec.limits)
+                why = msg.host.refuses(h.spec.limits) or msg.host.refuses_inputs(
+                    sum(f.size for f in (h.spec.files or {}).values())
+                )
+                runtime = RUNTIMES.get(h.spec.payload)
+                if why is None and runtime is not None and runtime.sha256 not in cached:
+                    why = f"the {runtime.name} runtime ready"
                 if why is not None:
                     refused = why
                     continue
@@ -88,7 +94,7 @@ class DownstreamSide:
                     continue  # tick gives it back
                 extra = 0
                 sha = h.spec.payload
-                if sha not in cached and sha not in payloads:
+                if sha not in cached and sha not in payloads:  # (a runtime is in cached)
                     extra = len(book.payloads[sha])
                 if jobs and size + extra + len(h.spec.stdin) + 256 > MAX_JOBS_BYTES:
                     break
@@ -110,10 +116,15 @@ class DownstreamSide:
             names = {s.payload for s in jobs}
             sigs = {s: book.signatures[s] for s in names if s in book.signatures}
             return p.Jobs(msg.id, tuple(jobs), payloads, sigs or None)
+        # the runtimes the upstream runs and this jobber lacks: it prepares them (their
+        # files come through us) to be sent their jobs
+        lacks = tuple(sorted(self.up.runtimes - set(msg.host.cached))) or None
         if not room and mine:
-            return p.RetryLater(msg.id, RETRY_FULL_S, "you hold as much as you run soon", True)
+            why = "you hold as much as you run soon"
+            return p.RetryLater(msg.id, RETRY_FULL_S, why, True, lacks)
         if refused is not None:
-            return p.RetryLater(msg.id, RETRY_IDLE_S, f"every job here needs {refused}", None)
+            why = f"every job here needs {refused}"
+            return p.RetryLater(msg.id, RETRY_IDLE_S, why, None, lacks)
         out = any(h.local for h in book.held.values() if h.result is None)
         if self.up.finished and not out:
             return p.Finished(msg.id)
@@ -121,7 +132,7 @@ class DownstreamSide:
         # the upstream answering and asked (or about to be): jobs come within a round trip
         soon_ = self.up.backoff.failures == 0 and now >= self.up.quiet_until
         wait = RETRY_FULL_S if soon_ else RETRY_S
-        return p.RetryLater(msg.id, wait, why, True if out else None)
+        return p.RetryLater(msg.id, wait, why, True if out else None, lacks)
 
     def results(self, msg: p.Results, now: float, key: str, address: str) -> p.Ack:
         book = self.book

@@ -34,7 +34,7 @@ import protocol as p
 from net._keys import KeyPair, z85_of_hex
 from net._link import HELLO
 from net._pins import Pins
-from net._router import RouterServer, frame_cap
+from net._router import DEALER_SNDHWM, RouterServer, frame_cap
 from protocol import Peer
 from protocol._wire import MAX_OUTPUT_BYTES
 from relay._core import RelayCore
@@ -60,7 +60,9 @@ class Relay(RouterServer):
         allow: Collection[str] | None = None,
     ) -> None:
         """`allow`: a closed relay: only these jobbers' keys complete the handshake."""
-        super().__init__(bind, keys, allow=allow, max_frame=frame_cap(MAX_OUTPUT_BYTES // 1024))
+        # replies queued per jobber: as a dealer's (up to 8 fetches and 3 others out)
+        cap = frame_cap(MAX_OUTPUT_BYTES // 1024)
+        super().__init__(bind, keys, allow=allow, max_frame=cap, sndhwm=DEALER_SNDHWM)
         self.journal = journal
         self.core = core
         self.upstream, key = p.split_key(p.dealer_address(upstream))
@@ -193,6 +195,8 @@ class Relay(RouterServer):
             return self.core.results(msg, now, peer.key, peer.address)
         if isinstance(msg, p.Alive):
             return self.core.alive(msg, now, peer.key, peer.address)
+        if isinstance(msg, p.Fetch):
+            return self.core.fetch(msg, now, peer.key)
         if isinstance(msg, p.StatusQuery):
             return p.StatusReply(msg.id, self.status(now))
         return self.unexpected(msg, "a relay")

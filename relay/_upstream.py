@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import protocol as p
 from net._link import HELLO, Backoff, KeyVerdict, Link, Request
+from protocol._runtimes import RUNTIMES
 from relay._holdings import Holdings
 from relay._records import DENY_AFTER, MAX_ALLOWANCE, Held, Hold, Payload
 
@@ -49,6 +50,9 @@ class Upstream:
     rejected: int = 0  # results the upstream rejected (this process)
     contacts: int = 0  # replies heard
     last_reply: float = 0.0
+    # pinned runtimes the upstream asked us to prepare (retry_later.runtimes): asked of
+    # our jobbers in turn, and their files served to them (relay._files)
+    runtimes: frozenset[str] = frozenset()
 
     @property
     def backoff(self) -> Backoff:
@@ -150,34 +154,41 @@ class UpstreamSide:
         rid = up.line.sent(BORED, now).id
         up.bored_for = j.key
         j.asked_at = now
-        # its own facts but two: the payloads are the relay's, and it carries no input
-        # files (no `fetch` through it yet), so it takes no job with files for anyone
-        host = dataclasses.replace(
-            j.host, cached=tuple(book.payloads)[: p.MAX_CACHED], input_mb=None, files=None
-        )
+        # its own facts but one: the payloads it holds are the relay's (and the runtimes
+        # it has ready, its own); its input files come through the relay (relay._files)
+        host = dataclasses.replace(j.host, cached=self._cached([j.host]))
         behalf = p.Attribution(j.key, j.address[:256])
         want = min(p.MAX_BATCH, want, room)
         return p.Bored(rid, self.name, host, want, book.holding(), behalf)
 
     def host(self, now: float) -> p.HostFacts:
         """What the relay says of itself upstream: the sum of the jobbers it serves, the
-        most any of them gives one job, no platform (see relay._downstream), and no
-        `input_mb`: a relay carries no input files, so it is sent no job that reads any."""
+        most any of them gives one job (input files too: they come through the relay,
+        relay._files), the runtimes any of them has ready, no platform (see
+        relay._downstream). Each job goes down only to a jobber that takes it."""
         hosts = [j.host for j in self.book.served(now) if j.host is not None]
 
         def most(name: str):
             values = [getattr(h, name) for h in hosts]
             return None if not values or None in values else max(values)
 
+        inputs = [h.input_mb for h in hosts if h.input_mb is not None]
         return p.HostFacts(
             cpus=max(1, min(1 << 20, sum(h.cpus for h in hosts))),
             memory_mb=max((h.memory_mb for h in hosts), default=0),
             slots=min(1 << 20, sum(h.slots for h in hosts)),
-            cached=tuple(self.book.payloads)[: p.MAX_CACHED],
+            cached=self._cached(hosts),
             max_time_s=most("max_time_s"),
             max_fuel=most("max_fuel"),
             max_output_kb=most("max_output_kb"),
+            input_mb=max(inputs) if inputs else None,
         )
+
+    def _cached(self, hosts: Sequence[p.HostFacts]) -> tuple[str, ...]:
+        """What the relay lists as held: the payloads it holds, and the pinned runtimes
+        any of `hosts` has ready (a runtime's jobs go down only to one that has it)."""
+        ready = {sha for h in hosts for sha in h.cached if sha in RUNTIMES}
+        return (*sorted(ready), *(s for s in self.book.payloads if s not in ready))[: p.MAX_CACHED]
 
     def _results_batch(self) -> tuple[p.Result, ...]:
         held = self.book.held.values()
@@ -214,6 +225,10 @@ class UpstreamSide:
             up.finished = False
             self._take_jobs(msg, now, up.bored_for if self.attribute else "")
         elif isinstance(msg, p.RetryLater) and kind == BORED:
+            known = {sha for sha in msg.runtimes or () if sha in RUNTIMES}
+            if known - up.runtimes:
+                log.info("upstream runs pinned runtimes %s: our jobbers are asked for them", known)
+                up.runtimes |= known
             j = book.jobbers.get(up.bored_for) if self.attribute else None
             if j is not None:  # for that jobber of ours: the others may still get work
                 j.quiet_until = now + msg.seconds
@@ -315,7 +330,8 @@ class UpstreamSide:
             h = Held(spec.tag, spec, now, for_key=for_key)
             book.held[spec.tag] = h
             book._ops.append(Hold(spec.tag, spec._to_wire(), now, for_key))
-            if spec.payload not in book.payloads:  # as a jobber must: give it back invalid
+            # as a jobber must: give it back invalid (a runtime's module never comes in jobs)
+            if spec.payload not in book.payloads and spec.payload not in RUNTIMES:
                 book._done(h, p.Result(spec.tag, p.Status.INVALID, detail="payload not sent"), "")
         if msg.jobs:
             log.info("took %d jobs from upstream (%d held)", len(msg.jobs), len(book.held))

@@ -23,6 +23,7 @@ from net._keys import load_or_create_key_pair, load_public_keys
 from net._link import Backoff
 from net._serve import serve_until_stopped
 from relay._core import HORIZON_S, LEASE_S, MAX_BUFFER, RelayCore
+from relay._files import FILE_CACHE_MB
 from relay._journal import RelayJournal
 from relay._server import Relay
 from relay._upstream import REQUEST_TIMEOUT_S
@@ -53,6 +54,7 @@ class RelaySettings:
     request_timeout_s: float = REQUEST_TIMEOUT_S
     attribute: bool = True
     allow: Path | None = None  # a closed relay: the directory of its jobbers' keys
+    file_cache_mb: int = FILE_CACHE_MB  # input files' chunks kept in memory
     name: str = "relay"
     verbose: bool = False
 
@@ -148,6 +150,14 @@ def parser() -> argparse.ArgumentParser:
         help="a closed relay: only jobbers whose public keys are in DIR (*.key, zmq.auth format)",
     )
     ap.add_argument(
+        "--file-cache-mb",
+        type=int,
+        default=_DEFAULT["file_cache_mb"],
+        metavar="MB",
+        help="input files' chunks kept in memory for the jobbers, least recently used first "
+        "out: each is fetched upstream once while it is kept (%(default)s)",
+    )
+    ap.add_argument(
         "--name", default=_DEFAULT["name"], help="the name upstream status shows (relay)"
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="log every decision")
@@ -180,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=s.name,
             attribute=s.attribute,
             request_timeout_s=s.request_timeout_s,
+            file_cache_bytes=s.file_cache_mb << 20,
         )
         core.load(
             journal.held(), journal.payloads(), journal.local(), journal.next_tag(), time.time()

@@ -283,7 +283,8 @@ def test_attributed_each_jobber_s_jobs_are_fetched_for_it_and_run_only_by_it():
     assert first.behalf.machine == "10.0.0." + who[0]
     if who == ANN:  # its own facts: memory, platform
         assert (first.host.memory_mb, first.host.platform) == (512, "x86")
-    assert first.host.input_mb is None and first.host.files is None  # never input files
+    # the jobber's own input files allowance and files held: they come through the relay
+    assert (first.host.input_mb, first.host.files) == ((9, ()) if who == ANN else (None, None))
     c.upstream_reply(p.Jobs(first.id, (spec("u1", limits=native), spec("u2")), {SHA: WASM}), 0.0)
     second = request(c, 0.1, p.Bored)
     other = second.behalf.key
@@ -503,7 +504,8 @@ def test_the_relay_describes_itself_as_the_jobbers_it_serves():
     assert h.max_time_s == 30.0  # the most any of them allows
     assert h.max_fuel is None  # one of them sets no limit
     assert h.max_output_kb is None and h.platform is None
-    assert h.input_mb is None and h.files is None  # a relay carries no input files
+    # input files come through the relay: the most any of them takes; none held of its own
+    assert h.input_mb == 64 and h.files is None
     assert c.host(LEASE_S + 1).cpus == 1  # nobody served: the least there is
     assert c.host(LEASE_S + 1).memory_mb == 0
 

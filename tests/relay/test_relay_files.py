@@ -1,0 +1,177 @@
+"""The relay's input files (relay._files) through its pure core: a jobber's `fetch` of a
+chunk the relay lacks is `busy` while the relay fetches it upstream (chunk 0 first, each
+checked), then served from memory to every jobber; only files its jobs read (or its
+runtimes need) are served; jobs with files or of a runtime go down only to jobbers that
+take them; the upstream's runtime asks are passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import protocol as p
+from protocol._runtimes import PYTHON
+from relay._files import FETCH_RETRY_S, FETCHES
+from tests.relay.test_relay import ANN, BOB, HOST, LIMITS, SHA, WASM, bored, core
+
+DATA = os.urandom(p.CHUNK_BYTES + 1000)  # two chunks
+FILE = hashlib.sha256(DATA).hexdigest()
+CHUNKS = [DATA[: p.CHUNK_BYTES], DATA[p.CHUNK_BYTES :]]
+DIGESTS = tuple(hashlib.sha256(c).digest() for c in CHUNKS)
+TAKES = p.HostFacts(cpus=1, memory_mb=1024, slots=1, input_mb=64)
+
+
+def with_file(tag: str) -> p.JobSpec:
+    ref = p.FileRef(FILE, len(DATA))
+    return p.JobSpec(tag, SHA, (tag,), b"", LIMITS, 100.0, files={"/input/t": ref})
+
+
+def take(c, now: float, *specs: p.JobSpec, host=TAKES) -> None:
+    """ANN asks; the relay asks upstream and takes `specs`."""
+    bored(c, ANN, now, want=0, host=host)
+    (ask,) = [m for m in c.upstream_requests(now) if isinstance(m, p.Bored)]
+    c.upstream_reply(p.Jobs(ask.id, specs, {SHA: WASM}), now)
+
+
+def fetch(c, key: str, index: int, now: float, sha: str = FILE) -> p.Message:
+    return c.fetch(p.Fetch(7, sha, index), now, key)
+
+
+def fetches(c, now: float) -> list[p.Fetch]:
+    return [m for m in c.upstream_requests(now) if isinstance(m, p.Fetch)]
+
+
+def chunk(req: p.Fetch, data=None, digests=DIGESTS) -> p.Chunk:
+    return p.Chunk(
+        req.id,
+        req.hash,
+        req.chunk,
+        len(DATA),
+        CHUNKS[req.chunk] if data is None else data,
+        digests if req.chunk == 0 else None,
+    )
+
+
+def test_a_chunk_is_fetched_upstream_once_and_served_to_every_jobber():
+    c = core()
+    take(c, 0.0, with_file("u1"), with_file("u2"))
+    busy = fetch(c, ANN, 1, 1.0)
+    assert isinstance(busy, p.Error) and busy.code is p.ErrorCode.BUSY
+    assert busy.retry_s == FETCH_RETRY_S and "coming from upstream" in busy.text
+    first = fetches(c, 1.0)
+    assert [(f.hash, f.chunk) for f in first] == [(FILE, 0)]  # the digests first
+    c.upstream_reply(chunk(first[0]), 1.1)
+    (second,) = fetches(c, 1.1)
+    assert second.chunk == 1
+    c.upstream_reply(chunk(second), 1.2)
+    assert fetches(c, 1.3) == []
+    for key in (ANN, BOB):  # both served from what the relay keeps
+        zero, one = fetch(c, key, 0, 2.0), fetch(c, key, 1, 2.0)
+        assert isinstance(zero, p.Chunk) and zero.digests == DIGESTS and zero.data == CHUNKS[0]
+        assert isinstance(one, p.Chunk) and one.digests is None and one.data == CHUNKS[1]
+        assert one.size == len(DATA)
+    assert c.status(2.0, "up")["files"]["fetched"] == 2
+    assert c.status(2.0, "up")["files"]["served"] == 4
+    assert fetches(c, 3.0) == []  # nothing fetched again
+
+
+def test_up_to_max_fetches_go_upstream_at_once_and_a_lost_one_is_asked_again():
+    c = core()
+    big = os.urandom(20 * p.CHUNK_BYTES)
+    sha = hashlib.sha256(big).hexdigest()
+    ref = p.FileRef(sha, len(big))
+    take(c, 0.0, p.JobSpec("u1", SHA, (), b"", LIMITS, 100.0, files={"/input/b": ref}))
+    digests = tuple(
+        hashlib.sha256(big[i * p.CHUNK_BYTES : (i + 1) * p.CHUNK_BYTES]).digest() for i in range(20)
+    )
+    for i in range(20):
+        fetch(c, ANN, i, 0.0, sha)
+    (zero,) = fetches(c, 0.0)
+    c.upstream_reply(p.Chunk(zero.id, sha, 0, len(big), big[: p.CHUNK_BYTES], digests), 0.1)
+    out = fetches(c, 0.1)
+    assert len(out) == len(FETCHES) == p.MAX_FETCHES
+    assert [f.chunk for f in out] == list(range(1, 9))
+    c.upstream_failed(0.2)  # a failed contact: all of them lost, asked again later
+    again = fetches(c, 5.0)
+    assert [f.chunk for f in again] == list(range(1, 9))
+
+
+def test_a_chunk_that_fails_a_check_is_refused_and_wanted_again():
+    c = core()
+    take(c, 0.0, with_file("u1"))
+    fetch(c, ANN, 0, 0.0)
+    (req,) = fetches(c, 0.0)
+    c.upstream_reply(chunk(req, data=b"x" * p.CHUNK_BYTES), 0.1)
+    assert c.status(0.1, "up")["files"]["refused"] == 1
+    assert isinstance(fetch(c, ANN, 0, 0.2), p.Error)  # still coming
+    (again,) = fetches(c, 0.2)
+    short = p.Chunk(again.id, FILE, 0, len(DATA), CHUNKS[0], DIGESTS[:1])  # one digest of two
+    c.upstream_reply(short, 0.3)
+    assert c.status(0.3, "up")["files"]["refused"] == 2
+    (third,) = fetches(c, 0.4)
+    c.upstream_reply(chunk(third), 0.5)
+    assert isinstance(fetch(c, ANN, 0, 0.6), p.Chunk)
+
+
+def test_only_files_the_relay_has_reason_to_serve_are_fetched():
+    c = core()
+    take(c, 0.0, with_file("u1"))
+    other = fetch(c, ANN, 0, 0.0, "cd" * 32)
+    assert isinstance(other, p.Error) and other.code is p.ErrorCode.UNKNOWN_FILE
+    past = fetch(c, ANN, 2, 0.0)
+    assert isinstance(past, p.Error) and past.code is p.ErrorCode.UNEXPECTED
+    fetch(c, ANN, 0, 0.0)
+    (req,) = fetches(c, 0.0)
+    c.upstream_reply(p.Error(req.id, p.ErrorCode.UNKNOWN_FILE, "no such file"), 0.1)
+    gone = fetch(c, ANN, 0, 0.2)
+    assert isinstance(gone, p.Error) and gone.code is p.ErrorCode.UNKNOWN_FILE
+    assert fetches(c, 0.3) == []
+
+
+def test_a_busy_upstream_holds_the_relays_fetches_for_its_retry_s():
+    c = core()
+    take(c, 0.0, with_file("u1"))
+    fetch(c, ANN, 0, 0.0)
+    (req,) = fetches(c, 0.0)
+    c.upstream_reply(p.Error(req.id, p.ErrorCode.BUSY, "busy: rationed", retry_s=2.0), 0.1)
+    said = fetch(c, ANN, 0, 0.5)
+    assert isinstance(said, p.Error) and said.retry_s == 1.6  # what is left of the wait
+    assert fetches(c, 1.0) == []
+    assert [f.chunk for f in fetches(c, 2.2)] == [0]
+
+
+def test_jobs_with_files_go_only_to_jobbers_that_take_them():
+    c = core()
+    take(c, 0.0, with_file("u1"))
+    no = bored(c, BOB, 1.0, host=HOST)  # takes no input files
+    assert isinstance(no, p.RetryLater) and "input files" in no.reason
+    yes = bored(c, ANN, 1.0, host=TAKES)
+    assert isinstance(yes, p.Jobs) and yes.jobs[0].files == with_file("x").files
+
+
+def test_the_upstreams_runtime_asks_go_down_and_its_jobs_only_to_jobbers_with_it_ready():
+    c = core()
+    bored(c, ANN, 0.0, want=0)
+    (ask,) = [m for m in c.upstream_requests(0.0) if isinstance(m, p.Bored)]
+    assert PYTHON.sha256 not in ask.host.cached
+    c.upstream_reply(p.RetryLater(ask.id, 5.0, "needs python", None, (PYTHON.sha256,)), 0.0)
+    told = bored(c, ANN, 1.0)
+    assert isinstance(told, p.RetryLater) and told.runtimes == (PYTHON.sha256,)
+    # the runtime's module is served through the relay (fetched upstream meanwhile)
+    busy = fetch(c, ANN, 0, 1.0, PYTHON.sha256)
+    assert isinstance(busy, p.Error) and busy.code is p.ErrorCode.BUSY
+    assert [(f.hash, f.chunk) for f in fetches(c, 1.0)] == [(PYTHON.sha256, 0)]
+    # a jobber with it ready is listed upstream, and gets its jobs; one without, not
+    ready = p.HostFacts(cpus=1, memory_mb=1024, slots=1, cached=(PYTHON.sha256,))
+    bored(c, BOB, 10.0, want=0, host=ready)
+    (ask,) = [m for m in c.upstream_requests(10.0) if isinstance(m, p.Bored)]
+    assert PYTHON.sha256 in ask.host.cached
+    py = p.JobSpec("u9", PYTHON.sha256, ("/s.py",), b"", LIMITS, 100.0)
+    c.upstream_reply(p.Jobs(ask.id, (py,), {}), 10.0)  # a runtime's module never comes
+    assert c.counts()["queued"] == 1  # kept, not given back invalid
+    lacking = bored(c, ANN, 11.0)
+    assert isinstance(lacking, p.RetryLater) and "python runtime ready" in lacking.reason
+    assert lacking.runtimes == (PYTHON.sha256,)
+    got = bored(c, BOB, 11.0, host=ready)
+    assert isinstance(got, p.Jobs) and got.payloads == {}
+    assert got.jobs[0].payload == PYTHON.sha256
