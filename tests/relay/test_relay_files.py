@@ -9,9 +9,19 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
+
 import protocol as p
+from net._link import Backoff, Link
 from protocol._runtimes import PYTHON
-from relay._files import FETCH_RETRY_S, FETCHES
+from relay._files import (
+    FETCH_RETRY_S,
+    FETCHES,
+    FILE_CACHE_MB,
+    WANT_S,
+    RelayFiles,
+    runtime_files,
+)
 from tests.relay.test_relay import ANN, BOB, HOST, LIMITS, SHA, WASM, bored, core
 
 DATA = os.urandom(p.CHUNK_BYTES + 1000)  # two chunks
@@ -175,3 +185,123 @@ def test_the_upstreams_runtime_asks_go_down_and_its_jobs_only_to_jobbers_with_it
     got = bored(c, BOB, 11.0, host=ready)
     assert isinstance(got, p.Jobs) and got.payloads == {}
     assert got.jobs[0].payload == PYTHON.sha256
+
+
+# --- relay._files alone ------------------------------------------------------------
+
+
+def files(max_bytes: int = 3 * p.CHUNK_BYTES) -> RelayFiles:
+    return RelayFiles(Link(10.0, Backoff(min_s=1.0, max_s=8.0)), max_bytes)
+
+
+def got(f: RelayFiles, now: float, sizes: dict[str, int], *chunks: tuple[str, int, bytes]):
+    """Each (hash, index, bytes) asked by a jobber, fetched upstream and answered."""
+    digests = {}
+    for sha, index, _ in chunks:
+        f.fetch(p.Fetch(1, sha, index), now, sizes)
+    while True:
+        reqs = f.requests(now, sizes)
+        if not reqs:
+            return
+        for req in reqs:
+            sha, data_of = req.hash, {i: d for s, i, d in chunks if s == req.hash}
+            data = data_of[req.chunk]
+            digests.setdefault(
+                sha, tuple(hashlib.sha256(data_of[i]).digest() for i in sorted(data_of))
+            )
+            zero = digests[sha] if req.chunk == 0 else None
+            f.reply(p.Chunk(req.id, sha, req.chunk, sizes[sha], data, zero), now, sizes)
+
+
+def one_chunk_file(fill: int) -> tuple[str, bytes]:
+    data = bytes([fill]) * p.CHUNK_BYTES
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def test_the_cache_keeps_at_most_its_bytes_least_recently_served_out_first():
+    f = files()
+    blobs = [one_chunk_file(i) for i in range(4)]
+    sizes = {sha: p.CHUNK_BYTES for sha, _ in blobs}
+    for i, (sha, data) in enumerate(blobs[:3]):
+        got(f, float(i), sizes, (sha, 0, data))
+    assert f.cached_bytes == 3 * p.CHUNK_BYTES == sum(len(d) for d in f.chunks.values())
+    f.fetch(p.Fetch(2, blobs[0][0], 0), 5.0, sizes)  # served: the most recently used now
+    got(f, 6.0, sizes, (blobs[3][0], 0, blobs[3][1]))
+    assert f.cached_bytes == 3 * p.CHUNK_BYTES  # the least recently served went: blob 1
+    assert {sha for sha, _ in f.chunks} == {blobs[0][0], blobs[2][0], blobs[3][0]}
+    again = f.fetch(p.Fetch(3, blobs[1][0], 0), 7.0, sizes)
+    assert isinstance(again, p.Error) and again.code is p.ErrorCode.BUSY
+    assert f.status()["served"] == 1 and f.status()["served_bytes"] == p.CHUNK_BYTES
+    # a chunk kept again replaces itself, counted once
+    f._keep((blobs[0][0], 0), blobs[0][1])
+    assert f.cached_bytes == 3 * p.CHUNK_BYTES and len(f.chunks) == 3  # none evicted
+    with pytest.raises(ValueError, match="must hold one chunk"):
+        files(p.CHUNK_BYTES - 1)
+    assert files(p.CHUNK_BYTES).max_bytes == p.CHUNK_BYTES
+    assert RelayFiles(Link(10.0)).max_bytes == FILE_CACHE_MB << 20 == 512 * 1024 * 1024
+
+
+def test_what_no_job_reads_any_more_is_forgotten():
+    f = files()
+    (a, da), (b, db) = one_chunk_file(1), one_chunk_file(2)
+    sizes = {a: p.CHUNK_BYTES, b: p.CHUNK_BYTES}
+    got(f, 0.0, sizes, (a, 0, da), (b, 0, db))
+    f.unknown = {a, "cd" * 32}
+    f.forget([a])
+    assert list(f.chunks) == [(a, 0)] and f.cached_bytes == p.CHUNK_BYTES
+    assert set(f.digests) == {a} and f.unknown == {a}
+
+
+def test_a_want_nobody_repeats_for_want_s_is_dropped():
+    f = files()
+    sha, data = one_chunk_file(3)
+    sizes = {sha: p.CHUNK_BYTES}
+    f.fetch_after = 100.0  # nothing goes out meanwhile
+    f.fetch(p.Fetch(1, sha, 0), 10.0, sizes)
+    assert f.requests(10.0 + WANT_S, sizes) == [] and (sha, 0) in f.wanted
+    assert f.requests(10.01 + WANT_S, sizes) == [] and not f.wanted
+
+
+def test_every_check_a_jobber_makes_refuses_a_chunk_from_upstream():
+    sha, data = one_chunk_file(4)
+    digests = (hashlib.sha256(data).digest(),)
+    sizes = {sha: p.CHUNK_BYTES}
+    bad = {
+        "another file": lambda r: p.Chunk(r.id, "ab" * 32, 0, p.CHUNK_BYTES, data, digests),
+        "another chunk": lambda r: p.Chunk(r.id, sha, 1, p.CHUNK_BYTES, data, digests),
+        "another size": lambda r: p.Chunk(r.id, sha, 0, p.CHUNK_BYTES + 1, data, digests),
+        "short": lambda r: p.Chunk(r.id, sha, 0, p.CHUNK_BYTES, data[:-1], digests),
+        "not a chunk": lambda r: p.Ack(r.id, ()),
+    }
+    for why, reply in bad.items():
+        f = files()
+        f.fetch(p.Fetch(1, sha, 0), 0.0, sizes)
+        (req,) = f.requests(0.0, sizes)
+        f.reply(reply(req), 0.0, sizes)
+        assert f.refused == 1 and not f.chunks and (sha, 0) in f.wanted, why
+        assert not f.line.out, why  # answered: its lane is free again
+    f = files()
+    f.fetch(p.Fetch(1, sha, 0), 0.0, sizes)
+    (req,) = f.requests(0.0, sizes)
+    f.reply(p.Chunk(req.id, sha, 0, p.CHUNK_BYTES, data, digests), 0.0, sizes)
+    assert f.refused == 0 and list(f.chunks) == [(sha, 0)] and not f.wanted
+
+
+def test_an_error_from_upstream_frees_its_lane_and_a_busy_without_retry_s_waits_half_a_second():
+    f = files()
+    sha, _ = one_chunk_file(5)
+    sizes = {sha: p.CHUNK_BYTES}
+    f.fetch(p.Fetch(1, sha, 0), 0.0, sizes)
+    (req,) = f.requests(0.0, sizes)
+    f.reply(p.Error(req.id, p.ErrorCode.BUSY, "busy"), 1.0, sizes)
+    assert not f.line.out and f.fetch_after == 1.5
+    f.fetch(p.Fetch(1, sha, 0), 1.0, sizes)
+    assert f.requests(1.4, sizes) == [] and len(f.requests(1.5, sizes)) == 1
+
+
+def test_a_runtimes_files_are_its_module_and_its_library():
+    assert runtime_files([PYTHON.sha256, "cd" * 32]) == {
+        PYTHON.sha256: PYTHON.size,
+        **dict(PYTHON.files.values()),
+    }
+    assert len(runtime_files([PYTHON.sha256])) == 2
