@@ -109,6 +109,21 @@ def test_an_owner_who_takes_runtimes_from_the_index_fetches_nothing_from_dealers
     assert not fetches(pump(j, 61.0))
 
 
+def test_files_from_the_index_join_those_held_and_an_evicted_runtime_is_downloaded_again():
+    j = core(runtimes_from_index=True)
+    j.handle(c.FileKept("ab" * 32, 10), 0.0)
+    ask(j)
+    j.handle(RuntimeDownloaded(PYTHON.sha256), 1.0)
+    assert {"ab" * 32, PYTHON.sha256, STDLIB} <= set(j.files_held)
+    assert of(j.take_actions(), PrepareRuntime)
+    j.handle(RuntimePrepared(PYTHON.sha256), 2.0)
+    j.cache_updated({PYTHON.sha256: (PYTHON.size, 2 * PYTHON.compiled_size)}, [PYTHON.sha256])
+    assert j.runtimes_status() == {"python": "ready"}
+    j.files_updated([], {})  # the store gave the files up
+    j.cache_updated({})  # and the cache the runtime: asked again, downloaded again
+    assert of(ask(j, now=40.0), DownloadRuntime) == [DownloadRuntime(PYTHON.sha256)]
+
+
 def test_a_runtime_the_index_did_not_give_is_fetched_from_the_dealers_that_asked(caplog):
     j = core(runtimes_from_index=True)
     ask(j)

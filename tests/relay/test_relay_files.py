@@ -154,9 +154,18 @@ def test_jobs_with_files_go_only_to_jobbers_that_take_them():
     c = core()
     take(c, 0.0, with_file("u1"))
     no = bored(c, BOB, 1.0, host=HOST)  # takes no input files
-    assert isinstance(no, p.RetryLater) and "input files" in no.reason
+    assert isinstance(no, p.RetryLater)
+    assert no.reason == "every job here needs input files (this jobber takes none)"
     yes = bored(c, ANN, 1.0, host=TAKES)
     assert isinstance(yes, p.Jobs) and yes.jobs[0].files == with_file("x").files
+
+
+def test_the_relay_lists_upstream_its_payloads_and_the_runtimes_its_jobbers_have_ready():
+    c = core()
+    take(c, 0.0, with_file("u1"))  # the relay holds payload SHA
+    ready = p.HostFacts(cpus=1, memory_mb=1024, slots=1, cached=(PYTHON.sha256, "ef" * 32))
+    bored(c, BOB, 1.0, want=0, host=ready)
+    assert c.host(1.0).cached == (PYTHON.sha256, SHA)  # not BOB's own other payloads
 
 
 def test_the_upstreams_runtime_asks_go_down_and_its_jobs_only_to_jobbers_with_it_ready():
@@ -305,3 +314,24 @@ def test_a_runtimes_files_are_its_module_and_its_library():
         **dict(PYTHON.files.values()),
     }
     assert len(runtime_files([PYTHON.sha256])) == 2
+
+
+def test_the_core_counts_fetch_replies_as_contacts_refuses_denied_jobbers_and_forgets():
+    c = core()
+    assert c.files.max_bytes == FILE_CACHE_MB << 20
+    take(c, 0.0, with_file("u1"))
+    fetch(c, ANN, 0, 1.0)
+    (req,) = fetches(c, 1.0)
+    before = c.up.contacts
+    c.upstream_reply(chunk(req), 2.0)
+    assert c.up.contacts == before + 1 and c.up.last_reply == 2.0
+    assert c.files.chunks  # kept
+    bored(c, BOB, 2.0, want=0)
+    c.deny(BOB, "test")
+    denied = fetch(c, BOB, 0, 2.0)
+    assert isinstance(denied, p.Error) and denied.code is p.ErrorCode.DENIED
+    # the job done: no held job reads the file, and the next tick forgets it
+    (job,) = bored(c, ANN, 3.0, host=TAKES).jobs
+    c.results(p.Results(9, "ann", (p.Result(job.tag, p.Status.OK, b"7", 10),)), 3.0, ANN, "x")
+    c.tick(3.0)
+    assert not c.files.chunks and not c.files.digests
