@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import struct
 
-from sandbox import _job
+from sandbox import _job, _scratch
 from sandbox._guest import (
     EBADF,
     EEXIST,
@@ -159,11 +159,14 @@ class _Open:
 
 
 class Fds:
-    """One job's file descriptors: stdin, stdout, stderr, and the tree's ``/`` at fd 3."""
+    """One job's file descriptors: stdin, stdout, stderr, the tree's ``/`` at fd 3, and
+    the checkpoint directory (_scratch) after it."""
 
     __slots__ = ("table", "volume")
 
-    def __init__(self, stdin: bytes, volume: Volume | None) -> None:
+    def __init__(
+        self, stdin: bytes, volume: Volume | None, scratch: _scratch.Scratch | None = None
+    ) -> None:
         self.volume = volume
         self.table: dict[int, _Stdin | _Out | _Open] = {
             0: _Stdin(bytes(stdin)),
@@ -172,6 +175,8 @@ class Fds:
         }
         if volume is not None and volume.tree:
             self.table[PREOPEN_FD] = _Open(0, preopen=True)
+        if scratch is not None:
+            self.table[len(self.table)] = _scratch.ScratchDir(scratch, preopen=True)
 
     def get(self, fd: int) -> _Stdin | _Out | _Open:
         entry = self.table.get(fd)
@@ -648,10 +653,27 @@ def _named(fn, name: str):
     return fn
 
 
+def _or_scratch(fn, name: str):
+    """`fn`, but for a descriptor of the checkpoint directory (or one of its files):
+    _scratch's function of that name."""
+    other = _scratch.HANDLERS.get(name)
+    if other is None:
+        return fn
+    at = 2 if name == "path_symlink" else 0
+    scratch = _scratch.SCRATCH
+
+    def either(job: _job.Job, caller, args) -> int:
+        if job.files.table.get(args[at]).__class__ in scratch:
+            return other(job, caller, args)
+        return fn(job, caller, args)
+
+    return either
+
+
 # name -> (params: "i" i32, "I" i64; has a result; callback). Module globals: ctypes
 # callbacks must outlive every linker that uses them. fd_write is _wasi's.
 FUNCTIONS = {
-    name: (params, True, host(_named(fn, name), params))
+    name: (params, True, host(_named(_or_scratch(fn, name), name), params))
     for name, params, fn in [
         ("fd_read", "iiii", _fd_read),
         ("fd_pread", "iiiIi", _fd_pread),
