@@ -29,7 +29,7 @@ root is the root, as on any POSIX system, so no path leads out of the tree:
 there is nothing above it. A read copies the bytes from the mapped file into
 the guest's linear memory, nothing in between.
 
-A read of input files (and a directory listing) costs fuel, 1 per FUEL_BYTES
+A read of input files (and a directory listing) costs fuel, 1 per _guest.FUEL_BYTES
 bytes copied, rounded up per call, taken from the store before anything is
 copied: copying is host work, and a file can be read again without end, so it
 must not come free; the rate is fixed, so the fuel is the same everywhere.
@@ -75,13 +75,13 @@ from sandbox._guest import (
     Guest,
     Stopped,
     host,
+    read_fuel,
 )
 from sandbox._tree import MAX_PATH_BYTES, Volume
 
 MAX_FDS = 1024  # open descriptors, stdio and the preopen included (a common RLIMIT_NOFILE)
 MAX_IOVECS = 1024  # per call (IOV_MAX)
 MAX_READ = (1 << 31) - 1  # bytes per read call (SSIZE_MAX of wasm32)
-FUEL_BYTES = 16  # bytes of input files read per unit of fuel, rounded up per call
 COPY_CHUNK = 16 << 20  # bytes copied between checks of the time limit
 PREOPEN_FD = 3
 
@@ -284,11 +284,6 @@ def _copy(job: _job.Job, guest: Guest, vecs, source: memoryview, pos: int) -> in
                 raise Stopped
         total += take
     return total
-
-
-def read_fuel(n: int) -> int:
-    """The fuel a read of `n` bytes of input files costs: one per FUEL_BYTES, rounded up."""
-    return -(-n // FUEL_BYTES)
 
 
 def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int:

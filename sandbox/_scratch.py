@@ -17,7 +17,7 @@ by the order it was made in (the directory's is 1), nlink 1, its size, every tim
 does, fails ENOSPC; at most MAX_FILES files. No subdirectories, links or symlinks
 (ENOTSUP); a name is one path component. A rename or link between ``/checkpoint``
 and the input files is EXDEV. Written and read bytes cost fuel at the input files'
-rate (_files.read_fuel).
+rate (_guest.read_fuel).
 
 Every function here answers for a descriptor of this directory or one of its files;
 _files sends them here (`HANDLERS`, by the descriptor each call names), and _wasi's
@@ -43,6 +43,7 @@ from sandbox._guest import (
     ENAMETOOLONG,
     ENOENT,
     ENOTDIR,
+    ENOTSOCK,
     ENOTSUP,
     EOVERFLOW,
     IOVEC,
@@ -50,6 +51,7 @@ from sandbox._guest import (
     U64,
     Errno,
     Guest,
+    read_fuel,
 )
 
 DIR = "/checkpoint"
@@ -181,8 +183,6 @@ def _name(guest: Guest, ptr: int, n: int) -> bytes:
 
 
 def _fuel(job: _job.Job, guest: Guest, n: int) -> None:
-    from sandbox._files import read_fuel
-
     if n > 0:
         guest.charge(job, read_fuel(n))
 
@@ -573,8 +573,6 @@ def refused(job: _job.Job, caller, args) -> int:  # noqa: ARG001
 
 
 def sock(job: _job.Job, caller, args) -> int:  # noqa: ARG001
-    from sandbox._guest import ENOTSOCK
-
     return ENOTSOCK
 
 
