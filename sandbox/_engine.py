@@ -422,14 +422,15 @@ def execute(
     limits: Limits,
     volume: _tree.Volume | None = None,
     checkpoint: bytes | None = None,
-    on_save: Callable[[bytes], None] | None = None,
+    on_save: Callable[[bytes, int], None] | None = None,
 ) -> Outcome:
     """Run one job of a prepared module; never raises for anything the payload does.
 
     `volume`: the job's input files, opened (the caller closes it after).
     `checkpoint`: the state a job with a checkpoint allowance (`limits.checkpoint_kb`)
     resumes from, at /checkpoint/state (_scratch); `on_save` is called with each state
-    it saves while it runs (the last is also the outcome's `checkpoint`).
+    it saves while it runs, and the fuel used then (the last state is also the
+    outcome's `checkpoint`).
 
     The job runs on the engine the module was prepared for (`prepare(...,
     canonical=not limits.native_nans)`: see `run`).

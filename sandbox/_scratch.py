@@ -6,9 +6,9 @@ held in this process's memory, never a host folder. At start it holds ``state`` 
 the job resumes (the bytes saved by an earlier run of it), else nothing. The payload
 saves its progress by writing a file there and renaming it onto ``state``, or by
 writing ``state`` and closing it: at that moment the bytes ``state`` holds are
-*saved* (``Scratch.saved``, and the ``on_save`` callback the caller gave), the
-checkpoint a later run of the job may resume from. C and Python use plain file calls
-(`fopen`, `rename`, `open`, `os.replace`).
+*saved* (``Scratch.saved``, and the ``on_save`` callback the caller gave, with
+the fuel used so far), the checkpoint a later run of the job may resume from. C
+and Python use plain file calls (`fopen`, `rename`, `open`, `os.replace`).
 
 What the payload sees is the same on every machine: dev 0, each file's inode fixed
 by the order it was made in (the directory's is 1), nlink 1, its size, every time
@@ -99,7 +99,10 @@ class Scratch:
     """The directory: its files by name, and what was saved last."""
 
     def __init__(
-        self, limit: int, state: bytes | None = None, on_save: Callable[[bytes], None] | None = None
+        self,
+        limit: int,
+        state: bytes | None = None,
+        on_save: Callable[[bytes, int], None] | None = None,
     ) -> None:
         if state is not None and len(state) > limit:
             raise ValueError(f"a checkpoint of {len(state)} bytes: over its {limit} allowed")
@@ -125,14 +128,15 @@ class Scratch:
                 blobs[id(entry.blob)] = entry.blob
         return sum(len(b.data) for b in blobs.values())
 
-    def save(self) -> None:
+    def save(self, fuel: int) -> None:
+        """`state` as it is now is saved; `fuel`: what the job has used so far."""
         blob = self.files.get(STATE)
         if blob is None:
             return
         self.saved = bytes(blob.data)
         self.saves += 1
         if self.on_save is not None:
-            self.on_save(self.saved)
+            self.on_save(self.saved, fuel)
 
 
 class ScratchDir:
@@ -352,7 +356,7 @@ def fd_close(job: _job.Job, caller, args) -> int:  # noqa: ARG001
     (fd,) = args
     f = job.files.table.pop(fd)
     if isinstance(f, ScratchFile) and f.written and f.scratch.files.get(STATE) is f.blob:
-        f.scratch.save()
+        f.scratch.save(Guest.of(job, caller).fuel_used(job))
     return SUCCESS
 
 
@@ -557,7 +561,7 @@ def path_rename(job: _job.Job, caller, args) -> int:
         del s.files[old]
         s.files[new] = blob
     if new == STATE:
-        s.save()
+        s.save(guest.fuel_used(job))
     return SUCCESS
 
 

@@ -163,3 +163,42 @@ def test_the_directory_has_fixed_metadata_a_bound_and_no_subdirectories(probe_wa
     assert f"big {16 * 1024 - 5}" in lines  # all the room the allowance leaves
     assert "errno 1" in lines and "read hello" in lines
     assert out.checkpoint is None  # nothing was saved as state
+
+
+def test_in_a_slot_saves_reach_the_caller_and_a_killed_job_resumes_from_the_last(
+    tmp_path, chain_wasm
+):
+    import hashlib
+    import os
+    import signal
+    import time
+    from multiprocessing.connection import wait
+
+    from tests.helpers import collect_one
+
+    sha = hashlib.sha256(chain_wasm).hexdigest()
+    sandbox.ModuleCache(tmp_path).put(chain_wasm)
+    args = ("200000", "500")
+    lim = limits(fuel=10**12)
+    straight = sandbox.run(chain_wasm, args, limits=lim)
+    assert straight.ok
+    with sandbox.Slots(1, tmp_path) as slots:
+        slots.start("j", sha, args, b"", lim)
+        saves = []
+        deadline = time.monotonic() + 120
+        while len(saves) < 2:  # two saves, a second or more apart: the job is well under way
+            assert not slots.collect(), "the job ended before it saved twice"
+            saves += slots.take_saves()
+            assert time.monotonic() < deadline, "no save reached the caller"
+            wait(slots.fds(), timeout=0.2)
+        assert all(s.key == "j" and len(s.state) == 16 for s in saves)
+        assert saves[1].wall_s - saves[0].wall_s >= 1.0  # at most one a second
+        assert 0 < saves[0].fuel < saves[1].fuel < straight.fuel
+        os.kill(slots._workers[0].process.pid, signal.SIGKILL)
+        key, killed = collect_one(slots)
+        assert (key, killed.status) == ("j", Status.CRASH)
+        last = (saves + slots.take_saves())[-1].state
+        slots.start("j2", sha, args, b"", lim, checkpoint=last)
+        key, resumed = collect_one(slots, timeout_s=120)
+    assert resumed.ok and resumed.stdout == straight.stdout
+    assert resumed.checkpoint is not None  # its own last save comes with its outcome
