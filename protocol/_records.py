@@ -37,6 +37,7 @@ MAX_BATCH = 4096  # jobs in one `jobs`, results in one `results`
 MAX_ARGS = 1024
 MAX_STDIN_BYTES = 16 * 1024 * 1024
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024  # one job's saved state (limits.checkpoint_kb)
 MAX_CACHED = 4096  # payload hashes a jobber may report
 MAX_PAYLOADS = 64  # payloads (and signatures of payloads) in one `jobs`
 MAX_HOLDING = 8192  # tags a jobber may say it holds from one dealer (quotas keep it far below)
@@ -107,6 +108,7 @@ class Limits(_Record):
     native_nans: True: NaN bits may be as the jobber's CPU makes them (the dealer lets
     only jobbers of one platform vote together); nil or False: every NaN canonical.
     Not a limit, but how the job runs, so it travels with them to the sandbox.
+    checkpoint_kb: what the job's checkpoint directory may hold (sandbox._scratch).
     """
 
     fuel: int = checked(_int(1, 2**62), 100_000_000_000)
@@ -114,6 +116,9 @@ class Limits(_Record):
     time_s: float = checked(_float(0.001, 1e7), 60.0)
     output_kb: int = checked(_int(0, MAX_OUTPUT_BYTES // 1024), 1024)
     native_nans: bool | None = checked(_optional(_bool()), None)
+    # the most bytes the job's checkpoint directory may hold (/checkpoint, its saved
+    # state among them), KiB; nil or 0: it has none
+    checkpoint_kb: int | None = checked(_optional(_int(0, MAX_CHECKPOINT_BYTES // 1024)), None)
 
     def __post_init__(self) -> None:
         self._check_self("limits")

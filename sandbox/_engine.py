@@ -71,7 +71,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from protocol import Limits, Status, _runtimes
-from sandbox import _files, _job, _memory, _precheck, _tree, _wasi
+from sandbox import _files, _job, _memory, _precheck, _scratch, _tree, _wasi
 from sandbox._outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -421,10 +421,16 @@ def execute(
     stdin: bytes,
     limits: Limits,
     volume: _tree.Volume | None = None,
+    checkpoint: bytes | None = None,
+    on_save: Callable[[bytes, int], None] | None = None,
 ) -> Outcome:
     """Run one job of a prepared module; never raises for anything the payload does.
 
     `volume`: the job's input files, opened (the caller closes it after).
+    `checkpoint`: the state a job with a checkpoint allowance (`limits.checkpoint_kb`)
+    resumes from, at /checkpoint/state (_scratch); `on_save` is called with each state
+    it saves while it runs, and the fuel used then (the last state is also the
+    outcome's `checkpoint`).
 
     The job runs on the engine the module was prepared for (`prepare(...,
     canonical=not limits.native_nans)`: see `run`).
@@ -437,8 +443,13 @@ def execute(
         return Outcome(status, b"", 0, 0.0, detail)
     if any("\0" in arg for arg in args):
         return Outcome(Status.INVALID, b"", 0, 0.0, "an argument contains a NUL character")
+    kb = limits.checkpoint_kb or 0
+    if checkpoint is not None and len(checkpoint) > kb * 1024:
+        why = f"a checkpoint of {len(checkpoint)} bytes: over the job's {kb} KiB"
+        return Outcome(Status.INVALID, b"", 0, 0.0, why)
+    scratch = _scratch.Scratch(kb * 1024, checkpoint, on_save) if kb else None
     try:
-        return _execute(prepared, args, stdin, limits, volume)
+        return _execute(prepared, args, stdin, limits, volume, scratch)
     except Exception as e:
         log.exception("job of payload %s: sandbox internal error", prepared.sha256[:12])
         return Outcome(Status.CRASH, b"", 0, 0.0, f"sandbox internal error: {e!r}")
@@ -450,10 +461,11 @@ def _execute(
     stdin: bytes,
     limits: Limits,
     volume: _tree.Volume | None,
+    scratch: _scratch.Scratch | None,
 ) -> Outcome:
     eng = engine(prepared.canonical)
     job = _job.Job(limits, _ticker.now)
-    job.files = _files.Fds(stdin, volume)
+    job.files = _files.Fds(stdin, volume, scratch)
     store = wasmtime.Store(eng)
     store.set_fuel(limits.fuel)
     store.set_limits(
@@ -511,7 +523,8 @@ def _execute(
         quoted = job.err.decode("utf-8", "replace").strip()[-_DETAIL_STDERR:]
         if quoted:
             detail = f"{detail}; stderr: {quoted}" if detail else f"stderr: {quoted}"
-    return Outcome(status, bytes(job.out), fuel, wall_s, detail, exit_code, bytes(job.err))
+    saved = None if scratch is None else scratch.saved
+    return Outcome(status, bytes(job.out), fuel, wall_s, detail, exit_code, bytes(job.err), saved)
 
 
 def run(
@@ -522,6 +535,7 @@ def run(
     *,
     cache=None,
     files: Mapping[str, _tree.Source] = _tree.NO_FILES,
+    checkpoint: bytes | None = None,
 ) -> Outcome:
     """Run one job in this process and return its Outcome.
 
@@ -538,6 +552,9 @@ def run(
     `limits.native_nans`, else on the canonical one (every NaN 0x7ff8...): the
     same output and fuel either way for a payload that never looks at the bits of
     a NaN.
+
+    checkpoint: for a job with `limits.checkpoint_kb`, the state it resumes from (an
+    earlier outcome's `checkpoint`): see _scratch.
 
     Never raises for anything the payload does: a bad module is INVALID, a
     missing import IMPORT, and so on (see the module docstring).
@@ -559,4 +576,4 @@ def run(
 
     prepared = prepare(sha256, load, canonical)
     with _tree.Volume(tree) as volume:
-        return execute(prepared, args, stdin, limits, volume)
+        return execute(prepared, args, stdin, limits, volume, checkpoint)

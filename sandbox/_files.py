@@ -29,7 +29,7 @@ root is the root, as on any POSIX system, so no path leads out of the tree:
 there is nothing above it. A read copies the bytes from the mapped file into
 the guest's linear memory, nothing in between.
 
-A read of input files (and a directory listing) costs fuel, 1 per FUEL_BYTES
+A read of input files (and a directory listing) costs fuel, 1 per _guest.FUEL_BYTES
 bytes copied, rounded up per call, taken from the store before anything is
 copied: copying is host work, and a file can be read again without end, so it
 must not come free; the rate is fixed, so the fuel is the same everywhere.
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import struct
 
-from sandbox import _job
+from sandbox import _job, _scratch
 from sandbox._guest import (
     EBADF,
     EEXIST,
@@ -75,13 +75,13 @@ from sandbox._guest import (
     Guest,
     Stopped,
     host,
+    read_fuel,
 )
 from sandbox._tree import MAX_PATH_BYTES, Volume
 
 MAX_FDS = 1024  # open descriptors, stdio and the preopen included (a common RLIMIT_NOFILE)
 MAX_IOVECS = 1024  # per call (IOV_MAX)
 MAX_READ = (1 << 31) - 1  # bytes per read call (SSIZE_MAX of wasm32)
-FUEL_BYTES = 16  # bytes of input files read per unit of fuel, rounded up per call
 COPY_CHUNK = 16 << 20  # bytes copied between checks of the time limit
 PREOPEN_FD = 3
 
@@ -159,11 +159,14 @@ class _Open:
 
 
 class Fds:
-    """One job's file descriptors: stdin, stdout, stderr, and the tree's ``/`` at fd 3."""
+    """One job's file descriptors: stdin, stdout, stderr, the tree's ``/`` at fd 3, and
+    the checkpoint directory (_scratch) after it."""
 
     __slots__ = ("table", "volume")
 
-    def __init__(self, stdin: bytes, volume: Volume | None) -> None:
+    def __init__(
+        self, stdin: bytes, volume: Volume | None, scratch: _scratch.Scratch | None = None
+    ) -> None:
         self.volume = volume
         self.table: dict[int, _Stdin | _Out | _Open] = {
             0: _Stdin(bytes(stdin)),
@@ -172,6 +175,8 @@ class Fds:
         }
         if volume is not None and volume.tree:
             self.table[PREOPEN_FD] = _Open(0, preopen=True)
+        if scratch is not None:
+            self.table[len(self.table)] = _scratch.ScratchDir(scratch, preopen=True)
 
     def get(self, fd: int) -> _Stdin | _Out | _Open:
         entry = self.table.get(fd)
@@ -279,11 +284,6 @@ def _copy(job: _job.Job, guest: Guest, vecs, source: memoryview, pos: int) -> in
                 raise Stopped
         total += take
     return total
-
-
-def read_fuel(n: int) -> int:
-    """The fuel a read of `n` bytes of input files costs: one per FUEL_BYTES, rounded up."""
-    return -(-n // FUEL_BYTES)
 
 
 def _file_read(job: _job.Job, guest: Guest, entry: _Open, vecs, pos: int) -> int:
@@ -648,10 +648,27 @@ def _named(fn, name: str):
     return fn
 
 
+def _or_scratch(fn, name: str):
+    """`fn`, but for a descriptor of the checkpoint directory (or one of its files):
+    _scratch's function of that name."""
+    other = _scratch.HANDLERS.get(name)
+    if other is None:
+        return fn
+    at = 2 if name == "path_symlink" else 0
+    scratch = _scratch.SCRATCH
+
+    def either(job: _job.Job, caller, args) -> int:
+        if job.files.table.get(args[at]).__class__ in scratch:
+            return other(job, caller, args)
+        return fn(job, caller, args)
+
+    return either
+
+
 # name -> (params: "i" i32, "I" i64; has a result; callback). Module globals: ctypes
 # callbacks must outlive every linker that uses them. fd_write is _wasi's.
 FUNCTIONS = {
-    name: (params, True, host(_named(fn, name), params))
+    name: (params, True, host(_named(_or_scratch(fn, name), name), params))
     for name, params, fn in [
         ("fd_read", "iiii", _fd_read),
         ("fd_pread", "iiiIi", _fd_pread),

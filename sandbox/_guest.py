@@ -42,6 +42,14 @@ ESPIPE = 70
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 IOVEC = struct.Struct("<II")
+FUEL_BYTES = 16  # bytes of files copied (read, listed, written) per unit of fuel
+
+
+def read_fuel(n: int) -> int:
+    """The fuel copying `n` bytes of files costs: one per FUEL_BYTES, rounded up."""
+    return -(-n // FUEL_BYTES)
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _MEMORY_NAME = b"memory"

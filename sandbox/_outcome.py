@@ -25,6 +25,8 @@ class Outcome:
         None when the payload did not exit by itself.
     stderr: the first 8 KiB the payload wrote to fd 2; never part of the
         result a jobber reports, it is there for task authors.
+    checkpoint: the last state the payload saved in its checkpoint directory
+        (sandbox._scratch) during this run, or None if it saved none.
     """
 
     status: Status
@@ -34,6 +36,7 @@ class Outcome:
     detail: str = ""
     exit_code: int | None = None
     stderr: bytes = b""
+    checkpoint: bytes | None = None
 
     @property
     def ok(self) -> bool:

@@ -115,6 +115,17 @@ MAX_START_FAILURES = 5
 _JOIN_S = 5.0  # how long to wait for a killed worker to be reaped
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Saved:
+    """A state a running job saved (sandbox._scratch): its key, the state, and the fuel
+    and seconds of running time it had used then."""
+
+    key: str
+    state: bytes
+    fuel: int
+    wall_s: float
+
+
 class _Worker:
     __slots__ = (
         "process",
@@ -259,6 +270,7 @@ class Slots:
         self._suspended_since: float | None = None
         self._paused_s = 0.0  # total time spent suspended
         self._queued: list[tuple[str, Outcome]] = []
+        self._saves: list[Saved] = []
         self._start_failures = 0  # workers in a row that died before they were ready
         self._closed = False
         self._workers: list[_Worker] = []
@@ -386,11 +398,14 @@ class Slots:
         limits: Limits,
         depth: int = 1,
         files: Mapping[str, str | bytes] = NO_FILES,
+        checkpoint: bytes | None = None,
     ) -> None:
         """Start a job in an idle worker, or with `depth` > 1 queue it behind a busy one's
         (at most `depth` jobs per worker). The payload must be in ModuleCache(cache_root).
         `files`: its input files, guest absolute path -> host file path or bytes (the
-        worker maps the host files itself; see _tree).
+        worker maps the host files itself; see _tree). `checkpoint`: the state a job with
+        `limits.checkpoint_kb` resumes from; the states it saves while it runs come out
+        of `take_saves` (at most one a second each), its last with its outcome.
 
         RuntimeError if no slot is free or `key` is already running; ValueError for a
         bad guest path.
@@ -430,7 +445,9 @@ class Slots:
                 "time_s": limits.time_s,
                 "output_kb": limits.output_kb,
                 "native_nans": limits.native_nans,
+                "checkpoint_kb": limits.checkpoint_kb,
             },
+            "checkpoint": checkpoint,
             "compile_s": compile_s,
             "compile_memory_mb": memory_mb,
             "files": files,
@@ -464,6 +481,12 @@ class Slots:
             w.queue.append((msg, limits))
             return
         raise RuntimeError("no free slot")
+
+    def take_saves(self) -> list[Saved]:
+        """The states running jobs saved since the last call (collect reads them), in
+        order: for each, the job's key, the state, the fuel and seconds it had used."""
+        saves, self._saves = self._saves, []
+        return saves
 
     def collect(self) -> list[tuple[str, Outcome]]:
         """Finished jobs, without blocking; dead or hung workers are replaced."""
@@ -517,6 +540,10 @@ class Slots:
                 if kind == "compiled":
                     w.compiling = None
                     continue
+                if kind == "saved":
+                    if msg["key"] == w.key and w.key not in w.discard:
+                        self._saves.append(Saved(w.key, msg["state"], msg["fuel"], msg["wall_s"]))
+                    continue
                 key = msg["key"]
                 if key != w.key:  # cannot happen: one job at a time per worker, in order
                     log.error(
@@ -530,6 +557,7 @@ class Slots:
                     msg["detail"],
                     msg["exit_code"],
                     msg["stderr"],
+                    msg.get("checkpoint"),
                 )
                 self._ended(w, out, key, outcome)
             if w.key is not None and w.compiling is not None and w in self._workers:

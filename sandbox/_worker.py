@@ -82,6 +82,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import resource
 import signal
@@ -104,6 +105,7 @@ CPU_SLACK_S = 60  # host work around a job: instantiating, WASI calls, the ticke
 # watchdog in the parent is the fence meant to fire first
 COMPILE_CPU_SLACK_S = 2
 HOST_MARGIN = 1024 * MIB  # host-side allocations on top of the payload's memory
+SAVE_EVERY_S = 1.0  # a job's saved states reach the parent at most this often
 PARENT_CHECK_S = 0.5  # how soon an orphaned worker (its jobber was killed) stops
 # one linear memory's mapping (see _memory), twice: the payload's memory, and the GC heap
 # wasmtime gives a store for exception objects (the exceptions proposal), made by the same
@@ -293,9 +295,12 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             else:
                 with volume:
                     fences.arm(limits, volume.mapped)
-                    o = _engine.execute(prepared, args, stdin, limits, volume)
+                    saves = _Saves(conn, key)
+                    o = _engine.execute(
+                        prepared, args, stdin, limits, volume, msg.get("checkpoint"), saves
+                    )
                 reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
-                reply.update(exit_code=o.exit_code, stderr=o.stderr)
+                reply.update(exit_code=o.exit_code, stderr=o.stderr, checkpoint=o.checkpoint)
         except BaseException as e:  # a bug or an OS fence here: report it, then make way
             detail = f"worker failed: {type(e).__name__}: {e}"
             with contextlib.suppress(OSError):
@@ -305,6 +310,25 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             conn.send(reply)
         except OSError:  # the parent is gone
             return
+
+
+class _Saves:
+    """A job's saved states (sandbox._scratch), sent to the parent as they are made: at
+    most one every SAVE_EVERY_S of running time (the others are dropped; the job's last
+    state comes with its outcome), so a payload saving in a loop cannot flood the pipe."""
+
+    def __init__(self, conn, key: str) -> None:
+        self.conn, self.key = conn, key
+        self.sent_at = -math.inf
+        self.start = time.monotonic()
+
+    def __call__(self, state: bytes, fuel: int) -> None:
+        now = time.monotonic()
+        if now - self.sent_at < SAVE_EVERY_S:
+            return
+        self.sent_at = now
+        msg = {"kind": "saved", "key": self.key, "state": state, "fuel": fuel}
+        self.conn.send(msg | {"wall_s": now - self.start})
 
 
 def _outcome(key: str, status: str, stdout: bytes, fuel: int, wall_s: float, detail: str):
@@ -318,6 +342,7 @@ def _outcome(key: str, status: str, stdout: bytes, fuel: int, wall_s: float, det
         "detail": detail,
         "exit_code": None,
         "stderr": b"",
+        "checkpoint": None,
     }
 
 

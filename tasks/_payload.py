@@ -234,9 +234,12 @@ class Payload:
         stdin: bytes = b"",
         limits=None,
         files: Mapping[str, InputFile] | None = None,
+        checkpoint: bytes | None = None,
     ):
         """Run one job here, in this process, as a jobber would: a sandbox.Outcome.
         `files`: the job's input files by name (at /input/NAME), beside the payload's.
+        `checkpoint`: the state a job with `limits.checkpoint_kb` resumes from (an
+        earlier outcome's `checkpoint`), at /checkpoint/state.
         A runtime's compiled form is kept in the cache directory (compiled once per
         machine); other payloads are compiled in this process."""
         # imported here, not above: a dealer imports tasks and never needs wasmtime
@@ -247,7 +250,13 @@ class Payload:
             guest[f"{INPUT_DIR}/{name}"] = _source(f)
         cache = sandbox.ModuleCache(cache_dir() / "modules") if self.runtime is not None else None
         return sandbox.run(
-            self.wasm, (*self.argv, *args), stdin, limits or Limits(), cache=cache, files=guest
+            self.wasm,
+            (*self.argv, *args),
+            stdin,
+            limits or Limits(),
+            cache=cache,
+            files=guest,
+            checkpoint=checkpoint,
         )
 
 

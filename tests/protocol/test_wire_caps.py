@@ -42,6 +42,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "time_s": ("float", 0.001, 1e7),
         "output_kb": ("int", 0, 32768),
         "native_nans": ("optional", ("bool",)),
+        "checkpoint_kb": ("optional", ("int", 0, 65536)),
     },
     "HostFacts": {
         "cpus": ("int", 1, 2**20),
@@ -247,7 +248,9 @@ def test_the_constants_of_the_contract() -> None:
 # --- full samples: every optional field present, every list and map non-empty -------
 
 SHA = hashlib.sha256(b"payload").hexdigest()
-LIMITS = p.Limits(fuel=1000, memory_mb=16, time_s=1.5, output_kb=64, native_nans=True)
+LIMITS = p.Limits(
+    fuel=1000, memory_mb=16, time_s=1.5, output_kb=64, native_nans=True, checkpoint_kb=64
+)
 HOST = p.HostFacts(
     2,
     1024,

@@ -5,6 +5,8 @@ python_runtime fixture compiles it once per machine)."""
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclass_replace
+
 import pytest
 
 from protocol import Limits, Status
@@ -79,3 +81,39 @@ def test_the_script_cannot_write_its_input_files(py) -> None:
     out = py("open('/usr/local/lib/python315.zip', 'ab').write(b'x')").run(limits=ROOMY)
     assert out.status is Status.EXIT
     assert b"Error" in out.stderr
+
+
+CHAIN = r"""
+import json, os, sys
+path = "/checkpoint/state"
+i, acc = 0, 0
+if os.path.exists(path):
+    with open(path) as f:
+        i, acc = json.load(f)
+    print("resumed at", i, file=sys.stderr)
+while i < 200:
+    if i and i % 20 == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump([i, acc], f)
+        os.replace(path + ".tmp", path)
+    for k in range(3000):
+        acc = (acc * 31 + i + k) % 1000000007
+    i += 1
+print(acc)
+"""
+
+
+def test_a_python_job_stopped_halfway_resumes_from_its_checkpoint_to_the_same_output(py):
+    payload = py(CHAIN)
+    keeps = Limits(fuel=20 * 10**9, memory_mb=512, time_s=120.0, output_kb=4, checkpoint_kb=4)
+    straight = payload.run(limits=keeps)
+    assert straight.status is Status.OK, straight.detail
+    assert straight.checkpoint.startswith(b"[180, ")  # its last save
+    short = Limits(fuel=straight.fuel * 2 // 3, memory_mb=512, time_s=120.0, output_kb=4)
+    stopped = payload.run(limits=dataclass_replace(short, checkpoint_kb=4))
+    assert stopped.status is Status.FUEL and stopped.checkpoint is not None
+    at = int(stopped.checkpoint[1:].split(b",")[0])
+    resumed = payload.run(limits=keeps, checkpoint=stopped.checkpoint)
+    assert resumed.status is Status.OK, resumed.detail
+    assert f"resumed at {at}".encode() in resumed.stderr
+    assert resumed.stdout == straight.stdout and resumed.fuel < straight.fuel
