@@ -65,7 +65,6 @@ from sandbox._guest import (
     ENOTDIR,
     ENOTSOCK,
     ENOTSUP,
-    EOVERFLOW,
     EROFS,
     ESPIPE,
     IOVEC,
@@ -76,6 +75,7 @@ from sandbox._guest import (
     Stopped,
     host,
     read_fuel,
+    seek,
 )
 from sandbox._tree import MAX_PATH_BYTES, Volume
 
@@ -126,7 +126,6 @@ _RIFLAGS_ALL, _SDFLAGS_ALL = 3, 3  # recv_peek, recv_waitall; rd, wr
 _WHENCE_SET, _WHENCE_CUR, _WHENCE_END = 0, 1, 2
 _ADVICE_MAX = 5  # normal, sequential, random, willneed, dontneed, noreuse
 _DIRENT = struct.Struct("<QQIB3x")  # d_next, d_ino, d_namlen, d_type
-_MAX_OFFSET = (1 << 63) - 1
 
 
 # --- descriptors ------------------------------------------------------------------
@@ -372,14 +371,7 @@ def _fd_seek(job: _job.Job, caller, args) -> int:
         base = entry.pos
     else:
         base = fds.volume.size[entry.node]
-    pos = base + offset
-    if pos < 0:
-        return EINVAL
-    if pos > _MAX_OFFSET:
-        return EOVERFLOW
-    entry.pos = pos
-    guest.put_u64(out, pos)
-    return SUCCESS
+    return seek(guest, entry, base, offset, out)
 
 
 def _fd_tell(job: _job.Job, caller, args) -> int:

@@ -43,6 +43,20 @@ U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
 IOVEC = struct.Struct("<II")
 FUEL_BYTES = 16  # bytes of files copied (read, listed, written) per unit of fuel
+MAX_OFFSET = (1 << 63) - 1  # a file position, as WASI's filedelta allows
+
+
+def seek(guest: Guest, entry, base: int, offset: int, out: int) -> int:
+    """fd_seek's end, for any open file (`entry.pos`): to `base` + `offset`, written at
+    `out` (checked already); EINVAL before 0, EOVERFLOW past MAX_OFFSET."""
+    pos = base + offset
+    if pos < 0:
+        return EINVAL
+    if pos > MAX_OFFSET:
+        return EOVERFLOW
+    entry.pos = pos
+    guest.put_u64(out, pos)
+    return SUCCESS
 
 
 def read_fuel(n: int) -> int:

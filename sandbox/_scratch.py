@@ -45,13 +45,13 @@ from sandbox._guest import (
     ENOTDIR,
     ENOTSOCK,
     ENOTSUP,
-    EOVERFLOW,
     IOVEC,
     SUCCESS,
     U64,
     Errno,
     Guest,
     read_fuel,
+    seek,
 )
 
 DIR = "/checkpoint"
@@ -82,7 +82,6 @@ _O_CREAT, _O_DIRECTORY, _O_EXCL, _O_TRUNC = 1, 2, 4, 8
 _FDFLAG_APPEND, _FDFLAG_NONBLOCK = 1, 4
 _WHENCE_SET, _WHENCE_CUR, _WHENCE_END = 0, 1, 2
 _DIRENT = struct.Struct("<QQIB3x")
-_MAX_OFFSET = (1 << 63) - 1
 
 
 class Blob:
@@ -332,15 +331,7 @@ def fd_seek(job: _job.Job, caller, args) -> int:
         return EBADF
     guest = Guest.of(job, caller)
     guest.check(out, 8)
-    base = (0, f.pos, len(f.blob.data))[whence]
-    pos = base + offset
-    if pos < 0:
-        return EINVAL
-    if pos > _MAX_OFFSET:
-        return EOVERFLOW
-    f.pos = pos
-    guest.put_u64(out, pos)
-    return SUCCESS
+    return seek(guest, f, (0, f.pos, len(f.blob.data))[whence], offset, out)
 
 
 def fd_tell(job: _job.Job, caller, args) -> int:

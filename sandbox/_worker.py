@@ -317,13 +317,13 @@ class _Saves:
     most one every SAVE_EVERY_S of running time (the others are dropped; the job's last
     state comes with its outcome), so a payload saving in a loop cannot flood the pipe."""
 
-    def __init__(self, conn, key: str) -> None:
-        self.conn, self.key = conn, key
+    def __init__(self, conn, key: str, clock=time.monotonic) -> None:
+        self.conn, self.key, self.clock = conn, key, clock
         self.sent_at = -math.inf
-        self.start = time.monotonic()
+        self.start = clock()
 
     def __call__(self, state: bytes, fuel: int) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.sent_at < SAVE_EVERY_S:
             return
         self.sent_at = now
