@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
 import struct
 
 from protocol._runtimes import PYTHON
@@ -55,7 +56,8 @@ def test_a_python_batch_runs_on_jobbers_that_prepare_the_runtime_at_the_dealers_
     assert len(slopes) == JOBS * REPLICATES
     assert all(1.9 < s < 2.1 for s in slopes)  # the table's slope is 2
     assert "95% interval" in dealer.stdout
-    for j in jobbers:
+    for j in jobbers:  # done: stopped as their owner would stop them (no idle wait)
+        j.signal(signal.SIGTERM)
         assert j.wait(120) == 0, j.stderr
         assert "runtime python is ready" in j.stderr
     from_dealer, from_index = (j.stderr for j in jobbers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 
 from tests.e2e.test_input_files_batch import expected
 from tests.e2e.test_relay import _relay
@@ -31,7 +32,8 @@ def test_jobbers_behind_a_relay_take_input_files_each_chunk_fetched_upstream_onc
     ]
     assert dealer.wait(180) == 0, dealer.stderr + relay.stderr
     assert dealer.stdout.strip() == expected(table, JOBS)
-    for j in jobbers:
+    for j in jobbers:  # done: stopped as their owner would stop them (no idle wait)
+        j.signal(signal.SIGTERM)
         assert j.wait(60) == 0, j.stderr
     took = [j.stderr.count(f"input file {name[:12]} held whole") for j in jobbers]
     assert sum(took) >= 1 and max(took) == 1, took  # at most once each, from the relay
@@ -61,7 +63,8 @@ def test_a_python_batch_runs_behind_a_relay_that_passes_the_runtime_ask_down(
     assert dealer.wait(600) == 0, dealer.stderr + relay.stderr
     assert "95% interval" in dealer.stdout
     assert len(out.read_text().splitlines()) == 1 + 2 * 2  # a header, then every replicate
-    assert jobber.wait(120) == 0, jobber.stderr
+    jobber.signal(signal.SIGTERM)
+    assert jobber.wait(60) == 0, jobber.stderr
     assert jobber.stderr.count(f"input file {PYTHON.sha256[:12]} held whole") == 1
     assert "runtime python is ready" in jobber.stderr
     assert "upstream runs pinned runtimes" in relay.stderr
