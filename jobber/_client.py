@@ -114,6 +114,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
         self._writer: SpoolWriter | None = None
         self._checker: FileChecker | None = None  # checks complete input files off the loop
         self._preparer: RuntimePreparer | None = None  # compiles runtimes off the loop
+        # running job's key -> when it last saved a checkpoint (sandbox._scratch), its size
+        self._saved: dict[str, tuple[float, int]] = {}
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
@@ -435,7 +437,11 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
             self._evict("compiled forms")
 
     def _collect(self) -> None:
-        for key, outcome in self.slots.collect():
+        done = self.slots.collect()
+        for s in self.slots.take_saves():
+            self._saved[s.key] = (time.monotonic(), len(s.state))
+        for key, outcome in done:
+            self._saved.pop(key, None)
             self._outcome(key, outcome)
         self._carry_out()
 

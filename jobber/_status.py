@@ -67,6 +67,7 @@ class Control:
             ],
             "running": [
                 {"tag": h.spec.tag, "dealer": h.dealer, "elapsed_s": now - h.started}
+                | self._last_save(h.key, now)
                 for h in core.running.values()
             ],
             "buffered": len(core.buffer),
@@ -87,6 +88,11 @@ class Control:
             "effective": _plain(asdict(self._eff)),
             "allocator": self._allocator_status(now),
         }
+
+    def _last_save(self, key: str, now: float) -> dict:
+        """A running job's last checkpoint (sandbox._scratch): how long ago, how big."""
+        at, size = self._saved.get(key, (None, None))
+        return {"saved_s_ago": None if at is None else now - at, "saved_bytes": size}
 
     def _files_status(self) -> dict:
         """Input files: those held whole (most recently used first, those jobs in hand

@@ -336,7 +336,9 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
         origin = "" if d["pinned"] else " (referred)"
         print(f"  {d['address']}{origin}: {state}, {d['failures']} failed contacts in a row")
     for job in reply["running"]:
-        print(f"  running {job['tag']} from {job['dealer']} for {job['elapsed_s']:.0f} s")
+        saved = job.get("saved_s_ago")
+        last = "" if saved is None else f", last saved {saved:.0f} s ago ({job['saved_bytes']} B)"
+        print(f"  running {job['tag']} from {job['dealer']} for {job['elapsed_s']:.0f} s{last}")
     for dealer, n in reply.get("buffered_by_dealer", {}).items():
         print(f"  {n} buffered from {dealer}")
     for dealer, n in reply.get("spooled_by_dealer", {}).items():
