@@ -117,10 +117,10 @@ def keep_all(j: c.JobberCore, actions, store: FileStore | None = None) -> list:
     return out
 
 
-def chunk_0_kept(seed: int) -> tuple[c.JobberCore, bytes, p.FileRef]:
-    """A core holding job t.0, whose two-chunk file has come as far as its chunk 0 (and
-    the digests with it), kept at 0.1."""
-    data = content(CH + 10, seed=seed)
+def chunk_0_kept(seed: int, size: int = CH + 10) -> tuple[c.JobberCore, bytes, p.FileRef]:
+    """A core holding job t.0, whose file of `size` bytes (two chunks by default) has come
+    as far as its chunk 0 (and the digests with it), kept at 0.1."""
+    data = content(size, seed=seed)
     f = ref(data)
     j = core()
     take(j, spec("t.0", {"/d": f}))
@@ -209,14 +209,7 @@ def test_a_job_waits_for_its_file_chunk_0_first_then_several_chunks_at_once():
 
 
 def test_at_most_eight_fetches_are_out_to_a_dealer():
-    data = content(40 * MIB + 1)  # 11 chunks
-    f = ref(data)
-    j = core()
-    take(j, spec("t.0", {"/d": f}))
-    j.tick(0.0)
-    (first,) = fetches(j.take_actions())
-    j.received(LIVE, chunk(first.id, data, 0), 0.1)
-    keep_all(j, j.take_actions())
+    j, data, f = chunk_0_kept(seed=0, size=40 * MIB + 1)  # 11 chunks
     j.tick(0.2)
     out = fetches(j.take_actions())
     assert len(out) == p.MAX_FETCHES and len({x.id for x in out}) == p.MAX_FETCHES

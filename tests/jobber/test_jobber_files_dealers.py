@@ -104,11 +104,11 @@ def serve(j: c.JobberCore, data: bytes, store: FileStore, now: float, rounds: in
 # --- the cache: files in hand counted at their size ------------------------------------
 
 
-def first_fetch_of_both(tmp_path):
-    """A core whose buffered jobs from both dealers read one two-chunk file, kept in a
-    real store under `tmp_path`: the core, the file's bytes and ref, the store, and the
-    dealer and `fetch` of its chunk 0, sent at 0.2."""
-    data = content(CH + 100, seed=5)
+def first_fetch_of_both(tmp_path, size: int = CH + 100, seed: int = 5):
+    """A core whose buffered jobs from both dealers read one file of `size` bytes (two
+    chunks by default), kept in a real store under `tmp_path`: the core, the file's bytes
+    and ref, the store, and the dealer and `fetch` of its chunk 0, sent at 0.2."""
+    data = content(size, seed=seed)
     f = ref(data)
     store = FileStore(tmp_path)
     j = core2()
@@ -249,13 +249,7 @@ def test_fetches_out_when_a_file_starts_over_answer_for_nothing(tmp_path):
 
 
 def test_a_bad_whole_file_blames_only_the_dealer_whose_digests_and_chunks_made_it(tmp_path):
-    data = content(100, seed=5)
-    f = ref(data)
-    store = FileStore(tmp_path)
-    j = core2()
-    both_read(j, f)
-    j.tick(0.2)
-    ((dealer, fe),) = sent_fetches(j.take_actions())
+    j, data, f, store, dealer, fe = first_fetch_of_both(tmp_path, size=100)
     assert dealer == LIVE
     bogus = bytes(100)
     j.received(LIVE, p.Chunk(fe.id, f.hash, 0, 100, bogus, (hashlib.sha256(bogus).digest(),)), 0.3)
@@ -273,13 +267,7 @@ def test_two_dealers_a_give_back_and_a_fetch_again_make_the_right_file(tmp_path)
     """The real core and store together: a file begun from LIVE, its jobs given back
     (`unknown_file`), finished from LIVE2 against LIVE's digests; later dropped when no
     job reads it, and fetched again whole."""
-    data = content(2 * CH + 100, seed=8)
-    f = ref(data)
-    store = FileStore(tmp_path)
-    j = core2()
-    both_read(j, f)
-    j.tick(0.2)
-    ((_, f0),) = sent_fetches(j.take_actions())
+    j, data, f, store, _, f0 = first_fetch_of_both(tmp_path, size=2 * CH + 100, seed=8)
     j.received(LIVE, chunk(f0.id, data, 0), 0.3)
     keep_all(j, j.take_actions(), store)
     j.tick(0.4)
