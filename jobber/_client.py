@@ -441,8 +441,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
         for s in self.slots.take_saves():
             self._saved[s.key] = (time.monotonic(), len(s.state))
         for key, outcome in done:
-            self._saved.pop(key, None)
             self._outcome(key, outcome)
+        for key in [k for k in self._saved if k not in self.core.running]:
+            del self._saved[key]  # ended (or cancelled): only running jobs are shown
         self._carry_out()
 
     def _outcome(self, key: str, outcome: sandbox.Outcome) -> None:

@@ -270,7 +270,9 @@ class Slots:
         self._suspended_since: float | None = None
         self._paused_s = 0.0  # total time spent suspended
         self._queued: list[tuple[str, Outcome]] = []
-        self._saves: list[Saved] = []
+        # each running job's latest save not yet taken: one state per job at most, however
+        # long nobody takes them (python -m sandbox run never does)
+        self._saves: dict[str, Saved] = {}
         self._start_failures = 0  # workers in a row that died before they were ready
         self._closed = False
         self._workers: list[_Worker] = []
@@ -341,7 +343,9 @@ class Slots:
         w.compiling = None
 
     def _ended(self, w: _Worker, out: list, key: str, outcome: Outcome) -> None:
-        """`w`'s job ended with `outcome`: report it (unless cancelled), start the next."""
+        """`w`'s job ended with `outcome`: report it (unless cancelled), start the next.
+        Its save not taken goes: its last state comes with the outcome."""
+        self._saves.pop(key, None)
         if key in w.discard:
             w.discard.discard(key)
         else:
@@ -405,7 +409,8 @@ class Slots:
         `files`: its input files, guest absolute path -> host file path or bytes (the
         worker maps the host files itself; see _tree). `checkpoint`: the state a job with
         `limits.checkpoint_kb` resumes from; the states it saves while it runs come out
-        of `take_saves` (at most one a second each), its last with its outcome.
+        of `take_saves` (at most one a second, the latest of each job kept until taken),
+        its last with its outcome.
 
         RuntimeError if no slot is free or `key` is already running; ValueError for a
         bad guest path.
@@ -483,10 +488,11 @@ class Slots:
         raise RuntimeError("no free slot")
 
     def take_saves(self) -> list[Saved]:
-        """The states running jobs saved since the last call (collect reads them), in
-        order: for each, the job's key, the state, the fuel and seconds it had used."""
-        saves, self._saves = self._saves, []
-        return saves
+        """The latest state each running job saved since the last call (collect reads
+        them; an earlier one not taken is replaced): for each, the job's key, the state,
+        and the fuel and seconds it had used."""
+        saves, self._saves = self._saves, {}
+        return list(saves.values())
 
     def collect(self) -> list[tuple[str, Outcome]]:
         """Finished jobs, without blocking; dead or hung workers are replaced."""
@@ -542,7 +548,7 @@ class Slots:
                     continue
                 if kind == "saved":
                     if msg["key"] == w.key and w.key not in w.discard:
-                        self._saves.append(Saved(w.key, msg["state"], msg["fuel"], msg["wall_s"]))
+                        self._saves[w.key] = Saved(w.key, msg["state"], msg["fuel"], msg["wall_s"])
                     continue
                 key = msg["key"]
                 if key != w.key:  # cannot happen: one job at a time per worker, in order

@@ -183,3 +183,17 @@ def test_a_worker_sends_at_most_one_save_a_second_per_job():
         ("k", b"\x00", 100, 0.5),  # the first at once
         ("k", b"\x02", 300, 1.5),  # then one a second: 11.0 and 12.0 are dropped
     ]
+
+
+def test_saves_nobody_takes_are_one_per_running_job_and_go_with_its_outcome(tmp_path, chain_wasm):
+    import hashlib
+
+    from tests.helpers import collect_one
+
+    sha = hashlib.sha256(chain_wasm).hexdigest()
+    sandbox.ModuleCache(tmp_path).put(chain_wasm)
+    with sandbox.Slots(1, tmp_path) as slots:
+        slots.start("j", sha, ("100000", "500"), b"", limits(fuel=10**12))
+        key, out = collect_one(slots, timeout_s=120)  # saves made meanwhile, none taken
+        assert key == "j" and out.ok and out.checkpoint is not None
+        assert slots.take_saves() == []  # the ended job's went with its outcome
