@@ -184,6 +184,7 @@ class RelayCore(Holdings):
         self.upstream = UpstreamSide(self, self.up, name=name, attribute=attribute)
         self.downstream = DownstreamSide(self, self.up, attribute=attribute)
         self.files = RelayFiles(line, file_cache_bytes)
+        self._sizes: tuple[tuple, dict[str, int]] = ((), {})  # file_sizes, by what it read
 
     # --- upstream --------------------------------------------------------------
 
@@ -204,12 +205,17 @@ class RelayCore(Holdings):
     def file_sizes(self) -> dict[str, int]:
         """The files the relay serves its jobbers (hash -> size): those its jobs not yet
         done read, and the module and files of the runtimes they run or the upstream
-        asked for."""
+        asked for. Made again only when the holdings or those runtimes changed: it is
+        asked for every fetch."""
+        made_of = (self.version, self.up.runtimes)
+        if self._sizes[0] == made_of:
+            return self._sizes[1]
         open_ = [h.spec for h in self.held.values() if h.result is None]
         sizes = runtime_files(self.up.runtimes | {spec.payload for spec in open_})
         for spec in open_:
             for ref in (spec.files or {}).values():
                 sizes[ref.hash] = ref.size
+        self._sizes = (made_of, sizes)
         return sizes
 
     def upstream_failed(self, now: float) -> float:

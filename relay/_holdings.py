@@ -50,6 +50,9 @@ class Holdings:
         self._next = 0  # the next local tag's number
         self._ops: list[Op] = []
         self.given_back = 0  # queued jobs given back past their deadline (this process)
+        # bumped by every change to which replicas are held and which are done, so that
+        # what is derived from them (the files served: relay._core) is made once a change
+        self.version = 0
 
     # --- the journal ---------------------------------------------------------
 
@@ -69,6 +72,7 @@ class Holdings:
         lease from `now` to come back."""
         for utag, spec, got_at, result, by, for_key in held:
             self.held[utag] = Held(utag, spec, got_at, result, by, for_key)
+        self.version += 1
         for sha, wasm, sig in payloads:
             self.payloads[sha] = wasm
             if sig is not None:
@@ -158,6 +162,7 @@ class Holdings:
 
     def _drop(self, utag: str) -> None:
         h = self.held.pop(utag)
+        self.version += 1
         h.fire("dropped")
         for ltag in h.local:
             self.local.pop(ltag, None)
@@ -166,6 +171,7 @@ class Holdings:
     def _done(self, h: Held, result: p.Result, by: str, event: str = "result") -> None:
         h.fire(event)
         h.result, h.by = result, by
+        self.version += 1
         self._ops.append(Done(h.utag, result._to_wire(), by))
 
     def _give_back(self, h: Held, why: str) -> None:

@@ -329,6 +329,7 @@ class UpstreamSide:
                 continue  # sent twice (a reply to a request we gave up on): one is enough
             h = Held(spec.tag, spec, now, for_key=for_key)
             book.held[spec.tag] = h
+            book.version += 1
             book._ops.append(Hold(spec.tag, spec._to_wire(), now, for_key))
             # as a jobber must: give it back invalid (a runtime's module never comes in jobs)
             if spec.payload not in book.payloads and spec.payload not in RUNTIMES:

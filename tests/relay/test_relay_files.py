@@ -335,3 +335,31 @@ def test_the_core_counts_fetch_replies_as_contacts_refuses_denied_jobbers_and_fo
     c.results(p.Results(9, "ann", (p.Result(job.tag, p.Status.OK, b"7", 10),)), 3.0, ANN, "x")
     c.tick(3.0)
     assert not c.files.chunks and not c.files.digests
+
+
+def test_the_files_served_follow_every_change_to_what_is_held():
+    c = core()
+    assert c.file_sizes() == {}  # made once, then remade after each change below
+    take(c, 0.0, with_file("u1"), with_file("u2"))
+    assert c.file_sizes() == {FILE: len(DATA)}
+    # u1's result: u2 still reads it; u2 cancelled upstream too: nobody does
+    (job, _) = bored(c, ANN, 1.0, host=TAKES).jobs
+    c.results(p.Results(9, "ann", (p.Result(job.tag, p.Status.OK, b"7", 10),)), 1.0, ANN, "x")
+    assert c.file_sizes() == {FILE: len(DATA)}
+    (alive,) = [m for m in c.upstream_requests(10.0) if isinstance(m, p.Alive)]  # one is due
+    c.upstream_reply(p.AliveAck(alive.id, 20.0, ("u2",)), 10.0)
+    assert c.file_sizes() == {}
+    # a restart: what the journal held is served again
+    again = core()
+    assert again.file_sizes() == {}
+    again.load([("u3", with_file("u3"), 0.0, None, "", "")], [], [], 0, 0.0)
+    assert again.file_sizes() == {FILE: len(DATA)}
+
+
+def test_a_done_job_no_longer_makes_its_files_served():
+    c = core()
+    take(c, 0.0, with_file("u1"))
+    (job,) = bored(c, ANN, 1.0, host=TAKES).jobs
+    assert c.file_sizes() == {FILE: len(DATA)}
+    c.results(p.Results(9, "ann", (p.Result(job.tag, p.Status.OK, b"7", 10),)), 1.0, ANN, "x")
+    assert c.file_sizes() == {}  # done: its result waits to go up, its file is not read
