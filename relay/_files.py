@@ -52,7 +52,10 @@ class RelayFiles:
 
     def __init__(self, line: Link, max_bytes: int = FILE_CACHE_MB << 20) -> None:
         if max_bytes < p.CHUNK_BYTES:
-            raise ValueError(f"the file cache must hold one chunk, {p.CHUNK_BYTES} bytes")
+            raise ValueError(
+                f"the file cache (--file-cache-mb) must hold one chunk: "
+                f"{p.CHUNK_BYTES >> 20} MiB at least, not {max_bytes} bytes"
+            )
         self.line = line
         self.max_bytes = max_bytes
         self.chunks: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # LRU order
