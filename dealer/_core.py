@@ -67,7 +67,7 @@ from dealer._quota import JobberRecord as JobberRecord
 from dealer._quota import Standing as Standing
 from dealer._quota import Standings
 from dealer._records import RECORD_TYPES as RECORD_TYPES
-from dealer._records import Denied, Drawn, Gone, Overdue, Returned, Sent
+from dealer._records import Checkpointed, Denied, Drawn, Gone, Overdue, Returned, Sent
 from dealer._records import Record as Record
 from dealer._replicas import (
     _LATE,
@@ -85,6 +85,7 @@ from dealer._replicas import JournalMismatch as JournalMismatch
 from dealer._replicas import Rejected as Rejected
 from dealer._replicas import ReplicaState as ReplicaState
 from dealer._restore import Finished
+from dealer._saves import Saves
 from dealer._votes import MAX_DISPUTES as MAX_DISPUTES
 from dealer._votes import MAX_LATE as MAX_LATE
 from dealer._votes import Votes
@@ -103,7 +104,7 @@ DENIED = "denied"  # ... and for a result from a denied identity
 REFUSED_PER_DRAW = 1000
 
 
-class Core(Votes, Standings, Finished, Locality):
+class Core(Votes, Standings, Finished, Locality, Saves):
     """One batch's scheduling: live events in, records out, `apply` to replay them. Its
     parts: Votes (dealer._votes), Standings (dealer._quota), Finished (dealer._restore),
     Locality (dealer._locality)."""
@@ -281,7 +282,7 @@ class Core(Votes, Standings, Finished, Locality):
                 break
             j = self._jobs[job_id]
             if self._eligible(j, jobber, machine, platform, now):
-                out.append(self._send(j, jobber, machine, platform, now))
+                out.append(self._send(j, jobber, machine, platform, now, allowance))
         want = len(out) + min(want - len(out), self.room(jobber, machine))
         drawn = 0  # jobs whose files this jobber cannot take are drawn, not sent: a few
         while len(out) < want and drawn < want and len(self._jobs) < self.policy.window:
@@ -485,12 +486,22 @@ class Core(Votes, Standings, Finished, Locality):
             return {}, str(e)
 
     def _send(
-        self, j: _Job, jobber: str, machine: str, platform: str | None, now: float
+        self,
+        j: _Job,
+        jobber: str,
+        machine: str,
+        platform: str | None,
+        now: float,
+        allowance: int | None = None,
+        backup: bool = False,
     ) -> Assignment:
+        """A replica of `j` for `jobber`, from a saved state if one fits (dealer._saves)."""
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        self._record(Sent(tag, j.id, jobber, deadline, machine, now, platform))
-        return Assignment(tag, j.id, j.job, deadline, j.files)
+        ck = self._resume_of(j, allowance, backup)
+        sha = None if ck is None else ck.hash
+        self._record(Sent(tag, j.id, jobber, deadline, machine, now, platform, sha))
+        return Assignment(tag, j.id, j.job, deadline, j.files, ck)
 
     def _apply_sent(self, rec: Sent) -> None:
         j = self._jobs.get(rec.job_id)
@@ -501,6 +512,7 @@ class Core(Votes, Standings, Finished, Locality):
             raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
         r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine, rec.platform)
+        self._started(j, r, rec)
         j.replicas.append(r)
         on = self._platforms.get(rec.platform)
         if on is None:
@@ -522,6 +534,7 @@ class Core(Votes, Standings, Finished, Locality):
         if rec.status == Status.ABANDONED.value:
             r.fire("released")
             r.detail = f"released: {rec.detail}"
+            self._spare(r)
             self._evaluate(self._jobs[r.job_id])
             return
         r.fire("returned_ok" if ok else "returned_error")
@@ -531,7 +544,9 @@ class Core(Votes, Standings, Finished, Locality):
             host.unchecked += 1
         r.status = rec.status
         if ok or rec.status in DETERMINISTIC:  # both vote (quota is earned in _evaluate)
-            r.output, r.fuel = rec.output, rec.fuel
+            # jobs that save: fuel depends on where a replica resumed, outputs alone vote
+            r.output, r.used = rec.output, rec.fuel
+            r.fuel = 0 if self.policy.checkpoint_bytes else rec.fuel
         if not ok:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
             if not was_overdue:  # an overdue replica was counted already
@@ -545,6 +560,7 @@ class Core(Votes, Standings, Finished, Locality):
         self._unhold(r)
         r.fire("deadline")
         r.detail = "overdue: no result by the deadline"
+        self._spare(r)
         me = self._jobber(r.jobber)
         me.errors += 1
         me.bad()
@@ -561,6 +577,7 @@ class Core(Votes, Standings, Finished, Locality):
                 self._unhold(r)
                 r.fire("silent")
                 r.detail = "gone: the jobber fell silent"
+                self._spare(r)
                 touched[r.job_id] = self._jobs[r.job_id]
         for j in touched.values():
             self._evaluate(j)
@@ -579,4 +596,5 @@ _APPLY = {
     Overdue: Core._apply_overdue,
     Gone: Core._apply_gone,
     Denied: Core._apply_denied,
+    Checkpointed: Core._apply_checkpointed,
 }

@@ -78,6 +78,10 @@ class Policy:
     deny_after: int = DENY_AFTER
     lease_s: float = LEASE_S
     backups: int = BACKUPS
+    # the jobs save their state (limits.checkpoint_kb, bytes; 0: they do not): a replica may
+    # resume from another's, so fuel differs between honest replicas and votes compare
+    # outputs alone (dealer._saves)
+    checkpoint_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.quorum <= self.redundancy:
@@ -126,6 +130,7 @@ def policy_for(
         deny_after=_first(deny_after, DENY_AFTER),
         lease_s=_first(lease_s, task.lease_s, LEASE_S),
         backups=_first(backups, BACKUPS),
+        checkpoint_bytes=(task.limits.checkpoint_kb or 0) * 1024,
     )
 
 

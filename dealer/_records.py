@@ -67,6 +67,9 @@ class Sent(_Record):
     # the jobber's platform: only replicas of one platform vote together (None: it did
     # not say, the task is cross-platform, or a journal older than this field)
     platform: str | None = checked(_optional(_TEXT), None)
+    # the saved state it starts from: the hash of a Checkpointed record of another replica
+    # of its job (None: the beginning, and every journal older than checkpoints)
+    resume: str | None = checked(_optional(_TEXT), None)
 
 
 @record
@@ -77,6 +80,20 @@ class Returned(_Record):
     fuel: int = checked(_INT)
     detail: str = checked(_TEXT)
     # when it came back or was released (None: unknown)
+    at: float | None = checked(_optional(_NUMBER), None)
+
+
+@record
+class Checkpointed(_Record):
+    """A replica's jobber sent its job's saved state, now in the dealer's checkpoint
+    folder under its hash (dealer._checkpoints): a replica sent later in its place may
+    start from it."""
+
+    tag: str = checked(_TEXT)
+    hash: str = checked(_TEXT)
+    size: int = checked(_INT)
+    fuel: int = checked(_INT)  # what the job had used when it saved it
+    time_s: float = checked(_NUMBER)
     at: float | None = checked(_optional(_NUMBER), None)
 
 
@@ -96,7 +113,7 @@ class Denied(_Record):
     reason: str = checked(_TEXT)
 
 
-Record = Drawn | Sent | Returned | Overdue | Gone | Denied
+Record = Drawn | Sent | Returned | Overdue | Gone | Denied | Checkpointed
 RECORD_TYPES: dict[str, type] = {
-    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied)
+    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied, Checkpointed)
 }

@@ -93,6 +93,7 @@ class Assignment:
     job: Job
     deadline: float
     files: Mapping[str, InputFile] = field(default_factory=dict, compare=False)  # by guest path
+    resume: Checkpoint | None = None  # the saved state it starts from
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,20 @@ class Rejected:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A job's saved state, sent by the jobber of replica `tag` (dealer._saves)."""
+
+    tag: str
+    hash: str
+    size: int
+    fuel: int  # what the job had used when it was saved
+    time_s: float
+    at: float | None = None
+    # the machines whose runs made it: the replica's and those of the states it resumed
+    lineage: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True)
 class _Replica:
     tag: str
@@ -129,6 +144,14 @@ class _Replica:
     fuel: int = 0
     detail: str = ""
     won: bool = False  # in the group of machines whose agreement settled its job
+    used: int = 0  # fuel it says it used (its credit); `fuel` is what votes compare
+    resume: Checkpoint | None = None  # the saved state it started from
+    checkpoint: Checkpoint | None = None  # the latest state its jobber sent
+    saves: int = 0  # states its jobber sent
+    # resumed: its machine and those whose runs made the state it started from (its
+    # vote counts once with any of theirs: dealer._votes); None: it started afresh
+    lineage: frozenset[str] | None = None
+    sent_at: float | None = None  # when it was sent (None: a journal older than Sent.at)
 
     def fire(self, event: str) -> None:
         try:
@@ -147,3 +170,6 @@ class _Job:
     replicas: list[_Replica] = field(default_factory=list)
     digest: str = ""  # job_digest(job), as its Drawn record says
     files: Mapping[str, InputFile] = field(default_factory=dict)  # by guest path
+    # saved states of replicas that ended without a result: the next replica sent may
+    # start from one (dealer._saves)
+    spare: list[Checkpoint] = field(default_factory=list)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
+from dealer._checkpoints import Checkpoints
 from dealer._core import Accepted, Assignment, Core
 from dealer._fileserver import SERVE_MIB_S, FileServer, runtime_module
 from dealer._journal import Journal, task_pins
@@ -32,6 +33,8 @@ from dealer._policy import RETRY_RUNTIME_S as RETRY_RUNTIME_S
 from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
+from dealer._report import STATUS_PAGE as STATUS_PAGE
+from dealer._report import Report
 from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Job, Task
@@ -39,7 +42,6 @@ from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
 
-STATUS_PAGE = 100  # jobbers listed per status page
 EVICT_EVERY_S = 60.0  # how often idle strangers are forgotten
 REPLAY_DELIVER_EVERY = 4096  # records replayed between handing settled jobs to the task
 PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see SOON_S)
@@ -53,7 +55,7 @@ def _size(a: Assignment, argv: tuple[str, ...]) -> int:
     return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in (*argv, *job.args)) + files
 
 
-class Service(Relays):
+class Service(Relays, Report):
     """Serves one task: messages in, replies out, everything journaled first."""
 
     def __init__(
@@ -128,6 +130,8 @@ class Service(Relays):
         )
         # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
         self.files = FileServer(self.runtime and runtime_module(payload, files), serve_mib_s)
+        # saved states of long jobs, beside the journal (dealer._checkpoints)
+        self.saves = Checkpoints(journal.path.with_name(journal.path.name + "-checkpoints"))
         self._payload = payload
         self.signer = None if signer is None else signer.public
         self._signatures = None
@@ -213,9 +217,12 @@ class Service(Relays):
         start of every turn (a turn's share of `fetch`es starts again)."""
         self.files.turn()
         self.core.tick(now)
+        self.saves.tick(now)
         if now - self._evicted_at >= EVICT_EVERY_S:
             self._evicted_at = now
             self.core.evict(now)
+            if self.core.policy.checkpoint_bytes:
+                self.saves.prune(self.core.checkpoint_hashes())
             self.labels = {k: v for k, v in self.labels.items() if k in self.core.jobbers}
             self._too_small = {k: v for k, v in self._too_small.items() if k in self.core.jobbers}
             self._no_room = {k: v for k, v in self._no_room.items() if k in self.core.jobbers}
@@ -285,9 +292,27 @@ class Service(Relays):
             return self.work_offer(msg.id)
         if isinstance(msg, p.Fetch):
             denied = self.core.is_denied(peer.key)
-            return self.files.fetch(msg, now, peer, self.core.input_file, denied)
+            return self.files.fetch(msg, now, peer, self._file, denied)
+        if isinstance(msg, p.Save):
+            self._label(peer, msg.jobber)
+            return self._save(msg, now, peer)
         rid = getattr(msg, "id", getattr(msg, "re", 0))
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
+
+    def _file(self, sha: str):
+        """An input file of the batch's jobs, or a saved state of one (dealer._saves)."""
+        return self.core.input_file(sha) or self.saves.lookup(sha)
+
+    def _save(self, msg: p.Save, now: float, peer: Peer) -> p.Message:
+        """A chunk of a long job's saved state (dealer._checkpoints, dealer._saves)."""
+        c, key = self.core, peer.key
+        return self.saves.save(
+            msg,
+            key,
+            now,
+            lambda: c.may_save(key, msg.tag, msg.size),
+            lambda: c.checkpointed(key, msg.tag, msg.hash, msg.size, msg.fuel, msg.time_s, now),
+        )
 
     def _label(self, peer: Peer, name: str) -> None:
         if self.labels.get(peer.key) != name:
@@ -353,6 +378,8 @@ class Service(Relays):
                     limits,
                     a.deadline - now,
                     {path: f.ref for path, f in a.files.items()} if a.files else None,
+                    a.resume
+                    and p.Resume(a.resume.hash, a.resume.size, a.resume.fuel, a.resume.time_s),
                 )
                 for a in assigned
             )
@@ -522,79 +549,3 @@ class Service(Relays):
                 " ".join(job.args),
                 exc_info=True,
             )
-
-    # --- reporting ---------------------------------------------------------
-
-    def jobbers(self) -> list[dict]:
-        """Every identity the dealer remembers, best first (credit, then valid results)."""
-        c = self.core
-        rows = [
-            {
-                "key": key,
-                "name": self.labels.get(key) or "-",  # "-": not heard since a restart
-                "machine": r.machine,
-                "valid": r.valid,
-                "invalid": r.invalid,
-                "errors": r.errors,
-                "credit": r.credit,
-                "last_seen": r.last_seen,
-                "gone": r.gone,
-                "holding": r.held,
-                "denied": c.is_denied(key),
-            }
-            for key, r in c.jobbers.items()
-        ]
-        rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
-        return rows
-
-    def waiting(self, now: float) -> list[str]:
-        """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
-        why = self.core.waiting(now)
-        short = [k for k in self._no_room if k in self.core.jobbers]
-        if self.core.in_flight and short:
-            last = self._no_room[short[-1]]
-            why.append(
-                f"{len(short)} jobber{'s' if len(short) != 1 else ''} cannot take the jobs' "
-                f"input files (the latest: {last})"
-            )
-        n = sum(1 for k in self._unprepared if k in self.core.jobbers)
-        if self.core.in_flight and n and self.runtime is not None:
-            why.append(f"jobbers asked to prepare the runtime {self.runtime.name}: {n}")
-        small = [k for k in self._too_small if k in self.core.jobbers]
-        if self.core.in_flight and small:
-            most = max(self._too_small[k] for k in small)
-            why.append(
-                f"jobs need {self.core.policy.memory_mb} MiB each; {len(small)} jobber"
-                f"{'s offer' if len(small) != 1 else ' offers'} at most {most}"
-            )
-        return why
-
-    def status(self, now: float, page: int = 0) -> dict:
-        """A report for people: counts, disagreements, and one page of jobbers (no tags)."""
-        c = self.core
-        rows = self.jobbers()
-        pages = max(1, -(-len(rows) // STATUS_PAGE))
-        return {
-            "task": type(self.task).__name__,
-            "key": self.key_hex,
-            "signer": self.signer,
-            "total": self._total(),
-            "drawn": c.drawn,
-            "accepted": c.accepted,
-            "failed": c.failed,
-            "in_flight": c.in_flight,
-            "replicas_out": c.replicas_out,
-            "distinct": self.distinct,
-            "closed": self.closed,
-            "waiting": self.waiting(now),
-            "disputed": c.disputed,
-            "task_error": c.source_error or None,
-            "disputes": list(c.disputes)[-10:],
-            "denied": sorted(c.denied)[:STATUS_PAGE],
-            "jobbers_total": len(rows),
-            "page": page,
-            "pages": pages,
-            "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
-            "peers": self.peers.status(now),
-            **self.files.status(),
-        }

@@ -109,12 +109,12 @@ class _Tally:
                 live += 1
                 live_on[r.platform] = live_on.get(r.platform, 0) + 1
             elif state is ReplicaState.OK:
-                voters.setdefault((r.platform, r.output, r.fuel), set()).add(r.machine)
+                voters.setdefault((r.platform, r.output, r.fuel), set()).add(r.lineage or r.machine)
             elif state is ReplicaState.ERROR:
                 errors += 1
                 if r.status in DETERMINISTIC:
                     key = (r.platform, r.status, r.output, r.fuel)
-                    failing.setdefault(key, set()).add(r.machine)
+                    failing.setdefault(key, set()).add(r.lineage or r.machine)
             elif state is ReplicaState.OVERDUE:
                 errors += 1
             else:  # RELEASED, GONE
@@ -124,8 +124,9 @@ class _Tally:
             platform, key = top[0], top[1:]
             best_on: dict[str | None, int] = {}
             for (on, _, _), machines in voters.items():
-                if len(machines) > best_on.get(on, 0):
-                    best_on[on] = len(machines)
+                n = _independent(machines)
+                if n > best_on.get(on, 0):
+                    best_on[on] = n
             for on, n in live_on.items():
                 best_on[on] = best_on.get(on, 0) + n
             reach = max(best_on.values())
@@ -156,9 +157,26 @@ def _most(groups: dict, empty):
     """The key of the largest group, and its size; the first reached wins a tie."""
     best_key, best = empty, 0
     for key, machines in groups.items():
-        if len(machines) > best:
-            best_key, best = key, len(machines)
+        n = _independent(machines)
+        if n > best:
+            best_key, best = key, n
     return best_key, best
+
+
+def _independent(machines: set) -> int:
+    """How many independent votes a group of replicas has: each is its machine, or, for
+    a replica resumed from saved states (dealer._saves), the machines whose runs made
+    it; replicas that share a machine count once (a greedy count: never more)."""
+    if all(type(m) is str for m in machines):
+        return len(machines)
+    used: set[str] = set()
+    n = 0
+    for m in sorted(machines, key=lambda m: 1 if type(m) is str else len(m)):
+        group = {m} if type(m) is str else m
+        if used.isdisjoint(group):
+            used |= group
+            n += 1
+    return n
 
 
 def _digest(key: tuple[bytes, int]) -> str:
@@ -215,7 +233,7 @@ class Votes:
             if t.reach >= p.quorum + p.backups or t.sent >= p.max_replicas:
                 continue
             if self._eligible(j, jobber, machine, platform, now):
-                out.append(self._send(j, jobber, machine, platform, now))
+                out.append(self._send(j, jobber, machine, platform, now, allowance, True))
         return out
 
     def cancellable(self, holding: Collection[str]) -> list[str]:
@@ -233,6 +251,8 @@ class Votes:
     def _late_from(self, jobber: str, tag: str, status: Status, output: bytes, fuel: int) -> bool:
         """A result for a replica that was open when its job settled: True if it disagrees."""
         job_id, accepted = self._late.pop(tag)
+        if self.policy.checkpoint_bytes:  # outputs alone vote (dealer._saves)
+            fuel = 0
         if status is not Status.OK or accepted is None or (output, fuel) == accepted:
             return False
         self.disputed += 1
@@ -320,7 +340,7 @@ class Votes:
                     elif (r.output, r.fuel) == t.best_key:
                         r.won = True
                         rec.valid += 1
-                        rec.credit += r.fuel
+                        rec.credit += r.used
                         rec.good()
                         self._machine(r.machine).good()
                     else:

@@ -39,6 +39,10 @@ class Start:
     dealer: str
     spec: p.JobSpec
     depth: int = 1  # jobs a slot may hold, running and queued behind (sandbox.Slots.start)
+    # the saved state it starts from: its own, spooled by the shell (`local`), or the one
+    # the dealer named (spec.resume, in the file store); None: from the beginning
+    resume: p.Resume | None = None
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,26 @@ class Resume:
     """Let the slots' workers go on."""
 
 
+@dataclass(frozen=True, slots=True)
+class SendSave:
+    """Send chunk `chunk` of the latest saved state of job `tag` to its dealer (`save`,
+    request `rid`): the shell reads it from the state it took at chunk 0 (jobber._saving)."""
+
+    dealer: str
+    tag: str
+    rid: int
+    chunk: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetState:
+    """Job `tag` of `dealer` ended (or was given up): its saved state goes, from memory and
+    from the disk."""
+
+    dealer: str
+    tag: str
+
+
 Action = (
     Send
     | Hello
@@ -146,6 +170,8 @@ Action = (
     | DownloadRuntime
     | Suspend
     | Resume
+    | SendSave
+    | ForgetState
 )
 
 
@@ -252,6 +278,20 @@ class RuntimeDownloaded:
     why: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class StateSaved:
+    """A running job (`dealer`, `tag`) saved its state, of `size` bytes hashing to `sha`,
+    and the shell keeps it (in memory and in its spool); `fuel` and `time_s`: what the job
+    had used then, from its beginning (what it resumed from included)."""
+
+    dealer: str
+    tag: str
+    sha: str
+    size: int
+    fuel: int
+    time_s: float
+
+
 RuntimeEvent = RuntimePrepared | RuntimeDownloaded
 Screened = Untrusted | BadHash  # what the shell found of a `jobs` message's payloads
 Event = (
@@ -264,4 +304,5 @@ Event = (
     | FileStoreFailed
     | RuntimePrepared
     | RuntimeDownloaded
+    | StateSaved
 )

@@ -52,6 +52,7 @@ from jobber._quiet import Repeats
 from jobber._settings import Config, JobberError
 from jobber._sockets import DealerSockets, Sockets
 from jobber._spool import Spool, SpoolWriter
+from jobber._states import Saves, States
 from jobber._status import Control
 from jobber._trust import Trust
 from net._files import write_atomic
@@ -69,7 +70,7 @@ COALESCE_S = 0.002
 EVICT_AFTER_S = 5.0
 
 
-class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
+class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
     """The shell: the loop, the slots, the spool and the cache around a JobberCore; its
     dealers' sockets are jobber._sockets, signed payloads jobber._trust, an allocator's
     instructions jobber._allocation, the control socket and status jobber._status."""
@@ -116,6 +117,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
         self._preparer: RuntimePreparer | None = None  # compiles runtimes off the loop
         # running job's key -> when it last saved a checkpoint (sandbox._scratch), its size
         self._saved: dict[str, tuple[float, int]] = {}
+        self.states = States(cfg.data_dir / "states")  # their latest states (jobber._states)
+        # running job's key -> the fuel and time it used before the state it resumed from
+        self._offsets: dict[str, tuple[int, float]] = {}
         self._poll: zmq.Poller | None = None
         self._present: set[str] = set()  # payloads known to be in the cache
         self._poll_key: tuple = ()
@@ -136,6 +140,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
         self.core = c.JobberCore(
             settings, dealers, time.monotonic(), pins=self.pins.all(), spooled=spooled
         )
+        self.core.restore(self.states.load(), time.monotonic())
         self._cache_updated()
         self.core.files_updated(self.files.whole(), self.files.partials)
         self._evict_at: float | None = None  # when the cache is checked for its size next
@@ -349,16 +354,22 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
                     return
                 self.files.touch(ref.hash)
                 files[guest] = str(self.files.path(ref.hash))
+            state, limits, *used = self._resume(a)
             try:  # the worker maps the files read-only, each at its guest path
                 self.slots.start(
-                    a.key, spec.payload, spec.args, spec.stdin, spec.limits, a.depth, files
+                    a.key, spec.payload, spec.args, spec.stdin, limits, a.depth, files, state
                 )
+                self._offsets[a.key] = (used[0], used[1])
             except ValueError as e:  # its guest paths make no tree the sandbox serves
                 why = f"its input files: {e}"[: p.MAX_STR]
                 result = p.Result(spec.tag, p.Status.INVALID, b"", 0, why)
                 self.core.job_done(a.key, result, 0.0, time.monotonic())
         elif isinstance(a, c.Stop):
             self.slots.cancel(a.key)
+        elif isinstance(a, c.SendSave):
+            self._send_save(a)
+        elif isinstance(a, c.ForgetState):
+            self.states.forget(a.dealer, a.tag)
         elif isinstance(a, c.Suspend):
             self.slots.suspend()
         elif isinstance(a, c.Resume):
@@ -440,6 +451,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
         done = self.slots.collect()
         for s in self.slots.take_saves():
             self._saved[s.key] = (time.monotonic(), len(s.state))
+            self._state_saved(s)
         for key, outcome in done:
             self._outcome(key, outcome)
         for key in [k for k in self._saved if k not in self.core.running]:
@@ -449,9 +461,8 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
     def _outcome(self, key: str, outcome: sandbox.Outcome) -> None:
         held = self.core.running.get(key)
         tag = held.spec.tag if held is not None else "?"
-        result = p.Result(
-            tag, outcome.status, outcome.stdout, outcome.fuel, outcome.detail[: p.MAX_STR]
-        )
+        fuel = outcome.fuel + self._offsets.pop(key, (0, 0.0))[0]  # the whole job's
+        result = p.Result(tag, outcome.status, outcome.stdout, fuel, outcome.detail[: p.MAX_STR])
         self.core.job_done(key, result, outcome.wall_s, time.monotonic())
 
     def _tell_owner(self, now: float) -> None:
@@ -545,7 +556,9 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing):
             self._outcome(key, outcome)
         self._carry_out()
         flush_until = time.monotonic() + min(5.0, self.cfg.request_timeout_s)
-        while self.core.count_unacked() and time.monotonic() < flush_until:
+        while (self.core.count_unacked() or self.core.uploads_pending()) and (
+            time.monotonic() < flush_until
+        ):
             self._turn(time.monotonic())
             self._wait()
         if self.core.count_unacked():

@@ -122,6 +122,7 @@ from jobber._actions import (
     FileBad,
     FileKept,
     FileStoreFailed,
+    ForgetState,
     Hello,
     KeepChunk,
     Owner,
@@ -134,8 +135,10 @@ from jobber._actions import (
     RuntimeEvent,
     Screened,
     Send,
+    SendSave,
     Spool,
     Start,
+    StateSaved,
     Stop,
     Store,
     StoreFailed,
@@ -146,8 +149,10 @@ from jobber._actions import (
 from jobber._dealers import Dealers
 from jobber._holding import Holdings
 from jobber._inputs import Inputs
+from jobber._owner import OwnerRule
 from jobber._quiet import Repeats
 from jobber._runtimes import Runtimes
+from jobber._saving import Saving
 from jobber._settings import MIB, SPOOL_SHARES_IN_ALL, Settings
 from jobber._shares import Shares
 from jobber._state import (
@@ -175,6 +180,7 @@ from jobber._state import (
     REFUSED_PAYLOAD_WAIT_S,
     RESULT_OVERHEAD_BYTES,
     RESULTS,
+    SAVE,
     SHUN_DROPPED_S,
     Held,
     Link,
@@ -218,6 +224,7 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "FileBad",
     "FileKept",
     "FileStoreFailed",
+    "ForgetState",
     "Held",
     "Hello",
     "JobberCore",
@@ -233,9 +240,11 @@ __all__ = [  # the core's face: its parts' names stay reachable here
     "Resume",
     "Screened",
     "Send",
+    "SendSave",
     "Settings",
     "Spool",
     "Start",
+    "StateSaved",
     "Stop",
     "Store",
     "StoreFailed",
@@ -248,10 +257,11 @@ __all__ = [  # the core's face: its parts' names stay reachable here
 ]
 
 
-class JobberCore(Dealers, Holdings, Inputs, Runtimes):
+class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
     """The jobber's decisions (see this module's theory of operation); its dealers'
     part is jobber._dealers, its holdings' jobber._holding, its input files'
-    jobber._inputs, its runtimes' jobber._runtimes."""
+    jobber._inputs, its runtimes' jobber._runtimes, its saved states' jobber._saving,
+    its owner's word jobber._owner."""
 
     def __init__(
         self,
@@ -298,6 +308,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
         # input file started over -> the dealer to ask its chunk 0 of first (jobber._inputs)
         self.fetch_first: dict[str, str] = {}
         self._runtimes_init()
+        self._saving_init()
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
@@ -339,6 +350,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             any(h.dealer == dealer for h in self.buffer)
             or any(h.dealer == dealer for h in self.running.values())
             or bool(self.unacked.get(dealer))
+            or any(d == dealer for d, _ in self.parked)
         )
 
     def holding(self, dealer: str) -> tuple[str, ...] | None:
@@ -350,6 +362,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             if h.dealer == dealer and k not in self._cancelled
         ]
         tags += list(self.unacked.get(dealer, {}))
+        tags += [tag for d, tag in self.parked if d == dealer]
         return tuple(tags) if len(tags) <= p.MAX_HOLDING else None
 
     def host_facts(self) -> p.HostFacts:
@@ -482,6 +495,10 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             self._acked(link.address, msg, now)
         elif isinstance(msg, p.Chunk):
             self._chunk(link, msg, now)
+        elif isinstance(msg, p.Saved):
+            self._saved_reply(link, msg, now)
+        elif isinstance(msg, p.Error) and msg.re == link.req_id(SAVE):
+            self._save_error(link, msg, now)
         elif isinstance(msg, p.Error) and self._fetch_lane(link, msg.re) is not None:
             log.log(
                 logging.DEBUG if msg.code is p.ErrorCode.BUSY else logging.WARNING,
@@ -527,6 +544,8 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             self._files_event(event, now)
         elif isinstance(event, RuntimeEvent):
             self._runtime_event(event, now)
+        elif isinstance(event, StateSaved):
+            self._state_saved(event, now)
         elif isinstance(event, Resized):
             self.s = replace(
                 self.s,
@@ -537,40 +556,6 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
         else:  # pragma: no cover - an event the core does not know is our bug
             raise TypeError(f"unknown event {event!r}")
 
-    def _owner(self, ev: Owner, now: float) -> None:
-        """Suspend the slots, or resume them: the first reason that holds wins (the owner's
-        word, the pool's hours, the machine in use, the CPU limit); none while the jobber
-        winds down (running jobs get their grace). Asking for work stops too, but for the
-        CPU limit (a pause of a second or so) and outside the network hours alone."""
-        why = ""
-        if ev.stopping or self.stopping:
-            pass
-        elif ev.suspended:
-            why = "suspended by the owner"
-        elif not ev.computes:
-            why = "outside the pool's hours"
-        elif ev.in_use:
-            why = "machine in use"
-        elif ev.cpu_off:
-            why = "cpu limit"
-        if why and not self.suspended:
-            self._actions.append(Suspend())
-            self.suspended = True
-            if why != "cpu limit":
-                log.info("jobs suspended: %s", why)
-        elif not why and self.suspended:
-            self._actions.append(Resume())
-            self.suspended = False
-            if self.why_suspended != "cpu limit":
-                log.info("jobs resumed")
-        self.why_suspended = why
-        self.paused = "suspended" if self.suspended else ""
-        self.fetch_paused = (
-            ev.suspended or why in ("machine in use", "outside the pool's hours") or not ev.asks
-        )
-        if ev.suspended:  # suspended by its owner: that is not idling
-            self.busy(now)
-
     def tick(self, now: float) -> None:
         """One turn: spool again, start jobs, time out requests, send results, alive, ask."""
         if self.disk_trouble:
@@ -579,6 +564,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes):
             self._start_jobs(now)
         self._check_timeouts(now)
         self._send_results(now)
+        self._send_saves(now)
         self._send_alive(now)
         if not self.stopping:
             self._give_up_waiting(now)

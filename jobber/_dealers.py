@@ -32,6 +32,7 @@ from jobber._state import (
     MAX_SHUNNED,
     RESULT_OVERHEAD_BYTES,
     RESULTS,
+    SAVE,
     SHUN_DROPPED_S,
     Link,
     _batch,
@@ -516,8 +517,11 @@ class Dealers:
         elif isinstance(msg, p.Chunk):
             if link.req.match(re_, FETCHES) is None:
                 return "it answers no fetch of ours"
+        elif isinstance(msg, p.Saved):
+            if re_ is None or re_ != link.req_id(SAVE):
+                return "it answers no save of ours"
         elif isinstance(msg, p.Error):
-            mine = (link.bored_id, link.results_id, link.alive_id)
+            mine = (link.bored_id, link.results_id, link.alive_id, link.req_id(SAVE))
             if re_ is None or (re_ not in mine and link.req.match(re_, FETCHES) is None):
                 return "an error about no request of ours"
         else:

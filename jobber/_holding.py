@@ -93,7 +93,7 @@ class Holdings:
                 wasm = msg.payloads.get(spec.payload)
                 new_payload = self._payload_bytes(spec.payload, wasm)
             new_files: dict[str, int] = {}  # file -> the bytes it adds to those in hand
-            for ref in (spec.files or {}).values():
+            for ref in spec.fetched():
                 more = ref.size - max(files.get(ref.hash, 0), new_files.get(ref.hash, 0))
                 if more > 0:
                     new_files[ref.hash] = new_files.get(ref.hash, 0) + more
@@ -229,6 +229,7 @@ class Holdings:
 
     def _finish(self, h: Held, result: p.Result) -> None:
         self._owe(h, -1)
+        self._forget_state(h)
         self._summary[result.status.value] = self._summary.get(result.status.value, 0) + 1
         if not self.done:
             log.info("first job done: %s from %s, %s", result.tag, h.dealer, result.status.value)
@@ -283,6 +284,7 @@ class Holdings:
         for h in self.buffer:
             if h.dealer == dealer and h.spec.tag in gone:
                 self._owe(h, -1)
+                self._forget_state(h)
                 n += 1
             else:
                 kept.append(h)
@@ -290,8 +292,14 @@ class Holdings:
         for key, h in self.running.items():
             if h.dealer == dealer and h.spec.tag in gone and key not in self._cancelled:
                 self._owe(h, -1)
+                self._forget_state(h)
                 self._cancelled.add(key)
                 self._actions.append(Stop(key))
+                n += 1
+        for tag in gone:
+            h = self.parked.pop((dealer, tag), None)
+            if h is not None:
+                self._forget_state(h)
                 n += 1
         for tag in gone & set(self.unacked.get(dealer, {})):
             self._release_result(dealer, tag)
@@ -342,6 +350,7 @@ class Holdings:
         if self.stopping:
             return
         self.stopping = True
+        self._park()
         log.info(
             "stopping: %d running, %d not started, %d results to deliver",
             len(self.running),
@@ -439,9 +448,11 @@ class Holdings:
             self._next_key += 1
             h.started, h.depth = now, depth
             self.running[h.key] = h
-            for ref in (h.spec.files or {}).values():
+            for ref in h.spec.fetched():
                 self._used_file(ref.hash)
-            self._actions.append(Start(h.key, h.dealer, h.spec, depth))
+            local = h.saved is not None  # its own state, from an earlier run's spool
+            resume = h.saved if local else h.spec.resume
+            self._actions.append(Start(h.key, h.dealer, h.spec, depth, resume, local))
         if waiting:  # they keep their place, ahead of the jobs not looked at
             waiting.extend(self.buffer)
             self.buffer = waiting

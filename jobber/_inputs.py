@@ -56,6 +56,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import protocol as p
 from jobber._actions import DropFile, FileBad, FileKept, FileStoreFailed, KeepChunk
@@ -120,7 +121,7 @@ class Inputs:
         largest): what they take in the cache, whether a chunk of them came or not."""
         sizes: dict[str, int] = {}
         for h in self._in_hand():
-            for ref in (h.spec.files or {}).values():
+            for ref in h.spec.fetched():
                 sizes[ref.hash] = max(sizes.get(ref.hash, 0), ref.size)
         for sha, (size, _) in self._runtime_files().items():  # runtimes being prepared
             sizes[sha] = max(sizes.get(sha, 0), size)
@@ -143,7 +144,7 @@ class Inputs:
         return max(0, self.s.cache_bytes - files_bytes)
 
     def _files_ready(self, h: Held) -> bool:
-        return all(ref.hash in self.files_held for ref in (h.spec.files or {}).values())
+        return all(ref.hash in self.files_held for ref in h.spec.fetched())
 
     def _used_file(self, sha: str) -> None:
         """Most recently used first (host.files; the store evicts the least)."""
@@ -195,7 +196,7 @@ class Inputs:
         for h in self.buffer:
             if which(h):
                 self._finish(h, p.Result(h.spec.tag, p.Status.ABANDONED, b"", 0, why[: p.MAX_STR]))
-                shas |= {ref.hash for ref in (h.spec.files or {}).values()}
+                shas |= {ref.hash for ref in h.spec.fetched()}
             else:
                 kept.append(h)
         self.buffer = kept
@@ -220,7 +221,7 @@ class Inputs:
             return
         readers: dict[str, tuple[int, list[str]]] = {}  # file -> (size, dealers), in order
         for h in self.buffer:
-            for ref in (h.spec.files or {}).values():
+            for ref in h.spec.fetched():
                 if ref.hash in self.files_held:
                     continue
                 _, dealers = readers.setdefault(ref.hash, (ref.size, []))
@@ -281,7 +282,7 @@ class Inputs:
     def _wanted_size(self, sha: str) -> int | None:
         """The size of input file `sha` as a job in hand names it; None if none does."""
         for h in self._in_hand():
-            for ref in (h.spec.files or {}).values():
+            for ref in h.spec.fetched():
                 if ref.hash == sha:
                     return ref.size
         wanted = self._runtime_files().get(sha)
@@ -424,9 +425,13 @@ class Inputs:
 
         def reads(h: Held) -> bool:
             return (dealers is None or h.dealer in dealers) and any(
-                ref.hash == sha for ref in (h.spec.files or {}).values()
+                ref.hash == sha for ref in h.spec.fetched()
             )
 
+        for h in self.buffer:  # a saved state it cannot have: the job starts from the top
+            if reads(h) and h.spec.resume is not None and h.spec.resume.hash == sha:
+                log.warning("job %s: %s; it runs from the beginning", h.spec.tag, why)
+                h.spec = replace(h.spec, resume=None)
         self._give_back(reads, why)
 
 

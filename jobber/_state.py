@@ -13,6 +13,7 @@ from protocol._wire import MAX_OUTPUT_BYTES
 
 # the kinds of request a jobber has out to a dealer, one of each at most (net._link)
 BORED, RESULTS, ALIVE = "bored", "results", "alive"
+SAVE = "save"  # a chunk of a job's saved state out (jobber._saving): one at a time
 # ... and up to p.MAX_FETCHES `fetch` requests, each its own kind (one per lane), so the
 # Lazy Pirate core keeps their ids, deadlines and failures as it keeps the others'
 FETCHES = tuple(f"fetch{i}" for i in range(p.MAX_FETCHES))
@@ -138,6 +139,7 @@ class Link:
     fetches: dict[str, tuple[str, int]] = field(default_factory=dict)
     denied: int = 0  # fetches it answered `denied` in a row (DENIED_GIVE_UP: its jobs go)
     fetch_after: float = 0.0  # it answered a fetch `busy`: no fetch to it before this
+    saving: str | None = None  # the job whose state's chunk is out (`save`), by tag
 
     bored_id = _request(BORED, "the ask out (`bored`)")
     results_id = _request(RESULTS, "the `results` out")
@@ -154,6 +156,11 @@ class Link:
 
     def usable(self) -> bool:
         return self.req.usable()
+
+    def req_id(self, kind: str) -> int | None:
+        """The id of the request of `kind` out, or None."""
+        r = self.req.out.get(kind)
+        return None if r is None else r.id
 
     def may_ask(self, now: float) -> bool:
         return not self.retired and now >= self.ask_after and self.req.may_send(BORED, now)
@@ -177,6 +184,7 @@ class Link:
     def forget_requests(self) -> None:
         self.req.out.clear()
         self.fetches.clear()
+        self.saving = None
         self.results_tags = ()
         self.bored_want, self.bored_cached = 0, frozenset()
 
@@ -212,6 +220,19 @@ class Held:
     key: str = ""
     started: float = 0.0
     depth: int = 1  # the slot pipeline's depth it was started with
+    # its latest saved state the shell keeps (jobber._saving): hash, size, fuel, time
+    saved: p.Resume | None = None
+    sent_state: str = ""  # the hash of the last state its dealer took whole
+    sent_time_s: float = 0.0  # the job's running time when that state was saved
+    sending: p.Resume | None = None  # the state going to its dealer, a chunk at a time
+    next_chunk: int = 0
+    save_refused: bool = False  # its dealer takes no state of it: none is sent again
+    save_after: float = 0.0  # its dealer said `busy`: no chunk before this
+
+    @property
+    def saves(self) -> bool:
+        """The job may save its state (limits.checkpoint_kb)."""
+        return bool(self.spec.limits.checkpoint_kb)
 
     @property
     def may_write(self) -> int:
@@ -220,8 +241,10 @@ class Held:
 
     @property
     def may_hold(self) -> int:
-        """The most its result may take in the spool (its output, tag and detail)."""
-        return self.may_write + 4 * len(self.spec.tag) + RESULT_OVERHEAD_BYTES
+        """The most its result may take in the spool (its output, tag and detail), and its
+        saved state, if it saves one."""
+        state = (self.spec.limits.checkpoint_kb or 0) * 1024
+        return self.may_write + 4 * len(self.spec.tag) + RESULT_OVERHEAD_BYTES + state
 
     @property
     def input(self) -> int:

@@ -13,6 +13,7 @@ from protocol._records import (
     _SHA256_HEX,
     CHUNK_BYTES,
     MAX_BATCH,
+    MAX_CHECKPOINT_BYTES,
     MAX_FILE_BYTES,
     MAX_HOLDING,
     MAX_PAYLOAD_BYTES,
@@ -361,6 +362,38 @@ class Chunk(Message):
     )
 
 
+@record
+class Save(Message):
+    """Jobber -> dealer (work port): chunk `chunk` of the latest saved state of the job
+    run as replica `tag`. A state of `size` bytes travels as `chunk_count(size)` chunks of
+    CHUNK_BYTES, in order, one `save` out at a time; the dealer journals the state once
+    every chunk is in and it hashes to `hash`, and a replica sent later to replace this
+    one may start from it (`JobSpec.resume`).
+    """
+
+    TYPE: ClassVar[str] = "save"
+    id: int = checked(_ID)
+    jobber: str = checked(_JOBBER)
+    tag: str = checked(_str())
+    hash: str = checked(_str(64, _SHA256_HEX))  # sha256 hex of the whole state
+    size: int = checked(_int(0, MAX_CHECKPOINT_BYTES))  # the whole state's bytes
+    chunk: int = checked(_int(0, MAX_CHECKPOINT_BYTES // CHUNK_BYTES))
+    data: bytes = checked(_bytes(CHUNK_BYTES))
+    fuel: int = checked(_int(0, 2**62))  # fuel the job had used when it saved the state
+    time_s: float = checked(_float(0.0, 1e7))  # running time it had used, seconds
+
+
+@record
+class Saved(Message):
+    """Dealer -> jobber: the answer to `save`. `next`: the chunk of that state the dealer
+    wants next; chunk_count(size) once the whole state is journaled."""
+
+    TYPE: ClassVar[str] = "saved"
+    re: int = checked(_ID)
+    hash: str = checked(_str(64, _SHA256_HEX))
+    next: int = checked(_int(0, MAX_CHECKPOINT_BYTES // CHUNK_BYTES + 1))
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -384,5 +417,7 @@ MESSAGES: dict[str, type[Message]] = {
         WorkOffer,
         Fetch,
         Chunk,
+        Save,
+        Saved,
     )
 }

@@ -109,6 +109,8 @@ class Limits(_Record):
     only jobbers of one platform vote together); nil or False: every NaN canonical.
     Not a limit, but how the job runs, so it travels with them to the sandbox.
     checkpoint_kb: what the job's checkpoint directory may hold (sandbox._scratch).
+    checkpoint_every_s: how often a jobber sends the job's latest saved state to its
+    dealer (`save`); nil: the jobber's own interval. Not a limit either.
     """
 
     fuel: int = checked(_int(1, 2**62), 100_000_000_000)
@@ -119,6 +121,9 @@ class Limits(_Record):
     # the most bytes the job's checkpoint directory may hold (/checkpoint, its saved
     # state among them), KiB; nil or 0: it has none
     checkpoint_kb: int | None = checked(_optional(_int(0, MAX_CHECKPOINT_BYTES // 1024)), None)
+    # seconds between the saved states a jobber sends its dealer while the job runs
+    # (`save`); nil: the jobber's own choice (the reference jobber: CHECKPOINT_EVERY_S)
+    checkpoint_every_s: float | None = checked(_optional(_float(1.0, 1e7)), None)
 
     def __post_init__(self) -> None:
         self._check_self("limits")
@@ -186,6 +191,18 @@ class FileRef(_Record):
 
 
 @record
+class Resume(_Record):
+    """The saved state a replica starts from (a checkpoint another replica of the job
+    sent its dealer), fetched with `fetch` as an input file is, and what the job had used
+    when it was saved: a jobber that resumes counts these against the job's limits."""
+
+    hash: str = checked(_str(64, _SHA256_HEX))  # sha256 hex of the state's bytes
+    size: int = checked(_int(0, MAX_CHECKPOINT_BYTES))  # bytes
+    fuel: int = checked(_int(0, 2**62))  # fuel the job had used when it was saved
+    time_s: float = checked(_float(0.0, 1e7))  # running time it had used, seconds
+
+
+@record
 class JobSpec(_Record):
     """One replica of a job, as sent to one jobber."""
 
@@ -205,9 +222,20 @@ class JobSpec(_Record):
         hashed=False,
     )
 
+    # the saved state to start from, instead of from the beginning (nil: the beginning)
+    resume: Resume | None = checked(_optional(_record(Resume)), None, hashed=False)
+
     def input_bytes(self) -> int:
         """What the job's input files total, in bytes."""
         return sum(f.size for f in (self.files or {}).values())
+
+    def fetched(self) -> list[FileRef]:
+        """Every file a jobber fetches for this job: its input files, and the saved
+        state it resumes from (`resume`), if any."""
+        refs = list((self.files or {}).values())
+        if self.resume is not None:
+            refs.append(FileRef(self.resume.hash, self.resume.size))
+        return refs
 
 
 @record

@@ -78,6 +78,8 @@ limits = st.builds(
     time_s=st.floats(0.001, 1e7),
     output_kb=st.integers(0, _records.MAX_OUTPUT_BYTES // 1024),
     native_nans=st.none() | st.booleans(),
+    checkpoint_kb=st.none() | st.integers(0, 65536),
+    checkpoint_every_s=st.none() | st.floats(1.0, 1e7),
 )
 hosts = st.builds(
     p.HostFacts,
@@ -97,6 +99,13 @@ components = st.text("abcXYZ019._+-", min_size=1, max_size=255).filter(
 )
 guest_paths = st.lists(components, min_size=1, max_size=16).map(lambda cs: "/" + "/".join(cs))
 file_refs = st.builds(p.FileRef, hash=shas, size=st.integers(0, 1 << 40))
+resumes = st.builds(
+    p.Resume,
+    hash=shas,
+    size=st.integers(0, p.MAX_CHECKPOINT_BYTES),
+    fuel=st.integers(0, 2**62),
+    time_s=st.floats(0.0, 1e7),
+)
 jobspecs = st.builds(
     p.JobSpec,
     tag=strs,
@@ -106,6 +115,7 @@ jobspecs = st.builds(
     limits=limits,
     deadline_s=st.floats(0.0, 1e9),
     files=st.none() | st.dictionaries(guest_paths, file_refs, max_size=3),
+    resume=st.none() | resumes,
 )
 attributions = st.builds(p.Attribution, key=shas, machine=names)
 results = st.builds(
@@ -214,6 +224,19 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         cancel=st.lists(strs, max_size=3).map(tuple),
     ),
     p.WorkQuery: st.builds(p.WorkQuery, id=u64),
+    p.Save: st.builds(
+        p.Save,
+        id=u64,
+        jobber=names,
+        tag=strs,
+        hash=shas,
+        size=st.integers(0, p.MAX_CHECKPOINT_BYTES),
+        chunk=st.integers(0, 16),
+        data=blobs,
+        fuel=st.integers(0, 2**62),
+        time_s=st.floats(0.0, 1e7),
+    ),
+    p.Saved: st.builds(p.Saved, re=u64, hash=shas, next=st.integers(0, 17)),
     p.Fetch: st.builds(p.Fetch, id=u64, hash=shas, chunk=st.integers(0, 1 << 18)),
     p.Chunk: st.builds(
         p.Chunk,

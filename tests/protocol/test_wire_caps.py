@@ -43,6 +43,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "output_kb": ("int", 0, 32768),
         "native_nans": ("optional", ("bool",)),
         "checkpoint_kb": ("optional", ("int", 0, 65536)),
+        "checkpoint_every_s": ("optional", ("float", 1.0, 1e7)),
     },
     "HostFacts": {
         "cpus": ("int", 1, 2**20),
@@ -57,6 +58,12 @@ PINNED: dict[str, dict[str, tuple]] = {
         "files": ("optional", ("list", 4096, HASH)),
     },
     "FileRef": {"hash": HASH, "size": ("int", 0, 2**40)},
+    "Resume": {
+        "hash": HASH,
+        "size": ("int", 0, 64 * MiB),
+        "fuel": ("int", 0, 2**62),
+        "time_s": ("float", 0.0, 1e7),
+    },
     "JobSpec": {
         "tag": STR,
         "payload": HASH,
@@ -65,6 +72,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "limits": ("record", "Limits"),
         "deadline_s": ("float", 0.0, 1e9),
         "files": ("optional", ("map", 256, ("str", 4096, GUEST_PATH), ("record", "FileRef"))),
+        "resume": ("optional", ("record", "Resume")),
     },
     "Result": {
         "tag": STR,
@@ -182,6 +190,18 @@ PINNED: dict[str, dict[str, tuple]] = {
         "data": ("bytes", 0, 4 * MiB),
         "digests": ("optional", ("list", 2**18, ("bytes", 32, 32))),
     },
+    "Save": {
+        "id": ID,
+        "jobber": NAME,
+        "tag": STR,
+        "hash": HASH,
+        "size": ("int", 0, 64 * MiB),
+        "chunk": ("int", 0, 16),
+        "data": ("bytes", 0, 4 * MiB),
+        "fuel": ("int", 0, 2**62),
+        "time_s": ("float", 0.0, 1e7),
+    },
+    "Saved": {"re": ID, "hash": HASH, "next": ("int", 0, 17)},
 }
 
 
@@ -249,7 +269,13 @@ def test_the_constants_of_the_contract() -> None:
 
 SHA = hashlib.sha256(b"payload").hexdigest()
 LIMITS = p.Limits(
-    fuel=1000, memory_mb=16, time_s=1.5, output_kb=64, native_nans=True, checkpoint_kb=64
+    fuel=1000,
+    memory_mb=16,
+    time_s=1.5,
+    output_kb=64,
+    native_nans=True,
+    checkpoint_kb=64,
+    checkpoint_every_s=30.0,
 )
 HOST = p.HostFacts(
     2,
@@ -263,7 +289,16 @@ HOST = p.HostFacts(
     input_mb=100,
     files=(SHA,),
 )
-SPEC = p.JobSpec("t1", SHA, ("factor",), b"in", LIMITS, 60.0, {"/input/a.csv": p.FileRef(SHA, 7)})
+SPEC = p.JobSpec(
+    "t1",
+    SHA,
+    ("factor",),
+    b"in",
+    LIMITS,
+    60.0,
+    {"/input/a.csv": p.FileRef(SHA, 7)},
+    p.Resume(SHA, 9, 500, 0.5),
+)
 SIGNATURE = p.Signature(SHA, bytes(64), (p.Rotation(SHA, SHA, bytes(64)),))
 FULL: dict[str, p.Message] = {
     m.TYPE: m
@@ -306,6 +341,8 @@ FULL: dict[str, p.Message] = {
         p.WorkOffer(8, 12, LIMITS, 40, True),
         p.Fetch(10, SHA, 1),
         p.Chunk(10, SHA, 0, 7, b"abcdefg", (bytes(32),)),
+        p.Save(11, "ann", "t1", SHA, 7, 0, b"abcdefg", 500, 0.5),
+        p.Saved(11, SHA, 1),
     )
 }
 
@@ -667,7 +704,7 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
-    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values())
+    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values(), SPEC.resume)
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)

@@ -1,10 +1,13 @@
 """Long jobs that checkpoint: each runs a chain of STEPS steps and saves its state every
 EVERY steps in /checkpoint (tests/task_files/chain.c); the report is each job's last
-value. python tests/task_files/chain.py [--jobs N] [--steps N] [--every N] [options]
+value. python tests/task_files/chain.py [--jobs N] [--steps N] [--every N]
+[--send-every S] [options]; --send-every: how often a jobber sends a job's state to the
+dealer (limits.checkpoint_every_s).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,8 +19,10 @@ from tasks import Job, Limits, Payload, Task  # noqa: E402
 class Chain(Task):
     limits = Limits(fuel=10**12, memory_mb=16, time_s=300, output_kb=1, checkpoint_kb=1)
 
-    def __init__(self, jobs: int, steps: int, every: int) -> None:
+    def __init__(self, jobs: int, steps: int, every: int, send_every: float | None = None) -> None:
         super().__init__()
+        if send_every is not None:
+            self.limits = dataclasses.replace(self.limits, checkpoint_every_s=send_every)
         self.payload = Payload.from_c("chain.c")
         self.n, self.steps, self.every = jobs, steps, every
         self.values: dict[int, str] = {}
@@ -27,10 +32,11 @@ class Chain(Task):
         parser.add_argument("--jobs", type=int, default=1)
         parser.add_argument("--steps", type=int, default=200_000)
         parser.add_argument("--every", type=int, default=500)
+        parser.add_argument("--send-every", type=float, default=None)
 
     @classmethod
     def from_args(cls, args) -> Chain:
-        return cls(args.jobs, args.steps, args.every)
+        return cls(args.jobs, args.steps, args.every, args.send_every)
 
     def jobs(self):
         for i in range(self.n):  # each job its own chain: the steps differ by one

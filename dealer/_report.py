@@ -1,0 +1,88 @@
+"""What a dealer shows people: the jobbers it remembers, why jobs wait, and the status
+report (`status`, the dashboard, `python -m dealer status`). A part of dealer._service.
+Service (the `Report` mixin), over the state the service keeps.
+"""
+
+from __future__ import annotations
+
+STATUS_PAGE = 100  # jobbers listed per status page
+
+
+class Report:
+    """The reporting part of Service (a mixin: the state is the service's)."""
+
+    def jobbers(self) -> list[dict]:
+        """Every identity the dealer remembers, best first (credit, then valid results)."""
+        c = self.core
+        rows = [
+            {
+                "key": key,
+                "name": self.labels.get(key) or "-",  # "-": not heard since a restart
+                "machine": r.machine,
+                "valid": r.valid,
+                "invalid": r.invalid,
+                "errors": r.errors,
+                "credit": r.credit,
+                "last_seen": r.last_seen,
+                "gone": r.gone,
+                "holding": r.held,
+                "denied": c.is_denied(key),
+            }
+            for key, r in c.jobbers.items()
+        ]
+        rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
+        return rows
+
+    def waiting(self, now: float) -> list[str]:
+        """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""
+        why = self.core.waiting(now)
+        short = [k for k in self._no_room if k in self.core.jobbers]
+        if self.core.in_flight and short:
+            last = self._no_room[short[-1]]
+            why.append(
+                f"{len(short)} jobber{'s' if len(short) != 1 else ''} cannot take the jobs' "
+                f"input files (the latest: {last})"
+            )
+        n = sum(1 for k in self._unprepared if k in self.core.jobbers)
+        if self.core.in_flight and n and self.runtime is not None:
+            why.append(f"jobbers asked to prepare the runtime {self.runtime.name}: {n}")
+        small = [k for k in self._too_small if k in self.core.jobbers]
+        if self.core.in_flight and small:
+            most = max(self._too_small[k] for k in small)
+            why.append(
+                f"jobs need {self.core.policy.memory_mb} MiB each; {len(small)} jobber"
+                f"{'s offer' if len(small) != 1 else ' offers'} at most {most}"
+            )
+        return why
+
+    def status(self, now: float, page: int = 0) -> dict:
+        """A report for people: counts, disagreements, and one page of jobbers (no tags)."""
+        c = self.core
+        rows = self.jobbers()
+        pages = max(1, -(-len(rows) // STATUS_PAGE))
+        return {
+            "task": type(self.task).__name__,
+            "key": self.key_hex,
+            "signer": self.signer,
+            "total": self._total(),
+            "drawn": c.drawn,
+            "accepted": c.accepted,
+            "failed": c.failed,
+            "in_flight": c.in_flight,
+            "replicas_out": c.replicas_out,
+            "distinct": self.distinct,
+            "closed": self.closed,
+            "waiting": self.waiting(now),
+            "disputed": c.disputed,
+            "task_error": c.source_error or None,
+            "disputes": list(c.disputes)[-10:],
+            "denied": sorted(c.denied)[:STATUS_PAGE],
+            "jobbers_total": len(rows),
+            "page": page,
+            "pages": pages,
+            "jobbers": rows[page * STATUS_PAGE : (page + 1) * STATUS_PAGE],
+            "peers": self.peers.status(now),
+            "long_jobs": c.long_jobs(now) if c.policy.checkpoint_bytes else [],
+            **self.saves.status(),
+            **self.files.status(),
+        }
