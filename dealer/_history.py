@@ -165,8 +165,13 @@ class History:
                 "machine": r.machine,
                 "state": r.state.value,
                 "status": r.status or None,
-                "fuel": r.fuel,
+                "fuel": r.used or r.fuel,
                 "detail": r.detail,
+                # a long job's segments: the state it started from, and those it sent
+                "resumed_from": r.resume.tag if r.resume else None,
+                "resumed_fuel": r.resume.fuel if r.resume else None,
+                "saves": r.saves,
+                "saved_fuel": r.checkpoint.fuel if r.checkpoint else None,
                 "output_bytes": len(r.output),
                 "output_sha256": hashlib.sha256(r.output).hexdigest()[:16]
                 if r.state is ReplicaState.OK or r.output
@@ -334,10 +339,21 @@ def results_text(h: History, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _segment(r: dict) -> str:
+    """A long job's segment, for people: where the replica started, what it saved."""
+    parts = []
+    if r["resumed_from"]:
+        parts.append(f"resumed from {r['resumed_from']} at fuel {r['resumed_fuel']}")
+    if r["saves"]:
+        parts.append(f"{r['saves']} states sent, the last at fuel {r['saved_fuel']}")
+    return ", ".join(parts)
+
+
 def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) -> str:
     """Per job (as condor_history does per HTCondor job): its state, args, output or
     reasons, then one line per replica: tag, jobber, machine, state, status, fuel,
-    when sent, how long until it came back, its vote and the detail."""
+    when sent, how long until it came back, its vote and the detail (with, for a long
+    job, its segment: the state it resumed from and the states it sent)."""
     key = 64 if full else 12
     out = []
     for j in h.select(states):
@@ -363,7 +379,7 @@ def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) ->
                 _when(r["sent_at"]),
                 _took(r["sent_at"], r["returned_at"]),
                 r["vote"] or "",
-                r["detail"],
+                "; ".join(x for x in (_segment(r), r["detail"]) if x),
             )
             for r in rows
         ]

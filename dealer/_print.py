@@ -46,6 +46,22 @@ def print_peers(rows: list, now: float | None = None) -> None:
         print(f"peer {r.get('address')}: {said}{link}")
 
 
+def print_long_jobs(rows: list[dict]) -> None:
+    """Replicas of jobs that save their state: how long each has run, where it started,
+    how old its latest state at the dealer is."""
+    for r in rows:
+        run = "?" if r.get("run_s") is None else f"{r['run_s']:.0f} s"
+        start = (
+            "" if r.get("resumed_fuel") is None else f" from a state at fuel {r['resumed_fuel']}"
+        )
+        last = "no state yet"
+        if r.get("saved_s_ago") is not None:
+            last = f"{r['saves']} states, the last {r['saved_s_ago']:.0f} s ago"
+        print(
+            f"long job {r['job']} ({r['tag']} on {r['jobber'][:12]}): running {run}{start}; {last}"
+        )
+
+
 def print_status(info: dict) -> None:
     if info.get("relay"):
         print_relay_status(info)
@@ -77,6 +93,7 @@ def print_status(info: dict) -> None:
                 for g in d["groups"]
             )
             print(f"  job {d['job']}{' (late)' if d.get('late') else ''}: {groups}")
+    print_long_jobs(info.get("long_jobs") or [])
     print_peers(info.get("peers", []))
     print_jobbers(info.get("jobbers", []))
     if info.get("pages", 1) > 1:
