@@ -146,6 +146,19 @@ class Checkpoints:
         self._files[sha] = f
         return f
 
+    def damaged(self, sha: str) -> bool:
+        """A saved state read back is not what was hashed: dropped (the jobber that asked
+        runs its job from the beginning). False if `sha` is no saved state here."""
+        if sha not in self._files:
+            return False
+        del self._files[sha]
+        log.warning("saved state %s is damaged on disk: dropped", sha[:12])
+        try:
+            (self.folder / sha).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("cannot remove saved state %s: %s", sha[:12], e)
+        return True
+
     def tick(self, now: float) -> None:
         """Drop states coming that were not continued for STALE_S."""
         for key in [k for k, u in self._coming.items() if now - u.at > STALE_S]:

@@ -71,13 +71,16 @@ class FileServer:
         peer: Peer,
         lookup: Callable[[str], InputFile | None],
         denied: bool = False,
+        damaged: Callable[[str], bool] | None = None,
     ) -> p.Message:
         """One chunk of an input file a job of this batch reads, read from its file now
         (one pread; the first time, and whenever the file's identity changed since, one
         SHA-256 of at most CHUNK_BYTES, checked against the digest taken when the task
         was built). Rationed per source address and in all, as
         `status` is (net._router): past the ration, an error of code `busy` whose
-        `retry_s` says when to ask again (the jobber counts it no failure)."""
+        `retry_s` says when to ask again (the jobber counts it no failure). `damaged`:
+        told of a file whose bytes are no longer those hashed; True if it is dropped (a
+        saved state: dealer._checkpoints), and then served as no file."""
         if denied:
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         module = self.module
@@ -102,6 +105,9 @@ class FileServer:
         try:
             data = f.read_chunk(msg.chunk, self._checked.setdefault(f.sha256, {}))
         except (OSError, InputFileError) as e:
+            if damaged is not None and damaged(msg.hash):
+                self._checked.pop(msg.hash, None)
+                return p.Error(msg.id, p.ErrorCode.UNKNOWN_FILE, f"no file {msg.hash} here")
             log.error("cannot serve input file %s: %s", msg.hash[:12], e)
             return p.Error(msg.id, p.ErrorCode.INTERNAL, f"cannot read input file: {e}"[:1000])
         self.fetches += 1

@@ -292,7 +292,7 @@ class Service(Relays, Report):
             return self.work_offer(msg.id)
         if isinstance(msg, p.Fetch):
             denied = self.core.is_denied(peer.key)
-            return self.files.fetch(msg, now, peer, self._file, denied)
+            return self.files.fetch(msg, now, peer, self._file, denied, self.saves.damaged)
         if isinstance(msg, p.Save):
             self._label(peer, msg.jobber)
             return self._save(msg, now, peer)
