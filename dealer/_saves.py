@@ -44,6 +44,8 @@ class Saves:
                 f"a saved state of {size} bytes is over the jobs' {limit} (limits.checkpoint_kb)",
             )
         r = self._replicas.get(tag)
+        if r is None and self._issued_here(tag):
+            return Rejected(ErrorCode.SETTLED, f"the job of {tag} is settled")
         if r is None or r.jobber != jobber:
             return Rejected(ErrorCode.UNKNOWN_TAG, f"no replica {tag} of yours is out")
         if r.state not in _LATE:
@@ -91,6 +93,9 @@ class Saves:
         ck = r.checkpoint or r.resume
         if ck is None:
             return
+        src = self._replicas.get(ck.tag)
+        if src is not None and src is not r and src.state is ReplicaState.OUT:
+            return  # a backup's: the replica still running it spares it when it ends
         spare = self._jobs[r.job_id].spare
         if all(s.hash != ck.hash for s in spare):
             spare.append(ck)
