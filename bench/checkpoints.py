@@ -2,6 +2,7 @@
 the interval at which a jobber sends the job's state to its dealer.
 
     python bench/checkpoints.py [--minutes 10] [--send-every 60] [--lease 30] [--at 0.5]
+                                [--backups]
 
 One chain of examples/mcmc.py (the C kernel, saving its state every million steps,
 about every half second), sized to run MINUTES minutes here. Baseline, in the same
@@ -9,7 +10,9 @@ run: the chain run straight through by one real jobber under a real dealer, its
 running time T0 from the journal (sent to returned). Then the same batch again: once
 the job has run AT x T0, its jobber is killed (kill -9) and a fresh jobber is started;
 the dealer sends the job to it when the killed one's lease (--lease) runs out, from
-the latest state it holds (`--backups 0`: no backup replica hides the lease).
+the latest state it holds (`--backups 0`: no backup replica hides the lease). With
+--backups, the dealer's default tail backups: the fresh jobber gets a backup replica
+at once, from the latest state of the killed one's replica (still out).
 
 Prints, from the journal and the clocks here:
 - lost: the running time the killed jobber had done beyond the state the job resumed
@@ -78,7 +81,8 @@ def batch(tmp: str, steps: int, args: argparse.Namespace, kill_at_s: float | Non
     db = f"{tmp}/d.sqlite"
     cmd = [sys.executable, ROOT / "examples" / "mcmc.py", "--chains", "1"]
     cmd += ["--steps", str(steps), "--save-every", str(SAVE_EVERY)]
-    cmd += ["--send-every", str(args.send_every), "--lease", str(args.lease), "--backups", "0"]
+    cmd += ["--send-every", str(args.send_every), "--lease", str(args.lease)]
+    cmd += [] if args.backups else ["--backups", "0"]
     cmd += ["--bind", f"tcp://127.0.0.1:{port}", "--quiet", "--db", db, "--out", f"{tmp}/c.csv"]
     dealer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     procs = [jobber(tmp, port, "first", "127.0.0.2")]
@@ -111,6 +115,7 @@ def main() -> int:
     ap.add_argument("--send-every", type=float, default=60.0, help="seconds (60)")
     ap.add_argument("--lease", type=float, default=30.0, help="the dealer's lease, s (30)")
     ap.add_argument("--at", type=float, default=0.5, help="the kill, as a share of T0 (0.5)")
+    ap.add_argument("--backups", action="store_true", help="the dealer's tail backups on")
     args = ap.parse_args()
     rate = steps_per_s()
     steps = int(rate * args.minutes * 60)
@@ -128,7 +133,7 @@ def main() -> int:
     kept = (second["resumed_fuel"] or 0) / fuel_rate
     lost = done_before - kept
     after = second["returned_at"] - cut["killed_at"]
-    expected = (t0 - kept) + args.lease
+    expected = (t0 - kept) + (0.0 if args.backups else args.lease)
     same = cut["answer"] == base["answer"]
     print(
         f"killed after {done_before:.1f} s of running; resumed from a state {kept:.1f} s "
@@ -137,7 +142,8 @@ def main() -> int:
     )
     print(
         f"answer {after:.1f} s after the kill (what was left, {t0 - kept:.1f} s, plus the "
-        f"lease, {args.lease:g} s: {expected:.1f} s; ratio {after / expected:.3f}); "
+        f"lease ({0 if args.backups else args.lease:g} s with backups {args.backups}): "
+        f"{expected:.1f} s; ratio {after / expected:.3f}); "
         f"the same answer as straight through: {same}"
     )
     print(
@@ -152,6 +158,7 @@ def main() -> int:
                 "same_answer": same,
                 "send_every_s": args.send_every,
                 "lease_s": args.lease,
+                "backups": args.backups,
             }
         )
     )

@@ -129,7 +129,7 @@ class Dealer(PeeredServer):
             bind,
             keys,
             allow=allow,
-            max_frame=frame_cap(task.limits.output_kb),
+            max_frame=frame_cap(task.limits.output_kb, task.limits.checkpoint_kb or 0),
             peers=peers,
             per_source=per_source,
             sndhwm=DEALER_SNDHWM,

@@ -116,7 +116,8 @@ class Saving:
         """One `save` out per dealer: the next chunk of the state going, or the first of a
         job's latest state once it is due (parked jobs' at once)."""
         due: dict[str, Held] = {}
-        for h in (*self.parked.values(), *self.running.values()):
+        live = [h for k, h in self.running.items() if k not in self._cancelled]
+        for h in (*self.parked.values(), *live):
             s = h.saved
             if s is None or h.save_refused or h.save_after > now or s.hash == h.sent_state:
                 continue

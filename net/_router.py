@@ -108,9 +108,11 @@ SWEEP_S = 10.0  # how often the live connections are checked against the kernel'
 ZAP_DOMAIN = "borednet"
 
 
-def frame_cap(output_kb: int) -> int:
-    """The largest frame a dealer whose jobs write at most `output_kb` KiB takes."""
-    return min(p.MAX_MESSAGE_BYTES, REQUEST_BYTES + output_kb * 1024 + 64 * 1024)
+def frame_cap(output_kb: int, checkpoint_kb: int = 0) -> int:
+    """The largest frame a dealer whose jobs write at most `output_kb` KiB takes (and,
+    for jobs that save states of `checkpoint_kb` KiB, a `save` of one chunk of one)."""
+    carried = max(output_kb * 1024, min(p.CHUNK_BYTES, checkpoint_kb * 1024))
+    return min(p.MAX_MESSAGE_BYTES, REQUEST_BYTES + carried + 64 * 1024)
 
 
 class _Gate:

@@ -212,8 +212,8 @@ class RelayCore(Holdings):
             return self._sizes[1]
         open_ = [h.spec for h in self.held.values() if h.result is None]
         sizes = runtime_files(self.up.runtimes | {spec.payload for spec in open_})
-        for spec in open_:
-            for ref in (spec.files or {}).values():
+        for spec in open_:  # input files, and the saved state a job resumes from
+            for ref in spec.fetched():
                 sizes[ref.hash] = ref.size
         self._sizes = (made_of, sizes)
         return sizes

@@ -90,3 +90,30 @@ def test_the_page_shows_a_running_batch_and_updates_live(procs, factor_wasm, tmp
         browser.quit()
     assert dealer.wait(120) == 0, dealer.stderr
     assert dealer.stdout.strip() == LINE
+
+
+def test_the_page_shows_long_jobs_with_their_last_saved_state(procs, tmp_path):
+    """A batch of jobs that save (tests/task_files/chain.py): the page lists the job
+    running, how long it has run, where it started and when its last state came."""
+    port, http = free_port(), free_port()
+    dealer = procs.dealer(
+        "dealer",
+        "../tests/task_files/chain.py",
+        *("--steps", "3000000", "--send-every", "1", "--http", str(http)),
+        port=port,
+    )
+    dealer.wait_for(r"dashboard on http://127\.0\.0\.1:\d+/", 30)
+    browser = _browser()
+    try:
+        browser.get(f"http://127.0.0.1:{http}/")
+        text = lambda id_: browser.find_element("id", id_).text  # noqa: E731
+        jobber = procs.jobber("lender", f"127.0.0.1:{port}")
+        wait_for(lambda: " ago" in text("long-jobs"), 300, "the page shows a state's age")
+        assert text("long-total") == "1"
+        row = text("long-jobs")
+        assert "the beginning" in row and re.search(r"\d+ s", row)
+    finally:
+        browser.quit()
+    assert dealer.wait(300) == 0, dealer.stderr
+    jobber.signal(15)
+    assert jobber.wait(60) == 0, jobber.stderr

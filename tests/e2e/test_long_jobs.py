@@ -66,7 +66,8 @@ def test_a_job_whose_jobber_is_killed_resumes_on_another_from_its_latest_state(
     procs, tmp_path, straight
 ):
     port = free_port()
-    # no backup replicas: the job moves only when its jobber's lease runs out
+    # no backup replicas: the job moves only when its jobber's lease runs out; states
+    # of two chunks (5 MB), through the dealer's frame cap and back by `fetch`
     dealer = procs.dealer(
         "d",
         TASK,
@@ -78,6 +79,8 @@ def test_a_job_whose_jobber_is_killed_resumes_on_another_from_its_latest_state(
         "3",
         "--backups",
         "0",
+        "--pad",
+        "5000000",
         port=port,
     )
     j1 = procs.jobber("j1", f"127.0.0.1:{port}")
@@ -97,9 +100,8 @@ def test_a_job_whose_jobber_is_killed_resumes_on_another_from_its_latest_state(
     assert j2.wait(60) == 0, j2.stderr
 
 
-def test_a_suspended_jobber_that_quits_resumes_its_own_job_when_started_again(
-    procs, tmp_path, straight
-):
+@pytest.mark.parametrize("how", ["suspended and quit", "killed"])
+def test_a_jobber_stopped_resumes_its_own_job_when_started_again(procs, tmp_path, straight, how):
     port = free_port()
     # a lease long enough that the dealer keeps the job for the jobber while it is away
     dealer = procs.dealer(
@@ -117,12 +119,15 @@ def test_a_suspended_jobber_that_quits_resumes_its_own_job_when_started_again(
         return next((j for j in running if j["saved_s_ago"] is not None), None)
 
     wait_for(saved, WAIT_S, "the job's state saved by the jobber")
-    cli = [PY, "-m", "jobber", "--data-dir", str(data)]
-    subprocess.run([*cli, "suspend"], check=True, capture_output=True, timeout=30)
-    wait_for(lambda: jobber_status(data)["suspended"], 60, "the jobs suspended")
-    j1.signal(signal.SIGTERM)  # its owner quits it while the job is held still
-    assert j1.wait(60) == 0, j1.stderr
-    assert "1 jobs stopped with their saved states, to resume" in j1.stderr
+    if how == "killed":  # a crash, a power cut: nothing of it says goodbye
+        j1.kill()
+    else:
+        cli = [PY, "-m", "jobber", "--data-dir", str(data)]
+        subprocess.run([*cli, "suspend"], check=True, capture_output=True, timeout=30)
+        wait_for(lambda: jobber_status(data)["suspended"], 60, "the jobs suspended")
+        j1.signal(signal.SIGTERM)  # its owner quits it while the job is held still
+        assert j1.wait(60) == 0, j1.stderr
+        assert "1 jobs stopped with their saved states, to resume" in j1.stderr
     assert len(list((data / "states").glob("*.state"))) == 1
     again = procs.jobber("j1", f"127.0.0.1:{port}", log="j1-again")
     assert dealer.wait(WAIT_S) == 0, dealer.stderr

@@ -4,11 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* argv: STEPS EVERY [close]: STEPS steps of a chain, its state saved every EVERY steps
-   (by a rename, or with "close" by writing state itself); resumes from a saved state. */
+/* argv: STEPS EVERY [close|rename] [PAD]: STEPS steps of a chain, its state saved every
+   EVERY steps (by a rename, or with "close" by writing state itself), PAD bytes of
+   padding after it (a big state); resumes from a saved state. */
 int main(int argc, char **argv) {
     long steps = atol(argv[1]), every = atol(argv[2]);
     int by_close = argc > 3 && !strcmp(argv[3], "close");
+    long pad = argc > 4 ? atol(argv[4]) : 0;
     int64_t i = 0;
     uint64_t x = 88172645463325252ULL;
     FILE *f = fopen("/checkpoint/state", "rb");
@@ -24,6 +26,7 @@ int main(int argc, char **argv) {
             if (t) {
                 fwrite(&i, sizeof i, 1, t);
                 fwrite(&x, sizeof x, 1, t);
+                for (long k = 0; k < pad; k++) fputc((int)((i + k) & 0xff), t);
                 fclose(t);
                 if (!by_close && rename("/checkpoint/state.tmp", "/checkpoint/state")) return 4;
             }
