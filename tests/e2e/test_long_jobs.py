@@ -81,6 +81,8 @@ def test_a_job_whose_jobber_is_killed_resumes_on_another_from_its_latest_state(
         "0",
         "--pad",
         "5000000",
+        "--every",
+        "100000",  # a state of 5 MB every twentieth of the job
         port=port,
     )
     j1 = procs.jobber("j1", f"127.0.0.1:{port}")
