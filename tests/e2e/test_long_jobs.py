@@ -62,29 +62,22 @@ def _states_at_dealer(port: int, n: int) -> dict:
     return info["long_jobs"][0]
 
 
+def _moving_dealer(procs, port: int, *extra: str):
+    """A dealer of one chain whose jobs move only when a jobber's lease (3 s) runs out (no
+    backup replicas), its jobbers sending the job's state every second."""
+    args = ("--steps", str(STEPS), "--send-every", "1", "--lease", "3", "--backups", "0")
+    return procs.dealer("d", TASK, *args, *extra, port=port)
+
+
 def test_a_job_whose_jobber_is_killed_resumes_on_another_from_its_latest_state(
     procs, tmp_path, straight
 ):
     port = free_port()
     # no backup replicas: the job moves only when its jobber's lease runs out; states
     # of two chunks (5 MB), through the dealer's frame cap and back by `fetch`
-    dealer = procs.dealer(
-        "d",
-        TASK,
-        "--steps",
-        str(STEPS),
-        "--send-every",
-        "1",
-        "--lease",
-        "3",
-        "--backups",
-        "0",
-        "--pad",
-        "5000000",
-        "--every",
-        "100000",  # a state of 5 MB every twentieth of the job
-        port=port,
-    )
+    dealer = _moving_dealer(
+        procs, port, "--pad", "5000000", "--every", "100000"
+    )  # a state of 5 MB every twentieth of the job
     j1 = procs.jobber("j1", f"127.0.0.1:{port}")
     row = _states_at_dealer(port, 2)
     assert row["run_s"] >= 0 and row["resumed_fuel"] is None  # started from the beginning
@@ -144,19 +137,7 @@ def test_a_jobber_stopped_resumes_its_own_job_when_started_again(procs, tmp_path
 
 def test_damaged_states_are_refused_and_the_job_runs_from_the_beginning(procs, tmp_path, straight):
     port = free_port()
-    dealer = procs.dealer(
-        "d",
-        TASK,
-        "--steps",
-        str(STEPS),
-        "--send-every",
-        "1",
-        "--lease",
-        "3",
-        "--backups",
-        "0",
-        port=port,
-    )
+    dealer = _moving_dealer(procs, port)
     j1 = procs.jobber("j1", f"127.0.0.1:{port}")
     _states_at_dealer(port, 1)
     data = tmp_path / "data-j1"
