@@ -200,3 +200,108 @@ def test_a_resumed_job_runs_with_what_is_left_of_its_limits_and_a_bad_state_from
     ]:
         got, limits, fuel, _ = resumed(spec, state, data)
         assert got is None and limits == spec.limits and fuel == 0
+
+
+def two_running(j: c.JobberCore) -> tuple[p.JobSpec, p.JobSpec]:
+    """`j` (two slots) takes two jobs that save and starts both."""
+    j.tick(0.0)
+    ask = next(a.msg for a in j.take_actions() if isinstance(a, c.Send))
+    a, b = (p.JobSpec(t, SHA, (), b"", SAVING, 10_000.0) for t in ("t.a", "t.b"))
+    j.received(LIVE, p.Jobs(ask.id, (a, b)), 0.1)
+    j.tick(0.2)
+    assert len([x for x in j.take_actions() if isinstance(x, c.Start)]) == 2
+    return a, b
+
+
+def core2() -> c.JobberCore:
+    s = c.Settings(name="j", slots=2, cpus=2, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0)
+    j = c.JobberCore(s, (f"{LIVE}#{KEY}",), 0.0, rng=random.Random(1))
+    j.cache_updated({SHA: (1000, 0)})
+    j.take_actions()
+    return j
+
+
+def test_a_state_is_its_own_jobs_and_a_half_sent_state_goes_on_before_another_starts():
+    j = core2()
+    a, b = two_running(j)
+    big = p.CHUNK_BYTES + 1
+    j.handle(c.StateSaved(LIVE, a.tag, digest(b"a"), big, 10, 70.0), 1.0)
+    by_tag = {h.spec.tag: h for h in j.running.values()}
+    assert by_tag[a.tag].saved.hash == digest(b"a") and by_tag[b.tag].saved is None
+    j.tick(1.0)
+    (first,) = saves(j.take_actions())
+    assert first.tag == a.tag
+    j.handle(c.StateSaved(LIVE, b.tag, digest(b"b"), 10, 10, 70.0), 1.5)
+    j.received(LIVE, p.Saved(first.rid, digest(b"a"), 1), 2.0)
+    assert j.links[LIVE].saving is None
+    j.tick(2.0)
+    (second,) = saves(j.take_actions())
+    assert (second.tag, second.chunk) == (a.tag, 1)  # a's second chunk before b's state
+    j.received(LIVE, p.Saved(second.rid, digest(b"other"), 2), 2.5)  # not the state sent
+    assert by_tag[a.tag].sending is not None and by_tag[a.tag].sent_state == ""
+
+
+def test_a_state_is_due_at_exactly_one_interval_and_not_to_a_dealer_backed_off():
+    j = core()
+    key, spec = running(j)
+    j.handle(c.StateSaved(LIVE, spec.tag, digest(b"1"), 10, 100, 60.0), 1.0)
+    j.links[LIVE].req.backoff.failed(1.0)  # backed off: nothing goes before it may
+    j.tick(1.0)
+    assert saves(j.take_actions()) == []
+    j.links[LIVE].req.backoff.succeeded()
+    j.tick(1.1)
+    assert len(saves(j.take_actions())) == 1  # 60 s of running time: exactly due
+
+
+def test_busy_without_a_wait_waits_a_second_and_is_due_again_at_that_moment():
+    j = core()
+    key, spec = running(j)
+    j.handle(c.StateSaved(LIVE, spec.tag, digest(b"1"), 10, 100, 70.0), 1.0)
+    j.tick(1.0)
+    (first,) = saves(j.take_actions())
+    j.received(LIVE, p.Error(first.rid, p.ErrorCode.BUSY, "busy"), 2.0)
+    assert j.running[key].save_after == 3.0
+    j.tick(3.0)
+    assert len(saves(j.take_actions())) == 1
+
+
+@pytest.mark.parametrize("code", [p.ErrorCode.INTERNAL, p.ErrorCode.UNKNOWN_TAG])
+def test_a_refusal_frees_the_dealer_for_other_states_and_other_errors_are_failures(code):
+    j = core2()
+    a, b = two_running(j)
+    for spec in (a, b):
+        j.handle(c.StateSaved(LIVE, spec.tag, digest(spec.tag.encode()), 10, 10, 70.0), 1.0)
+    j.tick(1.0)
+    (first,) = saves(j.take_actions())
+    j.received(LIVE, p.Error(first.rid, code, "no"), 1.1)
+    h = next(h for h in j.running.values() if h.spec.tag == first.tag)
+    assert h.sending is None and j.links[LIVE].saving is None
+    if code is p.ErrorCode.INTERNAL:  # a failed contact: backed off, the state again later
+        assert j.links[LIVE].backoff.failures == 1 and not h.save_refused
+        return
+    assert h.save_refused and j.links[LIVE].backoff.failures == 0
+    j.tick(1.2)
+    (other,) = saves(j.take_actions())
+    assert other.tag != first.tag
+
+
+def test_restored_jobs_count_as_held_and_wait_an_interval_before_their_state_goes(caplog):
+    j = core()
+    other = "tcp://127.0.0.1:7300"
+    spec = p.JobSpec("t.9", SHA, (), b"", SAVING, 10_000.0)
+    with caplog.at_level("INFO", logger="jobber._core"):
+        j.restore([(other, spec, 50.0, p.Resume(digest(b"s"), 4, 500, 20.0))], 5.0)
+    assert "resuming 1 jobs" in caplog.text
+    assert other in j.links and j.links[other].depth == 1  # a dealer it was not given
+    (h,) = j.buffer
+    assert h.deadline == 55.0 and h.sent_time_s == 20.0
+    assert j._owed[other] == h.may_write  # its output is owed as any job's in hand
+    j.stop(6.0)
+    assert j._owed[other] == 0
+    j2 = core()
+    key, spec2 = running(j2)
+    j2.handle(c.StateSaved(LIVE, spec2.tag, digest(b"1"), 10, 100, 5.0), 1.0)
+    j2.stop(1.5)
+    assert j2._owed[LIVE] == 0  # parked: nothing owed while it waits to resume
+    j2.links[LIVE].refused = "its key changed"
+    assert not j2.uploads_pending()  # a dealer it cannot reach holds no one up
