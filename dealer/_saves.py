@@ -166,10 +166,10 @@ class Saves:
 
     def checkpoint_hashes(self) -> set[str]:
         """Every saved state an unsettled job may still start a replica from, or one is
-        running from: what the checkpoint folder must keep."""
+        running from: what the checkpoint folder must keep (a spare is a replica's latest
+        or the one it started from: its replica is among its job's)."""
         out: set[str] = set()
         for j in self._jobs.values():
-            out.update(ck.hash for ck in j.spare)
             for r in j.replicas:
                 for ck in (r.checkpoint, r.resume):
                     if ck is not None:

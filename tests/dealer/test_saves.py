@@ -235,3 +235,80 @@ def test_a_state_of_several_chunks_is_taken_a_chunk_at_a_time(service, tmp_path)
         assert s.core._replicas[spec.tag].checkpoint.size == len(data)
     finally:
         s.close()
+
+
+def test_the_edges_of_what_a_jobber_may_save():
+    plain = Core(iter([Job(("0",))]), Policy(deadline_s=100.0), "d")
+    (a,) = plain.bored("a", 1, 1000, 0.0, machine="m-a", input_mb=1)
+    assert plain.may_save("a", a.tag, 1).code is ErrorCode.UNEXPECTED  # the batch saves none
+    c = core(redundancy=2, quorum=2, fuel_limit=5000)
+    a, b = send(c, "a", 0.0), send(c, "b", 0.0)
+    assert c.checkpointed("a", a.tag, sha("0"), LIMIT, 0, 1.0, 3.0) is None  # at the limits
+    assert c.jobbers["a"].last_seen == 3.0  # a state says its jobber is alive
+    assert c.checkpointed("a", a.tag, sha("1"), 1, 5000, 1.0, 4.0) is None
+    over = c.checkpointed("a", a.tag, sha("2"), 1, 5001, 1.0, 4.0)
+    assert over.code is ErrorCode.IMPLAUSIBLE
+    assert c.result("a", a.tag, Status.OK, b"x", 9, "", 5.0) is None
+    # its result is in, its job is not settled (b is out): no more states of it
+    assert c.checkpointed("a", a.tag, sha("3"), 1, 5000, 1.0, 6.0).code is ErrorCode.SETTLED
+    assert c.checkpointed("b", b.tag, sha("4"), 1, 1, 1.0, 6.0) is None
+    c.tick(30.0)  # b gone: its state is spare
+    e = send(c, "e", 30.0)
+    assert e.resume.hash == sha("4")
+    assert c.checkpointed("e", e.tag, sha("5"), 1, 1, 1.0, 31.0) is None  # as much as before
+
+
+def test_a_backups_state_is_spared_by_the_replica_still_running_it_once_it_ends():
+    c = core(backups=1)
+    a = send(c, "a", 0.0)
+    c.checkpointed("a", a.tag, sha("1"), 10, 500, 5.0, 1.0)
+    b = send(c, "b", 2.0)  # a backup, from a's latest state
+    c.result("b", b.tag, Status.ABANDONED, b"", 0, "quit", 3.0)
+    assert c._jobs[0].spare == []  # a still runs from there: no spare yet
+    c.tick(20.0)  # a gone: its state is spare, once
+    c.alive("a", 21.0, holding=())  # and lost, as its jobber says: still once
+    assert [ck.hash for ck in c._jobs[0].spare] == [sha("1")]
+
+
+def test_a_state_fits_beside_the_jobs_input_files_or_is_not_sent():
+    from tasks import InputFile
+
+    table = InputFile.from_bytes(bytes(700 << 10))
+    policy = Policy(deadline_s=100.0, lease_s=10.0, checkpoint_bytes=1 << 20, backups=0)
+    c = Core(iter([Job(("0",), files={"t": table})]), policy, "d")
+    (a,) = c.bored("a", 1, 1000, 0.0, machine="m-a", input_mb=2)
+    c.checkpointed("a", a.tag, sha("big"), 400 << 10, 10, 1.0, 1.0)
+    c.result("a", a.tag, Status.ABANDONED, b"", 0, "quit", 2.0)
+    (b,) = c.bored("b", 1, 1000, 3.0, machine="m-b", input_mb=1)
+    assert b.resume is None  # 700 KiB of files and 400 of state: over 1 MiB
+    c.result("b", b.tag, Status.ABANDONED, b"", 0, "quit", 4.0)
+    # the spare stays for a jobber with room
+    (e,) = c.bored("e", 1, 1000, 5.0, machine="m-e", input_mb=2)
+    assert e.resume is not None and e.resume.size == 400 << 10
+
+
+def test_a_journal_naming_a_state_the_job_never_had_is_refused():
+    from dealer._records import Sent
+    from dealer._replicas import CoreError
+
+    c = core()
+    send(c, "a", 0.0)
+    (drawn, _) = c.take_records()
+    again = core()
+    again.apply(drawn)
+    with pytest.raises(CoreError, match="unknown to it"):
+        again.apply(Sent("d.0", 0, "a", 100.0, "m-a", 0.0, None, sha("never")))
+
+
+def test_long_jobs_show_how_long_each_has_run_and_how_old_its_state_is():
+    c = core(redundancy=2)
+    a = send(c, "a", 0.0)
+    b = send(c, "b", 10.0)
+    c.checkpointed("b", b.tag, sha("1"), 10, 500, 5.0, 12.0)
+    rows = c.long_jobs(20.0)
+    assert [(r["tag"], r["run_s"], r["saved_s_ago"], r["saves"]) for r in rows] == [
+        (a.tag, 20.0, None, 0),
+        (b.tag, 10.0, 8.0, 1),
+    ]
+    assert rows[1]["saved_fuel"] == 500 and rows[0]["resumed_fuel"] is None
+    assert len(c.long_jobs(20.0, limit=1)) == 1
