@@ -312,3 +312,14 @@ def test_long_jobs_show_how_long_each_has_run_and_how_old_its_state_is():
     ]
     assert rows[1]["saved_fuel"] == 500 and rows[0]["resumed_fuel"] is None
     assert len(c.long_jobs(20.0, limit=1)) == 1
+
+
+def test_long_jobs_are_listed_longest_running_first_and_a_state_may_fill_the_room():
+    c = Core((Job((str(i),)) for i in range(2)), Policy(checkpoint_bytes=1 << 20), "d")
+    (a,) = c.bored("a", 1, 1000, 0.0, machine="m-a", input_mb=1)
+    (b,) = c.bored("b", 1, 1000, 5.0, machine="m-b", input_mb=1)
+    assert c.checkpointed("a", a.tag, sha("all"), 1 << 20, 10, 1.0, 5.5) is None
+    c.result("a", a.tag, Status.ABANDONED, b"", 0, "quit", 6.0)
+    (e,) = c.bored("e", 1, 1000, 7.0, machine="m-e", input_mb=1)
+    assert e.job_id == a.job_id and e.resume.size == 1 << 20  # exactly its 1 MiB
+    assert [r["tag"] for r in c.long_jobs(20.0)] == [b.tag, e.tag]  # b: 15 s, e: 13 s
