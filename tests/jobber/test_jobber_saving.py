@@ -305,3 +305,48 @@ def test_restored_jobs_count_as_held_and_wait_an_interval_before_their_state_goe
     assert j2._owed[LIVE] == 0  # parked: nothing owed while it waits to resume
     j2.links[LIVE].refused = "its key changed"
     assert not j2.uploads_pending()  # a dealer it cannot reach holds no one up
+
+
+def test_a_half_sent_state_goes_on_whichever_job_comes_first_and_else_the_first_due():
+    j = core2()
+    a, b = two_running(j)
+    j.handle(c.StateSaved(LIVE, b.tag, digest(b"b"), p.CHUNK_BYTES + 1, 10, 70.0), 1.0)
+    j.tick(1.0)
+    (first,) = saves(j.take_actions())
+    assert first.tag == b.tag
+    j.handle(c.StateSaved(LIVE, a.tag, digest(b"a"), 10, 10, 70.0), 1.5)
+    j.received(LIVE, p.Saved(first.rid, digest(b"b"), 1), 2.0)
+    j.tick(2.0)
+    (second,) = saves(j.take_actions())
+    assert (second.tag, second.chunk) == (b.tag, 1)  # b's last chunk before a's state
+    j.received(LIVE, p.Saved(second.rid, digest(b"b"), 2), 2.5)
+    j.tick(2.5)
+    (third,) = saves(j.take_actions())
+    assert third.tag == a.tag
+    # two jobs due, neither half sent: the first started goes first
+    k = core2()
+    a, b = two_running(k)
+    for spec in (a, b):
+        k.handle(c.StateSaved(LIVE, spec.tag, digest(spec.tag.encode()), 10, 10, 70.0), 1.0)
+    k.tick(1.0)
+    assert [s.tag for s in saves(k.take_actions())] == [a.tag]
+
+
+def test_a_job_that_names_no_interval_sends_its_state_every_300_s_and_a_late_job_resumes():
+    j = core()
+    j.tick(0.0)
+    ask = next(a.msg for a in j.take_actions() if isinstance(a, c.Send))
+    lim = p.Limits(fuel=10**9, memory_mb=64, time_s=1000.0, output_kb=1, checkpoint_kb=8)
+    spec = p.JobSpec("t.0", SHA, (), b"", lim, 10_000.0)
+    j.received(LIVE, p.Jobs(ask.id, (spec,)), 0.1)
+    j.tick(0.2)
+    j.take_actions()
+    j.handle(c.StateSaved(LIVE, spec.tag, digest(b"1"), 10, 100, 299.9), 1.0)
+    j.tick(1.0)
+    assert saves(j.take_actions()) == []
+    j.handle(c.StateSaved(LIVE, spec.tag, digest(b"2"), 10, 100, 300.0), 2.0)
+    j.tick(2.0)
+    assert len(saves(j.take_actions())) == 1
+    late = core()
+    late.restore([(LIVE, spec, -5.0, p.Resume(digest(b"s"), 4, 500, 20.0))], 7.0)
+    assert late.buffer[0].deadline == 7.0  # its deadline passed: due now, not before
