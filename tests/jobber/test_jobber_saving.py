@@ -11,7 +11,7 @@ import pytest
 
 import protocol as p
 from jobber import _core as c
-from jobber._states import States, resumed
+from jobber._states import States, _name, resumed
 
 KEY = "aa" * 32
 SHA = "ab" * 32
@@ -350,3 +350,128 @@ def test_a_job_that_names_no_interval_sends_its_state_every_300_s_and_a_late_job
     late = core()
     late.restore([(LIVE, spec, -5.0, p.Resume(digest(b"s"), 4, 500, 20.0))], 7.0)
     assert late.buffer[0].deadline == 7.0  # its deadline passed: due now, not before
+
+
+# --- the shell's part: a Jobber's saves over a real folder and a real core -------------
+
+
+class Shell(__import__("jobber._states", fromlist=["Saves"]).Saves):
+    """The shell's saves (jobber._states.Saves) over a real core, spool of states and
+    file store; what it would send on a socket is kept in `sent`."""
+
+    def __init__(self, tmp_path) -> None:
+        from jobber._files import FileStore
+
+        self.name = "lender"
+        self.core = core()
+        self.states = States(tmp_path / "states")
+        self.files = FileStore(tmp_path / "files")
+        self._offsets: dict = {}
+        self.sent: list = []
+
+    def _send(self, dealer, msg) -> None:
+        self.sent.append((dealer, msg))
+
+
+class Saved:  # what Slots.take_saves gives (sandbox.Saved)
+    def __init__(self, key, state, fuel, wall_s):
+        self.key, self.state, self.fuel, self.wall_s = key, state, fuel, wall_s
+
+
+def test_the_shell_keeps_a_state_with_the_jobs_totals_and_sends_the_one_taken_at_chunk_0(
+    tmp_path,
+):
+    sh = Shell(tmp_path)
+    key, spec = running(sh.core)
+    sh._offsets[key] = (1000, 20.0)  # it resumed from a state of 1000 fuel, 20 s
+    sh._state_saved(Saved(key, b"one", 5, 2.5))
+    h = sh.core.running[key]
+    assert h.saved == p.Resume(digest(b"one"), 3, 1005, 22.5)
+    (body,) = [msgpack.unpackb(f.read_bytes()) for f in (tmp_path / "states").glob("*.state")]
+    assert (body["fuel"], body["time_s"], body["state"]) == (1005, 22.5, b"one")
+    # its deadline, from the core's (monotonic) clock to the wall clock's
+    now = __import__("time")
+    expected = now.time() + h.deadline - now.monotonic()
+    assert abs(body["deadline"] - expected) < 5
+    sh._state_saved(Saved("no such job", b"x", 1, 1.0))  # ended meanwhile: nothing
+    assert sh.states.latest(LIVE, spec.tag).data == b"one"
+    sh._send_save(c.SendSave(LIVE, spec.tag, 5, 0))
+    sh._state_saved(Saved(key, b"two", 9, 3.0))  # a newer state while one goes
+    sh._send_save(c.SendSave(LIVE, spec.tag, 6, 1))
+    (d0, m0), (d1, m1) = sh.sent
+    assert d0 == d1 == LIVE
+    assert m0 == p.Save(5, "lender", spec.tag, digest(b"one"), 3, 0, b"one", 1005, 22.5)
+    assert (m1.hash, m1.chunk, m1.data) == (digest(b"one"), 1, b"")  # the one begun
+    sh._send_save(c.SendSave(LIVE, spec.tag, 7, 0))
+    assert sh.sent[-1][1].hash == digest(b"two")  # chunk 0 again: the latest
+    sh.states.forget(LIVE, spec.tag)
+    sh._send_save(c.SendSave(LIVE, spec.tag, 8, 0))
+    assert len(sh.sent) == 3 and not list((tmp_path / "states").glob("*.state"))
+
+
+def test_a_state_the_disk_will_not_keep_is_still_held_and_sent(tmp_path):
+    sh = Shell(tmp_path)
+    (tmp_path / "states").write_bytes(b"")  # where the folder should be: a file
+    key, spec = running(sh.core)
+    sh._state_saved(Saved(key, b"kept", 5, 2.5))
+    assert sh.core.running[key].saved == p.Resume(digest(b"kept"), 4, 5, 2.5)
+    assert sh.states.latest(LIVE, spec.tag).data == b"kept"
+
+
+def test_the_shell_resumes_from_its_own_state_or_the_fetched_one_or_from_the_top(tmp_path):
+    sh = Shell(tmp_path)
+    spec = p.JobSpec("t.1", SHA, (), b"", SAVING, 100.0)
+    sh.states.saved(LIVE, spec, 50.0, b"mine", 40, 4.0)
+    mine = p.Resume(digest(b"mine"), 4, 40, 4.0)
+    data, limits, fuel, used = sh._resume(c.Start("k", LIVE, spec, 1, mine, True))
+    assert (data, limits.fuel, fuel, used) == (b"mine", SAVING.fuel - 40, 40, 4.0)
+    fetched = p.Resume(digest(b"theirs"), 6, 70, 7.0)
+    start = c.Start("k", LIVE, spec, 1, fetched, False)
+    assert sh._resume(start)[0] is None  # not in the file store: from the top
+    sh.files.path(fetched.hash).parent.mkdir(parents=True, exist_ok=True)
+    sh.files.path(fetched.hash).write_bytes(b"theirs")
+    assert sh._resume(start)[0] == b"theirs"
+    none = sh._resume(c.Start("k", LIVE, spec, 1))
+    assert none == (None, SAVING, 0, 0.0)
+    other = p.JobSpec("t.2", SHA, (), b"", SAVING, 100.0)
+    gone = c.Start("k", LIVE, other, 1, mine, True)  # its own state is not here
+    assert sh._resume(gone) == (None, SAVING, 0, 0.0)
+
+
+def test_the_edges_of_a_state_that_may_be_resumed():
+    lim = p.Limits(fuel=1000, time_s=10.0, checkpoint_kb=1)
+    spec = p.JobSpec("t", SHA, (), b"", lim, 1.0)
+    full = b"s" * 1024
+    assert resumed(spec, p.Resume(digest(full), 1024, 1, 1.0), full)[0] == full  # the allowance
+    assert resumed(spec, p.Resume(digest(b"s"), 1, 1, 10.0), b"s")[0] is None  # all the time
+    late = resumed(spec, p.Resume(digest(b"s"), 1, 1, 9.9999), b"s")[1]
+    assert late.time_s == 0.001  # what is left, at least the least a limit may be
+    none = p.JobSpec("t", SHA, (), b"", p.Limits(fuel=1000, time_s=10.0), 1.0)
+    assert resumed(none, p.Resume(digest(b"s"), 1, 1, 1.0), b"s")[0] is None  # no allowance
+
+
+def test_the_spool_of_states_refuses_what_is_not_a_state_of_its_own(tmp_path):
+    s = States(tmp_path)
+    lim = p.Limits(fuel=1000, checkpoint_kb=1)
+    good = p.JobSpec("good", SHA, (), b"", lim, 100.0)
+    s.saved(LIVE, good, 50.0, b"x" * 1024, 1000, 0.0)  # the limits' edges: kept
+    bad = {
+        "schema": {"schema": 2},
+        "list": [1, 2],
+        "fuel": {"fuel": 1001},
+        "negative": {"fuel": -1},
+        "time": {"time_s": -0.5},
+    }
+    for tag, change in bad.items():
+        spec = p.JobSpec(tag, SHA, (), b"", lim, 100.0)
+        s.saved(LIVE, spec, 50.0, b"y", 1, 1.0)
+        path = tmp_path / _name(LIVE, tag)
+        body = msgpack.unpackb(path.read_bytes(), raw=False)
+        out = change if tag == "list" else {**body, **change}
+        path.write_bytes(msgpack.packb(out, use_bin_type=True))
+    (tmp_path / ".x.state.part").write_bytes(b"cut short")
+    loaded = States(tmp_path).load()
+    assert [sp.tag for _, sp, _, _ in loaded] == ["good"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == [q.name for q in tmp_path.glob("*.state")]
+    assert len(list(tmp_path.glob("*.state"))) == 1
+    assert States(tmp_path / "none").load() == []
