@@ -300,8 +300,12 @@ class Service(Relays, Report):
         return p.Error(rid, p.ErrorCode.UNEXPECTED, f"a dealer does not take {msg.TYPE} messages")
 
     def _file(self, sha: str):
-        """An input file of the batch's jobs, or a saved state of one (dealer._saves)."""
-        return self.core.input_file(sha) or self.saves.lookup(sha)
+        """An input file of the batch's jobs, or a saved state of one (dealer._saves); a
+        batch whose jobs save none has no folder of states to look in."""
+        found = self.core.input_file(sha)
+        if found is None and self.core.policy.checkpoint_bytes:
+            found = self.saves.lookup(sha)
+        return found
 
     def _save(self, msg: p.Save, now: float, peer: Peer) -> p.Message:
         """A chunk of a long job's saved state (dealer._checkpoints, dealer._saves)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 
 import msgpack
 import pytest
 
 import protocol as p
 from jobber import _core as c
-from jobber._states import States, _name, resumed
+from jobber._states import Saves, States, _name, resumed
 
 KEY = "aa" * 32
 SHA = "ab" * 32
@@ -21,8 +22,10 @@ SAVING = p.Limits(
 )
 
 
-def core() -> c.JobberCore:
-    s = c.Settings(name="j", slots=1, cpus=1, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0)
+def core(slots: int = 1) -> c.JobberCore:
+    s = c.Settings(
+        name="j", slots=slots, cpus=slots, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0
+    )
     j = c.JobberCore(s, (f"{LIVE}#{KEY}",), 0.0, rng=random.Random(1))
     j.cache_updated({SHA: (1000, 0)})
     j.take_actions()
@@ -213,16 +216,8 @@ def two_running(j: c.JobberCore) -> tuple[p.JobSpec, p.JobSpec]:
     return a, b
 
 
-def core2() -> c.JobberCore:
-    s = c.Settings(name="j", slots=2, cpus=2, memory_mb=256, min_backoff_s=1.0, max_backoff_s=60.0)
-    j = c.JobberCore(s, (f"{LIVE}#{KEY}",), 0.0, rng=random.Random(1))
-    j.cache_updated({SHA: (1000, 0)})
-    j.take_actions()
-    return j
-
-
 def test_a_state_is_its_own_jobs_and_a_half_sent_state_goes_on_before_another_starts():
-    j = core2()
+    j = core(2)
     a, b = two_running(j)
     big = p.CHUNK_BYTES + 1
     j.handle(c.StateSaved(LIVE, a.tag, digest(b"a"), big, 10, 70.0), 1.0)
@@ -267,7 +262,7 @@ def test_busy_without_a_wait_waits_a_second_and_is_due_again_at_that_moment():
 
 @pytest.mark.parametrize("code", [p.ErrorCode.INTERNAL, p.ErrorCode.UNKNOWN_TAG])
 def test_a_refusal_frees_the_dealer_for_other_states_and_other_errors_are_failures(code):
-    j = core2()
+    j = core(2)
     a, b = two_running(j)
     for spec in (a, b):
         j.handle(c.StateSaved(LIVE, spec.tag, digest(spec.tag.encode()), 10, 10, 70.0), 1.0)
@@ -308,7 +303,7 @@ def test_restored_jobs_count_as_held_and_wait_an_interval_before_their_state_goe
 
 
 def test_a_half_sent_state_goes_on_whichever_job_comes_first_and_else_the_first_due():
-    j = core2()
+    j = core(2)
     a, b = two_running(j)
     j.handle(c.StateSaved(LIVE, b.tag, digest(b"b"), p.CHUNK_BYTES + 1, 10, 70.0), 1.0)
     j.tick(1.0)
@@ -324,7 +319,7 @@ def test_a_half_sent_state_goes_on_whichever_job_comes_first_and_else_the_first_
     (third,) = saves(j.take_actions())
     assert third.tag == a.tag
     # two jobs due, neither half sent: the first started goes first
-    k = core2()
+    k = core(2)
     a, b = two_running(k)
     for spec in (a, b):
         k.handle(c.StateSaved(LIVE, spec.tag, digest(spec.tag.encode()), 10, 10, 70.0), 1.0)
@@ -355,7 +350,7 @@ def test_a_job_that_names_no_interval_sends_its_state_every_300_s_and_a_late_job
 # --- the shell's part: a Jobber's saves over a real folder and a real core -------------
 
 
-class Shell(__import__("jobber._states", fromlist=["Saves"]).Saves):
+class Shell(Saves):
     """The shell's saves (jobber._states.Saves) over a real core, spool of states and
     file store; what it would send on a socket is kept in `sent`."""
 
@@ -390,8 +385,7 @@ def test_the_shell_keeps_a_state_with_the_jobs_totals_and_sends_the_one_taken_at
     (body,) = [msgpack.unpackb(f.read_bytes()) for f in (tmp_path / "states").glob("*.state")]
     assert (body["fuel"], body["time_s"], body["state"]) == (1005, 22.5, b"one")
     # its deadline, from the core's (monotonic) clock to the wall clock's
-    now = __import__("time")
-    expected = now.time() + h.deadline - now.monotonic()
+    expected = time.time() + h.deadline - time.monotonic()
     assert abs(body["deadline"] - expected) < 5
     sh._state_saved(Saved("no such job", b"x", 1, 1.0))  # ended meanwhile: nothing
     assert sh.states.latest(LIVE, spec.tag).data == b"one"
