@@ -5,11 +5,35 @@ Service (the `Report` mixin), over the state the service keeps.
 
 from __future__ import annotations
 
+import dataclasses
+
+import protocol as p
+from tasks import Task
+
 STATUS_PAGE = 100  # jobbers listed per status page
+# the replies to a jobber that tell it of the batch and of its account here
+_TOLD = (p.Jobs, p.RetryLater, p.Finished, p.Ack, p.AliveAck)
+
+
+def about_of(task: Task) -> p.About:
+    """What lenders are told of the batch: its name (the task's `name`, else its class's)
+    and its researcher's contact, cut to the wire's bounds."""
+    name = getattr(task, "name", None) or type(task).__name__
+    contact = getattr(task, "contact", None)
+    return p.About(str(name)[: p.MAX_TASK_NAME], str(contact)[: p.MAX_CONTACT] if contact else None)
 
 
 class Report:
     """The reporting part of Service (a mixin: the state is the service's)."""
+
+    def told(self, reply: p.Message, key: str) -> p.Message:
+        """`reply` to the jobber `key`, with what it is told of the batch (`about`) and of
+        its own account here (nil before its first result counts)."""
+        if not isinstance(reply, _TOLD):
+            return reply
+        r = self.core.jobbers.get(key)
+        account = None if r is None else p.Account(r.valid, r.invalid, r.errors, r.credit)
+        return dataclasses.replace(reply, about=self.about, account=account)
 
     def jobbers(self) -> list[dict]:
         """Every identity the dealer remembers, best first (credit, then valid results)."""

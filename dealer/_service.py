@@ -34,7 +34,7 @@ from dealer._policy import policy_for as policy_for
 from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
 from dealer._report import STATUS_PAGE as STATUS_PAGE
-from dealer._report import Report
+from dealer._report import Report, about_of
 from protocol import Peer
 from protocol._signing import AuthorKey
 from tasks import Job, Task
@@ -103,6 +103,7 @@ class Service(Relays, Report):
         self._told: dict[str, dict[str, tuple[int, int, bool]]] = {}
         self.max_behind = MAX_BEHIND
         self.key_hex, self.closed = key_hex, closed
+        self.about = about_of(task)
         policy = policy or policy_for(task)
         # the rules that decide settlement, the payload and the limits must be the ones
         # the journal was written under (the jobs are pinned by its Drawn records)
@@ -275,17 +276,19 @@ class Service(Relays, Report):
             return self._relayed(msg, now, peer)
         if isinstance(msg, p.Bored):
             self._label(peer, msg.jobber)
-            return self._bored(msg, now, peer)
+            return self.told(self._bored(msg, now, peer), peer.key)
         if isinstance(msg, p.Results):
             self._label(peer, msg.jobber)
-            return self._results(msg, now, peer)
+            return self.told(self._results(msg, now, peer), peer.key)
         if isinstance(msg, p.StatusQuery):
             return p.StatusReply(msg.id, self.status(now, msg.page or 0))
         if isinstance(msg, p.Alive):
             self._label(peer, msg.jobber)
             machine = peer.machine(self.distinct)  # placed from its first message on
             cancel = self.core.alive(peer.key, now, msg.holding, machine)
-            return p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), ())
+            return self.told(
+                p.AliveAck(msg.id, self.core.policy.lease_s, tuple(cancel), ()), peer.key
+            )
         if isinstance(msg, p.Deny):
             return self._deny(msg, now, peer)
         if isinstance(msg, p.WorkQuery):

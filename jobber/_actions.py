@@ -188,6 +188,9 @@ class Owner:
     asks: bool = True  # inside the pool's network hours
     in_use: bool = False  # idle-only, and the machine is in use (jobber._idle)
     cpu_off: bool = False  # the CPU limit's off-period (jobber._idle.Throttle)
+    # an owner's preference holds the jobs, and why: outside the owner's compute hours,
+    # on batteries, a job bigger than the memory allowed while the machine is in use
+    held: str = ""
 
 
 @dataclass(frozen=True, slots=True)

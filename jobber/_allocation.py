@@ -12,11 +12,10 @@ import time
 from dataclasses import asdict, replace
 
 import protocol as p
-from jobber import _core as c
 from jobber import _instructions
 from jobber._allocator_link import AllocatorLink, InstructionsCame, KeyLearnt
 from jobber._idle import IdleDetector, Throttle
-from jobber._settings import MIB, Config, JobberError, physical_memory_mb
+from jobber._settings import Config, JobberError, physical_memory_mb
 from net._backoff import Backoff
 from protocol._alloc import allocator_address
 
@@ -135,7 +134,6 @@ class Allocation:
             except ValueError as e:
                 log.warning("allocator project %s: bad dealer address: %s", x.name, e)
         self.core.set_projects(projects, kept.debts)
-        self.core.handle(c.Resized(eff.slots, eff.memory_mb, eff.cache_mb * MIB), time.monotonic())
         self.slots.in_use = eff.slots
         self.slots.compile_memory_mb = self._compile_memory_mb(eff.memory_mb)
         if eff.cpu_limit != self._eff.cpu_limit:
@@ -148,6 +146,7 @@ class Allocation:
             )
         self._eff = eff
         self._kept = kept
+        self._resize(time.monotonic())  # jobber._lender: within the owner's preferences
 
     def _allocator_status(self, now: float) -> dict | None:
         a, k = self._alink, self._kept

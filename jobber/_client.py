@@ -46,7 +46,8 @@ from jobber._actions import DownloadRuntime, PrepareRuntime
 from jobber._allocation import Allocation, owner_of
 from jobber._allocator_link import AllocatorLink
 from jobber._files import Diverged, FileChecker, FileStore
-from jobber._idle import IdleDetector, Throttle, read_host
+from jobber._idle import IdleDetector, Throttle
+from jobber._lender import Lender
 from jobber._prepare import Preparing, RuntimePreparer
 from jobber._quiet import Repeats
 from jobber._settings import Config, JobberError
@@ -70,7 +71,7 @@ COALESCE_S = 0.002
 EVICT_AFTER_S = 5.0
 
 
-class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
+class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves, Lender):
     """The shell: the loop, the slots, the spool and the cache around a JobberCore; its
     dealers' sockets are jobber._sockets, signed payloads jobber._trust, an allocator's
     instructions jobber._allocation, the control socket and status jobber._status."""
@@ -154,7 +155,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
         self._socks: dict[str, Sockets] = {}
         self._repeats = Repeats(log)
         self._stopping = False
-        self.user_suspended = False
+        self._load_owner(cfg.data_dir)  # jobber._lender: suspended, paused, preferences
         self._idle = IdleDetector(
             os.cpu_count() or 1, load_threshold=cfg.load_threshold, idle_after_s=cfg.idle_after_s
         )
@@ -465,33 +466,6 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
         result = p.Result(tag, outcome.status, outcome.stdout, fuel, outcome.detail[: p.MAX_STR])
         self.core.job_done(key, result, outcome.wall_s, time.monotonic())
 
-    def _tell_owner(self, now: float) -> None:
-        """Tell the core what the owner and the machine are doing; it decides whether jobs
-        are suspended (and asks for it with Suspend or Resume)."""
-        hour = _local_hour()
-        running = 0 if self.core.suspended else len(self.core.running)
-        computes = self._eff.computes_at(hour)
-        # the idle detector is read only when its answer can matter: while a shutdown, the
-        # owner or the pool's hours hold the jobs, it learns nothing (its history of input
-        # and load decides when "machine in use" ends)
-        in_use = (
-            self._eff.idle_only
-            and not (self._stopping or self.user_suspended or not computes)
-            and not self._idle.update(read_host(), running, now)
-        )
-        self.core.handle(
-            c.Owner(
-                suspended=self.user_suspended,
-                stopping=self._stopping,
-                computes=computes,
-                asks=self._eff.asks_at(hour),
-                in_use=in_use,
-                cpu_off=not self._throttle.running(now),
-            ),
-            now,
-        )
-        self._carry_out()
-
     def _poller(self) -> zmq.Poller:
         """A poller over every socket and pipe the loop reads; made anew only when that
         set changes (a dealer's sockets reset, a slot worker replaced), not every turn."""
@@ -548,7 +522,10 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
     def _shutdown(self) -> None:
         self.core.stop(time.monotonic())
         self._carry_out()
-        deadline = time.monotonic() + self.cfg.grace_s
+        # jobs the owner or the machine holds stay so: given back (or parked) at once
+        held = self.core.suspended and self.core.why_suspended != "cpu limit"
+        grace_s = 0.0 if held else self.cfg.grace_s
+        deadline = time.monotonic() + grace_s
         while self.core.running and time.monotonic() < deadline:
             self._turn(time.monotonic())
             self._wait()
@@ -588,8 +565,3 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves):
         for dealer in list(self._socks):
             self._reset(dealer)
         os.close(self._lock)
-
-
-def _local_hour() -> float:
-    t = time.localtime()
-    return t.tm_hour + t.tm_min / 60 + t.tm_sec / 3600

@@ -2,9 +2,15 @@
 
 The jobber serves a ZeroMQ REP socket on `ipc://<data dir>/control`; the data
 directory is owner-only (0700) and so is the socket file (0600), so only the
-user running the jobber (and root) can reach it. A request is a msgpack map
-`{"cmd": "status" | "suspend" | "resume" | "quit"}`; the reply is a msgpack
-map, `{"ok": true, ...}` or `{"ok": false, "error": text}`.
+user running the jobber (and root) can reach it. A request is a msgpack map:
+
+    {"cmd": "status" | "suspend" | "resume" | "quit"}
+    {"cmd": "pause" | "unpause", "dealer": ADDRESS}       asking it for work
+    {"cmd": "prefs", "set": {NAME: VALUE or nil, ...}}    jobber._prefs (nil: no limit)
+    {"cmd": "accept_key", "dealer": ADDRESS#KEY}          a key mismatch, accepted
+
+The reply is a msgpack map, `{"ok": true, ...the status}` or `{"ok": false,
+"error": text}`. What the owner sets is kept in the data directory.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import msgpack
 import zmq
 
-COMMANDS = ("status", "suspend", "resume", "quit")
+COMMANDS = ("status", "suspend", "resume", "quit", "pause", "unpause", "prefs", "accept_key")
 MAX_REQUEST_BYTES = 4096
 
 
@@ -36,8 +42,9 @@ def serve_socket(ctx: zmq.Context, data_dir: Path) -> zmq.Socket:
     return sock
 
 
-def parse_request(data: bytes) -> str:
-    """The command asked for; ValueError with a clear text for anything else."""
+def parse_request(data: bytes) -> dict[str, Any]:
+    """The request (its "cmd" one of COMMANDS); ValueError with a clear text for anything
+    else. The fields a command takes are checked where it is carried out."""
     try:
         body = msgpack.unpackb(data, raw=False)
     except Exception as e:
@@ -45,15 +52,15 @@ def parse_request(data: bytes) -> str:
     cmd = body.get("cmd") if isinstance(body, dict) else None
     if cmd not in COMMANDS:
         raise ValueError(f"expected {{'cmd': one of {', '.join(COMMANDS)}}}")
-    return cmd
+    return body
 
 
 def encode_reply(body: dict[str, Any]) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def ask(data_dir: Path, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Send one command to the jobber owning `data_dir`."""
+def ask(data_dir: Path, cmd: str | dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one command (a name, or a whole request) to the jobber owning `data_dir`."""
     path = data_dir / "control"
     if not path.exists():
         raise ConnectionError(f"no jobber is running on {data_dir}")
@@ -65,7 +72,7 @@ def ask(data_dir: Path, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(control_endpoint(data_dir))
-        sock.send(msgpack.packb({"cmd": cmd}))
+        sock.send(msgpack.packb(cmd if isinstance(cmd, dict) else {"cmd": cmd}))
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"the jobber on {data_dir} did not answer within {timeout_s:g} s")
         reply = msgpack.unpackb(sock.recv(), raw=False)

@@ -283,6 +283,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
         self._pins = dict(pins or {})
         self._actions: list[Action] = []
         self.links: dict[str, Link] = {}
+        self.owner_paused: set[str] = set()  # dealers the owner paused, known or not yet
         self._rr: deque[str] = deque()
         self._shunned: dict[str, float] = {}  # dropped dealer -> until when referrals skip it
         for text in dealers:
@@ -312,6 +313,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
         self.paused = ""  # why no job may start now ("" while they may): see `owner`
         self.fetch_paused = False  # the machine is wanted by its owner: ask for nothing
         self.suspended = False  # the slots' workers are stopped (a Suspend action went)
+        self.suspended_at = 0.0  # when the slots were last suspended
         self.why_suspended = ""  # why, while they are
         # dealer -> why its payloads were last refused (unsigned: --trust)
         self.refused_payloads: dict[str, str] = {}
@@ -459,6 +461,10 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
         self.reached = True
         link.answered = True
         link.problem = ""
+        if getattr(msg, "about", None) is not None:  # the dealer's word, shown as it is
+            link.about = msg.about
+        if getattr(msg, "account", None) is not None:
+            link.account = msg.account
         if isinstance(msg, p.Jobs | p.RetryLater | p.Referral | p.Finished):
             link.answered_by(BORED, now)
         if isinstance(msg, p.Jobs):
@@ -466,6 +472,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
             self._take_jobs(link, msg, now, {**found, **(unusable or {})})
         elif isinstance(msg, p.RetryLater):
             link.ask_after = now + msg.seconds
+            link.no_work = msg.reason or "it has no work for this machine now (no reason said)"
             if msg.more:  # work may still come from there: waiting for it is not idling
                 self._last_busy = now
             if msg.reason and msg.reason != link.last_reason:
@@ -476,12 +483,14 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
                 self._runtimes_asked(link, msg.runtimes, now)
         elif isinstance(msg, p.Referral):
             link.ask_after = now + self.s.min_backoff_s
+            link.no_work = "it has no work here; it referred this machine to other dealers"
             if link.depth < MAX_REFERRAL_DEPTH:
                 self._referred(link, msg.dealers, now)
         elif isinstance(msg, p.Finished):
             # no more work there: ask again only after the longest backoff (a new batch
             # may start on the same address); results still go while it lingers
             link.ask_after = now + self.s.max_backoff_s
+            link.no_work = "its task is finished"
             if not link.finished:
                 log.info("dealer %s: its task is finished", link.address)
             link.finished = True
@@ -563,6 +572,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
         if not self.paused and not self.stopping:
             self._start_jobs(now)
         self._check_timeouts(now)
+        self._probe_keys(now)
         self._send_results(now)
         self._send_saves(now)
         self._send_alive(now)

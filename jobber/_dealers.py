@@ -77,6 +77,7 @@ class Dealers:
             backoff = Backoff(self.s.min_backoff_s, self.s.max_backoff_s, rng=self._rng)
             req = NetLink(self.s.request_timeout_s, backoff)
             link = self.links[addr] = Link(addr, depth == 0, depth, req, via=via)
+            link.paused = addr in self.owner_paused
             self._rr.append(addr)
             if depth:
                 log.info("dealer %s added by referral (depth %d)", addr, depth)
@@ -202,9 +203,30 @@ class Dealers:
         link.sent(HELLO, rid, now)
         self._actions.append(Hello(link.address, p.Hello(rid)))
 
+    def _probe_keys(self, now: float) -> None:
+        """A dealer whose key is re-checked after a failed contact is asked for it at once,
+        inside its backoff: a dealer that now presents another key (a batch started again
+        elsewhere) is shown as a key mismatch in a moment, not after the backoff, and a
+        dead one costs no more than the one failure it has (the probe's silence counts no
+        failure, and its answer resets no backoff)."""
+        for link in self.links.values():
+            if not link.probe:
+                continue
+            link.probe = False
+            if link.refused or not link.check_key or link.req.busy(HELLO):
+                continue
+            rid = self._rid()
+            link.sent(HELLO, rid, now)
+            link.probing = True
+            self._actions.append(Hello(link.address, p.Hello(rid)))
+
     def _hello_reply(self, link: Link, msg: p.HelloReply, now: float) -> None:
         self.reached = True
-        link.answered_by(HELLO, now)
+        if link.probing:  # the plaintext port answered; the work port's failure stands
+            link.probing = False
+            link.req.forget(HELLO)
+        else:
+            link.answered_by(HELLO, now)
         link.check_key, link.key_checked = False, True
         pinned = self._pins.get(link.address)
         if link.key_referred_by and link.key != msg.key:  # only a referral said otherwise
@@ -224,6 +246,7 @@ class Dealers:
                 self._drop(link, now)
             return
         if pinned is not None and pinned != msg.key:
+            link.mismatch = (pinned, msg.key)
             link.req.refuse(
                 f"key mismatch: it now presents key {msg.key}, not the pinned {pinned}. If the "
                 f"change is expected, give it as {link.address}#{msg.key} or remove its line "
@@ -454,8 +477,18 @@ class Dealers:
         # a key learnt on first use: before asking again, has it changed? A key a referral
         # gave that never worked in this run: is it the dealer's, or a key mismatch? (Not
         # if asking for the key failed.)
+        if link.probing and set(link.req.out) <= {HELLO}:  # the probe alone: no failure
+            link.probing = False
+            link.req.forget(HELLO)
+            link.req.reset_due = True
+            self._reset(link)
+            log.debug("dealer %s: its plaintext port did not answer either (%s)", link.address, why)
+            return
+        link.probing = False
         unproven = bool(link.key_referred_by) and not link.answered and not link.key_checked
         wait = link.req.failed(now, recheck=unproven)
+        # a key learnt (or pinned) before: asked at once, not after the backoff
+        link.probe = link.check_key and link.key_from_hello and not link.key_referred_by
         link.forget_requests()
         self._reset(link)
         log.info(

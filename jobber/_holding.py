@@ -76,7 +76,7 @@ class Holdings:
         cache = sum(self._payload_bytes(sha) for sha in pinned) + sum(files.values())
         spool = self._spool_in_all()
         mine = self._spool_of(link.address)
-        refused = unfit = dropped = never = 0
+        refused = unfit = dropped = never = took = 0
         for spec in msg.jobs:
             h = Held(link.address, spec, now + spec.deadline_s)
             link.output_hint = h.may_write
@@ -123,6 +123,7 @@ class Holdings:
                     f"{s.spool_share_bytes:,} per dealer, {s.spool_budget():,} in all"
                 )
             if why is None:
+                took += 1
                 self._owe(h, +1)
                 self.buffer.append(h)
                 inputs += h.input
@@ -158,6 +159,12 @@ class Holdings:
                     or (s.cache_bytes is not None and new_bytes > s.cache_bytes)
                     or h.may_hold > min(s.spool_share_bytes, s.spool_budget())
                 )
+        if took or not msg.jobs:
+            link.no_work = ""  # work came (or none was sent: the reason, if any, is said)
+        else:  # every job given back: the latest reason is this machine's own
+            last = self.unacked.get(link.address, {})
+            why = next(reversed(last.values())).detail if last else "they did not fit"
+            link.no_work = f"its jobs were given back unrun: {why}"
         if (refused or never) and not self.disk_trouble:  # jobs we will not run: ask less
             link.ask_after = max(link.ask_after, now + REFUSED_PAYLOAD_WAIT_S)
         elif unfit or dropped:  # they may fit once what is held is done: not every turn
@@ -310,6 +317,8 @@ class Holdings:
     def _acked(self, dealer: str, msg: p.Ack, now: float) -> None:
         for tag in msg.tags:
             self._release_result(dealer, tag)
+        if dealer in self.links:
+            self.links[dealer].done += len(msg.tags)
         late = 0
         for rej in msg.rejected:
             if rej.code is p.ErrorCode.SETTLED:  # a backup or late replica: nothing wrong

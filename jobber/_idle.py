@@ -58,17 +58,37 @@ class IdleDetector:
         self.idle_after_s = idle_after_s
         self._last_input: int | None = None
         self._busy_at = float("-inf")  # when the machine was last seen in use
+        self._reading: tuple[float, float, bool] | None = None  # load, others', input seen
 
     def update(self, reading: HostReading, own_running: int, now: float) -> bool:
         """Feed one reading; True if jobs may run now."""
         others = max(0.0, reading.load - own_running)
         if others > self.load_threshold * self.cpus:
             self._busy_at = now
+        touched = False
         if reading.input_events is not None:
             if self._last_input is not None and reading.input_events != self._last_input:
                 self._busy_at = now
+                touched = True
             self._last_input = reading.input_events
+        self._reading = (reading.load, others, touched)
         return now - self._busy_at >= self.idle_after_s
+
+    def figures(self, now: float) -> dict | None:
+        """What decided the latest verdict, for the owner (status): the load, the part of
+        it that is not our jobs', the most that counts as idle, whether keyboard or mouse
+        moved, and how long the machine has been quiet (and must be)."""
+        if self._reading is None:
+            return None
+        load, others, touched = self._reading
+        return {
+            "load": round(load, 2),
+            "others_load": round(others, 2),
+            "threshold": self.load_threshold * self.cpus,
+            "input": touched,
+            "quiet_s": None if self._busy_at == float("-inf") else round(now - self._busy_at, 1),
+            "idle_after_s": self.idle_after_s,
+        }
 
 
 class Throttle:

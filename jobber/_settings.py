@@ -153,6 +153,15 @@ class Config:
     join: str | None = _option(
         "join", None
     )  # the pool's join token, presented to the allocator once
+    # the lender's preferences (jobber._prefs, where each is explained); kept in the data
+    # directory with what the owner sets through the control socket or the manager page
+    no_battery: bool = _option("no_battery", False)
+    memory_in_use_mb: int | None = _option("memory_in_use", None)
+    memory_idle_mb: int | None = _option("memory_idle", None)
+    max_disk_mb: int | None = _option("max_disk_mb", None)
+    max_disk_pct: float | None = _option("max_disk_pct", None)
+    compute_hours: str | None = _option("compute_hours", None)
+    net_mb_day: int | None = _option("net_mb_day", None)
     # the fields above its owner set (command line, --config): a pool never loosens these
     explicit: frozenset[str] = frozenset()
 

@@ -151,8 +151,10 @@ class DealerSockets:
         if not self._resolves(dealer, now):
             return
         sock = self._hello_socket(dealer) if hello else self._work_socket(dealer)
+        frame = p.encode(msg)
         try:
-            sock.send(p.encode(msg), zmq.NOBLOCK)
+            sock.send(frame, zmq.NOBLOCK)
+            self._count_traffic(len(frame))
         except zmq.Again:  # its queue is full: treat as unreachable
             self.core.contact_failed(dealer, now, "send queue full")
 
@@ -188,6 +190,7 @@ class DealerSockets:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._count_traffic(len(frame))
             try:
                 yield p.decode(frame)
             except p.ProtocolError as e:

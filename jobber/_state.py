@@ -140,6 +140,20 @@ class Link:
     denied: int = 0  # fetches it answered `denied` in a row (DENIED_GIVE_UP: its jobs go)
     fetch_after: float = 0.0  # it answered a fetch `busy`: no fetch to it before this
     saving: str | None = None  # the job whose state's chunk is out (`save`), by tag
+    # what the lender is shown (jobber._status): what the dealer says of its batch and of
+    # this jobber's account there, the latest reason it gave no work ("" once it does),
+    # the results it recorded in this run, and the owner's pause of it
+    about: p.About | None = None
+    account: p.Account | None = None
+    no_work: str = ""
+    done: int = 0
+    paused: bool = False  # by the owner: asked for no work (results and alive still go)
+    # a hello asked at once after a failed contact, inside the backoff: has its key
+    # changed? (its silence counts no failure; its answer resets no backoff)
+    probe: bool = False  # one is due
+    probing: bool = False  # one is out
+    # (the key pinned, the key it presents) once a hello showed another key
+    mismatch: tuple[str, str] | None = None
 
     bored_id = _request(BORED, "the ask out (`bored`)")
     results_id = _request(RESULTS, "the `results` out")
@@ -163,7 +177,12 @@ class Link:
         return None if r is None else r.id
 
     def may_ask(self, now: float) -> bool:
-        return not self.retired and now >= self.ask_after and self.req.may_send(BORED, now)
+        return (
+            not self.retired
+            and not self.paused
+            and now >= self.ask_after
+            and self.req.may_send(BORED, now)
+        )
 
     def sent(self, kind: str, rid: int, now: float) -> None:
         """A request of `kind` went, with id `rid` (the core numbers all its requests)."""
@@ -219,6 +238,7 @@ class Held:
     deadline: float  # on the core's clock
     key: str = ""
     started: float = 0.0
+    paused_s: float = 0.0  # time it spent suspended since it started (not run time)
     depth: int = 1  # the slot pipeline's depth it was started with
     # its latest saved state the shell keeps (jobber._saving): hash, size, fuel, time
     saved: p.Resume | None = None

@@ -25,22 +25,23 @@ class Control:
             except zmq.Again:
                 return
             try:
-                cmd = _control.parse_request(data)
+                req = _control.parse_request(data)
             except ValueError as e:
                 reply = {"ok": False, "error": str(e)}
             else:
-                reply = {"ok": True, **self._command(cmd)}
+                reply = self._command(req)
             self._control.send(_control.encode_reply(reply))
 
-    def _command(self, cmd: str) -> dict:
-        if cmd == "suspend":
-            self.user_suspended = True
-        elif cmd == "resume":
-            self.user_suspended = False
-        elif cmd == "quit":
+    def _command(self, req: dict) -> dict:
+        """Carry out one request of the owner's; the reply (the status, or the error)."""
+        if req["cmd"] == "quit":
             self.stop()
+        else:
+            error = self._owner_command(req)  # jobber._lender
+            if error:
+                return {"ok": False, "error": error}
         self._tell_owner(time.monotonic())
-        return self.status()
+        return {"ok": True, **self.status()}
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -63,13 +64,10 @@ class Control:
                     "problem": link.problem or None,
                     "unasked": link.unasked,
                 }
+                | _told(link)
                 for link in core.links.values()
             ],
-            "running": [
-                {"tag": h.spec.tag, "dealer": h.dealer, "elapsed_s": now - h.started}
-                | self._last_save(h.key, now)
-                for h in core.running.values()
-            ],
+            "running": [self._running(h, now) for h in core.running.values()],
             "buffered": len(core.buffer),
             "buffered_by_dealer": _count(h.dealer for h in core.buffer),
             "spooled": self.spool.count(),
@@ -87,7 +85,24 @@ class Control:
             "slots_in_use": self._eff.slots,
             "effective": _plain(asdict(self._eff)),
             "allocator": self._allocator_status(now),
-        }
+        } | self._lender_status(now)
+
+    def _running(self, h, now: float) -> dict:
+        """A running job: its task, how long it has run (suspended time apart), and what
+        is left of its time limit (the time a state it resumed from used counted)."""
+        core = self.core
+        link = core.links.get(h.dealer)
+        paused = h.paused_s + (now - max(core.suspended_at, h.started) if core.suspended else 0)
+        ran = max(0.0, now - h.started - paused)
+        before = self._offsets.get(h.key, (0, 0.0))[1]
+        return {
+            "tag": h.spec.tag,
+            "dealer": h.dealer,
+            "task": None if link is None or link.about is None else link.about.task,
+            "elapsed_s": now - h.started,
+            "run_s": ran,
+            "left_s": max(0.0, h.spec.limits.time_s - before - ran),
+        } | self._last_save(h.key, now)
 
     def _last_save(self, key: str, now: float) -> dict:
         """A running job's last checkpoint (sandbox._scratch): how long ago, how big."""
@@ -126,6 +141,29 @@ class Control:
             "fetches_out": sum(len(x) for x in fetching.values()),
             "bytes": self.files.total(),
         }
+
+
+def _told(link) -> dict:
+    """A dealer as its lender sees it: what it says of its batch and of this jobber's
+    account there, what it recorded in this run, why it gives no work, the owner's
+    pause, a key mismatch and the command that accepts the new key."""
+    about, account, mismatch = link.about, link.account, link.mismatch
+    return {
+        "task": None if about is None else about.task,
+        "contact": None if about is None else about.contact,
+        "done": link.done,
+        "account": None if account is None else asdict(account),
+        "credit": None if account is None else account.credit,
+        "reason": link.no_work or None,
+        "paused": link.paused,
+        "key_mismatch": None
+        if mismatch is None
+        else {
+            "pinned": mismatch[0],
+            "presented": mismatch[1],
+            "accept": f"python -m jobber accept-key {link.address}#{mismatch[1]}",
+        },
+    }
 
 
 def _plain(v):

@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import protocol as p
 import sandbox
 from jobber import _control
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
+from jobber._status_text import render
+from net._pins import Pins
 
 
 def default_data_dir() -> Path:
@@ -229,6 +232,46 @@ def parser() -> argparse.ArgumentParser:
         help="with --pool: the pool's join token from its admin (python -m allocator "
         "join-token), presented once: the allocator then admits this machine's key",
     )
+    g = ap.add_argument_group(
+        "preferences",
+        "kept in the data directory with what is set on the manager page (or `python -m "
+        "jobber prefs NAME=VALUE`); given here, they replace what was kept",
+    )
+    g.add_argument(
+        "--no-battery",
+        action="store_true",
+        default=None,
+        help="suspend jobs while the machine runs on batteries (Linux; elsewhere unknown)",
+    )
+    g.add_argument(
+        "--memory-in-use",
+        type=int,
+        metavar="MB",
+        help="the most one job may use while the machine is in use (a bigger job is "
+        "suspended meanwhile)",
+    )
+    g.add_argument(
+        "--memory-idle", type=int, metavar="MB", help="the most one job may use while it is idle"
+    )
+    g.add_argument("--max-disk-mb", type=int, metavar="MB", help="the most disk the cache may take")
+    g.add_argument(
+        "--max-disk-pct",
+        type=float,
+        metavar="PCT",
+        help="the most disk the cache may take, as a share of the disk's free space",
+    )
+    g.add_argument(
+        "--compute-hours",
+        metavar="H-H",
+        help="run jobs only in these hours of local time (9-17, 22:30-7)",
+    )
+    g.add_argument(
+        "--net-mb-day",
+        type=int,
+        metavar="MB",
+        help="the most traffic with dealers a day; past it no more work is asked for "
+        "that day (results still go)",
+    )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -268,10 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = settings.pop("data_dir", None) or default_data_dir()
     dealers = list(args.dealers) or settings.pop("dealers", [])
     settings.pop("dealers", None)
-    if args.dealers and args.dealers[0] in _control.COMMANDS:
-        if len(args.dealers) > 1:
-            ap.error(f"{args.dealers[0]} takes no dealer addresses")
-        return control(data_dir, args.dealers[0], as_json=args.json)
+    if args.dealers and WORDS.get(args.dealers[0], args.dealers[0]) in _control.COMMANDS:
+        return control(data_dir, list(args.dealers), as_json=args.json)
     if settings.get("pool") is not None and settings.get("allocator") is None:
         ap.error("--pool goes with --allocator ADDR")
     if settings.get("join") is not None and settings.get("pool") is None:
@@ -279,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not dealers and settings.get("allocator") is None:
         ap.error(
             "name at least one dealer, or --allocator and --pool "
-            "(or a command: status, suspend, resume, quit)"
+            "(or a command: status, suspend, resume, quit, pause, unpause, prefs, accept-key)"
         )
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
@@ -300,12 +341,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     return jobber.run()
 
 
-def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
+WORDS = {"accept-key": "accept_key"}  # the command line's spelling -> the control socket's
+
+
+def request(words: list[str]) -> dict:
+    """`status`, `pause ADDRESS`, `prefs NAME=VALUE ...`, `accept-key ADDRESS#KEY`... as a
+    control request (jobber._control); ValueError names what is wrong."""
+    cmd, rest = WORDS.get(words[0], words[0]), words[1:]
+    if cmd in ("pause", "unpause", "accept_key"):
+        if len(rest) != 1:
+            raise ValueError(f"{words[0]} takes one dealer address")
+        return {"cmd": cmd, "dealer": rest[0]}
+    if cmd == "prefs":
+        updates = {}
+        for word in rest:
+            name, sep, value = word.partition("=")
+            if not sep:
+                raise ValueError(f"prefs: expected NAME=VALUE, not {word!r}")
+            updates[name.strip().replace("-", "_")] = _pref_value(value.strip())
+        return {"cmd": "prefs", "set": updates}
+    if rest:
+        raise ValueError(f"{words[0]} takes no dealer addresses")
+    return {"cmd": cmd}
+
+
+def _pref_value(text: str):
+    """A preference's value as typed: none (no limit), true/false, a number, or text."""
+    low = text.lower()
+    if low in ("", "none", "null", "off"):
+        return None
+    if low in ("true", "yes", "on"):
+        return True
+    if low == "false" or low == "no":
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def control(data_dir: Path, words: list[str], *, as_json: bool = False) -> int:
     # `status | head -1`: a closed pipe ends us quietly, as it does other tools
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        reply = _control.ask(data_dir, cmd)
+        req = request(words)
+        reply = _control.ask(data_dir, req)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConnectionError, TimeoutError) as e:
+        if req["cmd"] == "accept_key" and "no jobber is running" in str(e):
+            return _pin_offline(data_dir, req["dealer"])
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not reply.get("ok"):
@@ -314,50 +402,20 @@ def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(reply, indent=2, sort_keys=True))
         return 0
-    print(
-        f"jobber {reply['name']}: {reply['slots']} slots, {reply['done']} jobs done, "
-        f"{len(reply['running'])} running, {reply['buffered']} buffered, "
-        f"{reply['spooled']} results spooled"
-        + (f", suspended ({reply['suspended']})" if reply.get("suspended") else "")
-        + (", stopping" if reply.get("stopping") else "")
-    )
-    alloc = reply.get("allocator")
-    if alloc:
-        heard = alloc.get("answered_s_ago")
-        print(
-            f"  allocator {alloc['address']}, pool {alloc['pool']}: instructions "
-            + (f"{alloc['serial']}" if alloc.get("serial") is not None else "none yet")
-            + (f", heard {heard:.0f} s ago" if heard is not None else ", not heard in this run")
-            + (f", {alloc['failures']} failed contacts" if alloc.get("failures") else "")
-            + f"; {reply.get('slots_in_use', reply['slots'])} slots in use"
-        )
-    for d in reply["dealers"]:
-        state = f"backed off {d['backoff_s']:.0f} s more" if d["backoff_s"] > 0 else "ready"
-        origin = "" if d["pinned"] else " (referred)"
-        print(f"  {d['address']}{origin}: {state}, {d['failures']} failed contacts in a row")
-    for job in reply["running"]:
-        saved = job.get("saved_s_ago")
-        last = "" if saved is None else f", last saved {saved:.0f} s ago ({job['saved_bytes']} B)"
-        print(f"  running {job['tag']} from {job['dealer']} for {job['elapsed_s']:.0f} s{last}")
-    for dealer, n in reply.get("buffered_by_dealer", {}).items():
-        print(f"  {n} buffered from {dealer}")
-    for dealer, n in reply.get("spooled_by_dealer", {}).items():
-        print(f"  {n} results spooled for {dealer}")
-    files = reply.get("files")
-    if files and (files["held"] or files["coming"]):
-        print(
-            f"  input files: {len(files['held'])} held, {files['bytes'] / 2**20:.1f} MiB "
-            f"on disk, {files['fetches_out']} fetches out"
-        )
-        for f in files["coming"]:
-            print(
-                f"  fetching {f['hash'][:12]} ({f['size']:,} bytes): {f['have']} of "
-                f"{f['chunks']} chunks" + (f" from {f['dealer']}" if f["dealer"] else "")
-            )
-    for name, state in reply.get("runtimes", {}).items():
-        print(f"  runtime {name}: {state}")
-    for dealer, why in reply.get("refused_payloads", {}).items():
-        print(f"  payloads from {dealer} {why}")
-    if reply.get("trust"):
-        print(f"  runs only payloads signed by {', '.join(reply['trust'])}")
+    print("\n".join(render(reply)))
+    return 0
+
+
+def _pin_offline(data_dir: Path, text: str) -> int:
+    """accept-key with no jobber running: the key pinned for its next start."""
+    try:
+        dealer, key = p.split_key(p.dealer_address(text))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if key is None:
+        print("error: give the dealer as ADDRESS#KEY", file=sys.stderr)
+        return 2
+    Pins(data_dir / "known_dealers").put(dealer, key)
+    print(f"pinned {dealer} to key {key} for the jobber's next start")
     return 0

@@ -20,6 +20,8 @@ from protocol._records import (
     MAX_PAYLOADS,
     MAX_RUNTIMES,
     MAX_U64,
+    About,
+    Account,
     Attribution,
     ErrorCode,
     HostFacts,
@@ -57,6 +59,10 @@ class Message(_Record):
 
 _ID = _int(0, MAX_U64)
 _JOBBER = _str(256)
+# what a dealer tells the jobber it answers of its batch and of that jobber: in `jobs`,
+# `retry_later`, `finished`, `ack` and `alive_ack` (nil: not said; older dealers)
+_ABOUT = _optional(_record(About))
+_ACCOUNT = _optional(_record(Account))
 
 
 @record
@@ -100,6 +106,8 @@ class Jobs(Message):
     signatures: dict[str, Signature] | None = checked(
         _optional(_map(_str(64, _SHA256_HEX), _record(Signature), MAX_PAYLOADS)), None
     )
+    about: About | None = checked(_ABOUT, None)
+    account: Account | None = checked(_ACCOUNT, None)
 
 
 @record
@@ -130,6 +138,8 @@ class RetryLater(Message):
     runtimes: tuple[str, ...] | None = checked(
         _optional(_list(_str(64, _SHA256_HEX), MAX_RUNTIMES)), None
     )
+    about: About | None = checked(_ABOUT, None)
+    account: Account | None = checked(_ACCOUNT, None)
 
 
 @record
@@ -142,6 +152,8 @@ class Finished(Message):
 
     TYPE: ClassVar[str] = "finished"
     re: int = checked(_ID)
+    about: About | None = checked(_ABOUT, None)
+    account: Account | None = checked(_ACCOUNT, None)
 
 
 @record
@@ -195,6 +207,8 @@ class Ack(Message):
     standing: tuple[Standing, ...] | None = checked(
         _optional(_list(_record(Standing), MAX_BATCH)), None
     )
+    about: About | None = checked(_ABOUT, None)
+    account: Account | None = checked(_ACCOUNT, None)
 
 
 @record
@@ -263,6 +277,8 @@ class AliveAck(Message):
     standing: tuple[Standing, ...] | None = checked(
         _optional(_list(_record(Standing), MAX_BATCH)), None
     )
+    about: About | None = checked(_ABOUT, None)
+    account: Account | None = checked(_ACCOUNT, None)
 
 
 @record

@@ -50,6 +50,8 @@ CHUNK_BYTES = 4 * 1024 * 1024  # a file travels in chunks of this size; the last
 MAX_HELD_FILES = 4096  # file hashes a jobber may say it holds (HostFacts.files)
 MAX_RUNTIMES = 8  # runtimes a dealer may ask a jobber to prepare (RetryLater.runtimes)
 MAX_FETCHES = 8  # `fetch` requests a jobber may have out to one dealer at once
+MAX_TASK_NAME = 128  # About.task: a name for people
+MAX_CONTACT = 256  # About.contact: an address or URL for people
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 _KEY_HEX = _SHA256_HEX  # a CurveZMQ public key: 32 bytes as 64 lowercase hex digits
@@ -261,6 +263,30 @@ class Standing(_Record):
     valid: int = checked(_int(0, MAX_U64))  # its outputs in an accepted quorum
     invalid: int = checked(_int(0, MAX_U64))  # its outputs that lost the vote
     denied: bool = checked(_bool())  # the dealer gives it no work and refuses its results
+
+
+@record
+class About(_Record):
+    """What a dealer says of its batch to the lenders whose machines run it: the task's
+    name and how to reach its researcher. Words for people, shown as they are."""
+
+    task: str = checked(_str(MAX_TASK_NAME))  # the task's name
+    contact: str | None = checked(
+        _optional(_str(MAX_CONTACT)), None
+    )  # the researcher's address or URL (nil: not said)
+
+
+@record
+class Account(_Record):
+    """What a dealer holds of the jobber it answers, in all (totals, not changes): the
+    outputs of its that an accepted quorum took, those that lost the vote, the replicas
+    that failed on it and were judged its machine's, and the credit it earned (the fuel
+    of its accepted replicas)."""
+
+    valid: int = checked(_int(0, MAX_U64))
+    invalid: int = checked(_int(0, MAX_U64))
+    errors: int = checked(_int(0, MAX_U64))
+    credit: int = checked(_int(0, MAX_U64))
 
 
 @record

@@ -74,6 +74,10 @@ class Task:
     files:       input files every job sees, by name (a mapping name -> InputFile, set in
                  __init__ or as a class attribute), read-only at /input/NAME; a job's own
                  (Job.files) may not repeat a name of these. See docs/writing-tasks.md.
+    name:        the task's name, shown to the lenders whose machines run it (None: the
+                 class's name); at most 128 characters
+    contact:     how lenders reach the researcher (an e-mail address or a URL; None: not
+                 said); at most 256 characters. Both go to every jobber as they are.
     cross_platform: False (the default): replicas of a job vote only with replicas run
                  on the same platform (CPU architecture, OS, wasmtime version), which
                  leave NaN bits as the CPU makes them, at native float speed. True: every
@@ -91,6 +95,8 @@ class Task:
     lease_s: ClassVar[float | None] = None  # silence before a jobber is taken as gone
     signing_key: ClassVar[str | os.PathLike[str] | None] = None  # see docs/security.md
     cross_platform: ClassVar[bool] = False  # True: canonical NaNs, any platforms vote together
+    name: ClassVar[str | None] = None  # for lenders; None: the class's name
+    contact: ClassVar[str | None] = None  # the researcher's address or URL, for lenders
 
     def __init__(self) -> None:
         self.failures: list[Failure] = []

@@ -838,12 +838,72 @@ def test_a_key_learnt_in_this_run_is_held_against_a_changed_one():
     j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
     assert c.Pin(LIVE, KEY_A) in j.take_actions()
     ask(j, 0.2)
-    j.tick(1.5)  # the ask timed out: is it still the same dealer?
-    assert j.links[LIVE].check_key
-    j.tick(3.0)
+    j.tick(1.5)  # the ask timed out: is it still the same dealer? Asked at once (a probe)
+    link = j.links[LIVE]
+    assert link.check_key and link.backoff.until > 1.5
     (hello,) = of(j.take_actions(), c.Hello)
-    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_B), 3.1)
-    assert "not the pinned" in j.links[LIVE].refused
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_B), 1.6)
+    assert "not the pinned" in link.refused
+    assert link.mismatch == (KEY_A, KEY_B)  # shown to the owner, with both keys
+
+
+def _probed(timeout_s: float = 1.0):
+    """A dealer whose key was learnt, then an ask of it timed out: the probe is out."""
+    j = core(["tcp://127.0.0.1:7200"], request_timeout_s=timeout_s)
+    j.tick(0.0)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
+    ask(j, 0.2)
+    j.take_actions()
+    j.tick(1.5)
+    (probe,) = of(j.take_actions(), c.Hello)
+    return j, probe
+
+
+def test_a_probe_answered_with_the_same_key_resets_no_backoff():
+    j, probe = _probed()
+    link = j.links[LIVE]
+    until = link.backoff.until
+    j.received(LIVE, p.HelloReply(probe.msg.id, KEY_A), 1.6)
+    assert not link.check_key and not link.refused and link.mismatch is None
+    assert link.backoff.failures == 1 and link.backoff.until == until  # the failure stands
+    j.tick(1.7)
+    assert not of(j.take_actions(), c.Send)  # nothing asked inside the backoff
+
+
+def test_a_silent_probe_counts_no_failure_and_the_key_is_asked_after_the_backoff():
+    j, probe = _probed(timeout_s=1.0)
+    link = j.links[LIVE]
+    until = link.backoff.until
+    assert 1.5 < until < 2.6  # (these settings' backoff ends before the probe times out)
+    j.tick(2.6)  # the probe's own timeout: no second failure, the backoff unchanged
+    assert link.backoff.failures == 1 and link.backoff.until == until
+    assert link.check_key
+    actions = j.take_actions()
+    assert actions[0] == c.Reset(LIVE)  # its socket, in a state nobody knows, closed
+    (hello,) = of(actions, c.Hello)  # the backoff is over: the key first, as before
+    assert hello.msg.id != probe.msg.id and link.req.out["hello"].id == hello.msg.id
+
+
+def test_the_owner_accepts_a_changed_key_and_pauses_a_dealer():
+    j, probe = _probed()
+    j.received(LIVE, p.HelloReply(probe.msg.id, KEY_B), 1.6)
+    assert j.links[LIVE].refused
+    j.take_actions()
+    assert j.accept_key(LIVE, KEY_B) and not j.accept_key("tcp://nowhere:1", KEY_B)
+    link = j.links[LIVE]
+    assert (link.key, link.refused, link.mismatch) == (KEY_B, "", None)
+    assert c.Pin(LIVE, KEY_B) in j.take_actions()
+    assert link.backoff.ready(1.7)
+    assert j.pause(LIVE, True) and not link.may_ask(1.7)
+    j.tick(1.7)
+    assert not of(j.take_actions(), c.Send)
+    assert j.pause(LIVE, False) and link.may_ask(1.7)
+    assert ask(j, 1.8).want >= 1
+    # a dealer not known yet is paused once it is
+    assert not j.pause("tcp://127.0.0.1:7300", True)
+    j.add_dealer("tcp://127.0.0.1:7300", depth=0)
+    assert j.links["tcp://127.0.0.1:7300"].paused
 
 
 def test_a_cancelled_jobs_outcome_frees_its_place():

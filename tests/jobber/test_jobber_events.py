@@ -63,11 +63,17 @@ def test_suspend_and_resume_go_once_each_and_are_logged_but_for_the_cpu_limit(ca
     assert "suspended" not in caplog.text and "resumed" not in caplog.text
 
 
-def test_a_stop_resumes_the_slots_so_running_jobs_may_finish():
-    j = core()
-    owner(j, suspended=True)
+def test_a_stop_never_resumes_what_the_owner_or_the_machine_holds():
+    for held in ({"suspended": True}, {"in_use": True}, {"held": "on batteries"}):
+        j = core()
+        owner(j, **held)
+        assert j.suspended
+        j.stop(1.0)
+        assert owner(j, 1.0, **held) == [] and j.suspended, held  # given back, not resumed
+    j = core()  # the CPU limit's pause is a duty cycle, not the owner's word: jobs finish
+    owner(j, cpu_off=True)
     j.stop(1.0)
-    assert owner(j, 1.0, suspended=True) == [c.Resume()]
+    assert owner(j, 1.0, cpu_off=True) == [c.Resume()]
     assert not j.suspended
 
 

@@ -168,6 +168,15 @@ plain_values = st.recursive(
     max_leaves=12,
 )
 
+# what a dealer tells a jobber of its batch and of the jobber's account there
+abouts = st.none() | st.builds(
+    p.About,
+    task=st.text(max_size=p.MAX_TASK_NAME),
+    contact=st.none() | st.text(max_size=p.MAX_CONTACT),
+)
+accounts = st.none() | st.builds(p.Account, *(st.integers(0, _schema.MAX_U64),) * 4)
+told = {"about": abouts, "account": accounts}
+
 MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     p.Bored: st.builds(
         p.Bored,
@@ -183,6 +192,7 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         jobs=st.lists(jobspecs, max_size=3).map(tuple),
         payloads=st.dictionaries(shas, blobs, max_size=3),
         signatures=st.none() | st.dictionaries(shas, signatures, max_size=3),
+        **told,
     ),
     p.Referral: st.builds(p.Referral, re=u64, dealers=st.lists(names, max_size=4).map(tuple)),
     p.RetryLater: st.builds(
@@ -191,6 +201,7 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         seconds=st.floats(0.0, 1e7),
         reason=st.none() | strs,
         more=st.none() | st.booleans(),
+        **told,
     ),
     p.Results: st.builds(
         p.Results, id=u64, jobber=names, results=st.lists(results, max_size=3).map(tuple)
@@ -200,6 +211,7 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
         re=u64,
         tags=st.lists(strs, max_size=4).map(tuple),
         rejected=st.lists(rejections, max_size=3).map(tuple),
+        **told,
     ),
     p.Error: st.builds(
         p.Error,
@@ -216,12 +228,13 @@ MESSAGE_STRATEGIES: dict[type[p.Message], st.SearchStrategy[p.Message]] = {
     p.Alive: st.builds(
         p.Alive, id=u64, jobber=names, holding=st.none() | st.lists(strs, max_size=3).map(tuple)
     ),
-    p.Finished: st.builds(p.Finished, re=u64),
+    p.Finished: st.builds(p.Finished, re=u64, **told),
     p.AliveAck: st.builds(
         p.AliveAck,
         re=u64,
         lease_s=st.floats(1.0, 1e6),
         cancel=st.lists(strs, max_size=3).map(tuple),
+        **told,
     ),
     p.WorkQuery: st.builds(p.WorkQuery, id=u64),
     p.Save: st.builds(
@@ -1050,7 +1063,7 @@ def doc() -> str:
 def test_doc_names_every_type_field_status_and_code(doc: str) -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", doc))
     records = (p.Limits, p.HostFacts, p.JobSpec, p.Result, p.Rejection, p.Prefs, p.Project)
-    records += (p.Attribution, p.Standing)
+    records += (p.Attribution, p.Standing, p.About, p.Account)
     wanted = {*p.MESSAGES, *(m.value for m in p.Status), *(m.value for m in p.ErrorCode)}
     for cls in (*p.MESSAGES.values(), *records):
         wanted |= set(cls._SCHEMA)

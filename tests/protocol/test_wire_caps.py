@@ -84,6 +84,8 @@ PINNED: dict[str, dict[str, tuple]] = {
     },
     "Attribution": {"key": HASH, "machine": NAME},
     "Standing": {"key": HASH, "valid": ID, "invalid": ID, "denied": ("bool",)},
+    "About": {"task": ("str", 128, None), "contact": ("optional", ("str", 256, None))},
+    "Account": {"valid": ID, "invalid": ID, "errors": ID, "credit": ID},
     "Rejection": {"tag": STR, "code": ("enum", "ErrorCode"), "text": STR},
     "Rotation": {"old": HASH, "new": HASH, "sig": ("bytes", 64, 64)},
     "Signature": {
@@ -104,6 +106,8 @@ PINNED: dict[str, dict[str, tuple]] = {
         "jobs": ("list", 4096, ("record", "JobSpec")),
         "payloads": ("map", 64, HASH, ("bytes", 0, 32 * MiB)),
         "signatures": ("optional", ("map", 64, HASH, ("record", "Signature"))),
+        "about": ("optional", ("record", "About")),
+        "account": ("optional", ("record", "Account")),
     },
     "Referral": {"re": ID, "dealers": ("list", 64, NAME)},
     "RetryLater": {
@@ -112,14 +116,22 @@ PINNED: dict[str, dict[str, tuple]] = {
         "reason": ("optional", STR),
         "more": ("optional", ("bool",)),
         "runtimes": ("optional", ("list", 8, HASH)),
+        "about": ("optional", ("record", "About")),
+        "account": ("optional", ("record", "Account")),
     },
-    "Finished": {"re": ID},
+    "Finished": {
+        "re": ID,
+        "about": ("optional", ("record", "About")),
+        "account": ("optional", ("record", "Account")),
+    },
     "Results": {"id": ID, "jobber": NAME, "results": ("list", 4096, ("record", "Result"))},
     "Ack": {
         "re": ID,
         "tags": ("list", 4096, STR),
         "rejected": ("list", 4096, ("record", "Rejection")),
         "standing": ("optional", ("list", 4096, ("record", "Standing"))),
+        "about": ("optional", ("record", "About")),
+        "account": ("optional", ("record", "Account")),
     },
     "Error": {
         "re": ID,
@@ -135,6 +147,8 @@ PINNED: dict[str, dict[str, tuple]] = {
         "lease_s": ("float", 1.0, 1e6),
         "cancel": ("list", 8192, STR),
         "standing": ("optional", ("list", 4096, ("record", "Standing"))),
+        "about": ("optional", ("record", "About")),
+        "account": ("optional", ("record", "Account")),
     },
     "Hello": {"id": ID},
     "HelloReply": {"re": ID, "key": HASH},
@@ -300,14 +314,16 @@ SPEC = p.JobSpec(
     p.Resume(SHA, 9, 500, 0.5),
 )
 SIGNATURE = p.Signature(SHA, bytes(64), (p.Rotation(SHA, SHA, bytes(64)),))
+ABOUT = p.About("MonteCarloPi", "ann@lab.example")
+ACCOUNT = p.Account(40, 1, 2, 123_456_789)
 FULL: dict[str, p.Message] = {
     m.TYPE: m
     for m in (
         p.Bored(1, "ann", HOST, 2, ("t1",), p.Attribution(SHA, "10.0.0.5")),
-        p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}),
+        p.Jobs(1, (SPEC,), {SHA: b"payload"}, {SHA: SIGNATURE}, ABOUT, ACCOUNT),
         p.Referral(1, ("tcp://other:7117",)),
-        p.RetryLater(1, 2.5, "busy", True, (SHA,)),
-        p.Finished(1),
+        p.RetryLater(1, 2.5, "busy", True, (SHA,), ABOUT, ACCOUNT),
+        p.Finished(1, ABOUT, ACCOUNT),
         p.Results(
             2, "ann", (p.Result("t1", p.Status.OK, b"7\n", 12, "d", p.Attribution(SHA, "m")),)
         ),
@@ -316,6 +332,8 @@ FULL: dict[str, p.Message] = {
             ("t1",),
             (p.Rejection("t2", p.ErrorCode.SETTLED, "late"),),
             (p.Standing(SHA, 3, 1, False),),
+            ABOUT,
+            ACCOUNT,
         ),
         p.Error(3, p.ErrorCode.BUSY, "busy: rationed", 0.25),
         p.StatusQuery(4, 0),
@@ -325,7 +343,7 @@ FULL: dict[str, p.Message] = {
         p.Deny(6, SHA, "lost votes"),
         p.AdminReply(6, "denied"),
         p.Alive(7, "ann", ("t1",)),
-        p.AliveAck(7, 20.0, ("t1",), (p.Standing(SHA, 0, 4, True),)),
+        p.AliveAck(7, 20.0, ("t1",), (p.Standing(SHA, 0, 4, True),), ABOUT, ACCOUNT),
         p.Instruct(8, "ann", "lab", HOST, 3, "a-join-token"),
         p.Instructions(
             8,
@@ -704,7 +722,7 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
-    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values(), SPEC.resume)
+    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values(), SPEC.resume, ABOUT, ACCOUNT)
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)
