@@ -1,7 +1,8 @@
 """`python -m jobber DEALER [DEALER ...]`: lend this machine to dealers.
 
 `python -m jobber status|suspend|resume|quit` talks to the jobber running on
-the same data directory through its local control socket.
+the same data directory through its local control socket; `python -m jobber service
+install|remove|show` starts one with the machine (jobber._service_unit).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import protocol as p
 import sandbox
-from jobber import _control
+from jobber import _control, _service_unit
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
 from jobber._status_text import render
@@ -45,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m jobber",
         description="Run borednet jobs from dealers on this machine, at low priority, sandboxed. "
-        "`python -m jobber status|suspend|resume|quit` controls a running jobber.",
+        "`python -m jobber status|suspend|resume|quit` controls a running jobber; "
+        "`python -m jobber service install [OPTIONS] DEALER...` starts one with the machine.",
     )
     ap.add_argument(
         "dealers",
@@ -287,22 +289,38 @@ def _load_config(ap: argparse.ArgumentParser, path: Path) -> dict:
     out = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        if dest == "dealers" and isinstance(value, list):
-            out["dealers"] = [str(v) for v in value]
-            continue
-        if dest not in CONFIG_FIELDS:
+        if dest != "dealers" and dest not in CONFIG_FIELDS:
             ap.error(f"--config {path}: unknown key {key!r}")
-        if dest == "data_dir":
-            value = Path(value)
-        elif dest == "trust":
-            value = [Path(v) for v in (value if isinstance(value, list) else [value])]
-        out[CONFIG_FIELDS[dest]] = value
+        try:
+            out[CONFIG_FIELDS.get(dest, dest)] = _config_value(ap, dest, value)
+        except TypeError as e:
+            ap.error(f"--config {path}: {key} must be {e}")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = parser()
+def _config_value(ap: argparse.ArgumentParser, dest: str, value: object) -> object:
+    """The --config file's `value` for option `dest`, as its option's type (a list for a
+    repeatable one or the dealers: a single value is a list of one); TypeError saying
+    the type wanted when it is not that."""
+    action = next(a for a in ap._actions if a.dest == dest)
+    many = dest == "dealers" or isinstance(action, argparse._AppendAction)
+    values = value if many and isinstance(value, list) else [value]
+    kind = bool if action.nargs == 0 else action.type or str
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    }.get(kind, lambda v: isinstance(v, str))
+    if not all(map(ok, values)):
+        name = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+        raise TypeError(f"{name} or a list of them" if many else name)
+    values = [v if kind is bool else kind(v) for v in values]
+    return values if many else values[0]
+
+
+def _options(ap: argparse.ArgumentParser, argv: list[str]) -> tuple:
+    """(args, settings as Config fields, dealers, data directory): the command line's
+    over the --config file's."""
     args = ap.parse_args(argv)
     settings = _load_config(ap, args.config) if args.config is not None else {}
     given = {dest: getattr(args, dest) for dest in CONFIG_FIELDS}
@@ -311,8 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = settings.pop("data_dir", None) or default_data_dir()
     dealers = list(args.dealers) or settings.pop("dealers", [])
     settings.pop("dealers", None)
-    if args.dealers and WORDS.get(args.dealers[0], args.dealers[0]) in _control.COMMANDS:
-        return control(data_dir, list(args.dealers), as_json=args.json)
+    return args, settings, dealers, data_dir
+
+
+def _check(ap: argparse.ArgumentParser, settings: dict, dealers: list[str]) -> None:
     if settings.get("pool") is not None and settings.get("allocator") is None:
         ap.error("--pool goes with --allocator ADDR")
     if settings.get("join") is not None and settings.get("pool") is None:
@@ -322,6 +342,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "name at least one dealer, or --allocator and --pool "
             "(or a command: status, suspend, resume, quit, pause, unpause, prefs, accept-key)"
         )
+
+
+def checked(argv: Sequence[str]) -> tuple[Path, dict]:
+    """The data directory and settings `argv` gives a jobber, checked as `main` checks
+    them (argparse's exit if not): `service install` refuses a bad option at once."""
+    ap = parser()
+    args, settings, dealers, data_dir = _options(ap, list(argv))
+    if args.dealers and WORDS.get(args.dealers[0], args.dealers[0]) in _control.COMMANDS:
+        ap.error(f"{args.dealers[0]} is a command, not a dealer")
+    _check(ap, settings, dealers)
+    return data_dir, settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["service"]:
+        return _service_unit.main(argv[1:], checked)
+    ap = parser()
+    args, settings, dealers, data_dir = _options(ap, argv)
+    if args.dealers and WORDS.get(args.dealers[0], args.dealers[0]) in _control.COMMANDS:
+        return control(data_dir, list(args.dealers), as_json=args.json)
+    _check(ap, settings, dealers)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s jobber %(levelname)s %(message)s")
     try:
