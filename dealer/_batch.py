@@ -144,9 +144,9 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help="the dealer's key pair, PATH.key_secret (default: the batch's own, named after "
-        "its journal and beside it, JOURNAL.dealer.key_secret, made on first use; see "
-        "python -m dealer keygen)",
+        help="the dealer's key pair, PATH.key_secret, locked while the dealer runs (default: "
+        "the batch's own beside its journal, STEM.dealer.key_secret for STEM.sqlite, made on "
+        "first use and kept when the batch resumes; see python -m dealer keygen)",
     )
     g.add_argument(
         "--admin-key",
