@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,13 +29,21 @@ from dealer._server import LINGER_S, Dealer
 from dealer._service import DISTINCT
 from net._author_keys import load_author_key
 from net._http import parse_http
-from net._keys import KeyPair, load_or_create_key_pair, load_public_keys
+from net._keys import (
+    KeyInUse,
+    KeyLock,
+    KeyPair,
+    load_or_create_key_pair,
+    load_public_keys,
+    secret_path,
+)
 from net._router import PER_SOURCE_CONNECTIONS
 from tasks import InputFileError, PayloadError, Task, cache_dir
 
 log = logging.getLogger("dealer")
 
 DEFAULT_BIND = p.DEFAULT_BIND
+SHARED_KEY = "dealer"  # the key every batch of a directory shared before each had its own
 
 
 def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
@@ -135,8 +144,9 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help="the dealer's key pair, PATH.key_secret (default: dealer.key_secret beside the "
-        "journal, made on first use; see python -m dealer keygen)",
+        help="the dealer's key pair, PATH.key_secret, locked while the dealer runs (default: "
+        "the batch's own beside its journal, STEM.dealer.key_secret for STEM.sqlite, made on "
+        "first use and kept when the batch resumes; see python -m dealer keygen)",
     )
     g.add_argument(
         "--admin-key",
@@ -245,13 +255,46 @@ def key_pair(path: Path | None, default: Path, what: str) -> KeyPair:
     return pair
 
 
+def held_key(path: Path, holder: str, what: str, held: contextlib.ExitStack) -> KeyPair:
+    """The key pair at PATH (made on first use), locked for as long as `held` is open:
+    a second dealer on it is refused (KeyInUse) with its holder named."""
+    try:
+        held.enter_context(KeyLock(path, holder))
+    except KeyInUse as e:
+        raise KeyInUse(
+            f"{e}. Two dealers on one key pair are one dealer to jobbers and allocators: "
+            "stop that one first, or give this one a key of its own with --key PATH "
+            "(made on first use)"
+        ) from None
+    return key_pair(path, path, what)
+
+
+def batch_key(db: Path, resuming: bool) -> tuple[Path, bool]:
+    """The key pair of the batch whose journal is DB, and whether it is the shared one.
+
+    A batch's key is named after its journal, beside it (`primes-1a2b.dealer.key_secret`
+    for `primes-1a2b.sqlite`): the same journal keeps its key (its lenders pinned it),
+    another batch in the directory gets another. A journal resumed with no key of its
+    own, beside the `dealer.key_secret` every batch of its directory shared before keys
+    were per batch, was made then: it keeps the key its lenders pinned."""
+    own = db.with_name(f"{db.stem}.dealer")
+    shared = db.parent / SHARED_KEY
+    if resuming and not secret_path(own).exists() and secret_path(shared).exists():
+        return shared, True
+    return own, False
+
+
 def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     """Run a dealer for `cls` built from the command line. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _task_parser(cls)
-    args = parser.parse_args(argv)
+    args = _task_parser(cls).parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with contextlib.ExitStack() as held:  # the dealer's key is locked while it serves
+        return _serve(cls, args, held)
+
+
+def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     try:
         task = cls.from_args(args)
     # the author's payload does not build or would not run, or an input file cannot be read
@@ -274,7 +317,15 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
         )
         home = db.parent
         home.mkdir(parents=True, exist_ok=True)
-        keys = key_pair(args.key, home / "dealer", "the dealer's")
+        key, shared = batch_key(db, db.exists() and not args.fresh)
+        keys = held_key(args.key or key, f"the dealer of journal {db}", "the dealer's", held)
+        if shared and args.key is None:
+            log.info(
+                "%s was made before batches had keys of their own: it keeps the shared "
+                "%s.key_secret its lenders pinned",
+                db,
+                key,
+            )
         admin = key_pair(args.admin_key, home / "admin", "the admin's")
         allow = None if args.allow is None else load_public_keys(args.allow)
         sign = args.sign or cls.signing_key
@@ -300,7 +351,7 @@ def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
             per_source=args.max_per_address,
             serve_mib_s=args.serve_mib_s,
         )
-    except (JournalError, CoreError, ValueError, OSError) as e:
+    except (JournalError, CoreError, ValueError, OSError, KeyInUse) as e:
         if journal is not None:
             journal.close()
         hint = f"; {db}: {AFRESH}" if isinstance(e, JournalMismatch) else ""

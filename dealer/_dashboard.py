@@ -50,8 +50,10 @@ FAILURES_SHOWN = 50
 class Dashboard:
     """Serves the snapshots the dealer's loop publishes."""
 
-    def __init__(self, host: str, port: int, title: str) -> None:
+    def __init__(self, host: str, port: int, title: str, address: str = "") -> None:
+        """`address`: the dealer's, for lenders (`tcp://host:port#KEY`), shown in the header."""
         self.title = title
+        self.address = address
         self._snapshot = b"{}"
         self._history: deque[tuple[float, int]] = deque()
         self._thin = 1  # keep every n-th sample once the history is full
@@ -79,12 +81,12 @@ class Dashboard:
         page = resources.files("dealer").joinpath("dashboard.html").read_bytes()
         self._page = page.replace(b"{{TITLE}}", title.encode())
         self._server = read_only_server(host, port, self._route, "dashboard")
-        self.address = self._server.server_address
-        log.info("dashboard on http://%s:%d/", *self.address[:2])
+        self.http_address = self._server.server_address
+        log.info("dashboard on http://%s:%d/", *self.http_address[:2])
 
     @property
     def url(self) -> str:
-        host, port = self.address[:2]
+        host, port = self.http_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def publish(self, status: dict, failures: list[dict], failures_total: int, now: float) -> None:
@@ -104,6 +106,7 @@ class Dashboard:
         snapshot = {
             **status,
             "title": self.title,
+            "address": self.address,
             "now": now,
             "settled": settled,
             "rate": rate,

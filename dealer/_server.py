@@ -157,7 +157,7 @@ class Dealer(PeeredServer):
         self.dashboard = None
         if http is not None:
             try:
-                self.dashboard = Dashboard(*http, type(task).__name__)
+                self.dashboard = Dashboard(*http, type(task).__name__, self.address)
             except OSError as e:
                 self.close()
                 raise OSError(e.errno, f"--http {http[0]}:{http[1]}: {e.strerror or e}") from e

@@ -4,6 +4,7 @@ spellings, `relay` and `allocator`, which run `python -m relay|allocator`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -15,13 +16,13 @@ import zmq
 
 import protocol as p
 from dealer import _history
-from dealer._batch import DEFAULT_BIND, key_pair
+from dealer._batch import DEFAULT_BIND, held_key
 from dealer._history import jobs, results
 from dealer._print import print_status
 from dealer._server import Referrer
 from net._ask import admin_ask, query_status
 from net._author_keys import create_author_key, public_path, rotations_path, write_rotation
-from net._keys import KeyPair, create_key_pair, load_key_pair
+from net._keys import KeyInUse, KeyPair, create_key_pair, load_key_pair
 from net._serve import serve_until_stopped
 
 log = logging.getLogger("dealer")
@@ -42,14 +43,15 @@ def deny(
 
 def refer(bind: str, peers: list[str], key: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        keys = key_pair(key, key, "the referrer's")
-        server = Referrer(bind, [p.dealer_address(x) for x in peers], keys)
-    except (ValueError, OSError, zmq.ZMQError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    what = f"referring jobbers on {server.address} to {', '.join(server.peers.addresses)}"
-    return serve_until_stopped(server, what)
+    with contextlib.ExitStack() as held:  # its key is locked while it serves
+        try:
+            keys = held_key(key, "python -m dealer refer", "the referrer's", held)
+            server = Referrer(bind, [p.dealer_address(x) for x in peers], keys)
+        except (ValueError, OSError, zmq.ZMQError, KeyInUse) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        what = f"referring jobbers on {server.address} to {', '.join(server.peers.addresses)}"
+        return serve_until_stopped(server, what)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,10 +5,15 @@ certificate format (`NAME.key` holds the public key, `NAME.key_secret` both),
 so they can be read and made by any ZeroMQ tool. Outside ZeroMQ's own calls a
 key is written as 64 lowercase hexadecimal digits: the raw 32 bytes of a
 Curve25519 public key.
+
+A process serving on a key pair holds its lock (`KeyLock`, `NAME.lock` beside
+`NAME.key_secret`), so that two servers never run on one key at once by accident:
+to jobbers and allocators they would be one dealer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from zmq.utils import z85
 from net._files import write_atomic
 
 KEY_HEX_LEN = 64
+HOLDER_MAX = 500  # characters of the lock file shown to the process refused
 
 
 @functools.lru_cache(maxsize=65536)  # the dealer converts every message's User-Id
@@ -107,3 +113,52 @@ def load_public_keys(directory: Path) -> frozenset[str]:
     except (OSError, ValueError) as e:
         raise ValueError(f"{directory}: cannot read certificates: {e}") from e
     return frozenset(hex_of_z85(k) for k in keys)
+
+
+class KeyInUse(Exception):
+    """Another process holds the lock of a key pair."""
+
+
+def lock_path(path: Path) -> Path:
+    """The lock of the key pair at PATH: PATH.lock, beside PATH.key_secret."""
+    secret = secret_path(path)
+    return secret.with_name(secret.name.removesuffix(".key_secret") + ".lock")
+
+
+class KeyLock:
+    """An exclusive hold of the key pair at PATH for as long as this is open (or the
+    process lives): `flock` on PATH.lock, which the kernel lets go when the process
+    ends however it ends, so a lock file left behind holds nothing. The file says who
+    holds it (`holder`), for the message of the process refused. Take it before making
+    or reading the key, so that two processes starting at once cannot both make one.
+    Raises KeyInUse naming the key file and its holder."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        secret = secret_path(path)
+        self.path = lock_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            said = os.pread(fd, HOLDER_MAX, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise KeyInUse(f"{secret} is in use by {said or 'another process'}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, {holder}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def close(self) -> None:
+        """Let go (closing the file releases the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> KeyLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -53,7 +53,7 @@ STATUS = {
 
 
 def test_snapshots_rate_eta_metrics_and_only_reading():
-    d = Dashboard("127.0.0.1", 0, "T")
+    d = Dashboard("127.0.0.1", 0, "T", f"tcp://h:7117#{'ab' * 32}")
     try:
         assert d.due(0.0) and not d.due(0.5) and d.due(1.0)
         d.publish({**STATUS, "accepted": 0, "failed": 0}, [], 0, 100.0)
@@ -61,6 +61,7 @@ def test_snapshots_rate_eta_metrics_and_only_reading():
         code, body = get(d.url + "status.json")
         snap = json.loads(body)
         assert code == 200 and snap["settled"] == 4
+        assert snap["address"] == f"tcp://h:7117#{'ab' * 32}"  # for the page's header
         assert snap["rate"] == pytest.approx(4 / 20)
         assert snap["eta_s"] == pytest.approx(6 / 0.2)
         assert snap["history"] == [[100.0, 0], [120.0, 4]]

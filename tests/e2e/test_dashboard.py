@@ -63,6 +63,16 @@ def test_the_page_shows_a_running_batch_and_updates_live(procs, factor_wasm, tmp
         wait_for(lambda: text("total") == str(JOBS), 20, "the page shows the batch's total")
         assert text("accepted") == "0" and text("jobbers-total") == "0"
         assert "factoring" in browser.title.lower()
+        # the header says the address lenders give, key and all, and copies it
+        address = dealer.wait_for(r"listening on (tcp://\S+#[0-9a-f]{64})", 1).group(1)
+        assert address == f"tcp://127.0.0.1:{port}#{json.loads(get(url + 'status.json')[1])['key']}"
+        assert text("address") == address
+        assert browser.find_element("id", "address").find_element("xpath", "..").text == (
+            f"python -m jobber {address}"
+        )
+        browser.find_element("id", "copy").click()
+        wait_for(lambda: text("copied") != "", 10, "the page says it copied the address")
+        assert browser.execute_script("return getSelection().toString()") == address
         browser.execute_script("window.stillTheSamePage = true")
         # a slowed jobber, so the page has time to see the batch move
         procs.jobber("lender", f"127.0.0.1:{port}", extra=("--cpu-limit", "15"))
