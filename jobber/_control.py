@@ -52,8 +52,9 @@ def encode_reply(body: dict[str, Any]) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def ask(data_dir: Path, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Send one command to the jobber owning `data_dir`."""
+def ask(data_dir: Path, cmd: str | dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    """Send one command to the jobber owning `data_dir`: a name ("status"), or a whole
+    request map (`{"cmd": "pause", "dealer": ADDR}`)."""
     path = data_dir / "control"
     if not path.exists():
         raise ConnectionError(f"no jobber is running on {data_dir}")
@@ -65,7 +66,7 @@ def ask(data_dir: Path, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(control_endpoint(data_dir))
-        sock.send(msgpack.packb({"cmd": cmd}))
+        sock.send(msgpack.packb({"cmd": cmd} if isinstance(cmd, str) else cmd))
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"the jobber on {data_dir} did not answer within {timeout_s:g} s")
         reply = msgpack.unpackb(sock.recv(), raw=False)

@@ -1,7 +1,8 @@
 """`python -m jobber DEALER [DEALER ...]`: lend this machine to dealers.
 
 `python -m jobber status|suspend|resume|quit` talks to the jobber running on
-the same data directory through its local control socket.
+the same data directory through its local control socket; `python -m jobber
+manager` serves the manager page (jobber._manager) for it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import sandbox
-from jobber import _control
+from jobber import _control, _manager
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
 
@@ -229,6 +230,14 @@ def parser() -> argparse.ArgumentParser:
         help="with --pool: the pool's join token from its admin (python -m allocator "
         "join-token), presented once: the allocator then admits this machine's key",
     )
+    ap.add_argument(
+        "--manager",
+        metavar="[HOST:]PORT",
+        help="serve the manager page (status, suspend, resume, pause, preferences) on this "
+        "loopback address (port 0: any free one); its address, with the token that opens "
+        "it, is logged. `python -m jobber manager [--port P]` serves it beside a running jobber",
+    )
+    ap.add_argument("--port", default="0", metavar="[HOST:]PORT", help="with manager: its address")
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -268,6 +277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = settings.pop("data_dir", None) or default_data_dir()
     dealers = list(args.dealers) or settings.pop("dealers", [])
     settings.pop("dealers", None)
+    if args.dealers[:1] == ["manager"]:
+        if len(args.dealers) > 1:
+            ap.error("manager takes no dealer addresses")
+        try:
+            return _manager.run_standalone(data_dir, args.port)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.manager is not None:
+        try:
+            _manager.parse_address(args.manager)
+        except ValueError as e:
+            ap.error(f"--manager: {e}")
     if args.dealers and args.dealers[0] in _control.COMMANDS:
         if len(args.dealers) > 1:
             ap.error(f"{args.dealers[0]} takes no dealer addresses")
@@ -297,7 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    return jobber.run()
+    try:
+        page = _manager.start(data_dir, args.manager) if args.manager is not None else None
+    except (ValueError, OSError) as e:
+        jobber.close()
+        print(f"error: --manager: {e}", file=sys.stderr)
+        return 2
+    try:
+        return jobber.run()
+    finally:
+        _manager.stop(page)
 
 
 def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:
