@@ -238,14 +238,20 @@ def start(data_dir: Path, address: str):
     return server
 
 
-def run_standalone(data_dir: Path, address: str) -> int:
-    """`python -m jobber manager`: serve the page until SIGINT or SIGTERM."""
+def run_standalone(
+    data_dir: Path, address: str, ask: Callable[[str | dict], dict] | None = None
+) -> int:
+    """`python -m jobber manager`: serve the page until SIGINT or SIGTERM, for the jobber
+    of `data_dir`, or through `ask` (jobber._remote.client: a jobber elsewhere; its
+    token is then kept in `data_dir` all the same)."""
     host, port = parse_address(address)
-    if not data_dir.is_dir():
+    if ask is not None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif not data_dir.is_dir():
         raise ValueError(f"no jobber has run on {data_dir} (see --data-dir)")
     # blocked before the server's threads start, so they inherit it and sigwait gets it
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    server, url = serve(data_dir, host, port)
+    server, url = serve(data_dir, host, port, ask)
     print(f"manager page on {url}", flush=True)
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})

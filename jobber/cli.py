@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import sandbox
-from jobber import _control, _manager
+from jobber import _control, _manager, _remote
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
 
@@ -238,6 +238,20 @@ def parser() -> argparse.ArgumentParser:
         "it, is logged. `python -m jobber manager [--port P]` serves it beside a running jobber",
     )
     ap.add_argument("--port", default="0", metavar="[HOST:]PORT", help="with manager: its address")
+    ap.add_argument(
+        "--control-remote",
+        metavar="HOST:PORT",
+        help="also take control requests from other machines here, over CurveZMQ, from the "
+        "owner's keys put in DATA_DIR/managers/ (for `manager --remote`)",
+    )
+    ap.add_argument(
+        "--remote",
+        metavar="HOST:PORT#KEY",
+        help="with manager: the page for the jobber there (its --control-remote, as it logs it)",
+    )
+    ap.add_argument(
+        "--key", type=Path, metavar="FILE", help="with --remote: your key pair (FILE.key_secret)"
+    )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -280,8 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dealers[:1] == ["manager"]:
         if len(args.dealers) > 1:
             ap.error("manager takes no dealer addresses")
+        if (args.remote is None) != (args.key is None):
+            ap.error("--remote HOST:PORT#KEY and --key FILE go together")
         try:
-            return _manager.run_standalone(data_dir, args.port)
+            ask = _remote.client(args.remote, args.key) if args.remote is not None else None
+            return _manager.run_standalone(data_dir, args.port, ask)
         except ValueError as e:
             ap.error(str(e))
     if args.manager is not None:
@@ -318,16 +335,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    page = remote = None
     try:
-        page = _manager.start(data_dir, args.manager) if args.manager is not None else None
+        if args.control_remote is not None:
+            remote = _remote.start(data_dir, args.control_remote, jobber.keys)
+        if args.manager is not None:
+            page = _manager.start(data_dir, args.manager)
     except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if remote is not None:
+            remote.close()
         jobber.close()
-        print(f"error: --manager: {e}", file=sys.stderr)
         return 2
     try:
         return jobber.run()
     finally:
         _manager.stop(page)
+        if remote is not None:
+            remote.close()
 
 
 def control(data_dir: Path, cmd: str, *, as_json: bool = False) -> int:

@@ -122,3 +122,50 @@ def test_the_page_refuses_a_host_other_than_loopback(procs):
     jobber = procs.jobber("wide", "127.0.0.1:1", extra=("--manager", "0.0.0.0:0"))
     assert jobber.wait(30) == 2
     assert "loopback only" in jobber.stderr
+
+
+def test_the_page_from_another_machine_needs_a_key_the_owner_admitted(procs, tmp_path):
+    """The jobber's remote control (jobber/_remote.py) over CurveZMQ, and the page served
+    on the owner's machine against it: only a key put in DATA_DIR/managers/ is answered."""
+    control = free_port()
+    jobber = procs.jobber(
+        "far", f"127.0.0.1:{free_port()}", extra=("--control-remote", f"127.0.0.1:{control}")
+    )
+    data = tmp_path / "data-far"
+    remote = jobber.wait_for(r"remote control on (tcp://127\.0\.0\.1:\d+#[0-9a-f]{64})", 60)[1]
+    assert remote.endswith(jobber_status(data)["key"])
+    owner = tmp_path / "owner"
+    keygen = procs.start("keygen", [PY, "-m", "dealer", "keygen", owner / "laptop"])
+    assert keygen.wait(30) == 0, keygen.stderr
+    argv = [PY, "-m", "jobber", "manager", "--remote", remote, "--key", owner / "laptop"]
+    page = procs.start("page", [*argv, "--data-dir", owner / "data"])
+    m = page.wait_for(
+        r"manager page on (http://127\.0\.0\.1:\d+/)#token=(\S+)", 30, stream="stdout"
+    )
+    base, token = m[1], m[2]
+    assert token == (owner / "data" / "manager.token").read_text().strip()
+    assert (
+        token != (data / "manager.token").read_text().strip()
+        if (data / "manager.token").exists()
+        else True
+    )
+
+    # not admitted yet: the jobber does not answer it
+    code, body = _http(base + "status", token)
+    assert code == 503 and "admitted" in json.loads(body)["error"]
+    (data / "managers" / "laptop.key").write_bytes((owner / "laptop.key").read_bytes())
+    code, body = _http(base + "status", token)
+    assert code == 200 and json.loads(body)["name"] == "far"
+    code, body = _http(base + "action", token, {"cmd": "suspend"})
+    assert code == 200 and json.loads(body)["suspended"] == "suspended by the owner"
+    assert jobber_status(data)["suspended"] == "suspended by the owner"
+    assert _http(base + "action", None, {"cmd": "resume"})[0] == 403  # still the token
+    # taken out again: refused from the next connection on
+    (data / "managers" / "laptop.key").unlink()
+    assert _http(base + "status", token)[0] == 503
+    assert jobber_status(data)["suspended"] == "suspended by the owner"
+
+    page.signal(signal.SIGTERM)
+    assert page.wait(30) == 0, page.stderr
+    jobber.signal(signal.SIGINT)
+    assert jobber.wait(60) == 0, jobber.stderr
