@@ -2,7 +2,8 @@
 
 `python -m jobber status|suspend|resume|quit` talks to the jobber running on
 the same data directory through its local control socket; `python -m jobber service
-install|remove|show` starts one with the machine (jobber._service_unit).
+install|remove|show` starts one with the machine (jobber._service_unit); `python -m
+jobber manager` serves the manager page (jobber._manager) for it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import protocol as p
 import sandbox
-from jobber import _control, _service_unit
+from jobber import _control, _manager, _remote, _service_unit
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
 from jobber._status_text import render
@@ -274,6 +275,28 @@ def parser() -> argparse.ArgumentParser:
         help="the most traffic with dealers a day; past it no more work is asked for "
         "that day (results still go)",
     )
+    ap.add_argument(
+        "--manager",
+        metavar="[HOST:]PORT",
+        help="serve the manager page (status, suspend, resume, pause, preferences) on this "
+        "loopback address (port 0: any free one); its address, with the token that opens "
+        "it, is logged. `python -m jobber manager [--port P]` serves it beside a running jobber",
+    )
+    ap.add_argument("--port", default="0", metavar="[HOST:]PORT", help="with manager: its address")
+    ap.add_argument(
+        "--control-remote",
+        metavar="HOST:PORT",
+        help="also take control requests from other machines here, over CurveZMQ, from the "
+        "owner's keys put in DATA_DIR/managers/ (for `manager --remote`)",
+    )
+    ap.add_argument(
+        "--remote",
+        metavar="HOST:PORT#KEY",
+        help="with manager: the page for the jobber there (its --control-remote, as it logs it)",
+    )
+    ap.add_argument(
+        "--key", type=Path, metavar="FILE", help="with --remote: your key pair (FILE.key_secret)"
+    )
     ap.add_argument("--json", action="store_true", help="with status: print JSON")
     ap.add_argument("--quiet", action="store_true", help="warnings only")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every job")
@@ -361,6 +384,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _service_unit.main(argv[1:], checked)
     ap = parser()
     args, settings, dealers, data_dir = _options(ap, argv)
+    if args.dealers[:1] == ["manager"]:
+        if len(args.dealers) > 1:
+            ap.error("manager takes no dealer addresses")
+        if (args.remote is None) != (args.key is None):
+            ap.error("--remote HOST:PORT#KEY and --key FILE go together")
+        try:
+            ask = _remote.client(args.remote, args.key) if args.remote is not None else None
+            return _manager.run_standalone(data_dir, args.port, ask)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.manager is not None:
+        try:
+            _manager.parse_address(args.manager)
+        except ValueError as e:
+            ap.error(f"--manager: {e}")
     if args.dealers and WORDS.get(args.dealers[0], args.dealers[0]) in _control.COMMANDS:
         return control(data_dir, list(args.dealers), as_json=args.json)
     _check(ap, settings, dealers)
@@ -380,7 +418,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    return jobber.run()
+    page = remote = None
+    try:
+        if args.control_remote is not None:
+            remote = _remote.start(data_dir, args.control_remote, jobber.keys)
+        if args.manager is not None:
+            page = _manager.start(data_dir, args.manager)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if remote is not None:
+            remote.close()
+        jobber.close()
+        return 2
+    try:
+        return jobber.run()
+    finally:
+        _manager.stop(page)
+        if remote is not None:
+            remote.close()
 
 
 WORDS = {"accept-key": "accept_key"}  # the command line's spelling -> the control socket's

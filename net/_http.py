@@ -24,6 +24,7 @@ DEFAULT_HOST = "127.0.0.1"
 HTTP_THREADS = 4  # requests served at once: a page and its pollers, a scraper or two
 HTTP_QUEUE = 32  # accepted connections waiting for a thread; more are closed at once
 HTTP_TIMEOUT_S = 10.0  # a connection silent this long (mid-request or idle) is closed
+MAX_BODY_BYTES = 16384  # the most a POST to app_server may carry
 MIN_TIMEOUT_S = 0.5  # what a connection that waited its whole timeout in the queue still gets
 HTTP_BACKLOG = 64  # connections the kernel holds before accept
 
@@ -67,6 +68,51 @@ def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            log.debug("http %s: " + format, self.address_string(), *args)
+
+    server = _PooledHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def app_server(host: str, port: int, handle) -> HTTPServer:
+    """The same bounded server, for a page that also takes actions (the jobber's manager):
+    GET and POST both go to `handle(method, path, headers, body)`, which returns
+    (status code, content type, body); a POST's body is read only with a Content-Length
+    of at most MAX_BODY_BYTES (411 or 413 otherwise). Other methods: 405."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "borednet"
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            self._send(*handle("GET", self.path, self.headers, b""))
+
+        def do_POST(self) -> None:  # noqa: N802
+            size = self.headers.get("Content-Length", "")
+            if not size.isascii() or not size.isdigit():
+                self._send(411, "text/plain", b"a Content-Length is needed\n")
+            elif int(size) > MAX_BODY_BYTES:
+                self.close_connection = True  # the body is not read: the connection is done
+                self._send(413, "text/plain", b"too large\n")
+            else:
+                self._send(*handle("POST", self.path, self.headers, self.rfile.read(int(size))))
+
+        def _refuse(self) -> None:
+            self._send(405, "text/plain", b"GET or POST\n")
+
+        do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("X-Frame-Options", "DENY")  # no framing: no clicks tricked
             self.end_headers()
             self.wfile.write(body)
 
