@@ -53,11 +53,11 @@ def parse_hours(text: str) -> tuple[float, float]:
     """ "H-H" or "H:MM-H:MM" (local time, 0..24; "22-7" wraps past midnight) as hours."""
     m = _HOURS.match(text)
     if m is None:
-        raise ValueError(f"compute hours {text!r}: expected START-END, like 9-17 or 22:30-7")
+        raise ValueError(f"compute_hours {text!r}: expected START-END, like 9-17 or 22-7")
     start = int(m[1]) + int(m[2] or 0) / 60
     end = int(m[3]) + int(m[4] or 0) / 60
     if not (0 <= start <= 24 and 0 <= end <= 24) or (m[2] and int(m[2]) > 59):
-        raise ValueError(f"compute hours {text!r}: hours are 0 to 24, minutes 0 to 59")
+        raise ValueError(f"compute_hours {text!r}: hours 0 to 24, minutes 0 to 59, like 22-7")
     return start, end
 
 
@@ -82,7 +82,7 @@ class Prefs:
         if pct is not None and (
             isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 < pct <= 100
         ):
-            raise ValueError(f"max_disk_pct: expected a percentage in (0, 100], not {pct!r}")
+            raise ValueError(f"max_disk_pct: expected a percentage, 0 to 100 (not 0), not {pct!r}")
         if self.compute_hours is not None:
             if not isinstance(self.compute_hours, str):
                 raise ValueError("compute_hours: expected text like 22-7")
