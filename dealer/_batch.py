@@ -223,6 +223,12 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         "jobbers ran what: each counts as a machine of its own (repeatable; default: "
         "everything behind a relay is the relay's one machine; see docs/security.md)",
     )
+    g.add_argument(
+        "--contact",
+        metavar="TEXT",
+        help="how lenders reach you (an e-mail address or a URL, at most 256 characters), "
+        "shown on their machines beside the task's name (default: the task's `contact`)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     g.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     return parser
@@ -301,6 +307,8 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
     except (PayloadError, InputFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.contact:
+        task.contact = args.contact  # told to every jobber (protocol.About)
     db = args.db or _default_db(cls, args)
     journal = None
     try:

@@ -30,6 +30,7 @@ from jobber._state import (
     MAX_DEALERS,
     MAX_PAYLOADS_PER_SLOT,
     MAX_SHUNNED,
+    PROBE_EVERY_S,
     RESULT_OVERHEAD_BYTES,
     RESULTS,
     SAVE,
@@ -56,6 +57,8 @@ class Dealers:
                 wake = min(wake, w)
             if link.fetch_after > now:
                 wake = min(wake, link.fetch_after)
+            if now < link.probe_at < wake:
+                wake = link.probe_at
         return wake
 
     def add_dealer(
@@ -204,17 +207,22 @@ class Dealers:
         self._actions.append(Hello(link.address, p.Hello(rid)))
 
     def _probe_keys(self, now: float) -> None:
-        """A dealer whose key is re-checked after a failed contact is asked for it at once,
-        inside its backoff: a dealer that now presents another key (a batch started again
-        elsewhere) is shown as a key mismatch in a moment, not after the backoff, and a
-        dead one costs no more than the one failure it has (the probe's silence counts no
-        failure, and its answer resets no backoff)."""
+        """A dealer whose key is to be re-checked after a failed contact is asked for it
+        inside its backoff, at once and then every PROBE_EVERY_S until the backoff ends
+        (then the hello goes before any request, as always): a dealer that now presents
+        another key (its batch started again elsewhere) is shown as a key mismatch within
+        seconds, not after a backoff of minutes, and a dead one costs no more than the
+        failure it has (a probe's silence counts none, and its answer resets no backoff:
+        the plaintext port answering says nothing of the work port)."""
         for link in self.links.values():
-            if not link.probe:
+            if link.probe_at > now:
                 continue
-            link.probe = False
-            if link.refused or not link.check_key or link.req.busy(HELLO):
+            if link.refused or not link.check_key or link.backoff.ready(now):
+                link.probe_at = float("inf")  # nothing in doubt, or the hello goes anyway
                 continue
+            if link.req.busy(HELLO):
+                continue
+            link.probe_at = now + PROBE_EVERY_S
             rid = self._rid()
             link.sent(HELLO, rid, now)
             link.probing = True
@@ -487,8 +495,9 @@ class Dealers:
         link.probing = False
         unproven = bool(link.key_referred_by) and not link.answered and not link.key_checked
         wait = link.req.failed(now, recheck=unproven)
-        # a key learnt (or pinned) before: asked at once, not after the backoff
-        link.probe = link.check_key and link.key_from_hello and not link.key_referred_by
+        # a key learnt (or pinned) before: asked at once, not only after the backoff
+        if link.check_key and link.key_from_hello and not link.key_referred_by:
+            link.probe_at = now
         link.forget_requests()
         self._reset(link)
         log.info(

@@ -102,6 +102,9 @@ def _of_req(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
+PROBE_EVERY_S = 10.0  # a dealer backed off, its key in doubt: its plaintext port asked so often
+
+
 @dataclass
 class Link:
     """One dealer as this jobber sees it. Its requests out, their timeouts, the backoff,
@@ -148,9 +151,10 @@ class Link:
     no_work: str = ""
     done: int = 0
     paused: bool = False  # by the owner: asked for no work (results and alive still go)
-    # a hello asked at once after a failed contact, inside the backoff: has its key
-    # changed? (its silence counts no failure; its answer resets no backoff)
-    probe: bool = False  # one is due
+    # hellos asked inside the backoff after a failed contact (at once, then every
+    # PROBE_EVERY_S): has its key changed? (silence counts no failure; an answer resets
+    # no backoff)
+    probe_at: float = float("inf")  # when the next is due
     probing: bool = False  # one is out
     # (the key pinned, the key it presents) once a hello showed another key
     mismatch: tuple[str, str] | None = None

@@ -169,7 +169,7 @@ def test_local_control_status_suspend_resume_quit(procs, factor_wasm, tmp_path):
     assert stat.S_IMODE((data / "control").stat().st_mode) == 0o600
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert "jobber from-config: 1 slots" in ctl("status")
-    assert "suspended (suspended by the owner)" in ctl("suspend")
+    assert "suspended: suspended by the owner" in ctl("suspend")
     before = jobber_status(data)["done"]
     time.sleep(1.5)  # a span of time in which nothing may happen: suspended, nothing finishes
     assert jobber_status(data)["done"] == before

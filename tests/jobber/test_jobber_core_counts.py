@@ -885,6 +885,36 @@ def test_a_silent_probe_counts_no_failure_and_the_key_is_asked_after_the_backoff
     assert hello.msg.id != probe.msg.id and link.req.out["hello"].id == hello.msg.id
 
 
+def test_a_key_in_doubt_is_probed_again_while_the_backoff_lasts():
+    """The dealer vanished (its batch ended); a minute later another batch, with another
+    key, answers on its address: the mismatch shows within PROBE_EVERY_S, not after the
+    backoff of minutes, and the probes counted no failure."""
+    j = core(
+        ["tcp://127.0.0.1:7200"], request_timeout_s=1.0, min_backoff_s=600.0, max_backoff_s=3600.0
+    )
+    j.tick(0.0)
+    (hello,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(hello.msg.id, KEY_A), 0.1)
+    ask(j, 0.2)
+    j.take_actions()
+    j.contact_failed(LIVE, 0.5, "no contact", "cannot connect")
+    link = j.links[LIVE]
+    until = link.backoff.until
+    assert until >= 300.5 and link.backoff.failures == 1
+    j.tick(0.5)
+    assert len(of(j.take_actions(), c.Hello)) == 1  # at once
+    j.tick(2.0)  # silent: no failure, and no second probe before PROBE_EVERY_S
+    assert not of(j.take_actions(), c.Hello) and link.backoff.failures == 1
+    assert j.wake_at(2.0) == 0.5 + c.PROBE_EVERY_S
+    j.tick(0.5 + c.PROBE_EVERY_S)
+    (probe,) = of(j.take_actions(), c.Hello)
+    j.received(LIVE, p.HelloReply(probe.msg.id, KEY_B), 11.0)
+    assert link.mismatch == (KEY_A, KEY_B) and link.refused
+    assert (link.backoff.failures, link.backoff.until) == (1, until)
+    j.tick(30.0)
+    assert not of(j.take_actions(), c.Hello)  # refused: nothing more is asked
+
+
 def test_the_owner_accepts_a_changed_key_and_pauses_a_dealer():
     j, probe = _probed()
     j.received(LIVE, p.HelloReply(probe.msg.id, KEY_B), 1.6)
