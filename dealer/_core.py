@@ -42,8 +42,9 @@ without its task (dealer._history).
 The core is one class in parts, each a module: dealer._replicas (a replica's states and
 the transition table, what the core hands out), dealer._policy (the settings and the
 limits of a job and a result), dealer._quota (standing: quotas, leases, denial),
-dealer._votes (acceptance, failure, placement, disputes), dealer._restore (a finished
-batch restored from its snapshot). This module draws, decides on the live events,
+dealer._votes (acceptance, failure, placement, disputes), dealer._blame (whose fault a
+failure is: the machine's, or the job's own when a quorum agree on it), dealer._restore
+(a finished batch restored from its snapshot). This module draws, decides on the live events,
 records, and applies records (the replay); the others hold no record of their own.
 """
 
@@ -55,6 +56,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
+from dealer._blame import Blame
 from dealer._locality import Locality
 
 # the core's names, wherever defined, are dealer._core's too ("X as X": re-exported)
@@ -104,10 +106,10 @@ DENIED = "denied"  # ... and for a result from a denied identity
 REFUSED_PER_DRAW = 1000
 
 
-class Core(Votes, Standings, Finished, Locality, Saves):
+class Core(Votes, Standings, Finished, Locality, Saves, Blame):
     """One batch's scheduling: live events in, records out, `apply` to replay them. Its
     parts: Votes (dealer._votes), Standings (dealer._quota), Finished (dealer._restore),
-    Locality (dealer._locality)."""
+    Locality (dealer._locality), Saves (dealer._saves), Blame (dealer._blame)."""
 
     def __init__(
         self,
@@ -549,10 +551,7 @@ class Core(Votes, Standings, Finished, Locality, Saves):
             r.fuel = 0 if self.policy.checkpoint_bytes else rec.fuel
         if not ok:
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
-            if not was_overdue:  # an overdue replica was counted already
-                me.errors += 1
-                me.bad()
-                host.bad()
+            self._failed_replica(r, was_overdue)  # whose fault: now, or when judged
         self._evaluate(self._jobs[r.job_id])
 
     def _apply_overdue(self, rec: Overdue) -> None:
@@ -561,10 +560,7 @@ class Core(Votes, Standings, Finished, Locality, Saves):
         r.fire("deadline")
         r.detail = "overdue: no result by the deadline"
         self._spare(r)
-        me = self._jobber(r.jobber)
-        me.errors += 1
-        me.bad()
-        self._machine(r.machine).bad()
+        self._charge(r)  # the machine's fault (dealer._blame)
         self._evaluate(self._jobs[r.job_id])
 
     def _apply_gone(self, rec: Gone) -> None:

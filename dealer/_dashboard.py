@@ -63,6 +63,7 @@ class Dashboard:
         names = {
             "accepted": "jobs accepted",
             "failed": "jobs failed",
+            "failed_own": "jobs failed by their own bug (the same failure on a quorum of machines)",
             "in_flight": "jobs drawn and not yet settled",
             "drawn": "jobs drawn from the task",
             "total": "jobs in the task (-1: not known)",

@@ -51,6 +51,8 @@ SHOWN_CHARS = 200  # of an output in the text tables, unless --full
 SHOWN_LINES = 8
 SHOWN_ARGS = 48
 UNKNOWN = "-"  # a time a journal older than Sent.at / Returned.at does not know
+# a replica's fault as `jobs` shows it (dealer._blame)
+BLAME = {"job": "the job's own bug", "machine": "the machine's fault", "pending": "not judged yet"}
 
 
 def policy_of(voting: str) -> Policy:
@@ -98,6 +100,7 @@ class JobHistory:
     state: str = "unsettled"
     output: bytes | None = None  # accepted: the output the quorum agreed on
     reasons: tuple[str, ...] = ()  # failed: why
+    own: bool = False  # failed by its own bug: the same failure on a quorum of machines
 
 
 @dataclass
@@ -145,7 +148,7 @@ class History:
             if isinstance(s, Accepted):
                 j.state, j.output = "accepted", s.output
             else:
-                j.state, j.reasons = "failed", s.reasons
+                j.state, j.reasons, j.own = "failed", s.reasons, s.own
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
@@ -180,6 +183,9 @@ class History:
                 "deadline": r.deadline,
                 "returned_at": self.returned_at.get(r.tag),
                 "vote": vote(j, r),
+                # whose fault its failure is (dealer._blame): "job" (its own bug, counted
+                # on nobody), "machine" (counted on the jobber), "pending", or None
+                "fault": r.fault or None,
             }
             for r in j.replicas
         ]
@@ -228,6 +234,7 @@ def _job_json(j: JobHistory) -> dict:
         "state": j.state,
         **_output(j),
         "reasons": list(j.reasons),
+        "own": j.own,
     }
 
 
@@ -379,7 +386,7 @@ def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) ->
                 _when(r["sent_at"]),
                 _took(r["sent_at"], r["returned_at"]),
                 r["vote"] or "",
-                "; ".join(x for x in (_segment(r), r["detail"]) if x),
+                "; ".join(x for x in (_segment(r), BLAME.get(r["fault"]), r["detail"]) if x),
             )
             for r in rows
         ]

@@ -71,8 +71,10 @@ def print_status(info: dict) -> None:
         print_peers(info.get("peers", []))
         return
     total = info.get("total")
+    own = info.get("failed_own")  # of the failed, by their own bug (counted on no jobber)
+    failed = f"{info.get('failed')} failed" + (f" ({own} by their own bug)" if own else "")
     print(
-        f"task {info.get('task')}: {info.get('accepted')} accepted, {info.get('failed')} failed, "
+        f"task {info.get('task')}: {info.get('accepted')} accepted, {failed}, "
         f"{info.get('in_flight')} in flight, {info.get('drawn')} drawn"
         + (f" of {total}" if total is not None else "")
     )

@@ -108,6 +108,8 @@ class Failed:
     job_id: int
     job: Job
     reasons: tuple[str, ...]
+    # its own bug: the same failure on a quorum of machines (dealer._blame), not theirs
+    own: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,9 @@ class _Replica:
     fuel: int = 0
     detail: str = ""
     won: bool = False  # in the group of machines whose agreement settled its job
+    # whose fault its failure is (dealer._blame): "" none (or not compared), "pending"
+    # (judged when its job settles), "job" (its own bug), "machine" (counted on its jobber)
+    fault: str = ""
     used: int = 0  # fuel it says it used (its credit); `fuel` is what votes compare
     resume: Checkpoint | None = None  # the saved state it started from
     checkpoint: Checkpoint | None = None  # the latest state its jobber sent

@@ -92,6 +92,9 @@ class Report:
             "drawn": c.drawn,
             "accepted": c.accepted,
             "failed": c.failed,
+            # ... of them, by their own bug: the same failure on a quorum of machines,
+            # counted against no jobber (dealer._blame)
+            "failed_own": c.failed_own,
             "in_flight": c.in_flight,
             "replicas_out": c.replicas_out,
             "distinct": self.distinct,

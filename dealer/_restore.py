@@ -13,6 +13,7 @@ from dataclasses import fields
 
 import msgpack
 
+from dealer._blame import SAME_FAILURE
 from dealer._policy import job_digest
 from dealer._quota import JobberRecord, Standing
 from dealer._replicas import Accepted, CoreError, Failed, JournalMismatch, _Job
@@ -29,6 +30,7 @@ class Finished:
     disputed: int
     accepted: int
     failed: int
+    failed_own: int
     _source: Iterator[Job]
     _exhausted: bool
     _next_job: int
@@ -57,6 +59,7 @@ class Finished:
             "next_tag": self._next_tag,
             "accepted": self.accepted,
             "failed": self.failed,
+            "failed_own": self.failed_own,
             "disputed": self.disputed,
             "disputes": list(self.disputes),
             "denied": dict(self.denied),
@@ -98,7 +101,9 @@ class Finished:
                 self._settled.append(Accepted(job_id, job, body))
                 self._settled_digests.append(digest)
             else:
-                self._settled.append(Failed(job_id, job, tuple(msgpack.unpackb(body))))
+                reasons = tuple(msgpack.unpackb(body))
+                own = len(reasons) == 1 and reasons[0].startswith(SAME_FAILURE)
+                self._settled.append(Failed(job_id, job, reasons, own))
                 self._settled_digests.append(digest)
         if drawn or self._next_job != snap["drawn"]:
             raise JournalMismatch("the journal's finished batch does not match the task's jobs")
@@ -110,6 +115,7 @@ class Finished:
         self._exhausted = True
         self._next_tag = snap["next_tag"]
         self.accepted, self.failed = snap["accepted"], snap["failed"]
+        self.failed_own = snap.get("failed_own", 0)  # a snapshot older than it: none known
         self.disputed = snap["disputed"]
         self.disputes.extend(snap["disputes"])
         self.denied.update(snap["denied"])

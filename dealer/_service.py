@@ -541,12 +541,14 @@ class Service(Relays, Report):
                     self._failed(s.job_id, s.job, (f"on_output raised {type(e).__name__}: {e}",))
             else:
                 log.warning("job %d failed: %s", s.job_id, "; ".join(s.reasons))
-                self._failed(s.job_id, s.job, s.reasons)
+                self._failed(s.job_id, s.job, s.reasons, s.own)
             self.settled_count += 1
 
-    def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...]) -> None:
+    def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...], own: bool = False) -> None:
+        """`own`: the job's own bug (the same failure on a quorum of machines)."""
         self.failures += 1
-        self.recent_failures.append({"job": job_id, "args": list(job.args), "reasons": reasons})
+        row = {"job": job_id, "args": list(job.args), "reasons": reasons, "own": own}
+        self.recent_failures.append(row)
         try:
             self.task.on_failure(job, list(reasons))
         except Exception:

@@ -41,8 +41,10 @@ it (those machines left the pool: the job moves rather than stall).
 
 Deterministic failures vote: the sandbox makes every status but time, crash
 and abandoned the same on every machine, so when `quorum` machines agree on
-such a status with the same (output, fuel), the job fails at once with that
-reason instead of being sent out `max_errors + 1` times.
+such a status with the same exit code (for `exit`), output and fuel, the job fails
+at once with that reason instead of being sent out `max_errors + 1` times. Such a
+failure is the job's own bug, counted against none of the jobbers that ran it;
+whose fault every other failure is, and when it is decided: dealer._blame.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from dealer._blame import PENDING, SAME_FAILURE, Failure, failure_of
 from dealer._policy import Policy
 from dealer._quota import Standing
 from dealer._replicas import (
@@ -89,7 +92,7 @@ class _Tally:
     errors: int  # ERROR or OVERDUE
     live: int  # still OUT
     sent: int  # all but RELEASED and GONE
-    fail_key: tuple[str, bytes, int]  # the deterministic failure most machines agree on
+    fail_key: Failure  # the deterministic failure most machines agree on (dealer._blame)
     fail_best: int  # how many distinct machines (of one platform) agree on it
     fail_platform: str | None  # the platform of those machines
     # the most a platform can reach without another replica: its largest agreeing group
@@ -100,7 +103,7 @@ class _Tally:
     def of(cls, j: _Job) -> _Tally:
         # one pass, no Counter: this runs several times for every job (the hot path)
         voters: dict[tuple[str | None, bytes, int], set[str]] = {}
-        failing: dict[tuple[str | None, str, bytes, int], set[str]] = {}
+        failing: dict[tuple[str | None, str, str, bytes, int], set[str]] = {}
         live_on: dict[str | None, int] = {}
         errors = live = uncounted = 0
         for r in j.replicas:
@@ -113,7 +116,7 @@ class _Tally:
             elif state is ReplicaState.ERROR:
                 errors += 1
                 if r.status in DETERMINISTIC:
-                    key = (r.platform, r.status, r.output, r.fuel)
+                    key = (r.platform, *failure_of(r))
                     failing.setdefault(key, set()).add(r.lineage or r.machine)
             elif state is ReplicaState.OVERDUE:
                 errors += 1
@@ -134,10 +137,10 @@ class _Tally:
             platform, key, best = None, (b"", 0), 0
             reach = max(live_on.values()) if live_on else 0
         if failing:
-            top, fail_best = _most(failing, (None, "", b"", 0))
+            top, fail_best = _most(failing, (None, "", "", b"", 0))
             fail_platform, fail_key = top[0], top[1:]
         else:
-            fail_platform, fail_key, fail_best = None, ("", b"", 0), 0
+            fail_platform, fail_key, fail_best = None, ("", "", b"", 0), 0
         return cls(
             key,
             best,
@@ -187,7 +190,8 @@ def _digest(key: tuple[bytes, int]) -> str:
 class Votes:
     """Core's vote counting and placement: what each job needs, and who may run it. It
     uses Standings' `_jobber`, `_machine`, `_present` and `_close`, Locality's `_fits`,
-    `_want`, `_unwant` and `_drop_files`, and Core's `_send` and `_issued_here`."""
+    `_want`, `_unwant` and `_drop_files`, Blame's `_judge`, and Core's `_send` and
+    `_issued_here`."""
 
     policy: Policy
     machines: dict[str, Standing]
@@ -195,6 +199,7 @@ class Votes:
     disputed: int
     accepted: int
     failed: int
+    failed_own: int
     _jobs: dict[int, _Job]
     _replicas: dict[str, _Replica]
     _wanting: dict[int, None]
@@ -353,22 +358,24 @@ class Votes:
             self.accepted += 1
             self._settle(j, Accepted(j.id, j.job, t.best_key[0]), t.best_key, t.best_platform)
             return
-        if t.fail_best >= p.quorum:
-            status, _, fuel = t.fail_key
+        if t.fail_best >= p.quorum:  # the job's own bug: nobody's fault (dealer._blame)
+            fuel = t.fail_key[-1]
             agreed = [
                 r
                 for r in j.replicas
                 if r.state is ReplicaState.ERROR
                 and r.platform == t.fail_platform
-                and (r.status, r.output, r.fuel) == t.fail_key
+                and failure_of(r) == t.fail_key
             ]
             for r in agreed:
                 r.won = True
             detail = agreed[0].detail
             self.failed += 1
+            self.failed_own += 1
             where = f"{t.fail_best} machine{'s' if t.fail_best > 1 else ''}"
-            text = f"the same failure on {where}: {detail} (fuel {fuel})"
-            self._settle(j, Failed(j.id, j.job, (text,)))
+            text = f"{SAME_FAILURE} {where}: {detail} (fuel {fuel})"
+            own = Failed(j.id, j.job, (text,), own=True)
+            self._settle(j, own, None, t.fail_platform, t.fail_key)
             return
         if t.errors > p.max_errors:
             reasons = tuple(
@@ -452,17 +459,23 @@ class Votes:
         outcome: Accepted | Failed,
         accepted: tuple[bytes, int] | None = None,
         platform: str | None = None,
+        own: Failure | None = None,
     ) -> None:
         """`accepted`: the winning (output, fuel), which late results of `platform` (the
-        winners') are checked against; others' are not comparable."""
+        winners') are checked against; others' are not comparable. `own`: the failure
+        machines of `platform` agreed on, the job's own. Deterministic failures are
+        judged now (dealer._blame): `platform` is the quorum's when there is one."""
         del self._jobs[j.id]
         self._unwant(j)
         self._drop_files(j)
+        quorum = accepted is not None or own is not None
         for r in j.replicas:
             self._replicas.pop(r.tag, None)
             if r.state is ReplicaState.OK:
                 self._jobber(r.jobber).unchecked -= 1
                 self._machine(r.machine).unchecked -= 1
+            elif r.fault == PENDING:
+                self._judge(r, quorum, platform, own)
             if r.state in _LATE:
                 self._late[r.tag] = (j.id, accepted if r.platform == platform else None)
                 if len(self._late) > MAX_LATE:

@@ -48,10 +48,14 @@ from tasks._paths import _caller, _resolve, _shown
 log = logging.getLogger(__name__)
 
 # Small initial memory and stack: zig's default initial memory is 16 MiB, and
-# a payload that needs more grows it (within the job's memory limit).
-DEFAULT_CFLAGS = ("-O2", "-s", "-Wl,--initial-memory=1048576", "-Wl,-z,stack-size=262144")
+# a payload that needs more grows it (within the job's memory limit). Not stripped: the
+# module keeps its name section, so a trap names the function it was in (`strip=True`,
+# or "-s" among an author's own flags, strips it).
+DEFAULT_CFLAGS = ("-O2", "-Wl,--initial-memory=1048576", "-Wl,-z,stack-size=262144")
+STRIP = "-s"
+KEPT_SECTION = b"name"  # the one custom section a build keeps (debug info is dropped)
 COMPILE_TIMEOUT_S = 600  # the first build on a machine compiles zig's WASI libc
-_BUILD = "2"  # part of every build's cache key: bump when the way of compiling changes
+_BUILD = "3"  # part of every build's cache key: bump when the way of compiling changes
 _SOURCE = "payload.c"  # the name the source is compiled under (its __FILE__)
 MIB = 1024 * 1024
 _TOO_SMALL = re.compile(r"initial memory too small, (\d+) bytes needed")
@@ -149,10 +153,15 @@ class Payload:
         cflags: Sequence[str] = DEFAULT_CFLAGS,
         name: str | None = None,
         initial_memory_mb: int | None = None,
+        strip: bool = False,
     ) -> Payload:
         """Compile C to wasm32-wasi, checked. `source` is a path to a .c file, relative to
         the calling file's directory. One file: it may include the C library's headers,
         not headers of its own (they would not be part of the build's cache key).
+
+        The module keeps the names of its functions (its name section, about 1 KB for
+        a small program), so a trap says which function it was in; `strip=True` drops
+        them (a trap then says `function #51`), for an author who would not ship them.
 
         `initial_memory_mb`: the linear memory the module starts with (default 1 MiB),
         which must hold its static data: a program with a large table compiled in needs
@@ -168,7 +177,7 @@ class Payload:
             text = path.read_text()
         except OSError as e:
             raise PayloadError(f"cannot read C source {shown}: {e.strerror or e}") from None
-        wasm = compile_c(text, cflags=cflags, filename=shown)
+        wasm = compile_c(text, cflags=cflags, filename=shown, strip=strip)
         return cls(wasm, name or path.stem)._checked(shown)
 
     @classmethod
@@ -311,13 +320,21 @@ def _author_names(stderr: str, filename: str) -> str:
 
 
 def compile_c(
-    source: str, *, cflags: Sequence[str] = DEFAULT_CFLAGS, filename: str | None = None
+    source: str,
+    *,
+    cflags: Sequence[str] = DEFAULT_CFLAGS,
+    filename: str | None = None,
+    strip: bool = False,
 ) -> bytes:
     """wasm32-wasi bytes for C source text, from the cache when built before.
 
     filename: what to call the source in compiler messages (it is not part of the
     build, nor of its cache key). The module is not checked: Payload.from_c does that.
+    It keeps its name section and no other custom section (the C library's debug
+    information is most of a megabyte); `strip`: not even that (as "-s" does).
     """
+    if strip and STRIP not in cflags:
+        cflags = (*cflags, STRIP)
     version = _zig_version()
     key = hashlib.sha256("\0".join([_BUILD, version, *cflags, source]).encode()).hexdigest()
     out = cache_dir() / "c" / f"{key}.wasm"
@@ -347,10 +364,49 @@ def compile_c(
                 )
             raise PayloadError(f"{filename or 'C source'}: C compilation failed:\n{messages}")
         _libc_marker(Path(env["ZIG_GLOBAL_CACHE_DIR"]), version).touch()
-        wasm = (Path(tmp) / "payload.wasm").read_bytes()
+        wasm = keep_names_only((Path(tmp) / "payload.wasm").read_bytes())
         # publish atomically: concurrent builds of the same source are harmless
         write_atomic(out, wasm)
     return wasm
+
+
+def keep_names_only(wasm: bytes) -> bytes:
+    """`wasm` without its custom sections (DWARF, producers, ...) but the name section:
+    the same module, byte for byte the same from the same input. Bytes that are not a
+    module are returned as they are (the sandbox's check says what is wrong)."""
+    if wasm[:4] != b"\0asm" or len(wasm) < 8:
+        return wasm
+    out, i = [wasm[:8]], 8
+    try:
+        while i < len(wasm):
+            start = i
+            kind = wasm[i]
+            size, i = _leb128(wasm, i + 1)
+            end = i + size
+            if end > len(wasm):
+                return wasm
+            if kind != 0:
+                out.append(wasm[start:end])
+            else:
+                length, j = _leb128(wasm, i)
+                if wasm[j : j + length] == KEPT_SECTION:
+                    out.append(wasm[start:end])
+            i = end
+    except IndexError:
+        return wasm
+    return b"".join(out)
+
+
+def _leb128(data: bytes, i: int) -> tuple[int, int]:
+    """An unsigned LEB128 at data[i]: (its value, the index after it)."""
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
 
 
 def builtin(name: str) -> Path:

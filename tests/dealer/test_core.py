@@ -397,7 +397,7 @@ def test_quotas_start_small_grow_with_good_results_and_halve_on_errors():
     assert core.jobbers["a"].allowance == 4 and core.machines["m"].allowance == 4
     more = core.bored("a", 10, 1000, 2.0, machine="m")
     assert len(more) == 4
-    core.result("a", more[0].tag, Status.TRAP, b"", 0, "", 3.0)
+    core.result("a", more[0].tag, Status.CRASH, b"", 0, "", 3.0)  # the machine's fault
     assert core.jobbers["a"].allowance == 2 and core.machines["m"].allowance == 2
     assert core.room("a", "m") == 0  # 3 still out, 2 allowed
     assert core.jobbers["a"].held == 3 and core.machines["m"].held == 3

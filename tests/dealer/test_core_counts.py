@@ -227,8 +227,8 @@ def test_max_errors_is_more_than_not_as_many_as():
 def test_a_jobbers_errors_count_each_replica_once():
     core = make(3, max_errors=9)
     [a0, a1, a2] = give(core, "a", 3, 0.0)
-    core.result("a", a0.tag, Status.TRAP, b"", 0, "", 1.0)
-    assert core.jobbers["a"].errors == 1  # an error result
+    core.result("a", a0.tag, Status.CRASH, b"", 0, "", 1.0)
+    assert core.jobbers["a"].errors == 1  # an error result (the machine's)
     core.tick(100.0)  # a1 and a2 overdue
     assert core.jobbers["a"].errors == 3
     core.result("a", a1.tag, Status.CRASH, b"", 0, "", 101.0)  # overdue then error: once
@@ -240,7 +240,7 @@ def test_a_jobbers_errors_count_each_replica_once():
 def test_errors_halve_the_allowance_of_the_identity_and_its_machine():
     core = make(10, quota=8, max_errors=9)
     got = give(core, "a", 4, 0.0, machine="m")
-    core.result("a", got[0].tag, Status.TRAP, b"", 0, "", 1.0)
+    core.result("a", got[0].tag, Status.TIME, b"", 0, "", 1.0)
     assert (core.jobbers["a"].allowance, core.machines["m"].allowance) == (4, 4)
     core.tick(100.0)  # three overdue: each halves both
     assert (core.jobbers["a"].allowance, core.machines["m"].allowance) == (1, 1)
@@ -1002,7 +1002,7 @@ def test_lost_replicas_are_released_with_nothing_and_the_memory_bound_is_inclusi
 def test_a_status_may_come_as_its_wire_string():
     core = make(1, max_errors=9)
     [a] = give(core, "a", 1, 0.0)
-    assert core.result("a", a.tag, "trap", b"", 3, "boom", 1.0) is None  # type: ignore[arg-type]
+    assert core.result("a", a.tag, "crash", b"", 3, "boom", 1.0) is None  # type: ignore[arg-type]
     assert core.jobbers["a"].errors == 1
 
 

@@ -15,7 +15,11 @@ restarts from its journal. After every step:
 - with quorum >= 2, the dishonest jobber never gets a wrong output accepted;
 - a job with input files goes only to a jobber that takes them (the liar takes none);
 - the core counts each unsettled job's replicas (agreeing machines, errors, live,
-  sent, reach) as docs/dealer.md defines them, whatever it reads of the counts now.
+  sent, reach) as docs/dealer.md defines them, whatever it reads of the counts now;
+- a jobber's errors are exactly its replicas whose failure was its machine's: overdue,
+  time or crash at once; a deterministic failure (trap, fuel, exit with its code, with
+  the output and fuel it returned) once its job settled and only if it disagreed with
+  the quorum's platform (never one that a quorum of machines shared: the job's own bug).
 
 At the end, honest jobbers alone (of both platforms) drive the batch to completion.
 """
@@ -32,7 +36,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dealer._core import Accepted, Core, Failed, Overdue, Policy, Returned, Sent
+from dealer._core import DETERMINISTIC, Accepted, Core, Failed, Overdue, Policy, Returned, Sent
 from dealer._votes import _Tally
 from protocol import ErrorCode, Status
 from tasks import InputFile, Job
@@ -43,7 +47,7 @@ SYBIL = "liar2"  # the liar's second identity, on the same machine
 LIARS = (LIAR, SYBIL)
 JOBBERS = (*HONEST, *LIARS)
 MACHINE = {"h1": "m1", "h2": "m2", "h3": "m3", "h4": "m4", "h5": "m5", LIAR: "evil", SYBIL: "evil"}
-ERRORS = (Status.TRAP, Status.FUEL, Status.CRASH, Status.TIME)
+ERRORS = (Status.TRAP, Status.FUEL, Status.EXIT, Status.CRASH, Status.TIME)
 FILES = (InputFile.from_bytes(b"x" * 100), InputFile.from_bytes(b"y" * 200))
 HOLDS = {"h1": (FILES[0].sha256,), "h2": (FILES[1].sha256,)}  # input files held
 
@@ -225,14 +229,17 @@ class CoreMachine(RuleBasedStateMachine):
         if kind == "ok":
             output, fuel = self.right(job_id, who) if who not in LIARS else (b"13", 1)
             status = Status.OK
+        elif kind == "error":  # failures agree, or not (fuel, exit code): a machine may be broken
+            output, fuel = b"", data.draw(st.sampled_from([0, 0, 1]))
+            status = data.draw(st.sampled_from(ERRORS))
         else:
-            output, fuel = b"", 0
-            status = data.draw(st.sampled_from(ERRORS)) if kind == "error" else Status.ABANDONED
-        self._return(tag, status, output, fuel)
+            output, fuel, status = b"", 0, Status.ABANDONED
+        detail = data.draw(st.sampled_from(["exit code 3", "exit code 4"]))
+        self._return(tag, status, output, fuel, detail if status is Status.EXIT else "x")
 
-    def _return(self, tag: str, status: Status, output: bytes, fuel: int) -> None:
+    def _return(self, tag: str, status: Status, output: bytes, fuel: int, detail="x") -> None:
         who, job_id, _ = self.out.pop(tag)
-        why = self.core.result(who, tag, status, output, fuel, "x", self.now)
+        why = self.core.result(who, tag, status, output, fuel, detail, self.now)
         if why is None:
             self.returned[tag] = (who, job_id, output, fuel, status)
             if status is Status.OK:
@@ -335,20 +342,61 @@ class CoreMachine(RuleBasedStateMachine):
             assert counted == tally(job.replicas, self.platform), f"job {j}'s tally"
 
     @invariant()
-    def errors_counted_once_per_replica_on_its_jobber(self):
-        """A jobber's `errors` is its replicas that went overdue or came back with an
-        error, each counted once (an overdue one that then errors too: once)."""
-        owner, counted = {}, set()
+    def errors_counted_once_and_only_on_the_machines_at_fault(self):
+        """A jobber's `errors` is its replicas that went overdue or came back with time or
+        crash (each once: an overdue one that then errors too, once), and those that came
+        back with a deterministic failure, once their job settled, if the failure was
+        compared and disagreed: on the platform of the quorum that settled the job and
+        not the failure a quorum agreed on, or the job failed with no quorum at all. A
+        failure a quorum of machines shared is the job's own (`Failed.own`)."""
+        p = self.policy
+        owner, counted, overdue = {}, set(), set()
+        failing: dict[str, tuple] = {}  # tag -> (job, platform, machine, failure)
+        ok: dict[int, list] = {}  # job -> (platform, machine, (output, fuel))
         for rec in self.journal + self.core._records:
             if isinstance(rec, Sent):
-                owner[rec.tag] = rec.jobber
-            elif isinstance(rec, Overdue) or (
-                isinstance(rec, Returned) and rec.status not in ("ok", "abandoned")
-            ):
+                owner[rec.tag] = (rec.jobber, rec.job_id)
+            elif isinstance(rec, Overdue):
                 counted.add(rec.tag)
+                overdue.add(rec.tag)
+            elif isinstance(rec, Returned):
+                who, job = owner[rec.tag]
+                where = (self.platform(who), MACHINE[who])
+                if rec.status == "ok":
+                    ok.setdefault(job, []).append((*where, (rec.output, rec.fuel)))
+                elif rec.status in DETERMINISTIC and rec.tag not in overdue:
+                    code = rec.detail if rec.status == "exit" else ""
+                    failing[rec.tag] = (job, *where, (rec.status, code, rec.output, rec.fuel))
+                elif rec.status != "abandoned":
+                    counted.add(rec.tag)
+        outcome = {s.job_id: s for s in self.settled}
+
+        def quorum(votes) -> tuple | None:
+            """(platform, key) that `quorum` distinct machines of one platform agree on."""
+            groups: dict[tuple, set[str]] = {}
+            for on, machine, key in votes:
+                groups.setdefault((on, key), set()).add(machine)
+            won = [k for k, ms in groups.items() if len(ms) >= p.quorum]
+            assert len(won) <= 1, f"two quorums {won}"
+            return won[0] if won else None
+
+        for tag, (job, on, _, failure) in failing.items():
+            s = outcome.get(job)
+            if s is None:
+                continue  # not judged yet
+            if isinstance(s, Accepted):
+                settled_by = quorum(ok.get(job, []))
+                assert settled_by is not None and settled_by[1][0] == s.output
+            else:
+                settled_by = quorum(f[1:] for f in failing.values() if f[0] == job)
+                assert s.own == (settled_by is not None), f"job {job}: own is {s.own}"
+            if settled_by is None:
+                counted.add(tag)  # failed with no quorum: every failure is the machine's
+            elif on == settled_by[0] and failure != settled_by[1]:
+                counted.add(tag)  # compared, and it disagreed
         expected: dict[str, int] = {}
         for tag in counted:
-            expected[owner[tag]] = expected.get(owner[tag], 0) + 1
+            expected[owner[tag][0]] = expected.get(owner[tag][0], 0) + 1
         for who in JOBBERS:
             rec = self.core.jobbers.get(who)
             assert (rec.errors if rec else 0) == expected.get(who, 0), f"{who}'s errors"

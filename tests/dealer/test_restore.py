@@ -49,6 +49,8 @@ def run_to_the_end(s: Service) -> None:
     rid = 0
     while not s.finished():
         for peer in (A, B):
+            if s.finished():  # the other peer's results ended it
+                return
             rid += 1
             jobs = s.handle(p.Bored(rid, "j", HOST, 4), 1.0, peer)
             s.commit()
@@ -81,10 +83,15 @@ def test_a_finished_batch_is_restored_as_it_ended(tmp_path, caplog):
     assert [f.job for f in again.failures] == [Job(("3",))]
     assert again.failures[0].reasons == first.failures[0].reasons
     after = restored.status(2.0)
-    for k in ("drawn", "accepted", "failed", "in_flight", "disputed", "jobbers_total"):
+    for k in ("drawn", "accepted", "failed", "failed_own", "in_flight", "disputed"):
         assert after[k] == before[k], k
+    assert after["jobbers_total"] == before["jobbers_total"]
+    assert after["failed_own"] == 1  # job 3's trap: its own bug, counted on nobody
     row = {r["key"]: r for r in after["jobbers"]}[A.key]
     assert row["valid"] == {r["key"]: r for r in before["jobbers"]}[A.key]["valid"] > 0
+    assert [r["errors"] for r in after["jobbers"]] == [r["errors"] for r in before["jobbers"]]
+    assert [r["errors"] for r in after["jobbers"]] == [0, 0]
+    assert again.failures[0].reasons[0].startswith("the same failure on 1 machine:")
     late = restored.handle(
         p.Results(99, "j", (p.Result(f"{restored.journal.tag_prefix}.0", p.Status.OK, b"0", 5),)),
         3.0,

@@ -12,6 +12,7 @@ import re
 import signal
 
 import sandbox
+from dealer._history import read_history
 from tests.helpers import (
     CHUNK,
     JOBS,
@@ -165,7 +166,50 @@ def test_a_job_that_always_fails_ends_the_batch_listed(procs):
     assert re.search(
         r"failed job boom: the same failure on 1 machine: trap: .*unreachable", dealer.stderr
     ), dealer.stderr
+    _, history = read_history(procs.cwd / "flaky.sqlite")
+    [boom] = [j for j in history.jobs.values() if j.args == ("boom",)]
+    assert len(boom.replicas) == 1 and boom.own  # tried once, not max_errors + 1 times
     rows = summary(dealer.stderr)
-    assert sum(r[2] for r in rows.values()) == 1  # tried once, not max_errors + 1 times
+    assert sum(r[2] for r in rows.values()) == 0  # the job's own bug: no jobber's error
     for j in jobbers:  # a jobber that came too late for this short batch says so
         assert j.wait(60) == 0 or "never reached any dealer" in j.stderr
+
+
+def test_a_job_that_exits_3_on_every_machine_is_its_own_bug_not_the_jobbers(procs):
+    """Redundancy and quorum 2: both machines get exit code 3 for every buggy job. The
+    jobs fail by their own bug, shown so in the status while the batch runs, and neither
+    jobber is counted an error for them, then or in the dealer's closing table."""
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    dealer = procs.start(
+        "dealer",
+        [
+            PY,
+            ROOT / "tests" / "task_files" / "exits3.py",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+            "--quiet",
+            "--db",
+            procs.cwd / "exits3.sqlite",
+        ],
+    )
+    dealer.wait_for("listening on", 120)
+    for i in (1, 2):
+        procs.jobber(f"j{i}", addr, slots=2, extra=("--max-idle", "5"))
+    # the buggy jobs are done long before the spinning one
+    info = wait_status(port, lambda s: s["failed"] == 4, 120)
+    assert info["failed_own"] == 4 and info["accepted"] <= 1
+    rows = by_name(info)
+    assert {n: (r["errors"], r["denied"]) for n, r in rows.items()} == {
+        "j1": (0, False),
+        "j2": (0, False),
+    }
+    assert dealer.wait(120) == 1, dealer.stderr  # finished, with failures
+    assert dealer.stdout.strip() == "2 done, 4 failed"
+    failed = re.findall(r"failed job bug: (.*)", dealer.stderr)
+    assert len(failed) == 4, dealer.stderr
+    own = r"the same failure on 2 machines: exit: exit code 3 \(fuel \d+\)"
+    assert all(re.fullmatch(own, reason) for reason in failed), failed
+    rows = summary(dealer.stderr)
+    assert {n: r[2] for n, r in rows.items()} == {"j1": 0, "j2": 0}  # no errors
+    assert {n: r[0] for n, r in rows.items()} == {"j1": 2, "j2": 2}  # both ran the good ones

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import sandbox
 from protocol import Status
 from tasks import Payload, PayloadError, compile_c
 from tasks import _payload as payload_module
+from tasks._payload import DEFAULT_CFLAGS
 
 HERE = Path(__file__).name
 OK_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
@@ -314,3 +316,33 @@ def test_a_task_file_whose_payload_does_not_validate_says_so_without_a_traceback
     assert "error: broken.py:7: Payload.from_wat" in run.stderr
     assert "the sandbox would not run this payload" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# --- names: a trap says which function it was in -----------------------------------------
+
+TRAPS_C = """
+#include <stdio.h>
+__attribute__((noinline)) int share_the_loot(int loot, int pirates) { return loot / pirates; }
+int main(int argc, char **argv) { printf("%d\\n", share_the_loot(100, argc - 1)); return 0; }
+"""
+
+
+def test_a_trap_names_the_c_function_unless_the_author_strips_the_names(tmp_path):
+    """C payloads keep their name section by default (not their debug information), so
+    the trap a jobber reports names the author's function; `strip=True` drops it."""
+    source = tmp_path / "loot.c"
+    source.write_text(TRAPS_C)
+    named = Payload.from_c(source)
+    assert b"share_the_loot" in named.wasm and b".debug_info" not in named.wasm
+    assert named.run(["x", "y"]).stdout == b"50\n"  # 100 / (argc - 1)
+    out = named.run()  # no argument: 100 / 0
+    assert out.status is Status.TRAP
+    assert "integer divide by zero (in share_the_loot at offset" in out.detail
+    stripped = Payload.from_c(source, strip=True)
+    assert b"share_the_loot" not in stripped.wasm
+    assert len(stripped.wasm) < len(named.wasm) < len(stripped.wasm) + 4096
+    out = stripped.run()
+    assert out.status is Status.TRAP and re.search(r"\(in function #\d+ at offset", out.detail)
+    assert "share_the_loot" not in out.detail
+    # an author's own "-s" strips too; the two ways build the same module
+    assert compile_c(TRAPS_C, cflags=(*DEFAULT_CFLAGS, "-s")) == stripped.wasm
