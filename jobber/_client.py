@@ -564,4 +564,6 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves, Lender
             self._writer = None
         for dealer in list(self._socks):
             self._reset(dealer)
-        os.close(self._lock)
+        if self._lock >= 0:  # (closed once: a second close is nothing)
+            os.close(self._lock)
+            self._lock = -1

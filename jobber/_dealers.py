@@ -207,13 +207,11 @@ class Dealers:
         self._actions.append(Hello(link.address, p.Hello(rid)))
 
     def _probe_keys(self, now: float) -> None:
-        """A dealer whose key is to be re-checked after a failed contact is asked for it
-        inside its backoff, at once and then every PROBE_EVERY_S until the backoff ends
-        (then the hello goes before any request, as always): a dealer that now presents
-        another key (its batch started again elsewhere) is shown as a key mismatch within
-        seconds, not after a backoff of minutes, and a dead one costs no more than the
-        failure it has (a probe's silence counts none, and its answer resets no backoff:
-        the plaintext port answering says nothing of the work port)."""
+        """A dealer whose key is in doubt after a failed contact is asked for it inside its
+        backoff, at once and then every PROBE_EVERY_S: a dealer that now presents another
+        key (its batch started again elsewhere) shows as a key mismatch in seconds, not
+        after minutes, and a dead one costs no more failures (a probe's silence counts
+        none; its answer resets no backoff: the plaintext port is not the work port)."""
         for link in self.links.values():
             if link.probe_at > now:
                 continue

@@ -161,8 +161,10 @@ class Lender:
                 dealer = p.split_key(p.dealer_address(str(req.get("dealer", ""))))[0]
             except ValueError as e:
                 return str(e)
-            if not self.core.pause(dealer, cmd == "pause"):
+            known = dealer in self.core.links or dealer in self.core.owner_paused
+            if not known:
                 return f"no dealer {dealer} is known to this jobber"
+            self.core.pause(dealer, cmd == "pause")
         elif cmd == "prefs":
             updates = req.get("set") or {}
             if not isinstance(updates, dict):

@@ -400,10 +400,12 @@ def test_a_finished_dealer_passes_jobbers_on_to_a_peer_with_work(tmp_path):
     s.commit()
     s.after_turn(0.0)
     assert s.finished()
-    assert bored(s, who, 0.1) == p.Finished(1)  # nobody else has work
+    r = bored(s, who, 0.1)
+    assert (type(r), r.re, r.about.task) == (p.Finished, 1, "Few")  # nobody else has work
     offer(peers, A, 0.1, 3)
     assert bored(s, who, 0.2) == p.Referral(1, (A,))
-    assert bored(s, who, 0.2, want=0) == p.Finished(1)
+    r = bored(s, who, 0.2, want=0)
+    assert (type(r), r.re) == (p.Finished, 1)
     assert s.handle(p.WorkQuery(5), 0.3, who) == p.WorkOffer(5, 0, s._job_limits, 0, True)
     s.close()
 

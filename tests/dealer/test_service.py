@@ -120,3 +120,42 @@ def test_a_cross_platform_task_asks_for_canonical_nans_and_any_platforms_vote(tm
     s.after_turn(1.0)
     assert s.core.accepted == 1
     s.close()
+
+
+class Named(Many):
+    name = "Prime sieve"
+    contact = "ann@lab.example"
+
+
+def test_every_reply_to_a_jobber_tells_it_the_batch_and_its_account(tmp_path):
+    s = service(tmp_path, quota=4096)
+    peer = Peer("dd" * 32, "127.0.0.5")
+    jobs = ask(s, peer, 2, 0.0)
+    assert jobs.about == p.About("Many", None)  # the class's name when the task says none
+    assert jobs.account == p.Account(0, 0, 0, 0)  # known from its first ask
+    answer(s, peer, jobs, 0.1)  # redundancy 1: each output accepted as it comes
+    s.after_turn(0.1)
+    alive = s.handle(p.Alive(3, "j", ()), 0.2, peer)
+    assert alive.account.valid == 2 and alive.account.credit == 2  # the fuel of each: 1
+    results = s.handle(p.Results(4, "j", ()), 0.3, peer)
+    assert isinstance(results, p.Ack) and results.account.valid == 2
+    # what others are answered carries no account of anyone
+    status = s.handle(p.StatusQuery(5), 0.3, peer)
+    assert not hasattr(status, "account")
+    s.close()
+    n = Service(Named(), Journal(tmp_path / "n.sqlite", "Named"), now=0.0, policy=Policy())
+    later = n.handle(p.Bored(1, "j", p.HostFacts(1, 1024, 1), 1), 0.0, peer)
+    assert later.about == p.About("Prime sieve", "ann@lab.example")
+    n.close()
+
+
+def test_what_lenders_are_told_is_cut_to_the_wire_s_bounds():
+    from dealer._report import about_of
+
+    class Long(Many):
+        name = "n" * 500
+        contact = "c" * 500
+
+    about = about_of(Long.__new__(Long))
+    assert (len(about.task), len(about.contact)) == (p.MAX_TASK_NAME, p.MAX_CONTACT)
+    assert p.decode(p.encode(p.Finished(1, about))).about == about

@@ -32,6 +32,11 @@ def owner(j: c.JobberCore, now: float = 0.0, **kw) -> list[c.Action]:
         ({"suspended": True, "computes": False, "in_use": True}, "suspended by the owner", False),
         ({"computes": False, "in_use": True, "cpu_off": True}, "outside the pool's hours", False),
         ({"in_use": True, "cpu_off": True}, "machine in use", False),
+        # an owner's preference (hours, batteries, memory while in use): after the pool's
+        # hours, before the machine in use
+        ({"held": "on batteries"}, "on batteries", False),
+        ({"held": "on batteries", "computes": False}, "outside the pool's hours", False),
+        ({"held": "on batteries", "in_use": True}, "on batteries", False),
         # winding down: running jobs get their grace, whatever held them
         ({"stopping": True, "suspended": True, "in_use": True}, "", False),
     ],

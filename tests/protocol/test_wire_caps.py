@@ -722,7 +722,14 @@ def test_records_are_frozen_slotted_and_hashable():
             setattr(msg, next(iter(type(msg)._SCHEMA)), 1)
     records = (LIMITS, HOST, SPEC, SIGNATURE, SIGNATURE.chain[0], *FULL["ack"].rejected)
     records += (FULL["instructions"].prefs, *FULL["instructions"].projects)
-    records += (FULL["bored"].behalf, *FULL["ack"].standing, *SPEC.files.values(), SPEC.resume, ABOUT, ACCOUNT)
+    records += (
+        FULL["bored"].behalf,
+        *FULL["ack"].standing,
+        *SPEC.files.values(),
+        SPEC.resume,
+        ABOUT,
+        ACCOUNT,
+    )
     for record in (*records, *FULL["results"].results):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, next(iter(type(record)._SCHEMA)), 1)
