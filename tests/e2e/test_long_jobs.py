@@ -125,6 +125,11 @@ def test_a_jobber_stopped_resumes_its_own_job_when_started_again(procs, tmp_path
         assert "1 jobs stopped with their saved states, to resume" in j1.stderr
     assert len(list((data / "states").glob("*.state"))) == 1
     again = procs.jobber("j1", f"127.0.0.1:{port}", log="j1-again")
+    if how != "killed":  # the owner's suspension outlived the quit: the owner lifts it
+        again.wait_for("jobs stay suspended, as the owner left them", 60)
+        wait_for(lambda: _status_or_none(data), 60, "the jobber answering again")
+        cli = [PY, "-m", "jobber", "--data-dir", str(data)]
+        subprocess.run([*cli, "resume"], check=True, capture_output=True, timeout=30)
     assert dealer.wait(WAIT_S) == 0, dealer.stderr
     assert "resuming 1 jobs from the states an earlier run saved" in again.stderr
     assert dealer.stdout.strip() == straight
@@ -159,3 +164,10 @@ def test_damaged_states_are_refused_and_the_job_runs_from_the_beginning(procs, t
     assert replicas[-1]["state"] == "ok" and replicas[-1]["resumed_from"] == replicas[0]["tag"]
     again.signal(signal.SIGTERM)
     assert again.wait(60) == 0, again.stderr
+
+
+def _status_or_none(data):
+    try:
+        return jobber_status(data)
+    except (ConnectionError, TimeoutError):
+        return None
