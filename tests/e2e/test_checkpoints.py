@@ -46,7 +46,11 @@ def test_a_jobbers_status_shows_when_its_running_job_last_saved(procs, tmp_path)
     cli = [PY, "-m", "jobber", "--data-dir", str(data)]
     subprocess.run([*cli, "suspend"], check=True, capture_output=True, timeout=30)
     plain = subprocess.run([*cli, "status"], check=True, capture_output=True, text=True)
-    assert re.search(r"running \S+ from \S+ for \d+ s, last saved \d+ s ago \(16 B\)", plain.stdout)
+    assert re.search(
+        r"running \S+ \(Chain\) from \S+: \d+ s run, .* left of its time limit, "
+        r"last saved \d+ s ago \(16 B\)",
+        plain.stdout,
+    )
     subprocess.run([*cli, "resume"], check=True, capture_output=True, timeout=30)
     assert dealer.wait(300) == 0, dealer.stderr
     assert dealer.stdout.strip() == straight.stdout.decode().strip()
