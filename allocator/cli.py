@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import zmq
 
@@ -26,7 +25,7 @@ from allocator._page import AllocatorPage
 from allocator._rules import ROLES, TOKEN_USES, AllocatorError
 from allocator._server import AllocatorServer, serve
 from allocator._settings import ASK_TIMEOUT_S, DEFAULT_ADMIN_KEY, Settings
-from net._ask import admin_ask
+from net._ask import admin_ask, parse_settings
 from net._http import parse_http
 from net._keys import KeyPair, load_key_pair, load_or_create_key_pair
 from protocol._alloc import AllocAdmin, AllocReply, allocator_address
@@ -88,33 +87,6 @@ def ask(
     if not isinstance(reply, AllocReply):
         raise RuntimeError(f"{address} answered with {reply.TYPE}")
     return reply
-
-
-def parse_value(text: str) -> Any:
-    """A preference's value from the command line: empty clears it; numbers, true/false."""
-    if text == "":
-        return None
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_prefs(items: Sequence[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"{item!r}: write a preference as NAME=VALUE (NAME= clears it)")
-        out[name.replace("-", "_")] = parse_value(value)
-    return out
 
 
 def _print_stats(data: dict) -> None:
@@ -286,14 +258,14 @@ def request(args: argparse.Namespace) -> tuple[str, dict]:
     if c == "share":
         return "project_share", {"name": args.name, "share": args.share}
     if c == "pool-add":
-        out = {"name": args.name, "prefs": parse_prefs(args.prefs)}
+        out = {"name": args.name, "prefs": parse_settings(args.prefs)}
         if args.supplier is not None:
             out["supplier"] = args.supplier
         return "pool_add", out
     if c == "pool-remove":
         return "pool_remove", {"name": args.name}
     if c == "prefs":
-        return "pool_prefs", {"name": args.pool, "prefs": parse_prefs(args.prefs)}
+        return "pool_prefs", {"name": args.pool, "prefs": parse_settings(args.prefs)}
     if c in ("admit", "dismiss"):
         return c, {"pool": args.pool, "key": args.who.lower()}
     if c == "join-token":

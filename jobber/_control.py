@@ -67,14 +67,22 @@ def ask(data_dir: Path, cmd: str | dict[str, Any], timeout_s: float = 5.0) -> di
     owner = path.stat().st_uid
     if owner != os.geteuid():  # someone else's socket would hear our commands, and lie
         raise ConnectionError(f"{path} belongs to another user (uid {owner}); not talking to it")
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
+    sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    silent = f"the jobber on {data_dir} did not answer within {timeout_s:g} s"
+    return request(sock, control_endpoint(data_dir), cmd, timeout_s, silent)
+
+
+def request(
+    sock: zmq.Socket, endpoint: str, cmd: str | dict[str, Any], timeout_s: float, silent: str
+) -> dict[str, Any]:
+    """One request on a fresh REQ socket (a lost reply leaves nothing stuck: it is closed
+    after): connect, send, and the reply map; TimeoutError (`silent`) if none comes."""
     try:
-        sock.connect(control_endpoint(data_dir))
+        sock.connect(endpoint)
         sock.send(msgpack.packb(cmd if isinstance(cmd, dict) else {"cmd": cmd}))
         if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"the jobber on {data_dir} did not answer within {timeout_s:g} s")
+            raise TimeoutError(silent)
         reply = msgpack.unpackb(sock.recv(), raw=False)
     finally:
         sock.close()

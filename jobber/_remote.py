@@ -136,19 +136,10 @@ def client(address: str, key_file: Path, timeout_s: float = 5.0) -> Callable[[st
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
         sock.curve_serverkey = z85_of_hex(server_key)
         sock.curve_publickey, sock.curve_secretkey = mine.public, mine.secret
-        try:
-            sock.connect(endpoint)
-            sock.send(msgpack.packb({"cmd": cmd} if isinstance(cmd, str) else cmd))
-            if not sock.poll(int(timeout_s * 1000)):
-                raise TimeoutError(
-                    f"the jobber at {endpoint} did not answer within {timeout_s:g} s (is "
-                    f"{mine.public_hex} admitted in its {MANAGERS_DIR}/ folder?)"
-                )
-            reply = msgpack.unpackb(sock.recv(), raw=False)
-        finally:
-            sock.close()
-        if not isinstance(reply, dict):
-            raise ConnectionError("malformed reply from the jobber")
-        return reply
+        silent = (
+            f"the jobber at {endpoint} did not answer within {timeout_s:g} s (is "
+            f"{mine.public_hex} admitted in its {MANAGERS_DIR}/ folder?)"
+        )
+        return _control.request(sock, endpoint, cmd, timeout_s, silent)
 
     return ask

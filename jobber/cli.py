@@ -25,6 +25,7 @@ from jobber import _control, _manager, _remote, _service_unit
 from jobber._client import Jobber
 from jobber._settings import OPTIONS, Config, JobberError
 from jobber._status_text import render
+from net._ask import parse_settings
 from net._pins import Pins
 
 
@@ -450,33 +451,10 @@ def request(words: list[str]) -> dict:
             raise ValueError(f"{words[0]} takes one dealer address")
         return {"cmd": cmd, "dealer": rest[0]}
     if cmd == "prefs":
-        updates = {}
-        for word in rest:
-            name, sep, value = word.partition("=")
-            if not sep:
-                raise ValueError(f"prefs: expected NAME=VALUE, not {word!r}")
-            updates[name.strip().replace("-", "_")] = _pref_value(value.strip())
-        return {"cmd": "prefs", "set": updates}
+        return {"cmd": "prefs", "set": parse_settings(rest)}
     if rest:
         raise ValueError(f"{words[0]} takes no dealer addresses")
     return {"cmd": cmd}
-
-
-def _pref_value(text: str):
-    """A preference's value as typed: none (no limit), true/false, a number, or text."""
-    low = text.lower()
-    if low in ("", "none", "null", "off"):
-        return None
-    if low in ("true", "yes", "on"):
-        return True
-    if low == "false" or low == "no":
-        return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def control(data_dir: Path, words: list[str], *, as_json: bool = False) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import zmq
 
@@ -97,3 +99,33 @@ def admin_ask(
         return _ask(sock, msg, address, timeout_s)
     finally:
         sock.close()
+
+
+def parse_value(text: str) -> Any:
+    """A setting's value as typed on a command line: empty, `none` or `null` for none;
+    true/false (yes/no, on/off); a whole number; a number; else the text itself."""
+    low = text.strip().lower()
+    if low in ("", "none", "null"):
+        return None
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """`NAME=VALUE` words as {name: value} (dashes in names read as underscores; `NAME=`
+    clears it); ValueError names a word that is not one."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{item!r}: write a setting as NAME=VALUE (NAME= clears it)")
+        out[name.strip().replace("-", "_")] = parse_value(value)
+    return out

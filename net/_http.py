@@ -40,6 +40,26 @@ def parse_http(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """What both servers' handlers share: how a reply goes, and the log."""
+
+    server_version = "borednet"
+    extra_headers: tuple[tuple[str, str], ...] = ()  # sent with every reply, beside these
+
+    def _send(self, code: int, kind: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in self.extra_headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        log.debug("http %s: " + format, self.address_string(), *args)
+
+
 def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
     """A bounded HTTP server on (host, port), serving in daemon threads (see the module's
     docstring), that answers GET with `route(path)`, a (content type, body) or None for
@@ -48,9 +68,7 @@ def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
     loop."""
     refusal = f"this {what} only reads\n".encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "borednet"
-
+    class Handler(_Handler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             found = route(self.path.split("?", 1)[0])
             if found is None:
@@ -63,17 +81,6 @@ def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
 
         do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
 
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            log.debug("http %s: " + format, self.address_string(), *args)
-
     server = _PooledHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -85,8 +92,9 @@ def app_server(host: str, port: int, handle) -> HTTPServer:
     (status code, content type, body); a POST's body is read only with a Content-Length
     of at most MAX_BODY_BYTES (411 or 413 otherwise). Other methods: 405."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "borednet"
+    class Handler(_Handler):
+        # no framing (no clicks tricked), no address of the page sent on
+        extra_headers = (("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"))
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             self._send(*handle("GET", self.path, self.headers, b""))
@@ -105,19 +113,6 @@ def app_server(host: str, port: int, handle) -> HTTPServer:
             self._send(405, "text/plain", b"GET or POST\n")
 
         do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
-
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("X-Frame-Options", "DENY")  # no framing: no clicks tricked
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            log.debug("http %s: " + format, self.address_string(), *args)
 
     server = _PooledHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
