@@ -193,3 +193,21 @@ def test_the_replay_gives_the_same_blame():
     }
     assert [h.jobs[j].own for j in (0, 1, 2)] == [True, False, True]
     assert "the job's own bug" in jobs_text(h) and "the machine's fault" in jobs_text(h)
+
+
+def test_a_late_failure_votes_in_the_quorum_and_its_lateness_stays_counted():
+    """The case the core's state machine found: a replica went overdue, then came back
+    with the failure the other machine got. Late, its failure still votes (as a late
+    output does): the two agree, so the job failed by its own bug; the lateness was its
+    machine's, counted once, and the other jobber is charged nothing."""
+    core = make(1, redundancy=2, quorum=2, max_errors=1, deadline_s=10.0)
+    a = one(core, "a")
+    core.tick(50.0)  # past a's deadline: overdue, its machine's fault at once
+    assert core.jobbers["a"].errors == 1
+    b = one(core, "b", 50.0)
+    core.result("a", a.tag, EXIT, b"", 1, "exit code 3", 51.0)
+    assert core.take_settled() == []  # 2 errors with max_errors 1, yet a quorum may agree
+    core.result("b", b.tag, EXIT, b"", 1, "exit code 3", 52.0)
+    [s] = core.take_settled()
+    assert isinstance(s, Failed) and s.own and "on 2 machines" in s.reasons[0]
+    assert (core.jobbers["a"].errors, core.jobbers["b"].errors) == (1, 0)

@@ -348,7 +348,8 @@ class CoreMachine(RuleBasedStateMachine):
         back with a deterministic failure, once their job settled, if the failure was
         compared and disagreed: on the platform of the quorum that settled the job and
         not the failure a quorum agreed on, or the job failed with no quorum at all. A
-        failure a quorum of machines shared is the job's own (`Failed.own`)."""
+        failure a quorum of machines shared is the job's own (`Failed.own`); a late
+        failure (its replica went overdue) votes in that quorum, as a late output does."""
         p = self.policy
         owner, counted, overdue = {}, set(), set()
         failing: dict[str, tuple] = {}  # tag -> (job, platform, machine, failure)
@@ -364,7 +365,7 @@ class CoreMachine(RuleBasedStateMachine):
                 where = (self.platform(who), MACHINE[who])
                 if rec.status == "ok":
                     ok.setdefault(job, []).append((*where, (rec.output, rec.fuel)))
-                elif rec.status in DETERMINISTIC and rec.tag not in overdue:
+                elif rec.status in DETERMINISTIC:  # late or not, it votes on the failure
                     code = rec.detail if rec.status == "exit" else ""
                     failing[rec.tag] = (job, *where, (rec.status, code, rec.output, rec.fuel))
                 elif rec.status != "abandoned":
@@ -390,6 +391,8 @@ class CoreMachine(RuleBasedStateMachine):
             else:
                 settled_by = quorum(f[1:] for f in failing.values() if f[0] == job)
                 assert s.own == (settled_by is not None), f"job {job}: own is {s.own}"
+            if tag in overdue:
+                continue  # counted once already, when it went overdue
             if settled_by is None:
                 counted.add(tag)  # failed with no quorum: every failure is the machine's
             elif on == settled_by[0] and failure != settled_by[1]:

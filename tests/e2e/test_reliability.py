@@ -169,9 +169,11 @@ def test_a_job_that_always_fails_ends_the_batch_listed(procs):
     _, history = read_history(procs.cwd / "flaky.sqlite")
     [boom] = [j for j in history.jobs.values() if j.args == ("boom",)]
     # tried once, not max_errors + 1 times: one replica, or two if the tail's backup went
-    # to the other jobber while the first was out (a busy machine); each the job's fault
+    # to the other jobber while the first was out (a busy machine; the backup is then
+    # cancelled or agrees); none of them is a machine's fault
     assert boom.own and len(boom.replicas) <= 2
-    assert all(r.fault == "job" for r in boom.replicas), boom.replicas
+    assert [r.fault for r in boom.replicas].count("job") >= 1
+    assert not [r for r in boom.replicas if r.fault == "machine"], boom.replicas
     rows = summary(dealer.stderr)
     assert sum(r[2] for r in rows.values()) == 0  # the job's own bug: no jobber's error
     for j in jobbers:  # a jobber that came too late for this short batch says so
