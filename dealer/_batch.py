@@ -244,14 +244,24 @@ def _relay_keys(keys: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+HOME = Path(".borednet")  # where a batch keeps its journal and keys, by default
+
+
+def journal_of(cls: type[Task], args: argparse.Namespace) -> Path:
+    """The journal a batch of `cls` run with `args` keeps: --db, else its default."""
+    return args.db or _default_db(cls, args)
+
+
 def _default_db(cls: type[Task], args: argparse.Namespace) -> Path:
     """The task's own arguments pick the journal, so another N starts afresh and the
-    same command resumes. They are the ones `cls.add_arguments` defines."""
+    same command resumes. They are the ones `cls.add_arguments` defines, but for those
+    it names in `output_options` (where the results go: they decide no job)."""
     dealer_own = set(vars(_task_parser(Task).parse_args([])))
-    values = {k: v for k, v in vars(args).items() if k not in dealer_own}
+    output = set(getattr(cls, "output_options", ()))
+    values = {k: v for k, v in vars(args).items() if k not in dealer_own | output}
     text = json.dumps(values, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return Path(".borednet") / f"{cls.__name__.lower()}-{digest}.sqlite"
+    return HOME / f"{cls.__name__.lower()}-{digest}.sqlite"
 
 
 def key_pair(path: Path | None, default: Path, what: str) -> KeyPair:
@@ -309,7 +319,7 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
         return 2
     if args.contact:
         task.contact = args.contact  # told to every jobber (protocol.About)
-    db = args.db or _default_db(cls, args)
+    db = journal_of(cls, args)
     journal = None
     try:
         policy = policy_for(
@@ -372,6 +382,8 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
         return 2
     # the address is what a lender needs: say it even when --quiet
     print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
+    # where the batch is kept: the same command resumes it, and the results are read there
+    print(f"journal {db} (python -m dealer results {db})", file=sys.stderr, flush=True)
     if dealer.dashboard is not None:
         print(f"dashboard on {dealer.dashboard.url}", file=sys.stderr, flush=True)
     jobbers = _start_jobbers(args.jobbers, dealer.address)

@@ -20,6 +20,7 @@ from dealer._batch import DEFAULT_BIND, held_key
 from dealer._history import jobs, results
 from dealer._print import print_status
 from dealer._server import Referrer
+from dealer._which import NoJournal, journal_for
 from net._ask import admin_ask, query_status
 from net._author_keys import create_author_key, public_path, rotations_path, write_rotation
 from net._keys import KeyInUse, KeyPair, create_key_pair, load_key_pair
@@ -77,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="every settled job of a journal: the accepted output, or why it failed "
         "(reads only; works while its dealer runs, or after it finished or was killed)",
     )
-    rs.add_argument("db", type=Path, metavar="DB", help="the journal (the task's --db)")
+    rs.add_argument(
+        "db",
+        nargs="*",
+        metavar="DB | TASK.py ARGS",
+        help="the journal: its path (several, as a glob gives them: the newest), or the task file "
+        "and its arguments (the journal that command keeps), or nothing (the newest in "
+        ".borednet/ here)",
+    )
     form = rs.add_mutually_exclusive_group()
     form.add_argument(
         "--json",
@@ -100,7 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="per-job history of a journal: replicas, jobbers, machines, statuses, fuel, "
         "times and votes (reads only)",
     )
-    jb.add_argument("db", type=Path, metavar="DB", help="the journal (the task's --db)")
+    jb.add_argument(
+        "db",
+        nargs="*",
+        metavar="DB | TASK.py ARGS",
+        help="the journal: its path (several, as a glob gives them: the newest), or the task file "
+        "and its arguments (the journal that command keeps), or nothing (the newest in "
+        ".borednet/ here)",
+    )
     jb.add_argument(
         "--state",
         action="append",
@@ -176,13 +191,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     dn.add_argument(
         "--timeout", type=float, default=ASK_TIMEOUT_S, help="seconds to wait for an answer"
     )
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("results", "jobs"):
+        # a task file's own options follow it: those this parser does not know are its
+        try:
+            db, note = journal_for([*args.db, *rest])
+        except NoJournal as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if note:
+            print(note, file=sys.stderr)
+        if args.command == "results":
+            return results(db, args.form or "text", args.full)
+        return jobs(db, args.state or _history.STATES, args.json, args.full)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "refer":
         return refer(args.bind, args.peer, args.key)
-    if args.command == "results":
-        return results(args.db, args.form or "text", args.full)
-    if args.command == "jobs":
-        return jobs(args.db, args.state or _history.STATES, args.json, args.full)
     try:
         if args.command == "keygen":
             if args.sign:

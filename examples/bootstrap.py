@@ -52,6 +52,7 @@ def make_table(path: Path, rows: int, seed: int = 1) -> None:
 
 class Bootstrap(Task):
     """Bootstrap replicates of a regression slope over one shared table."""
+    output_options = ("out",)  # where the results go: not part of the journal's name
 
     # numpy's import and a few resamples of a table of millions of rows
     limits = Limits(fuel=10**12, memory_mb=1024, time_s=600, output_kb=64)

@@ -42,6 +42,7 @@ FIELDS = ("mean_x", "mean_y", "var_x", "var_y", "acceptance", "steps")
 
 class Chains(Task):
     """One long Metropolis chain per job; the report pools them."""
+    output_options = ("out",)  # where the results go: not part of the journal's name
 
     # fuel: about 850 a step in C, 40 times that in Python; time: an owner's default
     # --max-job-time is an hour, so ask for less (a lender who lends longer raises both)

@@ -37,6 +37,7 @@ def _edges(values: list[float]) -> tuple[float, float]:
 
 class Sweep(Task):
     """Stochastic SIR epidemics over a grid of R0 and vaccinated fraction."""
+    output_options = ("out",)  # where the results go: not part of the journal's name
 
     limits = Limits(fuel=10**11, memory_mb=16, time_s=60, output_kb=1)
     redundancy = 2  # each point on two jobbers, whose outputs must agree byte for byte

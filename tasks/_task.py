@@ -96,6 +96,10 @@ class Task:
     signing_key: ClassVar[str | os.PathLike[str] | None] = None  # see docs/security.md
     cross_platform: ClassVar[bool] = False  # True: canonical NaNs, any platforms vote together
     name: ClassVar[str | None] = None  # for lenders; None: the class's name
+    # the options of `add_arguments` (by their argparse dest) that only say where or how
+    # results are written: they decide no job, so the journal's name ignores them and a
+    # batch rerun with another `--out` reads its results from the same journal
+    output_options: ClassVar[tuple[str, ...]] = ()
     contact: ClassVar[str | None] = None  # the researcher's address or URL, for lenders
 
     def __init__(self) -> None:
