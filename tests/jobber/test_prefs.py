@@ -146,3 +146,35 @@ def test_the_disk_s_free_space_is_read_where_the_data_lives(tmp_path):
     st = os.statvfs(tmp_path)
     assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 64 * MIB
     assert _prefs.disk_free(tmp_path / "missing") is None
+
+
+def test_the_edges_of_hours_minutes_and_allowances():
+    assert parse_hours("9-7:30") == (9.0, 7.5) and parse_hours("24-0") == (24.0, 0.0)
+    assert parse_hours("0:59-1") == (59 / 60, 1.0)
+    for bad in ("0:60-1", "1-25", "25-1"):
+        with pytest.raises(ValueError, match="22-7"):
+            parse_hours(bad)
+    assert Prefs(max_disk_pct=100).max_disk_pct == 100
+    assert Prefs(max_disk_mb=1).cache_mb(1024, None, 0) == 1
+    assert Prefs(max_disk_mb=0).cache_mb(1024, None, 0) == 1  # never nothing at all
+    assert MIB == 2**20
+
+
+def test_the_defaults_limit_nothing_and_cannot_be_changed_in_place():
+    prefs = Prefs()
+    assert prefs.named() == dict.fromkeys(prefs.named(), None) | {"no_battery": False}
+    with pytest.raises(AttributeError):
+        prefs.no_battery = True  # type: ignore[misc]
+    state = OwnerState()
+    assert (state.suspended, state.paused, state.net_day, state.net_bytes) == (False, [], "", 0)
+
+
+def test_a_machine_with_a_battery_alone_runs_on_it_while_it_discharges(tmp_path):
+    supply(tmp_path, "BAT0", type="Battery", status="Discharging")
+    assert _prefs.on_battery(tmp_path) is True
+
+
+def test_a_kept_state_without_traffic_counts_none(tmp_path):
+    (tmp_path / "owner.json").write_text('{"schema": 1, "suspended": true}')
+    state = _prefs.load(tmp_path)
+    assert state.suspended and (state.net_day, state.net_bytes, state.paused) == ("", 0, [])

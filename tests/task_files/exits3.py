@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from tasks import Job, Limits, Payload, Task  # noqa: E402
 
-# argc 2: proc_exit(3); argc 3: count to 2^28, then return; else return at once
+# argc 2: proc_exit(3); argc 3: count to 2^30, then return; else return at once
 WAT = """
 (module
   (import "wasi_snapshot_preview1" "args_sizes_get"
@@ -28,7 +28,7 @@ WAT = """
     (if (i32.eq (i32.load (i32.const 0)) (i32.const 3))
       (then (loop $spin
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $spin (i32.lt_u (local.get $i) (i32.const 268435456))))))))
+        (br_if $spin (i32.lt_u (local.get $i) (i32.const 1073741824))))))))
 """
 
 BUGGY = 4
