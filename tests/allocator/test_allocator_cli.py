@@ -50,7 +50,8 @@ def test_the_admin_commands_take_the_allocator_from_the_environment(
     assert capsys.readouterr().out.strip() == "allocator_admin"
     # --allocator, given, wins over the environment
     monkeypatch.setenv(ALLOCATOR_ENV, f"tcp://127.0.0.1:{free_port()}")
-    assert cli.main(["whoami", "--key", str(tmp_path / "admin"), "--allocator", server.address]) == 0
+    key = str(tmp_path / "admin")
+    assert cli.main(["whoami", "--key", key, "--allocator", server.address]) == 0
     assert capsys.readouterr().out.strip() == "allocator_admin"
 
 

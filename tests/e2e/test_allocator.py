@@ -96,6 +96,9 @@ def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs
         snap = json.load(r)
     assert [(x["name"], x["share"]) for x in snap["list"]["projects"]] == [("a", 3.0), ("b", 1.0)]
     assert len(snap["machines"]) == 2 and snap["stats"]["projects"]["a"]["credit"] > 0
+    chart = snap["chart"]  # what the page draws: both projects' credit, up to now
+    assert sorted(chart["projects"]) == ["a", "b"] and chart["t1"] - chart["t0"] >= 600
+    assert chart["projects"]["a"][-1] == [chart["t1"], snap["stats"]["projects"]["a"]["credit"]]
 
 
 def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(procs):
