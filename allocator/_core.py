@@ -25,7 +25,7 @@ table          what
 ``machines``   each admitted jobber key that asked, its pool, name, address, host
                facts, when first and last seen
 ``credit``     per project and jobber key: the credit (fuel of accepted outputs)
-               and valid results its dealer reports, as last polled
+               and valid results its dealer's runs reported, summed (allocator._stats)
 ``history``    per poll, per pool and project: credit, jobs, machines active (a
                point only when one of them changed)
 =============  ================================================================
@@ -143,6 +143,7 @@ class Allocator:
         self.db.execute("pragma journal_mode=wal")
         self.db.execute("pragma synchronous=normal")
         self.db.executescript(_TABLES)  # new tables; an old file's pools gain a column below
+        _stats.make_tables(self.db)
         got = self._meta("schema")
         if got == "1":
             self._from_schema_1()
@@ -541,11 +542,17 @@ class Allocator:
     def projects(self) -> list[tuple[str, str, float]]:
         return list(self.db.execute("select name, dealer, share from projects order by name"))
 
-    def record_credit(self, polled: Mapping[str, list[dict]], now: float) -> None:
-        """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled;
-        then one history point per pool and project."""
+    def record_credit(
+        self,
+        polled: Mapping[str, list[dict]],
+        now: float,
+        runs: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled,
+        and their runs (the dealer's key and `accepted`); then one history point per pool
+        and project (allocator._stats.record_credit)."""
         with self._tx():
-            _stats.record_credit(self.db, self.refresh_s, polled, now)
+            _stats.record_credit(self.db, self.refresh_s, polled, now, runs)
 
     # --- jobbers ------------------------------------------------------------------
 

@@ -32,12 +32,13 @@ def start_allocator(procs, port: int, *extra: str, log: str = "allocator"):
     return proc, address
 
 
-def start_dealer(procs, name: str, jobs: int, iters: str = ITERS):
+def start_dealer(procs, name: str, jobs: int, iters: str = ITERS, port: int = 0, run: str = ""):
     proc = procs.start(
-        name,
+        name + run,
         [
-            PY, SPIN, "--jobs", jobs, "--iters", iters, "--bind", f"tcp://127.0.0.1:{free_port()}",
-            "--db", procs.cwd / f"{name}.sqlite", "--key", procs.cwd / name, "--quiet",
+            PY, SPIN, "--jobs", jobs, "--iters", iters,
+            "--bind", f"tcp://127.0.0.1:{port or free_port()}",
+            "--db", procs.cwd / f"{name}{run}.sqlite", "--key", procs.cwd / name, "--quiet",
         ],
     )  # fmt: skip
     return proc, proc.wait_for(r"listening on (\S+)", 30).group(1)
@@ -189,3 +190,27 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     ask(address, physics, "pool_prefs", {"name": "lab", "prefs": {"max_cpus": 2}})
     wait_jobber(procs, "pc", lambda s: s["slots_in_use"] == 2, 15, "the change after the return")
     wait_jobber(procs, "pc", lambda s: len(s["running"]) == 2, 15, "two jobs at once again")
+
+
+def test_batches_that_begin_and_end_between_two_full_polls_are_all_counted(procs):
+    # full polls never come (--poll 3600): what is counted is read between them
+    alloc, address = start_allocator(procs, free_port(), "--poll", "3600")
+    root = load_key_pair(procs.cwd / "org.root")
+    port = free_port()
+    batch, dealer = start_dealer(procs, "a", 150, port=port, run="-1")  # some seconds
+    ask(address, root, "project_add", {"name": "a", "dealer": dealer})
+    ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+    start_jobber(procs, "pc", address, "--join", token)
+    assert batch.wait(120) == 0
+    first = ask(address, root, "stats", {}).data["projects"]["a"]
+    # counted as the batch went; its last second may be missed if the dealer exits at once
+    assert first["jobs"] >= 100, first
+    # the project's next batch: the same dealer (address and key) on a new journal, whose
+    # figures start from zero again; they add to the first batch's, not replace them
+    batch, again = start_dealer(procs, "a", 150, port=port, run="-2")
+    assert again == dealer
+    assert batch.wait(120) == 0
+    both = ask(address, root, "stats", {}).data["projects"]["a"]
+    print(first, both)
+    assert both["jobs"] >= first["jobs"] + 100 and both["credit"] > first["credit"]
