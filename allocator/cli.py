@@ -49,7 +49,12 @@ def run_serve(cfg: Settings) -> int:
     server_path, root_path = key_paths(cfg.db)
     try:
         cfg.db.parent.mkdir(parents=True, exist_ok=True)  # a new folder is made, as the file is
-        alloc = Allocator(cfg.db, refresh_s=cfg.refresh_s, max_per_address=cfg.max_per_address)
+        alloc = Allocator(
+            cfg.db,
+            refresh_s=cfg.refresh_s,
+            max_per_address=cfg.max_per_address,
+            check_s=min(cfg.check_s, cfg.refresh_s),
+        )
         keys, _ = load_or_create_key_pair(server_path)
         if not alloc.has_root():
             root, made = load_or_create_key_pair(root_path)
@@ -156,6 +161,14 @@ def parser() -> argparse.ArgumentParser:
         default=Settings.refresh_s,
         metavar="SECONDS",
         help=f"how often jobbers ask for their instructions again (default {Settings.refresh_s:g})",
+    )
+    sv.add_argument(
+        "--check",
+        type=float,
+        default=Settings.check_s,
+        metavar="SECONDS",
+        help="how soon jobbers ask again, to hear of a change to their instructions (a "
+        f"project, a share, their pool's preferences) within it (default {Settings.check_s:g})",
     )
     sv.add_argument(
         "--poll",

@@ -85,3 +85,31 @@ def test_a_file_from_before_the_runs_were_kept_does_not_count_its_credit_twice(t
         assert credit(a) == {"credit": 150, "jobs": 2}
     finally:
         a.close()
+
+
+def test_instructions_say_how_soon_to_check_and_a_check_with_nothing_new_writes_nothing(
+    tmp_path,
+):
+    a = Allocator(tmp_path / "org.sqlite", refresh_s=300.0, check_s=5.0)
+    try:
+        a.make_root(ROOT_KEY, 0.0)
+        a.admin(ROOT_KEY, "pool_add", {"name": "lab", "supplier": "physics"}, 1)
+        a.admin(ROOT_KEY, "admit", {"pool": "lab", "key": MACHINE_1}, 1)
+        ask = p.Instruct(1, "pc", "lab", p.HostFacts(4, 1024, 4))
+        got = a.instruct(MACHINE_1, "10.0.0.1", ask, 100.0)
+        assert (got.refresh_s, got.check_s) == (300.0, 5.0)
+
+        def last_seen():
+            return a.db.execute(
+                "select name, last_seen from machines where key = ?", (MACHINE_1,)
+            ).fetchone()
+
+        a.instruct(MACHINE_1, "10.0.0.1", ask, 105.0)
+        assert last_seen() == ("pc", 100.0)  # the same, within a minute: no write
+        a.instruct(MACHINE_1, "10.0.0.1", ask, 160.0)
+        assert last_seen() == ("pc", 160.0)  # a minute on: seen again
+        renamed = p.Instruct(1, "pc-2", "lab", p.HostFacts(4, 1024, 4))
+        a.instruct(MACHINE_1, "10.0.0.1", renamed, 161.0)
+        assert last_seen() == ("pc-2", 161.0)  # something new: written at once
+    finally:
+        a.close()

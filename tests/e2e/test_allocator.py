@@ -214,3 +214,21 @@ def test_batches_that_begin_and_end_between_two_full_polls_are_all_counted(procs
     both = ask(address, root, "stats", {}).data["projects"]["a"]
     print(first, both)
     assert both["jobs"] >= first["jobs"] + 100 and both["credit"] > first["credit"]
+
+
+def test_a_change_reaches_the_jobbers_within_the_check_not_the_refresh(procs):
+    # jobbers refresh once an hour, and check every half second for a new serial
+    _, address = start_allocator(procs, free_port(), "--refresh", "3600", "--check", "0.5")
+    root = load_key_pair(procs.cwd / "org.root")
+    ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+    start_jobber(procs, "pc", address, "--join", token)
+    first = ask(address, root, "list", {}).data["serial"]
+    wait_jobber(procs, "pc", lambda s: s["allocator"]["serial"] == first, 30, "instructions")
+    ask(address, root, "pool_prefs", {"name": "lab", "prefs": {"memory_mb": 256}})
+    serial = ask(address, root, "list", {}).data["serial"]
+    assert serial != first
+    s = wait_jobber(
+        procs, "pc", lambda s: s["allocator"]["serial"] == serial, 10, "the new instructions"
+    )
+    assert s["effective"]["memory_mb"] <= 256, s["effective"]
