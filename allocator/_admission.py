@@ -7,6 +7,7 @@ connection, inside the caller's transaction.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import sqlite3
 
@@ -58,3 +59,28 @@ def admitted(
     db.execute("update tokens set uses_left = uses_left - 1 where pool = ?", (msg.pool,))
     log.info("pool %s: key %s joined with the pool's token from %s", msg.pool, key[:12], source)
     return True
+
+
+def seen(
+    db: sqlite3.Connection, key: str, address: str, msg: Instruct, now: float, every_s: float
+) -> None:
+    """Record that an admitted machine asked (its pool, name, address, host facts, the
+    time). An ask with nothing new within `every_s` of the last record writes nothing: a
+    jobber checking often for a change costs the allocator reads only."""
+    h = msg.host
+    host = json.dumps(
+        {"cpus": h.cpus, "memory_mb": h.memory_mb, "slots": h.slots, "platform": h.platform}
+    )
+    last = db.execute(
+        "select pool, name, address, host, last_seen from machines where key = ?", (key,)
+    ).fetchone()
+    same = last is not None and tuple(last[:4]) == (msg.pool, msg.jobber, address, host)
+    if same and now - last[4] < every_s:
+        return
+    db.execute(
+        "insert into machines (key, pool, name, address, host, first_seen, last_seen) "
+        "values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do update set pool = excluded.pool, "
+        "name = excluded.name, address = excluded.address, host = excluded.host, "
+        "last_seen = excluded.last_seen",
+        (key, msg.pool, msg.jobber, address, host, now, now),
+    )

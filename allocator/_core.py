@@ -25,7 +25,7 @@ table          what
 ``machines``   each admitted jobber key that asked, its pool, name, address, host
                facts, when first and last seen
 ``credit``     per project and jobber key: the credit (fuel of accepted outputs)
-               and valid results its dealer reports, as last polled
+               and valid results its dealer's runs reported, summed (allocator._stats)
 ``history``    per poll, per pool and project: credit, jobs, machines active (a
                point only when one of them changed)
 =============  ================================================================
@@ -78,6 +78,7 @@ from allocator._rules import (
     REFRESH_S,
     ROLES,
     ROOT,
+    SEEN_EVERY_S,
     SUPPLIER_ADMIN,
     TOKEN_USES,
     AllocatorError,
@@ -132,10 +133,16 @@ class Allocator:
     """The allocator's database and its rules. `refresh_s`: how often jobbers ask again."""
 
     def __init__(
-        self, path: Path, *, refresh_s: float = REFRESH_S, max_per_address: int = MAX_PER_ADDRESS
+        self,
+        path: Path,
+        *,
+        refresh_s: float = REFRESH_S,
+        max_per_address: int = MAX_PER_ADDRESS,
+        check_s: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.refresh_s = refresh_s
+        self.check_s = check_s  # jobbers ask again this soon to hear of a change (None: refresh)
         self.max_per_address = max_per_address
         # one thread at a time uses it, not always the one that opened it (a server run in
         # a thread of its own, as tests do)
@@ -143,6 +150,7 @@ class Allocator:
         self.db.execute("pragma journal_mode=wal")
         self.db.execute("pragma synchronous=normal")
         self.db.executescript(_TABLES)  # new tables; an old file's pools gain a column below
+        _stats.make_tables(self.db)
         got = self._meta("schema")
         if got == "1":
             self._from_schema_1()
@@ -541,11 +549,17 @@ class Allocator:
     def projects(self) -> list[tuple[str, str, float]]:
         return list(self.db.execute("select name, dealer, share from projects order by name"))
 
-    def record_credit(self, polled: Mapping[str, list[dict]], now: float) -> None:
-        """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled;
-        then one history point per pool and project."""
+    def record_credit(
+        self,
+        polled: Mapping[str, list[dict]],
+        now: float,
+        runs: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        """Dealers' jobber rows (status_reply `jobbers`), by project name, as just polled,
+        and their runs (the dealer's key and `accepted`); then one history point per pool
+        and project (allocator._stats.record_credit)."""
         with self._tx():
-            _stats.record_credit(self.db, self.refresh_s, polled, now)
+            _stats.record_credit(self.db, self.refresh_s, polled, now, runs)
 
     # --- jobbers ------------------------------------------------------------------
 
@@ -555,28 +569,14 @@ class Allocator:
         row = self.db.execute(
             "select prefs from pools where name = ? and removed is null", (msg.pool,)
         ).fetchone()
-        host = json.dumps(
-            {
-                "cpus": msg.host.cpus,
-                "memory_mb": msg.host.memory_mb,
-                "slots": msg.host.slots,
-                "platform": msg.host.platform,
-            }
-        )
         with self._tx():
             if row is None or not _admission.admitted(
                 self.db, key, address, msg, now, self.max_per_address
             ):
                 raise not_admitted(msg.pool, key)
-            self.db.execute(
-                "insert into machines (key, pool, name, address, host, first_seen, last_seen) "
-                "values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do update set "
-                "pool = excluded.pool, "
-                "name = excluded.name, address = excluded.address, host = excluded.host, "
-                "last_seen = excluded.last_seen",
-                (key, msg.pool, msg.jobber, address, host, now, now),
-            )
+            _admission.seen(self.db, key, address, msg, now, min(SEEN_EVERY_S, self.refresh_s))
         projects = tuple(Project(n, d, s) for n, d, s in self.projects())
+        prefs = prefs_of(json.loads(row[0]))
         return Instructions(
-            msg.id, msg.pool, self.serial, projects, prefs_of(json.loads(row[0])), self.refresh_s
+            msg.id, msg.pool, self.serial, projects, prefs, self.refresh_s, self.check_s
         )

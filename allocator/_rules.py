@@ -16,6 +16,8 @@ from protocol._alloc import Prefs
 ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN = "root", "allocator_admin", "supplier_admin"
 ROLES = (ROOT, ALLOCATOR_ADMIN, SUPPLIER_ADMIN)
 REFRESH_S = 300.0  # how often jobbers ask for their instructions again, unless told
+CHECK_S = 5.0  # how soon jobbers ask again to hear of a change (their instructions' check_s)
+SEEN_EVERY_S = 60.0  # a machine's last_seen is rewritten at most this often if nothing changed
 # a machine heard from within this many refresh intervals counts as active
 ACTIVE_REFRESHES = 3
 HISTORY_ROWS = 1000  # history points a stats reply carries at most (latest first)

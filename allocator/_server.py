@@ -7,8 +7,9 @@ jobber is a key admitted to the pool it names, an admin is a key with a role,
 and what a key may do is the allocator core's to decide (allocator._core).
 
 A statistics thread polls each project's dealer for its status (the plaintext
-port, every page of jobbers) every `poll_s` seconds and hands the rows to the
-loop, which records them: credit is attributed to pools by jobber key.
+port: every page of jobbers every `poll_s` seconds, the first page every
+WATCH_S between) and hands the rows to the loop, which records them: credit is
+attributed to pools by jobber key, and a dealer's runs (its batches) add up.
 """
 
 from __future__ import annotations
@@ -35,30 +36,44 @@ STATUS_TIMEOUT_S = 5.0
 MAX_PAGES = 100  # status pages read from one dealer per poll (100 jobbers a page)
 
 
-class _CreditPoller(threading.Thread):
-    """Asks each project's dealer for its jobbers' credit, every `every_s`, off the loop."""
+WATCH_S = 1.0  # how often each dealer's first status page is read between full polls
 
-    def __init__(self, every_s: float) -> None:
+
+class _CreditPoller(threading.Thread):
+    """Asks each project's dealer for its jobbers' credit, off the loop: every page every
+    `every_s`, and the first page (the hundred keys of most credit) every WATCH_S between,
+    so that a batch whose dealer exits between two full polls is counted too."""
+
+    def __init__(self, every_s: float, watch_s: float = WATCH_S) -> None:
         super().__init__(name="credit-poller", daemon=True)
         self.every_s = every_s
+        self.watch_s = min(watch_s, every_s)
         self.projects: list[tuple[str, str]] = []  # (name, dealer), replaced whole by the loop
-        self.out: queue.SimpleQueue = queue.SimpleQueue()  # {project: rows} per poll
+        # per poll: ({project: rows}, {project: (dealer key, accepted)})
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
         self._halt = threading.Event()
 
     def stop(self) -> None:
         self._halt.set()
 
     def run(self) -> None:
-        while not self._halt.wait(self.every_s):
+        next_full = time.monotonic() + self.every_s
+        while not self._halt.wait(self.watch_s):
+            full = time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + self.every_s
             polled: dict[str, list[dict]] = {}
+            runs: dict[str, tuple[str, int]] = {}
             for name, dealer in list(self.projects):
                 rows: list[dict] = []
                 try:
                     page, pages = 0, 1
-                    while page < min(pages, MAX_PAGES):
+                    while page < min(pages, MAX_PAGES if full else 1):
                         info = query_status(dealer, STATUS_TIMEOUT_S, page)
                         rows += [r for r in info.get("jobbers", []) if isinstance(r, dict)]
                         pages = int(info.get("pages", 1))
+                        if page == 0:
+                            runs[name] = (str(info.get("key")), int(info.get("accepted", 0)))
                         page += 1
                 # TypeError: a status of the wrong shapes, from a dealer that is not ours
                 except (
@@ -69,11 +84,18 @@ class _CreditPoller(threading.Thread):
                     OSError,
                     p.ProtocolError,
                 ) as e:
-                    log.info("project %s: no status from %s: %s", name, dealer, e)
+                    log.log(
+                        logging.INFO if full else logging.DEBUG,
+                        "project %s: no status from %s: %s",
+                        name,
+                        dealer,
+                        e,
+                    )
+                    runs.pop(name, None)
                     continue
                 polled[name] = rows
             if polled:
-                self.out.put(polled)
+                self.out.put((polled, runs))
 
 
 class AllocatorServer(RouterServer):
@@ -130,10 +152,10 @@ class AllocatorServer(RouterServer):
     def before_turn(self, now: float) -> None:
         while True:
             try:
-                polled = self.poller.out.get_nowait()
+                polled, runs = self.poller.out.get_nowait()
             except queue.Empty:
                 break
-            self.alloc.record_credit(polled, now)
+            self.alloc.record_credit(polled, now, runs)
         if self.page is not None and self.page.due(now):
             self.page.publish({**self.alloc.snapshot(now), "key": self.keys.public_hex})
 

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from allocator._rules import MAX_PER_ADDRESS, REFRESH_S
+from allocator._rules import CHECK_S, MAX_PER_ADDRESS, REFRESH_S
 from allocator._server import POLL_S
 from protocol._alloc import DEFAULT_ALLOCATOR_PORT
 
@@ -24,6 +24,7 @@ class Settings:
     db: Path  # the allocator's SQLite file
     bind: str = DEFAULT_BIND
     refresh_s: float = REFRESH_S  # how often jobbers ask for their instructions again
+    check_s: float = CHECK_S  # how soon jobbers ask again to hear of a change
     poll_s: float = POLL_S  # how often the projects' dealers are asked for credit
     http: str | None = None  # [HOST:]PORT of the read-only statistics page (None: none)
     max_per_address: int = MAX_PER_ADDRESS  # machines joining one pool by token per source
@@ -35,6 +36,7 @@ class Settings:
             db=args.db,
             bind=args.bind,
             refresh_s=args.refresh,
+            check_s=args.check,
             poll_s=args.poll,
             http=args.http,
             max_per_address=args.max_per_address,

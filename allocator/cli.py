@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +34,8 @@ from protocol._alloc import AllocAdmin, AllocReply, allocator_address
 
 log = logging.getLogger("dealer.allocator")
 
+ALLOCATOR_ENV = "BOREDNET_ALLOCATOR"  # the admin commands' --allocator when it is not given
+
 
 def key_paths(db: Path) -> tuple[Path, Path]:
     """The allocator's own key pair and the root's, beside the database."""
@@ -44,7 +48,13 @@ def run_serve(cfg: Settings) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server_path, root_path = key_paths(cfg.db)
     try:
-        alloc = Allocator(cfg.db, refresh_s=cfg.refresh_s, max_per_address=cfg.max_per_address)
+        cfg.db.parent.mkdir(parents=True, exist_ok=True)  # a new folder is made, as the file is
+        alloc = Allocator(
+            cfg.db,
+            refresh_s=cfg.refresh_s,
+            max_per_address=cfg.max_per_address,
+            check_s=min(cfg.check_s, cfg.refresh_s),
+        )
         keys, _ = load_or_create_key_pair(server_path)
         if not alloc.has_root():
             root, made = load_or_create_key_pair(root_path)
@@ -58,8 +68,11 @@ def run_serve(cfg: Settings) -> int:
         if cfg.http is not None:
             page = AllocatorPage(*parse_http(cfg.http))
         server = AllocatorServer(cfg.bind, alloc, keys, poll_s=cfg.poll_s, page=page)
-    except (AllocatorError, ValueError, OSError, zmq.ZMQError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (AllocatorError, ValueError, OSError, sqlite3.Error, zmq.ZMQError) as e:
+        print(
+            f"error: {cfg.db}: {e}" if isinstance(e, sqlite3.Error) else f"error: {e}",
+            file=sys.stderr,
+        )
         return 2
     print(f"allocator at {server.address}", flush=True)
     if page is not None:
@@ -150,6 +163,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"how often jobbers ask for their instructions again (default {Settings.refresh_s:g})",
     )
     sv.add_argument(
+        "--check",
+        type=float,
+        default=Settings.check_s,
+        metavar="SECONDS",
+        help="how soon jobbers ask again, to hear of a change to their instructions (a "
+        f"project, a share, their pool's preferences) within it (default {Settings.check_s:g})",
+    )
+    sv.add_argument(
         "--poll",
         type=float,
         default=Settings.poll_s,
@@ -177,9 +198,10 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.add_argument(
             "--allocator",
-            required=True,
+            default=os.environ.get(ALLOCATOR_ENV) or None,
             metavar="ADDR",
-            help="host[:port] (default port 7127) or tcp://host:port, optionally #KEY",
+            help="host[:port] (default port 7127) or tcp://host:port, optionally #KEY; "
+            f"default ${ALLOCATOR_ENV}",
         )
         sp.add_argument(
             "--key",
@@ -283,6 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(Settings.from_args(args))
+    if not args.allocator:
+        print(
+            f"error: no allocator: give --allocator ADDR or set ${ALLOCATOR_ENV}", file=sys.stderr
+        )
+        return 2
     try:
         op, op_args = request(args)
         admin = load_key_pair(args.key)

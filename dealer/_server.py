@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # a finished dealer stays this long to answer "finished", take late results and
 # cancel held work: longer than a jobber's alive interval, so every holder hears
 LINGER_S = 6.0
+# a dealer whose status was asked this recently before it finished is watched (by an
+# allocator counting credit, say): it lingers until asked once more, within LINGER_S
+WATCHED_S = 10.0
 
 
 class PeeredServer(RouterServer):
@@ -165,6 +168,7 @@ class Dealer(PeeredServer):
         self.linger_s = LINGER_S
         self._lingering = False
         self._until = lambda: True
+        self._status_at = float("-inf")  # when the plaintext status was last asked
 
     @property
     def core(self) -> Core:
@@ -199,9 +203,13 @@ class Dealer(PeeredServer):
 
     def linger(self, until, max_s: float) -> None:
         """Once done, go on serving (answering "finished", taking late results, cancelling
-        held work) until `until()` is true or `max_s` seconds have passed."""
-        self._lingering, self._until = True, until
+        held work) until `until()` is true or `max_s` seconds have passed. A dealer watched
+        (its status asked within WATCHED_S) also stays until its status is asked once
+        more: an allocator polling it counts the batch's last results too."""
         since = time.monotonic()
+        watched = since - self._status_at < WATCHED_S  # then its final figures are read too
+        self._lingering = True
+        self._until = (lambda: until() and self._status_at >= since) if watched else until
         super().run(max_s=max_s)
         log.debug(
             "done; stayed %.1f s for late results (%d replicas unheard of)",
@@ -236,6 +244,7 @@ class Dealer(PeeredServer):
 
     def handle_public(self, msg: p.Message, now: float) -> p.Message | None:
         if isinstance(msg, p.StatusQuery):
+            self._status_at = time.monotonic()
             return p.StatusReply(msg.id, self.status(msg.page or 0))
         return super().handle_public(msg, now)
 

@@ -122,7 +122,7 @@ class AllocatorLink(threading.Thread):
         self.join(timeout=self.timeout_s + 1)
 
     def run(self) -> None:
-        wait = 0.0
+        wait, posted_at = 0.0, float("-inf")
         while not self._halt.wait(wait):
             try:
                 msg = self._ask()
@@ -147,9 +147,12 @@ class AllocatorLink(threading.Thread):
                 self.join_token = None  # admitted now: the token is not sent again
             self.ok_at = time.monotonic()
             self.problem = ""
+            # the loop hears of a change at once, and of the same instructions every refresh_s
+            if msg.serial != self.serial or self.ok_at - posted_at >= msg.refresh_s:
+                self.events.put(InstructionsCame(msg))
+                posted_at = self.ok_at
             self.serial = msg.serial
-            self.events.put(InstructionsCame(msg))
-            wait = msg.refresh_s
+            wait = msg.refresh_s if msg.check_s is None else min(msg.check_s, msg.refresh_s)
 
     def _request(self, sock: zmq.Socket, kind: str, make: callable) -> tuple[int, p.Message]:
         """Send the request `make(id)` of `kind` and wait for the reply; on this fresh

@@ -143,6 +143,8 @@ class Instructions(Message):
     projects: tuple[Project, ...] = checked(_list(_record(Project), MAX_PROJECTS))
     prefs: Prefs = checked(_record(Prefs))
     refresh_s: float = checked(_float(0.1, 1e6))  # ask again after this long
+    # ask again this soon, to hear of a change (a new serial) within it; nil: refresh_s
+    check_s: float | None = checked(_optional(_float(0.1, 1e6)), None)
 
 
 @record

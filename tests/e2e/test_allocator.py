@@ -32,12 +32,13 @@ def start_allocator(procs, port: int, *extra: str, log: str = "allocator"):
     return proc, address
 
 
-def start_dealer(procs, name: str, jobs: int, iters: str = ITERS):
+def start_dealer(procs, name: str, jobs: int, iters: str = ITERS, port: int = 0, run: str = ""):
     proc = procs.start(
-        name,
+        name + run,
         [
-            PY, SPIN, "--jobs", jobs, "--iters", iters, "--bind", f"tcp://127.0.0.1:{free_port()}",
-            "--db", procs.cwd / f"{name}.sqlite", "--key", procs.cwd / name, "--quiet",
+            PY, SPIN, "--jobs", jobs, "--iters", iters,
+            "--bind", f"tcp://127.0.0.1:{port or free_port()}",
+            "--db", procs.cwd / f"{name}{run}.sqlite", "--key", procs.cwd / name, "--quiet",
         ],
     )  # fmt: skip
     return proc, proc.wait_for(r"listening on (\S+)", 30).group(1)
@@ -96,6 +97,9 @@ def test_two_dealers_with_shares_3_to_1_get_validated_work_close_to_3_to_1(procs
         snap = json.load(r)
     assert [(x["name"], x["share"]) for x in snap["list"]["projects"]] == [("a", 3.0), ("b", 1.0)]
     assert len(snap["machines"]) == 2 and snap["stats"]["projects"]["a"]["credit"] > 0
+    chart = snap["chart"]  # what the page draws: both projects' credit, up to now
+    assert sorted(chart["projects"]) == ["a", "b"] and chart["t1"] - chart["t0"] >= 600
+    assert chart["projects"]["a"][-1] == [chart["t1"], snap["stats"]["projects"]["a"]["credit"]]
 
 
 def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(procs):
@@ -186,3 +190,45 @@ def test_preferences_apply_to_running_jobbers_who_go_on_without_the_allocator(pr
     ask(address, physics, "pool_prefs", {"name": "lab", "prefs": {"max_cpus": 2}})
     wait_jobber(procs, "pc", lambda s: s["slots_in_use"] == 2, 15, "the change after the return")
     wait_jobber(procs, "pc", lambda s: len(s["running"]) == 2, 15, "two jobs at once again")
+
+
+def test_batches_that_begin_and_end_between_two_full_polls_are_all_counted(procs):
+    # full polls never come (--poll 3600): what is counted is read between them
+    alloc, address = start_allocator(procs, free_port(), "--poll", "3600")
+    root = load_key_pair(procs.cwd / "org.root")
+    port = free_port()
+    batch, dealer = start_dealer(procs, "a", 150, port=port, run="-1")  # some seconds
+    ask(address, root, "project_add", {"name": "a", "dealer": dealer})
+    ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+    start_jobber(procs, "pc", address, "--join", token)
+    assert batch.wait(120) == 0
+    first = ask(address, root, "stats", {}).data["projects"]["a"]
+    # every job of it: the dealer, watched, stayed to be asked its final figures
+    assert first["jobs"] == 150, first
+    # the project's next batch: the same dealer (address and key) on a new journal, whose
+    # figures start from zero again; they add to the first batch's, not replace them
+    batch, again = start_dealer(procs, "a", 150, port=port, run="-2")
+    assert again == dealer
+    assert batch.wait(120) == 0
+    both = ask(address, root, "stats", {}).data["projects"]["a"]
+    print(first, both)
+    assert both["jobs"] == 300 and both["credit"] == 2 * first["credit"]
+
+
+def test_a_change_reaches_the_jobbers_within_the_check_not_the_refresh(procs):
+    # jobbers refresh once an hour, and check every half second for a new serial
+    _, address = start_allocator(procs, free_port(), "--refresh", "3600", "--check", "0.5")
+    root = load_key_pair(procs.cwd / "org.root")
+    ask(address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    token = ask(address, root, "join_token", {"pool": "lab"}).data["token"]
+    start_jobber(procs, "pc", address, "--join", token)
+    first = ask(address, root, "list", {}).data["serial"]
+    wait_jobber(procs, "pc", lambda s: s["allocator"]["serial"] == first, 30, "instructions")
+    ask(address, root, "pool_prefs", {"name": "lab", "prefs": {"memory_mb": 256}})
+    serial = ask(address, root, "list", {}).data["serial"]
+    assert serial != first
+    s = wait_jobber(
+        procs, "pc", lambda s: s["allocator"]["serial"] == serial, 10, "the new instructions"
+    )
+    assert s["effective"]["memory_mb"] <= 256, s["effective"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import zmq
 
 import protocol as p
+from allocator.cli import ask
 from jobber._allocator_link import AllocatorLink, ContactFailed, InstructionsCame, KeyLearnt
 from net._keys import KeyPair
 from net._link import Backoff
+from protocol._alloc import allocator_address
 from tests.helpers import wait_for
 
 KEY = "ab" * 32
@@ -52,3 +54,42 @@ def test_a_key_is_learnt_on_first_use_then_a_silent_allocator_is_a_failed_contac
     finally:
         link.stop()
         plain.close()
+
+
+def test_with_check_s_a_change_comes_within_it_and_the_same_instructions_are_not_handed_on(
+    served,
+):
+    server, root = served
+    server.alloc.check_s = 0.2  # refresh_s stays 5 s
+    pub, sec = zmq.curve_keypair()
+    keys = KeyPair(pub, sec)
+    ask(server.address, root, "pool_add", {"name": "lab", "supplier": "physics"})
+    ask(server.address, root, "admit", {"pool": "lab", "key": keys.public_hex})
+    endpoint, server_key = p.split_key(allocator_address(server.address))
+    link = AllocatorLink(
+        zmq.Context.instance(),
+        endpoint,
+        "lab",
+        keys,
+        name="j",
+        pinned_key=server_key,
+        connect=lambda endpoint: endpoint.replace("0.0.0.0", "127.0.0.1"),
+        backoff=Backoff(30.0, 60.0),
+        timeout_s=5.0,
+    )
+    link.facts = p.HostFacts(1, 64, 1)
+    try:
+        link.start()
+        first = link.events.get(timeout=10.0)
+        assert isinstance(first, InstructionsCame) and first.msg.check_s == 0.2
+        # asked again (and answered) twice more, the same instructions: nothing handed on
+        answered = wait_for(lambda: link.ok_at, 10.0, "an answer")
+        answered = wait_for(lambda: link.ok_at > answered and link.ok_at, 10.0, "another")
+        wait_for(lambda: link.ok_at > answered, 10.0, "a third answer")
+        assert link.events.empty()
+        ask(server.address, root, "pool_prefs", {"name": "lab", "prefs": {"memory_mb": 256}})
+        got = link.events.get(timeout=2.0)  # well within refresh_s (5 s)
+        assert isinstance(got, InstructionsCame) and got.msg.serial > first.msg.serial
+        assert got.msg.prefs.memory_mb == 256
+    finally:
+        link.stop()
