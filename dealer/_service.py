@@ -201,7 +201,10 @@ class Service(Relays, Report):
                     self._deliver()
                 yield row
 
-        self.core.restore(snapshot, counted())
+        try:
+            self.core.restore(snapshot, counted())
+        finally:  # its cursor ends now, a refused journal's too (not when the db is closed)
+            rows.close()
         self._deliver()
         self._finished_marked = True
         log.info(
