@@ -371,13 +371,13 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
             journal.close()
         print(f"error: cannot bind {args.bind}: {e}{_bind_hint(e)}", file=sys.stderr)
         return 2
+    signals = _Signals(dealer)  # before saying it listens: a signal from then on stops it
     # the address is what a lender needs: say it even when --quiet
     print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
     if dealer.dashboard is not None:
         print(f"dashboard on {dealer.dashboard.url}", file=sys.stderr, flush=True)
     jobbers = _start_jobbers(args.jobbers, dealer.address)
     failed = False
-    signals = _Signals(dealer)
     try:
         if args.quiet:
             dealer.run(linger=False)
@@ -457,6 +457,7 @@ class _Progress:
     def close(self) -> None:
         self._closed = True
         if self._bar is not None:
+            self._bar.set_postfix_str("", refresh=False)  # why work waited: past now
             self._bar.close()
             self._bar = None
 
