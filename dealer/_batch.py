@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -378,8 +379,9 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
     except zmq.ZMQError as e:
         if journal is not None:
             journal.close()
-        print(f"error: cannot bind {args.bind}: {e}", file=sys.stderr)
+        print(f"error: cannot bind {args.bind}: {e}{_bind_hint(e)}", file=sys.stderr)
         return 2
+    signals = _Signals(dealer)  # before saying it listens: a signal from then on stops it
     # the address is what a lender needs: say it even when --quiet
     print(f"listening on {dealer.address}", file=sys.stderr, flush=True)
     # where the batch is kept: the same command resumes it, and the results are read there
@@ -396,6 +398,10 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
 
             with logging_redirect_tqdm():  # log lines above the progress bar, not through it
                 dealer.run(linger=False)
+        if signals.got and not dealer.done:  # stopped: closed below as when done
+            progress.close()
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
+            return 128 + signals.got[0]
         if dealer.done:  # the answer first; then the courtesies of a finished dealer
             progress.close()
             print_jobbers(dealer.status()["jobbers"], file=sys.stderr)
@@ -423,6 +429,7 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
         progress.close()
         dealer.close()
         _stop_jobbers(jobbers)
+        signals.restore()
     return 1 if failed or task.failures or dealer.failures else 0
 
 
@@ -435,8 +442,11 @@ class _Progress:
         self._bar = None
         self._shown = 0
         self._said_at = 0.0
+        self._closed = False
 
     def __call__(self, service, now: float) -> None:
+        if self._closed:  # closed once, with the answer: never drawn again after it
+            return
         if self._bar is None:
             from tqdm import tqdm
 
@@ -457,9 +467,47 @@ class _Progress:
             self._bar.set_postfix_str(why[0] if why else "", refresh=False)
 
     def close(self) -> None:
+        self._closed = True
         if self._bar is not None:
+            self._bar.set_postfix_str("", refresh=False)  # why work waited: past now
             self._bar.close()
             self._bar = None
+
+
+def _bind_hint(e: zmq.ZMQError) -> str:
+    if e.errno != zmq.EADDRINUSE:
+        return ""
+    return (
+        "; another program (another dealer?) has that port. A dealer takes the port it "
+        "binds and the next one up (its plaintext port): choose a free pair with "
+        "--bind tcp://HOST:PORT, or --bind 'tcp://HOST:*' for any"
+    )
+
+
+class _Signals:
+    """SIGTERM and SIGINT stop the dealer's loop after its turn, so that it closes as
+    it does when done (its journal too: the next start resumes without a warning). A
+    second one interrupts at once. A SIGINT ignored (a background job) stays ignored."""
+
+    def __init__(self, dealer) -> None:
+        self.got: list[int] = []
+        self._dealer = dealer
+        self._before: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._before[sig] = signal.signal(sig, self._on)
+
+    def _on(self, signum: int, frame) -> None:
+        if self.got:
+            raise KeyboardInterrupt
+        self.got.append(signum)
+        self._dealer.stop()
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
 
 
 def _start_jobbers(n: int, address: str) -> list[subprocess.Popen]:

@@ -107,9 +107,11 @@ class Standings:
         if self._wanting:
             active = [m for m, st in self.machines.items() if self._present(st, now)]
             n = len(self._wanting)
+            # at redundancy 1 a job's one replica may go to any machine, none is "another"
+            where = "a machine to run it" if p.redundancy == 1 else "a replica on another machine"
             out.append(
-                f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a replica on "
-                f"another machine; {len(active)} machine{'s' if len(active) != 1 else ''} active"
+                f"{n} job{'s' if n != 1 else ''} need{'s' if n == 1 else ''} {where}; "
+                f"{len(active)} machine{'s' if len(active) != 1 else ''} active"
             )
             if len(self._platforms) > 1:
                 listed = sorted(str(k) for k in self._platforms)

@@ -201,7 +201,10 @@ class Service(Relays, Report):
                     self._deliver()
                 yield row
 
-        self.core.restore(snapshot, counted())
+        try:
+            self.core.restore(snapshot, counted())
+        finally:  # its cursor ends now, a refused journal's too (not when the db is closed)
+            rows.close()
         self._deliver()
         self._finished_marked = True
         log.info(
@@ -372,6 +375,8 @@ class Service(Relays, Report):
                 break
             assigned += more
             size += sum(_size(a, argv) for a in more)
+        if msg.host.memory_mb >= core.policy.memory_mb:  # no longer too small, if it was
+            self._too_small.pop(peer.key, None)
         if assigned:
             self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             self._unprepared.pop(peer.key, None)  # and holds their runtime
@@ -493,7 +498,10 @@ class Service(Relays, Report):
                 if r.status is p.Status.OK:
                     self._paced(who.key, now)
             else:
-                log.info("result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
+                # a late or backup replica of a settled job is routine, not news
+                quiet = why.code is p.ErrorCode.SETTLED and not why.text.endswith("flagged")
+                level = logging.DEBUG if quiet else logging.INFO
+                log.log(level, "result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
         standing = self._standing(peer, named) if attributed else None
         return p.Ack(msg.id, tuple(ok), tuple(rejected), standing)

@@ -804,6 +804,13 @@ def test_waiting_says_what_waits():
     assert core.waiting(10.0)[1:] == []  # a: silent exactly half a lease is not yet quiet
 
 
+def test_waiting_at_redundancy_one_asks_for_a_machine_not_another_one():
+    core = make(2, redundancy=1, max_errors=1, lease_s=20.0, deadline_s=1e6)
+    (x,) = give(core, "a", 1, 0.0)
+    assert core.result("a", x.tag, Status.CRASH, b"", 0, "", 1.0) is None  # to run again
+    assert core.waiting(5.0) == ["1 job needs a machine to run it; 1 machine active"]
+
+
 def test_replica_state_is_kept_in_a_late_table_only_when_it_could_still_return():
     core = make(1, redundancy=2, quorum=1)
     a = give(core, "a", 1, 0.0)[0]

@@ -309,13 +309,17 @@ def test_status_and_retry_later_say_why_jobs_wait(serve):
     assert len(a.ask(p.Bored(1, "a", HOST, 3)).jobs) == 3
     busy = a.ask(p.Bored(2, "a", HOST, 3))
     assert isinstance(busy, p.RetryLater) and busy.reason
-    small = s.client(source="127.0.0.21").ask(p.Bored(1, "tiny", p.HostFacts(1, 4, 1), 1))
+    tiny = s.client(source="127.0.0.21")
+    small = tiny.ask(p.Bored(1, "tiny", p.HostFacts(1, 4, 1), 1))
     assert isinstance(small, p.RetryLater)
     assert small.reason == "jobs need 16 MiB each; you offer 4"
     waiting = s.status()["waiting"]
     # the tiny machine cannot take these jobs: it is not counted as present for them
     assert "3 jobs need a replica on another machine; 1 machine active" in waiting
     assert "jobs need 16 MiB each; 1 jobber offers at most 4" in waiting
+    # the same jobber back with enough memory is too small no more
+    tiny.ask(p.Bored(2, "tiny", HOST, 1))
+    assert not [w for w in s.status()["waiting"] if "MiB each" in w]
 
 
 def test_a_dealer_sends_no_job_to_a_machine_whose_owner_allows_less(serve):
