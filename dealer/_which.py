@@ -37,11 +37,11 @@ def journal_for(words: list[str], home: Path = HOME) -> tuple[Path, str]:
             raise NoJournal(f"{words[0]} with these arguments has no journal here ({path})")
         return path, ""
     paths = [Path(w) for w in words]
+    if len(paths) == 1:  # read as it is: the history says if it is no journal
+        return paths[0], ""
     missing = [str(x) for x in paths if not x.is_file()]
     if missing:
         raise NoJournal(f"no such journal: {', '.join(missing)}")
-    if len(paths) == 1:
-        return paths[0], ""
     newest = max(paths, key=_mtime)
     return newest, f"{len(paths)} journals given: reading the newest, {newest}"
 
