@@ -28,6 +28,17 @@ from net._serve import serve_until_stopped
 
 log = logging.getLogger("dealer")
 
+# `results` and `jobs` read one journal, named so (dealer._which)
+JOURNAL_WORDS = (
+    ("db",),
+    {
+        "nargs": "*",
+        "metavar": "DB | TASK.py ARGS",
+        "help": "the journal: its path (several, as a glob gives them: the newest), or the "
+        "task file and its arguments (the journal that command keeps), or nothing (the "
+        "newest in .borednet/ here)",
+    },
+)
 ASK_TIMEOUT_S = 5.0  # what `status` and `deny` wait for an answer, unless --timeout
 
 
@@ -78,14 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="every settled job of a journal: the accepted output, or why it failed "
         "(reads only; works while its dealer runs, or after it finished or was killed)",
     )
-    rs.add_argument(
-        "db",
-        nargs="*",
-        metavar="DB | TASK.py ARGS",
-        help="the journal: its path (several, as a glob gives them: the newest), or the task file "
-        "and its arguments (the journal that command keeps), or nothing (the newest in "
-        ".borednet/ here)",
-    )
+    rs.add_argument(*JOURNAL_WORDS[0], **JOURNAL_WORDS[1])
     form = rs.add_mutually_exclusive_group()
     form.add_argument(
         "--json",
@@ -108,14 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="per-job history of a journal: replicas, jobbers, machines, statuses, fuel, "
         "times and votes (reads only)",
     )
-    jb.add_argument(
-        "db",
-        nargs="*",
-        metavar="DB | TASK.py ARGS",
-        help="the journal: its path (several, as a glob gives them: the newest), or the task file "
-        "and its arguments (the journal that command keeps), or nothing (the newest in "
-        ".borednet/ here)",
-    )
+    jb.add_argument(*JOURNAL_WORDS[0], **JOURNAL_WORDS[1])
     jb.add_argument(
         "--state",
         action="append",
