@@ -59,6 +59,7 @@ class Lender:
         self._sized = (self._eff.slots, s.memory_mb, self._eff.cache_mb)
         self._disk_at = float("-inf")
         self._disk_free: int | None = None
+        self._held = 0  # bytes the cache and input files took at the last reading
         self._battery: bool | None = None
         self._in_use = False
         self._net_saved = 0
@@ -137,10 +138,11 @@ class Lender:
         memory = prefs.memory_mb(eff.memory_mb, self._in_use)
         cache = eff.cache_mb
         if prefs.max_disk_mb is not None or prefs.max_disk_pct is not None:
-            if now - self._disk_at >= DISK_EVERY_S:
+            if now - self._disk_at >= DISK_EVERY_S:  # the disk read, and the cache sized, so often
+                held = self.files.total() + sum(s for s, _ in self.cache.sizes().values())
                 self._disk_at, self._disk_free = now, _prefs.disk_free(self.cfg.data_dir)
-            held = self.files.total() + sum(s for s, _ in self.cache.sizes().values())
-            cache = prefs.cache_mb(eff.cache_mb, self._disk_free, held)
+                self._held = held
+            cache = prefs.cache_mb(eff.cache_mb, self._disk_free, self._held)
         sized = (eff.slots, memory, cache)
         if sized != self._sized:
             if self._sized is not None:
