@@ -31,6 +31,8 @@ def render(r: dict[str, Any]) -> list[str]:
         f"{len(r['running'])} running, {r['buffered']} buffered, "
         f"{r['spooled']} results spooled" + (", stopping" if r.get("stopping") else "")
     ]
+    if r.get("key"):  # what dealers and an allocator know it by (`allocator admit POOL KEY`)
+        out.append(f"  key {r['key']}")
     if r.get("suspended"):
         out.append(f"  suspended: {r['suspended']}{_idle(r.get('idle'))}")
     prefs = {k: v for k, v in (r.get("prefs") or {}).items() if v not in (None, False)}
