@@ -23,6 +23,7 @@ import msgpack
 import zmq
 
 COMMANDS = ("status", "suspend", "resume", "quit", "pause", "unpause", "prefs", "accept_key")
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket's path (Linux: sun_path, 108 with its NUL)
 MAX_REQUEST_BYTES = 4096
 
 
@@ -32,10 +33,16 @@ def control_endpoint(data_dir: Path) -> str:
 
 def serve_socket(ctx: zmq.Context, data_dir: Path) -> zmq.Socket:
     os.chmod(data_dir, 0o700)
+    path = data_dir.resolve() / "control"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # ZeroMQ's bind would only say "too long"
+        raise ValueError(
+            f"the data directory's path is too long for the jobber's control socket, "
+            f"{path} ({len(os.fsencode(path))} bytes; a Unix socket's path has at most "
+            f"{MAX_SOCKET_PATH}): give a shorter --data-dir"
+        )
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-    path = data_dir.resolve() / "control"
     path.unlink(missing_ok=True)  # left by a killed jobber; we hold the data dir's lock
     sock.bind(control_endpoint(data_dir))
     os.chmod(path, 0o600)
