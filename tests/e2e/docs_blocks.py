@@ -121,7 +121,7 @@ def sub(text: str, pairs: dict[str, str]) -> str:
     return text
 
 
-def environment(tmp: Path, **extra: str) -> dict[str, str]:
+def environment(tmp: Path) -> dict[str, str]:
     """The test's environment, the project's one first on PATH (as activated), and no
     data directory of the user's: jobbers keep theirs in BOREDNET_JOBBER_DIR."""
     env = dict(os.environ)
@@ -131,7 +131,6 @@ def environment(tmp: Path, **extra: str) -> dict[str, str]:
     env["XDG_DATA_HOME"] = str(tmp / "share")
     env["BOREDNET_JOBBER_DIR"] = str(tmp / "jobber")
     env.pop(ALLOCATOR_ENV, None)
-    env.update(extra)
     return env
 
 
@@ -139,6 +138,7 @@ def workdir(tmp: Path, name: str = "work") -> Path:
     """A working directory as a checkout looks to the README: examples/ and .venv/.
     (In `short_tmp`: the demo's jobbers keep their data, and their control sockets, in
     it.)"""
+    assert (VENV / "bin" / "activate").is_file(), f"{VENV}: run the tests in the README's .venv"
     cwd = tmp / name
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "examples").symlink_to(ROOT / "examples")

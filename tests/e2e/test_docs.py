@@ -12,6 +12,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+from dealer._batch import DEFAULT_BIND
 from dealer._server import WATCHED_S
 from tests.e2e.docs_blocks import (
     BLOCKS,
@@ -71,7 +72,7 @@ def check_pip_install(part: str, env: dict[str, str], cwd: Path) -> None:
     assert m, f"{target}: not this checkout"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in (m.group(1) or "").split(",") if m.group(1) else []:
+    for extra in m.group(1).split(",") if m.group(1) else []:
         assert extra in project["optional-dependencies"], f"no extra {extra!r}"
         requirements += project["optional-dependencies"][extra]
     for req in requirements:
@@ -162,7 +163,9 @@ def test_a_batch_and_the_machines_lent_to_it(factor_wasm, short_tmp, procs):
     env = environment(short_tmp)
     port = free_port()
 
-    # the dealer; it says where it listens, with its key, and where its journal is
+    # the dealer (on a free loopback port, not its default, which the comment names); it
+    # says where it listens, with its key, and where its journal is
+    assert re.search(r"# a dealer on (\S+); prints its address", serve).group(1) == DEFAULT_BIND
     line = sub(serve, {"factoring.py N ": f"factoring.py {SMALL} --bind tcp://127.0.0.1:{port} "})
     dealer = start(procs, "dealer", line, cwd, env)
     address = dealer.wait_for(r"listening on (\S+)", 120).group(1)

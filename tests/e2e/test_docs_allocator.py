@@ -80,10 +80,10 @@ def test_an_organisations_setup_end_to_end(short_tmp, procs):
     # 3. projects and shares, by the committee's allocator admin (dealers named as they
     # print themselves; none serves here: the pool below computes only when idle)
     dealers = {
-        f"tcp://{host}.uni.example:7117#{key}...": (
+        f"tcp://{host}.uni.example:7117#{shown}...": (
             f"tcp://127.0.0.1:{free_port()}#{os.urandom(32).hex()}"
         )
-        for host, key in (("hpc1", "3f2a"), ("hpc2", "c0de"))
+        for host, shown in (("hpc1", "3f2a"), ("hpc2", "c0de"))
     }
     said = [sh(line, people["committee"], env).stdout for line in commands(sub(projects, dealers))]
     climate, genome = dealers.values()
@@ -131,7 +131,7 @@ def test_an_organisations_setup_end_to_end(short_tmp, procs):
     alone = sub(jobber, {" --join TOKEN": ""})
     pc2 = {**env, "BOREDNET_JOBBER_DIR": str(short_tmp / "pc2")}
     pcs["pc2"] = start(procs, "pc2", alone, short_tmp, pc2)
-    wait_for(lambda: _status(short_tmp / "pc2"), 60, "pc2's control socket")
+    wait_for(lambda: _status(short_tmp / "pc2"), 60, "pc2's control socket", every_s=0.2)
     shown = re.search(r"^  key ([0-9a-f]{64})$", sh(how, short_tmp, pc2).stdout, re.M)
     assert shown and shown.group(1) == _status(short_tmp / "pc2")["key"]
     assert _status(short_tmp / "pc2")["allocator"]["serial"] is None  # not admitted yet
@@ -186,4 +186,5 @@ def instructed(data_dir: Path) -> dict:
         lambda: (s := _status(data_dir)) and s["allocator"]["serial"] is not None and s,
         60,
         f"instructions for the jobber in {data_dir.name}",
+        every_s=0.2,
     )
