@@ -43,6 +43,7 @@ from dealer._core import (
     Returned,
     Sent,
 )
+from dealer._figures import Times
 from dealer._journal import JournalError, ReadOnly
 from tasks import Job
 
@@ -113,6 +114,11 @@ class History:
     sent_at: dict[str, float | None] = field(default_factory=dict)
     returned_at: dict[str, float | None] = field(default_factory=dict)
     records: int = 0
+    # for the dashboard (dealer._viewer): the batch's start and jobbers' run times, the
+    # latest time a record carries, and that time as each job settled, in order
+    times: Times = field(default_factory=Times)
+    last_at: float | None = None
+    settled_at: list[float | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._feed = _Feed()
@@ -128,8 +134,12 @@ class History:
     def apply(self, rec: Record) -> None:
         if isinstance(rec, Drawn):
             self._feed.put(Job(rec.args or ()))
+        self.times.before(self.core, rec)
         self.core.apply(rec)
         self.records += 1
+        at = getattr(rec, "at", None)
+        if at is not None and (self.last_at is None or at > self.last_at):
+            self.last_at = at
         if isinstance(rec, Drawn):
             self.jobs[rec.job_id] = JobHistory(
                 rec.job_id,
@@ -144,6 +154,7 @@ class History:
             self.returned_at[rec.tag] = rec.at
         self.core.take_records()  # none: applying decides nothing new
         for s in self.core.take_settled():
+            self.settled_at.append(self.last_at)
             j = self.jobs[s.job_id]
             if isinstance(s, Accepted):
                 j.state, j.output = "accepted", s.output

@@ -398,6 +398,14 @@ class Journal:
             text += f" ({'; '.join(diff)})"
         return text
 
+    def note(self, values: Mapping[str, str]) -> None:
+        """Keep `values` in the meta table, each replacing the last: what no record says
+        and a reader of the journal alone shows (`address`: where the dealer served;
+        `total`: the task's jobs; `summary`: its summary line as the dealer stopped)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
+
     def records(self) -> Iterator[Record]:
         try:
             rows = self._db.execute("SELECT seq, kind, body FROM records ORDER BY seq")

@@ -157,7 +157,9 @@ class Dealer(PeeredServer):
             raise
         self.gate.denied = frozenset(self.core.denied)
         self._on_turn = on_turn
+        self.service.note(address=self.address)  # for a reader of the journal alone
         self.dashboard = None
+        self._ended_at: float | None = None  # when the batch was seen done (its last result)
         if http is not None:
             try:
                 self.dashboard = Dashboard(*http, type(task).__name__, self.address)
@@ -260,7 +262,23 @@ class Dealer(PeeredServer):
     def _publish(self, now: float) -> None:
         s = self.service
         assert self.dashboard is not None
-        self.dashboard.publish(s.status(now), list(s.recent_failures), s.failures, now)
+        if self.done and self._ended_at is None:
+            self._ended_at = s.times.last_at or now
+        self.dashboard.publish(
+            s.status(now),
+            list(s.recent_failures),
+            s.failures,
+            now,
+            s.times,
+            finished=self.done,
+            state="finished" if self.done else "running",
+            ended_at=self._ended_at,
+            journal=str(s.journal.path.absolute()),
+            summary=s.summary(),
+            failure_groups=s.failure_groups.rows(),
+            failures_ungrouped=s.failure_groups.ungrouped,
+            credit=sum(r.credit for r in self.core.jobbers.values()),
+        )
 
     def close(self) -> None:
         if getattr(self, "dashboard", None) is not None:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._checkpoints import Checkpoints
 from dealer._core import Accepted, Assignment, Core
+from dealer._figures import FailureGroups, Times
 from dealer._fileserver import SERVE_MIB_S, FileServer, runtime_module
 from dealer._journal import Journal, task_pins
 from dealer._peers import Peers
@@ -153,6 +155,8 @@ class Service(Relays, Report):
         self._evicted_at = 0.0
         self.failures = 0
         self.recent_failures: deque[dict] = deque(maxlen=50)  # for the dashboard
+        self.failure_groups = FailureGroups()  # ... all of them, by reason (dealer._figures)
+        self.times = Times()  # when the batch began, each jobber's results and run times
         self.settled_count = 0  # jobs handed to the task in this process (progress)
         self.done = False
         self._done_raised = False
@@ -167,6 +171,7 @@ class Service(Relays, Report):
             return
         n = 0
         for rec in self.journal.records():
+            self.times.before(self.core, rec)
             self.core.apply(rec)
             n += 1
             if n % REPLAY_DELIVER_EVERY == 0:  # settled jobs go to the task as they come,
@@ -269,7 +274,19 @@ class Service(Relays, Report):
             early = False
         self.done = early or self.core.finished()
 
+    def note(self, **values: str | None) -> None:
+        """Keep in the journal's meta what no record says and a reader of the journal alone
+        shows (dealer._viewer): the task's total and `values` (the dealer's address, the
+        summary line as it stops); those None are left as they were."""
+        total = self._total()
+        notes = {"total": None if total is None else str(total), **values}
+        try:
+            self.journal.note({k: v for k, v in notes.items() if v is not None})
+        except sqlite3.Error as e:  # the batch goes on: its records are what matter
+            log.warning("%s: could not note %s: %s", self.journal.path, ", ".join(notes), e)
+
     def close(self) -> None:
+        self.note(summary=self.summary())
         self.journal.close()
 
     # --- messages ------------------------------------------------------------
@@ -378,6 +395,7 @@ class Service(Relays, Report):
         if msg.host.memory_mb >= core.policy.memory_mb:  # no longer too small, if it was
             self._too_small.pop(peer.key, None)
         if assigned:
+            self.times.sent(now)
             self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             self._unprepared.pop(peer.key, None)  # and holds their runtime
             limits = self._job_limits
@@ -486,6 +504,7 @@ class Service(Relays, Report):
             who: Peer = peer
             if attributed and r.by is not None:
                 who = behind(peer, r.by, trusted=trusted)
+            sent = self.core.sent(r.tag)  # its jobber and when it went, for the figures
             why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is not None and why.code is p.ErrorCode.UNKNOWN_TAG and who is not peer:
                 who = peer  # a replica the relay took for itself
@@ -497,6 +516,8 @@ class Service(Relays, Report):
                 ok.append(r.tag)
                 if r.status is p.Status.OK:
                     self._paced(who.key, now)
+                if r.status is not p.Status.ABANDONED and sent is not None:
+                    self.times.returned(sent[0], sent[1], now)
             else:
                 # a late or backup replica of a settled job is routine, not news
                 quiet = why.code is p.ErrorCode.SETTLED and not why.text.endswith("flagged")
@@ -557,6 +578,7 @@ class Service(Relays, Report):
         self.failures += 1
         row = {"job": job_id, "args": list(job.args), "reasons": reasons, "own": own}
         self.recent_failures.append(row)
+        self.failure_groups.add(job_id, row["args"], reasons, own)
         try:
             self.task.on_failure(job, list(reasons))
         except Exception:

@@ -248,6 +248,12 @@ class Votes:
             self._late.pop(tag, None)  # its holder is told: nothing more to wait for
         return out
 
+    def sent(self, tag: str) -> tuple[str, float | None] | None:
+        """The jobber of the open replica `tag` and when it was sent (None: unknown); None
+        if no such replica is open. A query, for the dashboard's figures."""
+        r = self._replicas.get(tag)
+        return None if r is None else (r.jobber, r.sent_at)
+
     @property
     def late(self) -> int:
         """Replicas that were out when their jobs settled and have not been heard of since."""
