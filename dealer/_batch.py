@@ -78,7 +78,8 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         default=None,
         metavar="[HOST:]PORT",
         help="serve a live dashboard (a web page, /status.json and Prometheus /metrics) "
-        "on this port, on 127.0.0.1 unless a host is given; it only reads",
+        "on this port, on 127.0.0.1 unless a host is given; it only reads (afterwards: "
+        "python -m dealer dashboard DB)",
     )
     g.add_argument(
         "--peer",

@@ -169,9 +169,7 @@ class Viewer:
         self._stopping = False
         self._key = dealer_key(path)
         self._stamp = self._stat()
-        started = time.monotonic()
         meta, h = read_history(path)
-        self._read_s = time.monotonic() - started
         self._state = (meta, h)
         self.board = Board(host, port, meta.get("task", "?").rpartition(".")[2])
         self._show()
@@ -206,15 +204,12 @@ class Viewer:
             if self._state[0].get("state", "").startswith("open"):
                 self._show()
             return False
-        started = time.monotonic()
         try:
             self._state = read_history(self.path)
         except JournalError as e:  # kept as it was: say why it is not newer
             log.warning("%s", e)
             self._show(str(e))
             return False
-        finally:
-            self._read_s = time.monotonic() - started
         self._stamp = stamp
         self._show()
         return True
@@ -225,8 +220,10 @@ class Viewer:
         while not self._stopping:
             time.sleep(STOP_CHECK_S)
             if time.monotonic() >= due:
+                started = time.monotonic()
                 self.refresh()
-                due = time.monotonic() + max(POLL_S, READ_SHARE * self._read_s)
+                took = time.monotonic() - started
+                due = time.monotonic() + max(POLL_S, READ_SHARE * took)
 
     def stop(self) -> None:
         """Stop `run` (safe from a signal handler: it only sets a flag)."""
