@@ -7,8 +7,8 @@ dealer._journal.ReadOnly, which writes nothing and is safe beside a live dealer)
 its records replayed into a History, and the snapshot made from that. The
 journal is looked at every POLL_S seconds (its size and time, and its -wal's)
 and read again when it changed, so the page also follows a batch a dealer is
-running; a journal that takes long to read is read at most every READ_SHARE
-times the time its last read took, so a huge one does not take a core.
+running; a journal that takes long to read is looked at again only after
+READ_SHARE times what its last look took, so a huge one does not take a core.
 
 What a journal does not say is shown as unknown: the jobbers' names (only their
 keys are recorded), why work waits, the peers. The address lenders gave is the
@@ -45,7 +45,7 @@ from net._keys import load_public_key
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the journal is looked at
-READ_SHARE = 4  # ... and read again at most every this many times its last read took
+READ_SHARE = 4  # ... or, after a slow look, this many times as long as that look took
 STOP_CHECK_S = 0.2  # how soon a SIGTERM is heard
 
 
