@@ -229,6 +229,10 @@ class Viewer:
         """Stop `run` (safe from a signal handler: it only sets a flag)."""
         self._stopping = True
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def close(self) -> None:
         self.board.close()
 
@@ -245,7 +249,14 @@ def serve(path: Path, http: str | None) -> int:
     except OSError as e:
         print(f"error: --http {http}: {e.strerror or e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: viewer.stop())
+
+    def stop(*_) -> None:  # the first signal stops it after its look; a second at once
+        if viewer.stopping:
+            raise KeyboardInterrupt
+        viewer.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"dashboard on {viewer.url} (journal {path}; Ctrl-C stops it)", flush=True)
     try:
         viewer.run()

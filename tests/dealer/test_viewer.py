@@ -246,12 +246,14 @@ def test_the_viewer_follows_a_journal_a_dealer_writes(tmp_path):
         get_json(viewer.url)
 
 
-def test_the_dashboard_command_serves_a_journal_until_sigterm(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_dashboard_command_serves_a_journal_until_a_signal(tmp_path, sig):
     path = tmp_path / "mixed.sqlite"
     batch(path).close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [PY, "-m", "dealer", "dashboard", str(path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, **pipes)
     try:
         line = proc.stdout.readline()
         assert line.startswith("dashboard on http://127.0.0.1:") and str(path) in line, line
@@ -260,13 +262,15 @@ def test_the_dashboard_command_serves_a_journal_until_sigterm(tmp_path):
         assert snap["state"] == "finished" and snap["accepted"] == 7
         with urllib.request.urlopen(url + "?still", timeout=10) as r:
             assert b"<title>Mixed - borednet</title>" in r.read()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(30) == 0
+        assert proc.stderr.read() == ""  # stopped cleanly: no traceback, nothing to say
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         proc.stdout.close()
+        proc.stderr.close()
     missing = subprocess.run(
         [*cmd[:4], str(tmp_path / "none.sqlite")], env=env, capture_output=True, text=True
     )
