@@ -123,11 +123,13 @@ class Dealer(PeeredServer):
         on_turn: Callable[[Service, float], None] | None = None,
         per_source: int = PER_SOURCE_CONNECTIONS,
         serve_mib_s: float = SERVE_MIB_S,
+        retry: Collection[int] | None = None,
     ) -> None:
         """`http`: (host, port) to serve the live dashboard on (dealer._dashboard). `on_turn`:
         called after every turn with the service and the time (the command line's
         progress bar). `per_source`: connections kept open from one source address.
-        `serve_mib_s`: input files one source address may fetch, MiB a second."""
+        `serve_mib_s`: input files one source address may fetch, MiB a second.
+        `retry`: failed jobs to put back (Service's)."""
         super().__init__(
             bind,
             keys,
@@ -151,6 +153,7 @@ class Dealer(PeeredServer):
                 key_hex=self.keys.public_hex,
                 closed=allow is not None,
                 serve_mib_s=serve_mib_s,
+                retry=retry,
             )
         except BaseException:
             RouterServer.close(self)

@@ -17,15 +17,16 @@ import dataclasses
 import functools
 import logging
 import sqlite3
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._checkpoints import Checkpoints
-from dealer._core import Accepted, Assignment, Core
+from dealer._core import Assignment, Core
 from dealer._figures import FailureGroups, Times
 from dealer._fileserver import SERVE_MIB_S, FileServer, runtime_module
 from dealer._journal import Journal, task_pins
+from dealer._outcomes import Outcomes
 from dealer._peers import Peers
 from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
 from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
@@ -37,9 +38,10 @@ from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
 from dealer._report import STATUS_PAGE as STATUS_PAGE
 from dealer._report import Report, about_of
+from dealer._retry import redraw_from
 from protocol import Peer
 from protocol._signing import AuthorKey
-from tasks import Job, Task
+from tasks import Task
 from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def _size(a: Assignment, argv: tuple[str, ...]) -> int:
     return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in (*argv, *job.args)) + files
 
 
-class Service(Relays, Report):
+class Service(Relays, Report, Outcomes):
     """Serves one task: messages in, replies out, everything journaled first."""
 
     def __init__(
@@ -75,6 +77,7 @@ class Service(Relays, Report):
         closed: bool = False,
         relays: Collection[str] = (),
         serve_mib_s: float = SERVE_MIB_S,
+        retry: Collection[int] | None = None,
     ) -> None:
         """`signer`: the task author's key. The payload is signed with it once, here, and
         the signature (with the key's rotation links) goes out in every `jobs`. `now`: the
@@ -86,7 +89,9 @@ class Service(Relays, Report):
         jobber behind one is an identity and a machine of its own here; behind any other
         relay, everything is the relay's one identity and machine. A pinned runtime
         (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes".
-        `serve_mib_s`: see FileServer."""
+        `serve_mib_s`: see FileServer. `retry`: put these failed jobs back into the
+        batch (all of them if empty; None: none), with the task's payload and limits
+        even when they changed (dealer._retry)."""
         payload = task.payload
         self.runtime = payload.runtime
         if self.runtime is None and len(payload.wasm) > p.MAX_PAYLOAD_BYTES:
@@ -109,7 +114,7 @@ class Service(Relays, Report):
         policy = policy or policy_for(task)
         # the rules that decide settlement, the payload and the limits must be the ones
         # the journal was written under (the jobs are pinned by its Drawn records)
-        journal.pins(
+        changed = journal.pins(
             {
                 "voting": (
                     f"redundancy={policy.redundancy} quorum={policy.quorum} "
@@ -118,7 +123,8 @@ class Service(Relays, Report):
                     "the voting rules",
                 ),
                 **task_pins(task),
-            }
+            },
+            changeable=() if retry is None else ("payload", "limits"),
         )
         # the input files every job reads (InputFileError: the task's own mistake)
         files = shared_files(task.files, payload.files)
@@ -130,6 +136,7 @@ class Service(Relays, Report):
             payload_bytes=0 if self.runtime is not None else len(payload.wasm),
             files=files,
             argv=payload.argv,
+            redraw=redraw_from(task.jobs),
         )
         # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
         self.files = FileServer(self.runtime and runtime_module(payload, files), serve_mib_s)
@@ -162,13 +169,21 @@ class Service(Relays, Report):
         self._done_raised = False
         self._finished_marked = False
         self._total_failed = False  # the task's total() raised (logged once)
-        self._replay(now)
+        self._superseded = Counter()  # see dealer._outcomes
+        again = None if retry is None else self._retried_now(retry)
+        self._replay(now, again or ())
+        if again is not None:
+            self._retry(again, changed, now)
 
-    def _replay(self, now: float) -> None:
+    def _replay(self, now: float, again: Collection[int] = ()) -> None:
+        """Rebuild the batch from the journal; failures of the jobs `again` (about to be
+        retried) and those a retry followed are not handed to the task."""
         snapshot = self.journal.finished_summary()
+        self._superseded.update(again)
         if snapshot is not None:  # a finished batch: its outcomes, without the replay
-            self._restore(snapshot)
+            self._restore(snapshot)  # (the settled jobs hold only the latest outcomes)
             return
+        self._superseded.update(self.journal.retried())
         n = 0
         for rec in self.journal.records():
             self.times.before(self.core, rec)
@@ -551,40 +566,3 @@ class Service(Relays, Report):
         self.core.deny(msg.key, msg.reason or "denied by the admin", now)
         log.warning("identity %s denied: %s", msg.key, msg.reason)
         return p.AdminReply(msg.id, f"{msg.key} denied")
-
-    def _deliver(self) -> None:
-        """Hand settled jobs to the task. The task's own bugs do not stop the batch: an
-        output its on_output cannot take fails that job (on_failure, with the exception),
-        and the same happens on every replay, so a restarted dealer reaches the same state."""
-        for s in self.core.take_settled():
-            if isinstance(s, Accepted):
-                try:
-                    self.task.on_output(s.job, s.output)
-                except Exception as e:
-                    log.error(
-                        "job %d (args %s): the task's on_output raised; the job fails",
-                        s.job_id,
-                        " ".join(s.job.args),
-                        exc_info=True,
-                    )
-                    self._failed(s.job_id, s.job, (f"on_output raised {type(e).__name__}: {e}",))
-            else:
-                log.warning("job %d failed: %s", s.job_id, "; ".join(s.reasons))
-                self._failed(s.job_id, s.job, s.reasons, s.own)
-            self.settled_count += 1
-
-    def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...], own: bool = False) -> None:
-        """`own`: the job's own bug (the same failure on a quorum of machines)."""
-        self.failures += 1
-        row = {"job": job_id, "args": list(job.args), "reasons": reasons, "own": own}
-        self.recent_failures.append(row)
-        self.failure_groups.add(job_id, row["args"], reasons, own)
-        try:
-            self.task.on_failure(job, list(reasons))
-        except Exception:
-            log.error(
-                "job %d (args %s): the task's on_failure raised",
-                job_id,
-                " ".join(job.args),
-                exc_info=True,
-            )

@@ -3,7 +3,7 @@
 The page is the live dealer's (dealer/dashboard.html), fed a snapshot of the same
 shape (dealer._dashboard.compose) rebuilt from the journal's records: the journal
 is read as `python -m dealer results` reads it (dealer._history.read_history:
-dealer._journal.ReadOnly, which writes nothing and is safe beside a live dealer),
+dealer._reader.ReadOnly, which writes nothing and is safe beside a live dealer),
 its records replayed into a History, and the snapshot made from that. The
 journal is looked at every POLL_S seconds (its size and time, and its -wal's)
 and read again when it changed, so the page also follows a batch a dealer is
@@ -60,9 +60,9 @@ def dealer_key(path: Path) -> str | None:
 
 
 def _history_points(h: History, started: float | None, end: float) -> list[list[float]]:
-    """Jobs settled over time, as the live page's samples: a point per settled job (of
-    those whose time is known), at most HISTORY_POINTS of them, from the start to `end`."""
-    known = [(t, i + 1) for i, t in enumerate(h.settled_at) if t is not None]
+    """Jobs settled over time, as the live page's samples: a point per job settled (or
+    retried) whose time is known, at most HISTORY_POINTS of them, from the start to `end`."""
+    known = [(t, n) for t, n in h.progress if t is not None]
     step = max(1, -(-len(known) // HISTORY_POINTS))
     points = known[step - 1 :: step]
     if known and points[-1] != known[-1]:
@@ -94,9 +94,11 @@ def snapshot_of(
     end = now if ended_at is None else ended_at
     started = times.started_at
     if ended_at is None:  # jobs settled over the last minute
-        recent = sum(1 for t in h.settled_at if t is not None and t > now - RATE_WINDOW_S)
+        # as many as were settled a minute ago (retries take some back)
+        before = [n for t, n in h.progress if t is not None and t <= now - RATE_WINDOW_S]
+        recent = settled - (before[-1] if before else 0)
         span = min(RATE_WINDOW_S, now - started) if started is not None else 0.0
-        rate, rate_over = (recent / span if span > 0 else 0.0), "last minute"
+        rate, rate_over = (max(0, recent) / span if span > 0 else 0.0), "last minute"
     else:  # over the whole run
         span = end - started if started is not None else 0.0
         rate, rate_over = (settled / span if span > 0 else 0.0), "whole run"

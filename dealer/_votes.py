@@ -207,6 +207,7 @@ class Votes:
     _late: OrderedDict[str, tuple[int, tuple[bytes, int] | None]]
     _settled: list[Accepted | Failed]
     _settled_digests: list[str]
+    _failures: dict[int, tuple[str, bool]]  # failed job -> (digest, its own?)
 
     def _backups(
         self,
@@ -489,3 +490,5 @@ class Votes:
                 self._close(r)
         self._settled.append(outcome)
         self._settled_digests.append(j.digest)
+        if isinstance(outcome, Failed):  # for a retry (dealer._retry)
+            self._failures[j.id] = (j.digest, outcome.own)

@@ -57,9 +57,9 @@ class Mixed(Task):
         return f"{self.ok} jobs done so far"
 
 
-def answer(spec: p.JobSpec) -> p.Result:
+def answer(spec: p.JobSpec, fail: bool = True) -> p.Result:
     i = int(spec.args[-1])
-    if i % 3 == 1:
+    if fail and i % 3 == 1:
         return p.Result(spec.tag, p.Status.EXIT, b"", 1000 + i, "exit code 3")
     return p.Result(spec.tag, p.Status.OK, b"ok", OK_FUEL)
 
@@ -202,6 +202,36 @@ def test_a_stopped_batch_ends_at_its_last_record_and_a_restart_replays_the_figur
         assert s.failure_groups.rows() == snap["failure_groups"] != []
     finally:
         s.close()
+
+
+def test_a_batch_whose_failed_jobs_were_retried_counts_each_job_once(tmp_path):
+    path = tmp_path / "mixed.sqlite"
+    batch(path).close()  # jobs 1, 4 and 7 failed
+    s = Service(Mixed(), Journal(path, f"{__name__}.Mixed"), now=200.0, retry=[])
+    t = 200.0
+    while not s.done:  # A alone runs the three again, and they succeed now
+        jobs = s.handle(p.Bored(1, "alpha", p.HostFacts(1, 1024, 1), 1), t, A)
+        s.commit()
+        t += 2
+        s.handle(p.Results(2, "alpha", tuple(answer(j, fail=False) for j in jobs.jobs)), t, A)
+        s.commit()
+        s.after_turn(t)
+    assert t == 206.0 and s.failure_groups.rows() == []  # the failures were superseded
+    s.close()
+    snap = snapshot(path)
+    assert snap["state"] == "finished" and (snap["accepted"], snap["failed"]) == (10, 0)
+    assert snap["failure_groups"] == [] and snap["failures_total"] == 0
+    # the chart steps back as the three are put back, and up as they settle again
+    assert snap["history"][-7:] == [
+        [120.0, 10],
+        [200.0, 9],
+        [200.0, 8],
+        [200.0, 7],
+        [202.0, 8],
+        [204.0, 9],
+        [206.0, 10],
+    ]
+    assert snap["elapsed_s"] == 106.0 and snap["settled"] == 10
 
 
 def test_a_journal_that_does_not_say_its_address_shows_the_key_beside_it(tmp_path):
