@@ -88,10 +88,17 @@ class FailureGroups:
             g.examples.append({"job": job, "args": args, "reasons": list(reasons)})
 
     def rows(self) -> list[dict]:
-        """The groups, most failures first: reason, count, own (the job's own bug), and
-        examples ({job, args, reasons})."""
+        """The groups, most failures first: reason (what the group's jobs share), shown
+        (the first one's own reasons, for people: its numbers, not N), count, own (the
+        job's own bug), and examples ({job, args, reasons})."""
         out = [
-            {"reason": k, "count": g.count, "own": g.own, "examples": list(g.examples)}
+            {
+                "reason": k,
+                "shown": "; ".join(g.examples[0]["reasons"]) if g.examples else k,
+                "count": g.count,
+                "own": g.own,
+                "examples": list(g.examples),
+            }
             for k, g in self._groups.items()
         ]
         out.sort(key=lambda r: -r["count"])  # stable: the first seen first among equals

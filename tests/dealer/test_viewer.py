@@ -170,6 +170,8 @@ def test_a_finished_batch_read_back_from_its_journal(tmp_path):
     [group] = snap["failure_groups"]
     assert group["count"] == 3 and group["own"] and snap["failures_total"] == 3
     assert group["reason"] == "the same failure on N machine: exit: exit code N (fuel N)"
+    assert group["shown"] == "; ".join(group["examples"][0]["reasons"])
+    assert "fuel 1001" in group["shown"]
     assert [(e["job"], e["args"]) for e in group["examples"]] == [
         (1, ["1"]),
         (4, ["4"]),

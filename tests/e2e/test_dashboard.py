@@ -179,7 +179,10 @@ def test_a_finished_batch_s_dashboard_from_its_journal_alone(procs, tmp_path):
             "(li) => [li.querySelector('.count').textContent, li.textContent])"
         )
         assert [count for count, _ in groups] == ["5 × ", "3 × "]
-        assert "exit: exit code N (fuel N)" in groups[0][1]
+        # the first job's own words, the numbers as they were
+        assert re.search(
+            r"the same failure on 1 machine: exit: exit code \d+ \(fuel \d+\)", groups[0][1]
+        )
         assert "e.g. job 1 (exit x), job 5 (exit xxxxx), job 9" in groups[0][1]
         assert "trap: wasm trap" in groups[1][1] and "its own bug" in groups[1][1]
         # the chart's axes: what they are, and ticks with labels
