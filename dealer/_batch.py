@@ -74,11 +74,28 @@ def _task_parser(cls: type[Task]) -> argparse.ArgumentParser:
         "renamed with the time (it is kept, never deleted), and begin a new one",
     )
     g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="resume the batch with its failed jobs put back, keeping every accepted "
+        "result; the payload and the limits may have changed (then the jobs not settled "
+        "start over too); see docs/writing-tasks.md",
+    )
+    g.add_argument(
+        "--retry",
+        action="append",
+        type=_job_number,
+        default=[],
+        metavar="JOB",
+        help="retry only this failed job (its number, as `python -m dealer results` "
+        "shows it; repeatable); implies --retry-failed",
+    )
+    g.add_argument(
         "--http",
         default=None,
         metavar="[HOST:]PORT",
         help="serve a live dashboard (a web page, /status.json and Prometheus /metrics) "
-        "on this port, on 127.0.0.1 unless a host is given; it only reads",
+        "on this port, on 127.0.0.1 unless a host is given; it only reads (afterwards: "
+        "python -m dealer dashboard DB)",
     )
     g.add_argument(
         "--peer",
@@ -248,6 +265,16 @@ def _relay_keys(keys: Sequence[str]) -> tuple[str, ...]:
 HOME = Path(".borednet")  # where a batch keeps its journal and keys, by default
 
 
+def _job_number(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job number (0, 1, 2, ...)")
+    return n
+
+
 def journal_of(cls: type[Task], args: argparse.Namespace) -> Path:
     """The journal a batch of `cls` run with `args` keeps: --db, else its default."""
     return args.db or _default_db(cls, args)
@@ -304,7 +331,10 @@ def batch_key(db: Path, resuming: bool) -> tuple[Path, bool]:
 def serve_task(cls: type[Task], argv: Sequence[str] | None = None) -> int:
     """Run a dealer for `cls` built from the command line. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _task_parser(cls).parse_args(argv)
+    parser = _task_parser(cls)
+    args = parser.parse_args(argv)
+    if args.fresh and (args.retry_failed or args.retry):
+        parser.error("--fresh starts the batch over: it has no failed jobs to retry")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with contextlib.ExitStack() as held:  # the dealer's key is locked while it serves
@@ -369,6 +399,7 @@ def _serve(cls: type[Task], args: argparse.Namespace, held: contextlib.ExitStack
             http=None if args.http is None else parse_http(args.http),
             per_source=args.max_per_address,
             serve_mib_s=args.serve_mib_s,
+            retry=args.retry if args.retry_failed or args.retry else None,
         )
     except (JournalError, CoreError, ValueError, OSError, KeyInUse) as e:
         if journal is not None:

@@ -21,7 +21,7 @@ that asks gets a *backup* replica of the job out longest (up to
 machines finish, not its slowest. The first quorum settles the job, and the
 jobbers still holding its other replicas are told to cancel them.
 
-Every state change is a *record* (Drawn, Sent, Returned, Overdue, Gone, Denied). Decisions
+Every state change is a *record* (dealer._records: Drawn, Sent, Returned, ...). Decisions
 are made by the live entry points (bored, result, tick, refill), which append records
 and apply them; `apply` alone rebuilds the same state from a journal. The
 caller takes the new records with `take_records()` and must make them durable
@@ -34,18 +34,17 @@ Records also carry what people reading a journal later want and the core does
 not need (Drawn.args, Sent.at, Returned.at): optional fields, absent from
 journals written before them, that `apply` ignores. Sent.platform is optional
 too, but the core needs it (votes are counted per platform): a journal written
-before it has every replica on the platform None, which votes as it did then. A Core made with
-`verify_jobs=False` replays a journal into jobs rebuilt from those records
-without comparing digests: how `python -m dealer results` reads a batch
-without its task (dealer._history).
+before it has every replica on the platform None, which votes as it did then. A Core made
+with `verify_jobs=False` replays a journal into jobs rebuilt from those records without
+comparing digests: how `python -m dealer results` reads a batch (dealer._history).
 
 The core is one class in parts, each a module: dealer._replicas (a replica's states and
 the transition table, what the core hands out), dealer._policy (the settings and the
 limits of a job and a result), dealer._quota (standing: quotas, leases, denial),
 dealer._votes (acceptance, failure, placement, disputes), dealer._blame (whose fault a
-failure is: the machine's, or the job's own when a quorum agree on it), dealer._restore
-(a finished batch restored from its snapshot). This module draws, decides on the live events,
-records, and applies records (the replay); the others hold no record of their own.
+failure is), dealer._restore (a finished batch restored from its snapshot),
+dealer._retry (failed jobs put back: the Retried record). This module draws, decides on
+the live events, records, and applies records (the replay).
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ from dealer._quota import JobberRecord as JobberRecord
 from dealer._quota import Standing as Standing
 from dealer._quota import Standings
 from dealer._records import RECORD_TYPES as RECORD_TYPES
-from dealer._records import Checkpointed, Denied, Drawn, Gone, Overdue, Returned, Sent
+from dealer._records import Checkpointed, Denied, Drawn, Gone, Overdue, Retried, Returned, Sent
 from dealer._records import Record as Record
 from dealer._replicas import (
     _LATE,
@@ -87,6 +86,7 @@ from dealer._replicas import JournalMismatch as JournalMismatch
 from dealer._replicas import Rejected as Rejected
 from dealer._replicas import ReplicaState as ReplicaState
 from dealer._restore import Finished
+from dealer._retry import Redraw, Retries
 from dealer._saves import Saves
 from dealer._votes import MAX_DISPUTES as MAX_DISPUTES
 from dealer._votes import MAX_LATE as MAX_LATE
@@ -106,10 +106,11 @@ DENIED = "denied"  # ... and for a result from a denied identity
 REFUSED_PER_DRAW = 1000
 
 
-class Core(Votes, Standings, Finished, Locality, Saves, Blame):
+class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
     """One batch's scheduling: live events in, records out, `apply` to replay them. Its
     parts: Votes (dealer._votes), Standings (dealer._quota), Finished (dealer._restore),
-    Locality (dealer._locality), Saves (dealer._saves), Blame (dealer._blame)."""
+    Locality (dealer._locality), Saves (dealer._saves), Blame (dealer._blame), Retries
+    (dealer._retry)."""
 
     def __init__(
         self,
@@ -121,16 +122,17 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame):
         payload_bytes: int = 0,
         files: Mapping[str, InputFile] | None = None,
         argv: Sequence[str] = (),
+        redraw: Redraw | None = None,
     ) -> None:
         """`verify_jobs=False`: replaying, take the jobs `jobs` yields for those the
-        journal drew without comparing their digests (the journal is the source of
-        truth: a reader that rebuilds jobs from Drawn records, not a dealer).
+        journal drew without comparing digests (a reader of the journal, not a dealer).
         `payload_bytes`: the size of the payload a `jobs` message may carry with a job
         (see `unsendable`; 0 for a runtime, never sent in one). `files`: the input files
         every job reads, by guest path (the task's and the payload's:
         tasks._files.shared_files); each job's own are added. `argv`: the arguments the
         payload puts before every job's own (tasks.Payload.argv), counted against the
-        wire's caps with them."""
+        wire's caps with them. `redraw`: the task's jobs of given ids, drawn again
+        (dealer._retry), for failed jobs put back."""
         if "." in tag_prefix or not tag_prefix:
             raise ValueError("tag_prefix must be non-empty and contain no '.'")
         self.policy = policy
@@ -171,6 +173,8 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame):
         self._pending_job: Job | None = None  # drawn live, about to be applied
         self._settled: list[Accepted | Failed] = []
         self._settled_digests: list[str] = []  # the digest of each job in _settled
+        self._redraw, self._pending_retry = redraw, None  # dealer._retry's (see there)
+        self._failures: dict[int, tuple[str, bool]] = {}  # failed job -> (digest, its own?)
         self.source_error = ""  # what the task's jobs() raised, if it did
 
     # --- queries -----------------------------------------------------------
@@ -391,8 +395,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame):
 
     def apply(self, rec: Record) -> None:
         """Apply one record: live (just decided) or replayed from the journal."""
-        handler = _APPLY.get(type(rec))
-        if handler is None:
+        if (handler := _APPLY.get(type(rec))) is None:
             raise CoreError(f"unknown record {rec!r}")
         handler(self, rec)
 
@@ -593,4 +596,5 @@ _APPLY = {
     Gone: Core._apply_gone,
     Denied: Core._apply_denied,
     Checkpointed: Core._apply_checkpointed,
+    Retried: Core._apply_retried,
 }

@@ -13,7 +13,7 @@ Journals written before Drawn.args, Sent.at and Returned.at existed still
 replay: their args are unknown (None, shown as "?") and their times too ("-").
 
 Pure: records in, rows and text out. `python -m dealer results|jobs` (dealer.cli)
-reads the journal with dealer._journal.ReadOnly and prints what this renders.
+reads the journal with dealer._reader.ReadOnly and prints what this renders.
 """
 
 from __future__ import annotations
@@ -40,10 +40,13 @@ from dealer._core import (
     Policy,
     Record,
     ReplicaState,
+    Retried,
     Returned,
     Sent,
 )
-from dealer._journal import JournalError, ReadOnly
+from dealer._figures import Times
+from dealer._journal import JournalError
+from dealer._reader import ReadOnly
 from tasks import Job
 
 STATES = ("accepted", "failed", "unsettled")
@@ -101,6 +104,9 @@ class JobHistory:
     output: bytes | None = None  # accepted: the output the quorum agreed on
     reasons: tuple[str, ...] = ()  # failed: why
     own: bool = False  # failed by its own bug: the same failure on a quorum of machines
+    # replicas of its tries before a retry (dealer._retry), which vote no more
+    earlier: list = field(default_factory=list)
+    retries: int = 0  # how many times it was put back
 
 
 @dataclass
@@ -113,10 +119,23 @@ class History:
     sent_at: dict[str, float | None] = field(default_factory=dict)
     returned_at: dict[str, float | None] = field(default_factory=dict)
     records: int = 0
+    # for the dashboard (dealer._viewer): the batch's start and jobbers' run times, the
+    # latest time a record carries, and the jobs settled as each settled or was retried:
+    # (that time, how many were settled then), in order
+    times: Times = field(default_factory=Times)
+    last_at: float | None = None
+    progress: list[tuple[float | None, int]] = field(default_factory=list)
+    settled: int = 0
 
     def __post_init__(self) -> None:
         self._feed = _Feed()
-        self.core = Core(self._feed, self.policy, self.tag_prefix, verify_jobs=False)
+        self.core = Core(
+            self._feed, self.policy, self.tag_prefix, verify_jobs=False, redraw=self._again
+        )
+
+    def _again(self, ids: Iterable[int]) -> dict[int, Job]:
+        """Retried jobs, rebuilt from their Drawn records as the feed built them."""
+        return {i: Job(self.jobs[i].args or ()) for i in ids if i in self.jobs}
 
     @classmethod
     def of(cls, policy: Policy, tag_prefix: str, records: Iterable[Record]) -> History:
@@ -128,8 +147,12 @@ class History:
     def apply(self, rec: Record) -> None:
         if isinstance(rec, Drawn):
             self._feed.put(Job(rec.args or ()))
+        self.times.before(self.core, rec)
         self.core.apply(rec)
         self.records += 1
+        at = getattr(rec, "at", None)
+        if at is not None and (self.last_at is None or at > self.last_at):
+            self.last_at = at
         if isinstance(rec, Drawn):
             self.jobs[rec.job_id] = JobHistory(
                 rec.job_id,
@@ -142,8 +165,23 @@ class History:
             self.sent_at[rec.tag] = rec.at
         elif isinstance(rec, Returned):
             self.returned_at[rec.tag] = rec.at
+        elif isinstance(rec, Retried):
+            again = set(rec.job_ids)
+            if rec.restart:  # every unsettled job started over too
+                again |= {i for i, j in self.jobs.items() if j.state == "unsettled"}
+            for i in sorted(again):
+                j = self.jobs[i]
+                if j.state != "unsettled":  # settled no more
+                    self.settled -= 1
+                    self.progress.append((self.last_at, self.settled))
+                j.earlier += j.replicas
+                j.replicas = self.core.replicas(i)
+                j.retries += i in rec.job_ids
+                j.state, j.output, j.reasons, j.own = "unsettled", None, (), False
         self.core.take_records()  # none: applying decides nothing new
         for s in self.core.take_settled():
+            self.settled += 1
+            self.progress.append((self.last_at, self.settled))
             j = self.jobs[s.job_id]
             if isinstance(s, Accepted):
                 j.state, j.output = "accepted", s.output
@@ -186,8 +224,10 @@ class History:
                 # whose fault its failure is (dealer._blame): "job" (its own bug, counted
                 # on nobody), "machine" (counted on the jobber), "pending", or None
                 "fault": r.fault or None,
+                # a replica of a try before the job was retried: it votes no more
+                "superseded": k < len(j.earlier),
             }
-            for r in j.replicas
+            for k, r in enumerate([*j.earlier, *j.replicas])
         ]
 
 
@@ -235,6 +275,7 @@ def _job_json(j: JobHistory) -> dict:
         **_output(j),
         "reasons": list(j.reasons),
         "own": j.own,
+        "retries": j.retries,
     }
 
 
@@ -365,7 +406,8 @@ def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) ->
     out = []
     for j in h.select(states):
         stdin = "" if not j.stdin_size else f"  stdin {j.stdin_size} bytes ({j.stdin_sha256})"
-        out.append(f"job {j.job_id}  {j.state}  args {_args_text(j.args)}{stdin}")
+        again = f" (retried {j.retries}x)" if j.retries else ""
+        out.append(f"job {j.job_id}  {j.state}{again}  args {_args_text(j.args)}{stdin}")
         if j.state == "accepted":
             cells = shown(j.output or b"", full)
             out.append(f"  output: {cells[0]}")
@@ -386,7 +428,16 @@ def jobs_text(h: History, states: Iterable[str] = STATES, full: bool = False) ->
                 _when(r["sent_at"]),
                 _took(r["sent_at"], r["returned_at"]),
                 r["vote"] or "",
-                "; ".join(x for x in (_segment(r), BLAME.get(r["fault"]), r["detail"]) if x),
+                "; ".join(
+                    x
+                    for x in (
+                        "before the retry" if r["superseded"] else "",
+                        _segment(r),
+                        BLAME.get(r["fault"]),
+                        r["detail"],
+                    )
+                    if x
+                ),
             )
             for r in rows
         ]
@@ -411,7 +462,7 @@ READS = 3  # tries at reading a closed journal that a dealer keeps opening meanw
 
 def read_history(path: Path) -> tuple[dict[str, str], History]:
     """A journal's meta and its records replayed (dealer._history), read without writing
-    anything (dealer._journal.ReadOnly): safe on a live dealer's journal, a killed
+    anything (dealer._reader.ReadOnly): safe on a live dealer's journal, a killed
     one's (with its -wal), or a finished one. JournalError if it cannot be read."""
     for _ in range(READS):
         with ReadOnly(path) as j:

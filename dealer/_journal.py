@@ -33,7 +33,7 @@ is refused, naming the record and the field, never replayed.
 
 Records gain fields without a new schema version when the fields are optional
 (a default, None: unknown): a journal written before them still loads, and a
-field left at None is not stored. `ReadOnly` opens a journal only to read it
+field left at None is not stored. `ReadOnly` (dealer._reader) opens a journal only to read it
 (`python -m dealer results|jobs`): never through `Journal`, which marks the
 file open and checkpoints it, but as an SQLite `mode=ro` reader, safe beside a
 live dealer, with the same checks, and without creating a -wal or -shm beside a
@@ -49,7 +49,8 @@ import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,10 @@ SCHEMA_VERSION = "2"
 COMPANIONS = ("-wal", "-shm")  # SQLite's files beside a WAL database
 AFRESH = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
 DAMAGED = f"it was damaged, or is not a journal: {AFRESH}"
+RETRY_HINT = (
+    "to keep the accepted results and run the failed jobs (and those not settled) again "
+    "with the new payload and limits, rerun it with --retry-failed"
+)
 
 
 def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
@@ -206,6 +211,19 @@ def _fields(text: str) -> dict[str, str] | None:
     if not words or not all(sep for _, sep, _ in words):
         return None
     return {k: v for k, _, v in words}
+
+
+def _what_changed(old: str, new: str, what: str) -> str:
+    """A pin's change in a few words: the fields that differ, or both values' starts."""
+    a, b = _fields(old), _fields(new)
+    if a is None or b is None:
+        return f"{what} is new ({new[:12]}, was {old[:12]})"
+    diff = [
+        f"{k} {b.get(k, 'unset')} (was {a.get(k, 'unset')})"
+        for k in {**a, **b}
+        if a.get(k) != b.get(k)
+    ]
+    return f"{what} changed: {', '.join(diff)}"
 
 
 def _close(db: sqlite3.Connection, path: Path, token: str) -> None:
@@ -352,12 +370,24 @@ class Journal:
         """Record `value` under `key` the first time; refuse a different one later."""
         self.pins({key: (value, what)})
 
-    def pins(self, pins: Mapping[str, tuple[str, str]]) -> None:
+    def pins(
+        self, pins: Mapping[str, tuple[str, str]], changeable: Collection[str] = ()
+    ) -> dict[str, str]:
         """Each of `pins` is key: (value, what it is, for people). Record the values not
         recorded yet; refuse, saying what changed, if any recorded one differs (then
-        nothing is recorded)."""
+        nothing is recorded), but for those of `changeable` (a retry's: see `reopen`),
+        which are returned, key: what changed (for people), and not recorded here."""
         old = dict(self._db.execute("SELECT key, value FROM meta"))
-        changed = [(k, old[k], v, what) for k, (v, what) in pins.items() if old.get(k, v) != v]
+        may = {
+            k: _what_changed(old[k], v, what)
+            for k, (v, what) in pins.items()
+            if k in changeable and old.get(k, v) != v
+        }
+        changed = [
+            (k, old[k], v, what)
+            for k, (v, what) in pins.items()
+            if old.get(k, v) != v and k not in changeable
+        ]
         if changed:
             olds = " and ".join(what.removeprefix("the ") for *_, what in changed)
             raise JournalError(
@@ -366,10 +396,11 @@ class Journal:
                 + f". The results in this journal were made under the old {olds}: replaying "
                 "them would give a stale answer. To resume it, run the batch as it was; "
                 f"{AFRESH} (renamed with the time, not deleted)"
+                + (f"; or, {RETRY_HINT}" if "payload" in olds or "limits" in olds else "")
             )
         new = {k: v for k, (v, _) in pins.items() if k not in old}
         if not new:
-            return
+            return may
         if not self.fresh:
             for k, (v, what) in pins.items():
                 if k in new:
@@ -384,6 +415,7 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", new.items())
+        return may
 
     @staticmethod
     def _changed(key: str, old: str, new: str, what: str) -> str:
@@ -397,6 +429,14 @@ class Journal:
             ]
             text += f" ({'; '.join(diff)})"
         return text
+
+    def note(self, values: Mapping[str, str]) -> None:
+        """Keep `values` in the meta table, each replacing the last: what no record says
+        and a reader of the journal alone shows (`address`: where the dealer served;
+        `total`: the task's jobs; `summary`: its summary line as the dealer stopped)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
 
     def records(self) -> Iterator[Record]:
         try:
@@ -426,6 +466,43 @@ class Journal:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def reopen(
+        self, records: Sequence[Record], job_ids: Iterable[int], pins: Mapping[str, str]
+    ) -> None:
+        """A retry (dealer._retry), durably in one transaction: its `records`; the failed
+        jobs `job_ids` no longer settled (their rows leave the settled jobs, which keep
+        each job's latest outcome); `pins` (key: value) recorded in place of the old; and
+        the batch no longer finished."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO records (kind, body) VALUES (?, ?)",
+                [(type(r).__name__, pack(r, self._packer)) for r in records],
+            )
+            self._db.executemany(
+                "DELETE FROM settled WHERE job_id = ? AND state = 'failed'",
+                [(i,) for i in job_ids],
+            )
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", pins.items())
+            self._db.execute("DELETE FROM meta WHERE key = 'finished'")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def failed_ids(self) -> list[int]:
+        """The jobs whose latest outcome is a failure, from the settled jobs."""
+        rows = self._db.execute("SELECT job_id FROM settled WHERE state = 'failed'")
+        return sorted({i for (i,) in rows})
+
+    def retried(self) -> Counter[int]:
+        """How many times each job was put back by a retry (Retried records)."""
+        rows = self._db.execute("SELECT seq, kind, body FROM records WHERE kind = 'Retried'")
+        out: Counter[int] = Counter()
+        for rec in decode(self.path, rows, f": {AFRESH}"):
+            out.update(rec.job_ids)
+        return out
 
     def mark_finished(self, snapshot: dict) -> None:
         """The batch is finished: keep the core's `snapshot` with the number of records
@@ -471,99 +548,3 @@ class Journal:
     def close(self) -> None:
         """Mark the journal closed and checkpoint it: PATH alone is then the whole journal."""
         self._shut()
-
-
-class ReadOnly:
-    """A journal opened only to read (`python -m dealer results|jobs`): what it holds
-    now, whether a dealer runs on it, was killed, or finished.
-
-    It writes nothing to the journal. A journal with a -wal beside it (a live or
-    killed dealer's) is read as an SQLite `mode=ro` WAL reader, in one read
-    transaction: one consistent snapshot, which does not disturb the dealer (WAL
-    readers never block its commits). A journal without one (closed: the main file
-    is all of it) is read as immutable, so no -wal and -shm are made beside it;
-    `intact()` then says whether a dealer opened it meanwhile (read it again if so).
-    The rows are fetched at once and the connection closed, so a dealer stopping
-    meanwhile finds few readers in its way: one reading at that very moment keeps the
-    dealer's close from removing the (by then empty) -wal and the -shm, which are
-    left beside a main file that is whole and says it was closed. The checks are the
-    journal's own, short of the task's name, which a reader does not know; a missing,
-    empty, damaged or log-less journal is refused with JournalError naming it.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        wal, shm = (companion(self.path, s) for s in COMPANIONS)
-        if not self.path.exists():
-            found = [f.name for f in (wal, shm) if f.exists()]
-            if found:
-                raise JournalError(
-                    f"{self.path} does not exist, but {' and '.join(found)} beside it "
-                    f"{'do' if len(found) > 1 else 'does'}: the journal's main file was "
-                    "deleted or moved without its write-ahead log"
-                )
-            raise JournalError(f"{self.path}: no such journal (there is no file there)")
-        if not self.path.is_file():
-            raise JournalError(f"{self.path}: not a journal (it is not a file)")
-        if self.path.stat().st_size == 0:
-            raise JournalError(
-                f"{self.path}: the journal is an empty file; it was damaged, or is not a journal"
-            )
-        had_wal, had_shm = wal.exists(), shm.exists()
-        if had_shm and not had_wal:
-            raise JournalError(
-                f"{self.path}: {shm.name} is beside the journal but {wal.name} is not: its "
-                "write-ahead log was deleted, or the journal was copied without it, and the "
-                "results committed in that log since the last checkpoint are not in "
-                f"{self.path.name}. Put {wal.name} back beside it"
-            )
-        self._quiet = None if had_wal else self._stamp()
-        uri = self.path.absolute().as_uri() + ("?mode=ro" if had_wal else "?mode=ro&immutable=1")
-        try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None)
-        except sqlite3.Error as e:
-            raise JournalError(f"{self.path}: not a usable journal: {e}") from e
-        try:
-            db.execute("BEGIN")  # one snapshot for the meta and every record
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-            if not {"meta", "records"} <= tables:
-                missing = " and ".join(sorted({"meta", "records"} - tables))
-                raise JournalError(
-                    f"{self.path}: the journal has no {missing} table: it was damaged, or is "
-                    "not a journal"
-                )
-            self.meta: dict[str, str] = dict(db.execute("SELECT key, value FROM meta"))
-            check_meta(self.path, self.meta, had_wal, "", reading=True)
-            self._rows = db.execute("SELECT seq, kind, body FROM records ORDER BY seq").fetchall()
-        except sqlite3.DatabaseError as e:
-            raise JournalError(
-                f"{self.path}: not a usable journal: {e}: it was damaged, or is not a journal"
-            ) from e
-        finally:
-            db.close()
-        self.tag_prefix = self.meta["tag_prefix"]
-
-    def _stamp(self) -> tuple[int, int, int] | None:
-        """What changes if a dealer opens the journal: its -wal appears, its main file
-        is written (a dealer that opened and closed it meanwhile)."""
-        if companion(self.path, "-wal").exists():
-            return None
-        st = self.path.stat()
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def records(self) -> Iterator[Record]:
-        return decode(self.path, self._rows, "")
-
-    def intact(self) -> bool:
-        """False if what was read may be torn: the journal was read without a -wal (as
-        immutable), and a dealer has opened it since."""
-        return self._quiet is None or self._stamp() == self._quiet
-
-    def close(self) -> None:
-        self._rows = []
-
-    def __enter__(self) -> ReadOnly:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

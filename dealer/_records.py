@@ -17,6 +17,7 @@ import sys
 
 from protocol._schema import (
     MAX_U64,
+    _bool,
     _bytes,
     _float,
     _int,
@@ -113,7 +114,25 @@ class Denied(_Record):
     reason: str = checked(_TEXT)
 
 
-Record = Drawn | Sent | Returned | Overdue | Gone | Denied | Checkpointed
+@record
+class Retried(_Record):
+    """Failed jobs put back into the batch (a batch run with --retry-failed): each of
+    `job_ids` is unsettled again and wants replicas; its earlier failure stays in the
+    journal. `restart`: the payload or the limits changed (`changed` says how, for
+    people), so every job unsettled at that moment starts over: its replicas under the
+    old payload are forgotten and vote no more."""
+
+    job_ids: tuple[int, ...] = checked(_list(_INT, sys.maxsize))
+    restart: bool = checked(_bool(), False)
+    changed: str | None = checked(_optional(_TEXT), None)
+    at: float | None = checked(_optional(_NUMBER), None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.job_ids, list):  # as msgpack gives it back
+            object.__setattr__(self, "job_ids", tuple(self.job_ids))
+
+
+Record = Drawn | Sent | Returned | Overdue | Gone | Denied | Checkpointed | Retried
 RECORD_TYPES: dict[str, type] = {
-    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied, Checkpointed)
+    c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied, Checkpointed, Retried)
 }

@@ -6,11 +6,15 @@ Service (the `Report` mixin), over the state the service keeps.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import protocol as p
 from tasks import Task
 
+log = logging.getLogger(__name__)
+
 STATUS_PAGE = 100  # jobbers listed per status page
+SUMMARY_CHARS = 500  # of a task's summary line, as shown
 # the replies to a jobber that tell it of the batch and of its account here
 _TOLD = (p.Jobs, p.RetryLater, p.Finished, p.Ack, p.AliveAck)
 
@@ -23,8 +27,48 @@ def about_of(task: Task) -> p.About:
     return p.About(str(name)[: p.MAX_TASK_NAME], str(contact)[: p.MAX_CONTACT] if contact else None)
 
 
+def jobber_rows(core, labels: dict[str, str]) -> list[dict]:
+    """Every identity `core` (dealer._core.Core) remembers, best first (credit, then
+    valid results), named by `labels` (the names jobbers gave, which no journal keeps)."""
+    rows = [
+        {
+            "key": key,
+            "name": labels.get(key) or "-",  # "-": not heard since a restart
+            "machine": r.machine,
+            "valid": r.valid,
+            "invalid": r.invalid,
+            "errors": r.errors,
+            "credit": r.credit,
+            "last_seen": r.last_seen,
+            "gone": r.gone,
+            "holding": r.held,
+            "denied": core.is_denied(key),
+        }
+        for key, r in core.jobbers.items()
+    ]
+    rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
+    return rows
+
+
 class Report:
     """The reporting part of Service (a mixin: the state is the service's)."""
+
+    _summary_raised = False  # the task's summary() raised once: logged, not again
+
+    def summary(self) -> str | None:
+        """The task's own summary line (Task.summary: a running estimate, say), cut to
+        SUMMARY_CHARS; None if it has none, or if it raised (its own bug, logged once)."""
+        try:
+            line = self.task.summary()
+        except Exception:
+            if not self._summary_raised:
+                log.error("the task's summary() raised; shown as none", exc_info=True)
+            self._summary_raised = True
+            return None
+        if line is None:
+            return None
+        line = " ".join(str(line).split())
+        return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 1] + "…"
 
     def told(self, reply: p.Message, key: str) -> p.Message:
         """`reply` to the jobber `key`, with what it is told of the batch (`about`) and of
@@ -37,25 +81,7 @@ class Report:
 
     def jobbers(self) -> list[dict]:
         """Every identity the dealer remembers, best first (credit, then valid results)."""
-        c = self.core
-        rows = [
-            {
-                "key": key,
-                "name": self.labels.get(key) or "-",  # "-": not heard since a restart
-                "machine": r.machine,
-                "valid": r.valid,
-                "invalid": r.invalid,
-                "errors": r.errors,
-                "credit": r.credit,
-                "last_seen": r.last_seen,
-                "gone": r.gone,
-                "holding": r.held,
-                "denied": c.is_denied(key),
-            }
-            for key, r in c.jobbers.items()
-        ]
-        rows.sort(key=lambda r: (-r["credit"], -r["valid"], r["key"]))
-        return rows
+        return jobber_rows(self.core, self.labels)
 
     def waiting(self, now: float) -> list[str]:
         """Why unsettled jobs wait (the core's reasons, and jobbers too small for them)."""

@@ -39,6 +39,7 @@ class Finished:
     _settled: list[Accepted | Failed]
     _settled_digests: list[str]
     _shared_digest: str  # of the input files every job reads (dealer._policy.files_digest)
+    _failures: dict[int, tuple[str, bool]]
 
     def peek_settled_rows(self) -> list[tuple[int, str, str, bytes]]:
         """The settled jobs not taken yet, as the journal keeps them with the turn's
@@ -105,6 +106,7 @@ class Finished:
                 own = len(reasons) == 1 and reasons[0].startswith(SAME_FAILURE)
                 self._settled.append(Failed(job_id, job, reasons, own))
                 self._settled_digests.append(digest)
+                self._failures[job_id] = (digest, own)
         if drawn or self._next_job != snap["drawn"]:
             raise JournalMismatch("the journal's finished batch does not match the task's jobs")
         if next(self._source, None) is not None:

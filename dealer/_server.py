@@ -123,11 +123,13 @@ class Dealer(PeeredServer):
         on_turn: Callable[[Service, float], None] | None = None,
         per_source: int = PER_SOURCE_CONNECTIONS,
         serve_mib_s: float = SERVE_MIB_S,
+        retry: Collection[int] | None = None,
     ) -> None:
         """`http`: (host, port) to serve the live dashboard on (dealer._dashboard). `on_turn`:
         called after every turn with the service and the time (the command line's
         progress bar). `per_source`: connections kept open from one source address.
-        `serve_mib_s`: input files one source address may fetch, MiB a second."""
+        `serve_mib_s`: input files one source address may fetch, MiB a second.
+        `retry`: failed jobs to put back (Service's)."""
         super().__init__(
             bind,
             keys,
@@ -151,13 +153,16 @@ class Dealer(PeeredServer):
                 key_hex=self.keys.public_hex,
                 closed=allow is not None,
                 serve_mib_s=serve_mib_s,
+                retry=retry,
             )
         except BaseException:
             RouterServer.close(self)
             raise
         self.gate.denied = frozenset(self.core.denied)
         self._on_turn = on_turn
+        self.service.note(address=self.address)  # for a reader of the journal alone
         self.dashboard = None
+        self._ended_at: float | None = None  # when the batch was seen done (its last result)
         if http is not None:
             try:
                 self.dashboard = Dashboard(*http, type(task).__name__, self.address)
@@ -260,7 +265,23 @@ class Dealer(PeeredServer):
     def _publish(self, now: float) -> None:
         s = self.service
         assert self.dashboard is not None
-        self.dashboard.publish(s.status(now), list(s.recent_failures), s.failures, now)
+        if self.done and self._ended_at is None:
+            self._ended_at = s.times.last_at or now
+        self.dashboard.publish(
+            s.status(now),
+            list(s.recent_failures),
+            s.failures,
+            now,
+            s.times,
+            finished=self.done,
+            state="finished" if self.done else "running",
+            ended_at=self._ended_at,
+            journal=str(s.journal.path.absolute()),
+            summary=s.summary(),
+            failure_groups=s.failure_groups.rows(),
+            failures_ungrouped=s.failure_groups.ungrouped,
+            credit=sum(r.credit for r in self.core.jobbers.values()),
+        )
 
     def close(self) -> None:
         if getattr(self, "dashboard", None) is not None:

@@ -16,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections import deque
+import sqlite3
+from collections import Counter, deque
 from collections.abc import Collection, Sequence
 
 import protocol as p
 from dealer._checkpoints import Checkpoints
-from dealer._core import Accepted, Assignment, Core
+from dealer._core import Assignment, Core
+from dealer._figures import FailureGroups, Times
 from dealer._fileserver import SERVE_MIB_S, FileServer, runtime_module
 from dealer._journal import Journal, task_pins
+from dealer._outcomes import Outcomes
 from dealer._peers import Peers
 from dealer._policy import FILE_ENTRY_BYTES, SOON_S, Policy
 from dealer._policy import RETRY_BUSY_S as RETRY_BUSY_S
@@ -35,9 +38,10 @@ from dealer._relays import MAX_BEHIND, Relays
 from dealer._relays import behind as behind
 from dealer._report import STATUS_PAGE as STATUS_PAGE
 from dealer._report import Report, about_of
+from dealer._retry import redraw_from
 from protocol import Peer
 from protocol._signing import AuthorKey
-from tasks import Job, Task
+from tasks import Task
 from tasks._files import shared_files
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ def _size(a: Assignment, argv: tuple[str, ...]) -> int:
     return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in (*argv, *job.args)) + files
 
 
-class Service(Relays, Report):
+class Service(Relays, Report, Outcomes):
     """Serves one task: messages in, replies out, everything journaled first."""
 
     def __init__(
@@ -73,6 +77,7 @@ class Service(Relays, Report):
         closed: bool = False,
         relays: Collection[str] = (),
         serve_mib_s: float = SERVE_MIB_S,
+        retry: Collection[int] | None = None,
     ) -> None:
         """`signer`: the task author's key. The payload is signed with it once, here, and
         the signature (with the key's rotation links) goes out in every `jobs`. `now`: the
@@ -84,7 +89,9 @@ class Service(Relays, Report):
         jobber behind one is an identity and a machine of its own here; behind any other
         relay, everything is the relay's one identity and machine. A pinned runtime
         (`task.payload.runtime`) is never sent in `jobs`: docs/dealer.md, "Runtimes".
-        `serve_mib_s`: see FileServer."""
+        `serve_mib_s`: see FileServer. `retry`: put these failed jobs back into the
+        batch (all of them if empty; None: none), with the task's payload and limits
+        even when they changed (dealer._retry)."""
         payload = task.payload
         self.runtime = payload.runtime
         if self.runtime is None and len(payload.wasm) > p.MAX_PAYLOAD_BYTES:
@@ -107,7 +114,7 @@ class Service(Relays, Report):
         policy = policy or policy_for(task)
         # the rules that decide settlement, the payload and the limits must be the ones
         # the journal was written under (the jobs are pinned by its Drawn records)
-        journal.pins(
+        changed = journal.pins(
             {
                 "voting": (
                     f"redundancy={policy.redundancy} quorum={policy.quorum} "
@@ -116,7 +123,8 @@ class Service(Relays, Report):
                     "the voting rules",
                 ),
                 **task_pins(task),
-            }
+            },
+            changeable=() if retry is None else ("payload", "limits"),
         )
         # the input files every job reads (InputFileError: the task's own mistake)
         files = shared_files(task.files, payload.files)
@@ -128,6 +136,7 @@ class Service(Relays, Report):
             payload_bytes=0 if self.runtime is not None else len(payload.wasm),
             files=files,
             argv=payload.argv,
+            redraw=redraw_from(task.jobs),
         )
         # `fetch`: the chunks of those files and of a runtime's module (dealer._fileserver)
         self.files = FileServer(self.runtime and runtime_module(payload, files), serve_mib_s)
@@ -153,20 +162,31 @@ class Service(Relays, Report):
         self._evicted_at = 0.0
         self.failures = 0
         self.recent_failures: deque[dict] = deque(maxlen=50)  # for the dashboard
+        self.failure_groups = FailureGroups()  # ... all of them, by reason (dealer._figures)
+        self.times = Times()  # when the batch began, each jobber's results and run times
         self.settled_count = 0  # jobs handed to the task in this process (progress)
         self.done = False
         self._done_raised = False
         self._finished_marked = False
         self._total_failed = False  # the task's total() raised (logged once)
-        self._replay(now)
+        self._superseded = Counter()  # see dealer._outcomes
+        again = None if retry is None else self._retried_now(retry)
+        self._replay(now, again or ())
+        if again is not None:
+            self._retry(again, changed, now)
 
-    def _replay(self, now: float) -> None:
+    def _replay(self, now: float, again: Collection[int] = ()) -> None:
+        """Rebuild the batch from the journal; failures of the jobs `again` (about to be
+        retried) and those a retry followed are not handed to the task."""
         snapshot = self.journal.finished_summary()
+        self._superseded.update(again)
         if snapshot is not None:  # a finished batch: its outcomes, without the replay
-            self._restore(snapshot)
+            self._restore(snapshot)  # (the settled jobs hold only the latest outcomes)
             return
+        self._superseded.update(self.journal.retried())
         n = 0
         for rec in self.journal.records():
+            self.times.before(self.core, rec)
             self.core.apply(rec)
             n += 1
             if n % REPLAY_DELIVER_EVERY == 0:  # settled jobs go to the task as they come,
@@ -269,7 +289,19 @@ class Service(Relays, Report):
             early = False
         self.done = early or self.core.finished()
 
+    def note(self, **values: str | None) -> None:
+        """Keep in the journal's meta what no record says and a reader of the journal alone
+        shows (dealer._viewer): the task's total and `values` (the dealer's address, the
+        summary line as it stops); those None are left as they were."""
+        total = self._total()
+        notes = {"total": None if total is None else str(total), **values}
+        try:
+            self.journal.note({k: v for k, v in notes.items() if v is not None})
+        except sqlite3.Error as e:  # the batch goes on: its records are what matter
+            log.warning("%s: could not note %s: %s", self.journal.path, ", ".join(notes), e)
+
     def close(self) -> None:
+        self.note(summary=self.summary())
         self.journal.close()
 
     # --- messages ------------------------------------------------------------
@@ -378,6 +410,7 @@ class Service(Relays, Report):
         if msg.host.memory_mb >= core.policy.memory_mb:  # no longer too small, if it was
             self._too_small.pop(peer.key, None)
         if assigned:
+            self.times.sent(now)
             self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             self._unprepared.pop(peer.key, None)  # and holds their runtime
             limits = self._job_limits
@@ -486,6 +519,7 @@ class Service(Relays, Report):
             who: Peer = peer
             if attributed and r.by is not None:
                 who = behind(peer, r.by, trusted=trusted)
+            sent = self.core.sent(r.tag)  # its jobber and when it went, for the figures
             why = self.core.result(who.key, r.tag, r.status, r.output, r.fuel, r.detail, now)
             if why is not None and why.code is p.ErrorCode.UNKNOWN_TAG and who is not peer:
                 who = peer  # a replica the relay took for itself
@@ -497,6 +531,8 @@ class Service(Relays, Report):
                 ok.append(r.tag)
                 if r.status is p.Status.OK:
                     self._paced(who.key, now)
+                if r.status is not p.Status.ABANDONED and sent is not None:
+                    self.times.returned(sent[0], sent[1], now)
             else:
                 # a late or backup replica of a settled job is routine, not news
                 quiet = why.code is p.ErrorCode.SETTLED and not why.text.endswith("flagged")
@@ -530,39 +566,3 @@ class Service(Relays, Report):
         self.core.deny(msg.key, msg.reason or "denied by the admin", now)
         log.warning("identity %s denied: %s", msg.key, msg.reason)
         return p.AdminReply(msg.id, f"{msg.key} denied")
-
-    def _deliver(self) -> None:
-        """Hand settled jobs to the task. The task's own bugs do not stop the batch: an
-        output its on_output cannot take fails that job (on_failure, with the exception),
-        and the same happens on every replay, so a restarted dealer reaches the same state."""
-        for s in self.core.take_settled():
-            if isinstance(s, Accepted):
-                try:
-                    self.task.on_output(s.job, s.output)
-                except Exception as e:
-                    log.error(
-                        "job %d (args %s): the task's on_output raised; the job fails",
-                        s.job_id,
-                        " ".join(s.job.args),
-                        exc_info=True,
-                    )
-                    self._failed(s.job_id, s.job, (f"on_output raised {type(e).__name__}: {e}",))
-            else:
-                log.warning("job %d failed: %s", s.job_id, "; ".join(s.reasons))
-                self._failed(s.job_id, s.job, s.reasons, s.own)
-            self.settled_count += 1
-
-    def _failed(self, job_id: int, job: Job, reasons: tuple[str, ...], own: bool = False) -> None:
-        """`own`: the job's own bug (the same failure on a quorum of machines)."""
-        self.failures += 1
-        row = {"job": job_id, "args": list(job.args), "reasons": reasons, "own": own}
-        self.recent_failures.append(row)
-        try:
-            self.task.on_failure(job, list(reasons))
-        except Exception:
-            log.error(
-                "job %d (args %s): the task's on_failure raised",
-                job_id,
-                " ".join(job.args),
-                exc_info=True,
-            )

@@ -207,6 +207,7 @@ class Votes:
     _late: OrderedDict[str, tuple[int, tuple[bytes, int] | None]]
     _settled: list[Accepted | Failed]
     _settled_digests: list[str]
+    _failures: dict[int, tuple[str, bool]]  # failed job -> (digest, its own?)
 
     def _backups(
         self,
@@ -247,6 +248,12 @@ class Votes:
         for tag in out:
             self._late.pop(tag, None)  # its holder is told: nothing more to wait for
         return out
+
+    def sent(self, tag: str) -> tuple[str, float | None] | None:
+        """The jobber of the open replica `tag` and when it was sent (None: unknown); None
+        if no such replica is open. A query, for the dashboard's figures."""
+        r = self._replicas.get(tag)
+        return None if r is None else (r.jobber, r.sent_at)
 
     @property
     def late(self) -> int:
@@ -483,3 +490,5 @@ class Votes:
                 self._close(r)
         self._settled.append(outcome)
         self._settled_digests.append(j.digest)
+        if isinstance(outcome, Failed):  # for a retry (dealer._retry)
+            self._failures[j.id] = (j.digest, outcome.own)

@@ -1,4 +1,4 @@
-"""`python -m dealer status|results|jobs|refer|keygen|rotate|deny` (and, for the old
+"""`python -m dealer status|results|jobs|dashboard|refer|keygen|rotate|deny` (and, for the old
 spellings, `relay` and `allocator`, which run `python -m relay|allocator`)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dealer._batch import DEFAULT_BIND, held_key
 from dealer._history import jobs, results
 from dealer._print import print_status
 from dealer._server import Referrer
+from dealer._viewer import serve as serve_dashboard
 from dealer._which import NoJournal, journal_for
 from net._ask import admin_ask, query_status
 from net._author_keys import create_author_key, public_path, rotations_path, write_rotation
@@ -28,7 +29,7 @@ from net._serve import serve_until_stopped
 
 log = logging.getLogger("dealer")
 
-# `results` and `jobs` read one journal, named so (dealer._which)
+# `results`, `jobs` and `dashboard` read one journal, named so (dealer._which)
 JOURNAL_WORDS = (
     ("db",),
     {
@@ -121,6 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jb.add_argument("--json", action="store_true", help="print it as one JSON object")
     jb.add_argument("--full", action="store_true", help="show whole outputs and jobber keys")
+    db = sub.add_parser(
+        "dashboard",
+        help="serve a batch's dashboard from its journal alone (reads only; follows a "
+        "running dealer's journal, or shows a finished or stopped batch)",
+    )
+    db.add_argument(*JOURNAL_WORDS[0], **JOURNAL_WORDS[1])
+    db.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="where to serve the page (default 127.0.0.1 and a free port; the URL is printed)",
+    )
     sub.add_parser(  # for --help only: main() runs python -m allocator in its place
         "allocator",
         help="the older spelling of python -m allocator: divide pools of lent machines "
@@ -189,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=float, default=ASK_TIMEOUT_S, help="seconds to wait for an answer"
     )
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("results", "jobs"):
+    if args.command in ("results", "jobs", "dashboard"):
         # a task file's own options follow it: those this parser does not know are its
         try:
             db, note = journal_for([*args.db, *rest])
@@ -200,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note, file=sys.stderr)
         if args.command == "results":
             return results(db, args.form or "text", args.full)
+        if args.command == "dashboard":
+            return serve_dashboard(db, args.http)
         return jobs(db, args.state or _history.STATES, args.json, args.full)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -58,6 +58,7 @@ class Factoring(Task):
         self.chunk = chunk or max(100_000, -(-self.top // 64))
         self.payload = Payload.from_c(builtin("factor"))
         self.divisors: set[int] = set()
+        self.searched = 0  # ranges whose divisors are in
 
     def jobs(self):
         for lo in range(2, self.top + 1, self.chunk):
@@ -75,6 +76,12 @@ class Factoring(Task):
             d = int(word) if word.isdigit() else 0
             if lo <= d < hi and self.n % d == 0:
                 self.divisors.add(d)
+        self.searched += 1
+
+    def summary(self) -> str:
+        """The dashboard's line while the batch runs: how far the search is, what it found."""
+        found = ", ".join(map(str, sorted(self.divisors))) or "none yet"
+        return f"{self.searched} of {self.total()} ranges searched; divisors found: {found}"
 
     def result(self) -> list[int]:
         return factorize(self.n, self.divisors)

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def credit_text(fuel: int | None) -> str:
-    """Credit (fuel units) in readable units: 12.3 G."""
-    if fuel is None:
-        return "-"
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if fuel >= size:
-            return f"{fuel / size:.1f} {unit}"
-    return str(fuel)
+from protocol import credit_text
 
 
 def duration(s: float) -> str:

@@ -64,10 +64,26 @@ def secret_path(path: Path) -> Path:
     return path if path.name.endswith(".key_secret") else path.with_name(path.name + ".key_secret")
 
 
+def public_key_path(path: Path) -> Path:
+    """The public certificate: PATH.key, beside PATH.key_secret."""
+    secret = secret_path(path)
+    return secret.with_name(secret.name.removesuffix("_secret"))
+
+
+def load_public_key(path: Path) -> str:
+    """The hex public key in PATH.key (no secret is read); ValueError naming the file if
+    it is not a readable certificate."""
+    public = public_key_path(path)
+    try:
+        pub, _ = zmq.auth.load_certificate(public)
+        return hex_of_z85(pub)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{public}: not a readable CurveZMQ certificate: {e}") from e
+
+
 def create_key_pair(path: Path) -> KeyPair:
     """Make a new key pair at PATH.key_secret (mode 0600) and PATH.key; refuse to overwrite."""
-    secret = secret_path(path)
-    public = secret.with_name(secret.name.removesuffix("_secret"))
+    secret, public = secret_path(path), public_key_path(path)
     if secret.exists():
         raise FileExistsError(f"{secret} exists already; refusing to replace a key")
     secret.parent.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,7 @@ from protocol._records import (
     Standing,
     Status,
     chunk_count,
+    credit_text,
 )
 from protocol._schema import (
     MAX_STR,
@@ -170,6 +171,7 @@ __all__ = [
     "WorkQuery",
     "dealer_address",
     "chunk_count",
+    "credit_text",
     "decode",
     "encode",
     "machine_of",

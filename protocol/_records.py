@@ -289,6 +289,17 @@ class Account(_Record):
     credit: int = checked(_int(0, MAX_U64))
 
 
+def credit_text(fuel: int | None) -> str:
+    """Credit (fuel units) in readable units: 12.3 G. What every program shows of credit
+    (the jobber's status, the dealer's dashboard)."""
+    if fuel is None:
+        return "-"
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if fuel >= size:
+            return f"{fuel / size:.1f} {unit}"
+    return str(fuel)
+
+
 @record
 class Result(_Record):
     """How one replica ended, sent back with its tag.

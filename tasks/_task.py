@@ -135,6 +135,14 @@ class Task:
         """How many jobs `jobs()` yields, if known (for progress bars)."""
         return None
 
+    def summary(self) -> str | None:
+        """One line on where the batch stands, for the dashboard (a running estimate,
+        the best so far), or None (the default: none). Called once a second while a
+        dashboard is served, and when the dealer stops (the line is kept in the journal
+        for `python -m dealer dashboard`): keep it cheap. A raising summary() is logged
+        once and shown as none."""
+        return None
+
     # --- command line ------------------------------------------------------
 
     @classmethod

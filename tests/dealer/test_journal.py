@@ -22,7 +22,8 @@ import pytest
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Core, Drawn, Policy, Returned, Sent
 from dealer._history import History
-from dealer._journal import ReadOnly, move_aside, task_pins
+from dealer._journal import RETRY_HINT, move_aside, task_pins
+from dealer._reader import ReadOnly
 from dealer._service import Service
 from protocol import ProtocolError, Status
 from tasks import Job, Limits, Payload, Task
@@ -578,7 +579,7 @@ def test_the_payload_and_the_limits_are_pinned(tmp_path):
         f"{first.payload.sha256}, the task now has {edited.payload.sha256}. The results in "
         "this journal were made under the old payload: replaying them would give a stale "
         f"answer. To resume it, run the batch as it was; {AFRESH} (renamed with the time, "
-        "not deleted)"
+        f"not deleted); or, {RETRY_HINT}"
     )
     bigger = Batch(limits=Limits(fuel=2 * 10**6, memory_mb=16, time_s=7.5, output_kb=1))
     with pytest.raises(JournalError) as e:

@@ -13,7 +13,7 @@ def test_a_small_jobber_gives_a_costly_compile_back_and_a_larger_one_runs_it(pro
     (the owner's limit, not the payload's fault) and asks that dealer no more for a
     while; a jobber with room compiles and runs every job: none fails."""
     from dealer._core import Returned
-    from dealer._journal import ReadOnly
+    from dealer._reader import ReadOnly
     from tests.helpers import free_port, wait_for
     from tests.task_files.deep import JOBS
 

@@ -8,7 +8,7 @@ import pytest
 
 import sandbox
 from dealer._core import Sent
-from dealer._journal import ReadOnly
+from dealer._reader import ReadOnly
 from tests.helpers import free_port
 
 CANONICAL = "7ff8000000000000"

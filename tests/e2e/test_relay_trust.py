@@ -29,7 +29,7 @@ import pytest
 
 import sandbox
 from dealer._core import Sent
-from dealer._journal import ReadOnly
+from dealer._reader import ReadOnly
 from tests.helpers import PY, ROOT, N, free_port, wait_status
 
 CHUNK = "25000000"  # 41 jobs of about 0.08 s here: enough for the liar to lose 3 votes

@@ -11,7 +11,8 @@ import json
 import time
 
 from dealer._history import read_history
-from dealer._journal import JournalError, ReadOnly
+from dealer._journal import JournalError
+from dealer._reader import ReadOnly
 from tests.dealer.test_results import SMALL, SMALL_LINE, cli, divisor_lines, files, ranges
 from tests.helpers import CHUNK, JOBS, LINE, PY, ROOT, N, free_port, summary_rows, wait_for
 
