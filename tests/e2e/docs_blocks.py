@@ -46,8 +46,8 @@ BLOCKS = {
     "3a49dd605f5c": ("README.md", "test_docs.py::test_the_install_for_the_tests"),
     # . .venv/bin/activate; python -m jobber --help
     "1639eb819f7d": ("README.md", "test_docs.py::test_activating_the_environment"),
-    # python examples/factoring.py N; python -m jobber ...#KEY; dealer status|results|jobs
-    "cdf168a20204": ("README.md", "test_docs.py::test_a_batch_and_the_machines_lent_to_it"),
+    # python examples/factoring.py N; python -m jobber ...#KEY; dealer status|results|jobs|dashboard
+    "9e7a9878da93": ("README.md", "test_docs.py::test_a_batch_and_the_machines_lent_to_it"),
     # python -m jobber DEALER [DEALER ...] [--slots N] [--max-idle SECONDS]
     "6b1698e9f379": ("README.md", "test_docs.py::test_a_batch_and_the_machines_lent_to_it"),
     # python -m allocator serve --db /srv/alloc/org.sqlite --bind 'tcp://*:7127'

@@ -9,6 +9,7 @@ import re
 import shlex
 import time
 import tomllib
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 
@@ -157,7 +158,7 @@ SMALL = 1000003 * 1000033  # N: 11 jobs of some milliseconds
 
 def test_a_batch_and_the_machines_lent_to_it(factor_wasm, short_tmp, procs):
     batch, lending = blocks_of("test_docs.py::test_a_batch_and_the_machines_lent_to_it")
-    serve, lend, status, results, jobs = commands(batch)
+    serve, lend, status, results, jobs, dashboard = commands(batch)
     (jobber,) = commands(lending)
     cwd = workdir(short_tmp)
     env = environment(short_tmp)
@@ -237,6 +238,16 @@ def test_a_batch_and_the_machines_lent_to_it(factor_wasm, short_tmp, procs):
     assert len(re.findall(r"^job \d+\s+accepted\s", got.stdout, re.M)) == 11, got.stdout
     keys = set(re.findall(r"^  [0-9a-f]+\.[0-9a-f]+\s+([0-9a-f]{12})\s", got.stdout, re.M))
     assert keys and keys <= {r[1] for r in rows}, got.stdout
+    # the dashboard from the journal: it serves the page (on 127.0.0.1, a free port) until
+    # stopped; its data say what the journal does
+    view = start(procs, "dashboard", sub(dashboard, {"DB": db}), cwd, env)
+    url = view.wait_for(r"dashboard on (http://127\.0\.0\.1:\d+/)", 60, stream="stdout").group(1)
+    with urllib.request.urlopen(url, timeout=30) as page:
+        assert b"<html" in page.read().lower()
+    with urllib.request.urlopen(url + "status.json", timeout=30) as page:
+        shown = json.load(page)
+    assert (shown["accepted"], shown["failed"], shown["total"]) == (11, 0, 11), shown
+    stop(view)
 
     # --max-idle: the second machine ends itself once nothing is left to do; the first is
     # stopped
