@@ -18,11 +18,10 @@ It binds to 127.0.0.1 unless told otherwise: it shows every pool's machines.
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import resources
 
-from net._http import read_only_server
+from net._http import SnapshotPage
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +54,14 @@ def credit_chart(history: list[dict], now: float, min_span_s: float = CHART_MIN_
     return {"t0": t0, "t1": t1, "top": top, "projects": series}
 
 
-class AllocatorPage:
-    def __init__(self, host: str, port: int) -> None:
-        self._snapshot = b"{}"
-        self._published_at = float("-inf")
-        self._page = resources.files("allocator").joinpath("allocator.html").read_bytes()
-        self._server = read_only_server(host, port, self._route, "page")
-        self.address = self._server.server_address
+class AllocatorPage(SnapshotPage):
+    """The allocator's page and its latest snapshot (/stats.json), served read-only."""
 
-    @property
-    def url(self) -> str:
-        host, port = self.address[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    def __init__(self, host: str, port: int) -> None:
+        self._published_at = float("-inf")
+        page = resources.files("allocator").joinpath("allocator.html").read_bytes()
+        super().__init__(host, port, page, "/stats.json", "page")
+        self.address = self.http_address
 
     def due(self, now: float) -> bool:
         if now - self._published_at < PUBLISH_EVERY_S:
@@ -76,16 +71,4 @@ class AllocatorPage:
 
     def publish(self, snapshot: dict) -> None:
         history = snapshot.get("stats", {}).get("history", [])
-        snapshot = {**snapshot, "chart": credit_chart(history, snapshot.get("now", 0.0))}
-        self._snapshot = json.dumps(snapshot, default=str).encode()  # one swap: atomic
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _route(self, path: str) -> tuple[str, bytes] | None:
-        if path in ("/", "/index.html"):
-            return "text/html; charset=utf-8", self._page
-        if path == "/stats.json":
-            return "application/json", self._snapshot
-        return None
+        self.swap({**snapshot, "chart": credit_chart(history, snapshot.get("now", 0.0))})

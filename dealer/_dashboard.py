@@ -36,7 +36,6 @@ The server (net._http.read_only_server) is bounded whoever connects.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from importlib import resources
@@ -45,7 +44,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dealer._figures import Times
-from net._http import read_only_server
+from net._http import SnapshotPage
 from protocol import credit_text
 
 log = logging.getLogger(__name__)
@@ -100,37 +99,15 @@ def compose(status: dict, times: Times, now: float, rate: float, **about) -> dic
     }
 
 
-class Board:
-    """The page and the latest snapshot, served read-only (net._http) on (host, port)."""
+class Board(SnapshotPage):
+    """The page and the latest snapshot (/status.json), served read-only on (host, port)."""
 
     def __init__(self, host: str, port: int, title: str) -> None:
         self.title = title
-        self._snapshot = b"{}"
         page = resources.files("dealer").joinpath("dashboard.html").read_bytes()
-        self._page = page.replace(b"{{TITLE}}", _html(title).encode())
-        self._server = read_only_server(host, port, self._route, "dashboard")
-        self.http_address = self._server.server_address
+        page = page.replace(b"{{TITLE}}", _html(title).encode())
+        super().__init__(host, port, page, "/status.json", "dashboard")
         log.info("dashboard on %s", self.url)
-
-    @property
-    def url(self) -> str:
-        host, port = self.http_address[:2]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-
-    def swap(self, snapshot: dict) -> None:
-        """Serve `snapshot` from now on (one assignment: atomic for the readers)."""
-        self._snapshot = json.dumps(snapshot, default=str).encode()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _route(self, path: str) -> tuple[str, bytes] | None:
-        if path in ("/", "/index.html"):
-            return "text/html; charset=utf-8", self._page
-        if path == "/status.json":
-            return "application/json", self._snapshot
-        return None
 
 
 def _html(text: str) -> str:

@@ -11,6 +11,7 @@ up (a thread per connection made 266 threads for 259 idle connections).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import socket
@@ -84,6 +85,40 @@ def read_only_server(host: str, port: int, route, what: str) -> HTTPServer:
     server = _PooledHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class SnapshotPage:
+    """A page and the latest JSON snapshot its owner's loop published (at `json_path`),
+    served read-only on (host, port) by `read_only_server`: the dealer's dashboard and
+    the allocator's page. `swap` puts a new snapshot in with one assignment, so request
+    threads never see half of one; subclasses may route more paths (`_route`)."""
+
+    def __init__(self, host: str, port: int, page: bytes, json_path: str, what: str) -> None:
+        self._snapshot = b"{}"
+        self._page = page
+        self._json_path = json_path
+        self._server = read_only_server(host, port, self._route, what)
+        self.http_address = self._server.server_address
+
+    @property
+    def url(self) -> str:
+        host, port = self.http_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def swap(self, snapshot: dict) -> None:
+        """Serve `snapshot` from now on (one assignment: atomic for the readers)."""
+        self._snapshot = json.dumps(snapshot, default=str).encode()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _route(self, path: str) -> tuple[str, bytes] | None:
+        if path in ("/", "/index.html"):
+            return "text/html; charset=utf-8", self._page
+        if path == self._json_path:
+            return "application/json", self._snapshot
+        return None
 
 
 def app_server(host: str, port: int, handle) -> HTTPServer:
