@@ -294,8 +294,7 @@ def _code(b: bytes, i: int, end: int, m: _Module, block_types: dict) -> tuple[by
         i = body_end
     if i != end:
         raise Unsupported("code section length")
-    hints = _leb(len(hinted)) + b"".join(hinted) if hinted else b""
-    return bytes(code), hints
+    return bytes(code), (_leb(len(hinted)) + b"".join(hinted) if hinted else b"")
 
 
 # --- one function --------------------------------------------------------------------
@@ -449,6 +448,12 @@ def _body(b, i, end, nparams, nresults, m, block_types):  # noqa: C901, PLR0912,
             pops(n)
             if push is not None:
                 stack.append(new(_OTHER, 0))
+        elif op == 0x1C:  # select with its type (one value type)
+            if b[i] != 1:
+                raise Unsupported("select with other than one type")
+            i = _valtype(b, i + 1)
+            pops(3)
+            stack.append(new(_OTHER, 0))
         elif 0x41 <= op <= 0x44:  # consts
             i = _skip(b, i) if op < 0x43 else i + (4 if op == 0x43 else 8)
             stack.append(new(_OTHER, 0))

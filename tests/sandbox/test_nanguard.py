@@ -101,6 +101,7 @@ ROUTES = [
     "(call $out64 (i64.reinterpret_f64 (call $id {e})))",
     "(call $out64 (i64.reinterpret_f64 (block (result f64) {e})))",
     "(call $out64 (i64.reinterpret_f64 (select {e} (f64.const 2) (local.get $i))))",
+    "(call $out64 (i64.reinterpret_f64 (select (result f64) (f64.const 2) {e} (local.get $j))))",
     "(call $out64 (i64.reinterpret_f64 (f64.add {e} (f64.const 1))))",
     "(call $out64 (i64.reinterpret_f64 (f64.promote_f32 (f32.demote_f64 {e}))))",
     "(call $out32 (f64.eq {e} {e}))",
