@@ -2,23 +2,27 @@
 
     python bench/sandbox.py [--hi HI] [--steps S] [--repeat R] [--jobs J] [--fences]
 
-(a) Two kernels built natively (gcc -O2, else ziglang's native target) and to
+(a) Two kernels built natively (gcc -O2, else ziglang's native target; and the
+    like-for-like build, -fno-math-errno as the wasm build's libm) and to
     wasm32-wasi, run natively and in the sandbox with every limit on (fuel, time,
     memory, output), in a warm worker slot as a jobber runs them; native and
-    sandbox runs alternate, so both see the same machine, and the best of R of
-    each is kept. Prints sandbox/native.
+    sandbox runs alternate, so all see the same machine. Prints the median and the
+    best of R runs of each, and sandbox/native of each: the ratio of the medians,
+    and the median of each round's ratio (the round's runs are seconds apart).
     - the factoring kernel (tasks/payloads/factor.c) over a fixed range: integer
       division. Target: at most 1.05.
     - the n-body kernel (tasks/payloads/nbody.c), S steps: floating point.
-      Target: at most 1.3 with native NaNs (what jobbers run for a task that is not
-      cross-platform); also shown with canonical NaNs (a cross-platform task).
+      Target: at most 1.3 x gcc -O2 with native NaNs (what jobbers run for a task
+      that is not cross-platform); at most 2 x the like-for-like build with
+      canonical NaNs (a cross-platform task: the module with NaN guards).
 (b) A trivial job (writes 3 bytes) started and collected in a warm slot, one
     after another: median round trip over J jobs, as the jobber sees it.
     Target: at most 1 ms. In-process sandbox.run() is shown for comparison.
 (c) With --fences: what each engine fence costs, on both kernels, in plain
     wasmtime (no sandbox around it): no fences, fuel, epoch interruption, NaN
     canonicalization, fuel + epoch (the native engine), all three (the canonical
-    engine); each run alternating with a native run, best of R.
+    engine), fuel + epoch with NaN guards (the guarded engine and module); each
+    run alternating with a native run, best of R.
 
 The last line is one JSON object: each kernel's times and ratios ((a)), and the
 trivial job's round trip ((b)). Runs by hand, not in CI; figures in
@@ -43,9 +47,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wasmtime  # noqa: E402
+from wasmtime import _bindings  # noqa: E402
 
 import sandbox  # noqa: E402
 from protocol import Limits, Status  # noqa: E402
+from sandbox import _nanguard  # noqa: E402
 from tasks import builtin, compile_c  # noqa: E402
 
 N = 1000000016000000063  # (1e9 + 7) * (1e9 + 9): nothing divides it below 1e9 + 7
@@ -128,37 +134,50 @@ def bench_cpu(slots: sandbox.Slots, cache: sandbox.ModuleCache, hi: int, steps: 
                 exe = Path(tmp) / f"{payload}{i}"
                 exes[build_native(source, exe, *flags)] = exe
             native: dict[str, list[float]] = {k: [] for k in exes}
+            fuel = {}
             for i in range(repeat):  # interleaved, so that all see the same machine
+                for compiler, exe in exes.items():
+                    dt, out = time_native(exe, args)
+                    native[compiler].append(dt)
                 for kind, lim in engines.items():
-                    for compiler, exe in exes.items():
-                        dt, out = time_native(exe, args)
-                        native[compiler].append(dt)
                     o = one_job(slots, f"{payload}{i}{kind}", sha256, args, lim)
                     if o.status is not Status.OK or o.stdout != out:
                         raise SystemExit(
                             f"sandbox run failed or differs: {o.status.value} {o.detail}"
                         )
                     wasm[kind].append(o.wall_s)
-        print(f"(a) {name} ({payload}.c {' '.join(args)}), best of {repeat}:")
-        base, like = (min(times) for times in native.values())
+                    fuel[kind] = o.fuel
+        print(f"(a) {name} ({payload}.c {' '.join(args)}), {repeat} rounds, median (best):")
+        base, like = native.values()
         for compiler, times in native.items():
-            print(f"    {'native (' + compiler + '):':37s} {min(times):.3f} s")
+            head = "native (" + compiler + "):"
+            print(f"    {head:37s} {med(times):.3f} s ({min(times):.3f} s)")
+        results = {}
         for kind, times in wasm.items():
-            ratio = min(times) / base
+            ratio, like_ratio = med(times) / med(base), med(times) / med(like)
+            rounds = med([t / n for t, n in zip(times, like, strict=True)])
             goal = f" (target <= {target})" if kind == "native NaNs" else ""
+            like_goal = " (target <= 2)" if kind == "canonical NaNs" and payload == "nbody" else ""
             head = f"sandbox (warm slot, {kind}):"
             print(
-                f"    {head:37s} {min(times):.3f} s = {ratio:.2f} x native{goal}, "
-                f"{min(times) / like:.2f} x like for like"
+                f"    {head:37s} {med(times):.3f} s ({min(times):.3f} s) = {ratio:.2f} x native"
+                f"{goal}, {like_ratio:.2f} x like for like{like_goal} (rounds: {rounds:.2f} x)"
+                f", {fuel[kind]:,} fuel"
             )
-        print(f"    {o.fuel:,} fuel")
+            results[kind] = (med(times), ratio, like_ratio, rounds)
         RESULTS[payload] = {
-            "native_s": round(base, 4),
-            "like_for_like_s": round(like, 4),
-            "sandbox_s": {kind: round(min(times), 4) for kind, times in wasm.items()},
-            "ratio": {kind: round(min(times) / base, 3) for kind, times in wasm.items()},
-            "fuel": o.fuel,
+            "native_s": round(med(base), 4),
+            "like_for_like_s": round(med(like), 4),
+            "sandbox_s": {kind: round(r[0], 4) for kind, r in results.items()},
+            "ratio": {kind: round(r[1], 3) for kind, r in results.items()},
+            "like_for_like_ratio": {kind: round(r[2], 3) for kind, r in results.items()},
+            "like_for_like_ratio_of_rounds": {kind: round(r[3], 3) for kind, r in results.items()},
+            "fuel": fuel,
         }
+
+
+def med(times: list[float]) -> float:
+    return statistics.median(times)
 
 
 FENCES = {
@@ -168,6 +187,7 @@ FENCES = {
     "nan canonicalization": ("nan",),
     "fuel + epoch": ("fuel", "epoch"),
     "all three": ("fuel", "epoch", "nan"),
+    "fuel + epoch + NaN guards": ("fuel", "epoch", "guards"),
 }
 
 
@@ -183,8 +203,12 @@ def bench_fences(hi: int, steps: int, repeat: int) -> None:
             config.epoch_interruption = "epoch" in fences
             config.cranelift_nan_canonicalization = "nan" in fences
             config.wasm_relaxed_simd_deterministic = True
+            code = wasm
+            if "guards" in fences:  # the guarded engine: branch hints read, and the guards
+                _bindings.wasmtime_config_wasm_branch_hinting_set(config.ptr(), True)
+                code = _nanguard.guard(wasm)
             engine = wasmtime.Engine(config)
-            modules[combo] = (engine, wasmtime.Module(engine, wasm), fences)
+            modules[combo] = (engine, wasmtime.Module(engine, code), fences)
         best = dict.fromkeys(FENCES, float("inf"))
         with tempfile.TemporaryDirectory() as tmp:
             exes = {}
@@ -267,7 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hi", type=int, default=HI, help=f"end of the range (default {HI})")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"n-body steps ({STEPS})")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of (a) and (c), best kept")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds of (a) and (c)")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in (b)")
     parser.add_argument("--fences", action="store_true", help="also (c), the fences' costs")
     ns = parser.parse_args()

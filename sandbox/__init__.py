@@ -20,12 +20,13 @@ see _tree, _files), and nothing else (no environment, no sockets, nothing
 to write to but stdout and stderr); clocks and randomness are not refused but
 virtual (clocks read the fuel used so far, random_get is a fixed stream; see
 _wasi), so a job gives the same bytes and fuel on every machine of one
-PLATFORM, and on every machine at all when its NaNs are canonicalized (the
-default; ``Limits.native_nans`` runs it without, several times faster on float
-code). Compiling is fenced too: a module's header counts are checked
-against caps before wasmtime sees it (_precheck), and Slots compile under time
-and memory fences of their own (_worker, _slots); a module that failed to
-compile is remembered in the cache and given the same end at once (_cache).
+PLATFORM, and on every machine at all when its NaNs are canonical (the
+default: NaN guards, see _nanguard and _flavors; ``Limits.native_nans`` runs it
+without, faster on float code that stores its results). Compiling is fenced
+too: a module's header counts are checked against caps before wasmtime sees it
+(_precheck), and Slots compile under time and memory fences of their own
+(_worker, _slots); a module that failed to compile is remembered in the cache
+and given the same end at once (_cache).
 """
 
 from sandbox._cache import ModuleCache

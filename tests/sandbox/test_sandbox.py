@@ -11,7 +11,7 @@ import wasmtime
 
 import sandbox
 from protocol import Limits, Status
-from sandbox import _memory
+from sandbox import _engine, _flavors, _memory, _nanguard
 from tests.wat import NAN_BITS
 
 WASI = "wasi_snapshot_preview1"
@@ -562,9 +562,11 @@ FLOAT_WAT = f"""
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
 
-# Measured once; the same on every machine (fuel counts wasm operators).
+# Measured once; the same on every machine (fuel counts wasm operators: the payload's
+# own, 6,700,026, and the NaN guards' that the canonical mode adds, see _nanguard).
 FLOAT_HASH = "29d261c71a767457"
-FLOAT_FUEL = 6700026
+FLOAT_FUEL = 8499267
+FLOAT_FUEL_UNGUARDED = 6700026  # on the cranelift-canonicalizing engine
 
 
 def test_nan_bits_are_canonical_and_the_float_run_is_golden():
@@ -573,6 +575,9 @@ def test_nan_bits_are_canonical_and_the_float_run_is_golden():
     h, nan = struct.unpack("<QQ", o.stdout)
     assert nan == 0x7FF8000000000000  # canonical NaN (x86 would give fff8...)
     assert (f"{h:016x}", o.fuel) == (FLOAT_HASH, FLOAT_FUEL)
+    # the same bytes as cranelift's canonicalization gives, with the payload's fuel
+    plain = run_on("canonical", wat(FLOAT_WAT))
+    assert (plain.stdout, plain.fuel) == (o.stdout, FLOAT_FUEL_UNGUARDED)
 
 
 def test_float_heavy_c_payload_is_identical_on_every_run(c_payloads):
@@ -585,6 +590,16 @@ def test_float_heavy_c_payload_is_identical_on_every_run(c_payloads):
 
 
 NATIVE = Limits(native_nans=True)
+NBODY_GUARD_FUEL = 375_090  # measured once (the n-body's 1000 steps)
+
+
+def run_on(flavor: str, wasm: bytes, args=()) -> sandbox.Outcome:
+    """A job of `wasm` on one engine flavor (see _flavors), its module as it is, or
+    with NaN guards for the guarded engine."""
+    code = _nanguard.guard(wasm) if flavor == "guarded" else wasm
+    module = _flavors.tag(wasmtime.Module(_flavors.named(flavor), code), flavor)
+    prepared = _engine._check("0" * 64, module, flavor != "native")
+    return _engine.execute(prepared, args, b"", Limits(native_nans=flavor == "native"))
 X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
 
 
@@ -645,24 +660,31 @@ CLEAN_FLOAT_WAT = f"""
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
 CLEAN_FLOAT_HASH = "95eed4d44dd4baf4"  # measured once; the same on every machine
-CLEAN_FLOAT_FUEL = 7100026
+CLEAN_FLOAT_FUEL = 7100026  # the payload's own operators (native NaNs)
+CLEAN_FLOAT_GUARDED_FUEL = 8600026  # and its NaN guards' (canonical NaNs)
 
 
 def test_both_engines_agree_on_float_code_without_nans():
     runs = [sandbox.run(wat(CLEAN_FLOAT_WAT), limits=lim) for lim in (Limits(), NATIVE)]
+    runs.append(run_on("canonical", wat(CLEAN_FLOAT_WAT)))
     for o in runs:
         assert o.status is Status.OK, o.detail
-    canonical, native = runs
-    assert (native.stdout, native.fuel) == (canonical.stdout, canonical.fuel)
-    h, x = struct.unpack("<Qd", canonical.stdout)
-    assert (f"{h:016x}", canonical.fuel) == (CLEAN_FLOAT_HASH, CLEAN_FLOAT_FUEL)
+    guarded, native, canonical = runs
+    assert native.stdout == guarded.stdout == canonical.stdout
+    assert native.fuel == canonical.fuel == CLEAN_FLOAT_FUEL
+    h, x = struct.unpack("<Qd", guarded.stdout)
+    assert (f"{h:016x}", guarded.fuel) == (CLEAN_FLOAT_HASH, CLEAN_FLOAT_GUARDED_FUEL)
     assert x == x  # no NaN
 
 
 def test_nbody_payload_is_the_same_on_both_engines(c_payloads):
     runs = [sandbox.run(c_payloads["nbody"], ["1000"], limits=lim) for lim in (Limits(), NATIVE)]
     assert [(o.status, o.stdout) for o in runs] == [(Status.OK, b"-0.169087605\n")] * 2
-    assert runs[0].fuel == runs[1].fuel
+    # the guards' operators: 75 stores of a computed double per step (60 velocities,
+    # 15 positions), 5 each, and a few outside the loop
+    assert runs[0].fuel - runs[1].fuel == NBODY_GUARD_FUEL
+    plain = run_on("canonical", c_payloads["nbody"], ["1000"])
+    assert (plain.stdout, plain.fuel) == (runs[0].stdout, runs[1].fuel)
 
 
 def test_never_raises_on_arbitrary_bytes():

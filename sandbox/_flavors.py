@@ -1,0 +1,200 @@
+"""The sandbox's wasmtime engines, and compiling a payload for the one its job needs.
+
+Three engine configurations (*flavors*), the same everywhere (compiled modules are
+only valid for the configuration that made them). All have fuel, epoch
+interruption, deterministic relaxed SIMD, a fixed wasm stack and the sandbox's own
+memory creator (see _memory); then:
+
+========== ====================================================== ==================
+flavor     more                                                   runs
+========== ====================================================== ==================
+native     nothing: NaN bits are the CPU's                        jobs with
+                                                                  ``native_nans``
+guarded    wasm branch hints (read from the module)               the other jobs,
+                                                                  modules rewritten
+                                                                  by _nanguard
+canonical  ``cranelift_nan_canonicalization``: a canonical NaN    the other jobs, of
+           after every float operation                            modules _nanguard
+                                                                  cannot guard
+========== ====================================================== ==================
+
+So a job runs in one of two *modes*, as `canonical` says everywhere in this
+package: native NaNs (the native engine), or canonical NaNs (the bytes the
+canonical engine gives, on every CPU). A module compiled for the canonical mode
+is the module with NaN guards on the guarded engine, or, when _nanguard cannot
+guard it, the module itself on the canonical engine (`flavor_of` says which).
+The guards give the canonical engine's bytes at a fraction of its cost on float
+code; their operators count as fuel (docs/sandbox.md, "NaN guards").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import threading
+from importlib import metadata
+
+import wasmtime
+from wasmtime import _bindings
+
+from protocol import _runtimes
+from sandbox import _memory, _nanguard, _precheck, _wasi
+
+log = logging.getLogger(__name__)
+
+MAX_WASM_STACK = 512 * 1024  # wasmtime's default, pinned: it decides where STACK happens
+FLAVORS = ("native", "canonical", "guarded")
+
+_SHARED_FLAGS = (
+    "consume_fuel",
+    "epoch_interruption",
+    "wasm_relaxed_simd_deterministic",
+    f"max_wasm_stack={MAX_WASM_STACK}",
+    "host_memory_creator",
+    "wasm_exceptions",
+)
+_NAN_FLAG = "cranelift_nan_canonicalization"
+_GUARD_FLAGS = ("wasm_branch_hinting", f"nan_guards={_nanguard.VERSION}")
+
+
+def _flags(flavor: str) -> tuple[str, ...]:
+    # the canonical engine's list is the one every engine had before the native one
+    # existed, in the same order: its key, and so the compiled modules cached under it,
+    # stay valid
+    if flavor == "canonical":
+        return (*_SHARED_FLAGS[:2], _NAN_FLAG, *_SHARED_FLAGS[2:])
+    return (*_SHARED_FLAGS, *_GUARD_FLAGS) if flavor == "guarded" else _SHARED_FLAGS
+
+
+def _make_config(flavor: str) -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.cranelift_nan_canonicalization = flavor == "canonical"
+    config.wasm_relaxed_simd_deterministic = True
+    config.max_wasm_stack = MAX_WASM_STACK
+    config.wasm_exceptions = True  # wasmtime 50's default, pinned: CPython's build needs it
+    if flavor == "guarded":  # the guards' hints: their NaN path is laid out of the way
+        _bindings.wasmtime_config_wasm_branch_hinting_set(config.ptr(), True)
+    _memory.install(config)
+    return config
+
+
+def _wasmtime_version() -> str:
+    try:
+        return metadata.version("wasmtime")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _engine_key(flavor: str) -> str:
+    """Names an engine configuration: compiled modules are only valid under it."""
+    names = ["wasmtime " + _wasmtime_version(), platform.machine(), platform.system()]
+    text = "\n".join([*names, *_flags(flavor)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+FLAVOR_KEYS = {flavor: _engine_key(flavor) for flavor in FLAVORS}
+# by mode (`canonical`): the flavors a module compiled for it may have, and the key
+# naming the mode's compiled forms in the cache (the guarded engine's: it changes with
+# the NaN guards' version)
+MODE_FLAVORS = {True: ("guarded", "canonical"), False: ("native",)}
+ENGINE_KEYS = {True: FLAVOR_KEYS["guarded"], False: FLAVOR_KEYS["native"]}
+ENGINE_KEY = ENGINE_KEYS[True]  # the canonical mode's (the default)
+# What a job's bytes and fuel depend on beyond the job itself, on the native engine: the
+# CPU architecture (NaN bits, where the stack runs out), the OS (calling conventions,
+# frame sizes), the wasmtime version and the engine's flags (the native key hashes all
+# of them). Jobbers say it in HostFacts.platform; a dealer lets only replicas of one
+# platform vote together, unless the task is cross-platform (canonical NaNs).
+PLATFORM = (
+    f"{platform.machine().lower() or 'unknown'}-{platform.system().lower() or 'unknown'}"
+    f"-wasmtime-{_wasmtime_version()}-{FLAVOR_KEYS['native'][:8]}"
+)
+
+_lock = threading.Lock()
+_engines: dict[str, wasmtime.Engine] = {}  # by flavor, each made on first use
+_linkers: dict[str, wasmtime.Linker] = {}
+
+
+def named(flavor: str) -> wasmtime.Engine:
+    """The process's engine of `flavor`, created on first use."""
+    eng = _engines.get(flavor)
+    if eng is None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"no engine flavor {flavor!r}")
+        with _lock:
+            eng = _engines.get(flavor)
+            if eng is None:
+                eng = wasmtime.Engine(_make_config(flavor))
+                linker = wasmtime.Linker(eng)
+                _wasi.define(linker)
+                _linkers[flavor] = linker
+                _engines[flavor] = eng
+    return eng
+
+
+def engine(canonical: bool = True) -> wasmtime.Engine:
+    """The process's canonical (cranelift-canonicalizing) or native engine."""
+    return named("canonical" if canonical else "native")
+
+
+def linker(flavor: str) -> wasmtime.Linker:
+    """The linker of `flavor`'s engine (WASI defined in it)."""
+    named(flavor)
+    return _linkers[flavor]
+
+
+def made() -> list[wasmtime.Engine]:
+    """The engines made so far (the ticker advances their epochs)."""
+    return list(_engines.values())
+
+
+def tag(module: wasmtime.Module, flavor: str) -> wasmtime.Module:
+    """`module`, marked as compiled for `flavor`'s engine."""
+    module.borednet_flavor = flavor
+    return module
+
+
+def flavor_of(module: wasmtime.Module, canonical: bool = True) -> str:
+    """The flavor `module` was compiled for (by `compile` or the cache); an unmarked
+    module is taken to be the mode's plain engine's."""
+    return getattr(module, "borednet_flavor", "canonical" if canonical else "native")
+
+
+def deserialize(body: bytes, flavor: str) -> wasmtime.Module:
+    return tag(wasmtime.Module.deserialize(named(flavor), body), flavor)
+
+
+def compile(wasm: bytes, canonical: bool = True) -> wasmtime.Module:  # noqa: A001 - the wasm sense
+    """Compile `wasm` for the canonical or the native mode, once its header counts pass
+    the caps: for the canonical mode, with NaN guards for the guarded engine, or as it
+    is for the canonical engine when it cannot be guarded (see the module docstring).
+
+    Raises _precheck.Refused (INVALID) for a module beyond a cap or bytes that are
+    not framed as a module, before wasmtime sees them; wasmtime.WasmtimeError if
+    wasmtime finds them invalid. Not fenced here: see _worker for the fences.
+    """
+    wasm = bytes(wasm)
+    try:
+        _precheck.check(wasm)
+    except _precheck.Refused:
+        if _runtimes.pinned(wasm) is None:
+            raise
+    if not canonical:
+        return tag(wasmtime.Module(named("native"), wasm), "native")
+    try:
+        guarded = _nanguard.guard(wasm)
+    except _nanguard.Unsupported as e:
+        log.info("no NaN guards (%s): canonical engine", e)
+    else:
+        try:
+            return tag(wasmtime.Module(named("guarded"), guarded), "guarded")
+        except wasmtime.WasmtimeError as e:
+            # an invalid module (wasmtime says why below, for the module as sent), or
+            # one that the guards took past a limit of wasmtime's: either way, as it is
+            guarded, refused = b"", str(e).strip().splitlines()
+            module = tag(wasmtime.Module(named("canonical"), wasm), "canonical")
+            log.warning("NaN guards refused (%s): canonical engine", refused[-1:])
+            return module
+    return tag(wasmtime.Module(named("canonical"), wasm), "canonical")
