@@ -370,9 +370,11 @@ class Service(Relays, Report, Outcomes):
         if core.is_denied(peer.key):
             return p.Error(msg.id, p.ErrorCode.DENIED, "this identity is denied by the dealer")
         machine = peer.machine(self.distinct)
-        # homogeneous redundancy: a replica votes only with replicas of its platform, unless
-        # the task is cross-platform (its jobs canonicalize NaNs: any platforms agree)
-        platform = None if self.task.cross_platform else msg.host.platform
+        # homogeneous redundancy: a replica votes only with replicas of its platform; with
+        # canonical NaNs (a cross-platform task) any platforms agree on the output, and
+        # replicas vote with those whose sandboxes count fuel alike (host.nan_fuel)
+        canonical = self._job_limits.native_nans is not True
+        platform = msg.host.nan_fuel if canonical else msg.host.platform
         # no more than the jobber can run soon: two per slot, or what it ran in SOON_S
         want = min(msg.want, self._soon(peer.key, msg.host.slots))
         sha = self._payload.sha256

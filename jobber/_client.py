@@ -135,6 +135,7 @@ class Jobber(DealerSockets, Trust, Allocation, Control, Preparing, Saves, Lender
             self._owner.memory_mb,
             self._eff.cache_mb,
             sandbox.PLATFORM,
+            sandbox.NAN_FUEL,
         )
         dealers = [p.dealer_address(text) for text in cfg.dealers]
         spooled = [(s.dealer, s.result) for s in self.spool.load()]

@@ -383,6 +383,7 @@ class JobberCore(Dealers, Holdings, Inputs, Runtimes, Saving, OwnerRule):
             max_fuel=s.max_fuel,
             max_output_kb=self.max_output_kb(),
             platform=s.platform,
+            nan_fuel=s.nan_fuel,
             input_mb=s.input_files_mb(),
             files=tuple(list(self.files_held)[: p.MAX_HELD_FILES]) if self.files_held else None,
         )

@@ -60,6 +60,8 @@ class Settings:
     # the platform its sandbox runs native-NaN jobs for (sandbox.PLATFORM, which the shell
     # passes: the core imports no sandbox); None: not said
     platform: str | None = None
+    # how its sandbox counts fuel with canonical NaNs (sandbox.NAN_FUEL); None: not said
+    nan_fuel: str | None = None
     # whether this jobber prepares the pinned language runtimes dealers ask for
     # (jobber._runtimes), and its owner's ceiling for compiling (None: the runtime's own)
     runtimes: bool = True
@@ -166,7 +168,13 @@ class Config:
     explicit: frozenset[str] = frozenset()
 
     def core_settings(
-        self, name: str, cpus: int, memory_mb: int, cache_mb: int, platform: str | None
+        self,
+        name: str,
+        cpus: int,
+        memory_mb: int,
+        cache_mb: int,
+        platform: str | None,
+        nan_fuel: str | None = None,
     ) -> Settings:
         """What the core is told: this record, with what the shell found out (the name
         kept in the data directory, the CPU count, the memory per job and cache the
@@ -174,6 +182,7 @@ class Config:
         both is the same setting, copied as it is."""
         shared = {f.name: getattr(self, f.name) for f in fields(Settings) if hasattr(self, f.name)}
         found = {"name": name, "cpus": cpus, "memory_mb": memory_mb, "platform": platform}
+        found["nan_fuel"] = nan_fuel
         return Settings(
             **(shared | found),
             spool_share_bytes=self.spool_mb * MIB,

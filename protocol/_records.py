@@ -150,6 +150,11 @@ class HostFacts(_Record):
     # architecture, OS, wasmtime version and engine flags (sandbox.PLATFORM); nil: not
     # said (a jobber older than the field, which canonicalizes every NaN)
     platform: str | None = checked(_optional(_str(MAX_PLATFORM)), None)
+    # how this jobber counts the fuel of jobs whose NaNs are canonical (every job but those
+    # with limits.native_nans true), e.g. "nan-guards-1" (sandbox.NAN_FUEL): two jobbers
+    # must send the same name only if they give the same fuel for every such job; nil:
+    # fuel as cranelift's canonicalization counts it (every jobber older than the field)
+    nan_fuel: str | None = checked(_optional(_str(MAX_PLATFORM)), None)
     # the most one job's input files (JobSpec.files) may total here, in MiB; nil: this
     # jobber takes no job with files (every jobber older than them)
     input_mb: int | None = checked(_optional(_int(0, MAX_FILE_BYTES >> 20)), None)

@@ -182,6 +182,8 @@ class UpstreamSide:
             max_fuel=most("max_fuel"),
             max_output_kb=most("max_output_kb"),
             input_mb=max(inputs) if inputs else None,
+            # one name if its jobbers share it, else none (grouped with the oldest)
+            nan_fuel=fuels.pop() if len(fuels := {h.nan_fuel for h in hosts}) == 1 else None,
         )
 
     def _cached(self, hosts: Sequence[p.HostFacts]) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ Public face:
 - :func:`check` says whether the sandbox would run a module, and why not (for
   task authors, before any jobber sees it).
 - :data:`PLATFORM` names what a job's bytes depend on beyond the job when its
-  NaNs are native (CPU architecture, OS, wasmtime version, engine flags).
+  NaNs are native (CPU architecture, OS, wasmtime version, engine flags), and
+  :data:`NAN_FUEL` how it counts fuel when they are canonical (the NaN guards' version).
 
 Only this package knows wasmtime. docs/sandbox.md describes the limits, the
 determinism rules and the worker fences. In short: a payload is a WASI
@@ -31,13 +32,14 @@ and given the same end at once (_cache).
 
 from sandbox._cache import ModuleCache
 from sandbox._check import check
-from sandbox._engine import PLATFORM, run
+from sandbox._engine import NAN_FUEL, PLATFORM, run
 from sandbox._outcome import Outcome
 from sandbox._slots import COMPILE_MEMORY_MB, COMPILE_TIME_S, Slots
 
 __all__ = [
     "COMPILE_MEMORY_MB",
     "COMPILE_TIME_S",
+    "NAN_FUEL",
     "PLATFORM",
     "ModuleCache",
     "Outcome",

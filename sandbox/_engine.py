@@ -71,6 +71,7 @@ from sandbox._flavors import (  # noqa: F401 - the sandbox's names for them
     ENGINE_KEY,
     ENGINE_KEYS,
     MAX_WASM_STACK,
+    NAN_FUEL,
     PLATFORM,
     compile,
     engine,

@@ -107,6 +107,10 @@ ENGINE_KEY = ENGINE_KEYS[True]  # the canonical mode's (the default)
 # frame sizes), the wasmtime version and the engine's flags (the native key hashes all
 # of them). Jobbers say it in HostFacts.platform; a dealer lets only replicas of one
 # platform vote together, unless the task is cross-platform (canonical NaNs).
+# how this sandbox counts fuel with canonical NaNs (protocol HostFacts.nan_fuel): the
+# guards' operators count, so jobbers of another pass version count other fuel
+NAN_FUEL = f"nan-guards-{_nanguard.VERSION}"
+
 PLATFORM = (
     f"{platform.machine().lower() or 'unknown'}-{platform.system().lower() or 'unknown'}"
     f"-wasmtime-{_wasmtime_version()}-{FLAVOR_KEYS['native'][:8]}"

@@ -63,7 +63,14 @@ def hello(rid: int) -> bytes:
     return _frame({"type": "hello", "id": rid})
 
 
-def bored(rid: int, name: str, want: int, cached: list[str], platform: str | None = None) -> bytes:
+def bored(
+    rid: int,
+    name: str,
+    want: int,
+    cached: list[str],
+    platform: str | None = None,
+    nan_fuel: str | None = None,
+) -> bytes:
     host: dict[str, Any] = {
         "cpus": 1,
         "memory_mb": MEMORY_MB,
@@ -72,6 +79,8 @@ def bored(rid: int, name: str, want: int, cached: list[str], platform: str | Non
     }
     if platform is not None:  # claim to vote with the honest jobbers of that platform
         host["platform"] = platform
+    if nan_fuel is not None:  # ... or, with canonical NaNs, with those counting fuel so
+        host["nan_fuel"] = nan_fuel
     return _frame({"type": "bored", "id": rid, "jobber": name, "host": host, "want": want})
 
 
@@ -224,6 +233,7 @@ class WrongJobber:
         fuel: int = WRONG_FUEL,
         output: bytes = WRONG_OUTPUT,
         platform: str | None = None,
+        nan_fuel: str | None = None,
     ):
         self.dealer = dealer
         self.name = name
@@ -233,6 +243,7 @@ class WrongJobber:
         self.fuel = fuel
         self.output = output
         self.platform = platform
+        self.nan_fuel = nan_fuel
         self.cached: list[str] = []  # payload hashes received and verified
         self.unacked: dict[str, dict[str, Any]] = {}  # tag -> result
         self.made = 0  # wrong results made
@@ -285,7 +296,9 @@ class WrongJobber:
     def _ask_for_work(self) -> None:
         want = self.want if self.count is None else max(1, min(self.want, self.count - self.made))
         rid = self._rid()
-        reply = self._ask(bored(rid, self.name, want, self.cached, self.platform), rid)
+        reply = self._ask(
+            bored(rid, self.name, want, self.cached, self.platform, self.nan_fuel), rid
+        )
         kind = None if reply is None else reply["type"]
         if kind == "jobs":
             self._take_jobs(reply)
@@ -381,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--platform", default=None, help="the host.platform to claim (default: none said)"
     )
+    parser.add_argument(
+        "--nan-fuel", default=None, help="the host.nan_fuel to claim (default: none said)"
+    )
     args = parser.parse_args(argv)
     if args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
@@ -402,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 fuel=args.fuel,
                 output=output,
                 platform=args.platform,
+                nan_fuel=args.nan_fuel,
             )
             for i in range(args.identities)
         ]

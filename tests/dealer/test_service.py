@@ -73,8 +73,15 @@ def test_a_jobber_at_its_quota_is_told_to_come_back_soon(tmp_path):
     s.close()
 
 
-def ask_on(s: Service, peer: Peer, platform: str | None, now: float, want: int = 1) -> p.Message:
-    host = p.HostFacts(1, 1024, 1, platform=platform)
+def ask_on(
+    s: Service,
+    peer: Peer,
+    platform: str | None,
+    now: float,
+    want: int = 1,
+    nan_fuel: str | None = None,
+) -> p.Message:
+    host = p.HostFacts(1, 1024, 1, platform=platform, nan_fuel=nan_fuel)
     reply = s.handle(p.Bored(1, "j", host, want), now, peer)
     s.commit()
     return reply
@@ -119,6 +126,39 @@ def test_a_cross_platform_task_asks_for_canonical_nans_and_any_platforms_vote(tm
         answer(s, peer, got, 1.0)
     s.after_turn(1.0)
     assert s.core.accepted == 1
+    s.close()
+
+
+def test_with_canonical_nans_replicas_vote_with_jobbers_that_count_fuel_alike(tmp_path):
+    s = Service(
+        CrossPlatform(),
+        Journal(tmp_path / "j.sqlite", "Many"),
+        now=0.0,
+        policy=Policy(redundancy=2, quorum=2),
+    )
+    new_x86, new_arm, old = (Peer(k * 32, f"10.0.0.{i}") for i, k in enumerate("abc", 1))
+
+    def run(peer: Peer, got: p.Jobs, fuel: int) -> None:
+        results = tuple(p.Result(j.tag, p.Status.OK, b"same", fuel) for j in got.jobs)
+        s.handle(p.Results(2, "j", results), 1.0, peer)
+        s.commit()
+        s.after_turn(1.0)
+
+    first = ask_on(s, new_x86, "x86_64", 0.0, nan_fuel="nan-guards-1")
+    assert first.jobs[0].limits.native_nans is None  # canonical NaNs
+    # an older jobber counts fuel as cranelift does: the same output, other fuel
+    moved = ask_on(s, old, "x86_64", 0.0)  # no other machine of the first's kind yet
+    assert moved.jobs[0].args == first.jobs[0].args == ("0",)
+    run(new_x86, first, 100)
+    run(old, moved, 90)
+    assert s.core.accepted == 0 and s.core.disputed == 0  # not compared: no quorum, no lie
+    # a machine counting fuel as the first does, on another platform, makes the quorum
+    third = ask_on(s, new_arm, "aarch64", 2.0, nan_fuel="nan-guards-1")
+    assert third.jobs[0].args == ("0",)
+    run(new_arm, third, 100)
+    assert s.core.accepted == 1 and s.core.jobbers[old.key].errors == 0
+    sent = [r for r in s.journal.records() if type(r).__name__ == "Sent"]
+    assert [r.platform for r in sent][:3] == ["nan-guards-1", None, "nan-guards-1"]
     s.close()
 
 

@@ -91,6 +91,7 @@ hosts = st.builds(
     max_fuel=st.none() | st.integers(1, 2**62),
     max_output_kb=st.none() | st.integers(0, _records.MAX_OUTPUT_BYTES // 1024),
     platform=st.none() | names,
+    nan_fuel=st.none() | names,
     input_mb=st.none() | st.integers(0, 1 << 20),
     files=st.none() | st.lists(shas, max_size=4).map(tuple),
 )

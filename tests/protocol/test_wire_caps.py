@@ -54,6 +54,7 @@ PINNED: dict[str, dict[str, tuple]] = {
         "max_fuel": ("optional", ("int", 1, 2**62)),
         "max_output_kb": ("optional", ("int", 0, 32768)),
         "platform": ("optional", NAME),
+        "nan_fuel": ("optional", NAME),
         "input_mb": ("optional", ("int", 0, 2**20)),
         "files": ("optional", ("list", 4096, HASH)),
     },
@@ -301,6 +302,7 @@ HOST = p.HostFacts(
     max_fuel=1000,
     max_output_kb=64,
     platform="x86_64-linux",
+    nan_fuel="nan-guards-1",
     input_mb=100,
     files=(SHA,),
 )
