@@ -165,13 +165,15 @@ def unsendable(
         return f"{len(args):,} arguments{theirs}, over {where} of {MAX_ARGS:,}"
     args_bytes = 0
     for i, arg in enumerate(args):
-        which = f"argument {i - len(argv)}" if i >= len(argv) else f"the payload's argument {i}"
         if len(arg) > MAX_STR:
-            return f"{which} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+            return f"{_which(i, argv)} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+        if arg.isascii():  # (one byte a character: nothing to encode)
+            args_bytes += len(arg) + 5  # and its msgpack header
+            continue
         try:
-            args_bytes += len(arg.encode()) + 5  # and its msgpack header
+            args_bytes += len(arg.encode()) + 5
         except UnicodeEncodeError as e:
-            return f"{which} is not valid Unicode text ({e.reason} at {e.start})"
+            return f"{_which(i, argv)} is not valid Unicode text ({e.reason} at {e.start})"
     files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files)
     size = payload_bytes + len(job.stdin) + args_bytes + files_bytes + JOB_MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
@@ -182,6 +184,10 @@ def unsendable(
             f"{payload_bytes:,})"
         )
     return None
+
+
+def _which(i: int, argv: Sequence[str]) -> str:
+    return f"argument {i - len(argv)}" if i >= len(argv) else f"the payload's argument {i}"
 
 
 def refusal(job_id: int, job: Job, why: str) -> str:
@@ -198,7 +204,8 @@ def job_digest(job: Job, shared: str = "") -> str:
     hashes of its input files, its own by name and `shared` (files_digest of those every
     job sees). A job without files has the digest it had before files existed."""
     if not job.files and not shared:
-        return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+        # (a tuple packs as the list it was: the same digest)
+        return hashlib.sha256(msgpack.packb((job.args, job.stdin))).hexdigest()
     own = [[name, f.sha256] for name, f in job.files]
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin, own, shared])).hexdigest()
 

@@ -53,7 +53,6 @@ import hashlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from dealer._blame import PENDING, SAME_FAILURE, Failure, failure_of
 from dealer._policy import Policy
@@ -71,6 +70,7 @@ from dealer._replicas import (
     _Replica,
 )
 from protocol import Status
+from protocol._schema import frozen
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
 MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Tally:
     """A job's replicas, counted: what acceptance, failure and reissue are decided on.
 
@@ -180,6 +180,15 @@ def _independent(machines: set) -> int:
             used |= group
             n += 1
     return n
+
+
+def _all_out(replicas: list[_Replica]) -> bool:
+    """Whether every one of `replicas` is out, all on one platform."""
+    platform = replicas[0].platform
+    for r in replicas:  # noqa: SIM110 - a loop: no generator made on the hot path
+        if r.state is not ReplicaState.OUT or r.platform != platform:
+            return False
+    return True
 
 
 def _digest(key: tuple[bytes, int]) -> str:
@@ -333,6 +342,10 @@ class Votes:
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
+        reps = j.replicas
+        if p.quorum == 1 and len(reps) == 1 and reps[0].state is ReplicaState.OK:
+            self._accept_alone(j, reps[0])  # the common case at redundancy 1, cut short
+            return
         t = _Tally.of(j)
         if t.best >= p.quorum:
             losers: dict[tuple[bytes, int], list[_Replica]] = {}
@@ -392,6 +405,18 @@ class Votes:
             return
         self._update_wanting(j, t)
 
+    def _accept_alone(self, j: _Job, r: _Replica) -> None:
+        """`_evaluate` of a job whose one replica is OK, at a quorum of one: accepted, as
+        the tally would have it (that replica is the quorum, on its own platform)."""
+        r.won = True
+        rec = self._jobber(r.jobber)
+        rec.valid += 1
+        rec.credit += r.used
+        rec.good()
+        self._machine(r.machine).good()
+        self.accepted += 1
+        self._settle(j, Accepted(j.id, j.job, r.output), (r.output, r.fuel), r.platform)
+
     def _dispute(self, j: _Job, t: _Tally, losers: dict[tuple[bytes, int], list[_Replica]]) -> None:
         """Outputs disagreed and a quorum won: keep the groups for status and log it."""
         winners = [
@@ -435,14 +460,11 @@ class Votes:
     def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
         """`j` is unsettled; `t` is its tally, or None when it was just drawn or a
         replica of it just sent."""
-        if (
-            t is None
-            and len(j.replicas) >= self.policy.redundancy
-            and all(
-                r.state is ReplicaState.OUT and r.platform == j.replicas[0].platform
-                for r in j.replicas
-            )
-        ):
+        p = self.policy
+        reps = j.replicas
+        if t is None and not reps:  # just drawn: what an empty tally needs
+            wanted = min(max(p.redundancy, p.quorum), p.max_replicas) > 0
+        elif t is None and len(reps) >= p.redundancy and _all_out(reps):
             # the common case, cut short: a replica just sent, and now as many out as the
             # job needs, none back, all on one platform (so sent - errors = len >=
             # redundancy >= quorum and reach = live): none needed

@@ -24,11 +24,12 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol import Limits
+from protocol._schema import frozen
 from tasks._files import InputFile, named_files
 from tasks._payload import Payload
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Job:
     """One unit of work: the arguments, stdin and input files a payload runs with.
 
