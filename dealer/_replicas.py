@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from protocol import ErrorCode, Status
-from protocol._schema import frozen
+from protocol._frozen import frozen
 from tasks import InputFile, Job
 
 

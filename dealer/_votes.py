@@ -70,7 +70,7 @@ from dealer._replicas import (
     _Replica,
 )
 from protocol import Status
-from protocol._schema import frozen
+from protocol._frozen import frozen
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from protocol._schema import frozen
+from protocol._frozen import frozen
 
 DEFAULT_PORT = 7117
 DEFAULT_BIND = f"tcp://*:{DEFAULT_PORT}"  # where a dealer or a relay serves unless told

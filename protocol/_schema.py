@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, ClassVar
 
+from protocol._frozen import frozen
+
 MAX_U64 = 2**64 - 1
 MAX_STR = 4096  # tags, args, ids, addresses, texts: the default cap of a string
 
@@ -328,7 +330,7 @@ def _show(v: Any) -> str:
 
 # --- records --------------------------------------------------------------
 
-_SCALARS = (int, str, bytes, float, bool, type(None))
+_SCALARS = frozenset((int, str, bytes, float, bool, type(None)))
 
 
 class _Record:
@@ -344,6 +346,8 @@ class _Record:
     _NAMES: ClassVar[tuple[tuple[str, str, bool], ...]]
     _parse_fields: ClassVar[Any]
     _valid_fields: ClassVar[Any]
+    _make: ClassVar[Any]  # a map's fields checked, and the record made of them
+    _wire_fields: ClassVar[Any]  # the record as a map, by wire name
 
     @classmethod
     def _plan(cls) -> tuple[tuple[str, str, Check, bool], ...]:
@@ -353,30 +357,29 @@ class _Record:
             if declared is None:  # a class that wrote its _SCHEMA by hand: names are wire names
                 declared = tuple((n, n, c) for n, c in cls._SCHEMA.items())
             plan = tuple((a, n, c, c.optional) for a, n, c in declared)
-            cls._parse_fields = staticmethod(_compile(cls, plan, parse=True))
-            cls._valid_fields = staticmethod(_compile(cls, plan, parse=False))
-            # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
-            # made, and another thread (a jobber's allocator link) may be encoding the
-            # same class for the first time at this moment
+            cls._parse_fields = staticmethod(_compile(cls, plan, "parse"))
+            cls._valid_fields = staticmethod(_compile(cls, plan, "valid"))
+            cls._make = staticmethod(_compile(cls, plan, "make"))
             wire = {a: (n, c.optional) for a, n, c, _ in plan}
-            cls._NAMES = tuple(
+            names = tuple(
                 (f.name, *wire.get(f.name, (f.name, False)))
                 for f in fields(cls)  # type: ignore[arg-type]
             )
+            cls._wire_fields = staticmethod(_compile_wire(names))
+            # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
+            # made, and another thread (a jobber's allocator link) may be encoding the
+            # same class for the first time at this moment
+            cls._NAMES = names
             cls._PLAN = plan
         return plan
 
     def _to_wire(self) -> dict[str, Any]:
+        """The record as a map by wire name; an optional field left at None is left out
+        (it reads as nil)."""
         cls = type(self)
-        if "_NAMES" not in cls.__dict__:
+        if "_PLAN" not in cls.__dict__:
             cls._plan()
-        out: dict[str, Any] = {}
-        for name, key, optional in cls._NAMES:
-            value = getattr(self, name)
-            if value is None and optional:
-                continue  # an optional field left out reads as nil
-            out[key] = value if type(value) in _SCALARS else _to_wire(value)
-        return out
+        return cls._wire_fields(self)
 
     def _check_self(self, where: str) -> None:
         """Apply the schema's checks to this record's own fields (for records built in
@@ -391,13 +394,7 @@ class _Record:
     def _parse(cls, v: Any) -> Any:
         if "_PLAN" not in cls.__dict__:
             cls._plan()
-        kwargs = cls._parse_fields(v)
-        try:
-            return cls(**kwargs)
-        except _Bad:
-            raise
-        except (TypeError, ValueError) as e:
-            raise _Bad(str(e)) from e
+        return cls._make(v)
 
     @classmethod
     def _valid(cls, v: Any) -> None:
@@ -414,47 +411,107 @@ class _Record:
             raise e.at(where) from None
 
 
-def _compile(cls: type, plan: tuple[tuple[str, str, Check, bool], ...], parse: bool):
-    """A function checking (and with `parse`, converting) the fields of a map for `cls`,
-    written out field by field, as dataclasses writes its __init__: the generic loop was
-    most of the codec's time. Same checks, same messages."""
+def _compile(cls: type, plan: tuple[tuple[str, str, Check, bool], ...], mode: str):
+    """A function checking (`valid`), or checking and converting (`parse`: to a map of
+    the record's fields; `make`: to the record) the fields of a map for `cls`, written
+    out field by field, as dataclasses writes its __init__: the generic loop was most
+    of the codec's time. The common checks are written inline too (an integer in its
+    bounds, a string or bytes of a length, a float, a bool, an enum's value); a value
+    they do not pass goes to its checker, whose message says what is wrong (or which
+    converts it: an integer where a float goes). Same checks, same messages."""
     lines = [
         "def fields_of(v):",
         "    if type(v) is not dict:",
         "        raise _Bad(f'expected a map, got {_show(v)}')",
     ]
-    env: dict[str, Any] = {"_Bad": _Bad, "_show": _show}
+    env: dict[str, Any] = {"_Bad": _Bad, "_show": _show, "_cls": cls}
     out = []
     for i, (attr, name, check, optional) in enumerate(plan):
-        env[f"c{i}"] = check.parse if parse else check.valid
+        inner = check.inner if isinstance(check, _Optional) else check
+        env[f"c{i}"] = inner.valid if mode == "valid" else inner.parse
+        fast = _inline(inner, i, env, mode)
         if optional:
-            lines += [
-                f"    x = v.get({name!r})",
-                "    if x is None:",
-                f"        a{i} = None",
-                "    else:",
-                "        try:",
-                f"            a{i} = c{i}(x)",
-                "        except _Bad as e:",
-                f"            e.path.append({'.' + name!r})",
-                "            raise",
-            ]
+            lines += [f"    x = v.get({name!r})", "    if x is None:", f"        a{i} = None"]
+            lines.append("    elif " + fast[0] if fast else "    else:")
+            indent = "        "
         else:
             lines += [
                 "    try:",
                 f"        x = v[{name!r}]",
                 "    except KeyError:",
                 f"        raise _Bad({f'missing field {name!r}'!r}) from None",
-                "    try:",
-                f"        a{i} = c{i}(x)",
-                "    except _Bad as e:",
-                f"        e.path.append({'.' + name!r})",
-                "        raise",
             ]
-        out.append(f"{attr!r}: a{i}")
-    lines.append("    return {" + ", ".join(out) + "}" if parse else "    return None")
+            indent = "    "
+            if fast:
+                lines.append(f"    if {fast[0]}")
+                indent = "        "
+        if fast:
+            lines += [f"{indent}{fast[1]}", "    else:"]
+            indent = "        "
+        lines += [
+            f"{indent}try:",
+            f"{indent}    a{i} = c{i}(x)",
+            f"{indent}except _Bad as e:",
+            f"{indent}    e.path.append({'.' + name!r})",
+            f"{indent}    raise",
+        ]
+        out.append((attr, f"a{i}"))
+    if mode == "parse":
+        lines.append("    return {" + ", ".join(f"{a!r}: {x}" for a, x in out) + "}")
+    elif mode == "make":
+        lines += [
+            "    try:",
+            "        return _cls(" + ", ".join(f"{a}={x}" for a, x in out) + ")",
+            "    except _Bad:",
+            "        raise",
+            "    except (TypeError, ValueError) as e:",
+            "        raise _Bad(str(e)) from e",
+        ]
     exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own schema
     return env["fields_of"]
+
+
+def _inline(check: Check, i: int, env: dict[str, Any], mode: str) -> tuple[str, str] | None:
+    """For field `i`: a test that `x` passes `check` (ending in ':'), and what to do when
+    it does; None where the checker is always called (lists, maps, records)."""
+    kind = type(check)
+    keep = "pass" if mode == "valid" else f"a{i} = x"
+    if kind is _Int:
+        env[f"lo{i}"], env[f"hi{i}"] = check.lo, check.hi
+        return f"type(x) is int and lo{i} <= x <= hi{i}:", keep
+    if kind is _Float:  # (a float within finite bounds is finite)
+        env[f"lo{i}"], env[f"hi{i}"] = check.lo, check.hi
+        return f"type(x) is float and lo{i} <= x <= hi{i}:", keep
+    if kind is _Str:
+        env[f"n{i}"] = check.max_len
+        if check.pattern is None:
+            return f"type(x) is str and len(x) <= n{i}:", keep
+        env[f"m{i}"] = check.pattern.match
+        return f"type(x) is str and len(x) <= n{i} and m{i}(x) is not None:", keep
+    if kind is _Bytes:
+        env[f"lo{i}"], env[f"hi{i}"] = check.min_len, check.max_len
+        return f"type(x) is bytes and lo{i} <= len(x) <= hi{i}:", keep
+    if kind is _Bool:
+        return "type(x) is bool:", keep
+    if kind is _Enum and all(type(value) is str for value in check.values):
+        env[f"e{i}"] = check.values
+        return f"type(x) is str and x in e{i}:", "pass" if mode == "valid" else f"a{i} = e{i}[x]"
+    return None
+
+
+def _compile_wire(names: tuple[tuple[str, str, bool], ...]):
+    """The function of a record's map by wire name, written out field by field (see
+    `_compile`): each field as it is where it is a scalar, else as `_to_wire` makes it;
+    an optional field left at None is left out."""
+    lines = ["def wire_of(r):", "    out = {}"]
+    for attr, key, optional in names:
+        lines.append(f"    x = r.{attr}")
+        put = f"out[{key!r}] = x if type(x) in _SCALARS else _to_wire(x)"
+        lines.append(f"    if x is not None:\n        {put}" if optional else f"    {put}")
+    lines.append("    return out")
+    env: dict[str, Any] = {"_SCALARS": _SCALARS, "_to_wire": _to_wire}
+    exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own fields
+    return env["wire_of"]
 
 
 def _to_wire(v: Any) -> Any:
@@ -490,52 +547,6 @@ def checked(
     return dataclasses.field(
         default=default, default_factory=factory, metadata=meta, hash=None if hashed else False
     )
-
-
-def quick_init(cls: type) -> Any:
-    """Give the frozen, slotted dataclass `cls` an __init__ that stores each field through
-    its slot's own descriptor: the same parameters, defaults, factories and
-    __post_init__ as dataclasses' own, which stores each through object.__setattr__,
-    at about twice the cost (records are made by the thousand a second: the dealer's
-    journal records, every message's). A class of init=False, keyword-only or InitVar
-    fields keeps its own."""
-    flds = fields(cls)
-    if any(not f.init or f.kw_only or f._field_type is not dataclasses._FIELD for f in flds):
-        return cls  # (not worth a copy of dataclasses' every rule)
-    if len(flds) != len(getattr(cls, "__dataclass_fields__", ())):
-        return cls  # (an InitVar: a pseudo-field fields() leaves out)
-    env: dict[str, Any] = {"_NONE": _NO_ARGUMENT}
-    params, body = [], []
-    for i, f in enumerate(flds):
-        slot = next(k.__dict__[f.name] for k in cls.__mro__ if f.name in k.__dict__)
-        env[f"_s{i}"] = slot.__set__
-        if f.default is not _MISSING:
-            env[f"_d{i}"] = f.default
-            params.append(f"{f.name}=_d{i}")
-        elif f.default_factory is not _MISSING:
-            env[f"_f{i}"] = f.default_factory
-            params.append(f"{f.name}=_NONE")
-            body.append(f"    if {f.name} is _NONE:\n        {f.name} = _f{i}()")
-        else:
-            params.append(f.name)
-        body.append(f"    _s{i}(self, {f.name})")
-    if hasattr(cls, "__post_init__"):
-        body.append("    self.__post_init__()")
-    src = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"])
-    exec(src, env)  # noqa: S102 - code made here from the class's own fields
-    init = env["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    cls.__init__ = init
-    return cls
-
-
-_NO_ARGUMENT: Any = object()  # quick_init's default of a field made by a factory
-
-
-def frozen(cls: type) -> Any:
-    """`cls` as a frozen, slotted dataclass (with quick_init's __init__)."""
-    return quick_init(dataclasses.dataclass(frozen=True, slots=True)(cls))
 
 
 def record(cls: type) -> Any:

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol import Limits
-from protocol._schema import frozen
+from protocol._frozen import frozen
 from tasks._files import InputFile, named_files
 from tasks._payload import Payload
 
