@@ -62,7 +62,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dealer._blame import Blame
-from dealer._locality import Locality
+from dealer._locality import NO_FILES, Locality
 
 # the core's names, wherever defined, are dealer._core's too ("X as X": re-exported)
 from dealer._policy import JOB_MESSAGE_OVERHEAD as JOB_MESSAGE_OVERHEAD
@@ -97,7 +97,7 @@ from dealer._retry import Redraw, Retries
 from dealer._saves import Saves
 from dealer._votes import MAX_DISPUTES as MAX_DISPUTES
 from dealer._votes import MAX_LATE as MAX_LATE
-from dealer._votes import Votes
+from dealer._votes import Votes, _all_out
 from dealer._votes import _Tally as _Tally
 from protocol import ErrorCode, Status
 from tasks import InputFile, InputFileError, Job
@@ -303,7 +303,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             if j is None:
                 break
             drawn += 1
-            if self._fits(j.group, allowance):
+            if not (j.group[0] or self._shared) or self._fits(j.group, allowance):
                 out.append(self._send(j, jobber, machine, platform, now))
         if len(out) < want and self._exhausted and not self._wanting and self.policy.backups:
             out += self._backups(jobber, machine, platform, want - len(out), now, allowance)
@@ -399,7 +399,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
                 )
                 return None
             job_id = self._next_job
-            files, why = self._files_of(job)
+            files, why = self._files_of(job) if job.files or self._shared else ({}, None)
             why = why or unsendable(job, self._payload_bytes, files, self._argv)
             refused = None if why is None else refusal(job_id, job, why)
             self._pending_job = job
@@ -438,7 +438,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             files = {}
         elif files is None:  # (drawn live: as _draw found them)
             files, _ = self._files_of(job)
-        group = self._files_key(files, [f for _, f in job.files])
+        group = self._files_key(files, [f for _, f in job.files]) if files else NO_FILES
         j = self._jobs[rec.job_id] = _Job(
             rec.job_id, job, digest=rec.digest, files=files, group=group
         )
@@ -446,8 +446,9 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             self.failed += 1
             self._settle(j, Failed(j.id, j.job, (rec.refused,)))
             return
-        self._hold_files(j)
-        self._update_wanting(j)
+        if files:
+            self._hold_files(j)
+        self._want(j)  # (with no replica, what a job needs: see _update_wanting)
 
     def _files_of(self, job: Job) -> tuple[dict[str, InputFile], str | None]:
         """All the input files `job` reads, by guest path; or why it cannot have them."""
@@ -471,7 +472,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         """A replica of `j` for `jobber`, from a saved state if one fits (dealer._saves)."""
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        ck = self._resume_of(j, allowance, backup)
+        ck = None if allowance is None else self._resume_of(j, allowance, backup)
         sha = None if ck is None else ck.hash
         rec = Sent(tag, j.id, jobber, deadline, machine, now, platform, sha)
         self._apply_sent(rec)  # (what _record does, without looking up the handler)
@@ -487,8 +488,11 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
         r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine, rec.platform)
-        self._started(j, r, rec)
-        j.replicas.append(r)
+        r.sent_at = rec.at
+        if rec.resume is not None:
+            self._started(j, r, rec)
+        reps = j.replicas
+        reps.append(r)
         on = self._platforms.get(rec.platform)
         if on is None:
             on = self._platforms[rec.platform] = {}
@@ -502,7 +506,10 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self._jobber(rec.jobber).held += 1
         self._machine(rec.machine).held += 1
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
-        self._update_wanting(j)
+        if len(reps) >= self.policy.redundancy and _all_out(reps):
+            self._unwant(j)  # (_update_wanting's common case, cut short: none needed)
+        else:
+            self._update_wanting(j)
 
     def _apply_returned(self, rec: Returned) -> None:
         r = self._replica(rec.tag)

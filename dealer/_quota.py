@@ -204,11 +204,13 @@ class Standings:
 
     def _seen(self, jobber: str, machine: str, now: float) -> JobberRecord:
         rec = self._jobber(jobber)
-        rec.last_seen = max(rec.last_seen, now)
+        if now > rec.last_seen:
+            rec.last_seen = now
         rec.machine = machine
         rec.gone = False
         m = self._machine(machine)
-        m.last_seen = max(m.last_seen, now)
+        if now > m.last_seen:
+            m.last_seen = now
         return rec
 
     def _present(self, m: Standing, now: float) -> bool:
