@@ -13,6 +13,7 @@ the vote.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -154,12 +155,13 @@ def unsendable(
     travel in each JobSpec's `args` and count against the same caps. The same job gives
     the same answer every time: a pure function of its bytes."""
     where = "the wire's cap"
-    files = files or {}
+    if files is None:
+        files = {}
     if len(files) > MAX_JOB_FILES:
         return f"{len(files):,} input files, over {where} of {MAX_JOB_FILES:,}"
     if len(job.stdin) > MAX_STDIN_BYTES:
         return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
-    args = (*argv, *job.args)
+    args = (*argv, *job.args) if argv else job.args
     if len(args) > MAX_ARGS:
         theirs = f" ({len(argv)} of them the payload's)" if argv else ""
         return f"{len(args):,} arguments{theirs}, over {where} of {MAX_ARGS:,}"
@@ -174,7 +176,7 @@ def unsendable(
             args_bytes += len(arg.encode()) + 5
         except UnicodeEncodeError as e:
             return f"{_which(i, argv)} is not valid Unicode text ({e.reason} at {e.start})"
-    files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files)
+    files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files) if files else 0
     size = payload_bytes + len(job.stdin) + args_bytes + files_bytes + JOB_MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         return (
@@ -205,9 +207,20 @@ def job_digest(job: Job, shared: str = "") -> str:
     job sees). A job without files has the digest it had before files existed."""
     if not job.files and not shared:
         # (a tuple packs as the list it was: the same digest)
-        return hashlib.sha256(msgpack.packb((job.args, job.stdin))).hexdigest()
+        return hashlib.sha256(_packer().pack((job.args, job.stdin))).hexdigest()
     own = [[name, f.sha256] for name, f in job.files]
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin, own, shared])).hexdigest()
+
+
+_PACKERS = threading.local()  # a Packer per thread: made once, not for every job
+
+
+def _packer() -> msgpack.Packer:
+    try:
+        return _PACKERS.packer
+    except AttributeError:
+        _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+        return _PACKERS.packer
 
 
 def files_digest(files: Mapping[str, InputFile]) -> str:

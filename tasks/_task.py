@@ -42,8 +42,9 @@ class Job:
     files: tuple[tuple[str, InputFile], ...] = ()
 
     def __post_init__(self) -> None:
-        if not all(isinstance(a, str) for a in self.args):
-            raise TypeError("Job.args must be strings")
+        for a in self.args:  # (a loop: a job is made for every one a task has)
+            if not isinstance(a, str):
+                raise TypeError("Job.args must be strings")
         if not isinstance(self.stdin, bytes):
             raise TypeError("Job.stdin must be bytes")
         if self.files:
