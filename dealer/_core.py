@@ -110,6 +110,8 @@ DENIED = "denied"  # ... and for a result from a denied identity
 # unsendable jobs one live draw goes past before it returns (the next draw goes on): each is
 # a record and a failure to hand the task, so one turn stays short
 REFUSED_PER_DRAW = 1000
+_VALUE = {s: s.value for s in Status}  # (an enum's value is a property: slow per result)
+_OK, _ABANDONED = Status.OK.value, Status.ABANDONED.value
 
 
 class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
@@ -345,12 +347,13 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         if why is not None:
             self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}", now))
             return Rejected(ErrorCode.IMPLAUSIBLE, why)
-        rec = Returned(tag, status.value, output, fuel, detail, now)
+        rec = Returned(tag, _VALUE[status], output, fuel, detail, now)
         self._apply_returned(rec)  # (what _record does, without looking up the handler)
         self._records.append(rec)
         if status is not Status.ABANDONED:  # it works: a job may wait for it a lease more
             m = self._machine(r.machine)
-            m.present = max(m.present, now)
+            if now > m.present:
+                m.present = now
         return None
 
     # --- replay ------------------------------------------------------------
@@ -506,17 +509,22 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self._jobber(rec.jobber).held += 1
         self._machine(rec.machine).held += 1
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
-        if len(reps) >= self.policy.redundancy and _all_out(reps):
+        if len(reps) >= self.policy.redundancy and (len(reps) == 1 or _all_out(reps)):
             self._unwant(j)  # (_update_wanting's common case, cut short: none needed)
         else:
             self._update_wanting(j)
 
     def _apply_returned(self, rec: Returned) -> None:
         r = self._replica(rec.tag)
+        ok = rec.status == _OK
+        if ok and r.state is ReplicaState.OUT and self.policy.quorum == 1:
+            j = self._jobs[r.job_id]
+            if len(j.replicas) == 1:  # the common case at redundancy 1: accepted at once
+                self._returned_alone(j, r, rec)
+                return
         self._close(r)
-        ok = rec.status == Status.OK.value
         was_overdue = r.state is ReplicaState.OVERDUE
-        if rec.status == Status.ABANDONED.value:
+        if rec.status == _ABANDONED:
             r.fire("released")
             r.detail = f"released: {rec.detail}"
             self._spare(r)

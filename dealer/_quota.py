@@ -57,7 +57,8 @@ class Standing:
     present: float = NEVER
 
     def good(self) -> None:
-        self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
+        if self.allowance < MAX_ALLOWANCE:
+            self.allowance += 1
 
     def bad(self) -> None:
         self.allowance = max(1, self.allowance // 2)

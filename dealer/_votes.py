@@ -57,6 +57,7 @@ from collections.abc import Collection
 from dealer._blame import PENDING, SAME_FAILURE, Failure, failure_of
 from dealer._policy import Policy
 from dealer._quota import Standing
+from dealer._records import Returned
 from dealer._replicas import (
     _ERRORED,
     _LATE,
@@ -404,6 +405,36 @@ class Votes:
             self._settle(j, Failed(j.id, j.job, (text,)))
             return
         self._update_wanting(j, t)
+
+    def _returned_alone(self, j: _Job, r: _Replica, rec: Returned) -> None:
+        """`r`, the one replica of `j`, was out and came back OK (`rec`), at a quorum of
+        one: what Core._apply_returned, _evaluate (_accept_alone) and _settle do with it,
+        in one step. It leaves the replicas open and held; it holds no room as an
+        unchecked result (counted on its return and off as its job settles: no change);
+        it wins, and the job is accepted and settled."""
+        me, host = self._jobber(r.jobber), self._machine(r.machine)
+        me.held -= 1  # (_close)
+        host.held -= 1
+        tags = self._open.get(r.jobber)
+        if tags is not None:
+            tags.discard(r.tag)
+        r.state = ReplicaState.OK  # (r.fire("returned_ok"), from OUT)
+        r.status = rec.status
+        r.output, r.used = rec.output, rec.fuel
+        r.fuel = 0 if self.policy.checkpoint_bytes else rec.fuel
+        r.won = True
+        me.valid += 1
+        me.credit += r.used
+        me.good()
+        host.good()
+        self.accepted += 1
+        del self._jobs[j.id]  # (_settle)
+        self._unwant(j)
+        if j.files:
+            self._drop_files(j)
+        del self._replicas[r.tag]
+        self._settled.append(Accepted(j.id, j.job, r.output))
+        self._settled_digests.append(j.digest)
 
     def _accept_alone(self, j: _Job, r: _Replica) -> None:
         """`_evaluate` of a job whose one replica is OK, at a quorum of one: accepted, as
