@@ -98,7 +98,8 @@ class _Record:
                 (f.name, *wire.get(f.name, (f.name, False)))
                 for f in fields(cls)  # type: ignore[arg-type]
             )
-            cls._wire_fields = staticmethod(_compile_wire(names))
+            checks = {a: c for a, _, c, _ in plan}
+            cls._wire_fields = staticmethod(_compile_wire(names, checks))
             # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
             # made, and another thread (a jobber's allocator link) may be encoding the
             # same class for the first time at this moment
@@ -277,19 +278,39 @@ def _test(check: Check, x: str, i: str, env: dict[str, Any]) -> str | None:
     return None
 
 
-def _compile_wire(names: tuple[tuple[str, str, bool], ...]):
+def _compile_wire(names: tuple[tuple[str, str, bool], ...], checks: dict[str, Check]):
     """The function of a record's map by wire name, written out field by field (see
-    `_compile`): each field as it is where it is a scalar, else as `_to_wire` makes it;
+    `_compile`): each field as it is where it is a scalar, a record of a field's own
+    class by that class's function, a list item by item, else as `_to_wire` makes it;
     an optional field left at None is left out."""
     lines = ["def wire_of(r):", "    out = {}"]
-    for attr, key, optional in names:
+    env: dict[str, Any] = {"_SCALARS": _SCALARS, "_to_wire": _to_wire}
+    for i, (attr, key, optional) in enumerate(names):
+        check = checks.get(attr)
+        if isinstance(check, _Optional):
+            check = check.inner
+        value = "x if type(x) in _SCALARS else _to_wire(x)"
+        if isinstance(check, _RecordOf):
+            env[f"C{i}"], env[f"w{i}"] = check.cls, _wire_of(check.cls)
+            value = f"w{i}(x) if type(x) is C{i} else _to_wire(x)"
+        elif isinstance(check, _List):
+            item = "y if type(y) in _SCALARS else _to_wire(y)"
+            if isinstance(check.item, _RecordOf):
+                env[f"C{i}"], env[f"w{i}"] = check.item.cls, _wire_of(check.item.cls)
+                item = f"w{i}(y) if type(y) is C{i} else _to_wire(y)"
+            value = f"[{item} for y in x] if type(x) is tuple else _to_wire(x)"
         lines.append(f"    x = r.{attr}")
-        put = f"out[{key!r}] = x if type(x) in _SCALARS else _to_wire(x)"
+        put = f"out[{key!r}] = {value}"
         lines.append(f"    if x is not None:\n        {put}" if optional else f"    {put}")
     lines.append("    return out")
-    env: dict[str, Any] = {"_SCALARS": _SCALARS, "_to_wire": _to_wire}
     exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own fields
     return env["wire_of"]
+
+
+def _wire_of(cls: type):
+    """The compiled map function of the record class `cls` (made now)."""
+    cls._plan()
+    return cls._wire_fields
 
 
 def _to_wire(v: Any) -> Any:
