@@ -29,12 +29,11 @@ is found by its kind without reading every turn.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter
 from pathlib import Path
 
 import msgpack
 
-from dealer._records import RECORD_CODES, RECORD_TYPES, Record
+from dealer._records import RECORD_CODES, RECORD_TYPES, Record, Retried
 from protocol import ProtocolError
 
 # 2: records are maps by field name; Sent carries the machine; Denied. 3: a turn's
@@ -51,13 +50,22 @@ class JournalError(Exception):
     """The journal file cannot be used for this task."""
 
 
+class OwnRow(Exception):
+    """A record that goes in a row of its own, not in a turn (a Retried record)."""
+
+
 def _row_of(cls: type, code: int) -> Callable[[Record], tuple]:
-    names = [f for f in cls.__slots__]
-    if len(names) == 1:
-        one = attrgetter(names[0])
-        return lambda rec: (code, (one(rec),))
-    get = attrgetter(*names)
-    return lambda rec: (code, get(rec))
+    """The function of a record of `cls` as it is in a turn: (code, (its fields))."""
+    if cls is Retried:
+        return _own_row
+    fields = "".join(f"r.{name}, " for name in cls.__slots__)
+    env: dict = {}
+    exec(f"def row(r):\n    return ({code}, ({fields}))", env)  # noqa: S102 - from its fields
+    return env["row"]
+
+
+def _own_row(rec: Record) -> tuple:
+    raise OwnRow(type(rec).__name__)
 
 
 _ROWS = {cls: _row_of(cls, code) for cls, code in RECORD_CODES.items()}
@@ -77,7 +85,8 @@ def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
 
 
 def pack_turn(records: Sequence[Record], packer: msgpack.Packer) -> bytes:
-    """The body of a turn's row: its records, each [code, [fields]], in one msgpack call."""
+    """The body of a turn's row: its records, each [code, [fields]], in one msgpack call.
+    OwnRow if one of them goes in a row of its own (a Retried record)."""
     rows = _ROWS
     return packer.pack([rows[type(r)](r) for r in records])
 
@@ -89,14 +98,19 @@ def turn_length(body: bytes) -> int:
     return unpacker.read_array_header()
 
 
-def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Iterator[Record]:
+def decode(
+    path: Path, rows: Iterable[tuple[int, str, bytes]], then: str, every: bool = True
+) -> Iterator[Record]:
     """Records from (seq, kind, body) rows in order, each checked; a damaged one raises
     JournalError naming `path` and the record (numbered from 1 across rows and turns),
-    ending with `then` (what to do)."""
+    ending with `then` (what to do). `every`: the rows are all the journal's, so none may
+    be missing; else some rows of their own, picked by kind (each named by its row)."""
     expected = 1  # seq is the rowid: 1, 2, 3, ... with no gaps (nothing is ever deleted)
     n = 0  # records read
     turns = False
     for seq, kind, body in rows:
+        if not every:
+            expected, n = seq, seq - 1
         if seq != expected:  # before any turn, rows are records: name it as one
             missing = f"the records' row {expected}" if turns else f"record {expected}"
             raise JournalError(

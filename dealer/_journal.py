@@ -64,6 +64,7 @@ from dealer._format import (
     READABLE,
     SCHEMA_VERSION,
     TURN,
+    OwnRow,
     pack,
     pack_settled,
     pack_turn,
@@ -72,7 +73,7 @@ from dealer._format import (
 )
 from dealer._format import JournalError as JournalError
 from dealer._format import decode as decode
-from dealer._records import Record, Retried
+from dealer._records import Record
 
 log = logging.getLogger(__name__)
 
@@ -413,13 +414,13 @@ class Journal:
         db.execute("BEGIN")
         try:
             self._upgrade()
-            if any(type(r) is Retried for r in records):  # findable by kind: rows of their own
-                self._rows(records)
-            elif records:
-                db.execute(
-                    "INSERT INTO records (kind, body) VALUES (?, ?)",
-                    (TURN, pack_turn(records, packer)),
-                )
+            if records:
+                try:
+                    body = pack_turn(records, packer)
+                except OwnRow:  # a Retried record, found by its kind: rows of their own
+                    self._rows(records)
+                else:
+                    db.execute("INSERT INTO records (kind, body) VALUES (?, ?)", (TURN, body))
             if settled:
                 db.execute(
                     "INSERT INTO settled_turns (jobs, failed, body) VALUES (?, ?, ?)",
@@ -505,7 +506,7 @@ class Journal:
         """How many times each job was put back by a retry (Retried records)."""
         rows = self._db.execute("SELECT seq, kind, body FROM records WHERE kind = 'Retried'")
         out: Counter[int] = Counter()
-        for rec in decode(self.path, rows, f": {AFRESH}"):
+        for rec in decode(self.path, rows, f": {AFRESH}", every=False):
             out.update(rec.job_ids)
         return out
 

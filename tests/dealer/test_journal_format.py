@@ -184,3 +184,27 @@ def test_damaged_settled_jobs_are_refused(tmp_path):
         list(j.settled_rows())
     assert str(e.value).startswith(f"{path}: the settled jobs of row 1 are damaged: ValueError")
     j.close()
+
+
+def test_a_retried_record_is_a_row_of_its_own_wherever_it_is_written(tmp_path):
+    from dealer._records import Retried
+
+    j = Journal(tmp_path / "j.sqlite", "t")
+    records = [Drawn(0, "d"), Retried((0,), False, None, 1.0)]
+    j.append(records)
+    assert [k for (k,) in j._db.execute("SELECT kind FROM records")] == ["Drawn", "Retried"]
+    assert list(j.records()) == records and j.retried() == {0: 1}
+    j.close()
+
+
+def test_a_batch_retried_and_not_finished_resumes(tmp_path):
+    """Its Retried record is not the journal's first: the retries are read all the same
+    (before, reading them alone failed as a record missing)."""
+    path = tmp_path / "j.sqlite"
+    assert schema2.finished(path)["failed"] == 1
+    svc = schema2.finished_service(path, retry=())  # job 1 put back; the dealer stops
+    svc.close()
+    svc = schema2.finished_service(path)  # resumed: replayed, the retry included
+    assert not svc.finished() and svc.journal.retried() == {1: 1}
+    assert [s[:2] for s in svc.task.seen] == [["ok", "0"], ["ok", "2"]]  # (not the failure)
+    svc.close()
