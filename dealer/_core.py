@@ -97,7 +97,7 @@ from dealer._retry import Redraw, Retries
 from dealer._saves import Saves
 from dealer._votes import MAX_DISPUTES as MAX_DISPUTES
 from dealer._votes import MAX_LATE as MAX_LATE
-from dealer._votes import Votes, _all_out
+from dealer._votes import Votes
 from dealer._votes import _Tally as _Tally
 from protocol import ErrorCode, Status
 from tasks import InputFile, InputFileError, Job
@@ -509,8 +509,8 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self._jobber(rec.jobber).held += 1
         self._machine(rec.machine).held += 1
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
-        if len(reps) >= self.policy.redundancy and (len(reps) == 1 or _all_out(reps)):
-            self._unwant(j)  # (_update_wanting's common case, cut short: none needed)
+        if len(reps) == 1 and self.policy.redundancy == 1:
+            self._unwant(j)  # (_update_wanting's case at redundancy 1, cut short)
         else:
             self._update_wanting(j)
 

@@ -107,28 +107,39 @@ class _Tally:
         failing: dict[tuple[str | None, str, str, bytes, int], set[str]] = {}
         live_on: dict[str | None, int] = {}
         errors = live = uncounted = 0
+        resumed = False  # a replica that voted started from saved states (its lineage)
         for r in j.replicas:
             state = r.state
             if state is ReplicaState.OUT:
                 live += 1
                 live_on[r.platform] = live_on.get(r.platform, 0) + 1
             elif state is ReplicaState.OK:
-                voters.setdefault((r.platform, r.output, r.fuel), set()).add(r.lineage or r.machine)
+                who = r.lineage or r.machine
+                resumed = resumed or who is not r.machine
+                key = (r.platform, r.output, r.fuel)
+                group = voters.get(key)
+                if group is None:
+                    voters[key] = {who}
+                else:
+                    group.add(who)
             elif state is ReplicaState.ERROR:
                 errors += 1
                 if r.status in DETERMINISTIC:
                     key = (r.platform, *failure_of(r))
-                    failing.setdefault(key, set()).add(r.lineage or r.machine)
+                    who = r.lineage or r.machine
+                    resumed = resumed or who is not r.machine
+                    failing.setdefault(key, set()).add(who)
             elif state is ReplicaState.OVERDUE:
                 errors += 1
             else:  # RELEASED, GONE
                 uncounted += 1
+        count = _independent if resumed else len  # (machines alone: each one vote)
         if voters:
-            top, best = _most(voters, (None, b"", 0))
+            top, best = _most(voters, (None, b"", 0), count)
             platform, key = top[0], top[1:]
             best_on: dict[str | None, int] = {}
             for (on, _, _), machines in voters.items():
-                n = _independent(machines)
+                n = count(machines)
                 if n > best_on.get(on, 0):
                     best_on[on] = n
             for on, n in live_on.items():
@@ -138,7 +149,7 @@ class _Tally:
             platform, key, best = None, (b"", 0), 0
             reach = max(live_on.values()) if live_on else 0
         if failing:
-            top, fail_best = _most(failing, (None, "", "", b"", 0))
+            top, fail_best = _most(failing, (None, "", "", b"", 0), count)
             fail_platform, fail_key = top[0], top[1:]
         else:
             fail_platform, fail_key, fail_best = None, ("", "", b"", 0), 0
@@ -157,11 +168,12 @@ class _Tally:
         )
 
 
-def _most(groups: dict, empty):
-    """The key of the largest group, and its size; the first reached wins a tie."""
+def _most(groups: dict, empty, count=None):
+    """The key of the largest group, and its size (`count`: of a group's machines, by
+    default `_independent`); the first reached wins a tie."""
     best_key, best = empty, 0
     for key, machines in groups.items():
-        n = _independent(machines)
+        n = (count or _independent)(machines)
         if n > best:
             best_key, best = key, n
     return best_key, best
@@ -495,11 +507,11 @@ class Votes:
         reps = j.replicas
         if t is None and not reps:  # just drawn: what an empty tally needs
             wanted = min(max(p.redundancy, p.quorum), p.max_replicas) > 0
-        elif t is None and len(reps) >= p.redundancy and _all_out(reps):
-            # the common case, cut short: a replica just sent, and now as many out as the
-            # job needs, none back, all on one platform (so sent - errors = len >=
-            # redundancy >= quorum and reach = live): none needed
-            wanted = False
+        elif t is None and _all_out(reps):
+            # the common case, cut short: a replica just sent, none back, all on one
+            # platform (so sent - errors = len and reach = live = len, and quorum <=
+            # redundancy <= max_replicas): more needed while fewer than the redundancy
+            wanted = len(reps) < p.redundancy
         else:
             wanted = self._needed(t or _Tally.of(j)) > 0
         if wanted:
