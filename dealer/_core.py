@@ -40,11 +40,17 @@ comparing digests: how `python -m dealer results` reads a batch (dealer._history
 
 The core is one class in parts, each a module: dealer._replicas (a replica's states and
 the transition table, what the core hands out), dealer._policy (the settings and the
-limits of a job and a result), dealer._quota (standing: quotas, leases, denial),
-dealer._votes (acceptance, failure, placement, disputes), dealer._blame (whose fault a
-failure is), dealer._restore (a finished batch restored from its snapshot),
-dealer._retry (failed jobs put back: the Retried record). This module draws, decides on
-the live events, records, and applies records (the replay).
+limits of a job and a result), dealer._quota (standing: quotas, leases, denial, and
+their events: alive, deny, tick), dealer._votes (acceptance, failure, placement,
+disputes), dealer._blame (whose fault a failure is), dealer._restore (a finished batch
+restored from its snapshot), dealer._retry (failed jobs put back: the Retried record).
+This module draws and sends (bored), takes results, records, and applies records (the
+replay).
+
+The hot path (a job drawn, sent, returned and accepted: docs/benchmarks.md, "Dispatch")
+makes a record of each step and applies it with its handler called directly, not
+looked up (`_record` does that for the rest), and a job whose one replica at a quorum
+of one came back OK is accepted without a tally of its votes (Votes._accept_alone).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from dealer._blame import Blame
-from dealer._locality import Locality
+from dealer._locality import NO_FILES, Locality
 
 # the core's names, wherever defined, are dealer._core's too ("X as X": re-exported)
 from dealer._policy import JOB_MESSAGE_OVERHEAD as JOB_MESSAGE_OVERHEAD
@@ -64,6 +70,7 @@ from dealer._policy import MAX_ALLOWANCE as MAX_ALLOWANCE
 from dealer._policy import Policy as Policy
 from dealer._policy import files_digest, implausible, job_digest, refusal, unsendable
 from dealer._quota import ACTIVE_HORIZON_S as ACTIVE_HORIZON_S
+from dealer._quota import LOST as LOST
 from dealer._quota import JobberRecord as JobberRecord
 from dealer._quota import Standing as Standing
 from dealer._quota import Standings
@@ -98,12 +105,13 @@ from tasks._files import guest_files
 
 log = logging.getLogger(__name__)
 
-LOST = "lost: the jobber no longer holds it"
 IMPLAUSIBLE = "implausible"  # the status recorded for a result that failed the checks
 DENIED = "denied"  # ... and for a result from a denied identity
 # unsendable jobs one live draw goes past before it returns (the next draw goes on): each is
 # a record and a failure to hand the task, so one turn stays short
 REFUSED_PER_DRAW = 1000
+_VALUE = {s: s.value for s in Status}  # (an enum's value is a property: slow per result)
+_OK, _ABANDONED = Status.OK.value, Status.ABANDONED.value
 
 
 class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
@@ -171,6 +179,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self.failed = 0
         self._records: list[Record] = []
         self._pending_job: Job | None = None  # drawn live, about to be applied
+        self._pending_files: dict[str, InputFile] | None = None  # ... and its files
         self._settled: list[Accepted | Failed] = []
         self._settled_digests: list[str] = []  # the digest of each job in _settled
         self._redraw, self._pending_retry = redraw, None  # dealer._retry's (see there)
@@ -296,7 +305,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             if j is None:
                 break
             drawn += 1
-            if self._fits(j.group, allowance):
+            if not (j.group[0] or self._shared) or self._fits(j.group, allowance):
                 out.append(self._send(j, jobber, machine, platform, now))
         if len(out) < want and self._exhausted and not self._wanting and self.policy.backups:
             out += self._backups(jobber, machine, platform, want - len(out), now, allowance)
@@ -329,7 +338,8 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self._seen(jobber, r.machine, now)
         if r.state not in _LATE:
             return Rejected(ErrorCode.DUPLICATE, f"result for {tag} was already received")
-        status = Status(status)
+        if type(status) is not Status:
+            status = Status(status)
         if self.is_denied(jobber):
             self._record(Returned(tag, DENIED, b"", 0, "the identity is denied", now))
             return Rejected(ErrorCode.DENIED, "this identity is denied by the dealer")
@@ -337,59 +347,14 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         if why is not None:
             self._record(Returned(tag, IMPLAUSIBLE, b"", 0, f"{status.value}: {why}", now))
             return Rejected(ErrorCode.IMPLAUSIBLE, why)
-        self._record(Returned(tag, status.value, output, fuel, detail, now))
+        rec = Returned(tag, _VALUE[status], output, fuel, detail, now)
+        self._apply_returned(rec)  # (what _record does, without looking up the handler)
+        self._records.append(rec)
         if status is not Status.ABANDONED:  # it works: a job may wait for it a lease more
             m = self._machine(r.machine)
-            m.present = max(m.present, now)
+            if now > m.present:
+                m.present = now
         return None
-
-    def alive(
-        self,
-        jobber: str,
-        now: float,
-        holding: Collection[str] | None = None,
-        machine: str | None = None,
-    ) -> list[str]:
-        """The jobber says it is alive (renewing its lease) and, maybe, what it holds.
-
-        Returns the held tags it should drop: replicas of jobs already settled,
-        which can no longer change anything. `machine`: where it speaks from (default:
-        where it last asked, else its own). Being alive is not being present: no job
-        waits for a machine that only says it is alive (see _present).
-        """
-        if machine is None:
-            known = self.jobbers.get(jobber)
-            machine = known.machine if known else jobber
-        self._seen(jobber, machine, now)
-        if holding is None:
-            return []
-        for tag in sorted(self._open.get(jobber, set()) - set(holding)):
-            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST, now))
-        return self.cancellable(holding)
-
-    def deny(self, jobber: str, reason: str, now: float | None = None) -> None:
-        """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""
-        if jobber in self.denied:
-            return
-        self._record(Denied(jobber, reason))
-        for tag in sorted(self._open.get(jobber, set())):
-            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}", now))
-
-    def tick(self, now: float) -> None:
-        """Take jobbers silent past their lease as gone; mark late replicas overdue."""
-        horizon = now - self.policy.lease_s
-        for name in [n for n, r in self.jobbers.items() if r.held and r.last_seen < horizon]:
-            log.info(
-                "jobber %s: silent for %.0f s, taken as gone",
-                name,
-                now - self.jobbers[name].last_seen,
-            )
-            self._record(Gone(name))
-        while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, tag = heapq.heappop(self._deadlines)
-            r = self._replicas.get(tag)
-            if r is not None and r.state in _TIMED and r.deadline == deadline:
-                self._record(Overdue(tag))
 
     # --- replay ------------------------------------------------------------
 
@@ -398,9 +363,6 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         if (handler := _APPLY.get(type(rec))) is None:
             raise CoreError(f"unknown record {rec!r}")
         handler(self, rec)
-
-    def _apply_denied(self, rec: Denied) -> None:
-        self.denied[rec.jobber] = rec.reason
 
     # --- internals ---------------------------------------------------------
 
@@ -440,13 +402,16 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
                 )
                 return None
             job_id = self._next_job
-            files, why = self._files_of(job)
+            files, why = self._files_of(job) if job.files or self._shared else ({}, None)
             why = why or unsendable(job, self._payload_bytes, files, self._argv)
             refused = None if why is None else refusal(job_id, job, why)
             self._pending_job = job
+            self._pending_files = files
             stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
             digest = job_digest(job, self._shared_digest)
-            self._record(Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused))
+            rec = Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused)
+            self._apply_drawn(rec)  # (what _record does, without looking up the handler)
+            self._records.append(rec)
             if refused is None:
                 return self._jobs[job_id]
             log.warning("%s", refused)
@@ -456,6 +421,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         if rec.job_id != self._next_job:
             raise CoreError(f"journal draws job {rec.job_id}, expected {self._next_job}")
         job, self._pending_job = self._pending_job, None
+        files, self._pending_files = self._pending_files, None
         if job is None:  # replaying: the fresh task must yield the same job
             try:
                 job = next(self._source)
@@ -471,8 +437,11 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
                     "its arguments or its input files changed since the journal was written"
                 )
         self._next_job += 1
-        files, _ = self._files_of(job) if rec.refused is None else ({}, None)
-        group = self._files_key(files, [f for _, f in job.files])
+        if rec.refused is not None:
+            files = {}
+        elif files is None:  # (drawn live: as _draw found them)
+            files, _ = self._files_of(job)
+        group = self._files_key(files, [f for _, f in job.files]) if files else NO_FILES
         j = self._jobs[rec.job_id] = _Job(
             rec.job_id, job, digest=rec.digest, files=files, group=group
         )
@@ -480,11 +449,14 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             self.failed += 1
             self._settle(j, Failed(j.id, j.job, (rec.refused,)))
             return
-        self._hold_files(j)
-        self._update_wanting(j)
+        if files:
+            self._hold_files(j)
+        self._want(j)  # (with no replica, what a job needs: see _update_wanting)
 
     def _files_of(self, job: Job) -> tuple[dict[str, InputFile], str | None]:
         """All the input files `job` reads, by guest path; or why it cannot have them."""
+        if not job.files and not self._shared:
+            return {}, None
         try:
             return guest_files(self._shared, job.files), None
         except InputFileError as e:
@@ -503,9 +475,11 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         """A replica of `j` for `jobber`, from a saved state if one fits (dealer._saves)."""
         tag = f"{self._prefix}.{self._next_tag:x}"
         deadline = now + self.policy.deadline_s
-        ck = self._resume_of(j, allowance, backup)
+        ck = None if allowance is None else self._resume_of(j, allowance, backup)
         sha = None if ck is None else ck.hash
-        self._record(Sent(tag, j.id, jobber, deadline, machine, now, platform, sha))
+        rec = Sent(tag, j.id, jobber, deadline, machine, now, platform, sha)
+        self._apply_sent(rec)  # (what _record does, without looking up the handler)
+        self._records.append(rec)
         return Assignment(tag, j.id, j.job, deadline, j.files, ck)
 
     def _apply_sent(self, rec: Sent) -> None:
@@ -517,26 +491,40 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
         r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine, rec.platform)
-        self._started(j, r, rec)
-        j.replicas.append(r)
+        r.sent_at = rec.at
+        if rec.resume is not None:
+            self._started(j, r, rec)
+        reps = j.replicas
+        reps.append(r)
         on = self._platforms.get(rec.platform)
         if on is None:
             on = self._platforms[rec.platform] = {}
         if rec.machine not in on:
             on[rec.machine] = None
         self._replicas[rec.tag] = r
-        self._open.setdefault(rec.jobber, set()).add(rec.tag)
+        tags = self._open.get(rec.jobber)
+        if tags is None:
+            tags = self._open[rec.jobber] = set()
+        tags.add(rec.tag)
         self._jobber(rec.jobber).held += 1
         self._machine(rec.machine).held += 1
         heapq.heappush(self._deadlines, (rec.deadline, rec.tag))
-        self._update_wanting(j)
+        if len(reps) == 1 and self.policy.redundancy == 1:
+            self._unwant(j)  # (_update_wanting's case at redundancy 1, cut short)
+        else:
+            self._update_wanting(j)
 
     def _apply_returned(self, rec: Returned) -> None:
         r = self._replica(rec.tag)
+        ok = rec.status == _OK
+        if ok and r.state is ReplicaState.OUT and self.policy.quorum == 1:
+            j = self._jobs[r.job_id]
+            if len(j.replicas) == 1:  # the common case at redundancy 1: accepted at once
+                self._returned_alone(j, r, rec)
+                return
         self._close(r)
-        ok = rec.status == Status.OK.value
         was_overdue = r.state is ReplicaState.OVERDUE
-        if rec.status == Status.ABANDONED.value:
+        if rec.status == _ABANDONED:
             r.fire("released")
             r.detail = f"released: {rec.detail}"
             self._spare(r)
@@ -556,30 +544,6 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             r.detail = f"{rec.status}: {rec.detail}" if rec.detail else rec.status
             self._failed_replica(r, was_overdue)  # whose fault: now, or when judged
         self._evaluate(self._jobs[r.job_id])
-
-    def _apply_overdue(self, rec: Overdue) -> None:
-        r = self._replica(rec.tag)
-        self._unhold(r)
-        r.fire("deadline")
-        r.detail = "overdue: no result by the deadline"
-        self._spare(r)
-        self._charge(r)  # the machine's fault (dealer._blame)
-        self._evaluate(self._jobs[r.job_id])
-
-    def _apply_gone(self, rec: Gone) -> None:
-        me = self._jobber(rec.jobber)
-        me.gone = True
-        touched: dict[int, _Job] = {}
-        for tag in sorted(self._open.get(rec.jobber, set())):
-            r = self._replicas[tag]
-            if r.state is ReplicaState.OUT:
-                self._unhold(r)
-                r.fire("silent")
-                r.detail = "gone: the jobber fell silent"
-                self._spare(r)
-                touched[r.job_id] = self._jobs[r.job_id]
-        for j in touched.values():
-            self._evaluate(j)
 
     def _replica(self, tag: str) -> _Replica:
         r = self._replicas.get(tag)

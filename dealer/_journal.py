@@ -1,12 +1,12 @@
 """The dealer's journal: the core's records, in order, in SQLite (WAL).
 
-One table of records (kind, msgpack map of the record's fields by name) in the
-order the core made them, and a small meta table (the schema version, the tag
-prefix, the task's name, whether the journal is open, and what the batch pins).
-Records are appended in batches, one transaction per batch; the caller replies
-to jobbers only after `append` returns, so nothing is acknowledged before it is
-on disk. Replaying the records into a fresh Core rebuilds the state the dealer
-had.
+A table of records in the order the core made them (each turn's in one row, packed
+by dealer._format), the jobs they settled (a turn's in one row, with their outputs:
+a finished batch is restored from these), and a small meta table (the schema
+version, the tag prefix, the task's name, whether the journal is open, and what the
+batch pins). Each turn's rows are written in one transaction; the caller replies to
+jobbers only after `append` returns, so nothing is acknowledged before it is on disk.
+Replaying the records into a fresh Core rebuilds the state the dealer had.
 
 A damaged journal is refused with its file and what is wrong, never started
 over: a batch starts afresh only on a path where no journal exists (and no
@@ -32,8 +32,11 @@ Each record read is checked field by field with the checks its declaration
 is refused, naming the record and the field, never replayed.
 
 Records gain fields without a new schema version when the fields are optional
-(a default, None: unknown): a journal written before them still loads, and a
-field left at None is not stored. `ReadOnly` (dealer._reader) opens a journal only to read it
+(a default, None: unknown) and go last: a journal written before them still loads.
+A journal of the schema before (2: a row per record) is read as it is, and written
+as schema 3 from the first write of a dealer that resumes it (dealer._format).
+
+`ReadOnly` (dealer._reader) opens a journal only to read it
 (`python -m dealer results|jobs`): never through `Journal`, which marks the
 file open and checkpoints it, but as an SQLite `mode=ro` reader, safe beside a
 live dealer, with the same checks, and without creating a -wal or -shm beside a
@@ -56,15 +59,23 @@ from typing import Any
 
 import msgpack
 
-from dealer._records import RECORD_TYPES, Record
-from protocol import ProtocolError
+from dealer._format import (
+    FAILED,
+    READABLE,
+    SCHEMA_VERSION,
+    TURN,
+    OwnRow,
+    pack,
+    pack_settled,
+    pack_turn,
+    settled_of,
+    turn_length,
+)
+from dealer._format import JournalError as JournalError
+from dealer._format import decode as decode
+from dealer._records import Record
 
 log = logging.getLogger(__name__)
-
-# 2: records are maps by field name; Sent carries the machine; Denied. New meta
-# rows (state, payload, limits) need no new version: a dealer that does not know
-# them ignores them.
-SCHEMA_VERSION = "2"
 
 COMPANIONS = ("-wal", "-shm")  # SQLite's files beside a WAL database
 AFRESH = "to start the batch afresh, pass another --db, or --fresh to move this journal aside"
@@ -75,64 +86,15 @@ RETRY_HINT = (
 )
 
 
-def pack(rec: Record, packer: msgpack.Packer | None = None) -> bytes:
-    """A record's body: a msgpack map of its fields by name; optional fields left at None
-    are not stored (a reader gets their default). `packer`: one to reuse (a journal's
-    own: a Packer is not to be shared between threads)."""
-    body = {}
-    for f in rec.__slots__:
-        v = getattr(rec, f)
-        if v is not None:
-            body[f] = v
-    return (packer or msgpack.Packer(use_bin_type=True)).pack(body)
-
-
-def decode(path: Path, rows: Iterable[tuple[int, str, bytes]], then: str) -> Iterator[Record]:
-    """Records from (seq, kind, body) rows in order, each checked; a damaged one raises
-    JournalError naming `path` and the record, ending with `then` (what to do)."""
-    expected = 1  # seq is the rowid: 1, 2, 3, ... with no gaps (nothing is ever deleted)
-    for seq, kind, body in rows:
-        if seq != expected:
-            raise JournalError(
-                f"{path}: record {expected} is missing (the next is {seq}): "
-                f"the journal was damaged{then}"
-            )
-        expected += 1
-        cls = RECORD_TYPES.get(kind)
-        if cls is None:
-            raise JournalError(
-                f"{path}: record {seq}: unknown kind {kind!r}: the journal was "
-                f"damaged, or a newer borednet wrote it{then}"
-            )
-        try:
-            fields = msgpack.unpackb(body, raw=False)
-            rec = cls(**fields)
-        except Exception as e:  # msgpack's many errors, or fields that do not fit
-            raise JournalError(
-                f"{path}: record {seq} ({kind}) is damaged: {type(e).__name__}: {e}{then}"
-            ) from e
-        for name, _, check in cls._FIELDS:  # the checks its declaration gives
-            if name not in fields:
-                continue  # an optional field not stored: its default
-            try:
-                check.valid(fields[name])
-            except ProtocolError:
-                raise JournalError(
-                    f"{path}: record {seq} ({kind}) is damaged: its {name} is a "
-                    f"{type(getattr(rec, name)).__name__}, not {cls.__annotations__[name]}{then}"
-                ) from None
-        yield rec
-
-
 def check_meta(path: Path, meta: dict[str, str], had_wal: bool, then: str, reading: bool) -> None:
     """The meta table's checks that do not depend on the task: the schema, the tag
     prefix, and a journal left open whose write-ahead log is not beside it. `then`
     ends the messages (what to do); `reading`: for a reader, not a dealer."""
     if not meta:
         raise JournalError(f"{path}: the journal's meta table is empty: it was damaged{then}")
-    if meta.get("schema") != SCHEMA_VERSION:
+    if meta.get("schema") not in READABLE:
         raise JournalError(
-            f"{path}: journal schema {meta.get('schema')!r} is not {SCHEMA_VERSION} "
+            f"{path}: journal schema {meta.get('schema')!r} is not {' or '.join(READABLE)} "
             "(another version of borednet wrote it, or it was damaged): "
             + ("read" if reading else "resume")
             + " it with the borednet that wrote it"
@@ -158,10 +120,6 @@ def check_meta(path: Path, meta: dict[str, str], had_wal: bool, then: str, readi
             f"it {lost}. Put {path.name}-wal back beside it (copy a journal with its -wal "
             "and -shm)" + (f"; or, {then.removeprefix(': ')}" if then else "")
         )
-
-
-class JournalError(Exception):
-    """The journal file cannot be used for this task."""
 
 
 def companion(path: str | Path, suffix: str) -> Path:
@@ -285,6 +243,7 @@ class Journal:
             self._db.close()  # a refused journal is left as it was found
             raise
         self.tag_prefix = meta["tag_prefix"]
+        self._schema = meta["schema"]  # schema 2 becomes 3 with the first write (_upgrade)
         self._shut = weakref.finalize(self, _close, self._db, self.path, self._token)
 
     def _open(self, task_name: str, had_wal: bool) -> dict[str, str]:
@@ -335,6 +294,11 @@ class Journal:
                     "job_id INTEGER NOT NULL, digest TEXT NOT NULL, state TEXT NOT NULL, "
                     "body BLOB NOT NULL)"
                 )
+                # ... a turn's in one row (schema 3: dealer._format)
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS settled_turns (seq INTEGER PRIMARY KEY, "
+                    "jobs INTEGER NOT NULL, failed INTEGER NOT NULL, body BLOB NOT NULL)"
+                )
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('state', ?)", (f"open {self._token}",)
                 )
@@ -356,7 +320,7 @@ class Journal:
         return meta
 
     def _check(self, meta: dict[str, str], task_name: str, had_wal: bool) -> None:
-        if meta and meta.get("schema") == SCHEMA_VERSION and meta.get("task") != task_name:
+        if meta and meta.get("schema") in READABLE and meta.get("task") != task_name:
             raise JournalError(
                 f"{self.path} is the journal of task {meta.get('task')!r}, not {task_name!r}; "
                 "pass another --db"
@@ -449,58 +413,108 @@ class Journal:
         self, records: Sequence[Record], settled: Sequence[tuple[int, str, str, bytes]] = ()
     ) -> None:
         """Write records, and the jobs they settled ((job id, digest, "accepted" or
-        "failed", output or msgpack of the reasons)), durably, in one transaction."""
+        "failed", output or msgpack of the reasons)), durably, in one transaction: one
+        row for the records, one for the settled jobs (dealer._format)."""
         if not records and not settled:
             return
         packer = self._packer
-        rows = [(type(r).__name__, pack(r, packer)) for r in records]
-        self._db.execute("BEGIN")
+        db = self._db
+        db.execute("BEGIN")
         try:
-            self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+            self._upgrade()
+            if records:
+                try:
+                    body = pack_turn(records, packer)
+                except OwnRow:  # a Retried record, found by its kind: rows of their own
+                    self._rows(records)
+                else:
+                    db.execute("INSERT INTO records (kind, body) VALUES (?, ?)", (TURN, body))
             if settled:
-                self._db.executemany(
-                    "INSERT INTO settled (job_id, digest, state, body) VALUES (?, ?, ?, ?)",
-                    settled,
+                db.execute(
+                    "INSERT INTO settled_turns (jobs, failed, body) VALUES (?, ?, ?)",
+                    pack_settled(settled, packer),
                 )
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
+            self._schema = self._read_schema()
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
+
+    def _upgrade(self) -> None:
+        """Within a write's transaction: a journal of schema 2 becomes schema 3 (its old
+        rows stay as they are, and are read as they were: dealer._format)."""
+        if self._schema != SCHEMA_VERSION:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            log.info(
+                "%s: journal of schema %s, written as schema %s from now on",
+                self.path,
+                self._schema,
+                SCHEMA_VERSION,
+            )
+            self._schema = SCHEMA_VERSION
+
+    def _read_schema(self) -> str:
+        return self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+
+    def _rows(self, records: Sequence[Record]) -> None:
+        """Records as rows of their own, by name (as schema 2 wrote every record)."""
+        self._db.executemany(
+            "INSERT INTO records (kind, body) VALUES (?, ?)",
+            [(type(r).__name__, pack(r, self._packer)) for r in records],
+        )
 
     def reopen(
         self, records: Sequence[Record], job_ids: Iterable[int], pins: Mapping[str, str]
     ) -> None:
-        """A retry (dealer._retry), durably in one transaction: its `records`; the failed
-        jobs `job_ids` no longer settled (their rows leave the settled jobs, which keep
-        each job's latest outcome); `pins` (key: value) recorded in place of the old; and
-        the batch no longer finished."""
+        """A retry (dealer._retry), durably in one transaction: its `records` (rows of
+        their own); the failed jobs `job_ids` no longer settled (their rows leave the
+        settled jobs, which keep each job's latest outcome); `pins` (key: value) recorded
+        in place of the old; and the batch no longer finished."""
+        ids = set(job_ids)
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(
-                "INSERT INTO records (kind, body) VALUES (?, ?)",
-                [(type(r).__name__, pack(r, self._packer)) for r in records],
-            )
+            self._upgrade()
+            self._rows(records)
             self._db.executemany(
                 "DELETE FROM settled WHERE job_id = ? AND state = 'failed'",
-                [(i,) for i in job_ids],
+                [(i,) for i in ids],
             )
+            for seq, body in self._db.execute(
+                "SELECT seq, body FROM settled_turns WHERE failed > 0"
+            ).fetchall():
+                rows = settled_of(self.path, seq, body, f": {AFRESH}")
+                kept = [r for r in rows if r[2] != FAILED or r[0] not in ids]
+                if len(kept) == len(rows):
+                    continue
+                if kept:
+                    self._db.execute(
+                        "UPDATE settled_turns SET jobs = ?, failed = ?, body = ? WHERE seq = ?",
+                        (*pack_settled(kept, self._packer), seq),
+                    )
+                else:
+                    self._db.execute("DELETE FROM settled_turns WHERE seq = ?", (seq,))
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", pins.items())
             self._db.execute("DELETE FROM meta WHERE key = 'finished'")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._schema = self._read_schema()
             raise
         self._db.execute("COMMIT")
 
     def failed_ids(self) -> list[int]:
         """The jobs whose latest outcome is a failure, from the settled jobs."""
-        rows = self._db.execute("SELECT job_id FROM settled WHERE state = 'failed'")
-        return sorted({i for (i,) in rows})
+        ids = {i for (i,) in self._db.execute("SELECT job_id FROM settled WHERE state = 'failed'")}
+        for seq, body in self._db.execute("SELECT seq, body FROM settled_turns WHERE failed > 0"):
+            ids.update(
+                r[0] for r in settled_of(self.path, seq, body, f": {AFRESH}") if r[2] == FAILED
+            )
+        return sorted(ids)
 
     def retried(self) -> Counter[int]:
         """How many times each job was put back by a retry (Retried records)."""
         rows = self._db.execute("SELECT seq, kind, body FROM records WHERE kind = 'Retried'")
         out: Counter[int] = Counter()
-        for rec in decode(self.path, rows, f": {AFRESH}"):
+        for rec in decode(self.path, rows, f": {AFRESH}", every=False):
             out.update(rec.job_ids)
         return out
 
@@ -508,7 +522,7 @@ class Journal:
         """The batch is finished: keep the core's `snapshot` with the number of records
         and settled jobs it sums up, so a restart can skip the replay (finished_summary)."""
         records = self._db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
-        settled = self._db.execute("SELECT count(*) FROM settled").fetchone()[0]
+        settled = self._settled_count()
         body = json.dumps({"records": records, "settled": settled, "core": snapshot})
         with self._db:
             self._db.execute("BEGIN")
@@ -523,7 +537,7 @@ class Journal:
         try:
             mark = json.loads(row[0])
             records = self._db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0]
-            settled = self._db.execute("SELECT count(*) FROM settled").fetchone()[0]
+            settled = self._settled_count()
             core = mark["core"]
             if (mark["records"], mark["settled"]) != (records, settled):
                 return None
@@ -533,17 +547,27 @@ class Journal:
             return None
         return core
 
+    def _settled_count(self) -> int:
+        return self._db.execute(
+            "SELECT (SELECT count(*) FROM settled) "
+            "+ (SELECT coalesce(sum(jobs), 0) FROM settled_turns)"
+        ).fetchone()[0]
+
     def settled_rows(self) -> Iterator[tuple[int, str, str, bytes]]:
-        """The settled jobs in the order they settled."""
+        """The settled jobs in the order they settled (those of schema 2 first)."""
         try:
             yield from self._db.execute(
                 "SELECT job_id, digest, state, body FROM settled ORDER BY seq"
             )
+            for seq, body in self._db.execute("SELECT seq, body FROM settled_turns ORDER BY seq"):
+                yield from settled_of(self.path, seq, body, f": {AFRESH}")
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{self.path}: the journal is damaged: {e}: {AFRESH}") from e
 
     def count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+        """How many records the journal holds (a turn's counted by its records)."""
+        rows = self._db.execute("SELECT kind, body FROM records")
+        return sum(turn_length(body) if kind == TURN else 1 for kind, body in rows)
 
     def close(self) -> None:
         """Mark the journal closed and checkpoint it: PATH alone is then the whole journal."""

@@ -13,6 +13,7 @@ the vote.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -154,25 +155,28 @@ def unsendable(
     travel in each JobSpec's `args` and count against the same caps. The same job gives
     the same answer every time: a pure function of its bytes."""
     where = "the wire's cap"
-    files = files or {}
+    if files is None:
+        files = {}
     if len(files) > MAX_JOB_FILES:
         return f"{len(files):,} input files, over {where} of {MAX_JOB_FILES:,}"
     if len(job.stdin) > MAX_STDIN_BYTES:
         return f"stdin of {len(job.stdin):,} bytes, over {where} of {MAX_STDIN_BYTES:,} bytes"
-    args = (*argv, *job.args)
+    args = (*argv, *job.args) if argv else job.args
     if len(args) > MAX_ARGS:
         theirs = f" ({len(argv)} of them the payload's)" if argv else ""
         return f"{len(args):,} arguments{theirs}, over {where} of {MAX_ARGS:,}"
     args_bytes = 0
     for i, arg in enumerate(args):
-        which = f"argument {i - len(argv)}" if i >= len(argv) else f"the payload's argument {i}"
         if len(arg) > MAX_STR:
-            return f"{which} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+            return f"{_which(i, argv)} of {len(arg):,} characters, over {where} of {MAX_STR:,}"
+        if arg.isascii():  # (one byte a character: nothing to encode)
+            args_bytes += len(arg) + 5  # and its msgpack header
+            continue
         try:
-            args_bytes += len(arg.encode()) + 5  # and its msgpack header
+            args_bytes += len(arg.encode()) + 5
         except UnicodeEncodeError as e:
-            return f"{which} is not valid Unicode text ({e.reason} at {e.start})"
-    files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files)
+            return f"{_which(i, argv)} is not valid Unicode text ({e.reason} at {e.start})"
+    files_bytes = sum(len(path) + FILE_ENTRY_BYTES for path in files) if files else 0
     size = payload_bytes + len(job.stdin) + args_bytes + files_bytes + JOB_MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         return (
@@ -182,6 +186,10 @@ def unsendable(
             f"{payload_bytes:,})"
         )
     return None
+
+
+def _which(i: int, argv: Sequence[str]) -> str:
+    return f"argument {i - len(argv)}" if i >= len(argv) else f"the payload's argument {i}"
 
 
 def refusal(job_id: int, job: Job, why: str) -> str:
@@ -198,9 +206,21 @@ def job_digest(job: Job, shared: str = "") -> str:
     hashes of its input files, its own by name and `shared` (files_digest of those every
     job sees). A job without files has the digest it had before files existed."""
     if not job.files and not shared:
-        return hashlib.sha256(msgpack.packb([list(job.args), job.stdin])).hexdigest()
+        # (a tuple packs as the list it was: the same digest)
+        return hashlib.sha256(_packer().pack((job.args, job.stdin))).hexdigest()
     own = [[name, f.sha256] for name, f in job.files]
     return hashlib.sha256(msgpack.packb([list(job.args), job.stdin, own, shared])).hexdigest()
+
+
+_PACKERS = threading.local()  # a Packer per thread: made once, not for every job
+
+
+def _packer() -> msgpack.Packer:
+    try:
+        return _PACKERS.packer
+    except AttributeError:
+        _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+        return _PACKERS.packer
 
 
 def files_digest(files: Mapping[str, InputFile]) -> str:

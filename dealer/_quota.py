@@ -22,16 +22,24 @@ jobbers that are alive but too slow.
 
 from __future__ import annotations
 
+import heapq
+import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from dealer._policy import MAX_ALLOWANCE, Policy
-from dealer._replicas import ReplicaState, _Replica
+from dealer._records import Denied, Gone, Overdue, Returned
+from dealer._replicas import _TIMED, ReplicaState, _Job, _Replica
+from protocol import Status
+
+log = logging.getLogger(__name__)
 
 # An identity or machine not heard from for this long that holds nothing and earned
 # nothing is forgotten (evict; 5 minutes: several request rounds of a backing-off jobber).
 ACTIVE_HORIZON_S = 300.0
 NEVER = float("-inf")  # a machine that never asked for work it could take
 PLATFORMS_LISTED = 8  # platform names status lists (names come from jobbers: bounded)
+LOST = "lost: the jobber no longer holds it"
 
 
 @dataclass(slots=True)
@@ -49,7 +57,8 @@ class Standing:
     present: float = NEVER
 
     def good(self) -> None:
-        self.allowance = min(MAX_ALLOWANCE, self.allowance + 1)
+        if self.allowance < MAX_ALLOWANCE:
+            self.allowance += 1
 
     def bad(self) -> None:
         self.allowance = max(1, self.allowance // 2)
@@ -69,7 +78,10 @@ class JobberRecord(Standing):
 
 
 class Standings:
-    """Core's identities and machines: their quotas, leases and presence, and denial."""
+    """Core's identities and machines: their quotas, leases and presence, and denial (the
+    live events `alive`, `deny` and `tick`, and their records). It uses Core's
+    `_record`, `_replica` and `_jobs`, Votes' `_evaluate` and `cancellable`, Saves'
+    `_spare` and Blame's `_charge`."""
 
     policy: Policy
     jobbers: dict[str, JobberRecord]
@@ -78,6 +90,9 @@ class Standings:
     _open: dict[str, set[str]]  # jobber -> tags of its OUT/OVERDUE replicas
     _platforms: dict[str | None, dict[str, None]]
     _wanting: dict[int, None]
+    _jobs: dict[int, _Job]
+    _replicas: dict[str, _Replica]
+    _deadlines: list[tuple[float, str]]
 
     def is_denied(self, jobber: str) -> bool:
         """Denied by hand, or by losing `deny_after` votes and more than it won."""
@@ -190,11 +205,13 @@ class Standings:
 
     def _seen(self, jobber: str, machine: str, now: float) -> JobberRecord:
         rec = self._jobber(jobber)
-        rec.last_seen = max(rec.last_seen, now)
+        if now > rec.last_seen:
+            rec.last_seen = now
         rec.machine = machine
         rec.gone = False
         m = self._machine(machine)
-        m.last_seen = max(m.last_seen, now)
+        if now > m.last_seen:
+            m.last_seen = now
         return rec
 
     def _present(self, m: Standing, now: float) -> bool:
@@ -213,4 +230,83 @@ class Standings:
     def _close(self, r: _Replica) -> None:
         """`r` is no longer open (returned, released or settled)."""
         self._unhold(r)
-        self._open.get(r.jobber, set()).discard(r.tag)
+        tags = self._open.get(r.jobber)
+        if tags is not None:
+            tags.discard(r.tag)
+
+    # --- its live events, and their records ---------------------------------
+
+    def alive(
+        self,
+        jobber: str,
+        now: float,
+        holding: Collection[str] | None = None,
+        machine: str | None = None,
+    ) -> list[str]:
+        """The jobber says it is alive (renewing its lease) and, maybe, what it holds.
+
+        Returns the held tags it should drop: replicas of jobs already settled,
+        which can no longer change anything. `machine`: where it speaks from (default:
+        where it last asked, else its own). Being alive is not being present: no job
+        waits for a machine that only says it is alive (see _present).
+        """
+        if machine is None:
+            known = self.jobbers.get(jobber)
+            machine = known.machine if known else jobber
+        self._seen(jobber, machine, now)
+        if holding is None:
+            return []
+        for tag in sorted(self._open.get(jobber, set()) - set(holding)):
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, LOST, now))
+        return self.cancellable(holding)
+
+    def deny(self, jobber: str, reason: str, now: float | None = None) -> None:
+        """Ban an identity: no more work, results refused, its open replicas sent elsewhere."""
+        if jobber in self.denied:
+            return
+        self._record(Denied(jobber, reason))
+        for tag in sorted(self._open.get(jobber, set())):
+            self._record(Returned(tag, Status.ABANDONED.value, b"", 0, f"denied: {reason}", now))
+
+    def tick(self, now: float) -> None:
+        """Take jobbers silent past their lease as gone; mark late replicas overdue."""
+        horizon = now - self.policy.lease_s
+        for name in [n for n, r in self.jobbers.items() if r.held and r.last_seen < horizon]:
+            log.info(
+                "jobber %s: silent for %.0f s, taken as gone",
+                name,
+                now - self.jobbers[name].last_seen,
+            )
+            self._record(Gone(name))
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, tag = heapq.heappop(self._deadlines)
+            r = self._replicas.get(tag)
+            if r is not None and r.state in _TIMED and r.deadline == deadline:
+                self._record(Overdue(tag))
+
+    def _apply_denied(self, rec: Denied) -> None:
+        self.denied[rec.jobber] = rec.reason
+
+    def _apply_overdue(self, rec: Overdue) -> None:
+        r = self._replica(rec.tag)
+        self._unhold(r)
+        r.fire("deadline")
+        r.detail = "overdue: no result by the deadline"
+        self._spare(r)
+        self._charge(r)  # the machine's fault (dealer._blame)
+        self._evaluate(self._jobs[r.job_id])
+
+    def _apply_gone(self, rec: Gone) -> None:
+        me = self._jobber(rec.jobber)
+        me.gone = True
+        touched: dict[int, _Job] = {}
+        for tag in sorted(self._open.get(rec.jobber, set())):
+            r = self._replicas[tag]
+            if r.state is ReplicaState.OUT:
+                self._unhold(r)
+                r.fire("silent")
+                r.detail = "gone: the jobber fell silent"
+                self._spare(r)
+                touched[r.job_id] = self._jobs[r.job_id]
+        for j in touched.values():
+            self._evaluate(j)

@@ -6,9 +6,9 @@ a field's annotation says what it holds for people and type checkers, its `check
 checker what the journal accepts when it reads the record back. The bounds are
 what msgpack can carry, not the wire's caps: a journal is the dealer's own file,
 and a record it wrote is never refused for a size it accepted then. The journal's
-format is unchanged by this: a record is a msgpack map of its fields by name, an
-optional field left at None is not stored (a journal written before the field
-still loads).
+format (dealer._format) stores a record's fields by name (a row of its own) or in
+the order declared here (in a turn); a field added later is optional and goes last,
+so a journal written before it still loads.
 """
 
 from __future__ import annotations
@@ -135,4 +135,18 @@ class Retried(_Record):
 Record = Drawn | Sent | Returned | Overdue | Gone | Denied | Checkpointed | Retried
 RECORD_TYPES: dict[str, type] = {
     c.__name__: c for c in (Drawn, Sent, Returned, Overdue, Gone, Denied, Checkpointed, Retried)
+}
+# A kind's number in the journal's turns (schema 3, dealer._format): a record there is
+# [code, [its fields in the order declared above]]. Part of the format on disk: a new
+# kind takes a new number, a new field goes last (optional, so older turns lack it),
+# and no number or place is ever reused.
+RECORD_CODES: dict[type, int] = {
+    Drawn: 0,
+    Sent: 1,
+    Returned: 2,
+    Overdue: 3,
+    Gone: 4,
+    Denied: 5,
+    Checkpointed: 6,
+    Retried: 7,
 }

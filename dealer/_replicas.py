@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from protocol import ErrorCode, Status
+from protocol._frozen import frozen
 from tasks import InputFile, Job
 
 
@@ -86,7 +87,7 @@ _STAYING = (ReplicaState.OUT, ReplicaState.OK, ReplicaState.OVERDUE, ReplicaStat
 FilesKey = tuple[frozenset[str], int]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Assignment:
     tag: str
     job_id: int
@@ -96,14 +97,14 @@ class Assignment:
     resume: Checkpoint | None = None  # the saved state it starts from
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Accepted:
     job_id: int
     job: Job
     output: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failed:
     job_id: int
     job: Job
@@ -112,13 +113,13 @@ class Failed:
     own: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rejected:
     code: ErrorCode
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Checkpoint:
     """A job's saved state, sent by the jobber of replica `tag` (dealer._saves)."""
 

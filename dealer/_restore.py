@@ -47,7 +47,7 @@ class Finished:
         reasons), the form restore() takes back."""
         return [
             (s.job_id, digest, "accepted", s.output)
-            if isinstance(s, Accepted)
+            if type(s) is Accepted
             else (s.job_id, digest, "failed", msgpack.packb(list(s.reasons)))
             for s, digest in zip(self._settled, self._settled_digests, strict=True)
         ]

@@ -52,11 +52,14 @@ PACE_WINDOW_S = 0.5  # a jobber's results per second are measured over this (see
 DISTINCT = ("host", "subnet", "key")
 
 
-def _size(a: Assignment, argv: tuple[str, ...]) -> int:
-    """About how many bytes a job takes in a `jobs` message, after the payload's `argv`."""
+def _size(a: Assignment, argv: int) -> int:
+    """About how many bytes a job takes in a `jobs` message, after the payload's `argv`
+    (`argv`: its characters)."""
     job = a.job
-    files = sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
-    return 256 + len(job.stdin) + sum(len(arg) * 4 for arg in (*argv, *job.args)) + files
+    size = 256 + len(job.stdin) + 4 * (argv + sum(map(len, job.args)))
+    if a.files:
+        size += sum(len(path) + FILE_ENTRY_BYTES for path in a.files)
+    return size
 
 
 class Service(Relays, Report, Outcomes):
@@ -400,7 +403,8 @@ class Service(Relays, Report, Outcomes):
         )
         assigned = ask(want=min(want, 1), holding=msg.holding)
         argv = self._payload.argv
-        size = sum(_size(a, argv) for a in assigned)
+        chars = sum(map(len, argv))
+        size = sum(_size(a, chars) for a in assigned)
         while assigned and len(assigned) < want and size < budget:
             per_job = max(1, size // len(assigned))
             chunk = min(want - len(assigned), max(1, (budget - size) // (2 * per_job)))
@@ -408,7 +412,7 @@ class Service(Relays, Report, Outcomes):
             if not more:
                 break
             assigned += more
-            size += sum(_size(a, argv) for a in more)
+            size += sum(_size(a, chars) for a in more)
         if msg.host.memory_mb >= core.policy.memory_mb:  # no longer too small, if it was
             self._too_small.pop(peer.key, None)
         if assigned:
@@ -416,19 +420,24 @@ class Service(Relays, Report, Outcomes):
             self._no_room.pop(peer.key, None)  # it takes these jobs' files now
             self._unprepared.pop(peer.key, None)  # and holds their runtime
             limits = self._job_limits
+            spec = p.JobSpec
             specs = tuple(
-                p.JobSpec(
-                    a.tag,
-                    sha,
-                    (*argv, *a.job.args),
-                    a.job.stdin,
-                    limits,
-                    a.deadline - now,
-                    {path: f.ref for path, f in a.files.items()} if a.files else None,
-                    a.resume
-                    and p.Resume(a.resume.hash, a.resume.size, a.resume.fuel, a.resume.time_s),
-                )
-                for a in assigned
+                [
+                    spec(a.tag, sha, (*argv, *a.job.args), a.job.stdin, limits, a.deadline - now)
+                    if not a.files and a.resume is None  # (the common case: no more to make)
+                    else spec(
+                        a.tag,
+                        sha,
+                        (*argv, *a.job.args),
+                        a.job.stdin,
+                        limits,
+                        a.deadline - now,
+                        {path: f.ref for path, f in a.files.items()} if a.files else None,
+                        a.resume
+                        and p.Resume(a.resume.hash, a.resume.size, a.resume.fuel, a.resume.time_s),
+                    )
+                    for a in assigned
+                ]
             )
             payloads = {sha: self._payload.wasm} if send_payload else {}
             log.debug("%d jobs to %s", len(specs), peer.key[:12])
@@ -517,6 +526,7 @@ class Service(Relays, Report, Outcomes):
         ok: list[str] = []
         rejected: list[p.Rejection] = []
         named: dict[str, str] = {}
+        paced: dict[str, int] = {}  # identity -> its good results here
         for r in msg.results:
             who: Peer = peer
             if attributed and r.by is not None:
@@ -532,7 +542,7 @@ class Service(Relays, Report, Outcomes):
             if why is None:
                 ok.append(r.tag)
                 if r.status is p.Status.OK:
-                    self._paced(who.key, now)
+                    paced[who.key] = paced.get(who.key, 0) + 1
                 if r.status is not p.Status.ABANDONED and sent is not None:
                     self.times.returned(sent[0], sent[1], now)
             else:
@@ -541,18 +551,21 @@ class Service(Relays, Report, Outcomes):
                 level = logging.DEBUG if quiet else logging.INFO
                 log.log(level, "result %s from %s refused: %s", r.tag, peer.key[:12], why.text)
                 rejected.append(p.Rejection(r.tag, why.code, why.text))
+        for key, n in paced.items():
+            self._paced(key, now, n)
         standing = self._standing(peer, named) if attributed else None
         return p.Ack(msg.id, tuple(ok), tuple(rejected), standing)
 
-    def _paced(self, key: str, now: float) -> None:
-        """One more good result from `key`: its pace (results per second) is kept."""
+    def _paced(self, key: str, now: float, n: int = 1) -> None:
+        """`n` more good results from `key` (at `now`): its pace (results per second) is
+        kept."""
         pace = self._pace.get(key)
         if pace is None:
             pace = self._pace[key] = [now, 0, 0.0]  # window start, count, last rate
         if now - pace[0] >= PACE_WINDOW_S:
             pace[2] = pace[1] / (now - pace[0])
             pace[0], pace[1] = now, 0
-        pace[1] += 1
+        pace[1] += n
 
     def _soon(self, key: str, slots: int) -> int:
         """How many jobs `key` may ask for at once: what it can run soon."""

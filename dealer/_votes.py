@@ -53,11 +53,11 @@ import hashlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from dealer._blame import PENDING, SAME_FAILURE, Failure, failure_of
 from dealer._policy import Policy
 from dealer._quota import Standing
+from dealer._records import Returned
 from dealer._replicas import (
     _ERRORED,
     _LATE,
@@ -71,6 +71,7 @@ from dealer._replicas import (
     _Replica,
 )
 from protocol import Status
+from protocol._frozen import frozen
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ MAX_DISPUTES = 100  # disagreements kept for status (the journal has them all)
 MAX_LATE = 16384  # tags of settled jobs whose late results are still checked
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Tally:
     """A job's replicas, counted: what acceptance, failure and reissue are decided on.
 
@@ -106,28 +107,39 @@ class _Tally:
         failing: dict[tuple[str | None, str, str, bytes, int], set[str]] = {}
         live_on: dict[str | None, int] = {}
         errors = live = uncounted = 0
+        resumed = False  # a replica that voted started from saved states (its lineage)
         for r in j.replicas:
             state = r.state
             if state is ReplicaState.OUT:
                 live += 1
                 live_on[r.platform] = live_on.get(r.platform, 0) + 1
             elif state is ReplicaState.OK:
-                voters.setdefault((r.platform, r.output, r.fuel), set()).add(r.lineage or r.machine)
+                who = r.lineage or r.machine
+                resumed = resumed or who is not r.machine
+                key = (r.platform, r.output, r.fuel)
+                group = voters.get(key)
+                if group is None:
+                    voters[key] = {who}
+                else:
+                    group.add(who)
             elif state is ReplicaState.ERROR:
                 errors += 1
                 if r.status in DETERMINISTIC:
                     key = (r.platform, *failure_of(r))
-                    failing.setdefault(key, set()).add(r.lineage or r.machine)
+                    who = r.lineage or r.machine
+                    resumed = resumed or who is not r.machine
+                    failing.setdefault(key, set()).add(who)
             elif state is ReplicaState.OVERDUE:
                 errors += 1
             else:  # RELEASED, GONE
                 uncounted += 1
+        count = _independent if resumed else len  # (machines alone: each one vote)
         if voters:
-            top, best = _most(voters, (None, b"", 0))
+            top, best = _most(voters, (None, b"", 0), count)
             platform, key = top[0], top[1:]
             best_on: dict[str | None, int] = {}
             for (on, _, _), machines in voters.items():
-                n = _independent(machines)
+                n = count(machines)
                 if n > best_on.get(on, 0):
                     best_on[on] = n
             for on, n in live_on.items():
@@ -137,7 +149,7 @@ class _Tally:
             platform, key, best = None, (b"", 0), 0
             reach = max(live_on.values()) if live_on else 0
         if failing:
-            top, fail_best = _most(failing, (None, "", "", b"", 0))
+            top, fail_best = _most(failing, (None, "", "", b"", 0), count)
             fail_platform, fail_key = top[0], top[1:]
         else:
             fail_platform, fail_key, fail_best = None, ("", "", b"", 0), 0
@@ -156,11 +168,12 @@ class _Tally:
         )
 
 
-def _most(groups: dict, empty):
-    """The key of the largest group, and its size; the first reached wins a tie."""
+def _most(groups: dict, empty, count=None):
+    """The key of the largest group, and its size (`count`: of a group's machines, by
+    default `_independent`); the first reached wins a tie."""
     best_key, best = empty, 0
     for key, machines in groups.items():
-        n = _independent(machines)
+        n = (count or _independent)(machines)
         if n > best:
             best_key, best = key, n
     return best_key, best
@@ -180,6 +193,15 @@ def _independent(machines: set) -> int:
             used |= group
             n += 1
     return n
+
+
+def _all_out(replicas: list[_Replica]) -> bool:
+    """Whether every one of `replicas` is out, all on one platform."""
+    platform = replicas[0].platform
+    for r in replicas:  # noqa: SIM110 - a loop: no generator made on the hot path
+        if r.state is not ReplicaState.OUT or r.platform != platform:
+            return False
+    return True
 
 
 def _digest(key: tuple[bytes, int]) -> str:
@@ -339,6 +361,10 @@ class Votes:
 
     def _evaluate(self, j: _Job) -> None:
         p = self.policy
+        reps = j.replicas
+        if p.quorum == 1 and len(reps) == 1 and reps[0].state is ReplicaState.OK:
+            self._accept_alone(j, reps[0])  # the common case at redundancy 1, cut short
+            return
         t = _Tally.of(j)
         if t.best >= p.quorum:
             losers: dict[tuple[bytes, int], list[_Replica]] = {}
@@ -398,6 +424,48 @@ class Votes:
             return
         self._update_wanting(j, t)
 
+    def _returned_alone(self, j: _Job, r: _Replica, rec: Returned) -> None:
+        """`r`, the one replica of `j`, was out and came back OK (`rec`), at a quorum of
+        one: what Core._apply_returned, _evaluate (_accept_alone) and _settle do with it,
+        in one step. It leaves the replicas open and held; it holds no room as an
+        unchecked result (counted on its return and off as its job settles: no change);
+        it wins, and the job is accepted and settled."""
+        me, host = self._jobber(r.jobber), self._machine(r.machine)
+        me.held -= 1  # (_close)
+        host.held -= 1
+        tags = self._open.get(r.jobber)
+        if tags is not None:
+            tags.discard(r.tag)
+        r.state = ReplicaState.OK  # (r.fire("returned_ok"), from OUT)
+        r.status = rec.status
+        r.output, r.used = rec.output, rec.fuel
+        r.fuel = 0 if self.policy.checkpoint_bytes else rec.fuel
+        r.won = True
+        me.valid += 1
+        me.credit += r.used
+        me.good()
+        host.good()
+        self.accepted += 1
+        del self._jobs[j.id]  # (_settle)
+        self._unwant(j)
+        if j.files:
+            self._drop_files(j)
+        del self._replicas[r.tag]
+        self._settled.append(Accepted(j.id, j.job, r.output))
+        self._settled_digests.append(j.digest)
+
+    def _accept_alone(self, j: _Job, r: _Replica) -> None:
+        """`_evaluate` of a job whose one replica is OK, at a quorum of one: accepted, as
+        the tally would have it (that replica is the quorum, on its own platform)."""
+        r.won = True
+        rec = self._jobber(r.jobber)
+        rec.valid += 1
+        rec.credit += r.used
+        rec.good()
+        self._machine(r.machine).good()
+        self.accepted += 1
+        self._settle(j, Accepted(j.id, j.job, r.output), (r.output, r.fuel), r.platform)
+
     def _dispute(self, j: _Job, t: _Tally, losers: dict[tuple[bytes, int], list[_Replica]]) -> None:
         """Outputs disagreed and a quorum won: keep the groups for status and log it."""
         winners = [
@@ -441,18 +509,15 @@ class Votes:
     def _update_wanting(self, j: _Job, t: _Tally | None = None) -> None:
         """`j` is unsettled; `t` is its tally, or None when it was just drawn or a
         replica of it just sent."""
-        if (
-            t is None
-            and len(j.replicas) >= self.policy.redundancy
-            and all(
-                r.state is ReplicaState.OUT and r.platform == j.replicas[0].platform
-                for r in j.replicas
-            )
-        ):
-            # the common case, cut short: a replica just sent, and now as many out as the
-            # job needs, none back, all on one platform (so sent - errors = len >=
-            # redundancy >= quorum and reach = live): none needed
-            wanted = False
+        p = self.policy
+        reps = j.replicas
+        if t is None and not reps:  # just drawn: what an empty tally needs
+            wanted = min(max(p.redundancy, p.quorum), p.max_replicas) > 0
+        elif t is None and _all_out(reps):
+            # the common case, cut short: a replica just sent, none back, all on one
+            # platform (so sent - errors = len and reach = live = len, and quorum <=
+            # redundancy <= max_replicas): more needed while fewer than the redundancy
+            wanted = len(reps) < p.redundancy
         else:
             wanted = self._needed(t or _Tally.of(j)) > 0
         if wanted:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+
+from protocol._frozen import frozen
 
 DEFAULT_PORT = 7117
 DEFAULT_BIND = f"tcp://*:{DEFAULT_PORT}"  # where a dealer or a relay serves unless told
@@ -145,7 +146,7 @@ def machine_of(address: str, subnet: bool = False) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Peer:
     """Who sent a message, as the transport proved it."""
 

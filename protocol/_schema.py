@@ -22,313 +22,48 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
-import re
-import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, ClassVar
 
-MAX_U64 = 2**64 - 1
-MAX_STR = 4096  # tags, args, ids, addresses, texts: the default cap of a string
-
-
-class ProtocolError(ValueError):
-    """The bytes or fields given are not a valid borednet message."""
-
-
-class VersionError(ProtocolError):
-    """A well-formed frame of a protocol version this side does not speak."""
-
-
-# --- field checkers -------------------------------------------------------
-# Each checker has `parse(v)`, the Python value to store for the decoded msgpack
-# value `v`, and `valid(v)`, the same checks without building anything (encode
-# uses it). Both raise _Bad naming what is wrong; where it is wrong is added on
-# the way out of each container, so the path is only ever formatted for an
-# error, never for a field that is fine.
-
-
-class _Bad(ProtocolError):
-    """A refused value, and the path to it (innermost segment first) as it is found."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-        self.path: list[str] = []
-
-    def at(self, where: str) -> ProtocolError:
-        return ProtocolError(f"{where}{''.join(reversed(self.path))}: {self.text}")
-
-
-class Check:
-    optional = False  # may be left out of its record (reads as nil)
-
-    def parse(self, v: Any) -> Any:
-        raise NotImplementedError
-
-    def valid(self, v: Any) -> None:
-        self.parse(v)
-
-    def __call__(self, v: Any, where: str) -> Any:
-        """Parse `v`, naming `where` in the error (for callers outside this module)."""
-        try:
-            return self.parse(v)
-        except _Bad as e:
-            raise e.at(where) from None
-
-
-class _Int(Check):
-    __slots__ = ("hi", "lo")
-
-    def __init__(self, lo: int, hi: int) -> None:
-        self.lo, self.hi = lo, hi
-
-    def parse(self, v: Any) -> int:
-        if type(v) is not int or not self.lo <= v <= self.hi:
-            raise _Bad(f"expected an integer in [{self.lo}, {self.hi}], got {_show(v)}")
-        return v
-
-    valid = parse
-
-
-class _Float(Check):
-    __slots__ = ("hi", "lo")
-
-    def __init__(self, lo: float, hi: float) -> None:
-        self.lo, self.hi = lo, hi
-
-    def parse(self, v: Any) -> float:
-        if type(v) not in (int, float) or not math.isfinite(v) or not self.lo <= v <= self.hi:
-            raise _Bad(f"expected a number in [{self.lo}, {self.hi}], got {_show(v)}")
-        return float(v)
-
-
-class _Str(Check):
-    __slots__ = ("max_len", "pattern")
-
-    def __init__(self, max_len: int, pattern: re.Pattern[str] | None) -> None:
-        self.max_len, self.pattern = max_len, pattern
-
-    def parse(self, v: Any) -> str:
-        if type(v) is not str or len(v) > self.max_len:
-            raise _Bad(f"expected a string of at most {self.max_len} characters")
-        if self.pattern is not None and not self.pattern.match(v):
-            raise _Bad(f"{_show(v)} does not match {self.pattern.pattern}")
-        return v
-
-    valid = parse
-
-
-class _Bool(Check):
-    def parse(self, v: Any) -> bool:
-        if type(v) is not bool:
-            raise _Bad(f"expected true or false, got {_show(v)}")
-        return v
-
-    valid = parse
-
-
-class _Bytes(Check):
-    __slots__ = ("max_len", "min_len", "size")
-
-    def __init__(self, max_len: int, min_len: int) -> None:
-        self.max_len, self.min_len = max_len, min_len
-        self.size = f"exactly {max_len}" if min_len == max_len else f"at most {max_len}"
-
-    def parse(self, v: Any) -> bytes:
-        if type(v) is not bytes or not self.min_len <= len(v) <= self.max_len:
-            raise _Bad(f"expected binary of {self.size} bytes")
-        return v
-
-    valid = parse
-
-
-class _Enum(Check):
-    __slots__ = ("cls", "values")
-
-    def __init__(self, cls: type[enum.Enum]) -> None:
-        self.cls = cls
-        self.values = {m.value: m for m in cls}
-
-    def parse(self, v: Any) -> Any:
-        try:
-            return self.values[v]
-        except (KeyError, TypeError):
-            allowed = ", ".join(m.value for m in self.cls)
-            raise _Bad(f"expected one of {allowed}, got {_show(v)}") from None
-
-
-class _List(Check):
-    __slots__ = ("item", "max_len")
-
-    def __init__(self, item: Check, max_len: int) -> None:
-        self.item, self.max_len = item, max_len
-
-    def _shape(self, v: Any) -> None:
-        if type(v) is not list or len(v) > self.max_len:
-            raise _Bad(f"expected a list of at most {self.max_len} items")
-
-    def parse(self, v: Any) -> tuple[Any, ...]:
-        self._shape(v)
-        parse = self.item.parse
-        out = []
-        for i, x in enumerate(v):
-            try:
-                out.append(parse(x))
-            except _Bad as e:
-                e.path.append(f"[{i}]")
-                raise
-        return tuple(out)
-
-    def valid(self, v: Any) -> None:
-        self._shape(v)
-        valid = self.item.valid
-        for i, x in enumerate(v):
-            try:
-                valid(x)
-            except _Bad as e:
-                e.path.append(f"[{i}]")
-                raise
-
-
-class _Map(Check):
-    __slots__ = ("key", "max_len", "value")
-
-    def __init__(self, key: Check, value: Check, max_len: int) -> None:
-        self.key, self.value, self.max_len = key, value, max_len
-
-    def parse(self, v: Any) -> dict[Any, Any]:
-        if type(v) is not dict or len(v) > self.max_len:
-            raise _Bad(f"expected a map of at most {self.max_len} entries")
-        out = {}
-        for k, x in v.items():
-            try:
-                k2 = self.key.parse(k)
-            except _Bad as e:
-                e.path.append(" key")
-                raise
-            try:
-                out[k2] = self.value.parse(x)
-            except _Bad as e:
-                e.path.append(f"[{k!r}]")
-                raise
-        return out
-
-
-MAX_DEPTH = 8  # nesting allowed inside free-form maps (status_reply.info)
-
-
-def _depth(v: Any, limit: int) -> bool:
-    """True if `v` nests no deeper than `limit` lists/maps."""
-    if type(v) in (list, dict):
-        if limit == 0:
-            return False
-        items = v.values() if type(v) is dict else v
-        return all(_depth(x, limit - 1) for x in items)
-    return True
-
-
-class _AnyMap(Check):
-    __slots__ = ("max_len",)
-
-    def __init__(self, max_len: int) -> None:
-        self.max_len = max_len
-
-    def parse(self, v: Any) -> dict[str, Any]:
-        if type(v) is not dict or len(v) > self.max_len:
-            raise _Bad("expected a map")
-        if not _depth(v, MAX_DEPTH):
-            raise _Bad(f"nested deeper than {MAX_DEPTH}")
-        return v
-
-    valid = parse
-
-
-class _Optional(Check):
-    __slots__ = ("inner",)
-    optional = True
-
-    def __init__(self, inner: Check) -> None:
-        self.inner = inner
-
-    def parse(self, v: Any) -> Any:
-        return None if v is None else self.inner.parse(v)
-
-    def valid(self, v: Any) -> None:
-        if v is not None:
-            self.inner.valid(v)
-
-
-class _RecordOf(Check):
-    __slots__ = ("cls",)
-
-    def __init__(self, cls: type[_Record]) -> None:
-        self.cls = cls
-
-    def parse(self, v: Any) -> Any:
-        return self.cls._parse(v)
-
-    def valid(self, v: Any) -> None:
-        self.cls._valid(v)
-
-
-def _int(lo: int = 0, hi: int = MAX_U64) -> Check:
-    return _Int(lo, hi)
-
-
-def _float(lo: float = 0.0, hi: float = 1e12) -> Check:
-    return _Float(lo, hi)
-
-
-def _str(max_len: int = MAX_STR, pattern: re.Pattern[str] | None = None) -> Check:
-    return _Str(max_len, pattern)
-
-
-def _bool() -> Check:
-    return _Bool()
-
-
-def _bytes(max_len: int, min_len: int = 0) -> Check:
-    return _Bytes(max_len, min_len)
-
-
-def _enum(cls: type[enum.Enum]) -> Check:
-    return _Enum(cls)
-
-
-def _list(item: Check, max_len: int) -> Check:
-    return _List(item, max_len)
-
-
-def _map(key: Check, value: Check, max_len: int) -> Check:
-    return _Map(key, value, max_len)
-
-
-def _any_map(max_len: int = 4096) -> Check:
-    return _AnyMap(max_len)
-
-
-def _optional(check: Check) -> Check:
-    return _Optional(check)
-
-
-def _record(cls: type[_Record]) -> Check:
-    return _RecordOf(cls)
-
-
-_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 100, 60
-
-
-def _show(v: Any) -> str:
-    """A short, safe rendering of a value from the wire (deeply nested ones too)."""
-    return _REPR.repr(v)
-
+from protocol._checks import MAX_DEPTH as MAX_DEPTH
+from protocol._checks import MAX_STR as MAX_STR
+
+# the checkers: protocol._checks (here too, where the records' modules import them)
+from protocol._checks import MAX_U64 as MAX_U64
+from protocol._checks import Check as Check
+from protocol._checks import ProtocolError as ProtocolError
+from protocol._checks import VersionError as VersionError
+from protocol._checks import _any_map as _any_map
+from protocol._checks import _AnyMap as _AnyMap
+from protocol._checks import _Bad as _Bad
+from protocol._checks import _Bool as _Bool
+from protocol._checks import _bool as _bool
+from protocol._checks import _Bytes as _Bytes
+from protocol._checks import _bytes as _bytes
+from protocol._checks import _depth as _depth
+from protocol._checks import _Enum as _Enum
+from protocol._checks import _enum as _enum
+from protocol._checks import _Float as _Float
+from protocol._checks import _float as _float
+from protocol._checks import _Int as _Int
+from protocol._checks import _int as _int
+from protocol._checks import _List as _List
+from protocol._checks import _list as _list
+from protocol._checks import _Map as _Map
+from protocol._checks import _map as _map
+from protocol._checks import _Optional as _Optional
+from protocol._checks import _optional as _optional
+from protocol._checks import _record as _record
+from protocol._checks import _RecordOf as _RecordOf
+from protocol._checks import _show as _show
+from protocol._checks import _Str as _Str
+from protocol._checks import _str as _str
+from protocol._frozen import frozen
 
 # --- records --------------------------------------------------------------
 
-_SCALARS = (int, str, bytes, float, bool, type(None))
+_SCALARS = frozenset((int, str, bytes, float, bool, type(None)))
 
 
 class _Record:
@@ -344,6 +79,8 @@ class _Record:
     _NAMES: ClassVar[tuple[tuple[str, str, bool], ...]]
     _parse_fields: ClassVar[Any]
     _valid_fields: ClassVar[Any]
+    _make: ClassVar[Any]  # a map's fields checked, and the record made of them
+    _wire_fields: ClassVar[Any]  # the record as a map, by wire name
 
     @classmethod
     def _plan(cls) -> tuple[tuple[str, str, Check, bool], ...]:
@@ -353,30 +90,30 @@ class _Record:
             if declared is None:  # a class that wrote its _SCHEMA by hand: names are wire names
                 declared = tuple((n, n, c) for n, c in cls._SCHEMA.items())
             plan = tuple((a, n, c, c.optional) for a, n, c in declared)
-            cls._parse_fields = staticmethod(_compile(cls, plan, parse=True))
-            cls._valid_fields = staticmethod(_compile(cls, plan, parse=False))
-            # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
-            # made, and another thread (a jobber's allocator link) may be encoding the
-            # same class for the first time at this moment
+            cls._parse_fields = staticmethod(_compile(cls, plan, "parse"))
+            cls._valid_fields = staticmethod(_compile(cls, plan, "valid"))
+            cls._make = staticmethod(_compile(cls, plan, "make"))
             wire = {a: (n, c.optional) for a, n, c, _ in plan}
-            cls._NAMES = tuple(
+            names = tuple(
                 (f.name, *wire.get(f.name, (f.name, False)))
                 for f in fields(cls)  # type: ignore[arg-type]
             )
+            checks = {a: c for a, _, c, _ in plan}
+            cls._wire_fields = staticmethod(_compile_wire(names, checks))
+            # _NAMES and _PLAN last, _PLAN the very last: they are what says the rest is
+            # made, and another thread (a jobber's allocator link) may be encoding the
+            # same class for the first time at this moment
+            cls._NAMES = names
             cls._PLAN = plan
         return plan
 
     def _to_wire(self) -> dict[str, Any]:
+        """The record as a map by wire name; an optional field left at None is left out
+        (it reads as nil)."""
         cls = type(self)
-        if "_NAMES" not in cls.__dict__:
+        if "_PLAN" not in cls.__dict__:
             cls._plan()
-        out: dict[str, Any] = {}
-        for name, key, optional in cls._NAMES:
-            value = getattr(self, name)
-            if value is None and optional:
-                continue  # an optional field left out reads as nil
-            out[key] = value if type(value) in _SCALARS else _to_wire(value)
-        return out
+        return cls._wire_fields(self)
 
     def _check_self(self, where: str) -> None:
         """Apply the schema's checks to this record's own fields (for records built in
@@ -391,13 +128,7 @@ class _Record:
     def _parse(cls, v: Any) -> Any:
         if "_PLAN" not in cls.__dict__:
             cls._plan()
-        kwargs = cls._parse_fields(v)
-        try:
-            return cls(**kwargs)
-        except _Bad:
-            raise
-        except (TypeError, ValueError) as e:
-            raise _Bad(str(e)) from e
+        return cls._make(v)
 
     @classmethod
     def _valid(cls, v: Any) -> None:
@@ -414,47 +145,172 @@ class _Record:
             raise e.at(where) from None
 
 
-def _compile(cls: type, plan: tuple[tuple[str, str, Check, bool], ...], parse: bool):
-    """A function checking (and with `parse`, converting) the fields of a map for `cls`,
-    written out field by field, as dataclasses writes its __init__: the generic loop was
-    most of the codec's time. Same checks, same messages."""
+def _compile(cls: type, plan: tuple[tuple[str, str, Check, bool], ...], mode: str):
+    """A function checking (`valid`), or checking and converting (`parse`: to a map of
+    the record's fields; `make`: to the record) the fields of a map for `cls`, written
+    out field by field, as dataclasses writes its __init__: the generic loop was most
+    of the codec's time. The common checks are written inline too (`_fast`); a value
+    they do not pass goes to its checker, whose message says what is wrong (or which
+    converts it: an integer where a float goes). Same checks, same messages."""
     lines = [
         "def fields_of(v):",
         "    if type(v) is not dict:",
         "        raise _Bad(f'expected a map, got {_show(v)}')",
     ]
-    env: dict[str, Any] = {"_Bad": _Bad, "_show": _show}
+    env: dict[str, Any] = {"_Bad": _Bad, "_show": _show, "_cls": cls}
     out = []
     for i, (attr, name, check, optional) in enumerate(plan):
-        env[f"c{i}"] = check.parse if parse else check.valid
+        inner = check.inner if isinstance(check, _Optional) else check
+        env[f"c{i}"] = inner.valid if mode == "valid" else inner.parse
         if optional:
-            lines += [
-                f"    x = v.get({name!r})",
-                "    if x is None:",
-                f"        a{i} = None",
-                "    else:",
-                "        try:",
-                f"            a{i} = c{i}(x)",
-                "        except _Bad as e:",
-                f"            e.path.append({'.' + name!r})",
-                "            raise",
-            ]
+            lines += [f"    x = v.get({name!r})", "    if x is None:", f"        a{i} = None"]
+            lines.append("    else:")
+            indent = "        "
         else:
             lines += [
                 "    try:",
                 f"        x = v[{name!r}]",
                 "    except KeyError:",
                 f"        raise _Bad({f'missing field {name!r}'!r}) from None",
-                "    try:",
-                f"        a{i} = c{i}(x)",
-                "    except _Bad as e:",
-                f"        e.path.append({'.' + name!r})",
-                "        raise",
             ]
-        out.append(f"{attr!r}: a{i}")
-    lines.append("    return {" + ", ".join(out) + "}" if parse else "    return None")
+            indent = "    "
+        lines.append(f"{indent}try:")
+        lines += [f"{indent}    {line}" for line in _fast(inner, i, env, mode)]
+        lines += [
+            f"{indent}except _Bad as e:",
+            f"{indent}    e.path.append({'.' + name!r})",
+            f"{indent}    raise",
+        ]
+        out.append((attr, f"a{i}"))
+    if mode == "parse":
+        lines.append("    return {" + ", ".join(f"{a!r}: {x}" for a, x in out) + "}")
+    elif mode == "make":
+        lines += [
+            "    try:",
+            "        return _cls(" + ", ".join(f"{a}={x}" for a, x in out) + ")",
+            "    except _Bad:",
+            "        raise",
+            "    except (TypeError, ValueError) as e:",
+            "        raise _Bad(str(e)) from e",
+        ]
     exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own schema
     return env["fields_of"]
+
+
+def _fast(check: Check, i: int, env: dict[str, Any], mode: str) -> list[str]:
+    """The lines that check field `i`'s value `x` (and, but for `valid`, set `a{i}` to
+    what it parses to): the common checks written out, else the checker `c{i}`.
+
+    A scalar passes an inline test (`_test`) or goes to its checker; a record goes to
+    its own class's compiled function; a list of records or of scalars is gone through
+    in one loop, and if an item fails, the list goes to its checker, which says which
+    item is wrong (the index is found only then)."""
+    to = "" if mode == "valid" else f"a{i} = "
+    checker = f"{to}c{i}(x)"  # the checker: converts the value, or raises saying why
+    test = _test(check, "x", f"{i}", env)
+    if test is not None:
+        value = f"e{i}[x]" if isinstance(check, _Enum) else "x"
+        return [f"if {test}:", f"    {to}{value}", "else:", f"    {checker}"]
+    if isinstance(check, _RecordOf):
+        env[f"r{i}"] = _compiled(check.cls, mode)
+        return [f"{to}r{i}(x)"]
+    if not isinstance(check, _List):
+        return [checker]
+    env[f"n{i}"] = check.max_len
+    shape = f"type(x) is list and len(x) <= n{i}"
+    item = check.item
+    if isinstance(item, _RecordOf):
+        env[f"r{i}"] = _compiled(item.cls, mode)
+        if mode == "valid":
+            each = ["for y in x:", f"    r{i}(y)"]
+        else:
+            each = [f"{to}tuple([r{i}(y) for y in x])"]
+        return [
+            f"if {shape}:",
+            "    try:",
+            *[f"        {line}" for line in each],
+            "    except _Bad:",
+            f"        {checker}",
+            "else:",
+            f"    {checker}",
+        ]
+    test = _test(item, "y", f"{i}i", env)
+    if test is None or isinstance(item, _Enum):
+        return [checker]
+    body = ["    for y in x:", f"        if not ({test}):", "            return False"]
+    exec("\n".join([f"def all{i}(x):", *body, "    return True"]), env)  # noqa: S102
+    good = f"{to}tuple(x)" if to else "pass"
+    return [f"if {shape} and all{i}(x):", f"    {good}", "else:", f"    {checker}"]
+
+
+def _compiled(cls: type, mode: str):
+    """The compiled function of the record class `cls` that `mode` calls (made now)."""
+    cls._plan()
+    return cls._valid_fields if mode == "valid" else cls._make
+
+
+def _test(check: Check, x: str, i: str, env: dict[str, Any]) -> str | None:
+    """An expression true when the value `x` passes the scalar checker `check` as it is
+    (an integer or float in its bounds, a string or bytes of a length, a bool, an enum's
+    value, whose member is `e{i}[x]`), with the names it needs put in `env`; None for
+    any other checker."""
+    kind = type(check)
+    if kind is _Int:
+        env[f"lo{i}"], env[f"hi{i}"] = check.lo, check.hi
+        return f"type({x}) is int and lo{i} <= {x} <= hi{i}"
+    if kind is _Float:  # (a float within finite bounds is finite)
+        env[f"lo{i}"], env[f"hi{i}"] = check.lo, check.hi
+        return f"type({x}) is float and lo{i} <= {x} <= hi{i}"
+    if kind is _Str:
+        env[f"m{i}"] = check.max_len
+        if check.pattern is None:
+            return f"type({x}) is str and len({x}) <= m{i}"
+        env[f"p{i}"] = check.pattern.match
+        return f"type({x}) is str and len({x}) <= m{i} and p{i}({x}) is not None"
+    if kind is _Bytes:
+        env[f"lo{i}"], env[f"hi{i}"] = check.min_len, check.max_len
+        return f"type({x}) is bytes and lo{i} <= len({x}) <= hi{i}"
+    if kind is _Bool:
+        return f"type({x}) is bool"
+    if kind is _Enum and all(type(value) is str for value in check.values):
+        env[f"e{i}"] = check.values
+        return f"type({x}) is str and {x} in e{i}"
+    return None
+
+
+def _compile_wire(names: tuple[tuple[str, str, bool], ...], checks: dict[str, Check]):
+    """The function of a record's map by wire name, written out field by field (see
+    `_compile`): each field as it is where it is a scalar, a record of a field's own
+    class by that class's function, a list item by item, else as `_to_wire` makes it;
+    an optional field left at None is left out."""
+    lines = ["def wire_of(r):", "    out = {}"]
+    env: dict[str, Any] = {"_SCALARS": _SCALARS, "_to_wire": _to_wire}
+    for i, (attr, key, optional) in enumerate(names):
+        check = checks.get(attr)
+        if isinstance(check, _Optional):
+            check = check.inner
+        value = "x if type(x) in _SCALARS else _to_wire(x)"
+        if isinstance(check, _RecordOf):
+            env[f"C{i}"], env[f"w{i}"] = check.cls, _wire_of(check.cls)
+            value = f"w{i}(x) if type(x) is C{i} else _to_wire(x)"
+        elif isinstance(check, _List):
+            item = "y if type(y) in _SCALARS else _to_wire(y)"
+            if isinstance(check.item, _RecordOf):
+                env[f"C{i}"], env[f"w{i}"] = check.item.cls, _wire_of(check.item.cls)
+                item = f"w{i}(y) if type(y) is C{i} else _to_wire(y)"
+            value = f"[{item} for y in x] if type(x) is tuple else _to_wire(x)"
+        lines.append(f"    x = r.{attr}")
+        put = f"out[{key!r}] = {value}"
+        lines.append(f"    if x is not None:\n        {put}" if optional else f"    {put}")
+    lines.append("    return out")
+    exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own fields
+    return env["wire_of"]
+
+
+def _wire_of(cls: type):
+    """The compiled map function of the record class `cls` (made now)."""
+    cls._plan()
+    return cls._wire_fields
 
 
 def _to_wire(v: Any) -> Any:
@@ -494,7 +350,7 @@ def checked(
 
 def record(cls: type) -> Any:
     """Make `cls` a frozen, slotted dataclass and its schema, from its `checked` fields."""
-    cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    cls = frozen(cls)
     declared = tuple(
         (f.name, f.metadata["wire"] or f.name, f.metadata["check"])
         for f in fields(cls)

@@ -24,11 +24,12 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from protocol import Limits
+from protocol._frozen import frozen
 from tasks._files import InputFile, named_files
 from tasks._payload import Payload
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Job:
     """One unit of work: the arguments, stdin and input files a payload runs with.
 
@@ -41,8 +42,9 @@ class Job:
     files: tuple[tuple[str, InputFile], ...] = ()
 
     def __post_init__(self) -> None:
-        if not all(isinstance(a, str) for a in self.args):
-            raise TypeError("Job.args must be strings")
+        for a in self.args:  # (a loop: a job is made for every one a task has)
+            if not isinstance(a, str):
+                raise TypeError("Job.args must be strings")
         if not isinstance(self.stdin, bytes):
             raise TypeError("Job.stdin must be bytes")
         if self.files:

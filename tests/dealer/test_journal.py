@@ -22,7 +22,7 @@ import pytest
 from dealer import Dealer, Journal, JournalError
 from dealer._core import Core, Drawn, Policy, Returned, Sent
 from dealer._history import History
-from dealer._journal import RETRY_HINT, move_aside, task_pins
+from dealer._journal import RETRY_HINT, move_aside, pack, task_pins
 from dealer._reader import ReadOnly
 from dealer._service import Service
 from protocol import ProtocolError, Status
@@ -237,7 +237,7 @@ SENT = {"tag": "x.0", "job_id": 0, "jobber": "j", "deadline": 1.5, "machine": "m
             "schema",
             ["UPDATE meta SET value = '1' WHERE key = 'schema'"],
             (),
-            "journal schema '1' is not 2 (another version of borednet wrote it, or it was "
+            "journal schema '1' is not 2 or 3 (another version of borednet wrote it, or it was "
             "damaged): resume it with the borednet that wrote it",
         ),
         (
@@ -349,7 +349,8 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path):
 def test_a_missing_record_is_refused(tmp_path):
     path = tmp_path / "gap.sqlite"
     j = Journal(path, "t")
-    j.append(drawn(4))
+    for rec in drawn(4):  # a turn (a row) each
+        j.append([rec])
     j.close()
     db = sqlite3.connect(path)
     db.execute("DELETE FROM records WHERE seq = 2")
@@ -359,7 +360,20 @@ def test_a_missing_record_is_refused(tmp_path):
     with pytest.raises(JournalError) as e:
         list(j.records())
     assert str(e.value) == (
-        f"{path}: record 2 is missing (the next is 3): the journal was damaged: {AFRESH}"
+        f"{path}: the records' row 2 is missing (the next is 3): the journal was damaged: {AFRESH}"
+    )
+    j.close()
+    old = tmp_path / "old-gap.sqlite"  # rows of schema 2: a record each, named as such
+    j = Journal(old, "t")
+    j._db.executemany(
+        "INSERT INTO records (kind, body) VALUES (?, ?)",
+        [("Drawn", body(job_id=i, digest=f"{i:064x}")) for i in (0, 1, 2)],
+    )
+    j._db.execute("DELETE FROM records WHERE seq = 2")
+    with pytest.raises(JournalError) as e:
+        list(j.records())
+    assert str(e.value) == (
+        f"{old}: record 2 is missing (the next is 3): the journal was damaged: {AFRESH}"
     )
     j.close()
 
@@ -409,11 +423,23 @@ def test_new_fields_are_stored_and_unset_ones_are_not(tmp_path):
     drawn0, sent0 = records[0], records[1]
     assert drawn0 == Drawn(0, drawn0.digest, ("0",), 0, None)
     assert sent0.at == 100.0 and records[-1].at == 101.5
-    bodies = [msgpack.unpackb(b) for (b,) in j._db.execute("SELECT body FROM records")]
-    assert set(bodies[0]) == {"job_id", "digest", "args", "stdin_size"}  # no stdin digest
-    assert bodies[0]["args"] == ["0"]
-    assert "at" in bodies[1] and "at" not in bodies[-1]
+    # a turn's records: [code, [fields in declaration order]], nil where unset
+    turns = [msgpack.unpackb(b) for (b,) in j._db.execute("SELECT body FROM records")]
+    assert turns[0][0] == [0, [0, drawn0.digest, ["0"], 0, None, None]]
+    assert turns[0][1][1][5] == 100.0 and turns[1] == [
+        [2, [f"{j.tag_prefix}.1", "abandoned", b"", 0, "lost", None]]
+    ]
     j.close()
+    # a record in a row of its own (as schema 2 wrote them all): unset fields not stored
+    assert msgpack.unpackb(pack(drawn0)) == {
+        "job_id": 0,
+        "digest": drawn0.digest,
+        "args": ["0"],
+        "stdin_size": 0,
+    }
+    assert "at" in msgpack.unpackb(pack(sent0)) and "at" not in msgpack.unpackb(
+        pack(Returned(f"{j.tag_prefix}.1", "abandoned", b"", 0, "lost"))
+    )
 
 
 def test_an_older_journal_replays_the_same_in_the_dealer_and_in_history(tmp_path):
@@ -543,7 +569,9 @@ def test_a_journal_that_cannot_be_read_is_refused_and_left_alone(tmp_path):
     )
     with ReadOnly(gap) as r, pytest.raises(JournalError) as e:
         list(r.records())
-    assert str(e.value) == f"{gap}: record 2 is missing (the next is 5): the journal was damaged"
+    assert str(e.value) == (
+        f"{gap}: the records' row 2 is missing (the next is 5): the journal was damaged"
+    )
     schema = damaged(tmp_path, "schema", "UPDATE meta SET value = '1' WHERE key = 'schema'")
     with pytest.raises(JournalError) as e:
         ReadOnly(schema)
