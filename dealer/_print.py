@@ -5,19 +5,17 @@ from __future__ import annotations
 import sys
 import time
 
-from protocol import credit_text
-
 
 def print_jobbers(rows: list[dict], file=sys.stdout) -> None:
     if not rows:
         return
     head = f"{'jobber':24} {'key':12} {'machine':18} {'valid':>6} {'invalid':>7} {'errors':>6}"
-    print(f"{head} {'credit (fuel)':>14}", file=file)
+    print(f"{head} {'credit':>16}", file=file)
     for r in rows:
         name = r["name"] + (" (denied)" if r.get("denied") else "")
         print(
             f"{name[:24]:24} {r['key'][:12]:12} {r['machine'][:18]:18} {r['valid']:6} "
-            f"{r['invalid']:7} {r['errors']:6} {credit_text(r['credit']):>14}",
+            f"{r['invalid']:7} {r['errors']:6} {r['credit']:16}",
             file=file,
         )
 
