@@ -4,9 +4,10 @@ Real processes on loopback: the factoring example at redundancy 2 upstream, two 
 jobbers connecting to it directly, and a relay (`python -m dealer relay`, attributing
 its jobbers by default, trusted by nobody) serving one honest jobber and one liar
 (tests/wrong_jobber.py: every job answered at once with a plausible wrong output,
-claiming the honest jobbers' platform and fuel count). Once per task kind: cross-platform
-(every replica grouped by how its jobber counts fuel, host.nan_fuel) and not (replicas vote within their platform, which the
-relay passes up for each of its jobbers). Each run shows:
+claiming the honest jobbers' platform and fuel count). Once per task kind:
+cross-platform (every replica grouped by how its jobber counts fuel, host.nan_fuel)
+and not (replicas vote within their platform, which the relay passes up for each of
+its jobbers). Each run shows:
 
 - the batch's answer is right;
 - upstream, the liar (`relay/LIAR`) lost votes and is denied, and the honest lab jobber
@@ -112,7 +113,8 @@ def test_a_liar_behind_a_relay_is_denied_and_the_lab_jobber_beside_it_is_credite
     with ReadOnly(db) as journal:
         sent = [r for r in journal.records() if isinstance(r, Sent)]
     relayed = [r for r in sent if r.machine == "127.0.0.1"]
-    assert relayed and {r.platform for r in relayed} == {sandbox.NAN_FUEL if cross else sandbox.PLATFORM}
+    expected = sandbox.NAN_FUEL if cross else sandbox.PLATFORM
+    assert relayed and {r.platform for r in relayed} == {expected}
     by_job: dict[int, int] = {}
     for r in relayed:
         by_job[r.job_id] = by_job.get(r.job_id, 0) + 1

@@ -600,6 +600,8 @@ def run_on(flavor: str, wasm: bytes, args=()) -> sandbox.Outcome:
     module = _flavors.tag(wasmtime.Module(_flavors.named(flavor), code), flavor)
     prepared = _engine._check("0" * 64, module, flavor != "native")
     return _engine.execute(prepared, args, b"", Limits(native_nans=flavor == "native"))
+
+
 X86 = __import__("platform").machine().lower() in ("x86_64", "amd64")
 
 
