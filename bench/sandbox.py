@@ -19,10 +19,11 @@
     after another: median round trip over J jobs, as the jobber sees it.
     Target: at most 1 ms. In-process sandbox.run() is shown for comparison.
 (c) With --fences: what each engine fence costs, on both kernels, in plain
-    wasmtime (no sandbox around it): no fences, fuel, epoch interruption, NaN
-    canonicalization, fuel + epoch (the native engine), all three (the canonical
-    engine), fuel + epoch with NaN guards (the guarded engine and module); each
-    run alternating with a native run, best of R.
+    wasmtime (no sandbox around it): no fences, fuel (the slot workers' native
+    engine), epoch interruption, NaN canonicalization, fuel + epoch (the in-process
+    native engine), all three (the in-process canonical engine), fuel + epoch with
+    NaN guards (in-process), fuel with NaN guards (the slot workers' guarded
+    engine and module); each run alternating with a native run, best of R.
 
 The last line is one JSON object: each kernel's times and ratios ((a)), and the
 trivial job's round trip ((b)). Runs by hand, not in CI; figures in
@@ -182,12 +183,13 @@ def med(times: list[float]) -> float:
 
 FENCES = {
     "none": (),
-    "fuel": ("fuel",),
+    "fuel (slot workers: native)": ("fuel",),
     "epoch": ("epoch",),
     "nan canonicalization": ("nan",),
-    "fuel + epoch": ("fuel", "epoch"),
+    "fuel + epoch (in-process: native)": ("fuel", "epoch"),
     "all three": ("fuel", "epoch", "nan"),
     "fuel + epoch + NaN guards": ("fuel", "epoch", "guards"),
+    "fuel + NaN guards (slot workers)": ("fuel", "guards"),
 }
 
 

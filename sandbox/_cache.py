@@ -5,7 +5,9 @@ Layout under the root::
     wasm/<sha256>.wasm                   the payload as received
     compiled/<engine key>/<sha256>.cwasm the module compiled for this machine, one
                                          directory per mode (canonical NaNs or
-                                         native: see _flavors.ENGINE_KEYS)
+                                         native) and fence (slot workers' watched
+                                         engines, or in-process runs' with epoch
+                                         checks): see _flavors.engine_keys
     failed/<engine key>/<sha256>.json    why compiling it failed, and under which
                                          fences (see "Failed compiles" below)
 
@@ -126,10 +128,13 @@ class ModuleCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._wasm_dir = self.root / "wasm"
-        # by `canonical`: the canonical mode's compiled forms, and the native one's
+        # by (`canonical`, watched): the canonical mode's compiled forms and the native
+        # one's, for slot workers (watched) and for in-process runs
         compiled = self.root / "compiled"
         self._compiled_dirs = {
-            canonical: compiled / key for canonical, key in _engine.ENGINE_KEYS.items()
+            (canonical, w): compiled / key
+            for w in (True, False)
+            for canonical, key in _flavors.engine_keys(w).items()
         }
         self._failed_root = self.root / "failed"
         self._failed_dirs = {
@@ -246,23 +251,25 @@ class ModuleCache:
 
     # --- compiled modules ----------------------------------------------------------
 
-    def compiled_path(self, sha256: str, canonical: bool = True) -> Path:
-        return self._compiled_dirs[canonical] / f"{_check_name(sha256)}.cwasm"
+    def compiled_path(self, sha256: str, canonical: bool = True, watched: bool = True) -> Path:
+        """Where the compiled form for a mode is kept: for slot workers' (watched)
+        engines, or (`watched=False`) for in-process runs' (_flavors)."""
+        return self._compiled_dirs[canonical, watched] / f"{_check_name(sha256)}.cwasm"
 
-    def module(self, sha256: str, canonical: bool = True) -> wasmtime.Module:
-        """The payload compiled for the sandbox's canonical (or native) engine: loaded if
-        cached, else built.
+    def module(self, sha256: str, canonical: bool = True, watched: bool = True) -> wasmtime.Module:
+        """The payload compiled for the sandbox's canonical (or native) engine, watched or
+        in-process (see `compiled_path`): loaded if cached, else built.
 
         KeyError if the payload is not held; Refused if it is beyond a cap (or its
         compiled form would be); wasmtime.WasmtimeError if its bytes are not a valid
         module.
         """
-        loaded = self.load(sha256, canonical)
-        return loaded if loaded is not None else self.build(sha256, canonical)
+        loaded = self.load(sha256, canonical, watched)
+        return loaded if loaded is not None else self.build(sha256, canonical, watched)
 
-    def build(self, sha256: str, canonical: bool = True) -> wasmtime.Module:
+    def build(self, sha256: str, canonical: bool = True, watched: bool = True) -> wasmtime.Module:
         """Compile the payload and store its compiled form (raises as `module` does)."""
-        module = _engine.compile(self.wasm(sha256), canonical)
+        module = _engine.compile(self.wasm(sha256), canonical, watched)
         body = bytes(module.serialize())
         cap = compiled_cap(sha256)
         if len(body) > cap:
@@ -274,14 +281,17 @@ class ModuleCache:
             )
         key = _flavors.FLAVOR_KEYS[_flavors.flavor_of(module, canonical)]
         header = _MAGIC + key.encode() + hashlib.sha256(body).digest()
-        _write_atomic(self.compiled_path(sha256, canonical), header + body)
-        self.forget_failure(sha256, canonical)  # compiled now, under larger fences
+        _write_atomic(self.compiled_path(sha256, canonical, watched), header + body)
+        if watched:  # (failures are remembered for slot workers' compiles)
+            self.forget_failure(sha256, canonical)  # compiled now, under larger fences
         return module
 
-    def load(self, sha256: str, canonical: bool = True) -> wasmtime.Module | None:
-        """The stored compiled form for the canonical (or native) engine, or None (none
-        stored, or one failing a check: removed)."""
-        path = self.compiled_path(sha256, canonical)
+    def load(
+        self, sha256: str, canonical: bool = True, watched: bool = True
+    ) -> wasmtime.Module | None:
+        """The stored compiled form for the canonical (or native) engine, watched or
+        in-process, or None (none stored, or one failing a check: removed)."""
+        path = self.compiled_path(sha256, canonical, watched)
         try:
             if path.stat().st_size > _HEADER + compiled_cap(sha256):  # stored before the cap
                 log.warning("compiled module %s: over the size cap; removed", path.name)
@@ -293,7 +303,9 @@ class ModuleCache:
         body = data[_HEADER:]
         problem = None
         key = data[len(_MAGIC) : len(_MAGIC) + 32]
-        flavors = {_flavors.FLAVOR_KEYS[f].encode(): f for f in _flavors.MODE_FLAVORS[canonical]}
+        flavors = {
+            _flavors.FLAVOR_KEYS[f].encode(): f for f in _flavors.mode_flavors(canonical, watched)
+        }
         if len(data) < _HEADER or data[: len(_MAGIC)] != _MAGIC:
             problem = "not a borednet compiled module"
         elif key not in flavors:

@@ -18,12 +18,15 @@ Each limit, and how it ends the job:
 limit      mechanism                                                    status
 ========== ============================================================ =======
 fuel       ``Store.set_fuel``; wasm traps with OUT_OF_FUEL              FUEL
-time_s     a ticker thread increments the engines' epochs every TICK_S; TIME
-           each store has a deadline of one tick and a callback that
-           stops the job once time_s of running time has passed
+time_s     a ticker thread ticks every TICK_S; once time_s of running     TIME
+           time has passed, in-process (epoch engines) the tick stops
+           the payload (each store has a deadline of one tick and a
+           callback); in a slot worker (watched engines, no epoch
+           checks) it hands the outcome to `on_stuck`, and the worker
+           ends (see _worker)
 memory_mb  the memory creator refuses growth past the limit (summed     MEMORY
-           over the job's memories) or a minimum above it; the epoch
-           callback then stops the payload. Also: at most
+           over the job's memories) or a minimum above it; the next
+           tick then stops the payload, as for time_s. Also: at most
            INSTANCES_MAX instances, MEMORIES_MAX memories, TABLES_MAX
            tables of TABLE_ELEMENTS_MAX elements (beyond: instantiation
            fails with MEMORY; a refused table.grow returns -1 unseen)
@@ -105,6 +108,7 @@ class _Ticker:
         # (running time up to the last tick, real time of the last tick), replaced whole
         self._mark = (0.0, time.monotonic())
         self._active = 0
+        self._watched: list[_job.Job] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -112,11 +116,15 @@ class _Ticker:
         elapsed, last = self._mark
         return elapsed + min(time.monotonic() - last, GAP_S)
 
-    def enter(self) -> float:
+    def enter(self, watched: _job.Job | None = None) -> float:
+        """A job begins; `watched`: a job on a watched engine, which the ticker checks
+        each tick and ends (its `watch`) once it must stop."""
         with self._cond:
             if not self._active:
                 self._mark = (self._mark[0], time.monotonic())
             self._active += 1
+            if watched is not None:
+                self._watched.append(watched)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="sandbox-ticker", daemon=True
@@ -125,9 +133,11 @@ class _Ticker:
             self._cond.notify()
         return self.now()
 
-    def leave(self) -> None:
+    def leave(self, watched: _job.Job | None = None) -> None:
         with self._cond:
             self._active -= 1
+            if watched is not None:
+                self._watched.remove(watched)
 
     def _run(self) -> None:
         while True:
@@ -141,6 +151,10 @@ class _Ticker:
             self._mark = (elapsed + (gap if gap <= GAP_S else TICK_S), now)
             for eng in _flavors.made():  # a job runs on any
                 eng.increment_epoch()
+            for job in list(self._watched):
+                if job.watch is not None and job.must_stop():
+                    end, job.watch = job.watch, None
+                    _end_watched(job, end)
 
 
 _ticker = _Ticker()
@@ -169,6 +183,19 @@ def _on_epoch(context, data, delta, kind):  # noqa: ARG001
         if job is not None:
             job.internal = f"epoch callback: {e!r}"
         return _memory._error("borednet sandbox: internal error")
+
+
+def _end_watched(job: _job.Job, end: Callable[[Outcome], None]) -> None:
+    """A job on a watched engine must stop, and nothing in its process can stop it: its
+    outcome goes to `end` (a slot worker sends it, and its parent kills the worker). Its
+    fuel is not known here: 0."""
+    try:
+        status, detail = job.stop or (Status.CRASH, f"sandbox internal error: {job.internal}")
+        wall_s = time.perf_counter() - job.perf0
+        saved = None if job.scratch is None else job.scratch.saved
+        end(_ending(job, status, detail, None, 0, wall_s, saved))
+    except BaseException:  # never kill the ticker; the parent's watchdog is the last fence
+        log.exception("ending a watched job")
 
 
 # --- modules ----------------------------------------------------------------
@@ -233,21 +260,27 @@ def _signature(ty: wasmtime.FuncType) -> str:
     return f"[{params}] -> [{results}]"
 
 
-# by (sha256, canonical): a payload may run on both engines, compiled once for each
-_prepared: OrderedDict[tuple[str, bool], Prepared] = OrderedDict()
+# by (sha256, canonical, watched): a payload may run on several engines, compiled for each
+_prepared: OrderedDict[tuple[str, bool, bool], Prepared] = OrderedDict()
 _prepared_lock = threading.Lock()
 
 
-def prepare(sha256: str, load: Callable[[], wasmtime.Module], canonical: bool = True) -> Prepared:
+def prepare(
+    sha256: str,
+    load: Callable[[], wasmtime.Module],
+    canonical: bool = True,
+    watched: bool = False,
+) -> Prepared:
     """The Prepared for `sha256` in the canonical (or native) mode, calling `load` to
-    get its module, compiled for that mode, on a miss.
+    get its module, compiled for that mode (on a watched engine if `watched`, else on
+    an in-process one: _flavors), on a miss.
 
     `load` may raise wasmtime.WasmtimeError (the bytes are not a valid module:
     remembered as INVALID), _precheck.Refused (its status and detail, remembered
     unless it says otherwise) or KeyError (the payload is not available: not
     remembered).
     """
-    key = (sha256, canonical)
+    key = (sha256, canonical, watched)
     with _prepared_lock:
         hit = _prepared.get(key)
         if hit is not None:
@@ -335,6 +368,7 @@ def execute(
     volume: _tree.Volume | None = None,
     checkpoint: bytes | None = None,
     on_save: Callable[[bytes, int], None] | None = None,
+    on_stuck: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Run one job of a prepared module; never raises for anything the payload does.
 
@@ -345,7 +379,11 @@ def execute(
     outcome's `checkpoint`).
 
     The job runs on the engine the module was prepared for (`prepare(...,
-    canonical=not limits.native_nans)`: see `run`).
+    canonical=not limits.native_nans)`: see `run`). On a watched engine (a slot
+    worker's) nothing here can stop the payload: once the job must stop (its time is
+    up, its memory was refused), the ticker calls `on_stuck` with its outcome, and the
+    caller ends this process; the payload runs until then, and what `execute` returns
+    after that is not to be reported. ValueError for a watched module without `on_stuck`.
 
     A bug in the sandbox itself is reported as CRASH rather than raised: the
     job failed through no fault of the payload, and is worth running elsewhere.
@@ -359,9 +397,11 @@ def execute(
     if checkpoint is not None and len(checkpoint) > kb * 1024:
         why = f"a checkpoint of {len(checkpoint)} bytes: over the job's {kb} KiB"
         return Outcome(Status.INVALID, b"", 0, 0.0, why)
+    if on_stuck is None and _flavors.watched(prepared.flavor):
+        raise ValueError("a module for a watched engine runs only where its process can end")
     scratch = _scratch.Scratch(kb * 1024, checkpoint, on_save) if kb else None
     try:
-        return _execute(prepared, args, stdin, limits, volume, scratch)
+        return _execute(prepared, args, stdin, limits, volume, scratch, on_stuck)
     except Exception as e:
         log.exception("job of payload %s: sandbox internal error", prepared.sha256[:12])
         return Outcome(Status.CRASH, b"", 0, 0.0, f"sandbox internal error: {e!r}")
@@ -374,10 +414,13 @@ def _execute(
     limits: Limits,
     volume: _tree.Volume | None,
     scratch: _scratch.Scratch | None,
+    on_stuck: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     eng = _flavors.named(prepared.flavor)
+    watched = _flavors.watched(prepared.flavor)
     job = _job.Job(limits, _ticker.now)
     job.files = _files.Fds(stdin, volume, scratch)
+    job.scratch = scratch
     store = wasmtime.Store(eng)
     store.set_fuel(limits.fuel)
     store.set_limits(
@@ -390,13 +433,15 @@ def _execute(
     runtime = _runtimes.of(prepared.sha256)
     wasi.argv = [runtime.argv0 if runtime else ARGV0, *args]  # stdin and files are _files'
     store.set_wasi(wasi)
-    store.set_epoch_deadline(1)
-    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _NO_FINALIZER)
+    if not watched:
+        store.set_epoch_deadline(1)
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch, None, _NO_FINALIZER)
 
     exit_code: int | None = None
     _job.enter(job)
-    job.started = _ticker.enter()  # now(), with the ticker running
-    started = time.perf_counter()
+    job.perf0 = started = time.perf_counter()
+    job.watch = on_stuck if watched else None
+    job.started = _ticker.enter(job if watched else None)  # now(), with the ticker running
     try:
         instance = prepared.pre.instantiate(store)
         returned = instance.exports(store)[prepared.entry](store)
@@ -419,11 +464,25 @@ def _execute(
         status, detail = _classify_error(str(e))
     finally:
         wall_s = time.perf_counter() - started
-        _ticker.leave()
+        _ticker.leave(job if watched else None)
         _job.enter(None)
     fuel = limits.fuel - store.get_fuel()
     store.close()  # unmap the job's memories now: a trap's traceback would keep it alive
+    saved = None if scratch is None else scratch.saved
+    return _ending(job, status, detail, exit_code, fuel, wall_s, saved)
 
+
+def _ending(
+    job: _job.Job,
+    status: Status,
+    detail: str,
+    exit_code: int | None,
+    fuel: int,
+    wall_s: float,
+    saved: bytes | None,
+) -> Outcome:
+    """The job's outcome, once it ended as the engine saw it (`status`, `detail`) and
+    the host recorded (a stop, an internal error, an exit code)."""
     if job.internal is not None:
         status, detail, exit_code = Status.CRASH, f"sandbox internal error: {job.internal}", None
     elif job.stop is not None:
@@ -435,7 +494,6 @@ def _execute(
         quoted = job.err.decode("utf-8", "replace").strip()[-_DETAIL_STDERR:]
         if quoted:
             detail = f"{detail}; stderr: {quoted}" if detail else f"stderr: {quoted}"
-    saved = None if scratch is None else scratch.saved
     return Outcome(status, bytes(job.out), fuel, wall_s, detail, exit_code, bytes(job.err), saved)
 
 
@@ -479,7 +537,7 @@ def run(
         cache.put(wasm)
 
         def load() -> wasmtime.Module:
-            return cache.module(sha256, canonical)
+            return cache.module(sha256, canonical, watched=False)
 
     else:
 

@@ -1,9 +1,10 @@
 """The sandbox's wasmtime engines, and compiling a payload for the one its job needs.
 
-Three engine configurations (*flavors*), the same everywhere (compiled modules are
-only valid for the configuration that made them). All have fuel, epoch
-interruption, deterministic relaxed SIMD, a fixed wasm stack and the sandbox's own
-memory creator (see _memory); then:
+Three engine configurations, the same everywhere (compiled modules are only valid
+for the configuration that made them), each in two *flavors*: in-process, with epoch
+interruption (`sandbox.run`), and watched (WATCHED), without (slot workers; see
+BASES below). All have fuel, deterministic relaxed SIMD, a fixed wasm stack and the
+sandbox's own memory creator (see _memory); then:
 
 ========== ====================================================== ==================
 flavor     more                                                   runs
@@ -44,7 +45,15 @@ from sandbox import _memory, _nanguard, _precheck, _wasi
 log = logging.getLogger(__name__)
 
 MAX_WASM_STACK = 512 * 1024  # wasmtime's default, pinned: it decides where STACK happens
-FLAVORS = ("native", "canonical", "guarded")
+BASES = ("native", "canonical", "guarded")
+# Each base comes in two fences for the time limit: *in-process* engines (the names above)
+# check an epoch at every loop header and function entry, so a job's own process can stop
+# it (`sandbox.run`); *watched* engines (WATCHED added to the name) have no epoch checks,
+# and a job on them is stopped from outside: a slot worker's ticker sends its outcome and
+# the parent kills the worker (_worker, _slots). The epoch checks cost a tight loop a
+# register or two: up to a third of its speed (docs/sandbox.md, "The time limit").
+WATCHED = "-watched"
+FLAVORS = (*BASES, *(base + WATCHED for base in BASES))
 
 _SHARED_FLAGS = (
     "consume_fuel",
@@ -58,7 +67,14 @@ _NAN_FLAG = "cranelift_nan_canonicalization"
 _GUARD_FLAGS = ("wasm_branch_hinting", f"nan_guards={_nanguard.VERSION}")
 
 
+def watched(flavor: str) -> bool:
+    """Whether `flavor`'s engine has no epoch checks (its jobs are stopped from outside)."""
+    return flavor.endswith(WATCHED)
+
+
 def _flags(flavor: str) -> tuple[str, ...]:
+    if watched(flavor):
+        return tuple(f for f in _flags(flavor[: -len(WATCHED)]) if f != "epoch_interruption")
     # the canonical engine's list is the one every engine had before the native one
     # existed, in the same order: its key, and so the compiled modules cached under it,
     # stay valid
@@ -68,14 +84,15 @@ def _flags(flavor: str) -> tuple[str, ...]:
 
 
 def _make_config(flavor: str) -> wasmtime.Config:
+    base = flavor.removesuffix(WATCHED)
     config = wasmtime.Config()
     config.consume_fuel = True
-    config.epoch_interruption = True
-    config.cranelift_nan_canonicalization = flavor == "canonical"
+    config.epoch_interruption = not watched(flavor)
+    config.cranelift_nan_canonicalization = base == "canonical"
     config.wasm_relaxed_simd_deterministic = True
     config.max_wasm_stack = MAX_WASM_STACK
     config.wasm_exceptions = True  # wasmtime 50's default, pinned: CPython's build needs it
-    if flavor == "guarded":  # the guards' hints: their NaN path is laid out of the way
+    if base == "guarded":  # the guards' hints: their NaN path is laid out of the way
         _bindings.wasmtime_config_wasm_branch_hinting_set(config.ptr(), True)
     _memory.install(config)
     return config
@@ -96,11 +113,22 @@ def _engine_key(flavor: str) -> str:
 
 
 FLAVOR_KEYS = {flavor: _engine_key(flavor) for flavor in FLAVORS}
-# by mode (`canonical`): the flavors a module compiled for it may have, and the key
-# naming the mode's compiled forms in the cache (the guarded engine's: it changes with
-# the NaN guards' version)
-MODE_FLAVORS = {True: ("guarded", "canonical"), False: ("native",)}
-ENGINE_KEYS = {True: FLAVOR_KEYS["guarded"], False: FLAVOR_KEYS["native"]}
+
+
+def mode_flavors(canonical: bool, is_watched: bool = True) -> tuple[str, ...]:
+    """The flavors a module compiled for a mode (`canonical`) may have, watched or not."""
+    bases = ("guarded", "canonical") if canonical else ("native",)
+    return tuple(base + WATCHED for base in bases) if is_watched else bases
+
+
+def engine_keys(is_watched: bool = True) -> dict[bool, str]:
+    """By mode (`canonical`): the key naming the mode's compiled forms in the cache (the
+    guarded engine's: it changes with the NaN guards' version)."""
+    return {c: FLAVOR_KEYS[mode_flavors(c, is_watched)[0]] for c in (True, False)}
+
+
+# the keys of the engines slot workers run (a ModuleCache's by default)
+ENGINE_KEYS = engine_keys(True)
 ENGINE_KEY = ENGINE_KEYS[True]  # the canonical mode's (the default)
 # What a job's bytes and fuel depend on beyond the job itself, on the native engine: the
 # CPU architecture (NaN bits, where the stack runs out), the OS (calling conventions,
@@ -138,9 +166,9 @@ def named(flavor: str) -> wasmtime.Engine:
     return eng
 
 
-def engine(canonical: bool = True) -> wasmtime.Engine:
+def engine(canonical: bool = True, is_watched: bool = False) -> wasmtime.Engine:
     """The process's canonical (cranelift-canonicalizing) or native engine."""
-    return named("canonical" if canonical else "native")
+    return named(("canonical" if canonical else "native") + (WATCHED if is_watched else ""))
 
 
 def linker(flavor: str) -> wasmtime.Linker:
@@ -150,8 +178,8 @@ def linker(flavor: str) -> wasmtime.Linker:
 
 
 def made() -> list[wasmtime.Engine]:
-    """The engines made so far (the ticker advances their epochs)."""
-    return list(_engines.values())
+    """The in-process engines made so far (the ticker advances their epochs)."""
+    return [eng for flavor, eng in list(_engines.items()) if not watched(flavor)]
 
 
 def tag(module: wasmtime.Module, flavor: str) -> wasmtime.Module:
@@ -162,7 +190,7 @@ def tag(module: wasmtime.Module, flavor: str) -> wasmtime.Module:
 
 def flavor_of(module: wasmtime.Module, canonical: bool = True) -> str:
     """The flavor `module` was compiled for (by `compile` or the cache); an unmarked
-    module is taken to be the mode's plain engine's."""
+    module is taken to be the mode's plain in-process engine's."""
     return getattr(module, "borednet_flavor", "canonical" if canonical else "native")
 
 
@@ -170,35 +198,39 @@ def deserialize(body: bytes, flavor: str) -> wasmtime.Module:
     return tag(wasmtime.Module.deserialize(named(flavor), body), flavor)
 
 
-def compile(wasm: bytes, canonical: bool = True) -> wasmtime.Module:  # noqa: A001 - the wasm sense
+def compile(  # noqa: A001 - the wasm sense
+    wasm: bytes, canonical: bool = True, is_watched: bool = False
+) -> wasmtime.Module:
     """Compile `wasm` for the canonical or the native mode, once its header counts pass
     the caps: for the canonical mode, with NaN guards for the guarded engine, or as it
     is for the canonical engine when it cannot be guarded (see the module docstring).
+    `is_watched`: for the watched engines (slot workers), else the in-process ones.
 
     Raises _precheck.Refused (INVALID) for a module beyond a cap or bytes that are
     not framed as a module, before wasmtime sees them; wasmtime.WasmtimeError if
     wasmtime finds them invalid. Not fenced here: see _worker for the fences.
     """
     wasm = bytes(wasm)
+    w = WATCHED if is_watched else ""
     try:
         _precheck.check(wasm)
     except _precheck.Refused:
         if _runtimes.pinned(wasm) is None:
             raise
     if not canonical:
-        return tag(wasmtime.Module(named("native"), wasm), "native")
+        return tag(wasmtime.Module(named("native" + w), wasm), "native" + w)
     try:
         guarded = _nanguard.guard(wasm)
     except _nanguard.Unsupported as e:
         log.info("no NaN guards (%s): canonical engine", e)
     else:
         try:
-            return tag(wasmtime.Module(named("guarded"), guarded), "guarded")
+            return tag(wasmtime.Module(named("guarded" + w), guarded), "guarded" + w)
         except wasmtime.WasmtimeError as e:
             # an invalid module (wasmtime says why below, for the module as sent), or
             # one that the guards took past a limit of wasmtime's: either way, as it is
             guarded, refused = b"", str(e).strip().splitlines()
-            module = tag(wasmtime.Module(named("canonical"), wasm), "canonical")
+            module = tag(wasmtime.Module(named("canonical" + w), wasm), "canonical" + w)
             log.warning("NaN guards refused (%s): canonical engine", refused[-1:])
             return module
-    return tag(wasmtime.Module(named("canonical"), wasm), "canonical")
+    return tag(wasmtime.Module(named("canonical" + w), wasm), "canonical" + w)

@@ -41,6 +41,9 @@ class Job:
         "exit_code",
         "files",
         "guest",
+        "scratch",
+        "watch",
+        "perf0",
     )
 
     def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
@@ -60,6 +63,10 @@ class Job:
         self.exit_code: int | None = None  # given to proc_exit
         self.files = None  # its file descriptors: stdin, stdout, stderr, input files (_files)
         self.guest = None  # its instance's memory, once a host call has looked it up (_guest)
+        self.scratch = None  # its checkpoint scratch (_scratch), if it has an allowance
+        # on a watched engine: what ends it from the ticker once it must stop (_engine)
+        self.watch: Callable | None = None
+        self.perf0 = 0.0  # time.perf_counter() as it began
 
     def halt(self, status: Status, detail: str) -> None:
         """Record why the job must end; the first reason is the one reported."""

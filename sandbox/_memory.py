@@ -8,8 +8,9 @@ C API cannot make it trap. So the engine is given a host memory creator: every
 linear memory is an anonymous mapping made here, and growing it calls back
 here. That is where the job's memory limit is enforced, summed over all the
 job's memories, and where a refusal is recorded (``Job.halt(MEMORY)``); the
-epoch callback then stops the payload within one tick, and the job ends as
-MEMORY whatever the payload did with the -1.
+ticker then stops the payload within one tick (the epoch callback in-process,
+the worker's end in a slot: see _engine), and the job ends as MEMORY whatever
+the payload did with the -1.
 
 Layout of one memory, as wasmtime's own allocator does it::
 

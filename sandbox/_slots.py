@@ -17,6 +17,10 @@ Every started job comes back from ``collect()`` exactly once:
 what happened                  collect() yields
 ============================== ===================================================
 the job ended                  its Outcome, as ``run()`` would give it
+the job had to stop (time,     its Outcome, sent by the worker's ticker (the payload
+memory) and its payload        cannot be stopped inside: no epoch checks); the
+could not                      worker is killed and replaced, the jobs queued
+                               behind it go to the new one
 the worker died (segfault,     Outcome(CRASH), with the exit code or signal; the
 OOM kill, an rlimit)           worker is replaced
 compiling went past the        Outcome(TIME): the worker is killed and replaced
@@ -60,7 +64,7 @@ WATCHDOG_SLACK_S`` seconds of unsuspended time. It fires from collect(), so
 call collect() now and then even when no fd is readable.
 
 suspend() sends SIGSTOP to every worker and resume() SIGCONT. A stopped worker
-does not advance its epoch ticker, so a suspension does not use up a job's
+does not advance its ticker, so a suspension does not use up a job's
 time limit (the ticker's next tick after SIGCONT counts once), and the
 watchdog leaves out time spent suspended. Outcome.wall_s includes it.
 
@@ -566,6 +570,12 @@ class Slots:
                     msg.get("checkpoint"),
                 )
                 self._ended(w, out, key, outcome)
+                if msg.get("stuck"):  # its payload could not be stopped: the worker goes
+                    if w.key is not None:  # (the next job, sent down its pipe, goes too)
+                        w.queue.insert(0, (w.msg, w.limits))
+                    self._kill(w)
+                    self._replace(w)
+                    break
             if w.key is not None and w.compiling is not None and w in self._workers:
                 took = self._active_s(w.compiling, w.compile_paused0, now)
                 if took > w.compile_s:

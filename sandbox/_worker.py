@@ -20,7 +20,14 @@ multiprocessing; both ends are the same installation), each with its `kind`::
                         cpu_s: this process's CPU seconds so far}: a compile begins
                        {kind: "compiled", key}: it ended (well or not)
                        {kind: "outcome", key, status, stdout, fuel, wall_s, detail,
-                        exit_code, stderr}
+                        exit_code, stderr, checkpoint[, stuck: True]}
+
+Jobs run on the watched engines (_flavors: no epoch checks in the compiled code, up
+to a third faster on tight loops), so nothing in the worker can stop a payload:
+once a job must stop (its time is up, its memory was refused), the engine's ticker
+sends its outcome, marked `stuck`, and the worker exits at once; the parent puts
+another in its place (_slots). Each job's outcome is sent once, whichever thread
+sends it first (_Pipe).
 
 OS fences, under the sandbox's own limits, re-armed for each job:
 
@@ -266,9 +273,43 @@ def _memory_refused(cache: ModuleCache, sha256: str, canonical: bool, memory_mb:
     return Refused(Status.MEMORY, detail, remember=False)
 
 
+class _Pipe:
+    """The worker's end of its pipe, written by two threads: the job's, and the ticker's
+    when a job on the watched engine must stop (`stuck`). Each job's outcome goes once."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.recv = conn.recv
+        self._lock = threading.Lock()
+        self._ended = -1  # the serial number of the last job whose outcome was sent
+
+    def send(self, msg: dict) -> None:
+        with self._lock:
+            self.conn.send(msg)
+
+    def end(self, serial: int, reply: dict) -> bool:
+        """Send job `serial`'s outcome, unless it was sent already."""
+        with self._lock:
+            if self._ended == serial:
+                return False
+            self._ended = serial
+            self.conn.send(reply)
+            return True
+
+    def stuck(self, serial: int, key: str, o) -> None:
+        """The ticker: job `serial` must stop and its payload cannot be stopped here. Its
+        outcome goes to the parent, which kills this worker and starts another (_slots)."""
+        reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
+        reply.update(exit_code=o.exit_code, stderr=o.stderr, checkpoint=o.checkpoint, stuck=True)
+        if self.end(serial, reply):
+            os._exit(0)  # nothing else of this process is worth waiting for
+
+
 def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
     fences = _Fences()
+    conn = _Pipe(conn)
     conn.send({"kind": "ready", "pid": os.getpid()})
+    serial = 0
     while True:
         try:
             msg = conn.recv()
@@ -276,6 +317,7 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             return
         if msg is None:
             return
+        serial += 1
         key, sha256, compile_s = msg["key"], msg["sha256"], msg["compile_s"]
         args, stdin, files = msg["args"], msg["stdin"], msg.get("files", {})
         memory_mb = msg.get("compile_memory_mb", compile_memory_mb)
@@ -285,7 +327,7 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
             load = functools.partial(
                 _load, conn, key, cache, sha256, fences, compile_s, memory_mb, canonical
             )
-            prepared = _engine.prepare(sha256, load, canonical)
+            prepared = _engine.prepare(sha256, load, canonical, watched=True)
             if files:  # the last job's address-space fence may not leave room for them
                 fences.lift()
             try:
@@ -296,18 +338,19 @@ def _serve(conn, cache: ModuleCache, compile_memory_mb: int) -> None:
                 with volume:
                     fences.arm(limits, volume.mapped)
                     saves = _Saves(conn, key)
+                    stuck = functools.partial(conn.stuck, serial, key)
                     o = _engine.execute(
-                        prepared, args, stdin, limits, volume, msg.get("checkpoint"), saves
+                        prepared, args, stdin, limits, volume, msg.get("checkpoint"), saves, stuck
                     )
                 reply = _outcome(key, o.status.value, o.stdout, o.fuel, o.wall_s, o.detail)
                 reply.update(exit_code=o.exit_code, stderr=o.stderr, checkpoint=o.checkpoint)
         except BaseException as e:  # a bug or an OS fence here: report it, then make way
             detail = f"worker failed: {type(e).__name__}: {e}"
             with contextlib.suppress(OSError):
-                conn.send(_outcome(key, Status.CRASH.value, b"", 0, 0.0, detail))
+                conn.end(serial, _outcome(key, Status.CRASH.value, b"", 0, 0.0, detail))
             raise
         try:
-            conn.send(reply)
+            conn.end(serial, reply)
         except OSError:  # the parent is gone
             return
 
@@ -377,7 +420,8 @@ def main(conn, cache_root: str, nice: int, compile_memory_mb: int) -> None:
         ).start()
         cache = ModuleCache(Path(cache_root))
         for flavor in _flavors.FLAVORS:  # every engine made before the first job, not in it
-            _flavors.named(flavor)
+            if _flavors.watched(flavor):  # (a worker's jobs are stopped from outside)
+                _flavors.named(flavor)
         _serve(conn, cache, compile_memory_mb)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the jobber is gone (killed): nobody to tell, nothing to say

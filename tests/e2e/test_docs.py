@@ -209,7 +209,9 @@ def test_a_batch_and_the_machines_lent_to_it(factor_wasm, short_tmp, procs):
         got = sh(status, cwd, env)
         assert re.search(r"^task Factoring: 11 accepted, 0 failed, 0 in flight", got.stdout, re.M)
         final = summary_rows(got.stdout)
-        assert final and all(r[5] > 0 for r in final), got.stdout
+        # (one machine may have done every job before the other asked: jobs are short)
+        assert final and sum(r[2] for r in final) == 11, got.stdout
+        assert all(r[5] > 0 for r in final if r[2]), got.stdout
     else:  # a machine slow enough that it was not watched: it has not stayed for the ask
         final = None
         print("the batch took too long after the status to ask it again")

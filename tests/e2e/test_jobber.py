@@ -145,10 +145,13 @@ def test_sigterm_gives_back_unstarted_jobs_for_immediate_reissue(procs, factor_w
     assert other.wait(60) == 0
 
 
-def test_local_control_status_suspend_resume_quit(procs, factor_wasm, tmp_path):
+def test_local_control_status_suspend_resume_quit(procs, tmp_path):
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    dealer = procs.dealer("dealer", "factoring.py", str(N), "--chunk", CHUNK, port=port)
+    # a minute of work or more (1000 loops of 50 million turns): it cannot all be done
+    # before the suspension, however fast the machine, so there is work to resume
+    spin = "../tests/task_files/spin.py"
+    dealer = procs.dealer("dealer", spin, "--jobs", "1000", "--iters", "50000000", port=port)
     config = tmp_path / "jobber.toml"
     data = tmp_path / "data-cfg"
     config.write_text(
@@ -171,6 +174,7 @@ def test_local_control_status_suspend_resume_quit(procs, factor_wasm, tmp_path):
     assert "jobber from-config: 1 slots" in ctl("status")
     assert "suspended: suspended by the owner" in ctl("suspend")
     before = jobber_status(data)["done"]
+    assert before < 1000
     time.sleep(1.5)  # a span of time in which nothing may happen: suspended, nothing finishes
     assert jobber_status(data)["done"] == before
     ctl("resume")

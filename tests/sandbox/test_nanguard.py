@@ -285,15 +285,20 @@ def test_the_canonical_mode_runs_guarded_modules_and_falls_back_for_the_rest(tmp
     assert _flavors.flavor_of(_engine.compile(simd)) == "canonical"
     assert sandbox.run(simd).status is Status.OK
     # the cache keeps each under its engine's key, and loads each back on its engine
+    # (for slot workers' watched engines by default, or for the in-process ones)
     cache = _cache.ModuleCache(tmp_path)
-    for wasm, flavor in ((float_code, "guarded"), (simd, "canonical")):
+    for wasm, base in ((float_code, "guarded"), (simd, "canonical")):
         sha = cache.put(wasm)
-        cache.build(sha, True)
-        loaded = cache.load(sha, True)
-        assert _flavors.flavor_of(loaded) == flavor
-        assert cache.compiled_path(sha).parent.name == _flavors.ENGINE_KEYS[True]
-        assert cache.compiled_path(sha).read_bytes()[8:40] == _flavors.FLAVOR_KEYS[flavor].encode()
-    assert _flavors.ENGINE_KEYS[False] == _flavors.FLAVOR_KEYS["native"]
+        for watched, flavor in ((True, base + _flavors.WATCHED), (False, base)):
+            cache.build(sha, True, watched)
+            loaded = cache.load(sha, True, watched)
+            assert _flavors.flavor_of(loaded) == flavor
+            path = cache.compiled_path(sha, True, watched)
+            assert path.parent.name == _flavors.engine_keys(watched)[True]
+            assert path.read_bytes()[8:40] == _flavors.FLAVOR_KEYS[flavor].encode()
+    assert _flavors.ENGINE_KEYS[False] == _flavors.FLAVOR_KEYS["native" + _flavors.WATCHED]
+    assert _flavors.engine_keys(False)[False] == _flavors.FLAVOR_KEYS["native"]
+    assert len(set(_flavors.FLAVOR_KEYS.values())) == len(_flavors.FLAVORS)
 
 
 def test_invalid_and_oversized_modules(monkeypatch):

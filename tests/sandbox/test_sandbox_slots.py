@@ -340,3 +340,39 @@ def test_native_nans_run_on_the_native_engine_and_compile_apart(tmp_path):
     assert cache.load(digest, False) is None and not cache.compiled_path(digest, False).exists()
     assert cache.evict(0, 0) == 1
     assert not any(cache.compiled_path(digest, c).exists() for c in (True, False))
+
+
+# refused growth, then it spins: only the ticker can end it (the memory limit is 1 MiB)
+GROW_THEN_SPIN = wasmtime.wat2wasm(
+    """(module (memory 1)
+      (func (export "_start") (drop (memory.grow (i32.const 64))) (loop $l (br $l))))"""
+)
+
+
+def test_a_job_that_must_stop_ends_its_worker_and_the_jobs_behind_it_go_on(cache_root):
+    """Workers run watched engines, without epoch checks: a payload past its time (or
+    past its memory, spinning on) is stopped by its worker sending the outcome, and the
+    parent killing it; the jobs queued behind it run on the new worker."""
+    sandbox.ModuleCache(cache_root).put(GROW_THEN_SPIN)
+    with sandbox.Slots(1, cache_root) as one:
+        first = worker_pids(one)
+        one.start("spin", sha(SPIN), [], b"", Limits(time_s=0.3), depth=3)
+        one.start("queued", sha(HELLO), [], b"", Limits(), depth=3)
+        one.start("hog", sha(GROW_THEN_SPIN), [], b"", Limits(memory_mb=1, time_s=60), depth=3)
+        got = dict(collect_all(one, 3, timeout_s=120))
+        assert got["spin"].status is Status.TIME, got["spin"]
+        assert "wall-clock limit of 0.3 s" in got["spin"].detail
+        assert got["queued"].status is Status.OK and got["queued"].stdout == b"from a slot\n"
+        assert got["hog"].status is Status.MEMORY, got["hog"]
+        assert got["hog"].wall_s < 30  # stopped by the ticker, not by its time limit
+        assert worker_pids(one) != first and one.free == 1
+        one.start("more", sha(HELLO), [], b"", Limits())
+        key, o = collect_one(one)
+        assert (key, o.status) == ("more", Status.OK)
+
+
+def test_a_watched_module_is_not_run_where_nothing_could_stop_it(cache_root):
+    cache = sandbox.ModuleCache(cache_root)
+    prepared = _engine._check(sha(SPIN), cache.module(sha(SPIN)))
+    with pytest.raises(ValueError, match="watched engine"):
+        _engine.execute(prepared, (), b"", Limits(time_s=0.1))
