@@ -180,6 +180,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         self._records: list[Record] = []
         self._pending_job: Job | None = None  # drawn live, about to be applied
         self._pending_files: dict[str, InputFile] | None = None  # ... and its files
+        self._sending = False  # ... and it goes out at once (see _draw)
         self._settled: list[Accepted | Failed] = []
         self._settled_digests: list[str] = []  # the digest of each job in _settled
         self._redraw, self._pending_retry = redraw, None  # dealer._retry's (see there)
@@ -301,7 +302,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         want = len(out) + min(want - len(out), self.room(jobber, machine))
         drawn = 0  # jobs whose files this jobber cannot take are drawn, not sent: a few
         while len(out) < want and drawn < want and len(self._jobs) < self.policy.window:
-            j = self._draw()
+            j = self._draw(sending=True)
             if j is None:
                 break
             drawn += 1
@@ -377,10 +378,12 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         except ValueError:
             return False
 
-    def _draw(self) -> _Job | None:
+    def _draw(self, sending: bool = False) -> _Job | None:
         """The next job that can be sent, drawn and recorded; jobs that never can are
         drawn and failed on the way (at most REFUSED_PER_DRAW of them). None: nothing
-        more to draw now."""
+        more to draw now. `sending`: a job that reads no file is sent at once (bored), so
+        it is not put among the wanting only to be taken out again (`_apply_sent` puts
+        it there if it wants more replicas): the state is the replay's."""
         for _ in range(REFUSED_PER_DRAW):
             if self._exhausted:
                 return None
@@ -407,6 +410,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             refused = None if why is None else refusal(job_id, job, why)
             self._pending_job = job
             self._pending_files = files
+            self._sending = sending and not files
             stdin = hashlib.sha256(job.stdin).hexdigest()[:16] if job.stdin else None
             digest = job_digest(job, self._shared_digest)
             rec = Drawn(job_id, digest, tuple(job.args), len(job.stdin), stdin, refused)
@@ -422,6 +426,7 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             raise CoreError(f"journal draws job {rec.job_id}, expected {self._next_job}")
         job, self._pending_job = self._pending_job, None
         files, self._pending_files = self._pending_files, None
+        sending, self._sending = self._sending, False
         if job is None:  # replaying: the fresh task must yield the same job
             try:
                 job = next(self._source)
@@ -451,7 +456,8 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
             return
         if files:
             self._hold_files(j)
-        self._want(j)  # (with no replica, what a job needs: see _update_wanting)
+        if not sending:  # (else drawn live to be sent at once: see _draw)
+            self._want(j)  # (with no replica, what a job needs: see _update_wanting)
 
     def _files_of(self, job: Job) -> tuple[dict[str, InputFile], str | None]:
         """All the input files `job` reads, by guest path; or why it cannot have them."""
@@ -478,17 +484,19 @@ class Core(Votes, Standings, Finished, Locality, Saves, Blame, Retries):
         ck = None if allowance is None else self._resume_of(j, allowance, backup)
         sha = None if ck is None else ck.hash
         rec = Sent(tag, j.id, jobber, deadline, machine, now, platform, sha)
-        self._apply_sent(rec)  # (what _record does, without looking up the handler)
+        self._apply_sent(rec, True)  # (what _record does, without looking up the handler)
         self._records.append(rec)
         return Assignment(tag, j.id, j.job, deadline, j.files, ck)
 
-    def _apply_sent(self, rec: Sent) -> None:
+    def _apply_sent(self, rec: Sent, live: bool = False) -> None:
+        """`live`: just made by `_send`, whose tag is the next one (not checked again)."""
         j = self._jobs.get(rec.job_id)
         if j is None:
             raise CoreError(f"replica {rec.tag} sent for job {rec.job_id}, which is not unsettled")
-        prefix, _, seq = rec.tag.partition(".")
-        if prefix != self._prefix or int(seq, 16) != self._next_tag:
-            raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
+        if not live:
+            prefix, _, seq = rec.tag.partition(".")
+            if prefix != self._prefix or int(seq, 16) != self._next_tag:
+                raise CoreError(f"tag {rec.tag} out of sequence (next is {self._next_tag:x})")
         self._next_tag += 1
         r = _Replica(rec.tag, rec.job_id, rec.jobber, rec.deadline, rec.machine, rec.platform)
         r.sent_at = rec.at
