@@ -464,6 +464,7 @@ def _execute(
         status, detail = _classify_error(str(e))
     finally:
         wall_s = time.perf_counter() - started
+        job.watch = None  # ended here: the ticker no longer may
         _ticker.leave(job if watched else None)
         _job.enter(None)
     fuel = limits.fuel - store.get_fuel()

@@ -288,9 +288,9 @@ class _Pipe:
             self.conn.send(msg)
 
     def end(self, serial: int, reply: dict) -> bool:
-        """Send job `serial`'s outcome, unless it was sent already."""
+        """Send job `serial`'s outcome, unless it (or a later job's) was sent already."""
         with self._lock:
-            if self._ended == serial:
+            if serial <= self._ended:
                 return False
             self._ended = serial
             self.conn.send(reply)

@@ -376,3 +376,20 @@ def test_a_watched_module_is_not_run_where_nothing_could_stop_it(cache_root):
     prepared = _engine._check(sha(SPIN), cache.module(sha(SPIN)))
     with pytest.raises(ValueError, match="watched engine"):
         _engine.execute(prepared, (), b"", Limits(time_s=0.1))
+
+
+def test_a_workers_outcomes_go_once_each_and_never_for_an_earlier_job():
+    """The job's thread and the ticker may both try to end a job: the first wins, and a
+    late call for a job before the last one sent is dropped (_worker._Pipe)."""
+    import multiprocessing
+
+    from sandbox._worker import _Pipe
+
+    mine, theirs = multiprocessing.Pipe()
+    pipe = _Pipe(mine)
+    assert pipe.end(1, {"key": "a"}) and not pipe.end(1, {"key": "a again"})
+    assert pipe.end(3, {"key": "c"}) and not pipe.end(2, {"key": "b, late"})
+    got = []
+    while theirs.poll(0.5):
+        got.append(theirs.recv()["key"])
+    assert got == ["a", "c"]
