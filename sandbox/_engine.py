@@ -152,8 +152,9 @@ class _Ticker:
             for eng in _flavors.made():  # a job runs on any
                 eng.increment_epoch()
             for job in list(self._watched):
-                if job.watch is not None and job.must_stop():
-                    end, job.watch = job.watch, None
+                end = job.watch  # (read once: the job's thread withdraws it as it ends)
+                if end is not None and job.must_stop():
+                    job.watch = None
                     _end_watched(job, end)
 
 

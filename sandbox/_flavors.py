@@ -130,18 +130,21 @@ def engine_keys(is_watched: bool = True) -> dict[bool, str]:
 # the keys of the engines slot workers run (a ModuleCache's by default)
 ENGINE_KEYS = engine_keys(True)
 ENGINE_KEY = ENGINE_KEYS[True]  # the canonical mode's (the default)
-# What a job's bytes and fuel depend on beyond the job itself, on the native engine: the
-# CPU architecture (NaN bits, where the stack runs out), the OS (calling conventions,
-# frame sizes), the wasmtime version and the engine's flags (the native key hashes all
-# of them). Jobbers say it in HostFacts.platform; a dealer lets only replicas of one
-# platform vote together, unless the task is cross-platform (canonical NaNs).
+# What a job's bytes and fuel depend on beyond the job itself, on the native engine a
+# slot worker runs: the CPU architecture (NaN bits, where the stack runs out), the OS
+# (calling conventions, frame sizes), the wasmtime version and the engine's flags (its
+# key hashes all of them: the epoch checks, which only in-process engines have, change
+# frame sizes, so where a deep recursion stops and its fuel). Jobbers say it in
+# HostFacts.platform; a dealer lets only replicas of one platform vote together,
+# unless the task is cross-platform (canonical NaNs).
 # how this sandbox counts fuel with canonical NaNs (protocol HostFacts.nan_fuel): the
-# guards' operators count, so jobbers of another pass version count other fuel
-NAN_FUEL = f"nan-guards-{_nanguard.VERSION}"
+# guards' operators count, so jobbers of another pass version count other fuel; and
+# on a watched engine (a `stack` outcome's fuel is not an in-process engine's)
+NAN_FUEL = f"nan-guards-{_nanguard.VERSION}{WATCHED}"
 
 PLATFORM = (
     f"{platform.machine().lower() or 'unknown'}-{platform.system().lower() or 'unknown'}"
-    f"-wasmtime-{_wasmtime_version()}-{FLAVOR_KEYS['native'][:8]}"
+    f"-wasmtime-{_wasmtime_version()}-{FLAVOR_KEYS['native' + WATCHED][:8]}"
 )
 
 _lock = threading.Lock()

@@ -393,3 +393,34 @@ def test_a_workers_outcomes_go_once_each_and_never_for_an_earlier_job():
     while theirs.poll(0.5):
         got.append(theirs.recv()["key"])
     assert got == ["a", "c"]
+
+
+DEEP = wasmtime.wat2wasm(
+    """(module (memory 1)
+      (func $rec (param i64 i64 i64 i64) (result i64)
+        (i64.add (local.get 0) (call $rec (i64.add (local.get 1) (i64.const 1))
+                                          (local.get 2) (local.get 3) (local.get 0))))
+      (func (export "_start") (drop (call $rec (i64.const 1) (i64.const 2)
+                                               (i64.const 3) (i64.const 4)))))"""
+)
+
+
+def test_what_a_slot_gives_is_what_its_platform_names(tmp_path):
+    """Where the stack runs out depends on the engine's frames, which the epoch checks
+    change: a slot's `stack` outcome has the watched engine's fuel, the engine that
+    sandbox.PLATFORM (native NaNs) and NAN_FUEL (canonical) name."""
+    from sandbox import _flavors
+
+    assert sandbox.PLATFORM.endswith(_flavors.FLAVOR_KEYS["native" + _flavors.WATCHED][:8])
+    assert sandbox.NAN_FUEL.endswith(_flavors.WATCHED)
+    digest = sandbox.ModuleCache(tmp_path).put(DEEP)
+    with sandbox.Slots(1, tmp_path) as s:
+        for native in (True, None):
+            limits = Limits(native_nans=native, time_s=30)
+            s.start(f"deep{native}", digest, (), b"", limits)
+            _, o = collect_one(s)
+            assert o.status is Status.STACK, o.detail
+            module = _flavors.compile(DEEP, canonical=not native, is_watched=True)
+            prepared = _engine._check(digest, module, not native)
+            here = _engine.execute(prepared, (), b"", limits, on_stuck=pytest.fail)
+            assert (here.status, here.fuel) == (Status.STACK, o.fuel)
