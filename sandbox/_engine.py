@@ -189,12 +189,12 @@ def _on_epoch(context, data, delta, kind):  # noqa: ARG001
 def _end_watched(job: _job.Job, end: Callable[[Outcome], None]) -> None:
     """A job on a watched engine must stop, and nothing in its process can stop it: its
     outcome goes to `end` (a slot worker sends it, and its parent kills the worker). Its
-    fuel is not known here: 0."""
+    fuel is not known here: 0. (Its status and detail are the stop or the internal error
+    that made it stop: `_ending` puts them in place of the engine's.)"""
     try:
-        status, detail = job.stop or (Status.CRASH, f"sandbox internal error: {job.internal}")
         wall_s = time.perf_counter() - job.perf0
         saved = None if job.scratch is None else job.scratch.saved
-        end(_ending(job, status, detail, None, 0, wall_s, saved))
+        end(_ending(job, Status.CRASH, "", None, 0, wall_s, saved))
     except BaseException:  # never kill the ticker; the parent's watchdog is the last fence
         log.exception("ending a watched job")
 

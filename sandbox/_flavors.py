@@ -51,7 +51,8 @@ BASES = ("native", "canonical", "guarded")
 # it (`sandbox.run`); *watched* engines (WATCHED added to the name) have no epoch checks,
 # and a job on them is stopped from outside: a slot worker's ticker sends its outcome and
 # the parent kills the worker (_worker, _slots). The epoch checks cost a tight loop a
-# register or two: up to a third of its speed (docs/sandbox.md, "The time limit").
+# register or two, which on some machines slowed it by 1.2 to 1.6 x (docs/sandbox.md,
+# "What each fence guarantees, and what it costs").
 WATCHED = "-watched"
 FLAVORS = (*BASES, *(base + WATCHED for base in BASES))
 
@@ -169,9 +170,9 @@ def named(flavor: str) -> wasmtime.Engine:
     return eng
 
 
-def engine(canonical: bool = True, is_watched: bool = False) -> wasmtime.Engine:
-    """The process's canonical (cranelift-canonicalizing) or native engine."""
-    return named(("canonical" if canonical else "native") + (WATCHED if is_watched else ""))
+def engine(canonical: bool = True) -> wasmtime.Engine:
+    """The process's in-process canonical (cranelift-canonicalizing) or native engine."""
+    return named("canonical" if canonical else "native")
 
 
 def linker(flavor: str) -> wasmtime.Linker:
@@ -214,26 +215,30 @@ def compile(  # noqa: A001 - the wasm sense
     wasmtime finds them invalid. Not fenced here: see _worker for the fences.
     """
     wasm = bytes(wasm)
-    w = WATCHED if is_watched else ""
+
+    def on(base: str, code: bytes) -> wasmtime.Module:  # compiled for base's engine
+        flavor = base + WATCHED if is_watched else base
+        return tag(wasmtime.Module(named(flavor), code), flavor)
+
     try:
         _precheck.check(wasm)
     except _precheck.Refused:
         if _runtimes.pinned(wasm) is None:
             raise
     if not canonical:
-        return tag(wasmtime.Module(named("native" + w), wasm), "native" + w)
+        return on("native", wasm)
     try:
         guarded = _nanguard.guard(wasm)
     except _nanguard.Unsupported as e:
         log.info("no NaN guards (%s): canonical engine", e)
     else:
         try:
-            return tag(wasmtime.Module(named("guarded" + w), guarded), "guarded" + w)
+            return on("guarded", guarded)
         except wasmtime.WasmtimeError as e:
             # an invalid module (wasmtime says why below, for the module as sent), or
             # one that the guards took past a limit of wasmtime's: either way, as it is
             guarded, refused = b"", str(e).strip().splitlines()
-            module = tag(wasmtime.Module(named("canonical" + w), wasm), "canonical" + w)
+            module = on("canonical", wasm)
             log.warning("NaN guards refused (%s): canonical engine", refused[-1:])
             return module
-    return tag(wasmtime.Module(named("canonical" + w), wasm), "canonical" + w)
+    return on("canonical", wasm)
