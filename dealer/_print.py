@@ -13,8 +13,9 @@ def print_jobbers(rows: list[dict], file=sys.stdout) -> None:
     print(f"{head} {'credit':>16}", file=file)
     for r in rows:
         name = r["name"] + (" (denied)" if r.get("denied") else "")
+        machine = r["machine"] or "-"  # (a jobber known from the journal alone: not seen)
         print(
-            f"{name[:24]:24} {r['key'][:12]:12} {r['machine'][:18]:18} {r['valid']:6} "
+            f"{name[:24]:24} {r['key'][:12]:12} {machine[:18]:18} {r['valid']:6} "
             f"{r['invalid']:7} {r['errors']:6} {r['credit']:16}",
             file=file,
         )
